@@ -1,0 +1,257 @@
+//! Validated identifiers: patch ids, target names and workspace-relative paths.
+//!
+//! Each is parsed once at the edge and can then be used in file names and log fields without
+//! further checks: an id never contains a path separator, a path never escapes its root.
+
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Why an identifier or path was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct IdError(String);
+
+/// A patch id: `[A-Za-z0-9._()+-]{1,128}`, not starting with a dot.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PatchId(String);
+
+impl PatchId {
+    /// Parses a patch id, explaining what is wrong when it is refused.
+    pub fn parse(raw: &str) -> Result<Self, IdError> {
+        if raw.is_empty() || raw.len() > 128 {
+            return Err(IdError(format!(
+                "patch id must be 1 to 128 characters, got {}",
+                raw.len()
+            )));
+        }
+        if raw.starts_with('.') {
+            return Err(IdError("patch id must not start with '.'".to_owned()));
+        }
+        if let Some(bad) = raw
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || "._()+-".contains(*c)))
+        {
+            return Err(IdError(format!(
+                "patch id may contain only letters, digits and . _ ( ) + -; found {bad:?}"
+            )));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// The id as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for PatchId {
+    type Error = IdError;
+    fn try_from(raw: String) -> Result<Self, Self::Error> {
+        Self::parse(&raw)
+    }
+}
+
+impl From<PatchId> for String {
+    fn from(id: PatchId) -> Self {
+        id.0
+    }
+}
+
+impl fmt::Display for PatchId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A workspace (target) name: `[A-Za-z0-9_-]{1,64}`, e.g. `MAIN`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TargetName(String);
+
+impl TargetName {
+    /// Parses a target name, explaining what is wrong when it is refused.
+    pub fn parse(raw: &str) -> Result<Self, IdError> {
+        if raw.is_empty() || raw.len() > 64 {
+            return Err(IdError(format!(
+                "target must be 1 to 64 characters, got {}",
+                raw.len()
+            )));
+        }
+        if let Some(bad) = raw
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+        {
+            return Err(IdError(format!(
+                "target may contain only letters, digits, '_' and '-'; found {bad:?}"
+            )));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// The name as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for TargetName {
+    type Error = IdError;
+    fn try_from(raw: String) -> Result<Self, Self::Error> {
+        Self::parse(&raw)
+    }
+}
+
+impl From<TargetName> for String {
+    fn from(name: TargetName) -> Self {
+        name.0
+    }
+}
+
+impl fmt::Display for TargetName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A path relative to a workspace root, lexically normalised, that cannot leave the root.
+///
+/// Refused: absolute paths, `..` that climbs above the root, `.git` components, empty paths and
+/// NUL bytes. Symlinks are the executor's business: it resolves them against the real root.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RelPath(String);
+
+impl RelPath {
+    /// Parses and normalises a workspace-relative path.
+    pub fn parse(raw: &str) -> Result<Self, IdError> {
+        if raw.is_empty() {
+            return Err(IdError("path must not be empty".to_owned()));
+        }
+        if raw.contains('\0') {
+            return Err(IdError("path must not contain NUL bytes".to_owned()));
+        }
+        if raw.len() > 4096 {
+            return Err(IdError("path must be at most 4096 bytes".to_owned()));
+        }
+        let path = Path::new(raw);
+        if path.is_absolute() || raw.starts_with('\\') {
+            return Err(IdError(format!(
+                "path must be relative to the workspace root, got absolute path {raw:?}"
+            )));
+        }
+        let mut parts: Vec<&str> = Vec::new();
+        for component in path.components() {
+            match component {
+                Component::Normal(part) => {
+                    let Some(part) = part.to_str() else {
+                        return Err(IdError("path must be valid UTF-8".to_owned()));
+                    };
+                    if part == ".git" {
+                        return Err(IdError(format!(
+                            "path {raw:?} is inside .git/, which patches may not touch"
+                        )));
+                    }
+                    parts.push(part);
+                }
+                Component::CurDir => {}
+                Component::ParentDir => {
+                    if parts.pop().is_none() {
+                        return Err(IdError(format!(
+                            "path {raw:?} escapes the workspace root through '..'"
+                        )));
+                    }
+                }
+                Component::RootDir | Component::Prefix(_) => {
+                    return Err(IdError(format!(
+                        "path must be relative to the workspace root, got {raw:?}"
+                    )));
+                }
+            }
+        }
+        if parts.is_empty() {
+            return Err(IdError(format!(
+                "path {raw:?} names the workspace root itself"
+            )));
+        }
+        Ok(Self(parts.join("/")))
+    }
+
+    /// The normalised path, `/`-separated.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The path joined onto `root` (still lexical: symlinks not resolved).
+    pub fn under(&self, root: &Path) -> PathBuf {
+        root.join(&self.0)
+    }
+}
+
+impl TryFrom<String> for RelPath {
+    type Error = IdError;
+    fn try_from(raw: String) -> Result<Self, Self::Error> {
+        Self::parse(&raw)
+    }
+}
+
+impl From<RelPath> for String {
+    fn from(path: RelPath) -> Self {
+        path.0
+    }
+}
+
+impl fmt::Display for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patch_ids_follow_the_documented_alphabet() {
+        assert!(PatchId::parse("patch-v1.4.1048a(P6.5.50)_ghost-smoke").is_ok());
+        assert!(PatchId::parse("a+b").is_ok());
+        assert!(PatchId::parse("").is_err());
+        assert!(PatchId::parse(".hidden").is_err());
+        assert!(PatchId::parse("a/b").is_err());
+        assert!(PatchId::parse("a b").is_err());
+        assert!(PatchId::parse(&"x".repeat(129)).is_err());
+        assert!(PatchId::parse(&"x".repeat(128)).is_ok());
+    }
+
+    #[test]
+    fn target_names_are_plain_words() {
+        assert!(TargetName::parse("MAIN").is_ok());
+        assert!(TargetName::parse("cy-ops_2").is_ok());
+        assert!(TargetName::parse("../etc").is_err());
+        assert!(TargetName::parse("").is_err());
+    }
+
+    #[test]
+    fn relative_paths_are_normalised() {
+        assert_eq!(RelPath::parse("./src//a.ts").unwrap().as_str(), "src/a.ts");
+        assert_eq!(
+            RelPath::parse("src/x/../a.ts").unwrap().as_str(),
+            "src/a.ts"
+        );
+    }
+
+    #[test]
+    fn escaping_paths_are_refused_with_a_reason() {
+        let err = RelPath::parse("../x").unwrap_err().to_string();
+        assert!(err.contains("escapes"), "{err}");
+        let err = RelPath::parse("/etc/x").unwrap_err().to_string();
+        assert!(err.contains("absolute"), "{err}");
+        assert!(RelPath::parse("a/../../x").is_err());
+        assert!(RelPath::parse(".git/config").is_err());
+        assert!(RelPath::parse("sub/.git/hooks/pre-commit").is_err());
+        assert!(RelPath::parse(".").is_err());
+        assert!(RelPath::parse("a\0b").is_err());
+    }
+}

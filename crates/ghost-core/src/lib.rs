@@ -1,0 +1,19 @@
+//! The Ghost Runner patch model, shared by every service that touches a patch.
+//!
+//! The gateway parses and validates incoming patches with [`parse`]; the router stores their
+//! canonical form and content hash; the executor applies the [`Edit`]s and fills an
+//! [`ApplyReport`]; the summarizer renders that report. This crate does no I/O and knows nothing
+//! about gRPC or HTTP: wire conversions live in `ghost-proto`.
+
+mod edit_de;
+mod ids;
+mod parse;
+mod patch;
+mod report;
+mod status;
+
+pub use ids::{IdError, PatchId, RelPath, TargetName};
+pub use parse::{PatchError, parse_json, validate};
+pub use patch::{AgentTask, Base, Check, CommitSpec, Edit, OnFailure, Patch, Priority};
+pub use report::{ApplyReport, CommandReport, EditReport};
+pub use status::{Status, UnknownStatus};

@@ -1,0 +1,305 @@
+//! Parsing a submitted patch, with errors that say exactly where and what.
+
+use serde_path_to_error::Segment;
+
+use crate::patch::{Edit, Patch};
+
+/// Why a submitted patch was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatchError {
+    /// The document is not well-formed JSON.
+    #[error("malformed JSON at line {line}, column {column}: {message}")]
+    Syntax {
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What the parser expected.
+        message: String,
+    },
+    /// The document is well-formed but a field is missing, unknown or wrong.
+    #[error("invalid patch at {pointer:?}: {message}")]
+    Invalid {
+        /// RFC 6901 JSON pointer of the offending value ("" is the whole document).
+        pointer: String,
+        /// What is wrong and what was expected.
+        message: String,
+    },
+}
+
+impl PatchError {
+    fn invalid(pointer: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            pointer: pointer.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Largest accepted `timeout_s`: one day.
+const MAX_TIMEOUT_S: u32 = 86_400;
+
+/// Parses and validates a canonical v1 patch from JSON.
+pub fn parse_json(body: &[u8]) -> Result<Patch, PatchError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let patch: Patch = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+        let pointer = json_pointer(err.path());
+        let inner = err.into_inner();
+        if inner.is_data() {
+            PatchError::invalid(pointer, strip_position(&inner))
+        } else {
+            PatchError::Syntax {
+                line: inner.line(),
+                column: inner.column(),
+                message: strip_position(&inner),
+            }
+        }
+    })?;
+    deserializer.end().map_err(|err| PatchError::Syntax {
+        line: err.line(),
+        column: err.column(),
+        message: strip_position(&err),
+    })?;
+    validate(&patch)?;
+    Ok(patch)
+}
+
+/// Rules that span several fields, checked once the shape is right (also for wire patches).
+pub fn validate(patch: &Patch) -> Result<(), PatchError> {
+    let has_document = patch
+        .patch
+        .as_deref()
+        .is_some_and(|doc| !doc.trim().is_empty());
+    if patch.edits.is_empty() && !has_document && patch.agent.is_none() {
+        return Err(PatchError::invalid(
+            "/edits",
+            "a patch needs at least one edit, a `patch` document or an `agent` task",
+        ));
+    }
+    if !patch.edits.is_empty() && has_document {
+        return Err(PatchError::invalid(
+            "/patch",
+            "give either `edits` or a `patch` document, not both",
+        ));
+    }
+    if let Some(index) = patch.depends_on.iter().position(|dep| *dep == patch.id) {
+        return Err(PatchError::invalid(
+            format!("/depends_on/{index}"),
+            "a patch cannot depend on itself",
+        ));
+    }
+    if let Some(timeout) = patch.timeout_s
+        && (timeout == 0 || timeout > MAX_TIMEOUT_S)
+    {
+        return Err(PatchError::invalid(
+            "/timeout_s",
+            format!("timeout_s must be between 1 and {MAX_TIMEOUT_S} seconds, got {timeout}"),
+        ));
+    }
+    for (index, check) in patch.validate.iter().enumerate() {
+        if check.run.trim().is_empty() {
+            return Err(PatchError::invalid(
+                format!("/validate/{index}"),
+                "a validation command must not be empty",
+            ));
+        }
+    }
+    for (index, command) in patch.commands.iter().enumerate() {
+        if command.trim().is_empty() {
+            return Err(PatchError::invalid(
+                format!("/commands/{index}"),
+                "a command must not be empty",
+            ));
+        }
+    }
+    for (index, edit) in patch.edits.iter().enumerate() {
+        if let Edit::Chmod { mode, .. } = edit
+            && !is_octal_mode(mode)
+        {
+            return Err(PatchError::invalid(
+                format!("/edits/{index}/mode"),
+                format!(
+                    "mode must be octal permission bits like \"755\" or \"0644\", got {mode:?}"
+                ),
+            ));
+        }
+        if let Edit::Replace { search, .. } = edit
+            && search.is_empty()
+        {
+            return Err(PatchError::invalid(
+                format!("/edits/{index}/search"),
+                "search text must not be empty",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn is_octal_mode(mode: &str) -> bool {
+    (1..=4).contains(&mode.len())
+        && mode.chars().all(|c| c.is_digit(8))
+        && u32::from_str_radix(mode, 8).is_ok_and(|bits| bits <= 0o7777)
+}
+
+/// serde_json appends " at line L column C" to its messages; we report position separately.
+fn strip_position(err: &serde_json::Error) -> String {
+    let text = err.to_string();
+    match text.rfind(" at line ") {
+        Some(cut) => text[..cut].to_owned(),
+        None => text,
+    }
+}
+
+/// Turns serde_path_to_error's path into an RFC 6901 JSON pointer.
+fn json_pointer(path: &serde_path_to_error::Path) -> String {
+    let mut pointer = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => pointer.push_str(&format!("/{index}")),
+            Segment::Map { key } => {
+                pointer.push('/');
+                pointer.push_str(&key.replace('~', "~0").replace('/', "~1"));
+            }
+            Segment::Enum { .. } | Segment::Unknown => {}
+        }
+    }
+    pointer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::patch::Priority;
+
+    fn invalid_pointer(body: &str) -> (String, String) {
+        match parse_json(body.as_bytes()) {
+            Err(PatchError::Invalid { pointer, message }) => (pointer, message),
+            other => panic!("expected an invalid-field error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_minimal_patch_gets_defaults() {
+        let patch = parse_json(
+            br#"{"id":"p1","target":"MAIN","edits":[{"op":"write","path":"a.txt","contents":"hi"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(patch.priority, Priority::Normal);
+        assert_eq!(patch.edits[0].op(), "write");
+        assert_eq!(patch.edits[0].path().as_str(), "a.txt");
+    }
+
+    #[test]
+    fn every_edit_op_and_check_spelling_parses() {
+        let patch = parse_json(
+            br#"{"id":"p2","target":"MAIN","priority":"high","depends_on":["p1"],
+                "edits":[
+                  {"op":"write","path":"a","contents":""},
+                  {"op":"replace","path":"b","search":"x","replace":"y"},
+                  {"op":"diff","path":"c","diff":"@@ -1 +1 @@\n-a\n+b\n"},
+                  {"op":"delete","path":"d"},
+                  {"op":"rename","from":"e","to":"f"},
+                  {"op":"chmod","path":"g","mode":"755"},
+                  {"op":"mkdir","path":"h"}],
+                "validate":["true",{"run":"make check","timeout_s":30}],
+                "timeout_s":60,"on_failure":"keep","commit":{"message":"m"}}"#,
+        )
+        .unwrap();
+        assert_eq!(patch.edits.len(), 7);
+        assert_eq!(patch.validate[1].timeout_s, Some(30));
+        assert_eq!(patch.validate[0].run, "true");
+    }
+
+    #[test]
+    fn escaping_paths_name_the_field() {
+        let (pointer, message) = invalid_pointer(
+            r#"{"id":"p","target":"MAIN","edits":[{"op":"write","path":"ok","contents":""},{"op":"write","path":"../x","contents":""}]}"#,
+        );
+        assert_eq!(pointer, "/edits/1/path");
+        assert!(message.contains("escapes"), "{message}");
+        let (pointer, message) = invalid_pointer(
+            r#"{"id":"p","target":"MAIN","edits":[{"op":"write","path":"/etc/x","contents":""}]}"#,
+        );
+        assert_eq!(pointer, "/edits/0/path");
+        assert!(message.contains("absolute"), "{message}");
+    }
+
+    #[test]
+    fn shape_errors_name_the_field() {
+        let (pointer, message) = invalid_pointer(r#"{"id":"p","edits":[]}"#);
+        assert_eq!(pointer, "");
+        assert!(message.contains("missing field `target`"), "{message}");
+        let (pointer, _) = invalid_pointer(r#"{"id":"a/b","target":"MAIN"}"#);
+        assert_eq!(pointer, "/id");
+        let (pointer, message) = invalid_pointer(
+            r#"{"id":"p","target":"MAIN","edits":[{"op":"frobnicate","path":"a"}]}"#,
+        );
+        assert_eq!(pointer, "/edits/0");
+        assert!(message.contains("frobnicate"), "{message}");
+        let (pointer, message) = invalid_pointer(r#"{"id":"p","target":"MAIN","colour":"red"}"#);
+        assert_eq!(pointer, "/colour");
+        assert!(message.contains("colour"), "{message}");
+        let (pointer, _) = invalid_pointer(
+            r#"{"id":"p","target":"MAIN","edits":[{"op":"write","path":"a","contents":1}]}"#,
+        );
+        assert_eq!(pointer, "/edits/0/contents");
+        let (pointer, message) = invalid_pointer(
+            r#"{"id":"p","target":"MAIN","edits":[{"op":"delete","path":"a","contents":"x"}]}"#,
+        );
+        assert_eq!(pointer, "/edits/0");
+        assert!(
+            message.contains("`contents` does not belong to op `delete`"),
+            "{message}"
+        );
+        let (pointer, message) =
+            invalid_pointer(r#"{"id":"p","target":"MAIN","edits":[{"op":"write","path":"a"}]}"#);
+        assert_eq!(pointer, "/edits/0");
+        assert!(message.contains("missing field `contents`"), "{message}");
+    }
+
+    #[test]
+    fn cross_field_rules_are_enforced() {
+        assert_eq!(invalid_pointer(r#"{"id":"p","target":"MAIN"}"#).0, "/edits");
+        assert_eq!(
+            invalid_pointer(
+                r#"{"id":"p","target":"MAIN","depends_on":["p"],"agent":{"task":"t"}}"#
+            )
+            .0,
+            "/depends_on/0"
+        );
+        assert_eq!(
+            invalid_pointer(r#"{"id":"p","target":"MAIN","timeout_s":0,"agent":{"task":"t"}}"#).0,
+            "/timeout_s"
+        );
+        assert_eq!(
+            invalid_pointer(
+                r#"{"id":"p","target":"MAIN","edits":[{"op":"chmod","path":"a","mode":"999"}]}"#
+            )
+            .0,
+            "/edits/0/mode"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_give_line_and_column() {
+        let err = parse_json(b"{\n  \"id\": \"p\",\n  oops\n}").unwrap_err();
+        match err {
+            PatchError::Syntax { line, column, .. } => assert_eq!((line, column), (3, 3)),
+            other => panic!("expected a syntax error, got {other:?}"),
+        }
+        assert!(matches!(
+            parse_json(br#"{"id":"p","target":"MAIN","agent":{"task":"t"}} trailing"#),
+            Err(PatchError::Syntax { .. })
+        ));
+    }
+
+    #[test]
+    fn content_hash_follows_content() {
+        let one = parse_json(br#"{"id":"p","target":"MAIN","agent":{"task":"a"}}"#).unwrap();
+        let same = parse_json(br#"{ "target":"MAIN", "id":"p", "agent":{"task":"a"}}"#).unwrap();
+        let other = parse_json(br#"{"id":"p","target":"MAIN","agent":{"task":"b"}}"#).unwrap();
+        assert_eq!(one.content_hash(), same.content_hash());
+        assert_ne!(one.content_hash(), other.content_hash());
+        assert_eq!(one.content_hash().len(), 64);
+    }
+}

@@ -1,0 +1,244 @@
+//! The canonical v1 patch (see DESIGN.md, "The patch").
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{PatchId, RelPath, TargetName};
+
+/// One patch: what to change in which workspace, what to run after, and how to report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Patch {
+    /// Unique id chosen by the submitter; with the content hash it is the idempotency key.
+    pub id: PatchId,
+    /// The workspace the patch applies to.
+    pub target: TargetName,
+    /// Why this change, for the summary and Slack.
+    #[serde(default)]
+    pub description: String,
+    /// Queue priority within the target.
+    #[serde(default)]
+    pub priority: Priority,
+    /// Patches that must have succeeded before this one runs.
+    #[serde(default)]
+    pub depends_on: Vec<PatchId>,
+    /// Optional precondition on the workspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<Base>,
+    /// File operations, applied in order.
+    #[serde(default)]
+    pub edits: Vec<Edit>,
+    /// A whole V4A or unified-diff document, as an alternative to `edits`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch: Option<String>,
+    /// Commands run after the edits.
+    #[serde(default)]
+    pub commands: Vec<String>,
+    /// Checks run after the commands; any failure fails the patch.
+    #[serde(default)]
+    pub validate: Vec<Check>,
+    /// Deadline for the whole patch, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<u32>,
+    /// What to do with the workspace when the patch fails.
+    #[serde(default)]
+    pub on_failure: OnFailure,
+    /// Optional git commit on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<CommitSpec>,
+    /// Hand the work to a coding agent instead of applying edits directly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentTask>,
+}
+
+/// Queue priority within one target.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// Runs after everything else queued.
+    Low,
+    /// The default.
+    #[default]
+    Normal,
+    /// Runs before normal and low.
+    High,
+}
+
+/// A precondition on the workspace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Base {
+    /// Refuse the patch unless the workspace's git HEAD is this commit.
+    pub git_head: String,
+}
+
+/// One file operation.
+///
+/// Deserialised by hand (see `edit_de`) so that an error inside an edit keeps its exact
+/// JSON pointer, which serde's buffered internally-tagged enums would lose.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Edit {
+    /// Create or overwrite a file.
+    Write {
+        /// The file.
+        path: RelPath,
+        /// Its whole new contents.
+        contents: String,
+    },
+    /// Replace one unique occurrence of `search`.
+    Replace {
+        /// The file.
+        path: RelPath,
+        /// Text that must occur exactly once (after the matching ladder).
+        search: String,
+        /// Its replacement.
+        replace: String,
+    },
+    /// Apply unified-diff hunks to one file.
+    Diff {
+        /// The file.
+        path: RelPath,
+        /// The hunks, starting at `@@`.
+        diff: String,
+    },
+    /// Remove a file.
+    Delete {
+        /// The file.
+        path: RelPath,
+    },
+    /// Move a file.
+    Rename {
+        /// Current path.
+        from: RelPath,
+        /// New path.
+        to: RelPath,
+    },
+    /// Change a file's permission bits.
+    Chmod {
+        /// The file.
+        path: RelPath,
+        /// Octal mode, e.g. "755".
+        mode: String,
+    },
+    /// Create a directory (and its parents).
+    Mkdir {
+        /// The directory.
+        path: RelPath,
+    },
+}
+
+impl Edit {
+    /// The operation name, as written in the patch.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Self::Write { .. } => "write",
+            Self::Replace { .. } => "replace",
+            Self::Diff { .. } => "diff",
+            Self::Delete { .. } => "delete",
+            Self::Rename { .. } => "rename",
+            Self::Chmod { .. } => "chmod",
+            Self::Mkdir { .. } => "mkdir",
+        }
+    }
+
+    /// The path the operation changes (the destination for a rename).
+    pub fn path(&self) -> &RelPath {
+        match self {
+            Self::Write { path, .. }
+            | Self::Replace { path, .. }
+            | Self::Diff { path, .. }
+            | Self::Delete { path }
+            | Self::Chmod { path, .. }
+            | Self::Mkdir { path } => path,
+            Self::Rename { to, .. } => to,
+        }
+    }
+}
+
+/// A validation step: a command and its own deadline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "CheckSpec", into = "CheckSpec")]
+pub struct Check {
+    /// The command line.
+    pub run: String,
+    /// Its deadline in seconds, if shorter than the patch's.
+    pub timeout_s: Option<u32>,
+}
+
+/// The two accepted spellings of a check: a bare command or `{run, timeout_s}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a command string or an object {\"run\": ..., \"timeout_s\": ...}"
+)]
+enum CheckSpec {
+    Plain(String),
+    Full {
+        run: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_s: Option<u32>,
+    },
+}
+
+impl From<CheckSpec> for Check {
+    fn from(spec: CheckSpec) -> Self {
+        match spec {
+            CheckSpec::Plain(run) => Self {
+                run,
+                timeout_s: None,
+            },
+            CheckSpec::Full { run, timeout_s } => Self { run, timeout_s },
+        }
+    }
+}
+
+impl From<Check> for CheckSpec {
+    fn from(check: Check) -> Self {
+        Self::Full {
+            run: check.run,
+            timeout_s: check.timeout_s,
+        }
+    }
+}
+
+/// What happens to the workspace when a patch fails.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// Restore every touched file byte for byte (the default).
+    #[default]
+    Rollback,
+    /// Leave the workspace as the failure left it.
+    Keep,
+}
+
+/// A git commit made when the patch succeeds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommitSpec {
+    /// The commit message; the patch id is added as a trailer.
+    pub message: String,
+}
+
+/// Work handed to a coding agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentTask {
+    /// Prose instructions.
+    pub task: String,
+}
+
+impl Patch {
+    /// The canonical JSON form: fixed field order, defaults spelled out.
+    pub fn canonical_json(&self) -> String {
+        // Serialising plain data with string keys cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// SHA-256 of the canonical form, lowercase hex: with the id, the idempotency key.
+    pub fn content_hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(self.canonical_json().as_bytes());
+        digest.iter().map(|byte| format!("{byte:02x}")).collect()
+    }
+}

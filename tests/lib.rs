@@ -1,0 +1,1 @@
+//! Cross-service tests live in `e2e/`; this library is empty on purpose.
