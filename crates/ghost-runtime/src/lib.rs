@@ -1,1 +1,21 @@
-//! placeholder
+//! What every Ghost Runner service runs on, so that each service's `main.rs` stays a few lines
+//! and every service behaves the same at its edges.
+//!
+//! - [`config`]: the one place configuration is loaded (defaults → TOML file → `GHOST_<SVC>__KEY`
+//!   environment), with `--print-config` and redacted [`config::Secret`]s.
+//! - [`telemetry`]: the one place a tracing subscriber is built (fmt or JSON logs, OTLP export).
+//! - [`propagation`]: W3C trace context across gRPC, HTTP and the router's stored contexts.
+//! - [`shutdown`]: SIGINT/SIGTERM as a future.
+//! - [`serve`]: gRPC (with `grpc.health.v1` and reflection) and HTTP (`/healthz`, `/readyz`,
+//!   `/metrics`) servers with a bounded drain.
+//! - [`metrics`]: the Prometheus recorder.
+//!
+//! Every service depends on this crate; it depends on `ghost-proto` only for the reflection
+//! descriptors.
+
+pub mod config;
+pub mod metrics;
+pub mod propagation;
+pub mod serve;
+pub mod shutdown;
+pub mod telemetry;

@@ -1,0 +1,202 @@
+//! W3C trace-context propagation: the one module that moves a trace across process edges.
+//!
+//! - gRPC clients add [`TraceInterceptor`]; gRPC and HTTP servers build their request span
+//!   with [`grpc_server_span`] / [`http_server_span`], which continue an incoming `traceparent`.
+//! - The router stores [`current_traceparent`] with each patch and hands it to executors, which
+//!   call [`set_parent`] so a patch stays one trace across the long-lived Work stream.
+//! - Outgoing HTTP (Slack) calls [`inject_headers`].
+//!
+//! The propagator is used directly rather than through a global, so propagation works the
+//! same whether or not an exporter is installed.
+
+use std::collections::HashMap;
+
+use opentelemetry::Context;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+const TRACEPARENT: &str = "traceparent";
+
+/// The `traceparent` of the current span, if it is being traced.
+pub fn current_traceparent() -> Option<String> {
+    traceparent_of(&Span::current())
+}
+
+/// The `traceparent` of `span`, if it is being traced.
+pub fn traceparent_of(span: &Span) -> Option<String> {
+    let context = span.context();
+    if !context.span().span_context().is_valid() {
+        return None;
+    }
+    let mut carrier: HashMap<String, String> = HashMap::new();
+    TraceContextPropagator::new().inject_context(&context, &mut carrier);
+    carrier.remove(TRACEPARENT)
+}
+
+/// The 32-hex-digit trace id inside a `traceparent` (empty if it is malformed).
+pub fn trace_id_of(traceparent: &str) -> String {
+    let mut parts = traceparent.split('-');
+    match (parts.next(), parts.next()) {
+        (Some(_version), Some(trace_id)) if trace_id.len() == 32 => trace_id.to_owned(),
+        _ => String::new(),
+    }
+}
+
+/// The trace id of the current span (empty when not traced).
+pub fn current_trace_id() -> String {
+    current_traceparent()
+        .map(|tp| trace_id_of(&tp))
+        .unwrap_or_default()
+}
+
+/// Makes `span` a child of the remote span named by `traceparent` (ignored when empty or
+/// malformed: the span then starts its own trace).
+pub fn set_parent(span: &Span, traceparent: &str) {
+    if traceparent.is_empty() {
+        return;
+    }
+    let mut carrier = HashMap::new();
+    carrier.insert(TRACEPARENT.to_owned(), traceparent.to_owned());
+    let context = TraceContextPropagator::new().extract(&carrier);
+    if !context.span().span_context().is_valid() {
+        tracing::debug!(traceparent, "ignoring malformed traceparent");
+        return;
+    }
+    if let Err(err) = span.set_parent(context) {
+        tracing::debug!(error = %err, "cannot set span parent");
+    }
+}
+
+struct HeaderCarrier<'a>(&'a mut http::HeaderMap);
+
+impl Injector for HeaderCarrier<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(key.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+struct HeaderReader<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderReader<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+/// Adds the current span's `traceparent` to outgoing HTTP headers.
+pub fn inject_headers(headers: &mut http::HeaderMap) {
+    let context = Span::current().context();
+    TraceContextPropagator::new().inject_context(&context, &mut HeaderCarrier(headers));
+}
+
+/// The remote parent context named by incoming HTTP/gRPC headers.
+pub fn extract_headers(headers: &http::HeaderMap) -> Context {
+    TraceContextPropagator::new().extract(&HeaderReader(headers))
+}
+
+fn continue_trace(span: &Span, headers: &http::HeaderMap) {
+    let parent = extract_headers(headers);
+    if parent.span().span_context().is_valid()
+        && let Err(err) = span.set_parent(parent)
+    {
+        tracing::debug!(error = %err, "cannot set span parent");
+    }
+}
+
+/// The server span of one gRPC call, continuing the caller's trace.
+pub fn grpc_server_span<B>(service: &'static str, request: &http::Request<B>) -> Span {
+    let path = request.uri().path();
+    let span = tracing::info_span!(
+        "grpc.server",
+        otel.name = %path.trim_start_matches('/'),
+        otel.kind = "server",
+        rpc.system = "grpc",
+        ghost.service = service,
+    );
+    continue_trace(&span, request.headers());
+    span
+}
+
+/// The server span of one HTTP request, continuing the caller's trace.
+pub fn http_server_span<B>(service: &'static str, request: &http::Request<B>) -> Span {
+    let span = tracing::info_span!(
+        "http.server",
+        otel.name = %format!("{} {}", request.method(), request.uri().path()),
+        otel.kind = "server",
+        http.request.method = %request.method(),
+        url.path = %request.uri().path(),
+        ghost.service = service,
+    );
+    continue_trace(&span, request.headers());
+    span
+}
+
+/// A tonic client interceptor that sends the current span's trace context.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TraceInterceptor;
+
+impl tonic::service::Interceptor for TraceInterceptor {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(traceparent) = current_traceparent()
+            && let Ok(value) = traceparent.parse()
+        {
+            request.metadata_mut().insert(TRACEPARENT, value);
+        }
+        Ok(request)
+    }
+}
+
+/// A gRPC client channel wrapped with [`TraceInterceptor`].
+pub type TracedChannel =
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, TraceInterceptor>;
+
+/// A lazily connecting, traced channel to `endpoint` (e.g. `http://127.0.0.1:50051`).
+///
+/// Lazy so a service starts even when its peer is down; calls then fail with `UNAVAILABLE`,
+/// which callers map to a retry or a 503.
+pub fn traced_channel(endpoint: &str) -> Result<TracedChannel, tonic::transport::Error> {
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .tcp_nodelay(true)
+        .connect_lazy();
+    Ok(tonic::service::interceptor::InterceptedService::new(
+        channel,
+        TraceInterceptor,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_ids_come_out_of_traceparents() {
+        assert_eq!(
+            trace_id_of("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(trace_id_of("garbage"), "");
+        assert_eq!(trace_id_of(""), "");
+    }
+
+    #[test]
+    fn untraced_code_has_no_traceparent() {
+        assert_eq!(current_traceparent(), None);
+        assert_eq!(current_trace_id(), "");
+    }
+}

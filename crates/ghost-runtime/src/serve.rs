@@ -1,0 +1,220 @@
+//! Serving a service's gRPC and HTTP sides with the same health, metrics, tracing and drain
+//! behaviour everywhere.
+//!
+//! On the shutdown token: `/readyz` turns 503 and `grpc.health.v1` reports NOT_SERVING, both
+//! servers keep answering for `drain_grace` (so load balancers move away), then stop accepting
+//! and wait at most `drain_timeout` for in-flight calls.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
+use tracing::Level;
+
+use crate::config::ServerConfig;
+use crate::propagation::{grpc_server_span, http_server_span};
+
+/// The two bound sockets of a service. Bound in `App::build` so tests can use port 0 and read
+/// the real addresses before the service runs.
+#[derive(Debug)]
+pub struct Listeners {
+    grpc: TcpListener,
+    http: TcpListener,
+}
+
+impl Listeners {
+    /// Binds both listeners from the server config.
+    pub async fn bind(config: &ServerConfig) -> std::io::Result<Self> {
+        Ok(Self {
+            grpc: TcpListener::bind(config.grpc_listen).await?,
+            http: TcpListener::bind(config.http_listen).await?,
+        })
+    }
+
+    /// The bound gRPC address.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The bound HTTP address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+}
+
+/// Readiness as both edges report it.
+#[derive(Clone)]
+struct Readiness {
+    ready: Arc<AtomicBool>,
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(readiness): State<Readiness>) -> impl IntoResponse {
+    if readiness.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    }
+}
+
+async fn metrics_text() -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::handle().render(),
+    )
+}
+
+/// What one service serves.
+pub struct Service {
+    /// Short service name (`router`), used in spans and logs.
+    pub name: &'static str,
+    /// Fully qualified gRPC service names reported by `grpc.health.v1`.
+    pub grpc_names: Vec<&'static str>,
+    /// The service's own gRPC routes; health and reflection are added here.
+    pub grpc: tonic::service::Routes,
+    /// The service's own HTTP routes; `/healthz`, `/readyz` and `/metrics` are added here.
+    pub http: axum::Router,
+}
+
+/// Serves `service` until `shutdown` is cancelled, then drains as described in the module doc.
+pub async fn run(
+    service: Service,
+    listeners: Listeners,
+    config: &ServerConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let name = service.name;
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ghost_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let grpc_routes = service
+        .grpc
+        .add_service(health_service)
+        .add_service(reflection);
+
+    let readiness = Readiness {
+        ready: Arc::new(AtomicBool::new(true)),
+    };
+    let probes = axum::Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(readiness.clone());
+    let http_router = service.http.merge(probes).layer(
+        TraceLayer::new_for_http()
+            .make_span_with(move |request: &http::Request<axum::body::Body>| {
+                http_server_span(name, request)
+            })
+            .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
+    );
+
+    for grpc_name in std::iter::once("").chain(service.grpc_names.iter().copied()) {
+        reporter
+            .set_service_status(grpc_name, ServingStatus::Serving)
+            .await;
+    }
+
+    let stop_accepting = CancellationToken::new();
+    let grpc_addr = listeners.grpc_addr();
+    let http_addr = listeners.http_addr();
+    let grpc_stop = stop_accepting.clone();
+    let mut grpc_task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(
+                TraceLayer::new_for_grpc()
+                    .make_span_with(move |request: &http::Request<tonic::body::Body>| {
+                        grpc_server_span(name, request)
+                    })
+                    .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
+            )
+            .add_routes(grpc_routes)
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listeners.grpc),
+                grpc_stop.cancelled_owned(),
+            ),
+    );
+    let http_stop = stop_accepting.clone();
+    let mut http_task = tokio::spawn(async move {
+        axum::serve(listeners.http, http_router)
+            .with_graceful_shutdown(http_stop.cancelled_owned())
+            .await
+    });
+    tracing::info!(service = name, %grpc_addr, %http_addr, "serving");
+
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        result = &mut grpc_task => {
+            return Err(anyhow::anyhow!("grpc server of {name} stopped: {result:?}"));
+        }
+        result = &mut http_task => {
+            return Err(anyhow::anyhow!("http server of {name} stopped: {result:?}"));
+        }
+    }
+
+    tracing::info!(service = name, grace = ?config.drain_grace, "draining");
+    readiness.ready.store(false, Ordering::SeqCst);
+    for grpc_name in std::iter::once("").chain(service.grpc_names.iter().copied()) {
+        reporter
+            .set_service_status(grpc_name, ServingStatus::NotServing)
+            .await;
+    }
+    tokio::time::sleep(config.drain_grace).await;
+    stop_accepting.cancel();
+    let drained = tokio::time::timeout(config.drain_timeout, async {
+        let grpc = grpc_task.await;
+        let http = http_task.await;
+        (grpc, http)
+    })
+    .await;
+    match drained {
+        Ok((grpc, http)) => {
+            if let Ok(Err(err)) = grpc {
+                tracing::warn!(service = name, error = %err, "grpc server ended with an error");
+            }
+            if let Ok(Err(err)) = http {
+                tracing::warn!(service = name, error = %err, "http server ended with an error");
+            }
+            tracing::info!(service = name, "drained");
+        }
+        Err(_) => tracing::warn!(
+            service = name,
+            deadline = ?config.drain_timeout,
+            "drain deadline passed; closing remaining connections"
+        ),
+    }
+    Ok(())
+}
+
+/// Waits until `future` resolves, then cancels `token`: how `App::run(shutdown)` turns a stop
+/// signal future into the token its loops watch.
+pub async fn cancel_on<F: std::future::Future<Output = ()>>(future: F, token: CancellationToken) {
+    tokio::select! {
+        () = future => token.cancel(),
+        () = token.cancelled() => {}
+    }
+}
+
+/// A short pause used when a background loop must retry after an error.
+pub const LOOP_BACKOFF: Duration = Duration::from_millis(500);
