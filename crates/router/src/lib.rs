@@ -1,1 +1,24 @@
-//! placeholder
+//! The router owns the patch lifecycle and the only durable queue of Ghost Runner.
+//!
+//! Callers: the gateway (Submit, Get, List, Cancel, Retry), the alerter (pause/resume/retry
+//! from Slack), and executors, which dial the `Work` stream to take leases. Callees: the
+//! summarizer, which receives every terminal outcome through the outbox.
+//!
+//! A patch is committed to SQLite before Submit answers; it is then leased to an executor of
+//! its target, its result is stored with the outcome queued for the summarizer in the same
+//! transaction, and the trace context of the submit is kept with the patch so every later
+//! span joins the same trace.
+
+mod app;
+pub mod config;
+mod error;
+mod grpc;
+mod outbox;
+mod routing;
+mod store;
+
+pub use app::App;
+pub use config::RouterConfig;
+
+/// Service name in logs, traces, metrics and the environment prefix.
+pub const SERVICE: &str = "router";

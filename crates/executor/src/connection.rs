@@ -1,0 +1,208 @@
+//! The executor's side of the Work stream: dial the router, say Hello, take assignments, send
+//! heartbeats and results; reconnect with a pause when the stream breaks.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ghost_core::Patch;
+use ghost_proto::executor::v1::{
+    ExecutorMessage, Heartbeat, Hello, Progress, Result as WorkResult, Workspace as WireWorkspace,
+    executor_message, router_message,
+};
+use ghost_proto::router::v1::{PatchStatus, router_service_client::RouterServiceClient};
+use ghost_runtime::propagation::{set_parent, traceparent_of};
+use tokio::sync::{Mutex, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::apply::{self, Limits, Workspace};
+use crate::config::ExecutorConfig;
+use crate::error::ExecutorError;
+
+/// Heartbeat period until the router's Welcome says otherwise.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// What one executor process needs to serve its workspaces.
+#[derive(Clone)]
+pub struct Worker {
+    /// Router URL, id and token.
+    pub config: Arc<ExecutorConfig>,
+    /// Workspaces by target.
+    pub workspaces: Arc<HashMap<String, Workspace>>,
+    /// Size limits.
+    pub limits: Limits,
+}
+
+/// Keeps a session with the router alive until `shutdown`.
+pub async fn run(worker: Worker, shutdown: CancellationToken) {
+    loop {
+        match session(&worker, &shutdown).await {
+            Ok(()) => return,
+            Err(err) => tracing::warn!(
+                error = %err,
+                retry_in = ?worker.config.reconnect_backoff,
+                "router session ended"
+            ),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(worker.config.reconnect_backoff) => {}
+        }
+    }
+}
+
+fn message(kind: executor_message::Kind) -> ExecutorMessage {
+    ExecutorMessage { kind: Some(kind) }
+}
+
+async fn session(worker: &Worker, shutdown: &CancellationToken) -> Result<(), ExecutorError> {
+    let channel = tonic::transport::Endpoint::from_shared(worker.config.router_url.clone())?
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    let mut client = RouterServiceClient::new(channel);
+    let (outbound, outbound_rx) = mpsc::channel::<ExecutorMessage>(32);
+    let hello = Hello {
+        executor_id: worker.config.executor_id.clone(),
+        workspaces: worker
+            .workspaces
+            .values()
+            .map(|ws| WireWorkspace {
+                target: ws.target.clone(),
+                root: ws.root.display().to_string(),
+            })
+            .collect(),
+        capabilities: vec!["write".to_owned()],
+        token: worker.config.token.expose().to_owned(),
+    };
+    let _ = outbound
+        .send(message(executor_message::Kind::Hello(hello)))
+        .await;
+    let mut inbound = client
+        .work(ReceiverStream::new(outbound_rx))
+        .await?
+        .into_inner();
+    tracing::info!(router = %worker.config.router_url, "connected to the router");
+
+    let held: Arc<Mutex<Vec<u64>>> = Arc::new(Mutex::new(Vec::new()));
+    let tasks = TaskTracker::new();
+    let mut heartbeat = tokio::time::interval(DEFAULT_HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let result = loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break Ok(()),
+            _ = heartbeat.tick() => {
+                let tokens = held.lock().await.clone();
+                let beat = message(executor_message::Kind::Heartbeat(Heartbeat { fencing_tokens: tokens }));
+                if outbound.send(beat).await.is_err() {
+                    break Err(ExecutorError::Closed);
+                }
+            }
+            incoming = inbound.message() => {
+                let Some(incoming) = incoming? else {
+                    break Err(ExecutorError::Closed);
+                };
+                match incoming.kind {
+                    Some(router_message::Kind::Welcome(welcome)) => {
+                        let period = Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(100)));
+                        heartbeat = tokio::time::interval(period);
+                        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    }
+                    Some(router_message::Kind::Assign(assign)) => {
+                        held.lock().await.push(assign.fencing_token);
+                        let worker = worker.clone();
+                        let outbound = outbound.clone();
+                        let held = Arc::clone(&held);
+                        tasks.spawn(async move {
+                            let token = assign.fencing_token;
+                            execute(&worker, assign, &outbound).await;
+                            held.lock().await.retain(|t| *t != token);
+                        });
+                    }
+                    Some(router_message::Kind::Cancel(cancel)) => {
+                        // Writes finish in milliseconds and are all-or-nothing; a cancel that
+                        // arrives during them takes effect as the result the router then sees.
+                        tracing::info!(patch_id = %cancel.patch_id, reason = %cancel.reason, "cancel received");
+                    }
+                    None => tracing::warn!("empty router message ignored"),
+                }
+            }
+        }
+    };
+    tasks.close();
+    tasks.wait().await;
+    result
+}
+
+/// Runs one assignment and sends its result.
+async fn execute(
+    worker: &Worker,
+    assign: ghost_proto::executor::v1::Assign,
+    outbound: &mpsc::Sender<ExecutorMessage>,
+) {
+    let wire_patch = assign.patch.unwrap_or_default();
+    let patch_id = wire_patch.id.clone();
+    let span = tracing::info_span!(
+        "executor.apply",
+        patch_id = %patch_id,
+        attempt = assign.attempt,
+        target = %wire_patch.target
+    );
+    set_parent(&span, &assign.traceparent);
+    let _ = outbound
+        .send(message(executor_message::Kind::Progress(Progress {
+            patch_id: patch_id.clone(),
+            fencing_token: assign.fencing_token,
+            status: PatchStatus::Applying as i32,
+            detail: String::new(),
+        })))
+        .await;
+    let report = match Patch::try_from(wire_patch) {
+        Ok(patch) => match worker.workspaces.get(patch.target.as_str()).cloned() {
+            Some(workspace) => {
+                let limits = worker.limits;
+                let apply_span = span.clone();
+                tokio::task::spawn_blocking(move || {
+                    apply_span.in_scope(|| apply::apply(&workspace, &patch, &limits))
+                })
+                .await
+                .unwrap_or_else(|err| rejected(format!("apply task failed: {err}")))
+            }
+            None => rejected(format!(
+                "this executor does not serve target {}",
+                patch.target
+            )),
+        },
+        Err(err) => rejected(format!("invalid patch: {err}")),
+    };
+    span.in_scope(|| {
+        tracing::info!(status = %report.status, edits = report.edits.len(), error = %report.error, "patch applied");
+    });
+    let result = WorkResult {
+        patch_id,
+        attempt: assign.attempt,
+        fencing_token: assign.fencing_token,
+        report: Some(ghost_proto::router::v1::ApplyReport::from(&report)),
+        traceparent: traceparent_of(&span).unwrap_or_default(),
+    };
+    if outbound
+        .send(message(executor_message::Kind::Result(result)))
+        .await
+        .is_err()
+    {
+        tracing::warn!("stream closed before the result was sent; the router will requeue");
+    }
+}
+
+fn rejected(error: String) -> ghost_core::ApplyReport {
+    ghost_core::ApplyReport {
+        status: ghost_core::Status::Rejected,
+        error,
+        edits: Vec::new(),
+        commands: Vec::new(),
+        duration_ms: 0,
+    }
+}

@@ -1,0 +1,110 @@
+//! Builds the router from its config and runs it until shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ghost_proto::router::v1::router_service_server::RouterServiceServer;
+use ghost_proto::summarizer::v1::summarizer_service_client::SummarizerServiceClient;
+use ghost_runtime::propagation::traced_channel;
+use ghost_runtime::serve::{self, Listeners, Service};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::RouterConfig;
+use crate::grpc::RouterGrpc;
+use crate::routing::Routing;
+use crate::store::Store;
+use crate::{SERVICE, outbox};
+
+/// A built router, listening but not yet serving.
+pub struct App {
+    config: RouterConfig,
+    listeners: Listeners,
+    routing: Arc<Routing>,
+}
+
+impl App {
+    /// Opens the database, requeues work that was in flight, and binds the listeners.
+    pub async fn build(config: RouterConfig) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let store = Store::open(&config.data_dir.join("router.db"))?;
+        let requeued = store.requeue_in_flight().await?;
+        if requeued > 0 {
+            tracing::warn!(requeued, "patches in flight at the last stop were requeued");
+        }
+        let routing = Arc::new(Routing::new(store, config.lease_timeout));
+        let listeners = Listeners::bind(&config.server).await?;
+        Ok(Self {
+            config,
+            listeners,
+            routing,
+        })
+    }
+
+    /// The bound gRPC address.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.listeners.grpc_addr()
+    }
+
+    /// The bound HTTP address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.listeners.http_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then drains.
+    pub async fn run<F>(self, shutdown: F) -> anyhow::Result<()>
+    where
+        F: std::future::Future<Output = ()> + Send,
+    {
+        let token = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let summarizer = match &self.config.summarizer_url {
+            Some(url) => Some(SummarizerServiceClient::new(traced_channel(url)?)),
+            None => None,
+        };
+        tasks.spawn(outbox::run(
+            self.routing.store().clone(),
+            summarizer,
+            Arc::clone(&self.routing.outbox_wake),
+            token.clone(),
+        ));
+        let routing = Arc::clone(&self.routing);
+        let sweep_token = token.clone();
+        let sweep_every = self.config.lease_timeout / 3;
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = sweep_token.cancelled() => return,
+                    () = tokio::time::sleep(sweep_every) => routing.expire_leases().await,
+                }
+            }
+        });
+        let grpc = RouterGrpc {
+            routing: Arc::clone(&self.routing),
+            tasks: tasks.clone(),
+            shutdown: token.clone(),
+            executor_token: self.config.executor_token.clone(),
+            heartbeat_interval: self.config.heartbeat_interval,
+        };
+        let service = Service {
+            name: SERVICE,
+            grpc_names: vec!["ghost.router.v1.RouterService"],
+            grpc: tonic::service::Routes::new(RouterServiceServer::new(grpc)),
+            http: axum::Router::new(),
+        };
+        let routing = Arc::clone(&self.routing);
+        let close_token = token.clone();
+        tasks.spawn(async move {
+            close_token.cancelled().await;
+            routing.close_sessions().await;
+        });
+        let (served, ()) = tokio::join!(
+            serve::run(service, self.listeners, &self.config.server, token.clone()),
+            serve::cancel_on(shutdown, token.clone()),
+        );
+        token.cancel();
+        tasks.close();
+        tasks.wait().await;
+        served
+    }
+}

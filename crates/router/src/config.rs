@@ -1,0 +1,45 @@
+//! Router configuration.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ghost_runtime::config::{Secret, ServerConfig};
+use ghost_runtime::telemetry::TelemetryConfig;
+use serde::{Deserialize, Serialize};
+
+/// Everything the router reads at start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterConfig {
+    /// Listen addresses and drain timings.
+    pub server: ServerConfig,
+    /// Logs and traces.
+    pub telemetry: TelemetryConfig,
+    /// Directory of the SQLite database (`router.db`).
+    pub data_dir: PathBuf,
+    /// gRPC URL of the summarizer, e.g. `http://127.0.0.1:50053`; unset: outcomes wait in the
+    /// outbox until one is configured.
+    pub summarizer_url: Option<String>,
+    /// Token executors must present in Hello; empty: any executor may connect.
+    pub executor_token: Secret,
+    /// How often executors must heartbeat.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// A lease not renewed for this long expires and its patch is requeued.
+    #[serde(with = "humantime_serde")]
+    pub lease_timeout: Duration,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::loopback(50051, 8081),
+            telemetry: TelemetryConfig::default(),
+            data_dir: PathBuf::from("./.ghost/router"),
+            summarizer_url: None,
+            executor_token: Secret::default(),
+            heartbeat_interval: Duration::from_secs(5),
+            lease_timeout: Duration::from_secs(30),
+        }
+    }
+}

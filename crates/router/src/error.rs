@@ -1,0 +1,61 @@
+//! The router's errors and their single mapping to gRPC status codes.
+
+use crate::store::StoreError;
+
+/// Everything that can go wrong in the router.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// The request is malformed; names the field.
+    #[error("invalid {field}: {message}")]
+    InvalidArgument {
+        /// The offending field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// No such patch.
+    #[error("patch {0} not found")]
+    NotFound(String),
+    /// The id is taken by a patch with other content.
+    #[error("patch {0} already exists with different content")]
+    Conflict(String),
+    /// The operation does not fit the patch's state.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A result arrived for a lease that is no longer live.
+    #[error("stale lease for patch {0}")]
+    StaleLease(String),
+    /// The executor did not prove it may take work.
+    #[error("executor token rejected")]
+    Unauthenticated,
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<ghost_proto::convert::ConversionError> for RouterError {
+    fn from(err: ghost_proto::convert::ConversionError) -> Self {
+        Self::InvalidArgument {
+            field: err.field,
+            message: err.message,
+        }
+    }
+}
+
+impl From<RouterError> for tonic::Status {
+    fn from(err: RouterError) -> Self {
+        match &err {
+            RouterError::InvalidArgument { .. } => Self::invalid_argument(err.to_string()),
+            RouterError::NotFound(_) => Self::not_found(err.to_string()),
+            RouterError::Conflict(_) => Self::already_exists(err.to_string()),
+            RouterError::FailedPrecondition(_) | RouterError::StaleLease(_) => {
+                Self::failed_precondition(err.to_string())
+            }
+            RouterError::Unauthenticated => Self::unauthenticated(err.to_string()),
+            RouterError::Store(inner) => {
+                tracing::error!(error = %inner, "router storage failed");
+                Self::internal("internal storage error")
+            }
+        }
+    }
+}

@@ -1,0 +1,416 @@
+//! tonic adapter of `ghost.router.v1.RouterService`: wire → domain → [`Routing`] → wire.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ghost_core::{ApplyReport, Patch, PatchId, Status, TargetName};
+use ghost_proto::convert::status_from_wire;
+use ghost_proto::executor::v1::{
+    ExecutorMessage, RouterMessage, Welcome, executor_message, router_message,
+};
+use ghost_proto::router::v1::{self as wire, router_service_server::RouterService};
+use ghost_runtime::config::Secret;
+use ghost_runtime::propagation::{current_traceparent, set_parent, trace_id_of};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::{Request, Response, Streaming};
+use tracing::Instrument;
+
+use crate::error::RouterError;
+use crate::routing::Routing;
+use crate::store::PatchRecord;
+
+/// How long a new Work stream may take to say Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_PAGE: u32 = 50;
+const MAX_PAGE: u32 = 500;
+
+/// The gRPC face of the router.
+#[derive(Clone)]
+pub struct RouterGrpc {
+    /// The logic.
+    pub routing: Arc<Routing>,
+    /// Tracks the per-session reader tasks.
+    pub tasks: TaskTracker,
+    /// Cancelled on shutdown; ends every session.
+    pub shutdown: CancellationToken,
+    /// Token executors must present.
+    pub executor_token: Secret,
+    /// Told to executors in Welcome.
+    pub heartbeat_interval: Duration,
+}
+
+fn state_of(record: &PatchRecord) -> wire::PatchState {
+    wire::PatchState {
+        id: record.patch.id.to_string(),
+        target: record.patch.target.to_string(),
+        status: wire::PatchStatus::from(record.status) as i32,
+        attempt: record.attempt,
+        description: record.patch.description.clone(),
+        content_hash: record.content_hash.clone(),
+        trace_id: trace_id_of(&record.traceparent),
+        error: record.error.clone(),
+        created_unix_ms: record.created_ms,
+        updated_unix_ms: record.updated_ms,
+        report: record.report.as_ref().map(wire::ApplyReport::from),
+    }
+}
+
+fn patch_id(field: &str, raw: &str) -> Result<PatchId, RouterError> {
+    PatchId::parse(raw).map_err(|err| RouterError::InvalidArgument {
+        field: field.to_owned(),
+        message: err.to_string(),
+    })
+}
+
+fn target_name(field: &str, raw: &str) -> Result<TargetName, RouterError> {
+    TargetName::parse(raw).map_err(|err| RouterError::InvalidArgument {
+        field: field.to_owned(),
+        message: err.to_string(),
+    })
+}
+
+fn actor_or(actor: String, fallback: &str) -> String {
+    if actor.trim().is_empty() {
+        fallback.to_owned()
+    } else {
+        actor
+    }
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
+fn same_secret(given: &str, expected: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    let given = Sha256::digest(given.as_bytes());
+    let expected = Sha256::digest(expected.as_bytes());
+    given
+        .iter()
+        .zip(expected.iter())
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
+}
+
+type WorkStream = Pin<Box<dyn Stream<Item = Result<RouterMessage, tonic::Status>> + Send>>;
+
+#[tonic::async_trait]
+impl RouterService for RouterGrpc {
+    #[tracing::instrument(skip_all, fields(patch_id, target))]
+    async fn submit(
+        &self,
+        request: Request<wire::SubmitRequest>,
+    ) -> Result<Response<wire::SubmitResponse>, tonic::Status> {
+        let wire_patch = request
+            .into_inner()
+            .patch
+            .ok_or(RouterError::InvalidArgument {
+                field: "patch".to_owned(),
+                message: "required".to_owned(),
+            })?;
+        let patch = Patch::try_from(wire_patch).map_err(RouterError::from)?;
+        tracing::Span::current().record("patch_id", patch.id.as_str());
+        tracing::Span::current().record("target", patch.target.as_str());
+        let traceparent = current_traceparent().unwrap_or_default();
+        let (record, created) = self.routing.submit(patch, traceparent).await?;
+        Ok(Response::new(wire::SubmitResponse {
+            state: Some(state_of(&record)),
+            created,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(patch_id))]
+    async fn get(
+        &self,
+        request: Request<wire::GetRequest>,
+    ) -> Result<Response<wire::GetResponse>, tonic::Status> {
+        let id = patch_id("id", &request.into_inner().id)?;
+        tracing::Span::current().record("patch_id", id.as_str());
+        let record = self
+            .routing
+            .store()
+            .get(id.to_string())
+            .await
+            .map_err(RouterError::from)?
+            .ok_or_else(|| RouterError::NotFound(id.to_string()))?;
+        Ok(Response::new(wire::GetResponse {
+            state: Some(state_of(&record)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(patch_id))]
+    async fn events(
+        &self,
+        request: Request<wire::EventsRequest>,
+    ) -> Result<Response<wire::EventsResponse>, tonic::Status> {
+        let id = patch_id("id", &request.into_inner().id)?;
+        tracing::Span::current().record("patch_id", id.as_str());
+        let store = self.routing.store();
+        if store
+            .get(id.to_string())
+            .await
+            .map_err(RouterError::from)?
+            .is_none()
+        {
+            return Err(RouterError::NotFound(id.to_string()).into());
+        }
+        let events = store
+            .events(id.to_string())
+            .await
+            .map_err(RouterError::from)?
+            .into_iter()
+            .map(|event| wire::Event {
+                at_unix_ms: event.at_ms,
+                status: event.status,
+                actor: event.actor,
+                attempt: event.attempt,
+                detail: event.detail,
+            })
+            .collect();
+        Ok(Response::new(wire::EventsResponse { events }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list(
+        &self,
+        request: Request<wire::ListRequest>,
+    ) -> Result<Response<wire::ListResponse>, tonic::Status> {
+        let request = request.into_inner();
+        let target = if request.target.is_empty() {
+            None
+        } else {
+            Some(target_name("target", &request.target)?.to_string())
+        };
+        let status = if request.status == 0 {
+            None
+        } else {
+            Some(status_from_wire("status", request.status).map_err(RouterError::from)?)
+        };
+        let limit = match request.page_size {
+            0 => DEFAULT_PAGE,
+            size => size.min(MAX_PAGE),
+        };
+        let offset: u64 = if request.page_token.is_empty() {
+            0
+        } else {
+            request
+                .page_token
+                .parse()
+                .map_err(|_| RouterError::InvalidArgument {
+                    field: "page_token".to_owned(),
+                    message: "not a token returned by List".to_owned(),
+                })?
+        };
+        let records = self
+            .routing
+            .store()
+            .list(target, status, limit, offset)
+            .await
+            .map_err(RouterError::from)?;
+        let next_page_token = if records.len() == limit as usize {
+            (offset + u64::from(limit)).to_string()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(wire::ListResponse {
+            patches: records.iter().map(state_of).collect(),
+            next_page_token,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(patch_id))]
+    async fn cancel(
+        &self,
+        request: Request<wire::CancelRequest>,
+    ) -> Result<Response<wire::CancelResponse>, tonic::Status> {
+        let request = request.into_inner();
+        let id = patch_id("id", &request.id)?;
+        tracing::Span::current().record("patch_id", id.as_str());
+        let record = self
+            .routing
+            .cancel(id.to_string(), actor_or(request.actor, "api"))
+            .await?;
+        Ok(Response::new(wire::CancelResponse {
+            state: Some(state_of(&record)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(patch_id))]
+    async fn retry(
+        &self,
+        request: Request<wire::RetryRequest>,
+    ) -> Result<Response<wire::RetryResponse>, tonic::Status> {
+        let request = request.into_inner();
+        let id = patch_id("id", &request.id)?;
+        tracing::Span::current().record("patch_id", id.as_str());
+        let record = self
+            .routing
+            .retry(id.to_string(), actor_or(request.actor, "api"))
+            .await?;
+        Ok(Response::new(wire::RetryResponse {
+            state: Some(state_of(&record)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(target))]
+    async fn pause(
+        &self,
+        request: Request<wire::PauseRequest>,
+    ) -> Result<Response<wire::PauseResponse>, tonic::Status> {
+        let target = target_name("target", &request.into_inner().target)?;
+        self.routing.set_paused(target.to_string(), true).await?;
+        Ok(Response::new(wire::PauseResponse {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(target))]
+    async fn resume(
+        &self,
+        request: Request<wire::ResumeRequest>,
+    ) -> Result<Response<wire::ResumeResponse>, tonic::Status> {
+        let target = target_name("target", &request.into_inner().target)?;
+        self.routing.set_paused(target.to_string(), false).await?;
+        Ok(Response::new(wire::ResumeResponse {}))
+    }
+
+    type WorkStream = WorkStream;
+
+    async fn work(
+        &self,
+        request: Request<Streaming<ExecutorMessage>>,
+    ) -> Result<Response<Self::WorkStream>, tonic::Status> {
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| tonic::Status::deadline_exceeded("no Hello within 10s"))??;
+        let Some(ExecutorMessage {
+            kind: Some(executor_message::Kind::Hello(hello)),
+        }) = first
+        else {
+            return Err(RouterError::InvalidArgument {
+                field: "kind".to_owned(),
+                message: "the first message on the Work stream must be Hello".to_owned(),
+            }
+            .into());
+        };
+        if !self.executor_token.is_empty()
+            && !same_secret(&hello.token, self.executor_token.expose())
+        {
+            tracing::warn!(executor = %hello.executor_id, "executor token rejected");
+            return Err(RouterError::Unauthenticated.into());
+        }
+        if hello.executor_id.trim().is_empty() {
+            return Err(RouterError::InvalidArgument {
+                field: "hello.executor_id".to_owned(),
+                message: "required".to_owned(),
+            }
+            .into());
+        }
+        let mut targets = Vec::new();
+        for (index, workspace) in hello.workspaces.iter().enumerate() {
+            targets.push(
+                target_name(
+                    &format!("hello.workspaces[{index}].target"),
+                    &workspace.target,
+                )?
+                .to_string(),
+            );
+        }
+        if targets.is_empty() {
+            return Err(RouterError::InvalidArgument {
+                field: "hello.workspaces".to_owned(),
+                message: "an executor must serve at least one target".to_owned(),
+            }
+            .into());
+        }
+
+        let (sender, receiver) = tokio::sync::mpsc::channel(32);
+        let welcome = RouterMessage {
+            kind: Some(router_message::Kind::Welcome(Welcome {
+                heartbeat_interval_ms: u32::try_from(self.heartbeat_interval.as_millis())
+                    .unwrap_or(u32::MAX),
+            })),
+        };
+        let _ = sender.send(Ok(welcome)).await;
+        let routing = Arc::clone(&self.routing);
+        let (session, owner) = routing.connect(&hello.executor_id, &targets, sender).await;
+        let shutdown = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    message = inbound.message() => message,
+                };
+                match message {
+                    Ok(Some(message)) => handle_message(&routing, &owner, message).await,
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::info!(executor = %owner, code = ?status.code(), "work stream broke");
+                        break;
+                    }
+                }
+            }
+            routing.disconnect(session, &owner).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+}
+
+async fn handle_message(routing: &Routing, owner: &str, message: ExecutorMessage) {
+    match message.kind {
+        Some(executor_message::Kind::Heartbeat(beat)) => {
+            routing.heartbeat(owner, beat.fencing_tokens).await;
+        }
+        Some(executor_message::Kind::Progress(progress)) => {
+            match status_from_wire("progress.status", progress.status) {
+                Ok(status @ (Status::Applying | Status::Validating)) => {
+                    routing
+                        .progress(
+                            progress.patch_id,
+                            progress.fencing_token,
+                            status,
+                            progress.detail,
+                        )
+                        .await;
+                }
+                Ok(other) => {
+                    tracing::warn!(executor = %owner, status = %other, "progress with a non-progress status ignored")
+                }
+                Err(err) => tracing::warn!(executor = %owner, error = %err, "bad progress ignored"),
+            }
+        }
+        Some(executor_message::Kind::Result(result)) => {
+            let span = tracing::info_span!(
+                "router.complete",
+                patch_id = %result.patch_id,
+                attempt = result.attempt
+            );
+            set_parent(&span, &result.traceparent);
+            async {
+                let report = match result.report.map(ApplyReport::try_from) {
+                    Some(Ok(report)) => report,
+                    Some(Err(err)) => {
+                        tracing::warn!(executor = %owner, error = %err, "malformed result ignored");
+                        return;
+                    }
+                    None => {
+                        tracing::warn!(executor = %owner, "result without report ignored");
+                        return;
+                    }
+                };
+                if let Err(err) = routing
+                    .complete(result.patch_id, result.fencing_token, report)
+                    .await
+                {
+                    tracing::warn!(executor = %owner, error = %err, "result not accepted");
+                }
+            }
+            .instrument(span)
+            .await;
+        }
+        Some(executor_message::Kind::Hello(_)) => {
+            tracing::warn!(executor = %owner, "second Hello on one stream ignored");
+        }
+        None => tracing::warn!(executor = %owner, "empty message ignored"),
+    }
+}
