@@ -1,0 +1,163 @@
+//! The gateway's errors and their single mapping to HTTP problem documents (RFC 9457).
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// Everything the public API can answer besides success.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// No or wrong API key.
+    #[error("a valid API key is required (Authorization: Bearer <key> or X-Api-Key)")]
+    Unauthorized,
+    /// The body is not well-formed JSON.
+    #[error("malformed JSON at line {line}, column {column}: {message}")]
+    MalformedBody {
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What the parser expected.
+        message: String,
+    },
+    /// The request could not be read at all.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The patch is well-formed but invalid.
+    #[error("{message}")]
+    InvalidPatch {
+        /// JSON pointer of the offending value.
+        pointer: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Wrong content type.
+    #[error("unsupported content type {0:?}; send application/json")]
+    UnsupportedMediaType(String),
+    /// Body over the limit.
+    #[error("request body over the {0} byte limit")]
+    PayloadTooLarge(usize),
+    /// No such patch.
+    #[error("patch {0} not found")]
+    NotFound(String),
+    /// The id is taken by a patch with other content.
+    #[error("patch {0} already exists with different content; choose a new id")]
+    Conflict(String),
+    /// The router could not durably accept the patch; nothing was stored.
+    #[error("the patch queue is unavailable; nothing was stored, retry later")]
+    Unavailable(String),
+    /// A bug or an unexpected upstream answer.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl GatewayError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::MalformedBody { .. } | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::InvalidPatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn slug(&self) -> &'static str {
+        match self {
+            Self::Unauthorized => "unauthorized",
+            Self::MalformedBody { .. } => "malformed-json",
+            Self::BadRequest(_) => "bad-request",
+            Self::InvalidPatch { .. } => "invalid-patch",
+            Self::UnsupportedMediaType(_) => "unsupported-media-type",
+            Self::PayloadTooLarge(_) => "payload-too-large",
+            Self::NotFound(_) => "not-found",
+            Self::Conflict(_) => "conflict",
+            Self::Unavailable(_) => "unavailable",
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<ghost_core::PatchError> for GatewayError {
+    fn from(err: ghost_core::PatchError) -> Self {
+        match err {
+            ghost_core::PatchError::Syntax {
+                line,
+                column,
+                message,
+            } => Self::MalformedBody {
+                line,
+                column,
+                message,
+            },
+            ghost_core::PatchError::Invalid { pointer, message } => {
+                Self::InvalidPatch { pointer, message }
+            }
+        }
+    }
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut body = json!({
+            "type": format!("/problems/{}", self.slug()),
+            "title": status.canonical_reason().unwrap_or("error"),
+            "status": status.as_u16(),
+            "detail": self.to_string(),
+        });
+        match &self {
+            Self::InvalidPatch { pointer, .. } => body["pointer"] = json!(pointer),
+            Self::MalformedBody { line, column, .. } => {
+                body["line"] = json!(line);
+                body["column"] = json!(column);
+            }
+            Self::Unavailable(detail) => {
+                tracing::warn!(error = %detail, "upstream unavailable");
+            }
+            Self::Internal(detail) => tracing::error!(error = %detail, "internal error"),
+            _ => {}
+        }
+        let mut response = (status, Json(body)).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        match self {
+            Self::Unavailable(_) => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+            }
+            Self::Unauthorized => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// Maps an upstream gRPC failure for patch `id`.
+pub fn from_upstream(id: &str, status: &tonic::Status) -> GatewayError {
+    use tonic::Code;
+    match status.code() {
+        Code::AlreadyExists => GatewayError::Conflict(id.to_owned()),
+        Code::NotFound => GatewayError::NotFound(id.to_owned()),
+        Code::InvalidArgument => GatewayError::InvalidPatch {
+            pointer: String::new(),
+            message: status.message().to_owned(),
+        },
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
+            GatewayError::Unavailable(format!("{:?}: {}", status.code(), status.message()))
+        }
+        other => GatewayError::Internal(format!("{other:?}: {}", status.message())),
+    }
+}

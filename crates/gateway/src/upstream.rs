@@ -1,0 +1,108 @@
+//! gRPC adapters of the gateway's ports: the router and the summarizer.
+
+use std::time::Duration;
+
+use ghost_core::{Patch, PatchId};
+use ghost_proto::convert::status_from_wire;
+use ghost_proto::router::v1::router_service_client::RouterServiceClient;
+use ghost_proto::router::v1::{self as router_wire};
+use ghost_proto::summarizer::v1::GetRequest as SummaryRequest;
+use ghost_proto::summarizer::v1::summarizer_service_client::SummarizerServiceClient;
+use ghost_runtime::propagation::TracedChannel;
+
+use crate::error::{GatewayError, from_upstream};
+use crate::patches::{PatchQueue, PatchView, SummaryStore};
+
+/// The router over gRPC.
+#[derive(Clone)]
+pub struct GrpcRouter {
+    /// Client on a lazily connecting channel.
+    pub client: RouterServiceClient<TracedChannel>,
+    /// Deadline per call.
+    pub timeout: Duration,
+}
+
+fn view(state: router_wire::PatchState, created: bool) -> Result<PatchView, GatewayError> {
+    let status = status_from_wire("state.status", state.status)
+        .map_err(|err| GatewayError::Internal(err.to_string()))?;
+    Ok(PatchView {
+        id: state.id,
+        target: state.target,
+        status,
+        attempt: state.attempt,
+        description: state.description,
+        error: state.error,
+        trace_id: state.trace_id,
+        created_unix_ms: state.created_unix_ms,
+        updated_unix_ms: state.updated_unix_ms,
+        created,
+    })
+}
+
+fn with_deadline<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(timeout);
+    request
+}
+
+#[tonic::async_trait]
+impl PatchQueue for GrpcRouter {
+    async fn submit(&self, patch: &Patch) -> Result<PatchView, GatewayError> {
+        let request = router_wire::SubmitRequest {
+            patch: Some(router_wire::Patch::from(patch)),
+        };
+        let response = self
+            .client
+            .clone()
+            .submit(with_deadline(request, self.timeout))
+            .await
+            .map_err(|status| from_upstream(patch.id.as_str(), &status))?
+            .into_inner();
+        let state = response
+            .state
+            .ok_or_else(|| GatewayError::Internal("router answered without state".to_owned()))?;
+        view(state, response.created)
+    }
+
+    async fn get(&self, id: &PatchId) -> Result<PatchView, GatewayError> {
+        let request = router_wire::GetRequest { id: id.to_string() };
+        let state = self
+            .client
+            .clone()
+            .get(with_deadline(request, self.timeout))
+            .await
+            .map_err(|status| from_upstream(id.as_str(), &status))?
+            .into_inner()
+            .state
+            .ok_or_else(|| GatewayError::Internal("router answered without state".to_owned()))?;
+        view(state, false)
+    }
+}
+
+/// The summarizer over gRPC.
+#[derive(Clone)]
+pub struct GrpcSummaries {
+    /// Client on a lazily connecting channel.
+    pub client: SummarizerServiceClient<TracedChannel>,
+    /// Deadline per call.
+    pub timeout: Duration,
+}
+
+#[tonic::async_trait]
+impl SummaryStore for GrpcSummaries {
+    async fn markdown(&self, id: &PatchId) -> Result<Option<String>, GatewayError> {
+        let request = SummaryRequest {
+            patch_id: id.to_string(),
+        };
+        match self
+            .client
+            .clone()
+            .get(with_deadline(request, self.timeout))
+            .await
+        {
+            Ok(response) => Ok(response.into_inner().summary.map(|s| s.markdown)),
+            Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
+            Err(status) => Err(from_upstream(id.as_str(), &status)),
+        }
+    }
+}
