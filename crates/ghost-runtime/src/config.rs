@@ -93,7 +93,7 @@ impl ServerConfig {
     /// Loopback listeners on free ports and a short drain: what tests and `ghost up` want.
     pub fn ephemeral() -> Self {
         Self {
-            drain_grace: Duration::from_millis(200),
+            drain_grace: Duration::from_millis(500),
             drain_timeout: Duration::from_secs(5),
             ..Self::loopback(0, 0)
         }

@@ -33,8 +33,10 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds both listeners from the server config.
+    /// Binds both listeners from the server config. Also installs the metrics recorder, so
+    /// counters a service bumps while it builds are not lost.
     pub async fn bind(config: &ServerConfig) -> std::io::Result<Self> {
+        crate::metrics::handle();
         Ok(Self {
             grpc: TcpListener::bind(config.grpc_listen).await?,
             http: TcpListener::bind(config.http_listen).await?,

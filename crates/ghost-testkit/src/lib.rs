@@ -1,1 +1,12 @@
-//! placeholder
+//! Recording fakes of the outside services Ghost Runner talks to, for tests only.
+//!
+//! Service API tests (`crates/<svc>/tests/api/`) and the cross-service tests in `tests/` start
+//! these on `127.0.0.1:0`, point a real service at them and assert on what they recorded.
+//! [`FakeSlack`] speaks Slack's Web API (`chat.postMessage`, `chat.update`) and can be scripted
+//! to rate-limit or fail; [`OtlpReceiver`] is a real OTLP/gRPC trace collector. This crate is a dev-dependency only; nothing in production links it.
+
+mod otlp;
+mod slack;
+
+pub use otlp::{OtlpReceiver, ReceivedSpan};
+pub use slack::{FakeResponse, FakeSlack, SlackRequest};

@@ -2,8 +2,8 @@
 //!
 //! Executors dial in over the Work stream ([`crate::grpc`]); each connection is a session. A
 //! target has at most one active lease at a time; when it is free and an executor serving it is
-//! connected, the oldest highest-priority queued patch is leased (fresh fencing token, attempt
-//! + 1) and assigned. A result is accepted only with the live fencing token. A lost session or
+//! connected, the oldest highest-priority queued patch is leased (fresh fencing token, next
+//! attempt) and assigned. A result is accepted only with the live fencing token. A lost session or
 //! an expired lease puts the patch back in the queue.
 
 use std::collections::HashMap;

@@ -1,0 +1,93 @@
+//! [`SummarizerError`] and its single mapping to `tonic::Status`.
+
+use std::path::PathBuf;
+
+/// What can go wrong in the summarizer.
+#[derive(Debug, thiserror::Error)]
+pub enum SummarizerError {
+    /// The caller sent something invalid; `field` names it.
+    #[error("invalid {field}: {message}")]
+    InvalidArgument {
+        /// The request field, e.g. `outcome.patch_id`.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// No summary exists for this patch.
+    #[error("no summary for patch {0}")]
+    NotFound(String),
+    /// A summary file could not be read or written.
+    #[error("cannot access {path}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A stored summary is not valid JSON for this version.
+    #[error("cannot parse {path}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A blocking task died (panicked or was cancelled).
+    #[error("storage task failed")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+impl SummarizerError {
+    /// An invalid-argument error for `field`.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// An I/O error on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+impl From<SummarizerError> for tonic::Status {
+    fn from(err: SummarizerError) -> Self {
+        match &err {
+            SummarizerError::InvalidArgument { .. } => Self::invalid_argument(err.to_string()),
+            SummarizerError::NotFound(_) => Self::not_found(err.to_string()),
+            SummarizerError::Io { .. }
+            | SummarizerError::Corrupt { .. }
+            | SummarizerError::Task(_) => {
+                tracing::error!(error = ?anyhow::Error::from(err), "summarizer internal error");
+                Self::internal("internal error")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_codes_without_leaking_internals() {
+        let status = tonic::Status::from(SummarizerError::invalid("outcome.patch_id", "bad"));
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains("outcome.patch_id"));
+        let status = tonic::Status::from(SummarizerError::NotFound("p1".into()));
+        assert_eq!(status.code(), tonic::Code::NotFound);
+        let status = tonic::Status::from(SummarizerError::io(
+            "/secret/place",
+            std::io::Error::other("disk on fire"),
+        ));
+        assert_eq!(status.code(), tonic::Code::Internal);
+        assert!(!status.message().contains("secret"));
+    }
+}

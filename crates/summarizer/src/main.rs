@@ -1,0 +1,11 @@
+use summarizer::{App, SERVICE, SummarizerConfig};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config: SummarizerConfig = ghost_runtime::config::load(SERVICE)?;
+    let telemetry = ghost_runtime::telemetry::init(SERVICE, &config.telemetry)?;
+    let app = App::build(config).await?;
+    app.run(ghost_runtime::shutdown::signal()).await?;
+    telemetry.shutdown();
+    Ok(())
+}

@@ -1,0 +1,213 @@
+//! The summarizer's API over real gRPC on loopback, with its files on a temp dir and a
+//! recording fake alerter.
+
+mod helpers;
+
+use ghost_proto::router::v1::PatchStatus;
+use ghost_proto::summarizer::v1::{GetRequest, ListRequest};
+use helpers::{FakeAlerter, record, spawn_summarizer};
+
+#[tokio::test]
+async fn record_writes_markdown_and_json_and_notifies_the_alerter() {
+    let dir = tempfile::tempdir().unwrap();
+    let alerter = FakeAlerter::start().await;
+    let mut app = spawn_summarizer(dir.path(), Some(alerter.url.clone())).await;
+
+    let response = app
+        .client
+        .record(record("fix-login", 1, PatchStatus::Succeeded))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(response.created);
+
+    let folder = dir.path().join("summaries/MAIN");
+    let markdown = std::fs::read_to_string(folder.join("summary-fix-login.md")).unwrap();
+    assert!(
+        markdown.starts_with("# ✅ fix-login succeeded\n"),
+        "{markdown}"
+    );
+    assert!(markdown.contains("patchName: fix-login"), "{markdown}");
+    assert!(markdown.contains("`src/login.ts`"), "{markdown}");
+    assert!(
+        markdown.contains("http://jaeger.test/trace/4bf92f3577b34da6a3ce929d0e0e4736"),
+        "{markdown}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(folder.join("summary-fix-login.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["patch_id"], "fix-login");
+    assert_eq!(json["target"], "MAIN");
+    assert_eq!(json["status"], "succeeded");
+    assert_eq!(json["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(json["edits"][0]["path"], "src/login.ts");
+
+    let notified = alerter.wait_for(1).await;
+    assert_eq!(notified.len(), 1, "{notified:?}");
+    assert_eq!(notified[0].patch_id, "fix-login");
+    assert_eq!(notified[0].attempt, 1);
+    assert_eq!(notified[0].status, PatchStatus::Succeeded as i32);
+    assert!(notified[0].excerpt.starts_with("# ✅ fix-login"));
+    assert_eq!(notified[0].trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+
+    let got = app
+        .client
+        .get(GetRequest {
+            patch_id: "fix-login".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .summary
+        .unwrap();
+    assert_eq!(got.markdown, markdown);
+    assert_eq!(got.path, "summaries/MAIN/summary-fix-login.md");
+    assert_eq!(got.status, PatchStatus::Succeeded as i32);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn recording_the_same_attempt_again_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = spawn_summarizer(dir.path(), None).await;
+    let first = app
+        .client
+        .record(record("p-dup", 1, PatchStatus::RolledBack))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(first.created);
+    let json_path = dir.path().join("summaries/MAIN/summary-p-dup.json");
+    let before = std::fs::read(&json_path).unwrap();
+
+    let mut changed = record("p-dup", 1, PatchStatus::Succeeded);
+    changed.outcome.as_mut().unwrap().description = "something else".into();
+    let second = app.client.record(changed).await.unwrap().into_inner();
+    assert!(!second.created);
+    assert_eq!(std::fs::read(&json_path).unwrap(), before);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_later_attempt_appends_to_the_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = spawn_summarizer(dir.path(), None).await;
+    app.client
+        .record(record("p-retry", 1, PatchStatus::RolledBack))
+        .await
+        .unwrap();
+    let second = app
+        .client
+        .record(record("p-retry", 2, PatchStatus::Succeeded))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(second.created);
+
+    let folder = dir.path().join("summaries/MAIN");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(folder.join("summary-p-retry.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["attempt"], 2);
+    assert_eq!(json["status"], "succeeded");
+    let attempts = json["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2);
+    assert_eq!(attempts[0]["status"], "rolled_back");
+    assert_eq!(attempts[1]["status"], "succeeded");
+    let markdown = std::fs::read_to_string(folder.join("summary-p-retry.md")).unwrap();
+    assert!(markdown.starts_with("# ✅ p-retry succeeded"), "{markdown}");
+    assert!(markdown.contains("attempt 1: ❌ rolled_back"), "{markdown}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn summaries_are_served_after_a_restart_newest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = spawn_summarizer(dir.path(), None).await;
+    for (id, attempt) in [("older", 1), ("newer", 3)] {
+        app.client
+            .record(record(id, attempt, PatchStatus::Failed))
+            .await
+            .unwrap();
+    }
+    app.stop().await;
+
+    let mut restarted = spawn_summarizer(dir.path(), None).await;
+    let got = restarted
+        .client
+        .get(GetRequest {
+            patch_id: "older".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .summary
+        .unwrap();
+    assert!(
+        got.markdown.starts_with("# ❌ older failed"),
+        "{}",
+        got.markdown
+    );
+
+    let page = restarted
+        .client
+        .list(ListRequest {
+            target: "MAIN".into(),
+            page_size: 1,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.summaries.len(), 1);
+    assert_eq!(page.summaries[0].patch_id, "newer");
+    assert_eq!(page.next_page_token, "1");
+    let rest = restarted
+        .client
+        .list(ListRequest {
+            target: "MAIN".into(),
+            page_size: 1,
+            page_token: page.next_page_token,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rest.summaries[0].patch_id, "older");
+    assert_eq!(rest.next_page_token, "");
+    restarted.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_input_is_refused_and_unknown_patches_are_not_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = spawn_summarizer(dir.path(), None).await;
+    let status = app
+        .client
+        .record(record("../x", 1, PatchStatus::Succeeded))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("outcome.patch_id"), "{status:?}");
+
+    let status = app
+        .client
+        .record(record("p-running", 1, PatchStatus::Applying))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("outcome.report.status"),
+        "{status:?}"
+    );
+
+    let status = app
+        .client
+        .get(GetRequest {
+            patch_id: "never-recorded".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    assert!(!dir.path().join("summaries/x").exists());
+    app.stop().await;
+}
