@@ -199,6 +199,7 @@ async fn submit(file: PathBuf, url: &str, key: &str, wait: Duration) -> anyhow::
     );
     let deadline = tokio::time::Instant::now() + wait;
     let mut last_status = String::new();
+    let mut poll = Duration::from_millis(10);
     loop {
         let detail = client.patch(&id).await?;
         let status = detail["status"].as_str().unwrap_or("unknown").to_owned();
@@ -222,6 +223,8 @@ async fn submit(file: PathBuf, url: &str, key: &str, wait: Duration) -> anyhow::
             eprintln!("ghost: gave up waiting after {wait:?}; {id} is {status}");
             return Ok(ExitCode::from(3));
         }
-        tokio::time::sleep(Duration::from_millis(if terminal { 100 } else { 250 })).await;
+        // Quick first polls so short patches report at once; then settle at 250 ms.
+        tokio::time::sleep(poll).await;
+        poll = (poll * 2).min(Duration::from_millis(250));
     }
 }

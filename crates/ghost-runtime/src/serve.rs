@@ -107,14 +107,25 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let name = service.name;
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(ghost_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Both reflection versions: grpcurl speaks v1, many clients (Python grpcio) still v1alpha.
+    // Advertise only this service's own gRPC services, not every Ghost Runner proto.
+    let reflection = || {
+        let builder = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(ghost_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("grpc.health.v1.Health");
+        service
+            .grpc_names
+            .iter()
+            .fold(builder, |builder, grpc_name| {
+                builder.with_service_name(*grpc_name)
+            })
+    };
     let grpc_routes = service
         .grpc
         .add_service(health_service)
-        .add_service(reflection);
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?);
 
     let readiness = Readiness {
         ready: Arc::new(AtomicBool::new(true)),
