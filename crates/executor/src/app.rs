@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ghost_core::TargetName;
-use ghost_runtime::serve::{self, Listeners, Service};
+use ghost_runtime::serve::{Listeners, Service};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -104,13 +104,14 @@ impl App {
             grpc: tonic::service::Routes::default(),
             http: axum::Router::new(),
         };
-        let (served, ()) = tokio::join!(
-            serve::run(service, self.listeners, &self.config.server, token.clone()),
-            serve::cancel_on(shutdown, token.clone()),
-        );
-        token.cancel();
-        tasks.close();
-        tasks.wait().await;
-        served
+        ghost_runtime::serve::serve_until(
+            service,
+            self.listeners,
+            &self.config.server,
+            shutdown,
+            token,
+            tasks,
+        )
+        .await
     }
 }

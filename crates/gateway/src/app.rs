@@ -9,6 +9,7 @@ use ghost_runtime::propagation::traced_channel;
 use ghost_runtime::serve::{self, Listeners, Service};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::SERVICE;
 use crate::config::GatewayConfig;
@@ -78,10 +79,14 @@ impl App {
             grpc: tonic::service::Routes::default(),
             http: http::router(self.state),
         };
-        let (served, ()) = tokio::join!(
-            serve::run(service, self.listeners, &self.config.server, token.clone()),
-            serve::cancel_on(shutdown, token.clone()),
-        );
-        served
+        serve::serve_until(
+            service,
+            self.listeners,
+            &self.config.server,
+            shutdown,
+            token,
+            TaskTracker::new(),
+        )
+        .await
     }
 }

@@ -178,10 +178,8 @@ where
         .collect();
     let config: T = load_from(service, flags.config.as_deref(), env)?;
     if flags.print_config {
-        #[allow(clippy::print_stdout)]
-        {
-            println!("{}", render(&config)?);
-        }
+        use std::io::Write;
+        writeln!(std::io::stdout().lock(), "{}", render(&config)?)?;
         std::process::exit(0);
     }
     Ok(config)

@@ -17,6 +17,7 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic_health::ServingStatus;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::Level;
@@ -220,13 +221,33 @@ pub async fn run(
     Ok(())
 }
 
-/// Waits until `future` resolves, then cancels `token`: how `App::run(shutdown)` turns a stop
-/// signal future into the token its loops watch.
-pub async fn cancel_on<F: std::future::Future<Output = ()>>(future: F, token: CancellationToken) {
-    tokio::select! {
-        () = future => token.cancel(),
-        () = token.cancelled() => {}
-    }
+/// How every `App::run` ends: serves `service` until `shutdown` resolves, then cancels `token`
+/// (ending the service's background loops and streams) and waits for every task in `tasks`.
+pub async fn serve_until<F>(
+    service: Service,
+    listeners: Listeners,
+    config: &ServerConfig,
+    shutdown: F,
+    token: CancellationToken,
+    tasks: TaskTracker,
+) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = ()> + Send,
+{
+    let stop_on_signal = async {
+        tokio::select! {
+            () = shutdown => token.cancel(),
+            () = token.cancelled() => {}
+        }
+    };
+    let (served, ()) = tokio::join!(
+        run(service, listeners, config, token.clone()),
+        stop_on_signal
+    );
+    token.cancel();
+    tasks.close();
+    tasks.wait().await;
+    served
 }
 
 /// A short pause used when a background loop must retry after an error.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use ghost_proto::router::v1::router_service_server::RouterServiceServer;
 use ghost_proto::summarizer::v1::summarizer_service_client::SummarizerServiceClient;
 use ghost_runtime::propagation::traced_channel;
-use ghost_runtime::serve::{self, Listeners, Service};
+use ghost_runtime::serve::{Listeners, Service};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -98,13 +98,14 @@ impl App {
             close_token.cancelled().await;
             routing.close_sessions().await;
         });
-        let (served, ()) = tokio::join!(
-            serve::run(service, self.listeners, &self.config.server, token.clone()),
-            serve::cancel_on(shutdown, token.clone()),
-        );
-        token.cancel();
-        tasks.close();
-        tasks.wait().await;
-        served
+        ghost_runtime::serve::serve_until(
+            service,
+            self.listeners,
+            &self.config.server,
+            shutdown,
+            token,
+            tasks,
+        )
+        .await
     }
 }

@@ -262,6 +262,21 @@ fn set_status_tx(
     Ok(record)
 }
 
+/// Drops a patch's lease and puts it back in the queue, with an event saying why.
+fn requeue_tx(conn: &Connection, id: &str, reason: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE patches SET status = 'queued', fencing_token = 0, leased_to = '',
+                lease_deadline_ms = 0, updated_ms = ?2 WHERE id = ?1",
+        params![id, now_ms()],
+    )?;
+    let attempt: u32 = conn.query_row(
+        "SELECT attempt FROM patches WHERE id = ?1",
+        params![id],
+        |row| row.get(0),
+    )?;
+    event_tx(conn, id, Status::Queued, "router", attempt, reason)
+}
+
 /// One row of a patch's audit trail.
 #[derive(Debug, Clone)]
 pub struct EventRow {
@@ -576,17 +591,7 @@ impl Store {
                 .query_map(params![executor, now], |row| Ok((row.get(0)?, row.get(1)?)))?
                 .collect::<Result<_, _>>()?;
             for (id, _) in &stale {
-                conn.execute(
-                    "UPDATE patches SET status = 'queued', fencing_token = 0, leased_to = '',
-                            lease_deadline_ms = 0, updated_ms = ?2
-                     WHERE id = ?1",
-                    params![id, now],
-                )?;
-                let attempt: u32 =
-                    conn.query_row("SELECT attempt FROM patches WHERE id = ?1", params![id], |row| {
-                        row.get(0)
-                    })?;
-                event_tx(conn, id, Status::Queued, "router", attempt, &reason)?;
+                requeue_tx(conn, id, &reason)?;
             }
             Ok(stale)
         })
@@ -603,24 +608,7 @@ impl Store {
                 .query_map([], |row| row.get(0))?
                 .collect::<Result<_, _>>()?;
             for id in &ids {
-                conn.execute(
-                    "UPDATE patches SET status = 'queued', fencing_token = 0, leased_to = '',
-                            lease_deadline_ms = 0, updated_ms = ?2 WHERE id = ?1",
-                    params![id, now_ms()],
-                )?;
-                let attempt: u32 = conn.query_row(
-                    "SELECT attempt FROM patches WHERE id = ?1",
-                    params![id],
-                    |row| row.get(0),
-                )?;
-                event_tx(
-                    conn,
-                    id,
-                    Status::Queued,
-                    "router",
-                    attempt,
-                    "router restarted",
-                )?;
+                requeue_tx(conn, id, "router restarted")?;
             }
             Ok(ids.len())
         })

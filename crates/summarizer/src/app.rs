@@ -91,13 +91,14 @@ impl App {
             ))),
             http: axum::Router::new(),
         };
-        let (served, ()) = tokio::join!(
-            ghost_runtime::serve::run(service, self.listeners, &self.config.server, token.clone()),
-            ghost_runtime::serve::cancel_on(shutdown, token.clone()),
-        );
-        token.cancel();
-        tracker.close();
-        tracker.wait().await;
-        served
+        ghost_runtime::serve::serve_until(
+            service,
+            self.listeners,
+            &self.config.server,
+            shutdown,
+            token,
+            tracker,
+        )
+        .await
     }
 }
