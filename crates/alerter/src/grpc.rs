@@ -30,12 +30,6 @@ impl TryFrom<wire::NotifyRequest> for Alert {
             .map_err(|err| AlerterError::invalid("patch_id", err.to_string()))?;
         let target = TargetName::parse(&request.target)
             .map_err(|err| AlerterError::invalid("target", err.to_string()))?;
-        if request.attempt == 0 {
-            return Err(AlerterError::invalid(
-                "attempt",
-                "attempts are numbered from 1",
-            ));
-        }
         let status = status_from_wire("status", request.status)
             .map_err(|err| AlerterError::invalid(err.field, err.message))?;
         Ok(Self {

@@ -36,12 +36,6 @@ impl TryFrom<wire::Outcome> for Outcome {
             .map_err(|err| SummarizerError::invalid("outcome.patch_id", err.to_string()))?;
         let target = TargetName::parse(&outcome.target)
             .map_err(|err| SummarizerError::invalid("outcome.target", err.to_string()))?;
-        if outcome.attempt == 0 {
-            return Err(SummarizerError::invalid(
-                "outcome.attempt",
-                "attempts are numbered from 1",
-            ));
-        }
         let wire_report = outcome
             .report
             .ok_or_else(|| SummarizerError::invalid("outcome.report", "missing"))?;
