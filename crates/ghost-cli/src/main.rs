@@ -1,8 +1,6 @@
 //! `ghost`: run Ghost Runner locally and submit patches to it.
 
-#![allow(clippy::print_stdout)]
-
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,6 +9,20 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use ghost_cli::client::{ClientError, GatewayClient};
 use ghost_cli::local::{LocalOptions, LocalSystem, SlackOptions};
+
+/// Writes a line to stdout; a closed pipe is not an error worth a panic.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// Writes a line to stderr (progress and refusals), ignoring a closed stream.
+macro_rules! err {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
 
 #[derive(Parser)]
 #[command(
@@ -104,7 +116,7 @@ async fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("ghost: {err:#}");
+            err!("ghost: {err:#}");
             ExitCode::from(2)
         }
     }
@@ -144,17 +156,19 @@ async fn up(
         slack,
     })
     .await?;
-    println!("Ghost Runner is up (state in {}).", data_dir.display());
+    out!("Ghost Runner is up (state in {}).", data_dir.display());
     for service in &system.services {
-        println!(
+        out!(
             "  {:<11} grpc {}  http {}",
-            service.name, service.grpc, service.http
+            service.name,
+            service.grpc,
+            service.http
         );
     }
     for (target, dir) in &parsed {
-        println!("  workspace   {target} = {}", dir.display());
+        out!("  workspace   {target} = {}", dir.display());
     }
-    println!(
+    out!(
         "  slack       {}",
         if slack_on {
             "on"
@@ -163,11 +177,11 @@ async fn up(
         }
     );
     if generated {
-        println!(
+        out!(
             "\nAPI key (shown once): {api_key}\n  export GHOST_API_KEY={api_key} GHOST_URL=http://{listen}"
         );
     }
-    println!("Submit with: ghost submit patch.json    Stop with Ctrl-C.");
+    out!("Submit with: ghost submit patch.json    Stop with Ctrl-C.");
     ghost_runtime::shutdown::signal().await;
     system.shutdown().await?;
     telemetry.shutdown();
@@ -187,13 +201,13 @@ async fn submit(file: PathBuf, url: &str, key: &str, wait: Duration) -> anyhow::
     let accepted = match client.submit(body).await {
         Ok(accepted) => accepted,
         Err(ClientError::Refused { status, detail, .. }) => {
-            eprintln!("ghost: patch refused ({status}): {detail}");
+            err!("ghost: patch refused ({status}): {detail}");
             return Ok(ExitCode::from(2));
         }
         Err(err) => return Err(err.into()),
     };
     let id = accepted["id"].as_str().unwrap_or_default().to_owned();
-    eprintln!(
+    err!(
         "accepted {id} (trace {})",
         accepted["trace_id"].as_str().unwrap_or("-")
     );
@@ -204,7 +218,7 @@ async fn submit(file: PathBuf, url: &str, key: &str, wait: Duration) -> anyhow::
         let detail = client.patch(&id).await?;
         let status = detail["status"].as_str().unwrap_or("unknown").to_owned();
         if status != last_status {
-            eprintln!("  {status}");
+            err!("  {status}");
             last_status.clone_from(&status);
         }
         let terminal = !matches!(
@@ -212,7 +226,7 @@ async fn submit(file: PathBuf, url: &str, key: &str, wait: Duration) -> anyhow::
             "received" | "queued" | "leased" | "applying" | "validating"
         );
         if terminal && !detail["summary"].is_null() {
-            println!("{}", detail["summary"].as_str().unwrap_or_default());
+            out!("{}", detail["summary"].as_str().unwrap_or_default());
             return Ok(if status == "succeeded" {
                 ExitCode::SUCCESS
             } else {
@@ -220,7 +234,7 @@ async fn submit(file: PathBuf, url: &str, key: &str, wait: Duration) -> anyhow::
             });
         }
         if tokio::time::Instant::now() >= deadline {
-            eprintln!("ghost: gave up waiting after {wait:?}; {id} is {status}");
+            err!("ghost: gave up waiting after {wait:?}; {id} is {status}");
             return Ok(ExitCode::from(3));
         }
         // Quick first polls so short patches report at once; then settle at 250 ms.
