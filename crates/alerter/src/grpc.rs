@@ -60,4 +60,11 @@ impl AlerterService for AlerterGrpc {
         tracing::info!(accepted, "notify received");
         Ok(Response::new(wire::NotifyResponse { accepted }))
     }
+
+    async fn alert(
+        &self,
+        _request: Request<wire::AlertRequest>,
+    ) -> Result<Response<wire::AlertResponse>, Status> {
+        Err(Status::unimplemented("system alerts are not handled yet"))
+    }
 }

@@ -308,6 +308,7 @@ fn write_all(
             match_step: String::new(),
             added: line_count(contents.as_bytes()),
             removed,
+            from: String::new(),
         });
     }
     Ok(())
@@ -331,11 +332,9 @@ pub fn apply(workspace: &Workspace, patch: &Patch, limits: &Limits) -> ApplyRepo
         }
     };
     ApplyReport {
-        status,
-        error,
         edits,
-        commands: Vec::new(),
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        ..ApplyReport::ended(status, error)
     }
 }
 

@@ -198,11 +198,5 @@ async fn execute(
 }
 
 fn rejected(error: String) -> ghost_core::ApplyReport {
-    ghost_core::ApplyReport {
-        status: ghost_core::Status::Rejected,
-        error,
-        edits: Vec::new(),
-        commands: Vec::new(),
-        duration_ms: 0,
-    }
+    ghost_core::ApplyReport::ended(ghost_core::Status::Rejected, error)
 }

@@ -15,5 +15,5 @@ mod status;
 pub use ids::{IdError, PatchId, RelPath, TargetName};
 pub use parse::{PatchError, parse_json, validate};
 pub use patch::{AgentTask, Base, Check, CommitSpec, Edit, OnFailure, Patch, Priority};
-pub use report::{ApplyReport, CommandReport, EditReport};
+pub use report::{ApplyReport, CommandKind, CommandReport, EditReport, Rollback, StageTiming};
 pub use status::{Status, UnknownStatus};

@@ -1,8 +1,8 @@
 //! Wire <-> domain conversions. Wire to domain is fallible and names the field that is wrong.
 
 use ghost_core::{
-    AgentTask, ApplyReport, Base, Check, CommandReport, CommitSpec, Edit, EditReport, OnFailure,
-    Patch, PatchId, Priority, RelPath, Status, TargetName,
+    AgentTask, ApplyReport, Base, Check, CommandKind, CommandReport, CommitSpec, Edit, EditReport,
+    OnFailure, Patch, PatchId, Priority, RelPath, Rollback, StageTiming, Status, TargetName,
 };
 
 use crate::router::v1 as wire;
@@ -310,6 +310,7 @@ impl From<&ApplyReport> for wire::ApplyReport {
                     match_step: edit.match_step.clone(),
                     added: edit.added,
                     removed: edit.removed,
+                    from: edit.from.clone(),
                 })
                 .collect(),
             commands: report
@@ -320,9 +321,30 @@ impl From<&ApplyReport> for wire::ApplyReport {
                     exit_code: command.exit_code,
                     duration_ms: command.duration_ms,
                     output_tail: command.output_tail.clone(),
+                    kind: command.kind.as_str().to_owned(),
+                    output_head: command.output_head.clone(),
+                    omitted_bytes: command.omitted_bytes,
+                    timed_out: command.timed_out,
+                    signal: command.signal.unwrap_or(0),
                 })
                 .collect(),
             duration_ms: report.duration_ms,
+            stages: report
+                .stages
+                .iter()
+                .map(|stage| wire::StageTiming {
+                    stage: stage.stage.clone(),
+                    duration_ms: stage.duration_ms,
+                })
+                .collect(),
+            rollback: report.rollback.as_ref().map(|rollback| wire::Rollback {
+                restored: rollback.restored,
+                removed: rollback.removed,
+                reason: rollback.reason.clone(),
+                error: rollback.error.clone(),
+            }),
+            commit_sha: report.commit_sha.clone(),
+            dry_run: report.dry_run,
         }
     }
 }
@@ -338,6 +360,30 @@ impl TryFrom<wire::ApplyReport> for ApplyReport {
                 format!("a report needs a terminal status, got {status}"),
             ));
         }
+        let mut commands = Vec::with_capacity(report.commands.len());
+        for (index, command) in report.commands.into_iter().enumerate() {
+            let kind = match command.kind.as_str() {
+                "" | "command" => CommandKind::Command,
+                "validate" => CommandKind::Validate,
+                other => {
+                    return Err(ConversionError::new(
+                        format!("report.commands[{index}].kind"),
+                        format!("expected \"command\" or \"validate\", got {other:?}"),
+                    ));
+                }
+            };
+            commands.push(CommandReport {
+                command: command.command,
+                exit_code: command.exit_code,
+                duration_ms: command.duration_ms,
+                output_tail: command.output_tail,
+                kind,
+                output_head: command.output_head,
+                omitted_bytes: command.omitted_bytes,
+                timed_out: command.timed_out,
+                signal: (command.signal != 0).then_some(command.signal),
+            });
+        }
         Ok(Self {
             status,
             error: report.error,
@@ -350,19 +396,27 @@ impl TryFrom<wire::ApplyReport> for ApplyReport {
                     match_step: edit.match_step,
                     added: edit.added,
                     removed: edit.removed,
+                    from: edit.from,
                 })
                 .collect(),
-            commands: report
-                .commands
-                .into_iter()
-                .map(|command| CommandReport {
-                    command: command.command,
-                    exit_code: command.exit_code,
-                    duration_ms: command.duration_ms,
-                    output_tail: command.output_tail,
-                })
-                .collect(),
+            commands,
             duration_ms: report.duration_ms,
+            stages: report
+                .stages
+                .into_iter()
+                .map(|stage| StageTiming {
+                    stage: stage.stage,
+                    duration_ms: stage.duration_ms,
+                })
+                .collect(),
+            rollback: report.rollback.map(|rollback| Rollback {
+                restored: rollback.restored,
+                removed: rollback.removed,
+                reason: rollback.reason,
+                error: rollback.error,
+            }),
+            commit_sha: report.commit_sha,
+            dry_run: report.dry_run,
         })
     }
 }

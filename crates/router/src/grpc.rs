@@ -273,6 +273,24 @@ impl RouterService for RouterGrpc {
         Ok(Response::new(wire::ResumeResponse {}))
     }
 
+    async fn list_targets(
+        &self,
+        _request: Request<wire::ListTargetsRequest>,
+    ) -> Result<Response<wire::ListTargetsResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented(
+            "ListTargets is not implemented yet",
+        ))
+    }
+
+    async fn list_executors(
+        &self,
+        _request: Request<wire::ListExecutorsRequest>,
+    ) -> Result<Response<wire::ListExecutorsResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented(
+            "ListExecutors is not implemented yet",
+        ))
+    }
+
     type WorkStream = WorkStream;
 
     async fn work(

@@ -628,13 +628,8 @@ impl Store {
             if record.status != Status::Queued {
                 return Ok(Some(record));
             }
-            let report = ApplyReport {
-                status: Status::Cancelled,
-                error: format!("cancelled by {actor} while queued"),
-                edits: Vec::new(),
-                commands: Vec::new(),
-                duration_ms: 0,
-            };
+            let report =
+                ApplyReport::ended(Status::Cancelled, format!("cancelled by {actor} while queued"));
             let report_json = serde_json::to_string(&report).unwrap_or_default();
             conn.execute(
                 "UPDATE patches SET status = 'cancelled', error = ?2, report_json = ?3, updated_ms = ?4 WHERE id = ?1",

@@ -293,14 +293,17 @@ mod tests {
                     match_step: "trim".to_owned(),
                     added: 3,
                     removed: 1,
+                    ..Default::default()
                 }],
                 commands: vec![CommandReport {
                     command: "npm test".to_owned(),
                     exit_code: Some(if succeeded { 0 } else { 2 }),
                     duration_ms: 1500,
                     output_tail: "ok ```not a fence```".to_owned(),
+                    ..Default::default()
                 }],
                 duration_ms: 2042,
+                ..ApplyReport::ended(status, String::new())
             },
             trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".to_owned(),
             created_unix_ms: 1,

@@ -85,14 +85,17 @@ pub fn record(patch_id: &str, attempt: u32, status: PatchStatus) -> RecordReques
                     match_step: "exact".to_owned(),
                     added: 4,
                     removed: 2,
+                    ..Default::default()
                 }],
                 commands: vec![CommandReport {
                     command: "tsc --noEmit".to_owned(),
                     exit_code: Some(if succeeded { 0 } else { 2 }),
                     duration_ms: 812,
                     output_tail: "done".to_owned(),
+                    ..Default::default()
                 }],
                 duration_ms: 1_234,
+                ..Default::default()
             }),
             trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".to_owned(),
             created_unix_ms: 1_700_000_000_000,
@@ -125,6 +128,15 @@ impl AlerterService for RecordingAlerter {
             .push(request.into_inner());
         self.received.arrived.notify_waiters();
         Ok(tonic::Response::new(NotifyResponse { accepted: true }))
+    }
+
+    async fn alert(
+        &self,
+        _request: tonic::Request<ghost_proto::alerter::v1::AlertRequest>,
+    ) -> Result<tonic::Response<ghost_proto::alerter::v1::AlertResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented(
+            "the summarizer never raises system alerts",
+        ))
     }
 }
 
