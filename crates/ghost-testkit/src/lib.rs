@@ -6,7 +6,9 @@
 //! to rate-limit or fail; [`OtlpReceiver`] is a real OTLP/gRPC trace collector. This crate is a dev-dependency only; nothing in production links it.
 
 mod otlp;
+mod python;
 mod slack;
 
 pub use otlp::{OtlpReceiver, ReceivedSpan};
+pub use python::{python, repo_root};
 pub use slack::{FakeResponse, FakeSlack, SlackRequest};
