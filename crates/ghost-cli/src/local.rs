@@ -176,10 +176,12 @@ impl LocalSystem {
     /// Starts the router on the given addresses (its SQLite file under the data dir).
     pub async fn start_router(&mut self, grpc: SocketAddr, http: SocketAddr) -> anyhow::Result<()> {
         let summarizer_grpc = self.addr_of("summarizer")?.0;
+        let alerter_grpc = self.addr_of("alerter")?.0;
         let config = router::RouterConfig {
             server: server_on(grpc, http),
             data_dir: self.options.data_dir.join("router"),
             summarizer_url: Some(url(summarizer_grpc)),
+            alerter_url: Some(url(alerter_grpc)),
             heartbeat_interval: Duration::from_secs(2),
             lease_timeout: Duration::from_secs(30),
             ..Default::default()

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use ghost_proto::alerter::v1::alerter_service_client::AlerterServiceClient;
 use ghost_proto::router::v1::router_service_server::RouterServiceServer;
 use ghost_proto::summarizer::v1::summarizer_service_client::SummarizerServiceClient;
 use ghost_runtime::propagation::traced_channel;
@@ -12,7 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::RouterConfig;
 use crate::grpc::RouterGrpc;
-use crate::routing::Routing;
+use crate::routing::{Policy, Routing};
 use crate::store::Store;
 use crate::{SERVICE, outbox};
 
@@ -27,12 +28,29 @@ impl App {
     /// Opens the database, requeues work that was in flight, and binds the listeners.
     pub async fn build(config: RouterConfig) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&config.data_dir)?;
+        anyhow::ensure!(config.max_attempts >= 1, "max_attempts must be at least 1");
+        anyhow::ensure!(
+            !config.sweep_interval.is_zero() && !config.lease_timeout.is_zero(),
+            "sweep_interval and lease_timeout must be positive"
+        );
         let store = Store::open(&config.data_dir.join("router.db"))?;
-        let requeued = store.requeue_in_flight().await?;
-        if requeued > 0 {
-            tracing::warn!(requeued, "patches in flight at the last stop were requeued");
+        let interrupted = store
+            .end_all_leases("router restarted".to_owned(), config.max_attempts)
+            .await?;
+        if !interrupted.is_empty() {
+            tracing::warn!(
+                interrupted = interrupted.len(),
+                "attempts in flight at the last stop were interrupted and their patches requeued or lost"
+            );
         }
-        let routing = Arc::new(Routing::new(store, config.lease_timeout));
+        let routing = Arc::new(Routing::new(
+            store,
+            Policy {
+                lease: config.lease_timeout,
+                max_attempts: config.max_attempts,
+                stale_after: config.stale_after,
+            },
+        ));
         let listeners = Listeners::bind(&config.server).await?;
         Ok(Self {
             config,
@@ -62,20 +80,33 @@ impl App {
             Some(url) => Some(SummarizerServiceClient::new(traced_channel(url)?)),
             None => None,
         };
-        tasks.spawn(outbox::run(
+        let alerter = match &self.config.alerter_url {
+            Some(url) => Some(AlerterServiceClient::new(traced_channel(url)?)),
+            None => None,
+        };
+        tasks.spawn(outbox::run_outcomes(
             self.routing.store().clone(),
             summarizer,
             Arc::clone(&self.routing.outbox_wake),
             token.clone(),
         ));
+        tasks.spawn(outbox::run_alerts(
+            self.routing.store().clone(),
+            alerter,
+            Arc::clone(&self.routing.alert_wake),
+            token.clone(),
+        ));
         let routing = Arc::clone(&self.routing);
         let sweep_token = token.clone();
-        let sweep_every = self.config.lease_timeout / 3;
+        let sweep_every = self.config.sweep_interval;
         tasks.spawn(async move {
             loop {
                 tokio::select! {
                     () = sweep_token.cancelled() => return,
-                    () = tokio::time::sleep(sweep_every) => routing.expire_leases().await,
+                    () = tokio::time::sleep(sweep_every) => {
+                        routing.expire_leases().await;
+                        routing.check_stale().await;
+                    }
                 }
             }
         });

@@ -20,6 +20,9 @@ pub struct RouterConfig {
     /// gRPC URL of the summarizer, e.g. `http://127.0.0.1:50053`; unset: outcomes wait in the
     /// outbox until one is configured.
     pub summarizer_url: Option<String>,
+    /// gRPC URL of the alerter, e.g. `http://127.0.0.1:50054`; unset: alerts wait in the
+    /// alert outbox until one is configured.
+    pub alerter_url: Option<String>,
     /// Token executors must present in Hello; empty: any executor may connect.
     pub executor_token: Secret,
     /// How often executors must heartbeat.
@@ -28,6 +31,16 @@ pub struct RouterConfig {
     /// A lease not renewed for this long expires and its patch is requeued.
     #[serde(with = "humantime_serde")]
     pub lease_timeout: Duration,
+    /// Attempts a patch may use (since submit or its last retry) before an interrupted one
+    /// ends it as `lost`.
+    pub max_attempts: u32,
+    /// A queue whose oldest patch waited this long with no executor online raises
+    /// `queue_stale/<target>`.
+    #[serde(with = "humantime_serde")]
+    pub stale_after: Duration,
+    /// How often leases are checked for expiry and queues for staleness.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
 }
 
 impl Default for RouterConfig {
@@ -37,9 +50,13 @@ impl Default for RouterConfig {
             telemetry: TelemetryConfig::default(),
             data_dir: PathBuf::from("./.ghost/router"),
             summarizer_url: None,
+            alerter_url: None,
             executor_token: Secret::default(),
             heartbeat_interval: Duration::from_secs(5),
             lease_timeout: Duration::from_secs(30),
+            max_attempts: 3,
+            stale_after: Duration::from_secs(300),
+            sweep_interval: Duration::from_secs(2),
         }
     }
 }

@@ -273,22 +273,49 @@ impl RouterService for RouterGrpc {
         Ok(Response::new(wire::ResumeResponse {}))
     }
 
+    #[tracing::instrument(skip_all)]
     async fn list_targets(
         &self,
         _request: Request<wire::ListTargetsRequest>,
     ) -> Result<Response<wire::ListTargetsResponse>, tonic::Status> {
-        Err(tonic::Status::unimplemented(
-            "ListTargets is not implemented yet",
-        ))
+        let targets = self
+            .routing
+            .targets()
+            .await?
+            .into_iter()
+            .map(|view| wire::TargetState {
+                target: view.row.target,
+                queued: view.row.queued,
+                paused: view.row.paused,
+                executor_online: view.executor_online,
+                oldest_queued_unix_ms: view.row.oldest_queued_ms,
+                running_patch_id: view.row.running,
+                finished: view.row.finished.into_iter().collect(),
+            })
+            .collect();
+        Ok(Response::new(wire::ListTargetsResponse { targets }))
     }
 
+    #[tracing::instrument(skip_all)]
     async fn list_executors(
         &self,
         _request: Request<wire::ListExecutorsRequest>,
     ) -> Result<Response<wire::ListExecutorsResponse>, tonic::Status> {
-        Err(tonic::Status::unimplemented(
-            "ListExecutors is not implemented yet",
-        ))
+        let executors = self
+            .routing
+            .executors()
+            .await
+            .into_iter()
+            .map(|view| wire::ExecutorState {
+                executor_id: view.executor_id,
+                session: view.session,
+                targets: view.targets,
+                connected_unix_ms: view.connected_ms,
+                last_seen_unix_ms: view.last_seen_ms,
+                running_patch_ids: view.running,
+            })
+            .collect();
+        Ok(Response::new(wire::ListExecutorsResponse { executors }))
     }
 
     type WorkStream = WorkStream;
@@ -360,7 +387,10 @@ impl RouterService for RouterGrpc {
                     message = inbound.message() => message,
                 };
                 match message {
-                    Ok(Some(message)) => handle_message(&routing, &owner, message).await,
+                    Ok(Some(message)) => {
+                        routing.seen(session).await;
+                        handle_message(&routing, &owner, message).await;
+                    }
                     Ok(None) => break,
                     Err(status) => {
                         tracing::info!(executor = %owner, code = ?status.code(), "work stream broke");
@@ -417,7 +447,12 @@ async fn handle_message(routing: &Routing, owner: &str, message: ExecutorMessage
                     }
                 };
                 if let Err(err) = routing
-                    .complete(result.patch_id, result.fencing_token, report)
+                    .complete(
+                        result.patch_id,
+                        result.attempt,
+                        result.fencing_token,
+                        report,
+                    )
                     .await
                 {
                     tracing::warn!(executor = %owner, error = %err, "result not accepted");

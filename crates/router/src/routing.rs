@@ -2,13 +2,16 @@
 //!
 //! Executors dial in over the Work stream ([`crate::grpc`]); each connection is a session. A
 //! target has at most one active lease at a time; when it is free and an executor serving it is
-//! connected, the oldest highest-priority queued patch is leased (fresh fencing token, next
-//! attempt) and assigned. A result is accepted only with the live fencing token. A lost session or
-//! an expired lease puts the patch back in the queue.
+//! connected, the oldest highest-priority runnable patch is leased (fresh fencing token, next
+//! attempt) and assigned. A result is accepted only with the live fencing token. A lost session
+//! or an expired lease interrupts the attempt: the patch is requeued, or ends `lost` past the
+//! attempt limit, and an alert is raised either way. A target whose last executor left raises
+//! `executor_lost/<target>`; a queue that waits too long with no executor raises
+//! `queue_stale/<target>`; both resolve when the condition clears.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use ghost_core::{ApplyReport, Patch, Status};
@@ -16,15 +19,31 @@ use ghost_proto::executor::v1::{Assign, Cancel, RouterMessage, router_message};
 use tokio::sync::{Mutex, Notify, mpsc};
 
 use crate::error::RouterError;
-use crate::store::{Inserted, PatchRecord, Store, now_ms};
+use crate::store::{Inserted, LeaseEnded, NewAlert, PatchRecord, Store, TargetRow, now_ms};
 
 /// Messages queued towards one executor session.
 pub type SessionSender = mpsc::Sender<Result<RouterMessage, tonic::Status>>;
 
+/// The lease and alert policy.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// A lease not renewed for this long expires.
+    pub lease: Duration,
+    /// Attempts a patch may use (since submit or the last retry) before it ends `lost`.
+    pub max_attempts: u32,
+    /// A queue whose oldest patch waited this long with no executor online raises an alert.
+    pub stale_after: Duration,
+}
+
+#[derive(Clone)]
 struct Session {
     id: u64,
     /// `<executor id>#<session id>`: the lease owner recorded in the store.
     owner: String,
+    executor_id: String,
+    targets: Vec<String>,
+    connected_ms: i64,
+    last_seen_ms: Arc<AtomicI64>,
     sender: SessionSender,
 }
 
@@ -35,6 +54,32 @@ struct TargetSlot {
     active: Option<(String, u64, u64)>,
 }
 
+/// An executor session, for `ListExecutors`.
+#[derive(Debug, Clone)]
+pub struct ExecutorView {
+    /// The id the executor gave in Hello.
+    pub executor_id: String,
+    /// `<executor id>#<session id>`.
+    pub session: String,
+    /// Targets it serves.
+    pub targets: Vec<String>,
+    /// Unix ms.
+    pub connected_ms: i64,
+    /// Last message received (unix ms).
+    pub last_seen_ms: i64,
+    /// Patches it holds leases on.
+    pub running: Vec<String>,
+}
+
+/// A target, for `ListTargets`.
+#[derive(Debug, Clone)]
+pub struct TargetView {
+    /// Queue figures from the store.
+    pub row: TargetRow,
+    /// At least one executor serving it is connected.
+    pub executor_online: bool,
+}
+
 /// The routing logic shared by the gRPC adapter and the background loops.
 pub struct Routing {
     store: Store,
@@ -42,21 +87,28 @@ pub struct Routing {
     /// Serialises lease hand-out so a target never gets two leases at once.
     dispatching: Mutex<()>,
     next_session: AtomicU64,
-    lease: Duration,
+    policy: Policy,
     /// Woken when an outcome is waiting in the outbox.
     pub outbox_wake: Arc<Notify>,
+    /// Woken when an alert change is waiting in the alert outbox.
+    pub alert_wake: Arc<Notify>,
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 impl Routing {
-    /// Routing over `store`, with leases of length `lease`.
-    pub fn new(store: Store, lease: Duration) -> Self {
+    /// Routing over `store` with `policy`.
+    pub fn new(store: Store, policy: Policy) -> Self {
         Self {
             store,
             slots: Mutex::new(HashMap::new()),
             dispatching: Mutex::new(()),
             next_session: AtomicU64::new(1),
-            lease,
+            policy,
             outbox_wake: Arc::new(Notify::new()),
+            alert_wake: Arc::new(Notify::new()),
         }
     }
 
@@ -66,7 +118,7 @@ impl Routing {
     }
 
     fn lease_ms(&self) -> i64 {
-        i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX)
+        millis(self.policy.lease)
     }
 
     /// Stores a patch (idempotently) and assigns it if its target is free.
@@ -79,10 +131,14 @@ impl Routing {
         let id = patch.id.to_string();
         match self.store.insert(patch, traceparent).await? {
             Inserted::Created(record) => {
-                tracing::info!(patch_id = %id, %target, "patch queued");
+                tracing::info!(patch_id = %id, %target, status = %record.status, "patch stored");
                 metrics::counter!("ghost_patches_submitted_total", "target" => target.clone())
                     .increment(1);
-                self.dispatch(&target).await;
+                if record.status.is_terminal() {
+                    self.outbox_wake.notify_one();
+                } else {
+                    self.dispatch(&target).await;
+                }
                 Ok((record, true))
             }
             Inserted::Existing(record) => Ok((record, false)),
@@ -90,7 +146,7 @@ impl Routing {
         }
     }
 
-    /// Registers a new executor session for `targets`; returns its session id.
+    /// Registers a new executor session for `targets`; returns its session id and owner name.
     pub async fn connect(
         &self,
         executor_id: &str,
@@ -99,6 +155,16 @@ impl Routing {
     ) -> (u64, String) {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         let owner = format!("{executor_id}#{id}");
+        let now = now_ms();
+        let session = Session {
+            id,
+            owner: owner.clone(),
+            executor_id: executor_id.to_owned(),
+            targets: targets.to_vec(),
+            connected_ms: now,
+            last_seen_ms: Arc::new(AtomicI64::new(now)),
+            sender,
+        };
         {
             let mut slots = self.slots.lock().await;
             for target in targets {
@@ -106,25 +172,38 @@ impl Routing {
                     .entry(target.clone())
                     .or_default()
                     .sessions
-                    .push(Session {
-                        id,
-                        owner: owner.clone(),
-                        sender: sender.clone(),
-                    });
+                    .push(session.clone());
                 metrics::gauge!("ghost_executors_connected", "target" => target.clone())
                     .increment(1.0);
             }
         }
         tracing::info!(executor = %owner, ?targets, "executor connected");
         for target in targets {
+            self.resolve(
+                format!("executor_lost/{target}"),
+                format!("executor {owner} serves {target} again"),
+            )
+            .await;
             self.dispatch(target).await;
         }
         (id, owner)
     }
 
-    /// Forgets a session and requeues whatever it was running.
+    /// Notes that a session is alive (any message counts).
+    pub async fn seen(&self, session: u64) {
+        let slots = self.slots.lock().await;
+        let now = now_ms();
+        for slot in slots.values() {
+            for s in slot.sessions.iter().filter(|s| s.id == session) {
+                s.last_seen_ms.store(now, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Forgets a session, interrupts whatever it was running, and raises `executor_lost` for
+    /// targets left with no executor.
     pub async fn disconnect(&self, session: u64, owner: &str) {
-        let mut freed = Vec::new();
+        let mut orphaned = Vec::new();
         {
             let mut slots = self.slots.lock().await;
             for (target, slot) in slots.iter_mut() {
@@ -133,38 +212,40 @@ impl Routing {
                 if slot.sessions.len() != before {
                     metrics::gauge!("ghost_executors_connected", "target" => target.clone())
                         .decrement(1.0);
+                    if slot.sessions.is_empty() {
+                        orphaned.push(target.clone());
+                    }
                 }
                 if slot.active.as_ref().is_some_and(|(_, _, s)| *s == session) {
                     slot.active = None;
-                    freed.push(target.clone());
                 }
             }
         }
         tracing::info!(executor = %owner, "executor disconnected");
-        match self
+        for target in &orphaned {
+            self.raise(NewAlert {
+                key: format!("executor_lost/{target}"),
+                severity: "critical",
+                summary: format!("no executor serves {target}: {owner} disconnected"),
+                labels: vec![
+                    ("target".to_owned(), target.clone()),
+                    ("executor".to_owned(), owner.to_owned()),
+                ],
+            })
+            .await;
+        }
+        let ended = self
             .store
-            .requeue(
+            .end_leases(
                 Some(owner.to_owned()),
                 format!("executor {owner} disconnected"),
+                self.policy.max_attempts,
             )
-            .await
-        {
-            Ok(requeued) => {
-                for (id, target) in requeued {
-                    tracing::warn!(patch_id = %id, %target, "requeued after executor loss");
-                    freed.push(target);
-                }
-            }
-            Err(err) => tracing::error!(error = %err, "cannot requeue after executor loss"),
-        }
-        freed.sort();
-        freed.dedup();
-        for target in freed {
-            self.dispatch(&target).await;
-        }
+            .await;
+        self.after_leases_ended(ended).await;
     }
 
-    /// Leases and assigns the next queued patch of `target` if it is free and served.
+    /// Leases and assigns the next runnable patch of `target` if it is free and served.
     pub async fn dispatch(&self, target: &str) {
         let _serial = self.dispatching.lock().await;
         let (session_id, owner, sender) = {
@@ -175,7 +256,14 @@ impl Routing {
             if slot.active.is_some() {
                 return;
             }
-            let Some(session) = slot.sessions.first() else {
+            // An executor that has sent nothing for a whole lease period (no heartbeat) is
+            // presumed stuck: it gets no new work until it speaks again.
+            let alive_since = now_ms() - self.lease_ms();
+            let Some(session) = slot
+                .sessions
+                .iter()
+                .find(|s| s.last_seen_ms.load(Ordering::Relaxed) >= alive_since)
+            else {
                 return;
             };
             (session.id, session.owner.clone(), session.sender.clone())
@@ -206,15 +294,25 @@ impl Routing {
                 slot.active = Some((id.clone(), record.fencing_token, session_id));
             }
         }
+        metrics::histogram!("ghost_patch_stage_seconds", "stage" => "queued")
+            .record((now_ms() - record.created_ms).max(0) as f64 / 1000.0);
         let message = RouterMessage {
             kind: Some(router_message::Kind::Assign(assign)),
         };
         if sender.send(Ok(message)).await.is_err() {
             tracing::warn!(patch_id = %id, executor = %owner, "executor gone before assignment");
-            // The session's reader notices the closed stream and requeues via `disconnect`.
+            // The session's reader notices the closed stream and interrupts via `disconnect`.
             return;
         }
         tracing::info!(patch_id = %id, executor = %owner, attempt = record.attempt, "patch assigned");
+    }
+
+    /// Tries every served target: after an outcome, a patch elsewhere may have become runnable.
+    async fn dispatch_all(&self) {
+        let targets: Vec<String> = self.slots.lock().await.keys().cloned().collect();
+        for target in targets {
+            self.dispatch(&target).await;
+        }
     }
 
     /// Renews the leases an executor still holds.
@@ -239,15 +337,31 @@ impl Routing {
         }
     }
 
-    /// Accepts an attempt's report if `token` is the live lease, then frees the target.
+    /// Accepts an attempt's report if `token` is the live lease, then frees the target. An
+    /// executor's `interrupted` report of an attempt the router already ended is kept as that
+    /// attempt's fuller report; any other stale result is refused.
     pub async fn complete(
         &self,
         id: String,
+        attempt: u32,
         token: u64,
         report: ApplyReport,
     ) -> Result<(), RouterError> {
         let status = report.status;
+        let duration_ms = report.duration_ms;
+        let interrupted = status == Status::Interrupted;
+        let late_report = report.clone();
         let Some(record) = self.store.complete(id.clone(), token, report).await? else {
+            if interrupted
+                && self
+                    .store
+                    .record_interrupted(id.clone(), attempt, late_report)
+                    .await?
+            {
+                tracing::info!(patch_id = %id, attempt, "executor's report of an interrupted attempt kept");
+                self.outbox_wake.notify_one();
+                return Ok(());
+            }
             tracing::warn!(patch_id = %id, token, "result with a stale fencing token refused");
             return Err(RouterError::StaleLease(id));
         };
@@ -263,12 +377,16 @@ impl Routing {
         tracing::info!(patch_id = %id, %target, status = %status, "patch finished");
         metrics::counter!("ghost_patches_total", "target" => target.clone(), "outcome" => status.as_str())
             .increment(1);
+        metrics::histogram!("ghost_patch_stage_seconds", "stage" => "apply")
+            .record(duration_ms as f64 / 1000.0);
         self.outbox_wake.notify_one();
         self.dispatch(&target).await;
+        self.dispatch_all().await;
         Ok(())
     }
 
-    /// Cancels a queued patch, or asks the executor running it to stop.
+    /// Cancels a queued patch, or asks the executor running it to stop (it kills the
+    /// commands, rolls back and reports `cancelled`).
     pub async fn cancel(&self, id: String, actor: String) -> Result<PatchRecord, RouterError> {
         let record = self
             .store
@@ -285,26 +403,49 @@ impl Routing {
                 record.status
             )));
         }
-        let slots = self.slots.lock().await;
-        if let Some(slot) = slots.get(record.patch.target.as_str())
-            && let Some((_, token, session)) = &slot.active
-            && let Some(running) = slot.sessions.iter().find(|s| s.id == *session)
-        {
-            let message = RouterMessage {
-                kind: Some(router_message::Kind::Cancel(Cancel {
-                    patch_id: id.clone(),
-                    fencing_token: *token,
-                    reason: format!("cancelled by {actor}"),
-                })),
-            };
-            if running.sender.try_send(Ok(message)).is_err() {
-                tracing::warn!(patch_id = %id, "cannot deliver cancel to the executor");
-            }
+        let sent = self
+            .send_cancel(
+                record.patch.target.as_str(),
+                &id,
+                record.fencing_token,
+                format!("cancelled by {actor}"),
+            )
+            .await;
+        if !sent {
+            tracing::warn!(patch_id = %id, "cannot deliver cancel to the executor; the lease will expire");
         }
         Ok(record)
     }
 
-    /// Queues a failed or cancelled patch again.
+    /// Sends Cancel for the lease `token` of `id` to the session holding it, if connected.
+    async fn send_cancel(&self, target: &str, id: &str, token: u64, reason: String) -> bool {
+        let slots = self.slots.lock().await;
+        let Some(slot) = slots.get(target) else {
+            return false;
+        };
+        let owner_session = slot
+            .active
+            .as_ref()
+            .filter(|(_, t, _)| *t == token)
+            .map(|(_, _, session)| *session);
+        let session = match owner_session {
+            Some(session) => slot.sessions.iter().find(|s| s.id == session),
+            None => None,
+        };
+        let Some(session) = session else {
+            return false;
+        };
+        let message = RouterMessage {
+            kind: Some(router_message::Kind::Cancel(Cancel {
+                patch_id: id.to_owned(),
+                fencing_token: token,
+                reason,
+            })),
+        };
+        session.sender.try_send(Ok(message)).is_ok()
+    }
+
+    /// Queues a failed, cancelled or lost patch again.
     pub async fn retry(&self, id: String, actor: String) -> Result<PatchRecord, RouterError> {
         let record = self
             .store
@@ -313,7 +454,7 @@ impl Routing {
             .ok_or_else(|| RouterError::NotFound(id.clone()))?;
         if record.status != Status::Queued {
             return Err(RouterError::FailedPrecondition(format!(
-                "only failed, cancelled or lost patches can be retried; {id} is {}",
+                "only patches that ended without success can be retried; {id} is {}",
                 record.status
             )));
         }
@@ -324,35 +465,236 @@ impl Routing {
     /// Pauses or resumes a target.
     pub async fn set_paused(&self, target: String, paused: bool) -> Result<(), RouterError> {
         self.store.set_paused(target.clone(), paused).await?;
+        tracing::info!(%target, paused, "target pause flag set");
         if !paused {
             self.dispatch(&target).await;
         }
         Ok(())
     }
 
-    /// Requeues patches whose lease expired and tells their executors to stop.
+    /// Interrupts attempts whose lease expired: tells their executors to stop (a late result
+    /// would be refused by fencing anyway), requeues or loses the patches, raises alerts.
     pub async fn expire_leases(&self) {
-        let requeued = match self.store.requeue(None, "lease expired".to_owned()).await {
-            Ok(requeued) => requeued,
+        let ended = self
+            .store
+            .end_leases(None, "lease expired".to_owned(), self.policy.max_attempts)
+            .await;
+        if let Ok(ended) = &ended {
+            for lease in ended {
+                self.send_cancel(
+                    &lease.target,
+                    &lease.id,
+                    lease.fencing_token,
+                    "lease expired".to_owned(),
+                )
+                .await;
+            }
+        }
+        self.after_leases_ended(ended).await;
+    }
+
+    /// Frees the targets of ended leases, raises their alerts and hands out work again.
+    async fn after_leases_ended(&self, ended: Result<Vec<LeaseEnded>, crate::store::StoreError>) {
+        let ended = match ended {
+            Ok(ended) => ended,
             Err(err) => {
-                tracing::error!(error = %err, "cannot expire leases");
+                tracing::error!(error = %err, "cannot end leases");
                 return;
             }
         };
-        for (id, target) in requeued {
-            tracing::warn!(patch_id = %id, %target, "lease expired; patch requeued");
-            {
-                let mut slots = self.slots.lock().await;
-                if let Some(slot) = slots.get_mut(&target)
+        if ended.is_empty() {
+            return;
+        }
+        {
+            let mut slots = self.slots.lock().await;
+            for lease in &ended {
+                if let Some(slot) = slots.get_mut(&lease.target)
                     && slot
                         .active
                         .as_ref()
-                        .is_some_and(|(active, _, _)| *active == id)
+                        .is_some_and(|(_, token, _)| *token == lease.fencing_token)
                 {
                     slot.active = None;
                 }
             }
-            self.dispatch(&target).await;
+        }
+        for lease in &ended {
+            let (key, severity, summary) = if lease.lost {
+                metrics::counter!("ghost_patches_total", "target" => lease.target.clone(), "outcome" => "lost")
+                    .increment(1);
+                tracing::error!(patch_id = %lease.id, target = %lease.target, attempt = lease.attempt, "patch lost: attempts exhausted");
+                (
+                    format!("patch_lost/{}/{}", lease.target, lease.id),
+                    "critical",
+                    format!(
+                        "patch {} on {} is lost: attempt {} was interrupted and no attempts remain",
+                        lease.id, lease.target, lease.attempt
+                    ),
+                )
+            } else {
+                tracing::warn!(patch_id = %lease.id, target = %lease.target, attempt = lease.attempt, "attempt interrupted; patch requeued");
+                (
+                    format!(
+                        "patch_interrupted/{}/{}/{}",
+                        lease.target, lease.id, lease.attempt
+                    ),
+                    "warning",
+                    format!(
+                        "attempt {} of patch {} on {} was interrupted ({}); requeued",
+                        lease.attempt, lease.id, lease.target, lease.owner
+                    ),
+                )
+            };
+            self.raise(NewAlert {
+                key,
+                severity,
+                summary,
+                labels: vec![
+                    ("target".to_owned(), lease.target.clone()),
+                    ("patch_id".to_owned(), lease.id.clone()),
+                    ("attempt".to_owned(), lease.attempt.to_string()),
+                ],
+            })
+            .await;
+        }
+        self.outbox_wake.notify_one();
+        self.dispatch_all().await;
+    }
+
+    async fn raise(&self, alert: NewAlert) {
+        let key = alert.key.clone();
+        match self.store.raise_alert(alert).await {
+            Ok(true) => {
+                tracing::warn!(alert = %key, "alert raised");
+                self.alert_wake.notify_one();
+            }
+            Ok(false) => {}
+            Err(err) => tracing::error!(alert = %key, error = %err, "cannot store alert"),
+        }
+    }
+
+    async fn resolve(&self, key: String, summary: String) {
+        match self.store.resolve_alert(key.clone(), summary).await {
+            Ok(true) => {
+                tracing::info!(alert = %key, "alert resolved");
+                self.alert_wake.notify_one();
+            }
+            Ok(false) => {}
+            Err(err) => tracing::error!(alert = %key, error = %err, "cannot store alert"),
+        }
+    }
+
+    /// Every known target with its queue and executor presence.
+    pub async fn targets(&self) -> Result<Vec<TargetView>, RouterError> {
+        let rows = self.store.targets().await?;
+        let slots = self.slots.lock().await;
+        let mut views: BTreeMap<String, TargetView> = rows
+            .into_iter()
+            .map(|row| {
+                let online = slots
+                    .get(&row.target)
+                    .is_some_and(|slot| !slot.sessions.is_empty());
+                (
+                    row.target.clone(),
+                    TargetView {
+                        row,
+                        executor_online: online,
+                    },
+                )
+            })
+            .collect();
+        for (target, slot) in slots.iter() {
+            if !slot.sessions.is_empty() && !views.contains_key(target) {
+                views.insert(
+                    target.clone(),
+                    TargetView {
+                        row: TargetRow {
+                            target: target.clone(),
+                            ..TargetRow::default()
+                        },
+                        executor_online: true,
+                    },
+                );
+            }
+        }
+        Ok(views.into_values().collect())
+    }
+
+    /// Every connected executor session.
+    pub async fn executors(&self) -> Vec<ExecutorView> {
+        let slots = self.slots.lock().await;
+        let mut views: BTreeMap<u64, ExecutorView> = BTreeMap::new();
+        for slot in slots.values() {
+            for session in &slot.sessions {
+                let view = views.entry(session.id).or_insert_with(|| ExecutorView {
+                    executor_id: session.executor_id.clone(),
+                    session: session.owner.clone(),
+                    targets: session.targets.clone(),
+                    connected_ms: session.connected_ms,
+                    last_seen_ms: session.last_seen_ms.load(Ordering::Relaxed),
+                    running: Vec::new(),
+                });
+                if let Some((patch, _, owner)) = &slot.active
+                    && *owner == session.id
+                {
+                    view.running.push(patch.clone());
+                }
+            }
+        }
+        views.into_values().collect()
+    }
+
+    /// Raises `queue_stale/<target>` for queues whose oldest patch waited longer than
+    /// `stale_after` with no executor online, resolves it when that is no longer so, and
+    /// publishes queue-depth gauges.
+    pub async fn check_stale(&self) {
+        let views = match self.targets().await {
+            Ok(views) => views,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot read targets for stale detection");
+                return;
+            }
+        };
+        let firing = self.store.firing_alerts().await.unwrap_or_default();
+        let now = now_ms();
+        for view in views {
+            let target = &view.row.target;
+            metrics::gauge!("ghost_queue_depth", "target" => target.clone())
+                .set(f64::from(view.row.queued));
+            let age_ms = if view.row.queued > 0 {
+                (now - view.row.oldest_queued_ms).max(0)
+            } else {
+                0
+            };
+            metrics::gauge!("ghost_queue_oldest_age_seconds", "target" => target.clone())
+                .set(age_ms as f64 / 1000.0);
+            let key = format!("queue_stale/{target}");
+            let stale = view.row.queued > 0
+                && !view.row.paused
+                && !view.executor_online
+                && age_ms >= millis(self.policy.stale_after);
+            if stale {
+                self.raise(NewAlert {
+                    key,
+                    severity: "warning",
+                    summary: format!(
+                        "{} patch(es) queued on {target} for {}s with no executor online",
+                        view.row.queued,
+                        age_ms / 1000
+                    ),
+                    labels: vec![("target".to_owned(), target.clone())],
+                })
+                .await;
+            } else if firing.contains(&key) {
+                let why = if view.row.queued == 0 {
+                    format!("the queue of {target} is empty")
+                } else if view.row.paused {
+                    format!("{target} is paused")
+                } else {
+                    format!("an executor serves {target}")
+                };
+                self.resolve(key, why).await;
+            }
         }
     }
 

@@ -1,15 +1,22 @@
 //! Durable state of the router in SQLite (WAL, `synchronous=FULL`): patches, their event
-//! trail, leases (columns of the patch row) and the outbox towards the summarizer.
+//! trail, attempts, dependencies, the outbox towards the summarizer and the alert outbox
+//! towards the alerter.
 //!
-//! Every method runs one transaction on a blocking thread; a method returns only after its
-//! transaction is committed, so "stored" means "survives kill -9".
+//! Writes go to one writer thread that commits concurrent requests together (group commit):
+//! each request runs in its own savepoint, the batch is committed with one fsync, and only then
+//! is every caller answered. So "stored" still means "survives kill -9", while many concurrent
+//! submits share one disk flush. Reads use a second connection and never wait for the writer.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ghost_core::{ApplyReport, Patch, Status};
 use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::oneshot;
+
+/// At most this many requests share one commit.
+const MAX_BATCH: usize = 256;
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +35,13 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
-    /// The blocking task running the transaction died.
+    /// The batch this request was part of could not be committed.
+    #[error("commit failed: {0}")]
+    Commit(String),
+    /// The writer thread is gone (the router is stopping).
+    #[error("the store is closed")]
+    Closed,
+    /// The blocking task running a read died.
     #[error("storage task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -71,7 +84,7 @@ pub enum Inserted {
     Conflict,
 }
 
-/// A pending delivery of a terminal outcome to the summarizer.
+/// A pending delivery of one attempt's outcome to the summarizer.
 #[derive(Debug, Clone)]
 pub struct OutboxRow {
     /// Row id.
@@ -82,6 +95,94 @@ pub struct OutboxRow {
     pub attempt: u32,
     /// Deliveries tried so far.
     pub tries: u32,
+    /// The attempt's report (`None` only in rows written before reports were kept here: the
+    /// patch's latest report stands in).
+    pub report: Option<ApplyReport>,
+    /// When the outcome was stored (unix ms).
+    pub created_ms: i64,
+}
+
+/// A system alert raised or resolved by the router, waiting to reach the alerter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertRow {
+    /// Row id.
+    pub id: i64,
+    /// Dedup key, e.g. `executor_lost/MAIN`.
+    pub key: String,
+    /// True when this resolves the alert.
+    pub resolved: bool,
+    /// `info`, `warning` or `critical`.
+    pub severity: String,
+    /// One line for people.
+    pub summary: String,
+    /// Labels as (name, value) pairs.
+    pub labels: Vec<(String, String)>,
+    /// When the condition started or cleared (unix ms).
+    pub at_ms: i64,
+    /// Deliveries tried so far.
+    pub tries: u32,
+}
+
+/// An alert to raise.
+#[derive(Debug, Clone)]
+pub struct NewAlert {
+    /// Dedup key, e.g. `executor_lost/MAIN`.
+    pub key: String,
+    /// `info`, `warning` or `critical`.
+    pub severity: &'static str,
+    /// One line for people.
+    pub summary: String,
+    /// Labels as (name, value) pairs.
+    pub labels: Vec<(String, String)>,
+}
+
+/// What happened to a patch whose lease ended without a result.
+#[derive(Debug, Clone)]
+pub struct LeaseEnded {
+    /// The patch.
+    pub id: String,
+    /// Its target.
+    pub target: String,
+    /// The attempt that was interrupted.
+    pub attempt: u32,
+    /// The lease's fencing token.
+    pub fencing_token: u64,
+    /// The lease owner (`<executor>#<session>`).
+    pub owner: String,
+    /// True when the patch ran out of attempts and ended `lost`; false when requeued.
+    pub lost: bool,
+}
+
+/// Per-target figures for `ListTargets` and stale detection.
+#[derive(Debug, Clone, Default)]
+pub struct TargetRow {
+    /// The target.
+    pub target: String,
+    /// Patches waiting for a lease.
+    pub queued: u32,
+    /// Creation time of the oldest queued patch (0: none).
+    pub oldest_queued_ms: i64,
+    /// Hand-out paused.
+    pub paused: bool,
+    /// The patch holding the lease (empty: none).
+    pub running: String,
+    /// Patches per terminal status.
+    pub finished: Vec<(String, u32)>,
+}
+
+/// One row of a patch's audit trail.
+#[derive(Debug, Clone)]
+pub struct EventRow {
+    /// Unix ms.
+    pub at_ms: i64,
+    /// The state entered.
+    pub status: String,
+    /// Who caused it (`gateway`, `executor:<id>`, `router`, a Slack user).
+    pub actor: String,
+    /// Attempt number at the time.
+    pub attempt: u32,
+    /// Free text.
+    pub detail: String,
 }
 
 /// Unix time in milliseconds.
@@ -92,59 +193,205 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS patches (
-    id            TEXT PRIMARY KEY,
-    target        TEXT NOT NULL,
-    priority      INTEGER NOT NULL,
-    content_hash  TEXT NOT NULL,
-    patch_json    TEXT NOT NULL,
-    status        TEXT NOT NULL,
-    attempt       INTEGER NOT NULL DEFAULT 0,
-    traceparent   TEXT NOT NULL DEFAULT '',
-    error         TEXT NOT NULL DEFAULT '',
-    report_json   TEXT,
-    fencing_token INTEGER NOT NULL DEFAULT 0,
-    leased_to     TEXT NOT NULL DEFAULT '',
-    lease_deadline_ms INTEGER NOT NULL DEFAULT 0,
-    created_ms    INTEGER NOT NULL,
-    updated_ms    INTEGER NOT NULL,
-    seq           INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS patches_queue ON patches (target, status, priority DESC, seq);
-CREATE TABLE IF NOT EXISTS events (
-    id       INTEGER PRIMARY KEY AUTOINCREMENT,
-    patch_id TEXT NOT NULL,
-    at_ms    INTEGER NOT NULL,
-    status   TEXT NOT NULL,
-    actor    TEXT NOT NULL,
-    attempt  INTEGER NOT NULL,
-    detail   TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS events_patch ON events (patch_id, id);
-CREATE TABLE IF NOT EXISTS outbox (
-    id           INTEGER PRIMARY KEY AUTOINCREMENT,
-    patch_id     TEXT NOT NULL,
-    attempt      INTEGER NOT NULL,
-    tries        INTEGER NOT NULL DEFAULT 0,
-    next_at_ms   INTEGER NOT NULL,
-    delivered_ms INTEGER,
-    UNIQUE (patch_id, attempt)
-);
-CREATE TABLE IF NOT EXISTS meta (
-    key   TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-);
-INSERT OR IGNORE INTO meta (key, value) VALUES ('fencing_token', 0), ('seq', 0);
-";
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many ran. A database
+/// created before migrations existed has version 0 and the first migration's tables already:
+/// every statement of the first migration is therefore `IF NOT EXISTS`.
+const MIGRATIONS: &[&str] = &[
+    "
+    CREATE TABLE IF NOT EXISTS patches (
+        id            TEXT PRIMARY KEY,
+        target        TEXT NOT NULL,
+        priority      INTEGER NOT NULL,
+        content_hash  TEXT NOT NULL,
+        patch_json    TEXT NOT NULL,
+        status        TEXT NOT NULL,
+        attempt       INTEGER NOT NULL DEFAULT 0,
+        traceparent   TEXT NOT NULL DEFAULT '',
+        error         TEXT NOT NULL DEFAULT '',
+        report_json   TEXT,
+        fencing_token INTEGER NOT NULL DEFAULT 0,
+        leased_to     TEXT NOT NULL DEFAULT '',
+        lease_deadline_ms INTEGER NOT NULL DEFAULT 0,
+        created_ms    INTEGER NOT NULL,
+        updated_ms    INTEGER NOT NULL,
+        seq           INTEGER NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS patches_queue ON patches (target, status, priority DESC, seq);
+    CREATE TABLE IF NOT EXISTS events (
+        id       INTEGER PRIMARY KEY AUTOINCREMENT,
+        patch_id TEXT NOT NULL,
+        at_ms    INTEGER NOT NULL,
+        status   TEXT NOT NULL,
+        actor    TEXT NOT NULL,
+        attempt  INTEGER NOT NULL,
+        detail   TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX IF NOT EXISTS events_patch ON events (patch_id, id);
+    CREATE TABLE IF NOT EXISTS outbox (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        patch_id     TEXT NOT NULL,
+        attempt      INTEGER NOT NULL,
+        tries        INTEGER NOT NULL DEFAULT 0,
+        next_at_ms   INTEGER NOT NULL,
+        delivered_ms INTEGER,
+        UNIQUE (patch_id, attempt)
+    );
+    CREATE TABLE IF NOT EXISTS meta (
+        key   TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    );
+    INSERT OR IGNORE INTO meta (key, value) VALUES ('fencing_token', 0), ('seq', 0);
+    ",
+    "
+    ALTER TABLE patches ADD COLUMN attempt_base INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX patches_status ON patches (status, target);
+    CREATE TABLE deps (
+        patch_id   TEXT NOT NULL,
+        depends_on TEXT NOT NULL,
+        PRIMARY KEY (patch_id, depends_on)
+    );
+    CREATE INDEX deps_reverse ON deps (depends_on);
+    CREATE TABLE attempts (
+        patch_id    TEXT NOT NULL,
+        attempt     INTEGER NOT NULL,
+        status      TEXT NOT NULL,
+        executor    TEXT NOT NULL,
+        started_ms  INTEGER NOT NULL,
+        finished_ms INTEGER,
+        report_json TEXT,
+        PRIMARY KEY (patch_id, attempt)
+    );
+    ALTER TABLE outbox ADD COLUMN report_json TEXT;
+    ALTER TABLE outbox ADD COLUMN created_ms INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE alert_state (
+        key      TEXT PRIMARY KEY,
+        since_ms INTEGER NOT NULL
+    );
+    CREATE TABLE alert_outbox (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        key          TEXT NOT NULL,
+        resolved     INTEGER NOT NULL,
+        severity     TEXT NOT NULL,
+        summary      TEXT NOT NULL,
+        labels_json  TEXT NOT NULL,
+        at_ms        INTEGER NOT NULL,
+        tries        INTEGER NOT NULL DEFAULT 0,
+        next_at_ms   INTEGER NOT NULL,
+        delivered_ms INTEGER
+    );
+    ",
+];
 
 const COLUMNS: &str = "id, patch_json, content_hash, status, attempt, traceparent, error, \
                        report_json, fencing_token, leased_to, created_ms, updated_ms";
 
+const IN_FLIGHT: &str = "('leased', 'applying', 'validating')";
+
+/// A request for the writer thread: runs inside the batch's transaction (in its own savepoint)
+/// and returns whether it succeeded plus what to do once the batch commit is known.
+type Job = Box<dyn FnOnce(&Connection) -> (bool, Finish) + Send>;
+/// Answers the caller; gets the batch's commit error, if any.
+type Finish = Box<dyn FnOnce(Option<String>) + Send>;
+
 /// The router's SQLite database.
 #[derive(Clone)]
 pub struct Store {
-    conn: Arc<Mutex<Connection>>,
+    writer: mpsc::Sender<Job>,
+    reader: Arc<Mutex<Connection>>,
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let applied: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    let applied = usize::try_from(applied).unwrap_or(0);
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(migration)?;
+        if index == 1 {
+            backfill_deps(&tx)?;
+        }
+        tx.pragma_update(
+            None,
+            "user_version",
+            i64::try_from(index + 1).unwrap_or(i64::MAX),
+        )?;
+        tx.commit()?;
+        tracing::info!(version = index + 1, "router schema migrated");
+    }
+    Ok(())
+}
+
+/// Fills `deps` from the stored patches (databases from before the table existed).
+fn backfill_deps(conn: &Connection) -> Result<(), StoreError> {
+    let rows: Vec<(String, String)> = conn
+        .prepare("SELECT id, patch_json FROM patches")?
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (id, json) in rows {
+        let patch: Patch = serde_json::from_str(&json).map_err(|source| StoreError::Corrupt {
+            what: "patch",
+            id: id.clone(),
+            source,
+        })?;
+        for dependency in &patch.depends_on {
+            conn.execute(
+                "INSERT OR IGNORE INTO deps (patch_id, depends_on) VALUES (?1, ?2)",
+                params![id, dependency.as_str()],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// The writer thread: takes every waiting request, runs each in a savepoint of one
+/// transaction, commits once, then answers them all.
+fn write_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let size = batch.len();
+        let mut finishes = Vec::with_capacity(size);
+        let committed = run_batch(&mut conn, batch, &mut finishes);
+        metrics::histogram!("ghost_router_commit_batch_size").record(size as f64);
+        let error = committed.err().map(|err| err.to_string());
+        if let Some(error) = &error {
+            tracing::error!(error = %error, size, "group commit failed");
+        }
+        for finish in finishes {
+            finish(error.clone());
+        }
+    }
+}
+
+fn run_batch(
+    conn: &mut Connection,
+    batch: Vec<Job>,
+    finishes: &mut Vec<Finish>,
+) -> rusqlite::Result<()> {
+    let mut tx = conn.transaction()?;
+    for job in batch {
+        let savepoint = tx.savepoint()?;
+        let (ok, finish) = job(&savepoint);
+        if ok {
+            savepoint.commit()?;
+        } else {
+            savepoint.finish()?;
+        }
+        finishes.push(finish);
+    }
+    tx.commit()
 }
 
 fn priority_rank(patch: &Patch) -> i64 {
@@ -187,19 +434,43 @@ struct RawRecord {
     updated_ms: i64,
 }
 
+fn parse_status(id: &str, raw: &str) -> Result<Status, StoreError> {
+    serde_json::from_value(serde_json::Value::String(raw.to_owned())).map_err(|source| {
+        StoreError::Corrupt {
+            what: "status",
+            id: id.to_owned(),
+            source,
+        }
+    })
+}
+
+fn parse_report(id: &str, json: &str) -> Result<ApplyReport, StoreError> {
+    serde_json::from_str(json).map_err(|source| StoreError::Corrupt {
+        what: "report",
+        id: id.to_owned(),
+        source,
+    })
+}
+
+fn report_json(id: &str, report: &ApplyReport) -> Result<String, StoreError> {
+    serde_json::to_string(report).map_err(|source| StoreError::Corrupt {
+        what: "report",
+        id: id.to_owned(),
+        source,
+    })
+}
+
 impl RawRecord {
     fn decode(self) -> Result<PatchRecord, StoreError> {
-        let corrupt = |what, source| StoreError::Corrupt {
-            what,
-            id: self.id.clone(),
-            source,
-        };
         let patch: Patch =
-            serde_json::from_str(&self.patch_json).map_err(|e| corrupt("patch", e))?;
-        let status: Status = serde_json::from_value(serde_json::Value::String(self.status.clone()))
-            .map_err(|e| corrupt("status", e))?;
+            serde_json::from_str(&self.patch_json).map_err(|source| StoreError::Corrupt {
+                what: "patch",
+                id: self.id.clone(),
+                source,
+            })?;
+        let status = parse_status(&self.id, &self.status)?;
         let report = match &self.report_json {
-            Some(json) => Some(serde_json::from_str(json).map_err(|e| corrupt("report", e))?),
+            Some(json) => Some(parse_report(&self.id, json)?),
             None => None,
         };
         Ok(PatchRecord {
@@ -229,6 +500,10 @@ fn get_tx(conn: &Connection, id: &str) -> Result<Option<PatchRecord>, StoreError
     raw.map(RawRecord::decode).transpose()
 }
 
+fn must_get(conn: &Connection, id: &str) -> Result<PatchRecord, StoreError> {
+    get_tx(conn, id)?.ok_or(StoreError::Sqlite(rusqlite::Error::QueryReturnedNoRows))
+}
+
 fn event_tx(
     conn: &Connection,
     id: &str,
@@ -244,89 +519,261 @@ fn event_tx(
     Ok(())
 }
 
-fn set_status_tx(
+/// Queues one attempt's outcome for the summarizer (once per (patch, attempt)).
+fn outbox_tx(
+    conn: &Connection,
+    id: &str,
+    attempt: u32,
+    report: &ApplyReport,
+) -> Result<(), StoreError> {
+    let now = now_ms();
+    conn.execute(
+        "INSERT OR IGNORE INTO outbox (patch_id, attempt, next_at_ms, report_json, created_ms)
+         VALUES (?1, ?2, ?3, ?4, ?3)",
+        params![id, attempt, now, report_json(id, report)?],
+    )?;
+    Ok(())
+}
+
+fn outcome_sent(conn: &Connection, id: &str, attempt: u32) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM outbox WHERE patch_id = ?1 AND attempt = ?2)",
+        params![id, attempt],
+        |row| row.get(0),
+    )
+}
+
+/// Ends a patch that never (again) reaches an executor: terminal status, report, event and
+/// outbox row in one go.
+fn end_tx(
     conn: &Connection,
     id: &str,
     status: Status,
     actor: &str,
-    detail: &str,
-) -> Result<Option<PatchRecord>, StoreError> {
+    error: &str,
+) -> Result<(), StoreError> {
+    let record = must_get(conn, id)?;
+    // An outcome for this attempt number was already recorded (an interrupted attempt, or
+    // the attempt before a retry): this ending is an attempt of its own that never started.
+    let attempt = if record.attempt > 0 && outcome_sent(conn, id, record.attempt)? {
+        record.attempt + 1
+    } else {
+        record.attempt
+    };
+    let report = ApplyReport::ended(status, error);
     conn.execute(
-        "UPDATE patches SET status = ?2, updated_ms = ?3 WHERE id = ?1",
-        params![id, status.as_str(), now_ms()],
+        "UPDATE patches SET status = ?2, error = ?3, report_json = ?4, updated_ms = ?5,
+                fencing_token = 0, leased_to = '', lease_deadline_ms = 0, attempt = ?6
+         WHERE id = ?1",
+        params![
+            id,
+            status.as_str(),
+            error,
+            report_json(id, &report)?,
+            now_ms(),
+            attempt
+        ],
     )?;
-    let record = get_tx(conn, id)?;
-    if let Some(record) = &record {
-        event_tx(conn, id, status, actor, record.attempt, detail)?;
+    event_tx(conn, id, status, actor, attempt, error)?;
+    outbox_tx(conn, id, attempt, &report)?;
+    if status != Status::Succeeded {
+        fail_dependents_tx(conn, id, status)?;
     }
-    Ok(record)
+    Ok(())
 }
 
-/// Drops a patch's lease and puts it back in the queue, with an event saying why.
-fn requeue_tx(conn: &Connection, id: &str, reason: &str) -> rusqlite::Result<()> {
-    conn.execute(
-        "UPDATE patches SET status = 'queued', fencing_token = 0, leased_to = '',
-                lease_deadline_ms = 0, updated_ms = ?2 WHERE id = ?1",
-        params![id, now_ms()],
-    )?;
-    let attempt: u32 = conn.query_row(
-        "SELECT attempt FROM patches WHERE id = ?1",
+/// Patches waiting on `id`, which ended `status` without success, fail at once (and so on
+/// down the chain): a dependency that will never succeed must not leave them queued forever.
+fn fail_dependents_tx(conn: &Connection, id: &str, status: Status) -> Result<(), StoreError> {
+    let dependents: Vec<String> = conn
+        .prepare(
+            "SELECT p.id FROM deps d JOIN patches p ON p.id = d.patch_id
+             WHERE d.depends_on = ?1 AND p.status = 'queued'",
+        )?
+        .query_map(params![id], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    for dependent in dependents {
+        end_tx(
+            conn,
+            &dependent,
+            Status::Failed,
+            "router",
+            &format!("dependency {id} ended {status}; not run"),
+        )?;
+    }
+    Ok(())
+}
+
+/// Ends the in-flight attempt of a patch whose lease is gone: the attempt is recorded as
+/// `interrupted` (with an outcome for the summarizer), then the patch is requeued, or ends
+/// `lost` when it has used `max_attempts` attempts since it was last (re)submitted.
+fn interrupt_tx(
+    conn: &Connection,
+    id: &str,
+    reason: &str,
+    max_attempts: u32,
+) -> Result<LeaseEnded, StoreError> {
+    let record = must_get(conn, id)?;
+    let base: u32 = conn.query_row(
+        "SELECT attempt_base FROM patches WHERE id = ?1",
         params![id],
         |row| row.get(0),
     )?;
-    event_tx(conn, id, Status::Queued, "router", attempt, reason)
+    let now = now_ms();
+    let report = ApplyReport::ended(Status::Interrupted, reason);
+    conn.execute(
+        "UPDATE attempts SET status = 'interrupted', finished_ms = ?3, report_json = ?4
+         WHERE patch_id = ?1 AND attempt = ?2 AND finished_ms IS NULL",
+        params![id, record.attempt, now, report_json(id, &report)?],
+    )?;
+    event_tx(
+        conn,
+        id,
+        Status::Interrupted,
+        "router",
+        record.attempt,
+        reason,
+    )?;
+    let ended = LeaseEnded {
+        id: id.to_owned(),
+        target: record.patch.target.to_string(),
+        attempt: record.attempt,
+        fencing_token: record.fencing_token,
+        owner: record.leased_to.clone(),
+        lost: record.attempt.saturating_sub(base) >= max_attempts,
+    };
+    if ended.lost {
+        let error = format!(
+            "{reason}; gave up after {} attempts",
+            record.attempt.saturating_sub(base)
+        );
+        let lost = ApplyReport::ended(Status::Lost, error.clone());
+        conn.execute(
+            "UPDATE patches SET status = 'lost', error = ?2, report_json = ?3, updated_ms = ?4,
+                    fencing_token = 0, leased_to = '', lease_deadline_ms = 0
+             WHERE id = ?1",
+            params![id, error, report_json(id, &lost)?, now],
+        )?;
+        event_tx(conn, id, Status::Lost, "router", record.attempt, &error)?;
+        outbox_tx(conn, id, record.attempt, &lost)?;
+        fail_dependents_tx(conn, id, Status::Lost)?;
+        return Ok(ended);
+    }
+    outbox_tx(conn, id, record.attempt, &report)?;
+    conn.execute(
+        "UPDATE patches SET status = 'queued', fencing_token = 0, leased_to = '',
+                lease_deadline_ms = 0, updated_ms = ?2 WHERE id = ?1",
+        params![id, now],
+    )?;
+    event_tx(
+        conn,
+        id,
+        Status::Queued,
+        "router",
+        record.attempt,
+        "requeued for another attempt",
+    )?;
+    Ok(ended)
 }
 
-/// One row of a patch's audit trail.
-#[derive(Debug, Clone)]
-pub struct EventRow {
-    /// Unix ms.
-    pub at_ms: i64,
-    /// The state entered.
-    pub status: String,
-    /// Who caused it (`gateway`, `executor:<id>`, `router`, a Slack user).
-    pub actor: String,
-    /// Attempt number at the time.
-    pub attempt: u32,
-    /// Free text.
-    pub detail: String,
+fn raise_tx(conn: &Connection, alert: &NewAlert) -> Result<bool, StoreError> {
+    let now = now_ms();
+    let inserted = conn.execute(
+        "INSERT OR IGNORE INTO alert_state (key, since_ms) VALUES (?1, ?2)",
+        params![alert.key, now],
+    )?;
+    if inserted == 0 {
+        return Ok(false);
+    }
+    let labels = serde_json::to_string(&alert.labels).map_err(|source| StoreError::Corrupt {
+        what: "alert labels",
+        id: alert.key.clone(),
+        source,
+    })?;
+    conn.execute(
+        "INSERT INTO alert_outbox (key, resolved, severity, summary, labels_json, at_ms, next_at_ms)
+         VALUES (?1, 0, ?2, ?3, ?4, ?5, ?5)",
+        params![alert.key, alert.severity, alert.summary, labels, now],
+    )?;
+    Ok(true)
+}
+
+fn resolve_tx(conn: &Connection, key: &str, summary: &str) -> Result<bool, StoreError> {
+    let removed = conn.execute("DELETE FROM alert_state WHERE key = ?1", params![key])?;
+    if removed == 0 {
+        return Ok(false);
+    }
+    let now = now_ms();
+    conn.execute(
+        "INSERT INTO alert_outbox (key, resolved, severity, summary, labels_json, at_ms, next_at_ms)
+         VALUES (?1, 1, 'info', ?2, '[]', ?3, ?3)",
+        params![key, summary, now],
+    )?;
+    Ok(true)
 }
 
 impl Store {
-    /// Opens (creating if needed) the database at `path` and applies the schema.
+    /// Opens (creating if needed) the database at `path`, migrates its schema and starts the
+    /// writer thread.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        let mut conn = open_connection(path)?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
+        migrate(&mut conn)?;
+        let reader = open_connection(path)?;
+        let (writer, jobs) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("router-store-writer".to_owned())
+            .spawn(move || write_loop(conn, jobs))
+            .map_err(|err| StoreError::Commit(format!("cannot start the writer: {err}")))?;
         Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
+            writer,
+            reader: Arc::new(Mutex::new(reader)),
         })
     }
 
-    async fn with_tx<T, F>(&self, work: F) -> Result<T, StoreError>
+    /// Runs `work` in the next group commit; answers once the batch is durable.
+    async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let conn = Arc::clone(&self.conn);
+        let (answer, answered) = oneshot::channel();
+        let job: Job = Box::new(move |conn: &Connection| {
+            let result = work(conn);
+            let ok = result.is_ok();
+            let finish: Finish = Box::new(move |commit_error: Option<String>| {
+                let outcome = match (result, commit_error) {
+                    (Ok(_), Some(error)) => Err(StoreError::Commit(error)),
+                    (result, _) => result,
+                };
+                let _ = answer.send(outcome);
+            });
+            (ok, finish)
+        });
+        self.writer.send(job).map_err(|_| StoreError::Closed)?;
+        answered.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs a read on the read connection, off the async threads.
+    async fn read<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let reader = Arc::clone(&self.reader);
         tokio::task::spawn_blocking(move || {
-            let mut guard = conn
+            let guard = reader
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let tx = guard.transaction()?;
-            let value = work(&tx)?;
-            tx.commit()?;
-            Ok(value)
+            work(&guard)
         })
         .await?
     }
 
-    /// Stores a submitted patch as `queued` unless its id is already taken.
+    /// Stores a submitted patch as `queued` unless its id is already taken. A patch whose
+    /// dependency already ended without success fails at once.
     pub async fn insert(&self, patch: Patch, traceparent: String) -> Result<Inserted, StoreError> {
-        self.with_tx(move |conn| {
+        self.write(move |conn| {
             let id = patch.id.to_string();
             let hash = patch.content_hash();
             if let Some(existing) = get_tx(conn, &id)? {
@@ -359,15 +806,43 @@ impl Store {
             )?;
             event_tx(conn, &id, Status::Received, "gateway", 0, "")?;
             event_tx(conn, &id, Status::Queued, "router", 0, "")?;
-            let record = get_tx(conn, &id)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
-            Ok(Inserted::Created(record))
+            let mut failed_dependency = None;
+            for dependency in &patch.depends_on {
+                conn.execute(
+                    "INSERT OR IGNORE INTO deps (patch_id, depends_on) VALUES (?1, ?2)",
+                    params![id, dependency.as_str()],
+                )?;
+                let status: Option<String> = conn
+                    .query_row(
+                        "SELECT status FROM patches WHERE id = ?1",
+                        params![dependency.as_str()],
+                        |row| row.get(0),
+                    )
+                    .optional()?;
+                if let Some(status) = status {
+                    let status = parse_status(dependency.as_str(), &status)?;
+                    if status.is_terminal() && status != Status::Succeeded {
+                        failed_dependency = Some((dependency.to_string(), status));
+                    }
+                }
+            }
+            if let Some((dependency, status)) = failed_dependency {
+                end_tx(
+                    conn,
+                    &id,
+                    Status::Failed,
+                    "router",
+                    &format!("dependency {dependency} ended {status}; not run"),
+                )?;
+            }
+            Ok(Inserted::Created(must_get(conn, &id)?))
         })
         .await
     }
 
     /// One patch.
     pub async fn get(&self, id: String) -> Result<Option<PatchRecord>, StoreError> {
-        self.with_tx(move |conn| get_tx(conn, &id)).await
+        self.read(move |conn| get_tx(conn, &id)).await
     }
 
     /// Patches newest first, filtered by target and status when given.
@@ -378,7 +853,7 @@ impl Store {
         limit: u32,
         offset: u64,
     ) -> Result<Vec<PatchRecord>, StoreError> {
-        self.with_tx(move |conn| {
+        self.read(move |conn| {
             let mut statement = conn.prepare(&format!(
                 "SELECT {COLUMNS} FROM patches
                  WHERE (?1 IS NULL OR target = ?1) AND (?2 IS NULL OR status = ?2)
@@ -404,7 +879,7 @@ impl Store {
 
     /// The audit trail of one patch, oldest first.
     pub async fn events(&self, id: String) -> Result<Vec<EventRow>, StoreError> {
-        self.with_tx(move |conn| {
+        self.read(move |conn| {
             let mut statement = conn.prepare(
                 "SELECT at_ms, status, actor, attempt, detail FROM events WHERE patch_id = ?1 ORDER BY id",
             )?;
@@ -422,15 +897,16 @@ impl Store {
         .await
     }
 
-    /// Leases the next queued patch of `target` to `executor`: highest priority, then oldest.
-    /// Returns the leased record (attempt incremented, fresh fencing token) or `None`.
+    /// Leases the next runnable patch of `target` to `owner`: highest priority, then oldest,
+    /// skipping patches whose dependencies have not all succeeded. Returns the leased record
+    /// (attempt incremented, fresh fencing token) or `None` (paused, empty, or all waiting).
     pub async fn lease_next(
         &self,
         target: String,
-        executor: String,
+        owner: String,
         lease_ms: i64,
     ) -> Result<Option<PatchRecord>, StoreError> {
-        self.with_tx(move |conn| {
+        self.write(move |conn| {
             let paused: bool = conn
                 .query_row(
                     "SELECT value FROM meta WHERE key = ?1",
@@ -444,8 +920,12 @@ impl Store {
             }
             let next: Option<String> = conn
                 .query_row(
-                    "SELECT id FROM patches WHERE target = ?1 AND status = 'queued'
-                     ORDER BY priority DESC, seq LIMIT 1",
+                    "SELECT q.id FROM patches q
+                     WHERE q.target = ?1 AND q.status = 'queued'
+                       AND NOT EXISTS (
+                         SELECT 1 FROM deps d LEFT JOIN patches p ON p.id = d.depends_on
+                         WHERE d.patch_id = q.id AND (p.status IS NULL OR p.status != 'succeeded'))
+                     ORDER BY q.priority DESC, q.seq LIMIT 1",
                     params![target],
                     |row| row.get(0),
                 )
@@ -463,14 +943,19 @@ impl Store {
                 "UPDATE patches SET status = 'leased', attempt = attempt + 1, fencing_token = ?2,
                         leased_to = ?3, lease_deadline_ms = ?4, updated_ms = ?5, error = ''
                  WHERE id = ?1",
-                params![id, token, executor, now + lease_ms, now],
+                params![id, token, owner, now + lease_ms, now],
             )?;
-            let record = get_tx(conn, &id)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+            let record = must_get(conn, &id)?;
+            conn.execute(
+                "INSERT OR REPLACE INTO attempts (patch_id, attempt, status, executor, started_ms)
+                 VALUES (?1, ?2, 'leased', ?3, ?4)",
+                params![id, record.attempt, owner, now],
+            )?;
             event_tx(
                 conn,
                 &id,
                 Status::Leased,
-                &format!("executor:{executor}"),
+                &format!("executor:{owner}"),
                 record.attempt,
                 &format!("fencing token {token}"),
             )?;
@@ -479,21 +964,22 @@ impl Store {
         .await
     }
 
-    /// Extends the leases named by `tokens` held by `executor`.
+    /// Extends the leases named by `tokens` held by `owner`.
     pub async fn renew(
         &self,
-        executor: String,
+        owner: String,
         tokens: Vec<u64>,
         lease_ms: i64,
     ) -> Result<(), StoreError> {
-        self.with_tx(move |conn| {
+        self.write(move |conn| {
             let deadline = now_ms() + lease_ms;
             for token in tokens {
                 conn.execute(
-                    "UPDATE patches SET lease_deadline_ms = ?3
-                     WHERE fencing_token = ?1 AND leased_to = ?2
-                       AND status IN ('leased', 'applying', 'validating')",
-                    params![i64::try_from(token).unwrap_or(-1), executor, deadline],
+                    &format!(
+                        "UPDATE patches SET lease_deadline_ms = ?3
+                         WHERE fencing_token = ?1 AND leased_to = ?2 AND status IN {IN_FLIGHT}"
+                    ),
+                    params![i64::try_from(token).unwrap_or(-1), owner, deadline],
                 )?;
             }
             Ok(())
@@ -509,18 +995,23 @@ impl Store {
         status: Status,
         detail: String,
     ) -> Result<bool, StoreError> {
-        self.with_tx(move |conn| {
+        self.write(move |conn| {
             let Some(record) = get_tx(conn, &id)? else {
                 return Ok(false);
             };
             if record.fencing_token != token || record.status.is_terminal() {
                 return Ok(false);
             }
-            set_status_tx(
+            conn.execute(
+                "UPDATE patches SET status = ?2, updated_ms = ?3 WHERE id = ?1",
+                params![id, status.as_str(), now_ms()],
+            )?;
+            event_tx(
                 conn,
                 &id,
                 status,
                 &format!("executor:{}", record.leased_to),
+                record.attempt,
                 &detail,
             )?;
             Ok(true)
@@ -529,32 +1020,33 @@ impl Store {
     }
 
     /// Stores an attempt's report if `token` is the live lease, queueing the outcome for the
-    /// summarizer in the same transaction. `None` when the token is stale.
+    /// summarizer in the same transaction (and failing patches that depended on it, when it
+    /// did not succeed). `None` when the token is stale.
     pub async fn complete(
         &self,
         id: String,
         token: u64,
         report: ApplyReport,
     ) -> Result<Option<PatchRecord>, StoreError> {
-        self.with_tx(move |conn| {
+        self.write(move |conn| {
             let Some(record) = get_tx(conn, &id)? else {
                 return Ok(None);
             };
             if record.fencing_token != token || record.status.is_terminal() {
                 return Ok(None);
             }
-            let report_json =
-                serde_json::to_string(&report).map_err(|source| StoreError::Corrupt {
-                    what: "report",
-                    id: id.clone(),
-                    source,
-                })?;
+            let json = report_json(&id, &report)?;
             let now = now_ms();
             conn.execute(
                 "UPDATE patches SET status = ?2, error = ?3, report_json = ?4, updated_ms = ?5,
                         lease_deadline_ms = 0
                  WHERE id = ?1",
-                params![id, report.status.as_str(), report.error, report_json, now],
+                params![id, report.status.as_str(), report.error, json, now],
+            )?;
+            conn.execute(
+                "UPDATE attempts SET status = ?3, finished_ms = ?4, report_json = ?5
+                 WHERE patch_id = ?1 AND attempt = ?2",
+                params![id, record.attempt, report.status.as_str(), now, json],
             )?;
             event_tx(
                 conn,
@@ -564,53 +1056,94 @@ impl Store {
                 record.attempt,
                 &report.error,
             )?;
-            conn.execute(
-                "INSERT OR IGNORE INTO outbox (patch_id, attempt, next_at_ms) VALUES (?1, ?2, ?3)",
-                params![id, record.attempt, now],
-            )?;
+            outbox_tx(conn, &id, record.attempt, &report)?;
+            if report.status != Status::Succeeded {
+                fail_dependents_tx(conn, &id, report.status)?;
+            }
             get_tx(conn, &id)
         })
         .await
     }
 
-    /// Puts patches back in the queue: those leased to `executor` (when given) or whose lease
-    /// expired. Returns the requeued ids with their targets.
-    pub async fn requeue(
+    /// Takes an executor's own report of an attempt the router had already ended as
+    /// `interrupted` (e.g. after the executor restarted and rolled back its journal): the
+    /// fuller report replaces the router's, and goes to the summarizer if not yet sent.
+    /// False when no such interrupted attempt exists.
+    pub async fn record_interrupted(
         &self,
-        executor: Option<String>,
-        reason: String,
-    ) -> Result<Vec<(String, String)>, StoreError> {
-        self.with_tx(move |conn| {
-            let now = now_ms();
-            let mut statement = conn.prepare(
-                "SELECT id, target FROM patches
-                 WHERE status IN ('leased', 'applying', 'validating')
-                   AND ((?1 IS NOT NULL AND leased_to = ?1) OR (?1 IS NULL AND lease_deadline_ms < ?2))",
+        id: String,
+        attempt: u32,
+        report: ApplyReport,
+    ) -> Result<bool, StoreError> {
+        self.write(move |conn| {
+            let json = report_json(&id, &report)?;
+            let updated = conn.execute(
+                "UPDATE attempts SET report_json = ?3
+                 WHERE patch_id = ?1 AND attempt = ?2 AND status = 'interrupted'",
+                params![id, attempt, json],
             )?;
-            let stale: Vec<(String, String)> = statement
-                .query_map(params![executor, now], |row| Ok((row.get(0)?, row.get(1)?)))?
-                .collect::<Result<_, _>>()?;
-            for (id, _) in &stale {
-                requeue_tx(conn, id, &reason)?;
+            if updated == 1 {
+                conn.execute(
+                    "UPDATE outbox SET report_json = ?3
+                     WHERE patch_id = ?1 AND attempt = ?2 AND delivered_ms IS NULL",
+                    params![id, attempt, json],
+                )?;
+                event_tx(
+                    conn,
+                    &id,
+                    Status::Interrupted,
+                    "executor",
+                    attempt,
+                    &report.error,
+                )?;
             }
-            Ok(stale)
+            Ok(updated == 1)
         })
         .await
     }
 
-    /// Every patch that was in flight when the router stopped goes back to the queue.
-    pub async fn requeue_in_flight(&self) -> Result<usize, StoreError> {
-        self.with_tx(|conn| {
+    /// Ends the in-flight attempts of patches leased to `owner` (when given) or whose lease
+    /// expired: each is requeued, or ends `lost` past `max_attempts`.
+    pub async fn end_leases(
+        &self,
+        owner: Option<String>,
+        reason: String,
+        max_attempts: u32,
+    ) -> Result<Vec<LeaseEnded>, StoreError> {
+        self.write(move |conn| {
+            let now = now_ms();
             let ids: Vec<String> = conn
-                .prepare(
-                    "SELECT id FROM patches WHERE status IN ('leased', 'applying', 'validating')",
-                )?
+                .prepare(&format!(
+                    "SELECT id FROM patches
+                     WHERE status IN {IN_FLIGHT}
+                       AND ((?1 IS NOT NULL AND leased_to = ?1)
+                         OR (?1 IS NULL AND lease_deadline_ms < ?2))"
+                ))?
+                .query_map(params![owner, now], |row| row.get(0))?
+                .collect::<Result<_, _>>()?;
+            ids.iter()
+                .map(|id| interrupt_tx(conn, id, &reason, max_attempts))
+                .collect()
+        })
+        .await
+    }
+
+    /// Every patch that was in flight when the router stopped: its attempt is interrupted.
+    pub async fn end_all_leases(
+        &self,
+        reason: String,
+        max_attempts: u32,
+    ) -> Result<Vec<LeaseEnded>, StoreError> {
+        self.write(move |conn| {
+            let ids: Vec<String> = conn
+                .prepare(&format!(
+                    "SELECT id FROM patches WHERE status IN {IN_FLIGHT}"
+                ))?
                 .query_map([], |row| row.get(0))?
                 .collect::<Result<_, _>>()?;
-            for id in &ids {
-                requeue_tx(conn, id, "router restarted")?;
-            }
-            Ok(ids.len())
+            ids.iter()
+                .map(|id| interrupt_tx(conn, id, &reason, max_attempts))
+                .collect()
         })
         .await
     }
@@ -621,51 +1154,59 @@ impl Store {
         id: String,
         actor: String,
     ) -> Result<Option<PatchRecord>, StoreError> {
-        self.with_tx(move |conn| {
+        self.write(move |conn| {
             let Some(record) = get_tx(conn, &id)? else {
                 return Ok(None);
             };
             if record.status != Status::Queued {
                 return Ok(Some(record));
             }
-            let report =
-                ApplyReport::ended(Status::Cancelled, format!("cancelled by {actor} while queued"));
-            let report_json = serde_json::to_string(&report).unwrap_or_default();
-            conn.execute(
-                "UPDATE patches SET status = 'cancelled', error = ?2, report_json = ?3, updated_ms = ?4 WHERE id = ?1",
-                params![id, report.error, report_json, now_ms()],
-            )?;
-            event_tx(conn, &id, Status::Cancelled, &actor, record.attempt, "")?;
-            conn.execute(
-                "INSERT OR IGNORE INTO outbox (patch_id, attempt, next_at_ms) VALUES (?1, ?2, ?3)",
-                params![id, record.attempt, now_ms()],
+            end_tx(
+                conn,
+                &id,
+                Status::Cancelled,
+                &actor,
+                &format!("cancelled by {actor} while queued"),
             )?;
             get_tx(conn, &id)
         })
         .await
     }
 
-    /// Queues a finished patch for another attempt.
+    /// Queues a finished (not succeeded) patch for another attempt, with a fresh attempt budget.
     pub async fn retry(
         &self,
         id: String,
         actor: String,
     ) -> Result<Option<PatchRecord>, StoreError> {
-        self.with_tx(move |conn| {
+        self.write(move |conn| {
             let Some(record) = get_tx(conn, &id)? else {
                 return Ok(None);
             };
             if !record.status.is_terminal() || record.status == Status::Succeeded {
                 return Ok(Some(record));
             }
-            set_status_tx(conn, &id, Status::Queued, &actor, "retry requested")
+            conn.execute(
+                "UPDATE patches SET status = 'queued', attempt_base = attempt, error = '',
+                        updated_ms = ?2 WHERE id = ?1",
+                params![id, now_ms()],
+            )?;
+            event_tx(
+                conn,
+                &id,
+                Status::Queued,
+                &actor,
+                record.attempt,
+                "retry requested",
+            )?;
+            get_tx(conn, &id)
         })
         .await
     }
 
     /// Pauses or resumes handing out work for a target.
     pub async fn set_paused(&self, target: String, paused: bool) -> Result<(), StoreError> {
-        self.with_tx(move |conn| {
+        self.write(move |conn| {
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES (?1, ?2)
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -676,29 +1217,99 @@ impl Store {
         .await
     }
 
+    /// Every target that has patches or a pause flag, with its queue figures.
+    pub async fn targets(&self) -> Result<Vec<TargetRow>, StoreError> {
+        self.read(|conn| {
+            let mut rows: std::collections::BTreeMap<String, TargetRow> = Default::default();
+            let mut counts = conn.prepare(
+                "SELECT target, status, COUNT(*), MIN(created_ms) FROM patches GROUP BY target, status",
+            )?;
+            let counted = counts.query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, u32>(2)?,
+                    row.get::<_, i64>(3)?,
+                ))
+            })?;
+            for item in counted {
+                let (target, status, count, oldest) = item?;
+                let row = rows.entry(target.clone()).or_insert_with(|| TargetRow {
+                    target,
+                    ..TargetRow::default()
+                });
+                let parsed = parse_status(&row.target, &status)?;
+                if parsed == Status::Queued {
+                    row.queued = count;
+                    row.oldest_queued_ms = oldest;
+                } else if parsed.is_terminal() {
+                    row.finished.push((status, count));
+                }
+            }
+            let mut running = conn.prepare(&format!(
+                "SELECT target, id FROM patches WHERE status IN {IN_FLIGHT}"
+            ))?;
+            for item in running.query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+            })? {
+                let (target, id) = item?;
+                if let Some(row) = rows.get_mut(&target) {
+                    row.running = id;
+                }
+            }
+            let mut paused = conn.prepare("SELECT key, value FROM meta WHERE key LIKE 'paused:%'")?;
+            for item in paused.query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+            })? {
+                let (key, value) = item?;
+                let target = key.trim_start_matches("paused:").to_owned();
+                let row = rows.entry(target.clone()).or_insert_with(|| TargetRow {
+                    target,
+                    ..TargetRow::default()
+                });
+                row.paused = value != 0;
+            }
+            Ok(rows.into_values().collect())
+        })
+        .await
+    }
+
     /// Outcomes due for delivery to the summarizer.
     pub async fn outbox_due(&self, limit: u32) -> Result<Vec<OutboxRow>, StoreError> {
-        self.with_tx(move |conn| {
+        self.read(move |conn| {
             let mut statement = conn.prepare(
-                "SELECT id, patch_id, attempt, tries FROM outbox
+                "SELECT id, patch_id, attempt, tries, report_json, created_ms FROM outbox
                  WHERE delivered_ms IS NULL AND next_at_ms <= ?1 ORDER BY id LIMIT ?2",
             )?;
             let rows = statement.query_map(params![now_ms(), limit], |row| {
-                Ok(OutboxRow {
-                    id: row.get(0)?,
-                    patch_id: row.get(1)?,
-                    attempt: row.get(2)?,
-                    tries: row.get(3)?,
-                })
+                Ok((
+                    OutboxRow {
+                        id: row.get(0)?,
+                        patch_id: row.get(1)?,
+                        attempt: row.get(2)?,
+                        tries: row.get(3)?,
+                        report: None,
+                        created_ms: row.get(5)?,
+                    },
+                    row.get::<_, Option<String>>(4)?,
+                ))
             })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            let mut due = Vec::new();
+            for row in rows {
+                let (mut outbox, json) = row?;
+                if let Some(json) = json {
+                    outbox.report = Some(parse_report(&outbox.patch_id, &json)?);
+                }
+                due.push(outbox);
+            }
+            Ok(due)
         })
         .await
     }
 
     /// Marks an outbox row delivered.
     pub async fn outbox_delivered(&self, row_id: i64) -> Result<(), StoreError> {
-        self.with_tx(move |conn| {
+        self.write(move |conn| {
             conn.execute(
                 "UPDATE outbox SET delivered_ms = ?2 WHERE id = ?1",
                 params![row_id, now_ms()],
@@ -710,9 +1321,95 @@ impl Store {
 
     /// Schedules another delivery try after `delay_ms`.
     pub async fn outbox_retry_later(&self, row_id: i64, delay_ms: i64) -> Result<(), StoreError> {
-        self.with_tx(move |conn| {
+        self.write(move |conn| {
             conn.execute(
                 "UPDATE outbox SET tries = tries + 1, next_at_ms = ?2 WHERE id = ?1",
+                params![row_id, now_ms() + delay_ms],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Raises `alert` unless it is already firing; true when it was newly raised.
+    pub async fn raise_alert(&self, alert: NewAlert) -> Result<bool, StoreError> {
+        self.write(move |conn| raise_tx(conn, &alert)).await
+    }
+
+    /// Resolves the alert `key` if it is firing; true when it was.
+    pub async fn resolve_alert(&self, key: String, summary: String) -> Result<bool, StoreError> {
+        self.write(move |conn| resolve_tx(conn, &key, &summary))
+            .await
+    }
+
+    /// Keys of the alerts firing now.
+    pub async fn firing_alerts(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|conn| {
+            Ok(conn
+                .prepare("SELECT key FROM alert_state ORDER BY key")?
+                .query_map([], |row| row.get(0))?
+                .collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    /// Alert changes due for delivery to the alerter, oldest first, stopping at the first
+    /// one that waits for a later retry (so changes of one key never overtake each other).
+    pub async fn alerts_due(&self, limit: u32) -> Result<Vec<AlertRow>, StoreError> {
+        self.read(move |conn| {
+            let mut statement = conn.prepare(
+                "SELECT id, key, resolved, severity, summary, labels_json, at_ms, tries, next_at_ms
+                 FROM alert_outbox WHERE delivered_ms IS NULL ORDER BY id LIMIT ?1",
+            )?;
+            let now = now_ms();
+            let mut rows = statement.query(params![limit])?;
+            let mut due = Vec::new();
+            while let Some(row) = rows.next()? {
+                let next_at: i64 = row.get(8)?;
+                if next_at > now {
+                    break;
+                }
+                let key: String = row.get(1)?;
+                let labels: String = row.get(5)?;
+                let labels =
+                    serde_json::from_str(&labels).map_err(|source| StoreError::Corrupt {
+                        what: "alert labels",
+                        id: key.clone(),
+                        source,
+                    })?;
+                due.push(AlertRow {
+                    id: row.get(0)?,
+                    key,
+                    resolved: row.get::<_, i64>(2)? != 0,
+                    severity: row.get(3)?,
+                    summary: row.get(4)?,
+                    labels,
+                    at_ms: row.get(6)?,
+                    tries: row.get(7)?,
+                });
+            }
+            Ok(due)
+        })
+        .await
+    }
+
+    /// Marks an alert change delivered.
+    pub async fn alert_delivered(&self, row_id: i64) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            conn.execute(
+                "UPDATE alert_outbox SET delivered_ms = ?2 WHERE id = ?1",
+                params![row_id, now_ms()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Schedules another try of an alert change after `delay_ms`.
+    pub async fn alert_retry_later(&self, row_id: i64, delay_ms: i64) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            conn.execute(
+                "UPDATE alert_outbox SET tries = tries + 1, next_at_ms = ?2 WHERE id = ?1",
                 params![row_id, now_ms() + delay_ms],
             )?;
             Ok(())

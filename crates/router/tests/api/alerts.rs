@@ -1,0 +1,93 @@
+//! Executor-lost and stale-queue alerts: raised once, resolved when the condition clears.
+
+use std::time::Duration;
+
+use ghost_proto::router::v1::PatchStatus;
+
+use crate::helpers::{RecordingAlerter, TestExecutor, config, patch, spawn_router, submit};
+
+#[tokio::test]
+async fn executor_lost_is_raised_when_the_last_executor_leaves_and_resolved_when_one_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let alerter = RecordingAlerter::start().await;
+    let mut cfg = config(dir.path());
+    cfg.alerter_url = Some(alerter.url.clone());
+    let router = spawn_router(cfg).await;
+
+    let first = TestExecutor::connect(&router, "ex-1", &["MAIN"]).await;
+    let second = TestExecutor::connect(&router, "ex-2", &["MAIN"]).await;
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        alerter.received().is_empty(),
+        "one executor still serves MAIN: {:?}",
+        alerter.received()
+    );
+    drop(second);
+    let raised = alerter.wait_for("executor_lost/MAIN", false).await;
+    assert_eq!(
+        raised.labels.get("target").map(String::as_str),
+        Some("MAIN")
+    );
+
+    let _back = TestExecutor::connect(&router, "ex-3", &["MAIN"]).await;
+    alerter.wait_for("executor_lost/MAIN", true).await;
+    let changes: Vec<_> = alerter
+        .received()
+        .into_iter()
+        .filter(|alert| alert.key == "executor_lost/MAIN")
+        .map(|alert| alert.resolved)
+        .collect();
+    assert_eq!(changes, [false, true], "raised once, resolved once");
+}
+
+#[tokio::test]
+async fn a_queue_waiting_with_no_executor_raises_queue_stale_until_one_serves_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let alerter = RecordingAlerter::start().await;
+    let mut cfg = config(dir.path());
+    cfg.alerter_url = Some(alerter.url.clone());
+    cfg.stale_after = Duration::from_millis(300);
+    let router = spawn_router(cfg).await;
+
+    submit(&router, patch("waiting", "DOCS")).await;
+    let raised = alerter.wait_for("queue_stale/DOCS", false).await;
+    assert_eq!(
+        raised.labels.get("target").map(String::as_str),
+        Some("DOCS")
+    );
+
+    let mut executor = TestExecutor::connect(&router, "ex", &["DOCS"]).await;
+    let assign = executor.assignment().await;
+    executor.finish(&assign, PatchStatus::Succeeded).await;
+    alerter.wait_for("queue_stale/DOCS", true).await;
+    let stale_changes = alerter
+        .received()
+        .into_iter()
+        .filter(|alert| alert.key == "queue_stale/DOCS")
+        .count();
+    assert_eq!(stale_changes, 2, "raised once, resolved once");
+}
+
+#[tokio::test]
+async fn alerts_raised_while_the_alerter_is_down_arrive_when_it_is_up() {
+    let dir = tempfile::tempdir().unwrap();
+    // Reserve a port for the alerter, then leave it closed for now.
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = probe.local_addr().unwrap().port();
+    drop(probe);
+    let mut cfg = config(dir.path());
+    cfg.alerter_url = Some(format!("http://127.0.0.1:{port}"));
+    let router = spawn_router(cfg).await;
+    let executor = TestExecutor::connect(&router, "ex", &["MAIN"]).await;
+    drop(executor);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    let alerter = RecordingAlerter::start_on(port).await;
+    let raised = alerter.wait_for("executor_lost/MAIN", false).await;
+    assert_eq!(
+        raised.labels.get("target").map(String::as_str),
+        Some("MAIN")
+    );
+    drop(router);
+}

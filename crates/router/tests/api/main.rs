@@ -1,0 +1,8 @@
+//! The router's API tests: the real router App on loopback port 0 with a temp SQLite file,
+//! executors played by a test client speaking the Work stream, and a recording alerter.
+
+mod alerts;
+mod helpers;
+mod leases;
+mod ordering;
+mod submit;

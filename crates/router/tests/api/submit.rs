@@ -1,0 +1,127 @@
+//! Durable, idempotent submit.
+
+use ghost_proto::router::v1::{ListRequest, PatchStatus, SubmitRequest};
+
+use crate::helpers::{config, patch, spawn_router, state, submit};
+
+#[tokio::test]
+async fn the_same_patch_twice_is_one_record_and_other_content_is_already_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = spawn_router(config(dir.path())).await;
+    let mut client = router.client.clone();
+
+    let first = client
+        .submit(SubmitRequest {
+            patch: Some(patch("same-1", "MAIN")),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let again = client
+        .submit(SubmitRequest {
+            patch: Some(patch("same-1", "MAIN")),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(first.created);
+    assert!(!again.created, "an identical resubmit is a replay");
+    assert_eq!(
+        first.state.unwrap().content_hash,
+        again.state.unwrap().content_hash
+    );
+
+    let mut other = patch("same-1", "MAIN");
+    other.description = "different content".to_owned();
+    let refused = client
+        .submit(SubmitRequest { patch: Some(other) })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::AlreadyExists);
+
+    let listed = client
+        .list(ListRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .patches;
+    assert_eq!(listed.len(), 1, "one record: {listed:?}");
+    assert_eq!(listed[0].description, "test patch same-1");
+}
+
+#[tokio::test]
+async fn concurrent_submits_are_all_stored_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = spawn_router(config(dir.path())).await;
+    let mut handles = Vec::new();
+    for n in 0..200 {
+        let mut client = router.client.clone();
+        handles.push(tokio::spawn(async move {
+            client
+                .submit(SubmitRequest {
+                    patch: Some(patch(&format!("many-{n}"), "MAIN")),
+                })
+                .await
+                .map(|response| response.into_inner().created)
+        }));
+    }
+    for handle in handles {
+        assert!(handle.await.unwrap().expect("accepted"), "each is new");
+    }
+    router.stop().await;
+
+    let router = spawn_router(config(dir.path())).await;
+    for n in 0..200 {
+        let stored = state(&router, &format!("many-{n}")).await;
+        assert_eq!(stored.status, PatchStatus::Queued as i32);
+    }
+    let again = submit(&router, patch("many-7", "MAIN")).await;
+    assert_eq!(again.status, PatchStatus::Queued as i32);
+}
+
+#[tokio::test]
+async fn list_targets_reports_depth_pause_and_executor_presence() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = spawn_router(config(dir.path())).await;
+    submit(&router, patch("t-1", "MAIN")).await;
+    submit(&router, patch("t-2", "MAIN")).await;
+    let mut client = router.client.clone();
+    client
+        .pause(ghost_proto::router::v1::PauseRequest {
+            target: "MAIN".to_owned(),
+            actor: "test".to_owned(),
+        })
+        .await
+        .unwrap();
+    let _executor = crate::helpers::TestExecutor::connect(&router, "ex-a", &["MAIN", "DOCS"]).await;
+
+    let targets = client
+        .list_targets(ghost_proto::router::v1::ListTargetsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .targets;
+    let main = targets.iter().find(|t| t.target == "MAIN").expect("MAIN");
+    assert_eq!(main.queued, 2);
+    assert!(main.paused);
+    assert!(main.executor_online);
+    assert!(main.oldest_queued_unix_ms > 0);
+    let docs = targets
+        .iter()
+        .find(|t| t.target == "DOCS")
+        .expect("DOCS, served but empty");
+    assert_eq!(docs.queued, 0);
+    assert!(docs.executor_online);
+
+    let executors = client
+        .list_executors(ghost_proto::router::v1::ListExecutorsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .executors;
+    assert_eq!(executors.len(), 1);
+    assert_eq!(executors[0].executor_id, "ex-a");
+    let mut served = executors[0].targets.clone();
+    served.sort();
+    assert_eq!(served, ["DOCS", "MAIN"]);
+}
