@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::RouterConfig;
 use crate::grpc::RouterGrpc;
 use crate::routing::{Policy, Routing};
-use crate::store::Store;
+use crate::store::{RouterStore, SqliteStore};
 use crate::{SERVICE, outbox};
 
 /// A built router, listening but not yet serving.
@@ -33,7 +33,7 @@ impl App {
             !config.sweep_interval.is_zero() && !config.lease_timeout.is_zero(),
             "sweep_interval and lease_timeout must be positive"
         );
-        let store = Store::open(&config.data_dir.join("router.db"))?;
+        let store = SqliteStore::open(&config.data_dir.join("router.db"))?;
         let interrupted = store
             .end_all_leases("router restarted".to_owned(), config.max_attempts)
             .await?;
@@ -44,7 +44,7 @@ impl App {
             );
         }
         let routing = Arc::new(Routing::new(
-            store,
+            Arc::new(store),
             Policy {
                 lease: config.lease_timeout,
                 max_attempts: config.max_attempts,
@@ -85,13 +85,13 @@ impl App {
             None => None,
         };
         tasks.spawn(outbox::run_outcomes(
-            self.routing.store().clone(),
+            Arc::clone(self.routing.store()),
             summarizer,
             Arc::clone(&self.routing.outbox_wake),
             token.clone(),
         ));
         tasks.spawn(outbox::run_alerts(
-            self.routing.store().clone(),
+            Arc::clone(self.routing.store()),
             alerter,
             Arc::clone(&self.routing.alert_wake),
             token.clone(),

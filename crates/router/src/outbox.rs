@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::store::{AlertRow, OutboxRow, Store, StoreError};
+use crate::store::{AlertRow, OutboxRow, RouterStore, StoreError};
 
 /// Polls the outbox at least this often even without a wake-up.
 const POLL: Duration = Duration::from_secs(1);
@@ -47,7 +47,7 @@ where
 
 /// Delivers outcomes to the summarizer until `shutdown`.
 pub async fn run_outcomes(
-    store: Store,
+    store: Arc<dyn RouterStore>,
     summarizer: Option<SummarizerServiceClient<TracedChannel>>,
     wake: Arc<Notify>,
     shutdown: CancellationToken,
@@ -57,7 +57,7 @@ pub async fn run_outcomes(
         return;
     };
     pump(wake, shutdown.clone(), || {
-        let store = store.clone();
+        let store = Arc::clone(&store);
         let client = client.clone();
         let shutdown = shutdown.clone();
         async move {
@@ -69,7 +69,7 @@ pub async fn run_outcomes(
                 if shutdown.is_cancelled() {
                     return;
                 }
-                deliver_outcome(&store, client.clone(), row).await;
+                deliver_outcome(store.as_ref(), client.clone(), row).await;
             }
         }
     })
@@ -77,7 +77,7 @@ pub async fn run_outcomes(
 }
 
 async fn deliver_outcome(
-    store: &Store,
+    store: &dyn RouterStore,
     mut client: SummarizerServiceClient<TracedChannel>,
     row: OutboxRow,
 ) {
@@ -142,7 +142,7 @@ fn log_unsettled(settled: Result<(), StoreError>, what: &str) {
 /// Delivers alert changes to the alerter until `shutdown`. Rows go strictly in order: a row
 /// that fails holds back the later ones, so a raise never arrives after its resolve.
 pub async fn run_alerts(
-    store: Store,
+    store: Arc<dyn RouterStore>,
     alerter: Option<AlerterServiceClient<TracedChannel>>,
     wake: Arc<Notify>,
     shutdown: CancellationToken,
@@ -152,7 +152,7 @@ pub async fn run_alerts(
         return;
     };
     pump(wake, shutdown.clone(), || {
-        let store = store.clone();
+        let store = Arc::clone(&store);
         let client = client.clone();
         let shutdown = shutdown.clone();
         async move {
@@ -161,7 +161,9 @@ pub async fn run_alerts(
                 Err(err) => return tracing::error!(error = %err, "cannot read the alert outbox"),
             };
             for row in rows {
-                if shutdown.is_cancelled() || !deliver_alert(&store, client.clone(), row).await {
+                if shutdown.is_cancelled()
+                    || !deliver_alert(store.as_ref(), client.clone(), row).await
+                {
                     return;
                 }
             }
@@ -180,7 +182,7 @@ fn severity(name: &str) -> Severity {
 
 /// True when the row was delivered.
 async fn deliver_alert(
-    store: &Store,
+    store: &dyn RouterStore,
     mut client: AlerterServiceClient<TracedChannel>,
     row: AlertRow,
 ) -> bool {

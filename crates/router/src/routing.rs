@@ -19,7 +19,9 @@ use ghost_proto::executor::v1::{Assign, Cancel, RouterMessage, router_message};
 use tokio::sync::{Mutex, Notify, mpsc};
 
 use crate::error::RouterError;
-use crate::store::{Inserted, LeaseEnded, NewAlert, PatchRecord, Store, TargetRow, now_ms};
+use crate::store::{
+    Inserted, LeaseEnded, NewAlert, PatchRecord, RouterStore, StoreError, TargetRow, now_ms,
+};
 
 /// Messages queued towards one executor session.
 pub type SessionSender = mpsc::Sender<Result<RouterMessage, tonic::Status>>;
@@ -82,7 +84,7 @@ pub struct TargetView {
 
 /// The routing logic shared by the gRPC adapter and the background loops.
 pub struct Routing {
-    store: Store,
+    store: Arc<dyn RouterStore>,
     slots: Mutex<HashMap<String, TargetSlot>>,
     /// Serialises lease hand-out so a target never gets two leases at once.
     dispatching: Mutex<()>,
@@ -100,7 +102,7 @@ fn millis(duration: Duration) -> i64 {
 
 impl Routing {
     /// Routing over `store` with `policy`.
-    pub fn new(store: Store, policy: Policy) -> Self {
+    pub fn new(store: Arc<dyn RouterStore>, policy: Policy) -> Self {
         Self {
             store,
             slots: Mutex::new(HashMap::new()),
@@ -113,7 +115,7 @@ impl Routing {
     }
 
     /// The store, for reads.
-    pub fn store(&self) -> &Store {
+    pub fn store(&self) -> &Arc<dyn RouterStore> {
         &self.store
     }
 
@@ -494,7 +496,7 @@ impl Routing {
     }
 
     /// Frees the targets of ended leases, raises their alerts and hands out work again.
-    async fn after_leases_ended(&self, ended: Result<Vec<LeaseEnded>, crate::store::StoreError>) {
+    async fn after_leases_ended(&self, ended: Result<Vec<LeaseEnded>, StoreError>) {
         let ended = match ended {
             Ok(ended) => ended,
             Err(err) => {

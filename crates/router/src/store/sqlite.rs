@@ -1,286 +1,21 @@
-//! Durable state of the router in SQLite (WAL, `synchronous=FULL`): patches, their event
-//! trail, attempts, dependencies, the outbox towards the summarizer and the alert outbox
-//! towards the alerter.
-//!
-//! Writes go to one writer thread that commits concurrent requests together (group commit):
-//! each request runs in its own savepoint, the batch is committed with one fsync, and only then
-//! is every caller answered. So "stored" still means "survives kill -9", while many concurrent
-//! submits share one disk flush. Reads use a second connection and never wait for the writer.
+//! The embedded [`RouterStore`]: SQLite in WAL mode with `synchronous=FULL`, one writer
+//! thread doing group commits and one read connection.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use ghost_core::{ApplyReport, Patch, Status};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
+use super::schema::migrate;
+use super::{
+    AlertRow, EventRow, Inserted, LeaseEnded, NewAlert, OutboxRow, PatchRecord, RouterStore,
+    StoreError, TargetRow, now_ms,
+};
+
 /// At most this many requests share one commit.
 const MAX_BATCH: usize = 256;
-
-/// A storage failure.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// SQLite refused or failed.
-    #[error("sqlite: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    /// A stored JSON column could not be read back.
-    #[error("corrupt stored {what} for patch {id}: {source}")]
-    Corrupt {
-        /// Which column.
-        what: &'static str,
-        /// Which patch.
-        id: String,
-        /// Why.
-        #[source]
-        source: serde_json::Error,
-    },
-    /// The batch this request was part of could not be committed.
-    #[error("commit failed: {0}")]
-    Commit(String),
-    /// The writer thread is gone (the router is stopping).
-    #[error("the store is closed")]
-    Closed,
-    /// The blocking task running a read died.
-    #[error("storage task failed: {0}")]
-    Task(#[from] tokio::task::JoinError),
-}
-
-/// One patch as stored.
-#[derive(Debug, Clone)]
-pub struct PatchRecord {
-    /// The patch itself.
-    pub patch: Patch,
-    /// SHA-256 of its canonical form.
-    pub content_hash: String,
-    /// Current state.
-    pub status: Status,
-    /// Attempts started so far.
-    pub attempt: u32,
-    /// W3C traceparent of the span that accepted it.
-    pub traceparent: String,
-    /// Why it did not succeed (empty otherwise).
-    pub error: String,
-    /// The last attempt's report, once one arrived.
-    pub report: Option<ApplyReport>,
-    /// Fencing token of the current lease (0: none).
-    pub fencing_token: u64,
-    /// Executor holding the current lease.
-    pub leased_to: String,
-    /// Unix ms.
-    pub created_ms: i64,
-    /// Unix ms.
-    pub updated_ms: i64,
-}
-
-/// The result of storing a submitted patch.
-#[derive(Debug)]
-pub enum Inserted {
-    /// A new patch was stored.
-    Created(PatchRecord),
-    /// The same id with the same content was already stored: the stored record.
-    Existing(PatchRecord),
-    /// The same id was stored with other content.
-    Conflict,
-}
-
-/// A pending delivery of one attempt's outcome to the summarizer.
-#[derive(Debug, Clone)]
-pub struct OutboxRow {
-    /// Row id.
-    pub id: i64,
-    /// The patch.
-    pub patch_id: String,
-    /// Which attempt's outcome.
-    pub attempt: u32,
-    /// Deliveries tried so far.
-    pub tries: u32,
-    /// The attempt's report (`None` only in rows written before reports were kept here: the
-    /// patch's latest report stands in).
-    pub report: Option<ApplyReport>,
-    /// When the outcome was stored (unix ms).
-    pub created_ms: i64,
-}
-
-/// A system alert raised or resolved by the router, waiting to reach the alerter.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AlertRow {
-    /// Row id.
-    pub id: i64,
-    /// Dedup key, e.g. `executor_lost/MAIN`.
-    pub key: String,
-    /// True when this resolves the alert.
-    pub resolved: bool,
-    /// `info`, `warning` or `critical`.
-    pub severity: String,
-    /// One line for people.
-    pub summary: String,
-    /// Labels as (name, value) pairs.
-    pub labels: Vec<(String, String)>,
-    /// When the condition started or cleared (unix ms).
-    pub at_ms: i64,
-    /// Deliveries tried so far.
-    pub tries: u32,
-}
-
-/// An alert to raise.
-#[derive(Debug, Clone)]
-pub struct NewAlert {
-    /// Dedup key, e.g. `executor_lost/MAIN`.
-    pub key: String,
-    /// `info`, `warning` or `critical`.
-    pub severity: &'static str,
-    /// One line for people.
-    pub summary: String,
-    /// Labels as (name, value) pairs.
-    pub labels: Vec<(String, String)>,
-}
-
-/// What happened to a patch whose lease ended without a result.
-#[derive(Debug, Clone)]
-pub struct LeaseEnded {
-    /// The patch.
-    pub id: String,
-    /// Its target.
-    pub target: String,
-    /// The attempt that was interrupted.
-    pub attempt: u32,
-    /// The lease's fencing token.
-    pub fencing_token: u64,
-    /// The lease owner (`<executor>#<session>`).
-    pub owner: String,
-    /// True when the patch ran out of attempts and ended `lost`; false when requeued.
-    pub lost: bool,
-}
-
-/// Per-target figures for `ListTargets` and stale detection.
-#[derive(Debug, Clone, Default)]
-pub struct TargetRow {
-    /// The target.
-    pub target: String,
-    /// Patches waiting for a lease.
-    pub queued: u32,
-    /// Creation time of the oldest queued patch (0: none).
-    pub oldest_queued_ms: i64,
-    /// Hand-out paused.
-    pub paused: bool,
-    /// The patch holding the lease (empty: none).
-    pub running: String,
-    /// Patches per terminal status.
-    pub finished: Vec<(String, u32)>,
-}
-
-/// One row of a patch's audit trail.
-#[derive(Debug, Clone)]
-pub struct EventRow {
-    /// Unix ms.
-    pub at_ms: i64,
-    /// The state entered.
-    pub status: String,
-    /// Who caused it (`gateway`, `executor:<id>`, `router`, a Slack user).
-    pub actor: String,
-    /// Attempt number at the time.
-    pub attempt: u32,
-    /// Free text.
-    pub detail: String,
-}
-
-/// Unix time in milliseconds.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
-/// Schema migrations, applied in order; `PRAGMA user_version` records how many ran. A database
-/// created before migrations existed has version 0 and the first migration's tables already:
-/// every statement of the first migration is therefore `IF NOT EXISTS`.
-const MIGRATIONS: &[&str] = &[
-    "
-    CREATE TABLE IF NOT EXISTS patches (
-        id            TEXT PRIMARY KEY,
-        target        TEXT NOT NULL,
-        priority      INTEGER NOT NULL,
-        content_hash  TEXT NOT NULL,
-        patch_json    TEXT NOT NULL,
-        status        TEXT NOT NULL,
-        attempt       INTEGER NOT NULL DEFAULT 0,
-        traceparent   TEXT NOT NULL DEFAULT '',
-        error         TEXT NOT NULL DEFAULT '',
-        report_json   TEXT,
-        fencing_token INTEGER NOT NULL DEFAULT 0,
-        leased_to     TEXT NOT NULL DEFAULT '',
-        lease_deadline_ms INTEGER NOT NULL DEFAULT 0,
-        created_ms    INTEGER NOT NULL,
-        updated_ms    INTEGER NOT NULL,
-        seq           INTEGER NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS patches_queue ON patches (target, status, priority DESC, seq);
-    CREATE TABLE IF NOT EXISTS events (
-        id       INTEGER PRIMARY KEY AUTOINCREMENT,
-        patch_id TEXT NOT NULL,
-        at_ms    INTEGER NOT NULL,
-        status   TEXT NOT NULL,
-        actor    TEXT NOT NULL,
-        attempt  INTEGER NOT NULL,
-        detail   TEXT NOT NULL DEFAULT ''
-    );
-    CREATE INDEX IF NOT EXISTS events_patch ON events (patch_id, id);
-    CREATE TABLE IF NOT EXISTS outbox (
-        id           INTEGER PRIMARY KEY AUTOINCREMENT,
-        patch_id     TEXT NOT NULL,
-        attempt      INTEGER NOT NULL,
-        tries        INTEGER NOT NULL DEFAULT 0,
-        next_at_ms   INTEGER NOT NULL,
-        delivered_ms INTEGER,
-        UNIQUE (patch_id, attempt)
-    );
-    CREATE TABLE IF NOT EXISTS meta (
-        key   TEXT PRIMARY KEY,
-        value INTEGER NOT NULL
-    );
-    INSERT OR IGNORE INTO meta (key, value) VALUES ('fencing_token', 0), ('seq', 0);
-    ",
-    "
-    ALTER TABLE patches ADD COLUMN attempt_base INTEGER NOT NULL DEFAULT 0;
-    CREATE INDEX patches_status ON patches (status, target);
-    CREATE TABLE deps (
-        patch_id   TEXT NOT NULL,
-        depends_on TEXT NOT NULL,
-        PRIMARY KEY (patch_id, depends_on)
-    );
-    CREATE INDEX deps_reverse ON deps (depends_on);
-    CREATE TABLE attempts (
-        patch_id    TEXT NOT NULL,
-        attempt     INTEGER NOT NULL,
-        status      TEXT NOT NULL,
-        executor    TEXT NOT NULL,
-        started_ms  INTEGER NOT NULL,
-        finished_ms INTEGER,
-        report_json TEXT,
-        PRIMARY KEY (patch_id, attempt)
-    );
-    ALTER TABLE outbox ADD COLUMN report_json TEXT;
-    ALTER TABLE outbox ADD COLUMN created_ms INTEGER NOT NULL DEFAULT 0;
-    CREATE TABLE alert_state (
-        key      TEXT PRIMARY KEY,
-        since_ms INTEGER NOT NULL
-    );
-    CREATE TABLE alert_outbox (
-        id           INTEGER PRIMARY KEY AUTOINCREMENT,
-        key          TEXT NOT NULL,
-        resolved     INTEGER NOT NULL,
-        severity     TEXT NOT NULL,
-        summary      TEXT NOT NULL,
-        labels_json  TEXT NOT NULL,
-        at_ms        INTEGER NOT NULL,
-        tries        INTEGER NOT NULL DEFAULT 0,
-        next_at_ms   INTEGER NOT NULL,
-        delivered_ms INTEGER
-    );
-    ",
-];
 
 const COLUMNS: &str = "id, patch_json, content_hash, status, attempt, traceparent, error, \
                        report_json, fencing_token, leased_to, created_ms, updated_ms";
@@ -295,7 +30,7 @@ type Finish = Box<dyn FnOnce(Option<String>) + Send>;
 
 /// The router's SQLite database.
 #[derive(Clone)]
-pub struct Store {
+pub struct SqliteStore {
     writer: mpsc::Sender<Job>,
     reader: Arc<Mutex<Connection>>,
 }
@@ -306,48 +41,6 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     Ok(conn)
-}
-
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    let applied: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
-    let applied = usize::try_from(applied).unwrap_or(0);
-    for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
-        let tx = conn.transaction()?;
-        tx.execute_batch(migration)?;
-        if index == 1 {
-            backfill_deps(&tx)?;
-        }
-        tx.pragma_update(
-            None,
-            "user_version",
-            i64::try_from(index + 1).unwrap_or(i64::MAX),
-        )?;
-        tx.commit()?;
-        tracing::info!(version = index + 1, "router schema migrated");
-    }
-    Ok(())
-}
-
-/// Fills `deps` from the stored patches (databases from before the table existed).
-fn backfill_deps(conn: &Connection) -> Result<(), StoreError> {
-    let rows: Vec<(String, String)> = conn
-        .prepare("SELECT id, patch_json FROM patches")?
-        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
-        .collect::<Result<_, _>>()?;
-    for (id, json) in rows {
-        let patch: Patch = serde_json::from_str(&json).map_err(|source| StoreError::Corrupt {
-            what: "patch",
-            id: id.clone(),
-            source,
-        })?;
-        for dependency in &patch.depends_on {
-            conn.execute(
-                "INSERT OR IGNORE INTO deps (patch_id, depends_on) VALUES (?1, ?2)",
-                params![id, dependency.as_str()],
-            )?;
-        }
-    }
-    Ok(())
 }
 
 /// The writer thread: takes every waiting request, runs each in a savepoint of one
@@ -712,7 +405,7 @@ fn resolve_tx(conn: &Connection, key: &str, summary: &str) -> Result<bool, Store
     Ok(true)
 }
 
-impl Store {
+impl SqliteStore {
     /// Opens (creating if needed) the database at `path`, migrates its schema and starts the
     /// writer thread.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -769,10 +462,11 @@ impl Store {
         })
         .await?
     }
+}
 
-    /// Stores a submitted patch as `queued` unless its id is already taken. A patch whose
-    /// dependency already ended without success fails at once.
-    pub async fn insert(&self, patch: Patch, traceparent: String) -> Result<Inserted, StoreError> {
+#[tonic::async_trait]
+impl RouterStore for SqliteStore {
+    async fn insert(&self, patch: Patch, traceparent: String) -> Result<Inserted, StoreError> {
         self.write(move |conn| {
             let id = patch.id.to_string();
             let hash = patch.content_hash();
@@ -840,13 +534,11 @@ impl Store {
         .await
     }
 
-    /// One patch.
-    pub async fn get(&self, id: String) -> Result<Option<PatchRecord>, StoreError> {
+    async fn get(&self, id: String) -> Result<Option<PatchRecord>, StoreError> {
         self.read(move |conn| get_tx(conn, &id)).await
     }
 
-    /// Patches newest first, filtered by target and status when given.
-    pub async fn list(
+    async fn list(
         &self,
         target: Option<String>,
         status: Option<Status>,
@@ -877,8 +569,7 @@ impl Store {
         .await
     }
 
-    /// The audit trail of one patch, oldest first.
-    pub async fn events(&self, id: String) -> Result<Vec<EventRow>, StoreError> {
+    async fn events(&self, id: String) -> Result<Vec<EventRow>, StoreError> {
         self.read(move |conn| {
             let mut statement = conn.prepare(
                 "SELECT at_ms, status, actor, attempt, detail FROM events WHERE patch_id = ?1 ORDER BY id",
@@ -897,10 +588,7 @@ impl Store {
         .await
     }
 
-    /// Leases the next runnable patch of `target` to `owner`: highest priority, then oldest,
-    /// skipping patches whose dependencies have not all succeeded. Returns the leased record
-    /// (attempt incremented, fresh fencing token) or `None` (paused, empty, or all waiting).
-    pub async fn lease_next(
+    async fn lease_next(
         &self,
         target: String,
         owner: String,
@@ -964,8 +652,7 @@ impl Store {
         .await
     }
 
-    /// Extends the leases named by `tokens` held by `owner`.
-    pub async fn renew(
+    async fn renew(
         &self,
         owner: String,
         tokens: Vec<u64>,
@@ -987,8 +674,7 @@ impl Store {
         .await
     }
 
-    /// Records progress (`applying`, `validating`) under a live lease; false if the lease is stale.
-    pub async fn progress(
+    async fn progress(
         &self,
         id: String,
         token: u64,
@@ -1019,10 +705,7 @@ impl Store {
         .await
     }
 
-    /// Stores an attempt's report if `token` is the live lease, queueing the outcome for the
-    /// summarizer in the same transaction (and failing patches that depended on it, when it
-    /// did not succeed). `None` when the token is stale.
-    pub async fn complete(
+    async fn complete(
         &self,
         id: String,
         token: u64,
@@ -1065,11 +748,7 @@ impl Store {
         .await
     }
 
-    /// Takes an executor's own report of an attempt the router had already ended as
-    /// `interrupted` (e.g. after the executor restarted and rolled back its journal): the
-    /// fuller report replaces the router's, and goes to the summarizer if not yet sent.
-    /// False when no such interrupted attempt exists.
-    pub async fn record_interrupted(
+    async fn record_interrupted(
         &self,
         id: String,
         attempt: u32,
@@ -1102,9 +781,7 @@ impl Store {
         .await
     }
 
-    /// Ends the in-flight attempts of patches leased to `owner` (when given) or whose lease
-    /// expired: each is requeued, or ends `lost` past `max_attempts`.
-    pub async fn end_leases(
+    async fn end_leases(
         &self,
         owner: Option<String>,
         reason: String,
@@ -1128,8 +805,7 @@ impl Store {
         .await
     }
 
-    /// Every patch that was in flight when the router stopped: its attempt is interrupted.
-    pub async fn end_all_leases(
+    async fn end_all_leases(
         &self,
         reason: String,
         max_attempts: u32,
@@ -1148,8 +824,7 @@ impl Store {
         .await
     }
 
-    /// Cancels a queued patch (running ones are cancelled through their executor).
-    pub async fn cancel_queued(
+    async fn cancel_queued(
         &self,
         id: String,
         actor: String,
@@ -1173,12 +848,7 @@ impl Store {
         .await
     }
 
-    /// Queues a finished (not succeeded) patch for another attempt, with a fresh attempt budget.
-    pub async fn retry(
-        &self,
-        id: String,
-        actor: String,
-    ) -> Result<Option<PatchRecord>, StoreError> {
+    async fn retry(&self, id: String, actor: String) -> Result<Option<PatchRecord>, StoreError> {
         self.write(move |conn| {
             let Some(record) = get_tx(conn, &id)? else {
                 return Ok(None);
@@ -1204,8 +874,7 @@ impl Store {
         .await
     }
 
-    /// Pauses or resumes handing out work for a target.
-    pub async fn set_paused(&self, target: String, paused: bool) -> Result<(), StoreError> {
+    async fn set_paused(&self, target: String, paused: bool) -> Result<(), StoreError> {
         self.write(move |conn| {
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES (?1, ?2)
@@ -1217,8 +886,7 @@ impl Store {
         .await
     }
 
-    /// Every target that has patches or a pause flag, with its queue figures.
-    pub async fn targets(&self) -> Result<Vec<TargetRow>, StoreError> {
+    async fn targets(&self) -> Result<Vec<TargetRow>, StoreError> {
         self.read(|conn| {
             let mut rows: std::collections::BTreeMap<String, TargetRow> = Default::default();
             let mut counts = conn.prepare(
@@ -1274,8 +942,7 @@ impl Store {
         .await
     }
 
-    /// Outcomes due for delivery to the summarizer.
-    pub async fn outbox_due(&self, limit: u32) -> Result<Vec<OutboxRow>, StoreError> {
+    async fn outbox_due(&self, limit: u32) -> Result<Vec<OutboxRow>, StoreError> {
         self.read(move |conn| {
             let mut statement = conn.prepare(
                 "SELECT id, patch_id, attempt, tries, report_json, created_ms FROM outbox
@@ -1307,8 +974,7 @@ impl Store {
         .await
     }
 
-    /// Marks an outbox row delivered.
-    pub async fn outbox_delivered(&self, row_id: i64) -> Result<(), StoreError> {
+    async fn outbox_delivered(&self, row_id: i64) -> Result<(), StoreError> {
         self.write(move |conn| {
             conn.execute(
                 "UPDATE outbox SET delivered_ms = ?2 WHERE id = ?1",
@@ -1319,8 +985,7 @@ impl Store {
         .await
     }
 
-    /// Schedules another delivery try after `delay_ms`.
-    pub async fn outbox_retry_later(&self, row_id: i64, delay_ms: i64) -> Result<(), StoreError> {
+    async fn outbox_retry_later(&self, row_id: i64, delay_ms: i64) -> Result<(), StoreError> {
         self.write(move |conn| {
             conn.execute(
                 "UPDATE outbox SET tries = tries + 1, next_at_ms = ?2 WHERE id = ?1",
@@ -1331,19 +996,16 @@ impl Store {
         .await
     }
 
-    /// Raises `alert` unless it is already firing; true when it was newly raised.
-    pub async fn raise_alert(&self, alert: NewAlert) -> Result<bool, StoreError> {
+    async fn raise_alert(&self, alert: NewAlert) -> Result<bool, StoreError> {
         self.write(move |conn| raise_tx(conn, &alert)).await
     }
 
-    /// Resolves the alert `key` if it is firing; true when it was.
-    pub async fn resolve_alert(&self, key: String, summary: String) -> Result<bool, StoreError> {
+    async fn resolve_alert(&self, key: String, summary: String) -> Result<bool, StoreError> {
         self.write(move |conn| resolve_tx(conn, &key, &summary))
             .await
     }
 
-    /// Keys of the alerts firing now.
-    pub async fn firing_alerts(&self) -> Result<Vec<String>, StoreError> {
+    async fn firing_alerts(&self) -> Result<Vec<String>, StoreError> {
         self.read(|conn| {
             Ok(conn
                 .prepare("SELECT key FROM alert_state ORDER BY key")?
@@ -1353,9 +1015,7 @@ impl Store {
         .await
     }
 
-    /// Alert changes due for delivery to the alerter, oldest first, stopping at the first
-    /// one that waits for a later retry (so changes of one key never overtake each other).
-    pub async fn alerts_due(&self, limit: u32) -> Result<Vec<AlertRow>, StoreError> {
+    async fn alerts_due(&self, limit: u32) -> Result<Vec<AlertRow>, StoreError> {
         self.read(move |conn| {
             let mut statement = conn.prepare(
                 "SELECT id, key, resolved, severity, summary, labels_json, at_ms, tries, next_at_ms
@@ -1393,8 +1053,7 @@ impl Store {
         .await
     }
 
-    /// Marks an alert change delivered.
-    pub async fn alert_delivered(&self, row_id: i64) -> Result<(), StoreError> {
+    async fn alert_delivered(&self, row_id: i64) -> Result<(), StoreError> {
         self.write(move |conn| {
             conn.execute(
                 "UPDATE alert_outbox SET delivered_ms = ?2 WHERE id = ?1",
@@ -1405,8 +1064,7 @@ impl Store {
         .await
     }
 
-    /// Schedules another try of an alert change after `delay_ms`.
-    pub async fn alert_retry_later(&self, row_id: i64, delay_ms: i64) -> Result<(), StoreError> {
+    async fn alert_retry_later(&self, row_id: i64, delay_ms: i64) -> Result<(), StoreError> {
         self.write(move |conn| {
             conn.execute(
                 "UPDATE alert_outbox SET tries = tries + 1, next_at_ms = ?2 WHERE id = ?1",

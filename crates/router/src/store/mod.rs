@@ -1,0 +1,320 @@
+//! Durable state of the router in SQLite (WAL, `synchronous=FULL`): patches, their event
+//! trail, attempts, dependencies, the outbox towards the summarizer and the alert outbox
+//! towards the alerter.
+//!
+//! Writes go to one writer thread that commits concurrent requests together (group commit):
+//! each request runs in its own savepoint, the batch is committed with one fsync, and only then
+//! is every caller answered. So "stored" still means "survives kill -9", while many concurrent
+//! submits share one disk flush. Reads use a second connection and never wait for the writer.
+
+mod schema;
+mod sqlite;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ghost_core::{ApplyReport, Patch, Status};
+
+pub use sqlite::SqliteStore;
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite refused or failed.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A stored JSON column could not be read back.
+    #[error("corrupt stored {what} for patch {id}: {source}")]
+    Corrupt {
+        /// Which column.
+        what: &'static str,
+        /// Which patch.
+        id: String,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The batch this request was part of could not be committed.
+    #[error("commit failed: {0}")]
+    Commit(String),
+    /// The writer thread is gone (the router is stopping).
+    #[error("the store is closed")]
+    Closed,
+    /// The blocking task running a read died.
+    #[error("storage task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// One patch as stored.
+#[derive(Debug, Clone)]
+pub struct PatchRecord {
+    /// The patch itself.
+    pub patch: Patch,
+    /// SHA-256 of its canonical form.
+    pub content_hash: String,
+    /// Current state.
+    pub status: Status,
+    /// Attempts started so far.
+    pub attempt: u32,
+    /// W3C traceparent of the span that accepted it.
+    pub traceparent: String,
+    /// Why it did not succeed (empty otherwise).
+    pub error: String,
+    /// The last attempt's report, once one arrived.
+    pub report: Option<ApplyReport>,
+    /// Fencing token of the current lease (0: none).
+    pub fencing_token: u64,
+    /// Executor holding the current lease.
+    pub leased_to: String,
+    /// Unix ms.
+    pub created_ms: i64,
+    /// Unix ms.
+    pub updated_ms: i64,
+}
+
+/// The result of storing a submitted patch.
+#[derive(Debug)]
+pub enum Inserted {
+    /// A new patch was stored.
+    Created(PatchRecord),
+    /// The same id with the same content was already stored: the stored record.
+    Existing(PatchRecord),
+    /// The same id was stored with other content.
+    Conflict,
+}
+
+/// A pending delivery of one attempt's outcome to the summarizer.
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    /// Row id.
+    pub id: i64,
+    /// The patch.
+    pub patch_id: String,
+    /// Which attempt's outcome.
+    pub attempt: u32,
+    /// Deliveries tried so far.
+    pub tries: u32,
+    /// The attempt's report (`None` only in rows written before reports were kept here: the
+    /// patch's latest report stands in).
+    pub report: Option<ApplyReport>,
+    /// When the outcome was stored (unix ms).
+    pub created_ms: i64,
+}
+
+/// A system alert raised or resolved by the router, waiting to reach the alerter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertRow {
+    /// Row id.
+    pub id: i64,
+    /// Dedup key, e.g. `executor_lost/MAIN`.
+    pub key: String,
+    /// True when this resolves the alert.
+    pub resolved: bool,
+    /// `info`, `warning` or `critical`.
+    pub severity: String,
+    /// One line for people.
+    pub summary: String,
+    /// Labels as (name, value) pairs.
+    pub labels: Vec<(String, String)>,
+    /// When the condition started or cleared (unix ms).
+    pub at_ms: i64,
+    /// Deliveries tried so far.
+    pub tries: u32,
+}
+
+/// An alert to raise.
+#[derive(Debug, Clone)]
+pub struct NewAlert {
+    /// Dedup key, e.g. `executor_lost/MAIN`.
+    pub key: String,
+    /// `info`, `warning` or `critical`.
+    pub severity: &'static str,
+    /// One line for people.
+    pub summary: String,
+    /// Labels as (name, value) pairs.
+    pub labels: Vec<(String, String)>,
+}
+
+/// What happened to a patch whose lease ended without a result.
+#[derive(Debug, Clone)]
+pub struct LeaseEnded {
+    /// The patch.
+    pub id: String,
+    /// Its target.
+    pub target: String,
+    /// The attempt that was interrupted.
+    pub attempt: u32,
+    /// The lease's fencing token.
+    pub fencing_token: u64,
+    /// The lease owner (`<executor>#<session>`).
+    pub owner: String,
+    /// True when the patch ran out of attempts and ended `lost`; false when requeued.
+    pub lost: bool,
+}
+
+/// Per-target figures for `ListTargets` and stale detection.
+#[derive(Debug, Clone, Default)]
+pub struct TargetRow {
+    /// The target.
+    pub target: String,
+    /// Patches waiting for a lease.
+    pub queued: u32,
+    /// Creation time of the oldest queued patch (0: none).
+    pub oldest_queued_ms: i64,
+    /// Hand-out paused.
+    pub paused: bool,
+    /// The patch holding the lease (empty: none).
+    pub running: String,
+    /// Patches per terminal status.
+    pub finished: Vec<(String, u32)>,
+}
+
+/// One row of a patch's audit trail.
+#[derive(Debug, Clone)]
+pub struct EventRow {
+    /// Unix ms.
+    pub at_ms: i64,
+    /// The state entered.
+    pub status: String,
+    /// Who caused it (`gateway`, `executor:<id>`, `router`, a Slack user).
+    pub actor: String,
+    /// Attempt number at the time.
+    pub attempt: u32,
+    /// Free text.
+    pub detail: String,
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The router's durable state, as the routing logic needs it. [`SqliteStore`] is the embedded
+/// implementation; a PostgreSQL one (`FOR UPDATE SKIP LOCKED`) could serve several replicas.
+#[tonic::async_trait]
+pub trait RouterStore: Send + Sync + 'static {
+    /// Stores a submitted patch as `queued` unless its id is already taken. A patch whose
+    /// dependency already ended without success fails at once.
+    async fn insert(&self, patch: Patch, traceparent: String) -> Result<Inserted, StoreError>;
+
+    /// One patch.
+    async fn get(&self, id: String) -> Result<Option<PatchRecord>, StoreError>;
+
+    /// Patches newest first, filtered by target and status when given.
+    async fn list(
+        &self,
+        target: Option<String>,
+        status: Option<Status>,
+        limit: u32,
+        offset: u64,
+    ) -> Result<Vec<PatchRecord>, StoreError>;
+
+    /// The audit trail of one patch, oldest first.
+    async fn events(&self, id: String) -> Result<Vec<EventRow>, StoreError>;
+
+    /// Leases the next runnable patch of `target` to `owner`: highest priority, then oldest,
+    /// skipping patches whose dependencies have not all succeeded. Returns the leased record
+    /// (attempt incremented, fresh fencing token) or `None` (paused, empty, or all waiting).
+    async fn lease_next(
+        &self,
+        target: String,
+        owner: String,
+        lease_ms: i64,
+    ) -> Result<Option<PatchRecord>, StoreError>;
+
+    /// Extends the leases named by `tokens` held by `owner`.
+    async fn renew(&self, owner: String, tokens: Vec<u64>, lease_ms: i64)
+    -> Result<(), StoreError>;
+
+    /// Records progress (`applying`, `validating`) under a live lease; false if the lease is stale.
+    async fn progress(
+        &self,
+        id: String,
+        token: u64,
+        status: Status,
+        detail: String,
+    ) -> Result<bool, StoreError>;
+
+    /// Stores an attempt's report if `token` is the live lease, queueing the outcome for the
+    /// summarizer in the same transaction (and failing patches that depended on it, when it
+    /// did not succeed). `None` when the token is stale.
+    async fn complete(
+        &self,
+        id: String,
+        token: u64,
+        report: ApplyReport,
+    ) -> Result<Option<PatchRecord>, StoreError>;
+
+    /// Takes an executor's own report of an attempt the router had already ended as
+    /// `interrupted` (e.g. after the executor restarted and rolled back its journal): the
+    /// fuller report replaces the router's, and goes to the summarizer if not yet sent.
+    /// False when no such interrupted attempt exists.
+    async fn record_interrupted(
+        &self,
+        id: String,
+        attempt: u32,
+        report: ApplyReport,
+    ) -> Result<bool, StoreError>;
+
+    /// Ends the in-flight attempts of patches leased to `owner` (when given) or whose lease
+    /// expired: each is requeued, or ends `lost` past `max_attempts`.
+    async fn end_leases(
+        &self,
+        owner: Option<String>,
+        reason: String,
+        max_attempts: u32,
+    ) -> Result<Vec<LeaseEnded>, StoreError>;
+
+    /// Every patch that was in flight when the router stopped: its attempt is interrupted.
+    async fn end_all_leases(
+        &self,
+        reason: String,
+        max_attempts: u32,
+    ) -> Result<Vec<LeaseEnded>, StoreError>;
+
+    /// Cancels a queued patch (running ones are cancelled through their executor).
+    async fn cancel_queued(
+        &self,
+        id: String,
+        actor: String,
+    ) -> Result<Option<PatchRecord>, StoreError>;
+
+    /// Queues a finished (not succeeded) patch for another attempt, with a fresh attempt budget.
+    async fn retry(&self, id: String, actor: String) -> Result<Option<PatchRecord>, StoreError>;
+
+    /// Pauses or resumes handing out work for a target.
+    async fn set_paused(&self, target: String, paused: bool) -> Result<(), StoreError>;
+
+    /// Every target that has patches or a pause flag, with its queue figures.
+    async fn targets(&self) -> Result<Vec<TargetRow>, StoreError>;
+
+    /// Outcomes due for delivery to the summarizer.
+    async fn outbox_due(&self, limit: u32) -> Result<Vec<OutboxRow>, StoreError>;
+
+    /// Marks an outbox row delivered.
+    async fn outbox_delivered(&self, row_id: i64) -> Result<(), StoreError>;
+
+    /// Schedules another delivery try after `delay_ms`.
+    async fn outbox_retry_later(&self, row_id: i64, delay_ms: i64) -> Result<(), StoreError>;
+
+    /// Raises `alert` unless it is already firing; true when it was newly raised.
+    async fn raise_alert(&self, alert: NewAlert) -> Result<bool, StoreError>;
+
+    /// Resolves the alert `key` if it is firing; true when it was.
+    async fn resolve_alert(&self, key: String, summary: String) -> Result<bool, StoreError>;
+
+    /// Keys of the alerts firing now.
+    async fn firing_alerts(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Alert changes due for delivery to the alerter, oldest first, stopping at the first
+    /// one that waits for a later retry (so changes of one key never overtake each other).
+    async fn alerts_due(&self, limit: u32) -> Result<Vec<AlertRow>, StoreError>;
+
+    /// Marks an alert change delivered.
+    async fn alert_delivered(&self, row_id: i64) -> Result<(), StoreError>;
+
+    /// Schedules another try of an alert change after `delay_ms`.
+    async fn alert_retry_later(&self, row_id: i64, delay_ms: i64) -> Result<(), StoreError>;
+}

@@ -1,0 +1,138 @@
+//! The router's schema and its migrations.
+
+use ghost_core::Patch;
+use rusqlite::{Connection, params};
+
+use super::StoreError;
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many ran. A database
+/// created before migrations existed has version 0 and the first migration's tables already:
+/// every statement of the first migration is therefore `IF NOT EXISTS`.
+const MIGRATIONS: &[&str] = &[
+    "
+    CREATE TABLE IF NOT EXISTS patches (
+        id            TEXT PRIMARY KEY,
+        target        TEXT NOT NULL,
+        priority      INTEGER NOT NULL,
+        content_hash  TEXT NOT NULL,
+        patch_json    TEXT NOT NULL,
+        status        TEXT NOT NULL,
+        attempt       INTEGER NOT NULL DEFAULT 0,
+        traceparent   TEXT NOT NULL DEFAULT '',
+        error         TEXT NOT NULL DEFAULT '',
+        report_json   TEXT,
+        fencing_token INTEGER NOT NULL DEFAULT 0,
+        leased_to     TEXT NOT NULL DEFAULT '',
+        lease_deadline_ms INTEGER NOT NULL DEFAULT 0,
+        created_ms    INTEGER NOT NULL,
+        updated_ms    INTEGER NOT NULL,
+        seq           INTEGER NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS patches_queue ON patches (target, status, priority DESC, seq);
+    CREATE TABLE IF NOT EXISTS events (
+        id       INTEGER PRIMARY KEY AUTOINCREMENT,
+        patch_id TEXT NOT NULL,
+        at_ms    INTEGER NOT NULL,
+        status   TEXT NOT NULL,
+        actor    TEXT NOT NULL,
+        attempt  INTEGER NOT NULL,
+        detail   TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX IF NOT EXISTS events_patch ON events (patch_id, id);
+    CREATE TABLE IF NOT EXISTS outbox (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        patch_id     TEXT NOT NULL,
+        attempt      INTEGER NOT NULL,
+        tries        INTEGER NOT NULL DEFAULT 0,
+        next_at_ms   INTEGER NOT NULL,
+        delivered_ms INTEGER,
+        UNIQUE (patch_id, attempt)
+    );
+    CREATE TABLE IF NOT EXISTS meta (
+        key   TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    );
+    INSERT OR IGNORE INTO meta (key, value) VALUES ('fencing_token', 0), ('seq', 0);
+    ",
+    "
+    ALTER TABLE patches ADD COLUMN attempt_base INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX patches_status ON patches (status, target);
+    CREATE TABLE deps (
+        patch_id   TEXT NOT NULL,
+        depends_on TEXT NOT NULL,
+        PRIMARY KEY (patch_id, depends_on)
+    );
+    CREATE INDEX deps_reverse ON deps (depends_on);
+    CREATE TABLE attempts (
+        patch_id    TEXT NOT NULL,
+        attempt     INTEGER NOT NULL,
+        status      TEXT NOT NULL,
+        executor    TEXT NOT NULL,
+        started_ms  INTEGER NOT NULL,
+        finished_ms INTEGER,
+        report_json TEXT,
+        PRIMARY KEY (patch_id, attempt)
+    );
+    ALTER TABLE outbox ADD COLUMN report_json TEXT;
+    ALTER TABLE outbox ADD COLUMN created_ms INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE alert_state (
+        key      TEXT PRIMARY KEY,
+        since_ms INTEGER NOT NULL
+    );
+    CREATE TABLE alert_outbox (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        key          TEXT NOT NULL,
+        resolved     INTEGER NOT NULL,
+        severity     TEXT NOT NULL,
+        summary      TEXT NOT NULL,
+        labels_json  TEXT NOT NULL,
+        at_ms        INTEGER NOT NULL,
+        tries        INTEGER NOT NULL DEFAULT 0,
+        next_at_ms   INTEGER NOT NULL,
+        delivered_ms INTEGER
+    );
+    ",
+];
+
+/// Applies the migrations not yet recorded in `PRAGMA user_version`.
+pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let applied: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    let applied = usize::try_from(applied).unwrap_or(0);
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(migration)?;
+        if index == 1 {
+            backfill_deps(&tx)?;
+        }
+        tx.pragma_update(
+            None,
+            "user_version",
+            i64::try_from(index + 1).unwrap_or(i64::MAX),
+        )?;
+        tx.commit()?;
+        tracing::info!(version = index + 1, "router schema migrated");
+    }
+    Ok(())
+}
+
+/// Fills `deps` from the stored patches (databases from before the table existed).
+fn backfill_deps(conn: &Connection) -> Result<(), StoreError> {
+    let rows: Vec<(String, String)> = conn
+        .prepare("SELECT id, patch_json FROM patches")?
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (id, json) in rows {
+        let patch: Patch = serde_json::from_str(&json).map_err(|source| StoreError::Corrupt {
+            what: "patch",
+            id: id.clone(),
+            source,
+        })?;
+        for dependency in &patch.depends_on {
+            conn.execute(
+                "INSERT OR IGNORE INTO deps (patch_id, depends_on) VALUES (?1, ?2)",
+                params![id, dependency.as_str()],
+            )?;
+        }
+    }
+    Ok(())
+}
