@@ -57,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
     let addr = app.grpc_addr();
+    let metrics_url = format!("http://{}/metrics", app.http_addr());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run(async {
         let _ = stopped.await;
@@ -96,6 +97,22 @@ async fn main() -> anyhow::Result<()> {
         latencies.len() as f64 / elapsed.as_secs_f64(),
         percentile(&latencies, 0.50).as_secs_f64() * 1e3,
         percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+    );
+
+    let metrics = reqwest::get(&metrics_url).await?.text().await?;
+    let batch = |suffix: &str| {
+        metrics
+            .lines()
+            .find(|line| line.starts_with(&format!("ghost_router_commit_batch_size_{suffix}")))
+            .and_then(|line| line.split_whitespace().last())
+            .and_then(|value| value.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    println!(
+        "group commit: {:.0} commits for {:.0} writes (mean batch {:.1})",
+        batch("count"),
+        batch("sum"),
+        batch("sum") / batch("count").max(1.0)
     );
 
     // 2. Submit -> Assign, one at a time, on an idle target with a connected executor.
