@@ -6,6 +6,7 @@
 //! Run: `cargo run --release -p router --example submit_load -- [clients] [submits] [samples]`
 //! (defaults 8, 4000, 200). The database lives in a temp dir on the working disk.
 
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use ghost_proto::executor::v1::{
@@ -90,14 +91,15 @@ async fn main() -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed();
     latencies.sort();
-    println!(
+    writeln!(
+        std::io::stdout().lock(),
         "submit: {} accepted in {:.2}s by {clients} clients = {:.0}/s; latency p50 {:.2} ms, p99 {:.2} ms",
         latencies.len(),
         elapsed.as_secs_f64(),
         latencies.len() as f64 / elapsed.as_secs_f64(),
         percentile(&latencies, 0.50).as_secs_f64() * 1e3,
         percentile(&latencies, 0.99).as_secs_f64() * 1e3,
-    );
+    )?;
 
     let metrics = reqwest::get(&metrics_url).await?.text().await?;
     let batch = |suffix: &str| {
@@ -108,12 +110,13 @@ async fn main() -> anyhow::Result<()> {
             .and_then(|value| value.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    println!(
+    writeln!(
+        std::io::stdout().lock(),
         "group commit: {:.0} commits for {:.0} writes (mean batch {:.1})",
         batch("count"),
         batch("sum"),
         batch("sum") / batch("count").max(1.0)
-    );
+    )?;
 
     // 2. Submit -> Assign, one at a time, on an idle target with a connected executor.
     let (outbound, receiver) = tokio::sync::mpsc::channel(16);
@@ -174,11 +177,12 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     to_assign.sort();
-    println!(
+    writeln!(
+        std::io::stdout().lock(),
         "submit->assign: {samples} samples, p50 {:.2} ms, p99 {:.2} ms",
         percentile(&to_assign, 0.50).as_secs_f64() * 1e3,
         percentile(&to_assign, 0.99).as_secs_f64() * 1e3,
-    );
+    )?;
     let _ = stop.send(());
     server.await??;
     Ok(())

@@ -77,20 +77,24 @@ impl App {
         let token = CancellationToken::new();
         let tasks = TaskTracker::new();
         let summarizer = match &self.config.summarizer_url {
-            Some(url) => Some(SummarizerServiceClient::new(traced_channel(url)?)),
+            Some(url) => Some(outbox::Summarizer(SummarizerServiceClient::new(
+                traced_channel(url)?,
+            ))),
             None => None,
         };
         let alerter = match &self.config.alerter_url {
-            Some(url) => Some(AlerterServiceClient::new(traced_channel(url)?)),
+            Some(url) => Some(outbox::Alerter(AlerterServiceClient::new(traced_channel(
+                url,
+            )?))),
             None => None,
         };
-        tasks.spawn(outbox::run_outcomes(
+        tasks.spawn(outbox::run(
             Arc::clone(self.routing.store()),
             summarizer,
             Arc::clone(&self.routing.outbox_wake),
             token.clone(),
         ));
-        tasks.spawn(outbox::run_alerts(
+        tasks.spawn(outbox::run(
             Arc::clone(self.routing.store()),
             alerter,
             Arc::clone(&self.routing.alert_wake),

@@ -2,7 +2,6 @@
 //! to the alerter. At least once (the receivers are idempotent), in row order, retried with
 //! exponential backoff up to a minute, surviving router restarts (the rows are durable).
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +14,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::store::{AlertRow, OutboxRow, RouterStore, StoreError};
+use crate::store::{AlertRow, Delivery, Outbox, OutboxRow, RouterStore, StoreError};
 
 /// Polls the outbox at least this often even without a wake-up.
 const POLL: Duration = Duration::from_secs(1);
@@ -29,148 +28,140 @@ pub fn backoff_ms(tries: u32) -> i64 {
     (500_i64 << tries.min(10)).min(MAX_BACKOFF_MS)
 }
 
-/// Runs `round` whenever woken (or every [`POLL`]) until `shutdown`.
-async fn pump<F, Fut>(wake: Arc<Notify>, shutdown: CancellationToken, mut round: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = ()>,
-{
+/// Where one outbox's rows go.
+#[tonic::async_trait]
+pub trait Sink: Send + Sync + 'static {
+    /// The rows of this outbox.
+    type Row: Send + 'static;
+    /// Which outbox.
+    const OUTBOX: Outbox;
+    /// Rows due now, in delivery order.
+    async fn due(&self, store: &dyn RouterStore) -> Result<Vec<Self::Row>, StoreError>;
+    /// The row's id in its table, its tries so far, and a name for logs.
+    fn describe(row: &Self::Row) -> (i64, u32, String);
+    /// Sends one row; `Err` carries why it must be tried again.
+    async fn send(&self, store: &dyn RouterStore, row: &Self::Row) -> Result<(), tonic::Status>;
+    /// True when a failed row must hold back the rows after it (ordered outboxes).
+    const ORDERED: bool;
+}
+
+/// Delivers `sink`'s outbox rows whenever woken (or every second) until `shutdown`.
+pub async fn run<S: Sink>(
+    store: Arc<dyn RouterStore>,
+    sink: Option<S>,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    let Some(sink) = sink else {
+        tracing::warn!(outbox = ?S::OUTBOX, "no receiver configured; rows stay in the outbox");
+        return;
+    };
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = wake.notified() => {}
             () = tokio::time::sleep(POLL) => {}
         }
-        round().await;
+        let rows = match sink.due(store.as_ref()).await {
+            Ok(rows) => rows,
+            Err(err) => {
+                tracing::error!(outbox = ?S::OUTBOX, error = %err, "cannot read the outbox");
+                continue;
+            }
+        };
+        for row in rows {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            let (id, tries, name) = S::describe(&row);
+            let delivery = match sink.send(store.as_ref(), &row).await {
+                Ok(()) => Delivery::Delivered,
+                Err(status) => {
+                    let delay = backoff_ms(tries);
+                    tracing::warn!(
+                        outbox = ?S::OUTBOX,
+                        row = %name,
+                        tries = tries + 1,
+                        code = ?status.code(),
+                        message = status.message(),
+                        retry_in_ms = delay,
+                        "receiver refused or unreachable; will retry"
+                    );
+                    Delivery::RetryIn(delay)
+                }
+            };
+            if let Err(err) = store.settle(S::OUTBOX, id, delivery).await {
+                tracing::error!(row = %name, error = %err, "cannot record delivery state; it will be sent again");
+            }
+            if S::ORDERED && delivery != Delivery::Delivered {
+                break;
+            }
+        }
     }
 }
 
-/// Delivers outcomes to the summarizer until `shutdown`.
-pub async fn run_outcomes(
-    store: Arc<dyn RouterStore>,
-    summarizer: Option<SummarizerServiceClient<TracedChannel>>,
-    wake: Arc<Notify>,
-    shutdown: CancellationToken,
-) {
-    let Some(client) = summarizer else {
-        tracing::warn!("no summarizer configured; outcomes stay in the outbox");
-        return;
-    };
-    pump(wake, shutdown.clone(), || {
-        let store = Arc::clone(&store);
-        let client = client.clone();
-        let shutdown = shutdown.clone();
-        async move {
-            let rows = match store.outbox_due(BATCH).await {
-                Ok(rows) => rows,
-                Err(err) => return tracing::error!(error = %err, "cannot read the outbox"),
-            };
-            for row in rows {
-                if shutdown.is_cancelled() {
-                    return;
-                }
-                deliver_outcome(store.as_ref(), client.clone(), row).await;
+/// Terminal outcomes to the summarizer.
+pub struct Summarizer(pub SummarizerServiceClient<TracedChannel>);
+
+#[tonic::async_trait]
+impl Sink for Summarizer {
+    type Row = OutboxRow;
+    const OUTBOX: Outbox = Outbox::Outcomes;
+    const ORDERED: bool = false;
+
+    async fn due(&self, store: &dyn RouterStore) -> Result<Vec<OutboxRow>, StoreError> {
+        store.outbox_due(BATCH).await
+    }
+
+    fn describe(row: &OutboxRow) -> (i64, u32, String) {
+        (
+            row.id,
+            row.tries,
+            format!("{}#{}", row.patch_id, row.attempt),
+        )
+    }
+
+    async fn send(&self, store: &dyn RouterStore, row: &OutboxRow) -> Result<(), tonic::Status> {
+        let record = match store.get(row.patch_id.clone()).await {
+            Ok(Some(record)) => record,
+            Ok(None) => {
+                tracing::error!(patch_id = %row.patch_id, "outbox row for an unknown patch dropped");
+                return Ok(());
             }
-        }
-    })
-    .await;
-}
-
-async fn deliver_outcome(
-    store: &dyn RouterStore,
-    mut client: SummarizerServiceClient<TracedChannel>,
-    row: OutboxRow,
-) {
-    let record = match store.get(row.patch_id.clone()).await {
-        Ok(Some(record)) => record,
-        Ok(None) => {
-            tracing::error!(patch_id = %row.patch_id, "outbox row for an unknown patch dropped");
-            let _ = store.outbox_delivered(row.id).await;
-            return;
-        }
-        Err(err) => {
-            return tracing::error!(patch_id = %row.patch_id, error = %err, "cannot read patch for outbox");
-        }
-    };
-    let span = tracing::info_span!("router.forward_outcome", patch_id = %row.patch_id, attempt = row.attempt);
-    set_parent(&span, &record.traceparent);
-    let report = row.report.as_ref().or(record.report.as_ref());
-    let finished = if row.created_ms > 0 {
-        row.created_ms
-    } else {
-        record.updated_ms
-    };
-    let outcome = Outcome {
-        patch_id: row.patch_id.clone(),
-        target: record.patch.target.to_string(),
-        attempt: row.attempt,
-        description: record.patch.description.clone(),
-        report: report.map(ghost_proto::router::v1::ApplyReport::from),
-        trace_id: trace_id_of(&record.traceparent),
-        created_unix_ms: record.created_ms,
-        finished_unix_ms: finished,
-    };
-    let result = client
-        .record(RecordRequest {
-            outcome: Some(outcome),
-        })
-        .instrument(span)
-        .await;
-    let settled = match result {
-        Ok(_) => store.outbox_delivered(row.id).await,
-        Err(status) => {
-            let delay = backoff_ms(row.tries);
-            tracing::warn!(
-                patch_id = %row.patch_id,
-                tries = row.tries + 1,
-                code = ?status.code(),
-                retry_in_ms = delay,
-                "summarizer refused or unreachable; will retry"
-            );
-            store.outbox_retry_later(row.id, delay).await
-        }
-    };
-    log_unsettled(settled, &row.patch_id);
-}
-
-fn log_unsettled(settled: Result<(), StoreError>, what: &str) {
-    if let Err(err) = settled {
-        tracing::error!(row = %what, error = %err, "cannot record delivery state; it will be sent again");
+            Err(err) => return Err(tonic::Status::internal(err.to_string())),
+        };
+        let span = tracing::info_span!("router.forward_outcome", patch_id = %row.patch_id, attempt = row.attempt);
+        set_parent(&span, &record.traceparent);
+        let report = row.report.as_ref().or(record.report.as_ref());
+        let finished = if row.created_ms > 0 {
+            row.created_ms
+        } else {
+            record.updated_ms
+        };
+        let outcome = Outcome {
+            patch_id: row.patch_id.clone(),
+            target: record.patch.target.to_string(),
+            attempt: row.attempt,
+            description: record.patch.description.clone(),
+            report: report.map(ghost_proto::router::v1::ApplyReport::from),
+            trace_id: trace_id_of(&record.traceparent),
+            created_unix_ms: record.created_ms,
+            finished_unix_ms: finished,
+        };
+        self.0
+            .clone()
+            .record(RecordRequest {
+                outcome: Some(outcome),
+            })
+            .instrument(span)
+            .await
+            .map(|_| ())
     }
 }
 
-/// Delivers alert changes to the alerter until `shutdown`. Rows go strictly in order: a row
-/// that fails holds back the later ones, so a raise never arrives after its resolve.
-pub async fn run_alerts(
-    store: Arc<dyn RouterStore>,
-    alerter: Option<AlerterServiceClient<TracedChannel>>,
-    wake: Arc<Notify>,
-    shutdown: CancellationToken,
-) {
-    let Some(client) = alerter else {
-        tracing::warn!("no alerter configured; alerts stay in the outbox");
-        return;
-    };
-    pump(wake, shutdown.clone(), || {
-        let store = Arc::clone(&store);
-        let client = client.clone();
-        let shutdown = shutdown.clone();
-        async move {
-            let rows = match store.alerts_due(BATCH).await {
-                Ok(rows) => rows,
-                Err(err) => return tracing::error!(error = %err, "cannot read the alert outbox"),
-            };
-            for row in rows {
-                if shutdown.is_cancelled()
-                    || !deliver_alert(store.as_ref(), client.clone(), row).await
-                {
-                    return;
-                }
-            }
-        }
-    })
-    .await;
-}
+/// Alert changes to the alerter, strictly in order: a row that fails holds back the later
+/// ones, so a raise never arrives after its resolve.
+pub struct Alerter(pub AlerterServiceClient<TracedChannel>);
 
 fn severity(name: &str) -> Severity {
     match name {
@@ -180,43 +171,35 @@ fn severity(name: &str) -> Severity {
     }
 }
 
-/// True when the row was delivered.
-async fn deliver_alert(
-    store: &dyn RouterStore,
-    mut client: AlerterServiceClient<TracedChannel>,
-    row: AlertRow,
-) -> bool {
-    let request = AlertRequest {
-        key: row.key.clone(),
-        resolved: row.resolved,
-        severity: severity(&row.severity) as i32,
-        summary: row.summary.clone(),
-        labels: row.labels.iter().cloned().collect(),
-        source: crate::SERVICE.to_owned(),
-        at_unix_ms: row.at_ms,
-    };
-    let result = client
-        .alert(request)
-        .instrument(
-            tracing::info_span!("router.forward_alert", alert = %row.key, resolved = row.resolved),
-        )
-        .await;
-    match result {
-        Ok(_) => {
-            log_unsettled(store.alert_delivered(row.id).await, &row.key);
-            true
-        }
-        Err(status) => {
-            let delay = backoff_ms(row.tries);
-            tracing::warn!(
-                alert = %row.key,
-                tries = row.tries + 1,
-                code = ?status.code(),
-                retry_in_ms = delay,
-                "alerter refused or unreachable; will retry"
-            );
-            log_unsettled(store.alert_retry_later(row.id, delay).await, &row.key);
-            false
-        }
+#[tonic::async_trait]
+impl Sink for Alerter {
+    type Row = AlertRow;
+    const OUTBOX: Outbox = Outbox::Alerts;
+    const ORDERED: bool = true;
+
+    async fn due(&self, store: &dyn RouterStore) -> Result<Vec<AlertRow>, StoreError> {
+        store.alerts_due(BATCH).await
+    }
+
+    fn describe(row: &AlertRow) -> (i64, u32, String) {
+        (row.id, row.tries, row.key.clone())
+    }
+
+    async fn send(&self, _store: &dyn RouterStore, row: &AlertRow) -> Result<(), tonic::Status> {
+        let request = AlertRequest {
+            key: row.key.clone(),
+            resolved: row.resolved,
+            severity: severity(&row.severity) as i32,
+            summary: row.summary.clone(),
+            labels: row.labels.iter().cloned().collect(),
+            source: crate::SERVICE.to_owned(),
+            at_unix_ms: row.at_ms,
+        };
+        self.0
+            .clone()
+            .alert(request)
+            .instrument(tracing::info_span!("router.forward_alert", alert = %row.key, resolved = row.resolved))
+            .await
+            .map(|_| ())
     }
 }

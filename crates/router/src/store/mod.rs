@@ -44,6 +44,24 @@ pub enum StoreError {
     Task(#[from] tokio::task::JoinError),
 }
 
+/// Which durable outbox a row belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outbox {
+    /// Terminal outcomes towards the summarizer.
+    Outcomes,
+    /// Alert changes towards the alerter.
+    Alerts,
+}
+
+/// What became of one delivery try.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// The receiver has it; never send again.
+    Delivered,
+    /// Try again after this many milliseconds.
+    RetryIn(i64),
+}
+
 /// One patch as stored.
 #[derive(Debug, Clone)]
 pub struct PatchRecord {
@@ -293,12 +311,6 @@ pub trait RouterStore: Send + Sync + 'static {
     /// Outcomes due for delivery to the summarizer.
     async fn outbox_due(&self, limit: u32) -> Result<Vec<OutboxRow>, StoreError>;
 
-    /// Marks an outbox row delivered.
-    async fn outbox_delivered(&self, row_id: i64) -> Result<(), StoreError>;
-
-    /// Schedules another delivery try after `delay_ms`.
-    async fn outbox_retry_later(&self, row_id: i64, delay_ms: i64) -> Result<(), StoreError>;
-
     /// Raises `alert` unless it is already firing; true when it was newly raised.
     async fn raise_alert(&self, alert: NewAlert) -> Result<bool, StoreError>;
 
@@ -312,9 +324,11 @@ pub trait RouterStore: Send + Sync + 'static {
     /// one that waits for a later retry (so changes of one key never overtake each other).
     async fn alerts_due(&self, limit: u32) -> Result<Vec<AlertRow>, StoreError>;
 
-    /// Marks an alert change delivered.
-    async fn alert_delivered(&self, row_id: i64) -> Result<(), StoreError>;
-
-    /// Schedules another try of an alert change after `delay_ms`.
-    async fn alert_retry_later(&self, row_id: i64, delay_ms: i64) -> Result<(), StoreError>;
+    /// Records what became of one delivery try of an outbox row.
+    async fn settle(
+        &self,
+        outbox: Outbox,
+        row_id: i64,
+        delivery: Delivery,
+    ) -> Result<(), StoreError>;
 }

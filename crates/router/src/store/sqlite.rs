@@ -10,8 +10,8 @@ use tokio::sync::oneshot;
 
 use super::schema::migrate;
 use super::{
-    AlertRow, EventRow, Inserted, LeaseEnded, NewAlert, OutboxRow, PatchRecord, RouterStore,
-    StoreError, TargetRow, now_ms,
+    AlertRow, Delivery, EventRow, Inserted, LeaseEnded, NewAlert, Outbox, OutboxRow, PatchRecord,
+    RouterStore, StoreError, TargetRow, now_ms,
 };
 
 /// At most this many requests share one commit.
@@ -974,28 +974,6 @@ impl RouterStore for SqliteStore {
         .await
     }
 
-    async fn outbox_delivered(&self, row_id: i64) -> Result<(), StoreError> {
-        self.write(move |conn| {
-            conn.execute(
-                "UPDATE outbox SET delivered_ms = ?2 WHERE id = ?1",
-                params![row_id, now_ms()],
-            )?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn outbox_retry_later(&self, row_id: i64, delay_ms: i64) -> Result<(), StoreError> {
-        self.write(move |conn| {
-            conn.execute(
-                "UPDATE outbox SET tries = tries + 1, next_at_ms = ?2 WHERE id = ?1",
-                params![row_id, now_ms() + delay_ms],
-            )?;
-            Ok(())
-        })
-        .await
-    }
-
     async fn raise_alert(&self, alert: NewAlert) -> Result<bool, StoreError> {
         self.write(move |conn| raise_tx(conn, &alert)).await
     }
@@ -1053,23 +1031,27 @@ impl RouterStore for SqliteStore {
         .await
     }
 
-    async fn alert_delivered(&self, row_id: i64) -> Result<(), StoreError> {
+    async fn settle(
+        &self,
+        outbox: Outbox,
+        row_id: i64,
+        delivery: Delivery,
+    ) -> Result<(), StoreError> {
+        let table = match outbox {
+            Outbox::Outcomes => "outbox",
+            Outbox::Alerts => "alert_outbox",
+        };
         self.write(move |conn| {
-            conn.execute(
-                "UPDATE alert_outbox SET delivered_ms = ?2 WHERE id = ?1",
-                params![row_id, now_ms()],
-            )?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn alert_retry_later(&self, row_id: i64, delay_ms: i64) -> Result<(), StoreError> {
-        self.write(move |conn| {
-            conn.execute(
-                "UPDATE alert_outbox SET tries = tries + 1, next_at_ms = ?2 WHERE id = ?1",
-                params![row_id, now_ms() + delay_ms],
-            )?;
+            match delivery {
+                Delivery::Delivered => conn.execute(
+                    &format!("UPDATE {table} SET delivered_ms = ?2 WHERE id = ?1"),
+                    params![row_id, now_ms()],
+                )?,
+                Delivery::RetryIn(delay_ms) => conn.execute(
+                    &format!("UPDATE {table} SET tries = tries + 1, next_at_ms = ?2 WHERE id = ?1"),
+                    params![row_id, now_ms() + delay_ms],
+                )?,
+            };
             Ok(())
         })
         .await
