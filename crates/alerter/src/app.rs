@@ -1,46 +1,142 @@
-//! [`App`]: binds the listeners, builds the Slack client and the alert queue, and serves until
-//! the shutdown future resolves.
+//! [`App`]: opens the database, binds the listeners, wires the outbox, the alert lifecycle,
+//! the health monitor and the Slack routes, and serves until the shutdown future resolves.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use ghost_proto::alerter::v1::alerter_service_server::AlerterServiceServer;
+use ghost_proto::router::v1::router_service_client::RouterServiceClient;
+use ghost_proto::summarizer::v1::summarizer_service_client::SummarizerServiceClient;
+use ghost_runtime::propagation::traced_channel;
 use ghost_runtime::serve::{Listeners, Service};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::SERVICE;
-use crate::alerts::{Alerts, Queued, deliver_loop};
+use crate::clock::{SharedClock, SystemClock};
+use crate::commands::{Commands, CommandsParts};
 use crate::config::AlerterConfig;
 use crate::grpc::AlerterGrpc;
+use crate::health::{HealthBoard, HealthMonitor};
+use crate::inbound::{Inbound, routes};
+use crate::lifecycle::Lifecycle;
+use crate::outbox::{DeliveryPolicy, Outbox, deliver_loop};
+use crate::patches::Patches;
+use crate::signing::Verifier;
 use crate::slack::SlackClient;
+use crate::store::Store;
 
 /// The alerter, built and bound but not yet serving.
 pub struct App {
     config: AlerterConfig,
     listeners: Listeners,
-    alerts: Alerts,
-    queue: mpsc::Receiver<Queued>,
+    outbox: Outbox,
+    patches: Patches,
+    lifecycle: Arc<Lifecycle>,
+    monitor: HealthMonitor,
+    inbound: Arc<Inbound>,
     slack: Option<SlackClient>,
 }
 
 impl App {
-    /// Binds the listeners (port 0 allowed) and prepares the Slack client and the queue.
+    /// Builds with the system clock.
     pub async fn build(config: AlerterConfig) -> anyhow::Result<Self> {
+        Self::build_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// Opens the database, loads alerts and silences, binds the listeners (port 0 allowed);
+    /// every time rule reads `clock`.
+    pub async fn build_with_clock(
+        config: AlerterConfig,
+        clock: SharedClock,
+    ) -> anyhow::Result<Self> {
+        let path = match &config.data_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+                Some(dir.join("alerter.db"))
+            }
+            None => {
+                tracing::warn!("alerter data_dir is not set; the outbox lives in memory only");
+                None
+            }
+        };
+        let store = Store::open(path.as_deref()).context("cannot open the alerter database")?;
+        let counts = store.outbox_counts().await?;
+        if counts.pending > 0 {
+            tracing::info!(
+                pending = counts.pending,
+                "resuming pending slack deliveries"
+            );
+        }
         let listeners = Listeners::bind(&config.server)
             .await
             .context("cannot bind the alerter listeners")?;
         let slack = SlackClient::new(&config.slack).context("cannot build the slack client")?;
         if slack.is_none() {
-            tracing::info!("slack.api_base_url is not set; alerts will only be logged");
+            tracing::info!("slack is not configured; messages will only be logged");
         }
-        let (alerts, queue) = Alerts::new();
+        let channel = config.slack.channel.clone();
+        let outbox = Outbox::new(store.clone(), Arc::clone(&clock));
+        let patches = Patches::new(outbox.clone(), channel.clone(), Arc::clone(&clock));
+        let lifecycle = Arc::new(
+            Lifecycle::load(
+                outbox.clone(),
+                Arc::clone(&clock),
+                config.alerts.clone(),
+                channel,
+            )
+            .await?,
+        );
+        let board = HealthBoard::default();
+        let monitor = HealthMonitor::new(
+            &config.health,
+            config.router_url.as_deref(),
+            Arc::clone(&lifecycle),
+            board.clone(),
+            Arc::clone(&clock),
+        )
+        .context("invalid health monitor address")?;
+        let router = match &config.router_url {
+            Some(url) => Some(RouterServiceClient::new(
+                traced_channel(url).context("invalid router_url")?,
+            )),
+            None => None,
+        };
+        let summarizer = match &config.summarizer_url {
+            Some(url) => Some(SummarizerServiceClient::new(
+                traced_channel(url).context("invalid summarizer_url")?,
+            )),
+            None => None,
+        };
+        let commands = Arc::new(Commands::new(CommandsParts {
+            router,
+            summarizer,
+            lifecycle: Arc::clone(&lifecycle),
+            patches: patches.clone(),
+            board,
+            store,
+            operators: config.slack.operators.clone(),
+            clock: Arc::clone(&clock),
+        }));
+        let inbound = Arc::new(Inbound {
+            verifier: Verifier::new(config.slack.signing_secret.clone(), clock),
+            commands,
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(10))
+                .build()
+                .context("cannot build the response_url client")?,
+            inline_budget: config.slack.inline_answer_budget,
+        });
         Ok(Self {
             config,
             listeners,
-            alerts,
-            queue,
+            outbox,
+            patches,
+            lifecycle,
+            monitor,
+            inbound,
             slack,
         })
     }
@@ -50,26 +146,44 @@ impl App {
         self.listeners.grpc_addr()
     }
 
-    /// The bound HTTP address.
+    /// The bound HTTP address (`/slack/commands`, `/slack/interactions`, probes).
     pub fn http_addr(&self) -> SocketAddr {
         self.listeners.http_addr()
     }
 
-    /// Serves and delivers until `shutdown` resolves, drains, then waits for the delivery loop.
+    /// The database (outbox, alerts, audit log).
+    pub fn store(&self) -> Store {
+        self.outbox.store().clone()
+    }
+
+    /// The alert lifecycle.
+    pub fn lifecycle(&self) -> Arc<Lifecycle> {
+        Arc::clone(&self.lifecycle)
+    }
+
+    /// Serves and delivers until `shutdown` resolves, drains, then waits for the loops.
     pub async fn run<F: std::future::Future<Output = ()> + Send>(
         self,
         shutdown: F,
     ) -> anyhow::Result<()> {
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
-        tracker.spawn(deliver_loop(self.queue, self.slack, token.clone()));
+        tracker.spawn(deliver_loop(
+            self.outbox.clone(),
+            self.slack,
+            DeliveryPolicy::from_config(&self.config.slack),
+            token.clone(),
+        ));
+        tracker.spawn(Arc::clone(&self.lifecycle).run(token.clone()));
+        if !self.monitor.is_idle() {
+            tracker.spawn(self.monitor.run(token.clone()));
+        }
+        let grpc = AlerterGrpc::new(self.patches, self.lifecycle, self.outbox.store().clone());
         let service = Service {
             name: SERVICE,
             grpc_names: vec!["ghost.alerter.v1.AlerterService"],
-            grpc: tonic::service::Routes::new(AlerterServiceServer::new(AlerterGrpc::new(
-                self.alerts,
-            ))),
-            http: axum::Router::new(),
+            grpc: tonic::service::Routes::new(AlerterServiceServer::new(grpc)),
+            http: routes(self.inbound),
         };
         ghost_runtime::serve::serve_until(
             service,

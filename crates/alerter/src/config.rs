@@ -1,5 +1,10 @@
-//! [`AlerterConfig`]: where messages go and how hard to try.
+//! [`AlerterConfig`]: where messages go, how hard to try, how alerts behave, what to watch.
+//!
+//! Every field has a default, so older config files (and `..Default::default()` callers) keep
+//! working as fields are added.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use ghost_runtime::config::{Secret, ServerConfig};
@@ -14,8 +19,19 @@ pub struct AlerterConfig {
     pub server: ServerConfig,
     /// Logs and span export.
     pub telemetry: TelemetryConfig,
-    /// The Slack Web API.
+    /// The Slack Web API, webhook, signing secret and operators.
     pub slack: SlackConfig,
+    /// Directory of the SQLite database (`alerter.db`: outbox, alerts, silences, audit);
+    /// unset: an in-memory database, so a restart forgets pending messages (tests only).
+    pub data_dir: Option<PathBuf>,
+    /// gRPC URL of the router (Slack verbs, executor presence), e.g. `http://127.0.0.1:50051`.
+    pub router_url: Option<String>,
+    /// gRPC URL of the summarizer (`/ghost summary`), e.g. `http://127.0.0.1:50053`.
+    pub summarizer_url: Option<String>,
+    /// Grouping, repeat and escalation of system alerts.
+    pub alerts: AlertPolicy,
+    /// The health monitor.
+    pub health: HealthConfig,
 }
 
 impl Default for AlerterConfig {
@@ -24,26 +40,47 @@ impl Default for AlerterConfig {
             server: ServerConfig::loopback(50054, 8084),
             telemetry: TelemetryConfig::default(),
             slack: SlackConfig::default(),
+            data_dir: None,
+            router_url: None,
+            summarizer_url: None,
+            alerts: AlertPolicy::default(),
+            health: HealthConfig::default(),
         }
     }
 }
 
-/// How to reach Slack (`GHOST_ALERTER__SLACK__…`).
+/// How to reach Slack and who may steer from it (`GHOST_ALERTER__SLACK__…`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SlackConfig {
-    /// Web API base URL, e.g. `https://slack.com/api`; unset: Slack is off and messages are
-    /// only logged.
+    /// Web API base URL, e.g. `https://slack.com/api`; unset (and no webhook): Slack is off
+    /// and messages are only logged.
     pub api_base_url: Option<String>,
-    /// Bot token (`xoxb-…`), sent as `Authorization: Bearer`.
+    /// Bot token (`xoxb-…`), sent as `Authorization: Bearer`; empty: webhook only.
     pub bot_token: Secret,
+    /// Incoming webhook URL, used when there is no bot token or the Web API refuses the
+    /// token; empty: none.
+    pub webhook_url: Secret,
     /// Channel to post to, by name or id.
     pub channel: String,
-    /// Tries per message before giving up, the first included.
+    /// Signing secret of the Slack app; empty: `/slack/*` refuses every request.
+    pub signing_secret: Secret,
+    /// Slack user ids allowed to run mutating verbs (retry, cancel, pause, ack, silence…).
+    pub operators: Vec<String>,
+    /// Tries per message before it is dead-lettered, the first included.
     pub max_attempts: u32,
     /// Wait before the second try; doubles for each further try.
     #[serde(with = "humantime_serde")]
     pub initial_backoff: Duration,
+    /// Upper bound of one backoff wait (and of an honoured `Retry-After`).
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Least time between two messages to one channel (Slack allows about one per second).
+    #[serde(with = "humantime_serde")]
+    pub pacing: Duration,
+    /// How long a slash command may take before the answer moves to `response_url`.
+    #[serde(with = "humantime_serde")]
+    pub inline_answer_budget: Duration,
 }
 
 impl Default for SlackConfig {
@@ -51,9 +88,81 @@ impl Default for SlackConfig {
         Self {
             api_base_url: None,
             bot_token: Secret::default(),
+            webhook_url: Secret::default(),
             channel: "#ghost-runner".to_owned(),
-            max_attempts: 6,
+            signing_secret: Secret::default(),
+            operators: Vec::new(),
+            max_attempts: 12,
             initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(300),
+            pacing: Duration::from_secs(1),
+            inline_answer_budget: Duration::from_millis(2_500),
+        }
+    }
+}
+
+/// Alert lifecycle timings (`GHOST_ALERTER__ALERTS__…`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertPolicy {
+    /// Alerts of one group (the key up to its first `/`) raised within this window share one
+    /// message.
+    #[serde(with = "humantime_serde")]
+    pub group_wait: Duration,
+    /// A firing, unacknowledged alert is repeated in its thread this often.
+    #[serde(with = "humantime_serde")]
+    pub repeat_interval: Duration,
+    /// A firing alert nobody acknowledged within this time is escalated once.
+    #[serde(with = "humantime_serde")]
+    pub escalate_after: Duration,
+    /// Where escalations go; unset: re-posted in the main channel with `escalation_mention`.
+    pub escalation_channel: Option<String>,
+    /// Prefix of an escalation, e.g. `<!here>` or `<@U0123>`.
+    pub escalation_mention: String,
+    /// How often timers are evaluated.
+    #[serde(with = "humantime_serde")]
+    pub tick: Duration,
+}
+
+impl Default for AlertPolicy {
+    fn default() -> Self {
+        Self {
+            group_wait: Duration::from_secs(30),
+            repeat_interval: Duration::from_secs(4 * 3600),
+            escalate_after: Duration::from_secs(30 * 60),
+            escalation_channel: None,
+            escalation_mention: "<!here>".to_owned(),
+            tick: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The health monitor (`GHOST_ALERTER__HEALTH__…`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Services to watch over `grpc.health.v1`: name → gRPC URL.
+    pub services: BTreeMap<String, String>,
+    /// Watch executor presence through the router's `ListTargets` (needs `router_url`).
+    pub watch_executors: bool,
+    /// Time between two rounds of checks.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Deadline of one check.
+    #[serde(with = "humantime_serde")]
+    pub check_timeout: Duration,
+    /// Consecutive failed checks before an alert is raised (hysteresis).
+    pub failures_before_alert: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            services: BTreeMap::new(),
+            watch_executors: true,
+            interval: Duration::from_secs(15),
+            check_timeout: Duration::from_secs(3),
+            failures_before_alert: 3,
         }
     }
 }

@@ -1,4 +1,6 @@
-//! The `AlerterService` adapter: wire → domain → [`Alerts`](crate::alerts) → wire.
+//! The `AlerterService` adapter: wire → domain → [`Patches`] / [`Lifecycle`] → wire.
+
+use std::sync::Arc;
 
 use ghost_core::{PatchId, TargetName};
 use ghost_proto::alerter::v1 as wire;
@@ -7,22 +9,31 @@ use ghost_proto::convert::status_from_wire;
 use ghost_runtime::propagation::current_traceparent;
 use tonic::{Request, Response, Status};
 
-use crate::alerts::{Alert, Alerts};
 use crate::error::AlerterError;
+use crate::lifecycle::{Lifecycle, RaiseAlert, Severity};
+use crate::messages::PatchOutcome;
+use crate::patches::Patches;
+use crate::store::Store;
 
 /// The gRPC face of the alerter.
 pub struct AlerterGrpc {
-    alerts: Alerts,
+    patches: Patches,
+    lifecycle: Arc<Lifecycle>,
+    store: Store,
 }
 
 impl AlerterGrpc {
-    /// An adapter over `alerts`.
-    pub fn new(alerts: Alerts) -> Self {
-        Self { alerts }
+    /// An adapter over the patch threads and the alert lifecycle.
+    pub fn new(patches: Patches, lifecycle: Arc<Lifecycle>, store: Store) -> Self {
+        Self {
+            patches,
+            lifecycle,
+            store,
+        }
     }
 }
 
-impl TryFrom<wire::NotifyRequest> for Alert {
+impl TryFrom<wire::NotifyRequest> for PatchOutcome {
     type Error = AlerterError;
 
     fn try_from(request: wire::NotifyRequest) -> Result<Self, Self::Error> {
@@ -45,6 +56,41 @@ impl TryFrom<wire::NotifyRequest> for Alert {
     }
 }
 
+/// Longest alert key accepted.
+const MAX_KEY_CHARS: usize = 200;
+
+/// Checks an alert key: 1–200 printable characters without spaces or backticks.
+pub fn validate_key(key: &str) -> Result<(), AlerterError> {
+    if key.is_empty() || key.chars().count() > MAX_KEY_CHARS {
+        return Err(AlerterError::invalid(
+            "key",
+            format!("must be 1 to {MAX_KEY_CHARS} characters"),
+        ));
+    }
+    if let Some(bad) = key
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || *c == '`' || *c == '*')
+    {
+        return Err(AlerterError::invalid(
+            "key",
+            format!("must not contain {bad:?}"),
+        ));
+    }
+    Ok(())
+}
+
+fn severity_from_wire(value: i32) -> Result<Severity, AlerterError> {
+    match wire::Severity::try_from(value) {
+        Ok(wire::Severity::Info) => Ok(Severity::Info),
+        Ok(wire::Severity::Warning | wire::Severity::Unspecified) => Ok(Severity::Warning),
+        Ok(wire::Severity::Critical) => Ok(Severity::Critical),
+        Err(_) => Err(AlerterError::invalid(
+            "severity",
+            format!("unknown severity {value}"),
+        )),
+    }
+}
+
 #[tonic::async_trait]
 impl AlerterService for AlerterGrpc {
     #[tracing::instrument(skip_all, fields(
@@ -55,16 +101,48 @@ impl AlerterService for AlerterGrpc {
         &self,
         request: Request<wire::NotifyRequest>,
     ) -> Result<Response<wire::NotifyResponse>, Status> {
-        let alert = Alert::try_from(request.into_inner())?;
-        let accepted = self.alerts.accept(alert, current_traceparent()).await?;
+        let outcome = PatchOutcome::try_from(request.into_inner())?;
+        let accepted = self.patches.accept(&outcome, current_traceparent()).await?;
         tracing::info!(accepted, "notify received");
         Ok(Response::new(wire::NotifyResponse { accepted }))
     }
 
+    #[tracing::instrument(skip_all, fields(
+        key = %request.get_ref().key,
+        resolved = request.get_ref().resolved,
+    ))]
     async fn alert(
         &self,
-        _request: Request<wire::AlertRequest>,
+        request: Request<wire::AlertRequest>,
     ) -> Result<Response<wire::AlertResponse>, Status> {
-        Err(Status::unimplemented("system alerts are not handled yet"))
+        let request = request.into_inner();
+        validate_key(&request.key)?;
+        let severity = severity_from_wire(request.severity)?;
+        let accepted = self
+            .store
+            .accept_alert_event(&request.key, request.resolved, request.at_unix_ms)
+            .await
+            .map_err(AlerterError::from)?;
+        if !accepted {
+            return Ok(Response::new(wire::AlertResponse { accepted }));
+        }
+        if request.resolved {
+            self.lifecycle.resolve(&request.key).await?;
+        } else {
+            let summary = if request.summary.is_empty() {
+                request.key.clone()
+            } else {
+                request.summary
+            };
+            let raise = RaiseAlert {
+                key: request.key,
+                severity,
+                summary,
+                labels: request.labels.into_iter().collect(),
+                source: request.source,
+            };
+            self.lifecycle.raise(raise, current_traceparent()).await?;
+        }
+        Ok(Response::new(wire::AlertResponse { accepted }))
     }
 }

@@ -1,28 +1,44 @@
-//! The alerter owns all Slack traffic: it turns each patch outcome it is told about into one
-//! Slack message and delivers it with retries.
+//! The alerter owns all Slack traffic and the health of the system.
 //!
-//! Called by the summarizer (`Notify`, once per (patch id, attempt), possibly repeated). Calls
-//! the Slack Web API (`chat.postMessage`), or only logs the message when Slack is not
-//! configured. The rest of the alerter's job in DESIGN.md (a durable delivery outbox, alert
-//! grouping, repeat and escalation, threads per patch, Slack commands and buttons, the health
-//! monitor) are later issues; this crate is their home.
+//! Called by the summarizer (`Notify`: one Slack thread per patch, idempotent by (patch id,
+//! attempt)), by the router (`Alert`: stale queues, lost executors, lost patches) and by Slack
+//! itself (`POST /slack/commands`, `POST /slack/interactions`, signed v0). Calls the Slack Web
+//! API (`chat.postMessage`, `chat.update`) or an incoming webhook through a durable SQLite
+//! outbox, the router's and summarizer's gRPC APIs for `/ghost` verbs, and every service's
+//! `grpc.health.v1` for the health monitor.
 //!
-//! - [`config`] — [`AlerterConfig`] and [`SlackConfig`].
-//! - [`app`] — [`App`], wiring the queue, the delivery loop and the servers.
+//! - [`config`] — [`AlerterConfig`] and its parts.
+//! - [`app`] — [`App`], wiring everything and serving.
 //! - [`grpc`] — the `AlerterService` adapter (wire ↔ domain).
-//! - [`alerts`] — deduplication, the in-memory queue and the delivery loop.
-//! - [`slack`] — the Slack message (Block Kit) and the Web API client with its retry rules.
-//! - [`error`] — [`AlerterError`] and its mapping to `tonic::Status`.
+//! - [`patches`] — patch outcomes → thread per patch.
+//! - [`lifecycle`] — system alerts: group, repeat, escalate, ack, silence, resolve.
+//! - [`health`] — the health monitor.
+//! - [`outbox`] — store-first Slack delivery: order per thread, pacing, backoff, dead letters.
+//! - [`slack`] — the Web API and webhook clients and how their answers are read.
+//! - [`messages`] — Block Kit bodies.
+//! - [`inbound`] — the signed Slack routes; [`signing`] — v0 verification.
+//! - [`commands`] — the `/ghost` verbs, operators and the audit log.
+//! - [`store`] — the SQLite database; [`clock`] — injectable time.
+//! - [`error`] — [`AlerterError`] and its mapping to `tonic::Status` and HTTP.
 
-pub mod alerts;
 pub mod app;
+pub mod clock;
+pub mod commands;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod health;
+pub mod inbound;
+pub mod lifecycle;
+pub mod messages;
+pub mod outbox;
+pub mod patches;
+pub mod signing;
 pub mod slack;
+pub mod store;
 
 pub use app::App;
-pub use config::{AlerterConfig, SlackConfig};
+pub use config::{AlertPolicy, AlerterConfig, HealthConfig, SlackConfig};
 pub use error::AlerterError;
 
 /// The service name: binary, `service.name`, env prefix `GHOST_ALERTER`.

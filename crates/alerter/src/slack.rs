@@ -1,24 +1,16 @@
-//! Slack: the Block Kit message for an [`Alert`] and a Web API client that posts it with the
-//! retry rules Slack asks for (honour `429 Retry-After`, back off on 5xx and network errors,
-//! never retry a permanent error such as `invalid_auth`).
+//! The Slack clients: the Web API (`chat.postMessage`, `chat.update` with a bot token) and an
+//! incoming webhook, each call read into a [`Verdict`] with Slack's retry rules (honour
+//! `429 Retry-After`, back off on 5xx and network errors, never retry a permanent error such as
+//! `invalid_auth`). Retrying itself is the outbox's job.
 
 use std::time::Duration;
 
-use ghost_core::Status;
 use ghost_runtime::config::Secret;
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue, RETRY_AFTER};
-use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
+use serde_json::Value;
 
-use crate::alerts::Alert;
 use crate::config::SlackConfig;
 
-/// Longest text Slack accepts in a section block.
-const SECTION_CHARS: usize = 3_000;
-/// Longest text Slack accepts in a header block.
-const HEADER_CHARS: usize = 150;
-/// Upper bound on one wait between tries, whatever Slack or the backoff says.
-const MAX_WAIT: Duration = Duration::from_secs(300);
 /// Per-request timeout.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -32,78 +24,26 @@ const TRANSIENT_ERRORS: &[&str] = &[
     "request_timeout",
 ];
 
-/// The header line: `✅ <id> succeeded` or `❌ <id> <status>`.
-pub fn headline(alert: &Alert) -> String {
-    let icon = if alert.status == Status::Succeeded {
-        "✅"
-    } else {
-        "❌"
-    };
-    format!("{icon} {} {}", alert.patch_id, alert.status)
-}
-
-/// The plain-text fallback shown in notifications.
-pub fn fallback_text(alert: &Alert) -> String {
-    format!(
-        "{} on {} (attempt {})",
-        headline(alert),
-        alert.target,
-        alert.attempt
-    )
-}
-
-/// The `chat.postMessage` body for `alert`.
-pub fn message(alert: &Alert, channel: &str) -> Value {
-    let mut blocks = vec![
-        json!({
-            "type": "header",
-            "text": {"type": "plain_text", "text": truncate(&headline(alert), HEADER_CHARS), "emoji": true},
-        }),
-        json!({
-            "type": "section",
-            "fields": [
-                {"type": "mrkdwn", "text": format!("*Target*\n{}", alert.target)},
-                {"type": "mrkdwn", "text": format!("*Attempt*\n{}", alert.attempt)},
-                {"type": "mrkdwn", "text": format!("*Status*\n{}", alert.status)},
-            ],
-        }),
-    ];
-    let body = if alert.excerpt.is_empty() {
-        &alert.error
-    } else {
-        &alert.excerpt
-    };
-    if !body.is_empty() {
-        blocks.push(json!({
-            "type": "section",
-            "text": {"type": "mrkdwn", "text": truncate(body, SECTION_CHARS)},
-        }));
-    }
-    if !alert.trace_id.is_empty() {
-        blocks.push(json!({
-            "type": "context",
-            "elements": [{"type": "mrkdwn", "text": format!("trace {}", alert.trace_id)}],
-        }));
-    }
-    json!({"channel": channel, "text": fallback_text(alert), "blocks": blocks})
-}
-
-fn truncate(text: &str, max_chars: usize) -> String {
-    if text.chars().count() <= max_chars {
-        return text.to_owned();
-    }
-    let mut cut: String = text.chars().take(max_chars - 1).collect();
-    cut.push('…');
-    cut
-}
+/// Web API errors that mean "this token will not work": the webhook may still.
+pub const TOKEN_ERRORS: &[&str] = &[
+    "not_authed",
+    "invalid_auth",
+    "token_revoked",
+    "token_expired",
+    "account_inactive",
+    "missing_scope",
+    "no_permission",
+];
 
 /// What one call to Slack means for the delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// Posted; `ts` identifies the message.
+    /// Done; for Web API posts, where the message now lives.
     Delivered {
-        /// The message timestamp.
+        /// The message timestamp (empty for webhooks).
         ts: String,
+        /// The channel id Slack answered with (empty for webhooks).
+        channel: String,
     },
     /// Worth another try, after `after` when Slack said so.
     Retry {
@@ -112,21 +52,25 @@ pub enum Verdict {
         /// Why, for the log.
         reason: String,
     },
-    /// Will never work as configured.
+    /// Will never work as sent.
     GiveUp {
-        /// Why, for the log.
+        /// Why, for the log (Slack's error code when it gave one).
         reason: String,
     },
 }
 
-/// Reads Slack's answer: HTTP status, `Retry-After` header and body.
-pub fn classify(status: u16, retry_after: Option<&str>, body: &[u8]) -> Verdict {
+fn retry_after(value: Option<&str>) -> Duration {
+    value
+        .and_then(|value| value.trim().parse::<u64>().ok())
+        .map_or(Duration::from_secs(1), Duration::from_secs)
+}
+
+/// Reads a Web API answer: HTTP status, `Retry-After` header and JSON body
+/// (`{"ok":false,"error":…}` arrives with HTTP 200).
+pub fn classify(status: u16, retry_after_header: Option<&str>, body: &[u8]) -> Verdict {
     if status == 429 {
-        let after = retry_after
-            .and_then(|value| value.trim().parse::<u64>().ok())
-            .map_or(Duration::from_secs(1), Duration::from_secs);
         return Verdict::Retry {
-            after: Some(after),
+            after: Some(retry_after(retry_after_header)),
             reason: "http 429".to_owned(),
         };
     }
@@ -147,13 +91,18 @@ pub fn classify(status: u16, retry_after: Option<&str>, body: &[u8]) -> Verdict 
             reason: "answer is not json".to_owned(),
         };
     };
-    if answer.get("ok").and_then(Value::as_bool) == Some(true) {
-        let ts = answer
-            .get("ts")
+    let text = |field: &str| {
+        answer
+            .get(field)
             .and_then(Value::as_str)
             .unwrap_or_default()
-            .to_owned();
-        return Verdict::Delivered { ts };
+            .to_owned()
+    };
+    if answer.get("ok").and_then(Value::as_bool) == Some(true) {
+        return Verdict::Delivered {
+            ts: text("ts"),
+            channel: text("channel"),
+        };
     }
     let error = answer
         .get("error")
@@ -170,178 +119,143 @@ pub fn classify(status: u16, retry_after: Option<&str>, body: &[u8]) -> Verdict 
     }
 }
 
-/// A Slack Web API client for one channel.
+/// Reads an incoming-webhook answer: `200 ok` as text, errors as text codes with 4xx.
+pub fn classify_webhook(status: u16, retry_after_header: Option<&str>, body: &[u8]) -> Verdict {
+    let text = String::from_utf8_lossy(body).trim().to_owned();
+    match status {
+        200 => Verdict::Delivered {
+            ts: String::new(),
+            channel: String::new(),
+        },
+        429 => Verdict::Retry {
+            after: Some(retry_after(retry_after_header)),
+            reason: "http 429".to_owned(),
+        },
+        500.. => Verdict::Retry {
+            after: None,
+            reason: format!("http {status} {text}"),
+        },
+        _ => Verdict::GiveUp {
+            reason: if text.is_empty() {
+                format!("http {status}")
+            } else {
+                text
+            },
+        },
+    }
+}
+
+/// Slack's Web API and/or incoming webhook.
 #[derive(Clone)]
 pub struct SlackClient {
     http: reqwest::Client,
-    post_url: String,
+    api_base_url: Option<String>,
     token: Secret,
-    channel: String,
-    max_attempts: u32,
-    initial_backoff: Duration,
+    webhook_url: Secret,
 }
 
 impl SlackClient {
-    /// A client for `config`, or `None` when Slack is off (`api_base_url` unset).
+    /// A client for `config`, or `None` when Slack is off (no API base URL and no webhook).
     pub fn new(config: &SlackConfig) -> Result<Option<Self>, reqwest::Error> {
-        let Some(base_url) = &config.api_base_url else {
+        if config.api_base_url.is_none() && config.webhook_url.is_empty() {
             return Ok(None);
-        };
+        }
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .build()?;
         Ok(Some(Self {
             http,
-            post_url: format!("{}/chat.postMessage", base_url.trim_end_matches('/')),
+            api_base_url: config
+                .api_base_url
+                .as_ref()
+                .map(|url| url.trim_end_matches('/').to_owned()),
             token: config.bot_token.clone(),
-            channel: config.channel.clone(),
-            max_attempts: config.max_attempts.max(1),
-            initial_backoff: config.initial_backoff,
+            webhook_url: config.webhook_url.clone(),
         }))
     }
 
-    /// Posts `alert`, retrying as [`classify`] says, up to `max_attempts` tries or `shutdown`.
-    pub async fn deliver(&self, alert: &Alert, shutdown: &CancellationToken) {
-        let body = message(alert, &self.channel);
-        let mut backoff = self.initial_backoff;
-        for attempt in 1..=self.max_attempts {
-            match self.post_once(&body).await {
-                Verdict::Delivered { ts } => {
-                    metrics::counter!("ghost_slack_deliveries_total", "result" => "ok")
-                        .increment(1);
-                    tracing::info!(ts, tries = attempt, "slack message posted");
-                    return;
-                }
-                Verdict::GiveUp { reason } => {
-                    metrics::counter!("ghost_slack_deliveries_total", "result" => "failed")
-                        .increment(1);
-                    tracing::error!(
-                        patch_id = %alert.patch_id,
-                        reason,
-                        "slack refused the message; not retrying"
-                    );
-                    return;
-                }
-                Verdict::Retry { after, reason } => {
-                    if attempt == self.max_attempts {
-                        metrics::counter!("ghost_slack_deliveries_total", "result" => "failed")
-                            .increment(1);
-                        tracing::error!(
-                            patch_id = %alert.patch_id,
-                            reason,
-                            tries = attempt,
-                            "giving up on the slack message"
-                        );
-                        return;
-                    }
-                    metrics::counter!("ghost_slack_deliveries_total", "result" => "retried")
-                        .increment(1);
-                    let wait = after.unwrap_or(backoff).min(MAX_WAIT);
-                    backoff = backoff.saturating_mul(2).min(MAX_WAIT);
-                    tracing::warn!(
-                        reason,
-                        ?wait,
-                        tries = attempt,
-                        "slack post failed; retrying"
-                    );
-                    tokio::select! {
-                        () = tokio::time::sleep(wait) => {}
-                        () = shutdown.cancelled() => {
-                            tracing::warn!(
-                                patch_id = %alert.patch_id,
-                                "shutting down before the slack message was delivered"
-                            );
-                            return;
-                        }
-                    }
-                }
-            }
-        }
+    /// True when the Web API can be used (a base URL and a bot token, or no webhook at all).
+    pub fn has_api(&self) -> bool {
+        self.api_base_url.is_some() && (!self.token.is_empty() || self.webhook_url.is_empty())
     }
 
-    async fn post_once(&self, body: &Value) -> Verdict {
+    /// True when an incoming webhook is configured.
+    pub fn has_webhook(&self) -> bool {
+        !self.webhook_url.is_empty()
+    }
+
+    /// Calls Web API `method` (e.g. `chat.postMessage`) with a JSON body.
+    pub async fn api(&self, method: &str, body: &Value) -> Verdict {
+        let Some(base_url) = &self.api_base_url else {
+            return Verdict::GiveUp {
+                reason: "no slack api base url".to_owned(),
+            };
+        };
         let mut headers = HeaderMap::new();
         ghost_runtime::propagation::inject_headers(&mut headers);
         if let Ok(value) = HeaderValue::from_str(&format!("Bearer {}", self.token.expose())) {
             headers.insert(AUTHORIZATION, value);
         }
-        let response = match self
+        let request = self
             .http
-            .post(&self.post_url)
+            .post(format!("{base_url}/{method}"))
             .headers(headers)
-            .json(body)
-            .send()
-            .await
-        {
-            Ok(response) => response,
-            Err(err) => {
-                return Verdict::Retry {
-                    after: None,
-                    reason: format!("request failed: {err}"),
-                };
-            }
-        };
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|value| value.to_str().ok())
-            .map(str::to_owned);
-        match response.bytes().await {
-            Ok(bytes) => classify(status, retry_after.as_deref(), &bytes),
-            Err(err) => Verdict::Retry {
-                after: None,
-                reason: format!("reading the answer failed: {err}"),
-            },
+            .json(body);
+        send(request, classify).await
+    }
+
+    /// Posts a body to the incoming webhook.
+    pub async fn webhook(&self, body: &Value) -> Verdict {
+        if self.webhook_url.is_empty() {
+            return Verdict::GiveUp {
+                reason: "no webhook url".to_owned(),
+            };
         }
+        let request = self.http.post(self.webhook_url.expose()).json(body);
+        send(request, classify_webhook).await
+    }
+}
+
+async fn send(
+    request: reqwest::RequestBuilder,
+    read: fn(u16, Option<&str>, &[u8]) -> Verdict,
+) -> Verdict {
+    let response = match request.send().await {
+        Ok(response) => response,
+        Err(err) => {
+            return Verdict::Retry {
+                after: None,
+                reason: format!("request failed: {err}"),
+            };
+        }
+    };
+    let status = response.status().as_u16();
+    let retry_after_header = response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    match response.bytes().await {
+        Ok(bytes) => read(status, retry_after_header.as_deref(), &bytes),
+        Err(err) => Verdict::Retry {
+            after: None,
+            reason: format!("reading the answer failed: {err}"),
+        },
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use ghost_core::{PatchId, TargetName};
-
     use super::*;
-
-    fn alert(status: Status) -> Alert {
-        Alert {
-            patch_id: PatchId::parse("fix-login").unwrap(),
-            target: TargetName::parse("MAIN").unwrap(),
-            attempt: 2,
-            status,
-            description: "d".to_owned(),
-            excerpt: "x".repeat(5000),
-            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".to_owned(),
-            error: String::new(),
-        }
-    }
-
-    #[test]
-    fn messages_carry_status_fields_excerpt_and_trace() {
-        let body = message(&alert(Status::Succeeded), "#ghost");
-        assert_eq!(body["channel"], "#ghost");
-        assert_eq!(body["blocks"][0]["text"]["text"], "✅ fix-login succeeded");
-        assert_eq!(body["blocks"][1]["fields"][0]["text"], "*Target*\nMAIN");
-        assert_eq!(body["blocks"][1]["fields"][1]["text"], "*Attempt*\n2");
-        let excerpt = body["blocks"][2]["text"]["text"].as_str().unwrap();
-        assert_eq!(excerpt.chars().count(), SECTION_CHARS);
-        assert_eq!(
-            body["blocks"][3]["elements"][0]["text"],
-            "trace 4bf92f3577b34da6a3ce929d0e0e4736"
-        );
-        let failed = message(&alert(Status::RolledBack), "#ghost");
-        assert_eq!(
-            failed["blocks"][0]["text"]["text"],
-            "❌ fix-login rolled_back"
-        );
-        assert!(failed["text"].as_str().unwrap().contains("fix-login"));
-    }
 
     #[test]
     fn slack_answers_are_classified() {
         assert_eq!(
-            classify(200, None, br#"{"ok":true,"ts":"1.2"}"#),
-            Verdict::Delivered { ts: "1.2".into() }
+            classify(200, None, br#"{"ok":true,"channel":"C1","ts":"1.2"}"#),
+            Verdict::Delivered {
+                ts: "1.2".into(),
+                channel: "C1".into()
+            }
         );
         assert_eq!(
             classify(429, Some("7"), b""),
@@ -373,5 +287,30 @@ mod tests {
             );
         }
         assert!(matches!(classify(404, None, b""), Verdict::GiveUp { .. }));
+    }
+
+    #[test]
+    fn webhook_answers_are_classified() {
+        assert!(matches!(
+            classify_webhook(200, None, b"ok"),
+            Verdict::Delivered { .. }
+        ));
+        assert_eq!(
+            classify_webhook(400, None, b"invalid_payload"),
+            Verdict::GiveUp {
+                reason: "invalid_payload".into()
+            }
+        );
+        assert_eq!(
+            classify_webhook(429, Some("3"), b""),
+            Verdict::Retry {
+                after: Some(Duration::from_secs(3)),
+                reason: "http 429".into()
+            }
+        );
+        assert!(matches!(
+            classify_webhook(500, None, b"rollup_error"),
+            Verdict::Retry { .. }
+        ));
     }
 }

@@ -10,10 +10,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::SERVICE;
-use crate::apply::{Limits, Workspace};
+use crate::apply::Context;
 use crate::config::ExecutorConfig;
 use crate::connection::{self, Worker};
 use crate::error::ExecutorError;
+use crate::journal;
+use crate::ledger::{Ledger, Outbox, OwedResult};
+use crate::workspace::{Limits, Workspace};
 
 /// A built executor, listening but not yet connected to the router.
 pub struct App {
@@ -46,6 +49,11 @@ fn workspaces(config: &ExecutorConfig) -> Result<HashMap<String, Workspace>, Exe
                 target: target.to_string(),
                 root,
                 state_dir: state_dir.clone(),
+                policy: config
+                    .targets
+                    .get(target.as_str())
+                    .cloned()
+                    .unwrap_or_default(),
             },
         );
     }
@@ -58,6 +66,54 @@ fn workspaces(config: &ExecutorConfig) -> Result<HashMap<String, Workspace>, Exe
     Ok(found)
 }
 
+/// Rolls back what a crash left half-applied and owes the router an `interrupted` result.
+fn recover(
+    state_dir: &std::path::Path,
+    workspaces: &HashMap<String, Workspace>,
+    outbox: &Outbox,
+) -> anyhow::Result<()> {
+    let ledger = Ledger::new(state_dir);
+    for workspace in workspaces.values() {
+        let target = workspace.target.as_str();
+        let applied = |header: &journal::Header| {
+            ledger
+                .get(target, &header.patch_id, &header.content_hash)
+                .is_some()
+        };
+        let Some(found) = journal::recover(&workspace.state_dir, target, applied)? else {
+            continue;
+        };
+        if applied(&found.header) {
+            tracing::info!(patch_id = %found.header.patch_id, "journal of an applied patch removed");
+            continue;
+        }
+        let restored = found.restored;
+        tracing::warn!(
+            patch_id = %found.header.patch_id,
+            restored = restored.restored,
+            removed = restored.removed,
+            errors = restored.errors.len(),
+            "rolled back a patch interrupted by a crash"
+        );
+        let reason =
+            "the executor stopped while applying; the workspace was rolled back on restart";
+        let mut report = ghost_core::ApplyReport::ended(ghost_core::Status::Interrupted, reason);
+        report.rollback = Some(ghost_core::Rollback {
+            restored: restored.restored,
+            removed: restored.removed,
+            reason: reason.to_owned(),
+            error: restored.errors.join("; "),
+        });
+        outbox.push(&OwedResult {
+            patch_id: found.header.patch_id.clone(),
+            attempt: found.header.attempt,
+            fencing_token: found.header.fencing_token,
+            report,
+        })?;
+    }
+    Ok(())
+}
+
 impl App {
     /// Checks the workspaces and binds the listeners.
     pub async fn build(config: ExecutorConfig) -> anyhow::Result<Self> {
@@ -68,12 +124,26 @@ impl App {
             max_file_bytes: config.max_file_bytes,
             max_patch_bytes: config.max_patch_bytes,
         };
+        let outbox = Outbox::new(&config.state_dir);
+        recover(&config.state_dir, &workspaces, &outbox)?;
+        let contexts = workspaces
+            .into_iter()
+            .map(|(target, workspace)| {
+                let ctx = Context {
+                    workspace,
+                    limits,
+                    default_timeout: config.default_timeout,
+                    write_delay: config.test_write_delay,
+                };
+                (target, ctx)
+            })
+            .collect();
         let config = Arc::new(config);
         Ok(Self {
             worker: Worker {
                 config: Arc::clone(&config),
-                workspaces: Arc::new(workspaces),
-                limits,
+                contexts: Arc::new(contexts),
+                outbox,
             },
             config,
             listeners,

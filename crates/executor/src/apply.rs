@@ -1,518 +1,406 @@
-//! Applying a patch to one workspace, confined to its root.
+//! One attempt at a patch, all or nothing: ledger → plan → journal → write → commands →
+//! validate → commit, with a byte-for-byte rollback on failure, deadline or cancel.
 //!
-//! Every path is checked before the first write: relative (ghost-core already refused `..`
-//! and absolute paths), resolved component by component against the real root so a symlink
-//! cannot lead outside, never into `.git/` or the executor's state dir, never onto a device or
-//! directory. Files are replaced through a temp file + fsync + rename. If a write fails half
-//! way, the files already written are restored from the originals kept in memory.
-//!
-//! This executor applies `write` edits; other edit kinds, commands and agent hand-off are
-//! refused with a `rejected` outcome naming what is unsupported rather than ignored.
+//! Order of durability: the journal of originals is sealed (fsync'd) before the first
+//! workspace write; the ledger entry is written before the journal is closed, so a crash at
+//! any point either rolls back on restart or finds the patch recorded as applied.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
-use ghost_core::{ApplyReport, Edit, EditReport, Patch, RelPath, Status};
+use ghost_core::fileops;
+use ghost_core::{ApplyReport, CommandKind, OnFailure, Patch, Rollback, StageTiming, Status};
+use tokio_util::sync::CancellationToken;
 
-/// Size limits of one patch.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Largest file a `write` may produce.
-    pub max_file_bytes: u64,
-    /// Largest total of written bytes in one patch.
-    pub max_patch_bytes: u64,
-}
+use crate::agent::{self, Outcome};
+use crate::commands::{self, Argv, Stopped};
+use crate::git;
+use crate::journal::{self, Header, Journal, Restored};
+use crate::ledger::Ledger;
+use crate::plan::{self, Final, Plan, PlanError};
+use crate::workspace::{Limits, Workspace};
 
-/// A workspace this executor serves, with its root already canonicalised.
+/// What an attempt needs besides the patch.
 #[derive(Debug, Clone)]
-pub struct Workspace {
-    /// The target name patches use.
-    pub target: String,
-    /// The real (symlink-free) root.
-    pub root: PathBuf,
-    /// The executor's own state dir, off limits when it lies inside the root.
-    pub state_dir: PathBuf,
+pub struct Context {
+    /// The workspace.
+    pub workspace: Workspace,
+    /// Size limits.
+    pub limits: Limits,
+    /// Deadline of a patch without `timeout_s`.
+    pub default_timeout: Duration,
+    /// For crash tests only: pause after each file written.
+    pub write_delay: Duration,
 }
 
-/// Why a patch could not be applied.
-#[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
-    /// Refused before any write: confinement, limits, unsupported content.
-    #[error("{0}")]
-    Refused(String),
-    /// The file system failed while writing.
-    #[error("cannot write {path}: {source}")]
-    Io {
-        /// The workspace-relative path.
-        path: String,
-        /// What failed.
-        #[source]
-        source: std::io::Error,
-    },
+/// The router's lease on this attempt.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Lease {
+    /// Attempt number.
+    pub attempt: u32,
+    /// Fencing token.
+    pub fencing_token: u64,
 }
 
-/// A file's state before the patch touched it.
-struct Original {
-    path: PathBuf,
-    before: Option<(Vec<u8>, fs::Permissions)>,
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn refused(message: impl Into<String>) -> ApplyError {
-    ApplyError::Refused(message.into())
+/// Builds the report as stages complete.
+struct Attempt<'a> {
+    ctx: &'a Context,
+    patch: &'a Patch,
+    started: Instant,
+    deadline: Instant,
+    cancel: &'a CancellationToken,
+    report: ApplyReport,
 }
 
-/// Resolves `rel` inside `workspace`, following symlinks one component at a time.
-pub fn confine(workspace: &Workspace, rel: &RelPath) -> Result<PathBuf, ApplyError> {
-    let parts: Vec<&str> = rel.as_str().split('/').collect();
-    let mut current = workspace.root.clone();
-    for (index, part) in parts.iter().enumerate() {
-        current.push(part);
-        let last = index + 1 == parts.len();
-        match fs::symlink_metadata(&current) {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                let resolved = fs::canonicalize(&current)
-                    .map_err(|_| refused(format!("path {rel} goes through a dangling symlink")))?;
-                if !resolved.starts_with(&workspace.root) {
-                    return Err(refused(format!(
-                        "path {rel} escapes the workspace through a symlink"
-                    )));
-                }
-                let resolved_meta = fs::metadata(&resolved).map_err(|source| ApplyError::Io {
-                    path: rel.to_string(),
-                    source,
-                })?;
-                if !last && !resolved_meta.is_dir() {
-                    return Err(refused(format!("path {rel}: {part} is not a directory")));
-                }
-                if last && !resolved_meta.is_file() {
-                    return Err(refused(format!("path {rel} is not a regular file")));
-                }
-                current = resolved;
-            }
-            Ok(meta) => {
-                if !last && !meta.is_dir() {
-                    return Err(refused(format!("path {rel}: {part} is not a directory")));
-                }
-                if last && !meta.is_file() {
-                    return Err(refused(format!(
-                        "path {rel} is not a regular file (directory, device or socket)"
-                    )));
-                }
-            }
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                for rest in &parts[index + 1..] {
-                    current.push(rest);
-                }
-                break;
-            }
-            Err(source) => {
-                return Err(ApplyError::Io {
-                    path: rel.to_string(),
-                    source,
-                });
-            }
-        }
-    }
-    let inside = current
-        .strip_prefix(&workspace.root)
-        .map_err(|_| refused(format!("path {rel} escapes the workspace")))?;
-    if inside.components().any(|c| c.as_os_str() == ".git") {
-        return Err(refused(format!("path {rel} resolves into .git/")));
-    }
-    if current.starts_with(&workspace.state_dir) {
-        return Err(refused(format!(
-            "path {rel} resolves into the executor's state directory"
-        )));
-    }
-    Ok(current)
-}
-
-fn line_count(text: &[u8]) -> u32 {
-    let newlines = text.iter().filter(|b| **b == b'\n').count();
-    let trailing = usize::from(!text.is_empty() && !text.ends_with(b"\n"));
-    u32::try_from(newlines + trailing).unwrap_or(u32::MAX)
-}
-
-/// Checks what this executor can do before touching anything.
-fn check_supported(patch: &Patch, limits: &Limits) -> Result<(), ApplyError> {
-    if patch.agent.is_some() {
-        return Err(refused(
-            "agent hand-off is not enabled on this executor; the patch was not applied",
-        ));
-    }
-    if patch.patch.is_some() {
-        return Err(refused(
-            "whole-document `patch` is not supported by this executor version; send `edits`",
-        ));
-    }
-    if let Some(command) = patch.commands.first() {
-        return Err(refused(format!(
-            "commands are denied by this target's policy (first: {command:?})"
-        )));
-    }
-    if let Some(check) = patch.validate.first() {
-        return Err(refused(format!(
-            "validation commands are denied by this target's policy (first: {:?})",
-            check.run
-        )));
-    }
-    if patch.base.is_some() || patch.commit.is_some() {
-        return Err(refused(
-            "git `base` and `commit` are not supported by this executor version",
-        ));
-    }
-    let mut total: u64 = 0;
-    for (index, edit) in patch.edits.iter().enumerate() {
-        let Edit::Write { path, contents } = edit else {
-            return Err(refused(format!(
-                "edit {index} ({} on {}): only `write` edits are supported by this executor version",
-                edit.op(),
-                edit.path()
-            )));
-        };
-        let size = contents.len() as u64;
-        if size > limits.max_file_bytes {
-            return Err(refused(format!(
-                "edit {index} writes {size} bytes to {path}, over the {} byte file limit",
-                limits.max_file_bytes
-            )));
-        }
-        total += size;
-    }
-    if total > limits.max_patch_bytes {
-        return Err(refused(format!(
-            "patch writes {total} bytes, over the {} byte patch limit",
-            limits.max_patch_bytes
-        )));
-    }
-    Ok(())
-}
-
-fn write_atomically(
-    path: &Path,
-    contents: &[u8],
-    mode: Option<fs::Permissions>,
-) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp = dir.join(format!(".{name}.ghost-tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut file = fs::File::create(&temp)?;
-        file.write_all(contents)?;
-        if let Some(mode) = mode {
-            file.set_permissions(mode)?;
-        }
-        file.sync_all()?;
-        fs::rename(&temp, path)?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    result
-}
-
-fn restore(originals: Vec<Original>, created_dirs: Vec<PathBuf>) {
-    for original in originals.into_iter().rev() {
-        let outcome = match original.before {
-            Some((bytes, mode)) => write_atomically(&original.path, &bytes, Some(mode)),
-            None => fs::remove_file(&original.path).or_else(|err| {
-                if err.kind() == std::io::ErrorKind::NotFound {
-                    Ok(())
-                } else {
-                    Err(err)
-                }
-            }),
-        };
-        if let Err(err) = outcome {
-            tracing::error!(path = %original.path.display(), error = %err, "cannot restore file");
-        }
-    }
-    for dir in created_dirs.into_iter().rev() {
-        let _ = fs::remove_dir(&dir);
-    }
-}
-
-/// Directories `create_dir_all(dir)` would create, outermost first.
-fn missing_dirs(dir: &Path) -> Vec<PathBuf> {
-    let mut missing = Vec::new();
-    let mut current = Some(dir);
-    while let Some(path) = current {
-        if path.exists() {
-            break;
-        }
-        missing.push(path.to_owned());
-        current = path.parent();
-    }
-    missing.reverse();
-    missing
-}
-
-fn write_all(
-    workspace: &Workspace,
-    patch: &Patch,
-    reports: &mut Vec<EditReport>,
-) -> Result<(), ApplyError> {
-    // Resolve every path first: nothing is written unless all of them are acceptable.
-    let mut planned = Vec::new();
-    for edit in &patch.edits {
-        if let Edit::Write { path, contents } = edit {
-            planned.push((path, confine(workspace, path)?, contents));
-        }
-    }
-    let mut originals: Vec<Original> = Vec::new();
-    let mut created_dirs: Vec<PathBuf> = Vec::new();
-    for (rel, real, contents) in planned {
-        let io = |source| ApplyError::Io {
-            path: rel.to_string(),
-            source,
-        };
-        let before = match fs::read(&real) {
-            Ok(bytes) => {
-                let mode = fs::metadata(&real).map_err(io)?.permissions();
-                Some((bytes, mode))
-            }
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
-            Err(err) => {
-                restore(originals, created_dirs);
-                return Err(io(err));
-            }
-        };
-        let removed = before.as_ref().map_or(0, |(bytes, _)| line_count(bytes));
-        let mode = before.as_ref().map(|(_, mode)| mode.clone());
-        if let Some(parent) = real.parent() {
-            let missing = missing_dirs(parent);
-            if let Err(err) = fs::create_dir_all(parent) {
-                restore(originals, created_dirs);
-                return Err(io(err));
-            }
-            created_dirs.extend(missing);
-        }
-        originals.push(Original {
-            path: real.clone(),
-            before,
+impl Attempt<'_> {
+    fn stage<T>(&mut self, name: &str, work: impl FnOnce(&mut Self) -> T) -> T {
+        let begun = Instant::now();
+        let out = work(self);
+        self.report.stages.push(StageTiming {
+            stage: name.to_owned(),
+            duration_ms: millis(begun.elapsed()),
         });
-        if let Err(err) = write_atomically(&real, contents.as_bytes(), mode) {
-            restore(originals, created_dirs);
-            return Err(io(err));
-        }
-        reports.push(EditReport {
-            op: "write".to_owned(),
-            path: rel.to_string(),
-            match_step: String::new(),
-            added: line_count(contents.as_bytes()),
-            removed,
-            from: String::new(),
-        });
+        out
     }
-    Ok(())
-}
 
-/// Applies `patch` to `workspace` and reports the outcome; never panics on bad input.
-pub fn apply(workspace: &Workspace, patch: &Patch, limits: &Limits) -> ApplyReport {
-    let started = Instant::now();
-    let mut edits = Vec::new();
-    let outcome =
-        check_supported(patch, limits).and_then(|()| write_all(workspace, patch, &mut edits));
-    let (status, error) = match outcome {
-        Ok(()) => (Status::Succeeded, String::new()),
-        Err(err @ ApplyError::Refused(_)) => {
-            edits.clear();
-            (Status::Rejected, err.to_string())
+    fn end(mut self, status: Status, error: impl Into<String>) -> ApplyReport {
+        self.report.status = status;
+        self.report.error = error.into();
+        self.report.duration_ms = millis(self.started.elapsed());
+        self.report
+    }
+
+    /// Why the attempt must stop now, if it must.
+    fn interrupted(&self) -> Option<(Status, String)> {
+        if self.cancel.is_cancelled() {
+            return Some((Status::Cancelled, "cancelled while applying".to_owned()));
         }
-        Err(err @ ApplyError::Io { .. }) => {
-            edits.clear();
-            (Status::RolledBack, err.to_string())
+        if Instant::now() >= self.deadline {
+            return Some((
+                Status::TimedOut,
+                "the patch ran past its deadline".to_owned(),
+            ));
         }
-    };
-    ApplyReport {
-        edits,
-        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        ..ApplyReport::ended(status, error)
+        None
+    }
+
+    /// Runs `commands` then `validate`; returns the status and reason of the first failure.
+    fn run_commands(
+        &mut self,
+        admitted: &[(String, Argv, CommandKind, Option<u32>)],
+    ) -> Option<(Status, String)> {
+        for (line, argv, kind, timeout_s) in admitted {
+            let own = timeout_s.map_or(self.ctx.workspace.policy.command_timeout, |s| {
+                Duration::from_secs(u64::from(s))
+            });
+            let deadline = (Instant::now() + own).min(self.deadline);
+            let (report, stopped) = commands::run(
+                &self.ctx.workspace,
+                line,
+                argv,
+                *kind,
+                deadline,
+                self.cancel,
+            );
+            let exit = report.exit_code;
+            self.report.commands.push(report);
+            match stopped {
+                Some(Stopped::Cancelled) => {
+                    return Some((
+                        Status::Cancelled,
+                        format!("cancelled while running {line:?}"),
+                    ));
+                }
+                Some(Stopped::Deadline) => {
+                    return Some((
+                        Status::TimedOut,
+                        format!("{} {line:?} ran past its deadline", kind.as_str()),
+                    ));
+                }
+                None if exit != Some(0) => {
+                    return Some((
+                        Status::Failed,
+                        format!("{} {line:?} failed with exit code {exit:?}", kind.as_str()),
+                    ));
+                }
+                None => {}
+            }
+        }
+        None
     }
 }
 
-/// Mode bits of a file, for tests and reports.
-pub fn mode_of(path: &Path) -> Option<u32> {
-    fs::metadata(path)
-        .ok()
-        .map(|m| m.permissions().mode() & 0o7777)
+fn rollback_record(restored: &Restored, reason: &str) -> Rollback {
+    Rollback {
+        restored: restored.restored,
+        removed: restored.removed,
+        reason: reason.to_owned(),
+        error: restored.errors.join("; "),
+    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn workspace() -> (tempfile::TempDir, Workspace) {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("ws");
-        fs::create_dir_all(&root).unwrap();
-        let root = fs::canonicalize(root).unwrap();
-        let state_dir = root.join(".ghost-executor");
-        (
-            dir,
-            Workspace {
-                target: "MAIN".into(),
-                root,
-                state_dir,
+/// Writes the plan's final states: directories first, then files; `delay` is a test knob.
+fn write_plan(plan: &Plan, delay: Duration) -> Result<(), String> {
+    for dir in &plan.dirs {
+        fs::create_dir(dir).map_err(|err| format!("cannot create {}: {err}", dir.display()))?;
+    }
+    for (path, state) in &plan.files {
+        match state {
+            Final::File { bytes, mode } => journal::write_atomically(path, bytes, *mode)
+                .map_err(|err| format!("cannot write {}: {err}", path.display()))?,
+            Final::Absent => match fs::remove_file(path) {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => return Err(format!("cannot remove {}: {err}", path.display())),
             },
-        )
+        }
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
     }
+    Ok(())
+}
 
-    const LIMITS: Limits = Limits {
-        max_file_bytes: 1024,
-        max_patch_bytes: 2048,
+fn open_journal(
+    ctx: &Context,
+    patch: &Patch,
+    lease: Lease,
+    plan: &Plan,
+) -> std::io::Result<Journal> {
+    let header = Header {
+        patch_id: patch.id.to_string(),
+        content_hash: patch.content_hash(),
+        attempt: lease.attempt,
+        fencing_token: lease.fencing_token,
+    };
+    let mut journal = Journal::begin(&ctx.workspace.state_dir, &ctx.workspace.target, &header)?;
+    for dir in &plan.dirs {
+        journal.record_dir(dir);
+    }
+    for (path, state) in &plan.files {
+        if matches!(state, Final::File { .. }) {
+            journal.record_file(&journal::temp_path(path))?;
+        }
+        journal.record_file(path)?;
+    }
+    journal.seal()?;
+    Ok(journal)
+}
+
+/// Applies `patch` once. Never panics on bad input; every outcome is a report.
+pub fn apply(
+    ctx: &Context,
+    patch: &Patch,
+    lease: Lease,
+    dry_run: bool,
+    cancel: &CancellationToken,
+) -> ApplyReport {
+    let started = Instant::now();
+    let timeout = patch
+        .timeout_s
+        .map_or(ctx.default_timeout, |s| Duration::from_secs(u64::from(s)));
+    let ledger = Ledger::new(&ctx.workspace.state_dir);
+    let hash = patch.content_hash();
+    let target = ctx.workspace.target.as_str();
+    if let Some(recorded) = ledger.get(target, patch.id.as_str(), &hash) {
+        tracing::info!(patch_id = %patch.id, "patch already applied; returning the recorded result");
+        return recorded;
+    }
+    let mut attempt = Attempt {
+        ctx,
+        patch,
+        started,
+        deadline: started + timeout,
+        cancel,
+        report: ApplyReport {
+            dry_run,
+            ..ApplyReport::ended(Status::Succeeded, "")
+        },
     };
 
-    fn patch(edits: &str) -> Patch {
-        ghost_core::parse_json(
-            format!(r#"{{"id":"p","target":"MAIN","edits":{edits}}}"#).as_bytes(),
-        )
-        .unwrap()
+    // Everything below until the journal is sealed only reads.
+    let mut admitted = Vec::new();
+    let checks = patch
+        .commands
+        .iter()
+        .map(|c| (c, CommandKind::Command, None));
+    let checks = checks.chain(
+        patch
+            .validate
+            .iter()
+            .map(|c| (&c.run, CommandKind::Validate, c.timeout_s)),
+    );
+    for (line, kind, timeout_s) in checks {
+        match commands::admit(&ctx.workspace.policy, target, line) {
+            Ok(argv) => admitted.push((line.clone(), argv, kind, timeout_s)),
+            Err(reason) => return attempt.end(Status::Rejected, reason),
+        }
+    }
+    if let Some(base) = &patch.base
+        && let Err(reason) = git::check_head(&ctx.workspace.root, &base.git_head)
+    {
+        return attempt.end(Status::Rejected, reason);
+    }
+    if let Some(task) = &patch.agent {
+        return hand_off(attempt, &task.task, &admitted, dry_run);
+    }
+    let ops = match fileops::plan(patch) {
+        Ok(ops) => ops,
+        Err(err) => return attempt.end(Status::Rejected, err.to_string()),
+    };
+    let planned = attempt.stage("edits", |_| plan::build(&ctx.workspace, &ops, ctx.limits));
+    let plan = match planned {
+        Ok(plan) => plan,
+        Err(PlanError::Refused(reason)) => return attempt.end(Status::Rejected, reason),
+        Err(PlanError::Mismatch(reason)) => return attempt.end(Status::Failed, reason),
+    };
+    attempt.report.edits = plan.reports.clone();
+    if dry_run {
+        return attempt.end(Status::Succeeded, "");
     }
 
-    #[test]
-    fn writes_files_and_counts_lines() {
-        let (_dir, ws) = workspace();
-        fs::write(ws.root.join("old.txt"), "a\nb\n").unwrap();
-        let report = apply(
-            &ws,
-            &patch(
-                r#"[{"op":"write","path":"src/new.txt","contents":"x\ny"},{"op":"write","path":"old.txt","contents":"c\n"}]"#,
+    let journal = match attempt.stage("journal", |_| open_journal(ctx, patch, lease, &plan)) {
+        Ok(journal) => journal,
+        Err(err) => {
+            // Nothing was written; a half-made journal is removed by the next recovery.
+            return attempt.end(Status::Failed, format!("cannot write the journal: {err}"));
+        }
+    };
+    let written = attempt.stage("edits", |_| write_plan(&plan, ctx.write_delay));
+    let failure = match written {
+        Err(reason) => Some((Status::RolledBack, reason)),
+        Ok(()) => attempt
+            .interrupted()
+            .or_else(|| attempt.stage("commands", |a| a.run_commands(&admitted))),
+    };
+    let failure = failure.or_else(|| {
+        let spec = patch.commit.as_ref()?;
+        let touched: Vec<PathBuf> = plan.files.keys().cloned().collect();
+        match attempt.stage("commit", |_| {
+            git::commit(
+                &ctx.workspace.root,
+                &touched,
+                &spec.message,
+                patch.id.as_str(),
+            )
+        }) {
+            Ok(sha) => {
+                attempt.report.commit_sha = sha;
+                None
+            }
+            Err(reason) => Some((Status::RolledBack, reason)),
+        }
+    });
+    let Some((status, reason)) = failure else {
+        return finish(
+            attempt,
+            journal,
+            &ledger,
+            &hash,
+            Status::Succeeded,
+            String::new(),
+        );
+    };
+    let keep = status == Status::Failed && patch.on_failure == OnFailure::Keep;
+    if keep {
+        return finish(attempt, journal, &ledger, &hash, Status::Failed, reason);
+    }
+    let restored = attempt.stage("rollback", |_| journal.rollback());
+    attempt.report.rollback = Some(rollback_record(&restored, &reason));
+    let status = if status == Status::Failed {
+        Status::RolledBack
+    } else {
+        status
+    };
+    if restored.errors.is_empty()
+        && let Err(err) = journal.close()
+    {
+        tracing::warn!(error = %err, "cannot remove the journal after rollback");
+    }
+    attempt.end(status, reason)
+}
+
+/// Records a kept effect in the ledger, then closes the journal.
+fn finish(
+    attempt: Attempt<'_>,
+    journal: Journal,
+    ledger: &Ledger,
+    hash: &str,
+    status: Status,
+    error: String,
+) -> ApplyReport {
+    let target = attempt.ctx.workspace.target.clone();
+    let patch_id = attempt.patch.id.to_string();
+    let report = attempt.end(status, error);
+    if let Err(err) = ledger.record(&target, &patch_id, hash, &report) {
+        // Without the ledger entry a re-delivery would apply again; keep the journal so a
+        // restart rolls back rather than leaving an unrecorded effect.
+        tracing::error!(patch_id = %patch_id, error = %err, "cannot record the patch in the ledger");
+        let restored = journal.rollback();
+        let mut failed = report;
+        failed.status = Status::RolledBack;
+        failed.error = format!("cannot record the patch in the ledger: {err}");
+        failed.rollback = Some(rollback_record(&restored, &failed.error));
+        return failed;
+    }
+    if let Err(err) = journal.close() {
+        tracing::warn!(patch_id = %patch_id, error = %err, "cannot remove the journal");
+    }
+    report
+}
+
+/// Hands the patch to the target's agent, then validates.
+fn hand_off(
+    mut attempt: Attempt<'_>,
+    task: &str,
+    admitted: &[(String, Argv, CommandKind, Option<u32>)],
+    dry_run: bool,
+) -> ApplyReport {
+    let ctx = attempt.ctx;
+    let Some(agent) = ctx.workspace.policy.agent.clone() else {
+        return attempt.end(
+            Status::Rejected,
+            format!(
+                "target {} has no agent configured; the task was not handed off",
+                ctx.workspace.target
             ),
-            &LIMITS,
         );
-        assert_eq!(report.status, Status::Succeeded, "{}", report.error);
-        assert_eq!(
-            fs::read_to_string(ws.root.join("src/new.txt")).unwrap(),
-            "x\ny"
-        );
-        assert_eq!(fs::read_to_string(ws.root.join("old.txt")).unwrap(), "c\n");
-        assert_eq!((report.edits[0].added, report.edits[0].removed), (2, 0));
-        assert_eq!((report.edits[1].added, report.edits[1].removed), (1, 2));
+    };
+    if dry_run {
+        return attempt.end(Status::Succeeded, "");
     }
-
-    #[test]
-    fn keeps_the_mode_of_an_overwritten_file() {
-        let (_dir, ws) = workspace();
-        let script = ws.root.join("run.sh");
-        fs::write(&script, "old").unwrap();
-        fs::set_permissions(&script, fs::Permissions::from_mode(0o750)).unwrap();
-        let report = apply(
-            &ws,
-            &patch(r#"[{"op":"write","path":"run.sh","contents":"new"}]"#),
-            &LIMITS,
-        );
-        assert_eq!(report.status, Status::Succeeded, "{}", report.error);
-        assert_eq!(mode_of(&script), Some(0o750));
+    if attempt.patch.timeout_s.is_none() {
+        attempt.deadline = attempt.started + agent.timeout;
     }
-
-    #[test]
-    fn symlinks_out_of_the_root_are_refused_and_nothing_is_written() {
-        let (dir, ws) = workspace();
-        let outside = dir.path().join("outside");
-        fs::create_dir_all(&outside).unwrap();
-        std::os::unix::fs::symlink(&outside, ws.root.join("link")).unwrap();
-        let report = apply(
-            &ws,
-            &patch(
-                r#"[{"op":"write","path":"first.txt","contents":"1"},{"op":"write","path":"link/evil.txt","contents":"x"}]"#,
-            ),
-            &LIMITS,
-        );
-        assert_eq!(report.status, Status::Rejected);
-        assert!(
-            report
-                .error
-                .contains("escapes the workspace through a symlink"),
-            "{}",
-            report.error
-        );
-        assert!(!outside.join("evil.txt").exists());
-        assert!(
-            !ws.root.join("first.txt").exists(),
-            "nothing may be written when any path is refused"
-        );
+    let (deadline, cancel, patch) = (attempt.deadline, attempt.cancel, attempt.patch);
+    let waited = attempt.stage("agent", |_| {
+        agent::hand_off(&ctx.workspace, &agent, patch, task, deadline, cancel)
+    });
+    let (outcome, command) = match waited {
+        Ok(done) => done,
+        Err(reason) => return attempt.end(Status::Failed, reason),
+    };
+    attempt.report.commands.extend(command);
+    match outcome {
+        Outcome::Done => {}
+        Outcome::Failed(reason) => return attempt.end(Status::Failed, reason),
+        Outcome::TimedOut => {
+            return attempt.end(
+                Status::TimedOut,
+                "the agent did not complete the task before the deadline",
+            );
+        }
+        Outcome::Cancelled => {
+            return attempt.end(Status::Cancelled, "cancelled while waiting for the agent");
+        }
     }
-
-    #[test]
-    fn symlinks_inside_the_root_are_followed() {
-        let (_dir, ws) = workspace();
-        fs::create_dir_all(ws.root.join("real")).unwrap();
-        std::os::unix::fs::symlink(ws.root.join("real"), ws.root.join("alias")).unwrap();
-        let report = apply(
-            &ws,
-            &patch(r#"[{"op":"write","path":"alias/f.txt","contents":"ok"}]"#),
-            &LIMITS,
-        );
-        assert_eq!(report.status, Status::Succeeded, "{}", report.error);
-        assert_eq!(
-            fs::read_to_string(ws.root.join("real/f.txt")).unwrap(),
-            "ok"
-        );
-    }
-
-    #[test]
-    fn git_state_dirs_and_non_files_are_off_limits() {
-        let (_dir, ws) = workspace();
-        fs::create_dir_all(ws.root.join("repo/.git")).unwrap();
-        std::os::unix::fs::symlink(ws.root.join("repo/.git"), ws.root.join("g")).unwrap();
-        let report = apply(
-            &ws,
-            &patch(r#"[{"op":"write","path":"g/config","contents":"x"}]"#),
-            &LIMITS,
-        );
-        assert_eq!(report.status, Status::Rejected);
-        assert!(report.error.contains(".git"), "{}", report.error);
-        let report = apply(
-            &ws,
-            &patch(r#"[{"op":"write","path":".ghost-executor/ledger","contents":"x"}]"#),
-            &LIMITS,
-        );
-        assert_eq!(report.status, Status::Rejected);
-        fs::create_dir_all(ws.root.join("adir")).unwrap();
-        let report = apply(
-            &ws,
-            &patch(r#"[{"op":"write","path":"adir","contents":"x"}]"#),
-            &LIMITS,
-        );
-        assert_eq!(report.status, Status::Rejected);
-        assert!(
-            report.error.contains("not a regular file"),
-            "{}",
-            report.error
-        );
-    }
-
-    #[test]
-    fn limits_and_unsupported_content_are_refused_clearly() {
-        let (_dir, ws) = workspace();
-        let big = "x".repeat(2000);
-        let report = apply(
-            &ws,
-            &patch(&format!(
-                r#"[{{"op":"write","path":"big","contents":"{big}"}}]"#
-            )),
-            &LIMITS,
-        );
-        assert_eq!(report.status, Status::Rejected);
-        assert!(report.error.contains("file limit"), "{}", report.error);
-        let report = apply(&ws, &patch(r#"[{"op":"delete","path":"a"}]"#), &LIMITS);
-        assert_eq!(report.status, Status::Rejected);
-        assert!(report.error.contains("only `write`"), "{}", report.error);
-        let with_command = ghost_core::parse_json(
-            br#"{"id":"p","target":"MAIN","edits":[{"op":"write","path":"a","contents":""}],"commands":["rm -rf /"]}"#,
-        )
-        .unwrap();
-        let report = apply(&ws, &with_command, &LIMITS);
-        assert_eq!(report.status, Status::Rejected);
-        assert!(report.error.contains("denied"), "{}", report.error);
-        assert!(!ws.root.join("a").exists());
+    match attempt.stage("validate", |a| a.run_commands(admitted)) {
+        None => attempt.end(Status::Succeeded, ""),
+        Some((status, reason)) => attempt.end(status, reason),
     }
 }

@@ -1,5 +1,6 @@
 //! Executor configuration.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -42,6 +43,99 @@ pub struct ExecutorConfig {
     pub max_file_bytes: u64,
     /// Largest total a patch may write.
     pub max_patch_bytes: u64,
+    /// Deadline of a patch that sets no `timeout_s`.
+    #[serde(with = "humantime_serde")]
+    pub default_timeout: Duration,
+    /// Command policy, limits and agent hand-off per target; targets not listed get the
+    /// defaults (commands denied, no agent).
+    pub targets: BTreeMap<String, TargetPolicy>,
+    /// For tests only: pause after each file written while applying, so a crash test can kill
+    /// the executor between writes. Zero (the default) in production.
+    #[serde(with = "humantime_serde")]
+    pub test_write_delay: Duration,
+}
+
+/// Which commands a target's patches may run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CommandPolicy {
+    /// No `commands` or `validate` at all (the default).
+    #[default]
+    Deny,
+    /// Only these program names (the first word of the command).
+    Allowlist(Vec<String>),
+    /// Any program.
+    Any,
+}
+
+/// What one target's patches may do beyond editing files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TargetPolicy {
+    /// Which programs may run.
+    pub commands: CommandPolicy,
+    /// Run command lines through `/bin/sh -c` instead of splitting them with shell-words.
+    pub shell: bool,
+    /// Environment variables passed through to commands; everything else is dropped.
+    pub env_allowlist: Vec<String>,
+    /// Deadline of one command or check without its own `timeout_s`.
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Wait between SIGTERM and SIGKILL to a command's process group.
+    #[serde(with = "humantime_serde")]
+    pub kill_grace: Duration,
+    /// CPU seconds a command may use (RLIMIT_CPU).
+    pub max_cpu_seconds: u64,
+    /// Address space a command may map, in bytes (RLIMIT_AS).
+    pub max_memory_bytes: u64,
+    /// Open files a command may hold (RLIMIT_NOFILE).
+    pub max_open_files: u64,
+    /// Output bytes kept from the start of a command's output.
+    pub output_head_bytes: usize,
+    /// Output bytes kept from the end of a command's output.
+    pub output_tail_bytes: usize,
+    /// Coding-agent hand-off for patches with `agent.task`; `None`: refused.
+    pub agent: Option<AgentConfig>,
+}
+
+impl Default for TargetPolicy {
+    fn default() -> Self {
+        Self {
+            commands: CommandPolicy::Deny,
+            shell: false,
+            env_allowlist: ["PATH", "HOME", "LANG", "LC_ALL", "TERM", "TMPDIR", "USER"]
+                .map(str::to_owned)
+                .to_vec(),
+            command_timeout: Duration::from_secs(300),
+            kill_grace: Duration::from_secs(2),
+            max_cpu_seconds: 600,
+            max_memory_bytes: 8 * 1024 * 1024 * 1024,
+            max_open_files: 1024,
+            output_head_bytes: 4 * 1024,
+            output_tail_bytes: 16 * 1024,
+            agent: None,
+        }
+    }
+}
+
+/// Where and how a coding agent receives tasks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Directory the task file `<patch id>.task.md` is written to; the agent signals completion
+    /// by creating `<patch id>.done` there (a first line starting with `failed` fails it).
+    pub inbox: PathBuf,
+    /// Instead of waiting for a completion file, run this command (its last argument is the
+    /// task file) and wait for it to exit; exit 0 completes the task.
+    #[serde(default)]
+    pub command: Option<String>,
+    /// How long to wait for the agent when the patch sets no `timeout_s`.
+    #[serde(default = "default_agent_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_agent_timeout() -> Duration {
+    Duration::from_secs(3600)
 }
 
 impl Default for ExecutorConfig {
@@ -60,6 +154,9 @@ impl Default for ExecutorConfig {
             reconnect_backoff: Duration::from_secs(1),
             max_file_bytes: 10 * 1024 * 1024,
             max_patch_bytes: 50 * 1024 * 1024,
+            default_timeout: Duration::from_secs(600),
+            targets: BTreeMap::new(),
+            test_write_delay: Duration::ZERO,
         }
     }
 }

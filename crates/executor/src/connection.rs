@@ -17,9 +17,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::apply::{self, Limits, Workspace};
+use crate::apply::{self, Context, Lease};
 use crate::config::ExecutorConfig;
 use crate::error::ExecutorError;
+use crate::ledger::Outbox;
 
 /// Heartbeat period until the router's Welcome says otherwise.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
@@ -29,11 +30,14 @@ const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 pub struct Worker {
     /// Router URL, id and token.
     pub config: Arc<ExecutorConfig>,
-    /// Workspaces by target.
-    pub workspaces: Arc<HashMap<String, Workspace>>,
-    /// Size limits.
-    pub limits: Limits,
+    /// Workspaces (with their limits and policies) by target.
+    pub contexts: Arc<HashMap<String, Context>>,
+    /// Results owed to the router from before a restart.
+    pub outbox: Outbox,
 }
+
+/// Cancel tokens of the running attempts, by fencing token.
+type Running = Arc<Mutex<HashMap<u64, (String, CancellationToken)>>>;
 
 /// Keeps a session with the router alive until `shutdown`.
 pub async fn run(worker: Worker, shutdown: CancellationToken) {
@@ -68,14 +72,19 @@ async fn session(worker: &Worker, shutdown: &CancellationToken) -> Result<(), Ex
     let hello = Hello {
         executor_id: worker.config.executor_id.clone(),
         workspaces: worker
-            .workspaces
+            .contexts
             .values()
-            .map(|ws| WireWorkspace {
-                target: ws.target.clone(),
-                root: ws.root.display().to_string(),
+            .map(|ctx| WireWorkspace {
+                target: ctx.workspace.target.clone(),
+                root: ctx.workspace.root.display().to_string(),
             })
             .collect(),
-        capabilities: vec!["write".to_owned()],
+        capabilities: [
+            "write", "replace", "diff", "delete", "rename", "chmod", "mkdir", "patch", "commands",
+            "validate", "agent", "git", "journal", "ledger", "cancel",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
         token: worker.config.token.expose().to_owned(),
     };
     let _ = outbound
@@ -86,6 +95,9 @@ async fn session(worker: &Worker, shutdown: &CancellationToken) -> Result<(), Ex
         .await?
         .into_inner();
     tracing::info!(router = %worker.config.router_url, "connected to the router");
+    send_owed(worker, &outbound).await;
+
+    let running: Running = Arc::new(Mutex::new(HashMap::new()));
 
     let held: Arc<Mutex<Vec<u64>>> = Arc::new(Mutex::new(Vec::new()));
     let tasks = TaskTracker::new();
@@ -113,34 +125,69 @@ async fn session(worker: &Worker, shutdown: &CancellationToken) -> Result<(), Ex
                     }
                     Some(router_message::Kind::Assign(assign)) => {
                         held.lock().await.push(assign.fencing_token);
+                        let cancel = CancellationToken::new();
+                        let patch_id = assign.patch.as_ref().map(|p| p.id.clone()).unwrap_or_default();
+                        running.lock().await.insert(assign.fencing_token, (patch_id, cancel.clone()));
                         let worker = worker.clone();
                         let outbound = outbound.clone();
                         let held = Arc::clone(&held);
+                        let running = Arc::clone(&running);
                         tasks.spawn(async move {
                             let token = assign.fencing_token;
-                            execute(&worker, assign, &outbound).await;
+                            execute(&worker, assign, cancel, &outbound).await;
                             held.lock().await.retain(|t| *t != token);
+                            running.lock().await.remove(&token);
                         });
                     }
                     Some(router_message::Kind::Cancel(cancel)) => {
-                        // Writes finish in milliseconds and are all-or-nothing; a cancel that
-                        // arrives during them takes effect as the result the router then sees.
-                        tracing::info!(patch_id = %cancel.patch_id, reason = %cancel.reason, "cancel received");
+                        let found = running.lock().await.get(&cancel.fencing_token).cloned();
+                        match found {
+                            Some((patch_id, token)) if patch_id == cancel.patch_id => {
+                                tracing::info!(patch_id = %cancel.patch_id, reason = %cancel.reason, "cancelling a running patch");
+                                token.cancel();
+                            }
+                            _ => tracing::info!(patch_id = %cancel.patch_id, token = cancel.fencing_token, "cancel for no running attempt ignored"),
+                        }
                     }
                     None => tracing::warn!("empty router message ignored"),
                 }
             }
         }
     };
+    // Attempts still running finish; if the stream is gone the router requeues them and the
+    // ledger answers the re-delivery of any that took effect.
     tasks.close();
     tasks.wait().await;
     result
+}
+
+/// Sends the results found at start (interrupted applies); each is forgotten once queued.
+async fn send_owed(worker: &Worker, outbound: &mpsc::Sender<ExecutorMessage>) {
+    for (path, owed) in worker.outbox.pending() {
+        let result = WorkResult {
+            patch_id: owed.patch_id.clone(),
+            attempt: owed.attempt,
+            fencing_token: owed.fencing_token,
+            report: Some(ghost_proto::router::v1::ApplyReport::from(&owed.report)),
+            traceparent: String::new(),
+        };
+        if outbound
+            .send(message(executor_message::Kind::Result(result)))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        tracing::info!(patch_id = %owed.patch_id, status = %owed.report.status, "owed result sent");
+        worker.outbox.remove(&path);
+    }
 }
 
 /// Runs one assignment and sends its result.
 async fn execute(
     worker: &Worker,
     assign: ghost_proto::executor::v1::Assign,
+    cancel: CancellationToken,
     outbound: &mpsc::Sender<ExecutorMessage>,
 ) {
     let wire_patch = assign.patch.unwrap_or_default();
@@ -161,12 +208,15 @@ async fn execute(
         })))
         .await;
     let report = match Patch::try_from(wire_patch) {
-        Ok(patch) => match worker.workspaces.get(patch.target.as_str()).cloned() {
-            Some(workspace) => {
-                let limits = worker.limits;
+        Ok(patch) => match worker.contexts.get(patch.target.as_str()).cloned() {
+            Some(ctx) => {
+                let lease = Lease {
+                    attempt: assign.attempt,
+                    fencing_token: assign.fencing_token,
+                };
                 let apply_span = span.clone();
                 tokio::task::spawn_blocking(move || {
-                    apply_span.in_scope(|| apply::apply(&workspace, &patch, &limits))
+                    apply_span.in_scope(|| apply::apply(&ctx, &patch, lease, false, &cancel))
                 })
                 .await
                 .unwrap_or_else(|err| rejected(format!("apply task failed: {err}")))

@@ -4,15 +4,27 @@
 //! applies each assigned patch confined to the workspace root, and reports the result with
 //! its trace context so the apply span joins the patch's trace. It serves only health, metrics
 //! and reflection itself.
+//!
+//! An attempt ([`apply`]) plans every edit in memory ([`plan`]), journals the originals
+//! ([`journal`]), writes, runs commands and checks under the target's policy ([`commands`]),
+//! and commits or rolls back; the [`ledger`] makes a re-delivered patch a no-op. On start a
+//! leftover journal is rolled back and reported `interrupted` once the router is connected.
 
+mod agent;
 mod app;
 pub mod apply;
+pub mod commands;
 pub mod config;
 mod connection;
 mod error;
+mod git;
+pub mod journal;
+pub mod ledger;
+pub mod plan;
+pub mod workspace;
 
 pub use app::App;
-pub use config::{ExecutorConfig, WorkspaceConfig};
+pub use config::{AgentConfig, CommandPolicy, ExecutorConfig, TargetPolicy, WorkspaceConfig};
 
 /// Service name in logs, traces, metrics and the environment prefix.
 pub const SERVICE: &str = "executor";

@@ -1,19 +1,25 @@
 //! Builds the gateway from its config and runs it until shutdown.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::routing::get;
+use axum::{Json, middleware};
+use ghost_core::{LegacyOptions, TargetName};
 use ghost_proto::router::v1::router_service_client::RouterServiceClient;
 use ghost_proto::summarizer::v1::summarizer_service_client::SummarizerServiceClient;
 use ghost_runtime::propagation::traced_channel;
 use ghost_runtime::serve::{self, Listeners, Service};
-use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::SERVICE;
+use crate::auth::Credentials;
 use crate::config::GatewayConfig;
+use crate::guard::{self, Guard};
 use crate::http::{self, AppState};
+use crate::inbox::Inbox;
 use crate::patches::Patches;
 use crate::upstream::{GrpcRouter, GrpcSummaries};
 
@@ -24,14 +30,35 @@ pub struct App {
     state: AppState,
 }
 
+/// Aliases, legacy roots and the default target from config.
+fn legacy_options(config: &GatewayConfig) -> anyhow::Result<LegacyOptions> {
+    let parse = |raw: &str| {
+        TargetName::parse(raw).map_err(|err| anyhow::anyhow!("gateway target {raw:?}: {err}"))
+    };
+    let mut options = LegacyOptions {
+        default_target: config.default_target.as_deref().map(parse).transpose()?,
+        aliases: BTreeMap::new(),
+        roots: BTreeMap::new(),
+    };
+    for target in &config.targets {
+        let name = parse(&target.name)?;
+        for alias in &target.aliases {
+            options.aliases.insert(alias.clone(), name.clone());
+        }
+        for root in &target.legacy_roots {
+            if !root.starts_with('/') {
+                anyhow::bail!("legacy root {root:?} of target {name} must be absolute");
+            }
+        }
+        options.roots.insert(name, target.legacy_roots.clone());
+    }
+    Ok(options)
+}
+
 impl App {
     /// Checks the config, prepares upstream channels (lazily connected) and binds listeners.
     pub async fn build(config: GatewayConfig) -> anyhow::Result<Self> {
-        if config.api_key.expose().len() < 16 {
-            anyhow::bail!(
-                "gateway api_key must be set and at least 16 characters (GHOST_GATEWAY__API_KEY)"
-            );
-        }
+        let credentials = Credentials::from_config(&config)?;
         let queue = GrpcRouter {
             client: RouterServiceClient::new(traced_channel(&config.router_url)?),
             timeout: config.upstream_timeout,
@@ -40,13 +67,21 @@ impl App {
             client: SummarizerServiceClient::new(traced_channel(&config.summarizer_url)?),
             timeout: config.upstream_timeout,
         };
+        let guard = Guard::new(
+            credentials,
+            &config.rate_limit,
+            config.max_in_flight,
+            config.request_timeout,
+            config.max_body_bytes,
+        );
         let state = AppState {
             patches: Patches::new(
                 Arc::new(queue),
                 Arc::new(summaries),
                 config.summary_max_chars,
+                legacy_options(&config)?,
             ),
-            api_key_hash: Sha256::digest(config.api_key.expose().as_bytes()).into(),
+            guard: Arc::new(guard),
             max_body_bytes: config.max_body_bytes,
         };
         let listeners = Listeners::bind(&config.server).await?;
@@ -73,11 +108,56 @@ impl App {
         F: std::future::Future<Output = ()> + Send,
     {
         let token = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let guard_state = Arc::clone(&self.state.guard);
+        let (api, generated) = http::api(self.state.clone());
+        let document = Arc::new(crate::openapi::document(generated, &self.config.public_url));
+        let allowed_hosts = public_host(&self.config.public_url).into_iter().collect();
+        let mcp = axum::Router::new()
+            .nest_service(
+                "/mcp",
+                crate::mcp::service(
+                    self.state.patches.clone(),
+                    allowed_hosts,
+                    token.child_token(),
+                ),
+            )
+            .layer(middleware::from_fn_with_state(
+                Arc::clone(&guard_state),
+                guard::authenticate,
+            ));
+        let http = api
+            .merge(mcp)
+            .route(
+                "/openapi.json",
+                get(move || {
+                    let document = Arc::clone(&document);
+                    async move { Json((*document).clone()) }
+                }),
+            )
+            .layer(middleware::from_fn_with_state(
+                guard_state,
+                guard::shed_and_time,
+            ));
+        if let Some(root) = &self.config.inbox {
+            let inbox = Inbox::new(
+                root.clone(),
+                self.config.inbox_settle,
+                self.state.patches.clone(),
+            );
+            let inbox_token = token.clone();
+            let inbox_tasks = tasks.clone();
+            tasks.spawn(async move {
+                if let Err(err) = inbox.run(inbox_token, inbox_tasks).await {
+                    tracing::error!(error = %err, "the inbox watcher stopped");
+                }
+            });
+        }
         let service = Service {
             name: SERVICE,
             grpc_names: Vec::new(),
             grpc: tonic::service::Routes::default(),
-            http: http::router(self.state),
+            http,
         };
         serve::serve_until(
             service,
@@ -85,8 +165,15 @@ impl App {
             &self.config.server,
             shutdown,
             token,
-            TaskTracker::new(),
+            tasks,
         )
         .await
     }
+}
+
+/// `host[:port]` of the public URL, for MCP's Host check.
+fn public_host(public_url: &str) -> Option<String> {
+    let rest = public_url.split_once("://")?.1;
+    let authority = rest.split('/').next()?;
+    (!authority.is_empty()).then(|| authority.to_owned())
 }

@@ -1,10 +1,13 @@
 //! Gateway configuration.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use ghost_runtime::config::{Secret, ServerConfig};
 use ghost_runtime::telemetry::TelemetryConfig;
 use serde::{Deserialize, Serialize};
+
+use crate::auth::Scope;
 
 /// Everything the gateway reads at start.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -18,8 +21,18 @@ pub struct GatewayConfig {
     pub router_url: String,
     /// gRPC URL of the summarizer, for summary text.
     pub summarizer_url: String,
-    /// The API key callers present as `Authorization: Bearer <key>` or `X-Api-Key`. Required.
+    /// A single key with every scope and every target, presented as `Authorization: Bearer
+    /// <key>` or `X-Api-Key` (what `ghost up` sets). Optional when `api_keys` are configured.
     pub api_key: Secret,
+    /// API keys stored as SHA-256 hashes, each with scopes and an optional target allowlist.
+    pub api_keys: Vec<ApiKeyConfig>,
+    /// Standard Webhooks senders (`webhook-id`, `webhook-timestamp`, `webhook-signature`).
+    pub webhooks: Vec<WebhookConfig>,
+    /// Accepted clock difference of a signed webhook, and how long its id is remembered.
+    #[serde(with = "humantime_serde")]
+    pub webhook_tolerance: Duration,
+    /// Public base URL advertised in the OpenAPI document (must be https for GPT Actions).
+    pub public_url: String,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     /// Longest summary text returned to a caller (a model's context is finite).
@@ -27,6 +40,22 @@ pub struct GatewayConfig {
     /// Deadline for one call to the router or summarizer.
     #[serde(with = "humantime_serde")]
     pub upstream_timeout: Duration,
+    /// Deadline for one whole HTTP request.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Requests served at once; more are refused with 503 instead of queueing in memory.
+    pub max_in_flight: usize,
+    /// Per-caller rate limit.
+    pub rate_limit: RateLimitConfig,
+    /// Target used when a legacy document names none.
+    pub default_target: Option<String>,
+    /// Per-target aliases and legacy roots.
+    pub targets: Vec<TargetConfig>,
+    /// Directory watched for dropped patch files (`<inbox>/<TARGET>/*.json|*.yaml`).
+    pub inbox: Option<PathBuf>,
+    /// How long a dropped file's size must stay unchanged before it is read.
+    #[serde(with = "humantime_serde")]
+    pub inbox_settle: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -37,9 +66,88 @@ impl Default for GatewayConfig {
             router_url: "http://127.0.0.1:50051".to_owned(),
             summarizer_url: "http://127.0.0.1:50053".to_owned(),
             api_key: Secret::default(),
-            max_body_bytes: 2 * 1024 * 1024,
+            api_keys: Vec::new(),
+            webhooks: Vec::new(),
+            webhook_tolerance: Duration::from_secs(300),
+            public_url: String::new(),
+            max_body_bytes: 1024 * 1024,
             summary_max_chars: 100_000,
             upstream_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_in_flight: 256,
+            rate_limit: RateLimitConfig::default(),
+            default_target: None,
+            targets: Vec::new(),
+            inbox: None,
+            inbox_settle: Duration::from_millis(300),
         }
     }
+}
+
+/// One API key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// Who holds it, for logs and rate limiting.
+    pub name: String,
+    /// Lowercase hex SHA-256 of the key (`printf %s KEY | sha256sum`).
+    pub sha256: String,
+    /// What it may do.
+    pub scopes: Vec<Scope>,
+    /// Targets it may touch; empty: all.
+    #[serde(default)]
+    pub targets: Vec<String>,
+}
+
+/// One Standard Webhooks sender.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Who sends, for logs and rate limiting.
+    pub name: String,
+    /// `whsec_<base64>` secrets; several during rotation.
+    pub secrets: Vec<Secret>,
+    /// What a verified request may do (default: submit).
+    #[serde(default = "submit_only")]
+    pub scopes: Vec<Scope>,
+    /// Targets it may touch; empty: all.
+    #[serde(default)]
+    pub targets: Vec<String>,
+}
+
+fn submit_only() -> Vec<Scope> {
+    vec![Scope::Submit]
+}
+
+/// Token bucket per caller.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Sustained requests per minute.
+    pub per_minute: u32,
+    /// Requests allowed in a burst.
+    pub burst: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            per_minute: 600,
+            burst: 60,
+        }
+    }
+}
+
+/// A workspace as the gateway knows it: old names and old absolute roots.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    /// The target name, e.g. `MAIN`.
+    pub name: String,
+    /// Old names meaning this target, e.g. `BRAUN`.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Absolute directories that were this workspace on old machines.
+    #[serde(default)]
+    pub legacy_roots: Vec<String>,
 }

@@ -11,8 +11,23 @@ pub enum GatewayError {
     /// No or wrong API key.
     #[error("a valid API key is required (Authorization: Bearer <key> or X-Api-Key)")]
     Unauthorized,
-    /// The body is not well-formed JSON.
-    #[error("malformed JSON at line {line}, column {column}: {message}")]
+    /// A signed webhook whose signature, timestamp or id is not acceptable.
+    #[error("webhook refused: {0}")]
+    BadSignature(String),
+    /// The caller is known but may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The caller's rate limit is spent.
+    #[error("rate limit exceeded; retry after {retry_after_s} s")]
+    TooManyRequests {
+        /// Seconds until a request would be admitted.
+        retry_after_s: u64,
+    },
+    /// Too many requests in flight, or one took too long: shed rather than queued in memory.
+    #[error("the gateway is busy ({0}); retry later")]
+    Overloaded(&'static str),
+    /// The body is not well-formed JSON or YAML.
+    #[error("malformed document at line {line}, column {column}: {message}")]
     MalformedBody {
         /// 1-based line.
         line: usize,
@@ -33,7 +48,7 @@ pub enum GatewayError {
         message: String,
     },
     /// Wrong content type.
-    #[error("unsupported content type {0:?}; send application/json")]
+    #[error("unsupported content type {0:?}; send application/json or application/yaml")]
     UnsupportedMediaType(String),
     /// Body over the limit.
     #[error("request body over the {0} byte limit")]
@@ -41,9 +56,12 @@ pub enum GatewayError {
     /// No such patch.
     #[error("patch {0} not found")]
     NotFound(String),
-    /// The id is taken by a patch with other content.
-    #[error("patch {0} already exists with different content; choose a new id")]
+    /// The id is taken by a patch with other content, or the patch is in the wrong state.
+    #[error("{0}")]
     Conflict(String),
+    /// The router does not implement this yet.
+    #[error("{0} is not available from this router version")]
+    NotImplemented(&'static str),
     /// The router could not durably accept the patch; nothing was stored.
     #[error("the patch queue is unavailable; nothing was stored, retry later")]
     Unavailable(String),
@@ -55,13 +73,17 @@ pub enum GatewayError {
 impl GatewayError {
     fn status(&self) -> StatusCode {
         match self {
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized | Self::BadSignature(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::MalformedBody { .. } | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::InvalidPatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -70,13 +92,18 @@ impl GatewayError {
     fn slug(&self) -> &'static str {
         match self {
             Self::Unauthorized => "unauthorized",
-            Self::MalformedBody { .. } => "malformed-json",
+            Self::BadSignature(_) => "bad-signature",
+            Self::Forbidden(_) => "forbidden",
+            Self::TooManyRequests { .. } => "rate-limited",
+            Self::Overloaded(_) => "overloaded",
+            Self::MalformedBody { .. } => "malformed-document",
             Self::BadRequest(_) => "bad-request",
             Self::InvalidPatch { .. } => "invalid-patch",
             Self::UnsupportedMediaType(_) => "unsupported-media-type",
             Self::PayloadTooLarge(_) => "payload-too-large",
             Self::NotFound(_) => "not-found",
             Self::Conflict(_) => "conflict",
+            Self::NotImplemented(_) => "not-implemented",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
         }
@@ -134,7 +161,17 @@ impl IntoResponse for GatewayError {
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
             }
-            Self::Unauthorized => {
+            Self::Overloaded(_) => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Self::TooManyRequests { retry_after_s } => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s.max(1)));
+            }
+            Self::Unauthorized | Self::BadSignature(_) => {
                 response
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -149,12 +186,18 @@ impl IntoResponse for GatewayError {
 pub fn from_upstream(id: &str, status: &tonic::Status) -> GatewayError {
     use tonic::Code;
     match status.code() {
-        Code::AlreadyExists => GatewayError::Conflict(id.to_owned()),
+        Code::AlreadyExists => GatewayError::Conflict(format!(
+            "patch {id} already exists with different content; choose a new id"
+        )),
+        Code::Unimplemented => GatewayError::NotImplemented("this operation"),
         Code::NotFound => GatewayError::NotFound(id.to_owned()),
         Code::InvalidArgument => GatewayError::InvalidPatch {
             pointer: String::new(),
             message: status.message().to_owned(),
         },
+        Code::FailedPrecondition => {
+            GatewayError::Conflict(format!("patch {id}: {}", status.message()))
+        }
         Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
             GatewayError::Unavailable(format!("{:?}: {}", status.code(), status.message()))
         }

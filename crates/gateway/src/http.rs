@@ -1,123 +1,471 @@
-//! The public HTTP API: thin axum handlers over [`Patches`], behind API-key authentication.
+//! The public HTTP API: thin axum handlers over [`Patches`], documented with utoipa so the
+//! OpenAPI document is generated from the handlers themselves.
+
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde_json::json;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
+use axum::{Extension, Json, Router, middleware};
+use ghost_core::{Format, Status};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use crate::auth::Principal;
 use crate::error::GatewayError;
-use crate::patches::Patches;
+use crate::guard::{self, Guard};
+use crate::patches::{
+    Accepted, EventView, ListFilter, MessageOutcome, PatchDetail, PatchPage, PatchView, Patches,
+    TargetView,
+};
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     /// The logic.
     pub patches: Patches,
-    /// SHA-256 of the API key; compared in constant time.
-    pub api_key_hash: [u8; 32],
+    /// Authentication and limits.
+    pub guard: Arc<Guard>,
     /// Body limit, for the error message.
     pub max_body_bytes: usize,
 }
 
-/// The public routes.
-pub fn router(state: AppState) -> Router {
+/// An RFC 9457 problem document.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// Problem type, e.g. `/problems/invalid-patch`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// HTTP reason phrase.
+    pub title: String,
+    /// HTTP status.
+    pub status: u16,
+    /// What is wrong, precisely.
+    pub detail: String,
+    /// JSON pointer of the offending field (invalid patches).
+    pub pointer: Option<String>,
+    /// 1-based line of a syntax error.
+    pub line: Option<usize>,
+    /// 1-based column of a syntax error.
+    pub column: Option<usize>,
+}
+
+/// A v1 patch. The common fields are described here; every other v1 field (`commands`,
+/// `timeout_s`, `validate`, `patch`, `agent`, `depends_on`, `base`, `commit`) and the legacy shapes are also
+/// accepted: see the project's DESIGN.md.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct PatchInput {
+    /// Unique id, `[A-Za-z0-9._()+-]{1,128}`, not starting with a dot.
+    #[schema(pattern = r"^[A-Za-z0-9_()+-][A-Za-z0-9._()+-]{0,127}$")]
+    id: String,
+    /// Workspace name, e.g. `MAIN`.
+    #[schema(pattern = r"^[A-Za-z0-9_-]{1,64}$")]
+    target: String,
+    /// Why this change.
+    #[serde(default)]
+    description: String,
+    /// Queue priority.
+    #[serde(default)]
+    priority: PriorityInput,
+    /// File operations, applied in order (`write` shown; also `replace`, `diff`, `delete`,
+    /// `rename`, `chmod`, `mkdir`).
+    #[schema(min_items = 1)]
+    edits: Vec<EditInput>,
+    /// What happens to the workspace on failure.
+    #[serde(default)]
+    on_failure: OnFailureInput,
+}
+
+/// Queue priority.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum PriorityInput {
+    /// Last.
+    Low,
+    /// Default.
+    #[default]
+    Normal,
+    /// First.
+    High,
+}
+
+/// Failure policy.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum OnFailureInput {
+    /// Restore every touched file (default).
+    #[default]
+    Rollback,
+    /// Leave the workspace as it is.
+    Keep,
+}
+
+/// One `write` edit.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct EditInput {
+    /// Operation.
+    #[schema(pattern = "^write$")]
+    op: String,
+    /// Workspace-relative path.
+    #[schema(
+        pattern = r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,30}(\.[A-Za-z0-9_-]{1,8})?(/[A-Za-z0-9_][A-Za-z0-9_-]{0,30}(\.[A-Za-z0-9_-]{1,8})?){0,4}$"
+    )]
+    path: String,
+    /// New file contents.
+    contents: String,
+}
+
+/// Chat text whose fenced patch blocks are submitted.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct MessageInput {
+    /// The message, e.g. a model's answer with ```json blocks.
+    pub text: String,
+}
+
+/// Filters of `GET /v1/patches`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only this target.
+    #[param(pattern = r"^[A-Za-z0-9_-]{1,64}$")]
+    pub target: Option<String>,
+    /// Only this status, e.g. `queued`, `failed`.
+    #[param(
+        pattern = "^(received|queued|leased|applying|validating|succeeded|failed|rolled_back|cancelled|timed_out|rejected|lost|interrupted)$"
+    )]
+    pub status: Option<String>,
+    /// Page size, 1 to 500.
+    #[param(minimum = 1, maximum = 500)]
+    pub page_size: Option<u32>,
+    /// Token from the previous page (`next_page_token`).
+    #[param(pattern = "^[0-9]{1,18}$")]
+    pub page_token: Option<String>,
+}
+
+/// Headers of `POST /v1/patches`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct SubmitHeaders {
+    /// Optional; must equal the patch id (a different id is a 409). Retries then replay.
+    #[serde(rename = "Idempotency-Key")]
+    #[param(pattern = r"^[A-Za-z0-9_()+-][A-Za-z0-9._()+-]{0,127}$")]
+    pub idempotency_key: Option<String>,
+}
+
+/// The API routes with their OpenAPI description.
+pub fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
+    let guard = Arc::clone(&state.guard);
     let max_body = state.max_body_bytes;
-    Router::new()
-        .route("/v1/patches", post(submit))
-        .route("/v1/patches/{id}", get(get_patch))
-        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+    let (router, openapi) = OpenApiRouter::new()
+        .routes(routes!(submit_patch, list_patches))
+        .routes(routes!(get_patch))
+        .routes(routes!(patch_events))
+        .routes(routes!(cancel_patch))
+        .routes(routes!(retry_patch))
+        .routes(routes!(submit_message))
+        .routes(routes!(list_targets))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&guard),
+            guard::authenticate,
+        ))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
+        .split_for_parts();
+    (router, openapi)
 }
 
-/// The presented key: `Authorization: Bearer <key>` or `X-Api-Key: <key>`.
-fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    if let Some(value) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        && let Some(key) = value.strip_prefix("Bearer ")
-    {
-        return Some(key.trim());
-    }
-    headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-}
-
-async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let Some(key) = presented_key(request.headers()) else {
-        return GatewayError::Unauthorized.into_response();
-    };
-    let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-    if !bool::from(digest.ct_eq(&state.api_key_hash)) {
-        tracing::warn!("request with a wrong API key refused");
-        return GatewayError::Unauthorized.into_response();
-    }
-    next.run(request).await
-}
-
-fn check_content_type(headers: &HeaderMap) -> Result<(), GatewayError> {
+fn format_of(headers: &HeaderMap) -> Result<Format, GatewayError> {
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
-        return Ok(());
+        return Ok(Format::Json);
     };
     let text = value.to_str().unwrap_or("");
-    let essence = text
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    if essence == "application/json" || essence.ends_with("+json") {
-        Ok(())
-    } else {
-        Err(GatewayError::UnsupportedMediaType(text.to_owned()))
-    }
+    Format::from_media_type(text).ok_or_else(|| GatewayError::UnsupportedMediaType(text.to_owned()))
 }
 
-#[tracing::instrument(skip_all, fields(patch_id))]
-async fn submit(
-    State(state): State<AppState>,
-    headers: HeaderMap,
+fn body_or_error(
     body: Result<Bytes, BytesRejection>,
-) -> Result<Response, GatewayError> {
-    check_content_type(&headers)?;
-    let body = body.map_err(|rejection| {
+    max_body_bytes: usize,
+) -> Result<Bytes, GatewayError> {
+    body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            GatewayError::PayloadTooLarge(state.max_body_bytes)
+            GatewayError::PayloadTooLarge(max_body_bytes)
         } else {
             GatewayError::BadRequest(rejection.body_text())
         }
-    })?;
-    let view = state.patches.submit_json(&body).await?;
-    let location = format!("/v1/patches/{}", view.id);
-    let body = json!({
-        "id": view.id,
-        "status": view.status,
-        "attempt": view.attempt,
-        "trace_id": view.trace_id,
-        "replayed": !view.created,
-    });
+    })
+}
+
+/// Submit a patch (JSON or YAML, v1 or a legacy shape). 202 only once the router has stored it.
+#[utoipa::path(
+    post, path = "/v1/patches", operation_id = "submitPatch", tag = "patches",
+    description = "Submit a patch as JSON or YAML (v1 or a legacy shape). Answers 202 once the router has durably stored it; the same id with the same content answers 202 again (replayed), other content 409.",
+    request_body(content(
+        (PatchInput = "application/json"),
+        (PatchInput = "application/yaml"),
+    )),
+    params(SubmitHeaders),
+    responses(
+        (status = 202, description = "Stored and queued", body = Accepted),
+        (status = 400, description = "Malformed document", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Scope or target not allowed", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Same id, other content", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Unsupported content type", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid patch; names the field", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Router unavailable; nothing stored", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(patch_id))]
+async fn submit_patch(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, GatewayError> {
+    let format = format_of(&headers)?;
+    let body = body_or_error(body, state.max_body_bytes)?;
+    let key = headers
+        .get("idempotency-key")
+        .map(|v| v.to_str().unwrap_or("\u{0}"));
+    let accepted = state
+        .patches
+        .submit(&caller, &body, format, key, None)
+        .await?;
+    let location = format!("/v1/patches/{}", accepted.id);
     Ok((
         StatusCode::ACCEPTED,
         [(header::LOCATION, location)],
-        Json(body),
+        Json(accepted),
     )
         .into_response())
 }
 
+/// One patch: status, attempts, and its summary once it has ended.
+#[utoipa::path(
+    get, path = "/v1/patches/{id}", operation_id = "getPatch", tag = "patches",
+    description = "One patch: status, attempts, error, and once it has ended its summary (at most 100,000 characters).",
+    params(("id" = String, Path, description = "Patch id")),
+    responses(
+        (status = 200, description = "The patch", body = PatchDetail),
+        (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Scope not allowed", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such patch", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Router unavailable", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
 #[tracing::instrument(skip_all, fields(patch_id = %id))]
 async fn get_patch(
     State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
-) -> Result<Response, GatewayError> {
-    let detail = state.patches.detail(&id).await?;
-    Ok(Json(detail).into_response())
+) -> Result<Json<PatchDetail>, GatewayError> {
+    Ok(Json(state.patches.detail(&caller, &id).await?))
+}
+
+/// The audit trail of one patch.
+#[utoipa::path(
+    get, path = "/v1/patches/{id}/events", operation_id = "getPatchEvents", tag = "patches",
+    description = "Every lifecycle transition of one patch with time, actor and attempt.",
+    params(("id" = String, Path, description = "Patch id")),
+    responses(
+        (status = 200, description = "Events, oldest first", body = Vec<EventView>),
+        (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Scope not allowed", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such patch", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Router unavailable", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn patch_events(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<EventView>>, GatewayError> {
+    Ok(Json(state.patches.events(&caller, &id).await?))
+}
+
+/// Patches, newest first, filtered and paginated.
+#[utoipa::path(
+    get, path = "/v1/patches", operation_id = "listPatches", tag = "patches",
+    description = "Patches, newest first, optionally filtered by target and status; pass next_page_token back as page_token for the next page.",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page", body = PatchPage),
+        (status = 400, description = "Bad filter", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Scope or target not allowed", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Router unavailable", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn list_patches(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<PatchPage>, GatewayError> {
+    let Query(query) = query.map_err(|err| GatewayError::BadRequest(err.body_text()))?;
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(raw) => Some(
+            raw.parse::<Status>()
+                .map_err(|_| GatewayError::BadRequest(format!("unknown status {raw:?}")))?,
+        ),
+    };
+    if let Some(size) = query.page_size
+        && !(1..=500).contains(&size)
+    {
+        return Err(GatewayError::BadRequest(
+            "page_size must be between 1 and 500".to_owned(),
+        ));
+    }
+    if let Some(target) = query.target.as_deref()
+        && ghost_core::TargetName::parse(target).is_err()
+    {
+        return Err(GatewayError::BadRequest(format!(
+            "invalid target {target:?}"
+        )));
+    }
+    if let Some(token) = query.page_token.as_deref()
+        && (token.is_empty() || token.len() > 18 || !token.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(GatewayError::BadRequest(
+            "page_token must be a next_page_token from an earlier page".to_owned(),
+        ));
+    }
+    let filter = ListFilter {
+        target: query.target,
+        status,
+        page_size: query.page_size.unwrap_or(0),
+        page_token: query.page_token.unwrap_or_default(),
+    };
+    Ok(Json(state.patches.list(&caller, &filter).await?))
+}
+
+/// Cancel a queued or running patch.
+#[utoipa::path(
+    post, path = "/v1/patches/{id}/cancel", operation_id = "cancelPatch", tag = "patches",
+    description = "Cancel a queued or running patch; a running one is stopped and rolled back. Needs the admin scope.",
+    params(("id" = String, Path, description = "Patch id")),
+    responses(
+        (status = 200, description = "State after cancelling", body = PatchView),
+        (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Scope or target not allowed", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such patch", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Already finished", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Router unavailable", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn cancel_patch(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<PatchView>, GatewayError> {
+    Ok(Json(state.patches.cancel(&caller, &id).await?))
+}
+
+/// Queue a finished patch for another attempt.
+#[utoipa::path(
+    post, path = "/v1/patches/{id}/retry", operation_id = "retryPatch", tag = "patches",
+    description = "Queue a failed, cancelled or lost patch for another attempt. Needs the admin scope.",
+    params(("id" = String, Path, description = "Patch id")),
+    responses(
+        (status = 200, description = "State after requeueing", body = PatchView),
+        (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Scope or target not allowed", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such patch", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not retryable now", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Router unavailable", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn retry_patch(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<PatchView>, GatewayError> {
+    Ok(Json(state.patches.retry(&caller, &id).await?))
+}
+
+/// Submit every fenced patch block of a chat message.
+#[utoipa::path(
+    post, path = "/v1/messages", operation_id = "submitMessage", tag = "patches",
+    description = "Chat text in: every fenced ```json or ```yaml block holding a patch is submitted; other blocks are reported as skipped, invalid ones as refused with the reason.",
+    request_body(content = MessageInput, content_type = "application/json"),
+    responses(
+        (status = 200, description = "What became of every block", body = MessageOutcome),
+        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Scope not allowed", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Unsupported content type", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Body is not {text}", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Router unavailable", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn submit_message(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<MessageOutcome>, GatewayError> {
+    if format_of(&headers)? != Format::Json {
+        return Err(GatewayError::UnsupportedMediaType(
+            "send application/json {\"text\": ...}".to_owned(),
+        ));
+    }
+    let body = body_or_error(body, state.max_body_bytes)?;
+    let input: MessageInput = serde_json::from_slice(&body).map_err(|err| {
+        if err.is_data() {
+            GatewayError::InvalidPatch {
+                pointer: "/text".to_owned(),
+                message: "expected an object {\"text\": \"...\"}".to_owned(),
+            }
+        } else {
+            GatewayError::MalformedBody {
+                line: err.line(),
+                column: err.column(),
+                message: err.to_string(),
+            }
+        }
+    })?;
+    Ok(Json(
+        state.patches.submit_message(&caller, &input.text).await?,
+    ))
+}
+
+/// Every known target with its queue.
+#[utoipa::path(
+    get, path = "/v1/targets", operation_id = "listTargets", tag = "targets",
+    description = "Every known target: queue depth, paused flag, executor presence, running patch.",
+    responses(
+        (status = 200, description = "Targets", body = Vec<TargetView>),
+        (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Scope not allowed", body = Problem, content_type = "application/problem+json"),
+        (status = 501, description = "The router does not list targets yet", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Router unavailable", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn list_targets(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+) -> Result<Json<Vec<TargetView>>, GatewayError> {
+    Ok(Json(state.patches.targets(&caller).await?))
 }

@@ -1,15 +1,22 @@
 //! The gateway is the only public HTTP door for patches.
 //!
-//! Callers: GPT Actions, MCP clients, scripts and the `ghost` CLI, with an API key. Callees:
-//! the router (Submit, Get) and the summarizer (summary text). It is stateless: `202` is sent
+//! Callers: GPT Actions (OpenAPI 3.1 at `/openapi.json`), MCP clients (`/mcp`), signed webhooks,
+//! files dropped into the inbox directory, scripts and the `ghost` CLI. Callees: the router
+//! (Submit, Get, Events, List, Cancel, Retry, ListTargets) and the summarizer (summary text).
+//! Patches arrive as JSON or YAML, in v1 or a legacy shape that ghost-core normalises. It is stateless: `202` is sent
 //! only after the router has committed the patch; when the router cannot be reached the answer
 //! is `503` with `Retry-After`, never a success that is then lost. Refusals are
 //! `application/problem+json` naming the JSON pointer or line:column at fault.
 
 mod app;
+pub mod auth;
 pub mod config;
 mod error;
+mod guard;
 mod http;
+mod inbox;
+mod mcp;
+mod openapi;
 pub mod patches;
 mod upstream;
 

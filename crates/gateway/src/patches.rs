@@ -1,37 +1,51 @@
-//! The gateway's logic: accept a patch only once the router holds it, and read patches back
-//! with their summary. Talks to its downstreams through the two ports below.
+//! The gateway's logic: accept a patch only once the router holds it, read patches back with
+//! their summary, list, cancel, retry, and pick patches out of chat text. Talks to its
+//! downstreams through the two ports below and checks every caller's scope and targets.
 
 use std::sync::Arc;
 
-use ghost_core::{Patch, PatchId, Status};
+use ghost_core::{Format, LegacyOptions, Normalised, PatchId, Status};
 use serde::Serialize;
+use utoipa::ToSchema;
 
+use crate::auth::{Principal, Scope};
 use crate::error::GatewayError;
 
 /// The router as the gateway needs it.
 #[tonic::async_trait]
 pub trait PatchQueue: Send + Sync {
     /// Stores the patch durably; returns its state (`created` false for an identical replay).
-    async fn submit(&self, patch: &Patch) -> Result<PatchView, GatewayError>;
+    async fn submit(&self, patch: &ghost_core::Patch) -> Result<PatchView, GatewayError>;
     /// One patch's state.
     async fn get(&self, id: &PatchId) -> Result<PatchView, GatewayError>;
+    /// One patch's audit trail.
+    async fn events(&self, id: &PatchId) -> Result<Vec<EventView>, GatewayError>;
+    /// A page of patches, newest first.
+    async fn list(&self, filter: &ListFilter) -> Result<PatchPage, GatewayError>;
+    /// Cancels a patch on behalf of `actor`.
+    async fn cancel(&self, id: &PatchId, actor: &str) -> Result<PatchView, GatewayError>;
+    /// Queues another attempt on behalf of `actor`.
+    async fn retry(&self, id: &PatchId, actor: &str) -> Result<PatchView, GatewayError>;
+    /// Every known target.
+    async fn targets(&self) -> Result<Vec<TargetView>, GatewayError>;
 }
 
 /// The summarizer as the gateway needs it.
 #[tonic::async_trait]
 pub trait SummaryStore: Send + Sync {
-    /// The Markdown summary of a patch, if one was written yet.
+    /// The summary of a patch, if one was written yet.
     async fn markdown(&self, id: &PatchId) -> Result<Option<String>, GatewayError>;
 }
 
 /// A patch as the public API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PatchView {
     /// The patch id.
     pub id: String,
     /// Its workspace.
     pub target: String,
-    /// Lifecycle state.
+    /// Lifecycle state, e.g. `queued`, `succeeded`.
+    #[schema(value_type = String, example = "queued")]
     pub status: Status,
     /// Attempts started.
     pub attempt: u32,
@@ -41,9 +55,9 @@ pub struct PatchView {
     pub error: String,
     /// Trace id to find it in Jaeger.
     pub trace_id: String,
-    /// Unix ms.
+    /// Creation time, Unix ms.
     pub created_unix_ms: i64,
-    /// Unix ms.
+    /// Last change, Unix ms.
     pub updated_unix_ms: i64,
     /// False when this submit replayed an identical earlier one.
     #[serde(skip)]
@@ -51,7 +65,7 @@ pub struct PatchView {
 }
 
 /// A patch with its summary text, for `GET /v1/patches/{id}`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PatchDetail {
     /// State.
     #[serde(flatten)]
@@ -61,12 +75,117 @@ pub struct PatchDetail {
     pub summary: Option<String>,
 }
 
+/// One lifecycle transition.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct EventView {
+    /// When, Unix ms.
+    pub at_unix_ms: i64,
+    /// State entered.
+    pub status: String,
+    /// Who caused it.
+    pub actor: String,
+    /// Attempt number.
+    pub attempt: u32,
+    /// Details.
+    pub detail: String,
+}
+
+/// What `GET /v1/patches` filters on.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Only this target.
+    pub target: Option<String>,
+    /// Only this status.
+    pub status: Option<Status>,
+    /// Page size (0: router default).
+    pub page_size: u32,
+    /// Opaque token from the previous page.
+    pub page_token: String,
+}
+
+/// One page of patches.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PatchPage {
+    /// Newest first.
+    pub patches: Vec<PatchView>,
+    /// Pass as `page_token` for the next page; empty on the last.
+    pub next_page_token: String,
+}
+
+/// A target's queue.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TargetView {
+    /// Name.
+    pub target: String,
+    /// Patches waiting.
+    pub queued: u32,
+    /// Paused by an operator.
+    pub paused: bool,
+    /// An executor is connected.
+    pub executor_online: bool,
+    /// Creation of the oldest queued patch, Unix ms (0: none).
+    pub oldest_queued_unix_ms: i64,
+    /// The patch running now (empty: none).
+    pub running_patch_id: String,
+}
+
+/// What `submit` answers.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Accepted {
+    /// The patch id.
+    pub id: String,
+    /// The target it was queued for.
+    pub target: String,
+    /// State after queueing.
+    #[schema(value_type = String, example = "queued")]
+    pub status: Status,
+    /// Attempt count.
+    pub attempt: u32,
+    /// Trace id.
+    pub trace_id: String,
+    /// True when an identical patch had been submitted before (nothing new was queued).
+    pub replayed: bool,
+    /// The shape the document had (`v1` or a legacy shape).
+    pub shape: String,
+    /// Legacy fields without a v1 meaning, left out (JSON pointers).
+    pub ignored: Vec<String>,
+}
+
+/// One fenced block of a chat message and what became of it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct BlockOutcome {
+    /// 1-based line of its opening fence.
+    pub line: usize,
+    /// Its language tag.
+    pub lang: String,
+    /// `submitted`, `refused` or `skipped` (not a patch).
+    pub outcome: String,
+    /// The submitted patch, when submitted.
+    pub patch: Option<Accepted>,
+    /// Why it was refused or skipped.
+    pub reason: Option<String>,
+}
+
+/// What `POST /v1/messages` answers.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct MessageOutcome {
+    /// Patches submitted.
+    pub submitted: usize,
+    /// Every fenced block, in order.
+    pub blocks: Vec<BlockOutcome>,
+}
+
 /// The gateway's logic over its ports.
 #[derive(Clone)]
 pub struct Patches {
     queue: Arc<dyn PatchQueue>,
     summaries: Arc<dyn SummaryStore>,
     summary_max_chars: usize,
+    legacy: Arc<LegacyOptions>,
+}
+
+fn parse_id(raw: &str) -> Result<PatchId, GatewayError> {
+    PatchId::parse(raw).map_err(|_| GatewayError::NotFound(raw.to_owned()))
 }
 
 impl Patches {
@@ -75,26 +194,170 @@ impl Patches {
         queue: Arc<dyn PatchQueue>,
         summaries: Arc<dyn SummaryStore>,
         summary_max_chars: usize,
+        legacy: LegacyOptions,
     ) -> Self {
         Self {
             queue,
             summaries,
             summary_max_chars,
+            legacy: Arc::new(legacy),
         }
     }
 
-    /// Parses, validates and durably queues a JSON patch.
-    pub async fn submit_json(&self, body: &[u8]) -> Result<PatchView, GatewayError> {
-        let patch = ghost_core::parse_json(body)?;
+    /// The legacy normalisation options (aliases, roots, default target).
+    pub fn legacy(&self) -> &LegacyOptions {
+        &self.legacy
+    }
+
+    /// Parses (JSON or YAML, v1 or legacy), checks the caller may, and durably queues.
+    ///
+    /// `idempotency_key`, when given, must equal the patch id (409 otherwise): the router's
+    /// idempotency by id and content hash then makes a retried request a replay.
+    pub async fn submit(
+        &self,
+        caller: &Principal,
+        body: &[u8],
+        format: Format,
+        idempotency_key: Option<&str>,
+        options: Option<&LegacyOptions>,
+    ) -> Result<Accepted, GatewayError> {
+        caller.require(Scope::Submit)?;
+        let options = options.unwrap_or(&self.legacy);
+        let value = ghost_core::parse_document(body, format)?;
+        if let Some(key) = idempotency_key {
+            let key = PatchId::parse(key).map_err(|err| {
+                GatewayError::BadRequest(format!("Idempotency-Key is not a valid patch id: {err}"))
+            })?;
+            if let Some(id) = value.get("id")
+                && id.as_str() != Some(key.as_str())
+            {
+                return Err(GatewayError::Conflict(format!(
+                    "the patch id differs from the Idempotency-Key header {key}"
+                )));
+            }
+        }
+        let normalised = ghost_core::normalise(value, options)?;
+        self.queue_normalised(caller, normalised).await
+    }
+
+    /// Queues an already normalised patch after the caller's target check.
+    pub async fn queue_normalised(
+        &self,
+        caller: &Principal,
+        normalised: Normalised,
+    ) -> Result<Accepted, GatewayError> {
+        let Normalised {
+            patch,
+            shape,
+            ignored,
+        } = normalised;
         tracing::Span::current().record("patch_id", patch.id.as_str());
-        self.queue.submit(&patch).await
+        caller.allow_target(patch.target.as_str())?;
+        let view = self.queue.submit(&patch).await?;
+        Ok(Accepted {
+            id: view.id,
+            target: view.target,
+            status: view.status,
+            attempt: view.attempt,
+            trace_id: view.trace_id,
+            replayed: !view.created,
+            shape: shape.as_str().to_owned(),
+            ignored,
+        })
+    }
+
+    /// Every fenced JSON/YAML patch block of a chat message submitted; the others reported.
+    pub async fn submit_message(
+        &self,
+        caller: &Principal,
+        text: &str,
+    ) -> Result<MessageOutcome, GatewayError> {
+        caller.require(Scope::Submit)?;
+        let mut blocks = Vec::new();
+        let mut submitted = 0;
+        for block in ghost_core::fenced_blocks(text) {
+            let format = match block.lang.as_str() {
+                "json" | "jsonc" | "json5" => Some(Format::Json),
+                "yaml" | "yml" => Some(Format::Yaml),
+                "" if block.body.trim_start().starts_with('{') => Some(Format::Json),
+                _ => None,
+            };
+            let skipped = |reason: &str| BlockOutcome {
+                line: block.line,
+                lang: block.lang.clone(),
+                outcome: "skipped".to_owned(),
+                patch: None,
+                reason: Some(reason.to_owned()),
+            };
+            let Some(format) = format else {
+                blocks.push(skipped("not a JSON or YAML block"));
+                continue;
+            };
+            let value = match ghost_core::parse_document(block.body.as_bytes(), format) {
+                Ok(value) => value,
+                Err(_) if !block.closed => {
+                    blocks.push(skipped("unterminated block"));
+                    continue;
+                }
+                Err(err) => {
+                    blocks.push(BlockOutcome {
+                        outcome: "refused".to_owned(),
+                        reason: Some(err.to_string()),
+                        ..skipped("")
+                    });
+                    continue;
+                }
+            };
+            if ghost_core::detect_shape(&value).is_none() {
+                blocks.push(skipped("not a patch"));
+                continue;
+            }
+            let result = match ghost_core::normalise(value, &self.legacy) {
+                Ok(normalised) => self.queue_normalised(caller, normalised).await,
+                Err(err) => Err(err.into()),
+            };
+            match result {
+                Ok(accepted) => {
+                    submitted += 1;
+                    blocks.push(BlockOutcome {
+                        outcome: "submitted".to_owned(),
+                        patch: Some(accepted),
+                        reason: None,
+                        ..skipped("")
+                    });
+                }
+                // Losing the router mid-message must not look like a refused block.
+                Err(err @ GatewayError::Unavailable(_)) => return Err(err),
+                Err(err) => blocks.push(BlockOutcome {
+                    outcome: "refused".to_owned(),
+                    reason: Some(err.to_string()),
+                    ..skipped("")
+                }),
+            }
+        }
+        Ok(MessageOutcome { submitted, blocks })
+    }
+
+    async fn visible(&self, caller: &Principal, raw_id: &str) -> Result<PatchView, GatewayError> {
+        let id = parse_id(raw_id)?;
+        let view = self.queue.get(&id).await?;
+        if !caller.may_touch(&view.target) {
+            // Do not reveal patches of targets the caller cannot see.
+            return Err(GatewayError::NotFound(raw_id.to_owned()));
+        }
+        Ok(view)
     }
 
     /// A patch and, once it has ended, its summary.
-    pub async fn detail(&self, raw_id: &str) -> Result<PatchDetail, GatewayError> {
-        let id = PatchId::parse(raw_id).map_err(|_| GatewayError::NotFound(raw_id.to_owned()))?;
-        let view = self.queue.get(&id).await?;
+    pub async fn detail(
+        &self,
+        caller: &Principal,
+        raw_id: &str,
+    ) -> Result<PatchDetail, GatewayError> {
+        caller.require(Scope::Read)?;
+        let view = self.visible(caller, raw_id).await?;
         let summary = if view.status.is_terminal() {
+            let id = parse_id(raw_id)?;
             self.summaries
                 .markdown(&id)
                 .await?
@@ -103,6 +366,62 @@ impl Patches {
             None
         };
         Ok(PatchDetail { view, summary })
+    }
+
+    /// The audit trail of a patch.
+    pub async fn events(
+        &self,
+        caller: &Principal,
+        raw_id: &str,
+    ) -> Result<Vec<EventView>, GatewayError> {
+        caller.require(Scope::Read)?;
+        self.visible(caller, raw_id).await?;
+        self.queue.events(&parse_id(raw_id)?).await
+    }
+
+    /// A filtered page of patches the caller may see.
+    pub async fn list(
+        &self,
+        caller: &Principal,
+        filter: &ListFilter,
+    ) -> Result<PatchPage, GatewayError> {
+        caller.require(Scope::Read)?;
+        if let Some(target) = &filter.target {
+            caller.allow_target(target)?;
+        }
+        let mut page = self.queue.list(filter).await?;
+        page.patches.retain(|patch| caller.may_touch(&patch.target));
+        Ok(page)
+    }
+
+    /// Cancels a patch.
+    pub async fn cancel(
+        &self,
+        caller: &Principal,
+        raw_id: &str,
+    ) -> Result<PatchView, GatewayError> {
+        caller.require(Scope::Admin)?;
+        self.visible(caller, raw_id).await?;
+        self.queue
+            .cancel(&parse_id(raw_id)?, &format!("gateway:{}", caller.name))
+            .await
+    }
+
+    /// Queues another attempt of a finished patch.
+    pub async fn retry(&self, caller: &Principal, raw_id: &str) -> Result<PatchView, GatewayError> {
+        caller.require(Scope::Admin)?;
+        self.visible(caller, raw_id).await?;
+        self.queue
+            .retry(&parse_id(raw_id)?, &format!("gateway:{}", caller.name))
+            .await
+    }
+
+    /// Targets the caller may see.
+    pub async fn targets(&self, caller: &Principal) -> Result<Vec<TargetView>, GatewayError> {
+        caller.require(Scope::Read)?;
+        let mut targets = self.queue.targets().await?;
+        targets.retain(|target| caller.may_touch(&target.target));
+        Ok(targets)
     }
 }
 

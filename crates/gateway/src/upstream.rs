@@ -11,7 +11,9 @@ use ghost_proto::summarizer::v1::summarizer_service_client::SummarizerServiceCli
 use ghost_runtime::propagation::TracedChannel;
 
 use crate::error::{GatewayError, from_upstream};
-use crate::patches::{PatchQueue, PatchView, SummaryStore};
+use crate::patches::{
+    EventView, ListFilter, PatchPage, PatchQueue, PatchView, SummaryStore, TargetView,
+};
 
 /// The router over gRPC.
 #[derive(Clone)]
@@ -76,6 +78,120 @@ impl PatchQueue for GrpcRouter {
             .state
             .ok_or_else(|| GatewayError::Internal("router answered without state".to_owned()))?;
         view(state, false)
+    }
+
+    async fn events(&self, id: &PatchId) -> Result<Vec<EventView>, GatewayError> {
+        let request = router_wire::EventsRequest { id: id.to_string() };
+        let events = self
+            .client
+            .clone()
+            .events(with_deadline(request, self.timeout))
+            .await
+            .map_err(|status| from_upstream(id.as_str(), &status))?
+            .into_inner()
+            .events;
+        Ok(events
+            .into_iter()
+            .map(|event| EventView {
+                at_unix_ms: event.at_unix_ms,
+                status: event.status,
+                actor: event.actor,
+                attempt: event.attempt,
+                detail: event.detail,
+            })
+            .collect())
+    }
+
+    async fn list(&self, filter: &ListFilter) -> Result<PatchPage, GatewayError> {
+        let request = router_wire::ListRequest {
+            target: filter.target.clone().unwrap_or_default(),
+            status: filter
+                .status
+                .map_or(0, |status| router_wire::PatchStatus::from(status) as i32),
+            page_size: filter.page_size,
+            page_token: filter.page_token.clone(),
+        };
+        let response = self
+            .client
+            .clone()
+            .list(with_deadline(request, self.timeout))
+            .await
+            .map_err(|status| match status.code() {
+                tonic::Code::InvalidArgument => {
+                    GatewayError::BadRequest(status.message().to_owned())
+                }
+                _ => from_upstream("", &status),
+            })?
+            .into_inner();
+        let patches = response
+            .patches
+            .into_iter()
+            .map(|state| view(state, false))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(PatchPage {
+            patches,
+            next_page_token: response.next_page_token,
+        })
+    }
+
+    async fn cancel(&self, id: &PatchId, actor: &str) -> Result<PatchView, GatewayError> {
+        let request = router_wire::CancelRequest {
+            id: id.to_string(),
+            actor: actor.to_owned(),
+        };
+        let state = self
+            .client
+            .clone()
+            .cancel(with_deadline(request, self.timeout))
+            .await
+            .map_err(|status| from_upstream(id.as_str(), &status))?
+            .into_inner()
+            .state
+            .ok_or_else(|| GatewayError::Internal("router answered without state".to_owned()))?;
+        view(state, false)
+    }
+
+    async fn retry(&self, id: &PatchId, actor: &str) -> Result<PatchView, GatewayError> {
+        let request = router_wire::RetryRequest {
+            id: id.to_string(),
+            actor: actor.to_owned(),
+        };
+        let state = self
+            .client
+            .clone()
+            .retry(with_deadline(request, self.timeout))
+            .await
+            .map_err(|status| from_upstream(id.as_str(), &status))?
+            .into_inner()
+            .state
+            .ok_or_else(|| GatewayError::Internal("router answered without state".to_owned()))?;
+        view(state, false)
+    }
+
+    async fn targets(&self) -> Result<Vec<TargetView>, GatewayError> {
+        let request = router_wire::ListTargetsRequest {};
+        let targets = self
+            .client
+            .clone()
+            .list_targets(with_deadline(request, self.timeout))
+            .await
+            .map_err(|status| match status.code() {
+                tonic::Code::Unimplemented => GatewayError::NotImplemented("ListTargets"),
+                _ => from_upstream("", &status),
+            })?
+            .into_inner()
+            .targets;
+        Ok(targets
+            .into_iter()
+            .map(|target| TargetView {
+                target: target.target,
+                queued: target.queued,
+                paused: target.paused,
+                executor_online: target.executor_online,
+                oldest_queued_unix_ms: target.oldest_queued_unix_ms,
+                running_patch_id: target.running_patch_id,
+            })
+            .collect())
     }
 }
 

@@ -6,14 +6,24 @@
 //! about gRPC or HTTP: wire conversions live in `ghost-proto`.
 
 mod edit_de;
+mod fenced;
+pub mod fileops;
 mod ids;
+pub mod ladder;
+mod legacy;
 mod parse;
 mod patch;
 mod report;
 mod status;
+pub mod unified;
+pub mod v4a;
 
+pub use fenced::{FencedBlock, fenced_blocks};
 pub use ids::{IdError, PatchId, RelPath, TargetName};
-pub use parse::{PatchError, parse_json, validate};
+pub use legacy::{LegacyOptions, Normalised, Shape, detect_shape, normalise, parse_submission};
+pub use parse::{
+    Format, PatchError, parse_document, parse_json, parse_yaml, patch_from_value, validate,
+};
 pub use patch::{AgentTask, Base, Check, CommitSpec, Edit, OnFailure, Patch, Priority};
 pub use report::{ApplyReport, CommandKind, CommandReport, EditReport, Rollback, StageTiming};
 pub use status::{Status, UnknownStatus};

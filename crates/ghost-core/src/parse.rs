@@ -7,8 +7,8 @@ use crate::patch::{Edit, Patch};
 /// Why a submitted patch was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PatchError {
-    /// The document is not well-formed JSON.
-    #[error("malformed JSON at line {line}, column {column}: {message}")]
+    /// The document is not well-formed JSON or YAML.
+    #[error("malformed document at line {line}, column {column}: {message}")]
     Syntax {
         /// 1-based line.
         line: usize,
@@ -28,7 +28,7 @@ pub enum PatchError {
 }
 
 impl PatchError {
-    fn invalid(pointer: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(pointer: impl Into<String>, message: impl Into<String>) -> Self {
         Self::Invalid {
             pointer: pointer.into(),
             message: message.into(),
@@ -38,6 +38,76 @@ impl PatchError {
 
 /// Largest accepted `timeout_s`: one day.
 const MAX_TIMEOUT_S: u32 = 86_400;
+
+/// The syntax a submitted document is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// JSON (RFC 8259).
+    Json,
+    /// YAML 1.2 (one document).
+    Yaml,
+}
+
+impl Format {
+    /// The format a media type names (`application/json`, `application/yaml`, `+json`, ...),
+    /// if it names one.
+    pub fn from_media_type(media_type: &str) -> Option<Self> {
+        let essence = media_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        match essence.as_str() {
+            "application/json" => Some(Self::Json),
+            "application/yaml" | "application/x-yaml" | "text/yaml" | "text/x-yaml" => {
+                Some(Self::Yaml)
+            }
+            _ if essence.ends_with("+json") => Some(Self::Json),
+            _ if essence.ends_with("+yaml") => Some(Self::Yaml),
+            _ => None,
+        }
+    }
+}
+
+/// Reads a JSON or YAML document into a generic value; syntax errors carry line:column.
+pub fn parse_document(body: &[u8], format: Format) -> Result<serde_json::Value, PatchError> {
+    match format {
+        Format::Json => serde_json::from_slice(body).map_err(|err| PatchError::Syntax {
+            line: err.line(),
+            column: err.column(),
+            message: strip_position(&err),
+        }),
+        Format::Yaml => serde_norway::from_slice(body).map_err(|err| {
+            let (line, column) = err.location().map_or((0, 0), |at| (at.line(), at.column()));
+            let text = err.to_string();
+            let message = match text.find(" at line ") {
+                Some(cut) => text[..cut].to_owned(),
+                None => text,
+            };
+            PatchError::Syntax {
+                line,
+                column,
+                message,
+            }
+        }),
+    }
+}
+
+/// Reads a canonical v1 patch out of a generic value and validates it; errors name the field.
+pub fn patch_from_value(value: serde_json::Value) -> Result<Patch, PatchError> {
+    let patch: Patch = serde_path_to_error::deserialize(value).map_err(|err| {
+        let pointer = json_pointer(err.path());
+        PatchError::invalid(pointer, strip_position(err.inner()))
+    })?;
+    validate(&patch)?;
+    Ok(patch)
+}
+
+/// Parses and validates a canonical v1 patch from YAML.
+pub fn parse_yaml(body: &[u8]) -> Result<Patch, PatchError> {
+    patch_from_value(parse_document(body, Format::Yaml)?)
+}
 
 /// Parses and validates a canonical v1 patch from JSON.
 pub fn parse_json(body: &[u8]) -> Result<Patch, PatchError> {
@@ -70,10 +140,11 @@ pub fn validate(patch: &Patch) -> Result<(), PatchError> {
         .patch
         .as_deref()
         .is_some_and(|doc| !doc.trim().is_empty());
-    if patch.edits.is_empty() && !has_document && patch.agent.is_none() {
+    if patch.edits.is_empty() && !has_document && patch.agent.is_none() && patch.commands.is_empty()
+    {
         return Err(PatchError::invalid(
             "/edits",
-            "a patch needs at least one edit, a `patch` document or an `agent` task",
+            "a patch needs at least one edit, a `patch` document, an `agent` task or a command",
         ));
     }
     if !patch.edits.is_empty() && has_document {

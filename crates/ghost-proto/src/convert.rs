@@ -462,6 +462,7 @@ mod tests {
     fn cross_field_rules_apply_on_the_wire_too() {
         let mut bad = wire::Patch::from(&sample());
         bad.edits.clear();
+        bad.commands.clear();
         let err = Patch::try_from(bad).unwrap_err();
         assert_eq!(err.field, "edits");
     }

@@ -2,7 +2,8 @@
 //!
 //! Service API tests (`crates/<svc>/tests/api/`) and the cross-service tests in `tests/` start
 //! these on `127.0.0.1:0`, point a real service at them and assert on what they recorded.
-//! [`FakeSlack`] speaks Slack's Web API (`chat.postMessage`, `chat.update`) and can be scripted
+//! [`FakeSlack`] speaks Slack's Web API (`chat.postMessage`, `chat.update`), incoming webhooks
+//! and `response_url`, and can be scripted
 //! to rate-limit or fail; [`OtlpReceiver`] is a real OTLP/gRPC trace collector. This crate is a dev-dependency only; nothing in production links it.
 
 mod otlp;
@@ -11,4 +12,6 @@ mod slack;
 
 pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use python::{python, repo_root};
-pub use slack::{FakeResponse, FakeSlack, SlackRequest};
+pub use slack::{
+    FakeMessage, FakeResponse, FakeSlack, RESPONSE_URL_METHOD, SlackRequest, WEBHOOK_METHOD,
+};

@@ -51,6 +51,26 @@ async fn main() -> anyhow::Result<()> {
     let samples = args.get(2).copied().unwrap_or(200);
 
     let dir = tempfile::tempdir_in(".")?;
+
+    // 0. The floor: one 4 KiB write + fdatasync, as a commit costs at least one of these.
+    let mut fsyncs = Vec::with_capacity(200);
+    {
+        let mut file = std::fs::File::create(dir.path().join("fsync-probe"))?;
+        let block = [0u8; 4096];
+        for _ in 0..200 {
+            let begin = Instant::now();
+            file.write_all(&block)?;
+            file.sync_data()?;
+            fsyncs.push(begin.elapsed());
+        }
+    }
+    fsyncs.sort();
+    writeln!(
+        std::io::stdout().lock(),
+        "fsync floor: 4 KiB write + fdatasync p50 {:.2} ms, p99 {:.2} ms (200 samples)",
+        percentile(&fsyncs, 0.50).as_secs_f64() * 1e3,
+        percentile(&fsyncs, 0.99).as_secs_f64() * 1e3,
+    )?;
     let app = App::build(RouterConfig {
         server: ServerConfig::ephemeral(),
         data_dir: dir.path().to_owned(),

@@ -1,5 +1,6 @@
 //! [`App`]: binds the listeners, opens the summary store, connects the alerter client, and
-//! serves until the shutdown future resolves.
+//! serves until the shutdown future resolves, running the notify outbox and the archiver
+//! beside the servers.
 
 use std::net::SocketAddr;
 
@@ -12,8 +13,8 @@ use tokio_util::task::TaskTracker;
 use crate::SERVICE;
 use crate::config::SummarizerConfig;
 use crate::grpc::SummarizerGrpc;
-use crate::notify::Notifier;
-use crate::summaries::Summaries;
+use crate::notify::{Backoff, Notifier};
+use crate::summaries::{Clock, StoreOptions, Summaries, system_clock};
 
 /// What every request handler shares; cheap to clone.
 #[derive(Clone)]
@@ -22,7 +23,7 @@ pub struct AppState {
     pub summaries: Summaries,
     /// The alerter client; `None` when no alerter is configured.
     pub notifier: Option<Notifier>,
-    /// Tracks background notify tasks so `run` waits for them.
+    /// Tracks background tasks so `run` waits for them.
     pub tracker: TaskTracker,
     /// Cancelled when the service stops.
     pub shutdown: CancellationToken,
@@ -38,21 +39,29 @@ pub struct App {
 impl App {
     /// Binds the listeners (port 0 allowed), opens the store under `data_dir` and indexes it.
     pub async fn build(config: SummarizerConfig) -> anyhow::Result<Self> {
+        Self::build_with_clock(config, system_clock()).await
+    }
+
+    /// [`App::build`] with the clock the store and archiver use (tests inject one).
+    pub async fn build_with_clock(config: SummarizerConfig, clock: Clock) -> anyhow::Result<Self> {
         let listeners = Listeners::bind(&config.server)
             .await
             .context("cannot bind the summarizer listeners")?;
-        let summaries =
-            Summaries::open(config.data_dir.clone(), config.jaeger_url_template.clone())
-                .await
-                .with_context(|| {
-                    format!("cannot open summaries in {}", config.data_dir.display())
-                })?;
         let notifier = config
             .alerter_url
             .as_deref()
-            .map(Notifier::connect)
+            .map(|url| Notifier::connect(url, config.notify_timeout))
             .transpose()
             .context("invalid alerter_url")?;
+        let options = StoreOptions {
+            jaeger_url_template: config.jaeger_url_template.clone(),
+            model_text_chars: config.model_text_chars,
+            changelog_len: config.changelog_len.max(1),
+            notify: notifier.is_some(),
+        };
+        let summaries = Summaries::open(config.data_dir.clone(), options, clock)
+            .await
+            .with_context(|| format!("cannot open summaries in {}", config.data_dir.display()))?;
         let state = AppState {
             summaries,
             notifier,
@@ -76,13 +85,38 @@ impl App {
         self.listeners.http_addr()
     }
 
-    /// Serves until `shutdown` resolves, drains, then waits for background notify tasks.
+    /// The summary store (tests call its archive function with their own clock).
+    pub fn summaries(&self) -> Summaries {
+        self.state.summaries.clone()
+    }
+
+    /// Serves until `shutdown` resolves, drains, then waits for the background tasks.
     pub async fn run<F: std::future::Future<Output = ()> + Send>(
         self,
         shutdown: F,
     ) -> anyhow::Result<()> {
         let token = self.state.shutdown.clone();
         let tracker = self.state.tracker.clone();
+        let summaries = self.state.summaries.clone();
+        if let Some(notifier) = self.state.notifier.clone() {
+            let backoff = Backoff {
+                initial: self.config.notify_initial_backoff,
+                max: self.config.notify_max_backoff,
+            };
+            tracker.spawn(crate::notify::run(
+                summaries.clone(),
+                notifier,
+                backoff,
+                summaries.outbox_wake(),
+                token.clone(),
+            ));
+        }
+        tracker.spawn(summaries.run_archiver(
+            self.config.archive_interval,
+            self.config.archive_after,
+            self.config.retention,
+            token.clone(),
+        ));
         let service = Service {
             name: SERVICE,
             grpc_names: vec!["ghost.summarizer.v1.SummarizerService"],

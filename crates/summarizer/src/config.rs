@@ -1,6 +1,7 @@
-//! [`SummarizerConfig`]: where summaries live and whom to notify.
+//! [`SummarizerConfig`]: where summaries live, whom to notify, and when to archive.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use ghost_runtime::config::ServerConfig;
 use ghost_runtime::telemetry::TelemetryConfig;
@@ -14,12 +15,37 @@ pub struct SummarizerConfig {
     pub server: ServerConfig,
     /// Logs and span export.
     pub telemetry: TelemetryConfig,
-    /// Root of the summary files; summaries go to `<data_dir>/summaries/<target>/`.
+    /// Root of the summarizer's state: `summarizer.db` (index and notify outbox) and
+    /// `summaries/<target>/` (summary files, artifacts, manifest, archive).
     pub data_dir: PathBuf,
     /// The alerter's gRPC endpoint, e.g. `http://127.0.0.1:50054`; unset: nobody is notified.
     pub alerter_url: Option<String>,
     /// Link to a trace in the summary; `{trace_id}` is replaced by the trace id.
     pub jaeger_url_template: String,
+    /// Summaries whose last attempt ended longer ago than this move to
+    /// `summaries/<target>/.archive/YYYY-MM/`; unset: never archived.
+    #[serde(with = "humantime_serde")]
+    pub archive_after: Option<Duration>,
+    /// How often the archive task runs.
+    #[serde(with = "humantime_serde")]
+    pub archive_interval: Duration,
+    /// Archived summaries whose last attempt ended longer ago than this are deleted; unset:
+    /// kept forever.
+    #[serde(with = "humantime_serde")]
+    pub retention: Option<Duration>,
+    /// Longest text returned to a model (`Summary.model_text`), in characters.
+    pub model_text_chars: usize,
+    /// Transitions kept in each target's `patch-manifest.json` changelog.
+    pub changelog_len: usize,
+    /// Wait before retrying a failed notification; doubles per failure up to `notify_max_backoff`.
+    #[serde(with = "humantime_serde")]
+    pub notify_initial_backoff: Duration,
+    /// Longest wait between two tries of one notification.
+    #[serde(with = "humantime_serde")]
+    pub notify_max_backoff: Duration,
+    /// Deadline of one `Notify` call.
+    #[serde(with = "humantime_serde")]
+    pub notify_timeout: Duration,
 }
 
 impl Default for SummarizerConfig {
@@ -30,6 +56,62 @@ impl Default for SummarizerConfig {
             data_dir: PathBuf::from("./.ghost/summarizer"),
             alerter_url: None,
             jaeger_url_template: "http://127.0.0.1:16686/trace/{trace_id}".to_owned(),
+            archive_after: Some(Duration::from_secs(30 * 24 * 3600)),
+            archive_interval: Duration::from_secs(3600),
+            retention: None,
+            model_text_chars: crate::render::MODEL_TEXT_CHARS,
+            changelog_len: 200,
+            notify_initial_backoff: Duration::from_millis(500),
+            notify_max_backoff: Duration::from_secs(60),
+            notify_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn old_config_files_still_load_and_durations_parse() {
+        let config: SummarizerConfig = serde_json::from_value(serde_json::json!({
+            "data_dir": "/tmp/x",
+            "alerter_url": "http://127.0.0.1:1",
+        }))
+        .unwrap();
+        assert_eq!(config.model_text_chars, 100_000);
+        assert_eq!(config.retention, None);
+        let config: SummarizerConfig = serde_json::from_value(serde_json::json!({
+            "archive_after": "7days",
+            "retention": "365days",
+            "notify_max_backoff": "30s",
+        }))
+        .unwrap();
+        assert_eq!(config.archive_after, Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(config.notify_max_backoff, Duration::from_secs(30));
+        assert!(
+            serde_json::from_value::<SummarizerConfig>(serde_json::json!({"archive_afer": "1s"}))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn defaults_survive_the_config_layers_and_env_overrides_apply() {
+        let env = [
+            ("GHOST_SUMMARIZER__RETENTION", "90days"),
+            ("GHOST_SUMMARIZER__MODEL_TEXT_CHARS", "5000"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let config: SummarizerConfig =
+            ghost_runtime::config::load_from("summarizer", None, env).unwrap();
+        assert_eq!(config.retention, Some(Duration::from_secs(90 * 86_400)));
+        assert_eq!(config.model_text_chars, 5000);
+        assert_eq!(config.archive_after, Some(Duration::from_secs(30 * 86_400)));
+        let plain: SummarizerConfig =
+            ghost_runtime::config::load_from("summarizer", None, Default::default()).unwrap();
+        assert_eq!(plain.retention, None);
+        assert!(ghost_runtime::config::render(&plain).is_ok());
     }
 }

@@ -34,6 +34,9 @@ pub enum SummarizerError {
         #[source]
         source: serde_json::Error,
     },
+    /// The SQLite index failed.
+    #[error("summary index failed")]
+    Db(#[from] rusqlite::Error),
     /// A blocking task died (panicked or was cancelled).
     #[error("storage task failed")]
     Task(#[source] tokio::task::JoinError),
@@ -64,6 +67,7 @@ impl From<SummarizerError> for tonic::Status {
             SummarizerError::NotFound(_) => Self::not_found(err.to_string()),
             SummarizerError::Io { .. }
             | SummarizerError::Corrupt { .. }
+            | SummarizerError::Db(_)
             | SummarizerError::Task(_) => {
                 tracing::error!(error = ?anyhow::Error::from(err), "summarizer internal error");
                 Self::internal("internal error")

@@ -1,16 +1,16 @@
 //! The `SummarizerService` adapter: wire → domain → [`Summaries`](crate::summaries) → wire.
 
-use ghost_core::{ApplyReport, PatchId, TargetName};
+use ghost_core::{ApplyReport, PatchId, Status, TargetName};
 use ghost_proto::router::v1::PatchStatus;
 use ghost_proto::summarizer::v1 as wire;
 use ghost_proto::summarizer::v1::summarizer_service_server::SummarizerService;
 use ghost_runtime::propagation::{current_trace_id, current_traceparent};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status as GrpcStatus};
 
 use crate::app::AppState;
+use crate::doc::Outcome;
 use crate::error::SummarizerError;
-use crate::render::Outcome;
-use crate::summaries::IndexEntry;
+use crate::index::SummaryRow;
 
 /// Default and largest `List` page.
 const DEFAULT_PAGE_SIZE: usize = 50;
@@ -42,6 +42,12 @@ impl TryFrom<wire::Outcome> for Outcome {
         let report = ApplyReport::try_from(wire_report).map_err(|err| {
             SummarizerError::invalid(format!("outcome.{}", err.field), err.message)
         })?;
+        if !report.status.is_terminal() {
+            return Err(SummarizerError::invalid(
+                "outcome.report.status",
+                format!("{} is not a terminal status", report.status),
+            ));
+        }
         Ok(Self {
             patch_id,
             target,
@@ -55,16 +61,26 @@ impl TryFrom<wire::Outcome> for Outcome {
     }
 }
 
-fn summary_to_wire(entry: IndexEntry, markdown: String) -> wire::Summary {
+fn summary_to_wire(row: SummaryRow, markdown: String, model_text: String) -> wire::Summary {
+    let status = row
+        .status
+        .parse::<Status>()
+        .map(|status| PatchStatus::from(status) as i32)
+        .unwrap_or(PatchStatus::Unspecified as i32);
     wire::Summary {
-        patch_id: entry.patch_id.to_string(),
-        target: entry.target.to_string(),
-        attempt: entry.attempt,
-        status: PatchStatus::from(entry.status) as i32,
+        path: format!("{}/summary-{}.md", row.dir, row.patch_id),
+        json_path: format!("{}/summary-{}.json", row.dir, row.patch_id),
+        patch_id: row.patch_id,
+        target: row.target,
+        attempt: row.attempt,
+        status,
         markdown,
-        path: entry.markdown_path,
-        trace_id: entry.trace_id,
-        finished_unix_ms: entry.finished_unix_ms,
+        trace_id: row.trace_id,
+        finished_unix_ms: row.finished_ms,
+        model_text,
+        attempts: row.attempts,
+        archived: row.archived,
+        created_unix_ms: row.created_ms,
     }
 }
 
@@ -77,7 +93,7 @@ impl SummarizerService for SummarizerGrpc {
     async fn record(
         &self,
         request: Request<wire::RecordRequest>,
-    ) -> Result<Response<wire::RecordResponse>, Status> {
+    ) -> Result<Response<wire::RecordResponse>, GrpcStatus> {
         let wire_outcome = request
             .into_inner()
             .outcome
@@ -86,10 +102,14 @@ impl SummarizerService for SummarizerGrpc {
         if outcome.trace_id.is_empty() {
             outcome.trace_id = current_trace_id();
         }
-        let recorded = self.state.summaries.record(outcome).await?;
+        let recorded = self
+            .state
+            .summaries
+            .record(outcome, current_traceparent().unwrap_or_default())
+            .await?;
         tracing::info!(
             created = recorded.created,
-            status = %recorded.doc.status,
+            status = %recorded.status,
             "outcome recorded"
         );
         metrics::counter!(
@@ -97,15 +117,6 @@ impl SummarizerService for SummarizerGrpc {
             "created" => if recorded.created { "true" } else { "false" }
         )
         .increment(1);
-        if let Some(notifier) = &self.state.notifier {
-            notifier.spawn(
-                &self.state.tracker,
-                self.state.shutdown.clone(),
-                &recorded.doc,
-                &recorded.markdown,
-                current_traceparent(),
-            );
-        }
         Ok(Response::new(wire::RecordResponse {
             created: recorded.created,
         }))
@@ -115,21 +126,25 @@ impl SummarizerService for SummarizerGrpc {
     async fn get(
         &self,
         request: Request<wire::GetRequest>,
-    ) -> Result<Response<wire::GetResponse>, Status> {
+    ) -> Result<Response<wire::GetResponse>, GrpcStatus> {
         let patch_id = PatchId::parse(&request.get_ref().patch_id)
             .map_err(|err| SummarizerError::invalid("patch_id", err.to_string()))?;
         let summary = self.state.summaries.get(&patch_id).await?;
         Ok(Response::new(wire::GetResponse {
-            summary: Some(summary_to_wire(summary.entry, summary.markdown)),
+            summary: Some(summary_to_wire(
+                summary.row,
+                summary.markdown,
+                summary.model_text,
+            )),
         }))
     }
 
-    /// Summaries newest first; `markdown` is left empty (call `Get` for the text).
+    /// Summaries newest first; `markdown` and `model_text` are left empty (call `Get`).
     #[tracing::instrument(skip_all, fields(target = %request.get_ref().target))]
     async fn list(
         &self,
         request: Request<wire::ListRequest>,
-    ) -> Result<Response<wire::ListResponse>, Status> {
+    ) -> Result<Response<wire::ListResponse>, GrpcStatus> {
         let list = request.into_inner();
         let target = if list.target.is_empty() {
             None
@@ -137,6 +152,14 @@ impl SummarizerService for SummarizerGrpc {
             Some(
                 TargetName::parse(&list.target)
                     .map_err(|err| SummarizerError::invalid("target", err.to_string()))?,
+            )
+        };
+        let status = if list.status == PatchStatus::Unspecified as i32 {
+            None
+        } else {
+            Some(
+                ghost_proto::convert::status_from_wire("status", list.status)
+                    .map_err(|err| SummarizerError::invalid(err.field, err.message))?,
             )
         };
         let offset = if list.page_token.is_empty() {
@@ -155,17 +178,19 @@ impl SummarizerService for SummarizerGrpc {
         let page = self
             .state
             .summaries
-            .list(target.as_ref(), offset, page_size);
+            .list(target, status, offset, page_size)
+            .await?;
         Ok(Response::new(wire::ListResponse {
             summaries: page
-                .entries
+                .rows
                 .into_iter()
-                .map(|entry| summary_to_wire(entry, String::new()))
+                .map(|row| summary_to_wire(row, String::new(), String::new()))
                 .collect(),
             next_page_token: page
                 .next_offset
                 .map(|offset| offset.to_string())
                 .unwrap_or_default(),
+            total: u32::try_from(page.total).unwrap_or(u32::MAX),
         }))
     }
 }

@@ -3,21 +3,29 @@
 //! and tells the alerter about each outcome.
 //!
 //! Called by the router (`Record`, through its outbox, at least once per attempt) and by the
-//! gateway and CLI (`Get`, `List`). Calls the alerter (`Notify`), in the background and with
-//! retries, so `Record` never waits on Slack.
+//! gateway, the alerter and the CLI (`Get`, `List`). Calls the alerter (`Notify`) from a durable
+//! outbox with retries, so `Record` never waits on Slack and a restart never drops a message.
 //!
 //! - [`config`] — [`SummarizerConfig`].
-//! - [`app`] — [`App`], wiring the store, the alerter client and the servers.
+//! - [`app`] — [`App`], wiring the store, the outbox, the archiver and the servers.
 //! - [`grpc`] — the `SummarizerService` adapter (wire ↔ domain).
-//! - [`summaries`] — the on-disk store and its in-memory index.
-//! - [`render`] — the Markdown and JSON documents, as pure functions.
-//! - [`notify`] — the background `Notify` call to the alerter.
+//! - [`summaries`] — the store: summary files, artifacts, manifests, archive.
+//! - [`index`] — the SQLite index, idempotency keys, notify outbox and changelog.
+//! - [`doc`] — the summary's facts (`summary-<id>.json`) and how attempts merge.
+//! - [`render`] — Markdown, model text and Slack excerpt, as pure functions.
+//! - [`manifest`] — `patch-manifest.json`.
+//! - [`atomic_file`] — crash-safe writes and moves.
+//! - [`notify`] — delivering the outbox to the alerter.
 //! - [`error`] — [`SummarizerError`] and its mapping to `tonic::Status`.
 
 pub mod app;
+pub mod atomic_file;
 pub mod config;
+pub mod doc;
 pub mod error;
 pub mod grpc;
+pub mod index;
+pub mod manifest;
 pub mod notify;
 pub mod render;
 pub mod summaries;

@@ -1,114 +1,211 @@
-//! Telling the alerter about a recorded outcome: one `Notify` call per (patch id, attempt),
-//! made in a tracked background task with exponential backoff so `Record` never waits on it.
-//!
-//! The alerter deduplicates by (patch id, attempt), so the summarizer notifies again on every
-//! redelivered `Record`, which heals a crash between writing a summary and notifying. A
-//! durable notify outbox (surviving a summarizer restart while the alerter is down) is a later
-//! issue; until then an exhausted retry is logged as an error with the patch id.
+//! Telling the alerter about each recorded attempt, from the durable `outbox` table: one
+//! `Notify` per (patch id, attempt), at least once, retried with exponential backoff (bounded
+//! by `notify_max_backoff`) for as long as it takes, across summarizer restarts. The alerter
+//! deduplicates by (patch id, attempt).
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use ghost_core::Status;
 use ghost_proto::alerter::v1::NotifyRequest;
 use ghost_proto::alerter::v1::alerter_service_client::AlerterServiceClient;
 use ghost_proto::router::v1::PatchStatus;
 use ghost_runtime::propagation::{TracedChannel, set_parent, traced_channel};
-use tokio_retry::Retry;
-use tokio_retry::strategy::ExponentialBackoff;
+use prost::Message as _;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::render::{SummaryDoc, excerpt};
+use crate::doc::SummaryDoc;
+use crate::index::OutboxRow;
+use crate::render::slack_excerpt;
+use crate::summaries::Summaries;
 
-/// Longest summary excerpt sent to the alerter (Slack allows 3,000 characters in a section).
-pub const EXCERPT_CHARS: usize = 2_900;
+/// Looks at the outbox at least this often, even without a wake-up.
+const POLL: Duration = Duration::from_secs(1);
+/// Rows delivered per pass.
+const BATCH: usize = 32;
+/// Tries after which each further failure is logged as an error, not a warning.
+const LOUD_AFTER: u32 = 5;
 
-/// Calls to the alerter after the first, at 100 ms, 200 ms, 400 ms, 800 ms.
-const RETRIES: usize = 4;
+/// How the outbox retries.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// Wait after the first failure.
+    pub initial: Duration,
+    /// Longest wait.
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// The wait after `tries` failures (1 = the first failure).
+    pub fn delay(&self, tries: u32) -> Duration {
+        let factor = 1_u32 << tries.saturating_sub(1).min(20);
+        self.initial.saturating_mul(factor).min(self.max)
+    }
+}
 
 /// A client of the alerter's `Notify`.
 #[derive(Clone)]
 pub struct Notifier {
     client: AlerterServiceClient<TracedChannel>,
+    timeout: Duration,
 }
 
 impl Notifier {
-    /// A lazily connecting client of the alerter at `endpoint`.
-    pub fn connect(endpoint: &str) -> Result<Self, tonic::transport::Error> {
+    /// A lazily connecting client of the alerter at `endpoint`; each call gives up after `timeout`.
+    pub fn connect(endpoint: &str, timeout: Duration) -> Result<Self, tonic::transport::Error> {
         Ok(Self {
             client: AlerterServiceClient::new(traced_channel(endpoint)?),
+            timeout,
         })
     }
 
-    /// Notifies the alerter about `doc` in a task tracked by `tracker`, as a child of the
-    /// trace named by `traceparent`; gives up on `shutdown`.
-    pub fn spawn(
-        &self,
-        tracker: &TaskTracker,
-        shutdown: CancellationToken,
-        doc: &SummaryDoc,
-        markdown: &str,
-        traceparent: Option<String>,
-    ) {
-        let request = notify_request(doc, markdown);
-        let span = tracing::info_span!(
-            "alerter.notify",
-            patch_id = %request.patch_id,
-            attempt = request.attempt,
-        );
-        if let Some(traceparent) = traceparent.as_deref() {
-            set_parent(&span, traceparent);
+    async fn send(&self, request: NotifyRequest) -> Result<bool, String> {
+        let mut client = self.client.clone();
+        match tokio::time::timeout(self.timeout, client.notify(request)).await {
+            Ok(Ok(response)) => Ok(response.into_inner().accepted),
+            Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
+            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
         }
-        let client = self.client.clone();
-        let patch_id = request.patch_id.clone();
-        tracker.spawn(
-            async move {
-                let strategy = ExponentialBackoff::from_millis(2)
-                    .factor(50)
-                    .max_delay(Duration::from_secs(2))
-                    .take(RETRIES);
-                let call = Retry::start(strategy, || {
-                    let mut client = client.clone();
-                    let request = request.clone();
-                    async move {
-                        client.notify(request).await.inspect_err(|status| {
-                            tracing::warn!(code = ?status.code(), message = status.message(), "alerter notify failed");
-                        })
-                    }
-                });
-                tokio::select! {
-                    result = call => match result {
-                        Ok(response) => tracing::info!(
-                            accepted = response.into_inner().accepted,
-                            "alerter notified"
-                        ),
-                        Err(status) => tracing::error!(
-                            %patch_id,
-                            code = ?status.code(),
-                            message = status.message(),
-                            "giving up notifying the alerter"
-                        ),
-                    },
-                    () = shutdown.cancelled() => {
-                        tracing::warn!(%patch_id, "shutting down before the alerter was notified");
-                    }
-                }
-            }
-            .instrument(span),
-        );
     }
 }
 
-/// The `Notify` request for a recorded summary.
-pub fn notify_request(doc: &SummaryDoc, markdown: &str) -> NotifyRequest {
+/// Delivers the outbox until `shutdown`; `wake` is signalled when a row is queued.
+pub async fn run(
+    summaries: Summaries,
+    notifier: Notifier,
+    backoff: Backoff,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let rows = {
+            let index = summaries.index().clone();
+            let now = summaries.now_ms();
+            tokio::task::spawn_blocking(move || index.outbox_due(now, BATCH)).await
+        };
+        let rows = match rows {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(err)) => {
+                tracing::error!(error = ?anyhow::Error::from(err), "cannot read the notify outbox");
+                Vec::new()
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "notify outbox task failed");
+                Vec::new()
+            }
+        };
+        let full_batch = rows.len() == BATCH;
+        for row in rows {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            deliver(&summaries, &notifier, backoff, row).await;
+        }
+        if full_batch {
+            continue;
+        }
+        let wait = next_wait(&summaries).await;
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = wake.notified() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Until the next row is due, at most [`POLL`].
+async fn next_wait(summaries: &Summaries) -> Duration {
+    let index = summaries.index().clone();
+    let next = tokio::task::spawn_blocking(move || index.outbox_next_due())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
+    match next {
+        Some(due) => {
+            let in_ms = due.saturating_sub(summaries.now_ms()).max(0);
+            Duration::from_millis(u64::try_from(in_ms).unwrap_or(0)).min(POLL)
+        }
+        None => POLL,
+    }
+}
+
+async fn deliver(summaries: &Summaries, notifier: &Notifier, backoff: Backoff, row: OutboxRow) {
+    let span =
+        tracing::info_span!("alerter.notify", patch_id = %row.patch_id, attempt = row.attempt);
+    if !row.traceparent.is_empty() {
+        set_parent(&span, &row.traceparent);
+    }
+    let result = match NotifyRequest::decode(row.request.as_slice()) {
+        Ok(request) => notifier.send(request).instrument(span.clone()).await,
+        Err(err) => Err(format!("undecodable outbox row: {err}")),
+    };
+    let index = summaries.index().clone();
+    let now = summaries.now_ms();
+    let id = row.id;
+    let tries = row.tries + 1;
+    let update = async move { match result {
+        Ok(accepted) => {
+            tracing::info!(accepted, tries, "alerter notified");
+            tokio::task::spawn_blocking(move || index.outbox_delivered(id)).await
+        }
+        Err(error) => {
+            let delay = backoff.delay(tries);
+            if tries >= LOUD_AFTER {
+                tracing::error!(tries, %error, retry_in = ?delay, "alerter still unreachable; notification kept");
+            } else {
+                tracing::warn!(tries, %error, retry_in = ?delay, "alerter notify failed; will retry");
+            }
+            let next_at = now.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+            tokio::task::spawn_blocking(move || index.outbox_retry_at(id, next_at, &error)).await
+        }
+    } }
+    .instrument(span)
+    .await;
+    match update {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => {
+            tracing::error!(error = ?anyhow::Error::from(err), "cannot update the notify outbox");
+        }
+        Err(err) => tracing::error!(error = %err, "notify outbox task failed"),
+    }
+}
+
+/// The `Notify` request for attempt `attempt` (which ended `status`) of `doc`.
+pub fn notify_request(doc: &SummaryDoc, attempt: u32, status: Status) -> NotifyRequest {
+    let error = doc
+        .attempts
+        .iter()
+        .find(|entry| entry.attempt == attempt)
+        .map(|entry| entry.error.clone())
+        .unwrap_or_default();
     NotifyRequest {
         patch_id: doc.patch_id.to_string(),
         target: doc.target.to_string(),
-        attempt: doc.attempt,
-        status: PatchStatus::from(doc.status) as i32,
+        attempt,
+        status: PatchStatus::from(status) as i32,
         description: doc.description.clone(),
-        excerpt: excerpt(markdown, EXCERPT_CHARS),
+        excerpt: slack_excerpt(doc),
         trace_id: doc.trace_id.clone(),
-        error: doc.error.clone(),
+        error: crate::render::excerpt(&error, crate::render::SLACK_EXCERPT_CHARS),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let backoff = Backoff {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(60),
+        };
+        assert_eq!(backoff.delay(1), Duration::from_millis(500));
+        assert_eq!(backoff.delay(2), Duration::from_secs(1));
+        assert_eq!(backoff.delay(4), Duration::from_secs(4));
+        assert_eq!(backoff.delay(30), Duration::from_secs(60));
     }
 }

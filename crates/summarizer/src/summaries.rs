@@ -1,82 +1,86 @@
-//! The summary store: `<data_dir>/summaries/<target>/summary-<id>.{md,json}` on disk, written
-//! atomically, and an in-memory index of them rebuilt from the JSON files at start.
+//! [`Summaries`]: the summary store. Files under `<data_dir>/summaries/<target>/`
+//! (`summary-<id>.{md,json}`, `artifacts/<id>/<attempt>-<n>.log`, `patch-manifest.json`,
+//! `.archive/YYYY-MM/`), indexed in SQLite ([`Index`]) with the notify outbox beside it.
 //!
-//! Recording is idempotent by (patch id, attempt): the JSON's attempt history is the record of
-//! what was written. The Markdown is written first and the JSON last, so a crash in between
-//! leaves the attempt unrecorded and the router's redelivery writes both again.
+//! Recording is idempotent by (patch id, attempt): the `attempts` table is the record of what
+//! was recorded. Order of a record: artifacts, Markdown, JSON (each atomic), then one
+//! transaction (summary row, attempt, changelog, outbox row), then the manifest. A crash before
+//! the transaction leaves the attempt unrecorded, and the router's redelivery writes it again;
+//! a crash after it leaves at worst a stale manifest, rebuilt at start.
 
-use std::collections::HashMap;
-use std::fs::File;
-use std::io::Write;
+mod archive;
+
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ghost_core::{PatchId, Status, TargetName};
+use prost::Message as _;
+use tokio::sync::Notify;
 
+pub use self::archive::ArchiveReport;
+use crate::atomic_file;
+use crate::doc::{self, Outcome, SummaryDoc};
 use crate::error::SummarizerError;
-use crate::render::{self, Outcome, SummaryDoc};
+use crate::index::{Index, NewNotification, SummaryRow};
+use crate::manifest::{self, MANIFEST_FILE};
+use crate::notify::notify_request;
+use crate::render;
 
-/// What the index knows about one patch's summary.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IndexEntry {
-    /// The patch.
-    pub patch_id: PatchId,
-    /// Its workspace.
-    pub target: TargetName,
-    /// The latest attempt.
-    pub attempt: u32,
-    /// Its status.
-    pub status: Status,
-    /// Its trace id.
-    pub trace_id: String,
-    /// When it ended, unix milliseconds.
-    pub finished_unix_ms: i64,
-    /// The Markdown file, relative to the data dir (`summaries/<target>/summary-<id>.md`).
-    pub markdown_path: String,
+/// Milliseconds since the Unix epoch; injected so tests control time.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// The wall clock.
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0)
+    })
 }
 
-impl IndexEntry {
-    fn of(doc: &SummaryDoc) -> Self {
-        Self {
-            patch_id: doc.patch_id.clone(),
-            target: doc.target.clone(),
-            attempt: doc.attempt,
-            status: doc.status,
-            trace_id: doc.trace_id.clone(),
-            finished_unix_ms: doc.finished_unix_ms,
-            markdown_path: format!("summaries/{}/summary-{}.md", doc.target, doc.patch_id),
-        }
-    }
+/// How the store renders and what it remembers.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// `{trace_id}` is replaced to link a trace.
+    pub jaeger_url_template: String,
+    /// Budget of `model_text`, in characters.
+    pub model_text_chars: usize,
+    /// Transitions kept per target in the manifest.
+    pub changelog_len: usize,
+    /// True when an alerter is configured: each recorded attempt queues a notification.
+    pub notify: bool,
 }
 
 /// The result of [`Summaries::record`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recorded {
     /// False when this (patch id, attempt) was already recorded and nothing was written.
     pub created: bool,
-    /// The stored document.
-    pub doc: SummaryDoc,
-    /// The stored Markdown.
-    pub markdown: String,
+    /// Status of the patch's latest attempt after recording.
+    pub status: String,
 }
 
-/// One summary with its Markdown text.
+/// One summary with its texts.
 #[derive(Debug, Clone)]
 pub struct FullSummary {
     /// Index data.
-    pub entry: IndexEntry,
+    pub row: SummaryRow,
     /// The Markdown text.
     pub markdown: String,
+    /// The Markdown within the model budget.
+    pub model_text: String,
 }
 
 /// A page of [`Summaries::list`].
 #[derive(Debug, Clone)]
 pub struct Page {
-    /// Entries, newest first.
-    pub entries: Vec<IndexEntry>,
+    /// Rows, newest first.
+    pub rows: Vec<SummaryRow>,
     /// Offset of the next page, if there is one.
     pub next_offset: Option<usize>,
+    /// How many summaries match the filter.
+    pub total: usize,
 }
 
 /// The summary store; cheap to clone.
@@ -87,136 +91,344 @@ pub struct Summaries {
 
 struct Inner {
     data_dir: PathBuf,
-    jaeger_url_template: String,
-    index: Mutex<HashMap<PatchId, IndexEntry>>,
-    /// Serialises read-modify-write of summary files.
+    index: Index,
+    options: StoreOptions,
+    clock: Clock,
+    /// Serialises every change to summary files and their rows.
     writer: Mutex<()>,
+    /// Woken when a notification is queued.
+    outbox_wake: Arc<Notify>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section leaves the data consistent, so a panic elsewhere does not poison it.
+fn lock(mutex: &Mutex<()>) -> MutexGuard<'_, ()> {
+    // The guarded data is on disk and in SQLite, consistent after every step.
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+async fn blocking<T: Send + 'static>(
+    job: impl FnOnce() -> Result<T, SummarizerError> + Send + 'static,
+) -> Result<T, SummarizerError> {
+    tokio::task::spawn_blocking(job)
+        .await
+        .map_err(SummarizerError::Task)?
+}
+
 impl Summaries {
-    /// Opens the store under `data_dir`, creating it, and indexes the summaries already there.
+    /// Opens the store under `data_dir`: creates it, opens the index (importing summary files
+    /// written before it existed), removes leftover temp files, finishes interrupted archive
+    /// moves and rewrites every manifest.
     pub async fn open(
         data_dir: PathBuf,
-        jaeger_url_template: String,
+        options: StoreOptions,
+        clock: Clock,
     ) -> Result<Self, SummarizerError> {
-        let index = {
-            let data_dir = data_dir.clone();
-            tokio::task::spawn_blocking(move || scan(&data_dir))
-                .await
-                .map_err(SummarizerError::Task)??
-        };
-        Ok(Self {
-            inner: Arc::new(Inner {
-                data_dir,
-                jaeger_url_template,
-                index: Mutex::new(index),
-                writer: Mutex::new(()),
-            }),
+        blocking(move || {
+            let root = data_dir.join("summaries");
+            std::fs::create_dir_all(&root).map_err(|err| SummarizerError::io(&root, err))?;
+            let (index, created) = Index::open(&data_dir.join("summarizer.db"))?;
+            let store = Self {
+                inner: Arc::new(Inner {
+                    data_dir,
+                    index,
+                    options,
+                    clock,
+                    writer: Mutex::new(()),
+                    outbox_wake: Arc::new(Notify::new()),
+                }),
+            };
+            atomic_file::sweep_temp_files(&root, 4);
+            if created {
+                store.import_existing_files()?;
+            }
+            store.repair_partial_archives()?;
+            for target in store.inner.index.targets()? {
+                store.write_manifest(&target)?;
+            }
+            Ok(store)
         })
+        .await
     }
 
-    /// Records one outcome; see the module doc for idempotency.
-    pub async fn record(&self, outcome: Outcome) -> Result<Recorded, SummarizerError> {
+    /// The index (for the notify outbox).
+    pub fn index(&self) -> &Index {
+        &self.inner.index
+    }
+
+    /// Woken whenever a notification is queued.
+    pub fn outbox_wake(&self) -> Arc<Notify> {
+        self.inner.outbox_wake.clone()
+    }
+
+    /// The clock the store uses.
+    pub fn now_ms(&self) -> i64 {
+        (self.inner.clock)()
+    }
+
+    /// Records one outcome; see the module doc for idempotency. `traceparent` parents the
+    /// notification's span.
+    pub async fn record(
+        &self,
+        outcome: Outcome,
+        traceparent: String,
+    ) -> Result<Recorded, SummarizerError> {
         let store = self.clone();
-        tokio::task::spawn_blocking(move || store.record_blocking(outcome))
-            .await
-            .map_err(SummarizerError::Task)?
+        let recorded = blocking(move || store.record_blocking(outcome, traceparent)).await?;
+        if recorded.created && self.inner.options.notify {
+            self.inner.outbox_wake.notify_one();
+        }
+        Ok(recorded)
     }
 
     /// The summary of `patch_id`.
     pub async fn get(&self, patch_id: &PatchId) -> Result<FullSummary, SummarizerError> {
-        let entry = lock(&self.inner.index)
-            .get(patch_id)
-            .cloned()
-            .ok_or_else(|| SummarizerError::NotFound(patch_id.to_string()))?;
-        let path = self.inner.data_dir.join(&entry.markdown_path);
-        let markdown = tokio::fs::read_to_string(&path)
-            .await
-            .map_err(|err| SummarizerError::io(path, err))?;
-        Ok(FullSummary { entry, markdown })
+        let store = self.clone();
+        let patch_id = patch_id.clone();
+        blocking(move || {
+            let _writing = lock(&store.inner.writer);
+            let row = store
+                .inner
+                .index
+                .get(patch_id.as_str())?
+                .ok_or_else(|| SummarizerError::NotFound(patch_id.to_string()))?;
+            let path = store.file_of(&row, "md");
+            let markdown =
+                std::fs::read_to_string(&path).map_err(|err| SummarizerError::io(path, err))?;
+            let model_text = render::model_text(&markdown, store.inner.options.model_text_chars);
+            Ok(FullSummary {
+                row,
+                markdown,
+                model_text,
+            })
+        })
+        .await
     }
 
-    /// Up to `limit` summaries from `offset`, newest first, optionally of one target only.
-    pub fn list(&self, target: Option<&TargetName>, offset: usize, limit: usize) -> Page {
-        let mut entries: Vec<IndexEntry> = lock(&self.inner.index)
-            .values()
-            .filter(|entry| target.is_none_or(|wanted| &entry.target == wanted))
-            .cloned()
-            .collect();
-        entries.sort_by(|a, b| {
-            b.finished_unix_ms
-                .cmp(&a.finished_unix_ms)
-                .then_with(|| a.patch_id.cmp(&b.patch_id))
-        });
-        let total = entries.len();
-        let page: Vec<IndexEntry> = entries.into_iter().skip(offset).take(limit).collect();
-        let end = offset.saturating_add(page.len());
-        Page {
-            entries: page,
-            next_offset: (end < total).then_some(end),
-        }
+    /// Up to `limit` summaries from `offset`, newest first, optionally of one target and status.
+    pub async fn list(
+        &self,
+        target: Option<TargetName>,
+        status: Option<Status>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Page, SummarizerError> {
+        let index = self.inner.index.clone();
+        blocking(move || {
+            let (rows, total) = index.list(
+                target.as_ref().map(TargetName::as_str),
+                status.map(Status::as_str),
+                offset,
+                limit,
+            )?;
+            let end = offset.saturating_add(rows.len());
+            let more = end < total && !rows.is_empty();
+            Ok(Page {
+                rows,
+                next_offset: more.then_some(end),
+                total,
+            })
+        })
+        .await
     }
 
-    fn record_blocking(&self, outcome: Outcome) -> Result<Recorded, SummarizerError> {
-        let _writing = lock(&self.inner.writer);
-        let dir = self
-            .inner
+    /// Where a row's file with `extension` lives.
+    pub fn file_of(&self, row: &SummaryRow, extension: &str) -> PathBuf {
+        self.inner
             .data_dir
-            .join("summaries")
-            .join(outcome.target.as_str());
-        let indexed_json = lock(&self.inner.index)
-            .get(&outcome.patch_id)
-            .map(|entry| json_path(&self.inner.data_dir, &entry.target, &entry.patch_id));
-        let json_file = json_path(&self.inner.data_dir, &outcome.target, &outcome.patch_id);
-        let previous = read_doc(indexed_json.as_deref().unwrap_or(&json_file))?;
-        if let Some(doc) = previous
-            .as_ref()
-            .filter(|doc| doc.has_attempt(outcome.attempt))
-        {
-            let markdown = render::markdown(doc, &self.inner.jaeger_url_template);
+            .join(&row.dir)
+            .join(format!("summary-{}.{extension}", row.patch_id))
+    }
+
+    pub(crate) fn live_dir(target: &str) -> String {
+        format!("summaries/{target}")
+    }
+
+    fn record_blocking(
+        &self,
+        outcome: Outcome,
+        traceparent: String,
+    ) -> Result<Recorded, SummarizerError> {
+        let _writing = lock(&self.inner.writer);
+        let index = &self.inner.index;
+        let patch_id = outcome.patch_id.to_string();
+        if index.attempt_status(&patch_id, outcome.attempt)?.is_some() {
+            let status = index
+                .get(&patch_id)?
+                .map(|row| row.status)
+                .unwrap_or_default();
             return Ok(Recorded {
                 created: false,
-                doc: doc.clone(),
-                markdown,
+                status,
             });
         }
-        let doc = render::merge(previous, outcome);
-        let markdown = render::markdown(&doc, &self.inner.jaeger_url_template);
+        let previous_row = index.get(&patch_id)?;
+        let live_dir = Self::live_dir(outcome.target.as_str());
+        let previous_json = match &previous_row {
+            Some(row) => self.file_of(row, "json"),
+            // Files written before a crash that came before the index commit: build on them.
+            None => self
+                .inner
+                .data_dir
+                .join(&live_dir)
+                .join(format!("summary-{patch_id}.json")),
+        };
+        let previous = read_doc(&previous_json)?;
+        if let Some(row) = previous_row.as_ref().filter(|row| row.dir != live_dir) {
+            // A new attempt of an archived summary brings it back to the live folder.
+            self.move_summary(row, &live_dir)?;
+        }
+        let attempt = outcome.attempt;
+        let attempt_status = outcome.report.status;
+        let artifacts = doc::artifacts_of(&outcome);
+        let doc = doc::merge(previous, outcome, &self.inner.options.jaeger_url_template);
+        let markdown = render::markdown(&doc);
+        let dir = self.inner.data_dir.join(&live_dir);
+        for (path, contents) in &artifacts {
+            atomic_file::write(&dir.join(path), contents.as_bytes())?;
+        }
+        let json_path = dir.join(format!("summary-{patch_id}.json"));
         let json = serde_json::to_vec_pretty(&doc).map_err(|source| SummarizerError::Corrupt {
-            path: json_file.clone(),
+            path: json_path.clone(),
             source,
         })?;
-        std::fs::create_dir_all(&dir).map_err(|err| SummarizerError::io(&dir, err))?;
-        write_atomic(
-            &dir,
-            &format!("summary-{}.md", doc.patch_id),
+        atomic_file::write(
+            &dir.join(format!("summary-{patch_id}.md")),
             markdown.as_bytes(),
         )?;
-        write_atomic(&dir, &format!("summary-{}.json", doc.patch_id), &json)?;
-        lock(&self.inner.index).insert(doc.patch_id.clone(), IndexEntry::of(&doc));
+        atomic_file::write(&json_path, &json)?;
+
+        let row = row_of(&doc, live_dir, self.now_ms());
+        let notification = self.inner.options.notify.then(|| NewNotification {
+            request: notify_request(&doc, attempt, attempt_status).encode_to_vec(),
+            traceparent,
+        });
+        let from_status = previous_row.map(|row| row.status).unwrap_or_default();
+        let created = index.commit_record(
+            &row,
+            attempt,
+            attempt_status.as_str(),
+            &from_status,
+            notification,
+            self.inner.options.changelog_len,
+        )?;
+        self.write_manifest(doc.target.as_str())?;
         Ok(Recorded {
-            created: true,
-            doc,
-            markdown,
+            created,
+            status: doc.status.to_string(),
         })
+    }
+
+    /// Rewrites `summaries/<target>/patch-manifest.json` from the index.
+    fn write_manifest(&self, target: &str) -> Result<(), SummarizerError> {
+        let (rows, transitions) = self.inner.index.manifest_rows(target)?;
+        let manifest = manifest::build(target, &rows, &transitions);
+        let path = self
+            .inner
+            .data_dir
+            .join(Self::live_dir(target))
+            .join(MANIFEST_FILE);
+        let json =
+            serde_json::to_vec_pretty(&manifest).map_err(|source| SummarizerError::Corrupt {
+                path: path.clone(),
+                source,
+            })?;
+        atomic_file::write(&path, &json)
+    }
+
+    /// Indexes every `summary-*.json` already on disk (live and archived), from a version
+    /// without an index. Unreadable files are logged and skipped.
+    fn import_existing_files(&self) -> Result<(), SummarizerError> {
+        let root = self.inner.data_dir.join("summaries");
+        let mut imported = 0_usize;
+        for target_dir in read_dirs(&root) {
+            let mut folders = vec![target_dir.clone()];
+            for month in read_dirs(&target_dir.join(".archive")) {
+                folders.push(month);
+            }
+            for folder in folders {
+                for path in summary_jsons(&folder) {
+                    let doc = match read_doc(&path) {
+                        Ok(Some(doc)) => doc,
+                        Ok(None) => continue,
+                        Err(err) => {
+                            tracing::warn!(error = ?anyhow::Error::from(err), "skipping unreadable summary");
+                            continue;
+                        }
+                    };
+                    let relative = folder
+                        .strip_prefix(&self.inner.data_dir)
+                        .unwrap_or(&folder)
+                        .to_string_lossy()
+                        .into_owned();
+                    let mut row = row_of(&doc, relative, self.now_ms());
+                    row.archived = row.dir.contains("/.archive/");
+                    let attempts: Vec<(u32, String)> = doc
+                        .attempts
+                        .iter()
+                        .map(|entry| (entry.attempt, entry.status.to_string()))
+                        .collect();
+                    self.inner.index.import(&row, &attempts)?;
+                    imported += 1;
+                }
+            }
+        }
+        tracing::info!(imported, "summary index created");
+        Ok(())
     }
 }
 
-fn json_path(data_dir: &Path, target: &TargetName, patch_id: &PatchId) -> PathBuf {
-    data_dir
-        .join("summaries")
-        .join(target.as_str())
-        .join(format!("summary-{patch_id}.json"))
+fn row_of(doc: &SummaryDoc, dir: String, now_ms: i64) -> SummaryRow {
+    SummaryRow {
+        patch_id: doc.patch_id.to_string(),
+        target: doc.target.to_string(),
+        status: doc.status.to_string(),
+        attempt: doc.attempt,
+        attempts: u32::try_from(doc.attempts.len()).unwrap_or(u32::MAX),
+        trace_id: doc.trace_id.clone(),
+        created_ms: doc.created_unix_ms,
+        // Archiving goes by this time: an outcome without one ages from when it was recorded.
+        finished_ms: if doc.finished_unix_ms > 0 {
+            doc.finished_unix_ms
+        } else {
+            now_ms
+        },
+        recorded_ms: now_ms,
+        dir,
+        archived: false,
+    }
 }
 
-fn read_doc(path: &Path) -> Result<Option<SummaryDoc>, SummarizerError> {
+fn read_dirs(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.is_dir())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+fn summary_jsons(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|entry| {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("summary-") && name.ends_with(".json")
+        })
+        .map(|entry| entry.path())
+        .collect()
+}
+
+/// The summary document at `path`, `None` when there is none.
+pub fn read_doc(path: &Path) -> Result<Option<SummaryDoc>, SummarizerError> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -228,60 +440,4 @@ fn read_doc(path: &Path) -> Result<Option<SummaryDoc>, SummarizerError> {
             path: path.to_owned(),
             source,
         })
-}
-
-/// Writes `name` in `dir` so readers see the old or the new file, never a torn one, and the
-/// rename survives a power cut: temp file, fsync, rename, fsync the directory.
-fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), SummarizerError> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let temp = dir.join(format!(
-        ".{name}.{}-{}.tmp",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut file = File::create(&temp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&temp, dir.join(name))?;
-        File::open(dir)?.sync_all()
-    })();
-    if let Err(err) = result {
-        // Best effort: a leftover temp file is harmless (never indexed), only untidy.
-        let _ = std::fs::remove_file(&temp);
-        return Err(SummarizerError::io(dir.join(name), err));
-    }
-    Ok(())
-}
-
-/// Indexes every `summaries/*/summary-*.json` under `data_dir`, creating the tree if missing.
-/// Unreadable files are logged and skipped so one bad file cannot stop the service.
-fn scan(data_dir: &Path) -> Result<HashMap<PatchId, IndexEntry>, SummarizerError> {
-    let root = data_dir.join("summaries");
-    std::fs::create_dir_all(&root).map_err(|err| SummarizerError::io(&root, err))?;
-    let mut index = HashMap::new();
-    let targets = std::fs::read_dir(&root).map_err(|err| SummarizerError::io(&root, err))?;
-    for target_dir in targets.flatten() {
-        let Ok(files) = std::fs::read_dir(target_dir.path()) else {
-            continue;
-        };
-        for file in files.flatten() {
-            let file_name = file.file_name();
-            let name = file_name.to_string_lossy();
-            if !(name.starts_with("summary-") && name.ends_with(".json")) {
-                continue;
-            }
-            match read_doc(&file.path()) {
-                Ok(Some(doc)) => {
-                    index.insert(doc.patch_id.clone(), IndexEntry::of(&doc));
-                }
-                Ok(None) => {}
-                Err(err) => {
-                    tracing::warn!(error = ?anyhow::Error::from(err), "skipping unreadable summary");
-                }
-            }
-        }
-    }
-    tracing::info!(summaries = index.len(), data_dir = %data_dir.display(), "summary index built");
-    Ok(index)
 }

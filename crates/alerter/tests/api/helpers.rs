@@ -1,41 +1,99 @@
-//! Spawning the real alerter on loopback, pointed at a fake Slack.
+//! Spawning the real alerter (and, for the verbs, the real router and summarizer) on loopback,
+//! pointed at a fake Slack; signing Slack requests.
 
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use alerter::clock::{SharedClock, SystemClock};
+use alerter::lifecycle::Lifecycle;
+use alerter::store::Store;
+use alerter::{AlerterConfig, App, SlackConfig};
 use ghost_proto::alerter::v1::NotifyRequest;
 use ghost_proto::alerter::v1::alerter_service_client::AlerterServiceClient;
 use ghost_proto::router::v1::PatchStatus;
 use ghost_runtime::config::{Secret, ServerConfig};
-use std::time::Duration;
-
-use alerter::{AlerterConfig, App, SlackConfig};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
 /// The bot token the tests configure.
 pub const TOKEN: &str = "xoxb-test-token";
+/// The signing secret the tests configure.
+pub const SIGNING_SECRET: &str = "test-signing-secret-0123456789";
+/// The one operator.
+pub const OPERATOR: &str = "UOPERATOR1";
+/// Someone who is not an operator.
+pub const BYSTANDER: &str = "UBYSTANDER";
+/// Generous bound on waiting for something that should happen.
+pub const WAIT: Duration = Duration::from_secs(10);
 
 /// A running alerter; stops when dropped.
 pub struct TestApp {
     pub client: AlerterServiceClient<Channel>,
-    _stop: oneshot::Sender<()>,
+    pub http: String,
+    pub store: Store,
+    pub lifecycle: Arc<Lifecycle>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
-/// Builds and runs the real alerter on ephemeral ports; Slack at `slack_base_url`, if any.
-pub async fn spawn_alerter(slack_base_url: Option<String>) -> TestApp {
-    let config = AlerterConfig {
-        server: ServerConfig::ephemeral(),
+impl TestApp {
+    /// Stops the service and waits until it has drained.
+    pub async fn stop(mut self) {
+        drop(self.stop.take());
+        (&mut self.task)
+            .await
+            .expect("alerter task")
+            .expect("alerter run");
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+    }
+}
+
+/// The test configuration: fast retries, no pacing, a signing secret and one operator.
+pub fn config(slack_base_url: Option<String>) -> AlerterConfig {
+    AlerterConfig {
+        server: ServerConfig {
+            drain_grace: Duration::from_millis(50),
+            ..ServerConfig::ephemeral()
+        },
         slack: SlackConfig {
             api_base_url: slack_base_url,
             bot_token: Secret::new(TOKEN),
             channel: "#ghost-test".to_owned(),
+            signing_secret: Secret::new(SIGNING_SECRET),
+            operators: vec![OPERATOR.to_owned()],
             max_attempts: 3,
             initial_backoff: Duration::from_millis(10),
+            pacing: Duration::ZERO,
+            ..SlackConfig::default()
         },
         ..AlerterConfig::default()
-    };
-    let app = App::build(config).await.expect("build alerter");
+    }
+}
+
+/// Builds and runs the real alerter on ephemeral ports; Slack at `slack_base_url`, if any.
+pub async fn spawn_alerter(slack_base_url: Option<String>) -> TestApp {
+    spawn_with(config(slack_base_url), Arc::new(SystemClock)).await
+}
+
+/// Builds and runs the real alerter with `config` and `clock`.
+pub async fn spawn_with(config: AlerterConfig, clock: SharedClock) -> TestApp {
+    let app = App::build_with_clock(config, clock)
+        .await
+        .expect("build alerter");
     let addr = app.grpc_addr();
+    let http = format!("http://{}", app.http_addr());
+    let store = app.store();
+    let lifecycle = app.lifecycle();
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(app.run(async {
+    let task = tokio::spawn(app.run(async {
         let _ = stopped.await;
     }));
     let client = AlerterServiceClient::connect(format!("http://{addr}"))
@@ -43,7 +101,11 @@ pub async fn spawn_alerter(slack_base_url: Option<String>) -> TestApp {
         .expect("connect to alerter");
     TestApp {
         client,
-        _stop: stop,
+        http,
+        store,
+        lifecycle,
+        stop: Some(stop),
+        task,
     }
 }
 
@@ -59,4 +121,82 @@ pub fn notify(patch_id: &str) -> NotifyRequest {
         trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".to_owned(),
         error: "validation failed".to_owned(),
     }
+}
+
+/// Unix seconds now.
+pub fn now_secs() -> i64 {
+    i64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+    .unwrap()
+}
+
+/// Posts a form body to `url` with the given signing headers (either may be absent).
+pub async fn post_signed(
+    url: &str,
+    body: &str,
+    timestamp: Option<&str>,
+    signature: Option<&str>,
+) -> (u16, String) {
+    let mut request = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body.to_owned());
+    if let Some(timestamp) = timestamp {
+        request = request.header("x-slack-request-timestamp", timestamp);
+    }
+    if let Some(signature) = signature {
+        request = request.header("x-slack-signature", signature);
+    }
+    let response = request.send().await.expect("alerter reachable");
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
+}
+
+/// A fresh `trigger_id`, as Slack sends one per request (so equal commands are not replays).
+fn next_trigger_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    format!("{n}.47445629121.803a0bc887a14d10d2c447fce8b6703c")
+}
+
+/// A slash-command form body.
+pub fn command_body(command: &str, text: &str, user_id: &str, response_url: &str) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .append_pair("token", "ignored")
+        .append_pair("team_id", "T0001")
+        .append_pair("channel_id", "C0TEST")
+        .append_pair("user_id", user_id)
+        .append_pair("user_name", "tester")
+        .append_pair("command", command)
+        .append_pair("text", text)
+        .append_pair("response_url", response_url)
+        .append_pair("trigger_id", &next_trigger_id())
+        .finish()
+}
+
+/// Runs a slash command signed with the test secret now; returns the answer's text.
+pub async fn slash(app: &TestApp, command: &str, text: &str, user_id: &str) -> String {
+    let body = command_body(command, text, user_id, "http://127.0.0.1:9/unused");
+    let timestamp = now_secs().to_string();
+    let signature = alerter::signing::sign(SIGNING_SECRET, &timestamp, body.as_bytes());
+    let (status, answer) = post_signed(
+        &format!("{}/slack/commands", app.http),
+        &body,
+        Some(&timestamp),
+        Some(&signature),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let answer: serde_json::Value = serde_json::from_str(&answer).expect("json answer");
+    assert_eq!(answer["response_type"], "ephemeral", "{answer}");
+    answer["text"].as_str().unwrap_or_default().to_owned()
+}
+
+/// A data dir for one test.
+pub fn data_dir(scratch: &Path, name: &str) -> std::path::PathBuf {
+    scratch.join(name)
 }

@@ -1,12 +1,16 @@
-//! Spawning the real summarizer on loopback, and a recording fake alerter.
+//! Spawning the real summarizer on loopback, outcomes to record, and a recording fake alerter
+//! that can be started late on a reserved port ("the alerter comes back").
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ghost_proto::alerter::v1::alerter_service_server::{AlerterService, AlerterServiceServer};
 use ghost_proto::alerter::v1::{NotifyRequest, NotifyResponse};
-use ghost_proto::router::v1::{ApplyReport, CommandReport, EditReport, PatchStatus};
+use ghost_proto::router::v1::{
+    ApplyReport, CommandReport, EditReport, PatchStatus, Rollback, StageTiming,
+};
 use ghost_proto::summarizer::v1::summarizer_service_client::SummarizerServiceClient;
 use ghost_proto::summarizer::v1::{Outcome, RecordRequest};
 use ghost_runtime::config::ServerConfig;
@@ -14,9 +18,15 @@ use summarizer::{App, SummarizerConfig};
 use tokio::sync::{Notify, oneshot};
 use tonic::transport::Channel;
 
+/// The trace id every test outcome carries.
+pub const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+/// 2023-11-14T22:13:20Z.
+pub const T0: i64 = 1_700_000_000_000;
+
 /// A running summarizer; stops when dropped.
 pub struct TestApp {
     pub client: SummarizerServiceClient<Channel>,
+    pub summaries: summarizer::summaries::Summaries,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -38,17 +48,32 @@ impl Drop for TestApp {
     }
 }
 
-/// Builds and runs the real summarizer over `data_dir` on ephemeral ports.
-pub async fn spawn_summarizer(data_dir: &Path, alerter_url: Option<String>) -> TestApp {
-    let config = SummarizerConfig {
+/// The config tests use: ephemeral ports, a test Jaeger template, fast notify retries.
+pub fn test_config(data_dir: &Path, alerter_url: Option<String>) -> SummarizerConfig {
+    SummarizerConfig {
         server: ServerConfig::ephemeral(),
         data_dir: data_dir.to_owned(),
         alerter_url,
         jaeger_url_template: "http://jaeger.test/trace/{trace_id}".to_owned(),
+        notify_initial_backoff: Duration::from_millis(20),
+        notify_max_backoff: Duration::from_millis(200),
+        notify_timeout: Duration::from_secs(2),
+        // Test outcomes are dated 2023: archive only when a test asks.
+        archive_after: None,
         ..SummarizerConfig::default()
-    };
+    }
+}
+
+/// Builds and runs the real summarizer over `data_dir` on ephemeral ports.
+pub async fn spawn_summarizer(data_dir: &Path, alerter_url: Option<String>) -> TestApp {
+    spawn_with(test_config(data_dir, alerter_url)).await
+}
+
+/// Builds and runs the real summarizer with `config`.
+pub async fn spawn_with(config: SummarizerConfig) -> TestApp {
     let app = App::build(config).await.expect("build summarizer");
     let addr = app.grpc_addr();
+    let summaries = app.summaries();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(app.run(async {
         let _ = stopped.await;
@@ -58,12 +83,19 @@ pub async fn spawn_summarizer(data_dir: &Path, alerter_url: Option<String>) -> T
         .expect("connect to summarizer");
     TestApp {
         client,
+        summaries,
         stop: Some(stop),
         task,
     }
 }
 
-/// A record request for `patch_id` on MAIN.
+/// A free loopback port, released for someone to bind later.
+pub fn reserve_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// A record request for `patch_id` on MAIN with a small report.
 pub fn record(patch_id: &str, attempt: u32, status: PatchStatus) -> RecordRequest {
     let succeeded = status == PatchStatus::Succeeded;
     RecordRequest {
@@ -92,15 +124,188 @@ pub fn record(patch_id: &str, attempt: u32, status: PatchStatus) -> RecordReques
                     exit_code: Some(if succeeded { 0 } else { 2 }),
                     duration_ms: 812,
                     output_tail: "done".to_owned(),
+                    kind: "validate".to_owned(),
                     ..Default::default()
                 }],
                 duration_ms: 1_234,
                 ..Default::default()
             }),
-            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".to_owned(),
-            created_unix_ms: 1_700_000_000_000,
-            finished_unix_ms: 1_700_000_000_000 + i64::from(attempt) * 1_000,
+            trace_id: TRACE_ID.to_owned(),
+            created_unix_ms: T0,
+            finished_unix_ms: T0 + i64::from(attempt) * 1_000,
         }),
+    }
+}
+
+/// A realistic, complete report for an attempt that ended `status` (fixed times and ids).
+pub fn full_report(status: PatchStatus) -> ApplyReport {
+    use PatchStatus as S;
+    let stage = |stage: &str, ms: u64| StageTiming {
+        stage: stage.to_owned(),
+        duration_ms: ms,
+    };
+    let edits = vec![
+        EditReport {
+            op: "replace".to_owned(),
+            path: "src/login.ts".to_owned(),
+            match_step: "trim".to_owned(),
+            added: 4,
+            removed: 2,
+            ..Default::default()
+        },
+        EditReport {
+            op: "diff".to_owned(),
+            path: "src/session.ts".to_owned(),
+            match_step: "indent_offset".to_owned(),
+            added: 10,
+            removed: 3,
+            ..Default::default()
+        },
+        EditReport {
+            op: "rename".to_owned(),
+            path: "src/new-name.ts".to_owned(),
+            from: "src/old-name.ts".to_owned(),
+            ..Default::default()
+        },
+    ];
+    let install = CommandReport {
+        command: "npm install".to_owned(),
+        exit_code: Some(0),
+        duration_ms: 3_456,
+        output_head: "added 1 package\n".to_owned(),
+        output_tail: "found 0 vulnerabilities\n".to_owned(),
+        omitted_bytes: 12_345,
+        kind: "command".to_owned(),
+        ..Default::default()
+    };
+    let tsc = |exit: Option<i32>| {
+        CommandReport {
+        command: "tsc --noEmit".to_owned(),
+        exit_code: exit,
+        duration_ms: 812,
+        output_tail: match exit {
+            Some(0) => String::new(),
+            _ => "src/login.ts(3,7): error TS2322: Type 'string' is not assignable to type 'number'.\n"
+                .to_owned(),
+        },
+        kind: "validate".to_owned(),
+        ..Default::default()
+    }
+    };
+    let rollback = |reason: &str, error: &str| {
+        Some(Rollback {
+            restored: 2,
+            removed: 1,
+            reason: reason.to_owned(),
+            error: error.to_owned(),
+        })
+    };
+    let base = ApplyReport {
+        status: status as i32,
+        duration_ms: 4_321,
+        ..Default::default()
+    };
+    match status {
+        S::Succeeded => ApplyReport {
+            edits,
+            commands: vec![install, tsc(Some(0))],
+            stages: vec![
+                stage("journal", 3),
+                stage("edits", 12),
+                stage("commands", 3_456),
+                stage("validate", 812),
+                stage("commit", 38),
+            ],
+            commit_sha: "9fceb02d0ae598e95dc970b74767f19372d61af8".to_owned(),
+            ..base
+        },
+        S::Failed => ApplyReport {
+            error: "validation failed: tsc --noEmit exited 2".to_owned(),
+            edits,
+            commands: vec![install, tsc(Some(2))],
+            stages: vec![
+                stage("journal", 3),
+                stage("edits", 12),
+                stage("validate", 812),
+            ],
+            ..base
+        },
+        S::RolledBack => ApplyReport {
+            error: "validation failed: tsc --noEmit exited 2".to_owned(),
+            edits,
+            commands: vec![install, tsc(Some(2))],
+            stages: vec![
+                stage("journal", 3),
+                stage("edits", 12),
+                stage("commands", 3_456),
+                stage("validate", 812),
+                stage("rollback", 5),
+            ],
+            rollback: rollback("validation failed", ""),
+            ..base
+        },
+        S::Cancelled => ApplyReport {
+            error: "cancelled by U123 from Slack".to_owned(),
+            edits,
+            commands: vec![CommandReport {
+                command: "npm install".to_owned(),
+                exit_code: None,
+                signal: 15,
+                duration_ms: 950,
+                output_tail: "fetching…\n".to_owned(),
+                kind: "command".to_owned(),
+                ..Default::default()
+            }],
+            stages: vec![
+                stage("journal", 3),
+                stage("edits", 12),
+                stage("rollback", 4),
+            ],
+            rollback: rollback("cancelled", ""),
+            ..base
+        },
+        S::TimedOut => ApplyReport {
+            error: "patch deadline of 600 s passed".to_owned(),
+            edits,
+            commands: vec![CommandReport {
+                command: "npm test -- --watch=false".to_owned(),
+                exit_code: None,
+                signal: 9,
+                timed_out: true,
+                duration_ms: 600_000,
+                output_tail: "RUNS src/login.test.ts\n".to_owned(),
+                kind: "command".to_owned(),
+                ..Default::default()
+            }],
+            stages: vec![
+                stage("journal", 3),
+                stage("edits", 12),
+                stage("commands", 600_000),
+            ],
+            rollback: rollback("timed out", ""),
+            ..base
+        },
+        S::Rejected => ApplyReport {
+            error: "command `curl` is not in the allowlist of target MAIN".to_owned(),
+            duration_ms: 2,
+            ..base
+        },
+        S::Interrupted => ApplyReport {
+            error: "executor restarted mid-apply; journal rolled back".to_owned(),
+            edits,
+            stages: vec![stage("rollback", 7)],
+            rollback: rollback(
+                "interrupted",
+                "src/new-name.ts: permission denied while removing",
+            ),
+            ..base
+        },
+        S::Lost => ApplyReport {
+            error: "executor vanished; 3 attempts spent".to_owned(),
+            duration_ms: 0,
+            ..base
+        },
+        other => panic!("not terminal: {other:?}"),
     }
 }
 
@@ -140,7 +345,7 @@ impl AlerterService for RecordingAlerter {
     }
 }
 
-/// A fake alerter on a free loopback port that records every Notify; stops when dropped.
+/// A fake alerter on loopback that records every Notify; stops when dropped.
 pub struct FakeAlerter {
     pub url: String,
     received: Arc<Received>,
@@ -148,8 +353,14 @@ pub struct FakeAlerter {
 }
 
 impl FakeAlerter {
+    /// On a free port.
     pub async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// On `addr` (e.g. one from [`reserve_port`]).
+    pub async fn start_on(addr: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let alerter = RecordingAlerter::default();
         let received = alerter.received.clone();
@@ -171,17 +382,22 @@ impl FakeAlerter {
         }
     }
 
+    /// What arrived so far.
+    pub fn received(&self) -> Vec<NotifyRequest> {
+        self.received.requests.lock().unwrap().clone()
+    }
+
     /// Waits (bounded) until at least `n` notifications arrived; returns what arrived.
     pub async fn wait_for(&self, n: usize) -> Vec<NotifyRequest> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let arrived = self.received.arrived.notified();
-            let now = self.received.requests.lock().unwrap().clone();
+            let now = self.received();
             if now.len() >= n {
                 return now;
             }
             if tokio::time::timeout_at(deadline, arrived).await.is_err() {
-                return self.received.requests.lock().unwrap().clone();
+                return self.received();
             }
         }
     }

@@ -1,7 +1,12 @@
 //! The summarizer's API over real gRPC on loopback, with its files on a temp dir and a
 //! recording fake alerter.
 
+mod archive;
+mod crash;
+mod delivery;
+mod golden;
 mod helpers;
+mod truncation;
 
 use ghost_proto::router::v1::PatchStatus;
 use ghost_proto::summarizer::v1::{GetRequest, ListRequest};
@@ -154,7 +159,7 @@ async fn summaries_are_served_after_a_restart_newest_first() {
         .list(ListRequest {
             target: "MAIN".into(),
             page_size: 1,
-            page_token: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -168,6 +173,7 @@ async fn summaries_are_served_after_a_restart_newest_first() {
             target: "MAIN".into(),
             page_size: 1,
             page_token: page.next_page_token,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -209,5 +215,177 @@ async fn invalid_input_is_refused_and_unknown_patches_are_not_found() {
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::NotFound);
     assert!(!dir.path().join("summaries/x").exists());
+    app.stop().await;
+}
+
+/// Every file under `dir`, by relative path, with its bytes.
+pub fn snapshot(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(folder) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let relative = path
+                    .strip_prefix(dir)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                files.insert(relative, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    files
+}
+
+#[tokio::test]
+async fn the_same_attempt_twice_changes_nothing_even_after_a_restart_and_history_grows() {
+    let dir = tempfile::tempdir().unwrap();
+    let alerter = FakeAlerter::start().await;
+    let mut app = spawn_summarizer(dir.path(), Some(alerter.url.clone())).await;
+    let first = app
+        .client
+        .record(record("p-idem", 1, PatchStatus::RolledBack))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(first.created);
+    alerter.wait_for(1).await;
+    let summaries = dir.path().join("summaries");
+    let before = snapshot(&summaries);
+    assert!(
+        before.contains_key("MAIN/summary-p-idem.md"),
+        "{:?}",
+        before.keys()
+    );
+    assert!(
+        before.contains_key("MAIN/artifacts/p-idem/1-1.log"),
+        "{:?}",
+        before.keys()
+    );
+
+    // Redelivered with other content, before and after a restart: nothing changes.
+    let mut changed = record("p-idem", 1, PatchStatus::Succeeded);
+    changed.outcome.as_mut().unwrap().description = "something else".into();
+    let again = app
+        .client
+        .record(changed.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!again.created);
+    assert_eq!(snapshot(&summaries), before);
+    app.stop().await;
+    let mut app = spawn_summarizer(dir.path(), Some(alerter.url.clone())).await;
+    let again = app.client.record(changed).await.unwrap().into_inner();
+    assert!(!again.created);
+    assert_eq!(snapshot(&summaries), before);
+
+    // The second attempt appends to the history; the first stays as it was.
+    let second = app
+        .client
+        .record(record("p-idem", 2, PatchStatus::Succeeded))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(second.created);
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(summaries.join("MAIN/summary-p-idem.json")).unwrap())
+            .unwrap();
+    let attempts = json["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{json}");
+    assert_eq!(attempts[0]["status"], "rolled_back");
+    assert_eq!(attempts[0]["error"], "validation failed: tsc exited 2");
+    assert_eq!(attempts[1]["status"], "succeeded");
+    assert_eq!(json["schema_version"], 1);
+    assert!(summaries.join("MAIN/artifacts/p-idem/1-1.log").exists());
+    assert!(summaries.join("MAIN/artifacts/p-idem/2-1.log").exists());
+
+    // One notification per attempt, none for the duplicates.
+    let notified = alerter.wait_for(2).await;
+    let mut keys: Vec<_> = notified
+        .iter()
+        .map(|n| (n.patch_id.clone(), n.attempt))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(
+        keys,
+        vec![("p-idem".to_owned(), 1), ("p-idem".to_owned(), 2)]
+    );
+
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(summaries.join("MAIN/patch-manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["patches"][0]["attempts"], 2);
+    assert_eq!(manifest["patches"][0]["status"], "succeeded");
+    let changelog = manifest["changelog"].as_array().unwrap();
+    assert_eq!(changelog.len(), 2, "{manifest}");
+    assert_eq!(changelog[1]["from"], "rolled_back");
+    assert_eq!(changelog[1]["to"], "succeeded");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn list_filters_by_target_and_status_with_paging() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = spawn_summarizer(dir.path(), None).await;
+    for (id, status) in [
+        ("a", PatchStatus::Failed),
+        ("b", PatchStatus::Succeeded),
+        ("c", PatchStatus::Failed),
+        ("d", PatchStatus::Failed),
+    ] {
+        app.client.record(record(id, 1, status)).await.unwrap();
+    }
+    let mut other = record("e", 1, PatchStatus::Failed);
+    other.outcome.as_mut().unwrap().target = "CYOPS".into();
+    app.client.record(other).await.unwrap();
+
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = app
+            .client
+            .list(ListRequest {
+                target: "MAIN".into(),
+                status: PatchStatus::Failed as i32,
+                page_size: 2,
+                page_token: token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(page.total, 3);
+        seen.extend(page.summaries.iter().map(|s| s.patch_id.clone()));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    seen.sort();
+    assert_eq!(seen, ["a", "c", "d"]);
+    let all = app
+        .client
+        .list(ListRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.total, 5);
+    let bad = app
+        .client
+        .list(ListRequest {
+            status: 999,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(bad.message().contains("status"), "{bad:?}");
     app.stop().await;
 }

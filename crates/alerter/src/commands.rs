@@ -1,0 +1,655 @@
+//! The `/ghost` verbs (and the legacy slash commands mapped onto them): parse, check the
+//! operator allowlist for mutating verbs, call the router / summarizer / alert lifecycle,
+//! answer in one Slack message, and write every invocation to the audit log.
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ghost_proto::convert::status_from_wire;
+use ghost_proto::router::v1 as router_wire;
+use ghost_proto::router::v1::router_service_client::RouterServiceClient;
+use ghost_proto::summarizer::v1 as summarizer_wire;
+use ghost_proto::summarizer::v1::summarizer_service_client::SummarizerServiceClient;
+use ghost_runtime::propagation::TracedChannel;
+
+use crate::clock::SharedClock;
+use crate::error::AlerterError;
+use crate::health::HealthBoard;
+use crate::lifecycle::{Lifecycle, human};
+use crate::messages::truncate;
+use crate::patches::Patches;
+use crate::store::{AuditEntry, Store};
+
+/// Verbs that change something: only operators may run them.
+pub const MUTATING: &[&str] = &[
+    "retry",
+    "cancel",
+    "pause",
+    "resume",
+    "ack",
+    "silence",
+    "unsilence",
+];
+
+/// Longest silence accepted.
+const MAX_SILENCE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Longest answer text (Slack's message text limit is 40k; keep answers readable).
+const ANSWER_CHARS: usize = 3_500;
+/// Patches listed by `queue`.
+const QUEUE_PAGE: u32 = 20;
+
+/// The help text.
+pub const HELP: &str = "*/ghost* verbs:
+• `status` — targets, queues, alerts and health at a glance
+• `queue [target]` — queued patches
+• `patch <id>` — one patch's state
+• `summary <id>` — a patch's summary
+• `retry <id>` · `cancel <id>` — operators only
+• `pause <target>` · `resume <target>` — operators only
+• `targets` · `executors` — what the router knows
+• `alerts` — firing alerts and silences
+• `ack <alert key>` — operators only
+• `silence <key|target> <duration>` · `unsilence <id>` — operators only
+• `health` — what the health monitor sees
+• `help`
+Old commands still work: /status-runner, /patch-status, /status-queue, /daemon-status, /patch-revert.";
+
+/// Where an invocation came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A slash command.
+    Command,
+    /// A Block Kit button.
+    Button,
+}
+
+impl Source {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Command => "command",
+            Self::Button => "button",
+        }
+    }
+}
+
+/// One slash command or button press, already verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    /// Slack user id.
+    pub user_id: String,
+    /// Slack user name.
+    pub user_name: String,
+    /// Slack channel id.
+    pub channel_id: String,
+    /// Slash command or button.
+    pub source: Source,
+    /// The slash command, e.g. `/ghost` or `/patch-status`.
+    pub command: String,
+    /// The text after it, e.g. `cancel fix-login`.
+    pub text: String,
+}
+
+/// Maps a slash command and its text to a verb and its arguments; aliases of the old system
+/// map onto the verbs, an empty `/ghost` is `help`.
+pub fn resolve(command: &str, text: &str) -> (String, Vec<String>) {
+    let words: Vec<String> = text.split_whitespace().map(str::to_owned).collect();
+    let alias = match command.trim_start_matches('/') {
+        "status-runner" => Some("status"),
+        "patch-status" => Some("patch"),
+        "status-queue" => Some("queue"),
+        "daemon-status" => Some("health"),
+        "patch-revert" => Some("cancel"),
+        _ => None,
+    };
+    if let Some(verb) = alias {
+        return (verb.to_owned(), words);
+    }
+    let mut words = words.into_iter();
+    let verb = words
+        .next()
+        .map_or_else(|| "help".to_owned(), |verb| verb.to_lowercase());
+    (verb, words.collect())
+}
+
+/// Why a verb failed, said to the person who ran it.
+#[derive(Debug, thiserror::Error)]
+enum VerbError {
+    #[error("usage: `/ghost {0}`")]
+    Usage(&'static str),
+    #[error("the {0} is not configured for the alerter")]
+    NotConfigured(&'static str),
+    #[error("{0}")]
+    Refused(String),
+    #[error("{service}: {message}")]
+    Downstream {
+        service: &'static str,
+        message: String,
+    },
+    #[error("{0}")]
+    Alerter(#[from] AlerterError),
+}
+
+fn downstream(service: &'static str) -> impl Fn(tonic::Status) -> VerbError {
+    move |status| {
+        let message = match status.code() {
+            tonic::Code::Unimplemented => "does not support this yet".to_owned(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+                "is unavailable right now".to_owned()
+            }
+            tonic::Code::NotFound
+            | tonic::Code::InvalidArgument
+            | tonic::Code::FailedPrecondition
+            | tonic::Code::AlreadyExists
+            | tonic::Code::Aborted => status.message().to_owned(),
+            code => format!("failed ({code:?})"),
+        };
+        VerbError::Downstream { service, message }
+    }
+}
+
+fn status_name(value: i32) -> String {
+    status_from_wire("status", value).map_or_else(|_| "unknown".to_owned(), |s| s.to_string())
+}
+
+/// Runs verbs. Share it with an `Arc`.
+pub struct Commands {
+    router: Option<RouterServiceClient<TracedChannel>>,
+    summarizer: Option<SummarizerServiceClient<TracedChannel>>,
+    lifecycle: Arc<Lifecycle>,
+    patches: Patches,
+    board: HealthBoard,
+    store: Store,
+    operators: HashSet<String>,
+    clock: SharedClock,
+}
+
+/// What [`Commands`] needs.
+pub struct CommandsParts {
+    /// Router client, if configured.
+    pub router: Option<RouterServiceClient<TracedChannel>>,
+    /// Summarizer client, if configured.
+    pub summarizer: Option<SummarizerServiceClient<TracedChannel>>,
+    /// The alert lifecycle.
+    pub lifecycle: Arc<Lifecycle>,
+    /// Patch threads (for notes on retry/cancel).
+    pub patches: Patches,
+    /// The health monitor's observations.
+    pub board: HealthBoard,
+    /// The audit log's database.
+    pub store: Store,
+    /// Slack user ids allowed to mutate.
+    pub operators: Vec<String>,
+    /// Now.
+    pub clock: SharedClock,
+}
+
+impl Commands {
+    /// Wires the verbs.
+    pub fn new(parts: CommandsParts) -> Self {
+        Self {
+            router: parts.router,
+            summarizer: parts.summarizer,
+            lifecycle: parts.lifecycle,
+            patches: parts.patches,
+            board: parts.board,
+            store: parts.store,
+            operators: parts.operators.into_iter().collect(),
+            clock: parts.clock,
+        }
+    }
+
+    /// Runs one invocation and returns the answer text; every invocation is audited.
+    #[tracing::instrument(skip_all, fields(user_id = %invocation.user_id, command = %invocation.command))]
+    pub async fn run(&self, invocation: &Invocation) -> String {
+        let (verb, args) = resolve(&invocation.command, &invocation.text);
+        let allowed =
+            !MUTATING.contains(&verb.as_str()) || self.operators.contains(&invocation.user_id);
+        let (answer, outcome) = if allowed {
+            match self.execute(&verb, &args, invocation).await {
+                Ok(answer) => (answer, "ok".to_owned()),
+                Err(err) => (format!("⚠️ {err}"), format!("error: {err}")),
+            }
+        } else {
+            (
+                format!(
+                    "⛔ `{verb}` is for operators; <@{}> is not one.",
+                    invocation.user_id
+                ),
+                "refused: not an operator".to_owned(),
+            )
+        };
+        tracing::info!(verb, allowed, outcome, "slack command");
+        let entry = AuditEntry {
+            at_ms: self.clock.now_ms(),
+            user_id: invocation.user_id.clone(),
+            user_name: invocation.user_name.clone(),
+            channel_id: invocation.channel_id.clone(),
+            source: invocation.source.as_str().to_owned(),
+            verb,
+            args: args.join(" "),
+            allowed,
+            outcome,
+        };
+        if let Err(err) = self.store.audit(entry).await {
+            tracing::error!(error = %err, "cannot write the audit log");
+        }
+        truncate(&answer, ANSWER_CHARS)
+    }
+
+    fn router(&self) -> Result<RouterServiceClient<TracedChannel>, VerbError> {
+        self.router
+            .clone()
+            .ok_or(VerbError::NotConfigured("router"))
+    }
+
+    async fn execute(
+        &self,
+        verb: &str,
+        args: &[String],
+        invocation: &Invocation,
+    ) -> Result<String, VerbError> {
+        let first = args.first().map(String::as_str);
+        let actor = format!("slack:{}", invocation.user_id);
+        match (verb, first) {
+            ("help", _) => Ok(HELP.to_owned()),
+            ("status", _) => self.status().await,
+            ("queue", target) => self.queue(target.unwrap_or_default()).await,
+            ("patch", Some(id)) => self.patch(id).await,
+            ("patch", None) => Err(VerbError::Usage("patch <id>")),
+            ("summary", Some(id)) => self.summary(id).await,
+            ("summary", None) => Err(VerbError::Usage("summary <id>")),
+            ("retry", Some(id)) => {
+                let request = router_wire::RetryRequest {
+                    id: id.to_owned(),
+                    actor,
+                };
+                let state = self
+                    .router()?
+                    .retry(request)
+                    .await
+                    .map_err(downstream("router"))?
+                    .into_inner()
+                    .state
+                    .unwrap_or_default();
+                let text = format!("🔁 retry of `{id}` requested by <@{}>", invocation.user_id);
+                self.patches.note(id, &text).await?;
+                Ok(format!(
+                    "🔁 `{id}` is {} again (attempt {} next)",
+                    status_name(state.status),
+                    state.attempt + 1
+                ))
+            }
+            ("retry", None) => Err(VerbError::Usage("retry <id>")),
+            ("cancel", Some(id)) => {
+                let request = router_wire::CancelRequest {
+                    id: id.to_owned(),
+                    actor,
+                };
+                let state = self
+                    .router()?
+                    .cancel(request)
+                    .await
+                    .map_err(downstream("router"))?
+                    .into_inner()
+                    .state
+                    .unwrap_or_default();
+                let text = format!("🛑 cancel of `{id}` requested by <@{}>", invocation.user_id);
+                self.patches.note(id, &text).await?;
+                Ok(format!("🛑 `{id}` is {}", status_name(state.status)))
+            }
+            ("cancel", None) => Err(VerbError::Usage("cancel <id>")),
+            ("pause", Some(target)) => {
+                let request = router_wire::PauseRequest {
+                    target: target.to_owned(),
+                    actor,
+                };
+                self.router()?
+                    .pause(request)
+                    .await
+                    .map_err(downstream("router"))?;
+                Ok(format!("⏸️ `{target}` paused: no new work is handed out"))
+            }
+            ("pause", None) => Err(VerbError::Usage("pause <target>")),
+            ("resume", Some(target)) => {
+                let request = router_wire::ResumeRequest {
+                    target: target.to_owned(),
+                    actor,
+                };
+                self.router()?
+                    .resume(request)
+                    .await
+                    .map_err(downstream("router"))?;
+                Ok(format!("▶️ `{target}` resumed"))
+            }
+            ("resume", None) => Err(VerbError::Usage("resume <target>")),
+            ("targets", _) => self.targets().await,
+            ("executors", _) => self.executors().await,
+            ("alerts", _) => Ok(self.alerts().await),
+            ("ack", Some(key)) => {
+                let alert = self.lifecycle.ack(key, &invocation.user_id).await?;
+                Ok(format!(
+                    "👀 `{}` acknowledged by <@{}>",
+                    alert.key, invocation.user_id
+                ))
+            }
+            ("ack", None) => Err(VerbError::Usage("ack <alert key>")),
+            ("silence", Some(matcher)) => {
+                let Some(duration) = args.get(1) else {
+                    return Err(VerbError::Usage("silence <key|target> <duration>"));
+                };
+                let duration = humantime::parse_duration(duration).map_err(|err| {
+                    VerbError::Refused(format!(
+                        "`{duration}` is not a duration like 30m or 2h: {err}"
+                    ))
+                })?;
+                if duration.is_zero() || duration > MAX_SILENCE {
+                    return Err(VerbError::Refused(
+                        "a silence lasts between 1s and 30 days".to_owned(),
+                    ));
+                }
+                crate::grpc::validate_key(matcher.trim_end_matches('*'))?;
+                let silence = self
+                    .lifecycle
+                    .silence(matcher, duration, &invocation.user_id)
+                    .await?;
+                Ok(format!(
+                    "🔕 silence #{} on `{matcher}` for {}",
+                    silence.id,
+                    human(i64::try_from(duration.as_millis()).unwrap_or(i64::MAX))
+                ))
+            }
+            ("silence", None) => Err(VerbError::Usage("silence <key|target> <duration>")),
+            ("unsilence", Some(id)) => {
+                let parsed: i64 = id
+                    .trim_start_matches('#')
+                    .parse()
+                    .map_err(|_| VerbError::Usage("unsilence <id>"))?;
+                if self.lifecycle.unsilence(parsed).await? {
+                    Ok(format!("🔔 silence #{parsed} ended"))
+                } else {
+                    Err(VerbError::Refused(format!("no active silence #{parsed}")))
+                }
+            }
+            ("unsilence", None) => Err(VerbError::Usage("unsilence <id>")),
+            ("health", _) => Ok(self.health()),
+            (unknown, _) => Ok(format!("Unknown verb `{unknown}`.\n{HELP}")),
+        }
+    }
+
+    async fn status(&self) -> Result<String, VerbError> {
+        let mut text = String::from("*Ghost Runner status*\n");
+        match self
+            .router()?
+            .list_targets(router_wire::ListTargetsRequest {})
+            .await
+        {
+            Ok(answer) => {
+                let targets = answer.into_inner().targets;
+                let queued: u32 = targets.iter().map(|t| t.queued).sum();
+                let online = targets.iter().filter(|t| t.executor_online).count();
+                let _ = writeln!(
+                    text,
+                    "• {} targets, {queued} patches queued, {online} with an executor online",
+                    targets.len()
+                );
+            }
+            Err(status) => {
+                let _ = writeln!(text, "• targets: {}", downstream("router")(status));
+            }
+        }
+        let request = router_wire::ListRequest {
+            status: router_wire::PatchStatus::Queued as i32,
+            page_size: 100,
+            ..Default::default()
+        };
+        let queued = self
+            .router()?
+            .list(request)
+            .await
+            .map_err(downstream("router"))?
+            .into_inner()
+            .patches
+            .len();
+        let _ = writeln!(text, "• queued patches: {queued}");
+        let alerts = self.lifecycle.active().await;
+        let _ = writeln!(text, "• firing alerts: {}", alerts.len());
+        let board = self.board.snapshot();
+        let down: Vec<&String> = board
+            .iter()
+            .filter(|(_, seen)| seen.state == "down")
+            .map(|(name, _)| name)
+            .collect();
+        if down.is_empty() {
+            let _ = writeln!(text, "• health: {} watched, none down", board.len());
+        } else {
+            let _ = writeln!(text, "• health: down: {down:?}");
+        }
+        Ok(text)
+    }
+
+    async fn queue(&self, target: &str) -> Result<String, VerbError> {
+        let request = router_wire::ListRequest {
+            target: target.to_owned(),
+            status: router_wire::PatchStatus::Queued as i32,
+            page_size: QUEUE_PAGE,
+            ..Default::default()
+        };
+        let answer = self
+            .router()?
+            .list(request)
+            .await
+            .map_err(downstream("router"))?
+            .into_inner();
+        let scope = if target.is_empty() {
+            "all targets".to_owned()
+        } else {
+            format!("`{target}`")
+        };
+        if answer.patches.is_empty() {
+            return Ok(format!("📭 nothing queued on {scope}"));
+        }
+        let mut text = format!("*Queue of {scope}*\n");
+        for patch in &answer.patches {
+            let _ = writeln!(
+                text,
+                "• `{}` on {} — {}",
+                patch.id,
+                patch.target,
+                truncate(&patch.description, 80)
+            );
+        }
+        if !answer.next_page_token.is_empty() {
+            let _ = writeln!(text, "… and more");
+        }
+        Ok(text)
+    }
+
+    async fn patch(&self, id: &str) -> Result<String, VerbError> {
+        let state = self
+            .router()?
+            .get(router_wire::GetRequest { id: id.to_owned() })
+            .await
+            .map_err(downstream("router"))?
+            .into_inner()
+            .state
+            .unwrap_or_default();
+        let mut text = format!(
+            "*`{}`* on {}: *{}* (attempt {})\n{}",
+            state.id,
+            state.target,
+            status_name(state.status),
+            state.attempt,
+            truncate(&state.description, 500)
+        );
+        if !state.error.is_empty() {
+            let _ = write!(text, "\nerror: {}", truncate(&state.error, 1_000));
+        }
+        if !state.trace_id.is_empty() {
+            let _ = write!(text, "\ntrace {}", state.trace_id);
+        }
+        Ok(text)
+    }
+
+    async fn summary(&self, id: &str) -> Result<String, VerbError> {
+        let mut summarizer = self
+            .summarizer
+            .clone()
+            .ok_or(VerbError::NotConfigured("summarizer"))?;
+        let summary = summarizer
+            .get(summarizer_wire::GetRequest {
+                patch_id: id.to_owned(),
+            })
+            .await
+            .map_err(downstream("summarizer"))?
+            .into_inner()
+            .summary
+            .unwrap_or_default();
+        Ok(format!(
+            "*Summary of `{id}`* ({})\n{}",
+            status_name(summary.status),
+            truncate(&summary.markdown, ANSWER_CHARS - 100)
+        ))
+    }
+
+    async fn targets(&self) -> Result<String, VerbError> {
+        let targets = self
+            .router()?
+            .list_targets(router_wire::ListTargetsRequest {})
+            .await
+            .map_err(downstream("router"))?
+            .into_inner()
+            .targets;
+        if targets.is_empty() {
+            return Ok("no targets known yet".to_owned());
+        }
+        let mut text = String::from("*Targets*\n");
+        for target in targets {
+            let _ = writeln!(
+                text,
+                "• `{}`: {} queued{}{}{}",
+                target.target,
+                target.queued,
+                if target.paused { ", ⏸️ paused" } else { "" },
+                if target.executor_online {
+                    ", executor online"
+                } else {
+                    ", no executor"
+                },
+                if target.running_patch_id.is_empty() {
+                    String::new()
+                } else {
+                    format!(", running `{}`", target.running_patch_id)
+                }
+            );
+        }
+        Ok(text)
+    }
+
+    async fn executors(&self) -> Result<String, VerbError> {
+        let executors = self
+            .router()?
+            .list_executors(router_wire::ListExecutorsRequest {})
+            .await
+            .map_err(downstream("router"))?
+            .into_inner()
+            .executors;
+        if executors.is_empty() {
+            return Ok("no executors connected".to_owned());
+        }
+        let now = self.clock.now_ms();
+        let mut text = String::from("*Executors*\n");
+        for executor in executors {
+            let _ = writeln!(
+                text,
+                "• `{}` serving {} — seen {} ago, running {:?}",
+                executor.executor_id,
+                executor.targets.join(", "),
+                human(now - executor.last_seen_unix_ms),
+                executor.running_patch_ids
+            );
+        }
+        Ok(text)
+    }
+
+    async fn alerts(&self) -> String {
+        let alerts = self.lifecycle.active().await;
+        let silences = self.lifecycle.silences().await;
+        let now = self.clock.now_ms();
+        let mut text = String::new();
+        if alerts.is_empty() {
+            text.push_str("✅ no active alerts\n");
+        } else {
+            text.push_str("*Active alerts*\n");
+            for alert in &alerts {
+                let ack = alert.ack.as_ref().map_or(String::new(), |ack| {
+                    format!(", acked by <@{}> {} ago", ack.by, human(now - ack.at_ms))
+                });
+                let _ = writeln!(
+                    text,
+                    "• `{}` ({}, {:?}) for {}{ack} — {}",
+                    alert.key,
+                    alert.severity.as_str(),
+                    alert.phase,
+                    human(now - alert.raised_ms),
+                    alert.summary
+                );
+            }
+        }
+        for silence in silences {
+            let _ = writeln!(
+                text,
+                "🔕 silence #{} on `{}` by <@{}>, {} left",
+                silence.id,
+                silence.matcher,
+                silence.created_by,
+                human(silence.until_ms - now)
+            );
+        }
+        text
+    }
+
+    fn health(&self) -> String {
+        let board = self.board.snapshot();
+        if board.is_empty() {
+            return "nothing watched yet (no services configured, or no check done yet)".to_owned();
+        }
+        let mut text = String::from("*Health*\n");
+        for (name, seen) in board {
+            let icon = match seen.state {
+                "up" => "🟢",
+                "down" => "🔴",
+                "failing" => "🟠",
+                _ => "⚪",
+            };
+            let _ = writeln!(text, "{icon} `{name}` {} {}", seen.state, seen.detail);
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verbs_and_aliases_resolve() {
+        assert_eq!(resolve("/ghost", ""), ("help".to_owned(), vec![]));
+        assert_eq!(
+            resolve("/ghost", " Cancel  p-1 "),
+            ("cancel".to_owned(), vec!["p-1".to_owned()])
+        );
+        assert_eq!(resolve("/status-runner", "").0, "status");
+        assert_eq!(
+            resolve("/patch-status", "p-1"),
+            ("patch".to_owned(), vec!["p-1".to_owned()])
+        );
+        assert_eq!(resolve("/status-queue", "MAIN").0, "queue");
+        assert_eq!(resolve("/daemon-status", "").0, "health");
+        assert_eq!(
+            resolve("/patch-revert", "p-9"),
+            ("cancel".to_owned(), vec!["p-9".to_owned()])
+        );
+    }
+}

@@ -1,0 +1,203 @@
+//! `POST /slack/commands` and `POST /slack/interactions`: verify the v0 signature over the raw
+//! body, then run the verb.
+//!
+//! Slack wants an answer within 3 s. A slash command is answered inline (ephemeral) when its
+//! verb finishes within `inline_answer_budget`; otherwise the answer says "working on it" and
+//! the result follows through `response_url`. Button presses are acknowledged at once with an
+//! empty 200 and answered through `response_url`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+use crate::commands::{Commands, Invocation, Source};
+use crate::error::AlerterError;
+use crate::signing::Verifier;
+
+/// Tries of one `response_url` post.
+const RESPONSE_URL_TRIES: u32 = 3;
+
+/// What the Slack routes share.
+pub struct Inbound {
+    /// Signature checks.
+    pub verifier: Verifier,
+    /// The verbs.
+    pub commands: Arc<Commands>,
+    /// For `response_url`.
+    pub http: reqwest::Client,
+    /// Longest inline wait for a verb.
+    pub inline_budget: Duration,
+}
+
+/// The `/slack/*` routes.
+pub fn routes(inbound: Arc<Inbound>) -> Router {
+    Router::new()
+        .route("/slack/commands", post(slash_command))
+        .route("/slack/interactions", post(interaction))
+        .with_state(inbound)
+}
+
+fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|value| value.to_str().ok())
+}
+
+fn verify(inbound: &Inbound, headers: &HeaderMap, body: &[u8]) -> Result<(), AlerterError> {
+    inbound
+        .verifier
+        .verify(
+            header(headers, "x-slack-request-timestamp"),
+            header(headers, "x-slack-signature"),
+            body,
+        )
+        .map_err(|err| {
+            tracing::warn!(error = %err, "slack request refused");
+            AlerterError::from(err)
+        })
+}
+
+fn form_field(body: &[u8], name: &str) -> Option<String> {
+    form_urlencoded::parse(body)
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.into_owned())
+}
+
+fn required(body: &[u8], name: &str) -> Result<String, AlerterError> {
+    form_field(body, name).ok_or_else(|| AlerterError::invalid(name, "missing form field"))
+}
+
+fn ephemeral(text: &str) -> Value {
+    json!({"response_type": "ephemeral", "text": text})
+}
+
+#[tracing::instrument(skip_all)]
+async fn slash_command(
+    State(inbound): State<Arc<Inbound>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, AlerterError> {
+    verify(&inbound, &headers, &body)?;
+    let invocation = Invocation {
+        user_id: required(&body, "user_id")?,
+        user_name: form_field(&body, "user_name").unwrap_or_default(),
+        channel_id: form_field(&body, "channel_id").unwrap_or_default(),
+        source: Source::Command,
+        command: required(&body, "command")?,
+        text: form_field(&body, "text").unwrap_or_default(),
+    };
+    let response_url = form_field(&body, "response_url").unwrap_or_default();
+    let (answer_tx, answer_rx) = tokio::sync::oneshot::channel::<String>();
+    let commands = Arc::clone(&inbound.commands);
+    let http = inbound.http.clone();
+    tokio::spawn(async move {
+        let answer = commands.run(&invocation).await;
+        // The handler stopped waiting: the answer goes through response_url instead.
+        if let Err(answer) = answer_tx.send(answer) {
+            post_response(&http, &response_url, &ephemeral(&answer)).await;
+        }
+    });
+    let answer = match tokio::time::timeout(inbound.inline_budget, answer_rx).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(_)) => "⚠️ the command stopped without an answer".to_owned(),
+        Err(_) => "⏳ working on it; the answer will follow here".to_owned(),
+    };
+    Ok(Json(ephemeral(&answer)).into_response())
+}
+
+/// A button's `action_id` → the verb it runs.
+fn verb_of_action(action_id: &str) -> Option<&'static str> {
+    match action_id {
+        "retry" => Some("retry"),
+        "cancel" => Some("cancel"),
+        "ack" => Some("ack"),
+        "view_summary" => Some("summary"),
+        _ => None,
+    }
+}
+
+#[tracing::instrument(skip_all)]
+async fn interaction(
+    State(inbound): State<Arc<Inbound>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, AlerterError> {
+    verify(&inbound, &headers, &body)?;
+    let payload = required(&body, "payload")?;
+    let payload: Value = serde_json::from_str(&payload)
+        .map_err(|err| AlerterError::invalid("payload", format!("not json: {err}")))?;
+    let text_at = |pointer: &str| {
+        payload
+            .pointer(pointer)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    if text_at("/type") != "block_actions" {
+        tracing::debug!(kind = %text_at("/type"), "interaction ignored");
+        return Ok(().into_response());
+    }
+    let action_id = text_at("/actions/0/action_id");
+    let Some(verb) = verb_of_action(&action_id) else {
+        return Err(AlerterError::invalid(
+            "payload.actions[0].action_id",
+            format!("unknown action {action_id:?}"),
+        ));
+    };
+    let user_id = text_at("/user/id");
+    if user_id.is_empty() {
+        return Err(AlerterError::invalid("payload.user.id", "missing"));
+    }
+    let invocation = Invocation {
+        user_name: payload
+            .pointer("/user/username")
+            .or_else(|| payload.pointer("/user/name"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+        user_id,
+        channel_id: text_at("/channel/id"),
+        source: Source::Button,
+        command: "/ghost".to_owned(),
+        text: format!("{verb} {}", text_at("/actions/0/value")),
+    };
+    let response_url = text_at("/response_url");
+    let commands = Arc::clone(&inbound.commands);
+    let http = inbound.http.clone();
+    tokio::spawn(async move {
+        let answer = commands.run(&invocation).await;
+        let mut body = ephemeral(&answer);
+        if let Some(object) = body.as_object_mut() {
+            object.insert("replace_original".to_owned(), json!(false));
+        }
+        post_response(&http, &response_url, &body).await;
+    });
+    Ok(().into_response())
+}
+
+/// Posts `body` to a `response_url`, with a few tries; logs when it cannot.
+async fn post_response(http: &reqwest::Client, response_url: &str, body: &Value) {
+    if response_url.is_empty() {
+        tracing::warn!("no response_url to answer through");
+        return;
+    }
+    for attempt in 1..=RESPONSE_URL_TRIES {
+        match http.post(response_url).json(body).send().await {
+            Ok(response) if response.status().is_success() => return,
+            Ok(response) => {
+                tracing::warn!(
+                    status = response.status().as_u16(),
+                    attempt,
+                    "response_url refused the answer"
+                );
+            }
+            Err(err) => tracing::warn!(error = %err, attempt, "response_url unreachable"),
+        }
+        tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+    }
+    tracing::error!("giving up on answering through response_url");
+}

@@ -1,0 +1,277 @@
+//! Block Kit bodies: the patch thread (parent, per-attempt replies), system alerts (grouped
+//! parent with Ack buttons, repeats, escalations, acks, resolutions).
+//!
+//! Bodies carry no `channel`, `ts` or `thread_ts`: delivery adds them once it knows where the
+//! thread lives.
+
+use ghost_core::{PatchId, Status, TargetName};
+use serde_json::{Value, json};
+
+use crate::lifecycle::{AlertState, Severity};
+
+/// Longest text Slack accepts in a section block.
+pub const SECTION_CHARS: usize = 3_000;
+/// Longest text Slack accepts in a header block.
+pub const HEADER_CHARS: usize = 150;
+/// Most buttons we put into one actions block (Slack allows 25).
+const MAX_ACK_BUTTONS: usize = 5;
+
+/// A patch outcome to tell people about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatchOutcome {
+    /// The patch.
+    pub patch_id: PatchId,
+    /// Its workspace.
+    pub target: TargetName,
+    /// Which attempt ended (0: ended before any attempt).
+    pub attempt: u32,
+    /// How it ended.
+    pub status: Status,
+    /// The patch's description.
+    pub description: String,
+    /// A summary excerpt, within Slack's limits.
+    pub excerpt: String,
+    /// The patch's trace id, empty when untraced.
+    pub trace_id: String,
+    /// Why it did not succeed; empty on success.
+    pub error: String,
+}
+
+/// The header line: `✅ <id> succeeded` or `❌ <id> <status>`.
+pub fn headline(outcome: &PatchOutcome) -> String {
+    let icon = if outcome.status == Status::Succeeded {
+        "✅"
+    } else {
+        "❌"
+    };
+    format!("{icon} {} {}", outcome.patch_id, outcome.status)
+}
+
+/// The plain-text fallback shown in notifications.
+pub fn fallback_text(outcome: &PatchOutcome) -> String {
+    format!(
+        "{} on {} (attempt {})",
+        headline(outcome),
+        outcome.target,
+        outcome.attempt
+    )
+}
+
+/// The patch message: header, fields, excerpt, trace context and (with `buttons`) the
+/// Retry / Cancel / View summary actions.
+pub fn patch_message(outcome: &PatchOutcome, buttons: bool) -> Value {
+    let mut blocks = vec![
+        json!({
+            "type": "header",
+            "text": {"type": "plain_text", "text": truncate(&headline(outcome), HEADER_CHARS), "emoji": true},
+        }),
+        json!({
+            "type": "section",
+            "fields": [
+                {"type": "mrkdwn", "text": format!("*Target*\n{}", outcome.target)},
+                {"type": "mrkdwn", "text": format!("*Attempt*\n{}", outcome.attempt)},
+                {"type": "mrkdwn", "text": format!("*Status*\n{}", outcome.status)},
+                {"type": "mrkdwn", "text": format!("*Description*\n{}", truncate(&outcome.description, 1_000))},
+            ],
+        }),
+    ];
+    let body = if outcome.excerpt.is_empty() {
+        &outcome.error
+    } else {
+        &outcome.excerpt
+    };
+    if !body.is_empty() {
+        blocks.push(json!({
+            "type": "section",
+            "text": {"type": "mrkdwn", "text": truncate(body, SECTION_CHARS)},
+        }));
+    }
+    if !outcome.trace_id.is_empty() {
+        blocks.push(json!({
+            "type": "context",
+            "elements": [{"type": "mrkdwn", "text": format!("trace {}", outcome.trace_id)}],
+        }));
+    }
+    if buttons {
+        let id = outcome.patch_id.to_string();
+        blocks.push(json!({
+            "type": "actions",
+            "block_id": "patch_actions",
+            "elements": [
+                button("Retry", "retry", &id, Some("primary")),
+                button("Cancel", "cancel", &id, Some("danger")),
+                button("View summary", "view_summary", &id, None),
+            ],
+        }));
+    }
+    json!({"text": fallback_text(outcome), "blocks": blocks})
+}
+
+fn button(label: &str, action_id: &str, value: &str, style: Option<&str>) -> Value {
+    let mut element = json!({
+        "type": "button",
+        "text": {"type": "plain_text", "text": label},
+        "action_id": action_id,
+        "value": value,
+    });
+    if let (Some(style), Some(object)) = (style, element.as_object_mut()) {
+        object.insert("style".to_owned(), json!(style));
+    }
+    element
+}
+
+fn severity_icon(severity: Severity) -> &'static str {
+    match severity {
+        Severity::Info => "ℹ️",
+        Severity::Warning => "⚠️",
+        Severity::Critical => "🔥",
+    }
+}
+
+/// The first message of an alert group: one alert in detail, or several listed.
+pub fn alert_message(alerts: &[&AlertState]) -> Value {
+    let worst = alerts
+        .iter()
+        .map(|alert| alert.severity)
+        .max()
+        .unwrap_or(Severity::Warning);
+    let title = match alerts {
+        [single] => format!("{} {}", severity_icon(worst), single.key),
+        many => format!(
+            "{} {} alerts: {}",
+            severity_icon(worst),
+            many.len(),
+            many.first().map(|a| a.group.as_str()).unwrap_or_default()
+        ),
+    };
+    let list: Vec<String> = alerts
+        .iter()
+        .map(|alert| {
+            format!(
+                "• `{}` ({}) {}",
+                alert.key,
+                alert.severity.as_str(),
+                alert.summary
+            )
+        })
+        .collect();
+    let mut blocks = vec![
+        json!({
+            "type": "header",
+            "text": {"type": "plain_text", "text": truncate(&title, HEADER_CHARS), "emoji": true},
+        }),
+        json!({
+            "type": "section",
+            "text": {"type": "mrkdwn", "text": truncate(&list.join("\n"), SECTION_CHARS)},
+        }),
+    ];
+    if let [single] = alerts {
+        let mut fields = vec![
+            json!({"type": "mrkdwn", "text": format!("*Severity*\n{}", single.severity.as_str())}),
+            json!({"type": "mrkdwn", "text": format!("*Source*\n{}", single.source)}),
+        ];
+        for (name, value) in single.labels.iter().take(8) {
+            fields.push(json!({"type": "mrkdwn", "text": format!("*{name}*\n{value}")}));
+        }
+        blocks.push(json!({"type": "section", "fields": fields}));
+    }
+    let buttons: Vec<Value> = alerts
+        .iter()
+        .take(MAX_ACK_BUTTONS)
+        .map(|alert| {
+            let label = if alerts.len() == 1 {
+                "Ack".to_owned()
+            } else {
+                truncate(&format!("Ack {}", alert.key), 75)
+            };
+            button(&label, "ack", &alert.key, None)
+        })
+        .collect();
+    blocks.push(json!({"type": "actions", "block_id": "alert_actions", "elements": buttons}));
+    json!({"text": format!("{title}\n{}", list.join("\n")), "blocks": blocks})
+}
+
+/// A one-line message (thread replies: repeats, acks, resolutions).
+pub fn line(text: &str) -> Value {
+    json!({
+        "text": text,
+        "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": truncate(text, SECTION_CHARS)}}],
+    })
+}
+
+/// A thread reply that is also shown in the channel.
+pub fn broadcast_line(text: &str) -> Value {
+    let mut body = line(text);
+    if let Some(object) = body.as_object_mut() {
+        object.insert("reply_broadcast".to_owned(), json!(true));
+    }
+    body
+}
+
+/// Cuts `text` to `max_chars` characters, marking the cut with `…`.
+pub fn truncate(text: &str, max_chars: usize) -> String {
+    if text.chars().count() <= max_chars {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(max_chars.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(status: Status) -> PatchOutcome {
+        PatchOutcome {
+            patch_id: PatchId::parse("fix-login").unwrap(),
+            target: TargetName::parse("MAIN").unwrap(),
+            attempt: 2,
+            status,
+            description: "d".to_owned(),
+            excerpt: "x".repeat(5000),
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".to_owned(),
+            error: String::new(),
+        }
+    }
+
+    #[test]
+    fn patch_messages_carry_status_fields_excerpt_trace_and_buttons() {
+        let body = patch_message(&outcome(Status::Succeeded), true);
+        assert_eq!(body["blocks"][0]["text"]["text"], "✅ fix-login succeeded");
+        assert_eq!(body["blocks"][1]["fields"][0]["text"], "*Target*\nMAIN");
+        assert_eq!(body["blocks"][1]["fields"][1]["text"], "*Attempt*\n2");
+        let excerpt = body["blocks"][2]["text"]["text"].as_str().unwrap();
+        assert_eq!(excerpt.chars().count(), SECTION_CHARS);
+        assert_eq!(
+            body["blocks"][3]["elements"][0]["text"],
+            "trace 4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        let actions: Vec<_> = body["blocks"][4]["elements"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                (
+                    b["action_id"].as_str().unwrap(),
+                    b["value"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                ("retry", "fix-login"),
+                ("cancel", "fix-login"),
+                ("view_summary", "fix-login")
+            ]
+        );
+        let failed = patch_message(&outcome(Status::RolledBack), false);
+        assert_eq!(
+            failed["blocks"][0]["text"]["text"],
+            "❌ fix-login rolled_back"
+        );
+        assert_eq!(failed["blocks"].as_array().unwrap().len(), 4);
+        assert!(failed["text"].as_str().unwrap().contains("fix-login"));
+    }
+}

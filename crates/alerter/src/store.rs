@@ -1,0 +1,687 @@
+//! Durable state of the alerter in SQLite (WAL, `synchronous=FULL`): the Slack outbox and the
+//! thread of each patch or alert, the dedup tables of `Notify` and `Alert`, alert states,
+//! silences and the audit log of Slack commands.
+//!
+//! Every method runs one transaction on a blocking thread and returns once it is committed, so
+//! a message is "stored" before anyone is told it was accepted.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::Value;
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite refused or failed.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A stored JSON column could not be read back.
+    #[error("corrupt stored json: {0}")]
+    Corrupt(#[from] serde_json::Error),
+    /// The blocking task running the transaction died.
+    #[error("storage task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS notifications (
+    patch_id TEXT NOT NULL, attempt INTEGER NOT NULL, at_ms INTEGER NOT NULL,
+    PRIMARY KEY (patch_id, attempt));
+CREATE TABLE IF NOT EXISTS alert_events (
+    key TEXT NOT NULL, resolved INTEGER NOT NULL, at_ms INTEGER NOT NULL,
+    PRIMARY KEY (key, resolved, at_ms));
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    thread TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    body TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    tries INTEGER NOT NULL DEFAULT 0,
+    next_at_ms INTEGER NOT NULL,
+    last_error TEXT NOT NULL DEFAULT '',
+    created_ms INTEGER NOT NULL,
+    ts TEXT NOT NULL DEFAULT '',
+    traceparent TEXT NOT NULL DEFAULT '');
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (state, thread, id);
+CREATE TABLE IF NOT EXISTS threads (
+    thread TEXT PRIMARY KEY, channel TEXT NOT NULL, ts TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS alerts (key TEXT PRIMARY KEY, state TEXT NOT NULL, active INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS silences (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, matcher TEXT NOT NULL, until_ms INTEGER NOT NULL,
+    created_by TEXT NOT NULL, created_ms INTEGER NOT NULL, removed INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at_ms INTEGER NOT NULL, user_id TEXT NOT NULL,
+    user_name TEXT NOT NULL, channel_id TEXT NOT NULL, source TEXT NOT NULL, verb TEXT NOT NULL,
+    args TEXT NOT NULL, allowed INTEGER NOT NULL, outcome TEXT NOT NULL);
+";
+
+/// What a stored message asks Slack to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A top-level `chat.postMessage`; the first one of a thread becomes its parent.
+    Post,
+    /// A `chat.postMessage` into the thread's parent (`thread_ts`).
+    Reply,
+    /// A `chat.update` of the thread's parent.
+    Update,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Post => "post",
+            Self::Reply => "reply",
+            Self::Update => "update",
+        }
+    }
+
+    fn parse(text: &str) -> Self {
+        match text {
+            "reply" => Self::Reply,
+            "update" => Self::Update,
+            _ => Self::Post,
+        }
+    }
+}
+
+/// A message to store for delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewMessage {
+    /// Thread key, e.g. `patch/<id>` or `alert/<group>/<ms>`; order is kept per thread.
+    pub thread: String,
+    /// Channel name or id to post to.
+    pub channel: String,
+    /// What to do.
+    pub kind: Kind,
+    /// The Slack body without `channel`, `ts` and `thread_ts` (added at delivery).
+    pub body: Value,
+    /// Trace context of the call that caused it, so its delivery joins that trace.
+    pub traceparent: Option<String>,
+}
+
+/// A stored message waiting for delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// Outbox row id; increasing in storing order.
+    pub id: i64,
+    /// Thread key.
+    pub thread: String,
+    /// Channel name or id.
+    pub channel: String,
+    /// What to do.
+    pub kind: Kind,
+    /// The Slack body.
+    pub body: Value,
+    /// Tries so far.
+    pub tries: u32,
+    /// Not before this time (Unix ms).
+    pub next_at_ms: i64,
+    /// Trace context of the call that caused it.
+    pub traceparent: Option<String>,
+}
+
+/// Where a thread's parent message lives in Slack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadParent {
+    /// Channel id Slack answered with.
+    pub channel: String,
+    /// The parent's `ts`.
+    pub ts: String,
+}
+
+/// Counts of outbox rows by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxCounts {
+    /// Waiting for delivery.
+    pub pending: u64,
+    /// Delivered.
+    pub sent: u64,
+    /// Given up on.
+    pub dead: u64,
+}
+
+/// A silence as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Silence {
+    /// Its id, for `unsilence`.
+    pub id: i64,
+    /// An alert key, or a target name.
+    pub matcher: String,
+    /// Ends at (Unix ms).
+    pub until_ms: i64,
+    /// Slack user id of who set it.
+    pub created_by: String,
+}
+
+/// One audited Slack command or button.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// When (Unix ms).
+    pub at_ms: i64,
+    /// Slack user id.
+    pub user_id: String,
+    /// Slack user name.
+    pub user_name: String,
+    /// Slack channel id.
+    pub channel_id: String,
+    /// `command` or `button`.
+    pub source: String,
+    /// The verb run, e.g. `cancel`.
+    pub verb: String,
+    /// Its arguments.
+    pub args: String,
+    /// False when refused (not an operator).
+    pub allowed: bool,
+    /// What happened, one line.
+    pub outcome: String,
+}
+
+/// The alerter's database. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`, or an in-memory one for `None`.
+    pub fn open(path: Option<&Path>) -> Result<Self, StoreError> {
+        let conn = match path {
+            Some(path) => Connection::open(path)?,
+            None => Connection::open_in_memory()?,
+        };
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    async fn with_tx<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let tx = guard.transaction()?;
+            let value = work(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        })
+        .await?
+    }
+
+    /// True when any message of `thread` was ever stored.
+    pub async fn thread_started(&self, thread: &str) -> Result<bool, StoreError> {
+        let thread = thread.to_owned();
+        self.with_tx(move |conn| {
+            let found: Option<i64> = conn
+                .query_row(
+                    "SELECT id FROM outbox WHERE thread = ?1 LIMIT 1",
+                    params![thread],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            Ok(found.is_some())
+        })
+        .await
+    }
+
+    /// Records `Notify(patch_id, attempt)` and stores `messages`, unless it was recorded
+    /// before; true when fresh.
+    pub async fn accept_notification(
+        &self,
+        patch_id: &str,
+        attempt: u32,
+        now_ms: i64,
+        messages: Vec<NewMessage>,
+    ) -> Result<bool, StoreError> {
+        let patch_id = patch_id.to_owned();
+        self.with_tx(move |conn| {
+            let fresh = conn.execute(
+                "INSERT OR IGNORE INTO notifications (patch_id, attempt, at_ms) VALUES (?1, ?2, ?3)",
+                params![patch_id, attempt, now_ms],
+            )? == 1;
+            if fresh {
+                insert_messages(conn, &messages, now_ms)?;
+            }
+            Ok(fresh)
+        })
+        .await
+    }
+
+    /// Records one `Alert(key, resolved, at)` call; true when it was not seen before.
+    pub async fn accept_alert_event(
+        &self,
+        key: &str,
+        resolved: bool,
+        at_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let key = key.to_owned();
+        self.with_tx(move |conn| {
+            Ok(conn.execute(
+                "INSERT OR IGNORE INTO alert_events (key, resolved, at_ms) VALUES (?1, ?2, ?3)",
+                params![key, resolved, at_ms],
+            )? == 1)
+        })
+        .await
+    }
+
+    /// Stores messages for delivery.
+    pub async fn enqueue(&self, messages: Vec<NewMessage>, now_ms: i64) -> Result<(), StoreError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        self.with_tx(move |conn| insert_messages(conn, &messages, now_ms))
+            .await
+    }
+
+    /// The oldest pending message of every thread, oldest first (whether due or not).
+    pub async fn heads(&self) -> Result<Vec<Message>, StoreError> {
+        self.with_tx(|conn| {
+            let mut statement = conn.prepare(
+                "SELECT o.id, o.thread, o.channel, o.kind, o.body, o.tries, o.next_at_ms, o.traceparent
+                 FROM outbox o
+                 WHERE o.state = 'pending' AND o.id = (
+                     SELECT MIN(i.id) FROM outbox i WHERE i.state = 'pending' AND i.thread = o.thread)
+                 ORDER BY o.id",
+            )?;
+            let rows = statement.query_map([], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, String>(4)?,
+                    row.get::<_, u32>(5)?,
+                    row.get::<_, i64>(6)?,
+                    row.get::<_, String>(7)?,
+                ))
+            })?;
+            let mut heads = Vec::new();
+            for row in rows {
+                let (id, thread, channel, kind, body, tries, next_at_ms, traceparent) = row?;
+                heads.push(Message {
+                    id,
+                    thread,
+                    channel,
+                    kind: Kind::parse(&kind),
+                    body: serde_json::from_str(&body)?,
+                    tries,
+                    next_at_ms,
+                    traceparent: (!traceparent.is_empty()).then_some(traceparent),
+                });
+            }
+            Ok(heads)
+        })
+        .await
+    }
+
+    /// The parent of `thread` in Slack, once one was delivered.
+    pub async fn thread_parent(&self, thread: &str) -> Result<Option<ThreadParent>, StoreError> {
+        let thread = thread.to_owned();
+        self.with_tx(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT channel, ts FROM threads WHERE thread = ?1",
+                    params![thread],
+                    |row| {
+                        Ok(ThreadParent {
+                            channel: row.get(0)?,
+                            ts: row.get(1)?,
+                        })
+                    },
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    /// Marks message `id` delivered; `parent` (when given) becomes its thread's parent unless
+    /// the thread already has one.
+    pub async fn mark_sent(
+        &self,
+        id: i64,
+        ts: String,
+        parent: Option<(String, ThreadParent)>,
+    ) -> Result<(), StoreError> {
+        self.with_tx(move |conn| {
+            conn.execute(
+                "UPDATE outbox SET state = 'sent', tries = tries + 1, ts = ?2, last_error = '' WHERE id = ?1",
+                params![id, ts],
+            )?;
+            if let Some((thread, parent)) = parent
+                && !parent.ts.is_empty()
+            {
+                conn.execute(
+                    "INSERT OR IGNORE INTO threads (thread, channel, ts) VALUES (?1, ?2, ?3)",
+                    params![thread, parent.channel, parent.ts],
+                )?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Counts a failed try of message `id` and schedules the next one.
+    pub async fn mark_retry(
+        &self,
+        id: i64,
+        next_at_ms: i64,
+        error: String,
+    ) -> Result<(), StoreError> {
+        self.with_tx(move |conn| {
+            conn.execute(
+                "UPDATE outbox SET tries = tries + 1, next_at_ms = ?2, last_error = ?3 WHERE id = ?1",
+                params![id, next_at_ms, error],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Gives up on message `id` (dead letter).
+    pub async fn mark_dead(&self, id: i64, error: String) -> Result<(), StoreError> {
+        self.with_tx(move |conn| {
+            conn.execute(
+                "UPDATE outbox SET state = 'dead', tries = tries + 1, last_error = ?2 WHERE id = ?1",
+                params![id, error],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Outbox rows by state.
+    pub async fn outbox_counts(&self) -> Result<OutboxCounts, StoreError> {
+        self.with_tx(|conn| {
+            let mut counts = OutboxCounts::default();
+            let mut statement =
+                conn.prepare("SELECT state, COUNT(*) FROM outbox GROUP BY state")?;
+            let rows = statement.query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+            })?;
+            for row in rows {
+                let (state, count) = row?;
+                let count = u64::try_from(count).unwrap_or(0);
+                match state.as_str() {
+                    "pending" => counts.pending = count,
+                    "sent" => counts.sent = count,
+                    _ => counts.dead = count,
+                }
+            }
+            Ok(counts)
+        })
+        .await
+    }
+
+    /// Every stored message in storing order, delivered or not (for tests and diagnostics).
+    pub async fn all_messages(&self) -> Result<Vec<NewMessage>, StoreError> {
+        self.with_tx(|conn| {
+            let mut statement =
+                conn.prepare("SELECT thread, channel, kind, body FROM outbox ORDER BY id")?;
+            let rows = statement.query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                ))
+            })?;
+            let mut messages = Vec::new();
+            for row in rows {
+                let (thread, channel, kind, body) = row?;
+                messages.push(NewMessage {
+                    thread,
+                    channel,
+                    kind: Kind::parse(&kind),
+                    body: serde_json::from_str(&body)?,
+                    traceparent: None,
+                });
+            }
+            Ok(messages)
+        })
+        .await
+    }
+
+    /// Saves one alert's state (JSON); `active` false once resolved.
+    pub async fn save_alert(
+        &self,
+        key: &str,
+        state: Value,
+        active: bool,
+    ) -> Result<(), StoreError> {
+        let key = key.to_owned();
+        self.with_tx(move |conn| {
+            conn.execute(
+                "INSERT INTO alerts (key, state, active) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (key) DO UPDATE SET state = excluded.state, active = excluded.active",
+                params![key, state.to_string(), active],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The states of all active alerts.
+    pub async fn active_alerts(&self) -> Result<Vec<Value>, StoreError> {
+        self.with_tx(|conn| {
+            let mut statement =
+                conn.prepare("SELECT state FROM alerts WHERE active = 1 ORDER BY key")?;
+            let rows = statement.query_map([], |row| row.get::<_, String>(0))?;
+            let mut states = Vec::new();
+            for row in rows {
+                states.push(serde_json::from_str(&row?)?);
+            }
+            Ok(states)
+        })
+        .await
+    }
+
+    /// Stores a silence; returns it with its id.
+    pub async fn add_silence(
+        &self,
+        matcher: String,
+        until_ms: i64,
+        created_by: String,
+        now_ms: i64,
+    ) -> Result<Silence, StoreError> {
+        self.with_tx(move |conn| {
+            conn.execute(
+                "INSERT INTO silences (matcher, until_ms, created_by, created_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![matcher, until_ms, created_by, now_ms],
+            )?;
+            Ok(Silence {
+                id: conn.last_insert_rowid(),
+                matcher,
+                until_ms,
+                created_by,
+            })
+        })
+        .await
+    }
+
+    /// Ends silence `id`; false when there is no such active silence.
+    pub async fn remove_silence(&self, id: i64) -> Result<bool, StoreError> {
+        self.with_tx(move |conn| {
+            Ok(conn.execute(
+                "UPDATE silences SET removed = 1 WHERE id = ?1 AND removed = 0",
+                params![id],
+            )? == 1)
+        })
+        .await
+    }
+
+    /// Silences not removed and not yet over at `now_ms`.
+    pub async fn silences(&self, now_ms: i64) -> Result<Vec<Silence>, StoreError> {
+        self.with_tx(move |conn| {
+            let mut statement = conn.prepare(
+                "SELECT id, matcher, until_ms, created_by FROM silences
+                 WHERE removed = 0 AND until_ms > ?1 ORDER BY id",
+            )?;
+            let rows = statement.query_map(params![now_ms], |row| {
+                Ok(Silence {
+                    id: row.get(0)?,
+                    matcher: row.get(1)?,
+                    until_ms: row.get(2)?,
+                    created_by: row.get(3)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Appends to the audit log.
+    pub async fn audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
+        self.with_tx(move |conn| {
+            conn.execute(
+                "INSERT INTO audit (at_ms, user_id, user_name, channel_id, source, verb, args, allowed, outcome)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    entry.at_ms,
+                    entry.user_id,
+                    entry.user_name,
+                    entry.channel_id,
+                    entry.source,
+                    entry.verb,
+                    entry.args,
+                    entry.allowed,
+                    entry.outcome
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The audit log, oldest first.
+    pub async fn audit_log(&self) -> Result<Vec<AuditEntry>, StoreError> {
+        self.with_tx(|conn| {
+            let mut statement = conn.prepare(
+                "SELECT at_ms, user_id, user_name, channel_id, source, verb, args, allowed, outcome
+                 FROM audit ORDER BY id",
+            )?;
+            let rows = statement.query_map([], |row| {
+                Ok(AuditEntry {
+                    at_ms: row.get(0)?,
+                    user_id: row.get(1)?,
+                    user_name: row.get(2)?,
+                    channel_id: row.get(3)?,
+                    source: row.get(4)?,
+                    verb: row.get(5)?,
+                    args: row.get(6)?,
+                    allowed: row.get(7)?,
+                    outcome: row.get(8)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+}
+
+fn insert_messages(
+    conn: &Connection,
+    messages: &[NewMessage],
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let mut statement = conn.prepare(
+        "INSERT INTO outbox (thread, channel, kind, body, next_at_ms, created_ms, traceparent)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)",
+    )?;
+    for message in messages {
+        statement.execute(params![
+            message.thread,
+            message.channel,
+            message.kind.as_str(),
+            message.body.to_string(),
+            now_ms,
+            message.traceparent.as_deref().unwrap_or_default()
+        ])?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn message(thread: &str, kind: Kind, text: &str) -> NewMessage {
+        NewMessage {
+            thread: thread.to_owned(),
+            channel: "#c".to_owned(),
+            kind,
+            body: json!({ "text": text }),
+            traceparent: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn heads_are_the_oldest_pending_message_of_each_thread() {
+        let store = Store::open(None).unwrap();
+        store
+            .enqueue(
+                vec![
+                    message("a", Kind::Post, "a1"),
+                    message("b", Kind::Post, "b1"),
+                    message("a", Kind::Reply, "a2"),
+                ],
+                10,
+            )
+            .await
+            .unwrap();
+        let heads = store.heads().await.unwrap();
+        let texts: Vec<_> = heads.iter().map(|m| m.body["text"].clone()).collect();
+        assert_eq!(texts, [json!("a1"), json!("b1")]);
+        let parent = ThreadParent {
+            channel: "C1".into(),
+            ts: "1.1".into(),
+        };
+        store
+            .mark_sent(
+                heads[0].id,
+                "1.1".into(),
+                Some(("a".into(), parent.clone())),
+            )
+            .await
+            .unwrap();
+        store
+            .mark_dead(heads[1].id, "channel_not_found".into())
+            .await
+            .unwrap();
+        let heads = store.heads().await.unwrap();
+        assert_eq!(heads.len(), 1);
+        assert_eq!(heads[0].body["text"], "a2");
+        assert_eq!(store.thread_parent("a").await.unwrap(), Some(parent));
+        let counts = store.outbox_counts().await.unwrap();
+        assert_eq!((counts.pending, counts.sent, counts.dead), (1, 1, 1));
+    }
+
+    #[tokio::test]
+    async fn notifications_and_alert_events_are_accepted_once() {
+        let store = Store::open(None).unwrap();
+        let batch = vec![message("patch/p", Kind::Post, "p")];
+        assert!(
+            store
+                .accept_notification("p", 1, 1, batch.clone())
+                .await
+                .unwrap()
+        );
+        assert!(!store.accept_notification("p", 1, 2, batch).await.unwrap());
+        assert_eq!(store.all_messages().await.unwrap().len(), 1);
+        assert!(store.accept_alert_event("k", false, 5).await.unwrap());
+        assert!(!store.accept_alert_event("k", false, 5).await.unwrap());
+        assert!(store.accept_alert_event("k", true, 5).await.unwrap());
+    }
+}

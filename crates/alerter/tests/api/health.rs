@@ -1,0 +1,65 @@
+//! The health monitor raises `service_down/<svc>` when a real service stops answering
+//! `grpc.health.v1` (after N consecutive failures) and resolves it when the service is back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use alerter::clock::SystemClock;
+use ghost_testkit::FakeSlack;
+
+use crate::commands::spawn_summarizer;
+use crate::helpers::{BYSTANDER, WAIT, config, slash, spawn_with};
+
+#[tokio::test]
+async fn service_down_is_raised_when_a_service_stops_and_resolved_when_it_is_back() {
+    let scratch = tempfile::tempdir().unwrap();
+    let summarizer = spawn_summarizer(scratch.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let addr = summarizer.grpc;
+    let slack = FakeSlack::start().await;
+    let mut cfg = config(Some(slack.base_url()));
+    cfg.health.services = [("summarizer".to_owned(), format!("http://{addr}"))].into();
+    cfg.health.interval = Duration::from_millis(50);
+    cfg.health.check_timeout = Duration::from_millis(500);
+    cfg.health.failures_before_alert = 2;
+    cfg.alerts.group_wait = Duration::ZERO;
+    cfg.alerts.tick = Duration::from_millis(20);
+    let app = spawn_with(cfg, Arc::new(SystemClock)).await;
+
+    // Up first, and nothing raised.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let health = slash(&app, "/ghost", "health", BYSTANDER).await;
+        if health.contains("`service/summarizer` up") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never up: {health}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(app.lifecycle.active().await.is_empty());
+
+    summarizer.stop().await;
+    let posts = slack.wait_for_posts(1, WAIT).await;
+    assert_eq!(posts.len(), 1, "service_down never raised");
+    assert!(
+        posts[0].text().contains("service_down/summarizer"),
+        "{}",
+        posts[0].text()
+    );
+    let active = app.lifecycle.active().await;
+    assert_eq!(active.len(), 1);
+    assert_eq!(active[0].key, "service_down/summarizer");
+    assert_eq!(active[0].labels["service"], "summarizer");
+
+    let _summarizer = spawn_summarizer(scratch.path(), addr).await;
+    let posts = slack.wait_for_posts(2, WAIT).await;
+    assert_eq!(posts.len(), 2, "service_down never resolved");
+    assert!(
+        posts[1]
+            .text()
+            .starts_with("✅ resolved: `service_down/summarizer`"),
+        "{}",
+        posts[1].text()
+    );
+    assert_eq!(posts[1].body["thread_ts"], slack.messages()[0].ts.as_str());
+    assert!(app.lifecycle.active().await.is_empty());
+}

@@ -1,0 +1,330 @@
+//! Running a patch's `commands` and `validate` checks under the target's policy.
+//!
+//! A command line is split with shell-words (no shell) unless the target allows a shell and
+//! runs any program. The child gets a scrubbed environment, the workspace as its working
+//! directory, its own process group and rlimits (CPU, address space, open files). At its
+//! deadline, or on cancel, the whole group gets SIGTERM, then SIGKILL after a grace period, so
+//! grandchildren die too. Output is captured with bounded memory: the head and the tail are
+//! kept, the middle is counted.
+
+use std::collections::VecDeque;
+use std::io::Read;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use ghost_core::{CommandKind, CommandReport};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{CommandPolicy, TargetPolicy};
+use crate::workspace::Workspace;
+
+/// How a command is started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Argv {
+    /// `program args…`, no shell.
+    Direct(Vec<String>),
+    /// `/bin/sh -c line`.
+    Shell(String),
+}
+
+/// Checks `line` against the policy; returns how to start it or why it is refused.
+pub fn admit(policy: &TargetPolicy, target: &str, line: &str) -> Result<Argv, String> {
+    if matches!(policy.commands, CommandPolicy::Deny) {
+        return Err(format!(
+            "commands are denied by target {target}'s policy (refused: {line:?})"
+        ));
+    }
+    if policy.shell && matches!(policy.commands, CommandPolicy::Any) {
+        return Ok(Argv::Shell(line.to_owned()));
+    }
+    let argv =
+        shell_words::split(line).map_err(|err| format!("cannot split command {line:?}: {err}"))?;
+    let Some(program) = argv.first() else {
+        return Err("empty command".to_owned());
+    };
+    if let CommandPolicy::Allowlist(allowed) = &policy.commands
+        && !allowed.iter().any(|name| name == program)
+    {
+        return Err(format!(
+            "program {program:?} is not on target {target}'s allowlist ({})",
+            allowed.join(", ")
+        ));
+    }
+    Ok(Argv::Direct(argv))
+}
+
+/// Output kept from a command: the first bytes, the last bytes, and a count of the rest.
+struct Capture {
+    head: Vec<u8>,
+    tail: VecDeque<u8>,
+    head_cap: usize,
+    tail_cap: usize,
+    total: u64,
+}
+
+impl Capture {
+    fn push(&mut self, mut bytes: &[u8]) {
+        self.total += bytes.len() as u64;
+        let room = self.head_cap.saturating_sub(self.head.len());
+        let take = room.min(bytes.len());
+        self.head.extend_from_slice(&bytes[..take]);
+        bytes = &bytes[take..];
+        if self.tail_cap == 0 {
+            return;
+        }
+        if bytes.len() >= self.tail_cap {
+            bytes = &bytes[bytes.len() - self.tail_cap..];
+            self.tail.clear();
+        }
+        let overflow = (self.tail.len() + bytes.len()).saturating_sub(self.tail_cap);
+        self.tail.drain(..overflow);
+        self.tail.extend(bytes);
+    }
+
+    /// (head, tail, omitted): whole output in `tail` when nothing was dropped.
+    fn finish(&self) -> (String, String, u64) {
+        let kept = (self.head.len() + self.tail.len()) as u64;
+        let tail: Vec<u8> = self.tail.iter().copied().collect();
+        if kept == self.total {
+            let mut all = self.head.clone();
+            all.extend_from_slice(&tail);
+            return (String::new(), String::from_utf8_lossy(&all).into_owned(), 0);
+        }
+        (
+            String::from_utf8_lossy(&self.head).into_owned(),
+            String::from_utf8_lossy(&tail).into_owned(),
+            self.total - kept,
+        )
+    }
+}
+
+/// Why a command was stopped early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// It reached its deadline (or the patch's).
+    Deadline,
+    /// The patch was cancelled.
+    Cancelled,
+}
+
+/// Sets the child's rlimits between fork and exec.
+#[allow(unsafe_code)]
+fn limit_resources(command: &mut Command, policy: &TargetPolicy) {
+    use nix::sys::resource::{Resource, setrlimit};
+    let cpu = policy.max_cpu_seconds;
+    let memory = policy.max_memory_bytes;
+    let files = policy.max_open_files;
+    // SAFETY: the closure runs in the forked child before exec and only calls setrlimit(2),
+    // which is async-signal-safe; it allocates nothing and touches no lock.
+    unsafe {
+        command.pre_exec(move || {
+            setrlimit(Resource::RLIMIT_CPU, cpu, cpu).map_err(std::io::Error::from)?;
+            setrlimit(Resource::RLIMIT_AS, memory, memory).map_err(std::io::Error::from)?;
+            setrlimit(Resource::RLIMIT_NOFILE, files, files).map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+}
+
+fn spawn(workspace: &Workspace, argv: &Argv) -> std::io::Result<Child> {
+    let mut command = match argv {
+        Argv::Direct(argv) => {
+            let mut command = Command::new(&argv[0]);
+            command.args(&argv[1..]);
+            command
+        }
+        Argv::Shell(line) => {
+            let mut command = Command::new("/bin/sh");
+            command.arg("-c").arg(line);
+            command
+        }
+    };
+    command
+        .current_dir(&workspace.root)
+        .env_clear()
+        .envs(std::env::vars_os().filter(|(name, _)| {
+            workspace
+                .policy
+                .env_allowlist
+                .iter()
+                .any(|allowed| name.to_str() == Some(allowed.as_str()))
+        }))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    limit_resources(&mut command, &workspace.policy);
+    command.spawn()
+}
+
+fn pump(
+    mut source: impl Read + Send + 'static,
+    capture: Arc<Mutex<Capture>>,
+    done: mpsc::Sender<()>,
+) {
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 8192];
+        loop {
+            match source.read(&mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if let Ok(mut capture) = capture.lock() {
+                        capture.push(&buffer[..n]);
+                    }
+                }
+            }
+        }
+        let _ = done.send(());
+    });
+}
+
+fn signal_group(group: Pid, signal: Signal) {
+    // ESRCH (the group is already gone) is the expected end state.
+    let _ = killpg(group, signal);
+}
+
+fn group_alive(group: Pid) -> bool {
+    killpg(group, None).is_ok()
+}
+
+/// Runs one command to completion, its deadline or a cancel. Never panics; spawn failures
+/// are reported as a failed command.
+pub fn run(
+    workspace: &Workspace,
+    line: &str,
+    argv: &Argv,
+    kind: CommandKind,
+    deadline: Instant,
+    cancel: &CancellationToken,
+) -> (CommandReport, Option<Stopped>) {
+    let started = Instant::now();
+    let mut report = CommandReport {
+        command: line.to_owned(),
+        kind,
+        ..CommandReport::default()
+    };
+    let mut child = match spawn(workspace, argv) {
+        Ok(child) => child,
+        Err(err) => {
+            report.output_tail = format!("cannot start command: {err}");
+            report.exit_code = Some(127);
+            return (report, None);
+        }
+    };
+    let group = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    let capture = Arc::new(Mutex::new(Capture {
+        head: Vec::new(),
+        tail: VecDeque::new(),
+        head_cap: workspace.policy.output_head_bytes,
+        tail_cap: workspace.policy.output_tail_bytes,
+        total: 0,
+    }));
+    let (done_tx, done_rx) = mpsc::channel();
+    if let Some(stdout) = child.stdout.take() {
+        pump(stdout, Arc::clone(&capture), done_tx.clone());
+    }
+    if let Some(stderr) = child.stderr.take() {
+        pump(stderr, Arc::clone(&capture), done_tx.clone());
+    }
+    drop(done_tx);
+    let mut stopped = None;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) => {}
+            Err(_) => break None,
+        }
+        if cancel.is_cancelled() {
+            stopped = Some(Stopped::Cancelled);
+        } else if Instant::now() >= deadline {
+            stopped = Some(Stopped::Deadline);
+        }
+        if stopped.is_some() {
+            signal_group(group, Signal::SIGTERM);
+            let grace_end = Instant::now() + workspace.policy.kill_grace;
+            while Instant::now() < grace_end {
+                let _ = child.try_wait();
+                if !group_alive(group) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            signal_group(group, Signal::SIGKILL);
+            break child.wait().ok();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    // Whatever the leader left running in its group goes with it.
+    signal_group(group, Signal::SIGKILL);
+    let output_deadline = Instant::now() + Duration::from_secs(1);
+    for _ in 0..2 {
+        let left = output_deadline.saturating_duration_since(Instant::now());
+        if done_rx.recv_timeout(left).is_err() {
+            break;
+        }
+    }
+    if let Some(status) = status {
+        report.exit_code = status.code();
+        report.signal = status.signal();
+    }
+    report.timed_out = stopped == Some(Stopped::Deadline);
+    report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    if let Ok(capture) = capture.lock() {
+        let (head, tail, omitted) = capture.finish();
+        report.output_head = head;
+        report.output_tail = tail;
+        report.omitted_bytes = omitted;
+    }
+    (report, stopped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capture_keeps_head_and_tail_within_bounds() {
+        let mut capture = Capture {
+            head: Vec::new(),
+            tail: VecDeque::new(),
+            head_cap: 4,
+            tail_cap: 4,
+            total: 0,
+        };
+        capture.push(b"abc");
+        assert_eq!(capture.finish(), (String::new(), "abc".to_owned(), 0));
+        for chunk in [&b"defgh"[..], b"ijklmnopqrstuvwxyz"] {
+            capture.push(chunk);
+        }
+        assert_eq!(capture.finish(), ("abcd".to_owned(), "wxyz".to_owned(), 18));
+    }
+
+    #[test]
+    fn policies_admit_only_what_they_allow() {
+        let mut policy = TargetPolicy::default();
+        assert!(admit(&policy, "MAIN", "ls").unwrap_err().contains("denied"));
+        policy.commands = CommandPolicy::Allowlist(vec!["cargo".to_owned()]);
+        assert_eq!(
+            admit(&policy, "MAIN", "cargo test 'a b'").unwrap(),
+            Argv::Direct(vec!["cargo".into(), "test".into(), "a b".into()])
+        );
+        assert!(
+            admit(&policy, "MAIN", "rm -rf /")
+                .unwrap_err()
+                .contains("allowlist")
+        );
+        policy.shell = true;
+        assert!(
+            admit(&policy, "MAIN", "cargo x; rm -rf /").is_ok_and(|a| matches!(a, Argv::Direct(_)))
+        );
+        policy.commands = CommandPolicy::Any;
+        assert_eq!(
+            admit(&policy, "MAIN", "a | b").unwrap(),
+            Argv::Shell("a | b".to_owned())
+        );
+    }
+}

@@ -1,0 +1,72 @@
+//! The `git` CLI: the `base.git_head` check and the commit made on success.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn git(root: &Path) -> Command {
+    let mut command = Command::new("git");
+    command
+        .arg("-C")
+        .arg(root)
+        .env_clear()
+        .envs(std::env::vars_os().filter(|(name, _)| name == "PATH" || name == "HOME"))
+        .env("GIT_TERMINAL_PROMPT", "0");
+    command
+}
+
+fn output(command: &mut Command) -> Result<String, String> {
+    let out = command
+        .output()
+        .map_err(|err| format!("cannot run git: {err}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Refuses unless the workspace's HEAD is `expected` (a full sha or a prefix of ≥ 7 chars).
+pub fn check_head(root: &Path, expected: &str) -> Result<(), String> {
+    let head = output(git(root).args(["rev-parse", "HEAD"]))
+        .map_err(|err| format!("base.git_head is set but HEAD cannot be read: {err}"))?;
+    let expected = expected.trim().to_ascii_lowercase();
+    if expected.len() >= 7 && head.starts_with(&expected) {
+        return Ok(());
+    }
+    Err(format!(
+        "stale base: the patch expects HEAD {expected} but the workspace is at {head}"
+    ))
+}
+
+/// Commits `paths` (absolute, inside `root`) with the patch id as a trailer; returns the sha.
+pub fn commit(
+    root: &Path,
+    paths: &[PathBuf],
+    message: &str,
+    patch_id: &str,
+) -> Result<String, String> {
+    let mut add = git(root);
+    add.args(["add", "-A", "--"]);
+    for path in paths {
+        add.arg(path.strip_prefix(root).unwrap_or(path));
+    }
+    output(&mut add).map_err(|err| format!("git add failed: {err}"))?;
+    let message = format!("{}\n\nGhost-Patch-Id: {patch_id}\n", message.trim_end());
+    output(
+        git(root)
+            .env("GIT_AUTHOR_NAME", "Ghost Runner")
+            .env("GIT_AUTHOR_EMAIL", "ghost-runner@localhost")
+            .env("GIT_COMMITTER_NAME", "Ghost Runner")
+            .env("GIT_COMMITTER_EMAIL", "ghost-runner@localhost")
+            .args([
+                "commit",
+                "--no-verify",
+                "--allow-empty",
+                "-q",
+                "-m",
+                &message,
+            ]),
+    )
+    .map_err(|err| format!("git commit failed: {err}"))?;
+    output(git(root).args(["rev-parse", "HEAD"]))
+        .map_err(|err| format!("git rev-parse failed: {err}"))
+}

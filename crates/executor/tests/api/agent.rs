@@ -1,0 +1,84 @@
+//! Must show 8: an agent hand-off completes when the completion file appears and times out
+//! cleanly when it does not.
+
+use std::time::{Duration, Instant};
+
+use executor::{AgentConfig, CommandPolicy, TargetPolicy};
+use ghost_core::Status;
+
+use crate::helpers::{TestWorkspace, patch, workspace_with};
+
+fn agent_workspace() -> TestWorkspace {
+    let inbox = tempfile::tempdir().unwrap().keep();
+    workspace_with(TargetPolicy {
+        commands: CommandPolicy::Allowlist(vec!["test".to_owned()]),
+        agent: Some(AgentConfig {
+            inbox,
+            command: None,
+            timeout: Duration::from_secs(30),
+        }),
+        ..TargetPolicy::default()
+    })
+}
+
+fn inbox(ws: &TestWorkspace) -> std::path::PathBuf {
+    ws.ctx
+        .workspace
+        .policy
+        .agent
+        .as_ref()
+        .unwrap()
+        .inbox
+        .clone()
+}
+
+#[test]
+fn the_hand_off_completes_when_the_agent_writes_the_completion_file() {
+    let ws = agent_workspace();
+    let inbox = inbox(&ws);
+    let root = ws.root().to_owned();
+    // The "agent": waits for its task file, edits the workspace, then signals completion.
+    let agent = std::thread::spawn(move || {
+        let task = inbox.join("task-1.task.md");
+        let start = Instant::now();
+        while !task.exists() && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let text = std::fs::read_to_string(&task).unwrap();
+        assert!(text.contains("rename the widget"), "{text}");
+        std::fs::write(root.join("widget.txt"), "renamed").unwrap();
+        std::fs::write(inbox.join("task-1.done"), "ok\n").unwrap();
+    });
+    let report = ws.apply(&patch(
+        "task-1",
+        r#""agent":{"task":"rename the widget"},"validate":["test -f widget.txt"],"timeout_s":10"#,
+    ));
+    agent.join().unwrap();
+    assert_eq!(report.status, Status::Succeeded, "{}", report.error);
+    assert_eq!(report.commands.len(), 1);
+    assert!(report.stages.iter().any(|s| s.stage == "agent"));
+    assert_eq!(ws.read("widget.txt"), "renamed");
+}
+
+#[test]
+fn the_hand_off_times_out_cleanly_without_a_completion_file() {
+    let ws = agent_workspace();
+    let started = Instant::now();
+    let report = ws.apply(&patch(
+        "task-2",
+        r#""agent":{"task":"never done"},"timeout_s":1"#,
+    ));
+    assert_eq!(report.status, Status::TimedOut, "{}", report.error);
+    assert!(
+        report.error.contains("did not complete"),
+        "{}",
+        report.error
+    );
+    assert!(inbox(&ws).join("task-2.task.md").exists());
+    eprintln!("agent deadline 1 s: returned after {:?}", started.elapsed());
+    let failed = std::fs::write(inbox(&ws).join("task-3.done"), "failed: could not build\n");
+    failed.unwrap();
+    // A stale completion file from before the hand-off does not count: it is removed first.
+    let report = ws.apply(&patch("task-3", r#""agent":{"task":"x"},"timeout_s":1"#));
+    assert_eq!(report.status, Status::TimedOut, "{}", report.error);
+}

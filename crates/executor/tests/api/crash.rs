@@ -1,0 +1,305 @@
+//! Must show 2: the real executor binary killed with SIGKILL at many points during an apply;
+//! after a restart the workspace is byte-identical to before (and the patch is reported
+//! `interrupted`) or fully applied (and recorded) — never half-applied.
+//!
+//! A small test router speaks the Work stream: it takes the executor's Hello, assigns the
+//! patch, and records every message. `test_write_delay` slows the writes so kills land
+//! between them.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::pin::Pin;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use ghost_core::Status;
+use ghost_proto::executor::v1::{
+    Assign, ExecutorMessage, RouterMessage, Welcome, executor_message, router_message,
+};
+use ghost_proto::router::v1 as wire;
+use ghost_proto::router::v1::router_service_server::{RouterService, RouterServiceServer};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status as RpcStatus, Streaming};
+
+use crate::helpers::{patch, snapshot, workspace};
+
+type Snapshot = BTreeMap<String, (Option<Vec<u8>>, u32)>;
+
+/// One executor session: where to send router messages, and what the executor sent.
+struct Session {
+    to_executor: mpsc::Sender<Result<RouterMessage, RpcStatus>>,
+    from_executor: mpsc::Receiver<ExecutorMessage>,
+}
+
+struct TestRouter {
+    sessions: mpsc::Sender<Session>,
+}
+
+#[tonic::async_trait]
+impl RouterService for TestRouter {
+    async fn submit(
+        &self,
+        _: Request<wire::SubmitRequest>,
+    ) -> Result<Response<wire::SubmitResponse>, RpcStatus> {
+        Err(RpcStatus::unimplemented("test router"))
+    }
+
+    async fn get(
+        &self,
+        _: Request<wire::GetRequest>,
+    ) -> Result<Response<wire::GetResponse>, RpcStatus> {
+        Err(RpcStatus::unimplemented("test router"))
+    }
+
+    async fn events(
+        &self,
+        _: Request<wire::EventsRequest>,
+    ) -> Result<Response<wire::EventsResponse>, RpcStatus> {
+        Err(RpcStatus::unimplemented("test router"))
+    }
+
+    async fn list(
+        &self,
+        _: Request<wire::ListRequest>,
+    ) -> Result<Response<wire::ListResponse>, RpcStatus> {
+        Err(RpcStatus::unimplemented("test router"))
+    }
+
+    async fn cancel(
+        &self,
+        _: Request<wire::CancelRequest>,
+    ) -> Result<Response<wire::CancelResponse>, RpcStatus> {
+        Err(RpcStatus::unimplemented("test router"))
+    }
+
+    async fn retry(
+        &self,
+        _: Request<wire::RetryRequest>,
+    ) -> Result<Response<wire::RetryResponse>, RpcStatus> {
+        Err(RpcStatus::unimplemented("test router"))
+    }
+
+    async fn pause(
+        &self,
+        _: Request<wire::PauseRequest>,
+    ) -> Result<Response<wire::PauseResponse>, RpcStatus> {
+        Err(RpcStatus::unimplemented("test router"))
+    }
+
+    async fn resume(
+        &self,
+        _: Request<wire::ResumeRequest>,
+    ) -> Result<Response<wire::ResumeResponse>, RpcStatus> {
+        Err(RpcStatus::unimplemented("test router"))
+    }
+
+    async fn list_targets(
+        &self,
+        _: Request<wire::ListTargetsRequest>,
+    ) -> Result<Response<wire::ListTargetsResponse>, RpcStatus> {
+        Err(RpcStatus::unimplemented("test router"))
+    }
+
+    async fn list_executors(
+        &self,
+        _: Request<wire::ListExecutorsRequest>,
+    ) -> Result<Response<wire::ListExecutorsResponse>, RpcStatus> {
+        Err(RpcStatus::unimplemented("test router"))
+    }
+
+    type WorkStream = Pin<Box<dyn Stream<Item = Result<RouterMessage, RpcStatus>> + Send>>;
+
+    async fn work(
+        &self,
+        request: Request<Streaming<ExecutorMessage>>,
+    ) -> Result<Response<Self::WorkStream>, RpcStatus> {
+        let mut inbound = request.into_inner();
+        let (to_executor, outbound) = mpsc::channel(16);
+        let (seen, from_executor) = mpsc::channel(64);
+        tokio::spawn(async move {
+            while let Ok(Some(message)) = inbound.message().await {
+                if seen.send(message).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let _ = self
+            .sessions
+            .send(Session {
+                to_executor,
+                from_executor,
+            })
+            .await;
+        Ok(Response::new(Box::pin(ReceiverStream::new(outbound))))
+    }
+}
+
+fn start_executor(config: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_executor"))
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn reset(root: &Path, base: &Snapshot) {
+    fs::remove_dir_all(root).unwrap();
+    fs::create_dir_all(root).unwrap();
+    for (rel, (bytes, mode)) in base {
+        let path = root.join(rel);
+        match bytes {
+            None => fs::create_dir_all(&path).unwrap(),
+            Some(bytes) => {
+                fs::create_dir_all(path.parent().unwrap()).unwrap();
+                fs::write(&path, bytes).unwrap();
+                use std::os::unix::fs::PermissionsExt;
+                fs::set_permissions(&path, fs::Permissions::from_mode(*mode)).unwrap();
+            }
+        }
+    }
+}
+
+/// Reads the restarted executor's first messages: an owed Result comes before any heartbeat.
+async fn owed_result(session: &mut Session) -> Option<ExecutorMessage> {
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(5), session.from_executor.recv()).await;
+        match next.ok().flatten()?.kind {
+            Some(executor_message::Kind::Result(result)) => {
+                return Some(ExecutorMessage {
+                    kind: Some(executor_message::Kind::Result(result)),
+                });
+            }
+            Some(executor_message::Kind::Heartbeat(_)) => return None,
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_any_point_leaves_the_workspace_whole_after_restart() {
+    let ws = workspace();
+    for i in 0..12 {
+        ws.write(
+            &format!("src/file{i}.txt"),
+            &format!("original {i}\n").repeat(50),
+        );
+    }
+    ws.write("old.txt", "to be renamed\n");
+    let edits: Vec<String> = (0..12)
+        .map(|i| format!(r#"{{"op":"write","path":"src/file{i}.txt","contents":"changed {i}\n"}}"#))
+        .chain(
+            (0..4).map(|i| {
+                format!(r#"{{"op":"write","path":"new{i}/deep/n.txt","contents":"new"}}"#)
+            }),
+        )
+        .chain([r#"{"op":"rename","from":"old.txt","to":"moved/old.txt"}"#.to_owned()])
+        .collect();
+    let body = format!(r#""edits":[{}]"#, edits.join(","));
+    let base = snapshot(ws.root());
+    let expected = {
+        let other = workspace();
+        reset(other.root(), &base);
+        assert_eq!(other.apply(&patch("p", &body)).status, Status::Succeeded);
+        snapshot(other.root())
+    };
+
+    let (sessions_tx, mut sessions) = mpsc::channel(4);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let router_addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(RouterServiceServer::new(TestRouter {
+                sessions: sessions_tx,
+            }))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let config = ws.root().parent().unwrap().join("executor.toml");
+    fs::write(
+        &config,
+        format!(
+            "router_url = \"http://{router_addr}\"\nstate_dir = \"{}\"\nreconnect_backoff = \"50ms\"\n\
+test_write_delay = \"4ms\"\n[server]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\
+[[workspaces]]\ntarget = \"MAIN\"\nroot = \"{}\"\n",
+            ws.ctx.workspace.state_dir.display(),
+            ws.root().display()
+        ),
+    )
+    .unwrap();
+
+    let (mut interrupted, mut applied, mut untouched) = (0, 0, 0);
+    for trial in 0u64..50 {
+        let mut executor = start_executor(&config);
+        let session = sessions.recv().await.unwrap();
+        let id = format!("crash-{trial}");
+        let wire_patch = wire::Patch::from(&patch(&id, &body));
+        for kind in [
+            router_message::Kind::Welcome(Welcome {
+                heartbeat_interval_ms: 200,
+            }),
+            router_message::Kind::Assign(Assign {
+                patch: Some(wire_patch),
+                attempt: 1,
+                fencing_token: trial + 1,
+                deadline_unix_ms: 0,
+                traceparent: String::new(),
+            }),
+        ] {
+            session
+                .to_executor
+                .send(Ok(RouterMessage { kind: Some(kind) }))
+                .await
+                .unwrap();
+        }
+        // Kill points spread from "before the journal" to "after the last write".
+        tokio::time::sleep(Duration::from_millis(trial * 3)).await;
+        executor.kill().unwrap();
+        executor.wait().unwrap();
+        drop(session);
+
+        let mut restarted = start_executor(&config);
+        let mut session = sessions.recv().await.unwrap();
+        // The executor dials the router only after its recovery finished.
+        let now = snapshot(ws.root());
+        let owed = owed_result(&mut session).await;
+        if now == base {
+            if let Some(ExecutorMessage {
+                kind: Some(executor_message::Kind::Result(result)),
+            }) = owed
+            {
+                assert_eq!(result.patch_id, id);
+                assert_eq!(result.fencing_token, trial + 1);
+                let report = ghost_core::ApplyReport::try_from(result.report.unwrap()).unwrap();
+                assert_eq!(report.status, Status::Interrupted);
+                interrupted += 1;
+            } else {
+                untouched += 1;
+            }
+        } else {
+            assert_eq!(
+                now, expected,
+                "trial {trial}: the workspace is half-applied"
+            );
+            assert!(
+                owed.is_none(),
+                "trial {trial}: an applied patch was reported interrupted"
+            );
+            applied += 1;
+        }
+        restarted.kill().unwrap();
+        restarted.wait().unwrap();
+        reset(ws.root(), &base);
+    }
+    eprintln!(
+        "50 kills: {interrupted} interrupted and rolled back, {applied} fully applied, {untouched} before any journal"
+    );
+    assert!(
+        interrupted >= 10,
+        "too few kills landed mid-apply: {interrupted}"
+    );
+}

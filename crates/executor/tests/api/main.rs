@@ -1,0 +1,11 @@
+//! Executor tests against real files, real child processes and real git.
+
+mod agent;
+mod crash;
+mod git_diff;
+mod helpers;
+mod hostile;
+mod ladder;
+mod ledger;
+mod rollback;
+mod timing;

@@ -1,0 +1,682 @@
+//! Normalising what the old system was sent into canonical v1 patches.
+//!
+//! Four legacy shapes are recognised (DESIGN.md, "The patch"): the webhook envelope
+//! (`id, role, target_file, patch:{mutations|pattern/replacement}`), the `command_patch` block
+//! (`blockId, mutations, postMutationBuild, validate`), the g2o shape
+//! (`{patch:{id,kind,preflight,execution,validation,options.timeoutMs}}`) and prose "phase"
+//! patches (notes, phases, executionSteps), which become an agent task. Absolute paths are mapped
+//! through the target's configured legacy roots; anything that cannot be normalised is refused
+//! with the JSON pointer of the legacy field at fault. Fields the old system accepted but v1 has
+//! no use for are listed in [`Normalised::ignored`], never silently dropped.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+
+use crate::ids::{PatchId, RelPath, TargetName};
+use crate::parse::{Format, PatchError, parse_document, patch_from_value, validate};
+use crate::patch::{AgentTask, Check, Edit, OnFailure, Patch, Priority};
+
+/// What the normaliser needs to know about the deployment; the caller loads it from config.
+#[derive(Debug, Clone, Default)]
+pub struct LegacyOptions {
+    /// Target used when a document names none (e.g. the inbox directory's target).
+    pub default_target: Option<TargetName>,
+    /// Old target names and the target each now means (`BRAUN` → `MAIN`).
+    pub aliases: BTreeMap<String, TargetName>,
+    /// Per target, absolute directories that were its workspace root on old machines.
+    pub roots: BTreeMap<TargetName, Vec<String>>,
+}
+
+impl LegacyOptions {
+    /// The current name of `raw` after aliases (exact, then case-insensitive).
+    pub fn resolve_target(&self, raw: &str) -> Result<TargetName, crate::IdError> {
+        if let Some(target) = self.aliases.get(raw) {
+            return Ok(target.clone());
+        }
+        if let Some((_, target)) = self
+            .aliases
+            .iter()
+            .find(|(alias, _)| alias.eq_ignore_ascii_case(raw))
+        {
+            return Ok(target.clone());
+        }
+        TargetName::parse(raw)
+    }
+}
+
+/// The shape a submitted document had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// Already canonical v1.
+    V1,
+    /// The old webhook envelope.
+    Envelope,
+    /// The old `command_patch` / `blockId` + `mutations` block.
+    CommandPatch,
+    /// The g2o `{patch:{kind, execution, validation}}` shape.
+    G2o,
+    /// Prose phases and notes for a coding agent.
+    Phase,
+}
+
+impl Shape {
+    /// A short name for logs and API answers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::V1 => "v1",
+            Self::Envelope => "legacy-envelope",
+            Self::CommandPatch => "legacy-command-patch",
+            Self::G2o => "legacy-g2o",
+            Self::Phase => "legacy-phase",
+        }
+    }
+}
+
+/// A submitted document turned into a v1 patch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Normalised {
+    /// The canonical patch.
+    pub patch: Patch,
+    /// What it was before.
+    pub shape: Shape,
+    /// JSON pointers of legacy fields that have no v1 meaning and were left out.
+    pub ignored: Vec<String>,
+}
+
+/// Parses a JSON or YAML document of any accepted shape into a validated v1 patch.
+pub fn parse_submission(
+    body: &[u8],
+    format: Format,
+    options: &LegacyOptions,
+) -> Result<Normalised, PatchError> {
+    normalise(parse_document(body, format)?, options)
+}
+
+/// The shape of a document, or `None` when it is not an object that could be a patch.
+pub fn detect_shape(value: &Value) -> Option<Shape> {
+    let object = value.as_object()?;
+    let has = |key: &str| object.contains_key(key);
+    if let Some(inner) = object.get("patch").and_then(Value::as_object) {
+        if ["kind", "execution", "preflight", "validation"]
+            .iter()
+            .any(|key| inner.contains_key(*key))
+        {
+            return Some(Shape::G2o);
+        }
+        return Some(Shape::Envelope);
+    }
+    if has("target_file") {
+        return Some(Shape::Envelope);
+    }
+    if has("mutations") || has("blockId") {
+        return Some(Shape::CommandPatch);
+    }
+    if has("phases") || has("notes") || has("executionSteps") {
+        return Some(Shape::Phase);
+    }
+    if has("postMutationBuild") {
+        return Some(Shape::CommandPatch);
+    }
+    if has("id") || has("target") || has("edits") || has("agent") || has("patch") {
+        return Some(Shape::V1);
+    }
+    None
+}
+
+/// Normalises a parsed document into a validated v1 patch; target aliases apply to v1 too.
+pub fn normalise(value: Value, options: &LegacyOptions) -> Result<Normalised, PatchError> {
+    let Some(shape) = detect_shape(&value) else {
+        return Err(PatchError::invalid(
+            "",
+            "expected a patch object with `id`, `target` and `edits` (or a legacy patch shape)",
+        ));
+    };
+    let Value::Object(object) = value else {
+        return Err(PatchError::invalid("", "expected a JSON object"));
+    };
+    let mut reader = Reader {
+        options,
+        ignored: Vec::new(),
+    };
+    let patch = match shape {
+        Shape::V1 => reader.v1(object)?,
+        Shape::Envelope => reader.envelope(object)?,
+        Shape::CommandPatch => reader.command_patch(object)?,
+        Shape::G2o => reader.g2o(object)?,
+        Shape::Phase => reader.phase(object)?,
+    };
+    Ok(Normalised {
+        patch,
+        shape,
+        ignored: reader.ignored,
+    })
+}
+
+/// One normalisation in progress: options plus the ignored fields found so far.
+struct Reader<'a> {
+    options: &'a LegacyOptions,
+    ignored: Vec<String>,
+}
+
+fn invalid(pointer: &str, message: impl Into<String>) -> PatchError {
+    PatchError::invalid(pointer, message)
+}
+
+fn escape(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+/// Takes `key` out of `object` as an optional string, refusing other types.
+fn take_str(
+    object: &mut Map<String, Value>,
+    key: &str,
+    base: &str,
+) -> Result<Option<String>, PatchError> {
+    match object.remove(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text)),
+        Some(other) => Err(invalid(
+            &format!("{base}/{}", escape(key)),
+            format!("expected a string, got {}", kind(&other)),
+        )),
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A command list as the old system spelled it: `"cmd"`, `["a", "b"]` or `{shell: ...}`.
+fn command_list(value: Value, pointer: &str) -> Result<Vec<String>, PatchError> {
+    match value {
+        Value::Null => Ok(Vec::new()),
+        Value::String(command) => Ok(vec![command]),
+        Value::Array(items) => items
+            .into_iter()
+            .enumerate()
+            .map(|(index, item)| match item {
+                Value::String(command) => Ok(command),
+                other => Err(invalid(
+                    &format!("{pointer}/{index}"),
+                    format!("expected a command string, got {}", kind(&other)),
+                )),
+            })
+            .collect(),
+        Value::Object(mut object) => {
+            let Some(shell) = object.remove("shell") else {
+                return Err(invalid(
+                    pointer,
+                    "expected a command, a list of commands or an object with `shell`",
+                ));
+            };
+            if let Some(extra) = object.keys().next() {
+                return Err(invalid(
+                    &format!("{pointer}/{}", escape(extra)),
+                    "only `shell` is understood here",
+                ));
+            }
+            command_list(shell, &format!("{pointer}/shell"))
+        }
+        other => Err(invalid(
+            pointer,
+            format!(
+                "expected a command or a list of commands, got {}",
+                kind(&other)
+            ),
+        )),
+    }
+}
+
+/// Prose lines from a string or a list of strings (anything else is rendered as JSON).
+fn prose(value: &Value) -> Vec<String> {
+    match value {
+        Value::String(text) => vec![text.clone()],
+        Value::Array(items) => items.iter().flat_map(prose).collect(),
+        Value::Null => Vec::new(),
+        other => vec![other.to_string()],
+    }
+}
+
+impl Reader<'_> {
+    fn ignore_rest(&mut self, object: Map<String, Value>, base: &str) {
+        self.ignored
+            .extend(object.keys().map(|key| format!("{base}/{}", escape(key))));
+    }
+
+    fn id(&self, raw: Option<String>, pointer: &str) -> Result<PatchId, PatchError> {
+        let Some(raw) = raw else {
+            return Err(invalid(pointer, "missing patch id"));
+        };
+        let trimmed = raw.strip_suffix(".json").unwrap_or(&raw);
+        PatchId::parse(trimmed).map_err(|err| invalid(pointer, err.to_string()))
+    }
+
+    fn target(&self, raw: Option<String>, pointer: &str) -> Result<TargetName, PatchError> {
+        match raw {
+            Some(raw) => self
+                .options
+                .resolve_target(raw.trim())
+                .map_err(|err| invalid(pointer, err.to_string())),
+            None => self.options.default_target.clone().ok_or_else(|| {
+                invalid(
+                    "/target",
+                    "no target given and no default target configured; add \"target\"",
+                )
+            }),
+        }
+    }
+
+    /// A legacy path: relative as is, absolute only under one of the target's legacy roots.
+    fn path(&self, raw: &str, target: &TargetName, pointer: &str) -> Result<RelPath, PatchError> {
+        if !raw.starts_with('/') {
+            return RelPath::parse(raw).map_err(|err| invalid(pointer, err.to_string()));
+        }
+        let roots = self
+            .options
+            .roots
+            .get(target)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        for root in roots {
+            let root = root.trim_end_matches('/');
+            if let Some(rest) = raw.strip_prefix(root)
+                && let Some(relative) = rest.strip_prefix('/')
+            {
+                return RelPath::parse(relative).map_err(|err| invalid(pointer, err.to_string()));
+            }
+        }
+        Err(invalid(
+            pointer,
+            format!(
+                "absolute path {raw:?} is outside every legacy root configured for target {target} \
+                 ({}); use a workspace-relative path",
+                if roots.is_empty() {
+                    "none configured".to_owned()
+                } else {
+                    roots.join(", ")
+                }
+            ),
+        ))
+    }
+
+    fn v1(&mut self, mut object: Map<String, Value>) -> Result<Patch, PatchError> {
+        match object.get("target") {
+            Some(Value::String(raw)) => {
+                let resolved = self
+                    .options
+                    .resolve_target(raw)
+                    .map_err(|err| invalid("/target", err.to_string()))?;
+                object.insert("target".to_owned(), Value::String(resolved.into()));
+            }
+            None => {
+                if let Some(target) = &self.options.default_target {
+                    object.insert("target".to_owned(), Value::String(target.to_string()));
+                }
+            }
+            Some(_) => {}
+        }
+        patch_from_value(Value::Object(object))
+    }
+
+    /// `mutations[]` of the envelope and command_patch shapes.
+    fn mutations(
+        &self,
+        value: Value,
+        pointer: &str,
+        target: &TargetName,
+        default_path: Option<&str>,
+    ) -> Result<Vec<Edit>, PatchError> {
+        let Value::Array(items) = value else {
+            return Err(invalid(pointer, "expected a list of mutations"));
+        };
+        let mut edits = Vec::new();
+        for (index, item) in items.into_iter().enumerate() {
+            let at = format!("{pointer}/{index}");
+            let Value::Object(mut fields) = item else {
+                return Err(invalid(&at, "expected a mutation object"));
+            };
+            let op = take_str(&mut fields, "op", &at)?;
+            let raw_path = match take_str(&mut fields, "path", &at)? {
+                Some(path) => path,
+                None => default_path
+                    .map(str::to_owned)
+                    .ok_or_else(|| invalid(&format!("{at}/path"), "missing field `path`"))?,
+            };
+            let path = self.path(&raw_path, target, &format!("{at}/path"))?;
+            let contents = take_str(&mut fields, "contents", &at)?;
+            let pattern = take_str(&mut fields, "pattern", &at)?;
+            let replacement = take_str(&mut fields, "replacement", &at)?;
+            let mode = take_str(&mut fields, "mode", &at)?;
+            if let Some(extra) = fields.keys().next() {
+                return Err(invalid(
+                    &format!("{at}/{}", escape(extra)),
+                    format!("unknown mutation field `{extra}`"),
+                ));
+            }
+            let op = op.unwrap_or_else(|| {
+                if pattern.is_some() {
+                    "replace".to_owned()
+                } else {
+                    "upsert".to_owned()
+                }
+            });
+            match op.as_str() {
+                "upsert" | "write" | "create" => {
+                    let contents = contents.ok_or_else(|| {
+                        invalid(&format!("{at}/contents"), "missing field `contents`")
+                    })?;
+                    edits.push(Edit::Write {
+                        path: path.clone(),
+                        contents,
+                    });
+                    if let Some(mode) = mode {
+                        edits.push(Edit::Chmod { path, mode });
+                    }
+                }
+                "replace" | "patch" => {
+                    let search = pattern.ok_or_else(|| {
+                        invalid(&format!("{at}/pattern"), "missing field `pattern`")
+                    })?;
+                    let replace = replacement.ok_or_else(|| {
+                        invalid(&format!("{at}/replacement"), "missing field `replacement`")
+                    })?;
+                    edits.push(Edit::Replace {
+                        path,
+                        search,
+                        replace,
+                    });
+                }
+                "delete" => edits.push(Edit::Delete { path }),
+                "chmod" => {
+                    let mode =
+                        mode.ok_or_else(|| invalid(&format!("{at}/mode"), "missing field `mode`"))?;
+                    edits.push(Edit::Chmod { path, mode });
+                }
+                other => {
+                    return Err(invalid(
+                        &format!("{at}/op"),
+                        format!(
+                            "unknown mutation op {other:?}; expected upsert, write, replace, delete or chmod"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(edits)
+    }
+
+    fn envelope(&mut self, mut object: Map<String, Value>) -> Result<Patch, PatchError> {
+        let id = self.id(take_str(&mut object, "id", "")?, "/id")?;
+        let target = self.target(take_str(&mut object, "target", "")?, "/target")?;
+        let target_file = take_str(&mut object, "target_file", "")?;
+        let role = take_str(&mut object, "role", "")?;
+        let description = take_str(&mut object, "description", "")?;
+        let Some(Value::Object(mut inner)) = object.remove("patch") else {
+            return Err(invalid(
+                "/patch",
+                "expected an object with `mutations` or `pattern`",
+            ));
+        };
+        let edits = if let Some(mutations) = inner.remove("mutations") {
+            self.mutations(
+                mutations,
+                "/patch/mutations",
+                &target,
+                target_file.as_deref(),
+            )?
+        } else {
+            let Some(file) = target_file.as_deref() else {
+                return Err(invalid("/target_file", "missing field `target_file`"));
+            };
+            let path = self.path(file, &target, "/target_file")?;
+            let search = take_str(&mut inner, "pattern", "/patch")?
+                .ok_or_else(|| invalid("/patch/pattern", "missing field `pattern`"))?;
+            let replace = take_str(&mut inner, "replacement", "/patch")?
+                .ok_or_else(|| invalid("/patch/replacement", "missing field `replacement`"))?;
+            vec![Edit::Replace {
+                path,
+                search,
+                replace,
+            }]
+        };
+        self.ignore_rest(inner, "/patch");
+        self.ignore_rest(object, "");
+        let description = description
+            .or(role.map(|role| format!("legacy {role} patch")))
+            .unwrap_or_default();
+        finish(Patch {
+            description,
+            edits,
+            ..empty(id, target)
+        })
+    }
+
+    fn command_patch(&mut self, mut object: Map<String, Value>) -> Result<Patch, PatchError> {
+        let (raw_id, id_pointer) = match take_str(&mut object, "id", "")? {
+            Some(id) => (Some(id), "/id"),
+            None => (take_str(&mut object, "blockId", "")?, "/blockId"),
+        };
+        let id = self.id(raw_id, id_pointer)?;
+        let target = self.command_target(&mut object)?;
+        let description = take_str(&mut object, "description", "")?.unwrap_or_default();
+        let edits = match object.remove("mutations") {
+            Some(mutations) => self.mutations(mutations, "/mutations", &target, None)?,
+            None => Vec::new(),
+        };
+        let commands = match object.remove("postMutationBuild") {
+            Some(value) => command_list(value, "/postMutationBuild")?,
+            None => Vec::new(),
+        };
+        let validate = match object.remove("validate") {
+            Some(value) => checks(command_list(value, "/validate")?),
+            None => Vec::new(),
+        };
+        self.ignore_rest(object, "");
+        finish(Patch {
+            description,
+            edits,
+            commands,
+            validate,
+            ..empty(id, target)
+        })
+    }
+
+    /// `target`, else the `TARGET:` prefix of `project`, else the default.
+    fn command_target(&self, object: &mut Map<String, Value>) -> Result<TargetName, PatchError> {
+        if let Some(target) = take_str(object, "target", "")? {
+            return self.target(Some(target), "/target");
+        }
+        if let Some(Value::String(project)) = object.get("project")
+            && let Some((prefix, _)) = project.split_once(':')
+        {
+            let prefix = prefix.to_owned();
+            object.remove("project");
+            return self.target(Some(prefix), "/project");
+        }
+        self.target(None, "/target")
+    }
+
+    fn g2o(&mut self, mut object: Map<String, Value>) -> Result<Patch, PatchError> {
+        let Some(Value::Object(mut inner)) = object.remove("patch") else {
+            return Err(invalid("/patch", "expected an object"));
+        };
+        let id = self.id(take_str(&mut inner, "id", "/patch")?, "/patch/id")?;
+        let target = self.target(take_str(&mut inner, "target", "/patch")?, "/patch/target")?;
+        let kind = take_str(&mut inner, "kind", "/patch")?;
+        let mut all_commands = Vec::new();
+        for key in ["preflight", "execution"] {
+            if let Some(value) = inner.remove(key) {
+                all_commands.extend(command_list(value, &format!("/patch/{key}"))?);
+            }
+        }
+        let validate = match inner.remove("validation") {
+            Some(value) => checks(command_list(value, "/patch/validation")?),
+            None => Vec::new(),
+        };
+        let mut timeout_s = None;
+        if let Some(Value::Object(mut patch_options)) = inner.remove("options") {
+            if let Some(value) = patch_options.remove("timeoutMs") {
+                let Some(ms) = value.as_u64() else {
+                    return Err(invalid(
+                        "/patch/options/timeoutMs",
+                        "expected a whole number of milliseconds",
+                    ));
+                };
+                timeout_s = Some(u32::try_from(ms.div_ceil(1000)).unwrap_or(u32::MAX));
+            }
+            self.ignore_rest(patch_options, "/patch/options");
+        }
+        self.ignore_rest(inner, "/patch");
+        self.ignore_rest(object, "");
+        finish(Patch {
+            description: kind.map(|kind| format!("g2o {kind}")).unwrap_or_default(),
+            commands: all_commands,
+            validate,
+            timeout_s,
+            ..empty(id, target)
+        })
+    }
+
+    fn phase(&mut self, mut object: Map<String, Value>) -> Result<Patch, PatchError> {
+        let notes = object
+            .remove("notes")
+            .map(|v| prose(&v))
+            .unwrap_or_default();
+        let named = notes.iter().find_map(|note| {
+            note.strip_prefix("PATCH NAME:")
+                .map(|name| name.trim().to_owned())
+        });
+        let (raw_id, id_pointer) = match take_str(&mut object, "id", "")? {
+            Some(id) => (Some(id), "/id"),
+            None => match take_str(&mut object, "blockId", "")? {
+                Some(id) => (Some(id), "/blockId"),
+                None => (named, "/notes"),
+            },
+        };
+        let id = self.id(raw_id, id_pointer)?;
+        let target = self.command_target(&mut object)?;
+        let mut description = take_str(&mut object, "description", "")?.unwrap_or_default();
+        let mut task = Vec::new();
+        let mut priority = Priority::Normal;
+        if !notes.is_empty() {
+            task.push("Notes:".to_owned());
+            task.extend(notes.iter().map(|note| format!("- {note}")));
+        }
+        if let Some(goal) = notes.iter().find_map(|note| note.strip_prefix("GOAL:"))
+            && description.is_empty()
+        {
+            description = goal.trim().to_owned();
+        }
+        if let Some(steps) = object.remove("executionSteps") {
+            task.push("Steps:".to_owned());
+            task.extend(prose(&steps).into_iter().map(|step| format!("- {step}")));
+        }
+        if let Some(Value::Array(phases)) = object.remove("phases") {
+            for (index, phase) in phases.iter().enumerate() {
+                let Some(phase) = phase.as_object() else {
+                    return Err(invalid(
+                        &format!("/phases/{index}"),
+                        "expected a phase object",
+                    ));
+                };
+                let title = phase.get("task").map(prose).unwrap_or_default().join(" ");
+                task.push(format!("Phase {}: {title}", index + 1));
+                if index == 0
+                    && let Some(Value::String(level)) = phase.get("priority")
+                {
+                    priority = match level.as_str() {
+                        "high" | "critical" => Priority::High,
+                        "low" => Priority::Low,
+                        _ => Priority::Normal,
+                    };
+                }
+                for (key, heading) in [
+                    ("executionSteps", "Steps"),
+                    ("validation", "Check"),
+                    ("rollbackPlan", "Rollback plan"),
+                ] {
+                    if let Some(value) = phase.get(key) {
+                        task.push(format!("  {heading}:"));
+                        task.extend(prose(value).into_iter().map(|line| format!("  - {line}")));
+                    }
+                }
+            }
+        }
+        for (key, heading) in [
+            ("validationGates", "Validation gates"),
+            ("successCriteria", "Success criteria"),
+        ] {
+            if let Some(value) = object.remove(key) {
+                task.push(format!("{heading}:"));
+                task.extend(prose(&value).into_iter().map(|line| format!("- {line}")));
+            }
+        }
+        if task.is_empty() {
+            return Err(invalid(
+                "/phases",
+                "a phase patch needs notes, phases or executionSteps",
+            ));
+        }
+        let commands = match object.remove("postMutationBuild") {
+            Some(value) => command_list(value, "/postMutationBuild")?,
+            None => Vec::new(),
+        };
+        let validate = match object.remove("validate") {
+            Some(value) => checks(command_list(value, "/validate")?),
+            None => Vec::new(),
+        };
+        self.ignore_rest(object, "");
+        finish(Patch {
+            description,
+            priority,
+            commands,
+            validate,
+            agent: Some(AgentTask {
+                task: task.join("\n"),
+            }),
+            ..empty(id, target)
+        })
+    }
+}
+
+fn checks(commands: Vec<String>) -> Vec<Check> {
+    commands
+        .into_iter()
+        .map(|run| Check {
+            run,
+            timeout_s: None,
+        })
+        .collect()
+}
+
+fn empty(id: PatchId, target: TargetName) -> Patch {
+    Patch {
+        id,
+        target,
+        description: String::new(),
+        priority: Priority::Normal,
+        depends_on: Vec::new(),
+        base: None,
+        edits: Vec::new(),
+        patch: None,
+        commands: Vec::new(),
+        validate: Vec::new(),
+        timeout_s: None,
+        on_failure: OnFailure::Rollback,
+        commit: None,
+        agent: None,
+    }
+}
+
+fn finish(patch: Patch) -> Result<Patch, PatchError> {
+    validate(&patch)?;
+    Ok(patch)
+}

@@ -1,0 +1,584 @@
+//! [`Index`]: the summarizer's SQLite file (`<data_dir>/summarizer.db`, WAL, synchronous=FULL).
+//!
+//! Tables: `summaries` (one row per patch: where its files are and what the latest attempt was),
+//! `attempts` (the idempotency key (patch id, attempt)), `outbox` (notifications owed to the
+//! alerter) and `changelog` (recent transitions per target, bounded). The summary files are
+//! written before the row that points at them is committed, so a committed row always names
+//! complete files.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension as _, params};
+
+use crate::error::SummarizerError;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS summaries (
+    patch_id    TEXT PRIMARY KEY,
+    target      TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    attempt     INTEGER NOT NULL,
+    attempts    INTEGER NOT NULL,
+    trace_id    TEXT NOT NULL,
+    created_ms  INTEGER NOT NULL,
+    finished_ms INTEGER NOT NULL,
+    recorded_ms INTEGER NOT NULL,
+    dir         TEXT NOT NULL,
+    archived    INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS summaries_by_time ON summaries (finished_ms DESC, patch_id);
+CREATE INDEX IF NOT EXISTS summaries_by_target ON summaries (target, finished_ms DESC);
+CREATE TABLE IF NOT EXISTS attempts (
+    patch_id    TEXT NOT NULL,
+    attempt     INTEGER NOT NULL,
+    status      TEXT NOT NULL,
+    recorded_ms INTEGER NOT NULL,
+    PRIMARY KEY (patch_id, attempt)
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    patch_id    TEXT NOT NULL,
+    attempt     INTEGER NOT NULL,
+    request     BLOB NOT NULL,
+    traceparent TEXT NOT NULL,
+    tries       INTEGER NOT NULL DEFAULT 0,
+    next_at_ms  INTEGER NOT NULL,
+    created_ms  INTEGER NOT NULL,
+    last_error  TEXT NOT NULL DEFAULT '',
+    UNIQUE (patch_id, attempt)
+);
+CREATE TABLE IF NOT EXISTS changelog (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    target      TEXT NOT NULL,
+    patch_id    TEXT NOT NULL,
+    attempt     INTEGER NOT NULL,
+    event       TEXT NOT NULL,
+    from_status TEXT NOT NULL,
+    to_status   TEXT NOT NULL,
+    at_ms       INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS changelog_by_target ON changelog (target, id);
+";
+
+/// One `summaries` row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SummaryRow {
+    /// The patch.
+    pub patch_id: String,
+    /// Its workspace.
+    pub target: String,
+    /// Status of the latest attempt (snake_case).
+    pub status: String,
+    /// The latest attempt.
+    pub attempt: u32,
+    /// How many attempts are recorded.
+    pub attempts: u32,
+    /// Trace id of the latest attempt.
+    pub trace_id: String,
+    /// When the patch was accepted, unix ms.
+    pub created_ms: i64,
+    /// When the latest attempt ended, unix ms.
+    pub finished_ms: i64,
+    /// When the latest attempt was recorded here, unix ms.
+    pub recorded_ms: i64,
+    /// Folder of `summary-<id>.{md,json}`, relative to the data dir.
+    pub dir: String,
+    /// True once moved under `.archive/`.
+    pub archived: bool,
+}
+
+/// One `changelog` row: a transition of one patch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    /// The patch.
+    pub patch_id: String,
+    /// The attempt.
+    pub attempt: u32,
+    /// `recorded`, `archived` or `expired`.
+    pub event: String,
+    /// Status before (empty for a first summary).
+    pub from_status: String,
+    /// Status after.
+    pub to_status: String,
+    /// When, unix ms.
+    pub at_ms: i64,
+}
+
+/// One `outbox` row: a `Notify` owed to the alerter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    /// Row id.
+    pub id: i64,
+    /// The patch.
+    pub patch_id: String,
+    /// The attempt.
+    pub attempt: u32,
+    /// The encoded `NotifyRequest`.
+    pub request: Vec<u8>,
+    /// W3C traceparent of the `Record` call, empty when untraced.
+    pub traceparent: String,
+    /// Failed tries so far.
+    pub tries: u32,
+}
+
+/// A notification to queue with a recorded attempt.
+#[derive(Debug, Clone)]
+pub struct NewNotification {
+    /// The encoded `NotifyRequest`.
+    pub request: Vec<u8>,
+    /// W3C traceparent, empty when untraced.
+    pub traceparent: String,
+}
+
+/// The SQLite index; cheap to clone, every call blocking (use from `spawn_blocking`).
+#[derive(Clone)]
+pub struct Index {
+    conn: Arc<Mutex<Connection>>,
+}
+
+fn lock(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    // A panic mid-call leaves SQLite itself consistent (transactions roll back on drop).
+    conn.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn u32_of(value: i64) -> u32 {
+    u32::try_from(value).unwrap_or(u32::MAX)
+}
+
+fn summary_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SummaryRow> {
+    Ok(SummaryRow {
+        patch_id: row.get(0)?,
+        target: row.get(1)?,
+        status: row.get(2)?,
+        attempt: u32_of(row.get(3)?),
+        attempts: u32_of(row.get(4)?),
+        trace_id: row.get(5)?,
+        created_ms: row.get(6)?,
+        finished_ms: row.get(7)?,
+        recorded_ms: row.get(8)?,
+        dir: row.get(9)?,
+        archived: row.get(10)?,
+    })
+}
+
+const SUMMARY_COLUMNS: &str = "patch_id, target, status, attempt, attempts, trace_id, created_ms, \
+     finished_ms, recorded_ms, dir, archived";
+
+impl Index {
+    /// Opens (creating) the index at `path`; returns it and whether it was just created.
+    pub fn open(path: &Path) -> Result<(Self, bool), SummarizerError> {
+        let existed = path.exists();
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok((
+            Self {
+                conn: Arc::new(Mutex::new(conn)),
+            },
+            !existed,
+        ))
+    }
+
+    /// The status recorded for (patch id, attempt), if any.
+    pub fn attempt_status(
+        &self,
+        patch_id: &str,
+        attempt: u32,
+    ) -> Result<Option<String>, SummarizerError> {
+        Ok(lock(&self.conn)
+            .query_row(
+                "SELECT status FROM attempts WHERE patch_id = ?1 AND attempt = ?2",
+                params![patch_id, attempt],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    /// The row of `patch_id`.
+    pub fn get(&self, patch_id: &str) -> Result<Option<SummaryRow>, SummarizerError> {
+        Ok(lock(&self.conn)
+            .query_row(
+                &format!("SELECT {SUMMARY_COLUMNS} FROM summaries WHERE patch_id = ?1"),
+                params![patch_id],
+                summary_row,
+            )
+            .optional()?)
+    }
+
+    /// In one transaction: the summary row, the attempt, the changelog entry and (if any) the
+    /// notification. Returns false, changing nothing, when the attempt was already recorded.
+    pub fn commit_record(
+        &self,
+        row: &SummaryRow,
+        attempt: u32,
+        attempt_status: &str,
+        from_status: &str,
+        notification: Option<NewNotification>,
+        changelog_len: usize,
+    ) -> Result<bool, SummarizerError> {
+        let mut conn = lock(&self.conn);
+        let tx = conn.transaction()?;
+        let inserted = tx.execute(
+            "INSERT OR IGNORE INTO attempts (patch_id, attempt, status, recorded_ms)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![row.patch_id, attempt, attempt_status, row.recorded_ms],
+        )?;
+        if inserted == 0 {
+            return Ok(false);
+        }
+        tx.execute(
+            &format!(
+                "INSERT INTO summaries ({SUMMARY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                 ON CONFLICT (patch_id) DO UPDATE SET target = ?2, status = ?3, attempt = ?4,
+                 attempts = ?5, trace_id = ?6, created_ms = ?7, finished_ms = ?8, recorded_ms = ?9,
+                 dir = ?10, archived = ?11"
+            ),
+            params![
+                row.patch_id,
+                row.target,
+                row.status,
+                row.attempt,
+                row.attempts,
+                row.trace_id,
+                row.created_ms,
+                row.finished_ms,
+                row.recorded_ms,
+                row.dir,
+                row.archived
+            ],
+        )?;
+        insert_transition(
+            &tx,
+            &row.target,
+            &Transition {
+                patch_id: row.patch_id.clone(),
+                attempt,
+                event: "recorded".to_owned(),
+                from_status: from_status.to_owned(),
+                to_status: attempt_status.to_owned(),
+                at_ms: row.recorded_ms,
+            },
+            changelog_len,
+        )?;
+        if let Some(notification) = notification {
+            tx.execute(
+                "INSERT OR IGNORE INTO outbox (patch_id, attempt, request, traceparent, next_at_ms, created_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+                params![
+                    row.patch_id,
+                    attempt,
+                    notification.request,
+                    notification.traceparent,
+                    row.recorded_ms
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Imports a row found on disk (summaries written before the index existed); its attempts
+    /// count as recorded and notified.
+    pub fn import(
+        &self,
+        row: &SummaryRow,
+        attempts: &[(u32, String)],
+    ) -> Result<(), SummarizerError> {
+        let mut conn = lock(&self.conn);
+        let tx = conn.transaction()?;
+        tx.execute(
+            &format!(
+                "INSERT OR IGNORE INTO summaries ({SUMMARY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+            ),
+            params![
+                row.patch_id,
+                row.target,
+                row.status,
+                row.attempt,
+                row.attempts,
+                row.trace_id,
+                row.created_ms,
+                row.finished_ms,
+                row.recorded_ms,
+                row.dir,
+                row.archived
+            ],
+        )?;
+        for (attempt, status) in attempts {
+            tx.execute(
+                "INSERT OR IGNORE INTO attempts (patch_id, attempt, status, recorded_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![row.patch_id, attempt, status, row.recorded_ms],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Summaries newest first, optionally of one target and/or status; and the total matching.
+    pub fn list(
+        &self,
+        target: Option<&str>,
+        status: Option<&str>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(Vec<SummaryRow>, usize), SummarizerError> {
+        let conn = lock(&self.conn);
+        let filter = "(?1 IS NULL OR target = ?1) AND (?2 IS NULL OR status = ?2)";
+        let total: i64 = conn.query_row(
+            &format!("SELECT COUNT(*) FROM summaries WHERE {filter}"),
+            params![target, status],
+            |row| row.get(0),
+        )?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {SUMMARY_COLUMNS} FROM summaries WHERE {filter}
+             ORDER BY finished_ms DESC, patch_id LIMIT ?3 OFFSET ?4"
+        ))?;
+        let rows = stmt
+            .query_map(
+                params![
+                    target,
+                    status,
+                    i64::try_from(limit).unwrap_or(i64::MAX),
+                    i64::try_from(offset).unwrap_or(i64::MAX)
+                ],
+                summary_row,
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((rows, usize::try_from(total).unwrap_or(usize::MAX)))
+    }
+
+    /// Every target with at least one summary or transition.
+    pub fn targets(&self) -> Result<Vec<String>, SummarizerError> {
+        let conn = lock(&self.conn);
+        let mut stmt = conn.prepare(
+            "SELECT target FROM summaries UNION SELECT target FROM changelog ORDER BY 1",
+        )?;
+        let rows = stmt
+            .query_map([], |row| row.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Every summary of `target`, by patch id, and its recent transitions, oldest first.
+    pub fn manifest_rows(
+        &self,
+        target: &str,
+    ) -> Result<(Vec<SummaryRow>, Vec<Transition>), SummarizerError> {
+        let conn = lock(&self.conn);
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {SUMMARY_COLUMNS} FROM summaries WHERE target = ?1 ORDER BY patch_id"
+        ))?;
+        let rows = stmt
+            .query_map(params![target], summary_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut stmt = conn.prepare(
+            "SELECT patch_id, attempt, event, from_status, to_status, at_ms FROM changelog
+             WHERE target = ?1 ORDER BY id",
+        )?;
+        let transitions = stmt
+            .query_map(params![target], |row| {
+                Ok(Transition {
+                    patch_id: row.get(0)?,
+                    attempt: u32_of(row.get(1)?),
+                    event: row.get(2)?,
+                    from_status: row.get(3)?,
+                    to_status: row.get(4)?,
+                    at_ms: row.get(5)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((rows, transitions))
+    }
+
+    /// Live (not archived) summaries that ended before `cutoff_ms`.
+    pub fn archive_candidates(&self, cutoff_ms: i64) -> Result<Vec<SummaryRow>, SummarizerError> {
+        self.select_where("archived = 0 AND finished_ms < ?1", cutoff_ms)
+    }
+
+    /// Archived summaries that ended before `cutoff_ms`.
+    pub fn expired_candidates(&self, cutoff_ms: i64) -> Result<Vec<SummaryRow>, SummarizerError> {
+        self.select_where("archived = 1 AND finished_ms < ?1", cutoff_ms)
+    }
+
+    fn select_where(
+        &self,
+        filter: &str,
+        cutoff_ms: i64,
+    ) -> Result<Vec<SummaryRow>, SummarizerError> {
+        let conn = lock(&self.conn);
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {SUMMARY_COLUMNS} FROM summaries WHERE {filter} ORDER BY finished_ms, patch_id"
+        ))?;
+        let rows = stmt
+            .query_map(params![cutoff_ms], summary_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Points `row` at its archive folder and logs the transition.
+    pub fn mark_archived(
+        &self,
+        row: &SummaryRow,
+        dir: &str,
+        at_ms: i64,
+        changelog_len: usize,
+    ) -> Result<(), SummarizerError> {
+        let mut conn = lock(&self.conn);
+        let tx = conn.transaction()?;
+        tx.execute(
+            "UPDATE summaries SET dir = ?2, archived = 1 WHERE patch_id = ?1",
+            params![row.patch_id, dir],
+        )?;
+        insert_transition(
+            &tx,
+            &row.target,
+            &event(row, "archived", at_ms),
+            changelog_len,
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Points `patch_id` at `dir` without a transition (repairing an interrupted move).
+    pub fn set_dir(
+        &self,
+        patch_id: &str,
+        dir: &str,
+        archived: bool,
+    ) -> Result<(), SummarizerError> {
+        lock(&self.conn).execute(
+            "UPDATE summaries SET dir = ?2, archived = ?3 WHERE patch_id = ?1",
+            params![patch_id, dir, archived],
+        )?;
+        Ok(())
+    }
+
+    /// Every summary row.
+    pub fn all(&self) -> Result<Vec<SummaryRow>, SummarizerError> {
+        self.select_where("?1 = ?1", 0)
+    }
+
+    /// Drops `row` (its files are gone); its attempts stay recorded so a redelivery is a no-op.
+    pub fn mark_expired(
+        &self,
+        row: &SummaryRow,
+        at_ms: i64,
+        changelog_len: usize,
+    ) -> Result<(), SummarizerError> {
+        let mut conn = lock(&self.conn);
+        let tx = conn.transaction()?;
+        tx.execute(
+            "DELETE FROM summaries WHERE patch_id = ?1",
+            params![row.patch_id],
+        )?;
+        insert_transition(
+            &tx,
+            &row.target,
+            &event(row, "expired", at_ms),
+            changelog_len,
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Up to `limit` notifications due at `now_ms`, oldest first.
+    pub fn outbox_due(&self, now_ms: i64, limit: usize) -> Result<Vec<OutboxRow>, SummarizerError> {
+        let conn = lock(&self.conn);
+        let mut stmt = conn.prepare(
+            "SELECT id, patch_id, attempt, request, traceparent, tries FROM outbox
+             WHERE next_at_ms <= ?1 ORDER BY next_at_ms, id LIMIT ?2",
+        )?;
+        let rows = stmt
+            .query_map(
+                params![now_ms, i64::try_from(limit).unwrap_or(i64::MAX)],
+                |row| {
+                    Ok(OutboxRow {
+                        id: row.get(0)?,
+                        patch_id: row.get(1)?,
+                        attempt: u32_of(row.get(2)?),
+                        request: row.get(3)?,
+                        traceparent: row.get(4)?,
+                        tries: u32_of(row.get(5)?),
+                    })
+                },
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// When the next notification is due, if any is queued.
+    pub fn outbox_next_due(&self) -> Result<Option<i64>, SummarizerError> {
+        Ok(lock(&self.conn)
+            .query_row("SELECT MIN(next_at_ms) FROM outbox", [], |row| row.get(0))?)
+    }
+
+    /// Notifications still owed.
+    pub fn outbox_len(&self) -> Result<u64, SummarizerError> {
+        let count: i64 =
+            lock(&self.conn).query_row("SELECT COUNT(*) FROM outbox", [], |row| row.get(0))?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    /// The alerter has the notification: forget it.
+    pub fn outbox_delivered(&self, id: i64) -> Result<(), SummarizerError> {
+        lock(&self.conn).execute("DELETE FROM outbox WHERE id = ?1", params![id])?;
+        Ok(())
+    }
+
+    /// A try failed: count it and try again at `next_at_ms`.
+    pub fn outbox_retry_at(
+        &self,
+        id: i64,
+        next_at_ms: i64,
+        error: &str,
+    ) -> Result<(), SummarizerError> {
+        lock(&self.conn).execute(
+            "UPDATE outbox SET tries = tries + 1, next_at_ms = ?2, last_error = ?3 WHERE id = ?1",
+            params![id, next_at_ms, error],
+        )?;
+        Ok(())
+    }
+}
+
+fn event(row: &SummaryRow, name: &str, at_ms: i64) -> Transition {
+    Transition {
+        patch_id: row.patch_id.clone(),
+        attempt: row.attempt,
+        event: name.to_owned(),
+        from_status: row.status.clone(),
+        to_status: row.status.clone(),
+        at_ms,
+    }
+}
+
+fn insert_transition(
+    tx: &rusqlite::Transaction<'_>,
+    target: &str,
+    transition: &Transition,
+    keep: usize,
+) -> Result<(), SummarizerError> {
+    tx.execute(
+        "INSERT INTO changelog (target, patch_id, attempt, event, from_status, to_status, at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            target,
+            transition.patch_id,
+            transition.attempt,
+            transition.event,
+            transition.from_status,
+            transition.to_status,
+            transition.at_ms
+        ],
+    )?;
+    // Bounded: keep only the newest `keep` transitions of this target.
+    tx.execute(
+        "DELETE FROM changelog WHERE target = ?1 AND id NOT IN
+         (SELECT id FROM changelog WHERE target = ?1 ORDER BY id DESC LIMIT ?2)",
+        params![target, i64::try_from(keep).unwrap_or(i64::MAX)],
+    )?;
+    Ok(())
+}

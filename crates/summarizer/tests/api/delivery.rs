@@ -1,0 +1,140 @@
+//! Must-show 6: with the alerter down, outcomes wait in the durable outbox (across a summarizer
+//! restart) and are delivered once it comes back.
+
+use ghost_proto::router::v1::PatchStatus;
+
+use crate::helpers::{FakeAlerter, record, reserve_port, spawn_summarizer};
+
+#[tokio::test]
+async fn outcomes_recorded_while_the_alerter_is_down_are_delivered_after_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let alerter_addr = reserve_port();
+    let alerter_url = format!("http://{alerter_addr}");
+
+    let mut app = spawn_summarizer(dir.path(), Some(alerter_url.clone())).await;
+    for (id, attempt, status) in [
+        ("down-1", 1, PatchStatus::Succeeded),
+        ("down-2", 1, PatchStatus::RolledBack),
+        ("down-2", 2, PatchStatus::Failed),
+    ] {
+        assert!(
+            app.client
+                .record(record(id, attempt, status))
+                .await
+                .unwrap()
+                .into_inner()
+                .created
+        );
+    }
+    // Let the outbox fail a few times against the closed port, then wait until it has.
+    let index = app.summaries.index().clone();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let rows = index.outbox_due(i64::MAX, 10).unwrap();
+        if rows.iter().all(|row| row.tries >= 2) || tokio::time::Instant::now() > deadline {
+            assert_eq!(rows.len(), 3, "{rows:?}");
+            assert!(rows.iter().all(|row| row.tries >= 2), "{rows:?}");
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    app.stop().await;
+
+    // A restart with the alerter still down: nothing is dropped.
+    let app = spawn_summarizer(dir.path(), Some(alerter_url.clone())).await;
+    assert_eq!(app.summaries.index().outbox_len().unwrap(), 3);
+
+    // The alerter comes back on its address: everything arrives.
+    let alerter = FakeAlerter::start_on(alerter_addr).await;
+    let received = alerter.wait_for(3).await;
+    let mut keys: Vec<(String, u32, i32)> = received
+        .iter()
+        .map(|n| (n.patch_id.clone(), n.attempt, n.status))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(
+        keys,
+        vec![
+            ("down-1".to_owned(), 1, PatchStatus::Succeeded as i32),
+            ("down-2".to_owned(), 1, PatchStatus::RolledBack as i32),
+            ("down-2".to_owned(), 2, PatchStatus::Failed as i32),
+        ]
+    );
+    let failed = received.iter().find(|n| n.attempt == 2).unwrap();
+    assert_eq!(failed.error, "validation failed: tsc exited 2");
+    assert!(
+        failed.excerpt.starts_with("# ❌ down-2 failed"),
+        "{}",
+        failed.excerpt
+    );
+
+    // Delivered rows leave the outbox.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while app.summaries.index().outbox_len().unwrap() > 0 && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(app.summaries.index().outbox_len().unwrap(), 0);
+    app.stop().await;
+}
+
+/// The same through the real alerter (its `App` on the reserved port) to a fake Slack.
+#[tokio::test]
+async fn outcomes_reach_slack_through_the_real_alerter_once_it_is_up() {
+    use alerter::{AlerterConfig, SlackConfig};
+    use ghost_runtime::config::{Secret, ServerConfig};
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let alerter_addr = reserve_port();
+    let app = spawn_summarizer(dir.path(), Some(format!("http://{alerter_addr}"))).await;
+    let mut client = app.client.clone();
+    for (id, status) in [
+        ("slack-1", PatchStatus::Succeeded),
+        ("slack-2", PatchStatus::TimedOut),
+    ] {
+        client.record(record(id, 1, status)).await.unwrap();
+    }
+    app.stop().await;
+    let app = spawn_summarizer(dir.path(), Some(format!("http://{alerter_addr}"))).await;
+    assert_eq!(app.summaries.index().outbox_len().unwrap(), 2);
+
+    let slack = ghost_testkit::FakeSlack::start().await;
+    let alerter_config = AlerterConfig {
+        server: ServerConfig {
+            grpc_listen: alerter_addr,
+            ..ServerConfig::ephemeral()
+        },
+        slack: SlackConfig {
+            api_base_url: Some(slack.base_url()),
+            bot_token: Secret::new("xoxb-summarizer-test"),
+            channel: "#ghost-test".to_owned(),
+            pacing: Duration::ZERO,
+            ..SlackConfig::default()
+        },
+        ..AlerterConfig::default()
+    };
+    let alerter_app = alerter::App::build(alerter_config).await.unwrap();
+    let (stop_alerter, stopped) = tokio::sync::oneshot::channel::<()>();
+    let alerter_task = tokio::spawn(alerter_app.run(async {
+        let _ = stopped.await;
+    }));
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mentions = |requests: &[ghost_testkit::SlackRequest], id: &str| {
+        requests.iter().any(|r| r.body.to_string().contains(id))
+    };
+    loop {
+        let requests = slack.requests().await;
+        let both = mentions(&requests, "slack-1") && mentions(&requests, "slack-2");
+        if both || tokio::time::Instant::now() > deadline {
+            assert!(both, "slack saw: {requests:?}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(stop_alerter);
+    let _ = alerter_task.await;
+    app.stop().await;
+}
