@@ -4,6 +4,7 @@
 mod control;
 mod health;
 mod helpers;
+mod metrics;
 mod refusals;
 mod restart;
 mod spine;

@@ -16,6 +16,7 @@
 pub mod config;
 pub mod metrics;
 pub mod propagation;
+pub mod red;
 pub mod serve;
 pub mod shutdown;
 pub mod telemetry;

@@ -136,13 +136,17 @@ pub async fn run(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .with_state(readiness.clone());
-    let http_router = service.http.merge(probes).layer(
-        TraceLayer::new_for_http()
-            .make_span_with(move |request: &http::Request<axum::body::Body>| {
-                http_server_span(name, request)
-            })
-            .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
-    );
+    let http_router = service
+        .http
+        .merge(probes)
+        .layer(axum::middleware::from_fn(crate::red::http))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(move |request: &http::Request<axum::body::Body>| {
+                    http_server_span(name, request)
+                })
+                .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
+        );
 
     for grpc_name in std::iter::once("").chain(service.grpc_names.iter().copied()) {
         reporter
@@ -163,6 +167,7 @@ pub async fn run(
                     })
                     .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
             )
+            .layer(crate::red::GrpcLayer)
             .add_routes(grpc_routes)
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(listeners.grpc),
