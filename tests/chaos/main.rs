@@ -150,7 +150,10 @@ async fn submit_until_accepted(client: &mut RouterServiceClient<Channel>, patch:
                 assert!(
                     matches!(
                         status.code(),
-                        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal
+                        tonic::Code::Unavailable
+                            | tonic::Code::Unknown
+                            | tonic::Code::Internal
+                            | tonic::Code::Cancelled
                     ),
                     "submit of {} refused for a reason other than the router being down: {status}",
                     patch.id

@@ -81,6 +81,12 @@ fn server_on(grpc: SocketAddr, http: SocketAddr) -> ServerConfig {
     }
 }
 
+/// A free loopback port, released again so a service can bind it a moment later.
+fn reserve_port() -> anyhow::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+    Ok(listener.local_addr()?)
+}
+
 fn url(addr: SocketAddr) -> String {
     format!("http://{addr}")
 }
@@ -113,10 +119,24 @@ impl LocalSystem {
             services: Vec::new(),
         };
 
+        // The alerter and the router call each other (verbs and health one way, alerts the
+        // other), and the summarizer sits between them: reserve their gRPC ports first so each
+        // can be told where the others are.
+        let router_grpc = reserve_port()?;
+        let summarizer_grpc = reserve_port()?;
         let mut alerter_config = alerter::AlerterConfig {
             server: server_on(ephemeral, ephemeral),
+            data_dir: Some(system.options.data_dir.join("alerter")),
+            router_url: Some(url(router_grpc)),
+            summarizer_url: Some(url(summarizer_grpc)),
             ..Default::default()
         };
+        alerter_config.health.services = [
+            ("router".to_owned(), url(router_grpc)),
+            ("summarizer".to_owned(), url(summarizer_grpc)),
+        ]
+        .into_iter()
+        .collect();
         if let Some(slack) = &system.options.slack {
             alerter_config.slack.api_base_url = Some(slack.api_base_url.clone());
             alerter_config.slack.bot_token = Secret::new(slack.bot_token.clone());
@@ -125,7 +145,7 @@ impl LocalSystem {
         let alerter = spawn_app!("alerter", alerter::App::build(alerter_config).await?);
 
         let summarizer_config = summarizer::SummarizerConfig {
-            server: server_on(ephemeral, ephemeral),
+            server: server_on(summarizer_grpc, ephemeral),
             data_dir: system.options.data_dir.join("summarizer"),
             alerter_url: Some(url(alerter.grpc)),
             ..Default::default()
@@ -134,12 +154,10 @@ impl LocalSystem {
             "summarizer",
             summarizer::App::build(summarizer_config).await?
         );
-        let summarizer_grpc = summarizer.grpc;
         system.services.push(alerter);
         system.services.push(summarizer);
 
-        system.start_router(ephemeral, ephemeral).await?;
-        let router_grpc = system.addr_of("router")?.0;
+        system.start_router(router_grpc, ephemeral).await?;
 
         let workspaces = system.options.workspaces.clone();
         if !workspaces.is_empty() {

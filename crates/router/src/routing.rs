@@ -449,12 +449,12 @@ impl Routing {
 
     /// Queues a failed, cancelled or lost patch again.
     pub async fn retry(&self, id: String, actor: String) -> Result<PatchRecord, RouterError> {
-        let record = self
+        let (record, requeued) = self
             .store
             .retry(id.clone(), actor)
             .await?
             .ok_or_else(|| RouterError::NotFound(id.clone()))?;
-        if record.status != Status::Queued {
+        if !requeued {
             return Err(RouterError::FailedPrecondition(format!(
                 "only patches that ended without success can be retried; {id} is {}",
                 record.status

@@ -300,7 +300,12 @@ pub trait RouterStore: Send + Sync + 'static {
     ) -> Result<Option<PatchRecord>, StoreError>;
 
     /// Queues a finished (not succeeded) patch for another attempt, with a fresh attempt budget.
-    async fn retry(&self, id: String, actor: String) -> Result<Option<PatchRecord>, StoreError>;
+    /// Returns the record and whether it was requeued (false: its state allows no retry).
+    async fn retry(
+        &self,
+        id: String,
+        actor: String,
+    ) -> Result<Option<(PatchRecord, bool)>, StoreError>;
 
     /// Pauses or resumes handing out work for a target.
     async fn set_paused(&self, target: String, paused: bool) -> Result<(), StoreError>;

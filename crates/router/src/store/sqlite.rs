@@ -848,13 +848,17 @@ impl RouterStore for SqliteStore {
         .await
     }
 
-    async fn retry(&self, id: String, actor: String) -> Result<Option<PatchRecord>, StoreError> {
+    async fn retry(
+        &self,
+        id: String,
+        actor: String,
+    ) -> Result<Option<(PatchRecord, bool)>, StoreError> {
         self.write(move |conn| {
             let Some(record) = get_tx(conn, &id)? else {
                 return Ok(None);
             };
             if !record.status.is_terminal() || record.status == Status::Succeeded {
-                return Ok(Some(record));
+                return Ok(Some((record, false)));
             }
             conn.execute(
                 "UPDATE patches SET status = 'queued', attempt_base = attempt, error = '',
@@ -869,7 +873,7 @@ impl RouterStore for SqliteStore {
                 record.attempt,
                 "retry requested",
             )?;
-            get_tx(conn, &id)
+            Ok(Some((must_get(conn, &id)?, true)))
         })
         .await
     }

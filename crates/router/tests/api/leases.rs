@@ -173,3 +173,36 @@ async fn attempts_in_flight_when_the_router_stops_are_interrupted_and_run_again(
     executor.finish(&second, PatchStatus::Succeeded).await;
     wait_for_status(&router, "survivor", PatchStatus::Succeeded).await;
 }
+
+#[tokio::test]
+async fn retry_is_refused_for_a_patch_that_is_queued_running_or_succeeded() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = spawn_router(config(dir.path())).await;
+    submit(&router, patch("busy", "MAIN")).await;
+    let retry = |id: &str| {
+        let mut client = router.client.clone();
+        let id = id.to_owned();
+        async move {
+            client
+                .retry(RetryRequest {
+                    id,
+                    actor: "U1".to_owned(),
+                })
+                .await
+        }
+    };
+    let queued = retry("busy").await.unwrap_err();
+    assert_eq!(queued.code(), tonic::Code::FailedPrecondition, "{queued}");
+    assert!(queued.message().contains("busy is queued"), "{queued}");
+
+    let mut executor = TestExecutor::connect(&router, "ex", &["MAIN"]).await;
+    let assign = executor.assignment().await;
+    let running = retry("busy").await.unwrap_err();
+    assert_eq!(running.code(), tonic::Code::FailedPrecondition);
+    executor.finish(&assign, PatchStatus::Succeeded).await;
+    wait_for_status(&router, "busy", PatchStatus::Succeeded).await;
+    let succeeded = retry("busy").await.unwrap_err();
+    assert_eq!(succeeded.code(), tonic::Code::FailedPrecondition);
+    let missing = retry("nobody").await.unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+}
