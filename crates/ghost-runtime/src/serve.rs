@@ -14,7 +14,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -170,13 +172,22 @@ pub async fn run(
             .layer(crate::red::GrpcLayer)
             .add_routes(grpc_routes)
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listeners.grpc),
+                // Small gRPC messages (Assign, Result) must not wait for a delayed ACK.
+                TcpListenerStream::new(listeners.grpc).map(|connection| {
+                    if let Ok(stream) = &connection {
+                        let _ = stream.set_nodelay(true);
+                    }
+                    connection
+                }),
                 grpc_stop.cancelled_owned(),
             ),
     );
     let http_stop = stop_accepting.clone();
     let mut http_task = tokio::spawn(async move {
-        axum::serve(listeners.http, http_router)
+        let listener = listeners.http.tap_io(|stream| {
+            let _ = stream.set_nodelay(true);
+        });
+        axum::serve(listener, http_router)
             .with_graceful_shutdown(http_stop.cancelled_owned())
             .await
     });
