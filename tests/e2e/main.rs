@@ -1,6 +1,7 @@
 //! Cross-service tests: all five services started in one process on loopback ports, wired by
 //! real gRPC, with a fake Slack and a real OTLP receiver standing in for the outside world.
 
+mod cancel;
 mod control;
 mod health;
 mod helpers;
