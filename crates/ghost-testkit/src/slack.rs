@@ -167,7 +167,7 @@ impl FakeSlack {
     /// An incoming-webhook URL on the fake.
     pub fn webhook_url(&self) -> String {
         format!(
-            "http://{}/services/T0001/B0001/XXXXXXXXXXXXXXXXXXXXXXXX",
+            "http://{}/services/T0001/B0001/fakewebhooksecret000000",
             self.addr
         )
     }
