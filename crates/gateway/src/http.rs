@@ -9,7 +9,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json, Router, middleware};
-use ghost_core::{Format, Status};
+use ghost_core::Format;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -319,40 +319,12 @@ async fn list_patches(
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<PatchPage>, GatewayError> {
     let Query(query) = query.map_err(|err| GatewayError::BadRequest(err.body_text()))?;
-    let status = match query.status.as_deref() {
-        None => None,
-        Some(raw) => Some(
-            raw.parse::<Status>()
-                .map_err(|_| GatewayError::BadRequest(format!("unknown status {raw:?}")))?,
-        ),
-    };
-    if let Some(size) = query.page_size
-        && !(1..=500).contains(&size)
-    {
-        return Err(GatewayError::BadRequest(
-            "page_size must be between 1 and 500".to_owned(),
-        ));
-    }
-    if let Some(target) = query.target.as_deref()
-        && ghost_core::TargetName::parse(target).is_err()
-    {
-        return Err(GatewayError::BadRequest(format!(
-            "invalid target {target:?}"
-        )));
-    }
-    if let Some(token) = query.page_token.as_deref()
-        && (token.is_empty() || token.len() > 18 || !token.bytes().all(|b| b.is_ascii_digit()))
-    {
-        return Err(GatewayError::BadRequest(
-            "page_token must be a next_page_token from an earlier page".to_owned(),
-        ));
-    }
-    let filter = ListFilter {
-        target: query.target,
-        status,
-        page_size: query.page_size.unwrap_or(0),
-        page_token: query.page_token.unwrap_or_default(),
-    };
+    let filter = ListFilter::parse(
+        query.target,
+        query.status,
+        query.page_size,
+        query.page_token,
+    )?;
     Ok(Json(state.patches.list(&caller, &filter).await?))
 }
 

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use ghost_core::{Format, Status};
+use ghost_core::Format;
 use rmcp::handler::server::tool::Extension;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResult, ContentBlock, ServerCapabilities, ServerConfig};
@@ -138,19 +138,14 @@ impl GhostMcp {
     ) -> CallToolResult {
         let result = async {
             let caller = caller(&parts)?;
-            let status = match input.status.as_deref() {
-                None | Some("") => None,
-                Some(raw) => Some(
-                    raw.parse::<Status>()
-                        .map_err(|_| GatewayError::BadRequest(format!("unknown status {raw:?}")))?,
-                ),
-            };
-            let filter = ListFilter {
-                target: input.target.filter(|t| !t.is_empty()),
-                status,
-                page_size: input.page_size.unwrap_or(0),
-                page_token: input.page_token.unwrap_or_default(),
-            };
+            // Models often send "" for "no filter": the tools treat that as absent.
+            let given = |value: Option<String>| value.filter(|v| !v.is_empty());
+            let filter = ListFilter::parse(
+                given(input.target),
+                given(input.status),
+                input.page_size,
+                given(input.page_token),
+            )?;
             self.patches.list(&caller, &filter).await
         }
         .await;

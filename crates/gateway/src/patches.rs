@@ -103,6 +103,52 @@ pub struct ListFilter {
     pub page_token: String,
 }
 
+impl ListFilter {
+    /// Checks raw filter values as a caller gave them (REST query or MCP tool input); a value
+    /// given must be valid, an empty one included. Every refusal names what is wrong.
+    pub fn parse(
+        target: Option<String>,
+        status: Option<String>,
+        page_size: Option<u32>,
+        page_token: Option<String>,
+    ) -> Result<Self, GatewayError> {
+        let status = match status.as_deref() {
+            None => None,
+            Some(raw) => Some(
+                raw.parse::<Status>()
+                    .map_err(|_| GatewayError::BadRequest(format!("unknown status {raw:?}")))?,
+            ),
+        };
+        if let Some(size) = page_size
+            && !(1..=500).contains(&size)
+        {
+            return Err(GatewayError::BadRequest(
+                "page_size must be between 1 and 500".to_owned(),
+            ));
+        }
+        if let Some(target) = target.as_deref()
+            && ghost_core::TargetName::parse(target).is_err()
+        {
+            return Err(GatewayError::BadRequest(format!(
+                "invalid target {target:?}"
+            )));
+        }
+        if let Some(token) = page_token.as_deref()
+            && (token.is_empty() || token.len() > 18 || !token.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err(GatewayError::BadRequest(
+                "page_token must be a next_page_token from an earlier page".to_owned(),
+            ));
+        }
+        Ok(Self {
+            target,
+            status,
+            page_size: page_size.unwrap_or(0),
+            page_token: page_token.unwrap_or_default(),
+        })
+    }
+}
+
 /// One page of patches.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PatchPage {
@@ -462,5 +508,47 @@ mod tests {
         let text = "é".repeat(1000);
         let cut = cut_middle(&text, 100);
         assert!(cut.chars().count() <= 100);
+    }
+}
+
+#[cfg(test)]
+mod filter_tests {
+    use super::ListFilter;
+
+    fn refusal(
+        target: Option<&str>,
+        status: Option<&str>,
+        size: Option<u32>,
+        token: Option<&str>,
+    ) -> String {
+        ListFilter::parse(
+            target.map(str::to_owned),
+            status.map(str::to_owned),
+            size,
+            token.map(str::to_owned),
+        )
+        .unwrap_err()
+        .to_string()
+    }
+
+    #[test]
+    fn rest_and_mcp_filters_are_checked_alike() {
+        assert!(refusal(None, Some("done"), None, None).contains("unknown status \"done\""));
+        assert!(refusal(None, None, Some(0), None).contains("page_size"));
+        assert!(refusal(None, None, Some(501), None).contains("page_size"));
+        assert!(refusal(Some("../x"), None, None, None).contains("invalid target"));
+        assert!(refusal(None, None, None, Some("abc")).contains("page_token"));
+        assert!(refusal(Some(""), None, None, None).contains("invalid target"));
+        assert!(refusal(None, None, None, Some("")).contains("page_token"));
+        let filter = ListFilter::parse(
+            Some("MAIN".to_owned()),
+            Some("failed".to_owned()),
+            Some(20),
+            Some("40".to_owned()),
+        )
+        .unwrap();
+        assert_eq!(filter.target.as_deref(), Some("MAIN"));
+        assert_eq!(filter.page_size, 20);
+        assert_eq!(filter.page_token, "40");
     }
 }
