@@ -31,8 +31,8 @@ def main():
                 errors.append(f"{name}: port {port} is not bound to 127.0.0.1")
     for name in GHOST:
         svc = services.get(name, {})
-        if "/usr/local/bin/ghost-healthcheck" not in (svc.get("healthcheck", {}).get("test") or []):
-            errors.append(f"{name}: no ghost-healthcheck healthcheck")
+        if (svc.get("healthcheck", {}).get("test") or [])[1:] != ["/usr/local/bin/ghost-service", "--healthcheck"]:
+            errors.append(f"{name}: the healthcheck is not `ghost-service --healthcheck`")
         if not (svc.get("read_only") and "ALL" in (svc.get("cap_drop") or [])):
             errors.append(f"{name}: not read-only with all capabilities dropped")
         if svc.get("profiles"):

@@ -1,22 +1,30 @@
 #!/usr/bin/env bash
 # End-to-end smoke test of the container stack on a Debian machine with no container registry:
 #   1. installs docker.io, docker-compose and debootstrap if missing, starts dockerd if none runs;
-#   2. builds the base images locally (debootstrap + docker import): a runtime base (bash, CA
-#      certificates, git) and a builder base (gcc, cmake, perl + this machine's Rust toolchain
-#      and cargo-chef), so no registry is ever needed;
-#   3. builds the five service images from deploy/Dockerfile;
-#   4. runs the compose project's core services, waits until all five are healthy;
+#   2. builds the base images locally, so no registry is ever needed:
+#      - a slim runtime base FROM scratch: glibc, libgcc_s and CA certificates only (gateway,
+#        router, summarizer, alerter; their health check is the binary's own --healthcheck);
+#      - an executor runtime base (debootstrap minbase + git + CA certificates: the executor
+#        runs /bin/sh and git);
+#      - a builder base (debootstrap + gcc, cmake, perl + this machine's Rust toolchain and
+#        cargo-chef);
+#   3. builds the five service images from deploy/Dockerfile (one shared compile);
+#   4. starts, beside the stack, its outside peers speaking their real wire formats
+#      (tests/python/compose_peers.py: an OTLP/gRPC trace receiver and a fake Slack Web API),
+#      runs the compose project's core services exporting spans and posting to them, and waits
+#      until all five are healthy;
 #   5. submits a patch through the gateway and checks the workspace change (in the executor's
-#      volume), the summary (API and the summarizer's files) and the Slack message the alerter
-#      recorded (logged, as Slack is off here);
-#   6. tears everything down (containers, volumes, network, dockerd if it started it) on any exit.
+#      volume), the summary (API and the summarizer's files), the Slack message the alerter
+#      posted, and that the patch's one trace id reached the receiver from all five services;
+#   6. tears everything down (containers, volumes, network, peers, dockerd if it started it).
 #
-# Usage: deploy/smoke.sh          (as root; crates.io must be reachable for the cargo build)
+# Usage: deploy/smoke.sh   (as root; the Debian and crate registries must be reachable)
 # Knobs (environment): SMOKE_KEEP_IMAGES=1 keeps the built images; SMOKE_DOCKERD_ARGS extra
 # dockerd flags (e.g. "--storage-driver=vfs --iptables=false" inside a container);
 # SMOKE_PORT_BASE (default 18080) host ports base; SMOKE_STRICT_METRICS=1 makes a failing
 # `promtool check metrics` fail the run; timeouts SMOKE_BUILD_TIMEOUT (s, per image, 2400),
-# SMOKE_UP_TIMEOUT (180), SMOKE_PATCH_TIMEOUT (90).
+# SMOKE_UP_TIMEOUT (180), SMOKE_PATCH_TIMEOUT (90); SMOKE_DEBIAN_MIRROR (default: the first
+# Debian mirror of this machine's apt sources).
 # Prints image sizes, cold start to all-healthy time and total duration.
 set -euo pipefail
 
@@ -31,8 +39,11 @@ PATCH_TIMEOUT=${SMOKE_PATCH_TIMEOUT:-90}
 PORT_BASE=${SMOKE_PORT_BASE:-18080}
 RUST_TOOLCHAIN=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
 CARGO_CHEF_VERSION=0.1.78
-RUNTIME_BASE=ghost-local/runtime-base:bookworm
+SUITE=bookworm
+RUNTIME_BASE=ghost-local/runtime-slim:$SUITE
+EXECUTOR_BASE=ghost-local/runtime-executor:$SUITE
 BUILDER_BASE=ghost-local/builder-base:${RUST_TOOLCHAIN}
+PEERS_PID=""
 START=$(date +%s)
 WORK=$(mktemp -d /tmp/ghost-smoke.XXXXXX)
 STARTED_DOCKERD_PID=""
@@ -59,6 +70,10 @@ cleanup() {
     for service in "${SERVICES[@]}"; do
       docker image rm -f "ghost-runner/$service:$TAG" >/dev/null 2>&1
     done
+  fi
+  if [[ -n $PEERS_PID ]]; then
+    kill "$PEERS_PID" 2>/dev/null
+    wait "$PEERS_PID" 2>/dev/null
   fi
   if [[ -n $STARTED_DOCKERD_PID ]]; then
     log "stopping the dockerd this run started (pid $STARTED_DOCKERD_PID)"
@@ -100,7 +115,7 @@ if ! timeout 10 docker info >/dev/null 2>&1; then
   done
   timeout 5 docker info >/dev/null 2>&1 || { tail -20 "$WORK/dockerd.log" >&2; die "dockerd did not answer within 60 s"; }
 fi
-COMPOSE=(docker-compose -p "$PROJECT" -f "$ROOT/docker-compose.yml" --env-file "$WORK/.env")
+COMPOSE=(docker-compose -p "$PROJECT" --env-file "$WORK/.env" -f "$ROOT/docker-compose.yml")
 
 # ---- 2. base images (no registry) -------------------------------------------------------------
 import_rootfs() { # image rootfs [--change ...]
@@ -109,31 +124,71 @@ import_rootfs() { # image rootfs [--change ...]
   tar --numeric-owner -C "$rootfs" -c . | docker import "$@" - "$image" >/dev/null
 }
 
-if ! docker image inspect "$RUNTIME_BASE" >/dev/null 2>&1; then
-  log "building $RUNTIME_BASE with debootstrap"
-  timeout 900 debootstrap --variant=minbase --include=bash,ca-certificates,git \
-    bookworm "$WORK/runtime-rootfs" http://deb.debian.org/debian >"$WORK/debootstrap-runtime.log" 2>&1 \
-    || { tail -20 "$WORK/debootstrap-runtime.log" >&2; die "debootstrap (runtime) failed"; }
-  rm -rf "$WORK/runtime-rootfs/var/cache/apt/archives/"*.deb "$WORK/runtime-rootfs/var/lib/apt/lists/"*
-  import_rootfs "$RUNTIME_BASE" "$WORK/runtime-rootfs" --change 'CMD ["/bin/bash"]'
-  rm -rf "$WORK/runtime-rootfs"
+# The Debian mirror this machine already uses (deb822 .sources or one-line sources.list).
+debian_mirror() {
+  if [[ -n ${SMOKE_DEBIAN_MIRROR:-} ]]; then echo "$SMOKE_DEBIAN_MIRROR"; return; fi
+  local found
+  found=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null \
+    | awk '/^URIs:/ { for (i = 2; i <= NF; i++) if ($i !~ /security/) { print $i; exit } }')
+  if [[ -z $found ]]; then
+    found=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
+      | awk '$1 == "deb" && $0 !~ /security/ { for (i = 2; i <= NF; i++) if ($i ~ /^https?:/) { print $i; exit } }')
+  fi
+  [[ -n $found ]] || die "no Debian mirror in this machine's apt sources (set SMOKE_DEBIAN_MIRROR)"
+  echo "$found"
+}
+
+bootstrap() { # rootfs packages
+  local rootfs=$1 packages=$2 name
+  name=$(basename "$rootfs")
+  timeout 900 debootstrap --variant=minbase --include="$packages" \
+    "$SUITE" "$rootfs" "$(debian_mirror)" >"$WORK/debootstrap-$name.log" 2>&1 \
+    || { tail -20 "$WORK/debootstrap-$name.log" >&2; die "debootstrap ($name) failed"; }
+  rm -rf "$rootfs/var/cache/apt/archives/"*.deb "$rootfs/var/lib/apt/lists/"* \
+    "$rootfs/usr/share/doc" "$rootfs/usr/share/man" "$rootfs/usr/share/info"
+}
+
+if ! docker image inspect "$EXECUTOR_BASE" >/dev/null 2>&1 || ! docker image inspect "$RUNTIME_BASE" >/dev/null 2>&1; then
+  log "building $EXECUTOR_BASE with debootstrap"
+  bootstrap "$WORK/executor-rootfs" bash,ca-certificates,git
+  import_rootfs "$EXECUTOR_BASE" "$WORK/executor-rootfs" --change 'CMD ["/bin/bash"]'
+
+  # The slim base: only what the four other binaries load (glibc, libm, libgcc_s, the dynamic
+  # loader) and the CA bundle (TLS to Slack), taken from the same Debian release.
+  log "building $RUNTIME_BASE FROM scratch with the libraries the services load"
+  slim=$WORK/slim-rootfs
+  mkdir -p "$slim/lib/x86_64-linux-gnu" "$slim/lib64" "$slim/etc/ssl/certs" "$slim/tmp"
+  chmod 1777 "$slim/tmp"
+  for lib in libc.so.6 libm.so.6 libgcc_s.so.1; do
+    cp -L "$WORK/executor-rootfs/lib/x86_64-linux-gnu/$lib" "$slim/lib/x86_64-linux-gnu/"
+  done
+  cp -L "$WORK/executor-rootfs/lib64/ld-linux-x86-64.so.2" "$slim/lib64/"
+  cp -L "$WORK/executor-rootfs/etc/ssl/certs/ca-certificates.crt" "$slim/etc/ssl/certs/"
+  printf 'root:x:0:0:root:/root:/sbin/nologin\nghost:x:65532:65532:ghost:/nonexistent:/sbin/nologin\n' >"$slim/etc/passwd"
+  printf 'root:x:0:\nghost:x:65532:\n' >"$slim/etc/group"
+  import_rootfs "$RUNTIME_BASE" "$slim"
+  rm -rf "$WORK/executor-rootfs" "$slim"
 fi
 
 if ! docker image inspect "$BUILDER_BASE" >/dev/null 2>&1; then
   log "building $BUILDER_BASE with debootstrap + this machine's Rust $RUST_TOOLCHAIN"
   sysroot=$(rustup run "$RUST_TOOLCHAIN" rustc --print sysroot) \
     || die "Rust $RUST_TOOLCHAIN is not installed on this machine (rustup toolchain install $RUST_TOOLCHAIN)"
-  timeout 900 debootstrap --variant=minbase \
-    --include=bash,ca-certificates,git,gcc,g++,libc6-dev,make,cmake,perl,pkg-config,binutils \
-    bookworm "$WORK/builder-rootfs" http://deb.debian.org/debian >"$WORK/debootstrap-builder.log" 2>&1 \
-    || { tail -20 "$WORK/debootstrap-builder.log" >&2; die "debootstrap (builder) failed"; }
+  bootstrap "$WORK/builder-rootfs" bash,ca-certificates,git,gcc,g++,libc6-dev,make,cmake,perl,pkg-config,binutils
   mkdir -p "$WORK/builder-rootfs/usr/local/rust" "$WORK/builder-rootfs/usr/local/cargo/bin"
   cp -a "$sysroot/." "$WORK/builder-rootfs/usr/local/rust/"
-  log "installing cargo-chef $CARGO_CHEF_VERSION for the builder base"
-  timeout 1200 cargo install --locked --quiet cargo-chef --version "$CARGO_CHEF_VERSION" --root "$WORK/chef" >&2 \
-    || die "cargo install cargo-chef failed"
-  cp "$WORK/chef/bin/cargo-chef" "$WORK/builder-rootfs/usr/local/cargo/bin/"
-  rm -rf "$WORK/builder-rootfs/var/cache/apt/archives/"*.deb
+  rm -rf "$WORK/builder-rootfs/usr/local/rust/share/doc"
+  # The build fetches crates the way this machine does: trust what this machine trusts (a
+  # network may put its own CA between here and the registry).
+  cp -L /etc/ssl/certs/ca-certificates.crt "$WORK/builder-rootfs/etc/ssl/certs/ca-certificates.crt"
+  if command -v cargo-chef >/dev/null 2>&1; then
+    cp "$(command -v cargo-chef)" "$WORK/builder-rootfs/usr/local/cargo/bin/"
+  else
+    log "installing cargo-chef $CARGO_CHEF_VERSION for the builder base"
+    timeout 1200 cargo install --locked --quiet cargo-chef --version "$CARGO_CHEF_VERSION" --root "$WORK/chef" >&2 \
+      || die "cargo install cargo-chef failed"
+    cp "$WORK/chef/bin/cargo-chef" "$WORK/builder-rootfs/usr/local/cargo/bin/"
+  fi
   import_rootfs "$BUILDER_BASE" "$WORK/builder-rootfs" \
     --change 'ENV PATH=/usr/local/cargo/bin:/usr/local/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'ENV CARGO_HOME=/usr/local/cargo' \
@@ -144,12 +199,15 @@ fi
 # ---- 3. service images ------------------------------------------------------------------------
 build_start=$(date +%s)
 for service in "${SERVICES[@]}"; do
+  runtime=$RUNTIME_BASE
+  [[ $service == executor ]] && runtime=$EXECUTOR_BASE
   log "building ghost-runner/$service:$TAG"
-  # --network host: the dependency layer downloads crates from crates.io.
+  # --network host: the dependency layer downloads crates from the crate registry. The build
+  # stages do not depend on SERVICE, so only the first image compiles.
   timeout "$BUILD_TIMEOUT" docker build --network host -f deploy/Dockerfile \
     --build-arg SERVICE="$service" \
     --build-arg BUILDER_IMAGE="$BUILDER_BASE" \
-    --build-arg RUNTIME_IMAGE="$RUNTIME_BASE" \
+    --build-arg RUNTIME_IMAGE="$runtime" \
     --build-arg RUST_TOOLCHAIN="$RUST_TOOLCHAIN" \
     -t "ghost-runner/$service:$TAG" . >"$WORK/build-$service.log" 2>&1 \
     || { tail -40 "$WORK/build-$service.log" >&2; die "docker build of $service failed"; }
@@ -171,6 +229,39 @@ GHOST_SUMMARIZER_HTTP_PORT=$((PORT_BASE + 3))
 GHOST_ALERTER_HTTP_PORT=$((PORT_BASE + 4))
 ENV
 chmod 600 "$WORK/.env"
+
+# The stack's outside peers, on the host side of Docker's default bridge, which containers reach
+# as host.docker.internal (host-gateway): an OTLP/gRPC trace receiver and a fake Slack Web API.
+# host-gateway is the address of the default bridge's interface (docker0).
+PEER_IP=$(ip -4 -o addr show docker0 2>/dev/null | awk '{ split($4, a, "/"); print a[1]; exit }')
+[[ -n $PEER_IP ]] || PEER_IP=$(docker network inspect bridge -f '{{range .IPAM.Config}}{{.Gateway}}{{end}}')
+[[ -n $PEER_IP ]] || die "cannot find the address of Docker's default bridge (docker0)"
+OTLP_PORT=$((PORT_BASE + 10))
+SLACK_PORT=$((PORT_BASE + 11))
+"$ROOT/scripts/python-env" >/dev/null || die "scripts/python-env failed"
+"$ROOT/.venv/bin/python" "$ROOT/tests/python/compose_peers.py" --host "$PEER_IP" \
+  --otlp-port "$OTLP_PORT" --slack-port "$SLACK_PORT" \
+  --spans "$WORK/spans.jsonl" --slack "$WORK/slack.jsonl" >"$WORK/peers.out" 2>"$WORK/peers.log" &
+PEERS_PID=$!
+for _ in $(seq 1 50); do grep -q ready "$WORK/peers.out" 2>/dev/null && break; sleep 0.2; done
+grep -q ready "$WORK/peers.out" || { cat "$WORK/peers.log" >&2; die "the trace receiver / fake Slack did not start"; }
+cat >>"$WORK/.env" <<ENV
+GHOST_OTLP_ENDPOINT=http://host.docker.internal:$OTLP_PORT
+SLACK_BOT_TOKEN=xoxb-smoke-$(random_hex 8)
+SLACK_CHANNEL=#ghost-smoke
+ENV
+{
+  echo "services:"
+  for service in "${SERVICES[@]}"; do
+    echo "  $service:"
+    echo "    extra_hosts: [\"host.docker.internal:host-gateway\"]"
+    if [[ $service == alerter ]]; then
+      echo "    environment:"
+      echo "      GHOST_ALERTER__SLACK__API_BASE_URL: http://host.docker.internal:$SLACK_PORT/api"
+    fi
+  done
+} >"$WORK/override.yml"
+COMPOSE+=(-f "$WORK/override.yml")
 
 "${COMPOSE[@]}" config -q || die "docker-compose.yml does not validate"
 log "starting the core services (project $PROJECT)"
@@ -227,32 +318,52 @@ written=$("${COMPOSE[@]}" exec -T executor cat "/workspace/smoke/$PATCH_ID.txt" 
 [[ $written == "$NONCE" ]] || die "workspace file holds '$written', expected '$NONCE'"
 log "workspace change found in the executor's volume"
 
-# The summary: in the API answer once the patch ended, and as files in the summarizer's volume.
+# The summary: in the API answer once the patch ended, and as files in the summarizer's volume
+# (copied out with `docker cp`: the slim image has no shell or coreutils to run inside it).
+summarizer_id=$("${COMPOSE[@]}" ps -q summarizer)
 summary_ok=0
 for _ in $(seq 1 30); do
   curl -fsS --max-time 10 -H "Authorization: Bearer $API_KEY" "$GATEWAY/v1/patches/$PATCH_ID" -o "$WORK/patch-status.json" \
     && [[ $(json_field "$WORK/patch-status.json" summary) == *"$PATCH_ID"* ]] \
-    && "${COMPOSE[@]}" exec -T summarizer test -s "/data/summaries/MAIN/summary-$PATCH_ID.md" \
-    && "${COMPOSE[@]}" exec -T summarizer test -s "/data/summaries/MAIN/summary-$PATCH_ID.json" \
+    && docker cp "$summarizer_id:/data/summaries/MAIN/summary-$PATCH_ID.md" "$WORK/" 2>/dev/null \
+    && docker cp "$summarizer_id:/data/summaries/MAIN/summary-$PATCH_ID.json" "$WORK/" 2>/dev/null \
+    && grep -qF "$PATCH_ID" "$WORK/summary-$PATCH_ID.md" \
+    && json_field "$WORK/summary-$PATCH_ID.json" patch_id | grep -qxF "$PATCH_ID" \
     && { summary_ok=1; break; }
   sleep 1
 done
 [[ $summary_ok == 1 ]] || die "no summary for $PATCH_ID (API and /data/summaries/MAIN/summary-$PATCH_ID.{md,json})"
 log "summary found (API and files)"
 
-# Slack is off in this stack: the alerter records the message in its log and counts it.
+# The Slack message: posted by the alerter to the fake Slack Web API (chat.postMessage).
 slack_ok=0
 for _ in $(seq 1 45); do
-  if "${COMPOSE[@]}" logs --no-color alerter 2>/dev/null | grep -F "message logged only" | grep -qF "$PATCH_ID"; then
+  if grep -F "$PATCH_ID" "$WORK/slack.jsonl" 2>/dev/null | grep -q '"method": "chat.postMessage"'; then
     slack_ok=1
     break
   fi
   sleep 1
 done
-[[ $slack_ok == 1 ]] || die "the alerter recorded no Slack message naming $PATCH_ID"
-curl -fsS --max-time 10 "http://127.0.0.1:$((PORT_BASE + 4))/metrics" | grep -q '^ghost_slack_deliveries_total{result="logged"}' \
-  || die "ghost_slack_deliveries_total{result=\"logged\"} missing from the alerter's /metrics"
-log "Slack message recorded by the alerter"
+[[ $slack_ok == 1 ]] || die "the alerter posted no Slack message naming $PATCH_ID"
+curl -fsS --max-time 10 "http://127.0.0.1:$((PORT_BASE + 4))/metrics" | grep -q '^ghost_slack_deliveries_total{result="ok"}' \
+  || die "ghost_slack_deliveries_total{result=\"ok\"} missing from the alerter's /metrics"
+log "Slack message posted by the alerter"
+
+# One trace: the patch's trace id reached the receiver from all five services.
+TRACE_ID=$(json_field "$WORK/patch-status.json" trace_id)
+[[ $TRACE_ID =~ ^[0-9a-f]{32}$ ]] || die "the patch has no trace id: $(cat "$WORK/patch-status.json")"
+trace_ok=0
+for _ in $(seq 1 45); do
+  seen=$(grep -F "\"$TRACE_ID\"" "$WORK/spans.jsonl" 2>/dev/null \
+    | "$ROOT/.venv/bin/python" -c 'import json,sys; print(" ".join(sorted({json.loads(l)["service"] for l in sys.stdin})))')
+  if [[ $seen == "alerter executor gateway router summarizer" ]]; then
+    trace_ok=1
+    break
+  fi
+  sleep 1
+done
+[[ $trace_ok == 1 ]] || die "trace $TRACE_ID reached the receiver from [${seen:-none}], not all five services"
+log "trace $TRACE_ID: spans from all five services ($(grep -cF "\"$TRACE_ID\"" "$WORK/spans.jsonl") spans)"
 
 # /metrics of every service through promtool (deploy/prometheus/check-metrics.sh).
 if command -v promtool >/dev/null 2>&1; then

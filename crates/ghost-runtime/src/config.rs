@@ -162,6 +162,10 @@ struct Flags {
     /// Print the effective configuration (secrets redacted) and exit.
     #[arg(long)]
     print_config: bool,
+    /// Ask this service's own `/readyz` (on the configured HTTP port) and exit 0 when it
+    /// answers 200, 1 otherwise: the container health check, with no shell or curl needed.
+    #[arg(long, conflicts_with = "print_config")]
+    healthcheck: bool,
 }
 
 /// Loads a service's config from the command line, the file it names and the process
@@ -181,6 +185,9 @@ where
         use std::io::Write;
         writeln!(std::io::stdout().lock(), "{}", render(&config)?)?;
         std::process::exit(0);
+    }
+    if flags.healthcheck {
+        crate::probe::exit_with_probe(&serde_json::to_value(&config)?);
     }
     Ok(config)
 }

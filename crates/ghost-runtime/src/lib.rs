@@ -9,12 +9,14 @@
 //! - [`serve`]: gRPC (with `grpc.health.v1` and reflection) and HTTP (`/healthz`, `/readyz`,
 //!   `/metrics`) servers with a bounded drain.
 //! - [`metrics`]: the Prometheus recorder.
+//! - [`probe`]: `--healthcheck`, the container health check run by the service binary itself.
 //!
 //! Every service depends on this crate; it depends on `ghost-proto` only for the reflection
 //! descriptors.
 
 pub mod config;
 pub mod metrics;
+pub mod probe;
 pub mod propagation;
 pub mod red;
 pub mod serve;

@@ -1,0 +1,144 @@
+//! `<service> --healthcheck`: the container health check, run by the service's own binary so
+//! that runtime images need no shell, curl or script. It asks the service's `/readyz` on the
+//! HTTP port its configuration names (loaded exactly as the running service loads it) and
+//! succeeds only on `200`: a draining service answers 503 and so reports unhealthy.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::time::Duration;
+
+/// Why a probe failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// Nothing accepted the connection, or the exchange broke off.
+    #[error("no answer from {addr}: {source}")]
+    Io {
+        /// The address probed.
+        addr: SocketAddr,
+        /// The failure.
+        source: std::io::Error,
+    },
+    /// The service answered, but not with `200`.
+    #[error("{addr}/readyz answered {status_line:?}")]
+    NotReady {
+        /// The address probed.
+        addr: SocketAddr,
+        /// The first line of the answer.
+        status_line: String,
+    },
+}
+
+/// Where to probe a listener bound to `listen`: a wildcard address becomes loopback.
+pub fn probe_addr(listen: SocketAddr) -> SocketAddr {
+    let ip = match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, listen.port())
+}
+
+/// `GET /readyz` on `addr` over plain HTTP/1.1, bounded by `timeout` per step.
+pub fn readyz(addr: SocketAddr, timeout: Duration) -> Result<(), ProbeError> {
+    let io = |source| ProbeError::Io { addr, source };
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io)?;
+    stream
+        .write_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .map_err(io)?;
+    let mut head = [0_u8; 64];
+    let mut filled = 0;
+    while filled < head.len() && !head[..filled].contains(&b'\n') {
+        let read = stream.read(&mut head[filled..]).map_err(io)?;
+        if read == 0 {
+            break;
+        }
+        filled += read;
+    }
+    let text = String::from_utf8_lossy(&head[..filled]);
+    let status_line = text.lines().next().unwrap_or_default().trim().to_owned();
+    let mut parts = status_line.split_whitespace();
+    match (parts.next(), parts.next()) {
+        (Some(version), Some("200")) if version.starts_with("HTTP/1.") => Ok(()),
+        _ => Err(ProbeError::NotReady { addr, status_line }),
+    }
+}
+
+/// Runs the probe for a loaded configuration (any service's: it must have `server.http_listen`)
+/// and exits the process: 0 when ready, 1 otherwise (with the reason on stderr).
+pub fn exit_with_probe(config: &serde_json::Value) -> ! {
+    let listen = config
+        .pointer("/server/http_listen")
+        .and_then(serde_json::Value::as_str)
+        .and_then(|text| text.parse::<SocketAddr>().ok());
+    let code = match listen {
+        Some(listen) => match readyz(probe_addr(listen), Duration::from_secs(3)) {
+            Ok(()) => 0,
+            Err(err) => {
+                let _ = writeln!(std::io::stderr().lock(), "healthcheck: {err}");
+                1
+            }
+        },
+        None => {
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "healthcheck: the configuration has no server.http_listen address"
+            );
+            2
+        }
+    };
+    std::process::exit(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    fn answer_once(reply: &'static [u8]) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = [0_u8; 256];
+            let _ = stream.read(&mut request);
+            stream.write_all(reply).unwrap();
+        });
+        addr
+    }
+
+    #[test]
+    fn ready_only_on_200() {
+        let ok = answer_once(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+        readyz(ok, Duration::from_secs(3)).unwrap();
+        let draining = answer_once(b"HTTP/1.1 503 Service Unavailable\r\n\r\n");
+        let err = readyz(draining, Duration::from_secs(3)).unwrap_err();
+        assert!(err.to_string().contains("503"), "{err}");
+    }
+
+    #[test]
+    fn nothing_listening_is_an_error_naming_the_address() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let err = readyz(addr, Duration::from_secs(1)).unwrap_err();
+        assert!(err.to_string().contains(&addr.to_string()), "{err}");
+    }
+
+    #[test]
+    fn wildcard_listeners_are_probed_on_loopback() {
+        assert_eq!(
+            probe_addr("0.0.0.0:8081".parse().unwrap()),
+            "127.0.0.1:8081".parse().unwrap()
+        );
+        assert_eq!(
+            probe_addr("[::]:8081".parse().unwrap()),
+            "[::1]:8081".parse().unwrap()
+        );
+        assert_eq!(
+            probe_addr("10.1.2.3:8081".parse().unwrap()),
+            "10.1.2.3:8081".parse().unwrap()
+        );
+    }
+}
