@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use ghost_proto::alerter::v1::alerter_read_service_server::AlerterReadServiceServer;
 use ghost_proto::alerter::v1::alerter_service_server::AlerterServiceServer;
 use ghost_proto::router::v1::router_service_client::RouterServiceClient;
 use ghost_proto::summarizer::v1::summarizer_service_client::SummarizerServiceClient;
@@ -21,6 +22,7 @@ use crate::grpc::AlerterGrpc;
 use crate::health::{HealthBoard, HealthMonitor};
 use crate::inbound::{Inbound, routes};
 use crate::lifecycle::Lifecycle;
+use crate::listing::AlerterRead;
 use crate::outbox::{DeliveryPolicy, Outbox, deliver_loop};
 use crate::patches::Patches;
 use crate::signing::Verifier;
@@ -178,11 +180,16 @@ impl App {
         if !self.monitor.is_idle() {
             tracker.spawn(self.monitor.run(token.clone()));
         }
+        let read = AlerterRead::new(Arc::clone(&self.lifecycle));
         let grpc = AlerterGrpc::new(self.patches, self.lifecycle, self.outbox.store().clone());
         let service = Service {
             name: SERVICE,
-            grpc_names: vec!["ghost.alerter.v1.AlerterService"],
-            grpc: tonic::service::Routes::new(AlerterServiceServer::new(grpc)),
+            grpc_names: vec![
+                "ghost.alerter.v1.AlerterService",
+                "ghost.alerter.v1.AlerterReadService",
+            ],
+            grpc: tonic::service::Routes::new(AlerterServiceServer::new(grpc))
+                .add_service(AlerterReadServiceServer::new(read)),
             http: routes(self.inbound),
         };
         ghost_runtime::serve::serve_until(

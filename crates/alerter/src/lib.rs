@@ -12,6 +12,7 @@
 //! - [`grpc`] — the `AlerterService` adapter (wire ↔ domain).
 //! - [`patches`] — patch outcomes → thread per patch.
 //! - [`lifecycle`] — system alerts: group, repeat, escalate, ack, silence, resolve.
+//! - [`listing`] — the read-only `AlerterReadService` (`ListAlerts`) for dashboards.
 //! - [`health`] — the health monitor.
 //! - [`outbox`] — store-first Slack delivery: order per thread, pacing, backoff, dead letters.
 //! - [`slack`] — the Web API and webhook clients and how their answers are read.
@@ -30,6 +31,7 @@ pub mod grpc;
 pub mod health;
 pub mod inbound;
 pub mod lifecycle;
+pub mod listing;
 pub mod messages;
 pub mod outbox;
 pub mod patches;

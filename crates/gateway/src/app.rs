@@ -7,7 +7,9 @@ use std::sync::Arc;
 use axum::routing::get;
 use axum::{Json, middleware};
 use ghost_core::{LegacyOptions, TargetName};
+use ghost_proto::alerter::v1::alerter_read_service_client::AlerterReadServiceClient;
 use ghost_proto::router::v1::router_service_client::RouterServiceClient;
+use ghost_proto::router::v1::router_stats_service_client::RouterStatsServiceClient;
 use ghost_proto::summarizer::v1::summarizer_service_client::SummarizerServiceClient;
 use ghost_runtime::propagation::traced_channel;
 use ghost_runtime::serve::{self, Listeners, Service};
@@ -21,7 +23,7 @@ use crate::guard::{self, Guard};
 use crate::http::{self, AppState};
 use crate::inbox::Inbox;
 use crate::patches::Patches;
-use crate::upstream::{GrpcRouter, GrpcSummaries};
+use crate::upstream::{GrpcAlerter, GrpcRouter, GrpcSummaries};
 
 /// A built gateway, listening but not yet serving.
 pub struct App {
@@ -59,8 +61,10 @@ impl App {
     /// Checks the config, prepares upstream channels (lazily connected) and binds listeners.
     pub async fn build(config: GatewayConfig) -> anyhow::Result<Self> {
         let credentials = Credentials::from_config(&config)?;
+        let router_channel = traced_channel(&config.router_url)?;
         let queue = GrpcRouter {
-            client: RouterServiceClient::new(traced_channel(&config.router_url)?),
+            client: RouterServiceClient::new(router_channel.clone()),
+            stats: RouterStatsServiceClient::new(router_channel),
             timeout: config.upstream_timeout,
         };
         let summaries = GrpcSummaries {
@@ -74,13 +78,20 @@ impl App {
             config.request_timeout,
             config.max_body_bytes,
         );
+        let mut patches = Patches::new(
+            Arc::new(queue),
+            Arc::new(summaries),
+            config.summary_max_chars,
+            legacy_options(&config)?,
+        );
+        if let Some(url) = &config.alerter_url {
+            patches = patches.with_alerts(Arc::new(GrpcAlerter {
+                client: AlerterReadServiceClient::new(traced_channel(url)?),
+                timeout: config.upstream_timeout,
+            }));
+        }
         let state = AppState {
-            patches: Patches::new(
-                Arc::new(queue),
-                Arc::new(summaries),
-                config.summary_max_chars,
-                legacy_options(&config)?,
-            ),
+            patches,
             guard: Arc::new(guard),
             max_body_bytes: config.max_body_bytes,
         };
@@ -126,8 +137,22 @@ impl App {
                 Arc::clone(&guard_state),
                 guard::authenticate,
             ));
-        let http = api
-            .merge(mcp)
+        let mut http = api.merge(mcp);
+        if self.config.ui.enabled {
+            let ui_state = crate::ui::UiState {
+                patches: self.state.patches.clone(),
+                guard: Arc::clone(&guard_state),
+                sessions: Arc::new(crate::ui::Sessions::new(
+                    self.config.ui.session_ttl,
+                    self.config.ui.max_sessions,
+                )),
+                config: Arc::new(self.config.ui.clone()),
+                public_origin: public_origin(&self.config.public_url),
+                secure_cookie: self.config.public_url.starts_with("https://"),
+            };
+            http = http.merge(crate::ui::routes(ui_state));
+        }
+        let http = http
             .route(
                 "/openapi.json",
                 get(move || {
@@ -169,6 +194,12 @@ impl App {
         )
         .await
     }
+}
+
+/// `scheme://host[:port]` of the public URL, for the dashboard's Origin check.
+fn public_origin(public_url: &str) -> Option<String> {
+    let scheme = public_url.split_once("://")?.0;
+    Some(format!("{scheme}://{}", public_host(public_url)?))
 }
 
 /// `host[:port]` of the public URL, for MCP's Host check.

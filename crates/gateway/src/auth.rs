@@ -199,6 +199,11 @@ impl Credentials {
     /// The caller behind an API key, or 401.
     pub fn api_key(&self, headers: &HeaderMap) -> Result<Principal, GatewayError> {
         let key = presented_key(headers).ok_or(GatewayError::Unauthorized)?;
+        self.key(key)
+    }
+
+    /// The caller holding `key` (e.g. typed into the dashboard's login form), or 401.
+    pub fn key(&self, key: &str) -> Result<Principal, GatewayError> {
         let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         // Compare against every key so timing does not reveal which one (or whether any) matched.
         let mut found = None;

@@ -21,6 +21,9 @@ pub struct GatewayConfig {
     pub router_url: String,
     /// gRPC URL of the summarizer, for summary text.
     pub summarizer_url: String,
+    /// gRPC URL of the alerter, for `GET /v1/alerts` and the dashboard's alerts (none: those
+    /// answer 503).
+    pub alerter_url: Option<String>,
     /// A single key with every scope and every target, presented as `Authorization: Bearer
     /// <key>` or `X-Api-Key` (what `ghost up` sets). Optional when `api_keys` are configured.
     pub api_key: Secret,
@@ -56,6 +59,8 @@ pub struct GatewayConfig {
     /// How long a dropped file's size must stay unchanged before it is read.
     #[serde(with = "humantime_serde")]
     pub inbox_settle: Duration,
+    /// The web dashboard at `/ui`.
+    pub ui: UiConfig,
 }
 
 impl Default for GatewayConfig {
@@ -65,6 +70,7 @@ impl Default for GatewayConfig {
             telemetry: TelemetryConfig::default(),
             router_url: "http://127.0.0.1:50051".to_owned(),
             summarizer_url: "http://127.0.0.1:50053".to_owned(),
+            alerter_url: None,
             api_key: Secret::default(),
             api_keys: Vec::new(),
             webhooks: Vec::new(),
@@ -80,6 +86,37 @@ impl Default for GatewayConfig {
             targets: Vec::new(),
             inbox: None,
             inbox_settle: Duration::from_millis(300),
+            ui: UiConfig::default(),
+        }
+    }
+}
+
+/// The web dashboard (`/ui`): server-rendered pages behind a login with an API key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UiConfig {
+    /// Serve the dashboard.
+    pub enabled: bool,
+    /// How long a login lasts.
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+    /// Sessions held at once; logins beyond are refused (503) until some expire.
+    pub max_sessions: usize,
+    /// Base URL of a Jaeger UI; trace ids link to `<jaeger_url>/trace/<id>` (none: no link).
+    pub jaeger_url: Option<String>,
+    /// How often open pages poll for fresh content (0: never).
+    #[serde(with = "humantime_serde")]
+    pub refresh: Duration,
+}
+
+impl Default for UiConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            session_ttl: Duration::from_secs(8 * 3600),
+            max_sessions: 10_000,
+            jaeger_url: None,
+            refresh: Duration::from_secs(2),
         }
     }
 }

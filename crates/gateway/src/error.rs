@@ -59,6 +59,9 @@ pub enum GatewayError {
     /// The id is taken by a patch with other content, or the patch is in the wrong state.
     #[error("{0}")]
     Conflict(String),
+    /// A feature needs an upstream the gateway was not configured with (names the setting).
+    #[error("this gateway has no {0} configured; set it to enable this")]
+    NotConfigured(&'static str),
     /// The router does not implement this yet.
     #[error("{0} is not available from this router version")]
     NotImplemented(&'static str),
@@ -71,7 +74,8 @@ pub enum GatewayError {
 }
 
 impl GatewayError {
-    fn status(&self) -> StatusCode {
+    /// The HTTP status this error is answered with (JSON and dashboard alike).
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             Self::Unauthorized | Self::BadSignature(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -84,6 +88,7 @@ impl GatewayError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            Self::NotConfigured(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -104,6 +109,7 @@ impl GatewayError {
             Self::NotFound(_) => "not-found",
             Self::Conflict(_) => "conflict",
             Self::NotImplemented(_) => "not-implemented",
+            Self::NotConfigured(_) => "not-configured",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
         }

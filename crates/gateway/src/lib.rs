@@ -2,22 +2,27 @@
 //!
 //! Callers: GPT Actions (OpenAPI 3.1 at `/openapi.json`), MCP clients (`/mcp`), signed webhooks,
 //! files dropped into the inbox directory, scripts and the `ghost` CLI. Callees: the router
-//! (Submit, Get, Events, List, Cancel, Retry, ListTargets) and the summarizer (summary text).
+//! (Submit, Get, Events, List, Cancel, Retry, Pause, Resume, ListTargets, ListExecutors,
+//! GetStats), the summarizer (summary text) and, when configured, the alerter (ListAlerts).
 //! Patches arrive as JSON or YAML, in v1 or a legacy shape that ghost-core normalises. It is stateless: `202` is sent
 //! only after the router has committed the patch; when the router cannot be reached the answer
 //! is `503` with `Retry-After`, never a success that is then lost. Refusals are
-//! `application/problem+json` naming the JSON pointer or line:column at fault.
+//! `application/problem+json` naming the JSON pointer or line:column at fault. The web dashboard
+//! ([`ui`], at `/ui`) renders the same data as HTML behind a cookie session.
 
 mod app;
 pub mod auth;
 pub mod config;
 mod error;
+pub mod fleet;
 mod guard;
 mod http;
 mod inbox;
 mod mcp;
 mod openapi;
 pub mod patches;
+pub mod report;
+pub mod ui;
 mod upstream;
 
 pub use app::App;

@@ -2,22 +2,25 @@
 //! their summary, list, cancel, retry, and pick patches out of chat text. Talks to its
 //! downstreams through the two ports below and checks every caller's scope and targets.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use ghost_core::{Format, LegacyOptions, Normalised, PatchId, Status};
+use ghost_core::{Format, LegacyOptions, Normalised, PatchId, Status, TargetName};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::auth::{Principal, Scope};
 use crate::error::GatewayError;
+use crate::fleet::{AlertFeed, AlertList, ExecutorList, Stats};
+use crate::report::ReportView;
 
 /// The router as the gateway needs it.
 #[tonic::async_trait]
 pub trait PatchQueue: Send + Sync {
     /// Stores the patch durably; returns its state (`created` false for an identical replay).
     async fn submit(&self, patch: &ghost_core::Patch) -> Result<PatchView, GatewayError>;
-    /// One patch's state.
-    async fn get(&self, id: &PatchId) -> Result<PatchView, GatewayError>;
+    /// One patch's state and its latest attempt's report, if one arrived.
+    async fn get(&self, id: &PatchId) -> Result<(PatchView, Option<ReportView>), GatewayError>;
     /// One patch's audit trail.
     async fn events(&self, id: &PatchId) -> Result<Vec<EventView>, GatewayError>;
     /// A page of patches, newest first.
@@ -28,6 +31,21 @@ pub trait PatchQueue: Send + Sync {
     async fn retry(&self, id: &PatchId, actor: &str) -> Result<PatchView, GatewayError>;
     /// Every known target.
     async fn targets(&self) -> Result<Vec<TargetView>, GatewayError>;
+    /// Stops (`paused`) or resumes handing out work for `target` on behalf of `actor`.
+    async fn set_paused(
+        &self,
+        target: &TargetName,
+        paused: bool,
+        actor: &str,
+    ) -> Result<(), GatewayError>;
+    /// Executors connected now.
+    async fn executors(&self) -> Result<ExecutorList, GatewayError>;
+    /// Dashboard aggregates of patches updated since `since_unix_ms`.
+    async fn stats(
+        &self,
+        target: Option<&TargetName>,
+        since_unix_ms: i64,
+    ) -> Result<Stats, GatewayError>;
 }
 
 /// The summarizer as the gateway needs it.
@@ -73,6 +91,8 @@ pub struct PatchDetail {
     /// The summary, cut to the configured size; null until the patch has ended and been
     /// summarised.
     pub summary: Option<String>,
+    /// What the latest attempt did; null until the patch ran.
+    pub report: Option<ReportView>,
 }
 
 /// One lifecycle transition.
@@ -173,6 +193,23 @@ pub struct TargetView {
     pub oldest_queued_unix_ms: i64,
     /// The patch running now (empty: none).
     pub running_patch_id: String,
+    /// Patches in each terminal status, by status name.
+    pub finished: BTreeMap<String, u32>,
+}
+
+impl TargetView {
+    /// A target the router holds nothing about: empty, not paused, no executor.
+    pub fn empty(target: &str) -> Self {
+        Self {
+            target: target.to_owned(),
+            queued: 0,
+            paused: false,
+            executor_online: false,
+            oldest_queued_unix_ms: 0,
+            running_patch_id: String::new(),
+            finished: BTreeMap::new(),
+        }
+    }
 }
 
 /// What `submit` answers.
@@ -228,6 +265,7 @@ pub struct Patches {
     summaries: Arc<dyn SummaryStore>,
     summary_max_chars: usize,
     legacy: Arc<LegacyOptions>,
+    alerts: Option<Arc<dyn AlertFeed>>,
 }
 
 fn parse_id(raw: &str) -> Result<PatchId, GatewayError> {
@@ -247,7 +285,15 @@ impl Patches {
             summaries,
             summary_max_chars,
             legacy: Arc::new(legacy),
+            alerts: None,
         }
+    }
+
+    /// The same logic with an alerter to list alerts from.
+    #[must_use]
+    pub fn with_alerts(mut self, alerts: Arc<dyn AlertFeed>) -> Self {
+        self.alerts = Some(alerts);
+        self
     }
 
     /// The legacy normalisation options (aliases, roots, default target).
@@ -384,14 +430,18 @@ impl Patches {
         Ok(MessageOutcome { submitted, blocks })
     }
 
-    async fn visible(&self, caller: &Principal, raw_id: &str) -> Result<PatchView, GatewayError> {
+    async fn visible(
+        &self,
+        caller: &Principal,
+        raw_id: &str,
+    ) -> Result<(PatchView, Option<ReportView>), GatewayError> {
         let id = parse_id(raw_id)?;
-        let view = self.queue.get(&id).await?;
+        let (view, report) = self.queue.get(&id).await?;
         if !caller.may_touch(&view.target) {
             // Do not reveal patches of targets the caller cannot see.
             return Err(GatewayError::NotFound(raw_id.to_owned()));
         }
-        Ok(view)
+        Ok((view, report))
     }
 
     /// A patch and, once it has ended, its summary.
@@ -401,7 +451,7 @@ impl Patches {
         raw_id: &str,
     ) -> Result<PatchDetail, GatewayError> {
         caller.require(Scope::Read)?;
-        let view = self.visible(caller, raw_id).await?;
+        let (view, report) = self.visible(caller, raw_id).await?;
         let summary = if view.status.is_terminal() {
             let id = parse_id(raw_id)?;
             self.summaries
@@ -411,7 +461,11 @@ impl Patches {
         } else {
             None
         };
-        Ok(PatchDetail { view, summary })
+        Ok(PatchDetail {
+            view,
+            summary,
+            report,
+        })
     }
 
     /// The audit trail of a patch.
@@ -468,6 +522,76 @@ impl Patches {
         let mut targets = self.queue.targets().await?;
         targets.retain(|target| caller.may_touch(&target.target));
         Ok(targets)
+    }
+
+    /// Pauses (`paused`) or resumes a target; answers its queue afterwards.
+    pub async fn set_paused(
+        &self,
+        caller: &Principal,
+        raw_target: &str,
+        paused: bool,
+    ) -> Result<TargetView, GatewayError> {
+        caller.require(Scope::Admin)?;
+        let target = TargetName::parse(raw_target).map_err(|err| {
+            GatewayError::BadRequest(format!("invalid target {raw_target:?}: {err}"))
+        })?;
+        caller.allow_target(target.as_str())?;
+        self.queue
+            .set_paused(&target, paused, &format!("gateway:{}", caller.name))
+            .await?;
+        let view = self
+            .queue
+            .targets()
+            .await?
+            .into_iter()
+            .find(|view| view.target == target.as_str())
+            .unwrap_or_else(|| TargetView::empty(target.as_str()));
+        Ok(view)
+    }
+
+    /// Executors connected now that serve a target the caller may see.
+    pub async fn executors(&self, caller: &Principal) -> Result<ExecutorList, GatewayError> {
+        caller.require(Scope::Read)?;
+        let mut list = self.queue.executors().await?;
+        list.executors
+            .retain(|executor| executor.targets.iter().any(|t| caller.may_touch(t)));
+        Ok(list)
+    }
+
+    /// Alerts active now, from the alerter; 503 when none is configured.
+    pub async fn alerts(&self, caller: &Principal) -> Result<AlertList, GatewayError> {
+        caller.require(Scope::Read)?;
+        let feed = self
+            .alerts
+            .as_ref()
+            .ok_or(GatewayError::NotConfigured("alerter_url"))?;
+        let mut alerts = feed.alerts().await?;
+        alerts.retain(|alert| {
+            alert
+                .labels
+                .get("target")
+                .is_none_or(|target| caller.may_touch(target))
+        });
+        Ok(AlertList { alerts })
+    }
+
+    /// Chart aggregates since `since_unix_ms` (0: the router's default window).
+    pub async fn stats(
+        &self,
+        caller: &Principal,
+        target: Option<&str>,
+        since_unix_ms: i64,
+    ) -> Result<Stats, GatewayError> {
+        caller.require(Scope::Read)?;
+        let target = target
+            .map(|raw| {
+                caller.allow_target(raw)?;
+                TargetName::parse(raw).map_err(|err| {
+                    GatewayError::BadRequest(format!("invalid target {raw:?}: {err}"))
+                })
+            })
+            .transpose()?;
+        self.queue.stats(target.as_ref(), since_unix_ms).await
     }
 }
 

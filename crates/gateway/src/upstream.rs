@@ -1,25 +1,34 @@
-//! gRPC adapters of the gateway's ports: the router and the summarizer.
+//! gRPC adapters of the gateway's ports: the router, the summarizer and the alerter.
 
 use std::time::Duration;
 
-use ghost_core::{Patch, PatchId};
+use ghost_core::{Patch, PatchId, TargetName};
+use ghost_proto::alerter::v1 as alerter_wire;
+use ghost_proto::alerter::v1::alerter_read_service_client::AlerterReadServiceClient;
 use ghost_proto::convert::status_from_wire;
 use ghost_proto::router::v1::router_service_client::RouterServiceClient;
+use ghost_proto::router::v1::router_stats_service_client::RouterStatsServiceClient;
 use ghost_proto::router::v1::{self as router_wire};
 use ghost_proto::summarizer::v1::GetRequest as SummaryRequest;
 use ghost_proto::summarizer::v1::summarizer_service_client::SummarizerServiceClient;
 use ghost_runtime::propagation::TracedChannel;
 
 use crate::error::{GatewayError, from_upstream};
+use crate::fleet::{
+    AlertFeed, AlertView, ExecutorList, ExecutorView, HourOutcomes, StageLatency, Stats,
+};
 use crate::patches::{
     EventView, ListFilter, PatchPage, PatchQueue, PatchView, SummaryStore, TargetView,
 };
+use crate::report::ReportView;
 
 /// The router over gRPC.
 #[derive(Clone)]
 pub struct GrpcRouter {
     /// Client on a lazily connecting channel.
     pub client: RouterServiceClient<TracedChannel>,
+    /// The read-only aggregates service on the same channel.
+    pub stats: RouterStatsServiceClient<TracedChannel>,
     /// Deadline per call.
     pub timeout: Duration,
 }
@@ -66,7 +75,7 @@ impl PatchQueue for GrpcRouter {
         view(state, response.created)
     }
 
-    async fn get(&self, id: &PatchId) -> Result<PatchView, GatewayError> {
+    async fn get(&self, id: &PatchId) -> Result<(PatchView, Option<ReportView>), GatewayError> {
         let request = router_wire::GetRequest { id: id.to_string() };
         let state = self
             .client
@@ -77,7 +86,8 @@ impl PatchQueue for GrpcRouter {
             .into_inner()
             .state
             .ok_or_else(|| GatewayError::Internal("router answered without state".to_owned()))?;
-        view(state, false)
+        let report = state.report.clone().map(ReportView::from);
+        Ok((view(state, false)?, report))
     }
 
     async fn events(&self, id: &PatchId) -> Result<Vec<EventView>, GatewayError> {
@@ -190,6 +200,158 @@ impl PatchQueue for GrpcRouter {
                 executor_online: target.executor_online,
                 oldest_queued_unix_ms: target.oldest_queued_unix_ms,
                 running_patch_id: target.running_patch_id,
+                finished: target.finished.into_iter().collect(),
+            })
+            .collect())
+    }
+
+    async fn set_paused(
+        &self,
+        target: &TargetName,
+        paused: bool,
+        actor: &str,
+    ) -> Result<(), GatewayError> {
+        let mut client = self.client.clone();
+        let result = if paused {
+            let request = router_wire::PauseRequest {
+                target: target.to_string(),
+                actor: actor.to_owned(),
+            };
+            client
+                .pause(with_deadline(request, self.timeout))
+                .await
+                .map(drop)
+        } else {
+            let request = router_wire::ResumeRequest {
+                target: target.to_string(),
+                actor: actor.to_owned(),
+            };
+            client
+                .resume(with_deadline(request, self.timeout))
+                .await
+                .map(drop)
+        };
+        result.map_err(|status| match status.code() {
+            tonic::Code::InvalidArgument => GatewayError::BadRequest(status.message().to_owned()),
+            _ => from_upstream(target.as_str(), &status),
+        })
+    }
+
+    async fn executors(&self) -> Result<ExecutorList, GatewayError> {
+        let request = router_wire::ListExecutorsRequest {};
+        let executors = self
+            .client
+            .clone()
+            .list_executors(with_deadline(request, self.timeout))
+            .await
+            .map_err(|status| match status.code() {
+                tonic::Code::Unimplemented => GatewayError::NotImplemented("ListExecutors"),
+                _ => from_upstream("", &status),
+            })?
+            .into_inner()
+            .executors;
+        Ok(ExecutorList {
+            executors: executors
+                .into_iter()
+                .map(|executor| ExecutorView {
+                    executor_id: executor.executor_id,
+                    session: executor.session,
+                    targets: executor.targets,
+                    connected_unix_ms: executor.connected_unix_ms,
+                    last_seen_unix_ms: executor.last_seen_unix_ms,
+                    running_patch_ids: executor.running_patch_ids,
+                })
+                .collect(),
+        })
+    }
+
+    async fn stats(
+        &self,
+        target: Option<&TargetName>,
+        since_unix_ms: i64,
+    ) -> Result<Stats, GatewayError> {
+        let request = router_wire::GetStatsRequest {
+            since_unix_ms,
+            target: target.map(ToString::to_string).unwrap_or_default(),
+        };
+        let stats = self
+            .stats
+            .clone()
+            .get_stats(with_deadline(request, self.timeout))
+            .await
+            .map_err(|status| match status.code() {
+                tonic::Code::Unimplemented => GatewayError::NotImplemented("GetStats"),
+                _ => from_upstream("", &status),
+            })?
+            .into_inner();
+        Ok(Stats {
+            hours: stats
+                .hours
+                .into_iter()
+                .map(|hour| HourOutcomes {
+                    hour_unix_ms: hour.hour_unix_ms,
+                    outcomes: hour.outcomes.into_iter().collect(),
+                })
+                .collect(),
+            stages: stats
+                .stages
+                .into_iter()
+                .map(|stage| StageLatency {
+                    stage: stage.stage,
+                    count: stage.count,
+                    p50_ms: stage.p50_ms,
+                    p95_ms: stage.p95_ms,
+                    max_ms: stage.max_ms,
+                })
+                .collect(),
+            reports_sampled: stats.reports_sampled,
+        })
+    }
+}
+
+/// The alerter's read-only service over gRPC.
+#[derive(Clone)]
+pub struct GrpcAlerter {
+    /// Client on a lazily connecting channel.
+    pub client: AlerterReadServiceClient<TracedChannel>,
+    /// Deadline per call.
+    pub timeout: Duration,
+}
+
+fn severity_name(value: i32) -> &'static str {
+    match alerter_wire::Severity::try_from(value) {
+        Ok(alerter_wire::Severity::Info) => "info",
+        Ok(alerter_wire::Severity::Critical) => "critical",
+        _ => "warning",
+    }
+}
+
+#[tonic::async_trait]
+impl AlertFeed for GrpcAlerter {
+    async fn alerts(&self) -> Result<Vec<AlertView>, GatewayError> {
+        let request = alerter_wire::ListAlertsRequest {};
+        let alerts = self
+            .client
+            .clone()
+            .list_alerts(with_deadline(request, self.timeout))
+            .await
+            .map_err(|status| match status.code() {
+                tonic::Code::Unimplemented => GatewayError::NotImplemented("ListAlerts"),
+                _ => from_upstream("", &status),
+            })?
+            .into_inner()
+            .alerts;
+        Ok(alerts
+            .into_iter()
+            .map(|alert| AlertView {
+                severity: severity_name(alert.severity).to_owned(),
+                key: alert.key,
+                state: alert.state,
+                summary: alert.summary,
+                labels: alert.labels.into_iter().collect(),
+                source: alert.source,
+                since_unix_ms: alert.since_unix_ms,
+                updated_unix_ms: alert.updated_unix_ms,
             })
             .collect())
     }

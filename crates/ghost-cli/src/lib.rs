@@ -1,8 +1,21 @@
-//! The `ghost` command: run the whole system on one machine (`ghost up`) and talk to a running
-//! one (`ghost submit`).
+//! The `ghost` command: run the whole system on one machine (`ghost up`), submit patches and
+//! follow them to their end (`ghost submit`), and read and steer a running system through the
+//! gateway's REST API (`status`, `list`, `show`, `events`, `logs`, `cancel`, `retry`, `pause`,
+//! `resume`, `targets`, `executors`); check a service's config file (`config check`).
 //!
-//! [`local`] wires the five services in one process with embedded defaults — the same wiring
-//! the cross-service tests use — and [`client`] is the gateway HTTP client behind `submit`.
+//! `main.rs` only parses arguments and dispatches. [`settings`] finds the gateway URL and key
+//! (flag > env > config file > default), [`client`] is the HTTP client, [`render`] turns answers
+//! into text or `--json`, [`error`] and [`exit`] map every failure and outcome to one exit code
+//! and a hint. [`local`] wires the five services in one process — the same wiring the
+//! cross-service tests use.
 
 pub mod client;
+pub mod commands;
+pub mod config_check;
+pub mod error;
+pub mod exit;
 pub mod local;
+pub mod render;
+pub mod settings;
+pub mod submit;
+pub mod up;

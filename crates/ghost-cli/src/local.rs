@@ -168,6 +168,7 @@ impl LocalSystem {
             server: server_on(ephemeral, system.options.gateway_listen),
             router_url: url(router_grpc),
             summarizer_url: url(summarizer_grpc),
+            alerter_url: Some(url(system.addr_of("alerter")?.0)),
             api_key: Secret::new(system.options.api_key.clone()),
             ..Default::default()
         };

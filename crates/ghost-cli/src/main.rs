@@ -1,38 +1,52 @@
-//! `ghost`: run Ghost Runner locally and submit patches to it.
+//! `ghost`: run Ghost Runner locally, submit patches, read and steer a running system.
+//! Argument parsing and dispatch only; the commands live in the library.
 
-use std::io::{Read, Write};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
-use ghost_cli::client::{ClientError, GatewayClient};
-use ghost_cli::local::{LocalOptions, LocalSystem, SlackOptions};
-
-/// Writes a line to stdout; a closed pipe is not an error worth a panic.
-macro_rules! out {
-    ($($arg:tt)*) => {{
-        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
-    }};
-}
-
-/// Writes a line to stderr (progress and refusals), ignoring a closed stream.
-macro_rules! err {
-    ($($arg:tt)*) => {{
-        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
-    }};
-}
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use ghost_cli::client::GatewayClient;
+use ghost_cli::commands::{self, ListOptions};
+use ghost_cli::config_check;
+use ghost_cli::error::CliError;
+use ghost_cli::exit::{self, Exit};
+use ghost_cli::local::SlackOptions;
+use ghost_cli::render::Output;
+use ghost_cli::settings::{self, ConfigFile};
+use ghost_cli::submit::{self, SubmitOptions};
+use ghost_cli::up::{self, UpOptions};
 
 #[derive(Parser)]
 #[command(
     name = "ghost",
     version,
-    about = "Run Ghost Runner and send it patches"
+    about = "Run Ghost Runner, send it patches, watch and steer it",
+    after_help = exit::TABLE
 )]
 struct Cli {
+    #[command(flatten)]
+    global: Global,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Args)]
+struct Global {
+    /// Gateway URL [default: http://127.0.0.1:8080, or `url` in the config file].
+    #[arg(long, global = true, env = "GHOST_URL")]
+    url: Option<String>,
+    /// API key (`ghost up` prints one) [or `api_key` in the config file].
+    #[arg(long, global = true, env = "GHOST_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// ghost's config file (TOML: url, api_key) [default: $XDG_CONFIG_HOME/ghost/config.toml].
+    #[arg(long, global = true, env = "GHOST_CLI_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print one machine-readable JSON document on stdout instead of text.
+    #[arg(long, global = true)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -52,9 +66,6 @@ enum Command {
         /// The gateway's HTTP address.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
-        /// API key for the gateway; generated and printed when unset.
-        #[arg(long, env = "GHOST_API_KEY", hide_env_values = true)]
-        api_key: Option<String>,
         /// Slack Web API base URL (Slack is off unless set).
         #[arg(long, env = "GHOST_SLACK_API_URL")]
         slack_api_url: Option<String>,
@@ -70,31 +81,141 @@ enum Command {
         #[arg(long, env = "GHOST_SLACK_CHANNEL", default_value = "#ghost-runner")]
         slack_channel: String,
     },
-    /// Submit a patch (JSON file, or - for stdin), follow it to its end, print its summary.
+    /// Submit a patch (JSON or YAML file, - for stdin), follow it to its end, print its summary;
+    /// the exit code is the outcome.
     Submit {
-        /// The patch file.
+        /// The patch file, or - for stdin.
         file: PathBuf,
-        /// Gateway URL.
-        #[arg(long, env = "GHOST_URL", default_value = "http://127.0.0.1:8080")]
-        url: String,
-        /// API key.
-        #[arg(long, env = "GHOST_API_KEY", hide_env_values = true)]
-        key: String,
-        /// Give up waiting after this many seconds.
+        /// Stop following after this many seconds (exit 14; the patch goes on).
         #[arg(long, default_value_t = 600)]
         wait_s: u64,
+        /// Return once the gateway has accepted the patch.
+        #[arg(long)]
+        no_wait: bool,
     },
+    /// Overview: targets, executors, patch counts by status.
+    Status,
+    /// Patches, newest first.
+    List {
+        /// Only this target.
+        #[arg(long)]
+        target: Option<String>,
+        /// Only this status.
+        #[arg(long, value_parser = status_names())]
+        status: Option<String>,
+        /// At most this many (pages are fetched as needed).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+        limit: u32,
+        /// Continue an earlier listing (its `next_page_token`).
+        #[arg(long)]
+        page_token: Option<String>,
+    },
+    /// One patch: state, error, report, summary.
+    Show {
+        /// Patch id.
+        id: String,
+    },
+    /// The audit trail of one patch.
+    Events {
+        /// Patch id.
+        id: String,
+    },
+    /// The output of a patch's commands.
+    Logs {
+        /// Patch id.
+        id: String,
+    },
+    /// Cancel a queued or running patch (admin scope).
+    Cancel {
+        /// Patch id.
+        id: String,
+    },
+    /// Queue a failed, cancelled or lost patch again (admin scope).
+    Retry {
+        /// Patch id.
+        id: String,
+    },
+    /// Stop handing out a target's patches (admin scope).
+    Pause {
+        /// Target name, e.g. MAIN.
+        target: String,
+    },
+    /// Hand out a paused target's patches again (admin scope).
+    Resume {
+        /// Target name, e.g. MAIN.
+        target: String,
+    },
+    /// Every target's queue.
+    Targets,
+    /// Connected executors.
+    Executors,
+    /// Service config files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a service's TOML config file and print the effective config, secrets redacted.
+    Check {
+        /// The file.
+        file: PathBuf,
+        /// The service it configures [default: from the file name, else from its keys].
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(config_check::SERVICES))]
+        service: Option<String>,
+    },
+}
+
+fn status_names() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(ghost_core::Status::ALL.map(|s| s.as_str()))
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let output = Output::detect(cli.global.json, no_color);
+    match run(cli, &output).await {
+        Ok(exit) => exit.into(),
+        Err(err) => {
+            output.note(&format!("{} {err}", output.err.red("ghost:")));
+            if let Some(hint) = err.hint() {
+                output.note(&format!("hint: {hint}"));
+            }
+            err.exit().into()
+        }
+    }
+}
+
+fn client(global: Global) -> Result<GatewayClient, CliError> {
+    let file = match global.config {
+        Some(path) => ConfigFile::Explicit(path),
+        None => ConfigFile::default_location(
+            std::env::var("XDG_CONFIG_HOME").ok().as_deref(),
+            std::env::var("HOME").ok().as_deref(),
+        ),
+    };
+    let settings = settings::resolve(global.url, global.api_key, &file)?;
+    Ok(GatewayClient::new(
+        &settings.url,
+        settings.api_key.as_deref(),
+    )?)
+}
+
+async fn run(cli: Cli, output: &Output) -> Result<Exit, CliError> {
+    let global = cli.global;
+    match cli.command {
         Command::Up {
             data_dir,
             workspaces,
             listen,
-            api_key,
             slack_api_url,
             slack_token,
             slack_channel,
@@ -104,141 +225,66 @@ async fn main() -> ExitCode {
                 bot_token: slack_token,
                 channel: slack_channel,
             });
-            up(data_dir, workspaces, listen, api_key, slack).await
+            let options = UpOptions {
+                data_dir,
+                workspaces,
+                listen,
+                api_key: global.api_key,
+                slack,
+            };
+            up::run(options, output).await
         }
         Command::Submit {
             file,
-            url,
-            key,
             wait_s,
-        } => submit(file, &url, &key, Duration::from_secs(wait_s)).await,
-    };
-    match result {
-        Ok(code) => code,
-        Err(err) => {
-            err!("ghost: {err:#}");
-            ExitCode::from(2)
+            no_wait,
+        } => {
+            let patch = submit::read_patch(&file)?;
+            let options = SubmitOptions {
+                wait: Duration::from_secs(wait_s),
+                no_wait,
+            };
+            submit::run(&client(global)?, output, patch, &options).await
         }
-    }
-}
-
-fn random_key() -> anyhow::Result<String> {
-    let mut bytes = [0u8; 24];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-async fn up(
-    data_dir: PathBuf,
-    workspaces: Vec<String>,
-    listen: SocketAddr,
-    api_key: Option<String>,
-    slack: Option<SlackOptions>,
-) -> anyhow::Result<ExitCode> {
-    let telemetry = ghost_runtime::telemetry::init("ghost", &Default::default())?;
-    let mut parsed = Vec::new();
-    for spec in workspaces {
-        let Some((target, dir)) = spec.split_once('=') else {
-            anyhow::bail!("--workspace {spec:?}: expected TARGET=DIR, e.g. MAIN=./workspace");
-        };
-        parsed.push((target.to_owned(), PathBuf::from(dir)));
-    }
-    let (api_key, generated) = match api_key.filter(|k| !k.is_empty()) {
-        Some(key) => (key, false),
-        None => (random_key()?, true),
-    };
-    let slack_on = slack.is_some();
-    let system = LocalSystem::start(LocalOptions {
-        data_dir: data_dir.clone(),
-        workspaces: parsed.clone(),
-        gateway_listen: listen,
-        api_key: api_key.clone(),
-        slack,
-    })
-    .await?;
-    out!("Ghost Runner is up (state in {}).", data_dir.display());
-    for service in &system.services {
-        out!(
-            "  {:<11} grpc {}  http {}",
-            service.name,
-            service.grpc,
-            service.http
-        );
-    }
-    for (target, dir) in &parsed {
-        out!("  workspace   {target} = {}", dir.display());
-    }
-    out!(
-        "  slack       {}",
-        if slack_on {
-            "on"
-        } else {
-            "off (messages are logged)"
+        Command::Status => commands::status(&client(global)?, output).await,
+        Command::List {
+            target,
+            status,
+            limit,
+            page_token,
+        } => {
+            let options = ListOptions {
+                target,
+                status,
+                limit: usize::try_from(limit).unwrap_or(usize::MAX),
+                page_token,
+            };
+            commands::list(&client(global)?, output, options).await
         }
-    );
-    if generated {
-        out!(
-            "\nAPI key (shown once): {api_key}\n  export GHOST_API_KEY={api_key} GHOST_URL=http://{listen}"
-        );
-    }
-    out!("Submit with: ghost submit patch.json    Stop with Ctrl-C.");
-    ghost_runtime::shutdown::signal().await;
-    system.shutdown().await?;
-    telemetry.shutdown();
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn submit(file: PathBuf, url: &str, key: &str, wait: Duration) -> anyhow::Result<ExitCode> {
-    let body = if file.as_os_str() == "-" {
-        let mut buffer = Vec::new();
-        std::io::stdin().read_to_end(&mut buffer)?;
-        buffer
-    } else {
-        std::fs::read(&file)
-            .map_err(|err| anyhow::anyhow!("cannot read {}: {err}", file.display()))?
-    };
-    let client = GatewayClient::new(url, key)?;
-    let accepted = match client.submit(body).await {
-        Ok(accepted) => accepted,
-        Err(ClientError::Refused { status, detail, .. }) => {
-            err!("ghost: patch refused ({status}): {detail}");
-            return Ok(ExitCode::from(2));
+        Command::Show { id } => commands::show(&client(global)?, output, &id).await,
+        Command::Events { id } => commands::events(&client(global)?, output, &id).await,
+        Command::Logs { id } => commands::logs(&client(global)?, output, &id).await,
+        Command::Cancel { id } => commands::cancel(&client(global)?, output, &id).await,
+        Command::Retry { id } => commands::retry(&client(global)?, output, &id).await,
+        Command::Pause { target } => commands::pause(&client(global)?, output, &target, true).await,
+        Command::Resume { target } => {
+            commands::pause(&client(global)?, output, &target, false).await
         }
-        Err(err) => return Err(err.into()),
-    };
-    let id = accepted["id"].as_str().unwrap_or_default().to_owned();
-    err!(
-        "accepted {id} (trace {})",
-        accepted["trace_id"].as_str().unwrap_or("-")
-    );
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut last_status = String::new();
-    let mut poll = Duration::from_millis(10);
-    loop {
-        let detail = client.patch(&id).await?;
-        let status = detail["status"].as_str().unwrap_or("unknown").to_owned();
-        if status != last_status {
-            err!("  {status}");
-            last_status.clone_from(&status);
+        Command::Targets => commands::targets(&client(global)?, output).await,
+        Command::Executors => commands::executors(&client(global)?, output).await,
+        Command::Config {
+            command: ConfigCommand::Check { file, service },
+        } => {
+            let env: HashMap<String, String> = std::env::vars()
+                .filter(|(key, _)| key.starts_with("GHOST_"))
+                .collect();
+            let checked = config_check::check(&file, service.as_deref(), &env)?;
+            config_check::report(&checked, &file, output);
+            Ok(Exit::Success)
         }
-        let terminal = !matches!(
-            status.as_str(),
-            "received" | "queued" | "leased" | "applying" | "validating"
-        );
-        if terminal && !detail["summary"].is_null() {
-            out!("{}", detail["summary"].as_str().unwrap_or_default());
-            return Ok(if status == "succeeded" {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            });
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "ghost", &mut std::io::stdout());
+            Ok(Exit::Success)
         }
-        if tokio::time::Instant::now() >= deadline {
-            err!("ghost: gave up waiting after {wait:?}; {id} is {status}");
-            return Ok(ExitCode::from(3));
-        }
-        // Quick first polls so short patches report at once; then settle at 250 ms.
-        tokio::time::sleep(poll).await;
-        poll = (poll * 2).min(Duration::from_millis(250));
     }
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use ghost_proto::alerter::v1::alerter_service_client::AlerterServiceClient;
 use ghost_proto::router::v1::router_service_server::RouterServiceServer;
+use ghost_proto::router::v1::router_stats_service_server::RouterStatsServiceServer;
 use ghost_proto::summarizer::v1::summarizer_service_client::SummarizerServiceClient;
 use ghost_runtime::propagation::traced_channel;
 use ghost_runtime::serve::{Listeners, Service};
@@ -14,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::RouterConfig;
 use crate::grpc::RouterGrpc;
 use crate::routing::{Policy, Routing};
+use crate::stats::RouterStats;
 use crate::store::{RouterStore, SqliteStore};
 use crate::{SERVICE, outbox};
 
@@ -123,8 +125,15 @@ impl App {
         };
         let service = Service {
             name: SERVICE,
-            grpc_names: vec!["ghost.router.v1.RouterService"],
-            grpc: tonic::service::Routes::new(RouterServiceServer::new(grpc)),
+            grpc_names: vec![
+                "ghost.router.v1.RouterService",
+                "ghost.router.v1.RouterStatsService",
+            ],
+            grpc: tonic::service::Routes::new(RouterServiceServer::new(grpc)).add_service(
+                RouterStatsServiceServer::new(RouterStats {
+                    store: Arc::clone(self.routing.store()),
+                }),
+            ),
             http: axum::Router::new(),
         };
         let routing = Arc::clone(&self.routing);

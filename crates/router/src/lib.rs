@@ -2,7 +2,8 @@
 //!
 //! Callers: the gateway (Submit, Get, List, Cancel, Retry), the alerter (pause/resume/retry
 //! from Slack), and executors, which dial the `Work` stream to take leases. Callees: the
-//! summarizer, which receives every terminal outcome through the outbox.
+//! summarizer, which receives every terminal outcome through the outbox. Dashboards read
+//! aggregates (patches per hour, stage latency) from the read-only `RouterStatsService`.
 //!
 //! A patch is committed to SQLite before Submit answers; it is then leased to an executor of
 //! its target, its result is stored with the outcome queued for the summarizer in the same
@@ -15,6 +16,7 @@ mod error;
 mod grpc;
 mod outbox;
 mod routing;
+mod stats;
 mod store;
 
 pub use app::App;

@@ -47,7 +47,8 @@ impl Drop for Running {
     }
 }
 
-fn spawn<F>(
+/// Runs a service: `run` gets the stop signal; dropping the handle sends it.
+pub fn spawn<F>(
     grpc: SocketAddr,
     http: SocketAddr,
     run: impl FnOnce(tokio::sync::oneshot::Receiver<()>) -> F,
@@ -94,6 +95,24 @@ pub async fn spawn_router_on(data_dir: &Path, grpc: SocketAddr) -> Running {
         })
         .await
     })
+}
+
+/// A real alerter (in-memory database, Slack off) on free ports.
+pub async fn spawn_alerter() -> (Running, std::sync::Arc<alerter::lifecycle::Lifecycle>) {
+    let config = alerter::AlerterConfig {
+        server: fast_server("127.0.0.1:0".parse().expect("addr")),
+        ..Default::default()
+    };
+    let app = alerter::App::build(config).await.expect("alerter builds");
+    let lifecycle = app.lifecycle();
+    let (grpc, http) = (app.grpc_addr(), app.http_addr());
+    let running = spawn(grpc, http, |stopped| async move {
+        app.run(async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    (running, lifecycle)
 }
 
 /// A real router on a free port.

@@ -1,9 +1,14 @@
 //! The gateway's API tests: the real gateway App and a real router App on 127.0.0.1:0.
 
 mod auth;
+mod browser;
+mod dashboard;
+mod fleet;
 mod helpers;
 mod inbox;
 mod intake;
 mod limits;
 mod mcp;
 mod openapi;
+mod scale;
+mod system;

@@ -41,7 +41,7 @@ async fn the_document_is_fit_for_a_gpt_action() {
             );
         }
     }
-    assert_eq!(operations, 8);
+    assert_eq!(operations, 12);
 }
 
 const VALIDATE: &str = r#"
@@ -53,9 +53,12 @@ print("valid")
 
 #[tokio::test]
 async fn openapi_spec_validator_and_schemathesis_find_no_failure() {
+    // A whole read side: GET /v1/alerts needs the alerter (without one it is a 503 by design).
+    let (alerter, _lifecycle) = crate::helpers::spawn_alerter().await;
     let gateway = TestGateway::start(|config, _| {
         config.rate_limit.per_minute = 100_000;
         config.rate_limit.burst = 10_000;
+        config.alerter_url = Some(format!("http://{}", alerter.grpc));
     })
     .await;
     let url = format!("{}/openapi.json", gateway.url());

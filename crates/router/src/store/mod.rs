@@ -9,6 +9,7 @@
 
 mod schema;
 mod sqlite;
+mod stats;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -201,6 +202,15 @@ pub struct EventRow {
     pub detail: String,
 }
 
+/// Raw figures for dashboards, aggregated further by the stats service.
+#[derive(Debug, Clone, Default)]
+pub struct StatsRows {
+    /// (start of the hour in Unix ms, terminal status, patches), oldest hour first.
+    pub hours: Vec<(i64, String, u32)>,
+    /// The stage timings (stage, ms) of each of the newest reports.
+    pub stages: Vec<Vec<(String, u64)>>,
+}
+
 /// Unix time in milliseconds.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -312,6 +322,10 @@ pub trait RouterStore: Send + Sync + 'static {
 
     /// Every target that has patches or a pause flag, with its queue figures.
     async fn targets(&self) -> Result<Vec<TargetRow>, StoreError>;
+
+    /// Finished patches per hour and stage timings of patches updated since `since_ms`
+    /// (read-only, bounded; see `store::stats`).
+    async fn stats(&self, since_ms: i64, target: Option<String>) -> Result<StatsRows, StoreError>;
 
     /// Outcomes due for delivery to the summarizer.
     async fn outbox_due(&self, limit: u32) -> Result<Vec<OutboxRow>, StoreError>;

@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use super::schema::migrate;
 use super::{
     AlertRow, Delivery, EventRow, Inserted, LeaseEnded, NewAlert, Outbox, OutboxRow, PatchRecord,
-    RouterStore, StoreError, TargetRow, now_ms,
+    RouterStore, StatsRows, StoreError, TargetRow, now_ms,
 };
 
 /// At most this many requests share one commit.
@@ -944,6 +944,11 @@ impl RouterStore for SqliteStore {
             Ok(rows.into_values().collect())
         })
         .await
+    }
+
+    async fn stats(&self, since_ms: i64, target: Option<String>) -> Result<StatsRows, StoreError> {
+        self.read(move |conn| super::stats::read(conn, since_ms, target.as_deref()))
+            .await
     }
 
     async fn outbox_due(&self, limit: u32) -> Result<Vec<OutboxRow>, StoreError> {

@@ -1,0 +1,146 @@
+//! What an attempt did, as `GET /v1/patches/{id}` shows it in `report`: the router's
+//! `ApplyReport` with plain JSON field names (edits, commands with output head and tail,
+//! stage timings, the rollback).
+
+use ghost_proto::convert::status_from_wire;
+use ghost_proto::router::v1 as wire;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// The report of a patch's latest attempt.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ReportView {
+    /// The attempt's terminal status, e.g. `succeeded`, `rolled_back`.
+    pub status: String,
+    /// Why it did not succeed (empty otherwise).
+    pub error: String,
+    /// Wall time of the attempt, ms.
+    pub duration_ms: u64,
+    /// The git commit made on success (empty: none).
+    pub commit_sha: String,
+    /// True when the patch was only checked, nothing written.
+    pub dry_run: bool,
+    /// One row per edit attempted.
+    pub edits: Vec<EditView>,
+    /// One row per command or check that ran.
+    pub commands: Vec<CommandView>,
+    /// Wall time per stage, in the order the stages ran.
+    pub stages: Vec<StageView>,
+    /// Present when the workspace was restored.
+    pub rollback: Option<RollbackView>,
+}
+
+/// One edit of a report.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct EditView {
+    /// `write`, `replace`, `diff`, `delete`, `rename`, `chmod`, `mkdir`.
+    pub op: String,
+    /// Workspace-relative path (the new one for a rename).
+    pub path: String,
+    /// The matching-ladder step that matched (replace and diff).
+    pub match_step: String,
+    /// Lines added.
+    pub added: u32,
+    /// Lines removed.
+    pub removed: u32,
+    /// For a rename: the old path.
+    pub from: String,
+}
+
+/// One command of a report.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CommandView {
+    /// The command line.
+    pub command: String,
+    /// `command` or `validate`.
+    pub kind: String,
+    /// Exit code; null when the command was killed.
+    pub exit_code: Option<i32>,
+    /// Wall time, ms.
+    pub duration_ms: u64,
+    /// True when killed at its deadline.
+    pub timed_out: bool,
+    /// The start of the output when it was too long to keep whole (empty otherwise).
+    pub output_head: String,
+    /// The end of the combined output.
+    pub output_tail: String,
+    /// Bytes dropped between head and tail.
+    pub omitted_bytes: u64,
+}
+
+/// Wall time of one stage.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct StageView {
+    /// `journal`, `edits`, `commands`, `validate`, `commit`, `rollback` or `agent`.
+    pub stage: String,
+    /// Wall time, ms.
+    pub duration_ms: u64,
+}
+
+/// How the workspace was restored.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RollbackView {
+    /// Files written back.
+    pub restored: u32,
+    /// Files the patch had created, removed again.
+    pub removed: u32,
+    /// Why the rollback happened.
+    pub reason: String,
+    /// Empty when the workspace is byte-identical to before.
+    pub error: String,
+}
+
+impl From<wire::ApplyReport> for ReportView {
+    fn from(report: wire::ApplyReport) -> Self {
+        let status = status_from_wire("report.status", report.status)
+            .map(|status| status.as_str().to_owned())
+            .unwrap_or_else(|_| "unknown".to_owned());
+        Self {
+            status,
+            error: report.error,
+            duration_ms: report.duration_ms,
+            commit_sha: report.commit_sha,
+            dry_run: report.dry_run,
+            edits: report
+                .edits
+                .into_iter()
+                .map(|edit| EditView {
+                    op: edit.op,
+                    path: edit.path,
+                    match_step: edit.match_step,
+                    added: edit.added,
+                    removed: edit.removed,
+                    from: edit.from,
+                })
+                .collect(),
+            commands: report
+                .commands
+                .into_iter()
+                .map(|command| CommandView {
+                    command: command.command,
+                    kind: command.kind,
+                    exit_code: command.exit_code,
+                    duration_ms: command.duration_ms,
+                    timed_out: command.timed_out,
+                    output_head: command.output_head,
+                    output_tail: command.output_tail,
+                    omitted_bytes: command.omitted_bytes,
+                })
+                .collect(),
+            stages: report
+                .stages
+                .into_iter()
+                .map(|stage| StageView {
+                    stage: stage.stage,
+                    duration_ms: stage.duration_ms,
+                })
+                .collect(),
+            rollback: report.rollback.map(|rollback| RollbackView {
+                restored: rollback.restored,
+                removed: rollback.removed,
+                reason: rollback.reason,
+                error: rollback.error,
+            }),
+        }
+    }
+}

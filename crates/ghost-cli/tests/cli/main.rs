@@ -1,0 +1,11 @@
+//! The real `ghost` binary against a real system: all five services started in the test
+//! process on loopback port 0 (an executor allowed to run commands), `ghost` run as a child
+//! process with its environment cleared, so flags, `GHOST_*` and the config file are the only
+//! inputs. One system per test function (nextest runs each test in its own process); each
+//! function drives several subcommands against it.
+
+mod helpers;
+mod offline;
+mod read;
+mod steer;
+mod submit;
