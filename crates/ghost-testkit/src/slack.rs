@@ -44,6 +44,9 @@ pub struct SlackRequest {
     pub path: String,
     /// What the fake answered: `ok`, or the error code / HTTP status it used.
     pub answer: String,
+    /// Wall-clock time the request arrived (after its body was read), for latency measurements
+    /// against timestamps taken in other processes.
+    pub received_at: std::time::SystemTime,
 }
 
 impl SlackRequest {
@@ -198,6 +201,15 @@ impl FakeSlack {
         lock(&self.shared.requests).clone()
     }
 
+    /// The requests received after the first `start` ones, in arrival order (cheap polling for
+    /// a benchmark that has already seen `start` requests).
+    pub fn requests_since(&self, start: usize) -> Vec<SlackRequest> {
+        lock(&self.shared.requests)
+            .get(start..)
+            .map(<[SlackRequest]>::to_vec)
+            .unwrap_or_default()
+    }
+
     /// The `chat.postMessage` requests received so far.
     pub async fn posts(&self) -> Vec<SlackRequest> {
         self.of_method("chat.postMessage")
@@ -274,6 +286,7 @@ fn record(
         body: serde_json::from_slice(body).unwrap_or(serde_json::Value::Null),
         path,
         answer: answer.to_owned(),
+        received_at: std::time::SystemTime::now(),
     };
     lock(&shared.requests).push(request);
     shared.arrived.notify_waiters();

@@ -58,6 +58,7 @@ impl App {
             model_text_chars: config.model_text_chars,
             changelog_len: config.changelog_len.max(1),
             notify: notifier.is_some(),
+            manifest_delay: config.manifest_delay,
         };
         let summaries = Summaries::open(config.data_dir.clone(), options, clock)
             .await
@@ -111,6 +112,7 @@ impl App {
                 token.clone(),
             ));
         }
+        tracker.spawn(summaries.clone().run_manifest_writer(token.clone()));
         tracker.spawn(summaries.run_archiver(
             self.config.archive_interval,
             self.config.archive_after,

@@ -41,6 +41,54 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<(), SummarizerError> {
     Ok(())
 }
 
+/// Writes several files of one folder atomically each, in order: every temp file written and
+/// fsynced, then renamed in order, then one fsync of the folder. A crash leaves each file old
+/// or new (earlier files may be new while later ones are old).
+pub fn write_all(files: &[(&Path, &[u8])]) -> Result<(), SummarizerError> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let Some((first, _)) = files.first() else {
+        return Ok(());
+    };
+    let dir = parent(first)?;
+    std::fs::create_dir_all(dir).map_err(|err| SummarizerError::io(dir, err))?;
+    let mut temps = Vec::with_capacity(files.len());
+    let result = (|| {
+        for (path, bytes) in files {
+            if parent(path)? != dir {
+                return Err(SummarizerError::io(
+                    path,
+                    std::io::Error::other("files written together must share a folder"),
+                ));
+            }
+            let name = path
+                .file_name()
+                .map(|name| name.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let temp = dir.join(format!(
+                "{TEMP_PREFIX}{name}.{}-{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            ));
+            temps.push(temp.clone());
+            let mut file = File::create(&temp).map_err(|err| SummarizerError::io(&temp, err))?;
+            file.write_all(bytes)
+                .and_then(|()| file.sync_all())
+                .map_err(|err| SummarizerError::io(&temp, err))?;
+        }
+        for ((path, _), temp) in files.iter().zip(&temps) {
+            std::fs::rename(temp, path).map_err(|err| SummarizerError::io(path, err))?;
+        }
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        for temp in &temps {
+            // Best effort, as in `write`: leftovers are swept at start.
+            let _ = std::fs::remove_file(temp);
+        }
+    }
+    result
+}
+
 /// Moves `from` to `to` (same file system), creating `to`'s folder, and fsyncs both folders.
 pub fn rename(from: &Path, to: &Path) -> Result<(), SummarizerError> {
     let to_dir = parent(to)?;
@@ -88,6 +136,26 @@ fn parent(path: &Path) -> Result<&Path, SummarizerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn write_all_replaces_every_file_of_one_folder_and_refuses_two_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        let (md, json) = (dir.path().join("s/x.md"), dir.path().join("s/x.json"));
+        write_all(&[(&md, b"# one"), (&json, b"{}")]).unwrap();
+        write_all(&[(&md, b"# two"), (&json, b"[]")]).unwrap();
+        assert_eq!(std::fs::read(&md).unwrap(), b"# two");
+        assert_eq!(std::fs::read(&json).unwrap(), b"[]");
+        let mut names: Vec<_> = std::fs::read_dir(dir.path().join("s"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["x.json", "x.md"]);
+        let elsewhere = dir.path().join("t/y.md");
+        assert!(write_all(&[(&md, b"# three"), (&elsewhere, b"")]).is_err());
+        assert_eq!(std::fs::read(&md).unwrap(), b"# two", "nothing renamed");
+        assert_eq!(std::fs::read_dir(dir.path().join("s")).unwrap().count(), 2);
+    }
 
     #[test]
     fn write_replaces_the_file_and_leaves_no_temp_behind() {

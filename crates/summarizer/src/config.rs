@@ -37,6 +37,11 @@ pub struct SummarizerConfig {
     pub model_text_chars: usize,
     /// Transitions kept in each target's `patch-manifest.json` changelog.
     pub changelog_len: usize,
+    /// How long a target's `patch-manifest.json` may lag behind its summaries: records within
+    /// this window share one rewrite (the manifest lists every patch, so a rewrite per record
+    /// costs O(patches) each). Zero: every record rewrites it before answering.
+    #[serde(with = "humantime_serde")]
+    pub manifest_delay: Duration,
     /// Wait before retrying a failed notification; doubles per failure up to `notify_max_backoff`.
     #[serde(with = "humantime_serde")]
     pub notify_initial_backoff: Duration,
@@ -61,6 +66,7 @@ impl Default for SummarizerConfig {
             retention: None,
             model_text_chars: crate::render::MODEL_TEXT_CHARS,
             changelog_len: 200,
+            manifest_delay: Duration::from_millis(500),
             notify_initial_backoff: Duration::from_millis(500),
             notify_max_backoff: Duration::from_secs(60),
             notify_timeout: Duration::from_secs(10),

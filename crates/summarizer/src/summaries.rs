@@ -7,11 +7,18 @@
 //! transaction (summary row, attempt, changelog, outbox row), then the manifest. A crash before
 //! the transaction leaves the attempt unrecorded, and the router's redelivery writes it again;
 //! a crash after it leaves at worst a stale manifest, rebuilt at start.
+//!
+//! The manifest lists every patch of a target, so rebuilding it is O(patches): with
+//! `manifest_delay` > 0 a record only marks its target's manifest stale and
+//! [`Summaries::run_manifest_writer`] rebuilds it once per delay for all records in between
+//! (and on shutdown); with 0 every record rewrites it before answering.
 
 mod archive;
+mod manifest_writer;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use ghost_core::{PatchId, Status, TargetName};
 use prost::Message as _;
@@ -50,6 +57,9 @@ pub struct StoreOptions {
     pub changelog_len: usize,
     /// True when an alerter is configured: each recorded attempt queues a notification.
     pub notify: bool,
+    /// How long a target's manifest may lag behind its records (they are then coalesced into
+    /// one rewrite); zero: rewritten by every record before it answers.
+    pub manifest_delay: std::time::Duration,
 }
 
 /// The result of [`Summaries::record`].
@@ -94,17 +104,52 @@ struct Inner {
     index: Index,
     options: StoreOptions,
     clock: Clock,
-    /// Serialises every change to summary files and their rows.
-    writer: Mutex<()>,
+    /// Records share it (read), archiving holds it alone (write): a summary never moves
+    /// folders while it is being recorded or read.
+    writer: RwLock<()>,
+    /// One lock per patch being recorded: attempts of one patch are recorded in turn, records
+    /// of different patches overlap (their fsyncs too).
+    patch_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// One lock per target's manifest: a rewrite reads the index inside it, so the last
+    /// rename is always of the newest rows.
+    manifest_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// Woken when a notification is queued.
     outbox_wake: Arc<Notify>,
+    /// Targets whose manifest is older than their records (deferred manifests only).
+    stale_manifests: Mutex<std::collections::BTreeSet<String>>,
+    /// Woken when a target is added to `stale_manifests`.
+    manifest_wake: Notify,
 }
 
-fn lock(mutex: &Mutex<()>) -> MutexGuard<'_, ()> {
-    // The guarded data is on disk and in SQLite, consistent after every step.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded data is on disk and in SQLite (or a set of names), consistent after every step.
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn shared(lock: &RwLock<()>) -> RwLockReadGuard<'_, ()> {
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn exclusive(lock: &RwLock<()>) -> RwLockWriteGuard<'_, ()> {
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The lock of `key` in `locks`, created on first use.
+fn keyed(locks: &Mutex<HashMap<String, Arc<Mutex<()>>>>, key: &str) -> Arc<Mutex<()>> {
+    Arc::clone(lock(locks).entry(key.to_owned()).or_default())
+}
+
+/// Forgets the lock of `key` once nobody else holds or waits for it.
+fn release(locks: &Mutex<HashMap<String, Arc<Mutex<()>>>>, key: &str, mine: Arc<Mutex<()>>) {
+    let mut locks = lock(locks);
+    // Clones are only made under the map lock: the map's and `mine` are the last two.
+    if Arc::strong_count(&mine) == 2 {
+        locks.remove(key);
+    }
 }
 
 async fn blocking<T: Send + 'static>(
@@ -134,8 +179,12 @@ impl Summaries {
                     index,
                     options,
                     clock,
-                    writer: Mutex::new(()),
+                    writer: RwLock::new(()),
+                    patch_locks: Mutex::new(HashMap::new()),
+                    manifest_locks: Mutex::new(HashMap::new()),
                     outbox_wake: Arc::new(Notify::new()),
+                    stale_manifests: Mutex::new(std::collections::BTreeSet::new()),
+                    manifest_wake: Notify::new(),
                 }),
             };
             atomic_file::sweep_temp_files(&root, 4);
@@ -186,7 +235,7 @@ impl Summaries {
         let store = self.clone();
         let patch_id = patch_id.clone();
         blocking(move || {
-            let _writing = lock(&store.inner.writer);
+            let _reading = shared(&store.inner.writer);
             let row = store
                 .inner
                 .index
@@ -249,12 +298,28 @@ impl Summaries {
         outcome: Outcome,
         traceparent: String,
     ) -> Result<Recorded, SummarizerError> {
-        let _writing = lock(&self.inner.writer);
-        let index = &self.inner.index;
         let patch_id = outcome.patch_id.to_string();
-        if index.attempt_status(&patch_id, outcome.attempt)?.is_some() {
+        let _recording = shared(&self.inner.writer);
+        let patch_lock = keyed(&self.inner.patch_locks, &patch_id);
+        let result = {
+            let _this_patch = lock(&patch_lock);
+            self.record_locked(outcome, traceparent, &patch_id)
+        };
+        release(&self.inner.patch_locks, &patch_id, patch_lock);
+        result
+    }
+
+    /// [`Self::record_blocking`] under the shared writer lock and the patch's own lock.
+    fn record_locked(
+        &self,
+        outcome: Outcome,
+        traceparent: String,
+        patch_id: &str,
+    ) -> Result<Recorded, SummarizerError> {
+        let index = &self.inner.index;
+        if index.attempt_status(patch_id, outcome.attempt)?.is_some() {
             let status = index
-                .get(&patch_id)?
+                .get(patch_id)?
                 .map(|row| row.status)
                 .unwrap_or_default();
             return Ok(Recorded {
@@ -262,7 +327,7 @@ impl Summaries {
                 status,
             });
         }
-        let previous_row = index.get(&patch_id)?;
+        let previous_row = index.get(patch_id)?;
         let live_dir = Self::live_dir(outcome.target.as_str());
         let previous_json = match &previous_row {
             Some(row) => self.file_of(row, "json"),
@@ -292,11 +357,14 @@ impl Summaries {
             path: json_path.clone(),
             source,
         })?;
-        atomic_file::write(
-            &dir.join(format!("summary-{patch_id}.md")),
-            markdown.as_bytes(),
-        )?;
-        atomic_file::write(&json_path, &json)?;
+        // Markdown first, then JSON, with one folder fsync for both renames.
+        atomic_file::write_all(&[
+            (
+                &dir.join(format!("summary-{patch_id}.md")),
+                markdown.as_bytes(),
+            ),
+            (&json_path, &json),
+        ])?;
 
         let row = row_of(&doc, live_dir, self.now_ms());
         let notification = self.inner.options.notify.then(|| NewNotification {
@@ -312,7 +380,11 @@ impl Summaries {
             notification,
             self.inner.options.changelog_len,
         )?;
-        self.write_manifest(doc.target.as_str())?;
+        if self.inner.options.manifest_delay.is_zero() {
+            self.write_manifest(doc.target.as_str())?;
+        } else {
+            self.manifest_stale(doc.target.as_str());
+        }
         Ok(Recorded {
             created,
             status: doc.status.to_string(),
@@ -321,6 +393,8 @@ impl Summaries {
 
     /// Rewrites `summaries/<target>/patch-manifest.json` from the index.
     fn write_manifest(&self, target: &str) -> Result<(), SummarizerError> {
+        let target_lock = keyed(&self.inner.manifest_locks, target);
+        let _this_target = lock(&target_lock);
         let (rows, transitions) = self.inner.index.manifest_rows(target)?;
         let manifest = manifest::build(target, &rows, &transitions);
         let path = self

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Summaries, lock};
+use super::{Summaries, exclusive};
 use crate::atomic_file;
 use crate::error::SummarizerError;
 use crate::index::SummaryRow;
@@ -88,7 +88,7 @@ impl Summaries {
         archive_after: Option<Duration>,
         retention: Option<Duration>,
     ) -> Result<ArchiveReport, SummarizerError> {
-        let _writing = lock(&self.inner.writer);
+        let _alone = exclusive(&self.inner.writer);
         let index = &self.inner.index;
         let changelog_len = self.inner.options.changelog_len;
         let mut report = ArchiveReport::default();

@@ -60,6 +60,8 @@ pub fn test_config(data_dir: &Path, alerter_url: Option<String>) -> SummarizerCo
         notify_timeout: Duration::from_secs(2),
         // Test outcomes are dated 2023: archive only when a test asks.
         archive_after: None,
+        // Tests read the manifest right after a record; the deferred writer has its own test.
+        manifest_delay: Duration::ZERO,
         ..SummarizerConfig::default()
     }
 }

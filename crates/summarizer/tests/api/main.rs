@@ -2,10 +2,12 @@
 //! recording fake alerter.
 
 mod archive;
+mod concurrency;
 mod crash;
 mod delivery;
 mod golden;
 mod helpers;
+mod manifest;
 mod truncation;
 
 use ghost_proto::router::v1::PatchStatus;

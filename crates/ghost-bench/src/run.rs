@@ -1,0 +1,471 @@
+//! One benchmark run: start (or reach) the system, measure the fsync floor, submit, follow
+//! every patch to its end, and build the [`Report`].
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::args::BenchArgs;
+use crate::follow::{self, Event, SlackPosts, TERMINAL};
+use crate::load::{self, LoadOutcome, LoadPlan, unix_ms};
+use crate::report::{Counts, Report, RunShape, Stage, Stats, Throughput};
+use crate::system::{self, API_KEY, System};
+
+/// Executor reports fetched per run (spread over the run).
+const REPORT_SAMPLE: usize = 300;
+/// Wait after start before idle RSS is read.
+const SETTLE: Duration = Duration::from_millis(1000);
+
+/// Runs the benchmark `args` describes.
+pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
+    let temp = match &args.work_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            tempfile::tempdir_in(dir)?
+        }
+        None => tempfile::tempdir()?,
+    };
+    let work = temp.path();
+    let load_before = loadavg();
+    let fsync = crate::floor::measure(work, args.fsync_samples).context("fsync probe")?;
+    let targets = args.target_list();
+    let (system, url, key) = match &args.url {
+        Some(url) => {
+            let key = args
+                .api_key
+                .clone()
+                .context("--url needs --api-key (or GHOST_API_KEY)")?;
+            (None, url.trim_end_matches('/').to_owned(), key)
+        }
+        None => {
+            let bins = system::bin_dir(args.bin_dir.as_deref())?;
+            let system = System::start(
+                &bins,
+                work,
+                &targets,
+                args.workspace_files,
+                args.fail,
+                &args.overrides,
+            )
+            .await?;
+            let url = system.gateway_url.clone();
+            (Some(system), url, API_KEY.to_owned())
+        }
+    };
+    let result = measure(args, system.as_ref(), &url, &key, targets).await;
+    if args.serve && result.is_ok() {
+        stopped().await?;
+    }
+    if let Some(system) = system {
+        system.stop(Duration::from_secs(10)).await;
+    }
+    let mut report = result?;
+    report.fsync = fsync;
+    report.loadavg = [load_before, loadavg()];
+    let ratios = |name: &str, floor: f64| {
+        report
+            .stages
+            .iter()
+            .find(|s| s.name == name)
+            .filter(|s| s.stats.p50 > 0.0 && floor > 0.0)
+            .map_or((0.0, 0.0), |s| {
+                (s.stats.p50 / floor, s.stats.p99 / s.stats.p50)
+            })
+    };
+    let ended = ratios("e2e submit → ended", report.fsync.ended_floor_ms);
+    let slack = ratios("e2e submit → Slack post", report.fsync.path_floor_ms);
+    (report.ended_p50_over_floor, report.ended_p99_over_p50) = ended;
+    (report.slack_p50_over_floor, report.slack_p99_over_p50) = slack;
+    Ok(report)
+}
+
+/// Resolves on SIGINT or SIGTERM, so a script stopping `--serve` by PID still lets the services
+/// be stopped.
+async fn stopped() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    Ok(())
+}
+
+async fn measure(
+    args: &BenchArgs,
+    system: Option<&System>,
+    url: &str,
+    key: &str,
+    targets: Vec<String>,
+) -> anyhow::Result<Report> {
+    let ready: Vec<(String, f64)> = system
+        .map(|s| {
+            s.services
+                .iter()
+                .map(|p| (p.name.clone(), p.ready_after.as_secs_f64() * 1e3))
+                .collect()
+        })
+        .unwrap_or_default();
+    let idle = match system {
+        Some(system) => {
+            tokio::time::sleep(SETTLE).await;
+            system.memory()
+        }
+        None => Vec::new(),
+    };
+    if let Some(path) = &args.url_file {
+        std::fs::write(path, format!("{url} {key}\n"))?;
+    }
+    let run_id = format!("gb{}", load::unix_ms_now() as u64 % 100_000_000);
+    let plan = LoadPlan {
+        url: url.to_owned(),
+        api_key: key.to_owned(),
+        count: args.patch_count(),
+        concurrency: args.concurrency,
+        rate: args.rate,
+        targets: targets.clone(),
+        files_per_patch: args.files_per_patch,
+        fail: args.fail,
+        run_id,
+    };
+    let outcome = load::run(plan).await?;
+    let accepted: Vec<String> = outcome
+        .submissions
+        .iter()
+        .filter(|s| s.accepted())
+        .map(|s| s.id.clone())
+        .collect();
+    let client = load::client(16)?;
+    let slack = match system {
+        Some(system) => Some(follow::wait_for_slack(&system.slack, &accepted, args.timeout).await),
+        None => {
+            follow::wait_for_router(&client, url, key, &accepted, args.timeout).await;
+            None
+        }
+    };
+    let events = follow::collect_events(&client, url, key, &accepted).await;
+    let reports = follow::collect_reports(&client, url, key, &accepted, REPORT_SAMPLE).await;
+    let summaries: HashMap<String, f64> = match system {
+        Some(system) => outcome
+            .submissions
+            .iter()
+            .filter_map(|s| {
+                let meta = std::fs::metadata(system.summary_json(&s.target, &s.id)).ok()?;
+                Some((s.id.clone(), unix_ms(meta.modified().ok()?)))
+            })
+            .collect(),
+        None => HashMap::new(),
+    };
+    let end = system.map(System::memory).unwrap_or_default();
+    let services = Report::service_figures(&ready, &idle, &end);
+    let five = ["gateway", "router", "summarizer", "alerter", "executor-1"];
+    let idle_rss_five_kib = idle
+        .iter()
+        .filter(|(name, _)| five.contains(&name.as_str()))
+        .map(|(_, m)| m.rss_kib)
+        .sum();
+    let shape = RunShape {
+        mode: if system.is_some() { "started" } else { "url" }.to_owned(),
+        patches: outcome.submissions.len(),
+        concurrency: args.rate.is_none().then_some(args.concurrency),
+        rate: args.rate,
+        targets: targets.len(),
+        files_per_patch: args.files_per_patch,
+        workspace_files: args.workspace_files,
+        fail: args.fail,
+    };
+    let mut report = analyse(
+        shape,
+        &outcome,
+        &events,
+        &summaries,
+        slack.as_ref(),
+        services,
+        idle_rss_five_kib,
+    );
+    report.executor_stages = executor_stages(&reports);
+    Ok(report)
+}
+
+/// Percentiles of the executor's own stage timings (ms resolution); a stage name seen twice
+/// in one report gets `#2`.
+fn executor_stages(reports: &[follow::ExecutorReport]) -> Vec<Stage> {
+    let mut named: Vec<(String, Vec<f64>)> = vec![(
+        "executor: whole attempt".to_owned(),
+        reports.iter().map(|r| r.duration_ms).collect(),
+    )];
+    for report in reports {
+        let mut seen: Vec<&str> = Vec::new();
+        for stage in &report.stages {
+            let count = seen.iter().filter(|s| **s == stage.stage).count();
+            seen.push(&stage.stage);
+            let name = if count == 0 {
+                format!("executor: {}", stage.stage)
+            } else {
+                format!("executor: {}#{}", stage.stage, count + 1)
+            };
+            match named.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, samples)) => samples.push(stage.duration_ms),
+                None => named.push((name, vec![stage.duration_ms])),
+            }
+        }
+    }
+    named
+        .into_iter()
+        .map(|(name, samples)| stage(&name, samples))
+        .collect()
+}
+
+fn first_terminal(events: &[Event]) -> Option<f64> {
+    events
+        .iter()
+        .find(|e| TERMINAL.contains(&e.status.as_str()))
+        .map(|e| e.at_unix_ms as f64)
+}
+
+fn stage(name: &str, mut samples: Vec<f64>) -> Stage {
+    Stage {
+        name: name.to_owned(),
+        stats: Stats::of(&mut samples),
+    }
+}
+
+/// Per target, from one patch's end to the lease of the next one that was already queued by
+/// then: the router's share of a serialised target's cycle.
+fn hand_offs(cycles: HashMap<&str, Vec<(f64, f64, f64)>>) -> Vec<f64> {
+    let mut gaps = Vec::new();
+    for (_, mut patches) in cycles {
+        patches.sort_by(|a, b| a.1.total_cmp(&b.1));
+        for pair in patches.windows(2) {
+            let ((_, _, ended), (queued, leased, _)) = (pair[0], pair[1]);
+            if queued <= ended {
+                gaps.push((leased - ended).max(0.0));
+            }
+        }
+    }
+    gaps
+}
+
+fn rate(count: usize, from: f64, to: f64) -> f64 {
+    if count == 0 || to <= from {
+        return 0.0;
+    }
+    count as f64 / ((to - from) / 1e3)
+}
+
+#[allow(clippy::too_many_lines)]
+fn analyse(
+    shape: RunShape,
+    outcome: &LoadOutcome,
+    events: &HashMap<String, Vec<Event>>,
+    summaries: &HashMap<String, f64>,
+    slack: Option<&SlackPosts>,
+    services: Vec<crate::report::ServiceFigures>,
+    idle_rss_five_kib: u64,
+) -> Report {
+    let subs = &outcome.submissions;
+    let mut counts = Counts {
+        submitted: subs.len(),
+        late_ticks: outcome.late_ticks,
+        ..Counts::default()
+    };
+    let mut sample_errors = Vec::new();
+    let (mut accept, mut to_ended, mut to_summary, mut to_slack) = (vec![], vec![], vec![], vec![]);
+    let (mut e2e_ended, mut e2e_slack, mut ended_to_slack) = (vec![], vec![], vec![]);
+    let mut pairs: Vec<(String, Vec<f64>)> = Vec::new();
+    let mut per_target: HashMap<&str, (f64, f64, usize)> = HashMap::new();
+    // (queued, leased, ended) per target, for the hand-off between consecutive patches.
+    let mut cycles: HashMap<&str, Vec<(f64, f64, f64)>> = HashMap::new();
+    let (mut last_end, mut last_slack) = (f64::MIN, f64::MIN);
+    let first_send = subs.iter().map(|s| s.sent_unix_ms).fold(f64::MAX, f64::min);
+    for sub in subs {
+        if !sub.accepted() {
+            match sub.status {
+                Some(status) => *counts.refused.entry(status).or_default() += 1,
+                None => counts.transport_errors += 1,
+            }
+            if sample_errors.len() < 5 {
+                sample_errors.push(format!(
+                    "{}: {:?} {}",
+                    sub.id,
+                    sub.status,
+                    sub.error.clone().unwrap_or_default()
+                ));
+            }
+            continue;
+        }
+        counts.accepted += 1;
+        let latency = sub.latency.as_secs_f64() * 1e3;
+        accept.push(latency);
+        let accepted_at = sub.sent_unix_ms + latency;
+        let patch_events = events.get(&sub.id).map(Vec::as_slice).unwrap_or_default();
+        let terminal_count = patch_events
+            .iter()
+            .filter(|e| TERMINAL.contains(&e.status.as_str()))
+            .count();
+        let ended_at = first_terminal(patch_events);
+        let mut lost = false;
+        match terminal_count {
+            0 => {
+                counts.not_ended += 1;
+                lost = true;
+            }
+            1 => counts.ended_once += 1,
+            _ => counts.ended_twice += 1,
+        }
+        if let Some(last) = patch_events.last() {
+            *counts.statuses.entry(last.status.clone()).or_default() += 1;
+        }
+        for pair in patch_events.windows(2) {
+            let name = format!("event {} → {}", pair[0].status, pair[1].status);
+            let delta = (pair[1].at_unix_ms - pair[0].at_unix_ms) as f64;
+            match pairs.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, samples)) => samples.push(delta),
+                None => pairs.push((name, vec![delta])),
+            }
+        }
+        if let Some(ended) = ended_at {
+            to_ended.push((ended - accepted_at).max(0.0));
+            e2e_ended.push((ended - sub.sent_unix_ms).max(0.0));
+            last_end = last_end.max(ended);
+            let leased = patch_events
+                .iter()
+                .find(|e| e.status == "leased")
+                .map_or(ended, |e| e.at_unix_ms as f64);
+            let entry = per_target
+                .entry(sub.target.as_str())
+                .or_insert((f64::MAX, f64::MIN, 0));
+            *entry = (entry.0.min(leased), entry.1.max(ended), entry.2 + 1);
+            let queued = patch_events
+                .iter()
+                .find(|e| e.status == "queued")
+                .map_or(leased, |e| e.at_unix_ms as f64);
+            cycles
+                .entry(sub.target.as_str())
+                .or_default()
+                .push((queued, leased, ended));
+        }
+        let summary_at = summaries.get(&sub.id).copied();
+        if let Some(slack) = slack {
+            match summary_at {
+                Some(at) => {
+                    counts.summaries += 1;
+                    if let Some(ended) = ended_at {
+                        to_summary.push((at - ended).max(0.0));
+                    }
+                }
+                None => {
+                    counts.summaries_missing += 1;
+                    lost = true;
+                }
+            }
+            match slack.by_id.get(&sub.id).map(Vec::as_slice) {
+                Some([posted]) => {
+                    counts.slack_once += 1;
+                    e2e_slack.push(posted - sub.sent_unix_ms);
+                    if let Some(ended) = ended_at {
+                        ended_to_slack.push((posted - ended).max(0.0));
+                    }
+                    last_slack = last_slack.max(*posted);
+                    if let Some(at) = summary_at {
+                        to_slack.push((posted - at).max(0.0));
+                    }
+                }
+                Some(_) => counts.slack_duplicates += 1,
+                None => {
+                    counts.slack_missing += 1;
+                    lost = true;
+                }
+            }
+        }
+        if lost {
+            counts.unfinished += 1;
+        }
+    }
+    if let Some(slack) = slack {
+        counts.slack_failed_calls = slack.failed;
+    }
+    let target_rates: Vec<f64> = per_target
+        .values()
+        .map(|(from, to, n)| rate(n.saturating_sub(1), *from, *to))
+        .collect();
+    let throughput = Throughput {
+        accepted_per_s: counts.accepted as f64 / outcome.elapsed.as_secs_f64().max(1e-9),
+        ended_per_s: rate(to_ended.len(), first_send, last_end),
+        slack_per_s: rate(e2e_slack.len(), first_send, last_slack),
+        per_target_min_per_s: target_rates
+            .iter()
+            .copied()
+            .fold(f64::INFINITY, f64::min)
+            .min(f64::MAX),
+        per_target_sum_per_s: target_rates.iter().sum(),
+    };
+    let throughput = Throughput {
+        per_target_min_per_s: if target_rates.is_empty() {
+            0.0
+        } else {
+            throughput.per_target_min_per_s
+        },
+        ..throughput
+    };
+    let mut stages = vec![
+        stage("submit → 202 (durable accept)", accept),
+        stage("202 → ended (router event)", to_ended),
+    ];
+    if slack.is_some() {
+        stages.push(stage("ended → summary file mtime*", to_summary));
+        stages.push(stage("summary file mtime* → Slack post", to_slack));
+        stages.push(stage("ended → Slack post", ended_to_slack));
+    }
+    stages.push(stage("e2e submit → ended", e2e_ended));
+    stages.push(stage("hand-off: ended → next leased", hand_offs(cycles)));
+    if slack.is_some() {
+        stages.push(stage("e2e submit → Slack post", e2e_slack));
+    }
+    Report {
+        shape,
+        submit_seconds: outcome.elapsed.as_secs_f64(),
+        throughput,
+        stages,
+        executor_stages: Vec::new(),
+        event_stages: pairs
+            .into_iter()
+            .map(|(name, samples)| stage(&name, samples))
+            .collect(),
+        counts,
+        services,
+        idle_rss_five_kib,
+        fsync: crate::floor::FsyncFloor {
+            samples: 0,
+            p50_ms: 0.0,
+            p99_ms: 0.0,
+            overwrite_p50_ms: 0.0,
+            overwrite_p99_ms: 0.0,
+            path_fsyncs: 0,
+            path_floor_ms: 0.0,
+            ended_fsyncs: 0,
+            ended_floor_ms: 0.0,
+        },
+        path_fsyncs: Report::path_fsyncs(),
+        ended_p50_over_floor: 0.0,
+        ended_p99_over_p50: 0.0,
+        slack_p50_over_floor: 0.0,
+        slack_p99_over_p50: 0.0,
+        sample_errors,
+        loadavg: [String::new(), String::new()],
+    }
+}
+
+/// The first three fields of `/proc/loadavg`.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,401 @@
+//! The five services as child processes of the benchmark: config files written into the work
+//! dir, started downstream first, each timed from spawn to its first `/readyz` 200, RSS read
+//! from `/proc/<pid>/status`, stopped with SIGTERM (SIGKILL after a grace) when dropped.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use ghost_testkit::FakeSlack;
+use serde::Serialize;
+use serde_json::json;
+use tokio::process::{Child, Command};
+
+/// The API key the started gateway accepts.
+pub const API_KEY: &str = "bench-key-0123456789abcdef";
+/// Slack channel of the started alerter.
+pub const CHANNEL: &str = "#ghost-bench";
+/// Longest wait for one service to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// One running service process.
+pub struct ServiceProcess {
+    /// Name, e.g. `router` or `executor-2`.
+    pub name: String,
+    /// Its binary (`router`, `executor`, …).
+    pub binary: &'static str,
+    /// gRPC address.
+    pub grpc: SocketAddr,
+    /// HTTP address.
+    pub http: SocketAddr,
+    /// Time from spawn to the first `/readyz` 200.
+    pub ready_after: Duration,
+    child: Child,
+}
+
+impl ServiceProcess {
+    /// The OS process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+}
+
+/// Memory of one process, from `/proc/<pid>/status`, in KiB.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Memory {
+    /// Resident set now (`VmRSS`).
+    pub rss_kib: u64,
+    /// Peak resident set (`VmHWM`).
+    pub peak_kib: u64,
+}
+
+/// Reads `VmRSS` and `VmHWM` of `pid`.
+pub fn memory_of(pid: u32) -> std::io::Result<Memory> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    Ok(Memory {
+        rss_kib: field("VmRSS:"),
+        peak_kib: field("VmHWM:"),
+    })
+}
+
+/// The started system.
+pub struct System {
+    /// Services in start order (alerter, summarizer, router, executors, gateway).
+    pub services: Vec<ServiceProcess>,
+    /// The fake Slack the alerter posts to.
+    pub slack: FakeSlack,
+    /// The gateway's base URL.
+    pub gateway_url: String,
+    /// Root of every service's state.
+    pub data_dir: PathBuf,
+    /// Target → workspace folder.
+    pub workspaces: Vec<(String, PathBuf)>,
+}
+
+fn free_port() -> anyhow::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+    Ok(listener.local_addr()?)
+}
+
+fn url(addr: SocketAddr) -> String {
+    format!("http://{addr}")
+}
+
+/// Folder of the service binaries: `--bin-dir`, else the folder of this executable.
+pub fn bin_dir(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = explicit {
+        return Ok(dir.to_owned());
+    }
+    let exe = std::env::current_exe().context("cannot locate the ghost-bench executable")?;
+    let dir = exe
+        .parent()
+        .context("the ghost-bench executable has no folder")?;
+    // `cargo test` runs from target/<profile>/deps; the binaries live one level up.
+    if dir.ends_with("deps") {
+        return Ok(dir.parent().unwrap_or(dir).to_owned());
+    }
+    Ok(dir.to_owned())
+}
+
+/// Creates `count` small files under `root` in folders of 1,000.
+pub fn fill_workspace(root: &Path, count: usize) -> std::io::Result<()> {
+    for n in 0..count {
+        let dir = root.join(format!("d{:03}", n / 1000));
+        if n % 1000 == 0 {
+            std::fs::create_dir_all(&dir)?;
+        }
+        std::fs::write(dir.join(format!("f{n}.txt")), format!("file {n}\n"))?;
+    }
+    Ok(())
+}
+
+/// Applies `SERVICE.KEY=VALUE` overrides meant for `binary` to `config`.
+fn apply_overrides(
+    binary: &str,
+    config: &mut serde_json::Value,
+    overrides: &[String],
+) -> anyhow::Result<()> {
+    for raw in overrides {
+        let (path, value) = raw
+            .split_once('=')
+            .with_context(|| format!("--set {raw:?} is not SERVICE.KEY=VALUE"))?;
+        let mut keys = path.split('.');
+        if keys.next() != Some(binary) {
+            continue;
+        }
+        let value: serde_json::Value = toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|table| serde_json::to_value(&table["v"]).ok())
+            .unwrap_or_else(|| serde_json::Value::String(value.to_owned()));
+        let keys: Vec<&str> = keys.collect();
+        let Some((last, parents)) = keys.split_last() else {
+            anyhow::bail!("--set {raw:?} names no key");
+        };
+        let mut node = &mut *config;
+        for key in parents {
+            node = &mut node[*key];
+            if !node.is_object() {
+                *node = json!({});
+            }
+        }
+        node[*last] = value;
+    }
+    Ok(())
+}
+
+struct Spec<'a> {
+    name: String,
+    binary: &'static str,
+    config: serde_json::Value,
+    grpc: SocketAddr,
+    http: SocketAddr,
+    bin_dir: &'a Path,
+    work: &'a Path,
+    overrides: &'a [String],
+}
+
+async fn spawn(spec: Spec<'_>) -> anyhow::Result<ServiceProcess> {
+    let config_path = spec.work.join(format!("{}.toml", spec.name));
+    let mut config = spec.config;
+    apply_overrides(spec.binary, &mut config, spec.overrides)?;
+    let text = toml::to_string(&config).context("cannot render a service config")?;
+    std::fs::write(&config_path, text)?;
+    let log = std::fs::File::create(spec.work.join(format!("{}.log", spec.name)))?;
+    let program = spec.bin_dir.join(spec.binary);
+    let started = Instant::now();
+    let mut child = Command::new(&program)
+        .arg("--config")
+        .arg(&config_path)
+        .env("RUST_LOG", "warn")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {}", program.display()))?;
+    let client = reqwest::Client::new();
+    let probe = format!("http://{}/readyz", spec.http);
+    loop {
+        let ready = client
+            .get(&probe)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if ready {
+            break;
+        }
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!(
+                "{} exited with {status} while starting; see {}",
+                spec.name,
+                spec.work.join(format!("{}.log", spec.name)).display()
+            );
+        }
+        if started.elapsed() > READY_TIMEOUT {
+            anyhow::bail!("{} not ready after {READY_TIMEOUT:?}", spec.name);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(ServiceProcess {
+        name: spec.name,
+        binary: spec.binary,
+        grpc: spec.grpc,
+        http: spec.http,
+        ready_after: started.elapsed(),
+        child,
+    })
+}
+
+fn server(grpc: SocketAddr, http: SocketAddr) -> serde_json::Value {
+    json!({
+        "grpc_listen": grpc.to_string(),
+        "http_listen": http.to_string(),
+        "drain_grace": "0s",
+        "drain_timeout": "5s",
+    })
+}
+
+impl System {
+    /// Starts alerter, summarizer, router, one executor per target and the gateway under
+    /// `work`, each after the previous one is ready.
+    pub async fn start(
+        bin_dir: &Path,
+        work: &Path,
+        targets: &[String],
+        workspace_files: usize,
+        allow_false: bool,
+        overrides: &[String],
+    ) -> anyhow::Result<Self> {
+        let slack = FakeSlack::start().await;
+        let data_dir = work.join("data");
+        std::fs::create_dir_all(&data_dir)?;
+        let [alerter, summarizer, router, gateway] = [(); 4].map(|()| (free_port(), free_port()));
+        let addr = |pair: (anyhow::Result<SocketAddr>, anyhow::Result<SocketAddr>)| {
+            Ok::<_, anyhow::Error>((pair.0?, pair.1?))
+        };
+        let (alerter, summarizer, router, gateway) = (
+            addr(alerter)?,
+            addr(summarizer)?,
+            addr(router)?,
+            addr(gateway)?,
+        );
+        let mut services = Vec::new();
+        let spec = |name: &str, binary, config, (grpc, http): (SocketAddr, SocketAddr)| Spec {
+            name: name.to_owned(),
+            binary,
+            config,
+            grpc,
+            http,
+            bin_dir,
+            work,
+            overrides,
+        };
+
+        let alerter_config = json!({
+            "server": server(alerter.0, alerter.1),
+            "data_dir": data_dir.join("alerter"),
+            "router_url": url(router.0),
+            "summarizer_url": url(summarizer.0),
+            // Slack allows about one message per second per channel; the fake has no limit,
+            // so the benchmark measures the alerter itself.
+            "slack": {"api_base_url": slack.base_url(), "bot_token": "xoxb-ghost-bench",
+                      "channel": CHANNEL, "pacing": "0s"},
+            "health": {"watch_executors": false},
+        });
+        services.push(spawn(spec("alerter", "alerter", alerter_config, alerter)).await?);
+        let summarizer_config = json!({
+            "server": server(summarizer.0, summarizer.1),
+            "data_dir": data_dir.join("summarizer"),
+            "alerter_url": url(alerter.0),
+        });
+        services.push(
+            spawn(spec(
+                "summarizer",
+                "summarizer",
+                summarizer_config,
+                summarizer,
+            ))
+            .await?,
+        );
+        let router_config = json!({
+            "server": server(router.0, router.1),
+            "data_dir": data_dir.join("router"),
+            "summarizer_url": url(summarizer.0),
+            "alerter_url": url(alerter.0),
+        });
+        services.push(spawn(spec("router", "router", router_config, router)).await?);
+        let mut workspaces = Vec::new();
+        for (n, target) in targets.iter().enumerate() {
+            let root = work.join("workspaces").join(target);
+            std::fs::create_dir_all(&root)?;
+            fill_workspace(&root, workspace_files)?;
+            let ports = (free_port()?, free_port()?);
+            let name = format!("executor-{}", n + 1);
+            let mut config = json!({
+                "server": server(ports.0, ports.1),
+                "router_url": url(router.0),
+                "executor_id": name,
+                "state_dir": data_dir.join(&name),
+                "workspaces": [{"target": target, "root": root}],
+                "reconnect_backoff": "200ms",
+            });
+            if allow_false {
+                config["targets"] =
+                    json!({target.as_str(): {"commands": {"allowlist": ["false"]}}});
+            }
+            services.push(spawn(spec(&name, "executor", config, ports)).await?);
+            workspaces.push((target.clone(), root));
+        }
+        let gateway_config = json!({
+            "server": server(gateway.0, gateway.1),
+            "router_url": url(router.0),
+            "summarizer_url": url(summarizer.0),
+            "api_key": API_KEY,
+            "rate_limit": {"per_minute": 100_000_000u64, "burst": 1_000_000u64},
+            "max_in_flight": 4096,
+        });
+        services.push(spawn(spec("gateway", "gateway", gateway_config, gateway)).await?);
+        Ok(Self {
+            services,
+            slack,
+            gateway_url: url(gateway.1),
+            data_dir,
+            workspaces,
+        })
+    }
+
+    /// Memory of every service now.
+    pub fn memory(&self) -> Vec<(String, Memory)> {
+        self.services
+            .iter()
+            .map(|service| {
+                let memory = service
+                    .pid()
+                    .and_then(|pid| memory_of(pid).ok())
+                    .unwrap_or_default();
+                (service.name.clone(), memory)
+            })
+            .collect()
+    }
+
+    /// Where the summarizer writes the JSON summary of `id` in `target`.
+    pub fn summary_json(&self, target: &str, id: &str) -> PathBuf {
+        self.data_dir
+            .join("summarizer/summaries")
+            .join(target)
+            .join(format!("summary-{id}.json"))
+    }
+
+    /// SIGTERM to every service (gateway first), then waits for each, SIGKILL after `grace`.
+    pub async fn stop(mut self, grace: Duration) {
+        for service in self.services.iter().rev() {
+            if let Some(pid) = service.pid().and_then(|pid| i32::try_from(pid).ok()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+        for service in self.services.iter_mut().rev() {
+            if tokio::time::timeout(grace, service.child.wait())
+                .await
+                .is_err()
+            {
+                let _ = service.child.kill().await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_set_nested_typed_values_for_their_service_only() {
+        let mut config = json!({"slack": {"channel": "#x"}});
+        let overrides = [
+            "alerter.slack.pacing=1s".to_owned(),
+            "alerter.health.watch_executors=true".to_owned(),
+            "alerter.max=3".to_owned(),
+            "router.max_attempts=9".to_owned(),
+        ];
+        apply_overrides("alerter", &mut config, &overrides).unwrap();
+        assert_eq!(
+            config,
+            json!({"slack": {"channel": "#x", "pacing": "1s"},
+                   "health": {"watch_executors": true}, "max": 3})
+        );
+        assert!(apply_overrides("alerter", &mut config, &["alerter".to_owned()]).is_err());
+    }
+}
