@@ -1,6 +1,7 @@
 //! Delivery from the durable outboxes: terminal outcomes to the summarizer and alert changes
-//! to the alerter. At least once (the receivers are idempotent), in row order, retried with
-//! exponential backoff up to a minute, surviving router restarts (the rows are durable).
+//! to the alerter. At least once (the receivers are idempotent), retried with exponential
+//! backoff up to a minute, surviving router restarts (the rows are durable). Alerts go strictly
+//! in row order; outcomes (each its own patch) go several at a time.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,7 +46,14 @@ pub trait Sink: Send + Sync + 'static {
     const ORDERED: bool;
 }
 
-/// Delivers `sink`'s outbox rows whenever woken (or every second) until `shutdown`.
+/// Deliveries in flight at once from an unordered outbox. A round's results are recorded in
+/// one store write, so a burst of outcomes costs one commit per round, not one per row.
+const PARALLEL: usize = 16;
+
+/// Delivers `sink`'s outbox rows whenever woken (or every second) until `shutdown`. Ordered
+/// outboxes send one row at a time, record each result, and stop a round at the first failure;
+/// the others keep up to [`PARALLEL`] deliveries in flight and record the round's results
+/// together.
 pub async fn run<S: Sink>(
     store: Arc<dyn RouterStore>,
     sink: Option<S>,
@@ -56,6 +64,7 @@ pub async fn run<S: Sink>(
         tracing::warn!(outbox = ?S::OUTBOX, "no receiver configured; rows stay in the outbox");
         return;
     };
+    let sink = Arc::new(sink);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -69,34 +78,74 @@ pub async fn run<S: Sink>(
                 continue;
             }
         };
-        for row in rows {
-            if shutdown.is_cancelled() {
-                return;
-            }
-            let (id, tries, name) = S::describe(&row);
-            let delivery = match sink.send(store.as_ref(), &row).await {
-                Ok(()) => Delivery::Delivered,
-                Err(status) => {
-                    let delay = backoff_ms(tries);
-                    tracing::warn!(
-                        outbox = ?S::OUTBOX,
-                        row = %name,
-                        tries = tries + 1,
-                        code = ?status.code(),
-                        message = status.message(),
-                        retry_in_ms = delay,
-                        "receiver refused or unreachable; will retry"
-                    );
-                    Delivery::RetryIn(delay)
+        if S::ORDERED {
+            for row in rows {
+                if shutdown.is_cancelled() {
+                    return;
                 }
-            };
-            if let Err(err) = store.settle(S::OUTBOX, id, delivery).await {
-                tracing::error!(row = %name, error = %err, "cannot record delivery state; it will be sent again");
+                let (id, delivery) = deliver(sink.as_ref(), store.as_ref(), row).await;
+                settle(store.as_ref(), S::OUTBOX, vec![(id, delivery)]).await;
+                if delivery != Delivery::Delivered {
+                    break;
+                }
             }
-            if S::ORDERED && delivery != Delivery::Delivered {
-                break;
+            continue;
+        }
+        // Unordered: a bounded set of deliveries in flight. On shutdown the set is dropped,
+        // which aborts them; their rows are not settled and are sent again after a restart
+        // (the receivers are idempotent).
+        let mut rows = rows.into_iter();
+        let mut in_flight = tokio::task::JoinSet::new();
+        let mut settled = Vec::new();
+        loop {
+            while in_flight.len() < PARALLEL && !shutdown.is_cancelled() {
+                let Some(row) = rows.next() else { break };
+                let (sink, store) = (Arc::clone(&sink), Arc::clone(&store));
+                in_flight.spawn(
+                    async move { deliver(sink.as_ref(), store.as_ref(), row).await }
+                        .in_current_span(),
+                );
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                joined = in_flight.join_next() => match joined {
+                    Some(Ok(result)) => settled.push(result),
+                    Some(Err(err)) => tracing::error!(outbox = ?S::OUTBOX, error = %err, "a delivery task failed; its row will be sent again"),
+                    None => break,
+                },
             }
         }
+        settle(store.as_ref(), S::OUTBOX, settled).await;
+    }
+}
+
+/// Sends one row; returns its id and what became of it (delivered, or when to try again).
+async fn deliver<S: Sink>(sink: &S, store: &dyn RouterStore, row: S::Row) -> (i64, Delivery) {
+    let (id, tries, name) = S::describe(&row);
+    let delivery = match sink.send(store, &row).await {
+        Ok(()) => Delivery::Delivered,
+        Err(status) => {
+            let delay = backoff_ms(tries);
+            tracing::warn!(
+                outbox = ?S::OUTBOX,
+                row = %name,
+                tries = tries + 1,
+                code = ?status.code(),
+                message = status.message(),
+                retry_in_ms = delay,
+                "receiver refused or unreachable; will retry"
+            );
+            Delivery::RetryIn(delay)
+        }
+    };
+    (id, delivery)
+}
+
+/// Records delivery results; on failure the rows stay due and are sent again.
+async fn settle(store: &dyn RouterStore, outbox: Outbox, settled: Vec<(i64, Delivery)>) {
+    let rows = settled.len();
+    if let Err(err) = store.settle(outbox, settled).await {
+        tracing::error!(?outbox, rows, error = %err, "cannot record delivery state; the rows will be sent again");
     }
 }
 

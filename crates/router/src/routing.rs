@@ -383,7 +383,23 @@ impl Routing {
             .record(duration_ms as f64 / 1000.0);
         self.outbox_wake.notify_one();
         self.dispatch(&target).await;
-        self.dispatch_all().await;
+        if status != Status::Succeeded {
+            // Its dependents were failed in the same transaction: nothing became runnable.
+            return Ok(());
+        }
+        // Elsewhere only patches that waited for this one can have become runnable: trying
+        // every idle target here cost a trip through the writer per target per completion.
+        match self.store.dependent_targets(id.clone()).await {
+            Ok(targets) => {
+                for other in targets.iter().filter(|other| **other != target) {
+                    self.dispatch(other).await;
+                }
+            }
+            Err(err) => {
+                tracing::error!(patch_id = %id, error = %err, "cannot read dependents; trying every target");
+                self.dispatch_all().await;
+            }
+        }
         Ok(())
     }
 

@@ -323,6 +323,10 @@ pub trait RouterStore: Send + Sync + 'static {
     /// Every target that has patches or a pause flag, with its queue figures.
     async fn targets(&self) -> Result<Vec<TargetRow>, StoreError>;
 
+    /// Targets with a queued patch that depends on `id` (reads only): where a patch may have
+    /// become runnable when `id` succeeded.
+    async fn dependent_targets(&self, id: String) -> Result<Vec<String>, StoreError>;
+
     /// Finished patches per hour and stage timings of patches updated since `since_ms`
     /// (read-only, bounded; see `store::stats`).
     async fn stats(&self, since_ms: i64, target: Option<String>) -> Result<StatsRows, StoreError>;
@@ -343,11 +347,8 @@ pub trait RouterStore: Send + Sync + 'static {
     /// one that waits for a later retry (so changes of one key never overtake each other).
     async fn alerts_due(&self, limit: u32) -> Result<Vec<AlertRow>, StoreError>;
 
-    /// Records what became of one delivery try of an outbox row.
-    async fn settle(
-        &self,
-        outbox: Outbox,
-        row_id: i64,
-        delivery: Delivery,
-    ) -> Result<(), StoreError>;
+    /// Records what became of delivery tries of outbox rows (row id, result), all in one
+    /// write.
+    async fn settle(&self, outbox: Outbox, settled: Vec<(i64, Delivery)>)
+    -> Result<(), StoreError>;
 }

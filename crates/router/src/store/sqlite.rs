@@ -946,6 +946,22 @@ impl RouterStore for SqliteStore {
         .await
     }
 
+    async fn dependent_targets(&self, id: String) -> Result<Vec<String>, StoreError> {
+        // On the writer's connection: it follows the completion just committed, and the read
+        // connection is shared with every query client (a busy one delayed completions).
+        self.write(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT DISTINCT p.target FROM deps d JOIN patches p ON p.id = d.patch_id
+                 WHERE d.depends_on = ?1 AND p.status = 'queued' ORDER BY p.target",
+            )?;
+            let targets = statement
+                .query_map(params![id], |row| row.get(0))?
+                .collect::<Result<Vec<String>, _>>()?;
+            Ok(targets)
+        })
+        .await
+    }
+
     async fn stats(&self, since_ms: i64, target: Option<String>) -> Result<StatsRows, StoreError> {
         self.read(move |conn| super::stats::read(conn, since_ms, target.as_deref()))
             .await
@@ -1043,24 +1059,31 @@ impl RouterStore for SqliteStore {
     async fn settle(
         &self,
         outbox: Outbox,
-        row_id: i64,
-        delivery: Delivery,
+        settled: Vec<(i64, Delivery)>,
     ) -> Result<(), StoreError> {
         let table = match outbox {
             Outbox::Outcomes => "outbox",
             Outbox::Alerts => "alert_outbox",
         };
+        if settled.is_empty() {
+            return Ok(());
+        }
         self.write(move |conn| {
-            match delivery {
-                Delivery::Delivered => conn.execute(
-                    &format!("UPDATE {table} SET delivered_ms = ?2 WHERE id = ?1"),
-                    params![row_id, now_ms()],
-                )?,
-                Delivery::RetryIn(delay_ms) => conn.execute(
-                    &format!("UPDATE {table} SET tries = tries + 1, next_at_ms = ?2 WHERE id = ?1"),
-                    params![row_id, now_ms() + delay_ms],
-                )?,
-            };
+            let now = now_ms();
+            let mut delivered = conn.prepare_cached(&format!(
+                "UPDATE {table} SET delivered_ms = ?2 WHERE id = ?1"
+            ))?;
+            let mut retry = conn.prepare_cached(&format!(
+                "UPDATE {table} SET tries = tries + 1, next_at_ms = ?2 WHERE id = ?1"
+            ))?;
+            for (row_id, delivery) in settled {
+                match delivery {
+                    Delivery::Delivered => delivered.execute(params![row_id, now])?,
+                    Delivery::RetryIn(delay_ms) => {
+                        retry.execute(params![row_id, now + delay_ms])?
+                    }
+                };
+            }
             Ok(())
         })
         .await

@@ -5,4 +5,5 @@ mod alerts;
 mod helpers;
 mod leases;
 mod ordering;
+mod outcomes;
 mod submit;

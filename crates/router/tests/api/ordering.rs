@@ -1,5 +1,7 @@
 //! Priority, FIFO, depends_on, pause and resume.
 
+use std::time::Duration;
+
 use ghost_proto::router::v1::{PatchStatus, PauseRequest, Priority, ResumeRequest};
 
 use crate::helpers::{
@@ -127,4 +129,25 @@ async fn pause_holds_the_queue_and_resume_releases_it() {
         .await
         .unwrap();
     assert_eq!(assign.patch.unwrap().id, "held");
+}
+
+#[tokio::test]
+async fn a_patch_waiting_on_another_targets_patch_runs_when_that_one_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = spawn_router(config(dir.path())).await;
+    let mut docs = TestExecutor::connect(&router, "docs-ex", &["DOCS"]).await;
+    let mut main = TestExecutor::connect(&router, "main-ex", &["MAIN"]).await;
+    let mut child = patch("docs-child", "DOCS");
+    child.depends_on = vec!["main-parent".to_owned()];
+    submit(&router, child).await;
+    docs.expect_silence(Duration::from_millis(300)).await;
+
+    submit(&router, patch("main-parent", "MAIN")).await;
+    let parent = main.assignment().await;
+    docs.expect_silence(Duration::from_millis(200)).await;
+    main.finish(&parent, PatchStatus::Succeeded).await;
+
+    // The MAIN completion wakes DOCS, which had nothing runnable before.
+    let assigned = docs.assignment().await;
+    assert_eq!(assigned.patch.unwrap().id, "docs-child");
 }

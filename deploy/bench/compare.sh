@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Side by side on this machine, in one invocation, loopback only:
+#   (a) wrk against a bare axum handler (bench-bare-axum: no middleware, answers 202),
+#   (b) wrk against the gateway's POST /v1/patches with durable acceptance: the five services
+#       started by `ghost-bench --serve` from release binaries, every 202 sent only after the
+#       router committed the patch with fsync (target INTAKE has no executor, so the patches
+#       wait durably and only intake is measured),
+#   (c) Debian's `webhook` (adnanh/webhook) running a one-line script per request in its
+#       synchronous mode (include-command-output-in-response: true),
+# each at 8 and 64 connections for DURATION (default 10s), then prints req/s, p50/p99 and ratios.
+# Installs wrk and webhook with apt-get if missing; stops every process it started, by PID.
+#
+# Usage: deploy/bench/compare.sh            (after: cargo build --release -p ghost-bench
+#                                             -p router -p executor -p gateway -p summarizer -p alerter)
+# Env:   BIN_DIR (default: $CARGO_TARGET_DIR/release or target/release), DURATION (10s),
+#        CONNECTIONS ("8 64"), THREADS (2).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=$PWD
+bin=${BIN_DIR:-${CARGO_TARGET_DIR:-$root/target}/release}
+duration=${DURATION:-10s}
+connections=${CONNECTIONS:-8 64}
+threads=${THREADS:-2}
+lua=$root/deploy/bench/post.lua
+
+for tool in wrk webhook curl; do
+  if ! command -v "$tool" >/dev/null; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo=sudo
+    $sudo apt-get update -qq && $sudo apt-get install -y -qq "$tool" >/dev/null
+  fi
+done
+for binary in ghost-bench bench-bare-axum router gateway executor summarizer alerter; do
+  [ -x "$bin/$binary" ] || { echo "missing $bin/$binary: build the release binaries first" >&2; exit 1; }
+done
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+wait_http() { # url [method]
+  for _ in $(seq 200); do
+    code=$(curl -s -o /dev/null -w '%{http_code}' -X "${2:-GET}" "$1" || true)
+    [ "$code" != "000" ] && return 0
+    sleep 0.05
+  done
+  echo "no answer from $1" >&2
+  return 1
+}
+
+# (a) bare axum
+bare_port=$(free_port)
+"$bin/bench-bare-axum" "127.0.0.1:$bare_port" >"$work/bare.log" 2>&1 &
+pids+=($!)
+wait_http "http://127.0.0.1:$bare_port/"
+
+# (b) the five services, started and kept up by ghost-bench (one warm-up patch through them)
+"$bin/ghost-bench" -n 1 -c 1 --serve --url-file "$work/gateway" --work-dir "$work" \
+  --json "$work/warmup.json" >"$work/ghost-bench.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 600); do [ -s "$work/gateway" ] && break; sleep 0.1; done
+[ -s "$work/gateway" ] || { echo "the system did not start; see $work/ghost-bench.log" >&2; cat "$work/ghost-bench.log" >&2; exit 1; }
+read -r gateway_url api_key <"$work/gateway"
+
+# (c) webhook, synchronous: the answer waits for the script and carries its output
+hook_port=$(free_port)
+# shellcheck disable=SC2016  # $1 is for the hook script, not this shell
+printf '#!/bin/sh\necho "ok $1"\n' >"$work/hook.sh"
+chmod +x "$work/hook.sh"
+cat >"$work/hooks.json" <<JSON
+[{"id": "run", "execute-command": "$work/hook.sh", "command-working-directory": "$work",
+  "include-command-output-in-response": true,
+  "pass-arguments-to-command": [{"source": "payload", "name": "id"}]}]
+JSON
+webhook -hooks "$work/hooks.json" -ip 127.0.0.1 -port "$hook_port" >"$work/webhook.log" 2>&1 &
+pids+=($!)
+wait_http "http://127.0.0.1:$hook_port/hooks/run" POST
+
+# wrk → "req_per_s p50_ms p99_ms errors"
+measure() { # name url path key connections
+  local out
+  out=$(BENCH_PATH=$3 GHOST_API_KEY=$4 BENCH_RUN="$5-$(date +%s%N)" \
+    wrk -t"$threads" -c"$5" -d"$duration" --latency -s "$lua" "$2")
+  echo "$out" >"$work/wrk-$1-$5.txt"
+  echo "$out" | awk '
+    function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
+    /Requests\/sec/ { rps = $2 }
+    $1 == "50%" { p50 = ms($2) }
+    $1 == "99%" { p99 = ms($2) }
+    /^errors:/ { errors = $3 + $5 + $7 + $9 + $11 }
+    END { printf "%.0f %.2f %.2f %d\n", rps, p50, p99, errors }'
+}
+
+declare -A result
+for c in $connections; do
+  result[bare,$c]=$(measure bare "http://127.0.0.1:$bare_port" /v1/patches "" "$c")
+  result[gateway,$c]=$(measure gateway "$gateway_url" /v1/patches "$api_key" "$c")
+  result[webhook,$c]=$(measure webhook "http://127.0.0.1:$hook_port" /hooks/run "" "$c")
+done
+
+echo "compare.sh: wrk -t$threads -d$duration, loopback, $(nproc) cores; POST one-file patches"
+printf '%-44s %5s %10s %9s %9s %7s\n' "server" "conns" "req/s" "p50 ms" "p99 ms" "errors"
+for c in $connections; do
+  for name in bare gateway webhook; do
+    case $name in
+      bare) label="(a) bare axum handler" ;;
+      gateway) label="(b) gateway POST /v1/patches, durable 202" ;;
+      webhook) label="(c) webhook, synchronous one-line script" ;;
+    esac
+    read -r rps p50 p99 errors <<<"${result[$name,$c]}"
+    printf '%-44s %5s %10s %9s %9s %7s\n' "$label" "$c" "$rps" "$p50" "$p99" "$errors"
+  done
+done
+echo "ratios (req/s):"
+for c in $connections; do
+  read -r bare_rps _ <<<"${result[bare,$c]}"
+  read -r gw_rps _ <<<"${result[gateway,$c]}"
+  read -r hook_rps _ <<<"${result[webhook,$c]}"
+  awk -v c="$c" -v b="$bare_rps" -v g="$gw_rps" -v h="$hook_rps" 'BEGIN {
+    printf "  %s connections: gateway/bare %.3f, gateway/webhook %.2f, webhook/bare %.3f\n",
+      c, (b > 0 ? g / b : 0), (h > 0 ? g / h : 0), (b > 0 ? h / b : 0) }'
+done
