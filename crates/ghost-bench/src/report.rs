@@ -140,6 +140,8 @@ pub struct ServiceFigures {
     pub ready_ms: f64,
     /// RSS after start, before load, KiB.
     pub idle_rss_kib: u64,
+    /// Anonymous part of it (heap, stacks; the rest is the binary's mapped code), KiB.
+    pub idle_anon_kib: u64,
     /// Peak RSS (VmHWM) at the end of the run, KiB.
     pub peak_rss_kib: u64,
 }
@@ -165,6 +167,8 @@ pub struct Report {
     pub services: Vec<ServiceFigures>,
     /// Idle RSS of gateway + router + summarizer + alerter + one executor, KiB.
     pub idle_rss_five_kib: u64,
+    /// The anonymous part of it, KiB.
+    pub idle_anon_five_kib: u64,
     /// The disk's fsync floor.
     pub fsync: FsyncFloor,
     /// The fsyncs on a patch's path, counted from the code.
@@ -203,6 +207,7 @@ impl Report {
                     name: name.clone(),
                     ready_ms: *ready_ms,
                     idle_rss_kib: of(idle).rss_kib,
+                    idle_anon_kib: of(idle).anon_kib,
                     peak_rss_kib: of(end).peak_kib.max(of(end).rss_kib),
                 }
             })
@@ -312,23 +317,25 @@ impl Report {
         if !self.services.is_empty() {
             let _ = writeln!(
                 out,
-                "\n{:<14} {:>9} {:>12} {:>12}",
-                "service", "ready ms", "idle RSS MB", "peak RSS MB"
+                "\n{:<14} {:>9} {:>12} {:>13} {:>12}",
+                "service", "ready ms", "idle RSS MB", "idle anon MB", "peak RSS MB"
             );
             for service in &self.services {
                 let _ = writeln!(
                     out,
-                    "{:<14} {:>9.1} {:>12.1} {:>12.1}",
+                    "{:<14} {:>9.1} {:>12.1} {:>13.1} {:>12.1}",
                     service.name,
                     service.ready_ms,
                     service.idle_rss_kib as f64 / 1024.0,
+                    service.idle_anon_kib as f64 / 1024.0,
                     service.peak_rss_kib as f64 / 1024.0
                 );
             }
             let _ = writeln!(
                 out,
-                "idle RSS of the five (one executor): {:.1} MB",
-                self.idle_rss_five_kib as f64 / 1024.0
+                "idle RSS of the five (one executor): {:.1} MB, of which anonymous {:.1} MB",
+                self.idle_rss_five_kib as f64 / 1024.0,
+                self.idle_anon_five_kib as f64 / 1024.0
             );
         }
         let _ = writeln!(

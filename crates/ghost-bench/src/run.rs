@@ -161,11 +161,13 @@ async fn measure(
     let end = system.map(System::memory).unwrap_or_default();
     let services = Report::service_figures(&ready, &idle, &end);
     let five = ["gateway", "router", "summarizer", "alerter", "executor-1"];
-    let idle_rss_five_kib = idle
-        .iter()
-        .filter(|(name, _)| five.contains(&name.as_str()))
-        .map(|(_, m)| m.rss_kib)
-        .sum();
+    let of_five = |part: fn(&crate::system::Memory) -> u64| -> u64 {
+        idle.iter()
+            .filter(|(name, _)| five.contains(&name.as_str()))
+            .map(|(_, m)| part(m))
+            .sum()
+    };
+    let idle_five = (of_five(|m| m.rss_kib), of_five(|m| m.anon_kib));
     let shape = RunShape {
         mode: if system.is_some() { "started" } else { "url" }.to_owned(),
         patches: outcome.submissions.len(),
@@ -183,7 +185,7 @@ async fn measure(
         &summaries,
         slack.as_ref(),
         services,
-        idle_rss_five_kib,
+        idle_five,
     );
     report.executor_stages = executor_stages(&reports);
     Ok(report)
@@ -263,7 +265,7 @@ fn analyse(
     summaries: &HashMap<String, f64>,
     slack: Option<&SlackPosts>,
     services: Vec<crate::report::ServiceFigures>,
-    idle_rss_five_kib: u64,
+    (idle_rss_five_kib, idle_anon_five_kib): (u64, u64),
 ) -> Report {
     let subs = &outcome.submissions;
     let mut counts = Counts {
@@ -437,6 +439,7 @@ fn analyse(
         counts,
         services,
         idle_rss_five_kib,
+        idle_anon_five_kib,
         fsync: crate::floor::FsyncFloor {
             samples: 0,
             p50_ms: 0.0,

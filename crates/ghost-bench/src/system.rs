@@ -49,6 +49,8 @@ pub struct Memory {
     pub rss_kib: u64,
     /// Peak resident set (`VmHWM`).
     pub peak_kib: u64,
+    /// Anonymous resident memory (`RssAnon`: heap, stacks), without the binary's mapped code.
+    pub anon_kib: u64,
 }
 
 /// Reads `VmRSS` and `VmHWM` of `pid`.
@@ -64,6 +66,7 @@ pub fn memory_of(pid: u32) -> std::io::Result<Memory> {
     Ok(Memory {
         rss_kib: field("VmRSS:"),
         peak_kib: field("VmHWM:"),
+        anon_kib: field("RssAnon:"),
     })
 }
 
