@@ -1,8 +1,7 @@
 //! Issue 9 must-show 3: the dashboard stays correct with 10,000 patches in the router's store.
 //! The patches go in through the router's gRPC Submit on loopback (no executor, so all stay
 //! queued); the dashboard is then paged to its last page through the router's page tokens.
-//! `page_render_time_with_10000_patches` (ignored; run with `--run-ignored all`) reports
-//! render times without asserting them.
+//! The 10,000-patch test also prints render times (not asserted).
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -155,6 +154,8 @@ async fn ten_thousand_patches_page_through_to_the_last_page_in_order() {
     };
     assert_eq!(found, vec![id_of(42)]);
     assert!(requests > 1, "one request never reads all 10,000");
+
+    report_render_times(&mut client).await;
 }
 
 fn percentile(sorted: &[Duration], rank: usize) -> Duration {
@@ -162,17 +163,9 @@ fn percentile(sorted: &[Duration], rank: usize) -> Duration {
     sorted[index]
 }
 
-#[tokio::test]
-#[ignore = "measurement: prints render times, asserts nothing about them"]
-async fn page_render_time_with_10000_patches() {
-    let gateway = TestGateway::start(|config, _| {
-        config.rate_limit.per_minute = 1_000_000;
-        config.rate_limit.burst = 100_000;
-    })
-    .await;
-    fill(&gateway).await;
-    let mut client = Client::new(&gateway.url());
-    client.login(KEY).await;
+/// Prints render times of the list's first, middle and last pages and of the overview
+/// (a measured figure for the README; nothing is asserted about it). Every render must succeed.
+async fn report_render_times(client: &mut Client) {
     for (label, path) in [
         ("first page (50)", "/ui/patches".to_owned()),
         (
@@ -186,11 +179,11 @@ async fn page_render_time_with_10000_patches() {
         ("overview", "/ui".to_owned()),
     ] {
         let mut times = Vec::new();
-        for _ in 0..50 {
+        for _ in 0..20 {
             let started = Instant::now();
             let page = client.get(&path).await;
             times.push(started.elapsed());
-            assert_eq!(page.status, 200);
+            assert_eq!(page.status, 200, "{label}");
         }
         times.sort();
         eprintln!(
