@@ -33,6 +33,11 @@ pub struct GrpcRouter {
     pub timeout: Duration,
 }
 
+/// A router answer that should carry a patch state but does not.
+fn no_state() -> GatewayError {
+    GatewayError::Internal("router answered without state".to_owned())
+}
+
 fn view(state: router_wire::PatchState, created: bool) -> Result<PatchView, GatewayError> {
     let status = status_from_wire("state.status", state.status)
         .map_err(|err| GatewayError::Internal(err.to_string()))?;
@@ -69,9 +74,7 @@ impl PatchQueue for GrpcRouter {
             .await
             .map_err(|status| from_upstream(patch.id.as_str(), &status))?
             .into_inner();
-        let state = response
-            .state
-            .ok_or_else(|| GatewayError::Internal("router answered without state".to_owned()))?;
+        let state = response.state.ok_or_else(no_state)?;
         view(state, response.created)
     }
 
@@ -85,7 +88,7 @@ impl PatchQueue for GrpcRouter {
             .map_err(|status| from_upstream(id.as_str(), &status))?
             .into_inner()
             .state
-            .ok_or_else(|| GatewayError::Internal("router answered without state".to_owned()))?;
+            .ok_or_else(no_state)?;
         let report = state.report.clone().map(ReportView::from);
         Ok((view(state, false)?, report))
     }
@@ -157,7 +160,7 @@ impl PatchQueue for GrpcRouter {
             .map_err(|status| from_upstream(id.as_str(), &status))?
             .into_inner()
             .state
-            .ok_or_else(|| GatewayError::Internal("router answered without state".to_owned()))?;
+            .ok_or_else(no_state)?;
         view(state, false)
     }
 
@@ -174,7 +177,7 @@ impl PatchQueue for GrpcRouter {
             .map_err(|status| from_upstream(id.as_str(), &status))?
             .into_inner()
             .state
-            .ok_or_else(|| GatewayError::Internal("router answered without state".to_owned()))?;
+            .ok_or_else(no_state)?;
         view(state, false)
     }
 
