@@ -144,6 +144,8 @@ pub struct ServiceFigures {
     pub idle_anon_kib: u64,
     /// Peak RSS (VmHWM) at the end of the run, KiB.
     pub peak_rss_kib: u64,
+    /// CPU time used between idle and the end of the run (user + system), s.
+    pub cpu_seconds: f64,
 }
 
 /// The whole report.
@@ -209,6 +211,7 @@ impl Report {
                     idle_rss_kib: of(idle).rss_kib,
                     idle_anon_kib: of(idle).anon_kib,
                     peak_rss_kib: of(end).peak_kib.max(of(end).rss_kib),
+                    cpu_seconds: of(end).cpu_ms.saturating_sub(of(idle).cpu_ms) as f64 / 1000.0,
                 }
             })
             .collect()
@@ -317,18 +320,19 @@ impl Report {
         if !self.services.is_empty() {
             let _ = writeln!(
                 out,
-                "\n{:<14} {:>9} {:>12} {:>13} {:>12}",
-                "service", "ready ms", "idle RSS MB", "idle anon MB", "peak RSS MB"
+                "\n{:<14} {:>9} {:>12} {:>13} {:>12} {:>8}",
+                "service", "ready ms", "idle RSS MB", "idle anon MB", "peak RSS MB", "CPU s"
             );
             for service in &self.services {
                 let _ = writeln!(
                     out,
-                    "{:<14} {:>9.1} {:>12.1} {:>13.1} {:>12.1}",
+                    "{:<14} {:>9.1} {:>12.1} {:>13.1} {:>12.1} {:>8.1}",
                     service.name,
                     service.ready_ms,
                     service.idle_rss_kib as f64 / 1024.0,
                     service.idle_anon_kib as f64 / 1024.0,
-                    service.peak_rss_kib as f64 / 1024.0
+                    service.peak_rss_kib as f64 / 1024.0,
+                    service.cpu_seconds
                 );
             }
             let _ = writeln!(

@@ -51,6 +51,8 @@ pub struct Memory {
     pub peak_kib: u64,
     /// Anonymous resident memory (`RssAnon`: heap, stacks), without the binary's mapped code.
     pub anon_kib: u64,
+    /// CPU time used so far, user + system, ms (from `/proc/<pid>/stat`).
+    pub cpu_ms: u64,
 }
 
 /// Reads `VmRSS` and `VmHWM` of `pid`.
@@ -67,7 +69,27 @@ pub fn memory_of(pid: u32) -> std::io::Result<Memory> {
         rss_kib: field("VmRSS:"),
         peak_kib: field("VmHWM:"),
         anon_kib: field("RssAnon:"),
+        cpu_ms: cpu_ms_of(pid)?,
     })
+}
+
+/// Clock ticks per second in `/proc/<pid>/stat` (`USER_HZ`, fixed at 100 for userspace).
+const USER_HZ: u64 = 100;
+
+/// User + system CPU time of `pid`, ms.
+fn cpu_ms_of(pid: u32) -> std::io::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start at field 3; utime and stime
+    // are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |index: usize| -> u64 {
+        fields
+            .get(index)
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0)
+    };
+    Ok((ticks(11) + ticks(12)) * 1000 / USER_HZ)
 }
 
 /// The started system.

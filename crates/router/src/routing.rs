@@ -20,7 +20,8 @@ use tokio::sync::{Mutex, Notify, mpsc};
 
 use crate::error::RouterError;
 use crate::store::{
-    Inserted, LeaseEnded, NewAlert, PatchRecord, RouterStore, StoreError, TargetRow, now_ms,
+    Completed, Inserted, LeaseEnded, NewAlert, PatchRecord, RouterStore, StoreError, TargetRow,
+    now_ms,
 };
 
 /// Messages queued towards one executor session.
@@ -86,8 +87,10 @@ pub struct TargetView {
 pub struct Routing {
     store: Arc<dyn RouterStore>,
     slots: Mutex<HashMap<String, TargetSlot>>,
-    /// Serialises lease hand-out so a target never gets two leases at once.
-    dispatching: Mutex<()>,
+    /// One lock per target: a target never gets two leases at once, while leases for
+    /// different targets go to the writer together and share its group commits (one lock for
+    /// all targets made every lease wait for the previous one's commit).
+    dispatching: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
     next_session: AtomicU64,
     policy: Policy,
     /// Woken when an outcome is waiting in the outbox.
@@ -106,7 +109,7 @@ impl Routing {
         Self {
             store,
             slots: Mutex::new(HashMap::new()),
-            dispatching: Mutex::new(()),
+            dispatching: std::sync::Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
             policy,
             outbox_wake: Arc::new(Notify::new()),
@@ -249,7 +252,14 @@ impl Routing {
 
     /// Leases and assigns the next runnable patch of `target` if it is free and served.
     pub async fn dispatch(&self, target: &str) {
-        let _serial = self.dispatching.lock().await;
+        let lock = Arc::clone(
+            self.dispatching
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(target.to_owned())
+                .or_default(),
+        );
+        let _serial = lock.lock().await;
         let (session_id, owner, sender) = {
             let slots = self.slots.lock().await;
             let Some(slot) = slots.get(target) else {
@@ -353,7 +363,11 @@ impl Routing {
         let duration_ms = report.duration_ms;
         let interrupted = status == Status::Interrupted;
         let late_report = report.clone();
-        let Some(record) = self.store.complete(id.clone(), token, report).await? else {
+        let Some(Completed {
+            record,
+            dependent_targets,
+        }) = self.store.complete(id.clone(), token, report).await?
+        else {
             if interrupted
                 && self
                     .store
@@ -387,18 +401,11 @@ impl Routing {
             // Its dependents were failed in the same transaction: nothing became runnable.
             return Ok(());
         }
-        // Elsewhere only patches that waited for this one can have become runnable: trying
-        // every idle target here cost a trip through the writer per target per completion.
-        match self.store.dependent_targets(id.clone()).await {
-            Ok(targets) => {
-                for other in targets.iter().filter(|other| **other != target) {
-                    self.dispatch(other).await;
-                }
-            }
-            Err(err) => {
-                tracing::error!(patch_id = %id, error = %err, "cannot read dependents; trying every target");
-                self.dispatch_all().await;
-            }
+        // Elsewhere only patches that waited for this one can have become runnable (their
+        // targets were read in the completion's transaction): trying every idle target here
+        // cost a trip through the writer per target per completion.
+        for other in dependent_targets.iter().filter(|other| **other != target) {
+            self.dispatch(other).await;
         }
         Ok(())
     }

@@ -221,6 +221,16 @@ pub fn now_ms() -> i64 {
 
 /// The router's durable state, as the routing logic needs it. [`SqliteStore`] is the embedded
 /// implementation; a PostgreSQL one (`FOR UPDATE SKIP LOCKED`) could serve several replicas.
+/// A completion that was accepted.
+#[derive(Debug, Clone)]
+pub struct Completed {
+    /// The patch after the completion.
+    pub record: PatchRecord,
+    /// When it succeeded: the targets with a queued patch that depended on it, where a patch
+    /// may have become runnable (read in the completion's own transaction).
+    pub dependent_targets: Vec<String>,
+}
+
 #[tonic::async_trait]
 pub trait RouterStore: Send + Sync + 'static {
     /// Stores a submitted patch as `queued` unless its id is already taken. A patch whose
@@ -273,7 +283,7 @@ pub trait RouterStore: Send + Sync + 'static {
         id: String,
         token: u64,
         report: ApplyReport,
-    ) -> Result<Option<PatchRecord>, StoreError>;
+    ) -> Result<Option<Completed>, StoreError>;
 
     /// Takes an executor's own report of an attempt the router had already ended as
     /// `interrupted` (e.g. after the executor restarted and rolled back its journal): the
@@ -322,10 +332,6 @@ pub trait RouterStore: Send + Sync + 'static {
 
     /// Every target that has patches or a pause flag, with its queue figures.
     async fn targets(&self) -> Result<Vec<TargetRow>, StoreError>;
-
-    /// Targets with a queued patch that depends on `id` (reads only): where a patch may have
-    /// become runnable when `id` succeeded.
-    async fn dependent_targets(&self, id: String) -> Result<Vec<String>, StoreError>;
 
     /// Finished patches per hour and stage timings of patches updated since `since_ms`
     /// (read-only, bounded; see `store::stats`).

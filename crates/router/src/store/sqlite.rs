@@ -10,8 +10,8 @@ use tokio::sync::oneshot;
 
 use super::schema::migrate;
 use super::{
-    AlertRow, Delivery, EventRow, Inserted, LeaseEnded, NewAlert, Outbox, OutboxRow, PatchRecord,
-    RouterStore, StatsRows, StoreError, TargetRow, now_ms,
+    AlertRow, Completed, Delivery, EventRow, Inserted, LeaseEnded, NewAlert, Outbox, OutboxRow,
+    PatchRecord, RouterStore, StatsRows, StoreError, TargetRow, now_ms,
 };
 
 /// At most this many requests share one commit.
@@ -28,6 +28,9 @@ type Job = Box<dyn FnOnce(&Connection) -> (bool, Finish) + Send>;
 /// Answers the caller; gets the batch's commit error, if any.
 type Finish = Box<dyn FnOnce(Option<String>) + Send>;
 
+/// Prepared statements kept per connection (the store uses about 50 distinct ones).
+const STATEMENT_CACHE: usize = 128;
+
 /// The router's SQLite database.
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -40,7 +43,24 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
+}
+
+/// `execute` through the connection's statement cache: under load, parsing the SQL of every
+/// statement again cost more CPU than running it.
+fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
+}
+
+/// `query_row` through the connection's statement cache.
+fn row<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    read: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    conn.prepare_cached(sql)?.query_row(params, read)
 }
 
 /// The writer thread: takes every waiting request, runs each in a savepoint of one
@@ -183,13 +203,13 @@ impl RawRecord {
 }
 
 fn get_tx(conn: &Connection, id: &str) -> Result<Option<PatchRecord>, StoreError> {
-    let raw = conn
-        .query_row(
-            &format!("SELECT {COLUMNS} FROM patches WHERE id = ?1"),
-            params![id],
-            read_record,
-        )
-        .optional()?;
+    let raw = row(
+        conn,
+        &format!("SELECT {COLUMNS} FROM patches WHERE id = ?1"),
+        params![id],
+        read_record,
+    )
+    .optional()?;
     raw.map(RawRecord::decode).transpose()
 }
 
@@ -205,7 +225,8 @@ fn event_tx(
     attempt: u32,
     detail: &str,
 ) -> rusqlite::Result<()> {
-    conn.execute(
+    exec(
+        conn,
         "INSERT INTO events (patch_id, at_ms, status, actor, attempt, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![id, now_ms(), status.as_str(), actor, attempt, detail],
     )?;
@@ -220,7 +241,8 @@ fn outbox_tx(
     report: &ApplyReport,
 ) -> Result<(), StoreError> {
     let now = now_ms();
-    conn.execute(
+    exec(
+        conn,
         "INSERT OR IGNORE INTO outbox (patch_id, attempt, next_at_ms, report_json, created_ms)
          VALUES (?1, ?2, ?3, ?4, ?3)",
         params![id, attempt, now, report_json(id, report)?],
@@ -229,7 +251,8 @@ fn outbox_tx(
 }
 
 fn outcome_sent(conn: &Connection, id: &str, attempt: u32) -> rusqlite::Result<bool> {
-    conn.query_row(
+    row(
+        conn,
         "SELECT EXISTS (SELECT 1 FROM outbox WHERE patch_id = ?1 AND attempt = ?2)",
         params![id, attempt],
         |row| row.get(0),
@@ -254,7 +277,8 @@ fn end_tx(
         record.attempt
     };
     let report = ApplyReport::ended(status, error);
-    conn.execute(
+    exec(
+        conn,
         "UPDATE patches SET status = ?2, error = ?3, report_json = ?4, updated_ms = ?5,
                 fencing_token = 0, leased_to = '', lease_deadline_ms = 0, attempt = ?6
          WHERE id = ?1",
@@ -279,7 +303,7 @@ fn end_tx(
 /// down the chain): a dependency that will never succeed must not leave them queued forever.
 fn fail_dependents_tx(conn: &Connection, id: &str, status: Status) -> Result<(), StoreError> {
     let dependents: Vec<String> = conn
-        .prepare(
+        .prepare_cached(
             "SELECT p.id FROM deps d JOIN patches p ON p.id = d.patch_id
              WHERE d.depends_on = ?1 AND p.status = 'queued'",
         )?
@@ -307,14 +331,16 @@ fn interrupt_tx(
     max_attempts: u32,
 ) -> Result<LeaseEnded, StoreError> {
     let record = must_get(conn, id)?;
-    let base: u32 = conn.query_row(
+    let base: u32 = row(
+        conn,
         "SELECT attempt_base FROM patches WHERE id = ?1",
         params![id],
         |row| row.get(0),
     )?;
     let now = now_ms();
     let report = ApplyReport::ended(Status::Interrupted, reason);
-    conn.execute(
+    exec(
+        conn,
         "UPDATE attempts SET status = 'interrupted', finished_ms = ?3, report_json = ?4
          WHERE patch_id = ?1 AND attempt = ?2 AND finished_ms IS NULL",
         params![id, record.attempt, now, report_json(id, &report)?],
@@ -341,7 +367,8 @@ fn interrupt_tx(
             record.attempt.saturating_sub(base)
         );
         let lost = ApplyReport::ended(Status::Lost, error.clone());
-        conn.execute(
+        exec(
+            conn,
             "UPDATE patches SET status = 'lost', error = ?2, report_json = ?3, updated_ms = ?4,
                     fencing_token = 0, leased_to = '', lease_deadline_ms = 0
              WHERE id = ?1",
@@ -353,7 +380,8 @@ fn interrupt_tx(
         return Ok(ended);
     }
     outbox_tx(conn, id, record.attempt, &report)?;
-    conn.execute(
+    exec(
+        conn,
         "UPDATE patches SET status = 'queued', fencing_token = 0, leased_to = '',
                 lease_deadline_ms = 0, updated_ms = ?2 WHERE id = ?1",
         params![id, now],
@@ -371,7 +399,8 @@ fn interrupt_tx(
 
 fn raise_tx(conn: &Connection, alert: &NewAlert) -> Result<bool, StoreError> {
     let now = now_ms();
-    let inserted = conn.execute(
+    let inserted = exec(
+        conn,
         "INSERT OR IGNORE INTO alert_state (key, since_ms) VALUES (?1, ?2)",
         params![alert.key, now],
     )?;
@@ -383,7 +412,7 @@ fn raise_tx(conn: &Connection, alert: &NewAlert) -> Result<bool, StoreError> {
         id: alert.key.clone(),
         source,
     })?;
-    conn.execute(
+    exec(conn,
         "INSERT INTO alert_outbox (key, resolved, severity, summary, labels_json, at_ms, next_at_ms)
          VALUES (?1, 0, ?2, ?3, ?4, ?5, ?5)",
         params![alert.key, alert.severity, alert.summary, labels, now],
@@ -392,12 +421,12 @@ fn raise_tx(conn: &Connection, alert: &NewAlert) -> Result<bool, StoreError> {
 }
 
 fn resolve_tx(conn: &Connection, key: &str, summary: &str) -> Result<bool, StoreError> {
-    let removed = conn.execute("DELETE FROM alert_state WHERE key = ?1", params![key])?;
+    let removed = exec(conn, "DELETE FROM alert_state WHERE key = ?1", params![key])?;
     if removed == 0 {
         return Ok(false);
     }
     let now = now_ms();
-    conn.execute(
+    exec(conn,
         "INSERT INTO alert_outbox (key, resolved, severity, summary, labels_json, at_ms, next_at_ms)
          VALUES (?1, 1, 'info', ?2, '[]', ?3, ?3)",
         params![key, summary, now],
@@ -477,13 +506,13 @@ impl RouterStore for SqliteStore {
                     Inserted::Conflict
                 });
             }
-            let seq: i64 = conn.query_row(
+            let seq: i64 = row(conn,
                 "UPDATE meta SET value = value + 1 WHERE key = 'seq' RETURNING value",
                 [],
                 |row| row.get(0),
             )?;
             let now = now_ms();
-            conn.execute(
+            exec(conn,
                 "INSERT INTO patches (id, target, priority, content_hash, patch_json, status, traceparent, created_ms, updated_ms, seq)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9)",
                 params![
@@ -502,12 +531,11 @@ impl RouterStore for SqliteStore {
             event_tx(conn, &id, Status::Queued, "router", 0, "")?;
             let mut failed_dependency = None;
             for dependency in &patch.depends_on {
-                conn.execute(
+                exec(conn,
                     "INSERT OR IGNORE INTO deps (patch_id, depends_on) VALUES (?1, ?2)",
                     params![id, dependency.as_str()],
                 )?;
-                let status: Option<String> = conn
-                    .query_row(
+                let status: Option<String> = row(conn,
                         "SELECT status FROM patches WHERE id = ?1",
                         params![dependency.as_str()],
                         |row| row.get(0),
@@ -546,7 +574,7 @@ impl RouterStore for SqliteStore {
         offset: u64,
     ) -> Result<Vec<PatchRecord>, StoreError> {
         self.read(move |conn| {
-            let mut statement = conn.prepare(&format!(
+            let mut statement = conn.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM patches
                  WHERE (?1 IS NULL OR target = ?1) AND (?2 IS NULL OR status = ?2)
                  ORDER BY seq DESC LIMIT ?3 OFFSET ?4"
@@ -571,7 +599,7 @@ impl RouterStore for SqliteStore {
 
     async fn events(&self, id: String) -> Result<Vec<EventRow>, StoreError> {
         self.read(move |conn| {
-            let mut statement = conn.prepare(
+            let mut statement = conn.prepare_cached(
                 "SELECT at_ms, status, actor, attempt, detail FROM events WHERE patch_id = ?1 ORDER BY id",
             )?;
             let rows = statement.query_map(params![id], |row| {
@@ -595,46 +623,49 @@ impl RouterStore for SqliteStore {
         lease_ms: i64,
     ) -> Result<Option<PatchRecord>, StoreError> {
         self.write(move |conn| {
-            let paused: bool = conn
-                .query_row(
-                    "SELECT value FROM meta WHERE key = ?1",
-                    params![format!("paused:{target}")],
-                    |row| row.get::<_, i64>(0),
-                )
-                .optional()?
-                .is_some_and(|value| value != 0);
+            let paused: bool = row(
+                conn,
+                "SELECT value FROM meta WHERE key = ?1",
+                params![format!("paused:{target}")],
+                |row| row.get::<_, i64>(0),
+            )
+            .optional()?
+            .is_some_and(|value| value != 0);
             if paused {
                 return Ok(None);
             }
-            let next: Option<String> = conn
-                .query_row(
-                    "SELECT q.id FROM patches q
+            let next: Option<String> = row(
+                conn,
+                "SELECT q.id FROM patches q
                      WHERE q.target = ?1 AND q.status = 'queued'
                        AND NOT EXISTS (
                          SELECT 1 FROM deps d LEFT JOIN patches p ON p.id = d.depends_on
                          WHERE d.patch_id = q.id AND (p.status IS NULL OR p.status != 'succeeded'))
                      ORDER BY q.priority DESC, q.seq LIMIT 1",
-                    params![target],
-                    |row| row.get(0),
-                )
-                .optional()?;
+                params![target],
+                |row| row.get(0),
+            )
+            .optional()?;
             let Some(id) = next else {
                 return Ok(None);
             };
-            let token: i64 = conn.query_row(
+            let token: i64 = row(
+                conn,
                 "UPDATE meta SET value = value + 1 WHERE key = 'fencing_token' RETURNING value",
                 [],
                 |row| row.get(0),
             )?;
             let now = now_ms();
-            conn.execute(
+            exec(
+                conn,
                 "UPDATE patches SET status = 'leased', attempt = attempt + 1, fencing_token = ?2,
                         leased_to = ?3, lease_deadline_ms = ?4, updated_ms = ?5, error = ''
                  WHERE id = ?1",
                 params![id, token, owner, now + lease_ms, now],
             )?;
             let record = must_get(conn, &id)?;
-            conn.execute(
+            exec(
+                conn,
                 "INSERT OR REPLACE INTO attempts (patch_id, attempt, status, executor, started_ms)
                  VALUES (?1, ?2, 'leased', ?3, ?4)",
                 params![id, record.attempt, owner, now],
@@ -661,7 +692,8 @@ impl RouterStore for SqliteStore {
         self.write(move |conn| {
             let deadline = now_ms() + lease_ms;
             for token in tokens {
-                conn.execute(
+                exec(
+                    conn,
                     &format!(
                         "UPDATE patches SET lease_deadline_ms = ?3
                          WHERE fencing_token = ?1 AND leased_to = ?2 AND status IN {IN_FLIGHT}"
@@ -688,7 +720,8 @@ impl RouterStore for SqliteStore {
             if record.fencing_token != token || record.status.is_terminal() {
                 return Ok(false);
             }
-            conn.execute(
+            exec(
+                conn,
                 "UPDATE patches SET status = ?2, updated_ms = ?3 WHERE id = ?1",
                 params![id, status.as_str(), now_ms()],
             )?;
@@ -710,7 +743,7 @@ impl RouterStore for SqliteStore {
         id: String,
         token: u64,
         report: ApplyReport,
-    ) -> Result<Option<PatchRecord>, StoreError> {
+    ) -> Result<Option<Completed>, StoreError> {
         self.write(move |conn| {
             let Some(record) = get_tx(conn, &id)? else {
                 return Ok(None);
@@ -720,13 +753,15 @@ impl RouterStore for SqliteStore {
             }
             let json = report_json(&id, &report)?;
             let now = now_ms();
-            conn.execute(
+            exec(
+                conn,
                 "UPDATE patches SET status = ?2, error = ?3, report_json = ?4, updated_ms = ?5,
                         lease_deadline_ms = 0
                  WHERE id = ?1",
                 params![id, report.status.as_str(), report.error, json, now],
             )?;
-            conn.execute(
+            exec(
+                conn,
                 "UPDATE attempts SET status = ?3, finished_ms = ?4, report_json = ?5
                  WHERE patch_id = ?1 AND attempt = ?2",
                 params![id, record.attempt, report.status.as_str(), now, json],
@@ -740,10 +775,22 @@ impl RouterStore for SqliteStore {
                 &report.error,
             )?;
             outbox_tx(conn, &id, record.attempt, &report)?;
-            if report.status != Status::Succeeded {
+            let dependent_targets = if report.status == Status::Succeeded {
+                let mut statement = conn.prepare_cached(
+                    "SELECT DISTINCT p.target FROM deps d JOIN patches p ON p.id = d.patch_id
+                     WHERE d.depends_on = ?1 AND p.status = 'queued' ORDER BY p.target",
+                )?;
+                statement
+                    .query_map(params![id], |row| row.get(0))?
+                    .collect::<Result<Vec<String>, _>>()?
+            } else {
                 fail_dependents_tx(conn, &id, report.status)?;
-            }
-            get_tx(conn, &id)
+                Vec::new()
+            };
+            Ok(get_tx(conn, &id)?.map(|record| Completed {
+                record,
+                dependent_targets,
+            }))
         })
         .await
     }
@@ -756,13 +803,15 @@ impl RouterStore for SqliteStore {
     ) -> Result<bool, StoreError> {
         self.write(move |conn| {
             let json = report_json(&id, &report)?;
-            let updated = conn.execute(
+            let updated = exec(
+                conn,
                 "UPDATE attempts SET report_json = ?3
                  WHERE patch_id = ?1 AND attempt = ?2 AND status = 'interrupted'",
                 params![id, attempt, json],
             )?;
             if updated == 1 {
-                conn.execute(
+                exec(
+                    conn,
                     "UPDATE outbox SET report_json = ?3
                      WHERE patch_id = ?1 AND attempt = ?2 AND delivered_ms IS NULL",
                     params![id, attempt, json],
@@ -790,7 +839,7 @@ impl RouterStore for SqliteStore {
         self.write(move |conn| {
             let now = now_ms();
             let ids: Vec<String> = conn
-                .prepare(&format!(
+                .prepare_cached(&format!(
                     "SELECT id FROM patches
                      WHERE status IN {IN_FLIGHT}
                        AND ((?1 IS NOT NULL AND leased_to = ?1)
@@ -812,7 +861,7 @@ impl RouterStore for SqliteStore {
     ) -> Result<Vec<LeaseEnded>, StoreError> {
         self.write(move |conn| {
             let ids: Vec<String> = conn
-                .prepare(&format!(
+                .prepare_cached(&format!(
                     "SELECT id FROM patches WHERE status IN {IN_FLIGHT}"
                 ))?
                 .query_map([], |row| row.get(0))?
@@ -860,7 +909,8 @@ impl RouterStore for SqliteStore {
             if !record.status.is_terminal() || record.status == Status::Succeeded {
                 return Ok(Some((record, false)));
             }
-            conn.execute(
+            exec(
+                conn,
                 "UPDATE patches SET status = 'queued', attempt_base = attempt, error = '',
                         updated_ms = ?2 WHERE id = ?1",
                 params![id, now_ms()],
@@ -880,7 +930,8 @@ impl RouterStore for SqliteStore {
 
     async fn set_paused(&self, target: String, paused: bool) -> Result<(), StoreError> {
         self.write(move |conn| {
-            conn.execute(
+            exec(
+                conn,
                 "INSERT INTO meta (key, value) VALUES (?1, ?2)
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 params![format!("paused:{target}"), i64::from(paused)],
@@ -893,7 +944,7 @@ impl RouterStore for SqliteStore {
     async fn targets(&self) -> Result<Vec<TargetRow>, StoreError> {
         self.read(|conn| {
             let mut rows: std::collections::BTreeMap<String, TargetRow> = Default::default();
-            let mut counts = conn.prepare(
+            let mut counts = conn.prepare_cached(
                 "SELECT target, status, COUNT(*), MIN(created_ms) FROM patches GROUP BY target, status",
             )?;
             let counted = counts.query_map([], |row| {
@@ -918,7 +969,7 @@ impl RouterStore for SqliteStore {
                     row.finished.push((status, count));
                 }
             }
-            let mut running = conn.prepare(&format!(
+            let mut running = conn.prepare_cached(&format!(
                 "SELECT target, id FROM patches WHERE status IN {IN_FLIGHT}"
             ))?;
             for item in running.query_map([], |row| {
@@ -929,7 +980,7 @@ impl RouterStore for SqliteStore {
                     row.running = id;
                 }
             }
-            let mut paused = conn.prepare("SELECT key, value FROM meta WHERE key LIKE 'paused:%'")?;
+            let mut paused = conn.prepare_cached("SELECT key, value FROM meta WHERE key LIKE 'paused:%'")?;
             for item in paused.query_map([], |row| {
                 Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
             })? {
@@ -946,22 +997,6 @@ impl RouterStore for SqliteStore {
         .await
     }
 
-    async fn dependent_targets(&self, id: String) -> Result<Vec<String>, StoreError> {
-        // On the writer's connection: it follows the completion just committed, and the read
-        // connection is shared with every query client (a busy one delayed completions).
-        self.write(move |conn| {
-            let mut statement = conn.prepare_cached(
-                "SELECT DISTINCT p.target FROM deps d JOIN patches p ON p.id = d.patch_id
-                 WHERE d.depends_on = ?1 AND p.status = 'queued' ORDER BY p.target",
-            )?;
-            let targets = statement
-                .query_map(params![id], |row| row.get(0))?
-                .collect::<Result<Vec<String>, _>>()?;
-            Ok(targets)
-        })
-        .await
-    }
-
     async fn stats(&self, since_ms: i64, target: Option<String>) -> Result<StatsRows, StoreError> {
         self.read(move |conn| super::stats::read(conn, since_ms, target.as_deref()))
             .await
@@ -969,7 +1004,7 @@ impl RouterStore for SqliteStore {
 
     async fn outbox_due(&self, limit: u32) -> Result<Vec<OutboxRow>, StoreError> {
         self.read(move |conn| {
-            let mut statement = conn.prepare(
+            let mut statement = conn.prepare_cached(
                 "SELECT id, patch_id, attempt, tries, report_json, created_ms FROM outbox
                  WHERE delivered_ms IS NULL AND next_at_ms <= ?1 ORDER BY id LIMIT ?2",
             )?;
@@ -1011,7 +1046,7 @@ impl RouterStore for SqliteStore {
     async fn firing_alerts(&self) -> Result<Vec<String>, StoreError> {
         self.read(|conn| {
             Ok(conn
-                .prepare("SELECT key FROM alert_state ORDER BY key")?
+                .prepare_cached("SELECT key FROM alert_state ORDER BY key")?
                 .query_map([], |row| row.get(0))?
                 .collect::<Result<_, _>>()?)
         })
@@ -1020,7 +1055,7 @@ impl RouterStore for SqliteStore {
 
     async fn alerts_due(&self, limit: u32) -> Result<Vec<AlertRow>, StoreError> {
         self.read(move |conn| {
-            let mut statement = conn.prepare(
+            let mut statement = conn.prepare_cached(
                 "SELECT id, key, resolved, severity, summary, labels_json, at_ms, tries, next_at_ms
                  FROM alert_outbox WHERE delivered_ms IS NULL ORDER BY id LIMIT ?1",
             )?;
