@@ -1,11 +1,22 @@
 //! The journal of originals that makes an apply undoable, even across a crash.
 //!
-//! Before the first write, every path the patch will touch is recorded under
-//! `<state_dir>/journal/<target>/`: a file's bytes and mode (as a blob) or its absence, and
-//! every directory the patch will create. Blobs, the log and the directory entries are fsync'd
-//! before the first workspace write. Rollback walks the log backwards and restores each entry
-//! (idempotently, so a crash during rollback is repaired by the next one). On start, a journal
-//! left behind by a crash is rolled back. Cost: O(touched files).
+//! Before the first write, every path the patch will touch is recorded: a file's bytes and
+//! mode, or its absence, and every directory the patch will create. The record is one file,
+//! `<state_dir>/journal/<target>.journal`, written as a temp file, fsync'd, renamed into place
+//! and made durable with one fsync of the folder: two fsyncs however many files the patch
+//! touches (it was a header, a log and a blob per file, each synced, and three folder syncs).
+//! Rollback walks the entries backwards and restores each one (idempotently, so a crash during
+//! rollback is repaired by the next one). On start, a journal left behind by a crash is rolled
+//! back. Cost: O(touched files).
+//!
+//! Closing the journal only removes the file, without an fsync: by then the outcome is durable
+//! elsewhere (the ledger entry of a kept apply, or the restored files), and a journal that
+//! reappears after a power loss is either found in the ledger and dropped, or rolled back
+//! again, which changes nothing.
+//!
+//! Layout: a first line `ghost-journal 2`, a line with the [`Header`] as JSON, then one JSON
+//! line per entry; an entry of a file that existed is followed by exactly `len` bytes of its
+//! content and a newline.
 
 use std::fs;
 use std::io::Write;
@@ -13,6 +24,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+/// The first line of every journal.
+const MAGIC: &[u8] = b"ghost-journal 2\n";
 
 /// Who the journal belongs to, written before anything else.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,17 +41,25 @@ pub struct Header {
     pub fencing_token: u64,
 }
 
-/// One recorded original.
+/// One recorded original, as stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 enum Entry {
-    /// A file path: its blob number and mode, or `None` when it did not exist.
+    /// A file path: the length and mode of its content (which follows the line), or `None`
+    /// when it did not exist.
     File {
         path: PathBuf,
         before: Option<(u64, u32)>,
     },
     /// A directory the patch creates.
     Dir { path: PathBuf },
+}
+
+/// An entry with the original bytes of a file that existed.
+#[derive(Debug, Clone)]
+struct Original {
+    entry: Entry,
+    bytes: Vec<u8>,
 }
 
 /// What a rollback did.
@@ -53,22 +75,29 @@ pub struct Restored {
 
 /// An open journal for one apply.
 pub struct Journal {
-    dir: PathBuf,
-    entries: Vec<Entry>,
+    path: PathBuf,
+    header: Header,
+    originals: Vec<Original>,
 }
 
-fn journal_dir(state_dir: &Path, target: &str) -> PathBuf {
-    state_dir.join("journal").join(target)
+fn journal_folder(state_dir: &Path) -> PathBuf {
+    state_dir.join("journal")
+}
+
+fn journal_path(state_dir: &Path, target: &str) -> PathBuf {
+    journal_folder(state_dir).join(format!("{target}.journal"))
+}
+
+/// Where a journal is written before it is sealed (a crash leaves at most this behind, and
+/// then nothing was written to the workspace yet).
+fn unsealed_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".unsealed");
+    PathBuf::from(name)
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     fs::File::open(dir)?.sync_all()
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut file = fs::File::create(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
 }
 
 /// The temp file used to replace `path` atomically.
@@ -106,37 +135,46 @@ fn remove_if_present(path: &Path) -> std::io::Result<bool> {
     }
 }
 
+/// The folder of the journal layout before this one (a folder per target with a header, a
+/// log and blobs); refused rather than guessed at.
+fn refuse_old_layout(state_dir: &Path, target: &str) -> std::io::Result<()> {
+    let old = journal_folder(state_dir).join(target);
+    if old.is_dir() {
+        return Err(std::io::Error::other(format!(
+            "a journal in the layout of an older executor is at {}: finish it with that version \
+             (it rolls it back on start) before starting this one",
+            old.display()
+        )));
+    }
+    Ok(())
+}
+
 impl Journal {
     /// Starts the journal of `target`; fails if one is still there (recover it first).
+    /// Nothing is written until [`Journal::seal`].
     pub fn begin(state_dir: &Path, target: &str, header: &Header) -> std::io::Result<Self> {
-        let dir = journal_dir(state_dir, target);
-        if dir.exists() {
+        refuse_old_layout(state_dir, target)?;
+        let path = journal_path(state_dir, target);
+        if path.exists() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AlreadyExists,
-                format!("a journal is still open at {}", dir.display()),
+                format!("a journal is still open at {}", path.display()),
             ));
         }
-        fs::create_dir_all(dir.join("blobs"))?;
-        let header = serde_json::to_vec(header).map_err(std::io::Error::other)?;
-        write_synced(&dir.join("header.json"), &header)?;
-        sync_dir(&dir)?;
-        if let Some(parent) = dir.parent() {
-            sync_dir(parent)?;
-        }
         Ok(Self {
-            dir,
-            entries: Vec::new(),
+            path,
+            header: header.clone(),
+            originals: Vec::new(),
         })
     }
 
     /// Records the current state of file `path` (bytes and mode, or absent).
     pub fn record_file(&mut self, path: &Path) -> std::io::Result<()> {
-        let before = match fs::symlink_metadata(path) {
+        let (before, bytes) = match fs::symlink_metadata(path) {
             Ok(meta) if meta.is_file() => {
-                let number = self.entries.len() as u64;
                 let bytes = fs::read(path)?;
-                write_synced(&self.dir.join("blobs").join(number.to_string()), &bytes)?;
-                Some((number, meta.permissions().mode() & 0o7777))
+                let len = bytes.len() as u64;
+                (Some((len, meta.permissions().mode() & 0o7777)), bytes)
             }
             Ok(_) => {
                 return Err(std::io::Error::other(format!(
@@ -144,69 +182,84 @@ impl Journal {
                     path.display()
                 )));
             }
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => (None, Vec::new()),
             Err(err) => return Err(err),
         };
-        self.entries.push(Entry::File {
-            path: path.to_owned(),
-            before,
+        self.originals.push(Original {
+            entry: Entry::File {
+                path: path.to_owned(),
+                before,
+            },
+            bytes,
         });
         Ok(())
     }
 
     /// Records a directory the apply is about to create.
     pub fn record_dir(&mut self, path: &Path) {
-        self.entries.push(Entry::Dir {
-            path: path.to_owned(),
+        self.originals.push(Original {
+            entry: Entry::Dir {
+                path: path.to_owned(),
+            },
+            bytes: Vec::new(),
         });
     }
 
-    /// Writes the log and syncs everything; only then may the workspace be written.
+    /// Writes the journal and makes it durable; only then may the workspace be written.
     pub fn seal(&self) -> std::io::Result<()> {
-        sync_dir(&self.dir.join("blobs"))?;
-        let mut log = Vec::new();
-        for entry in &self.entries {
-            serde_json::to_writer(&mut log, entry).map_err(std::io::Error::other)?;
-            log.push(b'\n');
+        let folder = self.path.parent().unwrap_or(Path::new("."));
+        fs::create_dir_all(folder)?;
+        let unsealed = unsealed_path(&self.path);
+        let result = (|| {
+            let mut file = std::io::BufWriter::new(fs::File::create(&unsealed)?);
+            file.write_all(MAGIC)?;
+            serde_json::to_writer(&mut file, &self.header).map_err(std::io::Error::other)?;
+            file.write_all(b"\n")?;
+            for original in &self.originals {
+                serde_json::to_writer(&mut file, &original.entry).map_err(std::io::Error::other)?;
+                file.write_all(b"\n")?;
+                if let Entry::File {
+                    before: Some(_), ..
+                } = original.entry
+                {
+                    file.write_all(&original.bytes)?;
+                    file.write_all(b"\n")?;
+                }
+            }
+            let file = file.into_inner().map_err(|err| err.into_error())?;
+            file.sync_all()?;
+            fs::rename(&unsealed, &self.path)?;
+            sync_dir(folder)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&unsealed);
         }
-        write_synced(&self.dir.join("entries.jsonl"), &log)?;
-        sync_dir(&self.dir)
+        result
     }
 
     /// Restores every recorded original, newest first.
     pub fn rollback(&self) -> Restored {
-        restore(&self.dir, &self.entries)
+        restore(&self.originals)
     }
 
     /// Forgets the journal once the apply is committed or rolled back.
     pub fn close(self) -> std::io::Result<()> {
-        close_dir(&self.dir)
+        remove_if_present(&self.path).map(|_| ())
     }
 }
 
-fn close_dir(dir: &Path) -> std::io::Result<()> {
-    fs::remove_dir_all(dir)?;
-    if let Some(parent) = dir.parent() {
-        sync_dir(parent)?;
-    }
-    Ok(())
-}
-
-fn restore(dir: &Path, entries: &[Entry]) -> Restored {
+fn restore(originals: &[Original]) -> Restored {
     let mut done = Restored::default();
-    for entry in entries.iter().rev() {
-        match entry {
+    for original in originals.iter().rev() {
+        match &original.entry {
             Entry::File {
                 path,
-                before: Some((blob, mode)),
+                before: Some((_, mode)),
             } => {
-                let outcome =
-                    fs::read(dir.join("blobs").join(blob.to_string())).and_then(|bytes| {
-                        if let Some(parent) = path.parent() {
-                            fs::create_dir_all(parent)?;
-                        }
-                        write_atomically(path, &bytes, *mode)
-                    });
+                let outcome = path
+                    .parent()
+                    .map_or(Ok(()), fs::create_dir_all)
+                    .and_then(|()| write_atomically(path, &original.bytes, *mode));
                 match outcome {
                     Ok(()) => done.restored += 1,
                     Err(err) => done.errors.push(format!("{}: {err}", path.display())),
@@ -227,6 +280,43 @@ fn restore(dir: &Path, entries: &[Entry]) -> Restored {
     done
 }
 
+/// Reads a sealed journal: its header and entries with their original bytes.
+fn parse(bytes: &[u8]) -> Result<(Header, Vec<Original>), String> {
+    let mut rest = bytes
+        .strip_prefix(MAGIC)
+        .ok_or("it does not start with the journal marker")?;
+    let line = |rest: &mut &[u8]| -> Option<Vec<u8>> {
+        let end = rest.iter().position(|byte| *byte == b'\n')?;
+        let line = rest[..end].to_vec();
+        *rest = &rest[end + 1..];
+        Some(line)
+    };
+    let header_line = line(&mut rest).ok_or("the header is missing")?;
+    let header: Header =
+        serde_json::from_slice(&header_line).map_err(|err| format!("header: {err}"))?;
+    let mut originals = Vec::new();
+    while !rest.is_empty() {
+        let entry_line = line(&mut rest).ok_or("an entry is cut short")?;
+        let entry: Entry =
+            serde_json::from_slice(&entry_line).map_err(|err| format!("entry: {err}"))?;
+        let mut bytes = Vec::new();
+        if let Entry::File {
+            before: Some((len, _)),
+            ..
+        } = &entry
+        {
+            let len = usize::try_from(*len).map_err(|_| "an entry is too long")?;
+            if rest.len() < len + 1 || rest[len] != b'\n' {
+                return Err("a file's original bytes are cut short".to_owned());
+            }
+            bytes = rest[..len].to_vec();
+            rest = &rest[len + 1..];
+        }
+        originals.push(Original { entry, bytes });
+    }
+    Ok((header, originals))
+}
+
 /// A journal left behind by a crash, rolled back.
 #[derive(Debug, Clone)]
 pub struct Recovered {
@@ -243,32 +333,30 @@ pub fn recover(
     target: &str,
     applied: impl Fn(&Header) -> bool,
 ) -> std::io::Result<Option<Recovered>> {
-    let dir = journal_dir(state_dir, target);
-    if !dir.exists() {
-        return Ok(None);
-    }
-    let header: Option<Header> = fs::read(dir.join("header.json"))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
-    let Some(header) = header else {
-        // The crash came before the header was durable: nothing was written yet.
-        close_dir(&dir)?;
-        return Ok(None);
+    refuse_old_layout(state_dir, target)?;
+    let path = journal_path(state_dir, target);
+    // A crash before the seal: nothing was written to the workspace yet.
+    remove_if_present(&unsealed_path(&path))?;
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(err),
     };
-    let log = fs::read(dir.join("entries.jsonl")).unwrap_or_default();
-    // Without a complete log no workspace write happened (the log is sealed before the first).
-    let entries: Vec<Entry> = log
-        .split(|byte| *byte == b'\n')
-        .filter(|line| !line.is_empty())
-        .map_while(|line| serde_json::from_slice(line).ok())
-        .collect();
+    // A sealed journal was synced before its rename, so it is whole; one that does not parse
+    // is kept for a person to look at rather than guessed at.
+    let (header, originals) = parse(&bytes).map_err(|reason| {
+        std::io::Error::other(format!(
+            "the journal at {} cannot be read ({reason}); it is left in place",
+            path.display()
+        ))
+    })?;
     let restored = if applied(&header) {
         Restored::default()
     } else {
-        restore(&dir, &entries)
+        restore(&originals)
     };
     if restored.errors.is_empty() {
-        close_dir(&dir)?;
+        remove_if_present(&path)?;
     }
     Ok(Some(Recovered { header, restored }))
 }
@@ -309,5 +397,71 @@ mod tests {
         assert_eq!(mode, 0o600);
         assert!(!ws.join("new").exists());
         assert!(recover(&state, "MAIN", |_| false).unwrap().is_none());
+    }
+
+    fn header() -> Header {
+        Header {
+            patch_id: "p".to_owned(),
+            content_hash: "h".to_owned(),
+            attempt: 1,
+            fencing_token: 7,
+        }
+    }
+
+    #[test]
+    fn originals_with_newlines_and_binary_bytes_come_back_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let ws = dir.path().join("ws");
+        fs::create_dir_all(&ws).unwrap();
+        let original: Vec<u8> = (0..=255u8)
+            .chain(b"\n\n{\"kind\":\"dir\"}\n".iter().copied())
+            .collect();
+        fs::write(ws.join("bin"), &original).unwrap();
+        fs::write(ws.join("empty"), b"").unwrap();
+        let mut journal = Journal::begin(&state, "MAIN", &header()).unwrap();
+        journal.record_file(&ws.join("bin")).unwrap();
+        journal.record_file(&ws.join("empty")).unwrap();
+        journal.seal().unwrap();
+        fs::write(ws.join("bin"), "x").unwrap();
+        fs::write(ws.join("empty"), "y").unwrap();
+        drop(journal);
+        let recovered = recover(&state, "MAIN", |_| false).unwrap().unwrap();
+        assert_eq!(recovered.restored.restored, 2);
+        assert_eq!(fs::read(ws.join("bin")).unwrap(), original);
+        assert_eq!(fs::read(ws.join("empty")).unwrap(), b"");
+    }
+
+    #[test]
+    fn an_unsealed_journal_means_nothing_was_written_and_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let path = journal_path(&state, "MAIN");
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(unsealed_path(&path), b"ghost-journal 2\n{\"patch_").unwrap();
+        assert!(recover(&state, "MAIN", |_| false).unwrap().is_none());
+        assert!(!unsealed_path(&path).exists());
+    }
+
+    #[test]
+    fn a_journal_that_does_not_parse_is_refused_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let path = journal_path(&state, "MAIN");
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, b"ghost-journal 2\n{}\n").unwrap();
+        let err = recover(&state, "MAIN", |_| false).unwrap_err();
+        assert!(err.to_string().contains("cannot be read"), "{err}");
+        assert!(path.exists());
+    }
+
+    #[test]
+    fn a_journal_of_the_old_layout_is_refused_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        fs::create_dir_all(state.join("journal/MAIN/blobs")).unwrap();
+        let err = recover(&state, "MAIN", |_| false).unwrap_err();
+        assert!(err.to_string().contains("journal/MAIN"), "{err}");
+        assert!(Journal::begin(&state, "MAIN", &header()).is_err());
     }
 }

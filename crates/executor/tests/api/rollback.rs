@@ -98,6 +98,6 @@ proptest! {
             "{:?}: {}", report.status, report.error
         );
         prop_assert_eq!(snapshot(ws.root()), before);
-        prop_assert!(!ws.ctx.workspace.state_dir.join("journal/MAIN").exists());
+        prop_assert!(!ws.ctx.workspace.state_dir.join("journal/MAIN.journal").exists());
     }
 }
