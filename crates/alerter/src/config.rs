@@ -78,6 +78,11 @@ pub struct SlackConfig {
     /// Least time between two messages to one channel (Slack allows about one per second).
     #[serde(with = "humantime_serde")]
     pub pacing: Duration,
+    /// Slack calls in flight at once: each delivery round sends up to this many messages
+    /// concurrently (the oldest pending message of distinct threads; with `pacing` above zero
+    /// at most one per channel) and records their results in one transaction. At least 1.
+    #[serde(deserialize_with = "at_least_one")]
+    pub concurrency: u32,
     /// How long a slash command may take before the answer moves to `response_url`.
     #[serde(with = "humantime_serde")]
     pub inline_answer_budget: Duration,
@@ -96,9 +101,21 @@ impl Default for SlackConfig {
             initial_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(300),
             pacing: Duration::from_secs(1),
+            concurrency: 8,
             inline_answer_budget: Duration::from_millis(2_500),
         }
     }
+}
+
+/// Reads `slack.concurrency`, refusing 0 with a clear error.
+fn at_least_one<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    let value = u32::deserialize(deserializer)?;
+    if value == 0 {
+        return Err(serde::de::Error::custom(
+            "slack.concurrency must be at least 1 (got 0)",
+        ));
+    }
+    Ok(value)
 }
 
 /// Alert lifecycle timings (`GHOST_ALERTER__ALERTS__…`).
@@ -164,5 +181,32 @@ impl Default for HealthConfig {
             check_timeout: Duration::from_secs(3),
             failures_before_alert: 3,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn load(env: &[(&str, &str)]) -> Result<AlerterConfig, String> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        ghost_runtime::config::load_from("alerter", None, env).map_err(|err| err.to_string())
+    }
+
+    #[test]
+    fn slack_concurrency_defaults_to_8_and_refuses_0() {
+        assert_eq!(load(&[]).unwrap().slack.concurrency, 8);
+        let three = load(&[("GHOST_ALERTER__SLACK__CONCURRENCY", "3")]).unwrap();
+        assert_eq!(three.slack.concurrency, 3);
+        let error = load(&[("GHOST_ALERTER__SLACK__CONCURRENCY", "0")]).unwrap_err();
+        assert!(
+            error.contains("slack.concurrency must be at least 1"),
+            "{error}"
+        );
     }
 }

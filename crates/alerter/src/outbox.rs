@@ -1,26 +1,30 @@
 //! The durable Slack outbox: [`Outbox`] stores messages (store first, then wake the loop) and
 //! [`deliver_loop`] sends them.
 //!
-//! Order is kept per thread: only the oldest pending message of a thread is ever tried, so a
-//! reply never overtakes its parent and updates land in the order they were made. Between two
-//! messages to one channel the loop waits `pacing` (Slack allows about one per second). A
-//! failed try is rescheduled with exponential backoff, or after Slack's `Retry-After`; after
-//! `max_attempts` tries, or on a permanent error, the message is dead-lettered with a metric and
-//! an error log. Pending messages survive a restart: the loop just picks them up again.
+//! Delivery works in rounds: up to `concurrency` ready messages are sent at once and their
+//! results recorded in one transaction. Order is kept per thread: only the oldest pending
+//! message of a thread is ever tried (at most one per thread per round), so a reply never
+//! overtakes its parent and updates land in the order they were made. Between two messages to
+//! one channel the loop waits `pacing` (Slack allows about one per second). A failed try is
+//! rescheduled with exponential backoff, or after Slack's `Retry-After`, which also holds every
+//! other message of that channel; after `max_attempts` tries, or on a permanent error, the
+//! message is dead-lettered with a metric and an error log. Pending messages survive a
+//! restart: the loop just picks them up again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::sync::Notify;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::clock::SharedClock;
 use crate::config::SlackConfig;
 use crate::slack::{SlackClient, TOKEN_ERRORS, Verdict};
-use crate::store::{Kind, Message, NewMessage, Store, StoreError, ThreadParent};
+use crate::store::{Kind, Message, NewMessage, Outcome, Store, StoreError, ThreadParent};
 
 /// Longest idle wait between two looks at the outbox.
 const IDLE_WAIT: Duration = Duration::from_secs(30);
@@ -74,6 +78,8 @@ pub struct DeliveryPolicy {
     pub max_backoff: Duration,
     /// Least time between two messages to one channel.
     pub pacing: Duration,
+    /// Slack calls in flight at once (at least 1).
+    pub concurrency: u32,
 }
 
 impl DeliveryPolicy {
@@ -84,6 +90,7 @@ impl DeliveryPolicy {
             initial_backoff: slack.initial_backoff,
             max_backoff: slack.max_backoff,
             pacing: slack.pacing,
+            concurrency: slack.concurrency.max(1),
         }
     }
 
@@ -100,64 +107,146 @@ fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// When each channel may be sent to again (Unix ms): after `pacing`, or after Slack's
+/// `Retry-After` for the whole channel.
+#[derive(Default)]
+struct ChannelGates {
+    not_before: HashMap<String, i64>,
+}
+
+impl ChannelGates {
+    /// Closes `channel` until `until` (keeps a later closing time).
+    fn close(&mut self, channel: &str, until: i64) {
+        let entry = self.not_before.entry(channel.to_owned()).or_insert(until);
+        *entry = (*entry).max(until);
+    }
+
+    /// Forgets the gates open at `now`; returns the channels still closed.
+    fn closed(&mut self, now: i64) -> Vec<String> {
+        self.not_before.retain(|_, until| *until > now);
+        self.not_before.keys().cloned().collect()
+    }
+
+    /// The earliest time a closed channel opens.
+    fn next_open(&self) -> Option<i64> {
+        self.not_before.values().copied().min()
+    }
+}
+
+/// What one try came to, for the round's settlement.
+struct Attempt {
+    outcome: Outcome,
+    channel: String,
+    /// Slack asked to wait (`Retry-After`) until then: the whole channel waits.
+    hold_until: Option<i64>,
+}
+
 /// Delivers stored messages until `shutdown`; with no Slack client, logs and marks them sent.
+///
+/// Works in rounds: reads up to `concurrency` ready heads (skipping channels that are paced or
+/// held by a `Retry-After`; with `pacing` above zero at most one per channel), sends them
+/// concurrently, records all results in one transaction, and looks again.
 pub async fn deliver_loop(
     outbox: Outbox,
     slack: Option<SlackClient>,
     policy: DeliveryPolicy,
     shutdown: CancellationToken,
 ) {
-    let mut last_sent: HashMap<String, i64> = HashMap::new();
+    let mut gates = ChannelGates::default();
+    let limit = usize::try_from(policy.concurrency.max(1)).unwrap_or(1);
     while !shutdown.is_cancelled() {
-        let heads = match outbox.store.heads().await {
-            Ok(heads) => heads,
+        let now = outbox.clock.now_ms();
+        let closed = gates.closed(now);
+        let ready = match outbox.store.ready_heads(now, limit, closed).await {
+            Ok(ready) => ready,
             Err(err) => {
                 tracing::error!(error = %err, "cannot read the slack outbox");
                 pause(STORE_ERROR_WAIT, &outbox, &shutdown).await;
                 continue;
             }
         };
-        let now = outbox.clock.now_ms();
-        let mut next_ready: Option<i64> = None;
-        let mut chosen = None;
-        for head in heads {
-            let paced_until = last_sent
-                .get(&head.channel)
-                .map_or(i64::MIN, |sent| sent.saturating_add(millis(policy.pacing)));
-            let ready_at = head.next_at_ms.max(paced_until);
-            if ready_at <= now {
-                chosen = Some(head);
-                break;
-            }
-            next_ready = Some(next_ready.map_or(ready_at, |next: i64| next.min(ready_at)));
+        let mut round = ready.heads;
+        if !policy.pacing.is_zero() {
+            let mut channels = HashSet::new();
+            round.retain(|head| channels.insert(head.message.channel.clone()));
         }
-        let Some(message) = chosen else {
-            let wait = next_ready.map_or(IDLE_WAIT, |at| {
+        if round.is_empty() {
+            let wake_at = match (ready.next_at_ms, gates.next_open()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let wait = wake_at.map_or(IDLE_WAIT, |at| {
                 Duration::from_millis(u64::try_from(at.saturating_sub(now)).unwrap_or(0))
                     .min(IDLE_WAIT)
             });
             pause(wait, &outbox, &shutdown).await;
             continue;
-        };
-        let channel = message.channel.clone();
-        let span = tracing::info_span!(
-            "slack.post",
-            otel.kind = "client",
-            thread = %message.thread,
-            outbox_id = message.id,
-            tries = message.tries + 1,
-        );
-        if let Some(traceparent) = message.traceparent.as_deref() {
-            ghost_runtime::propagation::set_parent(&span, traceparent);
         }
-        let result = deliver_one(&outbox, slack.as_ref(), policy, message)
-            .instrument(span)
-            .await;
-        if let Err(err) = result {
-            tracing::error!(error = %err, "cannot record a slack delivery");
-            pause(STORE_ERROR_WAIT, &outbox, &shutdown).await;
+        let mut tries = JoinSet::new();
+        for head in round {
+            let span = tracing::info_span!(
+                "slack.post",
+                otel.kind = "client",
+                thread = %head.message.thread,
+                outbox_id = head.message.id,
+                tries = head.message.tries + 1,
+            );
+            if let Some(traceparent) = head.message.traceparent.as_deref() {
+                ghost_runtime::propagation::set_parent(&span, traceparent);
+            }
+            tries.spawn(
+                try_one(
+                    slack.clone(),
+                    policy,
+                    Arc::clone(&outbox.clock),
+                    head.message,
+                    head.parent,
+                )
+                .instrument(span),
+            );
         }
-        last_sent.insert(channel, outbox.clock.now_ms());
+        let mut outcomes = Vec::with_capacity(tries.len());
+        let mut tried_channels = Vec::with_capacity(tries.len());
+        while let Some(joined) = tries.join_next().await {
+            match joined {
+                Ok(attempt) => {
+                    if let Some(until) = attempt.hold_until {
+                        gates.close(&attempt.channel, until);
+                    }
+                    tried_channels.push(attempt.channel);
+                    outcomes.push(attempt.outcome);
+                }
+                // The message stays pending and is tried again in a later round.
+                Err(err) => tracing::error!(error = %err, "a slack delivery task failed"),
+            }
+        }
+        if !policy.pacing.is_zero() {
+            let paced_until = outbox.clock.now_ms().saturating_add(millis(policy.pacing));
+            for channel in &tried_channels {
+                gates.close(channel, paced_until);
+            }
+        }
+        settle(&outbox, outcomes, &shutdown).await;
+    }
+}
+
+/// Records a round's outcomes; on a storage error logs, waits and tries again (until
+/// shutdown: then the messages stay pending and are tried again after the restart).
+async fn settle(outbox: &Outbox, outcomes: Vec<Outcome>, shutdown: &CancellationToken) {
+    loop {
+        match outbox.store.settle(outcomes.clone()).await {
+            Ok(()) => return,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot record a slack delivery");
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(STORE_ERROR_WAIT) => {}
+                    () = shutdown.cancelled() => {}
+                }
+            }
+        }
     }
 }
 
@@ -193,13 +282,15 @@ fn webhook_body(body: &Value) -> Value {
     body
 }
 
-async fn deliver_one(
-    outbox: &Outbox,
-    slack: Option<&SlackClient>,
+/// Tries `message` once (its thread's parent resolved beforehand); never touches the store.
+async fn try_one(
+    slack: Option<SlackClient>,
     policy: DeliveryPolicy,
+    clock: SharedClock,
     message: Message,
-) -> Result<(), StoreError> {
-    let store = &outbox.store;
+    parent: Option<ThreadParent>,
+) -> Attempt {
+    let channel = message.channel.clone();
     let Some(slack) = slack else {
         let text = message
             .body
@@ -208,11 +299,19 @@ async fn deliver_one(
             .unwrap_or_default();
         tracing::info!(text, "slack is not configured; message logged only");
         metrics::counter!("ghost_slack_deliveries_total", "result" => "logged").increment(1);
-        return store.mark_sent(message.id, String::new(), None).await;
+        return Attempt {
+            outcome: Outcome::Sent {
+                id: message.id,
+                ts: String::new(),
+                parent: None,
+            },
+            channel,
+            hold_until: None,
+        };
     };
     let parent = match message.kind {
         Kind::Post => None,
-        Kind::Reply | Kind::Update => store.thread_parent(&message.thread).await?,
+        Kind::Reply | Kind::Update => parent,
     };
     // Without a known parent (webhook mode, or the parent was dead-lettered) a reply or update
     // is posted on its own and becomes the thread's parent.
@@ -261,7 +360,8 @@ async fn deliver_one(
         verdict = slack.webhook(&webhook_body(&message.body)).await;
     }
     let tries = message.tries + 1;
-    match verdict {
+    let mut hold_until = None;
+    let outcome = match verdict {
         Verdict::Delivered { ts, channel } => {
             metrics::counter!("ghost_slack_deliveries_total", "result" => "ok").increment(1);
             tracing::info!(ts, tries, thread = %message.thread, "slack message delivered");
@@ -279,7 +379,11 @@ async fn deliver_one(
                     },
                 )
             });
-            store.mark_sent(message.id, ts, parent).await
+            Outcome::Sent {
+                id: message.id,
+                ts,
+                parent,
+            }
         }
         Verdict::GiveUp { reason } => {
             metrics::counter!("ghost_slack_deliveries_total", "result" => "dead_letter")
@@ -291,9 +395,20 @@ async fn deliver_one(
                 tries,
                 "slack refused the message; dead-lettered"
             );
-            store.mark_dead(message.id, reason).await
+            Outcome::Dead {
+                id: message.id,
+                error: reason,
+            }
         }
         Verdict::Retry { after, reason } => {
+            let wait = after
+                .unwrap_or_else(|| policy.backoff(tries))
+                .min(policy.max_backoff);
+            let next_at_ms = clock.now_ms().saturating_add(millis(wait));
+            // Slack's limits are per channel and method: a `Retry-After` holds the channel.
+            if after.is_some() {
+                hold_until = Some(next_at_ms);
+            }
             if tries >= policy.max_attempts {
                 metrics::counter!("ghost_slack_deliveries_total", "result" => "dead_letter")
                     .increment(1);
@@ -304,16 +419,26 @@ async fn deliver_one(
                     tries,
                     "giving up on the slack message; dead-lettered"
                 );
-                return store.mark_dead(message.id, reason).await;
+                Outcome::Dead {
+                    id: message.id,
+                    error: reason,
+                }
+            } else {
+                metrics::counter!("ghost_slack_deliveries_total", "result" => "retried")
+                    .increment(1);
+                tracing::warn!(reason, ?wait, tries, "slack delivery failed; will retry");
+                Outcome::Retry {
+                    id: message.id,
+                    next_at_ms,
+                    error: reason,
+                }
             }
-            metrics::counter!("ghost_slack_deliveries_total", "result" => "retried").increment(1);
-            let wait = after
-                .unwrap_or_else(|| policy.backoff(tries))
-                .min(policy.max_backoff);
-            tracing::warn!(reason, ?wait, tries, "slack delivery failed; will retry");
-            let next_at = outbox.clock.now_ms().saturating_add(millis(wait));
-            store.mark_retry(message.id, next_at, reason).await
         }
+    };
+    Attempt {
+        outcome,
+        channel,
+        hold_until,
     }
 }
 
@@ -328,6 +453,7 @@ mod tests {
             initial_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(3),
             pacing: Duration::ZERO,
+            concurrency: 1,
         };
         let waits: Vec<_> = (1..=5).map(|tries| policy.backoff(tries)).collect();
         assert_eq!(

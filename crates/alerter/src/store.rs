@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     ts TEXT NOT NULL DEFAULT '',
     traceparent TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (state, thread, id);
+CREATE INDEX IF NOT EXISTS outbox_ready ON outbox (state, id);
 CREATE TABLE IF NOT EXISTS threads (
     thread TEXT PRIMARY KEY, channel TEXT NOT NULL, ts TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS alerts (key TEXT PRIMARY KEY, state TEXT NOT NULL, active INTEGER NOT NULL);
@@ -130,6 +131,56 @@ pub struct ThreadParent {
     pub channel: String,
     /// The parent's `ts`.
     pub ts: String,
+}
+
+/// A ready head of the outbox: a message to try now, with its thread's parent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Head {
+    /// The message.
+    pub message: Message,
+    /// Where its thread's parent lives in Slack, once one was delivered.
+    pub parent: Option<ThreadParent>,
+}
+
+/// One look at the outbox: what to try now, and when to look again.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ReadyHeads {
+    /// Ready heads, oldest first.
+    pub heads: Vec<Head>,
+    /// The earliest `next_at_ms` of pending messages not due yet; `None` when there are none
+    /// or when the limit was reached (look again at once).
+    pub next_at_ms: Option<i64>,
+}
+
+/// The result of one try, as recorded by [`Store::settle`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Delivered with Slack's `ts`; `parent` (when given) becomes its thread's parent unless
+    /// the thread already has one.
+    Sent {
+        /// Outbox row id.
+        id: i64,
+        /// Slack's `ts` (empty for webhooks and unconfigured Slack).
+        ts: String,
+        /// Thread key and parent to record.
+        parent: Option<(String, ThreadParent)>,
+    },
+    /// Failed; try again at `next_at_ms`.
+    Retry {
+        /// Outbox row id.
+        id: i64,
+        /// Next try not before (Unix ms).
+        next_at_ms: i64,
+        /// Why, kept as `last_error`.
+        error: String,
+    },
+    /// Given up on (dead letter).
+    Dead {
+        /// Outbox row id.
+        id: i64,
+        /// Why, kept as `last_error`.
+        error: String,
+    },
 }
 
 /// Counts of outbox rows by state.
@@ -284,117 +335,118 @@ impl Store {
             .await
     }
 
-    /// The oldest pending message of every thread, oldest first (whether due or not).
-    pub async fn heads(&self) -> Result<Vec<Message>, StoreError> {
-        self.with_tx(|conn| {
-            let mut statement = conn.prepare(
-                "SELECT o.id, o.thread, o.channel, o.kind, o.body, o.tries, o.next_at_ms, o.traceparent
-                 FROM outbox o
-                 WHERE o.state = 'pending' AND o.id = (
-                     SELECT MIN(i.id) FROM outbox i WHERE i.state = 'pending' AND i.thread = o.thread)
-                 ORDER BY o.id",
+    /// At most `limit` ready heads, oldest first: the oldest pending message of its thread
+    /// (so a later message of a thread is never tried while an earlier one is pending, even
+    /// one waiting for a retry), due at `now_ms`, not in one of `skip_channels`; each with its
+    /// thread's parent joined in. When fewer than `limit` are ready, also the earliest
+    /// `next_at_ms` of pending messages not due yet, so the caller knows how long to sleep.
+    pub async fn ready_heads(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        skip_channels: Vec<String>,
+    ) -> Result<ReadyHeads, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let skip = Value::from(skip_channels).to_string();
+        self.with_tx(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT o.id, o.thread, o.channel, o.kind, o.body, o.tries, o.next_at_ms,
+                        o.traceparent, t.channel, t.ts
+                 FROM outbox o INDEXED BY outbox_ready
+                 LEFT JOIN threads t ON t.thread = o.thread
+                 WHERE o.state = 'pending' AND o.next_at_ms <= ?1
+                   AND o.channel NOT IN (SELECT value FROM json_each(?3))
+                   AND NOT EXISTS (
+                       SELECT 1 FROM outbox i
+                       WHERE i.state = 'pending' AND i.thread = o.thread AND i.id < o.id)
+                 ORDER BY o.id
+                 LIMIT ?2",
             )?;
-            let rows = statement.query_map([], |row| {
-                Ok((
-                    row.get::<_, i64>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, String>(3)?,
-                    row.get::<_, String>(4)?,
-                    row.get::<_, u32>(5)?,
-                    row.get::<_, i64>(6)?,
-                    row.get::<_, String>(7)?,
-                ))
-            })?;
+            let mut rows = statement.query(params![now_ms, limit, skip])?;
             let mut heads = Vec::new();
-            for row in rows {
-                let (id, thread, channel, kind, body, tries, next_at_ms, traceparent) = row?;
-                heads.push(Message {
-                    id,
-                    thread,
-                    channel,
-                    kind: Kind::parse(&kind),
-                    body: serde_json::from_str(&body)?,
-                    tries,
-                    next_at_ms,
-                    traceparent: (!traceparent.is_empty()).then_some(traceparent),
+            while let Some(row) = rows.next()? {
+                let traceparent: String = row.get(7)?;
+                let kind: String = row.get(3)?;
+                let body: String = row.get(4)?;
+                let parent_channel: Option<String> = row.get(8)?;
+                let parent_ts: Option<String> = row.get(9)?;
+                heads.push(Head {
+                    message: Message {
+                        id: row.get(0)?,
+                        thread: row.get(1)?,
+                        channel: row.get(2)?,
+                        kind: Kind::parse(&kind),
+                        body: serde_json::from_str(&body)?,
+                        tries: row.get(5)?,
+                        next_at_ms: row.get(6)?,
+                        traceparent: (!traceparent.is_empty()).then_some(traceparent),
+                    },
+                    parent: parent_channel
+                        .zip(parent_ts)
+                        .map(|(channel, ts)| ThreadParent { channel, ts }),
                 });
             }
-            Ok(heads)
+            let next_at_ms = if heads.len() < usize::try_from(limit).unwrap_or(usize::MAX) {
+                conn.prepare_cached(
+                    "SELECT MIN(next_at_ms) FROM outbox WHERE state = 'pending' AND next_at_ms > ?1",
+                )?
+                .query_row(params![now_ms], |row| row.get::<_, Option<i64>>(0))?
+            } else {
+                None
+            };
+            Ok(ReadyHeads { heads, next_at_ms })
         })
         .await
     }
 
-    /// The parent of `thread` in Slack, once one was delivered.
-    pub async fn thread_parent(&self, thread: &str) -> Result<Option<ThreadParent>, StoreError> {
-        let thread = thread.to_owned();
+    /// Records the results of one delivery round in one transaction.
+    pub async fn settle(&self, outcomes: Vec<Outcome>) -> Result<(), StoreError> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
         self.with_tx(move |conn| {
-            Ok(conn
-                .query_row(
-                    "SELECT channel, ts FROM threads WHERE thread = ?1",
-                    params![thread],
-                    |row| {
-                        Ok(ThreadParent {
-                            channel: row.get(0)?,
-                            ts: row.get(1)?,
-                        })
-                    },
-                )
-                .optional()?)
-        })
-        .await
-    }
-
-    /// Marks message `id` delivered; `parent` (when given) becomes its thread's parent unless
-    /// the thread already has one.
-    pub async fn mark_sent(
-        &self,
-        id: i64,
-        ts: String,
-        parent: Option<(String, ThreadParent)>,
-    ) -> Result<(), StoreError> {
-        self.with_tx(move |conn| {
-            conn.execute(
-                "UPDATE outbox SET state = 'sent', tries = tries + 1, ts = ?2, last_error = '' WHERE id = ?1",
-                params![id, ts],
-            )?;
-            if let Some((thread, parent)) = parent
-                && !parent.ts.is_empty()
-            {
-                conn.execute(
-                    "INSERT OR IGNORE INTO threads (thread, channel, ts) VALUES (?1, ?2, ?3)",
-                    params![thread, parent.channel, parent.ts],
-                )?;
+            for outcome in outcomes {
+                match outcome {
+                    Outcome::Sent { id, ts, parent } => {
+                        conn.prepare_cached(
+                            "UPDATE outbox SET state = 'sent', tries = tries + 1, ts = ?2,
+                             last_error = '' WHERE id = ?1",
+                        )?
+                        .execute(params![id, ts])?;
+                        if let Some((thread, parent)) = parent
+                            && !parent.ts.is_empty()
+                        {
+                            conn.prepare_cached(
+                                "INSERT OR IGNORE INTO threads (thread, channel, ts)
+                                 VALUES (?1, ?2, ?3)",
+                            )?
+                            .execute(params![
+                                thread,
+                                parent.channel,
+                                parent.ts
+                            ])?;
+                        }
+                    }
+                    Outcome::Retry {
+                        id,
+                        next_at_ms,
+                        error,
+                    } => {
+                        conn.prepare_cached(
+                            "UPDATE outbox SET tries = tries + 1, next_at_ms = ?2, last_error = ?3
+                             WHERE id = ?1",
+                        )?
+                        .execute(params![id, next_at_ms, error])?;
+                    }
+                    Outcome::Dead { id, error } => {
+                        conn.prepare_cached(
+                            "UPDATE outbox SET state = 'dead', tries = tries + 1, last_error = ?2
+                             WHERE id = ?1",
+                        )?
+                        .execute(params![id, error])?;
+                    }
+                }
             }
-            Ok(())
-        })
-        .await
-    }
-
-    /// Counts a failed try of message `id` and schedules the next one.
-    pub async fn mark_retry(
-        &self,
-        id: i64,
-        next_at_ms: i64,
-        error: String,
-    ) -> Result<(), StoreError> {
-        self.with_tx(move |conn| {
-            conn.execute(
-                "UPDATE outbox SET tries = tries + 1, next_at_ms = ?2, last_error = ?3 WHERE id = ?1",
-                params![id, next_at_ms, error],
-            )?;
-            Ok(())
-        })
-        .await
-    }
-
-    /// Gives up on message `id` (dead letter).
-    pub async fn mark_dead(&self, id: i64, error: String) -> Result<(), StoreError> {
-        self.with_tx(move |conn| {
-            conn.execute(
-                "UPDATE outbox SET state = 'dead', tries = tries + 1, last_error = ?2 WHERE id = ?1",
-                params![id, error],
-            )?;
             Ok(())
         })
         .await
@@ -594,7 +646,7 @@ fn insert_messages(
     messages: &[NewMessage],
     now_ms: i64,
 ) -> Result<(), StoreError> {
-    let mut statement = conn.prepare(
+    let mut statement = conn.prepare_cached(
         "INSERT INTO outbox (thread, channel, kind, body, next_at_ms, created_ms, traceparent)
          VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)",
     )?;
@@ -627,8 +679,16 @@ mod tests {
         }
     }
 
+    fn texts(ready: &ReadyHeads) -> Vec<Value> {
+        ready
+            .heads
+            .iter()
+            .map(|head| head.message.body["text"].clone())
+            .collect()
+    }
+
     #[tokio::test]
-    async fn heads_are_the_oldest_pending_message_of_each_thread() {
+    async fn ready_heads_are_the_oldest_pending_message_of_each_thread() {
         let store = Store::open(None).unwrap();
         store
             .enqueue(
@@ -641,31 +701,71 @@ mod tests {
             )
             .await
             .unwrap();
-        let heads = store.heads().await.unwrap();
-        let texts: Vec<_> = heads.iter().map(|m| m.body["text"].clone()).collect();
-        assert_eq!(texts, [json!("a1"), json!("b1")]);
+        let ready = store.ready_heads(10, 8, Vec::new()).await.unwrap();
+        assert_eq!(texts(&ready), [json!("a1"), json!("b1")]);
+        assert_eq!(ready.next_at_ms, None);
+        assert!(ready.heads.iter().all(|head| head.parent.is_none()));
+        let limited = store.ready_heads(10, 1, Vec::new()).await.unwrap();
+        assert_eq!(texts(&limited), [json!("a1")]);
         let parent = ThreadParent {
             channel: "C1".into(),
             ts: "1.1".into(),
         };
         store
-            .mark_sent(
-                heads[0].id,
-                "1.1".into(),
-                Some(("a".into(), parent.clone())),
+            .settle(vec![
+                Outcome::Sent {
+                    id: ready.heads[0].message.id,
+                    ts: "1.1".into(),
+                    parent: Some(("a".into(), parent.clone())),
+                },
+                Outcome::Dead {
+                    id: ready.heads[1].message.id,
+                    error: "channel_not_found".into(),
+                },
+            ])
+            .await
+            .unwrap();
+        let ready = store.ready_heads(10, 8, Vec::new()).await.unwrap();
+        assert_eq!(texts(&ready), [json!("a2")]);
+        assert_eq!(ready.heads[0].parent, Some(parent));
+        let counts = store.outbox_counts().await.unwrap();
+        assert_eq!((counts.pending, counts.sent, counts.dead), (1, 1, 1));
+    }
+
+    #[tokio::test]
+    async fn a_head_waiting_for_a_retry_holds_its_thread_and_says_when() {
+        let store = Store::open(None).unwrap();
+        store
+            .enqueue(
+                vec![
+                    message("a", Kind::Post, "a1"),
+                    message("a", Kind::Update, "a2"),
+                    message("b", Kind::Post, "b1"),
+                ],
+                10,
             )
             .await
             .unwrap();
+        let first = store.ready_heads(10, 8, Vec::new()).await.unwrap();
         store
-            .mark_dead(heads[1].id, "channel_not_found".into())
+            .settle(vec![Outcome::Retry {
+                id: first.heads[0].message.id,
+                next_at_ms: 500,
+                error: "http 500".into(),
+            }])
             .await
             .unwrap();
-        let heads = store.heads().await.unwrap();
-        assert_eq!(heads.len(), 1);
-        assert_eq!(heads[0].body["text"], "a2");
-        assert_eq!(store.thread_parent("a").await.unwrap(), Some(parent));
-        let counts = store.outbox_counts().await.unwrap();
-        assert_eq!((counts.pending, counts.sent, counts.dead), (1, 1, 1));
+        let ready = store.ready_heads(20, 8, Vec::new()).await.unwrap();
+        assert_eq!(texts(&ready), [json!("b1")]);
+        assert_eq!(ready.next_at_ms, Some(500));
+        let skipped = store
+            .ready_heads(20, 8, vec!["#c".to_owned()])
+            .await
+            .unwrap();
+        assert!(skipped.heads.is_empty());
+        let due = store.ready_heads(500, 8, Vec::new()).await.unwrap();
+        assert_eq!(texts(&due), [json!("a1"), json!("b1")]);
+        assert_eq!(due.heads[0].message.tries, 1);
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! The alerter's API over real gRPC and HTTP on loopback, delivering to a fake Slack.
 
 mod commands;
+mod delivery;
 mod health;
 mod helpers;
 mod lifecycle;
