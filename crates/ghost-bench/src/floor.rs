@@ -36,14 +36,8 @@ pub const PATH_FSYNCS: &[PathFsync] = &[
     step("router", "lease: attempt row + leased event", 1, true),
     step(
         "executor",
-        "journal begin: header.json + journal dir + state dir",
-        3,
-        true,
-    ),
-    step(
-        "executor",
-        "journal seal: blobs dir + entries.jsonl + journal dir",
-        3,
+        "journal seal: one journal file (header, entries, originals) + its folder",
+        2,
         true,
     ),
     step(
@@ -53,12 +47,6 @@ pub const PATH_FSYNCS: &[PathFsync] = &[
         true,
     ),
     step("executor", "ledger entry: temp file + its dir", 2, true),
-    step(
-        "executor",
-        "journal close: state dir after removal",
-        1,
-        true,
-    ),
     step("router", "progress: applying event", 1, true),
     step(
         "router",
@@ -66,8 +54,12 @@ pub const PATH_FSYNCS: &[PathFsync] = &[
         1,
         true,
     ),
-    step("summarizer", "summary-<id>.md: temp file + dir", 2, true),
-    step("summarizer", "summary-<id>.json: temp file + dir", 2, true),
+    step(
+        "summarizer",
+        "summary-<id>.md and .json: two temp files + one folder fsync",
+        3,
+        true,
+    ),
     step(
         "summarizer",
         "index commit: summary, attempt, changelog, notify outbox",
@@ -76,9 +68,9 @@ pub const PATH_FSYNCS: &[PathFsync] = &[
     ),
     step(
         "summarizer",
-        "patch-manifest.json: temp file + dir",
+        "patch-manifest.json: temp file + dir, at most once per 500 ms for all patches",
         2,
-        true,
+        false,
     ),
     step(
         "alerter",
@@ -88,14 +80,14 @@ pub const PATH_FSYNCS: &[PathFsync] = &[
     ),
     step(
         "router",
-        "outbox row settled after Record answered",
+        "outbox rows settled after Record answered (one commit per round of up to 16)",
         1,
         false,
     ),
     step("summarizer", "notify outbox row marked delivered", 1, false),
     step(
         "alerter",
-        "Slack message marked sent (+ thread ts)",
+        "Slack messages marked sent (+ thread ts), one commit per round",
         1,
         false,
     ),

@@ -523,25 +523,42 @@ impl Index {
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
-    /// The alerter has the notification: forget it.
-    pub fn outbox_delivered(&self, id: i64) -> Result<(), SummarizerError> {
-        lock(&self.conn).execute("DELETE FROM outbox WHERE id = ?1", params![id])?;
-        Ok(())
-    }
-
-    /// A try failed: count it and try again at `next_at_ms`.
-    pub fn outbox_retry_at(
+    /// Records a round of notification tries in one transaction: `delivered` rows are
+    /// forgotten (the alerter has them), each of `failed` counts a try and waits until its
+    /// `next_at_ms`.
+    pub fn outbox_settle(
         &self,
-        id: i64,
-        next_at_ms: i64,
-        error: &str,
+        delivered: &[i64],
+        failed: &[OutboxRetry],
     ) -> Result<(), SummarizerError> {
-        lock(&self.conn).execute(
-            "UPDATE outbox SET tries = tries + 1, next_at_ms = ?2, last_error = ?3 WHERE id = ?1",
-            params![id, next_at_ms, error],
-        )?;
+        let mut conn = lock(&self.conn);
+        let tx = conn.transaction()?;
+        {
+            let mut forget = tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?;
+            for id in delivered {
+                forget.execute(params![id])?;
+            }
+            let mut retry = tx.prepare_cached(
+                "UPDATE outbox SET tries = tries + 1, next_at_ms = ?2, last_error = ?3 WHERE id = ?1",
+            )?;
+            for failure in failed {
+                retry.execute(params![failure.id, failure.next_at_ms, failure.error])?;
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
+}
+
+/// A failed notification try, to be tried again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRetry {
+    /// Outbox row id.
+    pub id: i64,
+    /// Not before this time (Unix ms).
+    pub next_at_ms: i64,
+    /// Why the try failed.
+    pub error: String,
 }
 
 fn event(row: &SummaryRow, name: &str, at_ms: i64) -> Transition {

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::doc::SummaryDoc;
-use crate::index::OutboxRow;
+use crate::index::{OutboxRetry, OutboxRow};
 use crate::render::slack_excerpt;
 use crate::summaries::Summaries;
 
@@ -97,12 +97,10 @@ pub async fn run(
             }
         };
         let full_batch = rows.len() == BATCH;
-        for row in rows {
-            if shutdown.is_cancelled() {
-                return;
-            }
-            deliver(&summaries, &notifier, backoff, row).await;
+        if shutdown.is_cancelled() {
+            return;
         }
+        deliver_round(&summaries, &notifier, backoff, rows, &shutdown).await;
         if full_batch {
             continue;
         }
@@ -132,44 +130,85 @@ async fn next_wait(summaries: &Summaries) -> Duration {
     }
 }
 
-async fn deliver(summaries: &Summaries, notifier: &Notifier, backoff: Backoff, row: OutboxRow) {
-    let span =
-        tracing::info_span!("alerter.notify", patch_id = %row.patch_id, attempt = row.attempt);
-    if !row.traceparent.is_empty() {
-        set_parent(&span, &row.traceparent);
-    }
-    let result = match NotifyRequest::decode(row.request.as_slice()) {
-        Ok(request) => notifier.send(request).instrument(span.clone()).await,
-        Err(err) => Err(format!("undecodable outbox row: {err}")),
-    };
-    let index = summaries.index().clone();
-    let now = summaries.now_ms();
-    let id = row.id;
-    let tries = row.tries + 1;
-    let update = async move { match result {
-        Ok(accepted) => {
-            tracing::info!(accepted, tries, "alerter notified");
-            tokio::task::spawn_blocking(move || index.outbox_delivered(id)).await
+/// Sends a round of due notifications at once, at most one per patch (a later attempt of a
+/// patch waits for the round after its earlier one, so the alerter sees them in order), then
+/// records every outcome in one transaction. One at a time, each waiting for its own commit,
+/// they capped the whole system at about 330 patches/s.
+async fn deliver_round(
+    summaries: &Summaries,
+    notifier: &Notifier,
+    backoff: Backoff,
+    rows: Vec<OutboxRow>,
+    shutdown: &CancellationToken,
+) {
+    let mut patches = std::collections::HashSet::new();
+    let mut sends = tokio::task::JoinSet::new();
+    for row in rows {
+        if !patches.insert(row.patch_id.clone()) {
+            continue;
         }
-        Err(error) => {
-            let delay = backoff.delay(tries);
-            if tries >= LOUD_AFTER {
-                tracing::error!(tries, %error, retry_in = ?delay, "alerter still unreachable; notification kept");
-            } else {
-                tracing::warn!(tries, %error, retry_in = ?delay, "alerter notify failed; will retry");
+        let notifier = notifier.clone();
+        sends.spawn(async move {
+            let span = tracing::info_span!("alerter.notify", patch_id = %row.patch_id, attempt = row.attempt);
+            if !row.traceparent.is_empty() {
+                set_parent(&span, &row.traceparent);
             }
-            let next_at = now.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
-            tokio::task::spawn_blocking(move || index.outbox_retry_at(id, next_at, &error)).await
+            let result = match NotifyRequest::decode(row.request.as_slice()) {
+                Ok(request) => notifier.send(request).instrument(span.clone()).await,
+                Err(err) => Err(format!("undecodable outbox row: {err}")),
+            };
+            let tries = row.tries + 1;
+            let _entered = span.enter();
+            match &result {
+                Ok(accepted) => tracing::info!(accepted, tries, "alerter notified"),
+                Err(error) => {
+                    let delay = backoff.delay(tries);
+                    if tries >= LOUD_AFTER {
+                        tracing::error!(tries, %error, retry_in = ?delay, "alerter still unreachable; notification kept");
+                    } else {
+                        tracing::warn!(tries, %error, retry_in = ?delay, "alerter notify failed; will retry");
+                    }
+                }
+            }
+            (row.id, tries, result)
+        });
+    }
+    let mut delivered = Vec::new();
+    let mut failed = Vec::new();
+    while let Some(joined) = sends.join_next().await {
+        match joined {
+            Ok((id, _, Ok(_))) => delivered.push(id),
+            Ok((id, tries, Err(error))) => {
+                let delay = i64::try_from(backoff.delay(tries).as_millis()).unwrap_or(i64::MAX);
+                failed.push(OutboxRetry {
+                    id,
+                    next_at_ms: summaries.now_ms().saturating_add(delay),
+                    error,
+                });
+            }
+            // The row stays due and is sent again in the next round.
+            Err(err) => tracing::error!(error = %err, "notify task failed"),
         }
-    } }
-    .instrument(span)
-    .await;
-    match update {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => {
-            tracing::error!(error = ?anyhow::Error::from(err), "cannot update the notify outbox");
+    }
+    if delivered.is_empty() && failed.is_empty() {
+        return;
+    }
+    // Until the round is recorded its rows stay due: a storage error is retried, never
+    // dropped (a row sent twice is harmless; the alerter deduplicates).
+    loop {
+        let index = summaries.index().clone();
+        let (done, retries) = (delivered.clone(), failed.clone());
+        match tokio::task::spawn_blocking(move || index.outbox_settle(&done, &retries)).await {
+            Ok(Ok(())) => return,
+            Ok(Err(err)) => {
+                tracing::error!(error = ?anyhow::Error::from(err), "cannot update the notify outbox");
+            }
+            Err(err) => tracing::error!(error = %err, "notify outbox task failed"),
         }
-        Err(err) => tracing::error!(error = %err, "notify outbox task failed"),
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(POLL) => {}
+        }
     }
 }
 

@@ -138,3 +138,41 @@ async fn outcomes_reach_slack_through_the_real_alerter_once_it_is_up() {
     let _ = alerter_task.await;
     app.stop().await;
 }
+
+/// Notifications go several at a time (one at a time capped the whole system at ~330
+/// patches/s), yet the attempts of one patch reach the alerter in order.
+#[tokio::test]
+async fn notifications_go_several_at_a_time_and_a_patchs_attempts_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let alerter = FakeAlerter::start_slow(std::time::Duration::from_millis(40)).await;
+    let mut app = spawn_summarizer(dir.path(), Some(alerter.url.clone())).await;
+    let mut expected = 0;
+    for n in 0..12 {
+        let id = format!("many-{n}");
+        app.client
+            .record(record(&id, 1, PatchStatus::RolledBack))
+            .await
+            .unwrap();
+        app.client
+            .record(record(&id, 2, PatchStatus::Succeeded))
+            .await
+            .unwrap();
+        expected += 2;
+    }
+    let received = alerter.wait_for(expected).await;
+    assert_eq!(received.len(), expected, "every notification arrives once");
+    assert!(
+        alerter.most_in_flight() >= 2,
+        "notifications went one at a time"
+    );
+    for n in 0..12 {
+        let id = format!("many-{n}");
+        let attempts: Vec<u32> = received
+            .iter()
+            .filter(|r| r.patch_id == id)
+            .map(|r| r.attempt)
+            .collect();
+        assert_eq!(attempts, vec![1, 2], "{id}: attempts out of order");
+    }
+    app.stop().await;
+}

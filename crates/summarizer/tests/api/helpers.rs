@@ -315,6 +315,10 @@ pub fn full_report(status: PatchStatus) -> ApplyReport {
 struct Received {
     requests: Mutex<Vec<NotifyRequest>>,
     arrived: Notify,
+    /// How long each Notify takes to answer.
+    delay: Duration,
+    in_flight: std::sync::atomic::AtomicUsize,
+    most_in_flight: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Clone, Default)]
@@ -328,11 +332,18 @@ impl AlerterService for RecordingAlerter {
         &self,
         request: tonic::Request<NotifyRequest>,
     ) -> Result<tonic::Response<NotifyResponse>, tonic::Status> {
+        use std::sync::atomic::Ordering;
+        let now = self.received.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.received
+            .most_in_flight
+            .fetch_max(now, Ordering::SeqCst);
         self.received
             .requests
             .lock()
             .unwrap()
             .push(request.into_inner());
+        tokio::time::sleep(self.received.delay).await;
+        self.received.in_flight.fetch_sub(1, Ordering::SeqCst);
         self.received.arrived.notify_waiters();
         Ok(tonic::Response::new(NotifyResponse { accepted: true }))
     }
@@ -362,9 +373,23 @@ impl FakeAlerter {
 
     /// On `addr` (e.g. one from [`reserve_port`]).
     pub async fn start_on(addr: SocketAddr) -> Self {
+        Self::start_with(addr, Duration::ZERO).await
+    }
+
+    /// On a free port, answering each Notify after `delay`.
+    pub async fn start_slow(delay: Duration) -> Self {
+        Self::start_with("127.0.0.1:0".parse().unwrap(), delay).await
+    }
+
+    async fn start_with(addr: SocketAddr, delay: Duration) -> Self {
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let alerter = RecordingAlerter::default();
+        let alerter = RecordingAlerter {
+            received: Arc::new(Received {
+                delay,
+                ..Received::default()
+            }),
+        };
         let received = alerter.received.clone();
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(
@@ -382,6 +407,13 @@ impl FakeAlerter {
             received,
             _stop: stop,
         }
+    }
+
+    /// The most Notify calls that were being answered at one time.
+    pub fn most_in_flight(&self) -> usize {
+        self.received
+            .most_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// What arrived so far.
