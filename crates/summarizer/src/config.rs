@@ -39,7 +39,9 @@ pub struct SummarizerConfig {
     pub changelog_len: usize,
     /// How long a target's `patch-manifest.json` may lag behind its summaries: records within
     /// this window share one rewrite (the manifest lists every patch, so a rewrite per record
-    /// costs O(patches) each). Zero: every record rewrites it before answering.
+    /// costs O(patches) each). Once rewrites get slow the lag grows to nine times the last
+    /// rewrite's duration, so they never take more than a tenth of a thread. Zero: every
+    /// record rewrites it before answering.
     #[serde(with = "humantime_serde")]
     pub manifest_delay: Duration,
     /// Wait before retrying a failed notification; doubles per failure up to `notify_max_backoff`.
