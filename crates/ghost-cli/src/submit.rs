@@ -139,6 +139,11 @@ pub async fn run(
         if terminal {
             let grace_end = *summary_deadline.get_or_insert(now + SUMMARY_GRACE);
             if !detail["summary"].is_null() || now >= grace_end {
+                // The patch may have ended after the events above were read: show the rest.
+                let events = client.events(&id).await?;
+                for event in events.as_array().into_iter().flatten().skip(shown) {
+                    output.note(&render::progress_line(event, paint));
+                }
                 break detail;
             }
         }
