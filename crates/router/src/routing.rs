@@ -126,9 +126,11 @@ impl Routing {
         millis(self.policy.lease)
     }
 
-    /// Stores a patch (idempotently) and assigns it if its target is free.
+    /// Stores a patch (idempotently) and assigns it if its target is free. The answer does
+    /// not wait for the assignment: the patch is durable once stored, and its lease is a
+    /// commit of its own that the submitter need not sit through.
     pub async fn submit(
-        &self,
+        self: &Arc<Self>,
         patch: Patch,
         traceparent: String,
     ) -> Result<(PatchRecord, bool), RouterError> {
@@ -142,7 +144,8 @@ impl Routing {
                 if record.status.is_terminal() {
                     self.outbox_wake.notify_one();
                 } else {
-                    self.dispatch(&target).await;
+                    let routing = Arc::clone(self);
+                    tokio::spawn(async move { routing.dispatch(&target).await });
                 }
                 Ok((record, true))
             }
