@@ -100,6 +100,8 @@ pub struct PatchDetail {
 pub struct EventView {
     /// When, Unix ms.
     pub at_unix_ms: i64,
+    /// The same instant to the microsecond, Unix µs.
+    pub at_unix_us: i64,
     /// State entered.
     pub status: String,
     /// Who caused it.

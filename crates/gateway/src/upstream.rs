@@ -107,6 +107,7 @@ impl PatchQueue for GrpcRouter {
             .into_iter()
             .map(|event| EventView {
                 at_unix_ms: event.at_unix_ms,
+                at_unix_us: event.at_unix_us,
                 status: event.status,
                 actor: event.actor,
                 attempt: event.attempt,

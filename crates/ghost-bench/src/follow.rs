@@ -30,8 +30,23 @@ const FETCH_CONCURRENCY: usize = 16;
 pub struct Event {
     /// When, Unix ms.
     pub at_unix_ms: i64,
+    /// When, Unix µs (absent or 0 from a gateway that does not report it).
+    #[serde(default)]
+    pub at_unix_us: i64,
     /// State entered.
     pub status: String,
+}
+
+impl Event {
+    /// When, Unix ms with the microseconds as a fraction where the router reports them
+    /// (whole ms alone would put every stage of a fast patch in a 1 ms grid).
+    pub fn at(&self) -> f64 {
+        if self.at_unix_us > 0 {
+            self.at_unix_us as f64 / 1e3
+        } else {
+            self.at_unix_ms as f64
+        }
+    }
 }
 
 /// Parent Slack posts per patch id, with their arrival times (Unix ms).

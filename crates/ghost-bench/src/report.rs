@@ -290,7 +290,7 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "* file mtimes tick with the kernel's coarse clock (a few ms); router events are whole ms"
+            "* file mtimes tick with the kernel's coarse clock (a few ms); router events are to the µs"
         );
         let c = &self.counts;
         let _ = writeln!(

@@ -224,7 +224,7 @@ fn first_terminal(events: &[Event]) -> Option<f64> {
     events
         .iter()
         .find(|e| TERMINAL.contains(&e.status.as_str()))
-        .map(|e| e.at_unix_ms as f64)
+        .map(Event::at)
 }
 
 fn stage(name: &str, mut samples: Vec<f64>) -> Stage {
@@ -322,7 +322,7 @@ fn analyse(
         }
         for pair in patch_events.windows(2) {
             let name = format!("event {} → {}", pair[0].status, pair[1].status);
-            let delta = (pair[1].at_unix_ms - pair[0].at_unix_ms) as f64;
+            let delta = pair[1].at() - pair[0].at();
             match pairs.iter_mut().find(|(n, _)| *n == name) {
                 Some((_, samples)) => samples.push(delta),
                 None => pairs.push((name, vec![delta])),
@@ -335,7 +335,7 @@ fn analyse(
             let leased = patch_events
                 .iter()
                 .find(|e| e.status == "leased")
-                .map_or(ended, |e| e.at_unix_ms as f64);
+                .map_or(ended, Event::at);
             let entry = per_target
                 .entry(sub.target.as_str())
                 .or_insert((f64::MAX, f64::MIN, 0));
@@ -343,7 +343,7 @@ fn analyse(
             let queued = patch_events
                 .iter()
                 .find(|e| e.status == "queued")
-                .map_or(leased, |e| e.at_unix_ms as f64);
+                .map_or(leased, Event::at);
             cycles
                 .entry(sub.target.as_str())
                 .or_default()

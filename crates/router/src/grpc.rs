@@ -162,6 +162,7 @@ impl RouterService for RouterGrpc {
             .into_iter()
             .map(|event| wire::Event {
                 at_unix_ms: event.at_ms,
+                at_unix_us: event.at_us,
                 status: event.status,
                 actor: event.actor,
                 attempt: event.attempt,

@@ -192,6 +192,8 @@ pub struct TargetRow {
 pub struct EventRow {
     /// Unix ms.
     pub at_ms: i64,
+    /// Unix µs (for rows stored before microseconds were kept: `at_ms` × 1000).
+    pub at_us: i64,
     /// The state entered.
     pub status: String,
     /// Who caused it (`gateway`, `executor:<id>`, `router`, a Slack user).
@@ -209,6 +211,14 @@ pub struct StatsRows {
     pub hours: Vec<(i64, String, u32)>,
     /// The stage timings (stage, ms) of each of the newest reports.
     pub stages: Vec<Vec<(String, u64)>>,
+}
+
+/// Unix time in microseconds.
+pub fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// Unix time in milliseconds.

@@ -92,6 +92,11 @@ const MIGRATIONS: &[&str] = &[
         delivered_ms INTEGER
     );
     ",
+    // Event times to the microsecond (whole ms hid the stages of a patch that takes a few
+    // ms end to end); rows from before keep 0 and are read as `at_ms` × 1000.
+    "
+    ALTER TABLE events ADD COLUMN at_us INTEGER NOT NULL DEFAULT 0;
+    ",
 ];
 
 /// Applies the migrations not yet recorded in `PRAGMA user_version`.
@@ -135,4 +140,39 @@ fn backfill_deps(conn: &Connection) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_stored_before_microseconds_read_as_their_milliseconds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("router.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for (index, migration) in MIGRATIONS.iter().enumerate().take(MIGRATIONS.len() - 1) {
+                conn.execute_batch(migration).unwrap();
+                conn.pragma_update(None, "user_version", index as i64 + 1)
+                    .unwrap();
+            }
+            conn.execute(
+                "INSERT INTO events (patch_id, at_ms, status, actor, attempt) VALUES ('old', 1700000000123, 'queued', 'router', 0)",
+                [],
+            )
+            .unwrap();
+        }
+        let store = crate::store::SqliteStore::open(&path).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let events = runtime
+            .block_on(crate::store::RouterStore::events(&store, "old".to_owned()))
+            .unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].at_ms, 1_700_000_000_123);
+        assert_eq!(events[0].at_us, 1_700_000_000_123_000);
+    }
 }

@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use super::schema::migrate;
 use super::{
     AlertRow, Completed, Delivery, EventRow, Inserted, LeaseEnded, NewAlert, Outbox, OutboxRow,
-    PatchRecord, RouterStore, StatsRows, StoreError, TargetRow, now_ms,
+    PatchRecord, RouterStore, StatsRows, StoreError, TargetRow, now_ms, now_us,
 };
 
 /// At most this many requests share one commit.
@@ -225,10 +225,19 @@ fn event_tx(
     attempt: u32,
     detail: &str,
 ) -> rusqlite::Result<()> {
+    let at_us = now_us();
     exec(
         conn,
-        "INSERT INTO events (patch_id, at_ms, status, actor, attempt, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![id, now_ms(), status.as_str(), actor, attempt, detail],
+        "INSERT INTO events (patch_id, at_ms, at_us, status, actor, attempt, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            id,
+            at_us.div_euclid(1000),
+            at_us,
+            status.as_str(),
+            actor,
+            attempt,
+            detail
+        ],
     )?;
     Ok(())
 }
@@ -600,15 +609,18 @@ impl RouterStore for SqliteStore {
     async fn events(&self, id: String) -> Result<Vec<EventRow>, StoreError> {
         self.read(move |conn| {
             let mut statement = conn.prepare_cached(
-                "SELECT at_ms, status, actor, attempt, detail FROM events WHERE patch_id = ?1 ORDER BY id",
+                "SELECT at_ms, at_us, status, actor, attempt, detail FROM events WHERE patch_id = ?1 ORDER BY id",
             )?;
             let rows = statement.query_map(params![id], |row| {
+                let at_ms: i64 = row.get(0)?;
+                let at_us: i64 = row.get(1)?;
                 Ok(EventRow {
-                    at_ms: row.get(0)?,
-                    status: row.get(1)?,
-                    actor: row.get(2)?,
-                    attempt: row.get(3)?,
-                    detail: row.get(4)?,
+                    at_ms,
+                    at_us: if at_us > 0 { at_us } else { at_ms.saturating_mul(1000) },
+                    status: row.get(2)?,
+                    actor: row.get(3)?,
+                    attempt: row.get(4)?,
+                    detail: row.get(5)?,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)

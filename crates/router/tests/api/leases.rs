@@ -58,6 +58,20 @@ async fn an_expired_lease_goes_to_another_executor_and_the_late_result_is_refuse
         .iter()
         .map(|event| (event.status.clone(), event.attempt))
         .collect();
+    for pair in events.windows(2) {
+        assert!(pair[0].at_unix_us <= pair[1].at_unix_us, "{events:?}");
+    }
+    for event in &events {
+        assert_eq!(
+            event.at_unix_us.div_euclid(1000),
+            event.at_unix_ms,
+            "{event:?}"
+        );
+    }
+    assert!(
+        events.iter().any(|event| event.at_unix_us % 1000 != 0),
+        "times are kept to the microsecond: {events:?}"
+    );
     assert!(
         trail.contains(&("interrupted".to_owned(), 1)),
         "attempt 1 is recorded as interrupted: {trail:?}"
