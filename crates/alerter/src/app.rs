@@ -75,7 +75,11 @@ impl App {
         let listeners = Listeners::bind(&config.server)
             .await
             .context("cannot bind the alerter listeners")?;
-        let slack = SlackClient::new(&config.slack).context("cannot build the slack client")?;
+        let http = reqwest::Client::builder()
+            .timeout(crate::slack::REQUEST_TIMEOUT)
+            .build()
+            .context("cannot build the http client")?;
+        let slack = SlackClient::new(&config.slack, http.clone());
         if slack.is_none() {
             tracing::info!("slack is not configured; messages will only be logged");
         }
@@ -125,10 +129,7 @@ impl App {
         let inbound = Arc::new(Inbound {
             verifier: Verifier::new(config.slack.signing_secret.clone(), clock),
             commands,
-            http: reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(10))
-                .build()
-                .context("cannot build the response_url client")?,
+            http,
             inline_budget: config.slack.inline_answer_budget,
         });
         Ok(Self {

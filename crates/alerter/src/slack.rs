@@ -12,7 +12,8 @@ use serde_json::Value;
 use crate::config::SlackConfig;
 
 /// Per-request timeout.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for one HTTP request of the alerter (Slack's API, webhooks, `response_url`s).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Slack `error` codes worth another try; every other code is permanent.
 const TRANSIENT_ERRORS: &[&str] = &[
@@ -155,15 +156,14 @@ pub struct SlackClient {
 }
 
 impl SlackClient {
-    /// A client for `config`, or `None` when Slack is off (no API base URL and no webhook).
-    pub fn new(config: &SlackConfig) -> Result<Option<Self>, reqwest::Error> {
+    /// A client for `config` over `http` (the alerter's one HTTP client: one connection pool
+    /// and one copy of the trusted roots), or `None` when Slack is off (no API base URL and no
+    /// webhook).
+    pub fn new(config: &SlackConfig, http: reqwest::Client) -> Option<Self> {
         if config.api_base_url.is_none() && config.webhook_url.is_empty() {
-            return Ok(None);
+            return None;
         }
-        let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .build()?;
-        Ok(Some(Self {
+        Some(Self {
             http,
             api_base_url: config
                 .api_base_url
@@ -171,7 +171,7 @@ impl SlackClient {
                 .map(|url| url.trim_end_matches('/').to_owned()),
             token: config.bot_token.clone(),
             webhook_url: config.webhook_url.clone(),
-        }))
+        })
     }
 
     /// True when the Web API can be used (a base URL and a bot token, or no webhook at all).
