@@ -2,35 +2,60 @@
 //! a Custom GPT Action: an https server URL, a bearer API-key scheme, and
 //! `x-openai-isConsequential` on every operation (true on the mutating ones).
 
-use serde_json::{Value, json};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{Info, OpenApi, OpenApiVersion, Server};
 
 /// Finishes the generated document; `public_url` is the advertised server (empty: none).
-pub fn document(generated: utoipa::openapi::OpenApi, public_url: &str) -> Value {
-    let mut doc = serde_json::to_value(&generated).unwrap_or_else(|_| json!({}));
-    doc["openapi"] = json!("3.1.0");
-    doc["info"] = json!({
-        "title": "Ghost Runner",
-        "version": env!("CARGO_PKG_VERSION"),
-        "description": "Submit code patches to workspaces and read what happened. Patches are applied atomically by executors; every patch gets a status and a summary.",
-    });
-    if !public_url.is_empty() {
-        doc["servers"] = json!([{ "url": public_url.trim_end_matches('/') }]);
-    }
-    doc["components"]["securitySchemes"] = json!({
-        "bearer": {
-            "type": "http",
-            "scheme": "bearer",
-            "description": "An API key, as Authorization: Bearer <key> (X-Api-Key also works)."
-        }
-    });
-    if let Some(paths) = doc["paths"].as_object_mut() {
-        for item in paths.values_mut() {
-            let Some(item) = item.as_object_mut() else {
-                continue;
-            };
-            for (method, operation) in item.iter_mut() {
-                let mutating = matches!(method.as_str(), "post" | "put" | "patch" | "delete");
-                operation["x-openai-isConsequential"] = json!(mutating);
+///
+/// Works on the typed document and leaves serialising to the caller (once, at start): a
+/// `serde_json::Value` copy of it would be a second tree of maps the size of the first.
+pub fn document(mut doc: OpenApi, public_url: &str) -> OpenApi {
+    doc.openapi = OpenApiVersion::Version31;
+    let mut info = Info::new("Ghost Runner", env!("CARGO_PKG_VERSION"));
+    info.description = Some(
+        "Submit code patches to workspaces and read what happened. Patches are applied atomically by executors; every patch gets a status and a summary."
+            .to_owned(),
+    );
+    doc.info = info;
+    doc.servers =
+        (!public_url.is_empty()).then(|| vec![Server::new(public_url.trim_end_matches('/'))]);
+    doc.components
+        .get_or_insert_with(Default::default)
+        .security_schemes = [(
+        "bearer".to_owned(),
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .description(Some(
+                    "An API key, as Authorization: Bearer <key> (X-Api-Key also works).",
+                ))
+                .build(),
+        )
+        .into(),
+    )]
+    .into_iter()
+    .collect();
+    for item in doc.paths.paths.values_mut() {
+        let operations = [
+            (&mut item.get, false),
+            (&mut item.head, false),
+            (&mut item.options, false),
+            (&mut item.trace, false),
+            (&mut item.query, false),
+            (&mut item.post, true),
+            (&mut item.put, true),
+            (&mut item.patch, true),
+            (&mut item.delete, true),
+        ];
+        for (operation, mutating) in operations {
+            if let Some(operation) = operation {
+                operation
+                    .extensions
+                    .get_or_insert_with(Default::default)
+                    .insert(
+                        "x-openai-isConsequential".to_owned(),
+                        serde_json::Value::Bool(mutating),
+                    );
             }
         }
     }
