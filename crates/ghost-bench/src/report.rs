@@ -326,7 +326,7 @@ impl Report {
             for service in &self.services {
                 let _ = writeln!(
                     out,
-                    "{:<14} {:>9.1} {:>12.1} {:>13.1} {:>12.1} {:>8.1}",
+                    "{:<14} {:>9.1} {:>13.1} {:>14.1} {:>13.1} {:>8.1}",
                     service.name,
                     service.ready_ms,
                     service.idle_rss_kib as f64 / 1024.0,
@@ -337,8 +337,10 @@ impl Report {
             }
             let _ = writeln!(
                 out,
-                "idle RSS of the five (one executor): {:.1} MB, of which anonymous {:.1} MB",
+                "idle RSS of the five (one executor): {} KiB = {:.1} MiB = {:.1} MB, of which anonymous {:.1} MiB",
+                self.idle_rss_five_kib,
                 self.idle_rss_five_kib as f64 / 1024.0,
+                self.idle_rss_five_kib as f64 * 1024.0 / 1e6,
                 self.idle_anon_five_kib as f64 / 1024.0
             );
         }
