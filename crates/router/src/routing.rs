@@ -126,11 +126,9 @@ impl Routing {
         millis(self.policy.lease)
     }
 
-    /// Stores a patch (idempotently) and assigns it if its target is free. The answer does
-    /// not wait for the assignment: the patch is durable once stored, and its lease is a
-    /// commit of its own that the submitter need not sit through.
+    /// Stores a patch (idempotently) and assigns it if its target is free.
     pub async fn submit(
-        self: &Arc<Self>,
+        &self,
         patch: Patch,
         traceparent: String,
     ) -> Result<(PatchRecord, bool), RouterError> {
@@ -144,8 +142,7 @@ impl Routing {
                 if record.status.is_terminal() {
                     self.outbox_wake.notify_one();
                 } else {
-                    let routing = Arc::clone(self);
-                    tokio::spawn(async move { routing.dispatch(&target).await });
+                    self.dispatch(&target).await;
                 }
                 Ok((record, true))
             }
