@@ -320,8 +320,8 @@ impl Report {
         if !self.services.is_empty() {
             let _ = writeln!(
                 out,
-                "\n{:<14} {:>9} {:>12} {:>13} {:>12} {:>8}",
-                "service", "ready ms", "idle RSS MB", "idle anon MB", "peak RSS MB", "CPU s"
+                "\n{:<14} {:>9} {:>13} {:>14} {:>13} {:>8}",
+                "service", "ready ms", "idle RSS MiB", "idle anon MiB", "peak RSS MiB", "CPU s"
             );
             for service in &self.services {
                 let _ = writeln!(
