@@ -6,6 +6,11 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
 use crate::helpers::spawn_system;
 
 async fn grpc_health(addr: std::net::SocketAddr) -> ServingStatus {
@@ -99,4 +104,141 @@ async fn every_service_reports_health_and_turns_unready_while_draining() {
         );
         service.stop().await.expect("clean stop");
     }
+}
+
+/// The services a peer lists through `grpc.reflection.v1` (tonic's client).
+async fn reflected_services_v1(addr: std::net::SocketAddr) -> Vec<String> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("grpc reachable");
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection v1 answers")
+        .into_inner();
+    let answer = answers
+        .message()
+        .await
+        .expect("a reflection answer")
+        .expect("one message");
+    match answer.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => list
+            .service
+            .into_iter()
+            .map(|service| service.name)
+            .collect(),
+        other => panic!("unexpected reflection answer: {other:?}"),
+    }
+}
+
+/// Reflection (built on a service's first reflection call, not at start) answers both protocol
+/// versions: tonic's v1 client, and Python grpcio's reflection client (v1alpha), a foreign peer
+/// that also checks health and resolves every listed service to its methods.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_answers_reflection_v1_and_v1alpha_and_foreign_health_checks() {
+    let test = spawn_system(true).await;
+    let own: &[(&str, &[&str])] = &[
+        (
+            "router",
+            &[
+                "ghost.router.v1.RouterService",
+                "ghost.router.v1.RouterStatsService",
+            ],
+        ),
+        ("summarizer", &["ghost.summarizer.v1.SummarizerService"]),
+        (
+            "alerter",
+            &[
+                "ghost.alerter.v1.AlerterService",
+                "ghost.alerter.v1.AlerterReadService",
+            ],
+        ),
+        ("gateway", &[]),
+        ("executor", &[]),
+    ];
+    let expected = |name: &str| -> Vec<String> {
+        let (_, names) = own
+            .iter()
+            .find(|(service, _)| *service == name)
+            .unwrap_or_else(|| panic!("unknown service {name}"));
+        let mut all: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        all.push("grpc.health.v1.Health".to_owned());
+        all.sort();
+        all
+    };
+
+    for service in &test.system.services {
+        let mut listed = reflected_services_v1(service.grpc).await;
+        listed.sort();
+        assert_eq!(listed, expected(service.name), "{} over v1", service.name);
+    }
+
+    let addresses: Vec<String> = test
+        .system
+        .services
+        .iter()
+        .map(|service| service.grpc.to_string())
+        .collect();
+    let output = tokio::process::Command::new(ghost_testkit::python())
+        .arg(ghost_testkit::repo_root().join("tests/python/grpc_peer.py"))
+        .args(&addresses)
+        .output()
+        .await
+        .expect("python runs");
+    assert!(
+        output.status.success(),
+        "grpc_peer.py failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let probed: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    for service in &test.system.services {
+        let seen = &probed[service.grpc.to_string()];
+        assert_eq!(seen["health"], "SERVING", "{}: {seen}", service.name);
+        let listed = seen["services"].as_object().expect("services");
+        let mut names: Vec<String> = listed.keys().cloned().collect();
+        names.sort();
+        assert_eq!(
+            names,
+            expected(service.name),
+            "{} over v1alpha",
+            service.name
+        );
+        for (name, methods) in listed {
+            assert!(
+                !methods.as_array().expect("methods").is_empty(),
+                "{}: {name} resolved to no methods",
+                service.name
+            );
+        }
+        assert!(
+            listed["grpc.health.v1.Health"]
+                .as_array()
+                .expect("methods")
+                .iter()
+                .any(|method| method == "Check"),
+            "{seen}"
+        );
+    }
+    let router = &probed[test
+        .system
+        .services
+        .iter()
+        .find(|service| service.name == "router")
+        .expect("router")
+        .grpc
+        .to_string()];
+    assert!(
+        router["services"]["ghost.router.v1.RouterService"]
+            .as_array()
+            .expect("methods")
+            .iter()
+            .any(|method| method == "Submit"),
+        "{router}"
+    );
 }

@@ -6,8 +6,8 @@
 //! and wait at most `drain_timeout` for in-flight calls.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -89,6 +89,80 @@ async fn metrics_text() -> impl IntoResponse {
     )
 }
 
+/// A gRPC service built on its first call. Reflection decodes every descriptor it serves when
+/// it is built (about 150 KB a service, once per protocol version), and few clients ever ask:
+/// built at start, that memory stayed resident in every idle service.
+struct Lazy<S, F> {
+    built: Arc<OnceLock<Result<S, String>>>,
+    make: Arc<F>,
+}
+
+impl<S, F> Lazy<S, F> {
+    fn new(make: F) -> Self {
+        Self {
+            built: Arc::new(OnceLock::new()),
+            make: Arc::new(make),
+        }
+    }
+}
+
+impl<S, F> Clone for Lazy<S, F> {
+    fn clone(&self) -> Self {
+        Self {
+            built: Arc::clone(&self.built),
+            make: Arc::clone(&self.make),
+        }
+    }
+}
+
+impl<S: tonic::server::NamedService, F> tonic::server::NamedService for Lazy<S, F> {
+    const NAME: &'static str = S::NAME;
+}
+
+type LazyFuture<E> =
+    std::pin::Pin<Box<dyn Future<Output = Result<http::Response<tonic::body::Body>, E>> + Send>>;
+
+impl<S, F, E, B> tower::Service<http::Request<B>> for Lazy<S, F>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    F: Fn() -> Result<S, E>,
+    E: std::fmt::Display,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = LazyFuture<S::Error>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        // Generated tonic servers are always ready; readiness is checked per call below.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let built = self
+            .built
+            .get_or_init(|| (self.make)().map_err(|err| err.to_string()));
+        match built {
+            Ok(service) => {
+                let mut service = service.clone();
+                Box::pin(service.call(request))
+            }
+            Err(err) => {
+                let status = tonic::Status::internal(format!("cannot build this service: {err}"));
+                Box::pin(std::future::ready(Ok(status.into_http())))
+            }
+        }
+    }
+}
+
 /// What one service serves.
 pub struct Service {
     /// Short service name (`router`), used in spans and logs.
@@ -112,23 +186,24 @@ pub async fn run(
     let (reporter, health_service) = tonic_health::server::health_reporter();
     // Both reflection versions: grpcurl speaks v1, many clients (Python grpcio) still v1alpha.
     // Advertise only this service's own gRPC services, not every Ghost Runner proto.
-    let reflection = || {
+    let grpc_names = service.grpc_names.clone();
+    let reflection = move || {
         let builder = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(ghost_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .with_service_name("grpc.health.v1.Health");
-        service
-            .grpc_names
-            .iter()
-            .fold(builder, |builder, grpc_name| {
-                builder.with_service_name(*grpc_name)
-            })
+        grpc_names.iter().fold(builder, |builder, grpc_name| {
+            builder.with_service_name(*grpc_name)
+        })
     };
     let grpc_routes = service
         .grpc
         .add_service(health_service)
-        .add_service(reflection().build_v1()?)
-        .add_service(reflection().build_v1alpha()?);
+        .add_service(Lazy::new({
+            let reflection = reflection.clone();
+            move || reflection().build_v1()
+        }))
+        .add_service(Lazy::new(move || reflection().build_v1alpha()));
 
     let readiness = Readiness {
         ready: Arc::new(AtomicBool::new(true)),
