@@ -18,7 +18,7 @@ pub struct PathFsync {
     /// fsync/fdatasync calls of this step.
     pub fsyncs: u32,
     /// True when the step is on the latency path from submit to the Slack post (false: after
-    /// the post, or overlapped with the next patch).
+    /// the post, overlapped with the next patch, or with this patch's next step).
     pub on_latency_path: bool,
 }
 
@@ -47,7 +47,14 @@ pub const PATH_FSYNCS: &[PathFsync] = &[
         true,
     ),
     step("executor", "ledger entry: temp file + its dir", 2, true),
-    step("router", "progress: applying event", 1, true),
+    // Off the serial path: the executor sends `applying` and goes on applying without waiting
+    // for this commit, which ends while the executor's own fsyncs run.
+    step(
+        "router",
+        "progress: applying event (overlaps the executor's apply)",
+        1,
+        false,
+    ),
     step(
         "router",
         "complete: status, attempt, terminal event, outbox row",

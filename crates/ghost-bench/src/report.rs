@@ -13,6 +13,8 @@ use crate::system::Memory;
 pub struct Stats {
     /// Samples.
     pub n: usize,
+    /// Smallest.
+    pub min: f64,
     /// Median.
     pub p50: f64,
     /// 90th percentile.
@@ -36,6 +38,7 @@ impl Stats {
         let at = |p: f64| samples[((samples.len() - 1) as f64 * p).round() as usize];
         Self {
             n: samples.len(),
+            min: at(0.0),
             p50: at(0.50),
             p90: at(0.90),
             p99: at(0.99),
