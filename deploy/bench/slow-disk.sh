@@ -10,6 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin=${BIN_DIR:-${CARGO_TARGET_DIR:-$PWD/target}/release}
 delay=${1:-4000}
+[[ $delay =~ ^[0-9]+$ ]] || { echo "slow-disk: DELAY_US must be a whole number of microseconds, not '$delay'" >&2; exit 2; }
 shift || true
 args=("$@")
 ((${#args[@]})) || args=(--rate 50 --duration 20s -t 8)

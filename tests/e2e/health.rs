@@ -185,12 +185,17 @@ async fn every_service_answers_reflection_v1_and_v1alpha_and_foreign_health_chec
         .iter()
         .map(|service| service.grpc.to_string())
         .collect();
-    let output = tokio::process::Command::new(ghost_testkit::python())
-        .arg(ghost_testkit::repo_root().join("tests/python/grpc_peer.py"))
-        .args(&addresses)
-        .output()
-        .await
-        .expect("python runs");
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(ghost_testkit::python())
+            .arg(ghost_testkit::repo_root().join("tests/python/grpc_peer.py"))
+            .args(&addresses)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("grpc_peer.py ended within 60 s")
+    .expect("python runs");
     assert!(
         output.status.success(),
         "grpc_peer.py failed: {}",

@@ -24,8 +24,9 @@ pub struct PathFsync {
 
 /// The fsyncs of a one-file patch with no commands, from `POST /v1/patches` to its Slack post,
 /// as the code stands (SQLite WAL with `synchronous=FULL` syncs the WAL once per commit).
-/// Checked with `strace -f -c -e trace=fsync,fdatasync` on each service over 50 patches:
-/// router 251, executor 550, summarizer 400, alerter 100, gateway 0 (26 per patch).
+/// Counted per service by deploy/bench/slow-fsync.c (test
+/// `the_slow_disk_shim_reaches_every_service_and_counts_the_fsyncs_of_a_patch`, one patch at a
+/// time): executor 6 per patch, router 4.5, summarizer 5, alerter 2, gateway 0.
 pub const PATH_FSYNCS: &[PathFsync] = &[
     step(
         "router",

@@ -125,6 +125,7 @@ type LazyFuture<E> =
 impl<S, F, E, B> tower::Service<http::Request<B>> for Lazy<S, F>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + tonic::server::NamedService
         + Clone
         + Send
         + Sync
@@ -133,6 +134,7 @@ where
     S::Error: Send + 'static,
     F: Fn() -> Result<S, E>,
     E: std::fmt::Display,
+    B: Send + 'static,
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
@@ -142,18 +144,24 @@ where
         &mut self,
         _cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Self::Error>> {
-        // Generated tonic servers are always ready; readiness is checked per call below.
+        // The service may not be built yet: its own readiness is awaited in `call`.
         std::task::Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let built = self
-            .built
-            .get_or_init(|| (self.make)().map_err(|err| err.to_string()));
+        let built = self.built.get_or_init(|| {
+            (self.make)().map_err(|err| {
+                tracing::error!(service = S::NAME, error = %err, "cannot build this gRPC service");
+                err.to_string()
+            })
+        });
         match built {
             Ok(service) => {
                 let mut service = service.clone();
-                Box::pin(service.call(request))
+                Box::pin(async move {
+                    std::future::poll_fn(|cx| service.poll_ready(cx)).await?;
+                    service.call(request).await
+                })
             }
             Err(err) => {
                 let status = tonic::Status::internal(format!("cannot build this service: {err}"));
