@@ -3,6 +3,7 @@
 //! backoff up to a minute, surviving router restarts (the rows are durable). Alerts go strictly
 //! in row order; outcomes (each its own patch) go several at a time.
 
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,14 +47,15 @@ pub trait Sink: Send + Sync + 'static {
     const ORDERED: bool;
 }
 
-/// Deliveries in flight at once from an unordered outbox. A round's results are recorded in
-/// one store write, so a burst of outcomes costs one commit per round, not one per row.
+/// Deliveries in flight at once from an unordered outbox.
 const PARALLEL: usize = 16;
 
 /// Delivers `sink`'s outbox rows whenever woken (or every second) until `shutdown`. Ordered
-/// outboxes send one row at a time, record each result, and stop a round at the first failure;
-/// the others keep up to [`PARALLEL`] deliveries in flight and record the round's results
-/// together.
+/// outboxes send one row at a time, record each result, and stop a round at the first failure.
+/// The others keep up to [`PARALLEL`] deliveries in flight and start new rows as soon as they
+/// are woken, without waiting for the deliveries already out: a patch that ends while another
+/// is being delivered does not wait for that delivery and its commit. Results are recorded in
+/// the background, one store write for all that came in since the last.
 pub async fn run<S: Sink>(
     store: Arc<dyn RouterStore>,
     sink: Option<S>,
@@ -65,6 +67,9 @@ pub async fn run<S: Sink>(
         return;
     };
     let sink = Arc::new(sink);
+    if !S::ORDERED {
+        return run_unordered(store, sink, wake, shutdown).await;
+    }
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -78,44 +83,110 @@ pub async fn run<S: Sink>(
                 continue;
             }
         };
-        if S::ORDERED {
-            for row in rows {
-                if shutdown.is_cancelled() {
-                    return;
-                }
-                let (id, delivery) = deliver(sink.as_ref(), store.as_ref(), row).await;
-                settle(store.as_ref(), S::OUTBOX, vec![(id, delivery)]).await;
-                if delivery != Delivery::Delivered {
-                    break;
-                }
+        for row in rows {
+            if shutdown.is_cancelled() {
+                return;
             }
-            continue;
-        }
-        // Unordered: a bounded set of deliveries in flight. On shutdown the set is dropped,
-        // which aborts them; their rows are not settled and are sent again after a restart
-        // (the receivers are idempotent).
-        let mut rows = rows.into_iter();
-        let mut in_flight = tokio::task::JoinSet::new();
-        let mut settled = Vec::new();
-        loop {
-            while in_flight.len() < PARALLEL && !shutdown.is_cancelled() {
-                let Some(row) = rows.next() else { break };
-                let (sink, store) = (Arc::clone(&sink), Arc::clone(&store));
-                in_flight.spawn(
-                    async move { deliver(sink.as_ref(), store.as_ref(), row).await }
-                        .in_current_span(),
-                );
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                joined = in_flight.join_next() => match joined {
-                    Some(Ok(result)) => settled.push(result),
-                    Some(Err(err)) => tracing::error!(outbox = ?S::OUTBOX, error = %err, "a delivery task failed; its row will be sent again"),
-                    None => break,
-                },
+            let (id, delivery) = deliver(sink.as_ref(), store.as_ref(), row).await;
+            settle(store.as_ref(), S::OUTBOX, vec![(id, delivery)]).await;
+            if delivery != Delivery::Delivered {
+                break;
             }
         }
-        settle(store.as_ref(), S::OUTBOX, settled).await;
+    }
+}
+
+/// The unordered loop of [`run`]. A row is out from when it is fetched until its result is
+/// recorded (queued here, in flight, or delivered and waiting for its commit); rows that are out
+/// are not fetched again. Rows are fetched in batches, started as places free up, and their
+/// results recorded by one store write at a time, in the background: what comes in meanwhile
+/// goes in the next write. On shutdown the deliveries and the write in flight are dropped; rows
+/// not yet recorded are sent again after a restart (the receivers are idempotent).
+async fn run_unordered<S: Sink>(
+    store: Arc<dyn RouterStore>,
+    sink: Arc<S>,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    let mut out: HashSet<i64> = HashSet::new();
+    let mut queue: VecDeque<S::Row> = VecDeque::new();
+    let mut tasks: HashMap<tokio::task::Id, i64> = HashMap::new();
+    let mut in_flight = tokio::task::JoinSet::new();
+    let mut results: Vec<(i64, Delivery)> = Vec::new();
+    let mut settling = tokio::task::JoinSet::new();
+    let mut settling_ids: Vec<i64> = Vec::new();
+    // Rows come due by time too (retries after a backoff): polled on a steady tick that
+    // deliveries do not reset.
+    let mut poll = tokio::time::interval(POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut fetch = true;
+    loop {
+        // One write for a whole batch under load (as many results as places), at once when
+        // nothing else is out, so a lone delivery is not kept waiting.
+        let settle_now = results.len() >= PARALLEL || (!results.is_empty() && in_flight.is_empty());
+        if settling.is_empty() && settle_now {
+            let batch = std::mem::take(&mut results);
+            settling_ids = batch.iter().map(|(id, _)| *id).collect();
+            let store = Arc::clone(&store);
+            settling.spawn(
+                async move { settle(store.as_ref(), S::OUTBOX, batch).await }.in_current_span(),
+            );
+        }
+        if fetch && queue.is_empty() && in_flight.len() < PARALLEL && !shutdown.is_cancelled() {
+            fetch = false;
+            match sink.due(store.as_ref()).await {
+                Ok(rows) => {
+                    for row in rows {
+                        if out.insert(S::describe(&row).0) {
+                            queue.push_back(row);
+                        }
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(outbox = ?S::OUTBOX, error = %err, "cannot read the outbox")
+                }
+            }
+        }
+        while in_flight.len() < PARALLEL {
+            let Some(row) = queue.pop_front() else { break };
+            let id = S::describe(&row).0;
+            let (sink, store) = (Arc::clone(&sink), Arc::clone(&store));
+            let task = in_flight.spawn(
+                async move { deliver(sink.as_ref(), store.as_ref(), row).await }.in_current_span(),
+            );
+            tasks.insert(task.id(), id);
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = wake.notified() => fetch = true,
+            _ = poll.tick() => fetch = true,
+            Some(joined) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
+                let mut joined = Some(joined);
+                while let Some(result) = joined {
+                    match result {
+                        Ok((task, delivered)) => {
+                            tasks.remove(&task);
+                            results.push(delivered);
+                        }
+                        Err(err) => {
+                            // Not delivered as far as we know: due again, and fetched again.
+                            tracing::error!(outbox = ?S::OUTBOX, error = %err, "a delivery task failed; its row will be sent again");
+                            if let Some(id) = tasks.remove(&err.id()) {
+                                out.remove(&id);
+                            }
+                        }
+                    }
+                    joined = in_flight.try_join_next_with_id();
+                }
+            }
+            Some(_) = settling.join_next(), if !settling.is_empty() => {
+                // Recorded (or, after a storage error, still due): fetchable again.
+                for id in settling_ids.drain(..) {
+                    out.remove(&id);
+                }
+                fetch = true;
+            }
+        }
     }
 }
 

@@ -304,6 +304,28 @@ impl AlerterService for Recorder {
     }
 }
 
+/// Serves `routes` (a stand-in for another service) on `listener` until the returned sender
+/// is dropped.
+pub fn serve_routes(
+    routes: tonic::service::Routes,
+    listener: tokio::net::TcpListener,
+) -> oneshot::Sender<()> {
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async {
+                    let _ = stopped.await;
+                },
+            )
+            .await
+            .unwrap();
+    });
+    stop
+}
+
 /// A gRPC server speaking `AlerterService` that records every alert change; the alerter
 /// itself has its own tests, this one checks what the router sends.
 pub struct RecordingAlerter {
@@ -324,20 +346,10 @@ impl RecordingAlerter {
             .unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let recorder = Recorder::default();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let service = AlerterServiceServer::new(recorder.clone());
-        tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    async {
-                        let _ = stopped.await;
-                    },
-                )
-                .await
-                .unwrap();
-        });
+        let stop = serve_routes(
+            tonic::service::Routes::new(AlerterServiceServer::new(recorder.clone())),
+            listener,
+        );
         Self {
             url,
             recorder,

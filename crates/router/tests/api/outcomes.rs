@@ -15,26 +15,71 @@ use ghost_proto::summarizer::v1::{
 };
 use tokio::sync::oneshot;
 
-use crate::helpers::{PATIENCE, config, patch, spawn_router, submit};
+use crate::helpers::{PATIENCE, config, patch, serve_routes, spawn_router, submit};
 
-/// A summarizer that takes its time over every record and notes how many were in flight.
-#[derive(Clone, Default)]
-struct SlowSummarizer {
+/// A summarizer that takes `delay` over every record and notes how many were in flight, holds
+/// the record of `held` until `gate` lets it through, and counts the calls per patch as they
+/// arrive (a second call while the first is out would be a duplicate delivery).
+#[derive(Clone)]
+struct TestSummarizer {
+    delay: Duration,
+    held: &'static str,
+    gate: Arc<tokio::sync::Semaphore>,
     in_flight: Arc<AtomicUsize>,
     most_in_flight: Arc<AtomicUsize>,
+    calls: Arc<Mutex<HashMap<String, u32>>>,
     recorded: Arc<Mutex<HashMap<(String, u32), u32>>>,
 }
 
+impl TestSummarizer {
+    fn new(delay: Duration, held: &'static str) -> Self {
+        Self {
+            delay,
+            held,
+            gate: Arc::new(tokio::sync::Semaphore::new(0)),
+            in_flight: Arc::default(),
+            most_in_flight: Arc::default(),
+            calls: Arc::default(),
+            recorded: Arc::default(),
+        }
+    }
+
+    fn was_recorded(&self, id: &str) -> bool {
+        self.recorded
+            .lock()
+            .unwrap()
+            .keys()
+            .any(|(patch, _)| patch == id)
+    }
+
+    /// Serves it on `listener` until the returned sender is dropped.
+    fn serve(&self, listener: tokio::net::TcpListener) -> oneshot::Sender<()> {
+        serve_routes(
+            tonic::service::Routes::new(SummarizerServiceServer::new(self.clone())),
+            listener,
+        )
+    }
+}
+
 #[tonic::async_trait]
-impl SummarizerService for SlowSummarizer {
+impl SummarizerService for TestSummarizer {
     async fn record(
         &self,
         request: tonic::Request<RecordRequest>,
     ) -> Result<tonic::Response<RecordResponse>, tonic::Status> {
         let outcome = request.into_inner().outcome.unwrap_or_default();
+        *self
+            .calls
+            .lock()
+            .unwrap()
+            .entry(outcome.patch_id.clone())
+            .or_default() += 1;
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.most_in_flight.fetch_max(now, Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        if outcome.patch_id == self.held {
+            let _pass = self.gate.acquire().await.expect("gate open");
+        }
+        tokio::time::sleep(self.delay).await;
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         *self
             .recorded
@@ -64,21 +109,8 @@ impl SummarizerService for SlowSummarizer {
 async fn outcomes_are_delivered_several_at_a_time_and_each_once() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let summarizer = SlowSummarizer::default();
-    let (_stop, stopped) = oneshot::channel::<()>();
-    let service = SummarizerServiceServer::new(summarizer.clone());
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                async {
-                    let _ = stopped.await;
-                },
-            )
-            .await
-            .unwrap();
-    });
+    let summarizer = TestSummarizer::new(Duration::from_millis(200), "");
+    let _stop = summarizer.serve(listener);
 
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
@@ -126,4 +158,72 @@ async fn outcomes_are_delivered_several_at_a_time_and_each_once() {
         summarizer.most_in_flight.load(Ordering::SeqCst) >= 2,
         "outcomes went one at a time"
     );
+}
+
+/// An outcome that ends while another is still being delivered goes out at once (it does not
+/// wait for the earlier delivery and its commit), and the row still out is not sent again,
+/// across several of the outbox's one-second polls.
+#[tokio::test]
+async fn a_new_outcome_does_not_wait_for_one_still_being_delivered() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let summarizer = TestSummarizer::new(Duration::ZERO, "slow-one");
+    let _stop = summarizer.serve(listener);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.summarizer_url = Some(url);
+    let router = spawn_router(cfg).await;
+    let cancel = |id: &str| {
+        let mut client = router.client.clone();
+        let id = id.to_owned();
+        async move {
+            client
+                .cancel(CancelRequest {
+                    id,
+                    actor: "test".to_owned(),
+                })
+                .await
+                .unwrap();
+        }
+    };
+    let wait_for = |id: &'static str| {
+        let summarizer = summarizer.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + PATIENCE;
+            while !summarizer.was_recorded(id) {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{id} not recorded: {:?}",
+                    summarizer.recorded.lock().unwrap()
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+
+    submit(&router, patch("slow-one", "IDLE")).await;
+    submit(&router, patch("quick-one", "IDLE")).await;
+    cancel("slow-one").await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !summarizer.calls.lock().unwrap().contains_key("slow-one") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "slow-one never sent"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cancel("quick-one").await;
+    wait_for("quick-one").await;
+    assert!(
+        !summarizer.was_recorded("slow-one"),
+        "slow-one is still held"
+    );
+    // Three polls pass with slow-one still out: it is not sent again meanwhile.
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    summarizer.gate.add_permits(1);
+    wait_for("slow-one").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let calls = summarizer.calls.lock().unwrap().clone();
+    assert_eq!(calls.get("slow-one"), Some(&1), "{calls:?}");
+    assert_eq!(calls.get("quick-one"), Some(&1), "{calls:?}");
 }
