@@ -338,14 +338,20 @@ log "summary found (API and files)"
 # The Slack message: posted by the alerter to the fake Slack Web API (chat.postMessage).
 slack_ok=0
 for _ in $(seq 1 45); do
-  if grep -F "$PATCH_ID" "$WORK/slack.jsonl" 2>/dev/null | grep -q '"method": "chat.postMessage"'; then
+  # grep -c reads to the end: `grep -q` would close the pipe early, and under pipefail the
+  # writer's broken pipe fails the test even when the line is there.
+  if [[ $(grep -F "$PATCH_ID" "$WORK/slack.jsonl" 2>/dev/null | grep -c '"method": "chat.postMessage"') -gt 0 ]]; then
     slack_ok=1
     break
   fi
   sleep 1
 done
 [[ $slack_ok == 1 ]] || die "the alerter posted no Slack message naming $PATCH_ID"
-curl -fsS --max-time 10 "http://127.0.0.1:$((PORT_BASE + 4))/metrics" | grep -q '^ghost_slack_deliveries_total{result="ok"}' \
+# The body first, then the search: piped into `grep -q`, curl could be cut off mid-body once
+# the line was found, and under pipefail its exit 23 failed the run (seen once in CI).
+alerter_metrics=$(curl -fsS --max-time 10 "http://127.0.0.1:$((PORT_BASE + 4))/metrics") \
+  || die "cannot read the alerter's /metrics"
+grep -q '^ghost_slack_deliveries_total{result="ok"}' <<<"$alerter_metrics" \
   || die "ghost_slack_deliveries_total{result=\"ok\"} missing from the alerter's /metrics"
 log "Slack message posted by the alerter"
 

@@ -120,11 +120,15 @@ async fn run_unordered<S: Sink>(
     let mut poll = tokio::time::interval(POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut fetch = true;
+    let mut flush = false;
     loop {
-        // One write for a whole batch under load (as many results as places), at once when
-        // nothing else is out, so a lone delivery is not kept waiting.
-        let settle_now = results.len() >= PARALLEL || (!results.is_empty() && in_flight.is_empty());
+        // One write for a whole batch under load (as many results as places); at once when
+        // nothing else is out, so a lone delivery is not kept waiting; and at every poll, so a
+        // delivery that hangs does not hold back the results of the others.
+        let settle_now =
+            results.len() >= PARALLEL || (!results.is_empty() && (in_flight.is_empty() || flush));
         if settling.is_empty() && settle_now {
+            flush = false;
             let batch = std::mem::take(&mut results);
             settling_ids = batch.iter().map(|(id, _)| *id).collect();
             let store = Arc::clone(&store);
@@ -159,7 +163,10 @@ async fn run_unordered<S: Sink>(
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = wake.notified() => fetch = true,
-            _ = poll.tick() => fetch = true,
+            _ = poll.tick() => {
+                fetch = true;
+                flush = true;
+            }
             Some(joined) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
                 let mut joined = Some(joined);
                 while let Some(result) = joined {
