@@ -12,6 +12,9 @@ cd "$(dirname "$0")/../.."
 bin=${BIN_DIR:-${CARGO_TARGET_DIR:-$PWD/target}/release}
 rate=${1:-50}
 seconds=${2:-5}
+for value in "$rate" "$seconds"; do
+  [[ $value =~ ^[1-9][0-9]*$ ]] || { echo "sched-profile: RATE and SECONDS must be whole numbers above 0, not '$value'" >&2; exit 2; }
+done
 command -v perf >/dev/null || { echo "perf is missing (Debian: linux-perf)" >&2; exit 1; }
 work=$(mktemp -d)
 bench=""

@@ -13,7 +13,8 @@ use ghost_proto::executor::v1::{
 };
 use ghost_proto::router::v1::router_service_client::RouterServiceClient;
 use ghost_proto::router::v1::{
-    ApplyReport, Edit, Patch, PatchState, PatchStatus, Priority, SubmitRequest, WriteFile, edit,
+    ApplyReport, CancelRequest, Edit, Patch, PatchState, PatchStatus, Priority, SubmitRequest,
+    WriteFile, edit,
 };
 use ghost_runtime::config::ServerConfig;
 use router::{App, RouterConfig};
@@ -111,6 +112,22 @@ pub async fn submit(router: &TestRouter, patch: Patch) -> PatchState {
         .submit(SubmitRequest { patch: Some(patch) })
         .await
         .expect("submit accepted")
+        .into_inner()
+        .state
+        .expect("state")
+}
+
+/// Cancels `id` as `actor`, panicking on refusal; the state the router answered with.
+pub async fn cancel(router: &TestRouter, id: &str, actor: &str) -> PatchState {
+    router
+        .client
+        .clone()
+        .cancel(CancelRequest {
+            id: id.to_owned(),
+            actor: actor.to_owned(),
+        })
+        .await
+        .expect("cancel accepted")
         .into_inner()
         .state
         .expect("state")

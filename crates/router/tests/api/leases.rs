@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
-use ghost_proto::router::v1::{CancelRequest, EventsRequest, PatchStatus, RetryRequest};
+use ghost_proto::router::v1::{EventsRequest, PatchStatus, RetryRequest};
 
 use crate::helpers::{
-    RecordingAlerter, TestExecutor, config, patch, spawn_router, state, submit, wait_for_status,
+    RecordingAlerter, TestExecutor, cancel, config, patch, spawn_router, state, submit,
+    wait_for_status,
 };
 
 #[tokio::test]
@@ -146,18 +147,7 @@ async fn cancel_of_a_running_patch_reaches_its_executor() {
     let mut executor = TestExecutor::connect(&router, "ex", &["MAIN"]).await;
     let assign = executor.assignment().await;
 
-    let answer = router
-        .client
-        .clone()
-        .cancel(CancelRequest {
-            id: "long".to_owned(),
-            actor: "U42".to_owned(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .state
-        .unwrap();
+    let answer = cancel(&router, "long", "U42").await;
     assert_eq!(answer.status, PatchStatus::Leased as i32, "still running");
     let cancel = executor.cancellation().await;
     assert_eq!(cancel.patch_id, "long");

@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ghost_proto::router::v1::CancelRequest;
 use ghost_proto::summarizer::v1::summarizer_service_server::{
     SummarizerService, SummarizerServiceServer,
 };
@@ -15,7 +14,7 @@ use ghost_proto::summarizer::v1::{
 };
 use tokio::sync::oneshot;
 
-use crate::helpers::{PATIENCE, config, patch, serve_routes, spawn_router, submit};
+use crate::helpers::{PATIENCE, cancel, config, patch, serve_routes, spawn_router, submit};
 
 /// A summarizer that takes `delay` over every record and notes how many were in flight, holds
 /// the record of `held` until `gate` lets it through, and counts the calls per patch as they
@@ -123,15 +122,7 @@ async fn outcomes_are_delivered_several_at_a_time_and_each_once() {
         submit(&router, patch(id, "IDLE")).await;
     }
     for id in &ids {
-        router
-            .client
-            .clone()
-            .cancel(CancelRequest {
-                id: id.clone(),
-                actor: "test".to_owned(),
-            })
-            .await
-            .unwrap();
+        cancel(&router, id, "test").await;
     }
 
     let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -173,19 +164,6 @@ async fn a_new_outcome_does_not_wait_for_one_still_being_delivered() {
     let mut cfg = config(dir.path());
     cfg.summarizer_url = Some(url);
     let router = spawn_router(cfg).await;
-    let cancel = |id: &str| {
-        let mut client = router.client.clone();
-        let id = id.to_owned();
-        async move {
-            client
-                .cancel(CancelRequest {
-                    id,
-                    actor: "test".to_owned(),
-                })
-                .await
-                .unwrap();
-        }
-    };
     let wait_for = |id: &'static str| {
         let summarizer = summarizer.clone();
         async move {
@@ -203,7 +181,7 @@ async fn a_new_outcome_does_not_wait_for_one_still_being_delivered() {
 
     submit(&router, patch("slow-one", "IDLE")).await;
     submit(&router, patch("quick-one", "IDLE")).await;
-    cancel("slow-one").await;
+    cancel(&router, "slow-one", "test").await;
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while !summarizer.calls.lock().unwrap().contains_key("slow-one") {
         assert!(
@@ -212,7 +190,7 @@ async fn a_new_outcome_does_not_wait_for_one_still_being_delivered() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    cancel("quick-one").await;
+    cancel(&router, "quick-one", "test").await;
     wait_for("quick-one").await;
     assert!(
         !summarizer.was_recorded("slow-one"),
