@@ -84,6 +84,7 @@ impl App {
             Arc::new(summaries),
             config.summary_max_chars,
             legacy_options(&config)?,
+            ghost_core::ParseBudget::new(config.max_body_bytes),
         );
         if let Some(url) = &config.alerter_url {
             patches = patches.with_alerts(Arc::new(GrpcAlerter {

@@ -53,6 +53,9 @@ pub enum GatewayError {
     /// Body over the limit.
     #[error("request body over the {0} byte limit")]
     PayloadTooLarge(usize),
+    /// A document that would cost more than its parse budget (expanded size, aliases, depth).
+    #[error("{0}")]
+    DocumentTooLarge(String),
     /// No such patch.
     #[error("patch {0} not found")]
     NotFound(String),
@@ -84,7 +87,7 @@ impl GatewayError {
             Self::MalformedBody { .. } | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::InvalidPatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::PayloadTooLarge(_) | Self::DocumentTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
@@ -105,7 +108,7 @@ impl GatewayError {
             Self::BadRequest(_) => "bad-request",
             Self::InvalidPatch { .. } => "invalid-patch",
             Self::UnsupportedMediaType(_) => "unsupported-media-type",
-            Self::PayloadTooLarge(_) => "payload-too-large",
+            Self::PayloadTooLarge(_) | Self::DocumentTooLarge(_) => "payload-too-large",
             Self::NotFound(_) => "not-found",
             Self::Conflict(_) => "conflict",
             Self::NotImplemented(_) => "not-implemented",
@@ -130,6 +133,9 @@ impl From<ghost_core::PatchError> for GatewayError {
             },
             ghost_core::PatchError::Invalid { pointer, message } => {
                 Self::InvalidPatch { pointer, message }
+            }
+            err @ ghost_core::PatchError::OverBudget { .. } => {
+                Self::DocumentTooLarge(err.to_string())
             }
         }
     }

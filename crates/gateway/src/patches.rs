@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use ghost_core::{Format, LegacyOptions, Normalised, PatchId, Status, TargetName};
+use ghost_core::{Format, LegacyOptions, Normalised, ParseBudget, PatchId, Status, TargetName};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -267,6 +267,7 @@ pub struct Patches {
     summaries: Arc<dyn SummaryStore>,
     summary_max_chars: usize,
     legacy: Arc<LegacyOptions>,
+    budget: ParseBudget,
     alerts: Option<Arc<dyn AlertFeed>>,
 }
 
@@ -281,12 +282,14 @@ impl Patches {
         summaries: Arc<dyn SummaryStore>,
         summary_max_chars: usize,
         legacy: LegacyOptions,
+        budget: ParseBudget,
     ) -> Self {
         Self {
             queue,
             summaries,
             summary_max_chars,
             legacy: Arc::new(legacy),
+            budget,
             alerts: None,
         }
     }
@@ -317,7 +320,7 @@ impl Patches {
     ) -> Result<Accepted, GatewayError> {
         caller.require(Scope::Submit)?;
         let options = options.unwrap_or(&self.legacy);
-        let value = ghost_core::parse_document(body, format)?;
+        let value = ghost_core::parse_document(body, format, &self.budget)?;
         if let Some(key) = idempotency_key {
             let key = PatchId::parse(key).map_err(|err| {
                 GatewayError::BadRequest(format!("Idempotency-Key is not a valid patch id: {err}"))
@@ -387,21 +390,22 @@ impl Patches {
                 blocks.push(skipped("not a JSON or YAML block"));
                 continue;
             };
-            let value = match ghost_core::parse_document(block.body.as_bytes(), format) {
-                Ok(value) => value,
-                Err(_) if !block.closed => {
-                    blocks.push(skipped("unterminated block"));
-                    continue;
-                }
-                Err(err) => {
-                    blocks.push(BlockOutcome {
-                        outcome: "refused".to_owned(),
-                        reason: Some(err.to_string()),
-                        ..skipped("")
-                    });
-                    continue;
-                }
-            };
+            let value =
+                match ghost_core::parse_document(block.body.as_bytes(), format, &self.budget) {
+                    Ok(value) => value,
+                    Err(_) if !block.closed => {
+                        blocks.push(skipped("unterminated block"));
+                        continue;
+                    }
+                    Err(err) => {
+                        blocks.push(BlockOutcome {
+                            outcome: "refused".to_owned(),
+                            reason: Some(err.to_string()),
+                            ..skipped("")
+                        });
+                        continue;
+                    }
+                };
             if ghost_core::detect_shape(&value).is_none() {
                 blocks.push(skipped("not a patch"));
                 continue;

@@ -116,10 +116,23 @@ impl fmt::Display for TargetName {
     }
 }
 
+/// Longest accepted path, in bytes (Linux `PATH_MAX`).
+const MAX_PATH_BYTES: usize = 4096;
+/// Longest accepted path component, in bytes (`NAME_MAX` of every common filesystem).
+const MAX_COMPONENT_BYTES: usize = 255;
+
+/// True for `.git` as a case-insensitive filesystem (macOS, Windows) or Windows' name
+/// trimming would read it: ASCII case ignored, trailing dots and spaces dropped.
+fn is_git_dir(part: &str) -> bool {
+    part.trim_end_matches(['.', ' '])
+        .eq_ignore_ascii_case(".git")
+}
+
 /// A path relative to a workspace root, lexically normalised, that cannot leave the root.
 ///
-/// Refused: absolute paths, `..` that climbs above the root, `.git` components, empty paths and
-/// NUL bytes. Symlinks are the executor's business: it resolves them against the real root.
+/// Refused: absolute paths, `..` that climbs above the root, `.git` components (in any ASCII
+/// case, with trailing dots or spaces), components over 255 bytes, paths over 4,096 bytes,
+/// empty paths and NUL bytes. Symlinks are the executor's business: it resolves them against the real root.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct RelPath(String);
@@ -133,8 +146,11 @@ impl RelPath {
         if raw.contains('\0') {
             return Err(IdError("path must not contain NUL bytes".to_owned()));
         }
-        if raw.len() > 4096 {
-            return Err(IdError("path must be at most 4096 bytes".to_owned()));
+        if raw.len() > MAX_PATH_BYTES {
+            return Err(IdError(format!(
+                "path is {} bytes; at most {MAX_PATH_BYTES} are allowed",
+                raw.len()
+            )));
         }
         let path = Path::new(raw);
         if path.is_absolute() || raw.starts_with('\\') {
@@ -149,7 +165,14 @@ impl RelPath {
                     let Some(part) = part.to_str() else {
                         return Err(IdError("path must be valid UTF-8".to_owned()));
                     };
-                    if part == ".git" {
+                    if part.len() > MAX_COMPONENT_BYTES {
+                        let head: String = part.chars().take(32).collect();
+                        return Err(IdError(format!(
+                            "path component {head:?}... is {} bytes; at most {MAX_COMPONENT_BYTES} are allowed",
+                            part.len()
+                        )));
+                    }
+                    if is_git_dir(part) {
                         return Err(IdError(format!(
                             "path {raw:?} is inside .git/, which patches may not touch"
                         )));
@@ -253,5 +276,35 @@ mod tests {
         assert!(RelPath::parse("sub/.git/hooks/pre-commit").is_err());
         assert!(RelPath::parse(".").is_err());
         assert!(RelPath::parse("a\0b").is_err());
+    }
+
+    #[test]
+    fn git_in_any_spelling_is_refused() {
+        for raw in [
+            ".GIT/config",
+            ".Git/HEAD",
+            ".git.",
+            ".git ",
+            "a/.gIt. ./x",
+            ".git.. ",
+        ] {
+            let err = RelPath::parse(raw).unwrap_err().to_string();
+            assert!(err.contains(".git/"), "{raw:?}: {err}");
+        }
+        assert!(RelPath::parse(".gitignore").is_ok());
+        assert!(RelPath::parse("a.git").is_ok());
+        assert!(RelPath::parse(".github/workflows/ci.yml").is_ok());
+    }
+
+    #[test]
+    fn long_components_and_paths_are_refused() {
+        assert!(RelPath::parse(&"x".repeat(255)).is_ok());
+        let err = RelPath::parse(&format!("a/{}/b", "x".repeat(256)))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("256 bytes"), "{err}");
+        let long = vec!["y".repeat(200); 21].join("/");
+        let err = RelPath::parse(&long).unwrap_err().to_string();
+        assert!(err.contains("4220 bytes"), "{err}");
     }
 }

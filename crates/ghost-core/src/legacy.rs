@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
+use crate::budget::ParseBudget;
 use crate::ids::{PatchId, RelPath, TargetName};
 use crate::parse::{Format, PatchError, parse_document, patch_from_value, validate};
 use crate::patch::{AgentTask, Check, Edit, OnFailure, Patch, Priority};
@@ -84,13 +85,15 @@ pub struct Normalised {
     pub ignored: Vec<String>,
 }
 
-/// Parses a JSON or YAML document of any accepted shape into a validated v1 patch.
+/// Parses a JSON or YAML document of any accepted shape, within `budget`, into a validated
+/// v1 patch.
 pub fn parse_submission(
     body: &[u8],
     format: Format,
+    budget: &ParseBudget,
     options: &LegacyOptions,
 ) -> Result<Normalised, PatchError> {
-    normalise(parse_document(body, format)?, options)
+    normalise(parse_document(body, format, budget)?, options)
 }
 
 /// The shape of a document, or `None` when it is not an object that could be a patch.

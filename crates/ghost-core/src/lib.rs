@@ -5,6 +5,7 @@
 //! [`ApplyReport`]; the summarizer renders that report. This crate does no I/O and knows nothing
 //! about gRPC or HTTP: wire conversions live in `ghost-proto`.
 
+mod budget;
 mod edit_de;
 mod fenced;
 pub mod fileops;
@@ -18,12 +19,11 @@ mod status;
 pub mod unified;
 pub mod v4a;
 
+pub use budget::ParseBudget;
 pub use fenced::{FencedBlock, fenced_blocks};
 pub use ids::{IdError, PatchId, RelPath, TargetName};
 pub use legacy::{LegacyOptions, Normalised, Shape, detect_shape, normalise, parse_submission};
-pub use parse::{
-    Format, PatchError, parse_document, parse_json, parse_yaml, patch_from_value, validate,
-};
+pub use parse::{Format, PatchError, parse_document, parse_json, patch_from_value, validate};
 pub use patch::{AgentTask, Base, Check, CommitSpec, Edit, OnFailure, Patch, Priority};
 pub use report::{ApplyReport, CommandKind, CommandReport, EditReport, Rollback, StageTiming};
 pub use status::{Status, UnknownStatus};

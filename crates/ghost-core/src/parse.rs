@@ -1,7 +1,10 @@
 //! Parsing a submitted patch, with errors that say exactly where and what.
 
+use serde::de::DeserializeSeed;
 use serde_path_to_error::Segment;
 
+use crate::budget::{ParseBudget, Reader, Refusal, count_aliases};
+use crate::fileops::{FileOpError, plan_document};
 use crate::patch::{Edit, Patch};
 
 /// Why a submitted patch was refused.
@@ -23,6 +26,12 @@ pub enum PatchError {
         /// RFC 6901 JSON pointer of the offending value ("" is the whole document).
         pointer: String,
         /// What is wrong and what was expected.
+        message: String,
+    },
+    /// Reading the document would cost more than its budget (size, aliases, depth).
+    #[error("document refused: {message}")]
+    OverBudget {
+        /// Which limit, and its value.
         message: String,
     },
 }
@@ -70,28 +79,97 @@ impl Format {
     }
 }
 
-/// Reads a JSON or YAML document into a generic value; syntax errors carry line:column.
-pub fn parse_document(body: &[u8], format: Format) -> Result<serde_json::Value, PatchError> {
-    match format {
-        Format::Json => serde_json::from_slice(body).map_err(|err| PatchError::Syntax {
-            line: err.line(),
-            column: err.column(),
-            message: strip_position(&err),
-        }),
-        Format::Yaml => serde_norway::from_slice(body).map_err(|err| {
-            let (line, column) = err.location().map_or((0, 0), |at| (at.line(), at.column()));
-            let text = err.to_string();
-            let message = match text.find(" at line ") {
-                Some(cut) => text[..cut].to_owned(),
-                None => text,
-            };
-            PatchError::Syntax {
-                line,
-                column,
-                message,
-            }
-        }),
+/// Reads a JSON or YAML document into a generic value within `budget`.
+///
+/// The one way a submitted document is read: the body size, YAML aliases, the expanded size
+/// (aliases replayed) and the nesting depth are bounded ([`PatchError::OverBudget`]); a key
+/// repeated in one object is refused with its JSON pointer and line:column; syntax errors carry
+/// line:column.
+pub fn parse_document(
+    body: &[u8],
+    format: Format,
+    budget: &ParseBudget,
+) -> Result<serde_json::Value, PatchError> {
+    if body.len() > budget.max_bytes {
+        return Err(PatchError::OverBudget {
+            message: format!("the document is over the {} byte limit", budget.max_bytes),
+        });
     }
+    let reader = Reader::new(budget);
+    match format {
+        Format::Json => {
+            let mut deserializer = serde_json::Deserializer::from_slice(body);
+            let read = reader
+                .root()
+                .deserialize(&mut deserializer)
+                .and_then(|value| deserializer.end().map(|()| value));
+            read.map_err(|err| {
+                let (line, column) = (err.line(), err.column());
+                refused(reader, line, column).unwrap_or_else(|| PatchError::Syntax {
+                    line,
+                    column,
+                    message: strip_position(&err),
+                })
+            })
+        }
+        Format::Yaml => {
+            let text = std::str::from_utf8(body).map_err(|err| PatchError::Syntax {
+                line: 1 + body[..err.valid_up_to()]
+                    .iter()
+                    .filter(|b| **b == b'\n')
+                    .count(),
+                column: 1,
+                message: "the document is not valid UTF-8".to_owned(),
+            })?;
+            let aliases = count_aliases(text, budget.max_aliases);
+            if aliases > budget.max_aliases {
+                return Err(PatchError::OverBudget {
+                    message: format!(
+                        "the document uses more than {} YAML aliases",
+                        budget.max_aliases
+                    ),
+                });
+            }
+            let read = reader
+                .root()
+                .deserialize(serde_norway::Deserializer::from_str(text));
+            read.map_err(|err| {
+                let (line, column) = err.location().map_or((0, 0), |at| (at.line(), at.column()));
+                refused(reader, line, column).unwrap_or_else(|| {
+                    let text = err.to_string();
+                    // serde_norway's own alias bound (jumps > 100 per event) can trip before
+                    // ours on nested aliases; its error has no kind to match, only this text.
+                    if text.starts_with("repetition limit exceeded") {
+                        return PatchError::OverBudget {
+                            message: "the document replays YAML aliases too often".to_owned(),
+                        };
+                    }
+                    let message = match text.find(" at line ") {
+                        Some(cut) => text[..cut].to_owned(),
+                        None => text,
+                    };
+                    PatchError::Syntax {
+                        line,
+                        column,
+                        message,
+                    }
+                })
+            })
+        }
+    }
+}
+
+/// The budget reader's own refusal, if that is what stopped the parser at line:column.
+fn refused(reader: Reader<'_>, line: usize, column: usize) -> Option<PatchError> {
+    Some(match reader.refusal()? {
+        Refusal::OverBudget(message) => PatchError::OverBudget { message },
+        Refusal::DuplicateKey { pointer, key } => PatchError::Invalid {
+            pointer,
+            message: format!(
+                "duplicate key {key:?} at line {line}, column {column}; each key may appear once"
+            ),
+        },
+    })
 }
 
 /// Reads a canonical v1 patch out of a generic value and validates it; errors name the field.
@@ -104,34 +182,16 @@ pub fn patch_from_value(value: serde_json::Value) -> Result<Patch, PatchError> {
     Ok(patch)
 }
 
-/// Parses and validates a canonical v1 patch from YAML.
-pub fn parse_yaml(body: &[u8]) -> Result<Patch, PatchError> {
-    patch_from_value(parse_document(body, Format::Yaml)?)
-}
-
-/// Parses and validates a canonical v1 patch from JSON.
+/// Parses and validates a canonical v1 patch from JSON (wire patches, tests, tools).
+///
+/// JSON has no aliases, so its expanded size never passes its own length: the budget is the
+/// body's length, and the caller has already bounded that.
 pub fn parse_json(body: &[u8]) -> Result<Patch, PatchError> {
-    let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let patch: Patch = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
-        let pointer = json_pointer(err.path());
-        let inner = err.into_inner();
-        if inner.is_data() {
-            PatchError::invalid(pointer, strip_position(&inner))
-        } else {
-            PatchError::Syntax {
-                line: inner.line(),
-                column: inner.column(),
-                message: strip_position(&inner),
-            }
-        }
-    })?;
-    deserializer.end().map_err(|err| PatchError::Syntax {
-        line: err.line(),
-        column: err.column(),
-        message: strip_position(&err),
-    })?;
-    validate(&patch)?;
-    Ok(patch)
+    patch_from_value(parse_document(
+        body,
+        Format::Json,
+        &ParseBudget::new(body.len()),
+    )?)
 }
 
 /// Rules that span several fields, checked once the shape is right (also for wire patches).
@@ -145,6 +205,17 @@ pub fn validate(patch: &Patch) -> Result<(), PatchError> {
         return Err(PatchError::invalid(
             "/edits",
             "a patch needs at least one edit, a `patch` document, an `agent` task or a command",
+        ));
+    }
+    if let Some(document) = patch.patch.as_deref().filter(|_| has_document)
+        && let Err(FileOpError::Path { path, message }) = plan_document(document)
+    {
+        // Paths are checked here so a bad one is refused at intake, not by the executor; the
+        // document's other faults are still the executor's to report.
+        let shown: String = path.chars().take(64).collect();
+        return Err(PatchError::invalid(
+            "/patch",
+            format!("path {shown:?} in the patch document: {message}"),
         ));
     }
     if !patch.edits.is_empty() && has_document {
@@ -293,6 +364,32 @@ mod tests {
         );
         assert_eq!(pointer, "/edits/0/path");
         assert!(message.contains("absolute"), "{message}");
+    }
+
+    #[test]
+    fn long_path_components_are_refused_at_parse_time_with_the_field() {
+        let long = "x".repeat(256);
+        let (pointer, message) = invalid_pointer(&format!(
+            r#"{{"id":"p","target":"MAIN","edits":[{{"op":"rename","from":"a","to":"d/{long}"}}]}}"#
+        ));
+        assert_eq!(pointer, "/edits/0/to");
+        assert!(message.contains("256 bytes"), "{message}");
+        let v4a = format!("*** Begin Patch\n*** Add File: {long}\n+x\n*** End Patch\n");
+        let unified = format!("--- /dev/null\n+++ b/{long}\n@@ -0,0 +1 @@\n+x\n");
+        let git = ".GIT/config";
+        for document in [
+            v4a,
+            unified,
+            format!("--- a/{git}\n+++ b/{git}\n@@ -1 +1 @@\n-a\n+b\n"),
+        ] {
+            let body = serde_json::json!({"id": "p", "target": "MAIN", "patch": document});
+            let (pointer, message) = invalid_pointer(&body.to_string());
+            assert_eq!(pointer, "/patch");
+            assert!(
+                message.contains("256 bytes") || message.contains(".git/"),
+                "{message}"
+            );
+        }
     }
 
     #[test]

@@ -5,7 +5,15 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use ghost_core::{
-    Edit, Format, LegacyOptions, PatchError, Priority, Shape, TargetName, parse_submission,
+    Edit, Format, LegacyOptions, ParseBudget, PatchError, Priority, Shape, TargetName,
+    parse_submission,
+};
+
+/// The gateway's default body limit.
+const BUDGET: ParseBudget = ParseBudget {
+    max_bytes: 1024 * 1024,
+    max_aliases: ParseBudget::DEFAULT_MAX_ALIASES,
+    max_depth: ParseBudget::DEFAULT_MAX_DEPTH,
 };
 
 fn target(name: &str) -> TargetName {
@@ -64,7 +72,7 @@ fn every_legacy_fixture_normalises_or_is_refused_naming_the_field() {
         };
         seen += 1;
         let body = std::fs::read(&path).unwrap();
-        let got = parse_submission(&body, Format::Json, &options());
+        let got = parse_submission(&body, Format::Json, &BUDGET, &options());
         match (want, got) {
             (Ok(shape), Ok(normalised)) => {
                 assert_eq!(normalised.shape, *shape, "{name}");
@@ -90,8 +98,13 @@ fn every_legacy_fixture_normalises_or_is_refused_naming_the_field() {
 
 #[test]
 fn command_patch_with_block_id_writes_its_mutation() {
-    let normalised =
-        parse_submission(&fixture("blockid-mutations.json"), Format::Json, &options()).unwrap();
+    let normalised = parse_submission(
+        &fixture("blockid-mutations.json"),
+        Format::Json,
+        &BUDGET,
+        &options(),
+    )
+    .unwrap();
     let patch = normalised.patch;
     assert_eq!(patch.id.as_str(), "test-patch-v347");
     assert_eq!(patch.target.as_str(), "MAIN");
@@ -105,6 +118,7 @@ fn envelope_pattern_becomes_a_replace_edit() {
     let patch = parse_submission(
         &fixture("envelope-pattern-replacement.json"),
         Format::Json,
+        &BUDGET,
         &options(),
     )
     .unwrap()
@@ -124,6 +138,7 @@ fn g2o_execution_and_validation_become_commands_and_checks() {
     let normalised = parse_submission(
         &fixture("g2o-execution-validation.json"),
         Format::Json,
+        &BUDGET,
         &options(),
     )
     .unwrap();
@@ -140,6 +155,7 @@ fn absolute_paths_outside_the_roots_are_refused_naming_the_field() {
     let err = parse_submission(
         &fixture("mutations-absolute-tmp-path.json"),
         Format::Json,
+        &BUDGET,
         &options(),
     )
     .unwrap_err();
@@ -153,9 +169,14 @@ fn absolute_paths_outside_the_roots_are_refused_naming_the_field() {
 
 #[test]
 fn prose_phases_become_an_agent_task() {
-    let patch = parse_submission(&fixture("phase-agent-task.json"), Format::Json, &options())
-        .unwrap()
-        .patch;
+    let patch = parse_submission(
+        &fixture("phase-agent-task.json"),
+        Format::Json,
+        &BUDGET,
+        &options(),
+    )
+    .unwrap()
+    .patch;
     assert_eq!(
         patch.id.as_str(),
         "patch-v1.4.200(P1.1.0)_shell-directory-create"
@@ -173,6 +194,7 @@ fn upserts_under_a_legacy_root_become_relative_writes_with_modes() {
     let normalised = parse_submission(
         &fixture("upsert-absolute-repo-paths.json"),
         Format::Json,
+        &BUDGET,
         &options(),
     )
     .unwrap();
@@ -203,6 +225,7 @@ fn the_same_absolute_paths_without_roots_are_refused() {
     let err = parse_submission(
         &fixture("upsert-absolute-repo-paths.json"),
         Format::Json,
+        &BUDGET,
         &no_roots,
     )
     .unwrap_err();
@@ -215,14 +238,15 @@ fn the_same_absolute_paths_without_roots_are_refused() {
 #[test]
 fn yaml_v1_patches_parse_and_targets_follow_aliases() {
     let body = b"id: y1\ntarget: BRAUN\nedits:\n  - op: write\n    path: a.txt\n    contents: hi\n";
-    let normalised = parse_submission(body, Format::Yaml, &options()).unwrap();
+    let normalised = parse_submission(body, Format::Yaml, &BUDGET, &options()).unwrap();
     assert_eq!(normalised.shape, Shape::V1);
     assert_eq!(normalised.patch.target.as_str(), "MAIN");
 }
 
 #[test]
 fn yaml_errors_carry_line_and_column_or_pointer() {
-    let err = parse_submission(b"id: y\ntarget: [\n", Format::Yaml, &options()).unwrap_err();
+    let err =
+        parse_submission(b"id: y\ntarget: [\n", Format::Yaml, &BUDGET, &options()).unwrap_err();
     assert!(
         matches!(err, PatchError::Syntax { line, .. } if line >= 2),
         "{err:?}"
@@ -230,6 +254,7 @@ fn yaml_errors_carry_line_and_column_or_pointer() {
     let err = parse_submission(
         b"id: y\ntarget: MAIN\nedits:\n  - op: write\n    path: ../x\n    contents: ''\n",
         Format::Yaml,
+        &BUDGET,
         &options(),
     )
     .unwrap_err();
@@ -244,6 +269,7 @@ fn unknown_mutation_ops_and_non_patches_are_refused() {
     let err = parse_submission(
         br#"{"blockId":"b","mutations":[{"op":"explode","path":"a"}]}"#,
         Format::Json,
+        &BUDGET,
         &options(),
     )
     .unwrap_err();
@@ -251,7 +277,7 @@ fn unknown_mutation_ops_and_non_patches_are_refused() {
         matches!(&err, PatchError::Invalid { pointer, .. } if pointer == "/mutations/0/op"),
         "{err:?}"
     );
-    let err = parse_submission(br#"[1,2]"#, Format::Json, &options()).unwrap_err();
+    let err = parse_submission(br#"[1,2]"#, Format::Json, &BUDGET, &options()).unwrap_err();
     assert!(matches!(&err, PatchError::Invalid { pointer, .. } if pointer.is_empty()));
 }
 
@@ -262,6 +288,7 @@ fn missing_target_without_a_default_names_the_target_field() {
     let err = parse_submission(
         &fixture("blockid-mutations.json"),
         Format::Json,
+        &BUDGET,
         &no_default,
     )
     .unwrap_err();

@@ -10,5 +10,6 @@ mod intake;
 mod limits;
 mod mcp;
 mod openapi;
+mod parse_budget;
 mod scale;
 mod system;
