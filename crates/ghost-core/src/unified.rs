@@ -286,11 +286,15 @@ fn git_line_paths(rest: &str) -> (String, String) {
     let len = rest.len();
     if len > 5 && (len - 5).is_multiple_of(2) {
         let half = (len - 5) / 2;
-        if rest.starts_with("a/")
-            && rest[2 + half..].starts_with(" b/")
-            && rest[2..2 + half] == rest[5 + half..]
+        // `get`, not indexing: a middle that falls inside a multi-byte character is no match.
+        if let (Some(old), Some(" b/"), Some(new)) = (
+            rest.get(2..2 + half),
+            rest.get(2 + half..5 + half),
+            rest.get(5 + half..),
+        ) && rest.starts_with("a/")
+            && old == new
         {
-            return (rest[2..2 + half].to_owned(), rest[5 + half..].to_owned());
+            return (old.to_owned(), new.to_owned());
         }
     }
     match rest.split_once(" b/") {
@@ -593,6 +597,14 @@ mod tests {
         assert_eq!(apply_hunks("a", &hunks).unwrap().text, "a\n");
         let hunks = parse_hunks("@@ -0,0 +1 @@\n+x\n\\ No newline at end of file\n").unwrap();
         assert_eq!(apply_hunks("", &hunks).unwrap().text, "x");
+    }
+
+    #[test]
+    fn a_git_line_split_inside_a_character_is_no_panic() {
+        // Found by the fuzzer: the middle of "a/éé b/xy" is inside the second 'é'.
+        let files = parse_multi("diff --git a/\u{e9}\u{e9} b/xy\n").unwrap();
+        assert_eq!(files[0].old_path.as_deref(), Some("\u{e9}\u{e9}"));
+        assert_eq!(files[0].new_path.as_deref(), Some("xy"));
     }
 
     #[test]
