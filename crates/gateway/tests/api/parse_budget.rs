@@ -82,6 +82,9 @@ asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3]))
 #[tokio::test]
 async fn a_yaml_alias_bomb_is_refused_on_every_entry_point() {
     let gateway = TestGateway::start(|config, scratch| {
+        // Made before start: a target directory created later is watched only once inotify
+        // has caught up with it, and a file written before that would be missed.
+        std::fs::create_dir_all(scratch.join("inbox/MAIN")).expect("inbox");
         config.inbox = Some(scratch.join("inbox"));
         config.inbox_settle = Duration::from_millis(100);
     })
@@ -149,7 +152,6 @@ async fn a_yaml_alias_bomb_is_refused_on_every_entry_point() {
     );
 
     let main = gateway.path("inbox/MAIN");
-    std::fs::create_dir_all(&main).expect("inbox");
     let started = Instant::now();
     std::fs::write(main.join("bomb.yaml"), alias_bomb("bomb-inbox", 8_000)).expect("inbox");
     let note = main.join(".rejected/bomb.yaml.error.txt");
