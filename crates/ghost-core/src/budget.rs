@@ -373,6 +373,35 @@ mod tests {
     }
 
     #[test]
+    fn the_issue_document_is_refused_without_expanding_it() {
+        // Issue 17: a 543 KB patch, one 200 KB anchor aliased 8,000 times (1.6 GB expanded).
+        let name = format!("blob{}", "x".repeat(33));
+        let mut body = format!(
+            "id: p\ntarget: MAIN\nd: &{name} \"{}\"\nc:\n",
+            "y".repeat(200_000)
+        );
+        for _ in 0..8_000 {
+            body.push_str(&format!("  - *{name}\n"));
+        }
+        let started = std::time::Instant::now();
+        let message = over_budget(&body, Format::Yaml, &MIB);
+        eprintln!("{} bytes refused in {:?}", body.len(), started.elapsed());
+        assert!(message.contains("aliases"), "{message}");
+        // Without the alias count, the expanded-size budget alone stops it after ~1 MB.
+        let unlimited = ParseBudget {
+            max_aliases: usize::MAX,
+            ..MIB
+        };
+        let started = std::time::Instant::now();
+        let message = over_budget(&body, Format::Yaml, &unlimited);
+        eprintln!(
+            "without the alias limit: refused in {:?}",
+            started.elapsed()
+        );
+        assert!(message.contains("expands to more than"), "{message}");
+    }
+
+    #[test]
     fn too_many_aliases_are_refused_before_parsing() {
         let body = format!("a: &a x\nb: [{}]\n", vec!["*a"; 1001].join(", "));
         let message = over_budget(&body, Format::Yaml, &MIB);
