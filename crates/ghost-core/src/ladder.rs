@@ -228,7 +228,9 @@ pub fn find(
     }
     if let Some(at) = hint
         && at >= from
-        && at + needle.len() <= hay.len()
+        && at
+            .checked_add(needle.len())
+            .is_some_and(|end| end <= hay.len())
         && window_matches(MatchStep::Exact, &hay[at..at + needle.len()], needle).is_some()
     {
         return Ok(Found {

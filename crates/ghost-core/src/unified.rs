@@ -501,7 +501,8 @@ pub fn apply_hunks(original: &str, hunks: &[Hunk]) -> Result<Applied, DiffError>
             } else {
                 start.saturating_sub(1)
             };
-            usize::try_from(isize::try_from(base).unwrap_or(0) + drift).unwrap_or(0)
+            // Saturating: a header may claim any line number, up to usize::MAX.
+            usize::try_from(isize::try_from(base).unwrap_or(0).saturating_add(drift)).unwrap_or(0)
         });
         let hint = if hunk.at_eof {
             Some(hay.len().saturating_sub(old.len()))
@@ -531,7 +532,9 @@ pub fn apply_hunks(original: &str, hunks: &[Hunk]) -> Result<Applied, DiffError>
         worst = worst.max(found.step);
         if let Some(start) = hunk.old_start {
             let expected = isize::try_from(start.saturating_sub(1)).unwrap_or(0);
-            drift = isize::try_from(found.start).unwrap_or(0) - expected;
+            drift = isize::try_from(found.start)
+                .unwrap_or(0)
+                .saturating_sub(expected);
         }
         out.extend(hay[cursor..found.start].iter().map(|l| (*l).to_owned()));
         // Walk the hunk body against the matched region; lines the trim rung dropped are skipped.
@@ -597,6 +600,17 @@ mod tests {
         assert_eq!(apply_hunks("a", &hunks).unwrap().text, "a\n");
         let hunks = parse_hunks("@@ -0,0 +1 @@\n+x\n\\ No newline at end of file\n").unwrap();
         assert_eq!(apply_hunks("", &hunks).unwrap().text, "x");
+    }
+
+    #[test]
+    fn a_huge_header_line_after_drift_is_no_overflow() {
+        // Found by fuzzing: drift 2 plus a header at isize::MAX overflowed the hint.
+        let hunks = parse_hunks(
+            "@@ -1,1 +1,1 @@\n-one\n+1\n@@ -9223372036854775807,1 +9223372036854775807,1 @@\n-two\n+2\n",
+        )
+        .unwrap();
+        let applied = apply_hunks("x\ny\none\ntwo\n", &hunks).unwrap();
+        assert_eq!(applied.text, "x\ny\n1\n2\n");
     }
 
     #[test]
