@@ -6,6 +6,8 @@
 //! is used, two or more are an ambiguity error listing the candidate lines. When no rung
 //! matches, the error names the nearest region of the file.
 
+use std::cell::OnceCell;
+use std::collections::HashMap;
 use std::fmt;
 
 /// The rung of the ladder that found a block.
@@ -150,17 +152,15 @@ fn leading_ws(line: &str) -> &str {
 }
 
 /// Compares one file line with one needle line at `step`; for indentation, `indent` is
-/// fixed by the first non-blank pair and must hold for every later line.
+/// fixed by the first non-blank pair and must hold for every later line. For the punctuation
+/// and indentation rungs both lines come already normalised ([`normalise_punctuation`]).
 fn line_eq(step: MatchStep, hay: &str, needle: &str, indent: &mut Option<Indent>) -> bool {
     match step {
         MatchStep::Exact => hay == needle,
-        MatchStep::TrailingWhitespace | MatchStep::Trim => hay.trim_end() == needle.trim_end(),
-        MatchStep::Punctuation => {
-            normalise_punctuation(hay).trim_end() == normalise_punctuation(needle).trim_end()
+        MatchStep::TrailingWhitespace | MatchStep::Trim | MatchStep::Punctuation => {
+            hay.trim_end() == needle.trim_end()
         }
         MatchStep::Indentation => {
-            let hay = normalise_punctuation(hay);
-            let needle = normalise_punctuation(needle);
             let (hay, needle) = (hay.trim_end(), needle.trim_end());
             if hay.is_empty() || needle.is_empty() {
                 return hay.is_empty() && needle.is_empty();
@@ -191,10 +191,10 @@ fn line_eq(step: MatchStep, hay: &str, needle: &str, indent: &mut Option<Indent>
     }
 }
 
-fn window_matches(step: MatchStep, hay: &[&str], needle: &[&str]) -> Option<Indent> {
+fn window_matches<S: AsRef<str>>(step: MatchStep, hay: &[S], needle: &[S]) -> Option<Indent> {
     let mut indent = None;
     for (h, n) in hay.iter().zip(needle) {
-        if !line_eq(step, h, n, &mut indent) {
+        if !line_eq(step, h.as_ref(), n.as_ref(), &mut indent) {
             return None;
         }
     }
@@ -242,6 +242,9 @@ pub fn find(
             indent: Indent::Same,
         });
     }
+    // Normalised once, when a lenient rung is first reached, not once per comparison: a miss
+    // in a large file would otherwise allocate for every (line, line) pair.
+    let normalised: OnceCell<(Vec<String>, Vec<String>)> = OnceCell::new();
     for step in MatchStep::ALL {
         let (block, front, back) = if step >= MatchStep::Trim {
             trim_block(needle)
@@ -251,9 +254,21 @@ pub fn find(
         if block.len() > hay.len() {
             continue;
         }
+        let lenient = (step >= MatchStep::Punctuation).then(|| {
+            let (hay_n, needle_n) = normalised.get_or_init(|| {
+                let all = |lines: &[&str]| lines.iter().map(|l| normalise_punctuation(l)).collect();
+                (all(hay), all(needle))
+            });
+            (hay_n, &needle_n[front..needle.len() - back])
+        });
         let mut found: Vec<(usize, Indent)> = Vec::new();
         for start in from..=hay.len() - block.len() {
-            if let Some(indent) = window_matches(step, &hay[start..start + block.len()], block) {
+            let window = start..start + block.len();
+            let matched = match lenient {
+                Some((hay_n, block_n)) => window_matches(step, &hay_n[window], block_n),
+                None => window_matches(step, &hay[window], block),
+            };
+            if let Some(indent) = matched {
                 found.push((start, indent));
             }
         }
@@ -285,17 +300,23 @@ pub fn find(
 fn nearest(hay: &[&str], needle: &[&str], from: usize) -> MatchError {
     let (block, _, _) = trim_block(needle);
     let total = block.len();
+    // Lines compared as numbers (equal numbers: equal once normalised and trimmed), so the
+    // quadratic scan below allocates nothing.
+    let mut numbers: HashMap<String, usize> = HashMap::new();
+    let mut number = |line: &str| {
+        let key = normalise_punctuation(line).trim().to_owned();
+        let next = numbers.len();
+        *numbers.entry(key).or_insert(next)
+    };
+    let block_numbers: Vec<usize> = block.iter().map(|line| number(line)).collect();
+    let hay_numbers: Vec<usize> = hay.iter().map(|line| number(line)).collect();
     let mut best = (0usize, from.min(hay.len().saturating_sub(1)));
     let last_start = hay.len().saturating_sub(1);
     for start in from..=last_start {
-        let score = block
+        let score = block_numbers
             .iter()
             .enumerate()
-            .filter(|(i, n)| {
-                hay.get(start + i).is_some_and(|h| {
-                    normalise_punctuation(h).trim() == normalise_punctuation(n).trim()
-                })
-            })
+            .filter(|(i, n)| hay_numbers.get(start + i) == Some(*n))
             .count();
         if score > best.0 {
             best = (score, start);
@@ -354,6 +375,30 @@ mod tests {
         assert!(err.to_string().contains("lines 2, 4"), "{err}");
         let err = find(&hay, &["foo(1)", "baz(2)"], 0, None).unwrap_err();
         assert!(err.to_string().contains("lines 6-7"), "{err}");
+    }
+
+    #[test]
+    fn a_miss_in_a_large_file_names_the_nearest_region() {
+        // Found by fuzzing as a slow input: a miss compared every (line, line) pair by
+        // normalising both (80 million allocations here). Now each line is normalised once.
+        let mut hay: Vec<String> = (0..20_000)
+            .map(|i| format!("line \u{201C}{i}\u{201D}"))
+            .collect();
+        hay[12_000] = "needle start".to_owned();
+        let mut needle: Vec<String> = (0..2_000).map(|i| format!("other {i}")).collect();
+        needle[0] = "needle start".to_owned();
+        needle[1] = "line \"12001\"".to_owned();
+        let hay: Vec<&str> = hay.iter().map(String::as_str).collect();
+        let needle: Vec<&str> = needle.iter().map(String::as_str).collect();
+        let err = find(&hay, &needle, 0, None).unwrap_err();
+        assert_eq!(
+            err,
+            MatchError::NotFound {
+                nearest: (12_001, 14_000),
+                matching: 2,
+                total: 2_000
+            }
+        );
     }
 
     #[test]
