@@ -20,7 +20,7 @@ use crate::commands::{Commands, CommandsParts};
 use crate::config::AlerterConfig;
 use crate::grpc::AlerterGrpc;
 use crate::health::{HealthBoard, HealthMonitor};
-use crate::inbound::{Inbound, routes};
+use crate::inbound::{Inbound, ResponseUrls, routes};
 use crate::lifecycle::Lifecycle;
 use crate::listing::AlerterRead;
 use crate::outbox::{DeliveryPolicy, Outbox, deliver_loop};
@@ -131,6 +131,8 @@ impl App {
             commands,
             http,
             inline_budget: config.slack.inline_answer_budget,
+            response_urls: ResponseUrls::new(&config.slack.response_url_origins)
+                .map_err(anyhow::Error::msg)?,
         });
         Ok(Self {
             config,

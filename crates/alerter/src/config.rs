@@ -86,6 +86,10 @@ pub struct SlackConfig {
     /// How long a slash command may take before the answer moves to `response_url`.
     #[serde(with = "humantime_serde")]
     pub inline_answer_budget: Duration,
+    /// Origins (`scheme://host[:port]`) a signed request's `response_url` may point to; a
+    /// request naming any other is refused before its verb runs, so the alerter never posts
+    /// to an address a caller chose. Default: Slack's hook hosts.
+    pub response_url_origins: Vec<String>,
 }
 
 impl Default for SlackConfig {
@@ -103,6 +107,10 @@ impl Default for SlackConfig {
             pacing: Duration::from_secs(1),
             concurrency: 8,
             inline_answer_budget: Duration::from_millis(2_500),
+            response_url_origins: vec![
+                "https://hooks.slack.com".to_owned(),
+                "https://hooks.slack-gov.com".to_owned(),
+            ],
         }
     }
 }

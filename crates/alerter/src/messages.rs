@@ -8,6 +8,7 @@ use ghost_core::{PatchId, Status, TargetName};
 use serde_json::{Value, json};
 
 use crate::lifecycle::{AlertState, Severity};
+use crate::mrkdwn::{escape, text};
 
 /// Longest text Slack accepts in a section block.
 pub const SECTION_CHARS: usize = 3_000;
@@ -51,8 +52,8 @@ pub fn headline(outcome: &PatchOutcome) -> String {
 pub fn fallback_text(outcome: &PatchOutcome) -> String {
     format!(
         "{} on {} (attempt {})",
-        headline(outcome),
-        outcome.target,
+        escape(&headline(outcome)),
+        escape(outcome.target.as_str()),
         outcome.attempt
     )
 }
@@ -68,10 +69,10 @@ pub fn patch_message(outcome: &PatchOutcome, buttons: bool) -> Value {
         json!({
             "type": "section",
             "fields": [
-                {"type": "mrkdwn", "text": format!("*Target*\n{}", outcome.target)},
+                {"type": "mrkdwn", "text": format!("*Target*\n{}", escape(outcome.target.as_str()))},
                 {"type": "mrkdwn", "text": format!("*Attempt*\n{}", outcome.attempt)},
                 {"type": "mrkdwn", "text": format!("*Status*\n{}", outcome.status)},
-                {"type": "mrkdwn", "text": format!("*Description*\n{}", truncate(&outcome.description, 1_000))},
+                {"type": "mrkdwn", "text": format!("*Description*\n{}", text(&outcome.description, 1_000))},
             ],
         }),
     ];
@@ -83,13 +84,13 @@ pub fn patch_message(outcome: &PatchOutcome, buttons: bool) -> Value {
     if !body.is_empty() {
         blocks.push(json!({
             "type": "section",
-            "text": {"type": "mrkdwn", "text": truncate(body, SECTION_CHARS)},
+            "text": {"type": "mrkdwn", "text": text(body, SECTION_CHARS)},
         }));
     }
     if !outcome.trace_id.is_empty() {
         blocks.push(json!({
             "type": "context",
-            "elements": [{"type": "mrkdwn", "text": format!("trace {}", outcome.trace_id)}],
+            "elements": [{"type": "mrkdwn", "text": format!("trace {}", escape(&outcome.trace_id))}],
         }));
     }
     if buttons {
@@ -149,9 +150,9 @@ pub fn alert_message(alerts: &[&AlertState]) -> Value {
         .map(|alert| {
             format!(
                 "• `{}` ({}) {}",
-                alert.key,
+                escape(&alert.key),
                 alert.severity.as_str(),
-                alert.summary
+                escape(&alert.summary)
             )
         })
         .collect();
@@ -168,10 +169,10 @@ pub fn alert_message(alerts: &[&AlertState]) -> Value {
     if let [single] = alerts {
         let mut fields = vec![
             json!({"type": "mrkdwn", "text": format!("*Severity*\n{}", single.severity.as_str())}),
-            json!({"type": "mrkdwn", "text": format!("*Source*\n{}", single.source)}),
+            json!({"type": "mrkdwn", "text": format!("*Source*\n{}", escape(&single.source))}),
         ];
         for (name, value) in single.labels.iter().take(8) {
-            fields.push(json!({"type": "mrkdwn", "text": format!("*{name}*\n{value}")}));
+            fields.push(json!({"type": "mrkdwn", "text": format!("*{}*\n{}", escape(name), text(value, 500))}));
         }
         blocks.push(json!({"type": "section", "fields": fields}));
     }
@@ -188,7 +189,8 @@ pub fn alert_message(alerts: &[&AlertState]) -> Value {
         })
         .collect();
     blocks.push(json!({"type": "actions", "block_id": "alert_actions", "elements": buttons}));
-    json!({"text": format!("{title}\n{}", list.join("\n")), "blocks": blocks})
+    let fallback = format!("{}\n{}", escape(&title), list.join("\n"));
+    json!({"text": truncate(&fallback, SECTION_CHARS), "blocks": blocks})
 }
 
 /// A one-line message (thread replies: repeats, acks, resolutions).
@@ -208,14 +210,9 @@ pub fn broadcast_line(text: &str) -> Value {
     body
 }
 
-/// Cuts `text` to `max_chars` characters, marking the cut with `…`.
+/// Cuts `text` to `max_chars` characters, marking the cut with `…` (never inside an escape).
 pub fn truncate(text: &str, max_chars: usize) -> String {
-    if text.chars().count() <= max_chars {
-        return text.to_owned();
-    }
-    let mut cut: String = text.chars().take(max_chars.saturating_sub(1)).collect();
-    cut.push('…');
-    cut
+    crate::mrkdwn::truncate(text, max_chars)
 }
 
 #[cfg(test)]
