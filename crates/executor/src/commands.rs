@@ -2,10 +2,14 @@
 //!
 //! A command line is split with shell-words (no shell) unless the target allows a shell and
 //! runs any program. The child gets a scrubbed environment, the workspace as its working
-//! directory, its own process group and rlimits (CPU, address space, open files). At its
-//! deadline, or on cancel, the whole group gets SIGTERM, then SIGKILL after a grace period, so
-//! grandchildren die too. Output is captured with bounded memory: the head and the tail are
-//! kept, the middle is counted.
+//! directory, its own process group and rlimits (CPU, address space, open files, processes).
+//! At its deadline, or on cancel, its whole process tree ([`tree`]) — also the descendants that
+//! left its group or session — gets SIGTERM, then is stopped and killed after a grace period;
+//! when it ends by itself, whatever it left running is killed the same way, so no daemonised
+//! grandchild outlives its patch. Output is captured with bounded memory: the head and the tail
+//! are kept, the middle is counted.
+
+mod tree;
 
 use std::collections::VecDeque;
 use std::io::Read;
@@ -21,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{CommandPolicy, TargetPolicy};
 use crate::workspace::Workspace;
+
+pub use tree::become_subreaper;
 
 /// How a command is started.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,6 +124,7 @@ fn limit_resources(command: &mut Command, policy: &TargetPolicy) {
     let cpu = policy.max_cpu_seconds;
     let memory = policy.max_memory_bytes;
     let files = policy.max_open_files;
+    let processes = policy.max_processes;
     // SAFETY: the closure runs in the forked child before exec and only calls setrlimit(2),
     // which is async-signal-safe; it allocates nothing and touches no lock.
     unsafe {
@@ -125,6 +132,10 @@ fn limit_resources(command: &mut Command, policy: &TargetPolicy) {
             setrlimit(Resource::RLIMIT_CPU, cpu, cpu).map_err(std::io::Error::from)?;
             setrlimit(Resource::RLIMIT_AS, memory, memory).map_err(std::io::Error::from)?;
             setrlimit(Resource::RLIMIT_NOFILE, files, files).map_err(std::io::Error::from)?;
+            // Counted per user, and not enforced for root (CAP_SYS_RESOURCE): the tree kill,
+            // not this, is what stops a fork bomb run as root.
+            setrlimit(Resource::RLIMIT_NPROC, processes, processes)
+                .map_err(std::io::Error::from)?;
             Ok(())
         });
     }
@@ -182,13 +193,26 @@ fn pump(
     });
 }
 
-fn signal_group(group: Pid, signal: Signal) {
-    // ESRCH (the group is already gone) is the expected end state.
-    let _ = killpg(group, signal);
-}
-
 fn group_alive(group: Pid) -> bool {
     killpg(group, None).is_ok()
+}
+
+/// How often the tree is walked while the command runs: often enough to see most children
+/// before they are orphaned, rarely enough to cost nothing next to the command.
+const TRACK_EVERY: Duration = Duration::from_millis(50);
+
+/// Kills what is left of the command's tree and says so when there was something.
+fn kill_tree(tree: &mut tree::Tree, line: &str) {
+    let sweep = tree.kill_all();
+    if sweep.killed > 0 || !sweep.gone {
+        tracing::info!(
+            killed = sweep.killed,
+            gone = sweep.gone,
+            took_ms = u64::try_from(sweep.took.as_millis()).unwrap_or(u64::MAX),
+            command = %line,
+            "killed the command's remaining processes"
+        );
+    }
 }
 
 /// Runs one command to completion, its deadline or a cancel. Never panics; spawn failures
@@ -207,8 +231,11 @@ pub fn run(
         kind,
         ..CommandReport::default()
     };
-    let mut child = match spawn(workspace, argv) {
-        Ok(child) => child,
+    // Orphans must come to us, not to init, for the tree kill to find them; App::build sets
+    // it too, this keeps any other caller (and an early failure there) covered.
+    let _ = become_subreaper();
+    let (mut child, mut tree) = match tree::Tree::spawn(|| spawn(workspace, argv)) {
+        Ok(spawned) => spawned,
         Err(err) => {
             report.output_tail = format!("cannot start command: {err}");
             report.exit_code = Some(127);
@@ -232,11 +259,18 @@ pub fn run(
     }
     drop(done_tx);
     let mut stopped = None;
+    let mut next_track = Instant::now();
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break Some(status),
             Ok(None) => {}
             Err(_) => break None,
+        }
+        if Instant::now() >= next_track {
+            let walk = Instant::now();
+            tree.track();
+            // A big tree (a fork bomb) is walked less often, so tracking stays a small share.
+            next_track = Instant::now() + TRACK_EVERY.max(walk.elapsed() * 4);
         }
         if cancel.is_cancelled() {
             stopped = Some(Stopped::Cancelled);
@@ -244,22 +278,24 @@ pub fn run(
             stopped = Some(Stopped::Deadline);
         }
         if stopped.is_some() {
-            signal_group(group, Signal::SIGTERM);
+            tree.signal_all(Signal::SIGTERM);
             let grace_end = Instant::now() + workspace.policy.kill_grace;
             while Instant::now() < grace_end {
                 let _ = child.try_wait();
-                if !group_alive(group) {
+                if !group_alive(group) && !tree.any_running() {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
-            signal_group(group, Signal::SIGKILL);
+            kill_tree(&mut tree, line);
             break child.wait().ok();
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    // Whatever the leader left running in its group goes with it.
-    signal_group(group, Signal::SIGKILL);
+    // Whatever the command left running, in its group or not, goes with it.
+    kill_tree(&mut tree, line);
+    // Only now, with its leader reaped, may another command's sweep treat the pid as free.
+    drop(tree);
     let output_deadline = Instant::now() + Duration::from_secs(1);
     for _ in 0..2 {
         let left = output_deadline.saturating_duration_since(Instant::now());

@@ -90,6 +90,9 @@ pub struct TargetPolicy {
     pub max_memory_bytes: u64,
     /// Open files a command may hold (RLIMIT_NOFILE).
     pub max_open_files: u64,
+    /// Processes (threads included) the executor's user may have while a command runs
+    /// (RLIMIT_NPROC, counted per user); the kernel does not enforce it for root.
+    pub max_processes: u64,
     /// Output bytes kept from the start of a command's output.
     pub output_head_bytes: usize,
     /// Output bytes kept from the end of a command's output.
@@ -111,6 +114,7 @@ impl Default for TargetPolicy {
             max_cpu_seconds: 600,
             max_memory_bytes: 8 * 1024 * 1024 * 1024,
             max_open_files: 1024,
+            max_processes: 4096,
             output_head_bytes: 4 * 1024,
             output_tail_bytes: 16 * 1024,
             agent: None,

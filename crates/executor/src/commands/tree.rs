@@ -1,0 +1,356 @@
+//! The process tree of one command: tracked while it runs, then stopped and killed as a whole.
+//!
+//! A command may leave its process group (`setpgid`) or its session (`setsid`) and may orphan
+//! its children (a double fork), so neither a group kill nor the leader's exit reaches them.
+//! The executor is therefore a child subreaper: an orphan anywhere below it is re-parented to
+//! the executor instead of init, so its parent link still leads to us. A command's tree is its
+//! leader, every process seen below it while it ran, every process whose parent is in the
+//! tree, and every orphan the executor adopted since the command started that belongs to no
+//! other live command and is not one of the executor's own children (those share its process
+//! group and session). Killing the tree stops every member first (SIGSTOP, so none can fork
+//! while the others die), then SIGKILLs them all, repeating until /proc shows none, and reaps
+//! the adopted ones by pid — only those: a `waitpid(-1)` would steal the exit status of a child
+//! that someone else in this process waits for (the command's leader is waited for by its
+//! `std::process::Child`, `git` by `Command::output`).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::process::Child;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, waitpid};
+use nix::unistd::Pid;
+
+/// Every live command's leader and the pids seen in its tree, so that one command's sweep
+/// leaves another's processes alone. Process-wide, as the subreaper flag and the orphans it
+/// brings are.
+static LIVE: Mutex<BTreeMap<i32, BTreeSet<i32>>> = Mutex::new(BTreeMap::new());
+
+/// Rounds of SIGSTOP before the kill goes ahead anyway (a process in uninterruptible sleep
+/// does not stop until it wakes).
+const MAX_STOP_ROUNDS: u32 = 50;
+/// How long one sweep may take before it gives up and reports what is left.
+const SWEEP_BUDGET: Duration = Duration::from_secs(10);
+/// Largest tree tracked while the command runs; past it only the final /proc scan finds more.
+const MAX_TRACKED: usize = 8192;
+
+/// Makes this process the reaper of its orphaned descendants, so that a command's daemonised
+/// grandchildren stay findable (and killable) below the executor instead of moving to init.
+pub fn become_subreaper() -> nix::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true)
+}
+
+fn live() -> MutexGuard<'static, BTreeMap<i32, BTreeSet<i32>>> {
+    // A panic elsewhere while holding the lock leaves the map itself intact.
+    LIVE.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The fields of `/proc/<pid>/stat` a sweep needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Proc {
+    state: u8,
+    ppid: i32,
+    pgid: i32,
+    sid: i32,
+    /// Start time in clock ticks since boot: tells a process from a later one given its pid.
+    start: u64,
+}
+
+impl Proc {
+    fn is_zombie(&self) -> bool {
+        self.state == b'Z'
+    }
+
+    fn is_stopped(&self) -> bool {
+        matches!(self.state, b'T' | b't')
+    }
+}
+
+fn parse_stat(text: &str) -> Option<Proc> {
+    // The command name in parentheses may itself hold spaces and parentheses.
+    let (_, rest) = text.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(Proc {
+        state: fields.first()?.bytes().next()?,
+        ppid: fields.get(1)?.parse().ok()?,
+        pgid: fields.get(2)?.parse().ok()?,
+        sid: fields.get(3)?.parse().ok()?,
+        start: fields.get(19)?.parse().ok()?,
+    })
+}
+
+fn stat(pid: i32) -> Option<Proc> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Every process on the machine.
+fn table() -> HashMap<i32, Proc> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return HashMap::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| Some((pid, stat(pid)?)))
+        .collect()
+}
+
+/// The children of every thread of `pid` (`/proc/<pid>/task/<tid>/children`).
+fn children(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|text| {
+            text.split_whitespace()
+                .filter_map(|word| word.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
+}
+
+/// What a sweep did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sweep {
+    /// Processes sent SIGKILL.
+    pub killed: usize,
+    /// Whether no member was left when it ended.
+    pub gone: bool,
+    /// How long it took.
+    pub took: Duration,
+}
+
+/// One command's process tree, registered as live until dropped.
+pub struct Tree {
+    leader: i32,
+    leader_start: u64,
+    /// Members seen so far, with their start times.
+    known: HashMap<i32, u64>,
+    me: Pid,
+    my_pgid: i32,
+    my_sid: i32,
+}
+
+impl Tree {
+    /// Runs `spawn` and registers its child as a live command's leader. Both happen under the
+    /// registry lock, so no other command's sweep sees the new leader as an unclaimed orphan.
+    pub fn spawn(spawn: impl FnOnce() -> std::io::Result<Child>) -> std::io::Result<(Child, Self)> {
+        let mut live = live();
+        let child = spawn()?;
+        let leader = i32::try_from(child.id()).unwrap_or(i32::MAX);
+        live.insert(leader, BTreeSet::new());
+        drop(live);
+        let me = nix::unistd::getpid();
+        let tree = Self {
+            leader,
+            leader_start: stat(leader).map_or(0, |proc| proc.start),
+            known: HashMap::new(),
+            me,
+            my_pgid: nix::unistd::getpgrp().as_raw(),
+            my_sid: nix::unistd::getsid(None).map_or(0, Pid::as_raw),
+        };
+        Ok((child, tree))
+    }
+
+    /// Records the processes now below the leader or a known member. Cheap: it reads only the
+    /// tree's own `children` files, so it can run often while the command does.
+    pub fn track(&mut self) {
+        self.known
+            .retain(|pid, start| stat(*pid).is_some_and(|proc| proc.start == *start));
+        let mut stack: Vec<i32> = std::iter::once(self.leader)
+            .chain(self.known.keys().copied())
+            .collect();
+        while let Some(pid) = stack.pop() {
+            for child in children(pid) {
+                if self.known.len() >= MAX_TRACKED || self.known.contains_key(&child) {
+                    continue;
+                }
+                if let Some(proc) = stat(child) {
+                    self.known.insert(child, proc.start);
+                    stack.push(child);
+                }
+            }
+        }
+        self.publish(&mut live());
+    }
+
+    fn publish(&self, live: &mut BTreeMap<i32, BTreeSet<i32>>) {
+        live.insert(self.leader, self.known.keys().copied().collect());
+    }
+
+    /// Whether the leader or any tracked member is still running.
+    pub fn any_running(&self) -> bool {
+        let leader = stat(self.leader)
+            .is_some_and(|proc| proc.start == self.leader_start && !proc.is_zombie());
+        leader
+            || self.known.iter().any(|(pid, start)| {
+                stat(*pid).is_some_and(|proc| proc.start == *start && !proc.is_zombie())
+            })
+    }
+
+    /// The members in /proc now (zombies too); the newly found are remembered.
+    fn scan(&mut self) -> Vec<(i32, Proc)> {
+        let mut live = live();
+        let others: HashSet<i32> = live
+            .iter()
+            .filter(|(leader, _)| **leader != self.leader)
+            .flat_map(|(leader, pids)| std::iter::once(*leader).chain(pids.iter().copied()))
+            .collect();
+        let table = table();
+        let me = self.me.as_raw();
+        let mut members: HashSet<i32> = self
+            .known
+            .iter()
+            .chain(std::iter::once((&self.leader, &self.leader_start)))
+            .filter(|(pid, start)| table.get(pid).is_some_and(|proc| proc.start == **start))
+            .map(|(pid, _)| *pid)
+            .collect();
+        // Orphans this process adopted: ours when they left their group or session (the
+        // executor's own children keep both) and started no earlier than this command.
+        members.extend(table.iter().filter_map(|(pid, proc)| {
+            let adopted = proc.ppid == me
+                && *pid != self.leader
+                && !others.contains(pid)
+                && (proc.pgid != self.my_pgid || proc.sid != self.my_sid)
+                && proc.start >= self.leader_start;
+            adopted.then_some(*pid)
+        }));
+        let mut below: HashMap<i32, Vec<i32>> = HashMap::new();
+        for (pid, proc) in &table {
+            below.entry(proc.ppid).or_default().push(*pid);
+        }
+        let mut stack: Vec<i32> = members.iter().copied().collect();
+        while let Some(pid) = stack.pop() {
+            for child in below.get(&pid).into_iter().flatten() {
+                if members.insert(*child) {
+                    stack.push(*child);
+                }
+            }
+        }
+        let found: Vec<(i32, Proc)> = members
+            .into_iter()
+            .filter_map(|pid| Some((pid, *table.get(&pid)?)))
+            .collect();
+        for (pid, proc) in &found {
+            self.known.insert(*pid, proc.start);
+        }
+        self.publish(&mut live);
+        // A zombie some other part of this process left behind after leaving its group or
+        // session is an orphan too (a detached `git gc`, say); nobody else will reap it.
+        for (pid, proc) in &table {
+            let stray = proc.ppid == me
+                && proc.is_zombie()
+                && *pid != self.leader
+                && !others.contains(pid)
+                && (proc.pgid != self.my_pgid || proc.sid != self.my_sid);
+            if stray {
+                self.reap(*pid);
+            }
+        }
+        found
+    }
+
+    fn reap(&self, pid: i32) {
+        // By pid only, never -1: see the module comment.
+        let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
+    }
+
+    /// Sends `signal` to every member now.
+    pub fn signal_all(&mut self, signal: Signal) {
+        for (pid, proc) in self.scan() {
+            if !proc.is_zombie() {
+                let _ = kill(Pid::from_raw(pid), signal);
+            }
+        }
+    }
+
+    /// Stops and kills every member and reaps those adopted by this process, until /proc
+    /// shows none (or the budget runs out). The leader, once dead, is left for its `Child` to
+    /// reap.
+    pub fn kill_all(&mut self) -> Sweep {
+        let started = Instant::now();
+        let mut killed: HashSet<(i32, u64)> = HashSet::new();
+        let mut stop_rounds = 0;
+        let me = self.me.as_raw();
+        let gone = loop {
+            if started.elapsed() > SWEEP_BUDGET {
+                break false;
+            }
+            let members = self.scan();
+            let mut pending = false;
+            let mut fresh = Vec::new();
+            for (pid, proc) in &members {
+                if proc.is_zombie() {
+                    if *pid == self.leader {
+                        continue;
+                    }
+                    if proc.ppid == me {
+                        self.reap(*pid);
+                    }
+                    // Either just reaped or about to be re-parented to us as its parent dies.
+                    pending = true;
+                } else if killed.contains(&(*pid, proc.start)) {
+                    pending = true;
+                } else {
+                    fresh.push((*pid, *proc));
+                }
+            }
+            if fresh.is_empty() {
+                if !pending {
+                    break true;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+            // Freeze first: a stopped process cannot fork while its tree is being killed.
+            if stop_rounds < MAX_STOP_ROUNDS && fresh.iter().any(|(_, proc)| !proc.is_stopped()) {
+                stop_rounds += 1;
+                for (pid, _) in &fresh {
+                    let _ = kill(Pid::from_raw(*pid), Signal::SIGSTOP);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+            for (pid, proc) in &fresh {
+                let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+                killed.insert((*pid, proc.start));
+            }
+        };
+        Sweep {
+            killed: killed.len(),
+            gone,
+            took: started.elapsed(),
+        }
+    }
+}
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        live().remove(&self.leader);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines_parse_with_odd_command_names() {
+        let line = "42 (a) b (c)) S 7 42 40 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 12345 2 3";
+        assert_eq!(
+            parse_stat(line),
+            Some(Proc {
+                state: b'S',
+                ppid: 7,
+                pgid: 42,
+                sid: 40,
+                start: 12345
+            })
+        );
+        assert_eq!(parse_stat("42 (x) S 7"), None);
+    }
+}
