@@ -6,12 +6,15 @@
 //! At its deadline, or on cancel, its whole process tree ([`tree`]) — also the descendants that
 //! left its group or session — gets SIGTERM, then is stopped and killed after a grace period;
 //! when it ends by itself, whatever it left running is killed the same way, so no daemonised
-//! grandchild outlives its patch. Output is captured with bounded memory: the head and the tail
+//! grandchild outlives its patch. Where the target names a pids cgroup, each command also runs
+//! in a cgroup of its own ([`cgroup`]) capping its process count. Output is captured with bounded memory: the head and the tail
 //! are kept, the middle is counted.
 
+mod cgroup;
 mod tree;
 
 use std::collections::VecDeque;
+use std::fs::File;
 use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, Stdio};
@@ -117,18 +120,26 @@ pub enum Stopped {
     Cancelled,
 }
 
-/// Sets the child's rlimits between fork and exec.
+/// Sets the child's rlimits, and moves it into its cgroup (`procs`), between fork and exec.
 #[allow(unsafe_code)]
-fn limit_resources(command: &mut Command, policy: &TargetPolicy) {
-    use nix::sys::resource::{Resource, setrlimit};
+fn limit_resources(command: &mut Command, policy: &TargetPolicy, procs: Option<Arc<File>>) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let cpu = policy.max_cpu_seconds;
     let memory = policy.max_memory_bytes;
     let files = policy.max_open_files;
-    let processes = policy.max_processes;
-    // SAFETY: the closure runs in the forked child before exec and only calls setrlimit(2),
-    // which is async-signal-safe; it allocates nothing and touches no lock.
+    // Above the hard limit setrlimit would fail, and with it every command: keep what we have.
+    let processes = getrlimit(Resource::RLIMIT_NPROC).map_or(policy.max_processes, |(_, hard)| {
+        policy.max_processes.min(hard)
+    });
+    // SAFETY: the closure runs in the forked child before exec and only calls write(2) and
+    // setrlimit(2), which are async-signal-safe; it allocates nothing and touches no lock.
     unsafe {
         command.pre_exec(move || {
+            if let Some(procs) = &procs {
+                // "0" is the writer itself. A failure leaves the command without the cap,
+                // not without the tree kill, so it does not stop the command.
+                let _ = nix::unistd::write(procs.as_ref(), b"0");
+            }
             setrlimit(Resource::RLIMIT_CPU, cpu, cpu).map_err(std::io::Error::from)?;
             setrlimit(Resource::RLIMIT_AS, memory, memory).map_err(std::io::Error::from)?;
             setrlimit(Resource::RLIMIT_NOFILE, files, files).map_err(std::io::Error::from)?;
@@ -141,7 +152,7 @@ fn limit_resources(command: &mut Command, policy: &TargetPolicy) {
     }
 }
 
-fn spawn(workspace: &Workspace, argv: &Argv) -> std::io::Result<Child> {
+fn spawn(workspace: &Workspace, argv: &Argv, procs: Option<Arc<File>>) -> std::io::Result<Child> {
     let mut command = match argv {
         Argv::Direct(argv) => {
             let mut command = Command::new(&argv[0]);
@@ -168,7 +179,7 @@ fn spawn(workspace: &Workspace, argv: &Argv) -> std::io::Result<Child> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    limit_resources(&mut command, &workspace.policy);
+    limit_resources(&mut command, &workspace.policy, procs);
     command.spawn()
 }
 
@@ -234,7 +245,15 @@ pub fn run(
     // Orphans must come to us, not to init, for the tree kill to find them; App::build sets
     // it too, this keeps any other caller (and an early failure there) covered.
     let _ = become_subreaper();
-    let (mut child, mut tree) = match tree::Tree::spawn(|| spawn(workspace, argv)) {
+    let cgroup = workspace.policy.pids_cgroup.as_deref().and_then(|parent| {
+        cgroup::CommandCgroup::create(parent, workspace.policy.max_processes)
+            .inspect_err(|err| {
+                tracing::warn!(cgroup = %parent.display(), error = %err, "cannot create the command's cgroup; running it without");
+            })
+            .ok()
+    });
+    let procs = cgroup.as_ref().map(cgroup::CommandCgroup::procs);
+    let (mut child, mut tree) = match tree::Tree::spawn(cgroup, || spawn(workspace, argv, procs)) {
         Ok(spawned) => spawned,
         Err(err) => {
             report.output_tail = format!("cannot start command: {err}");

@@ -22,6 +22,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::Pid;
 
+use super::cgroup::CommandCgroup;
+
 /// Every live command's leader and the pids seen in its tree, so that one command's sweep
 /// leaves another's processes alone. Process-wide, as the subreaper flag and the orphans it
 /// brings are.
@@ -133,12 +135,19 @@ pub struct Tree {
     me: Pid,
     my_pgid: i32,
     my_sid: i32,
+    /// The command's own cgroup, when it has one: its list of members is complete. Dropped
+    /// (removed) after the registry entry, when the tree is gone.
+    cgroup: Option<CommandCgroup>,
 }
 
 impl Tree {
-    /// Runs `spawn` and registers its child as a live command's leader. Both happen under the
-    /// registry lock, so no other command's sweep sees the new leader as an unclaimed orphan.
-    pub fn spawn(spawn: impl FnOnce() -> std::io::Result<Child>) -> std::io::Result<(Child, Self)> {
+    /// Runs `spawn` (whose child moves itself into `cgroup`, if any) and registers its child as
+    /// a live command's leader. Both happen under the registry lock, so no other command's
+    /// sweep sees the new leader as an unclaimed orphan.
+    pub fn spawn(
+        cgroup: Option<CommandCgroup>,
+        spawn: impl FnOnce() -> std::io::Result<Child>,
+    ) -> std::io::Result<(Child, Self)> {
         let mut live = live();
         let child = spawn()?;
         let leader = i32::try_from(child.id()).unwrap_or(i32::MAX);
@@ -152,6 +161,7 @@ impl Tree {
             me,
             my_pgid: nix::unistd::getpgrp().as_raw(),
             my_sid: nix::unistd::getsid(None).map_or(0, Pid::as_raw),
+            cgroup,
         };
         Ok((child, tree))
     }
@@ -219,6 +229,14 @@ impl Tree {
                 && proc.start >= self.leader_start;
             adopted.then_some(*pid)
         }));
+        if let Some(cgroup) = &self.cgroup {
+            members.extend(
+                cgroup
+                    .pids()
+                    .into_iter()
+                    .filter(|pid| table.contains_key(pid)),
+            );
+        }
         let mut below: HashMap<i32, Vec<i32>> = HashMap::new();
         for (pid, proc) in &table {
             below.entry(proc.ppid).or_default().push(*pid);

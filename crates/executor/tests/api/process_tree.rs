@@ -218,3 +218,67 @@ fn a_bounded_fork_bomb_is_stopped_and_the_next_patch_still_runs() {
     assert_eq!(next.status, Status::Succeeded, "{}", next.error);
     assert_eq!(next.commands[0].output_tail, "still here\n");
 }
+
+/// The cgroup v1 `pids` hierarchy, when this machine has one we may write to (as root).
+fn writable_pids_hierarchy() -> Option<PathBuf> {
+    let dir = PathBuf::from("/sys/fs/cgroup/pids");
+    let probe = dir.join(format!("ghost-probe-{}", std::process::id()));
+    std::fs::create_dir(&probe).ok()?;
+    std::fs::remove_dir(&probe).ok()?;
+    Some(dir)
+}
+
+#[test]
+fn with_a_pids_cgroup_the_fork_bomb_is_capped_and_the_cgroup_removed() {
+    let Some(hierarchy) = writable_pids_hierarchy() else {
+        eprintln!("no writable cgroup v1 pids hierarchy here: nothing to check");
+        return;
+    };
+    let ws = workspace_with(TargetPolicy {
+        commands: CommandPolicy::Any,
+        shell: true,
+        kill_grace: Duration::from_millis(200),
+        max_processes: 100,
+        pids_cgroup: Some(hierarchy.clone()),
+        ..TargetPolicy::default()
+    });
+    let file = pid_file(&ws);
+    let _leftovers = Leftovers(file.clone());
+    // Without the cap this loop reaches 2,000 sleepers and then waits for them until its
+    // 30 s deadline; with it, forks start failing at 100 processes in the cgroup.
+    let command = format!(
+        "i=0; while [ $i -lt 2000 ]; do setsid sleep 1000 </dev/null >/dev/null 2>&1 & \
+         echo $! >> {file}; i=$((i+1)); done; wait",
+        file = file.display()
+    );
+    let report = ws.apply(&patch("p", &validate(&command, 30)));
+    let pids = pids_in(&file);
+    assert!(
+        pids.len() < 100,
+        "{} sleepers started under pids.max 100 ({:?}: {})",
+        pids.len(),
+        report.status,
+        report.error
+    );
+    assert!(
+        pids.iter().all(|&pid| !exists(pid)),
+        "a capped sleeper survived"
+    );
+    assert_eq!(children_of_this_process(), Vec::<i32>::new());
+    let prefix = format!("ghost-{}-", std::process::id());
+    let left: Vec<String> = std::fs::read_dir(&hierarchy)
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(&prefix))
+        .collect();
+    assert_eq!(left, Vec::<String>::new(), "command cgroups left behind");
+    eprintln!(
+        "pids.max 100: {} sleepers started, status {:?}, the command took {} ms",
+        pids.len(),
+        report.status,
+        report.commands[0].duration_ms
+    );
+    let next = ws.apply(&patch("q", &validate("echo still here", 30)));
+    assert_eq!(next.status, Status::Succeeded, "{}", next.error);
+}
