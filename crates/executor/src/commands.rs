@@ -2,13 +2,14 @@
 //!
 //! A command line is split with shell-words (no shell) unless the target allows a shell and
 //! runs any program. The child gets a scrubbed environment, the workspace as its working
-//! directory, its own process group and rlimits (CPU, address space, open files, processes).
-//! At its deadline, or on cancel, its whole process tree ([`tree`]) — also the descendants that
-//! left its group or session — gets SIGTERM, then is stopped and killed after a grace period;
-//! when it ends by itself, whatever it left running is killed the same way, so no daemonised
-//! grandchild outlives its patch. Where the target names a pids cgroup, each command also runs
-//! in a cgroup of its own ([`cgroup`]) capping its process count. Output is captured with bounded memory: the head and the tail
-//! are kept, the middle is counted.
+//! directory, a session (and so a process group) of its own and rlimits (CPU, address space,
+//! open files, processes). At its deadline, or on cancel, its whole process tree ([`tree`]) —
+//! also the descendants that left its group or session — gets SIGTERM, then is stopped and
+//! killed after a grace period; when it ends by itself, whatever it left running is killed the
+//! same way, so no daemonised grandchild outlives its patch. Where the target names a pids
+//! cgroup, each command also runs in a cgroup of its own ([`cgroup`]) capping its process
+//! count. Output is captured with bounded memory: the head and the tail are kept, the middle
+//! is counted.
 
 mod cgroup;
 mod tree;
@@ -120,9 +121,10 @@ pub enum Stopped {
     Cancelled,
 }
 
-/// Sets the child's rlimits, and moves it into its cgroup (`procs`), between fork and exec.
+/// Between fork and exec: gives the child a session of its own, moves it into its cgroup
+/// (`procs`) and sets its rlimits.
 #[allow(unsafe_code)]
-fn limit_resources(command: &mut Command, policy: &TargetPolicy, procs: Option<Arc<File>>) {
+fn confine(command: &mut Command, policy: &TargetPolicy, procs: Option<Arc<File>>) {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let cpu = policy.max_cpu_seconds;
     let memory = policy.max_memory_bytes;
@@ -131,10 +133,15 @@ fn limit_resources(command: &mut Command, policy: &TargetPolicy, procs: Option<A
     let processes = getrlimit(Resource::RLIMIT_NPROC).map_or(policy.max_processes, |(_, hard)| {
         policy.max_processes.min(hard)
     });
-    // SAFETY: the closure runs in the forked child before exec and only calls write(2) and
-    // setrlimit(2), which are async-signal-safe; it allocates nothing and touches no lock.
+    // SAFETY: the closure runs in the forked child before exec and only calls setsid(2),
+    // write(2) and setrlimit(2), which are async-signal-safe; it allocates nothing and
+    // touches no lock.
     unsafe {
         command.pre_exec(move || {
+            // A session, not just a group: no descendant can ever get back into the
+            // executor's session, which is how a sweep tells the executor's own children
+            // (git) from a command's orphans. The leader's group id is its pid, as before.
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
             if let Some(procs) = &procs {
                 // "0" is the writer itself. A failure leaves the command without the cap,
                 // not without the tree kill, so it does not stop the command.
@@ -177,9 +184,8 @@ fn spawn(workspace: &Workspace, argv: &Argv, procs: Option<Arc<File>>) -> std::i
         }))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    limit_resources(&mut command, &workspace.policy, procs);
+        .stderr(Stdio::piped());
+    confine(&mut command, &workspace.policy, procs);
     command.spawn()
 }
 

@@ -6,8 +6,9 @@
 //! the executor instead of init, so its parent link still leads to us. A command's tree is its
 //! leader, every process seen below it while it ran, every process whose parent is in the
 //! tree, and every orphan the executor adopted since the command started that belongs to no
-//! other live command and is not one of the executor's own children (those share its process
-//! group and session). Killing the tree stops every member first (SIGSTOP, so none can fork
+//! other live command and is not one of the executor's own children (those are in its
+//! session, which a command, started in a session of its own, can never get back into).
+//! Killing the tree stops every member first (SIGSTOP, so none can fork
 //! while the others die), then SIGKILLs them all, repeating until /proc shows none, and reaps
 //! the adopted ones by pid — only those: a `waitpid(-1)` would steal the exit status of a child
 //! that someone else in this process waits for (the command's leader is waited for by its
@@ -15,6 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::process::Child;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -24,10 +26,18 @@ use nix::unistd::Pid;
 
 use super::cgroup::CommandCgroup;
 
-/// Every live command's leader and the pids seen in its tree, so that one command's sweep
-/// leaves another's processes alone. Process-wide, as the subreaper flag and the orphans it
-/// brings are.
-static LIVE: Mutex<BTreeMap<i32, BTreeSet<i32>>> = Mutex::new(BTreeMap::new());
+/// A live command as other commands' sweeps see it.
+struct Entry {
+    leader: i32,
+    /// The members seen so far.
+    pids: BTreeSet<i32>,
+}
+
+/// Every live command, by a number of its own (a leader's pid may be reused once reaped), so
+/// that one command's sweep leaves another's processes alone. Process-wide, as the subreaper
+/// flag and the orphans it brings are.
+static LIVE: Mutex<BTreeMap<u64, Entry>> = Mutex::new(BTreeMap::new());
+static NEXT_ENTRY: AtomicU64 = AtomicU64::new(0);
 
 /// Rounds of SIGSTOP before the kill goes ahead anyway (a process in uninterruptible sleep
 /// does not stop until it wakes).
@@ -43,7 +53,7 @@ pub fn become_subreaper() -> nix::Result<()> {
     nix::sys::prctl::set_child_subreaper(true)
 }
 
-fn live() -> MutexGuard<'static, BTreeMap<i32, BTreeSet<i32>>> {
+fn live() -> MutexGuard<'static, BTreeMap<u64, Entry>> {
     // A panic elsewhere while holding the lock leaves the map itself intact.
     LIVE.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -54,7 +64,6 @@ fn live() -> MutexGuard<'static, BTreeMap<i32, BTreeSet<i32>>> {
 struct Proc {
     state: u8,
     ppid: i32,
-    pgid: i32,
     sid: i32,
     /// Start time in clock ticks since boot: tells a process from a later one given its pid.
     start: u64,
@@ -77,7 +86,6 @@ fn parse_stat(text: &str) -> Option<Proc> {
     Some(Proc {
         state: fields.first()?.bytes().next()?,
         ppid: fields.get(1)?.parse().ok()?,
-        pgid: fields.get(2)?.parse().ok()?,
         sid: fields.get(3)?.parse().ok()?,
         start: fields.get(19)?.parse().ok()?,
     })
@@ -115,6 +123,25 @@ fn children(pid: i32) -> Vec<i32> {
         .collect()
 }
 
+/// What the other live commands hold.
+#[derive(Default)]
+struct Others {
+    leaders: HashSet<i32>,
+    pids: HashSet<i32>,
+}
+
+impl Others {
+    fn of(live: &BTreeMap<u64, Entry>, entry: u64) -> Self {
+        let mut others = Self::default();
+        for (_, other) in live.iter().filter(|(id, _)| **id != entry) {
+            others.leaders.insert(other.leader);
+            others.pids.insert(other.leader);
+            others.pids.extend(other.pids.iter().copied());
+        }
+        others
+    }
+}
+
 /// What a sweep did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Sweep {
@@ -128,12 +155,12 @@ pub struct Sweep {
 
 /// One command's process tree, registered as live until dropped.
 pub struct Tree {
+    entry: u64,
     leader: i32,
     leader_start: u64,
     /// Members seen so far, with their start times.
     known: HashMap<i32, u64>,
     me: Pid,
-    my_pgid: i32,
     my_sid: i32,
     /// The command's own cgroup, when it has one: its list of members is complete. Dropped
     /// (removed) after the registry entry, when the tree is gone.
@@ -151,29 +178,65 @@ impl Tree {
         let mut live = live();
         let child = spawn()?;
         let leader = i32::try_from(child.id()).unwrap_or(i32::MAX);
-        live.insert(leader, BTreeSet::new());
+        let entry = NEXT_ENTRY.fetch_add(1, Ordering::Relaxed);
+        live.insert(
+            entry,
+            Entry {
+                leader,
+                pids: BTreeSet::new(),
+            },
+        );
         drop(live);
         let me = nix::unistd::getpid();
         let tree = Self {
+            entry,
             leader,
             leader_start: stat(leader).map_or(0, |proc| proc.start),
             known: HashMap::new(),
             me,
-            my_pgid: nix::unistd::getpgrp().as_raw(),
             my_sid: nix::unistd::getsid(None).map_or(0, Pid::as_raw),
             cgroup,
         };
         Ok((child, tree))
     }
 
-    /// Records the processes now below the leader or a known member. Cheap: it reads only the
-    /// tree's own `children` files, so it can run often while the command does.
+    /// Whether `pid`, adopted by this process, is an orphan of this command. Sure when it is
+    /// still in the command's session (the leader's pid); one that left it is taken when it
+    /// started after the leader, and — `sure_only` — no other command is live to own it.
+    fn owns_orphan(&self, pid: i32, proc: &Proc, others: &Others, sure_only: bool) -> bool {
+        if pid == self.leader
+            || others.pids.contains(&pid)
+            || proc.sid == self.my_sid
+            || others.leaders.contains(&proc.sid)
+        {
+            return false;
+        }
+        let alone = others.leaders.is_empty();
+        proc.sid == self.leader || (proc.start >= self.leader_start && (alone || !sure_only))
+    }
+
+    /// Records the processes now below the leader or a known member, and the orphans adopted
+    /// since that can only be this command's. Cheap: it reads only the `children` files of the
+    /// tree and of this process, so it can run often while the command does.
     pub fn track(&mut self) {
+        let mut live = live();
+        let others = Others::of(&live, self.entry);
         self.known
             .retain(|pid, start| stat(*pid).is_some_and(|proc| proc.start == *start));
         let mut stack: Vec<i32> = std::iter::once(self.leader)
             .chain(self.known.keys().copied())
             .collect();
+        for orphan in children(self.me.as_raw()) {
+            if self.known.contains_key(&orphan) {
+                continue;
+            }
+            if let Some(proc) = stat(orphan)
+                && self.owns_orphan(orphan, &proc, &others, true)
+            {
+                self.known.insert(orphan, proc.start);
+                stack.push(orphan);
+            }
+        }
         while let Some(pid) = stack.pop() {
             for child in children(pid) {
                 if self.known.len() >= MAX_TRACKED || self.known.contains_key(&child) {
@@ -185,11 +248,13 @@ impl Tree {
                 }
             }
         }
-        self.publish(&mut live());
+        self.publish(&mut live);
     }
 
-    fn publish(&self, live: &mut BTreeMap<i32, BTreeSet<i32>>) {
-        live.insert(self.leader, self.known.keys().copied().collect());
+    fn publish(&self, live: &mut BTreeMap<u64, Entry>) {
+        if let Some(entry) = live.get_mut(&self.entry) {
+            entry.pids = self.known.keys().copied().collect();
+        }
     }
 
     /// Whether the leader or any tracked member is still running.
@@ -205,11 +270,7 @@ impl Tree {
     /// The members in /proc now (zombies too); the newly found are remembered.
     fn scan(&mut self) -> Vec<(i32, Proc)> {
         let mut live = live();
-        let others: HashSet<i32> = live
-            .iter()
-            .filter(|(leader, _)| **leader != self.leader)
-            .flat_map(|(leader, pids)| std::iter::once(*leader).chain(pids.iter().copied()))
-            .collect();
+        let others = Others::of(&live, self.entry);
         let table = table();
         let me = self.me.as_raw();
         let mut members: HashSet<i32> = self
@@ -219,15 +280,8 @@ impl Tree {
             .filter(|(pid, start)| table.get(pid).is_some_and(|proc| proc.start == **start))
             .map(|(pid, _)| *pid)
             .collect();
-        // Orphans this process adopted: ours when they left their group or session (the
-        // executor's own children keep both) and started no earlier than this command.
         members.extend(table.iter().filter_map(|(pid, proc)| {
-            let adopted = proc.ppid == me
-                && *pid != self.leader
-                && !others.contains(pid)
-                && (proc.pgid != self.my_pgid || proc.sid != self.my_sid)
-                && proc.start >= self.leader_start;
-            adopted.then_some(*pid)
+            (proc.ppid == me && self.owns_orphan(*pid, proc, &others, false)).then_some(*pid)
         }));
         if let Some(cgroup) = &self.cgroup {
             members.extend(
@@ -257,14 +311,14 @@ impl Tree {
             self.known.insert(*pid, proc.start);
         }
         self.publish(&mut live);
-        // A zombie some other part of this process left behind after leaving its group or
-        // session is an orphan too (a detached `git gc`, say); nobody else will reap it.
+        // A zombie adopted from outside the executor's session is an orphan too, of an
+        // earlier command or of a detached `git gc`, say; nobody else will reap it.
         for (pid, proc) in &table {
             let stray = proc.ppid == me
                 && proc.is_zombie()
                 && *pid != self.leader
-                && !others.contains(pid)
-                && (proc.pgid != self.my_pgid || proc.sid != self.my_sid);
+                && !others.pids.contains(pid)
+                && proc.sid != self.my_sid;
             if stray {
                 self.reap(*pid);
             }
@@ -348,7 +402,7 @@ impl Tree {
 
 impl Drop for Tree {
     fn drop(&mut self) {
-        live().remove(&self.leader);
+        live().remove(&self.entry);
     }
 }
 
@@ -364,7 +418,6 @@ mod tests {
             Some(Proc {
                 state: b'S',
                 ppid: 7,
-                pgid: 42,
                 sid: 40,
                 start: 12345
             })

@@ -4,6 +4,7 @@
 //! stop the executor from running the next patch. Each command writes the pids it started into
 //! a file beside the workspace (outside it, so the rollback leaves the file alone).
 
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -281,4 +282,81 @@ fn with_a_pids_cgroup_the_fork_bomb_is_capped_and_the_cgroup_removed() {
     );
     let next = ws.apply(&patch("q", &validate("echo still here", 30)));
     assert_eq!(next.status, Status::Succeeded, "{}", next.error);
+}
+
+#[test]
+fn a_sweep_spares_another_running_command_and_the_executors_own_children() {
+    let first = shell_workspace();
+    let second = shell_workspace();
+    let first_pids = pid_file(&first);
+    let second_pids = pid_file(&second);
+    let _leftovers = (
+        Leftovers(first_pids.clone()),
+        Leftovers(second_pids.clone()),
+    );
+    let dir = |ws: &TestWorkspace| ws.root().parent().unwrap().to_owned();
+    let (second_started, first_ready, go) = (
+        dir(&second).join("started"),
+        dir(&first).join("ready"),
+        dir(&first).join("go"),
+    );
+    // The first command orphans a daemon (still in its session) only once the second command
+    // runs, so the daemon is younger than both; it holds on while the second one ends and is
+    // swept, then succeeds only if its daemon is still there.
+    let command = format!(
+        "while [ ! -e {second_started} ]; do sleep 0.01; done; \
+         ( sh -c 'echo $$ >> {file}; exec sleep 1000' </dev/null >/dev/null 2>&1 & ); \
+         while [ ! -s {file} ]; do sleep 0.01; done; touch {first_ready}; \
+         while [ ! -e {go} ]; do sleep 0.01; done; kill -0 $(cat {file})",
+        second_started = second_started.display(),
+        first_ready = first_ready.display(),
+        go = go.display(),
+        file = first_pids.display()
+    );
+    let second_command = format!(
+        "touch {second_started}; ( {daemon} ); while [ ! -e {first_ready} ]; do sleep 0.01; done",
+        second_started = second_started.display(),
+        daemon = setsid_grandchild(&second_pids),
+        first_ready = first_ready.display(),
+    );
+    // A child of the executor's process of its own, as `git` is: no sweep may kill or reap it.
+    let mut own = std::process::Command::new("sleep")
+        .arg("1000")
+        .spawn()
+        .unwrap();
+    let own_file = dir(&first).join("own");
+    std::fs::write(&own_file, own.id().to_string()).unwrap();
+    let _own_leftover = Leftovers(own_file);
+    let (first_report, second_report) = std::thread::scope(|scope| {
+        let running = scope.spawn(|| first.apply(&patch("p", &validate(&command, 60))));
+        let second_report = second.apply(&patch("q", &validate(&second_command, 60)));
+        std::fs::write(&go, "").unwrap();
+        (running.join().unwrap(), second_report)
+    });
+    assert_eq!(
+        second_report.status,
+        Status::Succeeded,
+        "{}",
+        second_report.error
+    );
+    assert!(
+        !exists(pids_in(&second_pids)[0]),
+        "the second command's daemon survived"
+    );
+    assert_eq!(
+        first_report.status,
+        Status::Succeeded,
+        "the second command's sweep killed the first one's daemon: {:?}",
+        first_report.commands
+    );
+    assert!(
+        !exists(pids_in(&first_pids)[0]),
+        "the first command's daemon survived"
+    );
+    assert!(
+        matches!(own.try_wait(), Ok(None)),
+        "a sweep killed or reaped a child that was not a command's"
+    );
+    own.kill().unwrap();
+    assert_eq!(own.wait().unwrap().signal(), Some(9));
 }
