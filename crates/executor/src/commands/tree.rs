@@ -5,14 +5,14 @@
 //! The executor is therefore a child subreaper: an orphan anywhere below it is re-parented to
 //! the executor instead of init, so its parent link still leads to us. A command's tree is its
 //! leader, every process seen below it while it ran, every process whose parent is in the
-//! tree, and every orphan the executor adopted since the command started that belongs to no
-//! other live command and is not one of the executor's own children (those are in its
-//! session, which a command, started in a session of its own, can never get back into).
-//! Killing the tree stops every member first (SIGSTOP, so none can fork
-//! while the others die), then SIGKILLs them all, repeating until /proc shows none, and reaps
-//! the adopted ones by pid — only those: a `waitpid(-1)` would steal the exit status of a child
-//! that someone else in this process waits for (the command's leader is waited for by its
-//! `std::process::Child`, `git` by `Command::output`).
+//! tree, and every orphan the executor adopted that is the command's: still in the command's
+//! session, or out of it, started after the leader and claimed by no other live command. The
+//! executor's own children are never taken: they are in its session, which a command (started
+//! in a session of its own) can never get back into. Killing the tree stops every member
+//! first (SIGSTOP, so none can fork while the others die), then SIGKILLs them all, repeating
+//! until /proc shows none, and reaps the adopted ones by pid — only those: a `waitpid(-1)`
+//! would steal the exit status of a child someone else in this process waits for (the
+//! command's leader is waited for by its `std::process::Child`, `git` by `Command::output`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::process::Child;

@@ -2,7 +2,8 @@
 //! and when it ends normally — even the descendants that left its process group or session
 //! (`setsid`, a double-fork daemon), and a bounded fork bomb leaves nothing behind and does not
 //! stop the executor from running the next patch. Each command writes the pids it started into
-//! a file beside the workspace (outside it, so the rollback leaves the file alone).
+//! a file beside the workspace (outside it, so the rollback leaves the file alone). The checks
+//! on every child of the test process assume nextest's one process per test.
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
