@@ -117,6 +117,11 @@ fn recover(
 impl App {
     /// Checks the workspaces and binds the listeners.
     pub async fn build(config: ExecutorConfig) -> anyhow::Result<Self> {
+        // Orphaned descendants of a command come to us instead of init, so the tree kill
+        // finds them (see `commands`); without it only the tracked ones can be.
+        if let Err(err) = crate::commands::become_subreaper() {
+            tracing::warn!(error = %err, "cannot become a child subreaper; a command's orphans may escape its kill");
+        }
         std::fs::create_dir_all(&config.state_dir)?;
         let workspaces = workspaces(&config)?;
         let listeners = Listeners::bind(&config.server).await?;

@@ -2,12 +2,20 @@
 //!
 //! A command line is split with shell-words (no shell) unless the target allows a shell and
 //! runs any program. The child gets a scrubbed environment, the workspace as its working
-//! directory, its own process group and rlimits (CPU, address space, open files). At its
-//! deadline, or on cancel, the whole group gets SIGTERM, then SIGKILL after a grace period, so
-//! grandchildren die too. Output is captured with bounded memory: the head and the tail are
-//! kept, the middle is counted.
+//! directory, a session (and so a process group) of its own and rlimits (CPU, address space,
+//! open files, processes). At its deadline, or on cancel, its whole process tree ([`tree`]) —
+//! also the descendants that left its group or session — gets SIGTERM, then is stopped and
+//! killed after a grace period; when it ends by itself, whatever it left running is killed the
+//! same way, so no daemonised grandchild outlives its patch. Where the target names a pids
+//! cgroup, each command also runs in a cgroup of its own ([`cgroup`]) capping its process
+//! count. Output is captured with bounded memory: the head and the tail are kept, the middle
+//! is counted.
+
+mod cgroup;
+mod tree;
 
 use std::collections::VecDeque;
+use std::fs::File;
 use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, Stdio};
@@ -21,6 +29,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{CommandPolicy, TargetPolicy};
 use crate::workspace::Workspace;
+
+pub use tree::become_subreaper;
 
 /// How a command is started.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,26 +121,45 @@ pub enum Stopped {
     Cancelled,
 }
 
-/// Sets the child's rlimits between fork and exec.
+/// Between fork and exec: gives the child a session of its own, moves it into its cgroup
+/// (`procs`) and sets its rlimits.
 #[allow(unsafe_code)]
-fn limit_resources(command: &mut Command, policy: &TargetPolicy) {
-    use nix::sys::resource::{Resource, setrlimit};
+fn confine(command: &mut Command, policy: &TargetPolicy, procs: Option<Arc<File>>) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let cpu = policy.max_cpu_seconds;
     let memory = policy.max_memory_bytes;
     let files = policy.max_open_files;
-    // SAFETY: the closure runs in the forked child before exec and only calls setrlimit(2),
-    // which is async-signal-safe; it allocates nothing and touches no lock.
+    // Above the hard limit setrlimit would fail, and with it every command: keep what we have.
+    let processes = getrlimit(Resource::RLIMIT_NPROC).map_or(policy.max_processes, |(_, hard)| {
+        policy.max_processes.min(hard)
+    });
+    // SAFETY: the closure runs in the forked child before exec and only calls setsid(2),
+    // write(2) and setrlimit(2), which are async-signal-safe; it allocates nothing and
+    // touches no lock.
     unsafe {
         command.pre_exec(move || {
+            // A session, not just a group: no descendant can ever get back into the
+            // executor's session, which is how a sweep tells the executor's own children
+            // (git) from a command's orphans. The leader's group id is its pid, as before.
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            if let Some(procs) = &procs {
+                // "0" is the writer itself. A failure leaves the command without the cap,
+                // not without the tree kill, so it does not stop the command.
+                let _ = nix::unistd::write(procs.as_ref(), b"0");
+            }
             setrlimit(Resource::RLIMIT_CPU, cpu, cpu).map_err(std::io::Error::from)?;
             setrlimit(Resource::RLIMIT_AS, memory, memory).map_err(std::io::Error::from)?;
             setrlimit(Resource::RLIMIT_NOFILE, files, files).map_err(std::io::Error::from)?;
+            // Counted per user, and not enforced for root (CAP_SYS_RESOURCE): the tree kill,
+            // not this, is what stops a fork bomb run as root.
+            setrlimit(Resource::RLIMIT_NPROC, processes, processes)
+                .map_err(std::io::Error::from)?;
             Ok(())
         });
     }
 }
 
-fn spawn(workspace: &Workspace, argv: &Argv) -> std::io::Result<Child> {
+fn spawn(workspace: &Workspace, argv: &Argv, procs: Option<Arc<File>>) -> std::io::Result<Child> {
     let mut command = match argv {
         Argv::Direct(argv) => {
             let mut command = Command::new(&argv[0]);
@@ -155,9 +184,8 @@ fn spawn(workspace: &Workspace, argv: &Argv) -> std::io::Result<Child> {
         }))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    limit_resources(&mut command, &workspace.policy);
+        .stderr(Stdio::piped());
+    confine(&mut command, &workspace.policy, procs);
     command.spawn()
 }
 
@@ -182,13 +210,26 @@ fn pump(
     });
 }
 
-fn signal_group(group: Pid, signal: Signal) {
-    // ESRCH (the group is already gone) is the expected end state.
-    let _ = killpg(group, signal);
-}
-
 fn group_alive(group: Pid) -> bool {
     killpg(group, None).is_ok()
+}
+
+/// How often the tree is walked while the command runs: often enough to see most children
+/// before they are orphaned, rarely enough to cost nothing next to the command.
+const TRACK_EVERY: Duration = Duration::from_millis(50);
+
+/// Kills what is left of the command's tree and says so when there was something.
+fn kill_tree(tree: &mut tree::Tree, line: &str) {
+    let sweep = tree.kill_all();
+    if sweep.killed > 0 || !sweep.gone {
+        tracing::info!(
+            killed = sweep.killed,
+            gone = sweep.gone,
+            took_ms = u64::try_from(sweep.took.as_millis()).unwrap_or(u64::MAX),
+            command = %line,
+            "killed the command's remaining processes"
+        );
+    }
 }
 
 /// Runs one command to completion, its deadline or a cancel. Never panics; spawn failures
@@ -207,8 +248,19 @@ pub fn run(
         kind,
         ..CommandReport::default()
     };
-    let mut child = match spawn(workspace, argv) {
-        Ok(child) => child,
+    // Orphans must come to us, not to init, for the tree kill to find them; App::build sets
+    // it too, this keeps any other caller (and an early failure there) covered.
+    let _ = become_subreaper();
+    let cgroup = workspace.policy.pids_cgroup.as_deref().and_then(|parent| {
+        cgroup::CommandCgroup::create(parent, workspace.policy.max_processes)
+            .inspect_err(|err| {
+                tracing::warn!(cgroup = %parent.display(), error = %err, "cannot create the command's cgroup; running it without");
+            })
+            .ok()
+    });
+    let procs = cgroup.as_ref().map(cgroup::CommandCgroup::procs);
+    let (mut child, mut tree) = match tree::Tree::spawn(cgroup, || spawn(workspace, argv, procs)) {
+        Ok(spawned) => spawned,
         Err(err) => {
             report.output_tail = format!("cannot start command: {err}");
             report.exit_code = Some(127);
@@ -232,11 +284,18 @@ pub fn run(
     }
     drop(done_tx);
     let mut stopped = None;
+    let mut next_track = Instant::now();
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break Some(status),
             Ok(None) => {}
             Err(_) => break None,
+        }
+        if Instant::now() >= next_track {
+            let walk = Instant::now();
+            tree.track();
+            // A big tree (a fork bomb) is walked less often, so tracking stays a small share.
+            next_track = Instant::now() + TRACK_EVERY.max(walk.elapsed() * 4);
         }
         if cancel.is_cancelled() {
             stopped = Some(Stopped::Cancelled);
@@ -244,22 +303,24 @@ pub fn run(
             stopped = Some(Stopped::Deadline);
         }
         if stopped.is_some() {
-            signal_group(group, Signal::SIGTERM);
+            tree.signal_all(Signal::SIGTERM);
             let grace_end = Instant::now() + workspace.policy.kill_grace;
             while Instant::now() < grace_end {
                 let _ = child.try_wait();
-                if !group_alive(group) {
+                if !group_alive(group) && !tree.any_running() {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
-            signal_group(group, Signal::SIGKILL);
+            kill_tree(&mut tree, line);
             break child.wait().ok();
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    // Whatever the leader left running in its group goes with it.
-    signal_group(group, Signal::SIGKILL);
+    // Whatever the command left running, in its group or not, goes with it.
+    kill_tree(&mut tree, line);
+    // Only now, with its leader reaped, may another command's sweep treat the pid as free.
+    drop(tree);
     let output_deadline = Instant::now() + Duration::from_secs(1);
     for _ in 0..2 {
         let left = output_deadline.saturating_duration_since(Instant::now());

@@ -7,5 +7,6 @@ mod helpers;
 mod hostile;
 mod ladder;
 mod ledger;
+mod process_tree;
 mod rollback;
 mod timing;
