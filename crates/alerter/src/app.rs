@@ -77,6 +77,9 @@ impl App {
             .context("cannot bind the alerter listeners")?;
         let http = reqwest::Client::builder()
             .timeout(crate::slack::REQUEST_TIMEOUT)
+            // Slack's API, webhooks and response_urls answer where they are: a redirect could
+            // only carry a message (and the bot token's request) somewhere else.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .context("cannot build the http client")?;
         let slack = SlackClient::new(&config.slack, http.clone());

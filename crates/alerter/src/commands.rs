@@ -427,7 +427,11 @@ impl Commands {
                 );
             }
             Err(status) => {
-                let _ = writeln!(text, "• targets: {}", downstream("router")(status));
+                let _ = writeln!(
+                    text,
+                    "• targets: {}",
+                    downstream("router")(status).to_mrkdwn()
+                );
             }
         }
         let request = router_wire::ListRequest {

@@ -87,8 +87,9 @@ pub struct SlackConfig {
     #[serde(with = "humantime_serde")]
     pub inline_answer_budget: Duration,
     /// Origins (`scheme://host[:port]`) a signed request's `response_url` may point to; a
-    /// request naming any other is refused before its verb runs, so the alerter never posts
-    /// to an address a caller chose. Default: Slack's hook hosts.
+    /// request naming any other (or a path other than Slack's `/commands/…` and `/actions/…`)
+    /// is refused before its verb runs, so the alerter never posts to an address a caller
+    /// chose; redirects are never followed. Default: Slack's hook hosts.
     pub response_url_origins: Vec<String>,
 }
 

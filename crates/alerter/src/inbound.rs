@@ -75,8 +75,11 @@ impl ResponseUrls {
             )
         };
         let url = reqwest::Url::parse(raw).map_err(|_| refused())?;
+        // Slack's response_urls are `/commands/…` (slash commands) and `/actions/…` (buttons);
+        // anything else on the same host (an incoming webhook of another workspace) is not one.
         let allowed = url.username().is_empty()
             && url.password().is_none()
+            && (url.path().starts_with("/commands/") || url.path().starts_with("/actions/"))
             && self
                 .origins
                 .iter()
@@ -277,6 +280,8 @@ mod tests {
             "http://hooks.slack.com/commands/T0/1/x",
             "https://hooks.slack.com.evil.example/commands/T0/1/x",
             "https://evil.example/hooks.slack.com/",
+            "https://hooks.slack.com/services/T0/B0/other-workspace-webhook",
+            "https://hooks.slack.com/commands",
             "https://user:pw@hooks.slack.com/commands/T0/1/x",
             "https://hooks.slack.com:8443/commands/T0/1/x",
             "http://127.0.0.1:8080/commands",

@@ -69,10 +69,10 @@ pub fn patch_message(outcome: &PatchOutcome, buttons: bool) -> Value {
         json!({
             "type": "section",
             "fields": [
-                {"type": "mrkdwn", "text": format!("*Target*\n{}", escape(outcome.target.as_str()))},
-                {"type": "mrkdwn", "text": format!("*Attempt*\n{}", outcome.attempt)},
-                {"type": "mrkdwn", "text": format!("*Status*\n{}", outcome.status)},
-                {"type": "mrkdwn", "text": format!("*Description*\n{}", text(&outcome.description, 1_000))},
+                {"type": "mrkdwn", "verbatim": true, "text": format!("*Target*\n{}", escape(outcome.target.as_str()))},
+                {"type": "mrkdwn", "verbatim": true, "text": format!("*Attempt*\n{}", outcome.attempt)},
+                {"type": "mrkdwn", "verbatim": true, "text": format!("*Status*\n{}", outcome.status)},
+                {"type": "mrkdwn", "verbatim": true, "text": format!("*Description*\n{}", text(&outcome.description, 1_000))},
             ],
         }),
     ];
@@ -84,13 +84,13 @@ pub fn patch_message(outcome: &PatchOutcome, buttons: bool) -> Value {
     if !body.is_empty() {
         blocks.push(json!({
             "type": "section",
-            "text": {"type": "mrkdwn", "text": text(body, SECTION_CHARS)},
+            "text": {"type": "mrkdwn", "verbatim": true, "text": text(body, SECTION_CHARS)},
         }));
     }
     if !outcome.trace_id.is_empty() {
         blocks.push(json!({
             "type": "context",
-            "elements": [{"type": "mrkdwn", "text": format!("trace {}", escape(&outcome.trace_id))}],
+            "elements": [{"type": "mrkdwn", "verbatim": true, "text": format!("trace {}", text(&outcome.trace_id, 64))}],
         }));
     }
     if buttons {
@@ -105,7 +105,7 @@ pub fn patch_message(outcome: &PatchOutcome, buttons: bool) -> Value {
             ],
         }));
     }
-    json!({"text": fallback_text(outcome), "blocks": blocks})
+    literal(json!({"text": fallback_text(outcome), "blocks": blocks}))
 }
 
 fn button(label: &str, action_id: &str, value: &str, style: Option<&str>) -> Value {
@@ -163,16 +163,16 @@ pub fn alert_message(alerts: &[&AlertState]) -> Value {
         }),
         json!({
             "type": "section",
-            "text": {"type": "mrkdwn", "text": truncate(&list.join("\n"), SECTION_CHARS)},
+            "text": {"type": "mrkdwn", "verbatim": true, "text": truncate(&list.join("\n"), SECTION_CHARS)},
         }),
     ];
     if let [single] = alerts {
         let mut fields = vec![
-            json!({"type": "mrkdwn", "text": format!("*Severity*\n{}", single.severity.as_str())}),
-            json!({"type": "mrkdwn", "text": format!("*Source*\n{}", escape(&single.source))}),
+            json!({"type": "mrkdwn", "verbatim": true, "text": format!("*Severity*\n{}", single.severity.as_str())}),
+            json!({"type": "mrkdwn", "verbatim": true, "text": format!("*Source*\n{}", text(&single.source, 200))}),
         ];
         for (name, value) in single.labels.iter().take(8) {
-            fields.push(json!({"type": "mrkdwn", "text": format!("*{}*\n{}", escape(name), text(value, 500))}));
+            fields.push(json!({"type": "mrkdwn", "verbatim": true, "text": format!("*{}*\n{}", text(name, 100), text(value, 500))}));
         }
         blocks.push(json!({"type": "section", "fields": fields}));
     }
@@ -190,15 +190,27 @@ pub fn alert_message(alerts: &[&AlertState]) -> Value {
         .collect();
     blocks.push(json!({"type": "actions", "block_id": "alert_actions", "elements": buttons}));
     let fallback = format!("{}\n{}", escape(&title), list.join("\n"));
-    json!({"text": truncate(&fallback, SECTION_CHARS), "blocks": blocks})
+    literal(json!({"text": truncate(&fallback, SECTION_CHARS), "blocks": blocks}))
 }
 
 /// A one-line message (thread replies: repeats, acks, resolutions).
 pub fn line(text: &str) -> Value {
-    json!({
-        "text": text,
-        "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": truncate(text, SECTION_CHARS)}}],
-    })
+    literal(json!({
+        "text": truncate(text, SECTION_CHARS),
+        "blocks": [{"type": "section", "text": {"type": "mrkdwn", "verbatim": true, "text": truncate(text, SECTION_CHARS)}}],
+    }))
+}
+
+/// Asks Slack to take a body as written: no auto-linking of bare URLs, `#channels` or
+/// `@names`, and no previews fetched from links a caller put into it.
+fn literal(mut body: Value) -> Value {
+    if let Some(object) = body.as_object_mut() {
+        object.insert("parse".to_owned(), json!("none"));
+        object.insert("link_names".to_owned(), json!(false));
+        object.insert("unfurl_links".to_owned(), json!(false));
+        object.insert("unfurl_media".to_owned(), json!(false));
+    }
+    body
 }
 
 /// A thread reply that is also shown in the channel.

@@ -191,7 +191,12 @@ pub fn command_body(command: &str, text: &str, user_id: &str, response_url: &str
 
 /// Runs a slash command signed with the test secret now; returns the answer's text.
 pub async fn slash(app: &TestApp, command: &str, text: &str, user_id: &str) -> String {
-    let body = command_body(command, text, user_id, &format!("{DISCARD_ORIGIN}/unused"));
+    let body = command_body(
+        command,
+        text,
+        user_id,
+        &format!("{DISCARD_ORIGIN}/commands/unused"),
+    );
     let timestamp = now_secs().to_string();
     let signature = alerter::signing::sign(SIGNING_SECRET, &timestamp, body.as_bytes());
     let (status, answer) = post_signed(

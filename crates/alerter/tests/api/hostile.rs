@@ -32,6 +32,24 @@ async fn caller_text_is_escaped_in_every_part_of_a_patch_message() {
         body.contains("&lt;!channel&gt; &lt;https://evil.example/login|Approve&gt; &amp; more"),
         "{body}"
     );
+    // Slack is asked not to auto-link bare URLs or names, nor to unfurl a caller's links.
+    let post = &posts[0].body;
+    assert_eq!(post["parse"], "none");
+    assert_eq!(post["link_names"], false);
+    assert_eq!(post["unfurl_links"], false);
+    assert_eq!(post["unfurl_media"], false);
+    let mut texts = 0;
+    for block in post["blocks"].as_array().unwrap() {
+        let objects = block["fields"]
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| vec![block["text"].clone()]);
+        for object in objects.iter().filter(|object| object["type"] == "mrkdwn") {
+            assert_eq!(object["verbatim"], true, "{object}");
+            texts += 1;
+        }
+    }
+    assert!(texts >= 5, "{post}");
 }
 
 #[tokio::test]
