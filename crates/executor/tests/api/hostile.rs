@@ -162,3 +162,42 @@ fn a_grandchild_ignoring_sigterm_is_dead_after_the_deadline() {
     assert!(report.rollback.is_some());
     eprintln!("deadline 1 s + grace 0.3 s: apply returned after {elapsed:?}");
 }
+
+#[test]
+fn service_state_dirs_are_off_limits_in_any_spelling() {
+    let mut ws = workspace();
+    // The executor's own state dir inside the workspace, under a name of its own.
+    let state_dir = ws.root().join("var/ghost-state");
+    std::fs::create_dir_all(&state_dir).unwrap();
+    ws.ctx.workspace.state_dir = state_dir;
+    ws.write(".ghost/summarizer/summaries/p.md", "the real summary\n");
+    let before = snapshot(ws.root());
+    for path in [
+        ".ghost/router/router.sqlite",
+        ".ghost/summarizer/summaries/p.md",
+        ".GHOST/summarizer/summaries/p.md",
+        ".Ghost/alerter/x",
+        ".ghost",
+        "var/ghost-state/ledger/MAIN/forged.json",
+        "var/ghost-state/journal/MAIN.journal",
+    ] {
+        for op in [
+            format!(r#"{{"op":"write","path":"{path}","contents":"forged"}}"#),
+            format!(r#"{{"op":"mkdir","path":"{path}"}}"#),
+            format!(r#"{{"op":"rename","from":"ok.txt","to":"{path}"}}"#),
+        ] {
+            let report = ws.apply(&patch(
+                "p",
+                &format!(r#""edits":[{{"op":"write","path":"ok.txt","contents":"1"}},{op}]"#),
+            ));
+            assert_eq!(report.status, Status::Rejected, "{op}: {}", report.error);
+            assert_eq!(snapshot(ws.root()), before, "{op}");
+        }
+    }
+    let delete = ws.apply(&patch(
+        "p",
+        r#""edits":[{"op":"delete","path":".ghost/summarizer/summaries/p.md"}]"#,
+    ));
+    assert_eq!(delete.status, Status::Rejected, "{}", delete.error);
+    assert_eq!(snapshot(ws.root()), before);
+}

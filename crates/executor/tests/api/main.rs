@@ -7,5 +7,7 @@ mod helpers;
 mod hostile;
 mod ladder;
 mod ledger;
+mod race;
 mod rollback;
 mod timing;
+mod wedge;
