@@ -317,6 +317,13 @@ fn apply_once(
         },
     };
     if let Err(reason) = clear_leftover_journal(ctx, &ledger) {
+        // As a rollback record, so the router keeps its `workspace_not_restored` alert up.
+        attempt.report.rollback = Some(Rollback {
+            restored: 0,
+            removed: 0,
+            reason: "the journal of an earlier patch is still open".to_owned(),
+            error: reason.clone(),
+        });
         return attempt.end(Status::Rejected, reason);
     }
 
