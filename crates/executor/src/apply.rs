@@ -219,8 +219,18 @@ pub fn apply(
 fn scrub(text: &mut String, workspace: &Workspace) {
     let root = workspace.root.display().to_string();
     let state = workspace.state_dir.display().to_string();
-    // The longer path first, in case one lies inside the other.
-    let mut paths = [(state, "<executor state>"), (root.clone(), ".")];
+    let inbox = workspace
+        .policy
+        .agent
+        .as_ref()
+        .map(|agent| agent.inbox.display().to_string())
+        .unwrap_or_default();
+    // The longer path first, in case one lies inside another.
+    let mut paths = [
+        (state, "<executor state>"),
+        (inbox, "<agent inbox>"),
+        (root, "."),
+    ];
     paths.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
     for (path, name) in paths {
         if path.len() < 2 || !text.contains(&path) {
@@ -560,5 +570,31 @@ fn hand_off(
     match attempt.stage("validate", |a| a.run_commands(admitted)) {
         None => attempt.end(Status::Succeeded, ""),
         Some((status, reason)) => attempt.end(status, reason),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::config::TargetPolicy;
+
+    #[test]
+    fn reported_text_names_workspace_paths_relatively_and_no_server_path() {
+        let workspace = Workspace {
+            target: "MAIN".to_owned(),
+            root: PathBuf::from("/srv/ghost/ws"),
+            state_dir: PathBuf::from("/srv/ghost/ws/.ghost/executor"),
+            policy: TargetPolicy::default(),
+        };
+        let mut text = "cannot write /srv/ghost/ws/src/a.rs; journal in \
+                        /srv/ghost/ws/.ghost/executor/journal; cwd /srv/ghost/ws"
+            .to_owned();
+        scrub(&mut text, &workspace);
+        assert_eq!(
+            text,
+            "cannot write src/a.rs; journal in <executor state>/journal; cwd ."
+        );
     }
 }
