@@ -114,16 +114,16 @@ impl Dirs {
         if rel.is_empty() {
             return Ok(Arc::clone(&self.root));
         }
-        if let Some(found) = self.cache.get(rel) {
-            return Ok(Arc::clone(found));
+        if let Some(found) = self.live(rel) {
+            return Ok(found);
         }
         // Start from the nearest ancestor already open: it was beneath the root when opened.
         let mut base = Arc::clone(&self.root);
         let mut rest = rel;
         let mut prefix_end = rel.len();
         while let Some(cut) = rel[..prefix_end].rfind('/') {
-            if let Some(found) = self.cache.get(&rel[..cut]) {
-                base = Arc::clone(found);
+            if let Some(found) = self.live(&rel[..cut]) {
+                base = found;
                 rest = &rel[cut + 1..];
                 break;
             }
@@ -134,6 +134,19 @@ impl Dirs {
             self.cache.insert(rel.to_owned(), Arc::clone(&fd));
         }
         Ok(fd)
+    }
+
+    /// The cached handle of `rel` while its directory still exists. A directory that was
+    /// renamed (even swapped for a symlink) keeps its handle, so writes and restores follow
+    /// it; one that was removed (a command's `rm -rf`) is forgotten and looked up afresh, so
+    /// nothing is written into a deleted directory.
+    fn live(&mut self, rel: &str) -> Option<Arc<OwnedFd>> {
+        let found = self.cache.get(rel)?;
+        if rustix::fs::fstat(&**found).is_ok_and(|stat| stat.st_nlink > 0) {
+            return Some(Arc::clone(found));
+        }
+        self.cache.remove(rel);
+        None
     }
 
     fn resolve_below(&self, base: &OwnedFd, rest: &str) -> io::Result<OwnedFd> {
