@@ -362,4 +362,57 @@ mod tests {
         assert!(rmdir(&a, "b").unwrap());
         assert!(!rmdir(&a, "b").unwrap());
     }
+
+    #[test]
+    fn neither_resolver_lets_a_write_out_while_a_directory_and_a_symlink_swap() {
+        use std::sync::Arc as StdArc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("ws");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(root.join("d")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("flip")).unwrap();
+        let stop = StdArc::new(AtomicBool::new(false));
+        let swapper = {
+            let (a, b, stop) = (root.join("d"), root.join("flip"), StdArc::clone(&stop));
+            std::thread::spawn(move || {
+                let started = std::time::Instant::now();
+                let mut swaps = 0u64;
+                while !stop.load(Ordering::Relaxed)
+                    && swaps < 10_000_000
+                    && started.elapsed() < std::time::Duration::from_secs(60)
+                {
+                    let _ = rustix::fs::renameat_with(
+                        CWD,
+                        &a,
+                        CWD,
+                        &b,
+                        rustix::fs::RenameFlags::EXCHANGE,
+                    );
+                    swaps += 1;
+                }
+                swaps
+            })
+        };
+        let mut written = 0;
+        for i in 0..2_000 {
+            let opened = if i % 2 == 0 {
+                Dirs::open(&root)
+            } else {
+                Dirs::open_walking(&root)
+            };
+            let Ok(handle) = opened.unwrap().dir("d") else {
+                continue;
+            };
+            write(&handle, &format!("f{i}"), b"x", 0o644).unwrap();
+            written += 1;
+        }
+        stop.store(true, Ordering::Relaxed);
+        assert!(swapper.join().unwrap() > 0);
+        assert!(written > 0, "no write got a handle");
+        let escaped: Vec<_> = std::fs::read_dir(&outside).unwrap().collect();
+        assert!(escaped.is_empty(), "{} files outside", escaped.len());
+    }
 }
