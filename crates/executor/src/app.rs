@@ -80,7 +80,8 @@ fn recover(
                 .get(target, &header.patch_id, &header.content_hash)
                 .is_some()
         };
-        let Some(found) = journal::recover(&workspace.state_dir, target, applied)? else {
+        let Some(found) = journal::recover(&workspace.state_dir, target, &workspace.root, applied)?
+        else {
             continue;
         };
         if applied(&found.header) {

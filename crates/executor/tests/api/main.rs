@@ -8,5 +8,7 @@ mod hostile;
 mod ladder;
 mod ledger;
 mod process_tree;
+mod race;
 mod rollback;
 mod timing;
+mod wedge;
