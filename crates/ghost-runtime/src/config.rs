@@ -78,6 +78,14 @@ pub struct ServerConfig {
     /// Upper bound on waiting for in-flight requests once listeners are closed.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// Longest wait for a request's headers on the HTTP side, counted from when the server is
+    /// ready for the next request; so it also closes idle keep-alive connections and ones that
+    /// never send anything.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// HTTP connections open at once from one client address (an IPv6 /64 counts as one);
+    /// more are closed as soon as they are accepted. Behind a reverse proxy, raise it.
+    pub max_connections_per_address: usize,
 }
 
 impl ServerConfig {
@@ -107,6 +115,8 @@ impl Default for ServerConfig {
             http_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             drain_grace: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(20),
+            header_read_timeout: Duration::from_secs(10),
+            max_connections_per_address: 64,
         }
     }
 }
