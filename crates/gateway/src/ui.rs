@@ -104,7 +104,13 @@ impl IntoResponse for UiFailure {
             refresh_ms: 0,
         };
         let body = html::page(&chrome, &pages::error(status.as_u16(), &self.0.to_string()));
-        (status, Html(body)).into_response()
+        let mut response = (status, Html(body)).into_response();
+        if let GatewayError::TooManyRequests { retry_after_s } = self.0 {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s.max(1)));
+        }
+        response
     }
 }
 

@@ -253,6 +253,67 @@ async fn bad_logins_from_one_address_do_not_lock_out_the_admin_at_another() {
     );
 }
 
+/// Sends `count` wrong keys from `client` claiming `forwarded_for`; the first non-401 status.
+async fn guess(
+    client: &reqwest::Client,
+    target: SocketAddr,
+    forwarded_for: &str,
+    count: usize,
+) -> Option<u16> {
+    for attempt in 0..count {
+        let code = client
+            .get(format!("http://{target}/v1/patches"))
+            .bearer_auth(format!("guessed-key-{attempt:05}-padding"))
+            .header("x-forwarded-for", forwarded_for)
+            .send()
+            .await
+            .expect("gateway reachable")
+            .status()
+            .as_u16();
+        if code != 401 {
+            return Some(code);
+        }
+    }
+    None
+}
+
+/// `GET /v1/patches` with the right key from `client` claiming `forwarded_for`.
+async fn read_as(client: &reqwest::Client, target: SocketAddr, forwarded_for: &str) -> u16 {
+    client
+        .get(format!("http://{target}/v1/patches"))
+        .bearer_auth(KEY)
+        .header("x-forwarded-for", forwarded_for)
+        .send()
+        .await
+        .expect("gateway reachable")
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn forwarded_for_names_the_client_only_behind_a_configured_proxy() {
+    // Not configured: the header is the caller's claim and changes nothing.
+    let direct = TestGateway::start(|_, _| {}).await;
+    let target = direct.gateway.http;
+    let client = client_from(loopback(8));
+    assert_eq!(guess(&client, target, "192.0.2.1", 100).await, Some(429));
+    assert_eq!(
+        read_as(&client, target, "192.0.2.2").await,
+        429,
+        "a claimed address escaped the throttle"
+    );
+    // Behind a trusted proxy, each forwarded client has its own buckets.
+    let proxied = TestGateway::start(|config, _| config.trusted_proxies = vec![loopback(9)]).await;
+    let target = proxied.gateway.http;
+    let proxy = client_from(loopback(9));
+    assert_eq!(guess(&proxy, target, "192.0.2.1", 100).await, Some(429));
+    assert_eq!(
+        read_as(&proxy, target, "192.0.2.2").await,
+        200,
+        "another client behind the proxy was throttled"
+    );
+}
+
 #[tokio::test]
 async fn wrong_keys_from_one_address_are_throttled_with_retry_after() {
     let gateway = TestGateway::start(|_, _| {}).await;
