@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ConnectInfo;
 use axum::http::{Extensions, HeaderMap};
-use ghost_runtime::connections::{AddressCounts, AddressSlot, address_key};
+use ghost_runtime::connections::{
+    AddressCounts, AddressSlot, IpRange, address_key, is_trusted_proxy,
+};
 
 use crate::config::{ClientLimitsConfig, RateLimitConfig};
 
@@ -131,7 +133,7 @@ impl AddressBuckets {
 
 /// Everything kept per client address.
 pub struct Clients {
-    trusted_proxies: Vec<IpAddr>,
+    trusted_proxies: Vec<IpRange>,
     max_in_flight: usize,
     in_flight: AddressCounts,
     /// Dashboard login attempts.
@@ -142,9 +144,9 @@ pub struct Clients {
 
 impl Clients {
     /// The per-address limits from config.
-    pub fn new(limits: &ClientLimitsConfig, trusted_proxies: &[IpAddr]) -> Self {
+    pub fn new(limits: &ClientLimitsConfig, trusted_proxies: &[IpRange]) -> Self {
         Self {
-            trusted_proxies: trusted_proxies.iter().map(|ip| ip.to_canonical()).collect(),
+            trusted_proxies: trusted_proxies.to_vec(),
             max_in_flight: limits.max_in_flight,
             in_flight: AddressCounts::default(),
             logins: AddressBuckets::new(&limits.login, limits.max_tracked_addresses),
@@ -161,7 +163,7 @@ impl Clients {
             .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| {
                 info.0.ip().to_canonical()
             });
-        if !self.trusted_proxies.contains(&peer) {
+        if !is_trusted_proxy(&self.trusted_proxies, peer) {
             return peer;
         }
         let forwarded: Vec<IpAddr> = headers
@@ -176,7 +178,7 @@ impl Clients {
         forwarded
             .into_iter()
             .rev()
-            .find(|ip| !self.trusted_proxies.contains(ip))
+            .find(|ip| !is_trusted_proxy(&self.trusted_proxies, *ip))
             .unwrap_or(peer)
     }
 
@@ -245,7 +247,11 @@ mod tests {
             untrusted.address(&extensions("127.0.0.5:4000"), &headers),
             ip(5)
         );
-        let trusted = Clients::new(&ClientLimitsConfig::default(), &[ip(5)]);
+        let proxies = [
+            "127.0.0.0/30".parse().unwrap(),
+            "127.0.0.5".parse().unwrap(),
+        ];
+        let trusted = Clients::new(&ClientLimitsConfig::default(), &proxies);
         assert_eq!(
             trusted.address(&extensions("127.0.0.5:4000"), &headers),
             "192.0.2.7".parse::<IpAddr>().unwrap()

@@ -1,6 +1,5 @@
 //! Gateway configuration.
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -57,9 +56,6 @@ pub struct GatewayConfig {
     pub rate_limit: RateLimitConfig,
     /// Limits kept per client address, taken before any shared place or credential check.
     pub client_limits: ClientLimitsConfig,
-    /// Reverse proxies whose `X-Forwarded-For` names the client. Empty (the default): the TCP
-    /// peer is the client and the header is ignored.
-    pub trusted_proxies: Vec<IpAddr>,
     /// Most JSON/YAML blocks one `/v1/messages` call may carry; more are refused with 413 and
     /// nothing is queued.
     pub max_patches_per_message: usize,
@@ -97,7 +93,6 @@ impl Default for GatewayConfig {
             body_read_timeout: Duration::from_secs(10),
             rate_limit: RateLimitConfig::default(),
             client_limits: ClientLimitsConfig::default(),
-            trusted_proxies: Vec::new(),
             max_patches_per_message: 20,
             default_target: None,
             targets: Vec::new(),
@@ -192,8 +187,8 @@ impl Default for RateLimitConfig {
     }
 }
 
-/// Limits kept per client address (the TCP peer, or the client a trusted proxy names; an IPv6
-/// /64 counts as one address).
+/// Limits kept per client address (the TCP peer, or the client a proxy in
+/// `server.trusted_proxies` names; an IPv6 /64 counts as one address).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientLimitsConfig {

@@ -54,7 +54,7 @@ impl Guard {
         let burst = NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN);
         Self {
             credentials,
-            clients: Clients::new(&config.client_limits, &config.trusted_proxies),
+            clients: Clients::new(&config.client_limits, &config.server.trusted_proxies),
             deliveries: Deliveries::new(config.webhook_tolerance * 2),
             limiter: RateLimiter::keyed(Quota::per_minute(per_minute).allow_burst(burst)),
             burst: burst.get(),

@@ -11,6 +11,8 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::connections::IpRange;
+
 /// Why configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -84,8 +86,12 @@ pub struct ServerConfig {
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
     /// HTTP connections open at once from one client address (an IPv6 /64 counts as one);
-    /// more are closed as soon as they are accepted. Behind a reverse proxy, raise it.
+    /// more are closed as soon as they are accepted. Trusted proxies are exempt.
     pub max_connections_per_address: usize,
+    /// Reverse proxies in front of the HTTP side (addresses or CIDR ranges): exempt from
+    /// `max_connections_per_address`, and their `X-Forwarded-For` names the client. Empty (the
+    /// default): every peer is a client and the header is ignored.
+    pub trusted_proxies: Vec<IpRange>,
 }
 
 impl ServerConfig {
@@ -117,6 +123,7 @@ impl Default for ServerConfig {
             drain_timeout: Duration::from_secs(20),
             header_read_timeout: Duration::from_secs(10),
             max_connections_per_address: 64,
+            trusted_proxies: Vec::new(),
         }
     }
 }

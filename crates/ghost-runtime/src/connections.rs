@@ -1,10 +1,13 @@
 //! The HTTP side's accept loop: HTTP/1.1 connections with a header read timeout (which also
 //! ends idle keep-alive connections) and a cap on connections per client address, so one client
-//! cannot hold every socket with slow or idle connections. Each request carries the peer as
-//! axum's `ConnectInfo<SocketAddr>`.
+//! cannot hold every socket with slow or idle connections. Trusted reverse proxies (which carry
+//! many clients' connections) are exempt from the cap. Each request carries the peer as axum's
+//! `ConnectInfo<SocketAddr>`.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
+use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -13,6 +16,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -20,13 +24,96 @@ use tower::ServiceExt;
 
 use crate::config::ServerConfig;
 
+/// An address, or a range of them in CIDR notation: `192.0.2.7`, `192.0.2.0/24`, `2001:db8::/32`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct IpRange {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl IpRange {
+    /// True when `ip` is in the range (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.network, ip.to_canonical()) {
+            (IpAddr::V4(network), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(network) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(network), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(network) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for IpRange {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (address, prefix) = match text.split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix)),
+            None => (text, None),
+        };
+        let network: IpAddr = address
+            .trim()
+            .parse()
+            .map_err(|_| format!("{text:?} is not an IP address or CIDR range"))?;
+        let network = network.to_canonical();
+        let longest = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => longest,
+            Some(prefix) => prefix
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|prefix| *prefix <= longest)
+                .ok_or_else(|| format!("{text:?}: the prefix length must be 0 to {longest}"))?,
+        };
+        Ok(Self { network, prefix })
+    }
+}
+
+impl TryFrom<String> for IpRange {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
+    }
+}
+
+impl From<IpRange> for String {
+    fn from(range: IpRange) -> Self {
+        range.to_string()
+    }
+}
+
+impl fmt::Display for IpRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
+/// True when `ip` is one of `proxies`.
+pub fn is_trusted_proxy(proxies: &[IpRange], ip: IpAddr) -> bool {
+    proxies.iter().any(|range| range.contains(ip))
+}
+
 /// The connection limits of the HTTP side, from [`ServerConfig`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct HttpLimits {
     /// See [`ServerConfig::header_read_timeout`].
     pub header_read_timeout: Duration,
     /// See [`ServerConfig::max_connections_per_address`].
     pub max_connections_per_address: usize,
+    /// See [`ServerConfig::trusted_proxies`]: exempt from the per-address cap.
+    pub trusted_proxies: Arc<[IpRange]>,
 }
 
 impl From<&ServerConfig> for HttpLimits {
@@ -34,6 +121,7 @@ impl From<&ServerConfig> for HttpLimits {
         Self {
             header_read_timeout: config.header_read_timeout,
             max_connections_per_address: config.max_connections_per_address,
+            trusted_proxies: config.trusted_proxies.clone().into(),
         }
     }
 }
@@ -114,9 +202,18 @@ pub async fn serve_http(
                 }
             },
         };
-        let Some(slot) = counts.take(peer.ip(), limits.max_connections_per_address) else {
-            tracing::debug!(%peer, "connection cap of this address reached; connection closed");
-            continue;
+        // A trusted proxy carries many clients' connections: only the clients are capped (by
+        // the service, per request).
+        let slot = if is_trusted_proxy(&limits.trusted_proxies, peer.ip()) {
+            None
+        } else {
+            match counts.take(peer.ip(), limits.max_connections_per_address) {
+                Some(slot) => Some(slot),
+                None => {
+                    tracing::debug!(%peer, "connection cap of this address reached; closed");
+                    continue;
+                }
+            }
         };
         let _ = stream.set_nodelay(true);
         let service = router
@@ -126,12 +223,13 @@ pub async fn serve_http(
                 request
             });
         let stop = stop.clone();
+        let header_read_timeout = limits.header_read_timeout;
         connections.spawn(async move {
             let _slot = slot;
             let mut builder = http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout);
+                .header_read_timeout(header_read_timeout);
             let connection =
                 builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
             tokio::pin!(connection);
@@ -165,6 +263,25 @@ mod tests {
         assert_ne!(address_key(a), address_key(c));
         let mapped: IpAddr = "::ffff:127.0.0.2".parse().unwrap();
         assert_eq!(address_key(mapped), "127.0.0.2".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn ranges_contain_their_addresses_and_parse_strictly() {
+        let range: IpRange = "192.0.2.0/24".parse().unwrap();
+        assert!(range.contains("192.0.2.200".parse().unwrap()));
+        assert!(range.contains("::ffff:192.0.2.1".parse().unwrap()));
+        assert!(!range.contains("192.0.3.1".parse().unwrap()));
+        let single: IpRange = "127.0.0.9".parse().unwrap();
+        assert!(single.contains("127.0.0.9".parse().unwrap()));
+        assert!(!single.contains("127.0.0.8".parse().unwrap()));
+        let v6: IpRange = "2001:db8::/32".parse().unwrap();
+        assert!(v6.contains("2001:db8:ffff::1".parse().unwrap()));
+        assert!(!v6.contains("192.0.2.1".parse().unwrap()));
+        let everything: IpRange = "0.0.0.0/0".parse().unwrap();
+        assert!(everything.contains("198.51.100.1".parse().unwrap()));
+        assert!("192.0.2.0/33".parse::<IpRange>().is_err());
+        assert!("proxy.local".parse::<IpRange>().is_err());
+        assert_eq!(range.to_string(), "192.0.2.0/24");
     }
 
     #[test]

@@ -303,8 +303,26 @@ async fn forwarded_for_names_the_client_only_behind_a_configured_proxy() {
         "a claimed address escaped the throttle"
     );
     // Behind a trusted proxy, each forwarded client has its own buckets.
-    let proxied = TestGateway::start(|config, _| config.trusted_proxies = vec![loopback(9)]).await;
+    let proxied = TestGateway::start(|config, _| {
+        config.server.trusted_proxies = vec!["127.0.0.9".parse().expect("range")];
+        // A proxy carries many clients' connections: the per-address cap does not apply to it.
+        config.server.max_connections_per_address = 1;
+    })
+    .await;
     let target = proxied.gateway.http;
+    let _held = connect_from(loopback(9), target).await.expect("connects");
+    let mut second = connect_from(loopback(9), target).await.expect("connects");
+    second
+        .write_all(
+            format!("GET /healthz HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .expect("writes");
+    let answer = closed_within(&mut second, Duration::from_secs(10))
+        .await
+        .expect("answered and closed");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let proxy = client_from(loopback(9));
     assert_eq!(guess(&proxy, target, "192.0.2.1", 100).await, Some(429));
     assert_eq!(
