@@ -53,6 +53,19 @@ pub enum GatewayError {
     /// Body over the limit.
     #[error("request body over the {0} byte limit")]
     PayloadTooLarge(usize),
+    /// A message carrying more patch blocks than one call may.
+    #[error(
+        "the message has {found} JSON/YAML blocks; at most {cap} are accepted per message, send the rest in another"
+    )]
+    TooManyPatches {
+        /// Blocks found.
+        found: usize,
+        /// The configured cap (`max_patches_per_message`).
+        cap: usize,
+    },
+    /// The body did not arrive in time.
+    #[error("the request body did not arrive within {0} s")]
+    BodyTimeout(u64),
     /// No such patch.
     #[error("patch {0} not found")]
     NotFound(String),
@@ -84,7 +97,8 @@ impl GatewayError {
             Self::MalformedBody { .. } | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::InvalidPatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::PayloadTooLarge(_) | Self::TooManyPatches { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
@@ -106,6 +120,8 @@ impl GatewayError {
             Self::InvalidPatch { .. } => "invalid-patch",
             Self::UnsupportedMediaType(_) => "unsupported-media-type",
             Self::PayloadTooLarge(_) => "payload-too-large",
+            Self::TooManyPatches { .. } => "too-many-patches",
+            Self::BodyTimeout(_) => "body-timeout",
             Self::NotFound(_) => "not-found",
             Self::Conflict(_) => "conflict",
             Self::NotImplemented(_) => "not-implemented",
