@@ -368,6 +368,7 @@ impl Tree {
         let tags = self.orphan_tags(orphans.iter().map(|(pid, proc)| (*pid, proc)));
         // After the reads: a command spawned meanwhile is in the registry by now.
         let others = Others::now(self.entry);
+        self.evict_strangers(&others);
         let mut stack: Vec<i32> = std::iter::once(self.leader)
             .chain(self.known.keys().copied())
             .collect();
@@ -392,6 +393,23 @@ impl Tree {
             }
         }
         self.publish();
+    }
+
+    /// Moves the executor and its own children out of the command's cgroup as soon as the
+    /// command moves them in: there, the cap would count (and soon refuse) their threads.
+    fn evict_strangers(&self, others: &Others) {
+        let Some(cgroup) = &self.cgroup else {
+            return;
+        };
+        for pid in cgroup.pids() {
+            if stat(pid).is_some_and(|proc| self.excluded(pid, &proc, others)) {
+                tracing::warn!(
+                    pid,
+                    "the command moved a process not its own into its cgroup; moving it out"
+                );
+                cgroup.evict(pid);
+            }
+        }
     }
 
     fn publish(&self) {
@@ -508,6 +526,8 @@ impl Tree {
     /// Sends `signal` to every member now, zombie-looking ones too: a process whose main
     /// thread exited looks like one and is not.
     pub fn signal_all(&mut self, signal: Signal) {
+        // Needs no /proc; the leader is not reaped yet, so its group id is still its own.
+        let _ = killpg(Pid::from_raw(self.leader), signal);
         for (pid, proc) in self.scan() {
             signal_checked(pid, proc.start, signal);
         }
@@ -638,5 +658,23 @@ mod tests {
             })
         );
         assert_eq!(parse_stat("42 (x) S 7"), None);
+    }
+
+    #[test]
+    fn a_signal_reaches_only_the_process_first_seen_under_its_pid() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("1000")
+            .spawn()
+            .unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        let start = stat(pid).unwrap().start;
+        // Another start time: the pid now names some later process, which is left alone.
+        assert!(!signal_checked(pid, start + 1, Signal::SIGKILL));
+        assert!(matches!(child.try_wait(), Ok(None)));
+        assert!(signal_checked(pid, start, Signal::SIGKILL));
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&child.wait().unwrap()),
+            Some(9)
+        );
     }
 }
