@@ -368,6 +368,12 @@ pub fn run(
             tree.signal_all(Signal::SIGTERM);
             let grace_end = Instant::now() + workspace.policy.kill_grace;
             while Instant::now() < grace_end {
+                // The group cannot tell (the unreaped leader stays in it): what is tracked can.
+                if Instant::now() >= next_track {
+                    let walk = Instant::now();
+                    tree.track();
+                    next_track = Instant::now() + TRACK_EVERY.max(walk.elapsed() * 4);
+                }
                 if leader_ended(leader) && !tree.any_running() {
                     break;
                 }
