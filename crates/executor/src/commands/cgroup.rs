@@ -61,9 +61,7 @@ impl CommandCgroup {
             .filter_map(|word| word.parse().ok())
             .collect()
     }
-}
 
-impl CommandCgroup {
     /// Moves `pid` out into the parent cgroup: it is not the command's (anyone allowed to
     /// may write any pid into `cgroup.procs`, the command too), and would keep the
     /// command's cgroup from being removed.
