@@ -1,18 +1,19 @@
 //! Running a patch's `commands` and `validate` checks under the target's policy.
 //!
 //! A command line is split with shell-words (no shell) unless the target allows a shell and
-//! runs any program. The child gets a scrubbed environment, the workspace as its working
-//! directory, a session (and so a process group) of its own and rlimits (CPU, address space,
-//! open files, processes). At its deadline, or on cancel, its whole process tree ([`tree`]) —
-//! also the descendants that left its group or session — gets SIGTERM, then is stopped and
-//! killed after a grace period; when it ends by itself, whatever it left running is killed the
-//! same way, so no daemonised grandchild outlives its patch. Where the target names a pids
-//! cgroup, each command also runs in a cgroup of its own ([`cgroup`]) capping its process
-//! count, or does not run at all. The leader is reaped only after the sweep, so its pid (and
-//! group id) cannot be reused while the sweep signals them, and waiting for it is bounded: a
-//! leader that cannot be killed is left to the janitor rather than hang the patch. Output is
-//! captured with bounded memory: the head and the tail are kept, the middle
-//! is counted.
+//! runs any program. The child gets a scrubbed environment (plus the command's tag,
+//! `GHOST_COMMAND_TAG`, which tells its orphans from another command's), the workspace as
+//! its working directory, a session (and so a process group) of its own and rlimits (CPU,
+//! address space, open files, processes). At its deadline, or on cancel, its whole process
+//! tree ([`tree`]) — also the descendants that left its group or session — gets SIGTERM, then
+//! is stopped and killed after a grace period; when it ends by itself, whatever it left
+//! running is killed the same way, so no daemonised grandchild outlives its patch. Where the
+//! target names a pids cgroup, each command also runs in a cgroup of its own ([`cgroup`])
+//! capping its process count, or does not run at all. The leader is reaped only after the
+//! sweep, so its pid (and group id) cannot be reused while the sweep signals them, and the
+//! wait for it is bounded: a leader that cannot be killed is left to the janitor rather than
+//! hang the patch. Output is captured with bounded memory: the head and the tail are kept,
+//! the middle is counted.
 
 mod cgroup;
 mod tree;
@@ -225,7 +226,10 @@ fn pump(
 /// child any more) counts as ended.
 fn leader_ended(leader: Pid) -> bool {
     let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
-    !matches!(waitid(Id::Pid(leader), flags), Ok(WaitStatus::StillAlive))
+    !matches!(
+        waitid(Id::Pid(leader), flags),
+        Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::EINTR)
+    )
 }
 
 /// How long the leader, SIGKILLed, may take to be reaped before it is left to the janitor.
