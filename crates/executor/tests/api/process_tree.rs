@@ -463,6 +463,71 @@ fn a_command_whose_main_thread_exited_is_killed_at_its_deadline() {
     );
 }
 
+/// A program that vforks a child which never execs: the parent waits in uninterruptible
+/// sleep (`D`), where SIGSTOP cannot stop it. Both write their pids into the file.
+fn stuck_in_vfork(dir: &Path) -> Option<PathBuf> {
+    let source = dir.join("stuck_in_vfork.c");
+    std::fs::write(
+        &source,
+        r#"#include <fcntl.h>
+#include <stdio.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    if (argc < 2) return 1;
+    int fd = open(argv[1], O_WRONLY | O_APPEND | O_CREAT, 0600);
+    if (fd < 0) return 1;
+    dprintf(fd, "%d\n", (int)getpid());
+    if (vfork() == 0) {
+        dprintf(fd, "%d\n", (int)getpid());
+        for (;;) pause();
+    }
+    return 0;
+}
+"#,
+    )
+    .unwrap();
+    let program = dir.join("stuck_in_vfork");
+    let built = std::process::Command::new("cc")
+        .arg("-o")
+        .arg(&program)
+        .arg(&source)
+        .status()
+        .ok()?;
+    built.success().then_some(program)
+}
+
+#[test]
+fn a_process_that_cannot_be_stopped_is_killed_with_the_rest() {
+    let _one = one_at_a_time();
+    let ws = shell_workspace();
+    let dir = ws.root().parent().unwrap().to_owned();
+    let Some(program) = stuck_in_vfork(&dir) else {
+        eprintln!("no C compiler here: skipped");
+        return;
+    };
+    let file = pid_file(&ws);
+    let _leftovers = Leftovers(file.clone());
+    // Beside it, sleepers that left the session: they are stopped and killed as usual. All
+    // ignore SIGTERM, so the sweep after the grace period is what ends them.
+    let command = format!(
+        "trap '' TERM; {program} {file} & for i in 1 2 3; do setsid sleep 1000 </dev/null >/dev/null 2>&1 & \
+         echo $! >> {file}; done; wait",
+        program = program.display(),
+        file = file.display()
+    );
+    let report = apply_within(&ws, &patch("p", &validate(&command, 1)), &file);
+    assert_eq!(report.status, Status::TimedOut, "{}", report.error);
+    let pids = pids_in(&file);
+    assert_eq!(pids.len(), 5, "all wrote their pids: {pids:?}");
+    let survivors: Vec<i32> = pids.iter().copied().filter(|&pid| exists(pid)).collect();
+    assert_eq!(survivors, Vec::<i32>::new(), "survived the deadline");
+    assert_eq!(children_of_this_process(), Vec::<i32>::new());
+    eprintln!(
+        "a process in D beside three sleepers, deadline 1 s, grace 0.2 s: the command took {} ms",
+        report.commands[0].duration_ms
+    );
+}
+
 /// The pids cgroup this process is in, relative to the hierarchy's root.
 fn own_pids_cgroup() -> String {
     std::fs::read_to_string("/proc/self/cgroup")
