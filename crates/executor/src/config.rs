@@ -97,7 +97,8 @@ pub struct TargetPolicy {
     /// A cgroup directory with the `pids` controller (a cgroup v1 `pids` hierarchy directory,
     /// or a cgroup v2 subtree delegated to the executor with `pids` enabled for its children)
     /// in which each command gets a cgroup of its own with `pids.max` = `max_processes`, a cap
-    /// on its whole tree that also binds root. Unset (the default) or not writable: none.
+    /// on its whole tree that also binds root. Unset (the default): none. Set but not usable
+    /// (the command's cgroup cannot be created or joined): the command is refused.
     pub pids_cgroup: Option<PathBuf>,
     /// Output bytes kept from the start of a command's output.
     pub output_head_bytes: usize,

@@ -4,7 +4,8 @@
 //!
 //! Works with a cgroup v1 `pids` hierarchy directory and with a delegated cgroup v2 subtree
 //! that has the `pids` controller enabled for its children. When the directory cannot be
-//! created or set up, the command runs without one and the tree kill alone applies.
+//! created or set up, or the command cannot join it, the command is refused: the target asked
+//! for the cap.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -16,6 +17,8 @@ static NEXT: AtomicU64 = AtomicU64::new(0);
 
 /// One command's cgroup; removed on drop, once its processes are gone.
 pub struct CommandCgroup {
+    /// The configured `pids_cgroup`.
+    parent: PathBuf,
     dir: PathBuf,
     /// `cgroup.procs`, opened before the fork so that the child only has to write to it.
     procs: Arc<File>,
@@ -34,6 +37,7 @@ impl CommandCgroup {
         });
         match set_up {
             Ok(procs) => Ok(Self {
+                parent: parent.to_owned(),
                 dir,
                 procs: Arc::new(procs),
             }),
@@ -56,6 +60,15 @@ impl CommandCgroup {
             .split_whitespace()
             .filter_map(|word| word.parse().ok())
             .collect()
+    }
+
+    /// Moves `pid` out into the parent cgroup: it is not the command's (anyone allowed to
+    /// may write any pid into `cgroup.procs`, the command too), and would keep the
+    /// command's cgroup from being removed.
+    pub fn evict(&self, pid: i32) {
+        if let Err(err) = fs::write(self.parent.join("cgroup.procs"), pid.to_string()) {
+            tracing::warn!(pid, cgroup = %self.dir.display(), error = %err, "cannot move a process out of a command's cgroup");
+        }
     }
 }
 
