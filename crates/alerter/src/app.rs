@@ -20,7 +20,7 @@ use crate::commands::{Commands, CommandsParts};
 use crate::config::AlerterConfig;
 use crate::grpc::AlerterGrpc;
 use crate::health::{HealthBoard, HealthMonitor};
-use crate::inbound::{Inbound, routes};
+use crate::inbound::{Inbound, ResponseUrls, routes};
 use crate::lifecycle::Lifecycle;
 use crate::listing::AlerterRead;
 use crate::outbox::{DeliveryPolicy, Outbox, deliver_loop};
@@ -77,6 +77,9 @@ impl App {
             .context("cannot bind the alerter listeners")?;
         let http = reqwest::Client::builder()
             .timeout(crate::slack::REQUEST_TIMEOUT)
+            // Slack's API, webhooks and response_urls answer where they are: a redirect could
+            // only carry a message (and the bot token's request) somewhere else.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .context("cannot build the http client")?;
         let slack = SlackClient::new(&config.slack, http.clone());
@@ -131,6 +134,8 @@ impl App {
             commands,
             http,
             inline_budget: config.slack.inline_answer_budget,
+            response_urls: ResponseUrls::new(&config.slack.response_url_origins)
+                .map_err(anyhow::Error::msg)?,
         });
         Ok(Self {
             config,

@@ -19,6 +19,7 @@ use crate::error::AlerterError;
 use crate::health::HealthBoard;
 use crate::lifecycle::{Lifecycle, human};
 use crate::messages::truncate;
+use crate::mrkdwn::{escape, text as mrkdwn_text};
 use crate::patches::Patches;
 use crate::store::{AuditEntry, Store};
 
@@ -131,6 +132,17 @@ enum VerbError {
     Alerter(#[from] AlerterError),
 }
 
+impl VerbError {
+    /// The message for Slack: our own usage lines as they are, anything that may quote a
+    /// caller (arguments, downstream messages) escaped.
+    fn to_mrkdwn(&self) -> String {
+        match self {
+            Self::Usage(_) | Self::NotConfigured(_) => self.to_string(),
+            _ => escape(&self.to_string()).into_owned(),
+        }
+    }
+}
+
 fn downstream(service: &'static str) -> impl Fn(tonic::Status) -> VerbError {
     move |status| {
         let message = match status.code() {
@@ -209,13 +221,14 @@ impl Commands {
         let (answer, outcome) = if allowed {
             match self.execute(&verb, &args, invocation).await {
                 Ok(answer) => (answer, "ok".to_owned()),
-                Err(err) => (format!("⚠️ {err}"), format!("error: {err}")),
+                Err(err) => (format!("⚠️ {}", err.to_mrkdwn()), format!("error: {err}")),
             }
         } else {
             (
                 format!(
-                    "⛔ `{verb}` is for operators; <@{}> is not one.",
-                    invocation.user_id
+                    "⛔ `{}` is for operators; <@{}> is not one.",
+                    escape(&verb),
+                    escape(&invocation.user_id)
                 ),
                 "refused: not an operator".to_owned(),
             )
@@ -273,10 +286,15 @@ impl Commands {
                     .into_inner()
                     .state
                     .unwrap_or_default();
-                let text = format!("🔁 retry of `{id}` requested by <@{}>", invocation.user_id);
+                let text = format!(
+                    "🔁 retry of `{}` requested by <@{}>",
+                    escape(id),
+                    escape(&invocation.user_id)
+                );
                 self.patches.note(id, &text).await?;
                 Ok(format!(
-                    "🔁 `{id}` is {} again (attempt {} next)",
+                    "🔁 `{}` is {} again (attempt {} next)",
+                    escape(id),
                     status_name(state.status),
                     state.attempt + 1
                 ))
@@ -295,9 +313,17 @@ impl Commands {
                     .into_inner()
                     .state
                     .unwrap_or_default();
-                let text = format!("🛑 cancel of `{id}` requested by <@{}>", invocation.user_id);
+                let text = format!(
+                    "🛑 cancel of `{}` requested by <@{}>",
+                    escape(id),
+                    escape(&invocation.user_id)
+                );
                 self.patches.note(id, &text).await?;
-                Ok(format!("🛑 `{id}` is {}", status_name(state.status)))
+                Ok(format!(
+                    "🛑 `{}` is {}",
+                    escape(id),
+                    status_name(state.status)
+                ))
             }
             ("cancel", None) => Err(VerbError::Usage("cancel <id>")),
             ("pause", Some(target)) => {
@@ -309,7 +335,10 @@ impl Commands {
                     .pause(request)
                     .await
                     .map_err(downstream("router"))?;
-                Ok(format!("⏸️ `{target}` paused: no new work is handed out"))
+                Ok(format!(
+                    "⏸️ `{}` paused: no new work is handed out",
+                    escape(target)
+                ))
             }
             ("pause", None) => Err(VerbError::Usage("pause <target>")),
             ("resume", Some(target)) => {
@@ -321,7 +350,7 @@ impl Commands {
                     .resume(request)
                     .await
                     .map_err(downstream("router"))?;
-                Ok(format!("▶️ `{target}` resumed"))
+                Ok(format!("▶️ `{}` resumed", escape(target)))
             }
             ("resume", None) => Err(VerbError::Usage("resume <target>")),
             ("targets", _) => self.targets().await,
@@ -331,7 +360,8 @@ impl Commands {
                 let alert = self.lifecycle.ack(key, &invocation.user_id).await?;
                 Ok(format!(
                     "👀 `{}` acknowledged by <@{}>",
-                    alert.key, invocation.user_id
+                    escape(&alert.key),
+                    escape(&invocation.user_id)
                 ))
             }
             ("ack", None) => Err(VerbError::Usage("ack <alert key>")),
@@ -355,8 +385,9 @@ impl Commands {
                     .silence(matcher, duration, &invocation.user_id)
                     .await?;
                 Ok(format!(
-                    "🔕 silence #{} on `{matcher}` for {}",
+                    "🔕 silence #{} on `{}` for {}",
                     silence.id,
+                    escape(matcher),
                     human(i64::try_from(duration.as_millis()).unwrap_or(i64::MAX))
                 ))
             }
@@ -374,7 +405,7 @@ impl Commands {
             }
             ("unsilence", None) => Err(VerbError::Usage("unsilence <id>")),
             ("health", _) => Ok(self.health()),
-            (unknown, _) => Ok(format!("Unknown verb `{unknown}`.\n{HELP}")),
+            (unknown, _) => Ok(format!("Unknown verb `{}`.\n{HELP}", escape(unknown))),
         }
     }
 
@@ -396,7 +427,11 @@ impl Commands {
                 );
             }
             Err(status) => {
-                let _ = writeln!(text, "• targets: {}", downstream("router")(status));
+                let _ = writeln!(
+                    text,
+                    "• targets: {}",
+                    downstream("router")(status).to_mrkdwn()
+                );
             }
         }
         let request = router_wire::ListRequest {
@@ -424,7 +459,7 @@ impl Commands {
         if down.is_empty() {
             let _ = writeln!(text, "• health: {} watched, none down", board.len());
         } else {
-            let _ = writeln!(text, "• health: down: {down:?}");
+            let _ = writeln!(text, "• health: down: {}", escape(&format!("{down:?}")));
         }
         Ok(text)
     }
@@ -445,7 +480,7 @@ impl Commands {
         let scope = if target.is_empty() {
             "all targets".to_owned()
         } else {
-            format!("`{target}`")
+            format!("`{}`", escape(target))
         };
         if answer.patches.is_empty() {
             return Ok(format!("📭 nothing queued on {scope}"));
@@ -455,9 +490,9 @@ impl Commands {
             let _ = writeln!(
                 text,
                 "• `{}` on {} — {}",
-                patch.id,
-                patch.target,
-                truncate(&patch.description, 80)
+                escape(&patch.id),
+                escape(&patch.target),
+                mrkdwn_text(&patch.description, 80)
             );
         }
         if !answer.next_page_token.is_empty() {
@@ -477,17 +512,17 @@ impl Commands {
             .unwrap_or_default();
         let mut text = format!(
             "*`{}`* on {}: *{}* (attempt {})\n{}",
-            state.id,
-            state.target,
+            escape(&state.id),
+            escape(&state.target),
             status_name(state.status),
             state.attempt,
-            truncate(&state.description, 500)
+            mrkdwn_text(&state.description, 500)
         );
         if !state.error.is_empty() {
-            let _ = write!(text, "\nerror: {}", truncate(&state.error, 1_000));
+            let _ = write!(text, "\nerror: {}", mrkdwn_text(&state.error, 1_000));
         }
         if !state.trace_id.is_empty() {
-            let _ = write!(text, "\ntrace {}", state.trace_id);
+            let _ = write!(text, "\ntrace {}", escape(&state.trace_id));
         }
         Ok(text)
     }
@@ -507,9 +542,10 @@ impl Commands {
             .summary
             .unwrap_or_default();
         Ok(format!(
-            "*Summary of `{id}`* ({})\n{}",
+            "*Summary of `{}`* ({})\n{}",
+            escape(id),
             status_name(summary.status),
-            truncate(&summary.markdown, ANSWER_CHARS - 100)
+            mrkdwn_text(&summary.markdown, ANSWER_CHARS - 100)
         ))
     }
 
@@ -529,7 +565,7 @@ impl Commands {
             let _ = writeln!(
                 text,
                 "• `{}`: {} queued{}{}{}",
-                target.target,
+                escape(&target.target),
                 target.queued,
                 if target.paused { ", ⏸️ paused" } else { "" },
                 if target.executor_online {
@@ -540,7 +576,7 @@ impl Commands {
                 if target.running_patch_id.is_empty() {
                     String::new()
                 } else {
-                    format!(", running `{}`", target.running_patch_id)
+                    format!(", running `{}`", escape(&target.running_patch_id))
                 }
             );
         }
@@ -563,11 +599,11 @@ impl Commands {
         for executor in executors {
             let _ = writeln!(
                 text,
-                "• `{}` serving {} — seen {} ago, running {:?}",
-                executor.executor_id,
-                executor.targets.join(", "),
+                "• `{}` serving {} — seen {} ago, running {}",
+                escape(&executor.executor_id),
+                escape(&executor.targets.join(", ")),
                 human(now - executor.last_seen_unix_ms),
-                executor.running_patch_ids
+                escape(&format!("{:?}", executor.running_patch_ids))
             );
         }
         Ok(text)
@@ -584,16 +620,20 @@ impl Commands {
             text.push_str("*Active alerts*\n");
             for alert in &alerts {
                 let ack = alert.ack.as_ref().map_or(String::new(), |ack| {
-                    format!(", acked by <@{}> {} ago", ack.by, human(now - ack.at_ms))
+                    format!(
+                        ", acked by <@{}> {} ago",
+                        escape(&ack.by),
+                        human(now - ack.at_ms)
+                    )
                 });
                 let _ = writeln!(
                     text,
                     "• `{}` ({}, {:?}) for {}{ack} — {}",
-                    alert.key,
+                    escape(&alert.key),
                     alert.severity.as_str(),
                     alert.phase,
                     human(now - alert.raised_ms),
-                    alert.summary
+                    escape(&alert.summary)
                 );
             }
         }
@@ -602,8 +642,8 @@ impl Commands {
                 text,
                 "🔕 silence #{} on `{}` by <@{}>, {} left",
                 silence.id,
-                silence.matcher,
-                silence.created_by,
+                escape(&silence.matcher),
+                escape(&silence.created_by),
                 human(silence.until_ms - now)
             );
         }
@@ -623,7 +663,13 @@ impl Commands {
                 "failing" => "🟠",
                 _ => "⚪",
             };
-            let _ = writeln!(text, "{icon} `{name}` {} {}", seen.state, seen.detail);
+            let _ = writeln!(
+                text,
+                "{icon} `{}` {} {}",
+                escape(&name),
+                seen.state,
+                escape(&seen.detail)
+            );
         }
         text
     }

@@ -86,6 +86,11 @@ pub struct SlackConfig {
     /// How long a slash command may take before the answer moves to `response_url`.
     #[serde(with = "humantime_serde")]
     pub inline_answer_budget: Duration,
+    /// Origins (`scheme://host[:port]`) a signed request's `response_url` may point to; a
+    /// request naming any other (or a path other than Slack's `/commands/…` and `/actions/…`)
+    /// is refused before its verb runs, so the alerter never posts to an address a caller
+    /// chose; redirects are never followed. Default: Slack's hook hosts.
+    pub response_url_origins: Vec<String>,
 }
 
 impl Default for SlackConfig {
@@ -103,6 +108,10 @@ impl Default for SlackConfig {
             pacing: Duration::from_secs(1),
             concurrency: 8,
             inline_answer_budget: Duration::from_millis(2_500),
+            response_url_origins: vec![
+                "https://hooks.slack.com".to_owned(),
+                "https://hooks.slack-gov.com".to_owned(),
+            ],
         }
     }
 }

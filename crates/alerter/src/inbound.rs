@@ -33,6 +33,59 @@ pub struct Inbound {
     pub http: reqwest::Client,
     /// Longest inline wait for a verb.
     pub inline_budget: Duration,
+    /// Where a `response_url` may point.
+    pub response_urls: ResponseUrls,
+}
+
+/// The origins a `response_url` may point to (`slack.response_url_origins`).
+#[derive(Debug, Clone)]
+pub struct ResponseUrls {
+    origins: Vec<reqwest::Url>,
+}
+
+impl ResponseUrls {
+    /// Reads the configured origins; an entry that is not an `http(s)://host[:port]` origin is
+    /// an error naming it.
+    pub fn new(origins: &[String]) -> Result<Self, String> {
+        let origins = origins
+            .iter()
+            .map(|raw| {
+                let url = reqwest::Url::parse(raw).map_err(|err| {
+                    format!("slack.response_url_origins: {raw:?} is not a URL: {err}")
+                })?;
+                let bare = url.path() == "/" && url.query().is_none() && url.username().is_empty();
+                if !matches!(url.scheme(), "https" | "http") || url.host().is_none() || !bare {
+                    return Err(format!(
+                        "slack.response_url_origins: {raw:?} must be an origin like https://hooks.slack.com"
+                    ));
+                }
+                Ok(url)
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { origins })
+    }
+
+    /// `raw` as a URL when it lies on an allowed origin and carries no credentials.
+    fn check(&self, raw: &str) -> Result<reqwest::Url, AlerterError> {
+        let refused = || {
+            tracing::warn!("slack request refused: response_url outside the allowed origins");
+            AlerterError::invalid(
+                "response_url",
+                "not on an allowed origin (slack.response_url_origins)",
+            )
+        };
+        let url = reqwest::Url::parse(raw).map_err(|_| refused())?;
+        // Slack's response_urls are `/commands/…` (slash commands) and `/actions/…` (buttons);
+        // anything else on the same host (an incoming webhook of another workspace) is not one.
+        let allowed = url.username().is_empty()
+            && url.password().is_none()
+            && (url.path().starts_with("/commands/") || url.path().starts_with("/actions/"))
+            && self
+                .origins
+                .iter()
+                .any(|origin| origin.origin() == url.origin());
+        if allowed { Ok(url) } else { Err(refused()) }
+    }
 }
 
 /// The `/slack/*` routes.
@@ -90,7 +143,10 @@ async fn slash_command(
         command: required(&body, "command")?,
         text: form_field(&body, "text").unwrap_or_default(),
     };
-    let response_url = form_field(&body, "response_url").unwrap_or_default();
+    let response_url = match form_field(&body, "response_url") {
+        Some(raw) if !raw.is_empty() => Some(inbound.response_urls.check(&raw)?),
+        _ => None,
+    };
     let (answer_tx, answer_rx) = tokio::sync::oneshot::channel::<String>();
     let commands = Arc::clone(&inbound.commands);
     let http = inbound.http.clone();
@@ -98,7 +154,7 @@ async fn slash_command(
         let answer = commands.run(&invocation).await;
         // The handler stopped waiting: the answer goes through response_url instead.
         if let Err(answer) = answer_tx.send(answer) {
-            post_response(&http, &response_url, &ephemeral(&answer)).await;
+            post_response(&http, response_url, &ephemeral(&answer)).await;
         }
     });
     let answer = match tokio::time::timeout(inbound.inline_budget, answer_rx).await {
@@ -165,7 +221,10 @@ async fn interaction(
         command: "/ghost".to_owned(),
         text: format!("{verb} {}", text_at("/actions/0/value")),
     };
-    let response_url = text_at("/response_url");
+    let response_url = match text_at("/response_url") {
+        raw if raw.is_empty() => None,
+        raw => Some(inbound.response_urls.check(&raw)?),
+    };
     let commands = Arc::clone(&inbound.commands);
     let http = inbound.http.clone();
     tokio::spawn(async move {
@@ -174,19 +233,19 @@ async fn interaction(
         if let Some(object) = body.as_object_mut() {
             object.insert("replace_original".to_owned(), json!(false));
         }
-        post_response(&http, &response_url, &body).await;
+        post_response(&http, response_url, &body).await;
     });
     Ok(().into_response())
 }
 
 /// Posts `body` to a `response_url`, with a few tries; logs when it cannot.
-async fn post_response(http: &reqwest::Client, response_url: &str, body: &Value) {
-    if response_url.is_empty() {
+async fn post_response(http: &reqwest::Client, response_url: Option<reqwest::Url>, body: &Value) {
+    let Some(response_url) = response_url else {
         tracing::warn!("no response_url to answer through");
         return;
-    }
+    };
     for attempt in 1..=RESPONSE_URL_TRIES {
-        match http.post(response_url).json(body).send().await {
+        match http.post(response_url.clone()).json(body).send().await {
             Ok(response) if response.status().is_success() => return,
             Ok(response) => {
                 tracing::warn!(
@@ -200,4 +259,49 @@ async fn post_response(http: &reqwest::Client, response_url: &str, body: &Value)
         tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
     }
     tracing::error!("giving up on answering through response_url");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SlackConfig;
+
+    #[test]
+    fn by_default_only_slacks_hook_hosts_are_answered() {
+        let urls = ResponseUrls::new(&SlackConfig::default().response_url_origins).unwrap();
+        for good in [
+            "https://hooks.slack.com/commands/T1DC2JH3J/397700885554/96rGlfmibIGlgcZRskXaIFfN",
+            "https://hooks.slack.com:443/actions/T0/1/x",
+            "https://hooks.slack-gov.com/commands/T0/1/x",
+        ] {
+            assert!(urls.check(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "http://hooks.slack.com/commands/T0/1/x",
+            "https://hooks.slack.com.evil.example/commands/T0/1/x",
+            "https://evil.example/hooks.slack.com/",
+            "https://hooks.slack.com/services/T0/B0/other-workspace-webhook",
+            "https://hooks.slack.com/commands",
+            "https://user:pw@hooks.slack.com/commands/T0/1/x",
+            "https://hooks.slack.com:8443/commands/T0/1/x",
+            "http://127.0.0.1:8080/commands",
+            "http://169.254.169.254/latest/meta-data/",
+            "file:///etc/passwd",
+            "not a url",
+        ] {
+            assert!(urls.check(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_configured_origin_must_be_a_bare_origin() {
+        assert!(ResponseUrls::new(&["https://hooks.example.com".to_owned()]).is_ok());
+        for bad in [
+            "hooks.slack.com",
+            "https://hooks.slack.com/commands",
+            "ftp://x.example",
+        ] {
+            assert!(ResponseUrls::new(&[bad.to_owned()]).is_err(), "{bad}");
+        }
+    }
 }

@@ -16,7 +16,7 @@
 //! - [`health`] — the health monitor.
 //! - [`outbox`] — store-first Slack delivery: order per thread, pacing, backoff, dead letters.
 //! - [`slack`] — the Web API and webhook clients and how their answers are read.
-//! - [`messages`] — Block Kit bodies.
+//! - [`messages`] — Block Kit bodies; [`mrkdwn`] — caller text escaped for them.
 //! - [`inbound`] — the signed Slack routes; [`signing`] — v0 verification.
 //! - [`commands`] — the `/ghost` verbs, operators and the audit log.
 //! - [`store`] — the SQLite database; [`clock`] — injectable time.
@@ -33,6 +33,7 @@ pub mod inbound;
 pub mod lifecycle;
 pub mod listing;
 pub mod messages;
+pub mod mrkdwn;
 pub mod outbox;
 pub mod patches;
 pub mod signing;

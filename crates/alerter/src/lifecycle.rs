@@ -27,6 +27,7 @@ use crate::clock::SharedClock;
 use crate::config::AlertPolicy;
 use crate::error::AlerterError;
 use crate::messages;
+use crate::mrkdwn::escape;
 use crate::outbox::Outbox;
 use crate::store::{Kind, NewMessage, Silence};
 
@@ -261,7 +262,8 @@ impl Lifecycle {
         tracing::info!(key, was_posted, "alert resolved");
         if let (true, Some(thread)) = (was_posted, &alert.thread) {
             let text = format!(
-                "✅ resolved: `{key}` (after {})",
+                "✅ resolved: `{}` (after {})",
+                escape(key),
                 human(now - alert.raised_ms)
             );
             self.outbox
@@ -291,7 +293,7 @@ impl Lifecycle {
         self.save(&alert).await?;
         metrics::counter!("ghost_alerts_total", "event" => "acked").increment(1);
         if let (Phase::Firing, Some(thread)) = (alert.phase, &alert.thread) {
-            let text = format!("👀 `{key}` acknowledged by <@{by}>");
+            let text = format!("👀 `{}` acknowledged by <@{}>", escape(key), escape(by));
             self.outbox
                 .enqueue(vec![self.reply(thread, messages::line(&text), None)])
                 .await?;
@@ -477,9 +479,9 @@ impl Lifecycle {
                 alert.last_notified_ms = now;
                 repeats.entry(thread).or_default().push(format!(
                     "🔁 still firing: `{}` (for {}) {}",
-                    alert.key,
+                    escape(&alert.key),
                     human(now - alert.raised_ms),
-                    alert.summary
+                    escape(&alert.summary)
                 ));
                 changed.push(key.clone());
             }
@@ -492,9 +494,9 @@ impl Lifecycle {
                     "{} 🚨 unacknowledged for {}: `{}` ({}) {}",
                     self.policy.escalation_mention,
                     human(now - first_posted),
-                    alert.key,
+                    escape(&alert.key),
                     alert.severity.as_str(),
-                    alert.summary
+                    escape(&alert.summary)
                 );
                 let channel = self
                     .policy

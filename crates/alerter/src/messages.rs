@@ -8,6 +8,7 @@ use ghost_core::{PatchId, Status, TargetName};
 use serde_json::{Value, json};
 
 use crate::lifecycle::{AlertState, Severity};
+use crate::mrkdwn::{escape, text};
 
 /// Longest text Slack accepts in a section block.
 pub const SECTION_CHARS: usize = 3_000;
@@ -51,8 +52,8 @@ pub fn headline(outcome: &PatchOutcome) -> String {
 pub fn fallback_text(outcome: &PatchOutcome) -> String {
     format!(
         "{} on {} (attempt {})",
-        headline(outcome),
-        outcome.target,
+        escape(&headline(outcome)),
+        escape(outcome.target.as_str()),
         outcome.attempt
     )
 }
@@ -68,10 +69,10 @@ pub fn patch_message(outcome: &PatchOutcome, buttons: bool) -> Value {
         json!({
             "type": "section",
             "fields": [
-                {"type": "mrkdwn", "text": format!("*Target*\n{}", outcome.target)},
-                {"type": "mrkdwn", "text": format!("*Attempt*\n{}", outcome.attempt)},
-                {"type": "mrkdwn", "text": format!("*Status*\n{}", outcome.status)},
-                {"type": "mrkdwn", "text": format!("*Description*\n{}", truncate(&outcome.description, 1_000))},
+                {"type": "mrkdwn", "verbatim": true, "text": format!("*Target*\n{}", escape(outcome.target.as_str()))},
+                {"type": "mrkdwn", "verbatim": true, "text": format!("*Attempt*\n{}", outcome.attempt)},
+                {"type": "mrkdwn", "verbatim": true, "text": format!("*Status*\n{}", outcome.status)},
+                {"type": "mrkdwn", "verbatim": true, "text": format!("*Description*\n{}", text(&outcome.description, 1_000))},
             ],
         }),
     ];
@@ -83,13 +84,13 @@ pub fn patch_message(outcome: &PatchOutcome, buttons: bool) -> Value {
     if !body.is_empty() {
         blocks.push(json!({
             "type": "section",
-            "text": {"type": "mrkdwn", "text": truncate(body, SECTION_CHARS)},
+            "text": {"type": "mrkdwn", "verbatim": true, "text": text(body, SECTION_CHARS)},
         }));
     }
     if !outcome.trace_id.is_empty() {
         blocks.push(json!({
             "type": "context",
-            "elements": [{"type": "mrkdwn", "text": format!("trace {}", outcome.trace_id)}],
+            "elements": [{"type": "mrkdwn", "verbatim": true, "text": format!("trace {}", text(&outcome.trace_id, 64))}],
         }));
     }
     if buttons {
@@ -104,7 +105,7 @@ pub fn patch_message(outcome: &PatchOutcome, buttons: bool) -> Value {
             ],
         }));
     }
-    json!({"text": fallback_text(outcome), "blocks": blocks})
+    literal(json!({"text": fallback_text(outcome), "blocks": blocks}))
 }
 
 fn button(label: &str, action_id: &str, value: &str, style: Option<&str>) -> Value {
@@ -149,9 +150,9 @@ pub fn alert_message(alerts: &[&AlertState]) -> Value {
         .map(|alert| {
             format!(
                 "• `{}` ({}) {}",
-                alert.key,
+                escape(&alert.key),
                 alert.severity.as_str(),
-                alert.summary
+                escape(&alert.summary)
             )
         })
         .collect();
@@ -162,16 +163,16 @@ pub fn alert_message(alerts: &[&AlertState]) -> Value {
         }),
         json!({
             "type": "section",
-            "text": {"type": "mrkdwn", "text": truncate(&list.join("\n"), SECTION_CHARS)},
+            "text": {"type": "mrkdwn", "verbatim": true, "text": truncate(&list.join("\n"), SECTION_CHARS)},
         }),
     ];
     if let [single] = alerts {
         let mut fields = vec![
-            json!({"type": "mrkdwn", "text": format!("*Severity*\n{}", single.severity.as_str())}),
-            json!({"type": "mrkdwn", "text": format!("*Source*\n{}", single.source)}),
+            json!({"type": "mrkdwn", "verbatim": true, "text": format!("*Severity*\n{}", single.severity.as_str())}),
+            json!({"type": "mrkdwn", "verbatim": true, "text": format!("*Source*\n{}", text(&single.source, 200))}),
         ];
         for (name, value) in single.labels.iter().take(8) {
-            fields.push(json!({"type": "mrkdwn", "text": format!("*{name}*\n{value}")}));
+            fields.push(json!({"type": "mrkdwn", "verbatim": true, "text": format!("*{}*\n{}", text(name, 100), text(value, 500))}));
         }
         blocks.push(json!({"type": "section", "fields": fields}));
     }
@@ -188,15 +189,28 @@ pub fn alert_message(alerts: &[&AlertState]) -> Value {
         })
         .collect();
     blocks.push(json!({"type": "actions", "block_id": "alert_actions", "elements": buttons}));
-    json!({"text": format!("{title}\n{}", list.join("\n")), "blocks": blocks})
+    let fallback = format!("{}\n{}", escape(&title), list.join("\n"));
+    literal(json!({"text": truncate(&fallback, SECTION_CHARS), "blocks": blocks}))
 }
 
 /// A one-line message (thread replies: repeats, acks, resolutions).
 pub fn line(text: &str) -> Value {
-    json!({
-        "text": text,
-        "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": truncate(text, SECTION_CHARS)}}],
-    })
+    literal(json!({
+        "text": truncate(text, SECTION_CHARS),
+        "blocks": [{"type": "section", "text": {"type": "mrkdwn", "verbatim": true, "text": truncate(text, SECTION_CHARS)}}],
+    }))
+}
+
+/// Asks Slack to take a body as written: no auto-linking of bare URLs, `#channels` or
+/// `@names`, and no previews fetched from links a caller put into it.
+fn literal(mut body: Value) -> Value {
+    if let Some(object) = body.as_object_mut() {
+        object.insert("parse".to_owned(), json!("none"));
+        object.insert("link_names".to_owned(), json!(false));
+        object.insert("unfurl_links".to_owned(), json!(false));
+        object.insert("unfurl_media".to_owned(), json!(false));
+    }
+    body
 }
 
 /// A thread reply that is also shown in the channel.
@@ -208,14 +222,9 @@ pub fn broadcast_line(text: &str) -> Value {
     body
 }
 
-/// Cuts `text` to `max_chars` characters, marking the cut with `…`.
+/// Cuts `text` to `max_chars` characters, marking the cut with `…` (never inside an escape).
 pub fn truncate(text: &str, max_chars: usize) -> String {
-    if text.chars().count() <= max_chars {
-        return text.to_owned();
-    }
-    let mut cut: String = text.chars().take(max_chars.saturating_sub(1)).collect();
-    cut.push('…');
-    cut
+    crate::mrkdwn::truncate(text, max_chars)
 }
 
 #[cfg(test)]

@@ -80,7 +80,8 @@ fn recover(
                 .get(target, &header.patch_id, &header.content_hash)
                 .is_some()
         };
-        let Some(found) = journal::recover(&workspace.state_dir, target, applied)? else {
+        let Some(found) = journal::recover(&workspace.state_dir, target, &workspace.root, applied)?
+        else {
             continue;
         };
         if applied(&found.header) {
@@ -117,6 +118,11 @@ fn recover(
 impl App {
     /// Checks the workspaces and binds the listeners.
     pub async fn build(config: ExecutorConfig) -> anyhow::Result<Self> {
+        // Orphaned descendants of a command come to us instead of init, so the tree kill
+        // finds them (see `commands`); without it only the tracked ones can be.
+        if let Err(err) = crate::commands::become_subreaper() {
+            tracing::warn!(error = %err, "cannot become a child subreaper; a command's orphans may escape its kill");
+        }
         std::fs::create_dir_all(&config.state_dir)?;
         let workspaces = workspaces(&config)?;
         let listeners = Listeners::bind(&config.server).await?;

@@ -5,7 +5,6 @@
 //! workspace write; the ledger entry is written before the journal is closed, so a crash at
 //! any point either rolls back on restart or finds the patch recorded as applied.
 
-use std::fs;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -14,6 +13,7 @@ use ghost_core::{ApplyReport, CommandKind, OnFailure, Patch, Rollback, StageTimi
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{self, Outcome};
+use crate::beneath::{self, Dirs};
 use crate::commands::{self, Argv, Stopped};
 use crate::git;
 use crate::journal::{self, Header, Journal, Restored};
@@ -144,20 +144,27 @@ fn rollback_record(restored: &Restored, reason: &str) -> Rollback {
     }
 }
 
-/// Writes the plan's final states: directories first, then files; `delay` is a test knob.
-fn write_plan(plan: &Plan, delay: Duration) -> Result<(), String> {
-    for dir in &plan.dirs {
-        fs::create_dir(dir).map_err(|err| format!("cannot create {}: {err}", dir.display()))?;
+/// Writes the plan's final states through `dirs`: directories first, then files; `delay` is
+/// a test knob.
+fn write_plan(plan: &Plan, dirs: &mut Dirs, delay: Duration) -> Result<(), String> {
+    for rel in &plan.dirs {
+        let (parent, name) = beneath::split(rel);
+        dirs.dir(parent)
+            .and_then(|handle| beneath::mkdir(&handle, name))
+            .map_err(|err| format!("cannot create {rel}: {err}"))?;
     }
-    for (path, state) in &plan.files {
+    for (rel, state) in &plan.files {
+        let (parent, name) = beneath::split(rel);
+        let handle = dirs
+            .dir(parent)
+            .map_err(|err| format!("cannot open the directory of {rel}: {err}"))?;
         match state {
-            Final::File { bytes, mode } => journal::write_atomically(path, bytes, *mode)
-                .map_err(|err| format!("cannot write {}: {err}", path.display()))?,
-            Final::Absent => match fs::remove_file(path) {
-                Ok(()) => {}
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-                Err(err) => return Err(format!("cannot remove {}: {err}", path.display())),
-            },
+            Final::File { bytes, mode } => beneath::write(&handle, name, bytes, *mode)
+                .map_err(|err| format!("cannot write {rel}: {err}"))?,
+            Final::Absent => {
+                beneath::remove(&handle, name)
+                    .map_err(|err| format!("cannot remove {rel}: {err}"))?;
+            }
         }
         if !delay.is_zero() {
             std::thread::sleep(delay);
@@ -171,6 +178,7 @@ fn open_journal(
     patch: &Patch,
     lease: Lease,
     plan: &Plan,
+    dirs: &mut Dirs,
 ) -> std::io::Result<Journal> {
     let header = Header {
         patch_id: patch.id.to_string(),
@@ -182,18 +190,114 @@ fn open_journal(
     for dir in &plan.dirs {
         journal.record_dir(dir);
     }
-    for (path, state) in &plan.files {
+    for (rel, state) in &plan.files {
         if matches!(state, Final::File { .. }) {
-            journal.record_file(&journal::temp_path(path))?;
+            journal.record_file(dirs, &journal::temp_rel(rel))?;
         }
-        journal.record_file(path)?;
+        journal.record_file(dirs, rel)?;
     }
     journal.seal()?;
     Ok(journal)
 }
 
-/// Applies `patch` once. Never panics on bad input; every outcome is a report.
+/// Applies `patch` once. Never panics on bad input; every outcome is a report, and no text in
+/// it names the workspace root or the state dir (they stay in the executor's own logs).
 pub fn apply(
+    ctx: &Context,
+    patch: &Patch,
+    lease: Lease,
+    dry_run: bool,
+    cancel: &CancellationToken,
+) -> ApplyReport {
+    let mut report = apply_once(ctx, patch, lease, dry_run, cancel);
+    scrub_report(&mut report, &ctx.workspace);
+    report
+}
+
+/// Replaces the server's own paths in `text`: the workspace root becomes relative, the state
+/// dir a generic name.
+fn scrub(text: &mut String, workspace: &Workspace) {
+    let root = workspace.root.display().to_string();
+    let state = workspace.state_dir.display().to_string();
+    let inbox = workspace
+        .policy
+        .agent
+        .as_ref()
+        .map(|agent| agent.inbox.display().to_string())
+        .unwrap_or_default();
+    // The longer path first, in case one lies inside another.
+    let mut paths = [
+        (state, "<executor state>"),
+        (inbox, "<agent inbox>"),
+        (root, "."),
+    ];
+    paths.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
+    for (path, name) in paths {
+        if path.len() < 2 || !text.contains(&path) {
+            continue;
+        }
+        if name == "." {
+            *text = text.replace(&format!("{path}/"), "");
+        }
+        *text = text.replace(&path, name);
+    }
+}
+
+fn scrub_report(report: &mut ApplyReport, workspace: &Workspace) {
+    scrub(&mut report.error, workspace);
+    if let Some(rollback) = &mut report.rollback {
+        scrub(&mut rollback.reason, workspace);
+        scrub(&mut rollback.error, workspace);
+    }
+    for command in &mut report.commands {
+        scrub(&mut command.output_head, workspace);
+        scrub(&mut command.output_tail, workspace);
+    }
+}
+
+/// Rolls back a journal an earlier attempt could not close (its rollback failed, or the file
+/// could not be removed). `Err` says why this target must refuse patches for now.
+fn clear_leftover_journal(ctx: &Context, ledger: &Ledger) -> Result<(), String> {
+    let workspace = &ctx.workspace;
+    let target = workspace.target.as_str();
+    if !journal::is_open(&workspace.state_dir, target) {
+        return Ok(());
+    }
+    let applied = |header: &Header| {
+        ledger
+            .get(target, &header.patch_id, &header.content_hash)
+            .is_some()
+    };
+    let blocked = |reason: String| {
+        metrics::gauge!("ghost_executor_journal_blocked", "target" => target.to_owned()).set(1.0);
+        tracing::error!(%target, state_dir = %workspace.state_dir.display(), %reason,
+            "the journal of an earlier patch cannot be cleared; refusing patches for this target");
+        Err(format!(
+            "target {target} refuses patches until its workspace is restored: {reason}. Fix \
+             the paths named, then remove the target's journal in the executor's state dir \
+             (or restart the executor, which tries the rollback again)"
+        ))
+    };
+    match journal::recover(&workspace.state_dir, target, &workspace.root, applied) {
+        Ok(Some(found)) if !found.restored.errors.is_empty() => blocked(format!(
+            "the rollback of patch {} could not restore {}",
+            found.header.patch_id,
+            found.restored.errors.join("; ")
+        )),
+        Ok(found) => {
+            if let Some(found) = found {
+                tracing::warn!(patch_id = %found.header.patch_id, restored = found.restored.restored,
+                    removed = found.restored.removed, "journal left open by an earlier patch rolled back");
+            }
+            metrics::gauge!("ghost_executor_journal_blocked", "target" => target.to_owned())
+                .set(0.0);
+            Ok(())
+        }
+        Err(err) => blocked(err.to_string()),
+    }
+}
+
+fn apply_once(
     ctx: &Context,
     patch: &Patch,
     lease: Lease,
@@ -222,6 +326,16 @@ pub fn apply(
             ..ApplyReport::ended(Status::Succeeded, "")
         },
     };
+    if let Err(reason) = clear_leftover_journal(ctx, &ledger) {
+        // As a rollback record, so the router keeps its `workspace_not_restored` alert up.
+        attempt.report.rollback = Some(Rollback {
+            restored: 0,
+            removed: 0,
+            reason: "the journal of an earlier patch is still open".to_owned(),
+            error: reason.clone(),
+        });
+        return attempt.end(Status::Rejected, reason);
+    }
 
     // Everything below until the journal is sealed only reads.
     let mut admitted = Vec::new();
@@ -253,7 +367,16 @@ pub fn apply(
         Ok(ops) => ops,
         Err(err) => return attempt.end(Status::Rejected, err.to_string()),
     };
-    let planned = attempt.stage("edits", |_| plan::build(&ctx.workspace, &ops, ctx.limits));
+    let mut dirs = match Dirs::open(&ctx.workspace.root) {
+        Ok(dirs) => dirs,
+        Err(err) => {
+            tracing::error!(root = %ctx.workspace.root.display(), error = %err, "cannot open the workspace");
+            return attempt.end(Status::Failed, format!("cannot open the workspace: {err}"));
+        }
+    };
+    let planned = attempt.stage("edits", |_| {
+        plan::build(&ctx.workspace, &mut dirs, &ops, ctx.limits)
+    });
     let plan = match planned {
         Ok(plan) => plan,
         Err(PlanError::Refused(reason)) => return attempt.end(Status::Rejected, reason),
@@ -264,14 +387,16 @@ pub fn apply(
         return attempt.end(Status::Succeeded, "");
     }
 
-    let journal = match attempt.stage("journal", |_| open_journal(ctx, patch, lease, &plan)) {
+    let journal = match attempt.stage("journal", |_| {
+        open_journal(ctx, patch, lease, &plan, &mut dirs)
+    }) {
         Ok(journal) => journal,
         Err(err) => {
             // Nothing was written; a half-made journal is removed by the next recovery.
             return attempt.end(Status::Failed, format!("cannot write the journal: {err}"));
         }
     };
-    let written = attempt.stage("edits", |_| write_plan(&plan, ctx.write_delay));
+    let written = attempt.stage("edits", |_| write_plan(&plan, &mut dirs, ctx.write_delay));
     let failure = match written {
         Err(reason) => Some((Status::RolledBack, reason)),
         Ok(()) => attempt
@@ -280,7 +405,11 @@ pub fn apply(
     };
     let failure = failure.or_else(|| {
         let spec = patch.commit.as_ref()?;
-        let touched: Vec<PathBuf> = plan.files.keys().cloned().collect();
+        let touched: Vec<PathBuf> = plan
+            .files
+            .keys()
+            .map(|rel| ctx.workspace.root.join(rel))
+            .collect();
         match attempt.stage("commit", |_| {
             git::commit(
                 &ctx.workspace.root,
@@ -300,6 +429,7 @@ pub fn apply(
         return finish(
             attempt,
             journal,
+            &mut dirs,
             &ledger,
             &hash,
             Status::Succeeded,
@@ -308,27 +438,61 @@ pub fn apply(
     };
     let keep = status == Status::Failed && patch.on_failure == OnFailure::Keep;
     if keep {
-        return finish(attempt, journal, &ledger, &hash, Status::Failed, reason);
+        return finish(
+            attempt,
+            journal,
+            &mut dirs,
+            &ledger,
+            &hash,
+            Status::Failed,
+            reason,
+        );
     }
-    let restored = attempt.stage("rollback", |_| journal.rollback());
+    let restored = attempt.stage("rollback", |_| journal.rollback(&mut dirs));
     attempt.report.rollback = Some(rollback_record(&restored, &reason));
     let status = if status == Status::Failed {
         Status::RolledBack
     } else {
         status
     };
-    if restored.errors.is_empty()
-        && let Err(err) = journal.close()
-    {
-        tracing::warn!(error = %err, "cannot remove the journal after rollback");
+    if !restored.errors.is_empty() {
+        // The journal stays: the next patch for this target (or a restart) tries again, and
+        // refuses loudly while it cannot.
+        rollback_failed(target, patch, &restored);
+        let error = format!(
+            "{reason}; the rollback could not restore everything ({}), so this target \
+             refuses patches until it can",
+            restored.errors.join("; ")
+        );
+        return attempt.end(status, error);
     }
+    close_journal(target, journal);
     attempt.end(status, reason)
+}
+
+/// Counts and logs a rollback that left the workspace different from before.
+fn rollback_failed(target: &str, patch: &Patch, restored: &Restored) {
+    metrics::counter!("ghost_executor_rollback_failures_total", "target" => target.to_owned())
+        .increment(1);
+    metrics::gauge!("ghost_executor_journal_blocked", "target" => target.to_owned()).set(1.0);
+    tracing::error!(patch_id = %patch.id, %target, errors = ?restored.errors,
+        "rollback incomplete; the journal is kept");
+}
+
+/// Removes the journal; one that cannot be removed is rolled back (or dropped, when the
+/// ledger has the patch) before the target's next patch.
+fn close_journal(target: &str, journal: Journal) {
+    if let Err(err) = journal.close() {
+        metrics::gauge!("ghost_executor_journal_blocked", "target" => target.to_owned()).set(1.0);
+        tracing::error!(%target, error = %err, "cannot remove the journal; the next patch retries");
+    }
 }
 
 /// Records a kept effect in the ledger, then closes the journal.
 fn finish(
     attempt: Attempt<'_>,
     journal: Journal,
+    dirs: &mut Dirs,
     ledger: &Ledger,
     hash: &str,
     status: Status,
@@ -336,21 +500,25 @@ fn finish(
 ) -> ApplyReport {
     let target = attempt.ctx.workspace.target.clone();
     let patch_id = attempt.patch.id.to_string();
+    let attempt_patch = attempt.patch;
     let report = attempt.end(status, error);
     if let Err(err) = ledger.record(&target, &patch_id, hash, &report) {
         // Without the ledger entry a re-delivery would apply again; keep the journal so a
         // restart rolls back rather than leaving an unrecorded effect.
         tracing::error!(patch_id = %patch_id, error = %err, "cannot record the patch in the ledger");
-        let restored = journal.rollback();
+        let restored = journal.rollback(dirs);
         let mut failed = report;
         failed.status = Status::RolledBack;
         failed.error = format!("cannot record the patch in the ledger: {err}");
         failed.rollback = Some(rollback_record(&restored, &failed.error));
+        if restored.errors.is_empty() {
+            close_journal(&target, journal);
+        } else {
+            rollback_failed(&target, attempt_patch, &restored);
+        }
         return failed;
     }
-    if let Err(err) = journal.close() {
-        tracing::warn!(patch_id = %patch_id, error = %err, "cannot remove the journal");
-    }
+    close_journal(&target, journal);
     report
 }
 
@@ -402,5 +570,31 @@ fn hand_off(
     match attempt.stage("validate", |a| a.run_commands(admitted)) {
         None => attempt.end(Status::Succeeded, ""),
         Some((status, reason)) => attempt.end(status, reason),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::config::TargetPolicy;
+
+    #[test]
+    fn reported_text_names_workspace_paths_relatively_and_no_server_path() {
+        let workspace = Workspace {
+            target: "MAIN".to_owned(),
+            root: PathBuf::from("/srv/ghost/ws"),
+            state_dir: PathBuf::from("/srv/ghost/ws/.ghost/executor"),
+            policy: TargetPolicy::default(),
+        };
+        let mut text = "cannot write /srv/ghost/ws/src/a.rs; journal in \
+                        /srv/ghost/ws/.ghost/executor/journal; cwd /srv/ghost/ws"
+            .to_owned();
+        scrub(&mut text, &workspace);
+        assert_eq!(
+            text,
+            "cannot write src/a.rs; journal in <executor state>/journal; cwd ."
+        );
     }
 }

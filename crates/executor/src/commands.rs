@@ -1,13 +1,25 @@
 //! Running a patch's `commands` and `validate` checks under the target's policy.
 //!
 //! A command line is split with shell-words (no shell) unless the target allows a shell and
-//! runs any program. The child gets a scrubbed environment, the workspace as its working
-//! directory, its own process group and rlimits (CPU, address space, open files). At its
-//! deadline, or on cancel, the whole group gets SIGTERM, then SIGKILL after a grace period, so
-//! grandchildren die too. Output is captured with bounded memory: the head and the tail are
-//! kept, the middle is counted.
+//! runs any program. The child gets a scrubbed environment (plus the command's tag,
+//! `GHOST_COMMAND_TAG`, which tells its orphans from another command's), the workspace as
+//! its working directory, a session (and so a process group) of its own and rlimits (CPU,
+//! address space, open files, processes). At its deadline, or on cancel, its whole process
+//! tree ([`tree`]) — also the descendants that left its group or session — gets SIGTERM, then
+//! is stopped and killed after a grace period; when it ends by itself, whatever it left
+//! running is killed the same way, so no daemonised grandchild outlives its patch. Where the
+//! target names a pids cgroup, each command also runs in a cgroup of its own ([`cgroup`])
+//! capping its process count, or does not run at all. The leader is reaped only after the
+//! sweep, so its pid (and group id) cannot be reused while the sweep signals them, and the
+//! wait for it is bounded: a leader that cannot be killed is left to the janitor rather than
+//! hang the patch. Output is captured with bounded memory: the head and the tail are kept,
+//! the middle is counted.
+
+mod cgroup;
+mod tree;
 
 use std::collections::VecDeque;
+use std::fs::File;
 use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, Stdio};
@@ -15,12 +27,15 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use ghost_core::{CommandKind, CommandReport};
-use nix::sys::signal::{Signal, killpg};
+use nix::sys::signal::Signal;
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::Pid;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{CommandPolicy, TargetPolicy};
 use crate::workspace::Workspace;
+
+pub use tree::become_subreaper;
 
 /// How a command is started.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,26 +126,50 @@ pub enum Stopped {
     Cancelled,
 }
 
-/// Sets the child's rlimits between fork and exec.
+/// Between fork and exec: gives the child a session of its own, moves it into its cgroup
+/// (`procs`) and sets its rlimits.
 #[allow(unsafe_code)]
-fn limit_resources(command: &mut Command, policy: &TargetPolicy) {
-    use nix::sys::resource::{Resource, setrlimit};
+fn confine(command: &mut Command, policy: &TargetPolicy, procs: Option<Arc<File>>) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let cpu = policy.max_cpu_seconds;
     let memory = policy.max_memory_bytes;
     let files = policy.max_open_files;
-    // SAFETY: the closure runs in the forked child before exec and only calls setrlimit(2),
-    // which is async-signal-safe; it allocates nothing and touches no lock.
+    // Above the hard limit setrlimit would fail, and with it every command: keep what we have.
+    let processes = getrlimit(Resource::RLIMIT_NPROC).map_or(policy.max_processes, |(_, hard)| {
+        policy.max_processes.min(hard)
+    });
+    // SAFETY: the closure runs in the forked child before exec and only calls setsid(2),
+    // write(2) and setrlimit(2), which are async-signal-safe; it allocates nothing and
+    // touches no lock.
     unsafe {
         command.pre_exec(move || {
+            // A session, not just a group: no descendant can ever get back into the
+            // executor's session, which is how a sweep tells the executor's own children
+            // (git) from a command's orphans. The leader's group id is its pid, as before.
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            if let Some(procs) = &procs {
+                // "0" is the writer itself. Failing to join fails the spawn: the target asked
+                // for the cap, so the command does not run without it.
+                nix::unistd::write(procs.as_ref(), b"0").map_err(std::io::Error::from)?;
+            }
             setrlimit(Resource::RLIMIT_CPU, cpu, cpu).map_err(std::io::Error::from)?;
             setrlimit(Resource::RLIMIT_AS, memory, memory).map_err(std::io::Error::from)?;
             setrlimit(Resource::RLIMIT_NOFILE, files, files).map_err(std::io::Error::from)?;
+            // Counted per user, and not enforced for root (CAP_SYS_RESOURCE): the tree kill,
+            // not this, is what stops a fork bomb run as root.
+            setrlimit(Resource::RLIMIT_NPROC, processes, processes)
+                .map_err(std::io::Error::from)?;
             Ok(())
         });
     }
 }
 
-fn spawn(workspace: &Workspace, argv: &Argv) -> std::io::Result<Child> {
+fn spawn(
+    workspace: &Workspace,
+    argv: &Argv,
+    procs: Option<Arc<File>>,
+    tag: &str,
+) -> std::io::Result<Child> {
     let mut command = match argv {
         Argv::Direct(argv) => {
             let mut command = Command::new(&argv[0]);
@@ -153,11 +192,11 @@ fn spawn(workspace: &Workspace, argv: &Argv) -> std::io::Result<Child> {
                 .iter()
                 .any(|allowed| name.to_str() == Some(allowed.as_str()))
         }))
+        .env(tree::TAG_VAR, tag)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    limit_resources(&mut command, &workspace.policy);
+        .stderr(Stdio::piped());
+    confine(&mut command, &workspace.policy, procs);
     command.spawn()
 }
 
@@ -182,13 +221,64 @@ fn pump(
     });
 }
 
-fn signal_group(group: Pid, signal: Signal) {
-    // ESRCH (the group is already gone) is the expected end state.
-    let _ = killpg(group, signal);
+/// Whether the leader has ended, without reaping it: until its `Child` reaps it, its pid and
+/// group id cannot be reused, so the sweep may still signal them. An error (it is not our
+/// child any more) counts as ended.
+fn leader_ended(leader: Pid) -> bool {
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    !matches!(
+        waitid(Id::Pid(leader), flags),
+        Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::EINTR)
+    )
 }
 
-fn group_alive(group: Pid) -> bool {
-    killpg(group, None).is_ok()
+/// How long the leader, SIGKILLed, may take to be reaped before it is left to the janitor.
+const REAP_BUDGET: Duration = Duration::from_secs(5);
+
+/// Reaps the leader within [`REAP_BUDGET`]; past it (a process stuck in the kernel), hands it
+/// to the janitor and to a thread that reaps it whenever it ends, and reports no status.
+fn reap_leader(
+    mut child: Child,
+    tree: &tree::Tree,
+    line: &str,
+) -> Option<std::process::ExitStatus> {
+    let started = Instant::now();
+    let mut poll = Duration::from_millis(1);
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) => {}
+            Err(_) => return None,
+        }
+        if started.elapsed() >= REAP_BUDGET {
+            let (pid, start) = tree.leader();
+            tree::abandon(pid, start, line);
+            std::thread::spawn(move || {
+                let _ = child.wait();
+            });
+            return None;
+        }
+        std::thread::sleep(poll);
+        poll = (poll * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// How often the tree is walked while the command runs: often enough to see most children
+/// before they are orphaned, rarely enough to cost nothing next to the command.
+const TRACK_EVERY: Duration = Duration::from_millis(50);
+
+/// Kills what is left of the command's tree and says so when there was something.
+fn kill_tree(tree: &mut tree::Tree, line: &str) {
+    let sweep = tree.kill_all(line);
+    if sweep.killed > 0 || !sweep.gone {
+        tracing::info!(
+            killed = sweep.killed,
+            gone = sweep.gone,
+            took_ms = u64::try_from(sweep.took.as_millis()).unwrap_or(u64::MAX),
+            command = %line,
+            "killed the command's remaining processes"
+        );
+    }
 }
 
 /// Runs one command to completion, its deadline or a cancel. Never panics; spawn failures
@@ -207,15 +297,45 @@ pub fn run(
         kind,
         ..CommandReport::default()
     };
-    let mut child = match spawn(workspace, argv) {
-        Ok(child) => child,
+    // Orphans must come to us, not to init, for the tree kill to find them; App::build sets
+    // it too, this keeps any other caller (and an early failure there) covered.
+    let _ = become_subreaper();
+    let cgroup = match workspace.policy.pids_cgroup.as_deref() {
+        None => None,
+        Some(parent) => {
+            match cgroup::CommandCgroup::create(parent, workspace.policy.max_processes) {
+                Ok(cgroup) => Some(cgroup),
+                Err(err) => {
+                    tracing::error!(cgroup = %parent.display(), error = %err, command = %line, "cannot create the command's pids cgroup; refusing the command");
+                    // The path and the error stay in the log: clients see no internals.
+                    report.output_tail =
+                        "refused: the command's pids cgroup cannot be created".to_owned();
+                    report.exit_code = Some(127);
+                    return (report, None);
+                }
+            }
+        }
+    };
+    let in_cgroup = cgroup.is_some();
+    let procs = cgroup.as_ref().map(cgroup::CommandCgroup::procs);
+    let (mut child, mut tree) = match tree::Tree::spawn(cgroup, |tag| {
+        spawn(workspace, argv, procs, tag)
+    }) {
+        Ok(spawned) => spawned,
+        Err(err) if in_cgroup => {
+            tracing::error!(error = %err, command = %line, "cannot start the command in its pids cgroup");
+            report.output_tail =
+                format!("cannot start command (or move it into its pids cgroup): {err}");
+            report.exit_code = Some(127);
+            return (report, None);
+        }
         Err(err) => {
             report.output_tail = format!("cannot start command: {err}");
             report.exit_code = Some(127);
             return (report, None);
         }
     };
-    let group = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    let leader = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
     let capture = Arc::new(Mutex::new(Capture {
         head: Vec::new(),
         tail: VecDeque::new(),
@@ -232,11 +352,16 @@ pub fn run(
     }
     drop(done_tx);
     let mut stopped = None;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) => {}
-            Err(_) => break None,
+    let mut next_track = Instant::now();
+    loop {
+        if leader_ended(leader) {
+            break;
+        }
+        if Instant::now() >= next_track {
+            let walk = Instant::now();
+            tree.track();
+            // A big tree (a fork bomb) is walked less often, so tracking stays a small share.
+            next_track = Instant::now() + TRACK_EVERY.max(walk.elapsed() * 4);
         }
         if cancel.is_cancelled() {
             stopped = Some(Stopped::Cancelled);
@@ -244,22 +369,30 @@ pub fn run(
             stopped = Some(Stopped::Deadline);
         }
         if stopped.is_some() {
-            signal_group(group, Signal::SIGTERM);
+            tree.signal_all(Signal::SIGTERM);
             let grace_end = Instant::now() + workspace.policy.kill_grace;
             while Instant::now() < grace_end {
-                let _ = child.try_wait();
-                if !group_alive(group) {
+                // The group cannot tell (the unreaped leader stays in it): what is tracked can.
+                if Instant::now() >= next_track {
+                    let walk = Instant::now();
+                    tree.track();
+                    next_track = Instant::now() + TRACK_EVERY.max(walk.elapsed() * 4);
+                }
+                if leader_ended(leader) && !tree.any_running() {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
-            signal_group(group, Signal::SIGKILL);
-            break child.wait().ok();
+            break;
         }
         std::thread::sleep(Duration::from_millis(5));
-    };
-    // Whatever the leader left running in its group goes with it.
-    signal_group(group, Signal::SIGKILL);
+    }
+    // Whatever the command left running, in its group or not, goes with it; the leader too,
+    // when it is stopped early or only its main thread ended.
+    kill_tree(&mut tree, line);
+    let status = reap_leader(child, &tree, line);
+    // Only now, with its leader reaped, may another command's sweep treat the pid as free.
+    drop(tree);
     let output_deadline = Instant::now() + Duration::from_secs(1);
     for _ in 0..2 {
         let left = output_deadline.saturating_duration_since(Instant::now());

@@ -90,6 +90,16 @@ pub struct TargetPolicy {
     pub max_memory_bytes: u64,
     /// Open files a command may hold (RLIMIT_NOFILE).
     pub max_open_files: u64,
+    /// Processes (threads included) the executor's user may have while a command runs
+    /// (RLIMIT_NPROC: counted over all of that user's processes on the machine, so raise it
+    /// when the user runs much else); the kernel does not enforce it for root.
+    pub max_processes: u64,
+    /// A cgroup directory with the `pids` controller (a cgroup v1 `pids` hierarchy directory,
+    /// or a cgroup v2 subtree delegated to the executor with `pids` enabled for its children)
+    /// in which each command gets a cgroup of its own with `pids.max` = `max_processes`, a cap
+    /// on its whole tree that also binds root. Unset (the default): none. Set but not usable
+    /// (the command's cgroup cannot be created or joined): the command is refused.
+    pub pids_cgroup: Option<PathBuf>,
     /// Output bytes kept from the start of a command's output.
     pub output_head_bytes: usize,
     /// Output bytes kept from the end of a command's output.
@@ -111,6 +121,8 @@ impl Default for TargetPolicy {
             max_cpu_seconds: 600,
             max_memory_bytes: 8 * 1024 * 1024 * 1024,
             max_open_files: 1024,
+            max_processes: 4096,
+            pids_cgroup: None,
             output_head_bytes: 4 * 1024,
             output_tail_bytes: 16 * 1024,
             agent: None,

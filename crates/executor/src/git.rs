@@ -6,6 +6,9 @@ use std::process::Command;
 fn git(root: &Path) -> Command {
     let mut command = Command::new("git");
     command
+        // No automatic gc or maintenance: `git commit` would start it detached, in a session
+        // of its own, where a command's sweep would take it for that command's orphan.
+        .args(["-c", "gc.auto=0", "-c", "maintenance.auto=false"])
         .arg("-C")
         .arg(root)
         .env_clear()

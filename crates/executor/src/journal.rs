@@ -14,9 +14,15 @@
 //! reappears after a power loss is either found in the ledger and dropped, or rolled back
 //! again, which changes nothing.
 //!
-//! Layout: a first line `ghost-journal 2`, a line with the [`Header`] as JSON, then one JSON
+//! Originals are read, and restored, through the workspace's directory handles
+//! ([`crate::beneath`]); entries name workspace-relative paths. Rollback treats a path that
+//! cannot exist (not found, a parent that is not a directory, a name too long) as absent.
+//! Error texts name workspace-relative paths only; the journal's own location is logged by
+//! the caller, never reported.
+//!
+//! Layout: a first line `ghost-journal 3`, a line with the [`Header`] as JSON, then one JSON
 //! line per entry; an entry of a file that existed is followed by exactly `len` bytes of its
-//! content and a newline.
+//! content and a newline. Layout 2 (absolute paths) is still read and rolled back.
 
 use std::fs;
 use std::io::Write;
@@ -25,8 +31,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::beneath::{self, Dirs};
+
 /// The first line of every journal.
-const MAGIC: &[u8] = b"ghost-journal 2\n";
+const MAGIC: &[u8] = b"ghost-journal 3\n";
+/// The first line of a journal written before entries were workspace-relative.
+const MAGIC_ABSOLUTE: &[u8] = b"ghost-journal 2\n";
 
 /// Who the journal belongs to, written before anything else.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,11 +58,11 @@ enum Entry {
     /// A file path: the length and mode of its content (which follows the line), or `None`
     /// when it did not exist.
     File {
-        path: PathBuf,
+        path: String,
         before: Option<(u64, u32)>,
     },
     /// A directory the patch creates.
-    Dir { path: PathBuf },
+    Dir { path: String },
 }
 
 /// An entry with the original bytes of a file that existed.
@@ -100,7 +110,15 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
 
-/// The temp file used to replace `path` atomically.
+/// The temp file used to replace workspace-relative `rel` atomically.
+pub fn temp_rel(rel: &str) -> String {
+    match beneath::split(rel) {
+        ("", name) => beneath::temp_name(name),
+        (dir, name) => format!("{dir}/{}", beneath::temp_name(name)),
+    }
+}
+
+/// The temp file used to replace `path` (in the executor's own dirs) atomically.
 pub fn temp_path(path: &Path) -> PathBuf {
     let name = path
         .file_name()
@@ -140,11 +158,11 @@ fn remove_if_present(path: &Path) -> std::io::Result<bool> {
 fn refuse_old_layout(state_dir: &Path, target: &str) -> std::io::Result<()> {
     let old = journal_folder(state_dir).join(target);
     if old.is_dir() {
-        return Err(std::io::Error::other(format!(
-            "a journal in the layout of an older executor is at {}: finish it with that version \
-             (it rolls it back on start) before starting this one",
-            old.display()
-        )));
+        tracing::error!(path = %old.display(), "journal in an older layout found");
+        return Err(std::io::Error::other(
+            "a journal in the layout of an older executor is in the state dir: finish it with \
+             that version (it rolls it back on start) before starting this one",
+        ));
     }
     Ok(())
 }
@@ -158,7 +176,7 @@ impl Journal {
         if path.exists() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AlreadyExists,
-                format!("a journal is still open at {}", path.display()),
+                format!("a journal of target {target} is still open"),
             ));
         }
         Ok(Self {
@@ -168,26 +186,24 @@ impl Journal {
         })
     }
 
-    /// Records the current state of file `path` (bytes and mode, or absent).
-    pub fn record_file(&mut self, path: &Path) -> std::io::Result<()> {
-        let (before, bytes) = match fs::symlink_metadata(path) {
-            Ok(meta) if meta.is_file() => {
-                let bytes = fs::read(path)?;
-                let len = bytes.len() as u64;
-                (Some((len, meta.permissions().mode() & 0o7777)), bytes)
-            }
-            Ok(_) => {
-                return Err(std::io::Error::other(format!(
-                    "{} is not a regular file",
-                    path.display()
-                )));
-            }
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => (None, Vec::new()),
-            Err(err) => return Err(err),
+    /// Records the current state of file `rel` (bytes and mode, or absent), read through
+    /// `dirs`.
+    pub fn record_file(&mut self, dirs: &mut Dirs, rel: &str) -> std::io::Result<()> {
+        let (dir, name) = beneath::split(rel);
+        let found = match dirs.dir(dir) {
+            Ok(handle) => beneath::read(&handle, name),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(err),
+        };
+        let found =
+            found.map_err(|err| std::io::Error::new(err.kind(), format!("{rel}: {err}")))?;
+        let (before, bytes) = match found {
+            Some((bytes, mode)) => (Some((bytes.len() as u64, mode)), bytes),
+            None => (None, Vec::new()),
         };
         self.originals.push(Original {
             entry: Entry::File {
-                path: path.to_owned(),
+                path: rel.to_owned(),
                 before,
             },
             bytes,
@@ -196,10 +212,10 @@ impl Journal {
     }
 
     /// Records a directory the apply is about to create.
-    pub fn record_dir(&mut self, path: &Path) {
+    pub fn record_dir(&mut self, rel: &str) {
         self.originals.push(Original {
             entry: Entry::Dir {
-                path: path.to_owned(),
+                path: rel.to_owned(),
             },
             bytes: Vec::new(),
         });
@@ -237,9 +253,10 @@ impl Journal {
         result
     }
 
-    /// Restores every recorded original, newest first.
-    pub fn rollback(&self) -> Restored {
-        restore(&self.originals)
+    /// Restores every recorded original, newest first, through the handles the apply used
+    /// (so a directory renamed meanwhile is restored where it now is).
+    pub fn rollback(&self, dirs: &mut Dirs) -> Restored {
+        restore(&self.originals, dirs)
     }
 
     /// Forgets the journal once the apply is committed or rolled back.
@@ -248,43 +265,91 @@ impl Journal {
     }
 }
 
-fn restore(originals: &[Original]) -> Restored {
+fn restore_file(dirs: &mut Dirs, rel: &str, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    let (dir, name) = beneath::split(rel);
+    let handle = dirs.make_dirs(dir)?;
+    beneath::write(&handle, name, bytes, mode)
+}
+
+fn remove_file(dirs: &mut Dirs, rel: &str) -> std::io::Result<bool> {
+    let (dir, name) = beneath::split(rel);
+    match dirs.dir(dir) {
+        Ok(handle) => beneath::remove(&handle, name),
+        Err(err) if beneath::is_absent(&err) => Ok(false),
+        Err(err) => Err(err),
+    }
+}
+
+fn remove_dir(dirs: &mut Dirs, rel: &str) -> std::io::Result<bool> {
+    let (dir, name) = beneath::split(rel);
+    let removed = match dirs.dir(dir) {
+        Ok(handle) => beneath::rmdir(&handle, name),
+        Err(err) if beneath::is_absent(&err) => Ok(false),
+        Err(err) => Err(err),
+    };
+    dirs.forget(rel);
+    removed
+}
+
+fn restore(originals: &[Original], dirs: &mut Dirs) -> Restored {
     let mut done = Restored::default();
     for original in originals.iter().rev() {
         match &original.entry {
             Entry::File {
                 path,
                 before: Some((_, mode)),
-            } => {
-                let outcome = path
-                    .parent()
-                    .map_or(Ok(()), fs::create_dir_all)
-                    .and_then(|()| write_atomically(path, &original.bytes, *mode));
-                match outcome {
-                    Ok(()) => done.restored += 1,
-                    Err(err) => done.errors.push(format!("{}: {err}", path.display())),
-                }
-            }
-            Entry::File { path, before: None } => match remove_if_present(path) {
+            } => match restore_file(dirs, path, &original.bytes, *mode) {
+                Ok(()) => done.restored += 1,
+                Err(err) => done.errors.push(format!("{path}: {err}")),
+            },
+            Entry::File { path, before: None } => match remove_file(dirs, path) {
                 Ok(true) => done.removed += 1,
                 Ok(false) => {}
-                Err(err) => done.errors.push(format!("{}: {err}", path.display())),
+                Err(err) => done.errors.push(format!("{path}: {err}")),
             },
-            Entry::Dir { path } => match fs::remove_dir(path) {
-                Ok(()) => done.removed += 1,
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-                Err(err) => done.errors.push(format!("{}: {err}", path.display())),
+            Entry::Dir { path } => match remove_dir(dirs, path) {
+                Ok(true) => done.removed += 1,
+                Ok(false) => {}
+                Err(err) => done.errors.push(format!("{path}: {err}")),
             },
         }
     }
     done
 }
 
+/// Turns the absolute paths of a layout-2 entry into workspace-relative ones.
+fn relative_entry(entry: Entry, root: &Path) -> Result<Entry, String> {
+    let relative = |path: String| -> Result<String, String> {
+        let inside = Path::new(&path)
+            .strip_prefix(root)
+            .map_err(|_| "an entry of the older layout lies outside the workspace".to_owned())?;
+        inside
+            .to_str()
+            .filter(|rel| !rel.is_empty())
+            .map(str::to_owned)
+            .ok_or_else(|| "an entry of the older layout is not a path in the workspace".to_owned())
+    };
+    Ok(match entry {
+        Entry::File { path, before } => Entry::File {
+            path: relative(path)?,
+            before,
+        },
+        Entry::Dir { path } => Entry::Dir {
+            path: relative(path)?,
+        },
+    })
+}
+
 /// Reads a sealed journal: its header and entries with their original bytes.
-fn parse(bytes: &[u8]) -> Result<(Header, Vec<Original>), String> {
-    let mut rest = bytes
-        .strip_prefix(MAGIC)
-        .ok_or("it does not start with the journal marker")?;
+fn parse(bytes: &[u8], root: &Path) -> Result<(Header, Vec<Original>), String> {
+    let (mut rest, absolute) = match (
+        bytes.strip_prefix(MAGIC),
+        bytes.strip_prefix(MAGIC_ABSOLUTE),
+    ) {
+        (Some(rest), _) => (rest, false),
+        (None, Some(rest)) => (rest, true),
+        (None, None) => return Err("it does not start with the journal marker".to_owned()),
+    };
     let line = |rest: &mut &[u8]| -> Option<Vec<u8>> {
         let end = rest.iter().position(|byte| *byte == b'\n')?;
         let line = rest[..end].to_vec();
@@ -299,6 +364,11 @@ fn parse(bytes: &[u8]) -> Result<(Header, Vec<Original>), String> {
         let entry_line = line(&mut rest).ok_or("an entry is cut short")?;
         let entry: Entry =
             serde_json::from_slice(&entry_line).map_err(|err| format!("entry: {err}"))?;
+        let entry = if absolute {
+            relative_entry(entry, root)?
+        } else {
+            entry
+        };
         let mut bytes = Vec::new();
         if let Entry::File {
             before: Some((len, _)),
@@ -326,11 +396,18 @@ pub struct Recovered {
     pub restored: Restored,
 }
 
-/// Rolls back a leftover journal of `target`, if any, unless `applied` says the patch had
-/// completed (then the journal is only removed). Returns what was found.
+/// True when `target` has a sealed journal (an apply in flight, or one left behind).
+pub fn is_open(state_dir: &Path, target: &str) -> bool {
+    journal_path(state_dir, target).exists()
+}
+
+/// Rolls back a leftover journal of `target` in the workspace at `root`, if any, unless
+/// `applied` says the patch had completed (then the journal is only removed). Returns what
+/// was found; a journal that cannot be fully rolled back is kept.
 pub fn recover(
     state_dir: &Path,
     target: &str,
+    root: &Path,
     applied: impl Fn(&Header) -> bool,
 ) -> std::io::Result<Option<Recovered>> {
     refuse_old_layout(state_dir, target)?;
@@ -344,16 +421,16 @@ pub fn recover(
     };
     // A sealed journal was synced before its rename, so it is whole; one that does not parse
     // is kept for a person to look at rather than guessed at.
-    let (header, originals) = parse(&bytes).map_err(|reason| {
+    let (header, originals) = parse(&bytes, root).map_err(|reason| {
+        tracing::error!(path = %path.display(), %reason, "unreadable journal left in place");
         std::io::Error::other(format!(
-            "the journal at {} cannot be read ({reason}); it is left in place",
-            path.display()
+            "the journal of target {target} cannot be read ({reason}); it is left in place"
         ))
     })?;
     let restored = if applied(&header) {
         Restored::default()
     } else {
-        restore(&originals)
+        restore(&originals, &mut Dirs::open(root)?)
     };
     if restored.errors.is_empty() {
         remove_if_present(&path)?;
@@ -380,23 +457,24 @@ mod tests {
             fencing_token: 7,
         };
         let mut journal = Journal::begin(&state, "MAIN", &header).unwrap();
-        journal.record_file(&ws.join("a")).unwrap();
-        journal.record_dir(&ws.join("new"));
-        journal.record_file(&ws.join("new/b")).unwrap();
+        let mut dirs = Dirs::open(&ws).unwrap();
+        journal.record_file(&mut dirs, "a").unwrap();
+        journal.record_dir("new");
+        journal.record_file(&mut dirs, "new/b").unwrap();
         journal.seal().unwrap();
         write_atomically(&ws.join("a"), b"changed", 0o755).unwrap();
         fs::create_dir(ws.join("new")).unwrap();
         fs::write(ws.join("new/b"), "b").unwrap();
         // A crash here: the next start finds the journal and rolls it back.
         drop(journal);
-        let recovered = recover(&state, "MAIN", |_| false).unwrap().unwrap();
+        let recovered = recover(&state, "MAIN", &ws, |_| false).unwrap().unwrap();
         assert_eq!(recovered.header, header);
         assert!(recovered.restored.errors.is_empty());
         assert_eq!(fs::read_to_string(ws.join("a")).unwrap(), "original");
         let mode = fs::metadata(ws.join("a")).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert!(!ws.join("new").exists());
-        assert!(recover(&state, "MAIN", |_| false).unwrap().is_none());
+        assert!(recover(&state, "MAIN", &ws, |_| false).unwrap().is_none());
     }
 
     fn header() -> Header {
@@ -420,13 +498,14 @@ mod tests {
         fs::write(ws.join("bin"), &original).unwrap();
         fs::write(ws.join("empty"), b"").unwrap();
         let mut journal = Journal::begin(&state, "MAIN", &header()).unwrap();
-        journal.record_file(&ws.join("bin")).unwrap();
-        journal.record_file(&ws.join("empty")).unwrap();
+        let mut dirs = Dirs::open(&ws).unwrap();
+        journal.record_file(&mut dirs, "bin").unwrap();
+        journal.record_file(&mut dirs, "empty").unwrap();
         journal.seal().unwrap();
         fs::write(ws.join("bin"), "x").unwrap();
         fs::write(ws.join("empty"), "y").unwrap();
         drop(journal);
-        let recovered = recover(&state, "MAIN", |_| false).unwrap().unwrap();
+        let recovered = recover(&state, "MAIN", &ws, |_| false).unwrap().unwrap();
         assert_eq!(recovered.restored.restored, 2);
         assert_eq!(fs::read(ws.join("bin")).unwrap(), original);
         assert_eq!(fs::read(ws.join("empty")).unwrap(), b"");
@@ -438,8 +517,12 @@ mod tests {
         let state = dir.path().join("state");
         let path = journal_path(&state, "MAIN");
         fs::create_dir_all(path.parent().unwrap()).unwrap();
-        fs::write(unsealed_path(&path), b"ghost-journal 2\n{\"patch_").unwrap();
-        assert!(recover(&state, "MAIN", |_| false).unwrap().is_none());
+        fs::write(unsealed_path(&path), b"ghost-journal 3\n{\"patch_").unwrap();
+        assert!(
+            recover(&state, "MAIN", dir.path(), |_| false)
+                .unwrap()
+                .is_none()
+        );
         assert!(!unsealed_path(&path).exists());
     }
 
@@ -449,8 +532,8 @@ mod tests {
         let state = dir.path().join("state");
         let path = journal_path(&state, "MAIN");
         fs::create_dir_all(path.parent().unwrap()).unwrap();
-        fs::write(&path, b"ghost-journal 2\n{}\n").unwrap();
-        let err = recover(&state, "MAIN", |_| false).unwrap_err();
+        fs::write(&path, b"ghost-journal 3\n{}\n").unwrap();
+        let err = recover(&state, "MAIN", dir.path(), |_| false).unwrap_err();
         assert!(err.to_string().contains("cannot be read"), "{err}");
         assert!(path.exists());
     }
@@ -460,8 +543,54 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
         fs::create_dir_all(state.join("journal/MAIN/blobs")).unwrap();
-        let err = recover(&state, "MAIN", |_| false).unwrap_err();
-        assert!(err.to_string().contains("journal/MAIN"), "{err}");
+        let err = recover(&state, "MAIN", dir.path(), |_| false).unwrap_err();
+        assert!(err.to_string().contains("older executor"), "{err}");
         assert!(Journal::begin(&state, "MAIN", &header()).is_err());
+    }
+}
+
+#[cfg(test)]
+mod layout_2 {
+    use super::*;
+
+    #[test]
+    fn a_journal_with_absolute_paths_is_rolled_back_inside_the_root_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let ws = dir.path().join("ws");
+        fs::create_dir_all(ws.join("new")).unwrap();
+        fs::write(ws.join("a"), "changed").unwrap();
+        fs::write(ws.join("new/b"), "b").unwrap();
+        let path = journal_path(&state, "MAIN");
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let entries = format!(
+            "{{\"patch_id\":\"p\",\"content_hash\":\"h\",\"attempt\":1,\"fencing_token\":7}}\n\
+             {{\"kind\":\"file\",\"path\":\"{a}\",\"before\":[8,420]}}\noriginal\n\
+             {{\"kind\":\"dir\",\"path\":\"{new}\"}}\n\
+             {{\"kind\":\"file\",\"path\":\"{b}\",\"before\":null}}\n",
+            a = ws.join("a").display(),
+            new = ws.join("new").display(),
+            b = ws.join("new/b").display(),
+        );
+        fs::write(&path, [MAGIC_ABSOLUTE, entries.as_bytes()].concat()).unwrap();
+        let recovered = recover(&state, "MAIN", &ws, |_| false).unwrap().unwrap();
+        assert!(
+            recovered.restored.errors.is_empty(),
+            "{:?}",
+            recovered.restored
+        );
+        assert_eq!(fs::read_to_string(ws.join("a")).unwrap(), "original");
+        assert!(!ws.join("new").exists());
+        // An absolute path outside the root is never touched.
+        let outside = dir.path().join("outside");
+        fs::write(&outside, "keep").unwrap();
+        let entries = format!(
+            "{{\"patch_id\":\"p\",\"content_hash\":\"h\",\"attempt\":1,\"fencing_token\":7}}\n\
+             {{\"kind\":\"file\",\"path\":\"{}\",\"before\":null}}\n",
+            outside.display()
+        );
+        fs::write(&path, [MAGIC_ABSOLUTE, entries.as_bytes()].concat()).unwrap();
+        assert!(recover(&state, "MAIN", &ws, |_| false).is_err());
+        assert_eq!(fs::read_to_string(&outside).unwrap(), "keep");
     }
 }

@@ -6,13 +6,14 @@
 //! and reflection itself.
 //!
 //! An attempt ([`apply`]) plans every edit in memory ([`plan`]), journals the originals
-//! ([`journal`]), writes, runs commands and checks under the target's policy ([`commands`]),
+//! ([`journal`]), writes (every file operation relative to directory handles: [`beneath`]), runs commands and checks under the target's policy ([`commands`]),
 //! and commits or rolls back; the [`ledger`] makes a re-delivered patch a no-op. On start a
 //! leftover journal is rolled back and reported `interrupted` once the router is connected.
 
 mod agent;
 mod app;
 pub mod apply;
+pub mod beneath;
 pub mod commands;
 pub mod config;
 mod connection;

@@ -1,19 +1,19 @@
 //! Computes the whole effect of a patch's file operations in memory, before any write.
 //!
-//! Every path is confined, every text transform is applied to an overlay of the workspace,
+//! Every path is checked, every file is read through directory handles, every text transform is applied to an overlay of the workspace,
 //! and every limit is checked; the result is the final state of each touched path (bytes and
 //! mode, or absent) plus the directories to create. A patch that fails here has written
 //! nothing, which also makes a dry run exactly this step.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::io;
 
 use ghost_core::fileops::{self, FileOp};
 use ghost_core::{EditReport, RelPath};
+use rustix::io::Errno;
 
-use crate::workspace::{ConfineError, Limits, Want, Workspace, confine};
+use crate::beneath::{self, Dirs, Kind};
+use crate::workspace::{ConfineError, Limits, Workspace, check_path};
 
 /// The final state of one touched file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,10 +32,10 @@ pub enum Final {
 /// Everything a patch's file operations will do.
 #[derive(Debug, Default)]
 pub struct Plan {
-    /// Final state per real path.
-    pub files: BTreeMap<PathBuf, Final>,
-    /// Directories to create, outermost first.
-    pub dirs: Vec<PathBuf>,
+    /// Final state per workspace-relative path.
+    pub files: BTreeMap<String, Final>,
+    /// Directories to create (workspace-relative), outermost first.
+    pub dirs: Vec<String>,
     /// One report per operation.
     pub reports: Vec<EditReport>,
 }
@@ -55,8 +55,23 @@ impl From<ConfineError> for PlanError {
     fn from(err: ConfineError) -> Self {
         match err {
             ConfineError::Refused(message) => Self::Refused(message),
-            ConfineError::Io { .. } => Self::Mismatch(err.to_string()),
         }
+    }
+}
+
+/// Says why `rel` (or its directory `dir`) could not be opened, without a server path.
+fn open_error(rel: &str, dir: &str, err: &io::Error) -> PlanError {
+    let place = if dir.is_empty() { rel } else { dir };
+    if beneath::is(err, Errno::LOOP) {
+        PlanError::Refused(format!(
+            "path {rel}: {place} is a symlink, which is never followed"
+        ))
+    } else if beneath::is(err, Errno::NOTDIR) {
+        PlanError::Refused(format!("path {rel}: {place} is not a directory"))
+    } else if beneath::is(err, Errno::XDEV) {
+        PlanError::Refused(format!("path {rel} escapes the workspace"))
+    } else {
+        PlanError::Mismatch(format!("cannot read {rel}: {err}"))
     }
 }
 
@@ -66,37 +81,59 @@ fn lines(bytes: &[u8]) -> u32 {
     u32::try_from(newlines + trailing).unwrap_or(u32::MAX)
 }
 
+/// Every ancestor directory of `rel`, outermost first (`a`, `a/b` for `a/b/c`).
+fn ancestors(rel: &str) -> impl Iterator<Item = &str> {
+    rel.match_indices('/').map(move |(cut, _)| &rel[..cut])
+}
+
 struct Overlay<'a> {
     workspace: &'a Workspace,
+    dirs: &'a mut Dirs,
     limits: Limits,
     plan: Plan,
-    dir_set: BTreeSet<PathBuf>,
+    dir_set: BTreeSet<String>,
 }
 
 impl Overlay<'_> {
-    fn current(&self, real: &Path, rel: &RelPath) -> Result<Option<(Vec<u8>, u32)>, PlanError> {
-        if let Some(state) = self.plan.files.get(real) {
+    /// What is on disk at `rel`, through directory handles only.
+    fn on_disk(&mut self, rel: &str) -> Result<Option<Kind>, PlanError> {
+        let (dir, name) = beneath::split(rel);
+        let handle = match self.dirs.dir(dir) {
+            Ok(handle) => handle,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(open_error(rel, dir, &err)),
+        };
+        beneath::stat(&handle, name).map_err(|err| open_error(rel, dir, &err))
+    }
+
+    fn current(&mut self, rel: &RelPath) -> Result<Option<(Vec<u8>, u32)>, PlanError> {
+        let key = rel.as_str();
+        if let Some(state) = self.plan.files.get(key) {
             return Ok(match state {
                 Final::File { bytes, mode } => Some((bytes.clone(), *mode)),
                 Final::Absent => None,
             });
         }
-        match fs::symlink_metadata(real) {
-            Ok(meta) if meta.is_file() => {
-                let bytes = fs::read(real)
-                    .map_err(|err| PlanError::Mismatch(format!("cannot read {rel}: {err}")))?;
-                Ok(Some((bytes, meta.permissions().mode() & 0o7777)))
-            }
-            Ok(_) => Err(PlanError::Refused(format!(
-                "path {rel} is not a regular file"
+        let (dir, name) = beneath::split(key);
+        let handle = match self.dirs.dir(dir) {
+            Ok(handle) => handle,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(open_error(key, dir, &err)),
+        };
+        match beneath::read(&handle, name) {
+            Ok(found) => Ok(found),
+            Err(err) if beneath::is(&err, Errno::LOOP) => Err(PlanError::Refused(format!(
+                "path {rel} is a symlink, which is never followed"
             ))),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(err) => Err(PlanError::Mismatch(format!("cannot read {rel}: {err}"))),
+            Err(err) if err.kind() == io::ErrorKind::Other => Err(PlanError::Refused(format!(
+                "path {rel} is not a regular file (directory, device, socket or fifo)"
+            ))),
+            Err(err) => Err(open_error(key, "", &err)),
         }
     }
 
-    fn existing(&self, real: &Path, rel: &RelPath, op: &str) -> Result<(Vec<u8>, u32), PlanError> {
-        self.current(real, rel)?
+    fn existing(&mut self, rel: &RelPath, op: &str) -> Result<(Vec<u8>, u32), PlanError> {
+        self.current(rel)?
             .ok_or_else(|| PlanError::Mismatch(format!("{op} {rel}: the file does not exist")))
     }
 
@@ -106,45 +143,32 @@ impl Overlay<'_> {
         })
     }
 
-    fn ensure_parents(&mut self, real: &Path, rel: &RelPath) -> Result<(), PlanError> {
-        let mut missing = Vec::new();
-        let mut current = real.parent();
-        while let Some(dir) = current {
-            if dir == self.workspace.root || self.dir_set.contains(dir) {
-                break;
+    /// Plans every missing directory above `rel`, outermost first.
+    fn ensure_parents(&mut self, rel: &str) -> Result<(), PlanError> {
+        let mut missing = false;
+        for dir in ancestors(rel) {
+            if self.dir_set.contains(dir) {
+                continue;
             }
             if matches!(self.plan.files.get(dir), Some(Final::File { .. })) {
                 return Err(PlanError::Mismatch(format!(
-                    "{rel}: {} is a file planned by this patch",
-                    dir.display()
+                    "{rel}: {dir} is a file planned by this patch"
                 )));
             }
-            match fs::symlink_metadata(dir) {
-                Ok(meta) if meta.is_dir() => break,
-                Ok(_) => {
-                    return Err(PlanError::Refused(format!(
-                        "{rel}: {} is not a directory",
-                        dir.display()
-                    )));
+            if !missing {
+                match self.dirs.dir(dir) {
+                    Ok(_) => continue,
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => missing = true,
+                    Err(err) => return Err(open_error(rel, dir, &err)),
                 }
-                Err(_) => missing.push(dir.to_owned()),
             }
-            current = dir.parent();
-        }
-        for dir in missing.into_iter().rev() {
-            self.dir_set.insert(dir.clone());
-            self.plan.dirs.push(dir);
+            self.dir_set.insert(dir.to_owned());
+            self.plan.dirs.push(dir.to_owned());
         }
         Ok(())
     }
 
-    fn set_file(
-        &mut self,
-        real: PathBuf,
-        rel: &RelPath,
-        bytes: Vec<u8>,
-        mode: u32,
-    ) -> Result<(), PlanError> {
+    fn set_file(&mut self, rel: &RelPath, bytes: Vec<u8>, mode: u32) -> Result<(), PlanError> {
         let size = bytes.len() as u64;
         if size > self.limits.max_file_bytes {
             return Err(PlanError::Refused(format!(
@@ -152,17 +176,23 @@ impl Overlay<'_> {
                 self.limits.max_file_bytes
             )));
         }
-        if self.dir_set.contains(&real) {
+        if self.dir_set.contains(rel.as_str()) {
             return Err(PlanError::Mismatch(format!(
                 "{rel} is a directory planned by this patch"
             )));
         }
-        self.ensure_parents(&real, rel)?;
-        self.plan.files.insert(real, Final::File { bytes, mode });
+        self.ensure_parents(rel.as_str())?;
+        self.plan
+            .files
+            .insert(rel.as_str().to_owned(), Final::File { bytes, mode });
         Ok(())
     }
 
     fn apply(&mut self, op: &FileOp) -> Result<EditReport, PlanError> {
+        check_path(self.workspace, op.path().as_str())?;
+        if let FileOp::Rename { from, .. } = op {
+            check_path(self.workspace, from.as_str())?;
+        }
         let mut report = EditReport {
             op: op.op().to_owned(),
             path: op.path().to_string(),
@@ -177,8 +207,7 @@ impl Overlay<'_> {
                         self.limits.max_file_bytes
                     )));
                 }
-                let real = confine(self.workspace, path, Want::File)?;
-                let before = self.current(&real, path)?;
+                let before = self.current(path)?;
                 if matches!(op, FileOp::Create { .. }) && before.is_some() {
                     return Err(PlanError::Mismatch(format!(
                         "create {path}: the file already exists"
@@ -187,65 +216,79 @@ impl Overlay<'_> {
                 report.removed = before.as_ref().map_or(0, |(bytes, _)| lines(bytes));
                 report.added = lines(contents.as_bytes());
                 let mode = before.map_or(0o644, |(_, mode)| mode);
-                self.set_file(real, path, contents.clone().into_bytes(), mode)?;
+                self.set_file(path, contents.clone().into_bytes(), mode)?;
             }
             FileOp::Replace {
                 path,
                 search,
                 replace,
             } => {
-                let real = confine(self.workspace, path, Want::File)?;
-                let (bytes, mode) = self.existing(&real, path, "replace")?;
+                let (bytes, mode) = self.existing(path, "replace")?;
                 let applied = fileops::replace_text(&Self::text(bytes, path)?, search, replace)
                     .map_err(|err| PlanError::Mismatch(format!("replace in {path}: {err}")))?;
                 report.match_step = applied.step.as_str().to_owned();
                 (report.added, report.removed) = (applied.added, applied.removed);
-                self.set_file(real, path, applied.text.into_bytes(), mode)?;
+                self.set_file(path, applied.text.into_bytes(), mode)?;
             }
             FileOp::Hunks { path, hunks } => {
-                let real = confine(self.workspace, path, Want::File)?;
-                let (bytes, mode) = self.existing(&real, path, "diff")?;
+                let (bytes, mode) = self.existing(path, "diff")?;
                 let applied = fileops::apply_hunks(&Self::text(bytes, path)?, hunks)
                     .map_err(|err| PlanError::Mismatch(format!("diff of {path}: {err}")))?;
                 report.match_step = applied.step.as_str().to_owned();
                 (report.added, report.removed) = (applied.added, applied.removed);
-                self.set_file(real, path, applied.text.into_bytes(), mode)?;
+                self.set_file(path, applied.text.into_bytes(), mode)?;
             }
             FileOp::Delete { path } => {
-                let real = confine(self.workspace, path, Want::File)?;
-                let (bytes, _) = self.existing(&real, path, "delete")?;
+                let (bytes, _) = self.existing(path, "delete")?;
                 report.removed = lines(&bytes);
-                self.plan.files.insert(real, Final::Absent);
+                self.plan
+                    .files
+                    .insert(path.as_str().to_owned(), Final::Absent);
             }
             FileOp::Rename { from, to } => {
-                let real_from = confine(self.workspace, from, Want::File)?;
-                let real_to = confine(self.workspace, to, Want::File)?;
-                let (bytes, mode) = self.existing(&real_from, from, "rename")?;
-                if real_from != real_to && self.current(&real_to, to)?.is_some() {
+                let (bytes, mode) = self.existing(from, "rename")?;
+                if from != to && self.current(to)?.is_some() {
                     return Err(PlanError::Mismatch(format!(
                         "rename {from} -> {to}: the destination already exists"
                     )));
                 }
                 report.from = from.to_string();
-                self.plan.files.insert(real_from, Final::Absent);
-                self.set_file(real_to, to, bytes, mode)?;
+                self.plan
+                    .files
+                    .insert(from.as_str().to_owned(), Final::Absent);
+                self.set_file(to, bytes, mode)?;
             }
             FileOp::Chmod { path, mode } => {
-                let real = confine(self.workspace, path, Want::File)?;
-                let (bytes, _) = self.existing(&real, path, "chmod")?;
-                self.set_file(real, path, bytes, *mode)?;
+                let (bytes, _) = self.existing(path, "chmod")?;
+                self.set_file(path, bytes, *mode)?;
             }
             FileOp::Mkdir { path } => {
-                let real = confine(self.workspace, path, Want::Dir)?;
-                if matches!(self.plan.files.get(&real), Some(Final::File { .. })) {
+                let key = path.as_str();
+                if matches!(self.plan.files.get(key), Some(Final::File { .. })) {
                     return Err(PlanError::Mismatch(format!(
                         "mkdir {path}: a file is planned there"
                     )));
                 }
-                if !real.is_dir() && !self.dir_set.contains(&real) {
-                    self.ensure_parents(&real, path)?;
-                    self.dir_set.insert(real.clone());
-                    self.plan.dirs.push(real);
+                if self.dir_set.contains(key) {
+                    return Ok(report);
+                }
+                match self.on_disk(key)? {
+                    Some(Kind::Dir) => {}
+                    Some(Kind::Symlink) => {
+                        return Err(PlanError::Refused(format!(
+                            "path {path} is a symlink, which is never followed"
+                        )));
+                    }
+                    Some(_) => {
+                        return Err(PlanError::Refused(format!(
+                            "path {path} exists and is not a directory"
+                        )));
+                    }
+                    None => {
+                        self.ensure_parents(key)?;
+                        self.dir_set.insert(key.to_owned());
+                        self.plan.dirs.push(key.to_owned());
+                    }
                 }
             }
         }
@@ -253,10 +296,16 @@ impl Overlay<'_> {
     }
 }
 
-/// Plans `ops` against `workspace`; nothing is written.
-pub fn build(workspace: &Workspace, ops: &[FileOp], limits: Limits) -> Result<Plan, PlanError> {
+/// Plans `ops` against `workspace`, reading through `dirs`; nothing is written.
+pub fn build(
+    workspace: &Workspace,
+    dirs: &mut Dirs,
+    ops: &[FileOp],
+    limits: Limits,
+) -> Result<Plan, PlanError> {
     let mut overlay = Overlay {
         workspace,
+        dirs,
         limits,
         plan: Plan::default(),
         dir_set: BTreeSet::new(),

@@ -1,16 +1,19 @@
-//! A served workspace and path confinement inside it.
+//! A served workspace and the path rules inside it.
 //!
-//! Every path is relative (ghost-core already refused `..`, absolute paths, NUL and `.git`
-//! components) and is resolved component by component against the real root, so a symlink can
-//! never lead outside, into `.git/`, or into the executor's state dir; devices, sockets and
-//! FIFOs are refused.
+//! ghost-core already normalises paths (relative, no `..`, no NUL, no `.git`), but patches also
+//! arrive over gRPC, so the executor checks again on its own before touching anything: length
+//! limits, `.git` and `.ghost` in any case spelling, and its own state dir wherever it lies in
+//! the root. Symlinks are dealt with where files are opened ([`crate::beneath`]): none is
+//! followed.
 
-use std::fs;
-use std::path::{Path, PathBuf};
-
-use ghost_core::RelPath;
+use std::path::{Component, PathBuf};
 
 use crate::config::TargetPolicy;
+
+/// Longest path component Linux file systems accept (NAME_MAX).
+pub const MAX_COMPONENT_BYTES: usize = 255;
+/// Longest path the executor accepts (PATH_MAX).
+pub const MAX_PATH_BYTES: usize = 4096;
 
 /// Size limits of one patch.
 #[derive(Debug, Clone, Copy)]
@@ -34,110 +37,95 @@ pub struct Workspace {
     pub policy: TargetPolicy,
 }
 
-/// What the last component of a path must be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Want {
-    /// A regular file, or nothing yet.
-    File,
-    /// A directory, or nothing yet.
-    Dir,
-}
-
 /// Why a path was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfineError {
     /// The path would leave the workspace or reach a forbidden place.
     #[error("{0}")]
     Refused(String),
-    /// The file system could not be read.
-    #[error("cannot inspect {path}: {source}")]
-    Io {
-        /// The workspace-relative path.
-        path: String,
-        /// What failed.
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 fn refused(message: String) -> ConfineError {
     ConfineError::Refused(message)
 }
 
-/// Resolves `rel` inside `workspace`, following symlinks one component at a time.
-pub fn confine(workspace: &Workspace, rel: &RelPath, want: Want) -> Result<PathBuf, ConfineError> {
-    let parts: Vec<&str> = rel.as_str().split('/').collect();
-    let mut current = workspace.root.clone();
-    for (index, part) in parts.iter().enumerate() {
-        current.push(part);
-        let last = index + 1 == parts.len();
-        let meta = match fs::symlink_metadata(&current) {
-            Ok(meta) => meta,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                for rest in &parts[index + 1..] {
-                    current.push(rest);
-                }
-                break;
-            }
-            Err(source) => {
-                return Err(ConfineError::Io {
-                    path: rel.to_string(),
-                    source,
-                });
-            }
-        };
-        let meta = if meta.file_type().is_symlink() {
-            let resolved = fs::canonicalize(&current).map_err(|_| {
-                refused(format!(
-                    "path {rel} goes through a dangling or looping symlink"
-                ))
-            })?;
-            if !resolved.starts_with(&workspace.root) {
-                return Err(refused(format!(
-                    "path {rel} escapes the workspace through a symlink"
-                )));
-            }
-            current = resolved;
-            fs::metadata(&current).map_err(|source| ConfineError::Io {
-                path: rel.to_string(),
-                source,
-            })?
-        } else {
-            meta
-        };
-        if !last && !meta.is_dir() {
-            return Err(refused(format!("path {rel}: {part} is not a directory")));
-        }
-        if last && want == Want::File && !meta.is_file() {
-            return Err(refused(format!(
-                "path {rel} is not a regular file (directory, device, socket or fifo)"
-            )));
-        }
-        if last && want == Want::Dir && !meta.is_dir() {
-            return Err(refused(format!("path {rel} exists and is not a directory")));
-        }
-    }
-    check_inside(workspace, rel, &current)?;
-    Ok(current)
+/// A component as a case-insensitive file system (or a Windows share) would see it: lower
+/// case, without trailing dots and spaces.
+fn folded(part: &str) -> String {
+    part.trim_end_matches(['.', ' ']).to_ascii_lowercase()
 }
 
-fn check_inside(workspace: &Workspace, rel: &RelPath, real: &Path) -> Result<(), ConfineError> {
-    let inside = real
-        .strip_prefix(&workspace.root)
-        .map_err(|_| refused(format!("path {rel} escapes the workspace")))?;
-    if inside.components().any(|c| c.as_os_str() == ".git") {
-        return Err(refused(format!("path {rel} resolves into .git/")));
-    }
-    if real.starts_with(&workspace.state_dir) {
+/// True for `.git` in any spelling that can reach it (`.GIT`, `.git.`, the 8.3 name `git~1`).
+fn is_git(part: &str) -> bool {
+    let folded = folded(part);
+    folded == ".git" || folded == "git~1"
+}
+
+/// Checks `rel` (a normalised, `/`-separated workspace-relative path) before anything is
+/// touched: lengths, `.git`, every service's state dir (`.ghost` at the top, in any case) and
+/// the executor's own state dir when it lies inside the root.
+pub fn check_path(workspace: &Workspace, rel: &str) -> Result<(), ConfineError> {
+    if rel.len() > MAX_PATH_BYTES {
         return Err(refused(format!(
-            "path {rel} resolves into the executor's state directory"
+            "a path of {} bytes is over the {MAX_PATH_BYTES} byte limit",
+            rel.len()
         )));
+    }
+    let parts: Vec<&str> = rel.split('/').collect();
+    for part in &parts {
+        if part.len() > MAX_COMPONENT_BYTES {
+            return Err(refused(format!(
+                "a path component of {} bytes is over the {MAX_COMPONENT_BYTES} byte limit",
+                part.len()
+            )));
+        }
+        if part.is_empty() || *part == "." || *part == ".." || part.contains('\0') {
+            return Err(refused(format!("path {rel:?} is not normalised")));
+        }
+        if is_git(part) {
+            return Err(refused(format!(
+                "path {rel} is inside .git/, which patches may not touch"
+            )));
+        }
+    }
+    if folded(parts[0]) == ".ghost" {
+        return Err(refused(format!(
+            "path {rel} is inside .ghost/, where the services keep their state"
+        )));
+    }
+    if let Some(state) = state_dir_inside(workspace) {
+        let inside = state.len() <= parts.len()
+            && state
+                .iter()
+                .zip(&parts)
+                .all(|(a, b)| a.eq_ignore_ascii_case(b));
+        if inside || state.is_empty() {
+            return Err(refused(format!(
+                "path {rel} is inside the executor's state directory"
+            )));
+        }
     }
     Ok(())
 }
 
+/// The components of the state dir below the root, when it lies inside (empty: it is the root).
+fn state_dir_inside(workspace: &Workspace) -> Option<Vec<String>> {
+    let below = workspace.state_dir.strip_prefix(&workspace.root).ok()?;
+    Some(
+        below
+            .components()
+            .filter_map(|c| match c {
+                Component::Normal(part) => Some(part.to_string_lossy().into_owned()),
+                _ => None,
+            })
+            .collect(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     fn workspace() -> (tempfile::TempDir, Workspace) {
@@ -153,26 +141,37 @@ mod tests {
         (dir, ws)
     }
 
-    fn rel(raw: &str) -> RelPath {
-        RelPath::parse(raw).unwrap()
-    }
-
     #[test]
-    fn symlinks_are_followed_but_may_not_leave_or_reach_forbidden_places() {
-        let (dir, ws) = workspace();
-        fs::create_dir_all(ws.root.join("real")).unwrap();
-        fs::create_dir_all(ws.root.join("repo/.git")).unwrap();
-        std::os::unix::fs::symlink(ws.root.join("real"), ws.root.join("alias")).unwrap();
-        std::os::unix::fs::symlink(dir.path(), ws.root.join("out")).unwrap();
-        std::os::unix::fs::symlink(ws.root.join("repo/.git"), ws.root.join("g")).unwrap();
-        assert_eq!(
-            confine(&ws, &rel("alias/f"), Want::File).unwrap(),
-            ws.root.join("real/f")
-        );
-        for bad in ["out/f", "g/config", ".ghost-executor/ledger", "real"] {
-            let err = confine(&ws, &rel(bad), Want::File).unwrap_err();
-            assert!(matches!(err, ConfineError::Refused(_)), "{bad}: {err}");
+    fn lengths_git_ghost_and_the_state_dir_are_refused() {
+        let (_dir, ws) = workspace();
+        let long = "x".repeat(256);
+        let deep = vec!["d"; 2100].join("/");
+        for bad in [
+            long.as_str(),
+            format!("a/{long}/b").as_str(),
+            deep.as_str(),
+            ".git/config",
+            "sub/.GIT/config",
+            "sub/.git./x",
+            "GIT~1/x",
+            ".ghost",
+            ".Ghost/router/db",
+            ".GHOST ./x",
+            ".ghost-executor/ledger",
+            ".GHOST-EXECUTOR/x",
+            "a//b",
+            "a/../b",
+        ] {
+            let err = check_path(&ws, bad).unwrap_err();
+            assert!(matches!(err, ConfineError::Refused(_)), "{bad}");
         }
-        assert!(confine(&ws, &rel("real"), Want::Dir).is_ok());
+        for good in [
+            "x".repeat(255).as_str(),
+            "src/.ghosts",
+            "sub/.ghost/x",
+            "a/.gitignore",
+        ] {
+            check_path(&ws, good).unwrap();
+        }
     }
 }

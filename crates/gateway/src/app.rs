@@ -72,13 +72,7 @@ impl App {
             client: SummarizerServiceClient::new(traced_channel(&config.summarizer_url)?),
             timeout: config.upstream_timeout,
         };
-        let guard = Guard::new(
-            credentials,
-            &config.rate_limit,
-            config.max_in_flight,
-            config.request_timeout,
-            config.max_body_bytes,
-        );
+        let guard = Guard::new(credentials, &config);
         let mut patches = Patches::new(
             Arc::new(queue),
             Arc::new(summaries),
@@ -96,6 +90,7 @@ impl App {
             patches,
             guard: Arc::new(guard),
             max_body_bytes: config.max_body_bytes,
+            max_patches_per_message: config.max_patches_per_message,
         };
         let listeners = Listeners::bind(&config.server).await?;
         Ok(Self {

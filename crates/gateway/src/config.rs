@@ -48,8 +48,17 @@ pub struct GatewayConfig {
     pub request_timeout: Duration,
     /// Requests served at once; more are refused with 503 instead of queueing in memory.
     pub max_in_flight: usize,
-    /// Per-caller rate limit.
+    /// Deadline for receiving a request's whole body once its headers are in; a slower body is
+    /// answered 408. Bodies are read before a place among `max_in_flight` is taken.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Per-caller rate limit (per credential); `/v1/messages` is charged one per patch.
     pub rate_limit: RateLimitConfig,
+    /// Limits kept per client address, taken before any shared place or credential check.
+    pub client_limits: ClientLimitsConfig,
+    /// Most JSON/YAML blocks one `/v1/messages` call may carry; more are refused with 413 and
+    /// nothing is queued.
+    pub max_patches_per_message: usize,
     /// Target used when a legacy document names none.
     pub default_target: Option<String>,
     /// Per-target aliases and legacy roots.
@@ -81,7 +90,10 @@ impl Default for GatewayConfig {
             upstream_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             max_in_flight: 256,
+            body_read_timeout: Duration::from_secs(10),
             rate_limit: RateLimitConfig::default(),
+            client_limits: ClientLimitsConfig::default(),
+            max_patches_per_message: 20,
             default_target: None,
             targets: Vec::new(),
             inbox: None,
@@ -171,6 +183,41 @@ impl Default for RateLimitConfig {
         Self {
             per_minute: 600,
             burst: 60,
+        }
+    }
+}
+
+/// Limits kept per client address (the TCP peer, or the client a proxy in
+/// `server.trusted_proxies` names; an IPv6 /64 counts as one address).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientLimitsConfig {
+    /// Requests from one address being read or served at once; more are refused with 429.
+    pub max_in_flight: usize,
+    /// Dashboard login attempts per address.
+    pub login: RateLimitConfig,
+    /// Failed credential checks per address (a wrong API key, a bad webhook signature, a failed
+    /// login). Once spent, every credential from that address is refused with 429, unchecked,
+    /// until the bucket refills.
+    pub auth_failures: RateLimitConfig,
+    /// Addresses remembered per kind of bucket; beyond, refilled buckets and then the longest
+    /// unused are forgotten, so many addresses cannot grow memory without bound.
+    pub max_tracked_addresses: usize,
+}
+
+impl Default for ClientLimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 32,
+            login: RateLimitConfig {
+                per_minute: 10,
+                burst: 10,
+            },
+            auth_failures: RateLimitConfig {
+                per_minute: 10,
+                burst: 20,
+            },
+            max_tracked_addresses: 10_000,
         }
     }
 }

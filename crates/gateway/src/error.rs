@@ -56,6 +56,19 @@ pub enum GatewayError {
     /// A document that would cost more than its parse budget (expanded size, aliases, depth).
     #[error("{0}")]
     DocumentTooLarge(String),
+    /// A message carrying more patch blocks than one call may.
+    #[error(
+        "the message has {found} JSON/YAML blocks; at most {cap} are accepted per message, send the rest in another"
+    )]
+    TooManyPatches {
+        /// Blocks found.
+        found: usize,
+        /// The configured cap (`max_patches_per_message`).
+        cap: usize,
+    },
+    /// The body did not arrive in time.
+    #[error("the request body did not arrive within {0} s")]
+    BodyTimeout(u64),
     /// No such patch.
     #[error("patch {0} not found")]
     NotFound(String),
@@ -87,7 +100,10 @@ impl GatewayError {
             Self::MalformedBody { .. } | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::InvalidPatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::PayloadTooLarge(_) | Self::DocumentTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::PayloadTooLarge(_) | Self::DocumentTooLarge(_) | Self::TooManyPatches { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
@@ -109,6 +125,8 @@ impl GatewayError {
             Self::InvalidPatch { .. } => "invalid-patch",
             Self::UnsupportedMediaType(_) => "unsupported-media-type",
             Self::PayloadTooLarge(_) | Self::DocumentTooLarge(_) => "payload-too-large",
+            Self::TooManyPatches { .. } => "too-many-patches",
+            Self::BodyTimeout(_) => "body-timeout",
             Self::NotFound(_) => "not-found",
             Self::Conflict(_) => "conflict",
             Self::NotImplemented(_) => "not-implemented",

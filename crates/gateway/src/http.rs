@@ -33,6 +33,8 @@ pub struct AppState {
     pub guard: Arc<Guard>,
     /// Body limit, for the error message.
     pub max_body_bytes: usize,
+    /// Most patch blocks one message may carry.
+    pub max_patches_per_message: usize,
 }
 
 /// An RFC 9457 problem document.
@@ -229,7 +231,7 @@ fn body_or_error(
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Unsupported content type", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid patch; names the field", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited, or too many failed credentials from this address", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Router unavailable; nothing stored", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -269,6 +271,7 @@ async fn submit_patch(
         (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Scope not allowed", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such patch", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited, or too many failed credentials from this address", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Router unavailable", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -292,6 +295,7 @@ async fn get_patch(
         (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Scope not allowed", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such patch", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited, or too many failed credentials from this address", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Router unavailable", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -314,6 +318,7 @@ async fn patch_events(
         (status = 400, description = "Bad filter", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Scope or target not allowed", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited, or too many failed credentials from this address", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Router unavailable", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -344,6 +349,7 @@ async fn list_patches(
         (status = 403, description = "Scope or target not allowed", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such patch", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Already finished", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited, or too many failed credentials from this address", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Router unavailable", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -367,6 +373,7 @@ async fn cancel_patch(
         (status = 403, description = "Scope or target not allowed", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such patch", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Not retryable now", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited, or too many failed credentials from this address", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Router unavailable", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -382,16 +389,17 @@ async fn retry_patch(
 /// Submit every fenced patch block of a chat message.
 #[utoipa::path(
     post, path = "/v1/messages", operation_id = "submitMessage", tag = "patches",
-    description = "Chat text in: every fenced ```json or ```yaml block holding a patch is submitted; other blocks are reported as skipped, invalid ones as refused with the reason.",
+    description = "Chat text in: every fenced ```json or ```yaml block holding a patch is submitted; others are reported as skipped, invalid ones as refused. Each block costs one unit of the rate limit, charged at once: a message that does not fit is refused whole (429); over the block cap, 413.",
     request_body(content = MessageInput, content_type = "application/json"),
     responses(
         (status = 200, description = "What became of every block", body = MessageOutcome),
         (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Scope not allowed", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large, or more JSON/YAML blocks than one message may carry (the cap is named); nothing queued", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Unsupported content type", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Body is not {text}", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited, or too many failed credentials from this address", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Router unavailable", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -422,6 +430,18 @@ async fn submit_message(
             }
         }
     })?;
+    let blocks = crate::patches::patch_blocks(&input.text);
+    // Never more than the burst: such a message could not be charged at all.
+    let cap = state.max_patches_per_message.min(state.guard.burst());
+    if blocks > cap {
+        return Err(GatewayError::TooManyPatches { found: blocks, cap });
+    }
+    // The guard charged the request one unit; every further patch costs one more, charged at
+    // once so that a message is queued whole or not at all (its patches may depend on each
+    // other, and a caller retries a refused message as it is).
+    state
+        .guard
+        .charge_more(&caller.name, blocks.saturating_sub(1))?;
     Ok(Json(
         state.patches.submit_message(&caller, &input.text).await?,
     ))
@@ -435,6 +455,7 @@ async fn submit_message(
         (status = 200, description = "Targets", body = Vec<TargetView>),
         (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Scope not allowed", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited, or too many failed credentials from this address", body = Problem, content_type = "application/problem+json"),
         (status = 501, description = "The router does not list targets yet", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Router unavailable", body = Problem, content_type = "application/problem+json"),
     ),
@@ -457,6 +478,7 @@ async fn list_targets(
         (status = 400, description = "Bad target name", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Scope or target not allowed", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited, or too many failed credentials from this address", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Router unavailable", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -482,6 +504,7 @@ async fn pause_target(
         (status = 400, description = "Bad target name", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Scope or target not allowed", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited, or too many failed credentials from this address", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Router unavailable", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -505,6 +528,7 @@ async fn resume_target(
         (status = 200, description = "Executors", body = ExecutorList),
         (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Scope not allowed", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited, or too many failed credentials from this address", body = Problem, content_type = "application/problem+json"),
         (status = 501, description = "The router does not list executors", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Router unavailable", body = Problem, content_type = "application/problem+json"),
     ),
@@ -525,6 +549,7 @@ async fn list_executors(
         (status = 200, description = "Alerts", body = AlertList),
         (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Scope not allowed", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited, or too many failed credentials from this address", body = Problem, content_type = "application/problem+json"),
         (status = 501, description = "The alerter does not list alerts", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "No alerter configured, or it is unavailable", body = Problem, content_type = "application/problem+json"),
     ),

@@ -12,7 +12,9 @@
 
 mod app;
 pub mod auth;
+mod clients;
 pub mod config;
+mod deliveries;
 mod error;
 pub mod fleet;
 mod guard;

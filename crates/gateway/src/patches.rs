@@ -260,6 +260,25 @@ pub struct MessageOutcome {
     pub blocks: Vec<BlockOutcome>,
 }
 
+/// The format of a fenced block that may hold a patch; None for other blocks (skipped).
+fn block_format(block: &ghost_core::FencedBlock) -> Option<Format> {
+    match block.lang.as_str() {
+        "json" | "jsonc" | "json5" => Some(Format::Json),
+        "yaml" | "yml" => Some(Format::Yaml),
+        "" if block.body.trim_start().starts_with('{') => Some(Format::Json),
+        _ => None,
+    }
+}
+
+/// Fenced JSON/YAML blocks in chat text: the patches a message may submit, counted before
+/// any is parsed so a message over the cap costs no parsing.
+pub fn patch_blocks(text: &str) -> usize {
+    ghost_core::fenced_blocks(text)
+        .iter()
+        .filter(|block| block_format(block).is_some())
+        .count()
+}
+
 /// The gateway's logic over its ports.
 #[derive(Clone)]
 pub struct Patches {
@@ -373,12 +392,7 @@ impl Patches {
         let mut blocks = Vec::new();
         let mut submitted = 0;
         for block in ghost_core::fenced_blocks(text) {
-            let format = match block.lang.as_str() {
-                "json" | "jsonc" | "json5" => Some(Format::Json),
-                "yaml" | "yml" => Some(Format::Yaml),
-                "" if block.body.trim_start().starts_with('{') => Some(Format::Json),
-                _ => None,
-            };
+            let format = block_format(&block);
             let skipped = |reason: &str| BlockOutcome {
                 line: block.line,
                 lang: block.lang.clone(),

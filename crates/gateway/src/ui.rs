@@ -12,6 +12,7 @@ mod html;
 mod pages;
 mod session;
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -24,6 +25,7 @@ use axum::{Extension, Router};
 use serde::Deserialize;
 
 use crate::auth::Scope;
+use crate::clients::ClientAddress;
 use crate::config::UiConfig;
 use crate::error::GatewayError;
 use crate::guard::Guard;
@@ -102,7 +104,13 @@ impl IntoResponse for UiFailure {
             refresh_ms: 0,
         };
         let body = html::page(&chrome, &pages::error(status.as_u16(), &self.0.to_string()));
-        (status, Html(body)).into_response()
+        let mut response = (status, Html(body)).into_response();
+        if let GatewayError::TooManyRequests { retry_after_s } = self.0 {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s.max(1)));
+        }
+        response
     }
 }
 
@@ -293,8 +301,12 @@ struct LoginForm {
 async fn login(
     State(state): State<UiState>,
     headers: HeaderMap,
+    client: Option<Extension<ClientAddress>>,
     Form(form): Form<LoginForm>,
 ) -> Page {
+    let client = client.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |Extension(found)| {
+        found.0
+    });
     let next = safe_next(&form.next).to_owned();
     if !same_origin(&state, &headers) {
         return Ok(login_page(
@@ -303,11 +315,13 @@ async fn login(
             Some("cross-site login refused"),
         ));
     }
-    // One bucket for every login attempt: guessing keys is rate limited like any caller.
-    state.guard.charge("ui-login")?;
+    // Buckets per client address: guessing is slowed down where it comes from, and cannot
+    // lock the admin out from elsewhere.
+    state.guard.login_attempt(client)?;
     let principal = match state.guard.credentials.key(form.key.trim()) {
         Ok(principal) => principal,
         Err(_) => {
+            state.guard.record_failure(client);
             return Ok(login_page(
                 StatusCode::UNAUTHORIZED,
                 &next,

@@ -341,13 +341,17 @@ impl System {
             services.push(spawn(spec(&name, "executor", config, ports)).await?);
             workspaces.push((target.clone(), root));
         }
+        let mut gateway_server = server(gateway.0, gateway.1);
+        // All the load comes from one address: its per-address caps go up with the global ones.
+        gateway_server["max_connections_per_address"] = json!(4096);
         let gateway_config = json!({
-            "server": server(gateway.0, gateway.1),
+            "server": gateway_server,
             "router_url": url(router.0),
             "summarizer_url": url(summarizer.0),
             "api_key": API_KEY,
             "rate_limit": {"per_minute": 100_000_000u64, "burst": 1_000_000u64},
             "max_in_flight": 4096,
+            "client_limits": {"max_in_flight": 4096},
         });
         services.push(spawn(spec("gateway", "gateway", gateway_config, gateway)).await?);
         Ok(Self {

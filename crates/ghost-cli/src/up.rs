@@ -3,7 +3,7 @@
 
 use std::io::Read;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 
 use crate::error::CliError;
 use crate::exit::Exit;
@@ -33,6 +33,59 @@ fn random_key() -> Result<String, CliError> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// `path` made absolute and normalised (`.` and `..` folded), then with symlinks resolved as
+/// far as it exists (the data dir and workspaces may not exist yet).
+fn resolved(path: &Path) -> std::io::Result<PathBuf> {
+    let mut absolute = PathBuf::new();
+    for part in std::env::current_dir()?.join(path).components() {
+        match part {
+            Component::ParentDir => {
+                absolute.pop();
+            }
+            Component::CurDir => {}
+            other => absolute.push(other),
+        }
+    }
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(existing) {
+            return Ok(rest.iter().rev().fold(real, |out, part| out.join(part)));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                existing = parent;
+            }
+            _ => return Ok(absolute),
+        }
+    }
+}
+
+/// Refuses a data dir inside (or equal to) a workspace: patches could write the services'
+/// state there (a forged summary, the router's database).
+fn refuse_data_dir_in_workspaces(
+    data_dir: &Path,
+    workspaces: &[(String, PathBuf)],
+) -> Result<(), CliError> {
+    let data = resolved(data_dir)
+        .map_err(|err| CliError::Settings(format!("--data-dir {}: {err}", data_dir.display())))?;
+    for (target, dir) in workspaces {
+        let root = resolved(dir)
+            .map_err(|err| CliError::Settings(format!("--workspace {target}: {err}")))?;
+        if data.starts_with(&root) {
+            return Err(CliError::Settings(format!(
+                "the data dir {} is inside workspace {target} ({}): patches could write the \
+                 services' state there; put the data dir outside every workspace, e.g. \
+                 --data-dir ./.ghost --workspace {target}=./workspace",
+                data_dir.display(),
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Runs until SIGINT/SIGTERM, then drains every service.
 pub async fn run(options: UpOptions, output: &Output) -> Result<Exit, CliError> {
     let telemetry = ghost_runtime::telemetry::init("ghost", &Default::default())?;
@@ -45,6 +98,7 @@ pub async fn run(options: UpOptions, output: &Output) -> Result<Exit, CliError> 
         };
         parsed.push((target.to_owned(), PathBuf::from(dir)));
     }
+    refuse_data_dir_in_workspaces(&options.data_dir, &parsed)?;
     let (api_key, generated) = match options.api_key.filter(|k| !k.is_empty()) {
         Some(key) => (key, false),
         None => (random_key()?, true),
@@ -91,4 +145,33 @@ pub async fn run(options: UpOptions, output: &Output) -> Result<Exit, CliError> 
     system.shutdown().await?;
     telemetry.shutdown();
     Ok(Exit::Success)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_dir_inside_or_equal_to_a_workspace_is_refused_even_before_it_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path().join("repo");
+        std::fs::create_dir_all(&ws).unwrap();
+        let workspaces = vec![("MAIN".to_owned(), ws.clone())];
+        for data in [
+            ws.join(".ghost"),
+            ws.clone(),
+            ws.join("a/../b/.ghost"),
+            dir.path().join("elsewhere/../repo/x"),
+        ] {
+            let err = refuse_data_dir_in_workspaces(&data, &workspaces).unwrap_err();
+            assert!(err.to_string().contains("inside workspace MAIN"), "{err}");
+        }
+        std::os::unix::fs::symlink(&ws, dir.path().join("alias")).unwrap();
+        assert!(
+            refuse_data_dir_in_workspaces(&dir.path().join("alias/.ghost"), &workspaces).is_err()
+        );
+        for data in [dir.path().join(".ghost"), dir.path().join("repo-state")] {
+            refuse_data_dir_in_workspaces(&data, &workspaces).unwrap();
+        }
+    }
 }

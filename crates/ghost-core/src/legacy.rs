@@ -296,16 +296,13 @@ impl Reader<'_> {
                 return RelPath::parse(relative).map_err(|err| invalid(pointer, err.to_string()));
             }
         }
+        // The roots themselves are server configuration: counted, never shown to the caller.
         Err(invalid(
             pointer,
             format!(
                 "absolute path {raw:?} is outside every legacy root configured for target {target} \
-                 ({}); use a workspace-relative path",
-                if roots.is_empty() {
-                    "none configured".to_owned()
-                } else {
-                    roots.join(", ")
-                }
+                 ({} configured); use a workspace-relative path",
+                roots.len()
             ),
         ))
     }

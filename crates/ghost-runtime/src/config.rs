@@ -11,6 +11,8 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::connections::IpRange;
+
 /// Why configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -78,6 +80,18 @@ pub struct ServerConfig {
     /// Upper bound on waiting for in-flight requests once listeners are closed.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// Longest wait for a request's headers on the HTTP side, counted from when the server is
+    /// ready for the next request; so it also closes idle keep-alive connections and ones that
+    /// never send anything.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// HTTP connections open at once from one client address (an IPv6 /64 counts as one);
+    /// more are closed as soon as they are accepted. Trusted proxies are exempt.
+    pub max_connections_per_address: usize,
+    /// Reverse proxies in front of the HTTP side (addresses or CIDR ranges): exempt from
+    /// `max_connections_per_address`, and their `X-Forwarded-For` names the client. Empty (the
+    /// default): every peer is a client and the header is ignored.
+    pub trusted_proxies: Vec<IpRange>,
 }
 
 impl ServerConfig {
@@ -107,6 +121,9 @@ impl Default for ServerConfig {
             http_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             drain_grace: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(20),
+            header_read_timeout: Duration::from_secs(10),
+            max_connections_per_address: 64,
+            trusted_proxies: Vec::new(),
         }
     }
 }

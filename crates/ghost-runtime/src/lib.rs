@@ -8,6 +8,7 @@
 //! - [`shutdown`]: SIGINT/SIGTERM as a future.
 //! - [`serve`]: gRPC (with `grpc.health.v1` and reflection) and HTTP (`/healthz`, `/readyz`,
 //!   `/metrics`) servers with a bounded drain.
+//! - [`connections`]: the HTTP accept loop (header read timeout, connections per address).
 //! - [`metrics`]: the Prometheus recorder.
 //! - [`probe`]: `--healthcheck`, the container health check run by the service binary itself.
 //!
@@ -15,6 +16,7 @@
 //! descriptors.
 
 pub mod config;
+pub mod connections;
 pub mod metrics;
 pub mod probe;
 pub mod propagation;

@@ -61,6 +61,16 @@ pub const CATALOGUE: &[(&str, Kind, &str)] = &[
         "Writes committed together by one router group commit.",
     ),
     (
+        "ghost_executor_rollback_failures_total",
+        Kind::Counter,
+        "Rollbacks that could not restore the workspace byte for byte, by target.",
+    ),
+    (
+        "ghost_executor_journal_blocked",
+        Kind::Gauge,
+        "1 while a target refuses patches because the journal of an earlier patch cannot be cleared.",
+    ),
+    (
         "ghost_summaries_recorded_total",
         Kind::Counter,
         "Record calls the summarizer answered, by whether the attempt was new (created) or a replay.",

@@ -14,7 +14,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -25,6 +24,7 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::Level;
 
 use crate::config::ServerConfig;
+use crate::connections::{HttpLimits, serve_http};
 use crate::propagation::{grpc_server_span, http_server_span};
 
 /// The two bound sockets of a service. Bound in `App::build` so tests can use port 0 and read
@@ -266,14 +266,13 @@ pub async fn run(
             ),
     );
     let http_stop = stop_accepting.clone();
-    let mut http_task = tokio::spawn(async move {
-        let listener = listeners.http.tap_io(|stream| {
-            let _ = stream.set_nodelay(true);
-        });
-        axum::serve(listener, http_router)
-            .with_graceful_shutdown(http_stop.cancelled_owned())
-            .await
-    });
+    let http_limits = HttpLimits::from(config);
+    let mut http_task = tokio::spawn(serve_http(
+        listeners.http,
+        http_router,
+        http_limits,
+        http_stop,
+    ));
     tracing::info!(service = name, %grpc_addr, %http_addr, "serving");
 
     tokio::select! {
@@ -306,8 +305,8 @@ pub async fn run(
             if let Ok(Err(err)) = grpc {
                 tracing::warn!(service = name, error = %err, "grpc server ended with an error");
             }
-            if let Ok(Err(err)) = http {
-                tracing::warn!(service = name, error = %err, "http server ended with an error");
+            if let Err(err) = http {
+                tracing::warn!(service = name, error = %err, "http server task failed");
             }
             tracing::info!(service = name, "drained");
         }

@@ -55,6 +55,9 @@ struct TargetSlot {
     sessions: Vec<Session>,
     /// The live lease of this target: (patch id, fencing token, session id).
     active: Option<(String, u64, u64)>,
+    /// An executor reported a rollback that left this workspace changed, and the
+    /// `workspace_not_restored/<target>` alert has not been resolved since.
+    unrestored: bool,
 }
 
 /// An executor session, for `ListExecutors`.
@@ -362,6 +365,13 @@ impl Routing {
         let status = report.status;
         let duration_ms = report.duration_ms;
         let interrupted = status == Status::Interrupted;
+        // The executor keeps the journal of a rollback that could not restore everything and
+        // refuses the target's patches until it can: a person must look.
+        let restore_error = report
+            .rollback
+            .as_ref()
+            .map(|rollback| rollback.error.clone())
+            .filter(|error| !error.is_empty());
         let late_report = report.clone();
         let Some(Completed {
             record,
@@ -382,13 +392,40 @@ impl Routing {
             return Err(RouterError::StaleLease(id));
         };
         let target = record.patch.target.to_string();
+        let mut was_unrestored = false;
         {
             let mut slots = self.slots.lock().await;
-            if let Some(slot) = slots.get_mut(&target)
-                && slot.active.as_ref().is_some_and(|(_, t, _)| *t == token)
-            {
-                slot.active = None;
+            if let Some(slot) = slots.get_mut(&target) {
+                if slot.active.as_ref().is_some_and(|(_, t, _)| *t == token) {
+                    slot.active = None;
+                }
+                was_unrestored = slot.unrestored;
+                slot.unrestored =
+                    restore_error.is_some() || (was_unrestored && status != Status::Succeeded);
             }
+        }
+        let restore_key = format!("workspace_not_restored/{target}");
+        if let Some(error) = &restore_error {
+            let excerpt: String = error.chars().take(300).collect();
+            self.raise(NewAlert {
+                key: restore_key,
+                severity: "critical",
+                summary: format!(
+                    "the workspace of {target} could not be restored after patch {id}; its \
+                     executor refuses patches for {target} until it is: {excerpt}"
+                ),
+                labels: vec![
+                    ("target".to_owned(), target.clone()),
+                    ("patch_id".to_owned(), id.clone()),
+                ],
+            })
+            .await;
+        } else if was_unrestored && status == Status::Succeeded {
+            self.resolve(
+                restore_key,
+                format!("patch {id} applied on {target}: its workspace is usable again"),
+            )
+            .await;
         }
         tracing::info!(patch_id = %id, %target, status = %status, "patch finished");
         metrics::counter!("ghost_patches_total", "target" => target.clone(), "outcome" => status.as_str())

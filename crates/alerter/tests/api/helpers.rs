@@ -56,8 +56,18 @@ impl Drop for TestApp {
     }
 }
 
+/// An origin nothing listens on, allowed as a `response_url` where no follow-up is expected.
+pub const DISCARD_ORIGIN: &str = "http://127.0.0.1:9";
+
 /// The test configuration: fast retries, no pacing, a signing secret and one operator.
 pub fn config(slack_base_url: Option<String>) -> AlerterConfig {
+    // response_urls may point to Slack's hosts, the fake Slack and the discard address `slash` uses.
+    let mut response_url_origins = SlackConfig::default().response_url_origins;
+    response_url_origins.push(DISCARD_ORIGIN.to_owned());
+    if let Some(base) = &slack_base_url {
+        let url = reqwest::Url::parse(base).expect("fake Slack URL");
+        response_url_origins.push(url.origin().ascii_serialization());
+    }
     AlerterConfig {
         server: ServerConfig {
             drain_grace: Duration::from_millis(50),
@@ -72,6 +82,7 @@ pub fn config(slack_base_url: Option<String>) -> AlerterConfig {
             max_attempts: 3,
             initial_backoff: Duration::from_millis(10),
             pacing: Duration::ZERO,
+            response_url_origins,
             ..SlackConfig::default()
         },
         ..AlerterConfig::default()
@@ -180,7 +191,12 @@ pub fn command_body(command: &str, text: &str, user_id: &str, response_url: &str
 
 /// Runs a slash command signed with the test secret now; returns the answer's text.
 pub async fn slash(app: &TestApp, command: &str, text: &str, user_id: &str) -> String {
-    let body = command_body(command, text, user_id, "http://127.0.0.1:9/unused");
+    let body = command_body(
+        command,
+        text,
+        user_id,
+        &format!("{DISCARD_ORIGIN}/commands/unused"),
+    );
     let timestamp = now_secs().to_string();
     let signature = alerter::signing::sign(SIGNING_SECRET, &timestamp, body.as_bytes());
     let (status, answer) = post_signed(

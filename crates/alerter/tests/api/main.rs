@@ -4,6 +4,7 @@ mod commands;
 mod delivery;
 mod health;
 mod helpers;
+mod hostile;
 mod lifecycle;
 mod manifest;
 mod notify;

@@ -85,7 +85,12 @@ async fn requests_signed_by_slack_sdk_are_accepted_and_bad_ones_refused() {
     let app = spawn_with(config(None), Arc::new(SystemClock)).await;
     let commands = format!("{}/slack/commands", app.http);
 
-    let body = command_body("/ghost", "help", "U123", "http://127.0.0.1:9/unused");
+    let body = command_body(
+        "/ghost",
+        "help",
+        "U123",
+        "http://127.0.0.1:9/commands/unused",
+    );
     let timestamp = now_secs().to_string();
     let signature = slack_sdk_signature(SIGNING_SECRET, &timestamp, &body);
     assert!(signature.starts_with("v0="), "{signature}");

@@ -9,7 +9,6 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
-use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -18,124 +17,10 @@ use ghost_proto::executor::v1::{
     Assign, ExecutorMessage, RouterMessage, Welcome, executor_message, router_message,
 };
 use ghost_proto::router::v1 as wire;
-use ghost_proto::router::v1::router_service_server::{RouterService, RouterServiceServer};
-use tokio::sync::mpsc;
-use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status as RpcStatus, Streaming};
 
-use crate::helpers::{patch, snapshot, workspace};
+use crate::helpers::{Session, TestRouter, patch, snapshot, workspace};
 
 type Snapshot = BTreeMap<String, (Option<Vec<u8>>, u32)>;
-
-/// One executor session: where to send router messages, and what the executor sent.
-struct Session {
-    to_executor: mpsc::Sender<Result<RouterMessage, RpcStatus>>,
-    from_executor: mpsc::Receiver<ExecutorMessage>,
-}
-
-struct TestRouter {
-    sessions: mpsc::Sender<Session>,
-}
-
-#[tonic::async_trait]
-impl RouterService for TestRouter {
-    async fn submit(
-        &self,
-        _: Request<wire::SubmitRequest>,
-    ) -> Result<Response<wire::SubmitResponse>, RpcStatus> {
-        Err(RpcStatus::unimplemented("test router"))
-    }
-
-    async fn get(
-        &self,
-        _: Request<wire::GetRequest>,
-    ) -> Result<Response<wire::GetResponse>, RpcStatus> {
-        Err(RpcStatus::unimplemented("test router"))
-    }
-
-    async fn events(
-        &self,
-        _: Request<wire::EventsRequest>,
-    ) -> Result<Response<wire::EventsResponse>, RpcStatus> {
-        Err(RpcStatus::unimplemented("test router"))
-    }
-
-    async fn list(
-        &self,
-        _: Request<wire::ListRequest>,
-    ) -> Result<Response<wire::ListResponse>, RpcStatus> {
-        Err(RpcStatus::unimplemented("test router"))
-    }
-
-    async fn cancel(
-        &self,
-        _: Request<wire::CancelRequest>,
-    ) -> Result<Response<wire::CancelResponse>, RpcStatus> {
-        Err(RpcStatus::unimplemented("test router"))
-    }
-
-    async fn retry(
-        &self,
-        _: Request<wire::RetryRequest>,
-    ) -> Result<Response<wire::RetryResponse>, RpcStatus> {
-        Err(RpcStatus::unimplemented("test router"))
-    }
-
-    async fn pause(
-        &self,
-        _: Request<wire::PauseRequest>,
-    ) -> Result<Response<wire::PauseResponse>, RpcStatus> {
-        Err(RpcStatus::unimplemented("test router"))
-    }
-
-    async fn resume(
-        &self,
-        _: Request<wire::ResumeRequest>,
-    ) -> Result<Response<wire::ResumeResponse>, RpcStatus> {
-        Err(RpcStatus::unimplemented("test router"))
-    }
-
-    async fn list_targets(
-        &self,
-        _: Request<wire::ListTargetsRequest>,
-    ) -> Result<Response<wire::ListTargetsResponse>, RpcStatus> {
-        Err(RpcStatus::unimplemented("test router"))
-    }
-
-    async fn list_executors(
-        &self,
-        _: Request<wire::ListExecutorsRequest>,
-    ) -> Result<Response<wire::ListExecutorsResponse>, RpcStatus> {
-        Err(RpcStatus::unimplemented("test router"))
-    }
-
-    type WorkStream = Pin<Box<dyn Stream<Item = Result<RouterMessage, RpcStatus>> + Send>>;
-
-    async fn work(
-        &self,
-        request: Request<Streaming<ExecutorMessage>>,
-    ) -> Result<Response<Self::WorkStream>, RpcStatus> {
-        let mut inbound = request.into_inner();
-        let (to_executor, outbound) = mpsc::channel(16);
-        let (seen, from_executor) = mpsc::channel(64);
-        tokio::spawn(async move {
-            while let Ok(Some(message)) = inbound.message().await {
-                if seen.send(message).await.is_err() {
-                    break;
-                }
-            }
-        });
-        let _ = self
-            .sessions
-            .send(Session {
-                to_executor,
-                from_executor,
-            })
-            .await;
-        Ok(Response::new(Box::pin(ReceiverStream::new(outbound))))
-    }
-}
 
 fn start_executor(config: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_executor"))
@@ -209,16 +94,7 @@ async fn kill_9_at_any_point_leaves_the_workspace_whole_after_restart() {
         snapshot(other.root())
     };
 
-    let (sessions_tx, mut sessions) = mpsc::channel(4);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let router_addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(RouterServiceServer::new(TestRouter {
-                sessions: sessions_tx,
-            }))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let (router_addr, mut sessions) = TestRouter::start().await;
     let config = ws.root().parent().unwrap().join("executor.toml");
     fs::write(
         &config,

@@ -1,16 +1,28 @@
-//! Workspaces in temp dirs, patches from JSON, and byte-exact snapshots.
+//! Workspaces in temp dirs, patches from JSON, byte-exact snapshots, and a test router that
+//! feeds patches to a real executor over the Work stream.
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::pin::Pin;
 use std::time::Duration;
 
-use executor::TargetPolicy;
 use executor::apply::{self, Context, Lease};
 use executor::workspace::{Limits, Workspace};
+use executor::{ExecutorConfig, TargetPolicy, WorkspaceConfig};
 use ghost_core::{ApplyReport, Patch};
+use ghost_proto::executor::v1::{
+    Assign, ExecutorMessage, RouterMessage, Welcome, executor_message, router_message,
+};
+use ghost_proto::router::v1 as wire;
+use ghost_proto::router::v1::router_service_server::{RouterService, RouterServiceServer};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status as RpcStatus, Streaming};
 
 /// A workspace with its state dir beside it; both vanish on drop.
 pub struct TestWorkspace {
@@ -109,4 +121,227 @@ pub fn snapshot(root: &Path) -> BTreeMap<String, (Option<Vec<u8>>, u32)> {
         }
     }
     found
+}
+
+/// One executor session: where to send router messages, and what the executor sent.
+pub struct Session {
+    pub to_executor: mpsc::Sender<Result<RouterMessage, RpcStatus>>,
+    pub from_executor: mpsc::Receiver<ExecutorMessage>,
+}
+
+pub struct TestRouter {
+    sessions: mpsc::Sender<Session>,
+}
+
+#[tonic::async_trait]
+impl RouterService for TestRouter {
+    async fn submit(
+        &self,
+        _: Request<wire::SubmitRequest>,
+    ) -> Result<Response<wire::SubmitResponse>, RpcStatus> {
+        Err(RpcStatus::unimplemented("test router"))
+    }
+
+    async fn get(
+        &self,
+        _: Request<wire::GetRequest>,
+    ) -> Result<Response<wire::GetResponse>, RpcStatus> {
+        Err(RpcStatus::unimplemented("test router"))
+    }
+
+    async fn events(
+        &self,
+        _: Request<wire::EventsRequest>,
+    ) -> Result<Response<wire::EventsResponse>, RpcStatus> {
+        Err(RpcStatus::unimplemented("test router"))
+    }
+
+    async fn list(
+        &self,
+        _: Request<wire::ListRequest>,
+    ) -> Result<Response<wire::ListResponse>, RpcStatus> {
+        Err(RpcStatus::unimplemented("test router"))
+    }
+
+    async fn cancel(
+        &self,
+        _: Request<wire::CancelRequest>,
+    ) -> Result<Response<wire::CancelResponse>, RpcStatus> {
+        Err(RpcStatus::unimplemented("test router"))
+    }
+
+    async fn retry(
+        &self,
+        _: Request<wire::RetryRequest>,
+    ) -> Result<Response<wire::RetryResponse>, RpcStatus> {
+        Err(RpcStatus::unimplemented("test router"))
+    }
+
+    async fn pause(
+        &self,
+        _: Request<wire::PauseRequest>,
+    ) -> Result<Response<wire::PauseResponse>, RpcStatus> {
+        Err(RpcStatus::unimplemented("test router"))
+    }
+
+    async fn resume(
+        &self,
+        _: Request<wire::ResumeRequest>,
+    ) -> Result<Response<wire::ResumeResponse>, RpcStatus> {
+        Err(RpcStatus::unimplemented("test router"))
+    }
+
+    async fn list_targets(
+        &self,
+        _: Request<wire::ListTargetsRequest>,
+    ) -> Result<Response<wire::ListTargetsResponse>, RpcStatus> {
+        Err(RpcStatus::unimplemented("test router"))
+    }
+
+    async fn list_executors(
+        &self,
+        _: Request<wire::ListExecutorsRequest>,
+    ) -> Result<Response<wire::ListExecutorsResponse>, RpcStatus> {
+        Err(RpcStatus::unimplemented("test router"))
+    }
+
+    type WorkStream = Pin<Box<dyn Stream<Item = Result<RouterMessage, RpcStatus>> + Send>>;
+
+    async fn work(
+        &self,
+        request: Request<Streaming<ExecutorMessage>>,
+    ) -> Result<Response<Self::WorkStream>, RpcStatus> {
+        let mut inbound = request.into_inner();
+        let (to_executor, outbound) = mpsc::channel(16);
+        let (seen, from_executor) = mpsc::channel(64);
+        tokio::spawn(async move {
+            while let Ok(Some(message)) = inbound.message().await {
+                if seen.send(message).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let _ = self
+            .sessions
+            .send(Session {
+                to_executor,
+                from_executor,
+            })
+            .await;
+        Ok(Response::new(Box::pin(ReceiverStream::new(outbound))))
+    }
+}
+
+impl TestRouter {
+    /// Serves on a loopback port; each executor session arrives on the receiver.
+    pub async fn start() -> (SocketAddr, mpsc::Receiver<Session>) {
+        let (sessions_tx, sessions) = mpsc::channel(4);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(RouterServiceServer::new(TestRouter {
+                    sessions: sessions_tx,
+                }))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        (addr, sessions)
+    }
+}
+
+/// The real executor `App` (port 0) serving a test workspace, dialled into a [`TestRouter`]
+/// that assigns one patch at a time, as the router does per target.
+pub struct RunningExecutor {
+    session: Session,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    next_token: u64,
+}
+
+impl RunningExecutor {
+    /// Starts an executor for `ws` (its root, state dir and policy) and waits for its Hello.
+    pub async fn start(ws: &TestWorkspace) -> Self {
+        let (router_addr, mut sessions) = TestRouter::start().await;
+        let workspace = &ws.ctx.workspace;
+        let config = ExecutorConfig {
+            server: ghost_runtime::config::ServerConfig::ephemeral(),
+            router_url: format!("http://{router_addr}"),
+            state_dir: workspace.state_dir.clone(),
+            workspaces: vec![WorkspaceConfig {
+                target: workspace.target.clone(),
+                root: workspace.root.clone(),
+            }],
+            reconnect_backoff: Duration::from_millis(50),
+            targets: [(workspace.target.clone(), workspace.policy.clone())]
+                .into_iter()
+                .collect(),
+            ..ExecutorConfig::default()
+        };
+        let app = executor::App::build(config).await.unwrap();
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let task = tokio::spawn(async move { app.run(token.cancelled_owned()).await });
+        let session = tokio::time::timeout(Duration::from_secs(20), sessions.recv())
+            .await
+            .expect("the executor dialled the router within 20 s")
+            .unwrap();
+        session
+            .to_executor
+            .send(Ok(RouterMessage {
+                kind: Some(router_message::Kind::Welcome(Welcome {
+                    heartbeat_interval_ms: 1000,
+                })),
+            }))
+            .await
+            .unwrap();
+        Self {
+            session,
+            stop,
+            task,
+            next_token: 1,
+        }
+    }
+
+    /// Assigns a patch as the router would and returns the executor's report.
+    pub async fn apply(&mut self, patch: &Patch) -> ApplyReport {
+        self.apply_wire(wire::Patch::from(patch)).await
+    }
+
+    /// Assigns a wire patch as it arrives over gRPC (no gateway validation on the way).
+    pub async fn apply_wire(&mut self, patch: wire::Patch) -> ApplyReport {
+        let token = self.next_token;
+        self.next_token += 1;
+        let assign = Assign {
+            patch: Some(patch),
+            attempt: 1,
+            fencing_token: token,
+            deadline_unix_ms: 0,
+            traceparent: String::new(),
+        };
+        self.session
+            .to_executor
+            .send(Ok(RouterMessage {
+                kind: Some(router_message::Kind::Assign(assign)),
+            }))
+            .await
+            .unwrap();
+        loop {
+            let next =
+                tokio::time::timeout(Duration::from_secs(60), self.session.from_executor.recv())
+                    .await
+                    .expect("a result within 60 s")
+                    .expect("the executor is still connected");
+            if let Some(executor_message::Kind::Result(result)) = next.kind
+                && result.fencing_token == token
+            {
+                return ApplyReport::try_from(result.report.unwrap()).unwrap();
+            }
+        }
+    }
+
+    /// Drains the executor and waits for it to stop.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap().unwrap();
+    }
 }

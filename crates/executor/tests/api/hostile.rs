@@ -4,8 +4,9 @@ use std::time::{Duration, Instant};
 
 use executor::{CommandPolicy, TargetPolicy};
 use ghost_core::{Edit, RelPath, Status};
+use ghost_proto::router::v1 as wire;
 
-use crate::helpers::{patch, snapshot, workspace, workspace_with};
+use crate::helpers::{RunningExecutor, patch, snapshot, workspace, workspace_with};
 
 fn refused_at_parse(fields: &str) {
     let body = format!(r#"{{"id":"p","target":"MAIN",{fields}}}"#);
@@ -19,15 +20,26 @@ fn traversal_absolute_git_and_nul_paths_never_reach_the_disk() {
     refused_at_parse(r#""edits":[{"op":"write","path":"/etc/passwd","contents":"x"}]"#);
     refused_at_parse(r#""edits":[{"op":"write","path":".git/config","contents":"x"}]"#);
     refused_at_parse(r#""edits":[{"op":"write","path":"a\u0000b","contents":"x"}]"#);
-    // The same paths inside a whole-document patch are refused by the executor.
+    // The same paths inside a whole-document patch: ghost-core refuses them at parse, and the
+    // executor refuses them in a patch that skipped that check (its document set in code).
     let ws = workspace();
     let before = snapshot(ws.root());
     for path in ["../escape", "/etc/x", ".git/config", "a\u{0}b"] {
         let doc = format!(
             "*** Begin Patch\n*** Add File: ok.txt\n+fine\n*** Add File: {path}\n+x\n*** End Patch\n"
         );
-        let doc = serde_json::to_string(&doc).unwrap();
-        let report = ws.apply(&patch("p", &format!(r#""patch":{doc}"#)));
+        let body = format!(
+            r#"{{"id":"p","target":"MAIN","patch":{}}}"#,
+            serde_json::to_string(&doc).unwrap()
+        );
+        let err = ghost_core::parse_json(body.as_bytes()).expect_err(path);
+        assert!(err.to_string().contains("\"/patch\""), "{err}");
+        let mut unchecked = patch(
+            "p",
+            r#""patch":"*** Begin Patch\n*** Add File: ok.txt\n+fine\n*** End Patch\n""#,
+        );
+        unchecked.patch = Some(doc);
+        let report = ws.apply(&unchecked);
         assert_eq!(report.status, Status::Rejected, "{path}");
         assert!(report.error.contains("/patch: path"), "{}", report.error);
         assert_eq!(snapshot(ws.root()), before, "{path}");
@@ -161,4 +173,72 @@ fn a_grandchild_ignoring_sigterm_is_dead_after_the_deadline() {
     assert_eq!(snapshot(ws.root()), before);
     assert!(report.rollback.is_some());
     eprintln!("deadline 1 s + grace 0.3 s: apply returned after {elapsed:?}");
+}
+
+/// A wire patch as it arrives over gRPC: `fields` with every `PLACEHOLDER` path replaced by
+/// `path`, so the executor's own checks are reached whatever the gateway and ghost-core refuse.
+fn wire_with_path(fields: &str, path: &str) -> wire::Patch {
+    let mut wire_patch = wire::Patch::from(&patch("state", fields));
+    for edit in &mut wire_patch.edits {
+        let paths: Vec<&mut String> = match edit.op.as_mut() {
+            Some(wire::edit::Op::Write(op)) => vec![&mut op.path],
+            Some(wire::edit::Op::Mkdir(op)) => vec![&mut op.path],
+            Some(wire::edit::Op::Delete(op)) => vec![&mut op.path],
+            Some(wire::edit::Op::Rename(op)) => vec![&mut op.from, &mut op.to],
+            _ => Vec::new(),
+        };
+        for field in paths {
+            if field == "PLACEHOLDER" {
+                *field = path.to_owned();
+            }
+        }
+    }
+    wire_patch
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_state_dirs_are_off_limits_in_any_spelling() {
+    let mut ws = workspace();
+    // The executor's own state dir inside the workspace, under a name of its own.
+    let state_dir = ws.root().join("var/ghost-state");
+    std::fs::create_dir_all(&state_dir).unwrap();
+    ws.ctx.workspace.state_dir = state_dir;
+    ws.write(".ghost/summarizer/summaries/p.md", "the real summary\n");
+    let mut executor = RunningExecutor::start(&ws).await;
+    let before = snapshot(ws.root());
+    for path in [
+        ".ghost/router/router.sqlite",
+        ".ghost/summarizer/summaries/p.md",
+        ".GHOST/summarizer/summaries/p.md",
+        ".Ghost/alerter/x",
+        ".ghost",
+        "var/ghost-state/ledger/MAIN/forged.json",
+        "var/ghost-state/journal/MAIN.journal",
+    ] {
+        for op in [
+            r#"{"op":"write","path":"PLACEHOLDER","contents":"forged"}"#,
+            r#"{"op":"mkdir","path":"PLACEHOLDER"}"#,
+            r#"{"op":"rename","from":"ok.txt","to":"PLACEHOLDER"}"#,
+        ] {
+            let fields =
+                format!(r#""edits":[{{"op":"write","path":"ok.txt","contents":"1"}},{op}]"#);
+            let report = executor.apply_wire(wire_with_path(&fields, path)).await;
+            assert_eq!(
+                report.status,
+                Status::Rejected,
+                "{path} {op}: {}",
+                report.error
+            );
+            assert_eq!(snapshot(ws.root()), before, "{path} {op}");
+        }
+    }
+    let delete = executor
+        .apply_wire(wire_with_path(
+            r#""edits":[{"op":"delete","path":"PLACEHOLDER"}]"#,
+            ".ghost/summarizer/summaries/p.md",
+        ))
+        .await;
+    assert_eq!(delete.status, Status::Rejected, "{}", delete.error);
+    assert_eq!(snapshot(ws.root()), before);
+    executor.stop().await;
 }

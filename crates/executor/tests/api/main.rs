@@ -7,5 +7,8 @@ mod helpers;
 mod hostile;
 mod ladder;
 mod ledger;
+mod process_tree;
+mod race;
 mod rollback;
 mod timing;
+mod wedge;

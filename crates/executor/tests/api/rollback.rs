@@ -101,3 +101,22 @@ proptest! {
         prop_assert!(!ws.ctx.workspace.state_dir.join("journal/MAIN.journal").exists());
     }
 }
+
+#[test]
+fn a_command_that_deletes_the_directories_it_was_given_is_rolled_back_in_place() {
+    let ws = workspace_with(TargetPolicy {
+        commands: CommandPolicy::Any,
+        ..TargetPolicy::default()
+    });
+    // Only what the patch touched is journaled, so only that comes back.
+    ws.write("src/a.rs", "fn a() {}\n");
+    let before = snapshot(ws.root());
+    let report = ws.apply(&patch(
+        "wipes",
+        r#""edits":[{"op":"write","path":"src/a.rs","contents":"changed"},{"op":"write","path":"src/deep/c.rs","contents":"new"}],"commands":["rm -rf src","false"]"#,
+    ));
+    assert_eq!(report.status, Status::RolledBack, "{}", report.error);
+    let rollback = report.rollback.unwrap();
+    assert!(rollback.error.is_empty(), "{}", rollback.error);
+    assert_eq!(snapshot(ws.root()), before);
+}

@@ -5,6 +5,7 @@ mod browser;
 mod dashboard;
 mod fleet;
 mod helpers;
+mod hostile;
 mod inbox;
 mod intake;
 mod limits;

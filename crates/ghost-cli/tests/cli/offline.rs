@@ -158,3 +158,27 @@ async fn colours_only_on_a_terminal_and_never_with_no_color() {
     let piped = env.ghost(&["--url", &url, "status"]).await;
     assert!(!piped.stderr.contains('\x1b'), "{piped:?}");
 }
+
+#[tokio::test]
+async fn up_refuses_a_data_dir_inside_a_workspace_naming_both() {
+    let env = Env::empty();
+    let workspace = env.scratch.path().join("repo");
+    std::fs::create_dir_all(&workspace).unwrap();
+    let data_dir = workspace.join(".ghost");
+    let run = env
+        .ghost(&[
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &path_arg(&data_dir),
+            "--workspace",
+            &format!("MAIN={}", path_arg(&workspace)),
+        ])
+        .await;
+    run.expect(2);
+    assert!(run.stderr.contains(&path_arg(&data_dir)), "{run:?}");
+    assert!(run.stderr.contains(&path_arg(&workspace)), "{run:?}");
+    assert!(run.stderr.contains("inside"), "{run:?}");
+    assert!(!data_dir.exists(), "nothing was started: {run:?}");
+}

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use ghost_proto::router::v1::PatchStatus;
+use ghost_proto::router::v1::{ApplyReport, PatchStatus, Rollback};
 
 use crate::helpers::{RecordingAlerter, TestExecutor, config, patch, spawn_router, submit};
 
@@ -90,4 +90,51 @@ async fn alerts_raised_while_the_alerter_is_down_arrive_when_it_is_up() {
         Some("MAIN")
     );
     drop(router);
+}
+
+#[tokio::test]
+async fn a_rollback_that_left_the_workspace_changed_raises_an_alert_until_a_patch_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let alerter = RecordingAlerter::start().await;
+    let mut cfg = config(dir.path());
+    cfg.alerter_url = Some(alerter.url.clone());
+    let router = spawn_router(cfg).await;
+    let mut executor = TestExecutor::connect(&router, "ex", &["MAIN"]).await;
+
+    submit(&router, patch("breaks", "MAIN")).await;
+    let assign = executor.assignment().await;
+    executor
+        .report(
+            &assign,
+            ApplyReport {
+                status: PatchStatus::RolledBack as i32,
+                error: "command \"false\" failed; the rollback could not restore everything"
+                    .to_owned(),
+                rollback: Some(Rollback {
+                    restored: 1,
+                    removed: 0,
+                    reason: "command \"false\" failed".to_owned(),
+                    error: "src/a.rs: Permission denied (os error 13)".to_owned(),
+                }),
+                ..ApplyReport::default()
+            },
+        )
+        .await;
+    let raised = alerter.wait_for("workspace_not_restored/MAIN", false).await;
+    assert_eq!(
+        raised.labels.get("patch_id").map(String::as_str),
+        Some("breaks")
+    );
+
+    submit(&router, patch("after", "MAIN")).await;
+    let assign = executor.assignment().await;
+    executor.finish(&assign, PatchStatus::Succeeded).await;
+    alerter.wait_for("workspace_not_restored/MAIN", true).await;
+    let changes: Vec<_> = alerter
+        .received()
+        .into_iter()
+        .filter(|alert| alert.key == "workspace_not_restored/MAIN")
+        .map(|alert| alert.resolved)
+        .collect();
+    assert_eq!(changes, [false, true], "raised once, resolved once");
 }

@@ -239,11 +239,9 @@ impl TestExecutor {
 
     /// Reports `status` for `assign`.
     pub async fn finish(&self, assign: &Assign, status: PatchStatus) {
-        self.send(executor_message::Kind::Result(WorkResult {
-            patch_id: assign.patch.as_ref().expect("patch").id.clone(),
-            attempt: assign.attempt,
-            fencing_token: assign.fencing_token,
-            report: Some(ApplyReport {
+        self.report(
+            assign,
+            ApplyReport {
                 status: status as i32,
                 error: if status == PatchStatus::Succeeded {
                     String::new()
@@ -251,7 +249,18 @@ impl TestExecutor {
                     format!("test executor says {status:?}")
                 },
                 ..ApplyReport::default()
-            }),
+            },
+        )
+        .await;
+    }
+
+    /// Reports `report` for `assign`.
+    pub async fn report(&self, assign: &Assign, report: ApplyReport) {
+        self.send(executor_message::Kind::Result(WorkResult {
+            patch_id: assign.patch.as_ref().expect("patch").id.clone(),
+            attempt: assign.attempt,
+            fencing_token: assign.fencing_token,
+            report: Some(report),
             traceparent: String::new(),
         }))
         .await;

@@ -1,0 +1,264 @@
+//! Who is at the other end, by network address, and the limits kept per address: requests at
+//! once, login attempts and failed credential checks. They are taken before any shared place
+//! or credential check, so one address cannot exhaust what every caller needs.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::extract::ConnectInfo;
+use axum::http::{Extensions, HeaderMap};
+use ghost_runtime::connections::{
+    AddressCounts, AddressSlot, IpRange, address_key, is_trusted_proxy,
+};
+
+use crate::config::{ClientLimitsConfig, RateLimitConfig};
+
+/// The client address of a request, as resolved by [`Clients::address`].
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddress(pub IpAddr);
+
+/// Token buckets per client address, at most `cap` addresses remembered.
+pub struct AddressBuckets {
+    per_second: f64,
+    burst: f64,
+    cap: usize,
+    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl AddressBuckets {
+    /// Buckets refilling at `rate`, remembering at most `cap` addresses.
+    pub fn new(rate: &RateLimitConfig, cap: usize) -> Self {
+        Self {
+            per_second: f64::from(rate.per_minute.max(1)) / 60.0,
+            burst: f64::from(rate.burst.max(1)),
+            cap: cap.max(1),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn refilled(&self, bucket: Bucket, now: Instant) -> Bucket {
+        let earned = now.duration_since(bucket.at).as_secs_f64() * self.per_second;
+        Bucket {
+            tokens: (bucket.tokens + earned).min(self.burst),
+            at: now,
+        }
+    }
+
+    fn wait(&self, tokens: f64) -> Duration {
+        Duration::from_secs_f64(((1.0 - tokens) / self.per_second).max(0.0))
+    }
+
+    /// Err(wait) while `ip` has less than one token; takes nothing.
+    pub fn check(&self, ip: IpAddr) -> Result<(), Duration> {
+        let key = address_key(ip);
+        let buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        match buckets.get(&key) {
+            Some(bucket) => {
+                let bucket = self.refilled(*bucket, Instant::now());
+                if bucket.tokens >= 1.0 {
+                    Ok(())
+                } else {
+                    Err(self.wait(bucket.tokens))
+                }
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Takes one token from `ip`'s bucket; Err(wait) when it had none (nothing is taken then).
+    pub fn take(&self, ip: IpAddr) -> Result<(), Duration> {
+        let key = address_key(ip);
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = match buckets.get(&key) {
+            Some(bucket) => self.refilled(*bucket, now),
+            None => {
+                self.make_room(&mut buckets, now);
+                Bucket {
+                    tokens: self.burst,
+                    at: now,
+                }
+            }
+        };
+        if current.tokens < 1.0 {
+            buckets.insert(key, current);
+            return Err(self.wait(current.tokens));
+        }
+        buckets.insert(
+            key,
+            Bucket {
+                tokens: current.tokens - 1.0,
+                at: now,
+            },
+        );
+        Ok(())
+    }
+
+    /// Keeps the map under its cap: full buckets carry nothing worth remembering; if every
+    /// bucket is in use, the one unused the longest goes.
+    fn make_room(&self, buckets: &mut HashMap<IpAddr, Bucket>, now: Instant) {
+        if buckets.len() < self.cap {
+            return;
+        }
+        buckets.retain(|_, bucket| self.refilled(*bucket, now).tokens < self.burst);
+        if buckets.len() < self.cap {
+            return;
+        }
+        let oldest = buckets
+            .iter()
+            .min_by_key(|(_, bucket)| bucket.at)
+            .map(|(key, _)| *key);
+        if let Some(oldest) = oldest {
+            buckets.remove(&oldest);
+        }
+    }
+
+    /// Addresses remembered now.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.buckets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+/// Everything kept per client address.
+pub struct Clients {
+    trusted_proxies: Vec<IpRange>,
+    max_in_flight: usize,
+    in_flight: AddressCounts,
+    /// Dashboard login attempts.
+    pub logins: AddressBuckets,
+    /// Failed credential checks.
+    pub failures: AddressBuckets,
+}
+
+impl Clients {
+    /// The per-address limits from config.
+    pub fn new(limits: &ClientLimitsConfig, trusted_proxies: &[IpRange]) -> Self {
+        Self {
+            trusted_proxies: trusted_proxies.to_vec(),
+            max_in_flight: limits.max_in_flight,
+            in_flight: AddressCounts::default(),
+            logins: AddressBuckets::new(&limits.login, limits.max_tracked_addresses),
+            failures: AddressBuckets::new(&limits.auth_failures, limits.max_tracked_addresses),
+        }
+    }
+
+    /// The client's address: the TCP peer, unless the peer is a trusted proxy; then the last
+    /// `X-Forwarded-For` entry that is not itself a trusted proxy (earlier entries are whatever
+    /// the client claimed and cannot be believed).
+    pub fn address(&self, extensions: &Extensions, headers: &HeaderMap) -> IpAddr {
+        let peer = extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| {
+                info.0.ip().to_canonical()
+            });
+        if !is_trusted_proxy(&self.trusted_proxies, peer) {
+            return peer;
+        }
+        let forwarded: Vec<IpAddr> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .map(str::trim)
+            .map(|entry| entry.parse::<IpAddr>().map(|ip| ip.to_canonical()))
+            .collect::<Result<_, _>>()
+            .unwrap_or_default();
+        forwarded
+            .into_iter()
+            .rev()
+            .find(|ip| !is_trusted_proxy(&self.trusted_proxies, *ip))
+            .unwrap_or(peer)
+    }
+
+    /// A place for one more request from `ip`, or None when it has its share in flight.
+    pub fn admit(&self, ip: IpAddr) -> Option<AddressSlot> {
+        self.in_flight.take(ip, self.max_in_flight)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+    }
+
+    #[test]
+    fn a_spent_bucket_refuses_until_it_refills_and_others_are_untouched() {
+        let buckets = AddressBuckets::new(
+            &RateLimitConfig {
+                per_minute: 1,
+                burst: 2,
+            },
+            100,
+        );
+        assert!(buckets.take(ip(1)).is_ok());
+        assert!(buckets.check(ip(1)).is_ok());
+        assert!(buckets.take(ip(1)).is_ok());
+        let wait = buckets.check(ip(1)).unwrap_err();
+        assert!(wait > Duration::from_secs(50), "{wait:?}");
+        assert!(buckets.take(ip(1)).is_err());
+        assert!(buckets.take(ip(2)).is_ok());
+    }
+
+    #[test]
+    fn many_addresses_do_not_grow_the_map_past_its_cap() {
+        let buckets = AddressBuckets::new(
+            &RateLimitConfig {
+                per_minute: 1,
+                burst: 1,
+            },
+            50,
+        );
+        for last in 0..=255 {
+            let _ = buckets.take(ip(last));
+        }
+        assert!(buckets.len() <= 50, "{}", buckets.len());
+    }
+
+    fn extensions(peer: &str) -> Extensions {
+        let mut extensions = Extensions::new();
+        extensions.insert(ConnectInfo(peer.parse::<SocketAddr>().unwrap()));
+        extensions
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_a_trusted_proxy() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            "198.51.100.9, 192.0.2.7".parse().unwrap(),
+        );
+        let untrusted = Clients::new(&ClientLimitsConfig::default(), &[]);
+        assert_eq!(
+            untrusted.address(&extensions("127.0.0.5:4000"), &headers),
+            ip(5)
+        );
+        let proxies = [
+            "127.0.0.0/30".parse().unwrap(),
+            "127.0.0.5".parse().unwrap(),
+        ];
+        let trusted = Clients::new(&ClientLimitsConfig::default(), &proxies);
+        assert_eq!(
+            trusted.address(&extensions("127.0.0.5:4000"), &headers),
+            "192.0.2.7".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            trusted.address(&extensions("127.0.0.5:4000"), &HeaderMap::new()),
+            ip(5)
+        );
+    }
+}

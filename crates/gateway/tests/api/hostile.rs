@@ -1,0 +1,576 @@
+//! Issue 17 (hostile input, round 2), the gateway's part: slow and idle connections, login and
+//! key-guessing limits kept per client address, webhook retries, messages charged per patch,
+//! and error bodies without server paths. Other clients are other loopback addresses
+//! (127.0.0.2, ...): Linux routes all of 127/8 to `lo`, so a socket bound there before
+//! connecting is another client address to the gateway.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use hmac::{Hmac, KeyInit, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::helpers::{KEY, TestGateway, WEBHOOK_SECRET, read, spawn_router_on, write_patch};
+
+fn loopback(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+}
+
+/// A TCP connection to `to` from the loopback address `source`.
+async fn connect_from(source: IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(to).await
+}
+
+/// An HTTP client whose connections come from `source`; redirects are not followed.
+fn client_from(source: IpAddr) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(source)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+/// Reads until the server closes the connection (EOF or reset) and returns what it sent; None
+/// when the connection is still open after `limit`.
+async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<String> {
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
+            Err(_) => return None,
+            Ok(Ok(0) | Err(_)) => return Some(String::from_utf8_lossy(&received).into_owned()),
+            Ok(Ok(read)) => received.extend_from_slice(&buffer[..read]),
+        }
+    }
+}
+
+/// Headers of a dashboard login whose 100-byte body never arrives (one byte is sent).
+fn slow_login(host: SocketAddr) -> String {
+    format!(
+        "POST /ui/login HTTP/1.1\r\nHost: {host}\r\nOrigin: http://{host}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nk"
+    )
+}
+
+#[tokio::test]
+async fn a_slow_body_flood_from_one_address_leaves_other_clients_served() {
+    let gateway = TestGateway::start(|_, _| {}).await;
+    let target = gateway.gateway.http;
+    let mut flood = Vec::new();
+    for _ in 0..300 {
+        // Connections over the per-address cap may be refused or closed at once: that is the
+        // point, so errors are not failures here.
+        if let Ok(mut stream) = connect_from(loopback(1), target).await
+            && stream
+                .write_all(slow_login(target).as_bytes())
+                .await
+                .is_ok()
+        {
+            flood.push(stream);
+        }
+    }
+    // The flood is in place once the flooding address itself is refused.
+    let flooder = client_from(loopback(1));
+    let mut in_place = false;
+    for _ in 0..200 {
+        let answer = flooder
+            .get(format!("http://{target}/v1/patches"))
+            .bearer_auth(KEY)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        if !matches!(&answer, Ok(response) if response.status().is_success()) {
+            in_place = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(in_place, "the flood never took effect");
+    // Another address, with a valid key, is served throughout.
+    let other = client_from(loopback(2));
+    let mut latencies = Vec::new();
+    for _ in 0..20 {
+        let started = Instant::now();
+        let response = other
+            .get(format!("http://{target}/v1/patches"))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .expect("gateway reachable");
+        latencies.push(started.elapsed());
+        let (code, body) = read(response).await;
+        assert_eq!(code, 200, "the authenticated client was refused: {body}");
+    }
+    latencies.sort();
+    eprintln!(
+        "during a {}-connection slow-body flood: authenticated calls p50 {:?}, max {:?}",
+        flood.len(),
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1]
+    );
+}
+
+#[tokio::test]
+async fn idle_and_half_sent_connections_are_closed_by_the_server() {
+    let gateway = TestGateway::start(|config, _| {
+        config.server.header_read_timeout = Duration::from_secs(1);
+        config.body_read_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let target = gateway.gateway.http;
+    let source = loopback(4);
+    let limit = Duration::from_secs(15);
+
+    let mut idle = connect_from(source, target).await.expect("connects");
+    let mut half_headers = connect_from(source, target).await.expect("connects");
+    half_headers
+        .write_all(format!("GET /v1/patches HTTP/1.1\r\nHost: {target}\r\n").as_bytes())
+        .await
+        .expect("writes");
+    let mut half_body = connect_from(source, target).await.expect("connects");
+    half_body
+        .write_all(slow_login(target).as_bytes())
+        .await
+        .expect("writes");
+    let mut kept_alive = connect_from(source, target).await.expect("connects");
+    kept_alive
+        .write_all(format!("GET /healthz HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .await
+        .expect("writes");
+
+    assert!(
+        closed_within(&mut idle, limit).await.is_some(),
+        "an idle connection stayed open"
+    );
+    assert!(
+        closed_within(&mut half_headers, limit).await.is_some(),
+        "a connection with half-sent headers stayed open"
+    );
+    let answer = closed_within(&mut half_body, limit)
+        .await
+        .expect("a connection with a half-sent body stayed open");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let answer = closed_within(&mut kept_alive, limit)
+        .await
+        .expect("an idle keep-alive connection stayed open");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test]
+async fn connections_over_the_per_address_cap_are_closed_at_once() {
+    let gateway = TestGateway::start(|config, _| {
+        config.server.max_connections_per_address = 4;
+    })
+    .await;
+    let target = gateway.gateway.http;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(connect_from(loopback(6), target).await.expect("connects"));
+    }
+    // Accepted by the kernel, then closed by the gateway without an answer.
+    let mut extra = connect_from(loopback(6), target).await.expect("connects");
+    let _ = extra
+        .write_all(format!("GET /healthz HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .await;
+    let answer = closed_within(&mut extra, Duration::from_secs(10))
+        .await
+        .expect("the fifth connection stayed open");
+    assert!(answer.is_empty(), "{answer}");
+    // Another address is not affected, and a held connection is served.
+    let other = client_from(loopback(7));
+    let response = other
+        .get(format!("http://{target}/healthz"))
+        .send()
+        .await
+        .expect("gateway reachable");
+    assert_eq!(response.status().as_u16(), 200);
+    held[0]
+        .write_all(
+            format!("GET /healthz HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .expect("writes");
+    let answer = closed_within(&mut held[0], Duration::from_secs(10))
+        .await
+        .expect("answered and closed");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// Posts the dashboard's login form from `client`.
+async fn login(client: &reqwest::Client, target: SocketAddr, key: &str) -> u16 {
+    client
+        .post(format!("http://{target}/ui/login"))
+        .header("origin", format!("http://{target}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        // Test keys are letters, digits and dashes: nothing to encode.
+        .body(format!("key={key}&next=/ui"))
+        .send()
+        .await
+        .expect("gateway reachable")
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn bad_logins_from_one_address_do_not_lock_out_the_admin_at_another() {
+    // A slow per-caller limit: a login bucket shared by everyone would be spent at once.
+    let gateway = TestGateway::start(|config, _| {
+        config.rate_limit.per_minute = 1;
+        config.rate_limit.burst = 5;
+    })
+    .await;
+    let target = gateway.gateway.http;
+    let attacker = client_from(loopback(2));
+    let mut locked = false;
+    for attempt in 0..200 {
+        let code = login(
+            &attacker,
+            target,
+            &format!("wrong-key-{attempt:04}-padding"),
+        )
+        .await;
+        if code == 429 {
+            locked = true;
+            break;
+        }
+        assert_eq!(code, 401, "attempt {attempt}");
+    }
+    assert!(locked, "bad logins were never throttled");
+    let admin = client_from(loopback(1));
+    assert_eq!(
+        login(&admin, target, KEY).await,
+        303,
+        "the admin was locked out"
+    );
+}
+
+/// Sends `count` wrong keys from `client` claiming `forwarded_for`; the first non-401 status.
+async fn guess(
+    client: &reqwest::Client,
+    target: SocketAddr,
+    forwarded_for: &str,
+    count: usize,
+) -> Option<u16> {
+    for attempt in 0..count {
+        let code = client
+            .get(format!("http://{target}/v1/patches"))
+            .bearer_auth(format!("guessed-key-{attempt:05}-padding"))
+            .header("x-forwarded-for", forwarded_for)
+            .send()
+            .await
+            .expect("gateway reachable")
+            .status()
+            .as_u16();
+        if code != 401 {
+            return Some(code);
+        }
+    }
+    None
+}
+
+/// `GET /v1/patches` with the right key from `client` claiming `forwarded_for`.
+async fn read_as(client: &reqwest::Client, target: SocketAddr, forwarded_for: &str) -> u16 {
+    client
+        .get(format!("http://{target}/v1/patches"))
+        .bearer_auth(KEY)
+        .header("x-forwarded-for", forwarded_for)
+        .send()
+        .await
+        .expect("gateway reachable")
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn forwarded_for_names_the_client_only_behind_a_configured_proxy() {
+    // Not configured: the header is the caller's claim and changes nothing.
+    let direct = TestGateway::start(|_, _| {}).await;
+    let target = direct.gateway.http;
+    let client = client_from(loopback(8));
+    assert_eq!(guess(&client, target, "192.0.2.1", 100).await, Some(429));
+    assert_eq!(
+        read_as(&client, target, "192.0.2.2").await,
+        429,
+        "a claimed address escaped the throttle"
+    );
+    // Behind a trusted proxy, each forwarded client has its own buckets.
+    let proxied = TestGateway::start(|config, _| {
+        config.server.trusted_proxies = vec!["127.0.0.9".parse().expect("range")];
+        // A proxy carries many clients' connections: the per-address cap does not apply to it.
+        config.server.max_connections_per_address = 1;
+    })
+    .await;
+    let target = proxied.gateway.http;
+    let _held = connect_from(loopback(9), target).await.expect("connects");
+    let mut second = connect_from(loopback(9), target).await.expect("connects");
+    second
+        .write_all(
+            format!("GET /healthz HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .expect("writes");
+    let answer = closed_within(&mut second, Duration::from_secs(10))
+        .await
+        .expect("answered and closed");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let proxy = client_from(loopback(9));
+    assert_eq!(guess(&proxy, target, "192.0.2.1", 100).await, Some(429));
+    assert_eq!(
+        read_as(&proxy, target, "192.0.2.2").await,
+        200,
+        "another client behind the proxy was throttled"
+    );
+}
+
+#[tokio::test]
+async fn wrong_keys_from_one_address_are_throttled_with_retry_after() {
+    let gateway = TestGateway::start(|_, _| {}).await;
+    let target = gateway.gateway.http;
+    let guesser = client_from(loopback(3));
+    let mut throttled = None;
+    for attempt in 0..2_000 {
+        let response = guesser
+            .get(format!("http://{target}/v1/patches"))
+            .bearer_auth(format!("guessed-key-{attempt:05}-padding"))
+            .send()
+            .await
+            .expect("gateway reachable");
+        match response.status().as_u16() {
+            401 => continue,
+            429 => {
+                throttled = Some((attempt, response));
+                break;
+            }
+            other => panic!("attempt {attempt}: unexpected {other}"),
+        }
+    }
+    let (attempt, response) = throttled.expect("2,000 wrong keys were never throttled");
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!(retry_after >= 1, "{retry_after}");
+    eprintln!(
+        "wrong keys from one address: 429 after {attempt} refusals, retry after {retry_after} s"
+    );
+    // While the guesser is throttled, even a right key from its address is not checked.
+    let response = guesser
+        .get(format!("http://{target}/v1/patches"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .expect("gateway reachable");
+    assert_eq!(response.status().as_u16(), 429);
+    // Other addresses are not affected.
+    assert_eq!(gateway.get("/v1/patches", KEY).await.0, 200);
+}
+
+/// `webhook-*` headers signing `body` with the test sender's secret, as Standard Webhooks does.
+fn signature_headers(id: &str, body: &str) -> Vec<(&'static str, String)> {
+    let timestamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        .to_string();
+    let secret = STANDARD
+        .decode(WEBHOOK_SECRET.trim_start_matches("whsec_"))
+        .expect("secret");
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&secret).expect("key");
+    mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
+    let signature = STANDARD.encode(mac.finalize().into_bytes());
+    vec![
+        ("webhook-id", id.to_owned()),
+        ("webhook-timestamp", timestamp),
+        ("webhook-signature", format!("v1,{signature}")),
+    ]
+}
+
+/// Delivers `body` to `/v1/patches` as the signed webhook `id`.
+async fn deliver(http: &reqwest::Client, base: &str, id: &str, body: &Value) -> (u16, Value) {
+    let text = body.to_string();
+    let mut request = http
+        .post(format!("{base}/v1/patches"))
+        .header("content-type", "application/json");
+    for (name, value) in signature_headers(id, &text) {
+        request = request.header(name, value);
+    }
+    read(request.body(text).send().await.expect("gateway reachable")).await
+}
+
+/// Redelivers `id` until it is not refused with `refused` (bounded), as a sender retries.
+async fn redeliver(
+    http: &reqwest::Client,
+    base: &str,
+    id: &str,
+    body: &Value,
+    refused: u16,
+) -> (u16, Value) {
+    for _ in 0..100 {
+        let answer = deliver(http, base, id, body).await;
+        if answer.0 != refused {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{id} was refused with {refused} on every retry");
+}
+
+#[tokio::test]
+async fn a_webhook_refused_by_the_rate_limit_is_accepted_on_retry_and_replayed_after() {
+    let gateway = TestGateway::start(|config, _| {
+        // One token, refilled every second.
+        config.rate_limit.per_minute = 60;
+        config.rate_limit.burst = 1;
+    })
+    .await;
+    let base = gateway.url();
+    let first = deliver(&gateway.http, &base, "msg_first", &write_patch("wh-a")).await;
+    assert_eq!(first.0, 202, "{}", first.1);
+    let refused = deliver(&gateway.http, &base, "msg_limited", &write_patch("wh-b")).await;
+    assert_eq!(refused.0, 429, "{}", refused.1);
+    let accepted = redeliver(
+        &gateway.http,
+        &base,
+        "msg_limited",
+        &write_patch("wh-b"),
+        429,
+    )
+    .await;
+    assert_eq!(
+        accepted.0, 202,
+        "the retried delivery was lost: {}",
+        accepted.1
+    );
+    assert_eq!(accepted.1["id"], "wh-b");
+    // A retry of a delivery already accepted gets the same answer, and queues nothing new.
+    let replay = redeliver(
+        &gateway.http,
+        &base,
+        "msg_limited",
+        &write_patch("wh-b"),
+        429,
+    )
+    .await;
+    assert_eq!(replay, accepted);
+    let mut stored = gateway.stored_ids().await;
+    stored.sort();
+    assert_eq!(stored, ["wh-a", "wh-b"]);
+}
+
+#[tokio::test]
+async fn a_webhook_refused_while_the_router_is_down_is_accepted_on_retry() {
+    let gateway = TestGateway::start(|_, _| {}).await;
+    let TestGateway {
+        gateway: front,
+        router,
+        scratch,
+        http,
+    } = gateway;
+    let base = format!("http://{}", front.http);
+    let router_addr = router.grpc;
+    router.stop().await;
+    let refused = deliver(&http, &base, "msg_down", &write_patch("wh-down")).await;
+    assert_eq!(refused.0, 503, "{}", refused.1);
+    let router = spawn_router_on(&scratch.path().join("router"), router_addr).await;
+    let gateway = TestGateway {
+        gateway: front,
+        router,
+        scratch,
+        http,
+    };
+    let accepted = redeliver(
+        &gateway.http,
+        &base,
+        "msg_down",
+        &write_patch("wh-down"),
+        503,
+    )
+    .await;
+    assert_eq!(
+        accepted.0, 202,
+        "the retried delivery was lost: {}",
+        accepted.1
+    );
+    let replay = deliver(&gateway.http, &base, "msg_down", &write_patch("wh-down")).await;
+    assert_eq!(replay, accepted);
+    assert_eq!(gateway.stored_ids().await, ["wh-down"]);
+}
+
+/// Chat text with `count` fenced JSON patches for MAIN, ids `<prefix>-<n>`.
+fn message(prefix: &str, count: usize) -> Value {
+    let mut text = String::from("Here are the patches:\n\n");
+    for index in 0..count {
+        text.push_str("```json\n");
+        text.push_str(&write_patch(&format!("{prefix}-{index}")).to_string());
+        text.push_str("\n```\n\n");
+    }
+    json!({ "text": text })
+}
+
+#[tokio::test]
+async fn a_message_with_800_patches_is_refused_naming_the_cap_and_queues_nothing() {
+    let gateway = TestGateway::start(|_, _| {}).await;
+    let (code, problem) = gateway
+        .post("/v1/messages", KEY, &message("many", 800))
+        .await;
+    assert_eq!(code, 413, "{}", problem["detail"]);
+    assert!(
+        problem["detail"].as_str().unwrap_or("").contains("20"),
+        "the cap is not named: {problem}"
+    );
+    assert!(gateway.stored_ids().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_message_with_more_patches_than_the_remaining_burst_is_429_and_queues_nothing() {
+    let gateway = TestGateway::start(|config, _| {
+        config.rate_limit.per_minute = 1;
+        config.rate_limit.burst = 10;
+    })
+    .await;
+    for index in 0..5 {
+        let (code, body) = gateway
+            .post("/v1/patches", KEY, &write_patch(&format!("single-{index}")))
+            .await;
+        assert_eq!(code, 202, "{body}");
+    }
+    // About five tokens are left; eight patches do not fit.
+    let response = gateway
+        .http
+        .post(format!("{}/v1/messages", gateway.url()))
+        .bearer_auth(KEY)
+        .json(&message("burst", 8))
+        .send()
+        .await
+        .expect("gateway reachable");
+    assert_eq!(response.status().as_u16(), 429);
+    assert!(response.headers().contains_key("retry-after"));
+    let stored = gateway.stored_ids().await;
+    assert_eq!(stored.len(), 5, "{stored:?}");
+}
+
+#[tokio::test]
+async fn refusals_do_not_show_configured_server_paths() {
+    let gateway = TestGateway::start(|_, _| {}).await;
+    let legacy = json!({
+        "id": "legacy-outside",
+        "description": "an absolute path outside every legacy root",
+        "mutations": [{"path": "/etc/ghost/elsewhere.txt", "contents": "x"}],
+    });
+    let (code, problem) = gateway.post("/v1/patches", KEY, &legacy).await;
+    assert_eq!(code, 422, "{problem}");
+    let detail = problem["detail"].as_str().unwrap_or("");
+    assert!(!detail.contains("/Users/sawyer"), "{detail}");
+    assert!(detail.contains("legacy root"), "{detail}");
+}
