@@ -404,22 +404,22 @@ impl Patches {
                 blocks.push(skipped("not a JSON or YAML block"));
                 continue;
             };
-            let value =
-                match ghost_core::parse_document(block.body.as_bytes(), format, &self.budget) {
-                    Ok(value) => value,
-                    Err(_) if !block.closed => {
-                        blocks.push(skipped("unterminated block"));
-                        continue;
-                    }
-                    Err(err) => {
-                        blocks.push(BlockOutcome {
-                            outcome: "refused".to_owned(),
-                            reason: Some(err.to_string()),
-                            ..skipped("")
-                        });
-                        continue;
-                    }
-                };
+            let parsed = ghost_core::parse_document(block.body.as_bytes(), format, &self.budget);
+            let value = match parsed {
+                Ok(value) => value,
+                Err(_) if !block.closed => {
+                    blocks.push(skipped("unterminated block"));
+                    continue;
+                }
+                Err(err) => {
+                    blocks.push(BlockOutcome {
+                        outcome: "refused".to_owned(),
+                        reason: Some(err.to_string()),
+                        ..skipped("")
+                    });
+                    continue;
+                }
+            };
             if ghost_core::detect_shape(&value).is_none() {
                 blocks.push(skipped("not a patch"));
                 continue;
