@@ -71,6 +71,11 @@ pub const CATALOGUE: &[(&str, Kind, &str)] = &[
         "1 while a target refuses patches because the journal of an earlier patch cannot be cleared.",
     ),
     (
+        "ghost_command_sweep_leftovers_total",
+        Kind::Counter,
+        "Processes of a patch's command still alive after the kill sweep's budget (retried by later sweeps).",
+    ),
+    (
         "ghost_summaries_recorded_total",
         Kind::Counter,
         "Record calls the summarizer answered, by whether the attempt was new (created) or a replay.",
