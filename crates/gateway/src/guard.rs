@@ -209,9 +209,16 @@ pub async fn shed_and_time(
     request: Request,
     next: Next,
 ) -> Response {
-    let client = guard
+    let Ok(client) = guard
         .clients
-        .address(request.extensions(), request.headers());
+        .address(request.extensions(), request.headers())
+    else {
+        return GatewayError::BadRequest(
+            "X-Forwarded-For does not name the client: its entry for the client is not an IP address"
+                .to_owned(),
+        )
+        .into_response();
+    };
     let Some(_client_slot) = guard.clients.admit(client) else {
         tracing::warn!(%client, "requests in flight from one address at its cap; refused");
         return GatewayError::TooManyRequests { retry_after_s: 1 }.into_response();

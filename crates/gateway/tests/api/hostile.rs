@@ -122,6 +122,7 @@ async fn a_slow_body_flood_from_one_address_leaves_other_clients_served() {
 async fn idle_and_half_sent_connections_are_closed_by_the_server() {
     let gateway = TestGateway::start(|config, _| {
         config.server.header_read_timeout = Duration::from_secs(1);
+        config.server.keep_alive_timeout = Duration::from_secs(2);
         config.body_read_timeout = Duration::from_secs(1);
     })
     .await;
@@ -203,6 +204,212 @@ async fn connections_over_the_per_address_cap_are_closed_at_once() {
         .await
         .expect("answered and closed");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_kept_alive_connection_may_idle_longer_than_a_header_may_take() {
+    let gateway = TestGateway::start(|config, _| {
+        config.server.header_read_timeout = Duration::from_secs(1);
+        config.server.keep_alive_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let target = gateway.gateway.http;
+    let mut stream = connect_from(loopback(10), target).await.expect("connects");
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: {target}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("writes");
+    let mut buffer = [0u8; 4096];
+    let read = stream.read(&mut buffer).await.expect("answered");
+    assert!(buffer[..read].starts_with(b"HTTP/1.1 200"));
+    // Three header timeouts of idling between requests: a proxy's pooled connection survives.
+    assert!(
+        closed_within(&mut stream, Duration::from_secs(3))
+            .await
+            .is_none(),
+        "an idle keep-alive connection was closed by the header timeout"
+    );
+    stream
+        .write_all(
+            format!("GET /healthz HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .expect("writes");
+    let answer = closed_within(&mut stream, Duration::from_secs(10))
+        .await
+        .expect("answered and closed");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // A later request's head still has only the header timeout once it starts.
+    let mut slow = connect_from(loopback(10), target).await.expect("connects");
+    slow.write_all(request.as_bytes()).await.expect("writes");
+    let read = slow.read(&mut buffer).await.expect("answered");
+    assert!(buffer[..read].starts_with(b"HTTP/1.1 200"));
+    slow.write_all(b"GET /healthz HTTP/1.1\r\n")
+        .await
+        .expect("writes");
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(15))
+            .await
+            .is_some(),
+        "a half-sent second head was waited on like an idle connection"
+    );
+}
+
+#[tokio::test]
+async fn connections_over_the_global_cap_are_closed_at_once() {
+    let gateway = TestGateway::start(|config, _| {
+        config.server.max_connections = 3;
+    })
+    .await;
+    let target = gateway.gateway.http;
+    let mut held = Vec::new();
+    for last in 11..14 {
+        held.push(
+            connect_from(loopback(last), target)
+                .await
+                .expect("connects"),
+        );
+    }
+    let mut extra = connect_from(loopback(14), target).await.expect("connects");
+    let _ = extra
+        .write_all(format!("GET /healthz HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .await;
+    let answer = closed_within(&mut extra, Duration::from_secs(10))
+        .await
+        .expect("a connection over the global cap stayed open");
+    assert!(answer.is_empty(), "{answer}");
+    // A held one closed gives its place back.
+    drop(held.pop());
+    let client = client_from(loopback(15));
+    let mut served = false;
+    for _ in 0..100 {
+        if let Ok(response) = client
+            .get(format!("http://{target}/healthz"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+        {
+            served = response.status().as_u16() == 200;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served, "a freed place was never given back");
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_its_answers_is_closed() {
+    let gateway = TestGateway::start(|config, _| {
+        config.server.idle_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let target = gateway.gateway.http;
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("buffer size");
+    socket
+        .bind(SocketAddr::new(loopback(16), 0))
+        .expect("binds");
+    let mut stream = socket.connect(target).await.expect("connects");
+    // Far more answer than the socket buffers hold, never read.
+    let request = format!("GET /openapi.json HTTP/1.1\r\nHost: {target}\r\n\r\n");
+    stream
+        .write_all(request.repeat(400).as_bytes())
+        .await
+        .expect("writes");
+    // Junk queued behind the requests: the server never reads it, so closing the connection
+    // resets it, and the next write here fails.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut closed = false;
+    while Instant::now() < deadline {
+        if stream.write_all(&[b'x'; 512]).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        closed,
+        "a connection whose answers are never read stayed open"
+    );
+}
+
+#[tokio::test]
+async fn an_oversized_request_head_is_refused() {
+    let gateway = TestGateway::start(|_, _| {}).await;
+    let target = gateway.gateway.http;
+    let mut stream = connect_from(loopback(17), target).await.expect("connects");
+    let padding = "a".repeat(100 * 1024);
+    let request = format!(
+        "GET /healthz HTTP/1.1\r\nHost: {target}\r\nX-Padding: {padding}\r\nConnection: close\r\n\r\n"
+    );
+    let _ = stream.write_all(request.as_bytes()).await;
+    let answer = closed_within(&mut stream, Duration::from_secs(10))
+        .await
+        .expect("answered and closed");
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+}
+
+#[tokio::test]
+async fn bodies_over_the_global_budget_are_shed_with_retry_after() {
+    let gateway = TestGateway::start(|config, _| {
+        config.max_body_bytes = 100_000;
+        config.max_buffered_body_bytes = Some(200_000);
+        config.body_read_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let target = gateway.gateway.http;
+    // Two bodies, each from its own address, announced whole and never sent: they hold the
+    // whole budget.
+    let mut held = Vec::new();
+    for last in 18..20 {
+        let mut stream = connect_from(loopback(last), target)
+            .await
+            .expect("connects");
+        stream
+            .write_all(
+                format!(
+                    "POST /v1/patches HTTP/1.1\r\nHost: {target}\r\nAuthorization: Bearer {KEY}\r\n\
+                     Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{"
+                )
+                .as_bytes(),
+            )
+            .await
+            .expect("writes");
+        held.push(stream);
+    }
+    let client = client_from(loopback(20));
+    let body = "x".repeat(50_000);
+    let mut shed = None;
+    for _ in 0..200 {
+        let response = client
+            .post(format!("http://{target}/v1/patches"))
+            .bearer_auth(KEY)
+            .body(body.clone())
+            .send()
+            .await
+            .expect("gateway reachable");
+        if response.status().as_u16() == 503 {
+            shed = Some(response);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let shed = shed.expect("a body over the global budget was read");
+    assert!(shed.headers().contains_key("retry-after"));
+    // Requests without a body need no room and are served.
+    assert_eq!(
+        read(
+            client
+                .get(format!("http://{target}/v1/patches"))
+                .bearer_auth(KEY)
+                .send()
+                .await
+                .expect("gateway reachable")
+        )
+        .await
+        .0,
+        200
+    );
+    drop(held);
 }
 
 /// Posts the dashboard's login form from `client`.
@@ -340,6 +547,34 @@ async fn forwarded_for_names_the_client_only_behind_a_configured_proxy() {
         read_as(&proxy, target, "192.0.2.2").await,
         200,
         "another client behind the proxy was throttled"
+    );
+}
+
+#[tokio::test]
+async fn the_rightmost_untrusted_forwarded_entry_is_the_client_and_garbage_there_is_400() {
+    let gateway = TestGateway::start(|config, _| {
+        config.server.trusted_proxies = vec!["127.0.0.9".parse().expect("range")];
+    })
+    .await;
+    let target = gateway.gateway.http;
+    let proxy = client_from(loopback(9));
+    // The client's own claims on the left, then the client, then a trusted hop.
+    let chain = "unknown, 203.0.113.1, 192.0.2.50:41000, 127.0.0.9";
+    assert_eq!(guess(&proxy, target, chain, 100).await, Some(429));
+    assert_eq!(
+        guess(&proxy, target, "192.0.2.50", 1).await,
+        Some(429),
+        "the same client, named without its port, was not recognised"
+    );
+    assert_eq!(
+        guess(&proxy, target, "192.0.2.50, 192.0.2.51", 1).await,
+        None,
+        "another client behind the proxy was throttled"
+    );
+    assert_eq!(
+        guess(&proxy, target, "192.0.2.50, unknown", 1).await,
+        Some(400),
+        "an unreadable client entry was not refused"
     );
 }
 
