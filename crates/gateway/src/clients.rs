@@ -122,22 +122,27 @@ impl AddressBuckets {
         Ok(())
     }
 
-    /// Keeps the map under its cap: full buckets carry nothing worth remembering; if every
-    /// bucket is in use, the one unused the longest goes.
+    /// Keeps the map under its cap: full buckets carry nothing worth remembering; if too few
+    /// are full, the longest unused go, down to nine tenths of the cap. Room is made in a batch
+    /// so that a flood of new addresses costs one scan per tenth of the cap, not one per
+    /// address, under the lock every request takes.
     fn make_room(&self, buckets: &mut HashMap<IpAddr, Bucket>, now: Instant) {
         if buckets.len() < self.cap {
             return;
         }
         buckets.retain(|_, bucket| self.refilled(*bucket, now).tokens < self.burst);
-        if buckets.len() < self.cap {
+        let target = self.cap - self.cap.div_ceil(10);
+        if buckets.len() <= target {
             return;
         }
-        let oldest = buckets
+        let excess = buckets.len() - target;
+        let mut by_age: Vec<(Instant, IpAddr)> = buckets
             .iter()
-            .min_by_key(|(_, bucket)| bucket.at)
-            .map(|(key, _)| *key);
-        if let Some(oldest) = oldest {
-            buckets.remove(&oldest);
+            .map(|(key, bucket)| (bucket.at, *key))
+            .collect();
+        by_age.select_nth_unstable_by_key(excess - 1, |(at, _)| *at);
+        for (_, key) in by_age.into_iter().take(excess) {
+            buckets.remove(&key);
         }
     }
 

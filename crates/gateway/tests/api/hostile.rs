@@ -15,6 +15,10 @@ use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
+use gateway::auth::Scope;
+use gateway::config::WebhookConfig;
+use ghost_runtime::config::Secret;
+
 use crate::helpers::{KEY, TestGateway, WEBHOOK_SECRET, read, spawn_router_on, write_patch};
 
 fn loopback(last: u8) -> IpAddr {
@@ -635,15 +639,15 @@ async fn wrong_keys_from_one_address_are_throttled_but_valid_keys_from_it_are_se
     assert_eq!(gateway.get("/v1/patches", KEY).await.0, 200);
 }
 
-/// `webhook-*` headers signing `body` with the test sender's secret, as Standard Webhooks does.
-fn signature_headers(id: &str, body: &str) -> Vec<(&'static str, String)> {
+/// `webhook-*` headers signing `body` with `whsec`, as Standard Webhooks does.
+fn signed_by(whsec: &str, id: &str, body: &str) -> Vec<(&'static str, String)> {
     let timestamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs()
         .to_string();
     let secret = STANDARD
-        .decode(WEBHOOK_SECRET.trim_start_matches("whsec_"))
+        .decode(whsec.trim_start_matches("whsec_"))
         .expect("secret");
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&secret).expect("key");
     mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
@@ -657,11 +661,22 @@ fn signature_headers(id: &str, body: &str) -> Vec<(&'static str, String)> {
 
 /// Delivers `body` to `/v1/patches` as the signed webhook `id`.
 async fn deliver(http: &reqwest::Client, base: &str, id: &str, body: &Value) -> (u16, Value) {
+    deliver_as(WEBHOOK_SECRET, http, base, id, body).await
+}
+
+/// Delivers `body` to `/v1/patches` as the webhook `id` signed with `whsec`.
+async fn deliver_as(
+    whsec: &str,
+    http: &reqwest::Client,
+    base: &str,
+    id: &str,
+    body: &Value,
+) -> (u16, Value) {
     let text = body.to_string();
     let mut request = http
         .post(format!("{base}/v1/patches"))
         .header("content-type", "application/json");
-    for (name, value) in signature_headers(id, &text) {
+    for (name, value) in signed_by(whsec, id, &text) {
         request = request.header(name, value);
     }
     read(request.body(text).send().await.expect("gateway reachable")).await
@@ -683,6 +698,55 @@ async fn redeliver(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("{id} was refused with {refused} on every retry");
+}
+
+/// The second sender's secret.
+const OTHER_SECRET: &str = "whsec_b3RoZXItc2VuZGVyLXNlY3JldC0wMTIzNDU2Nzg5";
+
+#[tokio::test]
+async fn webhook_ids_belong_to_their_sender_and_a_reused_id_with_another_body_is_409() {
+    let gateway = TestGateway::start(|config, _| {
+        config.webhooks.push(WebhookConfig {
+            name: "other".to_owned(),
+            secrets: vec![Secret::new(OTHER_SECRET)],
+            scopes: vec![Scope::Submit],
+            targets: Vec::new(),
+        });
+    })
+    .await;
+    let base = gateway.url();
+    let first = deliver(&gateway.http, &base, "msg_shared", &write_patch("wh-ci")).await;
+    assert_eq!(first.0, 202, "{}", first.1);
+    // Another sender using the same id neither reads ci's answer nor is refused: its
+    // delivery is its own.
+    let other = deliver_as(
+        OTHER_SECRET,
+        &gateway.http,
+        &base,
+        "msg_shared",
+        &write_patch("wh-other"),
+    )
+    .await;
+    assert_eq!(other.0, 202, "{}", other.1);
+    assert_eq!(
+        other.1["id"], "wh-other",
+        "another sender's answer was replayed"
+    );
+    // The same sender reusing the id for another body is told so, and nothing is queued.
+    let reused = deliver(&gateway.http, &base, "msg_shared", &write_patch("wh-ci-2")).await;
+    assert_eq!(reused.0, 409, "{}", reused.1);
+    assert!(
+        reused.1["detail"]
+            .as_str()
+            .is_some_and(|detail| detail.contains("different body")),
+        "{}",
+        reused.1
+    );
+    let replay = deliver(&gateway.http, &base, "msg_shared", &write_patch("wh-ci")).await;
+    assert_eq!(replay, first);
+    let mut stored = gateway.stored_ids().await;
+    stored.sort();
+    assert_eq!(stored, ["wh-ci", "wh-other"]);
 }
 
 #[tokio::test]
