@@ -3,7 +3,7 @@
 //! or credential check, so one address cannot exhaust what every caller needs.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,26 @@ use crate::config::{ClientLimitsConfig, RateLimitConfig};
 /// The client address of a request, as resolved by [`Clients::address`].
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddress(pub IpAddr);
+
+/// An `X-Forwarded-For` header from a trusted proxy whose client entry cannot be read.
+#[derive(Debug, Clone, Copy)]
+pub struct UnreadableForwardedFor;
+
+/// One `X-Forwarded-For` entry: an address, optionally with a port (`[...]` around IPv6).
+fn forwarded_address(entry: &str) -> Option<IpAddr> {
+    let ip = entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<SocketAddr>().ok().map(|socket| socket.ip()))
+        .or_else(|| {
+            entry
+                .strip_prefix('[')
+                .and_then(|rest| rest.strip_suffix(']'))
+                .and_then(|inner| inner.parse::<Ipv6Addr>().ok())
+                .map(IpAddr::V6)
+        })?;
+    Some(ip.to_canonical())
+}
 
 /// Token buckets per client address, at most `cap` addresses remembered.
 pub struct AddressBuckets {
@@ -102,22 +122,27 @@ impl AddressBuckets {
         Ok(())
     }
 
-    /// Keeps the map under its cap: full buckets carry nothing worth remembering; if every
-    /// bucket is in use, the one unused the longest goes.
+    /// Keeps the map under its cap: full buckets carry nothing worth remembering; if too few
+    /// are full, the longest unused go, down to nine tenths of the cap. Room is made in a batch
+    /// so that a flood of new addresses costs one scan per tenth of the cap, not one per
+    /// address, under the lock every request takes.
     fn make_room(&self, buckets: &mut HashMap<IpAddr, Bucket>, now: Instant) {
         if buckets.len() < self.cap {
             return;
         }
         buckets.retain(|_, bucket| self.refilled(*bucket, now).tokens < self.burst);
-        if buckets.len() < self.cap {
+        let target = self.cap - self.cap.div_ceil(10);
+        if buckets.len() <= target {
             return;
         }
-        let oldest = buckets
+        let excess = buckets.len() - target;
+        let mut by_age: Vec<(Instant, IpAddr)> = buckets
             .iter()
-            .min_by_key(|(_, bucket)| bucket.at)
-            .map(|(key, _)| *key);
-        if let Some(oldest) = oldest {
-            buckets.remove(&oldest);
+            .map(|(key, bucket)| (bucket.at, *key))
+            .collect();
+        by_age.select_nth_unstable_by_key(excess - 1, |(at, _)| *at);
+        for (_, key) in by_age.into_iter().take(excess) {
+            buckets.remove(&key);
         }
     }
 
@@ -154,32 +179,44 @@ impl Clients {
         }
     }
 
-    /// The client's address: the TCP peer, unless the peer is a trusted proxy; then the last
-    /// `X-Forwarded-For` entry that is not itself a trusted proxy (earlier entries are whatever
-    /// the client claimed and cannot be believed).
-    pub fn address(&self, extensions: &Extensions, headers: &HeaderMap) -> IpAddr {
+    /// The client's address: the TCP peer, unless the peer is a trusted proxy; then the
+    /// rightmost `X-Forwarded-For` entry that is not itself a trusted proxy (entries left of it
+    /// are whatever the client claimed and cannot be believed). Entries may carry a port
+    /// (`192.0.2.7:5678`, `[2001:db8::1]:443`). Err when the entry that names the client cannot
+    /// be read (`unknown`, empty, garbage): the request is refused rather than charged to the
+    /// proxy, whose address every client behind it shares.
+    pub fn address(
+        &self,
+        extensions: &Extensions,
+        headers: &HeaderMap,
+    ) -> Result<IpAddr, UnreadableForwardedFor> {
         let peer = extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| {
                 info.0.ip().to_canonical()
             });
         if !is_trusted_proxy(&self.trusted_proxies, peer) {
-            return peer;
+            return Ok(peer);
         }
-        let forwarded: Vec<IpAddr> = headers
+        let values: Vec<&str> = headers
             .get_all("x-forwarded-for")
             .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .map(str::trim)
-            .map(|entry| entry.parse::<IpAddr>().map(|ip| ip.to_canonical()))
-            .collect::<Result<_, _>>()
-            .unwrap_or_default();
-        forwarded
-            .into_iter()
-            .rev()
-            .find(|ip| !is_trusted_proxy(&self.trusted_proxies, *ip))
-            .unwrap_or(peer)
+            .map(|value| value.to_str().map_err(|_| UnreadableForwardedFor))
+            .collect::<Result<_, _>>()?;
+        if values.is_empty() {
+            // The proxy's own request (a health check), not one it forwards.
+            return Ok(peer);
+        }
+        let mut leftmost = None;
+        for entry in values.iter().rev().flat_map(|value| value.rsplit(',')) {
+            let ip = forwarded_address(entry.trim()).ok_or(UnreadableForwardedFor)?;
+            if !is_trusted_proxy(&self.trusted_proxies, ip) {
+                return Ok(ip);
+            }
+            leftmost = Some(ip);
+        }
+        // Every hop is a trusted proxy: the first of them sent the request itself.
+        Ok(leftmost.unwrap_or(peer))
     }
 
     /// A place for one more request from `ip`, or None when it has its share in flight.
@@ -244,7 +281,9 @@ mod tests {
         );
         let untrusted = Clients::new(&ClientLimitsConfig::default(), &[]);
         assert_eq!(
-            untrusted.address(&extensions("127.0.0.5:4000"), &headers),
+            untrusted
+                .address(&extensions("127.0.0.5:4000"), &headers)
+                .unwrap(),
             ip(5)
         );
         let proxies = [
@@ -253,12 +292,43 @@ mod tests {
         ];
         let trusted = Clients::new(&ClientLimitsConfig::default(), &proxies);
         assert_eq!(
-            trusted.address(&extensions("127.0.0.5:4000"), &headers),
+            trusted
+                .address(&extensions("127.0.0.5:4000"), &headers)
+                .unwrap(),
             "192.0.2.7".parse::<IpAddr>().unwrap()
         );
         assert_eq!(
-            trusted.address(&extensions("127.0.0.5:4000"), &HeaderMap::new()),
+            trusted
+                .address(&extensions("127.0.0.5:4000"), &HeaderMap::new())
+                .unwrap(),
             ip(5)
         );
+    }
+
+    fn forwarded(value: &str) -> Result<IpAddr, UnreadableForwardedFor> {
+        let proxies = ["10.0.0.0/8".parse().unwrap()];
+        let clients = Clients::new(&ClientLimitsConfig::default(), &proxies);
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", value.parse().unwrap());
+        clients.address(&extensions("10.0.0.1:4000"), &headers)
+    }
+
+    #[test]
+    fn forwarded_for_is_read_from_the_right_with_ports_and_trusted_hops_skipped() {
+        let addr = |text: &str| text.parse::<IpAddr>().unwrap();
+        assert_eq!(forwarded("192.0.2.7").unwrap(), addr("192.0.2.7"));
+        assert_eq!(forwarded("192.0.2.7:5678").unwrap(), addr("192.0.2.7"));
+        assert_eq!(forwarded("[2001:db8::1]:443").unwrap(), addr("2001:db8::1"));
+        assert_eq!(forwarded("[2001:db8::1]").unwrap(), addr("2001:db8::1"));
+        assert_eq!(
+            forwarded("unknown, , 198.51.100.1, 192.0.2.7, 10.1.1.1").unwrap(),
+            addr("192.0.2.7")
+        );
+        assert_eq!(forwarded("10.2.2.2, 10.1.1.1").unwrap(), addr("10.2.2.2"));
+        // Garbage where the client should be: refused, never charged to the proxy.
+        assert!(forwarded("192.0.2.7, unknown").is_err());
+        assert!(forwarded("192.0.2.7, ").is_err());
+        assert!(forwarded("192.0.2.7, 10.1.1.1, not-an-ip").is_err());
+        assert!(forwarded("192.0.2.7:99999").is_err());
     }
 }

@@ -52,6 +52,11 @@ pub struct GatewayConfig {
     /// answered 408. Bodies are read before a place among `max_in_flight` is taken.
     #[serde(with = "humantime_serde")]
     pub body_read_timeout: Duration,
+    /// Bytes of request bodies being read or held at once, over every client: each request
+    /// reserves its declared length (or `max_body_bytes` when it declares none) before its
+    /// body is read, and one that does not fit is answered 503 with Retry-After. Unset (the
+    /// default): twice `max_in_flight` × `max_body_bytes`.
+    pub max_buffered_body_bytes: Option<usize>,
     /// Per-caller rate limit (per credential); `/v1/messages` is charged one per patch.
     pub rate_limit: RateLimitConfig,
     /// Limits kept per client address, taken before any shared place or credential check.
@@ -91,6 +96,7 @@ impl Default for GatewayConfig {
             request_timeout: Duration::from_secs(30),
             max_in_flight: 256,
             body_read_timeout: Duration::from_secs(10),
+            max_buffered_body_bytes: None,
             rate_limit: RateLimitConfig::default(),
             client_limits: ClientLimitsConfig::default(),
             max_patches_per_message: 20,
@@ -194,11 +200,11 @@ impl Default for RateLimitConfig {
 pub struct ClientLimitsConfig {
     /// Requests from one address being read or served at once; more are refused with 429.
     pub max_in_flight: usize,
-    /// Dashboard login attempts per address.
+    /// Failed dashboard logins per address (correct logins are not counted).
     pub login: RateLimitConfig,
     /// Failed credential checks per address (a wrong API key, a bad webhook signature, a failed
-    /// login). Once spent, every credential from that address is refused with 429, unchecked,
-    /// until the bucket refills.
+    /// login). Once spent, further failures from that address are answered 429 (with
+    /// Retry-After) until the bucket refills; valid credentials from it are still served.
     pub auth_failures: RateLimitConfig,
     /// Addresses remembered per kind of bucket; beyond, refilled buckets and then the longest
     /// unused are forgotten, so many addresses cannot grow memory without bound.

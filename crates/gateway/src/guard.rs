@@ -1,22 +1,24 @@
 //! What stands in front of every route, in order: a share of requests at once per client
-//! address (429), the body read under its own deadline (408) before any shared place is taken,
-//! a concurrency cap that sheds load (503), a request deadline; then, on API routes,
-//! authentication (API key or signed webhook, 401) behind a per-address bucket of failed checks
-//! (429), replays of committed webhook deliveries, and a per-caller rate limit (429).
+//! address (429), room in a global budget of body bytes (503), the body read under its own
+//! deadline (408) before any shared place is taken, a concurrency cap that sheds load (503), a
+//! request deadline; then, on API routes, authentication (API key or signed webhook, 401; once
+//! an address has spent its bucket of failed checks its further failures are 429, while valid
+//! credentials are still served), replays of committed webhook deliveries (kept per sender),
+//! and a per-caller rate limit (429).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::body::{Body, Bytes};
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::Credentials;
 use crate::clients::{ClientAddress, Clients};
@@ -34,6 +36,8 @@ pub struct Guard {
     limiter: DefaultKeyedRateLimiter<String>,
     burst: u32,
     in_flight: Arc<Semaphore>,
+    /// Bytes of bodies being read or held, one permit a byte.
+    bodies: Arc<Semaphore>,
     request_timeout: Duration,
     body_read_timeout: Duration,
     max_body_bytes: usize,
@@ -59,6 +63,18 @@ impl Guard {
             limiter: RateLimiter::keyed(Quota::per_minute(per_minute).allow_burst(burst)),
             burst: burst.get(),
             in_flight: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
+            bodies: Arc::new(Semaphore::new(
+                config
+                    .max_buffered_body_bytes
+                    .unwrap_or_else(|| {
+                        config
+                            .max_in_flight
+                            .max(1)
+                            .saturating_mul(2)
+                            .saturating_mul(config.max_body_bytes)
+                    })
+                    .clamp(1, Semaphore::MAX_PERMITS),
+            )),
             request_timeout: config.request_timeout,
             body_read_timeout: config.body_read_timeout,
             max_body_bytes: config.max_body_bytes,
@@ -100,27 +116,58 @@ impl Guard {
         usize::try_from(self.burst).unwrap_or(usize::MAX)
     }
 
-    /// 429 while `client` has spent its bucket of failed credential checks.
-    fn check_failures(&self, client: IpAddr) -> Result<(), GatewayError> {
-        self.clients.failures.check(client).map_err(|wait| {
-            tracing::warn!(%client, "credential refused unchecked: too many failures from this address");
-            too_many(wait)
-        })
+    /// Counts a failed credential check against `client` and says what to answer: `refusal`
+    /// while the address has failures left, 429 with the wait once they are spent. Only
+    /// failures are throttled: a valid credential is always served, so a stranger's wrong
+    /// guesses cannot lock out everyone behind a shared address (a NAT, an ingress), and
+    /// keys are long enough that serving a right guess made while throttled reveals nothing
+    /// guessing could find.
+    pub fn refuse(&self, client: IpAddr, refusal: GatewayError) -> GatewayError {
+        match self.clients.failures.take(client) {
+            Ok(()) => refusal,
+            Err(wait) => {
+                tracing::warn!(%client, "credential refused: too many failures from this address");
+                too_many(wait)
+            }
+        }
     }
 
-    /// Counts a failed credential check against `client`.
-    pub fn record_failure(&self, client: IpAddr) {
-        // A spent bucket already refuses the next attempt; nothing more to do here.
-        let _ = self.clients.failures.take(client);
+    /// Counts a failed dashboard login from `client` (against both its login and its failure
+    /// buckets) and says what to answer: `refusal`, or 429 once either bucket is spent. A
+    /// correct login is never throttled.
+    pub fn refuse_login(&self, client: IpAddr, refusal: GatewayError) -> GatewayError {
+        let refusal = self.refuse(client, refusal);
+        if matches!(refusal, GatewayError::TooManyRequests { .. }) {
+            return refusal;
+        }
+        match self.clients.logins.take(client) {
+            Ok(()) => refusal,
+            Err(wait) => {
+                tracing::warn!(%client, "failed logins from this address at their limit");
+                too_many(wait)
+            }
+        }
     }
 
-    /// Admits one dashboard login attempt from `client`, or 429.
-    pub fn login_attempt(&self, client: IpAddr) -> Result<(), GatewayError> {
-        self.check_failures(client)?;
-        self.clients.logins.take(client).map_err(|wait| {
-            tracing::warn!(%client, "login attempts from this address at their limit");
-            too_many(wait)
-        })
+    /// Reserves room for `body` in the global body budget: its exact length when known, else
+    /// the most it may be. None when the budget cannot hold it now.
+    fn reserve_body(&self, body: &Body) -> Option<Option<OwnedSemaphorePermit>> {
+        let hint = body.size_hint();
+        let most = hint
+            .exact()
+            .or(hint.upper())
+            .map_or(self.max_body_bytes, |bytes| {
+                usize::try_from(bytes).unwrap_or(usize::MAX)
+            })
+            .min(self.max_body_bytes);
+        if most == 0 {
+            return Some(None);
+        }
+        let permits = u32::try_from(most).unwrap_or(u32::MAX);
+        Arc::clone(&self.bodies)
+            .try_acquire_many_owned(permits)
+            .ok()
+            .map(Some)
     }
 
     /// The whole body, within the body deadline and the size limit.
@@ -162,14 +209,26 @@ pub async fn shed_and_time(
     request: Request,
     next: Next,
 ) -> Response {
-    let client = guard
+    let Ok(client) = guard
         .clients
-        .address(request.extensions(), request.headers());
+        .address(request.extensions(), request.headers())
+    else {
+        return GatewayError::BadRequest(
+            "X-Forwarded-For does not name the client: its entry for the client is not an IP address"
+                .to_owned(),
+        )
+        .into_response();
+    };
     let Some(_client_slot) = guard.clients.admit(client) else {
         tracing::warn!(%client, "requests in flight from one address at its cap; refused");
         return GatewayError::TooManyRequests { retry_after_s: 1 }.into_response();
     };
     let (mut parts, body) = request.into_parts();
+    // Held until the answer: the bytes stay in memory as long as the request runs.
+    let Some(_body_budget) = guard.reserve_body(&body) else {
+        tracing::warn!(%client, "bodies being read at their global budget; request shed");
+        return GatewayError::Overloaded("too many request bodies being read").into_response();
+    };
     // Read before a shared place is taken: a slow sender then holds only its own address's.
     let body = match guard.read_body(&parts.headers, body).await {
         Ok(body) => body,
@@ -196,21 +255,15 @@ pub async fn authenticate(
     next: Next,
 ) -> Response {
     let client = client_of(request.extensions());
-    // Refused before the credential is even checked: guessing stays slow, and a right guess
-    // made while throttled is not revealed.
-    if let Err(err) = guard.check_failures(client) {
-        return err.into_response();
-    }
     let (mut parts, body) = request.into_parts();
     if !Credentials::is_webhook(&parts.headers) {
         let principal = match guard.credentials.api_key(&parts.headers) {
             Ok(principal) => principal,
-            Err(err) => {
-                if Credentials::presents_key(&parts.headers) {
-                    guard.record_failure(client);
-                }
-                return err.into_response();
+            Err(err) if Credentials::presents_key(&parts.headers) => {
+                return guard.refuse(client, err).into_response();
             }
+            // No credential at all is not a guess.
+            Err(err) => return err.into_response(),
         };
         if let Err(err) = guard.charge(&principal.name) {
             return err.into_response();
@@ -227,16 +280,19 @@ pub async fn authenticate(
         .webhook(&parts.headers, &bytes, now_unix())
     {
         Ok(verified) => verified,
-        Err(err) => {
-            guard.record_failure(client);
-            return err.into_response();
-        }
+        Err(err) => return guard.refuse(client, err).into_response(),
     };
-    let ticket = match guard.deliveries.begin(&id) {
+    let ticket = match guard.deliveries.begin(&principal.name, &id, &bytes) {
         Begin::Deliver(ticket) => ticket,
         Begin::Replay(answer) => {
             tracing::info!(webhook_id = %id, "committed webhook delivery answered again");
             return answer.into_response();
+        }
+        Begin::OtherBody => {
+            return GatewayError::Conflict(format!(
+                "webhook-id {id} was already delivered with a different body; a new message needs a new webhook-id"
+            ))
+            .into_response();
         }
         Begin::InProgress => {
             return GatewayError::Overloaded("a delivery with this webhook-id is in progress")

@@ -438,8 +438,17 @@ impl Patches {
                         ..skipped("")
                     });
                 }
-                // Losing the router mid-message must not look like a refused block.
-                Err(err @ GatewayError::Unavailable(_)) => return Err(err),
+                // A transient failure (the router lost, overloaded or failing) must not look
+                // like a refused block: the whole message is 503, so a webhook delivery is not
+                // committed and the sender's retry queues the patch.
+                Err(
+                    err @ (GatewayError::Unavailable(_)
+                    | GatewayError::Overloaded(_)
+                    | GatewayError::Internal(_)),
+                ) => {
+                    tracing::warn!(error = %err, "transient failure inside a message; the message is refused whole");
+                    return Err(GatewayError::Unavailable(err.to_string()));
+                }
                 Err(err) => blocks.push(BlockOutcome {
                     outcome: "refused".to_owned(),
                     reason: Some(err.to_string()),
@@ -652,6 +661,74 @@ mod tests {
         let text = "é".repeat(1000);
         let cut = cut_middle(&text, 100);
         assert!(cut.chars().count() <= 100);
+    }
+}
+
+#[cfg(test)]
+mod message_tests {
+    use super::*;
+
+    /// A router that fails every submission with an internal error.
+    struct Failing;
+
+    #[tonic::async_trait]
+    impl PatchQueue for Failing {
+        async fn submit(&self, _: &ghost_core::Patch) -> Result<PatchView, GatewayError> {
+            Err(GatewayError::Internal("router failed".to_owned()))
+        }
+        async fn get(&self, _: &PatchId) -> Result<(PatchView, Option<ReportView>), GatewayError> {
+            Err(GatewayError::NotImplemented("test"))
+        }
+        async fn events(&self, _: &PatchId) -> Result<Vec<EventView>, GatewayError> {
+            Err(GatewayError::NotImplemented("test"))
+        }
+        async fn list(&self, _: &ListFilter) -> Result<PatchPage, GatewayError> {
+            Err(GatewayError::NotImplemented("test"))
+        }
+        async fn cancel(&self, _: &PatchId, _: &str) -> Result<PatchView, GatewayError> {
+            Err(GatewayError::NotImplemented("test"))
+        }
+        async fn retry(&self, _: &PatchId, _: &str) -> Result<PatchView, GatewayError> {
+            Err(GatewayError::NotImplemented("test"))
+        }
+        async fn targets(&self) -> Result<Vec<TargetView>, GatewayError> {
+            Err(GatewayError::NotImplemented("test"))
+        }
+        async fn set_paused(&self, _: &TargetName, _: bool, _: &str) -> Result<(), GatewayError> {
+            Err(GatewayError::NotImplemented("test"))
+        }
+        async fn executors(&self) -> Result<ExecutorList, GatewayError> {
+            Err(GatewayError::NotImplemented("test"))
+        }
+        async fn stats(&self, _: Option<&TargetName>, _: i64) -> Result<Stats, GatewayError> {
+            Err(GatewayError::NotImplemented("test"))
+        }
+    }
+
+    #[tonic::async_trait]
+    impl SummaryStore for Failing {
+        async fn markdown(&self, _: &PatchId) -> Result<Option<String>, GatewayError> {
+            Ok(None)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_router_makes_the_whole_message_unavailable_not_a_refused_block() {
+        let patches = Patches::new(
+            Arc::new(Failing),
+            Arc::new(Failing),
+            1000,
+            LegacyOptions::default(),
+        );
+        let target = TargetName::parse("MAIN").expect("target");
+        let text = "```json\n{\"id\":\"p1\",\"target\":\"MAIN\",\"edits\":[{\"op\":\"write\",\"path\":\"a.txt\",\"contents\":\"x\"}]}\n```\n";
+        let outcome = patches
+            .submit_message(&Principal::inbox(&target), text)
+            .await;
+        assert!(
+            matches!(outcome, Err(GatewayError::Unavailable(_))),
+            "{outcome:?}"
+        );
     }
 }
 

@@ -315,13 +315,16 @@ async fn login(
             Some("cross-site login refused"),
         ));
     }
-    // Buckets per client address: guessing is slowed down where it comes from, and cannot
-    // lock the admin out from elsewhere.
-    state.guard.login_attempt(client)?;
+    // Failed attempts are counted per client address: guessing is slowed down where it comes
+    // from, and neither locks the admin out from elsewhere nor, behind a shared address, from
+    // there (a correct key is always let in).
     let principal = match state.guard.credentials.key(form.key.trim()) {
         Ok(principal) => principal,
-        Err(_) => {
-            state.guard.record_failure(client);
+        Err(err) => {
+            let refusal = state.guard.refuse_login(client, err);
+            if matches!(refusal, GatewayError::TooManyRequests { .. }) {
+                return Err(refusal.into());
+            }
             return Ok(login_page(
                 StatusCode::UNAUTHORIZED,
                 &next,

@@ -80,11 +80,27 @@ pub struct ServerConfig {
     /// Upper bound on waiting for in-flight requests once listeners are closed.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
-    /// Longest wait for a request's headers on the HTTP side, counted from when the server is
-    /// ready for the next request; so it also closes idle keep-alive connections and ones that
-    /// never send anything.
+    /// Longest wait for a request's headers on the HTTP side: for the first request counted
+    /// from the connection's start (so it closes connections that never send anything), for
+    /// later ones from their first byte (the wait before it is `keep_alive_timeout`).
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    /// Longest wait for the next request on an HTTP keep-alive connection once a request has
+    /// been answered; longer than the usual reverse proxy's idle timeout (60 s), so a proxy
+    /// never sends a request on a connection the server is closing. The first request's
+    /// headers, and a request's headers once they start, still have `header_read_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive_timeout: Duration,
+    /// Longest an HTTP connection's answer may wait to be written without a byte read or
+    /// written meanwhile: a client that sends a request and never reads the answer is closed.
+    /// Streams that send data are unaffected (the MCP endpoint's SSE streams ping every 15 s).
+    /// Reads are bounded by `header_read_timeout`, `keep_alive_timeout` and each service's
+    /// body deadline.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// HTTP connections open at once over every client; more are closed as soon as they are
+    /// accepted, so file descriptors are never exhausted.
+    pub max_connections: usize,
     /// HTTP connections open at once from one client address (an IPv6 /64 counts as one);
     /// more are closed as soon as they are accepted. Trusted proxies are exempt.
     pub max_connections_per_address: usize,
@@ -122,6 +138,9 @@ impl Default for ServerConfig {
             drain_grace: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(20),
             header_read_timeout: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(75),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 4096,
             max_connections_per_address: 64,
             trusted_proxies: Vec::new(),
         }

@@ -1,23 +1,31 @@
-//! The HTTP side's accept loop: HTTP/1.1 connections with a header read timeout (which also
-//! ends idle keep-alive connections) and a cap on connections per client address, so one client
-//! cannot hold every socket with slow or idle connections. Trusted reverse proxies (which carry
-//! many clients' connections) are exempt from the cap. Each request carries the peer as axum's
-//! `ConnectInfo<SocketAddr>`.
+//! The HTTP side's accept loop: HTTP/1.1 connections with a header read timeout, a longer idle
+//! keep-alive timeout between requests, an inactivity timeout while reading or writing (a client
+//! that never reads its answer is closed), a bounded header buffer, a global connection cap, and
+//! a cap on connections per client address, so one client cannot hold every socket with slow or
+//! idle connections. Trusted reverse proxies (which carry many clients' connections) are exempt
+//! from the per-address cap. Each request carries the peer as axum's `ConnectInfo<SocketAddr>`.
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
+use std::io;
 use std::net::{IpAddr, Ipv6Addr};
+use std::pin::Pin;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
@@ -110,6 +118,12 @@ pub fn is_trusted_proxy(proxies: &[IpRange], ip: IpAddr) -> bool {
 pub struct HttpLimits {
     /// See [`ServerConfig::header_read_timeout`].
     pub header_read_timeout: Duration,
+    /// See [`ServerConfig::keep_alive_timeout`].
+    pub keep_alive_timeout: Duration,
+    /// See [`ServerConfig::idle_timeout`].
+    pub idle_timeout: Duration,
+    /// See [`ServerConfig::max_connections`].
+    pub max_connections: usize,
     /// See [`ServerConfig::max_connections_per_address`].
     pub max_connections_per_address: usize,
     /// See [`ServerConfig::trusted_proxies`]: exempt from the per-address cap.
@@ -120,6 +134,9 @@ impl From<&ServerConfig> for HttpLimits {
     fn from(config: &ServerConfig) -> Self {
         Self {
             header_read_timeout: config.header_read_timeout,
+            keep_alive_timeout: config.keep_alive_timeout,
+            idle_timeout: config.idle_timeout,
+            max_connections: config.max_connections,
             max_connections_per_address: config.max_connections_per_address,
             trusted_proxies: config.trusted_proxies.clone().into(),
         }
@@ -179,8 +196,215 @@ impl Drop for AddressSlot {
     }
 }
 
-/// Serves `router` on `listener` until `stop` is cancelled, then lets every connection finish
-/// its request in flight (idle ones close at once) and returns when all are closed.
+/// Largest request head, and the read buffer's cap: a longer head is refused (431) instead of
+/// growing memory per connection (hyper's default buffer is about 400 KiB).
+const MAX_HEAD_BUFFER: usize = 64 * 1024;
+
+/// Bytes read on one connection so far, shared by its socket and its header timer.
+#[derive(Debug, Default)]
+struct Activity {
+    bytes_read: AtomicU64,
+}
+
+/// A socket whose writes fail with `TimedOut` once they have waited `limit` without a byte read
+/// or written: a peer that stops reading its answer does not hold the connection forever, and
+/// streams that send data (or keep-alive pings) keep making progress. A pending read does not
+/// arm the timer, since hyper keeps a read pending for as long as a connection lives (between
+/// requests, and to notice a hang-up while a handler runs); reads are bounded by the header
+/// timer ([`HeadTimer`]) and by each service's body deadline, and a byte read counts as
+/// progress.
+struct Watched {
+    stream: TcpStream,
+    activity: Arc<Activity>,
+    limit: Duration,
+    last_progress: Instant,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Watched {
+    fn new(stream: TcpStream, activity: Arc<Activity>, limit: Duration) -> Self {
+        let now = Instant::now();
+        Self {
+            stream,
+            activity,
+            limit,
+            last_progress: now,
+            deadline: Box::pin(tokio::time::sleep(limit)),
+        }
+    }
+
+    fn progressed(&mut self) {
+        self.last_progress = Instant::now();
+    }
+
+    /// Called when a write must wait: the error once the connection has been inactive for
+    /// `limit`, else Pending (with the timer armed to wake this task).
+    fn stalled<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        let due = tokio::time::Instant::from_std(self.last_progress + self.limit);
+        if self.deadline.deadline() != due {
+            self.deadline.as_mut().reset(due);
+        }
+        match self.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no progress reading or writing",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                let read = buf.filled().len() - before;
+                if read > 0 {
+                    this.activity
+                        .bytes_read
+                        .fetch_add(read as u64, Ordering::Relaxed);
+                    this.progressed();
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.stream).poll_write(cx, buf) {
+            Poll::Ready(result) => {
+                this.progressed();
+                Poll::Ready(result)
+            }
+            Poll::Pending => this.stalled(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.stream).poll_write_vectored(cx, bufs) {
+            Poll::Ready(result) => {
+                this.progressed();
+                Poll::Ready(result)
+            }
+            Poll::Pending => this.stalled(cx),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.stream).poll_flush(cx) {
+            Poll::Ready(result) => Poll::Ready(result),
+            Poll::Pending => this.stalled(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.stream).poll_shutdown(cx) {
+            Poll::Ready(result) => Poll::Ready(result),
+            Poll::Pending => this.stalled(cx),
+        }
+    }
+}
+
+/// hyper's header timer for one connection. hyper 1.x has a single timer for "waiting for a
+/// request's head", started when the connection is ready for the next request, so on its own
+/// it cannot tell an idle keep-alive connection from a slow header. This timer tells them
+/// apart by the bytes read: before the first request, and once a later request's first byte is
+/// in, the head has `header_read_timeout`; while nothing of a later request has arrived, the
+/// connection may idle `keep_alive_timeout`.
+#[derive(Clone)]
+struct HeadTimer {
+    activity: Arc<Activity>,
+    header_read_timeout: Duration,
+    keep_alive_timeout: Duration,
+}
+
+impl hyper::rt::Timer for HeadTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        self.sleep_until(Instant::now() + duration)
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        let started = deadline
+            .checked_sub(self.header_read_timeout)
+            .unwrap_or(deadline);
+        let read_at_start = self.activity.bytes_read.load(Ordering::Relaxed);
+        Box::pin(HeadSleep {
+            activity: Arc::clone(&self.activity),
+            header_read_timeout: self.header_read_timeout,
+            keep_alive_until: (read_at_start > 0).then(|| started + self.keep_alive_timeout),
+            read_at_start,
+            head_deadline: deadline,
+            head_started: read_at_start == 0,
+            sleep: Box::pin(tokio::time::sleep_until(deadline.into())),
+        })
+    }
+}
+
+/// One wait of [`HeadTimer`].
+struct HeadSleep {
+    activity: Arc<Activity>,
+    header_read_timeout: Duration,
+    /// Set between requests: how long the connection may idle before the next one starts.
+    keep_alive_until: Option<Instant>,
+    read_at_start: u64,
+    head_deadline: Instant,
+    head_started: bool,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Future for HeadSleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        if !this.head_started {
+            if this.activity.bytes_read.load(Ordering::Relaxed) > this.read_at_start {
+                // hyper polls this after every read that leaves the head incomplete, so the
+                // head's own deadline starts close to its first byte.
+                this.head_started = true;
+                this.head_deadline = Instant::now() + this.header_read_timeout;
+            } else if let Some(until) = this.keep_alive_until {
+                this.head_deadline = until;
+            }
+        }
+        let due = tokio::time::Instant::from_std(this.head_deadline);
+        if this.sleep.deadline() != due {
+            this.sleep.as_mut().reset(due);
+        }
+        this.sleep.as_mut().poll(cx)
+    }
+}
+
+impl hyper::rt::Sleep for HeadSleep {}
+
+/// Serves `router` on `listener` until `stop` is cancelled, then closes the listener, lets
+/// every connection finish its request in flight (idle ones close at once) and returns when all
+/// are closed.
 pub async fn serve_http(
     listener: TcpListener,
     router: axum::Router,
@@ -188,6 +412,9 @@ pub async fn serve_http(
     stop: CancellationToken,
 ) {
     let counts = AddressCounts::default();
+    let open = Arc::new(Semaphore::new(
+        limits.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+    ));
     let connections = TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -201,6 +428,10 @@ pub async fn serve_http(
                     continue;
                 }
             },
+        };
+        let Ok(place) = Arc::clone(&open).try_acquire_owned() else {
+            tracing::warn!(%peer, "HTTP connections at their global cap; closed");
+            continue;
         };
         // A trusted proxy carries many clients' connections: only the clients are capped (by
         // the service, per request).
@@ -223,13 +454,23 @@ pub async fn serve_http(
                 request
             });
         let stop = stop.clone();
+        let activity = Arc::new(Activity::default());
+        let timer = HeadTimer {
+            activity: Arc::clone(&activity),
+            header_read_timeout: limits.header_read_timeout,
+            keep_alive_timeout: limits.keep_alive_timeout,
+        };
+        let stream = Watched::new(stream, activity, limits.idle_timeout);
         let header_read_timeout = limits.header_read_timeout;
         connections.spawn(async move {
+            let _place = place;
             let _slot = slot;
             let mut builder = http1::Builder::new();
             builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_read_timeout);
+                .timer(timer)
+                .header_read_timeout(header_read_timeout)
+                .max_header_size(MAX_HEAD_BUFFER)
+                .max_buf_size(MAX_HEAD_BUFFER);
             let connection =
                 builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
             tokio::pin!(connection);
@@ -246,6 +487,9 @@ pub async fn serve_http(
             }
         });
     }
+    // Nothing more is accepted: new connections are refused at once instead of waiting in the
+    // backlog until the drain ends.
+    drop(listener);
     connections.close();
     connections.wait().await;
 }

@@ -15,6 +15,10 @@ use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
+use gateway::auth::Scope;
+use gateway::config::WebhookConfig;
+use ghost_runtime::config::Secret;
+
 use crate::helpers::{KEY, TestGateway, WEBHOOK_SECRET, read, spawn_router_on, write_patch};
 
 fn loopback(last: u8) -> IpAddr {
@@ -122,6 +126,7 @@ async fn a_slow_body_flood_from_one_address_leaves_other_clients_served() {
 async fn idle_and_half_sent_connections_are_closed_by_the_server() {
     let gateway = TestGateway::start(|config, _| {
         config.server.header_read_timeout = Duration::from_secs(1);
+        config.server.keep_alive_timeout = Duration::from_secs(2);
         config.body_read_timeout = Duration::from_secs(1);
     })
     .await;
@@ -205,6 +210,212 @@ async fn connections_over_the_per_address_cap_are_closed_at_once() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
 
+#[tokio::test]
+async fn a_kept_alive_connection_may_idle_longer_than_a_header_may_take() {
+    let gateway = TestGateway::start(|config, _| {
+        config.server.header_read_timeout = Duration::from_secs(1);
+        config.server.keep_alive_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let target = gateway.gateway.http;
+    let mut stream = connect_from(loopback(10), target).await.expect("connects");
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: {target}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("writes");
+    let mut buffer = [0u8; 4096];
+    let read = stream.read(&mut buffer).await.expect("answered");
+    assert!(buffer[..read].starts_with(b"HTTP/1.1 200"));
+    // Three header timeouts of idling between requests: a proxy's pooled connection survives.
+    assert!(
+        closed_within(&mut stream, Duration::from_secs(3))
+            .await
+            .is_none(),
+        "an idle keep-alive connection was closed by the header timeout"
+    );
+    stream
+        .write_all(
+            format!("GET /healthz HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .expect("writes");
+    let answer = closed_within(&mut stream, Duration::from_secs(10))
+        .await
+        .expect("answered and closed");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // A later request's head still has only the header timeout once it starts.
+    let mut slow = connect_from(loopback(10), target).await.expect("connects");
+    slow.write_all(request.as_bytes()).await.expect("writes");
+    let read = slow.read(&mut buffer).await.expect("answered");
+    assert!(buffer[..read].starts_with(b"HTTP/1.1 200"));
+    slow.write_all(b"GET /healthz HTTP/1.1\r\n")
+        .await
+        .expect("writes");
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(15))
+            .await
+            .is_some(),
+        "a half-sent second head was waited on like an idle connection"
+    );
+}
+
+#[tokio::test]
+async fn connections_over_the_global_cap_are_closed_at_once() {
+    let gateway = TestGateway::start(|config, _| {
+        config.server.max_connections = 3;
+    })
+    .await;
+    let target = gateway.gateway.http;
+    let mut held = Vec::new();
+    for last in 11..14 {
+        held.push(
+            connect_from(loopback(last), target)
+                .await
+                .expect("connects"),
+        );
+    }
+    let mut extra = connect_from(loopback(14), target).await.expect("connects");
+    let _ = extra
+        .write_all(format!("GET /healthz HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .await;
+    let answer = closed_within(&mut extra, Duration::from_secs(10))
+        .await
+        .expect("a connection over the global cap stayed open");
+    assert!(answer.is_empty(), "{answer}");
+    // A held one closed gives its place back.
+    drop(held.pop());
+    let client = client_from(loopback(15));
+    let mut served = false;
+    for _ in 0..100 {
+        if let Ok(response) = client
+            .get(format!("http://{target}/healthz"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+        {
+            served = response.status().as_u16() == 200;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served, "a freed place was never given back");
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_its_answers_is_closed() {
+    let gateway = TestGateway::start(|config, _| {
+        config.server.idle_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let target = gateway.gateway.http;
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("buffer size");
+    socket
+        .bind(SocketAddr::new(loopback(16), 0))
+        .expect("binds");
+    let mut stream = socket.connect(target).await.expect("connects");
+    // Far more answer than the socket buffers hold, never read.
+    let request = format!("GET /openapi.json HTTP/1.1\r\nHost: {target}\r\n\r\n");
+    stream
+        .write_all(request.repeat(400).as_bytes())
+        .await
+        .expect("writes");
+    // Junk queued behind the requests: the server never reads it, so closing the connection
+    // resets it, and the next write here fails.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut closed = false;
+    while Instant::now() < deadline {
+        if stream.write_all(&[b'x'; 512]).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        closed,
+        "a connection whose answers are never read stayed open"
+    );
+}
+
+#[tokio::test]
+async fn an_oversized_request_head_is_refused() {
+    let gateway = TestGateway::start(|_, _| {}).await;
+    let target = gateway.gateway.http;
+    let mut stream = connect_from(loopback(17), target).await.expect("connects");
+    let padding = "a".repeat(100 * 1024);
+    let request = format!(
+        "GET /healthz HTTP/1.1\r\nHost: {target}\r\nX-Padding: {padding}\r\nConnection: close\r\n\r\n"
+    );
+    let _ = stream.write_all(request.as_bytes()).await;
+    let answer = closed_within(&mut stream, Duration::from_secs(10))
+        .await
+        .expect("answered and closed");
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+}
+
+#[tokio::test]
+async fn bodies_over_the_global_budget_are_shed_with_retry_after() {
+    let gateway = TestGateway::start(|config, _| {
+        config.max_body_bytes = 100_000;
+        config.max_buffered_body_bytes = Some(200_000);
+        config.body_read_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let target = gateway.gateway.http;
+    // Two bodies, each from its own address, announced whole and never sent: they hold the
+    // whole budget.
+    let mut held = Vec::new();
+    for last in 18..20 {
+        let mut stream = connect_from(loopback(last), target)
+            .await
+            .expect("connects");
+        stream
+            .write_all(
+                format!(
+                    "POST /v1/patches HTTP/1.1\r\nHost: {target}\r\nAuthorization: Bearer {KEY}\r\n\
+                     Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{"
+                )
+                .as_bytes(),
+            )
+            .await
+            .expect("writes");
+        held.push(stream);
+    }
+    let client = client_from(loopback(20));
+    let body = "x".repeat(50_000);
+    let mut shed = None;
+    for _ in 0..200 {
+        let response = client
+            .post(format!("http://{target}/v1/patches"))
+            .bearer_auth(KEY)
+            .body(body.clone())
+            .send()
+            .await
+            .expect("gateway reachable");
+        if response.status().as_u16() == 503 {
+            shed = Some(response);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let shed = shed.expect("a body over the global budget was read");
+    assert!(shed.headers().contains_key("retry-after"));
+    // Requests without a body need no room and are served.
+    assert_eq!(
+        read(
+            client
+                .get(format!("http://{target}/v1/patches"))
+                .bearer_auth(KEY)
+                .send()
+                .await
+                .expect("gateway reachable")
+        )
+        .await
+        .0,
+        200
+    );
+    drop(held);
+}
+
 /// Posts the dashboard's login form from `client`.
 async fn login(client: &reqwest::Client, target: SocketAddr, key: &str) -> u16 {
     client
@@ -250,6 +461,17 @@ async fn bad_logins_from_one_address_do_not_lock_out_the_admin_at_another() {
         login(&admin, target, KEY).await,
         303,
         "the admin was locked out"
+    );
+    // Behind a shared address (a NAT, an ingress) the admin shares the guesser's address:
+    // the right key still gets in, and wrong ones stay throttled.
+    assert_eq!(
+        login(&attacker, target, KEY).await,
+        303,
+        "a correct login from a throttled address was refused"
+    );
+    assert_eq!(
+        login(&attacker, target, "wrong-key-again-padding").await,
+        429
     );
 }
 
@@ -298,8 +520,8 @@ async fn forwarded_for_names_the_client_only_behind_a_configured_proxy() {
     let client = client_from(loopback(8));
     assert_eq!(guess(&client, target, "192.0.2.1", 100).await, Some(429));
     assert_eq!(
-        read_as(&client, target, "192.0.2.2").await,
-        429,
+        guess(&client, target, "192.0.2.2", 1).await,
+        Some(429),
         "a claimed address escaped the throttle"
     );
     // Behind a trusted proxy, each forwarded client has its own buckets.
@@ -333,7 +555,35 @@ async fn forwarded_for_names_the_client_only_behind_a_configured_proxy() {
 }
 
 #[tokio::test]
-async fn wrong_keys_from_one_address_are_throttled_with_retry_after() {
+async fn the_rightmost_untrusted_forwarded_entry_is_the_client_and_garbage_there_is_400() {
+    let gateway = TestGateway::start(|config, _| {
+        config.server.trusted_proxies = vec!["127.0.0.9".parse().expect("range")];
+    })
+    .await;
+    let target = gateway.gateway.http;
+    let proxy = client_from(loopback(9));
+    // The client's own claims on the left, then the client, then a trusted hop.
+    let chain = "unknown, 203.0.113.1, 192.0.2.50:41000, 127.0.0.9";
+    assert_eq!(guess(&proxy, target, chain, 100).await, Some(429));
+    assert_eq!(
+        guess(&proxy, target, "192.0.2.50", 1).await,
+        Some(429),
+        "the same client, named without its port, was not recognised"
+    );
+    assert_eq!(
+        guess(&proxy, target, "192.0.2.50, 192.0.2.51", 1).await,
+        None,
+        "another client behind the proxy was throttled"
+    );
+    assert_eq!(
+        guess(&proxy, target, "192.0.2.50, unknown", 1).await,
+        Some(400),
+        "an unreadable client entry was not refused"
+    );
+}
+
+#[tokio::test]
+async fn wrong_keys_from_one_address_are_throttled_but_valid_keys_from_it_are_served() {
     let gateway = TestGateway::start(|_, _| {}).await;
     let target = gateway.gateway.http;
     let guesser = client_from(loopback(3));
@@ -364,27 +614,40 @@ async fn wrong_keys_from_one_address_are_throttled_with_retry_after() {
     eprintln!(
         "wrong keys from one address: 429 after {attempt} refusals, retry after {retry_after} s"
     );
-    // While the guesser is throttled, even a right key from its address is not checked.
+    // Only failures are throttled: a right key from the same (shared) address is served, so
+    // a stranger's guesses cannot lock out everyone behind one NAT or ingress.
     let response = guesser
         .get(format!("http://{target}/v1/patches"))
         .bearer_auth(KEY)
         .send()
         .await
         .expect("gateway reachable");
-    assert_eq!(response.status().as_u16(), 429);
+    assert_eq!(
+        response.status().as_u16(),
+        200,
+        "a valid key from a throttled address was refused"
+    );
+    let again = guesser
+        .get(format!("http://{target}/v1/patches"))
+        .bearer_auth("guessed-key-again-padding")
+        .send()
+        .await
+        .expect("gateway reachable");
+    assert_eq!(again.status().as_u16(), 429);
+    assert!(again.headers().contains_key("retry-after"));
     // Other addresses are not affected.
     assert_eq!(gateway.get("/v1/patches", KEY).await.0, 200);
 }
 
-/// `webhook-*` headers signing `body` with the test sender's secret, as Standard Webhooks does.
-fn signature_headers(id: &str, body: &str) -> Vec<(&'static str, String)> {
+/// `webhook-*` headers signing `body` with `whsec`, as Standard Webhooks does.
+fn signed_by(whsec: &str, id: &str, body: &str) -> Vec<(&'static str, String)> {
     let timestamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs()
         .to_string();
     let secret = STANDARD
-        .decode(WEBHOOK_SECRET.trim_start_matches("whsec_"))
+        .decode(whsec.trim_start_matches("whsec_"))
         .expect("secret");
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&secret).expect("key");
     mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
@@ -398,11 +661,22 @@ fn signature_headers(id: &str, body: &str) -> Vec<(&'static str, String)> {
 
 /// Delivers `body` to `/v1/patches` as the signed webhook `id`.
 async fn deliver(http: &reqwest::Client, base: &str, id: &str, body: &Value) -> (u16, Value) {
+    deliver_as(WEBHOOK_SECRET, http, base, id, body).await
+}
+
+/// Delivers `body` to `/v1/patches` as the webhook `id` signed with `whsec`.
+async fn deliver_as(
+    whsec: &str,
+    http: &reqwest::Client,
+    base: &str,
+    id: &str,
+    body: &Value,
+) -> (u16, Value) {
     let text = body.to_string();
     let mut request = http
         .post(format!("{base}/v1/patches"))
         .header("content-type", "application/json");
-    for (name, value) in signature_headers(id, &text) {
+    for (name, value) in signed_by(whsec, id, &text) {
         request = request.header(name, value);
     }
     read(request.body(text).send().await.expect("gateway reachable")).await
@@ -424,6 +698,55 @@ async fn redeliver(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("{id} was refused with {refused} on every retry");
+}
+
+/// The second sender's secret.
+const OTHER_SECRET: &str = "whsec_b3RoZXItc2VuZGVyLXNlY3JldC0wMTIzNDU2Nzg5";
+
+#[tokio::test]
+async fn webhook_ids_belong_to_their_sender_and_a_reused_id_with_another_body_is_409() {
+    let gateway = TestGateway::start(|config, _| {
+        config.webhooks.push(WebhookConfig {
+            name: "other".to_owned(),
+            secrets: vec![Secret::new(OTHER_SECRET)],
+            scopes: vec![Scope::Submit],
+            targets: Vec::new(),
+        });
+    })
+    .await;
+    let base = gateway.url();
+    let first = deliver(&gateway.http, &base, "msg_shared", &write_patch("wh-ci")).await;
+    assert_eq!(first.0, 202, "{}", first.1);
+    // Another sender using the same id neither reads ci's answer nor is refused: its
+    // delivery is its own.
+    let other = deliver_as(
+        OTHER_SECRET,
+        &gateway.http,
+        &base,
+        "msg_shared",
+        &write_patch("wh-other"),
+    )
+    .await;
+    assert_eq!(other.0, 202, "{}", other.1);
+    assert_eq!(
+        other.1["id"], "wh-other",
+        "another sender's answer was replayed"
+    );
+    // The same sender reusing the id for another body is told so, and nothing is queued.
+    let reused = deliver(&gateway.http, &base, "msg_shared", &write_patch("wh-ci-2")).await;
+    assert_eq!(reused.0, 409, "{}", reused.1);
+    assert!(
+        reused.1["detail"]
+            .as_str()
+            .is_some_and(|detail| detail.contains("different body")),
+        "{}",
+        reused.1
+    );
+    let replay = deliver(&gateway.http, &base, "msg_shared", &write_patch("wh-ci")).await;
+    assert_eq!(replay, first);
+    let mut stored = gateway.stored_ids().await;
+    stored.sort();
+    assert_eq!(stored, ["wh-ci", "wh-other"]);
 }
 
 #[tokio::test]
