@@ -26,6 +26,10 @@ use crate::config::GatewayConfig;
 use crate::deliveries::{Begin, Deliveries};
 use crate::error::GatewayError;
 
+/// Bodies of `max_body_bytes` that may be read or held at once when
+/// `max_buffered_body_bytes` is unset.
+const DEFAULT_BUFFERED_BODIES: usize = 64;
+
 /// Shared guard state.
 pub struct Guard {
     /// Who may call.
@@ -67,11 +71,7 @@ impl Guard {
                 config
                     .max_buffered_body_bytes
                     .unwrap_or_else(|| {
-                        config
-                            .max_in_flight
-                            .max(1)
-                            .saturating_mul(2)
-                            .saturating_mul(config.max_body_bytes)
+                        DEFAULT_BUFFERED_BODIES.saturating_mul(config.max_body_bytes)
                     })
                     .clamp(1, Semaphore::MAX_PERMITS),
             )),

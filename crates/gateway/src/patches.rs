@@ -719,6 +719,7 @@ mod message_tests {
             Arc::new(Failing),
             1000,
             LegacyOptions::default(),
+            ParseBudget::new(1 << 20),
         );
         let target = TargetName::parse("MAIN").expect("target");
         let text = "```json\n{\"id\":\"p1\",\"target\":\"MAIN\",\"edits\":[{\"op\":\"write\",\"path\":\"a.txt\",\"contents\":\"x\"}]}\n```\n";
