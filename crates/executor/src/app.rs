@@ -67,6 +67,8 @@ fn workspaces(config: &ExecutorConfig) -> Result<HashMap<String, Workspace>, Exe
 }
 
 /// Rolls back what a crash left half-applied and owes the router an `interrupted` result.
+/// A target whose journal cannot be recovered is logged and flagged, and refuses patches
+/// (each of its patches retries the recovery first); the other targets start normally.
 fn recover(
     state_dir: &std::path::Path,
     workspaces: &HashMap<String, Workspace>,
@@ -80,8 +82,25 @@ fn recover(
                 .get(target, &header.patch_id, &header.content_hash)
                 .is_some()
         };
-        let Some(found) = journal::recover(&workspace.state_dir, target, &workspace.root, applied)?
-        else {
+        let allowed =
+            |rel: &str| crate::workspace::check_path(workspace, rel).map_err(|err| err.to_string());
+        let found = match journal::recover(
+            &workspace.state_dir,
+            target,
+            &workspace.root,
+            allowed,
+            applied,
+        ) {
+            Ok(found) => found,
+            Err(err) => {
+                metrics::gauge!("ghost_executor_journal_blocked", "target" => target.to_owned())
+                    .set(1.0);
+                tracing::error!(%target, error = %err,
+                        "cannot recover this target's journal; it refuses patches until it can");
+                continue;
+            }
+        };
+        let Some(found) = found else {
             continue;
         };
         if applied(&found.header) {

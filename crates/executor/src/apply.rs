@@ -149,9 +149,11 @@ fn rollback_record(restored: &Restored, reason: &str) -> Rollback {
 fn write_plan(plan: &Plan, dirs: &mut Dirs, delay: Duration) -> Result<(), String> {
     for rel in &plan.dirs {
         let (parent, name) = beneath::split(rel);
-        dirs.dir(parent)
-            .and_then(|handle| beneath::mkdir(&handle, name))
+        let handle = dirs
+            .dir(parent)
             .map_err(|err| format!("cannot create {rel}: {err}"))?;
+        beneath::mkdir(&handle, name).map_err(|err| format!("cannot create {rel}: {err}"))?;
+        dirs.touch(&handle);
     }
     for (rel, state) in &plan.files {
         let (parent, name) = beneath::split(rel);
@@ -164,13 +166,17 @@ fn write_plan(plan: &Plan, dirs: &mut Dirs, delay: Duration) -> Result<(), Strin
             Final::Absent => {
                 beneath::remove(&handle, name)
                     .map_err(|err| format!("cannot remove {rel}: {err}"))?;
+                dirs.touch(&handle);
             }
         }
         if !delay.is_zero() {
             std::thread::sleep(delay);
         }
     }
-    Ok(())
+    // Created and removed entries are durable before anything (the ledger) says applied; a
+    // written file already synced its own directory.
+    dirs.sync_touched()
+        .map_err(|err| format!("cannot sync the workspace's directories: {err}"))
 }
 
 fn open_journal(
@@ -192,9 +198,9 @@ fn open_journal(
     }
     for (rel, state) in &plan.files {
         if matches!(state, Final::File { .. }) {
-            journal.record_file(dirs, &journal::temp_rel(rel))?;
+            journal.record_file(dirs, &journal::temp_rel(rel), ctx.limits.max_file_bytes)?;
         }
-        journal.record_file(dirs, rel)?;
+        journal.record_file(dirs, rel, ctx.limits.max_file_bytes)?;
     }
     journal.seal()?;
     Ok(journal)
@@ -274,11 +280,20 @@ fn clear_leftover_journal(ctx: &Context, ledger: &Ledger) -> Result<(), String> 
             "the journal of an earlier patch cannot be cleared; refusing patches for this target");
         Err(format!(
             "target {target} refuses patches until its workspace is restored: {reason}. Fix \
-             the paths named, then remove the target's journal in the executor's state dir \
-             (or restart the executor, which tries the rollback again)"
+             the paths named (every new patch for this target tries the rollback again), or \
+             restore the workspace by hand and remove the target's journal in the executor's \
+             state dir"
         ))
     };
-    match journal::recover(&workspace.state_dir, target, &workspace.root, applied) {
+    let allowed =
+        |rel: &str| crate::workspace::check_path(workspace, rel).map_err(|err| err.to_string());
+    match journal::recover(
+        &workspace.state_dir,
+        target,
+        &workspace.root,
+        allowed,
+        applied,
+    ) {
         Ok(Some(found)) if !found.restored.errors.is_empty() => blocked(format!(
             "the rollback of patch {} could not restore {}",
             found.header.patch_id,
@@ -311,10 +326,6 @@ fn apply_once(
     let ledger = Ledger::new(&ctx.workspace.state_dir);
     let hash = patch.content_hash();
     let target = ctx.workspace.target.as_str();
-    if let Some(recorded) = ledger.get(target, patch.id.as_str(), &hash) {
-        tracing::info!(patch_id = %patch.id, "patch already applied; returning the recorded result");
-        return recorded;
-    }
     let mut attempt = Attempt {
         ctx,
         patch,
@@ -335,6 +346,12 @@ fn apply_once(
             error: reason.clone(),
         });
         return attempt.end(Status::Rejected, reason);
+    }
+    // After the journal check: a re-delivered patch must not report success (and clear the
+    // router's `workspace_not_restored` alert) while the workspace is not restored.
+    if let Some(recorded) = ledger.get(target, patch.id.as_str(), &hash) {
+        tracing::info!(patch_id = %patch.id, "patch already applied; returning the recorded result");
+        return recorded;
     }
 
     // Everything below until the journal is sealed only reads.

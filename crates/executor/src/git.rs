@@ -1,16 +1,41 @@
 //! The `git` CLI: the `base.git_head` check and the commit made on success.
+//!
+//! The workspace is patch-writable, so git must not take anything from it but the files to
+//! commit: a patch can fake a repository at the root (`HEAD`, `objects/`, `refs/`, `config`
+//! with `core.fsmonitor = <cmd>`) or name a path that is pathspec magic (`:(glob)*`, `:!x`).
+//! Hence [`HARDENING`], literal pathspecs, and discovery stopped above the root.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Config given on every git command line (it wins over every config file): a repository
+/// is never discovered as a bare one implicitly (a patch cannot fake one at the root), no
+/// fsmonitor command runs, and no hook.
+const HARDENING: [&str; 6] = [
+    "-c",
+    "safe.bareRepository=explicit",
+    "-c",
+    "core.fsmonitor=false",
+    "-c",
+    "core.hooksPath=/dev/null",
+];
+
 fn git(root: &Path) -> Command {
     let mut command = Command::new("git");
+    command.args(HARDENING);
     command
         .arg("-C")
         .arg(root)
         .env_clear()
         .envs(std::env::vars_os().filter(|(name, _)| name == "PATH" || name == "HOME"))
-        .env("GIT_TERMINAL_PROMPT", "0");
+        .env("GIT_TERMINAL_PROMPT", "0")
+        // Paths are file names, never pathspec magic or globs.
+        .env("GIT_LITERAL_PATHSPECS", "1");
+    // Discovery looks at the root only, never above it: a repository in a parent directory
+    // (which a patch cannot see) is never the one committed to.
+    if let Some(parent) = root.parent() {
+        command.env("GIT_CEILING_DIRECTORIES", parent);
+    }
     command
 }
 

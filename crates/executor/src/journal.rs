@@ -188,10 +188,16 @@ impl Journal {
 
     /// Records the current state of file `rel` (bytes and mode, or absent), read through
     /// `dirs`.
-    pub fn record_file(&mut self, dirs: &mut Dirs, rel: &str) -> std::io::Result<()> {
+    /// `max_bytes` bounds what is read (the plan already refused larger files).
+    pub fn record_file(
+        &mut self,
+        dirs: &mut Dirs,
+        rel: &str,
+        max_bytes: u64,
+    ) -> std::io::Result<()> {
         let (dir, name) = beneath::split(rel);
         let found = match dirs.dir(dir) {
-            Ok(handle) => beneath::read(&handle, name),
+            Ok(handle) => beneath::read(&handle, name, max_bytes),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(err) => Err(err),
         };
@@ -271,23 +277,40 @@ fn restore_file(dirs: &mut Dirs, rel: &str, bytes: &[u8], mode: u32) -> std::io:
     beneath::write(&handle, name, bytes, mode)
 }
 
+/// Removes what is at file path `rel`: a file, or a directory a command put there (with its
+/// contents: nothing in it predates the patch, since a journaled path was a file or absent).
 fn remove_file(dirs: &mut Dirs, rel: &str) -> std::io::Result<bool> {
     let (dir, name) = beneath::split(rel);
-    match dirs.dir(dir) {
-        Ok(handle) => beneath::remove(&handle, name),
-        Err(err) if beneath::is_absent(&err) => Ok(false),
-        Err(err) => Err(err),
-    }
+    let handle = match dirs.dir(dir) {
+        Ok(handle) => handle,
+        Err(err) if beneath::is_absent(&err) => return Ok(false),
+        Err(err) => return Err(err),
+    };
+    let removed = match beneath::remove(&handle, name) {
+        Err(err) if beneath::is(&err, rustix::io::Errno::ISDIR) => {
+            dirs.forget(rel);
+            beneath::remove_tree(&handle, name)
+        }
+        other => other,
+    };
+    dirs.touch(&handle);
+    removed
 }
 
+/// Removes a directory the patch created, with whatever the patch's commands left in it
+/// (build output such as `__pycache__/` or `target/`), never following a symlink.
 fn remove_dir(dirs: &mut Dirs, rel: &str) -> std::io::Result<bool> {
     let (dir, name) = beneath::split(rel);
     let removed = match dirs.dir(dir) {
-        Ok(handle) => beneath::rmdir(&handle, name),
+        Ok(handle) => {
+            dirs.touch(&handle);
+            beneath::remove_tree(&handle, name)
+        }
         Err(err) if beneath::is_absent(&err) => Ok(false),
         Err(err) => Err(err),
     };
-    dirs.forget(rel);
+    // Every cached handle at or below `rel` now names a removed directory.
+    dirs.forget_below(rel);
     removed
 }
 
@@ -313,6 +336,11 @@ fn restore(originals: &[Original], dirs: &mut Dirs) -> Restored {
                 Err(err) => done.errors.push(format!("{path}: {err}")),
             },
         }
+    }
+    // The restored entries are durable before the journal is closed.
+    if let Err(err) = dirs.sync_touched() {
+        done.errors
+            .push(format!("syncing the restored directories: {err}"));
     }
     done
 }
@@ -401,13 +429,26 @@ pub fn is_open(state_dir: &Path, target: &str) -> bool {
     journal_path(state_dir, target).exists()
 }
 
+/// The path `allowed` must accept before a journaled entry is restored: the entry's own, or
+/// for a temp file (`.<name>.ghost-tmp`, refused as a patch path) its directory's.
+fn checked_path(rel: &str) -> Option<&str> {
+    match beneath::split(rel) {
+        ("", name) if beneath::is_temp_name(name) => None,
+        (dir, name) if beneath::is_temp_name(name) => Some(dir),
+        _ => Some(rel),
+    }
+}
+
 /// Rolls back a leftover journal of `target` in the workspace at `root`, if any, unless
-/// `applied` says the patch had completed (then the journal is only removed). Returns what
-/// was found; a journal that cannot be fully rolled back is kept.
+/// `applied` says the patch had completed (then the journal is only removed). Every entry
+/// must pass `allowed` (the patch-path check: a tampered journal cannot restore into `.git/`
+/// or a state dir), else nothing is restored and the journal is kept. Returns what was
+/// found; a journal that cannot be fully rolled back is kept.
 pub fn recover(
     state_dir: &Path,
     target: &str,
     root: &Path,
+    allowed: impl Fn(&str) -> Result<(), String>,
     applied: impl Fn(&Header) -> bool,
 ) -> std::io::Result<Option<Recovered>> {
     refuse_old_layout(state_dir, target)?;
@@ -427,6 +468,18 @@ pub fn recover(
             "the journal of target {target} cannot be read ({reason}); it is left in place"
         ))
     })?;
+    for original in &originals {
+        let (Entry::File { path: rel, .. } | Entry::Dir { path: rel }) = &original.entry;
+        if let Some(checked) = checked_path(rel)
+            && let Err(reason) = allowed(checked)
+        {
+            tracing::error!(path = %path.display(), %reason, "journal names a path patches may not touch; left in place");
+            return Err(std::io::Error::other(format!(
+                "the journal of target {target} names a path patches may not touch ({reason}); \
+                 it is left in place"
+            )));
+        }
+    }
     let restored = if applied(&header) {
         Restored::default()
     } else {
@@ -458,23 +511,29 @@ mod tests {
         };
         let mut journal = Journal::begin(&state, "MAIN", &header).unwrap();
         let mut dirs = Dirs::open(&ws).unwrap();
-        journal.record_file(&mut dirs, "a").unwrap();
+        journal.record_file(&mut dirs, "a", u64::MAX).unwrap();
         journal.record_dir("new");
-        journal.record_file(&mut dirs, "new/b").unwrap();
+        journal.record_file(&mut dirs, "new/b", u64::MAX).unwrap();
         journal.seal().unwrap();
         write_atomically(&ws.join("a"), b"changed", 0o755).unwrap();
         fs::create_dir(ws.join("new")).unwrap();
         fs::write(ws.join("new/b"), "b").unwrap();
         // A crash here: the next start finds the journal and rolls it back.
         drop(journal);
-        let recovered = recover(&state, "MAIN", &ws, |_| false).unwrap().unwrap();
+        let recovered = recover(&state, "MAIN", &ws, |_| Ok(()), |_| false)
+            .unwrap()
+            .unwrap();
         assert_eq!(recovered.header, header);
         assert!(recovered.restored.errors.is_empty());
         assert_eq!(fs::read_to_string(ws.join("a")).unwrap(), "original");
         let mode = fs::metadata(ws.join("a")).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert!(!ws.join("new").exists());
-        assert!(recover(&state, "MAIN", &ws, |_| false).unwrap().is_none());
+        assert!(
+            recover(&state, "MAIN", &ws, |_| Ok(()), |_| false)
+                .unwrap()
+                .is_none()
+        );
     }
 
     fn header() -> Header {
@@ -499,13 +558,15 @@ mod tests {
         fs::write(ws.join("empty"), b"").unwrap();
         let mut journal = Journal::begin(&state, "MAIN", &header()).unwrap();
         let mut dirs = Dirs::open(&ws).unwrap();
-        journal.record_file(&mut dirs, "bin").unwrap();
-        journal.record_file(&mut dirs, "empty").unwrap();
+        journal.record_file(&mut dirs, "bin", u64::MAX).unwrap();
+        journal.record_file(&mut dirs, "empty", u64::MAX).unwrap();
         journal.seal().unwrap();
         fs::write(ws.join("bin"), "x").unwrap();
         fs::write(ws.join("empty"), "y").unwrap();
         drop(journal);
-        let recovered = recover(&state, "MAIN", &ws, |_| false).unwrap().unwrap();
+        let recovered = recover(&state, "MAIN", &ws, |_| Ok(()), |_| false)
+            .unwrap()
+            .unwrap();
         assert_eq!(recovered.restored.restored, 2);
         assert_eq!(fs::read(ws.join("bin")).unwrap(), original);
         assert_eq!(fs::read(ws.join("empty")).unwrap(), b"");
@@ -519,7 +580,7 @@ mod tests {
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(unsealed_path(&path), b"ghost-journal 3\n{\"patch_").unwrap();
         assert!(
-            recover(&state, "MAIN", dir.path(), |_| false)
+            recover(&state, "MAIN", dir.path(), |_| Ok(()), |_| false)
                 .unwrap()
                 .is_none()
         );
@@ -533,7 +594,7 @@ mod tests {
         let path = journal_path(&state, "MAIN");
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(&path, b"ghost-journal 3\n{}\n").unwrap();
-        let err = recover(&state, "MAIN", dir.path(), |_| false).unwrap_err();
+        let err = recover(&state, "MAIN", dir.path(), |_| Ok(()), |_| false).unwrap_err();
         assert!(err.to_string().contains("cannot be read"), "{err}");
         assert!(path.exists());
     }
@@ -543,7 +604,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
         fs::create_dir_all(state.join("journal/MAIN/blobs")).unwrap();
-        let err = recover(&state, "MAIN", dir.path(), |_| false).unwrap_err();
+        let err = recover(&state, "MAIN", dir.path(), |_| Ok(()), |_| false).unwrap_err();
         assert!(err.to_string().contains("older executor"), "{err}");
         assert!(Journal::begin(&state, "MAIN", &header()).is_err());
     }
@@ -573,7 +634,9 @@ mod layout_2 {
             b = ws.join("new/b").display(),
         );
         fs::write(&path, [MAGIC_ABSOLUTE, entries.as_bytes()].concat()).unwrap();
-        let recovered = recover(&state, "MAIN", &ws, |_| false).unwrap().unwrap();
+        let recovered = recover(&state, "MAIN", &ws, |_| Ok(()), |_| false)
+            .unwrap()
+            .unwrap();
         assert!(
             recovered.restored.errors.is_empty(),
             "{:?}",
@@ -590,7 +653,7 @@ mod layout_2 {
             outside.display()
         );
         fs::write(&path, [MAGIC_ABSOLUTE, entries.as_bytes()].concat()).unwrap();
-        assert!(recover(&state, "MAIN", &ws, |_| false).is_err());
+        assert!(recover(&state, "MAIN", &ws, |_| Ok(()), |_| false).is_err());
         assert_eq!(fs::read_to_string(&outside).unwrap(), "keep");
     }
 }

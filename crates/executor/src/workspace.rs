@@ -87,6 +87,11 @@ pub fn check_path(workspace: &Workspace, rel: &str) -> Result<(), ConfineError> 
                 "path {rel} is inside .git/, which patches may not touch"
             )));
         }
+        if crate::beneath::is_temp_name(part) {
+            return Err(refused(format!(
+                "path {rel} has the shape of the executor's temp files (.<name>.ghost-tmp)"
+            )));
+        }
     }
     if folded(parts[0]) == ".ghost" {
         return Err(refused(format!(
@@ -159,6 +164,7 @@ mod tests {
             ".GHOST ./x",
             ".ghost-executor/ledger",
             ".GHOST-EXECUTOR/x",
+            "src/.a.rs.ghost-tmp",
             "a//b",
             "a/../b",
         ] {
