@@ -49,6 +49,53 @@ pub fn is_absent(err: &io::Error) -> bool {
     is(err, Errno::NOENT) || is(err, Errno::NOTDIR) || is(err, Errno::NAMETOOLONG)
 }
 
+/// The identity of a directory (device and inode), recorded for each workspace root when the
+/// executor starts, so a root swapped afterwards (for a symlink to `/etc/cron.d`, or another
+/// directory, by whoever owns its parent) is noticed before anything is written through it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RootId {
+    /// `st_dev`.
+    pub dev: u64,
+    /// `st_ino`.
+    pub ino: u64,
+}
+
+impl RootId {
+    /// The identity of what `path` names now, following symlinks as a command's working
+    /// directory or `git -C` would.
+    pub fn of(path: &Path) -> io::Result<Self> {
+        let stat = rustix::fs::stat(path)?;
+        Ok(Self {
+            dev: stat.st_dev,
+            ino: stat.st_ino,
+        })
+    }
+
+    fn of_fd(fd: &OwnedFd) -> io::Result<Self> {
+        let stat = rustix::fs::fstat(fd)?;
+        Ok(Self {
+            dev: stat.st_dev,
+            ino: stat.st_ino,
+        })
+    }
+}
+
+/// The error of a root that is no longer the directory recorded at start.
+pub fn replaced_root() -> io::Error {
+    io::Error::other(
+        "the workspace root was replaced since the executor started (its device and inode \
+         changed); nothing is written through it",
+    )
+}
+
+/// True when `err` is [`replaced_root`]'s.
+pub fn is_replaced_root(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::Other
+        && err
+            .to_string()
+            .starts_with("the workspace root was replaced")
+}
+
 /// How directories below the root are resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Resolve {
@@ -87,6 +134,17 @@ impl Dirs {
         );
         if probe.is_ok() {
             dirs.resolve = Resolve::Openat2;
+        }
+        Ok(dirs)
+    }
+
+    /// Opens the root and checks that it is still the directory recorded at start (`expected`);
+    /// one swapped since is refused with [`replaced_root`]. The check is on the opened handle,
+    /// which every later operation of the attempt goes through.
+    pub fn open_checked(root: &Path, expected: RootId) -> io::Result<Self> {
+        let dirs = Self::open(root)?;
+        if RootId::of_fd(&dirs.root)? != expected {
+            return Err(replaced_root());
         }
         Ok(dirs)
     }

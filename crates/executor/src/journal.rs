@@ -49,6 +49,10 @@ pub struct Header {
     pub attempt: u32,
     /// The lease's fencing token.
     pub fencing_token: u64,
+    /// The workspace root the journal's paths are relative to; recovery into another
+    /// directory is refused. (Absent in journals written before it was recorded.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<beneath::RootId>,
 }
 
 /// One recorded original, as stored.
@@ -444,10 +448,14 @@ fn checked_path(rel: &str) -> Option<&str> {
 /// must pass `allowed` (the patch-path check: a tampered journal cannot restore into `.git/`
 /// or a state dir), else nothing is restored and the journal is kept. Returns what was
 /// found; a journal that cannot be fully rolled back is kept.
+///
+/// `root_id` is the identity of `root` recorded at start: a root that is no longer that
+/// directory, or a journal written for another root, is refused and the journal kept.
 pub fn recover(
     state_dir: &Path,
     target: &str,
     root: &Path,
+    root_id: beneath::RootId,
     allowed: impl Fn(&str) -> Result<(), String>,
     applied: impl Fn(&Header) -> bool,
 ) -> std::io::Result<Option<Recovered>> {
@@ -468,6 +476,13 @@ pub fn recover(
             "the journal of target {target} cannot be read ({reason}); it is left in place"
         ))
     })?;
+    if header.root.is_some_and(|written| written != root_id) {
+        tracing::error!(path = %path.display(), "journal written for another workspace root; left in place");
+        return Err(std::io::Error::other(format!(
+            "the journal of target {target} was written for another workspace root (device \
+             and inode differ); it is left in place"
+        )));
+    }
     for original in &originals {
         let (Entry::File { path: rel, .. } | Entry::Dir { path: rel }) = &original.entry;
         if let Some(checked) = checked_path(rel)
@@ -483,12 +498,17 @@ pub fn recover(
     let restored = if applied(&header) {
         Restored::default()
     } else {
-        restore(&originals, &mut Dirs::open(root)?)
+        restore(&originals, &mut Dirs::open_checked(root, root_id)?)
     };
     if restored.errors.is_empty() {
         remove_if_present(&path)?;
     }
     Ok(Some(Recovered { header, restored }))
+}
+
+#[cfg(test)]
+fn id(root: &Path) -> beneath::RootId {
+    beneath::RootId::of(root).unwrap()
 }
 
 #[cfg(test)]
@@ -508,6 +528,7 @@ mod tests {
             content_hash: "h".to_owned(),
             attempt: 1,
             fencing_token: 7,
+            root: None,
         };
         let mut journal = Journal::begin(&state, "MAIN", &header).unwrap();
         let mut dirs = Dirs::open(&ws).unwrap();
@@ -520,7 +541,7 @@ mod tests {
         fs::write(ws.join("new/b"), "b").unwrap();
         // A crash here: the next start finds the journal and rolls it back.
         drop(journal);
-        let recovered = recover(&state, "MAIN", &ws, |_| Ok(()), |_| false)
+        let recovered = recover(&state, "MAIN", &ws, id(&ws), |_| Ok(()), |_| false)
             .unwrap()
             .unwrap();
         assert_eq!(recovered.header, header);
@@ -530,7 +551,7 @@ mod tests {
         assert_eq!(mode, 0o600);
         assert!(!ws.join("new").exists());
         assert!(
-            recover(&state, "MAIN", &ws, |_| Ok(()), |_| false)
+            recover(&state, "MAIN", &ws, id(&ws), |_| Ok(()), |_| false)
                 .unwrap()
                 .is_none()
         );
@@ -542,6 +563,7 @@ mod tests {
             content_hash: "h".to_owned(),
             attempt: 1,
             fencing_token: 7,
+            root: None,
         }
     }
 
@@ -564,7 +586,7 @@ mod tests {
         fs::write(ws.join("bin"), "x").unwrap();
         fs::write(ws.join("empty"), "y").unwrap();
         drop(journal);
-        let recovered = recover(&state, "MAIN", &ws, |_| Ok(()), |_| false)
+        let recovered = recover(&state, "MAIN", &ws, id(&ws), |_| Ok(()), |_| false)
             .unwrap()
             .unwrap();
         assert_eq!(recovered.restored.restored, 2);
@@ -580,9 +602,16 @@ mod tests {
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(unsealed_path(&path), b"ghost-journal 3\n{\"patch_").unwrap();
         assert!(
-            recover(&state, "MAIN", dir.path(), |_| Ok(()), |_| false)
-                .unwrap()
-                .is_none()
+            recover(
+                &state,
+                "MAIN",
+                dir.path(),
+                id(dir.path()),
+                |_| Ok(()),
+                |_| false
+            )
+            .unwrap()
+            .is_none()
         );
         assert!(!unsealed_path(&path).exists());
     }
@@ -594,7 +623,15 @@ mod tests {
         let path = journal_path(&state, "MAIN");
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(&path, b"ghost-journal 3\n{}\n").unwrap();
-        let err = recover(&state, "MAIN", dir.path(), |_| Ok(()), |_| false).unwrap_err();
+        let err = recover(
+            &state,
+            "MAIN",
+            dir.path(),
+            id(dir.path()),
+            |_| Ok(()),
+            |_| false,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("cannot be read"), "{err}");
         assert!(path.exists());
     }
@@ -604,7 +641,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
         fs::create_dir_all(state.join("journal/MAIN/blobs")).unwrap();
-        let err = recover(&state, "MAIN", dir.path(), |_| Ok(()), |_| false).unwrap_err();
+        let err = recover(
+            &state,
+            "MAIN",
+            dir.path(),
+            id(dir.path()),
+            |_| Ok(()),
+            |_| false,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("older executor"), "{err}");
         assert!(Journal::begin(&state, "MAIN", &header()).is_err());
     }
@@ -634,7 +679,7 @@ mod layout_2 {
             b = ws.join("new/b").display(),
         );
         fs::write(&path, [MAGIC_ABSOLUTE, entries.as_bytes()].concat()).unwrap();
-        let recovered = recover(&state, "MAIN", &ws, |_| Ok(()), |_| false)
+        let recovered = recover(&state, "MAIN", &ws, id(&ws), |_| Ok(()), |_| false)
             .unwrap()
             .unwrap();
         assert!(
@@ -653,7 +698,7 @@ mod layout_2 {
             outside.display()
         );
         fs::write(&path, [MAGIC_ABSOLUTE, entries.as_bytes()].concat()).unwrap();
-        assert!(recover(&state, "MAIN", &ws, |_| Ok(()), |_| false).is_err());
+        assert!(recover(&state, "MAIN", &ws, id(&ws), |_| Ok(()), |_| false).is_err());
         assert_eq!(fs::read_to_string(&outside).unwrap(), "keep");
     }
 }

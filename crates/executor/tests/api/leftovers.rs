@@ -178,3 +178,24 @@ fn a_path_shaped_like_the_executors_temp_file_is_refused() {
     ));
     assert_eq!(report.status, Status::Rejected, "{report:?}");
 }
+
+#[test]
+fn a_root_swapped_for_a_symlink_after_start_is_refused_and_nothing_is_written_through_it() {
+    let ws = workspace();
+    ws.write("a.txt", "a");
+    let base = ws.root().parent().unwrap().to_owned();
+    let elsewhere = base.join("elsewhere");
+    fs::create_dir_all(&elsewhere).unwrap();
+    fs::write(elsewhere.join("a.txt"), "a").unwrap();
+    // Whoever owns the root's parent moves the root away and puts a symlink in its place.
+    fs::rename(ws.root(), base.join("moved")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, ws.root()).unwrap();
+    let report = ws.apply(&patch(
+        "swapped",
+        r#""edits":[{"op":"write","path":"a.txt","contents":"changed"},{"op":"write","path":"new.txt","contents":"n"}]"#,
+    ));
+    assert_ne!(report.status, Status::Succeeded, "{report:?}");
+    assert!(report.error.contains("replaced"), "{}", report.error);
+    assert_eq!(fs::read_to_string(elsewhere.join("a.txt")).unwrap(), "a");
+    assert!(!elsewhere.join("new.txt").exists());
+}
