@@ -26,7 +26,6 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -131,22 +130,23 @@ pub fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.ghost-tmp"))
 }
 
-/// Replaces `path` with `contents` and `mode` through a synced temp file and a rename.
+/// Replaces `path` with `contents` and `mode` through a synced temp file and a rename, all
+/// relative to a handle of `path`'s directory: the temp file is created with
+/// `O_EXCL | O_NOFOLLOW` (a symlink planted at its predictable name is removed, never
+/// followed), its mode set on the open file, and a symlink at `path` itself is replaced.
 pub fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
-    let temp = temp_path(path);
     let dir = path.parent().unwrap_or(Path::new("."));
-    let result = (|| {
-        let mut file = fs::File::create(&temp)?;
-        file.write_all(contents)?;
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.sync_all()?;
-        fs::rename(&temp, path)?;
-        sync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    result
+    let name = path
+        .file_name()
+        .and_then(|name| name.to_str())
+        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let handle = rustix::fs::openat(
+        rustix::fs::CWD,
+        dir,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    beneath::write(&handle, name, contents, mode)
 }
 
 fn remove_if_present(path: &Path) -> std::io::Result<bool> {
@@ -513,6 +513,8 @@ fn id(root: &Path) -> beneath::RootId {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]

@@ -6,7 +6,7 @@
 //! the root. Symlinks are dealt with where files are opened ([`crate::beneath`]): none is
 //! followed.
 
-use std::path::{Component, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use crate::config::TargetPolicy;
 
@@ -110,12 +110,34 @@ pub fn check_path(workspace: &Workspace, rel: &str) -> Result<(), ConfineError> 
             )));
         }
     }
+    // The agent inbox holds task and completion files: a patch writing there could fake an
+    // agent's completion (or plant symlinks for the executor to meet).
+    if let Some(agent) = &workspace.policy.agent {
+        let inbox = std::fs::canonicalize(&agent.inbox).unwrap_or_else(|_| agent.inbox.clone());
+        if let Some(inbox) = dir_inside(workspace, &inbox) {
+            let inside = inbox.len() <= parts.len()
+                && inbox
+                    .iter()
+                    .zip(&parts)
+                    .all(|(a, b)| a.eq_ignore_ascii_case(b));
+            if inside || inbox.is_empty() {
+                return Err(refused(format!(
+                    "path {rel} is inside the target's agent inbox"
+                )));
+            }
+        }
+    }
     Ok(())
 }
 
 /// The components of the state dir below the root, when it lies inside (empty: it is the root).
 fn state_dir_inside(workspace: &Workspace) -> Option<Vec<String>> {
-    let below = workspace.state_dir.strip_prefix(&workspace.root).ok()?;
+    dir_inside(workspace, &workspace.state_dir)
+}
+
+/// The components of `dir` below the root, when it lies inside it.
+fn dir_inside(workspace: &Workspace, dir: &Path) -> Option<Vec<String>> {
+    let below = dir.strip_prefix(&workspace.root).ok()?;
     Some(
         below
             .components()

@@ -199,3 +199,64 @@ fn a_root_swapped_for_a_symlink_after_start_is_refused_and_nothing_is_written_th
     assert_eq!(fs::read_to_string(elsewhere.join("a.txt")).unwrap(), "a");
     assert!(!elsewhere.join("new.txt").exists());
 }
+
+fn agent_policy(inbox: std::path::PathBuf) -> TargetPolicy {
+    TargetPolicy {
+        agent: Some(executor::AgentConfig {
+            inbox,
+            command: None,
+            timeout: std::time::Duration::from_secs(30),
+        }),
+        ..TargetPolicy::default()
+    }
+}
+
+#[test]
+fn the_agent_inbox_follows_no_symlink_for_its_temp_file_or_the_completion_file() {
+    let inbox = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let victim = outside.path().join("victim");
+    let secret = outside.path().join("secret");
+    fs::write(&victim, "victim").unwrap();
+    fs::write(&secret, "failed: SECRET\n").unwrap();
+    // Planted by whoever can write the inbox: the predictable temp name of the task file.
+    std::os::unix::fs::symlink(&victim, inbox.path().join(".task-s.task.md.ghost-tmp")).unwrap();
+    let ws = workspace_with(agent_policy(inbox.path().to_owned()));
+    let agent = {
+        let inbox = inbox.path().to_owned();
+        std::thread::spawn(move || {
+            let task = inbox.join("task-s.task.md");
+            let start = std::time::Instant::now();
+            while !task.exists() && start.elapsed() < std::time::Duration::from_secs(5) {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            // The "completion file" is a symlink to a file the agent may not read.
+            std::os::unix::fs::symlink(&secret, inbox.join("task-s.done")).unwrap();
+        })
+    };
+    let report = ws.apply(&patch("task-s", r#""agent":{"task":"t"},"timeout_s":10"#));
+    agent.join().unwrap();
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "victim");
+    assert!(!report.error.contains("SECRET"), "{}", report.error);
+    assert_ne!(report.status, Status::Succeeded, "{report:?}");
+}
+
+#[test]
+fn an_agent_inbox_inside_the_root_is_off_limits_to_patches() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = workspace_with(TargetPolicy::default());
+    let mut ctx = ws.ctx.clone();
+    ctx.workspace.policy = agent_policy(ctx.workspace.root.join("agent/inbox"));
+    drop(dir);
+    let report = executor::apply::apply(
+        &ctx,
+        &patch(
+            "inbox",
+            r#""edits":[{"op":"write","path":"agent/inbox/other.done","contents":"ok"}]"#,
+        ),
+        executor::apply::Lease::default(),
+        false,
+        &tokio_util::sync::CancellationToken::new(),
+    );
+    assert_eq!(report.status, Status::Rejected, "{report:?}");
+}
