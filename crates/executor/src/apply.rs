@@ -207,6 +207,7 @@ fn write_plan(plan: &Plan, dirs: &mut Dirs, delay: Duration) -> Result<(), Strin
     // Created and removed entries are durable before anything (the ledger) says applied; a
     // written file already synced its own directory.
     dirs.sync_touched()
+        .map(|_| ())
         .map_err(|err| format!("cannot sync the workspace's directories: {err}"))
 }
 

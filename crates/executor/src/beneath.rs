@@ -269,9 +269,11 @@ impl Dirs {
 
     /// Fsyncs every directory noted by [`Dirs::touch`] once (the same directory reached by
     /// two handles is synced once), so created and removed entries survive a power loss.
-    pub fn sync_touched(&mut self) -> io::Result<()> {
+    /// Returns how many directories were synced.
+    pub fn sync_touched(&mut self) -> io::Result<usize> {
         let mut seen = std::collections::HashSet::new();
         let mut first_error = None;
+        let mut synced = 0;
         for dir in std::mem::take(&mut self.touched) {
             let id = rustix::fs::fstat(&*dir).map(|stat| (stat.st_dev, stat.st_ino));
             if let Ok(id) = id
@@ -279,11 +281,14 @@ impl Dirs {
             {
                 continue;
             }
-            if let Err(err) = sync_dir(&dir) {
-                first_error.get_or_insert(err);
+            match sync_dir(&dir) {
+                Ok(()) => synced += 1,
+                Err(err) => {
+                    first_error.get_or_insert(err);
+                }
             }
         }
-        first_error.map_or(Ok(()), Err)
+        first_error.map_or(Ok(synced), Err)
     }
 
     /// Drops the handles of directory `rel` and of every directory below it.
@@ -538,6 +543,26 @@ mod tests {
             assert_eq!(read(&real, "f", 1).unwrap().unwrap().0, b"f");
             assert!(is(&read(&real, "f", 0).unwrap_err(), Errno::FBIG));
         }
+    }
+
+    #[test]
+    fn created_and_removed_entries_sync_each_parent_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut dirs = Dirs::open(dir.path()).unwrap();
+        // Root (for a) and a (for b): two parents, whatever the number of entries.
+        dirs.make_dirs("a/b").unwrap();
+        let root = dirs.dir("").unwrap();
+        mkdir(&root, "c").unwrap();
+        dirs.touch(&root);
+        let again = dirs.dir("").unwrap();
+        dirs.touch(&again);
+        assert_eq!(dirs.sync_touched().unwrap(), 2);
+        assert_eq!(dirs.sync_touched().unwrap(), 0);
+        std::fs::create_dir_all(dir.path().join("t/u/v")).unwrap();
+        std::os::unix::fs::symlink("/", dir.path().join("t/u/root")).unwrap();
+        assert!(remove_tree(&root, "t").unwrap());
+        assert!(!dir.path().join("t").exists());
+        assert!(!remove_tree(&root, "t").unwrap());
     }
 
     #[test]

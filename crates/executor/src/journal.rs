@@ -639,6 +639,49 @@ mod tests {
     }
 
     #[test]
+    fn a_tampered_journal_naming_a_forbidden_path_or_another_root_restores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let ws = dir.path().join("ws");
+        fs::create_dir_all(ws.join(".git/hooks")).unwrap();
+        let path = journal_path(&state, "MAIN");
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let first = r#"{"patch_id":"p","content_hash":"h","attempt":1,"fencing_token":7}"#;
+        let hook =
+            "{\"kind\":\"file\",\"path\":\".git/hooks/post-commit\",\"before\":[5,493]}\nevil!\n";
+        fs::write(&path, format!("ghost-journal 3\n{first}\n{hook}")).unwrap();
+        let refuse_git = |rel: &str| {
+            if rel.starts_with(".git") {
+                Err("inside .git".to_owned())
+            } else {
+                Ok(())
+            }
+        };
+        let err = recover(&state, "MAIN", &ws, id(&ws), refuse_git, |_| false).unwrap_err();
+        assert!(err.to_string().contains("may not touch"), "{err}");
+        assert!(!ws.join(".git/hooks/post-commit").exists());
+        assert!(path.exists());
+        // A journal written for another root (device and inode recorded) is refused too.
+        let other = beneath::RootId { dev: 0, ino: 1 };
+        let header = serde_json::to_string(&Header {
+            root: Some(other),
+            ..header()
+        })
+        .unwrap();
+        fs::write(
+            &path,
+            format!(
+                "ghost-journal 3\n{header}\n{{\"kind\":\"file\",\"path\":\"a\",\"before\":null}}\n"
+            ),
+        )
+        .unwrap();
+        fs::write(ws.join("a"), "keep").unwrap();
+        let err = recover(&state, "MAIN", &ws, id(&ws), |_| Ok(()), |_| false).unwrap_err();
+        assert!(err.to_string().contains("another workspace root"), "{err}");
+        assert_eq!(fs::read_to_string(ws.join("a")).unwrap(), "keep");
+    }
+
+    #[test]
     fn a_journal_of_the_old_layout_is_refused_with_its_path() {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
