@@ -260,3 +260,19 @@ fn an_agent_inbox_inside_the_root_is_off_limits_to_patches() {
     );
     assert_eq!(report.status, Status::Rejected, "{report:?}");
 }
+
+#[test]
+fn a_redelivered_applied_patch_is_not_reported_succeeded_while_a_journal_blocks_the_target() {
+    let ws = workspace();
+    let applied = patch(
+        "once",
+        r#""edits":[{"op":"write","path":"a.txt","contents":"a"}]"#,
+    );
+    assert_eq!(ws.apply(&applied).status, Status::Succeeded);
+    let journal = ws.ctx.workspace.state_dir.join("journal/MAIN.journal");
+    fs::create_dir_all(journal.parent().unwrap()).unwrap();
+    fs::write(&journal, "not a journal").unwrap();
+    // Reporting the recorded success would clear the router's workspace_not_restored alert.
+    let again = ws.apply(&applied);
+    assert_eq!(again.status, Status::Rejected, "{again:?}");
+}
