@@ -434,8 +434,13 @@ pub fn remove(dir: &OwnedFd, name: &str) -> io::Result<bool> {
     }
 }
 
-/// Deepest directory tree [`remove_tree`] descends (each level holds one open handle).
-const MAX_TREE_DEPTH: usize = 256;
+/// Deepest level [`remove_tree`] descends in one pass (each level holds one open handle);
+/// a subtree deeper than that is moved up to the top of the tree being removed and cleared
+/// in a later pass, so no depth blocks a rollback and the handles stay bounded.
+const MAX_TREE_DEPTH: usize = 64;
+
+/// Bound on the passes of [`remove_tree`] (each clears `MAX_TREE_DEPTH` more levels).
+const MAX_TREE_PASSES: usize = 100_000;
 
 /// Removes `name` from `dir` whatever it is — a file, a symlink (never followed) or a
 /// directory with everything inside it, each entry removed relative to the handle of its own
@@ -443,40 +448,48 @@ const MAX_TREE_DEPTH: usize = 256;
 /// directory the patch created, or where a journaled file was.
 pub fn remove_tree(dir: &OwnedFd, name: &str) -> io::Result<bool> {
     let name = std::ffi::CString::new(name).map_err(|_| io::Error::from(Errno::INVAL))?;
-    remove_tree_at(dir, &name, 0)
-}
-
-fn remove_tree_at(dir: &OwnedFd, name: &std::ffi::CStr, depth: usize) -> io::Result<bool> {
-    match rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR) {
+    match rustix::fs::unlinkat(dir, &name, AtFlags::REMOVEDIR) {
         Ok(()) => return Ok(true),
         Err(err) if err == Errno::NOENT || err == Errno::NAMETOOLONG => return Ok(false),
-        Err(err) if err == Errno::NOTDIR => {
-            return match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
-                Ok(()) => Ok(true),
-                Err(err) if err == Errno::NOENT => Ok(false),
-                Err(err) => Err(err.into()),
-            };
-        }
         Err(err) if err == Errno::NOTEMPTY || err == Errno::EXIST => {}
+        // Not a directory (a file or a symlink): removed as such.
+        Err(err) if err == Errno::NOTDIR => return unlink_entry(dir, &name),
         Err(err) => return Err(err.into()),
     }
-    if depth >= MAX_TREE_DEPTH {
-        return Err(io::Error::other(format!(
-            "a directory tree deeper than {MAX_TREE_DEPTH} levels"
-        )));
-    }
     // O_NOFOLLOW | O_DIRECTORY: swapped for a symlink meanwhile, it is removed as a link.
-    let inner = match rustix::fs::openat(dir, name, dir_flags(), Mode::empty()) {
+    let top = match rustix::fs::openat(dir, &name, dir_flags(), Mode::empty()) {
         Ok(fd) => fd,
         Err(err) if err == Errno::NOTDIR || err == Errno::LOOP => {
-            rustix::fs::unlinkat(dir, name, AtFlags::empty())?;
-            return Ok(true);
+            return unlink_entry(dir, &name);
         }
         Err(err) if err == Errno::NOENT => return Ok(false),
         Err(err) => return Err(err.into()),
     };
+    let mut moved = 0u64;
+    for _ in 0..MAX_TREE_PASSES {
+        let before = moved;
+        clear(&top, &top, 0, &mut moved)?;
+        if moved == before {
+            rustix::fs::unlinkat(dir, &name, AtFlags::REMOVEDIR)?;
+            return Ok(true);
+        }
+    }
+    Err(io::Error::other("a directory tree too deep to remove"))
+}
+
+fn unlink_entry(dir: &OwnedFd, name: &std::ffi::CStr) -> io::Result<bool> {
+    match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+        Ok(()) => Ok(true),
+        Err(err) if err == Errno::NOENT => Ok(false),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Empties directory `dir` (at `depth` below `top`); a directory at the depth limit is moved
+/// into `top` under a fresh name instead, counted in `moved`.
+fn clear(dir: &OwnedFd, top: &OwnedFd, depth: usize, moved: &mut u64) -> io::Result<()> {
     let mut names = Vec::new();
-    for entry in rustix::fs::Dir::read_from(&inner)? {
+    for entry in rustix::fs::Dir::read_from(dir)? {
         let entry = entry?;
         let child = entry.file_name();
         if child.to_bytes() != b"." && child.to_bytes() != b".." {
@@ -484,17 +497,46 @@ fn remove_tree_at(dir: &OwnedFd, name: &std::ffi::CStr, depth: usize) -> io::Res
         }
     }
     for child in &names {
-        match rustix::fs::unlinkat(&inner, child.as_c_str(), AtFlags::empty()) {
+        match rustix::fs::unlinkat(dir, child.as_c_str(), AtFlags::empty()) {
+            Ok(()) => continue,
+            Err(err) if err == Errno::NOENT => continue,
+            Err(err) if err == Errno::ISDIR || err == Errno::PERM => {}
+            Err(err) => return Err(err.into()),
+        }
+        if depth + 1 >= MAX_TREE_DEPTH {
+            loop {
+                *moved += 1;
+                let fresh = format!(".ghost-rm-{moved}");
+                match rustix::fs::renameat_with(
+                    dir,
+                    child.as_c_str(),
+                    top,
+                    fresh.as_str(),
+                    rustix::fs::RenameFlags::NOREPLACE,
+                ) {
+                    Err(err) if err == Errno::EXIST => {}
+                    other => break other?,
+                }
+            }
+            continue;
+        }
+        let inner = match rustix::fs::openat(dir, child.as_c_str(), dir_flags(), Mode::empty()) {
+            Ok(fd) => fd,
+            Err(err) if err == Errno::NOTDIR || err == Errno::LOOP => {
+                unlink_entry(dir, child)?;
+                continue;
+            }
+            Err(err) if err == Errno::NOENT => continue,
+            Err(err) => return Err(err.into()),
+        };
+        clear(&inner, top, depth + 1, moved)?;
+        match rustix::fs::unlinkat(dir, child.as_c_str(), AtFlags::REMOVEDIR) {
             Ok(()) => {}
             Err(err) if err == Errno::NOENT => {}
-            Err(err) if err == Errno::ISDIR || err == Errno::PERM => {
-                remove_tree_at(&inner, child, depth + 1)?;
-            }
             Err(err) => return Err(err.into()),
         }
     }
-    rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)?;
-    Ok(true)
+    Ok(())
 }
 
 /// Creates directory `name` in `dir`.
@@ -563,6 +605,12 @@ mod tests {
         assert!(remove_tree(&root, "t").unwrap());
         assert!(!dir.path().join("t").exists());
         assert!(!remove_tree(&root, "t").unwrap());
+        // Deeper than one pass goes: moved up and cleared in later passes.
+        let deep = vec!["d"; MAX_TREE_DEPTH * 3 + 5].join("/");
+        let made = dirs.make_dirs(&format!("deep/{deep}")).unwrap();
+        write(&made, "f", b"x", 0o644).unwrap();
+        assert!(remove_tree(&root, "deep").unwrap());
+        assert_eq!(stat(&root, "deep").unwrap(), None);
     }
 
     #[test]
