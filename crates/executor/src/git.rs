@@ -36,6 +36,12 @@ fn git(root: &Path) -> Command {
     if let Some(parent) = root.parent() {
         command.env("GIT_CEILING_DIRECTORIES", parent);
     }
+    // A work tree whose `.git` is a real directory (patches may not touch it) is named
+    // explicitly, so nothing else at the root is taken for the repository.
+    let git_dir = root.join(".git");
+    if std::fs::symlink_metadata(&git_dir).is_ok_and(|meta| meta.is_dir()) {
+        command.env("GIT_DIR", git_dir).env("GIT_WORK_TREE", root);
+    }
     command
 }
 
