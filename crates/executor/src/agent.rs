@@ -91,8 +91,38 @@ pub fn hand_off(
     Ok((wait_for(&done, &agent.inbox, deadline, cancel)?, None))
 }
 
+/// Most of a completion file that is read (its first line is the outcome).
+const MAX_COMPLETION_BYTES: u64 = 64 * 1024;
+
+/// Reads the completion file relative to a handle of the inbox, following no symlink and
+/// refusing anything but a regular file: the agent may not make the executor read (and
+/// report) a file it cannot read itself.
 fn read_outcome(done: &Path) -> Outcome {
-    let text = fs::read_to_string(done).unwrap_or_default();
+    let inbox = done.parent().unwrap_or(Path::new("."));
+    let name = done
+        .file_name()
+        .and_then(|name| name.to_str())
+        .unwrap_or("");
+    let read = rustix::fs::openat(
+        rustix::fs::CWD,
+        inbox,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(std::io::Error::from)
+    .and_then(|handle| crate::beneath::read(&handle, name, MAX_COMPLETION_BYTES));
+    let text = match read {
+        Ok(Some((bytes, _))) => String::from_utf8_lossy(&bytes).into_owned(),
+        Ok(None) => String::new(),
+        Err(err) => {
+            tracing::warn!(path = %done.display(), error = %err, "completion file refused");
+            return Outcome::Failed(
+                "the completion file is not a regular file of at most 64 KiB (a symlink is \
+                 never followed)"
+                    .to_owned(),
+            );
+        }
+    };
     let first = text.lines().next().unwrap_or("").trim();
     match first.strip_prefix("failed") {
         Some(reason) => Outcome::Failed(format!(
@@ -119,7 +149,8 @@ fn wait_for(
         .map_err(|err| format!("cannot watch {}: {err}", inbox.display()))?;
     loop {
         // Checked after the watch started, so a file created in between is not missed.
-        if done.exists() {
+        // Without following a symlink: whatever is there is judged by `read_outcome`.
+        if done.symlink_metadata().is_ok() {
             return Ok(read_outcome(done));
         }
         if cancel.is_cancelled() {

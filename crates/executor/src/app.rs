@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::SERVICE;
 use crate::apply::Context;
+use crate::beneath::RootId;
 use crate::config::ExecutorConfig;
 use crate::connection::{self, Worker};
 use crate::error::ExecutorError;
@@ -25,7 +26,10 @@ pub struct App {
     worker: Worker,
 }
 
-fn workspaces(config: &ExecutorConfig) -> Result<HashMap<String, Workspace>, ExecutorError> {
+/// The configured workspaces, each with the identity of its root now (at start).
+fn workspaces(
+    config: &ExecutorConfig,
+) -> Result<HashMap<String, (Workspace, RootId)>, ExecutorError> {
     let state_dir =
         std::fs::canonicalize(&config.state_dir).map_err(|err| ExecutorError::Workspace {
             target: "-".to_owned(),
@@ -43,18 +47,23 @@ fn workspaces(config: &ExecutorConfig) -> Result<HashMap<String, Workspace>, Exe
         if !root.is_dir() {
             return Err(bad(format!("root {} is not a directory", root.display())));
         }
+        let root_id =
+            RootId::of(&root).map_err(|err| bad(format!("root {}: {err}", root.display())))?;
         found.insert(
             target.to_string(),
-            Workspace {
-                target: target.to_string(),
-                root,
-                state_dir: state_dir.clone(),
-                policy: config
-                    .targets
-                    .get(target.as_str())
-                    .cloned()
-                    .unwrap_or_default(),
-            },
+            (
+                Workspace {
+                    target: target.to_string(),
+                    root,
+                    state_dir: state_dir.clone(),
+                    policy: config
+                        .targets
+                        .get(target.as_str())
+                        .cloned()
+                        .unwrap_or_default(),
+                },
+                root_id,
+            ),
         );
     }
     if found.is_empty() {
@@ -67,21 +76,41 @@ fn workspaces(config: &ExecutorConfig) -> Result<HashMap<String, Workspace>, Exe
 }
 
 /// Rolls back what a crash left half-applied and owes the router an `interrupted` result.
+/// A target whose journal cannot be recovered is logged and flagged, and refuses patches
+/// (each of its patches retries the recovery first); the other targets start normally.
 fn recover(
     state_dir: &std::path::Path,
-    workspaces: &HashMap<String, Workspace>,
+    workspaces: &HashMap<String, (Workspace, RootId)>,
     outbox: &Outbox,
 ) -> anyhow::Result<()> {
     let ledger = Ledger::new(state_dir);
-    for workspace in workspaces.values() {
+    for (workspace, root_id) in workspaces.values() {
         let target = workspace.target.as_str();
         let applied = |header: &journal::Header| {
             ledger
                 .get(target, &header.patch_id, &header.content_hash)
                 .is_some()
         };
-        let Some(found) = journal::recover(&workspace.state_dir, target, &workspace.root, applied)?
-        else {
+        let allowed =
+            |rel: &str| crate::workspace::check_path(workspace, rel).map_err(|err| err.to_string());
+        let found = match journal::recover(
+            &workspace.state_dir,
+            target,
+            &workspace.root,
+            *root_id,
+            allowed,
+            applied,
+        ) {
+            Ok(found) => found,
+            Err(err) => {
+                metrics::gauge!("ghost_executor_journal_blocked", "target" => target.to_owned())
+                    .set(1.0);
+                tracing::error!(%target, error = %err,
+                        "cannot recover this target's journal; it refuses patches until it can");
+                continue;
+            }
+        };
+        let Some(found) = found else {
             continue;
         };
         if applied(&found.header) {
@@ -134,9 +163,10 @@ impl App {
         recover(&config.state_dir, &workspaces, &outbox)?;
         let contexts = workspaces
             .into_iter()
-            .map(|(target, workspace)| {
+            .map(|(target, (workspace, root_id))| {
                 let ctx = Context {
                     workspace,
+                    root_id,
                     limits,
                     default_timeout: config.default_timeout,
                     write_delay: config.test_write_delay,

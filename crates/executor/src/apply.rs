@@ -13,7 +13,7 @@ use ghost_core::{ApplyReport, CommandKind, OnFailure, Patch, Rollback, StageTimi
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{self, Outcome};
-use crate::beneath::{self, Dirs};
+use crate::beneath::{self, Dirs, RootId};
 use crate::commands::{self, Argv, Stopped};
 use crate::git;
 use crate::journal::{self, Header, Journal, Restored};
@@ -32,6 +32,34 @@ pub struct Context {
     pub default_timeout: Duration,
     /// For crash tests only: pause after each file written.
     pub write_delay: Duration,
+    /// The identity of the workspace root when the executor started; every attempt, command
+    /// and git run first checks that the root is still that directory.
+    pub root_id: RootId,
+}
+
+/// Refuses when the workspace root is no longer the directory recorded at start. Commands
+/// and git are given the root as a path (their working directory), so it is checked just
+/// before each runs; the file operations go through the handle checked by
+/// [`Dirs::open_checked`].
+fn root_unchanged(ctx: &Context) -> Result<(), String> {
+    let found = RootId::of(&ctx.workspace.root);
+    if found.as_ref().is_ok_and(|id| *id == ctx.root_id) {
+        return Ok(());
+    }
+    root_replaced(
+        ctx,
+        &found.map_or_else(|err| err.to_string(), |id| format!("{id:?}")),
+    );
+    Err(beneath::replaced_root().to_string())
+}
+
+/// Logs (with the paths, for the operator) and counts a replaced root.
+fn root_replaced(ctx: &Context, found: &str) {
+    metrics::counter!("ghost_executor_root_replaced_total", "target" => ctx.workspace.target.clone())
+        .increment(1);
+    tracing::error!(target = %ctx.workspace.target, root = %ctx.workspace.root.display(),
+        expected = ?ctx.root_id, %found,
+        "the workspace root is no longer the directory it was at start; refusing to use it");
 }
 
 /// The router's lease on this attempt.
@@ -95,6 +123,9 @@ impl Attempt<'_> {
         admitted: &[(String, Argv, CommandKind, Option<u32>)],
     ) -> Option<(Status, String)> {
         for (line, argv, kind, timeout_s) in admitted {
+            if let Err(reason) = root_unchanged(self.ctx) {
+                return Some((Status::Failed, reason));
+            }
             let own = timeout_s.map_or(self.ctx.workspace.policy.command_timeout, |s| {
                 Duration::from_secs(u64::from(s))
             });
@@ -149,9 +180,11 @@ fn rollback_record(restored: &Restored, reason: &str) -> Rollback {
 fn write_plan(plan: &Plan, dirs: &mut Dirs, delay: Duration) -> Result<(), String> {
     for rel in &plan.dirs {
         let (parent, name) = beneath::split(rel);
-        dirs.dir(parent)
-            .and_then(|handle| beneath::mkdir(&handle, name))
+        let handle = dirs
+            .dir(parent)
             .map_err(|err| format!("cannot create {rel}: {err}"))?;
+        beneath::mkdir(&handle, name).map_err(|err| format!("cannot create {rel}: {err}"))?;
+        dirs.touch(&handle);
     }
     for (rel, state) in &plan.files {
         let (parent, name) = beneath::split(rel);
@@ -164,13 +197,18 @@ fn write_plan(plan: &Plan, dirs: &mut Dirs, delay: Duration) -> Result<(), Strin
             Final::Absent => {
                 beneath::remove(&handle, name)
                     .map_err(|err| format!("cannot remove {rel}: {err}"))?;
+                dirs.touch(&handle);
             }
         }
         if !delay.is_zero() {
             std::thread::sleep(delay);
         }
     }
-    Ok(())
+    // Created and removed entries are durable before anything (the ledger) says applied; a
+    // written file already synced its own directory.
+    dirs.sync_touched()
+        .map(|_| ())
+        .map_err(|err| format!("cannot sync the workspace's directories: {err}"))
 }
 
 fn open_journal(
@@ -185,6 +223,7 @@ fn open_journal(
         content_hash: patch.content_hash(),
         attempt: lease.attempt,
         fencing_token: lease.fencing_token,
+        root: Some(ctx.root_id),
     };
     let mut journal = Journal::begin(&ctx.workspace.state_dir, &ctx.workspace.target, &header)?;
     for dir in &plan.dirs {
@@ -192,9 +231,9 @@ fn open_journal(
     }
     for (rel, state) in &plan.files {
         if matches!(state, Final::File { .. }) {
-            journal.record_file(dirs, &journal::temp_rel(rel))?;
+            journal.record_file(dirs, &journal::temp_rel(rel), ctx.limits.max_file_bytes)?;
         }
-        journal.record_file(dirs, rel)?;
+        journal.record_file(dirs, rel, ctx.limits.max_file_bytes)?;
     }
     journal.seal()?;
     Ok(journal)
@@ -274,11 +313,21 @@ fn clear_leftover_journal(ctx: &Context, ledger: &Ledger) -> Result<(), String> 
             "the journal of an earlier patch cannot be cleared; refusing patches for this target");
         Err(format!(
             "target {target} refuses patches until its workspace is restored: {reason}. Fix \
-             the paths named, then remove the target's journal in the executor's state dir \
-             (or restart the executor, which tries the rollback again)"
+             the paths named (every new patch for this target tries the rollback again), or \
+             restore the workspace by hand and remove the target's journal in the executor's \
+             state dir"
         ))
     };
-    match journal::recover(&workspace.state_dir, target, &workspace.root, applied) {
+    let allowed =
+        |rel: &str| crate::workspace::check_path(workspace, rel).map_err(|err| err.to_string());
+    match journal::recover(
+        &workspace.state_dir,
+        target,
+        &workspace.root,
+        ctx.root_id,
+        allowed,
+        applied,
+    ) {
         Ok(Some(found)) if !found.restored.errors.is_empty() => blocked(format!(
             "the rollback of patch {} could not restore {}",
             found.header.patch_id,
@@ -311,10 +360,6 @@ fn apply_once(
     let ledger = Ledger::new(&ctx.workspace.state_dir);
     let hash = patch.content_hash();
     let target = ctx.workspace.target.as_str();
-    if let Some(recorded) = ledger.get(target, patch.id.as_str(), &hash) {
-        tracing::info!(patch_id = %patch.id, "patch already applied; returning the recorded result");
-        return recorded;
-    }
     let mut attempt = Attempt {
         ctx,
         patch,
@@ -336,6 +381,12 @@ fn apply_once(
         });
         return attempt.end(Status::Rejected, reason);
     }
+    // After the journal check: a re-delivered patch must not report success (and clear the
+    // router's `workspace_not_restored` alert) while the workspace is not restored.
+    if let Some(recorded) = ledger.get(target, patch.id.as_str(), &hash) {
+        tracing::info!(patch_id = %patch.id, "patch already applied; returning the recorded result");
+        return recorded;
+    }
 
     // Everything below until the journal is sealed only reads.
     let mut admitted = Vec::new();
@@ -355,6 +406,11 @@ fn apply_once(
             Err(reason) => return attempt.end(Status::Rejected, reason),
         }
     }
+    if (patch.base.is_some() || patch.agent.is_some())
+        && let Err(reason) = root_unchanged(ctx)
+    {
+        return attempt.end(Status::Failed, reason);
+    }
     if let Some(base) = &patch.base
         && let Err(reason) = git::check_head(&ctx.workspace.root, &base.git_head)
     {
@@ -367,8 +423,12 @@ fn apply_once(
         Ok(ops) => ops,
         Err(err) => return attempt.end(Status::Rejected, err.to_string()),
     };
-    let mut dirs = match Dirs::open(&ctx.workspace.root) {
+    let mut dirs = match Dirs::open_checked(&ctx.workspace.root, ctx.root_id) {
         Ok(dirs) => dirs,
+        Err(err) if beneath::is_replaced_root(&err) => {
+            root_replaced(ctx, "another directory");
+            return attempt.end(Status::Failed, err.to_string());
+        }
         Err(err) => {
             tracing::error!(root = %ctx.workspace.root.display(), error = %err, "cannot open the workspace");
             return attempt.end(Status::Failed, format!("cannot open the workspace: {err}"));
@@ -410,6 +470,9 @@ fn apply_once(
             .keys()
             .map(|rel| ctx.workspace.root.join(rel))
             .collect();
+        if let Err(reason) = root_unchanged(ctx) {
+            return Some((Status::RolledBack, reason));
+        }
         match attempt.stage("commit", |_| {
             git::commit(
                 &ctx.workspace.root,

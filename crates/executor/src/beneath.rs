@@ -49,6 +49,53 @@ pub fn is_absent(err: &io::Error) -> bool {
     is(err, Errno::NOENT) || is(err, Errno::NOTDIR) || is(err, Errno::NAMETOOLONG)
 }
 
+/// The identity of a directory (device and inode), recorded for each workspace root when the
+/// executor starts, so a root swapped afterwards (for a symlink to `/etc/cron.d`, or another
+/// directory, by whoever owns its parent) is noticed before anything is written through it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RootId {
+    /// `st_dev`.
+    pub dev: u64,
+    /// `st_ino`.
+    pub ino: u64,
+}
+
+impl RootId {
+    /// The identity of what `path` names now, following symlinks as a command's working
+    /// directory or `git -C` would.
+    pub fn of(path: &Path) -> io::Result<Self> {
+        let stat = rustix::fs::stat(path)?;
+        Ok(Self {
+            dev: stat.st_dev,
+            ino: stat.st_ino,
+        })
+    }
+
+    fn of_fd(fd: &OwnedFd) -> io::Result<Self> {
+        let stat = rustix::fs::fstat(fd)?;
+        Ok(Self {
+            dev: stat.st_dev,
+            ino: stat.st_ino,
+        })
+    }
+}
+
+/// The error of a root that is no longer the directory recorded at start.
+pub fn replaced_root() -> io::Error {
+    io::Error::other(
+        "the workspace root was replaced since the executor started (its device and inode \
+         changed); nothing is written through it",
+    )
+}
+
+/// True when `err` is [`replaced_root`]'s.
+pub fn is_replaced_root(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::Other
+        && err
+            .to_string()
+            .starts_with("the workspace root was replaced")
+}
+
 /// How directories below the root are resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Resolve {
@@ -64,6 +111,9 @@ pub struct Dirs {
     root: Arc<OwnedFd>,
     resolve: Resolve,
     cache: HashMap<String, Arc<OwnedFd>>,
+    /// Directories whose entries changed (mkdir, unlink, rmdir) since the last
+    /// [`Dirs::sync_touched`]; a file write syncs its own directory.
+    touched: Vec<Arc<OwnedFd>>,
 }
 
 fn dir_flags() -> OFlags {
@@ -88,6 +138,17 @@ impl Dirs {
         Ok(dirs)
     }
 
+    /// Opens the root and checks that it is still the directory recorded at start (`expected`);
+    /// one swapped since is refused with [`replaced_root`]. The check is on the opened handle,
+    /// which every later operation of the attempt goes through.
+    pub fn open_checked(root: &Path, expected: RootId) -> io::Result<Self> {
+        let dirs = Self::open(root)?;
+        if RootId::of_fd(&dirs.root)? != expected {
+            return Err(replaced_root());
+        }
+        Ok(dirs)
+    }
+
     /// Opens the root and resolves with the component walk only (the fallback, also tested).
     pub fn open_walking(root: &Path) -> io::Result<Self> {
         let fd = rustix::fs::openat(
@@ -100,6 +161,7 @@ impl Dirs {
             root: Arc::new(fd),
             resolve: Resolve::Walk,
             cache: HashMap::new(),
+            touched: Vec::new(),
         })
     }
 
@@ -195,7 +257,45 @@ impl Dirs {
         let (parent, name) = split(rel);
         let parent_fd = self.make_dirs(parent)?;
         mkdir(&parent_fd, name)?;
+        self.touch(&parent_fd);
         self.dir(rel)
+    }
+
+    /// Notes that an entry of `dir` was created or removed, to be made durable by
+    /// [`Dirs::sync_touched`].
+    pub fn touch(&mut self, dir: &Arc<OwnedFd>) {
+        self.touched.push(Arc::clone(dir));
+    }
+
+    /// Fsyncs every directory noted by [`Dirs::touch`] once (the same directory reached by
+    /// two handles is synced once), so created and removed entries survive a power loss.
+    /// Returns how many directories were synced.
+    pub fn sync_touched(&mut self) -> io::Result<usize> {
+        let mut seen = std::collections::HashSet::new();
+        let mut first_error = None;
+        let mut synced = 0;
+        for dir in std::mem::take(&mut self.touched) {
+            let id = rustix::fs::fstat(&*dir).map(|stat| (stat.st_dev, stat.st_ino));
+            if let Ok(id) = id
+                && !seen.insert(id)
+            {
+                continue;
+            }
+            match sync_dir(&dir) {
+                Ok(()) => synced += 1,
+                Err(err) => {
+                    first_error.get_or_insert(err);
+                }
+            }
+        }
+        first_error.map_or(Ok(synced), Err)
+    }
+
+    /// Drops the handles of directory `rel` and of every directory below it.
+    pub fn forget_below(&mut self, rel: &str) {
+        let below = format!("{rel}/");
+        self.cache
+            .retain(|key, _| key != rel && !key.starts_with(&below));
     }
 
     /// Drops the handle of a directory that was removed.
@@ -225,10 +325,19 @@ pub fn stat(dir: &OwnedFd, name: &str) -> io::Result<Option<Kind>> {
 }
 
 /// The bytes and permission bits of regular file `name` in `dir`, or `None` when absent. A
-/// symlink is ELOOP; anything but a regular file is refused.
-pub fn read(dir: &OwnedFd, name: &str) -> io::Result<Option<(Vec<u8>, u32)>> {
-    // O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused just after.
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+/// symlink is ELOOP; anything but a regular file is refused (`ErrorKind::Other`) without being
+/// opened; a file over `max_bytes` is EFBIG, refused by its size before a byte is read.
+pub fn read(dir: &OwnedFd, name: &str, max_bytes: u64) -> io::Result<Option<(Vec<u8>, u32)>> {
+    match stat(dir, name)? {
+        None => return Ok(None),
+        Some(Kind::Symlink) => return Err(Errno::LOOP.into()),
+        Some(Kind::Dir | Kind::Other) => return Err(io::Error::other("not a regular file")),
+        Some(Kind::File(_)) => {}
+    }
+    // O_NONBLOCK and O_NOCTTY: should a FIFO or a terminal be swapped in after the stat, the
+    // open neither waits for a writer nor takes a controlling terminal; it is refused below.
+    let flags =
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
     let fd = match rustix::fs::openat(dir, name, flags, Mode::empty()) {
         Ok(fd) => fd,
         Err(err) if err == Errno::NOENT => return Ok(None),
@@ -238,9 +347,31 @@ pub fn read(dir: &OwnedFd, name: &str) -> io::Result<Option<(Vec<u8>, u32)>> {
     if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
         return Err(io::Error::other("not a regular file"));
     }
-    let mut bytes = Vec::new();
-    std::fs::File::from(fd).read_to_end(&mut bytes)?;
+    let size = u64::try_from(stat.st_size).unwrap_or(u64::MAX);
+    if size > max_bytes {
+        return Err(Errno::FBIG.into());
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    // `take`: a file that grows after the fstat is still read only up to the limit (+1, to
+    // notice that it grew).
+    std::fs::File::from(fd)
+        .take(max_bytes.saturating_add(1))
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(Errno::FBIG.into());
+    }
     Ok(Some((bytes, stat.st_mode & 0o7777)))
+}
+
+/// True when `name` has the shape of a temp file [`write`] uses (`.<name>.ghost-tmp`).
+pub fn is_temp_name(name: &str) -> bool {
+    name.starts_with('.') && name.len() > ".ghost-tmp".len() && name.ends_with(".ghost-tmp")
+}
+
+/// Fsyncs directory `dir` through the C library (as every other fsync of the executor is, so
+/// an LD_PRELOAD fsync shim — deploy/bench/slow-fsync.c — sees and counts it).
+pub fn sync_dir(dir: &OwnedFd) -> io::Result<()> {
+    std::fs::File::from(dir.try_clone()?).sync_all()
 }
 
 /// The temp name used to replace `name` atomically: `.<name>.ghost-tmp`, or a hashed name of
@@ -265,8 +396,9 @@ pub fn write(dir: &OwnedFd, name: &str, contents: &[u8], mode: u32) -> io::Resul
     let fd = match rustix::fs::openat(dir, temp.as_str(), flags, Mode::from_raw_mode(0o600)) {
         Ok(fd) => fd,
         Err(err) if err == Errno::EXIST => {
-            // Left by a crash (the journal recorded it as absent): remove it, never follow it.
-            rustix::fs::unlinkat(dir, temp.as_str(), AtFlags::empty())?;
+            // Left by a crash (the journal recorded it as absent) or made by a command (even
+            // a directory): remove it, never follow it.
+            remove_tree(dir, &temp)?;
             rustix::fs::openat(dir, temp.as_str(), flags, Mode::from_raw_mode(0o600))?
         }
         Err(err) => return Err(err.into()),
@@ -276,8 +408,15 @@ pub fn write(dir: &OwnedFd, name: &str, contents: &[u8], mode: u32) -> io::Resul
         let mut file = std::fs::File::from(fd);
         file.write_all(contents)?;
         file.sync_all()?;
-        rustix::fs::renameat(dir, temp.as_str(), dir, name)?;
-        rustix::fs::fsync(dir)?;
+        match rustix::fs::renameat(dir, temp.as_str(), dir, name) {
+            // A command put a directory where the file goes: it is not the patch's to keep.
+            Err(err) if err == Errno::ISDIR || err == Errno::NOTEMPTY || err == Errno::EXIST => {
+                remove_tree(dir, name)?;
+                rustix::fs::renameat(dir, temp.as_str(), dir, name)?;
+            }
+            other => other?,
+        }
+        sync_dir(dir)?;
         Ok(())
     })();
     if result.is_err() {
@@ -293,6 +432,111 @@ pub fn remove(dir: &OwnedFd, name: &str) -> io::Result<bool> {
         Err(err) if err == Errno::NOENT || err == Errno::NAMETOOLONG => Ok(false),
         Err(err) => Err(err.into()),
     }
+}
+
+/// Deepest level [`remove_tree`] descends in one pass (each level holds one open handle);
+/// a subtree deeper than that is moved up to the top of the tree being removed and cleared
+/// in a later pass, so no depth blocks a rollback and the handles stay bounded.
+const MAX_TREE_DEPTH: usize = 64;
+
+/// Bound on the passes of [`remove_tree`] (each clears `MAX_TREE_DEPTH` more levels).
+const MAX_TREE_PASSES: usize = 100_000;
+
+/// Removes `name` from `dir` whatever it is — a file, a symlink (never followed) or a
+/// directory with everything inside it, each entry removed relative to the handle of its own
+/// directory; false when absent. Rollback uses it for what a patch's commands left in a
+/// directory the patch created, or where a journaled file was.
+pub fn remove_tree(dir: &OwnedFd, name: &str) -> io::Result<bool> {
+    let name = std::ffi::CString::new(name).map_err(|_| io::Error::from(Errno::INVAL))?;
+    match rustix::fs::unlinkat(dir, &name, AtFlags::REMOVEDIR) {
+        Ok(()) => return Ok(true),
+        Err(err) if err == Errno::NOENT || err == Errno::NAMETOOLONG => return Ok(false),
+        Err(err) if err == Errno::NOTEMPTY || err == Errno::EXIST => {}
+        // Not a directory (a file or a symlink): removed as such.
+        Err(err) if err == Errno::NOTDIR => return unlink_entry(dir, &name),
+        Err(err) => return Err(err.into()),
+    }
+    // O_NOFOLLOW | O_DIRECTORY: swapped for a symlink meanwhile, it is removed as a link.
+    let top = match rustix::fs::openat(dir, &name, dir_flags(), Mode::empty()) {
+        Ok(fd) => fd,
+        Err(err) if err == Errno::NOTDIR || err == Errno::LOOP => {
+            return unlink_entry(dir, &name);
+        }
+        Err(err) if err == Errno::NOENT => return Ok(false),
+        Err(err) => return Err(err.into()),
+    };
+    let mut moved = 0u64;
+    for _ in 0..MAX_TREE_PASSES {
+        let before = moved;
+        clear(&top, &top, 0, &mut moved)?;
+        if moved == before {
+            rustix::fs::unlinkat(dir, &name, AtFlags::REMOVEDIR)?;
+            return Ok(true);
+        }
+    }
+    Err(io::Error::other("a directory tree too deep to remove"))
+}
+
+fn unlink_entry(dir: &OwnedFd, name: &std::ffi::CStr) -> io::Result<bool> {
+    match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+        Ok(()) => Ok(true),
+        Err(err) if err == Errno::NOENT => Ok(false),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Empties directory `dir` (at `depth` below `top`); a directory at the depth limit is moved
+/// into `top` under a fresh name instead, counted in `moved`.
+fn clear(dir: &OwnedFd, top: &OwnedFd, depth: usize, moved: &mut u64) -> io::Result<()> {
+    let mut names = Vec::new();
+    for entry in rustix::fs::Dir::read_from(dir)? {
+        let entry = entry?;
+        let child = entry.file_name();
+        if child.to_bytes() != b"." && child.to_bytes() != b".." {
+            names.push(child.to_owned());
+        }
+    }
+    for child in &names {
+        match rustix::fs::unlinkat(dir, child.as_c_str(), AtFlags::empty()) {
+            Ok(()) => continue,
+            Err(err) if err == Errno::NOENT => continue,
+            Err(err) if err == Errno::ISDIR || err == Errno::PERM => {}
+            Err(err) => return Err(err.into()),
+        }
+        if depth + 1 >= MAX_TREE_DEPTH {
+            loop {
+                *moved += 1;
+                let fresh = format!(".ghost-rm-{moved}");
+                match rustix::fs::renameat_with(
+                    dir,
+                    child.as_c_str(),
+                    top,
+                    fresh.as_str(),
+                    rustix::fs::RenameFlags::NOREPLACE,
+                ) {
+                    Err(err) if err == Errno::EXIST => {}
+                    other => break other?,
+                }
+            }
+            continue;
+        }
+        let inner = match rustix::fs::openat(dir, child.as_c_str(), dir_flags(), Mode::empty()) {
+            Ok(fd) => fd,
+            Err(err) if err == Errno::NOTDIR || err == Errno::LOOP => {
+                unlink_entry(dir, child)?;
+                continue;
+            }
+            Err(err) if err == Errno::NOENT => continue,
+            Err(err) => return Err(err.into()),
+        };
+        clear(&inner, top, depth + 1, moved)?;
+        match rustix::fs::unlinkat(dir, child.as_c_str(), AtFlags::REMOVEDIR) {
+            Ok(()) => {}
+            Err(err) if err == Errno::NOENT => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Creates directory `name` in `dir`.
@@ -336,10 +580,37 @@ mod tests {
             assert!(dirs.dir("missing/x").unwrap_err().kind() == io::ErrorKind::NotFound);
             assert!(is(&dirs.dir("real/f/x").unwrap_err(), Errno::NOTDIR));
             let real = dirs.dir("real").unwrap();
-            assert!(is(&read(&real, "link").unwrap_err(), Errno::LOOP));
+            assert!(is(&read(&real, "link", 1).unwrap_err(), Errno::LOOP));
             assert_eq!(stat(&real, "link").unwrap(), Some(Kind::Symlink));
-            assert_eq!(read(&real, "f").unwrap().unwrap().0, b"f");
+            assert_eq!(read(&real, "f", 1).unwrap().unwrap().0, b"f");
+            assert!(is(&read(&real, "f", 0).unwrap_err(), Errno::FBIG));
         }
+    }
+
+    #[test]
+    fn created_and_removed_entries_sync_each_parent_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut dirs = Dirs::open(dir.path()).unwrap();
+        // Root (for a) and a (for b): two parents, whatever the number of entries.
+        dirs.make_dirs("a/b").unwrap();
+        let root = dirs.dir("").unwrap();
+        mkdir(&root, "c").unwrap();
+        dirs.touch(&root);
+        let again = dirs.dir("").unwrap();
+        dirs.touch(&again);
+        assert_eq!(dirs.sync_touched().unwrap(), 2);
+        assert_eq!(dirs.sync_touched().unwrap(), 0);
+        std::fs::create_dir_all(dir.path().join("t/u/v")).unwrap();
+        std::os::unix::fs::symlink("/", dir.path().join("t/u/root")).unwrap();
+        assert!(remove_tree(&root, "t").unwrap());
+        assert!(!dir.path().join("t").exists());
+        assert!(!remove_tree(&root, "t").unwrap());
+        // Deeper than one pass goes: moved up and cleared in later passes.
+        let deep = vec!["d"; MAX_TREE_DEPTH * 3 + 5].join("/");
+        let made = dirs.make_dirs(&format!("deep/{deep}")).unwrap();
+        write(&made, "f", b"x", 0o644).unwrap();
+        assert!(remove_tree(&root, "deep").unwrap());
+        assert_eq!(stat(&root, "deep").unwrap(), None);
     }
 
     #[test]
@@ -349,7 +620,7 @@ mod tests {
         let made = dirs.make_dirs("a/b").unwrap();
         write(&made, "x", b"one", 0o600).unwrap();
         write(&made, "x", b"two", 0o755).unwrap();
-        assert_eq!(read(&made, "x").unwrap(), Some((b"two".to_vec(), 0o755)));
+        assert_eq!(read(&made, "x", 3).unwrap(), Some((b"two".to_vec(), 0o755)));
         assert_eq!(stat(&made, &temp_name("x")).unwrap(), None);
         assert!(remove(&made, "x").unwrap());
         assert!(!remove(&made, "x").unwrap());

@@ -1,10 +1,28 @@
 //! The `git` CLI: the `base.git_head` check and the commit made on success.
+//!
+//! The workspace is patch-writable, so git must not take anything from it but the files to
+//! commit: a patch can fake a repository at the root (`HEAD`, `objects/`, `refs/`, `config`
+//! with `core.fsmonitor = <cmd>`) or name a path that is pathspec magic (`:(glob)*`, `:!x`).
+//! Hence [`HARDENING`], literal pathspecs, and discovery stopped above the root.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Config given on every git command line (it wins over every config file): a repository
+/// is never discovered as a bare one implicitly (a patch cannot fake one at the root), no
+/// fsmonitor command runs, and no hook.
+const HARDENING: [&str; 6] = [
+    "-c",
+    "safe.bareRepository=explicit",
+    "-c",
+    "core.fsmonitor=false",
+    "-c",
+    "core.hooksPath=/dev/null",
+];
+
 fn git(root: &Path) -> Command {
     let mut command = Command::new("git");
+    command.args(HARDENING);
     command
         // No automatic gc or maintenance: `git commit` would start it detached, in a session
         // of its own, where a command's sweep would take it for that command's orphan.
@@ -13,7 +31,20 @@ fn git(root: &Path) -> Command {
         .arg(root)
         .env_clear()
         .envs(std::env::vars_os().filter(|(name, _)| name == "PATH" || name == "HOME"))
-        .env("GIT_TERMINAL_PROMPT", "0");
+        .env("GIT_TERMINAL_PROMPT", "0")
+        // Paths are file names, never pathspec magic or globs.
+        .env("GIT_LITERAL_PATHSPECS", "1");
+    // Discovery looks at the root only, never above it: a repository in a parent directory
+    // (which a patch cannot see) is never the one committed to.
+    if let Some(parent) = root.parent() {
+        command.env("GIT_CEILING_DIRECTORIES", parent);
+    }
+    // A work tree whose `.git` is a real directory (patches may not touch it) is named
+    // explicitly, so nothing else at the root is taken for the repository.
+    let git_dir = root.join(".git");
+    if std::fs::symlink_metadata(&git_dir).is_ok_and(|meta| meta.is_dir()) {
+        command.env("GIT_DIR", git_dir).env("GIT_WORK_TREE", root);
+    }
     command
 }
 

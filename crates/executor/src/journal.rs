@@ -26,7 +26,6 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -49,6 +48,10 @@ pub struct Header {
     pub attempt: u32,
     /// The lease's fencing token.
     pub fencing_token: u64,
+    /// The workspace root the journal's paths are relative to; recovery into another
+    /// directory is refused. (Absent in journals written before it was recorded.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<beneath::RootId>,
 }
 
 /// One recorded original, as stored.
@@ -127,22 +130,23 @@ pub fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.ghost-tmp"))
 }
 
-/// Replaces `path` with `contents` and `mode` through a synced temp file and a rename.
+/// Replaces `path` with `contents` and `mode` through a synced temp file and a rename, all
+/// relative to a handle of `path`'s directory: the temp file is created with
+/// `O_EXCL | O_NOFOLLOW` (a symlink planted at its predictable name is removed, never
+/// followed), its mode set on the open file, and a symlink at `path` itself is replaced.
 pub fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
-    let temp = temp_path(path);
     let dir = path.parent().unwrap_or(Path::new("."));
-    let result = (|| {
-        let mut file = fs::File::create(&temp)?;
-        file.write_all(contents)?;
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.sync_all()?;
-        fs::rename(&temp, path)?;
-        sync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    result
+    let name = path
+        .file_name()
+        .and_then(|name| name.to_str())
+        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let handle = rustix::fs::openat(
+        rustix::fs::CWD,
+        dir,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    beneath::write(&handle, name, contents, mode)
 }
 
 fn remove_if_present(path: &Path) -> std::io::Result<bool> {
@@ -188,10 +192,16 @@ impl Journal {
 
     /// Records the current state of file `rel` (bytes and mode, or absent), read through
     /// `dirs`.
-    pub fn record_file(&mut self, dirs: &mut Dirs, rel: &str) -> std::io::Result<()> {
+    /// `max_bytes` bounds what is read (the plan already refused larger files).
+    pub fn record_file(
+        &mut self,
+        dirs: &mut Dirs,
+        rel: &str,
+        max_bytes: u64,
+    ) -> std::io::Result<()> {
         let (dir, name) = beneath::split(rel);
         let found = match dirs.dir(dir) {
-            Ok(handle) => beneath::read(&handle, name),
+            Ok(handle) => beneath::read(&handle, name, max_bytes),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(err) => Err(err),
         };
@@ -271,23 +281,40 @@ fn restore_file(dirs: &mut Dirs, rel: &str, bytes: &[u8], mode: u32) -> std::io:
     beneath::write(&handle, name, bytes, mode)
 }
 
+/// Removes what is at file path `rel`: a file, or a directory a command put there (with its
+/// contents: nothing in it predates the patch, since a journaled path was a file or absent).
 fn remove_file(dirs: &mut Dirs, rel: &str) -> std::io::Result<bool> {
     let (dir, name) = beneath::split(rel);
-    match dirs.dir(dir) {
-        Ok(handle) => beneath::remove(&handle, name),
-        Err(err) if beneath::is_absent(&err) => Ok(false),
-        Err(err) => Err(err),
-    }
+    let handle = match dirs.dir(dir) {
+        Ok(handle) => handle,
+        Err(err) if beneath::is_absent(&err) => return Ok(false),
+        Err(err) => return Err(err),
+    };
+    let removed = match beneath::remove(&handle, name) {
+        Err(err) if beneath::is(&err, rustix::io::Errno::ISDIR) => {
+            dirs.forget(rel);
+            beneath::remove_tree(&handle, name)
+        }
+        other => other,
+    };
+    dirs.touch(&handle);
+    removed
 }
 
+/// Removes a directory the patch created, with whatever the patch's commands left in it
+/// (build output such as `__pycache__/` or `target/`), never following a symlink.
 fn remove_dir(dirs: &mut Dirs, rel: &str) -> std::io::Result<bool> {
     let (dir, name) = beneath::split(rel);
     let removed = match dirs.dir(dir) {
-        Ok(handle) => beneath::rmdir(&handle, name),
+        Ok(handle) => {
+            dirs.touch(&handle);
+            beneath::remove_tree(&handle, name)
+        }
         Err(err) if beneath::is_absent(&err) => Ok(false),
         Err(err) => Err(err),
     };
-    dirs.forget(rel);
+    // Every cached handle at or below `rel` now names a removed directory.
+    dirs.forget_below(rel);
     removed
 }
 
@@ -313,6 +340,11 @@ fn restore(originals: &[Original], dirs: &mut Dirs) -> Restored {
                 Err(err) => done.errors.push(format!("{path}: {err}")),
             },
         }
+    }
+    // The restored entries are durable before the journal is closed.
+    if let Err(err) = dirs.sync_touched() {
+        done.errors
+            .push(format!("syncing the restored directories: {err}"));
     }
     done
 }
@@ -401,13 +433,30 @@ pub fn is_open(state_dir: &Path, target: &str) -> bool {
     journal_path(state_dir, target).exists()
 }
 
+/// The path `allowed` must accept before a journaled entry is restored: the entry's own, or
+/// for a temp file (`.<name>.ghost-tmp`, refused as a patch path) its directory's.
+fn checked_path(rel: &str) -> Option<&str> {
+    match beneath::split(rel) {
+        ("", name) if beneath::is_temp_name(name) => None,
+        (dir, name) if beneath::is_temp_name(name) => Some(dir),
+        _ => Some(rel),
+    }
+}
+
 /// Rolls back a leftover journal of `target` in the workspace at `root`, if any, unless
-/// `applied` says the patch had completed (then the journal is only removed). Returns what
-/// was found; a journal that cannot be fully rolled back is kept.
+/// `applied` says the patch had completed (then the journal is only removed). Every entry
+/// must pass `allowed` (the patch-path check: a tampered journal cannot restore into `.git/`
+/// or a state dir), else nothing is restored and the journal is kept. Returns what was
+/// found; a journal that cannot be fully rolled back is kept.
+///
+/// `root_id` is the identity of `root` recorded at start: a root that is no longer that
+/// directory, or a journal written for another root, is refused and the journal kept.
 pub fn recover(
     state_dir: &Path,
     target: &str,
     root: &Path,
+    root_id: beneath::RootId,
+    allowed: impl Fn(&str) -> Result<(), String>,
     applied: impl Fn(&Header) -> bool,
 ) -> std::io::Result<Option<Recovered>> {
     refuse_old_layout(state_dir, target)?;
@@ -427,10 +476,29 @@ pub fn recover(
             "the journal of target {target} cannot be read ({reason}); it is left in place"
         ))
     })?;
+    if header.root.is_some_and(|written| written != root_id) {
+        tracing::error!(path = %path.display(), "journal written for another workspace root; left in place");
+        return Err(std::io::Error::other(format!(
+            "the journal of target {target} was written for another workspace root (device \
+             and inode differ); it is left in place"
+        )));
+    }
+    for original in &originals {
+        let (Entry::File { path: rel, .. } | Entry::Dir { path: rel }) = &original.entry;
+        if let Some(checked) = checked_path(rel)
+            && let Err(reason) = allowed(checked)
+        {
+            tracing::error!(path = %path.display(), %reason, "journal names a path patches may not touch; left in place");
+            return Err(std::io::Error::other(format!(
+                "the journal of target {target} names a path patches may not touch ({reason}); \
+                 it is left in place"
+            )));
+        }
+    }
     let restored = if applied(&header) {
         Restored::default()
     } else {
-        restore(&originals, &mut Dirs::open(root)?)
+        restore(&originals, &mut Dirs::open_checked(root, root_id)?)
     };
     if restored.errors.is_empty() {
         remove_if_present(&path)?;
@@ -439,7 +507,14 @@ pub fn recover(
 }
 
 #[cfg(test)]
+fn id(root: &Path) -> beneath::RootId {
+    beneath::RootId::of(root).unwrap()
+}
+
+#[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]
@@ -455,26 +530,33 @@ mod tests {
             content_hash: "h".to_owned(),
             attempt: 1,
             fencing_token: 7,
+            root: None,
         };
         let mut journal = Journal::begin(&state, "MAIN", &header).unwrap();
         let mut dirs = Dirs::open(&ws).unwrap();
-        journal.record_file(&mut dirs, "a").unwrap();
+        journal.record_file(&mut dirs, "a", u64::MAX).unwrap();
         journal.record_dir("new");
-        journal.record_file(&mut dirs, "new/b").unwrap();
+        journal.record_file(&mut dirs, "new/b", u64::MAX).unwrap();
         journal.seal().unwrap();
         write_atomically(&ws.join("a"), b"changed", 0o755).unwrap();
         fs::create_dir(ws.join("new")).unwrap();
         fs::write(ws.join("new/b"), "b").unwrap();
         // A crash here: the next start finds the journal and rolls it back.
         drop(journal);
-        let recovered = recover(&state, "MAIN", &ws, |_| false).unwrap().unwrap();
+        let recovered = recover(&state, "MAIN", &ws, id(&ws), |_| Ok(()), |_| false)
+            .unwrap()
+            .unwrap();
         assert_eq!(recovered.header, header);
         assert!(recovered.restored.errors.is_empty());
         assert_eq!(fs::read_to_string(ws.join("a")).unwrap(), "original");
         let mode = fs::metadata(ws.join("a")).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert!(!ws.join("new").exists());
-        assert!(recover(&state, "MAIN", &ws, |_| false).unwrap().is_none());
+        assert!(
+            recover(&state, "MAIN", &ws, id(&ws), |_| Ok(()), |_| false)
+                .unwrap()
+                .is_none()
+        );
     }
 
     fn header() -> Header {
@@ -483,6 +565,7 @@ mod tests {
             content_hash: "h".to_owned(),
             attempt: 1,
             fencing_token: 7,
+            root: None,
         }
     }
 
@@ -499,13 +582,15 @@ mod tests {
         fs::write(ws.join("empty"), b"").unwrap();
         let mut journal = Journal::begin(&state, "MAIN", &header()).unwrap();
         let mut dirs = Dirs::open(&ws).unwrap();
-        journal.record_file(&mut dirs, "bin").unwrap();
-        journal.record_file(&mut dirs, "empty").unwrap();
+        journal.record_file(&mut dirs, "bin", u64::MAX).unwrap();
+        journal.record_file(&mut dirs, "empty", u64::MAX).unwrap();
         journal.seal().unwrap();
         fs::write(ws.join("bin"), "x").unwrap();
         fs::write(ws.join("empty"), "y").unwrap();
         drop(journal);
-        let recovered = recover(&state, "MAIN", &ws, |_| false).unwrap().unwrap();
+        let recovered = recover(&state, "MAIN", &ws, id(&ws), |_| Ok(()), |_| false)
+            .unwrap()
+            .unwrap();
         assert_eq!(recovered.restored.restored, 2);
         assert_eq!(fs::read(ws.join("bin")).unwrap(), original);
         assert_eq!(fs::read(ws.join("empty")).unwrap(), b"");
@@ -519,9 +604,16 @@ mod tests {
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(unsealed_path(&path), b"ghost-journal 3\n{\"patch_").unwrap();
         assert!(
-            recover(&state, "MAIN", dir.path(), |_| false)
-                .unwrap()
-                .is_none()
+            recover(
+                &state,
+                "MAIN",
+                dir.path(),
+                id(dir.path()),
+                |_| Ok(()),
+                |_| false
+            )
+            .unwrap()
+            .is_none()
         );
         assert!(!unsealed_path(&path).exists());
     }
@@ -533,9 +625,60 @@ mod tests {
         let path = journal_path(&state, "MAIN");
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(&path, b"ghost-journal 3\n{}\n").unwrap();
-        let err = recover(&state, "MAIN", dir.path(), |_| false).unwrap_err();
+        let err = recover(
+            &state,
+            "MAIN",
+            dir.path(),
+            id(dir.path()),
+            |_| Ok(()),
+            |_| false,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("cannot be read"), "{err}");
         assert!(path.exists());
+    }
+
+    #[test]
+    fn a_tampered_journal_naming_a_forbidden_path_or_another_root_restores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let ws = dir.path().join("ws");
+        fs::create_dir_all(ws.join(".git/hooks")).unwrap();
+        let path = journal_path(&state, "MAIN");
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let first = r#"{"patch_id":"p","content_hash":"h","attempt":1,"fencing_token":7}"#;
+        let hook =
+            "{\"kind\":\"file\",\"path\":\".git/hooks/post-commit\",\"before\":[5,493]}\nevil!\n";
+        fs::write(&path, format!("ghost-journal 3\n{first}\n{hook}")).unwrap();
+        let refuse_git = |rel: &str| {
+            if rel.starts_with(".git") {
+                Err("inside .git".to_owned())
+            } else {
+                Ok(())
+            }
+        };
+        let err = recover(&state, "MAIN", &ws, id(&ws), refuse_git, |_| false).unwrap_err();
+        assert!(err.to_string().contains("may not touch"), "{err}");
+        assert!(!ws.join(".git/hooks/post-commit").exists());
+        assert!(path.exists());
+        // A journal written for another root (device and inode recorded) is refused too.
+        let other = beneath::RootId { dev: 0, ino: 1 };
+        let header = serde_json::to_string(&Header {
+            root: Some(other),
+            ..header()
+        })
+        .unwrap();
+        fs::write(
+            &path,
+            format!(
+                "ghost-journal 3\n{header}\n{{\"kind\":\"file\",\"path\":\"a\",\"before\":null}}\n"
+            ),
+        )
+        .unwrap();
+        fs::write(ws.join("a"), "keep").unwrap();
+        let err = recover(&state, "MAIN", &ws, id(&ws), |_| Ok(()), |_| false).unwrap_err();
+        assert!(err.to_string().contains("another workspace root"), "{err}");
+        assert_eq!(fs::read_to_string(ws.join("a")).unwrap(), "keep");
     }
 
     #[test]
@@ -543,7 +686,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
         fs::create_dir_all(state.join("journal/MAIN/blobs")).unwrap();
-        let err = recover(&state, "MAIN", dir.path(), |_| false).unwrap_err();
+        let err = recover(
+            &state,
+            "MAIN",
+            dir.path(),
+            id(dir.path()),
+            |_| Ok(()),
+            |_| false,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("older executor"), "{err}");
         assert!(Journal::begin(&state, "MAIN", &header()).is_err());
     }
@@ -573,7 +724,9 @@ mod layout_2 {
             b = ws.join("new/b").display(),
         );
         fs::write(&path, [MAGIC_ABSOLUTE, entries.as_bytes()].concat()).unwrap();
-        let recovered = recover(&state, "MAIN", &ws, |_| false).unwrap().unwrap();
+        let recovered = recover(&state, "MAIN", &ws, id(&ws), |_| Ok(()), |_| false)
+            .unwrap()
+            .unwrap();
         assert!(
             recovered.restored.errors.is_empty(),
             "{:?}",
@@ -590,7 +743,7 @@ mod layout_2 {
             outside.display()
         );
         fs::write(&path, [MAGIC_ABSOLUTE, entries.as_bytes()].concat()).unwrap();
-        assert!(recover(&state, "MAIN", &ws, |_| false).is_err());
+        assert!(recover(&state, "MAIN", &ws, id(&ws), |_| Ok(()), |_| false).is_err());
         assert_eq!(fs::read_to_string(&outside).unwrap(), "keep");
     }
 }

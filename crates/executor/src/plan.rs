@@ -120,8 +120,12 @@ impl Overlay<'_> {
             Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(err) => return Err(open_error(key, dir, &err)),
         };
-        match beneath::read(&handle, name) {
+        match beneath::read(&handle, name, self.limits.max_file_bytes) {
             Ok(found) => Ok(found),
+            Err(err) if beneath::is(&err, Errno::FBIG) => Err(PlanError::Refused(format!(
+                "path {rel} is larger than the {} byte file limit",
+                self.limits.max_file_bytes
+            ))),
             Err(err) if beneath::is(&err, Errno::LOOP) => Err(PlanError::Refused(format!(
                 "path {rel} is a symlink, which is never followed"
             ))),
@@ -182,6 +186,8 @@ impl Overlay<'_> {
             )));
         }
         self.ensure_parents(rel.as_str())?;
+        // Never setuid/setgid/sticky: a file the patch writes keeps only its permission bits.
+        let mode = mode & 0o777;
         self.plan
             .files
             .insert(rel.as_str().to_owned(), Final::File { bytes, mode });

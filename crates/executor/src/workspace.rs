@@ -6,7 +6,7 @@
 //! the root. Symlinks are dealt with where files are opened ([`crate::beneath`]): none is
 //! followed.
 
-use std::path::{Component, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use crate::config::TargetPolicy;
 
@@ -87,6 +87,11 @@ pub fn check_path(workspace: &Workspace, rel: &str) -> Result<(), ConfineError> 
                 "path {rel} is inside .git/, which patches may not touch"
             )));
         }
+        if crate::beneath::is_temp_name(part) {
+            return Err(refused(format!(
+                "path {rel} has the shape of the executor's temp files (.<name>.ghost-tmp)"
+            )));
+        }
     }
     if folded(parts[0]) == ".ghost" {
         return Err(refused(format!(
@@ -105,12 +110,34 @@ pub fn check_path(workspace: &Workspace, rel: &str) -> Result<(), ConfineError> 
             )));
         }
     }
+    // The agent inbox holds task and completion files: a patch writing there could fake an
+    // agent's completion (or plant symlinks for the executor to meet).
+    if let Some(agent) = &workspace.policy.agent {
+        let inbox = std::fs::canonicalize(&agent.inbox).unwrap_or_else(|_| agent.inbox.clone());
+        if let Some(inbox) = dir_inside(workspace, &inbox) {
+            let inside = inbox.len() <= parts.len()
+                && inbox
+                    .iter()
+                    .zip(&parts)
+                    .all(|(a, b)| a.eq_ignore_ascii_case(b));
+            if inside || inbox.is_empty() {
+                return Err(refused(format!(
+                    "path {rel} is inside the target's agent inbox"
+                )));
+            }
+        }
+    }
     Ok(())
 }
 
 /// The components of the state dir below the root, when it lies inside (empty: it is the root).
 fn state_dir_inside(workspace: &Workspace) -> Option<Vec<String>> {
-    let below = workspace.state_dir.strip_prefix(&workspace.root).ok()?;
+    dir_inside(workspace, &workspace.state_dir)
+}
+
+/// The components of `dir` below the root, when it lies inside it.
+fn dir_inside(workspace: &Workspace, dir: &Path) -> Option<Vec<String>> {
+    let below = dir.strip_prefix(&workspace.root).ok()?;
     Some(
         below
             .components()
@@ -159,6 +186,7 @@ mod tests {
             ".GHOST ./x",
             ".ghost-executor/ledger",
             ".GHOST-EXECUTOR/x",
+            "src/.a.rs.ghost-tmp",
             "a//b",
             "a/../b",
         ] {

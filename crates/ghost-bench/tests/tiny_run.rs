@@ -126,7 +126,9 @@ fn fsync_calls(dir: &std::path::Path) -> HashMap<String, u64> {
 /// its p50 is at least that) and every service, and counts their fsyncs: the difference
 /// between a 10-patch and a 2-patch run, one patch at a time, gives each service's fsyncs per
 /// patch, checked against the path ghost-bench's floor is built from (`PATH_FSYNCS`): the
-/// executor's 6 exactly, at least the router's 4 (submit, lease, applying, completion), the
+/// executor's 6 exactly (journal temp file, journal folder; the written file, its directory;
+/// ledger entry, ledger folder — every one through libc, so the shim sees it: the directory
+/// fsync once went through rustix's raw syscall and was missed, counting 5), at least the router's 4 (submit, lease, applying, completion), the
 /// summarizer's 4 and the alerter's 1 on the path to the Slack post, none in the gateway.
 #[test]
 fn the_slow_disk_shim_reaches_every_service_and_counts_the_fsyncs_of_a_patch() {

@@ -63,7 +63,9 @@ fn resolved(path: &Path) -> std::io::Result<PathBuf> {
 }
 
 /// Refuses a data dir inside (or equal to) a workspace: patches could write the services'
-/// state there (a forged summary, the router's database).
+/// state there (a forged summary, the router's database); and a workspace inside the data
+/// dir, where the services' files would be the patches' to change. Both are compared with
+/// the symlinks of their longest existing prefix resolved.
 fn refuse_data_dir_in_workspaces(
     data_dir: &Path,
     workspaces: &[(String, PathBuf)],
@@ -80,6 +82,15 @@ fn refuse_data_dir_in_workspaces(
                  --data-dir ./.ghost --workspace {target}=./workspace",
                 data_dir.display(),
                 dir.display()
+            )));
+        }
+        if root.starts_with(&data) {
+            return Err(CliError::Settings(format!(
+                "workspace {target} ({}) is inside the data dir {}: patches could write the \
+                 services' state there; put the data dir outside every workspace, e.g. \
+                 --data-dir ./.ghost --workspace {target}=./workspace",
+                dir.display(),
+                data_dir.display()
             )));
         }
     }
@@ -172,6 +183,26 @@ mod tests {
         );
         for data in [dir.path().join(".ghost"), dir.path().join("repo-state")] {
             refuse_data_dir_in_workspaces(&data, &workspaces).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_workspace_inside_the_data_dir_is_refused_too_even_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("state");
+        std::fs::create_dir_all(data.join("ws")).unwrap();
+        std::os::unix::fs::symlink(data.join("ws"), dir.path().join("link")).unwrap();
+        for ws in [
+            data.join("ws"),
+            data.join("not-yet/ws"),
+            dir.path().join("link"),
+        ] {
+            let workspaces = vec![("MAIN".to_owned(), ws.clone())];
+            let err = refuse_data_dir_in_workspaces(&data, &workspaces).unwrap_err();
+            assert!(
+                err.to_string().contains("inside the data dir"),
+                "{ws:?}: {err}"
+            );
         }
     }
 }

@@ -173,14 +173,24 @@ impl Routing {
             last_seen_ms: Arc::new(AtomicI64::new(now)),
             sender,
         };
+        // `unrestored` lives in memory: derive it from the stored alerts when a target's
+        // executor connects, so a router restarted while it fired still resolves it on the
+        // target's next success. (A read at connect, not at every completion.)
+        let firing = match self.store.firing_alerts().await {
+            Ok(firing) => firing,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot read the firing alerts");
+                Vec::new()
+            }
+        };
         {
             let mut slots = self.slots.lock().await;
             for target in targets {
-                slots
-                    .entry(target.clone())
-                    .or_default()
-                    .sessions
-                    .push(session.clone());
+                let slot = slots.entry(target.clone()).or_default();
+                slot.unrestored |= firing
+                    .iter()
+                    .any(|key| *key == format!("workspace_not_restored/{target}"));
+                slot.sessions.push(session.clone());
                 metrics::gauge!("ghost_executors_connected", "target" => target.clone())
                     .increment(1.0);
             }

@@ -77,6 +77,7 @@ pub fn workspace_with(policy: TargetPolicy) -> TestWorkspace {
             limits: LIMITS,
             default_timeout: Duration::from_secs(30),
             write_delay: Duration::ZERO,
+            root_id: executor::beneath::RootId::of(&base.join("ws")).unwrap(),
         },
         _dir: dir,
     }

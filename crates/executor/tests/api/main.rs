@@ -7,6 +7,7 @@ mod helpers;
 mod hostile;
 mod ladder;
 mod ledger;
+mod leftovers;
 mod process_tree;
 mod race;
 mod rollback;

@@ -138,3 +138,43 @@ async fn a_rollback_that_left_the_workspace_changed_raises_an_alert_until_a_patc
         .collect();
     assert_eq!(changes, [false, true], "raised once, resolved once");
 }
+
+#[tokio::test]
+async fn the_workspace_not_restored_alert_is_resolved_by_a_success_after_a_router_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let alerter = RecordingAlerter::start().await;
+    let mut cfg = config(dir.path());
+    cfg.alerter_url = Some(alerter.url.clone());
+    let router = spawn_router(cfg.clone()).await;
+    let mut executor = TestExecutor::connect(&router, "ex", &["MAIN"]).await;
+    submit(&router, patch("breaks", "MAIN")).await;
+    let assign = executor.assignment().await;
+    executor
+        .report(
+            &assign,
+            ApplyReport {
+                status: PatchStatus::RolledBack as i32,
+                error: "the rollback could not restore everything".to_owned(),
+                rollback: Some(Rollback {
+                    restored: 0,
+                    removed: 0,
+                    reason: "command \"false\" failed".to_owned(),
+                    error: "src/a.rs: Permission denied (os error 13)".to_owned(),
+                }),
+                ..ApplyReport::default()
+            },
+        )
+        .await;
+    alerter.wait_for("workspace_not_restored/MAIN", false).await;
+    drop(executor);
+    router.stop().await;
+
+    // The restarted router knows nothing in memory; the firing alert is in its store.
+    let router = spawn_router(cfg).await;
+    let mut executor = TestExecutor::connect(&router, "ex", &["MAIN"]).await;
+    submit(&router, patch("after", "MAIN")).await;
+    let assign = executor.assignment().await;
+    executor.finish(&assign, PatchStatus::Succeeded).await;
+    alerter.wait_for("workspace_not_restored/MAIN", true).await;
+    router.stop().await;
+}
