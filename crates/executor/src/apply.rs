@@ -278,8 +278,27 @@ fn scrub(text: &mut String, workspace: &Workspace) {
         if name == "." {
             *text = text.replace(&format!("{path}/"), "");
         }
-        *text = text.replace(&path, name);
+        *text = replace_whole_path(text, &path, name);
     }
+}
+
+/// `text` with every occurrence of `path` that is a whole path (not the start of a longer
+/// name: `/srv/ws` in `/srv/ws2` stays) replaced by `name`.
+fn replace_whole_path(text: &str, path: &str, name: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(path) {
+        let after = &rest[at + path.len()..];
+        let whole = !after
+            .chars()
+            .next()
+            .is_some_and(|next| next.is_alphanumeric() || matches!(next, '_' | '-' | '.' | '~'));
+        out.push_str(&rest[..at]);
+        out.push_str(if whole { name } else { path });
+        rest = after;
+    }
+    out.push_str(rest);
+    out
 }
 
 fn scrub_report(report: &mut ApplyReport, workspace: &Workspace) {
@@ -659,5 +678,18 @@ mod tests {
             text,
             "cannot write src/a.rs; journal in <executor state>/journal; cwd ."
         );
+    }
+
+    #[test]
+    fn a_sibling_whose_name_starts_like_the_root_is_left_whole() {
+        let workspace = Workspace {
+            target: "MAIN".to_owned(),
+            root: PathBuf::from("/srv/ws"),
+            state_dir: PathBuf::from("/var/lib/ghost"),
+            policy: TargetPolicy::default(),
+        };
+        let mut text = "see /srv/ws2/a and /srv/ws.bak, not /srv/ws: done".to_owned();
+        scrub(&mut text, &workspace);
+        assert_eq!(text, "see /srv/ws2/a and /srv/ws.bak, not .: done");
     }
 }

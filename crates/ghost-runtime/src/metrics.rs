@@ -71,6 +71,11 @@ pub const CATALOGUE: &[(&str, Kind, &str)] = &[
         "1 while a target refuses patches because the journal of an earlier patch cannot be cleared.",
     ),
     (
+        "ghost_executor_root_replaced_total",
+        Kind::Counter,
+        "Patches refused because a target's root is no longer the directory the executor opened at start (device or inode changed).",
+    ),
+    (
         "ghost_command_sweep_leftovers_total",
         Kind::Counter,
         "Processes of a patch's command still alive after the kill sweep's budget (retried by later sweeps).",
