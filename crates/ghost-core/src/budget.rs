@@ -14,7 +14,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
-pub(crate) use aliases::count_aliases;
+pub(crate) use aliases::{ScanLimits, ScanRefusal, scan};
 
 /// How much reading one submitted document may cost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,8 +24,11 @@ pub struct ParseBudget {
     pub max_bytes: usize,
     /// Most YAML aliases (`*name`) one document may use.
     pub max_aliases: usize,
-    /// Deepest nesting of arrays and objects.
+    /// Deepest nesting of arrays and objects (for YAML, also checked lexically before parsing).
     pub max_depth: usize,
+    /// Most YAML nodes, counted lexically from indicators before parsing: the YAML loader
+    /// buffers every event of a document (about 200 bytes each) before the budget sees one.
+    pub max_nodes: usize,
 }
 
 impl ParseBudget {
@@ -33,6 +36,8 @@ impl ParseBudget {
     pub const DEFAULT_MAX_ALIASES: usize = 1_000;
     /// Nesting depth: the patch model and the legacy shapes need fewer than ten levels.
     pub const DEFAULT_MAX_DEPTH: usize = 64;
+    /// YAML nodes: a patch of 2,000 edits has about 10,000; 20,000 buffer about 8 MB of events.
+    pub const DEFAULT_MAX_NODES: usize = 20_000;
 
     /// The budget for documents of at most `max_bytes` (the service's request body limit).
     pub fn new(max_bytes: usize) -> Self {
@@ -40,6 +45,7 @@ impl ParseBudget {
             max_bytes,
             max_aliases: Self::DEFAULT_MAX_ALIASES,
             max_depth: Self::DEFAULT_MAX_DEPTH,
+            max_nodes: Self::DEFAULT_MAX_NODES,
         }
     }
 }
@@ -331,6 +337,7 @@ mod tests {
         max_bytes: 1024 * 1024,
         max_aliases: ParseBudget::DEFAULT_MAX_ALIASES,
         max_depth: ParseBudget::DEFAULT_MAX_DEPTH,
+        max_nodes: ParseBudget::DEFAULT_MAX_NODES,
     };
 
     fn over_budget(body: &str, format: Format, budget: &ParseBudget) -> String {
@@ -370,6 +377,22 @@ mod tests {
             ));
         }
         over_budget(&laughs, Format::Yaml, &MIB);
+        // Four levels (10,000 replayed scalars) stay under serde_norway's own repetition limit,
+        // so only the visitor's charge can refuse them: its message says so.
+        let mut laughs = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n".to_owned();
+        for level in 1..4 {
+            let prev = format!("*a{}", level - 1);
+            laughs.push_str(&format!(
+                "a{level}: &a{level} [{}]\n",
+                vec![prev; 10].join(", ")
+            ));
+        }
+        let message = over_budget(&laughs, Format::Yaml, &ParseBudget::new(2_000));
+        assert!(
+            message.contains("expands to more than 2000 bytes"),
+            "{message}"
+        );
+        assert!(parse_document(laughs.as_bytes(), Format::Yaml, &MIB).is_ok());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use serde::de::DeserializeSeed;
 use serde_path_to_error::Segment;
 
-use crate::budget::{ParseBudget, Reader, Refusal, count_aliases};
+use crate::budget::{ParseBudget, Reader, Refusal, ScanLimits, ScanRefusal, scan};
 use crate::fileops::{FileOpError, plan_document};
 use crate::patch::{Edit, Patch};
 
@@ -121,14 +121,28 @@ pub fn parse_document(
                 column: 1,
                 message: "the document is not valid UTF-8".to_owned(),
             })?;
-            let aliases = count_aliases(text, budget.max_aliases);
-            if aliases > budget.max_aliases {
-                return Err(PatchError::OverBudget {
-                    message: format!(
-                        "the document uses more than {} YAML aliases",
-                        budget.max_aliases
-                    ),
-                });
+            let limits = ScanLimits {
+                aliases: budget.max_aliases,
+                depth: budget.max_depth,
+                nodes: budget.max_nodes,
+            };
+            let message = match scan(text, limits) {
+                Ok(_) => None,
+                Err(ScanRefusal::Aliases) => Some(format!(
+                    "the document uses more than {} YAML aliases",
+                    budget.max_aliases
+                )),
+                Err(ScanRefusal::Depth { line, column }) => Some(format!(
+                    "the document nests deeper than {} levels at line {line}, column {column}",
+                    budget.max_depth
+                )),
+                Err(ScanRefusal::Nodes { line, column }) => Some(format!(
+                    "the document has more than {} YAML nodes (line {line}, column {column})",
+                    budget.max_nodes
+                )),
+            };
+            if let Some(message) = message {
+                return Err(PatchError::OverBudget { message });
             }
             let read = reader
                 .root()
