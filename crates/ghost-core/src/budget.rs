@@ -80,6 +80,11 @@ impl<'b> Reader<'b> {
         }
     }
 
+    /// Expanded bytes charged so far.
+    pub(crate) fn spent(&self) -> usize {
+        self.spent.get()
+    }
+
     /// The refusal that stopped the reader, if it was one of ours.
     pub(crate) fn refusal(self) -> Option<Refusal> {
         self.refusal.into_inner()

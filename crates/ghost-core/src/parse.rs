@@ -90,6 +90,16 @@ pub fn parse_document(
     format: Format,
     budget: &ParseBudget,
 ) -> Result<serde_json::Value, PatchError> {
+    parse_document_spent(body, format, budget).map(|(value, _)| value)
+}
+
+/// [`parse_document`], also returning the expanded bytes charged, so that several documents
+/// (the blocks of one chat message) can share one budget.
+pub fn parse_document_spent(
+    body: &[u8],
+    format: Format,
+    budget: &ParseBudget,
+) -> Result<(serde_json::Value, usize), PatchError> {
     if body.len() > budget.max_bytes {
         return Err(PatchError::OverBudget {
             message: format!("the document is over the {} byte limit", budget.max_bytes),
@@ -102,7 +112,8 @@ pub fn parse_document(
             let read = reader
                 .root()
                 .deserialize(&mut deserializer)
-                .and_then(|value| deserializer.end().map(|()| value));
+                .and_then(|value| deserializer.end().map(|()| value))
+                .map(|value| (value, reader.spent()));
             read.map_err(|err| {
                 let (line, column) = (err.line(), err.column());
                 refused(reader, line, column).unwrap_or_else(|| PatchError::Syntax {
@@ -146,7 +157,8 @@ pub fn parse_document(
             }
             let read = reader
                 .root()
-                .deserialize(serde_norway::Deserializer::from_str(text));
+                .deserialize(serde_norway::Deserializer::from_str(text))
+                .map(|value| (value, reader.spent()));
             read.map_err(|err| {
                 let (line, column) = err.location().map_or((0, 0), |at| (at.line(), at.column()));
                 refused(reader, line, column).unwrap_or_else(|| {
