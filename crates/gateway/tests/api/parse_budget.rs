@@ -359,7 +359,7 @@ async fn deeply_nested_flow_yaml_is_refused_before_the_parser_runs() {
 }
 
 #[tokio::test]
-async fn twenty_event_heavy_yaml_bodies_at_once_keep_the_process_under_200_mb() {
+async fn twenty_event_heavy_yaml_bodies_at_once_keep_the_process_under_128_mb() {
     let gateway = TestGateway::start(|config, _| {
         config.rate_limit.burst = 1_000;
         config.rate_limit.per_minute = 60_000;
@@ -386,18 +386,23 @@ async fn twenty_event_heavy_yaml_bodies_at_once_keep_the_process_under_200_mb() 
             crate::helpers::read(response).await
         }));
     }
+    let mut answers = Vec::new();
     for request in requests {
-        let (code, problem) = request.await.expect("request task");
-        assert_eq!(code, 413, "{problem}");
-        let detail = problem["detail"].as_str().unwrap_or_default();
-        assert!(detail.contains("more than 20000 YAML nodes"), "{problem}");
+        answers.push(request.await.expect("request task"));
     }
     let after = peak_rss_mb();
     eprintln!(
         "20 event-heavy YAML bodies at once: {:?}; peak RSS {before} MB before, {after} MB after",
         started.elapsed()
     );
-    assert!(after < 200, "peak RSS {after} MB (baseline {before} MB)");
+    // The bodies themselves (client and server copies) are ~60 MB; on main, with the parses
+    // serialised on the test's one runtime thread, the peak was 148 MB.
+    assert!(after < 128, "peak RSS {after} MB (baseline {before} MB)");
+    for (code, problem) in answers {
+        assert_eq!(code, 413, "{problem}");
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains("more than 20000 YAML nodes"), "{problem}");
+    }
 }
 
 #[tokio::test]
