@@ -290,6 +290,26 @@ pub struct Patches {
     alerts: Option<Arc<dyn AlertFeed>>,
 }
 
+/// Bytes of `patch`'s canonical JSON, counted without building it.
+fn json_len(patch: &ghost_core::Patch) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    match serde_json::to_writer(&mut count, patch) {
+        Ok(()) => count.0,
+        // A patch that cannot be written as JSON cannot be queued either: refuse it as large.
+        Err(_) => usize::MAX,
+    }
+}
+
 /// Reads a document on the blocking pool: even within its budget a YAML document can keep the
 /// parser busy for a while, and that must never stall the async workers serving other calls.
 async fn parse_off_the_workers(
@@ -380,6 +400,15 @@ impl Patches {
             ignored,
         } = normalised;
         tracing::Span::current().record("patch_id", patch.id.as_str());
+        // Normalising a legacy shape can multiply a document (every element of an aliased
+        // array becomes a line of the task), so the result is held to the same budget.
+        let size = json_len(&patch);
+        if size > self.budget.max_bytes {
+            return Err(GatewayError::DocumentTooLarge(format!(
+                "the normalised patch is {size} bytes of JSON, over the {} byte limit",
+                self.budget.max_bytes
+            )));
+        }
         caller.allow_target(patch.target.as_str())?;
         let view = self.queue.submit(&patch).await?;
         Ok(Accepted {

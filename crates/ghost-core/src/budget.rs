@@ -179,39 +179,44 @@ impl<'de> Visitor<'de> for ValueSeed<'_, '_> {
     }
 
     fn visit_bool<E: de::Error>(self, value: bool) -> Result<Value, E> {
-        self.reader.charge(1)?;
+        self.reader.charge(if value { 4 } else { 5 })?;
         Ok(Value::Bool(value))
     }
 
     fn visit_i64<E: de::Error>(self, value: i64) -> Result<Value, E> {
-        self.reader.charge(1)?;
-        Ok(Value::Number(value.into()))
+        let number = Number::from(value);
+        self.reader.charge(rendered_len(&number))?;
+        Ok(Value::Number(number))
     }
 
     fn visit_u64<E: de::Error>(self, value: u64) -> Result<Value, E> {
-        self.reader.charge(1)?;
-        Ok(Value::Number(value.into()))
+        let number = Number::from(value);
+        self.reader.charge(rendered_len(&number))?;
+        Ok(Value::Number(number))
     }
 
     fn visit_i128<E: de::Error>(self, value: i128) -> Result<Value, E> {
-        self.reader.charge(1)?;
         match i64::try_from(value) {
-            Ok(small) => Ok(Value::Number(small.into())),
+            Ok(small) => self.visit_i64(small),
             Err(_) => Err(E::custom(format!("integer {value} is out of range"))),
         }
     }
 
     fn visit_u128<E: de::Error>(self, value: u128) -> Result<Value, E> {
-        self.reader.charge(1)?;
         match u64::try_from(value) {
-            Ok(small) => Ok(Value::Number(small.into())),
+            Ok(small) => self.visit_u64(small),
             Err(_) => Err(E::custom(format!("integer {value} is out of range"))),
         }
     }
 
     fn visit_f64<E: de::Error>(self, value: f64) -> Result<Value, E> {
-        self.reader.charge(1)?;
-        Ok(Number::from_f64(value).map_or(Value::Null, Value::Number))
+        match Number::from_f64(value) {
+            Some(number) => {
+                self.reader.charge(rendered_len(&number))?;
+                Ok(Value::Number(number))
+            }
+            None => self.visit_unit(),
+        }
     }
 
     fn visit_str<E: de::Error>(self, value: &str) -> Result<Value, E> {
@@ -225,7 +230,7 @@ impl<'de> Visitor<'de> for ValueSeed<'_, '_> {
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
-        self.reader.charge(1)?;
+        self.reader.charge(4)?;
         Ok(Value::Null)
     }
 
@@ -283,6 +288,22 @@ impl<'de> Visitor<'de> for ValueSeed<'_, '_> {
         }
         Ok(Value::Object(object))
     }
+}
+
+/// Bytes `number` takes in JSON (up to 24 for a float), counted without allocating: a number
+/// is charged what it will cost once rendered, not the one byte its YAML source may take.
+fn rendered_len(number: &Number) -> usize {
+    struct Count(usize);
+    impl fmt::Write for Count {
+        fn write_str(&mut self, text: &str) -> fmt::Result {
+            self.0 += text.len();
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing into a counter cannot fail.
+    let _ = fmt::write(&mut count, format_args!("{number}"));
+    count.0
 }
 
 /// Reads one object key, refusing it if `object` already has it; charged like a string.
@@ -448,6 +469,21 @@ mod tests {
         assert!(message.contains("deeper than 64"), "{message}");
         let ok = format!("{}{}", "[".repeat(64), "]".repeat(64));
         assert!(parse_document(ok.as_bytes(), Format::Json, &MIB).is_ok());
+    }
+
+    #[test]
+    fn numbers_are_charged_what_they_render_to() {
+        // 100 aliases of 100 floats: charged one byte each before, 24 once rendered as JSON.
+        let body = format!(
+            "a: &a [{}]\nb: [{}]\n",
+            vec!["-1.2345678901234567e-300"; 100].join(", "),
+            vec!["*a"; 100].join(", ")
+        );
+        let budget = ParseBudget::new(200_000);
+        let message = over_budget(&body, Format::Yaml, &budget);
+        assert!(message.contains("expands to more than"), "{message}");
+        let rendered = serde_json::to_string(&serde_json::json!([-1.2345678901234567e-300]));
+        assert_eq!(rendered.expect("json").len() - 2, 24);
     }
 
     #[test]

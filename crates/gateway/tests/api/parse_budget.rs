@@ -427,3 +427,20 @@ async fn the_blocks_of_one_message_share_one_parse_budget() {
     let reason = outcome["blocks"][1]["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("expands to more than"), "{outcome}");
 }
+
+#[tokio::test]
+async fn a_legacy_phase_patch_that_grows_past_the_budget_when_normalised_is_refused() {
+    let gateway = TestGateway::start(|_, _| {}).await;
+    // 900 aliases of 1,000 ones: under 1 MiB as charged, but every one becomes a task line
+    // ("- 1"), about 5 MB of JSON once normalised.
+    let body = format!(
+        "id: grow\ntarget: MAIN\nnotes: &a [{}]\nexecutionSteps: [{}]\n",
+        vec!["1"; 1_000].join(", "),
+        vec!["*a"; 900].join(", ")
+    );
+    let (code, problem) = post_yaml(&gateway, body).await;
+    assert_eq!(code, 413, "{problem}");
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("the normalised patch is"), "{problem}");
+    assert!(gateway.stored_ids().await.is_empty());
+}
