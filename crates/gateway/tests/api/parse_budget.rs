@@ -444,3 +444,52 @@ async fn a_legacy_phase_patch_that_grows_past_the_budget_when_normalised_is_refu
     assert!(detail.contains("the normalised patch is"), "{problem}");
     assert!(gateway.stored_ids().await.is_empty());
 }
+
+#[tokio::test]
+async fn a_repeated_key_in_an_mcp_request_is_refused_before_the_tool_runs() {
+    let gateway = TestGateway::start(|_, _| {}).await;
+    let url = format!("{}/mcp", gateway.url());
+    let send = |body: String, session: Option<String>| {
+        let mut request = gateway
+            .http
+            .post(&url)
+            .bearer_auth(KEY)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(body);
+        if let Some(session) = session {
+            request = request.header("mcp-session-id", session);
+        }
+        request.send()
+    };
+    let initialize = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-03-26", "capabilities": {},
+                   "clientInfo": {"name": "test", "version": "0"}}
+    });
+    let response = send(initialize.to_string(), None)
+        .await
+        .expect("gateway reachable");
+    assert_eq!(response.status().as_u16(), 200);
+    let session = response
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    drop(response);
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    send(initialized.to_string(), session.clone())
+        .await
+        .expect("gateway reachable");
+    // The object form: serde_json::Map (and so rmcp) would keep the last `target` silently.
+    let call = r#"{"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "submit_patch",
+        "arguments": {"patch": {"id": "dup-mcp", "target": "MAIN", "target": "CYOPS",
+        "agent": {"task": "t"}}}}}"#;
+    let response = send(call.to_owned(), session)
+        .await
+        .expect("gateway reachable");
+    let text = response.text().await.expect("answer");
+    assert!(text.contains("duplicate key \\\"target\\\""), "{text}");
+    assert!(text.contains("\"id\":2"), "{text}");
+    assert!(gateway.stored_ids().await.is_empty());
+}
