@@ -357,6 +357,11 @@ impl Patches {
         &self.legacy
     }
 
+    /// The budget every submitted document is read within.
+    pub fn budget(&self) -> &ParseBudget {
+        &self.budget
+    }
+
     /// Parses (JSON or YAML, v1 or legacy), checks the caller may, and durably queues.
     ///
     /// `idempotency_key`, when given, must equal the patch id (409 otherwise): the router's

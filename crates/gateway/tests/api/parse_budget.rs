@@ -493,3 +493,23 @@ async fn a_repeated_key_in_an_mcp_request_is_refused_before_the_tool_runs() {
     assert!(text.contains("\"id\":2"), "{text}");
     assert!(gateway.stored_ids().await.is_empty());
 }
+
+#[tokio::test]
+async fn an_inbox_symlink_is_rejected_without_reading_its_target() {
+    let gateway = TestGateway::start(|config, scratch| {
+        std::fs::create_dir_all(scratch.join("inbox/MAIN")).expect("inbox");
+        config.inbox = Some(scratch.join("inbox"));
+        config.inbox_settle = Duration::from_millis(100);
+    })
+    .await;
+    // A valid patch outside the inbox, linked into it.
+    let outside = gateway.path("outside.yaml");
+    std::fs::write(&outside, "id: linked\ntarget: MAIN\nagent:\n  task: t\n").expect("scratch");
+    let main = gateway.path("inbox/MAIN");
+    std::os::unix::fs::symlink(&outside, main.join("link.yaml")).expect("symlink");
+    let note = main.join(".rejected/link.yaml.error.txt");
+    wait_for(&note).await;
+    let reason = std::fs::read_to_string(&note).expect("note");
+    assert!(reason.contains("symlink"), "{reason}");
+    assert!(gateway.stored_ids().await.is_empty());
+}
