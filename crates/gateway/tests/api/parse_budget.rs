@@ -314,6 +314,31 @@ async fn long_path_components_and_git_by_another_name_are_refused_naming_the_fie
             None,
             "/edits/0/path",
         ),
+        (
+            json!([{"op": "write", "path": "GIT~1/config", "contents": "x"}]),
+            None,
+            "/edits/0/path",
+        ),
+        (
+            json!([{"op": "write", "path": ".git::$INDEX_ALLOCATION/config", "contents": "x"}]),
+            None,
+            "/edits/0/path",
+        ),
+        (
+            json!([{"op": "write", "path": "\u{200C}.git/config", "contents": "x"}]),
+            None,
+            "/edits/0/path",
+        ),
+        (
+            json!([{"op": "write", "path": ".GHOST./state", "contents": "x"}]),
+            None,
+            "/edits/0/path",
+        ),
+        (
+            json!([{"op": "write", "path": "a\\b.txt", "contents": "x"}]),
+            None,
+            "/edits/0/path",
+        ),
     ];
     for (index, (edits, document, pointer)) in cases.into_iter().enumerate() {
         let mut patch = json!({"id": format!("path-{index}"), "target": "MAIN", "edits": edits});
