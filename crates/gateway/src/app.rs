@@ -138,6 +138,12 @@ impl App {
                     token.child_token(),
                 ),
             )
+            // Inside the guard, so only authenticated bodies are read. Twice the body limit:
+            // a number may render longer than it is written, and this check is for keys.
+            .layer(middleware::from_fn_with_state(
+                ghost_core::ParseBudget::new(self.config.max_body_bytes.saturating_mul(2)),
+                crate::mcp::strict_json,
+            ))
             .layer(middleware::from_fn_with_state(
                 Arc::clone(&guard_state),
                 guard::authenticate,

@@ -71,6 +71,51 @@ fn move_into(path: &Path, dir: &Path) -> std::io::Result<PathBuf> {
     Ok(destination)
 }
 
+/// What reading an inbox file gave.
+enum Read {
+    Body(Vec<u8>),
+    Gone,
+    Refused(String),
+}
+
+/// Reads an inbox file on the blocking pool: never through a symlink (`O_NOFOLLOW`, so a link
+/// dropped in the inbox cannot submit a file the gateway may read elsewhere), only a regular
+/// file (a FIFO would block), and never more than `max` bytes of it (size checked first).
+async fn read_capped(path: PathBuf, max: usize) -> Read {
+    let read = tokio::task::spawn_blocking(move || -> std::io::Result<Read> {
+        use rustix::fs::{Mode, OFlags};
+        use std::io::Read as _;
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let file = match rustix::fs::open(&path, flags, Mode::empty()) {
+            Ok(fd) => std::fs::File::from(fd),
+            Err(rustix::io::Errno::LOOP) => {
+                return Ok(Read::Refused("the file is a symlink".to_owned()));
+            }
+            Err(err) => return Err(err.into()),
+        };
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Ok(Read::Refused("not a regular file".to_owned()));
+        }
+        let limit = u64::try_from(max).unwrap_or(u64::MAX);
+        let too_large = || Read::Refused(format!("the file is over the {max} byte limit"));
+        if meta.len() > limit {
+            return Ok(too_large());
+        }
+        let mut body = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+        file.take(limit.saturating_add(1)).read_to_end(&mut body)?;
+        if body.len() > max {
+            return Ok(too_large());
+        }
+        Ok(Read::Body(body))
+    })
+    .await;
+    match read {
+        Ok(Ok(read)) => read,
+        Ok(Err(_)) | Err(_) => Read::Gone,
+    }
+}
+
 enum Outcome {
     Accepted(String),
     Rejected(String),
@@ -190,8 +235,11 @@ impl Inbox {
             None => return Outcome::Gone,
         };
         let result = loop {
-            let Ok(body) = std::fs::read(path) else {
-                return Outcome::Gone;
+            let max = self.patches.budget().max_bytes;
+            let body = match read_capped(path.to_owned(), max).await {
+                Read::Body(body) => body,
+                Read::Gone => return Outcome::Gone,
+                Read::Refused(reason) => return self.reject(path, &reason),
             };
             let mut options = self.patches.legacy().clone();
             options.default_target = Some(target.clone());

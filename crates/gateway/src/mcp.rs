@@ -4,7 +4,10 @@
 
 use std::sync::Arc;
 
-use ghost_core::Format;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use ghost_core::{Format, ParseBudget, PatchError};
 use rmcp::handler::server::tool::Extension;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResult, ContentBlock, ServerCapabilities, ServerConfig};
@@ -29,7 +32,8 @@ pub struct GhostMcp {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[schemars(crate = "rmcp::schemars")]
 pub struct SubmitInput {
-    /// The patch as a JSON object (v1 or a legacy shape).
+    /// The patch as a JSON object (v1 or a legacy shape); a key repeated in one object of the
+    /// request is refused before the tool runs.
     pub patch: Option<serde_json::Value>,
     /// Or the patch as JSON or YAML text.
     pub document: Option<String>,
@@ -173,6 +177,59 @@ impl ServerHandler for GhostMcp {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build()).with_instructions(
             "Ghost Runner: submit code patches to workspaces and read their outcome.",
         )
+    }
+}
+
+/// Refuses a JSON-RPC request to `/mcp` whose JSON repeats a key in one object, nests too deep
+/// or passes the parse budget, before rmcp reads it: rmcp reads the tool arguments into a map
+/// that keeps the last of repeated keys silently, so the `patch` object form would otherwise
+/// escape the rule every other entry point keeps. Syntax errors are left to rmcp's own answer.
+pub async fn strict_json(
+    State(budget): State<ParseBudget>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if request.method() != http::Method::POST {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, budget.max_bytes).await else {
+        return GatewayError::PayloadTooLarge(budget.max_bytes).into_response();
+    };
+    let checked = bytes.clone();
+    let verdict = tokio::task::spawn_blocking(move || {
+        match ghost_core::parse_document(&checked, Format::Json, &budget) {
+            Err(err @ (PatchError::Invalid { .. } | PatchError::OverBudget { .. })) => {
+                // Only the id is read (the rest is skipped unbuilt), to answer in JSON-RPC.
+                #[derive(Deserialize)]
+                struct Envelope {
+                    id: Option<serde_json::Value>,
+                }
+                let id = serde_json::from_slice::<Envelope>(&checked)
+                    .ok()
+                    .and_then(|envelope| envelope.id);
+                Some((id, err.to_string()))
+            }
+            _ => None,
+        }
+    })
+    .await;
+    match verdict {
+        Ok(None) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+        Ok(Some((id, message))) => {
+            let answer = serde_json::json!({
+                "jsonrpc": "2.0",
+                "id": id,
+                "error": {"code": -32602, "message": message},
+            });
+            axum::Json(answer).into_response()
+        }
+        Err(err) => {
+            GatewayError::Internal(format!("the request reader failed: {err}")).into_response()
+        }
     }
 }
 

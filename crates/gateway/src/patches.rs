@@ -290,6 +290,38 @@ pub struct Patches {
     alerts: Option<Arc<dyn AlertFeed>>,
 }
 
+/// Bytes of `patch`'s canonical JSON, counted without building it.
+fn json_len(patch: &ghost_core::Patch) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    match serde_json::to_writer(&mut count, patch) {
+        Ok(()) => count.0,
+        // A patch that cannot be written as JSON cannot be queued either: refuse it as large.
+        Err(_) => usize::MAX,
+    }
+}
+
+/// Reads a document on the blocking pool: even within its budget a YAML document can keep the
+/// parser busy for a while, and that must never stall the async workers serving other calls.
+async fn parse_off_the_workers(
+    body: Vec<u8>,
+    format: Format,
+    budget: ParseBudget,
+) -> Result<Result<(serde_json::Value, usize), ghost_core::PatchError>, GatewayError> {
+    tokio::task::spawn_blocking(move || ghost_core::parse_document_spent(&body, format, &budget))
+        .await
+        .map_err(|err| GatewayError::Internal(format!("the document reader failed: {err}")))
+}
+
 fn parse_id(raw: &str) -> Result<PatchId, GatewayError> {
     PatchId::parse(raw).map_err(|_| GatewayError::NotFound(raw.to_owned()))
 }
@@ -325,6 +357,11 @@ impl Patches {
         &self.legacy
     }
 
+    /// The budget every submitted document is read within.
+    pub fn budget(&self) -> &ParseBudget {
+        &self.budget
+    }
+
     /// Parses (JSON or YAML, v1 or legacy), checks the caller may, and durably queues.
     ///
     /// `idempotency_key`, when given, must equal the patch id (409 otherwise): the router's
@@ -339,7 +376,7 @@ impl Patches {
     ) -> Result<Accepted, GatewayError> {
         caller.require(Scope::Submit)?;
         let options = options.unwrap_or(&self.legacy);
-        let value = ghost_core::parse_document(body, format, &self.budget)?;
+        let (value, _) = parse_off_the_workers(body.to_vec(), format, self.budget).await??;
         if let Some(key) = idempotency_key {
             let key = PatchId::parse(key).map_err(|err| {
                 GatewayError::BadRequest(format!("Idempotency-Key is not a valid patch id: {err}"))
@@ -368,6 +405,15 @@ impl Patches {
             ignored,
         } = normalised;
         tracing::Span::current().record("patch_id", patch.id.as_str());
+        // Normalising a legacy shape can multiply a document (every element of an aliased
+        // array becomes a line of the task), so the result is held to the same budget.
+        let size = json_len(&patch);
+        if size > self.budget.max_bytes {
+            return Err(GatewayError::DocumentTooLarge(format!(
+                "the normalised patch is {size} bytes of JSON, over the {} byte limit",
+                self.budget.max_bytes
+            )));
+        }
         caller.allow_target(patch.target.as_str())?;
         let view = self.queue.submit(&patch).await?;
         Ok(Accepted {
@@ -391,6 +437,7 @@ impl Patches {
         caller.require(Scope::Submit)?;
         let mut blocks = Vec::new();
         let mut submitted = 0;
+        let mut remaining = self.budget.max_bytes;
         for block in ghost_core::fenced_blocks(text) {
             let format = block_format(&block);
             let skipped = |reason: &str| BlockOutcome {
@@ -404,9 +451,20 @@ impl Patches {
                 blocks.push(skipped("not a JSON or YAML block"));
                 continue;
             };
-            let parsed = ghost_core::parse_document(block.body.as_bytes(), format, &self.budget);
+            // One budget for the whole message: each block spends from what the earlier ones
+            // left, so twenty blocks cannot expand to twenty budgets.
+            let budget = ParseBudget {
+                max_bytes: remaining,
+                ..self.budget
+            };
+            let parsed =
+                parse_off_the_workers(block.body.clone().into_bytes(), format, budget).await?;
+            remaining = remaining.saturating_sub(match &parsed {
+                Ok((_, spent)) => *spent,
+                Err(_) => block.body.len(),
+            });
             let value = match parsed {
-                Ok(value) => value,
+                Ok((value, _)) => value,
                 Err(_) if !block.closed => {
                     blocks.push(skipped("unterminated block"));
                     continue;

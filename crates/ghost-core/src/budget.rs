@@ -14,7 +14,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
-pub(crate) use aliases::count_aliases;
+pub(crate) use aliases::{ScanLimits, ScanRefusal, scan};
 
 /// How much reading one submitted document may cost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,8 +24,11 @@ pub struct ParseBudget {
     pub max_bytes: usize,
     /// Most YAML aliases (`*name`) one document may use.
     pub max_aliases: usize,
-    /// Deepest nesting of arrays and objects.
+    /// Deepest nesting of arrays and objects (for YAML, also checked lexically before parsing).
     pub max_depth: usize,
+    /// Most YAML nodes, counted lexically from indicators before parsing: the YAML loader
+    /// buffers every event of a document (about 200 bytes each) before the budget sees one.
+    pub max_nodes: usize,
 }
 
 impl ParseBudget {
@@ -33,6 +36,8 @@ impl ParseBudget {
     pub const DEFAULT_MAX_ALIASES: usize = 1_000;
     /// Nesting depth: the patch model and the legacy shapes need fewer than ten levels.
     pub const DEFAULT_MAX_DEPTH: usize = 64;
+    /// YAML nodes: a patch of 2,000 edits has about 10,000; 20,000 buffer about 8 MB of events.
+    pub const DEFAULT_MAX_NODES: usize = 20_000;
 
     /// The budget for documents of at most `max_bytes` (the service's request body limit).
     pub fn new(max_bytes: usize) -> Self {
@@ -40,6 +45,7 @@ impl ParseBudget {
             max_bytes,
             max_aliases: Self::DEFAULT_MAX_ALIASES,
             max_depth: Self::DEFAULT_MAX_DEPTH,
+            max_nodes: Self::DEFAULT_MAX_NODES,
         }
     }
 }
@@ -72,6 +78,11 @@ impl<'b> Reader<'b> {
             spent: Cell::new(0),
             refusal: RefCell::new(None),
         }
+    }
+
+    /// Expanded bytes charged so far.
+    pub(crate) fn spent(&self) -> usize {
+        self.spent.get()
     }
 
     /// The refusal that stopped the reader, if it was one of ours.
@@ -168,39 +179,44 @@ impl<'de> Visitor<'de> for ValueSeed<'_, '_> {
     }
 
     fn visit_bool<E: de::Error>(self, value: bool) -> Result<Value, E> {
-        self.reader.charge(1)?;
+        self.reader.charge(if value { 4 } else { 5 })?;
         Ok(Value::Bool(value))
     }
 
     fn visit_i64<E: de::Error>(self, value: i64) -> Result<Value, E> {
-        self.reader.charge(1)?;
-        Ok(Value::Number(value.into()))
+        let number = Number::from(value);
+        self.reader.charge(rendered_len(&number))?;
+        Ok(Value::Number(number))
     }
 
     fn visit_u64<E: de::Error>(self, value: u64) -> Result<Value, E> {
-        self.reader.charge(1)?;
-        Ok(Value::Number(value.into()))
+        let number = Number::from(value);
+        self.reader.charge(rendered_len(&number))?;
+        Ok(Value::Number(number))
     }
 
     fn visit_i128<E: de::Error>(self, value: i128) -> Result<Value, E> {
-        self.reader.charge(1)?;
         match i64::try_from(value) {
-            Ok(small) => Ok(Value::Number(small.into())),
+            Ok(small) => self.visit_i64(small),
             Err(_) => Err(E::custom(format!("integer {value} is out of range"))),
         }
     }
 
     fn visit_u128<E: de::Error>(self, value: u128) -> Result<Value, E> {
-        self.reader.charge(1)?;
         match u64::try_from(value) {
-            Ok(small) => Ok(Value::Number(small.into())),
+            Ok(small) => self.visit_u64(small),
             Err(_) => Err(E::custom(format!("integer {value} is out of range"))),
         }
     }
 
     fn visit_f64<E: de::Error>(self, value: f64) -> Result<Value, E> {
-        self.reader.charge(1)?;
-        Ok(Number::from_f64(value).map_or(Value::Null, Value::Number))
+        match Number::from_f64(value) {
+            Some(number) => {
+                self.reader.charge(rendered_len(&number))?;
+                Ok(Value::Number(number))
+            }
+            None => self.visit_unit(),
+        }
     }
 
     fn visit_str<E: de::Error>(self, value: &str) -> Result<Value, E> {
@@ -214,7 +230,7 @@ impl<'de> Visitor<'de> for ValueSeed<'_, '_> {
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
-        self.reader.charge(1)?;
+        self.reader.charge(4)?;
         Ok(Value::Null)
     }
 
@@ -274,6 +290,22 @@ impl<'de> Visitor<'de> for ValueSeed<'_, '_> {
     }
 }
 
+/// Bytes `number` takes in JSON (up to 24 for a float), counted without allocating: a number
+/// is charged what it will cost once rendered, not the one byte its YAML source may take.
+fn rendered_len(number: &Number) -> usize {
+    struct Count(usize);
+    impl fmt::Write for Count {
+        fn write_str(&mut self, text: &str) -> fmt::Result {
+            self.0 += text.len();
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing into a counter cannot fail.
+    let _ = fmt::write(&mut count, format_args!("{number}"));
+    count.0
+}
+
 /// Reads one object key, refusing it if `object` already has it; charged like a string.
 ///
 /// The check happens inside the key's own deserialization so that the parser's position (and
@@ -331,6 +363,7 @@ mod tests {
         max_bytes: 1024 * 1024,
         max_aliases: ParseBudget::DEFAULT_MAX_ALIASES,
         max_depth: ParseBudget::DEFAULT_MAX_DEPTH,
+        max_nodes: ParseBudget::DEFAULT_MAX_NODES,
     };
 
     fn over_budget(body: &str, format: Format, budget: &ParseBudget) -> String {
@@ -370,6 +403,22 @@ mod tests {
             ));
         }
         over_budget(&laughs, Format::Yaml, &MIB);
+        // Four levels (10,000 replayed scalars) stay under serde_norway's own repetition limit,
+        // so only the visitor's charge can refuse them: its message says so.
+        let mut laughs = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n".to_owned();
+        for level in 1..4 {
+            let prev = format!("*a{}", level - 1);
+            laughs.push_str(&format!(
+                "a{level}: &a{level} [{}]\n",
+                vec![prev; 10].join(", ")
+            ));
+        }
+        let message = over_budget(&laughs, Format::Yaml, &ParseBudget::new(2_000));
+        assert!(
+            message.contains("expands to more than 2000 bytes"),
+            "{message}"
+        );
+        assert!(parse_document(laughs.as_bytes(), Format::Yaml, &MIB).is_ok());
     }
 
     #[test]
@@ -420,6 +469,21 @@ mod tests {
         assert!(message.contains("deeper than 64"), "{message}");
         let ok = format!("{}{}", "[".repeat(64), "]".repeat(64));
         assert!(parse_document(ok.as_bytes(), Format::Json, &MIB).is_ok());
+    }
+
+    #[test]
+    fn numbers_are_charged_what_they_render_to() {
+        // 100 aliases of 100 floats: charged one byte each before, 24 once rendered as JSON.
+        let body = format!(
+            "a: &a [{}]\nb: [{}]\n",
+            vec!["-1.2345678901234567e-300"; 100].join(", "),
+            vec!["*a"; 100].join(", ")
+        );
+        let budget = ParseBudget::new(200_000);
+        let message = over_budget(&body, Format::Yaml, &budget);
+        assert!(message.contains("expands to more than"), "{message}");
+        let rendered = serde_json::to_string(&serde_json::json!([-1.2345678901234567e-300]));
+        assert_eq!(rendered.expect("json").len() - 2, 24);
     }
 
     #[test]

@@ -121,17 +121,42 @@ const MAX_PATH_BYTES: usize = 4096;
 /// Longest accepted path component, in bytes (`NAME_MAX` of every common filesystem).
 const MAX_COMPONENT_BYTES: usize = 255;
 
-/// True for `.git` as a case-insensitive filesystem (macOS, Windows) or Windows' name
-/// trimming would read it: ASCII case ignored, trailing dots and spaces dropped.
+/// Code points HFS+ ignores in names, so `.g\u{200C}it` is `.git` on macOS (git's own list in
+/// `is_hfs_dotgit`).
+fn hfs_ignorable(c: char) -> bool {
+    matches!(
+        c,
+        '\u{200C}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{206A}'..='\u{206F}' | '\u{FEFF}'
+    )
+}
+
+/// The name a case-insensitive, name-trimming filesystem opens for `part`: HFS+ ignorable code
+/// points dropped, an NTFS stream suffix (`:stream`, `::$INDEX_ALLOCATION`) cut, trailing dots
+/// and spaces trimmed (Windows), ASCII lower-cased.
+fn as_filesystems_see(part: &str) -> String {
+    let kept: String = part.chars().filter(|c| !hfs_ignorable(*c)).collect();
+    let name = kept.split(':').next().unwrap_or_default();
+    name.trim_end_matches(['.', ' ']).to_ascii_lowercase()
+}
+
+/// True for `.git` as any filesystem may read it: git's own rules (`is_ntfs_dotgit`,
+/// `is_hfs_dotgit`), including the 8.3 short name `GIT~1`.
 fn is_git_dir(part: &str) -> bool {
-    part.trim_end_matches(['.', ' '])
-        .eq_ignore_ascii_case(".git")
+    let seen = as_filesystems_see(part);
+    seen == ".git" || seen == "git~1"
+}
+
+/// True for the executor's own `.ghost` directory as any filesystem may read it.
+fn is_ghost_dir(part: &str) -> bool {
+    let seen = as_filesystems_see(part);
+    seen == ".ghost" || seen == "ghost~1"
 }
 
 /// A path relative to a workspace root, lexically normalised, that cannot leave the root.
 ///
 /// Refused: absolute paths, `..` that climbs above the root, `.git` components (in any ASCII
-/// case, with trailing dots or spaces), components over 255 bytes, paths over 4,096 bytes,
+/// case, with trailing dots or spaces, an NTFS stream suffix, HFS+ ignorable code points or as
+/// the 8.3 name `GIT~1`), `.ghost` (likewise) as the first component, `\\` in a component, components over 255 bytes, paths over 4,096 bytes,
 /// empty paths and NUL bytes. Symlinks are the executor's business: it resolves them against the real root.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -175,6 +200,16 @@ impl RelPath {
                     if is_git_dir(part) {
                         return Err(IdError(format!(
                             "path {raw:?} is inside .git/, which patches may not touch"
+                        )));
+                    }
+                    if parts.is_empty() && is_ghost_dir(part) {
+                        return Err(IdError(format!(
+                            "path {raw:?} is inside .ghost/, which patches may not touch"
+                        )));
+                    }
+                    if part.contains('\\') {
+                        return Err(IdError(format!(
+                            "path {raw:?} has a '\\' in a component (a Windows separator); use '/'"
                         )));
                     }
                     parts.push(part);
@@ -291,6 +326,25 @@ mod tests {
             let err = RelPath::parse(raw).unwrap_err().to_string();
             assert!(err.contains(".git/"), "{raw:?}: {err}");
         }
+        for raw in [
+            "GIT~1/config",
+            "git~1",
+            ".git::$INDEX_ALLOCATION/config",
+            ".git:stream",
+            ".g\u{200C}it/config",
+            "\u{FEFF}.GIT\u{200D}/HEAD",
+        ] {
+            let err = RelPath::parse(raw).unwrap_err().to_string();
+            assert!(err.contains(".git/"), "{raw:?}: {err}");
+        }
+        for raw in [".ghost/x", ".GHOST./x", ".ghost :x/y", "a/../.Ghost/x"] {
+            let err = RelPath::parse(raw).unwrap_err().to_string();
+            assert!(err.contains(".ghost/"), "{raw:?}: {err}");
+        }
+        assert!(RelPath::parse("a/.ghost/x").is_ok());
+        let err = RelPath::parse("a\\b.txt").unwrap_err().to_string();
+        assert!(err.contains("Windows separator"), "{err}");
+        assert!(RelPath::parse("git~2/x").is_ok());
         assert!(RelPath::parse(".gitignore").is_ok());
         assert!(RelPath::parse("a.git").is_ok());
         assert!(RelPath::parse(".github/workflows/ci.yml").is_ok());

@@ -23,7 +23,10 @@ pub use budget::ParseBudget;
 pub use fenced::{FencedBlock, fenced_blocks};
 pub use ids::{IdError, PatchId, RelPath, TargetName};
 pub use legacy::{LegacyOptions, Normalised, Shape, detect_shape, normalise, parse_submission};
-pub use parse::{Format, PatchError, parse_document, parse_json, patch_from_value, validate};
+pub use parse::{
+    Format, PatchError, parse_document, parse_document_spent, parse_json, patch_from_value,
+    validate,
+};
 pub use patch::{AgentTask, Base, Check, CommitSpec, Edit, OnFailure, Patch, Priority};
 pub use report::{ApplyReport, CommandKind, CommandReport, EditReport, Rollback, StageTiming};
 pub use status::{Status, UnknownStatus};

@@ -3,7 +3,7 @@
 use serde::de::DeserializeSeed;
 use serde_path_to_error::Segment;
 
-use crate::budget::{ParseBudget, Reader, Refusal, count_aliases};
+use crate::budget::{ParseBudget, Reader, Refusal, ScanLimits, ScanRefusal, scan};
 use crate::fileops::{FileOpError, plan_document};
 use crate::patch::{Edit, Patch};
 
@@ -90,6 +90,16 @@ pub fn parse_document(
     format: Format,
     budget: &ParseBudget,
 ) -> Result<serde_json::Value, PatchError> {
+    parse_document_spent(body, format, budget).map(|(value, _)| value)
+}
+
+/// [`parse_document`], also returning the expanded bytes charged, so that several documents
+/// (the blocks of one chat message) can share one budget.
+pub fn parse_document_spent(
+    body: &[u8],
+    format: Format,
+    budget: &ParseBudget,
+) -> Result<(serde_json::Value, usize), PatchError> {
     if body.len() > budget.max_bytes {
         return Err(PatchError::OverBudget {
             message: format!("the document is over the {} byte limit", budget.max_bytes),
@@ -102,7 +112,8 @@ pub fn parse_document(
             let read = reader
                 .root()
                 .deserialize(&mut deserializer)
-                .and_then(|value| deserializer.end().map(|()| value));
+                .and_then(|value| deserializer.end().map(|()| value))
+                .map(|value| (value, reader.spent()));
             read.map_err(|err| {
                 let (line, column) = (err.line(), err.column());
                 refused(reader, line, column).unwrap_or_else(|| PatchError::Syntax {
@@ -121,18 +132,33 @@ pub fn parse_document(
                 column: 1,
                 message: "the document is not valid UTF-8".to_owned(),
             })?;
-            let aliases = count_aliases(text, budget.max_aliases);
-            if aliases > budget.max_aliases {
-                return Err(PatchError::OverBudget {
-                    message: format!(
-                        "the document uses more than {} YAML aliases",
-                        budget.max_aliases
-                    ),
-                });
+            let limits = ScanLimits {
+                aliases: budget.max_aliases,
+                depth: budget.max_depth,
+                nodes: budget.max_nodes,
+            };
+            let message = match scan(text, limits) {
+                Ok(_) => None,
+                Err(ScanRefusal::Aliases) => Some(format!(
+                    "the document uses more than {} YAML aliases",
+                    budget.max_aliases
+                )),
+                Err(ScanRefusal::Depth { line, column }) => Some(format!(
+                    "the document nests deeper than {} levels at line {line}, column {column}",
+                    budget.max_depth
+                )),
+                Err(ScanRefusal::Nodes { line, column }) => Some(format!(
+                    "the document has more than {} YAML nodes (line {line}, column {column})",
+                    budget.max_nodes
+                )),
+            };
+            if let Some(message) = message {
+                return Err(PatchError::OverBudget { message });
             }
             let read = reader
                 .root()
-                .deserialize(serde_norway::Deserializer::from_str(text));
+                .deserialize(serde_norway::Deserializer::from_str(text))
+                .map(|value| (value, reader.spent()));
             read.map_err(|err| {
                 let (line, column) = err.location().map_or((0, 0), |at| (at.line(), at.column()));
                 refused(reader, line, column).unwrap_or_else(|| {

@@ -14,6 +14,7 @@ const BUDGET: ParseBudget = ParseBudget {
     max_bytes: 1024 * 1024,
     max_aliases: ParseBudget::DEFAULT_MAX_ALIASES,
     max_depth: ParseBudget::DEFAULT_MAX_DEPTH,
+    max_nodes: ParseBudget::DEFAULT_MAX_NODES,
 };
 
 fn target(name: &str) -> TargetName {

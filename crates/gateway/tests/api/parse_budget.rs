@@ -129,6 +129,18 @@ async fn a_yaml_alias_bomb_is_refused_on_every_entry_point() {
     assert_eq!(outcome["blocks"][0]["outcome"], "refused", "{outcome}");
     let reason = outcome["blocks"][0]["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("aliases"), "{outcome}");
+    // Under the alias limit, so only the expanded-size budget can refuse it.
+    let text = format!(
+        "Here it is:\n```yaml\n{}```\n",
+        alias_bomb("wide-chat", 1_000)
+    );
+    let (code, outcome) = gateway
+        .post("/v1/messages", KEY, &json!({ "text": text }))
+        .await;
+    assert_eq!(code, 200, "{outcome}");
+    assert_eq!(outcome["blocks"][0]["outcome"], "refused", "{outcome}");
+    let reason = outcome["blocks"][0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("expands to more than"), "{outcome}");
 
     let document = gateway.path("mcp-bomb.yaml");
     std::fs::write(&document, alias_bomb("bomb-mcp", 8_000)).expect("scratch");
@@ -150,6 +162,22 @@ async fn a_yaml_alias_bomb_is_refused_on_every_entry_point() {
             .contains("aliases"),
         "{answer}"
     );
+    std::fs::write(&document, alias_bomb("wide-mcp", 1_000)).expect("scratch");
+    let (ok, stdout, stderr) = python(
+        MCP_SUBMIT_FILE,
+        &[&url, KEY, document.to_str().expect("utf-8 path")],
+    )
+    .await;
+    assert!(ok, "mcp client failed: {stderr}");
+    let answer: Value = serde_json::from_str(stdout.trim()).expect("json");
+    assert_eq!(answer["error"], true, "{answer}");
+    assert!(
+        answer["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("expands to more than"),
+        "{answer}"
+    );
 
     let main = gateway.path("inbox/MAIN");
     let started = Instant::now();
@@ -159,6 +187,11 @@ async fn a_yaml_alias_bomb_is_refused_on_every_entry_point() {
     eprintln!("inbox: rejected in {:?}", started.elapsed());
     let reason = std::fs::read_to_string(&note).expect("note");
     assert!(reason.contains("aliases"), "{reason}");
+    std::fs::write(main.join("wide.yaml"), alias_bomb("wide-inbox", 1_000)).expect("inbox");
+    let note = main.join(".rejected/wide.yaml.error.txt");
+    wait_for(&note).await;
+    let reason = std::fs::read_to_string(&note).expect("note");
+    assert!(reason.contains("expands to more than"), "{reason}");
 
     assert!(gateway.stored_ids().await.is_empty());
 }
@@ -281,6 +314,31 @@ async fn long_path_components_and_git_by_another_name_are_refused_naming_the_fie
             None,
             "/edits/0/path",
         ),
+        (
+            json!([{"op": "write", "path": "GIT~1/config", "contents": "x"}]),
+            None,
+            "/edits/0/path",
+        ),
+        (
+            json!([{"op": "write", "path": ".git::$INDEX_ALLOCATION/config", "contents": "x"}]),
+            None,
+            "/edits/0/path",
+        ),
+        (
+            json!([{"op": "write", "path": "\u{200C}.git/config", "contents": "x"}]),
+            None,
+            "/edits/0/path",
+        ),
+        (
+            json!([{"op": "write", "path": ".GHOST./state", "contents": "x"}]),
+            None,
+            "/edits/0/path",
+        ),
+        (
+            json!([{"op": "write", "path": "a\\b.txt", "contents": "x"}]),
+            None,
+            "/edits/0/path",
+        ),
     ];
     for (index, (edits, document, pointer)) in cases.into_iter().enumerate() {
         let mut patch = json!({"id": format!("path-{index}"), "target": "MAIN", "edits": edits});
@@ -291,5 +349,192 @@ async fn long_path_components_and_git_by_another_name_are_refused_naming_the_fie
         assert_eq!(code, 422, "case {index}: {problem}");
         assert_eq!(problem["pointer"], pointer, "case {index}: {problem}");
     }
+    assert!(gateway.stored_ids().await.is_empty());
+}
+
+#[tokio::test]
+async fn deeply_nested_flow_yaml_is_refused_before_the_parser_runs() {
+    let gateway = TestGateway::start(|_, _| {}).await;
+    // `{a: [` 209,000 times (~1 MiB, unclosed): libyaml's scanner rescans one simple key per
+    // open level for every token, minutes of CPU before the first event.
+    let body = format!("a: {}", "{a: [".repeat(209_000));
+    let started = Instant::now();
+    let (code, problem) = post_yaml(&gateway, body.clone()).await;
+    eprintln!(
+        "POST /v1/patches ({} bytes of flow nesting): {code} in {:?}",
+        body.len(),
+        started.elapsed()
+    );
+    assert_eq!(code, 413, "{problem}");
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("nests deeper than 64 levels at line 1, column 164"),
+        "{problem}"
+    );
+
+    let text = format!("```yaml\n{body}\n```\n");
+    let (code, outcome) = gateway
+        .post("/v1/messages", KEY, &json!({ "text": text }))
+        .await;
+    assert_eq!(code, 200, "{outcome}");
+    assert_eq!(outcome["blocks"][0]["outcome"], "refused", "{outcome}");
+    let reason = outcome["blocks"][0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("nests deeper than 64 levels"), "{outcome}");
+    assert!(gateway.stored_ids().await.is_empty());
+}
+
+#[tokio::test]
+async fn twenty_event_heavy_yaml_bodies_at_once_keep_the_process_under_128_mb() {
+    let gateway = TestGateway::start(|config, _| {
+        config.rate_limit.burst = 1_000;
+        config.rate_limit.per_minute = 60_000;
+    })
+    .await;
+    // `[[],[],...]`, ~1 MiB: ~700,000 parser events, which the YAML loader buffers whole.
+    let body = format!("[{}[]]", "[],".repeat(349_000));
+    let before = peak_rss_mb();
+    let started = Instant::now();
+    let mut requests = Vec::new();
+    for _ in 0..20 {
+        let body = body.clone();
+        let gateway_url = gateway.url();
+        let http = gateway.http.clone();
+        requests.push(tokio::spawn(async move {
+            let response = http
+                .post(format!("{gateway_url}/v1/patches"))
+                .bearer_auth(KEY)
+                .header("content-type", "application/yaml")
+                .body(body)
+                .send()
+                .await
+                .expect("gateway reachable");
+            crate::helpers::read(response).await
+        }));
+    }
+    let mut answers = Vec::new();
+    for request in requests {
+        answers.push(request.await.expect("request task"));
+    }
+    let after = peak_rss_mb();
+    eprintln!(
+        "20 event-heavy YAML bodies at once: {:?}; peak RSS {before} MB before, {after} MB after",
+        started.elapsed()
+    );
+    // The bodies themselves (client and server copies) are ~60 MB; on main, with the parses
+    // serialised on the test's one runtime thread, the peak was 148 MB.
+    assert!(after < 128, "peak RSS {after} MB (baseline {before} MB)");
+    for (code, problem) in answers {
+        assert_eq!(code, 413, "{problem}");
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains("more than 20000 YAML nodes"), "{problem}");
+    }
+}
+
+#[tokio::test]
+async fn the_blocks_of_one_message_share_one_parse_budget() {
+    let gateway = TestGateway::start(|_, _| {}).await;
+    // Each block expands to ~600 KB (a 600-byte anchor replayed 1,000 times): under the
+    // 1 MiB budget alone, over it together.
+    let block = |name: &str| {
+        format!(
+            "```yaml\n{name}: &a \"{}\"\nmore: [{}]\n```\n",
+            "z".repeat(600),
+            vec!["*a"; 1_000].join(", ")
+        )
+    };
+    let text = format!("{}\n{}", block("first"), block("second"));
+    let (code, outcome) = gateway
+        .post("/v1/messages", KEY, &json!({ "text": text }))
+        .await;
+    assert_eq!(code, 200, "{outcome}");
+    assert_eq!(outcome["blocks"][0]["outcome"], "skipped", "{outcome}");
+    assert_eq!(outcome["blocks"][1]["outcome"], "refused", "{outcome}");
+    let reason = outcome["blocks"][1]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("expands to more than"), "{outcome}");
+}
+
+#[tokio::test]
+async fn a_legacy_phase_patch_that_grows_past_the_budget_when_normalised_is_refused() {
+    let gateway = TestGateway::start(|_, _| {}).await;
+    // 900 aliases of 1,000 ones: under 1 MiB as charged, but every one becomes a task line
+    // ("- 1"), about 5 MB of JSON once normalised.
+    let body = format!(
+        "id: grow\ntarget: MAIN\nnotes: &a [{}]\nexecutionSteps: [{}]\n",
+        vec!["1"; 1_000].join(", "),
+        vec!["*a"; 900].join(", ")
+    );
+    let (code, problem) = post_yaml(&gateway, body).await;
+    assert_eq!(code, 413, "{problem}");
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("the normalised patch is"), "{problem}");
+    assert!(gateway.stored_ids().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_repeated_key_in_an_mcp_request_is_refused_before_the_tool_runs() {
+    let gateway = TestGateway::start(|_, _| {}).await;
+    let url = format!("{}/mcp", gateway.url());
+    let send = |body: String, session: Option<String>| {
+        let mut request = gateway
+            .http
+            .post(&url)
+            .bearer_auth(KEY)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(body);
+        if let Some(session) = session {
+            request = request.header("mcp-session-id", session);
+        }
+        request.send()
+    };
+    let initialize = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-03-26", "capabilities": {},
+                   "clientInfo": {"name": "test", "version": "0"}}
+    });
+    let response = send(initialize.to_string(), None)
+        .await
+        .expect("gateway reachable");
+    assert_eq!(response.status().as_u16(), 200);
+    let session = response
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    drop(response);
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    send(initialized.to_string(), session.clone())
+        .await
+        .expect("gateway reachable");
+    // The object form: serde_json::Map (and so rmcp) would keep the last `target` silently.
+    let call = r#"{"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "submit_patch",
+        "arguments": {"patch": {"id": "dup-mcp", "target": "MAIN", "target": "CYOPS",
+        "agent": {"task": "t"}}}}}"#;
+    let response = send(call.to_owned(), session)
+        .await
+        .expect("gateway reachable");
+    let text = response.text().await.expect("answer");
+    assert!(text.contains("duplicate key \\\"target\\\""), "{text}");
+    assert!(text.contains("\"id\":2"), "{text}");
+    assert!(gateway.stored_ids().await.is_empty());
+}
+
+#[tokio::test]
+async fn an_inbox_symlink_is_rejected_without_reading_its_target() {
+    let gateway = TestGateway::start(|config, scratch| {
+        std::fs::create_dir_all(scratch.join("inbox/MAIN")).expect("inbox");
+        config.inbox = Some(scratch.join("inbox"));
+        config.inbox_settle = Duration::from_millis(100);
+    })
+    .await;
+    // A valid patch outside the inbox, linked into it.
+    let outside = gateway.path("outside.yaml");
+    std::fs::write(&outside, "id: linked\ntarget: MAIN\nagent:\n  task: t\n").expect("scratch");
+    let main = gateway.path("inbox/MAIN");
+    std::os::unix::fs::symlink(&outside, main.join("link.yaml")).expect("symlink");
+    let note = main.join(".rejected/link.yaml.error.txt");
+    wait_for(&note).await;
+    let reason = std::fs::read_to_string(&note).expect("note");
+    assert!(reason.contains("symlink"), "{reason}");
     assert!(gateway.stored_ids().await.is_empty());
 }

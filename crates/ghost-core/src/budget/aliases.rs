@@ -1,4 +1,4 @@
-//! Counting the aliases (`*name`) of a YAML text before it is parsed.
+//! Scanning a YAML text before it is parsed: aliases (`*name`), flow nesting and nodes.
 //!
 //! serde_norway replays aliases inside its deserializer and exposes no count, and a second YAML
 //! parser would be a second opinion that can disagree with the first. This is a lexical count:
@@ -20,12 +20,54 @@ enum Block {
     Content { indent: usize },
 }
 
-/// Aliases in `text`, counting stops once `limit` is passed (the result is then `limit + 1`).
-pub(crate) fn count_aliases(text: &str, limit: usize) -> usize {
-    let mut count = 0usize;
+/// What the pre-scan refuses, with the 1-based line and column where it stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ScanRefusal {
+    /// More aliases than the budget allows.
+    Aliases,
+    /// Flow collections (`[`, `{`) nested deeper than the budget allows.
+    Depth { line: usize, column: usize },
+    /// More nodes (a conservative count of indicators) than the budget allows.
+    Nodes { line: usize, column: usize },
+}
+
+/// The limits the pre-scan checks.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ScanLimits {
+    /// Most aliases.
+    pub(crate) aliases: usize,
+    /// Deepest flow nesting.
+    pub(crate) depth: usize,
+    /// Most nodes, counted from indicators.
+    pub(crate) nodes: usize,
+}
+
+/// Scans `text` lexically before any YAML parser sees it: aliases, flow nesting and nodes.
+///
+/// libyaml's scanner rescans its stack of possible simple keys (one per open flow level) for
+/// every token, so `{a: [` repeated 200,000 times costs minutes before the first event, and the
+/// loader buffers every event of the document (about 200 bytes each) before our visitor runs.
+/// Both are bounded here, in one linear pass, before the parser is called.
+///
+/// A quote opens a quoted scalar only where a node may start (after an indicator, a flow
+/// indicator, a property or at the start of a line that does not continue a plain scalar), so
+/// a quote inside a plain scalar (`a: b "c`) cannot hide the brackets after it: YAML reads
+/// the brackets there, and so does this scan. In flow context every `[`/`{`/`]`/`}` outside
+/// quotes and comments is an indicator, which makes the flow depth exact there.
+pub(crate) fn scan(text: &str, limits: ScanLimits) -> Result<usize, ScanRefusal> {
+    let mut aliases = 0usize;
+    let mut nodes = 0usize;
+    let mut depth = 0usize;
     let mut quote: Option<u8> = None;
     let mut block = Block::None;
-    for line in text.split('\n') {
+    // Indentation of the line a block plain scalar started on, while it may still continue.
+    let mut plain_parent: Option<usize> = None;
+    // Whether the next token may start a node (so a quote there opens a quoted scalar).
+    let mut expect_node = true;
+    // Whether the last token closed a quoted scalar or a flow collection (a JSON-like key,
+    // after which a `:` in flow context is an indicator even when not followed by a space).
+    let mut closed = false;
+    for (number, line) in text.split('\n').enumerate() {
         let indent = line.len() - line.trim_start_matches(' ').len();
         let blank = line.trim().is_empty();
         if quote.is_none() {
@@ -38,12 +80,24 @@ pub(crate) fn count_aliases(text: &str, limit: usize) -> usize {
                 }
                 _ => Block::None,
             };
+            if depth == 0 && !blank {
+                match plain_parent {
+                    Some(parent) if indent > parent => expect_node = false,
+                    _ => {
+                        plain_parent = None;
+                        expect_node = true;
+                    }
+                }
+            }
         }
         let bytes = line.as_bytes();
         let mut code_end = bytes.len();
         let mut at = 0;
+        let mut last_plain = false;
         while at < bytes.len() {
             let byte = bytes[at];
+            let next = bytes.get(at + 1).copied();
+            let blank_next = next.is_none_or(|next| matches!(next, b' ' | b'\t' | b'\r'));
             let boundary = at == 0 || b" \t[{,:".contains(&bytes[at - 1]);
             match quote {
                 Some(b'"') => {
@@ -51,13 +105,15 @@ pub(crate) fn count_aliases(text: &str, limit: usize) -> usize {
                         at += 1;
                     } else if byte == b'"' {
                         quote = None;
+                        closed = true;
                     }
                 }
                 Some(_) if byte == b'\'' => {
-                    if bytes.get(at + 1) == Some(&b'\'') {
+                    if next == Some(b'\'') {
                         at += 1;
                     } else {
                         quote = None;
+                        closed = true;
                     }
                 }
                 Some(_) => {}
@@ -67,29 +123,92 @@ pub(crate) fn count_aliases(text: &str, limit: usize) -> usize {
                     code_end = at;
                     break;
                 }
-                None if boundary && (byte == b'"' || byte == b'\'') => quote = Some(byte),
-                None if boundary
-                    && byte == b'*'
-                    && bytes
-                        .get(at + 1)
-                        .is_some_and(|next| !b" \t\r,[]{}".contains(next)) =>
-                {
-                    count += 1;
-                    if count > limit {
-                        return count;
-                    }
+                None if byte == b' ' || byte == b'\t' || byte == b'\r' => {}
+                None if expect_node && (byte == b'"' || byte == b'\'') => {
+                    quote = Some(byte);
+                    expect_node = false;
+                    closed = false;
+                    last_plain = false;
                 }
-                None => {}
+                None => {
+                    let mut starts_node = false;
+                    let flow = depth > 0;
+                    match byte {
+                        b'[' | b'{' if expect_node || flow => {
+                            depth += 1;
+                            if depth > limits.depth {
+                                return Err(ScanRefusal::Depth {
+                                    line: number + 1,
+                                    column: at + 1,
+                                });
+                            }
+                            nodes += 1;
+                            starts_node = true;
+                        }
+                        b']' | b'}' if flow => depth -= 1,
+                        b',' if flow => {
+                            nodes += 1;
+                            starts_node = true;
+                        }
+                        b':' if blank_next || (flow && (expect_node || closed)) => {
+                            nodes += 1;
+                            starts_node = true;
+                        }
+                        b'-' if blank_next && expect_node => {
+                            nodes += 1;
+                            starts_node = true;
+                        }
+                        b'?' if (blank_next || flow) && (expect_node || closed) => {
+                            nodes += 1;
+                            starts_node = true;
+                        }
+                        b'-' if at == indent && line[at..].starts_with("---") => {
+                            at += 2;
+                            nodes += 1;
+                            starts_node = true;
+                        }
+                        b'&' | b'!' if expect_node => {
+                            // A property: the node after it may still start with a quote.
+                            while at + 1 < bytes.len() && !b" \t\r,[]{}".contains(&bytes[at + 1]) {
+                                at += 1;
+                            }
+                            starts_node = true;
+                        }
+                        b'*' if boundary
+                            && !blank_next
+                            && next.is_some_and(|next| !b",[]{}".contains(&next)) =>
+                        {
+                            aliases += 1;
+                            if aliases > limits.aliases {
+                                return Err(ScanRefusal::Aliases);
+                            }
+                        }
+                        _ => {}
+                    }
+                    if nodes > limits.nodes {
+                        return Err(ScanRefusal::Nodes {
+                            line: number + 1,
+                            column: at + 1,
+                        });
+                    }
+                    let closes = flow && matches!(byte, b']' | b'}');
+                    last_plain = !starts_node && !closes;
+                    closed = closes;
+                    expect_node = starts_node;
+                }
             }
             at += 1;
         }
-        if quote.is_none()
-            && let Some(parent) = block_header(&line[..code_end])
-        {
-            block = Block::Pending { parent };
+        if quote.is_none() {
+            if let Some(parent) = block_header(&line[..code_end]) {
+                block = Block::Pending { parent };
+                plain_parent = None;
+            } else if depth == 0 && last_plain && plain_parent.is_none() {
+                plain_parent = Some(indent);
+            }
         }
     }
-    count
+    Ok(aliases)
 }
 
 /// When `line` ends with a block scalar header (`|`, `>-`, ...), the indentation its content
@@ -139,6 +258,24 @@ fn block_header(line: &str) -> Option<isize> {
 mod tests {
     use super::*;
 
+    const LIMITS: ScanLimits = ScanLimits {
+        aliases: 100,
+        depth: 64,
+        nodes: 10_000,
+    };
+
+    fn count_aliases(text: &str, limit: usize) -> usize {
+        let limits = ScanLimits {
+            aliases: limit,
+            ..LIMITS
+        };
+        match scan(text, limits) {
+            Ok(count) => count,
+            Err(ScanRefusal::Aliases) => limit + 1,
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn aliases_are_counted_where_yaml_reads_them() {
         assert_eq!(
@@ -161,5 +298,55 @@ mod tests {
     #[test]
     fn counting_stops_past_the_limit() {
         assert_eq!(count_aliases(&"- *a\n".repeat(1000), 10), 11);
+    }
+
+    #[test]
+    fn deep_flow_nesting_is_refused_where_it_passes_the_limit() {
+        // Issue 17 round 2: `a: ` then `{a: [` 209,000 times costs libyaml minutes.
+        let body = format!("a: {}", "{a: [".repeat(209_000));
+        assert_eq!(
+            scan(&body, LIMITS),
+            Err(ScanRefusal::Depth {
+                line: 1,
+                column: 3 + 5 * 32 + 1
+            })
+        );
+        let ok = format!("{}{}", "[".repeat(64), "]".repeat(64));
+        assert_eq!(scan(&ok, LIMITS), Ok(0));
+        // Brackets in quotes, comments and block scalars are not nesting.
+        let quiet = format!(
+            "a: \"{0}\"\nb: '{0}'\n# {0}\nc: |\n  {0}\nd: x{0}\n",
+            "[".repeat(100)
+        );
+        assert_eq!(scan(&quiet, LIMITS), Ok(0));
+    }
+
+    #[test]
+    fn a_quote_inside_a_plain_scalar_hides_no_brackets() {
+        let deep = "[".repeat(100);
+        for body in [
+            format!("a: [b \"c, {deep}"),
+            format!("a: [b:\"c, {deep}"),
+            format!("a: b \"c\nd: {deep}"),
+            format!("a: b\n  \"c\nd: {deep}"),
+            format!("a: b &x \"c\nd: {deep}"),
+            format!("a: b - 'c\nd: {deep}"),
+        ] {
+            assert!(
+                matches!(scan(&body, LIMITS), Err(ScanRefusal::Depth { .. })),
+                "{body:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn nodes_are_counted_before_the_parser_buffers_events() {
+        let body = format!("[{}[]]", "[],".repeat(20_000));
+        assert!(matches!(
+            scan(&body, LIMITS),
+            Err(ScanRefusal::Nodes { line: 1, .. })
+        ));
+        let patch = "id: p\ntarget: MAIN\nedits:\n  - {op: write, path: \"a\", content: \"[{\"}\n";
+        assert_eq!(scan(patch, LIMITS), Ok(0));
     }
 }
