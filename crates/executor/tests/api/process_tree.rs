@@ -304,6 +304,44 @@ fn with_a_pids_cgroup_the_fork_bomb_is_capped_and_the_cgroup_removed() {
     assert_eq!(next.status, Status::Succeeded, "{}", next.error);
 }
 
+/// Runs `commands[0]` in `workspaces[0]` and, while it waits for `go`, `commands[1]` in
+/// `workspaces[1]`; then lets the first finish. Both must succeed (neither sweep killed the
+/// other's daemon) and each daemon (its pid first in its file) must be gone.
+fn run_side_by_side(
+    workspaces: [&TestWorkspace; 2],
+    commands: [&str; 2],
+    go: &Path,
+    pid_files: [&Path; 2],
+) {
+    let [first, second] = workspaces;
+    let (first_report, second_report) = std::thread::scope(|scope| {
+        let running = scope.spawn(|| first.apply(&patch("p", &validate(commands[0], 60))));
+        let second_report = second.apply(&patch("q", &validate(commands[1], 60)));
+        std::fs::write(go, "").unwrap();
+        (running.join().unwrap(), second_report)
+    });
+    assert_eq!(
+        second_report.status,
+        Status::Succeeded,
+        "{}",
+        second_report.error
+    );
+    assert!(
+        !exists(pids_in(pid_files[1])[0]),
+        "the second command's daemon survived"
+    );
+    assert_eq!(
+        first_report.status,
+        Status::Succeeded,
+        "the second command's sweep killed the first one's daemon: {:?}",
+        first_report.commands
+    );
+    assert!(
+        !exists(pids_in(pid_files[0])[0]),
+        "the first command's daemon survived"
+    );
+}
+
 #[test]
 fn a_sweep_spares_another_running_command_and_the_executors_own_children() {
     let _one = one_at_a_time();
@@ -348,31 +386,11 @@ fn a_sweep_spares_another_running_command_and_the_executors_own_children() {
     let own_file = dir(&first).join("own");
     std::fs::write(&own_file, own.id().to_string()).unwrap();
     let _own_leftover = Leftovers(own_file);
-    let (first_report, second_report) = std::thread::scope(|scope| {
-        let running = scope.spawn(|| first.apply(&patch("p", &validate(&command, 60))));
-        let second_report = second.apply(&patch("q", &validate(&second_command, 60)));
-        std::fs::write(&go, "").unwrap();
-        (running.join().unwrap(), second_report)
-    });
-    assert_eq!(
-        second_report.status,
-        Status::Succeeded,
-        "{}",
-        second_report.error
-    );
-    assert!(
-        !exists(pids_in(&second_pids)[0]),
-        "the second command's daemon survived"
-    );
-    assert_eq!(
-        first_report.status,
-        Status::Succeeded,
-        "the second command's sweep killed the first one's daemon: {:?}",
-        first_report.commands
-    );
-    assert!(
-        !exists(pids_in(&first_pids)[0]),
-        "the first command's daemon survived"
+    run_side_by_side(
+        [&first, &second],
+        [&command, &second_command],
+        &go,
+        [&first_pids, &second_pids],
     );
     assert!(
         matches!(own.try_wait(), Ok(None)),
@@ -650,31 +668,11 @@ fn a_sweep_spares_another_running_commands_setsid_daemon() {
         daemon = setsid_grandchild(&second_pids),
         first_ready = first_ready.display(),
     );
-    let (first_report, second_report) = std::thread::scope(|scope| {
-        let running = scope.spawn(|| first.apply(&patch("p", &validate(&command, 60))));
-        let second_report = second.apply(&patch("q", &validate(&second_command, 60)));
-        std::fs::write(&go, "").unwrap();
-        (running.join().unwrap(), second_report)
-    });
-    assert_eq!(
-        second_report.status,
-        Status::Succeeded,
-        "{}",
-        second_report.error
-    );
-    assert!(
-        !exists(pids_in(&second_pids)[0]),
-        "the second command's daemon survived"
-    );
-    assert_eq!(
-        first_report.status,
-        Status::Succeeded,
-        "the second command's sweep killed the first one's setsid daemon: {:?}",
-        first_report.commands
-    );
-    assert!(
-        !exists(pids_in(&first_pids)[0]),
-        "the first command's daemon survived"
+    run_side_by_side(
+        [&first, &second],
+        [&command, &second_command],
+        &go,
+        [&first_pids, &second_pids],
     );
     assert_eq!(children_of_this_process(), Vec::<i32>::new());
 }

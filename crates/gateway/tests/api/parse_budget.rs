@@ -294,53 +294,28 @@ async fn long_path_components_and_git_by_another_name_are_refused_naming_the_fie
         ),
         (json!([]), Some(v4a), "/patch"),
         (json!([]), Some(unified), "/patch"),
-        (
-            json!([{"op": "write", "path": ".GIT/config", "contents": "x"}]),
-            None,
-            "/edits/0/path",
-        ),
-        (
-            json!([{"op": "write", "path": ".Git/HEAD", "contents": "x"}]),
-            None,
-            "/edits/0/path",
-        ),
-        (
-            json!([{"op": "write", "path": ".git./config", "contents": "x"}]),
-            None,
-            "/edits/0/path",
-        ),
-        (
-            json!([{"op": "write", "path": ".git /config", "contents": "x"}]),
-            None,
-            "/edits/0/path",
-        ),
-        (
-            json!([{"op": "write", "path": "GIT~1/config", "contents": "x"}]),
-            None,
-            "/edits/0/path",
-        ),
-        (
-            json!([{"op": "write", "path": ".git::$INDEX_ALLOCATION/config", "contents": "x"}]),
-            None,
-            "/edits/0/path",
-        ),
-        (
-            json!([{"op": "write", "path": "\u{200C}.git/config", "contents": "x"}]),
-            None,
-            "/edits/0/path",
-        ),
-        (
-            json!([{"op": "write", "path": ".GHOST./state", "contents": "x"}]),
-            None,
-            "/edits/0/path",
-        ),
-        (
-            json!([{"op": "write", "path": "a\\b.txt", "contents": "x"}]),
-            None,
-            "/edits/0/path",
-        ),
     ];
-    for (index, (edits, document, pointer)) in cases.into_iter().enumerate() {
+    // `.git` as case-insensitive (macOS, Windows) and NTFS/HFS+ file systems read it, `.ghost`
+    // (every service's state), and a Windows separator inside a component.
+    let other_names = [
+        ".GIT/config",
+        ".Git/HEAD",
+        ".git./config",
+        ".git /config",
+        "GIT~1/config",
+        ".git::$INDEX_ALLOCATION/config",
+        "\u{200C}.git/config",
+        ".GHOST./state",
+        "a\\b.txt",
+    ];
+    let cases = cases.into_iter().chain(other_names.into_iter().map(|path| {
+        (
+            json!([{"op": "write", "path": path, "contents": "x"}]),
+            None,
+            "/edits/0/path",
+        )
+    }));
+    for (index, (edits, document, pointer)) in cases.enumerate() {
         let mut patch = json!({"id": format!("path-{index}"), "target": "MAIN", "edits": edits});
         if let Some(document) = document {
             patch["patch"] = json!(document);
