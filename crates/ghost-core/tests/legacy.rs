@@ -1,4 +1,4 @@
-//! The legacy normaliser against every real legacy patch in `shared/fixtures/legacy/`, plus the
+//! The legacy normaliser against every real legacy patch in `tests/fixtures/legacy/`, plus the
 //! YAML and alias paths of submission parsing.
 
 use std::collections::BTreeMap;
@@ -42,7 +42,7 @@ fn options() -> LegacyOptions {
 }
 
 fn fixtures_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/legacy")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/legacy")
 }
 
 fn fixture(name: &str) -> Vec<u8> {

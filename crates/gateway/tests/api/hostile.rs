@@ -57,6 +57,17 @@ async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<String
 }
 
 /// Headers of a dashboard login whose 100-byte body never arrives (one byte is sent).
+/// Sends `GET /healthz` with `Connection: close` on `stream` and checks it is answered 200 and
+/// then closed by the server.
+async fn assert_served_then_closed(stream: &mut TcpStream, target: SocketAddr) {
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("writes");
+    let answer = closed_within(stream, Duration::from_secs(10))
+        .await
+        .expect("answered and closed");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
 fn slow_login(host: SocketAddr) -> String {
     format!(
         "POST /ui/login HTTP/1.1\r\nHost: {host}\r\nOrigin: http://{host}\r\n\
@@ -197,17 +208,7 @@ async fn connections_over_the_per_address_cap_are_closed_at_once() {
         .await
         .expect("gateway reachable");
     assert_eq!(response.status().as_u16(), 200);
-    held[0]
-        .write_all(
-            format!("GET /healthz HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await
-        .expect("writes");
-    let answer = closed_within(&mut held[0], Duration::from_secs(10))
-        .await
-        .expect("answered and closed");
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_served_then_closed(&mut held[0], target).await;
 }
 
 #[tokio::test]
@@ -231,17 +232,7 @@ async fn a_kept_alive_connection_may_idle_longer_than_a_header_may_take() {
             .is_none(),
         "an idle keep-alive connection was closed by the header timeout"
     );
-    stream
-        .write_all(
-            format!("GET /healthz HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await
-        .expect("writes");
-    let answer = closed_within(&mut stream, Duration::from_secs(10))
-        .await
-        .expect("answered and closed");
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_served_then_closed(&mut stream, target).await;
     // A later request's head still has only the header timeout once it starts.
     let mut slow = connect_from(loopback(10), target).await.expect("connects");
     slow.write_all(request.as_bytes()).await.expect("writes");
@@ -534,17 +525,7 @@ async fn forwarded_for_names_the_client_only_behind_a_configured_proxy() {
     let target = proxied.gateway.http;
     let _held = connect_from(loopback(9), target).await.expect("connects");
     let mut second = connect_from(loopback(9), target).await.expect("connects");
-    second
-        .write_all(
-            format!("GET /healthz HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await
-        .expect("writes");
-    let answer = closed_within(&mut second, Duration::from_secs(10))
-        .await
-        .expect("answered and closed");
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_served_then_closed(&mut second, target).await;
     let proxy = client_from(loopback(9));
     assert_eq!(guess(&proxy, target, "192.0.2.1", 100).await, Some(429));
     assert_eq!(

@@ -9,7 +9,7 @@ use crate::helpers::{KEY, TestGateway, write_patch};
 #[tokio::test]
 async fn every_legacy_fixture_is_accepted_normalised_or_refused_naming_the_field() {
     let gateway = TestGateway::start(|_, _| {}).await;
-    let dir = ghost_testkit::repo_root().join("../shared/fixtures/legacy");
+    let dir = ghost_testkit::repo_root().join("crates/ghost-core/tests/fixtures/legacy");
     let mut seen = 0;
     for entry in std::fs::read_dir(&dir).expect("fixtures dir") {
         let path = entry.expect("entry").path();
