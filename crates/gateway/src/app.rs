@@ -147,7 +147,8 @@ impl App {
             .layer(middleware::from_fn_with_state(
                 Arc::clone(&guard_state),
                 guard::authenticate,
-            ));
+            ))
+            .layer(middleware::from_fn(crate::mcp::keep_request_span));
         let mut http = api.merge(mcp);
         if self.config.ui.enabled {
             let ui_state = crate::ui::UiState {

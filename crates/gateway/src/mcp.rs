@@ -17,6 +17,7 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use rmcp::{ServerHandler, tool, tool_handler, tool_router};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::auth::Principal;
 use crate::error::GatewayError;
@@ -69,6 +70,35 @@ fn caller(parts: &http::request::Parts) -> Result<Principal, GatewayError> {
         .ok_or(GatewayError::Unauthorized)
 }
 
+/// The span of the HTTP request that carried an MCP message. rmcp runs tools on its session
+/// task, outside that span, so each tool reopens the request's trace from here: a caller's
+/// `traceparent` then reaches the router like on the HTTP API.
+#[derive(Clone)]
+pub struct RequestSpan(pub tracing::Span);
+
+/// Keeps the current (HTTP request) span in the request for the tools (see [`RequestSpan`]).
+pub async fn keep_request_span(mut request: Request, next: Next) -> Response {
+    request
+        .extensions_mut()
+        .insert(RequestSpan(tracing::Span::current()));
+    next.run(request).await
+}
+
+/// The span of one tool call, a child of the HTTP request that carried it.
+fn tool_span(parts: &http::request::Parts, tool: &'static str) -> tracing::Span {
+    let request = parts
+        .extensions
+        .get::<RequestSpan>()
+        .map_or_else(tracing::Span::current, |span| span.0.clone());
+    tracing::info_span!(
+        parent: &request,
+        "mcp.tool",
+        otel.name = %format!("mcp {tool}"),
+        mcp.tool = tool,
+        patch_id = tracing::field::Empty,
+    )
+}
+
 fn answer<T: Serialize>(result: Result<T, GatewayError>) -> CallToolResult {
     match result {
         Ok(value) => {
@@ -94,6 +124,7 @@ impl GhostMcp {
         Extension(parts): Extension<http::request::Parts>,
         Parameters(input): Parameters<SubmitInput>,
     ) -> CallToolResult {
+        let span = tool_span(&parts, "submit_patch");
         let result = async {
             let caller = caller(&parts)?;
             let (body, format) = match (input.patch, input.document) {
@@ -116,6 +147,7 @@ impl GhostMcp {
                 .submit(&caller, body.as_bytes(), format, None, None)
                 .await
         }
+        .instrument(span)
         .await;
         answer(result)
     }
@@ -126,10 +158,12 @@ impl GhostMcp {
         Extension(parts): Extension<http::request::Parts>,
         Parameters(input): Parameters<IdInput>,
     ) -> CallToolResult {
+        let span = tool_span(&parts, "get_patch");
         let result = async {
             let caller = caller(&parts)?;
             self.patches.detail(&caller, &input.id).await
         }
+        .instrument(span)
         .await;
         answer(result)
     }
@@ -140,6 +174,7 @@ impl GhostMcp {
         Extension(parts): Extension<http::request::Parts>,
         Parameters(input): Parameters<ListInput>,
     ) -> CallToolResult {
+        let span = tool_span(&parts, "list_patches");
         let result = async {
             let caller = caller(&parts)?;
             // Models often send "" for "no filter": the tools treat that as absent.
@@ -152,6 +187,7 @@ impl GhostMcp {
             )?;
             self.patches.list(&caller, &filter).await
         }
+        .instrument(span)
         .await;
         answer(result)
     }
@@ -162,10 +198,12 @@ impl GhostMcp {
         Extension(parts): Extension<http::request::Parts>,
         Parameters(input): Parameters<IdInput>,
     ) -> CallToolResult {
+        let span = tool_span(&parts, "cancel_patch");
         let result = async {
             let caller = caller(&parts)?;
             self.patches.cancel(&caller, &input.id).await
         }
+        .instrument(span)
         .await;
         answer(result)
     }

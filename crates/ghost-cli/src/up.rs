@@ -99,7 +99,7 @@ fn refuse_data_dir_in_workspaces(
 
 /// Runs until SIGINT/SIGTERM, then drains every service.
 pub async fn run(options: UpOptions, output: &Output) -> Result<Exit, CliError> {
-    let telemetry = ghost_runtime::telemetry::init("ghost", &Default::default())?;
+    let telemetry = ghost_runtime::telemetry::init_local(&Default::default())?;
     let mut parsed = Vec::new();
     for spec in options.workspaces {
         let Some((target, dir)) = spec.split_once('=') else {

@@ -3,7 +3,8 @@
 //!
 //! - [`config`]: the one place configuration is loaded (defaults → TOML file → `GHOST_<SVC>__KEY`
 //!   environment), with `--print-config` and redacted [`config::Secret`]s.
-//! - [`telemetry`]: the one place a tracing subscriber is built (fmt or JSON logs, OTLP export).
+//! - [`telemetry`]: the one place a tracing subscriber is built (fmt or JSON logs, a tracer that
+//!   always makes trace ids, OTLP export when configured, per-service names under `ghost up`).
 //! - [`propagation`]: W3C trace context across gRPC, HTTP and the router's stored contexts.
 //! - [`shutdown`]: SIGINT/SIGTERM as a future.
 //! - [`serve`]: gRPC (with `grpc.health.v1` and reflection) and HTTP (`/healthz`, `/readyz`,

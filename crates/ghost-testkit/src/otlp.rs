@@ -28,6 +28,8 @@ pub struct ReceivedSpan {
     pub parent_span_id: String,
     /// The span name.
     pub name: String,
+    /// The `service.name` of the resource the span was exported under (empty if none).
+    pub service_name: String,
     /// String, integer and boolean attributes, rendered as text.
     pub attributes: HashMap<String, String>,
 }
@@ -49,6 +51,16 @@ impl TraceService for Recorder {
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         let mut received = Vec::new();
         for resource in request.into_inner().resource_spans {
+            let service_name = resource
+                .resource
+                .iter()
+                .flat_map(|resource| &resource.attributes)
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                    Value::StringValue(name) => Some(name.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
             for scope in resource.scope_spans {
                 for span in scope.spans {
                     let attributes = span
@@ -70,6 +82,7 @@ impl TraceService for Recorder {
                         span_id: hex(&span.span_id),
                         parent_span_id: hex(&span.parent_span_id),
                         name: span.name,
+                        service_name: service_name.clone(),
                         attributes,
                     });
                 }

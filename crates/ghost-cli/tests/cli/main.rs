@@ -5,6 +5,7 @@
 //! function drives several subcommands against it.
 
 mod helpers;
+mod logs;
 mod offline;
 mod read;
 mod steer;
