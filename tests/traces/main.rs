@@ -1,6 +1,6 @@
 //! Trace ids always exist: with no OTLP endpoint configured, every patch gets a W3C trace id,
 //! and a caller's `traceparent` (HTTP API or MCP) is continued, so the patch's trace id is the
-//! caller's. Its own test binary: it installs the process-wide subscriber as `ghost up` does.
+//! caller's, and the trace crosses every gRPC hop. Its own test binary: it installs the process-wide subscriber as `ghost up` does.
 
 use std::time::Duration;
 
@@ -31,8 +31,8 @@ impl Gateway {
         response.json().await.expect("202 body")
     }
 
-    /// `GET /v1/patches/{id}`'s `trace_id`.
-    async fn trace_id_of(&self, id: &str) -> String {
+    /// `GET /v1/patches/{id}`.
+    async fn get(&self, id: &str) -> Value {
         let response = self
             .http
             .get(format!("{}/v1/patches/{id}", self.url))
@@ -41,8 +41,29 @@ impl Gateway {
             .await
             .expect("gateway reachable");
         assert_eq!(response.status().as_u16(), 200, "get {id}");
-        let body: Value = response.json().await.expect("json");
+        response.json().await.expect("json")
+    }
+
+    /// `GET /v1/patches/{id}`'s `trace_id`.
+    async fn trace_id_of(&self, id: &str) -> String {
+        let body = self.get(id).await;
         body["trace_id"].as_str().expect("trace_id").to_owned()
+    }
+
+    /// Polls until the patch has succeeded and has a summary.
+    async fn wait_succeeded(&self, id: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let body = self.get(id).await;
+            if body["status"] == "succeeded" && !body["summary"].is_null() {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "patch {id} did not succeed: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// One JSON-RPC message to `/mcp`; the answer to `id` (if it has one) out of the SSE or
@@ -110,10 +131,12 @@ async fn patches_carry_the_callers_trace_id_or_a_fresh_one_without_an_exporter()
     let telemetry =
         ghost_runtime::telemetry::init_local(&TelemetryConfig::default()).expect("telemetry");
     let scratch = tempfile::tempdir().expect("tempdir");
-    // No executor: the patches stay queued, which is all this test needs.
+    let workspace = scratch.path().join("workspace");
+    std::fs::create_dir_all(&workspace).expect("workspace");
+    let data_dir = scratch.path().join("state");
     let system = LocalSystem::start(LocalOptions {
-        data_dir: scratch.path().join("state"),
-        workspaces: Vec::new(),
+        data_dir: data_dir.clone(),
+        workspaces: vec![("MAIN".to_owned(), workspace)],
         gateway_listen: "127.0.0.1:0".parse().expect("addr"),
         api_key: API_KEY.to_owned(),
         slack: None,
@@ -147,6 +170,19 @@ async fn patches_carry_the_callers_trace_id_or_a_fresh_one_without_an_exporter()
         assert_eq!(accepted["trace_id"], caller_trace, "{accepted}");
         assert_eq!(gateway.trace_id_of(id).await, caller_trace, "{traceparent}");
     }
+
+    // The trace crossed every gRPC hop (gateway → router → executor → router → summarizer)
+    // without an exporter: the summary, written by the summarizer, names the caller's trace.
+    gateway.wait_succeeded("continued-1").await;
+    let summary: Value = serde_json::from_slice(
+        &std::fs::read(data_dir.join("summarizer/summaries/MAIN/summary-continued-1.json"))
+            .expect("summary written"),
+    )
+    .expect("summary json");
+    assert_eq!(
+        summary["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736",
+        "{summary}"
+    );
 
     // A malformed traceparent starts a trace of its own rather than failing the request.
     gateway.submit("malformed", Some("00-not-a-trace-01")).await;
