@@ -1,6 +1,7 @@
 //! Trace ids always exist: with no OTLP endpoint configured, every patch gets a W3C trace id,
 //! and a caller's `traceparent` (HTTP API or MCP) is continued, so the patch's trace id is the
-//! caller's, and the trace crosses every gRPC hop. Its own test binary: it installs the process-wide subscriber as `ghost up` does.
+//! caller's, and the trace crosses every gRPC hop. Its own test binary: it installs the
+//! process-wide subscriber as `ghost up` does.
 
 use std::time::Duration;
 
