@@ -269,12 +269,133 @@ impl<E: SpanExporter> SpanExporter for ByService<E> {
 
 #[cfg(test)]
 mod tests {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use tracing_subscriber::layer::SubscriberExt;
+
     use super::*;
+
+    /// An exporter that keeps what it is given.
+    #[derive(Debug, Clone, Default)]
+    struct Recording {
+        spans: Arc<Mutex<Vec<SpanData>>>,
+        resource: Arc<Mutex<Option<Resource>>>,
+    }
+
+    impl SpanExporter for Recording {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            self.spans.lock().unwrap().extend(batch);
+            Ok(())
+        }
+
+        fn set_resource(&mut self, resource: &Resource) {
+            *self.resource.lock().unwrap() = Some(resource.clone());
+        }
+    }
+
+    impl Recording {
+        fn service_name(&self) -> String {
+            let resource = self.resource.lock().unwrap();
+            let name = resource
+                .as_ref()
+                .and_then(|r| r.get(&opentelemetry::Key::from_static_str("service.name")));
+            name.map(|value| value.as_str().into_owned())
+                .unwrap_or_default()
+        }
+
+        fn span_names(&self) -> Vec<String> {
+            let mut names: Vec<String> = self
+                .spans
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|span| span.name.to_string())
+                .collect();
+            names.sort();
+            names
+        }
+    }
 
     #[test]
     fn only_the_five_services_are_known() {
         assert_eq!(known("router"), Some("router"));
         assert_eq!(known("ghost_runtime"), None);
         assert_eq!(known(""), None);
+    }
+
+    #[test]
+    fn spans_go_out_under_the_service_that_emitted_them_or_their_parents() {
+        let made = Arc::new(Mutex::new(Vec::new()));
+        let exporter = ByService::new(|| {
+            let recording = Recording::default();
+            made.lock().unwrap().push(recording.clone());
+            Ok(recording)
+        })
+        .unwrap();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter)
+            .build();
+        let tracer = ServiceTracer::new(provider.tracer("test"));
+        let subscriber =
+            tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(tracer));
+        tracing::subscriber::with_default(subscriber, || {
+            let rpc = tracing::info_span!(target: "router::grpc", "rpc");
+            let _rpc = rpc.enter();
+            // A shared crate's span inherits the service it runs in, and so do its children.
+            let shared = tracing::info_span!(target: "ghost_runtime::serve", "shared");
+            let _shared = shared.enter();
+            tracing::info_span!(target: "tower::timeout", "deeper").in_scope(|| {});
+            // A span that names its service keeps it, wherever it comes from.
+            tracing::info_span!(
+                target: "ghost_runtime::propagation",
+                "named",
+                ghost.service = "summarizer"
+            )
+            .in_scope(|| {});
+            tracing::info_span!(target: "alerter::outbox", "explicit").in_scope(|| {});
+        });
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_opentelemetry::layer().with_tracer(ServiceTracer::new(provider.tracer("test"))),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info_span!(target: "ghost_cli::up", "orphan").in_scope(|| {});
+        });
+        provider.force_flush().unwrap();
+
+        let made = made.lock().unwrap();
+        let by_name: HashMap<String, Vec<String>> = made
+            .iter()
+            .map(|recording| (recording.service_name(), recording.span_names()))
+            .collect();
+        let expect = |service: &str, spans: &[&str]| {
+            assert_eq!(
+                by_name.get(service).map(Vec::as_slice),
+                Some(
+                    spans
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect::<Vec<_>>()
+                        .as_slice()
+                ),
+                "{service}: {by_name:?}"
+            );
+        };
+        expect("router", &["deeper", "rpc", "shared"]);
+        expect("summarizer", &["named"]);
+        expect("alerter", &["explicit"]);
+        expect("ghost", &["orphan"]);
+        expect("gateway", &[]);
+        expect("executor", &[]);
+        // Every span also says which service it is, for viewers that show span attributes.
+        for recording in made.iter() {
+            for span in recording.spans.lock().unwrap().iter() {
+                let attribute = span
+                    .attributes
+                    .iter()
+                    .find(|kv| kv.key.as_str() == SERVICE_ATTRIBUTE)
+                    .map(|kv| kv.value.as_str().into_owned());
+                assert_eq!(attribute, Some(recording.service_name()), "{span:?}");
+            }
+        }
     }
 }
