@@ -55,6 +55,10 @@ pub struct Problem {
     pub line: Option<usize>,
     /// 1-based column of a syntax error.
     pub column: Option<usize>,
+    /// The repeated key (duplicate keys).
+    pub key: Option<String>,
+    /// JSON pointers of the first and the repeated occurrence (duplicate keys).
+    pub pointers: Option<Vec<String>>,
 }
 
 /// A v1 patch. The common fields are described here; every other v1 field (`commands`,
@@ -216,7 +220,7 @@ fn body_or_error(
 /// Submit a patch (JSON or YAML, v1 or a legacy shape). 202 only once the router has stored it.
 #[utoipa::path(
     post, path = "/v1/patches", operation_id = "submitPatch", tag = "patches",
-    description = "Submit a patch as JSON or YAML (v1 or a legacy shape). Answers 202 once the router has durably stored it; the same id with the same content answers 202 again (replayed), other content 409.",
+    description = "Submit a patch as JSON or YAML (v1 or a legacy shape). Answers 202 once the router has durably stored it; the same id with the same content answers 202 again (replayed), other content 409. A document without an id gets `p-` and the first 16 lowercase hex digits of the SHA-256 of the normalised patch's canonical JSON without its id (fields in a fixed order, defaults spelled out, no whitespace), so the same content sent again, however spelled, is a replay. In JSON, trailing commas and `//` or `/* */` comments are forgiven and listed in `warnings` (always present, empty when nothing was forgiven), which the patch's summary repeats; a key repeated in one object is refused (422, naming the key and both JSON pointers), in YAML too. A document that asks for nothing (no edits, patch, mutations, commands or agent instructions) is refused with 422.",
     request_body(content(
         (PatchInput = "application/json"),
         (PatchInput = "application/yaml"),
@@ -230,7 +234,7 @@ fn body_or_error(
         (status = 409, description = "Same id, other content", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Unsupported content type", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid patch; names the field", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid patch (names the field), a duplicate key (names the key and both pointers) or nothing to do", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Rate limited, or too many failed credentials from this address", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Router unavailable; nothing stored", body = Problem, content_type = "application/problem+json"),
     ),
