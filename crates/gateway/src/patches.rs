@@ -563,10 +563,16 @@ impl Patches {
         let (view, report) = self.visible(caller, raw_id).await?;
         let summary = if view.status.is_terminal() {
             let id = parse_id(raw_id)?;
-            self.summaries
-                .markdown(&id)
-                .await?
-                .map(|text| cut_middle(&text, self.summary_max_chars))
+            match self.summaries.markdown(&id).await {
+                Ok(text) => text.map(|text| cut_middle(&text, self.summary_max_chars)),
+                // The patch's state is the router's and is known; a summarizer that cannot be
+                // reached only means no summary yet, not a failed read.
+                Err(GatewayError::Unavailable(detail)) => {
+                    tracing::warn!(patch_id = %id, error = %detail, "summarizer unavailable; answered without the summary");
+                    None
+                }
+                Err(err) => return Err(err),
+            }
         } else {
             None
         };
