@@ -404,6 +404,29 @@ mod tests {
     }
 
     #[test]
+    fn intake_warnings_are_kept_and_shown_only_when_there_are_some() {
+        let plain = merge(None, outcome(Status::Succeeded, 1), "");
+        let json = serde_json::to_string(&plain).unwrap();
+        assert!(!json.contains("intake_warnings"), "{json}");
+        assert!(!crate::render::markdown(&plain).contains("Intake warnings"));
+        let warned = Outcome {
+            intake_warnings: vec![
+                "line 7, column 17: a trailing comma before '}' was ignored".to_owned(),
+            ],
+            ..outcome(Status::Succeeded, 1)
+        };
+        let doc = merge(None, warned, "");
+        let markdown = crate::render::markdown(&doc);
+        assert!(
+            markdown.contains("## Intake warnings\n\nForgiven while reading the submitted document:\n\n- line 7, column 17: a trailing comma before '}' was ignored\n"),
+            "{markdown}"
+        );
+        let again: SummaryDoc =
+            serde_json::from_str(&serde_json::to_string(&doc).unwrap()).unwrap();
+        assert_eq!(again.intake_warnings, doc.intake_warnings);
+    }
+
+    #[test]
     fn only_commands_with_output_get_an_artifact() {
         let doc = merge(None, outcome(Status::Succeeded, 3), "");
         assert_eq!(
