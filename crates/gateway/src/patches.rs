@@ -378,7 +378,9 @@ impl Patches {
     /// Parses (JSON or YAML, v1 or legacy), checks the caller may, and durably queues.
     ///
     /// `idempotency_key`, when given, must equal the patch id (409 otherwise): the router's
-    /// idempotency by id and content hash then makes a retried request a replay.
+    /// idempotency by id and content hash then makes a retried request a replay. A document
+    /// without an id is checked against nothing: its id is derived from its content, which
+    /// makes a retry a replay by itself.
     pub async fn submit(
         &self,
         caller: &Principal,
