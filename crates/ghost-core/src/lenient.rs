@@ -38,6 +38,9 @@ pub(crate) fn forgive(body: &[u8]) -> Forgiven<'_> {
     let mut pending_comma: Option<(usize, usize, usize)> = None;
     // Once a `/*` found no `*/` after it, none later can: not searched again (stays linear).
     let mut no_block_end = false;
+    // Whether the last byte outside blanks and comments ended a value: only a comma after a
+    // value can be trailing (`[,]` and `{"a":,}` are left for the parser to refuse).
+    let mut after_value = false;
     while at < body.len() {
         let byte = body[at];
         if in_string {
@@ -47,6 +50,7 @@ pub(crate) fn forgive(body: &[u8]) -> Forgiven<'_> {
                 escaped = true;
             } else if byte == b'"' {
                 in_string = false;
+                after_value = true;
             }
             advance(byte, &mut line, &mut column);
             at += 1;
@@ -83,6 +87,7 @@ pub(crate) fn forgive(body: &[u8]) -> Forgiven<'_> {
             }
             b' ' | b'\t' | b'\r' | b'\n' => {}
             b']' | b'}' => {
+                after_value = true;
                 if let Some((comma_at, comma_line, comma_column)) = pending_comma.take() {
                     let closing = if byte == b']' { "']'" } else { "'}'" };
                     scan.warn(
@@ -93,12 +98,22 @@ pub(crate) fn forgive(body: &[u8]) -> Forgiven<'_> {
                     scan.blank(comma_at, comma_at + 1);
                 }
             }
-            b',' => pending_comma = Some((at, line, column)),
+            b',' => {
+                pending_comma = after_value.then_some((at, line, column));
+                after_value = false;
+            }
             b'"' => {
                 pending_comma = None;
                 in_string = true;
             }
-            _ => pending_comma = None,
+            b'[' | b'{' | b':' => {
+                pending_comma = None;
+                after_value = false;
+            }
+            _ => {
+                pending_comma = None;
+                after_value = true;
+            }
         }
         advance(byte, &mut line, &mut column);
         at += 1;
@@ -220,6 +235,21 @@ mod tests {
         let (body, warnings) = forgiven("[1, // last\n]");
         assert_eq!(body, "[1         \n]");
         assert_eq!(warnings.len(), 2, "{warnings:?}");
+    }
+
+    #[test]
+    fn only_a_comma_after_a_value_is_trailing() {
+        for text in ["[,]", "{,}", "{\"a\":,}", "[1,,]", "[[,],]"] {
+            let result = forgive(text.as_bytes());
+            let parsed: Result<serde_json::Value, _> = serde_json::from_slice(&result.body);
+            assert!(
+                parsed.is_err(),
+                "{text} became valid: {:?}",
+                result.warnings
+            );
+        }
+        let (body, _) = forgiven("[[1],{\"a\":true},\"s\",2.5,null,]");
+        assert_eq!(body, "[[1],{\"a\":true},\"s\",2.5,null ]");
     }
 
     #[test]
