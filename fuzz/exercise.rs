@@ -12,7 +12,7 @@ use ghost_core::unified::{apply_hunks, parse_hunks, parse_multi};
 use ghost_core::v4a::{self, V4aFile};
 use ghost_core::{
     Format, LegacyOptions, ParseBudget, TargetName, detect_shape, fenced_blocks, ladder, normalise,
-    parse_document, parse_json,
+    parse_json,
 };
 
 /// Runs `data` through parse, normalise, plan, unified diffs, V4A and the ladder.
@@ -61,7 +61,9 @@ pub fn run(data: &[u8]) {
 }
 
 fn document(data: &[u8], format: Format, budget: &ParseBudget, options: &LegacyOptions) {
-    let Ok(value) = parse_document(data, format, budget) else {
+    // The gateway's reader: JSON trailing commas and comments forgiven.
+    let Ok(ghost_core::Document { value, .. }) = ghost_core::read_document(data, format, budget)
+    else {
         return;
     };
     if detect_shape(&value).is_none() {
@@ -71,6 +73,13 @@ fn document(data: &[u8], format: Format, budget: &ParseBudget, options: &LegacyO
         return;
     };
     let _ = plan(&normalised.patch);
+    if normalised.derived_id {
+        assert_eq!(
+            normalised.patch.derived_id(),
+            normalised.patch.id,
+            "unstable derived id"
+        );
+    }
     // The canonical form must read back as the same patch: routers and executors rely on it.
     let canonical = normalised.patch.canonical_json();
     match parse_json(canonical.as_bytes()) {

@@ -47,6 +47,22 @@ pub enum GatewayError {
         /// What is wrong.
         message: String,
     },
+    /// One object of the document names the same key twice.
+    #[error(
+        "duplicate key {key:?}: first at {first:?}, again at {second:?} (line {line}, column {column}); each key may appear once"
+    )]
+    DuplicateKey {
+        /// The key.
+        key: String,
+        /// JSON pointer of its first occurrence.
+        first: String,
+        /// JSON pointer of the repeat.
+        second: String,
+        /// 1-based line of the repeat.
+        line: usize,
+        /// 1-based column of the repeat.
+        column: usize,
+    },
     /// Wrong content type.
     #[error("unsupported content type {0:?}; send application/json or application/yaml")]
     UnsupportedMediaType(String),
@@ -98,7 +114,9 @@ impl GatewayError {
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::MalformedBody { .. } | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::InvalidPatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::InvalidPatch { .. } | Self::DuplicateKey { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge(_) | Self::DocumentTooLarge(_) | Self::TooManyPatches { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
@@ -123,6 +141,7 @@ impl GatewayError {
             Self::MalformedBody { .. } => "malformed-document",
             Self::BadRequest(_) => "bad-request",
             Self::InvalidPatch { .. } => "invalid-patch",
+            Self::DuplicateKey { .. } => "duplicate-key",
             Self::UnsupportedMediaType(_) => "unsupported-media-type",
             Self::PayloadTooLarge(_) | Self::DocumentTooLarge(_) => "payload-too-large",
             Self::TooManyPatches { .. } => "too-many-patches",
@@ -155,6 +174,19 @@ impl From<ghost_core::PatchError> for GatewayError {
             err @ ghost_core::PatchError::OverBudget { .. } => {
                 Self::DocumentTooLarge(err.to_string())
             }
+            ghost_core::PatchError::DuplicateKey {
+                key,
+                first,
+                second,
+                line,
+                column,
+            } => Self::DuplicateKey {
+                key,
+                first,
+                second,
+                line,
+                column,
+            },
         }
     }
 }
@@ -170,6 +202,19 @@ impl IntoResponse for GatewayError {
         });
         match &self {
             Self::InvalidPatch { pointer, .. } => body["pointer"] = json!(pointer),
+            Self::DuplicateKey {
+                key,
+                first,
+                second,
+                line,
+                column,
+            } => {
+                body["pointer"] = json!(second);
+                body["key"] = json!(key);
+                body["pointers"] = json!([first, second]);
+                body["line"] = json!(line);
+                body["column"] = json!(column);
+            }
             Self::MalformedBody { line, column, .. } => {
                 body["line"] = json!(line);
                 body["column"] = json!(column);

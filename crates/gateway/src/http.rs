@@ -55,6 +55,10 @@ pub struct Problem {
     pub line: Option<usize>,
     /// 1-based column of a syntax error.
     pub column: Option<usize>,
+    /// The repeated key (duplicate keys).
+    pub key: Option<String>,
+    /// JSON pointers of the first and the repeated occurrence (duplicate keys).
+    pub pointers: Option<Vec<String>>,
 }
 
 /// A v1 patch. The common fields are described here; every other v1 field (`commands`,
@@ -64,9 +68,11 @@ pub struct Problem {
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct PatchInput {
-    /// Unique id, `[A-Za-z0-9._()+-]{1,128}`, not starting with a dot.
+    /// Unique id, `[A-Za-z0-9._()+-]{1,128}`, not starting with a dot. Left out, the id is
+    /// derived from the content (`p-` and 16 hex digits): sending the same patch again is then
+    /// a replay.
     #[schema(pattern = r"^[A-Za-z0-9_()+-][A-Za-z0-9._()+-]{0,127}$")]
-    id: String,
+    id: Option<String>,
     /// Workspace name, e.g. `MAIN`.
     #[schema(pattern = r"^[A-Za-z0-9_-]{1,64}$")]
     target: String,
@@ -216,21 +222,21 @@ fn body_or_error(
 /// Submit a patch (JSON or YAML, v1 or a legacy shape). 202 only once the router has stored it.
 #[utoipa::path(
     post, path = "/v1/patches", operation_id = "submitPatch", tag = "patches",
-    description = "Submit a patch as JSON or YAML (v1 or a legacy shape). Answers 202 once the router has durably stored it; the same id with the same content answers 202 again (replayed), other content 409.",
+    description = "Submit a patch as JSON or YAML (v1 or a legacy shape). 202 once the router has stored it; the same id and content again: 202 replayed, other content 409. No id: one is derived from the content (see 202). JSON trailing commas and comments are forgiven and listed in `warnings`; duplicate keys: 422.",
     request_body(content(
         (PatchInput = "application/json"),
         (PatchInput = "application/yaml"),
     )),
     params(SubmitHeaders),
     responses(
-        (status = 202, description = "Stored and queued", body = Accepted),
+        (status = 202, description = "Stored and queued. A document without an id gets `p-` and the first 16 lowercase hex digits of the SHA-256 of the normalised patch's canonical JSON without its id (fields in a fixed order, defaults spelled out, no whitespace): the same content, however spelled, gets the same id and is a replay. `warnings` lists what reading the document forgave (always present, empty when nothing), and the patch's summary repeats it.", body = Accepted),
         (status = 400, description = "Malformed document", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Scope or target not allowed", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Same id, other content", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Unsupported content type", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid patch; names the field", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid patch (names the field), a duplicate key (names the key and both pointers) or nothing to do", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Rate limited, or too many failed credentials from this address", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Router unavailable; nothing stored", body = Problem, content_type = "application/problem+json"),
     ),

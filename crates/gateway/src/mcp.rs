@@ -237,7 +237,11 @@ pub async fn strict_json(
     let checked = bytes.clone();
     let verdict = tokio::task::spawn_blocking(move || {
         match ghost_core::parse_document(&checked, Format::Json, &budget) {
-            Err(err @ (PatchError::Invalid { .. } | PatchError::OverBudget { .. })) => {
+            Err(
+                err @ (PatchError::Invalid { .. }
+                | PatchError::OverBudget { .. }
+                | PatchError::DuplicateKey { .. }),
+            ) => {
                 // Only the id is read (the rest is skipped unbuilt), to answer in JSON-RPC.
                 #[derive(Deserialize)]
                 struct Envelope {

@@ -17,8 +17,13 @@ use crate::report::ReportView;
 /// The router as the gateway needs it.
 #[tonic::async_trait]
 pub trait PatchQueue: Send + Sync {
-    /// Stores the patch durably; returns its state (`created` false for an identical replay).
-    async fn submit(&self, patch: &ghost_core::Patch) -> Result<PatchView, GatewayError>;
+    /// Stores the patch durably with what reading it forgave (`warnings`, repeated in its
+    /// summary); returns its state (`created` false for an identical replay).
+    async fn submit(
+        &self,
+        patch: &ghost_core::Patch,
+        warnings: &[String],
+    ) -> Result<PatchView, GatewayError>;
     /// One patch's state and its latest attempt's report, if one arrived.
     async fn get(&self, id: &PatchId) -> Result<(PatchView, Option<ReportView>), GatewayError>;
     /// One patch's audit trail.
@@ -217,7 +222,9 @@ impl TargetView {
 /// What `submit` answers.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Accepted {
-    /// The patch id.
+    /// The patch id: the document's own, or, when it named none, `p-` and 16 lowercase hex
+    /// digits of the SHA-256 of the normalised patch's canonical JSON without its id (the same
+    /// content always gets the same id, so sending it again is a replay).
     pub id: String,
     /// The target it was queued for.
     pub target: String,
@@ -234,6 +241,12 @@ pub struct Accepted {
     pub shape: String,
     /// Legacy fields without a v1 meaning, left out (JSON pointers).
     pub ignored: Vec<String>,
+    /// What reading this document forgave, each "line L, column C: what": trailing commas and
+    /// `//` or `/* */` comments in JSON. Always present; empty when nothing was forgiven. The
+    /// patch's summary repeats the warnings of its first submission.
+    pub warnings: Vec<String>,
+    /// True when the document named no id and `id` was derived from its content.
+    pub id_derived: bool,
 }
 
 /// One fenced block of a chat message and what became of it.
@@ -316,8 +329,8 @@ async fn parse_off_the_workers(
     body: Vec<u8>,
     format: Format,
     budget: ParseBudget,
-) -> Result<Result<(serde_json::Value, usize), ghost_core::PatchError>, GatewayError> {
-    tokio::task::spawn_blocking(move || ghost_core::parse_document_spent(&body, format, &budget))
+) -> Result<Result<ghost_core::Document, ghost_core::PatchError>, GatewayError> {
+    tokio::task::spawn_blocking(move || ghost_core::read_document(&body, format, &budget))
         .await
         .map_err(|err| GatewayError::Internal(format!("the document reader failed: {err}")))
 }
@@ -365,7 +378,9 @@ impl Patches {
     /// Parses (JSON or YAML, v1 or legacy), checks the caller may, and durably queues.
     ///
     /// `idempotency_key`, when given, must equal the patch id (409 otherwise): the router's
-    /// idempotency by id and content hash then makes a retried request a replay.
+    /// idempotency by id and content hash then makes a retried request a replay. A document
+    /// without an id is checked against nothing: its id is derived from its content, which
+    /// makes a retry a replay by itself.
     pub async fn submit(
         &self,
         caller: &Principal,
@@ -376,7 +391,8 @@ impl Patches {
     ) -> Result<Accepted, GatewayError> {
         caller.require(Scope::Submit)?;
         let options = options.unwrap_or(&self.legacy);
-        let (value, _) = parse_off_the_workers(body.to_vec(), format, self.budget).await??;
+        let document = parse_off_the_workers(body.to_vec(), format, self.budget).await??;
+        let value = document.value;
         if let Some(key) = idempotency_key {
             let key = PatchId::parse(key).map_err(|err| {
                 GatewayError::BadRequest(format!("Idempotency-Key is not a valid patch id: {err}"))
@@ -389,7 +405,8 @@ impl Patches {
                 )));
             }
         }
-        let normalised = ghost_core::normalise(value, options)?;
+        let mut normalised = ghost_core::normalise(value, options)?;
+        normalised.warnings = document.warnings;
         self.queue_normalised(caller, normalised).await
     }
 
@@ -403,6 +420,8 @@ impl Patches {
             patch,
             shape,
             ignored,
+            warnings,
+            derived_id,
         } = normalised;
         tracing::Span::current().record("patch_id", patch.id.as_str());
         // Normalising a legacy shape can multiply a document (every element of an aliased
@@ -415,7 +434,7 @@ impl Patches {
             )));
         }
         caller.allow_target(patch.target.as_str())?;
-        let view = self.queue.submit(&patch).await?;
+        let view = self.queue.submit(&patch, &warnings).await?;
         Ok(Accepted {
             id: view.id,
             target: view.target,
@@ -425,6 +444,8 @@ impl Patches {
             replayed: !view.created,
             shape: shape.as_str().to_owned(),
             ignored,
+            warnings,
+            id_derived: derived_id,
         })
     }
 
@@ -460,11 +481,11 @@ impl Patches {
             let parsed =
                 parse_off_the_workers(block.body.clone().into_bytes(), format, budget).await?;
             remaining = remaining.saturating_sub(match &parsed {
-                Ok((_, spent)) => *spent,
+                Ok(document) => document.spent,
                 Err(_) => block.body.len(),
             });
-            let value = match parsed {
-                Ok((value, _)) => value,
+            let document = match parsed {
+                Ok(document) => document,
                 Err(_) if !block.closed => {
                     blocks.push(skipped("unterminated block"));
                     continue;
@@ -478,12 +499,15 @@ impl Patches {
                     continue;
                 }
             };
-            if ghost_core::detect_shape(&value).is_none() {
+            if ghost_core::detect_shape(&document.value).is_none() {
                 blocks.push(skipped("not a patch"));
                 continue;
             }
-            let result = match ghost_core::normalise(value, &self.legacy) {
-                Ok(normalised) => self.queue_normalised(caller, normalised).await,
+            let result = match ghost_core::normalise(document.value, &self.legacy) {
+                Ok(mut normalised) => {
+                    normalised.warnings = document.warnings;
+                    self.queue_normalised(caller, normalised).await
+                }
                 Err(err) => Err(err.into()),
             };
             match result {
@@ -541,10 +565,16 @@ impl Patches {
         let (view, report) = self.visible(caller, raw_id).await?;
         let summary = if view.status.is_terminal() {
             let id = parse_id(raw_id)?;
-            self.summaries
-                .markdown(&id)
-                .await?
-                .map(|text| cut_middle(&text, self.summary_max_chars))
+            match self.summaries.markdown(&id).await {
+                Ok(text) => text.map(|text| cut_middle(&text, self.summary_max_chars)),
+                // The patch's state is the router's and is known; a summarizer that cannot be
+                // reached only means no summary yet, not a failed read.
+                Err(GatewayError::Unavailable(detail)) => {
+                    tracing::warn!(patch_id = %id, error = %detail, "summarizer unavailable; answered without the summary");
+                    None
+                }
+                Err(err) => return Err(err),
+            }
         } else {
             None
         };
@@ -731,7 +761,11 @@ mod message_tests {
 
     #[tonic::async_trait]
     impl PatchQueue for Failing {
-        async fn submit(&self, _: &ghost_core::Patch) -> Result<PatchView, GatewayError> {
+        async fn submit(
+            &self,
+            _: &ghost_core::Patch,
+            _: &[String],
+        ) -> Result<PatchView, GatewayError> {
             Err(GatewayError::Internal("router failed".to_owned()))
         }
         async fn get(&self, _: &PatchId) -> Result<(PatchView, Option<ReportView>), GatewayError> {

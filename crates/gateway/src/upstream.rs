@@ -63,9 +63,10 @@ fn with_deadline<T>(message: T, timeout: Duration) -> tonic::Request<T> {
 
 #[tonic::async_trait]
 impl PatchQueue for GrpcRouter {
-    async fn submit(&self, patch: &Patch) -> Result<PatchView, GatewayError> {
+    async fn submit(&self, patch: &Patch, warnings: &[String]) -> Result<PatchView, GatewayError> {
         let request = router_wire::SubmitRequest {
             patch: Some(router_wire::Patch::from(patch)),
+            intake_warnings: warnings.to_vec(),
         };
         let response = self
             .client

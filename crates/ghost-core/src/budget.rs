@@ -375,7 +375,13 @@ mod tests {
 
     fn duplicate(body: &str, format: Format) -> (String, String) {
         match parse_document(body.as_bytes(), format, &MIB) {
-            Err(PatchError::Invalid { pointer, message }) => (pointer, message),
+            Err(err @ PatchError::DuplicateKey { .. }) => {
+                let PatchError::DuplicateKey { first, second, .. } = &err else {
+                    unreachable!()
+                };
+                assert_eq!(first, second, "one object, one pointer");
+                (second.clone(), err.to_string())
+            }
             other => panic!("expected a duplicate-key refusal, got {other:?}"),
         }
     }
@@ -494,12 +500,14 @@ mod tests {
         );
         assert_eq!(pointer, "/edits/0/path");
         assert!(
-            message.contains("duplicate key \"path\" at line 3"),
+            message.contains(
+                "duplicate key \"path\": first at \"/edits/0/path\", again at \"/edits/0/path\" (line 3"
+            ),
             "{message}"
         );
         let (pointer, message) = duplicate("id: p\ntarget: MAIN\nid: q\n", Format::Yaml);
         assert_eq!(pointer, "/id");
-        assert!(message.contains("at line 3, column 1"), "{message}");
+        assert!(message.contains("(line 3, column 1)"), "{message}");
         let (pointer, _) = duplicate("a:\n  b/c: 1\n  b/c: 2\n", Format::Yaml);
         assert_eq!(pointer, "/a/b~1c");
     }

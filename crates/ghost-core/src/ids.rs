@@ -45,6 +45,13 @@ impl PatchId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// An id built by [`Patch::derived_id`](crate::Patch::derived_id): `p-` and hex digits,
+    /// valid by construction.
+    pub(crate) fn from_derived(id: String) -> Self {
+        debug_assert!(Self::parse(&id).is_ok(), "{id}");
+        Self(id)
+    }
 }
 
 impl TryFrom<String> for PatchId {

@@ -8,6 +8,11 @@
 //! through the target's configured legacy roots; anything that cannot be normalised is refused
 //! with the JSON pointer of the legacy field at fault. Fields the old system accepted but v1 has
 //! no use for are listed in [`Normalised::ignored`], never silently dropped.
+//!
+//! A document of any shape that names no id gets one derived from its normalised content
+//! ([`Patch::derived_id`]), so sending it again is a replay. A document that asks for nothing
+//! (a manifest, a status note, an object with none of the known keys) is refused with the
+//! reason [`NOTHING_TO_DO`].
 
 use std::collections::BTreeMap;
 
@@ -15,7 +20,7 @@ use serde_json::{Map, Value};
 
 use crate::budget::ParseBudget;
 use crate::ids::{PatchId, RelPath, TargetName};
-use crate::parse::{Format, PatchError, parse_document, patch_from_value, validate};
+use crate::parse::{Format, PatchError, patch_from_value, read_document, validate};
 use crate::patch::{AgentTask, Check, Edit, OnFailure, Patch, Priority};
 
 /// What the normaliser needs to know about the deployment; the caller loads it from config.
@@ -83,7 +88,22 @@ pub struct Normalised {
     pub shape: Shape,
     /// JSON pointers of legacy fields that have no v1 meaning and were left out.
     pub ignored: Vec<String>,
+    /// What reading the document forgave ("line L, column C: ..."), for the sender and the
+    /// summary; filled by [`parse_submission`], empty from [`normalise`] alone.
+    pub warnings: Vec<String>,
+    /// True when the document named no id and [`Patch::derived_id`] gave it one.
+    pub derived_id: bool,
 }
+
+/// Why a document that asks for nothing is refused.
+pub const NOTHING_TO_DO: &str =
+    "no edits, patch, mutations, commands or agent instructions: nothing to do";
+
+/// Keys of a v1 patch that ask for work; a v1 document with none of them asks for nothing.
+const V1_WORK: [&str; 4] = ["edits", "patch", "commands", "agent"];
+
+/// Stands in for the id of a document that names none, until the content is known.
+const PENDING_ID: &str = "pending-derived-id";
 
 /// Parses a JSON or YAML document of any accepted shape, within `budget`, into a validated
 /// v1 patch.
@@ -93,12 +113,36 @@ pub fn parse_submission(
     budget: &ParseBudget,
     options: &LegacyOptions,
 ) -> Result<Normalised, PatchError> {
-    normalise(parse_document(body, format, budget)?, options)
+    let document = read_document(body, format, budget)?;
+    let mut normalised = normalise(document.value, options)?;
+    normalised.warnings = document.warnings;
+    Ok(normalised)
+}
+
+/// [`NOTHING_TO_DO`], with the keys the document did have (at most eight, shortened).
+fn nothing_to_do(object: &Map<String, Value>) -> PatchError {
+    let mut keys: Vec<String> = object
+        .keys()
+        .take(8)
+        .map(|key| format!("{:?}", key.chars().take(32).collect::<String>()))
+        .collect();
+    if object.len() > keys.len() {
+        keys.push(format!("and {} more", object.len() - keys.len()));
+    }
+    let found = if keys.is_empty() {
+        "an empty object".to_owned()
+    } else {
+        format!("only {}", keys.join(", "))
+    };
+    invalid("", format!("{NOTHING_TO_DO} (the document has {found})"))
 }
 
 /// The shape of a document, or `None` when it is not an object that could be a patch.
 pub fn detect_shape(value: &Value) -> Option<Shape> {
-    let object = value.as_object()?;
+    shape_of(value.as_object()?)
+}
+
+fn shape_of(object: &Map<String, Value>) -> Option<Shape> {
     let has = |key: &str| object.contains_key(key);
     if let Some(inner) = object.get("patch").and_then(Value::as_object) {
         if ["kind", "execution", "preflight", "validation"]
@@ -121,7 +165,7 @@ pub fn detect_shape(value: &Value) -> Option<Shape> {
     if has("postMutationBuild") {
         return Some(Shape::CommandPatch);
     }
-    if has("id") || has("target") || has("edits") || has("agent") || has("patch") {
+    if has("id") || has("target") || V1_WORK.iter().any(|key| has(key)) {
         return Some(Shape::V1);
     }
     None
@@ -129,30 +173,42 @@ pub fn detect_shape(value: &Value) -> Option<Shape> {
 
 /// Normalises a parsed document into a validated v1 patch; target aliases apply to v1 too.
 pub fn normalise(value: Value, options: &LegacyOptions) -> Result<Normalised, PatchError> {
-    let Some(shape) = detect_shape(&value) else {
+    let Value::Object(object) = value else {
         return Err(PatchError::invalid(
             "",
-            "expected a patch object with `id`, `target` and `edits` (or a legacy patch shape)",
+            format!(
+                "expected a patch object with `target` and `edits` (or a legacy patch shape), got {}",
+                kind(&value)
+            ),
         ));
     };
-    let Value::Object(object) = value else {
-        return Err(PatchError::invalid("", "expected a JSON object"));
+    let Some(shape) = shape_of(&object) else {
+        return Err(nothing_to_do(&object));
     };
+    if shape == Shape::V1 && !V1_WORK.iter().any(|key| object.contains_key(*key)) {
+        return Err(nothing_to_do(&object));
+    }
     let mut reader = Reader {
         options,
         ignored: Vec::new(),
+        derived_id: false,
     };
-    let patch = match shape {
+    let mut patch = match shape {
         Shape::V1 => reader.v1(object)?,
         Shape::Envelope => reader.envelope(object)?,
         Shape::CommandPatch => reader.command_patch(object)?,
         Shape::G2o => reader.g2o(object)?,
         Shape::Phase => reader.phase(object)?,
     };
+    if reader.derived_id {
+        patch.id = patch.derived_id();
+    }
     Ok(Normalised {
         patch,
         shape,
         ignored: reader.ignored,
+        warnings: Vec::new(),
+        derived_id: reader.derived_id,
     })
 }
 
@@ -160,6 +216,8 @@ pub fn normalise(value: Value, options: &LegacyOptions) -> Result<Normalised, Pa
 struct Reader<'a> {
     options: &'a LegacyOptions,
     ignored: Vec<String>,
+    /// The document named no id: one is derived once the patch is built.
+    derived_id: bool,
 }
 
 fn invalid(pointer: &str, message: impl Into<String>) -> PatchError {
@@ -254,9 +312,10 @@ impl Reader<'_> {
             .extend(object.keys().map(|key| format!("{base}/{}", escape(key))));
     }
 
-    fn id(&self, raw: Option<String>, pointer: &str) -> Result<PatchId, PatchError> {
+    fn id(&mut self, raw: Option<String>, pointer: &str) -> Result<PatchId, PatchError> {
         let Some(raw) = raw else {
-            return Err(invalid(pointer, "missing patch id"));
+            self.derived_id = true;
+            return PatchId::parse(PENDING_ID).map_err(|err| invalid(pointer, err.to_string()));
         };
         let trimmed = raw.strip_suffix(".json").unwrap_or(&raw);
         PatchId::parse(trimmed).map_err(|err| invalid(pointer, err.to_string()))
@@ -308,6 +367,10 @@ impl Reader<'_> {
     }
 
     fn v1(&mut self, mut object: Map<String, Value>) -> Result<Patch, PatchError> {
+        if !object.contains_key("id") {
+            self.derived_id = true;
+            object.insert("id".to_owned(), Value::String(PENDING_ID.to_owned()));
+        }
         match object.get("target") {
             Some(Value::String(raw)) => {
                 let resolved = self
@@ -587,7 +650,12 @@ impl Reader<'_> {
                         "expected a phase object",
                     ));
                 };
-                let title = phase.get("task").map(prose).unwrap_or_default().join(" ");
+                let title = phase
+                    .get("task")
+                    .or_else(|| phase.get("section"))
+                    .map(prose)
+                    .unwrap_or_default()
+                    .join(" ");
                 task.push(format!("Phase {}: {title}", index + 1));
                 if index == 0
                     && let Some(Value::String(level)) = phase.get("priority")
@@ -599,6 +667,7 @@ impl Reader<'_> {
                     };
                 }
                 for (key, heading) in [
+                    ("actions", "Actions"),
                     ("executionSteps", "Steps"),
                     ("validation", "Check"),
                     ("rollbackPlan", "Rollback plan"),

@@ -12,6 +12,7 @@ pub mod fileops;
 mod ids;
 pub mod ladder;
 mod legacy;
+mod lenient;
 mod parse;
 mod patch;
 mod report;
@@ -22,10 +23,12 @@ pub mod v4a;
 pub use budget::ParseBudget;
 pub use fenced::{FencedBlock, fenced_blocks};
 pub use ids::{IdError, PatchId, RelPath, TargetName};
-pub use legacy::{LegacyOptions, Normalised, Shape, detect_shape, normalise, parse_submission};
+pub use legacy::{
+    LegacyOptions, NOTHING_TO_DO, Normalised, Shape, detect_shape, normalise, parse_submission,
+};
 pub use parse::{
-    Format, PatchError, parse_document, parse_document_spent, parse_json, patch_from_value,
-    validate,
+    Document, Format, PatchError, parse_document, parse_document_spent, parse_json,
+    patch_from_value, read_document, validate,
 };
 pub use patch::{AgentTask, Base, Check, CommitSpec, Edit, OnFailure, Patch, Priority};
 pub use report::{ApplyReport, CommandKind, CommandReport, EditReport, Rollback, StageTiming};

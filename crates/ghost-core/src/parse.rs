@@ -34,6 +34,23 @@ pub enum PatchError {
         /// Which limit, and its value.
         message: String,
     },
+    /// One object names the same key twice (JSON or YAML): refused rather than one silently
+    /// winning.
+    #[error(
+        "duplicate key {key:?}: first at {first:?}, again at {second:?} (line {line}, column {column}); each key may appear once"
+    )]
+    DuplicateKey {
+        /// The key as written (unescaped).
+        key: String,
+        /// JSON pointer of its first occurrence.
+        first: String,
+        /// JSON pointer of the repeat (the same object, so the same pointer).
+        second: String,
+        /// 1-based line of the repeat.
+        line: usize,
+        /// 1-based column of the repeat.
+        column: usize,
+    },
 }
 
 impl PatchError {
@@ -77,6 +94,50 @@ impl Format {
             _ => None,
         }
     }
+}
+
+/// A submitted document as read: its value, what reading it cost, and what was forgiven.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Document {
+    /// The generic value.
+    pub value: serde_json::Value,
+    /// Expanded bytes charged against the budget.
+    pub spent: usize,
+    /// "line L, column C: ..." for each trailing comma or comment forgiven (JSON only).
+    pub warnings: Vec<String>,
+}
+
+/// Reads a submitted document like [`parse_document_spent`], forgiving in JSON what models
+/// write by habit: trailing commas and `//` or `/* */` comments, each named in
+/// [`Document::warnings`]. The forgiven bytes are blanked, not removed, so any later error
+/// still points at the sender's line:column; everything else stays strict (duplicate keys
+/// included).
+pub fn read_document(
+    body: &[u8],
+    format: Format,
+    budget: &ParseBudget,
+) -> Result<Document, PatchError> {
+    if body.len() > budget.max_bytes {
+        return Err(PatchError::OverBudget {
+            message: format!("the document is over the {} byte limit", budget.max_bytes),
+        });
+    }
+    let (value, spent, warnings) = match format {
+        Format::Json => {
+            let forgiven = crate::lenient::forgive(body);
+            let (value, spent) = parse_document_spent(&forgiven.body, format, budget)?;
+            (value, spent, forgiven.warnings)
+        }
+        Format::Yaml => {
+            let (value, spent) = parse_document_spent(body, format, budget)?;
+            (value, spent, Vec::new())
+        }
+    };
+    Ok(Document {
+        value,
+        spent,
+        warnings,
+    })
 }
 
 /// Reads a JSON or YAML document into a generic value within `budget`.
@@ -189,11 +250,12 @@ pub fn parse_document_spent(
 fn refused(reader: Reader<'_>, line: usize, column: usize) -> Option<PatchError> {
     Some(match reader.refusal()? {
         Refusal::OverBudget(message) => PatchError::OverBudget { message },
-        Refusal::DuplicateKey { pointer, key } => PatchError::Invalid {
-            pointer,
-            message: format!(
-                "duplicate key {key:?} at line {line}, column {column}; each key may appear once"
-            ),
+        Refusal::DuplicateKey { pointer, key } => PatchError::DuplicateKey {
+            key,
+            first: pointer.clone(),
+            second: pointer,
+            line,
+            column,
         },
     })
 }

@@ -241,4 +241,57 @@ impl Patch {
         let digest = Sha256::digest(self.canonical_json().as_bytes());
         digest.iter().map(|byte| format!("{byte:02x}")).collect()
     }
+
+    /// The canonical form without the id: [`Patch::canonical_json`] (fields in declaration
+    /// order, defaults spelled out, no whitespace) with its leading `"id":"…",` member left
+    /// out, e.g. `{"target":"MAIN","description":"",...}`.
+    pub fn canonical_json_without_id(&self) -> String {
+        let full = self.canonical_json();
+        // `id` is the first field and a valid id needs no JSON escaping.
+        let head = format!("{{\"id\":\"{}\",", self.id);
+        match full.strip_prefix(&head) {
+            Some(rest) => format!("{{{rest}"),
+            None => full,
+        }
+    }
+
+    /// The id of a patch submitted without one: `p-` and the first 16 lowercase hex digits of
+    /// the SHA-256 of [`Patch::canonical_json_without_id`]. The same content, however it was
+    /// spelled (whitespace, key order, legacy shape), always gets the same id, so sending it
+    /// again is a replay.
+    pub fn derived_id(&self) -> PatchId {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(self.canonical_json_without_id().as_bytes());
+        let hex: String = digest
+            .iter()
+            .take(8)
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        PatchId::from_derived(format!("p-{hex}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::parse_json;
+
+    #[test]
+    fn the_derived_id_ignores_the_id_and_nothing_else() {
+        let one = parse_json(br#"{"id":"a","target":"MAIN","commands":["true"]}"#).unwrap();
+        let two = parse_json(br#"{"id":"bb","target":"MAIN","commands":["true"]}"#).unwrap();
+        let other = parse_json(br#"{"id":"a","target":"MAIN","commands":["false"]}"#).unwrap();
+        assert_eq!(one.derived_id(), two.derived_id());
+        assert_ne!(one.derived_id(), other.derived_id());
+        assert!(
+            one.canonical_json_without_id()
+                .starts_with("{\"target\":\"MAIN\",")
+        );
+        let id = one.derived_id();
+        assert_eq!(id.as_str().len(), 18);
+        assert!(
+            id.as_str()[2..]
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+    }
 }

@@ -60,6 +60,14 @@ fn every_legacy_fixture_normalises_or_is_refused_naming_the_field() {
         ("mutations-absolute-tmp-path.json", Err("/mutations/0/path")),
         ("phase-agent-task.json", Ok(Shape::Phase)),
         ("upsert-absolute-repo-paths.json", Ok(Shape::CommandPatch)),
+        ("phase-no-id-no-target.json", Ok(Shape::Phase)),
+        ("command-no-target.json", Ok(Shape::CommandPatch)),
+        ("command-trailing-comma.json", Ok(Shape::CommandPatch)),
+        // Documents that ask for nothing are refused as a whole (the pointer is "").
+        ("tasks-leading-comment.json", Err("")),
+        ("target-only-test-marker.json", Err("")),
+        ("manifest-move-log.json", Err("")),
+        ("prose-status-note.json", Err("")),
     ]);
     let mut seen = 0;
     for entry in std::fs::read_dir(fixtures_dir()).unwrap() {
@@ -90,6 +98,12 @@ fn every_legacy_fixture_normalises_or_is_refused_naming_the_field() {
                 }),
             ) => {
                 assert_eq!(got, *pointer, "{name}: {message}");
+                if pointer.is_empty() {
+                    assert!(
+                        message.contains(ghost_core::NOTHING_TO_DO),
+                        "{name}: {message}"
+                    );
+                }
             }
             (want, got) => panic!("{name}: expected {want:?}, got {got:?}"),
         }

@@ -98,6 +98,7 @@ async fn main() -> anyhow::Result<()> {
                 client
                     .submit(SubmitRequest {
                         patch: Some(patch(format!("load-{c}-{n}"), &format!("T{c}"))),
+                        intake_warnings: Vec::new(),
                     })
                     .await?;
                 latencies.push(begin.elapsed());
@@ -166,6 +167,7 @@ async fn main() -> anyhow::Result<()> {
         submit_client
             .submit(SubmitRequest {
                 patch: Some(patch(format!("lat-{n}"), "BENCH")),
+                intake_warnings: Vec::new(),
             })
             .await?;
         let assign = loop {

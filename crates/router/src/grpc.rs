@@ -102,18 +102,22 @@ impl RouterService for RouterGrpc {
         &self,
         request: Request<wire::SubmitRequest>,
     ) -> Result<Response<wire::SubmitResponse>, tonic::Status> {
-        let wire_patch = request
-            .into_inner()
-            .patch
-            .ok_or(RouterError::InvalidArgument {
-                field: "patch".to_owned(),
-                message: "required".to_owned(),
-            })?;
+        let wire::SubmitRequest {
+            patch: wire_patch,
+            intake_warnings,
+        } = request.into_inner();
+        let wire_patch = wire_patch.ok_or(RouterError::InvalidArgument {
+            field: "patch".to_owned(),
+            message: "required".to_owned(),
+        })?;
         let patch = Patch::try_from(wire_patch).map_err(RouterError::from)?;
         tracing::Span::current().record("patch_id", patch.id.as_str());
         tracing::Span::current().record("target", patch.target.as_str());
         let traceparent = current_traceparent().unwrap_or_default();
-        let (record, created) = self.routing.submit(patch, traceparent).await?;
+        let (record, created) = self
+            .routing
+            .submit(patch, traceparent, intake_warnings)
+            .await?;
         Ok(Response::new(wire::SubmitResponse {
             state: Some(state_of(&record)),
             created,

@@ -274,6 +274,7 @@ impl Sink for Summarizer {
             trace_id: trace_id_of(&record.traceparent),
             created_unix_ms: record.created_ms,
             finished_unix_ms: finished,
+            intake_warnings: record.warnings.clone(),
         };
         self.0
             .clone()

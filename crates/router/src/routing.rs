@@ -129,15 +129,17 @@ impl Routing {
         millis(self.policy.lease)
     }
 
-    /// Stores a patch (idempotently) and assigns it if its target is free.
+    /// Stores a patch (idempotently) with the gateway's intake warnings and assigns it if its
+    /// target is free. A replay keeps the warnings stored first.
     pub async fn submit(
         &self,
         patch: Patch,
         traceparent: String,
+        warnings: Vec<String>,
     ) -> Result<(PatchRecord, bool), RouterError> {
         let target = patch.target.to_string();
         let id = patch.id.to_string();
-        match self.store.insert(patch, traceparent).await? {
+        match self.store.insert(patch, traceparent, warnings).await? {
             Inserted::Created(record) => {
                 tracing::info!(patch_id = %id, %target, status = %record.status, "patch stored");
                 metrics::counter!("ghost_patches_submitted_total", "target" => target.clone())

@@ -35,6 +35,7 @@ fn request(n: usize, targets: usize) -> RecordRequest {
             }),
             created_unix_ms: 1_700_000_000_000,
             finished_unix_ms: 1_700_000_000_500,
+            intake_warnings: Vec::new(),
             ..Default::default()
         }),
     }

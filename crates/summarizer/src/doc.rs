@@ -26,6 +26,8 @@ pub struct Outcome {
     pub created_unix_ms: i64,
     /// When this attempt ended, unix milliseconds.
     pub finished_unix_ms: i64,
+    /// What the gateway forgave while reading the submitted document.
+    pub intake_warnings: Vec<String>,
 }
 
 /// One attempt in a summary's history.
@@ -192,6 +194,10 @@ pub struct SummaryDoc {
     pub rollback: Option<RollbackDoc>,
     /// Every recorded attempt, by attempt number; never shrinks.
     pub attempts: Vec<AttemptEntry>,
+    /// What the gateway forgave while reading the submitted document ("line L, column C: a
+    /// trailing comma ... was ignored"); absent when nothing was.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub intake_warnings: Vec<String>,
 }
 
 impl SummaryDoc {
@@ -340,6 +346,7 @@ pub fn merge(
             error: rollback.error,
         }),
         attempts,
+        intake_warnings: outcome.intake_warnings,
     }
 }
 
@@ -374,6 +381,7 @@ mod tests {
             trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".to_owned(),
             created_unix_ms: 1,
             finished_unix_ms: 2,
+            intake_warnings: Vec::new(),
         }
     }
 
@@ -393,6 +401,29 @@ mod tests {
         assert_eq!(late.status, Status::Succeeded);
         assert_eq!(late.attempts.len(), 2);
         assert_eq!(second.trace_url, "t/4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    #[test]
+    fn intake_warnings_are_kept_and_shown_only_when_there_are_some() {
+        let plain = merge(None, outcome(Status::Succeeded, 1), "");
+        let json = serde_json::to_string(&plain).unwrap();
+        assert!(!json.contains("intake_warnings"), "{json}");
+        assert!(!crate::render::markdown(&plain).contains("Intake warnings"));
+        let warned = Outcome {
+            intake_warnings: vec![
+                "line 7, column 17: a trailing comma before '}' was ignored".to_owned(),
+            ],
+            ..outcome(Status::Succeeded, 1)
+        };
+        let doc = merge(None, warned, "");
+        let markdown = crate::render::markdown(&doc);
+        assert!(
+            markdown.contains("## Intake warnings\n\nForgiven while reading the submitted document:\n\n- line 7, column 17: a trailing comma before '}' was ignored\n"),
+            "{markdown}"
+        );
+        let again: SummaryDoc =
+            serde_json::from_str(&serde_json::to_string(&doc).unwrap()).unwrap();
+        assert_eq!(again.intake_warnings, doc.intake_warnings);
     }
 
     #[test]

@@ -57,6 +57,7 @@ impl TryFrom<wire::Outcome> for Outcome {
             trace_id: outcome.trace_id,
             created_unix_ms: outcome.created_unix_ms,
             finished_unix_ms: outcome.finished_unix_ms,
+            intake_warnings: outcome.intake_warnings,
         })
     }
 }

@@ -66,6 +66,14 @@ pub fn markdown(doc: &SummaryDoc) -> String {
         ));
     }
 
+    if !doc.intake_warnings.is_empty() {
+        heading(&mut out, "Intake warnings");
+        out.push_str("Forgiven while reading the submitted document:\n\n");
+        for warning in &doc.intake_warnings {
+            out.push_str(&format!("- {}\n", one_line(warning)));
+        }
+    }
+
     if !doc.error.is_empty() {
         heading(&mut out, "Error");
         out.push_str(&code_block(&excerpt(&doc.error, MD_ERROR_CHARS)));

@@ -154,7 +154,10 @@ impl System {
             ..Default::default()
         };
         self.router
-            .submit(SubmitRequest { patch: Some(patch) })
+            .submit(SubmitRequest {
+                patch: Some(patch),
+                intake_warnings: Vec::new(),
+            })
             .await
             .expect("router accepts the patch");
     }
@@ -277,6 +280,7 @@ async fn summary_shows_the_summarizers_markdown() {
                 trace_id: String::new(),
                 created_unix_ms: 1_700_000_000_000,
                 finished_unix_ms: 1_700_000_001_000,
+                intake_warnings: Vec::new(),
             }),
         })
         .await

@@ -12,5 +12,6 @@ mod limits;
 mod mcp;
 mod openapi;
 mod parse_budget;
+mod real_patches;
 mod scale;
 mod system;

@@ -254,7 +254,9 @@ async fn duplicate_keys_are_refused_naming_the_key_and_its_place() {
     assert_eq!(problem["pointer"], "/edits/0/path", "{problem}");
     let detail = problem["detail"].as_str().unwrap_or_default();
     assert!(
-        detail.contains("duplicate key \"path\" at line 3"),
+        detail.contains(
+            "duplicate key \"path\": first at \"/edits/0/path\", again at \"/edits/0/path\" (line 3"
+        ),
         "{problem}"
     );
 
@@ -264,7 +266,7 @@ async fn duplicate_keys_are_refused_naming_the_key_and_its_place() {
     assert_eq!(problem["pointer"], "/target", "{problem}");
     let detail = problem["detail"].as_str().unwrap_or_default();
     assert!(
-        detail.contains("duplicate key \"target\" at line 3, column 1"),
+        detail.contains("duplicate key \"target\": first at \"/target\", again at \"/target\" (line 3, column 1)"),
         "{problem}"
     );
     assert!(gateway.stored_ids().await.is_empty());

@@ -42,6 +42,7 @@ async fn fill(gateway: &TestGateway) -> Duration {
                 client
                     .submit(SubmitRequest {
                         patch: Some(WirePatch::from(&patch)),
+                        intake_warnings: Vec::new(),
                     })
                     .await
                     .expect("stored");

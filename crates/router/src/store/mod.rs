@@ -88,6 +88,8 @@ pub struct PatchRecord {
     pub created_ms: i64,
     /// Unix ms.
     pub updated_ms: i64,
+    /// What the gateway forgave while reading the submitted document, for the summary.
+    pub warnings: Vec<String>,
 }
 
 /// The result of storing a submitted patch.
@@ -244,8 +246,14 @@ pub struct Completed {
 #[tonic::async_trait]
 pub trait RouterStore: Send + Sync + 'static {
     /// Stores a submitted patch as `queued` unless its id is already taken. A patch whose
-    /// dependency already ended without success fails at once.
-    async fn insert(&self, patch: Patch, traceparent: String) -> Result<Inserted, StoreError>;
+    /// dependency already ended without success fails at once. `warnings` (what the gateway
+    /// forgave reading it) are kept with it for the summary.
+    async fn insert(
+        &self,
+        patch: Patch,
+        traceparent: String,
+        warnings: Vec<String>,
+    ) -> Result<Inserted, StoreError>;
 
     /// One patch.
     async fn get(&self, id: String) -> Result<Option<PatchRecord>, StoreError>;

@@ -97,6 +97,11 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE events ADD COLUMN at_us INTEGER NOT NULL DEFAULT 0;
     ",
+    // What the gateway forgave while reading the document (JSON list of strings), for the
+    // summary; rows from before have none.
+    "
+    ALTER TABLE patches ADD COLUMN warnings_json TEXT NOT NULL DEFAULT '[]';
+    ",
 ];
 
 /// Applies the migrations not yet recorded in `PRAGMA user_version`.

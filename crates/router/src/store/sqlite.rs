@@ -18,7 +18,8 @@ use super::{
 const MAX_BATCH: usize = 256;
 
 const COLUMNS: &str = "id, patch_json, content_hash, status, attempt, traceparent, error, \
-                       report_json, fencing_token, leased_to, created_ms, updated_ms";
+                       report_json, fencing_token, leased_to, created_ms, updated_ms, \
+                       warnings_json";
 
 const IN_FLIGHT: &str = "('leased', 'applying', 'validating')";
 
@@ -129,6 +130,7 @@ fn read_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRecord> {
         leased_to: row.get(9)?,
         created_ms: row.get(10)?,
         updated_ms: row.get(11)?,
+        warnings_json: row.get(12)?,
     })
 }
 
@@ -145,6 +147,7 @@ struct RawRecord {
     leased_to: String,
     created_ms: i64,
     updated_ms: i64,
+    warnings_json: String,
 }
 
 fn parse_status(id: &str, raw: &str) -> Result<Status, StoreError> {
@@ -186,6 +189,12 @@ impl RawRecord {
             Some(json) => Some(parse_report(&self.id, json)?),
             None => None,
         };
+        let warnings: Vec<String> =
+            serde_json::from_str(&self.warnings_json).map_err(|source| StoreError::Corrupt {
+                what: "warnings",
+                id: self.id.clone(),
+                source,
+            })?;
         Ok(PatchRecord {
             patch,
             content_hash: self.content_hash,
@@ -198,6 +207,7 @@ impl RawRecord {
             leased_to: self.leased_to,
             created_ms: self.created_ms,
             updated_ms: self.updated_ms,
+            warnings,
         })
     }
 }
@@ -504,7 +514,12 @@ impl SqliteStore {
 
 #[tonic::async_trait]
 impl RouterStore for SqliteStore {
-    async fn insert(&self, patch: Patch, traceparent: String) -> Result<Inserted, StoreError> {
+    async fn insert(
+        &self,
+        patch: Patch,
+        traceparent: String,
+        warnings: Vec<String>,
+    ) -> Result<Inserted, StoreError> {
         self.write(move |conn| {
             let id = patch.id.to_string();
             let hash = patch.content_hash();
@@ -522,8 +537,8 @@ impl RouterStore for SqliteStore {
             )?;
             let now = now_ms();
             exec(conn,
-                "INSERT INTO patches (id, target, priority, content_hash, patch_json, status, traceparent, created_ms, updated_ms, seq)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9)",
+                "INSERT INTO patches (id, target, priority, content_hash, patch_json, status, traceparent, created_ms, updated_ms, seq, warnings_json)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10)",
                 params![
                     id,
                     patch.target.as_str(),
@@ -533,7 +548,8 @@ impl RouterStore for SqliteStore {
                     Status::Queued.as_str(),
                     traceparent,
                     now,
-                    seq
+                    seq,
+                    serde_json::to_string(&warnings).unwrap_or_else(|_| "[]".to_owned())
                 ],
             )?;
             event_tx(conn, &id, Status::Received, "gateway", 0, "")?;

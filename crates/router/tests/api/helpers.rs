@@ -109,7 +109,10 @@ pub async fn submit(router: &TestRouter, patch: Patch) -> PatchState {
     router
         .client
         .clone()
-        .submit(SubmitRequest { patch: Some(patch) })
+        .submit(SubmitRequest {
+            patch: Some(patch),
+            intake_warnings: Vec::new(),
+        })
         .await
         .expect("submit accepted")
         .into_inner()

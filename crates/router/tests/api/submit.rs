@@ -13,6 +13,7 @@ async fn the_same_patch_twice_is_one_record_and_other_content_is_already_exists(
     let first = client
         .submit(SubmitRequest {
             patch: Some(patch("same-1", "MAIN")),
+            intake_warnings: Vec::new(),
         })
         .await
         .unwrap()
@@ -20,6 +21,7 @@ async fn the_same_patch_twice_is_one_record_and_other_content_is_already_exists(
     let again = client
         .submit(SubmitRequest {
             patch: Some(patch("same-1", "MAIN")),
+            intake_warnings: Vec::new(),
         })
         .await
         .unwrap()
@@ -34,7 +36,10 @@ async fn the_same_patch_twice_is_one_record_and_other_content_is_already_exists(
     let mut other = patch("same-1", "MAIN");
     other.description = "different content".to_owned();
     let refused = client
-        .submit(SubmitRequest { patch: Some(other) })
+        .submit(SubmitRequest {
+            patch: Some(other),
+            intake_warnings: Vec::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::AlreadyExists);
@@ -60,6 +65,7 @@ async fn concurrent_submits_are_all_stored_and_survive_a_restart() {
             client
                 .submit(SubmitRequest {
                     patch: Some(patch(&format!("many-{n}"), "MAIN")),
+                    intake_warnings: Vec::new(),
                 })
                 .await
                 .map(|response| response.into_inner().created)

@@ -49,6 +49,7 @@ fn outcome(patch_id: &str, attempt: u32) -> RecordRequest {
             trace_id: TRACE_ID.to_owned(),
             created_unix_ms: T0,
             finished_unix_ms: T0 + i64::from(attempt),
+            intake_warnings: Vec::new(),
         }),
     }
 }

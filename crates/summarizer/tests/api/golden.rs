@@ -24,6 +24,7 @@ fn outcome(patch_id: &str, attempt: u32, report: ApplyReport) -> RecordRequest {
             trace_id: TRACE_ID.to_owned(),
             created_unix_ms: T0,
             finished_unix_ms: T0 + 60_000 * i64::from(attempt.max(1)),
+            intake_warnings: Vec::new(),
         }),
     }
 }

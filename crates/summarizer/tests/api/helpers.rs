@@ -135,6 +135,7 @@ pub fn record(patch_id: &str, attempt: u32, status: PatchStatus) -> RecordReques
             trace_id: TRACE_ID.to_owned(),
             created_unix_ms: T0,
             finished_unix_ms: T0 + i64::from(attempt) * 1_000,
+            intake_warnings: Vec::new(),
         }),
     }
 }

@@ -42,6 +42,7 @@ async fn a_huge_summary_is_cut_in_the_middle_for_the_model_and_for_slack() {
                 trace_id: TRACE_ID.to_owned(),
                 created_unix_ms: T0,
                 finished_unix_ms: T0 + 1_000,
+                intake_warnings: Vec::new(),
             }),
         })
         .await
