@@ -47,6 +47,9 @@ pub enum GatewayError {
         /// What is wrong.
         message: String,
     },
+    /// The patch names a target that is neither configured nor served by an executor.
+    #[error("{0}")]
+    UnknownTarget(crate::known_targets::UnknownTarget),
     /// Wrong content type.
     #[error("unsupported content type {0:?}; send application/json or application/yaml")]
     UnsupportedMediaType(String),
@@ -98,7 +101,7 @@ impl GatewayError {
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::MalformedBody { .. } | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::InvalidPatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::InvalidPatch { .. } | Self::UnknownTarget(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge(_) | Self::DocumentTooLarge(_) | Self::TooManyPatches { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
@@ -123,6 +126,7 @@ impl GatewayError {
             Self::MalformedBody { .. } => "malformed-document",
             Self::BadRequest(_) => "bad-request",
             Self::InvalidPatch { .. } => "invalid-patch",
+            Self::UnknownTarget(_) => "unknown-target",
             Self::UnsupportedMediaType(_) => "unsupported-media-type",
             Self::PayloadTooLarge(_) | Self::DocumentTooLarge(_) => "payload-too-large",
             Self::TooManyPatches { .. } => "too-many-patches",
@@ -170,6 +174,11 @@ impl IntoResponse for GatewayError {
         });
         match &self {
             Self::InvalidPatch { pointer, .. } => body["pointer"] = json!(pointer),
+            Self::UnknownTarget(unknown) => {
+                body["pointer"] = json!("/target");
+                body["known_targets"] = json!(unknown.known);
+                body["nearest"] = json!(unknown.nearest);
+            }
             Self::MalformedBody { line, column, .. } => {
                 body["line"] = json!(line);
                 body["column"] = json!(column);

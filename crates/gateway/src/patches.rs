@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 use crate::auth::{Principal, Scope};
 use crate::error::GatewayError;
 use crate::fleet::{AlertFeed, AlertList, ExecutorList, Stats};
+use crate::known_targets::KnownTargets;
 use crate::report::ReportView;
 
 /// The router as the gateway needs it.
@@ -288,6 +289,7 @@ pub struct Patches {
     legacy: Arc<LegacyOptions>,
     budget: ParseBudget,
     alerts: Option<Arc<dyn AlertFeed>>,
+    known_targets: Arc<KnownTargets>,
 }
 
 /// Bytes of `patch`'s canonical JSON, counted without building it.
@@ -336,6 +338,7 @@ impl Patches {
         budget: ParseBudget,
     ) -> Self {
         Self {
+            known_targets: Arc::new(KnownTargets::accept_all(Arc::clone(&queue))),
             queue,
             summaries,
             summary_max_chars,
@@ -343,6 +346,13 @@ impl Patches {
             budget,
             alerts: None,
         }
+    }
+
+    /// The same logic refusing patches to targets `known` does not know (without: any target).
+    #[must_use]
+    pub fn with_known_targets(mut self, known: KnownTargets) -> Self {
+        self.known_targets = Arc::new(known);
+        self
     }
 
     /// The same logic with an alerter to list alerts from.
@@ -415,6 +425,7 @@ impl Patches {
             )));
         }
         caller.allow_target(patch.target.as_str())?;
+        self.known_targets.check(&patch.target).await?;
         let view = self.queue.submit(&patch).await?;
         Ok(Accepted {
             id: view.id,

@@ -14,3 +14,4 @@ mod openapi;
 mod parse_budget;
 mod scale;
 mod system;
+mod targets;
