@@ -55,6 +55,10 @@ pub struct Problem {
     pub line: Option<usize>,
     /// 1-based column of a syntax error.
     pub column: Option<usize>,
+    /// Every known target (an unknown target's refusal).
+    pub known_targets: Option<Vec<String>>,
+    /// The known target nearest to the unknown one, when one is close ("did you mean").
+    pub nearest: Option<String>,
 }
 
 /// A v1 patch. The common fields are described here; every other v1 field (`commands`,
