@@ -10,7 +10,7 @@
 //! router call each.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use ghost_core::TargetName;
@@ -31,14 +31,11 @@ pub struct KnownTargets {
     configured: BTreeSet<String>,
     accept_unknown: bool,
     queue: Arc<dyn PatchQueue>,
-    served: Mutex<Served>,
-}
-
-/// Targets executors were seen serving, and when the router was last asked.
-#[derive(Default)]
-struct Served {
-    names: BTreeSet<String>,
-    read_at: Option<Instant>,
+    /// Targets executors were seen serving (only ever grows: an executor restarting does not
+    /// make its target unknown).
+    served: RwLock<BTreeSet<String>>,
+    /// When the router was last asked; held while asking, so one request asks at a time.
+    read_at: Mutex<Option<Instant>>,
 }
 
 /// A patch named a target that is neither configured nor served: what the caller is told.
@@ -90,7 +87,8 @@ impl KnownTargets {
             configured: configured.into_iter().collect(),
             accept_unknown,
             queue,
-            served: Mutex::new(Served::default()),
+            served: RwLock::new(BTreeSet::new()),
+            read_at: Mutex::new(None),
         }
     }
 
@@ -110,17 +108,18 @@ impl KnownTargets {
         if self.accept_unknown || self.configured.contains(target.as_str()) {
             return Ok(());
         }
-        let mut served = self.served.lock().await;
-        if served.names.contains(target.as_str()) {
+        if self.is_served(target) {
             return Ok(());
         }
-        let due = served
-            .read_at
-            .is_none_or(|read_at| read_at.elapsed() >= REFRESH_EVERY);
-        if due {
-            served.read_at = Some(Instant::now());
+        let mut read_at = self.read_at.lock().await;
+        // Another request may have asked the router while this one waited for its turn.
+        if self.is_served(target) {
+            return Ok(());
+        }
+        if read_at.is_none_or(|at| at.elapsed() >= REFRESH_EVERY) {
+            *read_at = Some(Instant::now());
             match self.queue.targets().await {
-                Ok(views) => served.names.extend(
+                Ok(views) => self.served_mut().extend(
                     views
                         .into_iter()
                         .filter(|view| view.executor_online)
@@ -130,16 +129,31 @@ impl KnownTargets {
                 Err(GatewayError::NotImplemented(_)) => {}
                 Err(err) => return Err(err),
             }
-            if served.names.contains(target.as_str()) {
+            if self.is_served(target) {
                 return Ok(());
             }
         }
-        let known: Vec<String> = self.configured.union(&served.names).cloned().collect();
+        drop(read_at);
+        let known: Vec<String> = self.configured.union(&self.served()).cloned().collect();
         Err(GatewayError::UnknownTarget(UnknownTarget {
             target: target.to_string(),
             nearest: nearest(target.as_str(), &known),
             known,
         }))
+    }
+}
+
+impl KnownTargets {
+    fn served(&self) -> std::sync::RwLockReadGuard<'_, BTreeSet<String>> {
+        self.served.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn served_mut(&self) -> std::sync::RwLockWriteGuard<'_, BTreeSet<String>> {
+        self.served.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn is_served(&self, target: &TargetName) -> bool {
+        self.served().contains(target.as_str())
     }
 }
 
@@ -187,7 +201,100 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
+    use crate::fleet::{ExecutorList, Stats};
+    use crate::patches::{EventView, ListFilter, PatchPage, PatchView, TargetView};
+    use crate::report::ReportView;
+    use ghost_core::PatchId;
+
+    /// A router whose executors serve `served`, counting `ListTargets` calls.
+    struct Router {
+        served: std::sync::Mutex<Vec<String>>,
+        calls: AtomicUsize,
+    }
+
+    #[tonic::async_trait]
+    impl PatchQueue for Router {
+        async fn targets(&self) -> Result<Vec<TargetView>, GatewayError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let served = self.served.lock().expect("lock").clone();
+            Ok(served
+                .iter()
+                .map(|name| TargetView {
+                    executor_online: true,
+                    ..TargetView::empty(name)
+                })
+                .collect())
+        }
+        async fn submit(&self, _: &ghost_core::Patch) -> Result<PatchView, GatewayError> {
+            Err(GatewayError::NotImplemented("test"))
+        }
+        async fn get(&self, _: &PatchId) -> Result<(PatchView, Option<ReportView>), GatewayError> {
+            Err(GatewayError::NotImplemented("test"))
+        }
+        async fn events(&self, _: &PatchId) -> Result<Vec<EventView>, GatewayError> {
+            Err(GatewayError::NotImplemented("test"))
+        }
+        async fn list(&self, _: &ListFilter) -> Result<PatchPage, GatewayError> {
+            Err(GatewayError::NotImplemented("test"))
+        }
+        async fn cancel(&self, _: &PatchId, _: &str) -> Result<PatchView, GatewayError> {
+            Err(GatewayError::NotImplemented("test"))
+        }
+        async fn retry(&self, _: &PatchId, _: &str) -> Result<PatchView, GatewayError> {
+            Err(GatewayError::NotImplemented("test"))
+        }
+        async fn set_paused(&self, _: &TargetName, _: bool, _: &str) -> Result<(), GatewayError> {
+            Err(GatewayError::NotImplemented("test"))
+        }
+        async fn executors(&self) -> Result<ExecutorList, GatewayError> {
+            Err(GatewayError::NotImplemented("test"))
+        }
+        async fn stats(&self, _: Option<&TargetName>, _: i64) -> Result<Stats, GatewayError> {
+            Err(GatewayError::NotImplemented("test"))
+        }
+    }
+
+    fn target(name: &str) -> TargetName {
+        TargetName::parse(name).expect("target")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_router_is_asked_at_most_once_a_second_however_many_unknown_names_arrive() {
+        let router = Arc::new(Router {
+            served: std::sync::Mutex::new(vec!["MAIN".to_owned()]),
+            calls: AtomicUsize::new(0),
+        });
+        let known = KnownTargets::new(["CYOPS".to_owned()], false, Arc::clone(&router) as _);
+        // Configured: no call.
+        assert!(known.check(&target("CYOPS")).await.is_ok());
+        assert_eq!(router.calls.load(Ordering::SeqCst), 0);
+        for index in 0..200 {
+            let refused = known.check(&target(&format!("NOBODY{index}"))).await;
+            assert!(
+                matches!(refused, Err(GatewayError::UnknownTarget(_))),
+                "{refused:?}"
+            );
+        }
+        assert_eq!(router.calls.load(Ordering::SeqCst), 1);
+        // Served since that call: known without another.
+        assert!(known.check(&target("MAIN")).await.is_ok());
+        assert_eq!(router.calls.load(Ordering::SeqCst), 1);
+        // A target an executor starts serving is found on the first miss a second later.
+        router.served.lock().expect("lock").push("LATE".to_owned());
+        assert!(known.check(&target("LATE")).await.is_err());
+        tokio::time::advance(REFRESH_EVERY).await;
+        assert!(known.check(&target("LATE")).await.is_ok());
+        assert_eq!(router.calls.load(Ordering::SeqCst), 2);
+        // Still served after its executor left: a restart does not make a target unknown.
+        router.served.lock().expect("lock").clear();
+        tokio::time::advance(REFRESH_EVERY).await;
+        assert!(known.check(&target("NOBODY")).await.is_err());
+        assert!(known.check(&target("LATE")).await.is_ok());
+        assert!(known.check(&target("MAIN")).await.is_ok());
+    }
 
     fn names(list: &[&str]) -> Vec<String> {
         list.iter().map(|name| (*name).to_owned()).collect()
