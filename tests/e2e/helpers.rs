@@ -33,6 +33,8 @@ pub async fn spawn_system(with_executor: bool) -> TestSystem {
         } else {
             Vec::new()
         },
+        // Known even when no executor serves it yet: patches to it wait in the queue.
+        targets: vec!["MAIN".to_owned()],
         gateway_listen: "127.0.0.1:0".parse().expect("addr"),
         api_key: API_KEY.to_owned(),
         slack: Some(SlackOptions {

@@ -62,6 +62,7 @@ async fn five_services_in_one_process_export_under_five_service_names() {
         workspaces: vec![("MAIN".to_owned(), workspace.clone())],
         gateway_listen: "127.0.0.1:0".parse().expect("addr"),
         api_key: API_KEY.to_owned(),
+        targets: Vec::new(),
         slack: Some(SlackOptions {
             api_base_url: slack.base_url(),
             bot_token: "xoxb-names-token".to_owned(),

@@ -140,6 +140,7 @@ async fn patches_carry_the_callers_trace_id_or_a_fresh_one_without_an_exporter()
         workspaces: vec![("MAIN".to_owned(), workspace)],
         gateway_listen: "127.0.0.1:0".parse().expect("addr"),
         api_key: API_KEY.to_owned(),
+        targets: Vec::new(),
         slack: None,
     })
     .await

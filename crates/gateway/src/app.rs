@@ -23,7 +23,8 @@ use crate::config::GatewayConfig;
 use crate::guard::{self, Guard};
 use crate::http::{self, AppState};
 use crate::inbox::Inbox;
-use crate::patches::Patches;
+use crate::known_targets::KnownTargets;
+use crate::patches::{PatchQueue, Patches};
 use crate::upstream::{GrpcAlerter, GrpcRouter, GrpcSummaries};
 
 /// A built gateway, listening but not yet serving.
@@ -58,6 +59,31 @@ fn legacy_options(config: &GatewayConfig) -> anyhow::Result<LegacyOptions> {
     Ok(options)
 }
 
+/// Every target name config gives: names, aliases and the default target.
+fn configured_targets(config: &GatewayConfig) -> Vec<String> {
+    let mut names: Vec<String> = config
+        .targets
+        .iter()
+        .flat_map(|target| std::iter::once(&target.name).chain(&target.aliases))
+        .chain(&config.default_target)
+        .cloned()
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The targets the OpenAPI document may list as the only valid ones: the configured names
+/// when unknown targets are refused. None (any name) when they are accepted, or when no
+/// target is configured and the known ones are only those executors serve, which change
+/// while the document does not.
+fn documented_targets(config: &GatewayConfig) -> Vec<String> {
+    if config.accept_unknown_targets {
+        return Vec::new();
+    }
+    configured_targets(config)
+}
+
 impl App {
     /// Checks the config, prepares upstream channels (lazily connected) and binds listeners.
     pub async fn build(config: GatewayConfig) -> anyhow::Result<Self> {
@@ -73,13 +99,20 @@ impl App {
             timeout: config.upstream_timeout,
         };
         let guard = Guard::new(credentials, &config);
+        let queue: Arc<dyn PatchQueue> = Arc::new(queue);
+        let known_targets = KnownTargets::new(
+            configured_targets(&config),
+            config.accept_unknown_targets,
+            Arc::clone(&queue),
+        );
         let mut patches = Patches::new(
-            Arc::new(queue),
+            queue,
             Arc::new(summaries),
             config.summary_max_chars,
             legacy_options(&config)?,
             ghost_core::ParseBudget::new(config.max_body_bytes),
-        );
+        )
+        .with_known_targets(known_targets);
         if let Some(url) = &config.alerter_url {
             patches = patches.with_alerts(Arc::new(GrpcAlerter {
                 client: AlerterReadServiceClient::new(traced_channel(url)?),
@@ -125,6 +158,7 @@ impl App {
             serde_json::to_vec(&crate::openapi::document(
                 generated,
                 &self.config.public_url,
+                &documented_targets(&self.config),
             ))
             .context("serialising the OpenAPI document")?,
         );

@@ -67,8 +67,14 @@ pub struct GatewayConfig {
     pub max_patches_per_message: usize,
     /// Target used when a legacy document names none.
     pub default_target: Option<String>,
-    /// Per-target aliases and legacy roots.
+    /// Per-target aliases and legacy roots. These names and aliases, with the targets an
+    /// executor has served through the router since the gateway started, are the known
+    /// targets: a patch naming another is refused with 422 ("did you mean MAIN?").
     pub targets: Vec<TargetConfig>,
+    /// Queue patches for targets nobody knows yet (default false: refused with 422). Such a
+    /// patch waits until an executor serving its target connects; the router counts it in
+    /// metrics under `target="other"`.
+    pub accept_unknown_targets: bool,
     /// Directory watched for dropped patch files (`<inbox>/<TARGET>/*.json|*.yaml`).
     pub inbox: Option<PathBuf>,
     /// How long a dropped file's size must stay unchanged before it is read.
@@ -103,6 +109,7 @@ impl Default for GatewayConfig {
             max_patches_per_message: 20,
             default_target: None,
             targets: Vec::new(),
+            accept_unknown_targets: false,
             inbox: None,
             inbox_settle: Duration::from_millis(300),
             ui: UiConfig::default(),

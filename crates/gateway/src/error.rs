@@ -63,6 +63,9 @@ pub enum GatewayError {
         /// 1-based column of the repeat.
         column: usize,
     },
+    /// The patch names a target that is neither configured nor served by an executor.
+    #[error("{0}")]
+    UnknownTarget(crate::known_targets::UnknownTarget),
     /// Wrong content type.
     #[error("unsupported content type {0:?}; send application/json or application/yaml")]
     UnsupportedMediaType(String),
@@ -114,7 +117,7 @@ impl GatewayError {
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::MalformedBody { .. } | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::InvalidPatch { .. } | Self::DuplicateKey { .. } => {
+            Self::InvalidPatch { .. } | Self::DuplicateKey { .. } | Self::UnknownTarget(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -142,6 +145,7 @@ impl GatewayError {
             Self::BadRequest(_) => "bad-request",
             Self::InvalidPatch { .. } => "invalid-patch",
             Self::DuplicateKey { .. } => "duplicate-key",
+            Self::UnknownTarget(_) => "unknown-target",
             Self::UnsupportedMediaType(_) => "unsupported-media-type",
             Self::PayloadTooLarge(_) | Self::DocumentTooLarge(_) => "payload-too-large",
             Self::TooManyPatches { .. } => "too-many-patches",
@@ -214,6 +218,11 @@ impl IntoResponse for GatewayError {
                 body["pointers"] = json!([first, second]);
                 body["line"] = json!(line);
                 body["column"] = json!(column);
+            }
+            Self::UnknownTarget(unknown) => {
+                body["pointer"] = json!("/target");
+                body["known_targets"] = json!(unknown.known);
+                body["nearest"] = json!(unknown.nearest);
             }
             Self::MalformedBody { line, column, .. } => {
                 body["line"] = json!(line);

@@ -59,6 +59,10 @@ pub struct Problem {
     pub key: Option<String>,
     /// JSON pointers of the first and the repeated occurrence (duplicate keys).
     pub pointers: Option<Vec<String>>,
+    /// Every known target (an unknown target's refusal).
+    pub known_targets: Option<Vec<String>>,
+    /// The known target nearest to the unknown one, when one is close ("did you mean").
+    pub nearest: Option<String>,
 }
 
 /// A v1 patch. The common fields are described here; every other v1 field (`commands`,

@@ -20,6 +20,7 @@ pub mod fleet;
 mod guard;
 mod http;
 mod inbox;
+pub mod known_targets;
 mod mcp;
 mod openapi;
 pub mod patches;

@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 use crate::auth::{Principal, Scope};
 use crate::error::GatewayError;
 use crate::fleet::{AlertFeed, AlertList, ExecutorList, Stats};
+use crate::known_targets::KnownTargets;
 use crate::report::ReportView;
 
 /// The router as the gateway needs it.
@@ -301,6 +302,7 @@ pub struct Patches {
     legacy: Arc<LegacyOptions>,
     budget: ParseBudget,
     alerts: Option<Arc<dyn AlertFeed>>,
+    known_targets: Arc<KnownTargets>,
 }
 
 /// Bytes of `patch`'s canonical JSON, counted without building it.
@@ -349,6 +351,7 @@ impl Patches {
         budget: ParseBudget,
     ) -> Self {
         Self {
+            known_targets: Arc::new(KnownTargets::accept_all(Arc::clone(&queue))),
             queue,
             summaries,
             summary_max_chars,
@@ -356,6 +359,13 @@ impl Patches {
             budget,
             alerts: None,
         }
+    }
+
+    /// The same logic refusing patches to targets `known` does not know (without: any target).
+    #[must_use]
+    pub fn with_known_targets(mut self, known: KnownTargets) -> Self {
+        self.known_targets = Arc::new(known);
+        self
     }
 
     /// The same logic with an alerter to list alerts from.
@@ -434,6 +444,7 @@ impl Patches {
             )));
         }
         caller.allow_target(patch.target.as_str())?;
+        self.known_targets.check(&patch.target).await?;
         let view = self.queue.submit(&patch, &warnings).await?;
         Ok(Accepted {
             id: view.id,

@@ -385,7 +385,25 @@ impl SummaryStore for GrpcSummaries {
         {
             Ok(response) => Ok(response.into_inner().summary.map(|s| s.markdown)),
             Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
+            // The summary is an addition to the router's state, not a condition of it: with
+            // the summarizer down a patch is shown without one (as before it is summarised)
+            // instead of the whole read failing with a 503 that blames the patch queue.
+            Err(status) if is_transient(status.code()) => {
+                tracing::warn!(patch_id = %id, code = ?status.code(), error = %status.message(), "summarizer unavailable; patch shown without its summary");
+                Ok(None)
+            }
             Err(status) => Err(from_upstream(id.as_str(), &status)),
         }
     }
+}
+
+/// Codes of a summarizer that is down, restarting or slow, rather than of a bad request.
+fn is_transient(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::Unavailable
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Cancelled
+            | tonic::Code::Unknown
+    )
 }

@@ -352,6 +352,7 @@ impl System {
             "rate_limit": {"per_minute": 100_000_000u64, "burst": 1_000_000u64},
             "max_in_flight": 4096,
             "client_limits": {"max_in_flight": 4096},
+            "targets": targets.iter().map(|name| json!({"name": name})).collect::<Vec<_>>(),
         });
         services.push(spawn(spec("gateway", "gateway", gateway_config, gateway)).await?);
         Ok(Self {

@@ -28,6 +28,9 @@ pub struct LocalOptions {
     pub data_dir: PathBuf,
     /// Workspaces served by the local executor (target, root); empty: no executor.
     pub workspaces: Vec<(String, PathBuf)>,
+    /// Targets the gateway accepts patches for besides the workspaces' (served elsewhere, or
+    /// not yet): any other target is refused with 422.
+    pub targets: Vec<String>,
     /// The gateway's public HTTP address.
     pub gateway_listen: SocketAddr,
     /// The API key the gateway accepts.
@@ -109,6 +112,24 @@ macro_rules! spawn_app {
     }};
 }
 
+/// The gateway's known targets: every workspace's and every extra target, once each.
+fn gateway_targets(options: &LocalOptions) -> Vec<gateway::config::TargetConfig> {
+    let names: std::collections::BTreeSet<&String> = options
+        .workspaces
+        .iter()
+        .map(|(target, _)| target)
+        .chain(&options.targets)
+        .collect();
+    names
+        .into_iter()
+        .map(|name| gateway::config::TargetConfig {
+            name: name.clone(),
+            aliases: Vec::new(),
+            legacy_roots: Vec::new(),
+        })
+        .collect()
+}
+
 impl LocalSystem {
     /// Builds and starts every service, downstream first, and waits until all are ready.
     pub async fn start(options: LocalOptions) -> anyhow::Result<Self> {
@@ -170,6 +191,7 @@ impl LocalSystem {
             summarizer_url: url(summarizer_grpc),
             alerter_url: Some(url(system.addr_of("alerter")?.0)),
             api_key: Secret::new(system.options.api_key.clone()),
+            targets: gateway_targets(&system.options),
             ..Default::default()
         };
         let gateway = spawn_app!("gateway", gateway::App::build(gateway_config).await?);

@@ -118,6 +118,7 @@ pub async fn run(options: UpOptions, output: &Output) -> Result<Exit, CliError> 
     let system = LocalSystem::start(LocalOptions {
         data_dir: options.data_dir.clone(),
         workspaces: parsed.clone(),
+        targets: Vec::new(),
         gateway_listen: options.listen,
         api_key: api_key.clone(),
         slack: options.slack,

@@ -8,8 +8,12 @@
 //! attempt limit, and an alert is raised either way. A target whose last executor left raises
 //! `executor_lost/<target>`; a queue that waits too long with no executor raises
 //! `queue_stale/<target>`; both resolve when the condition clears.
+//!
+//! Metrics are labelled by target only for targets an executor has served since the router
+//! started; every other target is counted under [`OTHER_TARGET`]. Target names come from
+//! clients, and a series per name would let any client grow the metrics without bound.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
@@ -23,6 +27,10 @@ use crate::store::{
     Completed, Inserted, LeaseEnded, NewAlert, PatchRecord, RouterStore, StoreError, TargetRow,
     now_ms,
 };
+
+/// The `target` label of every target no executor has served since the router started.
+/// Parenthesised so it can never be a target's name.
+pub const OTHER_TARGET: &str = "(other)";
 
 /// Messages queued towards one executor session.
 pub type SessionSender = mpsc::Sender<Result<RouterMessage, tonic::Status>>;
@@ -95,6 +103,8 @@ pub struct Routing {
     /// all targets made every lease wait for the previous one's commit).
     dispatching: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
     next_session: AtomicU64,
+    /// Targets an executor has served since start: the only ones metrics are labelled with.
+    served: std::sync::RwLock<HashSet<String>>,
     policy: Policy,
     /// Woken when an outcome is waiting in the outbox.
     pub outbox_wake: Arc<Notify>,
@@ -114,6 +124,7 @@ impl Routing {
             slots: Mutex::new(HashMap::new()),
             dispatching: std::sync::Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
+            served: std::sync::RwLock::new(HashSet::new()),
             policy,
             outbox_wake: Arc::new(Notify::new()),
             alert_wake: Arc::new(Notify::new()),
@@ -129,6 +140,20 @@ impl Routing {
         millis(self.policy.lease)
     }
 
+    /// The metrics label of `target`: its name once an executor has served it, else
+    /// [`OTHER_TARGET`].
+    pub fn target_label(&self, target: &str) -> String {
+        let served = self
+            .served
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if served.contains(target) {
+            target.to_owned()
+        } else {
+            OTHER_TARGET.to_owned()
+        }
+    }
+
     /// Stores a patch (idempotently) with the gateway's intake warnings and assigns it if its
     /// target is free. A replay keeps the warnings stored first.
     pub async fn submit(
@@ -142,7 +167,7 @@ impl Routing {
         match self.store.insert(patch, traceparent, warnings).await? {
             Inserted::Created(record) => {
                 tracing::info!(patch_id = %id, %target, status = %record.status, "patch stored");
-                metrics::counter!("ghost_patches_submitted_total", "target" => target.clone())
+                metrics::counter!("ghost_patches_submitted_total", "target" => self.target_label(&target))
                     .increment(1);
                 if record.status.is_terminal() {
                     self.outbox_wake.notify_one();
@@ -185,6 +210,10 @@ impl Routing {
                 Vec::new()
             }
         };
+        self.served
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(targets.iter().cloned());
         {
             let mut slots = self.slots.lock().await;
             for target in targets {
@@ -440,7 +469,7 @@ impl Routing {
             .await;
         }
         tracing::info!(patch_id = %id, %target, status = %status, "patch finished");
-        metrics::counter!("ghost_patches_total", "target" => target.clone(), "outcome" => status.as_str())
+        metrics::counter!("ghost_patches_total", "target" => self.target_label(&target), "outcome" => status.as_str())
             .increment(1);
         metrics::histogram!("ghost_patch_stage_seconds", "stage" => "apply")
             .record(duration_ms as f64 / 1000.0);
@@ -594,7 +623,7 @@ impl Routing {
         }
         for lease in &ended {
             let (key, severity, summary) = if lease.lost {
-                metrics::counter!("ghost_patches_total", "target" => lease.target.clone(), "outcome" => "lost")
+                metrics::counter!("ghost_patches_total", "target" => self.target_label(&lease.target), "outcome" => "lost")
                     .increment(1);
                 tracing::error!(patch_id = %lease.id, target = %lease.target, attempt = lease.attempt, "patch lost: attempts exhausted");
                 (
@@ -731,17 +760,18 @@ impl Routing {
         };
         let firing = self.store.firing_alerts().await.unwrap_or_default();
         let now = now_ms();
+        // (queued, oldest age in ms) per label: the targets under OTHER_TARGET add up.
+        let mut queues: BTreeMap<String, (u64, i64)> = BTreeMap::new();
         for view in views {
             let target = &view.row.target;
-            metrics::gauge!("ghost_queue_depth", "target" => target.clone())
-                .set(f64::from(view.row.queued));
             let age_ms = if view.row.queued > 0 {
                 (now - view.row.oldest_queued_ms).max(0)
             } else {
                 0
             };
-            metrics::gauge!("ghost_queue_oldest_age_seconds", "target" => target.clone())
-                .set(age_ms as f64 / 1000.0);
+            let queue = queues.entry(self.target_label(target)).or_default();
+            queue.0 += u64::from(view.row.queued);
+            queue.1 = queue.1.max(age_ms);
             let key = format!("queue_stale/{target}");
             let stale = view.row.queued > 0
                 && !view.row.paused
@@ -769,6 +799,11 @@ impl Routing {
                 };
                 self.resolve(key, why).await;
             }
+        }
+        for (label, (queued, age_ms)) in queues {
+            metrics::gauge!("ghost_queue_depth", "target" => label.clone()).set(queued as f64);
+            metrics::gauge!("ghost_queue_oldest_age_seconds", "target" => label)
+                .set(age_ms as f64 / 1000.0);
         }
     }
 

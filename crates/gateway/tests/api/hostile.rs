@@ -641,7 +641,12 @@ fn signed_by(whsec: &str, id: &str, body: &str) -> Vec<(&'static str, String)> {
 }
 
 /// Delivers `body` to `/v1/patches` as the signed webhook `id`.
-async fn deliver(http: &reqwest::Client, base: &str, id: &str, body: &Value) -> (u16, Value) {
+pub(crate) async fn deliver(
+    http: &reqwest::Client,
+    base: &str,
+    id: &str,
+    body: &Value,
+) -> (u16, Value) {
     deliver_as(WEBHOOK_SECRET, http, base, id, body).await
 }
 

@@ -15,3 +15,4 @@ mod parse_budget;
 mod real_patches;
 mod scale;
 mod system;
+mod targets;

@@ -182,6 +182,15 @@ impl System {
                 scopes: vec![gateway::auth::Scope::Read],
                 targets: Vec::new(),
             }],
+            // The targets patches are sent to: MAIN has an executor, CYOPS none.
+            targets: ["MAIN", "CYOPS"]
+                .into_iter()
+                .map(|name| gateway::config::TargetConfig {
+                    name: name.to_owned(),
+                    aliases: Vec::new(),
+                    legacy_roots: Vec::new(),
+                })
+                .collect(),
             ..Default::default()
         };
         config.rate_limit.per_minute = 100_000;

@@ -151,6 +151,8 @@ pub async fn spawn_system() -> TestSystem {
     let system = LocalSystem::start(LocalOptions {
         data_dir: data_dir.clone(),
         workspaces: Vec::new(),
+        // Served by the executor this test starts below, and IDLE by none.
+        targets: ["MAIN", "LOCKED", "IDLE"].map(str::to_owned).to_vec(),
         gateway_listen: "127.0.0.1:0".parse().expect("addr"),
         api_key: API_KEY.to_owned(),
         slack: None,

@@ -29,6 +29,8 @@ pub const PATIENCE: Duration = Duration::from_secs(10);
 /// A running router; stops (gracefully) when dropped.
 pub struct TestRouter {
     pub client: RouterServiceClient<Channel>,
+    /// The HTTP side: health and `/metrics`.
+    pub http: std::net::SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<()>>,
 }
@@ -69,6 +71,7 @@ pub fn config(data_dir: &Path) -> RouterConfig {
 pub async fn spawn_router(config: RouterConfig) -> TestRouter {
     let app = App::build(config).await.expect("build router");
     let addr = app.grpc_addr();
+    let http = app.http_addr();
     let (stop, stopped) = oneshot::channel::<()>();
     let done = tokio::spawn(async move {
         app.run(async {
@@ -82,6 +85,7 @@ pub async fn spawn_router(config: RouterConfig) -> TestRouter {
         .expect("connect to router");
     TestRouter {
         client,
+        http,
         stop: Some(stop),
         done: Some(done),
     }

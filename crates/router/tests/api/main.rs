@@ -4,6 +4,7 @@
 mod alerts;
 mod helpers;
 mod leases;
+mod metric_labels;
 mod ordering;
 mod outcomes;
 mod submit;
