@@ -9,3 +9,4 @@ mod offline;
 mod read;
 mod steer;
 mod submit;
+mod up;
