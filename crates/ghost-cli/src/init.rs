@@ -2,6 +2,7 @@
 //! (admin, submit-only, read-only) stored as SHA-256 hashes, and every service section with
 //! `ghost up`'s defaults commented out — and prints the three keys once.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -63,6 +64,114 @@ fn section_comment(section: &str) -> &'static str {
     }
 }
 
+/// The services' config sources, whose doc comments become the file's comments (read from
+/// this repository at compile time, so they cannot drift apart).
+const CONFIG_SOURCES: [&str; 7] = [
+    include_str!("../../gateway/src/config.rs"),
+    include_str!("../../router/src/config.rs"),
+    include_str!("../../executor/src/config.rs"),
+    include_str!("../../summarizer/src/config.rs"),
+    include_str!("../../alerter/src/config.rs"),
+    include_str!("../../ghost-runtime/src/config.rs"),
+    include_str!("../../ghost-runtime/src/telemetry.rs"),
+];
+
+/// The struct a section is: `gateway` → `GatewayConfig`.
+fn section_struct(section: &str) -> &'static str {
+    match section {
+        "gateway" => "GatewayConfig",
+        "router" => "RouterConfig",
+        "executor" => "ExecutorConfig",
+        "summarizer" => "SummarizerConfig",
+        "alerter" => "AlerterConfig",
+        _ => "",
+    }
+}
+
+/// One documented field: its type and the first sentence of its doc comment.
+#[derive(Debug, Clone)]
+struct FieldDoc {
+    ty: String,
+    doc: String,
+}
+
+/// Every `pub struct`'s `pub` fields with their type and first doc sentence, by struct name.
+fn field_docs() -> HashMap<String, HashMap<String, FieldDoc>> {
+    let mut structs: HashMap<String, HashMap<String, FieldDoc>> = HashMap::new();
+    for source in CONFIG_SOURCES {
+        let mut current: Option<String> = None;
+        let mut doc = String::new();
+        for line in source.lines() {
+            let trimmed = line.trim();
+            if let Some(rest) = line.strip_prefix("pub struct ") {
+                current = rest.strip_suffix(" {").map(|name| name.trim().to_owned());
+                doc.clear();
+                continue;
+            }
+            if line == "}" {
+                current = None;
+                continue;
+            }
+            let Some(name) = &current else { continue };
+            if let Some(text) = trimmed.strip_prefix("///") {
+                if !doc.is_empty() {
+                    doc.push(' ');
+                }
+                doc.push_str(text.trim());
+                continue;
+            }
+            if let Some(field) = trimmed.strip_prefix("pub ")
+                && let Some((field, ty)) = field.split_once(':')
+            {
+                let first = first_sentence(&doc).to_owned();
+                structs.entry(name.clone()).or_default().insert(
+                    field.trim().to_owned(),
+                    FieldDoc {
+                        ty: ty.trim().trim_end_matches(',').to_owned(),
+                        doc: first,
+                    },
+                );
+                doc.clear();
+            } else if !trimmed.starts_with("#[") {
+                doc.clear();
+            }
+        }
+    }
+    structs
+}
+
+/// `doc` up to the end of its first sentence (an "e.g." or "i.e." does not end one).
+fn first_sentence(doc: &str) -> &str {
+    let mut from = 0;
+    while let Some(found) = doc[from..].find(". ") {
+        let end = from + found;
+        if !(doc[..end].ends_with("e.g") || doc[..end].ends_with("i.e")) {
+            return doc[..=end].trim();
+        }
+        from = end + 2;
+    }
+    doc.trim()
+}
+
+/// The struct a table path names, following field types from the section's struct
+/// (`gateway.server` → `ServerConfig`); `None` for maps and unknown types.
+fn struct_at<'a>(
+    docs: &'a HashMap<String, HashMap<String, FieldDoc>>,
+    path: &[&str],
+) -> Option<&'a HashMap<String, FieldDoc>> {
+    let (section, rest) = path.split_first()?;
+    let mut fields = docs.get(section_struct(section))?;
+    for key in rest {
+        let ty = &fields.get(*key)?.ty;
+        let ty = ty
+            .strip_prefix("Option<")
+            .and_then(|t| t.strip_suffix('>'))
+            .unwrap_or(ty);
+        fields = docs.get(ty)?;
+    }
+    Some(fields)
+}
+
 /// Keys of a section that [[targets]] and [[keys]] set, left out of the commented defaults.
 fn derived_keys(section: &str) -> &'static [&'static str] {
     match section {
@@ -87,8 +196,22 @@ fn commented_section(section: &str, defaults: &toml::Value) -> Result<String, Cl
     let wrapped = toml::Table::from_iter([(section.to_owned(), value)]);
     let text = toml::to_string(&wrapped).map_err(|err| CliError::Other(err.into()))?;
     let header = format!("[{section}]");
+    let docs = field_docs();
+    let mut path = vec![section.to_owned()];
     let mut out = format!("# {}\n{header}\n", section_comment(section));
     for line in text.lines().filter(|line| *line != header) {
+        if let Some(table) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            path = table.split('.').map(str::to_owned).collect();
+        } else if let Some((key, _)) = line.split_once(" = ") {
+            let segments: Vec<&str> = path.iter().map(String::as_str).collect();
+            let doc = struct_at(&docs, &segments)
+                .and_then(|fields| fields.get(key.trim()))
+                .map(|field| field.doc.as_str())
+                .filter(|doc| !doc.is_empty());
+            if let Some(doc) = doc {
+                out.push_str(&format!("# {doc}\n"));
+            }
+        }
         if !line.is_empty() {
             out.push('#');
         }
@@ -233,6 +356,26 @@ mod tests {
             .collect::<Vec<_>>()
             .join("\n");
         assert_ne!(text, uncommented);
+        // Every default shown has its one-line comment above it (from the struct's doc).
+        let lines: Vec<&str> = text.lines().collect();
+        let mut in_sections = false;
+        for (i, line) in lines.iter().enumerate() {
+            in_sections |= *line == "[gateway]";
+            let is_value = line.starts_with('#')
+                && line.contains(" = ")
+                && line[1..].starts_with(|c: char| c.is_ascii_lowercase());
+            let in_map = lines[..i]
+                .iter()
+                .rev()
+                .find(|l| l.starts_with("#[") || l.starts_with('['))
+                .is_some_and(|table| table.ends_with(".services]"));
+            if in_sections && is_value && !in_map {
+                assert!(
+                    lines[i - 1].starts_with("# "),
+                    "{line} has no comment above it"
+                );
+            }
+        }
         let dir = tempfile::tempdir().unwrap();
         let commented_file = dir.path().join("commented.toml");
         let uncommented_file = dir.path().join("uncommented.toml");
