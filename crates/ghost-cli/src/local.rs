@@ -69,7 +69,8 @@ impl Running {
 
 /// The five services of one local system.
 pub struct LocalSystem {
-    options: LocalOptions,
+    /// Where the services keep their state (restarted services too).
+    data_dir: PathBuf,
     /// Running services, in start order.
     pub services: Vec<Running>,
 }
@@ -324,16 +325,17 @@ impl LocalSystem {
         let mut config = system_config(&options);
         config.prebind()?;
         config.wire(Explicit::default());
-        Self::start_with(options, config).await
+        Self::start_with(options.data_dir, config).await
     }
 
     /// Starts the services of `config` (listeners pre-bound by [`SystemConfig::prebind`], or
-    /// fixed addresses), downstream first, and waits until all are ready. `options` keeps the
-    /// data dir for later restarts.
-    pub async fn start_with(options: LocalOptions, config: SystemConfig) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&options.data_dir)?;
+    /// fixed addresses), downstream first, and waits until all are ready. `data_dir` is where
+    /// services started later ([`LocalSystem::start_router`], [`LocalSystem::add_executor`])
+    /// keep their state.
+    pub async fn start_with(data_dir: PathBuf, config: SystemConfig) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&data_dir)?;
         let mut system = Self {
-            options,
+            data_dir,
             services: Vec::new(),
         };
         let SystemConfig {
@@ -390,7 +392,7 @@ impl LocalSystem {
         let config = router::RouterConfig {
             summarizer_url: Some(url(summarizer_grpc)),
             alerter_url: Some(url(alerter_grpc)),
-            ..router_config(&self.options.data_dir, server_on(grpc, http))
+            ..router_config(&self.data_dir, server_on(grpc, http))
         };
         let router = spawn_app!("router", router::App::build(config).await?);
         self.services.push(router);
@@ -403,7 +405,7 @@ impl LocalSystem {
         let ephemeral = SocketAddr::from(([127, 0, 0, 1], 0));
         let config = executor::ExecutorConfig {
             router_url: url(router_grpc),
-            ..executor_config(&self.options.data_dir, workspaces, ephemeral)
+            ..executor_config(&self.data_dir, workspaces, ephemeral)
         };
         for workspace in &config.workspaces {
             std::fs::create_dir_all(&workspace.root)?;

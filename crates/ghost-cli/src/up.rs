@@ -9,7 +9,7 @@ use ghost_runtime::config::Secret;
 
 use crate::error::CliError;
 use crate::exit::Exit;
-use crate::local::{LocalOptions, LocalSystem};
+use crate::local::LocalSystem;
 use crate::render::Output;
 use crate::up_config::{self, UpFlags};
 
@@ -117,17 +117,7 @@ pub async fn run(
     config.system.prebind()?;
     config.system.wire(config.explicit);
     let slack_on = config.system.alerter.slack.api_base_url.is_some();
-    let system = LocalSystem::start_with(
-        LocalOptions {
-            data_dir: config.data_dir.clone(),
-            workspaces: workspaces.clone(),
-            gateway_listen: config.system.gateway.server.http_listen,
-            api_key: String::new(),
-            slack: None,
-        },
-        config.system.clone(),
-    )
-    .await?;
+    let system = LocalSystem::start_with(config.data_dir.clone(), config.system.clone()).await?;
     let mut text = format!(
         "Ghost Runner is up (state in {}{}).\n",
         config.data_dir.display(),

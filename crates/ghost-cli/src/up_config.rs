@@ -248,8 +248,9 @@ pub fn defaults(data_dir: &Path) -> SystemConfig {
     system
 }
 
+/// A config file or environment value that does not fit (exit 10, like a refused input).
 fn invalid(message: String) -> CliError {
-    CliError::Settings(message)
+    CliError::Input(message)
 }
 
 /// The targets of the file with the `--workspace` flags over them; `MAIN=./workspace` when
@@ -259,7 +260,7 @@ fn targets(file_targets: Vec<TargetSpec>, flags: &[String]) -> Result<Vec<Target
     let mut targets = file_targets;
     for spec in flags {
         let Some((name, dir)) = spec.split_once('=') else {
-            return Err(invalid(format!(
+            return Err(CliError::Settings(format!(
                 "--workspace {spec:?}: expected TARGET=DIR, e.g. MAIN=./workspace"
             )));
         };
@@ -390,7 +391,7 @@ fn set_by_hand(section: Option<&toml::Value>, env: &[EnvVar], key: &str) -> bool
 }
 
 fn config_error(err: layers::ConfigError) -> CliError {
-    CliError::Settings(err.to_string())
+    invalid(err.to_string())
 }
 
 /// One service's config: its `base` tree, the derived tree, the file's section, the

@@ -406,3 +406,27 @@ where
 
 /// A short pause used when a background loop must retry after an error.
 pub const LOOP_BACKOFF: Duration = Duration::from_millis(500);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_prebound_listener_is_handed_over_and_a_taken_port_is_named() {
+        let grpc = Listeners::prebind("test grpc", SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        let http = Listeners::prebind("test http", SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        assert_ne!(grpc.port(), 0);
+        let config = ServerConfig {
+            grpc_listen: grpc,
+            http_listen: http,
+            ..ServerConfig::ephemeral()
+        };
+        // The ports are held until the service takes them: binding them anew would fail.
+        let err = Listeners::prebind("again", grpc).unwrap_err().to_string();
+        assert!(err.contains(&format!("again {grpc}")), "{err}");
+        let listeners = Listeners::bind(&config).await.unwrap();
+        assert_eq!((listeners.grpc_addr(), listeners.http_addr()), (grpc, http));
+        let err = Listeners::bind(&config).await.unwrap_err().to_string();
+        assert!(err.contains(&format!("grpc {grpc}: ")), "{err}");
+    }
+}
