@@ -554,3 +554,117 @@ fn apply_flags(system: &mut SystemConfig, flags: UpFlags) {
 pub fn gateway_url(system: &SystemConfig) -> String {
     url(system.gateway.server.http_listen)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(text: &str, flags: UpFlags) -> Result<UpConfig, CliError> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ghost.toml");
+        std::fs::write(&file, text).unwrap();
+        load(
+            UpFlags {
+                file: Some(file),
+                ..flags
+            },
+            &HashMap::new(),
+        )
+    }
+
+    #[test]
+    fn targets_become_executor_workspaces_and_policies_and_gateway_targets() {
+        let config = load_text(
+            r#"
+            [[targets]]
+            name = "DEV"
+            root = "./dev"
+            aliases = ["OLD_DEV"]
+            commands = ["cargo", "npm"]
+            agent = { inbox = "./inbox", timeout = "10m" }
+
+            [[targets]]
+            name = "MAIN"
+            root = "./main"
+            aliases = ["BRAUN"]
+            default = true
+            commands = "any"
+            "#,
+            UpFlags {
+                workspaces: vec!["EXTRA=./extra".to_owned()],
+                ..UpFlags::default()
+            },
+        )
+        .unwrap();
+        let names: Vec<&str> = config.targets.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["MAIN", "DEV", "EXTRA"]);
+        let gateway = &config.system.gateway;
+        assert_eq!(gateway.default_target.as_deref(), Some("MAIN"));
+        let dev = gateway.targets.iter().find(|t| t.name == "DEV").unwrap();
+        assert_eq!(dev.aliases, ["OLD_DEV"]);
+        let executor = config.system.executor.as_ref().unwrap();
+        assert_eq!(executor.workspaces.len(), 3);
+        assert_eq!(
+            executor.targets["DEV"].commands,
+            CommandPolicy::Allowlist(vec!["cargo".to_owned(), "npm".to_owned()])
+        );
+        assert_eq!(
+            executor.targets["DEV"].agent.as_ref().unwrap().timeout,
+            Duration::from_secs(600)
+        );
+        assert_eq!(executor.targets["MAIN"].commands, CommandPolicy::Any);
+        assert_eq!(executor.targets["EXTRA"].commands, CommandPolicy::Deny);
+    }
+
+    #[test]
+    fn with_no_file_the_one_workspace_is_the_default_and_bad_targets_are_refused() {
+        let config = load(
+            UpFlags {
+                workspaces: vec!["REPO=./repo".to_owned()],
+                ..UpFlags::default()
+            },
+            &HashMap::new(),
+        )
+        .unwrap();
+        assert_eq!(
+            config.system.gateway.default_target.as_deref(),
+            Some("REPO")
+        );
+        let two_defaults = "[[targets]]\nname = \"A\"\nroot = \"a\"\ndefault = true\n\
+                            [[targets]]\nname = \"B\"\nroot = \"b\"\ndefault = true\n";
+        let err = load_text(two_defaults, UpFlags::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("A and B are all marked default"), "{err}");
+        let bad_commands = "[[targets]]\nname = \"A\"\nroot = \"a\"\ncommands = \"some\"\n";
+        let err = load_text(bad_commands, UpFlags::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(":4:12:"), "{err}");
+        assert!(err.contains("expected \"deny\", \"any\""), "{err}");
+        let alias_twice = "[[targets]]\nname = \"A\"\nroot = \"a\"\naliases = [\"B\"]\n\
+                           [[targets]]\nname = \"B\"\nroot = \"b\"\n";
+        let err = load_text(alias_twice, UpFlags::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("B is used twice"), "{err}");
+    }
+
+    #[test]
+    fn a_listen_address_set_in_the_file_moves_the_urls_that_point_at_it() {
+        let config = load_text(
+            "[router.server]\ngrpc_listen = \"127.0.0.1:6001\"\n[alerter]\nrouter_url = \"http://elsewhere:1\"\n",
+            UpFlags::default(),
+        )
+        .unwrap();
+        assert_eq!(config.system.gateway.router_url, "http://127.0.0.1:6001");
+        assert_eq!(
+            config.system.executor.as_ref().unwrap().router_url,
+            "http://127.0.0.1:6001"
+        );
+        assert_eq!(
+            config.system.alerter.router_url.as_deref(),
+            Some("http://elsewhere:1")
+        );
+    }
+}
