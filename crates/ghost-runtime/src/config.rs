@@ -205,15 +205,25 @@ pub fn build<T: DeserializeOwned>(base: toml::Value, env: &[EnvVar]) -> Result<T
     for var in env {
         let mut literal = tree.clone();
         merge(&mut literal, var.tree(true));
-        if T::deserialize(literal.clone()).is_ok() {
-            tree = literal;
-            continue;
-        }
+        let literal_error = match T::deserialize(literal.clone()) {
+            Ok(_) => {
+                tree = literal;
+                continue;
+            }
+            Err(err) => err,
+        };
         let mut string = tree.clone();
         merge(&mut string, var.tree(false));
         match T::deserialize(string.clone()) {
             Ok(_) => tree = string,
-            Err(err) => {
+            Err(string_error) => {
+                // A literal's own error ("must be at least 1") says more than "expected u32".
+                let is_literal = !matches!(var.value(true), toml::Value::String(_));
+                let err = if is_literal {
+                    literal_error
+                } else {
+                    string_error
+                };
                 return Err(ConfigError::Invalid(format!(
                     "environment variable {}: {}",
                     var.name,
