@@ -73,7 +73,7 @@ pub struct TargetSpec {
     #[serde(default)]
     pub agent: Option<AgentConfig>,
     /// Owner checks run after every patch: not supported yet; a non-empty list is refused.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<CheckSpec>,
 }
 
