@@ -614,6 +614,23 @@ mod tests {
         );
         assert_eq!(executor.targets["MAIN"].commands, CommandPolicy::Any);
         assert_eq!(executor.targets["EXTRA"].commands, CommandPolicy::Deny);
+
+        // An environment variable reaches a target's policy by its name, in any case.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ghost.toml");
+        std::fs::write(&file, "[[targets]]\nname = \"MAIN\"\nroot = \"./main\"\n").unwrap();
+        let env = HashMap::from([(
+            "GHOST_EXECUTOR__TARGETS__MAIN__COMMANDS".to_owned(),
+            "\"any\"".to_owned(),
+        )]);
+        let flags = UpFlags {
+            file: Some(file),
+            ..UpFlags::default()
+        };
+        let config = load(flags, &env).unwrap();
+        let executor = config.system.executor.unwrap();
+        assert_eq!(executor.targets.len(), 1, "{:?}", executor.targets.keys());
+        assert_eq!(executor.targets["MAIN"].commands, CommandPolicy::Any);
     }
 
     #[test]

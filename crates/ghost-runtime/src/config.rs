@@ -157,23 +157,36 @@ pub struct EnvVar {
 }
 
 impl EnvVar {
-    /// The value as a TOML literal when it is one (`true`, `42`, `["a","b"]`), else the string.
+    /// The value as a TOML literal when it is one (`true`, `42`, `["a","b"]`, `"quoted"`), else
+    /// the string as written (`127.0.0.1:9`, `2024-01-01`).
     fn value(&self, literal: bool) -> toml::Value {
         let parsed = literal
             .then(|| toml::from_str::<toml::Table>(&format!("v = {}", self.raw)).ok())
             .flatten()
             .and_then(|mut table| table.remove("v"))
-            .filter(|value| !matches!(value, toml::Value::String(_) | toml::Value::Datetime(_)));
+            .filter(|value| !matches!(value, toml::Value::Datetime(_)));
         parsed.unwrap_or_else(|| toml::Value::String(self.raw.clone()))
     }
 
-    /// A tree with only this variable's key set.
-    fn tree(&self, literal: bool) -> toml::Value {
-        self.path
-            .iter()
+    /// A tree with only this variable's key set. Each key takes the spelling of an existing key
+    /// of `base` equal to it but for case (so `…__TARGETS__MAIN__SHELL` reaches the map key
+    /// `MAIN`), else stays lowercase.
+    fn tree(&self, base: &toml::Value, literal: bool) -> toml::Value {
+        let mut keys = Vec::new();
+        let mut at = Some(base);
+        for key in &self.path {
+            let existing = at
+                .and_then(toml::Value::as_table)
+                .and_then(|table| table.keys().find(|k| k.to_lowercase() == *key))
+                .cloned();
+            let spelled = existing.unwrap_or_else(|| key.clone());
+            at = at.and_then(|value| value.get(&spelled));
+            keys.push(spelled);
+        }
+        keys.into_iter()
             .rev()
             .fold(self.value(literal), |value, key| {
-                toml::Value::Table(toml::Table::from_iter([(key.clone(), value)]))
+                toml::Value::Table(toml::Table::from_iter([(key, value)]))
             })
     }
 }
@@ -204,7 +217,7 @@ pub fn build<T: DeserializeOwned>(base: toml::Value, env: &[EnvVar]) -> Result<T
     let mut tree = base;
     for var in env {
         let mut literal = tree.clone();
-        merge(&mut literal, var.tree(true));
+        merge(&mut literal, var.tree(&tree, true));
         let literal_error = match T::deserialize(literal.clone()) {
             Ok(_) => {
                 tree = literal;
@@ -213,7 +226,7 @@ pub fn build<T: DeserializeOwned>(base: toml::Value, env: &[EnvVar]) -> Result<T
             Err(err) => err,
         };
         let mut string = tree.clone();
-        merge(&mut string, var.tree(false));
+        merge(&mut string, var.tree(&tree, false));
         match T::deserialize(string.clone()) {
             Ok(_) => tree = string,
             Err(string_error) => {
