@@ -154,7 +154,9 @@ impl App {
         }
         std::fs::create_dir_all(&config.state_dir)?;
         let workspaces = workspaces(&config)?;
-        let listeners = Listeners::bind(&config.server).await?;
+        let listeners = Listeners::bind(&config.server)
+            .await
+            .map_err(|err| anyhow::anyhow!("cannot bind the executor listeners: {err}"))?;
         let limits = Limits {
             max_file_bytes: config.max_file_bytes,
             max_patch_bytes: config.max_patch_bytes,

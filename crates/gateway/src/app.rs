@@ -125,7 +125,9 @@ impl App {
             max_body_bytes: config.max_body_bytes,
             max_patches_per_message: config.max_patches_per_message,
         };
-        let listeners = Listeners::bind(&config.server).await?;
+        let listeners = Listeners::bind(&config.server)
+            .await
+            .map_err(|err| anyhow::anyhow!("cannot bind the gateway listeners: {err}"))?;
         Ok(Self {
             config,
             listeners,

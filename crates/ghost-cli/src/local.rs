@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ghost_runtime::config::{Secret, ServerConfig};
+use ghost_runtime::serve::Listeners;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -71,7 +72,8 @@ impl Running {
 
 /// The five services of one local system.
 pub struct LocalSystem {
-    options: LocalOptions,
+    /// Where the services keep their state (restarted services too).
+    data_dir: PathBuf,
     /// Running services, in start order.
     pub services: Vec<Running>,
 }
@@ -84,32 +86,159 @@ fn server_on(grpc: SocketAddr, http: SocketAddr) -> ServerConfig {
     }
 }
 
-/// A free loopback port, released again so a service can bind it a moment later.
-fn reserve_port() -> anyhow::Result<SocketAddr> {
-    let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
-    Ok(listener.local_addr()?)
-}
-
-fn url(addr: SocketAddr) -> String {
+/// `http://ADDR`, the URL one service dials another on.
+pub fn url(addr: SocketAddr) -> String {
     format!("http://{addr}")
 }
 
-macro_rules! spawn_app {
-    ($name:expr, $app:expr) => {{
-        let app = $app;
-        let stop = CancellationToken::new();
-        let grpc = app.grpc_addr();
-        let http = app.http_addr();
-        let token = stop.clone();
-        let task = tokio::spawn(async move { app.run(token.cancelled_owned()).await });
-        Running {
-            name: $name,
-            grpc,
-            http,
-            stop,
-            task,
+/// The five services' complete configs: what [`LocalSystem::start_with`] runs.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SystemConfig {
+    /// The public door.
+    pub gateway: gateway::GatewayConfig,
+    /// The queue.
+    pub router: router::RouterConfig,
+    /// The executor; `None`: no workspaces, no executor.
+    pub executor: Option<executor::ExecutorConfig>,
+    /// Summaries.
+    pub summarizer: summarizer::SummarizerConfig,
+    /// Slack and alerts.
+    pub alerter: alerter::AlerterConfig,
+}
+
+/// Which service-to-service URLs were set by hand (and so are not derived from the listen
+/// addresses by [`SystemConfig::wire`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Explicit {
+    /// `gateway.router_url`.
+    pub gateway_router: bool,
+    /// `gateway.summarizer_url`.
+    pub gateway_summarizer: bool,
+    /// `gateway.alerter_url`.
+    pub gateway_alerter: bool,
+    /// `router.summarizer_url`.
+    pub router_summarizer: bool,
+    /// `router.alerter_url`.
+    pub router_alerter: bool,
+    /// `executor.router_url`.
+    pub executor_router: bool,
+    /// `summarizer.alerter_url`.
+    pub summarizer_alerter: bool,
+    /// `alerter.router_url`.
+    pub alerter_router: bool,
+    /// `alerter.summarizer_url`.
+    pub alerter_summarizer: bool,
+    /// `alerter.health.services`.
+    pub alerter_health: bool,
+}
+
+impl SystemConfig {
+    /// Every service's listen addresses with what they are called (`router grpc`), mutable.
+    fn listen_addresses(&mut self) -> Vec<(String, &mut SocketAddr)> {
+        fn both<'a>(name: &str, server: &'a mut ServerConfig) -> [(String, &'a mut SocketAddr); 2] {
+            [
+                (format!("{name} grpc"), &mut server.grpc_listen),
+                (format!("{name} http"), &mut server.http_listen),
+            ]
         }
-    }};
+        let mut out = Vec::new();
+        out.extend(both("gateway", &mut self.gateway.server));
+        out.extend(both("router", &mut self.router.server));
+        if let Some(executor) = &mut self.executor {
+            out.extend(both("executor", &mut executor.server));
+        }
+        out.extend(both("summarizer", &mut self.summarizer.server));
+        out.extend(both("alerter", &mut self.alerter.server));
+        out
+    }
+
+    /// Binds every listener now (port 0 gets a free port, written back into the config), so
+    /// no port is released and bound again later; each App takes its pre-bound listeners. A
+    /// bind error names the service and the address. On error, what was bound is released.
+    pub fn prebind(&mut self) -> anyhow::Result<()> {
+        let mut bound = Vec::new();
+        for (what, addr) in self.listen_addresses() {
+            match Listeners::prebind(&what, *addr) {
+                Ok(real) => {
+                    *addr = real;
+                    bound.push(real);
+                }
+                Err(err) => {
+                    bound.into_iter().for_each(Listeners::release);
+                    return Err(anyhow::anyhow!(err));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Points every service at the others' gRPC listen addresses, except URLs set by hand.
+    pub fn wire(&mut self, explicit: Explicit) {
+        let router = url(self.router.server.grpc_listen);
+        let summarizer = url(self.summarizer.server.grpc_listen);
+        let alerter = url(self.alerter.server.grpc_listen);
+        let set = |keep: bool, field: &mut String, value: &str| {
+            if !keep {
+                value.clone_into(field);
+            }
+        };
+        let set_some = |keep: bool, field: &mut Option<String>, value: &str| {
+            if !keep {
+                *field = Some(value.to_owned());
+            }
+        };
+        set(
+            explicit.gateway_router,
+            &mut self.gateway.router_url,
+            &router,
+        );
+        set(
+            explicit.gateway_summarizer,
+            &mut self.gateway.summarizer_url,
+            &summarizer,
+        );
+        set_some(
+            explicit.gateway_alerter,
+            &mut self.gateway.alerter_url,
+            &alerter,
+        );
+        set_some(
+            explicit.router_summarizer,
+            &mut self.router.summarizer_url,
+            &summarizer,
+        );
+        set_some(
+            explicit.router_alerter,
+            &mut self.router.alerter_url,
+            &alerter,
+        );
+        if let Some(executor) = &mut self.executor {
+            set(explicit.executor_router, &mut executor.router_url, &router);
+        }
+        set_some(
+            explicit.summarizer_alerter,
+            &mut self.summarizer.alerter_url,
+            &alerter,
+        );
+        set_some(
+            explicit.alerter_router,
+            &mut self.alerter.router_url,
+            &router,
+        );
+        set_some(
+            explicit.alerter_summarizer,
+            &mut self.alerter.summarizer_url,
+            &summarizer,
+        );
+        if !explicit.alerter_health {
+            self.alerter.health.services = [
+                ("router".to_owned(), router.clone()),
+                ("summarizer".to_owned(), summarizer.clone()),
+            ]
+            .into_iter()
+            .collect();
+        }
+    }
 }
 
 /// The gateway's known targets: every workspace's and every extra target, once each.
@@ -130,72 +259,136 @@ fn gateway_targets(options: &LocalOptions) -> Vec<gateway::config::TargetConfig>
         .collect()
 }
 
+/// The services' configs for `options` on loopback port 0 (not yet bound).
+fn system_config(options: &LocalOptions) -> SystemConfig {
+    let ephemeral = SocketAddr::from(([127, 0, 0, 1], 0));
+    let data_dir = &options.data_dir;
+    let mut alerter = alerter::AlerterConfig {
+        server: server_on(ephemeral, ephemeral),
+        data_dir: Some(data_dir.join("alerter")),
+        ..Default::default()
+    };
+    if let Some(slack) = &options.slack {
+        alerter.slack.api_base_url = Some(slack.api_base_url.clone());
+        alerter.slack.bot_token = Secret::new(slack.bot_token.clone());
+        alerter.slack.channel = slack.channel.clone();
+    }
+    let executor = (!options.workspaces.is_empty())
+        .then(|| executor_config(data_dir, options.workspaces.clone(), ephemeral));
+    SystemConfig {
+        gateway: gateway::GatewayConfig {
+            server: server_on(ephemeral, options.gateway_listen),
+            api_key: Secret::new(options.api_key.clone()),
+            targets: gateway_targets(options),
+            ..Default::default()
+        },
+        router: router_config(data_dir, server_on(ephemeral, ephemeral)),
+        executor,
+        summarizer: summarizer::SummarizerConfig {
+            server: server_on(ephemeral, ephemeral),
+            data_dir: data_dir.join("summarizer"),
+            ..Default::default()
+        },
+        alerter,
+    }
+}
+
+/// The router of a local system: its SQLite file under the data dir, a short heartbeat.
+pub fn router_config(data_dir: &std::path::Path, server: ServerConfig) -> router::RouterConfig {
+    router::RouterConfig {
+        server,
+        data_dir: data_dir.join("router"),
+        heartbeat_interval: Duration::from_secs(2),
+        lease_timeout: Duration::from_secs(30),
+        ..Default::default()
+    }
+}
+
+/// The executor of a local system serving `workspaces`, its state under the data dir.
+pub fn executor_config(
+    data_dir: &std::path::Path,
+    workspaces: Vec<(String, PathBuf)>,
+    listen: SocketAddr,
+) -> executor::ExecutorConfig {
+    executor::ExecutorConfig {
+        server: server_on(listen, listen),
+        executor_id: "local-executor".to_owned(),
+        state_dir: data_dir.join("executor"),
+        workspaces: workspaces
+            .into_iter()
+            .map(|(target, root)| executor::WorkspaceConfig { target, root })
+            .collect(),
+        reconnect_backoff: Duration::from_millis(200),
+        ..Default::default()
+    }
+}
+
+macro_rules! spawn_app {
+    ($name:expr, $app:expr) => {{
+        let app = $app;
+        let stop = CancellationToken::new();
+        let grpc = app.grpc_addr();
+        let http = app.http_addr();
+        let token = stop.clone();
+        let task = tokio::spawn(async move { app.run(token.cancelled_owned()).await });
+        Running {
+            name: $name,
+            grpc,
+            http,
+            stop,
+            task,
+        }
+    }};
+}
+
 impl LocalSystem {
     /// Builds and starts every service, downstream first, and waits until all are ready.
     pub async fn start(options: LocalOptions) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&options.data_dir)?;
-        let ephemeral = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut config = system_config(&options);
+        config.prebind()?;
+        config.wire(Explicit::default());
+        Self::start_with(options.data_dir, config).await
+    }
+
+    /// Starts the services of `config` (listeners pre-bound by [`SystemConfig::prebind`], or
+    /// fixed addresses), downstream first, and waits until all are ready. `data_dir` is where
+    /// services started later ([`LocalSystem::start_router`], [`LocalSystem::add_executor`])
+    /// keep their state.
+    pub async fn start_with(data_dir: PathBuf, config: SystemConfig) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&data_dir)?;
         let mut system = Self {
-            options,
+            data_dir,
             services: Vec::new(),
         };
-
-        // The alerter and the router call each other (verbs and health one way, alerts the
-        // other), and the summarizer sits between them: reserve their gRPC ports first so each
-        // can be told where the others are.
-        let router_grpc = reserve_port()?;
-        let summarizer_grpc = reserve_port()?;
-        let mut alerter_config = alerter::AlerterConfig {
-            server: server_on(ephemeral, ephemeral),
-            data_dir: Some(system.options.data_dir.join("alerter")),
-            router_url: Some(url(router_grpc)),
-            summarizer_url: Some(url(summarizer_grpc)),
-            ..Default::default()
-        };
-        alerter_config.health.services = [
-            ("router".to_owned(), url(router_grpc)),
-            ("summarizer".to_owned(), url(summarizer_grpc)),
-        ]
-        .into_iter()
-        .collect();
-        if let Some(slack) = &system.options.slack {
-            alerter_config.slack.api_base_url = Some(slack.api_base_url.clone());
-            alerter_config.slack.bot_token = Secret::new(slack.bot_token.clone());
-            alerter_config.slack.channel = slack.channel.clone();
-        }
-        let alerter = spawn_app!("alerter", alerter::App::build(alerter_config).await?);
-
-        let summarizer_config = summarizer::SummarizerConfig {
-            server: server_on(summarizer_grpc, ephemeral),
-            data_dir: system.options.data_dir.join("summarizer"),
-            alerter_url: Some(url(alerter.grpc)),
-            ..Default::default()
-        };
-        let summarizer = spawn_app!(
+        let SystemConfig {
+            gateway,
+            router,
+            executor,
+            summarizer,
+            alerter,
+        } = config;
+        system
+            .services
+            .push(spawn_app!("alerter", alerter::App::build(alerter).await?));
+        system.services.push(spawn_app!(
             "summarizer",
-            summarizer::App::build(summarizer_config).await?
-        );
-        system.services.push(alerter);
-        system.services.push(summarizer);
-
-        system.start_router(router_grpc, ephemeral).await?;
-
-        let workspaces = system.options.workspaces.clone();
-        if !workspaces.is_empty() {
-            system.add_executor(workspaces).await?;
+            summarizer::App::build(summarizer).await?
+        ));
+        system
+            .services
+            .push(spawn_app!("router", router::App::build(router).await?));
+        if let Some(executor) = executor {
+            for workspace in &executor.workspaces {
+                std::fs::create_dir_all(&workspace.root)?;
+            }
+            system.services.push(spawn_app!(
+                "executor",
+                executor::App::build(executor).await?
+            ));
         }
-
-        let gateway_config = gateway::GatewayConfig {
-            server: server_on(ephemeral, system.options.gateway_listen),
-            router_url: url(router_grpc),
-            summarizer_url: url(summarizer_grpc),
-            alerter_url: Some(url(system.addr_of("alerter")?.0)),
-            api_key: Secret::new(system.options.api_key.clone()),
-            targets: gateway_targets(&system.options),
-            ..Default::default()
-        };
-        let gateway = spawn_app!("gateway", gateway::App::build(gateway_config).await?);
-        system.services.push(gateway);
+        system
+            .services
+            .push(spawn_app!("gateway", gateway::App::build(gateway).await?));
         system.wait_ready(Duration::from_secs(20)).await?;
         Ok(system)
     }
@@ -219,13 +412,9 @@ impl LocalSystem {
         let summarizer_grpc = self.addr_of("summarizer")?.0;
         let alerter_grpc = self.addr_of("alerter")?.0;
         let config = router::RouterConfig {
-            server: server_on(grpc, http),
-            data_dir: self.options.data_dir.join("router"),
             summarizer_url: Some(url(summarizer_grpc)),
             alerter_url: Some(url(alerter_grpc)),
-            heartbeat_interval: Duration::from_secs(2),
-            lease_timeout: Duration::from_secs(30),
-            ..Default::default()
+            ..router_config(&self.data_dir, server_on(grpc, http))
         };
         let router = spawn_app!("router", router::App::build(config).await?);
         self.services.push(router);
@@ -237,16 +426,8 @@ impl LocalSystem {
         let router_grpc = self.addr_of("router")?.0;
         let ephemeral = SocketAddr::from(([127, 0, 0, 1], 0));
         let config = executor::ExecutorConfig {
-            server: server_on(ephemeral, ephemeral),
             router_url: url(router_grpc),
-            executor_id: "local-executor".to_owned(),
-            state_dir: self.options.data_dir.join("executor"),
-            workspaces: workspaces
-                .into_iter()
-                .map(|(target, root)| executor::WorkspaceConfig { target, root })
-                .collect(),
-            reconnect_backoff: Duration::from_millis(200),
-            ..Default::default()
+            ..executor_config(&self.data_dir, workspaces, ephemeral)
         };
         for workspace in &config.workspaces {
             std::fs::create_dir_all(&workspace.root)?;

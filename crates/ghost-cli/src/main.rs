@@ -13,11 +13,14 @@ use ghost_cli::commands::{self, ListOptions};
 use ghost_cli::config_check;
 use ghost_cli::error::CliError;
 use ghost_cli::exit::{self, Exit};
+use ghost_cli::init;
 use ghost_cli::local::SlackOptions;
 use ghost_cli::render::Output;
 use ghost_cli::settings::{self, ConfigFile};
 use ghost_cli::submit::{self, SubmitOptions};
-use ghost_cli::up::{self, UpOptions};
+use ghost_cli::up;
+use ghost_cli::up_config::UpFlags;
+use ghost_runtime::telemetry::LogFormat;
 
 #[derive(Parser)]
 #[command(
@@ -52,21 +55,33 @@ struct Global {
 #[derive(Subcommand)]
 enum Command {
     /// Run all five services on this machine with embedded storage until Ctrl-C.
+    ///
+    /// Config layers, each over the one before: built-in defaults, the file (-f, else
+    /// ./ghost.toml when present), GHOST_<SERVICE>__KEY environment variables, these flags.
     Up {
-        /// Where the services keep their state.
-        #[arg(long, default_value = "./.ghost")]
-        data_dir: PathBuf,
-        /// A workspace as TARGET=DIR (repeatable).
-        #[arg(
-            long = "workspace",
-            value_name = "TARGET=DIR",
-            default_value = "MAIN=./workspace"
-        )]
+        /// ghost.toml to read (`ghost init` writes one) [default: ./ghost.toml when present].
+        #[arg(short = 'f', long = "file", env = "GHOST_CONFIG", value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// Where the services keep their state [default: `data_dir` in the file, else ./.ghost].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// A workspace as TARGET=DIR (repeatable), added to the file's [[targets]]
+        /// [default: MAIN=./workspace when there are none].
+        #[arg(long = "workspace", value_name = "TARGET=DIR")]
         workspaces: Vec<String>,
-        /// The gateway's HTTP address.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: SocketAddr,
-        /// Slack Web API base URL (Slack is off unless set).
+        /// The gateway's HTTP address [default: 127.0.0.1:8080].
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// The gateway's public base URL, advertised in the OpenAPI `servers`.
+        #[arg(long)]
+        public_url: Option<String>,
+        /// Log line format of every service.
+        #[arg(long, value_parser = ["text", "json"])]
+        log_format: Option<String>,
+        /// Print the effective configuration (secrets redacted) and exit without starting.
+        #[arg(long)]
+        print_config: bool,
+        /// Slack Web API base URL (Slack is off unless set here or in [alerter.slack]).
         #[arg(long, env = "GHOST_SLACK_API_URL")]
         slack_api_url: Option<String>,
         /// Slack bot token.
@@ -80,6 +95,16 @@ enum Command {
         /// Slack channel.
         #[arg(long, env = "GHOST_SLACK_CHANNEL", default_value = "#ghost-runner")]
         slack_channel: String,
+    },
+    /// Write a commented ghost.toml (one example target, an admin, a submit-only and a
+    /// read-only API key, printed once; only their hashes are stored).
+    Init {
+        /// The directory to write ghost.toml into.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Replace an existing ghost.toml (and its keys).
+        #[arg(long)]
+        force: bool,
     },
     /// Submit a patch (JSON or YAML file, - for stdin), follow it to its end, print its summary;
     /// the exit code is the outcome.
@@ -209,13 +234,24 @@ fn client(global: Global) -> Result<GatewayClient, CliError> {
     )?)
 }
 
+/// The process's `GHOST_*` environment variables.
+fn ghost_env() -> HashMap<String, String> {
+    std::env::vars()
+        .filter(|(key, _)| key.starts_with("GHOST_"))
+        .collect()
+}
+
 async fn run(cli: Cli, output: &Output) -> Result<Exit, CliError> {
     let global = cli.global;
     match cli.command {
         Command::Up {
+            file,
             data_dir,
             workspaces,
             listen,
+            public_url,
+            log_format,
+            print_config,
             slack_api_url,
             slack_token,
             slack_channel,
@@ -225,15 +261,24 @@ async fn run(cli: Cli, output: &Output) -> Result<Exit, CliError> {
                 bot_token: slack_token,
                 channel: slack_channel,
             });
-            let options = UpOptions {
+            let log_format = match log_format.as_deref() {
+                Some("json") => Some(LogFormat::Json),
+                Some(_) => Some(LogFormat::Text),
+                None => None,
+            };
+            let flags = UpFlags {
+                file,
                 data_dir,
                 workspaces,
                 listen,
+                public_url,
+                log_format,
                 api_key: global.api_key,
                 slack,
             };
-            up::run(options, output).await
+            up::run(flags, print_config, &ghost_env(), output).await
         }
+        Command::Init { dir, force } => init::run(&dir, force, output),
         Command::Submit {
             file,
             wait_s,
@@ -275,10 +320,7 @@ async fn run(cli: Cli, output: &Output) -> Result<Exit, CliError> {
         Command::Config {
             command: ConfigCommand::Check { file, service },
         } => {
-            let env: HashMap<String, String> = std::env::vars()
-                .filter(|(key, _)| key.starts_with("GHOST_"))
-                .collect();
-            let checked = config_check::check(&file, service.as_deref(), &env)?;
+            let checked = config_check::check(&file, service.as_deref(), &ghost_env())?;
             config_check::report(&checked, &file, output);
             Ok(Exit::Success)
         }

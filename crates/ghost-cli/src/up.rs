@@ -1,31 +1,20 @@
 //! `ghost up`: all five services in this process until Ctrl-C, with what a developer needs to
 //! talk to them printed once they are ready.
 
+use std::collections::HashMap;
 use std::io::Read;
-use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
+
+use ghost_runtime::config::Secret;
 
 use crate::error::CliError;
 use crate::exit::Exit;
-use crate::local::{LocalOptions, LocalSystem, SlackOptions};
+use crate::local::LocalSystem;
 use crate::render::Output;
+use crate::up_config::{self, UpFlags};
 
-/// What `ghost up` runs.
-#[derive(Debug, Clone)]
-pub struct UpOptions {
-    /// Where the services keep their state.
-    pub data_dir: PathBuf,
-    /// Workspaces as `TARGET=DIR`.
-    pub workspaces: Vec<String>,
-    /// The gateway's HTTP address.
-    pub listen: SocketAddr,
-    /// The API key; generated and printed when `None`.
-    pub api_key: Option<String>,
-    /// Slack, or `None` to log messages.
-    pub slack: Option<SlackOptions>,
-}
-
-fn random_key() -> Result<String, CliError> {
+/// 24 random bytes from `/dev/urandom` as hex: a fresh API key.
+pub fn random_key() -> Result<String, CliError> {
     let mut bytes = [0u8; 24];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut file| file.read_exact(&mut bytes))
@@ -97,36 +86,46 @@ fn refuse_data_dir_in_workspaces(
     Ok(())
 }
 
-/// Runs until SIGINT/SIGTERM, then drains every service.
-pub async fn run(options: UpOptions, output: &Output) -> Result<Exit, CliError> {
-    let telemetry = ghost_runtime::telemetry::init_local(&Default::default())?;
-    let mut parsed = Vec::new();
-    for spec in options.workspaces {
-        let Some((target, dir)) = spec.split_once('=') else {
-            return Err(CliError::Settings(format!(
-                "--workspace {spec:?}: expected TARGET=DIR, e.g. MAIN=./workspace"
-            )));
-        };
-        parsed.push((target.to_owned(), PathBuf::from(dir)));
+/// Runs until SIGINT/SIGTERM, then drains every service. `env` holds the process's `GHOST_*`
+/// variables; with `print_config` it prints the effective config and returns.
+pub async fn run(
+    flags: UpFlags,
+    print_config: bool,
+    env: &HashMap<String, String>,
+    output: &Output,
+) -> Result<Exit, CliError> {
+    let mut config = up_config::load(flags, env)?;
+    if print_config {
+        output.print(config.render()?.trim_end());
+        return Ok(Exit::Success);
     }
-    refuse_data_dir_in_workspaces(&options.data_dir, &parsed)?;
-    let (api_key, generated) = match options.api_key.filter(|k| !k.is_empty()) {
-        Some(key) => (key, false),
-        None => (random_key()?, true),
+    let workspaces: Vec<(String, PathBuf)> = config
+        .targets
+        .iter()
+        .map(|t| (t.name.clone(), t.root.clone()))
+        .collect();
+    refuse_data_dir_in_workspaces(&config.data_dir, &workspaces)?;
+    let gateway = &mut config.system.gateway;
+    let generated = if gateway.api_key.is_empty() && gateway.api_keys.is_empty() {
+        let key = random_key()?;
+        gateway.api_key = Secret::new(key.clone());
+        Some(key)
+    } else {
+        None
     };
-    let slack_on = options.slack.is_some();
-    let system = LocalSystem::start(LocalOptions {
-        data_dir: options.data_dir.clone(),
-        workspaces: parsed.clone(),
-        targets: Vec::new(),
-        gateway_listen: options.listen,
-        api_key: api_key.clone(),
-        slack: options.slack,
-    })
-    .await?;
+    let telemetry = ghost_runtime::telemetry::init_local(&config.system.gateway.telemetry)?;
+    config.system.prebind()?;
+    config.system.wire(config.explicit);
+    let slack_on = config.system.alerter.slack.api_base_url.is_some();
+    let system = LocalSystem::start_with(config.data_dir.clone(), config.system.clone()).await?;
     let mut text = format!(
-        "Ghost Runner is up (state in {}).\n",
-        options.data_dir.display()
+        "Ghost Runner is up (state in {}{}).\n",
+        config.data_dir.display(),
+        config
+            .file
+            .as_ref()
+            .map(|f| format!(", config {}", f.display()))
+            .unwrap_or_default()
     );
     for service in &system.services {
         text.push_str(&format!(
@@ -134,8 +133,18 @@ pub async fn run(options: UpOptions, output: &Output) -> Result<Exit, CliError> 
             service.name, service.grpc, service.http
         ));
     }
-    for (target, dir) in &parsed {
-        text.push_str(&format!("  workspace   {target} = {}\n", dir.display()));
+    for target in &config.targets {
+        text.push_str(&format!(
+            "  target      {} = {}{}{}\n",
+            target.name,
+            target.root.display(),
+            if target.aliases.is_empty() {
+                String::new()
+            } else {
+                format!(" (aliases {})", target.aliases.join(", "))
+            },
+            if target.is_default { " (default)" } else { "" }
+        ));
     }
     text.push_str(&format!(
         "  slack       {}\n",
@@ -146,10 +155,12 @@ pub async fn run(options: UpOptions, output: &Output) -> Result<Exit, CliError> 
         }
     ));
     let gateway = system.gateway_url()?;
-    if generated {
+    if let Some(api_key) = generated {
         text.push_str(&format!(
             "\nAPI key (shown once): {api_key}\n  export GHOST_API_KEY={api_key} GHOST_URL={gateway}\n"
         ));
+    } else {
+        text.push_str(&format!("\n  export GHOST_URL={gateway}\n"));
     }
     text.push_str("Submit with: ghost submit patch.json    Stop with Ctrl-C.");
     output.print(&text);

@@ -1,6 +1,11 @@
 //! Configuration loading: struct defaults, then an optional TOML file (`--config FILE` or
 //! `GHOST_CONFIG`), then environment variables `GHOST_<SVC>__KEY` (`__` nests). Unknown keys
-//! are errors, so a typo fails at start instead of being ignored.
+//! are errors, so a typo fails at start instead of being ignored: a file's error names
+//! `FILE:LINE:COL`, an environment error names the variable, and an unknown key comes with the
+//! nearest valid one ("did you mean `public_url`?").
+//!
+//! The layers are merged as TOML trees ([`merge`]) and deserialised once at the end; `ghost up`
+//! uses the same pieces ([`parse_file`], [`env_layer`], [`build`]) for its one-file config.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -16,15 +21,236 @@ use crate::connections::IpRange;
 /// Why configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// A layer could not be read or the merged result does not fit the config struct.
+    /// A layer does not fit the config struct: the message names where (`FILE:LINE:COL`, or the
+    /// environment variable) and what.
     #[error("invalid configuration: {0}")]
-    Invalid(#[from] ::config::ConfigError),
+    Invalid(String),
     /// The config file named on the command line does not exist.
     #[error("config file {0} does not exist")]
     MissingFile(PathBuf),
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The effective config could not be rendered for `--print-config`.
     #[error("cannot render configuration: {0}")]
     Render(#[from] toml::ser::Error),
+}
+
+/// Levenshtein distance between two short names.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(ca != *cb);
+            current.push(substitution.min(previous[j + 1] + 1).min(current[j] + 1));
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
+/// The candidate nearest to `name` (at most a third of its length away, and at least 1 edit
+/// tolerated), when there is one.
+pub fn nearest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let lowered = name.to_lowercase();
+    candidates
+        .into_iter()
+        .map(|candidate| {
+            (
+                edit_distance(&lowered, &candidate.to_lowercase()),
+                candidate,
+            )
+        })
+        .filter(|(distance, _)| *distance <= (name.chars().count() / 3).max(2))
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, candidate)| candidate)
+}
+
+/// serde's message for an unknown key (``unknown field `naem`, expected one of `a`, `b` ``)
+/// with the nearest expected key appended ("; did you mean `name`?").
+fn with_suggestion(message: &str) -> String {
+    let message = message.trim_end();
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return message.to_owned();
+    };
+    let Some((unknown, expected)) = rest.split_once('`') else {
+        return message.to_owned();
+    };
+    let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    match nearest(unknown, candidates) {
+        Some(near) => format!("{message}; did you mean `{near}`?"),
+        None => message.to_owned(),
+    }
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map_or(0, |last| last.chars().count())
+        + 1;
+    (line, column)
+}
+
+/// A TOML error in `file` as `FILE:LINE:COL: message` (with the nearest key for an unknown one).
+fn file_error(file: &Path, text: &str, error: &toml::de::Error) -> ConfigError {
+    let message = with_suggestion(error.message());
+    match error.span() {
+        Some(span) => {
+            let (line, column) = line_col(text, span.start);
+            ConfigError::Invalid(format!("{}:{line}:{column}: {message}", file.display()))
+        }
+        None => ConfigError::Invalid(format!("{}: {message}", file.display())),
+    }
+}
+
+/// Reads `file` and checks it against `T` (every key known, every value of the right type),
+/// so a mistake is reported with `FILE:LINE:COL`; returns its TOML tree for merging.
+pub fn parse_file<T: DeserializeOwned>(file: &Path) -> Result<toml::Table, ConfigError> {
+    if !file.exists() {
+        return Err(ConfigError::MissingFile(file.to_owned()));
+    }
+    let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+        path: file.to_owned(),
+        source,
+    })?;
+    toml::from_str::<T>(&text).map_err(|err| file_error(file, &text, &err))?;
+    toml::from_str::<toml::Table>(&text).map_err(|err| file_error(file, &text, &err))
+}
+
+/// Merges `over` into `base`: tables key by key, anything else replaced.
+pub fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(base), toml::Value::Table(over)) => {
+            for (key, value) in over {
+                match base.get_mut(&key) {
+                    Some(existing) => merge(existing, value),
+                    None => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (base, over) => *base = over,
+    }
+}
+
+/// One environment variable of a config layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnvVar {
+    /// The variable, e.g. `GHOST_ROUTER__SERVER__GRPC_LISTEN`.
+    pub name: String,
+    /// The key path it sets, lowercase: `["server", "grpc_listen"]`.
+    pub path: Vec<String>,
+    /// Its value.
+    pub raw: String,
+}
+
+impl EnvVar {
+    /// The value as a TOML literal when it is one (`true`, `42`, `["a","b"]`, `"quoted"`), else
+    /// the string as written (`127.0.0.1:9`, `2024-01-01`).
+    fn value(&self, literal: bool) -> toml::Value {
+        let parsed = literal
+            .then(|| toml::from_str::<toml::Table>(&format!("v = {}", self.raw)).ok())
+            .flatten()
+            .and_then(|mut table| table.remove("v"))
+            .filter(|value| !matches!(value, toml::Value::Datetime(_)));
+        parsed.unwrap_or_else(|| toml::Value::String(self.raw.clone()))
+    }
+
+    /// A tree with only this variable's key set. Each key takes the spelling of an existing key
+    /// of `base` equal to it but for case (so `…__TARGETS__MAIN__SHELL` reaches the map key
+    /// `MAIN`), else stays lowercase.
+    fn tree(&self, base: &toml::Value, literal: bool) -> toml::Value {
+        let mut keys = Vec::new();
+        let mut at = Some(base);
+        for key in &self.path {
+            let existing = at
+                .and_then(toml::Value::as_table)
+                .and_then(|table| table.keys().find(|k| k.to_lowercase() == *key))
+                .cloned();
+            let spelled = existing.unwrap_or_else(|| key.clone());
+            at = at.and_then(|value| value.get(&spelled));
+            keys.push(spelled);
+        }
+        keys.into_iter()
+            .rev()
+            .fold(self.value(literal), |value, key| {
+                toml::Value::Table(toml::Table::from_iter([(key, value)]))
+            })
+    }
+}
+
+/// The variables of `env` that configure `service` (`GHOST_<SVC>__A__B=…` sets `a.b`), sorted by
+/// name so the result does not depend on the map's order.
+pub fn env_layer(service: &str, env: &HashMap<String, String>) -> Vec<EnvVar> {
+    let prefix = format!("{}__", env_prefix(service));
+    let mut vars: Vec<EnvVar> = env
+        .iter()
+        .filter_map(|(name, raw)| {
+            let rest = name.strip_prefix(&prefix)?;
+            Some(EnvVar {
+                name: name.clone(),
+                path: rest.split("__").map(str::to_lowercase).collect(),
+                raw: raw.clone(),
+            })
+        })
+        .collect();
+    vars.sort_by(|a, b| a.name.cmp(&b.name));
+    vars
+}
+
+/// Deserialises `T` from `base` with `env` merged over it. Each variable is checked on its own
+/// first, so an error names it; a value that parses as a TOML literal but does not fit (a
+/// numeric token for a string key) is taken as the string.
+pub fn build<T: DeserializeOwned>(base: toml::Value, env: &[EnvVar]) -> Result<T, ConfigError> {
+    let mut tree = base;
+    for var in env {
+        let mut literal = tree.clone();
+        merge(&mut literal, var.tree(&tree, true));
+        let literal_error = match T::deserialize(literal.clone()) {
+            Ok(_) => {
+                tree = literal;
+                continue;
+            }
+            Err(err) => err,
+        };
+        let mut string = tree.clone();
+        merge(&mut string, var.tree(&tree, false));
+        match T::deserialize(string.clone()) {
+            Ok(_) => tree = string,
+            Err(string_error) => {
+                // A literal's own error ("must be at least 1") says more than "expected u32".
+                let is_literal = !matches!(var.value(true), toml::Value::String(_));
+                let err = if is_literal {
+                    literal_error
+                } else {
+                    string_error
+                };
+                return Err(ConfigError::Invalid(format!(
+                    "environment variable {}: {}",
+                    var.name,
+                    with_suggestion(err.message())
+                )));
+            }
+        }
+    }
+    T::deserialize(tree).map_err(|err| ConfigError::Invalid(with_suggestion(err.message())))
+}
+
+/// `value` as a TOML tree (the base layer of a merge).
+pub fn tree<T: Serialize>(value: &T) -> Result<toml::Value, ConfigError> {
+    Ok(toml::Value::try_from(value)?)
 }
 
 /// A secret value (token, key): deserialised normally, always rendered as `[redacted]`.
@@ -163,24 +389,11 @@ pub fn load_from<T>(
 where
     T: DeserializeOwned + Serialize + Default,
 {
-    let mut builder =
-        ::config::Config::builder().add_source(::config::Config::try_from(&T::default())?);
+    let mut base = tree(&T::default())?;
     if let Some(path) = file {
-        if !path.exists() {
-            return Err(ConfigError::MissingFile(path.to_owned()));
-        }
-        builder = builder.add_source(
-            ::config::File::from(path)
-                .format(::config::FileFormat::Toml)
-                .required(true),
-        );
+        merge(&mut base, toml::Value::Table(parse_file::<T>(path)?));
     }
-    let environment = ::config::Environment::with_prefix(&env_prefix(service))
-        .prefix_separator("__")
-        .separator("__")
-        .try_parsing(true)
-        .source(Some(env));
-    Ok(builder.add_source(environment).build()?.try_deserialize()?)
+    build(base, &env_layer(service, &env))
 }
 
 /// Renders a config as TOML with every [`Secret`] redacted.
@@ -310,5 +523,62 @@ mod tests {
         assert!(!text.contains("s3cr3t-value"), "{text}");
         assert!(text.contains("[redacted]"), "{text}");
         assert!(!format!("{sample:?}").contains("s3cr3t-value"));
+    }
+
+    #[test]
+    fn an_unknown_key_in_a_file_names_file_line_column_and_the_nearest_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("router.toml");
+        std::fs::write(
+            &file,
+            "name = \"x\"\n[server]\ngrpc_listne = \"127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        let err = load_from::<Sample>("router", Some(&file), HashMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("{}:3:1:", file.display())), "{err}");
+        assert!(err.contains("did you mean `grpc_listen`?"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_env_key_names_the_variable_and_the_nearest_key() {
+        let err = load_from::<Sample>(
+            "router",
+            None,
+            env(&[("GHOST_ROUTER__SERVER__HTTP_LISTN", "127.0.0.1:9")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("GHOST_ROUTER__SERVER__HTTP_LISTN"), "{err}");
+        assert!(err.contains("did you mean `http_listen`?"), "{err}");
+    }
+
+    #[test]
+    fn env_values_are_toml_literals_when_they_fit_else_strings() {
+        let sample: Sample = load_from(
+            "router",
+            None,
+            env(&[
+                ("GHOST_ROUTER__NAME", "42"),
+                ("GHOST_ROUTER__TOKEN", "123456"),
+                ("GHOST_ROUTER__SERVER__MAX_CONNECTIONS", "7"),
+                ("GHOST_ROUTER__SERVER__TRUSTED_PROXIES", "[\"10.0.0.0/8\"]"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(sample.name, "42");
+        assert_eq!(sample.token.expose(), "123456");
+        assert_eq!(sample.server.max_connections, 7);
+        assert_eq!(sample.server.trusted_proxies.len(), 1);
+    }
+
+    #[test]
+    fn nearest_tolerates_small_typos_only() {
+        assert_eq!(
+            nearest("publc_url", ["public_url", "router_url"]),
+            Some("public_url")
+        );
+        assert_eq!(nearest("zzzzzz", ["public_url"]), None);
     }
 }

@@ -5,9 +5,10 @@
 //! servers keep answering for `drain_grace` (so load balancers move away), then stop accepting
 //! and wait at most `drain_timeout` for in-flight calls.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -27,6 +28,18 @@ use crate::config::ServerConfig;
 use crate::connections::{HttpLimits, serve_http};
 use crate::propagation::{grpc_server_span, http_server_span};
 
+/// Listeners bound ahead of their service by [`Listeners::prebind`], keyed by their real address.
+fn prebound() -> &'static Mutex<HashMap<SocketAddr, std::net::TcpListener>> {
+    static PREBOUND: OnceLock<Mutex<HashMap<SocketAddr, std::net::TcpListener>>> = OnceLock::new();
+    PREBOUND.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// `error` with the side and the address that could not be bound, e.g.
+/// `grpc 127.0.0.1:50051: Address already in use (os error 98)`.
+fn bind_error(side: &str, addr: SocketAddr, error: &std::io::Error) -> std::io::Error {
+    std::io::Error::new(error.kind(), format!("{side} {addr}: {error}"))
+}
+
 /// The two bound sockets of a service. Bound in `App::build` so tests can use port 0 and read
 /// the real addresses before the service runs.
 #[derive(Debug)]
@@ -36,13 +49,56 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds both listeners from the server config. Also installs the metrics recorder, so
-    /// counters a service bumps while it builds are not lost.
+    /// Binds `addr` now and keeps the listener until a service's [`Listeners::bind`] asks for
+    /// exactly the returned address (port 0 gets a free port). A process that runs several
+    /// services binds every port first this way, so no port is released and bound again
+    /// later, where an outgoing connection could take it meanwhile.
+    /// `what` names the listener in a bind error, e.g. `router grpc`.
+    pub fn prebind(what: &str, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+        let listener =
+            std::net::TcpListener::bind(addr).map_err(|err| bind_error(what, addr, &err))?;
+        listener.set_nonblocking(true)?;
+        let bound = listener.local_addr()?;
+        prebound()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(bound, listener);
+        Ok(bound)
+    }
+
+    /// Drops a listener kept by [`Listeners::prebind`] that no service took.
+    pub fn release(addr: SocketAddr) {
+        prebound()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&addr);
+    }
+
+    /// The listener for `addr`: the one [`Listeners::prebind`] kept for it, else bound now.
+    async fn take_or_bind(side: &str, addr: SocketAddr) -> std::io::Result<TcpListener> {
+        let kept = (addr.port() != 0)
+            .then(|| {
+                prebound()
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&addr)
+            })
+            .flatten();
+        match kept {
+            Some(listener) => TcpListener::from_std(listener),
+            None => TcpListener::bind(addr).await,
+        }
+        .map_err(|err| bind_error(side, addr, &err))
+    }
+
+    /// Binds both listeners from the server config (or takes the ones pre-bound for exactly
+    /// those addresses). A bind error names the side and the address. Also installs the
+    /// metrics recorder, so counters a service bumps while it builds are not lost.
     pub async fn bind(config: &ServerConfig) -> std::io::Result<Self> {
         crate::metrics::handle();
         Ok(Self {
-            grpc: TcpListener::bind(config.grpc_listen).await?,
-            http: TcpListener::bind(config.http_listen).await?,
+            grpc: Self::take_or_bind("grpc", config.grpc_listen).await?,
+            http: Self::take_or_bind("http", config.http_listen).await?,
         })
     }
 
@@ -350,3 +406,27 @@ where
 
 /// A short pause used when a background loop must retry after an error.
 pub const LOOP_BACKOFF: Duration = Duration::from_millis(500);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_prebound_listener_is_handed_over_and_a_taken_port_is_named() {
+        let grpc = Listeners::prebind("test grpc", SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        let http = Listeners::prebind("test http", SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        assert_ne!(grpc.port(), 0);
+        let config = ServerConfig {
+            grpc_listen: grpc,
+            http_listen: http,
+            ..ServerConfig::ephemeral()
+        };
+        // The ports are held until the service takes them: binding them anew would fail.
+        let err = Listeners::prebind("again", grpc).unwrap_err().to_string();
+        assert!(err.contains(&format!("again {grpc}")), "{err}");
+        let listeners = Listeners::bind(&config).await.unwrap();
+        assert_eq!((listeners.grpc_addr(), listeners.http_addr()), (grpc, http));
+        let err = Listeners::bind(&config).await.unwrap_err().to_string();
+        assert!(err.contains(&format!("grpc {grpc}: ")), "{err}");
+    }
+}

@@ -53,7 +53,9 @@ impl App {
                 stale_after: config.stale_after,
             },
         ));
-        let listeners = Listeners::bind(&config.server).await?;
+        let listeners = Listeners::bind(&config.server)
+            .await
+            .map_err(|err| anyhow::anyhow!("cannot bind the router listeners: {err}"))?;
         Ok(Self {
             config,
             listeners,

@@ -10,3 +10,4 @@ mod offline;
 mod read;
 mod steer;
 mod submit;
+mod up;

@@ -1,0 +1,687 @@
+//! `ghost up`'s one config file (`ghost.toml`) and how it becomes the five services' configs.
+//!
+//! Layers, each over the one before: `ghost up`'s built-in defaults (state under the data dir,
+//! the README's ports, every service pointed at the others) → `[[targets]]` and `[[keys]]` →
+//! the file's `[gateway]`, `[router]`, `[executor]`, `[summarizer]` and `[alerter]` sections
+//! (the same keys as each service's own config file) → `GHOST_<SERVICE>__KEY` environment
+//! variables → flags. A key no service knows fails with `FILE:LINE:COL` (or the variable's
+//! name) and the nearest valid key. Relative paths are relative to the working directory.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use executor::config::{AgentConfig, CommandPolicy, TargetPolicy};
+use gateway::config::{ApiKeyConfig, TargetConfig};
+use ghost_runtime::config::{self as layers, EnvVar, Secret, ServerConfig};
+use ghost_runtime::telemetry::LogFormat;
+use serde::{Deserialize, Serialize};
+
+use crate::error::CliError;
+use crate::local::{Explicit, SlackOptions, SystemConfig, url};
+
+/// The sections of `ghost.toml` that configure a service, in start order.
+pub const SECTIONS: [&str; 5] = ["gateway", "router", "executor", "summarizer", "alerter"];
+
+/// The file `ghost up` reads when `-f` is not given and it exists.
+pub const DEFAULT_FILE: &str = "ghost.toml";
+
+/// The data dir when neither `--data-dir` nor `data_dir` in the file names one.
+pub const DEFAULT_DATA_DIR: &str = "./.ghost";
+
+/// `ghost.toml` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GhostFile {
+    /// Where the services keep their state (`--data-dir` wins).
+    pub data_dir: Option<PathBuf>,
+    /// The workspaces patches are applied to.
+    pub targets: Vec<TargetSpec>,
+    /// API keys, stored as SHA-256 hashes (`gateway.api_keys`).
+    pub keys: Vec<ApiKeyConfig>,
+    /// The gateway's own keys.
+    pub gateway: gateway::GatewayConfig,
+    /// The router's own keys.
+    pub router: router::RouterConfig,
+    /// The executor's own keys.
+    pub executor: executor::ExecutorConfig,
+    /// The summarizer's own keys.
+    pub summarizer: summarizer::SummarizerConfig,
+    /// The alerter's own keys.
+    pub alerter: alerter::AlerterConfig,
+}
+
+/// One `[[targets]]` entry: a workspace and what its patches may do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSpec {
+    /// The target name patches use, e.g. `MAIN`.
+    pub name: String,
+    /// The directory patches are applied to (created when missing).
+    pub root: PathBuf,
+    /// Other names routed to this target, e.g. the old system's `BRAUN` or `DEV`.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Takes the patches that name no target (else the first target does).
+    #[serde(default, rename = "default")]
+    pub is_default: bool,
+    /// `"deny"` (the default), `"any"`, or the programs allowed, e.g. `["cargo", "npm"]`.
+    #[serde(default)]
+    pub commands: Commands,
+    /// Coding-agent hand-off for patches with `agent.task` (the executor's `agent` settings).
+    #[serde(default)]
+    pub agent: Option<AgentConfig>,
+    /// Owner checks run after every patch: not supported yet; a non-empty list is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<CheckSpec>,
+}
+
+/// One owner check (`[[targets.checks]]`): parsed, but not supported yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckSpec {
+    /// Its name.
+    pub name: String,
+    /// The command line.
+    pub run: String,
+    /// Its deadline.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// When it runs.
+    #[serde(default)]
+    pub when: Option<String>,
+}
+
+/// `commands` of a target: `"deny"`, `"any"` or a list of program names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Commands(pub CommandPolicy);
+
+impl Serialize for Commands {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            CommandPolicy::Deny => serializer.serialize_str("deny"),
+            CommandPolicy::Any => serializer.serialize_str("any"),
+            CommandPolicy::Allowlist(programs) => programs.serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Commands {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Commands;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("\"deny\", \"any\" or a list of program names")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Commands, E> {
+                match value {
+                    "deny" => Ok(Commands(CommandPolicy::Deny)),
+                    "any" => Ok(Commands(CommandPolicy::Any)),
+                    other => Err(E::custom(format!(
+                        "commands = {other:?}: expected \"deny\", \"any\" or a list of program \
+                         names, e.g. [\"cargo\"]"
+                    ))),
+                }
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Commands, A::Error> {
+                let mut programs = Vec::new();
+                while let Some(program) = seq.next_element::<String>()? {
+                    programs.push(program);
+                }
+                Ok(Commands(CommandPolicy::Allowlist(programs)))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// What `ghost up` was given on its command line.
+#[derive(Debug, Clone, Default)]
+pub struct UpFlags {
+    /// `-f FILE` / `GHOST_CONFIG`.
+    pub file: Option<PathBuf>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--workspace TARGET=DIR` (adds a target, or moves the file's target of that name).
+    pub workspaces: Vec<String>,
+    /// `--listen`: the gateway's HTTP address.
+    pub listen: Option<SocketAddr>,
+    /// `--public-url`.
+    pub public_url: Option<String>,
+    /// `--log-format`.
+    pub log_format: Option<LogFormat>,
+    /// `--api-key` / `GHOST_API_KEY`.
+    pub api_key: Option<String>,
+    /// Slack flags.
+    pub slack: Option<SlackOptions>,
+}
+
+/// The effective configuration of `ghost up`.
+#[derive(Debug, Clone)]
+pub struct UpConfig {
+    /// Where the services keep their state.
+    pub data_dir: PathBuf,
+    /// The file read, if any.
+    pub file: Option<PathBuf>,
+    /// The targets, default first.
+    pub targets: Vec<TargetSpec>,
+    /// The five services.
+    pub system: SystemConfig,
+    /// Which service-to-service URLs were set by hand.
+    pub explicit: Explicit,
+}
+
+/// Rendered by `--print-config`.
+#[derive(Serialize)]
+struct Printed<'a> {
+    data_dir: &'a Path,
+    targets: &'a [TargetSpec],
+    gateway: &'a gateway::GatewayConfig,
+    router: &'a router::RouterConfig,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    executor: Option<&'a executor::ExecutorConfig>,
+    summarizer: &'a summarizer::SummarizerConfig,
+    alerter: &'a alerter::AlerterConfig,
+}
+
+impl UpConfig {
+    /// The effective config as TOML, secrets redacted.
+    pub fn render(&self) -> Result<String, CliError> {
+        let printed = Printed {
+            data_dir: &self.data_dir,
+            targets: &self.targets,
+            gateway: &self.system.gateway,
+            router: &self.system.router,
+            executor: self.system.executor.as_ref(),
+            summarizer: &self.system.summarizer,
+            alerter: &self.system.alerter,
+        };
+        layers::render(&printed).map_err(|err| CliError::Other(err.into()))
+    }
+}
+
+fn server(grpc: u16, http: u16) -> ServerConfig {
+    ServerConfig {
+        drain_grace: Duration::from_millis(500),
+        drain_timeout: Duration::from_secs(5),
+        ..ServerConfig::loopback(grpc, http)
+    }
+}
+
+/// `ghost up`'s built-in defaults: state under `data_dir`, the README's ports, every service
+/// pointed at the others.
+pub fn defaults(data_dir: &Path) -> SystemConfig {
+    let mut system = SystemConfig {
+        gateway: gateway::GatewayConfig {
+            server: server(50050, 8080),
+            ..Default::default()
+        },
+        router: crate::local::router_config(data_dir, server(50051, 8081)),
+        executor: Some(executor::ExecutorConfig {
+            server: server(50052, 8082),
+            ..crate::local::executor_config(
+                data_dir,
+                Vec::new(),
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+            )
+        }),
+        summarizer: summarizer::SummarizerConfig {
+            server: server(50053, 8083),
+            data_dir: data_dir.join("summarizer"),
+            ..Default::default()
+        },
+        alerter: alerter::AlerterConfig {
+            server: server(50054, 8084),
+            data_dir: Some(data_dir.join("alerter")),
+            ..Default::default()
+        },
+    };
+    system.wire(Explicit::default());
+    system
+}
+
+/// A config file or environment value that does not fit (exit 10, like a refused input).
+fn invalid(message: String) -> CliError {
+    CliError::Input(message)
+}
+
+/// The targets of the file with the `--workspace` flags over them; `MAIN=./workspace` when
+/// there are none; the default target first. Refuses two defaults, duplicate names or
+/// aliases, and owner checks (not supported yet).
+fn targets(file_targets: Vec<TargetSpec>, flags: &[String]) -> Result<Vec<TargetSpec>, CliError> {
+    let mut targets = file_targets;
+    for spec in flags {
+        let Some((name, dir)) = spec.split_once('=') else {
+            return Err(CliError::Settings(format!(
+                "--workspace {spec:?}: expected TARGET=DIR, e.g. MAIN=./workspace"
+            )));
+        };
+        match targets.iter_mut().find(|t| t.name == name) {
+            Some(target) => target.root = PathBuf::from(dir),
+            None => targets.push(TargetSpec {
+                name: name.to_owned(),
+                root: PathBuf::from(dir),
+                aliases: Vec::new(),
+                is_default: false,
+                commands: Commands::default(),
+                agent: None,
+                checks: Vec::new(),
+            }),
+        }
+    }
+    if targets.is_empty() {
+        targets.push(TargetSpec {
+            name: "MAIN".to_owned(),
+            root: PathBuf::from("./workspace"),
+            aliases: Vec::new(),
+            is_default: true,
+            commands: Commands::default(),
+            agent: None,
+            checks: Vec::new(),
+        });
+    }
+    let defaults: Vec<&str> = targets
+        .iter()
+        .filter(|t| t.is_default)
+        .map(|t| t.name.as_str())
+        .collect();
+    if defaults.len() > 1 {
+        return Err(invalid(format!(
+            "targets {} are all marked default = true: mark one",
+            defaults.join(" and ")
+        )));
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for target in &targets {
+        if !target.checks.is_empty() {
+            return Err(invalid(format!(
+                "target {}: owner checks ([[targets.checks]]) are not supported yet; remove them \
+                 (nothing would run them)",
+                target.name
+            )));
+        }
+        for name in std::iter::once(&target.name).chain(&target.aliases) {
+            if !names.insert(name.clone()) {
+                return Err(invalid(format!(
+                    "target name or alias {name} is used twice in [[targets]]"
+                )));
+            }
+        }
+    }
+    let default_index = targets.iter().position(|t| t.is_default).unwrap_or(0);
+    let mut default = targets.remove(default_index);
+    default.is_default = true;
+    targets.insert(0, default);
+    Ok(targets)
+}
+
+/// The tree of `[[targets]]` and `[[keys]]` for each service section.
+fn derived(
+    targets: &[TargetSpec],
+    keys: &[ApiKeyConfig],
+) -> Result<HashMap<&'static str, toml::Value>, CliError> {
+    #[derive(Serialize)]
+    struct GatewayPart<'a> {
+        targets: Vec<TargetConfig>,
+        default_target: &'a str,
+        #[serde(skip_serializing_if = "<[_]>::is_empty")]
+        api_keys: &'a [ApiKeyConfig],
+    }
+    #[derive(Serialize)]
+    struct ExecutorPart {
+        workspaces: Vec<executor::WorkspaceConfig>,
+        targets: std::collections::BTreeMap<String, TargetPolicy>,
+    }
+    let gateway = GatewayPart {
+        targets: targets
+            .iter()
+            .map(|t| TargetConfig {
+                name: t.name.clone(),
+                aliases: t.aliases.clone(),
+                legacy_roots: Vec::new(),
+            })
+            .collect(),
+        default_target: targets.first().map_or("MAIN", |t| t.name.as_str()),
+        api_keys: keys,
+    };
+    let executor = ExecutorPart {
+        workspaces: targets
+            .iter()
+            .map(|t| executor::WorkspaceConfig {
+                target: t.name.clone(),
+                root: t.root.clone(),
+            })
+            .collect(),
+        targets: targets
+            .iter()
+            .map(|t| {
+                let policy = TargetPolicy {
+                    commands: t.commands.0.clone(),
+                    agent: t.agent.clone(),
+                    ..TargetPolicy::default()
+                };
+                (t.name.clone(), policy)
+            })
+            .collect(),
+    };
+    Ok(HashMap::from([
+        ("gateway", to_tree(&gateway)?),
+        ("executor", to_tree(&executor)?),
+    ]))
+}
+
+fn to_tree<T: Serialize>(value: &T) -> Result<toml::Value, CliError> {
+    layers::tree(value).map_err(|err| CliError::Other(err.into()))
+}
+
+/// True when `key` was set in the file's `section` or by an environment variable.
+fn set_by_hand(section: Option<&toml::Value>, env: &[EnvVar], key: &str) -> bool {
+    section.and_then(|s| s.get(key)).is_some()
+        || env
+            .iter()
+            .any(|var| var.path.first().is_some_and(|k| k == key))
+}
+
+fn config_error(err: layers::ConfigError) -> CliError {
+    invalid(err.to_string())
+}
+
+/// One service's config: its `base` tree, the derived tree, the file's section, the
+/// environment.
+fn layered<T>(
+    base: &T,
+    derived: Option<&toml::Value>,
+    section: Option<&toml::Value>,
+    env: &[EnvVar],
+) -> Result<T, CliError>
+where
+    T: serde::de::DeserializeOwned + Serialize,
+{
+    let mut tree = layers::tree(base).map_err(config_error)?;
+    if let Some(derived) = derived {
+        layers::merge(&mut tree, derived.clone());
+    }
+    if let Some(section) = section {
+        layers::merge(&mut tree, section.clone());
+    }
+    layers::build(tree, env).map_err(config_error)
+}
+
+/// The file `ghost up` reads: `-f`/`GHOST_CONFIG`, else `./ghost.toml` when it exists.
+pub fn file_to_read(flag: Option<PathBuf>) -> Option<PathBuf> {
+    flag.or_else(|| {
+        let default = PathBuf::from(DEFAULT_FILE);
+        default.is_file().then_some(default)
+    })
+}
+
+/// Reads the file (if any), the environment (`GHOST_*` variables in `env`) and the flags into
+/// the effective configuration.
+pub fn load(flags: UpFlags, env: &HashMap<String, String>) -> Result<UpConfig, CliError> {
+    let file = file_to_read(flags.file.clone());
+    let (parsed, sections) = match &file {
+        Some(path) => {
+            let table = layers::parse_file::<GhostFile>(path).map_err(config_error)?;
+            let parsed: GhostFile = toml::Value::Table(table.clone())
+                .try_into()
+                .map_err(|err: toml::de::Error| invalid(format!("{}: {err}", path.display())))?;
+            (parsed, table)
+        }
+        None => (GhostFile::default(), toml::Table::new()),
+    };
+    let data_dir = flags
+        .data_dir
+        .clone()
+        .or(parsed.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    let targets = targets(parsed.targets, &flags.workspaces)?;
+    let derived = derived(&targets, &parsed.keys)?;
+    let base = defaults(&data_dir);
+    let env_of: HashMap<&str, Vec<EnvVar>> = SECTIONS
+        .iter()
+        .map(|service| (*service, layers::env_layer(service, env)))
+        .collect();
+    let section = |name: &str| sections.get(name).cloned();
+    let env_for = |name: &str| env_of.get(name).map_or(&[][..], Vec::as_slice);
+    let gateway_section = section("gateway");
+    let router_section = section("router");
+    let executor_section = section("executor");
+    let summarizer_section = section("summarizer");
+    let alerter_section = section("alerter");
+    let by_hand = |section: &Option<toml::Value>, service: &str, key: &str| {
+        set_by_hand(section.as_ref(), env_for(service), key)
+    };
+    let explicit = Explicit {
+        gateway_router: by_hand(&gateway_section, "gateway", "router_url"),
+        gateway_summarizer: by_hand(&gateway_section, "gateway", "summarizer_url"),
+        gateway_alerter: by_hand(&gateway_section, "gateway", "alerter_url"),
+        router_summarizer: by_hand(&router_section, "router", "summarizer_url"),
+        router_alerter: by_hand(&router_section, "router", "alerter_url"),
+        executor_router: by_hand(&executor_section, "executor", "router_url"),
+        summarizer_alerter: by_hand(&summarizer_section, "summarizer", "alerter_url"),
+        alerter_router: by_hand(&alerter_section, "alerter", "router_url"),
+        alerter_summarizer: by_hand(&alerter_section, "alerter", "summarizer_url"),
+        alerter_health: alerter_section
+            .as_ref()
+            .and_then(|s| s.get("health"))
+            .and_then(|h| h.get("services"))
+            .is_some()
+            || env_for("alerter").iter().any(|v| {
+                v.path
+                    .starts_with(&["health".to_owned(), "services".to_owned()])
+            }),
+    };
+    let base_executor = base.executor.clone().unwrap_or_default();
+    let mut system = SystemConfig {
+        gateway: layered(
+            &base.gateway,
+            derived.get("gateway"),
+            gateway_section.as_ref(),
+            env_for("gateway"),
+        )?,
+        router: layered(
+            &base.router,
+            None,
+            router_section.as_ref(),
+            env_for("router"),
+        )?,
+        executor: Some(layered(
+            &base_executor,
+            derived.get("executor"),
+            executor_section.as_ref(),
+            env_for("executor"),
+        )?),
+        summarizer: layered(
+            &base.summarizer,
+            None,
+            summarizer_section.as_ref(),
+            env_for("summarizer"),
+        )?,
+        alerter: layered(
+            &base.alerter,
+            None,
+            alerter_section.as_ref(),
+            env_for("alerter"),
+        )?,
+    };
+    apply_flags(&mut system, flags);
+    system.wire(explicit);
+    Ok(UpConfig {
+        data_dir,
+        file,
+        targets,
+        system,
+        explicit,
+    })
+}
+
+/// The flag layer, over everything else.
+fn apply_flags(system: &mut SystemConfig, flags: UpFlags) {
+    if let Some(listen) = flags.listen {
+        system.gateway.server.http_listen = listen;
+    }
+    if let Some(public_url) = flags.public_url {
+        system.gateway.public_url = public_url;
+    }
+    if let Some(format) = flags.log_format {
+        system.gateway.telemetry.log_format = format;
+        system.router.telemetry.log_format = format;
+        if let Some(executor) = &mut system.executor {
+            executor.telemetry.log_format = format;
+        }
+        system.summarizer.telemetry.log_format = format;
+        system.alerter.telemetry.log_format = format;
+    }
+    if let Some(key) = flags.api_key.filter(|k| !k.is_empty()) {
+        system.gateway.api_key = Secret::new(key);
+    }
+    if let Some(slack) = flags.slack {
+        system.alerter.slack.api_base_url = Some(slack.api_base_url);
+        system.alerter.slack.bot_token = Secret::new(slack.bot_token);
+        system.alerter.slack.channel = slack.channel;
+    }
+}
+
+/// The gateway's URL as a client on this machine reaches it.
+pub fn gateway_url(system: &SystemConfig) -> String {
+    url(system.gateway.server.http_listen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(text: &str, flags: UpFlags) -> Result<UpConfig, CliError> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ghost.toml");
+        std::fs::write(&file, text).unwrap();
+        load(
+            UpFlags {
+                file: Some(file),
+                ..flags
+            },
+            &HashMap::new(),
+        )
+    }
+
+    #[test]
+    fn targets_become_executor_workspaces_and_policies_and_gateway_targets() {
+        let config = load_text(
+            r#"
+            [[targets]]
+            name = "DEV"
+            root = "./dev"
+            aliases = ["OLD_DEV"]
+            commands = ["cargo", "npm"]
+            agent = { inbox = "./inbox", timeout = "10m" }
+
+            [[targets]]
+            name = "MAIN"
+            root = "./main"
+            aliases = ["BRAUN"]
+            default = true
+            commands = "any"
+            "#,
+            UpFlags {
+                workspaces: vec!["EXTRA=./extra".to_owned()],
+                ..UpFlags::default()
+            },
+        )
+        .unwrap();
+        let names: Vec<&str> = config.targets.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["MAIN", "DEV", "EXTRA"]);
+        let gateway = &config.system.gateway;
+        assert_eq!(gateway.default_target.as_deref(), Some("MAIN"));
+        let dev = gateway.targets.iter().find(|t| t.name == "DEV").unwrap();
+        assert_eq!(dev.aliases, ["OLD_DEV"]);
+        let executor = config.system.executor.as_ref().unwrap();
+        assert_eq!(executor.workspaces.len(), 3);
+        assert_eq!(
+            executor.targets["DEV"].commands,
+            CommandPolicy::Allowlist(vec!["cargo".to_owned(), "npm".to_owned()])
+        );
+        assert_eq!(
+            executor.targets["DEV"].agent.as_ref().unwrap().timeout,
+            Duration::from_secs(600)
+        );
+        assert_eq!(executor.targets["MAIN"].commands, CommandPolicy::Any);
+        assert_eq!(executor.targets["EXTRA"].commands, CommandPolicy::Deny);
+
+        // An environment variable reaches a target's policy by its name, in any case.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ghost.toml");
+        std::fs::write(&file, "[[targets]]\nname = \"MAIN\"\nroot = \"./main\"\n").unwrap();
+        let env = HashMap::from([(
+            "GHOST_EXECUTOR__TARGETS__MAIN__COMMANDS".to_owned(),
+            "\"any\"".to_owned(),
+        )]);
+        let flags = UpFlags {
+            file: Some(file),
+            ..UpFlags::default()
+        };
+        let config = load(flags, &env).unwrap();
+        let executor = config.system.executor.unwrap();
+        assert_eq!(executor.targets.len(), 1, "{:?}", executor.targets.keys());
+        assert_eq!(executor.targets["MAIN"].commands, CommandPolicy::Any);
+    }
+
+    #[test]
+    fn with_no_file_the_one_workspace_is_the_default_and_bad_targets_are_refused() {
+        let config = load(
+            UpFlags {
+                workspaces: vec!["REPO=./repo".to_owned()],
+                ..UpFlags::default()
+            },
+            &HashMap::new(),
+        )
+        .unwrap();
+        assert_eq!(
+            config.system.gateway.default_target.as_deref(),
+            Some("REPO")
+        );
+        let two_defaults = "[[targets]]\nname = \"A\"\nroot = \"a\"\ndefault = true\n\
+                            [[targets]]\nname = \"B\"\nroot = \"b\"\ndefault = true\n";
+        let err = load_text(two_defaults, UpFlags::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("A and B are all marked default"), "{err}");
+        let bad_commands = "[[targets]]\nname = \"A\"\nroot = \"a\"\ncommands = \"some\"\n";
+        let err = load_text(bad_commands, UpFlags::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(":4:12:"), "{err}");
+        assert!(err.contains("expected \"deny\", \"any\""), "{err}");
+        let alias_twice = "[[targets]]\nname = \"A\"\nroot = \"a\"\naliases = [\"B\"]\n\
+                           [[targets]]\nname = \"B\"\nroot = \"b\"\n";
+        let err = load_text(alias_twice, UpFlags::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("B is used twice"), "{err}");
+    }
+
+    #[test]
+    fn a_listen_address_set_in_the_file_moves_the_urls_that_point_at_it() {
+        let config = load_text(
+            "[router.server]\ngrpc_listen = \"127.0.0.1:6001\"\n[alerter]\nrouter_url = \"http://elsewhere:1\"\n",
+            UpFlags::default(),
+        )
+        .unwrap();
+        assert_eq!(config.system.gateway.router_url, "http://127.0.0.1:6001");
+        assert_eq!(
+            config.system.executor.as_ref().unwrap().router_url,
+            "http://127.0.0.1:6001"
+        );
+        assert_eq!(
+            config.system.alerter.router_url.as_deref(),
+            Some("http://elsewhere:1")
+        );
+    }
+}

@@ -1,0 +1,530 @@
+//! `ghost init` and `ghost up -f` as a user runs them: the real binary in a scratch directory
+//! (its working directory, so `./workspace` and `./.ghost` land there), the file `ghost init`
+//! wrote, environment and flags layered over it, and patches submitted through the gateway.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+
+use crate::helpers::{Env, Run};
+
+/// Every internal listener on port 0 (the gateway's too), through the environment layer.
+const PORT_ZERO: [(&str, &str); 10] = [
+    ("GHOST_GATEWAY__SERVER__GRPC_LISTEN", "127.0.0.1:0"),
+    ("GHOST_GATEWAY__SERVER__HTTP_LISTEN", "127.0.0.1:0"),
+    ("GHOST_ROUTER__SERVER__GRPC_LISTEN", "127.0.0.1:0"),
+    ("GHOST_ROUTER__SERVER__HTTP_LISTEN", "127.0.0.1:0"),
+    ("GHOST_EXECUTOR__SERVER__GRPC_LISTEN", "127.0.0.1:0"),
+    ("GHOST_EXECUTOR__SERVER__HTTP_LISTEN", "127.0.0.1:0"),
+    ("GHOST_SUMMARIZER__SERVER__GRPC_LISTEN", "127.0.0.1:0"),
+    ("GHOST_SUMMARIZER__SERVER__HTTP_LISTEN", "127.0.0.1:0"),
+    ("GHOST_ALERTER__SERVER__GRPC_LISTEN", "127.0.0.1:0"),
+    ("GHOST_ALERTER__SERVER__HTTP_LISTEN", "127.0.0.1:0"),
+];
+
+/// `ghost` in `dir` with the scratch environment plus `extra`.
+fn command(
+    env: &Env,
+    dir: &Path,
+    args: &[&str],
+    extra: &[(&str, &str)],
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_ghost"));
+    command
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .envs(env.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .envs(extra.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+/// Runs `ghost` in `dir` to its end.
+async fn ghost_in(env: &Env, dir: &Path, args: &[&str], extra: &[(&str, &str)]) -> Run {
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        command(env, dir, args, extra).output(),
+    )
+    .await
+    .expect("ghost finished within 60 s")
+    .expect("ghost ran");
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// A running `ghost up` and its gateway URL.
+struct Up {
+    child: tokio::process::Child,
+    url: String,
+}
+
+/// Starts `ghost up` in `dir` and waits (bounded) for the line that says where the gateway is;
+/// on failure, panics with what it printed.
+async fn spawn_up(env: &Env, dir: &Path, args: &[&str], extra: &[(&str, &str)]) -> Up {
+    match try_spawn_up(env, dir, args, extra).await {
+        Ok(up) => up,
+        Err(printed) => panic!("ghost up did not come up: {printed}"),
+    }
+}
+
+async fn try_spawn_up(
+    env: &Env,
+    dir: &Path,
+    args: &[&str],
+    extra: &[(&str, &str)],
+) -> Result<Up, String> {
+    let mut child = command(env, dir, args, extra)
+        .spawn()
+        .expect("ghost up starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let mut seen = String::new();
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            seen.push_str(&line);
+            seen.push('\n');
+            if let Some(rest) = line.split("GHOST_URL=").nth(1) {
+                return Some(rest.trim().to_owned());
+            }
+        }
+        None
+    })
+    .await;
+    match found {
+        Ok(Some(url)) => {
+            // Keep draining stdout so the child never blocks on a full pipe.
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            Ok(Up { child, url })
+        }
+        _ => {
+            let _ = child.start_kill();
+            let mut stderr = String::new();
+            if let Some(mut pipe) = child.stderr.take() {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(5), pipe.read_to_string(&mut stderr))
+                        .await;
+            }
+            Err(format!("stdout:\n{seen}\nstderr:\n{stderr}"))
+        }
+    }
+}
+
+impl Up {
+    /// SIGKILL, and wait until the process is gone.
+    async fn kill_9(mut self) {
+        self.child.start_kill().expect("kill -9");
+        tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .expect("ghost up died within 10 s")
+            .expect("waited");
+    }
+}
+
+/// The three keys `ghost --json init DIR` printed, by name.
+fn keys_of(run: &Run) -> std::collections::HashMap<String, String> {
+    run.json()["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .map(|k| {
+            (
+                k["name"].as_str().expect("name").to_owned(),
+                k["key"].as_str().expect("key").to_owned(),
+            )
+        })
+        .collect()
+}
+
+async fn submit(url: &str, key: &str, body: &Value) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{url}/v1/patches"))
+        .bearer_auth(key)
+        .json(body)
+        .send()
+        .await
+        .expect("gateway reachable");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Polls `GET /v1/patches/{id}` until the patch has ended; returns its last answer.
+async fn wait_ended(url: &str, key: &str, id: &str) -> Value {
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = client
+            .get(format!("{url}/v1/patches/{id}"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("gateway reachable");
+        let body: Value = answer.json().await.unwrap_or(Value::Null);
+        let ended = !matches!(
+            body["status"].as_str(),
+            None | Some("received" | "queued" | "leased" | "applying" | "validating")
+        );
+        if ended {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "patch {id} did not end: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn write_patch(id: &str, target: Option<&str>, path: &str) -> Value {
+    let mut patch = json!({
+        "id": id,
+        "edits": [{"op": "write", "path": path, "contents": format!("{id}\n")}],
+    });
+    if let Some(target) = target {
+        patch["target"] = json!(target);
+    }
+    patch
+}
+
+#[tokio::test]
+async fn up_runs_the_file_init_wrote_and_its_submit_key_submits_but_its_read_key_cannot() {
+    let env = Env::empty();
+    let dir = env.scratch.path().to_owned();
+    let init = ghost_in(&env, &dir, &["--json", "init", "."], &[]).await;
+    init.expect(0);
+    let keys = keys_of(&init);
+    assert_eq!(keys.len(), 3, "{init:?}");
+    let file = std::fs::read_to_string(dir.join("ghost.toml")).expect("ghost.toml written");
+    for key in keys.values() {
+        assert!(!file.contains(key.as_str()), "a key is stored in clear");
+    }
+    let again = ghost_in(&env, &dir, &["init", "."], &[]).await;
+    again.expect(10);
+    assert!(again.stderr.contains("already exists"), "{again:?}");
+
+    let up = spawn_up(&env, &dir, &["up", "-f", "ghost.toml"], &PORT_ZERO).await;
+    let (code, body) = submit(
+        &up.url,
+        &keys["read"],
+        &write_patch("by-reader", None, "r.txt"),
+    )
+    .await;
+    assert_eq!(code, 403, "{body}");
+    let (code, body) = submit(
+        &up.url,
+        &keys["submit"],
+        &write_patch("by-submitter", None, "s.txt"),
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
+    let ended = wait_ended(&up.url, &keys["read"], "by-submitter").await;
+    assert_eq!(ended["status"], "succeeded", "{ended}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("workspace/s.txt")).expect("written"),
+        "by-submitter\n"
+    );
+    up.kill_9().await;
+}
+
+fn public_url_of(run: &Run) -> String {
+    let effective: toml::Table = toml::from_str(&run.stdout)
+        .unwrap_or_else(|err| panic!("--print-config is not TOML ({err}): {run:?}"));
+    effective["gateway"]["public_url"]
+        .as_str()
+        .expect("public_url")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn env_overrides_the_file_and_a_flag_overrides_env_then_openapi_shows_it() {
+    let env = Env::empty();
+    let dir = env.scratch.path().to_owned();
+    env.file(
+        "ghost.toml",
+        "[gateway]\npublic_url = \"https://file.example\"\n[router]\nmax_attempts = 7\n",
+    );
+    let print = ["up", "--print-config"];
+    let from_file = ghost_in(&env, &dir, &print, &[]).await;
+    from_file.expect(0);
+    assert_eq!(public_url_of(&from_file), "https://file.example");
+    assert!(
+        from_file.stdout.contains("max_attempts = 7"),
+        "{from_file:?}"
+    );
+
+    let env_var = [("GHOST_GATEWAY__PUBLIC_URL", "https://env.example")];
+    let from_env = ghost_in(&env, &dir, &print, &env_var).await;
+    from_env.expect(0);
+    assert_eq!(public_url_of(&from_env), "https://env.example");
+
+    let with_flag = [
+        "up",
+        "--print-config",
+        "--public-url",
+        "https://flag.example",
+    ];
+    let from_flag = ghost_in(&env, &dir, &with_flag, &env_var).await;
+    from_flag.expect(0);
+    assert_eq!(public_url_of(&from_flag), "https://flag.example");
+
+    // Secrets are redacted in the printed config.
+    let secret = [("GHOST_ALERTER__SLACK__BOT_TOKEN", "xoxb-do-not-print")];
+    let redacted = ghost_in(&env, &dir, &print, &secret).await;
+    redacted.expect(0);
+    assert!(
+        !redacted.stdout.contains("xoxb-do-not-print"),
+        "{redacted:?}"
+    );
+    assert!(redacted.stdout.contains("[redacted]"), "{redacted:?}");
+
+    // --log-format reaches every service.
+    let json_logs = ghost_in(
+        &env,
+        &dir,
+        &["up", "--print-config", "--log-format", "json"],
+        &[],
+    )
+    .await;
+    json_logs.expect(0);
+    assert_eq!(
+        json_logs.stdout.matches("log_format = \"json\"").count(),
+        5,
+        "{json_logs:?}"
+    );
+
+    // The served OpenAPI document advertises the flag's URL.
+    let mut extra = PORT_ZERO.to_vec();
+    extra.extend(env_var);
+    let up = spawn_up(
+        &env,
+        &dir,
+        &["up", "--public-url", "https://flag.example"],
+        &extra,
+    )
+    .await;
+    let openapi: Value = reqwest::get(format!("{}/openapi.json", up.url))
+        .await
+        .expect("gateway reachable")
+        .json()
+        .await
+        .expect("openapi is JSON");
+    assert_eq!(
+        openapi["servers"][0]["url"], "https://flag.example",
+        "{}",
+        openapi["servers"]
+    );
+    up.kill_9().await;
+}
+
+#[tokio::test]
+async fn an_unknown_key_fails_with_file_line_column_and_the_nearest_key() {
+    let env = Env::empty();
+    let dir = env.scratch.path().to_owned();
+    env.file(
+        "ghost.toml",
+        "[[targets]]\nname = \"MAIN\"\nroot = \"./ws\"\n\n[gateway]\npublc_url = \"https://x\"\n",
+    );
+    let run = ghost_in(
+        &env,
+        &dir,
+        &["up", "-f", "ghost.toml", "--print-config"],
+        &[],
+    )
+    .await;
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("ghost.toml:6:1"), "{run:?}");
+    assert!(run.stderr.contains("did you mean `public_url`?"), "{run:?}");
+
+    env.file("typo.toml", "[gatway]\n");
+    let run = ghost_in(&env, &dir, &["up", "-f", "typo.toml"], &[]).await;
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("typo.toml:1:"), "{run:?}");
+    assert!(run.stderr.contains("did you mean `gateway`?"), "{run:?}");
+
+    env.file("ok.toml", "");
+    let run = ghost_in(
+        &env,
+        &dir,
+        &["up", "-f", "ok.toml", "--print-config"],
+        &[("GHOST_ROUTER__MAX_ATTEMTPS", "3")],
+    )
+    .await;
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("GHOST_ROUTER__MAX_ATTEMTPS"), "{run:?}");
+    assert!(
+        run.stderr.contains("did you mean `max_attempts`?"),
+        "{run:?}"
+    );
+
+    // Owner checks parse but are refused, never accepted and ignored.
+    env.file(
+        "checks.toml",
+        "[[targets]]\nname = \"MAIN\"\nroot = \"./ws\"\n[[targets.checks]]\nname = \"t\"\nrun = \"cargo test\"\n",
+    );
+    let run = ghost_in(
+        &env,
+        &dir,
+        &["up", "-f", "checks.toml", "--print-config"],
+        &[],
+    )
+    .await;
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("not supported yet"), "{run:?}");
+}
+
+#[tokio::test]
+async fn a_patch_naming_an_alias_lands_on_its_target_and_one_naming_none_on_the_default() {
+    let env = Env::empty();
+    let dir = env.scratch.path().to_owned();
+    env.file(
+        "ghost.toml",
+        "[[targets]]\nname = \"DEV\"\nroot = \"./dev\"\naliases = [\"OLD_DEV\"]\n\n\
+         [[targets]]\nname = \"MAIN\"\nroot = \"./main\"\naliases = [\"BRAUN\"]\ndefault = true\n",
+    );
+    let up = spawn_up(
+        &env,
+        &dir,
+        &["up", "--api-key", "alias-test-key-0123456789"],
+        &PORT_ZERO,
+    )
+    .await;
+    let key = "alias-test-key-0123456789";
+    for (id, target) in [("to-alias", Some("OLD_DEV")), ("to-default", None)] {
+        let (code, body) =
+            submit(&up.url, key, &write_patch(id, target, &format!("{id}.txt"))).await;
+        assert_eq!(code, 202, "{id}: {body}");
+        let ended = wait_ended(&up.url, key, id).await;
+        assert_eq!(ended["status"], "succeeded", "{ended}");
+    }
+    assert!(dir.join("dev/to-alias.txt").is_file());
+    assert!(!dir.join("main/to-alias.txt").exists());
+    assert!(dir.join("main/to-default.txt").is_file());
+    assert!(!dir.join("dev/to-default.txt").exists());
+    up.kill_9().await;
+}
+
+/// `count` free loopback ports below the kernel's ephemeral range when there is room (there
+/// an outgoing connection can never take them), else anywhere.
+fn stable_ports(count: usize) -> Vec<u16> {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let span = low.saturating_sub(20000).max(1000);
+    let start = 20000 + (std::process::id() as u16 % (span / 2));
+    let mut ports = Vec::new();
+    let mut candidate = start;
+    while ports.len() < count && candidate < u16::MAX {
+        if std::net::TcpListener::bind(("127.0.0.1", candidate)).is_ok() {
+            ports.push(candidate);
+        }
+        candidate += 1;
+    }
+    ports
+}
+
+#[tokio::test]
+async fn twenty_restarts_after_kill_9_while_a_client_keeps_connecting_never_fail_to_bind() {
+    let env = Env::empty();
+    let dir = env.scratch.path().to_owned();
+    let ports = stable_ports(10);
+    assert_eq!(ports.len(), 10);
+    let mut file = String::from("[[targets]]\nname = \"MAIN\"\nroot = \"./workspace\"\n");
+    for (i, service) in ["gateway", "router", "executor", "summarizer", "alerter"]
+        .iter()
+        .enumerate()
+    {
+        file.push_str(&format!(
+            "[{service}.server]\ngrpc_listen = \"127.0.0.1:{}\"\nhttp_listen = \"127.0.0.1:{}\"\n",
+            ports[2 * i],
+            ports[2 * i + 1]
+        ));
+    }
+    env.file("ghost.toml", &file);
+    let gateway = std::net::SocketAddr::from(([127, 0, 0, 1], ports[1]));
+
+    // A client that connects to the gateway and asks for /healthz over and over, the whole
+    // time, through every kill and restart (bounded in count and time).
+    let stop = tokio_util::sync::CancellationToken::new();
+    let connected = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let hammer = tokio::spawn({
+        let stop = stop.clone();
+        let connected = connected.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
+            for _ in 0..200_000 {
+                if stop.is_cancelled() || tokio::time::Instant::now() > deadline {
+                    break;
+                }
+                match tokio::net::TcpStream::connect(gateway).await {
+                    Ok(mut stream) => {
+                        connected.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let _ = stream
+                            .write_all(
+                                b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+                            )
+                            .await;
+                        let mut answer = Vec::new();
+                        let _ = tokio::time::timeout(
+                            Duration::from_millis(200),
+                            stream.read_to_end(&mut answer),
+                        )
+                        .await;
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+                }
+            }
+        }
+    });
+
+    let started = tokio::time::Instant::now();
+    for round in 1..=20 {
+        let up = match try_spawn_up(&env, &dir, &["up", "-f", "ghost.toml"], &[]).await {
+            Ok(up) => up,
+            Err(printed) => panic!("restart {round} failed: {printed}"),
+        };
+        assert_eq!(up.url, format!("http://{gateway}"));
+        // The client reaches this life of the gateway before it is killed.
+        let before = connected.load(std::sync::atomic::Ordering::SeqCst);
+        let reached = tokio::time::timeout(Duration::from_secs(10), async {
+            while connected.load(std::sync::atomic::Ordering::SeqCst) < before + 3 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(reached.is_ok(), "the client did not reach restart {round}");
+        up.kill_9().await;
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "20 restarts took too long ({round} done)"
+        );
+    }
+    stop.cancel();
+    hammer.await.expect("client task");
+}
+
+#[tokio::test]
+async fn a_bind_error_names_the_service_and_the_address() {
+    let env = Env::empty();
+    let dir = env.scratch.path().to_owned();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let mut extra = PORT_ZERO.to_vec();
+    extra.retain(|(k, _)| *k != "GHOST_ROUTER__SERVER__GRPC_LISTEN");
+    extra.push(("GHOST_ROUTER__SERVER__GRPC_LISTEN", addr.as_str()));
+    let run = ghost_in(&env, &dir, &["up"], &extra).await;
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr.contains(&format!("router grpc {addr}")),
+        "{run:?}"
+    );
+    drop(taken);
+}
