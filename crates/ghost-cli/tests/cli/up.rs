@@ -528,3 +528,63 @@ async fn a_bind_error_names_the_service_and_the_address() {
     );
     drop(taken);
 }
+
+/// The `ghost.toml` shown under "Configure" in README.md: the first ```toml block after that
+/// heading.
+fn readme_example() -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+        .expect("README.md");
+    let section = readme
+        .split_once("\n## Configure\n")
+        .expect("README has a Configure section")
+        .1;
+    let block = section
+        .split_once("```toml\n")
+        .expect("Configure shows a ghost.toml")
+        .1;
+    block
+        .split_once("```")
+        .expect("the toml block ends")
+        .0
+        .to_owned()
+}
+
+#[tokio::test]
+async fn the_readme_example_config_is_accepted_with_its_aliases_default_and_allowlist() {
+    let env = Env::empty();
+    let dir = env.scratch.path().to_owned();
+    env.file("ghost.toml", &readme_example());
+    let run = ghost_in(
+        &env,
+        &dir,
+        &["up", "-f", "ghost.toml", "--print-config"],
+        &[],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let config: toml::Value = toml::from_str(&run.stdout)
+        .unwrap_or_else(|err| panic!("--print-config is not TOML ({err}): {run:?}"));
+    let gateway = &config["gateway"];
+    assert_eq!(gateway["default_target"].as_str(), Some("MAIN"), "{run:?}");
+    assert_eq!(
+        gateway["public_url"].as_str(),
+        Some("https://ghost.example.com")
+    );
+    let main = gateway["targets"]
+        .as_array()
+        .expect("gateway targets")
+        .iter()
+        .find(|t| t["name"].as_str() == Some("MAIN"))
+        .expect("MAIN among the gateway's targets");
+    assert_eq!(main["aliases"], toml::Value::from(vec!["BRAUN", "DEV"]));
+    let policy = &config["executor"]["targets"]["MAIN"]["commands"];
+    assert_eq!(
+        policy["allowlist"],
+        toml::Value::from(vec!["npx", "npm", "tsc"]),
+        "MAIN's allowlist reaches the executor: {policy}"
+    );
+    assert_eq!(
+        config["executor"]["targets"]["DOCS"]["commands"].as_str(),
+        Some("deny")
+    );
+}
