@@ -588,3 +588,66 @@ async fn the_readme_example_config_is_accepted_with_its_aliases_default_and_allo
         Some("deny")
     );
 }
+
+/// A real legacy patch file from crates/ghost-core's fixtures.
+fn legacy_fixture(name: &str) -> Vec<u8> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../ghost-core/tests/fixtures/legacy/"
+    );
+    std::fs::read(format!("{path}{name}")).unwrap_or_else(|err| panic!("{name}: {err}"))
+}
+
+async fn submit_raw(url: &str, key: &str, body: Vec<u8>) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{url}/v1/patches"))
+        .bearer_auth(key)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("gateway reachable");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn plain_ghost_up_takes_real_legacy_patches_without_target_or_id_or_with_trailing_commas() {
+    let env = Env::empty();
+    let dir = env.scratch.path().to_owned();
+    // No file, no flags but a key: the one default workspace, MAIN=./workspace.
+    let key = "legacy-defaults-key-0123456789";
+    let up = spawn_up(&env, &dir, &["up", "--api-key", key], &PORT_ZERO).await;
+
+    for fixture in [
+        "command-trailing-comma.json",
+        "phase-no-id-no-target.json",
+        "command-no-target.json",
+    ] {
+        let (code, body) = submit_raw(&up.url, key, legacy_fixture(fixture)).await;
+        assert_eq!(code, 202, "{fixture}: {body}");
+        assert_eq!(body["target"], "MAIN", "{fixture}: {body}");
+        assert!(body["id"].as_str().is_some_and(|id| !id.is_empty()));
+    }
+    let (_, lenient) =
+        submit_raw(&up.url, key, legacy_fixture("command-trailing-comma.json")).await;
+    let warnings = lenient["warnings"].as_array().expect("warnings");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.as_str().is_some_and(|w| w.contains("trailing comma"))),
+        "{lenient}"
+    );
+
+    // Shapes that mean nothing are refused, saying what is missing.
+    for fixture in ["manifest-move-log.json", "prose-status-note.json"] {
+        let (code, body) = submit_raw(&up.url, key, legacy_fixture(fixture)).await;
+        assert_eq!(code, 422, "{fixture}: {body}");
+        let detail = body["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.contains("nothing to do") && detail.contains("edits"),
+            "{fixture}: {body}"
+        );
+    }
+    up.kill_9().await;
+}
