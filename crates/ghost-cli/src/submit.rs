@@ -109,6 +109,9 @@ pub async fn run(
             .filter(|t| !t.is_empty())
             .unwrap_or("-")
     ));
+    for warning in accepted["warnings"].as_array().into_iter().flatten() {
+        output.note(&format!("  warning: {}", warning.as_str().unwrap_or("?")));
+    }
     for ignored in accepted["ignored"].as_array().into_iter().flatten() {
         output.note(&format!(
             "  note: ignored legacy field {}",

@@ -42,6 +42,18 @@ async fn submit_succeeds_with_exit_0_from_json_yaml_and_stdin() {
     assert_eq!(detail["status"], "succeeded");
     assert!(detail["summary"].is_string(), "{detail}");
 
+    // What reading forgave is shown with the acceptance.
+    let lenient = system.file(
+        "lenient.json",
+        "{\"id\": \"cli-lenient\", \"target\": \"MAIN\",\n \"edits\": [{\"op\": \"write\", \"path\": \"l.txt\", \"contents\": \"l\"},],}\n",
+    );
+    let run = system.ghost(&["submit", &path_arg(&lenient)]).await;
+    run.expect(0);
+    assert!(
+        run.stderr.contains("warning: line 2") && run.stderr.contains("trailing comma"),
+        "{run:?}"
+    );
+
     let stdin_patch = write_patch("cli-ok-stdin", "MAIN", "stdin.txt", "piped\n");
     let run = system
         .env
