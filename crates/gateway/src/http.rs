@@ -170,7 +170,10 @@ pub struct ListQuery {
 #[into_params(parameter_in = Header)]
 #[allow(dead_code)]
 pub struct SubmitHeaders {
-    /// Optional; must equal the patch id (a different id is a 409). Retries then replay.
+    /// Optional; the patch id. A document with an id must carry this one (another id is a
+    /// 409); a document without one takes this as its id (so `GET /v1/patches/{key}` finds
+    /// it). A `p-` + 16 hex key must be the document's own derived id (400 otherwise). The
+    /// same key with the same content again is a replay; with other content, a 409.
     #[serde(rename = "Idempotency-Key")]
     #[param(pattern = r"^[A-Za-z0-9_()+-][A-Za-z0-9._()+-]{0,127}$")]
     pub idempotency_key: Option<String>,
@@ -226,7 +229,7 @@ fn body_or_error(
 /// Submit a patch (JSON or YAML, v1 or a legacy shape). 202 only once the router has stored it.
 #[utoipa::path(
     post, path = "/v1/patches", operation_id = "submitPatch", tag = "patches",
-    description = "Submit a patch as JSON or YAML (v1 or a legacy shape). 202 once the router has stored it; the same id and content again: 202 replayed, other content 409. No id: one is derived from the content (see 202). JSON trailing commas and comments are forgiven and listed in `warnings`; duplicate keys: 422.",
+    description = "Submit a patch as JSON or YAML (v1 or a legacy shape). 202 once the router has stored it; same id and content again: 202 replayed, other content 409. No id: the Idempotency-Key is the id, else one is derived (see 202). Trailing commas and comments are forgiven (`warnings`); duplicate keys: 422.",
     request_body(content(
         (PatchInput = "application/json"),
         (PatchInput = "application/yaml"),
@@ -240,7 +243,7 @@ fn body_or_error(
         (status = 409, description = "Same id, other content", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Unsupported content type", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid patch (names the field), a duplicate key (names the key and both pointers) or nothing to do", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid patch (names the field; an explicit id of the derived form `p-` + 16 hex that is not the document's own derived id is refused), a duplicate key (names the key and both pointers) or nothing to do", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Rate limited, or too many failed credentials from this address", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Router unavailable; nothing stored", body = Problem, content_type = "application/problem+json"),
     ),

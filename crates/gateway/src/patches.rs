@@ -293,6 +293,31 @@ pub fn patch_blocks(text: &str) -> usize {
         .count()
 }
 
+fn key_conflict(key: &PatchId) -> GatewayError {
+    GatewayError::Conflict(format!(
+        "the patch id differs from the Idempotency-Key header {key}"
+    ))
+}
+
+/// `normalised` under the id `key` names: a document without an id takes the key as its id
+/// (an id of the derived form only if it is the document's own); a document with one must
+/// already have that id.
+fn keyed(mut normalised: Normalised, key: PatchId) -> Result<Normalised, GatewayError> {
+    if normalised.patch.id == key {
+        return Ok(normalised);
+    }
+    if !normalised.derived_id {
+        return Err(key_conflict(&key));
+    }
+    normalised.patch.id = key;
+    normalised.derived_id = false;
+    ghost_core::check_explicit_id(&normalised.patch, "").map_err(|_| {
+        GatewayError::BadRequest(format!("Idempotency-Key: {}", ghost_core::RESERVED_ID))
+    })?;
+    ghost_core::validate(&normalised.patch)?;
+    Ok(normalised)
+}
+
 /// The gateway's logic over its ports.
 #[derive(Clone)]
 pub struct Patches {
@@ -389,8 +414,8 @@ impl Patches {
     ///
     /// `idempotency_key`, when given, must equal the patch id (409 otherwise): the router's
     /// idempotency by id and content hash then makes a retried request a replay. A document
-    /// without an id is checked against nothing: its id is derived from its content, which
-    /// makes a retry a replay by itself.
+    /// without an id takes the key as its id (so `GET /v1/patches/{key}` finds it); with no
+    /// key either, its id is derived from its content, which makes a retry a replay by itself.
     pub async fn submit(
         &self,
         caller: &Principal,
@@ -403,20 +428,32 @@ impl Patches {
         let options = options.unwrap_or(&self.legacy);
         let document = parse_off_the_workers(body.to_vec(), format, self.budget).await??;
         let value = document.value;
-        if let Some(key) = idempotency_key {
-            let key = PatchId::parse(key).map_err(|err| {
-                GatewayError::BadRequest(format!("Idempotency-Key is not a valid patch id: {err}"))
-            })?;
-            if let Some(id) = value.get("id")
-                && id.as_str() != Some(key.as_str())
-            {
-                return Err(GatewayError::Conflict(format!(
-                    "the patch id differs from the Idempotency-Key header {key}"
-                )));
-            }
+        let key = idempotency_key
+            .map(|key| {
+                PatchId::parse(key).map_err(|err| {
+                    GatewayError::BadRequest(format!(
+                        "Idempotency-Key is not a valid patch id: {err}"
+                    ))
+                })
+            })
+            .transpose()?;
+        if let Some(key) = &key
+            && let Some(id) = value.get("id")
+            && id.as_str() != Some(key.as_str())
+        {
+            return Err(key_conflict(key));
         }
+        // A legacy id as written (`x.json`) may normalise to another (`x`): the key named it.
+        let named_by_key = key
+            .as_ref()
+            .is_some_and(|key| value.get("id").and_then(|id| id.as_str()) == Some(key.as_str()));
         let mut normalised = ghost_core::normalise(value, options)?;
         normalised.warnings = document.warnings;
+        if let Some(key) = key
+            && !named_by_key
+        {
+            normalised = keyed(normalised, key)?;
+        }
         self.queue_normalised(caller, normalised).await
     }
 
@@ -510,7 +547,17 @@ impl Patches {
                     continue;
                 }
             };
-            if ghost_core::detect_shape(&document.value).is_none() {
+            // Chat text quotes JSON for many reasons: a block that names neither an id nor a
+            // target is a patch only in a legacy shape, with that shape's own markers; a bare
+            // `{"commands": [...]}` is an example, not an order.
+            let is_patch = match ghost_core::detect_shape(&document.value) {
+                None => false,
+                Some(ghost_core::Shape::V1) => {
+                    document.value.get("id").is_some() || document.value.get("target").is_some()
+                }
+                Some(_) => true,
+            };
+            if !is_patch {
                 blocks.push(skipped("not a patch"));
                 continue;
             }

@@ -99,6 +99,34 @@ pub struct Normalised {
 pub const NOTHING_TO_DO: &str =
     "no edits, patch, mutations, commands or agent instructions: nothing to do";
 
+/// Why an explicit id of the derived form is refused (unless it is the document's own).
+pub const RESERVED_ID: &str =
+    "ids of the form p-<16 hex> are reserved for derived ids; choose another id or leave id out";
+
+/// Why a `tasks[]` document (an old runner's own format) is refused, rather than "nothing to do".
+pub const TASKS_SHAPE: &str =
+    "`tasks` is not a shape Ghost Runner reads; use edits (write, rename) and commands";
+
+/// True for an id of the form [`Patch::derived_id`] gives: `p-` and 16 lowercase hex digits.
+pub fn is_derived_form(id: &str) -> bool {
+    id.strip_prefix("p-").is_some_and(|hex| {
+        hex.len() == 16
+            && hex
+                .bytes()
+                .all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte))
+    })
+}
+
+/// Refuses an explicit `id` of the derived form unless it is `patch`'s own derived id: anyone
+/// could otherwise take, ahead of time, the id an id-less patch of predictable content will
+/// get, and that patch would then be refused as a conflict. `pointer` names where the id was.
+pub fn check_explicit_id(patch: &Patch, pointer: &str) -> Result<(), PatchError> {
+    if is_derived_form(patch.id.as_str()) && patch.id != patch.derived_id() {
+        return Err(invalid(pointer, RESERVED_ID));
+    }
+    Ok(())
+}
+
 /// Keys of a v1 patch that ask for work; a v1 document with none of them asks for nothing.
 const V1_WORK: [&str; 4] = ["edits", "patch", "commands", "agent"];
 
@@ -182,16 +210,26 @@ pub fn normalise(value: Value, options: &LegacyOptions) -> Result<Normalised, Pa
             ),
         ));
     };
-    let Some(shape) = shape_of(&object) else {
-        return Err(nothing_to_do(&object));
+    let asks_for_work = |shape: Option<Shape>| match shape {
+        None => false,
+        Some(Shape::V1) => V1_WORK.iter().any(|key| object.contains_key(*key)),
+        Some(_) => true,
     };
-    if shape == Shape::V1 && !V1_WORK.iter().any(|key| object.contains_key(*key)) {
+    let shape = shape_of(&object);
+    if !asks_for_work(shape) {
+        if object.contains_key("tasks") {
+            return Err(invalid("/tasks", TASKS_SHAPE));
+        }
         return Err(nothing_to_do(&object));
     }
+    let Some(shape) = shape else {
+        return Err(nothing_to_do(&object));
+    };
     let mut reader = Reader {
         options,
         ignored: Vec::new(),
         derived_id: false,
+        id_pointer: "/id",
     };
     let mut patch = match shape {
         Shape::V1 => reader.v1(object)?,
@@ -202,6 +240,8 @@ pub fn normalise(value: Value, options: &LegacyOptions) -> Result<Normalised, Pa
     };
     if reader.derived_id {
         patch.id = patch.derived_id();
+    } else {
+        check_explicit_id(&patch, reader.id_pointer)?;
     }
     Ok(Normalised {
         patch,
@@ -218,6 +258,8 @@ struct Reader<'a> {
     ignored: Vec<String>,
     /// The document named no id: one is derived once the patch is built.
     derived_id: bool,
+    /// Where the document named its id (for a refusal of a reserved id).
+    id_pointer: &'static str,
 }
 
 fn invalid(pointer: &str, message: impl Into<String>) -> PatchError {
@@ -312,7 +354,8 @@ impl Reader<'_> {
             .extend(object.keys().map(|key| format!("{base}/{}", escape(key))));
     }
 
-    fn id(&mut self, raw: Option<String>, pointer: &str) -> Result<PatchId, PatchError> {
+    fn id(&mut self, raw: Option<String>, pointer: &'static str) -> Result<PatchId, PatchError> {
+        self.id_pointer = pointer;
         let Some(raw) = raw else {
             self.derived_id = true;
             return PatchId::parse(PENDING_ID).map_err(|err| invalid(pointer, err.to_string()));
@@ -629,6 +672,9 @@ impl Reader<'_> {
         let mut description = take_str(&mut object, "description", "")?.unwrap_or_default();
         let mut task = Vec::new();
         let mut priority = Priority::Normal;
+        // Whether notes, steps or phases gave one line that is not blank: headings alone
+        // (`{"executionSteps":[]}`, `{"phases":[{}]}`, `{"notes":""}`) ask for nothing.
+        let mut instructed = notes.iter().any(|note| !note.trim().is_empty());
         if !notes.is_empty() {
             task.push("Notes:".to_owned());
             task.extend(notes.iter().map(|note| format!("- {note}")));
@@ -639,8 +685,10 @@ impl Reader<'_> {
             description = goal.trim().to_owned();
         }
         if let Some(steps) = object.remove("executionSteps") {
+            let steps = prose(&steps);
+            instructed |= steps.iter().any(|step| !step.trim().is_empty());
             task.push("Steps:".to_owned());
-            task.extend(prose(&steps).into_iter().map(|step| format!("- {step}")));
+            task.extend(steps.into_iter().map(|step| format!("- {step}")));
         }
         if let Some(Value::Array(phases)) = object.remove("phases") {
             for (index, phase) in phases.iter().enumerate() {
@@ -656,6 +704,7 @@ impl Reader<'_> {
                     .map(prose)
                     .unwrap_or_default()
                     .join(" ");
+                instructed |= !title.trim().is_empty();
                 task.push(format!("Phase {}: {title}", index + 1));
                 if index == 0
                     && let Some(Value::String(level)) = phase.get("priority")
@@ -673,8 +722,10 @@ impl Reader<'_> {
                     ("rollbackPlan", "Rollback plan"),
                 ] {
                     if let Some(value) = phase.get(key) {
+                        let lines = prose(value);
+                        instructed |= lines.iter().any(|line| !line.trim().is_empty());
                         task.push(format!("  {heading}:"));
-                        task.extend(prose(value).into_iter().map(|line| format!("  - {line}")));
+                        task.extend(lines.into_iter().map(|line| format!("  - {line}")));
                     }
                 }
             }
@@ -688,10 +739,11 @@ impl Reader<'_> {
                 task.extend(prose(&value).into_iter().map(|line| format!("- {line}")));
             }
         }
-        if task.is_empty() {
+        if !instructed {
             return Err(invalid(
                 "/phases",
-                "a phase patch needs notes, phases or executionSteps",
+                "a phase patch needs at least one non-blank line of notes, phases or \
+                 executionSteps: the ones given are empty or blank, so there are no instructions",
             ));
         }
         let commands = match object.remove("postMutationBuild") {

@@ -155,11 +155,24 @@ struct Scan<'a> {
 }
 
 impl Scan<'_> {
+    /// Keeps the [`MAX_WARNINGS`] earliest in the document, not the first found: a trailing
+    /// comma is found only at its bracket, after the comments that follow it.
     fn warn(&mut self, line: usize, column: usize, what: &str) {
         if self.found.len() < MAX_WARNINGS {
             self.found.push((line, column, what.to_owned()));
-        } else {
-            self.dropped += 1;
+            return;
+        }
+        self.dropped += 1;
+        let latest = self
+            .found
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, (line, column, _))| (*line, *column))
+            .map(|(index, (line, column, _))| (index, (*line, *column)));
+        if let Some((index, position)) = latest
+            && (line, column) < position
+        {
+            self.found[index] = (line, column, what.to_owned());
         }
     }
 

@@ -24,7 +24,8 @@ pub use budget::ParseBudget;
 pub use fenced::{FencedBlock, fenced_blocks};
 pub use ids::{IdError, PatchId, RelPath, TargetName};
 pub use legacy::{
-    LegacyOptions, NOTHING_TO_DO, Normalised, Shape, detect_shape, normalise, parse_submission,
+    LegacyOptions, NOTHING_TO_DO, Normalised, RESERVED_ID, Shape, TASKS_SHAPE, check_explicit_id,
+    detect_shape, is_derived_form, normalise, parse_submission,
 };
 pub use parse::{
     Document, Format, PatchError, parse_document, parse_document_spent, parse_json,

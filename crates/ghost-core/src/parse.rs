@@ -250,14 +250,29 @@ pub fn parse_document_spent(
 fn refused(reader: Reader<'_>, line: usize, column: usize) -> Option<PatchError> {
     Some(match reader.refusal()? {
         Refusal::OverBudget(message) => PatchError::OverBudget { message },
-        Refusal::DuplicateKey { pointer, key } => PatchError::DuplicateKey {
-            key,
-            first: pointer.clone(),
-            second: pointer,
-            line,
-            column,
-        },
+        Refusal::DuplicateKey { pointer, key } => {
+            let pointer = shorten(&pointer);
+            PatchError::DuplicateKey {
+                key: shorten(&key),
+                first: pointer.clone(),
+                second: pointer,
+                line,
+                column,
+            }
+        }
     })
+}
+
+/// Longest key or pointer an error repeats, in characters: the sender's text is echoed, so a
+/// long one would make the answer several times the document.
+const MAX_ECHOED_CHARS: usize = 64;
+
+/// `text`, cut to [`MAX_ECHOED_CHARS`] characters with "…" added when it was longer.
+fn shorten(text: &str) -> String {
+    match text.char_indices().nth(MAX_ECHOED_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
 }
 
 /// Reads a canonical v1 patch out of a generic value and validates it; errors name the field.
@@ -293,6 +308,14 @@ pub fn validate(patch: &Patch) -> Result<(), PatchError> {
         return Err(PatchError::invalid(
             "/edits",
             "a patch needs at least one edit, a `patch` document, an `agent` task or a command",
+        ));
+    }
+    if let Some(agent) = &patch.agent
+        && agent.task.trim().is_empty()
+    {
+        return Err(PatchError::invalid(
+            "/agent/task",
+            "an agent task needs instructions: `task` is empty or blank",
         ));
     }
     if let Some(document) = patch.patch.as_deref().filter(|_| has_document)

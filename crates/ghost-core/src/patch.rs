@@ -259,6 +259,10 @@ impl Patch {
     /// the SHA-256 of [`Patch::canonical_json_without_id`]. The same content, however it was
     /// spelled (whitespace, key order, legacy shape), always gets the same id, so sending it
     /// again is a replay.
+    ///
+    /// Derived ids are stored and retried against, so this rule (and the canonical form it
+    /// hashes) is versioned by the test `derived_ids_are_pinned` in `tests/intake.rs`: any
+    /// change to a field, its order or its default moves every derived id and fails that test.
     pub fn derived_id(&self) -> PatchId {
         use sha2::{Digest, Sha256};
         let digest = Sha256::digest(self.canonical_json_without_id().as_bytes());

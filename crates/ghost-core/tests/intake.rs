@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use ghost_core::{
-    Format, LegacyOptions, NOTHING_TO_DO, ParseBudget, PatchError, Shape, TargetName,
-    parse_submission, read_document,
+    Format, LegacyOptions, NOTHING_TO_DO, ParseBudget, PatchError, RESERVED_ID, Shape, TASKS_SHAPE,
+    TargetName, parse_submission, read_document,
 };
 
 const BUDGET: ParseBudget = ParseBudget {
@@ -185,4 +185,173 @@ fn documents_that_ask_for_nothing_say_what_is_missing() {
             other => panic!("{body}: expected nothing to do, got {other:?}"),
         }
     }
+}
+
+/// Derived ids are stored and retried against: this pins the rule. If it fails, every derived
+/// id has moved; a change to the canonical form needs a new id version, not a new literal.
+#[test]
+fn derived_ids_are_pinned() {
+    let normalised = submit(r#"{"target":"MAIN","commands":["make test"]}"#).unwrap();
+    assert!(normalised.derived_id);
+    assert_eq!(normalised.patch.id.as_str(), PINNED_DERIVED_ID);
+}
+
+const PINNED_DERIVED_ID: &str = "p-210c3e760c9a0bbc";
+
+#[test]
+fn explicit_ids_of_the_derived_form_are_reserved() {
+    let derived = submit(r#"{"target":"MAIN","commands":["make test"]}"#)
+        .unwrap()
+        .patch
+        .id;
+    // Another document taking that id ahead of time, in any shape that names an id.
+    for (body, pointer) in [
+        (
+            format!(r#"{{"id":"{derived}","target":"MAIN","commands":["rm -rf build"]}}"#),
+            "/id",
+        ),
+        (
+            r#"{"id":"p-0123456789abcdef","target":"OTHER","agent":{"task":"x"}}"#.to_owned(),
+            "/id",
+        ),
+        (
+            r#"{"blockId":"p-0123456789abcdef","postMutationBuild":"make"}"#.to_owned(),
+            "/blockId",
+        ),
+        (
+            r#"{"patch":{"id":"p-0123456789abcdef","kind":"k","execution":["make"]}}"#.to_owned(),
+            "/patch/id",
+        ),
+    ] {
+        match submit(&body) {
+            Err(PatchError::Invalid {
+                pointer: got,
+                message,
+            }) => {
+                assert_eq!(got, pointer, "{body}");
+                assert_eq!(message, RESERVED_ID, "{body}");
+            }
+            other => panic!("{body}: expected the reserved-id refusal, got {other:?}"),
+        }
+    }
+    // The document's own derived id, named explicitly, is the same patch: accepted.
+    let own = submit(&format!(
+        r#"{{"id":"{derived}","target":"MAIN","commands":["make test"]}}"#
+    ))
+    .unwrap();
+    assert_eq!(own.patch.id, derived);
+    assert!(!own.derived_id);
+    // Ids that only look alike are anyone's.
+    for id in [
+        "p-0123456789ABCDEF",
+        "p-0123456789abcde",
+        "p-0123456789abcdef0",
+        "q-0123456789abcdef",
+    ] {
+        let body = format!(r#"{{"id":"{id}","target":"MAIN","commands":["make"]}}"#);
+        assert_eq!(submit(&body).unwrap().patch.id.as_str(), id);
+    }
+}
+
+#[test]
+fn blank_instructions_are_refused_naming_what_is_missing() {
+    for (body, pointer, names) in [
+        (r#"{"executionSteps":[]}"#, "/phases", "executionSteps"),
+        (r#"{"phases":[{}]}"#, "/phases", "phases"),
+        (r#"{"notes":""}"#, "/phases", "notes"),
+        (
+            r#"{"notes":["  "],"executionSteps":[""],"phases":[{"task":" "}]}"#,
+            "/phases",
+            "non-blank",
+        ),
+        (r#"{"agent":{"task":" "}}"#, "/agent/task", "task"),
+        (
+            r#"{"id":"a","target":"MAIN","commands":["make"],"agent":{"task":"\n"}}"#,
+            "/agent/task",
+            "blank",
+        ),
+    ] {
+        match submit(body) {
+            Err(PatchError::Invalid {
+                pointer: got,
+                message,
+            }) => {
+                assert_eq!(got, pointer, "{body}: {message}");
+                assert!(message.contains(names), "{body}: {message}");
+            }
+            other => panic!("{body}: expected a refusal, got {other:?}"),
+        }
+    }
+    // One real line is enough.
+    assert!(submit(r#"{"notes":["", "fix the login"]}"#).is_ok());
+    assert!(submit(r#"{"phases":[{"task":"rename the module"}]}"#).is_ok());
+}
+
+#[test]
+fn a_tasks_list_is_refused_as_a_shape_not_as_nothing_to_do() {
+    let err = parse_submission(
+        &fixture("tasks-leading-comment.json"),
+        Format::Json,
+        &BUDGET,
+        &options(),
+    )
+    .unwrap_err();
+    match err {
+        PatchError::Invalid { pointer, message } => {
+            assert_eq!(pointer, "/tasks");
+            assert_eq!(message, TASKS_SHAPE);
+            assert!(!message.contains("nothing to do"));
+        }
+        other => panic!("expected the tasks refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_long_duplicate_key_is_shortened_in_the_refusal() {
+    let key = "k".repeat(512 * 1024);
+    let body = format!(r#"{{"{key}":{{"a":1,"a":2}}}}"#);
+    match submit(&body) {
+        Err(err @ PatchError::DuplicateKey { .. }) => {
+            let text = err.to_string();
+            assert!(text.len() < 1024, "{} bytes", text.len());
+            let PatchError::DuplicateKey {
+                key: shown, first, ..
+            } = err
+            else {
+                unreachable!("matched above")
+            };
+            // The nested duplicate "a" comes first; its pointer holds the long key.
+            assert_eq!(shown, "a");
+            assert_eq!(first.chars().count(), 65, "{first}");
+            assert!(first.starts_with("/kkk") && first.ends_with('…'), "{first}");
+        }
+        other => panic!("expected a duplicate key, got {other:?}"),
+    }
+    let key = "k".repeat(500 * 1024);
+    let body = format!(r#"{{"{key}":1,"{key}":2}}"#);
+    match submit(&body) {
+        Err(PatchError::DuplicateKey { key: shown, .. }) => {
+            assert_eq!(shown, format!("{}…", "k".repeat(64)));
+        }
+        other => panic!("expected a duplicate key, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_warnings_kept_are_the_earliest_in_the_document() {
+    // A trailing comma is found only at its bracket, after the 25 comments that follow it.
+    let comments = "// note\n".repeat(25);
+    let body = format!("{{\"target\":\"MAIN\",\"commands\":[\"make\",\n{comments}]}}");
+    let document = read_document(body.as_bytes(), Format::Json, &BUDGET).unwrap();
+    assert_eq!(document.warnings.len(), 21, "{:?}", document.warnings);
+    assert_eq!(
+        document.warnings[0],
+        "line 1, column 36: a trailing comma before ']' was ignored"
+    );
+    assert!(document.warnings[1].starts_with("line 2, column 1:"));
+    assert!(document.warnings[19].starts_with("line 20, column 1:"));
+    assert_eq!(
+        document.warnings[20],
+        "6 more forgiven commas or comments not listed"
+    );
 }

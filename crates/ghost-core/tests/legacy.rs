@@ -63,8 +63,9 @@ fn every_legacy_fixture_normalises_or_is_refused_naming_the_field() {
         ("phase-no-id-no-target.json", Ok(Shape::Phase)),
         ("command-no-target.json", Ok(Shape::CommandPatch)),
         ("command-trailing-comma.json", Ok(Shape::CommandPatch)),
+        // An old runner's `tasks[]` list is refused at `tasks`, naming what to use instead.
+        ("tasks-leading-comment.json", Err("/tasks")),
         // Documents that ask for nothing are refused as a whole (the pointer is "").
-        ("tasks-leading-comment.json", Err("")),
         ("target-only-test-marker.json", Err("")),
         ("manifest-move-log.json", Err("")),
         ("prose-status-note.json", Err("")),
@@ -103,6 +104,9 @@ fn every_legacy_fixture_normalises_or_is_refused_naming_the_field() {
                         message.contains(ghost_core::NOTHING_TO_DO),
                         "{name}: {message}"
                     );
+                }
+                if *pointer == "/tasks" {
+                    assert_eq!(message, ghost_core::TASKS_SHAPE, "{name}");
                 }
             }
             (want, got) => panic!("{name}: expected {want:?}, got {got:?}"),

@@ -93,6 +93,38 @@ fn same_secret(given: &str, expected: &str) -> bool {
         == 0
 }
 
+/// At most this many intake warnings are stored with a patch (the gateway sends at most 21).
+const MAX_INTAKE_WARNINGS: usize = 32;
+/// Longest stored intake warning, in bytes.
+const MAX_INTAKE_WARNING_BYTES: usize = 256;
+
+/// Refuses intake warnings beyond the caps, so a caller of the router cannot make every
+/// read of a patch carry an unbounded list.
+fn check_intake_warnings(warnings: &[String]) -> Result<(), RouterError> {
+    if warnings.len() > MAX_INTAKE_WARNINGS {
+        return Err(RouterError::InvalidArgument {
+            field: "intake_warnings".to_owned(),
+            message: format!(
+                "at most {MAX_INTAKE_WARNINGS} warnings are stored, got {}",
+                warnings.len()
+            ),
+        });
+    }
+    if let Some(index) = warnings
+        .iter()
+        .position(|warning| warning.len() > MAX_INTAKE_WARNING_BYTES)
+    {
+        return Err(RouterError::InvalidArgument {
+            field: format!("intake_warnings/{index}"),
+            message: format!(
+                "a warning may be at most {MAX_INTAKE_WARNING_BYTES} bytes, got {}",
+                warnings[index].len()
+            ),
+        });
+    }
+    Ok(())
+}
+
 type WorkStream = Pin<Box<dyn Stream<Item = Result<RouterMessage, tonic::Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -110,6 +142,7 @@ impl RouterService for RouterGrpc {
             field: "patch".to_owned(),
             message: "required".to_owned(),
         })?;
+        check_intake_warnings(&intake_warnings)?;
         let patch = Patch::try_from(wire_patch).map_err(RouterError::from)?;
         tracing::Span::current().record("patch_id", patch.id.as_str());
         tracing::Span::current().record("target", patch.target.as_str());

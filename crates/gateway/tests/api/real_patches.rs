@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use crate::helpers::{KEY, TestGateway, read};
+use crate::helpers::{KEY, MAIN_SUBMITTER, TestGateway, read};
 use crate::system::{ADMIN_KEY, System};
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -224,7 +224,6 @@ async fn documents_that_ask_for_nothing_are_refused_naming_what_is_missing() {
         "manifest-move-log.json",
         "prose-status-note.json",
         "target-only-test-marker.json",
-        "tasks-leading-comment.json",
     ] {
         let (code, problem) = send(&gateway.url(), KEY, "application/json", fixture(name)).await;
         assert_eq!(code, 422, "{name}: {problem}");
@@ -249,4 +248,229 @@ async fn documents_that_ask_for_nothing_are_refused_naming_what_is_missing() {
             .contains("nothing to do")
     );
     assert!(gateway.stored_ids().await.is_empty());
+}
+
+/// `POST /v1/patches` with an `Idempotency-Key` header.
+async fn send_keyed(url: &str, idempotency_key: &str, body: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{url}/v1/patches"))
+        .bearer_auth(KEY)
+        .header("content-type", "application/json")
+        .header("idempotency-key", idempotency_key)
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("gateway reachable");
+    read(response).await
+}
+
+/// The id an id-less `body` will get on the test gateway (default target MAIN).
+fn derived_id_of(body: &str) -> String {
+    let options = ghost_core::LegacyOptions {
+        default_target: Some(ghost_core::TargetName::parse("MAIN").expect("target")),
+        ..Default::default()
+    };
+    ghost_core::parse_submission(
+        body.as_bytes(),
+        ghost_core::Format::Json,
+        &ghost_core::ParseBudget::new(1 << 20),
+        &options,
+    )
+    .expect("valid")
+    .patch
+    .id
+    .to_string()
+}
+
+/// A caller cannot take, ahead of time, the id an id-less patch of predictable content will
+/// get: an explicit `p-` + 16 hex id is refused unless it is the document's own derived id.
+#[tokio::test]
+async fn derived_ids_cannot_be_squatted() {
+    let gateway = TestGateway::start(|_, _| {}).await;
+    let victim = r#"{"target":"CYOPS","commands":["make release"]}"#;
+    let derived = derived_id_of(victim);
+    // A key for MAIN only names the CYOPS patch's id for its own MAIN patch.
+    let squat = format!(r#"{{"id":"{derived}","target":"MAIN","commands":["true"]}}"#);
+    let (code, problem) = send(
+        &gateway.url(),
+        MAIN_SUBMITTER,
+        "application/json",
+        squat.into_bytes(),
+    )
+    .await;
+    assert_eq!(code, 422, "{problem}");
+    assert_eq!(problem["pointer"], "/id", "{problem}");
+    assert_eq!(problem["detail"], ghost_core::RESERVED_ID, "{problem}");
+    let (code, accepted) = send(&gateway.url(), KEY, "application/json", victim.into()).await;
+    assert_eq!(code, 202, "{accepted}");
+    assert_eq!(accepted["id"], derived.as_str());
+    // Naming its own derived id is the same patch: a replay.
+    let own = format!(r#"{{"id":"{derived}","target":"CYOPS","commands":["make release"]}}"#);
+    let (code, again) = send(&gateway.url(), KEY, "application/json", own.into_bytes()).await;
+    assert_eq!(code, 202, "{again}");
+    assert_eq!(again["replayed"], true, "{again}");
+    assert_eq!(gateway.stored_ids().await, [derived.as_str()]);
+}
+
+/// `Idempotency-Key` on a document without an id becomes its id: the 202 and `GET` agree with
+/// the key, a retry replays, other content under the key is 409.
+#[tokio::test]
+async fn an_idempotency_key_names_a_patch_that_has_no_id() {
+    let gateway = TestGateway::start(|_, _| {}).await;
+    let url = gateway.url();
+    let body = r#"{"target":"MAIN","commands":["make test"]}"#;
+    let (code, accepted) = send_keyed(&url, "order-42", body).await;
+    assert_eq!(code, 202, "{accepted}");
+    assert_eq!(accepted["id"], "order-42", "{accepted}");
+    assert_eq!(accepted["id_derived"], false, "{accepted}");
+    let (code, stored) = gateway.get("/v1/patches/order-42", KEY).await;
+    assert_eq!(code, 200, "{stored}");
+    let (code, again) = send_keyed(&url, "order-42", body).await;
+    assert_eq!(
+        (code, &again["replayed"]),
+        (202, &Value::Bool(true)),
+        "{again}"
+    );
+    let (code, conflict) = send_keyed(
+        &url,
+        "order-42",
+        r#"{"target":"MAIN","commands":["make lint"]}"#,
+    )
+    .await;
+    assert_eq!(code, 409, "{conflict}");
+    // A key of the derived form is the document's own derived id or nothing.
+    let (code, problem) = send_keyed(&url, "p-0123456789abcdef", body).await;
+    assert_eq!(code, 400, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .expect("detail")
+            .contains(ghost_core::RESERVED_ID),
+        "{problem}"
+    );
+    let other = r#"{"target":"MAIN","commands":["make docs"]}"#;
+    let (code, own) = send_keyed(&url, &derived_id_of(other), other).await;
+    assert_eq!(code, 202, "{own}");
+    assert_eq!(own["id"], derived_id_of(other).as_str());
+    // A document with an id still has to carry the key's.
+    let (code, conflict) = send_keyed(
+        &url,
+        "order-43",
+        r#"{"id":"order-44","target":"MAIN","commands":["make"]}"#,
+    )
+    .await;
+    assert_eq!(code, 409, "{conflict}");
+    let mut stored = gateway.stored_ids().await;
+    stored.sort();
+    assert_eq!(stored, ["order-42", derived_id_of(other).as_str()]);
+}
+
+/// In chat text a block that names neither an id nor a target is an example, not an order:
+/// skipped as before (legacy shapes keep their own markers).
+#[tokio::test]
+async fn chat_blocks_without_id_or_target_are_not_run() {
+    let gateway = TestGateway::start(|_, _| {}).await;
+    let text = "To clean up, run:\n\n```json\n{\"commands\":[\"make clean\"]}\n```\n\nor in YAML:\n\n```yaml\nedits:\n  - {op: delete, path: build.log}\n```\n\nThis one is meant:\n\n```json\n{\"target\":\"MAIN\",\"commands\":[\"make test\"]}\n```\n\nAnd an old block:\n\n```json\n{\"postMutationBuild\":\"make\"}\n```\n";
+    let (code, body) = gateway
+        .post("/v1/messages", KEY, &serde_json::json!({"text": text}))
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let blocks = body["blocks"].as_array().expect("blocks");
+    let outcomes: Vec<(&str, &str)> = blocks
+        .iter()
+        .map(|block| {
+            (
+                block["outcome"].as_str().expect("outcome"),
+                block["reason"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("skipped", "not a patch"),
+            ("skipped", "not a patch"),
+            ("submitted", ""),
+            ("submitted", "")
+        ],
+        "{body}"
+    );
+    assert_eq!(body["submitted"], 2, "{body}");
+    assert_eq!(gateway.stored_ids().await.len(), 2);
+}
+
+/// Headings without a line under them are no instructions: 422 naming what is missing.
+#[tokio::test]
+async fn blank_instructions_are_refused_naming_what_is_missing() {
+    let gateway = TestGateway::start(|_, _| {}).await;
+    for (body, pointer, names) in [
+        (r#"{"executionSteps":[]}"#, "/phases", "executionSteps"),
+        (r#"{"phases":[{}]}"#, "/phases", "phases"),
+        (r#"{"notes":""}"#, "/phases", "notes"),
+        (r#"{"agent":{"task":" "}}"#, "/agent/task", "task"),
+    ] {
+        let (code, problem) = send(&gateway.url(), KEY, "application/json", body.into()).await;
+        assert_eq!(code, 422, "{body}: {problem}");
+        assert_eq!(problem["pointer"], pointer, "{body}: {problem}");
+        let detail = problem["detail"].as_str().expect("detail");
+        assert!(
+            detail.contains(names) && detail.contains("blank"),
+            "{body}: {detail}"
+        );
+    }
+    assert!(gateway.stored_ids().await.is_empty());
+}
+
+/// A `tasks[]` document is refused for its shape, not as "nothing to do".
+#[tokio::test]
+async fn a_tasks_document_is_refused_for_its_shape() {
+    let gateway = TestGateway::start(|_, _| {}).await;
+    let (code, problem) = send(
+        &gateway.url(),
+        KEY,
+        "application/json",
+        fixture("tasks-leading-comment.json"),
+    )
+    .await;
+    assert_eq!(code, 422, "{problem}");
+    assert_eq!(problem["pointer"], "/tasks", "{problem}");
+    let detail = problem["detail"].as_str().expect("detail");
+    assert!(detail.ends_with(ghost_core::TASKS_SHAPE), "{detail}");
+    assert!(!detail.contains("nothing to do"), "{detail}");
+}
+
+/// A hostile duplicate key is not echoed at length: key and pointers are cut to 64 characters.
+#[tokio::test]
+async fn a_long_duplicate_key_gives_a_small_answer() {
+    let gateway = TestGateway::start(|_, _| {}).await;
+    let long = "k".repeat(512 * 1024);
+    for (body, key) in [
+        // The 512 KiB key is a parent: every pointer holds it.
+        (format!(r#"{{"{long}":{{"a":1,"a":2}}}}"#), "a".to_owned()),
+        // A 500 KiB key repeated (two fit in the body limit).
+        (
+            format!(r#"{{"{0}":1,"{0}":2}}"#, &long[..500 * 1024]),
+            format!("{}…", "k".repeat(64)),
+        ),
+    ] {
+        let response = reqwest::Client::new()
+            .post(format!("{}/v1/patches", gateway.url()))
+            .bearer_auth(KEY)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("gateway reachable");
+        let bytes = response.bytes().await.expect("body");
+        assert!(bytes.len() < 2048, "a {} byte answer", bytes.len());
+        let problem: Value = serde_json::from_slice(&bytes).expect("problem json");
+        assert_eq!(problem["status"], 422, "{problem}");
+        assert_eq!(problem["key"], key.as_str(), "{problem}");
+        for pointer in problem["pointers"].as_array().expect("pointers") {
+            assert!(
+                pointer.as_str().expect("pointer").chars().count() <= 65,
+                "{pointer}"
+            );
+        }
+    }
 }

@@ -151,17 +151,39 @@ fn backfill_deps(conn: &Connection) -> Result<(), StoreError> {
 mod tests {
     use super::*;
 
+    /// The migrations that add a column, each by the column it adds: a test of old rows applies
+    /// only those before it, however many migrations come later.
+    fn migrations_before(column: &str) -> usize {
+        MIGRATIONS
+            .iter()
+            .position(|migration| migration.contains(&format!("ADD COLUMN {column} ")))
+            .unwrap_or_else(|| panic!("no migration adds {column}"))
+    }
+
+    /// A database as the router left it before the migration adding `column`.
+    fn database_before(path: &std::path::Path, column: &str) -> Connection {
+        let conn = Connection::open(path).unwrap();
+        let count = migrations_before(column);
+        for (index, migration) in MIGRATIONS.iter().enumerate().take(count) {
+            conn.execute_batch(migration).unwrap();
+            conn.pragma_update(None, "user_version", index as i64 + 1)
+                .unwrap();
+        }
+        conn
+    }
+
+    #[test]
+    fn old_row_tests_apply_the_migrations_before_their_column_only() {
+        assert_eq!(migrations_before("at_us"), 2);
+        assert_eq!(migrations_before("warnings_json"), 3);
+    }
+
     #[test]
     fn events_stored_before_microseconds_read_as_their_milliseconds() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("router.db");
         {
-            let conn = Connection::open(&path).unwrap();
-            for (index, migration) in MIGRATIONS.iter().enumerate().take(MIGRATIONS.len() - 1) {
-                conn.execute_batch(migration).unwrap();
-                conn.pragma_update(None, "user_version", index as i64 + 1)
-                    .unwrap();
-            }
+            let conn = database_before(&path, "at_us");
             conn.execute(
                 "INSERT INTO events (patch_id, at_ms, status, actor, attempt) VALUES ('old', 1700000000123, 'queued', 'router', 0)",
                 [],
@@ -179,5 +201,38 @@ mod tests {
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].at_ms, 1_700_000_000_123);
         assert_eq!(events[0].at_us, 1_700_000_000_123_000);
+    }
+
+    #[test]
+    fn patches_stored_before_warnings_read_back_with_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("router.db");
+        let patch = ghost_core::parse_json(
+            br#"{"id":"old-patch","target":"MAIN","commands":["make test"]}"#,
+        )
+        .unwrap();
+        {
+            let conn = database_before(&path, "warnings_json");
+            conn.execute(
+                "INSERT INTO patches (id, target, priority, content_hash, patch_json, status, traceparent, created_ms, updated_ms, seq)
+                 VALUES ('old-patch', 'MAIN', 0, ?1, ?2, 'queued', '', 1700000000000, 1700000000000, 1)",
+                params![patch.content_hash(), serde_json::to_string(&patch).unwrap()],
+            )
+            .unwrap();
+        }
+        let store = crate::store::SqliteStore::open(&path).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let record = runtime
+            .block_on(crate::store::RouterStore::get(
+                &store,
+                "old-patch".to_owned(),
+            ))
+            .unwrap()
+            .expect("the old row is still there");
+        assert_eq!(record.patch, patch);
+        assert!(record.warnings.is_empty(), "{:?}", record.warnings);
     }
 }

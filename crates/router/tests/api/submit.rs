@@ -131,3 +131,60 @@ async fn list_targets_reports_depth_pause_and_executor_presence() {
     served.sort();
     assert_eq!(served, ["DOCS", "MAIN"]);
 }
+
+#[tokio::test]
+async fn intake_warnings_are_capped_in_count_and_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = spawn_router(config(dir.path())).await;
+    let mut client = router.client.clone();
+
+    let too_many = client
+        .submit(SubmitRequest {
+            patch: Some(patch("warned-1", "MAIN")),
+            intake_warnings: vec!["line 1, column 1: a comment".to_owned(); 33],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(too_many.code(), tonic::Code::InvalidArgument);
+    assert!(
+        too_many.message().contains("intake_warnings"),
+        "{}",
+        too_many.message()
+    );
+
+    let too_long = client
+        .submit(SubmitRequest {
+            patch: Some(patch("warned-2", "MAIN")),
+            intake_warnings: vec!["x".repeat(257)],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(too_long.code(), tonic::Code::InvalidArgument);
+    assert!(
+        too_long.message().contains("intake_warnings/0"),
+        "{}",
+        too_long.message()
+    );
+    assert!(
+        too_long.message().len() < 200,
+        "the warning is not echoed: {}",
+        too_long.message()
+    );
+
+    let at_the_caps = client
+        .submit(SubmitRequest {
+            patch: Some(patch("warned-3", "MAIN")),
+            intake_warnings: vec!["y".repeat(256); 32],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(at_the_caps.created);
+    let listed = client
+        .list(ListRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .patches;
+    assert_eq!(listed.len(), 1, "only the patch at the caps: {listed:?}");
+}
