@@ -30,6 +30,9 @@ pub async fn http(request: Request, next: Next) -> Response {
     response
 }
 
+/// The `grpc_service` and `grpc_method` of calls answered UNIMPLEMENTED (a path nothing serves).
+pub const UNKNOWN_METHOD: &str = "(unimplemented)";
+
 /// A tower layer for the tonic server recording gRPC RED metrics. The status code is read from
 /// the response headers (where tonic puts it for calls that fail before any message); a call
 /// whose headers carry no status counts as `Ok`: an error sent later in trailers (mid-stream)
@@ -109,11 +112,68 @@ where
                     .map_or("OK", |code| code_name(tonic::Code::from_i32(code))),
                 Err(_) => "UNKNOWN",
             };
+            // A path no service serves is answered UNIMPLEMENTED before any handler runs: one
+            // label for all of them, so a client cannot grow the series by inventing names.
+            let (service, method) = if code == "UNIMPLEMENTED" {
+                (UNKNOWN_METHOD.to_owned(), UNKNOWN_METHOD.to_owned())
+            } else {
+                (service, method)
+            };
             metrics::counter!("ghost_grpc_requests_total", "grpc_service" => service.clone(), "grpc_method" => method.clone(), "grpc_code" => code)
                 .increment(1);
             metrics::histogram!("ghost_grpc_request_duration_seconds", "grpc_service" => service, "grpc_method" => method)
                 .record(started.elapsed().as_secs_f64());
             result
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use tower::{Layer, ServiceExt};
+
+    use super::*;
+
+    /// Answers every call with `grpc-status` `code` in the headers, as tonic does for a path
+    /// no service serves (12, UNIMPLEMENTED).
+    async fn answer(code: &'static str, uri: String) -> Result<http::Response<()>, Infallible> {
+        let request = http::Request::builder().uri(uri).body(()).expect("request");
+        GrpcLayer
+            .layer(tower::service_fn(move |_: http::Request<()>| async move {
+                Ok::<_, Infallible>(
+                    http::Response::builder()
+                        .header("grpc-status", code)
+                        .body(())
+                        .expect("response"),
+                )
+            }))
+            .oneshot(request)
+            .await
+    }
+
+    fn series(rendered: &str, needle: &str) -> usize {
+        rendered
+            .lines()
+            .filter(|line| line.starts_with("ghost_grpc_requests_total{") && line.contains(needle))
+            .count()
+    }
+
+    #[tokio::test]
+    async fn invented_method_names_share_one_series_and_served_ones_keep_their_names() {
+        let handle = crate::metrics::handle();
+        for n in 0..50 {
+            answer("12", format!("/made.up.Service{n}/Method{n}"))
+                .await
+                .expect("served");
+        }
+        answer("0", "/ghost.router.v1.Router/RedTestSubmit".to_owned())
+            .await
+            .expect("served");
+        let rendered = handle.render();
+        assert_eq!(series(&rendered, "made.up.Service"), 0, "{rendered}");
+        assert_eq!(series(&rendered, UNKNOWN_METHOD), 1, "{rendered}");
+        assert_eq!(series(&rendered, "RedTestSubmit"), 1, "{rendered}");
     }
 }
