@@ -4,6 +4,10 @@
 //!
 //! The `metrics` facade has one recorder per process; in production each service is its own
 //! process, and under `ghost up` the five services share one registry.
+//!
+//! Labels never carry names a client chose freely: the router labels a target by name only once
+//! an executor has served it (every other target is `target="(other)"`), and gRPC calls to a
+//! path nothing serves are `grpc_service="(unimplemented)"`.
 
 use std::sync::OnceLock;
 
