@@ -89,12 +89,9 @@ fn refuse_state_in_workspaces(
     Ok(())
 }
 
-/// Refuses a config file inside a workspace (a patch could rewrite `ghost.toml`, and with it
-/// the keys and the targets, for the next start) and two targets on the same directory.
-fn refuse_file_in_workspaces(
-    file: Option<&Path>,
-    workspaces: &[(String, PathBuf)],
-) -> Result<(), CliError> {
+/// The workspaces' roots resolved; refuses two targets on the same directory (their patches
+/// would race on the same files under two queues).
+fn resolved_roots(workspaces: &[(String, PathBuf)]) -> Result<Vec<(&str, PathBuf)>, CliError> {
     let mut roots: Vec<(&str, PathBuf)> = Vec::new();
     for (target, dir) in workspaces {
         let root = resolved(dir)
@@ -108,12 +105,15 @@ fn refuse_file_in_workspaces(
         }
         roots.push((target, root));
     }
-    let Some(file) = file else {
-        return Ok(());
-    };
+    Ok(roots)
+}
+
+/// Refuses a config file inside a workspace: a patch could rewrite `ghost.toml`, and with it
+/// the keys and the targets, for the next start. The file's symlinks are followed.
+fn refuse_file_in_workspaces(file: &Path, roots: &[(&str, PathBuf)]) -> Result<(), CliError> {
     let config = resolved(file)
         .map_err(|err| CliError::Settings(format!("config file {}: {err}", file.display())))?;
-    for (target, root) in &roots {
+    for (target, root) in roots {
         if config.starts_with(root) {
             return Err(CliError::Settings(format!(
                 "the config file {} is inside workspace {target} ({}): a patch could rewrite \
@@ -164,7 +164,10 @@ fn check_layout(config: &UpConfig) -> Result<(), CliError> {
         .flat_map(|executor| &executor.workspaces)
         .map(|w| (w.target.clone(), w.root.clone()))
         .collect();
-    refuse_file_in_workspaces(config.file.as_deref(), &workspaces)?;
+    let roots = resolved_roots(&workspaces)?;
+    if let Some(file) = &config.file {
+        refuse_file_in_workspaces(file, &roots)?;
+    }
     refuse_state_in_workspaces(&state_dirs(config), &workspaces)
 }
 
@@ -263,21 +266,20 @@ mod tests {
         std::fs::write(ws.join("ghost.toml"), "").unwrap();
         std::os::unix::fs::symlink(ws.join("ghost.toml"), dir.path().join("ghost.toml")).unwrap();
         let workspaces = vec![("MAIN".to_owned(), ws.clone())];
+        let roots = resolved_roots(&workspaces).unwrap();
         for file in [ws.join("ghost.toml"), dir.path().join("ghost.toml")] {
-            let err = refuse_file_in_workspaces(Some(&file), &workspaces).unwrap_err();
+            let err = refuse_file_in_workspaces(&file, &roots).unwrap_err();
             let err = err.to_string();
             assert!(err.contains("config file"), "{err}");
             assert!(err.contains("inside workspace MAIN"), "{err}");
         }
         std::fs::write(dir.path().join("outside.toml"), "").unwrap();
-        refuse_file_in_workspaces(Some(&dir.path().join("outside.toml")), &workspaces).unwrap();
+        refuse_file_in_workspaces(&dir.path().join("outside.toml"), &roots).unwrap();
         let two = vec![
             ("A".to_owned(), ws.clone()),
             ("B".to_owned(), dir.path().join("x/../repo")),
         ];
-        let err = refuse_file_in_workspaces(None, &two)
-            .unwrap_err()
-            .to_string();
+        let err = resolved_roots(&two).unwrap_err().to_string();
         assert!(err.contains("targets A and B have the same root"), "{err}");
     }
 
