@@ -280,10 +280,45 @@ pub fn file_text(keys: &[ApiKeyConfig]) -> Result<String, CliError> {
     Ok(text)
 }
 
+/// Writes `contents` to `path` readable by its owner only (0600; it holds key hashes and may
+/// hold secrets): into a new temporary file beside it, then moved into place, so a symlink at
+/// `path` is replaced, never followed. Without `replace` an existing `path` is kept and the
+/// write fails with `AlreadyExists`.
+fn write_private(path: &Path, contents: &[u8], replace: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temp)
+        .and_then(|mut file| {
+            file.write_all(contents)?;
+            file.sync_all()
+        });
+    let placed = written.and_then(|()| {
+        if replace {
+            std::fs::rename(&temp, path)
+        } else {
+            // A hard link fails when `path` exists (even as a dangling symlink): no overwrite.
+            std::fs::hard_link(&temp, path).and_then(|()| std::fs::remove_file(&temp))
+        }
+    });
+    if placed.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    placed
+}
+
 /// Writes `DIR/ghost.toml` (refusing to overwrite one unless `force`) and prints the keys once.
 pub fn run(dir: &Path, force: bool, output: &Output) -> Result<Exit, CliError> {
     let path = dir.join(DEFAULT_FILE);
-    if path.exists() && !force {
+    if path.symlink_metadata().is_ok() && !force {
         return Err(CliError::Input(format!(
             "{} already exists; not overwriting it (use --force to replace it, and its keys)",
             path.display()
@@ -298,16 +333,7 @@ pub fn run(dir: &Path, force: bool, output: &Output) -> Result<Exit, CliError> {
     let text = file_text(&stored)?;
     std::fs::create_dir_all(dir)
         .map_err(|err| CliError::Input(format!("cannot create {}: {err}", dir.display())))?;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true);
-    if force {
-        options.create(true).truncate(true);
-    } else {
-        options.create_new(true);
-    }
-    options
-        .open(&path)
-        .and_then(|mut file| file.write_all(text.as_bytes()))
+    write_private(&path, text.as_bytes(), force)
         .map_err(|err| CliError::Input(format!("cannot write {}: {err}", path.display())))?;
     let mut shown = format!(
         "Wrote {} (only the keys' SHA-256 hashes are stored).\nAPI keys (shown once, keep them):\n",

@@ -86,9 +86,17 @@ fn server_on(grpc: SocketAddr, http: SocketAddr) -> ServerConfig {
     }
 }
 
-/// `http://ADDR`, the URL one service dials another on.
+/// `http://ADDR`, the URL one service (or a client on this machine) dials another on; a
+/// listener on every interface (`0.0.0.0`, `[::]`) is dialled on loopback.
 pub fn url(addr: SocketAddr) -> String {
-    format!("http://{addr}")
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::IpAddr::from([127, 0, 0, 1]),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+        }
+        other => other,
+    };
+    format!("http://{}", SocketAddr::new(ip, addr.port()))
 }
 
 /// The five services' complete configs: what [`LocalSystem::start_with`] runs.
@@ -355,6 +363,19 @@ impl LocalSystem {
     /// services started later ([`LocalSystem::start_router`], [`LocalSystem::add_executor`])
     /// keep their state.
     pub async fn start_with(data_dir: PathBuf, config: SystemConfig) -> anyhow::Result<Self> {
+        let mut listeners = config.clone();
+        let started = Self::start_each(data_dir, config).await;
+        if started.is_err() {
+            // The services not built yet never took their pre-bound listeners: drop them
+            // (releasing one a service took is a no-op).
+            for (_, addr) in listeners.listen_addresses() {
+                Listeners::release(*addr);
+            }
+        }
+        started
+    }
+
+    async fn start_each(data_dir: PathBuf, config: SystemConfig) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&data_dir)?;
         let mut system = Self {
             data_dir,

@@ -7,19 +7,19 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use ghost_cli::client::GatewayClient;
 use ghost_cli::commands::{self, ListOptions};
 use ghost_cli::config_check;
 use ghost_cli::error::CliError;
 use ghost_cli::exit::{self, Exit};
 use ghost_cli::init;
-use ghost_cli::local::SlackOptions;
 use ghost_cli::render::Output;
 use ghost_cli::settings::{self, ConfigFile};
 use ghost_cli::submit::{self, SubmitOptions};
 use ghost_cli::up;
-use ghost_cli::up_config::UpFlags;
+use ghost_cli::up_config::{SlackFlags, UpFlags};
 use ghost_runtime::telemetry::LogFormat;
 
 #[derive(Parser)]
@@ -41,7 +41,8 @@ struct Global {
     /// Gateway URL [default: http://127.0.0.1:8080, or `url` in the config file].
     #[arg(long, global = true, env = "GHOST_URL")]
     url: Option<String>,
-    /// API key (`ghost up` prints one) [or `api_key` in the config file].
+    /// API key (`ghost up` prints one) [or `api_key` in the config file]. Given to `ghost up`
+    /// as a flag (never through GHOST_API_KEY), it is an extra all-scopes gateway key.
     #[arg(long, global = true, env = "GHOST_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
     /// ghost's config file (TOML: url, api_key) [default: $XDG_CONFIG_HOME/ghost/config.toml].
@@ -84,17 +85,12 @@ enum Command {
         /// Slack Web API base URL (Slack is off unless set here or in [alerter.slack]).
         #[arg(long, env = "GHOST_SLACK_API_URL")]
         slack_api_url: Option<String>,
-        /// Slack bot token.
-        #[arg(
-            long,
-            env = "GHOST_SLACK_TOKEN",
-            hide_env_values = true,
-            default_value = ""
-        )]
-        slack_token: String,
-        /// Slack channel.
-        #[arg(long, env = "GHOST_SLACK_CHANNEL", default_value = "#ghost-runner")]
-        slack_channel: String,
+        /// Slack bot token [default: `bot_token` in [alerter.slack]].
+        #[arg(long, env = "GHOST_SLACK_TOKEN", hide_env_values = true)]
+        slack_token: Option<String>,
+        /// Slack channel [default: `channel` in [alerter.slack], else #ghost-runner].
+        #[arg(long, env = "GHOST_SLACK_CHANNEL")]
+        slack_channel: Option<String>,
     },
     /// Write a commented ghost.toml (one example target, an admin, a submit-only and a
     /// read-only API key, printed once; only their hashes are stored).
@@ -204,10 +200,15 @@ fn status_names() -> clap::builder::PossibleValuesParser {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(err) => err.exit(),
+    };
+    let api_key_flag = api_key_on_command_line(&matches);
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let output = Output::detect(cli.global.json, no_color);
-    match run(cli, &output).await {
+    match run(cli, api_key_flag, &output).await {
         Ok(exit) => exit.into(),
         Err(err) => {
             output.note(&format!("{} {err}", output.err.red("ghost:")));
@@ -217,6 +218,13 @@ async fn main() -> ExitCode {
             err.exit().into()
         }
     }
+}
+
+/// True when `--api-key` was given on the command line (not through `GHOST_API_KEY`, the
+/// client's variable, which `ghost up` must never turn into an all-scopes gateway key).
+fn api_key_on_command_line(matches: &ArgMatches) -> bool {
+    let given = |m: &ArgMatches| m.value_source("api_key") == Some(ValueSource::CommandLine);
+    given(matches) || matches.subcommand().is_some_and(|(_, sub)| given(sub))
 }
 
 fn client(global: Global) -> Result<GatewayClient, CliError> {
@@ -241,7 +249,7 @@ fn ghost_env() -> HashMap<String, String> {
         .collect()
 }
 
-async fn run(cli: Cli, output: &Output) -> Result<Exit, CliError> {
+async fn run(cli: Cli, api_key_flag: bool, output: &Output) -> Result<Exit, CliError> {
     let global = cli.global;
     match cli.command {
         Command::Up {
@@ -256,11 +264,11 @@ async fn run(cli: Cli, output: &Output) -> Result<Exit, CliError> {
             slack_token,
             slack_channel,
         } => {
-            let slack = slack_api_url.map(|api_base_url| SlackOptions {
-                api_base_url,
+            let slack = SlackFlags {
+                api_base_url: slack_api_url,
                 bot_token: slack_token,
                 channel: slack_channel,
-            });
+            };
             let log_format = match log_format.as_deref() {
                 Some("json") => Some(LogFormat::Json),
                 Some(_) => Some(LogFormat::Text),
@@ -273,7 +281,7 @@ async fn run(cli: Cli, output: &Output) -> Result<Exit, CliError> {
                 listen,
                 public_url,
                 log_format,
-                api_key: global.api_key,
+                api_key: global.api_key.filter(|_| api_key_flag),
                 slack,
             };
             up::run(flags, print_config, &ghost_env(), output).await

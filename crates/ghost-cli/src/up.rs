@@ -11,7 +11,7 @@ use crate::error::CliError;
 use crate::exit::Exit;
 use crate::local::LocalSystem;
 use crate::render::Output;
-use crate::up_config::{self, UpFlags};
+use crate::up_config::{self, UpConfig, UpFlags};
 
 /// 24 random bytes from `/dev/urandom` as hex: a fresh API key.
 pub fn random_key() -> Result<String, CliError> {
@@ -51,39 +51,124 @@ fn resolved(path: &Path) -> std::io::Result<PathBuf> {
     }
 }
 
-/// Refuses a data dir inside (or equal to) a workspace: patches could write the services'
-/// state there (a forged summary, the router's database); and a workspace inside the data
-/// dir, where the services' files would be the patches' to change. Both are compared with
-/// the symlinks of their longest existing prefix resolved.
-fn refuse_data_dir_in_workspaces(
-    data_dir: &Path,
+/// Refuses a state directory inside (or equal to) a workspace: patches could write the
+/// services' state there (a forged summary, the router's database); and a workspace inside a
+/// state directory, where the services' files would be the patches' to change. `states` are
+/// (what, dir) pairs, e.g. ("[router] data_dir", ...). Both are compared with the symlinks of
+/// their longest existing prefix resolved.
+fn refuse_state_in_workspaces(
+    states: &[(String, PathBuf)],
     workspaces: &[(String, PathBuf)],
 ) -> Result<(), CliError> {
-    let data = resolved(data_dir)
-        .map_err(|err| CliError::Settings(format!("--data-dir {}: {err}", data_dir.display())))?;
+    for (what, state_dir) in states {
+        let state = resolved(state_dir)
+            .map_err(|err| CliError::Settings(format!("{what} {}: {err}", state_dir.display())))?;
+        for (target, dir) in workspaces {
+            let root = resolved(dir)
+                .map_err(|err| CliError::Settings(format!("--workspace {target}: {err}")))?;
+            if state.starts_with(&root) {
+                return Err(CliError::Settings(format!(
+                    "{what} {} is inside workspace {target} ({}): patches could write the \
+                     services' state there; put it outside every workspace, e.g. \
+                     --data-dir ./.ghost --workspace {target}=./workspace",
+                    state_dir.display(),
+                    dir.display()
+                )));
+            }
+            if root.starts_with(&state) {
+                return Err(CliError::Settings(format!(
+                    "workspace {target} ({}) is inside {what} {}: patches could write the \
+                     services' state there; put every state directory outside every \
+                     workspace, e.g. --data-dir ./.ghost --workspace {target}=./workspace",
+                    dir.display(),
+                    state_dir.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The workspaces' roots resolved; refuses two targets on the same directory (their patches
+/// would race on the same files under two queues).
+fn resolved_roots(workspaces: &[(String, PathBuf)]) -> Result<Vec<(&str, PathBuf)>, CliError> {
+    let mut roots: Vec<(&str, PathBuf)> = Vec::new();
     for (target, dir) in workspaces {
         let root = resolved(dir)
             .map_err(|err| CliError::Settings(format!("--workspace {target}: {err}")))?;
-        if data.starts_with(&root) {
+        if let Some((other, _)) = roots.iter().find(|(_, seen)| *seen == root) {
             return Err(CliError::Settings(format!(
-                "the data dir {} is inside workspace {target} ({}): patches could write the \
-                 services' state there; put the data dir outside every workspace, e.g. \
-                 --data-dir ./.ghost --workspace {target}=./workspace",
-                data_dir.display(),
-                dir.display()
+                "targets {other} and {target} have the same root {}: give each target its \
+                 own directory",
+                root.display()
             )));
         }
-        if root.starts_with(&data) {
+        roots.push((target, root));
+    }
+    Ok(roots)
+}
+
+/// Refuses a config file inside a workspace: a patch could rewrite `ghost.toml`, and with it
+/// the keys and the targets, for the next start. The file's symlinks are followed.
+fn refuse_file_in_workspaces(file: &Path, roots: &[(&str, PathBuf)]) -> Result<(), CliError> {
+    let config = resolved(file)
+        .map_err(|err| CliError::Settings(format!("config file {}: {err}", file.display())))?;
+    for (target, root) in roots {
+        if config.starts_with(root) {
             return Err(CliError::Settings(format!(
-                "workspace {target} ({}) is inside the data dir {}: patches could write the \
-                 services' state there; put the data dir outside every workspace, e.g. \
-                 --data-dir ./.ghost --workspace {target}=./workspace",
-                dir.display(),
-                data_dir.display()
+                "the config file {} is inside workspace {target} ({}): a patch could rewrite \
+                 it, and with it the keys and targets; move it outside every workspace",
+                file.display(),
+                root.display()
             )));
         }
     }
     Ok(())
+}
+
+/// Every state directory of `config` with what it is called.
+fn state_dirs(config: &UpConfig) -> Vec<(String, PathBuf)> {
+    let system = &config.system;
+    let mut states = vec![
+        ("the data dir".to_owned(), config.data_dir.clone()),
+        (
+            "[router] data_dir".to_owned(),
+            system.router.data_dir.clone(),
+        ),
+        (
+            "[summarizer] data_dir".to_owned(),
+            system.summarizer.data_dir.clone(),
+        ),
+    ];
+    if let Some(dir) = &system.alerter.data_dir {
+        states.push(("[alerter] data_dir".to_owned(), dir.clone()));
+    }
+    if let Some(executor) = &system.executor {
+        states.push((
+            "[executor] state_dir".to_owned(),
+            executor.state_dir.clone(),
+        ));
+    }
+    if let Some(inbox) = &system.gateway.inbox {
+        states.push(("[gateway] inbox".to_owned(), inbox.clone()));
+    }
+    states
+}
+
+/// The checks on where things live, against the workspaces the executor will really serve.
+fn check_layout(config: &UpConfig) -> Result<(), CliError> {
+    let workspaces: Vec<(String, PathBuf)> = config
+        .system
+        .executor
+        .iter()
+        .flat_map(|executor| &executor.workspaces)
+        .map(|w| (w.target.clone(), w.root.clone()))
+        .collect();
+    let roots = resolved_roots(&workspaces)?;
+    if let Some(file) = &config.file {
+        refuse_file_in_workspaces(file, &roots)?;
+    }
+    refuse_state_in_workspaces(&state_dirs(config), &workspaces)
 }
 
 /// Runs until SIGINT/SIGTERM, then drains every service. `env` holds the process's `GHOST_*`
@@ -95,16 +180,11 @@ pub async fn run(
     output: &Output,
 ) -> Result<Exit, CliError> {
     let mut config = up_config::load(flags, env)?;
+    check_layout(&config)?;
     if print_config {
         output.print(config.render()?.trim_end());
         return Ok(Exit::Success);
     }
-    let workspaces: Vec<(String, PathBuf)> = config
-        .targets
-        .iter()
-        .map(|t| (t.name.clone(), t.root.clone()))
-        .collect();
-    refuse_data_dir_in_workspaces(&config.data_dir, &workspaces)?;
     let gateway = &mut config.system.gateway;
     let generated = if gateway.api_key.is_empty() && gateway.api_keys.is_empty() {
         let key = random_key()?;
@@ -174,6 +254,35 @@ pub async fn run(
 mod tests {
     use super::*;
 
+    fn data_dir(dir: &Path) -> Vec<(String, PathBuf)> {
+        vec![("the data dir".to_owned(), dir.to_owned())]
+    }
+
+    #[test]
+    fn a_config_file_inside_a_workspace_and_two_targets_on_one_root_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path().join("repo");
+        std::fs::create_dir_all(&ws).unwrap();
+        std::fs::write(ws.join("ghost.toml"), "").unwrap();
+        std::os::unix::fs::symlink(ws.join("ghost.toml"), dir.path().join("ghost.toml")).unwrap();
+        let workspaces = vec![("MAIN".to_owned(), ws.clone())];
+        let roots = resolved_roots(&workspaces).unwrap();
+        for file in [ws.join("ghost.toml"), dir.path().join("ghost.toml")] {
+            let err = refuse_file_in_workspaces(&file, &roots).unwrap_err();
+            let err = err.to_string();
+            assert!(err.contains("config file"), "{err}");
+            assert!(err.contains("inside workspace MAIN"), "{err}");
+        }
+        std::fs::write(dir.path().join("outside.toml"), "").unwrap();
+        refuse_file_in_workspaces(&dir.path().join("outside.toml"), &roots).unwrap();
+        let two = vec![
+            ("A".to_owned(), ws.clone()),
+            ("B".to_owned(), dir.path().join("x/../repo")),
+        ];
+        let err = resolved_roots(&two).unwrap_err().to_string();
+        assert!(err.contains("targets A and B have the same root"), "{err}");
+    }
+
     #[test]
     fn a_data_dir_inside_or_equal_to_a_workspace_is_refused_even_before_it_exists() {
         let dir = tempfile::tempdir().unwrap();
@@ -186,15 +295,16 @@ mod tests {
             ws.join("a/../b/.ghost"),
             dir.path().join("elsewhere/../repo/x"),
         ] {
-            let err = refuse_data_dir_in_workspaces(&data, &workspaces).unwrap_err();
+            let err = refuse_state_in_workspaces(&data_dir(&data), &workspaces).unwrap_err();
             assert!(err.to_string().contains("inside workspace MAIN"), "{err}");
         }
         std::os::unix::fs::symlink(&ws, dir.path().join("alias")).unwrap();
         assert!(
-            refuse_data_dir_in_workspaces(&dir.path().join("alias/.ghost"), &workspaces).is_err()
+            refuse_state_in_workspaces(&data_dir(&dir.path().join("alias/.ghost")), &workspaces)
+                .is_err()
         );
         for data in [dir.path().join(".ghost"), dir.path().join("repo-state")] {
-            refuse_data_dir_in_workspaces(&data, &workspaces).unwrap();
+            refuse_state_in_workspaces(&data_dir(&data), &workspaces).unwrap();
         }
     }
 
@@ -210,7 +320,7 @@ mod tests {
             dir.path().join("link"),
         ] {
             let workspaces = vec![("MAIN".to_owned(), ws.clone())];
-            let err = refuse_data_dir_in_workspaces(&data, &workspaces).unwrap_err();
+            let err = refuse_state_in_workspaces(&data_dir(&data), &workspaces).unwrap_err();
             assert!(
                 err.to_string().contains("inside the data dir"),
                 "{ws:?}: {err}"

@@ -19,7 +19,7 @@ use ghost_runtime::telemetry::LogFormat;
 use serde::{Deserialize, Serialize};
 
 use crate::error::CliError;
-use crate::local::{Explicit, SlackOptions, SystemConfig, url};
+use crate::local::{Explicit, SystemConfig, url};
 
 /// The sections of `ghost.toml` that configure a service, in start order.
 pub const SECTIONS: [&str; 5] = ["gateway", "router", "executor", "summarizer", "alerter"];
@@ -158,10 +158,23 @@ pub struct UpFlags {
     pub public_url: Option<String>,
     /// `--log-format`.
     pub log_format: Option<LogFormat>,
-    /// `--api-key` / `GHOST_API_KEY`.
+    /// `--api-key` given on `ghost up`'s command line (never `GHOST_API_KEY`, the client's
+    /// variable): an extra all-scopes key.
     pub api_key: Option<String>,
-    /// Slack flags.
-    pub slack: Option<SlackOptions>,
+    /// Slack flags, each applied only when given.
+    pub slack: SlackFlags,
+}
+
+/// `--slack-api-url`, `--slack-token` and `--slack-channel` (or their `GHOST_SLACK_*`
+/// variables): each, when given, overrides `[alerter.slack]`.
+#[derive(Debug, Clone, Default)]
+pub struct SlackFlags {
+    /// The Slack Web API base URL (Slack is off unless set here or in `[alerter.slack]`).
+    pub api_base_url: Option<String>,
+    /// The bot token.
+    pub bot_token: Option<String>,
+    /// The channel.
+    pub channel: Option<String>,
 }
 
 /// The effective configuration of `ghost up`.
@@ -301,6 +314,13 @@ fn targets(file_targets: Vec<TargetSpec>, flags: &[String]) -> Result<Vec<Target
     }
     let mut names = std::collections::BTreeSet::new();
     for target in &targets {
+        for name in std::iter::once(&target.name).chain(&target.aliases) {
+            ghost_core::TargetName::parse(name).map_err(|err| {
+                invalid(format!(
+                    "target name or alias {name:?} in [[targets]]: {err}"
+                ))
+            })?;
+        }
         if !target.checks.is_empty() {
             return Err(invalid(format!(
                 "target {}: owner checks ([[targets.checks]]) are not supported yet; remove them \
@@ -390,6 +410,43 @@ fn set_by_hand(section: Option<&toml::Value>, env: &[EnvVar], key: &str) -> bool
             .any(|var| var.path.first().is_some_and(|k| k == key))
 }
 
+/// The keys of a service section that `[[targets]]` owns: set by hand they would fight it (a
+/// workspace no overlap check saw, a default target that is not one of the targets).
+const OWNED_BY_TARGETS: [(&str, &str); 4] = [
+    ("gateway", "targets"),
+    ("gateway", "default_target"),
+    ("executor", "workspaces"),
+    ("executor", "targets"),
+];
+
+/// Refuses a key of [`OWNED_BY_TARGETS`] set in the file's section or by an environment
+/// variable.
+fn refuse_keys_owned_by_targets(
+    section: impl Fn(&str) -> Option<toml::Value>,
+    env_for: impl Fn(&str) -> Vec<EnvVar>,
+) -> Result<(), CliError> {
+    for (service, key) in OWNED_BY_TARGETS {
+        if section(service).is_some_and(|s| s.get(key).is_some()) {
+            return Err(invalid(format!(
+                "[{service}] {key} is set in the file, but [[targets]] sets it: set targets with \
+                 [[targets]] (name, root, aliases, default, commands, agent)"
+            )));
+        }
+        if let Some(var) = env_for(service)
+            .into_iter()
+            .find(|var| var.path.first().is_some_and(|k| k == key))
+        {
+            return Err(invalid(format!(
+                "environment variable {} sets {service}.{key}, but [[targets]] sets it: set \
+                 targets with [[targets]] (name, root, aliases, default, commands, agent) or \
+                 --workspace TARGET=DIR",
+                var.name
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn config_error(err: layers::ConfigError) -> CliError {
     invalid(err.to_string())
 }
@@ -430,9 +487,16 @@ pub fn load(flags: UpFlags, env: &HashMap<String, String>) -> Result<UpConfig, C
     let (parsed, sections) = match &file {
         Some(path) => {
             let table = layers::parse_file::<GhostFile>(path).map_err(config_error)?;
-            let parsed: GhostFile = toml::Value::Table(table.clone())
-                .try_into()
-                .map_err(|err: toml::de::Error| invalid(format!("{}: {err}", path.display())))?;
+            let parsed: GhostFile =
+                toml::Value::Table(table.clone())
+                    .try_into()
+                    .map_err(|err: toml::de::Error| {
+                        invalid(format!(
+                            "{}: {}",
+                            path.display(),
+                            layers::without_string_values(&err.to_string())
+                        ))
+                    })?;
             (parsed, table)
         }
         None => (GhostFile::default(), toml::Table::new()),
@@ -451,6 +515,7 @@ pub fn load(flags: UpFlags, env: &HashMap<String, String>) -> Result<UpConfig, C
         .collect();
     let section = |name: &str| sections.get(name).cloned();
     let env_for = |name: &str| env_of.get(name).map_or(&[][..], Vec::as_slice);
+    refuse_keys_owned_by_targets(section, |name| env_for(name).to_vec())?;
     let gateway_section = section("gateway");
     let router_section = section("router");
     let executor_section = section("executor");
@@ -543,10 +608,14 @@ fn apply_flags(system: &mut SystemConfig, flags: UpFlags) {
     if let Some(key) = flags.api_key.filter(|k| !k.is_empty()) {
         system.gateway.api_key = Secret::new(key);
     }
-    if let Some(slack) = flags.slack {
-        system.alerter.slack.api_base_url = Some(slack.api_base_url);
-        system.alerter.slack.bot_token = Secret::new(slack.bot_token);
-        system.alerter.slack.channel = slack.channel;
+    if let Some(api_base_url) = flags.slack.api_base_url {
+        system.alerter.slack.api_base_url = Some(api_base_url);
+    }
+    if let Some(bot_token) = flags.slack.bot_token {
+        system.alerter.slack.bot_token = Secret::new(bot_token);
+    }
+    if let Some(channel) = flags.slack.channel {
+        system.alerter.slack.channel = channel;
     }
 }
 
@@ -615,22 +684,101 @@ mod tests {
         assert_eq!(executor.targets["MAIN"].commands, CommandPolicy::Any);
         assert_eq!(executor.targets["EXTRA"].commands, CommandPolicy::Deny);
 
-        // An environment variable reaches a target's policy by its name, in any case.
+        // [[targets]] owns the executor's workspaces and policies and the gateway's targets
+        // and default: setting them by hand, in the file or the environment, is refused.
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("ghost.toml");
         std::fs::write(&file, "[[targets]]\nname = \"MAIN\"\nroot = \"./main\"\n").unwrap();
-        let env = HashMap::from([(
-            "GHOST_EXECUTOR__TARGETS__MAIN__COMMANDS".to_owned(),
-            "\"any\"".to_owned(),
-        )]);
-        let flags = UpFlags {
-            file: Some(file),
-            ..UpFlags::default()
-        };
-        let config = load(flags, &env).unwrap();
-        let executor = config.system.executor.unwrap();
-        assert_eq!(executor.targets.len(), 1, "{:?}", executor.targets.keys());
-        assert_eq!(executor.targets["MAIN"].commands, CommandPolicy::Any);
+        for (name, value) in [
+            ("GHOST_EXECUTOR__TARGETS__MAIN__COMMANDS", "\"any\""),
+            (
+                "GHOST_EXECUTOR__WORKSPACES",
+                "[{target=\"MAIN\",root=\"./.ghost\"}]",
+            ),
+            ("GHOST_GATEWAY__TARGETS", "[{name=\"X\"}]"),
+            ("GHOST_GATEWAY__DEFAULT_TARGET", "X"),
+        ] {
+            let env = HashMap::from([(name.to_owned(), value.to_owned())]);
+            let flags = UpFlags {
+                file: Some(file.clone()),
+                ..UpFlags::default()
+            };
+            let err = load(flags, &env).unwrap_err().to_string();
+            assert!(err.contains(name), "{err}");
+            assert!(err.contains("set targets with [[targets]]"), "{err}");
+        }
+        for text in [
+            "[executor]\nworkspaces = []\n",
+            "[executor.targets.MAIN]\ncommands = \"any\"\n",
+            "[gateway]\ndefault_target = \"MAIN\"\n",
+            "[gateway]\ntargets = []\n",
+        ] {
+            let err = load_text(text, UpFlags::default()).unwrap_err().to_string();
+            assert!(
+                err.contains("set targets with [[targets]]"),
+                "{text}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_target_name_or_alias_that_is_not_a_target_name_is_refused() {
+        for text in [
+            "[[targets]]\nname = \"MA IN\"\nroot = \"a\"\n",
+            "[[targets]]\nname = \"MAIN\"\nroot = \"a\"\naliases = [\"\"]\n",
+            "[[targets]]\nname = \"MAIN/../x\"\nroot = \"a\"\n",
+        ] {
+            let err = load_text(text, UpFlags::default()).unwrap_err().to_string();
+            assert!(err.contains("in [[targets]]: target "), "{text}: {err}");
+        }
+        let err = load(
+            UpFlags {
+                workspaces: vec!["BAD NAME=./x".to_owned()],
+                ..UpFlags::default()
+            },
+            &HashMap::new(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("\"BAD NAME\""), "{err}");
+    }
+
+    #[test]
+    fn slack_flags_override_only_what_they_set() {
+        let text = "[alerter.slack]\nbot_token = \"xoxb-file\"\nchannel = \"#ops\"\n";
+        let config = load_text(
+            text,
+            UpFlags {
+                slack: SlackFlags {
+                    api_base_url: Some("http://127.0.0.1:9/api".to_owned()),
+                    ..SlackFlags::default()
+                },
+                ..UpFlags::default()
+            },
+        )
+        .unwrap();
+        let slack = &config.system.alerter.slack;
+        assert_eq!(
+            slack.api_base_url.as_deref(),
+            Some("http://127.0.0.1:9/api")
+        );
+        assert_eq!(slack.bot_token.expose(), "xoxb-file");
+        assert_eq!(slack.channel, "#ops");
+        let config = load_text(
+            text,
+            UpFlags {
+                slack: SlackFlags {
+                    bot_token: Some("xoxb-flag".to_owned()),
+                    channel: Some("#flag".to_owned()),
+                    ..SlackFlags::default()
+                },
+                ..UpFlags::default()
+            },
+        )
+        .unwrap();
+        let slack = &config.system.alerter.slack;
+        assert_eq!(slack.bot_token.expose(), "xoxb-flag");
+        assert_eq!(slack.channel, "#flag");
     }
 
     #[test]

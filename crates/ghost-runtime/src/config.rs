@@ -73,10 +73,47 @@ pub fn nearest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) ->
         .map(|(_, candidate)| candidate)
 }
 
+/// `message` with the contents of every quoted value after `string "` replaced by `…`: a type
+/// error on a secret (`invalid type: string "whsec_…"`) must not print it; the error already
+/// says where the value is (`FILE:LINE:COL` or the variable).
+pub fn without_string_values(message: &str) -> String {
+    const MARK: &str = "string \"";
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(MARK) {
+        let (before, after) = rest.split_at(at + MARK.len());
+        out.push_str(before);
+        let mut escaped = false;
+        let mut end = None;
+        for (index, c) in after.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => {
+                    end = Some(index);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        out.push('…');
+        match end {
+            Some(index) => rest = &after[index..],
+            None => {
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// serde's message for an unknown key (``unknown field `naem`, expected one of `a`, `b` ``)
-/// with the nearest expected key appended ("; did you mean `name`?").
+/// with the nearest expected key appended ("; did you mean `name`?"); string values in it are
+/// left out ([`without_string_values`]).
 fn with_suggestion(message: &str) -> String {
-    let message = message.trim_end();
+    let cleaned = without_string_values(message);
+    let message = cleaned.trim_end();
     let Some(rest) = message.strip_prefix("unknown field `") else {
         return message.to_owned();
     };
@@ -254,9 +291,26 @@ pub fn tree<T: Serialize>(value: &T) -> Result<toml::Value, ConfigError> {
 }
 
 /// A secret value (token, key): deserialised normally, always rendered as `[redacted]`.
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
+/// The value `[redacted]` itself is refused, so `--print-config` output fed back as a config
+/// never runs with that literal as a key.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
+
+/// What [`Secret`] renders as, and so never accepts as a value.
+pub const REDACTED: &str = "[redacted]";
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = String::deserialize(deserializer)?;
+        if value == REDACTED {
+            return Err(serde::de::Error::custom(
+                "a secret is \"[redacted]\", the placeholder --print-config shows: put the real \
+                 value here (or in its environment variable)",
+            ));
+        }
+        Ok(Self(value))
+    }
+}
 
 impl Secret {
     /// Wraps a secret value.
@@ -286,7 +340,7 @@ impl Serialize for Secret {
         if self.0.is_empty() {
             serializer.serialize_str("")
         } else {
-            serializer.serialize_str("[redacted]")
+            serializer.serialize_str(REDACTED)
         }
     }
 }
@@ -458,6 +512,61 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Secrets {
+        #[allow(dead_code)]
+        secrets: Vec<Secret>,
+    }
+
+    #[test]
+    fn a_printed_config_does_not_round_trip_its_redacted_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("router.toml");
+        let printed = render(&Sample {
+            token: Secret::new("sk-real"),
+            ..Sample::default()
+        })
+        .unwrap();
+        assert!(printed.contains("token = \"[redacted]\""), "{printed}");
+        std::fs::write(&file, &printed).unwrap();
+        let err = load_from::<Sample>("router", Some(&file), HashMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("router.toml:"), "{err}");
+        assert!(
+            err.contains("the placeholder --print-config shows"),
+            "{err}"
+        );
+        let env = env(&[("GHOST_ROUTER__TOKEN", "[redacted]")]);
+        let err = load_from::<Sample>("router", None, env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("GHOST_ROUTER__TOKEN"), "{err}");
+        assert!(err.contains("placeholder"), "{err}");
+    }
+
+    #[test]
+    fn a_type_error_never_prints_the_string_it_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s.toml");
+        std::fs::write(&file, "secrets = \"whsec_REAL\"\n").unwrap();
+        let err = parse_file::<Secrets>(&file).unwrap_err().to_string();
+        assert!(!err.contains("whsec_REAL"), "{err}");
+        assert!(err.contains("s.toml:1:11"), "{err}");
+        assert!(err.contains("string \"…\""), "{err}");
+        let base = toml::Value::Table(toml::Table::new());
+        let vars = env_layer("router", &env(&[("GHOST_ROUTER__SECRETS", "whsec_ENV")]));
+        let err = build::<Secrets>(base, &vars).unwrap_err().to_string();
+        assert!(!err.contains("whsec_ENV"), "{err}");
+        assert!(err.contains("GHOST_ROUTER__SECRETS"), "{err}");
+        assert_eq!(
+            without_string_values(r#"a string "x\"y" and string "z", end"#),
+            r#"a string "…" and string "…", end"#
+        );
+        assert_eq!(without_string_values(r#"string "open"#), r#"string "…"#);
     }
 
     #[test]

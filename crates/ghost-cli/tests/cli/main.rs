@@ -11,3 +11,4 @@ mod read;
 mod steer;
 mod submit;
 mod up;
+mod up_guards;

@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use crate::helpers::{Env, Run};
 
 /// Every internal listener on port 0 (the gateway's too), through the environment layer.
-const PORT_ZERO: [(&str, &str); 10] = [
+pub(crate) const PORT_ZERO: [(&str, &str); 10] = [
     ("GHOST_GATEWAY__SERVER__GRPC_LISTEN", "127.0.0.1:0"),
     ("GHOST_GATEWAY__SERVER__HTTP_LISTEN", "127.0.0.1:0"),
     ("GHOST_ROUTER__SERVER__GRPC_LISTEN", "127.0.0.1:0"),
@@ -46,7 +46,7 @@ fn command(
 }
 
 /// Runs `ghost` in `dir` to its end.
-async fn ghost_in(env: &Env, dir: &Path, args: &[&str], extra: &[(&str, &str)]) -> Run {
+pub(crate) async fn ghost_in(env: &Env, dir: &Path, args: &[&str], extra: &[(&str, &str)]) -> Run {
     let output = tokio::time::timeout(
         Duration::from_secs(60),
         command(env, dir, args, extra).output(),
@@ -62,14 +62,14 @@ async fn ghost_in(env: &Env, dir: &Path, args: &[&str], extra: &[(&str, &str)]) 
 }
 
 /// A running `ghost up` and its gateway URL.
-struct Up {
+pub(crate) struct Up {
     child: tokio::process::Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 /// Starts `ghost up` in `dir` and waits (bounded) for the line that says where the gateway is;
 /// on failure, panics with what it printed.
-async fn spawn_up(env: &Env, dir: &Path, args: &[&str], extra: &[(&str, &str)]) -> Up {
+pub(crate) async fn spawn_up(env: &Env, dir: &Path, args: &[&str], extra: &[(&str, &str)]) -> Up {
     match try_spawn_up(env, dir, args, extra).await {
         Ok(up) => up,
         Err(printed) => panic!("ghost up did not come up: {printed}"),
@@ -120,7 +120,7 @@ async fn try_spawn_up(
 
 impl Up {
     /// SIGKILL, and wait until the process is gone.
-    async fn kill_9(mut self) {
+    pub(crate) async fn kill_9(mut self) {
         self.child.start_kill().expect("kill -9");
         tokio::time::timeout(Duration::from_secs(10), self.child.wait())
             .await
@@ -130,7 +130,7 @@ impl Up {
 }
 
 /// The three keys `ghost --json init DIR` printed, by name.
-fn keys_of(run: &Run) -> std::collections::HashMap<String, String> {
+pub(crate) fn keys_of(run: &Run) -> std::collections::HashMap<String, String> {
     run.json()["keys"]
         .as_array()
         .expect("keys")
@@ -144,7 +144,7 @@ fn keys_of(run: &Run) -> std::collections::HashMap<String, String> {
         .collect()
 }
 
-async fn submit(url: &str, key: &str, body: &Value) -> (u16, Value) {
+pub(crate) async fn submit(url: &str, key: &str, body: &Value) -> (u16, Value) {
     let response = reqwest::Client::new()
         .post(format!("{url}/v1/patches"))
         .bearer_auth(key)
@@ -183,7 +183,7 @@ async fn wait_ended(url: &str, key: &str, id: &str) -> Value {
     }
 }
 
-fn write_patch(id: &str, target: Option<&str>, path: &str) -> Value {
+pub(crate) fn write_patch(id: &str, target: Option<&str>, path: &str) -> Value {
     let mut patch = json!({
         "id": id,
         "edits": [{"op": "write", "path": path, "contents": format!("{id}\n")}],
