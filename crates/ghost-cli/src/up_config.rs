@@ -12,136 +12,20 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use executor::config::{AgentConfig, CommandPolicy, TargetPolicy};
+use executor::config::TargetPolicy;
 use gateway::config::{ApiKeyConfig, TargetConfig};
 use ghost_runtime::config::{self as layers, EnvVar, Secret, ServerConfig};
 use ghost_runtime::telemetry::LogFormat;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::error::CliError;
 use crate::local::{Explicit, SystemConfig, url};
 
-/// The sections of `ghost.toml` that configure a service, in start order.
-pub const SECTIONS: [&str; 5] = ["gateway", "router", "executor", "summarizer", "alerter"];
+mod file;
 
-/// The file `ghost up` reads when `-f` is not given and it exists.
-pub const DEFAULT_FILE: &str = "ghost.toml";
-
-/// The data dir when neither `--data-dir` nor `data_dir` in the file names one.
-pub const DEFAULT_DATA_DIR: &str = "./.ghost";
-
-/// `ghost.toml` as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct GhostFile {
-    /// Where the services keep their state (`--data-dir` wins).
-    pub data_dir: Option<PathBuf>,
-    /// The workspaces patches are applied to.
-    pub targets: Vec<TargetSpec>,
-    /// API keys, stored as SHA-256 hashes (`gateway.api_keys`).
-    pub keys: Vec<ApiKeyConfig>,
-    /// The gateway's own keys.
-    pub gateway: gateway::GatewayConfig,
-    /// The router's own keys.
-    pub router: router::RouterConfig,
-    /// The executor's own keys.
-    pub executor: executor::ExecutorConfig,
-    /// The summarizer's own keys.
-    pub summarizer: summarizer::SummarizerConfig,
-    /// The alerter's own keys.
-    pub alerter: alerter::AlerterConfig,
-}
-
-/// One `[[targets]]` entry: a workspace and what its patches may do.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TargetSpec {
-    /// The target name patches use, e.g. `MAIN`.
-    pub name: String,
-    /// The directory patches are applied to (created when missing).
-    pub root: PathBuf,
-    /// Other names routed to this target, e.g. the old system's `BRAUN` or `DEV`.
-    #[serde(default)]
-    pub aliases: Vec<String>,
-    /// Takes the patches that name no target (else the first target does).
-    #[serde(default, rename = "default")]
-    pub is_default: bool,
-    /// `"deny"` (the default), `"any"`, or the programs allowed, e.g. `["cargo", "npm"]`.
-    #[serde(default)]
-    pub commands: Commands,
-    /// Coding-agent hand-off for patches with `agent.task` (the executor's `agent` settings).
-    #[serde(default)]
-    pub agent: Option<AgentConfig>,
-    /// Owner checks run after every patch: not supported yet; a non-empty list is refused.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub checks: Vec<CheckSpec>,
-}
-
-/// One owner check (`[[targets.checks]]`): parsed, but not supported yet.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CheckSpec {
-    /// Its name.
-    pub name: String,
-    /// The command line.
-    pub run: String,
-    /// Its deadline.
-    #[serde(default, with = "humantime_serde")]
-    pub timeout: Option<Duration>,
-    /// When it runs.
-    #[serde(default)]
-    pub when: Option<String>,
-}
-
-/// `commands` of a target: `"deny"`, `"any"` or a list of program names.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Commands(pub CommandPolicy);
-
-impl Serialize for Commands {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match &self.0 {
-            CommandPolicy::Deny => serializer.serialize_str("deny"),
-            CommandPolicy::Any => serializer.serialize_str("any"),
-            CommandPolicy::Allowlist(programs) => programs.serialize(serializer),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Commands {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = Commands;
-
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("\"deny\", \"any\" or a list of program names")
-            }
-
-            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Commands, E> {
-                match value {
-                    "deny" => Ok(Commands(CommandPolicy::Deny)),
-                    "any" => Ok(Commands(CommandPolicy::Any)),
-                    other => Err(E::custom(format!(
-                        "commands = {other:?}: expected \"deny\", \"any\" or a list of program \
-                         names, e.g. [\"cargo\"]"
-                    ))),
-                }
-            }
-
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<Commands, A::Error> {
-                let mut programs = Vec::new();
-                while let Some(program) = seq.next_element::<String>()? {
-                    programs.push(program);
-                }
-                Ok(Commands(CommandPolicy::Allowlist(programs)))
-            }
-        }
-        deserializer.deserialize_any(Visitor)
-    }
-}
+pub use file::{
+    CheckSpec, Commands, DEFAULT_DATA_DIR, DEFAULT_FILE, GhostFile, SECTIONS, TargetSpec,
+};
 
 /// What `ghost up` was given on its command line.
 #[derive(Debug, Clone, Default)]
@@ -626,6 +510,8 @@ pub fn gateway_url(system: &SystemConfig) -> String {
 
 #[cfg(test)]
 mod tests {
+    use executor::config::CommandPolicy;
+
     use super::*;
 
     fn load_text(text: &str, flags: UpFlags) -> Result<UpConfig, CliError> {
