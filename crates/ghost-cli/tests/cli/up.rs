@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::{Env, Run};
+use crate::up_guards::{print_config, refused};
 
 /// Every internal listener on port 0 (the gateway's too), through the environment layer.
 pub(crate) const PORT_ZERO: [(&str, &str); 10] = [
@@ -328,56 +329,40 @@ async fn env_overrides_the_file_and_a_flag_overrides_env_then_openapi_shows_it()
 async fn an_unknown_key_fails_with_file_line_column_and_the_nearest_key() {
     let env = Env::empty();
     let dir = env.scratch.path().to_owned();
-    env.file(
-        "ghost.toml",
-        "[[targets]]\nname = \"MAIN\"\nroot = \"./ws\"\n\n[gateway]\npublc_url = \"https://x\"\n",
-    );
-    let run = ghost_in(
-        &env,
-        &dir,
-        &["up", "-f", "ghost.toml", "--print-config"],
-        &[],
-    )
-    .await;
-    assert_ne!(run.code, 0, "{run:?}");
-    assert!(run.stderr.contains("ghost.toml:6:1"), "{run:?}");
-    assert!(run.stderr.contains("did you mean `public_url`?"), "{run:?}");
-
-    env.file("typo.toml", "[gatway]\n");
-    let run = ghost_in(&env, &dir, &["up", "-f", "typo.toml"], &[]).await;
-    assert_ne!(run.code, 0, "{run:?}");
-    assert!(run.stderr.contains("typo.toml:1:"), "{run:?}");
-    assert!(run.stderr.contains("did you mean `gateway`?"), "{run:?}");
-
-    env.file("ok.toml", "");
-    let run = ghost_in(
-        &env,
-        &dir,
-        &["up", "-f", "ok.toml", "--print-config"],
-        &[("GHOST_ROUTER__MAX_ATTEMTPS", "3")],
-    )
-    .await;
-    assert_ne!(run.code, 0, "{run:?}");
-    assert!(run.stderr.contains("GHOST_ROUTER__MAX_ATTEMTPS"), "{run:?}");
-    assert!(
-        run.stderr.contains("did you mean `max_attempts`?"),
-        "{run:?}"
-    );
-
-    // Owner checks parse but are refused, never accepted and ignored.
-    env.file(
-        "checks.toml",
-        "[[targets]]\nname = \"MAIN\"\nroot = \"./ws\"\n[[targets.checks]]\nname = \"t\"\nrun = \"cargo test\"\n",
-    );
-    let run = ghost_in(
-        &env,
-        &dir,
-        &["up", "-f", "checks.toml", "--print-config"],
-        &[],
-    )
-    .await;
-    assert_ne!(run.code, 0, "{run:?}");
-    assert!(run.stderr.contains("not supported yet"), "{run:?}");
+    let cases: [(&str, &str, &[(&str, &str)], &[&str]); 4] = [
+        (
+            "ghost.toml",
+            "[[targets]]\nname = \"MAIN\"\nroot = \"./ws\"\n\n[gateway]\npublc_url = \"https://x\"\n",
+            &[],
+            &["ghost.toml:6:1", "did you mean `public_url`?"],
+        ),
+        (
+            "typo.toml",
+            "[gatway]\n",
+            &[],
+            &["typo.toml:1:", "did you mean `gateway`?"],
+        ),
+        (
+            "ok.toml",
+            "",
+            &[("GHOST_ROUTER__MAX_ATTEMTPS", "3")],
+            &["GHOST_ROUTER__MAX_ATTEMTPS", "did you mean `max_attempts`?"],
+        ),
+        // Owner checks parse but are refused, never accepted and ignored.
+        (
+            "checks.toml",
+            "[[targets]]\nname = \"MAIN\"\nroot = \"./ws\"\n[[targets.checks]]\nname = \"t\"\nrun = \"cargo test\"\n",
+            &[],
+            &["not supported yet"],
+        ),
+    ];
+    for (file, contents, extra, needles) in cases {
+        env.file(file, contents);
+        refused(
+            &print_config(&env, &dir, &["-f", file], extra).await,
+            needles,
+        );
+    }
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use crate::up::{PORT_ZERO, ghost_in, keys_of, spawn_up, submit, write_patch};
 
 /// Asserts `run` failed, saying every one of `needles`.
 #[track_caller]
-fn refused(run: &Run, needles: &[&str]) {
+pub(crate) fn refused(run: &Run, needles: &[&str]) {
     assert_ne!(run.code, 0, "expected a refusal: {run:?}");
     for needle in needles {
         assert!(run.stderr.contains(needle), "missing {needle:?}: {run:?}");
@@ -18,7 +18,12 @@ fn refused(run: &Run, needles: &[&str]) {
 }
 
 /// `ghost up --print-config` in `dir` with `args` after it.
-async fn print_config(env: &Env, dir: &Path, args: &[&str], extra: &[(&str, &str)]) -> Run {
+pub(crate) async fn print_config(
+    env: &Env,
+    dir: &Path,
+    args: &[&str],
+    extra: &[(&str, &str)],
+) -> Run {
     let mut all = vec!["up", "--print-config"];
     all.extend(args);
     ghost_in(env, dir, &all, extra).await
