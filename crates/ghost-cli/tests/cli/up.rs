@@ -325,11 +325,14 @@ async fn env_overrides_the_file_and_a_flag_overrides_env_then_openapi_shows_it()
     up.kill_9().await;
 }
 
+/// A file's name and contents, extra environment, and what the refusal must say.
+type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a [&'a str]);
+
 #[tokio::test]
 async fn an_unknown_key_fails_with_file_line_column_and_the_nearest_key() {
     let env = Env::empty();
     let dir = env.scratch.path().to_owned();
-    let cases: [(&str, &str, &[(&str, &str)], &[&str]); 4] = [
+    let cases: [Case; 4] = [
         (
             "ghost.toml",
             "[[targets]]\nname = \"MAIN\"\nroot = \"./ws\"\n\n[gateway]\npublc_url = \"https://x\"\n",
