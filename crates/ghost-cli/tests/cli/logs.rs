@@ -5,6 +5,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::helpers::{API_KEY, Env, path_arg};
+use crate::up::PORT_ZERO;
 
 #[tokio::test]
 async fn up_logs_to_a_pipe_without_colour_codes() {
@@ -24,7 +25,9 @@ async fn up_logs_to_a_pipe_without_colour_codes() {
             "--api-key",
             API_KEY,
         ],
-        &[],
+        // Every internal listener on a free port: the README's fixed ports may be taken by
+        // another test (or another `ghost up`) on this machine.
+        &PORT_ZERO,
     );
     let stdout = child.stdout.take().expect("stdout piped");
     let mut lines = BufReader::new(stdout).lines();
