@@ -257,8 +257,8 @@ pub fn file_text(keys: &[ApiKeyConfig]) -> Result<String, CliError> {
          # GHOST_<SERVICE>__KEY environment variables (e.g. GHOST_GATEWAY__PUBLIC_URL, `__` nests) <\n\
          # flags (--listen, --public-url, --data-dir, --workspace, --log-format, --api-key).\n\
          # A line `#key = value` shows a default: remove the `#` to change it. Each section takes\n\
-         # the same keys as that service's own config file. Relative paths are relative to the\n\
-         # working directory. `ghost up --print-config` shows the effective config.\n\
+         # the same keys as that service's own config file. Relative paths are relative to this\n\
+         # file's directory. `ghost up --print-config` shows the effective config.\n\
          \n\
          # Where the services keep their state (--data-dir wins).\n",
     );
@@ -418,6 +418,8 @@ mod tests {
             .unwrap_or_else(|err| panic!("{}: {err}", file.display()))
             .render()
             .unwrap()
+            // The file's relative paths are relative to its directory; plain `up` has none.
+            .replace(&format!("{}/", dir.path().display()), "./")
         };
         let plain = up_config::load(up_config::UpFlags::default(), &Default::default())
             .unwrap()

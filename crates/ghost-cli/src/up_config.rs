@@ -5,7 +5,9 @@
 //! the file's `[gateway]`, `[router]`, `[executor]`, `[summarizer]` and `[alerter]` sections
 //! (the same keys as each service's own config file) → `GHOST_<SERVICE>__KEY` environment
 //! variables → flags. A key no service knows fails with `FILE:LINE:COL` (or the variable's
-//! name) and the nearest valid key. Relative paths are relative to the working directory.
+//! name) and the nearest valid key. Relative paths in the file are relative to the file's
+//! directory (as in a compose file), so `ghost up -f DIR/ghost.toml` means the same directories
+//! from anywhere; those from flags and the environment are relative to the working directory.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -356,6 +358,67 @@ where
     layers::build(tree, env).map_err(config_error)
 }
 
+/// Keys of the service sections that hold paths, as `(section, key)`.
+const SECTION_PATHS: [(&str, &str); 5] = [
+    ("gateway", "inbox"),
+    ("router", "data_dir"),
+    ("executor", "state_dir"),
+    ("summarizer", "data_dir"),
+    ("alerter", "data_dir"),
+];
+
+/// `path` under `base` when it is relative (`.` parts dropped), else `path` itself.
+fn anchored(base: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        return path.to_owned();
+    }
+    let joined: PathBuf = base
+        .join(path)
+        .components()
+        .filter(|part| !matches!(part, std::path::Component::CurDir))
+        .collect();
+    if joined.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        joined
+    }
+}
+
+/// The file's relative paths made relative to the file's directory `base` instead of the
+/// working directory: `data_dir` (the default one too: state sits beside the file), each
+/// target's `root` and agent `inbox`, and the path keys of the service sections.
+fn anchor_file_paths(
+    base: &Path,
+    mut parsed: GhostFile,
+    mut sections: toml::Table,
+) -> (GhostFile, toml::Table) {
+    if base.as_os_str().is_empty() || base == Path::new(".") {
+        return (parsed, sections);
+    }
+    let data_dir = parsed
+        .data_dir
+        .take()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    parsed.data_dir = Some(anchored(base, &data_dir));
+    for target in &mut parsed.targets {
+        target.root = anchored(base, &target.root);
+        if let Some(agent) = &mut target.agent {
+            agent.inbox = anchored(base, &agent.inbox);
+        }
+    }
+    for (section, key) in SECTION_PATHS {
+        if let Some(toml::Value::String(path)) = sections
+            .get_mut(section)
+            .and_then(|table| table.get_mut(key))
+        {
+            *path = anchored(base, Path::new(path.as_str()))
+                .display()
+                .to_string();
+        }
+    }
+    (parsed, sections)
+}
+
 /// The file `ghost up` reads: `-f`/`GHOST_CONFIG`, else `./ghost.toml` when it exists.
 pub fn file_to_read(flag: Option<PathBuf>) -> Option<PathBuf> {
     flag.or_else(|| {
@@ -384,6 +447,10 @@ pub fn load(flags: UpFlags, env: &HashMap<String, String>) -> Result<UpConfig, C
             (parsed, table)
         }
         None => (GhostFile::default(), toml::Table::new()),
+    };
+    let (parsed, sections) = match file.as_deref().and_then(Path::parent) {
+        Some(base) => anchor_file_paths(base, parsed, sections),
+        None => (parsed, sections),
     };
     let data_dir = flags
         .data_dir

@@ -639,3 +639,62 @@ async fn plain_ghost_up_takes_real_legacy_patches_without_target_or_id_or_with_t
     }
     up.kill_9().await;
 }
+
+#[tokio::test]
+async fn relative_paths_in_the_file_are_relative_to_the_file_not_to_where_ghost_up_runs() {
+    let env = Env::empty();
+    let dir = env.scratch.path().to_owned();
+    std::fs::create_dir_all(dir.join("project")).expect("project dir");
+    std::fs::create_dir_all(dir.join("elsewhere")).expect("elsewhere dir");
+    env.file(
+        "project/ghost.toml",
+        "[[targets]]\nname = \"MAIN\"\nroot = \"./workspace\"\n\n[router]\ndata_dir = \"./router-state\"\n",
+    );
+    let from = dir.join("elsewhere");
+    let file = "../project/ghost.toml";
+    let run = ghost_in(&env, &from, &["up", "-f", file, "--print-config"], &[]).await;
+    run.expect(0);
+    let config: toml::Value = toml::from_str(&run.stdout).expect("printed config is TOML");
+    assert_eq!(
+        config["data_dir"].as_str(),
+        Some("../project/.ghost"),
+        "{run:?}"
+    );
+    assert_eq!(
+        config["router"]["data_dir"].as_str(),
+        Some("../project/router-state")
+    );
+    assert_eq!(
+        config["executor"]["workspaces"][0]["root"].as_str(),
+        Some("../project/workspace")
+    );
+    // Flags stay relative to the working directory.
+    let run = ghost_in(
+        &env,
+        &from,
+        &["up", "-f", file, "--data-dir", "./state", "--print-config"],
+        &[],
+    )
+    .await;
+    let config: toml::Value = toml::from_str(&run.stdout).expect("printed config is TOML");
+    assert_eq!(config["data_dir"].as_str(), Some("./state"), "{run:?}");
+
+    // And for real: a patch lands in the file's workspace, state beside the file.
+    let key = "relative-paths-key-0123456789";
+    let up = spawn_up(
+        &env,
+        &from,
+        &["up", "-f", file, "--api-key", key],
+        &PORT_ZERO,
+    )
+    .await;
+    let (code, body) = submit(&up.url, key, &write_patch("rel-1", None, "rel.txt")).await;
+    assert_eq!(code, 202, "{body}");
+    let ended = wait_ended(&up.url, key, "rel-1").await;
+    assert_eq!(ended["status"], "succeeded", "{ended}");
+    up.kill_9().await;
+    assert!(dir.join("project/workspace/rel.txt").is_file());
+    assert!(dir.join("project/router-state").is_dir());
+    assert!(dir.join("project/.ghost").is_dir());
+    assert!(!from.join("workspace").exists() && !from.join(".ghost").exists());
+}
