@@ -107,19 +107,27 @@ impl Env {
         }
     }
 
-    /// Starts `ghost` without waiting (for a `submit` that another command will end).
-    pub fn spawn(&self, args: &[&str], extra: &[(&str, &str)]) -> tokio::process::Child {
+    /// `ghost` with `args`, only this environment plus `extra`, stdout and stderr piped, killed
+    /// when dropped; stdin is the caller's to set.
+    pub fn command(&self, args: &[&str], extra: &[(&str, &str)]) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_ghost"));
         command
             .args(args)
             .env_clear()
             .envs(self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .envs(extra.iter().copied())
-            .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true);
-        command.spawn().expect("ghost binary starts")
+        command
+    }
+
+    /// Starts `ghost` without waiting (for a `submit` that another command will end).
+    pub fn spawn(&self, args: &[&str], extra: &[(&str, &str)]) -> tokio::process::Child {
+        self.command(args, extra)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("ghost binary starts")
     }
 }
 

@@ -32,17 +32,8 @@ fn command(
     args: &[&str],
     extra: &[(&str, &str)],
 ) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_ghost"));
-    command
-        .args(args)
-        .current_dir(dir)
-        .env_clear()
-        .envs(env.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .envs(extra.iter().copied())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
+    let mut command = env.command(args, extra);
+    command.current_dir(dir).stdin(std::process::Stdio::null());
     command
 }
 
