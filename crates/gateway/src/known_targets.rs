@@ -201,65 +201,10 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::Ordering;
 
     use super::*;
-    use crate::fleet::{ExecutorList, Stats};
-    use crate::patches::{EventView, ListFilter, PatchPage, PatchView, TargetView};
-    use crate::report::ReportView;
-    use ghost_core::PatchId;
-
-    /// A router whose executors serve `served`, counting `ListTargets` calls.
-    struct Router {
-        served: std::sync::Mutex<Vec<String>>,
-        calls: AtomicUsize,
-    }
-
-    #[tonic::async_trait]
-    impl PatchQueue for Router {
-        async fn targets(&self) -> Result<Vec<TargetView>, GatewayError> {
-            self.calls.fetch_add(1, Ordering::SeqCst);
-            let served = self.served.lock().expect("lock").clone();
-            Ok(served
-                .iter()
-                .map(|name| TargetView {
-                    executor_online: true,
-                    ..TargetView::empty(name)
-                })
-                .collect())
-        }
-        async fn submit(
-            &self,
-            _: &ghost_core::Patch,
-            _: &[String],
-        ) -> Result<PatchView, GatewayError> {
-            Err(GatewayError::NotImplemented("test"))
-        }
-        async fn get(&self, _: &PatchId) -> Result<(PatchView, Option<ReportView>), GatewayError> {
-            Err(GatewayError::NotImplemented("test"))
-        }
-        async fn events(&self, _: &PatchId) -> Result<Vec<EventView>, GatewayError> {
-            Err(GatewayError::NotImplemented("test"))
-        }
-        async fn list(&self, _: &ListFilter) -> Result<PatchPage, GatewayError> {
-            Err(GatewayError::NotImplemented("test"))
-        }
-        async fn cancel(&self, _: &PatchId, _: &str) -> Result<PatchView, GatewayError> {
-            Err(GatewayError::NotImplemented("test"))
-        }
-        async fn retry(&self, _: &PatchId, _: &str) -> Result<PatchView, GatewayError> {
-            Err(GatewayError::NotImplemented("test"))
-        }
-        async fn set_paused(&self, _: &TargetName, _: bool, _: &str) -> Result<(), GatewayError> {
-            Err(GatewayError::NotImplemented("test"))
-        }
-        async fn executors(&self) -> Result<ExecutorList, GatewayError> {
-            Err(GatewayError::NotImplemented("test"))
-        }
-        async fn stats(&self, _: Option<&TargetName>, _: i64) -> Result<Stats, GatewayError> {
-            Err(GatewayError::NotImplemented("test"))
-        }
-    }
+    use crate::patches::fake::FakeRouter;
 
     fn target(name: &str) -> TargetName {
         TargetName::parse(name).expect("target")
@@ -267,10 +212,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_router_is_asked_at_most_once_a_second_however_many_unknown_names_arrive() {
-        let router = Arc::new(Router {
-            served: std::sync::Mutex::new(vec!["MAIN".to_owned()]),
-            calls: AtomicUsize::new(0),
-        });
+        let router = Arc::new(FakeRouter::serving(&["MAIN"]));
         let known = KnownTargets::new(["CYOPS".to_owned()], false, Arc::clone(&router) as _);
         // Configured: no call.
         assert!(known.check(&target("CYOPS")).await.is_ok());

@@ -15,6 +15,9 @@ use crate::fleet::{AlertFeed, AlertList, ExecutorList, Stats};
 use crate::known_targets::KnownTargets;
 use crate::report::ReportView;
 
+#[cfg(test)]
+pub(crate) mod fake;
+
 /// The router as the gateway needs it.
 #[tonic::async_trait]
 pub trait PatchQueue: Send + Sync {
@@ -812,61 +815,14 @@ mod tests {
 
 #[cfg(test)]
 mod message_tests {
+    use super::fake::FakeRouter;
     use super::*;
-
-    /// A router that fails every submission with an internal error.
-    struct Failing;
-
-    #[tonic::async_trait]
-    impl PatchQueue for Failing {
-        async fn submit(
-            &self,
-            _: &ghost_core::Patch,
-            _: &[String],
-        ) -> Result<PatchView, GatewayError> {
-            Err(GatewayError::Internal("router failed".to_owned()))
-        }
-        async fn get(&self, _: &PatchId) -> Result<(PatchView, Option<ReportView>), GatewayError> {
-            Err(GatewayError::NotImplemented("test"))
-        }
-        async fn events(&self, _: &PatchId) -> Result<Vec<EventView>, GatewayError> {
-            Err(GatewayError::NotImplemented("test"))
-        }
-        async fn list(&self, _: &ListFilter) -> Result<PatchPage, GatewayError> {
-            Err(GatewayError::NotImplemented("test"))
-        }
-        async fn cancel(&self, _: &PatchId, _: &str) -> Result<PatchView, GatewayError> {
-            Err(GatewayError::NotImplemented("test"))
-        }
-        async fn retry(&self, _: &PatchId, _: &str) -> Result<PatchView, GatewayError> {
-            Err(GatewayError::NotImplemented("test"))
-        }
-        async fn targets(&self) -> Result<Vec<TargetView>, GatewayError> {
-            Err(GatewayError::NotImplemented("test"))
-        }
-        async fn set_paused(&self, _: &TargetName, _: bool, _: &str) -> Result<(), GatewayError> {
-            Err(GatewayError::NotImplemented("test"))
-        }
-        async fn executors(&self) -> Result<ExecutorList, GatewayError> {
-            Err(GatewayError::NotImplemented("test"))
-        }
-        async fn stats(&self, _: Option<&TargetName>, _: i64) -> Result<Stats, GatewayError> {
-            Err(GatewayError::NotImplemented("test"))
-        }
-    }
-
-    #[tonic::async_trait]
-    impl SummaryStore for Failing {
-        async fn markdown(&self, _: &PatchId) -> Result<Option<String>, GatewayError> {
-            Ok(None)
-        }
-    }
 
     #[tokio::test]
     async fn a_failing_router_makes_the_whole_message_unavailable_not_a_refused_block() {
         let patches = Patches::new(
-            Arc::new(Failing),
-            Arc::new(Failing),
+            Arc::new(FakeRouter::failing()),
+            Arc::new(FakeRouter::failing()),
             1000,
             LegacyOptions::default(),
             ParseBudget::new(1 << 20),
