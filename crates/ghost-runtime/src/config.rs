@@ -388,6 +388,53 @@ pub struct ServerConfig {
     /// `max_connections_per_address`, and their `X-Forwarded-For` names the client. Empty (the
     /// default): every peer is a client and the header is ignored.
     pub trusted_proxies: Vec<IpRange>,
+    /// TLS on this service's listeners, and the CA it trusts when it dials `https://` peers.
+    pub tls: TlsConfig,
+    /// The deployment's service credential: every gRPC call between services carries it
+    /// (`authorization: Bearer …`), and this service's control RPCs refuse a call without it
+    /// (UNAUTHENTICATED). Health checks, reflection and the executors' `Work` stream (which
+    /// authenticates with executor tokens) do not need it. Empty (the default) is allowed only
+    /// while the gRPC listener is on a loopback address: then local callers need no credential.
+    /// `ghost up`, compose and k8s always set one.
+    pub internal_token: Secret,
+    /// A file holding the service credential (its first line), read at start; used when
+    /// `internal_token` is empty. For secrets mounted as files (compose, k8s).
+    pub internal_token_file: Option<PathBuf>,
+}
+
+/// TLS on one service's listeners (rustls only). With `cert` and `key` set, the gRPC and the
+/// HTTP side serve TLS (each can be turned off with `grpc`/`http`), and both files are
+/// re-read when they change, without a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain served to clients (leaf first). Unset: plaintext listeners.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert` (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+    /// Serve TLS on the gRPC listener when `cert` and `key` are set.
+    pub grpc: bool,
+    /// Serve TLS on the HTTP listener when `cert` and `key` are set.
+    pub http: bool,
+    /// PEM CA certificate(s) trusted when this service dials an `https://` peer (e.g. the
+    /// private CA `ghost up` makes). Unset: the public web PKI roots.
+    pub ca: Option<PathBuf>,
+    /// How often `cert` and `key` are checked for changes.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert: None,
+            key: None,
+            grpc: true,
+            http: true,
+            ca: None,
+            reload_interval: Duration::from_secs(2),
+        }
+    }
 }
 
 impl ServerConfig {
@@ -423,6 +470,9 @@ impl Default for ServerConfig {
             max_connections: 4096,
             max_connections_per_address: 64,
             trusted_proxies: Vec::new(),
+            tls: TlsConfig::default(),
+            internal_token: Secret::default(),
+            internal_token_file: None,
         }
     }
 }

@@ -23,8 +23,14 @@ pub struct RouterConfig {
     /// gRPC URL of the alerter, e.g. `http://127.0.0.1:50054`; unset: alerts wait in the
     /// alert outbox until one is configured.
     pub alerter_url: Option<String>,
-    /// Token executors must present in Hello; empty: any executor may connect.
+    /// A shared token for executors of every target, presented in Hello. Prefer per-executor
+    /// tokens scoped to targets (`ghost token create`). Empty: only per-executor tokens and the
+    /// service credential are accepted (and, with no service credential on a loopback
+    /// listener, any local executor).
     pub executor_token: Secret,
+    /// A second gRPC listener for executors on other machines: it serves only the `Work`
+    /// stream and health, always over TLS (`server.tls.cert`/`key` must be set). Unset: none.
+    pub executor_listen: Option<std::net::SocketAddr>,
     /// How often executors must heartbeat.
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
@@ -52,6 +58,7 @@ impl Default for RouterConfig {
             summarizer_url: None,
             alerter_url: None,
             executor_token: Secret::default(),
+            executor_listen: None,
             heartbeat_interval: Duration::from_secs(5),
             lease_timeout: Duration::from_secs(30),
             max_attempts: 3,
