@@ -19,5 +19,6 @@ pub mod local;
 pub mod render;
 pub mod settings;
 pub mod submit;
+pub mod tls;
 pub mod up;
 pub mod up_config;

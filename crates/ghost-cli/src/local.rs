@@ -141,6 +141,29 @@ pub struct Explicit {
 }
 
 impl SystemConfig {
+    /// Gives every service the deployment's service credential `token` (a service whose
+    /// credential was set by hand keeps it), and the local executor `token` as its Hello
+    /// credential unless it has one.
+    pub fn set_internal_token(&mut self, token: &str) {
+        let mut servers = vec![
+            &mut self.gateway.server,
+            &mut self.router.server,
+            &mut self.summarizer.server,
+            &mut self.alerter.server,
+        ];
+        if let Some(executor) = &mut self.executor {
+            if executor.token.is_empty() {
+                executor.token = Secret::new(token);
+            }
+            servers.push(&mut executor.server);
+        }
+        for server in servers {
+            if server.internal_token.is_empty() && server.internal_token_file.is_none() {
+                server.internal_token = Secret::new(token);
+            }
+        }
+    }
+
     /// Every service's listen addresses with what they are called (`router grpc`), mutable.
     fn listen_addresses(&mut self) -> Vec<(String, &mut SocketAddr)> {
         fn both<'a>(name: &str, server: &'a mut ServerConfig) -> [(String, &'a mut SocketAddr); 2] {
@@ -152,6 +175,9 @@ impl SystemConfig {
         let mut out = Vec::new();
         out.extend(both("gateway", &mut self.gateway.server));
         out.extend(both("router", &mut self.router.server));
+        if let Some(addr) = &mut self.router.executor_listen {
+            out.push(("router executor".to_owned(), addr));
+        }
         if let Some(executor) = &mut self.executor {
             out.extend(both("executor", &mut executor.server));
         }

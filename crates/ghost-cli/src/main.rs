@@ -91,6 +91,29 @@ enum Command {
         /// Slack channel [default: `channel` in [alerter.slack], else #ghost-runner].
         #[arg(long, env = "GHOST_SLACK_CHANNEL")]
         slack_channel: Option<String>,
+        /// Serve the router's executor port here (TLS always), for executors on other
+        /// machines (`ghost executor --router https://HOST:PORT`) [or `executor_listen` in
+        /// [router]].
+        #[arg(long, value_name = "ADDR")]
+        executor_listen: Option<SocketAddr>,
+        /// A PEM certificate chain (e.g. a Let's Encrypt pair) for the executor port and the
+        /// gateway's HTTPS, instead of the private CA's certificate made under
+        /// <data-dir>/tls/. Re-read when the files change.
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The private key of --tls-cert.
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Run the control plane only (gateway, router, summarizer, alerter): executors run
+        /// elsewhere with `ghost executor` [or `local_executor = false` in the file].
+        #[arg(long)]
+        no_local_executor: bool,
+    },
+    /// The private CA, a server certificate and a service credential for a deployment
+    /// (compose runs this into a volume; `ghost up` does it by itself under <data-dir>/tls/).
+    Tls {
+        #[command(subcommand)]
+        command: TlsCommand,
     },
     /// Write a commented ghost.toml (one example target, an admin, a submit-only and a
     /// read-only API key, printed once; only their hashes are stored).
@@ -183,6 +206,22 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum TlsCommand {
+    /// Write ca.pem, ca-key.pem, server.pem, server-key.pem and internal-token into DIR, keeping
+    /// what is there (the server certificate is issued again when a name is missing or it
+    /// expires within 30 days).
+    Init {
+        /// The directory (created 0700).
+        #[arg(long)]
+        dir: PathBuf,
+        /// A DNS name or IP address the server certificate must carry (repeatable), beside
+        /// localhost, 127.0.0.1 and ::1.
+        #[arg(long = "name", value_name = "NAME")]
+        names: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum ConfigCommand {
     /// Validate a service's TOML config file and print the effective config, secrets redacted.
     Check {
@@ -263,6 +302,10 @@ async fn run(cli: Cli, api_key_flag: bool, output: &Output) -> Result<Exit, CliE
             slack_api_url,
             slack_token,
             slack_channel,
+            executor_listen,
+            tls_cert,
+            tls_key,
+            no_local_executor,
         } => {
             let slack = SlackFlags {
                 api_base_url: slack_api_url,
@@ -283,10 +326,37 @@ async fn run(cli: Cli, api_key_flag: bool, output: &Output) -> Result<Exit, CliE
                 log_format,
                 api_key: global.api_key.filter(|_| api_key_flag),
                 slack,
+                executor_listen,
+                tls_cert,
+                tls_key,
+                no_local_executor,
             };
             up::run(flags, print_config, &ghost_env(), output).await
         }
         Command::Init { dir, force } => init::run(&dir, force, output),
+        Command::Tls {
+            command: TlsCommand::Init { dir, names },
+        } => {
+            let (ensured, token) = ghost_cli::tls::init(&dir, &names)?;
+            output.print(&format!(
+                "{} CA {}{}\nserver certificate {} (key {}){}\nservice credential {}",
+                if ensured.new_ca { "new" } else { "kept" },
+                ensured.files.ca.display(),
+                if ensured.new_ca {
+                    " (give it to executors: --ca)"
+                } else {
+                    ""
+                },
+                ensured.files.cert.display(),
+                ensured.files.key.display(),
+                ensured
+                    .issued
+                    .map(|why| format!(", issued now: {why}"))
+                    .unwrap_or_else(|| ", kept".to_owned()),
+                token.display()
+            ));
+            Ok(Exit::Success)
+        }
         Command::Submit {
             file,
             wait_s,

@@ -171,6 +171,69 @@ fn check_layout(config: &UpConfig) -> Result<(), CliError> {
     refuse_state_in_workspaces(&state_dirs(config), &workspaces)
 }
 
+/// Puts TLS where `ghost up` serves it: the router's executor port (when one is asked for)
+/// always, and the gateway's HTTP side when a certificate was given (`[tls]`/`--tls-cert`).
+/// Without a given certificate, the private CA under `<data-dir>/tls/` issues one for the
+/// executor port's address, `localhost`, the public URL's host and `[tls] names`. A section's
+/// own `server.tls.cert` is kept. Returns the CA executors must trust, when one was made.
+fn serve_tls(config: &mut UpConfig) -> Result<Option<PathBuf>, CliError> {
+    let given = config.tls.cert.clone().zip(config.tls.key.clone());
+    let system = &mut config.system;
+    if let Some((cert, key)) = &given {
+        for path in [cert, key] {
+            if !path.is_file() {
+                return Err(CliError::Settings(format!(
+                    "[tls] {}: no such file",
+                    path.display()
+                )));
+            }
+        }
+        let tls = &mut system.gateway.server.tls;
+        if tls.cert.is_none() {
+            tls.cert = Some(cert.clone());
+            tls.key = Some(key.clone());
+            tls.grpc = false;
+            tls.http = true;
+        }
+    }
+    let Some(addr) = system.router.executor_listen else {
+        return Ok(None);
+    };
+    if system.router.server.tls.cert.is_some() {
+        return Ok(None);
+    }
+    let (cert, key, ca) = match given {
+        Some((cert, key)) => (cert, key, None),
+        None => {
+            let mut extra = config.tls.names.clone();
+            if let Some(host) = reqwest::Url::parse(&system.gateway.public_url)
+                .ok()
+                .and_then(|url| url.host_str().map(str::to_owned))
+            {
+                extra.push(host.trim_start_matches('[').trim_end_matches(']').to_owned());
+            }
+            let names = crate::tls::names_for(&[addr.ip()], &extra);
+            let ensured = crate::tls::ensure(
+                &config.data_dir.join("tls"),
+                &names,
+                time::OffsetDateTime::now_utc(),
+            )?;
+            if let Some(why) = &ensured.issued {
+                tracing::info!(reason = %why, names = ?names, "issued the executor port's certificate");
+            }
+            (ensured.files.cert, ensured.files.key, Some(ensured.files.ca))
+        }
+    };
+    let tls = &mut system.router.server.tls;
+    tls.cert = Some(cert);
+    tls.key = Some(key);
+    // The router's own listeners stay as configured (loopback, plaintext by default); the
+    // executor port is TLS always.
+    tls.grpc = false;
+    tls.http = false;
+    Ok(ca)
+}
+
 /// Runs until SIGINT/SIGTERM, then drains every service. `env` holds the process's `GHOST_*`
 /// variables; with `print_config` it prints the effective config and returns.
 pub async fn run(
@@ -194,8 +257,12 @@ pub async fn run(
         None
     };
     let telemetry = ghost_runtime::telemetry::init_local(&config.system.gateway.telemetry)?;
+    config
+        .system
+        .set_internal_token(&crate::tls::random_token()?);
     config.system.prebind()?;
     config.system.wire(config.explicit);
+    let ca = serve_tls(&mut config)?;
     let slack_on = config.system.alerter.slack.api_base_url.is_some();
     let system = LocalSystem::start_with(config.data_dir.clone(), config.system.clone()).await?;
     let mut text = format!(
@@ -226,6 +293,17 @@ pub async fn run(
             if target.is_default { " (default)" } else { "" }
         ));
     }
+    if let Some(addr) = config.system.router.executor_listen {
+        text.push_str(&format!(
+            "  executors   https://{addr}{}\n",
+            ca.as_ref()
+                .map(|ca| format!(" (they trust {})", ca.display()))
+                .unwrap_or_default()
+        ));
+    }
+    if config.system.executor.is_none() {
+        text.push_str("  executor    none here (--no-local-executor): run `ghost executor` where the code is\n");
+    }
     text.push_str(&format!(
         "  slack       {}\n",
         if slack_on {
@@ -234,7 +312,15 @@ pub async fn run(
             "off (messages are logged)"
         }
     ));
-    let gateway = system.gateway_url()?;
+    let gateway_tls = &config.system.gateway.server.tls;
+    let gateway = if gateway_tls.cert.is_some() && gateway_tls.http {
+        match config.system.gateway.public_url.trim_end_matches('/') {
+            "" => system.gateway_url()?.replacen("http://", "https://", 1),
+            public => public.to_owned(),
+        }
+    } else {
+        system.gateway_url()?
+    };
     if let Some(api_key) = generated {
         text.push_str(&format!(
             "\nAPI key (shown once): {api_key}\n  export GHOST_API_KEY={api_key} GHOST_URL={gateway}\n"

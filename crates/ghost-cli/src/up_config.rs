@@ -26,7 +26,7 @@ use crate::local::{Explicit, SystemConfig, url};
 mod file;
 
 pub use file::{
-    CheckSpec, Commands, DEFAULT_DATA_DIR, DEFAULT_FILE, GhostFile, SECTIONS, TargetSpec,
+    CheckSpec, Commands, DEFAULT_DATA_DIR, DEFAULT_FILE, GhostFile, SECTIONS, TargetSpec, TlsSpec,
 };
 
 /// What `ghost up` was given on its command line.
@@ -49,6 +49,14 @@ pub struct UpFlags {
     pub api_key: Option<String>,
     /// Slack flags, each applied only when given.
     pub slack: SlackFlags,
+    /// `--executor-listen`: the router's executor port (TLS always).
+    pub executor_listen: Option<SocketAddr>,
+    /// `--tls-cert`: a certificate chain for the executor port and the gateway's HTTPS.
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key`: its private key.
+    pub tls_key: Option<PathBuf>,
+    /// `--no-local-executor`: the control plane only.
+    pub no_local_executor: bool,
 }
 
 /// `--slack-api-url`, `--slack-token` and `--slack-channel` (or their `GHOST_SLACK_*`
@@ -76,6 +84,8 @@ pub struct UpConfig {
     pub system: SystemConfig,
     /// Which service-to-service URLs were set by hand.
     pub explicit: Explicit,
+    /// `[tls]` with `--tls-cert`/`--tls-key` over it.
+    pub tls: TlsSpec,
 }
 
 /// Rendered by `--print-config`.
@@ -83,6 +93,7 @@ pub struct UpConfig {
 struct Printed<'a> {
     data_dir: &'a Path,
     targets: &'a [TargetSpec],
+    tls: &'a TlsSpec,
     gateway: &'a gateway::GatewayConfig,
     router: &'a router::RouterConfig,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -97,6 +108,7 @@ impl UpConfig {
         let printed = Printed {
             data_dir: &self.data_dir,
             targets: &self.targets,
+            tls: &self.tls,
             gateway: &self.system.gateway,
             router: &self.system.router,
             executor: self.system.executor.as_ref(),
@@ -406,6 +418,12 @@ fn anchor_file_paths(
             agent.inbox = anchored(base, &agent.inbox);
         }
     }
+    for path in [&mut parsed.tls.cert, &mut parsed.tls.key]
+        .into_iter()
+        .flatten()
+    {
+        *path = anchored(base, path);
+    }
     for (section, key) in SECTION_PATHS {
         if let Some(toml::Value::String(path)) = sections
             .get_mut(section)
@@ -528,6 +546,19 @@ pub fn load(flags: UpFlags, env: &HashMap<String, String>) -> Result<UpConfig, C
             env_for("alerter"),
         )?,
     };
+    let mut tls = parsed.tls;
+    if flags.tls_cert.is_some() || flags.tls_key.is_some() {
+        tls.cert.clone_from(&flags.tls_cert);
+        tls.key.clone_from(&flags.tls_key);
+    }
+    if tls.cert.is_some() != tls.key.is_some() {
+        return Err(invalid(
+            "[tls] needs both cert and key (or neither: a private CA is made)".to_owned(),
+        ));
+    }
+    if flags.no_local_executor || parsed.local_executor == Some(false) {
+        system.executor = None;
+    }
     apply_flags(&mut system, flags);
     system.wire(explicit);
     Ok(UpConfig {
@@ -536,6 +567,7 @@ pub fn load(flags: UpFlags, env: &HashMap<String, String>) -> Result<UpConfig, C
         targets,
         system,
         explicit,
+        tls,
     })
 }
 
@@ -546,6 +578,9 @@ fn apply_flags(system: &mut SystemConfig, flags: UpFlags) {
     }
     if let Some(public_url) = flags.public_url {
         system.gateway.public_url = public_url;
+    }
+    if let Some(addr) = flags.executor_listen {
+        system.router.executor_listen = Some(addr);
     }
     if let Some(format) = flags.log_format {
         system.gateway.telemetry.log_format = format;

@@ -24,6 +24,11 @@ pub struct GhostFile {
     pub data_dir: Option<PathBuf>,
     /// The workspaces patches are applied to.
     pub targets: Vec<TargetSpec>,
+    /// Run an executor for the targets in this process (`--no-local-executor` turns it off):
+    /// set `false` when every executor runs elsewhere (`ghost executor`).
+    pub local_executor: Option<bool>,
+    /// The certificate of the executor port (and of the gateway's HTTPS when given here).
+    pub tls: TlsSpec,
     /// API keys, stored as SHA-256 hashes (`gateway.api_keys`).
     pub keys: Vec<ApiKeyConfig>,
     /// The gateway's own keys.
@@ -36,6 +41,22 @@ pub struct GhostFile {
     pub summarizer: summarizer::SummarizerConfig,
     /// The alerter's own keys.
     pub alerter: alerter::AlerterConfig,
+}
+
+/// `[tls]`: without `cert`/`key`, `ghost up` makes a private CA and a server certificate
+/// under `<data-dir>/tls/` for the executor port (executors trust its `ca.pem`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSpec {
+    /// A PEM certificate chain (e.g. a Let's Encrypt pair) served on the executor port and,
+    /// as HTTPS, by the gateway; re-read when it changes.
+    pub cert: Option<PathBuf>,
+    /// Its private key.
+    pub key: Option<PathBuf>,
+    /// DNS names or addresses executors dial, added to the made certificate's names (it
+    /// always has `localhost`, the loopback addresses, the executor port's address and the
+    /// public URL's host).
+    pub names: Vec<String>,
 }
 
 /// One `[[targets]]` entry: a workspace and what its patches may do.
