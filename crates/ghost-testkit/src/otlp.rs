@@ -98,7 +98,7 @@ impl TraceService for Recorder {
     }
 }
 
-/// A running OTLP/gRPC receiver on 127.0.0.1; stops when dropped.
+/// A running OTLP/gRPC receiver (on 127.0.0.1 unless started elsewhere); stops when dropped.
 pub struct OtlpReceiver {
     addr: SocketAddr,
     recorder: Recorder,
@@ -108,7 +108,13 @@ pub struct OtlpReceiver {
 impl OtlpReceiver {
     /// Starts the receiver on a free loopback port.
     pub async fn start() -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts the receiver on `addr` (e.g. the host side of a test's veth pair, port 0), so
+    /// processes in another network namespace can export to it.
+    pub async fn start_on(addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let recorder = Recorder::default();
         let (stop, stopped) = oneshot::channel::<()>();

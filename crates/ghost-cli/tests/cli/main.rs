@@ -8,6 +8,7 @@ mod helpers;
 mod logs;
 mod offline;
 mod read;
+mod remote;
 mod steer;
 mod submit;
 mod up;

@@ -57,6 +57,8 @@ pub(crate) async fn ghost_in(env: &Env, dir: &Path, args: &[&str], extra: &[(&st
 pub(crate) struct Up {
     child: tokio::process::Child,
     pub(crate) url: String,
+    /// What it printed up to the gateway's URL.
+    pub(crate) printed: String,
 }
 
 /// Starts `ghost up` in `dir` and waits (bounded) for the line that says where the gateway is;
@@ -95,7 +97,11 @@ async fn try_spawn_up(
         Ok(Some(url)) => {
             // Keep draining stdout so the child never blocks on a full pipe.
             tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            Ok(Up { child, url })
+            Ok(Up {
+                child,
+                url,
+                printed: seen,
+            })
         }
         _ => {
             let _ = child.start_kill();
