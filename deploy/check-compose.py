@@ -2,7 +2,12 @@
 """Checks the rendered docker-compose.yml (`docker-compose config` output) for the stack's rules:
 pinned image tags, every port bound to 127.0.0.1, a healthcheck on every Ghost service, start
 order through `condition: service_healthy`, volumes for state, the observability stack behind a
-profile, hardened containers. Usage: check-compose.py RENDERED_YAML
+profile, hardened containers; and the TLS setup with no manual step: the one-shot `tls-init`
+(`ghost tls init` into the `tls` volume, a certificate naming every service) runs before every
+Ghost service, every one of them reads the service credential from /tls/internal-token, the
+router's executor port 50443 serves TLS with the tls-init pair, the executor dials it as
+https:// trusting /tls/ca.pem, and no port is published beyond the services' HTTP ports and
+that executor port. Usage: check-compose.py RENDERED_YAML
 """
 import sys
 
@@ -11,13 +16,94 @@ import yaml
 GHOST = ["gateway", "router", "executor", "summarizer", "alerter"]
 OBSERVABILITY = ["jaeger", "prometheus", "grafana"]
 STATE = {"router": "/data", "summarizer": "/data", "alerter": "/data", "executor": "/state"}
+TLS_INIT = "tls-init"
+TOKEN_FILE = "/tls/internal-token"
+EXECUTOR_PORT = 50443
+# Container ports published on the host: each service's HTTP port, plus the router's executor
+# port (TLS) for executors on this host. Anything else would open an internal listener.
+PUBLISHED = {"gateway": {8080}, "router": {8081, EXECUTOR_PORT}, "executor": {8082},
+             "summarizer": {8083}, "alerter": {8084}}
+
+
+def volumes(svc):
+    """{target: (source, read_only)} of a rendered service (1.x strings or v2 dicts)."""
+    out = {}
+    for v in svc.get("volumes", []):
+        if isinstance(v, str):
+            parts = v.split(":")
+            out[parts[1]] = (parts[0], len(parts) > 2 and "ro" in parts[2].split(","))
+        else:
+            out[v.get("target")] = (v.get("source"), bool(v.get("read_only")))
+    return out
+
+
+def container_ports(svc):
+    ports = set()
+    for port in svc.get("ports", []):
+        if isinstance(port, dict):
+            ports.add(int(port["target"]))
+        else:
+            ports.add(int(str(port).split(":")[-1].split("/")[0]))
+    return ports
+
+
+def check_tls(services, errors):
+    init = services.get(TLS_INIT)
+    if not init:
+        errors.append(f"service {TLS_INIT} missing (ghost tls init into the tls volume)")
+        return
+    if not init.get("image", "").startswith("ghost-runner/ghost:"):
+        errors.append(f"{TLS_INIT}: image {init.get('image')!r} is not ghost-runner/ghost")
+    command = init.get("command") or []
+    if command[:4] != ["tls", "init", "--dir", "/tls"]:
+        errors.append(f"{TLS_INIT}: command {command} is not `tls init --dir /tls ...`")
+    names = {command[i + 1] for i, arg in enumerate(command[:-1]) if arg == "--name"}
+    if not set(GHOST) <= names:
+        errors.append(f"{TLS_INIT}: the certificate misses the names {sorted(set(GHOST) - names)}")
+    if volumes(init).get("/tls") != ("tls", False):
+        errors.append(f"{TLS_INIT}: the tls volume is not mounted writable at /tls")
+    if str(init.get("restart", "no")) != "no":
+        errors.append(f"{TLS_INIT}: a one-shot must not restart (restart: {init.get('restart')})")
+    if str(init.get("user", "")) != "65532:65532":
+        errors.append(f"{TLS_INIT}: must run as 65532:65532 (the services read its files as that user)")
+    if init.get("profiles"):
+        errors.append(f"{TLS_INIT}: must not sit behind a profile")
+    for name in GHOST:
+        svc = services.get(name, {})
+        env = svc.get("environment") or {}
+        key = f"GHOST_{name.upper()}__SERVER__INTERNAL_TOKEN_FILE"
+        if env.get(key) != TOKEN_FILE:
+            errors.append(f"{name}: {key} is {env.get(key)!r}, not {TOKEN_FILE}")
+        if volumes(svc).get("/tls") != ("tls", True):
+            errors.append(f"{name}: the tls volume is not mounted read-only at /tls")
+        cond = ((svc.get("depends_on") or {}).get(TLS_INIT) or {}).get("condition")
+        if cond != "service_completed_successfully":
+            errors.append(f"{name}: does not wait for {TLS_INIT} (condition service_completed_successfully)")
+        published = container_ports(svc)
+        if published != PUBLISHED[name]:
+            errors.append(f"{name}: publishes container ports {sorted(published)}, expected {sorted(PUBLISHED[name])}")
+    router = (services.get("router") or {}).get("environment") or {}
+    expect = {
+        "GHOST_ROUTER__EXECUTOR_LISTEN": f"0.0.0.0:{EXECUTOR_PORT}",
+        "GHOST_ROUTER__SERVER__TLS__CERT": "/tls/server.pem",
+        "GHOST_ROUTER__SERVER__TLS__KEY": "/tls/server-key.pem",
+    }
+    for key, value in expect.items():
+        if router.get(key) != value:
+            errors.append(f"router: {key} is {router.get(key)!r}, expected {value}")
+    executor = (services.get("executor") or {}).get("environment") or {}
+    if executor.get("GHOST_EXECUTOR__ROUTER_URL") != f"https://router:{EXECUTOR_PORT}":
+        errors.append(f"executor: GHOST_EXECUTOR__ROUTER_URL is {executor.get('GHOST_EXECUTOR__ROUTER_URL')!r}, "
+                      f"expected https://router:{EXECUTOR_PORT} (the TLS executor port)")
+    if executor.get("GHOST_EXECUTOR__ROUTER_CA") != "/tls/ca.pem":
+        errors.append("executor: GHOST_EXECUTOR__ROUTER_CA is not /tls/ca.pem (the tls-init CA)")
 
 
 def main():
     doc = yaml.safe_load(open(sys.argv[1], encoding="utf-8"))
     services = doc["services"]
     errors = []
-    for name in GHOST + OBSERVABILITY:
+    for name in GHOST + OBSERVABILITY + [TLS_INIT]:
         if name not in services:
             errors.append(f"service {name} missing")
     for name, svc in services.items():
@@ -38,7 +124,7 @@ def main():
         if svc.get("profiles"):
             errors.append(f"{name}: core services must not sit behind a profile")
         for dep, cond in (svc.get("depends_on") or {}).items():
-            if cond.get("condition") != "service_healthy":
+            if dep != TLS_INIT and cond.get("condition") != "service_healthy":
                 errors.append(f"{name}: depends on {dep} without condition service_healthy")
         if name in STATE:
             targets = [v.split(":")[1] if isinstance(v, str) else v.get("target")
@@ -51,11 +137,14 @@ def main():
     for name in OBSERVABILITY:
         if services.get(name, {}).get("profiles") != ["observability"]:
             errors.append(f"{name}: not behind the observability profile")
+    check_tls(services, errors)
     for e in errors:
         print(f"ERROR: {e}")
     if not errors:
         print(f"  {len(services)} services: images pinned, ports on 127.0.0.1, healthchecks and "
               "healthy-start order, state volumes, observability behind a profile")
+        print(f"  {TLS_INIT} first; all {len(GHOST)} read {TOKEN_FILE}; router TLS executor port "
+              f"{EXECUTOR_PORT} the only published port beyond the HTTP ports")
     return 1 if errors else 0
 
 

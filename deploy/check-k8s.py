@@ -1,14 +1,230 @@
 #!/usr/bin/env python3
-"""Checks the rendered overlays for what the deployment must have, beyond schema validity.
-
+"""Checks the rendered overlays for what the deployment must have, beyond schema validity:
+workloads hardened, probes, resources, no committed secret values, and for executors outside
+the cluster:
+  - every service reads the service credential from a file: the key `internal-token` of the
+    Secret ghost-secrets mounted read-only (mode 0400, group-readable through the pod's fsGroup)
+    and named by GHOST_<SVC>__SERVER__INTERNAL_TOKEN_FILE;
+  - the router's executor port: executor_listen on 50443 in its TOML, TLS with the pair of the
+    kubernetes.io/tls Secret router-executor-tls mounted where server.tls.cert/key point, a
+    container port and a Service port `executors`, probes still on the plaintext 50051;
+  - the Ingresses: the gateway's HTTPS (TLS at the controller, cert-manager annotation) and the
+    executor port with TLS passthrough to router:executors;
+  - the NetworkPolicies, evaluated: every connection they admit (in and out) is an arrow of the
+    design, a scrape from the monitoring namespace, DNS, span export, Slack, a public door, or
+    the router's 50443 from anywhere; and every design arrow is admitted.
 Usage: check-k8s.py DEV_YAML PROD_YAML (output of `kubectl kustomize k8s/overlays/<name>`).
 """
+import posixpath
 import sys
+import tomllib
 
 import yaml
 
 SERVICES = {"gateway", "router", "executor", "summarizer", "alerter"}
 STATEFUL = {"router", "executor", "summarizer", "alerter"}
+GRPC = {"gateway": 50050, "router": 50051, "executor": 50052, "summarizer": 50053, "alerter": 50054}
+HTTP = {"gateway": 8080, "router": 8081, "executor": 8082, "summarizer": 8083, "alerter": 8084}
+EXECUTOR_PORT = 50443
+# The arrows of the design diagram: who calls whose gRPC port.
+ARROWS = {("gateway", "router"), ("gateway", "summarizer"), ("router", "summarizer"),
+          ("router", "alerter"), ("executor", "router"), ("summarizer", "alerter"),
+          ("alerter", "router"), ("alerter", "summarizer"), ("alerter", "gateway"),
+          ("alerter", "executor")}
+ANY = "anywhere"
+
+
+def expected_ingress():
+    """(app, protocol, port, source) that may be admitted; REQUIRED is the part that must be."""
+    allowed = {(dst, "TCP", GRPC[dst], src) for src, dst in ARROWS}
+    required = set(allowed)
+    for app in SERVICES:
+        for port in HTTP.values():  # one policy for all pods, listing every HTTP port
+            allowed.add((app, "TCP", port, "ns:monitoring"))
+    # The public doors behind the Ingress controller (one policy for both pods and both ports),
+    # from anywhere or narrowed to the controller's namespace in an overlay.
+    for app in ("gateway", "alerter"):
+        for port in (HTTP["gateway"], HTTP["alerter"]):
+            allowed |= {(app, "TCP", port, ANY)}
+    allowed.add(("router", "TCP", EXECUTOR_PORT, ANY))
+    required.add(("router", "TCP", EXECUTOR_PORT, ANY))
+    return allowed, required
+
+
+def expected_egress():
+    allowed = {(src, "TCP", GRPC[dst], dst) for src, dst in ARROWS}
+    required = set(allowed)
+    for app in SERVICES:
+        allowed |= {(app, "UDP", 53, "ns:kube-system"), (app, "TCP", 53, "ns:kube-system"),
+                    (app, "TCP", 4317, "ns:observability")}
+    allowed.add(("alerter", "TCP", 443, "internet"))
+    return allowed, required
+
+
+def selected_apps(selector):
+    """The Ghost apps a podSelector picks (labels as the base sets them)."""
+    if not selector:
+        return set(SERVICES)
+    apps = set(SERVICES)
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if key == "app.kubernetes.io/name":
+            apps &= {value}
+        elif not (key == "app.kubernetes.io/part-of" and value == "ghost-runner"):
+            apps = set()
+    for expr in selector.get("matchExpressions") or []:
+        if expr["key"] == "app.kubernetes.io/name" and expr["operator"] == "In":
+            apps &= set(expr["values"])
+        else:
+            apps = set()
+    return apps
+
+
+def peers(rule_peers, public):
+    """Names of what a rule's from/to admits: apps, ns:<name>, `internet`, or anywhere."""
+    if not rule_peers:
+        return {ANY}
+    out = set()
+    for peer in rule_peers:
+        if "ipBlock" in peer:
+            out.add("internet" if peer["ipBlock"].get("except") else ANY)
+        elif "namespaceSelector" in peer:
+            labels = peer["namespaceSelector"].get("matchLabels") or {}
+            name = labels.get("kubernetes.io/metadata.name")
+            # A controller's namespace narrows a public door: it counts as that door.
+            out.add(ANY if public and name not in ("monitoring", "kube-system", "observability")
+                    else f"ns:{name}" if name else ANY)
+        else:
+            out |= selected_apps(peer.get("podSelector"))
+    return out
+
+
+def admitted(policies, direction):
+    key, peer_key = ("ingress", "from") if direction == "Ingress" else ("egress", "to")
+    edges = set()
+    for policy in policies.values():
+        spec = policy["spec"]
+        if direction not in spec.get("policyTypes", []):
+            continue
+        for app in selected_apps(spec.get("podSelector")):
+            for rule in spec.get(key) or []:
+                ports = [(p.get("protocol", "TCP"), p.get("port")) for p in rule.get("ports") or []]
+                if not ports:
+                    ports = [("ANY", "ANY")]
+                for peer in peers(rule.get(peer_key), public=True):
+                    for protocol, port in ports:
+                        edges.add((app, protocol, port, peer))
+    return edges
+
+
+def check_network(policies, err, report):
+    for direction, (allowed, required) in (("Ingress", expected_ingress()), ("Egress", expected_egress())):
+        edges = admitted(policies, direction)
+        report.append(f"{direction.lower()}: {len(edges)} connections admitted, "
+                      f"{len(required & edges)}/{len(required)} design arrows; from anywhere: "
+                      + ", ".join(sorted(f"{e[0]}:{e[2]}" for e in edges if e[3] == ANY)) if direction == "Ingress"
+                      else f"{direction.lower()}: {len(edges)} connections admitted, "
+                      f"{len(required & edges)}/{len(required)} design arrows")
+        for edge in sorted(edges - allowed, key=str):
+            err(f"NetworkPolicy admits {direction.lower()} {edge} (app, protocol, port, "
+                f"{'from' if direction == 'Ingress' else 'to'}): not an arrow of the design")
+        for edge in sorted(required - edges, key=str):
+            err(f"NetworkPolicy does not admit the design's {direction.lower()} {edge}")
+
+
+def secret_volume(pod, secret):
+    return next((v for v in pod.get("volumes", []) if (v.get("secret") or {}).get("secretName") == secret), None)
+
+
+def mount_of(container, volume):
+    return next((m for m in container.get("volumeMounts", []) if m["name"] == volume["name"]), None)
+
+
+def check_internal_token(w, err):
+    name = w["metadata"]["name"]
+    pod = w["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    volume = secret_volume(pod, "ghost-secrets")
+    items = {i["key"]: i["path"] for i in ((volume or {}).get("secret") or {}).get("items") or []}
+    if not volume or "internal-token" not in items:
+        err(f"{name}: the key internal-token of ghost-secrets is not mounted as a file")
+        return
+    if volume["secret"].get("defaultMode") != 0o400:
+        err(f"{name}: the internal-token volume's defaultMode is not 0400")
+    if (pod.get("securityContext") or {}).get("fsGroup") != 65532:
+        err(f"{name}: no fsGroup 65532: the service (uid 65532) cannot read the 0400 secret file")
+    mount = mount_of(container, volume)
+    if not mount or not mount.get("readOnly"):
+        err(f"{name}: the internal-token volume is not mounted read-only")
+        return
+    path = posixpath.join(mount["mountPath"], items["internal-token"])
+    var = f"GHOST_{name.upper()}__SERVER__INTERNAL_TOKEN_FILE"
+    value = next((e.get("value") for e in container.get("env", []) if e["name"] == var), None)
+    if value != path:
+        err(f"{name}: {var} is {value!r}, not the mounted file {path}")
+
+
+def check_router(by_kind, err):
+    config = next((v for k, v in by_kind.get("ConfigMap", {}).items() if k.startswith("ghost-config")), None)
+    router_toml = tomllib.loads((config or {}).get("data", {}).get("router.toml", ""))
+    if router_toml.get("executor_listen") != f"0.0.0.0:{EXECUTOR_PORT}":
+        err(f"router.toml: executor_listen is {router_toml.get('executor_listen')!r}, not 0.0.0.0:{EXECUTOR_PORT}")
+    tls = router_toml.get("server", {}).get("tls", {})
+    if tls.get("grpc") is not False or tls.get("http") is not False:
+        err("router.toml: server.tls.grpc/http must be false (kubelet gRPC probes cannot speak TLS)")
+    sts = by_kind.get("StatefulSet", {}).get("router")
+    if not sts:
+        return
+    pod = sts["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    volume = secret_volume(pod, "router-executor-tls")
+    mount = volume and mount_of(container, volume)
+    if not mount:
+        err("router: the Secret router-executor-tls is not mounted")
+    else:
+        for field, file in (("cert", "tls.crt"), ("key", "tls.key")):
+            want = posixpath.join(mount["mountPath"], file)
+            if tls.get(field) != want:
+                err(f"router.toml: server.tls.{field} is {tls.get(field)!r}, not {want} (router-executor-tls)")
+    ports = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
+    if ports.get("executors") != EXECUTOR_PORT:
+        err(f"router: no container port executors={EXECUTOR_PORT}")
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        if container.get(probe, {}).get("grpc", {}).get("port") != GRPC["router"]:
+            err(f"router: {probe} is not on the plaintext gRPC port {GRPC['router']}")
+    service = by_kind.get("Service", {}).get("router", {})
+    sports = {p.get("name"): p for p in service.get("spec", {}).get("ports", [])}
+    if (sports.get("executors") or {}).get("port") != EXECUTOR_PORT:
+        err(f"Service router: no port executors={EXECUTOR_PORT}")
+
+
+def backends(ingress):
+    return {(r.get("host"), p["backend"]["service"]["name"], tuple(p["backend"]["service"]["port"].items())[0][1])
+            for r in ingress["spec"].get("rules", []) for p in r.get("http", {}).get("paths", [])}
+
+
+def check_ingress(by_kind, err):
+    ingresses = by_kind.get("Ingress", {})
+    gateway = [i for i in ingresses.values() if any(b[1] == "gateway" for b in backends(i))]
+    if not gateway:
+        err("no Ingress for the gateway")
+    for ing in gateway:
+        ann = ing["metadata"].get("annotations") or {}
+        if not ing["spec"].get("tls"):
+            err(f"Ingress {ing['metadata']['name']}: the gateway is not served over HTTPS (no tls)")
+        if not ann.get("cert-manager.io/cluster-issuer") and not ann.get("cert-manager.io/issuer"):
+            err(f"Ingress {ing['metadata']['name']}: no cert-manager issuer annotation")
+    executors = [i for i in ingresses.values()
+                 if any(b[1] == "router" and b[2] in ("executors", EXECUTOR_PORT) for b in backends(i))]
+    if not executors:
+        err("no Ingress for the router's executor port")
+    for ing in executors:
+        ann = ing["metadata"].get("annotations") or {}
+        if ann.get("nginx.ingress.kubernetes.io/ssl-passthrough") != "true":
+            err(f"Ingress {ing['metadata']['name']}: the executor port needs TLS passthrough")
+    for ing in ingresses.values():
+        for _, service, port in backends(ing):
+            if (service, port) not in {("gateway", "http"), ("alerter", "http"), ("router", "executors")}:
+                err(f"Ingress {ing['metadata']['name']}: exposes {service}:{port}, not a public door")
 
 
 def load(path):
@@ -29,12 +245,18 @@ def check(docs, name, errors):
         sts = by_kind.get("StatefulSet", {}).get(s)
         if not sts or not sts["spec"].get("volumeClaimTemplates"):
             err(f"{s} is not a StatefulSet with volumeClaimTemplates")
+    report = []
+    check_network(policies := by_kind.get("NetworkPolicy", {}), err, report)
+    if name == "prod":
+        for line in report:
+            print(f"  network {line}")
+    check_router(by_kind, err)
+    check_ingress(by_kind, err)
     hpa = by_kind.get("HorizontalPodAutoscaler", {}).get("gateway")
     if not hpa or hpa["spec"]["scaleTargetRef"]["name"] != "gateway":
         err("no HorizontalPodAutoscaler for the gateway")
     if "gateway" not in by_kind.get("PodDisruptionBudget", {}):
         err("no PodDisruptionBudget for the gateway")
-    policies = by_kind.get("NetworkPolicy", {})
     deny = policies.get("default-deny")
     if not deny or deny["spec"]["podSelector"] or set(deny["spec"]["policyTypes"]) != {"Ingress", "Egress"}:
         err("no default-deny NetworkPolicy for ingress and egress")
@@ -66,6 +288,8 @@ def check(docs, name, errors):
             refs = [e["valueFrom"]["secretKeyRef"] for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})]
             if wname in {"gateway", "router", "executor"} and not refs:
                 err(f"{wname}: expected its secret from a secretKeyRef")
+        if wname in SERVICES:
+            check_internal_token(w, err)
     return by_kind
 
 
