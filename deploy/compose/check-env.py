@@ -5,12 +5,20 @@ Every service rejects unknown config keys at start, so a typo in docker-compose.
 environment or in a k8s/base/config/*.toml would only show when the container starts. This runs
 each binary with `--print-config` (which loads and validates the config, then exits) on:
   - the environment docker-compose gives it (from `docker-compose config` output, path of the
-    executor's mounted file mapped back into the repo), and
-  - the TOML file the Kubernetes base mounts (GHOST_CONFIG=k8s/base/config/<svc>.toml).
-Usage: check-env.py RENDERED_COMPOSE_YAML BIN_DIR
+    executor's mounted file mapped back into the repo),
+  - the TOML file the Kubernetes base mounts (GHOST_CONFIG=k8s/base/config/<svc>.toml) with the
+    literal environment of its container and the ghost-env ConfigMap (from a rendered overlay,
+    when one is given: e.g. GHOST_<SVC>__SERVER__INTERNAL_TOKEN_FILE);
+and runs compose's one-shot `tls-init` command in the real `ghost` binary into a scratch
+directory: it must write the CA, the server certificate (naming every service the executor or a
+peer dials), its key (0600) and the service credential (64 hex characters, 0600).
+Usage: check-env.py RENDERED_COMPOSE_YAML BIN_DIR [RENDERED_K8S_YAML]
 """
+import re
+import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -31,9 +39,63 @@ def run(binary: Path, env: dict[str, str], what: str) -> bool:
     return False
 
 
+def k8s_env(rendered: Path) -> dict[str, dict[str, str]]:
+    """Literal environment of each service's container (ghost-env first, then `env` values)."""
+    docs = [d for d in yaml.safe_load_all(rendered.read_text(encoding="utf-8")) if d]
+    shared = next((d.get("data") or {} for d in docs
+                   if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("ghost-env")), {})
+    out = {}
+    for d in docs:
+        if d["kind"] in ("Deployment", "StatefulSet") and d["metadata"]["name"] in SERVICES:
+            container = d["spec"]["template"]["spec"]["containers"][0]
+            out[d["metadata"]["name"]] = {**shared, **{e["name"]: str(e["value"])
+                                                       for e in container.get("env", []) if "value" in e}}
+    return out
+
+
+def tls_init(ghost: Path, compose: dict) -> bool:
+    what = "tls-init's command in the ghost binary"
+    command = list(compose["services"]["tls-init"]["command"])
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch) / "tls"
+        args = [str(out) if a == "/tls" else a for a in command]
+        result = subprocess.run([str(ghost), *args], capture_output=True, text=True, timeout=60,
+                                env={"PATH": "/usr/bin:/bin", "HOME": scratch})
+        if result.returncode != 0:
+            first = (result.stderr.strip().splitlines() or [f"exit {result.returncode}"])[0]
+            print(f"check-env: FAIL {what}: {first}")
+            return False
+        problems = []
+        for name, private in (("ca.pem", False), ("server.pem", False), ("server-key.pem", True),
+                              ("internal-token", True)):
+            path = out / name
+            if not path.is_file():
+                problems.append(f"no {name}")
+            elif private and stat.S_IMODE(path.stat().st_mode) & 0o077:
+                problems.append(f"{name} is readable by others")
+        token = (out / "internal-token").read_text().strip() if (out / "internal-token").is_file() else ""
+        if not re.fullmatch(r"[0-9a-f]{64}", token):
+            problems.append("internal-token is not 64 hex characters")
+        sans = subprocess.run(["openssl", "x509", "-in", str(out / "server.pem"), "-noout", "-ext",
+                               "subjectAltName"], capture_output=True, text=True, timeout=30).stdout
+        names = set(re.findall(r"DNS:([^,\s]+)", sans))
+        if not set(SERVICES) <= names:
+            problems.append(f"the server certificate lacks {sorted(set(SERVICES) - names)} (has {sorted(names)})")
+        verify = subprocess.run(["openssl", "verify", "-CAfile", str(out / "ca.pem"), str(out / "server.pem")],
+                                capture_output=True, text=True, timeout=30)
+        if verify.returncode != 0:
+            problems.append(f"server.pem does not verify against ca.pem: {verify.stderr.strip() or verify.stdout.strip()}")
+    if problems:
+        print(f"check-env: FAIL {what}: {'; '.join(problems)}")
+        return False
+    print(f"check-env: ok {what} (CA, certificate for {', '.join(SERVICES)}, 0600 key and credential)")
+    return True
+
+
 def main() -> int:
     rendered, bin_dir = Path(sys.argv[1]), Path(sys.argv[2])
     doc = yaml.safe_load(rendered.read_text(encoding="utf-8"))
+    pods = k8s_env(Path(sys.argv[3])) if len(sys.argv) > 3 else {}
     ok = True
     for name in SERVICES:
         binary = bin_dir / name
@@ -50,8 +112,18 @@ def main() -> int:
             if volume.get("target") == env.get("GHOST_CONFIG"):
                 env["GHOST_CONFIG"] = volume["source"]
         ok &= run(binary, env, f"{name} with the docker-compose.yml environment")
-        ok &= run(binary, {"GHOST_CONFIG": str(ROOT / "k8s/base/config" / f"{name}.toml")},
-                  f"{name} with k8s/base/config/{name}.toml")
+        pod_env = {k: v for k, v in pods.get(name, {}).items() if k.startswith("GHOST_")}
+        what = f"{name} with k8s/base/config/{name}.toml"
+        if pod_env:
+            what += f" and its pod's {', '.join(sorted(k for k in pod_env if k != 'GHOST_CONFIG'))}"
+        pod_env["GHOST_CONFIG"] = str(ROOT / "k8s/base/config" / f"{name}.toml")
+        ok &= run(binary, pod_env, what)
+    ghost = bin_dir / "ghost"
+    if not ghost.exists():
+        print(f"check-env: FAIL no binary {ghost}")
+        ok = False
+    else:
+        ok &= tls_init(ghost, doc)
     return 0 if ok else 1
 
 
