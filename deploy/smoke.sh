@@ -8,11 +8,15 @@
 #        runs /bin/sh and git);
 #      - a builder base (debootstrap + gcc, cmake, perl + this machine's Rust toolchain and
 #        cargo-chef);
-#   3. builds the five service images from deploy/Dockerfile (one shared compile);
+#   3. builds the five service images and the `ghost` image (compose's one-shot tls-init: CA,
+#      server certificate and service credential into the `tls` volume) from deploy/Dockerfile
+#      (one shared compile);
 #   4. starts, beside the stack, its outside peers speaking their real wire formats
 #      (tests/python/compose_peers.py: an OTLP/gRPC trace receiver and a fake Slack Web API),
 #      runs the compose project's core services exporting spans and posting to them, and waits
-#      until all five are healthy;
+#      until all five are healthy (they start only after tls-init exited 0); checks the
+#      router's executor port published on 127.0.0.1: TLS with a certificate for localhost that
+#      the tls-init CA verifies and the system roots do not;
 #   5. submits a patch through the gateway and checks the workspace change (in the executor's
 #      volume), the summary (API and the summarizer's files), the Slack message the alerter
 #      posted, and that the patch's one trace id reached the receiver from all five services;
@@ -31,6 +35,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 SERVICES=(alerter summarizer router executor gateway)
+# Every image the stack runs: the five services and the ghost CLI (tls-init).
+IMAGES=(ghost "${SERVICES[@]}")
 TAG=smoke
 PROJECT="ghostsmoke$$"
 BUILD_TIMEOUT=${SMOKE_BUILD_TIMEOUT:-2400}
@@ -67,8 +73,8 @@ cleanup() {
     timeout 120 "${COMPOSE[@]}" down --volumes --remove-orphans --timeout 30 >&2
   fi
   if [[ -z ${SMOKE_KEEP_IMAGES:-} ]] && command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
-    for service in "${SERVICES[@]}"; do
-      docker image rm -f "ghost-runner/$service:$TAG" >/dev/null 2>&1
+    for image in "${IMAGES[@]}"; do
+      docker image rm -f "ghost-runner/$image:$TAG" >/dev/null 2>&1
     done
   fi
   if [[ -n $PEERS_PID ]]; then
@@ -198,19 +204,19 @@ fi
 
 # ---- 3. service images ------------------------------------------------------------------------
 build_start=$(date +%s)
-for service in "${SERVICES[@]}"; do
+for image in "${IMAGES[@]}"; do
   runtime=$RUNTIME_BASE
-  [[ $service == executor ]] && runtime=$EXECUTOR_BASE
-  log "building ghost-runner/$service:$TAG"
+  [[ $image == executor ]] && runtime=$EXECUTOR_BASE
+  log "building ghost-runner/$image:$TAG"
   # --network host: the dependency layer downloads crates from the crate registry. The build
   # stages do not depend on SERVICE, so only the first image compiles.
   timeout "$BUILD_TIMEOUT" docker build --network host -f deploy/Dockerfile \
-    --build-arg SERVICE="$service" \
+    --build-arg SERVICE="$image" \
     --build-arg BUILDER_IMAGE="$BUILDER_BASE" \
     --build-arg RUNTIME_IMAGE="$runtime" \
     --build-arg RUST_TOOLCHAIN="$RUST_TOOLCHAIN" \
-    -t "ghost-runner/$service:$TAG" . >"$WORK/build-$service.log" 2>&1 \
-    || { tail -40 "$WORK/build-$service.log" >&2; die "docker build of $service failed"; }
+    -t "ghost-runner/$image:$TAG" . >"$WORK/build-$image.log" 2>&1 \
+    || { tail -40 "$WORK/build-$image.log" >&2; die "docker build of $image failed"; }
 done
 build_seconds=$(( $(date +%s) - build_start ))
 
@@ -227,6 +233,7 @@ GHOST_ROUTER_HTTP_PORT=$((PORT_BASE + 1))
 GHOST_EXECUTOR_HTTP_PORT=$((PORT_BASE + 2))
 GHOST_SUMMARIZER_HTTP_PORT=$((PORT_BASE + 3))
 GHOST_ALERTER_HTTP_PORT=$((PORT_BASE + 4))
+GHOST_EXECUTOR_PORT=$((PORT_BASE + 5))
 ENV
 chmod 600 "$WORK/.env"
 
@@ -284,6 +291,28 @@ until all_healthy; do
 done
 cold_start_seconds=$(( $(date +%s) - up_start ))
 log "all five services healthy after $cold_start_seconds s"
+
+# The router's executor port as an executor on this host sees it: TLS, a certificate for
+# localhost that the CA tls-init made verifies (copied out of the tls volume; the slim image
+# has no shell), and that the system roots refuse (it is the private CA, not a public one).
+router_id=$("${COMPOSE[@]}" ps -q router)
+docker cp "$router_id:/tls/ca.pem" "$WORK/ca.pem" || die "no /tls/ca.pem in the router container (tls-init)"
+python3 - "$WORK/ca.pem" "$((PORT_BASE + 5))" >&2 <<'PY' || die "the executor port does not serve TLS with the tls-init CA"
+import socket, ssl, sys
+ca, port = sys.argv[1], int(sys.argv[2])
+def handshake(ctx):
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+            return tls.version()
+print(f"executor port 127.0.0.1:{port}: {handshake(ssl.create_default_context(cafile=ca))} with the tls-init CA")
+try:
+    handshake(ssl.create_default_context())
+except ssl.SSLCertVerificationError:
+    print("executor port: refused by the system roots, as it must be (private CA)")
+else:
+    sys.exit("the executor port's certificate verified against the system roots: not the tls-init CA")
+PY
+log "executor port: TLS with the tls-init CA"
 
 # ---- 5. one patch end to end ------------------------------------------------------------------
 GATEWAY="http://127.0.0.1:$PORT_BASE"
@@ -387,9 +416,9 @@ fi
 
 # ---- report -----------------------------------------------------------------------------------
 log "image sizes:"
-for service in "${SERVICES[@]}"; do
-  size=$(docker image inspect -f '{{.Size}}' "ghost-runner/$service:$TAG")
-  printf '  ghost-runner/%-11s %6d MB\n' "$service:$TAG" $((size / 1000 / 1000)) >&2
+for image in "${IMAGES[@]}"; do
+  size=$(docker image inspect -f '{{.Size}}' "ghost-runner/$image:$TAG")
+  printf '  ghost-runner/%-11s %6d MB\n' "$image:$TAG" $((size / 1000 / 1000)) >&2
 done
 log "image builds: $build_seconds s; cold start to all-healthy: $cold_start_seconds s; total so far: $(( $(date +%s) - START )) s"
 echo "smoke: 1 passed, 0 failed"
