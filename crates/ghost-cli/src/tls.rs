@@ -270,6 +270,17 @@ pub fn names_for(listen: &[IpAddr], extra: &[String]) -> Vec<String> {
 /// Makes (or keeps) the CA and a server certificate naming `names` in `dir`, created 0700.
 pub fn ensure(dir: &Path, names: &[String], now: OffsetDateTime) -> Result<Ensured, CliError> {
     use std::os::unix::fs::DirBuilderExt;
+    if let Some(bad) = names.iter().find(|name| {
+        name.is_empty()
+            || name.len() > 253
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '*'))
+    }) {
+        return Err(CliError::Settings(format!(
+            "{bad:?} cannot be a certificate name: give a DNS name or an IP address"
+        )));
+    }
     if !dir.is_dir() {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -451,6 +462,15 @@ mod tests {
         std::fs::remove_file(&mine.files.ca_key).unwrap();
         let err = ensure(dir.path(), &names, now()).unwrap_err().to_string();
         assert!(err.contains("exists without its key"), "{err}");
+    }
+
+    #[test]
+    fn empty_or_odd_names_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for bad in ["", " ", "a b", "x/y"] {
+            let err = init(dir.path(), &[bad.to_owned()]).unwrap_err().to_string();
+            assert!(err.contains("cannot be a certificate name"), "{bad:?}: {err}");
+        }
     }
 
     #[test]
