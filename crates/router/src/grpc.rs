@@ -7,7 +7,7 @@ use std::time::Duration;
 use ghost_core::{ApplyReport, Patch, PatchId, Status, TargetName};
 use ghost_proto::convert::status_from_wire;
 use ghost_proto::executor::v1::{
-    ExecutorMessage, RouterMessage, Welcome, executor_message, router_message,
+    ExecutorMessage, Hello, RouterMessage, Welcome, executor_message, router_message,
 };
 use ghost_proto::router::v1::{self as wire, router_service_server::RouterService};
 use ghost_runtime::config::Secret;
@@ -21,7 +21,8 @@ use tracing::Instrument;
 
 use crate::error::RouterError;
 use crate::routing::Routing;
-use crate::store::PatchRecord;
+use crate::store::{NewAlert, PatchRecord, TokenRow, now_ms};
+use crate::tokens::{ExecutorTokens, hash_secret};
 
 /// How long a new Work stream may take to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,6 +40,10 @@ pub struct RouterGrpc {
     pub shutdown: CancellationToken,
     /// Token executors must present.
     pub executor_token: Secret,
+    /// The deployment's service credential; also opens the Work stream for every target.
+    pub internal_token: Secret,
+    /// Per-executor tokens and their live streams.
+    pub tokens: Arc<ExecutorTokens>,
     /// Told to executors in Welcome.
     pub heartbeat_interval: Duration,
 }
@@ -123,6 +128,155 @@ fn check_intake_warnings(warnings: &[String]) -> Result<(), RouterError> {
         });
     }
     Ok(())
+}
+
+/// Longest credential accepted in Hello, in bytes (a token is 67).
+const MAX_HELLO_TOKEN: usize = 512;
+/// Longest executor id, in bytes.
+const MAX_EXECUTOR_ID: usize = 128;
+/// Most workspaces one executor may claim.
+const MAX_WORKSPACES: usize = 256;
+/// How long the router waits to queue the revocation status on a stream being cut.
+const REFUSAL_SEND: Duration = Duration::from_secs(1);
+
+/// Refuses a Hello over the caps before anything is done per claimed target.
+fn check_hello(hello: &Hello) -> Result<(), RouterError> {
+    let over = |field: &str, limit: usize, unit: &str, got: usize| RouterError::InvalidArgument {
+        field: field.to_owned(),
+        message: format!("at most {limit} {unit}, got {got}"),
+    };
+    if hello.token.len() > MAX_HELLO_TOKEN {
+        return Err(over(
+            "hello.token",
+            MAX_HELLO_TOKEN,
+            "bytes",
+            hello.token.len(),
+        ));
+    }
+    if hello.executor_id.len() > MAX_EXECUTOR_ID {
+        return Err(over(
+            "hello.executor_id",
+            MAX_EXECUTOR_ID,
+            "bytes",
+            hello.executor_id.len(),
+        ));
+    }
+    if hello.workspaces.len() > MAX_WORKSPACES {
+        return Err(over(
+            "hello.workspaces",
+            MAX_WORKSPACES,
+            "workspaces",
+            hello.workspaces.len(),
+        ));
+    }
+    Ok(())
+}
+
+/// What a Hello proved.
+enum Credential {
+    /// A per-executor token, scoped to its targets.
+    Token(TokenRow),
+    /// The router's shared `executor_token`: every target.
+    Shared,
+    /// The deployment's service credential: every target.
+    Service,
+    /// Nothing is configured and no token was ever issued: any local executor.
+    Anonymous,
+}
+
+impl RouterGrpc {
+    /// Who the Hello's `token` proves the caller to be.
+    async fn credential(&self, token: &str, executor: &str) -> Result<Credential, RouterError> {
+        let store = self.tokens.store();
+        if !token.is_empty() {
+            if let Some(row) = store.token_by_hash(hash_secret(token)).await? {
+                if row.revoked_ms != 0 {
+                    tracing::warn!(target: "audit", %executor, token = %row.name, "work stream refused: revoked executor token");
+                    let _ = store
+                        .audit_token(
+                            "refused".to_owned(),
+                            row.name.clone(),
+                            format!("executor:{executor}"),
+                            "revoked".to_owned(),
+                        )
+                        .await;
+                    return Err(RouterError::Unauthenticated(format!(
+                        "executor token {} was revoked",
+                        row.name
+                    )));
+                }
+                return Ok(Credential::Token(row));
+            }
+            if !self.executor_token.is_empty() && same_secret(token, self.executor_token.expose()) {
+                return Ok(Credential::Shared);
+            }
+            if !self.internal_token.is_empty() && same_secret(token, self.internal_token.expose()) {
+                return Ok(Credential::Service);
+            }
+        }
+        if self.executor_token.is_empty()
+            && self.internal_token.is_empty()
+            && !store.any_token().await?
+        {
+            return Ok(Credential::Anonymous);
+        }
+        tracing::warn!(%executor, "work stream refused: unknown or missing executor token");
+        Err(RouterError::Unauthenticated(if token.is_empty() {
+            "an executor token is required".to_owned()
+        } else {
+            "unknown executor token".to_owned()
+        }))
+    }
+
+    /// Refuses (audited, with an `executor_refused/<token>` alert) a Hello claiming targets
+    /// its token may not serve.
+    async fn check_scope(
+        &self,
+        token: &TokenRow,
+        executor: &str,
+        targets: &[String],
+    ) -> Result<(), RouterError> {
+        let foreign: Vec<&str> = targets
+            .iter()
+            .filter(|target| !token.targets.contains(target))
+            .map(String::as_str)
+            .collect();
+        if foreign.is_empty() {
+            return Ok(());
+        }
+        let foreign = foreign.join(", ");
+        tracing::warn!(target: "audit", %executor, token = %token.name, refused = %foreign, "work stream refused: targets outside the token's scope");
+        let _ = self
+            .tokens
+            .store()
+            .audit_token(
+                "refused".to_owned(),
+                token.name.clone(),
+                format!("executor:{executor}"),
+                format!("may not serve {foreign}"),
+            )
+            .await;
+        self.routing
+            .raise(NewAlert {
+                key: format!("executor_refused/{}", token.name),
+                severity: "warning",
+                summary: format!(
+                    "executor {executor} with token {} claimed {foreign}, outside its scope",
+                    token.name
+                ),
+                labels: vec![
+                    ("token".to_owned(), token.name.clone()),
+                    ("executor".to_owned(), executor.to_owned()),
+                    ("targets".to_owned(), foreign.clone()),
+                ],
+            })
+            .await;
+        Err(RouterError::PermissionDenied(format!(
+            "executor token {} may not serve {foreign} (it serves {})",
+            token.name,
+            token.targets.join(", ")
+        )))
+    }
 }
 
 type WorkStream = Pin<Box<dyn Stream<Item = Result<RouterMessage, tonic::Status>> + Send>>;
@@ -376,12 +530,8 @@ impl RouterService for RouterGrpc {
             }
             .into());
         };
-        if !self.executor_token.is_empty()
-            && !same_secret(&hello.token, self.executor_token.expose())
-        {
-            tracing::warn!(executor = %hello.executor_id, "executor token rejected");
-            return Err(RouterError::Unauthenticated.into());
-        }
+        check_hello(&hello)?;
+        let credential = self.credential(&hello.token, &hello.executor_id).await?;
         if hello.executor_id.trim().is_empty() {
             return Err(RouterError::InvalidArgument {
                 field: "hello.executor_id".to_owned(),
@@ -389,7 +539,7 @@ impl RouterService for RouterGrpc {
             }
             .into());
         }
-        let mut targets = Vec::new();
+        let mut targets = Vec::with_capacity(hello.workspaces.len());
         for (index, workspace) in hello.workspaces.iter().enumerate() {
             targets.push(
                 target_name(
@@ -407,7 +557,20 @@ impl RouterService for RouterGrpc {
             .into());
         }
 
+        let live = match credential {
+            Credential::Token(token) => {
+                self.check_scope(&token, &hello.executor_id, &targets)
+                    .await?;
+                if let Err(err) = self.tokens.store().token_used(token.id, now_ms()).await {
+                    tracing::warn!(error = %err, token = %token.name, "cannot note the token's last use");
+                }
+                Some((token.name.clone(), self.tokens.open(&token.name)))
+            }
+            Credential::Shared | Credential::Service | Credential::Anonymous => None,
+        };
+
         let (sender, receiver) = tokio::sync::mpsc::channel(32);
+        let cut_sender = sender.clone();
         let welcome = RouterMessage {
             kind: Some(router_message::Kind::Welcome(Welcome {
                 heartbeat_interval_ms: u32::try_from(self.heartbeat_interval.as_millis())
@@ -418,10 +581,23 @@ impl RouterService for RouterGrpc {
         let routing = Arc::clone(&self.routing);
         let (session, owner) = routing.connect(&hello.executor_id, &targets, sender).await;
         let shutdown = self.shutdown.clone();
+        let cut = live
+            .as_ref()
+            .map(|(_, stream)| stream.cut.clone())
+            .unwrap_or_default();
         self.tasks.spawn(async move {
             loop {
                 let message = tokio::select! {
                     () = shutdown.cancelled() => break,
+                    () = cut.cancelled() => {
+                        let name = live.as_ref().map(|(name, _)| name.as_str()).unwrap_or_default();
+                        tracing::warn!(target: "audit", executor = %owner, token = %name, "work stream cut: its executor token was revoked");
+                        let revoked = tonic::Status::unauthenticated(format!(
+                            "executor token {name} was revoked"
+                        ));
+                        let _ = tokio::time::timeout(REFUSAL_SEND, cut_sender.send(Err(revoked))).await;
+                        break;
+                    }
                     message = inbound.message() => message,
                 };
                 match message {
@@ -436,7 +612,9 @@ impl RouterService for RouterGrpc {
                     }
                 }
             }
+            drop(cut_sender);
             routing.disconnect(session, &owner).await;
+            drop(live);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }

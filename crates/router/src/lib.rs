@@ -18,6 +18,7 @@ mod outbox;
 mod routing;
 mod stats;
 mod store;
+mod tokens;
 
 pub use app::App;
 pub use config::RouterConfig;
