@@ -10,5 +10,6 @@ mod offline;
 mod read;
 mod steer;
 mod submit;
+mod tokens;
 mod up;
 mod up_guards;
