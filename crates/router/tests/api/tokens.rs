@@ -318,3 +318,60 @@ async fn the_shared_token_and_the_service_credential_open_every_target() {
         .await
         .expect("the service credential serves every target");
 }
+
+/// Everything the process logs, at every level.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn the_secret_is_never_logged() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    // nextest runs each test in a process of its own: this subscriber sees only this test.
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .try_init();
+    let dir = tempfile::tempdir().unwrap();
+    let router = spawn_router(config(dir.path())).await;
+    let (_, secret) = create(&router, "logged-box", &["MAIN"]).await;
+    submit(&router, patch("logged", "MAIN")).await;
+    let mut executor = TestExecutor::connect_with(&router, "logged-ex", &["MAIN"], &secret)
+        .await
+        .expect("accepted");
+    executor.assignment().await;
+    TestExecutor::connect_with(&router, "logged-ex", &["CYOPS"], &secret)
+        .await
+        .err()
+        .expect("out of scope");
+    tokens(&router)
+        .revoke_executor_token(RevokeExecutorTokenRequest {
+            name: "logged-box".to_owned(),
+            actor: String::new(),
+        })
+        .await
+        .unwrap();
+    executor.ended().await;
+    TestExecutor::connect_with(&router, "logged-ex", &["MAIN"], &secret)
+        .await
+        .err()
+        .expect("revoked");
+    router.stop().await;
+
+    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    assert!(logs.contains("logged-box"), "the capture works: {logs}");
+    assert!(
+        !logs.contains(&secret[3..]),
+        "the secret is in the logs:\n{logs}"
+    );
+}
