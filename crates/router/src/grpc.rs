@@ -564,7 +564,23 @@ impl RouterService for RouterGrpc {
                 if let Err(err) = self.tokens.store().token_used(token.id, now_ms()).await {
                     tracing::warn!(error = %err, token = %token.name, "cannot note the token's last use");
                 }
-                Some((token.name.clone(), self.tokens.open(&token.name)))
+                let stream = self.tokens.open(&token.name);
+                // A revocation between the lookup and `open` cut nothing: look again now
+                // that a later one would find this stream.
+                let current = self
+                    .tokens
+                    .store()
+                    .token_by_hash(hash_secret(&hello.token))
+                    .await
+                    .map_err(RouterError::from)?;
+                if current.is_none_or(|row| row.revoked_ms != 0) {
+                    return Err(RouterError::Unauthenticated(format!(
+                        "executor token {} was revoked",
+                        token.name
+                    ))
+                    .into());
+                }
+                Some((token.name.clone(), stream))
             }
             Credential::Shared | Credential::Service | Credential::Anonymous => None,
         };
