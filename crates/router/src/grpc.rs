@@ -1,5 +1,7 @@
 //! tonic adapter of `ghost.router.v1.RouterService`: wire → domain → [`Routing`] → wire.
 
+mod hello;
+
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,7 +9,7 @@ use std::time::Duration;
 use ghost_core::{ApplyReport, Patch, PatchId, Status, TargetName};
 use ghost_proto::convert::status_from_wire;
 use ghost_proto::executor::v1::{
-    ExecutorMessage, Hello, RouterMessage, Welcome, executor_message, router_message,
+    ExecutorMessage, RouterMessage, Welcome, executor_message, router_message,
 };
 use ghost_proto::router::v1::{self as wire, router_service_server::RouterService};
 use ghost_runtime::config::Secret;
@@ -21,8 +23,9 @@ use tracing::Instrument;
 
 use crate::error::RouterError;
 use crate::routing::Routing;
-use crate::store::{NewAlert, PatchRecord, TokenRow, now_ms};
+use crate::store::{PatchRecord, now_ms};
 use crate::tokens::{ExecutorTokens, hash_secret};
+use hello::{Credential, REFUSAL_SEND, check_hello};
 
 /// How long a new Work stream may take to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -128,155 +131,6 @@ fn check_intake_warnings(warnings: &[String]) -> Result<(), RouterError> {
         });
     }
     Ok(())
-}
-
-/// Longest credential accepted in Hello, in bytes (a token is 67).
-const MAX_HELLO_TOKEN: usize = 512;
-/// Longest executor id, in bytes.
-const MAX_EXECUTOR_ID: usize = 128;
-/// Most workspaces one executor may claim.
-const MAX_WORKSPACES: usize = 256;
-/// How long the router waits to queue the revocation status on a stream being cut.
-const REFUSAL_SEND: Duration = Duration::from_secs(1);
-
-/// Refuses a Hello over the caps before anything is done per claimed target.
-fn check_hello(hello: &Hello) -> Result<(), RouterError> {
-    let over = |field: &str, limit: usize, unit: &str, got: usize| RouterError::InvalidArgument {
-        field: field.to_owned(),
-        message: format!("at most {limit} {unit}, got {got}"),
-    };
-    if hello.token.len() > MAX_HELLO_TOKEN {
-        return Err(over(
-            "hello.token",
-            MAX_HELLO_TOKEN,
-            "bytes",
-            hello.token.len(),
-        ));
-    }
-    if hello.executor_id.len() > MAX_EXECUTOR_ID {
-        return Err(over(
-            "hello.executor_id",
-            MAX_EXECUTOR_ID,
-            "bytes",
-            hello.executor_id.len(),
-        ));
-    }
-    if hello.workspaces.len() > MAX_WORKSPACES {
-        return Err(over(
-            "hello.workspaces",
-            MAX_WORKSPACES,
-            "workspaces",
-            hello.workspaces.len(),
-        ));
-    }
-    Ok(())
-}
-
-/// What a Hello proved.
-enum Credential {
-    /// A per-executor token, scoped to its targets.
-    Token(TokenRow),
-    /// The router's shared `executor_token`: every target.
-    Shared,
-    /// The deployment's service credential: every target.
-    Service,
-    /// Nothing is configured and no token was ever issued: any local executor.
-    Anonymous,
-}
-
-impl RouterGrpc {
-    /// Who the Hello's `token` proves the caller to be.
-    async fn credential(&self, token: &str, executor: &str) -> Result<Credential, RouterError> {
-        let store = self.tokens.store();
-        if !token.is_empty() {
-            if let Some(row) = store.token_by_hash(hash_secret(token)).await? {
-                if row.revoked_ms != 0 {
-                    tracing::warn!(target: "audit", %executor, token = %row.name, "work stream refused: revoked executor token");
-                    let _ = store
-                        .audit_token(
-                            "refused".to_owned(),
-                            row.name.clone(),
-                            format!("executor:{executor}"),
-                            "revoked".to_owned(),
-                        )
-                        .await;
-                    return Err(RouterError::Unauthenticated(format!(
-                        "executor token {} was revoked",
-                        row.name
-                    )));
-                }
-                return Ok(Credential::Token(row));
-            }
-            if !self.executor_token.is_empty() && same_secret(token, self.executor_token.expose()) {
-                return Ok(Credential::Shared);
-            }
-            if !self.internal_token.is_empty() && same_secret(token, self.internal_token.expose()) {
-                return Ok(Credential::Service);
-            }
-        }
-        if self.executor_token.is_empty()
-            && self.internal_token.is_empty()
-            && !store.any_token().await?
-        {
-            return Ok(Credential::Anonymous);
-        }
-        tracing::warn!(%executor, "work stream refused: unknown or missing executor token");
-        Err(RouterError::Unauthenticated(if token.is_empty() {
-            "an executor token is required".to_owned()
-        } else {
-            "unknown executor token".to_owned()
-        }))
-    }
-
-    /// Refuses (audited, with an `executor_refused/<token>` alert) a Hello claiming targets
-    /// its token may not serve.
-    async fn check_scope(
-        &self,
-        token: &TokenRow,
-        executor: &str,
-        targets: &[String],
-    ) -> Result<(), RouterError> {
-        let foreign: Vec<&str> = targets
-            .iter()
-            .filter(|target| !token.targets.contains(target))
-            .map(String::as_str)
-            .collect();
-        if foreign.is_empty() {
-            return Ok(());
-        }
-        let foreign = foreign.join(", ");
-        tracing::warn!(target: "audit", %executor, token = %token.name, refused = %foreign, "work stream refused: targets outside the token's scope");
-        let _ = self
-            .tokens
-            .store()
-            .audit_token(
-                "refused".to_owned(),
-                token.name.clone(),
-                format!("executor:{executor}"),
-                format!("may not serve {foreign}"),
-            )
-            .await;
-        self.routing
-            .raise(NewAlert {
-                key: format!("executor_refused/{}", token.name),
-                severity: "warning",
-                summary: format!(
-                    "executor {executor} with token {} claimed {foreign}, outside its scope",
-                    token.name
-                ),
-                labels: vec![
-                    ("token".to_owned(), token.name.clone()),
-                    ("executor".to_owned(), executor.to_owned()),
-                    ("targets".to_owned(), foreign.clone()),
-                ],
-            })
-            .await;
-        Err(RouterError::PermissionDenied(format!(
-            "executor token {} may not serve {foreign} (it serves {})",
-            token.name,
-            token.targets.join(", ")
-        )))
-    }
 }
 
 type WorkStream = Pin<Box<dyn Stream<Item = Result<RouterMessage, tonic::Status>> + Send>>;
