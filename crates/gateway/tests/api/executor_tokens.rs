@@ -191,3 +191,75 @@ async fn the_executor_token_routes_are_in_the_openapi_document_with_schemas_and_
         schemas["TokenTarget"]
     );
 }
+
+/// Opens a Work stream on the router with `token` for MAIN; the stream, once welcomed.
+async fn work_stream(
+    gateway: &TestGateway,
+    token: &str,
+) -> (
+    tokio::sync::mpsc::Sender<ghost_proto::executor::v1::ExecutorMessage>,
+    tonic::Streaming<ghost_proto::executor::v1::RouterMessage>,
+) {
+    use ghost_proto::executor::v1::{ExecutorMessage, Hello, Workspace, executor_message};
+    use ghost_proto::router::v1::router_service_client::RouterServiceClient;
+    let (outbound, receiver) = tokio::sync::mpsc::channel(8);
+    outbound
+        .send(ExecutorMessage {
+            kind: Some(executor_message::Kind::Hello(Hello {
+                executor_id: "remote-box".to_owned(),
+                workspaces: vec![Workspace {
+                    target: "MAIN".to_owned(),
+                    root: String::new(),
+                }],
+                capabilities: Vec::new(),
+                token: token.to_owned(),
+            })),
+        })
+        .await
+        .unwrap();
+    let mut client = RouterServiceClient::connect(format!("http://{}", gateway.router.grpc))
+        .await
+        .unwrap();
+    let mut inbound = client
+        .work(tokio_stream::wrappers::ReceiverStream::new(receiver))
+        .await
+        .expect("the token opens a Work stream")
+        .into_inner();
+    inbound.message().await.expect("welcome").expect("welcome");
+    (outbound, inbound)
+}
+
+#[tokio::test]
+async fn revoking_through_the_gateway_cuts_the_tokens_live_stream() {
+    let gateway = TestGateway::start(|_, _| {}).await;
+    let (code, issued) = gateway
+        .post(
+            "/v1/executor-tokens",
+            KEY,
+            &json!({"name": "remote-box", "targets": ["MAIN"]}),
+        )
+        .await;
+    assert_eq!(code, 201, "{issued}");
+    let (_outbound, mut inbound) = work_stream(&gateway, issued["token"].as_str().unwrap()).await;
+
+    let (_, listed) = gateway.get("/v1/executor-tokens", KEY).await;
+    assert_eq!(listed["tokens"][0]["live_streams"], 1, "{listed}");
+    assert!(listed["tokens"][0]["last_used_at"].is_string(), "{listed}");
+
+    let (code, revoked) = delete(&gateway, "/v1/executor-tokens/remote-box", KEY).await;
+    assert_eq!(code, 200, "{revoked}");
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            match inbound.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => return None,
+                Err(status) => return Some(status),
+            }
+        }
+    })
+    .await
+    .expect("the stream is cut within 5 s")
+    .expect("cut with a status");
+    assert_eq!(ended.code(), tonic::Code::Unauthenticated, "{ended:?}");
+    assert_eq!(ended.message(), "executor token remote-box was revoked");
+}
