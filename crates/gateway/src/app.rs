@@ -9,6 +9,7 @@ use axum::middleware;
 use axum::routing::get;
 use ghost_core::{LegacyOptions, TargetName};
 use ghost_proto::alerter::v1::alerter_read_service_client::AlerterReadServiceClient;
+use ghost_proto::router::v1::executor_token_service_client::ExecutorTokenServiceClient;
 use ghost_proto::router::v1::router_service_client::RouterServiceClient;
 use ghost_proto::router::v1::router_stats_service_client::RouterStatsServiceClient;
 use ghost_proto::summarizer::v1::summarizer_service_client::SummarizerServiceClient;
@@ -20,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use crate::SERVICE;
 use crate::auth::Credentials;
 use crate::config::GatewayConfig;
+use crate::executor_tokens::ExecutorTokens;
 use crate::guard::{self, Guard};
 use crate::http::{self, AppState};
 use crate::inbox::Inbox;
@@ -89,6 +91,10 @@ impl App {
     pub async fn build(config: GatewayConfig) -> anyhow::Result<Self> {
         let credentials = Credentials::from_config(&config)?;
         let router_channel = traced_channel(&config.router_url)?;
+        let executor_tokens = ExecutorTokens {
+            client: ExecutorTokenServiceClient::new(router_channel.clone()),
+            timeout: config.upstream_timeout,
+        };
         let queue = GrpcRouter {
             client: RouterServiceClient::new(router_channel.clone()),
             stats: RouterStatsServiceClient::new(router_channel),
@@ -124,6 +130,7 @@ impl App {
             guard: Arc::new(guard),
             max_body_bytes: config.max_body_bytes,
             max_patches_per_message: config.max_patches_per_message,
+            executor_tokens,
         };
         let listeners = Listeners::bind(&config.server)
             .await

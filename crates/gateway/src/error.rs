@@ -88,9 +88,20 @@ pub enum GatewayError {
     /// The body did not arrive in time.
     #[error("the request body did not arrive within {0} s")]
     BodyTimeout(u64),
+    /// A request body field is well-formed but not acceptable (names the JSON pointer).
+    #[error("{message}")]
+    InvalidRequest {
+        /// JSON pointer of the offending value.
+        pointer: String,
+        /// What is wrong.
+        message: String,
+    },
     /// No such patch.
     #[error("patch {0} not found")]
     NotFound(String),
+    /// No executor token has this name.
+    #[error("executor token {0} not found")]
+    NoSuchExecutorToken(String),
     /// The id is taken by a patch with other content, or the patch is in the wrong state.
     #[error("{0}")]
     Conflict(String),
@@ -117,15 +128,16 @@ impl GatewayError {
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::MalformedBody { .. } | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::InvalidPatch { .. } | Self::DuplicateKey { .. } | Self::UnknownTarget(_) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            Self::InvalidPatch { .. }
+            | Self::InvalidRequest { .. }
+            | Self::DuplicateKey { .. }
+            | Self::UnknownTarget(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge(_) | Self::DocumentTooLarge(_) | Self::TooManyPatches { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::NotFound(_) | Self::NoSuchExecutorToken(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             Self::NotConfigured(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -144,13 +156,14 @@ impl GatewayError {
             Self::MalformedBody { .. } => "malformed-document",
             Self::BadRequest(_) => "bad-request",
             Self::InvalidPatch { .. } => "invalid-patch",
+            Self::InvalidRequest { .. } => "invalid-request",
             Self::DuplicateKey { .. } => "duplicate-key",
             Self::UnknownTarget(_) => "unknown-target",
             Self::UnsupportedMediaType(_) => "unsupported-media-type",
             Self::PayloadTooLarge(_) | Self::DocumentTooLarge(_) => "payload-too-large",
             Self::TooManyPatches { .. } => "too-many-patches",
             Self::BodyTimeout(_) => "body-timeout",
-            Self::NotFound(_) => "not-found",
+            Self::NotFound(_) | Self::NoSuchExecutorToken(_) => "not-found",
             Self::Conflict(_) => "conflict",
             Self::NotImplemented(_) => "not-implemented",
             Self::NotConfigured(_) => "not-configured",
@@ -205,7 +218,9 @@ impl IntoResponse for GatewayError {
             "detail": self.to_string(),
         });
         match &self {
-            Self::InvalidPatch { pointer, .. } => body["pointer"] = json!(pointer),
+            Self::InvalidPatch { pointer, .. } | Self::InvalidRequest { pointer, .. } => {
+                body["pointer"] = json!(pointer)
+            }
             Self::DuplicateKey {
                 key,
                 first,

@@ -17,6 +17,10 @@ use utoipa_axum::routes;
 
 use crate::auth::Principal;
 use crate::error::GatewayError;
+use crate::executor_tokens::{
+    __path_create_executor_token, __path_list_executor_tokens, __path_revoke_executor_token,
+    ExecutorTokens, create_executor_token, list_executor_tokens, revoke_executor_token,
+};
 use crate::fleet::{AlertList, ExecutorList};
 use crate::guard::{self, Guard};
 use crate::patches::{
@@ -35,6 +39,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Most patch blocks one message may carry.
     pub max_patches_per_message: usize,
+    /// The router's executor-token service (`/v1/executor-tokens`).
+    pub executor_tokens: ExecutorTokens,
 }
 
 /// An RFC 9457 problem document.
@@ -195,6 +201,8 @@ pub fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(resume_target))
         .routes(routes!(list_executors))
         .routes(routes!(list_alerts))
+        .routes(routes!(create_executor_token, list_executor_tokens))
+        .routes(routes!(revoke_executor_token))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&guard),
             guard::authenticate,

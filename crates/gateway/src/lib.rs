@@ -3,7 +3,7 @@
 //! Callers: GPT Actions (OpenAPI 3.1 at `/openapi.json`), MCP clients (`/mcp`), signed webhooks,
 //! files dropped into the inbox directory, scripts and the `ghost` CLI. Callees: the router
 //! (Submit, Get, Events, List, Cancel, Retry, Pause, Resume, ListTargets, ListExecutors,
-//! GetStats), the summarizer (summary text) and, when configured, the alerter (ListAlerts).
+//! GetStats, and the executor-token admin calls behind `/v1/executor-tokens`), the summarizer (summary text) and, when configured, the alerter (ListAlerts).
 //! Patches arrive as JSON or YAML, in v1 or a legacy shape that ghost-core normalises. It is stateless: `202` is sent
 //! only after the router has committed the patch; when the router cannot be reached the answer
 //! is `503` with `Retry-After`, never a success that is then lost. Refusals are
@@ -16,6 +16,7 @@ mod clients;
 pub mod config;
 mod deliveries;
 mod error;
+mod executor_tokens;
 pub mod fleet;
 mod guard;
 mod http;

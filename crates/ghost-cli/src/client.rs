@@ -284,6 +284,34 @@ impl GatewayClient {
     pub async fn executors(&self) -> Result<Value, ClientError> {
         self.get(&["v1", "executors"]).await
     }
+
+    /// `POST /v1/executor-tokens`: issues a token for `targets` (admin scope); the answer
+    /// carries the token, shown only this once.
+    pub async fn create_executor_token(
+        &self,
+        name: &str,
+        targets: &[String],
+    ) -> Result<Value, ClientError> {
+        let body = serde_json::json!({"name": name, "targets": targets}).to_string();
+        let url = self.url(&["v1", "executor-tokens"]);
+        self.call(
+            Method::POST,
+            url,
+            Some((body.into_bytes(), "application/json")),
+        )
+        .await
+    }
+
+    /// `GET /v1/executor-tokens`: every token, without secrets (admin scope).
+    pub async fn executor_tokens(&self) -> Result<Value, ClientError> {
+        self.get(&["v1", "executor-tokens"]).await
+    }
+
+    /// `DELETE /v1/executor-tokens/{name}`: revokes a token (admin scope).
+    pub async fn revoke_executor_token(&self, name: &str) -> Result<Value, ClientError> {
+        let url = self.url(&["v1", "executor-tokens", name]);
+        self.call(Method::DELETE, url, None).await
+    }
 }
 
 /// The root cause of a transport error, e.g. `Connection refused (os error 111)`.

@@ -193,3 +193,48 @@ pub async fn executors(client: &GatewayClient, output: &Output) -> Result<Exit, 
     output.show(&executors, render::executors);
     Ok(Exit::Success)
 }
+
+/// `ghost token create`: issues a token for `targets` and prints it, once. `--json` prints
+/// exactly `{"name", "token", "targets"}`.
+pub async fn token_create(
+    client: &GatewayClient,
+    output: &Output,
+    name: &str,
+    targets: &[String],
+) -> Result<Exit, CliError> {
+    let issued = client.create_executor_token(name, targets).await?;
+    let shown = json!({
+        "name": issued["name"],
+        "token": issued["token"],
+        "targets": issued["targets"],
+    });
+    output.show(&shown, render::issued_token);
+    Ok(Exit::Success)
+}
+
+/// `ghost token list`: every executor token, without secrets.
+pub async fn token_list(client: &GatewayClient, output: &Output) -> Result<Exit, CliError> {
+    let tokens = client.executor_tokens().await?;
+    output.show(&tokens, render::executor_tokens);
+    Ok(Exit::Success)
+}
+
+/// `ghost token revoke NAME`: revokes a token; the router cuts its live streams.
+pub async fn token_revoke(
+    client: &GatewayClient,
+    output: &Output,
+    name: &str,
+) -> Result<Exit, CliError> {
+    let revoked = client.revoke_executor_token(name).await?;
+    output.show(&revoked, |token, _| {
+        format!(
+            "revoked executor token {}; its executors are disconnected",
+            text(token, "name")
+        )
+    });
+    Ok(Exit::Success)
+}
+
+fn text<'a>(value: &'a Value, key: &str) -> &'a str {
+    value[key].as_str().unwrap_or("")
+}

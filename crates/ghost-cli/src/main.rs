@@ -193,6 +193,11 @@ enum Command {
     Targets,
     /// Connected executors.
     Executors,
+    /// Per-executor tokens for executors on other machines (admin scope).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Service config files.
     Config {
         #[command(subcommand)]
@@ -218,6 +223,26 @@ enum TlsCommand {
         /// localhost, 127.0.0.1 and ::1.
         #[arg(long = "name", value_name = "NAME")]
         names: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Issue a token scoped to targets; it is printed once, only its hash is kept.
+    Create {
+        /// A target the executor may serve (repeatable; at least one).
+        #[arg(long = "target", value_name = "TARGET", required = true)]
+        targets: Vec<String>,
+        /// The token's name, e.g. alice-laptop (letters, digits, '.', '_', '-').
+        #[arg(long)]
+        name: String,
+    },
+    /// Every token: targets, state, last use, open streams (never a secret).
+    List,
+    /// Revoke a token: its executors are disconnected and their work goes to others.
+    Revoke {
+        /// The token's name.
+        name: String,
     },
 }
 
@@ -395,6 +420,18 @@ async fn run(cli: Cli, api_key_flag: bool, output: &Output) -> Result<Exit, CliE
         }
         Command::Targets => commands::targets(&client(global)?, output).await,
         Command::Executors => commands::executors(&client(global)?, output).await,
+        Command::Token { command } => {
+            let client = client(global)?;
+            match command {
+                TokenCommand::Create { targets, name } => {
+                    commands::token_create(&client, output, &name, &targets).await
+                }
+                TokenCommand::List => commands::token_list(&client, output).await,
+                TokenCommand::Revoke { name } => {
+                    commands::token_revoke(&client, output, &name).await
+                }
+            }
+        }
         Command::Config {
             command: ConfigCommand::Check { file, service },
         } => {

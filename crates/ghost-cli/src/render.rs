@@ -440,6 +440,79 @@ pub fn executors(answer: &Value, _paint: Paint) -> String {
     )
 }
 
+fn joined(value: &Value) -> String {
+    value
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
+/// A token just issued (`ghost token create`): the token on a line of its own, then how to
+/// use it.
+pub fn issued_token(issued: &Value, paint: Paint) -> String {
+    let token = text(issued, "token");
+    let targets = joined(&issued["targets"]);
+    let workspaces: Vec<String> = issued["targets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(|target| format!(" --workspace {target}=DIR"))
+        .collect();
+    format!(
+        "{} {} for {targets} (shown once; only its hash is kept):\n{token}\nstart an executor with: ghost executor --router https://ROUTER_HOST:PORT --token {token}{}",
+        paint.bold("executor token"),
+        text(issued, "name"),
+        workspaces.concat()
+    )
+}
+
+/// Executor tokens (`GET /v1/executor-tokens`), without secrets.
+pub fn executor_tokens(answer: &Value, _paint: Paint) -> String {
+    let list = answer["tokens"].as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        return "no executor tokens".to_owned();
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|t| {
+            let state = if t["revoked_at"].is_string() {
+                "revoked".to_owned()
+            } else {
+                "live".to_owned()
+            };
+            vec![
+                text(t, "name").to_owned(),
+                or_dash(&joined(&t["targets"])).to_owned(),
+                state,
+                or_dash(text(t, "created_at")).to_owned(),
+                or_dash(text(t, "last_used_at")).to_owned(),
+                or_dash(text(t, "created_by")).to_owned(),
+                t["live_streams"].as_u64().unwrap_or(0).to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "name",
+            "targets",
+            "state",
+            "created",
+            "last used",
+            "by",
+            "streams",
+        ],
+        &rows,
+        |_, cell| cell.to_owned(),
+    )
+}
+
 /// The command outputs of a patch (`report.commands`), head and tail with the gap marked.
 pub fn logs(detail: &Value, paint: Paint) -> String {
     let commands = detail["report"]["commands"]

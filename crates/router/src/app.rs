@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ghost_proto::alerter::v1::alerter_service_client::AlerterServiceClient;
+use ghost_proto::router::v1::executor_token_service_server::ExecutorTokenServiceServer;
 use ghost_proto::router::v1::router_service_server::RouterServiceServer;
 use ghost_proto::router::v1::router_stats_service_server::RouterStatsServiceServer;
 use ghost_proto::summarizer::v1::summarizer_service_client::SummarizerServiceClient;
@@ -17,6 +18,7 @@ use crate::grpc::RouterGrpc;
 use crate::routing::{Policy, Routing};
 use crate::stats::RouterStats;
 use crate::store::{RouterStore, SqliteStore};
+use crate::tokens::{ExecutorTokens, TokenService};
 use crate::{SERVICE, outbox};
 
 /// A built router, listening but not yet serving.
@@ -118,11 +120,14 @@ impl App {
                 }
             }
         });
+        let tokens = Arc::new(ExecutorTokens::new(Arc::clone(self.routing.store())));
         let grpc = RouterGrpc {
             routing: Arc::clone(&self.routing),
             tasks: tasks.clone(),
             shutdown: token.clone(),
             executor_token: self.config.executor_token.clone(),
+            internal_token: self.config.server.internal_token.clone(),
+            tokens: Arc::clone(&tokens),
             heartbeat_interval: self.config.heartbeat_interval,
         };
         let service = Service {
@@ -130,12 +135,13 @@ impl App {
             grpc_names: vec![
                 "ghost.router.v1.RouterService",
                 "ghost.router.v1.RouterStatsService",
+                "ghost.router.v1.ExecutorTokenService",
             ],
-            grpc: tonic::service::Routes::new(RouterServiceServer::new(grpc)).add_service(
-                RouterStatsServiceServer::new(RouterStats {
+            grpc: tonic::service::Routes::new(RouterServiceServer::new(grpc))
+                .add_service(RouterStatsServiceServer::new(RouterStats {
                     store: Arc::clone(self.routing.store()),
-                }),
-            ),
+                }))
+                .add_service(ExecutorTokenServiceServer::new(TokenService { tokens })),
             http: axum::Router::new(),
         };
         let routing = Arc::clone(&self.routing);

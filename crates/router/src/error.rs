@@ -25,9 +25,24 @@ pub enum RouterError {
     /// A result arrived for a lease that is no longer live.
     #[error("stale lease for patch {0}")]
     StaleLease(String),
-    /// The executor did not prove it may take work.
-    #[error("executor token rejected")]
-    Unauthenticated,
+    /// The executor did not prove it may take work; says why.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The credential is valid but may not do this; says what.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// A live executor token already has this name.
+    #[error("a live executor token named {0} exists; revoke it first or choose another name")]
+    TokenExists(String),
+    /// No executor token has this name.
+    #[error("executor token {0} not found")]
+    TokenNotFound(String),
+    /// The executor token was revoked already.
+    #[error("executor token {0} is already revoked")]
+    TokenRevoked(String),
+    /// Something the router needs is missing (no randomness, …).
+    #[error("{0}")]
+    Internal(String),
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -51,7 +66,15 @@ impl From<RouterError> for tonic::Status {
             RouterError::FailedPrecondition(_) | RouterError::StaleLease(_) => {
                 Self::failed_precondition(err.to_string())
             }
-            RouterError::Unauthenticated => Self::unauthenticated(err.to_string()),
+            RouterError::Unauthenticated(_) => Self::unauthenticated(err.to_string()),
+            RouterError::PermissionDenied(_) => Self::permission_denied(err.to_string()),
+            RouterError::TokenExists(_) => Self::already_exists(err.to_string()),
+            RouterError::TokenNotFound(_) => Self::not_found(err.to_string()),
+            RouterError::TokenRevoked(_) => Self::failed_precondition(err.to_string()),
+            RouterError::Internal(inner) => {
+                tracing::error!(error = %inner, "router internal error");
+                Self::internal(err.to_string())
+            }
             RouterError::Store(inner) => {
                 tracing::error!(error = %inner, "router storage failed");
                 Self::internal("internal storage error")

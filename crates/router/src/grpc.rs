@@ -1,5 +1,7 @@
 //! tonic adapter of `ghost.router.v1.RouterService`: wire → domain → [`Routing`] → wire.
 
+mod hello;
+
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +23,9 @@ use tracing::Instrument;
 
 use crate::error::RouterError;
 use crate::routing::Routing;
-use crate::store::PatchRecord;
+use crate::store::{PatchRecord, now_ms};
+use crate::tokens::{ExecutorTokens, hash_secret};
+use hello::{Credential, REFUSAL_SEND, check_hello};
 
 /// How long a new Work stream may take to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,6 +43,10 @@ pub struct RouterGrpc {
     pub shutdown: CancellationToken,
     /// Token executors must present.
     pub executor_token: Secret,
+    /// The deployment's service credential; also opens the Work stream for every target.
+    pub internal_token: Secret,
+    /// Per-executor tokens and their live streams.
+    pub tokens: Arc<ExecutorTokens>,
     /// Told to executors in Welcome.
     pub heartbeat_interval: Duration,
 }
@@ -376,12 +384,8 @@ impl RouterService for RouterGrpc {
             }
             .into());
         };
-        if !self.executor_token.is_empty()
-            && !same_secret(&hello.token, self.executor_token.expose())
-        {
-            tracing::warn!(executor = %hello.executor_id, "executor token rejected");
-            return Err(RouterError::Unauthenticated.into());
-        }
+        check_hello(&hello)?;
+        let credential = self.credential(&hello.token, &hello.executor_id).await?;
         if hello.executor_id.trim().is_empty() {
             return Err(RouterError::InvalidArgument {
                 field: "hello.executor_id".to_owned(),
@@ -389,7 +393,7 @@ impl RouterService for RouterGrpc {
             }
             .into());
         }
-        let mut targets = Vec::new();
+        let mut targets = Vec::with_capacity(hello.workspaces.len());
         for (index, workspace) in hello.workspaces.iter().enumerate() {
             targets.push(
                 target_name(
@@ -407,7 +411,36 @@ impl RouterService for RouterGrpc {
             .into());
         }
 
+        let live = match credential {
+            Credential::Token(token) => {
+                self.check_scope(&token, &hello.executor_id, &targets)
+                    .await?;
+                if let Err(err) = self.tokens.store().token_used(token.id, now_ms()).await {
+                    tracing::warn!(error = %err, token = %token.name, "cannot note the token's last use");
+                }
+                let stream = self.tokens.open(&token.name);
+                // A revocation between the lookup and `open` cut nothing: look again now
+                // that a later one would find this stream.
+                let current = self
+                    .tokens
+                    .store()
+                    .token_by_hash(hash_secret(&hello.token))
+                    .await
+                    .map_err(RouterError::from)?;
+                if current.is_none_or(|row| row.revoked_ms != 0) {
+                    return Err(RouterError::Unauthenticated(format!(
+                        "executor token {} was revoked",
+                        token.name
+                    ))
+                    .into());
+                }
+                Some((token.name.clone(), stream))
+            }
+            Credential::Shared | Credential::Service | Credential::Anonymous => None,
+        };
+
         let (sender, receiver) = tokio::sync::mpsc::channel(32);
+        let cut_sender = sender.clone();
         let welcome = RouterMessage {
             kind: Some(router_message::Kind::Welcome(Welcome {
                 heartbeat_interval_ms: u32::try_from(self.heartbeat_interval.as_millis())
@@ -418,10 +451,23 @@ impl RouterService for RouterGrpc {
         let routing = Arc::clone(&self.routing);
         let (session, owner) = routing.connect(&hello.executor_id, &targets, sender).await;
         let shutdown = self.shutdown.clone();
+        let cut = live
+            .as_ref()
+            .map(|(_, stream)| stream.cut.clone())
+            .unwrap_or_default();
         self.tasks.spawn(async move {
             loop {
                 let message = tokio::select! {
                     () = shutdown.cancelled() => break,
+                    () = cut.cancelled() => {
+                        let name = live.as_ref().map(|(name, _)| name.as_str()).unwrap_or_default();
+                        tracing::warn!(target: "audit", executor = %owner, token = %name, "work stream cut: its executor token was revoked");
+                        let revoked = tonic::Status::unauthenticated(format!(
+                            "executor token {name} was revoked"
+                        ));
+                        let _ = tokio::time::timeout(REFUSAL_SEND, cut_sender.send(Err(revoked))).await;
+                        break;
+                    }
                     message = inbound.message() => message,
                 };
                 match message {
@@ -436,7 +482,9 @@ impl RouterService for RouterGrpc {
                     }
                 }
             }
+            drop(cut_sender);
             routing.disconnect(session, &owner).await;
+            drop(live);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }

@@ -4,6 +4,9 @@
 //! from Slack), and executors, which dial the `Work` stream to take leases. Callees: the
 //! summarizer, which receives every terminal outcome through the outbox. Dashboards read
 //! aggregates (patches per hour, stage latency) from the read-only `RouterStatsService`.
+//! Admins issue per-executor tokens scoped to targets through `ExecutorTokenService` (the
+//! gateway's `/v1/executor-tokens`); a Work stream's Hello must present one of them, the
+//! shared `executor_token` or the service credential, unless none exists at all.
 //!
 //! A patch is committed to SQLite before Submit answers; it is then leased to an executor of
 //! its target, its result is stored with the outcome queued for the summarizer in the same
@@ -18,6 +21,7 @@ mod outbox;
 mod routing;
 mod stats;
 mod store;
+mod tokens;
 
 pub use app::App;
 pub use config::RouterConfig;

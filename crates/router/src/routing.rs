@@ -664,7 +664,8 @@ impl Routing {
         self.dispatch_all().await;
     }
 
-    async fn raise(&self, alert: NewAlert) {
+    /// Raises `alert` through the alert outbox unless it is already firing.
+    pub(crate) async fn raise(&self, alert: NewAlert) {
         let key = alert.key.clone();
         match self.store.raise_alert(alert).await {
             Ok(true) => {

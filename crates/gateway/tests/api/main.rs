@@ -3,6 +3,7 @@
 mod auth;
 mod browser;
 mod dashboard;
+mod executor_tokens;
 mod fleet;
 mod helpers;
 mod hostile;

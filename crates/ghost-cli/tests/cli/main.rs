@@ -11,5 +11,6 @@ mod read;
 mod remote;
 mod steer;
 mod submit;
+mod tokens;
 mod up;
 mod up_guards;

@@ -206,6 +206,49 @@ pub struct EventRow {
     pub detail: String,
 }
 
+/// A per-executor token as stored (never the secret: its SHA-256 only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRow {
+    /// Row id (a revoked name may be issued again, under a new id).
+    pub id: i64,
+    /// Unique among live tokens.
+    pub name: String,
+    /// The targets it may serve.
+    pub targets: Vec<String>,
+    /// Unix ms.
+    pub created_ms: i64,
+    /// Who created it.
+    pub created_by: String,
+    /// Unix ms; 0 while live.
+    pub revoked_ms: i64,
+    /// Last accepted Hello (unix ms); 0: never.
+    pub last_used_ms: i64,
+}
+
+/// A token to store.
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    /// Its name (validated by the caller).
+    pub name: String,
+    /// Hex SHA-256 of the secret.
+    pub hash: String,
+    /// The targets it may serve (validated by the caller).
+    pub targets: Vec<String>,
+    /// Who asks.
+    pub actor: String,
+}
+
+/// What became of a revocation.
+#[derive(Debug, Clone)]
+pub enum Revoked {
+    /// No token has this name.
+    Unknown,
+    /// Only revoked tokens have this name.
+    Already,
+    /// The live token of this name, now revoked.
+    Now(TokenRow),
+}
+
 /// Raw figures for dashboards, aggregated further by the stats service.
 #[derive(Debug, Clone, Default)]
 pub struct StatsRows {
@@ -370,6 +413,33 @@ pub trait RouterStore: Send + Sync + 'static {
     /// Alert changes due for delivery to the alerter, oldest first, stopping at the first
     /// one that waits for a later retry (so changes of one key never overtake each other).
     async fn alerts_due(&self, limit: u32) -> Result<Vec<AlertRow>, StoreError>;
+
+    /// Stores a new token unless a live one has its name (`None` then); audited.
+    async fn create_token(&self, token: NewToken) -> Result<Option<TokenRow>, StoreError>;
+
+    /// Every token, live and revoked, oldest first.
+    async fn tokens(&self) -> Result<Vec<TokenRow>, StoreError>;
+
+    /// The token whose secret hashes to `hash`, live or revoked.
+    async fn token_by_hash(&self, hash: String) -> Result<Option<TokenRow>, StoreError>;
+
+    /// True when any token was ever created.
+    async fn any_token(&self) -> Result<bool, StoreError>;
+
+    /// Revokes the live token `name`; audited.
+    async fn revoke_token(&self, name: String, actor: String) -> Result<Revoked, StoreError>;
+
+    /// Notes an accepted Hello with token `id`.
+    async fn token_used(&self, id: i64, at_ms: i64) -> Result<(), StoreError>;
+
+    /// Appends to the token audit trail (refusals; creation and revocation audit themselves).
+    async fn audit_token(
+        &self,
+        action: String,
+        name: String,
+        actor: String,
+        detail: String,
+    ) -> Result<(), StoreError>;
 
     /// Records what became of delivery tries of outbox rows (row id, result), all in one
     /// write.

@@ -102,6 +102,30 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE patches ADD COLUMN warnings_json TEXT NOT NULL DEFAULT '[]';
     ",
+    // Per-executor tokens (only their SHA-256 is kept) scoped to targets, and the audit trail
+    // of what was done with them. A name is unique among live tokens; a revoked name may be
+    // issued again.
+    "
+    CREATE TABLE executor_tokens (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        name         TEXT NOT NULL,
+        hash         TEXT NOT NULL UNIQUE,
+        targets_json TEXT NOT NULL,
+        created_ms   INTEGER NOT NULL,
+        created_by   TEXT NOT NULL,
+        revoked_ms   INTEGER NOT NULL DEFAULT 0,
+        last_used_ms INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE UNIQUE INDEX executor_tokens_live_name ON executor_tokens (name) WHERE revoked_ms = 0;
+    CREATE TABLE token_audit (
+        id     INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_ms  INTEGER NOT NULL,
+        action TEXT NOT NULL,
+        name   TEXT NOT NULL,
+        actor  TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT ''
+    );
+    ",
 ];
 
 /// Applies the migrations not yet recorded in `PRAGMA user_version`.

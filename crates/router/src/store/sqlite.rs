@@ -10,8 +10,9 @@ use tokio::sync::oneshot;
 
 use super::schema::migrate;
 use super::{
-    AlertRow, Completed, Delivery, EventRow, Inserted, LeaseEnded, NewAlert, Outbox, OutboxRow,
-    PatchRecord, RouterStore, StatsRows, StoreError, TargetRow, now_ms, now_us,
+    AlertRow, Completed, Delivery, EventRow, Inserted, LeaseEnded, NewAlert, NewToken, Outbox,
+    OutboxRow, PatchRecord, Revoked, RouterStore, StatsRows, StoreError, TargetRow, TokenRow,
+    now_ms, now_us,
 };
 
 /// At most this many requests share one commit.
@@ -451,6 +452,59 @@ fn resolve_tx(conn: &Connection, key: &str, summary: &str) -> Result<bool, Store
         params![key, summary, now],
     )?;
     Ok(true)
+}
+
+const TOKEN_COLUMNS: &str =
+    "id, name, targets_json, created_ms, created_by, revoked_ms, last_used_ms";
+
+fn read_token(row: &rusqlite::Row<'_>) -> rusqlite::Result<(TokenRow, String)> {
+    Ok((
+        TokenRow {
+            id: row.get(0)?,
+            name: row.get(1)?,
+            targets: Vec::new(),
+            created_ms: row.get(3)?,
+            created_by: row.get(4)?,
+            revoked_ms: row.get(5)?,
+            last_used_ms: row.get(6)?,
+        },
+        row.get(2)?,
+    ))
+}
+
+fn decode_token((mut token, targets_json): (TokenRow, String)) -> Result<TokenRow, StoreError> {
+    token.targets = serde_json::from_str(&targets_json).map_err(|source| StoreError::Corrupt {
+        what: "token targets",
+        id: token.name.clone(),
+        source,
+    })?;
+    Ok(token)
+}
+
+fn audit_tx(
+    conn: &Connection,
+    action: &str,
+    name: &str,
+    actor: &str,
+    detail: &str,
+) -> Result<(), StoreError> {
+    exec(
+        conn,
+        "INSERT INTO token_audit (at_ms, action, name, actor, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![now_ms(), action, name, actor, detail],
+    )?;
+    Ok(())
+}
+
+fn token_where(conn: &Connection, clause: &str, key: &str) -> Result<Option<TokenRow>, StoreError> {
+    let found = row(
+        conn,
+        &format!("SELECT {TOKEN_COLUMNS} FROM executor_tokens WHERE {clause}"),
+        params![key],
+        read_token,
+    )
+    .optional()?;
+    found.map(decode_token).transpose()
 }
 
 impl SqliteStore {
@@ -1060,6 +1114,108 @@ impl RouterStore for SqliteStore {
             Ok(due)
         })
         .await
+    }
+
+    async fn create_token(&self, token: NewToken) -> Result<Option<TokenRow>, StoreError> {
+        self.write(move |conn| {
+            let targets =
+                serde_json::to_string(&token.targets).map_err(|source| StoreError::Corrupt {
+                    what: "token targets",
+                    id: token.name.clone(),
+                    source,
+                })?;
+            let inserted = exec(
+                conn,
+                "INSERT OR IGNORE INTO executor_tokens (name, hash, targets_json, created_ms, created_by)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![token.name, token.hash, targets, now_ms(), token.actor],
+            )?;
+            if inserted == 0 {
+                return Ok(None);
+            }
+            audit_tx(conn, "create", &token.name, &token.actor, &token.targets.join(","))?;
+            token_where(conn, "hash = ?1", &token.hash)
+        })
+        .await
+    }
+
+    async fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {TOKEN_COLUMNS} FROM executor_tokens ORDER BY id"
+            ))?
+            .query_map([], read_token)?
+            .map(|raw| decode_token(raw?))
+            .collect()
+        })
+        .await
+    }
+
+    async fn token_by_hash(&self, hash: String) -> Result<Option<TokenRow>, StoreError> {
+        self.read(move |conn| token_where(conn, "hash = ?1", &hash))
+            .await
+    }
+
+    async fn any_token(&self) -> Result<bool, StoreError> {
+        self.read(|conn| {
+            Ok(row(
+                conn,
+                "SELECT EXISTS (SELECT 1 FROM executor_tokens)",
+                [],
+                |row| row.get(0),
+            )?)
+        })
+        .await
+    }
+
+    async fn revoke_token(&self, name: String, actor: String) -> Result<Revoked, StoreError> {
+        self.write(move |conn| {
+            let now = now_ms();
+            let revoked = exec(
+                conn,
+                "UPDATE executor_tokens SET revoked_ms = ?2 WHERE name = ?1 AND revoked_ms = 0",
+                params![name, now],
+            )?;
+            if revoked == 0 {
+                return Ok(
+                    match token_where(conn, "name = ?1 ORDER BY id DESC LIMIT 1", &name)? {
+                        Some(_) => Revoked::Already,
+                        None => Revoked::Unknown,
+                    },
+                );
+            }
+            audit_tx(conn, "revoke", &name, &actor, "")?;
+            Ok(
+                match token_where(conn, "name = ?1 ORDER BY id DESC LIMIT 1", &name)? {
+                    Some(token) => Revoked::Now(token),
+                    None => Revoked::Unknown,
+                },
+            )
+        })
+        .await
+    }
+
+    async fn token_used(&self, id: i64, at_ms: i64) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            exec(
+                conn,
+                "UPDATE executor_tokens SET last_used_ms = ?2 WHERE id = ?1",
+                params![id, at_ms],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn audit_token(
+        &self,
+        action: String,
+        name: String,
+        actor: String,
+        detail: String,
+    ) -> Result<(), StoreError> {
+        self.write(move |conn| audit_tx(conn, &action, &name, &actor, &detail))
+            .await
     }
 
     async fn raise_alert(&self, alert: NewAlert) -> Result<bool, StoreError> {

@@ -29,6 +29,8 @@ pub const PATIENCE: Duration = Duration::from_secs(10);
 /// A running router; stops (gracefully) when dropped.
 pub struct TestRouter {
     pub client: RouterServiceClient<Channel>,
+    /// The channel `client` uses, for the router's other services.
+    pub channel: Channel,
     /// The HTTP side: health and `/metrics`.
     pub http: std::net::SocketAddr,
     stop: Option<oneshot::Sender<()>>,
@@ -80,11 +82,15 @@ pub async fn spawn_router(config: RouterConfig) -> TestRouter {
         .await
         .expect("router runs");
     });
-    let client = RouterServiceClient::connect(format!("http://{addr}"))
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("router url")
+        .connect()
         .await
         .expect("connect to router");
+    let client = RouterServiceClient::new(channel.clone());
     TestRouter {
         client,
+        channel,
         http,
         stop: Some(stop),
         done: Some(done),
@@ -180,34 +186,72 @@ pub struct TestExecutor {
 impl TestExecutor {
     /// Dials `router`, says Hello for `targets` and waits for Welcome.
     pub async fn connect(router: &TestRouter, executor_id: &str, targets: &[&str]) -> Self {
+        Self::connect_with(router, executor_id, targets, "")
+            .await
+            .expect("work stream opens")
+    }
+
+    /// Dials `router` with credential `token`; the router's refusal, if it refuses.
+    pub async fn connect_with(
+        router: &TestRouter,
+        executor_id: &str,
+        targets: &[&str],
+        token: &str,
+    ) -> Result<Self, tonic::Status> {
+        Self::say_hello(
+            router,
+            Hello {
+                executor_id: executor_id.to_owned(),
+                workspaces: targets
+                    .iter()
+                    .map(|target| Workspace {
+                        target: (*target).to_owned(),
+                        root: format!("/ws/{target}"),
+                    })
+                    .collect(),
+                capabilities: Vec::new(),
+                token: token.to_owned(),
+            },
+        )
+        .await
+    }
+
+    /// Opens a Work stream with `hello`; the router's refusal, if it refuses.
+    pub async fn say_hello(router: &TestRouter, hello: Hello) -> Result<Self, tonic::Status> {
         let (outbound, receiver) = mpsc::channel(64);
         outbound
             .send(ExecutorMessage {
-                kind: Some(executor_message::Kind::Hello(Hello {
-                    executor_id: executor_id.to_owned(),
-                    workspaces: targets
-                        .iter()
-                        .map(|target| Workspace {
-                            target: (*target).to_owned(),
-                            root: format!("/ws/{target}"),
-                        })
-                        .collect(),
-                    capabilities: Vec::new(),
-                    token: String::new(),
-                })),
+                kind: Some(executor_message::Kind::Hello(hello)),
             })
             .await
             .expect("queue hello");
-        let mut inbound = router
-            .client
-            .clone()
-            .work(ReceiverStream::new(receiver))
+        let mut inbound = tokio::time::timeout(
+            PATIENCE,
+            router.client.clone().work(ReceiverStream::new(receiver)),
+        )
+        .await
+        .expect("the router answers the Hello in time")?
+        .into_inner();
+        let first = tokio::time::timeout(PATIENCE, inbound.message())
             .await
-            .expect("work stream opens")
-            .into_inner();
-        let first = inbound.message().await.expect("welcome").expect("welcome");
+            .expect("welcome in time")?
+            .expect("welcome");
         assert!(matches!(first.kind, Some(router_message::Kind::Welcome(_))));
-        Self { outbound, inbound }
+        Ok(Self { outbound, inbound })
+    }
+
+    /// Waits for the router to end the stream; the status it ended it with.
+    pub async fn ended(&mut self) -> tonic::Status {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.inbound.message()).await {
+                Err(_) => panic!("the stream was not ended within {PATIENCE:?}"),
+                Ok(Err(status)) => return status,
+                Ok(Ok(None)) => return tonic::Status::ok("stream closed without a status"),
+                Ok(Ok(Some(_))) => {}
+            }
+        }
     }
 
     /// The next message from the router.

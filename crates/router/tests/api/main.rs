@@ -8,3 +8,4 @@ mod metric_labels;
 mod ordering;
 mod outcomes;
 mod submit;
+mod tokens;
