@@ -28,7 +28,7 @@ use crate::error::ExecutorError;
 use crate::ledger::Outbox;
 
 use backoff::Backoff;
-use failure::Reporter;
+use failure::{Failure, Reporter};
 
 /// Heartbeat period until the router's Welcome says otherwise.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
@@ -60,24 +60,36 @@ pub async fn run(worker: Worker, shutdown: CancellationToken) {
         targets.sort();
         targets
     };
-    // Whether this run of failures has already probed for a TLS port (once per run).
-    let mut probed = false;
+    // Whether an `http://` router's port turned out to speak TLS, once probed.
+    let mut tls_port: Option<bool> = None;
     loop {
         let mut welcomed = false;
         let outcome = session(&worker, &shutdown, &mut welcomed).await;
         if welcomed {
             backoff.reset();
             reporter.clear();
-            probed = false;
+            tls_port = None;
         }
         let err = match outcome {
             Ok(()) => return,
             Err(err) => err,
         };
-        // One plaintext probe per run of failures: it opens a connection of its own.
-        let probe_url = (!probed && !welcomed).then_some(worker.config.router_url.as_str());
-        probed |= probe_url.is_some();
-        let failure = failure::diagnose(&err, &targets, probe_url).await;
+        let mut failure = failure::classify(&err, &targets);
+        // Nothing answered: is it plaintext to a TLS port? Probed once per run of failures
+        // (the probe opens a connection of its own), the verdict kept until a session works.
+        if failure.maybe_plaintext() && !welcomed {
+            let speaks_tls = match tls_port {
+                Some(verdict) => verdict,
+                None => {
+                    let verdict = failure::url_speaks_tls(&worker.config.router_url).await;
+                    tls_port = Some(verdict);
+                    verdict
+                }
+            };
+            if speaks_tls {
+                failure = Failure::PlaintextToTls;
+            }
+        }
         if failure.is_final() {
             backoff.hold_at_max();
         }

@@ -138,20 +138,12 @@ pub fn classify(err: &ExecutorError, targets: &[String]) -> Failure {
     Failure::Unreachable(chain(err))
 }
 
-/// The cause of `err` like [`classify`]; when nothing answered and `probe_url` is an
-/// `http://` URL, asks its port once in plain HTTP whether it speaks TLS.
-pub async fn diagnose(err: &ExecutorError, targets: &[String], probe_url: Option<&str>) -> Failure {
-    let failure = classify(err, targets);
-    if !failure.maybe_plaintext() {
-        return failure;
+/// Whether the port of an `http://` URL speaks TLS ([`speaks_tls`]); false for other URLs.
+pub async fn url_speaks_tls(url: &str) -> bool {
+    match plaintext_authority(url) {
+        Some(addr) => speaks_tls(&addr).await,
+        None => false,
     }
-    let Some(addr) = probe_url.and_then(plaintext_authority) else {
-        return failure;
-    };
-    if speaks_tls(&addr).await {
-        return Failure::PlaintextToTls;
-    }
-    failure
 }
 
 /// `host:port` of an `http://` URL (the port defaulting to 80); `None` for any other scheme.

@@ -401,3 +401,53 @@ async fn install_launchd_writes_a_valid_plist_and_uninstall_removes_it() {
     .expect(0);
     assert!(!plist_path.exists() && !token_path.exists());
 }
+
+#[tokio::test]
+async fn a_refused_token_is_said_once_while_the_executor_keeps_retrying() {
+    use tokio::io::AsyncBufReadExt;
+    let env = Env::empty();
+    let (workspace, data_dir) = dirs(&env);
+    let router = start_router(
+        &env.scratch.path().join("router"),
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+    .await;
+    let url = format!("http://{}", router.addr);
+    let workspace_arg = format!("MAIN={}", workspace.display());
+    let data_arg = data_dir.display().to_string();
+    let mut executor = env
+        .command(
+            &executor_args(&url, &workspace_arg, &data_arg),
+            &[
+                ("GHOST_EXECUTOR_TOKEN", "not-the-router-token"),
+                ("RUST_LOG", "info,executor=debug"),
+            ],
+        )
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("ghost executor starts");
+    let mut lines = tokio::io::BufReader::new(executor.stdout.take().expect("stdout")).lines();
+    let (mut said, mut retried, mut seen) = (0, 0, Vec::new());
+    // Until three retries were refused again (bounded in lines and time).
+    while retried < 3 && seen.len() < 500 {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("the executor keeps logging")
+            .expect("stdout readable")
+            .expect("the executor still runs");
+        if line.contains("failed again") {
+            retried += 1;
+        } else if line.contains("refused the executor token") {
+            said += 1;
+        }
+        seen.push(line);
+    }
+    assert_eq!(said, 1, "said {said} times:\n{}", seen.join("\n"));
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("UNAUTHENTICATED") && l.contains("ghost token create")),
+        "{}",
+        seen.join("\n")
+    );
+    router.stop().await;
+}

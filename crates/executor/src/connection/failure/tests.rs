@@ -122,7 +122,17 @@ async fn fail(url: String, ca: Option<PathBuf>, token: &str, state: &std::path::
         .expect("the session ended within 20 s")
         .expect_err("the session fails");
     assert!(!welcomed);
-    diagnose(&err, &["MAIN".to_owned()], Some(&url)).await
+    diagnose(&err, &["MAIN".to_owned()], &url).await
+}
+
+/// What the run loop concludes: the classification, with the plaintext probe when nothing
+/// answered.
+async fn diagnose(err: &ExecutorError, targets: &[String], url: &str) -> Failure {
+    let failure = classify(err, targets);
+    if failure.maybe_plaintext() && url_speaks_tls(url).await {
+        return Failure::PlaintextToTls;
+    }
+    failure
 }
 
 fn write(dir: &std::path::Path, name: &str, text: &str) -> PathBuf {
