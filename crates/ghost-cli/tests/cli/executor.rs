@@ -451,3 +451,99 @@ async fn a_refused_token_is_said_once_while_the_executor_keeps_retrying() {
     );
     router.stop().await;
 }
+
+/// A private CA's certificate (PEM) and a server certificate and key for 127.0.0.1 it signed.
+fn private_ca() -> (
+    String,
+    tokio_rustls::rustls::pki_types::CertificateDer<'static>,
+    tokio_rustls::rustls::pki_types::PrivateKeyDer<'static>,
+) {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "executor test ca");
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let ca_pem = params.self_signed(&ca_key).expect("ca").pem();
+    let issuer = rcgen::Issuer::new(params, ca_key);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .expect("params")
+        .signed_by(&key, &issuer)
+        .expect("leaf");
+    (
+        ca_pem,
+        cert.der().clone(),
+        tokio_rustls::rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+}
+
+/// A TLS front (rustls with ring, ALPN h2) on loopback port 0 that forwards every connection
+/// to `backend` in plaintext: the router's executor port as a remote executor sees it.
+async fn tls_front(
+    backend: SocketAddr,
+    cert: tokio_rustls::rustls::pki_types::CertificateDer<'static>,
+    key: tokio_rustls::rustls::pki_types::PrivateKeyDer<'static>,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio_rustls::rustls;
+    let mut config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![cert], key)
+    .expect("server config");
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn ghost_executor_dials_https_with_the_private_ca_and_serves_a_patch() {
+    let env = Env::empty();
+    let (workspace, data_dir) = dirs(&env);
+    let router = start_router(
+        &env.scratch.path().join("router"),
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+    .await;
+    let (ca_pem, cert, key) = private_ca();
+    let (front, front_task) = tls_front(router.addr, cert, key).await;
+    let ca = env.file("router ca.pem", &ca_pem);
+    let token_file = env.file("token", &format!("{TOKEN}\n"));
+    let url = format!("https://127.0.0.1:{}", front.port());
+    let workspace_arg = format!("MAIN={}", workspace.display());
+    let data_arg = data_dir.display().to_string();
+    let ca_arg = ca.display().to_string();
+    let token_arg = token_file.display().to_string();
+    let mut args = executor_args(&url, &workspace_arg, &data_arg);
+    args.extend_from_slice(&["--ca", &ca_arg, "--token-file", &token_arg]);
+    let mut executor = env
+        .command(&args, &[])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("ghost executor starts");
+    submit(router.addr, "over-tls").await;
+    wait_for_file(&workspace.join("over-tls.txt"), "over-tls\n", &mut executor).await;
+    front_task.abort();
+    router.stop().await;
+}
