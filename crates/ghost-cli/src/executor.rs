@@ -95,7 +95,7 @@ pub struct ExecutorFlags {
     #[arg(long = "workspace", value_name = "TARGET=DIR")]
     workspaces: Vec<String>,
     /// The executor's own state (journal, ledger) [default: $XDG_STATE_HOME/ghost/executor,
-    /// else ~/.local/state/ghost/executor].
+    /// else ~/.local/state/ghost/executor; /var/lib/ghost-executor for a system unit].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// The executor's name in leases and `ghost executors` [default: this host's name].
@@ -167,10 +167,17 @@ pub async fn run(
     match command.action {
         None => serve(resolve(command.flags, &env)?, output).await,
         Some(Action::Install { install, flags }) => {
-            let resolved = resolve(*flags, &env)?;
+            let manager = install.manager.unwrap_or_else(Manager::native);
+            let mut flags = *flags;
+            // A system service keeps its state in the system's place, which systemd creates
+            // for the unit's user (StateDirectory=), not in the installing user's home.
+            if !install.user && manager == Manager::Systemd && flags.data_dir.is_none() {
+                flags.data_dir = Some(PathBuf::from(units::SYSTEM_DATA_DIR));
+            }
+            let resolved = resolve(flags, &env)?;
             let options = InstallOptions {
                 user: install.user,
-                manager: install.manager.unwrap_or_else(Manager::native),
+                manager,
                 enable: !install.no_enable,
                 dry_run: install.dry_run,
                 service_user: install.service_user,

@@ -15,6 +15,8 @@ use crate::render::Output;
 
 /// The systemd unit's name.
 pub const UNIT_NAME: &str = "ghost-executor.service";
+/// A system unit's data dir when none is given (its `StateDirectory=`).
+pub const SYSTEM_DATA_DIR: &str = "/var/lib/ghost-executor";
 /// The launchd job's label.
 pub const LABEL: &str = "dev.ghost-runner.executor";
 
@@ -203,6 +205,12 @@ pub fn systemd_unit(
         if let Some(account) = service_user {
             plain("--service-user", account)?;
             unit.push_str(&format!("User={}\n", account.replace('%', "%%")));
+        }
+        if args
+            .windows(2)
+            .any(|pair| pair[0] == "--data-dir" && pair[1] == SYSTEM_DATA_DIR)
+        {
+            unit.push_str("StateDirectory=ghost-executor\nStateDirectoryMode=0700\n");
         }
         // `full`, not `strict`: /usr, /boot and /etc read-only, the workspaces (wherever they
         // are) and the data dir still writable.

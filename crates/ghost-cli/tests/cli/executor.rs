@@ -547,3 +547,52 @@ async fn ghost_executor_dials_https_with_the_private_ca_and_serves_a_patch() {
     front_task.abort();
     router.stop().await;
 }
+
+#[tokio::test]
+async fn a_system_unit_printed_by_dry_run_is_hardened_and_verifies() {
+    let env = Env::empty();
+    let workspace = env.scratch.path().join("srv/my app");
+    std::fs::create_dir_all(&workspace).expect("workspace");
+    let workspace_arg = format!("MAIN={}", workspace.display());
+    let run = env
+        .ghost_with(
+            &[
+                "executor",
+                "install",
+                "--dry-run",
+                "--router",
+                "https://ghost.example.com:50443",
+                "--workspace",
+                &workspace_arg,
+            ],
+            &[("GHOST_EXECUTOR_TOKEN", TOKEN)],
+            b"",
+        )
+        .await;
+    run.expect(0);
+    let unit = &run.stdout;
+    assert!(!unit.contains(TOKEN), "{unit}");
+    for line in [
+        "\"--data-dir\" \"/var/lib/ghost-executor\"",
+        "StateDirectory=ghost-executor",
+        "ProtectSystem=full",
+        "NoNewPrivileges=yes",
+        "EnvironmentFile=/etc/systemd/system/ghost-executor.env",
+        "WantedBy=multi-user.target",
+    ] {
+        assert!(unit.contains(line), "{line} missing:\n{unit}");
+    }
+    let path = env.file("ghost-executor.service", unit);
+    let verify = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze runs");
+    let stderr = String::from_utf8_lossy(&verify.stderr);
+    assert!(
+        verify.status.success() && !stderr.contains("ghost-executor.service:"),
+        "systemd-analyze verify refused the unit ({}):\n{stderr}\n{unit}",
+        verify.status
+    );
+    assert!(run.stderr.contains("dry run: would write"), "{run:?}");
+}
