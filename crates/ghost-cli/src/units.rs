@@ -375,7 +375,9 @@ fn enable_commands(options: &InstallOptions, paths: &Paths) -> Result<Vec<Vec<St
     Ok(match options.manager {
         Manager::Systemd => vec![
             systemctl(options.user, &["daemon-reload"]),
-            systemctl(options.user, &["enable", "--now", UNIT_NAME]),
+            systemctl(options.user, &["enable", UNIT_NAME]),
+            // restart, not start: a re-install with other flags takes effect.
+            systemctl(options.user, &["restart", UNIT_NAME]),
         ],
         Manager::Launchd => vec![vec![
             "launchctl".to_owned(),
@@ -440,17 +442,35 @@ pub fn install(
         paths.secret.display()
     ));
     let commands = enable_commands(options, &paths)?;
+    let linger = "a user service runs only while you are logged in, unless you run \
+                  `loginctl enable-linger $USER` once";
     if !options.enable {
         output.note("not enabled (--no-enable); to enable and start it, run:");
         for argv in &commands {
             output.note(&format!("  {}", argv.join(" ")));
         }
+        if options.user && options.manager == Manager::Systemd {
+            output.note(&format!("({linger})"));
+        }
         return Ok(Exit::Success);
+    }
+    if options.manager == Manager::Launchd {
+        // A job already loaded (an earlier install) makes bootstrap fail: unload it first;
+        // when none is loaded, this fails harmlessly.
+        let _ = std::process::Command::new("launchctl")
+            .args([
+                "bootout",
+                &format!("{}/{LABEL}", launchd_domain(options.user)?),
+            ])
+            .output();
     }
     for argv in &commands {
         run_command(argv)?;
     }
     output.note("enabled and started");
+    if options.user && options.manager == Manager::Systemd {
+        output.note(&format!("note: {linger}"));
+    }
     Ok(Exit::Success)
 }
 
