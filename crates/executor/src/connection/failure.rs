@@ -132,8 +132,15 @@ pub fn classify(err: &ExecutorError, targets: &[String]) -> Failure {
                 | rustls::CertificateError::NotValidForNameContext { .. } => Failure::NameMismatch,
                 other => Failure::Tls(format!("invalid certificate: {other:?}")),
             },
+            rustls::Error::InvalidMessage(_) => Failure::Tls(format!(
+                "the router's port does not answer in TLS ({tls}); is --router's port the \
+                 router's TLS executor port?"
+            )),
             other => Failure::Tls(other.to_string()),
         };
+    }
+    if let ExecutorError::Router(message) = err {
+        return Failure::Tls(message.clone());
     }
     Failure::Unreachable(chain(err))
 }
