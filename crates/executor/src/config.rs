@@ -26,8 +26,12 @@ pub struct ExecutorConfig {
     pub server: ServerConfig,
     /// Logs and traces.
     pub telemetry: TelemetryConfig,
-    /// gRPC URL of the router this executor dials.
+    /// gRPC URL of the router this executor dials: `https://HOST:PORT` for a router on another
+    /// machine (the token crosses the network), `http://` only for a loopback router.
     pub router_url: String,
+    /// PEM CA certificate(s) trusted for an `https://` router (e.g. `<data-dir>/tls/ca.pem` of
+    /// the router's `ghost up`). Unset: the public web PKI roots.
+    pub router_ca: Option<PathBuf>,
     /// Name shown in leases and events.
     pub executor_id: String,
     /// Token presented to the router.
@@ -36,9 +40,14 @@ pub struct ExecutorConfig {
     pub state_dir: PathBuf,
     /// The workspaces served.
     pub workspaces: Vec<WorkspaceConfig>,
-    /// Wait between reconnect attempts when the router is unreachable.
+    /// First wait between reconnect attempts; each failure doubles it (up to
+    /// `reconnect_backoff_max`) and the wait is drawn at random below that (full jitter). A
+    /// session the router welcomed starts over from here.
     #[serde(with = "humantime_serde")]
     pub reconnect_backoff: Duration,
+    /// Longest wait between reconnect attempts.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_backoff_max: Duration,
     /// Largest file a patch may write.
     pub max_file_bytes: u64,
     /// Largest total a patch may write.
@@ -156,6 +165,7 @@ impl Default for ExecutorConfig {
             server: ServerConfig::loopback(50052, 8082),
             telemetry: TelemetryConfig::default(),
             router_url: "http://127.0.0.1:50051".to_owned(),
+            router_ca: None,
             executor_id: "executor-1".to_owned(),
             token: Secret::default(),
             state_dir: PathBuf::from("./.ghost/executor"),
@@ -164,6 +174,7 @@ impl Default for ExecutorConfig {
                 root: PathBuf::from("./workspace"),
             }],
             reconnect_backoff: Duration::from_secs(1),
+            reconnect_backoff_max: Duration::from_secs(30),
             max_file_bytes: 10 * 1024 * 1024,
             max_patch_bytes: 50 * 1024 * 1024,
             default_timeout: Duration::from_secs(600),

@@ -1,5 +1,9 @@
 //! The executor's side of the Work stream: dial the router, say Hello, take assignments, send
-//! heartbeats and results; reconnect with a pause when the stream breaks.
+//! heartbeats and results; reconnect with backoff when the stream breaks (see [`backoff`]),
+//! telling why once (see [`failure`]).
+
+mod backoff;
+pub mod failure;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,11 +20,15 @@ use tokio::sync::{Mutex, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 use crate::apply::{self, Context, Lease};
 use crate::config::ExecutorConfig;
 use crate::error::ExecutorError;
 use crate::ledger::Outbox;
+
+use backoff::Backoff;
+use failure::{Failure, Reporter};
 
 /// Heartbeat period until the router's Welcome says otherwise.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
@@ -39,20 +47,57 @@ pub struct Worker {
 /// Cancel tokens of the running attempts, by fencing token.
 type Running = Arc<Mutex<HashMap<u64, (String, CancellationToken)>>>;
 
-/// Keeps a session with the router alive until `shutdown`.
+/// Keeps a session with the router alive until `shutdown`: reconnects with exponential
+/// backoff and full jitter, and logs each distinct cause of failure once.
 pub async fn run(worker: Worker, shutdown: CancellationToken) {
+    let mut backoff = Backoff::new(
+        worker.config.reconnect_backoff,
+        worker.config.reconnect_backoff_max,
+    );
+    let mut reporter = Reporter::default();
+    let targets: Vec<String> = {
+        let mut targets: Vec<String> = worker.contexts.keys().cloned().collect();
+        targets.sort();
+        targets
+    };
+    // Whether an `http://` router's port turned out to speak TLS, once probed.
+    let mut tls_port: Option<bool> = None;
     loop {
-        match session(&worker, &shutdown).await {
-            Ok(()) => return,
-            Err(err) => tracing::warn!(
-                error = %err,
-                retry_in = ?worker.config.reconnect_backoff,
-                "router session ended"
-            ),
+        let mut welcomed = false;
+        let outcome = session(&worker, &shutdown, &mut welcomed).await;
+        if welcomed {
+            backoff.reset();
+            reporter.clear();
+            tls_port = None;
         }
+        let err = match outcome {
+            Ok(()) => return,
+            Err(err) => err,
+        };
+        let mut failure = failure::classify(&err, &targets);
+        // Nothing answered: is it plaintext to a TLS port? Probed once per run of failures
+        // (the probe opens a connection of its own), the verdict kept until a session works.
+        if failure.maybe_plaintext() && !welcomed {
+            let speaks_tls = match tls_port {
+                Some(verdict) => verdict,
+                None => {
+                    let verdict = failure::url_speaks_tls(&worker.config.router_url).await;
+                    tls_port = Some(verdict);
+                    verdict
+                }
+            };
+            if speaks_tls {
+                failure = Failure::PlaintextToTls;
+            }
+        }
+        if failure.is_final() {
+            backoff.hold_at_max();
+        }
+        let wait = backoff.next_wait(backoff::random());
+        reporter.report(&failure, wait);
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(worker.config.reconnect_backoff) => {}
+            () = tokio::time::sleep(wait) => {}
         }
     }
 }
@@ -61,12 +106,33 @@ fn message(kind: executor_message::Kind) -> ExecutorMessage {
     ExecutorMessage { kind: Some(kind) }
 }
 
-async fn session(worker: &Worker, shutdown: &CancellationToken) -> Result<(), ExecutorError> {
-    let channel = tonic::transport::Endpoint::from_shared(worker.config.router_url.clone())?
+/// The router endpoint: TLS for `https://` (the configured CA, else the web PKI roots).
+pub fn endpoint(config: &ExecutorConfig) -> Result<Endpoint, ExecutorError> {
+    let endpoint = Endpoint::from_shared(config.router_url.clone())?
         .connect_timeout(Duration::from_secs(3))
-        .tcp_nodelay(true)
-        .connect()
-        .await?;
+        .tcp_nodelay(true);
+    if !config.router_url.starts_with("https://") {
+        return Ok(endpoint);
+    }
+    let tls = ClientTlsConfig::new().assume_http2(true);
+    let tls = match &config.router_ca {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|err| {
+                ExecutorError::Router(format!("router CA {}: {err}", path.display()))
+            })?;
+            tls.ca_certificate(Certificate::from_pem(pem))
+        }
+        None => tls.with_webpki_roots(),
+    };
+    Ok(endpoint.tls_config(tls)?)
+}
+
+async fn session(
+    worker: &Worker,
+    shutdown: &CancellationToken,
+    welcomed: &mut bool,
+) -> Result<(), ExecutorError> {
+    let channel = endpoint(&worker.config)?.connect().await?;
     let mut client = RouterServiceClient::new(channel);
     let (outbound, outbound_rx) = mpsc::channel::<ExecutorMessage>(32);
     let hello = Hello {
@@ -119,6 +185,7 @@ async fn session(worker: &Worker, shutdown: &CancellationToken) -> Result<(), Ex
                 };
                 match incoming.kind {
                     Some(router_message::Kind::Welcome(welcome)) => {
+                        *welcomed = true;
                         let period = Duration::from_millis(u64::from(welcome.heartbeat_interval_ms.max(100)));
                         heartbeat = tokio::time::interval(period);
                         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

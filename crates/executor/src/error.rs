@@ -12,6 +12,9 @@ pub enum ExecutorError {
     /// The router closed the stream.
     #[error("router closed the work stream")]
     Closed,
+    /// The router URL or its CA file is unusable.
+    #[error("{0}")]
+    Router(String),
     /// A workspace in the config is unusable.
     #[error("workspace {target}: {message}")]
     Workspace {

@@ -1,9 +1,10 @@
 //! The executor runs next to a workspace and applies patches to it.
 //!
-//! It dials the router's `Work` stream (so it works behind NAT), announces its workspaces,
-//! applies each assigned patch confined to the workspace root, and reports the result with
-//! its trace context so the apply span joins the patch's trace. It serves only health, metrics
-//! and reflection itself.
+//! It dials the router's `Work` stream (so it works behind NAT; over TLS for an `https://`
+//! router, reconnecting with jittered backoff and saying once why it was refused), announces
+//! its workspaces, applies each assigned patch confined to the workspace root, and reports the
+//! result with its trace context so the apply span joins the patch's trace. It serves only
+//! health, metrics and reflection itself.
 //!
 //! An attempt ([`apply`]) plans every edit in memory ([`plan`]), journals the originals
 //! ([`journal`]), writes (every file operation relative to directory handles: [`beneath`]), runs commands and checks under the target's policy ([`commands`]),

@@ -1,7 +1,8 @@
 //! The `ghost` command: run the whole system on one machine (`ghost up`), submit patches and
 //! follow them to their end (`ghost submit`), and read and steer a running system through the
 //! gateway's REST API (`status`, `list`, `show`, `events`, `logs`, `cancel`, `retry`, `pause`,
-//! `resume`, `targets`, `executors`); check a service's config file (`config check`).
+//! `resume`, `targets`, `executors`); check a service's config file (`config check`); run only
+//! an executor against a router elsewhere, or install it as a service (`executor`, [`units`]).
 //!
 //! `main.rs` only parses arguments and dispatches. [`settings`] finds the gateway URL and key
 //! (flag > env > config file > default), [`client`] is the HTTP client, [`render`] turns answers
@@ -13,6 +14,7 @@ pub mod client;
 pub mod commands;
 pub mod config_check;
 pub mod error;
+pub mod executor;
 pub mod exit;
 pub mod init;
 pub mod local;
@@ -20,5 +22,6 @@ pub mod render;
 pub mod settings;
 pub mod submit;
 pub mod tls;
+pub mod units;
 pub mod up;
 pub mod up_config;

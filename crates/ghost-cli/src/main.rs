@@ -203,6 +203,9 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Run only an executor, on the machine where the code lives, against a router elsewhere;
+    /// `install` makes it a service of this machine, `uninstall` removes that.
+    Executor(ghost_cli::executor::ExecutorCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -439,6 +442,7 @@ async fn run(cli: Cli, api_key_flag: bool, output: &Output) -> Result<Exit, CliE
             config_check::report(&checked, &file, output);
             Ok(Exit::Success)
         }
+        Command::Executor(command) => ghost_cli::executor::run(command, &ghost_env(), output).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "ghost", &mut std::io::stdout());
             Ok(Exit::Success)
