@@ -18,6 +18,7 @@
 
 pub mod config;
 pub mod connections;
+pub mod credential;
 pub mod metrics;
 pub mod probe;
 pub mod propagation;
@@ -25,3 +26,4 @@ pub mod red;
 pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
