@@ -97,7 +97,10 @@ impl HealthMonitor {
     ) -> Result<Self, tonic::transport::Error> {
         let mut services = Vec::new();
         for (name, url) in &config.services {
-            services.push((name.clone(), HealthClient::new(traced_channel(url, upstream)?)));
+            services.push((
+                name.clone(),
+                HealthClient::new(traced_channel(url, upstream)?),
+            ));
         }
         let router = match (config.watch_executors, router_url) {
             (true, Some(url)) => Some(RouterServiceClient::new(traced_channel(url, upstream)?)),

@@ -96,7 +96,10 @@ impl App {
             timeout: config.upstream_timeout,
         };
         let summaries = GrpcSummaries {
-            client: SummarizerServiceClient::new(traced_channel(&config.summarizer_url, &upstream)?),
+            client: SummarizerServiceClient::new(traced_channel(
+                &config.summarizer_url,
+                &upstream,
+            )?),
             timeout: config.upstream_timeout,
         };
         let guard = Guard::new(credentials, &config);

@@ -468,10 +468,13 @@ impl ServerConfig {
             path: path.clone(),
             detail,
         };
-        let text = std::fs::read_to_string(path).map_err(|err| error(format!("cannot read it: {err}")))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|err| error(format!("cannot read it: {err}")))?;
         let token = text.lines().next().unwrap_or_default().trim();
         if token.is_empty() {
-            return Err(error("its first line is empty: it must hold the service credential".to_owned()));
+            return Err(error(
+                "its first line is empty: it must hold the service credential".to_owned(),
+            ));
         }
         Ok(Secret::new(token))
     }

@@ -73,7 +73,11 @@ impl Gate {
         match presented {
             Some(presented) if constant_time_eq(presented, token) => None,
             _ => {
-                tracing::debug!(service = self.service, method = path, "call without the service credential refused");
+                tracing::debug!(
+                    service = self.service,
+                    method = path,
+                    "call without the service credential refused"
+                );
                 metrics::counter!("ghost_grpc_unauthenticated_total", "service" => self.service)
                     .increment(1);
                 Some(tonic::Status::unauthenticated(NEEDS_CREDENTIAL))
@@ -161,10 +165,16 @@ mod tests {
             code(&gate, pause, Some("Bearer s3cre")),
             tonic::Code::Unauthenticated
         );
-        assert_eq!(code(&gate, pause, Some("s3cret")), tonic::Code::Unauthenticated);
+        assert_eq!(
+            code(&gate, pause, Some("s3cret")),
+            tonic::Code::Unauthenticated
+        );
         assert_eq!(code(&gate, pause, Some("Bearer s3cret")), tonic::Code::Ok);
         assert_eq!(code(&gate, pause, Some("bearer s3cret")), tonic::Code::Ok);
-        assert_eq!(code(&gate, "/grpc.health.v1.Health/Check", None), tonic::Code::Ok);
+        assert_eq!(
+            code(&gate, "/grpc.health.v1.Health/Check", None),
+            tonic::Code::Ok
+        );
         assert_eq!(
             code(&gate, "/ghost.router.v1.RouterService/Work", None),
             tonic::Code::Ok
@@ -179,14 +189,25 @@ mod tests {
             Some(&["/ghost.router.v1.RouterService/Work"]),
         );
         assert_eq!(
-            code(&gate, "/ghost.router.v1.RouterService/Pause", Some("Bearer s3cret")),
+            code(
+                &gate,
+                "/ghost.router.v1.RouterService/Pause",
+                Some("Bearer s3cret")
+            ),
             tonic::Code::PermissionDenied
         );
         assert_eq!(
-            code(&gate, "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", None),
+            code(
+                &gate,
+                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                None
+            ),
             tonic::Code::PermissionDenied
         );
-        assert_eq!(code(&gate, "/grpc.health.v1.Health/Check", None), tonic::Code::Ok);
+        assert_eq!(
+            code(&gate, "/grpc.health.v1.Health/Check", None),
+            tonic::Code::Ok
+        );
         assert_eq!(
             code(&gate, "/ghost.router.v1.RouterService/Work", None),
             tonic::Code::Ok

@@ -27,8 +27,8 @@ use tracing::Level;
 use crate::config::{Secret, ServerConfig};
 use crate::connections::{HttpLimits, serve_http, tls_incoming};
 use crate::credential::Gate;
-use crate::tls::{ALPN_GRPC, ALPN_HTTP, ServerTls};
 use crate::propagation::{grpc_server_span, http_server_span};
+use crate::tls::{ALPN_GRPC, ALPN_HTTP, ServerTls};
 
 /// Listeners bound ahead of their service by [`Listeners::prebind`], keyed by their real address.
 fn prebound() -> &'static Mutex<HashMap<SocketAddr, std::net::TcpListener>> {
@@ -416,12 +416,13 @@ pub async fn run(
             )),
         }
     };
-    let acceptor = |alpn: &[&[u8]], on: bool| -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
-        match &tls {
-            Some(tls) if on => Ok(Some(tls.acceptor(alpn)?)),
-            _ => Ok(None),
-        }
-    };
+    let acceptor =
+        |alpn: &[&[u8]], on: bool| -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+            match &tls {
+                Some(tls) if on => Ok(Some(tls.acceptor(alpn)?)),
+                _ => Ok(None),
+            }
+        };
 
     let stop_accepting = CancellationToken::new();
     let grpc_addr = listeners.grpc_addr();

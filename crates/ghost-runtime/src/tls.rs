@@ -373,14 +373,17 @@ impl ServerTls {
 pub enum FirstBytes {
     /// A TLS record (handshake).
     Tls,
-    /// Plaintext HTTP/1 or the HTTP/2 preface (a client that forgot `https://`).
+    /// Plaintext HTTP/1 (a client that forgot `https://`).
     PlainHttp,
+    /// The plaintext HTTP/2 preface (a gRPC client that forgot `https://`).
+    PlainHttp2,
     /// Anything else.
     Garbage,
 }
 
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+
 const HTTP_STARTS: &[&[u8]] = &[
-    b"PRI * HTTP/2.0",
     b"GET ",
     b"POST ",
     b"PUT ",
@@ -392,16 +395,20 @@ const HTTP_STARTS: &[&[u8]] = &[
     b"TRACE ",
 ];
 
+/// True when `first` is a beginning of `start` or starts with it.
+fn starts_like(first: &[u8], start: &[u8]) -> bool {
+    let len = start.len().min(first.len());
+    first[..len] == start[..len]
+}
+
 /// Classifies the first bytes read (at least one).
 pub fn classify(first: &[u8]) -> FirstBytes {
     match first.first() {
         None => FirstBytes::Garbage,
         Some(0x16) => FirstBytes::Tls,
+        Some(_) if starts_like(first, HTTP2_PREFACE) => FirstBytes::PlainHttp2,
         Some(_) => {
-            let http = HTTP_STARTS.iter().any(|start| {
-                let len = start.len().min(first.len());
-                first[..len] == start[..len]
-            });
+            let http = HTTP_STARTS.iter().any(|start| starts_like(first, start));
             if http {
                 FirstBytes::PlainHttp
             } else {
@@ -436,13 +443,34 @@ impl OncePerPeer {
     }
 }
 
-/// Answers plaintext HTTP on a TLS port, in plaintext, and closes.
-async fn refuse_plaintext(mut stream: TcpStream) {
-    let answer = format!(
+/// The plaintext answer to an HTTP/1 request: `400` with [`PLAINTEXT_ANSWER`].
+fn http1_refusal() -> Vec<u8> {
+    format!(
         "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{PLAINTEXT_ANSWER}",
         PLAINTEXT_ANSWER.len()
-    );
-    if stream.write_all(answer.as_bytes()).await.is_err() {
+    )
+    .into_bytes()
+}
+
+/// The plaintext answer to the HTTP/2 preface: an empty SETTINGS frame (the server preface)
+/// and a GOAWAY refusing every stream (REFUSED_STREAM, which gRPC clients report as
+/// UNAVAILABLE) with [`PLAINTEXT_ANSWER`] as its debug data. An HTTP/1 `400` would reach an
+/// HTTP/2 client as a malformed frame, which gRPC clients report as INTERNAL.
+fn http2_refusal() -> Vec<u8> {
+    const REFUSED_STREAM: u32 = 0x7;
+    let mut frames = vec![0, 0, 0, 0x4, 0, 0, 0, 0, 0];
+    let length = u32::try_from(8 + PLAINTEXT_ANSWER.len()).unwrap_or(8);
+    frames.extend_from_slice(&length.to_be_bytes()[1..]);
+    frames.extend_from_slice(&[0x7, 0, 0, 0, 0, 0]);
+    frames.extend_from_slice(&0_u32.to_be_bytes());
+    frames.extend_from_slice(&REFUSED_STREAM.to_be_bytes());
+    frames.extend_from_slice(PLAINTEXT_ANSWER.as_bytes());
+    frames
+}
+
+/// Answers plaintext HTTP on a TLS port, in plaintext, and closes.
+async fn refuse_plaintext(mut stream: TcpStream, answer: &[u8]) {
+    if stream.write_all(answer).await.is_err() {
         return;
     }
     let _ = stream.shutdown().await;
@@ -472,11 +500,16 @@ pub async fn screen(stream: TcpStream, peer: SocketAddr, log: &OncePerPeer) -> O
     }
     match classify(&first[..read]) {
         FirstBytes::Tls => Some(stream),
-        FirstBytes::PlainHttp => {
+        FirstBytes::PlainHttp | FirstBytes::PlainHttp2 => {
             if log.first(peer.ip()) {
-                tracing::warn!(%peer, "plaintext sent to a TLS port; answered 400 (use https://)");
+                tracing::warn!(%peer, "plaintext sent to a TLS port; refused (use https://)");
             }
-            refuse_plaintext(stream).await;
+            let answer = if classify(&first[..read]) == FirstBytes::PlainHttp2 {
+                http2_refusal()
+            } else {
+                http1_refusal()
+            };
+            refuse_plaintext(stream, &answer).await;
             None
         }
         FirstBytes::Garbage => {
@@ -521,7 +554,7 @@ mod tests {
     #[test]
     fn first_bytes_are_told_apart() {
         assert_eq!(classify(&[0x16, 0x03, 0x01]), FirstBytes::Tls);
-        assert_eq!(classify(b"PRI * HTTP/2.0\r\n"), FirstBytes::PlainHttp);
+        assert_eq!(classify(b"PRI * HTTP/2.0\r\n"), FirstBytes::PlainHttp2);
         assert_eq!(classify(b"GET / HTTP/1.1\r\n"), FirstBytes::PlainHttp);
         assert_eq!(classify(b"PO"), FirstBytes::PlainHttp);
         assert_eq!(classify(b"\x00\xffgarbage"), FirstBytes::Garbage);
