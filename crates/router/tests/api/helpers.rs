@@ -29,6 +29,8 @@ pub const PATIENCE: Duration = Duration::from_secs(10);
 /// A running router; stops (gracefully) when dropped.
 pub struct TestRouter {
     pub client: RouterServiceClient<Channel>,
+    /// The gRPC side.
+    pub grpc: std::net::SocketAddr,
     /// The HTTP side: health and `/metrics`.
     pub http: std::net::SocketAddr,
     stop: Option<oneshot::Sender<()>>,
@@ -85,6 +87,7 @@ pub async fn spawn_router(config: RouterConfig) -> TestRouter {
         .expect("connect to router");
     TestRouter {
         client,
+        grpc: addr,
         http,
         stop: Some(stop),
         done: Some(done),

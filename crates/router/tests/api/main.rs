@@ -7,4 +7,5 @@ mod leases;
 mod metric_labels;
 mod ordering;
 mod outcomes;
+mod service_credential;
 mod submit;
