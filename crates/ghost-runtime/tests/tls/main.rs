@@ -465,3 +465,24 @@ async fn a_restricted_listener_needs_tls() {
         .to_string();
     assert!(err.contains("server.tls.cert"), "{err}");
 }
+
+#[tokio::test]
+async fn the_healthcheck_probe_speaks_tls_to_a_tls_http_side() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("ca");
+    let running = start(tls_config(dir.path(), &ca.server(1, false))).await;
+    let addr = running.http;
+    let cert = dir.path().join("server.pem");
+    let plain = tokio::task::spawn_blocking(move || {
+        ghost_runtime::probe::readyz(addr, Duration::from_secs(3))
+    })
+    .await
+    .expect("probe");
+    assert!(plain.is_err(), "plain HTTP gets the TLS port's 400");
+    let probed = tokio::task::spawn_blocking(move || {
+        ghost_runtime::probe::readyz_tls(addr, &cert, Duration::from_secs(3))
+    })
+    .await
+    .expect("probe");
+    probed.expect("ready over TLS");
+}

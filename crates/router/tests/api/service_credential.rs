@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use ghost_proto::executor::v1::{ExecutorMessage, Hello, Workspace, executor_message, router_message};
+use ghost_proto::executor::v1::{
+    ExecutorMessage, Hello, Workspace, executor_message, router_message,
+};
 use ghost_proto::router::v1::PauseRequest;
 use ghost_proto::router::v1::router_service_client::RouterServiceClient;
 use ghost_runtime::config::{Secret, ServerConfig, TlsConfig};
@@ -15,9 +17,9 @@ use router::App;
 use tokio::sync::oneshot;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 use crate::helpers::{PATIENCE, TestExecutor, config, spawn_router};
 
