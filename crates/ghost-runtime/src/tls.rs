@@ -254,7 +254,7 @@ impl ResolvesServerCert for CertSlot {
 }
 
 /// A service's server certificate, following `server.tls.cert`/`key`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServerTls {
     slot: Arc<CertSlot>,
     cert: PathBuf,
@@ -262,6 +262,32 @@ pub struct ServerTls {
     reload_interval: Duration,
     /// The contents last loaded (or last refused), to notice a change.
     seen: Arc<Mutex<(Vec<u8>, Vec<u8>)>>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    // Never the key's bytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("reload_interval", &self.reload_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one check of the certificate files found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reload {
+    /// The files are what is served (or what was refused last).
+    Unchanged,
+    /// A changed file cannot be read now (mid-replacement, or removed): checked again later.
+    Unreadable,
+    /// A changed, valid pair is served from now on.
+    Reloaded,
+    /// A changed pair is invalid; it is refused once it stays unchanged for one more check.
+    Pending,
+    /// The invalid pair was logged as an error; the previous pair is still served.
+    Refused,
 }
 
 impl ServerTls {
@@ -313,16 +339,16 @@ impl ServerTls {
     /// Checks the files once: swaps in a changed valid pair, logs a changed invalid one (once)
     /// and keeps the current one. A pair is refused only once it has stayed the same for one
     /// check, so a rotation that writes the certificate and then the key logs no error.
-    fn check(&self, pending: &mut Option<(Vec<u8>, Vec<u8>)>) {
+    /// `pending` carries the invalid pair seen last from one check to the next.
+    pub fn check(&self, pending: &mut Option<(Vec<u8>, Vec<u8>)>) -> Reload {
         let (Ok(cert_pem), Ok(key_pem)) = (std::fs::read(&self.cert), std::fs::read(&self.key))
         else {
-            // Mid-rename or removed: try again next time, serving the current pair.
-            return;
+            return Reload::Unreadable;
         };
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         if seen.0 == cert_pem && seen.1 == key_pem {
             *pending = None;
-            return;
+            return Reload::Unchanged;
         }
         match certified_key(&self.cert, &cert_pem, &self.key, &key_pem) {
             Ok(certified) => {
@@ -333,6 +359,7 @@ impl ServerTls {
                 *seen = (cert_pem, key_pem);
                 *pending = None;
                 tracing::info!(cert = %self.cert.display(), not_after = %expires, "tls certificate reloaded");
+                Reload::Reloaded
             }
             Err(err) => {
                 let pair = (cert_pem, key_pem);
@@ -340,8 +367,10 @@ impl ServerTls {
                     tracing::error!(error = %err, "cannot reload the tls certificate; still serving the previous one");
                     *seen = pair;
                     *pending = None;
+                    Reload::Refused
                 } else {
                     *pending = Some(pair);
+                    Reload::Pending
                 }
             }
         }
@@ -359,7 +388,7 @@ impl ServerTls {
             let kept = pending.take();
             pending = tokio::task::spawn_blocking(move || {
                 let mut pending = kept;
-                this.check(&mut pending);
+                let _ = this.check(&mut pending);
                 pending
             })
             .await

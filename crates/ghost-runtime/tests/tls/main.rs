@@ -486,3 +486,36 @@ async fn the_healthcheck_probe_speaks_tls_to_a_tls_http_side() {
     .expect("probe");
     probed.expect("ready over TLS");
 }
+
+#[test]
+fn a_bad_new_pair_is_refused_once_and_the_served_one_stays() {
+    use ghost_runtime::tls::{Reload, ServerTls};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("ca");
+    let first = ca.server(1, false);
+    let config = tls_config(dir.path(), &first).tls;
+    let tls = ServerTls::load(&config).expect("load").expect("configured");
+    let mut pending = None;
+    assert_eq!(tls.check(&mut pending), Reload::Unchanged);
+
+    // Only the certificate replaced so far (a rotation half done): not an error yet.
+    let second = ca.server(2, false);
+    std::fs::write(dir.path().join("server.pem"), &second.pem).expect("write");
+    assert_eq!(tls.check(&mut pending), Reload::Pending);
+    std::fs::write(dir.path().join("server-key.pem"), &second.key_pem).expect("write");
+    assert_eq!(tls.check(&mut pending), Reload::Reloaded);
+
+    // A pair that stays bad is refused once, then left alone.
+    std::fs::write(dir.path().join("server.pem"), "garbage").expect("write");
+    assert_eq!(tls.check(&mut pending), Reload::Pending);
+    assert_eq!(tls.check(&mut pending), Reload::Refused);
+    assert_eq!(tls.check(&mut pending), Reload::Unchanged);
+    assert_eq!(tls.check(&mut pending), Reload::Unchanged);
+    assert_eq!(tls.expiry(), ghost_runtime::tls::not_after(&second.der));
+    assert_eq!(tls.expiry(), "4096-01-01T00:00:00Z");
+    assert_eq!(
+        ghost_runtime::tls::not_after(&ca.server(3, true).der),
+        "2021-01-01T00:00:00Z"
+    );
+    assert!(!format!("{tls:?}").contains("PRIVATE KEY"));
+}
