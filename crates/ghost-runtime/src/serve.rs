@@ -4,6 +4,12 @@
 //! On the shutdown token: `/readyz` turns 503 and `grpc.health.v1` reports NOT_SERVING, both
 //! servers keep answering for `drain_grace` (so load balancers move away), then stop accepting
 //! and wait at most `drain_timeout` for in-flight calls.
+//!
+//! With `server.tls.cert`/`key` set, both sides serve TLS (each can opt out with `tls.grpc`/
+//! `tls.http`; see [`crate::tls`]). Every gRPC call but health, reflection and the service's
+//! `open_methods` needs the deployment's service credential ([`crate::credential`]). A service
+//! may add one restricted gRPC listener ([`Listeners::bind_restricted`]): TLS always, only its
+//! listed methods and health, the same drain.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

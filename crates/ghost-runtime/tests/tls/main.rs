@@ -519,3 +519,23 @@ fn a_bad_new_pair_is_refused_once_and_the_served_one_stays() {
     );
     assert!(!format!("{tls:?}").contains("PRIVATE KEY"));
 }
+
+#[tokio::test]
+async fn each_side_can_keep_plaintext_with_its_toggle() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("ca");
+    let mut config = tls_config(dir.path(), &ca.server(1, false));
+    config.tls.http = false;
+    let running = start(config).await;
+    let mut stream = TcpStream::connect(running.http).await.expect("connect");
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let page = read_to_close(&mut stream).await;
+    assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "{page}");
+    let answer = check(&mut tls_channel(running.grpc, &ca.pem))
+        .await
+        .expect("gRPC still over TLS");
+    assert_eq!(answer.status, ServingStatus::Serving as i32);
+}
