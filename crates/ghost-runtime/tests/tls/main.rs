@@ -539,3 +539,62 @@ async fn each_side_can_keep_plaintext_with_its_toggle() {
         .expect("gRPC still over TLS");
     assert_eq!(answer.status, ServingStatus::Serving as i32);
 }
+
+/// Log lines written while a test runs (this test binary's one subscriber per process).
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn plaintext_and_garbage_from_one_peer_are_logged_once() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_writer(move || writer.clone())
+        .try_init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("ca");
+    let running = start(tls_config(dir.path(), &ca.server(1, false))).await;
+    for round in 0..3 {
+        let mut plain = TcpStream::connect(running.grpc).await.expect("connect");
+        plain
+            .write_all(b"POST /x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .expect("write");
+        let answer = read_to_close(&mut plain).await;
+        assert!(answer.contains("400 Bad Request"), "{round}: {answer}");
+        let mut garbage = TcpStream::connect(running.grpc).await.expect("connect");
+        let _ = garbage.write_all(&[0xff; 64]).await;
+        let _ = read_to_close(&mut garbage).await;
+    }
+    let answer = check(&mut tls_channel(running.grpc, &ca.pem))
+        .await
+        .expect("still serving");
+    assert_eq!(answer.status, ServingStatus::Serving as i32);
+    let logs = String::from_utf8_lossy(
+        &captured
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    )
+    .into_owned();
+    let lines = logs
+        .lines()
+        .filter(|line| line.contains("sent to a TLS port"))
+        .count();
+    assert_eq!(lines, 1, "{logs}");
+}
