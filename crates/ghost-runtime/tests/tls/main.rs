@@ -598,3 +598,34 @@ async fn plaintext_and_garbage_from_one_peer_are_logged_once() {
         .count();
     assert_eq!(lines, 1, "{logs}");
 }
+
+#[tokio::test]
+async fn a_client_that_negotiates_h2_is_served_http2_on_the_http_side() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("ca");
+    let running = start(tls_config(dir.path(), &ca.server(1, false))).await;
+    let tls = tls_connect(running.http, &ca.pem, &[b"h2", b"http/1.1"])
+        .await
+        .expect("tls connect");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(b"h2".as_slice()));
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(connection);
+    let request = http::Request::get("https://localhost/healthz")
+        .body(axum::body::Body::empty())
+        .expect("request");
+    let response = tokio::time::timeout(PATIENCE, sender.send_request(request))
+        .await
+        .expect("in time")
+        .expect("response");
+    assert_eq!(response.status(), http::StatusCode::OK);
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    let body = axum::body::to_bytes(axum::body::Body::new(response.into_body()), 1024)
+        .await
+        .expect("body");
+    assert_eq!(&body[..], b"ok");
+}
