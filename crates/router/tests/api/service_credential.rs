@@ -208,35 +208,7 @@ async fn the_executor_port_serves_work_and_health_over_tls_and_refuses_control_c
         .into_inner();
     assert_eq!(health.status, ServingStatus::Serving as i32);
 
-    let (outbound, receiver) = tokio::sync::mpsc::channel(4);
-    outbound
-        .send(ExecutorMessage {
-            kind: Some(executor_message::Kind::Hello(Hello {
-                executor_id: "remote-1".to_owned(),
-                workspaces: vec![Workspace {
-                    target: "MAIN".to_owned(),
-                    root: "/ws/MAIN".to_owned(),
-                }],
-                capabilities: Vec::new(),
-                token: String::new(),
-            })),
-        })
-        .await
-        .expect("hello");
-    let mut inbound = RouterServiceClient::new(channel)
-        .work(ReceiverStream::new(receiver))
-        .await
-        .expect("the Work stream opens on the executor port")
-        .into_inner();
-    let first = tokio::time::timeout(PATIENCE, inbound.message())
-        .await
-        .expect("in time")
-        .expect("stream healthy")
-        .expect("welcome");
-    assert!(
-        matches!(first.kind, Some(router_message::Kind::Welcome(_))),
-        "{first:?}"
-    );
+    let _work = work_stream(channel).await;
 }
 
 #[tokio::test]
@@ -287,4 +259,119 @@ async fn a_foreign_grpcio_client_passes_health_over_tls_and_is_refused_pause() {
         seen["detail"], "this call needs the deployment's service credential",
         "{seen}"
     );
+}
+
+/// Says Hello for MAIN on a Work stream over `channel` and waits for Welcome.
+async fn work_stream(
+    channel: Channel,
+) -> (
+    tokio::sync::mpsc::Sender<ExecutorMessage>,
+    tonic::Streaming<ghost_proto::executor::v1::RouterMessage>,
+) {
+    let (outbound, receiver) = tokio::sync::mpsc::channel(4);
+    outbound
+        .send(ExecutorMessage {
+            kind: Some(executor_message::Kind::Hello(Hello {
+                executor_id: "remote-1".to_owned(),
+                workspaces: vec![Workspace {
+                    target: "MAIN".to_owned(),
+                    root: "/ws/MAIN".to_owned(),
+                }],
+                capabilities: Vec::new(),
+                token: String::new(),
+            })),
+        })
+        .await
+        .expect("hello");
+    let mut inbound = RouterServiceClient::new(channel)
+        .work(ReceiverStream::new(receiver))
+        .await
+        .expect("the Work stream opens")
+        .into_inner();
+    let first = tokio::time::timeout(PATIENCE, inbound.message())
+        .await
+        .expect("in time")
+        .expect("stream healthy")
+        .expect("welcome");
+    assert!(
+        matches!(first.kind, Some(router_message::Kind::Welcome(_))),
+        "{first:?}"
+    );
+    (outbound, inbound)
+}
+
+#[tokio::test]
+async fn a_certificate_replaced_under_a_live_work_stream_serves_new_connections_and_keeps_the_stream()
+ {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old_ca = Ca::new("old ca");
+    let mut config = tls_config(dir.path(), &old_ca);
+    config.server.tls.reload_interval = Duration::from_millis(100);
+    config.executor_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    let app = App::build(config).await.expect("build");
+    let executor_port = app.executor_addr().expect("executor port");
+    let grpc = app.grpc_addr();
+    let _stop = run(app);
+    let (_outbound, mut inbound) =
+        work_stream(tls_endpoint(executor_port, &old_ca).connect_lazy()).await;
+
+    // A certificate from another CA: only a client trusting it can connect from now on.
+    let new_ca = Ca::new("new ca");
+    new_ca.server(2, false).write(dir.path());
+    let mut switched = false;
+    for _ in 0..100 {
+        let health = HealthClient::new(tls_endpoint(executor_port, &new_ca).connect_lazy())
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await;
+        if health.is_ok() {
+            switched = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(switched, "new connections never got the new certificate");
+    let refused = HealthClient::new(tls_endpoint(executor_port, &old_ca).connect_lazy())
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect_err("the old certificate is no longer served");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+
+    // A service dialling https:// with the new CA and the credential submits; the stream
+    // opened before the rotation receives the lease.
+    let ca_file = dir.path().join("new-ca.pem");
+    std::fs::write(&ca_file, &new_ca.pem).expect("write ca");
+    let server = ServerConfig {
+        internal_token: Secret::new(TOKEN),
+        tls: TlsConfig {
+            ca: Some(ca_file),
+            ..TlsConfig::default()
+        },
+        ..ServerConfig::ephemeral()
+    };
+    let upstream = Upstream::new(&server).expect("upstream");
+    let mut control = RouterServiceClient::new(
+        traced_channel(&format!("https://localhost:{}", grpc.port()), &upstream).expect("channel"),
+    );
+    control
+        .submit(ghost_proto::router::v1::SubmitRequest {
+            patch: Some(crate::helpers::patch("rotated-1", "MAIN")),
+            intake_warnings: Vec::new(),
+        })
+        .await
+        .expect("submit over https with the credential");
+    let assigned = tokio::time::timeout(PATIENCE, inbound.message())
+        .await
+        .expect("a lease in time")
+        .expect("the stream survived the rotation")
+        .expect("open");
+    match assigned.kind {
+        Some(router_message::Kind::Assign(assign)) => {
+            assert_eq!(assign.patch.expect("patch").id, "rotated-1");
+        }
+        other => panic!("expected an assignment, got {other:?}"),
+    }
 }
