@@ -84,6 +84,18 @@ async fn control_calls_need_the_service_credential_while_health_and_work_stay_op
         .pause(pause_request())
         .await
         .expect("the credential opens Pause");
+    let metrics = reqwest::get(format!("http://{}/metrics", router.http))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line == "ghost_grpc_unauthenticated_total{service=\"router\"} 3"),
+        "{metrics}"
+    );
 
     // What a service dials with: traced_channel sends the credential from the config.
     let server = ServerConfig {
