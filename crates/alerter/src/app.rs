@@ -9,7 +9,7 @@ use ghost_proto::alerter::v1::alerter_read_service_server::AlerterReadServiceSer
 use ghost_proto::alerter::v1::alerter_service_server::AlerterServiceServer;
 use ghost_proto::router::v1::router_service_client::RouterServiceClient;
 use ghost_proto::summarizer::v1::summarizer_service_client::SummarizerServiceClient;
-use ghost_runtime::propagation::traced_channel;
+use ghost_runtime::propagation::{Upstream, traced_channel};
 use ghost_runtime::serve::{Listeners, Service};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -99,8 +99,10 @@ impl App {
             .await?,
         );
         let board = HealthBoard::default();
+        let upstream = Upstream::new(&config.server)?;
         let monitor = HealthMonitor::new(
             &config.health,
+            &upstream,
             config.router_url.as_deref(),
             Arc::clone(&lifecycle),
             board.clone(),
@@ -109,13 +111,13 @@ impl App {
         .context("invalid health monitor address")?;
         let router = match &config.router_url {
             Some(url) => Some(RouterServiceClient::new(
-                traced_channel(url).context("invalid router_url")?,
+                traced_channel(url, &upstream).context("invalid router_url")?,
             )),
             None => None,
         };
         let summarizer = match &config.summarizer_url {
             Some(url) => Some(SummarizerServiceClient::new(
-                traced_channel(url).context("invalid summarizer_url")?,
+                traced_channel(url, &upstream).context("invalid summarizer_url")?,
             )),
             None => None,
         };
@@ -197,6 +199,7 @@ impl App {
             grpc: tonic::service::Routes::new(AlerterServiceServer::new(grpc))
                 .add_service(AlerterReadServiceServer::new(read)),
             http: routes(self.inbound),
+            open_methods: Vec::new(),
         };
         ghost_runtime::serve::serve_until(
             service,

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use ghost_proto::router::v1::ListTargetsRequest;
 use ghost_proto::router::v1::router_service_client::RouterServiceClient;
-use ghost_runtime::propagation::{TracedChannel, traced_channel};
+use ghost_runtime::propagation::{TracedChannel, Upstream, traced_channel};
 use tokio_util::sync::CancellationToken;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -89,6 +89,7 @@ impl HealthMonitor {
     /// A monitor of `config.services` (and executors through `router_url`).
     pub fn new(
         config: &HealthConfig,
+        upstream: &Upstream,
         router_url: Option<&str>,
         lifecycle: Arc<Lifecycle>,
         board: HealthBoard,
@@ -96,10 +97,13 @@ impl HealthMonitor {
     ) -> Result<Self, tonic::transport::Error> {
         let mut services = Vec::new();
         for (name, url) in &config.services {
-            services.push((name.clone(), HealthClient::new(traced_channel(url)?)));
+            services.push((
+                name.clone(),
+                HealthClient::new(traced_channel(url, upstream)?),
+            ));
         }
         let router = match (config.watch_executors, router_url) {
-            (true, Some(url)) => Some(RouterServiceClient::new(traced_channel(url)?)),
+            (true, Some(url)) => Some(RouterServiceClient::new(traced_channel(url, upstream)?)),
             _ => None,
         };
         Ok(Self {

@@ -211,6 +211,7 @@ impl App {
             grpc_names: Vec::new(),
             grpc: tonic::service::Routes::default(),
             http: axum::Router::new(),
+            open_methods: Vec::new(),
         };
         ghost_runtime::serve::serve_until(
             service,

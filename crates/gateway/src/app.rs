@@ -13,7 +13,7 @@ use ghost_proto::router::v1::executor_token_service_client::ExecutorTokenService
 use ghost_proto::router::v1::router_service_client::RouterServiceClient;
 use ghost_proto::router::v1::router_stats_service_client::RouterStatsServiceClient;
 use ghost_proto::summarizer::v1::summarizer_service_client::SummarizerServiceClient;
-use ghost_runtime::propagation::traced_channel;
+use ghost_runtime::propagation::{Upstream, traced_channel};
 use ghost_runtime::serve::{self, Listeners, Service};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -90,7 +90,8 @@ impl App {
     /// Checks the config, prepares upstream channels (lazily connected) and binds listeners.
     pub async fn build(config: GatewayConfig) -> anyhow::Result<Self> {
         let credentials = Credentials::from_config(&config)?;
-        let router_channel = traced_channel(&config.router_url)?;
+        let upstream = Upstream::new(&config.server)?;
+        let router_channel = traced_channel(&config.router_url, &upstream)?;
         let executor_tokens = ExecutorTokens {
             client: ExecutorTokenServiceClient::new(router_channel.clone()),
             timeout: config.upstream_timeout,
@@ -101,7 +102,10 @@ impl App {
             timeout: config.upstream_timeout,
         };
         let summaries = GrpcSummaries {
-            client: SummarizerServiceClient::new(traced_channel(&config.summarizer_url)?),
+            client: SummarizerServiceClient::new(traced_channel(
+                &config.summarizer_url,
+                &upstream,
+            )?),
             timeout: config.upstream_timeout,
         };
         let guard = Guard::new(credentials, &config);
@@ -121,7 +125,7 @@ impl App {
         .with_known_targets(known_targets);
         if let Some(url) = &config.alerter_url {
             patches = patches.with_alerts(Arc::new(GrpcAlerter {
-                client: AlerterReadServiceClient::new(traced_channel(url)?),
+                client: AlerterReadServiceClient::new(traced_channel(url, &upstream)?),
                 timeout: config.upstream_timeout,
             }));
         }
@@ -243,6 +247,7 @@ impl App {
             grpc_names: Vec::new(),
             grpc: tonic::service::Routes::default(),
             http,
+            open_methods: Vec::new(),
         };
         serve::serve_until(
             service,

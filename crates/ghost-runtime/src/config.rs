@@ -36,6 +36,14 @@ pub enum ConfigError {
         /// Why.
         source: std::io::Error,
     },
+    /// `server.internal_token_file` cannot be read or holds no token.
+    #[error("server.internal_token_file {path}: {detail}")]
+    TokenFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
     /// The effective config could not be rendered for `--print-config`.
     #[error("cannot render configuration: {0}")]
     Render(#[from] toml::ser::Error),
@@ -445,6 +453,30 @@ impl ServerConfig {
             http_listen: SocketAddr::from(([127, 0, 0, 1], http_port)),
             ..Self::default()
         }
+    }
+
+    /// The deployment's service credential: `internal_token`, else the first line of
+    /// `internal_token_file` (trimmed), else empty. Read once, when a service is built.
+    pub fn internal_token(&self) -> Result<Secret, ConfigError> {
+        if !self.internal_token.is_empty() {
+            return Ok(self.internal_token.clone());
+        }
+        let Some(path) = &self.internal_token_file else {
+            return Ok(Secret::default());
+        };
+        let error = |detail: String| ConfigError::TokenFile {
+            path: path.clone(),
+            detail,
+        };
+        let text =
+            std::fs::read_to_string(path).map_err(|err| error(format!("cannot read it: {err}")))?;
+        let token = text.lines().next().unwrap_or_default().trim();
+        if token.is_empty() {
+            return Err(error(
+                "its first line is empty: it must hold the service credential".to_owned(),
+            ));
+        }
+        Ok(Secret::new(token))
     }
 
     /// Loopback listeners on free ports and a short drain: what tests and `ghost up` want.

@@ -19,18 +19,21 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use crate::config::ServerConfig;
+use crate::tls::OncePerPeer;
 
 /// An address, or a range of them in CIDR notation: `192.0.2.7`, `192.0.2.0/24`, `2001:db8::/32`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,16 +216,16 @@ struct Activity {
 /// requests, and to notice a hang-up while a handler runs); reads are bounded by the header
 /// timer ([`HeadTimer`]) and by each service's body deadline, and a byte read counts as
 /// progress.
-struct Watched {
-    stream: TcpStream,
+struct Watched<S> {
+    stream: S,
     activity: Arc<Activity>,
     limit: Duration,
     last_progress: Instant,
     deadline: Pin<Box<tokio::time::Sleep>>,
 }
 
-impl Watched {
-    fn new(stream: TcpStream, activity: Arc<Activity>, limit: Duration) -> Self {
+impl<S> Watched<S> {
+    fn new(stream: S, activity: Arc<Activity>, limit: Duration) -> Self {
         let now = Instant::now();
         Self {
             stream,
@@ -254,7 +257,7 @@ impl Watched {
     }
 }
 
-impl AsyncRead for Watched {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -278,7 +281,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -404,11 +407,14 @@ impl hyper::rt::Sleep for HeadSleep {}
 
 /// Serves `router` on `listener` until `stop` is cancelled, then closes the listener, lets
 /// every connection finish its request in flight (idle ones close at once) and returns when all
-/// are closed.
+/// are closed. With `tls`, each connection first completes a TLS handshake (within
+/// `header_read_timeout`; plaintext is answered as [`crate::tls::accept`] describes), and a
+/// client that negotiates `h2` is served HTTP/2.
 pub async fn serve_http(
     listener: TcpListener,
     router: axum::Router,
     limits: HttpLimits,
+    tls: Option<TlsAcceptor>,
     stop: CancellationToken,
 ) {
     let counts = AddressCounts::default();
@@ -416,6 +422,7 @@ pub async fn serve_http(
         limits.max_connections.clamp(1, Semaphore::MAX_PERMITS),
     ));
     let connections = TaskTracker::new();
+    let plaintext_log = OncePerPeer::default();
     loop {
         let (stream, peer) = tokio::select! {
             () = stop.cancelled() => break,
@@ -460,31 +467,47 @@ pub async fn serve_http(
             header_read_timeout: limits.header_read_timeout,
             keep_alive_timeout: limits.keep_alive_timeout,
         };
-        let stream = Watched::new(stream, activity, limits.idle_timeout);
         let header_read_timeout = limits.header_read_timeout;
+        let idle_timeout = limits.idle_timeout;
+        let tls = tls.clone();
+        let plaintext_log = plaintext_log.clone();
         connections.spawn(async move {
             let _place = place;
             let _slot = slot;
-            let mut builder = http1::Builder::new();
-            builder
-                .timer(timer)
-                .header_read_timeout(header_read_timeout)
-                .max_header_size(MAX_HEAD_BUFFER)
-                .max_buf_size(MAX_HEAD_BUFFER);
-            let connection =
-                builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
-            tokio::pin!(connection);
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
-                () = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
+            let Some(acceptor) = tls else {
+                let stream = Watched::new(stream, activity, idle_timeout);
+                let connection = Connection {
+                    peer,
+                    timer,
+                    header_read_timeout,
+                    stop,
+                };
+                connection.serve(stream, false, service).await;
+                return;
             };
-            if let Err(err) = result {
-                // Timeouts and clients that hang up: routine, not the service's failure.
-                tracing::debug!(%peer, error = %err, "http connection ended");
-            }
+            let handshake = async {
+                let stream = crate::tls::screen(stream, peer, &plaintext_log).await?;
+                let stream = Watched::new(stream, Arc::clone(&activity), idle_timeout);
+                acceptor
+                    .accept(stream)
+                    .await
+                    .inspect_err(|err| tracing::debug!(%peer, error = %err, "tls handshake failed"))
+                    .ok()
+            };
+            let Ok(Some(stream)) = tokio::time::timeout(header_read_timeout, handshake).await
+            else {
+                return;
+            };
+            // The handshake's bytes are not a request's: the head timer starts afresh.
+            activity.bytes_read.store(0, Ordering::Relaxed);
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+            let connection = Connection {
+                peer,
+                timer,
+                header_read_timeout,
+                stop,
+            };
+            connection.serve(stream, h2, service).await;
         });
     }
     // Nothing more is accepted: new connections are refused at once instead of waiting in the
@@ -493,6 +516,127 @@ pub async fn serve_http(
     connections.close();
     connections.wait().await;
 }
+
+/// One accepted HTTP connection's settings.
+struct Connection {
+    peer: std::net::SocketAddr,
+    timer: HeadTimer,
+    header_read_timeout: Duration,
+    stop: CancellationToken,
+}
+
+impl Connection {
+    /// Serves HTTP/1.1 (or HTTP/2 when `h2`) on `io` until the client leaves or `stop` ends
+    /// it gracefully.
+    async fn serve<I, S>(self, io: I, h2: bool, service: S)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: tower::Service<
+                http::Request<Incoming>,
+                Response = axum::response::Response,
+                Error = std::convert::Infallible,
+            > + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let Self {
+            peer,
+            timer,
+            header_read_timeout,
+            stop,
+        } = self;
+        let result = if h2 {
+            let mut builder = http2::Builder::new(TokioExecutor::new());
+            builder
+                .timer(TokioTimer::new())
+                .max_header_list_size(u32::try_from(MAX_HEAD_BUFFER).unwrap_or(u32::MAX));
+            let connection =
+                builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
+            tokio::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => result,
+                () = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            }
+        } else {
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(timer)
+                .header_read_timeout(header_read_timeout)
+                .max_header_size(MAX_HEAD_BUFFER)
+                .max_buf_size(MAX_HEAD_BUFFER);
+            let connection =
+                builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
+            tokio::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => result,
+                () = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            }
+        };
+        if let Err(err) = result {
+            // Timeouts and clients that hang up: routine, not the service's failure.
+            tracing::debug!(%peer, error = %err, "http connection ended");
+        }
+    }
+}
+
+/// The connections of a TLS gRPC listener, each handed on once its handshake is done. Every
+/// handshake runs in its own task, bounded by `handshake_timeout` and by
+/// [`MAX_HANDSHAKES`] in flight (more are closed at once), so a slow or garbage client never
+/// holds up another. Ends when `stop` is cancelled or the receiver is dropped.
+pub fn tls_incoming(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    handshake_timeout: Duration,
+    stop: CancellationToken,
+) -> ReceiverStream<io::Result<tokio_rustls::server::TlsStream<TcpStream>>> {
+    let (sessions, incoming) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let in_flight = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        let plaintext_log = OncePerPeer::default();
+        loop {
+            let (stream, peer) = tokio::select! {
+                () = stop.cancelled() => break,
+                () = sessions.closed() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "accepting a gRPC connection failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(permit) = Arc::clone(&in_flight).try_acquire_owned() else {
+                tracing::debug!(%peer, "too many TLS handshakes in flight; closed");
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let plaintext_log = plaintext_log.clone();
+            let sessions = sessions.clone();
+            tokio::spawn(async move {
+                let session =
+                    crate::tls::accept(stream, peer, &acceptor, handshake_timeout, &plaintext_log)
+                        .await;
+                drop(permit);
+                if let Some(session) = session {
+                    let _ = sessions.send(Ok(session)).await;
+                }
+            });
+        }
+    });
+    ReceiverStream::new(incoming)
+}
+
+/// TLS handshakes in flight at once on one gRPC listener.
+pub const MAX_HANDSHAKES: usize = 256;
 
 #[cfg(test)]
 mod tests {

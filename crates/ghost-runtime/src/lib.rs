@@ -10,6 +10,10 @@
 //! - [`serve`]: gRPC (with `grpc.health.v1` and reflection) and HTTP (`/healthz`, `/readyz`,
 //!   `/metrics`) servers with a bounded drain.
 //! - [`connections`]: the HTTP accept loop (header read timeout, connections per address).
+//! - [`tls`]: TLS on the listeners (rustls with ring): certificate loading and reloading, the
+//!   first look at a connection to a TLS port.
+//! - [`credential`]: the deployment's service credential on every gRPC server, and the method
+//!   allow-list of a restricted listener.
 //! - [`metrics`]: the Prometheus recorder.
 //! - [`probe`]: `--healthcheck`, the container health check run by the service binary itself.
 //!
@@ -18,6 +22,7 @@
 
 pub mod config;
 pub mod connections;
+pub mod credential;
 pub mod metrics;
 pub mod probe;
 pub mod propagation;
@@ -25,3 +30,4 @@ pub mod red;
 pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;

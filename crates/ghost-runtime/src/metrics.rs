@@ -119,6 +119,11 @@ pub const CATALOGUE: &[(&str, Kind, &str)] = &[
         Kind::Histogram,
         "gRPC call latency in seconds (to the response headers), by service and method.",
     ),
+    (
+        "ghost_grpc_unauthenticated_total",
+        Kind::Counter,
+        "gRPC calls refused for want of the deployment's service credential, by service.",
+    ),
 ];
 
 /// Latency buckets in seconds: 1 ms to 5 minutes.

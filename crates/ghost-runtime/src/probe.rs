@@ -5,7 +5,16 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::client::danger::{
+    HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
+};
 
 /// Why a probe failed.
 #[derive(Debug, thiserror::Error)]
@@ -40,10 +49,94 @@ pub fn probe_addr(listen: SocketAddr) -> SocketAddr {
 
 /// `GET /readyz` on `addr` over plain HTTP/1.1, bounded by `timeout` per step.
 pub fn readyz(addr: SocketAddr, timeout: Duration) -> Result<(), ProbeError> {
+    let stream = connect(addr, timeout)?;
+    exchange(stream, addr)
+}
+
+fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ProbeError> {
     let io = |source| ProbeError::Io { addr, source };
-    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
+    let stream = TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
+    Ok(stream)
+}
+
+/// `GET /readyz` on `addr` over HTTPS, accepting exactly the certificate in `cert` (the
+/// service's own `server.tls.cert`: the probe runs beside it), bounded by `timeout` per step.
+pub fn readyz_tls(addr: SocketAddr, cert: &Path, timeout: Duration) -> Result<(), ProbeError> {
+    let io = |source| ProbeError::Io { addr, source };
+    let pem = std::fs::read(cert).map_err(io)?;
+    let pinned = CertificateDer::from_pem_slice(&pem)
+        .map_err(|err| io(std::io::Error::other(format!("{}: {err}", cert.display()))))?;
+    let verifier = Arc::new(Pinned {
+        der: pinned.to_vec(),
+        algorithms: crate::tls::provider().signature_verification_algorithms,
+    });
+    let mut config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|err| io(std::io::Error::other(err)))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = ServerName::try_from("localhost").map_err(|err| io(std::io::Error::other(err)))?;
+    let connection = rustls::ClientConnection::new(Arc::new(config), name)
+        .map_err(|err| io(std::io::Error::other(err)))?;
+    let stream = rustls::StreamOwned::new(connection, connect(addr, timeout)?);
+    exchange(stream, addr)
+}
+
+/// Accepts only one certificate (signatures still checked).
+#[derive(Debug)]
+struct Pinned {
+    der: Vec<u8>,
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if end_entity.as_ref() == self.der.as_slice() {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(
+                "the service serves another certificate than server.tls.cert".to_owned(),
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// Sends `GET /readyz` on `stream` and reads the status line.
+fn exchange<S: Read + Write>(mut stream: S, addr: SocketAddr) -> Result<(), ProbeError> {
+    let io = |source| ProbeError::Io { addr, source };
     stream
         .write_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .map_err(io)?;
@@ -72,8 +165,27 @@ pub fn exit_with_probe(config: &serde_json::Value) -> ! {
         .pointer("/server/http_listen")
         .and_then(serde_json::Value::as_str)
         .and_then(|text| text.parse::<SocketAddr>().ok());
+    let text = |pointer: &str| {
+        config
+            .pointer(pointer)
+            .and_then(serde_json::Value::as_str)
+            .filter(|text| !text.is_empty())
+    };
+    // The HTTP side serves TLS when both files are set, unless `tls.http` turns it off.
+    let tls_cert = match (text("/server/tls/cert"), text("/server/tls/key")) {
+        (Some(cert), Some(_))
+            if config.pointer("/server/tls/http") != Some(&serde_json::Value::Bool(false)) =>
+        {
+            Some(PathBuf::from(cert))
+        }
+        _ => None,
+    };
+    let probe = |listen: SocketAddr| match &tls_cert {
+        Some(cert) => readyz_tls(probe_addr(listen), cert, Duration::from_secs(3)),
+        None => readyz(probe_addr(listen), Duration::from_secs(3)),
+    };
     let code = match listen {
-        Some(listen) => match readyz(probe_addr(listen), Duration::from_secs(3)) {
+        Some(listen) => match probe(listen) {
             Ok(()) => 0,
             Err(err) => {
                 let _ = writeln!(std::io::stderr().lock(), "healthcheck: {err}");

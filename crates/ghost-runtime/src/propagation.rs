@@ -18,6 +18,8 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::config::ServerConfig;
+
 const TRACEPARENT: &str = "traceparent";
 
 /// The `traceparent` of the current span, if it is being traced.
@@ -143,9 +145,12 @@ pub fn http_server_span<B>(service: &'static str, request: &http::Request<B>) ->
     span
 }
 
-/// A tonic client interceptor that sends the current span's trace context.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TraceInterceptor;
+/// A tonic client interceptor that sends the current span's trace context, and the
+/// deployment's service credential when there is one.
+#[derive(Debug, Clone, Default)]
+pub struct TraceInterceptor {
+    authorization: Option<tonic::metadata::AsciiMetadataValue>,
+}
 
 impl tonic::service::Interceptor for TraceInterceptor {
     fn call(
@@ -157,7 +162,47 @@ impl tonic::service::Interceptor for TraceInterceptor {
         {
             request.metadata_mut().insert(TRACEPARENT, value);
         }
+        if let Some(authorization) = &self.authorization
+            && !request.metadata().contains_key("authorization")
+        {
+            request
+                .metadata_mut()
+                .insert("authorization", authorization.clone());
+        }
         Ok(request)
+    }
+}
+
+/// How a service dials its peers: the service credential every call carries and the CA it
+/// trusts for `https://` peers. Made once, when the service is built.
+#[derive(Debug, Clone, Default)]
+pub struct Upstream {
+    authorization: Option<tonic::metadata::AsciiMetadataValue>,
+    ca: Option<Vec<u8>>,
+}
+
+impl Upstream {
+    /// From the service's `server` section: `internal_token` (or `internal_token_file`) and
+    /// `tls.ca`. Errors name the file or setting that is wrong.
+    pub fn new(server: &ServerConfig) -> anyhow::Result<Self> {
+        let token = server.internal_token()?;
+        let authorization = if token.is_empty() {
+            None
+        } else {
+            let mut value: tonic::metadata::AsciiMetadataValue =
+                format!("Bearer {}", token.expose()).parse().map_err(|_| {
+                    anyhow::anyhow!(
+                        "server.internal_token must be printable ASCII without line breaks"
+                    )
+                })?;
+            value.set_sensitive(true);
+            Some(value)
+        };
+        let ca = match &server.tls.ca {
+            Some(path) => Some(crate::tls::read_ca(path)?),
+            None => None,
+        };
+        Ok(Self { authorization, ca })
     }
 }
 
@@ -165,18 +210,32 @@ impl tonic::service::Interceptor for TraceInterceptor {
 pub type TracedChannel =
     tonic::service::interceptor::InterceptedService<tonic::transport::Channel, TraceInterceptor>;
 
-/// A lazily connecting, traced channel to `endpoint` (e.g. `http://127.0.0.1:50051`).
+/// A lazily connecting, traced channel to `endpoint` (e.g. `http://127.0.0.1:50051`, or
+/// `https://router.example:50051`, verified against `upstream`'s CA or else the web PKI roots)
+/// whose calls carry `upstream`'s service credential.
 ///
 /// Lazy so a service starts even when its peer is down; calls then fail with `UNAVAILABLE`,
 /// which callers map to a retry or a 503.
-pub fn traced_channel(endpoint: &str) -> Result<TracedChannel, tonic::transport::Error> {
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
+pub fn traced_channel(
+    endpoint: &str,
+    upstream: &Upstream,
+) -> Result<TracedChannel, tonic::transport::Error> {
+    let mut endpoint = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
         .connect_timeout(std::time::Duration::from_secs(3))
-        .tcp_nodelay(true)
-        .connect_lazy();
+        .tcp_nodelay(true);
+    if endpoint.uri().scheme_str() == Some("https") {
+        let tls = tonic::transport::ClientTlsConfig::new();
+        let tls = match &upstream.ca {
+            Some(ca) => tls.ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+            None => tls.with_webpki_roots(),
+        };
+        endpoint = endpoint.tls_config(tls)?;
+    }
     Ok(tonic::service::interceptor::InterceptedService::new(
-        channel,
-        TraceInterceptor,
+        endpoint.connect_lazy(),
+        TraceInterceptor {
+            authorization: upstream.authorization.clone(),
+        },
     ))
 }
 

@@ -4,6 +4,12 @@
 //! On the shutdown token: `/readyz` turns 503 and `grpc.health.v1` reports NOT_SERVING, both
 //! servers keep answering for `drain_grace` (so load balancers move away), then stop accepting
 //! and wait at most `drain_timeout` for in-flight calls.
+//!
+//! With `server.tls.cert`/`key` set, both sides serve TLS (each can opt out with `tls.grpc`/
+//! `tls.http`; see [`crate::tls`]). Every gRPC call but health, reflection and the service's
+//! `open_methods` needs the deployment's service credential ([`crate::credential`]). A service
+//! may add one restricted gRPC listener ([`Listeners::bind_restricted`]): TLS always, only its
+//! listed methods and health, the same drain.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -24,9 +30,11 @@ use tonic_health::ServingStatus;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::Level;
 
-use crate::config::ServerConfig;
-use crate::connections::{HttpLimits, serve_http};
+use crate::config::{Secret, ServerConfig};
+use crate::connections::{HttpLimits, serve_http, tls_incoming};
+use crate::credential::Gate;
 use crate::propagation::{grpc_server_span, http_server_span};
+use crate::tls::{ALPN_GRPC, ALPN_HTTP, ServerTls};
 
 /// Listeners bound ahead of their service by [`Listeners::prebind`], keyed by their real address.
 fn prebound() -> &'static Mutex<HashMap<SocketAddr, std::net::TcpListener>> {
@@ -40,12 +48,27 @@ fn bind_error(side: &str, addr: SocketAddr, error: &std::io::Error) -> std::io::
     std::io::Error::new(error.kind(), format!("{side} {addr}: {error}"))
 }
 
-/// The two bound sockets of a service. Bound in `App::build` so tests can use port 0 and read
-/// the real addresses before the service runs.
+/// The bound sockets of a service, with the TLS certificate and the service credential they
+/// serve with. Bound in `App::build` so tests can use port 0 and read the real addresses before
+/// the service runs, and so a bad certificate or credential fails the build.
 #[derive(Debug)]
 pub struct Listeners {
     grpc: TcpListener,
     http: TcpListener,
+    restricted: Option<Restricted>,
+    tls: Option<ServerTls>,
+    credential: Secret,
+}
+
+/// A gRPC listener that serves only some methods (and health), always over TLS.
+#[derive(Debug)]
+struct Restricted {
+    listener: TcpListener,
+    methods: Vec<&'static str>,
+}
+
+fn invalid(message: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, message)
 }
 
 impl Listeners {
@@ -92,14 +115,57 @@ impl Listeners {
     }
 
     /// Binds both listeners from the server config (or takes the ones pre-bound for exactly
-    /// those addresses). A bind error names the side and the address. Also installs the
-    /// metrics recorder, so counters a service bumps while it builds are not lost.
+    /// those addresses). A bind error names the side and the address. Also loads the TLS
+    /// certificate (`server.tls`) and the service credential (`server.internal_token`), refusing
+    /// a gRPC listener off loopback without a credential, and installs the metrics recorder, so
+    /// counters a service bumps while it builds are not lost.
     pub async fn bind(config: &ServerConfig) -> std::io::Result<Self> {
         crate::metrics::handle();
+        let tls = ServerTls::load(&config.tls).map_err(|err| invalid(err.to_string()))?;
+        let credential = config
+            .internal_token()
+            .map_err(|err| invalid(err.to_string()))?;
+        if credential.is_empty() && !config.grpc_listen.ip().is_loopback() {
+            return Err(invalid(format!(
+                "server.grpc_listen {} is not a loopback address and no service credential is \
+                 set: set server.internal_token or server.internal_token_file, or every control \
+                 call (Submit, Pause, …) would be open to the network",
+                config.grpc_listen
+            )));
+        }
         Ok(Self {
             grpc: Self::take_or_bind("grpc", config.grpc_listen).await?,
             http: Self::take_or_bind("http", config.http_listen).await?,
+            restricted: None,
+            tls,
+            credential,
         })
+    }
+
+    /// Binds one more gRPC listener, `what` at `addr`, that serves only `methods` (full paths,
+    /// `/pkg.Service/Method`) and health, always over TLS: other calls are answered
+    /// PERMISSION_DENIED. Fails when `server.tls.cert`/`key` are not set.
+    pub async fn bind_restricted(
+        &mut self,
+        what: &str,
+        addr: SocketAddr,
+        methods: Vec<&'static str>,
+    ) -> std::io::Result<()> {
+        if self.tls.is_none() {
+            return Err(invalid(format!(
+                "{what} {addr} always serves TLS: set server.tls.cert and server.tls.key"
+            )));
+        }
+        let listener = Self::take_or_bind(what, addr).await?;
+        self.restricted = Some(Restricted { listener, methods });
+        Ok(())
+    }
+
+    /// The bound address of the listener added by [`Listeners::bind_restricted`].
+    pub fn restricted_addr(&self) -> Option<SocketAddr> {
+        self.restricted
+            .as_ref()
+            .and_then(|restricted| restricted.listener.local_addr().ok())
     }
 
     /// The bound gRPC address.
@@ -237,6 +303,9 @@ pub struct Service {
     pub grpc: tonic::service::Routes,
     /// The service's own HTTP routes; `/healthz`, `/readyz` and `/metrics` are added here.
     pub http: axum::Router,
+    /// gRPC methods (`/pkg.Service/Method`) callable without the service credential (health
+    /// and reflection always are).
+    pub open_methods: Vec<&'static str>,
 }
 
 /// Serves `service` until `shutdown` is cancelled, then drains as described in the module doc.
@@ -295,11 +364,30 @@ pub async fn run(
             .await;
     }
 
-    let stop_accepting = CancellationToken::new();
-    let grpc_addr = listeners.grpc_addr();
-    let http_addr = listeners.http_addr();
-    let grpc_stop = stop_accepting.clone();
-    let mut grpc_task = tokio::spawn(
+    let tls = listeners.tls.clone();
+    let watching = CancellationToken::new();
+    let _stop_watching = watching.clone().drop_guard();
+    if let Some(tls) = &tls {
+        tracing::info!(service = name, not_after = %tls.expiry(), grpc = config.tls.grpc, http = config.tls.http, "serving TLS");
+        tokio::spawn(tls.clone().watch(watching.clone()));
+    }
+    let token = (!listeners.credential.is_empty())
+        .then(|| Arc::from(listeners.credential.expose().as_bytes()));
+    if token.is_none() {
+        tracing::warn!(
+            service = name,
+            grpc_addr = %listeners.grpc_addr(),
+            "no service credential (server.internal_token) is set: control RPCs are open to local processes"
+        );
+    }
+    let gate = Gate {
+        service: name,
+        token,
+        open: service.open_methods.clone().into(),
+        only: None,
+    };
+    let handshake_timeout = config.header_read_timeout;
+    let grpc_server = |gate: Gate| {
         tonic::transport::Server::builder()
             .layer(
                 TraceLayer::new_for_grpc()
@@ -309,32 +397,88 @@ pub async fn run(
                     .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
             )
             .layer(crate::red::GrpcLayer)
-            .add_routes(grpc_routes)
-            .serve_with_incoming_shutdown(
+            .layer(gate)
+            .add_routes(grpc_routes.clone())
+    };
+    let spawn_grpc = |gate: Gate,
+                      listener: TcpListener,
+                      acceptor: Option<tokio_rustls::TlsAcceptor>,
+                      stop: CancellationToken| {
+        let server = grpc_server(gate);
+        match acceptor {
+            Some(acceptor) => tokio::spawn(server.serve_with_incoming_shutdown(
+                tls_incoming(listener, acceptor, handshake_timeout, stop.clone()),
+                stop.cancelled_owned(),
+            )),
+            None => tokio::spawn(server.serve_with_incoming_shutdown(
                 // Small gRPC messages (Assign, Result) must not wait for a delayed ACK.
-                TcpListenerStream::new(listeners.grpc).map(|connection| {
+                TcpListenerStream::new(listener).map(|connection| {
                     if let Ok(stream) = &connection {
                         let _ = stream.set_nodelay(true);
                     }
                     connection
                 }),
-                grpc_stop.cancelled_owned(),
-            ),
+                stop.cancelled_owned(),
+            )),
+        }
+    };
+    let acceptor =
+        |alpn: &[&[u8]], on: bool| -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+            match &tls {
+                Some(tls) if on => Ok(Some(tls.acceptor(alpn)?)),
+                _ => Ok(None),
+            }
+        };
+
+    let stop_accepting = CancellationToken::new();
+    let grpc_addr = listeners.grpc_addr();
+    let http_addr = listeners.http_addr();
+    let restricted_addr = listeners.restricted_addr();
+    let mut grpc_task = spawn_grpc(
+        gate.clone(),
+        listeners.grpc,
+        acceptor(ALPN_GRPC, config.tls.grpc)?,
+        stop_accepting.clone(),
     );
+    let mut restricted_task = match listeners.restricted {
+        Some(restricted) => {
+            let only = Gate {
+                only: Some(restricted.methods.into()),
+                ..gate.clone()
+            };
+            Some(spawn_grpc(
+                only,
+                restricted.listener,
+                acceptor(ALPN_GRPC, true)?,
+                stop_accepting.clone(),
+            ))
+        }
+        None => None,
+    };
     let http_stop = stop_accepting.clone();
     let http_limits = HttpLimits::from(config);
     let mut http_task = tokio::spawn(serve_http(
         listeners.http,
         http_router,
         http_limits,
+        acceptor(ALPN_HTTP, config.tls.http)?,
         http_stop,
     ));
-    tracing::info!(service = name, %grpc_addr, %http_addr, "serving");
+    tracing::info!(service = name, %grpc_addr, %http_addr, restricted_addr = ?restricted_addr, "serving");
 
+    let restricted_ended = async {
+        match &mut restricted_task {
+            Some(task) => task.await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         () = shutdown.cancelled() => {}
         result = &mut grpc_task => {
             return Err(anyhow::anyhow!("grpc server of {name} stopped: {result:?}"));
+        }
+        result = restricted_ended => {
+            return Err(anyhow::anyhow!("restricted grpc server of {name} stopped: {result:?}"));
         }
         result = &mut http_task => {
             return Err(anyhow::anyhow!("http server of {name} stopped: {result:?}"));
@@ -353,6 +497,11 @@ pub async fn run(
     let drained = tokio::time::timeout(config.drain_timeout, async {
         let grpc = grpc_task.await;
         let http = http_task.await;
+        if let Some(task) = restricted_task
+            && let Ok(Err(err)) = task.await
+        {
+            tracing::warn!(service = name, error = %err, "restricted grpc server ended with an error");
+        }
         (grpc, http)
     })
     .await;

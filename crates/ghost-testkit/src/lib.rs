@@ -7,6 +7,7 @@
 //! to rate-limit or fail; [`OtlpReceiver`] is a real OTLP/gRPC trace collector. This crate is a dev-dependency only; nothing in production links it.
 
 mod otlp;
+pub mod pki;
 mod python;
 mod slack;
 

@@ -8,7 +8,7 @@ use ghost_proto::router::v1::executor_token_service_server::ExecutorTokenService
 use ghost_proto::router::v1::router_service_server::RouterServiceServer;
 use ghost_proto::router::v1::router_stats_service_server::RouterStatsServiceServer;
 use ghost_proto::summarizer::v1::summarizer_service_client::SummarizerServiceClient;
-use ghost_runtime::propagation::traced_channel;
+use ghost_runtime::propagation::{Upstream, traced_channel};
 use ghost_runtime::serve::{Listeners, Service};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,10 +21,15 @@ use crate::store::{RouterStore, SqliteStore};
 use crate::tokens::{ExecutorTokens, TokenService};
 use crate::{SERVICE, outbox};
 
+/// The executors' stream: the one router method open without the service credential (it
+/// authenticates executors itself), and the only one the executor port serves.
+pub const WORK_METHOD: &str = "/ghost.router.v1.RouterService/Work";
+
 /// A built router, listening but not yet serving.
 pub struct App {
     config: RouterConfig,
     listeners: Listeners,
+    upstream: Upstream,
     routing: Arc<Routing>,
 }
 
@@ -55,12 +60,20 @@ impl App {
                 stale_after: config.stale_after,
             },
         ));
-        let listeners = Listeners::bind(&config.server)
+        let mut listeners = Listeners::bind(&config.server)
             .await
             .map_err(|err| anyhow::anyhow!("cannot bind the router listeners: {err}"))?;
+        if let Some(addr) = config.executor_listen {
+            listeners
+                .bind_restricted("executor_listen", addr, vec![WORK_METHOD])
+                .await
+                .map_err(|err| anyhow::anyhow!("cannot bind the router's executor port: {err}"))?;
+        }
+        let upstream = Upstream::new(&config.server)?;
         Ok(Self {
             config,
             listeners,
+            upstream,
             routing,
         })
     }
@@ -75,6 +88,11 @@ impl App {
         self.listeners.http_addr()
     }
 
+    /// The bound executor port (`executor_listen`), when there is one.
+    pub fn executor_addr(&self) -> Option<SocketAddr> {
+        self.listeners.restricted_addr()
+    }
+
     /// Serves until `shutdown` resolves, then drains.
     pub async fn run<F>(self, shutdown: F) -> anyhow::Result<()>
     where
@@ -84,13 +102,14 @@ impl App {
         let tasks = TaskTracker::new();
         let summarizer = match &self.config.summarizer_url {
             Some(url) => Some(outbox::Summarizer(SummarizerServiceClient::new(
-                traced_channel(url)?,
+                traced_channel(url, &self.upstream)?,
             ))),
             None => None,
         };
         let alerter = match &self.config.alerter_url {
             Some(url) => Some(outbox::Alerter(AlerterServiceClient::new(traced_channel(
                 url,
+                &self.upstream,
             )?))),
             None => None,
         };
@@ -143,6 +162,7 @@ impl App {
                 }))
                 .add_service(ExecutorTokenServiceServer::new(TokenService { tokens })),
             http: axum::Router::new(),
+            open_methods: vec![WORK_METHOD],
         };
         let routing = Arc::clone(&self.routing);
         let close_token = token.clone();

@@ -47,10 +47,11 @@ impl App {
         let listeners = Listeners::bind(&config.server)
             .await
             .context("cannot bind the summarizer listeners")?;
+        let upstream = ghost_runtime::propagation::Upstream::new(&config.server)?;
         let notifier = config
             .alerter_url
             .as_deref()
-            .map(|url| Notifier::connect(url, config.notify_timeout))
+            .map(|url| Notifier::connect(url, &upstream, config.notify_timeout))
             .transpose()
             .context("invalid alerter_url")?;
         let options = StoreOptions {
@@ -126,6 +127,7 @@ impl App {
                 self.state,
             ))),
             http: axum::Router::new(),
+            open_methods: Vec::new(),
         };
         ghost_runtime::serve::serve_until(
             service,

@@ -10,7 +10,7 @@ use ghost_core::Status;
 use ghost_proto::alerter::v1::NotifyRequest;
 use ghost_proto::alerter::v1::alerter_service_client::AlerterServiceClient;
 use ghost_proto::router::v1::PatchStatus;
-use ghost_runtime::propagation::{TracedChannel, set_parent, traced_channel};
+use ghost_runtime::propagation::{TracedChannel, Upstream, set_parent, traced_channel};
 use prost::Message as _;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -54,9 +54,13 @@ pub struct Notifier {
 
 impl Notifier {
     /// A lazily connecting client of the alerter at `endpoint`; each call gives up after `timeout`.
-    pub fn connect(endpoint: &str, timeout: Duration) -> Result<Self, tonic::transport::Error> {
+    pub fn connect(
+        endpoint: &str,
+        upstream: &Upstream,
+        timeout: Duration,
+    ) -> Result<Self, tonic::transport::Error> {
         Ok(Self {
-            client: AlerterServiceClient::new(traced_channel(endpoint)?),
+            client: AlerterServiceClient::new(traced_channel(endpoint, upstream)?),
             timeout,
         })
     }

@@ -31,6 +31,8 @@ pub struct TestRouter {
     pub client: RouterServiceClient<Channel>,
     /// The channel `client` uses, for the router's other services.
     pub channel: Channel,
+    /// The gRPC side.
+    pub grpc: std::net::SocketAddr,
     /// The HTTP side: health and `/metrics`.
     pub http: std::net::SocketAddr,
     stop: Option<oneshot::Sender<()>>,
@@ -91,6 +93,7 @@ pub async fn spawn_router(config: RouterConfig) -> TestRouter {
     TestRouter {
         client,
         channel,
+        grpc: addr,
         http,
         stop: Some(stop),
         done: Some(done),

@@ -7,5 +7,6 @@ mod leases;
 mod metric_labels;
 mod ordering;
 mod outcomes;
+mod service_credential;
 mod submit;
 mod tokens;
