@@ -13,8 +13,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -313,9 +313,7 @@ pub fn ensure(dir: &Path, names: &[String], now: OffsetDateTime) -> Result<Ensur
                     .try_into()
                     .map(SanType::DnsName)
                     .map_err(|err| {
-                        CliError::Settings(format!(
-                            "{name:?} cannot be a certificate name: {err}"
-                        ))
+                        CliError::Settings(format!("{name:?} cannot be a certificate name: {err}"))
                     }),
             })
             .collect::<Result<_, _>>()?;
@@ -329,9 +327,8 @@ pub fn ensure(dir: &Path, names: &[String], now: OffsetDateTime) -> Result<Ensur
         params.not_after = now + SERVER_VALIDITY;
         params.serial_number = Some(random_serial()?);
         params.use_authority_key_identifier_extension = true;
-        let key = KeyPair::generate().map_err(|err| {
-            CliError::Other(anyhow::anyhow!("cannot make a server key: {err}"))
-        })?;
+        let key = KeyPair::generate()
+            .map_err(|err| CliError::Other(anyhow::anyhow!("cannot make a server key: {err}")))?;
         let cert = params.signed_by(&key, &issuer).map_err(|err| {
             CliError::Other(anyhow::anyhow!(
                 "cannot issue the server certificate: {err}"
@@ -392,7 +389,10 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let tls = dir.path().join("tls");
-        let names = names_for(&["10.1.2.3".parse().unwrap()], &["ghost.example".to_owned()]);
+        let names = names_for(
+            &["10.1.2.3".parse().unwrap()],
+            &["ghost.example".to_owned()],
+        );
         let first = ensure(&tls, &names, now()).unwrap();
         assert!(first.new_ca);
         assert!(first.issued.is_some());
@@ -469,7 +469,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for bad in ["", " ", "a b", "x/y"] {
             let err = init(dir.path(), &[bad.to_owned()]).unwrap_err().to_string();
-            assert!(err.contains("cannot be a certificate name"), "{bad:?}: {err}");
+            assert!(
+                err.contains("cannot be a certificate name"),
+                "{bad:?}: {err}"
+            );
         }
     }
 

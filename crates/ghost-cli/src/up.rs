@@ -210,7 +210,11 @@ fn serve_tls(config: &mut UpConfig) -> Result<Option<PathBuf>, CliError> {
                 .ok()
                 .and_then(|url| url.host_str().map(str::to_owned))
             {
-                extra.push(host.trim_start_matches('[').trim_end_matches(']').to_owned());
+                extra.push(
+                    host.trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .to_owned(),
+                );
             }
             let names = crate::tls::names_for(&[addr.ip()], &extra);
             let ensured = crate::tls::ensure(
@@ -221,7 +225,11 @@ fn serve_tls(config: &mut UpConfig) -> Result<Option<PathBuf>, CliError> {
             if let Some(why) = &ensured.issued {
                 tracing::info!(reason = %why, names = ?names, "issued the executor port's certificate");
             }
-            (ensured.files.cert, ensured.files.key, Some(ensured.files.ca))
+            (
+                ensured.files.cert,
+                ensured.files.key,
+                Some(ensured.files.ca),
+            )
         }
     };
     let tls = &mut system.router.server.tls;

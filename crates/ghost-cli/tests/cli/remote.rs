@@ -71,8 +71,26 @@ impl Netns {
                 "dev",
                 &ns_if,
             ])
-            && ip(&["netns", "exec", &netns.name, "ip", "link", "set", &ns_if, "up"])
-            && ip(&["netns", "exec", &netns.name, "ip", "link", "set", "lo", "up"]);
+            && ip(&[
+                "netns",
+                "exec",
+                &netns.name,
+                "ip",
+                "link",
+                "set",
+                &ns_if,
+                "up",
+            ])
+            && ip(&[
+                "netns",
+                "exec",
+                &netns.name,
+                "ip",
+                "link",
+                "set",
+                "lo",
+                "up",
+            ]);
         if !ok {
             let _ = ip(&["link", "del", &host_if]);
             return None;
@@ -152,7 +170,10 @@ async fn an_executor_in_another_network_namespace_serves_a_patch_over_tls_with_i
     let netns = Netns::create();
     let (listen_ip, receiver_ip): (IpAddr, IpAddr) = match &netns {
         Some(netns) => (netns.host.into(), netns.host.into()),
-        None => (Ipv4Addr::new(127, 0, 0, 2).into(), Ipv4Addr::LOCALHOST.into()),
+        None => (
+            Ipv4Addr::new(127, 0, 0, 2).into(),
+            Ipv4Addr::LOCALHOST.into(),
+        ),
     };
     // Which one ran, for whoever reads the test output.
     eprintln!(
@@ -162,7 +183,8 @@ async fn an_executor_in_another_network_namespace_serves_a_patch_over_tls_with_i
                 "executor in network namespace {} ({} -> router {})",
                 netns.name, netns.inside, netns.host
             ),
-            None => "not root: executor on this host, router's executor port on 127.0.0.2".to_owned(),
+            None =>
+                "not root: executor on this host, router's executor port on 127.0.0.2".to_owned(),
         }
     );
     let receiver = OtlpReceiver::start_on(SocketAddr::new(receiver_ip, 0))
@@ -206,7 +228,13 @@ async fn an_executor_in_another_network_namespace_serves_a_patch_over_tls_with_i
         &env,
         &dir,
         &[
-            "token", "create", "--target", "MAIN", "--name", "remote-box", "--json",
+            "token",
+            "create",
+            "--target",
+            "MAIN",
+            "--name",
+            "remote-box",
+            "--json",
         ],
         &[("GHOST_URL", up.url.as_str()), ("GHOST_API_KEY", API_KEY)],
     )

@@ -126,8 +126,11 @@ async fn control_calls_need_the_service_credential_while_health_and_work_stay_op
     .expect("health needs no credential")
     .into_inner();
     assert_eq!(health.status, ServingStatus::Serving as i32);
-    // The executors' stream authenticates itself: the test executor has no service credential.
-    let _executor = TestExecutor::connect(&router, "exec-1", &["MAIN"]).await;
+    // Work needs no service credential in its metadata, only a credential in Hello (here the
+    // service credential itself, which opens every target).
+    let _executor = TestExecutor::connect_with(&router, "exec-1", &["MAIN"], TOKEN)
+        .await
+        .expect("work stream opens");
 }
 
 #[tokio::test]
@@ -290,7 +293,7 @@ async fn work_stream(
                     root: "/ws/MAIN".to_owned(),
                 }],
                 capabilities: Vec::new(),
-                token: String::new(),
+                token: TOKEN.to_owned(),
             })),
         })
         .await
