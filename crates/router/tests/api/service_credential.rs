@@ -390,3 +390,79 @@ async fn a_certificate_replaced_under_a_live_work_stream_serves_new_connections_
         other => panic!("expected an assignment, got {other:?}"),
     }
 }
+
+/// An executor token is a credential for the Work stream only: as a bearer on Pause or Submit
+/// it is refused like no credential at all, and nothing it sent is queued or paused.
+#[tokio::test]
+async fn an_executor_token_cannot_call_pause_or_submit() {
+    use ghost_proto::router::v1::executor_token_service_client::ExecutorTokenServiceClient;
+    use ghost_proto::router::v1::{CreateExecutorTokenRequest, GetRequest, SubmitRequest};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = config(dir.path());
+    config.server.internal_token = Secret::new(TOKEN);
+    let router = spawn_router(config).await;
+    let addr = router.grpc;
+    let bearer = format!("Bearer {TOKEN}");
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect_lazy();
+    let admin = bearer.clone();
+    let secret = ExecutorTokenServiceClient::with_interceptor(
+        channel,
+        move |mut request: tonic::Request<()>| {
+            request
+                .metadata_mut()
+                .insert("authorization", admin.parse().expect("ascii"));
+            Ok(request)
+        },
+    )
+    .create_executor_token(CreateExecutorTokenRequest {
+        name: "laptop".to_owned(),
+        targets: vec!["MAIN".to_owned()],
+        actor: "test".to_owned(),
+    })
+    .await
+    .expect("the service credential issues tokens")
+    .into_inner()
+    .secret;
+
+    for authorization in [format!("Bearer {secret}"), secret.clone()] {
+        let mut client = channel_with(addr, Some(&authorization));
+        let paused = client.pause(pause_request()).await.expect_err("refused");
+        assert_eq!(paused.code(), tonic::Code::Unauthenticated, "{paused:?}");
+        let submitted = client
+            .submit(SubmitRequest {
+                patch: Some(crate::helpers::patch("by-executor", "MAIN")),
+                intake_warnings: Vec::new(),
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(
+            submitted.code(),
+            tonic::Code::Unauthenticated,
+            "{submitted:?}"
+        );
+    }
+    let mut admin = channel_with(addr, Some(&bearer));
+    let missing = admin
+        .get(GetRequest {
+            id: "by-executor".to_owned(),
+        })
+        .await
+        .expect_err("never queued");
+    assert_eq!(missing.code(), tonic::Code::NotFound, "{missing:?}");
+    let targets = admin
+        .list_targets(ghost_proto::router::v1::ListTargetsRequest {})
+        .await
+        .expect("targets")
+        .into_inner();
+    assert!(
+        targets.targets.iter().all(|t| !t.paused),
+        "nothing paused: {targets:?}"
+    );
+    // The same token still opens its own Work stream.
+    let _executor = TestExecutor::connect_with(&router, "laptop", &["MAIN"], &secret)
+        .await
+        .expect("the token opens Work for MAIN");
+}
