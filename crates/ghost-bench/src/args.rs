@@ -65,6 +65,11 @@ pub struct BenchArgs {
     /// gateway), e.g. `summarizer.manifest_delay=0s`.
     #[arg(long = "set")]
     pub overrides: Vec<String>,
+    /// Run the started system as on separate machines: every gRPC hop over TLS (a private CA
+    /// made for the run) carrying the service credential, executors on the router's executor
+    /// port with their own TLS connection, and the gateway over HTTPS.
+    #[arg(long)]
+    pub tls: bool,
     /// fsync samples for the floor.
     #[arg(long, default_value_t = 500)]
     pub fsync_samples: usize,

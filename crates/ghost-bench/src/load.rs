@@ -32,6 +32,8 @@ pub struct LoadPlan {
     pub fail: bool,
     /// Prefix of the patch ids (unique per run).
     pub run_id: String,
+    /// PEM CA the gateway's HTTPS certificate is checked against (`--tls`).
+    pub ca_pem: Option<String>,
 }
 
 /// One submission as the client saw it.
@@ -130,13 +132,17 @@ async fn submit_one(client: &reqwest::Client, plan: &LoadPlan, n: usize) -> Subm
     }
 }
 
-/// An HTTP client keeping up to `connections` connections to the gateway.
-pub fn client(connections: usize) -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
+/// An HTTP client keeping up to `connections` connections to the gateway; trusting `ca_pem`
+/// (a PEM CA) beside the web PKI roots when given.
+pub fn client(connections: usize, ca_pem: Option<&str>) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
         .pool_max_idle_per_host(connections.max(1))
         .tcp_nodelay(true)
-        .timeout(Duration::from_secs(30))
-        .build()?)
+        .timeout(Duration::from_secs(30));
+    if let Some(pem) = ca_pem {
+        builder = builder.add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes())?);
+    }
+    Ok(builder.build()?)
 }
 
 /// Submits every patch of `plan`.
@@ -156,7 +162,7 @@ pub async fn run(plan: LoadPlan) -> anyhow::Result<LoadOutcome> {
 }
 
 async fn closed_loop(plan: Arc<LoadPlan>) -> anyhow::Result<Vec<Submission>> {
-    let client = client(plan.concurrency)?;
+    let client = client(plan.concurrency, plan.ca_pem.as_deref())?;
     let next = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
     for _ in 0..plan.concurrency.max(1) {
@@ -181,7 +187,7 @@ async fn closed_loop(plan: Arc<LoadPlan>) -> anyhow::Result<Vec<Submission>> {
 
 async fn open_loop(plan: Arc<LoadPlan>, rate: f64) -> anyhow::Result<(Vec<Submission>, usize)> {
     anyhow::ensure!(rate > 0.0, "--rate must be positive");
-    let client = client(64)?;
+    let client = client(64, plan.ca_pem.as_deref())?;
     let permits = Arc::new(Semaphore::new(OPEN_LOOP_MAX_IN_FLIGHT));
     let start = tokio::time::Instant::now();
     let mut late = 0;

@@ -47,6 +47,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
                 args.workspace_files,
                 args.fail,
                 &args.overrides,
+                args.tls,
             )
             .await?;
             let url = system.gateway_url.clone();
@@ -119,6 +120,7 @@ async fn measure(
         std::fs::write(path, format!("{url} {key}\n"))?;
     }
     let run_id = format!("gb{}", load::unix_ms_now() as u64 % 100_000_000);
+    let ca_pem = system.and_then(|s| s.ca_pem.clone());
     let plan = LoadPlan {
         url: url.to_owned(),
         api_key: key.to_owned(),
@@ -129,6 +131,7 @@ async fn measure(
         files_per_patch: args.files_per_patch,
         fail: args.fail,
         run_id,
+        ca_pem: ca_pem.clone(),
     };
     let outcome = load::run(plan).await?;
     let accepted: Vec<String> = outcome
@@ -137,7 +140,7 @@ async fn measure(
         .filter(|s| s.accepted())
         .map(|s| s.id.clone())
         .collect();
-    let client = load::client(16)?;
+    let client = load::client(16, ca_pem.as_deref())?;
     let slack = match system {
         Some(system) => Some(follow::wait_for_slack(&system.slack, &accepted, args.timeout).await),
         None => {

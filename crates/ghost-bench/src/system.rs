@@ -104,6 +104,44 @@ pub struct System {
     pub data_dir: PathBuf,
     /// Target → workspace folder.
     pub workspaces: Vec<(String, PathBuf)>,
+    /// With `--tls`: the run's CA, PEM (the gateway's HTTPS certificate is issued by it).
+    pub ca_pem: Option<String>,
+}
+
+/// `--tls`: a CA and a `localhost`/127.0.0.1 server certificate made for the run, shared by
+/// every listener, and the deployment's service credential.
+struct BenchTls {
+    ca: PathBuf,
+    ca_pem: String,
+    cert: PathBuf,
+    key: PathBuf,
+    token: String,
+}
+
+impl BenchTls {
+    fn make(work: &Path) -> anyhow::Result<Self> {
+        let dir = work.join("tls");
+        std::fs::create_dir_all(&dir)?;
+        let ca = ghost_testkit::pki::Ca::new("ghost-bench CA");
+        let (cert, key) = ca.server(1, false).write(&dir);
+        let ca_path = dir.join("ca.pem");
+        std::fs::write(&ca_path, &ca.pem)?;
+        Ok(Self {
+            ca: ca_path,
+            ca_pem: ca.pem,
+            cert,
+            key,
+            token: format!("bench-credential-{}", std::process::id()),
+        })
+    }
+
+    /// `server.tls` and `server.internal_token` for a service; `http`: its HTTP side too.
+    fn apply(&self, server: &mut serde_json::Value, http: bool) {
+        server["tls"] = json!({
+            "cert": self.cert, "key": self.key, "ca": self.ca, "grpc": true, "http": http,
+        });
+        server["internal_token"] = json!(self.token);
+    }
 }
 
 fn free_port() -> anyhow::Result<SocketAddr> {
@@ -113,6 +151,14 @@ fn free_port() -> anyhow::Result<SocketAddr> {
 
 fn url(addr: SocketAddr) -> String {
     format!("http://{addr}")
+}
+
+/// `https://ADDR` with `--tls`, else `http://ADDR`.
+fn grpc_url(addr: SocketAddr, tls: Option<&BenchTls>) -> String {
+    match tls {
+        Some(_) => format!("https://{addr}"),
+        None => url(addr),
+    }
 }
 
 /// Folder of the service binaries: `--bin-dir`, else the folder of this executable.
@@ -186,6 +232,8 @@ struct Spec<'a> {
     bin_dir: &'a Path,
     work: &'a Path,
     overrides: &'a [String],
+    /// The CA of an HTTPS `/readyz` (`--tls`, the gateway).
+    https_ca: Option<&'a str>,
 }
 
 async fn spawn(spec: Spec<'_>) -> anyhow::Result<ServiceProcess> {
@@ -208,8 +256,16 @@ async fn spawn(spec: Spec<'_>) -> anyhow::Result<ServiceProcess> {
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("cannot start {}", program.display()))?;
-    let client = reqwest::Client::new();
-    let probe = format!("http://{}/readyz", spec.http);
+    let (client, probe) = match spec.https_ca {
+        Some(ca) => (
+            crate::load::client(1, Some(ca))?,
+            format!("https://{}/readyz", spec.http),
+        ),
+        None => (
+            reqwest::Client::new(),
+            format!("http://{}/readyz", spec.http),
+        ),
+    };
     loop {
         let ready = client
             .get(&probe)
@@ -260,8 +316,18 @@ impl System {
         workspace_files: usize,
         allow_false: bool,
         overrides: &[String],
+        tls: bool,
     ) -> anyhow::Result<Self> {
         let slack = FakeSlack::start().await;
+        let tls = tls.then(|| BenchTls::make(work)).transpose()?;
+        let tls = tls.as_ref();
+        let server = |grpc, http, https: bool| {
+            let mut server = server(grpc, http);
+            if let Some(tls) = tls {
+                tls.apply(&mut server, https);
+            }
+            server
+        };
         let data_dir = work.join("data");
         std::fs::create_dir_all(&data_dir)?;
         let [alerter, summarizer, router, gateway] = [(); 4].map(|()| (free_port(), free_port()));
@@ -284,13 +350,14 @@ impl System {
             bin_dir,
             work,
             overrides,
+            https_ca: None,
         };
 
         let alerter_config = json!({
-            "server": server(alerter.0, alerter.1),
+            "server": server(alerter.0, alerter.1, false),
             "data_dir": data_dir.join("alerter"),
-            "router_url": url(router.0),
-            "summarizer_url": url(summarizer.0),
+            "router_url": grpc_url(router.0, tls),
+            "summarizer_url": grpc_url(summarizer.0, tls),
             // Slack allows about one message per second per channel; the fake has no limit,
             // so the benchmark measures the alerter itself.
             "slack": {"api_base_url": slack.base_url(), "bot_token": "xoxb-ghost-bench",
@@ -299,9 +366,9 @@ impl System {
         });
         services.push(spawn(spec("alerter", "alerter", alerter_config, alerter)).await?);
         let summarizer_config = json!({
-            "server": server(summarizer.0, summarizer.1),
+            "server": server(summarizer.0, summarizer.1, false),
             "data_dir": data_dir.join("summarizer"),
-            "alerter_url": url(alerter.0),
+            "alerter_url": grpc_url(alerter.0, tls),
         });
         services.push(
             spawn(spec(
@@ -312,12 +379,21 @@ impl System {
             ))
             .await?,
         );
-        let router_config = json!({
-            "server": server(router.0, router.1),
+        let mut router_config = json!({
+            "server": server(router.0, router.1, false),
             "data_dir": data_dir.join("router"),
-            "summarizer_url": url(summarizer.0),
-            "alerter_url": url(alerter.0),
+            "summarizer_url": grpc_url(summarizer.0, tls),
+            "alerter_url": grpc_url(alerter.0, tls),
         });
+        // With --tls, executors dial the router's executor port, as from another machine.
+        let executor_port = match tls {
+            Some(_) => {
+                let port = free_port()?;
+                router_config["executor_listen"] = json!(port.to_string());
+                port
+            }
+            None => router.0,
+        };
         services.push(spawn(spec("router", "router", router_config, router)).await?);
         let mut workspaces = Vec::new();
         for (n, target) in targets.iter().enumerate() {
@@ -327,13 +403,17 @@ impl System {
             let ports = (free_port()?, free_port()?);
             let name = format!("executor-{}", n + 1);
             let mut config = json!({
-                "server": server(ports.0, ports.1),
-                "router_url": url(router.0),
+                "server": server(ports.0, ports.1, false),
+                "router_url": grpc_url(executor_port, tls),
                 "executor_id": name,
                 "state_dir": data_dir.join(&name),
                 "workspaces": [{"target": target, "root": root}],
                 "reconnect_backoff": "200ms",
             });
+            if let Some(tls) = tls {
+                config["router_ca"] = json!(tls.ca);
+                config["token"] = json!(tls.token);
+            }
             if allow_false {
                 config["targets"] =
                     json!({target.as_str(): {"commands": {"allowlist": ["false"]}}});
@@ -341,26 +421,37 @@ impl System {
             services.push(spawn(spec(&name, "executor", config, ports)).await?);
             workspaces.push((target.clone(), root));
         }
-        let mut gateway_server = server(gateway.0, gateway.1);
+        let mut gateway_server = server(gateway.0, gateway.1, true);
         // All the load comes from one address: its per-address caps go up with the global ones.
         gateway_server["max_connections_per_address"] = json!(4096);
         let gateway_config = json!({
             "server": gateway_server,
-            "router_url": url(router.0),
-            "summarizer_url": url(summarizer.0),
+            "router_url": grpc_url(router.0, tls),
+            "summarizer_url": grpc_url(summarizer.0, tls),
             "api_key": API_KEY,
             "rate_limit": {"per_minute": 100_000_000u64, "burst": 1_000_000u64},
             "max_in_flight": 4096,
             "client_limits": {"max_in_flight": 4096},
             "targets": targets.iter().map(|name| json!({"name": name})).collect::<Vec<_>>(),
         });
-        services.push(spawn(spec("gateway", "gateway", gateway_config, gateway)).await?);
+        let ca_pem = tls.map(|tls| tls.ca_pem.clone());
+        services.push(
+            spawn(Spec {
+                https_ca: ca_pem.as_deref(),
+                ..spec("gateway", "gateway", gateway_config, gateway)
+            })
+            .await?,
+        );
         Ok(Self {
             services,
             slack,
-            gateway_url: url(gateway.1),
+            gateway_url: match tls {
+                Some(_) => format!("https://{}", gateway.1),
+                None => url(gateway.1),
+            },
             data_dir,
             workspaces,
+            ca_pem,
         })
     }
 
