@@ -68,14 +68,29 @@ def check_tls(services, errors):
         errors.append(f"{TLS_INIT}: must run as 65532:65532 (the services read its files as that user)")
     if init.get("profiles"):
         errors.append(f"{TLS_INIT}: must not sit behind a profile")
+    init_volumes = volumes(init)
+    if init_volumes.get("/tls-ca") != ("tls-ca", False) or init_volumes.get("/tls-public") != ("tls-public", False):
+        errors.append(f"{TLS_INIT}: tls-ca and tls-public are not mounted writable at /tls-ca and /tls-public")
+    if "--ca-key-dir" not in command or "--export-ca" not in command:
+        errors.append(f"{TLS_INIT}: the CA key must go to its own volume (--ca-key-dir) and ca.pem be exported (--export-ca)")
+    for name, svc in services.items():
+        if name != TLS_INIT and any(source == "tls-ca" for source, _ in volumes(svc).values()):
+            errors.append(f"{name}: mounts tls-ca (the CA key): only {TLS_INIT} may")
     for name in GHOST:
         svc = services.get(name, {})
         env = svc.get("environment") or {}
         key = f"GHOST_{name.upper()}__SERVER__INTERNAL_TOKEN_FILE"
-        if env.get(key) != TOKEN_FILE:
-            errors.append(f"{name}: {key} is {env.get(key)!r}, not {TOKEN_FILE}")
-        if volumes(svc).get("/tls") != ("tls", True):
-            errors.append(f"{name}: the tls volume is not mounted read-only at /tls")
+        if name == "executor":
+            # It runs untrusted commands: no credential, no keys, the CA certificate alone.
+            if key in env:
+                errors.append(f"executor: {key} is set: the executor must not hold the service credential")
+            if volumes(svc).get("/tls") != ("tls-public", True):
+                errors.append("executor: must mount tls-public (ca.pem alone) read-only at /tls, not the tls volume")
+        else:
+            if env.get(key) != TOKEN_FILE:
+                errors.append(f"{name}: {key} is {env.get(key)!r}, not {TOKEN_FILE}")
+            if volumes(svc).get("/tls") != ("tls", True):
+                errors.append(f"{name}: the tls volume is not mounted read-only at /tls")
         cond = ((svc.get("depends_on") or {}).get(TLS_INIT) or {}).get("condition")
         if cond != "service_completed_successfully":
             errors.append(f"{name}: does not wait for {TLS_INIT} (condition service_completed_successfully)")

@@ -2,7 +2,8 @@
 """Checks the rendered overlays for what the deployment must have, beyond schema validity:
 workloads hardened, probes, resources, no committed secret values, and for executors outside
 the cluster:
-  - every service reads the service credential from a file: the key `internal-token` of the
+  - every service but the executor (which runs untrusted commands and needs none) reads the
+    service credential from a file: the key `internal-token` of the
     Secret ghost-secrets mounted read-only (mode 0400, group-readable through the pod's fsGroup)
     and named by GHOST_<SVC>__SERVER__INTERNAL_TOKEN_FILE;
   - the router's executor port: executor_listen on 50443 in its TOML, TLS with the pair of the
@@ -288,7 +289,13 @@ def check(docs, name, errors):
             refs = [e["valueFrom"]["secretKeyRef"] for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})]
             if wname in {"gateway", "router", "executor"} and not refs:
                 err(f"{wname}: expected its secret from a secretKeyRef")
-        if wname in SERVICES:
+        if wname == "executor":
+            # It runs untrusted commands: no service credential may be mounted or named there.
+            pod = w["spec"]["template"]["spec"]
+            env = [e["name"] for c in pod["containers"] for e in c.get("env", [])]
+            if secret_volume(pod, "ghost-secrets") or "GHOST_EXECUTOR__SERVER__INTERNAL_TOKEN_FILE" in env:
+                err("executor: holds the service credential (it runs untrusted commands; it needs none)")
+        elif wname in SERVICES:
             check_internal_token(w, err)
     return by_kind
 

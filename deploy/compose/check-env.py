@@ -58,7 +58,8 @@ def tls_init(ghost: Path, compose: dict) -> bool:
     command = list(compose["services"]["tls-init"]["command"])
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "tls"
-        args = [str(out) if a == "/tls" else a for a in command]
+        paths = {"/tls": out, "/tls-ca": Path(scratch) / "tls-ca", "/tls-public": Path(scratch) / "tls-public"}
+        args = [str(paths[a]) if a in paths else a for a in command]
         result = subprocess.run([str(ghost), *args], capture_output=True, text=True, timeout=60,
                                 env={"PATH": "/usr/bin:/bin", "HOME": scratch})
         if result.returncode != 0:
@@ -73,6 +74,10 @@ def tls_init(ghost: Path, compose: dict) -> bool:
                 problems.append(f"no {name}")
             elif private and stat.S_IMODE(path.stat().st_mode) & 0o077:
                 problems.append(f"{name} is readable by others")
+        if not (paths["/tls-ca"] / "ca-key.pem").is_file() or (out / "ca-key.pem").exists():
+            problems.append("the CA key is not kept apart in /tls-ca")
+        if sorted(p.name for p in paths["/tls-public"].iterdir()) != ["ca.pem"]:
+            problems.append("/tls-public does not hold ca.pem alone")
         token = (out / "internal-token").read_text().strip() if (out / "internal-token").is_file() else ""
         if not re.fullmatch(r"[0-9a-f]{64}", token):
             problems.append("internal-token is not 64 hex characters")

@@ -154,7 +154,9 @@ impl App {
         }
         std::fs::create_dir_all(&config.state_dir)?;
         let workspaces = workspaces(&config)?;
-        let listeners = Listeners::bind(&config.server)
+        // The executor's gRPC side serves health only, and its commands are untrusted: it
+        // neither needs nor should hold the deployment's service credential.
+        let listeners = Listeners::bind_health_only(&config.server)
             .await
             .map_err(|err| anyhow::anyhow!("cannot bind the executor listeners: {err}"))?;
         let limits = Limits {

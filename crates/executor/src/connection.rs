@@ -120,6 +120,15 @@ pub fn endpoint(config: &ExecutorConfig) -> Result<Endpoint, ExecutorError> {
             let pem = std::fs::read(path).map_err(|err| {
                 ExecutorError::Router(format!("router CA {}: {err}", path.display()))
             })?;
+            // A key, a DER file or an empty file would load as an empty trust store and every
+            // connection would then fail as "unknown CA": say what is wrong with the file.
+            if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                return Err(ExecutorError::Router(format!(
+                    "router CA {}: not a PEM certificate (expected -----BEGIN CERTIFICATE-----, \
+                     e.g. ca.pem, not ca-key.pem)",
+                    path.display()
+                )));
+            }
             tls.ca_certificate(Certificate::from_pem(pem))
         }
         None => tls.with_webpki_roots(),

@@ -264,10 +264,15 @@ pub fn resolve(flags: ExecutorFlags, env: &Environment) -> Result<Resolved, CliE
         }
     }
     let ca = flags.ca.as_deref().map(absolute).transpose()?;
-    if let Some(ca) = &ca
-        && !ca.is_file()
-    {
-        return Err(bad(format!("--ca {}: no such file", ca.display())));
+    if let Some(ca) = &ca {
+        let text = std::fs::read(ca).map_err(|err| bad(format!("--ca {}: {err}", ca.display())))?;
+        if !String::from_utf8_lossy(&text).contains("-----BEGIN CERTIFICATE-----") {
+            return Err(bad(format!(
+                "--ca {}: not a PEM certificate (expected -----BEGIN CERTIFICATE-----; give \
+                 ca.pem, not a key)",
+                ca.display()
+            )));
+        }
     }
     Ok(Resolved {
         router,
@@ -370,7 +375,8 @@ pub fn config(resolved: &Resolved) -> ::executor::ExecutorConfig {
     let defaults = ::executor::ExecutorConfig::default();
     ::executor::ExecutorConfig {
         server: ServerConfig {
-            grpc_listen: SocketAddr::new(http.ip(), 0),
+            // Health only, and for this machine: never on the --listen address.
+            grpc_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             http_listen: http,
             ..ServerConfig::default()
         },

@@ -141,27 +141,62 @@ pub struct Explicit {
 }
 
 impl SystemConfig {
-    /// Gives every service the deployment's service credential `token` (a service whose
-    /// credential was set by hand keeps it), and the local executor `token` as its Hello
-    /// credential unless it has one.
-    pub fn set_internal_token(&mut self, token: &str) {
-        let mut servers = vec![
+    /// Gives every service the deployment's service credential: the one a section set by hand
+    /// (`internal_token` or `internal_token_file`), else `fresh`, so every hop agrees. The local
+    /// executor says Hello with it (it opens every target) unless it has a token of its own;
+    /// its own gRPC side (health only) needs none. Refuses two different hand-set credentials.
+    pub fn set_internal_token(&mut self, fresh: &str) -> anyhow::Result<()> {
+        let mut given: Option<(Secret, Option<std::path::PathBuf>)> = None;
+        for server in [
+            &self.gateway.server,
+            &self.router.server,
+            &self.summarizer.server,
+            &self.alerter.server,
+        ] {
+            if server.internal_token.is_empty() && server.internal_token_file.is_none() {
+                continue;
+            }
+            let this = (
+                server.internal_token.clone(),
+                server.internal_token_file.clone(),
+            );
+            match &given {
+                Some(seen) if *seen != this => anyhow::bail!(
+                    "two sections set different service credentials (internal_token / \
+                     internal_token_file): set it once, the same for every service, or nowhere \
+                     (ghost up makes one)"
+                ),
+                _ => given = Some(this),
+            }
+        }
+        let (token, file) = given.unwrap_or_else(|| (Secret::new(fresh), None));
+        if let Some(executor) = &mut self.executor
+            && executor.token.is_empty()
+        {
+            executor.token = match &file {
+                Some(path) => Secret::new(
+                    std::fs::read_to_string(path)
+                        .map_err(|err| {
+                            anyhow::anyhow!("internal_token_file {}: {err}", path.display())
+                        })?
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .trim(),
+                ),
+                None => token.clone(),
+            };
+        }
+        for server in [
             &mut self.gateway.server,
             &mut self.router.server,
             &mut self.summarizer.server,
             &mut self.alerter.server,
-        ];
-        if let Some(executor) = &mut self.executor {
-            if executor.token.is_empty() {
-                executor.token = Secret::new(token);
-            }
-            servers.push(&mut executor.server);
+        ] {
+            server.internal_token = token.clone();
+            server.internal_token_file.clone_from(&file);
         }
-        for server in servers {
-            if server.internal_token.is_empty() && server.internal_token_file.is_none() {
-                server.internal_token = Secret::new(token);
-            }
-        }
+        Ok(())
     }
 
     /// Every service's listen addresses with what they are called (`router grpc`), mutable.
@@ -535,5 +570,58 @@ impl LocalSystem {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn system() -> SystemConfig {
+        system_config(&LocalOptions {
+            data_dir: PathBuf::from("/tmp/ghost-local-test"),
+            workspaces: vec![("MAIN".to_owned(), PathBuf::from("/tmp/ghost-local-ws"))],
+            gateway_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            api_key: "k".to_owned(),
+            targets: Vec::new(),
+            slack: None,
+        })
+    }
+
+    #[test]
+    fn a_credential_set_in_one_section_is_everyones_and_two_different_ones_are_refused() {
+        let mut fresh = system();
+        fresh.set_internal_token("fresh").unwrap();
+        for server in [
+            &fresh.gateway.server,
+            &fresh.router.server,
+            &fresh.summarizer.server,
+            &fresh.alerter.server,
+        ] {
+            assert_eq!(server.internal_token.expose(), "fresh");
+        }
+        let executor = fresh.executor.as_ref().unwrap();
+        assert_eq!(
+            executor.token.expose(),
+            "fresh",
+            "the local executor's Hello"
+        );
+        assert!(
+            executor.server.internal_token.is_empty(),
+            "health only: none"
+        );
+
+        let mut one = system();
+        one.router.server.internal_token = Secret::new("by-hand");
+        one.set_internal_token("fresh").unwrap();
+        assert_eq!(one.gateway.server.internal_token.expose(), "by-hand");
+        assert_eq!(one.alerter.server.internal_token.expose(), "by-hand");
+        assert_eq!(one.executor.as_ref().unwrap().token.expose(), "by-hand");
+
+        let mut two = system();
+        two.router.server.internal_token = Secret::new("a");
+        two.gateway.server.internal_token = Secret::new("b");
+        let err = two.set_internal_token("fresh").unwrap_err().to_string();
+        assert!(err.contains("different service credentials"), "{err}");
     }
 }

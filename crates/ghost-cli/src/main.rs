@@ -226,6 +226,13 @@ enum TlsCommand {
         /// localhost, 127.0.0.1 and ::1.
         #[arg(long = "name", value_name = "NAME")]
         names: Vec<String>,
+        /// Keep ca-key.pem in this directory instead (e.g. a volume only this step mounts).
+        #[arg(long, value_name = "DIR")]
+        ca_key_dir: Option<PathBuf>,
+        /// Also copy ca.pem, alone, into this directory (for executors: they run untrusted
+        /// commands and must not see the keys or the credential).
+        #[arg(long, value_name = "DIR")]
+        export_ca: Option<PathBuf>,
     },
 }
 
@@ -363,9 +370,16 @@ async fn run(cli: Cli, api_key_flag: bool, output: &Output) -> Result<Exit, CliE
         }
         Command::Init { dir, force } => init::run(&dir, force, output),
         Command::Tls {
-            command: TlsCommand::Init { dir, names },
+            command:
+                TlsCommand::Init {
+                    dir,
+                    names,
+                    ca_key_dir,
+                    export_ca,
+                },
         } => {
-            let (ensured, token) = ghost_cli::tls::init(&dir, &names)?;
+            let (ensured, token) =
+                ghost_cli::tls::init(&dir, &names, ca_key_dir.as_deref(), export_ca.as_deref())?;
             output.print(&format!(
                 "{} CA {}{}\nserver certificate {} (key {}){}\nservice credential {}",
                 if ensured.new_ca { "new" } else { "kept" },

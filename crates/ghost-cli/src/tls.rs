@@ -76,7 +76,12 @@ fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<(), CliEr
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let mut nonce = [0u8; 8];
+    getrandom::fill(&mut nonce).map_err(|err| tls_error(path, "no randomness", err))?;
+    let temp = dir.join(format!(
+        ".{name}.{}.tmp",
+        nonce.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    ));
     let result = (|| {
         let mut file = std::fs::OpenOptions::new()
             .write(true)
@@ -195,6 +200,15 @@ fn reason_to_issue(files: &TlsFiles, names: &[String], now: OffsetDateTime) -> O
     if leaf.verify_signature(Some(ca.public_key())).is_err() {
         return Some("not issued by this CA".to_owned());
     }
+    let key_matches = std::fs::read_to_string(&files.key)
+        .ok()
+        .and_then(|pem| KeyPair::from_pem(&pem).ok())
+        .is_some_and(|key| {
+            key.public_key_raw() == leaf.public_key().subject_public_key.data.as_ref()
+        });
+    if !key_matches {
+        return Some("its key does not match it".to_owned());
+    }
     let left = leaf.validity().not_after.timestamp() - now.unix_timestamp();
     if left < RENEW_BEFORE.whole_seconds() {
         return Some(format!("{} days left", left.max(0) / 86_400));
@@ -269,7 +283,28 @@ pub fn names_for(listen: &[IpAddr], extra: &[String]) -> Vec<String> {
 
 /// Makes (or keeps) the CA and a server certificate naming `names` in `dir`, created 0700.
 pub fn ensure(dir: &Path, names: &[String], now: OffsetDateTime) -> Result<Ensured, CliError> {
+    ensure_files(dir, TlsFiles::in_dir(dir), names, now)
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), CliError> {
     use std::os::unix::fs::DirBuilderExt;
+    if !dir.is_dir() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|err| tls_error(dir, "cannot create", err))?;
+    }
+    Ok(())
+}
+
+/// [`ensure`] with the files' places given (the CA key may live in a directory of its own).
+fn ensure_files(
+    dir: &Path,
+    files: TlsFiles,
+    names: &[String],
+    now: OffsetDateTime,
+) -> Result<Ensured, CliError> {
     if let Some(bad) = names.iter().find(|name| {
         name.is_empty()
             || name.len() > 253
@@ -281,14 +316,10 @@ pub fn ensure(dir: &Path, names: &[String], now: OffsetDateTime) -> Result<Ensur
             "{bad:?} cannot be a certificate name: give a DNS name or an IP address"
         )));
     }
-    if !dir.is_dir() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|err| tls_error(dir, "cannot create", err))?;
+    create_private_dir(dir)?;
+    if let Some(parent) = files.ca_key.parent() {
+        create_private_dir(parent)?;
     }
-    let files = TlsFiles::in_dir(dir);
     let (issuer, new_ca) = ca(&files, now)?;
     let reason = if new_ca {
         Some("a new CA".to_owned())
@@ -361,12 +392,31 @@ pub fn random_token() -> Result<String, CliError> {
 /// `ghost tls init`: the CA, a server certificate for `names` (plus `localhost` and the
 /// loopback addresses) and, unless one exists, an `internal-token` file (0600) holding a
 /// fresh service credential, in `dir`. What compose's init container runs.
-pub fn init(dir: &Path, names: &[String]) -> Result<(Ensured, PathBuf), CliError> {
+///
+/// `ca_key_dir` keeps `ca-key.pem` elsewhere (a volume only the init container mounts), and
+/// `export_ca` copies `ca.pem` alone into another directory (what an executor, which runs
+/// untrusted commands, mounts instead of the one holding keys and the credential).
+pub fn init(
+    dir: &Path,
+    names: &[String],
+    ca_key_dir: Option<&Path>,
+    export_ca: Option<&Path>,
+) -> Result<(Ensured, PathBuf), CliError> {
     let names = names_for(&[], names);
-    let ensured = ensure(dir, &names, OffsetDateTime::now_utc())?;
+    let mut files = TlsFiles::in_dir(dir);
+    if let Some(key_dir) = ca_key_dir {
+        files.ca_key = key_dir.join("ca-key.pem");
+    }
+    let ensured = ensure_files(dir, files, &names, OffsetDateTime::now_utc())?;
     let token = dir.join("internal-token");
     if !token.exists() {
         write_atomically(&token, format!("{}\n", random_token()?).as_bytes(), 0o600)?;
+    }
+    if let Some(public) = export_ca {
+        create_private_dir(public)?;
+        let pem = std::fs::read(&ensured.files.ca)
+            .map_err(|err| tls_error(&ensured.files.ca, "cannot read", err))?;
+        write_atomically(&public.join("ca.pem"), &pem, 0o644)?;
     }
     Ok((ensured, token))
 }
@@ -465,10 +515,49 @@ mod tests {
     }
 
     #[test]
+    fn a_key_that_does_not_match_its_certificate_is_issued_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = names_for(&[], &[]);
+        let first = ensure(dir.path(), &names, now()).unwrap();
+        let other = KeyPair::generate().unwrap();
+        std::fs::write(&first.files.key, other.serialize_pem()).unwrap();
+        let again = ensure(dir.path(), &names, now()).unwrap();
+        assert_eq!(again.issued.as_deref(), Some("its key does not match it"));
+        assert_eq!(ensure(dir.path(), &names, now()).unwrap().issued, None);
+    }
+
+    #[test]
+    fn the_ca_key_can_live_apart_and_the_ca_be_exported_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tls, keys, public) = (
+            dir.path().join("tls"),
+            dir.path().join("ca"),
+            dir.path().join("public"),
+        );
+        let (ensured, _) = init(&tls, &["router".to_owned()], Some(&keys), Some(&public)).unwrap();
+        assert!(keys.join("ca-key.pem").is_file());
+        assert!(!tls.join("ca-key.pem").exists());
+        let listed: Vec<_> = std::fs::read_dir(&public)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(listed, ["ca.pem"]);
+        assert_eq!(
+            std::fs::read(public.join("ca.pem")).unwrap(),
+            std::fs::read(&ensured.files.ca).unwrap()
+        );
+        let (again, _) = init(&tls, &["router".to_owned()], Some(&keys), Some(&public)).unwrap();
+        assert!(!again.new_ca);
+        assert_eq!(again.issued, None);
+    }
+
+    #[test]
     fn empty_or_odd_names_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         for bad in ["", " ", "a b", "x/y"] {
-            let err = init(dir.path(), &[bad.to_owned()]).unwrap_err().to_string();
+            let err = init(dir.path(), &[bad.to_owned()], None, None)
+                .unwrap_err()
+                .to_string();
             assert!(
                 err.contains("cannot be a certificate name"),
                 "{bad:?}: {err}"
@@ -479,10 +568,10 @@ mod tests {
     #[test]
     fn init_writes_a_token_once() {
         let dir = tempfile::tempdir().unwrap();
-        let (_, token) = init(dir.path(), &["router".to_owned()]).unwrap();
+        let (_, token) = init(dir.path(), &["router".to_owned()], None, None).unwrap();
         let first = std::fs::read_to_string(&token).unwrap();
         assert_eq!(first.trim().len(), 64);
-        let (_, token) = init(dir.path(), &["router".to_owned()]).unwrap();
+        let (_, token) = init(dir.path(), &["router".to_owned()], None, None).unwrap();
         assert_eq!(std::fs::read_to_string(&token).unwrap(), first);
     }
 }

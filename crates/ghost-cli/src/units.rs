@@ -396,10 +396,18 @@ pub fn install(
     output: &Output,
 ) -> Result<Exit, CliError> {
     check_token(&resolved.token)?;
+    if options.service_user.is_some() && (options.user || options.manager == Manager::Launchd) {
+        return Err(bad(
+            "--service-user applies to a system systemd unit only (a user service runs as you; \
+             a launchd daemon would run as root)"
+                .to_owned(),
+        ));
+    }
     let paths = paths(options.manager, options.user, env)?;
     let binary = std::env::current_exe()
         .and_then(std::fs::canonicalize)
         .map_err(|err| CliError::Other(anyhow::anyhow!("cannot find this ghost binary: {err}")))?;
+
     let (service, secret) = match options.manager {
         Manager::Systemd => {
             let args = service_args(resolved, None);
@@ -427,6 +435,9 @@ pub fn install(
             paths.secret.display()
         ));
         return Ok(Exit::Success);
+    }
+    if !options.user {
+        only_root_may_change(&binary)?;
     }
     std::fs::create_dir_all(&resolved.data_dir).map_err(|err| {
         CliError::Other(anyhow::anyhow!(
@@ -472,6 +483,32 @@ pub fn install(
         output.note(&format!("note: {linger}"));
     }
     Ok(Exit::Success)
+}
+
+/// A system service runs `binary` as root (or its service user) at every start: refuses one
+/// that anybody but root could replace (the file or any directory above it owned by another
+/// user, or writable by group or others), e.g. `~/.cargo/bin/ghost`.
+fn only_root_may_change(binary: &Path) -> Result<(), CliError> {
+    use std::os::unix::fs::MetadataExt;
+    for path in binary.ancestors() {
+        let Ok(meta) = std::fs::metadata(path) else {
+            continue;
+        };
+        let others_write = meta.mode() & 0o022 != 0
+            && !(meta.is_dir() && meta.mode() & 0o1000 != 0 && path != binary);
+        if meta.uid() != 0 || others_write {
+            return Err(bad(format!(
+                "a system service would run {} as root at every start, but {} can be changed by \
+                 someone other than root: copy ghost to a root-owned place first (e.g. `sudo \
+                 install -m 0755 {} /usr/local/bin/ghost`, then run that one), or install a \
+                 --user service",
+                binary.display(),
+                path.display(),
+                binary.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// `ghost executor uninstall`: stops and disables the service (unless `disable` is false),

@@ -267,7 +267,8 @@ pub async fn run(
     let telemetry = ghost_runtime::telemetry::init_local(&config.system.gateway.telemetry)?;
     config
         .system
-        .set_internal_token(&crate::tls::random_token()?);
+        .set_internal_token(&crate::tls::random_token()?)
+        .map_err(|err| CliError::Settings(err.to_string()))?;
     config.system.prebind()?;
     config.system.wire(config.explicit);
     let ca = serve_tls(&mut config)?;
@@ -302,15 +303,40 @@ pub async fn run(
         ));
     }
     if let Some(addr) = config.system.router.executor_listen {
+        // Executors dial a name or address, not 0.0.0.0: the public URL's host, else this
+        // machine's name.
+        let host = if addr.ip().is_unspecified() {
+            reqwest::Url::parse(&config.system.gateway.public_url)
+                .ok()
+                .and_then(|url| url.host_str().map(str::to_owned))
+                .or_else(|| {
+                    std::fs::read_to_string("/proc/sys/kernel/hostname")
+                        .ok()
+                        .map(|h| h.trim().to_owned())
+                        .filter(|h| !h.is_empty())
+                })
+                .unwrap_or_else(|| "localhost".to_owned())
+        } else {
+            match addr.ip() {
+                std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                ip => ip.to_string(),
+            }
+        };
         text.push_str(&format!(
-            "  executors   https://{addr}{}\n",
+            "  executors   https://{host}:{}{}\n",
+            addr.port(),
             ca.as_ref()
                 .map(|ca| format!(" (they trust {})", ca.display()))
                 .unwrap_or_default()
         ));
     }
     if config.system.executor.is_none() {
-        text.push_str("  executor    none here (--no-local-executor): run `ghost executor` where the code is\n");
+        text.push_str(if config.system.router.executor_listen.is_some() {
+            "  executor    none here (--no-local-executor): run `ghost executor` where the code is\n"
+        } else {
+            "  executor    none here (--no-local-executor), and no executor port: add \
+             --executor-listen ADDR for executors on other machines\n"
+        });
     }
     text.push_str(&format!(
         "  slack       {}\n",

@@ -120,12 +120,23 @@ impl Listeners {
     /// a gRPC listener off loopback without a credential, and installs the metrics recorder, so
     /// counters a service bumps while it builds are not lost.
     pub async fn bind(config: &ServerConfig) -> std::io::Result<Self> {
+        Self::bind_with(config, true).await
+    }
+
+    /// [`Listeners::bind`] for a service whose gRPC side serves health and reflection only (the
+    /// executor): it takes no control calls, so it needs no service credential off loopback,
+    /// and a process that runs untrusted commands never has to hold one.
+    pub async fn bind_health_only(config: &ServerConfig) -> std::io::Result<Self> {
+        Self::bind_with(config, false).await
+    }
+
+    async fn bind_with(config: &ServerConfig, control: bool) -> std::io::Result<Self> {
         crate::metrics::handle();
         let tls = ServerTls::load(&config.tls).map_err(|err| invalid(err.to_string()))?;
         let credential = config
             .internal_token()
             .map_err(|err| invalid(err.to_string()))?;
-        if credential.is_empty() && !config.grpc_listen.ip().is_loopback() {
+        if control && credential.is_empty() && !config.grpc_listen.ip().is_loopback() {
             return Err(invalid(format!(
                 "server.grpc_listen {} is not a loopback address and no service credential is \
                  set: set server.internal_token or server.internal_token_file, or every control \

@@ -4,6 +4,9 @@
 
 use std::time::Duration;
 
+/// The shortest first wait between reconnect attempts, whatever the config says.
+pub const MIN_BASE: Duration = Duration::from_millis(100);
+
 /// The reconnect schedule of one executor.
 #[derive(Debug, Clone)]
 pub struct Backoff {
@@ -15,6 +18,9 @@ pub struct Backoff {
 impl Backoff {
     /// Starts at `base`, doubling per failure up to `max`.
     pub fn new(base: Duration, max: Duration) -> Self {
+        // A zero base would retry with no pause at all, each attempt costing the router a
+        // handshake and a lookup: never below this.
+        let base = base.max(MIN_BASE);
         Self {
             base,
             max: max.max(base),
@@ -61,6 +67,12 @@ pub fn random() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_zero_base_still_waits() {
+        let backoff = Backoff::new(Duration::ZERO, Duration::ZERO);
+        assert_eq!(backoff.cap(), MIN_BASE);
+    }
 
     #[test]
     fn the_cap_doubles_up_to_the_max_and_resets() {

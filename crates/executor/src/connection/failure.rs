@@ -55,9 +55,10 @@ impl std::fmt::Display for Failure {
         match self {
             Self::UnknownCa => write!(
                 f,
-                "cannot verify the router's certificate: it is signed by an unknown CA; pass the \
-                 CA that signed it with --ca FILE (for a router started by `ghost up`, its \
-                 <data-dir>/tls/ca.pem)"
+                "cannot verify the router's certificate: it is signed by a CA this executor does \
+                 not trust; give the CA that signed it (--ca FILE, or router_ca in the config; for \
+                 a router started by `ghost up`, its <data-dir>/tls/ca.pem), and check that the \
+                 one given is the router's"
             ),
             Self::Expired => write!(
                 f,
@@ -78,7 +79,8 @@ impl std::fmt::Display for Failure {
             Self::TokenRefused(message) => write!(
                 f,
                 "the router refused the executor token (UNAUTHENTICATED: {message}); check \
-                 --token-file or GHOST_EXECUTOR_TOKEN, or create a token on the control plane \
+                 --token-file or GHOST_EXECUTOR_TOKEN (`token` / GHOST_EXECUTOR__TOKEN in an \
+                 executor config), or create a token on the control plane \
                  with `ghost token create --target TARGET --name NAME`"
             ),
             Self::TokenRevoked(message) => write!(

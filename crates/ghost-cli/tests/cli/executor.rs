@@ -596,3 +596,73 @@ async fn a_system_unit_printed_by_dry_run_is_hardened_and_verifies() {
     );
     assert!(run.stderr.contains("dry run: would write"), "{run:?}");
 }
+
+/// A system service runs its binary as root at every start: one that others could replace
+/// (here in a world-writable directory) is refused before anything is written.
+#[tokio::test]
+async fn a_system_install_from_a_binary_others_could_replace_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::empty();
+    let loose = env.scratch.path().join("loose");
+    std::fs::create_dir_all(&loose).expect("dir");
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let copy = loose.join("ghost");
+    std::fs::copy(env!("CARGO_BIN_EXE_ghost"), &copy).expect("copy ghost");
+    let workspace = env.scratch.path().join("ws");
+    std::fs::create_dir_all(&workspace).expect("workspace");
+    let output = tokio::process::Command::new(&copy)
+        .args([
+            "executor",
+            "install",
+            "--no-enable",
+            "--router",
+            "https://ghost.example.com:50443",
+            "--workspace",
+            &format!("MAIN={}", workspace.display()),
+            "--data-dir",
+            &env.scratch.path().join("state").display().to_string(),
+        ])
+        .env_clear()
+        .envs(env.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("GHOST_EXECUTOR_TOKEN", TOKEN)
+        .output()
+        .await
+        .expect("ghost runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("can be changed by someone other than root"),
+        "{stderr}"
+    );
+    assert!(
+        !std::path::Path::new("/etc/systemd/system/ghost-executor.service").exists()
+            || std::fs::read_to_string("/etc/systemd/system/ghost-executor.service")
+                .is_ok_and(|unit| !unit.contains(&copy.display().to_string())),
+        "nothing written for the loose binary"
+    );
+
+    let run = env
+        .ghost_with(
+            &[
+                "executor",
+                "install",
+                "--user",
+                "--service-user",
+                "nobody",
+                "--dry-run",
+                "--router",
+                "https://ghost.example.com:50443",
+                "--workspace",
+                &format!("MAIN={}", workspace.display()),
+            ],
+            &[("GHOST_EXECUTOR_TOKEN", TOKEN)],
+            b"",
+        )
+        .await;
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("--service-user applies to a system systemd unit only"),
+        "{run:?}"
+    );
+}
