@@ -7,16 +7,15 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// The folder holding this package's binaries; the services' debug binaries are built into it
-/// (a no-op when they are fresh).
+/// (a no-op when they are fresh). Built exactly as `scripts/test` builds (`--workspace
+/// --all-targets`): any other selection unifies features differently and compiles every
+/// dependency a second time, inside the test's time limit.
 fn service_binaries() -> PathBuf {
     let bench = PathBuf::from(env!("CARGO_BIN_EXE_ghost-bench"));
     let dir = bench.parent().expect("binary folder").to_owned();
     let target_dir = dir.parent().expect("target folder").to_owned();
     let status = Command::new(env!("CARGO"))
-        .args([
-            "build", "--bins", "-p", "router", "-p", "executor", "-p", "gateway",
-        ])
-        .args(["-p", "summarizer", "-p", "alerter"])
+        .args(["build", "--workspace", "--all-targets"])
         .env("CARGO_TARGET_DIR", &target_dir)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
