@@ -22,7 +22,7 @@ use tonic::{Request, Response, Streaming};
 use tracing::Instrument;
 
 use crate::error::RouterError;
-use crate::routing::Routing;
+use crate::routing::{Reporter, Routing};
 use crate::store::{PatchRecord, now_ms};
 use crate::tokens::{ExecutorTokens, hash_secret};
 use hello::{Credential, REFUSAL_SEND, check_hello};
@@ -395,13 +395,15 @@ impl RouterService for RouterGrpc {
         }
         let mut targets = Vec::with_capacity(hello.workspaces.len());
         for (index, workspace) in hello.workspaces.iter().enumerate() {
-            targets.push(
-                target_name(
-                    &format!("hello.workspaces[{index}].target"),
-                    &workspace.target,
-                )?
-                .to_string(),
-            );
+            let target = target_name(
+                &format!("hello.workspaces[{index}].target"),
+                &workspace.target,
+            )?
+            .to_string();
+            // A target claimed twice is served once: the session joins its slot once.
+            if !targets.contains(&target) {
+                targets.push(target);
+            }
         }
         if targets.is_empty() {
             return Err(RouterError::InvalidArgument {
@@ -451,11 +453,18 @@ impl RouterService for RouterGrpc {
         let routing = Arc::clone(&self.routing);
         let (session, owner) = routing.connect(&hello.executor_id, &targets, sender).await;
         let shutdown = self.shutdown.clone();
+        let executor_id = hello.executor_id.clone();
         let cut = live
             .as_ref()
             .map(|(_, stream)| stream.cut.clone())
             .unwrap_or_default();
         self.tasks.spawn(async move {
+            let reporter = Reporter {
+                owner: &owner,
+                executor_id: &executor_id,
+                targets: &targets,
+            };
+            let mut refusals = Refusals::default();
             loop {
                 let message = tokio::select! {
                     () = shutdown.cancelled() => break,
@@ -473,7 +482,7 @@ impl RouterService for RouterGrpc {
                 match message {
                     Ok(Some(message)) => {
                         routing.seen(session).await;
-                        handle_message(&routing, &owner, message).await;
+                        handle_message(&routing, &reporter, &mut refusals, message).await;
                     }
                     Ok(None) => break,
                     Err(status) => {
@@ -490,7 +499,46 @@ impl RouterService for RouterGrpc {
     }
 }
 
-async fn handle_message(routing: &Routing, owner: &str, message: ExecutorMessage) {
+/// How often a session's refused Result/Progress messages are logged (the rest are counted).
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Refused Result/Progress messages of one session: logged at most once per
+/// [`REFUSAL_LOG_EVERY`], with the count of those not logged.
+#[derive(Default)]
+struct Refusals {
+    logged_at: Option<tokio::time::Instant>,
+    unlogged: u64,
+}
+
+impl Refusals {
+    fn note(&mut self, owner: &str, patch_id: &str, kind: &'static str) {
+        let now = tokio::time::Instant::now();
+        if self
+            .logged_at
+            .is_some_and(|at| now.duration_since(at) < REFUSAL_LOG_EVERY)
+        {
+            self.unlogged += 1;
+            return;
+        }
+        tracing::warn!(
+            executor = ?owner,
+            patch_id = ?patch_id,
+            kind,
+            unlogged_since_last = self.unlogged,
+            "refused: this session does not hold the patch's live lease"
+        );
+        self.logged_at = Some(now);
+        self.unlogged = 0;
+    }
+}
+
+async fn handle_message(
+    routing: &Routing,
+    reporter: &Reporter<'_>,
+    refusals: &mut Refusals,
+    message: ExecutorMessage,
+) {
+    let owner = reporter.owner;
     match message.kind {
         Some(executor_message::Kind::Heartbeat(beat)) => {
             routing.heartbeat(owner, beat.fencing_tokens).await;
@@ -498,25 +546,29 @@ async fn handle_message(routing: &Routing, owner: &str, message: ExecutorMessage
         Some(executor_message::Kind::Progress(progress)) => {
             match status_from_wire("progress.status", progress.status) {
                 Ok(status @ (Status::Applying | Status::Validating)) => {
-                    routing
+                    let accepted = routing
                         .progress(
-                            progress.patch_id,
+                            progress.patch_id.clone(),
+                            owner,
                             progress.fencing_token,
                             status,
                             progress.detail,
                         )
                         .await;
+                    if !accepted {
+                        refusals.note(owner, &progress.patch_id, "progress");
+                    }
                 }
                 Ok(other) => {
-                    tracing::warn!(executor = %owner, status = %other, "progress with a non-progress status ignored")
+                    tracing::warn!(executor = ?owner, status = %other, "progress with a non-progress status ignored")
                 }
-                Err(err) => tracing::warn!(executor = %owner, error = %err, "bad progress ignored"),
+                Err(err) => tracing::warn!(executor = ?owner, error = %err, "bad progress ignored"),
             }
         }
         Some(executor_message::Kind::Result(result)) => {
             let span = tracing::info_span!(
                 "router.complete",
-                patch_id = %result.patch_id,
+                patch_id = ?result.patch_id,
                 attempt = result.attempt
             );
             set_parent(&span, &result.traceparent);
@@ -524,32 +576,39 @@ async fn handle_message(routing: &Routing, owner: &str, message: ExecutorMessage
                 let report = match result.report.map(ApplyReport::try_from) {
                     Some(Ok(report)) => report,
                     Some(Err(err)) => {
-                        tracing::warn!(executor = %owner, error = %err, "malformed result ignored");
+                        tracing::warn!(executor = ?owner, error = %err, "malformed result ignored");
                         return;
                     }
                     None => {
-                        tracing::warn!(executor = %owner, "result without report ignored");
+                        tracing::warn!(executor = ?owner, "result without report ignored");
                         return;
                     }
                 };
-                if let Err(err) = routing
+                match routing
                     .complete(
-                        result.patch_id,
+                        reporter,
+                        result.patch_id.clone(),
                         result.attempt,
                         result.fencing_token,
                         report,
                     )
                     .await
                 {
-                    tracing::warn!(executor = %owner, error = %err, "result not accepted");
+                    Ok(()) => {}
+                    Err(RouterError::StaleLease(_)) => {
+                        refusals.note(owner, &result.patch_id, "result");
+                    }
+                    Err(err) => {
+                        tracing::warn!(executor = ?owner, error = %err, "result not accepted")
+                    }
                 }
             }
             .instrument(span)
             .await;
         }
         Some(executor_message::Kind::Hello(_)) => {
-            tracing::warn!(executor = %owner, "second Hello on one stream ignored");
+            tracing::warn!(executor = ?owner, "second Hello on one stream ignored");
         }
-        None => tracing::warn!(executor = %owner, "empty message ignored"),
+        None => tracing::warn!(executor = ?owner, "empty message ignored"),
     }
 }

@@ -68,6 +68,17 @@ struct TargetSlot {
     unrestored: bool,
 }
 
+/// The session a Work-stream message came from.
+#[derive(Debug, Clone, Copy)]
+pub struct Reporter<'a> {
+    /// `<executor id>#<session id>`: the lease owner.
+    pub owner: &'a str,
+    /// The id the executor gave in Hello.
+    pub executor_id: &'a str,
+    /// The targets it serves (deduplicated, all within its credential's scope).
+    pub targets: &'a [String],
+}
+
 /// An executor session, for `ListExecutors`.
 #[derive(Debug, Clone)]
 pub struct ExecutorView {
@@ -371,8 +382,13 @@ impl Routing {
         }
     }
 
-    /// Renews the leases an executor still holds.
-    pub async fn heartbeat(&self, owner: &str, tokens: Vec<u64>) {
+    /// Renews the leases an executor still holds (only leases this session holds: the store
+    /// matches the owner; token 0, a queued patch's, never renews anything).
+    pub async fn heartbeat(&self, owner: &str, mut tokens: Vec<u64>) {
+        tokens.retain(|token| *token != 0);
+        if tokens.is_empty() {
+            return;
+        }
         if let Err(err) = self
             .store
             .renew(owner.to_owned(), tokens, self.lease_ms())
@@ -382,22 +398,37 @@ impl Routing {
         }
     }
 
-    /// Records `applying` / `validating` under a live lease.
-    pub async fn progress(&self, id: String, token: u64, status: Status, detail: String) {
-        match self.store.progress(id.clone(), token, status, detail).await {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::warn!(patch_id = %id, token, "progress for a stale lease ignored")
+    /// Records `applying` / `validating` under a live lease held by `owner`; false when the
+    /// lease is stale or not this session's.
+    pub async fn progress(
+        &self,
+        id: String,
+        owner: &str,
+        token: u64,
+        status: Status,
+        detail: String,
+    ) -> bool {
+        match self
+            .store
+            .progress(id.clone(), owner.to_owned(), token, status, detail)
+            .await
+        {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                // Logged here; not a refusal of the executor's message.
+                tracing::error!(patch_id = %id, error = %err, "cannot record progress");
+                true
             }
-            Err(err) => tracing::error!(patch_id = %id, error = %err, "cannot record progress"),
         }
     }
 
-    /// Accepts an attempt's report if `token` is the live lease, then frees the target. An
-    /// executor's `interrupted` report of an attempt the router already ended is kept as that
-    /// attempt's fuller report; any other stale result is refused.
+    /// Accepts an attempt's report if `token` is the live lease and `reporter` holds it, then
+    /// frees the target. An executor's `interrupted` report of an attempt the router already
+    /// ended is kept as that attempt's fuller report when the same executor held it and still
+    /// serves its target; any other stale or foreign result is refused.
     pub async fn complete(
         &self,
+        reporter: &Reporter<'_>,
         id: String,
         attempt: u32,
         token: u64,
@@ -417,19 +448,27 @@ impl Routing {
         let Some(Completed {
             record,
             dependent_targets,
-        }) = self.store.complete(id.clone(), token, report).await?
+        }) = self
+            .store
+            .complete(id.clone(), reporter.owner.to_owned(), token, report)
+            .await?
         else {
             if interrupted
                 && self
                     .store
-                    .record_interrupted(id.clone(), attempt, late_report)
+                    .record_interrupted(
+                        id.clone(),
+                        reporter.executor_id.to_owned(),
+                        reporter.targets.to_vec(),
+                        attempt,
+                        late_report,
+                    )
                     .await?
             {
                 tracing::info!(patch_id = %id, attempt, "executor's report of an interrupted attempt kept");
                 self.outbox_wake.notify_one();
                 return Ok(());
             }
-            tracing::warn!(patch_id = %id, token, "result with a stale fencing token refused");
             return Err(RouterError::StaleLease(id));
         };
         let target = record.patch.target.to_string();

@@ -481,6 +481,19 @@ fn decode_token((mut token, targets_json): (TokenRow, String)) -> Result<TokenRo
     Ok(token)
 }
 
+/// `owner` holds the live lease `token` of `record`: a queued patch's token is 0 and its
+/// owner empty, so neither a guessed token nor 0 moves a patch someone else holds or nobody does.
+fn holds_lease(record: &PatchRecord, owner: &str, token: u64) -> bool {
+    token != 0
+        && record.fencing_token == token
+        && !owner.is_empty()
+        && record.leased_to == owner
+        && matches!(
+            record.status,
+            Status::Leased | Status::Applying | Status::Validating
+        )
+}
+
 fn audit_tx(
     conn: &Connection,
     action: &str,
@@ -791,6 +804,7 @@ impl RouterStore for SqliteStore {
     async fn progress(
         &self,
         id: String,
+        owner: String,
         token: u64,
         status: Status,
         detail: String,
@@ -799,7 +813,7 @@ impl RouterStore for SqliteStore {
             let Some(record) = get_tx(conn, &id)? else {
                 return Ok(false);
             };
-            if record.fencing_token != token || record.status.is_terminal() {
+            if !holds_lease(&record, &owner, token) {
                 return Ok(false);
             }
             exec(
@@ -823,6 +837,7 @@ impl RouterStore for SqliteStore {
     async fn complete(
         &self,
         id: String,
+        owner: String,
         token: u64,
         report: ApplyReport,
     ) -> Result<Option<Completed>, StoreError> {
@@ -830,7 +845,7 @@ impl RouterStore for SqliteStore {
             let Some(record) = get_tx(conn, &id)? else {
                 return Ok(None);
             };
-            if record.fencing_token != token || record.status.is_terminal() {
+            if !holds_lease(&record, &owner, token) {
                 return Ok(None);
             }
             let json = report_json(&id, &report)?;
@@ -880,10 +895,34 @@ impl RouterStore for SqliteStore {
     async fn record_interrupted(
         &self,
         id: String,
+        executor_id: String,
+        targets: Vec<String>,
         attempt: u32,
         report: ApplyReport,
     ) -> Result<bool, StoreError> {
         self.write(move |conn| {
+            let Some(record) = get_tx(conn, &id)? else {
+                return Ok(false);
+            };
+            if !targets.contains(&record.patch.target.to_string()) {
+                return Ok(false);
+            }
+            let former: Option<String> = row(
+                conn,
+                "SELECT executor FROM attempts
+                 WHERE patch_id = ?1 AND attempt = ?2 AND status = 'interrupted'",
+                params![id, attempt],
+                |row| row.get(0),
+            )
+            .optional()?;
+            // The owner is `<executor id>#<session>`: the executor may have reconnected since.
+            let same_executor = former
+                .as_deref()
+                .and_then(|owner| owner.rsplit_once('#'))
+                .is_some_and(|(former_id, _)| former_id == executor_id);
+            if !same_executor {
+                return Ok(false);
+            }
             let json = report_json(&id, &report)?;
             let updated = exec(
                 conn,

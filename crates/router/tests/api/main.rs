@@ -3,6 +3,7 @@
 
 mod alerts;
 mod helpers;
+mod lease_holder;
 mod leases;
 mod metric_labels;
 mod ordering;
