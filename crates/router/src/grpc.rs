@@ -25,7 +25,7 @@ use crate::error::RouterError;
 use crate::routing::{Reporter, Routing};
 use crate::store::{PatchRecord, now_ms};
 use crate::tokens::{ExecutorTokens, hash_secret};
-use hello::{Credential, REFUSAL_SEND, check_hello};
+use hello::{Credential, Peer, REFUSAL_SEND, check_hello};
 
 /// How long a new Work stream may take to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,12 +43,21 @@ pub struct RouterGrpc {
     pub shutdown: CancellationToken,
     /// Token executors must present.
     pub executor_token: Secret,
-    /// The deployment's service credential; also opens the Work stream for every target.
+    /// The deployment's service credential (resolved once from `internal_token` or
+    /// `internal_token_file`); also opens the Work stream for every target.
     pub internal_token: Secret,
     /// Per-executor tokens and their live streams.
     pub tokens: Arc<ExecutorTokens>,
     /// Told to executors in Welcome.
     pub heartbeat_interval: Duration,
+    /// The bound executor port (`executor_listen`): never opens an anonymous stream.
+    pub executor_addr: Option<std::net::SocketAddr>,
+}
+
+/// Whether a Work stream's credential was anonymous, once the credential itself is consumed.
+enum CredentialKind {
+    Anonymous,
+    Other,
 }
 
 fn state_of(record: &PatchRecord) -> wire::PatchState {
@@ -370,6 +379,16 @@ impl RouterService for RouterGrpc {
         &self,
         request: Request<Streaming<ExecutorMessage>>,
     ) -> Result<Response<Self::WorkStream>, tonic::Status> {
+        let peer = Peer {
+            loopback: request
+                .remote_addr()
+                .is_some_and(|addr| addr.ip().is_loopback()),
+            via_executor_port: match self.executor_addr {
+                // Unknown local address: it may have been the executor port.
+                Some(executor) => request.local_addr().is_none_or(|local| local == executor),
+                None => false,
+            },
+        };
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -385,7 +404,9 @@ impl RouterService for RouterGrpc {
             .into());
         };
         check_hello(&hello)?;
-        let credential = self.credential(&hello.token, &hello.executor_id).await?;
+        let credential = self
+            .credential(&hello.token, &hello.executor_id, peer)
+            .await?;
         if hello.executor_id.trim().is_empty() {
             return Err(RouterError::InvalidArgument {
                 field: "hello.executor_id".to_owned(),
@@ -413,6 +434,11 @@ impl RouterService for RouterGrpc {
             .into());
         }
 
+        let credential_kind = if matches!(credential, Credential::Anonymous) {
+            CredentialKind::Anonymous
+        } else {
+            CredentialKind::Other
+        };
         let live = match credential {
             Credential::Token(token) => {
                 self.check_scope(&token, &hello.executor_id, &targets)
@@ -440,6 +466,22 @@ impl RouterService for RouterGrpc {
             }
             Credential::Shared | Credential::Service | Credential::Anonymous => None,
         };
+        // Cancelled when the token is revoked, or, for an anonymous stream, when the first
+        // token is created: the session keeps it so dispatch never assigns to a cut session
+        // (a revocation may land before the reader below starts watching).
+        let (cut, cut_reason) = match (&live, &credential_kind) {
+            (Some((name, stream)), _) => (
+                stream.cut.clone(),
+                format!("executor token {name} was revoked"),
+            ),
+            (None, CredentialKind::Anonymous) => (
+                self.tokens.anonymous_cut(),
+                "an executor token was created: anonymous work streams are closed; say Hello \
+                 with a credential"
+                    .to_owned(),
+            ),
+            (None, CredentialKind::Other) => (CancellationToken::new(), String::new()),
+        };
 
         let (sender, receiver) = tokio::sync::mpsc::channel(32);
         let cut_sender = sender.clone();
@@ -451,13 +493,11 @@ impl RouterService for RouterGrpc {
         };
         let _ = sender.send(Ok(welcome)).await;
         let routing = Arc::clone(&self.routing);
-        let (session, owner) = routing.connect(&hello.executor_id, &targets, sender).await;
+        let (session, owner) = routing
+            .connect(&hello.executor_id, &targets, sender, cut.clone())
+            .await;
         let shutdown = self.shutdown.clone();
         let executor_id = hello.executor_id.clone();
-        let cut = live
-            .as_ref()
-            .map(|(_, stream)| stream.cut.clone())
-            .unwrap_or_default();
         self.tasks.spawn(async move {
             let reporter = Reporter {
                 owner: &owner,
@@ -469,11 +509,8 @@ impl RouterService for RouterGrpc {
                 let message = tokio::select! {
                     () = shutdown.cancelled() => break,
                     () = cut.cancelled() => {
-                        let name = live.as_ref().map(|(name, _)| name.as_str()).unwrap_or_default();
-                        tracing::warn!(target: "audit", executor = %owner, token = %name, "work stream cut: its executor token was revoked");
-                        let revoked = tonic::Status::unauthenticated(format!(
-                            "executor token {name} was revoked"
-                        ));
+                        tracing::warn!(target: "audit", executor = ?owner, reason = %cut_reason, "work stream cut");
+                        let revoked = tonic::Status::unauthenticated(cut_reason.clone());
                         let _ = tokio::time::timeout(REFUSAL_SEND, cut_sender.send(Err(revoked))).await;
                         break;
                     }

@@ -21,6 +21,7 @@ use std::time::Duration;
 use ghost_core::{ApplyReport, Patch, Status};
 use ghost_proto::executor::v1::{Assign, Cancel, RouterMessage, router_message};
 use tokio::sync::{Mutex, Notify, mpsc};
+use tokio_util::sync::CancellationToken;
 
 use crate::error::RouterError;
 use crate::store::{
@@ -56,6 +57,8 @@ struct Session {
     connected_ms: i64,
     last_seen_ms: Arc<AtomicI64>,
     sender: SessionSender,
+    /// Cancelled when the session's credential is withdrawn: dispatch skips it from then on.
+    cut: CancellationToken,
 }
 
 #[derive(Default)]
@@ -192,12 +195,14 @@ impl Routing {
         }
     }
 
-    /// Registers a new executor session for `targets`; returns its session id and owner name.
+    /// Registers a new executor session for `targets` (no duplicates), which gets no work
+    /// once `cut` is cancelled; returns its session id and owner name.
     pub async fn connect(
         &self,
         executor_id: &str,
         targets: &[String],
         sender: SessionSender,
+        cut: CancellationToken,
     ) -> (u64, String) {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         let owner = format!("{executor_id}#{id}");
@@ -210,6 +215,7 @@ impl Routing {
             connected_ms: now,
             last_seen_ms: Arc::new(AtomicI64::new(now)),
             sender,
+            cut,
         };
         // `unrestored` lives in memory: derive it from the stored alerts when a target's
         // executor connects, so a router restarted while it fired still resolves it on the
@@ -326,11 +332,9 @@ impl Routing {
             // An executor that has sent nothing for a whole lease period (no heartbeat) is
             // presumed stuck: it gets no new work until it speaks again.
             let alive_since = now_ms() - self.lease_ms();
-            let Some(session) = slot
-                .sessions
-                .iter()
-                .find(|s| s.last_seen_ms.load(Ordering::Relaxed) >= alive_since)
-            else {
+            let Some(session) = slot.sessions.iter().find(|s| {
+                !s.cut.is_cancelled() && s.last_seen_ms.load(Ordering::Relaxed) >= alive_since
+            }) else {
                 return;
             };
             (session.id, session.owner.clone(), session.sender.clone())
@@ -850,5 +854,79 @@ impl Routing {
     /// Ends every executor session (on shutdown), so their streams close.
     pub async fn close_sessions(&self) {
         self.slots.lock().await.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SqliteStore;
+    use ghost_proto::router::v1 as wire;
+
+    fn patch(id: &str) -> Patch {
+        Patch::try_from(wire::Patch {
+            id: id.to_owned(),
+            target: "MAIN".to_owned(),
+            description: "cut-session test".to_owned(),
+            priority: wire::Priority::Normal as i32,
+            edits: vec![wire::Edit {
+                op: Some(wire::edit::Op::Write(wire::WriteFile {
+                    path: "a.txt".to_owned(),
+                    contents: "a\n".to_owned(),
+                })),
+            }],
+            ..wire::Patch::default()
+        })
+        .expect("valid patch")
+    }
+
+    /// A revocation can land after the Hello's second token lookup and before the session's
+    /// reader watches its cut signal: the session is registered already cut, and dispatch
+    /// must not queue an Assign to it (the API cannot time that window, so this drives
+    /// `Routing` directly).
+    #[tokio::test]
+    async fn a_session_registered_already_cut_gets_no_assignment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("router.db")).expect("store");
+        let routing = Routing::new(
+            Arc::new(store),
+            Policy {
+                lease: Duration::from_secs(30),
+                max_attempts: 3,
+                stale_after: Duration::from_secs(300),
+            },
+        );
+        let targets = vec!["MAIN".to_owned()];
+        let (revoked_sender, mut revoked_inbox) = mpsc::channel(8);
+        let cut = CancellationToken::new();
+        cut.cancel();
+        routing
+            .connect("revoked", &targets, revoked_sender, cut)
+            .await;
+        routing
+            .submit(patch("waiting"), String::new(), Vec::new())
+            .await
+            .expect("stored");
+        assert!(
+            revoked_inbox.try_recv().is_err(),
+            "a cut session was given work"
+        );
+        let record = routing
+            .store()
+            .get("waiting".to_owned())
+            .await
+            .expect("read")
+            .expect("stored");
+        assert_eq!(record.status, Status::Queued);
+
+        let (live_sender, mut live_inbox) = mpsc::channel(8);
+        routing
+            .connect("live", &targets, live_sender, CancellationToken::new())
+            .await;
+        let message = live_inbox.try_recv().expect("the live session is assigned");
+        assert!(matches!(
+            message.map(|message| message.kind),
+            Ok(Some(router_message::Kind::Assign(_)))
+        ));
     }
 }

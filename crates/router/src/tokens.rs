@@ -111,6 +111,9 @@ pub struct ExecutorTokens {
     store: Arc<dyn RouterStore>,
     live: Mutex<HashMap<String, HashMap<u64, CancellationToken>>>,
     next: AtomicU64,
+    /// Cancelled when a token is created: anonymous Work streams end then (no new one opens
+    /// once any token exists).
+    anonymous: CancellationToken,
 }
 
 /// A Work stream opened with a token; leaves the registry when dropped.
@@ -145,6 +148,7 @@ impl ExecutorTokens {
             store,
             live: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
+            anonymous: CancellationToken::new(),
         }
     }
 
@@ -169,6 +173,11 @@ impl ExecutorTokens {
             id,
             cut,
         }
+    }
+
+    /// The cut signal of anonymous Work streams.
+    pub fn anonymous_cut(&self) -> CancellationToken {
+        self.anonymous.clone()
     }
 
     /// Work streams open with token `name` now.
@@ -240,6 +249,7 @@ impl ExecutorTokenService for TokenService {
             .await
             .map_err(RouterError::from)?
             .ok_or_else(|| RouterError::TokenExists(request.name.clone()))?;
+        self.tokens.anonymous.cancel();
         tracing::info!(target: "audit", action = "executor_token.create", name = %created.name, %actor, ?targets, "executor token created");
         Ok(Response::new(wire::CreateExecutorTokenResponse {
             token: Some(self.tokens.wire(&created)),

@@ -53,6 +53,15 @@ pub(super) fn check_hello(hello: &Hello) -> Result<(), RouterError> {
     Ok(())
 }
 
+/// Where a Work stream came from.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Peer {
+    /// The remote address is known and loopback.
+    pub loopback: bool,
+    /// It came through the executor port (`executor_listen`), or may have.
+    pub via_executor_port: bool,
+}
+
 /// What a Hello proved.
 pub(super) enum Credential {
     /// A per-executor token, scoped to its targets.
@@ -61,7 +70,8 @@ pub(super) enum Credential {
     Shared,
     /// The deployment's service credential: every target.
     Service,
-    /// Nothing is configured and no token was ever issued: any local executor.
+    /// Nothing is configured, no token was ever issued, and the stream came from loopback
+    /// and not through the executor port: a local executor.
     Anonymous,
 }
 
@@ -71,6 +81,7 @@ impl RouterGrpc {
         &self,
         token: &str,
         executor: &str,
+        peer: Peer,
     ) -> Result<Credential, RouterError> {
         let store = self.tokens.store();
         if !token.is_empty() {
@@ -101,6 +112,8 @@ impl RouterGrpc {
         }
         if self.executor_token.is_empty()
             && self.internal_token.is_empty()
+            && peer.loopback
+            && !peer.via_executor_port
             && !store.any_token().await?
         {
             return Ok(Credential::Anonymous);
