@@ -155,7 +155,7 @@ impl App {
                 }
             }
         });
-        let tokens = Arc::new(ExecutorTokens::new(Arc::clone(self.routing.store())));
+        let tokens = Arc::new(ExecutorTokens::new(Arc::clone(&self.routing)));
         let grpc = RouterGrpc {
             routing: Arc::clone(&self.routing),
             tasks: tasks.clone(),
@@ -165,6 +165,7 @@ impl App {
             tokens: Arc::clone(&tokens),
             heartbeat_interval: self.config.heartbeat_interval,
             executor_addr: self.listeners.restricted_addr(),
+            refusal_audit: Arc::default(),
         };
         let service = Service {
             name: SERVICE,

@@ -2,6 +2,8 @@
 
 mod hello;
 
+pub use hello::{RefusalAudit, refused_alert_key};
+
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,6 +54,8 @@ pub struct RouterGrpc {
     pub heartbeat_interval: Duration,
     /// The bound executor port (`executor_listen`): never opens an anonymous stream.
     pub executor_addr: Option<std::net::SocketAddr>,
+    /// Coalesces refused Hellos into at most one audit row per token or peer a minute.
+    pub refusal_audit: Arc<RefusalAudit>,
 }
 
 /// Whether a Work stream's credential was anonymous, once the credential itself is consumed.
@@ -380,6 +384,7 @@ impl RouterService for RouterGrpc {
         request: Request<Streaming<ExecutorMessage>>,
     ) -> Result<Response<Self::WorkStream>, tonic::Status> {
         let peer = Peer {
+            addr: request.remote_addr().map(|addr| addr.ip()),
             loopback: request
                 .remote_addr()
                 .is_some_and(|addr| addr.ip().is_loopback()),

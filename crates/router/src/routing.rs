@@ -720,7 +720,8 @@ impl Routing {
         }
     }
 
-    async fn resolve(&self, key: String, summary: String) {
+    /// Resolves the firing alert `key` through the alert outbox.
+    pub(crate) async fn resolve(&self, key: String, summary: String) {
         match self.store.resolve_alert(key.clone(), summary).await {
             Ok(true) => {
                 tracing::info!(alert = %key, "alert resolved");

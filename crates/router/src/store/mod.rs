@@ -439,10 +439,12 @@ pub trait RouterStore: Send + Sync + 'static {
     /// Notes an accepted Hello with token `id`.
     async fn token_used(&self, id: i64, at_ms: i64) -> Result<(), StoreError>;
 
-    /// Appends to the token audit trail (refusals; creation and revocation audit themselves).
+    /// Appends to the token audit trail (refusals; creation and revocation audit themselves)
+    /// about token `token_id` (0: no known token), keeping the trail bounded.
     async fn audit_token(
         &self,
         action: String,
+        token_id: i64,
         name: String,
         actor: String,
         detail: String,
