@@ -528,7 +528,7 @@ impl RouterService for RouterGrpc {
                     }
                     Ok(None) => break,
                     Err(status) => {
-                        tracing::info!(executor = %owner, code = ?status.code(), "work stream broke");
+                        tracing::info!(executor = ?owner, code = ?status.code(), "work stream broke");
                         break;
                     }
                 }

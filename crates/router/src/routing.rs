@@ -243,7 +243,7 @@ impl Routing {
                     .increment(1.0);
             }
         }
-        tracing::info!(executor = %owner, ?targets, "executor connected");
+        tracing::info!(executor = ?owner, ?targets, "executor connected");
         for target in targets {
             self.resolve(
                 format!("executor_lost/{target}"),
@@ -287,7 +287,7 @@ impl Routing {
                 }
             }
         }
-        tracing::info!(executor = %owner, "executor disconnected");
+        tracing::info!(executor = ?owner, "executor disconnected");
         for target in &orphaned {
             self.raise(NewAlert {
                 key: format!("executor_lost/{target}"),
@@ -371,11 +371,11 @@ impl Routing {
             kind: Some(router_message::Kind::Assign(assign)),
         };
         if sender.send(Ok(message)).await.is_err() {
-            tracing::warn!(patch_id = %id, executor = %owner, "executor gone before assignment");
+            tracing::warn!(patch_id = %id, executor = ?owner, "executor gone before assignment");
             // The session's reader notices the closed stream and interrupts via `disconnect`.
             return;
         }
-        tracing::info!(patch_id = %id, executor = %owner, attempt = record.attempt, "patch assigned");
+        tracing::info!(patch_id = %id, executor = ?owner, attempt = record.attempt, "patch assigned");
     }
 
     /// Tries every served target: after an outcome, a patch elsewhere may have become runnable.
@@ -398,7 +398,7 @@ impl Routing {
             .renew(owner.to_owned(), tokens, self.lease_ms())
             .await
         {
-            tracing::error!(executor = %owner, error = %err, "cannot renew leases");
+            tracing::error!(executor = ?owner, error = %err, "cannot renew leases");
         }
     }
 

@@ -498,3 +498,48 @@ async fn repeated_refusals_write_one_audit_row_per_token_and_per_peer() {
         "the executor id is escaped: {refused:#?}"
     );
 }
+
+#[tokio::test]
+async fn an_executor_id_cannot_forge_log_lines() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    // nextest runs each test in a process of its own: this subscriber sees only this test.
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .try_init();
+    let dir = tempfile::tempdir().unwrap();
+    let router = spawn_router(config(dir.path())).await;
+    let evil = "evil\nFORGED router: all is well";
+    // Anonymous (no credential yet): connected, then a refused message on its stream.
+    let anonymous = TestExecutor::connect(&router, evil, &["MAIN"]).await;
+    submit(&router, patch("forged-target", "MAIN")).await;
+    anonymous
+        .send(ghost_proto::executor::v1::executor_message::Kind::Result(
+            ghost_proto::executor::v1::Result {
+                patch_id: "someone-elses".to_owned(),
+                attempt: 1,
+                fencing_token: 0,
+                report: Some(ghost_proto::router::v1::ApplyReport {
+                    status: PatchStatus::Succeeded as i32,
+                    ..Default::default()
+                }),
+                traceparent: String::new(),
+            },
+        ))
+        .await;
+    drop(anonymous);
+    create(&router, "box", &["MAIN"]).await;
+    TestExecutor::connect_with(&router, evil, &["MAIN"], "gx_unknown")
+        .await
+        .err()
+        .expect("unknown token");
+    router.stop().await;
+
+    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    assert!(logs.contains("FORGED"), "the capture works: {logs}");
+    assert!(
+        !logs.lines().any(|line| line.starts_with("FORGED")),
+        "an executor id started a log line:\n{logs}"
+    );
+}
