@@ -58,12 +58,6 @@ pub struct RouterGrpc {
     pub refusal_audit: Arc<RefusalAudit>,
 }
 
-/// Whether a Work stream's credential was anonymous, once the credential itself is consumed.
-enum CredentialKind {
-    Anonymous,
-    Other,
-}
-
 fn state_of(record: &PatchRecord) -> wire::PatchState {
     wire::PatchState {
         id: record.patch.id.to_string(),
@@ -439,11 +433,7 @@ impl RouterService for RouterGrpc {
             .into());
         }
 
-        let credential_kind = if matches!(credential, Credential::Anonymous) {
-            CredentialKind::Anonymous
-        } else {
-            CredentialKind::Other
-        };
+        let anonymous = matches!(credential, Credential::Anonymous);
         let live = match credential {
             Credential::Token(token) => {
                 self.check_scope(&token, &hello.executor_id, &targets)
@@ -474,18 +464,18 @@ impl RouterService for RouterGrpc {
         // Cancelled when the token is revoked, or, for an anonymous stream, when the first
         // token is created: the session keeps it so dispatch never assigns to a cut session
         // (a revocation may land before the reader below starts watching).
-        let (cut, cut_reason) = match (&live, &credential_kind) {
+        let (cut, cut_reason) = match (&live, anonymous) {
             (Some((name, stream)), _) => (
                 stream.cut.clone(),
                 format!("executor token {name} was revoked"),
             ),
-            (None, CredentialKind::Anonymous) => (
+            (None, true) => (
                 self.tokens.anonymous_cut(),
                 "an executor token was created: anonymous work streams are closed; say Hello \
                  with a credential"
                     .to_owned(),
             ),
-            (None, CredentialKind::Other) => (CancellationToken::new(), String::new()),
+            (None, false) => (CancellationToken::new(), String::new()),
         };
 
         let (sender, receiver) = tokio::sync::mpsc::channel(32);
