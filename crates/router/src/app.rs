@@ -8,6 +8,7 @@ use ghost_proto::router::v1::executor_token_service_server::ExecutorTokenService
 use ghost_proto::router::v1::router_service_server::RouterServiceServer;
 use ghost_proto::router::v1::router_stats_service_server::RouterStatsServiceServer;
 use ghost_proto::summarizer::v1::summarizer_service_client::SummarizerServiceClient;
+use ghost_runtime::config::Secret;
 use ghost_runtime::propagation::{Upstream, traced_channel};
 use ghost_runtime::serve::{Listeners, Service};
 use tokio_util::sync::CancellationToken;
@@ -31,6 +32,8 @@ pub struct App {
     listeners: Listeners,
     upstream: Upstream,
     routing: Arc<Routing>,
+    /// The service credential, resolved once from `internal_token` or `internal_token_file`.
+    internal_token: Secret,
 }
 
 impl App {
@@ -42,6 +45,18 @@ impl App {
             !config.sweep_interval.is_zero() && !config.lease_timeout.is_zero(),
             "sweep_interval and lease_timeout must be positive"
         );
+        let internal_token = config
+            .server
+            .internal_token()
+            .map_err(|err| anyhow::anyhow!("cannot read the router's service credential: {err}"))?;
+        if let Some(addr) = config.executor_listen {
+            anyhow::ensure!(
+                addr.ip().is_loopback() || !internal_token.is_empty(),
+                "executor_listen {addr} is not a loopback address and no service credential is \
+                 set (server.internal_token or server.internal_token_file): executors on other \
+                 machines must present a credential"
+            );
+        }
         let store = SqliteStore::open(&config.data_dir.join("router.db"))?;
         let interrupted = store
             .end_all_leases("router restarted".to_owned(), config.max_attempts)
@@ -75,6 +90,7 @@ impl App {
             listeners,
             upstream,
             routing,
+            internal_token,
         })
     }
 
@@ -139,15 +155,17 @@ impl App {
                 }
             }
         });
-        let tokens = Arc::new(ExecutorTokens::new(Arc::clone(self.routing.store())));
+        let tokens = Arc::new(ExecutorTokens::new(Arc::clone(&self.routing)));
         let grpc = RouterGrpc {
             routing: Arc::clone(&self.routing),
             tasks: tasks.clone(),
             shutdown: token.clone(),
             executor_token: self.config.executor_token.clone(),
-            internal_token: self.config.server.internal_token.clone(),
+            internal_token: self.internal_token.clone(),
             tokens: Arc::clone(&tokens),
             heartbeat_interval: self.config.heartbeat_interval,
+            executor_addr: self.listeners.restricted_addr(),
+            refusal_audit: Arc::default(),
         };
         let service = Service {
             name: SERVICE,

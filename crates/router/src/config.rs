@@ -25,11 +25,13 @@ pub struct RouterConfig {
     pub alerter_url: Option<String>,
     /// A shared token for executors of every target, presented in Hello. Prefer per-executor
     /// tokens scoped to targets (`ghost token create`). Empty: only per-executor tokens and the
-    /// service credential are accepted (and, with no service credential on a loopback
-    /// listener, any local executor).
+    /// service credential are accepted (and, with no credential of any kind and no token ever
+    /// issued, any executor dialling the loopback gRPC port).
     pub executor_token: Secret,
     /// A second gRPC listener for executors on other machines: it serves only the `Work`
-    /// stream and health, always over TLS (`server.tls.cert`/`key` must be set). Unset: none.
+    /// stream and health, always over TLS (`server.tls.cert`/`key` must be set), and never
+    /// opens an anonymous stream; off loopback it needs the service credential
+    /// (`server.internal_token` or `server.internal_token_file`). Unset: none.
     pub executor_listen: Option<std::net::SocketAddr>,
     /// How often executors must heartbeat.
     #[serde(with = "humantime_serde")]

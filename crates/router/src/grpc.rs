@@ -2,6 +2,8 @@
 
 mod hello;
 
+pub use hello::{RefusalAudit, refused_alert_key};
+
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,10 +24,10 @@ use tonic::{Request, Response, Streaming};
 use tracing::Instrument;
 
 use crate::error::RouterError;
-use crate::routing::Routing;
+use crate::routing::{Reporter, Routing};
 use crate::store::{PatchRecord, now_ms};
 use crate::tokens::{ExecutorTokens, hash_secret};
-use hello::{Credential, REFUSAL_SEND, check_hello};
+use hello::{Credential, Peer, REFUSAL_SEND, check_hello};
 
 /// How long a new Work stream may take to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,12 +45,17 @@ pub struct RouterGrpc {
     pub shutdown: CancellationToken,
     /// Token executors must present.
     pub executor_token: Secret,
-    /// The deployment's service credential; also opens the Work stream for every target.
+    /// The deployment's service credential (resolved once from `internal_token` or
+    /// `internal_token_file`); also opens the Work stream for every target.
     pub internal_token: Secret,
     /// Per-executor tokens and their live streams.
     pub tokens: Arc<ExecutorTokens>,
     /// Told to executors in Welcome.
     pub heartbeat_interval: Duration,
+    /// The bound executor port (`executor_listen`): never opens an anonymous stream.
+    pub executor_addr: Option<std::net::SocketAddr>,
+    /// Coalesces refused Hellos into at most one audit row per token or peer a minute.
+    pub refusal_audit: Arc<RefusalAudit>,
 }
 
 fn state_of(record: &PatchRecord) -> wire::PatchState {
@@ -370,6 +377,17 @@ impl RouterService for RouterGrpc {
         &self,
         request: Request<Streaming<ExecutorMessage>>,
     ) -> Result<Response<Self::WorkStream>, tonic::Status> {
+        let peer = Peer {
+            addr: request.remote_addr().map(|addr| addr.ip()),
+            loopback: request
+                .remote_addr()
+                .is_some_and(|addr| addr.ip().is_loopback()),
+            via_executor_port: match self.executor_addr {
+                // Unknown local address: it may have been the executor port.
+                Some(executor) => request.local_addr().is_none_or(|local| local == executor),
+                None => false,
+            },
+        };
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -385,7 +403,9 @@ impl RouterService for RouterGrpc {
             .into());
         };
         check_hello(&hello)?;
-        let credential = self.credential(&hello.token, &hello.executor_id).await?;
+        let credential = self
+            .credential(&hello.token, &hello.executor_id, peer)
+            .await?;
         if hello.executor_id.trim().is_empty() {
             return Err(RouterError::InvalidArgument {
                 field: "hello.executor_id".to_owned(),
@@ -395,13 +415,15 @@ impl RouterService for RouterGrpc {
         }
         let mut targets = Vec::with_capacity(hello.workspaces.len());
         for (index, workspace) in hello.workspaces.iter().enumerate() {
-            targets.push(
-                target_name(
-                    &format!("hello.workspaces[{index}].target"),
-                    &workspace.target,
-                )?
-                .to_string(),
-            );
+            let target = target_name(
+                &format!("hello.workspaces[{index}].target"),
+                &workspace.target,
+            )?
+            .to_string();
+            // A target claimed twice is served once: the session joins its slot once.
+            if !targets.contains(&target) {
+                targets.push(target);
+            }
         }
         if targets.is_empty() {
             return Err(RouterError::InvalidArgument {
@@ -411,6 +433,7 @@ impl RouterService for RouterGrpc {
             .into());
         }
 
+        let anonymous = matches!(credential, Credential::Anonymous);
         let live = match credential {
             Credential::Token(token) => {
                 self.check_scope(&token, &hello.executor_id, &targets)
@@ -438,6 +461,22 @@ impl RouterService for RouterGrpc {
             }
             Credential::Shared | Credential::Service | Credential::Anonymous => None,
         };
+        // Cancelled when the token is revoked, or, for an anonymous stream, when the first
+        // token is created: the session keeps it so dispatch never assigns to a cut session
+        // (a revocation may land before the reader below starts watching).
+        let (cut, cut_reason) = match (&live, anonymous) {
+            (Some((name, stream)), _) => (
+                stream.cut.clone(),
+                format!("executor token {name} was revoked"),
+            ),
+            (None, true) => (
+                self.tokens.anonymous_cut(),
+                "an executor token was created: anonymous work streams are closed; say Hello \
+                 with a credential"
+                    .to_owned(),
+            ),
+            (None, false) => (CancellationToken::new(), String::new()),
+        };
 
         let (sender, receiver) = tokio::sync::mpsc::channel(32);
         let cut_sender = sender.clone();
@@ -449,22 +488,24 @@ impl RouterService for RouterGrpc {
         };
         let _ = sender.send(Ok(welcome)).await;
         let routing = Arc::clone(&self.routing);
-        let (session, owner) = routing.connect(&hello.executor_id, &targets, sender).await;
+        let (session, owner) = routing
+            .connect(&hello.executor_id, &targets, sender, cut.clone())
+            .await;
         let shutdown = self.shutdown.clone();
-        let cut = live
-            .as_ref()
-            .map(|(_, stream)| stream.cut.clone())
-            .unwrap_or_default();
+        let executor_id = hello.executor_id.clone();
         self.tasks.spawn(async move {
+            let reporter = Reporter {
+                owner: &owner,
+                executor_id: &executor_id,
+                targets: &targets,
+            };
+            let mut refusals = Refusals::default();
             loop {
                 let message = tokio::select! {
                     () = shutdown.cancelled() => break,
                     () = cut.cancelled() => {
-                        let name = live.as_ref().map(|(name, _)| name.as_str()).unwrap_or_default();
-                        tracing::warn!(target: "audit", executor = %owner, token = %name, "work stream cut: its executor token was revoked");
-                        let revoked = tonic::Status::unauthenticated(format!(
-                            "executor token {name} was revoked"
-                        ));
+                        tracing::warn!(target: "audit", executor = ?owner, reason = %cut_reason, "work stream cut");
+                        let revoked = tonic::Status::unauthenticated(cut_reason.clone());
                         let _ = tokio::time::timeout(REFUSAL_SEND, cut_sender.send(Err(revoked))).await;
                         break;
                     }
@@ -473,11 +514,11 @@ impl RouterService for RouterGrpc {
                 match message {
                     Ok(Some(message)) => {
                         routing.seen(session).await;
-                        handle_message(&routing, &owner, message).await;
+                        handle_message(&routing, &reporter, &mut refusals, message).await;
                     }
                     Ok(None) => break,
                     Err(status) => {
-                        tracing::info!(executor = %owner, code = ?status.code(), "work stream broke");
+                        tracing::info!(executor = ?owner, code = ?status.code(), "work stream broke");
                         break;
                     }
                 }
@@ -490,7 +531,46 @@ impl RouterService for RouterGrpc {
     }
 }
 
-async fn handle_message(routing: &Routing, owner: &str, message: ExecutorMessage) {
+/// How often a session's refused Result/Progress messages are logged (the rest are counted).
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Refused Result/Progress messages of one session: logged at most once per
+/// [`REFUSAL_LOG_EVERY`], with the count of those not logged.
+#[derive(Default)]
+struct Refusals {
+    logged_at: Option<tokio::time::Instant>,
+    unlogged: u64,
+}
+
+impl Refusals {
+    fn note(&mut self, owner: &str, patch_id: &str, kind: &'static str) {
+        let now = tokio::time::Instant::now();
+        if self
+            .logged_at
+            .is_some_and(|at| now.duration_since(at) < REFUSAL_LOG_EVERY)
+        {
+            self.unlogged += 1;
+            return;
+        }
+        tracing::warn!(
+            executor = ?owner,
+            patch_id = ?patch_id,
+            kind,
+            unlogged_since_last = self.unlogged,
+            "refused: this session does not hold the patch's live lease"
+        );
+        self.logged_at = Some(now);
+        self.unlogged = 0;
+    }
+}
+
+async fn handle_message(
+    routing: &Routing,
+    reporter: &Reporter<'_>,
+    refusals: &mut Refusals,
+    message: ExecutorMessage,
+) {
+    let owner = reporter.owner;
     match message.kind {
         Some(executor_message::Kind::Heartbeat(beat)) => {
             routing.heartbeat(owner, beat.fencing_tokens).await;
@@ -498,25 +578,29 @@ async fn handle_message(routing: &Routing, owner: &str, message: ExecutorMessage
         Some(executor_message::Kind::Progress(progress)) => {
             match status_from_wire("progress.status", progress.status) {
                 Ok(status @ (Status::Applying | Status::Validating)) => {
-                    routing
+                    let accepted = routing
                         .progress(
-                            progress.patch_id,
+                            progress.patch_id.clone(),
+                            owner,
                             progress.fencing_token,
                             status,
                             progress.detail,
                         )
                         .await;
+                    if !accepted {
+                        refusals.note(owner, &progress.patch_id, "progress");
+                    }
                 }
                 Ok(other) => {
-                    tracing::warn!(executor = %owner, status = %other, "progress with a non-progress status ignored")
+                    tracing::warn!(executor = ?owner, status = %other, "progress with a non-progress status ignored")
                 }
-                Err(err) => tracing::warn!(executor = %owner, error = %err, "bad progress ignored"),
+                Err(err) => tracing::warn!(executor = ?owner, error = %err, "bad progress ignored"),
             }
         }
         Some(executor_message::Kind::Result(result)) => {
             let span = tracing::info_span!(
                 "router.complete",
-                patch_id = %result.patch_id,
+                patch_id = ?result.patch_id,
                 attempt = result.attempt
             );
             set_parent(&span, &result.traceparent);
@@ -524,32 +608,39 @@ async fn handle_message(routing: &Routing, owner: &str, message: ExecutorMessage
                 let report = match result.report.map(ApplyReport::try_from) {
                     Some(Ok(report)) => report,
                     Some(Err(err)) => {
-                        tracing::warn!(executor = %owner, error = %err, "malformed result ignored");
+                        tracing::warn!(executor = ?owner, error = %err, "malformed result ignored");
                         return;
                     }
                     None => {
-                        tracing::warn!(executor = %owner, "result without report ignored");
+                        tracing::warn!(executor = ?owner, "result without report ignored");
                         return;
                     }
                 };
-                if let Err(err) = routing
+                match routing
                     .complete(
-                        result.patch_id,
+                        reporter,
+                        result.patch_id.clone(),
                         result.attempt,
                         result.fencing_token,
                         report,
                     )
                     .await
                 {
-                    tracing::warn!(executor = %owner, error = %err, "result not accepted");
+                    Ok(()) => {}
+                    Err(RouterError::StaleLease(_)) => {
+                        refusals.note(owner, &result.patch_id, "result");
+                    }
+                    Err(err) => {
+                        tracing::warn!(executor = ?owner, error = %err, "result not accepted")
+                    }
                 }
             }
             .instrument(span)
             .await;
         }
         Some(executor_message::Kind::Hello(_)) => {
-            tracing::warn!(executor = %owner, "second Hello on one stream ignored");
+            tracing::warn!(executor = ?owner, "second Hello on one stream ignored");
         }
-        None => tracing::warn!(executor = %owner, "empty message ignored"),
+        None => tracing::warn!(executor = ?owner, "empty message ignored"),
     }
 }

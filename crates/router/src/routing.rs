@@ -21,6 +21,7 @@ use std::time::Duration;
 use ghost_core::{ApplyReport, Patch, Status};
 use ghost_proto::executor::v1::{Assign, Cancel, RouterMessage, router_message};
 use tokio::sync::{Mutex, Notify, mpsc};
+use tokio_util::sync::CancellationToken;
 
 use crate::error::RouterError;
 use crate::store::{
@@ -56,6 +57,8 @@ struct Session {
     connected_ms: i64,
     last_seen_ms: Arc<AtomicI64>,
     sender: SessionSender,
+    /// Cancelled when the session's credential is withdrawn: dispatch skips it from then on.
+    cut: CancellationToken,
 }
 
 #[derive(Default)]
@@ -66,6 +69,17 @@ struct TargetSlot {
     /// An executor reported a rollback that left this workspace changed, and the
     /// `workspace_not_restored/<target>` alert has not been resolved since.
     unrestored: bool,
+}
+
+/// The session a Work-stream message came from.
+#[derive(Debug, Clone, Copy)]
+pub struct Reporter<'a> {
+    /// `<executor id>#<session id>`: the lease owner.
+    pub owner: &'a str,
+    /// The id the executor gave in Hello.
+    pub executor_id: &'a str,
+    /// The targets it serves (deduplicated, all within its credential's scope).
+    pub targets: &'a [String],
 }
 
 /// An executor session, for `ListExecutors`.
@@ -181,12 +195,14 @@ impl Routing {
         }
     }
 
-    /// Registers a new executor session for `targets`; returns its session id and owner name.
+    /// Registers a new executor session for `targets` (no duplicates), which gets no work
+    /// once `cut` is cancelled; returns its session id and owner name.
     pub async fn connect(
         &self,
         executor_id: &str,
         targets: &[String],
         sender: SessionSender,
+        cut: CancellationToken,
     ) -> (u64, String) {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         let owner = format!("{executor_id}#{id}");
@@ -199,6 +215,7 @@ impl Routing {
             connected_ms: now,
             last_seen_ms: Arc::new(AtomicI64::new(now)),
             sender,
+            cut,
         };
         // `unrestored` lives in memory: derive it from the stored alerts when a target's
         // executor connects, so a router restarted while it fired still resolves it on the
@@ -226,7 +243,7 @@ impl Routing {
                     .increment(1.0);
             }
         }
-        tracing::info!(executor = %owner, ?targets, "executor connected");
+        tracing::info!(executor = ?owner, ?targets, "executor connected");
         for target in targets {
             self.resolve(
                 format!("executor_lost/{target}"),
@@ -270,7 +287,7 @@ impl Routing {
                 }
             }
         }
-        tracing::info!(executor = %owner, "executor disconnected");
+        tracing::info!(executor = ?owner, "executor disconnected");
         for target in &orphaned {
             self.raise(NewAlert {
                 key: format!("executor_lost/{target}"),
@@ -315,11 +332,9 @@ impl Routing {
             // An executor that has sent nothing for a whole lease period (no heartbeat) is
             // presumed stuck: it gets no new work until it speaks again.
             let alive_since = now_ms() - self.lease_ms();
-            let Some(session) = slot
-                .sessions
-                .iter()
-                .find(|s| s.last_seen_ms.load(Ordering::Relaxed) >= alive_since)
-            else {
+            let Some(session) = slot.sessions.iter().find(|s| {
+                !s.cut.is_cancelled() && s.last_seen_ms.load(Ordering::Relaxed) >= alive_since
+            }) else {
                 return;
             };
             (session.id, session.owner.clone(), session.sender.clone())
@@ -356,11 +371,11 @@ impl Routing {
             kind: Some(router_message::Kind::Assign(assign)),
         };
         if sender.send(Ok(message)).await.is_err() {
-            tracing::warn!(patch_id = %id, executor = %owner, "executor gone before assignment");
+            tracing::warn!(patch_id = %id, executor = ?owner, "executor gone before assignment");
             // The session's reader notices the closed stream and interrupts via `disconnect`.
             return;
         }
-        tracing::info!(patch_id = %id, executor = %owner, attempt = record.attempt, "patch assigned");
+        tracing::info!(patch_id = %id, executor = ?owner, attempt = record.attempt, "patch assigned");
     }
 
     /// Tries every served target: after an outcome, a patch elsewhere may have become runnable.
@@ -371,33 +386,53 @@ impl Routing {
         }
     }
 
-    /// Renews the leases an executor still holds.
-    pub async fn heartbeat(&self, owner: &str, tokens: Vec<u64>) {
+    /// Renews the leases an executor still holds (only leases this session holds: the store
+    /// matches the owner; token 0, a queued patch's, never renews anything).
+    pub async fn heartbeat(&self, owner: &str, mut tokens: Vec<u64>) {
+        tokens.retain(|token| *token != 0);
+        if tokens.is_empty() {
+            return;
+        }
         if let Err(err) = self
             .store
             .renew(owner.to_owned(), tokens, self.lease_ms())
             .await
         {
-            tracing::error!(executor = %owner, error = %err, "cannot renew leases");
+            tracing::error!(executor = ?owner, error = %err, "cannot renew leases");
         }
     }
 
-    /// Records `applying` / `validating` under a live lease.
-    pub async fn progress(&self, id: String, token: u64, status: Status, detail: String) {
-        match self.store.progress(id.clone(), token, status, detail).await {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::warn!(patch_id = %id, token, "progress for a stale lease ignored")
+    /// Records `applying` / `validating` under a live lease held by `owner`; false when the
+    /// lease is stale or not this session's.
+    pub async fn progress(
+        &self,
+        id: String,
+        owner: &str,
+        token: u64,
+        status: Status,
+        detail: String,
+    ) -> bool {
+        match self
+            .store
+            .progress(id.clone(), owner.to_owned(), token, status, detail)
+            .await
+        {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                // Logged here; not a refusal of the executor's message.
+                tracing::error!(patch_id = %id, error = %err, "cannot record progress");
+                true
             }
-            Err(err) => tracing::error!(patch_id = %id, error = %err, "cannot record progress"),
         }
     }
 
-    /// Accepts an attempt's report if `token` is the live lease, then frees the target. An
-    /// executor's `interrupted` report of an attempt the router already ended is kept as that
-    /// attempt's fuller report; any other stale result is refused.
+    /// Accepts an attempt's report if `token` is the live lease and `reporter` holds it, then
+    /// frees the target. An executor's `interrupted` report of an attempt the router already
+    /// ended is kept as that attempt's fuller report when the same executor held it and still
+    /// serves its target; any other stale or foreign result is refused.
     pub async fn complete(
         &self,
+        reporter: &Reporter<'_>,
         id: String,
         attempt: u32,
         token: u64,
@@ -417,19 +452,27 @@ impl Routing {
         let Some(Completed {
             record,
             dependent_targets,
-        }) = self.store.complete(id.clone(), token, report).await?
+        }) = self
+            .store
+            .complete(id.clone(), reporter.owner.to_owned(), token, report)
+            .await?
         else {
             if interrupted
                 && self
                     .store
-                    .record_interrupted(id.clone(), attempt, late_report)
+                    .record_interrupted(
+                        id.clone(),
+                        reporter.executor_id.to_owned(),
+                        reporter.targets.to_vec(),
+                        attempt,
+                        late_report,
+                    )
                     .await?
             {
                 tracing::info!(patch_id = %id, attempt, "executor's report of an interrupted attempt kept");
                 self.outbox_wake.notify_one();
                 return Ok(());
             }
-            tracing::warn!(patch_id = %id, token, "result with a stale fencing token refused");
             return Err(RouterError::StaleLease(id));
         };
         let target = record.patch.target.to_string();
@@ -677,7 +720,8 @@ impl Routing {
         }
     }
 
-    async fn resolve(&self, key: String, summary: String) {
+    /// Resolves the firing alert `key` through the alert outbox.
+    pub(crate) async fn resolve(&self, key: String, summary: String) {
         match self.store.resolve_alert(key.clone(), summary).await {
             Ok(true) => {
                 tracing::info!(alert = %key, "alert resolved");
@@ -811,5 +855,79 @@ impl Routing {
     /// Ends every executor session (on shutdown), so their streams close.
     pub async fn close_sessions(&self) {
         self.slots.lock().await.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SqliteStore;
+    use ghost_proto::router::v1 as wire;
+
+    fn patch(id: &str) -> Patch {
+        Patch::try_from(wire::Patch {
+            id: id.to_owned(),
+            target: "MAIN".to_owned(),
+            description: "cut-session test".to_owned(),
+            priority: wire::Priority::Normal as i32,
+            edits: vec![wire::Edit {
+                op: Some(wire::edit::Op::Write(wire::WriteFile {
+                    path: "a.txt".to_owned(),
+                    contents: "a\n".to_owned(),
+                })),
+            }],
+            ..wire::Patch::default()
+        })
+        .expect("valid patch")
+    }
+
+    /// A revocation can land after the Hello's second token lookup and before the session's
+    /// reader watches its cut signal: the session is registered already cut, and dispatch
+    /// must not queue an Assign to it (the API cannot time that window, so this drives
+    /// `Routing` directly).
+    #[tokio::test]
+    async fn a_session_registered_already_cut_gets_no_assignment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("router.db")).expect("store");
+        let routing = Routing::new(
+            Arc::new(store),
+            Policy {
+                lease: Duration::from_secs(30),
+                max_attempts: 3,
+                stale_after: Duration::from_secs(300),
+            },
+        );
+        let targets = vec!["MAIN".to_owned()];
+        let (revoked_sender, mut revoked_inbox) = mpsc::channel(8);
+        let cut = CancellationToken::new();
+        cut.cancel();
+        routing
+            .connect("revoked", &targets, revoked_sender, cut)
+            .await;
+        routing
+            .submit(patch("waiting"), String::new(), Vec::new())
+            .await
+            .expect("stored");
+        assert!(
+            revoked_inbox.try_recv().is_err(),
+            "a cut session was given work"
+        );
+        let record = routing
+            .store()
+            .get("waiting".to_owned())
+            .await
+            .expect("read")
+            .expect("stored");
+        assert_eq!(record.status, Status::Queued);
+
+        let (live_sender, mut live_inbox) = mpsc::channel(8);
+        routing
+            .connect("live", &targets, live_sender, CancellationToken::new())
+            .await;
+        let message = live_inbox.try_recv().expect("the live session is assigned");
+        assert!(matches!(
+            message.map(|message| message.kind),
+            Ok(Some(router_message::Kind::Assign(_)))
+        ));
     }
 }

@@ -17,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response};
 
 use crate::error::RouterError;
+use crate::grpc::refused_alert_key;
+use crate::routing::Routing;
 use crate::store::{NewToken, Revoked, RouterStore, TokenRow};
 
 /// Every token starts with this, so a leaked one is recognisable.
@@ -108,9 +110,12 @@ fn actor_of(actor: &str) -> String {
 
 /// The live Work streams of each token, so a revocation can cut them.
 pub struct ExecutorTokens {
-    store: Arc<dyn RouterStore>,
+    routing: Arc<Routing>,
     live: Mutex<HashMap<String, HashMap<u64, CancellationToken>>>,
     next: AtomicU64,
+    /// Cancelled when a token is created: anonymous Work streams end then (no new one opens
+    /// once any token exists).
+    anonymous: CancellationToken,
 }
 
 /// A Work stream opened with a token; leaves the registry when dropped.
@@ -139,18 +144,19 @@ impl Drop for LiveStream {
 }
 
 impl ExecutorTokens {
-    /// Tokens kept in `store`.
-    pub fn new(store: Arc<dyn RouterStore>) -> Self {
+    /// Tokens kept in the store of `routing` (which raises and resolves their alerts).
+    pub fn new(routing: Arc<Routing>) -> Self {
         Self {
-            store,
+            routing,
             live: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
+            anonymous: CancellationToken::new(),
         }
     }
 
     /// The store.
     pub fn store(&self) -> &Arc<dyn RouterStore> {
-        &self.store
+        self.routing.store()
     }
 
     /// Registers a Work stream opened with token `name`.
@@ -169,6 +175,11 @@ impl ExecutorTokens {
             id,
             cut,
         }
+    }
+
+    /// The cut signal of anonymous Work streams.
+    pub fn anonymous_cut(&self) -> CancellationToken {
+        self.anonymous.clone()
     }
 
     /// Work streams open with token `name` now.
@@ -230,7 +241,7 @@ impl ExecutorTokenService for TokenService {
         let secret = new_secret()?;
         let created = self
             .tokens
-            .store
+            .store()
             .create_token(NewToken {
                 name: request.name.clone(),
                 hash: hash_secret(&secret),
@@ -240,6 +251,7 @@ impl ExecutorTokenService for TokenService {
             .await
             .map_err(RouterError::from)?
             .ok_or_else(|| RouterError::TokenExists(request.name.clone()))?;
+        self.tokens.anonymous.cancel();
         tracing::info!(target: "audit", action = "executor_token.create", name = %created.name, %actor, ?targets, "executor token created");
         Ok(Response::new(wire::CreateExecutorTokenResponse {
             token: Some(self.tokens.wire(&created)),
@@ -254,7 +266,7 @@ impl ExecutorTokenService for TokenService {
     ) -> Result<Response<wire::ListExecutorTokensResponse>, tonic::Status> {
         let tokens = self
             .tokens
-            .store
+            .store()
             .tokens()
             .await
             .map_err(RouterError::from)?
@@ -275,7 +287,7 @@ impl ExecutorTokenService for TokenService {
         let actor = actor_of(&request.actor);
         match self
             .tokens
-            .store
+            .store()
             .revoke_token(request.name.clone(), actor.clone())
             .await
             .map_err(RouterError::from)?
@@ -284,6 +296,13 @@ impl ExecutorTokenService for TokenService {
             Revoked::Already => Err(RouterError::TokenRevoked(request.name).into()),
             Revoked::Now(token) => {
                 let streams_cut = self.tokens.cut(&token.name);
+                self.tokens
+                    .routing
+                    .resolve(
+                        refused_alert_key(token.id),
+                        format!("executor token {} was revoked", token.name),
+                    )
+                    .await;
                 tracing::info!(target: "audit", action = "executor_token.revoke", name = %token.name, %actor, streams_cut, "executor token revoked");
                 Ok(Response::new(wire::RevokeExecutorTokenResponse {
                     token: Some(self.tokens.wire(&token)),

@@ -327,21 +327,25 @@ pub trait RouterStore: Send + Sync + 'static {
     async fn renew(&self, owner: String, tokens: Vec<u64>, lease_ms: i64)
     -> Result<(), StoreError>;
 
-    /// Records progress (`applying`, `validating`) under a live lease; false if the lease is stale.
+    /// Records progress (`applying`, `validating`) under a live lease held by `owner`; false
+    /// if the lease is stale or someone else's.
     async fn progress(
         &self,
         id: String,
+        owner: String,
         token: u64,
         status: Status,
         detail: String,
     ) -> Result<bool, StoreError>;
 
-    /// Stores an attempt's report if `token` is the live lease, queueing the outcome for the
-    /// summarizer in the same transaction (and failing patches that depended on it, when it
-    /// did not succeed). `None` when the token is stale.
+    /// Stores an attempt's report if `token` is the live lease and `owner` holds it, queueing
+    /// the outcome for the summarizer in the same transaction (and failing patches that
+    /// depended on it, when it did not succeed). `None` when the token is stale or the lease
+    /// someone else's.
     async fn complete(
         &self,
         id: String,
+        owner: String,
         token: u64,
         report: ApplyReport,
     ) -> Result<Option<Completed>, StoreError>;
@@ -349,10 +353,13 @@ pub trait RouterStore: Send + Sync + 'static {
     /// Takes an executor's own report of an attempt the router had already ended as
     /// `interrupted` (e.g. after the executor restarted and rolled back its journal): the
     /// fuller report replaces the router's, and goes to the summarizer if not yet sent.
-    /// False when no such interrupted attempt exists.
+    /// False when no such interrupted attempt exists, when it was not leased to a session of
+    /// `executor_id`, or when the patch's target is not one of `targets`.
     async fn record_interrupted(
         &self,
         id: String,
+        executor_id: String,
+        targets: Vec<String>,
         attempt: u32,
         report: ApplyReport,
     ) -> Result<bool, StoreError>;
@@ -432,10 +439,12 @@ pub trait RouterStore: Send + Sync + 'static {
     /// Notes an accepted Hello with token `id`.
     async fn token_used(&self, id: i64, at_ms: i64) -> Result<(), StoreError>;
 
-    /// Appends to the token audit trail (refusals; creation and revocation audit themselves).
+    /// Appends to the token audit trail (refusals; creation and revocation audit themselves)
+    /// about token `token_id` (0: no known token), keeping the trail bounded.
     async fn audit_token(
         &self,
         action: String,
+        token_id: i64,
         name: String,
         actor: String,
         detail: String,

@@ -126,6 +126,11 @@ const MIGRATIONS: &[&str] = &[
         detail TEXT NOT NULL DEFAULT ''
     );
     ",
+    // The token an audit row is about, by id: a name may be issued again after a revocation.
+    // Rows from before have 0.
+    "
+    ALTER TABLE token_audit ADD COLUMN token_id INTEGER NOT NULL DEFAULT 0;
+    ",
 ];
 
 /// Applies the migrations not yet recorded in `PRAGMA user_version`.

@@ -481,17 +481,45 @@ fn decode_token((mut token, targets_json): (TokenRow, String)) -> Result<TokenRo
     Ok(token)
 }
 
+/// `owner` holds the live lease `token` of `record`: a queued patch's token is 0 and its
+/// owner empty, so neither a guessed token nor 0 moves a patch someone else holds or nobody does.
+fn holds_lease(record: &PatchRecord, owner: &str, token: u64) -> bool {
+    token != 0
+        && record.fencing_token == token
+        && !owner.is_empty()
+        && record.leased_to == owner
+        && matches!(
+            record.status,
+            Status::Leased | Status::Applying | Status::Validating
+        )
+}
+
+/// Audit rows kept: older ones are deleted as new ones arrive.
+pub const AUDIT_KEEP_ROWS: i64 = 10_000;
+/// Audit rows older than this (90 days, in ms) are deleted as new ones arrive.
+const AUDIT_KEEP_MS: i64 = 90 * 24 * 3600 * 1000;
+
 fn audit_tx(
     conn: &Connection,
     action: &str,
+    token_id: i64,
     name: &str,
     actor: &str,
     detail: &str,
 ) -> Result<(), StoreError> {
+    let now = now_ms();
+    let id: i64 = row(
+        conn,
+        "INSERT INTO token_audit (at_ms, action, token_id, name, actor, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
+        params![now, action, token_id, name, actor, detail],
+        |row| row.get(0),
+    )?;
+    // Bounded retention: the last AUDIT_KEEP_ROWS rows, none older than AUDIT_KEEP_MS.
     exec(
         conn,
-        "INSERT INTO token_audit (at_ms, action, name, actor, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![now_ms(), action, name, actor, detail],
+        "DELETE FROM token_audit WHERE id <= ?1 OR at_ms < ?2",
+        params![id - AUDIT_KEEP_ROWS, now - AUDIT_KEEP_MS],
     )?;
     Ok(())
 }
@@ -791,6 +819,7 @@ impl RouterStore for SqliteStore {
     async fn progress(
         &self,
         id: String,
+        owner: String,
         token: u64,
         status: Status,
         detail: String,
@@ -799,7 +828,7 @@ impl RouterStore for SqliteStore {
             let Some(record) = get_tx(conn, &id)? else {
                 return Ok(false);
             };
-            if record.fencing_token != token || record.status.is_terminal() {
+            if !holds_lease(&record, &owner, token) {
                 return Ok(false);
             }
             exec(
@@ -823,6 +852,7 @@ impl RouterStore for SqliteStore {
     async fn complete(
         &self,
         id: String,
+        owner: String,
         token: u64,
         report: ApplyReport,
     ) -> Result<Option<Completed>, StoreError> {
@@ -830,7 +860,7 @@ impl RouterStore for SqliteStore {
             let Some(record) = get_tx(conn, &id)? else {
                 return Ok(None);
             };
-            if record.fencing_token != token || record.status.is_terminal() {
+            if !holds_lease(&record, &owner, token) {
                 return Ok(None);
             }
             let json = report_json(&id, &report)?;
@@ -880,10 +910,34 @@ impl RouterStore for SqliteStore {
     async fn record_interrupted(
         &self,
         id: String,
+        executor_id: String,
+        targets: Vec<String>,
         attempt: u32,
         report: ApplyReport,
     ) -> Result<bool, StoreError> {
         self.write(move |conn| {
+            let Some(record) = get_tx(conn, &id)? else {
+                return Ok(false);
+            };
+            if !targets.contains(&record.patch.target.to_string()) {
+                return Ok(false);
+            }
+            let former: Option<String> = row(
+                conn,
+                "SELECT executor FROM attempts
+                 WHERE patch_id = ?1 AND attempt = ?2 AND status = 'interrupted'",
+                params![id, attempt],
+                |row| row.get(0),
+            )
+            .optional()?;
+            // The owner is `<executor id>#<session>`: the executor may have reconnected since.
+            let same_executor = former
+                .as_deref()
+                .and_then(|owner| owner.rsplit_once('#'))
+                .is_some_and(|(former_id, _)| former_id == executor_id);
+            if !same_executor {
+                return Ok(false);
+            }
             let json = report_json(&id, &report)?;
             let updated = exec(
                 conn,
@@ -1133,8 +1187,17 @@ impl RouterStore for SqliteStore {
             if inserted == 0 {
                 return Ok(None);
             }
-            audit_tx(conn, "create", &token.name, &token.actor, &token.targets.join(","))?;
-            token_where(conn, "hash = ?1", &token.hash)
+            let created = token_where(conn, "hash = ?1", &token.hash)?;
+            let token_id = created.as_ref().map_or(0, |row| row.id);
+            audit_tx(
+                conn,
+                "create",
+                token_id,
+                &token.name,
+                &token.actor,
+                &token.targets.join(","),
+            )?;
+            Ok(created)
         })
         .await
     }
@@ -1184,13 +1247,12 @@ impl RouterStore for SqliteStore {
                     },
                 );
             }
-            audit_tx(conn, "revoke", &name, &actor, "")?;
-            Ok(
-                match token_where(conn, "name = ?1 ORDER BY id DESC LIMIT 1", &name)? {
-                    Some(token) => Revoked::Now(token),
-                    None => Revoked::Unknown,
-                },
-            )
+            let Some(token) = token_where(conn, "name = ?1 ORDER BY id DESC LIMIT 1", &name)?
+            else {
+                return Ok(Revoked::Unknown);
+            };
+            audit_tx(conn, "revoke", token.id, &name, &actor, "")?;
+            Ok(Revoked::Now(token))
         })
         .await
     }
@@ -1210,11 +1272,12 @@ impl RouterStore for SqliteStore {
     async fn audit_token(
         &self,
         action: String,
+        token_id: i64,
         name: String,
         actor: String,
         detail: String,
     ) -> Result<(), StoreError> {
-        self.write(move |conn| audit_tx(conn, &action, &name, &actor, &detail))
+        self.write(move |conn| audit_tx(conn, &action, token_id, &name, &actor, &detail))
             .await
     }
 
@@ -1306,5 +1369,61 @@ impl RouterStore for SqliteStore {
             Ok(())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_audit_keeps_the_last_rows_and_none_older_than_90_days() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("router.db");
+        let store = SqliteStore::open(&path).expect("store");
+        {
+            let mut conn = Connection::open(&path).expect("open");
+            let tx = conn.transaction().expect("tx");
+            let now = now_ms();
+            // One row older than 90 days, then a full trail of recent ones.
+            tx.execute(
+                "INSERT INTO token_audit (at_ms, action, name, actor) VALUES (?1, 'refused', 'old', 'x')",
+                params![now - AUDIT_KEEP_MS - 1],
+            )
+            .expect("old row");
+            for _ in 0..AUDIT_KEEP_ROWS {
+                tx.execute(
+                    "INSERT INTO token_audit (at_ms, action, name, actor) VALUES (?1, 'refused', 'recent', 'x')",
+                    params![now],
+                )
+                .expect("row");
+            }
+            tx.commit().expect("commit");
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime
+            .block_on(store.audit_token(
+                "refused".to_owned(),
+                7,
+                "newest".to_owned(),
+                "x".to_owned(),
+                String::new(),
+            ))
+            .expect("audit");
+        let conn = Connection::open(&path).expect("open");
+        let (count, old, newest): (i64, i64, i64) = conn
+            .query_row(
+                "SELECT COUNT(*), SUM(name = 'old'), SUM(name = 'newest' AND token_id = 7)
+                 FROM token_audit",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .expect("count");
+        assert_eq!(count, AUDIT_KEEP_ROWS);
+        assert_eq!(old, 0);
+        assert_eq!(newest, 1);
     }
 }

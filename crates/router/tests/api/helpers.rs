@@ -338,7 +338,8 @@ impl TestExecutor {
         });
     }
 
-    async fn send(&self, kind: executor_message::Kind) {
+    /// Sends any message on the stream, as a (possibly lying) executor would.
+    pub async fn send(&self, kind: executor_message::Kind) {
         self.outbound
             .send(ExecutorMessage { kind: Some(kind) })
             .await

@@ -2,7 +2,9 @@
 //! executors played by a test client speaking the Work stream, and a recording alerter.
 
 mod alerts;
+mod anonymous;
 mod helpers;
+mod lease_holder;
 mod leases;
 mod metric_labels;
 mod ordering;

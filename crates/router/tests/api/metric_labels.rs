@@ -79,3 +79,19 @@ async fn a_hundred_unknown_targets_add_no_metric_series() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_target_claimed_256_times_counts_one_executor_and_returns_to_zero() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let router = spawn_router(config(scratch.path())).await;
+    let executor = TestExecutor::connect(&router, "greedy", &["MAIN"; 256]).await;
+    let connected = wait_for_line(router.http, "ghost_executors_connected{target=\"MAIN\"}").await;
+    assert!(
+        connected
+            .lines()
+            .any(|line| line == "ghost_executors_connected{target=\"MAIN\"} 1"),
+        "{connected}"
+    );
+    drop(executor);
+    wait_for_line(router.http, "ghost_executors_connected{target=\"MAIN\"} 0").await;
+}

@@ -160,7 +160,7 @@ fn tls_config(dir: &Path, ca: &Ca) -> router::RouterConfig {
 }
 
 /// Runs `app` until the returned sender is dropped or fired.
-fn run(app: App) -> oneshot::Sender<()> {
+pub(crate) fn run(app: App) -> oneshot::Sender<()> {
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(async move {
         let _ = app
@@ -172,7 +172,7 @@ fn run(app: App) -> oneshot::Sender<()> {
     stop
 }
 
-fn tls_endpoint(addr: SocketAddr, ca: &Ca) -> Endpoint {
+pub(crate) fn tls_endpoint(addr: SocketAddr, ca: &Ca) -> Endpoint {
     Endpoint::from_shared(format!("https://127.0.0.1:{}", addr.port()))
         .expect("endpoint")
         .tls_config(

@@ -145,7 +145,12 @@ async fn a_token_for_other_claiming_main_is_denied_alerted_and_leases_nothing() 
         "{}",
         denied.message()
     );
-    let alert = alerter.wait_for("executor_refused/other-box", false).await;
+    // Keyed by the token's id (the first token of a fresh router is 1), not its name.
+    let alert = alerter.wait_for("executor_refused/1", false).await;
+    assert_eq!(
+        alert.labels.get("token").map(String::as_str),
+        Some("other-box")
+    );
     assert_eq!(
         alert.labels.get("targets").map(String::as_str),
         Some("MAIN")
@@ -373,5 +378,168 @@ async fn the_secret_is_never_logged() {
     assert!(
         !logs.contains(&secret[3..]),
         "the secret is in the logs:\n{logs}"
+    );
+}
+
+/// (action, token id, actor, detail) of every token audit row, oldest first.
+fn audit_rows(dir: &std::path::Path) -> Vec<(String, i64, String, String)> {
+    let conn = rusqlite::Connection::open_with_flags(
+        dir.join("router.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open the router's database");
+    let mut statement = conn
+        .prepare("SELECT action, token_id, actor, detail FROM token_audit ORDER BY id")
+        .expect("query");
+    statement
+        .query_map([], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        })
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+}
+
+async fn revoke(router: &TestRouter, name: &str) {
+    tokens(router)
+        .revoke_executor_token(RevokeExecutorTokenRequest {
+            name: name.to_owned(),
+            actor: "admin-key".to_owned(),
+        })
+        .await
+        .expect("revoked");
+}
+
+#[tokio::test]
+async fn a_scope_alert_resolves_on_revoke_and_a_name_issued_again_starts_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let alerter = RecordingAlerter::start().await;
+    let mut cfg = config(dir.path());
+    cfg.alerter_url = Some(alerter.url.clone());
+    let router = spawn_router(cfg).await;
+
+    let (_, first) = create(&router, "other-box", &["OTHER"]).await;
+    let denied = TestExecutor::connect_with(&router, "sneaky", &["MAIN"], &first)
+        .await
+        .err()
+        .expect("denied");
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    let raised = alerter.wait_for("executor_refused/1", false).await;
+    assert_eq!(raised.labels.get("token_id").map(String::as_str), Some("1"));
+    revoke(&router, "other-box").await;
+    alerter.wait_for("executor_refused/1", true).await;
+
+    let (_, second) = create(&router, "other-box", &["OTHER"]).await;
+    let denied = TestExecutor::connect_with(&router, "sneaky", &["MAIN"], &second)
+        .await
+        .err()
+        .expect("denied");
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    alerter.wait_for("executor_refused/2", false).await;
+
+    let rows: Vec<(String, i64)> = audit_rows(dir.path())
+        .into_iter()
+        .map(|(action, id, _, _)| (action, id))
+        .collect();
+    let expected: Vec<(String, i64)> = [
+        ("create", 1),
+        ("refused", 1),
+        ("revoke", 1),
+        ("create", 2),
+        ("refused", 2),
+    ]
+    .into_iter()
+    .map(|(action, id)| (action.to_owned(), id))
+    .collect();
+    assert_eq!(rows, expected);
+}
+
+#[tokio::test]
+async fn repeated_refusals_write_one_audit_row_per_token_and_per_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = spawn_router(config(dir.path())).await;
+    let (_, doomed) = create(&router, "doomed", &["MAIN"]).await;
+    revoke(&router, "doomed").await;
+
+    for _ in 0..20 {
+        let refused = TestExecutor::connect_with(&router, "again", &["MAIN"], &doomed)
+            .await
+            .err()
+            .expect("revoked");
+        assert_eq!(refused.code(), Code::Unauthenticated);
+    }
+    for _ in 0..20 {
+        let refused = TestExecutor::connect_with(
+            &router,
+            "evil\nrouter: forged log line",
+            &["MAIN"],
+            "gx_not-a-token",
+        )
+        .await
+        .err()
+        .expect("unknown");
+        assert_eq!(refused.code(), Code::Unauthenticated);
+    }
+
+    let refused: Vec<(String, i64, String, String)> = audit_rows(dir.path())
+        .into_iter()
+        .filter(|(action, ..)| action == "refused")
+        .collect();
+    assert_eq!(
+        refused.len(),
+        2,
+        "one row per token and per peer: {refused:#?}"
+    );
+    assert_eq!(refused[0].1, 1, "{refused:#?}");
+    assert_eq!(refused[1].1, 0, "an unknown token has no id: {refused:#?}");
+    assert!(refused[1].2.starts_with("peer:127.0.0.1"), "{refused:#?}");
+    assert!(
+        !refused[1].2.contains('\n'),
+        "the executor id is escaped: {refused:#?}"
+    );
+}
+
+#[tokio::test]
+async fn an_executor_id_cannot_forge_log_lines() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    // nextest runs each test in a process of its own: this subscriber sees only this test.
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .try_init();
+    let dir = tempfile::tempdir().unwrap();
+    let router = spawn_router(config(dir.path())).await;
+    let evil = "evil\nFORGED router: all is well";
+    // Anonymous (no credential yet): connected, then a refused message on its stream.
+    let anonymous = TestExecutor::connect(&router, evil, &["MAIN"]).await;
+    submit(&router, patch("forged-target", "MAIN")).await;
+    anonymous
+        .send(ghost_proto::executor::v1::executor_message::Kind::Result(
+            ghost_proto::executor::v1::Result {
+                patch_id: "someone-elses".to_owned(),
+                attempt: 1,
+                fencing_token: 0,
+                report: Some(ghost_proto::router::v1::ApplyReport {
+                    status: PatchStatus::Succeeded as i32,
+                    ..Default::default()
+                }),
+                traceparent: String::new(),
+            },
+        ))
+        .await;
+    drop(anonymous);
+    create(&router, "box", &["MAIN"]).await;
+    TestExecutor::connect_with(&router, evil, &["MAIN"], "gx_unknown")
+        .await
+        .err()
+        .expect("unknown token");
+    router.stop().await;
+
+    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    assert!(logs.contains("FORGED"), "the capture works: {logs}");
+    assert!(
+        !logs.lines().any(|line| line.starts_with("FORGED")),
+        "an executor id started a log line:\n{logs}"
     );
 }
