@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use ghost_runtime::config::{Secret, ServerConfig};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tonic::transport::Endpoint;
 
@@ -67,4 +67,49 @@ async fn invented_paths_refused_by_the_credential_add_no_metric_series() {
             .any(|line| line.contains("(refused)") && line.contains("} 200")),
         "{series:#?}"
     );
+}
+
+#[tokio::test]
+async fn one_address_holding_many_stalled_handshakes_does_not_stop_another_addresses_health_check()
+{
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = crate::pki::Ca::new("ca");
+    let mut config = crate::tls_config(dir.path(), &ca.server(1, false));
+    // The stalled handshakes outlive the test.
+    config.header_read_timeout = PATIENCE * 3;
+    let running = start(config).await;
+
+    // More stalled handshakes from 127.0.0.2 than the listener handshakes at once.
+    let attacker: SocketAddr = "127.0.0.2:0".parse().expect("addr");
+    let mut stalled = Vec::new();
+    for _ in 0..ghost_runtime::connections::MAX_HANDSHAKES + 40 {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind(attacker).expect("bind 127.0.0.2");
+        let mut stream = socket.connect(running.grpc).await.expect("connect");
+        stream.write_all(&[0x16, 0x03, 0x01]).await.expect("write");
+        stalled.push(stream);
+    }
+    // The listener has seen every one of them once those over its caps are closed (accepts are
+    // taken in order): at least the last 40.
+    let mut closed = 0;
+    for stream in stalled.iter_mut().rev().take(40) {
+        let mut rest = Vec::new();
+        if tokio::time::timeout(PATIENCE, stream.read_to_end(&mut rest))
+            .await
+            .is_ok()
+        {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 40, "connections over the caps are closed at once");
+
+    // 127.0.0.1 still gets its handshake and its answer.
+    let answer = crate::check(&mut crate::tls_channel(running.grpc, &ca.pem))
+        .await
+        .expect("a health check from another address is served");
+    assert_eq!(
+        answer.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    drop(stalled);
 }
