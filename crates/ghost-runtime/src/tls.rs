@@ -233,6 +233,31 @@ fn expiry(der: &[u8]) -> Option<String> {
     ))
 }
 
+/// Now as RFC 3339 UTC to the second (`2026-12-06T05:00:00Z`), the shape [`not_after`] gives.
+fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX / 2);
+    let rest = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
+    )
+}
+
 /// The current certificate, swapped whole when the files change.
 #[derive(Debug)]
 struct CertSlot(RwLock<Arc<CertifiedKey>>);
@@ -350,19 +375,38 @@ impl ServerTls {
             *pending = None;
             return Reload::Unchanged;
         }
-        match certified_key(&self.cert, &cert_pem, &self.key, &key_pem) {
-            Ok(certified) => {
+        let pair = (cert_pem, key_pem);
+        let checked = certified_key(&self.cert, &pair.0, &self.key, &pair.1)
+            .map_err(|err| err.to_string())
+            .and_then(|certified| {
                 let expires = certified
                     .end_entity_cert()
                     .map_or_else(|_| "unknown".to_owned(), |der| not_after(der));
+                // RFC 3339 UTC strings of one shape compare as times.
+                if expires != "unknown" && expires < now_rfc3339() {
+                    return Err(format!(
+                        "{}: the certificate expired at {expires}",
+                        self.cert.display()
+                    ));
+                }
+                Ok((certified, expires))
+            });
+        match checked {
+            Ok((certified, expires)) => {
+                // A chain cut short (the leaf written, its intermediates not yet) is served only
+                // once it stays so for one more check.
+                let served = self.slot.current().cert.len();
+                if certified.cert.len() < served && pending.as_ref() != Some(&pair) {
+                    *pending = Some(pair);
+                    return Reload::Pending;
+                }
                 self.slot.replace(certified);
-                *seen = (cert_pem, key_pem);
+                *seen = pair;
                 *pending = None;
                 tracing::info!(cert = %self.cert.display(), not_after = %expires, "tls certificate reloaded");
                 Reload::Reloaded
             }
             Err(err) => {
-                let pair = (cert_pem, key_pem);
                 if pending.as_ref() == Some(&pair) {
                     tracing::error!(error = %err, "cannot reload the tls certificate; still serving the previous one");
                     *seen = pair;

@@ -113,3 +113,36 @@ async fn one_address_holding_many_stalled_handshakes_does_not_stop_another_addre
     );
     drop(stalled);
 }
+
+#[test]
+fn a_reload_refuses_an_expired_leaf_and_waits_once_on_a_chain_cut_short() {
+    use ghost_runtime::tls::{Reload, ServerTls, not_after};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = crate::pki::Ca::new("ca");
+    let first = ca.server(1, false);
+    // Served with its chain: the leaf, then the CA.
+    let config = crate::tls_config(dir.path(), &first).tls;
+    let cert_file = dir.path().join("server.pem");
+    let key_file = dir.path().join("server-key.pem");
+    std::fs::write(&cert_file, format!("{}{}", first.pem, ca.pem)).expect("write");
+    let tls = ServerTls::load(&config).expect("load").expect("configured");
+    let mut pending = None;
+    assert_eq!(tls.check(&mut pending), Reload::Unchanged);
+
+    // An expired pair: refused (once), the served one stays.
+    let expired = ca.server(2, true);
+    std::fs::write(&cert_file, &expired.pem).expect("write");
+    std::fs::write(&key_file, &expired.key_pem).expect("write");
+    assert_eq!(tls.check(&mut pending), Reload::Pending);
+    assert_eq!(tls.check(&mut pending), Reload::Refused);
+    assert_eq!(tls.check(&mut pending), Reload::Unchanged);
+    assert_eq!(tls.expiry(), not_after(&first.der));
+
+    // A valid leaf without the chain the served one had: one more check first.
+    let second = ca.server(3, false);
+    std::fs::write(&cert_file, &second.pem).expect("write");
+    std::fs::write(&key_file, &second.key_pem).expect("write");
+    assert_eq!(tls.check(&mut pending), Reload::Pending);
+    assert_eq!(tls.check(&mut pending), Reload::Reloaded);
+    assert_eq!(tls.check(&mut pending), Reload::Unchanged);
+}
