@@ -108,7 +108,7 @@ impl App {
             board.clone(),
             Arc::clone(&clock),
         )
-        .context("invalid health monitor address")?;
+        .context("health monitor")?;
         let router = match &config.router_url {
             Some(url) => Some(RouterServiceClient::new(
                 traced_channel(url, &upstream).context("invalid router_url")?,

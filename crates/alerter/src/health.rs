@@ -94,12 +94,14 @@ impl HealthMonitor {
         lifecycle: Arc<Lifecycle>,
         board: HealthBoard,
         clock: SharedClock,
-    ) -> Result<Self, tonic::transport::Error> {
+    ) -> anyhow::Result<Self> {
+        // Health checks need no credential: it is not sent to the checked services.
+        let checks = upstream.without_credential();
         let mut services = Vec::new();
         for (name, url) in &config.services {
             services.push((
                 name.clone(),
-                HealthClient::new(traced_channel(url, upstream)?),
+                HealthClient::new(traced_channel(url, &checks)?),
             ));
         }
         let router = match (config.watch_executors, router_url) {

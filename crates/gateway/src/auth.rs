@@ -72,6 +72,11 @@ impl Principal {
         }
     }
 
+    /// True when the caller may touch only some targets.
+    pub fn is_limited(&self) -> bool {
+        self.targets.is_some()
+    }
+
     /// True when the caller may touch `target`.
     pub fn may_touch(&self, target: &str) -> bool {
         self.allow_target(target).is_ok()

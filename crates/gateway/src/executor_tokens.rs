@@ -180,7 +180,7 @@ fn new_token(body: Result<Bytes, BytesRejection>) -> Result<NewExecutorToken, Ga
         (status = 201, description = "Issued; `token` is shown only now", body = IssuedExecutorToken),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin key, or a target the key may not touch", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A live token has this name", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad name or targets (names the field)", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Rate limited, or too many failed credentials from this address", body = Problem, content_type = "application/problem+json"),
@@ -197,6 +197,10 @@ pub async fn create_executor_token(
 ) -> Result<Response, GatewayError> {
     caller.require(Scope::Admin)?;
     let request = new_token(body)?;
+    // An admin key limited to targets issues tokens for those targets only.
+    for target in &request.targets {
+        caller.allow_target(&target.0)?;
+    }
     tracing::Span::current().record("name", request.name.as_str());
     let tokens = &state.executor_tokens;
     let answer = tokens
@@ -233,7 +237,7 @@ pub async fn create_executor_token(
     responses(
         (status = 200, description = "Tokens", body = ExecutorTokenList),
         (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin key, or a target the key may not touch", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Rate limited, or too many failed credentials from this address", body = Problem, content_type = "application/problem+json"),
         (status = 501, description = "The router does not issue executor tokens", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Router unavailable", body = Problem, content_type = "application/problem+json"),
@@ -256,8 +260,14 @@ pub async fn list_executor_tokens(
         .await
         .map_err(|status| from_router("", &status))?
         .into_inner();
+    // An admin key limited to targets sees only the tokens whose every target it may touch.
     Ok(Json(ExecutorTokenList {
-        tokens: answer.tokens.into_iter().map(view).collect(),
+        tokens: answer
+            .tokens
+            .into_iter()
+            .filter(|token| token.targets.iter().all(|target| caller.may_touch(target)))
+            .map(view)
+            .collect(),
     }))
 }
 
@@ -269,7 +279,7 @@ pub async fn list_executor_tokens(
     responses(
         (status = 200, description = "The revoked token", body = ExecutorTokenView),
         (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin key, or a target the key may not touch", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No token has this name", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Already revoked", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Not a token name", body = Problem, content_type = "application/problem+json"),
@@ -287,6 +297,28 @@ pub async fn revoke_executor_token(
 ) -> Result<Json<ExecutorTokenView>, GatewayError> {
     caller.require(Scope::Admin)?;
     let tokens = &state.executor_tokens;
+    if caller.is_limited() {
+        // An admin key limited to targets revokes only tokens whose every target it may touch.
+        let listed = tokens
+            .client
+            .clone()
+            .list_executor_tokens(with_deadline(
+                wire::ListExecutorTokensRequest {},
+                tokens.timeout,
+            ))
+            .await
+            .map_err(|status| from_router(&name, &status))?
+            .into_inner();
+        let token = listed
+            .tokens
+            .iter()
+            .find(|token| token.name == name && token.revoked_unix_ms == 0)
+            .or_else(|| listed.tokens.iter().find(|token| token.name == name))
+            .ok_or_else(|| GatewayError::NoSuchExecutorToken(name.clone()))?;
+        for target in &token.targets {
+            caller.allow_target(target)?;
+        }
+    }
     let answer = tokens
         .client
         .clone()

@@ -466,7 +466,7 @@ pub fn issued_token(issued: &Value, paint: Paint) -> String {
         .map(|target| format!(" --workspace {target}=DIR"))
         .collect();
     format!(
-        "{} {} for {targets} (shown once; only its hash is kept):\n{token}\nstart an executor with: ghost executor --router https://ROUTER_HOST:PORT --token {token}{}",
+        "{} {} for {targets} (shown once; only its hash is kept):\n{token}\nwrite it to a file only you can read (FILE, mode 0600; not on a command line, which every user sees in ps)\nstart an executor with: ghost executor --router https://ROUTER_HOST:PORT --token-file FILE{}",
         paint.bold("executor token"),
         text(issued, "name"),
         workspaces.concat()

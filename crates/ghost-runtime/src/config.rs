@@ -408,6 +408,12 @@ pub struct ServerConfig {
     /// A file holding the service credential (its first line), read at start; used when
     /// `internal_token` is empty. For secrets mounted as files (compose, k8s).
     pub internal_token_file: Option<PathBuf>,
+    /// Let this service send the service credential to `http://` peers off loopback (compose
+    /// service names, in-cluster k8s names). Off (the default), such a peer URL is refused when
+    /// the service is built: the credential would cross the network in plaintext. Turn it on
+    /// only for a trusted network (one host, or a cluster behind a NetworkPolicy); use
+    /// `https://` peers (or a mesh) beyond that.
+    pub allow_plaintext_peers: bool,
 }
 
 /// TLS on one service's listeners (rustls only). With `cert` and `key` set, the gRPC and the
@@ -505,6 +511,7 @@ impl Default for ServerConfig {
             tls: TlsConfig::default(),
             internal_token: Secret::default(),
             internal_token_file: None,
+            allow_plaintext_peers: false,
         }
     }
 }

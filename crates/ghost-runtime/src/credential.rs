@@ -36,8 +36,16 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0_u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
+/// Marks a response the [`Gate`] answered itself (the call reached no service): the metrics
+/// layer counts it under one `(refused)` label, not under the path the caller invented.
+#[derive(Debug, Clone, Copy)]
+pub struct Refused;
+
+/// The health method a restricted listener serves (not `Watch`: a stream held open for free).
+const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
+
 /// What a gRPC server lets through.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Gate {
     /// Short service name, for the metric and logs.
     pub service: &'static str,
@@ -49,12 +57,22 @@ pub struct Gate {
     pub only: Option<Arc<[&'static str]>>,
 }
 
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate")
+            .field("service", &self.service)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("open", &self.open)
+            .field("only", &self.only)
+            .finish()
+    }
+}
+
 impl Gate {
     /// Why a call to `path` with `authorization` is refused, if it is.
     fn refusal(&self, path: &str, authorization: Option<&[u8]>) -> Option<tonic::Status> {
-        let health = path.starts_with(ALWAYS_OPEN[0]);
         if let Some(only) = &self.only
-            && !health
+            && path != HEALTH_CHECK
             && !only.contains(&path)
         {
             return Some(tonic::Status::permission_denied(NOT_ON_THIS_PORT));
@@ -128,7 +146,11 @@ where
                 .map(http::HeaderValue::as_bytes),
         );
         match refusal {
-            Some(status) => Box::pin(std::future::ready(Ok(status.into_http()))),
+            Some(status) => {
+                let mut response = status.into_http();
+                response.extensions_mut().insert(Refused);
+                Box::pin(std::future::ready(Ok(response)))
+            }
             None => Box::pin(self.inner.call(request)),
         }
     }
@@ -212,5 +234,17 @@ mod tests {
             code(&gate, "/ghost.router.v1.RouterService/Work", None),
             tonic::Code::Ok
         );
+        assert_eq!(
+            code(&gate, "/grpc.health.v1.Health/Watch", None),
+            tonic::Code::PermissionDenied
+        );
+    }
+
+    #[test]
+    fn the_debug_form_hides_the_token() {
+        let shown = format!("{:?}", make(Some("s3cret"), None));
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(!shown.contains("115"), "no bytes either: {shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
     }
 }

@@ -179,6 +179,7 @@ impl tonic::service::Interceptor for TraceInterceptor {
 pub struct Upstream {
     authorization: Option<tonic::metadata::AsciiMetadataValue>,
     ca: Option<Vec<u8>>,
+    allow_plaintext_peers: bool,
 }
 
 impl Upstream {
@@ -202,8 +203,36 @@ impl Upstream {
             Some(path) => Some(crate::tls::read_ca(path)?),
             None => None,
         };
-        Ok(Self { authorization, ca })
+        Ok(Self {
+            authorization,
+            ca,
+            allow_plaintext_peers: server.allow_plaintext_peers,
+        })
     }
+
+    /// The same peers' CA, without the service credential: for calls that need none (health
+    /// checks), so the credential is not sent where it is not needed.
+    #[must_use]
+    pub fn without_credential(&self) -> Self {
+        Self {
+            authorization: None,
+            ..self.clone()
+        }
+    }
+}
+
+/// The message of a refused `http://` peer URL.
+pub const PLAINTEXT_PEER: &str = "the service credential would cross the network in plaintext: use https:// or set server.allow_plaintext_peers = true for a trusted network";
+
+/// True when `uri` names this host (`localhost`, a loopback address).
+fn is_loopback(uri: &http::Uri) -> bool {
+    let host = uri.host().unwrap_or("");
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.to_ascii_lowercase().ends_with(".localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback() || ip.to_canonical().is_loopback())
 }
 
 /// A gRPC client channel wrapped with [`TraceInterceptor`].
@@ -216,20 +245,31 @@ pub type TracedChannel =
 ///
 /// Lazy so a service starts even when its peer is down; calls then fail with `UNAVAILABLE`,
 /// which callers map to a retry or a 503.
-pub fn traced_channel(
-    endpoint: &str,
-    upstream: &Upstream,
-) -> Result<TracedChannel, tonic::transport::Error> {
-    let mut endpoint = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
+///
+/// Refused (naming the URL): an `http://` peer off loopback while `upstream` carries the
+/// service credential and `server.allow_plaintext_peers` is off.
+pub fn traced_channel(endpoint: &str, upstream: &Upstream) -> anyhow::Result<TracedChannel> {
+    let url = endpoint;
+    let mut endpoint = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
+        .map_err(|err| anyhow::anyhow!("peer URL {url}: {err}"))?
         .connect_timeout(std::time::Duration::from_secs(3))
         .tcp_nodelay(true);
+    if upstream.authorization.is_some()
+        && !upstream.allow_plaintext_peers
+        && endpoint.uri().scheme_str() != Some("https")
+        && !is_loopback(endpoint.uri())
+    {
+        anyhow::bail!("peer URL {url}: {PLAINTEXT_PEER}");
+    }
     if endpoint.uri().scheme_str() == Some("https") {
         let tls = tonic::transport::ClientTlsConfig::new();
         let tls = match &upstream.ca {
             Some(ca) => tls.ca_certificate(tonic::transport::Certificate::from_pem(ca)),
             None => tls.with_webpki_roots(),
         };
-        endpoint = endpoint.tls_config(tls)?;
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|err| anyhow::anyhow!("peer URL {url}: {err}"))?;
     }
     Ok(tonic::service::interceptor::InterceptedService::new(
         endpoint.connect_lazy(),
@@ -251,6 +291,39 @@ mod tests {
         );
         assert_eq!(trace_id_of("garbage"), "");
         assert_eq!(trace_id_of(""), "");
+    }
+
+    #[tokio::test]
+    async fn the_credential_goes_to_plaintext_peers_only_on_loopback_or_when_allowed() {
+        let server = ServerConfig {
+            internal_token: crate::config::Secret::new("s3cret"),
+            ..ServerConfig::ephemeral()
+        };
+        let upstream = Upstream::new(&server).expect("upstream");
+        for url in [
+            "http://127.0.0.1:50051",
+            "http://localhost:50051",
+            "http://[::1]:50051",
+            "https://router.example:50051",
+        ] {
+            traced_channel(url, &upstream).unwrap_or_else(|err| panic!("{url}: {err}"));
+        }
+        for url in ["http://router:50051", "http://10.0.0.7:50051"] {
+            let err = traced_channel(url, &upstream)
+                .map(|_| ())
+                .expect_err(url)
+                .to_string();
+            assert!(err.contains(url), "{err}");
+            assert!(err.contains(PLAINTEXT_PEER), "{err}");
+            traced_channel(url, &upstream.without_credential()).expect("no credential to leak");
+        }
+        let allowed = Upstream::new(&ServerConfig {
+            allow_plaintext_peers: true,
+            ..server
+        })
+        .expect("upstream");
+        traced_channel("http://router:50051", &allowed).expect("allowed on a trusted network");
+        traced_channel("http://router:50051", &Upstream::default()).expect("no credential");
     }
 
     #[test]

@@ -33,6 +33,10 @@ pub async fn http(request: Request, next: Next) -> Response {
 /// The `grpc_service` and `grpc_method` of calls answered UNIMPLEMENTED (a path nothing serves).
 pub const UNKNOWN_METHOD: &str = "(unimplemented)";
 
+/// The `grpc_service` and `grpc_method` of calls the credential gate refused before any
+/// service saw them (the path may be invented).
+pub const REFUSED_METHOD: &str = "(refused)";
+
 /// A tower layer for the tonic server recording gRPC RED metrics. The status code is read from
 /// the response headers (where tonic puts it for calls that fail before any message); a call
 /// whose headers carry no status counts as `Ok`: an error sent later in trailers (mid-stream)
@@ -103,6 +107,7 @@ where
         let call = self.inner.call(request);
         Box::pin(async move {
             let result = call.await;
+            let refused = matches!(&result, Ok(response) if response.extensions().get::<crate::credential::Refused>().is_some());
             let code = match &result {
                 Ok(response) => response
                     .headers()
@@ -114,7 +119,10 @@ where
             };
             // A path no service serves is answered UNIMPLEMENTED before any handler runs: one
             // label for all of them, so a client cannot grow the series by inventing names.
-            let (service, method) = if code == "UNIMPLEMENTED" {
+            // A call the gate refused may name any path: one label for those too.
+            let (service, method) = if refused {
+                (REFUSED_METHOD.to_owned(), REFUSED_METHOD.to_owned())
+            } else if code == "UNIMPLEMENTED" {
                 (UNKNOWN_METHOD.to_owned(), UNKNOWN_METHOD.to_owned())
             } else {
                 (service, method)

@@ -398,8 +398,21 @@ pub async fn run(
         only: None,
     };
     let handshake_timeout = config.header_read_timeout;
+    let grpc_limits = HttpLimits::from(config);
+    // A restricted (executor) listener carries one Work stream and health checks per
+    // connection; the main one carries a gateway's calls, one stream per watching client.
     let grpc_server = |gate: Gate| {
+        let streams = if gate.only.is_some() {
+            RESTRICTED_MAX_STREAMS
+        } else {
+            MAX_STREAMS
+        };
         tonic::transport::Server::builder()
+            // A dead peer (a laptop that slept, a dropped NAT mapping) is noticed and its
+            // connection closed, instead of held until the OS gives up.
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .max_concurrent_streams(Some(streams))
             .layer(
                 TraceLayer::new_for_grpc()
                     .make_span_with(move |request: &http::Request<tonic::body::Body>| {
@@ -418,7 +431,13 @@ pub async fn run(
         let server = grpc_server(gate);
         match acceptor {
             Some(acceptor) => tokio::spawn(server.serve_with_incoming_shutdown(
-                tls_incoming(listener, acceptor, handshake_timeout, stop.clone()),
+                tls_incoming(
+                    listener,
+                    acceptor,
+                    handshake_timeout,
+                    grpc_limits.clone(),
+                    stop.clone(),
+                ),
                 stop.cancelled_owned(),
             )),
             None => tokio::spawn(server.serve_with_incoming_shutdown(
@@ -563,6 +582,19 @@ where
     tasks.wait().await;
     served
 }
+
+/// HTTP/2 streams open at once on one connection to a restricted (executor) listener.
+pub const RESTRICTED_MAX_STREAMS: u32 = 64;
+
+/// HTTP/2 streams open at once on one connection to a main gRPC listener (a gateway holds one
+/// per watching client on its channel).
+pub const MAX_STREAMS: u32 = 1024;
+
+/// How often an idle gRPC connection is pinged.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How long a ping may go unanswered before the connection is closed.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A short pause used when a background loop must retry after an error.
 pub const LOOP_BACKOFF: Duration = Duration::from_millis(500);

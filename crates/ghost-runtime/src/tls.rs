@@ -233,6 +233,31 @@ fn expiry(der: &[u8]) -> Option<String> {
     ))
 }
 
+/// Now as RFC 3339 UTC to the second (`2026-12-06T05:00:00Z`), the shape [`not_after`] gives.
+fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX / 2);
+    let rest = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
+    )
+}
+
 /// The current certificate, swapped whole when the files change.
 #[derive(Debug)]
 struct CertSlot(RwLock<Arc<CertifiedKey>>);
@@ -350,19 +375,38 @@ impl ServerTls {
             *pending = None;
             return Reload::Unchanged;
         }
-        match certified_key(&self.cert, &cert_pem, &self.key, &key_pem) {
-            Ok(certified) => {
+        let pair = (cert_pem, key_pem);
+        let checked = certified_key(&self.cert, &pair.0, &self.key, &pair.1)
+            .map_err(|err| err.to_string())
+            .and_then(|certified| {
                 let expires = certified
                     .end_entity_cert()
                     .map_or_else(|_| "unknown".to_owned(), |der| not_after(der));
+                // RFC 3339 UTC strings of one shape compare as times.
+                if expires != "unknown" && expires < now_rfc3339() {
+                    return Err(format!(
+                        "{}: the certificate expired at {expires}",
+                        self.cert.display()
+                    ));
+                }
+                Ok((certified, expires))
+            });
+        match checked {
+            Ok((certified, expires)) => {
+                // A chain cut short (the leaf written, its intermediates not yet) is served only
+                // once it stays so for one more check.
+                let served = self.slot.current().cert.len();
+                if certified.cert.len() < served && pending.as_ref() != Some(&pair) {
+                    *pending = Some(pair);
+                    return Reload::Pending;
+                }
                 self.slot.replace(certified);
-                *seen = (cert_pem, key_pem);
+                *seen = pair;
                 *pending = None;
                 tracing::info!(cert = %self.cert.display(), not_after = %expires, "tls certificate reloaded");
                 Reload::Reloaded
             }
             Err(err) => {
-                let pair = (cert_pem, key_pem);
                 if pending.as_ref() == Some(&pair) {
                     tracing::error!(error = %err, "cannot reload the tls certificate; still serving the previous one");
                     *seen = pair;
@@ -447,28 +491,87 @@ pub fn classify(first: &[u8]) -> FirstBytes {
     }
 }
 
-/// Logs at most once a minute per peer address (so a client retrying in a loop, or a scanner,
-/// cannot flood the log).
+/// Logs at most once a minute per peer address (IPv6: per /64, as
+/// [`crate::connections::address_key`] counts them), and at most [`LINES_PER_MINUTE`] lines a
+/// minute in the whole process, so a client retrying in a loop, a scanner or an attacker
+/// cycling through addresses cannot flood the log. Remembers at most [`PEERS_REMEMBERED`]
+/// peers, forgetting the oldest first.
 #[derive(Debug, Clone, Default)]
-pub struct OncePerPeer(Arc<Mutex<HashMap<IpAddr, Instant>>>);
+pub struct OncePerPeer(Arc<Mutex<PeersSeen>>);
+
+/// The peers an [`OncePerPeer`] logged, newest last.
+#[derive(Debug, Default)]
+pub struct PeersSeen {
+    last: HashMap<IpAddr, Instant>,
+    order: std::collections::VecDeque<(IpAddr, Instant)>,
+}
 
 const LOG_EVERY: Duration = Duration::from_secs(60);
 
+/// Peers one [`OncePerPeer`] remembers.
+pub const PEERS_REMEMBERED: usize = 4096;
+
+/// Lines all [`OncePerPeer`]s of the process let through a minute.
+pub const LINES_PER_MINUTE: u32 = 32;
+
+/// The process-wide line budget: the start of the current minute and the lines let through in it.
+static BUDGET: Mutex<Option<(Instant, u32)>> = Mutex::new(None);
+
+fn within_budget(now: Instant) -> bool {
+    let mut budget = BUDGET.lock().unwrap_or_else(PoisonError::into_inner);
+    match budget.as_mut() {
+        Some((start, lines)) if now.duration_since(*start) < LOG_EVERY => {
+            if *lines >= LINES_PER_MINUTE {
+                return false;
+            }
+            *lines += 1;
+            true
+        }
+        _ => {
+            *budget = Some((now, 1));
+            true
+        }
+    }
+}
+
 impl OncePerPeer {
-    /// True when `peer` has not been logged in the last minute (and records it now).
+    /// True when `peer` (its /64 for IPv6) has not been logged in the last minute and the
+    /// process's line budget allows one more (and records it now).
     pub fn first(&self, peer: IpAddr) -> bool {
         let now = Instant::now();
+        let key = crate::connections::address_key(peer);
         let mut seen = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if seen.len() > 4096 {
-            seen.retain(|_, at| now.duration_since(*at) < LOG_EVERY);
+        if seen
+            .last
+            .get(&key)
+            .is_some_and(|at| now.duration_since(*at) < LOG_EVERY)
+        {
+            return false;
         }
-        match seen.get(&peer) {
-            Some(at) if now.duration_since(*at) < LOG_EVERY => false,
-            _ => {
-                seen.insert(peer, now);
-                true
+        seen.last.insert(key, now);
+        seen.order.push_back((key, now));
+        // Forget the oldest: entries past their minute, and any beyond the cap. An entry whose
+        // peer was recorded again later is only a stale place in the queue.
+        while let Some(&(oldest, at)) = seen.order.front() {
+            if seen.order.len() <= PEERS_REMEMBERED && now.duration_since(at) < LOG_EVERY {
+                break;
+            }
+            seen.order.pop_front();
+            if seen.last.get(&oldest) == Some(&at) {
+                seen.last.remove(&oldest);
             }
         }
+        drop(seen);
+        within_budget(now)
+    }
+
+    /// How many peers it remembers now.
+    pub fn remembered(&self) -> usize {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .last
+            .len()
     }
 }
 
@@ -597,5 +700,24 @@ mod tests {
         assert!(log.first(ip));
         assert!(!log.first(ip));
         assert!(log.first("127.0.0.2".parse().unwrap()));
+    }
+
+    #[test]
+    fn ipv6_peers_count_by_their_64_the_memory_is_capped_and_the_process_budget_holds() {
+        let log = OncePerPeer::default();
+        assert!(log.first("2001:db8:1:2::1".parse().unwrap()));
+        assert!(!log.first("2001:db8:1:2:ffff::9".parse().unwrap()));
+        let mut logged = 1;
+        for n in 0..(PEERS_REMEMBERED as u32 * 3) {
+            let peer = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n));
+            if log.first(peer) {
+                logged += 1;
+            }
+            assert!(log.remembered() <= PEERS_REMEMBERED);
+        }
+        assert_eq!(
+            logged, LINES_PER_MINUTE,
+            "one minute's budget for the process"
+        );
     }
 }

@@ -54,11 +54,7 @@ pub struct Notifier {
 
 impl Notifier {
     /// A lazily connecting client of the alerter at `endpoint`; each call gives up after `timeout`.
-    pub fn connect(
-        endpoint: &str,
-        upstream: &Upstream,
-        timeout: Duration,
-    ) -> Result<Self, tonic::transport::Error> {
+    pub fn connect(endpoint: &str, upstream: &Upstream, timeout: Duration) -> anyhow::Result<Self> {
         Ok(Self {
             client: AlerterServiceClient::new(traced_channel(endpoint, upstream)?),
             timeout,

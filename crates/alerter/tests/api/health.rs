@@ -63,3 +63,46 @@ async fn service_down_is_raised_when_a_service_stops_and_resolved_when_it_is_bac
     assert_eq!(posts[1].body["thread_ts"], slack.messages()[0].ts.as_str());
     assert!(app.lifecycle.active().await.is_empty());
 }
+
+#[tokio::test]
+async fn health_checks_do_not_carry_the_service_credential() {
+    use std::sync::Mutex;
+    // A health server that records the authorization of every call.
+    let seen: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let record = {
+        let seen = Arc::clone(&seen);
+        move |request: tonic::Request<()>| {
+            let authorization = request
+                .metadata()
+                .get("authorization")
+                .map(|value| value.to_str().unwrap_or("?").to_owned());
+            seen.lock().unwrap().push(authorization);
+            Ok(request)
+        }
+    };
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(tonic::service::InterceptorLayer::new(record))
+            .add_service(health)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+
+    let mut cfg = config(None);
+    cfg.server.internal_token = ghost_runtime::config::Secret::new("s3cret-service-credential");
+    cfg.health.services = [("summarizer".to_owned(), format!("http://{addr}"))].into();
+    cfg.health.interval = Duration::from_millis(50);
+    cfg.health.check_timeout = Duration::from_millis(500);
+    let app = spawn_with(cfg, Arc::new(SystemClock)).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while seen.lock().unwrap().len() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "never checked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.iter().all(Option::is_none), "{seen:?}");
+    drop(app);
+    server.abort();
+}

@@ -263,3 +263,86 @@ async fn revoking_through_the_gateway_cuts_the_tokens_live_stream() {
     assert_eq!(ended.code(), tonic::Code::Unauthenticated, "{ended:?}");
     assert_eq!(ended.message(), "executor token remote-box was revoked");
 }
+
+/// An admin key that may touch MAIN only.
+const MAIN_ADMIN: &str = "main-admin-key-0123456789abcdef";
+
+#[tokio::test]
+async fn an_admin_key_limited_to_targets_manages_only_tokens_of_those_targets() {
+    use sha2::{Digest, Sha256};
+    let gateway = TestGateway::start(|config, _| {
+        config.api_keys.push(gateway::config::ApiKeyConfig {
+            name: "main-admin".to_owned(),
+            sha256: Sha256::digest(MAIN_ADMIN.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+            scopes: vec![gateway::auth::Scope::Admin],
+            targets: vec!["MAIN".to_owned()],
+        });
+    })
+    .await;
+    // Issued by the unlimited key: one MAIN token, one spanning CYOPS too.
+    for (name, targets) in [
+        ("main-box", json!(["MAIN"])),
+        ("both", json!(["MAIN", "CYOPS"])),
+    ] {
+        let (code, body) = gateway
+            .post(
+                "/v1/executor-tokens",
+                KEY,
+                &json!({"name": name, "targets": targets}),
+            )
+            .await;
+        assert_eq!(code, 201, "{body}");
+    }
+
+    let (code, problem) = gateway
+        .post(
+            "/v1/executor-tokens",
+            MAIN_ADMIN,
+            &json!({"name": "sneaky", "targets": ["MAIN", "CYOPS"]}),
+        )
+        .await;
+    assert_eq!(code, 403, "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("CYOPS"),
+        "{problem}"
+    );
+    let (code, issued) = gateway
+        .post(
+            "/v1/executor-tokens",
+            MAIN_ADMIN,
+            &json!({"name": "mine", "targets": ["MAIN"]}),
+        )
+        .await;
+    assert_eq!(code, 201, "{issued}");
+
+    let (code, listed) = gateway.get("/v1/executor-tokens", MAIN_ADMIN).await;
+    assert_eq!(code, 200, "{listed}");
+    let names: Vec<&str> = listed["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|token| token["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["main-box", "mine"], "{listed}");
+
+    let (code, problem) = delete(&gateway, "/v1/executor-tokens/both", MAIN_ADMIN).await;
+    assert_eq!(code, 403, "{problem}");
+    assert_eq!(problem["type"], "/problems/forbidden", "{problem}");
+    let (code, listed) = gateway.get("/v1/executor-tokens", KEY).await;
+    assert_eq!(code, 200);
+    assert!(
+        listed["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|token| token["revoked_at"].is_null()),
+        "nothing was revoked: {listed}"
+    );
+    let (code, revoked) = delete(&gateway, "/v1/executor-tokens/main-box", MAIN_ADMIN).await;
+    assert_eq!(code, 200, "{revoked}");
+    let (code, unknown) = delete(&gateway, "/v1/executor-tokens/nobody", MAIN_ADMIN).await;
+    assert_eq!(code, 404, "{unknown}");
+}

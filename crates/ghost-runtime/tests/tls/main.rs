@@ -1,6 +1,7 @@
 //! TLS serving and the service credential, through real sockets: a service served by
 //! `ghost_runtime::serve::run` on port 0, certificates made here with rcgen.
 
+mod hardening;
 mod pki;
 
 use std::net::SocketAddr;
