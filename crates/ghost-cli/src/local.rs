@@ -74,6 +74,9 @@ impl Running {
 pub struct LocalSystem {
     /// Where the services keep their state (restarted services too).
     data_dir: PathBuf,
+    /// Services whose HTTP side serves TLS, with their certificate (readiness is asked over
+    /// HTTPS, accepting exactly that certificate).
+    https: Vec<(&'static str, PathBuf)>,
     /// Running services, in start order.
     pub services: Vec<Running>,
 }
@@ -438,8 +441,27 @@ impl LocalSystem {
 
     async fn start_each(data_dir: PathBuf, config: SystemConfig) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&data_dir)?;
+        let https_of = |name: &'static str, server: &ServerConfig| {
+            (server.tls.http && server.tls.key.is_some())
+                .then(|| server.tls.cert.clone().map(|cert| (name, cert)))
+                .flatten()
+        };
+        let https = [
+            https_of("gateway", &config.gateway.server),
+            https_of("router", &config.router.server),
+            https_of("summarizer", &config.summarizer.server),
+            https_of("alerter", &config.alerter.server),
+            config
+                .executor
+                .as_ref()
+                .and_then(|executor| https_of("executor", &executor.server)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         let mut system = Self {
             data_dir,
+            https,
             services: Vec::new(),
         };
         let SystemConfig {
@@ -538,12 +560,27 @@ impl LocalSystem {
         let deadline = tokio::time::Instant::now() + timeout;
         for service in &self.services {
             let probe = format!("http://{}/readyz", service.http);
+            let cert = self
+                .https
+                .iter()
+                .find(|(name, _)| *name == service.name)
+                .map(|(_, cert)| cert.clone());
             loop {
-                let ready = client
-                    .get(&probe)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success());
+                let ready = match &cert {
+                    Some(cert) => {
+                        let (addr, cert) = (service.http, cert.clone());
+                        tokio::task::spawn_blocking(move || {
+                            ghost_runtime::probe::readyz_tls(addr, &cert, Duration::from_secs(1))
+                        })
+                        .await
+                        .is_ok_and(|probed| probed.is_ok())
+                    }
+                    None => client
+                        .get(&probe)
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success()),
+                };
                 if ready {
                     break;
                 }

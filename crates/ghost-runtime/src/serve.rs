@@ -384,7 +384,9 @@ pub async fn run(
     }
     let token = (!listeners.credential.is_empty())
         .then(|| Arc::from(listeners.credential.expose().as_bytes()));
-    if token.is_none() {
+    // A service with no gRPC service of its own (the executor: health only) takes no control
+    // calls, so it has nothing a credential would protect.
+    if token.is_none() && !service.grpc_names.is_empty() {
         tracing::warn!(
             service = name,
             grpc_addr = %listeners.grpc_addr(),

@@ -338,3 +338,72 @@ async fn an_executor_in_another_network_namespace_serves_a_patch_over_tls_with_i
     up.kill_9().await;
     drop(netns);
 }
+
+/// `--tls-cert/--tls-key` (e.g. a Let's Encrypt pair): the gateway serves HTTPS with it and the
+/// executor port serves the same certificate; no private CA is made; plaintext to the gateway
+/// is told to use https.
+#[tokio::test]
+async fn a_given_certificate_serves_the_gateway_over_https_and_the_executor_port() {
+    let env = Env::empty();
+    let dir = env.scratch.path().join("control");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let pki = env.scratch.path().join("pki");
+    let pki_arg = pki.display().to_string();
+    ghost_in(
+        &env,
+        &dir,
+        &["tls", "init", "--dir", &pki_arg, "--name", "localhost"],
+        &[],
+    )
+    .await
+    .expect(0);
+    let (cert, key) = (pki.join("server.pem"), pki.join("server-key.pem"));
+    let (cert_arg, key_arg) = (cert.display().to_string(), key.display().to_string());
+    let up = spawn_up(
+        &env,
+        &dir,
+        &[
+            "up",
+            "--api-key",
+            API_KEY,
+            "--tls-cert",
+            &cert_arg,
+            "--tls-key",
+            &key_arg,
+            "--executor-listen",
+            "127.0.0.1:0",
+        ],
+        &PORT_ZERO,
+    )
+    .await;
+    assert!(up.url.starts_with("https://"), "{}", up.printed);
+    assert!(
+        !dir.join(".ghost/tls").exists(),
+        "a given certificate makes no private CA"
+    );
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(pki.join("ca.pem")).expect("ca"))
+        .expect("pem");
+    let https = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .expect("client");
+    // The URL names 127.0.0.1; the certificate names localhost and 127.0.0.1 (tls init's names).
+    let health = https
+        .get(format!("{}/healthz", up.url))
+        .send()
+        .await
+        .expect("https to the gateway");
+    assert_eq!(health.status().as_u16(), 200);
+    let plain = up.url.replacen("https://", "http://", 1);
+    let told = reqwest::get(format!("{plain}/healthz"))
+        .await
+        .expect("an answer in plaintext")
+        .text()
+        .await
+        .expect("text");
+    assert!(told.contains("this port speaks TLS"), "{told}");
+    let port = executor_port(&up.printed);
+    let served = tokio::net::TcpStream::connect(port).await;
+    assert!(served.is_ok(), "the executor port listens: {}", up.printed);
+    up.kill_9().await;
+}
