@@ -73,7 +73,7 @@ async fn invented_paths_refused_by_the_credential_add_no_metric_series() {
 async fn one_address_holding_many_stalled_handshakes_does_not_stop_another_addresses_health_check()
 {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ca = crate::pki::Ca::new("ca");
+    let ca = ghost_testkit::pki::Ca::new("ca");
     let mut config = crate::tls_config(dir.path(), &ca.server(1, false));
     // The stalled handshakes outlive the test.
     config.header_read_timeout = PATIENCE * 3;
@@ -118,7 +118,7 @@ async fn one_address_holding_many_stalled_handshakes_does_not_stop_another_addre
 fn a_reload_refuses_an_expired_leaf_and_waits_once_on_a_chain_cut_short() {
     use ghost_runtime::tls::{Reload, ServerTls, not_after};
     let dir = tempfile::tempdir().expect("tempdir");
-    let ca = crate::pki::Ca::new("ca");
+    let ca = ghost_testkit::pki::Ca::new("ca");
     let first = ca.server(1, false);
     // Served with its chain: the leaf, then the CA.
     let config = crate::tls_config(dir.path(), &first).tls;

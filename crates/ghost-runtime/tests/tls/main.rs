@@ -1,8 +1,7 @@
 //! TLS serving and the service credential, through real sockets: a service served by
-//! `ghost_runtime::serve::run` on port 0, certificates made here with rcgen.
+//! `ghost_runtime::serve::run` on port 0, certificates from `ghost_testkit::pki`.
 
 mod hardening;
-mod pki;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -11,7 +10,7 @@ use std::time::Duration;
 
 use ghost_runtime::config::{Secret, ServerConfig, TlsConfig};
 use ghost_runtime::serve::{Listeners, Service};
-use pki::{Ca, Leaf};
+use ghost_testkit::pki::{Ca, Leaf};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
