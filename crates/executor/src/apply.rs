@@ -89,9 +89,11 @@ impl Attempt<'_> {
     fn stage<T>(&mut self, name: &str, work: impl FnOnce(&mut Self) -> T) -> T {
         let begun = Instant::now();
         let out = work(self);
+        let took = begun.elapsed();
         self.report.stages.push(StageTiming {
             stage: name.to_owned(),
-            duration_ms: millis(begun.elapsed()),
+            duration_ms: millis(took),
+            duration_us: u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
         });
         out
     }

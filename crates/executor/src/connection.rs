@@ -225,6 +225,9 @@ async fn session(
                             _ => tracing::info!(patch_id = %cancel.patch_id, token = cancel.fencing_token, "cancel for no running attempt ignored"),
                         }
                     }
+                    Some(router_message::Kind::DryRun(dry_run)) => {
+                        tracing::warn!(request_id = dry_run.request_id, "dry run not supported yet; ignored");
+                    }
                     None => tracing::warn!("empty router message ignored"),
                 }
             }

@@ -774,6 +774,7 @@ fn checks(commands: Vec<String>) -> Vec<Check> {
         .map(|run| Check {
             run,
             timeout_s: None,
+            if_allowed: false,
         })
         .collect()
 }

@@ -32,5 +32,8 @@ pub use parse::{
     patch_from_value, read_document, validate,
 };
 pub use patch::{AgentTask, Base, Check, CommitSpec, Edit, OnFailure, Patch, Priority};
-pub use report::{ApplyReport, CommandKind, CommandReport, EditReport, Rollback, StageTiming};
+pub use report::{
+    ApplyReport, CommandKind, CommandReport, Diagnostic, EditReport, Rollback, Severity,
+    StageTiming,
+};
 pub use status::{Status, UnknownStatus};

@@ -163,6 +163,10 @@ pub struct Check {
     pub run: String,
     /// Its deadline in seconds, if shorter than the patch's.
     pub timeout_s: Option<u32>,
+    /// Run only when the target's command policy allows its program; otherwise it is skipped
+    /// with a note in the report instead of refusing the patch. Set for the checks of legacy
+    /// documents (`postMutationBuild`, `validate`); a v1 document may set it too.
+    pub if_allowed: bool,
 }
 
 /// The two accepted spellings of a check: a bare command or `{run, timeout_s}`.
@@ -177,7 +181,14 @@ enum CheckSpec {
         run: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         timeout_s: Option<u32>,
+        #[serde(default, skip_serializing_if = "is_false")]
+        if_allowed: bool,
     },
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 impl From<CheckSpec> for Check {
@@ -186,8 +197,17 @@ impl From<CheckSpec> for Check {
             CheckSpec::Plain(run) => Self {
                 run,
                 timeout_s: None,
+                if_allowed: false,
             },
-            CheckSpec::Full { run, timeout_s } => Self { run, timeout_s },
+            CheckSpec::Full {
+                run,
+                timeout_s,
+                if_allowed,
+            } => Self {
+                run,
+                timeout_s,
+                if_allowed,
+            },
         }
     }
 }
@@ -197,6 +217,7 @@ impl From<Check> for CheckSpec {
         Self::Full {
             run: check.run,
             timeout_s: check.timeout_s,
+            if_allowed: check.if_allowed,
         }
     }
 }

@@ -29,6 +29,12 @@ pub struct ApplyReport {
     /// True when the patch was only checked and nothing was written.
     #[serde(default)]
     pub dry_run: bool,
+    /// What the checks reported, parsed from their output: files the patch touched first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub diagnostics: Vec<Diagnostic>,
+    /// For a dry run: the unified diff the patch would apply (empty otherwise).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub diff: String,
 }
 
 impl ApplyReport {
@@ -44,6 +50,8 @@ impl ApplyReport {
             rollback: None,
             commit_sha: String::new(),
             dry_run: false,
+            diagnostics: Vec::new(),
+            diff: String::new(),
         }
     }
 }
@@ -51,10 +59,74 @@ impl ApplyReport {
 /// How long one stage of an attempt took.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StageTiming {
-    /// `journal`, `edits`, `commands`, `validate`, `commit`, `rollback` or `agent`.
+    /// The stage's name; each appears once per attempt.
     pub stage: String,
     /// Wall time in milliseconds.
     pub duration_ms: u64,
+    /// The same wall time in microseconds.
+    #[serde(default)]
+    pub duration_us: u64,
+}
+
+/// How serious a [`Diagnostic`] is.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Fails the build or the test.
+    #[default]
+    Error,
+    /// Reported, does not fail.
+    Warning,
+    /// Context for another diagnostic.
+    Note,
+}
+
+impl Severity {
+    /// The name used on the wire and in summaries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Error => "error",
+            Self::Warning => "warning",
+            Self::Note => "note",
+        }
+    }
+
+    /// The severity named `name` (`error`, `warning`, `note`).
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "error" => Some(Self::Error),
+            "warning" => Some(Self::Warning),
+            "note" => Some(Self::Note),
+            _ => None,
+        }
+    }
+}
+
+/// One located finding of a check: a compiler error, a lint warning, a failed test.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Diagnostic {
+    /// Workspace-relative path.
+    pub path: String,
+    /// 1-based line; 0 when the tool gave none.
+    pub line: u32,
+    /// 1-based column, when the tool gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<u32>,
+    /// How serious it is.
+    pub severity: Severity,
+    /// The tool's code, e.g. `TS2322`, `no-unused-vars`, `E0308` (empty: none).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub code: String,
+    /// The message, one line.
+    pub message: String,
+    /// The parser that recognised it: `tsc`, `eslint`, `gcc`, `rustc`, `go`, `jest`, `pytest`
+    /// or `generic`.
+    pub tool: String,
+    /// The name of the check (or the command line) whose output it came from.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub check: String,
 }
 
 /// What a rollback restored.
@@ -98,6 +170,8 @@ pub enum CommandKind {
     Command,
     /// Listed in the patch's `validate`.
     Validate,
+    /// One of the target's owner checks, which every patch runs.
+    Check,
 }
 
 impl CommandKind {
@@ -106,6 +180,7 @@ impl CommandKind {
         match self {
             Self::Command => "command",
             Self::Validate => "validate",
+            Self::Check => "check",
         }
     }
 }
@@ -136,4 +211,7 @@ pub struct CommandReport {
     /// The signal that ended it, when it was killed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<i32>,
+    /// The owner check's name (empty for the patch's own commands and checks).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
 }

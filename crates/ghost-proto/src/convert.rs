@@ -1,8 +1,9 @@
 //! Wire <-> domain conversions. Wire to domain is fallible and names the field that is wrong.
 
 use ghost_core::{
-    AgentTask, ApplyReport, Base, Check, CommandKind, CommandReport, CommitSpec, Edit, EditReport,
-    OnFailure, Patch, PatchId, Priority, RelPath, Rollback, StageTiming, Status, TargetName,
+    AgentTask, ApplyReport, Base, Check, CommandKind, CommandReport, CommitSpec, Diagnostic, Edit,
+    EditReport, OnFailure, Patch, PatchId, Priority, RelPath, Rollback, Severity, StageTiming,
+    Status, TargetName,
 };
 
 use crate::router::v1 as wire;
@@ -95,6 +96,7 @@ impl TryFrom<wire::Patch> for Patch {
                 .map(|check| Check {
                     run: check.run,
                     timeout_s: (check.timeout_s > 0).then_some(check.timeout_s),
+                    if_allowed: check.if_allowed,
                 })
                 .collect(),
             timeout_s: (patch.timeout_s > 0).then_some(patch.timeout_s),
@@ -229,6 +231,7 @@ impl From<&Patch> for wire::Patch {
                 .map(|check| wire::Check {
                     run: check.run.clone(),
                     timeout_s: check.timeout_s.unwrap_or(0),
+                    if_allowed: check.if_allowed,
                 })
                 .collect(),
             timeout_s: patch.timeout_s.unwrap_or(0),
@@ -326,6 +329,7 @@ impl From<&ApplyReport> for wire::ApplyReport {
                     omitted_bytes: command.omitted_bytes,
                     timed_out: command.timed_out,
                     signal: command.signal.unwrap_or(0),
+                    name: command.name.clone(),
                 })
                 .collect(),
             duration_ms: report.duration_ms,
@@ -335,6 +339,7 @@ impl From<&ApplyReport> for wire::ApplyReport {
                 .map(|stage| wire::StageTiming {
                     stage: stage.stage.clone(),
                     duration_ms: stage.duration_ms,
+                    duration_us: stage.duration_us,
                 })
                 .collect(),
             rollback: report.rollback.as_ref().map(|rollback| wire::Rollback {
@@ -345,6 +350,21 @@ impl From<&ApplyReport> for wire::ApplyReport {
             }),
             commit_sha: report.commit_sha.clone(),
             dry_run: report.dry_run,
+            diagnostics: report
+                .diagnostics
+                .iter()
+                .map(|found| wire::Diagnostic {
+                    path: found.path.clone(),
+                    line: found.line,
+                    column: found.column.unwrap_or(0),
+                    severity: found.severity.as_str().to_owned(),
+                    code: found.code.clone(),
+                    message: found.message.clone(),
+                    tool: found.tool.clone(),
+                    check: found.check.clone(),
+                })
+                .collect(),
+            diff: report.diff.clone(),
         }
     }
 }
@@ -365,10 +385,11 @@ impl TryFrom<wire::ApplyReport> for ApplyReport {
             let kind = match command.kind.as_str() {
                 "" | "command" => CommandKind::Command,
                 "validate" => CommandKind::Validate,
+                "check" => CommandKind::Check,
                 other => {
                     return Err(ConversionError::new(
                         format!("report.commands[{index}].kind"),
-                        format!("expected \"command\" or \"validate\", got {other:?}"),
+                        format!("expected \"command\", \"validate\" or \"check\", got {other:?}"),
                     ));
                 }
             };
@@ -382,6 +403,29 @@ impl TryFrom<wire::ApplyReport> for ApplyReport {
                 omitted_bytes: command.omitted_bytes,
                 timed_out: command.timed_out,
                 signal: (command.signal != 0).then_some(command.signal),
+                name: command.name,
+            });
+        }
+        let mut diagnostics = Vec::with_capacity(report.diagnostics.len());
+        for (index, found) in report.diagnostics.into_iter().enumerate() {
+            let severity = Severity::parse(&found.severity).ok_or_else(|| {
+                ConversionError::new(
+                    format!("report.diagnostics[{index}].severity"),
+                    format!(
+                        "expected \"error\", \"warning\" or \"note\", got {:?}",
+                        found.severity
+                    ),
+                )
+            })?;
+            diagnostics.push(Diagnostic {
+                path: found.path,
+                line: found.line,
+                column: (found.column > 0).then_some(found.column),
+                severity,
+                code: found.code,
+                message: found.message,
+                tool: found.tool,
+                check: found.check,
             });
         }
         Ok(Self {
@@ -407,6 +451,7 @@ impl TryFrom<wire::ApplyReport> for ApplyReport {
                 .map(|stage| StageTiming {
                     stage: stage.stage,
                     duration_ms: stage.duration_ms,
+                    duration_us: stage.duration_us,
                 })
                 .collect(),
             rollback: report.rollback.map(|rollback| Rollback {
@@ -417,6 +462,8 @@ impl TryFrom<wire::ApplyReport> for ApplyReport {
             }),
             commit_sha: report.commit_sha,
             dry_run: report.dry_run,
+            diagnostics,
+            diff: report.diff,
         })
     }
 }

@@ -144,6 +144,20 @@ type WorkStream = Pin<Box<dyn Stream<Item = Result<RouterMessage, tonic::Status>
 
 #[tonic::async_trait]
 impl RouterService for RouterGrpc {
+    async fn dry_run(
+        &self,
+        _request: Request<wire::DryRunRequest>,
+    ) -> Result<Response<wire::DryRunResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("dry run is not built yet"))
+    }
+
+    async fn wait(
+        &self,
+        _request: Request<wire::WaitRequest>,
+    ) -> Result<Response<wire::GetResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("wait is not built yet"))
+    }
+
     #[tracing::instrument(skip_all, fields(patch_id, target))]
     async fn submit(
         &self,
@@ -574,6 +588,9 @@ async fn handle_message(
     match message.kind {
         Some(executor_message::Kind::Heartbeat(beat)) => {
             routing.heartbeat(owner, beat.fencing_tokens).await;
+        }
+        Some(executor_message::Kind::DryRunResult(_)) => {
+            tracing::debug!(executor = ?owner, "dry run result ignored");
         }
         Some(executor_message::Kind::Progress(progress)) => {
             match status_from_wire("progress.status", progress.status) {

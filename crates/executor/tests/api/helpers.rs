@@ -136,6 +136,20 @@ pub struct TestRouter {
 
 #[tonic::async_trait]
 impl RouterService for TestRouter {
+    async fn dry_run(
+        &self,
+        _: Request<wire::DryRunRequest>,
+    ) -> Result<Response<wire::DryRunResponse>, RpcStatus> {
+        Err(RpcStatus::unimplemented("test router"))
+    }
+
+    async fn wait(
+        &self,
+        _: Request<wire::WaitRequest>,
+    ) -> Result<Response<wire::GetResponse>, RpcStatus> {
+        Err(RpcStatus::unimplemented("test router"))
+    }
+
     async fn submit(
         &self,
         _: Request<wire::SubmitRequest>,

@@ -146,6 +146,7 @@ pub fn full_report(status: PatchStatus) -> ApplyReport {
     let stage = |stage: &str, ms: u64| StageTiming {
         stage: stage.to_owned(),
         duration_ms: ms,
+        duration_us: ms * 1000,
     };
     let edits = vec![
         EditReport {
