@@ -90,6 +90,26 @@ pub const CATALOGUE: &[(&str, Kind, &str)] = &[
         "Record calls the summarizer answered, by whether the attempt was new (created) or a replay.",
     ),
     (
+        "ghost_webhook_deliveries_total",
+        Kind::Counter,
+        "Webhook delivery tries by the summarizer, by result (delivered, retry, dead_letter).",
+    ),
+    (
+        "ghost_webhook_outbox_depth",
+        Kind::Gauge,
+        "Webhook messages waiting in the summarizer's outbox.",
+    ),
+    (
+        "ghost_webhook_dead_letters",
+        Kind::Gauge,
+        "Webhook messages given up on and kept in the summarizer's dead-letter table.",
+    ),
+    (
+        "ghost_webhook_attempt_duration_seconds",
+        Kind::Histogram,
+        "Time of one webhook POST (to the response headers or the failure), in seconds.",
+    ),
+    (
         "ghost_alerts_total",
         Kind::Counter,
         "Alert lifecycle events in the alerter (raised, resolved, acked, escalated).",

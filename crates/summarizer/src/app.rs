@@ -1,8 +1,9 @@
 //! [`App`]: binds the listeners, opens the summary store, connects the alerter client, and
-//! serves until the shutdown future resolves, running the notify outbox and the archiver
-//! beside the servers.
+//! serves until the shutdown future resolves, running the notify outbox, the webhook outbox
+//! and the archiver beside the servers.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use ghost_proto::summarizer::v1::summarizer_service_server::SummarizerServiceServer;
@@ -15,6 +16,9 @@ use crate::config::SummarizerConfig;
 use crate::grpc::SummarizerGrpc;
 use crate::notify::{Backoff, Notifier};
 use crate::summaries::{Clock, StoreOptions, Summaries, system_clock};
+use crate::webhooks::Webhooks;
+use crate::webhooks::deliver::{Deliverer, Policy};
+use crate::webhooks::subscription::prepare_all;
 
 /// What every request handler shares; cheap to clone.
 #[derive(Clone)]
@@ -23,6 +27,8 @@ pub struct AppState {
     pub summaries: Summaries,
     /// The alerter client; `None` when no alerter is configured.
     pub notifier: Option<Notifier>,
+    /// The webhook sender; `None` when no subscription is configured.
+    pub deliverer: Option<Deliverer>,
     /// Tracks background tasks so `run` waits for them.
     pub tracker: TaskTracker,
     /// Cancelled when the service stops.
@@ -54,12 +60,37 @@ impl App {
             .map(|url| Notifier::connect(url, &upstream, config.notify_timeout))
             .transpose()
             .context("invalid alerter_url")?;
+        // Config files were checked as they loaded; a config built in code is checked here.
+        let subscriptions = prepare_all(&config.subscriptions).map_err(anyhow::Error::msg)?;
+        let webhooks = (!subscriptions.is_empty()).then(|| {
+            Arc::new(Webhooks {
+                subscriptions,
+                summary_url_template: config.summary_url_template.clone(),
+            })
+        });
+        let deliverer = webhooks
+            .as_deref()
+            .map(|webhooks| {
+                Deliverer::new(
+                    webhooks,
+                    Policy {
+                        backoff: Backoff {
+                            initial: config.webhook_initial_backoff,
+                            max: config.webhook_max_backoff,
+                        },
+                        give_up_after: config.webhook_give_up_after,
+                        timeout: config.webhook_timeout,
+                    },
+                )
+            })
+            .transpose()?;
         let options = StoreOptions {
             jaeger_url_template: config.jaeger_url_template.clone(),
             model_text_chars: config.model_text_chars,
             changelog_len: config.changelog_len.max(1),
             notify: notifier.is_some(),
             manifest_delay: config.manifest_delay,
+            webhooks,
         };
         let summaries = Summaries::open(config.data_dir.clone(), options, clock)
             .await
@@ -67,6 +98,7 @@ impl App {
         let state = AppState {
             summaries,
             notifier,
+            deliverer,
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),
         };
@@ -110,6 +142,14 @@ impl App {
                 notifier,
                 backoff,
                 summaries.outbox_wake(),
+                token.clone(),
+            ));
+        }
+        if let Some(deliverer) = self.state.deliverer.clone() {
+            tracker.spawn(crate::webhooks::deliver::run(
+                summaries.clone(),
+                deliverer,
+                summaries.webhook_wake(),
                 token.clone(),
             ));
         }

@@ -7,6 +7,8 @@ use ghost_runtime::config::ServerConfig;
 use ghost_runtime::telemetry::TelemetryConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::webhooks::subscription::Subscription;
+
 /// The summarizer's configuration (`GHOST_SUMMARIZER__…`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -53,6 +55,27 @@ pub struct SummarizerConfig {
     /// Deadline of one `Notify` call.
     #[serde(with = "humantime_serde")]
     pub notify_timeout: Duration,
+    /// Push subscriptions: each terminal outcome an entry wants is POSTed to its `url` as a
+    /// Standard Webhooks message signed with its `secret` (`[[subscriptions]]` in
+    /// `ghost.toml`). An entry breaking a rule (the SSRF guard among them) is refused at load.
+    #[serde(deserialize_with = "crate::webhooks::subscription::deserialize_checked")]
+    pub subscriptions: Vec<Subscription>,
+    /// Link to a patch's summary in webhook payloads (`data.summary.url`); `{patch_id}` is
+    /// replaced. Unset: no link.
+    pub summary_url_template: Option<String>,
+    /// Wait before retrying a failed webhook; doubles per failure up to `webhook_max_backoff`,
+    /// less a random part of up to half.
+    #[serde(with = "humantime_serde")]
+    pub webhook_initial_backoff: Duration,
+    /// Longest wait between two tries of one webhook.
+    #[serde(with = "humantime_serde")]
+    pub webhook_max_backoff: Duration,
+    /// A webhook still failing this long after its first try is dead-lettered.
+    #[serde(with = "humantime_serde")]
+    pub webhook_give_up_after: Duration,
+    /// Deadline of one webhook POST.
+    #[serde(with = "humantime_serde")]
+    pub webhook_timeout: Duration,
 }
 
 impl Default for SummarizerConfig {
@@ -72,6 +95,12 @@ impl Default for SummarizerConfig {
             notify_initial_backoff: Duration::from_millis(500),
             notify_max_backoff: Duration::from_secs(60),
             notify_timeout: Duration::from_secs(10),
+            subscriptions: Vec::new(),
+            summary_url_template: None,
+            webhook_initial_backoff: Duration::from_secs(1),
+            webhook_max_backoff: Duration::from_secs(300),
+            webhook_give_up_after: Duration::from_secs(24 * 3600),
+            webhook_timeout: Duration::from_secs(10),
         }
     }
 }

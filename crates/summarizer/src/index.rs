@@ -2,15 +2,19 @@
 //!
 //! Tables: `summaries` (one row per patch: where its files are and what the latest attempt was),
 //! `attempts` (the idempotency key (patch id, attempt)), `outbox` (notifications owed to the
-//! alerter) and `changelog` (recent transitions per target, bounded). The summary files are
+//! alerter), `changelog` (recent transitions per target, bounded) and the webhook outbox
+//! ([`webhook_outbox`]: messages owed to push subscriptions, and dead letters). The summary files are
 //! written before the row that points at them is committed, so a committed row always names
 //! complete files.
+
+mod webhook_outbox;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension as _, params};
 
+pub use self::webhook_outbox::{DeadLetter, NewWebhook, WebhookRow, WebhookSettle};
 use crate::error::SummarizerError;
 
 const SCHEMA: &str = "
@@ -131,6 +135,15 @@ pub struct NewNotification {
     pub traceparent: String,
 }
 
+/// What a recorded attempt owes, queued in the same transaction as the record.
+#[derive(Debug, Clone, Default)]
+pub struct Owed {
+    /// The alerter's notification, when an alerter is configured.
+    pub notification: Option<NewNotification>,
+    /// One message per push subscription that wants this outcome.
+    pub webhooks: Vec<NewWebhook>,
+}
+
 /// The SQLite index; cheap to clone, every call blocking (use from `spawn_blocking`).
 #[derive(Clone)]
 pub struct Index {
@@ -175,6 +188,7 @@ impl Index {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(webhook_outbox::SCHEMA)?;
         Ok((
             Self {
                 conn: Arc::new(Mutex::new(conn)),
@@ -209,15 +223,16 @@ impl Index {
             .optional()?)
     }
 
-    /// In one transaction: the summary row, the attempt, the changelog entry and (if any) the
-    /// notification. Returns false, changing nothing, when the attempt was already recorded.
+    /// In one transaction: the summary row, the attempt, the changelog entry and what the
+    /// attempt owes (the notification, the webhooks). Returns false, changing nothing, when the
+    /// attempt was already recorded.
     pub fn commit_record(
         &self,
         row: &SummaryRow,
         attempt: u32,
         attempt_status: &str,
         from_status: &str,
-        notification: Option<NewNotification>,
+        owed: Owed,
         changelog_len: usize,
     ) -> Result<bool, SummarizerError> {
         let mut conn = lock(&self.conn);
@@ -264,7 +279,8 @@ impl Index {
             },
             changelog_len,
         )?;
-        if let Some(notification) = notification {
+        webhook_outbox::insert(&tx, &row.patch_id, attempt, row.recorded_ms, &owed.webhooks)?;
+        if let Some(notification) = owed.notification {
             tx.execute(
                 "INSERT OR IGNORE INTO outbox (patch_id, attempt, request, traceparent, next_at_ms, created_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?5)",

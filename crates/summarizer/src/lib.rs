@@ -4,7 +4,8 @@
 //!
 //! Called by the router (`Record`, through its outbox, at least once per attempt) and by the
 //! gateway, the alerter and the CLI (`Get`, `List`). Calls the alerter (`Notify`) from a durable
-//! outbox with retries, so `Record` never waits on Slack and a restart never drops a message.
+//! outbox with retries, so `Record` never waits on Slack and a restart never drops a message;
+//! and POSTs each outcome to the push subscriptions that want it, from a second outbox.
 //!
 //! - [`config`] — [`SummarizerConfig`].
 //! - [`app`] — [`App`], wiring the store, the outbox, the archiver and the servers.
@@ -16,6 +17,7 @@
 //! - [`manifest`] — `patch-manifest.json`.
 //! - [`atomic_file`] — crash-safe writes and moves.
 //! - [`notify`] — delivering the outbox to the alerter.
+//! - [`webhooks`] — push subscriptions: Standard Webhooks from a durable outbox.
 //! - [`error`] — [`SummarizerError`] and its mapping to `tonic::Status`.
 
 pub mod app;
@@ -29,6 +31,7 @@ pub mod manifest;
 pub mod notify;
 pub mod render;
 pub mod summaries;
+pub mod webhooks;
 
 pub use app::App;
 pub use config::SummarizerConfig;

@@ -4,7 +4,7 @@
 //!
 //! Recording is idempotent by (patch id, attempt): the `attempts` table is the record of what
 //! was recorded. Order of a record: artifacts, Markdown, JSON (each atomic), then one
-//! transaction (summary row, attempt, changelog, outbox row), then the manifest. A crash before
+//! transaction (summary row, attempt, changelog, outbox row, webhook rows), then the manifest. A crash before
 //! the transaction leaves the attempt unrecorded, and the router's redelivery writes it again;
 //! a crash after it leaves at worst a stale manifest, rebuilt at start.
 //!
@@ -28,10 +28,11 @@ pub use self::archive::ArchiveReport;
 use crate::atomic_file;
 use crate::doc::{self, Outcome, SummaryDoc};
 use crate::error::SummarizerError;
-use crate::index::{Index, NewNotification, SummaryRow};
+use crate::index::{Index, NewNotification, Owed, SummaryRow};
 use crate::manifest::{self, MANIFEST_FILE};
 use crate::notify::notify_request;
 use crate::render;
+use crate::webhooks::Webhooks;
 
 /// Milliseconds since the Unix epoch; injected so tests control time.
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -60,6 +61,8 @@ pub struct StoreOptions {
     /// How long a target's manifest may lag behind its records (they are then coalesced into
     /// one rewrite); zero: rewritten by every record before it answers.
     pub manifest_delay: std::time::Duration,
+    /// The push subscriptions: each recorded attempt one wants queues a webhook; `None`: none.
+    pub webhooks: Option<Arc<Webhooks>>,
 }
 
 /// The result of [`Summaries::record`].
@@ -115,6 +118,8 @@ struct Inner {
     manifest_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// Woken when a notification is queued.
     outbox_wake: Arc<Notify>,
+    /// Woken when a webhook is queued.
+    webhook_wake: Arc<Notify>,
     /// Targets whose manifest is older than their records (deferred manifests only).
     stale_manifests: Mutex<std::collections::BTreeSet<String>>,
     /// Woken when a target is added to `stale_manifests`.
@@ -183,6 +188,7 @@ impl Summaries {
                     patch_locks: Mutex::new(HashMap::new()),
                     manifest_locks: Mutex::new(HashMap::new()),
                     outbox_wake: Arc::new(Notify::new()),
+                    webhook_wake: Arc::new(Notify::new()),
                     stale_manifests: Mutex::new(std::collections::BTreeSet::new()),
                     manifest_wake: Notify::new(),
                 }),
@@ -210,6 +216,11 @@ impl Summaries {
         self.inner.outbox_wake.clone()
     }
 
+    /// Woken whenever a webhook may have been queued.
+    pub fn webhook_wake(&self) -> Arc<Notify> {
+        self.inner.webhook_wake.clone()
+    }
+
     /// The clock the store uses.
     pub fn now_ms(&self) -> i64 {
         (self.inner.clock)()
@@ -226,6 +237,9 @@ impl Summaries {
         let recorded = blocking(move || store.record_blocking(outcome, traceparent)).await?;
         if recorded.created && self.inner.options.notify {
             self.inner.outbox_wake.notify_one();
+        }
+        if recorded.created && self.inner.options.webhooks.is_some() {
+            self.inner.webhook_wake.notify_one();
         }
         Ok(recorded)
     }
@@ -346,6 +360,8 @@ impl Summaries {
         let attempt = outcome.attempt;
         let attempt_status = outcome.report.status;
         let artifacts = doc::artifacts_of(&outcome);
+        let webhooks = self.inner.options.webhooks.as_deref();
+        let webhook_view = webhooks.and_then(|webhooks| webhooks.view(&outcome));
         let doc = doc::merge(previous, outcome, &self.inner.options.jaeger_url_template);
         let markdown = render::markdown(&doc);
         let dir = self.inner.data_dir.join(&live_dir);
@@ -371,13 +387,20 @@ impl Summaries {
             request: notify_request(&doc, attempt, attempt_status).encode_to_vec(),
             traceparent,
         });
+        let webhooks = match (webhooks, webhook_view) {
+            (Some(webhooks), Some(view)) => webhooks.messages(view, &markdown),
+            _ => Vec::new(),
+        };
         let from_status = previous_row.map(|row| row.status).unwrap_or_default();
         let created = index.commit_record(
             &row,
             attempt,
             attempt_status.as_str(),
             &from_status,
-            notification,
+            Owed {
+                notification,
+                webhooks,
+            },
             self.inner.options.changelog_len,
         )?;
         if self.inner.options.manifest_delay.is_zero() {

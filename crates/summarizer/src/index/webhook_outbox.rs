@@ -1,0 +1,294 @@
+//! The webhook outbox in the summarizer's SQLite: `webhook_outbox` (messages owed to push
+//! subscriptions, queued in the transaction that records the attempt) and
+//! `webhook_dead_letters` (messages given up on, kept for an operator).
+//!
+//! Order: a message is due only when no earlier message of the same patch to the same
+//! subscription is still in the outbox, so a receiver sees a patch's events in the order they
+//! were recorded (an earlier one delivered or dead-lettered first).
+
+use rusqlite::params;
+
+use super::{Index, lock, u32_of};
+use crate::error::SummarizerError;
+
+pub(super) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS webhook_outbox (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    webhook_id   TEXT NOT NULL UNIQUE,
+    subscription TEXT NOT NULL,
+    patch_id     TEXT NOT NULL,
+    attempt      INTEGER NOT NULL,
+    event        TEXT NOT NULL,
+    body         BLOB NOT NULL,
+    tries        INTEGER NOT NULL DEFAULT 0,
+    next_at_ms   INTEGER NOT NULL,
+    created_ms   INTEGER NOT NULL,
+    first_try_ms INTEGER,
+    last_error   TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS webhook_outbox_by_patch ON webhook_outbox (subscription, patch_id, id);
+CREATE INDEX IF NOT EXISTS webhook_outbox_by_due ON webhook_outbox (next_at_ms, id);
+CREATE TABLE IF NOT EXISTS webhook_dead_letters (
+    id           INTEGER PRIMARY KEY,
+    webhook_id   TEXT NOT NULL UNIQUE,
+    subscription TEXT NOT NULL,
+    patch_id     TEXT NOT NULL,
+    attempt      INTEGER NOT NULL,
+    event        TEXT NOT NULL,
+    body         BLOB NOT NULL,
+    tries        INTEGER NOT NULL,
+    created_ms   INTEGER NOT NULL,
+    first_try_ms INTEGER,
+    dead_ms      INTEGER NOT NULL,
+    reason       TEXT NOT NULL
+);
+";
+
+/// The head-of-line rule: no earlier message of this patch to this subscription is pending.
+const FIRST_OF_PATCH: &str = "NOT EXISTS (SELECT 1 FROM webhook_outbox earlier
+     WHERE earlier.subscription = o.subscription AND earlier.patch_id = o.patch_id
+     AND earlier.id < o.id)";
+
+/// A message to queue with a recorded attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewWebhook {
+    /// The `webhook-id`: stable per (subscription, patch, attempt).
+    pub webhook_id: String,
+    /// The subscription's key (its URL as configured).
+    pub subscription: String,
+    /// `patch.<status>`.
+    pub event: String,
+    /// The JSON body.
+    pub body: Vec<u8>,
+}
+
+/// One pending message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookRow {
+    /// Row id (record order).
+    pub id: i64,
+    /// The `webhook-id`.
+    pub webhook_id: String,
+    /// The subscription's key.
+    pub subscription: String,
+    /// The patch.
+    pub patch_id: String,
+    /// The attempt.
+    pub attempt: u32,
+    /// `patch.<status>`.
+    pub event: String,
+    /// The JSON body.
+    pub body: Vec<u8>,
+    /// Failed tries so far.
+    pub tries: u32,
+    /// When it was first tried (unix ms), if it was.
+    pub first_try_ms: Option<i64>,
+}
+
+/// One dead letter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The `webhook-id`.
+    pub webhook_id: String,
+    /// The subscription's key.
+    pub subscription: String,
+    /// The patch.
+    pub patch_id: String,
+    /// The attempt.
+    pub attempt: u32,
+    /// Tries made, the last included.
+    pub tries: u32,
+    /// Why it was given up.
+    pub reason: String,
+}
+
+/// What became of one try.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WebhookSettle {
+    /// 2xx: forget it.
+    Delivered {
+        /// Row id.
+        id: i64,
+    },
+    /// Try again at `next_at_ms`.
+    Retry {
+        /// Row id.
+        id: i64,
+        /// Not before this time (unix ms).
+        next_at_ms: i64,
+        /// When this try was made (the first try's time is kept).
+        tried_ms: i64,
+        /// Why it failed.
+        error: String,
+    },
+    /// Give up: move it to `webhook_dead_letters`.
+    Dead {
+        /// Row id.
+        id: i64,
+        /// When (unix ms).
+        at_ms: i64,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn webhook_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<WebhookRow> {
+    Ok(WebhookRow {
+        id: row.get(0)?,
+        webhook_id: row.get(1)?,
+        subscription: row.get(2)?,
+        patch_id: row.get(3)?,
+        attempt: u32_of(row.get(4)?),
+        event: row.get(5)?,
+        body: row.get(6)?,
+        tries: u32_of(row.get(7)?),
+        first_try_ms: row.get(8)?,
+    })
+}
+
+pub(super) fn insert(
+    tx: &rusqlite::Transaction<'_>,
+    patch_id: &str,
+    attempt: u32,
+    now_ms: i64,
+    webhooks: &[NewWebhook],
+) -> Result<(), SummarizerError> {
+    let mut insert = tx.prepare_cached(
+        "INSERT OR IGNORE INTO webhook_outbox
+         (webhook_id, subscription, patch_id, attempt, event, body, next_at_ms, created_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+    )?;
+    for webhook in webhooks {
+        insert.execute(params![
+            webhook.webhook_id,
+            webhook.subscription,
+            patch_id,
+            attempt,
+            webhook.event,
+            webhook.body,
+            now_ms
+        ])?;
+    }
+    Ok(())
+}
+
+impl Index {
+    /// Up to `limit` messages due at `now_ms` and first in line for their patch and
+    /// subscription, oldest first.
+    pub fn webhooks_due(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<WebhookRow>, SummarizerError> {
+        let conn = lock(&self.conn);
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT id, webhook_id, subscription, patch_id, attempt, event, body, tries, first_try_ms
+             FROM webhook_outbox o WHERE next_at_ms <= ?1 AND {FIRST_OF_PATCH}
+             ORDER BY next_at_ms, id LIMIT ?2"
+        ))?;
+        let rows = stmt
+            .query_map(
+                params![now_ms, i64::try_from(limit).unwrap_or(i64::MAX)],
+                webhook_row,
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// When the next message first in line is due, if any is pending.
+    pub fn webhooks_next_due(&self) -> Result<Option<i64>, SummarizerError> {
+        Ok(lock(&self.conn).query_row(
+            &format!("SELECT MIN(next_at_ms) FROM webhook_outbox o WHERE {FIRST_OF_PATCH}"),
+            [],
+            |row| row.get(0),
+        )?)
+    }
+
+    /// Every pending message, in record order.
+    pub fn webhooks_pending(&self) -> Result<Vec<WebhookRow>, SummarizerError> {
+        let conn = lock(&self.conn);
+        let mut stmt = conn.prepare(
+            "SELECT id, webhook_id, subscription, patch_id, attempt, event, body, tries, first_try_ms
+             FROM webhook_outbox ORDER BY id",
+        )?;
+        let rows = stmt
+            .query_map([], webhook_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Pending messages and dead letters, counted.
+    pub fn webhook_counts(&self) -> Result<(u64, u64), SummarizerError> {
+        let conn = lock(&self.conn);
+        let count = |table: &str| -> Result<u64, SummarizerError> {
+            let n: i64 =
+                conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |row| row.get(0))?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        };
+        Ok((count("webhook_outbox")?, count("webhook_dead_letters")?))
+    }
+
+    /// Every dead letter, oldest first.
+    pub fn webhook_dead_letters(&self) -> Result<Vec<DeadLetter>, SummarizerError> {
+        let conn = lock(&self.conn);
+        let mut stmt = conn.prepare(
+            "SELECT webhook_id, subscription, patch_id, attempt, tries, reason
+             FROM webhook_dead_letters ORDER BY dead_ms, id",
+        )?;
+        let rows = stmt
+            .query_map([], |row| {
+                Ok(DeadLetter {
+                    webhook_id: row.get(0)?,
+                    subscription: row.get(1)?,
+                    patch_id: row.get(2)?,
+                    attempt: u32_of(row.get(3)?),
+                    tries: u32_of(row.get(4)?),
+                    reason: row.get(5)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Records a round of tries in one transaction.
+    pub fn webhooks_settle(&self, outcomes: &[WebhookSettle]) -> Result<(), SummarizerError> {
+        let mut conn = lock(&self.conn);
+        let tx = conn.transaction()?;
+        {
+            let mut forget = tx.prepare_cached("DELETE FROM webhook_outbox WHERE id = ?1")?;
+            let mut retry = tx.prepare_cached(
+                "UPDATE webhook_outbox SET tries = tries + 1, next_at_ms = ?2,
+                 first_try_ms = COALESCE(first_try_ms, ?3), last_error = ?4 WHERE id = ?1",
+            )?;
+            let mut bury = tx.prepare_cached(
+                "INSERT OR REPLACE INTO webhook_dead_letters
+                 (id, webhook_id, subscription, patch_id, attempt, event, body, tries, created_ms,
+                  first_try_ms, dead_ms, reason)
+                 SELECT id, webhook_id, subscription, patch_id, attempt, event, body, tries + 1,
+                  created_ms, COALESCE(first_try_ms, ?2), ?2, ?3
+                 FROM webhook_outbox WHERE id = ?1",
+            )?;
+            for outcome in outcomes {
+                match outcome {
+                    WebhookSettle::Delivered { id } => {
+                        forget.execute(params![id])?;
+                    }
+                    WebhookSettle::Retry {
+                        id,
+                        next_at_ms,
+                        tried_ms,
+                        error,
+                    } => {
+                        retry.execute(params![id, next_at_ms, tried_ms, error])?;
+                    }
+                    WebhookSettle::Dead { id, at_ms, reason } => {
+                        bury.execute(params![id, at_ms, reason])?;
+                        forget.execute(params![id])?;
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}

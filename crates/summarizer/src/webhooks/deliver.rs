@@ -1,0 +1,375 @@
+//! Delivering the webhook outbox: one HTTP client per subscription (its own guarded resolver,
+//! no redirects, no proxy, a deadline per call), rounds of due messages sent at once (at most
+//! one per patch and subscription, so order holds), every outcome settled in one transaction.
+//!
+//! 2xx is delivered; 410 Gone is dead-lettered at once; anything else (or no answer) is tried
+//! again after an exponential backoff with jitter, until `give_up_after` has passed since the
+//! first try, then dead-lettered (kept in `webhook_dead_letters`, logged as an error, counted).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use reqwest::header::CONTENT_TYPE;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::Webhooks;
+use super::subscription::{GuardedResolver, Prepared};
+use crate::index::{WebhookRow, WebhookSettle};
+use crate::notify::Backoff;
+use crate::summaries::Summaries;
+
+/// Looks at the outbox at least this often, even without a wake-up.
+const POLL: Duration = Duration::from_secs(1);
+/// Messages sent per round.
+const BATCH: usize = 32;
+/// Tries after which each further failure is logged as an error, not a warning.
+const LOUD_AFTER: u32 = 5;
+
+/// How deliveries are retried and bounded.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// Exponential backoff between tries (jitter takes up to half off each wait).
+    pub backoff: Backoff,
+    /// After this long since its first try, a message that still fails is dead-lettered.
+    pub give_up_after: Duration,
+    /// Deadline of one POST.
+    pub timeout: Duration,
+}
+
+struct Endpoint {
+    subscription: Prepared,
+    client: reqwest::Client,
+}
+
+/// Sends outbox rows to their subscriptions.
+#[derive(Clone)]
+pub struct Deliverer {
+    endpoints: Arc<HashMap<String, Endpoint>>,
+    policy: Policy,
+}
+
+impl Deliverer {
+    /// A client per subscription of `webhooks`.
+    pub fn new(webhooks: &Webhooks, policy: Policy) -> anyhow::Result<Self> {
+        let mut endpoints = HashMap::new();
+        for subscription in &webhooks.subscriptions {
+            let client = reqwest::Client::builder()
+                .timeout(policy.timeout)
+                // A redirect could point anywhere, past the address checks.
+                .redirect(reqwest::redirect::Policy::none())
+                // A proxy would resolve the name itself, past the address checks.
+                .no_proxy()
+                .dns_resolver(GuardedResolver {
+                    allow_private: subscription.allow_private,
+                })
+                .user_agent(concat!("ghost-runner-summarizer/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .with_context(|| format!("cannot build the client of {}", subscription.name()))?;
+            endpoints.insert(
+                subscription.key.clone(),
+                Endpoint {
+                    subscription: subscription.clone(),
+                    client,
+                },
+            );
+        }
+        Ok(Self {
+            endpoints: Arc::new(endpoints),
+            policy,
+        })
+    }
+
+    /// One try of `row`: `Ok` on 2xx, `Err((reason, final))` otherwise, `final` when it must
+    /// not be tried again.
+    async fn send(&self, row: &WebhookRow) -> Result<(), (String, bool)> {
+        let Some(endpoint) = self.endpoints.get(&row.subscription) else {
+            return Err((
+                "its subscription is no longer configured".to_owned(),
+                true,
+            ));
+        };
+        let timestamp = unix_seconds();
+        let signature = super::signature(
+            &endpoint.subscription.secret,
+            &row.webhook_id,
+            timestamp,
+            &row.body,
+        );
+        let started = Instant::now();
+        let result = endpoint
+            .client
+            .post(endpoint.subscription.url.clone())
+            .header("webhook-id", &row.webhook_id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .header(CONTENT_TYPE, "application/json")
+            .body(row.body.clone())
+            .send()
+            .await;
+        metrics::histogram!("ghost_webhook_attempt_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(response) if response.status().is_success() => Ok(()),
+            Ok(response) if response.status() == reqwest::StatusCode::GONE => {
+                Err(("the receiver answered 410 Gone".to_owned(), true))
+            }
+            Ok(response) => Err((format!("the receiver answered {}", response.status()), false)),
+            Err(err) => Err((describe(&err, self.policy.timeout), false)),
+        }
+    }
+}
+
+fn unix_seconds() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since| i64::try_from(since.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// What went wrong, without the URL (its path or query may carry a token).
+fn describe(err: &reqwest::Error, timeout: Duration) -> String {
+    if err.is_timeout() {
+        return format!("no answer within {timeout:?}");
+    }
+    let mut causes = Vec::new();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        causes.push(cause.to_string());
+        source = cause.source();
+    }
+    let kind = if err.is_connect() {
+        "cannot connect"
+    } else {
+        "request failed"
+    };
+    if causes.is_empty() {
+        kind.to_owned()
+    } else {
+        format!("{kind}: {}", causes.join(": "))
+    }
+}
+
+/// `delay` less a random part of up to half of it, so retries of many messages spread out.
+fn jittered(delay: Duration) -> Duration {
+    use std::hash::BuildHasher as _;
+    let random = std::collections::hash_map::RandomState::new().hash_one(Instant::now());
+    let half = delay / 2;
+    let nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
+    half + Duration::from_nanos(random.checked_rem(nanos.max(1)).unwrap_or(0))
+}
+
+/// Delivers the webhook outbox until `shutdown`; `wake` is signalled when a message is queued.
+pub async fn run(
+    summaries: Summaries,
+    deliverer: Deliverer,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    publish_counts(&summaries).await;
+    loop {
+        let rows = {
+            let index = summaries.index().clone();
+            let now = summaries.now_ms();
+            tokio::task::spawn_blocking(move || index.webhooks_due(now, BATCH)).await
+        };
+        let rows = match rows {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(err)) => {
+                tracing::error!(error = ?anyhow::Error::from(err), "cannot read the webhook outbox");
+                Vec::new()
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "webhook outbox task failed");
+                Vec::new()
+            }
+        };
+        let full_batch = rows.len() == BATCH;
+        if shutdown.is_cancelled() {
+            return;
+        }
+        if !rows.is_empty() {
+            let Some(settled) = deliver_round(&summaries, &deliverer, rows, &shutdown).await
+            else {
+                return;
+            };
+            settle(&summaries, settled, &shutdown).await;
+            publish_counts(&summaries).await;
+        }
+        if full_batch {
+            continue;
+        }
+        let wait = next_wait(&summaries).await;
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = wake.notified() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Until the next message first in line is due, at most [`POLL`].
+async fn next_wait(summaries: &Summaries) -> Duration {
+    let index = summaries.index().clone();
+    let next = tokio::task::spawn_blocking(move || index.webhooks_next_due())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
+    match next {
+        Some(due) => {
+            let in_ms = due.saturating_sub(summaries.now_ms()).max(0);
+            Duration::from_millis(u64::try_from(in_ms).unwrap_or(0)).min(POLL)
+        }
+        None => POLL,
+    }
+}
+
+/// Sends `rows` at once; `None` when shutdown came first (the rows stay due and are sent again
+/// after the restart, under the same `webhook-id`).
+async fn deliver_round(
+    summaries: &Summaries,
+    deliverer: &Deliverer,
+    rows: Vec<WebhookRow>,
+    shutdown: &CancellationToken,
+) -> Option<Vec<WebhookSettle>> {
+    let mut sends = tokio::task::JoinSet::new();
+    for row in rows {
+        let deliverer = deliverer.clone();
+        sends.spawn(async move {
+            let result = deliverer.send(&row).await;
+            (row, result)
+        });
+    }
+    let mut settled = Vec::new();
+    loop {
+        let joined = tokio::select! {
+            () = shutdown.cancelled() => return None,
+            joined = sends.join_next() => joined,
+        };
+        let Some(joined) = joined else {
+            return Some(settled);
+        };
+        match joined {
+            Ok((row, result)) => settled.push(outcome_of(summaries, deliverer, &row, result)),
+            // The row stays due and is sent again in the next round.
+            Err(err) => tracing::error!(error = %err, "webhook task failed"),
+        }
+    }
+}
+
+/// What to record for one try of `row`, logging and counting it.
+fn outcome_of(
+    summaries: &Summaries,
+    deliverer: &Deliverer,
+    row: &WebhookRow,
+    result: Result<(), (String, bool)>,
+) -> WebhookSettle {
+    let now = summaries.now_ms();
+    let tries = row.tries.saturating_add(1);
+    let subscription = deliverer
+        .endpoints
+        .get(&row.subscription)
+        .map_or_else(|| "(removed subscription)".to_owned(), |e| e.subscription.name());
+    let span = tracing::info_span!(
+        "webhook.deliver",
+        subscription = %subscription,
+        patch_id = %row.patch_id,
+        attempt = row.attempt,
+        webhook_id = %row.webhook_id,
+        event = %row.event,
+    );
+    let _entered = span.enter();
+    let (error, gone) = match result {
+        Ok(()) => {
+            metrics::counter!("ghost_webhook_deliveries_total", "result" => "delivered")
+                .increment(1);
+            tracing::info!(tries, "webhook delivered");
+            return WebhookSettle::Delivered { id: row.id };
+        }
+        Err(failure) => failure,
+    };
+    let first_try = row.first_try_ms.unwrap_or(now);
+    let give_up_ms = i64::try_from(deliverer.policy.give_up_after.as_millis()).unwrap_or(i64::MAX);
+    if gone || now.saturating_sub(first_try) >= give_up_ms {
+        metrics::counter!("ghost_webhook_deliveries_total", "result" => "dead_letter").increment(1);
+        let reason = if gone {
+            error
+        } else {
+            format!(
+                "gave up after {tries} tries over {:?}: {error}",
+                deliverer.policy.give_up_after
+            )
+        };
+        tracing::error!(tries, %reason, "webhook dead-lettered");
+        return WebhookSettle::Dead {
+            id: row.id,
+            at_ms: now,
+            reason,
+        };
+    }
+    metrics::counter!("ghost_webhook_deliveries_total", "result" => "retry").increment(1);
+    let delay = jittered(deliverer.policy.backoff.delay(tries));
+    if tries >= LOUD_AFTER {
+        tracing::error!(tries, %error, retry_in = ?delay, "webhook receiver still failing; message kept");
+    } else {
+        tracing::warn!(tries, %error, retry_in = ?delay, "webhook delivery failed; will retry");
+    }
+    WebhookSettle::Retry {
+        id: row.id,
+        next_at_ms: now.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
+        tried_ms: now,
+        error,
+    }
+}
+
+/// Records a round; a storage error is retried, never dropped (until then the rows stay due,
+/// and a message sent twice carries the same `webhook-id`).
+async fn settle(summaries: &Summaries, settled: Vec<WebhookSettle>, shutdown: &CancellationToken) {
+    if settled.is_empty() {
+        return;
+    }
+    let settled = Arc::new(settled);
+    loop {
+        let index = summaries.index().clone();
+        let round = Arc::clone(&settled);
+        match tokio::task::spawn_blocking(move || index.webhooks_settle(&round)).await {
+            Ok(Ok(())) => return,
+            Ok(Err(err)) => {
+                tracing::error!(error = ?anyhow::Error::from(err), "cannot update the webhook outbox");
+            }
+            Err(err) => tracing::error!(error = %err, "webhook outbox task failed"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(POLL) => {}
+        }
+    }
+}
+
+/// Sets the outbox depth and dead-letter gauges from the tables.
+async fn publish_counts(summaries: &Summaries) {
+    let index = summaries.index().clone();
+    if let Ok(Ok((pending, dead))) =
+        tokio::task::spawn_blocking(move || index.webhook_counts()).await
+    {
+        metrics::gauge!("ghost_webhook_outbox_depth").set(pending as f64);
+        metrics::gauge!("ghost_webhook_dead_letters").set(dead as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_takes_at_most_half_off() {
+        for _ in 0..100 {
+            let wait = jittered(Duration::from_secs(10));
+            assert!(wait >= Duration::from_secs(5) && wait <= Duration::from_secs(10), "{wait:?}");
+        }
+        assert_eq!(jittered(Duration::ZERO), Duration::ZERO);
+    }
+}
