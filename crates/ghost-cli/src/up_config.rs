@@ -4,7 +4,7 @@
 //! the README's ports, every service pointed at the others) → `[[targets]]` and `[[keys]]` →
 //! the file's `[gateway]`, `[router]`, `[executor]`, `[summarizer]` and `[alerter]` sections
 //! (the same keys as each service's own config file) → `GHOST_<SERVICE>__KEY` environment
-//! variables → flags. A key no service knows fails with `FILE:LINE:COL` (or the variable's
+//! variables → flags; `[[subscriptions]]` are added to the summarizer's own. A key no service knows fails with `FILE:LINE:COL` (or the variable's
 //! name) and the nearest valid key. Relative paths in the file are relative to the file's
 //! directory (as in a compose file), so `ghost up -f DIR/ghost.toml` means the same directories
 //! from anywhere; those from flags and the environment are relative to the working directory.
@@ -556,6 +556,9 @@ pub fn load(flags: UpFlags, env: &HashMap<String, String>) -> Result<UpConfig, C
             "[tls] needs both cert and key (or neither: a private CA is made)".to_owned(),
         ));
     }
+    system.summarizer.subscriptions.extend(parsed.subscriptions);
+    summarizer::webhooks::subscription::prepare_all(&system.summarizer.subscriptions)
+        .map_err(invalid)?;
     if flags.no_local_executor || parsed.local_executor == Some(false) {
         system.executor = None;
     }
@@ -729,6 +732,62 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("\"BAD NAME\""), "{err}");
+    }
+
+    #[test]
+    fn subscriptions_go_to_the_summarizer_and_private_urls_need_allow_private() {
+        const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let entry = |url: &str, extra: &str| {
+            format!(
+                "[[subscriptions]]\nurl = \"{url}\"\nsecret = \"{SECRET}\"\n\
+                 events = [\"patch.failed\", \"patch.rolled_back\"]\ntargets = [\"MAIN\"]\n{extra}"
+            )
+        };
+        let config = load_text(
+            &format!(
+                "{}{}",
+                entry("https://hooks.example.com/ghost", ""),
+                entry("http://127.0.0.1:9/hook", "allow_private = true\n")
+            ),
+            UpFlags::default(),
+        )
+        .unwrap();
+        let subscriptions = &config.system.summarizer.subscriptions;
+        assert_eq!(subscriptions.len(), 2);
+        assert_eq!(subscriptions[0].url, "https://hooks.example.com/ghost");
+        assert_eq!(subscriptions[0].secret.expose(), SECRET);
+        assert_eq!(subscriptions[0].targets, ["MAIN"]);
+        assert!(subscriptions[1].allow_private);
+        let rendered = config.render().unwrap();
+        assert!(!rendered.contains(SECRET), "{rendered}");
+
+        let err = load_text(
+            &format!(
+                "{}{}",
+                entry("https://hooks.example.com/ghost", ""),
+                entry("http://127.0.0.1:9/hook", "")
+            ),
+            UpFlags::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("subscriptions[1] (http://127.0.0.1:9): 127.0.0.1 is a loopback address"),
+            "{err}"
+        );
+        assert!(err.contains("unless allow_private = true"), "{err}");
+        assert!(err.contains("ghost.toml:"), "the file is named: {err}");
+        assert!(!err.contains(SECRET), "{err}");
+
+        let err = load_text(
+            &format!(
+                "[summarizer]\nsubscriptions = [{{ url = \"http://[fd00::1]/x\", secret = \"{SECRET}\", events = [\"*\"] }}]\n"
+            ),
+            UpFlags::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unique local"), "{err}");
     }
 
     #[test]

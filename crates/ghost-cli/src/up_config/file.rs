@@ -1,4 +1,5 @@
-//! The shape of `ghost.toml`: its top-level keys, `[[targets]]` and their `commands`.
+//! The shape of `ghost.toml`: its top-level keys, `[[targets]]` and their `commands`, and
+//! `[[subscriptions]]` (the summarizer's push subscriptions).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -31,6 +32,11 @@ pub struct GhostFile {
     pub tls: TlsSpec,
     /// API keys, stored as SHA-256 hashes (`gateway.api_keys`).
     pub keys: Vec<ApiKeyConfig>,
+    /// Push subscriptions: Standard Webhooks for terminal outcomes (`summarizer.subscriptions`,
+    /// after any listed in `[summarizer]`). Checked as the file loads (the SSRF guard among
+    /// the checks).
+    #[serde(deserialize_with = "summarizer::webhooks::subscription::deserialize_checked")]
+    pub subscriptions: Vec<summarizer::webhooks::subscription::Subscription>,
     /// The gateway's own keys.
     pub gateway: gateway::GatewayConfig,
     /// The router's own keys.

@@ -221,8 +221,9 @@ impl Index {
     pub fn webhook_counts(&self) -> Result<(u64, u64), SummarizerError> {
         let conn = lock(&self.conn);
         let count = |table: &str| -> Result<u64, SummarizerError> {
-            let n: i64 =
-                conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |row| row.get(0))?;
+            let n: i64 = conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |row| {
+                row.get(0)
+            })?;
             Ok(u64::try_from(n).unwrap_or(0))
         };
         Ok((count("webhook_outbox")?, count("webhook_dead_letters")?))

@@ -65,7 +65,10 @@ impl Deliverer {
                 .dns_resolver(GuardedResolver {
                     allow_private: subscription.allow_private,
                 })
-                .user_agent(concat!("ghost-runner-summarizer/", env!("CARGO_PKG_VERSION")))
+                .user_agent(concat!(
+                    "ghost-runner-summarizer/",
+                    env!("CARGO_PKG_VERSION")
+                ))
                 .build()
                 .with_context(|| format!("cannot build the client of {}", subscription.name()))?;
             endpoints.insert(
@@ -86,10 +89,7 @@ impl Deliverer {
     /// not be tried again.
     async fn send(&self, row: &WebhookRow) -> Result<(), (String, bool)> {
         let Some(endpoint) = self.endpoints.get(&row.subscription) else {
-            return Err((
-                "its subscription is no longer configured".to_owned(),
-                true,
-            ));
+            return Err(("its subscription is no longer configured".to_owned(), true));
         };
         let timestamp = unix_seconds();
         let signature = super::signature(
@@ -116,7 +116,10 @@ impl Deliverer {
             Ok(response) if response.status() == reqwest::StatusCode::GONE => {
                 Err(("the receiver answered 410 Gone".to_owned(), true))
             }
-            Ok(response) => Err((format!("the receiver answered {}", response.status()), false)),
+            Ok(response) => Err((
+                format!("the receiver answered {}", response.status()),
+                false,
+            )),
             Err(err) => Err((describe(&err, self.policy.timeout), false)),
         }
     }
@@ -191,8 +194,7 @@ pub async fn run(
             return;
         }
         if !rows.is_empty() {
-            let Some(settled) = deliver_round(&summaries, &deliverer, rows, &shutdown).await
-            else {
+            let Some(settled) = deliver_round(&summaries, &deliverer, rows, &shutdown).await else {
                 return;
             };
             settle(&summaries, settled, &shutdown).await;
@@ -269,10 +271,10 @@ fn outcome_of(
 ) -> WebhookSettle {
     let now = summaries.now_ms();
     let tries = row.tries.saturating_add(1);
-    let subscription = deliverer
-        .endpoints
-        .get(&row.subscription)
-        .map_or_else(|| "(removed subscription)".to_owned(), |e| e.subscription.name());
+    let subscription = deliverer.endpoints.get(&row.subscription).map_or_else(
+        || "(removed subscription)".to_owned(),
+        |e| e.subscription.name(),
+    );
     let span = tracing::info_span!(
         "webhook.deliver",
         subscription = %subscription,
@@ -368,7 +370,10 @@ mod tests {
     fn jitter_takes_at_most_half_off() {
         for _ in 0..100 {
             let wait = jittered(Duration::from_secs(10));
-            assert!(wait >= Duration::from_secs(5) && wait <= Duration::from_secs(10), "{wait:?}");
+            assert!(
+                wait >= Duration::from_secs(5) && wait <= Duration::from_secs(10),
+                "{wait:?}"
+            );
         }
         assert_eq!(jittered(Duration::ZERO), Duration::ZERO);
     }

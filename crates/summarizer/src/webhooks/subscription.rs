@@ -80,7 +80,8 @@ impl std::fmt::Debug for Prepared {
 impl Prepared {
     /// True when an attempt of a patch on `target` that ended `status` is sent here.
     pub fn wants(&self, target: &str, status: Status) -> bool {
-        self.statuses.contains(&status) && (self.targets.is_empty() || self.targets.contains(target))
+        self.statuses.contains(&status)
+            && (self.targets.is_empty() || self.targets.contains(target))
     }
 
     /// `subscriptions[N] (scheme://host:port)`: names the subscription in logs and errors
@@ -91,7 +92,10 @@ impl Prepared {
 }
 
 fn name(index: usize, url: &Url) -> String {
-    format!("subscriptions[{index}] ({})", url.origin().ascii_serialization())
+    format!(
+        "subscriptions[{index}] ({})",
+        url.origin().ascii_serialization()
+    )
 }
 
 /// The event name of a terminal status: `patch.<status>`.
@@ -127,8 +131,8 @@ impl Subscription {
         if self.url.len() > MAX_URL_LEN {
             return Err(format!("{at}: url is longer than {MAX_URL_LEN} bytes"));
         }
-        let url = Url::parse(&self.url)
-            .map_err(|err| format!("{at}: url is not a valid URL ({err})"))?;
+        let url =
+            Url::parse(&self.url).map_err(|err| format!("{at}: url is not a valid URL ({err})"))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(format!(
                 "{at}: url must be http:// or https://, not {}://",
@@ -161,7 +165,10 @@ impl Subscription {
         let mut targets = BTreeSet::new();
         for target in &self.targets {
             let parsed = TargetName::parse(target).map_err(|err| {
-                format!("{named}: targets: {:?} is not a target name ({err})", shown(target))
+                format!(
+                    "{named}: targets: {:?} is not a target name ({err})",
+                    shown(target)
+                )
             })?;
             targets.insert(parsed.to_string());
         }
@@ -263,7 +270,11 @@ fn check_host(url: &Url) -> Result<(), String> {
         return Err("url has no host".to_owned());
     };
     // The URL parser has already normalised literal addresses (`0x7f.1`, `2130706433`, `[::1]`).
-    if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+    if let Ok(ip) = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
         return check_ip(ip);
     }
     let bare = host.trim_end_matches('.').to_ascii_lowercase();

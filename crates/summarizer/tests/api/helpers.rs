@@ -27,6 +27,8 @@ pub const T0: i64 = 1_700_000_000_000;
 pub struct TestApp {
     pub client: SummarizerServiceClient<Channel>,
     pub summaries: summarizer::summaries::Summaries,
+    /// The HTTP side (`/metrics`).
+    pub http_addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -75,6 +77,7 @@ pub async fn spawn_summarizer(data_dir: &Path, alerter_url: Option<String>) -> T
 pub async fn spawn_with(config: SummarizerConfig) -> TestApp {
     let app = App::build(config).await.expect("build summarizer");
     let addr = app.grpc_addr();
+    let http_addr = app.http_addr();
     let summaries = app.summaries();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(app.run(async {
@@ -86,6 +89,7 @@ pub async fn spawn_with(config: SummarizerConfig) -> TestApp {
     TestApp {
         client,
         summaries,
+        http_addr,
         stop: Some(stop),
         task,
     }

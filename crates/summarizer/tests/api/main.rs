@@ -9,6 +9,7 @@ mod golden;
 mod helpers;
 mod manifest;
 mod truncation;
+mod webhooks;
 
 use ghost_proto::router::v1::PatchStatus;
 use ghost_proto::summarizer::v1::{GetRequest, ListRequest};

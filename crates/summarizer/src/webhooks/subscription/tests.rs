@@ -75,7 +75,10 @@ fn private_urls_are_refused_naming_the_entry_and_the_rule_unless_allowed() {
         "http://10.0.0.7/hook",
     ] {
         let message = refused(&entry(url));
-        assert!(message.starts_with("subscriptions[3] (http"), "{url}: {message}");
+        assert!(
+            message.starts_with("subscriptions[3] (http"),
+            "{url}: {message}"
+        );
         assert!(message.contains("allow_private = true"), "{url}: {message}");
         let allowed = Subscription {
             allow_private: true,
@@ -84,8 +87,14 @@ fn private_urls_are_refused_naming_the_entry_and_the_rule_unless_allowed() {
         assert!(allowed.prepare(0).is_ok(), "{url}");
     }
     let message = refused(&entry("http://127.0.0.1:8080/hook?token=abc"));
-    assert!(message.contains("127.0.0.1 is a loopback address"), "{message}");
-    assert!(!message.contains("token"), "the path and query stay out: {message}");
+    assert!(
+        message.contains("127.0.0.1 is a loopback address"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("token"),
+        "the path and query stay out: {message}"
+    );
     assert!(entry("https://hooks.example.com/ghost").prepare(0).is_ok());
 }
 
@@ -136,7 +145,9 @@ fn events_are_terminal_status_names_or_star() {
         events: events.iter().map(|e| (*e).to_owned()).collect(),
         ..entry("https://example.com/hook")
     };
-    let prepared = with(&["patch.failed", "patch.rolled_back"]).prepare(0).unwrap();
+    let prepared = with(&["patch.failed", "patch.rolled_back"])
+        .prepare(0)
+        .unwrap();
     assert_eq!(prepared.statuses, vec![Status::Failed, Status::RolledBack]);
     assert!(prepared.wants("MAIN", Status::Failed));
     assert!(!prepared.wants("MAIN", Status::Succeeded));
@@ -150,7 +161,12 @@ fn events_are_terminal_status_names_or_star() {
             "{message}"
         );
     }
-    assert!(with(&[]).prepare(0).unwrap_err().contains("events is empty"));
+    assert!(
+        with(&[])
+            .prepare(0)
+            .unwrap_err()
+            .contains("events is empty")
+    );
 }
 
 #[test]
@@ -191,7 +207,15 @@ fn a_list_refuses_duplicates_and_too_many_and_loads_through_serde() {
     ]}))
     .unwrap_err()
     .to_string();
-    assert!(err.contains("subscriptions[1] (http://127.0.0.1:9)"), "{err}");
+    assert!(
+        err.contains("subscriptions[1] (http://127.0.0.1:9)"),
+        "{err}"
+    );
+    let fine: Holder = serde_json::from_value(serde_json::json!({"subscriptions": [
+        {"url": "https://example.com/ok", "secret": SECRET, "events": ["patch.failed"]},
+    ]}))
+    .unwrap();
+    assert_eq!(fine.subscriptions[0].events, ["patch.failed"]);
     assert!(err.contains("loopback"), "{err}");
     assert!(!err.contains(SECRET), "{err}");
 }
@@ -208,5 +232,8 @@ async fn the_resolver_checks_every_address_a_name_resolves_to() {
         allow_private: true,
     };
     let addrs = open.lookup("localhost").await.unwrap();
-    assert!(addrs.iter().all(|addr| addr.ip().is_loopback()), "{addrs:?}");
+    assert!(
+        addrs.iter().all(|addr| addr.ip().is_loopback()),
+        "{addrs:?}"
+    );
 }

@@ -1,0 +1,557 @@
+//! Push subscriptions: Standard Webhooks verified by the real `standardwebhooks` Python package,
+//! a 30 s receiver outage with a summarizer restart in it, dead letters, and the SSRF guard at
+//! config load.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ghost_proto::router::v1::PatchStatus;
+use ghost_runtime::config::Secret;
+use serde_json::Value;
+use summarizer::SummarizerConfig;
+use summarizer::webhooks::subscription::Subscription;
+use summarizer::webhooks::webhook_id;
+use tokio::io::AsyncBufReadExt as _;
+
+use crate::helpers::{TestApp, record, reserve_port, spawn_with, test_config};
+
+/// `whsec_` and the base64 of 32 bytes.
+const SECRET: &str = "whsec_C2FtcGxlLXNlY3JldC1mb3ItZ2hvc3QtcnVubmVyISE=";
+
+fn subscription(url: &str, events: &[&str], targets: &[&str]) -> Subscription {
+    Subscription {
+        url: url.to_owned(),
+        secret: Secret::new(SECRET),
+        events: events.iter().map(|e| (*e).to_owned()).collect(),
+        targets: targets.iter().map(|t| (*t).to_owned()).collect(),
+        allow_private: true,
+    }
+}
+
+/// Fast retries, a long give-up, a summary link.
+fn config(dir: &Path, subscriptions: Vec<Subscription>) -> SummarizerConfig {
+    SummarizerConfig {
+        subscriptions,
+        summary_url_template: Some("https://ghost.test/v1/patches/{patch_id}".to_owned()),
+        webhook_initial_backoff: Duration::from_millis(50),
+        webhook_max_backoff: Duration::from_secs(1),
+        webhook_give_up_after: Duration::from_secs(600),
+        webhook_timeout: Duration::from_secs(5),
+        ..test_config(dir, None)
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// `webhook_receiver.py` on a loopback port; killed when dropped.
+struct Receiver {
+    _child: tokio::process::Child,
+    out: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Receiver {
+    /// Listening on `port`, answering 503 until the unix time `fail_until`, then `status`.
+    async fn start(port: u16, fail_until: f64, status: u16) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("received.jsonl");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/api/webhook_receiver.py");
+        let mut child = tokio::process::Command::new(ghost_testkit::python())
+            .arg(script)
+            .arg(port.to_string())
+            .arg(SECRET)
+            .arg(&out)
+            .arg(fail_until.to_string())
+            .arg(status.to_string())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python runs");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("the receiver starts within 20 s")
+            .unwrap();
+        assert_eq!(ready.as_deref(), Some("ready"));
+        Self {
+            _child: child,
+            out,
+            _dir: dir,
+        }
+    }
+
+    /// Every request so far, in arrival order.
+    fn records(&self) -> Vec<Value> {
+        let Ok(text) = std::fs::read_to_string(&self.out) else {
+            return Vec::new();
+        };
+        text.lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+
+    /// The requests it accepted (not refused during the outage).
+    fn accepted(&self) -> Vec<Value> {
+        self.records()
+            .into_iter()
+            .filter(|r| r["refused"] == false)
+            .collect()
+    }
+
+    /// Waits (bounded by `within`) until `n` requests were accepted.
+    async fn wait_for(&self, n: usize, within: Duration) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let accepted = self.accepted();
+            if accepted.len() >= n || tokio::time::Instant::now() > deadline {
+                return accepted;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// `/metrics` of `app`.
+async fn metrics(app: &TestApp) -> String {
+    reqwest::get(format!("http://{}/metrics", app.http_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of the sample `series` (name and labels as rendered), if present.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|value| value.trim().parse().unwrap())
+}
+
+/// Waits (bounded) until `/metrics` shows `series` at `value`; returns the last text.
+async fn wait_for_metric(app: &TestApp, series: &str, value: f64) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = metrics(app).await;
+        if sample(&text, series) == Some(value) || tokio::time::Instant::now() > deadline {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn matching_outcomes_arrive_signed_as_standard_webhooks_with_the_patch_and_its_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = reserve_port().port();
+    let receiver = Receiver::start(port, 0.0, 204).await;
+    let url = format!("http://127.0.0.1:{port}/hooks/ghost");
+    let mut app = spawn_with(config(
+        dir.path(),
+        vec![subscription(
+            &url,
+            &["patch.failed", "patch.succeeded"],
+            &["MAIN"],
+        )],
+    ))
+    .await;
+
+    for (id, attempt, status) in [
+        ("hook-1", 1, PatchStatus::Failed),
+        ("hook-2", 1, PatchStatus::RolledBack), // an event nobody subscribed to
+        ("hook-1", 2, PatchStatus::Succeeded),
+    ] {
+        app.client
+            .record(record(id, attempt, status))
+            .await
+            .unwrap();
+    }
+    let mut elsewhere = record("hook-3", 1, PatchStatus::Failed); // a target nobody subscribed to
+    elsewhere.outcome.as_mut().unwrap().target = "OTHER".into();
+    app.client.record(elsewhere).await.unwrap();
+
+    let received = receiver.wait_for(2, Duration::from_secs(20)).await;
+    assert_eq!(received.len(), 2, "{received:#?}");
+    for message in &received {
+        assert_eq!(
+            message["verified"], true,
+            "standardwebhooks refused it: {message:#?}"
+        );
+        assert_eq!(message["content_type"], "application/json");
+    }
+    let first = &received[0];
+    assert_eq!(first["id"], webhook_id(&url, "hook-1", 1));
+    assert_eq!(first["type"], "patch.failed");
+    let data = &first["payload"]["data"];
+    assert_eq!(data["id"], "hook-1");
+    assert_eq!(data["target"], "MAIN");
+    assert_eq!(data["status"], "failed");
+    assert_eq!(data["attempt"], 1);
+    assert_eq!(data["description"], "make login faster");
+    assert_eq!(data["error"], "validation failed: tsc exited 2");
+    assert_eq!(data["trace_id"], crate::helpers::TRACE_ID);
+    assert_eq!(data["finished_at"], "2023-11-14T22:13:21Z");
+    assert_eq!(first["timestamp"], "2023-11-14T22:13:21Z");
+    assert_eq!(data["report"]["edits"][0]["path"], "src/login.ts");
+    assert_eq!(data["report"]["commands"][0]["command"], "tsc --noEmit");
+    assert_eq!(data["report"]["commands"][0]["exit_code"], 2);
+    assert!(
+        data["summary"]["markdown"]
+            .as_str()
+            .unwrap()
+            .starts_with("# ❌ hook-1 failed"),
+        "{data:#?}"
+    );
+    assert_eq!(
+        data["summary"]["url"],
+        "https://ghost.test/v1/patches/hook-1"
+    );
+    let second = &received[1];
+    assert_eq!(second["id"], webhook_id(&url, "hook-1", 2));
+    assert_eq!(second["type"], "patch.succeeded");
+    assert_eq!(second["attempt"], 2);
+
+    // Delivered messages leave the outbox; a replayed record queues nothing again.
+    let index = app.summaries.index().clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !index.webhooks_pending().unwrap().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(index.webhooks_pending().unwrap(), Vec::new());
+    let replay = app
+        .client
+        .record(record("hook-1", 1, PatchStatus::Failed))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!replay.created);
+    assert_eq!(index.webhooks_pending().unwrap(), Vec::new());
+    let text = wait_for_metric(
+        &app,
+        "ghost_webhook_deliveries_total{result=\"delivered\"}",
+        2.0,
+    )
+    .await;
+    assert_eq!(
+        sample(
+            &text,
+            "ghost_webhook_deliveries_total{result=\"delivered\"}"
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert!(
+        text.contains("ghost_webhook_attempt_duration_seconds_bucket"),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "ghost_webhook_outbox_depth"),
+        Some(0.0),
+        "{text}"
+    );
+    app.stop().await;
+}
+
+const PATCHES: usize = 20;
+const OUTAGE: f64 = 30.0;
+
+#[tokio::test]
+async fn after_a_30s_outage_and_a_restart_every_event_arrives_once_in_order_per_patch() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = reserve_port();
+    let url = format!("http://{addr}/hook");
+    let outage_ends = unix_now() + OUTAGE;
+    let settings = || config(dir.path(), vec![subscription(&url, &["*"], &[])]);
+    let patch = |n: usize| format!("outage-{n:02}");
+    let status_of = |attempt: u32| match attempt {
+        1 => PatchStatus::RolledBack,
+        2 => PatchStatus::Failed,
+        _ => PatchStatus::Succeeded,
+    };
+
+    // The receiver's port is closed: attempts 1 and 2 of every patch wait in the outbox.
+    let mut app = spawn_with(settings()).await;
+    for attempt in 1..=2 {
+        for n in 0..PATCHES {
+            app.client
+                .record(record(&patch(n), attempt, status_of(attempt)))
+                .await
+                .unwrap();
+        }
+    }
+    let index = app.summaries.index().clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let pending = index.webhooks_pending().unwrap();
+        assert_eq!(pending.len(), 2 * PATCHES);
+        // Only the first event of each patch is tried: the second waits behind it.
+        let tried: Vec<_> = pending.iter().filter(|row| row.tries > 0).collect();
+        if tried.len() == PATCHES || tokio::time::Instant::now() > deadline {
+            assert_eq!(tried.len(), PATCHES, "{pending:#?}");
+            assert!(tried.iter().all(|row| row.attempt == 1), "{pending:#?}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A restart during the outage loses nothing.
+    app.stop().await;
+    let mut app = spawn_with(settings()).await;
+    assert_eq!(
+        app.summaries.index().webhooks_pending().unwrap().len(),
+        2 * PATCHES
+    );
+    for n in 0..PATCHES {
+        app.client
+            .record(record(&patch(n), 3, status_of(3)))
+            .await
+            .unwrap();
+    }
+
+    // The receiver is up but answers 503 until the outage has lasted 30 s, then accepts.
+    let receiver = Receiver::start(addr.port(), outage_ends, 204).await;
+    let total = 3 * PATCHES;
+    let wait = Duration::from_secs_f64((outage_ends - unix_now()).max(0.0) + 60.0);
+    let received = receiver.wait_for(total, wait).await;
+
+    assert!(
+        receiver.records().iter().any(|r| r["refused"] == true),
+        "the receiver answered 503 during the outage"
+    );
+    assert!(
+        received
+            .iter()
+            .all(|r| r["at"].as_f64().unwrap() >= outage_ends),
+        "nothing was accepted before the outage ended"
+    );
+    assert!(
+        received.iter().all(|r| r["verified"] == true),
+        "{received:#?}"
+    );
+    let ids: Vec<&str> = received.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    let distinct: BTreeSet<&str> = ids.iter().copied().collect();
+    assert_eq!(ids.len(), total, "each event exactly once: {ids:?}");
+    let expected: BTreeSet<String> = (0..PATCHES)
+        .flat_map(|n| (1..=3).map(move |attempt| (n, attempt)))
+        .map(|(n, attempt)| webhook_id(&url, &patch(n), attempt))
+        .collect();
+    assert_eq!(
+        distinct,
+        expected.iter().map(String::as_str).collect::<BTreeSet<_>>()
+    );
+    let mut order: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
+    for r in &received {
+        order
+            .entry(r["patch"].as_str().unwrap().to_owned())
+            .or_default()
+            .push((
+                r["attempt"].as_u64().unwrap(),
+                r["type"].as_str().unwrap().to_owned(),
+            ));
+    }
+    for (patch, events) in &order {
+        assert_eq!(
+            events,
+            &vec![
+                (1, "patch.rolled_back".to_owned()),
+                (2, "patch.failed".to_owned()),
+                (3, "patch.succeeded".to_owned()),
+            ],
+            "{patch}"
+        );
+    }
+    let text = wait_for_metric(&app, "ghost_webhook_outbox_depth", 0.0).await;
+    assert_eq!(
+        sample(&text, "ghost_webhook_outbox_depth"),
+        Some(0.0),
+        "{text}"
+    );
+    assert!(
+        sample(&text, "ghost_webhook_deliveries_total{result=\"retry\"}").unwrap_or(0.0) > 0.0,
+        "{text}"
+    );
+    assert_eq!(
+        app.summaries.index().webhook_dead_letters().unwrap(),
+        Vec::new()
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn messages_are_dead_lettered_after_give_up_or_410_and_counted_in_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = format!("http://{}/hook", reserve_port());
+    let gone_port = reserve_port().port();
+    let receiver = Receiver::start(gone_port, 0.0, 410).await;
+    let gone = format!("http://127.0.0.1:{gone_port}/hook");
+    let mut app = spawn_with(SummarizerConfig {
+        webhook_give_up_after: Duration::from_secs(2),
+        webhook_max_backoff: Duration::from_millis(300),
+        ..config(
+            dir.path(),
+            vec![
+                subscription(&closed, &["*"], &[]),
+                subscription(&gone, &["*"], &[]),
+            ],
+        )
+    })
+    .await;
+    app.client
+        .record(record("dead", 1, PatchStatus::RolledBack))
+        .await
+        .unwrap();
+    app.client
+        .record(record("dead", 2, PatchStatus::Failed))
+        .await
+        .unwrap();
+
+    let index = app.summaries.index().clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let dead = loop {
+        let dead = index.webhook_dead_letters().unwrap();
+        if dead.len() >= 4 || tokio::time::Instant::now() > deadline {
+            break dead;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(dead.len(), 4, "{dead:#?}");
+    let of = |key: &str| -> Vec<_> { dead.iter().filter(|d| d.subscription == key).collect() };
+    let given_up = of(&closed);
+    assert_eq!(
+        given_up.iter().map(|d| d.attempt).collect::<Vec<_>>(),
+        vec![1, 2],
+        "in order: {given_up:#?}"
+    );
+    for letter in &given_up {
+        assert!(letter.reason.starts_with("gave up after"), "{letter:#?}");
+        assert!(letter.reason.contains("cannot connect"), "{letter:#?}");
+        assert!(letter.tries >= 2, "{letter:#?}");
+        assert_eq!(
+            letter.webhook_id,
+            webhook_id(&closed, "dead", letter.attempt)
+        );
+    }
+    let refused = of(&gone);
+    assert_eq!(refused.len(), 2, "{refused:#?}");
+    for letter in &refused {
+        assert!(letter.reason.contains("410 Gone"), "{letter:#?}");
+        assert_eq!(letter.tries, 1, "410 dead-letters at once: {letter:#?}");
+    }
+    assert_eq!(receiver.accepted().len(), 2);
+    assert!(receiver.accepted().iter().all(|r| r["verified"] == true));
+    assert_eq!(index.webhooks_pending().unwrap(), Vec::new());
+
+    let text = wait_for_metric(&app, "ghost_webhook_dead_letters", 4.0).await;
+    assert_eq!(
+        sample(&text, "ghost_webhook_dead_letters"),
+        Some(4.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "ghost_webhook_deliveries_total{result=\"dead_letter\"}"
+        ),
+        Some(4.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "ghost_webhook_outbox_depth"),
+        Some(0.0),
+        "{text}"
+    );
+    app.stop().await;
+
+    // Dead letters are kept across a restart.
+    let app = spawn_with(config(dir.path(), vec![subscription(&closed, &["*"], &[])])).await;
+    assert_eq!(
+        app.summaries.index().webhook_dead_letters().unwrap().len(),
+        4
+    );
+    let text = wait_for_metric(&app, "ghost_webhook_dead_letters", 4.0).await;
+    assert_eq!(
+        sample(&text, "ghost_webhook_dead_letters"),
+        Some(4.0),
+        "{text}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_loopback_url_without_allow_private_is_refused_when_the_config_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("summarizer.toml");
+    let write = |allow_private: bool| {
+        std::fs::write(
+            &file,
+            format!(
+                "data_dir = {:?}\n\n[[subscriptions]]\nurl = \"https://hooks.example.com/ok\"\n\
+                 secret = \"{SECRET}\"\nevents = [\"*\"]\n\n[[subscriptions]]\n\
+                 url = \"http://127.0.0.1:9/hook\"\nsecret = \"{SECRET}\"\n\
+                 events = [\"patch.failed\"]\nallow_private = {allow_private}\n",
+                dir.path().join("data")
+            ),
+        )
+        .unwrap();
+    };
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_summarizer"))
+            .arg("--config")
+            .arg(&file)
+            .args(args)
+            .env_remove("GHOST_CONFIG")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+
+    write(false);
+    let output = run(&["--print-config"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("subscriptions[1] (http://127.0.0.1:9): 127.0.0.1 is a loopback address"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("unless allow_private = true"), "{stderr}");
+    assert!(
+        !stderr.contains(SECRET),
+        "the secret is never shown: {stderr}"
+    );
+
+    write(true);
+    let output = run(&["--print-config"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("http://127.0.0.1:9/hook"), "{stdout}");
+    assert!(stdout.contains("[redacted]"), "{stdout}");
+    assert!(
+        !stdout.contains(SECRET),
+        "the secret is never shown: {stdout}"
+    );
+
+    // A config built in code is checked too.
+    let mut refused = subscription("http://[::ffff:127.0.0.1]:9/hook", &["*"], &[]);
+    refused.allow_private = false;
+    let err = summarizer::App::build(config(dir.path(), vec![refused]))
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("subscriptions[0]") && err.contains("loopback"),
+        "{err}"
+    );
+}
