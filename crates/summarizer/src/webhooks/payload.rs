@@ -249,3 +249,106 @@ pub fn body(view: &PatchView) -> Vec<u8> {
     }
     encoded
 }
+
+#[cfg(test)]
+mod tests {
+    use ghost_core::{ApplyReport, CommandReport, EditReport, PatchId, Severity, TargetName};
+
+    use super::*;
+
+    fn outcome(edits: usize, diagnostics: usize) -> Outcome {
+        let mut report = ApplyReport::ended(Status::RolledBack, "validation failed");
+        report.edits = (0..edits)
+            .map(|n| EditReport {
+                op: "write".to_owned(),
+                path: format!("src/{n:05}-{}.ts", "x".repeat(200)),
+                ..EditReport::default()
+            })
+            .collect();
+        report.commands = vec![CommandReport {
+            command: "tsc".to_owned(),
+            exit_code: Some(2),
+            output_tail: "y".repeat(50_000),
+            ..CommandReport::default()
+        }];
+        report.diagnostics = (0..diagnostics)
+            .map(|n| Diagnostic {
+                path: "src/a.ts".to_owned(),
+                line: u32::try_from(n).unwrap(),
+                column: Some(5),
+                severity: Severity::Error,
+                code: "TS2322".to_owned(),
+                message: "m".repeat(2_000),
+                tool: "tsc".to_owned(),
+                check: "tsc".to_owned(),
+            })
+            .collect();
+        Outcome {
+            patch_id: PatchId::parse("big").unwrap(),
+            target: TargetName::parse("MAIN").unwrap(),
+            attempt: 2,
+            description: "d".repeat(10_000),
+            report,
+            trace_id: String::new(),
+            created_unix_ms: 1_700_000_000_000,
+            finished_unix_ms: 1_700_000_000_500,
+            intake_warnings: Vec::new(),
+        }
+    }
+
+    fn decoded(body: &[u8]) -> serde_json::Value {
+        assert!(body.len() <= MAX_BODY_BYTES, "{} bytes", body.len());
+        serde_json::from_slice(body).unwrap()
+    }
+
+    #[test]
+    fn a_small_outcome_is_sent_whole_in_the_standard_webhooks_shape() {
+        let body = body(&view(&outcome(2, 1), "# summary\n", None));
+        let json = decoded(&body);
+        assert_eq!(json["type"], "patch.rolled_back");
+        assert_eq!(json["timestamp"], "2023-11-14T22:13:20.5Z");
+        assert_eq!(json["data"]["attempt"], 2);
+        assert_eq!(json["data"]["summary"]["markdown"], "# summary\n");
+        assert_eq!(json["data"]["summary"]["truncated"], false);
+        assert_eq!(json["data"]["report"]["diagnostics"][0]["code"], "TS2322");
+        assert_eq!(json["data"]["report"]["commands"][0]["exit_code"], 2);
+        assert!(
+            json["data"]["report"]["commands"][0]
+                .get("output_tail")
+                .is_none()
+        );
+        let description = json["data"]["description"]
+            .as_str()
+            .unwrap()
+            .chars()
+            .count();
+        assert!((3_900..=4_000).contains(&description), "{description}");
+        assert!(json["data"]["summary"].get("url").is_none());
+    }
+
+    #[test]
+    fn a_huge_summary_is_trimmed_first_then_the_lists() {
+        let markdown = "é".repeat(400_000);
+        let json = decoded(&body(&view(&outcome(10, 10), &markdown, None)));
+        let kept = json["data"]["summary"]["markdown"].as_str().unwrap();
+        assert!(!kept.is_empty() && kept.len() < markdown.len());
+        assert_eq!(json["data"]["summary"]["truncated"], true);
+        assert_eq!(
+            json["data"]["report"]["edits"].as_array().unwrap().len(),
+            10
+        );
+
+        let json = decoded(&body(&view(&outcome(5_000, 1_000), &markdown, None)));
+        assert_eq!(json["data"]["summary"]["markdown"], "");
+        assert_eq!(
+            json["data"]["report"]["edits"].as_array().unwrap().len(),
+            TIGHT_ROWS
+        );
+        assert_eq!(
+            json["data"]["report"]["omitted_rows"],
+            5_000 + 1_000 - 2 * TIGHT_ROWS
+        );
+        assert_eq!(json["data"]["id"], "big");
+        assert_eq!(json["data"]["error"], "validation failed");
+    }
+}
