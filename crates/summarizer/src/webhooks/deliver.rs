@@ -364,7 +364,109 @@ async fn publish_counts(summaries: &Summaries) {
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
     use super::*;
+
+    fn deliverer(url: &str, allow_private: bool) -> Deliverer {
+        let subscription = Prepared {
+            index: 0,
+            key: url.to_owned(),
+            url: reqwest::Url::parse(url).unwrap(),
+            secret: vec![7; 32],
+            statuses: vec![ghost_core::Status::Failed],
+            targets: std::collections::BTreeSet::new(),
+            allow_private,
+        };
+        let webhooks = Webhooks {
+            subscriptions: vec![subscription],
+            summary_url_template: None,
+        };
+        let policy = Policy {
+            backoff: Backoff {
+                initial: Duration::from_millis(10),
+                max: Duration::from_millis(10),
+            },
+            give_up_after: Duration::from_secs(60),
+            timeout: Duration::from_secs(5),
+        };
+        Deliverer::new(&webhooks, policy).unwrap()
+    }
+
+    fn row(url: &str) -> WebhookRow {
+        WebhookRow {
+            id: 1,
+            webhook_id: "msg_1".to_owned(),
+            subscription: url.to_owned(),
+            patch_id: "p".to_owned(),
+            attempt: 1,
+            event: "patch.failed".to_owned(),
+            body: b"{}".to_vec(),
+            tries: 0,
+            first_try_ms: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_name_resolving_to_loopback_is_refused_at_delivery_unless_allowed() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "http://localhost:{}/hook",
+            listener.local_addr().unwrap().port()
+        );
+        let served = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = vec![0_u8; 4096];
+            let read = stream.read(&mut request).await.unwrap();
+            stream
+                .write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&request[..read]).into_owned()
+        });
+
+        // Guarded: the lookup is refused and nothing connects.
+        let (error, permanent) = deliverer(&url, false).send(&row(&url)).await.unwrap_err();
+        assert!(
+            error.contains("resolves to") && error.contains("loopback"),
+            "{error}"
+        );
+        assert!(!permanent);
+        assert!(!served.is_finished());
+
+        // Allowed: the checked address is dialled on the URL's port, signed.
+        deliverer(&url, true).send(&row(&url)).await.unwrap();
+        let request = served.await.unwrap();
+        assert!(request.starts_with("POST /hook HTTP/1.1"), "{request}");
+        assert!(request.contains("webhook-id: msg_1"), "{request}");
+        assert!(request.contains("webhook-signature: v1,"), "{request}");
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_not_followed() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let served = tokio::spawn(async move {
+            let mut seen = 0;
+            while let Ok(Ok((mut stream, _))) =
+                tokio::time::timeout(Duration::from_millis(500), listener.accept()).await
+            {
+                seen += 1;
+                let mut request = vec![0_u8; 4096];
+                let _ = stream.read(&mut request).await;
+                let _ = stream
+                    .write_all(
+                        b"HTTP/1.1 307 Temporary Redirect\r\nlocation: http://127.0.0.1:9/x\r\n\
+                          connection: close\r\ncontent-length: 0\r\n\r\n",
+                    )
+                    .await;
+            }
+            seen
+        });
+        let (error, _) = deliverer(&url, true).send(&row(&url)).await.unwrap_err();
+        assert!(error.contains("307"), "{error}");
+        assert_eq!(served.await.unwrap(), 1);
+    }
 
     #[test]
     fn jitter_takes_at_most_half_off() {

@@ -51,7 +51,8 @@ pub struct Subscription {
 pub struct Prepared {
     /// Its position in the config, for messages (`subscriptions[N]`).
     pub index: usize,
-    /// The subscription's identity in the outbox: its URL as written.
+    /// The subscription's identity in the outbox and in `webhook-id`s: its URL, normalised
+    /// (so rewriting it in another case or spelling keeps its pending messages).
     pub key: String,
     /// The parsed URL.
     pub url: Url,
@@ -174,7 +175,7 @@ impl Subscription {
         }
         Ok(Prepared {
             index,
-            key: self.url.clone(),
+            key: url.as_str().to_owned(),
             url,
             secret,
             statuses,
