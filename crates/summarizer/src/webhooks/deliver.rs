@@ -171,7 +171,6 @@ pub async fn run(
     wake: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
-    publish_counts(&summaries).await;
     loop {
         let rows = {
             let index = summaries.index().clone();
@@ -198,8 +197,8 @@ pub async fn run(
                 return;
             };
             settle(&summaries, settled, &shutdown).await;
-            publish_counts(&summaries).await;
         }
+        publish_counts(&summaries).await;
         if full_batch {
             continue;
         }
