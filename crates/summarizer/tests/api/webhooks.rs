@@ -368,6 +368,15 @@ async fn after_a_30s_outage_and_a_restart_every_event_arrives_once_in_order_per_
             "{patch}"
         );
     }
+    // A figure, not an assertion: how long the backlog took to drain once the receiver accepted.
+    let last = received
+        .iter()
+        .map(|r| r["at"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    eprintln!(
+        "{total} events drained {:.0} ms after the outage ended",
+        (last - outage_ends) * 1000.0
+    );
     let text = wait_for_metric(&app, "ghost_webhook_outbox_depth", 0.0).await;
     assert_eq!(
         sample(&text, "ghost_webhook_outbox_depth"),
