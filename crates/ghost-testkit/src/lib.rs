@@ -4,15 +4,19 @@
 //! these on `127.0.0.1:0`, point a real service at them and assert on what they recorded.
 //! [`FakeSlack`] speaks Slack's Web API (`chat.postMessage`, `chat.update`), incoming webhooks
 //! and `response_url`, and can be scripted
-//! to rate-limit or fail; [`OtlpReceiver`] is a real OTLP/gRPC trace collector. This crate is a dev-dependency only; nothing in production links it.
+//! to rate-limit or fail; [`OtlpReceiver`] is a real OTLP/gRPC trace collector;
+//! [`WebhookReceiver`] checks Standard Webhooks with the real `standardwebhooks` package. This
+//! crate is a dev-dependency only; nothing in production links it.
 
 mod otlp;
 pub mod pki;
 mod python;
 mod slack;
+mod webhooks;
 
 pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use python::{python, repo_root};
 pub use slack::{
     FakeMessage, FakeResponse, FakeSlack, RESPONSE_URL_METHOD, SlackRequest, WEBHOOK_METHOD,
 };
+pub use webhooks::WebhookReceiver;

@@ -3,17 +3,16 @@
 //! config load.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ghost_proto::router::v1::PatchStatus;
 use ghost_runtime::config::Secret;
-use serde_json::Value;
+use ghost_testkit::WebhookReceiver;
 use summarizer::SummarizerConfig;
 use summarizer::webhooks::subscription::Subscription;
 use summarizer::webhooks::webhook_id;
-use tokio::io::AsyncBufReadExt as _;
 
 use crate::helpers::{TestApp, record, reserve_port, spawn_with, test_config};
 
@@ -50,10 +49,10 @@ fn unix_now() -> f64 {
         .as_secs_f64()
 }
 
-/// `webhook_receiver.py` on a loopback port; killed when dropped.
+/// [`WebhookReceiver`] (the real `standardwebhooks` package) with its records in a temp dir
+/// that lives as long as it.
 struct Receiver {
-    _child: tokio::process::Child,
-    out: PathBuf,
+    hooks: WebhookReceiver,
     _dir: tempfile::TempDir,
 }
 
@@ -62,60 +61,16 @@ impl Receiver {
     async fn start(port: u16, fail_until: f64, status: u16) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("received.jsonl");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/api/webhook_receiver.py");
-        let mut child = tokio::process::Command::new(ghost_testkit::python())
-            .arg(script)
-            .arg(port.to_string())
-            .arg(SECRET)
-            .arg(&out)
-            .arg(fail_until.to_string())
-            .arg(status.to_string())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("python runs");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let ready = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-            .await
-            .expect("the receiver starts within 20 s")
-            .unwrap();
-        assert_eq!(ready.as_deref(), Some("ready"));
-        Self {
-            _child: child,
-            out,
-            _dir: dir,
-        }
+        let hooks = WebhookReceiver::start(port, SECRET, &out, fail_until, status).await;
+        Self { hooks, _dir: dir }
     }
+}
 
-    /// Every request so far, in arrival order.
-    fn records(&self) -> Vec<Value> {
-        let Ok(text) = std::fs::read_to_string(&self.out) else {
-            return Vec::new();
-        };
-        text.lines()
-            .map(|line| serde_json::from_str(line).unwrap())
-            .collect()
-    }
+impl std::ops::Deref for Receiver {
+    type Target = WebhookReceiver;
 
-    /// The requests it accepted (not refused during the outage).
-    fn accepted(&self) -> Vec<Value> {
-        self.records()
-            .into_iter()
-            .filter(|r| r["refused"] == false)
-            .collect()
-    }
-
-    /// Waits (bounded by `within`) until `n` requests were accepted.
-    async fn wait_for(&self, n: usize, within: Duration) -> Vec<Value> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let accepted = self.accepted();
-            if accepted.len() >= n || tokio::time::Instant::now() > deadline {
-                return accepted;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    fn deref(&self) -> &WebhookReceiver {
+        &self.hooks
     }
 }
 

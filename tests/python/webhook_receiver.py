@@ -1,4 +1,5 @@
-"""A webhook receiver for the summarizer's tests, verifying with the real `standardwebhooks`.
+"""A webhook receiver for tests (ghost_testkit::WebhookReceiver), verifying with the real
+`standardwebhooks`.
 
 Usage: webhook_receiver.py PORT SECRET OUT_FILE FAIL_UNTIL STATUS
 
