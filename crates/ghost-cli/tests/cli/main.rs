@@ -8,6 +8,7 @@ mod executor;
 mod helpers;
 mod logs;
 mod offline;
+mod push;
 mod read;
 mod remote;
 mod steer;
