@@ -14,7 +14,8 @@ use tokio_util::task::TaskTracker;
 use crate::SERVICE;
 use crate::config::SummarizerConfig;
 use crate::grpc::SummarizerGrpc;
-use crate::notify::{Backoff, Notifier};
+use crate::notify::{Notifier, NotifyOutbox};
+use crate::outbox::Backoff;
 use crate::summaries::{Clock, StoreOptions, Summaries, system_clock};
 use crate::webhooks::Webhooks;
 use crate::webhooks::deliver::{Deliverer, Policy};
@@ -133,22 +134,24 @@ impl App {
         let tracker = self.state.tracker.clone();
         let summaries = self.state.summaries.clone();
         if let Some(notifier) = self.state.notifier.clone() {
-            let backoff = Backoff {
-                initial: self.config.notify_initial_backoff,
-                max: self.config.notify_max_backoff,
-            };
-            tracker.spawn(crate::notify::run(
-                summaries.clone(),
+            let outbox = NotifyOutbox {
                 notifier,
-                backoff,
+                backoff: Backoff {
+                    initial: self.config.notify_initial_backoff,
+                    max: self.config.notify_max_backoff,
+                },
+            };
+            tracker.spawn(crate::outbox::run(
+                outbox,
+                summaries.clone(),
                 summaries.outbox_wake(),
                 token.clone(),
             ));
         }
         if let Some(deliverer) = self.state.deliverer.clone() {
-            tracker.spawn(crate::webhooks::deliver::run(
-                summaries.clone(),
+            tracker.spawn(crate::outbox::run(
                 deliverer,
+                summaries.clone(),
                 summaries.webhook_wake(),
                 token.clone(),
             ));

@@ -16,7 +16,8 @@
 //! - [`render`] — Markdown, model text and Slack excerpt, as pure functions.
 //! - [`manifest`] — `patch-manifest.json`.
 //! - [`atomic_file`] — crash-safe writes and moves.
-//! - [`notify`] — delivering the outbox to the alerter.
+//! - [`outbox`] — the one outbox loop (claim, send, settle, back off) both outboxes run on.
+//! - [`notify`] — delivering the notify outbox to the alerter.
 //! - [`webhooks`] — push subscriptions: Standard Webhooks from a durable outbox.
 //! - [`error`] — [`SummarizerError`] and its mapping to `tonic::Status`.
 
@@ -29,6 +30,7 @@ pub mod grpc;
 pub mod index;
 pub mod manifest;
 pub mod notify;
+pub mod outbox;
 pub mod render;
 pub mod summaries;
 pub mod webhooks;

@@ -1,6 +1,7 @@
-//! Delivering the webhook outbox: one HTTP client per subscription (its own guarded resolver,
-//! no redirects, no proxy, a deadline per call), rounds of due messages sent at once (at most
-//! one per patch and subscription, so order holds), every outcome settled in one transaction.
+//! Delivering the webhook outbox ([`Deliverer`], run by the one outbox loop,
+//! [`crate::outbox::run`]): one HTTP client per subscription (its own guarded resolver, no
+//! redirects, no proxy, a deadline per call), rounds of due messages sent at once (at most one
+//! per patch and subscription, so order holds), every outcome settled in one transaction.
 //!
 //! 2xx is delivered; 410 Gone is dead-lettered at once; anything else (or no answer) is tried
 //! again after an exponential backoff with jitter, until `give_up_after` has passed since the
@@ -12,19 +13,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use reqwest::header::CONTENT_TYPE;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::Webhooks;
 use super::subscription::{GuardedResolver, Prepared};
-use crate::index::{WebhookRow, WebhookSettle};
-use crate::notify::Backoff;
+use crate::error::SummarizerError;
+use crate::index::{Index, WebhookRow, WebhookSettle};
+use crate::outbox::{Backoff, Outbox};
 use crate::summaries::Summaries;
 
-/// Looks at the outbox at least this often, even without a wake-up.
-const POLL: Duration = Duration::from_secs(1);
-/// Messages sent per round.
-const BATCH: usize = 32;
 /// Tries after which each further failure is logged as an error, not a warning.
 const LOUD_AFTER: u32 = 5;
 
@@ -164,67 +161,35 @@ fn jittered(delay: Duration) -> Duration {
     half + Duration::from_nanos(random.checked_rem(nanos.max(1)).unwrap_or(0))
 }
 
-/// Delivers the webhook outbox until `shutdown`; `wake` is signalled when a message is queued.
-pub async fn run(
-    summaries: Summaries,
-    deliverer: Deliverer,
-    wake: Arc<Notify>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let rows = {
-            let index = summaries.index().clone();
-            let now = summaries.now_ms();
-            tokio::task::spawn_blocking(move || index.webhooks_due(now, BATCH)).await
-        };
-        let rows = match rows {
-            Ok(Ok(rows)) => rows,
-            Ok(Err(err)) => {
-                tracing::error!(error = ?anyhow::Error::from(err), "cannot read the webhook outbox");
-                Vec::new()
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "webhook outbox task failed");
-                Vec::new()
-            }
-        };
-        let full_batch = rows.len() == BATCH;
-        if shutdown.is_cancelled() {
-            return;
-        }
-        if !rows.is_empty() {
-            let Some(settled) = deliver_round(&summaries, &deliverer, rows, &shutdown).await else {
-                return;
-            };
-            settle(&summaries, settled, &shutdown).await;
-        }
-        publish_counts(&summaries).await;
-        if full_batch {
-            continue;
-        }
-        let wait = next_wait(&summaries).await;
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = wake.notified() => {}
-            () = tokio::time::sleep(wait) => {}
-        }
-    }
-}
+impl Outbox for Deliverer {
+    type Row = WebhookRow;
+    type Settled = WebhookSettle;
 
-/// Until the next message first in line is due, at most [`POLL`].
-async fn next_wait(summaries: &Summaries) -> Duration {
-    let index = summaries.index().clone();
-    let next = tokio::task::spawn_blocking(move || index.webhooks_next_due())
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .flatten();
-    match next {
-        Some(due) => {
-            let in_ms = due.saturating_sub(summaries.now_ms()).max(0);
-            Duration::from_millis(u64::try_from(in_ms).unwrap_or(0)).min(POLL)
-        }
-        None => POLL,
+    const NAME: &'static str = "webhook";
+
+    fn due(index: &Index, now_ms: i64, limit: usize) -> Result<Vec<WebhookRow>, SummarizerError> {
+        index.webhooks_due(now_ms, limit)
+    }
+
+    fn next_due(index: &Index) -> Result<Option<i64>, SummarizerError> {
+        index.webhooks_next_due()
+    }
+
+    fn settle(index: &Index, settled: &[WebhookSettle]) -> Result<(), SummarizerError> {
+        index.webhooks_settle(settled)
+    }
+
+    async fn round(
+        &self,
+        summaries: &Summaries,
+        rows: Vec<WebhookRow>,
+        shutdown: &CancellationToken,
+    ) -> Option<Vec<WebhookSettle>> {
+        deliver_round(summaries, self, rows, shutdown).await
+    }
+
+    async fn after_pass(&self, summaries: &Summaries) {
+        publish_counts(summaries).await;
     }
 }
 
@@ -323,30 +288,6 @@ fn outcome_of(
         next_at_ms: now.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
         tried_ms: now,
         error,
-    }
-}
-
-/// Records a round; a storage error is retried, never dropped (until then the rows stay due,
-/// and a message sent twice carries the same `webhook-id`).
-async fn settle(summaries: &Summaries, settled: Vec<WebhookSettle>, shutdown: &CancellationToken) {
-    if settled.is_empty() {
-        return;
-    }
-    let settled = Arc::new(settled);
-    loop {
-        let index = summaries.index().clone();
-        let round = Arc::clone(&settled);
-        match tokio::task::spawn_blocking(move || index.webhooks_settle(&round)).await {
-            Ok(Ok(())) => return,
-            Ok(Err(err)) => {
-                tracing::error!(error = ?anyhow::Error::from(err), "cannot update the webhook outbox");
-            }
-            Err(err) => tracing::error!(error = %err, "webhook outbox task failed"),
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(POLL) => {}
-        }
     }
 }
 
