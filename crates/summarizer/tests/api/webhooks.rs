@@ -74,6 +74,31 @@ impl std::ops::Deref for Receiver {
     }
 }
 
+/// Runs Prometheus' own `promtool check metrics` on `text` (names, help, types, units).
+fn promtool_check(text: &str) {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (Debian package `prometheus`; .ci/run installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// `/metrics` of `app`.
 async fn metrics(app: &TestApp) -> String {
     reqwest::get(format!("http://{}/metrics", app.http_addr))
@@ -432,6 +457,11 @@ async fn messages_are_dead_lettered_after_give_up_or_410_and_counted_in_metrics(
         Some(0.0),
         "{text}"
     );
+    assert!(
+        text.contains("# HELP ghost_webhook_attempt_duration_seconds "),
+        "{text}"
+    );
+    promtool_check(&text);
     app.stop().await;
 
     // Dead letters are kept across a restart.
