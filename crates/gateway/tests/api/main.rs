@@ -10,6 +10,7 @@ mod hostile;
 mod inbox;
 mod intake;
 mod limits;
+mod loop_calls;
 mod mcp;
 mod openapi;
 mod parse_budget;
