@@ -12,6 +12,7 @@ mod intake;
 mod limits;
 mod loop_calls;
 mod mcp;
+mod mcp_fit;
 mod openapi;
 mod parse_budget;
 mod real_patches;
