@@ -93,7 +93,7 @@ fn wait_of(input: Option<WaitInput>) -> Result<Duration, GatewayError> {
         None => Ok(Duration::ZERO),
         Some(WaitInput::Text(text)) => crate::long_poll::parse_wait("wait", &text),
         Some(WaitInput::Seconds(seconds)) => {
-            if !seconds.is_finite() || seconds < 0.0 || seconds > 60.0 {
+            if !seconds.is_finite() || !(0.0..=60.0).contains(&seconds) {
                 return Err(GatewayError::BadRequest(format!(
                     "wait={seconds} is not a number of seconds from 0 to 60"
                 )));

@@ -101,7 +101,7 @@ async fn a_waiting_get_answers_the_end_promptly_a_timeout_the_current_state_and_
     executor_online(&system).await;
     let (latency_ms, status) = one_waited_patch(&system, "waited-1", "0.5").await;
     assert_eq!(status, "succeeded");
-    println!("long-poll wake latency through the gateway: {latency_ms:.2} ms");
+    eprintln!("long-poll wake latency through the gateway: {latency_ms:.2} ms");
     assert!(
         latency_ms < 5_000.0,
         "answered {latency_ms} ms after the end"
@@ -404,7 +404,7 @@ async fn wake_latency_over_200_patches() {
     }
     latencies.sort_by(f64::total_cmp);
     let at = |q: f64| latencies[((latencies.len() as f64 * q).ceil() as usize).saturating_sub(1)];
-    println!(
+    eprintln!(
         "long-poll wake latency over {} patches (router end event -> HTTP answer received): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         latencies.len(),
         at(0.50),

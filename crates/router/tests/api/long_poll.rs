@@ -106,7 +106,7 @@ async fn a_waiting_call_answers_the_terminal_state_as_soon_as_the_patch_ends() {
         .expect("clock")
         .as_micros() as i64;
     let latency_ms = (answered_us - ended_us) as f64 / 1000.0;
-    println!("wake latency (end event -> answer received): {latency_ms:.2} ms");
+    eprintln!("wake latency (end event -> answer received): {latency_ms:.2} ms");
     assert!(latency_ms < 5_000.0, "woken {latency_ms} ms after the end");
     waiters_become(&router, 0.0).await;
 }
