@@ -82,7 +82,10 @@ pub struct PatchInput {
     /// Unique id, `[A-Za-z0-9._()+-]{1,128}`, not starting with a dot. Left out, the id is
     /// derived from the content (`p-` and 16 hex digits): sending the same patch again is then
     /// a replay.
-    #[schema(pattern = r"^[A-Za-z0-9_()+-][A-Za-z0-9._()+-]{0,127}$")]
+    #[schema(
+        pattern = r"^[A-Za-z0-9_()+-][A-Za-z0-9._()+-]{0,127}$",
+        nullable = false
+    )]
     id: Option<String>,
     /// Workspace name, e.g. `MAIN`.
     #[schema(pattern = r"^[A-Za-z0-9_-]{1,64}$")]
@@ -207,7 +210,10 @@ pub struct GetQuery {
     /// Long-poll: hold the answer until the patch ends (answered within 100 ms of its end),
     /// at most this long, then answer its current state. `30s`, `1500ms` or `30` (seconds),
     /// at most `60s`. A GPT Action may wait 45 s per call: use `wait=40s` or less.
-    #[param(pattern = r"^[0-9]{1,9}(s|ms)?$", example = "40s")]
+    #[param(
+        pattern = r"^(([0-9]|[1-5][0-9]|60)s?|([0-9]{1,4}|[1-5][0-9]{4}|60000)ms)$",
+        example = "40s"
+    )]
     pub wait: Option<String>,
 }
 
@@ -283,7 +289,7 @@ fn body_or_error(
 /// Submit a patch (JSON or YAML, v1 or a legacy shape). 202 only once the router has stored it.
 #[utoipa::path(
     post, path = "/v1/patches", operation_id = "submitPatch", tag = "patches",
-    description = "Submit a patch as JSON or YAML (v1 or a legacy shape). 202 once the router has stored it; same id and content again: 202 replayed, other content 409. No id: the Idempotency-Key is the id, else one is derived (see 202). Trailing commas and comments are forgiven (`warnings`); duplicate keys: 422. With `dry_run=true` nothing is queued: 200 with the diff the patch would apply and the rung every edit matched.",
+    description = "Submit a patch as JSON or YAML (v1 or legacy). 202 once the router stored it; same id and content again: 202 replayed, other content 409. No id: the Idempotency-Key, else derived (see 202). Trailing commas and comments are forgiven (`warnings`). `dry_run=true`: 200 with the diff, nothing queued.",
     request_body(content(
         (PatchInput = "application/json"),
         (PatchInput = "application/yaml"),
@@ -295,12 +301,12 @@ fn body_or_error(
         (status = 400, description = "Malformed document", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Scope or target not allowed", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Same id, other content", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Same id, other content; for a dry run: no executor serving the target is connected now (the detail names it)", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Unsupported content type", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid patch (names the field; an explicit id of the derived form `p-` + 16 hex that is not the document's own derived id is refused), a duplicate key (names the key and both pointers) or nothing to do", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Rate limited, or too many failed credentials from this address", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Router unavailable; nothing stored. For a dry run also: no executor serving the target is connected, or it did not answer in time (the detail says which)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Router unavailable; nothing stored. For a dry run also: the executor did not answer in time, or too many dry runs at once (the detail says which)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]

@@ -341,6 +341,7 @@ pub struct Patches {
     budget: ParseBudget,
     alerts: Option<Arc<dyn AlertFeed>>,
     known_targets: Arc<KnownTargets>,
+    max_wait: std::time::Duration,
 }
 
 /// Bytes of `patch`'s canonical JSON, counted without building it.
@@ -396,7 +397,15 @@ impl Patches {
             legacy: Arc::new(legacy),
             budget,
             alerts: None,
+            max_wait: crate::long_poll::MAX_WAIT,
         }
+    }
+
+    /// The same logic holding a long poll at most `max_wait` (itself at most 60 s).
+    #[must_use]
+    pub fn with_max_wait(mut self, max_wait: std::time::Duration) -> Self {
+        self.max_wait = max_wait.min(crate::long_poll::MAX_WAIT);
+        self
     }
 
     /// The same logic refusing patches to targets `known` does not know (without: any target).
@@ -709,6 +718,7 @@ impl Patches {
     ) -> Result<PatchDetail, GatewayError> {
         caller.require(Scope::Read)?;
         let (view, report) = self.visible(caller, raw_id).await?;
+        let wait = wait.min(self.max_wait);
         if view.status.is_terminal() || wait.is_zero() {
             return self.with_summary(raw_id, view, report).await;
         }

@@ -140,6 +140,10 @@ impl PatchQueue for GrpcRouter {
             .map_err(|status| match status.code() {
                 // The router's own refusals say what is missing (no executor for the target,
                 // too many dry runs, no answer in time); a transport failure says nothing useful.
+                // No executor for the target is not the gateway's fault nor the request's: 409.
+                tonic::Code::Unavailable if status.message().starts_with("no executor serving") => {
+                    GatewayError::Conflict(status.message().to_owned())
+                }
                 tonic::Code::Unavailable
                 | tonic::Code::DeadlineExceeded
                 | tonic::Code::ResourceExhausted

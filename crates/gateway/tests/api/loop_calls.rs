@@ -352,14 +352,14 @@ async fn a_dry_run_that_finds_a_problem_is_a_200_and_refusals_of_the_request_sta
     );
     assert!(!system.workspace.join("b.txt").exists());
 
-    // No executor serves CYOPS: 503 naming it.
+    // No executor serves CYOPS: 409 naming it.
     let (status, body) = submit(
         &system,
         "?dry_run=true",
         &json!({"id": "nobody", "target": "CYOPS", "edits": [{"op": "write", "path": "a.txt", "contents": "a"}]}),
     )
     .await;
-    assert_eq!(status, 503, "{body}");
+    assert_eq!(status, 409, "{body}");
     assert!(
         body["detail"].as_str().unwrap_or("").contains("CYOPS"),
         "{body}"
