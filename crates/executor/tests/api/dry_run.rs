@@ -244,3 +244,60 @@ async fn a_dry_run_that_would_fail_says_why_and_a_blocked_target_is_not_rolled_b
     assert_eq!(snapshot(ws.root()), before);
     executor.stop().await;
 }
+
+/// Lines from a small alphabet, so that random files share many lines and the diffs have
+/// context, moves and repeats; the last line may lack its newline.
+fn text_strategy() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    (
+        proptest::collection::vec(prop_oneof!["a", "b", "c", "d", "", "e f"], 0..40),
+        any::<bool>(),
+    )
+        .prop_map(|(lines, newline_at_end)| {
+            let mut text = lines.join("\n");
+            if newline_at_end && !text.is_empty() {
+                text.push('\n');
+            }
+            text
+        })
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+    /// The diff module's output, applied by git to the old file, gives the new file exactly.
+    #[test]
+    fn git_apply_of_a_rendered_diff_gives_the_new_file(
+        before in text_strategy(),
+        after in text_strategy(),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let rendered = render(
+            &[FileChange {
+                old_path: "f.txt",
+                path: "f.txt",
+                before: Some(Side { bytes: before.as_bytes(), mode: 0o644 }),
+                after: Some(Side { bytes: after.as_bytes(), mode: 0o644 }),
+            }],
+            MAX_DIFF_BYTES,
+        );
+        fs::write(dir.path().join("f.txt"), &before).unwrap();
+        if before != after {
+            fs::write(dir.path().join("change.diff"), &rendered.text).unwrap();
+            let applied = Command::new("git")
+                .args(["apply", "change.diff"])
+                .current_dir(dir.path())
+                .output()
+                .expect("git runs");
+            proptest::prop_assert!(
+                applied.status.success(),
+                "git apply refused:\n{}\n{}",
+                String::from_utf8_lossy(&applied.stderr),
+                rendered.text
+            );
+        } else {
+            proptest::prop_assert!(!rendered.text.contains("@@"), "{}", rendered.text);
+        }
+        proptest::prop_assert_eq!(fs::read_to_string(dir.path().join("f.txt")).unwrap(), after);
+    }
+}
