@@ -303,7 +303,7 @@ fn replace_whole_path(text: &str, path: &str, name: &str) -> String {
     out
 }
 
-fn scrub_report(report: &mut ApplyReport, workspace: &Workspace) {
+pub(crate) fn scrub_report(report: &mut ApplyReport, workspace: &Workspace) {
     scrub(&mut report.error, workspace);
     if let Some(rollback) = &mut report.rollback {
         scrub(&mut rollback.reason, workspace);

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use ghost_core::Patch;
 use ghost_proto::executor::v1::{
-    ExecutorMessage, Heartbeat, Hello, Progress, Result as WorkResult, Workspace as WireWorkspace,
-    executor_message, router_message,
+    DryRunResult, ExecutorMessage, Heartbeat, Hello, Progress, Result as WorkResult,
+    Workspace as WireWorkspace, executor_message, router_message,
 };
 use ghost_proto::router::v1::{PatchStatus, router_service_client::RouterServiceClient};
 use ghost_runtime::propagation::{set_parent, traceparent_of};
@@ -24,6 +24,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 use crate::apply::{self, Context, Lease};
 use crate::config::ExecutorConfig;
+use crate::dry_run::{self, BUSY_WAIT, TargetLocks};
 use crate::error::ExecutorError;
 use crate::ledger::Outbox;
 
@@ -173,6 +174,9 @@ async fn session(
     send_owed(worker, &outbound).await;
 
     let running: Running = Arc::new(Mutex::new(HashMap::new()));
+    // An apply holds its target's lock; a dry run waits for it, never planning against a
+    // half-written workspace.
+    let locks = TargetLocks::new(worker.contexts.keys());
 
     let held: Arc<Mutex<Vec<u64>>> = Arc::new(Mutex::new(Vec::new()));
     let tasks = TaskTracker::new();
@@ -208,9 +212,10 @@ async fn session(
                         let outbound = outbound.clone();
                         let held = Arc::clone(&held);
                         let running = Arc::clone(&running);
+                        let locks = locks.clone();
                         tasks.spawn(async move {
                             let token = assign.fencing_token;
-                            execute(&worker, assign, cancel, &outbound).await;
+                            execute(&worker, &locks, assign, cancel, &outbound).await;
                             held.lock().await.retain(|t| *t != token);
                             running.lock().await.remove(&token);
                         });
@@ -225,8 +230,13 @@ async fn session(
                             _ => tracing::info!(patch_id = %cancel.patch_id, token = cancel.fencing_token, "cancel for no running attempt ignored"),
                         }
                     }
-                    Some(router_message::Kind::DryRun(dry_run)) => {
-                        tracing::warn!(request_id = dry_run.request_id, "dry run not supported yet; ignored");
+                    Some(router_message::Kind::DryRun(request)) => {
+                        let worker = worker.clone();
+                        let outbound = outbound.clone();
+                        let locks = locks.clone();
+                        tasks.spawn(async move {
+                            answer_dry_run(&worker, &locks, request, &outbound).await;
+                        });
                     }
                     None => tracing::warn!("empty router message ignored"),
                 }
@@ -262,9 +272,69 @@ async fn send_owed(worker: &Worker, outbound: &mpsc::Sender<ExecutorMessage>) {
     }
 }
 
-/// Runs one assignment and sends its result.
+/// Plans one dry run (after the apply running on its target, if any) and sends the answer.
+async fn answer_dry_run(
+    worker: &Worker,
+    locks: &TargetLocks,
+    request: ghost_proto::executor::v1::DryRun,
+    outbound: &mpsc::Sender<ExecutorMessage>,
+) {
+    let request_id = request.request_id;
+    let report = match request.patch.map(Patch::try_from) {
+        None => dry_run::refused("the dry run carried no patch".to_owned()),
+        Some(Err(err)) => dry_run::refused(format!("invalid patch: {err}")),
+        Some(Ok(patch)) => match (
+            worker.contexts.get(patch.target.as_str()).cloned(),
+            locks.of(patch.target.as_str()),
+        ) {
+            (Some(ctx), Some(lock)) => {
+                match tokio::time::timeout(BUSY_WAIT, lock.lock_owned()).await {
+                    Ok(guard) => {
+                        let span = tracing::info_span!("executor.dry_run", patch_id = %patch.id, target = %patch.target);
+                        tokio::task::spawn_blocking(move || {
+                            let _guard = guard;
+                            span.in_scope(|| dry_run::dry_run(&ctx, &patch))
+                        })
+                        .await
+                        .unwrap_or_else(|err| {
+                            dry_run::refused(format!("dry run task failed: {err}"))
+                        })
+                    }
+                    Err(_) => dry_run::refused(format!(
+                        "target {} is busy: a patch has been applying for over {}s; try the dry \
+                         run again when it has finished",
+                        patch.target,
+                        BUSY_WAIT.as_secs()
+                    )),
+                }
+            }
+            _ => dry_run::refused(format!(
+                "this executor does not serve target {}",
+                patch.target
+            )),
+        },
+    };
+    tracing::info!(request_id, status = %report.status, edits = report.edits.len(), "dry run answered");
+    let answer = DryRunResult {
+        request_id,
+        report: Some(ghost_proto::router::v1::ApplyReport::from(&report)),
+    };
+    if outbound
+        .send(message(executor_message::Kind::DryRunResult(answer)))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            request_id,
+            "stream closed before the dry run answer was sent"
+        );
+    }
+}
+
+/// Runs one assignment (holding its target's lock) and sends its result.
 async fn execute(
     worker: &Worker,
+    locks: &TargetLocks,
     assign: ghost_proto::executor::v1::Assign,
     cancel: CancellationToken,
     outbound: &mpsc::Sender<ExecutorMessage>,
@@ -294,7 +364,12 @@ async fn execute(
                     fencing_token: assign.fencing_token,
                 };
                 let apply_span = span.clone();
+                let guard = match locks.of(patch.target.as_str()) {
+                    Some(lock) => Some(lock.lock_owned().await),
+                    None => None,
+                };
                 tokio::task::spawn_blocking(move || {
+                    let _guard = guard;
                     apply_span.in_scope(|| apply::apply(&ctx, &patch, lease, false, &cancel))
                 })
                 .await

@@ -18,6 +18,8 @@ pub mod beneath;
 pub mod commands;
 pub mod config;
 mod connection;
+pub mod diff;
+pub mod dry_run;
 mod error;
 mod git;
 pub mod journal;

@@ -122,7 +122,8 @@ impl App {
             legacy_options(&config)?,
             ghost_core::ParseBudget::new(config.max_body_bytes),
         )
-        .with_known_targets(known_targets);
+        .with_known_targets(known_targets)
+        .with_max_wait(config.long_poll_max_wait);
         if let Some(url) = &config.alerter_url {
             patches = patches.with_alerts(Arc::new(GrpcAlerter {
                 client: AlerterReadServiceClient::new(traced_channel(url, &upstream)?),

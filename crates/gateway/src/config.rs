@@ -43,6 +43,11 @@ pub struct GatewayConfig {
     /// Deadline for one call to the router or summarizer.
     #[serde(with = "humantime_serde")]
     pub upstream_timeout: Duration,
+    /// The longest a long poll (`GET /v1/patches/{id}?wait=`, MCP `get_patch`) is held
+    /// (at most, and by default, 60 s): a longer `wait` is answered with the patch's state when
+    /// this is over.
+    #[serde(with = "humantime_serde")]
+    pub long_poll_max_wait: Duration,
     /// Deadline for one whole HTTP request.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -100,6 +105,7 @@ impl Default for GatewayConfig {
             max_body_bytes: 1024 * 1024,
             summary_max_chars: 100_000,
             upstream_timeout: Duration::from_secs(10),
+            long_poll_max_wait: Duration::from_secs(60),
             request_timeout: Duration::from_secs(30),
             max_in_flight: 256,
             body_read_timeout: Duration::from_secs(10),

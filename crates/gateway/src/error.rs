@@ -114,6 +114,10 @@ pub enum GatewayError {
     /// The router could not durably accept the patch; nothing was stored.
     #[error("the patch queue is unavailable; nothing was stored, retry later")]
     Unavailable(String),
+    /// Nobody can answer a dry run now (no executor serving the target, too many at once, it
+    /// did not answer in time); says which. Nothing was stored either way.
+    #[error("{0}")]
+    DryRunUnavailable(String),
     /// A bug or an unexpected upstream answer.
     #[error("internal error")]
     Internal(String),
@@ -141,7 +145,7 @@ impl GatewayError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             Self::NotConfigured(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::DryRunUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -168,6 +172,7 @@ impl GatewayError {
             Self::NotImplemented(_) => "not-implemented",
             Self::NotConfigured(_) => "not-configured",
             Self::Unavailable(_) => "unavailable",
+            Self::DryRunUnavailable(_) => "dry-run-unavailable",
             Self::Internal(_) => "internal",
         }
     }
@@ -255,7 +260,7 @@ impl IntoResponse for GatewayError {
             HeaderValue::from_static("application/problem+json"),
         );
         match self {
-            Self::Unavailable(_) => {
+            Self::Unavailable(_) | Self::DryRunUnavailable(_) => {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));

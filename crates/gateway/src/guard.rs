@@ -30,6 +30,10 @@ use crate::error::GatewayError;
 /// `max_buffered_body_bytes` is unset.
 const DEFAULT_BUFFERED_BODIES: usize = 64;
 
+/// Long polls (`GET /v1/patches/{id}?wait=`) held at once, apart from `max_in_flight`; more
+/// are shed with 503. (The router admits 10,000 waiting calls from all its clients.)
+const MAX_LONG_POLLS: usize = 1024;
+
 /// Shared guard state.
 pub struct Guard {
     /// Who may call.
@@ -40,6 +44,8 @@ pub struct Guard {
     limiter: DefaultKeyedRateLimiter<String>,
     burst: u32,
     in_flight: Arc<Semaphore>,
+    /// Places for long polls, apart from `in_flight`.
+    long_polls: Arc<Semaphore>,
     /// Bytes of bodies being read or held, one permit a byte.
     bodies: Arc<Semaphore>,
     request_timeout: Duration,
@@ -67,6 +73,7 @@ impl Guard {
             limiter: RateLimiter::keyed(Quota::per_minute(per_minute).allow_burst(burst)),
             burst: burst.get(),
             in_flight: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
+            long_polls: Arc::new(Semaphore::new(MAX_LONG_POLLS)),
             bodies: Arc::new(Semaphore::new(
                 config
                     .max_buffered_body_bytes
@@ -235,15 +242,44 @@ pub async fn shed_and_time(
         Err(err) => return err.into_response(),
     };
     parts.extensions.insert(ClientAddress(client));
-    let Ok(_permit) = Arc::clone(&guard.in_flight).try_acquire_owned() else {
-        tracing::warn!("concurrency cap reached; request shed");
+    // A long poll (`GET /v1/patches/{id}?wait=`) is slow by design: it takes a place among
+    // the long polls, not among `max_in_flight`, so waiting callers cannot shed everyone
+    // else; and only it gets a deadline beyond `request_timeout`.
+    let long_poll = long_poll_wait(&parts);
+    let places = if long_poll.is_some() {
+        &guard.long_polls
+    } else {
+        &guard.in_flight
+    };
+    let Ok(_permit) = Arc::clone(places).try_acquire_owned() else {
+        tracing::warn!(
+            long_poll = long_poll.is_some(),
+            "concurrency cap reached; request shed"
+        );
         return GatewayError::Overloaded("too many requests in flight").into_response();
     };
+    let deadline = long_poll.map_or(guard.request_timeout, |wait| {
+        guard
+            .request_timeout
+            .max(wait + crate::long_poll::ANSWER_MARGIN)
+    });
     let request = Request::from_parts(parts, Body::from(body));
-    match tokio::time::timeout(guard.request_timeout, next.run(request)).await {
+    match tokio::time::timeout(deadline, next.run(request)).await {
         Ok(response) => response,
         Err(_) => GatewayError::Overloaded("request timed out").into_response(),
     }
+}
+
+/// The wait of a long poll: `GET /v1/patches/{id}?wait=...` with a valid wait.
+fn long_poll_wait(parts: &axum::http::request::Parts) -> Option<Duration> {
+    if parts.method != axum::http::Method::GET {
+        return None;
+    }
+    let id = parts.uri.path().strip_prefix("/v1/patches/")?;
+    if id.is_empty() || id.contains('/') {
+        return None;
+    }
+    crate::long_poll::wait_in_query(parts.uri.query())
 }
 
 /// Authenticates (API key, or Standard Webhooks signature over the body), rate-limits, and

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json, Router, middleware};
@@ -16,6 +16,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::Principal;
+use crate::dry_run::DryRunView;
 use crate::error::GatewayError;
 use crate::executor_tokens::{
     __path_create_executor_token, __path_list_executor_tokens, __path_revoke_executor_token,
@@ -81,7 +82,10 @@ pub struct PatchInput {
     /// Unique id, `[A-Za-z0-9._()+-]{1,128}`, not starting with a dot. Left out, the id is
     /// derived from the content (`p-` and 16 hex digits): sending the same patch again is then
     /// a replay.
-    #[schema(pattern = r"^[A-Za-z0-9_()+-][A-Za-z0-9._()+-]{0,127}$")]
+    #[schema(
+        pattern = r"^[A-Za-z0-9_()+-][A-Za-z0-9._()+-]{0,127}$",
+        nullable = false
+    )]
     id: Option<String>,
     /// Workspace name, e.g. `MAIN`.
     #[schema(pattern = r"^[A-Za-z0-9_-]{1,64}$")]
@@ -185,6 +189,54 @@ pub struct SubmitHeaders {
     pub idempotency_key: Option<String>,
 }
 
+/// Query of `POST /v1/patches`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct SubmitQuery {
+    /// `true`: only check the patch. The executor plans every edit against the workspace as it
+    /// is now and writes nothing; the answer is 200 with the unified diff it would apply and
+    /// the matching rung of every edit (a patch that would not apply is still a 200, with
+    /// `status` rejected or failed and the `error`). Nothing is queued or stored; commands and
+    /// checks are not run; it does not wait behind the target's queue.
+    pub dry_run: Option<bool>,
+}
+
+/// Query of `GET /v1/patches/{id}`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct GetQuery {
+    /// Long-poll: hold the answer until the patch ends (answered within 100 ms of its end),
+    /// at most this long, then answer its current state. `30s`, `1500ms` or `30` (seconds),
+    /// at most `60s`. A GPT Action may wait 45 s per call: use `wait=40s` or less.
+    #[param(
+        pattern = r"^(([0-9]|[1-5][0-9]|60)s?|([0-9]{1,4}|[1-5][0-9]{4}|60000)ms)$",
+        example = "40s"
+    )]
+    pub wait: Option<String>,
+}
+
+/// The value of `name` in a raw query string (the first one), percent-decoding not needed for
+/// the values accepted here.
+fn query_value<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value)
+}
+
+fn dry_run_flag(query: Option<&str>) -> Result<bool, GatewayError> {
+    match query_value(query, "dry_run") {
+        None | Some("false" | "0") => Ok(false),
+        Some("true" | "1" | "") => Ok(true),
+        Some(other) => Err(GatewayError::BadRequest(format!(
+            "query parameter dry_run={other:?} is not a boolean; give true or false"
+        ))),
+    }
+}
+
 /// The API routes with their OpenAPI description.
 pub fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
     let guard = Arc::clone(&state.guard);
@@ -237,23 +289,24 @@ fn body_or_error(
 /// Submit a patch (JSON or YAML, v1 or a legacy shape). 202 only once the router has stored it.
 #[utoipa::path(
     post, path = "/v1/patches", operation_id = "submitPatch", tag = "patches",
-    description = "Submit a patch as JSON or YAML (v1 or a legacy shape). 202 once the router has stored it; same id and content again: 202 replayed, other content 409. No id: the Idempotency-Key is the id, else one is derived (see 202). Trailing commas and comments are forgiven (`warnings`); duplicate keys: 422.",
+    description = "Submit a patch as JSON or YAML (v1 or legacy). 202 once the router stored it; same id and content again: 202 replayed, other content 409. No id: the Idempotency-Key, else derived (see 202). Trailing commas and comments are forgiven (`warnings`). `dry_run=true`: 200 with the diff, nothing queued.",
     request_body(content(
         (PatchInput = "application/json"),
         (PatchInput = "application/yaml"),
     )),
-    params(SubmitHeaders),
+    params(SubmitHeaders, SubmitQuery),
     responses(
+        (status = 200, description = "`dry_run=true`: what the patch would do. Nothing was written, queued or stored. `status` succeeded when every edit would apply, else rejected or failed with the `error` (still a 200: the check itself worked).", body = DryRunView),
         (status = 202, description = "Stored and queued. A document without an id gets `p-` and the first 16 lowercase hex digits of the SHA-256 of the normalised patch's canonical JSON without its id (fields in a fixed order, defaults spelled out, no whitespace): the same content, however spelled, gets the same id and is a replay. `warnings` lists what reading the document forgave (always present, empty when nothing), and the patch's summary repeats it.", body = Accepted),
         (status = 400, description = "Malformed document", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Scope or target not allowed", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Same id, other content", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Same id, other content; for a dry run: no executor serving the target is connected now (the detail names it)", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Unsupported content type", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid patch (names the field; an explicit id of the derived form `p-` + 16 hex that is not the document's own derived id is refused), a duplicate key (names the key and both pointers) or nothing to do", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Rate limited, or too many failed credentials from this address", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Router unavailable; nothing stored", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Router unavailable; nothing stored. For a dry run also: the executor did not answer in time, or too many dry runs at once (the detail says which)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -261,14 +314,20 @@ fn body_or_error(
 async fn submit_patch(
     State(state): State<AppState>,
     Extension(caller): Extension<Principal>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, GatewayError> {
+    let dry_run = dry_run_flag(query.as_deref())?;
     let format = format_of(&headers)?;
     let body = body_or_error(body, state.max_body_bytes)?;
     let key = headers
         .get("idempotency-key")
         .map(|v| v.to_str().unwrap_or("\u{0}"));
+    if dry_run {
+        let checked = state.patches.dry_run(&caller, &body, format, key).await?;
+        return Ok((StatusCode::OK, Json(checked)).into_response());
+    }
     let accepted = state
         .patches
         .submit(&caller, &body, format, key, None)
@@ -285,10 +344,11 @@ async fn submit_patch(
 /// One patch: status, attempts, and its summary once it has ended.
 #[utoipa::path(
     get, path = "/v1/patches/{id}", operation_id = "getPatch", tag = "patches",
-    description = "One patch: status, attempts, error, and once it has ended its summary (at most 100,000 characters).",
-    params(("id" = String, Path, description = "Patch id")),
+    description = "One patch: status, attempts, error, and once it has ended its summary (at most 100,000 characters). With `wait` (e.g. `wait=40s`, at most 60s) the answer is held until the patch ends, so one call gets the result; when the wait is over first, the current state is answered.",
+    params(("id" = String, Path, description = "Patch id"), GetQuery),
     responses(
-        (status = 200, description = "The patch", body = PatchDetail),
+        (status = 200, description = "The patch (with `wait`: as soon as it ended, or its current state when the wait was over; the summary may still be null for a moment after the end)", body = PatchDetail),
+        (status = 400, description = "A `wait` that is not a duration of at most 60s", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Scope not allowed", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such patch", body = Problem, content_type = "application/problem+json"),
@@ -302,8 +362,17 @@ async fn get_patch(
     State(state): State<AppState>,
     Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
+    RawQuery(query): RawQuery,
 ) -> Result<Json<PatchDetail>, GatewayError> {
-    Ok(Json(state.patches.detail(&caller, &id).await?))
+    let Some(raw) = query_value(query.as_deref(), "wait") else {
+        return Ok(Json(state.patches.detail(&caller, &id).await?));
+    };
+    let wait = crate::long_poll::parse_wait("wait", raw)?;
+    // Dropped with the request when the client goes away: the router call is cancelled and
+    // its waiter freed.
+    Ok(Json(
+        state.patches.detail_waiting(&caller, &id, wait).await?,
+    ))
 }
 
 /// The audit trail of one patch.

@@ -1,8 +1,18 @@
-//! The MCP endpoint (`/mcp`, streamable HTTP): tools `submit_patch`, `get_patch`,
-//! `list_patches` and `cancel_patch` over the same logic and the same credentials as the API.
-//! The guard in front of `/mcp` authenticates; each tool checks the caller's scope and targets.
+//! The MCP endpoint (`/mcp`, streamable HTTP): tools `submit_patch`, `check_patch` (a dry
+//! run), `get_patch` (with an optional `wait`), `list_patches` and `cancel_patch` over the
+//! same logic and the same credentials as the API. The guard in front of `/mcp`
+//! authenticates; each tool checks the caller's scope and targets.
+//!
+//! Every tool carries annotations (read-only, destructive, idempotent; never open-world: it
+//! acts on this deployment only) and an `outputSchema` ([`schemas`]) that its structured
+//! result follows. `submit_patch` called with a `progressToken` follows the patch: it waits
+//! with the router's long poll in slices, sends a progress notification on each status
+//! change, and returns the state when the patch ends or after [`PROGRESS_WAIT`].
+
+mod schemas;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -10,11 +20,14 @@ use axum::response::{IntoResponse, Response};
 use ghost_core::{Format, ParseBudget, PatchError};
 use rmcp::handler::server::tool::Extension;
 use rmcp::handler::server::wrapper::Parameters;
-use rmcp::model::{CallToolResult, ContentBlock, ServerCapabilities, ServerConfig};
+use rmcp::model::{
+    CallToolResult, ContentBlock, ProgressNotificationParam, RequestMetaObject, ServerCapabilities,
+    ServerConfig,
+};
 use rmcp::schemars::JsonSchema;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
-use rmcp::{ServerHandler, tool, tool_handler, tool_router};
+use rmcp::{Peer, RoleServer, ServerHandler, tool, tool_handler, tool_router};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -46,6 +59,48 @@ pub struct SubmitInput {
 pub struct IdInput {
     /// The patch id.
     pub id: String,
+}
+
+/// How long `get_patch` waits: seconds, or a duration string.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(crate = "rmcp::schemars")]
+#[serde(untagged)]
+pub enum WaitInput {
+    /// Seconds, e.g. 30.
+    Seconds(f64),
+    /// `30s`, `1500ms` or `30`.
+    Text(String),
+}
+
+/// `get_patch` input.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(crate = "rmcp::schemars")]
+pub struct GetInput {
+    /// The patch id.
+    pub id: String,
+    /// Wait until the patch ends, at most this long (at most 60 s): seconds (30) or a duration
+    /// (`30s`, `1500ms`). Then its current state is answered.
+    pub wait: Option<WaitInput>,
+}
+
+/// How long `submit_patch` follows a patch when the caller asked for progress.
+pub const PROGRESS_WAIT: Duration = Duration::from_secs(40);
+/// One long poll of that follow: a status change shows at the latest after this.
+const PROGRESS_SLICE: Duration = Duration::from_secs(2);
+
+fn wait_of(input: Option<WaitInput>) -> Result<Duration, GatewayError> {
+    match input {
+        None => Ok(Duration::ZERO),
+        Some(WaitInput::Text(text)) => crate::long_poll::parse_wait("wait", &text),
+        Some(WaitInput::Seconds(seconds)) => {
+            if !seconds.is_finite() || !(0.0..=60.0).contains(&seconds) {
+                return Err(GatewayError::BadRequest(format!(
+                    "wait={seconds} is not a number of seconds from 0 to 60"
+                )));
+            }
+            Ok(Duration::from_secs_f64(seconds))
+        }
+    }
 }
 
 /// `list_patches` input.
@@ -99,13 +154,32 @@ fn tool_span(parts: &http::request::Parts, tool: &'static str) -> tracing::Span 
     )
 }
 
+/// The structured result (also as text, for clients that read only content), or the error.
 fn answer<T: Serialize>(result: Result<T, GatewayError>) -> CallToolResult {
-    match result {
-        Ok(value) => {
-            let text = serde_json::to_string(&value).unwrap_or_default();
-            CallToolResult::success(vec![ContentBlock::text(text)])
-        }
+    match result.and_then(|value| {
+        serde_json::to_value(value)
+            .map_err(|err| GatewayError::Internal(format!("cannot write the answer: {err}")))
+    }) {
+        Ok(value) => CallToolResult::structured(value),
         Err(err) => CallToolResult::error(vec![ContentBlock::text(err.to_string())]),
+    }
+}
+
+/// The document of a `submit_patch`/`check_patch` input and its format.
+fn document_of(input: SubmitInput) -> Result<(String, Format), GatewayError> {
+    match (input.patch, input.document) {
+        (Some(patch), None) => Ok((patch.to_string(), Format::Json)),
+        (None, Some(document)) => {
+            let format = if document.trim_start().starts_with('{') {
+                Format::Json
+            } else {
+                Format::Yaml
+            };
+            Ok((document, format))
+        }
+        _ => Err(GatewayError::BadRequest(
+            "give exactly one of `patch` or `document`".to_owned(),
+        )),
     }
 }
 
@@ -117,34 +191,66 @@ impl GhostMcp {
     }
 
     #[tool(
-        description = "Submit a code patch (JSON object in `patch`, or JSON/YAML text in `document`). Returns the id and status once the router has stored it."
+        description = "Submit a code patch (JSON object in `patch`, or JSON/YAML text in `document`). Returns the id and status once the router has stored it. Called with a progressToken, it follows the patch: a progress notification on each status change, and the result once the patch ends (or its state after 40 s).",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = true,
+            open_world_hint = false
+        ),
+        output_schema = schemas::submitted()
     )]
     async fn submit_patch(
         &self,
         Extension(parts): Extension<http::request::Parts>,
+        meta: RequestMetaObject,
+        peer: Peer<RoleServer>,
         Parameters(input): Parameters<SubmitInput>,
     ) -> CallToolResult {
         let span = tool_span(&parts, "submit_patch");
         let result = async {
             let caller = caller(&parts)?;
-            let (body, format) = match (input.patch, input.document) {
-                (Some(patch), None) => (patch.to_string(), Format::Json),
-                (None, Some(document)) => {
-                    let format = if document.trim_start().starts_with('{') {
-                        Format::Json
-                    } else {
-                        Format::Yaml
-                    };
-                    (document, format)
-                }
-                _ => {
-                    return Err(GatewayError::BadRequest(
-                        "give exactly one of `patch` or `document`".to_owned(),
-                    ));
-                }
-            };
-            self.patches
+            let (body, format) = document_of(input)?;
+            let accepted = self
+                .patches
                 .submit(&caller, body.as_bytes(), format, None, None)
+                .await?;
+            let mut value = serde_json::to_value(&accepted)
+                .map_err(|err| GatewayError::Internal(format!("cannot write the answer: {err}")))?;
+            let Some(token) = meta.get_progress_token() else {
+                return Ok(value);
+            };
+            let (status, error) = self.follow(&caller, &accepted.id, token, &peer).await?;
+            value["status"] = serde_json::Value::String(status);
+            value["error"] = serde_json::Value::String(error);
+            Ok(value)
+        }
+        .instrument(span)
+        .await;
+        answer(result)
+    }
+
+    #[tool(
+        description = "Check a code patch without applying it (a dry run; same input as submit_patch). The executor plans every edit against the workspace as it is now and writes nothing: the answer is the unified diff it would apply, the matching rung of every edit, and `status` succeeded, or rejected/failed with the `error`. Nothing is queued or stored; commands and checks are not run.",
+        annotations(
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        ),
+        output_schema = schemas::dry_run()
+    )]
+    async fn check_patch(
+        &self,
+        Extension(parts): Extension<http::request::Parts>,
+        Parameters(input): Parameters<SubmitInput>,
+    ) -> CallToolResult {
+        let span = tool_span(&parts, "check_patch");
+        let result = async {
+            let caller = caller(&parts)?;
+            let (body, format) = document_of(input)?;
+            self.patches
+                .dry_run(&caller, body.as_bytes(), format, None)
                 .await
         }
         .instrument(span)
@@ -152,23 +258,42 @@ impl GhostMcp {
         answer(result)
     }
 
-    #[tool(description = "Read one patch: status, attempts, error and, once ended, its summary.")]
+    #[tool(
+        description = "Read one patch: status, attempts, error and, once ended, its summary and report. With `wait` (seconds, or `30s`/`1500ms`; at most 60) the answer comes as soon as the patch ends, or with its current state when the wait is over.",
+        annotations(
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        ),
+        output_schema = schemas::detail()
+    )]
     async fn get_patch(
         &self,
         Extension(parts): Extension<http::request::Parts>,
-        Parameters(input): Parameters<IdInput>,
+        Parameters(input): Parameters<GetInput>,
     ) -> CallToolResult {
         let span = tool_span(&parts, "get_patch");
         let result = async {
             let caller = caller(&parts)?;
-            self.patches.detail(&caller, &input.id).await
+            let wait = wait_of(input.wait)?;
+            self.patches.detail_waiting(&caller, &input.id, wait).await
         }
         .instrument(span)
         .await;
         answer(result)
     }
 
-    #[tool(description = "List patches, newest first, optionally by target and status.")]
+    #[tool(
+        description = "List patches, newest first, optionally by target and status.",
+        annotations(
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        ),
+        output_schema = schemas::page()
+    )]
     async fn list_patches(
         &self,
         Extension(parts): Extension<http::request::Parts>,
@@ -192,7 +317,16 @@ impl GhostMcp {
         answer(result)
     }
 
-    #[tool(description = "Cancel a queued or running patch (needs the admin scope).")]
+    #[tool(
+        description = "Cancel a queued or running patch (needs the admin scope).",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = false,
+            open_world_hint = false
+        ),
+        output_schema = schemas::view()
+    )]
     async fn cancel_patch(
         &self,
         Extension(parts): Extension<http::request::Parts>,
@@ -206,6 +340,42 @@ impl GhostMcp {
         .instrument(span)
         .await;
         answer(result)
+    }
+}
+
+impl GhostMcp {
+    /// Follows patch `id` for at most [`PROGRESS_WAIT`]: long polls in slices, a progress
+    /// notification on each status change; returns the last status and error.
+    async fn follow(
+        &self,
+        caller: &Principal,
+        id: &str,
+        token: rmcp::model::ProgressToken,
+        peer: &Peer<RoleServer>,
+    ) -> Result<(String, String), GatewayError> {
+        let deadline = tokio::time::Instant::now() + PROGRESS_WAIT;
+        let mut last = String::new();
+        let mut step = 0u32;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let detail = self
+                .patches
+                .detail_waiting(caller, id, left.min(PROGRESS_SLICE))
+                .await?;
+            let status = detail.view.status.as_str().to_owned();
+            if status != last {
+                step += 1;
+                let note = ProgressNotificationParam::new(token.clone(), f64::from(step))
+                    .with_message(format!("patch {id}: {status}"));
+                if let Err(err) = peer.notify_progress(note).await {
+                    tracing::info!(patch_id = %id, error = %err, "progress notification not delivered");
+                }
+                last = status.clone();
+            }
+            if detail.view.status.is_terminal() || left.is_zero() {
+                return Ok((status, detail.view.error));
+            }
+        }
     }
 }
 

@@ -10,6 +10,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::auth::{Principal, Scope};
+use crate::dry_run::{DryRunReport, DryRunView};
 use crate::error::GatewayError;
 use crate::fleet::{AlertFeed, AlertList, ExecutorList, Stats};
 use crate::known_targets::KnownTargets;
@@ -30,6 +31,15 @@ pub trait PatchQueue: Send + Sync {
     ) -> Result<PatchView, GatewayError>;
     /// One patch's state and its latest attempt's report, if one arrived.
     async fn get(&self, id: &PatchId) -> Result<(PatchView, Option<ReportView>), GatewayError>;
+    /// One patch's state as soon as it has ended, or when `wait` is over (the router caps it
+    /// at 60 s), with its latest report.
+    async fn wait(
+        &self,
+        id: &PatchId,
+        wait: std::time::Duration,
+    ) -> Result<(PatchView, Option<ReportView>), GatewayError>;
+    /// Plans the patch on an executor serving its target without writing or storing anything.
+    async fn dry_run(&self, patch: &ghost_core::Patch) -> Result<DryRunReport, GatewayError>;
     /// One patch's audit trail.
     async fn events(&self, id: &PatchId) -> Result<Vec<EventView>, GatewayError>;
     /// A page of patches, newest first.
@@ -331,6 +341,7 @@ pub struct Patches {
     budget: ParseBudget,
     alerts: Option<Arc<dyn AlertFeed>>,
     known_targets: Arc<KnownTargets>,
+    max_wait: std::time::Duration,
 }
 
 /// Bytes of `patch`'s canonical JSON, counted without building it.
@@ -386,7 +397,15 @@ impl Patches {
             legacy: Arc::new(legacy),
             budget,
             alerts: None,
+            max_wait: crate::long_poll::MAX_WAIT,
         }
+    }
+
+    /// The same logic holding a long poll at most `max_wait` (itself at most 60 s).
+    #[must_use]
+    pub fn with_max_wait(mut self, max_wait: std::time::Duration) -> Self {
+        self.max_wait = max_wait.min(crate::long_poll::MAX_WAIT);
+        self
     }
 
     /// The same logic refusing patches to targets `known` does not know (without: any target).
@@ -427,6 +446,60 @@ impl Patches {
         idempotency_key: Option<&str>,
         options: Option<&LegacyOptions>,
     ) -> Result<Accepted, GatewayError> {
+        let normalised = self
+            .intake(caller, body, format, idempotency_key, options)
+            .await?;
+        self.queue_normalised(caller, normalised).await
+    }
+
+    /// Plans a patch on an executor serving its target, as a submit of the same request
+    /// would be checked (scope, every accepted format, target), and stores nothing.
+    pub async fn dry_run(
+        &self,
+        caller: &Principal,
+        body: &[u8],
+        format: Format,
+        idempotency_key: Option<&str>,
+    ) -> Result<DryRunView, GatewayError> {
+        let normalised = self
+            .intake(caller, body, format, idempotency_key, None)
+            .await?;
+        self.dry_run_normalised(caller, normalised).await
+    }
+
+    /// Dry-runs an already normalised patch after the checks a submit makes.
+    pub async fn dry_run_normalised(
+        &self,
+        caller: &Principal,
+        normalised: Normalised,
+    ) -> Result<DryRunView, GatewayError> {
+        self.admit(caller, &normalised).await?;
+        let report = self.queue.dry_run(&normalised.patch).await?;
+        Ok(DryRunView {
+            dry_run: true,
+            id: normalised.patch.id.to_string(),
+            target: normalised.patch.target.to_string(),
+            status: report.status,
+            error: report.error,
+            diff_truncated: report.diff.contains("\n# diff cut at ")
+                || report.diff.starts_with("# diff cut at "),
+            diff: report.diff,
+            edits: report.edits,
+            note: crate::dry_run::NOTE.to_owned(),
+            shape: normalised.shape.as_str().to_owned(),
+            warnings: normalised.warnings,
+        })
+    }
+
+    /// Reads and normalises a submitted document (JSON or YAML, v1 or legacy) for `caller`.
+    async fn intake(
+        &self,
+        caller: &Principal,
+        body: &[u8],
+        format: Format,
+        idempotency_key: Option<&str>,
+        options: Option<&LegacyOptions>,
+    ) -> Result<Normalised, GatewayError> {
         caller.require(Scope::Submit)?;
         let options = options.unwrap_or(&self.legacy);
         let document = parse_off_the_workers(body.to_vec(), format, self.budget).await??;
@@ -457,7 +530,25 @@ impl Patches {
         {
             normalised = keyed(normalised, key)?;
         }
-        self.queue_normalised(caller, normalised).await
+        Ok(normalised)
+    }
+
+    /// The checks every normalised patch passes before it reaches the router: its size, the
+    /// caller's targets, a known target.
+    async fn admit(&self, caller: &Principal, normalised: &Normalised) -> Result<(), GatewayError> {
+        let patch = &normalised.patch;
+        tracing::Span::current().record("patch_id", patch.id.as_str());
+        // Normalising a legacy shape can multiply a document (every element of an aliased
+        // array becomes a line of the task), so the result is held to the same budget.
+        let size = json_len(patch);
+        if size > self.budget.max_bytes {
+            return Err(GatewayError::DocumentTooLarge(format!(
+                "the normalised patch is {size} bytes of JSON, over the {} byte limit",
+                self.budget.max_bytes
+            )));
+        }
+        caller.allow_target(patch.target.as_str())?;
+        self.known_targets.check(&patch.target).await
     }
 
     /// Queues an already normalised patch after the caller's target check.
@@ -466,6 +557,7 @@ impl Patches {
         caller: &Principal,
         normalised: Normalised,
     ) -> Result<Accepted, GatewayError> {
+        self.admit(caller, &normalised).await?;
         let Normalised {
             patch,
             shape,
@@ -473,18 +565,6 @@ impl Patches {
             warnings,
             derived_id,
         } = normalised;
-        tracing::Span::current().record("patch_id", patch.id.as_str());
-        // Normalising a legacy shape can multiply a document (every element of an aliased
-        // array becomes a line of the task), so the result is held to the same budget.
-        let size = json_len(&patch);
-        if size > self.budget.max_bytes {
-            return Err(GatewayError::DocumentTooLarge(format!(
-                "the normalised patch is {size} bytes of JSON, over the {} byte limit",
-                self.budget.max_bytes
-            )));
-        }
-        caller.allow_target(patch.target.as_str())?;
-        self.known_targets.check(&patch.target).await?;
         let view = self.queue.submit(&patch, &warnings).await?;
         Ok(Accepted {
             id: view.id,
@@ -624,6 +704,34 @@ impl Patches {
     ) -> Result<PatchDetail, GatewayError> {
         caller.require(Scope::Read)?;
         let (view, report) = self.visible(caller, raw_id).await?;
+        self.with_summary(raw_id, view, report).await
+    }
+
+    /// A patch as soon as it has ended (with its summary when the summarizer has written it),
+    /// or its current state when `wait` is over. The caller must be able to see the patch
+    /// before anything waits.
+    pub async fn detail_waiting(
+        &self,
+        caller: &Principal,
+        raw_id: &str,
+        wait: std::time::Duration,
+    ) -> Result<PatchDetail, GatewayError> {
+        caller.require(Scope::Read)?;
+        let (view, report) = self.visible(caller, raw_id).await?;
+        let wait = wait.min(self.max_wait);
+        if view.status.is_terminal() || wait.is_zero() {
+            return self.with_summary(raw_id, view, report).await;
+        }
+        let (view, report) = self.queue.wait(&parse_id(raw_id)?, wait).await?;
+        self.with_summary(raw_id, view, report).await
+    }
+
+    async fn with_summary(
+        &self,
+        raw_id: &str,
+        view: PatchView,
+        report: Option<ReportView>,
+    ) -> Result<PatchDetail, GatewayError> {
         let summary = if view.status.is_terminal() {
             let id = parse_id(raw_id)?;
             match self.summaries.markdown(&id).await {

@@ -13,6 +13,7 @@ use ghost_proto::summarizer::v1::GetRequest as SummaryRequest;
 use ghost_proto::summarizer::v1::summarizer_service_client::SummarizerServiceClient;
 use ghost_runtime::propagation::TracedChannel;
 
+use crate::dry_run::DryRunReport;
 use crate::error::{GatewayError, from_upstream};
 use crate::fleet::{
     AlertFeed, AlertView, ExecutorList, ExecutorView, HourOutcomes, StageLatency, Stats,
@@ -92,6 +93,73 @@ impl PatchQueue for GrpcRouter {
             .ok_or_else(no_state)?;
         let report = state.report.clone().map(ReportView::from);
         Ok((view(state, false)?, report))
+    }
+
+    async fn wait(
+        &self,
+        id: &PatchId,
+        wait: Duration,
+    ) -> Result<(PatchView, Option<ReportView>), GatewayError> {
+        let wait = wait.min(crate::long_poll::MAX_WAIT);
+        let request = router_wire::WaitRequest {
+            id: id.to_string(),
+            wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
+        };
+        let state = self
+            .client
+            .clone()
+            .wait(with_deadline(
+                request,
+                wait + self.timeout.max(crate::long_poll::ANSWER_MARGIN),
+            ))
+            .await
+            .map_err(|status| match status.code() {
+                tonic::Code::ResourceExhausted => {
+                    GatewayError::Overloaded("too many calls are waiting for patches; poll instead")
+                }
+                _ => from_upstream(id.as_str(), &status),
+            })?
+            .into_inner()
+            .state
+            .ok_or_else(no_state)?;
+        let report = state.report.clone().map(ReportView::from);
+        Ok((view(state, false)?, report))
+    }
+
+    async fn dry_run(&self, patch: &Patch) -> Result<DryRunReport, GatewayError> {
+        let request = router_wire::DryRunRequest {
+            patch: Some(router_wire::Patch::from(patch)),
+        };
+        // The router waits up to 30 s for the executor's answer.
+        let deadline = self.timeout.max(Duration::from_secs(35));
+        let report = self
+            .client
+            .clone()
+            .dry_run(with_deadline(request, deadline))
+            .await
+            .map_err(|status| match status.code() {
+                // The router's own refusals say what is missing (no executor for the target,
+                // too many dry runs, no answer in time); a transport failure says nothing useful.
+                // No executor for the target is not the gateway's fault nor the request's: 409.
+                tonic::Code::Unavailable if status.message().starts_with("no executor serving") => {
+                    GatewayError::Conflict(status.message().to_owned())
+                }
+                tonic::Code::Unavailable
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::ResourceExhausted
+                    if status.message().contains("executor")
+                        || status.message().contains("dry run") =>
+                {
+                    GatewayError::DryRunUnavailable(status.message().to_owned())
+                }
+                _ => from_upstream(patch.id.as_str(), &status),
+            })?
+            .into_inner()
+            .report
+            .ok_or_else(|| {
+                GatewayError::Internal("router answered a dry run without a report".to_owned())
+            })?;
+        Ok(DryRunReport::from(report))
     }
 
     async fn events(&self, id: &PatchId) -> Result<Vec<EventView>, GatewayError> {

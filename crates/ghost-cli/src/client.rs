@@ -154,8 +154,22 @@ impl GatewayClient {
         url: Url,
         body: Option<(Vec<u8>, &str)>,
     ) -> Result<Value, ClientError> {
+        self.call_within(method, url, body, None).await
+    }
+
+    /// [`Self::call`] with its own deadline instead of the client's 30 s (a long poll).
+    async fn call_within(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<(Vec<u8>, &str)>,
+        timeout: Option<Duration>,
+    ) -> Result<Value, ClientError> {
         let request_line = format!("{method} {}", url.path());
         let mut request = self.http.request(method, url.clone());
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
+        }
         if let Some(key) = &self.api_key {
             request = request.bearer_auth(key);
         }
@@ -224,6 +238,30 @@ impl GatewayClient {
     /// `GET /v1/patches/{id}`: state, summary and (once run) the apply report.
     pub async fn patch(&self, id: &str) -> Result<Value, ClientError> {
         self.get(&["v1", "patches", id]).await
+    }
+
+    /// `GET /v1/patches/{id}?wait=`: the patch as soon as it has ended, or its state when
+    /// `wait` (at most 60 s) is over.
+    pub async fn patch_wait(&self, id: &str, wait: Duration) -> Result<Value, ClientError> {
+        let wait = wait.min(Duration::from_secs(60));
+        let mut url = self.url(&["v1", "patches", id]);
+        url.set_query(Some(&format!("wait={}ms", wait.as_millis())));
+        self.call_within(Method::GET, url, None, Some(wait + Duration::from_secs(15)))
+            .await
+    }
+
+    /// `POST /v1/patches?dry_run=true`: what the patch would do; nothing is stored.
+    pub async fn dry_run(&self, body: Vec<u8>, content_type: &str) -> Result<Value, ClientError> {
+        let mut url = self.url(&["v1", "patches"]);
+        url.set_query(Some("dry_run=true"));
+        // The router waits up to 30 s for the executor's answer.
+        self.call_within(
+            Method::POST,
+            url,
+            Some((body, content_type)),
+            Some(Duration::from_secs(45)),
+        )
+        .await
     }
 
     /// `GET /v1/patches/{id}/events`: the audit trail, oldest first.

@@ -136,6 +136,10 @@ enum Command {
         /// Return once the gateway has accepted the patch.
         #[arg(long)]
         no_wait: bool,
+        /// Only check the patch: print the diff it would apply and the rung each edit matched;
+        /// nothing is written, queued or stored (exit 0 when it would apply).
+        #[arg(long, conflicts_with = "no_wait")]
+        dry_run: bool,
     },
     /// Overview: targets, executors, patch counts by status.
     Status,
@@ -403,11 +407,13 @@ async fn run(cli: Cli, api_key_flag: bool, output: &Output) -> Result<Exit, CliE
             file,
             wait_s,
             no_wait,
+            dry_run,
         } => {
             let patch = submit::read_patch(&file)?;
             let options = SubmitOptions {
                 wait: Duration::from_secs(wait_s),
                 no_wait,
+                dry_run,
             };
             submit::run(&client(global)?, output, patch, &options).await
         }

@@ -1,5 +1,7 @@
 //! `ghost submit`: send a patch file (JSON or YAML, or stdin), follow its events on stderr
-//! until it ends, print its summary, and exit with the code of its outcome.
+//! until it ends (long polls of `GET /v1/patches/{id}?wait=`, not a polling loop), print its
+//! summary, and exit with the code of its outcome. `--dry-run` only checks it: the diff it
+//! would apply and the rung every edit matched.
 
 use std::io::Read;
 use std::path::Path;
@@ -13,9 +15,13 @@ use crate::error::CliError;
 use crate::exit::Exit;
 use crate::render::{self, Output};
 
-/// How long to keep polling for the summary after a patch has ended (the summarizer writes
+/// How long to keep reading for the summary after a patch has ended (the summarizer writes
 /// it a moment later; if it is down the outcome is still reported).
 const SUMMARY_GRACE: Duration = Duration::from_secs(10);
+/// One long poll: the events of a running patch show at least this often.
+const WAIT_SLICE: Duration = Duration::from_secs(5);
+/// Between reads for the summary once the patch has ended.
+const SUMMARY_POLL: Duration = Duration::from_millis(200);
 
 /// What `submit` was asked to do.
 #[derive(Debug, Clone)]
@@ -24,6 +30,8 @@ pub struct SubmitOptions {
     pub wait: Duration,
     /// Return right after the gateway accepted the patch.
     pub no_wait: bool,
+    /// Only check the patch (nothing is stored).
+    pub dry_run: bool,
 }
 
 /// A patch document and its media type.
@@ -88,6 +96,10 @@ pub async fn run(
     patch: PatchFile,
     options: &SubmitOptions,
 ) -> Result<Exit, CliError> {
+    if options.dry_run {
+        let checked = client.dry_run(patch.body, patch.content_type).await?;
+        return Ok(show_dry_run(output, &checked));
+    }
     let accepted = client.submit(patch.body, patch.content_type).await?;
     let id = accepted["id"].as_str().unwrap_or_default().to_owned();
     let paint = output.err;
@@ -128,27 +140,28 @@ pub async fn run(
     let deadline = tokio::time::Instant::now() + options.wait;
     let mut summary_deadline = None;
     let mut shown = 0;
-    let mut poll = Duration::from_millis(10);
     let detail = loop {
+        let detail = if summary_deadline.is_some() {
+            tokio::time::sleep(SUMMARY_POLL).await;
+            client.patch(&id).await?
+        } else {
+            // Answered as soon as the patch ends, else after the slice with its state.
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            client.patch_wait(&id, left.min(WAIT_SLICE)).await?
+        };
         let events = client.events(&id).await?;
-        let list = events.as_array().cloned().unwrap_or_default();
-        for event in list.iter().skip(shown) {
+        for event in events.as_array().into_iter().flatten().skip(shown) {
             output.note(&render::progress_line(event, paint));
         }
-        shown = shown.max(list.len());
-        let detail = client.patch(&id).await?;
+        shown = shown.max(events.as_array().map_or(0, Vec::len));
         let terminal = status_of(&detail).is_some_and(Status::is_terminal);
         let now = tokio::time::Instant::now();
         if terminal {
             let grace_end = *summary_deadline.get_or_insert(now + SUMMARY_GRACE);
             if !detail["summary"].is_null() || now >= grace_end {
-                // The patch may have ended after the events above were read: show the rest.
-                let events = client.events(&id).await?;
-                for event in events.as_array().into_iter().flatten().skip(shown) {
-                    output.note(&render::progress_line(event, paint));
-                }
                 break detail;
             }
+            continue;
         }
         if now >= deadline {
             output.note(&format!(
@@ -162,9 +175,6 @@ pub async fn run(
             }
             return Ok(Exit::WaitExpired);
         }
-        // Quick first polls so short patches report at once; then settle at 250 ms.
-        tokio::time::sleep(poll).await;
-        poll = (poll * 2).min(Duration::from_millis(250));
     };
 
     let status = status_of(&detail).unwrap_or(Status::Lost);
@@ -180,6 +190,59 @@ pub async fn run(
         output.note(render::failure(&detail, paint).trim_end());
     }
     Ok(Exit::for_status(status))
+}
+
+/// Prints a dry run: the rung of every edit and the diff (or the JSON); the exit says whether
+/// the patch would apply.
+fn show_dry_run(output: &Output, checked: &Value) -> Exit {
+    let status = checked["status"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(Status::Failed);
+    if output.json {
+        output.print_json(checked);
+    } else {
+        let paint = output.err;
+        output.note(&format!(
+            "dry run of {} on {}: {}",
+            paint.bold(checked["id"].as_str().unwrap_or("-")),
+            checked["target"].as_str().unwrap_or("-"),
+            if status == Status::Succeeded {
+                "every edit would apply".to_owned()
+            } else {
+                format!(
+                    "would be {status}: {}",
+                    checked["error"].as_str().unwrap_or("")
+                )
+            }
+        ));
+        for edit in checked["edits"].as_array().into_iter().flatten() {
+            let text = |key: &str| edit[key].as_str().unwrap_or("").to_owned();
+            let rung = text("match_step");
+            output.note(&format!(
+                "  {} {}{} +{} -{}",
+                text("op"),
+                text("path"),
+                if rung.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (rung {rung})")
+                },
+                edit["added"].as_u64().unwrap_or(0),
+                edit["removed"].as_u64().unwrap_or(0),
+            ));
+        }
+        let diff = checked["diff"].as_str().unwrap_or("");
+        if !diff.is_empty() {
+            output.print(diff.trim_end_matches('\n'));
+        }
+        output.note("nothing was written, queued or stored; commands and checks were not run");
+    }
+    if status == Status::Succeeded {
+        Exit::Success
+    } else {
+        Exit::for_status(status)
+    }
 }
 
 #[cfg(test)]

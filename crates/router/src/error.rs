@@ -40,6 +40,15 @@ pub enum RouterError {
     /// The executor token was revoked already.
     #[error("executor token {0} is already revoked")]
     TokenRevoked(String),
+    /// Too many calls of this kind at once; says which limit.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// Nobody can serve the call now (no executor for the target, it went away); says why.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The call's own deadline passed; says what did not answer.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// Something the router needs is missing (no randomness, …).
     #[error("{0}")]
     Internal(String),
@@ -71,6 +80,9 @@ impl From<RouterError> for tonic::Status {
             RouterError::TokenExists(_) => Self::already_exists(err.to_string()),
             RouterError::TokenNotFound(_) => Self::not_found(err.to_string()),
             RouterError::TokenRevoked(_) => Self::failed_precondition(err.to_string()),
+            RouterError::ResourceExhausted(_) => Self::resource_exhausted(err.to_string()),
+            RouterError::Unavailable(_) => Self::unavailable(err.to_string()),
+            RouterError::DeadlineExceeded(_) => Self::deadline_exceeded(err.to_string()),
             RouterError::Internal(inner) => {
                 tracing::error!(error = %inner, "router internal error");
                 Self::internal(err.to_string())

@@ -144,18 +144,42 @@ type WorkStream = Pin<Box<dyn Stream<Item = Result<RouterMessage, tonic::Status>
 
 #[tonic::async_trait]
 impl RouterService for RouterGrpc {
+    #[tracing::instrument(skip_all, fields(patch_id, target))]
     async fn dry_run(
         &self,
-        _request: Request<wire::DryRunRequest>,
+        request: Request<wire::DryRunRequest>,
     ) -> Result<Response<wire::DryRunResponse>, tonic::Status> {
-        Err(tonic::Status::unimplemented("dry run is not built yet"))
+        let wire_patch = request
+            .into_inner()
+            .patch
+            .ok_or(RouterError::InvalidArgument {
+                field: "patch".to_owned(),
+                message: "required".to_owned(),
+            })?;
+        let patch = Patch::try_from(wire_patch).map_err(RouterError::from)?;
+        tracing::Span::current().record("patch_id", patch.id.as_str());
+        tracing::Span::current().record("target", patch.target.as_str());
+        let mut report = self.routing.dry_run(&patch).await?;
+        // Whatever the executor said, this answer is a dry run's.
+        report.dry_run = true;
+        Ok(Response::new(wire::DryRunResponse {
+            report: Some(wire::ApplyReport::from(&report)),
+        }))
     }
 
+    #[tracing::instrument(skip_all, fields(patch_id))]
     async fn wait(
         &self,
-        _request: Request<wire::WaitRequest>,
+        request: Request<wire::WaitRequest>,
     ) -> Result<Response<wire::GetResponse>, tonic::Status> {
-        Err(tonic::Status::unimplemented("wait is not built yet"))
+        let request = request.into_inner();
+        let id = patch_id("id", &request.id)?;
+        tracing::Span::current().record("patch_id", id.as_str());
+        let wait = Duration::from_millis(u64::from(request.wait_ms));
+        let record = self.routing.wait(id.to_string(), wait).await?;
+        Ok(Response::new(wire::GetResponse {
+            state: Some(state_of(&record)),
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(patch_id, target))]
@@ -589,8 +613,22 @@ async fn handle_message(
         Some(executor_message::Kind::Heartbeat(beat)) => {
             routing.heartbeat(owner, beat.fencing_tokens).await;
         }
-        Some(executor_message::Kind::DryRunResult(_)) => {
-            tracing::debug!(executor = ?owner, "dry run result ignored");
+        Some(executor_message::Kind::DryRunResult(result)) => {
+            let report = match result.report.map(ApplyReport::try_from) {
+                Some(Ok(report)) => report,
+                Some(Err(err)) => {
+                    tracing::warn!(executor = ?owner, error = %err, "malformed dry run result dropped");
+                    return;
+                }
+                None => {
+                    tracing::warn!(executor = ?owner, "dry run result without report dropped");
+                    return;
+                }
+            };
+            if !routing.dry_runs.answer(owner, result.request_id, report) {
+                tracing::info!(executor = ?owner, request_id = result.request_id,
+                    "dry run result for no request of this session dropped (late or unknown)");
+            }
         }
         Some(executor_message::Kind::Progress(progress)) => {
             match status_from_wire("progress.status", progress.status) {

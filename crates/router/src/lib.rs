@@ -15,6 +15,7 @@
 
 mod app;
 pub mod config;
+mod dry_runs;
 mod error;
 mod grpc;
 mod outbox;
@@ -22,6 +23,7 @@ mod routing;
 mod stats;
 mod store;
 mod tokens;
+mod waiters;
 
 pub use app::App;
 pub use config::RouterConfig;

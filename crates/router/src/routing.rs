@@ -19,15 +19,17 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use ghost_core::{ApplyReport, Patch, Status};
-use ghost_proto::executor::v1::{Assign, Cancel, RouterMessage, router_message};
+use ghost_proto::executor::v1::{Assign, Cancel, DryRun, RouterMessage, router_message};
 use tokio::sync::{Mutex, Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::dry_runs::{DRY_RUN_DEADLINE, DryRuns};
 use crate::error::RouterError;
 use crate::store::{
     Completed, Inserted, LeaseEnded, NewAlert, PatchRecord, RouterStore, StoreError, TargetRow,
     now_ms,
 };
+use crate::waiters::{MAX_WAIT, Waiters};
 
 /// The `target` label of every target no executor has served since the router started.
 /// Parenthesised so it can never be a target's name.
@@ -124,6 +126,10 @@ pub struct Routing {
     pub outbox_wake: Arc<Notify>,
     /// Woken when an alert change is waiting in the alert outbox.
     pub alert_wake: Arc<Notify>,
+    /// Calls waiting for a patch to end (`Wait`), woken after each terminal commit.
+    pub waiters: Waiters,
+    /// Dry runs waiting for an executor's answer.
+    pub dry_runs: DryRuns,
 }
 
 fn millis(duration: Duration) -> i64 {
@@ -142,6 +148,8 @@ impl Routing {
             policy,
             outbox_wake: Arc::new(Notify::new()),
             alert_wake: Arc::new(Notify::new()),
+            waiters: Waiters::default(),
+            dry_runs: DryRuns::default(),
         }
     }
 
@@ -184,6 +192,7 @@ impl Routing {
                 metrics::counter!("ghost_patches_submitted_total", "target" => self.target_label(&target))
                     .increment(1);
                 if record.status.is_terminal() {
+                    self.waiters.ended(&id);
                     self.outbox_wake.notify_one();
                 } else {
                     self.dispatch(&target).await;
@@ -288,6 +297,7 @@ impl Routing {
             }
         }
         tracing::info!(executor = ?owner, "executor disconnected");
+        self.dry_runs.forget_session(owner);
         for target in &orphaned {
             self.raise(NewAlert {
                 key: format!("executor_lost/{target}"),
@@ -475,6 +485,11 @@ impl Routing {
             }
             return Err(RouterError::StaleLease(id));
         };
+        self.waiters.ended(&id);
+        if status != Status::Succeeded {
+            // Its queued dependents were failed in the same transaction.
+            self.waiters.maybe_ended_others();
+        }
         let target = record.patch.target.to_string();
         let mut was_unrestored = false;
         {
@@ -540,6 +555,9 @@ impl Routing {
             .await?
             .ok_or_else(|| RouterError::NotFound(id.clone()))?;
         if record.status == Status::Cancelled {
+            self.waiters.ended(&id);
+            // Its queued dependents were failed in the same transaction.
+            self.waiters.maybe_ended_others();
             self.outbox_wake.notify_one();
             return Ok(record);
         }
@@ -663,6 +681,13 @@ impl Routing {
                     slot.active = None;
                 }
             }
+        }
+        if ended.iter().any(|lease| lease.lost) {
+            for lease in ended.iter().filter(|lease| lease.lost) {
+                self.waiters.ended(&lease.id);
+            }
+            // The dependents of a lost patch were failed in the same transaction.
+            self.waiters.maybe_ended_others();
         }
         for lease in &ended {
             let (key, severity, summary) = if lease.lost {
@@ -850,6 +875,68 @@ impl Routing {
             metrics::gauge!("ghost_queue_oldest_age_seconds", "target" => label)
                 .set(age_ms as f64 / 1000.0);
         }
+    }
+
+    /// The patch `id` as soon as it is terminal (at once if it is already), else its state
+    /// when `wait` (capped at [`MAX_WAIT`]) is over. Woken by the router's own commits of
+    /// terminal transitions, not by reading the store again and again.
+    pub async fn wait(&self, id: String, wait: Duration) -> Result<PatchRecord, RouterError> {
+        // Registered before the first read: an end committed after it wakes this call.
+        let mut guard = self.waiters.register(&id)?;
+        let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
+        loop {
+            let record = self
+                .store
+                .get(id.clone())
+                .await?
+                .ok_or_else(|| RouterError::NotFound(id.clone()))?;
+            if record.status.is_terminal() || tokio::time::Instant::now() >= deadline {
+                return Ok(record);
+            }
+            tokio::select! {
+                () = guard.woken() => {}
+                () = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    /// Asks a connected executor serving the patch's target to plan it without writing
+    /// anything, and returns its report (`dry_run` set, the diff it would apply). Nothing is
+    /// stored, queued or leased. The dry run does not wait behind the target's queue; the
+    /// executor waits only for a patch it is applying on that target at that moment.
+    pub async fn dry_run(&self, patch: &Patch) -> Result<ApplyReport, RouterError> {
+        let target = patch.target.to_string();
+        let (owner, sender) = {
+            let slots = self.slots.lock().await;
+            let alive_since = now_ms() - self.lease_ms();
+            let session = slots.get(&target).and_then(|slot| {
+                slot.sessions.iter().find(|s| {
+                    !s.cut.is_cancelled() && s.last_seen_ms.load(Ordering::Relaxed) >= alive_since
+                })
+            });
+            let Some(session) = session else {
+                return Err(RouterError::Unavailable(format!(
+                    "no executor serving target {target} is connected; a dry run needs one to \
+                     read the workspace"
+                )));
+            };
+            (session.owner.clone(), session.sender.clone())
+        };
+        let mut ticket = self.dry_runs.register(&owner)?;
+        let message = RouterMessage {
+            kind: Some(router_message::Kind::DryRun(DryRun {
+                request_id: ticket.request_id,
+                patch: Some(ghost_proto::router::v1::Patch::from(patch)),
+            })),
+        };
+        if sender.try_send(Ok(message)).is_err() {
+            return Err(RouterError::Unavailable(format!(
+                "the executor serving target {target} cannot take a dry run now (its stream is \
+                 full or closed); try again"
+            )));
+        }
+        tracing::info!(patch_id = %patch.id, %target, executor = ?owner, request_id = ticket.request_id, "dry run sent");
+        ticket.answer(DRY_RUN_DEADLINE).await
     }
 
     /// Ends every executor session (on shutdown), so their streams close.

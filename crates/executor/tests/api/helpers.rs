@@ -354,6 +354,36 @@ impl RunningExecutor {
         }
     }
 
+    /// Asks for a dry run as the router would and returns the executor's answer.
+    pub async fn dry_run(&mut self, patch: &Patch) -> ApplyReport {
+        let request_id = self.next_token;
+        self.next_token += 1;
+        self.session
+            .to_executor
+            .send(Ok(RouterMessage {
+                kind: Some(router_message::Kind::DryRun(
+                    ghost_proto::executor::v1::DryRun {
+                        request_id,
+                        patch: Some(wire::Patch::from(patch)),
+                    },
+                )),
+            }))
+            .await
+            .unwrap();
+        loop {
+            let next =
+                tokio::time::timeout(Duration::from_secs(60), self.session.from_executor.recv())
+                    .await
+                    .expect("an answer within 60 s")
+                    .expect("the executor is still connected");
+            if let Some(executor_message::Kind::DryRunResult(answer)) = next.kind
+                && answer.request_id == request_id
+            {
+                return ApplyReport::try_from(answer.report.unwrap()).unwrap();
+            }
+        }
+    }
+
     /// Drains the executor and waits for it to stop.
     pub async fn stop(self) {
         self.stop.cancel();

@@ -71,6 +71,19 @@ impl PatchQueue for FakeRouter {
     async fn get(&self, _: &PatchId) -> Result<(PatchView, Option<ReportView>), GatewayError> {
         unimplemented()
     }
+    async fn wait(
+        &self,
+        _: &PatchId,
+        _: std::time::Duration,
+    ) -> Result<(PatchView, Option<ReportView>), GatewayError> {
+        unimplemented()
+    }
+    async fn dry_run(
+        &self,
+        _: &ghost_core::Patch,
+    ) -> Result<crate::dry_run::DryRunReport, GatewayError> {
+        unimplemented()
+    }
     async fn events(&self, _: &PatchId) -> Result<Vec<EventView>, GatewayError> {
         unimplemented()
     }

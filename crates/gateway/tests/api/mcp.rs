@@ -39,7 +39,13 @@ async fn the_python_mcp_sdk_lists_tools_submits_and_reads_status() {
     let out: serde_json::Value = serde_json::from_str(stdout.trim()).expect("json");
     assert_eq!(
         out["tools"],
-        serde_json::json!(["cancel_patch", "get_patch", "list_patches", "submit_patch"])
+        serde_json::json!([
+            "cancel_patch",
+            "check_patch",
+            "get_patch",
+            "list_patches",
+            "submit_patch"
+        ])
     );
     assert_eq!(out["submitted"]["id"], "mcp-1");
     assert_eq!(out["status"]["id"], "mcp-1");

@@ -157,6 +157,8 @@ async fn openapi_spec_validator_and_schemathesis_find_no_failure() {
         config.rate_limit.per_minute = 100_000;
         config.rate_limit.burst = 10_000;
         config.alerter_url = Some(format!("http://{}", alerter.grpc));
+        // Its patches stay queued (no executor): a generated `wait` must not hold each read.
+        config.long_poll_max_wait = std::time::Duration::from_millis(100);
     })
     .await;
     let url = format!("{}/openapi.json", gateway.url());
@@ -182,6 +184,8 @@ async fn schemathesis_at_full_speed_with_no_rate_limit_finds_nothing() {
         config.client_limits.auth_failures.burst = u32::MAX;
         config.max_in_flight = 10_000;
         config.alerter_url = Some(format!("http://{}", alerter.grpc));
+        // Its patches stay queued (no executor): a generated `wait` must not hold each read.
+        config.long_poll_max_wait = std::time::Duration::from_millis(100);
     })
     .await;
     let url = format!("{}/openapi.json", gateway.url());

@@ -259,3 +259,81 @@ async fn a_patch_past_its_deadline_exits_with_the_timed_out_code() {
     assert!(run.stderr.contains("cli-slow timed_out"), "{run:?}");
     assert!(!system.workspace.join("slow.txt").exists(), "rolled back");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_dry_run_prints_the_diff_and_rungs_and_writes_nothing() {
+    let system = spawn_system().await;
+    std::fs::write(system.workspace.join("greet.txt"), "hello   \nworld\n").unwrap();
+    let patch = system.file(
+        "dry.json",
+        r#"{"id": "cli-dry", "target": "MAIN", "edits": [
+            {"op": "replace", "path": "greet.txt", "search": "hello\n", "replace": "hi\n"},
+            {"op": "write", "path": "new.txt", "contents": "new\n"}]}"#,
+    );
+    let run = system
+        .ghost(&["submit", "--dry-run", &path_arg(&patch)])
+        .await;
+    run.expect(0);
+    assert!(
+        run.stdout.contains("--- a/greet.txt\n+++ b/greet.txt\n")
+            && run.stdout.contains("-hello   \n+hi\n")
+            && run.stdout.contains("+++ b/new.txt"),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr
+            .contains("replace greet.txt (rung trailing_whitespace)"),
+        "{run:?}"
+    );
+    assert!(run.stderr.contains("nothing was written"), "{run:?}");
+    assert_eq!(
+        std::fs::read_to_string(system.workspace.join("greet.txt")).unwrap(),
+        "hello   \nworld\n"
+    );
+    assert!(!system.workspace.join("new.txt").exists());
+    let run = system.ghost(&["show", "cli-dry"]).await;
+    assert_ne!(run.code, 0, "the dry run was stored: {run:?}");
+
+    let run = system
+        .ghost(&["--json", "submit", "--dry-run", &path_arg(&patch)])
+        .await;
+    run.expect(0);
+    assert_eq!(run.json()["dry_run"], true);
+    assert_eq!(run.json()["edits"][0]["match_step"], "trailing_whitespace");
+
+    let missing = system.file(
+        "dry-miss.json",
+        r#"{"id": "cli-dry-miss", "target": "MAIN", "edits": [
+            {"op": "replace", "path": "greet.txt", "search": "absent text", "replace": "x"}]}"#,
+    );
+    let run = system
+        .ghost(&["submit", "--dry-run", &path_arg(&missing)])
+        .await;
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("would be failed"), "{run:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_follows_a_slow_patch_with_long_polls_to_its_end() {
+    let system = spawn_system().await;
+    let patch = system.file(
+        "slow.json",
+        r#"{"id": "cli-slow", "target": "MAIN", "commands": ["sleep 2"],
+            "edits": [{"op": "write", "path": "slow.txt", "contents": "s\n"}]}"#,
+    );
+    let run = system.ghost(&["submit", &path_arg(&patch)]).await;
+    run.expect(0);
+    assert!(run.stderr.contains("succeeded"), "{run:?}");
+    // A short --wait-s runs out with the patch still going: exit 14, its state named.
+    let idle = system.file(
+        "idle.json",
+        r#"{"id": "cli-idle", "target": "IDLE", "edits": [{"op": "write", "path": "i.txt", "contents": "i"}]}"#,
+    );
+    let began = std::time::Instant::now();
+    let run = system
+        .ghost(&["submit", "--wait-s", "1", &path_arg(&idle)])
+        .await;
+    run.expect(14);
+    assert!(run.stderr.contains("is queued"), "{run:?}");
+    assert!(began.elapsed() < Duration::from_secs(30));
+}

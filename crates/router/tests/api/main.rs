@@ -6,6 +6,7 @@ mod anonymous;
 mod helpers;
 mod lease_holder;
 mod leases;
+mod long_poll;
 mod metric_labels;
 mod ordering;
 mod outcomes;

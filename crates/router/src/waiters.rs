@@ -1,0 +1,199 @@
+//! Long-poll waiters (`Wait`): callers parked until a patch ends, woken in memory by the
+//! router's own terminal-transition commits, never by polling the store.
+//!
+//! Each waiting call holds a [`WaitGuard`] that subscribes to its patch's generation counter
+//! *before* it reads the patch, so an end committed between the read and the wait is never
+//! missed. A commit that may also have ended patches whose ids the router does not see (the
+//! dependents a failed patch fails in the same transaction) bumps a shared counter that every
+//! waiter watches: they re-read their patch once, which is bounded by [`MAX_WAITERS`].
+//! Dropping the guard (the call ended, or its client went away and tonic dropped the future)
+//! removes the registration; the count of waiters is capped.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::error::RouterError;
+
+/// Waiting calls at once; more are refused with `RESOURCE_EXHAUSTED`.
+pub const MAX_WAITERS: usize = 10_000;
+/// The longest wait one call may ask for.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+struct Entry {
+    wake: watch::Sender<u64>,
+    waiting: usize,
+}
+
+#[derive(Default)]
+struct Registry {
+    by_id: HashMap<String, Entry>,
+    total: usize,
+}
+
+/// The registry of waiting calls.
+pub struct Waiters {
+    registry: Mutex<Registry>,
+    /// Bumped when patches may have ended whose ids are not known here.
+    any: watch::Sender<u64>,
+    limit: usize,
+}
+
+impl Default for Waiters {
+    fn default() -> Self {
+        Self::with_limit(MAX_WAITERS)
+    }
+}
+
+impl Waiters {
+    /// A registry that admits at most `limit` waiting calls at once.
+    pub fn with_limit(limit: usize) -> Self {
+        Self {
+            registry: Mutex::new(Registry::default()),
+            any: watch::Sender::new(0),
+            limit,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Registers a waiter for `id`; refused beyond the cap.
+    pub fn register(&self, id: &str) -> Result<WaitGuard<'_>, RouterError> {
+        let mut registry = self.lock();
+        if registry.total >= self.limit {
+            metrics::counter!("ghost_router_waiters_refused_total").increment(1);
+            return Err(RouterError::ResourceExhausted(format!(
+                "{} calls are waiting already (the limit); try again later or poll",
+                self.limit
+            )));
+        }
+        registry.total += 1;
+        let entry = registry
+            .by_id
+            .entry(id.to_owned())
+            .or_insert_with(|| Entry {
+                wake: watch::Sender::new(0),
+                waiting: 0,
+            });
+        entry.waiting += 1;
+        let own = entry.wake.subscribe();
+        let total = registry.total;
+        drop(registry);
+        metrics::gauge!("ghost_router_waiters").set(total as f64);
+        Ok(WaitGuard {
+            waiters: self,
+            id: id.to_owned(),
+            own,
+            any: self.any.subscribe(),
+        })
+    }
+
+    /// Wakes the waiters of `id`: its end was just committed.
+    pub fn ended(&self, id: &str) {
+        let registry = self.lock();
+        if let Some(entry) = registry.by_id.get(id) {
+            entry.wake.send_modify(|generation| *generation += 1);
+        }
+    }
+
+    /// Wakes every waiter: a commit may have ended patches not named here (dependents failed
+    /// along with the patch they waited for).
+    pub fn maybe_ended_others(&self) {
+        if self.lock().total == 0 {
+            return;
+        }
+        self.any.send_modify(|generation| *generation += 1);
+    }
+
+    /// Waiting calls now.
+    #[cfg(test)]
+    pub fn count(&self) -> usize {
+        self.lock().total
+    }
+
+    fn leave(&self, id: &str) {
+        let mut registry = self.lock();
+        registry.total = registry.total.saturating_sub(1);
+        if let Some(entry) = registry.by_id.get_mut(id) {
+            entry.waiting = entry.waiting.saturating_sub(1);
+            if entry.waiting == 0 {
+                registry.by_id.remove(id);
+            }
+        }
+        let total = registry.total;
+        drop(registry);
+        metrics::gauge!("ghost_router_waiters").set(total as f64);
+    }
+}
+
+/// One waiting call's registration; dropping it unregisters.
+pub struct WaitGuard<'a> {
+    waiters: &'a Waiters,
+    id: String,
+    own: watch::Receiver<u64>,
+    any: watch::Receiver<u64>,
+}
+
+impl WaitGuard<'_> {
+    /// Resolves once a wake-up arrived after the registration or the previous call.
+    pub async fn woken(&mut self) {
+        tokio::select! {
+            changed = self.own.changed() => {
+                if changed.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            changed = self.any.changed() => {
+                if changed.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for WaitGuard<'_> {
+    fn drop(&mut self) {
+        self.waiters.leave(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_end_after_registration_wakes_and_a_dropped_guard_is_forgotten() {
+        let waiters = Waiters::with_limit(2);
+        let mut first = waiters.register("a").expect("room");
+        let _second = waiters.register("b").expect("room");
+        assert!(matches!(
+            waiters.register("c"),
+            Err(RouterError::ResourceExhausted(_))
+        ));
+        waiters.ended("a");
+        tokio::time::timeout(Duration::from_secs(5), first.woken())
+            .await
+            .expect("woken by the end of a");
+        drop(first);
+        assert_eq!(waiters.count(), 1);
+        assert!(!waiters.lock().by_id.contains_key("a"), "entry of a kept");
+        let _third = waiters.register("c").expect("room again");
+    }
+
+    #[tokio::test]
+    async fn others_ending_wakes_every_waiter() {
+        let waiters = Waiters::default();
+        let mut guard = waiters.register("dependent").expect("room");
+        waiters.maybe_ended_others();
+        tokio::time::timeout(Duration::from_secs(5), guard.woken())
+            .await
+            .expect("woken");
+    }
+}
