@@ -264,7 +264,11 @@ impl Parser {
             && is_identifier(rest)
         {
             let test = self.state.pytest_test.clone();
-            let error = self.state.pytest_error.take().unwrap_or_else(|| rest.to_owned());
+            let error = self
+                .state
+                .pytest_error
+                .take()
+                .unwrap_or_else(|| rest.to_owned());
             let message = if test.is_empty() {
                 error
             } else {
@@ -273,7 +277,15 @@ impl Parser {
             if self.state.pytest_seen.len() < MAX_DIAGNOSTICS && !test.is_empty() {
                 self.state.pytest_seen.insert(format!("{path}::{test}"));
             }
-            self.located("pytest", path, number, None, Severity::Error, rest, &message);
+            self.located(
+                "pytest",
+                path,
+                number,
+                None,
+                Severity::Error,
+                rest,
+                &message,
+            );
             return true;
         }
         false
@@ -425,7 +437,9 @@ impl Parser {
         if let Some(column) = column
             && let Some((severity, message)) = compiler_severity(rest)
         {
-            let (message, flag) = match message.strip_suffix(']').and_then(|m| m.rsplit_once(" [-W"))
+            let (message, flag) = match message
+                .strip_suffix(']')
+                .and_then(|m| m.rsplit_once(" [-W"))
             {
                 Some((message, flag)) => (message, format!("-W{flag}")),
                 None => (message, String::new()),
@@ -710,7 +724,10 @@ mod tests {
             split_location("a.c:3:11: warning: x"),
             Some(("a.c", 3, Some(11), "warning: x"))
         );
-        assert_eq!(split_location("go.mod:4: bad"), Some(("go.mod", 4, None, "bad")));
+        assert_eq!(
+            split_location("go.mod:4: bad"),
+            Some(("go.mod", 4, None, "bad"))
+        );
         assert_eq!(split_location("no location: here"), None);
         assert_eq!(split_location(":3: x"), None);
     }

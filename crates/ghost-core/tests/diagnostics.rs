@@ -5,7 +5,10 @@ use ghost_core::diagnostics::{MAX_DIAGNOSTICS, MAX_MESSAGE_CHARS, Parser, parse}
 use ghost_core::{Diagnostic, Severity};
 
 fn fixture(name: &str) -> String {
-    let path = format!("{}/tests/fixtures/diagnostics/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/tests/fixtures/diagnostics/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
     std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{path}: {err}"))
 }
 
@@ -25,7 +28,12 @@ fn brief(found: &[Diagnostic]) -> Vec<(String, Severity, String, String)> {
         .collect()
 }
 
-fn one(place: &str, severity: Severity, code: &str, tool: &str) -> (String, Severity, String, String) {
+fn one(
+    place: &str,
+    severity: Severity,
+    code: &str,
+    tool: &str,
+) -> (String, Severity, String, String) {
     (place.to_owned(), severity, code.to_owned(), tool.to_owned())
 }
 
@@ -51,7 +59,12 @@ fn eslint_stylish_and_json_agree() {
     let stylish = parse(&fixture("eslint-stylish.txt"), "eslint");
     let json = parse(&fixture("eslint.json"), "eslint");
     let expected = [
-        one("/srv/ws/a.js:1:7", Severity::Error, "no-unused-vars", "eslint"),
+        one(
+            "/srv/ws/a.js:1:7",
+            Severity::Error,
+            "no-unused-vars",
+            "eslint",
+        ),
         one("/srv/ws/a.js:1:17", Severity::Warning, "semi", "eslint"),
     ];
     assert_eq!(brief(&stylish), expected);
@@ -60,7 +73,10 @@ fn eslint_stylish_and_json_agree() {
         stylish[0].message,
         "'unused' is assigned a value but never used"
     );
-    assert_eq!(json[0].message, "'unused' is assigned a value but never used.");
+    assert_eq!(
+        json[0].message,
+        "'unused' is assigned a value but never used."
+    );
 }
 
 #[test]
@@ -75,7 +91,10 @@ fn gcc_keeps_errors_warnings_notes_and_flags() {
             one("b.c:3:7", Severity::Warning, "-Wunused-variable", "gcc"),
         ]
     );
-    assert_eq!(found[1].message, "‘y’ undeclared (first use in this function)");
+    assert_eq!(
+        found[1].message,
+        "‘y’ undeclared (first use in this function)"
+    );
 }
 
 #[test]
@@ -116,7 +135,11 @@ fn jest_failures_are_located_by_stack_or_code_frame() {
         found[0].message,
         "sum › adds two numbers: expect(received).toBe(expected) // Object.is equality"
     );
-    assert!(found[1].message.starts_with("parse › rejects empty input: TypeError"));
+    assert!(
+        found[1]
+            .message
+            .starts_with("parse › rejects empty input: TypeError")
+    );
 }
 
 #[test]
@@ -125,7 +148,12 @@ fn pytest_failures_are_located_once_each() {
     assert_eq!(
         brief(&found),
         [
-            one("tests/test_a.py:10", Severity::Error, "AssertionError", "pytest"),
+            one(
+                "tests/test_a.py:10",
+                Severity::Error,
+                "AssertionError",
+                "pytest"
+            ),
             one("tests/test_a.py:2", Severity::Error, "ValueError", "pytest"),
         ]
     );

@@ -2,6 +2,7 @@
 
 mod agent;
 mod crash;
+mod diagnostics;
 mod git_diff;
 mod helpers;
 mod hostile;
