@@ -93,30 +93,24 @@ fn real_eslint_json_findings_become_diagnostics() {
     );
     let report = ws.apply(&patch("diag-eslint", &body));
     assert_eq!(report.status, Status::RolledBack, "{report:?}");
-    let found: Vec<(&str, u32, Option<u32>, Severity, &str, &str)> = report
+    let found: Vec<String> = report
         .diagnostics
         .iter()
         .map(|d| {
-            (
-                d.path.as_str(),
+            format!(
+                "{}:{}:{} {} {} {}",
+                d.path,
                 d.line,
-                d.column,
-                d.severity,
-                d.code.as_str(),
-                d.tool.as_str(),
+                d.column.unwrap_or(0),
+                d.severity.as_str(),
+                d.code,
+                d.tool
             )
         })
         .collect();
     assert_eq!(
         found,
-        [(
-            "src/a.js",
-            2,
-            Some(7),
-            Severity::Error,
-            "no-unused-vars",
-            "eslint"
-        )],
+        ["src/a.js:2:7 error no-unused-vars eslint"],
         "{report:?}"
     );
     assert_eq!(
