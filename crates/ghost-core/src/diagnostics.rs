@@ -32,6 +32,8 @@ pub const MAX_LINE_BYTES: usize = 4_096;
 pub const MAX_JSON_BYTES: usize = 8 << 20;
 /// Longest message kept, in characters.
 pub const MAX_MESSAGE_CHARS: usize = 500;
+/// Longest path kept, in characters.
+pub const MAX_PATH_CHARS: usize = 1_024;
 
 /// How an eslint `--format json` line starts.
 const ESLINT_JSON: &[u8] = b"[{\"filePath\"";
@@ -170,7 +172,7 @@ impl Parser {
         message: &str,
     ) {
         let diagnostic = Diagnostic {
-            path: path.to_owned(),
+            path: clip(path, MAX_PATH_CHARS),
             line,
             column,
             severity,

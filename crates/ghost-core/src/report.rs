@@ -122,7 +122,7 @@ pub struct Diagnostic {
     /// The message, one line.
     pub message: String,
     /// The parser that recognised it: `tsc`, `eslint`, `gcc`, `rustc`, `go`, `jest`, `pytest`
-    /// or `generic`.
+    /// or `generic`; `ghost` for the executor's last note counting the diagnostics left out.
     pub tool: String,
     /// The name of the check (or the command line) whose output it came from.
     #[serde(default, skip_serializing_if = "String::is_empty")]

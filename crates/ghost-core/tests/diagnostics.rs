@@ -1,7 +1,7 @@
 //! The diagnostics parser on real (and, where the tool is not installed, hand-written) outputs
 //! of each tool it knows: see `fixtures/diagnostics/README.md`.
 
-use ghost_core::diagnostics::{MAX_DIAGNOSTICS, MAX_MESSAGE_CHARS, Parser, parse};
+use ghost_core::diagnostics::{MAX_DIAGNOSTICS, MAX_MESSAGE_CHARS, MAX_PATH_CHARS, Parser, parse};
 use ghost_core::{Diagnostic, Severity};
 
 fn fixture(name: &str) -> String {
@@ -230,6 +230,14 @@ fn hostile_output_is_bounded() {
         b"\xe2\x97\x8f ",
     ]
     .concat();
+    // A huge path (eslint JSON may carry any) is cut too.
+    let json = format!(
+        "[{{\"filePath\":\"{}\",\"messages\":[{{\"line\":1,\"severity\":2,\"message\":\"m\"}}]}}]\n",
+        "p".repeat(100_000)
+    );
+    let found = parse(&json, "eslint");
+    assert_eq!(found.len(), 1);
+    assert!(found[0].path.chars().count() <= MAX_PATH_CHARS + 1);
     let mut parser = Parser::new("junk");
     parser.feed(&junk);
     parser.feed(&vec![b'x'; 1 << 20]);
