@@ -62,9 +62,9 @@ const LINK_URL_CHARS: usize = 2_000;
 /// Slack mrkdwn for a GitHub Markdown text (a summary, its excerpt): `#` headings and
 /// `**bold**` become `*bold*`, tables become one line per row (`a · b`, the header in bold),
 /// `- ` items become `• `, fenced blocks lose their info string, and every character of the
-/// text is escaped ([`escape`]). A link `[text](url)` becomes `text (<url>)`: the URL stays in
-/// sight, so a caller's Markdown cannot dress up a link as something else, and only an http(s)
-/// URL with nothing Slack would read as markup becomes a link at all. Linear in the text.
+/// text is escaped ([`escape`]). A link `[text](url)` becomes `text (url)`, plain text: the
+/// summaries carry caller text (descriptions, errors, tool messages), and caller text never
+/// becomes Slack markup, a link included. Linear in the text.
 pub fn from_markdown(markdown: &str) -> String {
     let lines: Vec<&str> = markdown.lines().collect();
     let mut out = String::with_capacity(markdown.len() + markdown.len() / 8);
@@ -169,7 +169,7 @@ fn is_separator(cell: &str) -> bool {
 }
 
 /// One line of Markdown text as mrkdwn, escaped: code spans kept, `**` → `*`, links as
-/// `text (<url>)`. Each byte is scanned a bounded number of times: after one unclosed code
+/// `text (url)`. Each byte is scanned a bounded number of times: after one unclosed code
 /// span the rest of the line has none, and a link is looked for only a bounded way ahead.
 fn inline(text: &str, out: &mut String) {
     let mut rest = text;
@@ -198,13 +198,7 @@ fn inline(text: &str, out: &mut String) {
         {
             out.push_str(&escape(label));
             out.push_str(" (");
-            if safe_url(url) {
-                out.push('<');
-                out.push_str(&escape(url));
-                out.push('>');
-            } else {
-                out.push_str(&escape(url));
-            }
+            out.push_str(&escape(url));
             out.push(')');
             rest = &rest[used..];
             continue;
@@ -236,13 +230,6 @@ fn link(text: &str) -> Option<(&str, &str, usize)> {
     Some((label, url, 1 + close + 2 + end + 1))
 }
 
-/// An http(s) URL in which Slack would read nothing but the URL.
-fn safe_url(url: &str) -> bool {
-    (url.starts_with("https://") || url.starts_with("http://"))
-        && !url.contains(['<', '>', '|', '`', '*'])
-        && !url.contains(char::is_whitespace)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,7 +247,7 @@ mod tests {
              *where* · *code* · *message*\n\
              `src/a.ts:12:5` · TS2322 · Type 'string' | x &amp; &lt;y&gt;\n\n\
              ```\n&lt;b&gt; ''' &amp; out\n```\n\
-             Trace: `4bf9` (open in Jaeger (<http://jaeger/trace/4bf9?a=1&amp;b=2>))\n"
+             Trace: `4bf9` (open in Jaeger (http://jaeger/trace/4bf9?a=1&amp;b=2))\n"
         );
     }
 
@@ -272,7 +259,7 @@ mod tests {
         );
         assert_eq!(
             converted,
-            "Approve (<https://evil.example/login>) &lt;!channel&gt; x (javascript:alert|1) \
+            "Approve (https://evil.example/login) &lt;!channel&gt; x (javascript:alert|1) \
              &lt;https://evil.example|Approve&gt; `&lt;!here&gt;`\n"
         );
     }

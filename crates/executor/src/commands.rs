@@ -202,13 +202,16 @@ fn spawn(
 }
 
 /// Copies `source` into `capture` and, whole, into a diagnostics parser of its own (one per
-/// stream, so the lines of stdout and stderr never mix); sends what it found at the end.
+/// stream, so the lines of stdout and stderr never mix); sends what it found at the end, with
+/// `stream` (0 stdout, 1 stderr) so the report lists them in the same order every time.
 fn pump(
     mut source: impl Read + Send + 'static,
     capture: Arc<Mutex<Capture>>,
-    mut parser: diagnostics::Parser,
-    done: mpsc::Sender<diagnostics::Found>,
+    stream: usize,
+    line: &str,
+    done: mpsc::Sender<(usize, diagnostics::Found)>,
 ) {
+    let mut parser = diagnostics::Parser::new(line);
     std::thread::spawn(move || {
         let mut buffer = [0u8; 8192];
         loop {
@@ -222,7 +225,7 @@ fn pump(
                 }
             }
         }
-        let _ = done.send(parser.finish());
+        let _ = done.send((stream, parser.finish()));
     });
 }
 
@@ -350,12 +353,10 @@ pub fn run(
     }));
     let (done_tx, done_rx) = mpsc::channel();
     if let Some(stdout) = child.stdout.take() {
-        let parser = diagnostics::Parser::new(line);
-        pump(stdout, Arc::clone(&capture), parser, done_tx.clone());
+        pump(stdout, Arc::clone(&capture), 0, line, done_tx.clone());
     }
     if let Some(stderr) = child.stderr.take() {
-        let parser = diagnostics::Parser::new(line);
-        pump(stderr, Arc::clone(&capture), parser, done_tx.clone());
+        pump(stderr, Arc::clone(&capture), 1, line, done_tx.clone());
     }
     drop(done_tx);
     let mut stopped = None;
@@ -401,15 +402,18 @@ pub fn run(
     // Only now, with its leader reaped, may another command's sweep treat the pid as free.
     drop(tree);
     let output_deadline = Instant::now() + Duration::from_secs(1);
+    let mut streams = Vec::with_capacity(2);
     for _ in 0..2 {
         let left = output_deadline.saturating_duration_since(Instant::now());
         match done_rx.recv_timeout(left) {
-            Ok(found) => {
-                report.diagnostics.dropped += found.dropped;
-                report.diagnostics.diagnostics.extend(found.diagnostics);
-            }
+            Ok(found) => streams.push(found),
             Err(_) => break,
         }
+    }
+    streams.sort_by_key(|(stream, _)| *stream);
+    for (_, found) in streams {
+        report.diagnostics.dropped += found.dropped;
+        report.diagnostics.diagnostics.extend(found.diagnostics);
     }
     if let Some(status) = status {
         report.exit_code = status.code();

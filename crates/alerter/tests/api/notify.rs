@@ -319,6 +319,6 @@ async fn the_summary_excerpt_reaches_slack_as_mrkdwn() {
         "*❌ p-md rolled_back*\n*Target* MAIN\nDiagnostics:\n\
          • `src/a.ts:12:5` TS2322 Type 'string' is not assignable to type 'number'.\n\
          *where* · *code*\n`b.c:1` · -Wall\n\
-         Trace: open (<http://jaeger.test/trace/1>)\npatchName: p-md\n"
+         Trace: open (http://jaeger.test/trace/1)\npatchName: p-md\n"
     );
 }
