@@ -98,6 +98,21 @@ fn gcc_keeps_errors_warnings_notes_and_flags() {
 }
 
 #[test]
+fn clang_reads_like_gcc_fatal_errors_included() {
+    let found = parse(&fixture("clang.txt"), "clang -c b.c");
+    assert_eq!(
+        brief(&found),
+        [
+            one("b.c:1:10", Severity::Error, "", "gcc"),
+            one("b.c:3:11", Severity::Warning, "-Wint-conversion", "gcc"),
+            one("b.c:4:10", Severity::Error, "", "gcc"),
+            one("include/c.h:7:1", Severity::Note, "", "gcc"),
+        ]
+    );
+    assert_eq!(found[0].message, "'missing.h' file not found");
+}
+
+#[test]
 fn rustc_headers_take_the_location_of_their_arrow() {
     let found = parse(&fixture("rustc.txt"), "cargo build");
     assert_eq!(
