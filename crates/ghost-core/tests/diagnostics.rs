@@ -258,3 +258,70 @@ fn hostile_output_is_bounded() {
     parser.feed(&vec![b'x'; 1 << 20]);
     let _ = parser.finish();
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Lines of every format, broken ones and noise, in any order.
+    fn output() -> impl Strategy<Value = String> {
+        let known = [
+            "src/a.ts(3,9): error TS2322: Type 'string' is not assignable.",
+            "\u{1b}[96msrc/a.ts\u{1b}[0m:\u{1b}[93m3\u{1b}[0m:\u{1b}[93m9\u{1b}[0m - \u{1b}[91merror\u{1b}[0m TS2322: x",
+            "/srv/ws/a.js",
+            "  1:7   error    'unused' is assigned a value but never used  no-unused-vars",
+            "b.c:4:10: error: 'y' undeclared [-Wx]",
+            "error[E0308]: mismatched types",
+            " --> src/main.rs:2:18",
+            "./main.go:9:2: declared and not used: x",
+            "FAIL src/sum.test.ts",
+            "  ● sum › adds",
+            "    > 12 |     expect(1).toBe(2);",
+            "         |               ^",
+            "      at Object.<anonymous> (src/sum.test.ts:12:23)",
+            "___ test_x ___",
+            "E       assert 1 == 2",
+            "tests/test_a.py:10: AssertionError",
+            "FAILED tests/test_a.py::test_y - assert 0",
+            "[{\"filePath\":\"/srv/ws/a.js\",\"messages\":[{\"line\":1,\"column\":2,\"severity\":2,\"message\":\"m\",\"ruleId\":\"r\"}]}]",
+            "12:30:45: tick",
+            "",
+        ];
+        let line = prop_oneof![
+            4 => proptest::sample::select(known.to_vec()).prop_map(str::to_owned),
+            1 => "[ -~\u{1b}●›]{0,80}",
+        ];
+        proptest::collection::vec(line, 0..40).prop_map(|lines| lines.join("\n"))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn chunking_never_changes_what_is_found(
+            output in output(),
+            sizes in proptest::collection::vec(1usize..300, 1..20),
+        ) {
+            let whole = parse(&output, "check");
+            let bytes = output.as_bytes();
+            let mut parser = Parser::new("check");
+            let mut at = 0;
+            for size in sizes.iter().cycle() {
+                if at >= bytes.len() {
+                    break;
+                }
+                let end = (at + size).min(bytes.len());
+                parser.feed(&bytes[at..end]);
+                at = end;
+            }
+            let found = parser.finish();
+            prop_assert_eq!(&found.diagnostics, &whole);
+            prop_assert!(whole.len() <= MAX_DIAGNOSTICS);
+            for diagnostic in &whole {
+                prop_assert!(!diagnostic.message.contains('\n'));
+                prop_assert!(!diagnostic.path.is_empty());
+            }
+        }
+    }
+}
