@@ -87,6 +87,19 @@ struct State {
     pytest_seen: HashSet<String>,
 }
 
+/// Where a diagnostic points.
+struct At<'a> {
+    path: &'a str,
+    line: u32,
+    column: Option<u32>,
+}
+
+impl<'a> At<'a> {
+    fn new(path: &'a str, line: u32, column: Option<u32>) -> Self {
+        Self { path, line, column }
+    }
+}
+
 #[derive(Debug, Default)]
 struct JestFailure {
     title: String,
@@ -166,21 +179,11 @@ impl Parser {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn located(
-        &mut self,
-        tool: &str,
-        path: &str,
-        line: u32,
-        column: Option<u32>,
-        severity: Severity,
-        code: &str,
-        message: &str,
-    ) {
+    fn located(&mut self, tool: &str, at: At<'_>, severity: Severity, code: &str, message: &str) {
         let diagnostic = Diagnostic {
-            path: clip(path, MAX_PATH_CHARS),
-            line,
-            column,
+            path: clip(at.path, MAX_PATH_CHARS),
+            line: at.line,
+            column: at.column,
             severity,
             code: clip(code, 100),
             message: clip(&one_line(message), MAX_MESSAGE_CHARS),
@@ -195,7 +198,13 @@ impl Parser {
             && let Some(at) = line.trim_start().strip_prefix("--> ")
             && let Some((path, number, column)) = path_line_col(at.trim())
         {
-            self.located("rustc", path, number, column, severity, &code, &message);
+            self.located(
+                "rustc",
+                At::new(path, number, column),
+                severity,
+                &code,
+                &message,
+            );
             return;
         }
         if let Some(header) = rustc_header(line) {
@@ -218,7 +227,13 @@ impl Parser {
             && paren > 0
         {
             let path = &line[..paren];
-            self.located("tsc", path, number, Some(column), severity, code, message);
+            self.located(
+                "tsc",
+                At::new(path, number, Some(column)),
+                severity,
+                code,
+                message,
+            );
             return true;
         }
         // `path:l:c - error TSnnnn: message` (--pretty)
@@ -226,7 +241,13 @@ impl Parser {
             && let Some((severity, code, message)) = tsc_tail(&line[dash + 3..])
             && let Some((path, number, column)) = path_line_col(&line[..dash])
         {
-            self.located("tsc", path, number, column, severity, code, message);
+            self.located(
+                "tsc",
+                At::new(path, number, column),
+                severity,
+                code,
+                message,
+            );
             return true;
         }
         false
@@ -261,7 +282,13 @@ impl Parser {
                     } else {
                         format!("{test}: {message}")
                     };
-                    self.located("pytest", path, 0, None, Severity::Error, "", &message);
+                    self.located(
+                        "pytest",
+                        At::new(path, 0, None),
+                        Severity::Error,
+                        "",
+                        &message,
+                    );
                 }
                 return true;
             }
@@ -287,9 +314,7 @@ impl Parser {
             }
             self.located(
                 "pytest",
-                path,
-                number,
-                None,
+                At::new(path, number, None),
                 Severity::Error,
                 rest,
                 &message,
@@ -356,7 +381,13 @@ impl Parser {
             {
                 let failure = self.state.jest.take().unwrap_or_default();
                 let message = failure.describe();
-                self.located("jest", path, number, column, Severity::Error, "", &message);
+                self.located(
+                    "jest",
+                    At::new(path, number, column),
+                    Severity::Error,
+                    "",
+                    &message,
+                );
             }
             return true;
         }
@@ -374,7 +405,13 @@ impl Parser {
         if let (Some(number), Some(path)) = (failure.frame_line, self.state.jest_file.clone()) {
             let message = failure.describe();
             let column = failure.frame_column;
-            self.located("jest", &path, number, column, Severity::Error, "", &message);
+            self.located(
+                "jest",
+                At::new(&path, number, column),
+                Severity::Error,
+                "",
+                &message,
+            );
         }
     }
 
@@ -416,9 +453,7 @@ impl Parser {
             let message = message.join(" ");
             self.located(
                 "eslint",
-                &file,
-                number,
-                Some(column),
+                At::new(&file, number, Some(column)),
                 severity,
                 rule,
                 &message,
@@ -452,15 +487,33 @@ impl Parser {
                 Some((message, flag)) => (message, format!("-W{flag}")),
                 None => (message, String::new()),
             };
-            self.located("gcc", path, number, Some(column), severity, &flag, message);
+            self.located(
+                "gcc",
+                At::new(path, number, Some(column)),
+                severity,
+                &flag,
+                message,
+            );
             return;
         }
         if path.ends_with(".go") {
-            self.located("go", path, number, column, Severity::Error, "", rest);
+            self.located(
+                "go",
+                At::new(path, number, column),
+                Severity::Error,
+                "",
+                rest,
+            );
             return;
         }
         let (severity, message) = compiler_severity(rest).unwrap_or((Severity::Error, rest));
-        self.located("generic", path, number, column, severity, "", message);
+        self.located(
+            "generic",
+            At::new(path, number, column),
+            severity,
+            "",
+            message,
+        );
     }
 
     fn eslint_json(&mut self, raw: &[u8]) {
@@ -499,9 +552,7 @@ impl Parser {
                 let rule = message.rule_id.unwrap_or_default();
                 self.located(
                     "eslint",
-                    &file.file_path,
-                    message.line,
-                    message.column,
+                    At::new(&file.file_path, message.line, message.column),
                     severity,
                     &rule,
                     &message.message,
