@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 
-use ghost_core::{ApplyReport, Diagnostic, Severity};
+use ghost_core::{ApplyReport, Diagnostic, Severity, diagnostics};
 
 use crate::workspace::Workspace;
 
@@ -32,11 +32,11 @@ pub fn fill(report: &mut ApplyReport, workspace: &Workspace) {
     for command in &mut report.commands {
         let found = std::mem::take(&mut command.diagnostics);
         dropped += found.dropped;
-        let check = if command.name.is_empty() {
-            command.command.clone()
+        let check = diagnostics::check_label(if command.name.is_empty() {
+            &command.command
         } else {
-            command.name.clone()
-        };
+            &command.name
+        });
         for mut diagnostic in found.diagnostics {
             diagnostic.path = relative(&diagnostic.path, workspace);
             crate::apply::scrub(&mut diagnostic.message, workspace);
@@ -165,6 +165,19 @@ mod tests {
                 .all(|c| c.diagnostics == Found::default()),
             "moved, not copied"
         );
+    }
+
+    #[test]
+    fn a_long_command_line_is_cut_in_each_diagnostic() {
+        let line = format!("make {}", "x".repeat(100_000));
+        let mut report = ApplyReport::ended(Status::RolledBack, "");
+        report
+            .commands
+            .push(command(&line, "src/a.c:1:1: error: e\n", 0));
+        fill(&mut report, &workspace());
+        let check = &report.diagnostics[0].check;
+        assert_eq!(check.chars().count(), diagnostics::MAX_CHECK_CHARS + 1);
+        assert!(check.starts_with("make xxx") && check.ends_with('…'));
     }
 
     #[test]

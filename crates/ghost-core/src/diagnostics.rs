@@ -40,6 +40,9 @@ pub const MAX_JSON_BYTES: usize = 8 << 20;
 pub const MAX_MESSAGE_CHARS: usize = 500;
 /// Longest path kept, in characters.
 pub const MAX_PATH_CHARS: usize = 1_024;
+/// Longest check name (or command line) kept in each diagnostic's `check`, in characters:
+/// every diagnostic carries one, so a long command line is not copied a thousand times.
+pub const MAX_CHECK_CHARS: usize = 200;
 
 /// How an eslint `--format json` line starts.
 const ESLINT_JSON: &[u8] = b"[{\"filePath\"";
@@ -49,6 +52,12 @@ pub fn parse(output: &str, check: &str) -> Vec<Diagnostic> {
     let mut parser = Parser::new(check);
     parser.feed(output.as_bytes());
     parser.finish().diagnostics
+}
+
+/// `check` (a check's name or command line) as diagnostics carry it: at most
+/// [`MAX_CHECK_CHARS`] characters, `…` when cut.
+pub fn check_label(check: &str) -> String {
+    clip(check, MAX_CHECK_CHARS)
 }
 
 /// What a [`Parser`] found.
@@ -114,7 +123,7 @@ impl Parser {
     /// A parser for the output of `check` (the check's name or command line).
     pub fn new(check: &str) -> Self {
         Self {
-            check: check.to_owned(),
+            check: check_label(check),
             line: Vec::new(),
             state: State::default(),
             found: Found::default(),
