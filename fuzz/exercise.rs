@@ -3,7 +3,8 @@
 //!
 //! The input is read as a document (JSON, YAML, chat text with fenced blocks) and, split at its
 //! first NUL byte into `original` and `change`, as a diff, a V4A document, a search text and a
-//! block to find with the ladder in `original`. Errors are expected; panics and hangs are bugs.
+//! block to find with the ladder in `original`; and as a check's output, for the diagnostics
+//! parser. Errors are expected; panics and hangs are bugs.
 
 use std::collections::BTreeMap;
 
@@ -11,8 +12,8 @@ use ghost_core::fileops::{plan, plan_document, replace_text};
 use ghost_core::unified::{apply_hunks, parse_hunks, parse_multi};
 use ghost_core::v4a::{self, V4aFile};
 use ghost_core::{
-    Format, LegacyOptions, ParseBudget, TargetName, detect_shape, fenced_blocks, ladder, normalise,
-    parse_json,
+    Format, LegacyOptions, ParseBudget, TargetName, detect_shape, diagnostics, fenced_blocks,
+    ladder, normalise, parse_json,
 };
 
 /// Runs `data` through parse, normalise, plan, unified diffs, V4A and the ladder.
@@ -28,6 +29,13 @@ pub fn run(data: &[u8]) {
         document(data, format, &budget, &options);
     }
     let text = String::from_utf8_lossy(data);
+    // Check output: whole, and fed in uneven chunks as the executor streams it.
+    let _ = diagnostics::parse(&text, "fuzz");
+    let mut parser = diagnostics::Parser::new("fuzz");
+    for chunk in data.chunks(1 + data.len() % 7) {
+        parser.feed(chunk);
+    }
+    let _ = parser.finish();
     for block in fenced_blocks(&text) {
         document(block.body.as_bytes(), Format::Yaml, &budget, &options);
     }

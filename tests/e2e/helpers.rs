@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ghost_cli::local::{LocalOptions, LocalSystem, SlackOptions};
+use ghost_cli::local::{
+    Explicit, LocalOptions, LocalSystem, SlackOptions, SystemConfig, system_config,
+};
 use ghost_testkit::FakeSlack;
 use serde_json::Value;
 
@@ -21,6 +23,15 @@ pub struct TestSystem {
 
 /// Starts all five services (the executor only when `with_executor`) against a fake Slack.
 pub async fn spawn_system(with_executor: bool) -> TestSystem {
+    spawn_system_with(with_executor, |_| {}).await
+}
+
+/// [`spawn_system`] with the services' configs changed by `adjust` first (a target's command
+/// policy, say).
+pub async fn spawn_system_with(
+    with_executor: bool,
+    adjust: impl FnOnce(&mut SystemConfig),
+) -> TestSystem {
     let scratch = tempfile::tempdir().expect("tempdir");
     let workspace = scratch.path().join("workspace");
     std::fs::create_dir_all(&workspace).expect("workspace dir");
@@ -43,7 +54,13 @@ pub async fn spawn_system(with_executor: bool) -> TestSystem {
             channel: "#ghost-e2e".to_owned(),
         }),
     };
-    let system = LocalSystem::start(options).await.expect("system starts");
+    let mut config = system_config(&options);
+    adjust(&mut config);
+    config.prebind().expect("listeners bind");
+    config.wire(Explicit::default());
+    let system = LocalSystem::start_with(data_dir.clone(), config)
+        .await
+        .expect("system starts");
     TestSystem {
         system,
         slack,

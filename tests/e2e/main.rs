@@ -9,3 +9,4 @@ mod metrics;
 mod refusals;
 mod restart;
 mod spine;
+mod typescript;

@@ -545,7 +545,10 @@ impl Commands {
             "*Summary of `{}`* ({})\n{}",
             escape(id),
             status_name(summary.status),
-            mrkdwn_text(&summary.markdown, ANSWER_CHARS - 100)
+            crate::mrkdwn::truncate(
+                &crate::mrkdwn::from_markdown(&summary.markdown),
+                ANSWER_CHARS - 100
+            )
         ))
     }
 

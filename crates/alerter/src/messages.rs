@@ -8,7 +8,7 @@ use ghost_core::{PatchId, Status, TargetName};
 use serde_json::{Value, json};
 
 use crate::lifecycle::{AlertState, Severity};
-use crate::mrkdwn::{escape, text};
+use crate::mrkdwn::{escape, from_markdown, text};
 
 /// Longest text Slack accepts in a section block.
 pub const SECTION_CHARS: usize = 3_000;
@@ -76,15 +76,16 @@ pub fn patch_message(outcome: &PatchOutcome, buttons: bool) -> Value {
             ],
         }),
     ];
+    // The excerpt is the summary's Markdown, the error plain text: both escaped.
     let body = if outcome.excerpt.is_empty() {
-        &outcome.error
+        text(&outcome.error, SECTION_CHARS)
     } else {
-        &outcome.excerpt
+        truncate(&from_markdown(&outcome.excerpt), SECTION_CHARS)
     };
     if !body.is_empty() {
         blocks.push(json!({
             "type": "section",
-            "text": {"type": "mrkdwn", "verbatim": true, "text": text(body, SECTION_CHARS)},
+            "text": {"type": "mrkdwn", "verbatim": true, "text": body},
         }));
     }
     if !outcome.trace_id.is_empty() {

@@ -99,6 +99,7 @@ impl Attempt<'_> {
     }
 
     fn end(mut self, status: Status, error: impl Into<String>) -> ApplyReport {
+        crate::diagnose::fill(&mut self.report, &self.ctx.workspace);
         self.report.status = status;
         self.report.error = error.into();
         self.report.duration_ms = millis(self.started.elapsed());
@@ -257,7 +258,7 @@ pub fn apply(
 
 /// Replaces the server's own paths in `text`: the workspace root becomes relative, the state
 /// dir a generic name.
-fn scrub(text: &mut String, workspace: &Workspace) {
+pub(crate) fn scrub(text: &mut String, workspace: &Workspace) {
     let root = workspace.root.display().to_string();
     let state = workspace.state_dir.display().to_string();
     let inbox = workspace

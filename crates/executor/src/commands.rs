@@ -13,7 +13,8 @@
 //! sweep, so its pid (and group id) cannot be reused while the sweep signals them, and the
 //! wait for it is bounded: a leader that cannot be killed is left to the janitor rather than
 //! hang the patch. Output is captured with bounded memory: the head and the tail are kept,
-//! the middle is counted.
+//! the middle is counted; all of it goes through a bounded diagnostics parser as it streams,
+//! so a compiler error in the omitted middle is still reported.
 
 mod cgroup;
 mod tree;
@@ -26,7 +27,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use ghost_core::{CommandKind, CommandReport};
+use ghost_core::{CommandKind, CommandReport, diagnostics};
 use nix::sys::signal::Signal;
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::Pid;
@@ -200,11 +201,17 @@ fn spawn(
     command.spawn()
 }
 
+/// Copies `source` into `capture` and, whole, into a diagnostics parser of its own (one per
+/// stream, so the lines of stdout and stderr never mix); sends what it found at the end, with
+/// `stream` (0 stdout, 1 stderr) so the report lists them in the same order every time.
 fn pump(
     mut source: impl Read + Send + 'static,
     capture: Arc<Mutex<Capture>>,
-    done: mpsc::Sender<()>,
+    stream: usize,
+    line: &str,
+    done: mpsc::Sender<(usize, diagnostics::Found)>,
 ) {
+    let mut parser = diagnostics::Parser::new(line);
     std::thread::spawn(move || {
         let mut buffer = [0u8; 8192];
         loop {
@@ -214,10 +221,11 @@ fn pump(
                     if let Ok(mut capture) = capture.lock() {
                         capture.push(&buffer[..n]);
                     }
+                    parser.feed(&buffer[..n]);
                 }
             }
         }
-        let _ = done.send(());
+        let _ = done.send((stream, parser.finish()));
     });
 }
 
@@ -345,10 +353,10 @@ pub fn run(
     }));
     let (done_tx, done_rx) = mpsc::channel();
     if let Some(stdout) = child.stdout.take() {
-        pump(stdout, Arc::clone(&capture), done_tx.clone());
+        pump(stdout, Arc::clone(&capture), 0, line, done_tx.clone());
     }
     if let Some(stderr) = child.stderr.take() {
-        pump(stderr, Arc::clone(&capture), done_tx.clone());
+        pump(stderr, Arc::clone(&capture), 1, line, done_tx.clone());
     }
     drop(done_tx);
     let mut stopped = None;
@@ -394,11 +402,18 @@ pub fn run(
     // Only now, with its leader reaped, may another command's sweep treat the pid as free.
     drop(tree);
     let output_deadline = Instant::now() + Duration::from_secs(1);
+    let mut streams = Vec::with_capacity(2);
     for _ in 0..2 {
         let left = output_deadline.saturating_duration_since(Instant::now());
-        if done_rx.recv_timeout(left).is_err() {
-            break;
+        match done_rx.recv_timeout(left) {
+            Ok(found) => streams.push(found),
+            Err(_) => break,
         }
+    }
+    streams.sort_by_key(|(stream, _)| *stream);
+    for (_, found) in streams {
+        report.diagnostics.dropped += found.dropped;
+        report.diagnostics.diagnostics.extend(found.diagnostics);
     }
     if let Some(status) = status {
         report.exit_code = status.code();

@@ -7,7 +7,8 @@
 //! health, metrics and reflection itself.
 //!
 //! An attempt ([`apply`]) plans every edit in memory ([`plan`]), journals the originals
-//! ([`journal`]), writes (every file operation relative to directory handles: [`beneath`]), runs commands and checks under the target's policy ([`commands`]),
+//! ([`journal`]), writes (every file operation relative to directory handles: [`beneath`]), runs commands and checks under the target's policy ([`commands`]), gathers what their
+//! output reports into the report's diagnostics (`diagnose`),
 //! and commits or rolls back; the [`ledger`] makes a re-delivered patch a no-op. On start a
 //! leftover journal is rolled back and reported `interrupted` once the router is connected.
 
@@ -18,6 +19,7 @@ pub mod beneath;
 pub mod commands;
 pub mod config;
 mod connection;
+mod diagnose;
 pub mod diff;
 pub mod dry_run;
 mod error;

@@ -1,6 +1,6 @@
 //! What an attempt did, as `GET /v1/patches/{id}` shows it in `report`: the router's
 //! `ApplyReport` with plain JSON field names (edits, commands with output head and tail,
-//! stage timings, the rollback).
+//! stage timings, the rollback, and the diagnostics parsed from the checks' output).
 
 use ghost_proto::convert::status_from_wire;
 use ghost_proto::router::v1 as wire;
@@ -28,6 +28,31 @@ pub struct ReportView {
     pub stages: Vec<StageView>,
     /// Present when the workspace was restored.
     pub rollback: Option<RollbackView>,
+    /// What the checks reported, located: the patch's files first, then errors, warnings and
+    /// notes; at most 100 (a last note, `tool` `ghost`, counts the rest).
+    pub diagnostics: Vec<DiagnosticView>,
+}
+
+/// One located finding of a check, e.g. `src/a.ts:12:5` `TS2322`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DiagnosticView {
+    /// Workspace-relative path (empty for the note counting the diagnostics left out).
+    pub path: String,
+    /// 1-based line; 0 when the tool gave none.
+    pub line: u32,
+    /// 1-based column; null when the tool gave none.
+    pub column: Option<u32>,
+    /// `error`, `warning` or `note`.
+    pub severity: String,
+    /// The tool's code, e.g. `TS2322`, `no-unused-vars`, `E0308` (empty: none).
+    pub code: String,
+    /// The message, one line.
+    pub message: String,
+    /// The parser that read it: `tsc`, `eslint`, `gcc`, `rustc`, `go`, `jest`, `pytest`,
+    /// `generic` (or `ghost` for the note counting the rest).
+    pub tool: String,
+    /// The check (its name or command line) whose output it came from.
+    pub check: String,
 }
 
 /// One edit of a report.
@@ -141,6 +166,60 @@ impl From<wire::ApplyReport> for ReportView {
                 reason: rollback.reason,
                 error: rollback.error,
             }),
+            diagnostics: report
+                .diagnostics
+                .into_iter()
+                .map(|found| DiagnosticView {
+                    path: found.path,
+                    line: found.line,
+                    column: (found.column != 0).then_some(found.column),
+                    severity: found.severity,
+                    code: found.code,
+                    message: found.message,
+                    tool: found.tool,
+                    check: found.check,
+                })
+                .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diagnostics_are_shown_with_a_null_column_when_none_was_given() {
+        let report = wire::ApplyReport {
+            status: wire::PatchStatus::RolledBack as i32,
+            diagnostics: vec![
+                wire::Diagnostic {
+                    path: "src/a.ts".to_owned(),
+                    line: 12,
+                    column: 5,
+                    severity: "error".to_owned(),
+                    code: "TS2322".to_owned(),
+                    message: "Type 'string' is not assignable to type 'number'.".to_owned(),
+                    tool: "tsc".to_owned(),
+                    check: "tsc --noEmit -p .".to_owned(),
+                },
+                wire::Diagnostic {
+                    path: "tests/test_a.py".to_owned(),
+                    severity: "error".to_owned(),
+                    tool: "pytest".to_owned(),
+                    ..wire::Diagnostic::default()
+                },
+            ],
+            ..wire::ApplyReport::default()
+        };
+        let view = serde_json::to_value(ReportView::from(report)).unwrap();
+        assert_eq!(view["status"], "rolled_back");
+        assert_eq!(
+            view["diagnostics"][0],
+            serde_json::json!({"path": "src/a.ts", "line": 12, "column": 5, "severity": "error",
+                "code": "TS2322", "message": "Type 'string' is not assignable to type 'number'.",
+                "tool": "tsc", "check": "tsc --noEmit -p ."})
+        );
+        assert_eq!(view["diagnostics"][1]["column"], serde_json::Value::Null);
     }
 }

@@ -331,8 +331,9 @@ fn gateway_targets(options: &LocalOptions) -> Vec<gateway::config::TargetConfig>
         .collect()
 }
 
-/// The services' configs for `options` on loopback port 0 (not yet bound).
-fn system_config(options: &LocalOptions) -> SystemConfig {
+/// The services' configs for `options` on loopback port 0 (not yet bound): what
+/// [`LocalSystem::start`] runs, for a caller (a test) that changes some of it first.
+pub fn system_config(options: &LocalOptions) -> SystemConfig {
     let ephemeral = SocketAddr::from(([127, 0, 0, 1], 0));
     let data_dir = &options.data_dir;
     let mut alerter = alerter::AlerterConfig {

@@ -2,10 +2,12 @@
 //!
 //! The gateway parses and validates incoming patches with [`parse`]; the router stores their
 //! canonical form and content hash; the executor applies the [`Edit`]s and fills an
-//! [`ApplyReport`]; the summarizer renders that report. This crate does no I/O and knows nothing
+//! [`ApplyReport`], with the [`diagnostics`] parsed from its checks' output; the summarizer
+//! renders that report. This crate does no I/O and knows nothing
 //! about gRPC or HTTP: wire conversions live in `ghost-proto`.
 
 mod budget;
+pub mod diagnostics;
 mod edit_de;
 mod fenced;
 pub mod fileops;

@@ -122,7 +122,7 @@ pub struct Diagnostic {
     /// The message, one line.
     pub message: String,
     /// The parser that recognised it: `tsc`, `eslint`, `gcc`, `rustc`, `go`, `jest`, `pytest`
-    /// or `generic`.
+    /// or `generic`; `ghost` for the executor's last note counting the diagnostics left out.
     pub tool: String,
     /// The name of the check (or the command line) whose output it came from.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -214,4 +214,9 @@ pub struct CommandReport {
     /// The owner check's name (empty for the patch's own commands and checks).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
+    /// What the executor's parser found in the whole output as it streamed (also in the part
+    /// between head and tail that is not kept). Never serialised or sent: the executor moves
+    /// it into [`ApplyReport::diagnostics`], sorted and capped.
+    #[serde(skip)]
+    pub diagnostics: crate::diagnostics::Found,
 }

@@ -404,6 +404,7 @@ impl TryFrom<wire::ApplyReport> for ApplyReport {
                 timed_out: command.timed_out,
                 signal: (command.signal != 0).then_some(command.signal),
                 name: command.name,
+                ..CommandReport::default()
             });
         }
         let mut diagnostics = Vec::with_capacity(report.diagnostics.len());

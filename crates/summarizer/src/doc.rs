@@ -1,7 +1,7 @@
 //! [`SummaryDoc`], the facts of a summary (`summary-<id>.json`, schema [`SCHEMA_VERSION`]), and
 //! [`merge`], which adds one attempt's [`Outcome`] to them. Pure functions, no I/O.
 
-use ghost_core::{ApplyReport, CommandReport, EditReport, PatchId, Status, TargetName};
+use ghost_core::{ApplyReport, CommandReport, Diagnostic, EditReport, PatchId, Status, TargetName};
 use serde::{Deserialize, Serialize};
 
 /// Version of the `summary-<id>.json` schema; bumped on any incompatible change.
@@ -192,6 +192,10 @@ pub struct SummaryDoc {
     /// The latest attempt's rollback, when the workspace was restored.
     #[serde(default)]
     pub rollback: Option<RollbackDoc>,
+    /// What the latest attempt's checks reported, located (`src/a.ts:12:5 TS2322 …`): the
+    /// patch's files first, as the executor ordered and capped them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub diagnostics: Vec<Diagnostic>,
     /// Every recorded attempt, by attempt number; never shrinks.
     pub attempts: Vec<AttemptEntry>,
     /// What the gateway forgave while reading the submitted document ("line L, column C: a
@@ -345,6 +349,7 @@ pub fn merge(
             reason: rollback.reason,
             error: rollback.error,
         }),
+        diagnostics: report.diagnostics,
         attempts,
         intake_warnings: outcome.intake_warnings,
     }

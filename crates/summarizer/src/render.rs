@@ -2,7 +2,7 @@
 //! text for a model (≤ [`MODEL_TEXT_CHARS`]) and the Slack excerpt (≤ [`SLACK_EXCERPT_CHARS`]),
 //! and [`excerpt`], the middle cut every size budget uses.
 
-use ghost_core::Status;
+use ghost_core::{Diagnostic, Severity, Status};
 
 use crate::doc::{CommandDoc, SummaryDoc};
 
@@ -14,6 +14,8 @@ pub const SLACK_EXCERPT_CHARS: usize = 2_900;
 const MD_OUTPUT_CHARS: usize = 4_000;
 /// Longest error shown in the Markdown.
 const MD_ERROR_CHARS: usize = 8_000;
+/// Diagnostics listed in the Slack excerpt; the summary has them all.
+const SLACK_DIAGNOSTICS: usize = 5;
 
 /// The status line marker: ✅ for success, ❌ for anything else.
 pub fn status_icon(status: Status) -> &'static str {
@@ -77,6 +79,23 @@ pub fn markdown(doc: &SummaryDoc) -> String {
     if !doc.error.is_empty() {
         heading(&mut out, "Error");
         out.push_str(&code_block(&excerpt(&doc.error, MD_ERROR_CHARS)));
+    }
+
+    if !doc.diagnostics.is_empty() {
+        heading(&mut out, "Diagnostics");
+        out.push_str("| where | code | message |\n|---|---|---|\n");
+        for diagnostic in &doc.diagnostics {
+            out.push_str(&format!(
+                "| {} | {} | {} |\n",
+                if diagnostic.path.is_empty() {
+                    "…".to_owned()
+                } else {
+                    format!("`{}`", cell(&place(diagnostic)).replace('`', "'"))
+                },
+                cell(&diagnostic.code),
+                cell(&excerpt(&labelled_message(diagnostic), 300)),
+            ));
+        }
     }
 
     heading(&mut out, "Stages");
@@ -231,8 +250,10 @@ pub fn model_text(markdown: &str, max_chars: usize) -> String {
     excerpt(markdown, max_chars)
 }
 
-/// The excerpt for Slack: status line, the error, the first failing command's output tail,
-/// counts, the trace link and the back-link, within [`SLACK_EXCERPT_CHARS`].
+/// The excerpt for Slack: status line, the error, the first diagnostics, the first failing
+/// command's output tail, counts, the trace link and the back-link, within
+/// [`SLACK_EXCERPT_CHARS`]. GitHub Markdown like the summary: the alerter, Slack's only
+/// sink, turns it into mrkdwn.
 pub fn slack_excerpt(doc: &SummaryDoc) -> String {
     let mut out = format!(
         "# {} {} {}\n",
@@ -259,6 +280,29 @@ pub fn slack_excerpt(doc: &SummaryDoc) -> String {
     ));
     if !doc.error.is_empty() {
         out.push_str(&code_block(&excerpt(&doc.error, 800)));
+    }
+    if !doc.diagnostics.is_empty() {
+        out.push_str("Diagnostics:\n");
+        for diagnostic in doc.diagnostics.iter().take(SLACK_DIAGNOSTICS) {
+            if diagnostic.path.is_empty() {
+                out.push_str(&format!("- {}\n", one_line(&diagnostic.message)));
+                continue;
+            }
+            out.push_str(&format!(
+                "- `{}` {}{}\n",
+                one_line(&place(diagnostic)).replace('`', "'"),
+                if diagnostic.code.is_empty() {
+                    String::new()
+                } else {
+                    format!("{} ", one_line(&diagnostic.code))
+                },
+                excerpt(&labelled_message(diagnostic), 200)
+            ));
+        }
+        let more = doc.diagnostics.len().saturating_sub(SLACK_DIAGNOSTICS);
+        if more > 0 {
+            out.push_str(&format!("- … {more} more in the summary\n"));
+        }
     }
     if let Some(command) = doc.commands.iter().find(|c| c.failed()) {
         out.push_str(&format!(
@@ -292,6 +336,24 @@ pub fn slack_excerpt(doc: &SummaryDoc) -> String {
     }
     out.push_str(&format!("patchName: {}\n", doc.patch_id));
     excerpt(&out, SLACK_EXCERPT_CHARS)
+}
+
+/// `path:line:column` (`path:line`, or `path`, when the tool gave less).
+fn place(diagnostic: &Diagnostic) -> String {
+    match (diagnostic.line, diagnostic.column) {
+        (0, _) => diagnostic.path.clone(),
+        (line, None) => format!("{}:{line}", diagnostic.path),
+        (line, Some(column)) => format!("{}:{line}:{column}", diagnostic.path),
+    }
+}
+
+/// The message on one line, with its severity in front unless it is an error.
+fn labelled_message(diagnostic: &Diagnostic) -> String {
+    let message = one_line(&diagnostic.message);
+    match diagnostic.severity {
+        Severity::Error => message,
+        other => format!("{}: {message}", other.as_str()),
+    }
 }
 
 /// At most `max_chars` characters of `text`: whole if it fits, else its head and tail around a

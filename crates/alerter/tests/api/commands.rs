@@ -291,6 +291,15 @@ async fn summary_shows_the_summarizers_markdown() {
         "{summary}"
     );
     assert!(summary.contains("p-sum"), "{summary}");
+    // mrkdwn, not GitHub Markdown: headings and bold in Slack's own syntax, no `#`, no table.
+    assert!(summary.contains("\n*✅ p-sum succeeded*\n"), "{summary}");
+    assert!(summary.contains("• *Target:* MAIN"), "{summary}");
+    assert!(
+        !summary
+            .lines()
+            .any(|line| line.starts_with('#') || line.starts_with('|')),
+        "{summary}"
+    );
     let missing = sys.ghost("summary p-none").await;
     assert!(missing.starts_with("⚠️ summarizer:"), "{missing}");
 }

@@ -296,3 +296,29 @@ async fn alert_rpc_raises_and_resolves_idempotently() {
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
     assert!(bad.message().contains("key"));
 }
+
+#[tokio::test]
+async fn the_summary_excerpt_reaches_slack_as_mrkdwn() {
+    let slack = FakeSlack::start().await;
+    let mut app = spawn_alerter(Some(slack.base_url())).await;
+    let mut request = notify("p-md");
+    request.excerpt = "# ❌ p-md rolled_back\n**Target** MAIN\nDiagnostics:\n\
+                       - `src/a.ts:12:5` TS2322 Type 'string' is not assignable to type 'number'.\n\
+                       | where | code |\n|---|---|\n| `b.c:1` | -Wall |\n\
+                       Trace: [open](http://jaeger.test/trace/1)\npatchName: p-md\n"
+        .to_owned();
+    app.client.notify(request).await.unwrap();
+
+    let posts = slack.wait_for_posts(1, WAIT).await;
+    let excerpt = posts[0].body["blocks"][2]["text"]["text"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        excerpt,
+        "*❌ p-md rolled_back*\n*Target* MAIN\nDiagnostics:\n\
+         • `src/a.ts:12:5` TS2322 Type 'string' is not assignable to type 'number'.\n\
+         *where* · *code*\n`b.c:1` · -Wall\n\
+         Trace: open (http://jaeger.test/trace/1)\npatchName: p-md\n"
+    );
+}

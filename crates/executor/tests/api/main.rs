@@ -2,6 +2,7 @@
 
 mod agent;
 mod crash;
+mod diagnostics;
 mod dry_run;
 mod git_diff;
 mod helpers;

@@ -5,6 +5,7 @@ mod archive;
 mod concurrency;
 mod crash;
 mod delivery;
+mod diagnostics;
 mod golden;
 mod helpers;
 mod manifest;
