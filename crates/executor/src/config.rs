@@ -115,6 +115,137 @@ pub struct TargetPolicy {
     pub output_tail_bytes: usize,
     /// Coding-agent hand-off for patches with `agent.task`; `None`: refused.
     pub agent: Option<AgentConfig>,
+    /// Owner checks: run after every patch's own `commands` and `validate`, whatever the
+    /// patch says and whatever `commands` allows (the owner wrote them, so the allowlist is
+    /// for patches only); a failing one fails the patch like a failing `validate`.
+    pub checks: Vec<OwnerCheck>,
+    /// Globs of workspace paths the complete rollback leaves alone, on top of what
+    /// `.gitignore` ignores; `!glob` takes a path back in, even one `.gitignore` ignores. The
+    /// last matching entry decides, as in `.gitignore`; `**`, `*` (not across `/`), `?` and
+    /// `{a,b}` are understood.
+    pub rollback_ignore: Vec<String>,
+}
+
+/// One owner check of a target (`targets.<T>.checks`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OwnerCheck {
+    /// Its name, unique in the target; reported with its result and in the error of a patch
+    /// it fails.
+    pub name: String,
+    /// The command line: split with shell-words, or given to `/bin/sh -c` when the target
+    /// sets `shell = true`.
+    pub run: String,
+    /// Its deadline; default the target's `command_timeout`. The patch's deadline still
+    /// applies.
+    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// `"always"` (the default) or `"changed:<glob>"`: only when the patch changed a
+    /// matching path.
+    #[serde(default)]
+    pub when: When,
+}
+
+/// When an owner check runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum When {
+    /// After every patch.
+    #[default]
+    Always,
+    /// Only when a changed path (edited by the patch, or changed by its commands) matches
+    /// this glob.
+    Changed(String),
+}
+
+impl TryFrom<String> for When {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, String> {
+        if value == "always" {
+            return Ok(Self::Always);
+        }
+        match value.strip_prefix("changed:") {
+            Some(glob) if !glob.is_empty() => {
+                compile_glob(glob)?;
+                Ok(Self::Changed(glob.to_owned()))
+            }
+            _ => Err(format!(
+                "when = {value:?}: expected \"always\" or \"changed:<glob>\", e.g. \
+                 \"changed:src/**/*.ts\""
+            )),
+        }
+    }
+}
+
+impl From<When> for String {
+    fn from(when: When) -> Self {
+        match when {
+            When::Always => "always".to_owned(),
+            When::Changed(glob) => format!("changed:{glob}"),
+        }
+    }
+}
+
+/// Compiles a workspace-path glob: `*` and `?` stay within one path component, `**` crosses
+/// them, `{a,b}` is an alternative.
+pub fn compile_glob(glob: &str) -> Result<globset::GlobMatcher, String> {
+    globset::GlobBuilder::new(glob)
+        .literal_separator(true)
+        .backslash_escape(true)
+        .build()
+        .map(|glob| glob.compile_matcher())
+        .map_err(|err| format!("glob {glob:?}: {err}"))
+}
+
+impl TargetPolicy {
+    /// Refuses owner checks without a name or a command, names used twice, and bad
+    /// `rollback_ignore` globs; the message names the target and what is wrong.
+    pub fn validate(&self, target: &str) -> Result<(), String> {
+        let mut names = std::collections::BTreeSet::new();
+        for check in &self.checks {
+            if check.name.trim().is_empty() {
+                return Err(format!(
+                    "target {target}: an owner check has an empty name (run = {:?})",
+                    check.run
+                ));
+            }
+            if !names.insert(check.name.as_str()) {
+                return Err(format!(
+                    "target {target}: owner check name {:?} is used twice",
+                    check.name
+                ));
+            }
+            if check.run.trim().is_empty() {
+                return Err(format!(
+                    "target {target}: owner check {:?} has an empty run",
+                    check.name
+                ));
+            }
+            if !self.shell {
+                shell_words::split(&check.run).map_err(|err| {
+                    format!(
+                        "target {target}: owner check {:?}: cannot split {:?}: {err}",
+                        check.name, check.run
+                    )
+                })?;
+            }
+            if check.timeout.is_some_and(|t| t.is_zero()) {
+                return Err(format!(
+                    "target {target}: owner check {:?} has a zero timeout",
+                    check.name
+                ));
+            }
+        }
+        for glob in &self.rollback_ignore {
+            let bare = glob.strip_prefix('!').unwrap_or(glob);
+            if bare.is_empty() {
+                return Err(format!("target {target}: rollback_ignore has an empty glob"));
+            }
+            compile_glob(bare).map_err(|err| format!("target {target}: rollback_ignore: {err}"))?;
+        }
+        Ok(())
+    }
 }
 
 impl Default for TargetPolicy {
@@ -135,6 +266,8 @@ impl Default for TargetPolicy {
             output_head_bytes: 4 * 1024,
             output_tail_bytes: 16 * 1024,
             agent: None,
+            checks: Vec::new(),
+            rollback_ignore: Vec::new(),
         }
     }
 }
