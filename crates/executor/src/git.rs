@@ -154,12 +154,16 @@ pub fn ignore_sources(root: &Path, paths: &[Vec<u8>]) -> Result<Vec<(Vec<u8>, Ve
     if paths.is_empty() {
         return Ok(Vec::new());
     }
+    // `check-ignore` takes no literal pathspecs; a `./` in front keeps a name such as
+    // `:(top)x` from being read as pathspec magic.
     let mut input = Vec::new();
     for path in paths {
+        input.extend_from_slice(b"./");
         input.extend_from_slice(path);
         input.push(0);
     }
     let mut child = git(root)
+        .env_remove("GIT_LITERAL_PATHSPECS")
         .args(["check-ignore", "-z", "-v", "--stdin"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -190,6 +194,9 @@ pub fn ignore_sources(root: &Path, paths: &[Vec<u8>]) -> Result<Vec<(Vec<u8>, Ve
     Ok(fields
         .chunks_exact(4)
         .filter(|record| !record[0].is_empty())
-        .map(|record| (record[3].to_vec(), record[0].to_vec()))
+        .map(|record| {
+            let path = record[3].strip_prefix(b"./").unwrap_or(record[3]);
+            (path.to_vec(), record[0].to_vec())
+        })
         .collect())
 }

@@ -952,9 +952,17 @@ fn remove_unrecorded(scope: &Scope, manifest: &Manifest, done: &mut Restored) {
         }
     };
     let mut errors = Vec::new();
+    let mut new_dirs = Vec::new();
     let walked = scope.walk(&ignored, &mut |dir, name, rel, stat| {
+        let is_dir = FileType::from_raw_mode(stat.st_mode) == FileType::Directory;
         if manifest.entries.contains_key(rel) {
-            return Ok(FileType::from_raw_mode(stat.st_mode) == FileType::Directory);
+            return Ok(is_dir);
+        }
+        if is_dir {
+            // Emptied of what is in scope first, then removed if nothing left alone (an
+            // ignored file, a `rollback_ignore` match) is in it.
+            new_dirs.push(rel.to_vec());
+            return Ok(true);
         }
         match beneath::remove_tree_c(dir, name) {
             Ok(true) => done.removed += 1,
@@ -967,6 +975,30 @@ fn remove_unrecorded(scope: &Scope, manifest: &Manifest, done: &mut Restored) {
     if let Err(err) = walked {
         done.errors
             .push(format!("cannot list the workspace: {err}"));
+        return;
+    }
+    let Ok(root) = scope.open_root() else {
+        done.errors.push("cannot open the workspace".to_owned());
+        return;
+    };
+    // Deepest first: a child's path sorts after its parent's.
+    new_dirs.sort();
+    for rel in new_dirs.iter().rev() {
+        let (parent, name) = split(rel);
+        let removed = open_dir(&root, parent, false).and_then(|dir| {
+            match rustix::fs::unlinkat(&dir, cstr(name)?.as_c_str(), AtFlags::REMOVEDIR) {
+                Ok(()) => Ok(true),
+                Err(err) if err == Errno::NOTEMPTY || err == Errno::EXIST || err == Errno::NOENT => {
+                    Ok(false)
+                }
+                Err(err) => Err(err.into()),
+            }
+        });
+        match removed {
+            Ok(true) => done.removed += 1,
+            Ok(false) => {}
+            Err(err) => done.errors.push(format!("{}: {err}", show(rel))),
+        }
     }
 }
 
