@@ -155,7 +155,7 @@ pub(crate) async fn submit(url: &str, key: &str, body: &Value) -> (u16, Value) {
 }
 
 /// Polls `GET /v1/patches/{id}` until the patch has ended; returns its last answer.
-async fn wait_ended(url: &str, key: &str, id: &str) -> Value {
+pub(crate) async fn wait_ended(url: &str, key: &str, id: &str) -> Value {
     let client = reqwest::Client::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
