@@ -316,3 +316,71 @@ impl Default for ExecutorConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(toml_text: &str) -> Result<TargetPolicy, String> {
+        let policy: TargetPolicy = toml::from_str(toml_text).map_err(|err| err.to_string())?;
+        policy.validate("MAIN")?;
+        Ok(policy)
+    }
+
+    #[test]
+    fn owner_checks_load_with_their_defaults_and_bad_ones_are_refused_clearly() {
+        let loaded = policy(
+            "commands = \"deny\"\n[[checks]]\nname = \"tsc\"\nrun = \"npx tsc\"\n\
+             when = \"changed:src/**/*.{ts,tsx}\"\ntimeout = \"90s\"\n\
+             [[checks]]\nname = \"test\"\nrun = \"npm test\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            loaded.checks[0].when,
+            When::Changed("src/**/*.{ts,tsx}".to_owned())
+        );
+        assert_eq!(loaded.checks[0].timeout, Some(Duration::from_secs(90)));
+        assert_eq!(loaded.checks[1].when, When::Always);
+        assert_eq!(loaded.checks[1].timeout, None);
+        for (text, expected) in [
+            (
+                "[[checks]]\nname = \"a\"\nrun = \"x\"\nwhen = \"never\"\n",
+                "expected \"always\" or \"changed:<glob>\"",
+            ),
+            (
+                "[[checks]]\nname = \"a\"\nrun = \"x\"\nwhen = \"changed:\"\n",
+                "expected \"always\"",
+            ),
+            (
+                "[[checks]]\nname = \"a\"\nrun = \"x\"\nwhen = \"changed:src/{a\"\n",
+                "glob \"src/{a\"",
+            ),
+            (
+                "[[checks]]\nname = \"a\"\nrun = \"x\"\n[[checks]]\nname = \"a\"\nrun = \"y\"\n",
+                "\"a\" is used twice",
+            ),
+            ("[[checks]]\nname = \" \"\nrun = \"x\"\n", "empty name"),
+            ("[[checks]]\nname = \"a\"\nrun = \"\"\n", "empty run"),
+            ("[[checks]]\nname = \"a\"\nrun = \"x 'open\"\n", "cannot split"),
+            ("rollback_ignore = [\"!\"]\n", "empty glob"),
+        ] {
+            let err = policy(text).unwrap_err();
+            assert!(err.contains(expected), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn globs_keep_star_inside_a_component_and_let_double_star_cross() {
+        let glob = compile_glob("src/**/*.ts").unwrap();
+        assert!(glob.is_match("src/a.ts"));
+        assert!(glob.is_match("src/x/y/a.ts"));
+        assert!(!glob.is_match("lib/a.ts"));
+        assert!(!glob.is_match("src/a.tsx"));
+        let star = compile_glob("*.md").unwrap();
+        assert!(star.is_match("README.md"));
+        assert!(!star.is_match("docs/a.md"));
+        let braces = compile_glob("{a,b}/?.txt").unwrap();
+        assert!(braces.is_match("b/1.txt"));
+        assert!(!braces.is_match("c/1.txt"));
+    }
+}

@@ -44,7 +44,7 @@
 //! without blocking the target, since trying again cannot help. Modification times are not
 //! restored. Paths are bytes: names that are not UTF-8 are snapshotted and restored too.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::ffi::{CStr, CString, OsStr};
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
@@ -1010,17 +1010,125 @@ pub fn as_paths(changed: &[Vec<u8>]) -> Vec<PathBuf> {
         .collect()
 }
 
-/// How many files, in a map of paths to the number of times seen; for tests of the store.
+/// Blobs in the store (for tests and the cost example).
 #[doc(hidden)]
 pub fn blob_count(scope: &Scope) -> usize {
-    let mut count = 0;
-    let mut by_fan: HashMap<String, usize> = HashMap::new();
-    if let Ok(fans) = std::fs::read_dir(scope.dir.join("blobs")) {
-        for fan in fans.flatten() {
-            let n = std::fs::read_dir(fan.path()).map_or(0, |d| d.flatten().count());
-            by_fan.insert(fan.file_name().to_string_lossy().into_owned(), n);
-            count += n;
+    std::fs::read_dir(scope.dir.join("blobs")).map_or(0, |fans| {
+        fans.flatten()
+            .map(|fan| std::fs::read_dir(fan.path()).map_or(0, |d| d.flatten().count()))
+            .sum()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::ffi::OsStrExt;
+
+    use super::*;
+    use crate::config::TargetPolicy;
+
+    fn scope(dir: &Path) -> (Workspace, Scope) {
+        let root = dir.join("ws");
+        std::fs::create_dir_all(&root).unwrap();
+        let root = std::fs::canonicalize(root).unwrap();
+        let workspace = Workspace {
+            target: "MAIN".to_owned(),
+            root: root.clone(),
+            state_dir: dir.join("state"),
+            policy: TargetPolicy::default(),
+        };
+        let id = RootId::of(&root).unwrap();
+        let scope = Scope::new(&workspace, id, 1024 * 1024).unwrap();
+        (workspace, scope)
+    }
+
+    /// Moves every file's mtime an hour back, out of the racy window.
+    fn age(root: &Path) {
+        let old = rustix::fs::Timespec {
+            tv_sec: i64::try_from(now_ns() / 1_000_000_000).unwrap() - 3600,
+            tv_nsec: 0,
+        };
+        let times = rustix::fs::Timestamps {
+            last_access: old,
+            last_modification: old,
+        };
+        for entry in std::fs::read_dir(root).unwrap().flatten() {
+            rustix::fs::utimensat(rustix::fs::CWD, entry.path(), &times, AtFlags::SYMLINK_NOFOLLOW)
+                .unwrap();
         }
     }
-    count
+
+    #[test]
+    fn an_unchanged_file_is_not_read_again_a_changed_one_is_and_old_blobs_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let (workspace, scope) = scope(dir.path());
+        for i in 0..5 {
+            std::fs::write(workspace.root.join(format!("f{i}")), format!("content {i}")).unwrap();
+        }
+        age(&workspace.root);
+        let first = take(&scope, "one").unwrap();
+        assert_eq!((first.taken.entries, first.taken.hashed, first.taken.stored), (5, 5, 5));
+        release(&scope).unwrap();
+        let second = take(&scope, "two").unwrap();
+        assert_eq!((second.taken.hashed, second.taken.stored), (0, 0));
+        release(&scope).unwrap();
+        std::fs::write(workspace.root.join("f0"), "changed").unwrap();
+        let third = take(&scope, "three").unwrap();
+        assert_eq!((third.taken.hashed, third.taken.stored, third.taken.collected), (1, 1, 1));
+        assert_eq!(blob_count(&scope), 5);
+        // f0 is racy now (just written): hashed again next time even with its key unchanged.
+        release(&scope).unwrap();
+        let fourth = take(&scope, "four").unwrap();
+        assert_eq!(fourth.taken.hashed, 1);
+    }
+
+    #[test]
+    fn the_manifest_round_trips_bytes_and_a_damaged_one_is_refused() {
+        let mut entries = BTreeMap::new();
+        entries.insert(OsStr::from_bytes(b"odd\xffname").as_bytes().to_vec(), Node::Dir { mode: 0o755 });
+        entries.insert(
+            b"f".to_vec(),
+            Node::File {
+                key: Key { size: 3, mtime: -5, ctime: 7, ino: 9, mode: 0o644 },
+                hash: Some([7; 32]),
+                racy: true,
+            },
+        );
+        entries.insert(
+            b"big".to_vec(),
+            Node::File {
+                key: Key { size: 3, mtime: 1, ctime: 2, ino: 3, mode: 0o600 },
+                hash: None,
+                racy: false,
+            },
+        );
+        entries.insert(b"l".to_vec(), Node::Symlink { target: b"../x".to_vec() });
+        let manifest = Manifest { taken_ns: 42, entries };
+        let encoded = manifest.encode();
+        let decoded = Manifest::decode(&encoded).unwrap();
+        assert_eq!(decoded.entries, manifest.entries);
+        assert_eq!(decoded.taken_ns, 42);
+        let mut damaged = encoded.clone();
+        damaged[MAGIC.len() + 20] ^= 1;
+        assert!(Manifest::decode(&damaged).unwrap_err().contains("checksum"));
+        assert!(Manifest::decode(&encoded[..encoded.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn a_crash_with_the_snapshot_in_force_is_restored_on_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        let (workspace, scope) = scope(dir.path());
+        std::fs::write(workspace.root.join("keep"), "keep").unwrap();
+        let _snapshot = take(&scope, "crashed").unwrap();
+        assert!(in_force(&scope));
+        std::fs::write(workspace.root.join("keep"), "changed").unwrap();
+        std::fs::write(workspace.root.join("made"), "made").unwrap();
+        let restored = recover(&scope).unwrap().unwrap();
+        assert!(restored.errors.is_empty(), "{restored:?}");
+        assert_eq!((restored.restored, restored.removed), (1, 1));
+        assert_eq!(std::fs::read_to_string(workspace.root.join("keep")).unwrap(), "keep");
+        assert!(!workspace.root.join("made").exists());
+        assert!(!in_force(&scope));
+        assert!(recover(&scope).unwrap().is_none());
+    }
 }
