@@ -303,6 +303,7 @@ fn roll_back(
     snapshot: Option<&Snapshot>,
     journal: &Journal,
     dirs: &mut Dirs,
+    edited_ignore_file: bool,
 ) -> Restored {
     let mut done = Restored::default();
     if let Some(snapshot) = snapshot {
@@ -323,6 +324,12 @@ fn roll_back(
         }
     }
     done.merge(journal.rollback(dirs));
+    if let Some(snapshot) = snapshot
+        && edited_ignore_file
+        && done.errors.is_empty()
+    {
+        done.merge(snapshot.prune(scope));
+    }
     done
 }
 
@@ -738,10 +745,12 @@ fn apply_once(
             Err(reason) => Some((Status::RolledBack, reason)),
         }
     });
+    let edited_ignore_file = plan.files.keys().any(|rel| snapshot::is_ignore_file(rel));
     let kept = Kept {
         journal,
         scope: &scope,
         snapshot: taken.as_ref(),
+        edited_ignore_file,
     };
     let Some((status, reason)) = failure else {
         return finish(
@@ -762,7 +771,7 @@ fn apply_once(
         journal, snapshot, ..
     } = kept;
     let restored = attempt.stage("rollback", |_| {
-        roll_back(ctx, &scope, snapshot, &journal, &mut dirs)
+        roll_back(ctx, &scope, snapshot, &journal, &mut dirs, edited_ignore_file)
     });
     attempt.report.rollback = Some(rollback_record(&restored, &reason));
     let status = if status == Status::Failed {
@@ -808,6 +817,7 @@ struct Kept<'a> {
     journal: Journal,
     scope: &'a Scope,
     snapshot: Option<&'a Snapshot>,
+    edited_ignore_file: bool,
 }
 
 /// Records a kept effect in the ledger, then releases the snapshot and closes the journal.
@@ -824,6 +834,7 @@ fn finish(
         journal,
         scope,
         snapshot,
+        edited_ignore_file,
     } = kept;
     let ctx = attempt.ctx;
     let target = attempt.ctx.workspace.target.clone();
@@ -834,7 +845,7 @@ fn finish(
         // Without the ledger entry a re-delivery would apply again; keep the journal so a
         // restart rolls back rather than leaving an unrecorded effect.
         tracing::error!(patch_id = %patch_id, error = %err, "cannot record the patch in the ledger");
-        let restored = roll_back(ctx, scope, snapshot, &journal, dirs);
+        let restored = roll_back(ctx, scope, snapshot, &journal, dirs, edited_ignore_file);
         let mut failed = report;
         failed.status = Status::RolledBack;
         failed.error = format!("cannot record the patch in the ledger: {err}");

@@ -519,11 +519,24 @@ pub fn recover(
         }
         Restored::default()
     } else {
-        let mut restored = match snapshot {
-            Some(scope) => crate::snapshot::recover(scope)?.unwrap_or_default(),
-            None => Restored::default(),
+        let (mut restored, in_force) = match snapshot.map(crate::snapshot::recover) {
+            Some(found) => match found? {
+                Some(restored) => (restored, true),
+                None => (Restored::default(), false),
+            },
+            None => (Restored::default(), false),
         };
         restored.merge(restore(&originals, &mut Dirs::open_checked(root, root_id)?));
+        let edited_ignore_file = originals.iter().any(|original| {
+            matches!(&original.entry, Entry::File { path, .. } if crate::snapshot::is_ignore_file(path))
+        });
+        if let Some(scope) = snapshot
+            && in_force
+            && edited_ignore_file
+            && restored.errors.is_empty()
+        {
+            restored.merge(crate::snapshot::prune_recorded(scope)?);
+        }
         restored
     };
     if restored.errors.is_empty() {

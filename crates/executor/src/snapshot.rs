@@ -727,6 +727,29 @@ impl Snapshot {
     pub fn restore(&self, scope: &Scope) -> Restored {
         restore(scope, &self.manifest)
     }
+
+    /// After the edits journal rolled back a patch that edited a `.gitignore`: removes what
+    /// the commands made that only the patch's own ignore rules had left alone.
+    pub fn prune(&self, scope: &Scope) -> Restored {
+        let mut done = Restored::default();
+        remove_unrecorded(scope, &self.manifest, &mut done);
+        done
+    }
+}
+
+/// [`Snapshot::prune`] after a crash, from the manifest on disk.
+pub fn prune_recorded(scope: &Scope) -> io::Result<Restored> {
+    let bytes = std::fs::read(scope.dir.join(MANIFEST))?;
+    let manifest = Manifest::decode(&bytes).map_err(io::Error::other)?;
+    let mut done = Restored::default();
+    remove_unrecorded(scope, &manifest, &mut done);
+    Ok(done)
+}
+
+/// True when `rel` names a `.gitignore` file (whose rules a rollback must apply as they were
+/// before the patch).
+pub fn is_ignore_file(rel: &str) -> bool {
+    rel == ".gitignore" || rel.ends_with("/.gitignore")
 }
 
 /// True when what is at `name` in `dir` (with `stat`) is what `node` recorded.

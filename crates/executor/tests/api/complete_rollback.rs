@@ -295,3 +295,16 @@ async fn kill_9_during_a_command_then_restart_leaves_the_workspace_whole() {
     restarted.kill().unwrap();
     restarted.wait().unwrap();
 }
+
+#[test]
+fn what_only_the_patchs_own_gitignore_edit_hid_is_removed_too() {
+    let ws = workspace_with(shell_policy());
+    ws.write(".gitignore", "node_modules/\n");
+    git(ws.root(), &["init", "-q"]);
+    let before = snapshot(ws.root());
+    let body = r#""edits":[{"op":"write","path":".gitignore","contents":"node_modules/\nsecret/\n"}],"commands":["mkdir secret && echo s > secret/key"],"validate":["false"]"#;
+    let report = ws.apply(&patch("hide-by-edit", body));
+    assert_eq!(report.status, Status::RolledBack, "{}", report.error);
+    assert!(report.rollback.as_ref().unwrap().error.is_empty(), "{:?}", report.rollback);
+    assert_eq!(snapshot(ws.root()), before);
+}
