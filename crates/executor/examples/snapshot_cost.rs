@@ -6,13 +6,16 @@
 //! each file is ~200 bytes, 100 files per directory). Prints one line per size. Builds and
 //! removes its workspaces under the system temp dir.
 
+// An example run by hand: its figures are its output.
+#![allow(clippy::print_stdout)]
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use executor::TargetPolicy;
 use executor::beneath::RootId;
 use executor::snapshot::{self, Scope};
 use executor::workspace::Workspace;
-use executor::TargetPolicy;
 
 fn build(root: &Path, files: usize) -> std::io::Result<()> {
     for i in 0..files {
@@ -57,7 +60,10 @@ fn ms(duration: Duration) -> String {
 }
 
 fn measure(files: usize) -> std::io::Result<()> {
-    let base = std::env::temp_dir().join(format!("ghost-snapshot-cost-{}-{files}", std::process::id()));
+    let base = std::env::temp_dir().join(format!(
+        "ghost-snapshot-cost-{}-{files}",
+        std::process::id()
+    ));
     let root = base.join("ws");
     std::fs::create_dir_all(&root)?;
     std::fs::create_dir_all(base.join("state"))?;
@@ -132,7 +138,11 @@ fn main() -> std::io::Result<()> {
         .skip(1)
         .filter_map(|arg| arg.parse().ok())
         .collect();
-    let sizes = if sizes.is_empty() { vec![10, 100_000] } else { sizes };
+    let sizes = if sizes.is_empty() {
+        vec![10, 100_000]
+    } else {
+        sizes
+    };
     for files in sizes {
         measure(files)?;
     }

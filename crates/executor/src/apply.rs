@@ -126,7 +126,10 @@ fn owner_steps(policy: &crate::config::TargetPolicy) -> Result<Vec<OwnerStep>, S
                 Argv::Shell(check.run.clone())
             } else {
                 let argv = shell_words::split(&check.run).map_err(|err| {
-                    format!("owner check {:?}: cannot split {:?}: {err}", check.name, check.run)
+                    format!(
+                        "owner check {:?}: cannot split {:?}: {err}",
+                        check.name, check.run
+                    )
                 })?;
                 if argv.is_empty() {
                     return Err(format!("owner check {:?} has an empty run", check.name));
@@ -318,7 +321,8 @@ fn roll_back(
         match Dirs::open_checked(&ctx.workspace.root, ctx.root_id) {
             Ok(fresh) => *dirs = fresh,
             Err(err) => {
-                done.errors.push(format!("cannot open the workspace: {err}"));
+                done.errors
+                    .push(format!("cannot open the workspace: {err}"));
                 return done;
             }
         }
@@ -497,9 +501,8 @@ fn clear_leftover_journal(ctx: &Context, ledger: &Ledger) -> Result<(), String> 
     };
     let allowed =
         |rel: &str| crate::workspace::check_path(workspace, rel).map_err(|err| err.to_string());
-    let scope = Scope::new(workspace, ctx.root_id, ctx.limits.max_file_bytes).map_err(|err| {
-        format!("target {target}'s rollback_ignore cannot be used: {err}")
-    })?;
+    let scope = Scope::new(workspace, ctx.root_id, ctx.limits.max_file_bytes)
+        .map_err(|err| format!("target {target}'s rollback_ignore cannot be used: {err}"))?;
     match journal::recover(
         &workspace.state_dir,
         target,
@@ -683,9 +686,13 @@ fn apply_once(
         let label = format!("patch {} attempt {}", patch.id, lease.attempt);
         match attempt.stage("snapshot", |_| snapshot::take(&scope, &label)) {
             Ok(snapshot) => {
-                tracing::debug!(entries = snapshot.taken.entries, hashed = snapshot.taken.hashed,
-                    stored = snapshot.taken.stored, collected = snapshot.taken.collected,
-                    "workspace snapshot taken");
+                tracing::debug!(
+                    entries = snapshot.taken.entries,
+                    hashed = snapshot.taken.hashed,
+                    stored = snapshot.taken.stored,
+                    collected = snapshot.taken.collected,
+                    "workspace snapshot taken"
+                );
                 taken = Some(snapshot);
             }
             Err(err) => {
@@ -765,13 +772,28 @@ fn apply_once(
     };
     let keep = status == Status::Failed && patch.on_failure == OnFailure::Keep;
     if keep {
-        return finish(attempt, kept, &mut dirs, &ledger, &hash, Status::Failed, reason);
+        return finish(
+            attempt,
+            kept,
+            &mut dirs,
+            &ledger,
+            &hash,
+            Status::Failed,
+            reason,
+        );
     }
     let Kept {
         journal, snapshot, ..
     } = kept;
     let restored = attempt.stage("rollback", |_| {
-        roll_back(ctx, &scope, snapshot, &journal, &mut dirs, edited_ignore_file)
+        roll_back(
+            ctx,
+            &scope,
+            snapshot,
+            &journal,
+            &mut dirs,
+            edited_ignore_file,
+        )
     });
     attempt.report.rollback = Some(rollback_record(&restored, &reason));
     let status = if status == Status::Failed {

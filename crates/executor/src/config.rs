@@ -138,7 +138,11 @@ pub struct OwnerCheck {
     pub run: String,
     /// Its deadline; default the target's `command_timeout`. The patch's deadline still
     /// applies.
-    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timeout: Option<Duration>,
     /// `"always"` (the default) or `"changed:<glob>"`: only when the patch changed a
     /// matching path.
@@ -240,7 +244,9 @@ impl TargetPolicy {
         for glob in &self.rollback_ignore {
             let bare = glob.strip_prefix('!').unwrap_or(glob);
             if bare.is_empty() {
-                return Err(format!("target {target}: rollback_ignore has an empty glob"));
+                return Err(format!(
+                    "target {target}: rollback_ignore has an empty glob"
+                ));
             }
             compile_glob(bare).map_err(|err| format!("target {target}: rollback_ignore: {err}"))?;
         }
@@ -361,7 +367,10 @@ mod tests {
             ),
             ("[[checks]]\nname = \" \"\nrun = \"x\"\n", "empty name"),
             ("[[checks]]\nname = \"a\"\nrun = \"\"\n", "empty run"),
-            ("[[checks]]\nname = \"a\"\nrun = \"x 'open\"\n", "cannot split"),
+            (
+                "[[checks]]\nname = \"a\"\nrun = \"x 'open\"\n",
+                "cannot split",
+            ),
             ("rollback_ignore = [\"!\"]\n", "empty glob"),
         ] {
             let err = policy(text).unwrap_err();

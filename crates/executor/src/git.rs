@@ -115,7 +115,11 @@ fn bytes_output(command: &mut Command, ok_codes: &[i32]) -> Result<Vec<u8>, Stri
         .stdin(std::process::Stdio::null())
         .output()
         .map_err(|err| format!("cannot run git: {err}"))?;
-    if !out.status.code().is_some_and(|code| ok_codes.contains(&code)) {
+    if !out
+        .status
+        .code()
+        .is_some_and(|code| ok_codes.contains(&code))
+    {
         return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
     }
     Ok(out.stdout)
@@ -147,9 +151,12 @@ pub fn ignored(root: &Path) -> Result<Vec<Vec<u8>>, String> {
     Ok(split_nul(&out))
 }
 
+/// An ignored path and the file of the rule that ignores it.
+pub type IgnoreSource = (Vec<u8>, Vec<u8>);
+
 /// For each of `paths` that an ignore rule matches: the path and the file the rule is in
 /// (relative to the root for the work tree's `.gitignore` files).
-pub fn ignore_sources(root: &Path, paths: &[Vec<u8>]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+pub fn ignore_sources(root: &Path, paths: &[Vec<u8>]) -> Result<Vec<IgnoreSource>, String> {
     use std::io::Write;
     if paths.is_empty() {
         return Ok(Vec::new());

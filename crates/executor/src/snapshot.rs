@@ -254,6 +254,10 @@ impl Manifest {
     }
 }
 
+/// What a walk calls for each path in scope: (its directory, its name, its workspace-relative
+/// path, its stat) → whether to go into it.
+type Visit<'a> = dyn FnMut(&OwnedFd, &CStr, &[u8], &rustix::fs::Stat) -> io::Result<bool> + 'a;
+
 /// Where a target's snapshots live and which paths they cover.
 #[derive(Debug, Clone)]
 pub struct Scope {
@@ -278,7 +282,11 @@ fn relative_inside(root: &Path, path: &Path) -> Option<Vec<u8>> {
 
 impl Scope {
     /// The scope of `workspace`'s snapshots; `Err` names a bad `rollback_ignore` glob.
-    pub fn new(workspace: &Workspace, root_id: RootId, max_file_bytes: u64) -> Result<Self, String> {
+    pub fn new(
+        workspace: &Workspace,
+        root_id: RootId,
+        max_file_bytes: u64,
+    ) -> Result<Self, String> {
         let mut rules = Vec::new();
         for glob in &workspace.policy.rollback_ignore {
             let (include, bare) = match glob.strip_prefix('!') {
@@ -362,11 +370,7 @@ impl Scope {
 
     /// Walks the tree, calling `visit` on every path in scope; `visit` says whether to go
     /// into a directory.
-    fn walk(
-        &self,
-        ignored: &HashSet<Vec<u8>>,
-        visit: &mut dyn FnMut(&OwnedFd, &CStr, &[u8], &rustix::fs::Stat) -> io::Result<bool>,
-    ) -> io::Result<()> {
+    fn walk(&self, ignored: &HashSet<Vec<u8>>, visit: &mut Visit<'_>) -> io::Result<()> {
         let root = self.open_root()?;
         self.walk_dir(&root, &[], false, 0, ignored, visit)
     }
@@ -378,7 +382,7 @@ impl Scope {
         inherited: bool,
         depth: usize,
         ignored: &HashSet<Vec<u8>>,
-        visit: &mut dyn FnMut(&OwnedFd, &CStr, &[u8], &rustix::fs::Stat) -> io::Result<bool>,
+        visit: &mut Visit<'_>,
     ) -> io::Result<()> {
         if depth > MAX_DEPTH {
             return Err(io::Error::other(format!(
@@ -461,7 +465,9 @@ fn hex(bytes: &[u8]) -> String {
 fn now_ns() -> i128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| i128::try_from(since.as_nanos()).unwrap_or(i128::MAX))
+        .map_or(0, |since| {
+            i128::try_from(since.as_nanos()).unwrap_or(i128::MAX)
+        })
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -596,7 +602,11 @@ pub fn take(scope: &Scope, label: &str) -> io::Result<Snapshot> {
     let manifest = Manifest { taken_ns, entries };
     if taken.stored > 0 {
         // One flush of every blob written, rather than an fsync each.
-        let fd = rustix::fs::open(&scope.dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        let fd = rustix::fs::open(
+            &scope.dir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
         rustix::fs::syncfs(&fd)?;
     }
     write_durably(&manifest_path, &manifest.encode())?;
@@ -614,10 +624,10 @@ fn store_blob(
     taken: &mut Taken,
 ) -> io::Result<()> {
     let path = scope.blob_path(hash);
-    if made_dirs.insert(hash[0]) {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
+    if made_dirs.insert(hash[0])
+        && let Some(parent) = path.parent()
+    {
+        std::fs::create_dir_all(parent)?;
     }
     if path.exists() {
         return Ok(());
@@ -807,7 +817,9 @@ fn open_dir(root: &OwnedFd, rel: &[u8], make: bool) -> io::Result<OwnedFd> {
         let name = cstr(part)?;
         current = match rustix::fs::openat(&current, name.as_c_str(), flags, Mode::empty()) {
             Ok(fd) => fd,
-            Err(err) if make && (err == Errno::NOENT || err == Errno::NOTDIR || err == Errno::LOOP) => {
+            Err(err)
+                if make && (err == Errno::NOENT || err == Errno::NOTDIR || err == Errno::LOOP) =>
+            {
                 if err != Errno::NOENT {
                     beneath::remove_tree_c(&current, name.as_c_str())?;
                 }
@@ -860,7 +872,8 @@ fn restore(scope: &Scope, manifest: &Manifest) -> Restored {
     let root = match scope.open_root() {
         Ok(root) => root,
         Err(err) => {
-            done.errors.push(format!("cannot open the workspace: {err}"));
+            done.errors
+                .push(format!("cannot open the workspace: {err}"));
             return done;
         }
     };
@@ -931,9 +944,9 @@ fn restore_recorded(scope: &Scope, manifest: &Manifest, root: &OwnedFd, done: &m
         match result {
             Ok(true) => done.restored += 1,
             Ok(false) => {}
-            Err(err) if err.to_string().contains("over max_file_bytes") => done
-                .incomplete
-                .push(format!("{}: {err}", show(rel))),
+            Err(err) if err.to_string().contains("over max_file_bytes") => {
+                done.incomplete.push(format!("{}: {err}", show(rel)))
+            }
             Err(err) => done.errors.push(format!("{}: {err}", show(rel))),
         }
     }
@@ -1011,7 +1024,9 @@ fn remove_unrecorded(scope: &Scope, manifest: &Manifest, done: &mut Restored) {
         let removed = open_dir(&root, parent, false).and_then(|dir| {
             match rustix::fs::unlinkat(&dir, cstr(name)?.as_c_str(), AtFlags::REMOVEDIR) {
                 Ok(()) => Ok(true),
-                Err(err) if err == Errno::NOTEMPTY || err == Errno::EXIST || err == Errno::NOENT => {
+                Err(err)
+                    if err == Errno::NOTEMPTY || err == Errno::EXIST || err == Errno::NOENT =>
+                {
                     Ok(false)
                 }
                 Err(err) => Err(err.into()),
@@ -1076,8 +1091,13 @@ mod tests {
             last_modification: old,
         };
         for entry in std::fs::read_dir(root).unwrap().flatten() {
-            rustix::fs::utimensat(rustix::fs::CWD, entry.path(), &times, AtFlags::SYMLINK_NOFOLLOW)
-                .unwrap();
+            rustix::fs::utimensat(
+                rustix::fs::CWD,
+                entry.path(),
+                &times,
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .unwrap();
         }
     }
 
@@ -1090,14 +1110,24 @@ mod tests {
         }
         age(&workspace.root);
         let first = take(&scope, "one").unwrap();
-        assert_eq!((first.taken.entries, first.taken.hashed, first.taken.stored), (5, 5, 5));
+        assert_eq!(
+            (first.taken.entries, first.taken.hashed, first.taken.stored),
+            (5, 5, 5)
+        );
         release(&scope).unwrap();
         let second = take(&scope, "two").unwrap();
         assert_eq!((second.taken.hashed, second.taken.stored), (0, 0));
         release(&scope).unwrap();
         std::fs::write(workspace.root.join("f0"), "changed").unwrap();
         let third = take(&scope, "three").unwrap();
-        assert_eq!((third.taken.hashed, third.taken.stored, third.taken.collected), (1, 1, 1));
+        assert_eq!(
+            (
+                third.taken.hashed,
+                third.taken.stored,
+                third.taken.collected
+            ),
+            (1, 1, 1)
+        );
         assert_eq!(blob_count(&scope), 5);
         // f0 is racy now (just written): hashed again next time even with its key unchanged.
         release(&scope).unwrap();
@@ -1108,11 +1138,20 @@ mod tests {
     #[test]
     fn the_manifest_round_trips_bytes_and_a_damaged_one_is_refused() {
         let mut entries = BTreeMap::new();
-        entries.insert(OsStr::from_bytes(b"odd\xffname").as_bytes().to_vec(), Node::Dir { mode: 0o755 });
+        entries.insert(
+            OsStr::from_bytes(b"odd\xffname").as_bytes().to_vec(),
+            Node::Dir { mode: 0o755 },
+        );
         entries.insert(
             b"f".to_vec(),
             Node::File {
-                key: Key { size: 3, mtime: -5, ctime: 7, ino: 9, mode: 0o644 },
+                key: Key {
+                    size: 3,
+                    mtime: -5,
+                    ctime: 7,
+                    ino: 9,
+                    mode: 0o644,
+                },
                 hash: Some([7; 32]),
                 racy: true,
             },
@@ -1120,13 +1159,27 @@ mod tests {
         entries.insert(
             b"big".to_vec(),
             Node::File {
-                key: Key { size: 3, mtime: 1, ctime: 2, ino: 3, mode: 0o600 },
+                key: Key {
+                    size: 3,
+                    mtime: 1,
+                    ctime: 2,
+                    ino: 3,
+                    mode: 0o600,
+                },
                 hash: None,
                 racy: false,
             },
         );
-        entries.insert(b"l".to_vec(), Node::Symlink { target: b"../x".to_vec() });
-        let manifest = Manifest { taken_ns: 42, entries };
+        entries.insert(
+            b"l".to_vec(),
+            Node::Symlink {
+                target: b"../x".to_vec(),
+            },
+        );
+        let manifest = Manifest {
+            taken_ns: 42,
+            entries,
+        };
         let encoded = manifest.encode();
         let decoded = Manifest::decode(&encoded).unwrap();
         assert_eq!(decoded.entries, manifest.entries);
@@ -1149,7 +1202,10 @@ mod tests {
         let restored = recover(&scope).unwrap().unwrap();
         assert!(restored.errors.is_empty(), "{restored:?}");
         assert_eq!((restored.restored, restored.removed), (1, 1));
-        assert_eq!(std::fs::read_to_string(workspace.root.join("keep")).unwrap(), "keep");
+        assert_eq!(
+            std::fs::read_to_string(workspace.root.join("keep")).unwrap(),
+            "keep"
+        );
         assert!(!workspace.root.join("made").exists());
         assert!(!in_force(&scope));
         assert!(recover(&scope).unwrap().is_none());

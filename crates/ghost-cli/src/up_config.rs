@@ -313,9 +313,7 @@ fn derived(
             .collect(),
         targets: targets
             .iter()
-            .map(|t| {
-                policy_of(t).map(|policy| (t.name.clone(), policy))
-            })
+            .map(|t| policy_of(t).map(|policy| (t.name.clone(), policy)))
             .collect::<Result<_, _>>()?,
     };
     Ok(HashMap::from([

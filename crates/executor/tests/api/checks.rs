@@ -22,12 +22,15 @@ fn check(name: &str, run: &str, when: When) -> OwnerCheck {
 fn stage_names_are_unique(report: &ghost_core::ApplyReport) {
     let names: Vec<&str> = report.stages.iter().map(|s| s.stage.as_str()).collect();
     let unique: BTreeSet<&str> = names.iter().copied().collect();
-    assert_eq!(unique.len(), names.len(), "a stage appears twice: {names:?}");
+    assert_eq!(
+        unique.len(),
+        names.len(),
+        "a stage appears twice: {names:?}"
+    );
 }
 
 #[test]
-fn a_failing_owner_check_rolls_the_patch_back_and_names_the_check_even_when_commands_are_denied()
-{
+fn a_failing_owner_check_rolls_the_patch_back_and_names_the_check_even_when_commands_are_denied() {
     // Patches may run nothing at all here; the owner's check still runs.
     let ws = workspace_with(TargetPolicy {
         commands: CommandPolicy::Deny,

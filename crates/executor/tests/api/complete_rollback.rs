@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 
 use executor::{CommandPolicy, OwnerCheck, TargetPolicy, When};
 use ghost_core::Status;
-use ghost_proto::executor::v1::{
-    Assign, RouterMessage, Welcome, executor_message, router_message,
-};
+use ghost_proto::executor::v1::{Assign, RouterMessage, Welcome, executor_message, router_message};
 use ghost_proto::router::v1 as wire;
 use proptest::prelude::*;
 
@@ -46,7 +44,10 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         (0usize..64, "[a-z]{0,20}").prop_map(|(i, s)| Op::Create(i, s)),
         (0usize..64, "[a-z ]{0,20}").prop_map(|(i, s)| Op::Modify(i, s)),
-        (0usize..64, prop_oneof![Just(0o600u32), Just(0o644), Just(0o755), Just(0o700)])
+        (
+            0usize..64,
+            prop_oneof![Just(0o600u32), Just(0o644), Just(0o755), Just(0o700)]
+        )
             .prop_map(|(i, m)| Op::Chmod(i, m)),
         (0usize..64).prop_map(Op::Delete),
         (0usize..64).prop_map(Op::MakeDir),
@@ -57,7 +58,14 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-const FILES: [&str; 6] = ["a.txt", "src/b.rs", "src/deep/c.ts", "bin/run.sh", "d e.txt", "src/x"];
+const FILES: [&str; 6] = [
+    "a.txt",
+    "src/b.rs",
+    "src/deep/c.ts",
+    "bin/run.sh",
+    "d e.txt",
+    "src/x",
+];
 const DIRS: [&str; 4] = ["src", "src/deep", "bin", "empty"];
 
 /// The shell line for `op`: every path quoted, every step allowed to fail (`;`).
@@ -65,14 +73,19 @@ fn script(op: &Op) -> String {
     let file = |i: usize| FILES[i % FILES.len()];
     let dir = |i: usize| DIRS[i % DIRS.len()];
     match op {
-        Op::Create(i, text) => format!("mkdir -p new{i}/in && printf '%s' '{text}' > 'new{i}/in/f{i}'"),
+        Op::Create(i, text) => {
+            format!("mkdir -p new{i}/in && printf '%s' '{text}' > 'new{i}/in/f{i}'")
+        }
         Op::Modify(i, text) => format!("printf '%s' '{text}' >> '{}'", file(*i)),
         Op::Chmod(i, mode) => format!("chmod {mode:o} '{}'", file(*i)),
         Op::Delete(i) => format!("rm -f '{}'", file(*i)),
         Op::MakeDir(i) => format!("mkdir -p 'made{i}/sub' && chmod 700 'made{i}'"),
         Op::RemoveDir(i) => format!("rm -rf '{}'", dir(*i)),
         Op::DirToFile(i) => format!("rm -rf '{d}' && echo file > '{d}'", d = dir(*i)),
-        Op::FileToDir(i) => format!("rm -f '{f}' && mkdir -p '{f}/inner' && echo x > '{f}/inner/y'", f = file(*i)),
+        Op::FileToDir(i) => format!(
+            "rm -f '{f}' && mkdir -p '{f}/inner' && echo x > '{f}/inner/y'",
+            f = file(*i)
+        ),
         Op::Symlink(i) => format!("ln -sfn /etc 'link{i}'; ln -sf ../a.txt 'src/l{i}' 2>/dev/null"),
     }
 }
@@ -83,8 +96,11 @@ fn seed(ws: &TestWorkspace) {
     ws.write("src/deep/c.ts", "let c = 1;\n");
     ws.write("bin/run.sh", "#!/bin/sh\n");
     ws.write("d e.txt", "spaced\n");
-    fs::set_permissions(ws.root().join("bin/run.sh"), fs::Permissions::from_mode(0o755))
-        .unwrap();
+    fs::set_permissions(
+        ws.root().join("bin/run.sh"),
+        fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
     fs::create_dir_all(ws.root().join("empty")).unwrap();
     std::os::unix::fs::symlink("a.txt", ws.root().join("alias")).unwrap();
 }
@@ -167,14 +183,21 @@ fn gitignored_outputs_are_left_alone_and_rollback_ignore_overrides_both_ways() {
     );
     let report = ws.apply(&patch("ignored", &body));
     assert_eq!(report.status, Status::RolledBack, "{}", report.error);
-    assert!(report.rollback.as_ref().unwrap().error.is_empty(), "{:?}", report.rollback);
+    assert!(
+        report.rollback.as_ref().unwrap().error.is_empty(),
+        "{:?}",
+        report.rollback
+    );
     // Left alone: ignored by .gitignore, or by rollback_ignore.
     assert_eq!(ws.read("node_modules/pkg/index.js"), "m\n");
     assert_eq!(ws.read("dist/bundle.js"), "d\n");
     assert_eq!(ws.read("debug.log"), "t\n");
     assert_eq!(ws.read("logs/run.txt"), "l\n");
     // Undone: the rest, also what the command hid behind the .gitignore lines it wrote.
-    assert!(!ws.root().join("dist/keep.txt").exists(), "!dist/keep.txt takes it in");
+    assert!(
+        !ws.root().join("dist/keep.txt").exists(),
+        "!dist/keep.txt takes it in"
+    );
     assert!(!ws.root().join("new.ts").exists());
     assert!(!ws.root().join("src/new.ts").exists());
     assert!(!ws.root().join("hidden.txt").exists());
@@ -183,7 +206,11 @@ fn gitignored_outputs_are_left_alone_and_rollback_ignore_overrides_both_ways() {
     assert_eq!(ws.read("src/app.ts"), "app\n");
     assert_eq!(ws.read("untracked.md"), "notes\n");
     assert_eq!(ws.read(".gitignore"), "node_modules/\ndist/\n*.log\n");
-    assert!(report.rollback.as_ref().unwrap().removed >= 4, "{:?}", report.rollback);
+    assert!(
+        report.rollback.as_ref().unwrap().removed >= 4,
+        "{:?}",
+        report.rollback
+    );
 }
 
 #[test]
@@ -203,9 +230,16 @@ fn names_that_are_not_utf8_and_symlinks_made_by_commands_are_undone_without_foll
     );
     let report = ws.apply(&patch("bytes", &body));
     assert_eq!(report.status, Status::RolledBack, "{}", report.error);
-    assert!(report.rollback.as_ref().unwrap().error.is_empty(), "{:?}", report.rollback);
+    assert!(
+        report.rollback.as_ref().unwrap().error.is_empty(),
+        "{:?}",
+        report.rollback
+    );
     assert_eq!(snapshot(ws.root()), before);
-    assert_eq!(fs::read_to_string(outside.path().join("victim")).unwrap(), "safe\n");
+    assert_eq!(
+        fs::read_to_string(outside.path().join("victim")).unwrap(),
+        "safe\n"
+    );
 }
 
 fn start_executor(config: &Path) -> Child {
@@ -290,7 +324,11 @@ async fn kill_9_during_a_command_then_restart_leaves_the_workspace_whole() {
     let owed = owed.expect("the restarted executor owes the interrupted result");
     let report = ghost_core::ApplyReport::try_from(owed.report.unwrap()).unwrap();
     assert_eq!(report.status, Status::Interrupted);
-    assert!(report.rollback.as_ref().unwrap().error.is_empty(), "{:?}", report.rollback);
+    assert!(
+        report.rollback.as_ref().unwrap().error.is_empty(),
+        "{:?}",
+        report.rollback
+    );
     assert_eq!(snapshot(ws.root()), before);
     restarted.kill().unwrap();
     restarted.wait().unwrap();
@@ -305,6 +343,10 @@ fn what_only_the_patchs_own_gitignore_edit_hid_is_removed_too() {
     let body = r#""edits":[{"op":"write","path":".gitignore","contents":"node_modules/\nsecret/\n"}],"commands":["mkdir secret && echo s > secret/key"],"validate":["false"]"#;
     let report = ws.apply(&patch("hide-by-edit", body));
     assert_eq!(report.status, Status::RolledBack, "{}", report.error);
-    assert!(report.rollback.as_ref().unwrap().error.is_empty(), "{:?}", report.rollback);
+    assert!(
+        report.rollback.as_ref().unwrap().error.is_empty(),
+        "{:?}",
+        report.rollback
+    );
     assert_eq!(snapshot(ws.root()), before);
 }

@@ -33,7 +33,8 @@ async fn owner_checks_from_ghost_toml_run_and_a_failing_one_rolls_the_patch_back
     assert!(dir.join("main/src/a.txt").is_file());
     assert!(!dir.join("main/src/b.txt").exists());
     // Outside src/ the check does not run: TODO in a note is fine.
-    let note = json!({"id": "note", "edits": [{"op": "write", "path": "NOTES.md", "contents": "TODO\n"}]});
+    let note =
+        json!({"id": "note", "edits": [{"op": "write", "path": "NOTES.md", "contents": "TODO\n"}]});
     let (code, body) = submit(&up.url, key, &note).await;
     assert_eq!(code, 202, "{body}");
     let ended = wait_ended(&up.url, key, "note").await;
