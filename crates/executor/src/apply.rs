@@ -318,12 +318,17 @@ fn roll_back(
             done.errors
                 .push(format!("cannot release the snapshot: {err}"));
         }
-        match Dirs::open_checked(&ctx.workspace.root, ctx.root_id) {
-            Ok(fresh) => *dirs = fresh,
-            Err(err) => {
-                done.errors
-                    .push(format!("cannot open the workspace: {err}"));
-                return done;
+        // Directories the commands removed may have been made again: the edits are then
+        // restored through fresh handles. Otherwise through the handles the edits were
+        // written with, so a directory renamed meanwhile is restored where it now is.
+        if done.restored + done.removed > 0 {
+            match Dirs::open_checked(&ctx.workspace.root, ctx.root_id) {
+                Ok(fresh) => *dirs = fresh,
+                Err(err) => {
+                    done.errors
+                        .push(format!("cannot open the workspace: {err}"));
+                    return done;
+                }
             }
         }
     }

@@ -600,21 +600,24 @@ pub fn take(scope: &Scope, label: &str) -> io::Result<Snapshot> {
         Ok(descend)
     })?;
     let manifest = Manifest { taken_ns, entries };
-    if taken.stored > 0 {
-        // One flush of every blob written, rather than an fsync each.
-        let fd = rustix::fs::open(
-            &scope.dir,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        rustix::fs::syncfs(&fd)?;
+    sync_blobs(scope, &taken, &made_dirs)?;
+    // Nothing changed since the last snapshot (the usual case between patches): the manifest
+    // on disk already says all this, and no blob became garbage.
+    let unchanged = previous
+        .as_ref()
+        .is_some_and(|previous| previous.entries == manifest.entries);
+    if !unchanged {
+        write_durably(&manifest_path, &manifest.encode())?;
+        taken.collected = collect(scope, previous.as_ref(), &manifest);
     }
-    write_durably(&manifest_path, &manifest.encode())?;
-    taken.collected = collect(scope, previous.as_ref(), &manifest);
     write_durably(&scope.dir.join(MARKER), label.as_bytes())?;
     taken.entries = manifest.len();
     Ok(Snapshot { manifest, taken })
 }
+
+/// Up to this many new blobs are each fsync'd; more are flushed with one `syncfs` (which,
+/// on a busy file system, also waits for other writers' data: worth it only in bulk).
+const FEW_BLOBS: usize = 64;
 
 fn store_blob(
     scope: &Scope,
@@ -633,11 +636,37 @@ fn store_blob(
         return Ok(());
     }
     let temp = crate::journal::temp_path(&path);
-    std::fs::write(&temp, bytes)?;
+    let mut file = std::fs::File::create(&temp)?;
+    file.write_all(bytes)?;
+    if taken.stored < FEW_BLOBS {
+        file.sync_all()?;
+    }
+    drop(file);
     std::fs::rename(&temp, &path)?;
     taken.stored += 1;
     taken.stored_bytes += bytes.len() as u64;
     Ok(())
+}
+
+/// Makes the blobs just written durable: their directories synced (each blob was), or one
+/// `syncfs` when there were many.
+fn sync_blobs(scope: &Scope, taken: &Taken, made_dirs: &HashSet<u8>) -> io::Result<()> {
+    if taken.stored == 0 {
+        return Ok(());
+    }
+    let blobs = scope.dir.join("blobs");
+    if taken.stored > FEW_BLOBS {
+        let fd = rustix::fs::open(
+            &blobs,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        return Ok(rustix::fs::syncfs(&fd)?);
+    }
+    for fan in made_dirs {
+        sync_dir(&blobs.join(format!("{fan:02x}")))?;
+    }
+    sync_dir(&blobs)
 }
 
 /// Removes the blobs no manifest needs: those only `previous` had, or, without a previous
@@ -741,9 +770,7 @@ impl Snapshot {
     /// After the edits journal rolled back a patch that edited a `.gitignore`: removes what
     /// the commands made that only the patch's own ignore rules had left alone.
     pub fn prune(&self, scope: &Scope) -> Restored {
-        let mut done = Restored::default();
-        remove_unrecorded(scope, &self.manifest, &mut done);
-        done
+        prune(scope, &self.manifest)
     }
 }
 
@@ -751,9 +778,17 @@ impl Snapshot {
 pub fn prune_recorded(scope: &Scope) -> io::Result<Restored> {
     let bytes = std::fs::read(scope.dir.join(MANIFEST))?;
     let manifest = Manifest::decode(&bytes).map_err(io::Error::other)?;
+    Ok(prune(scope, &manifest))
+}
+
+fn prune(scope: &Scope, manifest: &Manifest) -> Restored {
     let mut done = Restored::default();
-    remove_unrecorded(scope, &manifest, &mut done);
-    Ok(done)
+    let mut touched = HashSet::new();
+    remove_unrecorded(scope, manifest, &mut done, &mut touched);
+    if let Ok(root) = scope.open_root() {
+        sync_touched(&root, &touched, &mut done);
+    }
+    done
 }
 
 /// True when `rel` names a `.gitignore` file (whose rules a rollback must apply as they were
@@ -808,13 +843,26 @@ fn cstr(name: &[u8]) -> io::Result<CString> {
 /// Opens directory `rel` below `root` one component at a time, never following a symlink;
 /// with `make`, a missing directory is created and a file or symlink in the way removed.
 fn open_dir(root: &OwnedFd, rel: &[u8], make: bool) -> io::Result<OwnedFd> {
+    open_dir_noting(root, rel, make, &mut HashSet::new())
+}
+
+/// [`open_dir`], noting in `touched` each directory whose entries it changed.
+fn open_dir_noting(
+    root: &OwnedFd,
+    rel: &[u8],
+    make: bool,
+    touched: &mut HashSet<Vec<u8>>,
+) -> io::Result<OwnedFd> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let mut current = rustix::fs::openat(root, c".", flags, Mode::empty())?;
     if rel.is_empty() {
         return Ok(current);
     }
+    let mut prefix: Vec<u8> = Vec::new();
     for part in rel.split(|byte| *byte == b'/') {
         let name = cstr(part)?;
+        let parent = prefix.clone();
+        prefix = join(&prefix, part);
         current = match rustix::fs::openat(&current, name.as_c_str(), flags, Mode::empty()) {
             Ok(fd) => fd,
             Err(err)
@@ -824,6 +872,7 @@ fn open_dir(root: &OwnedFd, rel: &[u8], make: bool) -> io::Result<OwnedFd> {
                     beneath::remove_tree_c(&current, name.as_c_str())?;
                 }
                 rustix::fs::mkdirat(&current, name.as_c_str(), Mode::from_raw_mode(0o755))?;
+                touched.insert(parent);
                 rustix::fs::openat(&current, name.as_c_str(), flags, Mode::empty())?
             }
             Err(err) => return Err(err.into()),
@@ -853,6 +902,7 @@ fn write_file(dir: &OwnedFd, name: &CStr, bytes: &[u8], mode: u32) -> io::Result
         rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?;
         let mut file = std::fs::File::from(fd);
         file.write_all(bytes)?;
+        file.sync_all()?;
         if let Ok(stat) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
             && FileType::from_raw_mode(stat.st_mode) == FileType::Directory
         {
@@ -877,25 +927,51 @@ fn restore(scope: &Scope, manifest: &Manifest) -> Restored {
             return done;
         }
     };
-    restore_recorded(scope, manifest, &root, &mut done);
-    remove_unrecorded(scope, manifest, &mut done);
-    if let Err(err) = rustix::fs::syncfs(&root) {
-        done.errors
-            .push(format!("syncing the restored workspace: {err}"));
-    }
+    let mut touched = HashSet::new();
+    restore_recorded(scope, manifest, &root, &mut done, &mut touched);
+    remove_unrecorded(scope, manifest, &mut done, &mut touched);
+    sync_touched(&root, &touched, &mut done);
     done
 }
 
+/// Up to this many changed directories are each fsync'd; more, one `syncfs`.
+const FEW_DIRS: usize = 256;
+
+/// Makes the restored and removed entries durable: each changed directory synced (restored
+/// files were synced as they were written), or the whole file system when there are many.
+fn sync_touched(root: &OwnedFd, touched: &HashSet<Vec<u8>>, done: &mut Restored) {
+    let result = if touched.len() > FEW_DIRS {
+        rustix::fs::syncfs(root).map_err(io::Error::from)
+    } else {
+        touched.iter().try_for_each(|rel| match open_dir(root, rel, false) {
+            Ok(dir) => rustix::fs::fsync(&dir).map_err(io::Error::from),
+            Err(err) if beneath::is_absent(&err) => Ok(()),
+            Err(err) => Err(err),
+        })
+    };
+    if let Err(err) = result {
+        done.errors
+            .push(format!("syncing the restored workspace: {err}"));
+    }
+}
+
 /// Directories (parents first, by the manifest's order), then files and symlinks.
-fn restore_recorded(scope: &Scope, manifest: &Manifest, root: &OwnedFd, done: &mut Restored) {
+fn restore_recorded(
+    scope: &Scope,
+    manifest: &Manifest,
+    root: &OwnedFd,
+    done: &mut Restored,
+    touched: &mut HashSet<Vec<u8>>,
+) {
     for (rel, node) in &manifest.entries {
         let Node::Dir { mode } = node else {
             continue;
         };
-        let result = open_dir(root, rel, true).and_then(|fd| {
+        let result = open_dir_noting(root, rel, true, touched).and_then(|fd| {
             let stat = rustix::fs::fstat(&fd)?;
             if stat.st_mode & 0o7777 != *mode {
                 rustix::fs::fchmod(&fd, Mode::from_raw_mode(*mode))?;
+                touched.insert(rel.clone());
             }
             Ok(())
         });
@@ -909,7 +985,7 @@ fn restore_recorded(scope: &Scope, manifest: &Manifest, root: &OwnedFd, done: &m
         }
         let (parent, name) = split(rel);
         let result = (|| -> io::Result<bool> {
-            let dir = open_dir(root, parent, true)?;
+            let dir = open_dir_noting(root, parent, true, touched)?;
             let name = cstr(name)?;
             if let Ok(stat) = rustix::fs::statat(&dir, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)
                 && same_node(scope, node, &dir, name.as_c_str(), &stat)?
@@ -942,7 +1018,10 @@ fn restore_recorded(scope: &Scope, manifest: &Manifest, root: &OwnedFd, done: &m
             Ok(true)
         })();
         match result {
-            Ok(true) => done.restored += 1,
+            Ok(true) => {
+                done.restored += 1;
+                touched.insert(parent.to_vec());
+            }
             Ok(false) => {}
             Err(err) if err.to_string().contains("over max_file_bytes") => {
                 done.incomplete.push(format!("{}: {err}", show(rel)))
@@ -978,7 +1057,12 @@ fn trusted_ignored(scope: &Scope, manifest: &Manifest) -> io::Result<HashSet<Vec
 }
 
 /// Removes every path in scope the manifest does not have.
-fn remove_unrecorded(scope: &Scope, manifest: &Manifest, done: &mut Restored) {
+fn remove_unrecorded(
+    scope: &Scope,
+    manifest: &Manifest,
+    done: &mut Restored,
+    touched: &mut HashSet<Vec<u8>>,
+) {
     let ignored = match trusted_ignored(scope, manifest) {
         Ok(ignored) => ignored,
         Err(err) => {
@@ -1001,7 +1085,10 @@ fn remove_unrecorded(scope: &Scope, manifest: &Manifest, done: &mut Restored) {
             return Ok(true);
         }
         match beneath::remove_tree_c(dir, name) {
-            Ok(true) => done.removed += 1,
+            Ok(true) => {
+                done.removed += 1;
+                touched.insert(split(rel).0.to_vec());
+            }
             Ok(false) => {}
             Err(err) => errors.push(format!("{}: {err}", show(rel))),
         }
@@ -1033,7 +1120,10 @@ fn remove_unrecorded(scope: &Scope, manifest: &Manifest, done: &mut Restored) {
             }
         });
         match removed {
-            Ok(true) => done.removed += 1,
+            Ok(true) => {
+                done.removed += 1;
+                touched.insert(parent.to_vec());
+            }
             Ok(false) => {}
             Err(err) => done.errors.push(format!("{}: {err}", show(rel))),
         }
