@@ -943,11 +943,13 @@ fn sync_touched(root: &OwnedFd, touched: &HashSet<Vec<u8>>, done: &mut Restored)
     let result = if touched.len() > FEW_DIRS {
         rustix::fs::syncfs(root).map_err(io::Error::from)
     } else {
-        touched.iter().try_for_each(|rel| match open_dir(root, rel, false) {
-            Ok(dir) => rustix::fs::fsync(&dir).map_err(io::Error::from),
-            Err(err) if beneath::is_absent(&err) => Ok(()),
-            Err(err) => Err(err),
-        })
+        touched
+            .iter()
+            .try_for_each(|rel| match open_dir(root, rel, false) {
+                Ok(dir) => rustix::fs::fsync(&dir).map_err(io::Error::from),
+                Err(err) if beneath::is_absent(&err) => Ok(()),
+                Err(err) => Err(err),
+            })
     };
     if let Err(err) = result {
         done.errors
@@ -1074,9 +1076,17 @@ fn remove_unrecorded(
     let mut errors = Vec::new();
     let mut new_dirs = Vec::new();
     let walked = scope.walk(&ignored, &mut |dir, name, rel, stat| {
-        let is_dir = FileType::from_raw_mode(stat.st_mode) == FileType::Directory;
+        let kind = FileType::from_raw_mode(stat.st_mode);
+        let is_dir = kind == FileType::Directory;
         if manifest.entries.contains_key(rel) {
             return Ok(is_dir);
+        }
+        if !matches!(
+            kind,
+            FileType::Directory | FileType::RegularFile | FileType::Symlink
+        ) {
+            // Devices, sockets and FIFOs are neither recorded nor removed.
+            return Ok(false);
         }
         if is_dir {
             // Emptied of what is in scope first, then removed if nothing left alone (an
