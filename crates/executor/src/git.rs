@@ -133,8 +133,10 @@ fn split_nul(bytes: &[u8]) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// The untracked paths `.gitignore` (and `.git/info/exclude`, and the user's excludes)
-/// ignore now, a directory whose whole content is ignored named once with a trailing `/`.
+/// The untracked paths the work tree's `.gitignore` files ignore now, a directory whose whole
+/// content is ignored named once with a trailing `/`. Only `.gitignore` files count: not
+/// `.git/info/exclude` nor the user's excludes file (neither is in the snapshot, so a
+/// command could change what they hide).
 pub fn ignored(root: &Path) -> Result<Vec<Vec<u8>>, String> {
     let out = bytes_output(
         git(root).args([
@@ -142,7 +144,7 @@ pub fn ignored(root: &Path) -> Result<Vec<Vec<u8>>, String> {
             "-z",
             "--others",
             "--ignored",
-            "--exclude-standard",
+            "--exclude-per-directory=.gitignore",
             "--directory",
         ]),
         &[0],

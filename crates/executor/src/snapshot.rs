@@ -6,9 +6,11 @@
 //! walk that never follows a symlink, except:
 //! - `.git` (at any depth), `.ghost` at the top, the executor's state dir and the agent inbox
 //!   when they lie inside the root;
-//! - in a git work tree (the root has a `.git`), the untracked paths git ignores
-//!   (`git ls-files --others --ignored --exclude-standard --directory`): build outputs and
-//!   `node_modules` are left alone, neither snapshotted nor removed;
+//! - in a git work tree (the root has a `.git`), the untracked paths its `.gitignore` files
+//!   ignore (`git ls-files --others --ignored --exclude-per-directory=.gitignore
+//!   --directory`; not `.git/info/exclude` nor the user's excludes, which a command could
+//!   change unseen): build outputs and `node_modules` are left alone, neither snapshotted nor
+//!   removed;
 //! - what the target's `rollback_ignore` globs say: the entries are read in order over the
 //!   result of `.gitignore` and the last one that matches a path decides, `glob` leaving it
 //!   alone and `!glob` taking it in (even a path `.gitignore` ignores). A directory left
@@ -36,15 +38,15 @@
 //! and written back byte for byte with their mode where they differ (a directory in their
 //! place removed whole); only then is the tree listed again, with the `.gitignore` files
 //! already restored, and every path not in the manifest removed. An ignore rule counts only
-//! when it comes from a `.gitignore` the manifest has (or from `.git/` or the user's
-//! excludes), so a command cannot hide what it made behind a `.gitignore` it wrote.
+//! when it comes from a `.gitignore` the manifest has, unchanged, so a command cannot hide
+//! what it made behind a `.gitignore` it wrote (nor from a `changed:` owner check).
 //!
 //! **Limits.** A file over `max_file_bytes` is recorded by stat key only: if a command
 //! changes it, the rollback says it could not restore it (in the report's `rollback.error`)
 //! without blocking the target, since trying again cannot help. Modification times are not
 //! restored. Paths are bytes: names that are not UTF-8 are snapshotted and restored too.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{CStr, CString, OsStr};
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
@@ -738,7 +740,9 @@ pub fn recover(scope: &Scope) -> io::Result<Option<Restored>> {
 impl Snapshot {
     /// Workspace-relative paths that differ from the snapshot now (changed, made or removed).
     pub fn changed(&self, scope: &Scope) -> io::Result<Vec<Vec<u8>>> {
-        let ignored: HashSet<Vec<u8>> = scope.git_ignored()?.into_iter().collect();
+        // As the rollback would see it: a command cannot keep a change out of a `changed:`
+        // check by ignoring it in a `.gitignore` it edited.
+        let ignored = trusted_ignored(scope, &self.manifest)?;
         let mut changed = Vec::new();
         let mut seen = HashSet::new();
         scope.walk(&ignored, &mut |dir, name, rel, stat| {
@@ -1033,18 +1037,37 @@ fn restore_recorded(
     }
 }
 
-/// The ignored paths whose rule comes from a `.gitignore` the manifest has (restored by
-/// now), from `.git/` or from outside the workspace: only those are left alone.
+/// The ignored paths whose rule comes from a `.gitignore` that is in the manifest and
+/// unchanged since (restored by now, in a rollback): only those are left alone, so a
+/// command cannot hide what it made behind ignore rules it wrote.
 fn trusted_ignored(scope: &Scope, manifest: &Manifest) -> io::Result<HashSet<Vec<u8>>> {
     let listed = scope.git_ignored()?;
     if listed.is_empty() {
         return Ok(HashSet::new());
     }
     let sources = git::ignore_sources(&scope.root, &listed).map_err(io::Error::other)?;
-    let trusted = |source: &[u8]| {
-        source.starts_with(b"/")
-            || source.starts_with(b".git/")
-            || matches!(manifest.entries.get(source), Some(Node::File { .. }))
+    let root = scope.open_root()?;
+    let mut verdicts: HashMap<Vec<u8>, bool> = HashMap::new();
+    let mut trusted = |source: &[u8]| -> bool {
+        if let Some(known) = verdicts.get(source) {
+            return *known;
+        }
+        let verdict = match manifest.entries.get(source) {
+            Some(node @ Node::File { .. }) => {
+                let (parent, name) = split(source);
+                (|| -> io::Result<bool> {
+                    let dir = open_dir(&root, parent, false)?;
+                    let name = cstr(name)?;
+                    let stat =
+                        rustix::fs::statat(&dir, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)?;
+                    same_node(scope, node, &dir, name.as_c_str(), &stat)
+                })()
+                .unwrap_or(false)
+            }
+            _ => false,
+        };
+        verdicts.insert(source.to_vec(), verdict);
+        verdict
     };
     Ok(sources
         .into_iter()

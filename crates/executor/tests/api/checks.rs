@@ -197,3 +197,31 @@ fn an_agent_hand_off_runs_the_owner_checks_too() {
     );
     stage_names_are_unique(&report);
 }
+
+#[test]
+fn a_command_cannot_keep_its_change_from_a_changed_check_by_ignoring_it() {
+    let ws = workspace_with(TargetPolicy {
+        commands: CommandPolicy::Allowlist(vec!["sh".to_owned()]),
+        checks: vec![check(
+            "tsc",
+            "sh -c 'exit 2'",
+            When::Changed("src/**/*.ts".to_owned()),
+        )],
+        ..TargetPolicy::default()
+    });
+    ws.write(".gitignore", "dist/\n");
+    let init = std::process::Command::new("git")
+        .args(["init", "-q"])
+        .current_dir(ws.root())
+        .status()
+        .unwrap();
+    assert!(init.success());
+    let report = ws.apply(&patch(
+        "hidden-change",
+        r#""edits":[{"op":"write","path":"notes.txt","contents":"n"}],"commands":["sh -c 'echo src/evil.ts >> .gitignore && mkdir -p src && echo x > src/evil.ts'"]"#,
+    ));
+    assert_eq!(report.status, Status::RolledBack, "{}", report.error);
+    assert!(report.error.contains("tsc"), "{}", report.error);
+    assert!(!ws.root().join("src").exists());
+    assert_eq!(ws.read(".gitignore"), "dist/\n");
+}
