@@ -350,3 +350,29 @@ fn what_only_the_patchs_own_gitignore_edit_hid_is_removed_too() {
     );
     assert_eq!(snapshot(ws.root()), before);
 }
+
+#[test]
+fn a_file_over_the_size_limit_changed_by_a_command_is_reported_not_restored_without_blocking() {
+    let ws = workspace_with(shell_policy());
+    let big = vec![b'x'; 2 * 1024 * 1024];
+    fs::write(ws.root().join("big.bin"), &big).unwrap();
+    ws.write("small.txt", "small\n");
+    let report = ws.apply(&patch(
+        "big",
+        r#""edits":[{"op":"write","path":"a.txt","contents":"a"}],"commands":["echo more >> big.bin; echo more >> small.txt"],"validate":["false"]"#,
+    ));
+    assert_eq!(report.status, Status::RolledBack, "{}", report.error);
+    let rollback = report.rollback.unwrap();
+    assert!(
+        rollback.error.contains("big.bin") && rollback.error.contains("max_file_bytes"),
+        "{rollback:?}"
+    );
+    assert_eq!(ws.read("small.txt"), "small\n");
+    assert!(!ws.root().join("a.txt").exists());
+    // Trying again cannot help, so the target is not blocked.
+    let next = ws.apply(&patch(
+        "after-big",
+        r#""edits":[{"op":"write","path":"b.txt","contents":"b"}]"#,
+    ));
+    assert_eq!(next.status, Status::Succeeded, "{}", next.error);
+}
