@@ -49,6 +49,12 @@ fn workspaces(
         }
         let root_id =
             RootId::of(&root).map_err(|err| bad(format!("root {}: {err}", root.display())))?;
+        let policy = config
+            .targets
+            .get(target.as_str())
+            .cloned()
+            .unwrap_or_default();
+        policy.validate(target.as_str()).map_err(bad)?;
         found.insert(
             target.to_string(),
             (
@@ -56,11 +62,7 @@ fn workspaces(
                     target: target.to_string(),
                     root,
                     state_dir: state_dir.clone(),
-                    policy: config
-                        .targets
-                        .get(target.as_str())
-                        .cloned()
-                        .unwrap_or_default(),
+                    policy,
                 },
                 root_id,
             ),
@@ -82,6 +84,7 @@ fn recover(
     state_dir: &std::path::Path,
     workspaces: &HashMap<String, (Workspace, RootId)>,
     outbox: &Outbox,
+    max_file_bytes: u64,
 ) -> anyhow::Result<()> {
     let ledger = Ledger::new(state_dir);
     for (workspace, root_id) in workspaces.values() {
@@ -93,6 +96,8 @@ fn recover(
         };
         let allowed =
             |rel: &str| crate::workspace::check_path(workspace, rel).map_err(|err| err.to_string());
+        let scope = crate::snapshot::Scope::new(workspace, *root_id, max_file_bytes)
+            .map_err(anyhow::Error::msg)?;
         let found = match journal::recover(
             &workspace.state_dir,
             target,
@@ -100,6 +105,7 @@ fn recover(
             *root_id,
             allowed,
             applied,
+            Some(&scope),
         ) {
             Ok(found) => found,
             Err(err) => {
@@ -128,12 +134,7 @@ fn recover(
         let reason =
             "the executor stopped while applying; the workspace was rolled back on restart";
         let mut report = ghost_core::ApplyReport::ended(ghost_core::Status::Interrupted, reason);
-        report.rollback = Some(ghost_core::Rollback {
-            restored: restored.restored,
-            removed: restored.removed,
-            reason: reason.to_owned(),
-            error: restored.errors.join("; "),
-        });
+        report.rollback = Some(crate::apply::rollback_record(&restored, reason));
         outbox.push(&OwedResult {
             patch_id: found.header.patch_id.clone(),
             attempt: found.header.attempt,
@@ -164,7 +165,12 @@ impl App {
             max_patch_bytes: config.max_patch_bytes,
         };
         let outbox = Outbox::new(&config.state_dir);
-        recover(&config.state_dir, &workspaces, &outbox)?;
+        recover(
+            &config.state_dir,
+            &workspaces,
+            &outbox,
+            config.max_file_bytes,
+        )?;
         let contexts = workspaces
             .into_iter()
             .map(|(target, (workspace, root_id))| {

@@ -1,15 +1,27 @@
-//! One attempt at a patch, all or nothing: ledger → plan → journal → write → commands →
-//! validate → commit, with a byte-for-byte rollback on failure, deadline or cancel.
+//! One attempt at a patch, all or nothing: ledger → plan → journal → write → snapshot →
+//! commands → validate → owner checks → commit, with a byte-for-byte rollback on failure,
+//! deadline or cancel: the edits from the journal, and whatever the commands and checks
+//! changed from the [`snapshot`](crate::snapshot).
 //!
 //! Order of durability: the journal of originals is sealed (fsync'd) before the first
-//! workspace write; the ledger entry is written before the journal is closed, so a crash at
-//! any point either rolls back on restart or finds the patch recorded as applied.
+//! workspace write, and the snapshot is in force (durably) before the first command; the
+//! ledger entry is written before the snapshot is released and the journal closed, so a
+//! crash at any point either rolls back on restart or finds the patch recorded as applied.
+//!
+//! The stages of an attempt, each reported once (when it runs) with its wall time:
+//! `plan`, `journal`, `write`, `snapshot`, `commands`, `validate`, `checks`, `commit`,
+//! `rollback`; a hand-off has `agent`, `validate`, `checks`.
+//!
+//! Patch checks with `if_allowed` (legacy `postMutationBuild` and `validate`) whose program
+//! the target does not allow are not run and do not refuse the patch: each is reported as a
+//! command with no exit code, no duration and an `output_tail` starting with `skipped: `.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ghost_core::fileops;
 use ghost_core::{ApplyReport, CommandKind, OnFailure, Patch, Rollback, StageTiming, Status};
+use globset::GlobMatcher;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{self, Outcome};
@@ -19,6 +31,7 @@ use crate::git;
 use crate::journal::{self, Header, Journal, Restored};
 use crate::ledger::Ledger;
 use crate::plan::{self, Final, Plan, PlanError};
+use crate::snapshot::{self, Scope, Snapshot};
 use crate::workspace::{Limits, Workspace};
 
 /// What an attempt needs besides the patch.
@@ -75,6 +88,72 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// One command an attempt runs, or a patch check it skips.
+#[derive(Debug, Clone)]
+enum Step {
+    /// Run it.
+    Run {
+        line: String,
+        argv: Argv,
+        kind: CommandKind,
+        timeout: Option<Duration>,
+        /// The owner check's name (empty for the patch's own).
+        name: String,
+    },
+    /// An `if_allowed` check whose program the policy does not allow.
+    Skip {
+        line: String,
+        kind: CommandKind,
+        reason: String,
+    },
+}
+
+/// An owner check ready to run, and the glob of its `changed:` condition.
+#[derive(Debug, Clone)]
+struct OwnerStep {
+    step: Step,
+    changed: Option<GlobMatcher>,
+}
+
+/// The target's owner checks: whatever the patch's command policy says (the owner wrote
+/// them), split with shell-words unless the target runs commands through a shell.
+fn owner_steps(policy: &crate::config::TargetPolicy) -> Result<Vec<OwnerStep>, String> {
+    policy
+        .checks
+        .iter()
+        .map(|check| {
+            let argv = if policy.shell {
+                Argv::Shell(check.run.clone())
+            } else {
+                let argv = shell_words::split(&check.run).map_err(|err| {
+                    format!(
+                        "owner check {:?}: cannot split {:?}: {err}",
+                        check.name, check.run
+                    )
+                })?;
+                if argv.is_empty() {
+                    return Err(format!("owner check {:?} has an empty run", check.name));
+                }
+                Argv::Direct(argv)
+            };
+            let changed = match &check.when {
+                crate::config::When::Always => None,
+                crate::config::When::Changed(glob) => Some(crate::config::compile_glob(glob)?),
+            };
+            Ok(OwnerStep {
+                step: Step::Run {
+                    line: check.run.clone(),
+                    argv,
+                    kind: CommandKind::Check,
+                    timeout: check.timeout,
+                    name: check.name.clone(),
+                },
+                changed,
+            })
+        })
+        .collect()
+}
+
 /// Builds the report as stages complete.
 struct Attempt<'a> {
     ctx: &'a Context,
@@ -120,62 +199,148 @@ impl Attempt<'_> {
         None
     }
 
-    /// Runs `commands` then `validate`; returns the status and reason of the first failure.
-    fn run_commands(
-        &mut self,
-        admitted: &[(String, Argv, CommandKind, Option<u32>)],
-    ) -> Option<(Status, String)> {
-        for (line, argv, kind, timeout_s) in admitted {
+    /// Runs `steps` in order; returns the status and reason of the first failure.
+    fn run_steps(&mut self, steps: &[Step]) -> Option<(Status, String)> {
+        for step in steps {
+            let (line, argv, kind, timeout, name) = match step {
+                Step::Skip { line, kind, reason } => {
+                    self.report.commands.push(ghost_core::CommandReport {
+                        command: line.clone(),
+                        kind: *kind,
+                        output_tail: format!("skipped: {reason}"),
+                        ..ghost_core::CommandReport::default()
+                    });
+                    continue;
+                }
+                Step::Run {
+                    line,
+                    argv,
+                    kind,
+                    timeout,
+                    name,
+                } => (line, argv, *kind, *timeout, name),
+            };
             if let Err(reason) = root_unchanged(self.ctx) {
                 return Some((Status::Failed, reason));
             }
-            let own = timeout_s.map_or(self.ctx.workspace.policy.command_timeout, |s| {
-                Duration::from_secs(u64::from(s))
-            });
+            let own = timeout.unwrap_or(self.ctx.workspace.policy.command_timeout);
             let deadline = (Instant::now() + own).min(self.deadline);
-            let (report, stopped) = commands::run(
-                &self.ctx.workspace,
-                line,
-                argv,
-                *kind,
-                deadline,
-                self.cancel,
-            );
+            let (mut report, stopped) =
+                commands::run(&self.ctx.workspace, line, argv, kind, deadline, self.cancel);
+            report.name.clone_from(name);
             let exit = report.exit_code;
+            let signal = report.signal;
             self.report.commands.push(report);
+            let what = if name.is_empty() {
+                format!("{} {line:?}", kind.as_str())
+            } else {
+                format!("owner check {name:?} ({line:?})")
+            };
             match stopped {
                 Some(Stopped::Cancelled) => {
-                    return Some((
-                        Status::Cancelled,
-                        format!("cancelled while running {line:?}"),
-                    ));
+                    return Some((Status::Cancelled, format!("cancelled while running {what}")));
                 }
                 Some(Stopped::Deadline) => {
-                    return Some((
-                        Status::TimedOut,
-                        format!("{} {line:?} ran past its deadline", kind.as_str()),
-                    ));
+                    return Some((Status::TimedOut, format!("{what} ran past its deadline")));
                 }
                 None if exit != Some(0) => {
-                    return Some((
-                        Status::Failed,
-                        format!("{} {line:?} failed with exit code {exit:?}", kind.as_str()),
-                    ));
+                    let how = match (exit, signal) {
+                        (Some(code), _) => format!("with exit code {code}"),
+                        (None, Some(signal)) => format!("killed by signal {signal}"),
+                        (None, None) => "without an exit status".to_owned(),
+                    };
+                    return Some((Status::Failed, format!("{what} failed {how}")));
                 }
                 None => {}
             }
         }
         None
     }
+
+    /// Runs the owner checks whose condition holds; `changed` lists the paths the patch
+    /// changed (`None`: unknown, so every `changed:` check runs).
+    fn run_owner_checks(
+        &mut self,
+        owners: &[OwnerStep],
+        changed: impl FnOnce() -> Option<Vec<PathBuf>>,
+    ) -> Option<(Status, String)> {
+        let mut changed = Some(changed);
+        let mut paths: Option<Option<Vec<PathBuf>>> = None;
+        let mut steps = Vec::new();
+        for owner in owners {
+            if let Some(glob) = &owner.changed {
+                let known = paths.get_or_insert_with(|| changed.take().and_then(|f| f()));
+                if let Some(known) = known
+                    && !known.iter().any(|path| glob.is_match(path))
+                {
+                    continue;
+                }
+            }
+            steps.push(owner.step.clone());
+        }
+        self.run_steps(&steps)
+    }
 }
 
-fn rollback_record(restored: &Restored, reason: &str) -> Rollback {
+/// The report's rollback record: what could not be restored, retryable or not, is its error.
+pub(crate) fn rollback_record(restored: &Restored, reason: &str) -> Rollback {
+    let mut error = restored.errors.clone();
+    error.extend(
+        restored
+            .incomplete
+            .iter()
+            .map(|what| format!("not restored: {what}")),
+    );
     Rollback {
         restored: restored.restored,
         removed: restored.removed,
         reason: reason.to_owned(),
-        error: restored.errors.join("; "),
+        error: error.join("; "),
     }
+}
+
+/// Undoes an attempt: the snapshot first (what the commands and checks changed), then the
+/// edits from the journal, through fresh handles when the snapshot made directories again.
+fn roll_back(
+    ctx: &Context,
+    scope: &Scope,
+    snapshot: Option<&Snapshot>,
+    journal: &Journal,
+    dirs: &mut Dirs,
+    edited_ignore_file: bool,
+) -> Restored {
+    let mut done = Restored::default();
+    if let Some(snapshot) = snapshot {
+        done = snapshot.restore(scope);
+        if done.errors.is_empty()
+            && let Err(err) = snapshot::release(scope)
+        {
+            tracing::error!(target = %ctx.workspace.target, error = %err, "cannot release the snapshot");
+            done.errors
+                .push(format!("cannot release the snapshot: {err}"));
+        }
+        // Directories the commands removed may have been made again: the edits are then
+        // restored through fresh handles. Otherwise through the handles the edits were
+        // written with, so a directory renamed meanwhile is restored where it now is.
+        if done.restored + done.removed > 0 {
+            match Dirs::open_checked(&ctx.workspace.root, ctx.root_id) {
+                Ok(fresh) => *dirs = fresh,
+                Err(err) => {
+                    done.errors
+                        .push(format!("cannot open the workspace: {err}"));
+                    return done;
+                }
+            }
+        }
+    }
+    done.merge(journal.rollback(dirs));
+    if let Some(snapshot) = snapshot
+        && edited_ignore_file
+        && done.errors.is_empty()
+    {
+        done.merge(snapshot.prune(scope));
+    }
+    done
 }
 
 /// Writes the plan's final states through `dirs`: directories first, then files; `delay` is
@@ -342,6 +507,8 @@ fn clear_leftover_journal(ctx: &Context, ledger: &Ledger) -> Result<(), String> 
     };
     let allowed =
         |rel: &str| crate::workspace::check_path(workspace, rel).map_err(|err| err.to_string());
+    let scope = Scope::new(workspace, ctx.root_id, ctx.limits.max_file_bytes)
+        .map_err(|err| format!("target {target}'s rollback_ignore cannot be used: {err}"))?;
     match journal::recover(
         &workspace.state_dir,
         target,
@@ -349,6 +516,7 @@ fn clear_leftover_journal(ctx: &Context, ledger: &Ledger) -> Result<(), String> 
         ctx.root_id,
         allowed,
         applied,
+        Some(&scope),
     ) {
         Ok(Some(found)) if !found.restored.errors.is_empty() => blocked(format!(
             "the rollback of patch {} could not restore {}",
@@ -411,23 +579,55 @@ fn apply_once(
     }
 
     // Everything below until the journal is sealed only reads.
-    let mut admitted = Vec::new();
-    let checks = patch
-        .commands
-        .iter()
-        .map(|c| (c, CommandKind::Command, None));
-    let checks = checks.chain(
-        patch
-            .validate
-            .iter()
-            .map(|c| (&c.run, CommandKind::Validate, c.timeout_s)),
-    );
-    for (line, kind, timeout_s) in checks {
+    let mut commands = Vec::new();
+    for line in &patch.commands {
         match commands::admit(&ctx.workspace.policy, target, line) {
-            Ok(argv) => admitted.push((line.clone(), argv, kind, timeout_s)),
+            Ok(argv) => commands.push(Step::Run {
+                line: line.clone(),
+                argv,
+                kind: CommandKind::Command,
+                timeout: None,
+                name: String::new(),
+            }),
             Err(reason) => return attempt.end(Status::Rejected, reason),
         }
     }
+    let mut validate = Vec::new();
+    for check in &patch.validate {
+        match commands::admit(&ctx.workspace.policy, target, &check.run) {
+            Ok(argv) => validate.push(Step::Run {
+                line: check.run.clone(),
+                argv,
+                kind: CommandKind::Validate,
+                timeout: check.timeout_s.map(|s| Duration::from_secs(u64::from(s))),
+                name: String::new(),
+            }),
+            Err(reason) if check.if_allowed => validate.push(Step::Skip {
+                line: check.run.clone(),
+                kind: CommandKind::Validate,
+                reason,
+            }),
+            Err(reason) => return attempt.end(Status::Rejected, reason),
+        }
+    }
+    let owners = match owner_steps(&ctx.workspace.policy) {
+        Ok(owners) => owners,
+        Err(reason) => {
+            return attempt.end(
+                Status::Rejected,
+                format!("target {target}'s owner checks cannot run: {reason}"),
+            );
+        }
+    };
+    let scope = match Scope::new(&ctx.workspace, ctx.root_id, ctx.limits.max_file_bytes) {
+        Ok(scope) => scope,
+        Err(reason) => {
+            return attempt.end(
+                Status::Rejected,
+                format!("target {target}'s rollback_ignore cannot be used: {reason}"),
+            );
+        }
+    };
     if (patch.base.is_some() || patch.agent.is_some())
         && let Err(reason) = root_unchanged(ctx)
     {
@@ -439,7 +639,8 @@ fn apply_once(
         return attempt.end(Status::Rejected, reason);
     }
     if let Some(task) = &patch.agent {
-        return hand_off(attempt, &task.task, &admitted, dry_run);
+        validate.splice(0..0, commands);
+        return hand_off(attempt, &task.task, &validate, &owners, dry_run);
     }
     let ops = match fileops::plan(patch) {
         Ok(ops) => ops,
@@ -456,7 +657,7 @@ fn apply_once(
             return attempt.end(Status::Failed, format!("cannot open the workspace: {err}"));
         }
     };
-    let planned = attempt.stage("edits", |_| {
+    let planned = attempt.stage("plan", |_| {
         plan::build(&ctx.workspace, &mut dirs, &ops, ctx.limits)
     });
     let plan = match planned {
@@ -478,13 +679,60 @@ fn apply_once(
             return attempt.end(Status::Failed, format!("cannot write the journal: {err}"));
         }
     };
-    let written = attempt.stage("edits", |_| write_plan(&plan, &mut dirs, ctx.write_delay));
-    let failure = match written {
-        Err(reason) => Some((Status::RolledBack, reason)),
-        Ok(()) => attempt
-            .interrupted()
-            .or_else(|| attempt.stage("commands", |a| a.run_commands(&admitted))),
-    };
+    let written = attempt.stage("write", |_| write_plan(&plan, &mut dirs, ctx.write_delay));
+    let mut failure = written.err().map(|reason| (Status::RolledBack, reason));
+    if failure.is_none() {
+        failure = attempt.interrupted();
+    }
+    let runs_something = validate.iter().any(|step| matches!(step, Step::Run { .. }))
+        || !commands.is_empty()
+        || !owners.is_empty();
+    let mut taken = None;
+    if failure.is_none() && runs_something {
+        let label = format!("patch {} attempt {}", patch.id, lease.attempt);
+        match attempt.stage("snapshot", |_| snapshot::take(&scope, &label)) {
+            Ok(snapshot) => {
+                tracing::debug!(
+                    entries = snapshot.taken.entries,
+                    hashed = snapshot.taken.hashed,
+                    stored = snapshot.taken.stored,
+                    collected = snapshot.taken.collected,
+                    "workspace snapshot taken"
+                );
+                taken = Some(snapshot);
+            }
+            Err(err) => {
+                tracing::error!(%target, error = %err, "cannot snapshot the workspace");
+                failure = Some((
+                    Status::Failed,
+                    format!("cannot snapshot the workspace before the patch's commands: {err}"),
+                ));
+            }
+        }
+    }
+    if failure.is_none() && !commands.is_empty() {
+        failure = attempt.stage("commands", |a| a.run_steps(&commands));
+    }
+    if failure.is_none() && !validate.is_empty() {
+        failure = attempt.stage("validate", |a| a.run_steps(&validate));
+    }
+    if failure.is_none() && !owners.is_empty() {
+        let edited = plan.files.keys().chain(&plan.dirs).map(PathBuf::from);
+        let changed = || {
+            let mut paths: Vec<PathBuf> = edited.collect();
+            match taken.as_ref().map(|snapshot| snapshot.changed(&scope)) {
+                Some(Ok(found)) => paths.extend(snapshot::as_paths(&found)),
+                Some(Err(err)) => {
+                    tracing::warn!(%target, error = %err,
+                        "cannot list what the commands changed; every changed: check runs");
+                    return None;
+                }
+                None => {}
+            }
+            Some(paths)
+        };
+        failure = attempt.stage("checks", |a| a.run_owner_checks(&owners, changed));
+    }
     let failure = failure.or_else(|| {
         let spec = patch.commit.as_ref()?;
         let touched: Vec<PathBuf> = plan
@@ -510,10 +758,17 @@ fn apply_once(
             Err(reason) => Some((Status::RolledBack, reason)),
         }
     });
+    let edited_ignore_file = plan.files.keys().any(|rel| snapshot::is_ignore_file(rel));
+    let kept = Kept {
+        journal,
+        scope: &scope,
+        snapshot: taken.as_ref(),
+        edited_ignore_file,
+    };
     let Some((status, reason)) = failure else {
         return finish(
             attempt,
-            journal,
+            kept,
             &mut dirs,
             &ledger,
             &hash,
@@ -525,7 +780,7 @@ fn apply_once(
     if keep {
         return finish(
             attempt,
-            journal,
+            kept,
             &mut dirs,
             &ledger,
             &hash,
@@ -533,7 +788,19 @@ fn apply_once(
             reason,
         );
     }
-    let restored = attempt.stage("rollback", |_| journal.rollback(&mut dirs));
+    let Kept {
+        journal, snapshot, ..
+    } = kept;
+    let restored = attempt.stage("rollback", |_| {
+        roll_back(
+            ctx,
+            &scope,
+            snapshot,
+            &journal,
+            &mut dirs,
+            edited_ignore_file,
+        )
+    });
     attempt.report.rollback = Some(rollback_record(&restored, &reason));
     let status = if status == Status::Failed {
         Status::RolledBack
@@ -573,16 +840,31 @@ fn close_journal(target: &str, journal: Journal) {
     }
 }
 
-/// Records a kept effect in the ledger, then closes the journal.
+/// What an attempt that wrote holds until it ends.
+struct Kept<'a> {
+    journal: Journal,
+    scope: &'a Scope,
+    snapshot: Option<&'a Snapshot>,
+    edited_ignore_file: bool,
+}
+
+/// Records a kept effect in the ledger, then releases the snapshot and closes the journal.
 fn finish(
     attempt: Attempt<'_>,
-    journal: Journal,
+    kept: Kept<'_>,
     dirs: &mut Dirs,
     ledger: &Ledger,
     hash: &str,
     status: Status,
     error: String,
 ) -> ApplyReport {
+    let Kept {
+        journal,
+        scope,
+        snapshot,
+        edited_ignore_file,
+    } = kept;
+    let ctx = attempt.ctx;
     let target = attempt.ctx.workspace.target.clone();
     let patch_id = attempt.patch.id.to_string();
     let attempt_patch = attempt.patch;
@@ -591,7 +873,7 @@ fn finish(
         // Without the ledger entry a re-delivery would apply again; keep the journal so a
         // restart rolls back rather than leaving an unrecorded effect.
         tracing::error!(patch_id = %patch_id, error = %err, "cannot record the patch in the ledger");
-        let restored = journal.rollback(dirs);
+        let restored = roll_back(ctx, scope, snapshot, &journal, dirs, edited_ignore_file);
         let mut failed = report;
         failed.status = Status::RolledBack;
         failed.error = format!("cannot record the patch in the ledger: {err}");
@@ -603,15 +885,23 @@ fn finish(
         }
         return failed;
     }
+    if snapshot.is_some()
+        && let Err(err) = snapshot::release(scope)
+    {
+        // Recorded applied: a restart finds the patch in the ledger and only drops it.
+        tracing::error!(%target, error = %err, "cannot release the snapshot");
+    }
     close_journal(&target, journal);
     report
 }
 
 /// Hands the patch to the target's agent, then validates.
+/// The agent's changes are not snapshotted, so every `changed:` owner check runs.
 fn hand_off(
     mut attempt: Attempt<'_>,
     task: &str,
-    admitted: &[(String, Argv, CommandKind, Option<u32>)],
+    steps: &[Step],
+    owners: &[OwnerStep],
     dry_run: bool,
 ) -> ApplyReport {
     let ctx = attempt.ctx;
@@ -652,7 +942,14 @@ fn hand_off(
             return attempt.end(Status::Cancelled, "cancelled while waiting for the agent");
         }
     }
-    match attempt.stage("validate", |a| a.run_commands(admitted)) {
+    let mut failure = None;
+    if !steps.is_empty() {
+        failure = attempt.stage("validate", |a| a.run_steps(steps));
+    }
+    if failure.is_none() && !owners.is_empty() {
+        failure = attempt.stage("checks", |a| a.run_owner_checks(owners, || None));
+    }
+    match failure {
         None => attempt.end(Status::Succeeded, ""),
         Some((status, reason)) => attempt.end(status, reason),
     }

@@ -448,19 +448,24 @@ const MAX_TREE_PASSES: usize = 100_000;
 /// directory the patch created, or where a journaled file was.
 pub fn remove_tree(dir: &OwnedFd, name: &str) -> io::Result<bool> {
     let name = std::ffi::CString::new(name).map_err(|_| io::Error::from(Errno::INVAL))?;
-    match rustix::fs::unlinkat(dir, &name, AtFlags::REMOVEDIR) {
+    remove_tree_c(dir, &name)
+}
+
+/// [`remove_tree`] of a name given as bytes (it need not be UTF-8).
+pub fn remove_tree_c(dir: &OwnedFd, name: &std::ffi::CStr) -> io::Result<bool> {
+    match rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR) {
         Ok(()) => return Ok(true),
         Err(err) if err == Errno::NOENT || err == Errno::NAMETOOLONG => return Ok(false),
         Err(err) if err == Errno::NOTEMPTY || err == Errno::EXIST => {}
         // Not a directory (a file or a symlink): removed as such.
-        Err(err) if err == Errno::NOTDIR => return unlink_entry(dir, &name),
+        Err(err) if err == Errno::NOTDIR => return unlink_entry(dir, name),
         Err(err) => return Err(err.into()),
     }
     // O_NOFOLLOW | O_DIRECTORY: swapped for a symlink meanwhile, it is removed as a link.
-    let top = match rustix::fs::openat(dir, &name, dir_flags(), Mode::empty()) {
+    let top = match rustix::fs::openat(dir, name, dir_flags(), Mode::empty()) {
         Ok(fd) => fd,
         Err(err) if err == Errno::NOTDIR || err == Errno::LOOP => {
-            return unlink_entry(dir, &name);
+            return unlink_entry(dir, name);
         }
         Err(err) if err == Errno::NOENT => return Ok(false),
         Err(err) => return Err(err.into()),
@@ -470,7 +475,7 @@ pub fn remove_tree(dir: &OwnedFd, name: &str) -> io::Result<bool> {
         let before = moved;
         clear(&top, &top, 0, &mut moved)?;
         if moved == before {
-            rustix::fs::unlinkat(dir, &name, AtFlags::REMOVEDIR)?;
+            rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)?;
             return Ok(true);
         }
     }

@@ -115,6 +115,143 @@ pub struct TargetPolicy {
     pub output_tail_bytes: usize,
     /// Coding-agent hand-off for patches with `agent.task`; `None`: refused.
     pub agent: Option<AgentConfig>,
+    /// Owner checks: run after every patch's own `commands` and `validate`, whatever the
+    /// patch says and whatever `commands` allows (the owner wrote them, so the allowlist is
+    /// for patches only); a failing one fails the patch like a failing `validate`.
+    pub checks: Vec<OwnerCheck>,
+    /// Globs of workspace paths the complete rollback leaves alone, on top of what
+    /// `.gitignore` ignores; `!glob` takes a path back in, even one `.gitignore` ignores. The
+    /// last matching entry decides, as in `.gitignore`; `**`, `*` (not across `/`), `?` and
+    /// `{a,b}` are understood.
+    pub rollback_ignore: Vec<String>,
+}
+
+/// One owner check of a target (`targets.<T>.checks`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OwnerCheck {
+    /// Its name, unique in the target; reported with its result and in the error of a patch
+    /// it fails.
+    pub name: String,
+    /// The command line: split with shell-words, or given to `/bin/sh -c` when the target
+    /// sets `shell = true`.
+    pub run: String,
+    /// Its deadline; default the target's `command_timeout`. The patch's deadline still
+    /// applies.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
+    /// `"always"` (the default) or `"changed:<glob>"`: only when the patch changed a
+    /// matching path.
+    #[serde(default)]
+    pub when: When,
+}
+
+/// When an owner check runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum When {
+    /// After every patch.
+    #[default]
+    Always,
+    /// Only when a changed path (edited by the patch, or changed by its commands) matches
+    /// this glob.
+    Changed(String),
+}
+
+impl TryFrom<String> for When {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, String> {
+        if value == "always" {
+            return Ok(Self::Always);
+        }
+        match value.strip_prefix("changed:") {
+            Some(glob) if !glob.is_empty() => {
+                compile_glob(glob)?;
+                Ok(Self::Changed(glob.to_owned()))
+            }
+            _ => Err(format!(
+                "when = {value:?}: expected \"always\" or \"changed:<glob>\", e.g. \
+                 \"changed:src/**/*.ts\""
+            )),
+        }
+    }
+}
+
+impl From<When> for String {
+    fn from(when: When) -> Self {
+        match when {
+            When::Always => "always".to_owned(),
+            When::Changed(glob) => format!("changed:{glob}"),
+        }
+    }
+}
+
+/// Compiles a workspace-path glob: `*` and `?` stay within one path component, `**` crosses
+/// them, `{a,b}` is an alternative.
+pub fn compile_glob(glob: &str) -> Result<globset::GlobMatcher, String> {
+    globset::GlobBuilder::new(glob)
+        .literal_separator(true)
+        .backslash_escape(true)
+        .build()
+        .map(|glob| glob.compile_matcher())
+        .map_err(|err| format!("glob {glob:?}: {err}"))
+}
+
+impl TargetPolicy {
+    /// Refuses owner checks without a name or a command, names used twice, and bad
+    /// `rollback_ignore` globs; the message names the target and what is wrong.
+    pub fn validate(&self, target: &str) -> Result<(), String> {
+        let mut names = std::collections::BTreeSet::new();
+        for check in &self.checks {
+            if check.name.trim().is_empty() {
+                return Err(format!(
+                    "target {target}: an owner check has an empty name (run = {:?})",
+                    check.run
+                ));
+            }
+            if !names.insert(check.name.as_str()) {
+                return Err(format!(
+                    "target {target}: owner check name {:?} is used twice",
+                    check.name
+                ));
+            }
+            if check.run.trim().is_empty() {
+                return Err(format!(
+                    "target {target}: owner check {:?} has an empty run",
+                    check.name
+                ));
+            }
+            if !self.shell {
+                shell_words::split(&check.run).map_err(|err| {
+                    format!(
+                        "target {target}: owner check {:?}: cannot split {:?}: {err}",
+                        check.name, check.run
+                    )
+                })?;
+            }
+            if check.timeout.is_some_and(|t| t.is_zero()) {
+                return Err(format!(
+                    "target {target}: owner check {:?} has a zero timeout",
+                    check.name
+                ));
+            }
+        }
+        for glob in &self.rollback_ignore {
+            let bare = glob.strip_prefix('!').unwrap_or(glob);
+            if bare.is_empty() {
+                return Err(format!(
+                    "target {target}: rollback_ignore has an empty glob"
+                ));
+            }
+            compile_glob(bare).map_err(|err| format!("target {target}: rollback_ignore: {err}"))?;
+        }
+        Ok(())
+    }
 }
 
 impl Default for TargetPolicy {
@@ -135,6 +272,8 @@ impl Default for TargetPolicy {
             output_head_bytes: 4 * 1024,
             output_tail_bytes: 16 * 1024,
             agent: None,
+            checks: Vec::new(),
+            rollback_ignore: Vec::new(),
         }
     }
 }
@@ -181,5 +320,76 @@ impl Default for ExecutorConfig {
             targets: BTreeMap::new(),
             test_write_delay: Duration::ZERO,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(toml_text: &str) -> Result<TargetPolicy, String> {
+        let policy: TargetPolicy = toml::from_str(toml_text).map_err(|err| err.to_string())?;
+        policy.validate("MAIN")?;
+        Ok(policy)
+    }
+
+    #[test]
+    fn owner_checks_load_with_their_defaults_and_bad_ones_are_refused_clearly() {
+        let loaded = policy(
+            "commands = \"deny\"\n[[checks]]\nname = \"tsc\"\nrun = \"npx tsc\"\n\
+             when = \"changed:src/**/*.{ts,tsx}\"\ntimeout = \"90s\"\n\
+             [[checks]]\nname = \"test\"\nrun = \"npm test\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            loaded.checks[0].when,
+            When::Changed("src/**/*.{ts,tsx}".to_owned())
+        );
+        assert_eq!(loaded.checks[0].timeout, Some(Duration::from_secs(90)));
+        assert_eq!(loaded.checks[1].when, When::Always);
+        assert_eq!(loaded.checks[1].timeout, None);
+        for (text, expected) in [
+            (
+                "[[checks]]\nname = \"a\"\nrun = \"x\"\nwhen = \"never\"\n",
+                "expected \"always\" or \"changed:<glob>\"",
+            ),
+            (
+                "[[checks]]\nname = \"a\"\nrun = \"x\"\nwhen = \"changed:\"\n",
+                "expected \"always\"",
+            ),
+            (
+                "[[checks]]\nname = \"a\"\nrun = \"x\"\nwhen = \"changed:src/{a\"\n",
+                "glob \"src/{a\"",
+            ),
+            (
+                "[[checks]]\nname = \"a\"\nrun = \"x\"\n[[checks]]\nname = \"a\"\nrun = \"y\"\n",
+                "\"a\" is used twice",
+            ),
+            ("[[checks]]\nname = \" \"\nrun = \"x\"\n", "empty name"),
+            ("[[checks]]\nname = \"a\"\nrun = \"\"\n", "empty run"),
+            (
+                "[[checks]]\nname = \"a\"\nrun = \"x 'open\"\n",
+                "cannot split",
+            ),
+            ("rollback_ignore = [\"!\"]\n", "empty glob"),
+        ] {
+            let err = policy(text).unwrap_err();
+            assert!(err.contains(expected), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn globs_keep_star_inside_a_component_and_let_double_star_cross() {
+        let glob = compile_glob("src/**/*.ts").unwrap();
+        assert!(glob.is_match("src/a.ts"));
+        assert!(glob.is_match("src/x/y/a.ts"));
+        assert!(!glob.is_match("lib/a.ts"));
+        assert!(!glob.is_match("src/a.tsx"));
+        let star = compile_glob("*.md").unwrap();
+        assert!(star.is_match("README.md"));
+        assert!(!star.is_match("docs/a.md"));
+        let braces = compile_glob("{a,b}/?.txt").unwrap();
+        assert!(braces.is_match("b/1.txt"));
+        assert!(!braces.is_match("c/1.txt"));
     }
 }

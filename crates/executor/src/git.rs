@@ -104,3 +104,108 @@ pub fn commit(
     output(git(root).args(["rev-parse", "HEAD"]))
         .map_err(|err| format!("git rev-parse failed: {err}"))
 }
+
+/// True when `root` is the top of a git work tree (its `.git` is a directory or a file).
+pub fn is_work_tree(root: &Path) -> bool {
+    std::fs::symlink_metadata(root.join(".git")).is_ok()
+}
+
+fn bytes_output(command: &mut Command, ok_codes: &[i32]) -> Result<Vec<u8>, String> {
+    let out = command
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|err| format!("cannot run git: {err}"))?;
+    if !out
+        .status
+        .code()
+        .is_some_and(|code| ok_codes.contains(&code))
+    {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
+    }
+    Ok(out.stdout)
+}
+
+fn split_nul(bytes: &[u8]) -> Vec<Vec<u8>> {
+    bytes
+        .split(|byte| *byte == 0)
+        .filter(|part| !part.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
+/// The untracked paths the work tree's `.gitignore` files ignore now, a directory whose whole
+/// content is ignored named once with a trailing `/`. Only `.gitignore` files count: not
+/// `.git/info/exclude` nor the user's excludes file (neither is in the snapshot, so a
+/// command could change what they hide).
+pub fn ignored(root: &Path) -> Result<Vec<Vec<u8>>, String> {
+    let out = bytes_output(
+        git(root).args([
+            "ls-files",
+            "-z",
+            "--others",
+            "--ignored",
+            "--exclude-per-directory=.gitignore",
+            "--directory",
+        ]),
+        &[0],
+    )
+    .map_err(|err| format!("git ls-files failed: {err}"))?;
+    Ok(split_nul(&out))
+}
+
+/// An ignored path and the file of the rule that ignores it.
+pub type IgnoreSource = (Vec<u8>, Vec<u8>);
+
+/// For each of `paths` that an ignore rule matches: the path and the file the rule is in
+/// (relative to the root for the work tree's `.gitignore` files).
+pub fn ignore_sources(root: &Path, paths: &[Vec<u8>]) -> Result<Vec<IgnoreSource>, String> {
+    use std::io::Write;
+    if paths.is_empty() {
+        return Ok(Vec::new());
+    }
+    // `check-ignore` takes no literal pathspecs; a `./` in front keeps a name such as
+    // `:(top)x` from being read as pathspec magic.
+    let mut input = Vec::new();
+    for path in paths {
+        input.extend_from_slice(b"./");
+        input.extend_from_slice(path);
+        input.push(0);
+    }
+    let mut child = git(root)
+        .env_remove("GIT_LITERAL_PATHSPECS")
+        .args(["check-ignore", "-z", "-v", "--stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|err| format!("cannot run git: {err}"))?;
+    // Written from a thread while this one reads: no deadlock on a large list.
+    let writer = child.stdin.take().map(|mut stdin| {
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        })
+    });
+    let out = child
+        .wait_with_output()
+        .map_err(|err| format!("cannot run git: {err}"))?;
+    if let Some(writer) = writer {
+        let _ = writer.join();
+    }
+    // 0: some paths ignored; 1: none.
+    if !matches!(out.status.code(), Some(0 | 1)) {
+        return Err(format!(
+            "git check-ignore failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    // Records of four fields: source, line number, pattern, path.
+    let fields: Vec<&[u8]> = out.stdout.split(|byte| *byte == 0).collect();
+    Ok(fields
+        .chunks_exact(4)
+        .filter(|record| !record[0].is_empty())
+        .map(|record| {
+            let path = record[3].strip_prefix(b"./").unwrap_or(record[3]);
+            (path.to_vec(), record[0].to_vec())
+        })
+        .collect())
+}

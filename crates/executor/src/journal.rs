@@ -82,8 +82,22 @@ pub struct Restored {
     pub restored: u32,
     /// Files and directories removed.
     pub removed: u32,
-    /// What could not be restored (empty: byte-identical).
+    /// What could not be restored and may be tried again (empty: byte-identical); the
+    /// journal is kept and the target refuses patches while it is not.
     pub errors: Vec<String>,
+    /// What could not be restored and never will be (a file over `max_file_bytes`, which the
+    /// snapshot recorded by stat key only): reported, without blocking the target.
+    pub incomplete: Vec<String>,
+}
+
+impl Restored {
+    /// Adds what another restore did.
+    pub fn merge(&mut self, other: Self) {
+        self.restored += other.restored;
+        self.removed += other.removed;
+        self.errors.extend(other.errors);
+        self.incomplete.extend(other.incomplete);
+    }
 }
 
 /// An open journal for one apply.
@@ -451,6 +465,9 @@ fn checked_path(rel: &str) -> Option<&str> {
 ///
 /// `root_id` is the identity of `root` recorded at start: a root that is no longer that
 /// directory, or a journal written for another root, is refused and the journal kept.
+///
+/// With `snapshot`, a snapshot still in force (the patch's commands had started) is restored
+/// first, then the edits are rolled back; for an applied patch it is only released.
 pub fn recover(
     state_dir: &Path,
     target: &str,
@@ -458,6 +475,7 @@ pub fn recover(
     root_id: beneath::RootId,
     allowed: impl Fn(&str) -> Result<(), String>,
     applied: impl Fn(&Header) -> bool,
+    snapshot: Option<&crate::snapshot::Scope>,
 ) -> std::io::Result<Option<Recovered>> {
     refuse_old_layout(state_dir, target)?;
     let path = journal_path(state_dir, target);
@@ -496,9 +514,30 @@ pub fn recover(
         }
     }
     let restored = if applied(&header) {
+        if let Some(scope) = snapshot {
+            crate::snapshot::release(scope)?;
+        }
         Restored::default()
     } else {
-        restore(&originals, &mut Dirs::open_checked(root, root_id)?)
+        let (mut restored, in_force) = match snapshot.map(crate::snapshot::recover) {
+            Some(found) => match found? {
+                Some(restored) => (restored, true),
+                None => (Restored::default(), false),
+            },
+            None => (Restored::default(), false),
+        };
+        restored.merge(restore(&originals, &mut Dirs::open_checked(root, root_id)?));
+        let edited_ignore_file = originals.iter().any(|original| {
+            matches!(&original.entry, Entry::File { path, .. } if crate::snapshot::is_ignore_file(path))
+        });
+        if let Some(scope) = snapshot
+            && in_force
+            && edited_ignore_file
+            && restored.errors.is_empty()
+        {
+            restored.merge(crate::snapshot::prune_recorded(scope)?);
+        }
+        restored
     };
     if restored.errors.is_empty() {
         remove_if_present(&path)?;
@@ -543,7 +582,7 @@ mod tests {
         fs::write(ws.join("new/b"), "b").unwrap();
         // A crash here: the next start finds the journal and rolls it back.
         drop(journal);
-        let recovered = recover(&state, "MAIN", &ws, id(&ws), |_| Ok(()), |_| false)
+        let recovered = recover(&state, "MAIN", &ws, id(&ws), |_| Ok(()), |_| false, None)
             .unwrap()
             .unwrap();
         assert_eq!(recovered.header, header);
@@ -553,7 +592,7 @@ mod tests {
         assert_eq!(mode, 0o600);
         assert!(!ws.join("new").exists());
         assert!(
-            recover(&state, "MAIN", &ws, id(&ws), |_| Ok(()), |_| false)
+            recover(&state, "MAIN", &ws, id(&ws), |_| Ok(()), |_| false, None)
                 .unwrap()
                 .is_none()
         );
@@ -588,7 +627,7 @@ mod tests {
         fs::write(ws.join("bin"), "x").unwrap();
         fs::write(ws.join("empty"), "y").unwrap();
         drop(journal);
-        let recovered = recover(&state, "MAIN", &ws, id(&ws), |_| Ok(()), |_| false)
+        let recovered = recover(&state, "MAIN", &ws, id(&ws), |_| Ok(()), |_| false, None)
             .unwrap()
             .unwrap();
         assert_eq!(recovered.restored.restored, 2);
@@ -610,7 +649,8 @@ mod tests {
                 dir.path(),
                 id(dir.path()),
                 |_| Ok(()),
-                |_| false
+                |_| false,
+                None
             )
             .unwrap()
             .is_none()
@@ -632,6 +672,7 @@ mod tests {
             id(dir.path()),
             |_| Ok(()),
             |_| false,
+            None,
         )
         .unwrap_err();
         assert!(err.to_string().contains("cannot be read"), "{err}");
@@ -657,7 +698,7 @@ mod tests {
                 Ok(())
             }
         };
-        let err = recover(&state, "MAIN", &ws, id(&ws), refuse_git, |_| false).unwrap_err();
+        let err = recover(&state, "MAIN", &ws, id(&ws), refuse_git, |_| false, None).unwrap_err();
         assert!(err.to_string().contains("may not touch"), "{err}");
         assert!(!ws.join(".git/hooks/post-commit").exists());
         assert!(path.exists());
@@ -676,7 +717,7 @@ mod tests {
         )
         .unwrap();
         fs::write(ws.join("a"), "keep").unwrap();
-        let err = recover(&state, "MAIN", &ws, id(&ws), |_| Ok(()), |_| false).unwrap_err();
+        let err = recover(&state, "MAIN", &ws, id(&ws), |_| Ok(()), |_| false, None).unwrap_err();
         assert!(err.to_string().contains("another workspace root"), "{err}");
         assert_eq!(fs::read_to_string(ws.join("a")).unwrap(), "keep");
     }
@@ -693,6 +734,7 @@ mod tests {
             id(dir.path()),
             |_| Ok(()),
             |_| false,
+            None,
         )
         .unwrap_err();
         assert!(err.to_string().contains("older executor"), "{err}");
@@ -724,7 +766,7 @@ mod layout_2 {
             b = ws.join("new/b").display(),
         );
         fs::write(&path, [MAGIC_ABSOLUTE, entries.as_bytes()].concat()).unwrap();
-        let recovered = recover(&state, "MAIN", &ws, id(&ws), |_| Ok(()), |_| false)
+        let recovered = recover(&state, "MAIN", &ws, id(&ws), |_| Ok(()), |_| false, None)
             .unwrap()
             .unwrap();
         assert!(
@@ -743,7 +785,7 @@ mod layout_2 {
             outside.display()
         );
         fs::write(&path, [MAGIC_ABSOLUTE, entries.as_bytes()].concat()).unwrap();
-        assert!(recover(&state, "MAIN", &ws, id(&ws), |_| Ok(()), |_| false).is_err());
+        assert!(recover(&state, "MAIN", &ws, id(&ws), |_| Ok(()), |_| false, None).is_err());
         assert_eq!(fs::read_to_string(&outside).unwrap(), "keep");
     }
 }

@@ -27,10 +27,13 @@ mod git;
 pub mod journal;
 pub mod ledger;
 pub mod plan;
+pub mod snapshot;
 pub mod workspace;
 
 pub use app::App;
-pub use config::{AgentConfig, CommandPolicy, ExecutorConfig, TargetPolicy, WorkspaceConfig};
+pub use config::{
+    AgentConfig, CommandPolicy, ExecutorConfig, OwnerCheck, TargetPolicy, When, WorkspaceConfig,
+};
 
 /// Service name in logs, traces, metrics and the environment prefix.
 pub const SERVICE: &str = "executor";

@@ -237,6 +237,7 @@ pub fn file_text(keys: &[ApiKeyConfig]) -> Result<String, CliError> {
             commands: Commands::default(),
             agent: None,
             checks: Vec::new(),
+            rollback_ignore: Vec::new(),
         }],
         keys,
     };

@@ -166,7 +166,7 @@ fn invalid(message: String) -> CliError {
 
 /// The targets of the file with the `--workspace` flags over them; `MAIN=./workspace` when
 /// there are none; the default target first. Refuses two defaults, duplicate names or
-/// aliases, and owner checks (not supported yet).
+/// aliases, and owner checks or `rollback_ignore` globs the executor would refuse.
 fn targets(file_targets: Vec<TargetSpec>, flags: &[String]) -> Result<Vec<TargetSpec>, CliError> {
     let mut targets = file_targets;
     for spec in flags {
@@ -185,6 +185,7 @@ fn targets(file_targets: Vec<TargetSpec>, flags: &[String]) -> Result<Vec<Target
                 commands: Commands::default(),
                 agent: None,
                 checks: Vec::new(),
+                rollback_ignore: Vec::new(),
             }),
         }
     }
@@ -197,6 +198,7 @@ fn targets(file_targets: Vec<TargetSpec>, flags: &[String]) -> Result<Vec<Target
             commands: Commands::default(),
             agent: None,
             checks: Vec::new(),
+            rollback_ignore: Vec::new(),
         });
     }
     let defaults: Vec<&str> = targets
@@ -219,13 +221,7 @@ fn targets(file_targets: Vec<TargetSpec>, flags: &[String]) -> Result<Vec<Target
                 ))
             })?;
         }
-        if !target.checks.is_empty() {
-            return Err(invalid(format!(
-                "target {}: owner checks ([[targets.checks]]) are not supported yet; remove them \
-                 (nothing would run them)",
-                target.name
-            )));
-        }
+        policy_of(target)?;
         for name in std::iter::once(&target.name).chain(&target.aliases) {
             if !names.insert(name.clone()) {
                 return Err(invalid(format!(
@@ -239,6 +235,43 @@ fn targets(file_targets: Vec<TargetSpec>, flags: &[String]) -> Result<Vec<Target
     default.is_default = true;
     targets.insert(0, default);
     Ok(targets)
+}
+
+/// The executor's policy of a `[[targets]]` entry, checked as the executor checks it at
+/// start (owner check names, `when`, globs).
+fn policy_of(target: &TargetSpec) -> Result<TargetPolicy, CliError> {
+    let checks = target
+        .checks
+        .iter()
+        .map(|check| {
+            let when = match &check.when {
+                None => executor::When::Always,
+                Some(when) => executor::When::try_from(when.clone()).map_err(|err| {
+                    invalid(format!(
+                        "target {}: owner check {:?} in [[targets.checks]]: {err}",
+                        target.name, check.name
+                    ))
+                })?,
+            };
+            Ok(executor::OwnerCheck {
+                name: check.name.clone(),
+                run: check.run.clone(),
+                timeout: check.timeout,
+                when,
+            })
+        })
+        .collect::<Result<Vec<_>, CliError>>()?;
+    let policy = TargetPolicy {
+        commands: target.commands.0.clone(),
+        agent: target.agent.clone(),
+        checks,
+        rollback_ignore: target.rollback_ignore.clone(),
+        ..TargetPolicy::default()
+    };
+    policy
+        .validate(&target.name)
+        .map_err(|err| invalid(format!("{err} (in [[targets]])")))?;
+    Ok(policy)
 }
 
 /// The tree of `[[targets]]` and `[[keys]]` for each service section.
@@ -280,15 +313,8 @@ fn derived(
             .collect(),
         targets: targets
             .iter()
-            .map(|t| {
-                let policy = TargetPolicy {
-                    commands: t.commands.0.clone(),
-                    agent: t.agent.clone(),
-                    ..TargetPolicy::default()
-                };
-                (t.name.clone(), policy)
-            })
-            .collect(),
+            .map(|t| policy_of(t).map(|policy| (t.name.clone(), policy)))
+            .collect::<Result<_, _>>()?,
     };
     Ok(HashMap::from([
         ("gateway", to_tree(&gateway)?),
@@ -709,6 +735,67 @@ mod tests {
                 err.contains("set targets with [[targets]]"),
                 "{text}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn owner_checks_and_rollback_ignore_reach_the_executors_policy_and_bad_ones_are_refused() {
+        let config = load_text(
+            r#"
+            [[targets]]
+            name = "MAIN"
+            root = "./main"
+            commands = "deny"
+            rollback_ignore = ["coverage/**", "!dist/keep.js"]
+
+            [[targets.checks]]
+            name = "tsc"
+            run = "npx tsc --noEmit"
+            timeout = "2m"
+            when = "changed:src/**/*.{ts,tsx}"
+
+            [[targets.checks]]
+            name = "lint"
+            run = "npx eslint ."
+            "#,
+            UpFlags::default(),
+        )
+        .unwrap();
+        let policy = &config.system.executor.as_ref().unwrap().targets["MAIN"];
+        assert_eq!(policy.checks.len(), 2);
+        assert_eq!(policy.checks[0].name, "tsc");
+        assert_eq!(policy.checks[0].timeout, Some(Duration::from_secs(120)));
+        assert_eq!(
+            policy.checks[0].when,
+            executor::When::Changed("src/**/*.{ts,tsx}".to_owned())
+        );
+        assert_eq!(policy.checks[1].when, executor::When::Always);
+        assert_eq!(policy.rollback_ignore, ["coverage/**", "!dist/keep.js"]);
+        // What `ghost up` hands the executor reads back the same.
+        let rendered = config.render().unwrap();
+        assert!(rendered.contains("changed:src/**/*.{ts,tsx}"), "{rendered}");
+
+        for (text, expected) in [
+            (
+                "[[targets]]\nname = \"MAIN\"\nroot = \"a\"\n[[targets.checks]]\nname = \"x\"\nrun = \"true\"\nwhen = \"sometimes\"\n",
+                "expected \"always\" or \"changed:<glob>\"",
+            ),
+            (
+                "[[targets]]\nname = \"MAIN\"\nroot = \"a\"\n[[targets.checks]]\nname = \"x\"\nrun = \"true\"\n[[targets.checks]]\nname = \"x\"\nrun = \"false\"\n",
+                "\"x\" is used twice",
+            ),
+            (
+                "[[targets]]\nname = \"MAIN\"\nroot = \"a\"\n[[targets.checks]]\nname = \"\"\nrun = \"true\"\n",
+                "empty name",
+            ),
+            (
+                "[[targets]]\nname = \"MAIN\"\nroot = \"a\"\nrollback_ignore = [\"a/{b\"]\n",
+                "rollback_ignore",
+            ),
+        ] {
+            let err = load_text(text, UpFlags::default()).unwrap_err().to_string();
+            assert!(err.contains(expected), "{text}: {err}");
+            assert!(err.contains("MAIN"), "{text}: {err}");
         }
     }
 

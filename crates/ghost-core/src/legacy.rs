@@ -577,19 +577,11 @@ impl Reader<'_> {
             Some(mutations) => self.mutations(mutations, "/mutations", &target, None)?,
             None => Vec::new(),
         };
-        let commands = match object.remove("postMutationBuild") {
-            Some(value) => command_list(value, "/postMutationBuild")?,
-            None => Vec::new(),
-        };
-        let validate = match object.remove("validate") {
-            Some(value) => checks(command_list(value, "/validate")?),
-            None => Vec::new(),
-        };
+        let validate = legacy_checks(&mut object)?;
         self.ignore_rest(object, "");
         finish(Patch {
             description,
             edits,
-            commands,
             validate,
             ..empty(id, target)
         })
@@ -746,19 +738,11 @@ impl Reader<'_> {
                  executionSteps: the ones given are empty or blank, so there are no instructions",
             ));
         }
-        let commands = match object.remove("postMutationBuild") {
-            Some(value) => command_list(value, "/postMutationBuild")?,
-            None => Vec::new(),
-        };
-        let validate = match object.remove("validate") {
-            Some(value) => checks(command_list(value, "/validate")?),
-            None => Vec::new(),
-        };
+        let validate = legacy_checks(&mut object)?;
         self.ignore_rest(object, "");
         finish(Patch {
             description,
             priority,
-            commands,
             validate,
             agent: Some(AgentTask {
                 task: task.join("\n"),
@@ -768,15 +752,29 @@ impl Reader<'_> {
     }
 }
 
+/// A legacy document's checks: run where the target's policy allows their program, skipped
+/// (and reported) where it does not.
 fn checks(commands: Vec<String>) -> Vec<Check> {
     commands
         .into_iter()
         .map(|run| Check {
             run,
             timeout_s: None,
-            if_allowed: false,
+            if_allowed: true,
         })
         .collect()
+}
+
+/// `postMutationBuild` then `validate`, as patch checks in that order.
+fn legacy_checks(object: &mut Map<String, Value>) -> Result<Vec<Check>, PatchError> {
+    let mut all = match object.remove("postMutationBuild") {
+        Some(value) => checks(command_list(value, "/postMutationBuild")?),
+        None => Vec::new(),
+    };
+    if let Some(value) = object.remove("validate") {
+        all.extend(checks(command_list(value, "/validate")?));
+    }
+    Ok(all)
 }
 
 fn empty(id: PatchId, target: TargetName) -> Patch {

@@ -303,11 +303,16 @@ pub fn validate(patch: &Patch) -> Result<(), PatchError> {
         .patch
         .as_deref()
         .is_some_and(|doc| !doc.trim().is_empty());
-    if patch.edits.is_empty() && !has_document && patch.agent.is_none() && patch.commands.is_empty()
+    if patch.edits.is_empty()
+        && !has_document
+        && patch.agent.is_none()
+        && patch.commands.is_empty()
+        && patch.validate.is_empty()
     {
         return Err(PatchError::invalid(
             "/edits",
-            "a patch needs at least one edit, a `patch` document, an `agent` task or a command",
+            "a patch needs at least one edit, a `patch` document, an `agent` task, a command or \
+             a check",
         ));
     }
     if let Some(agent) = &patch.agent

@@ -59,7 +59,12 @@ impl ApplyReport {
 /// How long one stage of an attempt took.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StageTiming {
-    /// The stage's name; each appears once per attempt.
+    /// The stage's name; each appears once per attempt, in this order, when it runs:
+    /// `plan` (every edit computed in memory), `journal` (originals recorded and synced),
+    /// `write` (the edits written), `snapshot` (the workspace recorded before the first
+    /// command), `commands` (the patch's own), `validate` (the patch's checks), `checks` (the
+    /// target owner's checks), `commit` (git), `rollback`; a hand-off has `agent`, `validate`
+    /// and `checks`. Reports from before issue 20 named both `plan` and `write` `edits`.
     pub stage: String,
     /// Wall time in milliseconds.
     pub duration_ms: u64,
@@ -190,13 +195,15 @@ impl CommandKind {
 pub struct CommandReport {
     /// The command line.
     pub command: String,
-    /// Its exit code; `None` when it was killed.
+    /// Its exit code; `None` when it was killed (see `signal`), or when it did not run: an
+    /// `if_allowed` check whose program the target does not allow is reported with no exit
+    /// code, no duration and an `output_tail` that starts with `skipped: ` and says why.
     pub exit_code: Option<i32>,
     /// How long it ran, in milliseconds.
     pub duration_ms: u64,
     /// The end of its combined output.
     pub output_tail: String,
-    /// Whether it came from `commands` or `validate`.
+    /// Whether it came from `commands`, `validate` or the target owner's `checks`.
     #[serde(default)]
     pub kind: CommandKind,
     /// The start of its output when it was too long to keep whole (empty otherwise).

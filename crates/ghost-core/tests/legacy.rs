@@ -203,7 +203,10 @@ fn prose_phases_become_an_agent_task() {
     let task = &patch.agent.as_ref().unwrap().task;
     assert!(task.contains("Create src-nextgen/shell/ directory with hardened structure"));
     assert!(task.contains("Configure shell-specific TypeScript setup"));
-    assert_eq!(patch.commands.len(), 9);
+    // postMutationBuild and validate: patch checks, run where the policy allows them.
+    assert!(patch.commands.is_empty());
+    assert_eq!(patch.validate.len(), 9);
+    assert!(patch.validate.iter().all(|check| check.if_allowed));
     assert_eq!(patch.priority, Priority::High);
     assert!(patch.edits.is_empty());
 }
@@ -232,8 +235,11 @@ fn upserts_under_a_legacy_root_become_relative_writes_with_modes() {
             mode: "0755".to_owned(),
         }
     );
-    assert_eq!(patch.commands.len(), 4);
-    assert_eq!(patch.validate[0].run, "node scripts/ci/validate_success.js");
+    // postMutationBuild first, then validate, all as patch checks run where allowed.
+    assert!(patch.commands.is_empty());
+    assert_eq!(patch.validate.len(), 5);
+    assert!(patch.validate.iter().all(|check| check.if_allowed));
+    assert_eq!(patch.validate[4].run, "node scripts/ci/validate_success.js");
     assert!(normalised.ignored.contains(&"/showInUI".to_owned()));
 }
 

@@ -16,7 +16,9 @@ use crate::store::{RouterStore, StatsRows, now_ms};
 const DEFAULT_WINDOW_MS: i64 = 24 * 3600 * 1000;
 /// Stages in the order they run; others follow by name.
 const STAGE_ORDER: &[&str] = &[
-    "journal", "edits", "agent", "commands", "validate", "commit", "rollback",
+    // "edits": the name reports before issue 20 gave both planning and writing.
+    "plan", "journal", "write", "edits", "snapshot", "agent", "commands", "validate", "checks",
+    "commit", "rollback",
 ];
 
 /// The gRPC face of the dashboard aggregates.

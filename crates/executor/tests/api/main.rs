@@ -1,6 +1,8 @@
 //! Executor tests against real files, real child processes and real git.
 
 mod agent;
+mod checks;
+mod complete_rollback;
 mod crash;
 mod diagnostics;
 mod dry_run;

@@ -48,6 +48,10 @@ fn flipper(a: PathBuf, b: PathBuf, spare: PathBuf, stop: Arc<AtomicBool>) -> u64
 async fn a_directory_flipped_with_a_symlink_lets_nothing_out_and_rollbacks_stay_whole() {
     let ws = workspace_with(TargetPolicy {
         commands: CommandPolicy::Any,
+        // The complete rollback restores paths (not directory handles): a directory that
+        // something outside the executor keeps renaming is left to the edits journal, which
+        // restores through the handles it wrote with.
+        rollback_ignore: vec!["d".to_owned(), "flip".to_owned(), "spare".to_owned()],
         ..TargetPolicy::default()
     });
     let outside = tempfile::tempdir().unwrap();

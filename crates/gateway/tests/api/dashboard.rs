@@ -427,7 +427,7 @@ async fn the_detail_page_shows_the_report_with_command_output_and_the_overview_c
             .as_array()
             .unwrap()
             .iter()
-            .any(|s| s["stage"] == "edits")
+            .any(|s| s["stage"] == "write")
     );
     assert!(report["rollback"].is_null());
 
@@ -458,5 +458,5 @@ async fn the_detail_page_shows_the_report_with_command_output_and_the_overview_c
         "hour bar for the patch"
     );
     assert!(overview.body.contains("Stage latency"));
-    assert!(overview.body.contains("edits p50"));
+    assert!(overview.body.contains("write p50"));
 }

@@ -85,23 +85,28 @@ pub struct TargetSpec {
     /// Coding-agent hand-off for patches with `agent.task` (the executor's `agent` settings).
     #[serde(default)]
     pub agent: Option<AgentConfig>,
-    /// Owner checks run after every patch: not supported yet; a non-empty list is refused.
+    /// Owner checks (`[[targets.checks]]`) run after every patch's own commands and checks,
+    /// whatever `commands` allows patches; a failing one rolls the patch back.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<CheckSpec>,
+    /// Globs the complete rollback leaves alone on top of `.gitignore` (`!glob` takes a path
+    /// back in); the last matching entry decides.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollback_ignore: Vec<String>,
 }
 
-/// One owner check (`[[targets.checks]]`): parsed, but not supported yet.
+/// One owner check (`[[targets.checks]]`): the executor's `targets.<T>.checks` entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckSpec {
-    /// Its name.
+    /// Its name, unique in the target.
     pub name: String,
     /// The command line.
     pub run: String,
-    /// Its deadline.
+    /// Its deadline (default: the target's command timeout).
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
-    /// When it runs.
+    /// `"always"` (the default) or `"changed:<glob>"`.
     #[serde(default)]
     pub when: Option<String>,
 }

@@ -15,4 +15,5 @@ mod steer;
 mod submit;
 mod tokens;
 mod up;
+mod up_checks;
 mod up_guards;

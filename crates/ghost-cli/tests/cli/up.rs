@@ -155,7 +155,7 @@ pub(crate) async fn submit(url: &str, key: &str, body: &Value) -> (u16, Value) {
 }
 
 /// Polls `GET /v1/patches/{id}` until the patch has ended; returns its last answer.
-async fn wait_ended(url: &str, key: &str, id: &str) -> Value {
+pub(crate) async fn wait_ended(url: &str, key: &str, id: &str) -> Value {
     let client = reqwest::Client::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -348,12 +348,12 @@ async fn an_unknown_key_fails_with_file_line_column_and_the_nearest_key() {
             &[("GHOST_ROUTER__MAX_ATTEMTPS", "3")],
             &["GHOST_ROUTER__MAX_ATTEMTPS", "did you mean `max_attempts`?"],
         ),
-        // Owner checks parse but are refused, never accepted and ignored.
+        // Owner checks run now (`up_checks`); one the executor could not run is refused.
         (
             "checks.toml",
-            "[[targets]]\nname = \"MAIN\"\nroot = \"./ws\"\n[[targets.checks]]\nname = \"t\"\nrun = \"cargo test\"\n",
+            "[[targets]]\nname = \"MAIN\"\nroot = \"./ws\"\n[[targets.checks]]\nname = \"t\"\nrun = \"cargo test\"\nwhen = \"sometimes\"\n",
             &[],
-            &["not supported yet"],
+            &["target MAIN", "expected \"always\" or \"changed:<glob>\""],
         ),
     ];
     for (file, contents, extra, needles) in cases {
