@@ -511,6 +511,7 @@ mod tests {
         let mut bad = wire::Patch::from(&sample());
         bad.edits.clear();
         bad.commands.clear();
+        bad.validate.clear();
         let err = Patch::try_from(bad).unwrap_err();
         assert_eq!(err.field, "edits");
     }

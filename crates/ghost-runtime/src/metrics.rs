@@ -65,6 +65,16 @@ pub const CATALOGUE: &[(&str, Kind, &str)] = &[
         "Writes committed together by one router group commit.",
     ),
     (
+        "ghost_router_waiters",
+        Kind::Gauge,
+        "Calls waiting in the router's Wait (long-poll) for a patch to end.",
+    ),
+    (
+        "ghost_router_waiters_refused_total",
+        Kind::Counter,
+        "Wait calls refused because the router's cap on waiting calls was reached.",
+    ),
+    (
         "ghost_executor_rollback_failures_total",
         Kind::Counter,
         "Rollbacks that could not restore the workspace byte for byte, by target.",
