@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use executor::{CommandPolicy, TargetPolicy};
+use executor::{CommandPolicy, OwnerCheck, TargetPolicy, When};
 use serde_json::{Value, json};
 
 use crate::helpers::{API_KEY, TestSystem, spawn_system_with};
@@ -37,16 +37,14 @@ const GOOD: &str = "export const a: number = 1;\n\nexport function f(): number {
 const TYPE_ERROR: &str = "export const a: number = 1;\nexport function f(): number {\n  const b: number = \"two\";\n  return a + b;\n}\n";
 const FIXED: &str = "export const a: number = 1;\nexport function f(): number {\n  const b: number = 2;\n  return a + b;\n}\n";
 
-/// A patch writing `src/a.ts` and checked by tsc. After owner checks (issue 20, point 1)
-/// this check may come from the target's config instead: only `checks` below changes.
-fn ts_patch(id: &str, contents: &str, tsc: &str) -> Value {
-    let checks = json!([format!("{tsc} --noEmit -p .")]);
+/// A patch writing `src/a.ts`. It names no check: tsc is the target's owner check, which the
+/// patch can neither skip nor change.
+fn ts_patch(id: &str, contents: &str) -> Value {
     json!({
         "id": id,
         "target": "MAIN",
         "description": format!("typescript {id}"),
         "edits": [{"op": "write", "path": "src/a.ts", "contents": contents}],
-        "validate": checks,
     })
 }
 
@@ -57,7 +55,14 @@ async fn start(tsc: &str) -> TestSystem {
         executor.targets.insert(
             "MAIN".to_owned(),
             TargetPolicy {
-                commands: CommandPolicy::Allowlist(vec![allowed]),
+                // Patches may run nothing; the owner's check runs all the same.
+                commands: CommandPolicy::Deny,
+                checks: vec![OwnerCheck {
+                    name: "tsc".to_owned(),
+                    run: format!("{allowed} --noEmit -p ."),
+                    timeout: None,
+                    when: When::Changed("src/**/*.ts".to_owned()),
+                }],
                 ..TargetPolicy::default()
             },
         );
@@ -110,7 +115,7 @@ async fn a_type_error_is_rolled_back_with_its_tsc_diagnostic_and_the_fix_succeed
     };
     let system = start(&tsc).await;
 
-    let response = system.submit(&ts_patch("ts-break", TYPE_ERROR, &tsc)).await;
+    let response = system.submit(&ts_patch("ts-break", TYPE_ERROR)).await;
     assert_eq!(
         response.status().as_u16(),
         202,
@@ -127,7 +132,7 @@ async fn a_type_error_is_rolled_back_with_its_tsc_diagnostic_and_the_fix_succeed
     let expected = json!({
         "path": "src/a.ts", "line": 3, "column": 9, "severity": "error", "code": "TS2322",
         "message": "Type 'string' is not assignable to type 'number'.", "tool": "tsc",
-        "check": format!("{tsc} --noEmit -p ."),
+        "check": "tsc",
     });
     assert_eq!(
         broken["report"]["diagnostics"],
@@ -181,7 +186,7 @@ async fn a_type_error_is_rolled_back_with_its_tsc_diagnostic_and_the_fix_succeed
         "{excerpt}"
     );
 
-    let response = system.submit(&ts_patch("ts-fix", FIXED, &tsc)).await;
+    let response = system.submit(&ts_patch("ts-fix", FIXED)).await;
     assert_eq!(response.status().as_u16(), 202);
     let fixed = system.wait_finished("ts-fix").await;
     assert_eq!(fixed["status"], "succeeded", "{fixed}");
