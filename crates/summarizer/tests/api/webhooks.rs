@@ -549,3 +549,101 @@ async fn a_loopback_url_without_allow_private_is_refused_when_the_config_loads()
         "{err}"
     );
 }
+
+/// A receiver that accepts connections and never answers; counts what it accepted.
+struct Stalled {
+    url: String,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Stalled {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/stalled", listener.local_addr().unwrap());
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            // Bounded: the test aborts the task at its end.
+            for _ in 0..1000 {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(stream);
+            }
+        });
+        Self {
+            url,
+            accepted,
+            task,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_receiver_that_never_answers_does_not_delay_delivery_to_a_healthy_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let stalled = Stalled::start().await;
+    let port = reserve_port().port();
+    let receiver = Receiver::start(port, 0.0, 204).await;
+    let healthy = format!("http://127.0.0.1:{port}/hook");
+    let mut app = spawn_with(SummarizerConfig {
+        // Far longer than the test waits for the healthy receiver.
+        webhook_timeout: Duration::from_secs(60),
+        ..config(
+            dir.path(),
+            vec![
+                subscription(&stalled.url, &["*"], &[]),
+                subscription(&healthy, &["*"], &[]),
+            ],
+        )
+    })
+    .await;
+
+    app.client
+        .record(record("stall-0", 1, PatchStatus::Failed))
+        .await
+        .unwrap();
+    assert_eq!(
+        receiver.wait_for(1, Duration::from_secs(20)).await.len(),
+        1
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while stalled.accepted.load(std::sync::atomic::Ordering::SeqCst) == 0
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(stalled.accepted.load(std::sync::atomic::Ordering::SeqCst) > 0);
+
+    // While the stalled receiver holds its first message, later events still reach the
+    // healthy one.
+    for n in 1..=3 {
+        app.client
+            .record(record(&format!("stall-{n}"), 1, PatchStatus::Failed))
+            .await
+            .unwrap();
+    }
+    let received = receiver.wait_for(4, Duration::from_secs(20)).await;
+    assert_eq!(received.len(), 4, "{received:#?}");
+    let pending = app.summaries.index().webhooks_pending().unwrap();
+    assert!(
+        pending
+            .iter()
+            .all(|row| row.subscription == stalled.url && row.tries == 0),
+        "only the stalled subscription's messages wait, still on their first try: {pending:#?}"
+    );
+
+    // Each subscription has its own depth and oldest-pending age, labelled without its URL.
+    let text = metrics(&app).await;
+    assert!(
+        text.contains("ghost_webhook_oldest_pending_age_seconds{subscription=\""),
+        "{text}"
+    );
+    assert!(!text.contains("/stalled"), "no URL in the labels: {text}");
+    promtool_check(&text);
+    stalled.task.abort();
+    app.stop().await;
+}
