@@ -149,7 +149,7 @@ impl App {
             ));
         }
         if let Some(deliverer) = self.state.deliverer.clone() {
-            tracker.spawn(crate::outbox::run(
+            tracker.spawn(crate::webhooks::deliver::run(
                 deliverer,
                 summaries.clone(),
                 summaries.webhook_wake(),

@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS webhook_outbox (
 );
 CREATE INDEX IF NOT EXISTS webhook_outbox_by_patch ON webhook_outbox (subscription, patch_id, id);
 CREATE INDEX IF NOT EXISTS webhook_outbox_by_due ON webhook_outbox (next_at_ms, id);
+CREATE INDEX IF NOT EXISTS webhook_outbox_by_lane ON webhook_outbox (subscription, next_at_ms, id);
 CREATE TABLE IF NOT EXISTS webhook_dead_letters (
     id           INTEGER PRIMARY KEY,
     webhook_id   TEXT NOT NULL UNIQUE,
@@ -174,34 +175,56 @@ pub(super) fn insert(
 
 impl Index {
     /// Up to `limit` messages due at `now_ms` and first in line for their patch and
-    /// subscription, oldest first.
+    /// subscription, oldest first; only those of the subscription `lane` when given.
     pub fn webhooks_due(
         &self,
         now_ms: i64,
         limit: usize,
+        lane: Option<&str>,
     ) -> Result<Vec<WebhookRow>, SummarizerError> {
         let conn = lock(&self.conn);
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT id, webhook_id, subscription, patch_id, attempt, event, body, tries, first_try_ms
-             FROM webhook_outbox o WHERE next_at_ms <= ?1 AND {FIRST_OF_PATCH}
+             FROM webhook_outbox o WHERE next_at_ms <= ?1 AND (?3 IS NULL OR subscription = ?3)
+             AND {FIRST_OF_PATCH}
              ORDER BY next_at_ms, id LIMIT ?2"
         ))?;
         let rows = stmt
             .query_map(
-                params![now_ms, i64::try_from(limit).unwrap_or(i64::MAX)],
+                params![now_ms, i64::try_from(limit).unwrap_or(i64::MAX), lane],
                 webhook_row,
             )?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
 
-    /// When the next message first in line is due, if any is pending.
-    pub fn webhooks_next_due(&self) -> Result<Option<i64>, SummarizerError> {
+    /// When the next message first in line is due, if any is pending (of the subscription
+    /// `lane` when given).
+    pub fn webhooks_next_due(&self, lane: Option<&str>) -> Result<Option<i64>, SummarizerError> {
         Ok(lock(&self.conn).query_row(
-            &format!("SELECT MIN(next_at_ms) FROM webhook_outbox o WHERE {FIRST_OF_PATCH}"),
-            [],
+            &format!(
+                "SELECT MIN(next_at_ms) FROM webhook_outbox o
+                 WHERE (?1 IS NULL OR subscription = ?1) AND {FIRST_OF_PATCH}"
+            ),
+            params![lane],
             |row| row.get(0),
         )?)
+    }
+
+    /// Per subscription key: pending messages and when the oldest was queued (unix ms).
+    pub fn webhook_backlogs(&self) -> Result<Vec<(String, u64, i64)>, SummarizerError> {
+        let conn = lock(&self.conn);
+        let mut stmt = conn.prepare_cached(
+            "SELECT subscription, COUNT(*), MIN(created_ms) FROM webhook_outbox
+             GROUP BY subscription",
+        )?;
+        let rows = stmt
+            .query_map([], |row| {
+                let count: i64 = row.get(1)?;
+                Ok((row.get(0)?, u64::try_from(count).unwrap_or(0), row.get(2)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
     }
 
     /// Every pending message, in record order.

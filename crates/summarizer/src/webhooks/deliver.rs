@@ -1,18 +1,24 @@
-//! Delivering the webhook outbox ([`Deliverer`], run by the one outbox loop,
-//! [`crate::outbox::run`]): one HTTP client per subscription (its own guarded resolver, no
-//! redirects, no proxy, a deadline per call), rounds of due messages sent at once (at most one
-//! per patch and subscription, so order holds), every outcome settled in one transaction.
+//! Delivering the webhook outbox ([`run`]: one lane per subscription, each the one outbox
+//! loop [`crate::outbox::run`] over that subscription's rows, so a receiver that stalls or
+//! fails only delays its own messages): one HTTP client per subscription (its own guarded
+//! resolver, no redirects, no proxy, a deadline per call), rounds of due messages sent at once
+//! (at most one per patch and subscription, so order holds), every outcome settled in one
+//! transaction, and what finished is settled on shutdown too.
 //!
 //! 2xx is delivered; 410 Gone is dead-lettered at once; anything else (or no answer) is tried
 //! again after an exponential backoff with jitter, until `give_up_after` has passed since the
 //! first try, then dead-lettered (kept in `webhook_dead_letters`, logged as an error, counted).
+//! Messages of a subscription no longer configured are kept (not sent, not dead-lettered),
+//! logged once and counted in `ghost_webhook_orphaned`; they are sent if it comes back.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use reqwest::header::CONTENT_TYPE;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::Webhooks;
@@ -41,11 +47,15 @@ struct Endpoint {
     client: reqwest::Client,
 }
 
-/// Sends outbox rows to their subscriptions.
+/// Sends outbox rows to their subscriptions; a lane sends only those of one.
 #[derive(Clone)]
 pub struct Deliverer {
     endpoints: Arc<HashMap<String, Endpoint>>,
     policy: Policy,
+    /// The subscription key this lane sends; `None`: every subscription.
+    lane: Option<Arc<str>>,
+    /// Set once the rows of unconfigured subscriptions have been logged.
+    orphans_logged: Arc<AtomicBool>,
 }
 
 impl Deliverer {
@@ -79,7 +89,17 @@ impl Deliverer {
         Ok(Self {
             endpoints: Arc::new(endpoints),
             policy,
+            lane: None,
+            orphans_logged: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// The same deliverer, sending only the rows of the subscription `key`.
+    fn lane(&self, key: &str) -> Self {
+        Self {
+            lane: Some(Arc::from(key)),
+            ..self.clone()
+        }
     }
 
     /// One try of `row`: `Ok` on 2xx, `Err((reason, final))` otherwise, `final` when it must
@@ -167,12 +187,17 @@ impl Outbox for Deliverer {
 
     const NAME: &'static str = "webhook";
 
-    fn due(index: &Index, now_ms: i64, limit: usize) -> Result<Vec<WebhookRow>, SummarizerError> {
-        index.webhooks_due(now_ms, limit)
+    fn due(
+        &self,
+        index: &Index,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<WebhookRow>, SummarizerError> {
+        index.webhooks_due(now_ms, limit, self.lane.as_deref())
     }
 
-    fn next_due(index: &Index) -> Result<Option<i64>, SummarizerError> {
-        index.webhooks_next_due()
+    fn next_due(&self, index: &Index) -> Result<Option<i64>, SummarizerError> {
+        index.webhooks_next_due(self.lane.as_deref())
     }
 
     fn settle(index: &Index, settled: &[WebhookSettle]) -> Result<(), SummarizerError> {
@@ -184,23 +209,61 @@ impl Outbox for Deliverer {
         summaries: &Summaries,
         rows: Vec<WebhookRow>,
         shutdown: &CancellationToken,
-    ) -> Option<Vec<WebhookSettle>> {
+    ) -> Vec<WebhookSettle> {
         deliver_round(summaries, self, rows, shutdown).await
     }
 
     async fn after_pass(&self, summaries: &Summaries) {
-        publish_counts(summaries).await;
+        publish_counts(summaries, self).await;
     }
 }
 
-/// Sends `rows` at once; `None` when shutdown came first (the rows stay due and are sent again
-/// after the restart, under the same `webhook-id`).
+/// Delivers every subscription's messages until `shutdown`, one lane (outbox loop) each;
+/// `wake` (a message was queued) wakes every lane.
+pub async fn run(
+    deliverer: Deliverer,
+    summaries: Summaries,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    let mut lanes = tokio::task::JoinSet::new();
+    let mut wakes = Vec::new();
+    for key in deliverer.endpoints.keys() {
+        let lane_wake = Arc::new(Notify::new());
+        wakes.push(Arc::clone(&lane_wake));
+        lanes.spawn(crate::outbox::run(
+            deliverer.lane(key),
+            summaries.clone(),
+            lane_wake,
+            shutdown.clone(),
+        ));
+    }
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = wake.notified() => {
+                for lane_wake in &wakes {
+                    // Stores a permit when the lane is busy, so no wake-up is lost.
+                    lane_wake.notify_one();
+                }
+            }
+        }
+    }
+    while let Some(joined) = lanes.join_next().await {
+        if let Err(err) = joined {
+            tracing::error!(error = %err, "webhook lane failed");
+        }
+    }
+}
+
+/// Sends `rows` at once; on shutdown, the outcomes that finished before it (the others stay
+/// due and are sent again after the restart, under the same `webhook-id`).
 async fn deliver_round(
     summaries: &Summaries,
     deliverer: &Deliverer,
     rows: Vec<WebhookRow>,
     shutdown: &CancellationToken,
-) -> Option<Vec<WebhookSettle>> {
+) -> Vec<WebhookSettle> {
     let mut sends = tokio::task::JoinSet::new();
     for row in rows {
         let deliverer = deliverer.clone();
@@ -212,11 +275,11 @@ async fn deliver_round(
     let mut settled = Vec::new();
     loop {
         let joined = tokio::select! {
-            () = shutdown.cancelled() => return None,
+            () = shutdown.cancelled() => return settled,
             joined = sends.join_next() => joined,
         };
         let Some(joined) = joined else {
-            return Some(settled);
+            return settled;
         };
         match joined {
             Ok((row, result)) => settled.push(outcome_of(summaries, deliverer, &row, result)),
@@ -291,14 +354,53 @@ fn outcome_of(
     }
 }
 
-/// Sets the outbox depth and dead-letter gauges from the tables.
-async fn publish_counts(summaries: &Summaries) {
+/// Sets the outbox depth and dead-letter gauges from the tables, and this lane's depth and
+/// oldest pending age (labelled by the subscription's label, never its URL); logs once the
+/// messages kept for subscriptions no longer configured.
+async fn publish_counts(summaries: &Summaries, deliverer: &Deliverer) {
     let index = summaries.index().clone();
-    if let Ok(Ok((pending, dead))) =
-        tokio::task::spawn_blocking(move || index.webhook_counts()).await
-    {
-        metrics::gauge!("ghost_webhook_outbox_depth").set(pending as f64);
-        metrics::gauge!("ghost_webhook_dead_letters").set(dead as f64);
+    let Ok(Ok(((pending, dead), backlogs))) = tokio::task::spawn_blocking(move || {
+        Ok::<_, SummarizerError>((index.webhook_counts()?, index.webhook_backlogs()?))
+    })
+    .await
+    else {
+        return;
+    };
+    metrics::gauge!("ghost_webhook_outbox_depth").set(pending as f64);
+    metrics::gauge!("ghost_webhook_dead_letters").set(dead as f64);
+    let now = summaries.now_ms();
+    for (key, endpoint) in deliverer.endpoints.iter() {
+        if deliverer.lane.as_deref().is_some_and(|lane| lane != key) {
+            continue;
+        }
+        let (depth, oldest_ms) = backlogs
+            .iter()
+            .find(|(of, _, _)| of == key)
+            .map_or((0, now), |(_, depth, oldest)| (*depth, *oldest));
+        let label = endpoint.subscription.label.clone();
+        metrics::gauge!("ghost_webhook_subscription_depth", "subscription" => label.clone())
+            .set(depth as f64);
+        metrics::gauge!("ghost_webhook_oldest_pending_age_seconds", "subscription" => label)
+            .set(now.saturating_sub(oldest_ms).max(0) as f64 / 1000.0);
+    }
+    let orphaned: u64 = backlogs
+        .iter()
+        .filter(|(key, _, _)| !deliverer.endpoints.contains_key(key))
+        .map(|(_, depth, _)| depth)
+        .sum();
+    metrics::gauge!("ghost_webhook_orphaned").set(orphaned as f64);
+    if orphaned > 0 && !deliverer.orphans_logged.swap(true, Ordering::Relaxed) {
+        let subscriptions: Vec<String> = backlogs
+            .iter()
+            .filter(|(key, _, _)| !deliverer.endpoints.contains_key(key))
+            .map(|(key, _, _)| super::subscription::hashed_label(key))
+            .collect();
+        tracing::warn!(
+            orphaned,
+            ?subscriptions,
+            "webhook messages of subscriptions no longer configured are kept, not sent; \
+             they are sent if the subscription comes back (same name, or same url without one)"
+        );
     }
 }
 
@@ -312,6 +414,7 @@ mod tests {
         let subscription = Prepared {
             index: 0,
             key: url.to_owned(),
+            label: "test".to_owned(),
             url: reqwest::Url::parse(url).unwrap(),
             secret: vec![7; 32],
             statuses: vec![ghost_core::Status::Failed],

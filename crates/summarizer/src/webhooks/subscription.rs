@@ -32,6 +32,11 @@ pub const ALL_EVENTS: &str = "*";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Subscription {
+    /// A stable name (1 to 64 of `A-Z a-z 0-9 . _ -`): the subscription's identity in the
+    /// outbox, in `webhook-id`s and in metric labels, so its URL can change (a rotated token)
+    /// without losing its pending messages. Default: the URL itself (labelled by its hash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// Where to POST, `http://` or `https://`, without `user:password@`.
     pub url: String,
     /// `whsec_<base64 of 24 to 64 random bytes>`, the Standard Webhooks signing secret.
@@ -51,9 +56,13 @@ pub struct Subscription {
 pub struct Prepared {
     /// Its position in the config, for messages (`subscriptions[N]`).
     pub index: usize,
-    /// The subscription's identity in the outbox and in `webhook-id`s: its URL, normalised
-    /// (so rewriting it in another case or spelling keeps its pending messages).
+    /// The subscription's identity in the outbox and in `webhook-id`s: its `name`, or else its
+    /// URL, normalised (so rewriting it in another case or spelling keeps its pending
+    /// messages).
     pub key: String,
+    /// Its metric label: its `name`, or `url-` and a hash of its URL (never the URL, whose
+    /// path or query may carry a token).
+    pub label: String,
     /// The parsed URL.
     pub url: Url,
     /// The decoded signing key.
@@ -90,6 +99,36 @@ impl Prepared {
     pub fn name(&self) -> String {
         name(self.index, &self.url)
     }
+}
+
+/// Longest subscription name.
+const MAX_NAME_LEN: usize = 64;
+
+fn check_name(raw: &str) -> Result<(), String> {
+    if raw.is_empty() || raw.len() > MAX_NAME_LEN {
+        return Err(format!(
+            "name must be 1 to {MAX_NAME_LEN} characters, not {}",
+            raw.len()
+        ));
+    }
+    if let Some(bad) = raw
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "name {:?} has {bad:?}; use only A-Z, a-z, 0-9, '.', '_' and '-'",
+            shown(raw)
+        ));
+    }
+    Ok(())
+}
+
+/// `url-` and 8 hex digits of the SHA-256 of `key`: a stable label that does not show it.
+pub fn hashed_label(key: &str) -> String {
+    use sha2::{Digest as _, Sha256};
+    let digest = Sha256::digest(key.as_bytes());
+    let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("url-{hex}")
 }
 
 fn name(index: usize, url: &Url) -> String {
@@ -141,6 +180,9 @@ impl Subscription {
             ));
         }
         let named = name(index, &url);
+        if let Some(given) = &self.name {
+            check_name(given).map_err(|why| format!("{named}: {why}"))?;
+        }
         if !url.username().is_empty() || url.password().is_some() {
             return Err(format!(
                 "{named}: url must not carry user:password@; the signature authenticates the sender"
@@ -173,9 +215,15 @@ impl Subscription {
             })?;
             targets.insert(parsed.to_string());
         }
+        let key = self.name.clone().unwrap_or_else(|| url.as_str().to_owned());
+        let label = match &self.name {
+            Some(given) => given.clone(),
+            None => hashed_label(&key),
+        };
         Ok(Prepared {
             index,
-            key: url.as_str().to_owned(),
+            key,
+            label,
             url,
             secret,
             statuses,
@@ -218,7 +266,7 @@ impl Subscription {
     }
 }
 
-/// Checks a whole list: each entry, their number, and that no URL appears twice.
+/// Checks a whole list: each entry, their number, and that no name or URL appears twice.
 pub fn prepare_all(subscriptions: &[Subscription]) -> Result<Vec<Prepared>, String> {
     if subscriptions.len() > MAX_SUBSCRIPTIONS {
         return Err(format!(
@@ -229,9 +277,16 @@ pub fn prepare_all(subscriptions: &[Subscription]) -> Result<Vec<Prepared>, Stri
     let mut prepared: Vec<Prepared> = Vec::with_capacity(subscriptions.len());
     for (index, subscription) in subscriptions.iter().enumerate() {
         let checked = subscription.prepare(index)?;
-        if let Some(first) = prepared.iter().find(|p| p.key == checked.key) {
+        if let Some(first) = prepared.iter().find(|p| p.url == checked.url) {
             return Err(format!(
                 "{}: the same url as subscriptions[{}]; list its events in one entry",
+                checked.name(),
+                first.index
+            ));
+        }
+        if let Some(first) = prepared.iter().find(|p| p.key == checked.key) {
+            return Err(format!(
+                "{}: the same name as subscriptions[{}]; names must differ",
                 checked.name(),
                 first.index
             ));

@@ -21,6 +21,7 @@ const SECRET: &str = "whsec_C2FtcGxlLXNlY3JldC1mb3ItZ2hvc3QtcnVubmVyISE=";
 
 fn subscription(url: &str, events: &[&str], targets: &[&str]) -> Subscription {
     Subscription {
+        name: None,
         url: url.to_owned(),
         secret: Secret::new(SECRET),
         events: events.iter().map(|e| (*e).to_owned()).collect(),
@@ -606,10 +607,7 @@ async fn a_receiver_that_never_answers_does_not_delay_delivery_to_a_healthy_one(
         .record(record("stall-0", 1, PatchStatus::Failed))
         .await
         .unwrap();
-    assert_eq!(
-        receiver.wait_for(1, Duration::from_secs(20)).await.len(),
-        1
-    );
+    assert_eq!(receiver.wait_for(1, Duration::from_secs(20)).await.len(), 1);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while stalled.accepted.load(std::sync::atomic::Ordering::SeqCst) == 0
         && tokio::time::Instant::now() < deadline

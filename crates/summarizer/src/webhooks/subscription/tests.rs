@@ -4,6 +4,7 @@ const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 fn entry(url: &str) -> Subscription {
     Subscription {
+        name: None,
         url: url.to_owned(),
         secret: Secret::new(SECRET),
         events: vec!["*".to_owned()],
@@ -81,6 +82,7 @@ fn private_urls_are_refused_naming_the_entry_and_the_rule_unless_allowed() {
         );
         assert!(message.contains("allow_private = true"), "{url}: {message}");
         let allowed = Subscription {
+            name: None,
             allow_private: true,
             ..entry(url)
         };
@@ -122,6 +124,7 @@ fn secrets_must_be_whsec_base64_of_24_to_64_bytes_and_are_never_echoed() {
         "",
     ] {
         let subscription = Subscription {
+            name: None,
             secret: Secret::new(secret),
             ..entry("https://example.com/hook")
         };
@@ -133,6 +136,7 @@ fn secrets_must_be_whsec_base64_of_24_to_64_bytes_and_are_never_echoed() {
     }
     let fine = format!("whsec_{}", STANDARD.encode([9_u8; 64]));
     let subscription = Subscription {
+        name: None,
         secret: Secret::new(fine),
         ..entry("https://example.com/hook")
     };
@@ -142,6 +146,7 @@ fn secrets_must_be_whsec_base64_of_24_to_64_bytes_and_are_never_echoed() {
 #[test]
 fn events_are_terminal_status_names_or_star() {
     let with = |events: &[&str]| Subscription {
+        name: None,
         events: events.iter().map(|e| (*e).to_owned()).collect(),
         ..entry("https://example.com/hook")
     };
@@ -172,6 +177,7 @@ fn events_are_terminal_status_names_or_star() {
 #[test]
 fn targets_filter_and_must_be_target_names() {
     let subscription = Subscription {
+        name: None,
         targets: vec!["MAIN".to_owned()],
         ..entry("https://example.com/hook")
     };
@@ -179,6 +185,7 @@ fn targets_filter_and_must_be_target_names() {
     assert!(prepared.wants("MAIN", Status::Succeeded));
     assert!(!prepared.wants("OTHER", Status::Succeeded));
     let bad = Subscription {
+        name: None,
         targets: vec!["../x".to_owned()],
         ..entry("https://example.com/hook")
     };
