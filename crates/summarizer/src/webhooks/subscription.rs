@@ -357,7 +357,7 @@ pub fn forbidden(ip: IpAddr) -> Option<&'static str> {
 }
 
 fn forbidden_v4(ip: Ipv4Addr) -> Option<&'static str> {
-    let [a, b, _, _] = ip.octets();
+    let [a, b, c, _] = ip.octets();
     if ip.is_loopback() {
         Some("a loopback address")
     } else if ip.is_private() {
@@ -372,6 +372,12 @@ fn forbidden_v4(ip: Ipv4Addr) -> Option<&'static str> {
         Some("the broadcast address")
     } else if a == 100 && (64..128).contains(&b) {
         Some("a shared (CGNAT) address (100.64.0.0/10)")
+    } else if a == 192 && b == 0 && c == 0 {
+        Some("an IETF protocol assignment (192.0.0.0/24)")
+    } else if a == 198 && b & 0xfe == 18 {
+        Some("a benchmarking address (198.18.0.0/15)")
+    } else if a >= 240 {
+        Some("a reserved address (240.0.0.0/4)")
     } else {
         None
     }
@@ -389,22 +395,34 @@ fn forbidden_v6(ip: Ipv6Addr) -> Option<&'static str> {
         Some("a unique local address (fc00::/7)")
     } else if first & 0xffc0 == 0xfe80 {
         Some("a link-local address (fe80::/10)")
-    } else if let Some(v4) = embedded_v4(ip) {
-        forbidden_v4(v4)
+    } else if first & 0xffc0 == 0xfec0 {
+        Some("a site-local address (fec0::/10)")
+    } else if ip.segments()[..3] == [0x64, 0xff9b, 1] {
+        Some("a local-use NAT64 address (64:ff9b:1::/48)")
     } else {
-        None
+        embedded_v4(ip).into_iter().flatten().find_map(forbidden_v4)
     }
 }
 
-/// The IPv4 address inside an IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`)
-/// or NAT64 (`64:ff9b::a.b.c.d`) IPv6 address.
-fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+/// The IPv4 addresses inside an IPv6 address: IPv4-mapped (`::ffff:a.b.c.d`),
+/// IPv4-compatible (`::a.b.c.d`), NAT64 (`64:ff9b::a.b.c.d`), 6to4 (`2002:AABB:CCDD::/48`)
+/// and Teredo (`2001:0:SERVER:…:CLIENT`, the client's address inverted), each reaching that
+/// IPv4 address.
+fn embedded_v4(ip: Ipv6Addr) -> [Option<Ipv4Addr>; 2] {
     let segments = ip.segments();
+    let octets = ip.octets();
+    let at = |i: usize| Ipv4Addr::new(octets[i], octets[i + 1], octets[i + 2], octets[i + 3]);
     if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-        let [.., a, b, c, d] = ip.octets();
-        return Some(Ipv4Addr::new(a, b, c, d));
+        return [Some(at(12)), None];
     }
-    ip.to_ipv4()
+    if segments[0] == 0x2002 {
+        return [Some(at(2)), None];
+    }
+    if segments[..2] == [0x2001, 0] {
+        let client = Ipv4Addr::from(!u32::from(at(12)));
+        return [Some(at(4)), Some(client)];
+    }
+    [ip.to_ipv4(), None]
 }
 
 /// Resolves a subscription's host name for the HTTP client and refuses the lookup when any

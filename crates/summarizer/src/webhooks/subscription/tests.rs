@@ -244,3 +244,47 @@ async fn the_resolver_checks_every_address_a_name_resolves_to() {
         "{addrs:?}"
     );
 }
+
+#[test]
+fn reserved_benchmarking_site_local_and_tunnelled_addresses_are_refused() {
+    let cases = [
+        ("192.0.0.1", "192.0.0.0/24"),
+        ("192.0.0.255", "192.0.0.0/24"),
+        ("198.18.0.1", "198.18.0.0/15"),
+        ("198.19.255.255", "198.18.0.0/15"),
+        ("240.0.0.1", "240.0.0.0/4"),
+        ("254.255.255.255", "240.0.0.0/4"),
+        ("255.255.255.255", "broadcast"),
+        ("fec0::1", "site-local"),
+        ("feff::1", "site-local"),
+        ("64:ff9b:1::a00:1", "64:ff9b:1::/48"),
+        // 6to4 carrying 127.0.0.1, 10.0.0.1, 169.254.169.254.
+        ("2002:7f00:1::1", "loopback"),
+        ("2002:a00:1::", "private"),
+        ("2002:a9fe:a9fe::1", "link-local"),
+        // Teredo: the client's address is the last 32 bits inverted (127.0.0.1 here), the
+        // server's the 32 bits after 2001:0::.
+        ("2001:0:4136:e378:8000:63bf:80ff:fffe", "loopback"),
+        ("2001:0:a00:1::1", "private"),
+    ];
+    for (ip, kind) in cases {
+        let ip: IpAddr = ip.parse().unwrap();
+        let found = forbidden(ip).unwrap_or_else(|| panic!("{ip} allowed"));
+        assert!(found.contains(kind), "{ip}: {found}");
+    }
+    for ip in [
+        "192.0.1.1",
+        "198.17.255.255",
+        "198.20.0.1",
+        "203.0.114.1",
+        "223.255.255.255",
+        "2002:808:808::1",
+        "2001:0:4136:e378:8000:63bf:f7f7:f7f7",
+        "2001:db9::1",
+        "fe00::1",
+        "64:ff9b:2::1",
+    ] {
+        let ip: IpAddr = ip.parse().unwrap();
+        assert_eq!(forbidden(ip), None, "{ip}");
+    }
+}
