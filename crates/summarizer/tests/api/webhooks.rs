@@ -645,3 +645,67 @@ async fn a_receiver_that_never_answers_does_not_delay_delivery_to_a_healthy_one(
     stalled.task.abort();
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_removed_subscription_keeps_its_backlog_and_gets_it_when_it_comes_back_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = format!("http://{}/old-token", reserve_port());
+    let port = reserve_port().port();
+    let receiver = Receiver::start(port, 0.0, 204).await;
+    let named = |url: &str| Subscription {
+        name: Some("ops".to_owned()),
+        ..subscription(url, &["*"], &[])
+    };
+
+    // The receiver of "ops" is down: its message waits.
+    let mut app = spawn_with(config(dir.path(), vec![named(&closed)])).await;
+    app.client
+        .record(record("kept", 1, PatchStatus::Failed))
+        .await
+        .unwrap();
+    let index = app.summaries.index().clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while index
+        .webhooks_pending()
+        .unwrap()
+        .iter()
+        .all(|r| r.tries == 0)
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    app.stop().await;
+
+    // "ops" is removed: its message is kept, counted, not dead-lettered; others still flow.
+    let other = format!("http://127.0.0.1:{port}/other");
+    let mut app = spawn_with(config(dir.path(), vec![subscription(&other, &["*"], &[])])).await;
+    app.client
+        .record(record("flows", 1, PatchStatus::Failed))
+        .await
+        .unwrap();
+    let received = receiver.wait_for(1, Duration::from_secs(20)).await;
+    assert_eq!(received.len(), 1, "{received:#?}");
+    assert_eq!(received[0]["patch"], "flows");
+    let text = wait_for_metric(&app, "ghost_webhook_orphaned", 1.0).await;
+    assert_eq!(sample(&text, "ghost_webhook_orphaned"), Some(1.0), "{text}");
+    let index = app.summaries.index().clone();
+    assert_eq!(index.webhook_dead_letters().unwrap(), Vec::new());
+    let pending = index.webhooks_pending().unwrap();
+    assert_eq!(pending.len(), 1, "{pending:#?}");
+    assert_eq!(pending[0].subscription, "ops");
+    app.stop().await;
+
+    // "ops" comes back under a new URL (a rotated token): it gets its backlog, same id.
+    let rotated = format!("http://127.0.0.1:{port}/new-token");
+    let mut app = spawn_with(config(dir.path(), vec![named(&rotated)])).await;
+    let received = receiver.wait_for(2, Duration::from_secs(20)).await;
+    assert_eq!(received.len(), 2, "{received:#?}");
+    assert_eq!(received[1]["patch"], "kept");
+    assert_eq!(received[1]["id"], webhook_id("ops", "kept", 1));
+    assert_eq!(received[1]["verified"], true);
+    let index = app.summaries.index().clone();
+    assert_eq!(index.webhook_dead_letters().unwrap(), Vec::new());
+    let text = wait_for_metric(&app, "ghost_webhook_orphaned", 0.0).await;
+    assert_eq!(sample(&text, "ghost_webhook_orphaned"), Some(0.0), "{text}");
+    app.stop().await;
+}

@@ -288,3 +288,35 @@ fn reserved_benchmarking_site_local_and_tunnelled_addresses_are_refused() {
         assert_eq!(forbidden(ip), None, "{ip}");
     }
 }
+
+#[test]
+fn a_name_is_the_key_and_label_and_must_be_short_and_plain() {
+    let named = |name: &str| Subscription {
+        name: Some(name.to_owned()),
+        ..entry("https://hooks.example.com/x?token=abc")
+    };
+    let prepared = named("ops-1").prepare(0).unwrap();
+    assert_eq!(prepared.key, "ops-1");
+    assert_eq!(prepared.label, "ops-1");
+    let unnamed = entry("https://hooks.example.com/x?token=abc")
+        .prepare(0)
+        .unwrap();
+    assert_eq!(unnamed.key, "https://hooks.example.com/x?token=abc");
+    assert!(unnamed.label.starts_with("url-") && !unnamed.label.contains("token"));
+    for bad in ["", "has space", "a/b", &"x".repeat(65)] {
+        let err = refused(&named(bad));
+        assert!(
+            err.starts_with("subscriptions[3] (https://hooks.example.com): name"),
+            "{err}"
+        );
+    }
+    let err = prepare_all(&[
+        named("ops"),
+        Subscription {
+            name: Some("ops".to_owned()),
+            ..entry("https://other.example.com/")
+        },
+    ])
+    .unwrap_err();
+    assert!(err.contains("the same name as subscriptions[0]"), "{err}");
+}
