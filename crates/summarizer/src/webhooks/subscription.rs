@@ -37,7 +37,9 @@ pub struct Subscription {
     /// without losing its pending messages. Default: the URL itself (labelled by its hash).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// Where to POST, `http://` or `https://`, without `user:password@`.
+    /// Where to POST, `http://` or `https://`, without `user:password@`. Rendered (e.g. by
+    /// `--print-config`) as its origin and `/…`: its path or query may carry a token.
+    #[serde(serialize_with = "serialize_redacted_url")]
     pub url: String,
     /// `whsec_<base64 of 24 to 64 random bytes>`, the Standard Webhooks signing secret.
     pub secret: Secret,
@@ -49,6 +51,29 @@ pub struct Subscription {
     /// Allow private, loopback and link-local addresses (off: refused, against SSRF).
     #[serde(default)]
     pub allow_private: bool,
+}
+
+/// `url` as shown: its origin, and `/…` when it has a path, query or fragment (which may carry
+/// a token).
+pub fn redacted_url(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(parsed) if parsed.origin().is_tuple() => {
+            let origin = parsed.origin().ascii_serialization();
+            if parsed.path() == "/" && parsed.query().is_none() && parsed.fragment().is_none() {
+                format!("{origin}/")
+            } else {
+                format!("{origin}/…")
+            }
+        }
+        _ => ghost_runtime::config::REDACTED.to_owned(),
+    }
+}
+
+fn serialize_redacted_url<S: serde::Serializer>(
+    url: &str,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&redacted_url(url))
 }
 
 /// A [`Subscription`] that passed every check, ready to match outcomes and sign messages.
