@@ -110,6 +110,11 @@ pub const CATALOGUE: &[(&str, Kind, &str)] = &[
         "Age of the oldest webhook message waiting for one subscription, by subscription, in seconds.",
     ),
     (
+        "ghost_webhook_outbox_full_total",
+        Kind::Counter,
+        "Webhook messages dead-lettered at once because the outbox held webhook_outbox_max messages.",
+    ),
+    (
         "ghost_webhook_orphaned",
         Kind::Gauge,
         "Webhook messages kept for subscriptions no longer configured (sent if they come back).",

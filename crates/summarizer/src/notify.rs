@@ -88,7 +88,7 @@ impl Outbox for NotifyOutbox {
         index.outbox_next_due()
     }
 
-    fn settle(index: &Index, settled: &[NotifySettle]) -> Result<(), SummarizerError> {
+    fn settle(&self, index: &Index, settled: &[NotifySettle]) -> Result<(), SummarizerError> {
         let mut delivered = Vec::new();
         let mut failed = Vec::new();
         for outcome in settled {

@@ -59,7 +59,7 @@ pub trait Outbox: Clone + Send + Sync + 'static {
     fn next_due(&self, index: &Index) -> Result<Option<i64>, SummarizerError>;
 
     /// Records a round in one transaction (blocking).
-    fn settle(index: &Index, settled: &[Self::Settled]) -> Result<(), SummarizerError>;
+    fn settle(&self, index: &Index, settled: &[Self::Settled]) -> Result<(), SummarizerError>;
 
     /// Sends `rows`; on shutdown, what finished before it (the other rows stay due).
     fn round(
@@ -100,7 +100,7 @@ pub async fn run<O: Outbox>(
         if !rows.is_empty() {
             let settled = outbox.round(&summaries, rows, &shutdown).await;
             // What finished is recorded even on shutdown, so it is not sent again.
-            settle::<O>(&summaries, settled, &shutdown).await;
+            settle(&outbox, &summaries, settled, &shutdown).await;
             if shutdown.is_cancelled() {
                 return;
             }
@@ -153,6 +153,7 @@ async fn next_wait<O: Outbox>(outbox: &O, summaries: &Summaries) -> Duration {
 /// Records a round; until it is recorded its rows stay due, so a storage error is retried,
 /// never dropped (a row sent twice is harmless: receivers deduplicate).
 async fn settle<O: Outbox>(
+    outbox: &O,
     summaries: &Summaries,
     settled: Vec<O::Settled>,
     shutdown: &CancellationToken,
@@ -163,7 +164,8 @@ async fn settle<O: Outbox>(
     let settled = Arc::new(settled);
     loop {
         let round = Arc::clone(&settled);
-        match blocking(summaries, move |index, _| O::settle(index, &round)).await {
+        let lane = outbox.clone();
+        match blocking(summaries, move |index, _| lane.settle(index, &round)).await {
             Some(Ok(())) => return,
             Some(Err(err)) => {
                 tracing::error!(outbox = O::NAME, error = ?anyhow::Error::from(err), "cannot update the outbox");

@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS webhook_dead_letters (
     dead_ms      INTEGER NOT NULL,
     reason       TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS webhook_dead_letters_by_age ON webhook_dead_letters (dead_ms, id);
 ";
 
 /// The head-of-line rule: no earlier message of this patch to this subscription is pending.
@@ -61,6 +62,8 @@ pub struct NewWebhook {
     pub event: String,
     /// The JSON body.
     pub body: Vec<u8>,
+    /// Most messages the outbox may hold: beyond it this one is dead-lettered at once.
+    pub outbox_max: u64,
 }
 
 /// One pending message.
@@ -154,13 +157,20 @@ pub(super) fn insert(
     now_ms: i64,
     webhooks: &[NewWebhook],
 ) -> Result<(), SummarizerError> {
+    if webhooks.is_empty() {
+        return Ok(());
+    }
     let mut insert = tx.prepare_cached(
         "INSERT OR IGNORE INTO webhook_outbox
          (webhook_id, subscription, patch_id, attempt, event, body, next_at_ms, created_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
     )?;
+    let mut bury = tx.prepare_cached(BURY)?;
+    let mut forget = tx.prepare_cached("DELETE FROM webhook_outbox WHERE id = ?1")?;
+    let pending: i64 = tx.query_row("SELECT COUNT(*) FROM webhook_outbox", [], |row| row.get(0))?;
+    let mut pending = u64::try_from(pending).unwrap_or(0);
     for webhook in webhooks {
-        insert.execute(params![
+        if insert.execute(params![
             webhook.webhook_id,
             webhook.subscription,
             patch_id,
@@ -168,10 +178,43 @@ pub(super) fn insert(
             webhook.event,
             webhook.body,
             now_ms
-        ])?;
+        ])? == 0
+        {
+            continue;
+        }
+        if pending < webhook.outbox_max {
+            pending += 1;
+            continue;
+        }
+        // Full: the record must still succeed, so this message goes straight to the dead
+        // letters (queued and moved, so it keeps a unique id).
+        let id = tx.last_insert_rowid();
+        let reason = format!(
+            "outbox full ({pending} messages waiting, webhook_outbox_max = {})",
+            webhook.outbox_max
+        );
+        bury.execute(params![id, now_ms, reason, 0])?;
+        forget.execute(params![id])?;
+        metrics::counter!("ghost_webhook_outbox_full_total").increment(1);
+        tracing::error!(
+            patch_id,
+            attempt,
+            webhook_id = %webhook.webhook_id,
+            %reason,
+            "webhook outbox full; message dead-lettered"
+        );
     }
     Ok(())
 }
+
+/// Moves outbox row ?1 to the dead letters at ?2 with reason ?3, counting ?4 more tries (the
+/// caller deletes it).
+const BURY: &str = "INSERT OR REPLACE INTO webhook_dead_letters
+     (id, webhook_id, subscription, patch_id, attempt, event, body, tries, created_ms,
+      first_try_ms, dead_ms, reason)
+     SELECT id, webhook_id, subscription, patch_id, attempt, event, body, tries + ?4,
+      created_ms, COALESCE(first_try_ms, ?2), ?2, ?3
+     FROM webhook_outbox WHERE id = ?1";
 
 impl Index {
     /// Up to `limit` messages due at `now_ms` and first in line for their patch and
@@ -274,6 +317,28 @@ impl Index {
         Ok(rows)
     }
 
+    /// Deletes the dead letters that died before `before_ms`, then all but the newest
+    /// `keep`; returns how many.
+    pub fn webhook_prune_dead_letters(
+        &self,
+        before_ms: i64,
+        keep: u64,
+    ) -> Result<usize, SummarizerError> {
+        let mut conn = lock(&self.conn);
+        let tx = conn.transaction()?;
+        let mut deleted = tx.execute(
+            "DELETE FROM webhook_dead_letters WHERE dead_ms < ?1",
+            params![before_ms],
+        )?;
+        deleted += tx.execute(
+            "DELETE FROM webhook_dead_letters WHERE id IN (SELECT id FROM webhook_dead_letters
+             ORDER BY dead_ms DESC, id DESC LIMIT -1 OFFSET ?1)",
+            params![i64::try_from(keep).unwrap_or(i64::MAX)],
+        )?;
+        tx.commit()?;
+        Ok(deleted)
+    }
+
     /// Records a round of tries in one transaction.
     pub fn webhooks_settle(&self, outcomes: &[WebhookSettle]) -> Result<(), SummarizerError> {
         let mut conn = lock(&self.conn);
@@ -284,14 +349,7 @@ impl Index {
                 "UPDATE webhook_outbox SET tries = tries + 1, next_at_ms = ?2,
                  first_try_ms = COALESCE(first_try_ms, ?3), last_error = ?4 WHERE id = ?1",
             )?;
-            let mut bury = tx.prepare_cached(
-                "INSERT OR REPLACE INTO webhook_dead_letters
-                 (id, webhook_id, subscription, patch_id, attempt, event, body, tries, created_ms,
-                  first_try_ms, dead_ms, reason)
-                 SELECT id, webhook_id, subscription, patch_id, attempt, event, body, tries + 1,
-                  created_ms, COALESCE(first_try_ms, ?2), ?2, ?3
-                 FROM webhook_outbox WHERE id = ?1",
-            )?;
+            let mut bury = tx.prepare_cached(BURY)?;
             for outcome in outcomes {
                 match outcome {
                     WebhookSettle::Delivered { id } => {
@@ -306,7 +364,7 @@ impl Index {
                         retry.execute(params![id, next_at_ms, tried_ms, error])?;
                     }
                     WebhookSettle::Dead { id, at_ms, reason } => {
-                        bury.execute(params![id, at_ms, reason])?;
+                        bury.execute(params![id, at_ms, reason, 1])?;
                         forget.execute(params![id])?;
                     }
                 }

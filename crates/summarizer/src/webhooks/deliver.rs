@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -28,6 +28,8 @@ use crate::index::{Index, WebhookRow, WebhookSettle};
 use crate::outbox::{Backoff, Outbox};
 use crate::summaries::Summaries;
 
+/// Dead letters are pruned by age at least this often (and whenever one is added).
+const PRUNE_EVERY_MS: i64 = 60_000;
 /// Tries after which each further failure is logged as an error, not a warning.
 const LOUD_AFTER: u32 = 5;
 
@@ -40,6 +42,10 @@ pub struct Policy {
     pub give_up_after: Duration,
     /// Deadline of one POST.
     pub timeout: Duration,
+    /// Most dead letters kept (the oldest beyond it are deleted).
+    pub dead_letter_max: u64,
+    /// Dead letters older than this are deleted.
+    pub dead_letter_max_age: Duration,
 }
 
 struct Endpoint {
@@ -56,6 +62,8 @@ pub struct Deliverer {
     lane: Option<Arc<str>>,
     /// Set once the rows of unconfigured subscriptions have been logged.
     orphans_logged: Arc<AtomicBool>,
+    /// When dead letters were last pruned (unix ms), shared by the lanes.
+    pruned_ms: Arc<AtomicI64>,
 }
 
 impl Deliverer {
@@ -91,7 +99,28 @@ impl Deliverer {
             policy,
             lane: None,
             orphans_logged: Arc::new(AtomicBool::new(false)),
+            pruned_ms: Arc::new(AtomicI64::new(i64::MIN)),
         })
+    }
+
+    /// Deletes the dead letters over the age or count bounds (blocking).
+    fn prune(&self, index: &Index, now_ms: i64) -> Result<(), SummarizerError> {
+        self.pruned_ms.store(now_ms, Ordering::Relaxed);
+        let max_age_ms =
+            i64::try_from(self.policy.dead_letter_max_age.as_millis()).unwrap_or(i64::MAX);
+        let deleted = index.webhook_prune_dead_letters(
+            now_ms.saturating_sub(max_age_ms),
+            self.policy.dead_letter_max,
+        )?;
+        if deleted > 0 {
+            tracing::info!(
+                deleted,
+                max = self.policy.dead_letter_max,
+                max_age = ?self.policy.dead_letter_max_age,
+                "old webhook dead letters deleted"
+            );
+        }
+        Ok(())
     }
 
     /// The same deliverer, sending only the rows of the subscription `key`.
@@ -200,8 +229,19 @@ impl Outbox for Deliverer {
         index.webhooks_next_due(self.lane.as_deref())
     }
 
-    fn settle(index: &Index, settled: &[WebhookSettle]) -> Result<(), SummarizerError> {
-        index.webhooks_settle(settled)
+    fn settle(&self, index: &Index, settled: &[WebhookSettle]) -> Result<(), SummarizerError> {
+        index.webhooks_settle(settled)?;
+        let buried = settled
+            .iter()
+            .filter_map(|outcome| match outcome {
+                WebhookSettle::Dead { at_ms, .. } => Some(*at_ms),
+                _ => None,
+            })
+            .max();
+        match buried {
+            Some(now_ms) => self.prune(index, now_ms),
+            None => Ok(()),
+        }
     }
 
     async fn round(
@@ -359,7 +399,12 @@ fn outcome_of(
 /// messages kept for subscriptions no longer configured.
 async fn publish_counts(summaries: &Summaries, deliverer: &Deliverer) {
     let index = summaries.index().clone();
+    let now = summaries.now_ms();
+    let pruner = deliverer.clone();
     let Ok(Ok(((pending, dead), backlogs))) = tokio::task::spawn_blocking(move || {
+        if now.saturating_sub(pruner.pruned_ms.load(Ordering::Relaxed)) >= PRUNE_EVERY_MS {
+            pruner.prune(&index, now)?;
+        }
         Ok::<_, SummarizerError>((index.webhook_counts()?, index.webhook_backlogs()?))
     })
     .await
@@ -368,7 +413,6 @@ async fn publish_counts(summaries: &Summaries, deliverer: &Deliverer) {
     };
     metrics::gauge!("ghost_webhook_outbox_depth").set(pending as f64);
     metrics::gauge!("ghost_webhook_dead_letters").set(dead as f64);
-    let now = summaries.now_ms();
     for (key, endpoint) in deliverer.endpoints.iter() {
         if deliverer.lane.as_deref().is_some_and(|lane| lane != key) {
             continue;
@@ -424,6 +468,7 @@ mod tests {
         let webhooks = Webhooks {
             subscriptions: vec![subscription],
             summary_url_template: None,
+            outbox_max: 10,
         };
         let policy = Policy {
             backoff: Backoff {
@@ -432,6 +477,8 @@ mod tests {
             },
             give_up_after: Duration::from_secs(60),
             timeout: Duration::from_secs(5),
+            dead_letter_max: 10,
+            dead_letter_max_age: Duration::from_secs(3600),
         };
         Deliverer::new(&webhooks, policy).unwrap()
     }

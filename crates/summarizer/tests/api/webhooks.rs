@@ -701,7 +701,7 @@ async fn a_removed_subscription_keeps_its_backlog_and_gets_it_when_it_comes_back
 
     // "ops" comes back under a new URL (a rotated token): it gets its backlog, same id.
     let rotated = format!("http://127.0.0.1:{port}/new-token");
-    let mut app = spawn_with(config(dir.path(), vec![named(&rotated)])).await;
+    let app = spawn_with(config(dir.path(), vec![named(&rotated)])).await;
     let received = receiver.wait_for(2, Duration::from_secs(20)).await;
     assert_eq!(received.len(), 2, "{received:#?}");
     assert_eq!(received[1]["patch"], "kept");
@@ -711,5 +711,113 @@ async fn a_removed_subscription_keeps_its_backlog_and_gets_it_when_it_comes_back
     assert_eq!(index.webhook_dead_letters().unwrap(), Vec::new());
     let text = wait_for_metric(&app, "ghost_webhook_orphaned", 0.0).await;
     assert_eq!(sample(&text, "ghost_webhook_orphaned"), Some(0.0), "{text}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_outbox_dead_letters_new_messages_and_dead_letters_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = format!("http://{}/hook", reserve_port());
+    let gone_port = reserve_port().port();
+    let _gone = Receiver::start(gone_port, 0.0, 410).await;
+    let gone = format!("http://127.0.0.1:{gone_port}/hook");
+    let mut app = spawn_with(SummarizerConfig {
+        webhook_outbox_max: 3,
+        ..config(
+            dir.path(),
+            vec![
+                subscription(&closed, &["patch.failed"], &[]),
+                subscription(&gone, &["patch.rolled_back"], &[]),
+            ],
+        )
+    })
+    .await;
+
+    // The closed receiver's messages wait; beyond 3 the outbox is full, yet every record
+    // succeeds and the message is dead-lettered at once, named and counted.
+    for n in 0..5 {
+        let answer = app
+            .client
+            .record(record(&format!("full-{n}"), 1, PatchStatus::Failed))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(answer.created);
+    }
+    let index = app.summaries.index().clone();
+    assert_eq!(index.webhooks_pending().unwrap().len(), 3);
+    let dead = index.webhook_dead_letters().unwrap();
+    assert_eq!(dead.len(), 2, "{dead:#?}");
+    for letter in &dead {
+        assert!(letter.reason.starts_with("outbox full"), "{letter:#?}");
+        assert_eq!(letter.tries, 0, "{letter:#?}");
+    }
+    assert_eq!(dead[0].patch_id, "full-3");
+    let text = wait_for_metric(&app, "ghost_webhook_outbox_full_total", 2.0).await;
+    assert_eq!(
+        sample(&text, "ghost_webhook_outbox_full_total"),
+        Some(2.0),
+        "{text}"
+    );
+
+    app.stop().await;
+
+    // Dead letters beyond 4 are deleted, the oldest first.
+    let mut app = spawn_with(SummarizerConfig {
+        webhook_dead_letter_max: 4,
+        ..config(
+            dir.path(),
+            vec![
+                subscription(&closed, &["patch.failed"], &[]),
+                subscription(&gone, &["patch.rolled_back"], &[]),
+            ],
+        )
+    })
+    .await;
+    let index = app.summaries.index().clone();
+    for n in 0..4 {
+        app.client
+            .record(record(&format!("gone-{n}"), 1, PatchStatus::RolledBack))
+            .await
+            .unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let dead = loop {
+        let dead = index.webhook_dead_letters().unwrap();
+        if dead
+            .iter()
+            .filter(|d| d.patch_id.starts_with("gone"))
+            .count()
+            == 4
+            || tokio::time::Instant::now() > deadline
+        {
+            break dead;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let patches: Vec<&str> = dead.iter().map(|d| d.patch_id.as_str()).collect();
+    let mut sorted = patches.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        ["gone-0", "gone-1", "gone-2", "gone-3"],
+        "{dead:#?}"
+    );
+    app.stop().await;
+
+    // And by age.
+    let app = spawn_with(SummarizerConfig {
+        webhook_dead_letter_max_age: Duration::ZERO,
+        ..config(dir.path(), vec![subscription(&closed, &["*"], &[])])
+    })
+    .await;
+    let index = app.summaries.index().clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !index.webhook_dead_letters().unwrap().is_empty()
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(index.webhook_dead_letters().unwrap(), Vec::new());
     app.stop().await;
 }
