@@ -821,3 +821,112 @@ async fn a_full_outbox_dead_letters_new_messages_and_dead_letters_are_bounded() 
     assert_eq!(index.webhook_dead_letters().unwrap(), Vec::new());
     app.stop().await;
 }
+
+/// A receiver on `listener` that answers 204 to every message except those whose
+/// `webhook-id` is `stall` (held unanswered); returns the ids it answered, in order.
+fn selective(
+    listener: tokio::net::TcpListener,
+    stall: Option<String>,
+) -> (
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let answered = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = answered.clone();
+    let task = tokio::spawn(async move {
+        for _ in 0..100 {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let log = log.clone();
+            let stall = stall.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut chunk = [0_u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 65_536 {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&request).to_lowercase();
+                let id = text
+                    .lines()
+                    .find_map(|line| line.strip_prefix("webhook-id: "))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned();
+                if stall.as_deref() == Some(id.as_str()) {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    return;
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n")
+                    .await;
+                log.lock().unwrap().push(id);
+            });
+        }
+    });
+    (answered, task)
+}
+
+#[tokio::test]
+async fn a_delivery_that_finished_before_shutdown_is_not_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = reserve_port();
+    let url = format!("http://{addr}/hook");
+    let settings = || config(dir.path(), vec![subscription(&url, &["*"], &[])]);
+    let done = webhook_id(&url, "done", 1);
+    let held = webhook_id(&url, "held", 1);
+
+    // The port is closed: both messages fail once and wait.
+    let mut app = spawn_with(settings()).await;
+    for patch in ["done", "held"] {
+        app.client
+            .record(record(patch, 1, PatchStatus::Failed))
+            .await
+            .unwrap();
+    }
+    let index = app.summaries.index().clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while index
+        .webhooks_pending()
+        .unwrap()
+        .iter()
+        .any(|r| r.tries == 0)
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    app.stop().await;
+    // Past the longest backoff: both are due together at the next start, in one round.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // One is answered, the other held; the summarizer stops while the round still waits.
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let (answered, task) = selective(listener, Some(held.clone()));
+    let app = spawn_with(settings()).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while answered.lock().unwrap().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(*answered.lock().unwrap(), vec![done.clone()]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.stop().await;
+    task.abort();
+    let _ = task.await;
+
+    // After the restart only the held one is sent: the answered one was recorded at shutdown.
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let (answered, task) = selective(listener, None);
+    let app = spawn_with(settings()).await;
+    let index = app.summaries.index().clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !index.webhooks_pending().unwrap().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(*answered.lock().unwrap(), vec![held]);
+    app.stop().await;
+    task.abort();
+}
