@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::Webhooks;
-use super::subscription::{GuardedResolver, Prepared};
+use super::subscription::{GuardedResolver, Prepared, Refused};
 use crate::error::SummarizerError;
 use crate::index::{Index, WebhookRow, WebhookSettle};
 use crate::outbox::{Backoff, Outbox};
@@ -166,7 +166,8 @@ impl Deliverer {
                 format!("the receiver answered {}", response.status()),
                 false,
             )),
-            Err(err) => Err((describe(&err, self.policy.timeout), false)),
+            // The guard refused the address: retrying cannot help until the config changes.
+            Err(err) => Err((describe(&err, self.policy.timeout), refused(&err))),
         }
     }
 }
@@ -176,6 +177,18 @@ fn unix_seconds() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|since| i64::try_from(since.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+/// True when the SSRF guard refused the address `err` tried.
+fn refused(err: &reqwest::Error) -> bool {
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if cause.downcast_ref::<Refused>().is_some() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// What went wrong, without the URL (its path or query may carry a token).
@@ -521,7 +534,7 @@ mod tests {
             error.contains("resolves to") && error.contains("loopback"),
             "{error}"
         );
-        assert!(!permanent);
+        assert!(permanent, "a refused address is final");
         assert!(!served.is_finished());
 
         // Allowed: the checked address is dialled on the URL's port, signed.

@@ -459,23 +459,43 @@ pub struct GuardedResolver {
     pub allow_private: bool,
 }
 
+/// A lookup the guard refused (the name resolves to a forbidden address): final, a delivery
+/// is not retried.
+#[derive(Debug)]
+pub struct Refused(pub String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 impl GuardedResolver {
     /// The checked addresses of `host`.
     pub async fn lookup(self, host: &str) -> Result<Vec<SocketAddr>, String> {
+        self.checked(host).await.map_err(|err| err.to_string())
+    }
+
+    /// The checked addresses of `host`; a refusal is a [`Refused`].
+    async fn checked(self, host: &str) -> Result<Vec<SocketAddr>, BoxError> {
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, 0))
             .await
             .map_err(|err| format!("cannot resolve {}: {err}", shown(host)))?
             .collect();
         if addrs.is_empty() {
-            return Err(format!("{} resolves to no address", shown(host)));
+            return Err(format!("{} resolves to no address", shown(host)).into());
         }
         if !self.allow_private {
             for addr in &addrs {
                 check_ip(addr.ip()).map_err(|rule| {
-                    format!(
+                    Refused(format!(
                         "{} resolves to {rule}; refused unless allow_private = true",
                         shown(host)
-                    )
+                    ))
                 })?;
             }
         }
@@ -488,7 +508,7 @@ impl reqwest::dns::Resolve for GuardedResolver {
         let resolver = *self;
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            let addrs = resolver.lookup(&host).await?;
+            let addrs = resolver.checked(&host).await?;
             let addrs: reqwest::dns::Addrs = Box::new(addrs.into_iter());
             Ok(addrs)
         })
