@@ -44,6 +44,11 @@ CREATE TABLE IF NOT EXISTS webhook_dead_letters (
     reason       TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS webhook_dead_letters_by_age ON webhook_dead_letters (dead_ms, id);
+CREATE TABLE IF NOT EXISTS webhook_gone (
+    subscription TEXT PRIMARY KEY,
+    url_sha256   TEXT NOT NULL,
+    at_ms        INTEGER NOT NULL
+);
 ";
 
 /// The head-of-line rule: no earlier message of this patch to this subscription is pending.
@@ -315,6 +320,39 @@ impl Index {
             })?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
+    }
+
+    /// The subscriptions whose receiver answered 410 Gone: (key, SHA-256 of the URL then).
+    pub fn webhooks_gone(&self) -> Result<Vec<(String, String)>, SummarizerError> {
+        let conn = lock(&self.conn);
+        let mut stmt = conn.prepare_cached("SELECT subscription, url_sha256 FROM webhook_gone")?;
+        let rows = stmt
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Remembers that the receiver of subscription `key` (at the URL hashed `url_sha256`)
+    /// answered 410 Gone; `None` forgets it.
+    pub fn webhook_set_gone(
+        &self,
+        key: &str,
+        url_sha256: Option<&str>,
+        at_ms: i64,
+    ) -> Result<(), SummarizerError> {
+        let conn = lock(&self.conn);
+        match url_sha256 {
+            Some(sha) => conn.execute(
+                "INSERT OR REPLACE INTO webhook_gone (subscription, url_sha256, at_ms)
+                 VALUES (?1, ?2, ?3)",
+                params![key, sha, at_ms],
+            )?,
+            None => conn.execute(
+                "DELETE FROM webhook_gone WHERE subscription = ?1",
+                params![key],
+            )?,
+        };
+        Ok(())
     }
 
     /// Deletes the dead letters that died before `before_ms`, then all but the newest

@@ -28,6 +28,9 @@ use crate::index::{Index, WebhookRow, WebhookSettle};
 use crate::outbox::{Backoff, Outbox};
 use crate::summaries::Summaries;
 
+/// The dead-letter reason of a message to a subscription disabled by 410 Gone.
+const GONE_BEFORE: &str = "the receiver answered 410 Gone before; the subscription is disabled \
+                           until its url changes";
 /// Dead letters are pruned by age at least this often (and whenever one is added).
 const PRUNE_EVERY_MS: i64 = 60_000;
 /// Tries after which each further failure is logged as an error, not a warning.
@@ -51,6 +54,20 @@ pub struct Policy {
 struct Endpoint {
     subscription: Prepared,
     client: reqwest::Client,
+    /// Its receiver answered 410 Gone: nothing more is sent until its URL changes.
+    gone: AtomicBool,
+    /// `gone` is in the `webhook_gone` table.
+    gone_saved: AtomicBool,
+}
+
+impl Endpoint {
+    fn url_sha256(&self) -> String {
+        use sha2::{Digest as _, Sha256};
+        Sha256::digest(self.subscription.url.as_str().as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
 }
 
 /// Sends outbox rows to their subscriptions; a lane sends only those of one.
@@ -91,6 +108,8 @@ impl Deliverer {
                 Endpoint {
                     subscription: subscription.clone(),
                     client,
+                    gone: AtomicBool::new(false),
+                    gone_saved: AtomicBool::new(false),
                 },
             );
         }
@@ -137,6 +156,9 @@ impl Deliverer {
         let Some(endpoint) = self.endpoints.get(&row.subscription) else {
             return Err(("its subscription is no longer configured".to_owned(), true));
         };
+        if endpoint.gone.load(Ordering::Relaxed) {
+            return Err((GONE_BEFORE.to_owned(), true));
+        }
         let timestamp = unix_seconds();
         let signature = super::signature(
             &endpoint.subscription.secret,
@@ -160,6 +182,12 @@ impl Deliverer {
         match result {
             Ok(response) if response.status().is_success() => Ok(()),
             Ok(response) if response.status() == reqwest::StatusCode::GONE => {
+                endpoint.gone.store(true, Ordering::Relaxed);
+                tracing::error!(
+                    subscription = %endpoint.subscription.name(),
+                    "webhook receiver answered 410 Gone; the subscription is disabled (its \
+                     messages are dead-lettered) until its url changes"
+                );
                 Err(("the receiver answered 410 Gone".to_owned(), true))
             }
             Ok(response) => Err((
@@ -244,6 +272,24 @@ impl Outbox for Deliverer {
 
     fn settle(&self, index: &Index, settled: &[WebhookSettle]) -> Result<(), SummarizerError> {
         index.webhooks_settle(settled)?;
+        for (key, endpoint) in self.endpoints.iter() {
+            if endpoint.gone.load(Ordering::Relaxed)
+                && !endpoint.gone_saved.swap(true, Ordering::Relaxed)
+            {
+                let now_ms = settled
+                    .iter()
+                    .find_map(|outcome| match outcome {
+                        WebhookSettle::Dead { at_ms, .. } => Some(*at_ms),
+                        _ => None,
+                    })
+                    .unwrap_or(0);
+                if let Err(err) = index.webhook_set_gone(key, Some(&endpoint.url_sha256()), now_ms)
+                {
+                    endpoint.gone_saved.store(false, Ordering::Relaxed);
+                    return Err(err);
+                }
+            }
+        }
         let buried = settled
             .iter()
             .filter_map(|outcome| match outcome {
@@ -279,6 +325,7 @@ pub async fn run(
     wake: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
+    restore_gone(&deliverer, &summaries).await;
     let mut lanes = tokio::task::JoinSet::new();
     let mut wakes = Vec::new();
     for key in deliverer.endpoints.keys() {
@@ -306,6 +353,40 @@ pub async fn run(
         if let Err(err) = joined {
             tracing::error!(error = %err, "webhook lane failed");
         }
+    }
+}
+
+/// Disables again the subscriptions whose receiver answered 410 Gone at their current URL,
+/// and forgets the mark of those whose URL changed.
+async fn restore_gone(deliverer: &Deliverer, summaries: &Summaries) {
+    let index = summaries.index().clone();
+    let endpoints = Arc::clone(&deliverer.endpoints);
+    let restored = tokio::task::spawn_blocking(move || {
+        for (key, sha) in index.webhooks_gone()? {
+            let Some(endpoint) = endpoints.get(&key) else {
+                continue;
+            };
+            if endpoint.url_sha256() == sha {
+                endpoint.gone.store(true, Ordering::Relaxed);
+                endpoint.gone_saved.store(true, Ordering::Relaxed);
+                tracing::warn!(
+                    subscription = %endpoint.subscription.name(),
+                    "webhook subscription disabled: its receiver answered 410 Gone; change its \
+                     url to enable it"
+                );
+            } else {
+                index.webhook_set_gone(&key, None, 0)?;
+            }
+        }
+        Ok::<_, SummarizerError>(())
+    })
+    .await;
+    match restored {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => {
+            tracing::error!(error = ?anyhow::Error::from(err), "cannot read the disabled webhook subscriptions");
+        }
+        Err(err) => tracing::error!(error = %err, "webhook task failed"),
     }
 }
 

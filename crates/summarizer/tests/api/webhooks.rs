@@ -435,7 +435,9 @@ async fn messages_are_dead_lettered_after_give_up_or_410_and_counted_in_metrics(
         assert!(letter.reason.contains("410 Gone"), "{letter:#?}");
         assert_eq!(letter.tries, 1, "410 dead-letters at once: {letter:#?}");
     }
-    assert_eq!(receiver.accepted().len(), 2);
+    // After 410 the subscription is disabled: the second message is not POSTed.
+    assert_eq!(receiver.accepted().len(), 1);
+    assert!(refused[1].reason.contains("disabled"), "{refused:#?}");
     assert!(receiver.accepted().iter().all(|r| r["verified"] == true));
     assert_eq!(index.webhooks_pending().unwrap(), Vec::new());
 
@@ -929,4 +931,72 @@ async fn a_delivery_that_finished_before_shutdown_is_not_sent_again() {
     assert_eq!(*answered.lock().unwrap(), vec![held]);
     app.stop().await;
     task.abort();
+}
+
+#[tokio::test]
+async fn after_410_gone_a_subscription_stays_disabled_across_restarts_until_its_url_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = reserve_port().port();
+    let receiver = Receiver::start(port, 0.0, 410).await;
+    let gone = format!("http://127.0.0.1:{port}/hook");
+    let named = |url: &str| Subscription {
+        name: Some("ops".to_owned()),
+        ..subscription(url, &["*"], &[])
+    };
+    let dead_of = |app: &TestApp, patch: &str| {
+        let index = app.summaries.index().clone();
+        let patch = patch.to_owned();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let dead = index.webhook_dead_letters().unwrap();
+                if let Some(letter) = dead.into_iter().find(|d| d.patch_id == patch) {
+                    return letter;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{patch} not dead-lettered"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+
+    let mut app = spawn_with(config(dir.path(), vec![named(&gone)])).await;
+    app.client
+        .record(record("first", 1, PatchStatus::Failed))
+        .await
+        .unwrap();
+    assert!(dead_of(&app, "first").await.reason.contains("410 Gone"));
+    assert_eq!(receiver.records().len(), 1);
+    app.stop().await;
+
+    // The same URL after a restart: still disabled, nothing is POSTed.
+    let mut app = spawn_with(config(dir.path(), vec![named(&gone)])).await;
+    app.client
+        .record(record("second", 1, PatchStatus::Failed))
+        .await
+        .unwrap();
+    let letter = dead_of(&app, "second").await;
+    assert!(
+        letter.reason.contains("disabled until its url changes"),
+        "{letter:#?}"
+    );
+    assert_eq!(receiver.records().len(), 1);
+    app.stop().await;
+
+    // A new URL enables it again.
+    let moved = format!("http://127.0.0.1:{port}/moved");
+    let mut app = spawn_with(config(dir.path(), vec![named(&moved)])).await;
+    app.client
+        .record(record("third", 1, PatchStatus::Failed))
+        .await
+        .unwrap();
+    let letter = dead_of(&app, "third").await;
+    assert_eq!(
+        letter.reason, "the receiver answered 410 Gone",
+        "{letter:#?}"
+    );
+    assert_eq!(receiver.records().len(), 2);
+    app.stop().await;
 }
