@@ -160,12 +160,22 @@ impl Deliverer {
             return Err((GONE_BEFORE.to_owned(), true));
         }
         let timestamp = unix_seconds();
-        let signature = super::signature(
+        let mut signature = super::signature(
             &endpoint.subscription.secret,
             &row.webhook_id,
             timestamp,
             &row.body,
         );
+        if let Some(previous) = &endpoint.subscription.previous_secret {
+            // Rotation: both signatures, space-separated (Standard Webhooks).
+            signature.push(' ');
+            signature.push_str(&super::signature(
+                previous,
+                &row.webhook_id,
+                timestamp,
+                &row.body,
+            ));
+        }
         let started = Instant::now();
         let result = endpoint
             .client
@@ -555,6 +565,7 @@ mod tests {
             label: "test".to_owned(),
             url: reqwest::Url::parse(url).unwrap(),
             secret: vec![7; 32],
+            previous_secret: None,
             statuses: vec![ghost_core::Status::Failed],
             targets: std::collections::BTreeSet::new(),
             allow_private,

@@ -43,6 +43,10 @@ pub struct Subscription {
     pub url: String,
     /// `whsec_<base64 of 24 to 64 random bytes>`, the Standard Webhooks signing secret.
     pub secret: Secret,
+    /// The secret being rotated out, same format: while set, each message carries both
+    /// signatures (`v1,<new> v1,<old>`), so receivers still on the old secret verify it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret: Option<Secret>,
     /// `patch.<terminal status>` names (`patch.succeeded`, `patch.failed`, …) or `"*"`.
     pub events: Vec<String>,
     /// Targets whose outcomes are sent; empty: every target.
@@ -92,6 +96,8 @@ pub struct Prepared {
     pub url: Url,
     /// The decoded signing key.
     pub secret: Vec<u8>,
+    /// The decoded key being rotated out, also signed with.
+    pub previous_secret: Option<Vec<u8>>,
     /// The statuses sent, in [`Status::ALL`] order.
     pub statuses: Vec<Status>,
     /// The targets sent; empty: all.
@@ -229,6 +235,20 @@ impl Subscription {
                 SECRET_BYTES.end()
             )
         })?;
+        let previous_secret = self
+            .previous_secret
+            .as_ref()
+            .map(|previous| {
+                decode_secret(previous.expose()).map_err(|why| {
+                    format!(
+                        "{named}: previous_secret must be whsec_ followed by the base64 of {} to \
+                         {} random bytes (Standard Webhooks); {why}",
+                        SECRET_BYTES.start(),
+                        SECRET_BYTES.end()
+                    )
+                })
+            })
+            .transpose()?;
         let statuses = self.statuses().map_err(|why| format!("{named}: {why}"))?;
         let mut targets = BTreeSet::new();
         for target in &self.targets {
@@ -251,6 +271,7 @@ impl Subscription {
             label,
             url,
             secret,
+            previous_secret,
             statuses,
             targets,
             allow_private: self.allow_private,

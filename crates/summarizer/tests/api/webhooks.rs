@@ -22,6 +22,7 @@ const SECRET: &str = "whsec_C2FtcGxlLXNlY3JldC1mb3ItZ2hvc3QtcnVubmVyISE=";
 fn subscription(url: &str, events: &[&str], targets: &[&str]) -> Subscription {
     Subscription {
         name: None,
+        previous_secret: None,
         url: url.to_owned(),
         secret: Secret::new(SECRET),
         events: events.iter().map(|e| (*e).to_owned()).collect(),
@@ -998,5 +999,39 @@ async fn after_410_gone_a_subscription_stays_disabled_across_restarts_until_its_
         "{letter:#?}"
     );
     assert_eq!(receiver.records().len(), 2);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn during_a_secret_rotation_receivers_on_the_old_or_the_new_secret_both_verify() {
+    const NEW: &str = "whsec_bmV3LXNlY3JldC1mb3ItZ2hvc3QtcnVubmVyLXJvdGF0ZWQ=";
+    let dir = tempfile::tempdir().unwrap();
+    let old_port = reserve_port().port();
+    let on_old = Receiver::start(old_port, 0.0, 204).await;
+    let new_port = reserve_port().port();
+    let new_dir = tempfile::tempdir().unwrap();
+    let on_new =
+        WebhookReceiver::start(new_port, NEW, &new_dir.path().join("r.jsonl"), 0.0, 204).await;
+    let rotating = |port: u16| Subscription {
+        secret: Secret::new(NEW),
+        previous_secret: Some(Secret::new(SECRET)),
+        ..subscription(&format!("http://127.0.0.1:{port}/hook"), &["*"], &[])
+    };
+    let mut app = spawn_with(config(
+        dir.path(),
+        vec![rotating(old_port), rotating(new_port)],
+    ))
+    .await;
+    app.client
+        .record(record("rotate", 1, PatchStatus::Failed))
+        .await
+        .unwrap();
+    for received in [
+        on_old.wait_for(1, Duration::from_secs(20)).await,
+        on_new.wait_for(1, Duration::from_secs(20)).await,
+    ] {
+        assert_eq!(received.len(), 1);
+        assert_eq!(received[0]["verified"], true, "{received:#?}");
+    }
     app.stop().await;
 }

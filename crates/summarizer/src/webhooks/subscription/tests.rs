@@ -5,6 +5,7 @@ const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 fn entry(url: &str) -> Subscription {
     Subscription {
         name: None,
+        previous_secret: None,
         url: url.to_owned(),
         secret: Secret::new(SECRET),
         events: vec!["*".to_owned()],
@@ -83,6 +84,7 @@ fn private_urls_are_refused_naming_the_entry_and_the_rule_unless_allowed() {
         assert!(message.contains("allow_private = true"), "{url}: {message}");
         let allowed = Subscription {
             name: None,
+            previous_secret: None,
             allow_private: true,
             ..entry(url)
         };
@@ -125,6 +127,7 @@ fn secrets_must_be_whsec_base64_of_24_to_64_bytes_and_are_never_echoed() {
     ] {
         let subscription = Subscription {
             name: None,
+            previous_secret: None,
             secret: Secret::new(secret),
             ..entry("https://example.com/hook")
         };
@@ -137,6 +140,7 @@ fn secrets_must_be_whsec_base64_of_24_to_64_bytes_and_are_never_echoed() {
     let fine = format!("whsec_{}", STANDARD.encode([9_u8; 64]));
     let subscription = Subscription {
         name: None,
+        previous_secret: None,
         secret: Secret::new(fine),
         ..entry("https://example.com/hook")
     };
@@ -147,6 +151,7 @@ fn secrets_must_be_whsec_base64_of_24_to_64_bytes_and_are_never_echoed() {
 fn events_are_terminal_status_names_or_star() {
     let with = |events: &[&str]| Subscription {
         name: None,
+        previous_secret: None,
         events: events.iter().map(|e| (*e).to_owned()).collect(),
         ..entry("https://example.com/hook")
     };
@@ -178,6 +183,7 @@ fn events_are_terminal_status_names_or_star() {
 fn targets_filter_and_must_be_target_names() {
     let subscription = Subscription {
         name: None,
+        previous_secret: None,
         targets: vec!["MAIN".to_owned()],
         ..entry("https://example.com/hook")
     };
@@ -186,6 +192,7 @@ fn targets_filter_and_must_be_target_names() {
     assert!(!prepared.wants("OTHER", Status::Succeeded));
     let bad = Subscription {
         name: None,
+        previous_secret: None,
         targets: vec!["../x".to_owned()],
         ..entry("https://example.com/hook")
     };
@@ -319,4 +326,19 @@ fn a_name_is_the_key_and_label_and_must_be_short_and_plain() {
     ])
     .unwrap_err();
     assert!(err.contains("the same name as subscriptions[0]"), "{err}");
+}
+
+#[test]
+fn a_previous_secret_is_checked_like_the_secret_and_never_echoed() {
+    let with = |previous: &str| Subscription {
+        previous_secret: Some(Secret::new(previous)),
+        ..entry("https://hooks.example.com/x")
+    };
+    let prepared = with("whsec_C2FtcGxlLXNlY3JldC1mb3ItZ2hvc3QtcnVubmVyISE=")
+        .prepare(0)
+        .unwrap();
+    assert_eq!(prepared.previous_secret.map(|key| key.len()), Some(32));
+    let err = refused(&with("whsec_c2hvcnQ="));
+    assert!(err.contains("previous_secret must be whsec_"), "{err}");
+    assert!(!err.contains("c2hvcnQ"), "{err}");
 }
