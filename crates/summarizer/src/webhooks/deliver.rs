@@ -498,8 +498,8 @@ fn outcome_of(
     }
 }
 
-/// Sets the outbox depth and dead-letter gauges from the tables, and this lane's depth and
-/// oldest pending age (labelled by the subscription's label, never its URL); logs once the
+/// Sets the outbox depth and dead-letter gauges from the tables, and each subscription's depth
+/// and oldest pending age (labelled by the subscription's label, never its URL); logs once the
 /// messages kept for subscriptions no longer configured.
 async fn publish_counts(summaries: &Summaries, deliverer: &Deliverer) {
     let index = summaries.index().clone();
@@ -517,10 +517,8 @@ async fn publish_counts(summaries: &Summaries, deliverer: &Deliverer) {
     };
     metrics::gauge!("ghost_webhook_outbox_depth").set(pending as f64);
     metrics::gauge!("ghost_webhook_dead_letters").set(dead as f64);
+    // Every lane sets every subscription's gauges, so a stalled lane's age still grows.
     for (key, endpoint) in deliverer.endpoints.iter() {
-        if deliverer.lane.as_deref().is_some_and(|lane| lane != key) {
-            continue;
-        }
         let (depth, oldest_ms) = backlogs
             .iter()
             .find(|(of, _, _)| of == key)

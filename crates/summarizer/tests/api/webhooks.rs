@@ -642,11 +642,13 @@ async fn a_receiver_that_never_answers_does_not_delay_delivery_to_a_healthy_one(
     );
 
     // Each subscription has its own depth and oldest-pending age, labelled without its URL.
-    let text = metrics(&app).await;
-    assert!(
-        text.contains("ghost_webhook_oldest_pending_age_seconds{subscription=\""),
-        "{text}"
-    );
+    let stalled_label = summarizer::webhooks::subscription::hashed_label(&stalled.url);
+    let age =
+        format!("ghost_webhook_oldest_pending_age_seconds{{subscription=\"{stalled_label}\"}}");
+    let depth = format!("ghost_webhook_subscription_depth{{subscription=\"{stalled_label}\"}}");
+    let text = wait_for_metric(&app, &depth, 4.0).await;
+    assert_eq!(sample(&text, &depth), Some(4.0), "{text}");
+    assert!(sample(&text, &age).is_some(), "{text}");
     assert!(!text.contains("/stalled"), "no URL in the labels: {text}");
     promtool_check(&text);
     stalled.task.abort();
