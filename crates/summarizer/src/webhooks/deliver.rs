@@ -31,6 +31,8 @@ use crate::summaries::Summaries;
 /// The dead-letter reason of a message to a subscription disabled by 410 Gone.
 const GONE_BEFORE: &str = "the receiver answered 410 Gone before; the subscription is disabled \
                            until its url changes";
+/// The outbox gauges are set at most this often (by whichever lane passes first).
+const PUBLISH_EVERY_MS: i64 = 250;
 /// Dead letters are pruned by age at least this often (and whenever one is added).
 const PRUNE_EVERY_MS: i64 = 60_000;
 /// Tries after which each further failure is logged as an error, not a warning.
@@ -81,6 +83,8 @@ pub struct Deliverer {
     orphans_logged: Arc<AtomicBool>,
     /// When dead letters were last pruned (unix ms), shared by the lanes.
     pruned_ms: Arc<AtomicI64>,
+    /// When the gauges were last set (unix ms), shared by the lanes.
+    published_ms: Arc<AtomicI64>,
 }
 
 impl Deliverer {
@@ -119,6 +123,7 @@ impl Deliverer {
             lane: None,
             orphans_logged: Arc::new(AtomicBool::new(false)),
             pruned_ms: Arc::new(AtomicI64::new(i64::MIN)),
+            published_ms: Arc::new(AtomicI64::new(i64::MIN)),
         })
     }
 
@@ -504,6 +509,16 @@ fn outcome_of(
 async fn publish_counts(summaries: &Summaries, deliverer: &Deliverer) {
     let index = summaries.index().clone();
     let now = summaries.now_ms();
+    // The lanes share the work: the tables are counted at most every PUBLISH_EVERY_MS.
+    let last = deliverer.published_ms.load(Ordering::Relaxed);
+    if now.saturating_sub(last) < PUBLISH_EVERY_MS
+        || deliverer
+            .published_ms
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+    {
+        return;
+    }
     let pruner = deliverer.clone();
     let Ok(Ok(((pending, dead), backlogs))) = tokio::task::spawn_blocking(move || {
         if now.saturating_sub(pruner.pruned_ms.load(Ordering::Relaxed)) >= PRUNE_EVERY_MS {
