@@ -847,6 +847,13 @@ mod tests {
         assert!(subscriptions[1].allow_private);
         let rendered = config.render().unwrap();
         assert!(!rendered.contains(SECRET), "{rendered}");
+        // A URL's path or query may carry a token: only its origin is shown.
+        assert!(!rendered.contains(".com/ghost"), "{rendered}");
+        assert!(!rendered.contains(":9/hook"), "{rendered}");
+        assert!(
+            rendered.contains("\"https://hooks.example.com/…\""),
+            "{rendered}"
+        );
 
         let err = load_text(
             &format!(

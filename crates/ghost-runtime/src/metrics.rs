@@ -110,6 +110,26 @@ pub const CATALOGUE: &[(&str, Kind, &str)] = &[
         "Webhook messages waiting in the summarizer's outbox.",
     ),
     (
+        "ghost_webhook_subscription_depth",
+        Kind::Gauge,
+        "Webhook messages waiting for one subscription, by subscription (its name, or a hash of its URL).",
+    ),
+    (
+        "ghost_webhook_oldest_pending_age_seconds",
+        Kind::Gauge,
+        "Age of the oldest webhook message waiting for one subscription, by subscription, in seconds.",
+    ),
+    (
+        "ghost_webhook_outbox_full_total",
+        Kind::Counter,
+        "Webhook messages dead-lettered at once because the outbox held webhook_outbox_max messages.",
+    ),
+    (
+        "ghost_webhook_orphaned",
+        Kind::Gauge,
+        "Webhook messages kept for subscriptions no longer configured (sent if they come back).",
+    ),
+    (
         "ghost_webhook_dead_letters",
         Kind::Gauge,
         "Webhook messages given up on and kept in the summarizer's dead-letter table.",

@@ -67,6 +67,7 @@ impl App {
             Arc::new(Webhooks {
                 subscriptions,
                 summary_url_template: config.summary_url_template.clone(),
+                outbox_max: config.webhook_outbox_max,
             })
         });
         let deliverer = webhooks
@@ -81,6 +82,8 @@ impl App {
                         },
                         give_up_after: config.webhook_give_up_after,
                         timeout: config.webhook_timeout,
+                        dead_letter_max: config.webhook_dead_letter_max,
+                        dead_letter_max_age: config.webhook_dead_letter_max_age,
                     },
                 )
             })
@@ -149,7 +152,7 @@ impl App {
             ));
         }
         if let Some(deliverer) = self.state.deliverer.clone() {
-            tracker.spawn(crate::outbox::run(
+            tracker.spawn(crate::webhooks::deliver::run(
                 deliverer,
                 summaries.clone(),
                 summaries.webhook_wake(),

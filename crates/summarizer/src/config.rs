@@ -76,6 +76,15 @@ pub struct SummarizerConfig {
     /// Deadline of one webhook POST.
     #[serde(with = "humantime_serde")]
     pub webhook_timeout: Duration,
+    /// Most webhook messages waiting in the outbox; a message queued beyond it is
+    /// dead-lettered at once (reason "outbox full"), logged as an error and counted in
+    /// `ghost_webhook_outbox_full_total`; the record itself always succeeds.
+    pub webhook_outbox_max: u64,
+    /// Most dead letters kept; the oldest beyond it are deleted.
+    pub webhook_dead_letter_max: u64,
+    /// Dead letters older than this are deleted.
+    #[serde(with = "humantime_serde")]
+    pub webhook_dead_letter_max_age: Duration,
 }
 
 impl Default for SummarizerConfig {
@@ -101,6 +110,9 @@ impl Default for SummarizerConfig {
             webhook_max_backoff: Duration::from_secs(300),
             webhook_give_up_after: Duration::from_secs(24 * 3600),
             webhook_timeout: Duration::from_secs(10),
+            webhook_outbox_max: 100_000,
+            webhook_dead_letter_max: 10_000,
+            webhook_dead_letter_max_age: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }

@@ -75,15 +75,20 @@ impl Outbox for NotifyOutbox {
 
     const NAME: &'static str = "notify";
 
-    fn due(index: &Index, now_ms: i64, limit: usize) -> Result<Vec<OutboxRow>, SummarizerError> {
+    fn due(
+        &self,
+        index: &Index,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<OutboxRow>, SummarizerError> {
         index.outbox_due(now_ms, limit)
     }
 
-    fn next_due(index: &Index) -> Result<Option<i64>, SummarizerError> {
+    fn next_due(&self, index: &Index) -> Result<Option<i64>, SummarizerError> {
         index.outbox_next_due()
     }
 
-    fn settle(index: &Index, settled: &[NotifySettle]) -> Result<(), SummarizerError> {
+    fn settle(&self, index: &Index, settled: &[NotifySettle]) -> Result<(), SummarizerError> {
         let mut delivered = Vec::new();
         let mut failed = Vec::new();
         for outcome in settled {
@@ -104,7 +109,7 @@ impl Outbox for NotifyOutbox {
         summaries: &Summaries,
         rows: Vec<OutboxRow>,
         _shutdown: &CancellationToken,
-    ) -> Option<Vec<NotifySettle>> {
+    ) -> Vec<NotifySettle> {
         let mut patches = std::collections::HashSet::new();
         let mut sends = tokio::task::JoinSet::new();
         for row in rows {
@@ -132,7 +137,7 @@ impl Outbox for NotifyOutbox {
                 Err(err) => tracing::error!(error = %err, "notify task failed"),
             }
         }
-        Some(settled)
+        settled
     }
 }
 

@@ -38,7 +38,7 @@ impl Backoff {
 }
 
 /// One outbox: where its rows live and how a round of them is sent.
-pub trait Outbox: Send + Sync + 'static {
+pub trait Outbox: Clone + Send + Sync + 'static {
     /// A pending message.
     type Row: Send + 'static;
     /// What became of one try.
@@ -48,22 +48,26 @@ pub trait Outbox: Send + Sync + 'static {
     const NAME: &'static str;
 
     /// Up to `limit` rows due at `now_ms`, in the order they may be sent (blocking).
-    fn due(index: &Index, now_ms: i64, limit: usize) -> Result<Vec<Self::Row>, SummarizerError>;
+    fn due(
+        &self,
+        index: &Index,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<Self::Row>, SummarizerError>;
 
     /// When the next row is due, if any (blocking).
-    fn next_due(index: &Index) -> Result<Option<i64>, SummarizerError>;
+    fn next_due(&self, index: &Index) -> Result<Option<i64>, SummarizerError>;
 
     /// Records a round in one transaction (blocking).
-    fn settle(index: &Index, settled: &[Self::Settled]) -> Result<(), SummarizerError>;
+    fn settle(&self, index: &Index, settled: &[Self::Settled]) -> Result<(), SummarizerError>;
 
-    /// Sends `rows`; `None` when shutdown came first and nothing is to be recorded (the rows
-    /// stay due).
+    /// Sends `rows`; on shutdown, what finished before it (the other rows stay due).
     fn round(
         &self,
         summaries: &Summaries,
         rows: Vec<Self::Row>,
         shutdown: &CancellationToken,
-    ) -> impl Future<Output = Option<Vec<Self::Settled>>> + Send;
+    ) -> impl Future<Output = Vec<Self::Settled>> + Send;
 
     /// After every pass (e.g. to publish gauges).
     fn after_pass(&self, _summaries: &Summaries) -> impl Future<Output = ()> + Send {
@@ -79,7 +83,8 @@ pub async fn run<O: Outbox>(
     shutdown: CancellationToken,
 ) {
     loop {
-        let rows = blocking(&summaries, move |index, now| O::due(index, now, BATCH)).await;
+        let lane = outbox.clone();
+        let rows = blocking(&summaries, move |index, now| lane.due(index, now, BATCH)).await;
         let rows = match rows {
             Some(Ok(rows)) => rows,
             Some(Err(err)) => {
@@ -93,16 +98,18 @@ pub async fn run<O: Outbox>(
             return;
         }
         if !rows.is_empty() {
-            let Some(settled) = outbox.round(&summaries, rows, &shutdown).await else {
+            let settled = outbox.round(&summaries, rows, &shutdown).await;
+            // What finished is recorded even on shutdown, so it is not sent again.
+            settle(&outbox, &summaries, settled, &shutdown).await;
+            if shutdown.is_cancelled() {
                 return;
-            };
-            settle::<O>(&summaries, settled, &shutdown).await;
+            }
         }
         outbox.after_pass(&summaries).await;
         if full_batch {
             continue;
         }
-        let wait = next_wait::<O>(&summaries).await;
+        let wait = next_wait(&outbox, &summaries).await;
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = wake.notified() => {}
@@ -128,8 +135,9 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Until the next row is due, at most [`POLL`].
-async fn next_wait<O: Outbox>(summaries: &Summaries) -> Duration {
-    let next = blocking(summaries, |index, _| O::next_due(index))
+async fn next_wait<O: Outbox>(outbox: &O, summaries: &Summaries) -> Duration {
+    let lane = outbox.clone();
+    let next = blocking(summaries, move |index, _| lane.next_due(index))
         .await
         .and_then(Result::ok)
         .flatten();
@@ -145,6 +153,7 @@ async fn next_wait<O: Outbox>(summaries: &Summaries) -> Duration {
 /// Records a round; until it is recorded its rows stay due, so a storage error is retried,
 /// never dropped (a row sent twice is harmless: receivers deduplicate).
 async fn settle<O: Outbox>(
+    outbox: &O,
     summaries: &Summaries,
     settled: Vec<O::Settled>,
     shutdown: &CancellationToken,
@@ -155,7 +164,8 @@ async fn settle<O: Outbox>(
     let settled = Arc::new(settled);
     loop {
         let round = Arc::clone(&settled);
-        match blocking(summaries, move |index, _| O::settle(index, &round)).await {
+        let lane = outbox.clone();
+        match blocking(summaries, move |index, _| lane.settle(index, &round)).await {
             Some(Ok(())) => return,
             Some(Err(err)) => {
                 tracing::error!(outbox = O::NAME, error = ?anyhow::Error::from(err), "cannot update the outbox");

@@ -31,6 +31,8 @@ pub struct Webhooks {
     pub subscriptions: Vec<Prepared>,
     /// `{patch_id}` is replaced to link a summary (`data.summary.url`); `None`: no link.
     pub summary_url_template: Option<String>,
+    /// Most messages waiting in the outbox (beyond it a message is dead-lettered at once).
+    pub outbox_max: u64,
 }
 
 impl Webhooks {
@@ -65,6 +67,7 @@ impl Webhooks {
                 subscription: subscription.key.clone(),
                 event: event_name(view.status),
                 body: body.clone(),
+                outbox_max: self.outbox_max,
             })
             .collect()
     }

@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS webhook_outbox (
 );
 CREATE INDEX IF NOT EXISTS webhook_outbox_by_patch ON webhook_outbox (subscription, patch_id, id);
 CREATE INDEX IF NOT EXISTS webhook_outbox_by_due ON webhook_outbox (next_at_ms, id);
+CREATE INDEX IF NOT EXISTS webhook_outbox_by_lane ON webhook_outbox (subscription, next_at_ms, id);
 CREATE TABLE IF NOT EXISTS webhook_dead_letters (
     id           INTEGER PRIMARY KEY,
     webhook_id   TEXT NOT NULL UNIQUE,
@@ -41,6 +42,12 @@ CREATE TABLE IF NOT EXISTS webhook_dead_letters (
     first_try_ms INTEGER,
     dead_ms      INTEGER NOT NULL,
     reason       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS webhook_dead_letters_by_age ON webhook_dead_letters (dead_ms, id);
+CREATE TABLE IF NOT EXISTS webhook_gone (
+    subscription TEXT PRIMARY KEY,
+    url_sha256   TEXT NOT NULL,
+    at_ms        INTEGER NOT NULL
 );
 ";
 
@@ -60,6 +67,8 @@ pub struct NewWebhook {
     pub event: String,
     /// The JSON body.
     pub body: Vec<u8>,
+    /// Most messages the outbox may hold: beyond it this one is dead-lettered at once.
+    pub outbox_max: u64,
 }
 
 /// One pending message.
@@ -153,13 +162,20 @@ pub(super) fn insert(
     now_ms: i64,
     webhooks: &[NewWebhook],
 ) -> Result<(), SummarizerError> {
+    if webhooks.is_empty() {
+        return Ok(());
+    }
     let mut insert = tx.prepare_cached(
         "INSERT OR IGNORE INTO webhook_outbox
          (webhook_id, subscription, patch_id, attempt, event, body, next_at_ms, created_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
     )?;
+    let mut bury = tx.prepare_cached(BURY)?;
+    let mut forget = tx.prepare_cached("DELETE FROM webhook_outbox WHERE id = ?1")?;
+    let pending: i64 = tx.query_row("SELECT COUNT(*) FROM webhook_outbox", [], |row| row.get(0))?;
+    let mut pending = u64::try_from(pending).unwrap_or(0);
     for webhook in webhooks {
-        insert.execute(params![
+        if insert.execute(params![
             webhook.webhook_id,
             webhook.subscription,
             patch_id,
@@ -167,41 +183,96 @@ pub(super) fn insert(
             webhook.event,
             webhook.body,
             now_ms
-        ])?;
+        ])? == 0
+        {
+            continue;
+        }
+        if pending < webhook.outbox_max {
+            pending += 1;
+            continue;
+        }
+        // Full: the record must still succeed, so this message goes straight to the dead
+        // letters (queued and moved, so it keeps a unique id).
+        let id = tx.last_insert_rowid();
+        let reason = format!(
+            "outbox full ({pending} messages waiting, webhook_outbox_max = {})",
+            webhook.outbox_max
+        );
+        bury.execute(params![id, now_ms, reason, 0])?;
+        forget.execute(params![id])?;
+        metrics::counter!("ghost_webhook_outbox_full_total").increment(1);
+        tracing::error!(
+            patch_id,
+            attempt,
+            webhook_id = %webhook.webhook_id,
+            %reason,
+            "webhook outbox full; message dead-lettered"
+        );
     }
     Ok(())
 }
 
+/// Moves outbox row ?1 to the dead letters at ?2 with reason ?3, counting ?4 more tries (the
+/// caller deletes it).
+const BURY: &str = "INSERT OR REPLACE INTO webhook_dead_letters
+     (id, webhook_id, subscription, patch_id, attempt, event, body, tries, created_ms,
+      first_try_ms, dead_ms, reason)
+     SELECT id, webhook_id, subscription, patch_id, attempt, event, body, tries + ?4,
+      created_ms, COALESCE(first_try_ms, ?2), ?2, ?3
+     FROM webhook_outbox WHERE id = ?1";
+
 impl Index {
     /// Up to `limit` messages due at `now_ms` and first in line for their patch and
-    /// subscription, oldest first.
+    /// subscription, oldest first; only those of the subscription `lane` when given.
     pub fn webhooks_due(
         &self,
         now_ms: i64,
         limit: usize,
+        lane: Option<&str>,
     ) -> Result<Vec<WebhookRow>, SummarizerError> {
         let conn = lock(&self.conn);
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT id, webhook_id, subscription, patch_id, attempt, event, body, tries, first_try_ms
-             FROM webhook_outbox o WHERE next_at_ms <= ?1 AND {FIRST_OF_PATCH}
+             FROM webhook_outbox o WHERE next_at_ms <= ?1 AND (?3 IS NULL OR subscription = ?3)
+             AND {FIRST_OF_PATCH}
              ORDER BY next_at_ms, id LIMIT ?2"
         ))?;
         let rows = stmt
             .query_map(
-                params![now_ms, i64::try_from(limit).unwrap_or(i64::MAX)],
+                params![now_ms, i64::try_from(limit).unwrap_or(i64::MAX), lane],
                 webhook_row,
             )?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
 
-    /// When the next message first in line is due, if any is pending.
-    pub fn webhooks_next_due(&self) -> Result<Option<i64>, SummarizerError> {
+    /// When the next message first in line is due, if any is pending (of the subscription
+    /// `lane` when given).
+    pub fn webhooks_next_due(&self, lane: Option<&str>) -> Result<Option<i64>, SummarizerError> {
         Ok(lock(&self.conn).query_row(
-            &format!("SELECT MIN(next_at_ms) FROM webhook_outbox o WHERE {FIRST_OF_PATCH}"),
-            [],
+            &format!(
+                "SELECT MIN(next_at_ms) FROM webhook_outbox o
+                 WHERE (?1 IS NULL OR subscription = ?1) AND {FIRST_OF_PATCH}"
+            ),
+            params![lane],
             |row| row.get(0),
         )?)
+    }
+
+    /// Per subscription key: pending messages and when the oldest was queued (unix ms).
+    pub fn webhook_backlogs(&self) -> Result<Vec<(String, u64, i64)>, SummarizerError> {
+        let conn = lock(&self.conn);
+        let mut stmt = conn.prepare_cached(
+            "SELECT subscription, COUNT(*), MIN(created_ms) FROM webhook_outbox
+             GROUP BY subscription",
+        )?;
+        let rows = stmt
+            .query_map([], |row| {
+                let count: i64 = row.get(1)?;
+                Ok((row.get(0)?, u64::try_from(count).unwrap_or(0), row.get(2)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
     }
 
     /// Every pending message, in record order.
@@ -251,6 +322,61 @@ impl Index {
         Ok(rows)
     }
 
+    /// The subscriptions whose receiver answered 410 Gone: (key, SHA-256 of the URL then).
+    pub fn webhooks_gone(&self) -> Result<Vec<(String, String)>, SummarizerError> {
+        let conn = lock(&self.conn);
+        let mut stmt = conn.prepare_cached("SELECT subscription, url_sha256 FROM webhook_gone")?;
+        let rows = stmt
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Remembers that the receiver of subscription `key` (at the URL hashed `url_sha256`)
+    /// answered 410 Gone; `None` forgets it.
+    pub fn webhook_set_gone(
+        &self,
+        key: &str,
+        url_sha256: Option<&str>,
+        at_ms: i64,
+    ) -> Result<(), SummarizerError> {
+        let conn = lock(&self.conn);
+        match url_sha256 {
+            Some(sha) => conn.execute(
+                "INSERT OR REPLACE INTO webhook_gone (subscription, url_sha256, at_ms)
+                 VALUES (?1, ?2, ?3)",
+                params![key, sha, at_ms],
+            )?,
+            None => conn.execute(
+                "DELETE FROM webhook_gone WHERE subscription = ?1",
+                params![key],
+            )?,
+        };
+        Ok(())
+    }
+
+    /// Deletes the dead letters that died before `before_ms`, then all but the newest
+    /// `keep`; returns how many.
+    pub fn webhook_prune_dead_letters(
+        &self,
+        before_ms: i64,
+        keep: u64,
+    ) -> Result<usize, SummarizerError> {
+        let mut conn = lock(&self.conn);
+        let tx = conn.transaction()?;
+        let mut deleted = tx.execute(
+            "DELETE FROM webhook_dead_letters WHERE dead_ms < ?1",
+            params![before_ms],
+        )?;
+        deleted += tx.execute(
+            "DELETE FROM webhook_dead_letters WHERE id IN (SELECT id FROM webhook_dead_letters
+             ORDER BY dead_ms DESC, id DESC LIMIT -1 OFFSET ?1)",
+            params![i64::try_from(keep).unwrap_or(i64::MAX)],
+        )?;
+        tx.commit()?;
+        Ok(deleted)
+    }
+
     /// Records a round of tries in one transaction.
     pub fn webhooks_settle(&self, outcomes: &[WebhookSettle]) -> Result<(), SummarizerError> {
         let mut conn = lock(&self.conn);
@@ -261,14 +387,7 @@ impl Index {
                 "UPDATE webhook_outbox SET tries = tries + 1, next_at_ms = ?2,
                  first_try_ms = COALESCE(first_try_ms, ?3), last_error = ?4 WHERE id = ?1",
             )?;
-            let mut bury = tx.prepare_cached(
-                "INSERT OR REPLACE INTO webhook_dead_letters
-                 (id, webhook_id, subscription, patch_id, attempt, event, body, tries, created_ms,
-                  first_try_ms, dead_ms, reason)
-                 SELECT id, webhook_id, subscription, patch_id, attempt, event, body, tries + 1,
-                  created_ms, COALESCE(first_try_ms, ?2), ?2, ?3
-                 FROM webhook_outbox WHERE id = ?1",
-            )?;
+            let mut bury = tx.prepare_cached(BURY)?;
             for outcome in outcomes {
                 match outcome {
                     WebhookSettle::Delivered { id } => {
@@ -283,7 +402,7 @@ impl Index {
                         retry.execute(params![id, next_at_ms, tried_ms, error])?;
                     }
                     WebhookSettle::Dead { id, at_ms, reason } => {
-                        bury.execute(params![id, at_ms, reason])?;
+                        bury.execute(params![id, at_ms, reason, 1])?;
                         forget.execute(params![id])?;
                     }
                 }

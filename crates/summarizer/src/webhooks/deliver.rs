@@ -1,27 +1,40 @@
-//! Delivering the webhook outbox ([`Deliverer`], run by the one outbox loop,
-//! [`crate::outbox::run`]): one HTTP client per subscription (its own guarded resolver, no
-//! redirects, no proxy, a deadline per call), rounds of due messages sent at once (at most one
-//! per patch and subscription, so order holds), every outcome settled in one transaction.
+//! Delivering the webhook outbox ([`run`]: one lane per subscription, each the one outbox
+//! loop [`crate::outbox::run`] over that subscription's rows, so a receiver that stalls or
+//! fails only delays its own messages): one HTTP client per subscription (its own guarded
+//! resolver, no redirects, no proxy, a deadline per call), rounds of due messages sent at once
+//! (at most one per patch and subscription, so order holds), every outcome settled in one
+//! transaction, and what finished is settled on shutdown too.
 //!
 //! 2xx is delivered; 410 Gone is dead-lettered at once; anything else (or no answer) is tried
 //! again after an exponential backoff with jitter, until `give_up_after` has passed since the
 //! first try, then dead-lettered (kept in `webhook_dead_letters`, logged as an error, counted).
+//! Messages of a subscription no longer configured are kept (not sent, not dead-lettered),
+//! logged once and counted in `ghost_webhook_orphaned`; they are sent if it comes back.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use reqwest::header::CONTENT_TYPE;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::Webhooks;
-use super::subscription::{GuardedResolver, Prepared};
+use super::subscription::{GuardedResolver, Prepared, Refused};
 use crate::error::SummarizerError;
 use crate::index::{Index, WebhookRow, WebhookSettle};
 use crate::outbox::{Backoff, Outbox};
 use crate::summaries::Summaries;
 
+/// The dead-letter reason of a message to a subscription disabled by 410 Gone.
+const GONE_BEFORE: &str = "the receiver answered 410 Gone before; the subscription is disabled \
+                           until its url changes";
+/// The outbox gauges are set at most this often (by whichever lane passes first).
+const PUBLISH_EVERY_MS: i64 = 250;
+/// Dead letters are pruned by age at least this often (and whenever one is added).
+const PRUNE_EVERY_MS: i64 = 60_000;
 /// Tries after which each further failure is logged as an error, not a warning.
 const LOUD_AFTER: u32 = 5;
 
@@ -34,18 +47,44 @@ pub struct Policy {
     pub give_up_after: Duration,
     /// Deadline of one POST.
     pub timeout: Duration,
+    /// Most dead letters kept (the oldest beyond it are deleted).
+    pub dead_letter_max: u64,
+    /// Dead letters older than this are deleted.
+    pub dead_letter_max_age: Duration,
 }
 
 struct Endpoint {
     subscription: Prepared,
     client: reqwest::Client,
+    /// Its receiver answered 410 Gone: nothing more is sent until its URL changes.
+    gone: AtomicBool,
+    /// `gone` is in the `webhook_gone` table.
+    gone_saved: AtomicBool,
 }
 
-/// Sends outbox rows to their subscriptions.
+impl Endpoint {
+    fn url_sha256(&self) -> String {
+        use sha2::{Digest as _, Sha256};
+        Sha256::digest(self.subscription.url.as_str().as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+/// Sends outbox rows to their subscriptions; a lane sends only those of one.
 #[derive(Clone)]
 pub struct Deliverer {
     endpoints: Arc<HashMap<String, Endpoint>>,
     policy: Policy,
+    /// The subscription key this lane sends; `None`: every subscription.
+    lane: Option<Arc<str>>,
+    /// Set once the rows of unconfigured subscriptions have been logged.
+    orphans_logged: Arc<AtomicBool>,
+    /// When dead letters were last pruned (unix ms), shared by the lanes.
+    pruned_ms: Arc<AtomicI64>,
+    /// When the gauges were last set (unix ms), shared by the lanes.
+    published_ms: Arc<AtomicI64>,
 }
 
 impl Deliverer {
@@ -73,13 +112,47 @@ impl Deliverer {
                 Endpoint {
                     subscription: subscription.clone(),
                     client,
+                    gone: AtomicBool::new(false),
+                    gone_saved: AtomicBool::new(false),
                 },
             );
         }
         Ok(Self {
             endpoints: Arc::new(endpoints),
             policy,
+            lane: None,
+            orphans_logged: Arc::new(AtomicBool::new(false)),
+            pruned_ms: Arc::new(AtomicI64::new(i64::MIN)),
+            published_ms: Arc::new(AtomicI64::new(i64::MIN)),
         })
+    }
+
+    /// Deletes the dead letters over the age or count bounds (blocking).
+    fn prune(&self, index: &Index, now_ms: i64) -> Result<(), SummarizerError> {
+        self.pruned_ms.store(now_ms, Ordering::Relaxed);
+        let max_age_ms =
+            i64::try_from(self.policy.dead_letter_max_age.as_millis()).unwrap_or(i64::MAX);
+        let deleted = index.webhook_prune_dead_letters(
+            now_ms.saturating_sub(max_age_ms),
+            self.policy.dead_letter_max,
+        )?;
+        if deleted > 0 {
+            tracing::info!(
+                deleted,
+                max = self.policy.dead_letter_max,
+                max_age = ?self.policy.dead_letter_max_age,
+                "old webhook dead letters deleted"
+            );
+        }
+        Ok(())
+    }
+
+    /// The same deliverer, sending only the rows of the subscription `key`.
+    fn lane(&self, key: &str) -> Self {
+        Self {
+            lane: Some(Arc::from(key)),
+            ..self.clone()
+        }
     }
 
     /// One try of `row`: `Ok` on 2xx, `Err((reason, final))` otherwise, `final` when it must
@@ -88,13 +161,26 @@ impl Deliverer {
         let Some(endpoint) = self.endpoints.get(&row.subscription) else {
             return Err(("its subscription is no longer configured".to_owned(), true));
         };
+        if endpoint.gone.load(Ordering::Relaxed) {
+            return Err((GONE_BEFORE.to_owned(), true));
+        }
         let timestamp = unix_seconds();
-        let signature = super::signature(
+        let mut signature = super::signature(
             &endpoint.subscription.secret,
             &row.webhook_id,
             timestamp,
             &row.body,
         );
+        if let Some(previous) = &endpoint.subscription.previous_secret {
+            // Rotation: both signatures, space-separated (Standard Webhooks).
+            signature.push(' ');
+            signature.push_str(&super::signature(
+                previous,
+                &row.webhook_id,
+                timestamp,
+                &row.body,
+            ));
+        }
         let started = Instant::now();
         let result = endpoint
             .client
@@ -111,13 +197,20 @@ impl Deliverer {
         match result {
             Ok(response) if response.status().is_success() => Ok(()),
             Ok(response) if response.status() == reqwest::StatusCode::GONE => {
+                endpoint.gone.store(true, Ordering::Relaxed);
+                tracing::error!(
+                    subscription = %endpoint.subscription.name(),
+                    "webhook receiver answered 410 Gone; the subscription is disabled (its \
+                     messages are dead-lettered) until its url changes"
+                );
                 Err(("the receiver answered 410 Gone".to_owned(), true))
             }
             Ok(response) => Err((
                 format!("the receiver answered {}", response.status()),
                 false,
             )),
-            Err(err) => Err((describe(&err, self.policy.timeout), false)),
+            // The guard refused the address: retrying cannot help until the config changes.
+            Err(err) => Err((describe(&err, self.policy.timeout), refused(&err))),
         }
     }
 }
@@ -127,6 +220,18 @@ fn unix_seconds() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|since| i64::try_from(since.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+/// True when the SSRF guard refused the address `err` tried.
+fn refused(err: &reqwest::Error) -> bool {
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if cause.downcast_ref::<Refused>().is_some() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// What went wrong, without the URL (its path or query may carry a token).
@@ -167,16 +272,50 @@ impl Outbox for Deliverer {
 
     const NAME: &'static str = "webhook";
 
-    fn due(index: &Index, now_ms: i64, limit: usize) -> Result<Vec<WebhookRow>, SummarizerError> {
-        index.webhooks_due(now_ms, limit)
+    fn due(
+        &self,
+        index: &Index,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<WebhookRow>, SummarizerError> {
+        index.webhooks_due(now_ms, limit, self.lane.as_deref())
     }
 
-    fn next_due(index: &Index) -> Result<Option<i64>, SummarizerError> {
-        index.webhooks_next_due()
+    fn next_due(&self, index: &Index) -> Result<Option<i64>, SummarizerError> {
+        index.webhooks_next_due(self.lane.as_deref())
     }
 
-    fn settle(index: &Index, settled: &[WebhookSettle]) -> Result<(), SummarizerError> {
-        index.webhooks_settle(settled)
+    fn settle(&self, index: &Index, settled: &[WebhookSettle]) -> Result<(), SummarizerError> {
+        index.webhooks_settle(settled)?;
+        for (key, endpoint) in self.endpoints.iter() {
+            if endpoint.gone.load(Ordering::Relaxed)
+                && !endpoint.gone_saved.swap(true, Ordering::Relaxed)
+            {
+                let now_ms = settled
+                    .iter()
+                    .find_map(|outcome| match outcome {
+                        WebhookSettle::Dead { at_ms, .. } => Some(*at_ms),
+                        _ => None,
+                    })
+                    .unwrap_or(0);
+                if let Err(err) = index.webhook_set_gone(key, Some(&endpoint.url_sha256()), now_ms)
+                {
+                    endpoint.gone_saved.store(false, Ordering::Relaxed);
+                    return Err(err);
+                }
+            }
+        }
+        let buried = settled
+            .iter()
+            .filter_map(|outcome| match outcome {
+                WebhookSettle::Dead { at_ms, .. } => Some(*at_ms),
+                _ => None,
+            })
+            .max();
+        match buried {
+            Some(now_ms) => self.prune(index, now_ms),
+            None => Ok(()),
+        }
     }
 
     async fn round(
@@ -184,23 +323,96 @@ impl Outbox for Deliverer {
         summaries: &Summaries,
         rows: Vec<WebhookRow>,
         shutdown: &CancellationToken,
-    ) -> Option<Vec<WebhookSettle>> {
+    ) -> Vec<WebhookSettle> {
         deliver_round(summaries, self, rows, shutdown).await
     }
 
     async fn after_pass(&self, summaries: &Summaries) {
-        publish_counts(summaries).await;
+        publish_counts(summaries, self).await;
     }
 }
 
-/// Sends `rows` at once; `None` when shutdown came first (the rows stay due and are sent again
-/// after the restart, under the same `webhook-id`).
+/// Delivers every subscription's messages until `shutdown`, one lane (outbox loop) each;
+/// `wake` (a message was queued) wakes every lane.
+pub async fn run(
+    deliverer: Deliverer,
+    summaries: Summaries,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    restore_gone(&deliverer, &summaries).await;
+    let mut lanes = tokio::task::JoinSet::new();
+    let mut wakes = Vec::new();
+    for key in deliverer.endpoints.keys() {
+        let lane_wake = Arc::new(Notify::new());
+        wakes.push(Arc::clone(&lane_wake));
+        lanes.spawn(crate::outbox::run(
+            deliverer.lane(key),
+            summaries.clone(),
+            lane_wake,
+            shutdown.clone(),
+        ));
+    }
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = wake.notified() => {
+                for lane_wake in &wakes {
+                    // Stores a permit when the lane is busy, so no wake-up is lost.
+                    lane_wake.notify_one();
+                }
+            }
+        }
+    }
+    while let Some(joined) = lanes.join_next().await {
+        if let Err(err) = joined {
+            tracing::error!(error = %err, "webhook lane failed");
+        }
+    }
+}
+
+/// Disables again the subscriptions whose receiver answered 410 Gone at their current URL,
+/// and forgets the mark of those whose URL changed.
+async fn restore_gone(deliverer: &Deliverer, summaries: &Summaries) {
+    let index = summaries.index().clone();
+    let endpoints = Arc::clone(&deliverer.endpoints);
+    let restored = tokio::task::spawn_blocking(move || {
+        for (key, sha) in index.webhooks_gone()? {
+            let Some(endpoint) = endpoints.get(&key) else {
+                continue;
+            };
+            if endpoint.url_sha256() == sha {
+                endpoint.gone.store(true, Ordering::Relaxed);
+                endpoint.gone_saved.store(true, Ordering::Relaxed);
+                tracing::warn!(
+                    subscription = %endpoint.subscription.name(),
+                    "webhook subscription disabled: its receiver answered 410 Gone; change its \
+                     url to enable it"
+                );
+            } else {
+                index.webhook_set_gone(&key, None, 0)?;
+            }
+        }
+        Ok::<_, SummarizerError>(())
+    })
+    .await;
+    match restored {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => {
+            tracing::error!(error = ?anyhow::Error::from(err), "cannot read the disabled webhook subscriptions");
+        }
+        Err(err) => tracing::error!(error = %err, "webhook task failed"),
+    }
+}
+
+/// Sends `rows` at once; on shutdown, the outcomes that finished before it (the others stay
+/// due and are sent again after the restart, under the same `webhook-id`).
 async fn deliver_round(
     summaries: &Summaries,
     deliverer: &Deliverer,
     rows: Vec<WebhookRow>,
     shutdown: &CancellationToken,
-) -> Option<Vec<WebhookSettle>> {
+) -> Vec<WebhookSettle> {
     let mut sends = tokio::task::JoinSet::new();
     for row in rows {
         let deliverer = deliverer.clone();
@@ -212,11 +424,11 @@ async fn deliver_round(
     let mut settled = Vec::new();
     loop {
         let joined = tokio::select! {
-            () = shutdown.cancelled() => return None,
+            () = shutdown.cancelled() => return settled,
             joined = sends.join_next() => joined,
         };
         let Some(joined) = joined else {
-            return Some(settled);
+            return settled;
         };
         match joined {
             Ok((row, result)) => settled.push(outcome_of(summaries, deliverer, &row, result)),
@@ -291,14 +503,65 @@ fn outcome_of(
     }
 }
 
-/// Sets the outbox depth and dead-letter gauges from the tables.
-async fn publish_counts(summaries: &Summaries) {
+/// Sets the outbox depth and dead-letter gauges from the tables, and each subscription's depth
+/// and oldest pending age (labelled by the subscription's label, never its URL); logs once the
+/// messages kept for subscriptions no longer configured.
+async fn publish_counts(summaries: &Summaries, deliverer: &Deliverer) {
     let index = summaries.index().clone();
-    if let Ok(Ok((pending, dead))) =
-        tokio::task::spawn_blocking(move || index.webhook_counts()).await
+    let now = summaries.now_ms();
+    // The lanes share the work: the tables are counted at most every PUBLISH_EVERY_MS.
+    let last = deliverer.published_ms.load(Ordering::Relaxed);
+    if now.saturating_sub(last) < PUBLISH_EVERY_MS
+        || deliverer
+            .published_ms
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
     {
-        metrics::gauge!("ghost_webhook_outbox_depth").set(pending as f64);
-        metrics::gauge!("ghost_webhook_dead_letters").set(dead as f64);
+        return;
+    }
+    let pruner = deliverer.clone();
+    let Ok(Ok(((pending, dead), backlogs))) = tokio::task::spawn_blocking(move || {
+        if now.saturating_sub(pruner.pruned_ms.load(Ordering::Relaxed)) >= PRUNE_EVERY_MS {
+            pruner.prune(&index, now)?;
+        }
+        Ok::<_, SummarizerError>((index.webhook_counts()?, index.webhook_backlogs()?))
+    })
+    .await
+    else {
+        return;
+    };
+    metrics::gauge!("ghost_webhook_outbox_depth").set(pending as f64);
+    metrics::gauge!("ghost_webhook_dead_letters").set(dead as f64);
+    // Every lane sets every subscription's gauges, so a stalled lane's age still grows.
+    for (key, endpoint) in deliverer.endpoints.iter() {
+        let (depth, oldest_ms) = backlogs
+            .iter()
+            .find(|(of, _, _)| of == key)
+            .map_or((0, now), |(_, depth, oldest)| (*depth, *oldest));
+        let label = endpoint.subscription.label.clone();
+        metrics::gauge!("ghost_webhook_subscription_depth", "subscription" => label.clone())
+            .set(depth as f64);
+        metrics::gauge!("ghost_webhook_oldest_pending_age_seconds", "subscription" => label)
+            .set(now.saturating_sub(oldest_ms).max(0) as f64 / 1000.0);
+    }
+    let orphaned: u64 = backlogs
+        .iter()
+        .filter(|(key, _, _)| !deliverer.endpoints.contains_key(key))
+        .map(|(_, depth, _)| depth)
+        .sum();
+    metrics::gauge!("ghost_webhook_orphaned").set(orphaned as f64);
+    if orphaned > 0 && !deliverer.orphans_logged.swap(true, Ordering::Relaxed) {
+        let subscriptions: Vec<String> = backlogs
+            .iter()
+            .filter(|(key, _, _)| !deliverer.endpoints.contains_key(key))
+            .map(|(key, _, _)| super::subscription::hashed_label(key))
+            .collect();
+        tracing::warn!(
+            orphaned,
+            ?subscriptions,
+            "webhook messages of subscriptions no longer configured are kept, not sent; \
+             they are sent if the subscription comes back (same name, or same url without one)"
+        );
     }
 }
 
@@ -312,8 +575,10 @@ mod tests {
         let subscription = Prepared {
             index: 0,
             key: url.to_owned(),
+            label: "test".to_owned(),
             url: reqwest::Url::parse(url).unwrap(),
             secret: vec![7; 32],
+            previous_secret: None,
             statuses: vec![ghost_core::Status::Failed],
             targets: std::collections::BTreeSet::new(),
             allow_private,
@@ -321,6 +586,7 @@ mod tests {
         let webhooks = Webhooks {
             subscriptions: vec![subscription],
             summary_url_template: None,
+            outbox_max: 10,
         };
         let policy = Policy {
             backoff: Backoff {
@@ -329,6 +595,8 @@ mod tests {
             },
             give_up_after: Duration::from_secs(60),
             timeout: Duration::from_secs(5),
+            dead_letter_max: 10,
+            dead_letter_max_age: Duration::from_secs(3600),
         };
         Deliverer::new(&webhooks, policy).unwrap()
     }
@@ -371,7 +639,7 @@ mod tests {
             error.contains("resolves to") && error.contains("loopback"),
             "{error}"
         );
-        assert!(!permanent);
+        assert!(permanent, "a refused address is final");
         assert!(!served.is_finished());
 
         // Allowed: the checked address is dialled on the URL's port, signed.

@@ -14,6 +14,8 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 const TEXT_CHARS: usize = 4_000;
 /// Most diagnostics carried (files the patch touched come first).
 const MAX_DIAGNOSTICS: usize = 200;
+/// Characters of the free text kept when the body is still too large without the lists.
+const SHORT_TEXT_CHARS: usize = 500;
 /// Rows of each list kept when the body is still too large without a summary.
 const TIGHT_ROWS: usize = 20;
 
@@ -205,7 +207,8 @@ pub fn view(outcome: &Outcome, markdown: &str, summary_url: Option<String>) -> P
 }
 
 /// The JSON body for `view`, at most [`MAX_BODY_BYTES`]: the summary's Markdown is trimmed to
-/// fit, then dropped, then each list is cut to a few rows.
+/// fit, then dropped, then each list is cut to a few rows, then dropped with the free text cut
+/// short, then the free text dropped (what remains is ids, names, times and counts).
 pub fn body(view: &PatchView) -> Vec<u8> {
     let mut view = view.clone();
     let kind = format!("patch.{}", view.status.as_str());
@@ -245,6 +248,32 @@ pub fn body(view: &PatchView) -> Vec<u8> {
         report.edits.truncate(TIGHT_ROWS);
         report.commands.truncate(TIGHT_ROWS);
         report.diagnostics.truncate(TIGHT_ROWS);
+        encoded = encode(&view);
+    }
+    // Rows can be long and JSON escapes a control character in six bytes: drop the lists and
+    // cut the free text, then drop it, so the body always fits.
+    if encoded.len() > MAX_BODY_BYTES {
+        let report = &mut view.report;
+        report.omitted_rows +=
+            report.edits.len() + report.commands.len() + report.diagnostics.len();
+        report.edits.clear();
+        report.commands.clear();
+        report.diagnostics.clear();
+        view.description = render::excerpt(&view.description, SHORT_TEXT_CHARS);
+        view.error = render::excerpt(&view.error, SHORT_TEXT_CHARS);
+        if let Some(rollback) = &mut view.report.rollback {
+            rollback.reason = render::excerpt(&rollback.reason, SHORT_TEXT_CHARS);
+            rollback.error = render::excerpt(&rollback.error, SHORT_TEXT_CHARS);
+        }
+        encoded = encode(&view);
+    }
+    if encoded.len() > MAX_BODY_BYTES {
+        view.description.clear();
+        view.error.clear();
+        if let Some(rollback) = &mut view.report.rollback {
+            rollback.reason.clear();
+            rollback.error.clear();
+        }
         encoded = encode(&view);
     }
     encoded
@@ -350,5 +379,34 @@ mod tests {
         );
         assert_eq!(json["data"]["id"], "big");
         assert_eq!(json["data"]["error"], "validation failed");
+    }
+
+    #[test]
+    fn control_characters_and_long_rows_never_push_the_body_over_the_cap() {
+        // Each control character is six bytes in JSON (`\u0001`), each `€` three.
+        let heavy = |n: usize| "\u{1}€".repeat(n);
+        let mut outcome = outcome(0, 0);
+        outcome.description = heavy(10_000);
+        outcome.report.error = heavy(10_000);
+        outcome.report.edits = (0..100)
+            .map(|n| EditReport {
+                op: "rename".to_owned(),
+                path: format!("{n}{}", heavy(2_000)),
+                from: heavy(2_000),
+                ..EditReport::default()
+            })
+            .collect();
+        outcome.report.commands = (0..100)
+            .map(|_| CommandReport {
+                command: heavy(10_000),
+                name: heavy(2_000),
+                ..CommandReport::default()
+            })
+            .collect();
+        let json = decoded(&body(&view(&outcome, &heavy(100_000), None)));
+        assert_eq!(json["data"]["id"], "big");
+        assert_eq!(json["data"]["status"], "rolled_back");
+        assert_eq!(json["data"]["summary"]["truncated"], true);
+        assert_eq!(json["data"]["report"]["omitted_rows"], 200);
     }
 }

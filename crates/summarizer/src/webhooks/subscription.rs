@@ -32,10 +32,21 @@ pub const ALL_EVENTS: &str = "*";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Subscription {
-    /// Where to POST, `http://` or `https://`, without `user:password@`.
+    /// A stable name (1 to 64 of `A-Z a-z 0-9 . _ -`): the subscription's identity in the
+    /// outbox, in `webhook-id`s and in metric labels, so its URL can change (a rotated token)
+    /// without losing its pending messages. Default: the URL itself (labelled by its hash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Where to POST, `http://` or `https://`, without `user:password@`. Rendered (e.g. by
+    /// `--print-config`) as its origin and `/…`: its path or query may carry a token.
+    #[serde(serialize_with = "serialize_redacted_url")]
     pub url: String,
     /// `whsec_<base64 of 24 to 64 random bytes>`, the Standard Webhooks signing secret.
     pub secret: Secret,
+    /// The secret being rotated out, same format: while set, each message carries both
+    /// signatures (`v1,<new> v1,<old>`), so receivers still on the old secret verify it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret: Option<Secret>,
     /// `patch.<terminal status>` names (`patch.succeeded`, `patch.failed`, …) or `"*"`.
     pub events: Vec<String>,
     /// Targets whose outcomes are sent; empty: every target.
@@ -46,18 +57,47 @@ pub struct Subscription {
     pub allow_private: bool,
 }
 
+/// `url` as shown: its origin, and `/…` when it has a path, query or fragment (which may carry
+/// a token).
+pub fn redacted_url(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(parsed) if parsed.origin().is_tuple() => {
+            let origin = parsed.origin().ascii_serialization();
+            if parsed.path() == "/" && parsed.query().is_none() && parsed.fragment().is_none() {
+                format!("{origin}/")
+            } else {
+                format!("{origin}/…")
+            }
+        }
+        _ => ghost_runtime::config::REDACTED.to_owned(),
+    }
+}
+
+fn serialize_redacted_url<S: serde::Serializer>(
+    url: &str,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&redacted_url(url))
+}
+
 /// A [`Subscription`] that passed every check, ready to match outcomes and sign messages.
 #[derive(Clone)]
 pub struct Prepared {
     /// Its position in the config, for messages (`subscriptions[N]`).
     pub index: usize,
-    /// The subscription's identity in the outbox and in `webhook-id`s: its URL, normalised
-    /// (so rewriting it in another case or spelling keeps its pending messages).
+    /// The subscription's identity in the outbox and in `webhook-id`s: its `name`, or else its
+    /// URL, normalised (so rewriting it in another case or spelling keeps its pending
+    /// messages).
     pub key: String,
+    /// Its metric label: its `name`, or `url-` and a hash of its URL (never the URL, whose
+    /// path or query may carry a token).
+    pub label: String,
     /// The parsed URL.
     pub url: Url,
     /// The decoded signing key.
     pub secret: Vec<u8>,
+    /// The decoded key being rotated out, also signed with.
+    pub previous_secret: Option<Vec<u8>>,
     /// The statuses sent, in [`Status::ALL`] order.
     pub statuses: Vec<Status>,
     /// The targets sent; empty: all.
@@ -90,6 +130,36 @@ impl Prepared {
     pub fn name(&self) -> String {
         name(self.index, &self.url)
     }
+}
+
+/// Longest subscription name.
+const MAX_NAME_LEN: usize = 64;
+
+fn check_name(raw: &str) -> Result<(), String> {
+    if raw.is_empty() || raw.len() > MAX_NAME_LEN {
+        return Err(format!(
+            "name must be 1 to {MAX_NAME_LEN} characters, not {}",
+            raw.len()
+        ));
+    }
+    if let Some(bad) = raw
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "name {:?} has {bad:?}; use only A-Z, a-z, 0-9, '.', '_' and '-'",
+            shown(raw)
+        ));
+    }
+    Ok(())
+}
+
+/// `url-` and 8 hex digits of the SHA-256 of `key`: a stable label that does not show it.
+pub fn hashed_label(key: &str) -> String {
+    use sha2::{Digest as _, Sha256};
+    let digest = Sha256::digest(key.as_bytes());
+    let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("url-{hex}")
 }
 
 fn name(index: usize, url: &Url) -> String {
@@ -141,6 +211,9 @@ impl Subscription {
             ));
         }
         let named = name(index, &url);
+        if let Some(given) = &self.name {
+            check_name(given).map_err(|why| format!("{named}: {why}"))?;
+        }
         if !url.username().is_empty() || url.password().is_some() {
             return Err(format!(
                 "{named}: url must not carry user:password@; the signature authenticates the sender"
@@ -162,6 +235,20 @@ impl Subscription {
                 SECRET_BYTES.end()
             )
         })?;
+        let previous_secret = self
+            .previous_secret
+            .as_ref()
+            .map(|previous| {
+                decode_secret(previous.expose()).map_err(|why| {
+                    format!(
+                        "{named}: previous_secret must be whsec_ followed by the base64 of {} to \
+                         {} random bytes (Standard Webhooks); {why}",
+                        SECRET_BYTES.start(),
+                        SECRET_BYTES.end()
+                    )
+                })
+            })
+            .transpose()?;
         let statuses = self.statuses().map_err(|why| format!("{named}: {why}"))?;
         let mut targets = BTreeSet::new();
         for target in &self.targets {
@@ -173,11 +260,18 @@ impl Subscription {
             })?;
             targets.insert(parsed.to_string());
         }
+        let key = self.name.clone().unwrap_or_else(|| url.as_str().to_owned());
+        let label = match &self.name {
+            Some(given) => given.clone(),
+            None => hashed_label(&key),
+        };
         Ok(Prepared {
             index,
-            key: url.as_str().to_owned(),
+            key,
+            label,
             url,
             secret,
+            previous_secret,
             statuses,
             targets,
             allow_private: self.allow_private,
@@ -218,7 +312,7 @@ impl Subscription {
     }
 }
 
-/// Checks a whole list: each entry, their number, and that no URL appears twice.
+/// Checks a whole list: each entry, their number, and that no name or URL appears twice.
 pub fn prepare_all(subscriptions: &[Subscription]) -> Result<Vec<Prepared>, String> {
     if subscriptions.len() > MAX_SUBSCRIPTIONS {
         return Err(format!(
@@ -229,9 +323,16 @@ pub fn prepare_all(subscriptions: &[Subscription]) -> Result<Vec<Prepared>, Stri
     let mut prepared: Vec<Prepared> = Vec::with_capacity(subscriptions.len());
     for (index, subscription) in subscriptions.iter().enumerate() {
         let checked = subscription.prepare(index)?;
-        if let Some(first) = prepared.iter().find(|p| p.key == checked.key) {
+        if let Some(first) = prepared.iter().find(|p| p.url == checked.url) {
             return Err(format!(
                 "{}: the same url as subscriptions[{}]; list its events in one entry",
+                checked.name(),
+                first.index
+            ));
+        }
+        if let Some(first) = prepared.iter().find(|p| p.key == checked.key) {
+            return Err(format!(
+                "{}: the same name as subscriptions[{}]; names must differ",
                 checked.name(),
                 first.index
             ));
@@ -302,7 +403,7 @@ pub fn forbidden(ip: IpAddr) -> Option<&'static str> {
 }
 
 fn forbidden_v4(ip: Ipv4Addr) -> Option<&'static str> {
-    let [a, b, _, _] = ip.octets();
+    let [a, b, c, _] = ip.octets();
     if ip.is_loopback() {
         Some("a loopback address")
     } else if ip.is_private() {
@@ -317,6 +418,12 @@ fn forbidden_v4(ip: Ipv4Addr) -> Option<&'static str> {
         Some("the broadcast address")
     } else if a == 100 && (64..128).contains(&b) {
         Some("a shared (CGNAT) address (100.64.0.0/10)")
+    } else if a == 192 && b == 0 && c == 0 {
+        Some("an IETF protocol assignment (192.0.0.0/24)")
+    } else if a == 198 && b & 0xfe == 18 {
+        Some("a benchmarking address (198.18.0.0/15)")
+    } else if a >= 240 {
+        Some("a reserved address (240.0.0.0/4)")
     } else {
         None
     }
@@ -334,22 +441,34 @@ fn forbidden_v6(ip: Ipv6Addr) -> Option<&'static str> {
         Some("a unique local address (fc00::/7)")
     } else if first & 0xffc0 == 0xfe80 {
         Some("a link-local address (fe80::/10)")
-    } else if let Some(v4) = embedded_v4(ip) {
-        forbidden_v4(v4)
+    } else if first & 0xffc0 == 0xfec0 {
+        Some("a site-local address (fec0::/10)")
+    } else if ip.segments()[..3] == [0x64, 0xff9b, 1] {
+        Some("a local-use NAT64 address (64:ff9b:1::/48)")
     } else {
-        None
+        embedded_v4(ip).into_iter().flatten().find_map(forbidden_v4)
     }
 }
 
-/// The IPv4 address inside an IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`)
-/// or NAT64 (`64:ff9b::a.b.c.d`) IPv6 address.
-fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+/// The IPv4 addresses inside an IPv6 address: IPv4-mapped (`::ffff:a.b.c.d`),
+/// IPv4-compatible (`::a.b.c.d`), NAT64 (`64:ff9b::a.b.c.d`), 6to4 (`2002:AABB:CCDD::/48`)
+/// and Teredo (`2001:0:SERVER:…:CLIENT`, the client's address inverted), each reaching that
+/// IPv4 address.
+fn embedded_v4(ip: Ipv6Addr) -> [Option<Ipv4Addr>; 2] {
     let segments = ip.segments();
+    let octets = ip.octets();
+    let at = |i: usize| Ipv4Addr::new(octets[i], octets[i + 1], octets[i + 2], octets[i + 3]);
     if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-        let [.., a, b, c, d] = ip.octets();
-        return Some(Ipv4Addr::new(a, b, c, d));
+        return [Some(at(12)), None];
     }
-    ip.to_ipv4()
+    if segments[0] == 0x2002 {
+        return [Some(at(2)), None];
+    }
+    if segments[..2] == [0x2001, 0] {
+        let client = Ipv4Addr::from(!u32::from(at(12)));
+        return [Some(at(4)), Some(client)];
+    }
+    [ip.to_ipv4(), None]
 }
 
 /// Resolves a subscription's host name for the HTTP client and refuses the lookup when any
@@ -361,23 +480,43 @@ pub struct GuardedResolver {
     pub allow_private: bool,
 }
 
+/// A lookup the guard refused (the name resolves to a forbidden address): final, a delivery
+/// is not retried.
+#[derive(Debug)]
+pub struct Refused(pub String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 impl GuardedResolver {
     /// The checked addresses of `host`.
     pub async fn lookup(self, host: &str) -> Result<Vec<SocketAddr>, String> {
+        self.checked(host).await.map_err(|err| err.to_string())
+    }
+
+    /// The checked addresses of `host`; a refusal is a [`Refused`].
+    async fn checked(self, host: &str) -> Result<Vec<SocketAddr>, BoxError> {
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, 0))
             .await
             .map_err(|err| format!("cannot resolve {}: {err}", shown(host)))?
             .collect();
         if addrs.is_empty() {
-            return Err(format!("{} resolves to no address", shown(host)));
+            return Err(format!("{} resolves to no address", shown(host)).into());
         }
         if !self.allow_private {
             for addr in &addrs {
                 check_ip(addr.ip()).map_err(|rule| {
-                    format!(
+                    Refused(format!(
                         "{} resolves to {rule}; refused unless allow_private = true",
                         shown(host)
-                    )
+                    ))
                 })?;
             }
         }
@@ -390,7 +529,7 @@ impl reqwest::dns::Resolve for GuardedResolver {
         let resolver = *self;
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            let addrs = resolver.lookup(&host).await?;
+            let addrs = resolver.checked(&host).await?;
             let addrs: reqwest::dns::Addrs = Box::new(addrs.into_iter());
             Ok(addrs)
         })

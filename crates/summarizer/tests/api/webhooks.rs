@@ -21,6 +21,8 @@ const SECRET: &str = "whsec_C2FtcGxlLXNlY3JldC1mb3ItZ2hvc3QtcnVubmVyISE=";
 
 fn subscription(url: &str, events: &[&str], targets: &[&str]) -> Subscription {
     Subscription {
+        name: None,
+        previous_secret: None,
         url: url.to_owned(),
         secret: Secret::new(SECRET),
         events: events.iter().map(|e| (*e).to_owned()).collect(),
@@ -434,7 +436,9 @@ async fn messages_are_dead_lettered_after_give_up_or_410_and_counted_in_metrics(
         assert!(letter.reason.contains("410 Gone"), "{letter:#?}");
         assert_eq!(letter.tries, 1, "410 dead-letters at once: {letter:#?}");
     }
-    assert_eq!(receiver.accepted().len(), 2);
+    // After 410 the subscription is disabled: the second message is not POSTed.
+    assert_eq!(receiver.accepted().len(), 1);
+    assert!(refused[1].reason.contains("disabled"), "{refused:#?}");
     assert!(receiver.accepted().iter().all(|r| r["verified"] == true));
     assert_eq!(index.webhooks_pending().unwrap(), Vec::new());
 
@@ -529,7 +533,11 @@ async fn a_loopback_url_without_allow_private_is_refused_when_the_config_loads()
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(stdout.contains("http://127.0.0.1:9/hook"), "{stdout}");
+    assert!(stdout.contains("\"http://127.0.0.1:9/…\""), "{stdout}");
+    assert!(
+        !stdout.contains(":9/hook"),
+        "no path, it may carry a token: {stdout}"
+    );
     assert!(stdout.contains("[redacted]"), "{stdout}");
     assert!(
         !stdout.contains(SECRET),
@@ -548,4 +556,484 @@ async fn a_loopback_url_without_allow_private_is_refused_when_the_config_loads()
         err.contains("subscriptions[0]") && err.contains("loopback"),
         "{err}"
     );
+}
+
+/// A receiver that accepts connections and never answers; counts what it accepted.
+struct Stalled {
+    url: String,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Stalled {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/stalled", listener.local_addr().unwrap());
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            // Bounded: the test aborts the task at its end.
+            for _ in 0..1000 {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(stream);
+            }
+        });
+        Self {
+            url,
+            accepted,
+            task,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_receiver_that_never_answers_does_not_delay_delivery_to_a_healthy_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let stalled = Stalled::start().await;
+    let port = reserve_port().port();
+    let receiver = Receiver::start(port, 0.0, 204).await;
+    let healthy = format!("http://127.0.0.1:{port}/hook");
+    let mut app = spawn_with(SummarizerConfig {
+        // Far longer than the test waits for the healthy receiver.
+        webhook_timeout: Duration::from_secs(60),
+        ..config(
+            dir.path(),
+            vec![
+                subscription(&stalled.url, &["*"], &[]),
+                subscription(&healthy, &["*"], &[]),
+            ],
+        )
+    })
+    .await;
+
+    app.client
+        .record(record("stall-0", 1, PatchStatus::Failed))
+        .await
+        .unwrap();
+    assert_eq!(receiver.wait_for(1, Duration::from_secs(20)).await.len(), 1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while stalled.accepted.load(std::sync::atomic::Ordering::SeqCst) == 0
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(stalled.accepted.load(std::sync::atomic::Ordering::SeqCst) > 0);
+
+    // While the stalled receiver holds its first message, later events still reach the
+    // healthy one.
+    for n in 1..=3 {
+        app.client
+            .record(record(&format!("stall-{n}"), 1, PatchStatus::Failed))
+            .await
+            .unwrap();
+    }
+    let received = receiver.wait_for(4, Duration::from_secs(20)).await;
+    assert_eq!(received.len(), 4, "{received:#?}");
+    let pending = app.summaries.index().webhooks_pending().unwrap();
+    assert!(
+        pending
+            .iter()
+            .all(|row| row.subscription == stalled.url && row.tries == 0),
+        "only the stalled subscription's messages wait, still on their first try: {pending:#?}"
+    );
+
+    // Each subscription has its own depth and oldest-pending age, labelled without its URL.
+    let stalled_label = summarizer::webhooks::subscription::hashed_label(&stalled.url);
+    let age =
+        format!("ghost_webhook_oldest_pending_age_seconds{{subscription=\"{stalled_label}\"}}");
+    let depth = format!("ghost_webhook_subscription_depth{{subscription=\"{stalled_label}\"}}");
+    let text = wait_for_metric(&app, &depth, 4.0).await;
+    assert_eq!(sample(&text, &depth), Some(4.0), "{text}");
+    assert!(sample(&text, &age).is_some(), "{text}");
+    assert!(!text.contains("/stalled"), "no URL in the labels: {text}");
+    promtool_check(&text);
+    stalled.task.abort();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_removed_subscription_keeps_its_backlog_and_gets_it_when_it_comes_back_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = format!("http://{}/old-token", reserve_port());
+    let port = reserve_port().port();
+    let receiver = Receiver::start(port, 0.0, 204).await;
+    let named = |url: &str| Subscription {
+        name: Some("ops".to_owned()),
+        ..subscription(url, &["*"], &[])
+    };
+
+    // The receiver of "ops" is down: its message waits.
+    let mut app = spawn_with(config(dir.path(), vec![named(&closed)])).await;
+    app.client
+        .record(record("kept", 1, PatchStatus::Failed))
+        .await
+        .unwrap();
+    let index = app.summaries.index().clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while index
+        .webhooks_pending()
+        .unwrap()
+        .iter()
+        .all(|r| r.tries == 0)
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    app.stop().await;
+
+    // "ops" is removed: its message is kept, counted, not dead-lettered; others still flow.
+    let other = format!("http://127.0.0.1:{port}/other");
+    let mut app = spawn_with(config(dir.path(), vec![subscription(&other, &["*"], &[])])).await;
+    app.client
+        .record(record("flows", 1, PatchStatus::Failed))
+        .await
+        .unwrap();
+    let received = receiver.wait_for(1, Duration::from_secs(20)).await;
+    assert_eq!(received.len(), 1, "{received:#?}");
+    assert_eq!(received[0]["patch"], "flows");
+    let text = wait_for_metric(&app, "ghost_webhook_orphaned", 1.0).await;
+    assert_eq!(sample(&text, "ghost_webhook_orphaned"), Some(1.0), "{text}");
+    let index = app.summaries.index().clone();
+    assert_eq!(index.webhook_dead_letters().unwrap(), Vec::new());
+    let pending = index.webhooks_pending().unwrap();
+    assert_eq!(pending.len(), 1, "{pending:#?}");
+    assert_eq!(pending[0].subscription, "ops");
+    app.stop().await;
+
+    // "ops" comes back under a new URL (a rotated token): it gets its backlog, same id.
+    let rotated = format!("http://127.0.0.1:{port}/new-token");
+    let app = spawn_with(config(dir.path(), vec![named(&rotated)])).await;
+    let received = receiver.wait_for(2, Duration::from_secs(20)).await;
+    assert_eq!(received.len(), 2, "{received:#?}");
+    assert_eq!(received[1]["patch"], "kept");
+    assert_eq!(received[1]["id"], webhook_id("ops", "kept", 1));
+    assert_eq!(received[1]["verified"], true);
+    let index = app.summaries.index().clone();
+    assert_eq!(index.webhook_dead_letters().unwrap(), Vec::new());
+    let text = wait_for_metric(&app, "ghost_webhook_orphaned", 0.0).await;
+    assert_eq!(sample(&text, "ghost_webhook_orphaned"), Some(0.0), "{text}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_outbox_dead_letters_new_messages_and_dead_letters_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = format!("http://{}/hook", reserve_port());
+    let gone_port = reserve_port().port();
+    let _gone = Receiver::start(gone_port, 0.0, 410).await;
+    let gone = format!("http://127.0.0.1:{gone_port}/hook");
+    let mut app = spawn_with(SummarizerConfig {
+        webhook_outbox_max: 3,
+        ..config(
+            dir.path(),
+            vec![
+                subscription(&closed, &["patch.failed"], &[]),
+                subscription(&gone, &["patch.rolled_back"], &[]),
+            ],
+        )
+    })
+    .await;
+
+    // The closed receiver's messages wait; beyond 3 the outbox is full, yet every record
+    // succeeds and the message is dead-lettered at once, named and counted.
+    for n in 0..5 {
+        let answer = app
+            .client
+            .record(record(&format!("full-{n}"), 1, PatchStatus::Failed))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(answer.created);
+    }
+    let index = app.summaries.index().clone();
+    assert_eq!(index.webhooks_pending().unwrap().len(), 3);
+    let dead = index.webhook_dead_letters().unwrap();
+    assert_eq!(dead.len(), 2, "{dead:#?}");
+    for letter in &dead {
+        assert!(letter.reason.starts_with("outbox full"), "{letter:#?}");
+        assert_eq!(letter.tries, 0, "{letter:#?}");
+    }
+    assert_eq!(dead[0].patch_id, "full-3");
+    let text = wait_for_metric(&app, "ghost_webhook_outbox_full_total", 2.0).await;
+    assert_eq!(
+        sample(&text, "ghost_webhook_outbox_full_total"),
+        Some(2.0),
+        "{text}"
+    );
+
+    app.stop().await;
+
+    // Dead letters beyond 4 are deleted, the oldest first.
+    let mut app = spawn_with(SummarizerConfig {
+        webhook_dead_letter_max: 4,
+        ..config(
+            dir.path(),
+            vec![
+                subscription(&closed, &["patch.failed"], &[]),
+                subscription(&gone, &["patch.rolled_back"], &[]),
+            ],
+        )
+    })
+    .await;
+    let index = app.summaries.index().clone();
+    for n in 0..4 {
+        app.client
+            .record(record(&format!("gone-{n}"), 1, PatchStatus::RolledBack))
+            .await
+            .unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let dead = loop {
+        let dead = index.webhook_dead_letters().unwrap();
+        if dead
+            .iter()
+            .filter(|d| d.patch_id.starts_with("gone"))
+            .count()
+            == 4
+            || tokio::time::Instant::now() > deadline
+        {
+            break dead;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let patches: Vec<&str> = dead.iter().map(|d| d.patch_id.as_str()).collect();
+    let mut sorted = patches.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        ["gone-0", "gone-1", "gone-2", "gone-3"],
+        "{dead:#?}"
+    );
+    app.stop().await;
+
+    // And by age.
+    let app = spawn_with(SummarizerConfig {
+        webhook_dead_letter_max_age: Duration::ZERO,
+        ..config(dir.path(), vec![subscription(&closed, &["*"], &[])])
+    })
+    .await;
+    let index = app.summaries.index().clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !index.webhook_dead_letters().unwrap().is_empty()
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(index.webhook_dead_letters().unwrap(), Vec::new());
+    app.stop().await;
+}
+
+/// A receiver on `listener` that answers 204 to every message except those whose
+/// `webhook-id` is `stall` (held unanswered); returns the ids it answered, in order.
+fn selective(
+    listener: tokio::net::TcpListener,
+    stall: Option<String>,
+) -> (
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let answered = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = answered.clone();
+    let task = tokio::spawn(async move {
+        for _ in 0..100 {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let log = log.clone();
+            let stall = stall.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut chunk = [0_u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 65_536 {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&request).to_lowercase();
+                let id = text
+                    .lines()
+                    .find_map(|line| line.strip_prefix("webhook-id: "))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned();
+                if stall.as_deref() == Some(id.as_str()) {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    return;
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n")
+                    .await;
+                log.lock().unwrap().push(id);
+            });
+        }
+    });
+    (answered, task)
+}
+
+#[tokio::test]
+async fn a_delivery_that_finished_before_shutdown_is_not_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = reserve_port();
+    let url = format!("http://{addr}/hook");
+    let settings = || config(dir.path(), vec![subscription(&url, &["*"], &[])]);
+    let done = webhook_id(&url, "done", 1);
+    let held = webhook_id(&url, "held", 1);
+
+    // The port is closed: both messages fail once and wait.
+    let mut app = spawn_with(settings()).await;
+    for patch in ["done", "held"] {
+        app.client
+            .record(record(patch, 1, PatchStatus::Failed))
+            .await
+            .unwrap();
+    }
+    let index = app.summaries.index().clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while index
+        .webhooks_pending()
+        .unwrap()
+        .iter()
+        .any(|r| r.tries == 0)
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    app.stop().await;
+    // Past the longest backoff: both are due together at the next start, in one round.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // One is answered, the other held; the summarizer stops while the round still waits.
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let (answered, task) = selective(listener, Some(held.clone()));
+    let app = spawn_with(settings()).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while answered.lock().unwrap().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(*answered.lock().unwrap(), vec![done.clone()]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.stop().await;
+    task.abort();
+    let _ = task.await;
+
+    // After the restart only the held one is sent: the answered one was recorded at shutdown.
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let (answered, task) = selective(listener, None);
+    let app = spawn_with(settings()).await;
+    let index = app.summaries.index().clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !index.webhooks_pending().unwrap().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(*answered.lock().unwrap(), vec![held]);
+    app.stop().await;
+    task.abort();
+}
+
+#[tokio::test]
+async fn after_410_gone_a_subscription_stays_disabled_across_restarts_until_its_url_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = reserve_port().port();
+    let receiver = Receiver::start(port, 0.0, 410).await;
+    let gone = format!("http://127.0.0.1:{port}/hook");
+    let named = |url: &str| Subscription {
+        name: Some("ops".to_owned()),
+        ..subscription(url, &["*"], &[])
+    };
+    let dead_of = |app: &TestApp, patch: &str| {
+        let index = app.summaries.index().clone();
+        let patch = patch.to_owned();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let dead = index.webhook_dead_letters().unwrap();
+                if let Some(letter) = dead.into_iter().find(|d| d.patch_id == patch) {
+                    return letter;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{patch} not dead-lettered"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+
+    let mut app = spawn_with(config(dir.path(), vec![named(&gone)])).await;
+    app.client
+        .record(record("first", 1, PatchStatus::Failed))
+        .await
+        .unwrap();
+    assert!(dead_of(&app, "first").await.reason.contains("410 Gone"));
+    assert_eq!(receiver.records().len(), 1);
+    app.stop().await;
+
+    // The same URL after a restart: still disabled, nothing is POSTed.
+    let mut app = spawn_with(config(dir.path(), vec![named(&gone)])).await;
+    app.client
+        .record(record("second", 1, PatchStatus::Failed))
+        .await
+        .unwrap();
+    let letter = dead_of(&app, "second").await;
+    assert!(
+        letter.reason.contains("disabled until its url changes"),
+        "{letter:#?}"
+    );
+    assert_eq!(receiver.records().len(), 1);
+    app.stop().await;
+
+    // A new URL enables it again.
+    let moved = format!("http://127.0.0.1:{port}/moved");
+    let mut app = spawn_with(config(dir.path(), vec![named(&moved)])).await;
+    app.client
+        .record(record("third", 1, PatchStatus::Failed))
+        .await
+        .unwrap();
+    let letter = dead_of(&app, "third").await;
+    assert_eq!(
+        letter.reason, "the receiver answered 410 Gone",
+        "{letter:#?}"
+    );
+    assert_eq!(receiver.records().len(), 2);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn during_a_secret_rotation_receivers_on_the_old_or_the_new_secret_both_verify() {
+    const NEW: &str = "whsec_bmV3LXNlY3JldC1mb3ItZ2hvc3QtcnVubmVyLXJvdGF0ZWQ=";
+    let dir = tempfile::tempdir().unwrap();
+    let old_port = reserve_port().port();
+    let on_old = Receiver::start(old_port, 0.0, 204).await;
+    let new_port = reserve_port().port();
+    let new_dir = tempfile::tempdir().unwrap();
+    let on_new =
+        WebhookReceiver::start(new_port, NEW, &new_dir.path().join("r.jsonl"), 0.0, 204).await;
+    let rotating = |port: u16| Subscription {
+        secret: Secret::new(NEW),
+        previous_secret: Some(Secret::new(SECRET)),
+        ..subscription(&format!("http://127.0.0.1:{port}/hook"), &["*"], &[])
+    };
+    let mut app = spawn_with(config(
+        dir.path(),
+        vec![rotating(old_port), rotating(new_port)],
+    ))
+    .await;
+    app.client
+        .record(record("rotate", 1, PatchStatus::Failed))
+        .await
+        .unwrap();
+    for received in [
+        on_old.wait_for(1, Duration::from_secs(20)).await,
+        on_new.wait_for(1, Duration::from_secs(20)).await,
+    ] {
+        assert_eq!(received.len(), 1);
+        assert_eq!(received[0]["verified"], true, "{received:#?}");
+    }
+    app.stop().await;
 }

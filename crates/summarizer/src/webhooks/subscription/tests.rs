@@ -4,6 +4,8 @@ const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 fn entry(url: &str) -> Subscription {
     Subscription {
+        name: None,
+        previous_secret: None,
         url: url.to_owned(),
         secret: Secret::new(SECRET),
         events: vec!["*".to_owned()],
@@ -81,6 +83,8 @@ fn private_urls_are_refused_naming_the_entry_and_the_rule_unless_allowed() {
         );
         assert!(message.contains("allow_private = true"), "{url}: {message}");
         let allowed = Subscription {
+            name: None,
+            previous_secret: None,
             allow_private: true,
             ..entry(url)
         };
@@ -122,6 +126,8 @@ fn secrets_must_be_whsec_base64_of_24_to_64_bytes_and_are_never_echoed() {
         "",
     ] {
         let subscription = Subscription {
+            name: None,
+            previous_secret: None,
             secret: Secret::new(secret),
             ..entry("https://example.com/hook")
         };
@@ -133,6 +139,8 @@ fn secrets_must_be_whsec_base64_of_24_to_64_bytes_and_are_never_echoed() {
     }
     let fine = format!("whsec_{}", STANDARD.encode([9_u8; 64]));
     let subscription = Subscription {
+        name: None,
+        previous_secret: None,
         secret: Secret::new(fine),
         ..entry("https://example.com/hook")
     };
@@ -142,6 +150,8 @@ fn secrets_must_be_whsec_base64_of_24_to_64_bytes_and_are_never_echoed() {
 #[test]
 fn events_are_terminal_status_names_or_star() {
     let with = |events: &[&str]| Subscription {
+        name: None,
+        previous_secret: None,
         events: events.iter().map(|e| (*e).to_owned()).collect(),
         ..entry("https://example.com/hook")
     };
@@ -172,6 +182,8 @@ fn events_are_terminal_status_names_or_star() {
 #[test]
 fn targets_filter_and_must_be_target_names() {
     let subscription = Subscription {
+        name: None,
+        previous_secret: None,
         targets: vec!["MAIN".to_owned()],
         ..entry("https://example.com/hook")
     };
@@ -179,6 +191,8 @@ fn targets_filter_and_must_be_target_names() {
     assert!(prepared.wants("MAIN", Status::Succeeded));
     assert!(!prepared.wants("OTHER", Status::Succeeded));
     let bad = Subscription {
+        name: None,
+        previous_secret: None,
         targets: vec!["../x".to_owned()],
         ..entry("https://example.com/hook")
     };
@@ -236,4 +250,95 @@ async fn the_resolver_checks_every_address_a_name_resolves_to() {
         addrs.iter().all(|addr| addr.ip().is_loopback()),
         "{addrs:?}"
     );
+}
+
+#[test]
+fn reserved_benchmarking_site_local_and_tunnelled_addresses_are_refused() {
+    let cases = [
+        ("192.0.0.1", "192.0.0.0/24"),
+        ("192.0.0.255", "192.0.0.0/24"),
+        ("198.18.0.1", "198.18.0.0/15"),
+        ("198.19.255.255", "198.18.0.0/15"),
+        ("240.0.0.1", "240.0.0.0/4"),
+        ("254.255.255.255", "240.0.0.0/4"),
+        ("255.255.255.255", "broadcast"),
+        ("fec0::1", "site-local"),
+        ("feff::1", "site-local"),
+        ("64:ff9b:1::a00:1", "64:ff9b:1::/48"),
+        // 6to4 carrying 127.0.0.1, 10.0.0.1, 169.254.169.254.
+        ("2002:7f00:1::1", "loopback"),
+        ("2002:a00:1::", "private"),
+        ("2002:a9fe:a9fe::1", "link-local"),
+        // Teredo: the client's address is the last 32 bits inverted (127.0.0.1 here), the
+        // server's the 32 bits after 2001:0::.
+        ("2001:0:4136:e378:8000:63bf:80ff:fffe", "loopback"),
+        ("2001:0:a00:1::1", "private"),
+    ];
+    for (ip, kind) in cases {
+        let ip: IpAddr = ip.parse().unwrap();
+        let found = forbidden(ip).unwrap_or_else(|| panic!("{ip} allowed"));
+        assert!(found.contains(kind), "{ip}: {found}");
+    }
+    for ip in [
+        "192.0.1.1",
+        "198.17.255.255",
+        "198.20.0.1",
+        "203.0.114.1",
+        "223.255.255.255",
+        "2002:808:808::1",
+        "2001:0:4136:e378:8000:63bf:f7f7:f7f7",
+        "2001:db9::1",
+        "fe00::1",
+        "64:ff9b:2::1",
+    ] {
+        let ip: IpAddr = ip.parse().unwrap();
+        assert_eq!(forbidden(ip), None, "{ip}");
+    }
+}
+
+#[test]
+fn a_name_is_the_key_and_label_and_must_be_short_and_plain() {
+    let named = |name: &str| Subscription {
+        name: Some(name.to_owned()),
+        ..entry("https://hooks.example.com/x?token=abc")
+    };
+    let prepared = named("ops-1").prepare(0).unwrap();
+    assert_eq!(prepared.key, "ops-1");
+    assert_eq!(prepared.label, "ops-1");
+    let unnamed = entry("https://hooks.example.com/x?token=abc")
+        .prepare(0)
+        .unwrap();
+    assert_eq!(unnamed.key, "https://hooks.example.com/x?token=abc");
+    assert!(unnamed.label.starts_with("url-") && !unnamed.label.contains("token"));
+    for bad in ["", "has space", "a/b", &"x".repeat(65)] {
+        let err = refused(&named(bad));
+        assert!(
+            err.starts_with("subscriptions[3] (https://hooks.example.com): name"),
+            "{err}"
+        );
+    }
+    let err = prepare_all(&[
+        named("ops"),
+        Subscription {
+            name: Some("ops".to_owned()),
+            ..entry("https://other.example.com/")
+        },
+    ])
+    .unwrap_err();
+    assert!(err.contains("the same name as subscriptions[0]"), "{err}");
+}
+
+#[test]
+fn a_previous_secret_is_checked_like_the_secret_and_never_echoed() {
+    let with = |previous: &str| Subscription {
+        previous_secret: Some(Secret::new(previous)),
+        ..entry("https://hooks.example.com/x")
+    };
+    let prepared = with("whsec_C2FtcGxlLXNlY3JldC1mb3ItZ2hvc3QtcnVubmVyISE=")
+        .prepare(0)
+        .unwrap();
+    assert_eq!(prepared.previous_secret.map(|key| key.len()), Some(32));
+    let err = refused(&with("whsec_c2hvcnQ="));
+    assert!(err.contains("previous_secret must be whsec_"), "{err}");
+    assert!(!err.contains("c2hvcnQ"), "{err}");
 }
