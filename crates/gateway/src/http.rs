@@ -211,7 +211,7 @@ pub struct GetQuery {
     /// at most this long, then answer its current state. `30s`, `1500ms` or `30` (seconds),
     /// at most `60s`. A GPT Action may wait 45 s per call: use `wait=40s` or less.
     #[param(
-        pattern = r"^(([0-9]|[1-5][0-9]|60)s?|([0-9]{1,4}|[1-5][0-9]{4}|60000)ms)$",
+        pattern = r"^(([0-9]|[1-5][0-9]|60)s?|([0-9]|[1-9][0-9]{1,3}|[1-5][0-9]{4}|60000)ms)$",
         example = "40s"
     )]
     pub wait: Option<String>,

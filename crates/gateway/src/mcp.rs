@@ -231,7 +231,7 @@ impl GhostMcp {
     }
 
     #[tool(
-        description = "Check a code patch without applying it (a dry run; same input as submit_patch). The executor plans every edit against the workspace as it is now and writes nothing: the answer is the unified diff it would apply, the matching rung of every edit, and `status` succeeded, or rejected/failed with the `error`. Nothing is queued or stored; commands and checks are not run.",
+        description = "Check a code patch without applying it (a dry run; same input as submit_patch). The executor plans every edit against the workspace as it is now and writes nothing: the answer is the unified diff it would apply, the matching rung of every edit, and `status` succeeded, or rejected/failed with the `error`. Nothing is queued or stored; commands and checks are not run. It reads the workspace (the diff shows the lines around each change), so it needs the read scope as well as the submit scope.",
         annotations(
             read_only_hint = true,
             destructive_hint = false,
@@ -322,7 +322,7 @@ impl GhostMcp {
         annotations(
             read_only_hint = false,
             destructive_hint = true,
-            idempotent_hint = false,
+            idempotent_hint = true,
             open_world_hint = false
         ),
         output_schema = schemas::view()

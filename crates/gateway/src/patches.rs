@@ -461,6 +461,9 @@ impl Patches {
         format: Format,
         idempotency_key: Option<&str>,
     ) -> Result<DryRunView, GatewayError> {
+        // A dry run shows what is in the workspace (the context of every change): it needs the
+        // read scope as well as the submit scope.
+        caller.require(Scope::Read)?;
         let normalised = self
             .intake(caller, body, format, idempotency_key, None)
             .await?;
@@ -473,7 +476,25 @@ impl Patches {
         caller: &Principal,
         normalised: Normalised,
     ) -> Result<DryRunView, GatewayError> {
+        caller.require(Scope::Submit)?;
+        caller.require(Scope::Read)?;
         self.admit(caller, &normalised).await?;
+        let paths: Vec<&str> = normalised
+            .patch
+            .edits
+            .iter()
+            .flat_map(|edit| match edit {
+                ghost_core::Edit::Rename { from, to } => vec![from.as_str(), to.as_str()],
+                other => vec![other.path().as_str()],
+            })
+            .collect();
+        tracing::info!(
+            caller = %caller.name,
+            target = %normalised.patch.target,
+            patch_id = %normalised.patch.id,
+            paths = ?paths,
+            "dry run: the workspace is read for this caller"
+        );
         let report = self.queue.dry_run(&normalised.patch).await?;
         Ok(DryRunView {
             dry_run: true,
