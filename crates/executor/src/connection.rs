@@ -24,7 +24,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 use crate::apply::{self, Context, Lease};
 use crate::config::ExecutorConfig;
-use crate::dry_run::{self, BUSY_WAIT, TargetLocks};
+use crate::dry_run::{self, BUSY_WAIT, GIVE_UP, TargetLocks};
 use crate::error::ExecutorError;
 use crate::ledger::Outbox;
 
@@ -157,7 +157,7 @@ async fn session(
             .collect(),
         capabilities: [
             "write", "replace", "diff", "delete", "rename", "chmod", "mkdir", "patch", "commands",
-            "validate", "agent", "git", "journal", "ledger", "cancel",
+            "validate", "agent", "git", "journal", "ledger", "cancel", "dry_run",
         ]
         .map(str::to_owned)
         .to_vec(),
@@ -288,25 +288,37 @@ async fn answer_dry_run(
             locks.of(patch.target.as_str()),
         ) {
             (Some(ctx), Some(lock)) => {
-                match tokio::time::timeout(BUSY_WAIT, lock.lock_owned()).await {
-                    Ok(guard) => {
-                        let span = tracing::info_span!("executor.dry_run", patch_id = %patch.id, target = %patch.target);
-                        tokio::task::spawn_blocking(move || {
-                            let _guard = guard;
-                            span.in_scope(|| dry_run::dry_run(&ctx, &patch))
-                        })
-                        .await
-                        .unwrap_or_else(|err| {
-                            dry_run::refused(format!("dry run task failed: {err}"))
-                        })
+                let target = patch.target.to_string();
+                let planned = async move {
+                    match tokio::time::timeout(BUSY_WAIT, lock.read_owned()).await {
+                        Ok(guard) => {
+                            let span = tracing::info_span!("executor.dry_run", patch_id = %patch.id, target = %patch.target);
+                            tokio::task::spawn_blocking(move || {
+                                span.in_scope(|| dry_run::dry_run_holding(&ctx, &patch, guard))
+                            })
+                            .await
+                            .unwrap_or_else(|err| {
+                                dry_run::refused(format!("dry run task failed: {err}"))
+                            })
+                        }
+                        Err(_) => dry_run::refused(format!(
+                            "target {} is busy: a patch has been applying for over {}s; try the \
+                             dry run again when it has finished",
+                            patch.target,
+                            BUSY_WAIT.as_secs()
+                        )),
                     }
-                    Err(_) => dry_run::refused(format!(
-                        "target {} is busy: a patch has been applying for over {}s; try the dry \
-                         run again when it has finished",
-                        patch.target,
-                        BUSY_WAIT.as_secs()
-                    )),
-                }
+                };
+                // The router stops waiting at its deadline: past ours (below it) the answer
+                // is given up, so no dry run outlives the call that asked for it.
+                tokio::time::timeout(GIVE_UP, planned)
+                    .await
+                    .unwrap_or_else(|_| {
+                        dry_run::refused(format!(
+                            "the dry run on target {target} took over {}s and was given up",
+                            GIVE_UP.as_secs()
+                        ))
+                    })
             }
             _ => dry_run::refused(format!(
                 "this executor does not serve target {}",
@@ -348,14 +360,12 @@ async fn execute(
         target = %wire_patch.target
     );
     set_parent(&span, &assign.traceparent);
-    let _ = outbound
-        .send(message(executor_message::Kind::Progress(Progress {
-            patch_id: patch_id.clone(),
-            fencing_token: assign.fencing_token,
-            status: PatchStatus::Applying as i32,
-            detail: String::new(),
-        })))
-        .await;
+    let applying = Progress {
+        patch_id: patch_id.clone(),
+        fencing_token: assign.fencing_token,
+        status: PatchStatus::Applying as i32,
+        detail: String::new(),
+    };
     let report = match Patch::try_from(wire_patch) {
         Ok(patch) => match worker.contexts.get(patch.target.as_str()).cloned() {
             Some(ctx) => {
@@ -364,16 +374,33 @@ async fn execute(
                     fencing_token: assign.fencing_token,
                 };
                 let apply_span = span.clone();
+                // The target's lock, alone; a cancel while waiting for it ends the attempt.
                 let guard = match locks.of(patch.target.as_str()) {
-                    Some(lock) => Some(lock.lock_owned().await),
-                    None => None,
+                    Some(lock) => tokio::select! {
+                        guard = lock.write_owned() => Some(Some(guard)),
+                        () = cancel.cancelled() => None,
+                    },
+                    None => Some(None),
                 };
-                tokio::task::spawn_blocking(move || {
-                    let _guard = guard;
-                    apply_span.in_scope(|| apply::apply(&ctx, &patch, lease, false, &cancel))
-                })
-                .await
-                .unwrap_or_else(|err| rejected(format!("apply task failed: {err}")))
+                match guard {
+                    None => ghost_core::ApplyReport::ended(
+                        ghost_core::Status::Cancelled,
+                        "cancelled while waiting for the target's lock; nothing was written",
+                    ),
+                    Some(guard) => {
+                        // "applying" only once the lock is held: until then nothing runs.
+                        let _ = outbound
+                            .send(message(executor_message::Kind::Progress(applying)))
+                            .await;
+                        tokio::task::spawn_blocking(move || {
+                            let _guard = guard;
+                            apply_span
+                                .in_scope(|| apply::apply(&ctx, &patch, lease, false, &cancel))
+                        })
+                        .await
+                        .unwrap_or_else(|err| rejected(format!("apply task failed: {err}")))
+                    }
+                }
             }
             None => rejected(format!(
                 "this executor does not serve target {}",

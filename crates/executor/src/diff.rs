@@ -1,7 +1,9 @@
 //! Unified diffs in git's format of what a patch would change: `diff --git a/ b/` headers,
 //! `/dev/null` for created and deleted files, `old mode`/`new mode`, `rename from`/`rename to`,
 //! hunks with three lines of context, `\ No newline at end of file`. Binary files (a NUL byte,
-//! or not UTF-8) are named, not dumped. The whole text is capped at [`MAX_DIFF_BYTES`]; a cut
+//! or not UTF-8) are named, not dumped. A deleted file is named with its line count, never its
+//! contents (`# -N lines ...`). A path holding a control character, `"` or `\\` is quoted as
+//! git quotes it, so no path can forge a header line. The whole text is capped at [`MAX_DIFF_BYTES`]; a cut
 //! diff ends with a line saying so. The output is accepted by `git apply`.
 
 /// The longest diff returned; the rest is cut and the cut is said.
@@ -11,6 +13,9 @@ const CONTEXT: usize = 3;
 /// Beyond this many differences a file's diff is shown as all old lines removed and all new
 /// lines added (still exact, only longer), keeping the search's memory bounded.
 const MAX_EDIT_DISTANCE: usize = 1000;
+/// Beyond this many line comparisons the search gives up the same way, keeping its time
+/// bounded whatever the file sizes and the number of changes.
+const MAX_DIFF_WORK: usize = 2_000_000;
 
 /// A file's contents and permission bits.
 #[derive(Debug, Clone, Copy)]
@@ -47,6 +52,29 @@ fn git_mode(mode: u32) -> String {
     format!("100{:03o}", mode & 0o777)
 }
 
+/// `prefix` and `path` as git writes a name in a header: as is, or in double quotes with C
+/// escapes when it holds a control character, `"` or `\\`.
+fn quoted(prefix: &str, path: &str) -> String {
+    let plain = |c: char| !c.is_ascii_control() && c != '"' && c != '\\';
+    if path.chars().all(plain) {
+        return format!("{prefix}{path}");
+    }
+    let mut out = String::from("\"");
+    out.push_str(prefix);
+    for c in path.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_ascii_control() => out.push_str(&format!("\\{:03o}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 fn is_binary(bytes: &[u8]) -> bool {
     bytes.contains(&0) || std::str::from_utf8(bytes).is_err()
 }
@@ -55,26 +83,34 @@ fn is_binary(bytes: &[u8]) -> bool {
 pub fn render(changes: &[FileChange<'_>], max_bytes: usize) -> Diff {
     let mut diff = Diff::default();
     for (index, change) in changes.iter().enumerate() {
-        let section = file_section(change);
-        if diff.text.len() + section.len() > max_bytes {
+        let room = max_bytes.saturating_sub(diff.text.len());
+        let section = file_section(change, room);
+        if section.as_ref().is_none_or(|section| section.len() > room) {
             diff.truncated = true;
             let left = changes.len() - index;
             diff.text.push_str(&format!(
                 "# diff cut at {max_bytes} bytes: {left} more file(s) not shown ({} onwards)\n",
-                change.path
+                quoted("", change.path)
             ));
             break;
         }
-        diff.text.push_str(&section);
+        if let Some(section) = section {
+            diff.text.push_str(&section);
+        }
     }
     diff
 }
 
-fn file_section(change: &FileChange<'_>) -> String {
-    let mut out = format!("diff --git a/{} b/{}\n", change.old_path, change.path);
+/// One file's part of the diff, or None as soon as it is longer than `room` bytes.
+fn file_section(change: &FileChange<'_>, room: usize) -> Option<String> {
+    let mut out = format!(
+        "diff --git {} {}\n",
+        quoted("a/", change.old_path),
+        quoted("b/", change.path)
+    );
     let renamed = change.old_path != change.path;
     match (change.before, change.after) {
-        (None, None) => return String::new(),
+        (None, None) => return Some(String::new()),
         (None, Some(after)) => out.push_str(&format!("new file mode {}\n", git_mode(after.mode))),
         (Some(before), None) => {
             out.push_str(&format!("deleted file mode {}\n", git_mode(before.mode)));
@@ -87,34 +123,44 @@ fn file_section(change: &FileChange<'_>) -> String {
             if renamed {
                 out.push_str(&format!(
                     "rename from {}\nrename to {}\n",
-                    change.old_path, change.path
+                    quoted("", change.old_path),
+                    quoted("", change.path)
                 ));
             }
             if before.bytes == after.bytes {
-                return out;
+                return Some(out);
             }
         }
     }
     let old_bytes = change.before.map_or(&[][..], |side| side.bytes);
     let new_bytes = change.after.map_or(&[][..], |side| side.bytes);
     let old_name = match change.before {
-        Some(_) => format!("a/{}", change.old_path),
+        Some(_) => quoted("a/", change.old_path),
         None => "/dev/null".to_owned(),
     };
     let new_name = match change.after {
-        Some(_) => format!("b/{}", change.path),
+        Some(_) => quoted("b/", change.path),
         None => "/dev/null".to_owned(),
     };
     if is_binary(old_bytes) || is_binary(new_bytes) {
         out.push_str(&format!("Binary files {old_name} and {new_name} differ\n"));
-        return out;
+        return Some(out);
     }
     if old_bytes.is_empty() && new_bytes.is_empty() {
-        return out;
+        return Some(out);
+    }
+    if change.after.is_none() {
+        // A deleted file's contents are never shown: a dry run would otherwise hand out the
+        // text of any file (a `.env`, an ignored secret) to whoever may propose its deletion.
+        out.push_str(&format!(
+            "# -{} lines (a deleted file's contents are not shown)\n",
+            lines(old_bytes).len()
+        ));
+        return Some(out);
     }
     out.push_str(&format!("--- {old_name}\n+++ {new_name}\n"));
-    out.push_str(&hunks(&lines(old_bytes), &lines(new_bytes)));
-    out
+    hunks(&mut out, &lines(old_bytes), &lines(new_bytes), room)?;
+    Some(out)
 }
 
 /// Lines with their newline (the last may lack one).
@@ -141,7 +187,7 @@ fn script(old: &[&[u8]], new: &[&[u8]]) -> Vec<Op> {
     let middle_old = &old[prefix..old.len() - suffix];
     let middle_new = &new[prefix..new.len() - suffix];
     let mut ops = vec![Op::Equal; prefix];
-    match myers(middle_old, middle_new, MAX_EDIT_DISTANCE) {
+    match myers(middle_old, middle_new, MAX_EDIT_DISTANCE, MAX_DIFF_WORK) {
         Some(middle) => ops.extend(middle),
         None => {
             ops.extend(std::iter::repeat_n(Op::Delete, middle_old.len()));
@@ -152,8 +198,10 @@ fn script(old: &[&[u8]], new: &[&[u8]]) -> Vec<Op> {
     ops
 }
 
-/// Myers' shortest edit script, or None beyond `max_distance` differences.
-fn myers(old: &[&[u8]], new: &[&[u8]], max_distance: usize) -> Option<Vec<Op>> {
+/// Myers' shortest edit script, or None beyond `max_distance` differences or `max_work` line
+/// comparisons.
+fn myers(old: &[&[u8]], new: &[&[u8]], max_distance: usize, max_work: usize) -> Option<Vec<Op>> {
+    let mut work = 0usize;
     let (n, m) = (old.len() as isize, new.len() as isize);
     let limit = (old.len() + new.len()).min(max_distance) as isize;
     let offset = limit + 1;
@@ -174,6 +222,11 @@ fn myers(old: &[&[u8]], new: &[&[u8]], max_distance: usize) -> Option<Vec<Op>> {
             while x < n && y < m && old[x as usize] == new[y as usize] {
                 x += 1;
                 y += 1;
+                work += 1;
+            }
+            work += 1;
+            if work > max_work {
+                return None;
             }
             v[at] = x;
             if x >= n && y >= m {
@@ -226,7 +279,9 @@ fn push_line(out: &mut String, sign: char, line: &[u8]) {
     }
 }
 
-fn hunks(old: &[&[u8]], new: &[&[u8]]) -> String {
+/// Appends the hunks turning `old` into `new` to `out`; None as soon as `out` is longer than
+/// `room` bytes (the rest is never built).
+fn hunks(out: &mut String, old: &[&[u8]], new: &[&[u8]], room: usize) -> Option<()> {
     let ops = script(old, new);
     // Position in old and new before each op.
     let mut positions = Vec::with_capacity(ops.len() + 1);
@@ -244,7 +299,6 @@ fn hunks(old: &[&[u8]], new: &[&[u8]]) -> String {
     }
     positions.push((a, b));
     let changes: Vec<usize> = (0..ops.len()).filter(|i| ops[*i] != Op::Equal).collect();
-    let mut out = String::new();
     let mut index = 0;
     while index < changes.len() {
         let first = changes[index];
@@ -266,13 +320,16 @@ fn hunks(old: &[&[u8]], new: &[&[u8]]) -> String {
         ));
         for (op, (a, b)) in ops[start..end].iter().zip(&positions[start..end]) {
             match op {
-                Op::Equal => push_line(&mut out, ' ', old[*a]),
-                Op::Delete => push_line(&mut out, '-', old[*a]),
-                Op::Insert => push_line(&mut out, '+', new[*b]),
+                Op::Equal => push_line(out, ' ', old[*a]),
+                Op::Delete => push_line(out, '-', old[*a]),
+                Op::Insert => push_line(out, '+', new[*b]),
+            }
+            if out.len() > room {
+                return None;
             }
         }
     }
-    out
+    Some(())
 }
 
 #[cfg(test)]
@@ -315,9 +372,59 @@ mod tests {
             "diff --git a/f.txt b/f.txt\nnew file mode 100644\n--- /dev/null\n+++ b/f.txt\n@@ -0,0 +1,2 @@\n+a\n+b\n\\ No newline at end of file\n"
         );
         assert_eq!(
-            one(Some("a\n"), None),
-            "diff --git a/f.txt b/f.txt\ndeleted file mode 100644\n--- a/f.txt\n+++ /dev/null\n@@ -1,1 +0,0 @@\n-a\n"
+            one(Some("secret=1\nkey=2\n"), None),
+            "diff --git a/f.txt b/f.txt\ndeleted file mode 100644\n# -2 lines (a deleted file's contents are not shown)\n"
         );
+    }
+
+    #[test]
+    fn a_path_with_a_newline_is_quoted_and_cannot_forge_a_header() {
+        let text = render(
+            &[FileChange {
+                old_path: "x\n+++ b/evil",
+                path: "x\n+++ b/evil",
+                before: None,
+                after: Some(Side {
+                    bytes: b"a\n",
+                    mode: 0o644,
+                }),
+            }],
+            MAX_DIFF_BYTES,
+        )
+        .text;
+        assert!(
+            text.starts_with("diff --git \"a/x\\n+++ b/evil\" \"b/x\\n+++ b/evil\"\n"),
+            "{text}"
+        );
+        assert!(!text.lines().any(|line| line == "+++ b/evil"), "{text}");
+    }
+
+    #[test]
+    fn the_diff_search_gives_up_after_its_work_budget_and_stops_at_the_cap() {
+        // The search stops after its budget of line comparisons (then the file is shown as a
+        // whole replacement), and the text built stops at the cap.
+        let before: String = "a\n".repeat(100_000);
+        let after: String = (0..100_000)
+            .map(|i| if i % 250 == 1 { "b\n" } else { "a\n" })
+            .collect();
+        let (old, new) = (lines(before.as_bytes()), lines(after.as_bytes()));
+        assert!(myers(&old, &new, MAX_EDIT_DISTANCE, usize::MAX).is_some());
+        assert!(myers(&old, &new, MAX_EDIT_DISTANCE, 1000).is_none());
+        let change = FileChange {
+            old_path: "big",
+            path: "big",
+            before: Some(Side {
+                bytes: before.as_bytes(),
+                mode: 0o644,
+            }),
+            after: Some(Side {
+                bytes: after.as_bytes(),
+                mode: 0o644,
+            }),
+        };
+        let cut = render(&[change], 10_000);
+        assert!(cut.truncated);
+        assert!(cut.text.len() < 10_000, "{}", cut.text.len());
     }
 
     #[test]

@@ -6,7 +6,10 @@
 //! patch is not rolled back (the target answers "blocked" instead). Commands and checks are
 //! not run. The caller serialises a dry run with the target's applies ([`TargetLocks`]), so it
 //! never plans against a half-written workspace; it does not wait for patches still queued at
-//! the router, which may change the outcome once they run.
+//! the router, which may change the outcome once they run. Dry runs share the lock (readers),
+//! an apply takes it alone (writer) and, the lock being fair, an apply waiting for it goes
+//! before any dry run that comes after it. A dry run holds the lock only while it plans and
+//! reads the files it touches; the diff is built after it has let go.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,10 +26,11 @@ use crate::git;
 use crate::journal;
 use crate::plan::{self, Final, PlanError};
 
-/// One lock per target, held by an apply while it runs and by a dry run while it plans.
+/// One lock per target, held alone by an apply while it runs and shared by dry runs while
+/// they plan and read.
 #[derive(Clone, Default)]
 pub struct TargetLocks {
-    locks: Arc<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    locks: Arc<HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
 }
 
 impl TargetLocks {
@@ -43,7 +47,7 @@ impl TargetLocks {
     }
 
     /// The lock of `target`, if this executor serves it.
-    pub fn of(&self, target: &str) -> Option<Arc<tokio::sync::Mutex<()>>> {
+    pub fn of(&self, target: &str) -> Option<Arc<tokio::sync::RwLock<()>>> {
         self.locks.get(target).cloned()
     }
 }
@@ -51,6 +55,9 @@ impl TargetLocks {
 /// How long a dry run waits for the apply running on its target before it answers "busy"
 /// (below the router's 30 s deadline, so the caller gets this answer, not a timeout).
 pub const BUSY_WAIT: Duration = Duration::from_secs(20);
+/// How long a dry run may take in all before the executor gives it up: below the router's
+/// 30 s deadline (executor < router < gateway < HTTP request).
+pub const GIVE_UP: Duration = Duration::from_secs(25);
 
 fn ended(mut report: ApplyReport, started: Instant, status: Status, error: String) -> ApplyReport {
     report.status = status;
@@ -62,12 +69,18 @@ fn ended(mut report: ApplyReport, started: Instant, status: Status, error: Strin
 /// Plans `patch` against `ctx`'s workspace as it is now and writes nothing. No text in the
 /// report names the workspace root or the state dir.
 pub fn dry_run(ctx: &Context, patch: &Patch) -> ApplyReport {
-    let mut report = plan_only(ctx, patch);
+    dry_run_holding(ctx, patch, ())
+}
+
+/// [`dry_run`] holding `guard` (the target's lock) while it plans and reads the workspace,
+/// and dropping it before the diff is built.
+pub fn dry_run_holding<G>(ctx: &Context, patch: &Patch, guard: G) -> ApplyReport {
+    let mut report = plan_only(ctx, patch, guard);
     crate::apply::scrub_report(&mut report, &ctx.workspace);
     report
 }
 
-fn plan_only(ctx: &Context, patch: &Patch) -> ApplyReport {
+fn plan_only<G>(ctx: &Context, patch: &Patch, guard: G) -> ApplyReport {
     let started = Instant::now();
     let target = ctx.workspace.target.as_str();
     let report = ApplyReport {
@@ -153,7 +166,7 @@ fn plan_only(ctx: &Context, patch: &Patch) -> ApplyReport {
     };
     report.edits = plan.reports.clone();
     let diffing = Instant::now();
-    match plan_diff(ctx, &mut dirs, &plan) {
+    match plan_diff(ctx, &mut dirs, &plan, guard) {
         Ok(rendered) => {
             report.diff = rendered.text;
             report.stages.push(stage("diff", diffing.elapsed()));
@@ -185,11 +198,18 @@ fn on_disk(ctx: &Context, dirs: &mut Dirs, rel: &str) -> Result<Option<(Vec<u8>,
 
 /// The diff from the workspace now to the plan's final states. A rename whose source the
 /// plan removes is shown as a rename (with its content change, if any).
-fn plan_diff(ctx: &Context, dirs: &mut Dirs, plan: &plan::Plan) -> Result<diff::Diff, String> {
+fn plan_diff<G>(
+    ctx: &Context,
+    dirs: &mut Dirs,
+    plan: &plan::Plan,
+    guard: G,
+) -> Result<diff::Diff, String> {
     let mut current: HashMap<&str, Option<(Vec<u8>, u32)>> = HashMap::new();
     for rel in plan.files.keys() {
         current.insert(rel.as_str(), on_disk(ctx, dirs, rel)?);
     }
+    // Everything is read: applies may go on while the diff is built.
+    drop(guard);
     // new path -> old path, for renames whose source ends absent and target was absent.
     let mut renamed: HashMap<&str, &str> = HashMap::new();
     for edit in plan.reports.iter().filter(|edit| edit.op == "rename") {

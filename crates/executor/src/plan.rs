@@ -92,9 +92,28 @@ struct Overlay<'a> {
     limits: Limits,
     plan: Plan,
     dir_set: BTreeSet<String>,
+    /// Bytes charged to each path so far: its planned contents, or a deleted file's size.
+    charged: std::collections::HashMap<String, u64>,
+    /// Their sum, held to the patch limit after every operation.
+    total: u64,
 }
 
 impl Overlay<'_> {
+    /// Charges `size` bytes to `key` (replacing what it was charged before) and refuses once
+    /// the patch's running total is over its limit: deleted files count their size, so a
+    /// patch of deletes cannot make the executor read more than the limit either.
+    fn charge(&mut self, key: &str, size: u64) -> Result<(), PlanError> {
+        let before = self.charged.insert(key.to_owned(), size).unwrap_or(0);
+        self.total = self.total.saturating_sub(before).saturating_add(size);
+        if self.total > self.limits.max_patch_bytes {
+            return Err(PlanError::Refused(format!(
+                "the patch writes or deletes {} bytes, over the {} byte patch limit",
+                self.total, self.limits.max_patch_bytes
+            )));
+        }
+        Ok(())
+    }
+
     /// What is on disk at `rel`, through directory handles only.
     fn on_disk(&mut self, rel: &str) -> Result<Option<Kind>, PlanError> {
         let (dir, name) = beneath::split(rel);
@@ -186,6 +205,7 @@ impl Overlay<'_> {
             )));
         }
         self.ensure_parents(rel.as_str())?;
+        self.charge(rel.as_str(), size)?;
         // Never setuid/setgid/sticky: a file the patch writes keeps only its permission bits.
         let mode = mode & 0o777;
         self.plan
@@ -247,6 +267,7 @@ impl Overlay<'_> {
             FileOp::Delete { path } => {
                 let (bytes, _) = self.existing(path, "delete")?;
                 report.removed = lines(&bytes);
+                self.charge(path.as_str(), bytes.len() as u64)?;
                 self.plan
                     .files
                     .insert(path.as_str().to_owned(), Final::Absent);
@@ -259,6 +280,7 @@ impl Overlay<'_> {
                     )));
                 }
                 report.from = from.to_string();
+                self.charge(from.as_str(), 0)?;
                 self.plan
                     .files
                     .insert(from.as_str().to_owned(), Final::Absent);
@@ -315,6 +337,8 @@ pub fn build(
         limits,
         plan: Plan::default(),
         dir_set: BTreeSet::new(),
+        charged: std::collections::HashMap::new(),
+        total: 0,
     };
     for (index, op) in ops.iter().enumerate() {
         let report = overlay.apply(op).map_err(|err| match err {

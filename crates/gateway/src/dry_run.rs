@@ -18,6 +18,12 @@ use utoipa::ToSchema;
 
 use crate::report::EditView;
 
+/// The deadline of the gateway's call to the router for a dry run: past the router's 30 s
+/// wait for the executor (which itself gives up at 25 s).
+pub const CALL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(35);
+/// The deadline of a dry run's HTTP request, past [`CALL_DEADLINE`].
+pub const HTTP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(40);
+
 /// Said in every dry run answer.
 pub const NOTE: &str = "dry run: nothing was written, queued or stored; commands and checks \
                         were not run. It planned against the workspace as it is now: patches \

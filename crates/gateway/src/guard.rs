@@ -226,11 +226,20 @@ pub async fn shed_and_time(
         )
         .into_response();
     };
-    let Some(_client_slot) = guard.clients.admit(client) else {
-        tracing::warn!(%client, "requests in flight from one address at its cap; refused");
-        return GatewayError::TooManyRequests { retry_after_s: 1 }.into_response();
-    };
     let (mut parts, body) = request.into_parts();
+    // A long poll (`GET /v1/patches/{id}?wait=`) is slow by design: it is not counted among
+    // its address's requests (many callers share a few addresses, e.g. GPT Actions); each
+    // credential's long polls are capped instead (`Patches`, shared with MCP).
+    let long_poll = long_poll_wait(&parts);
+    let _client_slot = if long_poll.is_some() {
+        None
+    } else {
+        let Some(slot) = guard.clients.admit(client) else {
+            tracing::warn!(%client, "requests in flight from one address at its cap; refused");
+            return GatewayError::TooManyRequests { retry_after_s: 1 }.into_response();
+        };
+        Some(slot)
+    };
     // Held until the answer: the bytes stay in memory as long as the request runs.
     let Some(_body_budget) = guard.reserve_body(&body) else {
         tracing::warn!(%client, "bodies being read at their global budget; request shed");
@@ -242,32 +251,63 @@ pub async fn shed_and_time(
         Err(err) => return err.into_response(),
     };
     parts.extensions.insert(ClientAddress(client));
-    // A long poll (`GET /v1/patches/{id}?wait=`) is slow by design: it takes a place among
-    // the long polls, not among `max_in_flight`, so waiting callers cannot shed everyone
-    // else; and only it gets a deadline beyond `request_timeout`.
-    let long_poll = long_poll_wait(&parts);
-    let places = if long_poll.is_some() {
-        &guard.long_polls
-    } else {
-        &guard.in_flight
+    // A long poll takes a place among the long polls, not among `max_in_flight`, so waiting
+    // callers cannot shed everyone else; when they are all taken it is served as a plain
+    // read (its current state at once, see [`NoWait`]).
+    let mut long_poll = long_poll;
+    let long_place = match long_poll {
+        Some(_) => Arc::clone(&guard.long_polls).try_acquire_owned().ok(),
+        None => None,
     };
-    let Ok(_permit) = Arc::clone(places).try_acquire_owned() else {
-        tracing::warn!(
-            long_poll = long_poll.is_some(),
-            "concurrency cap reached; request shed"
-        );
-        return GatewayError::Overloaded("too many requests in flight").into_response();
+    if long_poll.is_some() && long_place.is_none() {
+        tracing::info!("long polls at their cap; this one is answered at once");
+        parts.extensions.insert(NoWait);
+        long_poll = None;
+    }
+    let _permit = match long_place {
+        Some(place) => place,
+        None => {
+            let Ok(place) = Arc::clone(&guard.in_flight).try_acquire_owned() else {
+                tracing::warn!("concurrency cap reached; request shed");
+                return GatewayError::Overloaded("too many requests in flight").into_response();
+            };
+            place
+        }
     };
-    let deadline = long_poll.map_or(guard.request_timeout, |wait| {
-        guard
+    // Deadlines in order, inner first: a long poll's router call ends at its wait, the
+    // gateway's call to it a margin later, the HTTP request a margin after that; a dry run's
+    // executor gives up at 25 s, the router at 30 s, the gateway's call at 35 s, the HTTP
+    // request at 40 s.
+    let deadline = match long_poll {
+        Some(wait) => guard
             .request_timeout
-            .max(wait + crate::long_poll::ANSWER_MARGIN)
-    });
+            .max(wait + crate::long_poll::ANSWER_MARGIN + HTTP_MARGIN),
+        None if is_dry_run(&parts) => guard.request_timeout.max(crate::dry_run::HTTP_DEADLINE),
+        None => guard.request_timeout,
+    };
     let request = Request::from_parts(parts, Body::from(body));
     match tokio::time::timeout(deadline, next.run(request)).await {
         Ok(response) => response,
         Err(_) => GatewayError::Overloaded("request timed out").into_response(),
     }
+}
+
+/// What an HTTP request's deadline adds to the gateway's own call deadline beneath it.
+const HTTP_MARGIN: Duration = Duration::from_secs(5);
+
+/// Set on a long poll that found every long-poll place taken: it answers the current state
+/// at once.
+#[derive(Debug, Clone, Copy)]
+pub struct NoWait;
+
+/// `POST /v1/patches?dry_run=true`.
+fn is_dry_run(parts: &axum::http::request::Parts) -> bool {
+    parts.method == axum::http::Method::POST
+        && parts.uri.path() == "/v1/patches"
+        && parts
+            .uri
+            .query()
+            .is_some_and(|query| query.split('&').any(|pair| pair == "dry_run=true"))
 }
 
 /// The wait of a long poll: `GET /v1/patches/{id}?wait=...` with a valid wait.

@@ -209,9 +209,11 @@ pub struct SubmitQuery {
 pub struct GetQuery {
     /// Long-poll: hold the answer until the patch ends (answered within 100 ms of its end),
     /// at most this long, then answer its current state. `30s`, `1500ms` or `30` (seconds),
-    /// at most `60s`. A GPT Action may wait 45 s per call: use `wait=40s` or less.
+    /// at most `60s`. A GPT Action may wait 45 s per call: use `wait=40s` or less. Each
+    /// credential holds at most 16 waits at once (HTTP and MCP together); beyond, the current
+    /// state is answered at once (poll again).
     #[param(
-        pattern = r"^(([0-9]|[1-5][0-9]|60)s?|([0-9]{1,4}|[1-5][0-9]{4}|60000)ms)$",
+        pattern = r"^(([0-9]|[1-5][0-9]|60)s?|([0-9]|[1-9][0-9]{1,3}|[1-5][0-9]{4}|60000)ms)$",
         example = "40s"
     )]
     pub wait: Option<String>,
@@ -300,12 +302,12 @@ fn body_or_error(
         (status = 202, description = "Stored and queued. A document without an id gets `p-` and the first 16 lowercase hex digits of the SHA-256 of the normalised patch's canonical JSON without its id (fields in a fixed order, defaults spelled out, no whitespace): the same content, however spelled, gets the same id and is a replay. `warnings` lists what reading the document forgave (always present, empty when nothing), and the patch's summary repeats it.", body = Accepted),
         (status = 400, description = "Malformed document", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Scope or target not allowed", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Scope or target not allowed (a dry run needs both the submit and the read scope: it shows the workspace)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Same id, other content; for a dry run: no executor serving the target is connected now (the detail names it)", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Unsupported content type", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid patch (names the field; an explicit id of the derived form `p-` + 16 hex that is not the document's own derived id is refused), a duplicate key (names the key and both pointers) or nothing to do", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited, or too many failed credentials from this address", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited, too many failed credentials from this address, or (dry run) the credential has 2 dry runs running already", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Router unavailable; nothing stored. For a dry run also: the executor did not answer in time, or too many dry runs at once (the detail says which)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -363,11 +365,18 @@ async fn get_patch(
     Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
+    no_wait: Option<Extension<crate::guard::NoWait>>,
 ) -> Result<Json<PatchDetail>, GatewayError> {
     let Some(raw) = query_value(query.as_deref(), "wait") else {
         return Ok(Json(state.patches.detail(&caller, &id).await?));
     };
     let wait = crate::long_poll::parse_wait("wait", raw)?;
+    // Every long-poll place was taken: the current state at once.
+    let wait = if no_wait.is_some() {
+        std::time::Duration::ZERO
+    } else {
+        wait
+    };
     // Dropped with the request when the client goes away: the router call is cancelled and
     // its waiter freed.
     Ok(Json(

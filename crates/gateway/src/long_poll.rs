@@ -11,7 +11,8 @@ pub const MAX_WAIT: Duration = Duration::from_secs(60);
 /// (and the summary read after the end) must fit too.
 pub const ANSWER_MARGIN: Duration = Duration::from_secs(10);
 
-/// Parses `30s`, `1500ms` or `30` (seconds), at most 60 s; the error names `parameter`.
+/// Parses `30s`, `1500ms` or `30` (seconds), at most 60 s, exactly as the documented pattern
+/// says (no leading zero, no blank); the error names `parameter`.
 pub fn parse_wait(parameter: &str, raw: &str) -> Result<Duration, GatewayError> {
     let refuse = |why: &str| {
         GatewayError::BadRequest(format!(
@@ -19,7 +20,7 @@ pub fn parse_wait(parameter: &str, raw: &str) -> Result<Duration, GatewayError> 
              most 60s"
         ))
     };
-    let text = raw.trim();
+    let text = raw;
     let (digits, unit_ms) = if let Some(ms) = text.strip_suffix("ms") {
         (ms, 1)
     } else if let Some(s) = text.strip_suffix('s') {
@@ -29,6 +30,9 @@ pub fn parse_wait(parameter: &str, raw: &str) -> Result<Duration, GatewayError> 
     };
     if digits.is_empty() || digits.len() > 9 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(refuse("is not a duration"));
+    }
+    if digits.len() > 1 && digits.starts_with('0') {
+        return Err(refuse("has a leading zero"));
     }
     let value: u64 = digits.parse().map_err(|_| refuse("is not a duration"))?;
     let wait = Duration::from_millis(value.saturating_mul(unit_ms));
@@ -70,6 +74,10 @@ mod tests {
             "s",
             "3.5s",
             "99999999999999",
+            "007",
+            "01s",
+            "0500ms",
+            " 5s",
         ] {
             let err = parse_wait("wait", bad).expect_err(bad);
             assert!(err.to_string().contains("wait"), "{err}");

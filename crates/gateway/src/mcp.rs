@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::auth::Principal;
+use crate::auth::{Principal, Scope};
 use crate::error::GatewayError;
 use crate::patches::{ListFilter, Patches};
 
@@ -155,6 +155,9 @@ fn tool_span(parts: &http::request::Parts, tool: &'static str) -> tracing::Span 
 }
 
 /// The structured result (also as text, for clients that read only content), or the error.
+/// An error result (`isError`) carries text only: the MCP spec asks tools with an
+/// `outputSchema` for conforming structured results on success, and clients (the Python and
+/// TypeScript SDKs) check the schema only for results that are not errors.
 fn answer<T: Serialize>(result: Result<T, GatewayError>) -> CallToolResult {
     match result.and_then(|value| {
         serde_json::to_value(value)
@@ -191,7 +194,7 @@ impl GhostMcp {
     }
 
     #[tool(
-        description = "Submit a code patch (JSON object in `patch`, or JSON/YAML text in `document`). Returns the id and status once the router has stored it. Called with a progressToken, it follows the patch: a progress notification on each status change, and the result once the patch ends (or its state after 40 s).",
+        description = "Submit a code patch (JSON object in `patch`, or JSON/YAML text in `document`). Returns the id and status once the router has stored it. Called with a progressToken (and the read scope), it follows the patch: a progress notification on each status change, and the result once the patch ends (or its state after 40 s); if following fails, the accepted result comes with `follow_error`.",
         annotations(
             read_only_hint = false,
             destructive_hint = true,
@@ -220,9 +223,25 @@ impl GhostMcp {
             let Some(token) = meta.get_progress_token() else {
                 return Ok(value);
             };
-            let (status, error) = self.follow(&caller, &accepted.id, token, &peer).await?;
-            value["status"] = serde_json::Value::String(status);
-            value["error"] = serde_json::Value::String(error);
+            // Following reads the patch: a caller without the read scope gets the accepted
+            // result. The patch is queued whatever happens while following: a failure to
+            // follow is said next to that result, never in place of it.
+            if caller.require(Scope::Read).is_err() {
+                value["follow_error"] = serde_json::Value::String(
+                    "not followed: the credential lacks the read scope".to_owned(),
+                );
+                return Ok(value);
+            }
+            match self.follow(&caller, &accepted.id, token, &peer).await {
+                Ok((status, error)) => {
+                    value["status"] = serde_json::Value::String(status);
+                    value["error"] = serde_json::Value::String(error);
+                }
+                Err(err) => {
+                    tracing::info!(patch_id = %accepted.id, error = %err, "following a queued patch failed");
+                    value["follow_error"] = serde_json::Value::String(err.to_string());
+                }
+            }
             Ok(value)
         }
         .instrument(span)
@@ -231,7 +250,7 @@ impl GhostMcp {
     }
 
     #[tool(
-        description = "Check a code patch without applying it (a dry run; same input as submit_patch). The executor plans every edit against the workspace as it is now and writes nothing: the answer is the unified diff it would apply, the matching rung of every edit, and `status` succeeded, or rejected/failed with the `error`. Nothing is queued or stored; commands and checks are not run.",
+        description = "Check a code patch without applying it (a dry run; same input as submit_patch). The executor plans every edit against the workspace as it is now and writes nothing: the answer is the unified diff it would apply, the matching rung of every edit, and `status` succeeded, or rejected/failed with the `error`. Nothing is queued or stored; commands and checks are not run. It reads the workspace (the diff shows the lines around each change), so it needs the read scope as well as the submit scope.",
         annotations(
             read_only_hint = true,
             destructive_hint = false,
@@ -322,7 +341,7 @@ impl GhostMcp {
         annotations(
             read_only_hint = false,
             destructive_hint = true,
-            idempotent_hint = false,
+            idempotent_hint = true,
             open_world_hint = false
         ),
         output_schema = schemas::view()
@@ -357,11 +376,10 @@ impl GhostMcp {
         let mut last = String::new();
         let mut step = 0u32;
         loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let detail = self
-                .patches
-                .detail_waiting(caller, id, left.min(PROGRESS_SLICE))
-                .await?;
+            let slice_started = tokio::time::Instant::now();
+            let left = deadline.saturating_duration_since(slice_started);
+            let slice = left.min(PROGRESS_SLICE);
+            let detail = self.patches.detail_waiting(caller, id, slice).await?;
             let status = detail.view.status.as_str().to_owned();
             if status != last {
                 step += 1;
@@ -375,6 +393,9 @@ impl GhostMcp {
             if detail.view.status.is_terminal() || left.is_zero() {
                 return Ok((status, detail.view.error));
             }
+            // Answered early without an end (the caller's long polls at their cap): at most
+            // one read per slice.
+            tokio::time::sleep_until(slice_started + slice).await;
         }
     }
 }

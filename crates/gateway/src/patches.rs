@@ -331,6 +331,60 @@ fn keyed(mut normalised: Normalised, key: PatchId) -> Result<Normalised, Gateway
     Ok(normalised)
 }
 
+/// Long polls (HTTP `?wait=`, MCP `get_patch` with `wait`, `submit_patch` following) one
+/// credential may hold at once; beyond, the current state is answered at once.
+pub const MAX_LONG_POLLS_PER_CALLER: usize = 16;
+/// Dry runs (HTTP `?dry_run=true`, MCP `check_patch`) one credential may have running at
+/// once; beyond, 429.
+pub const MAX_DRY_RUNS_PER_CALLER: usize = 2;
+
+/// Places per credential name, shared by the HTTP API and MCP (whose tools run past the HTTP
+/// guard's limits once the SSE answer has started).
+#[derive(Clone, Default)]
+struct PerCaller {
+    counts: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+/// One place taken in a [`PerCaller`]; given back when dropped.
+struct CallerPlace {
+    counts: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    name: String,
+}
+
+impl PerCaller {
+    /// A place for `name`, or None when it holds `max` already.
+    fn take(&self, name: &str, max: usize) -> Option<CallerPlace> {
+        let mut counts = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let held = counts.entry(name.to_owned()).or_default();
+        if *held >= max {
+            return None;
+        }
+        *held += 1;
+        Some(CallerPlace {
+            counts: Arc::clone(&self.counts),
+            name: name.to_owned(),
+        })
+    }
+}
+
+impl Drop for CallerPlace {
+    fn drop(&mut self) {
+        let mut counts = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(held) = counts.get_mut(&self.name) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                counts.remove(&self.name);
+            }
+        }
+    }
+}
+
 /// The gateway's logic over its ports.
 #[derive(Clone)]
 pub struct Patches {
@@ -342,6 +396,8 @@ pub struct Patches {
     alerts: Option<Arc<dyn AlertFeed>>,
     known_targets: Arc<KnownTargets>,
     max_wait: std::time::Duration,
+    long_polls: PerCaller,
+    dry_runs: PerCaller,
 }
 
 /// Bytes of `patch`'s canonical JSON, counted without building it.
@@ -398,6 +454,8 @@ impl Patches {
             budget,
             alerts: None,
             max_wait: crate::long_poll::MAX_WAIT,
+            long_polls: PerCaller::default(),
+            dry_runs: PerCaller::default(),
         }
     }
 
@@ -461,6 +519,9 @@ impl Patches {
         format: Format,
         idempotency_key: Option<&str>,
     ) -> Result<DryRunView, GatewayError> {
+        // A dry run shows what is in the workspace (the context of every change): it needs the
+        // read scope as well as the submit scope.
+        caller.require(Scope::Read)?;
         let normalised = self
             .intake(caller, body, format, idempotency_key, None)
             .await?;
@@ -473,7 +534,29 @@ impl Patches {
         caller: &Principal,
         normalised: Normalised,
     ) -> Result<DryRunView, GatewayError> {
+        caller.require(Scope::Submit)?;
+        caller.require(Scope::Read)?;
         self.admit(caller, &normalised).await?;
+        let Some(_place) = self.dry_runs.take(&caller.name, MAX_DRY_RUNS_PER_CALLER) else {
+            tracing::warn!(caller = %caller.name, "dry runs of one credential at their cap; refused");
+            return Err(GatewayError::TooManyRequests { retry_after_s: 1 });
+        };
+        let paths: Vec<&str> = normalised
+            .patch
+            .edits
+            .iter()
+            .flat_map(|edit| match edit {
+                ghost_core::Edit::Rename { from, to } => vec![from.as_str(), to.as_str()],
+                other => vec![other.path().as_str()],
+            })
+            .collect();
+        tracing::info!(
+            caller = %caller.name,
+            target = %normalised.patch.target,
+            patch_id = %normalised.patch.id,
+            paths = ?paths,
+            "dry run: the workspace is read for this caller"
+        );
         let report = self.queue.dry_run(&normalised.patch).await?;
         Ok(DryRunView {
             dry_run: true,
@@ -722,6 +805,15 @@ impl Patches {
         if view.status.is_terminal() || wait.is_zero() {
             return self.with_summary(raw_id, view, report).await;
         }
+        let Some(_place) = self
+            .long_polls
+            .take(&caller.name, MAX_LONG_POLLS_PER_CALLER)
+        else {
+            // Over the caller's share: the current state now, which is a valid answer to a
+            // wait (the caller polls again), rather than an error it must handle.
+            tracing::info!(caller = %caller.name, patch_id = %raw_id, "long polls of one credential at their cap; answered at once");
+            return self.with_summary(raw_id, view, report).await;
+        };
         let (view, report) = self.queue.wait(&parse_id(raw_id)?, wait).await?;
         self.with_summary(raw_id, view, report).await
     }

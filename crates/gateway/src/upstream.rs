@@ -110,7 +110,7 @@ impl PatchQueue for GrpcRouter {
             .clone()
             .wait(with_deadline(
                 request,
-                wait + self.timeout.max(crate::long_poll::ANSWER_MARGIN),
+                wait + crate::long_poll::ANSWER_MARGIN,
             ))
             .await
             .map_err(|status| match status.code() {
@@ -131,7 +131,7 @@ impl PatchQueue for GrpcRouter {
             patch: Some(router_wire::Patch::from(patch)),
         };
         // The router waits up to 30 s for the executor's answer.
-        let deadline = self.timeout.max(Duration::from_secs(35));
+        let deadline = crate::dry_run::CALL_DEADLINE;
         let report = self
             .client
             .clone()

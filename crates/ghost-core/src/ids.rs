@@ -164,7 +164,8 @@ fn is_ghost_dir(part: &str) -> bool {
 /// Refused: absolute paths, `..` that climbs above the root, `.git` components (in any ASCII
 /// case, with trailing dots or spaces, an NTFS stream suffix, HFS+ ignorable code points or as
 /// the 8.3 name `GIT~1`), `.ghost` (likewise) as the first component, `\\` in a component, components over 255 bytes, paths over 4,096 bytes,
-/// empty paths and NUL bytes. Symlinks are the executor's business: it resolves them against the real root.
+/// empty paths, NUL bytes and other control characters (U+0001 to U+001F, U+007F: a newline
+/// in a path could forge lines of a diff or a log). Symlinks are the executor's business: it resolves them against the real root.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct RelPath(String);
@@ -182,6 +183,12 @@ impl RelPath {
             return Err(IdError(format!(
                 "path is {} bytes; at most {MAX_PATH_BYTES} are allowed",
                 raw.len()
+            )));
+        }
+        if raw.chars().any(|c| c.is_ascii_control()) {
+            return Err(IdError(format!(
+                "path {raw:?} contains a control character (U+0000 to U+001F or U+007F, e.g. a \
+                 newline or a tab), which no patch path may hold"
             )));
         }
         let path = Path::new(raw);
@@ -296,6 +303,22 @@ mod tests {
         assert!(TargetName::parse("cy-ops_2").is_ok());
         assert!(TargetName::parse("../etc").is_err());
         assert!(TargetName::parse("").is_err());
+    }
+
+    #[test]
+    fn control_characters_in_a_path_are_refused_naming_it() {
+        for raw in [
+            "a\nb.txt",
+            "x\n+++ b/evil",
+            "tab\there",
+            "del\u{7f}",
+            "cr\r",
+        ] {
+            let err = RelPath::parse(raw).expect_err(raw);
+            assert!(err.to_string().contains("control character"), "{err}");
+            assert!(err.to_string().contains(&format!("{raw:?}")), "{err}");
+        }
+        assert!(RelPath::parse("caf\u{e9}/na\u{ef}ve.txt").is_ok());
     }
 
     #[test]

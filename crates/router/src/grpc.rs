@@ -527,7 +527,13 @@ impl RouterService for RouterGrpc {
         let _ = sender.send(Ok(welcome)).await;
         let routing = Arc::clone(&self.routing);
         let (session, owner) = routing
-            .connect(&hello.executor_id, &targets, sender, cut.clone())
+            .connect(
+                &hello.executor_id,
+                &targets,
+                &hello.capabilities,
+                sender,
+                cut.clone(),
+            )
             .await;
         let shutdown = self.shutdown.clone();
         let executor_id = hello.executor_id.clone();

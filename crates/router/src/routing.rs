@@ -38,6 +38,11 @@ pub const OTHER_TARGET: &str = "(other)";
 /// Messages queued towards one executor session.
 pub type SessionSender = mpsc::Sender<Result<RouterMessage, tonic::Status>>;
 
+/// Places on an executor session's stream a dry run never takes, kept for Cancel.
+const RESERVED_FOR_CANCEL: usize = 8;
+/// How long sending a Cancel may wait for room on a full stream.
+const CANCEL_SEND_WAIT: Duration = Duration::from_secs(5);
+
 /// The lease and alert policy.
 #[derive(Debug, Clone, Copy)]
 pub struct Policy {
@@ -61,6 +66,8 @@ struct Session {
     sender: SessionSender,
     /// Cancelled when the session's credential is withdrawn: dispatch skips it from then on.
     cut: CancellationToken,
+    /// The executor advertised the `dry_run` capability in its Hello.
+    dry_run: bool,
 }
 
 #[derive(Default)]
@@ -205,11 +212,13 @@ impl Routing {
     }
 
     /// Registers a new executor session for `targets` (no duplicates), which gets no work
-    /// once `cut` is cancelled; returns its session id and owner name.
+    /// once `cut` is cancelled and dry runs only if `capabilities` name `dry_run`; returns its
+    /// session id and owner name.
     pub async fn connect(
         &self,
         executor_id: &str,
         targets: &[String],
+        capabilities: &[String],
         sender: SessionSender,
         cut: CancellationToken,
     ) -> (u64, String) {
@@ -225,6 +234,7 @@ impl Routing {
             last_seen_ms: Arc::new(AtomicI64::new(now)),
             sender,
             cut,
+            dry_run: capabilities.iter().any(|c| c == "dry_run"),
         };
         // `unrestored` lives in memory: derive it from the stored alerts when a target's
         // executor connects, so a router restarted while it fired still resolves it on the
@@ -599,6 +609,8 @@ impl Routing {
         let Some(session) = session else {
             return false;
         };
+        let sender = session.sender.clone();
+        drop(slots);
         let message = RouterMessage {
             kind: Some(router_message::Kind::Cancel(Cancel {
                 patch_id: id.to_owned(),
@@ -606,7 +618,12 @@ impl Routing {
                 reason,
             })),
         };
-        session.sender.try_send(Ok(message)).is_ok()
+        // Not try_send: a stream momentarily full (dry runs keep room for this, but heartbeat
+        // answers and assignments share it) must not lose the cancel.
+        matches!(
+            tokio::time::timeout(CANCEL_SEND_WAIT, sender.send(Ok(message))).await,
+            Ok(Ok(()))
+        )
     }
 
     /// Queues a failed, cancelled or lost patch again.
@@ -893,6 +910,10 @@ impl Routing {
             if record.status.is_terminal() || tokio::time::Instant::now() >= deadline {
                 return Ok(record);
             }
+            if record.patch.depends_on.is_empty() {
+                // Only a patch depending on others can be ended by another's failure.
+                guard.ignore_others();
+            }
             tokio::select! {
                 () = guard.woken() => {}
                 () = tokio::time::sleep_until(deadline) => {}
@@ -909,19 +930,39 @@ impl Routing {
         let (owner, sender) = {
             let slots = self.slots.lock().await;
             let alive_since = now_ms() - self.lease_ms();
-            let session = slots.get(&target).and_then(|slot| {
-                slot.sessions.iter().find(|s| {
+            let any_alive = slots.get(&target).is_some_and(|slot| {
+                slot.sessions.iter().any(|s| {
                     !s.cut.is_cancelled() && s.last_seen_ms.load(Ordering::Relaxed) >= alive_since
                 })
             });
-            let Some(session) = session else {
+            if !any_alive {
                 return Err(RouterError::Unavailable(format!(
                     "no executor serving target {target} is connected; a dry run needs one to \
                      read the workspace"
                 )));
+            }
+            let session = slots.get(&target).and_then(|slot| {
+                slot.sessions.iter().find(|s| {
+                    s.dry_run
+                        && !s.cut.is_cancelled()
+                        && s.last_seen_ms.load(Ordering::Relaxed) >= alive_since
+                })
+            });
+            let Some(session) = session else {
+                return Err(RouterError::Unavailable(format!(
+                    "the executor serving target {target} does not do dry runs (its Hello does \
+                     not advertise the dry_run capability: an older executor); upgrade it"
+                )));
             };
             (session.owner.clone(), session.sender.clone())
         };
+        // Room is kept on the session's stream for what must not be lost (a Cancel).
+        if sender.capacity() <= RESERVED_FOR_CANCEL {
+            return Err(RouterError::Unavailable(format!(
+                "the executor serving target {target} cannot take a dry run now (its stream is \
+                 nearly full); try again"
+            )));
+        }
         let mut ticket = self.dry_runs.register(&owner)?;
         let message = RouterMessage {
             kind: Some(router_message::Kind::DryRun(DryRun {
@@ -989,7 +1030,7 @@ mod tests {
         let cut = CancellationToken::new();
         cut.cancel();
         routing
-            .connect("revoked", &targets, revoked_sender, cut)
+            .connect("revoked", &targets, &[], revoked_sender, cut)
             .await;
         routing
             .submit(patch("waiting"), String::new(), Vec::new())
@@ -1009,7 +1050,7 @@ mod tests {
 
         let (live_sender, mut live_inbox) = mpsc::channel(8);
         routing
-            .connect("live", &targets, live_sender, CancellationToken::new())
+            .connect("live", &targets, &[], live_sender, CancellationToken::new())
             .await;
         let message = live_inbox.try_recv().expect("the live session is assigned");
         assert!(matches!(

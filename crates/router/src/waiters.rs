@@ -4,8 +4,10 @@
 //! Each waiting call holds a [`WaitGuard`] that subscribes to its patch's generation counter
 //! *before* it reads the patch, so an end committed between the read and the wait is never
 //! missed. A commit that may also have ended patches whose ids the router does not see (the
-//! dependents a failed patch fails in the same transaction) bumps a shared counter that every
-//! waiter watches: they re-read their patch once, which is bounded by [`MAX_WAITERS`].
+//! dependents a failed patch fails in the same transaction) bumps a shared counter; only the
+//! waiters of patches that depend on others keep watching it ([`WaitGuard::ignore_others`]
+//! for the rest, once their first read shows no dependency), so such a commit re-reads only
+//! the patches it may have failed, not every waiting one.
 //! Dropping the guard (the call ended, or its client went away and tonic dropped the future)
 //! removes the registration; the count of waiters is capped.
 
@@ -90,7 +92,7 @@ impl Waiters {
             waiters: self,
             id: id.to_owned(),
             own,
-            any: self.any.subscribe(),
+            any: Some(self.any.subscribe()),
         })
     }
 
@@ -137,10 +139,17 @@ pub struct WaitGuard<'a> {
     waiters: &'a Waiters,
     id: String,
     own: watch::Receiver<u64>,
-    any: watch::Receiver<u64>,
+    /// None once the patch is known to depend on no other.
+    any: Option<watch::Receiver<u64>>,
 }
 
 impl WaitGuard<'_> {
+    /// Stops watching the ends of other patches: this patch depends on none, so no other
+    /// patch's end can end it.
+    pub fn ignore_others(&mut self) {
+        self.any = None;
+    }
+
     /// Resolves once a wake-up arrived after the registration or the previous call.
     pub async fn woken(&mut self) {
         tokio::select! {
@@ -149,7 +158,12 @@ impl WaitGuard<'_> {
                     std::future::pending::<()>().await;
                 }
             }
-            changed = self.any.changed() => {
+            changed = async {
+                match self.any.as_mut() {
+                    Some(any) => any.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => {
                 if changed.is_err() {
                     std::future::pending::<()>().await;
                 }
@@ -188,12 +202,24 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn others_ending_wakes_every_waiter() {
+    async fn others_ending_wakes_only_waiters_of_dependent_patches() {
         let waiters = Waiters::default();
-        let mut guard = waiters.register("dependent").expect("room");
+        let mut dependent = waiters.register("dependent").expect("room");
+        let mut independent = waiters.register("independent").expect("room");
+        independent.ignore_others();
         waiters.maybe_ended_others();
-        tokio::time::timeout(Duration::from_secs(5), guard.woken())
+        tokio::time::timeout(Duration::from_secs(5), dependent.woken())
             .await
             .expect("woken");
+        // The other is not woken: its own end wakes it, and it was never told of others'.
+        tokio::select! {
+            biased;
+            () = independent.woken() => panic!("a waiter of an independent patch was woken"),
+            () = std::future::ready(()) => {}
+        }
+        waiters.ended("independent");
+        tokio::time::timeout(Duration::from_secs(5), independent.woken())
+            .await
+            .expect("woken by its own end");
     }
 }

@@ -104,7 +104,7 @@ async fn a_dry_run_writes_nothing_and_its_diff_is_what_the_apply_then_does() {
         diff.contains("--- /dev/null\n+++ b/new/dir/created.txt\n"),
         "{diff}"
     );
-    assert!(diff.contains("+++ /dev/null\n"), "{diff}");
+    assert!(!diff.contains("+++ /dev/null\n"), "{diff}");
     assert!(
         diff.contains("rename from old/name.txt\nrename to moved/name.txt\n"),
         "{diff}"
@@ -115,10 +115,45 @@ async fn a_dry_run_writes_nothing_and_its_diff_is_what_the_apply_then_does() {
     );
     assert!(diff.contains("\\ No newline at end of file\n"), "{diff}");
 
-    // The diff's effect, by git, on a copy of the workspace as it was.
+    // A deleted file is named with its line count, its contents never shown.
+    assert!(
+        diff.contains(
+            "diff --git a/gone.txt b/gone.txt\ndeleted file mode 100644\n# -1 lines (a deleted \
+             file's contents are not shown)\n"
+        ),
+        "{diff}"
+    );
+    assert!(!diff.contains("to be deleted"), "{diff}");
+
+    // The diff's effect, by git, on a copy of the workspace as it was (git cannot apply a
+    // deletion without its contents: the deleted files are removed by hand).
     let copy = tempfile::tempdir().unwrap();
     copy_tree(ws.root(), copy.path());
-    fs::write(copy.path().join("dry.diff"), &diff).unwrap();
+    let mut applicable = String::new();
+    for section in diff
+        .split_inclusive('\n')
+        .fold(Vec::<String>::new(), |mut all, line| {
+            if line.starts_with("diff --git ") || all.is_empty() {
+                all.push(String::new());
+            }
+            all.last_mut().unwrap().push_str(line);
+            all
+        })
+    {
+        if section.contains("\ndeleted file mode ") {
+            let name = section
+                .lines()
+                .next()
+                .unwrap()
+                .rsplit(" b/")
+                .next()
+                .unwrap();
+            fs::remove_file(copy.path().join(name)).unwrap();
+        } else {
+            applicable.push_str(&section);
+        }
+    }
+    fs::write(copy.path().join("dry.diff"), &applicable).unwrap();
     let applied = Command::new("git")
         .args(["apply", "--unsafe-paths", "dry.diff"])
         .current_dir(copy.path())
@@ -299,5 +334,44 @@ proptest::proptest! {
             proptest::prop_assert!(!rendered.text.contains("@@"), "{}", rendered.text);
         }
         proptest::prop_assert_eq!(fs::read_to_string(dir.path().join("f.txt")).unwrap(), after);
+    }
+}
+
+#[tokio::test]
+async fn a_dry_run_of_a_delete_names_the_file_and_its_line_count_never_its_contents() {
+    let ws = workspace();
+    ws.write(".env", "API_TOKEN=hunter2\nDB_PASSWORD=swordfish\n");
+    let mut executor = RunningExecutor::start(&ws).await;
+    let report = executor
+        .dry_run(&patch("peek", r#""edits":[{"op":"delete","path":".env"}]"#))
+        .await;
+    assert_eq!(report.status, Status::Succeeded, "{}", report.error);
+    assert_eq!(
+        report.diff,
+        "diff --git a/.env b/.env\ndeleted file mode 100644\n# -2 lines (a deleted file's \
+         contents are not shown)\n"
+    );
+    assert!(!report.diff.contains("hunter2"));
+    executor.stop().await;
+}
+
+#[test]
+fn deleted_files_count_toward_the_patch_limit() {
+    // LIMITS: 1 MiB a file, 4 MiB a patch. Five files of 1 MiB less a byte, all deleted.
+    let ws = workspace();
+    let big = "x".repeat(1024 * 1024 - 1);
+    let mut edits = Vec::new();
+    for index in 0..5 {
+        ws.write(&format!("big{index}.txt"), &big);
+        edits.push(format!(r#"{{"op":"delete","path":"big{index}.txt"}}"#));
+    }
+    let report = ws.apply(&patch(
+        "many-deletes",
+        &format!(r#""edits":[{}]"#, edits.join(",")),
+    ));
+    assert_eq!(report.status, Status::Rejected, "{}", report.error);
+    assert!(report.error.contains("patch limit"), "{}", report.error);
+    for index in 0..5 {
+        assert!(ws.root().join(format!("big{index}.txt")).exists());
     }
 }

@@ -52,6 +52,7 @@ pub fn submitted() -> Schema {
             "warnings": {"type": "array", "items": {"type": "string"}},
             "id_derived": {"type": "boolean"},
             "error": {"type": "string", "description": "why it did not succeed (after waiting)"},
+            "follow_error": {"type": "string", "description": "why the patch, queued, could not be followed (no read scope, the router did not answer)"},
         }),
         &["id", "target", "status"],
     )

@@ -5,6 +5,7 @@ mod browser;
 mod dashboard;
 mod executor_tokens;
 mod fleet;
+mod hardening;
 mod helpers;
 mod hostile;
 mod inbox;

@@ -212,7 +212,7 @@ impl TestExecutor {
                         root: format!("/ws/{target}"),
                     })
                     .collect(),
-                capabilities: Vec::new(),
+                capabilities: vec!["dry_run".to_owned()],
                 token: token.to_owned(),
             },
         )

@@ -269,3 +269,39 @@ async fn a_dry_run_is_answered_by_the_asked_session_only_and_stores_nothing() {
         .expect_err("nothing stored");
     assert_eq!(missing.code(), tonic::Code::NotFound);
 }
+
+#[tokio::test]
+async fn a_dry_run_goes_only_to_an_executor_that_advertises_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let router = spawn_router(config(dir.path())).await;
+    // An older executor: its Hello names no dry_run capability.
+    let _older = TestExecutor::say_hello(
+        &router,
+        ghost_proto::executor::v1::Hello {
+            executor_id: "exec-older".to_owned(),
+            workspaces: vec![ghost_proto::executor::v1::Workspace {
+                target: "MAIN".to_owned(),
+                root: "/ws/MAIN".to_owned(),
+            }],
+            capabilities: vec!["write".to_owned(), "cancel".to_owned()],
+            token: String::new(),
+        },
+    )
+    .await
+    .expect("work stream opens");
+    let refused = tokio::time::timeout(
+        PATIENCE,
+        router.client.clone().dry_run(DryRunRequest {
+            patch: Some(patch("dry-old", "MAIN")),
+        }),
+    )
+    .await
+    .expect("answered at once, not after the dry run deadline")
+    .expect_err("the executor cannot dry-run");
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    assert!(
+        refused.message().contains("dry_run capability"),
+        "{}",
+        refused.message()
+    );
+}
