@@ -716,7 +716,15 @@ fn apply_once(
     if failure.is_none() && !validate.is_empty() {
         failure = attempt.stage("validate", |a| a.run_steps(&validate));
     }
-    if failure.is_none() && !owners.is_empty() {
+    // The owner checks run whenever the edits could be kept: on success, and after a failure
+    // `on_failure = "keep"` would keep. A failing check rolls back whatever the patch asked.
+    let keep_asked = patch.on_failure == OnFailure::Keep;
+    let checks_due = match &failure {
+        None => true,
+        Some((status, _)) => *status == Status::Failed && keep_asked,
+    };
+    let mut checks_failed = false;
+    if checks_due && !owners.is_empty() {
         let edited = plan.files.keys().chain(&plan.dirs).map(PathBuf::from);
         let changed = || {
             let mut paths: Vec<PathBuf> = edited.collect();
@@ -731,7 +739,14 @@ fn apply_once(
             }
             Some(paths)
         };
-        failure = attempt.stage("checks", |a| a.run_owner_checks(&owners, changed));
+        let checked = attempt.stage("checks", |a| a.run_owner_checks(&owners, changed));
+        if let Some((status, reason)) = checked {
+            checks_failed = true;
+            failure = Some(match failure {
+                Some((_, first)) => (status, format!("{first}; then {reason}")),
+                None => (status, reason),
+            });
+        }
     }
     let failure = failure.or_else(|| {
         let spec = patch.commit.as_ref()?;
@@ -776,7 +791,7 @@ fn apply_once(
             String::new(),
         );
     };
-    let keep = status == Status::Failed && patch.on_failure == OnFailure::Keep;
+    let keep = status == Status::Failed && keep_asked && !checks_failed;
     if keep {
         return finish(
             attempt,

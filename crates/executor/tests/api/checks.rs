@@ -86,9 +86,53 @@ fn a_failing_owner_check_rolls_the_patch_back_and_names_the_check_even_when_comm
         "owner-3",
         r#""edits":[{"op":"write","path":"b.txt","contents":"b"}],"validate":[],"on_failure":"keep""#,
     ));
-    assert_eq!(kept.status, Status::Failed, "{}", kept.error);
+    assert_eq!(kept.status, Status::RolledBack, "{}", kept.error);
     assert!(kept.error.contains("typecheck"), "{}", kept.error);
-    assert_eq!(ws.read("b.txt"), "b", "on_failure keep keeps the edits");
+    assert!(
+        !ws.root().join("b.txt").exists(),
+        "a failing owner check rolls back even with on_failure keep"
+    );
+}
+
+#[test]
+fn a_failing_command_with_keep_still_runs_the_owner_checks_and_keeps_only_what_passes_them() {
+    let ws = workspace_with(TargetPolicy {
+        commands: CommandPolicy::Allowlist(vec!["sh".to_owned()]),
+        checks: vec![check(
+            "guard",
+            "sh -c 'if [ -e bad.txt ]; then echo bad.txt: refused >&2; exit 4; fi'",
+            When::Always,
+        )],
+        ..TargetPolicy::default()
+    });
+    ws.write("a.txt", "a\n");
+    let before = snapshot(ws.root());
+    // The patch's first command fails on purpose, hoping keep saves its edits unchecked.
+    let sneaky = ws.apply(&patch(
+        "keep-skip-1",
+        r#""edits":[{"op":"write","path":"bad.txt","contents":"x"}],"commands":["sh -c 'echo made > made.txt; exit 1'"],"on_failure":"keep""#,
+    ));
+    assert_eq!(sneaky.status, Status::RolledBack, "{}", sneaky.error);
+    assert!(sneaky.error.contains("guard"), "{}", sneaky.error);
+    assert!(sneaky.error.contains("exit code 1"), "{}", sneaky.error);
+    let ran: Vec<(&str, CommandKind, Option<i32>)> = sneaky
+        .commands
+        .iter()
+        .map(|c| (c.name.as_str(), c.kind, c.exit_code))
+        .collect();
+    assert_eq!(ran[1], ("guard", CommandKind::Check, Some(4)), "{ran:?}");
+    assert_eq!(snapshot(ws.root()), before);
+
+    // With checks that pass, keep keeps what a failing command left.
+    let honest = ws.apply(&patch(
+        "keep-skip-2",
+        r#""edits":[{"op":"write","path":"good.txt","contents":"g"}],"commands":["sh -c 'exit 1'"],"on_failure":"keep""#,
+    ));
+    assert_eq!(honest.status, Status::Failed, "{}", honest.error);
+    assert_eq!(honest.commands.len(), 2, "{:?}", honest.commands);
+    assert_eq!(honest.commands[1].exit_code, Some(0));
+    assert_eq!(ws.read("good.txt"), "g");
+    stage_names_are_unique(&honest);
 }
 
 #[test]
