@@ -312,13 +312,6 @@ fn roll_back(
     let mut done = Restored::default();
     if let Some(snapshot) = snapshot {
         done = snapshot.restore(scope);
-        if done.errors.is_empty()
-            && let Err(err) = snapshot::release(scope)
-        {
-            tracing::error!(target = %ctx.workspace.target, error = %err, "cannot release the snapshot");
-            done.errors
-                .push(format!("cannot release the snapshot: {err}"));
-        }
         // Directories the commands removed may have been made again: the edits are then
         // restored through fresh handles. Otherwise through the handles the edits were
         // written with, so a directory renamed meanwhile is restored where it now is.
@@ -339,6 +332,16 @@ fn roll_back(
         && done.errors.is_empty()
     {
         done.merge(snapshot.prune(scope));
+    }
+    // Released last: a crash before this point restores the snapshot again on restart
+    // (restoring is idempotent), then the journal and the prune.
+    if snapshot.is_some()
+        && done.errors.is_empty()
+        && let Err(err) = snapshot::release(scope)
+    {
+        tracing::error!(target = %ctx.workspace.target, error = %err, "cannot release the snapshot");
+        done.errors
+            .push(format!("cannot release the snapshot: {err}"));
     }
     done
 }
@@ -747,6 +750,20 @@ fn apply_once(
                 None => (status, reason),
             });
         }
+    }
+    // Commands may run git, but not change what git obeys: the commit and the rollback's
+    // listing run git on this repository. Such a patch is rolled back, keep or not.
+    if let Some(what) = taken
+        .as_ref()
+        .and_then(|snapshot| snapshot.git_changed(&scope))
+    {
+        tracing::warn!(%target, change = what, "a command changed the repository's .git");
+        let reason = format!("{what} by the patch's commands, which is not allowed");
+        failure = Some(match failure {
+            None => (Status::RolledBack, reason),
+            Some((Status::Failed, first)) => (Status::RolledBack, format!("{first}; {reason}")),
+            Some(other) => other,
+        });
     }
     let failure = failure.or_else(|| {
         let spec = patch.commit.as_ref()?;

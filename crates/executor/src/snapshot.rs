@@ -539,6 +539,8 @@ pub struct Taken {
 #[derive(Debug)]
 pub struct Snapshot {
     manifest: Manifest,
+    /// The root's `.git` when the snapshot was taken.
+    git: git::Identity,
     /// Figures of the scan.
     pub taken: Taken,
 }
@@ -547,6 +549,7 @@ pub struct Snapshot {
 /// for a person reading the state dir). Call before the patch's first command.
 pub fn take(scope: &Scope, label: &str) -> io::Result<Snapshot> {
     std::fs::create_dir_all(scope.dir.join("blobs"))?;
+    let git = git::Identity::of(&scope.root);
     let manifest_path = scope.dir.join(MANIFEST);
     let previous = match std::fs::read(&manifest_path) {
         Ok(bytes) => Manifest::decode(&bytes).ok(),
@@ -614,7 +617,11 @@ pub fn take(scope: &Scope, label: &str) -> io::Result<Snapshot> {
     }
     write_durably(&scope.dir.join(MARKER), label.as_bytes())?;
     taken.entries = manifest.len();
-    Ok(Snapshot { manifest, taken })
+    Ok(Snapshot {
+        manifest,
+        git,
+        taken,
+    })
 }
 
 /// Up to this many new blobs are each fsync'd; more are flushed with one `syncfs` (which,
@@ -722,19 +729,16 @@ pub fn release(scope: &Scope) -> io::Result<()> {
     }
 }
 
-/// Restores the snapshot in force, if any, after a crash; the marker is removed once the
-/// workspace is whole again.
+/// Restores the snapshot in force, if any, after a crash. The marker stays: the caller
+/// releases it once the edits journal is rolled back too (and the prune done), so a crash
+/// in between restores the snapshot again.
 pub fn recover(scope: &Scope) -> io::Result<Option<Restored>> {
     if !in_force(scope) {
         return Ok(None);
     }
     let bytes = std::fs::read(scope.dir.join(MANIFEST))?;
     let manifest = Manifest::decode(&bytes).map_err(io::Error::other)?;
-    let restored = restore(scope, &manifest);
-    if restored.errors.is_empty() {
-        release(scope)?;
-    }
-    Ok(Some(restored))
+    Ok(Some(restore(scope, &manifest, None)))
 }
 
 impl Snapshot {
@@ -766,15 +770,29 @@ impl Snapshot {
         Ok(changed)
     }
 
+    /// How the root's `.git` differs from when the snapshot was taken, if it does.
+    pub fn git_changed(&self, scope: &Scope) -> Option<&'static str> {
+        git::Identity::of(&scope.root).changed_from(&self.git)
+    }
+
+    /// Why git's listing of ignored paths cannot be trusted now: `.git` is not the one the
+    /// snapshot saw (a `gitdir:` file or a symlink could point git at another work tree).
+    fn distrust(&self, scope: &Scope) -> Option<&'static str> {
+        self.git_changed(scope)
+            .filter(|what| *what != git::CONFIG_CHANGED)
+    }
+
     /// Puts the workspace back as the snapshot recorded it.
     pub fn restore(&self, scope: &Scope) -> Restored {
-        restore(scope, &self.manifest)
+        let distrust = self.distrust(scope);
+        restore(scope, &self.manifest, distrust)
     }
 
     /// After the edits journal rolled back a patch that edited a `.gitignore`: removes what
     /// the commands made that only the patch's own ignore rules had left alone.
     pub fn prune(&self, scope: &Scope) -> Restored {
-        prune(scope, &self.manifest)
+        let distrust = self.distrust(scope);
+        prune(scope, &self.manifest, distrust)
     }
 }
 
@@ -782,13 +800,13 @@ impl Snapshot {
 pub fn prune_recorded(scope: &Scope) -> io::Result<Restored> {
     let bytes = std::fs::read(scope.dir.join(MANIFEST))?;
     let manifest = Manifest::decode(&bytes).map_err(io::Error::other)?;
-    Ok(prune(scope, &manifest))
+    Ok(prune(scope, &manifest, None))
 }
 
-fn prune(scope: &Scope, manifest: &Manifest) -> Restored {
+fn prune(scope: &Scope, manifest: &Manifest, distrust: Option<&str>) -> Restored {
     let mut done = Restored::default();
     let mut touched = HashSet::new();
-    remove_unrecorded(scope, manifest, &mut done, &mut touched);
+    remove_unrecorded(scope, manifest, distrust, &mut done, &mut touched);
     if let Ok(root) = scope.open_root() {
         sync_touched(&root, &touched, &mut done);
     }
@@ -921,7 +939,7 @@ fn write_file(dir: &OwnedFd, name: &CStr, bytes: &[u8], mode: u32) -> io::Result
     result
 }
 
-fn restore(scope: &Scope, manifest: &Manifest) -> Restored {
+fn restore(scope: &Scope, manifest: &Manifest, distrust: Option<&str>) -> Restored {
     let mut done = Restored::default();
     let root = match scope.open_root() {
         Ok(root) => root,
@@ -933,7 +951,7 @@ fn restore(scope: &Scope, manifest: &Manifest) -> Restored {
     };
     let mut touched = HashSet::new();
     restore_recorded(scope, manifest, &root, &mut done, &mut touched);
-    remove_unrecorded(scope, manifest, &mut done, &mut touched);
+    remove_unrecorded(scope, manifest, distrust, &mut done, &mut touched);
     sync_touched(&root, &touched, &mut done);
     done
 }
@@ -1081,18 +1099,28 @@ fn trusted_ignored(scope: &Scope, manifest: &Manifest) -> io::Result<HashSet<Vec
         .collect())
 }
 
-/// Removes every path in scope the manifest does not have.
+/// Removes every path in scope the manifest does not have. When git cannot say (or, with
+/// `distrust`, cannot be trusted to say) what it ignores, nothing is removed, since an
+/// ignored `node_modules` and a file a command made look alike: that is reported as not
+/// restored, without blocking the target (trying again cannot help).
 fn remove_unrecorded(
     scope: &Scope,
     manifest: &Manifest,
+    distrust: Option<&str>,
     done: &mut Restored,
     touched: &mut HashSet<Vec<u8>>,
 ) {
-    let ignored = match trusted_ignored(scope, manifest) {
+    let listed = match distrust {
+        Some(why) if scope.git => Err(io::Error::other(format!("{why} by a command"))),
+        _ => trusted_ignored(scope, manifest),
+    };
+    let ignored = match listed {
         Ok(ignored) => ignored,
         Err(err) => {
-            done.errors
-                .push(format!("cannot list what git ignores: {err}"));
+            tracing::warn!(error = %err, "cannot list what git ignores; new paths are not removed");
+            done.incomplete.push(format!(
+                "new files and directories were not removed: cannot list what git ignores: {err}"
+            ));
             return;
         }
     };

@@ -7,6 +7,7 @@ mod crash;
 mod diagnostics;
 mod dry_run;
 mod git_diff;
+mod git_guard;
 mod helpers;
 mod hostile;
 mod ladder;
