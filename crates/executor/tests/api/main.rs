@@ -16,5 +16,6 @@ mod leftovers;
 mod process_tree;
 mod race;
 mod rollback;
+mod rollback_limits;
 mod timing;
 mod wedge;
