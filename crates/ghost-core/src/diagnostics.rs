@@ -26,8 +26,8 @@ use serde::Deserialize;
 
 use crate::report::{Diagnostic, Severity};
 use text::{
-    clip, compiler_severity, is_identifier, is_rule, number_of, one_line, path_line_col,
-    plausible_path, rustc_header, split_location, strip_ansi, tsc_tail,
+    clip, compiler_severity, is_identifier, is_rule, number_of, path_line_col, plausible_path,
+    rustc_header, sanitize, split_location, strip_ansi, tsc_tail,
 };
 
 /// Most diagnostics kept from one output; the rest are counted in [`Found::dropped`].
@@ -190,12 +190,12 @@ impl Parser {
 
     fn located(&mut self, tool: &str, at: At<'_>, severity: Severity, code: &str, message: &str) {
         let diagnostic = Diagnostic {
-            path: clip(at.path, MAX_PATH_CHARS),
+            path: clip(&sanitize(at.path), MAX_PATH_CHARS),
             line: at.line,
             column: at.column,
             severity,
-            code: clip(code, 100),
-            message: clip(&one_line(message), MAX_MESSAGE_CHARS),
+            code: clip(&sanitize(code), 100),
+            message: clip(&sanitize(message), MAX_MESSAGE_CHARS),
             tool: tool.to_owned(),
             check: self.check.clone(),
         };
