@@ -138,7 +138,9 @@ fn owner_steps(policy: &crate::config::TargetPolicy) -> Result<Vec<OwnerStep>, S
             };
             let changed = match &check.when {
                 crate::config::When::Always => None,
-                crate::config::When::Changed(glob) => Some(crate::config::compile_glob(glob)?),
+                crate::config::When::Changed(glob) => {
+                    Some(crate::config::compile_changed_glob(glob)?)
+                }
             };
             Ok(OwnerStep {
                 step: Step::Run {

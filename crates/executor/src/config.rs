@@ -171,7 +171,7 @@ impl TryFrom<String> for When {
         }
         match value.strip_prefix("changed:") {
             Some(glob) if !glob.is_empty() => {
-                compile_glob(glob)?;
+                compile_changed_glob(glob)?;
                 Ok(Self::Changed(glob.to_owned()))
             }
             _ => Err(format!(
@@ -200,6 +200,16 @@ pub fn compile_glob(glob: &str) -> Result<globset::GlobMatcher, String> {
         .build()
         .map(|glob| glob.compile_matcher())
         .map_err(|err| format!("glob {glob:?}: {err}"))
+}
+
+/// Compiles a `changed:<glob>`: like a `.gitignore` pattern, one without `/` (`*.ts`)
+/// matches the file name at any depth; one with `/` is anchored at the workspace root.
+pub fn compile_changed_glob(glob: &str) -> Result<globset::GlobMatcher, String> {
+    let anchored = compile_glob(glob)?;
+    if glob.contains('/') {
+        return Ok(anchored);
+    }
+    compile_glob(&format!("**/{glob}"))
 }
 
 impl TargetPolicy {

@@ -269,3 +269,28 @@ fn a_command_cannot_keep_its_change_from_a_changed_check_by_ignoring_it() {
     assert!(!ws.root().join("src").exists());
     assert_eq!(ws.read(".gitignore"), "dist/\n");
 }
+
+#[test]
+fn a_changed_glob_without_a_slash_matches_the_file_name_at_any_depth() {
+    let ws = workspace_with(TargetPolicy {
+        checks: vec![check(
+            "tsc",
+            "sh -c 'echo tsc failed; exit 2'",
+            When::Changed("*.ts".to_owned()),
+        )],
+        ..TargetPolicy::default()
+    });
+    ws.write("src/deep/a.ts", "a\n");
+    let deep = ws.apply(&patch(
+        "any-depth-1",
+        r#""edits":[{"op":"write","path":"src/deep/a.ts","contents":"b\n"}]"#,
+    ));
+    assert_eq!(deep.status, Status::RolledBack, "{}", deep.error);
+    assert!(deep.error.contains("tsc"), "{}", deep.error);
+    assert_eq!(ws.read("src/deep/a.ts"), "a\n");
+    let other = ws.apply(&patch(
+        "any-depth-2",
+        r#""edits":[{"op":"write","path":"src/deep/a.tsx","contents":"x"}]"#,
+    ));
+    assert_eq!(other.status, Status::Succeeded, "{}", other.error);
+}
