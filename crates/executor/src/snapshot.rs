@@ -4,7 +4,7 @@
 //!
 //! **What is in it.** Every regular file, symlink and directory under the root, found by a
 //! walk that never follows a symlink, except:
-//! - `.git` (at any depth), `.ghost` at the top, the executor's state dir and the agent inbox
+//! - `.git` and `.ghost` at the top, the executor's state dir and the agent inbox
 //!   when they lie inside the root;
 //! - in a git work tree (the root has a `.git`), the untracked paths its `.gitignore` files
 //!   ignore (`git ls-files --others --ignored --exclude-per-directory=.gitignore
@@ -329,7 +329,9 @@ impl Scope {
     }
 
     fn hard_excluded(&self, rel: &[u8], name: &[u8], depth: usize) -> bool {
-        name.eq_ignore_ascii_case(b".git")
+        // Only the root's `.git` (in any case, for case-folding file systems): one deeper is
+        // just a directory a command could hide what it made in.
+        (depth == 0 && name.eq_ignore_ascii_case(b".git"))
             || (depth == 0 && name.eq_ignore_ascii_case(b".ghost"))
             || self.excluded.iter().any(|ex| ex == rel)
     }
