@@ -124,6 +124,12 @@ pub struct TargetPolicy {
     /// last matching entry decides, as in `.gitignore`; `**`, `*` (not across `/`), `?` and
     /// `{a,b}` are understood.
     pub rollback_ignore: Vec<String>,
+    /// The complete rollback's snapshot refuses a workspace with more files, directories and
+    /// symlinks in scope than this: the patch fails before any of its commands runs.
+    pub max_snapshot_files: u64,
+    /// ...and one whose files in scope hold more bytes than this (the snapshot's store keeps
+    /// each file's bytes once).
+    pub max_snapshot_bytes: u64,
 }
 
 /// One owner check of a target (`targets.<T>.checks`).
@@ -284,6 +290,8 @@ impl Default for TargetPolicy {
             agent: None,
             checks: Vec::new(),
             rollback_ignore: Vec::new(),
+            max_snapshot_files: 1_000_000,
+            max_snapshot_bytes: 2 * 1024 * 1024 * 1024,
         }
     }
 }

@@ -272,6 +272,8 @@ pub struct Scope {
     rules: Vec<(bool, globset::GlobMatcher)>,
     includes: bool,
     max_file_bytes: u64,
+    max_files: u64,
+    max_bytes: u64,
     git: bool,
 }
 
@@ -313,6 +315,8 @@ impl Scope {
             includes: rules.iter().any(|(include, _)| *include),
             rules,
             max_file_bytes,
+            max_files: workspace.policy.max_snapshot_files,
+            max_bytes: workspace.policy.max_snapshot_bytes,
             git: git::is_work_tree(&workspace.root),
         })
     }
@@ -562,7 +566,16 @@ pub fn take(scope: &Scope, label: &str) -> io::Result<Snapshot> {
     let mut entries = BTreeMap::new();
     let mut taken = Taken::default();
     let mut made_dirs = HashSet::new();
-    scope.walk(&ignored, &mut |dir, name, rel, stat| {
+    let mut new_blobs = Vec::new();
+    let mut total_bytes = 0u64;
+    let walked = scope.walk(&ignored, &mut |dir, name, rel, stat| {
+        if entries.len() as u64 >= scope.max_files {
+            return Err(io::Error::other(format!(
+                "the workspace has more than {} files, directories and symlinks in scope \
+                 (max_snapshot_files); the snapshot is refused",
+                scope.max_files
+            )));
+        }
         let node = match FileType::from_raw_mode(stat.st_mode) {
             FileType::Directory => Node::Dir {
                 mode: stat.st_mode & 0o7777,
@@ -574,6 +587,16 @@ pub fn take(scope: &Scope, label: &str) -> io::Result<Snapshot> {
             },
             FileType::RegularFile => {
                 let key = Key::of(stat);
+                if key.size <= scope.max_file_bytes {
+                    total_bytes = total_bytes.saturating_add(key.size);
+                }
+                if total_bytes > scope.max_bytes {
+                    return Err(io::Error::other(format!(
+                        "the workspace's files in scope hold more than {} bytes \
+                         (max_snapshot_bytes); the snapshot is refused",
+                        scope.max_bytes
+                    )));
+                }
                 let racy = key.mtime >= taken_ns - RACY_NS;
                 let known = previous.as_ref().and_then(|p| p.entries.get(rel));
                 let hash = match known {
@@ -588,8 +611,11 @@ pub fn take(scope: &Scope, label: &str) -> io::Result<Snapshot> {
                         match read_file(dir, name, scope.max_file_bytes) {
                             Ok(Some(bytes)) => {
                                 let hash = digest(&bytes);
-                                store_blob(scope, &hash, &bytes, &mut made_dirs, &mut taken)
-                                    .map_err(|err| with_path(err, rel))?;
+                                if store_blob(scope, &hash, &bytes, &mut made_dirs, &mut taken)
+                                    .map_err(|err| with_path(err, rel))?
+                                {
+                                    new_blobs.push(hash);
+                                }
                                 Some(hash)
                             }
                             Ok(None) => return Ok(false),
@@ -605,7 +631,15 @@ pub fn take(scope: &Scope, label: &str) -> io::Result<Snapshot> {
         let descend = matches!(node, Node::Dir { .. });
         entries.insert(rel.to_vec(), node);
         Ok(descend)
-    })?;
+    });
+    if let Err(err) = walked {
+        // The blobs this scan added are no manifest's: not left to fill the store.
+        let known = previous.as_ref().map(Manifest::hashes).unwrap_or_default();
+        for hash in new_blobs.iter().filter(|hash| !known.contains(*hash)) {
+            let _ = std::fs::remove_file(scope.blob_path(hash));
+        }
+        return Err(err);
+    }
     let manifest = Manifest { taken_ns, entries };
     sync_blobs(scope, &taken, &made_dirs)?;
     // Nothing changed since the last snapshot (the usual case between patches): the manifest
@@ -630,21 +664,25 @@ pub fn take(scope: &Scope, label: &str) -> io::Result<Snapshot> {
 /// on a busy file system, also waits for other writers' data: worth it only in bulk).
 const FEW_BLOBS: usize = 64;
 
+/// Stores `bytes` under `hash` unless a blob of their size is there; true when written.
 fn store_blob(
     scope: &Scope,
     hash: &[u8; 32],
     bytes: &[u8],
     made_dirs: &mut HashSet<u8>,
     taken: &mut Taken,
-) -> io::Result<()> {
+) -> io::Result<bool> {
     let path = scope.blob_path(hash);
     if made_dirs.insert(hash[0])
         && let Some(parent) = path.parent()
     {
         std::fs::create_dir_all(parent)?;
     }
-    if path.exists() {
-        return Ok(());
+    // A blob cut short (a crash before it was synced) is written again.
+    if std::fs::symlink_metadata(&path)
+        .is_ok_and(|meta| meta.is_file() && meta.len() == bytes.len() as u64)
+    {
+        return Ok(false);
     }
     let temp = crate::journal::temp_path(&path);
     let mut file = std::fs::File::create(&temp)?;
@@ -656,7 +694,7 @@ fn store_blob(
     std::fs::rename(&temp, &path)?;
     taken.stored += 1;
     taken.stored_bytes += bytes.len() as u64;
-    Ok(())
+    Ok(true)
 }
 
 /// Makes the blobs just written durable: their directories synced (each blob was), or one

@@ -48,3 +48,69 @@ fn a_dot_git_directory_below_the_root_does_not_hide_what_a_command_made() {
     assert!(!ws.root().join("vendor").exists());
     assert_eq!(snapshot(ws.root()), before);
 }
+
+#[test]
+fn a_workspace_over_the_snapshot_budget_fails_the_patch_before_any_command_runs() {
+    for (name, policy, expected) in [
+        (
+            "files",
+            TargetPolicy {
+                max_snapshot_files: 10,
+                ..TargetPolicy::default()
+            },
+            "max_snapshot_files",
+        ),
+        (
+            "bytes",
+            TargetPolicy {
+                max_snapshot_bytes: 1000,
+                ..TargetPolicy::default()
+            },
+            "max_snapshot_bytes",
+        ),
+    ] {
+        let ws = workspace_with(TargetPolicy {
+            commands: CommandPolicy::Allowlist(vec!["sh".to_owned()]),
+            ..policy
+        });
+        for index in 0..20 {
+            ws.write(&format!("src/f{index}.txt"), &"x".repeat(100));
+        }
+        let before = snapshot(ws.root());
+        let report = ws.apply(&patch(
+            name,
+            r#""edits":[{"op":"write","path":"a.txt","contents":"a"}],"commands":["sh -c 'echo ran > ran.txt'"]"#,
+        ));
+        assert_eq!(
+            report.status,
+            Status::RolledBack,
+            "{name}: {}",
+            report.error
+        );
+        assert!(report.error.contains(expected), "{name}: {}", report.error);
+        assert!(report.commands.is_empty(), "{name}: {:?}", report.commands);
+        assert_eq!(snapshot(ws.root()), before, "{name}");
+        let blobs = ws.ctx.workspace.state_dir.join("snapshots/MAIN/blobs");
+        let stored = walk_files(&blobs);
+        assert_eq!(
+            stored, 0,
+            "{name}: the refused snapshot's blobs are removed"
+        );
+    }
+}
+
+fn walk_files(dir: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| {
+            if entry.file_type().unwrap().is_dir() {
+                walk_files(&entry.path())
+            } else {
+                1
+            }
+        })
+        .sum()
+}
