@@ -233,6 +233,7 @@ impl Attempt<'_> {
             let exit = report.exit_code;
             let signal = report.signal;
             self.report.commands.push(report);
+            crate::diagnose::trim(&mut self.report);
             let what = if name.is_empty() {
                 format!("{} {line:?}", kind.as_str())
             } else {
