@@ -210,6 +210,7 @@ impl Attempt<'_> {
                         command: line.clone(),
                         kind: *kind,
                         output_tail: format!("skipped: {reason}"),
+                        skipped: true,
                         ..ghost_core::CommandReport::default()
                     });
                     continue;

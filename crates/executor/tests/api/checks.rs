@@ -197,6 +197,12 @@ fn a_legacy_post_mutation_build_the_policy_does_not_allow_is_skipped_and_reporte
     let skipped = &report.commands[0];
     assert_eq!(skipped.command, "npm run build");
     assert_eq!(skipped.exit_code, None);
+    assert!(skipped.skipped, "a skipped check says so, not like a kill");
+    assert!(!report.commands[1].skipped);
+    // ...also across the wire to the router.
+    let wire = ghost_proto::router::v1::ApplyReport::from(&report);
+    let back = ghost_core::ApplyReport::try_from(wire).unwrap();
+    assert!(back.commands[0].skipped && !back.commands[1].skipped);
     assert!(
         skipped.output_tail.starts_with("skipped: ") && skipped.output_tail.contains("npm"),
         "{}",
