@@ -335,8 +335,7 @@ impl Scope {
     fn hard_excluded(&self, rel: &[u8], name: &[u8], depth: usize) -> bool {
         // Only the root's `.git` (in any case, for case-folding file systems): one deeper is
         // just a directory a command could hide what it made in.
-        (depth == 0 && name.eq_ignore_ascii_case(b".git"))
-            || (depth == 0 && name.eq_ignore_ascii_case(b".ghost"))
+        (depth == 0 && (name.eq_ignore_ascii_case(b".git") || name.eq_ignore_ascii_case(b".ghost")))
             || self.excluded.iter().any(|ex| ex == rel)
     }
 
