@@ -106,7 +106,7 @@ pub struct CommandDoc {
     /// Bytes the executor dropped between head and tail.
     pub omitted_bytes: u64,
     /// True when it was not run (a legacy check the target does not allow): not a failure.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub skipped: bool,
     /// The output as received, relative to the summary's folder (`artifacts/<id>/<attempt>-<n>.log`);
     /// `None` when there was no output.
