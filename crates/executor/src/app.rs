@@ -165,6 +165,16 @@ impl App {
             max_patch_bytes: config.max_patch_bytes,
         };
         let outbox = Outbox::new(&config.state_dir);
+        // Commands a crashed executor left running would write on while the recovery
+        // restores: stopped first.
+        let roots: Vec<std::path::PathBuf> = workspaces
+            .values()
+            .map(|(workspace, _)| workspace.root.clone())
+            .collect();
+        let killed = crate::commands::kill_leftovers(&roots);
+        if killed > 0 {
+            tracing::warn!(killed, "stopped commands an earlier executor left running");
+        }
         recover(
             &config.state_dir,
             &workspaces,
