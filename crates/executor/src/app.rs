@@ -98,6 +98,10 @@ fn recover(
             |rel: &str| crate::workspace::check_path(workspace, rel).map_err(|err| err.to_string());
         let scope = crate::snapshot::Scope::new(workspace, *root_id, max_file_bytes)
             .map_err(anyhow::Error::msg)?;
+        let swept = crate::snapshot::sweep_temp(&scope);
+        if swept > 0 {
+            tracing::info!(%target, swept, "removed temp files a crash left in the snapshot store");
+        }
         let found = match journal::recover(
             &workspace.state_dir,
             target,

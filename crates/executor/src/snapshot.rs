@@ -755,6 +755,34 @@ fn collect(scope: &Scope, previous: Option<&Manifest>, manifest: &Manifest) -> u
     removed
 }
 
+/// Removes the temp files a crash left in the snapshot store (blobs and a manifest being
+/// written: `.<name>.ghost-tmp`). Call at start, before any snapshot is taken. Returns how
+/// many.
+pub fn sweep_temp(scope: &Scope) -> usize {
+    let is_temp = |name: &std::ffi::OsStr| {
+        let name = name.as_bytes();
+        name.starts_with(b".") && name.ends_with(b".ghost-tmp")
+    };
+    let mut removed = 0;
+    let mut dirs = vec![scope.dir.clone()];
+    if let Ok(fans) = std::fs::read_dir(scope.dir.join("blobs")) {
+        dirs.extend(fans.flatten().map(|fan| fan.path()));
+    }
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let is_file = entry.file_type().is_ok_and(|kind| kind.is_file());
+            if is_file && is_temp(&entry.file_name()) && std::fs::remove_file(entry.path()).is_ok()
+            {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
+
 /// True when a snapshot of this scope is in force (taken, not yet released).
 pub fn in_force(scope: &Scope) -> bool {
     scope.dir.join(MARKER).exists()

@@ -420,6 +420,47 @@ async fn a_command_left_running_by_a_crash_is_stopped_before_the_restart_restore
     restarted.wait().unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temp_files_a_crash_left_in_the_snapshot_store_are_removed_at_start() {
+    let ws = workspace_with(shell_policy());
+    let store = ws.ctx.workspace.state_dir.join("snapshots/MAIN");
+    fs::create_dir_all(store.join("blobs/ab")).unwrap();
+    let left = [
+        store.join("blobs/ab/.cdef.ghost-tmp"),
+        store.join(".manifest.ghost-tmp"),
+    ];
+    for path in &left {
+        fs::write(path, "half written").unwrap();
+    }
+    fs::write(store.join("blobs/ab/cdef"), "a blob").unwrap();
+    let (router_addr, mut sessions) = TestRouter::start().await;
+    let config = ws.root().parent().unwrap().join("executor.toml");
+    fs::write(
+        &config,
+        format!(
+            "router_url = \"http://{router_addr}\"\nstate_dir = \"{}\"\nreconnect_backoff = \"50ms\"\n\
+[server]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\
+[[workspaces]]\ntarget = \"MAIN\"\nroot = \"{}\"\n",
+            ws.ctx.workspace.state_dir.display(),
+            ws.root().display()
+        ),
+    )
+    .unwrap();
+    let mut executor = start_executor(&config);
+    // Connected to the router: the start, recovery included, is done.
+    let session = tokio::time::timeout(Duration::from_secs(20), sessions.recv()).await;
+    assert!(session.is_ok(), "the executor never connected");
+    executor.kill().unwrap();
+    executor.wait().unwrap();
+    for path in &left {
+        assert!(!path.exists(), "{} is left", path.display());
+    }
+    assert_eq!(
+        fs::read_to_string(store.join("blobs/ab/cdef")).unwrap(),
+        "a blob"
+    );
+}
+
 #[test]
 fn what_only_the_patchs_own_gitignore_edit_hid_is_removed_too() {
     let ws = workspace_with(shell_policy());
