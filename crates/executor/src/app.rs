@@ -98,6 +98,10 @@ fn recover(
             |rel: &str| crate::workspace::check_path(workspace, rel).map_err(|err| err.to_string());
         let scope = crate::snapshot::Scope::new(workspace, *root_id, max_file_bytes)
             .map_err(anyhow::Error::msg)?;
+        let swept = crate::snapshot::sweep_temp(&scope);
+        if swept > 0 {
+            tracing::info!(%target, swept, "removed temp files a crash left in the snapshot store");
+        }
         let found = match journal::recover(
             &workspace.state_dir,
             target,
@@ -165,6 +169,16 @@ impl App {
             max_patch_bytes: config.max_patch_bytes,
         };
         let outbox = Outbox::new(&config.state_dir);
+        // Commands a crashed executor left running would write on while the recovery
+        // restores: stopped first.
+        let roots: Vec<std::path::PathBuf> = workspaces
+            .values()
+            .map(|(workspace, _)| workspace.root.clone())
+            .collect();
+        let killed = crate::commands::kill_leftovers(&roots);
+        if killed > 0 {
+            tracing::warn!(killed, "stopped commands an earlier executor left running");
+        }
         recover(
             &config.state_dir,
             &workspaces,

@@ -138,7 +138,9 @@ fn owner_steps(policy: &crate::config::TargetPolicy) -> Result<Vec<OwnerStep>, S
             };
             let changed = match &check.when {
                 crate::config::When::Always => None,
-                crate::config::When::Changed(glob) => Some(crate::config::compile_glob(glob)?),
+                crate::config::When::Changed(glob) => {
+                    Some(crate::config::compile_changed_glob(glob)?)
+                }
             };
             Ok(OwnerStep {
                 step: Step::Run {
@@ -208,6 +210,7 @@ impl Attempt<'_> {
                         command: line.clone(),
                         kind: *kind,
                         output_tail: format!("skipped: {reason}"),
+                        skipped: true,
                         ..ghost_core::CommandReport::default()
                     });
                     continue;
@@ -231,6 +234,7 @@ impl Attempt<'_> {
             let exit = report.exit_code;
             let signal = report.signal;
             self.report.commands.push(report);
+            crate::diagnose::trim(&mut self.report);
             let what = if name.is_empty() {
                 format!("{} {line:?}", kind.as_str())
             } else {
@@ -312,13 +316,6 @@ fn roll_back(
     let mut done = Restored::default();
     if let Some(snapshot) = snapshot {
         done = snapshot.restore(scope);
-        if done.errors.is_empty()
-            && let Err(err) = snapshot::release(scope)
-        {
-            tracing::error!(target = %ctx.workspace.target, error = %err, "cannot release the snapshot");
-            done.errors
-                .push(format!("cannot release the snapshot: {err}"));
-        }
         // Directories the commands removed may have been made again: the edits are then
         // restored through fresh handles. Otherwise through the handles the edits were
         // written with, so a directory renamed meanwhile is restored where it now is.
@@ -339,6 +336,16 @@ fn roll_back(
         && done.errors.is_empty()
     {
         done.merge(snapshot.prune(scope));
+    }
+    // Released last: a crash before this point restores the snapshot again on restart
+    // (restoring is idempotent), then the journal and the prune.
+    if snapshot.is_some()
+        && done.errors.is_empty()
+        && let Err(err) = snapshot::release(scope)
+    {
+        tracing::error!(target = %ctx.workspace.target, error = %err, "cannot release the snapshot");
+        done.errors
+            .push(format!("cannot release the snapshot: {err}"));
     }
     done
 }
@@ -716,7 +723,15 @@ fn apply_once(
     if failure.is_none() && !validate.is_empty() {
         failure = attempt.stage("validate", |a| a.run_steps(&validate));
     }
-    if failure.is_none() && !owners.is_empty() {
+    // The owner checks run whenever the edits could be kept: on success, and after a failure
+    // `on_failure = "keep"` would keep. A failing check rolls back whatever the patch asked.
+    let keep_asked = patch.on_failure == OnFailure::Keep;
+    let checks_due = match &failure {
+        None => true,
+        Some((status, _)) => *status == Status::Failed && keep_asked,
+    };
+    let mut checks_failed = false;
+    if checks_due && !owners.is_empty() {
         let edited = plan.files.keys().chain(&plan.dirs).map(PathBuf::from);
         let changed = || {
             let mut paths: Vec<PathBuf> = edited.collect();
@@ -731,7 +746,28 @@ fn apply_once(
             }
             Some(paths)
         };
-        failure = attempt.stage("checks", |a| a.run_owner_checks(&owners, changed));
+        let checked = attempt.stage("checks", |a| a.run_owner_checks(&owners, changed));
+        if let Some((status, reason)) = checked {
+            checks_failed = true;
+            failure = Some(match failure {
+                Some((_, first)) => (status, format!("{first}; then {reason}")),
+                None => (status, reason),
+            });
+        }
+    }
+    // Commands may run git, but not change what git obeys: the commit and the rollback's
+    // listing run git on this repository. Such a patch is rolled back, keep or not.
+    if let Some(what) = taken
+        .as_ref()
+        .and_then(|snapshot| snapshot.git_changed(&scope))
+    {
+        tracing::warn!(%target, change = what, "a command changed the repository's .git");
+        let reason = format!("{what} by the patch's commands, which is not allowed");
+        failure = Some(match failure {
+            None => (Status::RolledBack, reason),
+            Some((Status::Failed, first)) => (Status::RolledBack, format!("{first}; {reason}")),
+            Some(other) => other,
+        });
     }
     let failure = failure.or_else(|| {
         let spec = patch.commit.as_ref()?;
@@ -776,7 +812,7 @@ fn apply_once(
             String::new(),
         );
     };
-    let keep = status == Status::Failed && patch.on_failure == OnFailure::Keep;
+    let keep = status == Status::Failed && keep_asked && !checks_failed;
     if keep {
         return finish(
             attempt,

@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{CommandPolicy, TargetPolicy};
 use crate::workspace::Workspace;
 
-pub use tree::become_subreaper;
+pub use tree::{become_subreaper, kill_leftovers};
 
 /// How a command is started.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -124,6 +124,12 @@ pub struct TargetPolicy {
     /// last matching entry decides, as in `.gitignore`; `**`, `*` (not across `/`), `?` and
     /// `{a,b}` are understood.
     pub rollback_ignore: Vec<String>,
+    /// The complete rollback's snapshot refuses a workspace with more files, directories and
+    /// symlinks in scope than this: the patch fails before any of its commands runs.
+    pub max_snapshot_files: u64,
+    /// ...and one whose files in scope hold more bytes than this (the snapshot's store keeps
+    /// each file's bytes once).
+    pub max_snapshot_bytes: u64,
 }
 
 /// One owner check of a target (`targets.<T>.checks`).
@@ -171,7 +177,7 @@ impl TryFrom<String> for When {
         }
         match value.strip_prefix("changed:") {
             Some(glob) if !glob.is_empty() => {
-                compile_glob(glob)?;
+                compile_changed_glob(glob)?;
                 Ok(Self::Changed(glob.to_owned()))
             }
             _ => Err(format!(
@@ -200,6 +206,16 @@ pub fn compile_glob(glob: &str) -> Result<globset::GlobMatcher, String> {
         .build()
         .map(|glob| glob.compile_matcher())
         .map_err(|err| format!("glob {glob:?}: {err}"))
+}
+
+/// Compiles a `changed:<glob>`: like a `.gitignore` pattern, one without `/` (`*.ts`)
+/// matches the file name at any depth; one with `/` is anchored at the workspace root.
+pub fn compile_changed_glob(glob: &str) -> Result<globset::GlobMatcher, String> {
+    let anchored = compile_glob(glob)?;
+    if glob.contains('/') {
+        return Ok(anchored);
+    }
+    compile_glob(&format!("**/{glob}"))
 }
 
 impl TargetPolicy {
@@ -274,6 +290,8 @@ impl Default for TargetPolicy {
             agent: None,
             checks: Vec::new(),
             rollback_ignore: Vec::new(),
+            max_snapshot_files: 1_000_000,
+            max_snapshot_bytes: 2 * 1024 * 1024 * 1024,
         }
     }
 }

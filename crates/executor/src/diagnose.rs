@@ -15,6 +15,26 @@ pub const MAX_REPORTED: usize = 100;
 /// The `tool` of the note that counts the diagnostics left out.
 pub const OMITTED_TOOL: &str = "ghost";
 
+/// Most diagnostics an attempt holds between its commands (each command's parsers may find
+/// up to [`diagnostics::MAX_DIAGNOSTICS`] per stream): the rest are only counted.
+pub const MAX_HELD: usize = 1_000;
+
+/// Keeps at most [`MAX_HELD`] diagnostics over all of `report`'s commands, the earlier
+/// commands' first, counting the rest as dropped. Call after each command.
+pub fn trim(report: &mut ApplyReport) {
+    let mut room = MAX_HELD;
+    for command in &mut report.commands {
+        let found = &mut command.diagnostics;
+        if found.diagnostics.len() > room {
+            let extra = found.diagnostics.len() - room;
+            found.diagnostics.truncate(room);
+            found.diagnostics.shrink_to_fit();
+            found.dropped = found.dropped.saturating_add(extra as u64);
+        }
+        room -= found.diagnostics.len();
+    }
+}
+
 /// Moves the diagnostics the commands' parsers found into `report.diagnostics`. Call once,
 /// after the last command or check ran. No text it writes names a server path: paths under
 /// the root become relative, and the state dir or agent inbox anywhere in a path or message
@@ -96,6 +116,32 @@ fn relative(path: &str, workspace: &Workspace) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_attempt_holds_at_most_max_held_diagnostics_and_counts_the_rest() {
+        let output: String = (1..=900)
+            .map(|n| format!("src/a.c:{n}:1: error: bad\n"))
+            .collect();
+        let mut report = ApplyReport::ended(Status::RolledBack, "");
+        report.commands = vec![
+            command("gcc a", &output, 0),
+            command("gcc b", &output, 5),
+            command("gcc c", &output, 0),
+        ];
+        trim(&mut report);
+        let held: Vec<usize> = report
+            .commands
+            .iter()
+            .map(|c| c.diagnostics.diagnostics.len())
+            .collect();
+        assert_eq!(held, [900, 100, 0]);
+        let dropped: Vec<u64> = report
+            .commands
+            .iter()
+            .map(|c| c.diagnostics.dropped)
+            .collect();
+        assert_eq!(dropped, [0, 805, 900]);
+    }
+
     use std::path::PathBuf;
 
     use ghost_core::diagnostics::{Found, parse};

@@ -10,14 +10,25 @@ use std::process::Command;
 
 /// Config given on every git command line (it wins over every config file): a repository
 /// is never discovered as a bare one implicitly (a patch cannot fake one at the root), no
-/// fsmonitor command runs, and no hook.
-const HARDENING: [&str; 6] = [
+/// fsmonitor command runs, no hook, no signing program, no untracked cache (a command
+/// could have written it), and no attributes or excludes file named by config.
+const HARDENING: [&str; 16] = [
     "-c",
     "safe.bareRepository=explicit",
     "-c",
     "core.fsmonitor=false",
     "-c",
     "core.hooksPath=/dev/null",
+    "-c",
+    "commit.gpgSign=false",
+    "-c",
+    "core.untrackedCache=false",
+    "-c",
+    "core.attributesFile=/dev/null",
+    "-c",
+    "core.excludesFile=/dev/null",
+    "-c",
+    "core.splitIndex=false",
 ];
 
 fn git(root: &Path) -> Command {
@@ -30,7 +41,13 @@ fn git(root: &Path) -> Command {
         .arg("-C")
         .arg(root)
         .env_clear()
-        .envs(std::env::vars_os().filter(|(name, _)| name == "PATH" || name == "HOME"))
+        .envs(std::env::vars_os().filter(|(name, _)| name == "PATH"))
+        // Neither the user's nor the system's config or attributes: only the repository's
+        // own config, which the commands' change to is refused (see [`Identity`]).
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_ATTR_NOSYSTEM", "1")
+        .env("HOME", "/nonexistent")
         .env("GIT_TERMINAL_PROMPT", "0")
         // Paths are file names, never pathspec magic or globs.
         .env("GIT_LITERAL_PATHSPECS", "1");
@@ -208,4 +225,48 @@ pub fn ignore_sources(root: &Path, paths: &[Vec<u8>]) -> Result<Vec<IgnoreSource
             (path.to_vec(), record[0].to_vec())
         })
         .collect())
+}
+
+/// [`Identity::changed_from`]'s word for a `.git/config` changed in place: the commit is
+/// refused, but git still lists the same work tree's ignored paths for the rollback.
+pub const CONFIG_CHANGED: &str = ".git/config was changed";
+
+/// What the root's `.git` is: its kind, device and inode, and a hash of `.git/config` (which
+/// names the filters, hooks and work tree git would obey). A patch's commands may run git
+/// (`git add`), but if they change this, the git run for the rollback's listing and the
+/// commit would take orders from them: the patch is refused and rolled back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity(Option<(bool, u64, u64, Option<[u8; 32]>)>);
+
+impl Identity {
+    /// `.git` at `root` now (`None` inside when there is none).
+    pub fn of(root: &Path) -> Self {
+        use sha2::Digest;
+        use std::os::unix::fs::MetadataExt;
+        let git_dir = root.join(".git");
+        let Ok(meta) = std::fs::symlink_metadata(&git_dir) else {
+            return Self(None);
+        };
+        let config = meta
+            .is_dir()
+            .then(|| std::fs::read(git_dir.join("config")).ok())
+            .flatten()
+            .map(|bytes| sha2::Sha256::digest(&bytes).into());
+        Self(Some((meta.is_dir(), meta.dev(), meta.ino(), config)))
+    }
+
+    /// Names the difference from `before`, if any.
+    pub fn changed_from(&self, before: &Self) -> Option<&'static str> {
+        match (&before.0, &self.0) {
+            (a, b) if a == b => None,
+            (Some(_), None) => Some(".git was removed"),
+            (None, Some(_)) => Some(".git was made"),
+            (Some((_, dev, ino, _)), Some((dir, now_dev, now_ino, _)))
+                if !dir || dev != now_dev || ino != now_ino =>
+            {
+                Some(".git was replaced")
+            }
+            _ => Some(CONFIG_CHANGED),
+        }
+    }
 }

@@ -537,6 +537,14 @@ pub fn recover(
         {
             restored.merge(crate::snapshot::prune_recorded(scope)?);
         }
+        // The snapshot's marker goes last, once everything is back (a crash before this
+        // restores it all again), and before the journal.
+        if let Some(scope) = snapshot
+            && in_force
+            && restored.errors.is_empty()
+        {
+            crate::snapshot::release(scope)?;
+        }
         restored
     };
     if restored.errors.is_empty() {

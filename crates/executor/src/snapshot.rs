@@ -4,7 +4,7 @@
 //!
 //! **What is in it.** Every regular file, symlink and directory under the root, found by a
 //! walk that never follows a symlink, except:
-//! - `.git` (at any depth), `.ghost` at the top, the executor's state dir and the agent inbox
+//! - `.git` and `.ghost` at the top, the executor's state dir and the agent inbox
 //!   when they lie inside the root;
 //! - in a git work tree (the root has a `.git`), the untracked paths its `.gitignore` files
 //!   ignore (`git ls-files --others --ignored --exclude-per-directory=.gitignore
@@ -272,6 +272,8 @@ pub struct Scope {
     rules: Vec<(bool, globset::GlobMatcher)>,
     includes: bool,
     max_file_bytes: u64,
+    max_files: u64,
+    max_bytes: u64,
     git: bool,
 }
 
@@ -313,6 +315,8 @@ impl Scope {
             includes: rules.iter().any(|(include, _)| *include),
             rules,
             max_file_bytes,
+            max_files: workspace.policy.max_snapshot_files,
+            max_bytes: workspace.policy.max_snapshot_bytes,
             git: git::is_work_tree(&workspace.root),
         })
     }
@@ -329,8 +333,9 @@ impl Scope {
     }
 
     fn hard_excluded(&self, rel: &[u8], name: &[u8], depth: usize) -> bool {
-        name.eq_ignore_ascii_case(b".git")
-            || (depth == 0 && name.eq_ignore_ascii_case(b".ghost"))
+        // Only the root's `.git` (in any case, for case-folding file systems): one deeper is
+        // just a directory a command could hide what it made in.
+        (depth == 0 && (name.eq_ignore_ascii_case(b".git") || name.eq_ignore_ascii_case(b".ghost")))
             || self.excluded.iter().any(|ex| ex == rel)
     }
 
@@ -539,6 +544,8 @@ pub struct Taken {
 #[derive(Debug)]
 pub struct Snapshot {
     manifest: Manifest,
+    /// The root's `.git` when the snapshot was taken.
+    git: git::Identity,
     /// Figures of the scan.
     pub taken: Taken,
 }
@@ -547,6 +554,7 @@ pub struct Snapshot {
 /// for a person reading the state dir). Call before the patch's first command.
 pub fn take(scope: &Scope, label: &str) -> io::Result<Snapshot> {
     std::fs::create_dir_all(scope.dir.join("blobs"))?;
+    let git = git::Identity::of(&scope.root);
     let manifest_path = scope.dir.join(MANIFEST);
     let previous = match std::fs::read(&manifest_path) {
         Ok(bytes) => Manifest::decode(&bytes).ok(),
@@ -557,7 +565,16 @@ pub fn take(scope: &Scope, label: &str) -> io::Result<Snapshot> {
     let mut entries = BTreeMap::new();
     let mut taken = Taken::default();
     let mut made_dirs = HashSet::new();
-    scope.walk(&ignored, &mut |dir, name, rel, stat| {
+    let mut new_blobs = Vec::new();
+    let mut total_bytes = 0u64;
+    let walked = scope.walk(&ignored, &mut |dir, name, rel, stat| {
+        if entries.len() as u64 >= scope.max_files {
+            return Err(io::Error::other(format!(
+                "the workspace has more than {} files, directories and symlinks in scope \
+                 (max_snapshot_files); the snapshot is refused",
+                scope.max_files
+            )));
+        }
         let node = match FileType::from_raw_mode(stat.st_mode) {
             FileType::Directory => Node::Dir {
                 mode: stat.st_mode & 0o7777,
@@ -569,6 +586,16 @@ pub fn take(scope: &Scope, label: &str) -> io::Result<Snapshot> {
             },
             FileType::RegularFile => {
                 let key = Key::of(stat);
+                if key.size <= scope.max_file_bytes {
+                    total_bytes = total_bytes.saturating_add(key.size);
+                }
+                if total_bytes > scope.max_bytes {
+                    return Err(io::Error::other(format!(
+                        "the workspace's files in scope hold more than {} bytes \
+                         (max_snapshot_bytes); the snapshot is refused",
+                        scope.max_bytes
+                    )));
+                }
                 let racy = key.mtime >= taken_ns - RACY_NS;
                 let known = previous.as_ref().and_then(|p| p.entries.get(rel));
                 let hash = match known {
@@ -583,8 +610,11 @@ pub fn take(scope: &Scope, label: &str) -> io::Result<Snapshot> {
                         match read_file(dir, name, scope.max_file_bytes) {
                             Ok(Some(bytes)) => {
                                 let hash = digest(&bytes);
-                                store_blob(scope, &hash, &bytes, &mut made_dirs, &mut taken)
-                                    .map_err(|err| with_path(err, rel))?;
+                                if store_blob(scope, &hash, &bytes, &mut made_dirs, &mut taken)
+                                    .map_err(|err| with_path(err, rel))?
+                                {
+                                    new_blobs.push(hash);
+                                }
                                 Some(hash)
                             }
                             Ok(None) => return Ok(false),
@@ -600,7 +630,15 @@ pub fn take(scope: &Scope, label: &str) -> io::Result<Snapshot> {
         let descend = matches!(node, Node::Dir { .. });
         entries.insert(rel.to_vec(), node);
         Ok(descend)
-    })?;
+    });
+    if let Err(err) = walked {
+        // The blobs this scan added are no manifest's: not left to fill the store.
+        let known = previous.as_ref().map(Manifest::hashes).unwrap_or_default();
+        for hash in new_blobs.iter().filter(|hash| !known.contains(*hash)) {
+            let _ = std::fs::remove_file(scope.blob_path(hash));
+        }
+        return Err(err);
+    }
     let manifest = Manifest { taken_ns, entries };
     sync_blobs(scope, &taken, &made_dirs)?;
     // Nothing changed since the last snapshot (the usual case between patches): the manifest
@@ -614,28 +652,36 @@ pub fn take(scope: &Scope, label: &str) -> io::Result<Snapshot> {
     }
     write_durably(&scope.dir.join(MARKER), label.as_bytes())?;
     taken.entries = manifest.len();
-    Ok(Snapshot { manifest, taken })
+    Ok(Snapshot {
+        manifest,
+        git,
+        taken,
+    })
 }
 
 /// Up to this many new blobs are each fsync'd; more are flushed with one `syncfs` (which,
 /// on a busy file system, also waits for other writers' data: worth it only in bulk).
 const FEW_BLOBS: usize = 64;
 
+/// Stores `bytes` under `hash` unless a blob of their size is there; true when written.
 fn store_blob(
     scope: &Scope,
     hash: &[u8; 32],
     bytes: &[u8],
     made_dirs: &mut HashSet<u8>,
     taken: &mut Taken,
-) -> io::Result<()> {
+) -> io::Result<bool> {
     let path = scope.blob_path(hash);
     if made_dirs.insert(hash[0])
         && let Some(parent) = path.parent()
     {
         std::fs::create_dir_all(parent)?;
     }
-    if path.exists() {
-        return Ok(());
+    // A blob cut short (a crash before it was synced) is written again.
+    if std::fs::symlink_metadata(&path)
+        .is_ok_and(|meta| meta.is_file() && meta.len() == bytes.len() as u64)
+    {
+        return Ok(false);
     }
     let temp = crate::journal::temp_path(&path);
     let mut file = std::fs::File::create(&temp)?;
@@ -647,7 +693,7 @@ fn store_blob(
     std::fs::rename(&temp, &path)?;
     taken.stored += 1;
     taken.stored_bytes += bytes.len() as u64;
-    Ok(())
+    Ok(true)
 }
 
 /// Makes the blobs just written durable: their directories synced (each blob was), or one
@@ -709,6 +755,34 @@ fn collect(scope: &Scope, previous: Option<&Manifest>, manifest: &Manifest) -> u
     removed
 }
 
+/// Removes the temp files a crash left in the snapshot store (blobs and a manifest being
+/// written: `.<name>.ghost-tmp`). Call at start, before any snapshot is taken. Returns how
+/// many.
+pub fn sweep_temp(scope: &Scope) -> usize {
+    let is_temp = |name: &std::ffi::OsStr| {
+        let name = name.as_bytes();
+        name.starts_with(b".") && name.ends_with(b".ghost-tmp")
+    };
+    let mut removed = 0;
+    let mut dirs = vec![scope.dir.clone()];
+    if let Ok(fans) = std::fs::read_dir(scope.dir.join("blobs")) {
+        dirs.extend(fans.flatten().map(|fan| fan.path()));
+    }
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let is_file = entry.file_type().is_ok_and(|kind| kind.is_file());
+            if is_file && is_temp(&entry.file_name()) && std::fs::remove_file(entry.path()).is_ok()
+            {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
+
 /// True when a snapshot of this scope is in force (taken, not yet released).
 pub fn in_force(scope: &Scope) -> bool {
     scope.dir.join(MARKER).exists()
@@ -722,19 +796,16 @@ pub fn release(scope: &Scope) -> io::Result<()> {
     }
 }
 
-/// Restores the snapshot in force, if any, after a crash; the marker is removed once the
-/// workspace is whole again.
+/// Restores the snapshot in force, if any, after a crash. The marker stays: the caller
+/// releases it once the edits journal is rolled back too (and the prune done), so a crash
+/// in between restores the snapshot again.
 pub fn recover(scope: &Scope) -> io::Result<Option<Restored>> {
     if !in_force(scope) {
         return Ok(None);
     }
     let bytes = std::fs::read(scope.dir.join(MANIFEST))?;
     let manifest = Manifest::decode(&bytes).map_err(io::Error::other)?;
-    let restored = restore(scope, &manifest);
-    if restored.errors.is_empty() {
-        release(scope)?;
-    }
-    Ok(Some(restored))
+    Ok(Some(restore(scope, &manifest, None)))
 }
 
 impl Snapshot {
@@ -766,15 +837,29 @@ impl Snapshot {
         Ok(changed)
     }
 
+    /// How the root's `.git` differs from when the snapshot was taken, if it does.
+    pub fn git_changed(&self, scope: &Scope) -> Option<&'static str> {
+        git::Identity::of(&scope.root).changed_from(&self.git)
+    }
+
+    /// Why git's listing of ignored paths cannot be trusted now: `.git` is not the one the
+    /// snapshot saw (a `gitdir:` file or a symlink could point git at another work tree).
+    fn distrust(&self, scope: &Scope) -> Option<&'static str> {
+        self.git_changed(scope)
+            .filter(|what| *what != git::CONFIG_CHANGED)
+    }
+
     /// Puts the workspace back as the snapshot recorded it.
     pub fn restore(&self, scope: &Scope) -> Restored {
-        restore(scope, &self.manifest)
+        let distrust = self.distrust(scope);
+        restore(scope, &self.manifest, distrust)
     }
 
     /// After the edits journal rolled back a patch that edited a `.gitignore`: removes what
     /// the commands made that only the patch's own ignore rules had left alone.
     pub fn prune(&self, scope: &Scope) -> Restored {
-        prune(scope, &self.manifest)
+        let distrust = self.distrust(scope);
+        prune(scope, &self.manifest, distrust)
     }
 }
 
@@ -782,13 +867,13 @@ impl Snapshot {
 pub fn prune_recorded(scope: &Scope) -> io::Result<Restored> {
     let bytes = std::fs::read(scope.dir.join(MANIFEST))?;
     let manifest = Manifest::decode(&bytes).map_err(io::Error::other)?;
-    Ok(prune(scope, &manifest))
+    Ok(prune(scope, &manifest, None))
 }
 
-fn prune(scope: &Scope, manifest: &Manifest) -> Restored {
+fn prune(scope: &Scope, manifest: &Manifest, distrust: Option<&str>) -> Restored {
     let mut done = Restored::default();
     let mut touched = HashSet::new();
-    remove_unrecorded(scope, manifest, &mut done, &mut touched);
+    remove_unrecorded(scope, manifest, distrust, &mut done, &mut touched);
     if let Ok(root) = scope.open_root() {
         sync_touched(&root, &touched, &mut done);
     }
@@ -921,7 +1006,7 @@ fn write_file(dir: &OwnedFd, name: &CStr, bytes: &[u8], mode: u32) -> io::Result
     result
 }
 
-fn restore(scope: &Scope, manifest: &Manifest) -> Restored {
+fn restore(scope: &Scope, manifest: &Manifest, distrust: Option<&str>) -> Restored {
     let mut done = Restored::default();
     let root = match scope.open_root() {
         Ok(root) => root,
@@ -933,7 +1018,7 @@ fn restore(scope: &Scope, manifest: &Manifest) -> Restored {
     };
     let mut touched = HashSet::new();
     restore_recorded(scope, manifest, &root, &mut done, &mut touched);
-    remove_unrecorded(scope, manifest, &mut done, &mut touched);
+    remove_unrecorded(scope, manifest, distrust, &mut done, &mut touched);
     sync_touched(&root, &touched, &mut done);
     done
 }
@@ -1081,18 +1166,28 @@ fn trusted_ignored(scope: &Scope, manifest: &Manifest) -> io::Result<HashSet<Vec
         .collect())
 }
 
-/// Removes every path in scope the manifest does not have.
+/// Removes every path in scope the manifest does not have. When git cannot say (or, with
+/// `distrust`, cannot be trusted to say) what it ignores, nothing is removed, since an
+/// ignored `node_modules` and a file a command made look alike: that is reported as not
+/// restored, without blocking the target (trying again cannot help).
 fn remove_unrecorded(
     scope: &Scope,
     manifest: &Manifest,
+    distrust: Option<&str>,
     done: &mut Restored,
     touched: &mut HashSet<Vec<u8>>,
 ) {
-    let ignored = match trusted_ignored(scope, manifest) {
+    let listed = match distrust {
+        Some(why) if scope.git => Err(io::Error::other(format!("{why} by a command"))),
+        _ => trusted_ignored(scope, manifest),
+    };
+    let ignored = match listed {
         Ok(ignored) => ignored,
         Err(err) => {
-            done.errors
-                .push(format!("cannot list what git ignores: {err}"));
+            tracing::warn!(error = %err, "cannot list what git ignores; new paths are not removed");
+            done.incomplete.push(format!(
+                "new files and directories were not removed: cannot list what git ignores: {err}"
+            ));
             return;
         }
     };
@@ -1109,6 +1204,19 @@ fn remove_unrecorded(
             FileType::Directory | FileType::RegularFile | FileType::Symlink
         ) {
             // Devices, sockets and FIFOs are neither recorded nor removed.
+            return Ok(false);
+        }
+        if is_dir && rel.iter().filter(|byte| **byte == b'/').count() + 1 >= MAX_DEPTH {
+            // Too deep to walk (nothing recorded is this deep: the snapshot refuses such a
+            // tree): removed whole, without following a symlink.
+            match beneath::remove_tree_c(dir, name) {
+                Ok(true) => {
+                    done.removed += 1;
+                    touched.insert(split(rel).0.to_vec());
+                }
+                Ok(false) => {}
+                Err(err) => errors.push(format!("{}: {err}", show(rel))),
+            }
             return Ok(false);
         }
         if is_dir {
@@ -1330,7 +1438,9 @@ mod tests {
             "keep"
         );
         assert!(!workspace.root.join("made").exists());
-        assert!(!in_force(&scope));
+        // The marker stays until the caller has rolled back the journal too.
+        assert!(in_force(&scope));
+        release(&scope).unwrap();
         assert!(recover(&scope).unwrap().is_none());
     }
 }

@@ -26,8 +26,8 @@ use serde::Deserialize;
 
 use crate::report::{Diagnostic, Severity};
 use text::{
-    clip, compiler_severity, is_identifier, is_rule, number_of, one_line, path_line_col,
-    plausible_path, rustc_header, split_location, strip_ansi, tsc_tail,
+    clip, compiler_severity, is_identifier, is_rule, number_of, path_line_col, plausible_path,
+    rustc_header, sanitize, split_location, strip_ansi, tsc_tail,
 };
 
 /// Most diagnostics kept from one output; the rest are counted in [`Found::dropped`].
@@ -190,12 +190,12 @@ impl Parser {
 
     fn located(&mut self, tool: &str, at: At<'_>, severity: Severity, code: &str, message: &str) {
         let diagnostic = Diagnostic {
-            path: clip(at.path, MAX_PATH_CHARS),
+            path: clip(&sanitize(at.path), MAX_PATH_CHARS),
             line: at.line,
             column: at.column,
             severity,
-            code: clip(code, 100),
-            message: clip(&one_line(message), MAX_MESSAGE_CHARS),
+            code: clip(&sanitize(code), 100),
+            message: clip(&sanitize(message), MAX_MESSAGE_CHARS),
             tool: tool.to_owned(),
             check: self.check.clone(),
         };
@@ -547,27 +547,39 @@ impl Parser {
             #[serde(default)]
             rule_id: Option<String>,
         }
-        // A line cut at the cap is not JSON any more: nothing is made up from it.
-        let Ok(results) = serde_json::from_slice::<Vec<FileResult>>(raw) else {
-            return;
-        };
-        for file in results {
-            for message in file.messages {
-                let severity = if message.severity >= 2 {
-                    Severity::Error
-                } else {
-                    Severity::Warning
-                };
-                let rule = message.rule_id.unwrap_or_default();
-                self.located(
-                    "eslint",
-                    At::new(&file.file_path, message.line, message.column),
-                    severity,
-                    &rule,
-                    &message.message,
-                );
+        /// The array read one file result at a time, each made diagnostics at once: memory
+        /// holds the line and one file's messages, never the whole parsed array.
+        struct Files<'p>(&'p mut Parser);
+        impl<'de> serde::de::Visitor<'de> for Files<'_> {
+            type Value = ();
+            fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.write_str("an eslint JSON array")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+                while let Some(file) = seq.next_element::<FileResult>()? {
+                    for message in file.messages {
+                        let severity = if message.severity >= 2 {
+                            Severity::Error
+                        } else {
+                            Severity::Warning
+                        };
+                        let rule = message.rule_id.unwrap_or_default();
+                        self.0.located(
+                            "eslint",
+                            At::new(&file.file_path, message.line, message.column),
+                            severity,
+                            &rule,
+                            &message.message,
+                        );
+                    }
+                }
+                Ok(())
             }
         }
+        // A line cut at the cap ends in a parse error: what was read whole before it stands,
+        // nothing is made up from the cut part.
+        let mut reader = serde_json::Deserializer::from_slice(raw);
+        let _ = serde::Deserializer::deserialize_seq(&mut reader, Files(self));
     }
 }
 

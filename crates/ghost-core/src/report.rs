@@ -221,6 +221,10 @@ pub struct CommandReport {
     /// The owner check's name (empty for the patch's own commands and checks).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
+    /// True when it was not run: a legacy check whose program the target's policy does not
+    /// allow (no exit code then, and it did not fail; `output_tail` says why).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
     /// What the executor's parser found in the whole output as it streamed (also in the part
     /// between head and tail that is not kept). Never serialised or sent: the executor moves
     /// it into [`ApplyReport::diagnostics`], sorted and capped.

@@ -325,3 +325,28 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn terminal_controls_never_reach_a_diagnostic_from_any_reader() {
+    let esc = '\u{1b}';
+    let output = format!(
+        "src/{esc}]0;owned\u{7}a\u{202e}.ts(1,2): error TS2322: bad {esc}[2J\u{9b}31mthing\u{7f}\n\
+         ESLINT_JSON_PLACEHOLDER\n"
+    );
+    let eslint = format!(
+        r#"[{{"filePath":"/w/src/b{}\u202e.ts","messages":[{{"ruleId":"no-x\u001b[31m","severity":2,"message":"m\u001b]0;t\u0007\u0085x","line":1,"column":1}}]}}]"#,
+        "\\u001b[1m"
+    );
+    let output = output.replace("ESLINT_JSON_PLACEHOLDER", &eslint);
+    let found = parse(&output, "lint");
+    assert!(found.len() >= 2, "{found:#?}");
+    for diagnostic in &found {
+        for text in [&diagnostic.path, &diagnostic.code, &diagnostic.message] {
+            assert!(
+                !text.chars().any(|ch| ch.is_control()
+                    || matches!(ch, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{61c}')),
+                "a control character survived in {text:?}: {diagnostic:#?}"
+            );
+        }
+    }
+}

@@ -330,6 +330,7 @@ impl From<&ApplyReport> for wire::ApplyReport {
                     timed_out: command.timed_out,
                     signal: command.signal.unwrap_or(0),
                     name: command.name.clone(),
+                    skipped: command.skipped,
                 })
                 .collect(),
             duration_ms: report.duration_ms,
@@ -404,6 +405,7 @@ impl TryFrom<wire::ApplyReport> for ApplyReport {
                 timed_out: command.timed_out,
                 signal: (command.signal != 0).then_some(command.signal),
                 name: command.name,
+                skipped: command.skipped,
                 ..CommandReport::default()
             });
         }

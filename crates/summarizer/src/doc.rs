@@ -105,15 +105,18 @@ pub struct CommandDoc {
     pub output_tail: String,
     /// Bytes the executor dropped between head and tail.
     pub omitted_bytes: u64,
+    /// True when it was not run (a legacy check the target does not allow): not a failure.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
     /// The output as received, relative to the summary's folder (`artifacts/<id>/<attempt>-<n>.log`);
     /// `None` when there was no output.
     pub artifact: Option<String>,
 }
 
 impl CommandDoc {
-    /// True when the command did not end with exit code 0.
+    /// True when the command ran and did not end with exit code 0.
     pub fn failed(&self) -> bool {
-        self.exit_code != Some(0)
+        !self.skipped && self.exit_code != Some(0)
     }
 
     /// The full output as received: head, a marker for the omitted middle, tail.
@@ -251,6 +254,7 @@ fn command_doc(patch_id: &PatchId, attempt: u32, n: u32, command: CommandReport)
         output_head: command.output_head,
         output_tail: command.output_tail,
         omitted_bytes: command.omitted_bytes,
+        skipped: command.skipped,
         artifact: has_output.then(|| artifact_path(patch_id, attempt, n)),
     }
 }
@@ -460,8 +464,19 @@ mod tests {
             output_head: "start".to_owned(),
             output_tail: "end\n".to_owned(),
             omitted_bytes: 42,
+            skipped: false,
             artifact: None,
         };
+        assert!(command.failed());
+        let skipped = CommandDoc {
+            exit_code: None,
+            skipped: true,
+            ..command.clone()
+        };
+        assert!(
+            !skipped.failed(),
+            "a skipped check is not a failure (nor a kill)"
+        );
         assert_eq!(
             command.full_output(),
             "start\n[… 42 bytes omitted by the executor …]\nend\n"

@@ -206,6 +206,7 @@ fn heading(out: &mut String, title: &str) {
 fn command_section(out: &mut String, command: &CommandDoc) {
     let mut facts = vec![match command.exit_code {
         Some(code) => format!("exit {code}"),
+        None if command.skipped => "skipped".to_owned(),
         None => "killed".to_owned(),
     }];
     if let Some(signal) = command.signal {

@@ -150,6 +150,46 @@ fn tag_of(pid: i32) -> Option<String> {
         .map(|value| String::from_utf8_lossy(value).into_owned())
 }
 
+/// Kills what commands of an earlier executor left running in `roots` (a crash leaves them
+/// in sessions of their own, still writing): every process tagged with [`TAG_VAR`] by
+/// another executor process whose working directory is inside one of `roots`. Call at
+/// start, before the crash's rollback restores the workspace. Returns how many were killed.
+/// A few passes, bounded, for processes forked meanwhile.
+pub fn kill_leftovers(roots: &[std::path::PathBuf]) -> usize {
+    let me = std::process::id();
+    let mine = format!("{me}-");
+    let mut killed = 0;
+    for _ in 0..5 {
+        let mut found = 0;
+        for pid in table().into_keys() {
+            if u32::try_from(pid).is_ok_and(|pid| pid == me) {
+                continue;
+            }
+            let Some(tag) = tag_of(pid) else { continue };
+            if tag.starts_with(&mine) {
+                continue;
+            }
+            let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) else {
+                continue;
+            };
+            if !roots.iter().any(|root| cwd.starts_with(root)) {
+                continue;
+            }
+            if kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
+                tracing::warn!(pid, %tag, cwd = %cwd.display(),
+                    "killed a command an earlier executor left running");
+                found += 1;
+            }
+        }
+        if found == 0 {
+            break;
+        }
+        killed += found;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    killed
+}
+
 /// The children of every thread of `pid` (`/proc/<pid>/task/<tid>/children`).
 fn children(pid: i32) -> Vec<i32> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {

@@ -86,9 +86,53 @@ fn a_failing_owner_check_rolls_the_patch_back_and_names_the_check_even_when_comm
         "owner-3",
         r#""edits":[{"op":"write","path":"b.txt","contents":"b"}],"validate":[],"on_failure":"keep""#,
     ));
-    assert_eq!(kept.status, Status::Failed, "{}", kept.error);
+    assert_eq!(kept.status, Status::RolledBack, "{}", kept.error);
     assert!(kept.error.contains("typecheck"), "{}", kept.error);
-    assert_eq!(ws.read("b.txt"), "b", "on_failure keep keeps the edits");
+    assert!(
+        !ws.root().join("b.txt").exists(),
+        "a failing owner check rolls back even with on_failure keep"
+    );
+}
+
+#[test]
+fn a_failing_command_with_keep_still_runs_the_owner_checks_and_keeps_only_what_passes_them() {
+    let ws = workspace_with(TargetPolicy {
+        commands: CommandPolicy::Allowlist(vec!["sh".to_owned()]),
+        checks: vec![check(
+            "guard",
+            "sh -c 'if [ -e bad.txt ]; then echo bad.txt: refused >&2; exit 4; fi'",
+            When::Always,
+        )],
+        ..TargetPolicy::default()
+    });
+    ws.write("a.txt", "a\n");
+    let before = snapshot(ws.root());
+    // The patch's first command fails on purpose, hoping keep saves its edits unchecked.
+    let sneaky = ws.apply(&patch(
+        "keep-skip-1",
+        r#""edits":[{"op":"write","path":"bad.txt","contents":"x"}],"commands":["sh -c 'echo made > made.txt; exit 1'"],"on_failure":"keep""#,
+    ));
+    assert_eq!(sneaky.status, Status::RolledBack, "{}", sneaky.error);
+    assert!(sneaky.error.contains("guard"), "{}", sneaky.error);
+    assert!(sneaky.error.contains("exit code 1"), "{}", sneaky.error);
+    let ran: Vec<(&str, CommandKind, Option<i32>)> = sneaky
+        .commands
+        .iter()
+        .map(|c| (c.name.as_str(), c.kind, c.exit_code))
+        .collect();
+    assert_eq!(ran[1], ("guard", CommandKind::Check, Some(4)), "{ran:?}");
+    assert_eq!(snapshot(ws.root()), before);
+
+    // With checks that pass, keep keeps what a failing command left.
+    let honest = ws.apply(&patch(
+        "keep-skip-2",
+        r#""edits":[{"op":"write","path":"good.txt","contents":"g"}],"commands":["sh -c 'exit 1'"],"on_failure":"keep""#,
+    ));
+    assert_eq!(honest.status, Status::Failed, "{}", honest.error);
+    assert_eq!(honest.commands.len(), 2, "{:?}", honest.commands);
+    assert_eq!(honest.commands[1].exit_code, Some(0));
+    assert_eq!(ws.read("good.txt"), "g");
+    stage_names_are_unique(&honest);
 }
 
 #[test]
@@ -153,6 +197,12 @@ fn a_legacy_post_mutation_build_the_policy_does_not_allow_is_skipped_and_reporte
     let skipped = &report.commands[0];
     assert_eq!(skipped.command, "npm run build");
     assert_eq!(skipped.exit_code, None);
+    assert!(skipped.skipped, "a skipped check says so, not like a kill");
+    assert!(!report.commands[1].skipped);
+    // ...also across the wire to the router.
+    let wire = ghost_proto::router::v1::ApplyReport::from(&report);
+    let back = ghost_core::ApplyReport::try_from(wire).unwrap();
+    assert!(back.commands[0].skipped && !back.commands[1].skipped);
     assert!(
         skipped.output_tail.starts_with("skipped: ") && skipped.output_tail.contains("npm"),
         "{}",
@@ -224,4 +274,29 @@ fn a_command_cannot_keep_its_change_from_a_changed_check_by_ignoring_it() {
     assert!(report.error.contains("tsc"), "{}", report.error);
     assert!(!ws.root().join("src").exists());
     assert_eq!(ws.read(".gitignore"), "dist/\n");
+}
+
+#[test]
+fn a_changed_glob_without_a_slash_matches_the_file_name_at_any_depth() {
+    let ws = workspace_with(TargetPolicy {
+        checks: vec![check(
+            "tsc",
+            "sh -c 'echo tsc failed; exit 2'",
+            When::Changed("*.ts".to_owned()),
+        )],
+        ..TargetPolicy::default()
+    });
+    ws.write("src/deep/a.ts", "a\n");
+    let deep = ws.apply(&patch(
+        "any-depth-1",
+        r#""edits":[{"op":"write","path":"src/deep/a.ts","contents":"b\n"}]"#,
+    ));
+    assert_eq!(deep.status, Status::RolledBack, "{}", deep.error);
+    assert!(deep.error.contains("tsc"), "{}", deep.error);
+    assert_eq!(ws.read("src/deep/a.ts"), "a\n");
+    let other = ws.apply(&patch(
+        "any-depth-2",
+        r#""edits":[{"op":"write","path":"src/deep/a.tsx","contents":"x"}]"#,
+    ));
+    assert_eq!(other.status, Status::Succeeded, "{}", other.error);
 }

@@ -334,6 +334,133 @@ async fn kill_9_during_a_command_then_restart_leaves_the_workspace_whole() {
     restarted.wait().unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_left_running_by_a_crash_is_stopped_before_the_restart_restores() {
+    let ws = workspace_with(shell_policy());
+    ws.write("a.txt", "a\n");
+    let before = snapshot(ws.root());
+    let (router_addr, mut sessions) = TestRouter::start().await;
+    let config = ws.root().parent().unwrap().join("executor.toml");
+    fs::write(
+        &config,
+        format!(
+            "router_url = \"http://{router_addr}\"\nstate_dir = \"{}\"\nreconnect_backoff = \"50ms\"\n\
+[server]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\
+[[workspaces]]\ntarget = \"MAIN\"\nroot = \"{}\"\n\
+[targets.MAIN]\ncommands = \"any\"\nshell = true\n",
+            ws.ctx.workspace.state_dir.display(),
+            ws.root().display()
+        ),
+    )
+    .unwrap();
+    // Writes on, in the workspace, for as long as it lives (bounded: 60 s).
+    let command = "touch started; i=0; while [ $i -lt 1200 ]; do echo x >> noise.txt; \
+                   sleep 0.05; i=$((i+1)); done";
+    let body = format!(
+        r#""edits":[{{"op":"write","path":"a.txt","contents":"edited"}}],"commands":[{}]"#,
+        serde_json::to_string(command).unwrap()
+    );
+    let mut executor = start_executor(&config);
+    let session = sessions.recv().await.unwrap();
+    for kind in [
+        router_message::Kind::Welcome(Welcome {
+            heartbeat_interval_ms: 200,
+        }),
+        router_message::Kind::Assign(Assign {
+            patch: Some(wire::Patch::from(&patch("left-running", &body))),
+            attempt: 1,
+            fencing_token: 1,
+            deadline_unix_ms: 0,
+            traceparent: String::new(),
+        }),
+    ] {
+        session
+            .to_executor
+            .send(Ok(RouterMessage { kind: Some(kind) }))
+            .await
+            .unwrap();
+    }
+    let started = Instant::now();
+    while !ws.root().join("noise.txt").exists() && started.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        ws.root().join("noise.txt").exists(),
+        "the command never ran"
+    );
+    executor.kill().unwrap();
+    executor.wait().unwrap();
+    drop(session);
+    let mut restarted = start_executor(&config);
+    let mut session = sessions.recv().await.unwrap();
+    let mut owed = None;
+    let waited = Instant::now();
+    while owed.is_none() && waited.elapsed() < Duration::from_secs(10) {
+        let Ok(Some(message)) =
+            tokio::time::timeout(Duration::from_secs(5), session.from_executor.recv()).await
+        else {
+            break;
+        };
+        if let Some(executor_message::Kind::Result(result)) = message.kind {
+            owed = Some(result);
+        }
+    }
+    assert!(
+        owed.is_some(),
+        "the restarted executor owes the interrupted result"
+    );
+    // Had the loop survived the restart, it would write noise.txt again within 50 ms.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !ws.root().join("noise.txt").exists(),
+        "a command of the crashed executor kept writing after the recovery"
+    );
+    assert_eq!(snapshot(ws.root()), before);
+    restarted.kill().unwrap();
+    restarted.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temp_files_a_crash_left_in_the_snapshot_store_are_removed_at_start() {
+    let ws = workspace_with(shell_policy());
+    let store = ws.ctx.workspace.state_dir.join("snapshots/MAIN");
+    fs::create_dir_all(store.join("blobs/ab")).unwrap();
+    let left = [
+        store.join("blobs/ab/.cdef.ghost-tmp"),
+        store.join(".manifest.ghost-tmp"),
+    ];
+    for path in &left {
+        fs::write(path, "half written").unwrap();
+    }
+    fs::write(store.join("blobs/ab/cdef"), "a blob").unwrap();
+    let (router_addr, mut sessions) = TestRouter::start().await;
+    let config = ws.root().parent().unwrap().join("executor.toml");
+    fs::write(
+        &config,
+        format!(
+            "router_url = \"http://{router_addr}\"\nstate_dir = \"{}\"\nreconnect_backoff = \"50ms\"\n\
+[server]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\
+[[workspaces]]\ntarget = \"MAIN\"\nroot = \"{}\"\n",
+            ws.ctx.workspace.state_dir.display(),
+            ws.root().display()
+        ),
+    )
+    .unwrap();
+    let mut executor = start_executor(&config);
+    // Connected to the router: the start, recovery included, is done.
+    let session = tokio::time::timeout(Duration::from_secs(20), sessions.recv()).await;
+    assert!(session.is_ok(), "the executor never connected");
+    executor.kill().unwrap();
+    executor.wait().unwrap();
+    for path in &left {
+        assert!(!path.exists(), "{} is left", path.display());
+    }
+    assert_eq!(
+        fs::read_to_string(store.join("blobs/ab/cdef")).unwrap(),
+        "a blob"
+    );
+}
+
 #[test]
 fn what_only_the_patchs_own_gitignore_edit_hid_is_removed_too() {
     let ws = workspace_with(shell_policy());

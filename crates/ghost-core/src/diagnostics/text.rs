@@ -186,6 +186,29 @@ pub(super) fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// `text` safe to show in a terminal or a chat on one line: escape sequences stripped, then
+/// every other control character (C0, DEL, C1) and every bidirectional control (which can
+/// make a path read backwards) replaced by U+FFFD, whitespace runs made one space.
+pub(super) fn sanitize(text: &str) -> String {
+    let stripped = strip_ansi(text);
+    let replaced: String = stripped
+        .chars()
+        .map(|ch| match ch {
+            '\t' | '\n' | '\r' => ' ',
+            _ if ch.is_control() || is_bidi_control(ch) => '\u{fffd}',
+            _ => ch,
+        })
+        .collect();
+    one_line(&replaced)
+}
+
+fn is_bidi_control(ch: char) -> bool {
+    matches!(
+        ch,
+        '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+    )
+}
+
 /// At most `max` characters of `text`, with `…` when cut.
 pub(super) fn clip(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {
