@@ -11,12 +11,11 @@
 //! patch it is applying at that moment on that target, so it never plans against a
 //! half-written workspace. Commands and checks are not run.
 
-use ghost_proto::convert::status_from_wire;
 use ghost_proto::router::v1 as wire;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::report::EditView;
+use crate::report::{EditView, status_name};
 
 /// The deadline of the gateway's call to the router for a dry run: past the router's 30 s
 /// wait for the executor (which itself gives up at 25 s).
@@ -75,25 +74,11 @@ pub struct DryRunView {
 
 impl From<wire::ApplyReport> for DryRunReport {
     fn from(report: wire::ApplyReport) -> Self {
-        let status = status_from_wire("report.status", report.status)
-            .map(|status| status.as_str().to_owned())
-            .unwrap_or_else(|_| "unknown".to_owned());
         Self {
-            status,
+            status: status_name(report.status),
             error: report.error,
             diff: report.diff,
-            edits: report
-                .edits
-                .into_iter()
-                .map(|edit| EditView {
-                    op: edit.op,
-                    path: edit.path,
-                    match_step: edit.match_step,
-                    added: edit.added,
-                    removed: edit.removed,
-                    from: edit.from,
-                })
-                .collect(),
+            edits: report.edits.into_iter().map(EditView::from).collect(),
         }
     }
 }

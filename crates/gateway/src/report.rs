@@ -72,6 +72,26 @@ pub struct EditView {
     pub from: String,
 }
 
+impl From<wire::EditReport> for EditView {
+    fn from(edit: wire::EditReport) -> Self {
+        Self {
+            op: edit.op,
+            path: edit.path,
+            match_step: edit.match_step,
+            added: edit.added,
+            removed: edit.removed,
+            from: edit.from,
+        }
+    }
+}
+
+/// The name of a report's status (`unknown` for a value this gateway does not know).
+pub fn status_name(raw: i32) -> String {
+    status_from_wire("report.status", raw)
+        .map(|status| status.as_str().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
 /// One command of a report.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct CommandView {
@@ -117,27 +137,13 @@ pub struct RollbackView {
 
 impl From<wire::ApplyReport> for ReportView {
     fn from(report: wire::ApplyReport) -> Self {
-        let status = status_from_wire("report.status", report.status)
-            .map(|status| status.as_str().to_owned())
-            .unwrap_or_else(|_| "unknown".to_owned());
         Self {
-            status,
+            status: status_name(report.status),
             error: report.error,
             duration_ms: report.duration_ms,
             commit_sha: report.commit_sha,
             dry_run: report.dry_run,
-            edits: report
-                .edits
-                .into_iter()
-                .map(|edit| EditView {
-                    op: edit.op,
-                    path: edit.path,
-                    match_step: edit.match_step,
-                    added: edit.added,
-                    removed: edit.removed,
-                    from: edit.from,
-                })
-                .collect(),
+            edits: report.edits.into_iter().map(EditView::from).collect(),
             commands: report
                 .commands
                 .into_iter()
