@@ -7,7 +7,7 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use executor::{CommandPolicy, OwnerCheck, TargetPolicy, When};
@@ -16,7 +16,7 @@ use ghost_proto::executor::v1::{Assign, RouterMessage, Welcome, executor_message
 use ghost_proto::router::v1 as wire;
 use proptest::prelude::*;
 
-use crate::helpers::{TestRouter, TestWorkspace, patch, snapshot, workspace_with};
+use crate::helpers::{TestRouter, TestWorkspace, patch, snapshot, start_executor, workspace_with};
 
 fn shell_policy() -> TargetPolicy {
     TargetPolicy {
@@ -240,17 +240,6 @@ fn names_that_are_not_utf8_and_symlinks_made_by_commands_are_undone_without_foll
         fs::read_to_string(outside.path().join("victim")).unwrap(),
         "safe\n"
     );
-}
-
-fn start_executor(config: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_executor"))
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,6 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use ghost_core::Status;
@@ -18,20 +17,9 @@ use ghost_proto::executor::v1::{
 };
 use ghost_proto::router::v1 as wire;
 
-use crate::helpers::{Session, TestRouter, patch, snapshot, workspace};
+use crate::helpers::{Session, TestRouter, patch, snapshot, start_executor, workspace};
 
 type Snapshot = BTreeMap<String, (Option<Vec<u8>>, u32)>;
-
-fn start_executor(config: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_executor"))
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
 
 fn reset(root: &Path, base: &Snapshot) {
     fs::remove_dir_all(root).unwrap();

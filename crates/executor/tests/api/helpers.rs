@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::pin::Pin;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use executor::apply::{self, Context, Lease};
@@ -389,4 +390,16 @@ impl RunningExecutor {
         self.stop.cancel();
         self.task.await.unwrap().unwrap();
     }
+}
+
+/// The real executor binary on `config`, its output dropped.
+pub fn start_executor(config: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_executor"))
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
 }
