@@ -46,8 +46,8 @@ impl PatchId {
         &self.0
     }
 
-    /// An id built by [`Patch::derived_id`](crate::Patch::derived_id): `p-` and hex digits,
-    /// valid by construction.
+    /// An id built by [`Patch::derived_id`](crate::Patch::derived_id) (`p-` and hex digits) or
+    /// [`revert_id`](crate::revert_id), valid by construction.
     pub(crate) fn from_derived(id: String) -> Self {
         debug_assert!(Self::parse(&id).is_ok(), "{id}");
         Self(id)

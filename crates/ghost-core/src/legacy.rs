@@ -793,6 +793,7 @@ fn empty(id: PatchId, target: TargetName) -> Patch {
         on_failure: OnFailure::Rollback,
         commit: None,
         agent: None,
+        revert: None,
     }
 }
 

@@ -33,7 +33,9 @@ pub use parse::{
     Document, Format, PatchError, parse_document, parse_document_spent, parse_json,
     patch_from_value, read_document, validate,
 };
-pub use patch::{AgentTask, Base, Check, CommitSpec, Edit, OnFailure, Patch, Priority};
+pub use patch::{
+    AgentTask, Base, Check, CommitSpec, Edit, OnFailure, Patch, Priority, RevertSpec, revert_id,
+};
 pub use report::{
     ApplyReport, CommandKind, CommandReport, Diagnostic, EditReport, Rollback, Severity,
     StageTiming,

@@ -303,6 +303,40 @@ pub fn validate(patch: &Patch) -> Result<(), PatchError> {
         .patch
         .as_deref()
         .is_some_and(|doc| !doc.trim().is_empty());
+    if let Some(revert) = &patch.revert {
+        if !patch.edits.is_empty()
+            || has_document
+            || patch.agent.is_some()
+            || !patch.commands.is_empty()
+            || !patch.validate.is_empty()
+            || patch.base.is_some()
+        {
+            return Err(PatchError::invalid(
+                "/revert",
+                "a revert patch restores another patch's pre-images and carries no edits, \
+                 document, agent task, commands, checks or base of its own",
+            ));
+        }
+        let hex = |commit: &str| {
+            (7..=64).contains(&commit.len())
+                && commit
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+        };
+        if revert.commit.as_deref().is_some_and(|commit| !hex(commit)) {
+            return Err(PatchError::invalid(
+                "/revert/commit",
+                "a commit is 7 to 64 lowercase hex digits",
+            ));
+        }
+        if revert.of == patch.id {
+            return Err(PatchError::invalid(
+                "/revert/of",
+                "a patch cannot revert itself",
+            ));
+        }
+        return Ok(());
+    }
     if patch.edits.is_empty()
         && !has_document
         && patch.agent.is_none()

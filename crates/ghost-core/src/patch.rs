@@ -48,6 +48,10 @@ pub struct Patch {
     /// Hand the work to a coding agent instead of applying edits directly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentTask>,
+    /// Restore the pre-images of a succeeded patch. Set only by the router's `Revert` (the
+    /// gateway refuses it in a submitted document); a revert patch carries nothing else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revert: Option<RevertSpec>,
 }
 
 /// Queue priority within one target.
@@ -241,6 +245,18 @@ pub struct CommitSpec {
     pub message: String,
 }
 
+/// What a revert patch undoes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevertSpec {
+    /// The succeeded patch whose pre-images are restored.
+    pub of: PatchId,
+    /// The git commit that patch made, when it made one (lowercase hex): the executor reads
+    /// the pre-images from git when it no longer keeps them itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+}
+
 /// Work handed to a coding agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -294,6 +310,24 @@ impl Patch {
             .collect();
         PatchId::from_derived(format!("p-{hex}"))
     }
+}
+
+/// The id of the patch that reverts `of`: `revert-<of>`, or, when that would pass 128
+/// characters, `revert-` and the first 32 lowercase hex digits of the SHA-256 of `of`. The
+/// same original always gets the same revert id, so asking twice is a replay.
+pub fn revert_id(of: &PatchId) -> PatchId {
+    let plain = format!("revert-{of}");
+    if plain.len() <= 128 {
+        return PatchId::from_derived(plain);
+    }
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(of.as_str().as_bytes());
+    let hex: String = digest
+        .iter()
+        .take(16)
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    PatchId::from_derived(format!("revert-{hex}"))
 }
 
 #[cfg(test)]

@@ -35,6 +35,10 @@ pub struct ApplyReport {
     /// For a dry run: the unified diff the patch would apply (empty otherwise).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub diff: String,
+    /// For a revert: workspace-relative paths changed since the reverted patch ended, which
+    /// refuse the revert (empty otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<String>,
 }
 
 impl ApplyReport {
@@ -52,6 +56,7 @@ impl ApplyReport {
             dry_run: false,
             diagnostics: Vec::new(),
             diff: String::new(),
+            conflicts: Vec::new(),
         }
     }
 }

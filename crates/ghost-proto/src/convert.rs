@@ -2,8 +2,8 @@
 
 use ghost_core::{
     AgentTask, ApplyReport, Base, Check, CommandKind, CommandReport, CommitSpec, Diagnostic, Edit,
-    EditReport, OnFailure, Patch, PatchId, Priority, RelPath, Rollback, Severity, StageTiming,
-    Status, TargetName,
+    EditReport, OnFailure, Patch, PatchId, Priority, RelPath, RevertSpec, Rollback, Severity,
+    StageTiming, Status, TargetName,
 };
 
 use crate::router::v1 as wire;
@@ -74,6 +74,20 @@ impl TryFrom<wire::Patch> for Patch {
                 ));
             }
         };
+        let revert = match non_empty(patch.revert_of) {
+            Some(of) => Some(RevertSpec {
+                of: PatchId::parse(&of)
+                    .map_err(|e| ConversionError::new("revert_of", e.to_string()))?,
+                commit: non_empty(patch.revert_commit),
+            }),
+            None if !patch.revert_commit.is_empty() => {
+                return Err(ConversionError::new(
+                    "revert_commit",
+                    "revert_commit needs revert_of",
+                ));
+            }
+            None => None,
+        };
         let edits = patch
             .edits
             .into_iter()
@@ -103,6 +117,7 @@ impl TryFrom<wire::Patch> for Patch {
             on_failure,
             commit: non_empty(patch.commit_message).map(|message| CommitSpec { message }),
             agent: non_empty(patch.agent_task).map(|task| AgentTask { task }),
+            revert,
         };
         ghost_core::validate(&domain).map_err(|err| match err {
             ghost_core::PatchError::Invalid { pointer, message } => {
@@ -249,6 +264,16 @@ impl From<&Patch> for wire::Patch {
                 .as_ref()
                 .map(|agent| agent.task.clone())
                 .unwrap_or_default(),
+            revert_of: patch
+                .revert
+                .as_ref()
+                .map(|revert| revert.of.to_string())
+                .unwrap_or_default(),
+            revert_commit: patch
+                .revert
+                .as_ref()
+                .and_then(|revert| revert.commit.clone())
+                .unwrap_or_default(),
         }
     }
 }
@@ -366,6 +391,7 @@ impl From<&ApplyReport> for wire::ApplyReport {
                 })
                 .collect(),
             diff: report.diff.clone(),
+            conflicts: report.conflicts.clone(),
         }
     }
 }
@@ -467,6 +493,7 @@ impl TryFrom<wire::ApplyReport> for ApplyReport {
             dry_run: report.dry_run,
             diagnostics,
             diff: report.diff,
+            conflicts: report.conflicts,
         })
     }
 }

@@ -144,6 +144,13 @@ type WorkStream = Pin<Box<dyn Stream<Item = Result<RouterMessage, tonic::Status>
 
 #[tonic::async_trait]
 impl RouterService for RouterGrpc {
+    async fn revert(
+        &self,
+        _: Request<wire::RevertRequest>,
+    ) -> Result<Response<wire::RevertResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("revert is not built yet"))
+    }
+
     #[tracing::instrument(skip_all, fields(patch_id, target))]
     async fn dry_run(
         &self,

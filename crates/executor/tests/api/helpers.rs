@@ -144,6 +144,13 @@ impl RouterService for TestRouter {
         Err(RpcStatus::unimplemented("test router"))
     }
 
+    async fn revert(
+        &self,
+        _: Request<wire::RevertRequest>,
+    ) -> Result<Response<wire::RevertResponse>, RpcStatus> {
+        Err(RpcStatus::unimplemented("test router"))
+    }
+
     async fn wait(
         &self,
         _: Request<wire::WaitRequest>,
