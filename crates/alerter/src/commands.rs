@@ -27,6 +27,7 @@ use crate::store::{AuditEntry, Store};
 pub const MUTATING: &[&str] = &[
     "retry",
     "cancel",
+    "revert",
     "pause",
     "resume",
     "ack",
@@ -40,6 +41,10 @@ const MAX_SILENCE: Duration = Duration::from_secs(30 * 24 * 3600);
 const ANSWER_CHARS: usize = 3_500;
 /// Patches listed by `queue`.
 const QUEUE_PAGE: u32 = 20;
+/// Conflicting paths named in a refused revert's answer (the rest are counted).
+const CONFLICTS_SHOWN: usize = 20;
+/// Longest conflicting path shown.
+const CONFLICT_PATH_CHARS: usize = 200;
 
 /// The help text.
 pub const HELP: &str = "*/ghost* verbs:
@@ -48,6 +53,7 @@ pub const HELP: &str = "*/ghost* verbs:
 • `patch <id>` — one patch's state
 • `summary <id>` — a patch's summary
 • `retry <id>` · `cancel <id>` — operators only
+• `revert <id>` — undo a succeeded patch (queues `revert-<id>`) — operators only
 • `pause <target>` · `resume <target>` — operators only
 • `targets` · `executors` — what the router knows
 • `alerts` — firing alerts and silences
@@ -55,7 +61,7 @@ pub const HELP: &str = "*/ghost* verbs:
 • `silence <key|target> <duration>` · `unsilence <id>` — operators only
 • `health` — what the health monitor sees
 • `help`
-Old commands still work: /status-runner, /patch-status, /status-queue, /daemon-status, /patch-revert.";
+Old commands still work: /status-runner, /patch-status, /status-queue, /daemon-status, and /patch-revert (now `revert`, no longer `cancel`).";
 
 /// Where an invocation came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,7 +107,7 @@ pub fn resolve(command: &str, text: &str) -> (String, Vec<String>) {
         "patch-status" => Some("patch"),
         "status-queue" => Some("queue"),
         "daemon-status" => Some("health"),
-        "patch-revert" => Some("cancel"),
+        "patch-revert" => Some("revert"),
         _ => None,
     };
     if let Some(verb) = alias {
@@ -123,6 +129,9 @@ enum VerbError {
     NotConfigured(&'static str),
     #[error("{0}")]
     Refused(String),
+    /// A refusal already written as mrkdwn, its caller parts escaped.
+    #[error("{0}")]
+    RefusedMrkdwn(String),
     #[error("{service}: {message}")]
     Downstream {
         service: &'static str,
@@ -137,7 +146,7 @@ impl VerbError {
     /// caller (arguments, downstream messages) escaped.
     fn to_mrkdwn(&self) -> String {
         match self {
-            Self::Usage(_) | Self::NotConfigured(_) => self.to_string(),
+            Self::Usage(_) | Self::NotConfigured(_) | Self::RefusedMrkdwn(_) => self.to_string(),
             _ => escape(&self.to_string()).into_owned(),
         }
     }
@@ -326,6 +335,8 @@ impl Commands {
                 ))
             }
             ("cancel", None) => Err(VerbError::Usage("cancel <id>")),
+            ("revert", Some(id)) => self.revert(id, actor, &invocation.user_id).await,
+            ("revert", None) => Err(VerbError::Usage("revert <id>")),
             ("pause", Some(target)) => {
                 let request = router_wire::PauseRequest {
                     target: target.to_owned(),
@@ -407,6 +418,59 @@ impl Commands {
             ("health", _) => Ok(self.health()),
             (unknown, _) => Ok(format!("Unknown verb `{}`.\n{HELP}", escape(unknown))),
         }
+    }
+
+    /// Asks the router to revert the succeeded patch `id`: queued (with a note in `id`'s
+    /// thread), asked before (its state), or refused naming the files changed since.
+    async fn revert(&self, id: &str, actor: String, user_id: &str) -> Result<String, VerbError> {
+        let request = router_wire::RevertRequest {
+            id: id.to_owned(),
+            actor,
+        };
+        let answer = self
+            .router()?
+            .revert(request)
+            .await
+            .map_err(downstream("router"))?
+            .into_inner();
+        if !answer.conflicts.is_empty() {
+            return Err(VerbError::RefusedMrkdwn(conflicts_answer(
+                id,
+                &answer.conflicts,
+            )));
+        }
+        let Some(state) = answer.state else {
+            let why = if answer.error.is_empty() {
+                "answered without the revert patch".to_owned()
+            } else {
+                answer.error
+            };
+            return Err(VerbError::Downstream {
+                service: "router",
+                message: why,
+            });
+        };
+        if !answer.created {
+            return Ok(format!(
+                "↩️ a revert of `{}` was asked for already: `{}` is {}",
+                escape(id),
+                escape(&state.id),
+                status_name(state.status)
+            ));
+        }
+        let text = format!(
+            "↩️ revert of `{}` requested by <@{}>: `{}`",
+            escape(id),
+            escape(user_id),
+            escape(&state.id)
+        );
+        self.patches.note(id, &text).await?;
+        Ok(format!(
+            "↩️ revert of `{}` queued as `{}` by <@{}>",
+            escape(id),
+            escape(&state.id),
+            escape(user_id)
+        ))
     }
 
     async fn status(&self) -> Result<String, VerbError> {
@@ -678,6 +742,25 @@ impl Commands {
     }
 }
 
+/// "cannot revert `X`: changed since it succeeded: `a.ts`, `b.ts`", at most
+/// [`CONFLICTS_SHOWN`] paths (the rest counted), each escaped and cut for a code span.
+fn conflicts_answer(id: &str, conflicts: &[String]) -> String {
+    let shown: Vec<String> = conflicts
+        .iter()
+        .take(CONFLICTS_SHOWN)
+        .map(|path| format!("`{}`", crate::mrkdwn::code(path, CONFLICT_PATH_CHARS)))
+        .collect();
+    let mut text = format!(
+        "cannot revert `{}`: changed since it succeeded: {}",
+        crate::mrkdwn::code(id, CONFLICT_PATH_CHARS),
+        shown.join(", ")
+    );
+    if conflicts.len() > CONFLICTS_SHOWN {
+        let _ = write!(text, " and {} more", conflicts.len() - CONFLICTS_SHOWN);
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -698,7 +781,17 @@ mod tests {
         assert_eq!(resolve("/daemon-status", "").0, "health");
         assert_eq!(
             resolve("/patch-revert", "p-9"),
-            ("cancel".to_owned(), vec!["p-9".to_owned()])
+            ("revert".to_owned(), vec!["p-9".to_owned()])
         );
+    }
+
+    #[test]
+    fn a_conflict_answer_is_bounded_and_its_paths_cannot_become_markup() {
+        let many: Vec<String> = (0..30).map(|n| format!("f{n}.ts")).collect();
+        let answer = conflicts_answer("p-1", &many);
+        assert!(answer.contains("`f19.ts` and 10 more"), "{answer}");
+        assert!(!answer.contains("f20.ts"), "{answer}");
+        let long = conflicts_answer("p-1", &["x".repeat(5_000)]);
+        assert!(long.chars().count() < 300, "{long}");
     }
 }

@@ -65,7 +65,7 @@ pub struct SlackConfig {
     pub channel: String,
     /// Signing secret of the Slack app; empty: `/slack/*` refuses every request.
     pub signing_secret: Secret,
-    /// Slack user ids allowed to run mutating verbs (retry, cancel, pause, ack, silence…).
+    /// Slack user ids allowed to run mutating verbs (retry, cancel, revert, pause, ack, silence…).
     pub operators: Vec<String>,
     /// Tries per message before it is dead-lettered, the first included.
     pub max_attempts: u32,

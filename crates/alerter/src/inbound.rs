@@ -170,6 +170,7 @@ fn verb_of_action(action_id: &str) -> Option<&'static str> {
     match action_id {
         "retry" => Some("retry"),
         "cancel" => Some("cancel"),
+        "revert" => Some("revert"),
         "ack" => Some("ack"),
         "view_summary" => Some("summary"),
         _ => None,

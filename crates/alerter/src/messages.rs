@@ -58,8 +58,9 @@ pub fn fallback_text(outcome: &PatchOutcome) -> String {
     )
 }
 
-/// The patch message: header, fields, excerpt, trace context and (with `buttons`) the
-/// Retry / Cancel / View summary actions.
+/// The patch message: header, fields, excerpt, trace context and (with `buttons`) its actions:
+/// Revert / View summary when it succeeded (only a succeeded patch can be reverted; it cannot
+/// be retried or cancelled any more), Retry / Cancel / View summary otherwise.
 pub fn patch_message(outcome: &PatchOutcome, buttons: bool) -> Value {
     let mut blocks = vec![
         json!({
@@ -99,14 +100,26 @@ pub fn patch_message(outcome: &PatchOutcome, buttons: bool) -> Value {
         blocks.push(json!({
             "type": "actions",
             "block_id": "patch_actions",
-            "elements": [
-                button("Retry", "retry", &id, Some("primary")),
-                button("Cancel", "cancel", &id, Some("danger")),
-                button("View summary", "view_summary", &id, None),
-            ],
+            "elements": patch_buttons(outcome.status, &id),
         }));
     }
     literal(json!({"text": fallback_text(outcome), "blocks": blocks}))
+}
+
+/// The actions of a patch message: what can still be done with a patch in `status`.
+fn patch_buttons(status: Status, id: &str) -> Vec<Value> {
+    if status == Status::Succeeded {
+        vec![
+            button("Revert", "revert", id, Some("danger")),
+            button("View summary", "view_summary", id, None),
+        ]
+    } else {
+        vec![
+            button("Retry", "retry", id, Some("primary")),
+            button("Cancel", "cancel", id, Some("danger")),
+            button("View summary", "view_summary", id, None),
+        ]
+    }
 }
 
 fn button(label: &str, action_id: &str, value: &str, style: Option<&str>) -> Value {
@@ -270,11 +283,7 @@ mod tests {
             .collect();
         assert_eq!(
             actions,
-            [
-                ("retry", "fix-login"),
-                ("cancel", "fix-login"),
-                ("view_summary", "fix-login")
-            ]
+            [("revert", "fix-login"), ("view_summary", "fix-login")]
         );
         let failed = patch_message(&outcome(Status::RolledBack), false);
         assert_eq!(

@@ -33,6 +33,21 @@ pub fn text(raw: &str, max_chars: usize) -> String {
     truncate(&escape(raw), max_chars)
 }
 
+/// Caller text for inside a `` `code` `` span: escaped ([`escape`]), each backtick written as
+/// `ˋ` (U+02CB; Slack has no escape for a backtick, and one would end the span early) and each
+/// control character (a newline among them) as `�`, then cut to at most `max_chars` characters.
+pub fn code(raw: &str, max_chars: usize) -> String {
+    let plain: String = raw
+        .chars()
+        .map(|ch| match ch {
+            '`' => '\u{2cb}',
+            ch if ch.is_control() => '\u{fffd}',
+            ch => ch,
+        })
+        .collect();
+    text(&plain, max_chars)
+}
+
 /// Cuts `text` to `max_chars` characters, marking the cut with `…`; a cut that would fall
 /// inside an entity (`&amp;`, `&lt;`, `&gt;`) is moved before it.
 pub fn truncate(text: &str, max_chars: usize) -> String {
@@ -233,6 +248,16 @@ fn link(text: &str) -> Option<(&str, &str, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn code_text_cannot_end_its_span_or_become_markup() {
+        assert_eq!(code("src/a.ts", 100), "src/a.ts");
+        assert_eq!(
+            code("x` <!channel> &\nb", 100),
+            "x\u{2cb} &lt;!channel&gt; &amp;\u{fffd}b"
+        );
+        assert_eq!(code(&"a".repeat(50), 10).chars().count(), 10);
+    }
 
     #[test]
     fn summaries_become_mrkdwn_without_headings_or_tables() {

@@ -1,6 +1,7 @@
 //! Patch outcomes (`Notify`): one Slack thread per patch. The first outcome posts the parent
-//! message (with Retry / Cancel / View summary buttons); each later attempt updates the parent's
-//! status (`chat.update`) and adds its own reply to the thread.
+//! message (with Retry / Cancel / View summary buttons, or Revert / View summary once it
+//! succeeded); each later attempt updates the parent's status (`chat.update`, its buttons
+//! following the status) and adds its own reply to the thread.
 //!
 //! Idempotent by (patch id, attempt), durably: the dedup row and the messages are stored in
 //! one transaction before `Notify` answers.

@@ -193,6 +193,7 @@ async fn help_and_unknown_verbs_answer_with_the_verb_list() {
         "summary",
         "retry",
         "cancel",
+        "revert",
         "pause",
         "resume",
         "targets",
@@ -334,16 +335,17 @@ async fn cancel_by_an_operator_cancels_and_a_bystander_is_refused_and_audited() 
     assert_eq!(cancels[1].outcome, "ok");
 }
 
+/// `/patch-revert` used to mean cancel; it is revert now (see `revert.rs`): a queued patch is
+/// not cancelled by it, the router refuses to revert it.
 #[tokio::test]
-async fn patch_revert_is_cancel() {
+async fn patch_revert_no_longer_cancels() {
     let mut sys = system().await;
     sys.submit("p-revert").await;
     let answer = slash(&sys.alerter, "/patch-revert", "p-revert", OPERATOR).await;
-    assert_eq!(answer, "🛑 `p-revert` is cancelled");
-    assert_eq!(
-        sys.status_of("p-revert").await,
-        PatchStatus::Cancelled as i32
-    );
+    assert!(answer.starts_with("⚠️ router: "), "{answer}");
+    assert_eq!(sys.status_of("p-revert").await, PatchStatus::Queued as i32);
+    let audit = sys.alerter.store.audit_log().await.unwrap();
+    assert_eq!(audit[0].verb, "revert");
 }
 
 #[tokio::test]

@@ -9,4 +9,5 @@ mod lifecycle;
 mod manifest;
 mod notify;
 mod outage;
+mod revert;
 mod signing;
