@@ -303,6 +303,21 @@ impl GatewayClient {
         self.post(&["v1", "patches", id, "retry"]).await
     }
 
+    /// `POST /v1/patches/{id}/revert` (body `{}`): queues `revert-<id>`, which restores what
+    /// the succeeded patch `id` changed; answers the revert patch's view (`replayed` when it was
+    /// asked for before). A 409 carrying `conflicts` names the files changed since.
+    pub async fn revert(&self, id: &str) -> Result<Value, ClientError> {
+        let url = self.url(&["v1", "patches", id, "revert"]);
+        // The router asks the target's executor first (up to 30 s).
+        self.call_within(
+            Method::POST,
+            url,
+            Some((b"{}".to_vec(), "application/json")),
+            Some(Duration::from_secs(45)),
+        )
+        .await
+    }
+
     /// `GET /v1/targets`: every target's queue.
     pub async fn targets(&self) -> Result<Value, ClientError> {
         self.get(&["v1", "targets"]).await

@@ -48,7 +48,8 @@ impl CliError {
                 }
                 403 => Some(
                     "this key lacks the scope or target: reads need `read`, submit `submit`, \
-                     cancel/retry/pause/resume `admin`"
+                     cancel/retry/pause/resume `admin`, revert `admin` or `submit` on the \
+                     patch's target"
                         .to_owned(),
                 ),
                 404 if !problem.is_problem_document => Some(format!(

@@ -1,7 +1,7 @@
 //! The `ghost` command: run the whole system on one machine (`ghost up`), submit patches and
 //! follow them to their end (`ghost submit`), and read and steer a running system through the
-//! gateway's REST API (`status`, `list`, `show`, `events`, `logs`, `cancel`, `retry`, `pause`,
-//! `resume`, `targets`, `executors`); check a service's config file (`config check`); run only
+//! gateway's REST API (`status`, `list`, `show`, `events`, `logs`, `cancel`, `retry`, `revert`,
+//! `pause`, `resume`, `targets`, `executors`); check a service's config file (`config check`); run only
 //! an executor against a router elsewhere, or install it as a service (`executor`, [`units`]).
 //!
 //! `main.rs` only parses arguments and dispatches. [`settings`] finds the gateway URL and key
@@ -19,6 +19,7 @@ pub mod exit;
 pub mod init;
 pub mod local;
 pub mod render;
+pub mod revert;
 pub mod settings;
 pub mod submit;
 pub mod tls;

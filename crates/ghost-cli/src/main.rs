@@ -16,6 +16,7 @@ use ghost_cli::error::CliError;
 use ghost_cli::exit::{self, Exit};
 use ghost_cli::init;
 use ghost_cli::render::Output;
+use ghost_cli::revert::{self, RevertOptions};
 use ghost_cli::settings::{self, ConfigFile};
 use ghost_cli::submit::{self, SubmitOptions};
 use ghost_cli::up;
@@ -182,6 +183,17 @@ enum Command {
     Retry {
         /// Patch id.
         id: String,
+    },
+    /// Undo a succeeded patch: queue `revert-ID`, which restores every file the patch changed
+    /// (admin scope, or submit scope on its target). Refused (exit 10) when files changed since
+    /// it succeeded: each is printed, one per line.
+    Revert {
+        /// Id of the succeeded patch.
+        id: String,
+        /// Follow the revert patch to its end for at most this long (e.g. 30s, 5m) and exit by
+        /// its outcome (exit 14 when it still runs).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        wait: Option<Duration>,
     },
     /// Stop handing out a target's patches (admin scope).
     Pause {
@@ -437,6 +449,10 @@ async fn run(cli: Cli, api_key_flag: bool, output: &Output) -> Result<Exit, CliE
         Command::Logs { id } => commands::logs(&client(global)?, output, &id).await,
         Command::Cancel { id } => commands::cancel(&client(global)?, output, &id).await,
         Command::Retry { id } => commands::retry(&client(global)?, output, &id).await,
+        Command::Revert { id, wait } => {
+            let options = RevertOptions { wait };
+            revert::run(&client(global)?, output, &id, &options).await
+        }
         Command::Pause { target } => commands::pause(&client(global)?, output, &target, true).await,
         Command::Resume { target } => {
             commands::pause(&client(global)?, output, &target, false).await

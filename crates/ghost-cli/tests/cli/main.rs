@@ -11,6 +11,7 @@ mod offline;
 mod push;
 mod read;
 mod remote;
+mod revert;
 mod steer;
 mod submit;
 mod tokens;
