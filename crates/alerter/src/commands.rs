@@ -44,7 +44,7 @@ const QUEUE_PAGE: u32 = 20;
 /// Conflicting paths named in a refused revert's answer (the rest are counted).
 const CONFLICTS_SHOWN: usize = 20;
 /// Longest conflicting path shown.
-const CONFLICT_PATH_CHARS: usize = 200;
+const CONFLICT_PATH_CHARS: usize = 150;
 
 /// The help text.
 pub const HELP: &str = "*/ghost* verbs:
@@ -793,5 +793,9 @@ mod tests {
         assert!(!answer.contains("f20.ts"), "{answer}");
         let long = conflicts_answer("p-1", &["x".repeat(5_000)]);
         assert!(long.chars().count() < 300, "{long}");
+        // The worst case still fits one answer, so its code spans are never cut.
+        let worst: Vec<String> = (0..100).map(|_| "<".repeat(5_000)).collect();
+        let answer = conflicts_answer(&"p".repeat(128), &worst);
+        assert!(answer.chars().count() < ANSWER_CHARS, "{}", answer.len());
     }
 }
