@@ -130,6 +130,10 @@ pub struct TargetPolicy {
     /// ...and one whose files in scope hold more bytes than this (the snapshot's store keeps
     /// each file's bytes once).
     pub max_snapshot_bytes: u64,
+    /// Revert records kept for this target: the pre-images of its last `revert_keep`
+    /// succeeded patches (the oldest pruned when a new one is written); 0 keeps none, so only
+    /// a patch that made a git commit can be reverted. At most 1000.
+    pub revert_keep: u32,
 }
 
 /// One owner check of a target (`targets.<T>.checks`).
@@ -257,6 +261,13 @@ impl TargetPolicy {
                 ));
             }
         }
+        if self.revert_keep > crate::revert::MAX_KEEP {
+            return Err(format!(
+                "target {target}: revert_keep = {} is over the maximum of {}",
+                self.revert_keep,
+                crate::revert::MAX_KEEP
+            ));
+        }
         for glob in &self.rollback_ignore {
             let bare = glob.strip_prefix('!').unwrap_or(glob);
             if bare.is_empty() {
@@ -292,6 +303,7 @@ impl Default for TargetPolicy {
             rollback_ignore: Vec::new(),
             max_snapshot_files: 1_000_000,
             max_snapshot_bytes: 2 * 1024 * 1024 * 1024,
+            revert_keep: crate::revert::DEFAULT_KEEP,
         }
     }
 }

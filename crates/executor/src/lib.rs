@@ -27,6 +27,7 @@ mod git;
 pub mod journal;
 pub mod ledger;
 pub mod plan;
+mod revert;
 pub mod snapshot;
 pub mod workspace;
 
