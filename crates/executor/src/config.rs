@@ -409,6 +409,19 @@ mod tests {
     }
 
     #[test]
+    fn revert_keep_defaults_to_20_and_is_held_to_1000() {
+        assert_eq!(policy("").unwrap().revert_keep, 20);
+        assert_eq!(policy("revert_keep = 0\n").unwrap().revert_keep, 0);
+        assert_eq!(policy("revert_keep = 1000\n").unwrap().revert_keep, 1000);
+        let err = policy("revert_keep = 1001\n").unwrap_err();
+        assert_eq!(
+            err,
+            "target MAIN: revert_keep = 1001 is over the maximum of 1000"
+        );
+        assert!(policy("revert_keep = -1\n").is_err());
+    }
+
+    #[test]
     fn globs_keep_star_inside_a_component_and_let_double_star_cross() {
         let glob = compile_glob("src/**/*.ts").unwrap();
         assert!(glob.is_match("src/a.ts"));

@@ -288,10 +288,10 @@ impl Journal {
     /// copied. Without an fsync: should the rename be lost, the journal is found again on
     /// start, in the ledger, and dropped (the record then is not whole and is ignored).
     /// On failure the journal is handed back, still open.
-    pub fn keep_as(self, dest: &Path) -> Result<(), (Self, std::io::Error)> {
+    pub fn keep_as(self, dest: &Path) -> Result<(), Box<(Self, std::io::Error)>> {
         match fs::rename(&self.path, dest) {
             Ok(()) => Ok(()),
-            Err(err) => Err((self, err)),
+            Err(err) => Err(Box::new((self, err))),
         }
     }
 

@@ -131,21 +131,11 @@ fn now(dirs: &mut Dirs, rel: &str, max_bytes: u64) -> Now {
     }
 }
 
-/// A target name safe as a folder name.
+/// A target name safe as a folder name (a valid target name: letters, digits, `_`, `-`).
 fn safe_target(target: &str) -> io::Result<()> {
-    let ok = !target.is_empty()
-        && target.len() <= 128
-        && !target.starts_with('.')
-        && target
-            .bytes()
-            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-' | b'.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!(
-            "target name {target:?} cannot name a record folder"
-        )))
-    }
+    ghost_core::TargetName::parse(target)
+        .map(|_| ())
+        .map_err(|err| io::Error::other(format!("no record folder for target {target:?}: {err}")))
 }
 
 /// `dir`, which must be a real directory (never a symlink); made when `create`.
@@ -308,7 +298,8 @@ pub(crate) fn keep(
     };
     let base = format!("{seq:016}-{patch_id}");
     let journal_path = dir.join(format!("{base}.journal"));
-    if let Err((journal, err)) = journal.keep_as(&journal_path) {
+    if let Err(failed) = journal.keep_as(&journal_path) {
+        let (journal, err) = *failed;
         tracing::error!(%target, %patch_id, error = %err, "cannot keep the journal as a revert record");
         return Some(journal);
     }
@@ -372,9 +363,12 @@ fn prune(dir: &Path, keep: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// A file's pre-image: its bytes and mode, or `None` when it did not exist.
+type PreImage = Option<(Vec<u8>, u32)>;
+
 /// A record's content: per path its pre-image and post-image.
 struct Record {
-    paths: BTreeMap<String, (Option<(Vec<u8>, u32)>, Image)>,
+    paths: BTreeMap<String, (PreImage, Image)>,
     /// Post-image modes compared by the executable bit only (git keeps no more).
     git_modes: bool,
 }

@@ -324,6 +324,11 @@ async fn records_survive_a_restart_and_a_dry_run_answers_the_diff_or_the_conflic
     seed(&ws);
     let before = files(ws.root());
     let mut running = RunningExecutor::start(&ws).await;
+    assert!(
+        running.capabilities.iter().any(|c| c == "revert"),
+        "{:?}",
+        running.capabilities
+    );
     let applied = running.apply(&patch("p1", EVERY_OP)).await;
     assert_eq!(applied.status, Status::Succeeded, "{}", applied.error);
     running.stop().await;
