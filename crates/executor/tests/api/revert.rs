@@ -368,3 +368,66 @@ async fn records_survive_a_restart_and_a_dry_run_answers_the_diff_or_the_conflic
     assert_eq!(files(ws.root()), before);
     running.stop().await;
 }
+
+#[test]
+fn a_record_that_is_not_whole_is_ignored_never_half_restored() {
+    let ws = workspace_with(policy());
+    seed(&ws);
+    let applied = ws.apply(&patch("p1", EVERY_OP));
+    assert_eq!(applied.status, Status::Succeeded, "{}", applied.error);
+    let folder = ws.ctx.workspace.state_dir.join("revert/MAIN");
+    let names: Vec<String> = fs::read_dir(&folder)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let post = folder.join(names.iter().find(|n| n.ends_with(".post")).unwrap());
+    let journal = folder.join(names.iter().find(|n| n.ends_with(".journal")).unwrap());
+    let whole = snapshot(ws.root());
+    let refused = |ws: &TestWorkspace| {
+        let report = ws.apply(&revert_of("p1", ""));
+        assert_eq!(report.status, Status::Rejected, "{}", report.error);
+        assert!(report.error.contains("no longer kept"), "{}", report.error);
+        assert_eq!(snapshot(ws.root()), whole);
+    };
+    // A post file cut short (as a power loss may leave it).
+    let bytes = fs::read(&post).unwrap();
+    fs::write(&post, &bytes[..bytes.len() / 2]).unwrap();
+    refused(&ws);
+    fs::write(&post, &bytes).unwrap();
+    // A journal cut short.
+    let kept = fs::read(&journal).unwrap();
+    fs::write(&journal, &kept[..kept.len() - 3]).unwrap();
+    refused(&ws);
+    // A journal that is a symlink (to a whole copy) is never followed.
+    let elsewhere = ws.ctx.workspace.state_dir.join("elsewhere");
+    fs::write(&elsewhere, &kept).unwrap();
+    fs::remove_file(&journal).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &journal).unwrap();
+    refused(&ws);
+    // Made whole again, the record restores.
+    fs::remove_file(&journal).unwrap();
+    fs::write(&journal, &kept).unwrap();
+    let report = ws.apply(&revert_of("p1", ""));
+    assert_eq!(report.status, Status::Succeeded, "{}", report.error);
+}
+
+#[test]
+fn a_record_folder_that_is_a_symlink_is_never_written_through() {
+    let ws = workspace_with(policy());
+    seed(&ws);
+    let outside = ws.ctx.workspace.state_dir.parent().unwrap().join("outside");
+    fs::create_dir_all(outside.join("MAIN")).unwrap();
+    std::os::unix::fs::symlink(&outside, ws.ctx.workspace.state_dir.join("revert")).unwrap();
+    let applied = ws.apply(&patch("p1", EVERY_OP));
+    assert_eq!(applied.status, Status::Succeeded, "{}", applied.error);
+    assert_eq!(fs::read_dir(outside.join("MAIN")).unwrap().count(), 0);
+    // The patch stands; it cannot be reverted without a record (or a commit).
+    let report = ws.apply(&revert_of("p1", ""));
+    assert_eq!(report.status, Status::Rejected);
+    assert!(report.error.contains("no longer kept"), "{}", report.error);
+    // Nor is the journal left open.
+    assert!(!executor::journal::is_open(
+        &ws.ctx.workspace.state_dir,
+        "MAIN"
+    ));
+}
