@@ -32,10 +32,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use ghost_core::{EditReport, PatchId, RevertSpec};
+use rustix::fs::{Mode, OFlags};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -217,10 +217,8 @@ fn list(dir: &Path) -> io::Result<Vec<Listed>> {
 
 /// Reads regular file `path` (never through a symlink), refusing it above `max_bytes`.
 fn read_bounded(path: &Path, max_bytes: u64) -> io::Result<Vec<u8>> {
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc_nofollow())
-        .open(path)?;
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let file = fs::File::from(rustix::fs::open(path, flags, Mode::empty())?);
     let meta = file.metadata()?;
     if !meta.is_file() {
         return Err(io::Error::other("not a regular file"));
@@ -238,10 +236,6 @@ fn read_bounded(path: &Path, max_bytes: u64) -> io::Result<Vec<u8>> {
         return Err(io::Error::other("the file grew over the limit"));
     }
     Ok(bytes)
-}
-
-fn libc_nofollow() -> i32 {
-    i32::try_from(rustix::fs::OFlags::NOFOLLOW.bits()).unwrap_or(0)
 }
 
 /// Keeps the revert record of patch `patch_id` (content hash `content_hash`), which has just
@@ -314,11 +308,8 @@ pub(crate) fn keep(
         };
         let bytes = serde_json::to_vec(&post).map_err(io::Error::other)?;
         let temp = dir.join(format!("{base}.post.tmp"));
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc_nofollow())
-            .open(&temp)?;
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;
+        let mut file = fs::File::from(rustix::fs::open(&temp, flags, Mode::from_raw_mode(0o600))?);
         file.write_all(&bytes)?;
         drop(file);
         fs::rename(&temp, dir.join(format!("{base}.post")))
