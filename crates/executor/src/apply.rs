@@ -30,7 +30,8 @@ use crate::commands::{self, Argv, Stopped};
 use crate::git;
 use crate::journal::{self, Header, Journal, Restored};
 use crate::ledger::Ledger;
-use crate::plan::{self, Final, Plan, PlanError};
+use crate::plan::{self, Final, Plan};
+use crate::revert::{self, Refusal};
 use crate::snapshot::{self, Scope, Snapshot};
 use crate::workspace::{Limits, Workspace};
 
@@ -649,9 +650,13 @@ fn apply_once(
         validate.splice(0..0, commands);
         return hand_off(attempt, &task.task, &validate, &owners, dry_run);
     }
-    let ops = match fileops::plan(patch) {
-        Ok(ops) => ops,
-        Err(err) => return attempt.end(Status::Rejected, err.to_string()),
+    let ops = match patch.revert {
+        // A revert's plan comes from the reverted patch's record (or git), not from edits.
+        Some(_) => Vec::new(),
+        None => match fileops::plan(patch) {
+            Ok(ops) => ops,
+            Err(err) => return attempt.end(Status::Rejected, err.to_string()),
+        },
     };
     let mut dirs = match Dirs::open_checked(&ctx.workspace.root, ctx.root_id) {
         Ok(dirs) => dirs,
@@ -664,13 +669,18 @@ fn apply_once(
             return attempt.end(Status::Failed, format!("cannot open the workspace: {err}"));
         }
     };
-    let planned = attempt.stage("plan", |_| {
-        plan::build(&ctx.workspace, &mut dirs, &ops, ctx.limits)
+    let planned = attempt.stage("plan", |_| match &patch.revert {
+        Some(spec) => revert::plan(ctx, &mut dirs, spec),
+        None => plan::build(&ctx.workspace, &mut dirs, &ops, ctx.limits).map_err(Refusal::from),
     });
     let plan = match planned {
         Ok(plan) => plan,
-        Err(PlanError::Refused(reason)) => return attempt.end(Status::Rejected, reason),
-        Err(PlanError::Mismatch(reason)) => return attempt.end(Status::Failed, reason),
+        Err(Refusal::Rejected(reason)) => return attempt.end(Status::Rejected, reason),
+        Err(Refusal::Failed(reason)) => return attempt.end(Status::Failed, reason),
+        Err(Refusal::Conflicts(paths, reason)) => {
+            attempt.report.conflicts = paths;
+            return attempt.end(Status::Rejected, reason);
+        }
     };
     attempt.report.edits = plan.reports.clone();
     if dry_run {
@@ -800,6 +810,7 @@ fn apply_once(
         scope: &scope,
         snapshot: taken.as_ref(),
         edited_ignore_file,
+        touched: plan.files.keys().cloned().collect(),
     };
     let Some((status, reason)) = failure else {
         return finish(
@@ -882,9 +893,12 @@ struct Kept<'a> {
     scope: &'a Scope,
     snapshot: Option<&'a Snapshot>,
     edited_ignore_file: bool,
+    /// The file paths the plan wrote or removed (the revert record's paths).
+    touched: Vec<String>,
 }
 
-/// Records a kept effect in the ledger, then releases the snapshot and closes the journal.
+/// Records a kept effect in the ledger, then releases the snapshot and closes the journal,
+/// or, for a success, keeps it as the patch's revert record ([`revert::keep`]).
 fn finish(
     attempt: Attempt<'_>,
     kept: Kept<'_>,
@@ -899,6 +913,7 @@ fn finish(
         scope,
         snapshot,
         edited_ignore_file,
+        touched,
     } = kept;
     let ctx = attempt.ctx;
     let target = attempt.ctx.workspace.target.clone();
@@ -927,7 +942,14 @@ fn finish(
         // Recorded applied: a restart finds the patch in the ledger and only drops it.
         tracing::error!(%target, error = %err, "cannot release the snapshot");
     }
-    close_journal(&target, journal);
+    let unkept = if status == Status::Succeeded {
+        revert::keep(ctx, &patch_id, hash, journal, &touched)
+    } else {
+        Some(journal)
+    };
+    if let Some(journal) = unkept {
+        close_journal(&target, journal);
+    }
     report
 }
 

@@ -130,6 +130,10 @@ pub struct TargetPolicy {
     /// ...and one whose files in scope hold more bytes than this (the snapshot's store keeps
     /// each file's bytes once).
     pub max_snapshot_bytes: u64,
+    /// Revert records kept for this target: the pre-images of its last `revert_keep`
+    /// succeeded patches (the oldest pruned when a new one is written); 0 keeps none, so only
+    /// a patch that made a git commit can be reverted. At most 1000.
+    pub revert_keep: u32,
 }
 
 /// One owner check of a target (`targets.<T>.checks`).
@@ -257,6 +261,13 @@ impl TargetPolicy {
                 ));
             }
         }
+        if self.revert_keep > crate::revert::MAX_KEEP {
+            return Err(format!(
+                "target {target}: revert_keep = {} is over the maximum of {}",
+                self.revert_keep,
+                crate::revert::MAX_KEEP
+            ));
+        }
         for glob in &self.rollback_ignore {
             let bare = glob.strip_prefix('!').unwrap_or(glob);
             if bare.is_empty() {
@@ -292,6 +303,7 @@ impl Default for TargetPolicy {
             rollback_ignore: Vec::new(),
             max_snapshot_files: 1_000_000,
             max_snapshot_bytes: 2 * 1024 * 1024 * 1024,
+            revert_keep: crate::revert::DEFAULT_KEEP,
         }
     }
 }
@@ -394,6 +406,19 @@ mod tests {
             let err = policy(text).unwrap_err();
             assert!(err.contains(expected), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn revert_keep_defaults_to_20_and_is_held_to_1000() {
+        assert_eq!(policy("").unwrap().revert_keep, 20);
+        assert_eq!(policy("revert_keep = 0\n").unwrap().revert_keep, 0);
+        assert_eq!(policy("revert_keep = 1000\n").unwrap().revert_keep, 1000);
+        let err = policy("revert_keep = 1001\n").unwrap_err();
+        assert_eq!(
+            err,
+            "target MAIN: revert_keep = 1001 is over the maximum of 1000"
+        );
+        assert!(policy("revert_keep = -1\n").is_err());
     }
 
     #[test]

@@ -157,7 +157,7 @@ async fn session(
             .collect(),
         capabilities: [
             "write", "replace", "diff", "delete", "rename", "chmod", "mkdir", "patch", "commands",
-            "validate", "agent", "git", "journal", "ledger", "cancel", "dry_run",
+            "validate", "agent", "git", "journal", "ledger", "cancel", "dry_run", "revert",
         ]
         .map(str::to_owned)
         .to_vec(),

@@ -10,6 +10,10 @@
 //! an apply takes it alone (writer) and, the lock being fair, an apply waiting for it goes
 //! before any dry run that comes after it. A dry run holds the lock only while it plans and
 //! reads the files it touches; the diff is built after it has let go.
+//!
+//! A revert patch is checked the same way: its record (or git commit) is read and every path
+//! compared with its post-image; the answer is the diff that restores the pre-images, or
+//! `rejected` with the `conflicts`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,7 +28,8 @@ use crate::commands;
 use crate::diff::{self, FileChange, MAX_DIFF_BYTES, Side};
 use crate::git;
 use crate::journal;
-use crate::plan::{self, Final, PlanError};
+use crate::plan::{self, Final};
+use crate::revert::{self, Refusal};
 
 /// One lock per target, held alone by an apply while it runs and shared by dry runs while
 /// they plan and read.
@@ -136,9 +141,12 @@ fn plan_only<G>(ctx: &Context, patch: &Patch, guard: G) -> ApplyReport {
                 .to_owned(),
         );
     }
-    let ops = match fileops::plan(patch) {
-        Ok(ops) => ops,
-        Err(err) => return ended(report, started, Status::Rejected, err.to_string()),
+    let ops = match patch.revert {
+        Some(_) => Vec::new(),
+        None => match fileops::plan(patch) {
+            Ok(ops) => ops,
+            Err(err) => return ended(report, started, Status::Rejected, err.to_string()),
+        },
     };
     let mut dirs = match Dirs::open_checked(&ctx.workspace.root, ctx.root_id) {
         Ok(dirs) => dirs,
@@ -152,16 +160,23 @@ fn plan_only<G>(ctx: &Context, patch: &Patch, guard: G) -> ApplyReport {
         }
     };
     let planning = Instant::now();
-    let planned = plan::build(&ctx.workspace, &mut dirs, &ops, ctx.limits);
+    let planned = match &patch.revert {
+        Some(spec) => revert::plan(ctx, &mut dirs, spec),
+        None => plan::build(&ctx.workspace, &mut dirs, &ops, ctx.limits).map_err(Refusal::from),
+    };
     let mut report = report;
     report.stages.push(stage("plan", planning.elapsed()));
     let plan = match planned {
         Ok(plan) => plan,
-        Err(PlanError::Refused(reason)) => {
+        Err(Refusal::Rejected(reason)) => {
             return ended(report, started, Status::Rejected, reason);
         }
-        Err(PlanError::Mismatch(reason)) => {
+        Err(Refusal::Failed(reason)) => {
             return ended(report, started, Status::Failed, reason);
+        }
+        Err(Refusal::Conflicts(paths, reason)) => {
+            report.conflicts = paths;
+            return ended(report, started, Status::Rejected, reason);
         }
     };
     report.edits = plan.reports.clone();

@@ -270,3 +270,157 @@ impl Identity {
         }
     }
 }
+
+/// One file a commit changed, read from git for a revert: its blob before (the first
+/// parent's, or none) and after (the commit's, or none), each with its mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitChange {
+    /// Workspace-relative path.
+    pub path: String,
+    /// Bytes and mode in the commit's parent; `None`: the commit created the file.
+    pub before: Option<(Vec<u8>, u32)>,
+    /// Bytes and mode in the commit; `None`: the commit deleted the file.
+    pub after: Option<(Vec<u8>, u32)>,
+}
+
+/// Most files one commit may change for its revert to be read from git.
+pub const MAX_COMMIT_PATHS: usize = 10_000;
+
+/// True for a sha git can be given as is: 7 to 64 lowercase hex digits.
+fn is_sha(commit: &str) -> bool {
+    (7..=64).contains(&commit.len())
+        && commit
+            .bytes()
+            .all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte))
+}
+
+/// A tree entry's mode as permission bits; `None` for "no file". Symlinks, submodules and
+/// anything else are refused: a revert restores regular files only.
+fn blob_mode(mode: &str, path: &str) -> Result<Option<u32>, String> {
+    match mode {
+        "000000" => Ok(None),
+        "100644" => Ok(Some(0o644)),
+        "100755" => Ok(Some(0o755)),
+        "120000" => Err(format!(
+            "{path} is a symlink in git, which a revert does not restore"
+        )),
+        "160000" => Err(format!(
+            "{path} is a submodule in git, which a revert does not restore"
+        )),
+        other => Err(format!(
+            "{path} has git mode {other}, which a revert does not restore"
+        )),
+    }
+}
+
+/// The bytes of blob `sha`, refused above `max_bytes` before they are read.
+fn blob(root: &Path, sha: &str, path: &str, max_bytes: u64) -> Result<Vec<u8>, String> {
+    if !is_sha(sha) {
+        return Err(format!(
+            "git named blob {sha:?} for {path}, which is not a sha"
+        ));
+    }
+    let size = output(git(root).args(["cat-file", "-s", sha]))
+        .map_err(|err| format!("git cat-file failed for {path}: {err}"))?;
+    let size: u64 = size
+        .parse()
+        .map_err(|_| format!("git cat-file gave the size {size:?} for {path}"))?;
+    if size > max_bytes {
+        return Err(format!(
+            "{path} is {size} bytes in git, over the {max_bytes} byte file limit"
+        ));
+    }
+    bytes_output(git(root).args(["cat-file", "blob", sha]), &[0])
+        .map_err(|err| format!("git cat-file failed for {path}: {err}"))
+}
+
+/// What `commit` changed under the workspace root (paths outside it are left out): every
+/// changed path with its blob in the commit's parent and in the commit, as
+/// `git diff-tree -r --no-renames --root` lists them. `commit` must be a sha (7 to 64
+/// lowercase hex digits) of a commit in the workspace's repository; a merge commit is refused.
+pub fn commit_changes(
+    root: &Path,
+    commit: &str,
+    max_file_bytes: u64,
+) -> Result<Vec<CommitChange>, String> {
+    if !is_sha(commit) {
+        return Err(format!(
+            "commit {commit:?} is not a sha (7 to 64 lowercase hex digits)"
+        ));
+    }
+    let full = output(git(root).args([
+        "rev-parse",
+        "--verify",
+        "--quiet",
+        "--end-of-options",
+        &format!("{commit}^{{commit}}"),
+    ]))
+    .map_err(|_| format!("commit {commit} is not in the workspace's git repository"))?;
+    if !is_sha(&full) {
+        return Err(format!(
+            "commit {commit} is not in the workspace's git repository"
+        ));
+    }
+    let parents = output(git(root).args(["rev-list", "--parents", "-n", "1", &full]))
+        .map_err(|err| format!("cannot read the parents of commit {commit}: {err}"))?;
+    if parents.split_whitespace().count() > 2 {
+        return Err(format!(
+            "commit {commit} is a merge commit, which a revert does not undo"
+        ));
+    }
+    let prefix = output(git(root).args(["rev-parse", "--show-prefix"]))
+        .map_err(|err| format!("cannot read the workspace's place in git: {err}"))?;
+    let listed = bytes_output(
+        git(root).args([
+            "diff-tree",
+            "-r",
+            "--no-renames",
+            "--no-commit-id",
+            "--root",
+            "-z",
+            &full,
+        ]),
+        &[0],
+    )
+    .map_err(|err| format!("git diff-tree failed: {err}"))?;
+    let mut fields = listed.split(|byte| *byte == 0);
+    let mut changes = Vec::new();
+    while let Some(meta) = fields.next() {
+        if meta.is_empty() {
+            continue;
+        }
+        let meta = std::str::from_utf8(meta)
+            .map_err(|_| "git diff-tree gave a line that is not UTF-8".to_owned())?;
+        let raw_path = fields
+            .next()
+            .ok_or("git diff-tree gave a change without a path")?;
+        let path = std::str::from_utf8(raw_path)
+            .map_err(|_| format!("commit {commit} changed a path that is not UTF-8"))?;
+        let Some(rel) = path.strip_prefix(prefix.as_str()) else {
+            continue;
+        };
+        let parts: Vec<&str> = meta.trim_start_matches(':').split(' ').collect();
+        let [old_mode, new_mode, old_sha, new_sha, _status] = parts[..] else {
+            return Err(format!("git diff-tree gave an unexpected line {meta:?}"));
+        };
+        if changes.len() >= MAX_COMMIT_PATHS {
+            return Err(format!(
+                "commit {commit} changed more than {MAX_COMMIT_PATHS} files"
+            ));
+        }
+        let before = match blob_mode(old_mode, rel)? {
+            Some(mode) => Some((blob(root, old_sha, rel, max_file_bytes)?, mode)),
+            None => None,
+        };
+        let after = match blob_mode(new_mode, rel)? {
+            Some(mode) => Some((blob(root, new_sha, rel, max_file_bytes)?, mode)),
+            None => None,
+        };
+        changes.push(CommitChange {
+            path: rel.to_owned(),
+            before,
+            after,
+        });
+    }
+    Ok(changes)
+}

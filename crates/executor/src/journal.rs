@@ -283,6 +283,18 @@ impl Journal {
         restore(&self.originals, dirs)
     }
 
+    /// Moves the sealed journal to `dest` (the patch's revert record, see [`crate::revert`])
+    /// instead of removing it: its originals are the patch's pre-images, so they are not
+    /// copied. Without an fsync: should the rename be lost, the journal is found again on
+    /// start, in the ledger, and dropped (the record then is not whole and is ignored).
+    /// On failure the journal is handed back, still open.
+    pub fn keep_as(self, dest: &Path) -> Result<(), Box<(Self, std::io::Error)>> {
+        match fs::rename(&self.path, dest) {
+            Ok(()) => Ok(()),
+            Err(err) => Err(Box::new((self, err))),
+        }
+    }
+
     /// Forgets the journal once the apply is committed or rolled back.
     pub fn close(self) -> std::io::Result<()> {
         remove_if_present(&self.path).map(|_| ())
@@ -431,6 +443,31 @@ fn parse(bytes: &[u8], root: &Path) -> Result<(Header, Vec<Original>), String> {
         originals.push(Original { entry, bytes });
     }
     Ok((header, originals))
+}
+
+/// One file path's original in a kept journal: its bytes and mode, or `None` when the path
+/// did not exist.
+pub(crate) type KeptOriginal = (String, Option<(Vec<u8>, u32)>);
+
+/// Reads a journal kept as a revert record: its header and the original of every file path
+/// the patch touched (temp files and created directories left out), in journal order.
+pub(crate) fn read_kept(bytes: &[u8]) -> Result<(Header, Vec<KeptOriginal>), String> {
+    if !bytes.starts_with(MAGIC) {
+        return Err("it does not start with the journal marker".to_owned());
+    }
+    let (header, originals) = parse(bytes, Path::new("/"))?;
+    let kept = originals
+        .into_iter()
+        .filter_map(|original| match original.entry {
+            Entry::File { path, before } => {
+                let (_, name) = beneath::split(&path);
+                (!beneath::is_temp_name(name))
+                    .then(|| (path, before.map(|(_, mode)| (original.bytes, mode))))
+            }
+            Entry::Dir { .. } => None,
+        })
+        .collect();
+    Ok((header, kept))
 }
 
 /// A journal left behind by a crash, rolled back.

@@ -9,7 +9,9 @@
 //! An attempt ([`apply`]) plans every edit in memory ([`plan`]), journals the originals
 //! ([`journal`]), writes (every file operation relative to directory handles: [`beneath`]), runs commands and checks under the target's policy ([`commands`]), gathers what their
 //! output reports into the report's diagnostics (`diagnose`),
-//! and commits or rolls back; the [`ledger`] makes a re-delivered patch a no-op. On start a
+//! and commits or rolls back; the [`ledger`] makes a re-delivered patch a no-op. A succeeded
+//! patch's journal is kept as its revert record (`revert`), from which a revert patch
+//! restores its pre-images (or from its git commit once the record is gone). On start a
 //! leftover journal is rolled back and reported `interrupted` once the router is connected.
 
 mod agent;
@@ -27,6 +29,7 @@ mod git;
 pub mod journal;
 pub mod ledger;
 pub mod plan;
+mod revert;
 pub mod snapshot;
 pub mod workspace;
 

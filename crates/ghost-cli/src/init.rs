@@ -238,6 +238,7 @@ pub fn file_text(keys: &[ApiKeyConfig]) -> Result<String, CliError> {
             agent: None,
             checks: Vec::new(),
             rollback_ignore: Vec::new(),
+            revert_keep: None,
         }],
         keys,
     };

@@ -186,6 +186,7 @@ fn targets(file_targets: Vec<TargetSpec>, flags: &[String]) -> Result<Vec<Target
                 agent: None,
                 checks: Vec::new(),
                 rollback_ignore: Vec::new(),
+                revert_keep: None,
             }),
         }
     }
@@ -199,6 +200,7 @@ fn targets(file_targets: Vec<TargetSpec>, flags: &[String]) -> Result<Vec<Target
             agent: None,
             checks: Vec::new(),
             rollback_ignore: Vec::new(),
+            revert_keep: None,
         });
     }
     let defaults: Vec<&str> = targets
@@ -266,6 +268,9 @@ fn policy_of(target: &TargetSpec) -> Result<TargetPolicy, CliError> {
         agent: target.agent.clone(),
         checks,
         rollback_ignore: target.rollback_ignore.clone(),
+        revert_keep: target
+            .revert_keep
+            .unwrap_or(TargetPolicy::default().revert_keep),
         ..TargetPolicy::default()
     };
     policy
@@ -739,6 +744,30 @@ mod tests {
     }
 
     #[test]
+    fn revert_keep_of_each_target_reaches_the_executors_policy() {
+        let config = load_text(
+            r#"
+            [[targets]]
+            name = "MAIN"
+            root = "./main"
+            revert_keep = 0
+
+            [[targets]]
+            name = "DOCS"
+            root = "./docs"
+            revert_keep = 1000
+            "#,
+            UpFlags::default(),
+        )
+        .unwrap();
+        let targets = &config.system.executor.as_ref().unwrap().targets;
+        assert_eq!(targets["MAIN"].revert_keep, 0);
+        assert_eq!(targets["DOCS"].revert_keep, 1000);
+        let rendered = config.render().unwrap();
+        assert!(rendered.contains("revert_keep = 0"), "{rendered}");
+    }
+
+    #[test]
     fn owner_checks_and_rollback_ignore_reach_the_executors_policy_and_bad_ones_are_refused() {
         let config = load_text(
             r#"
@@ -771,6 +800,7 @@ mod tests {
         );
         assert_eq!(policy.checks[1].when, executor::When::Always);
         assert_eq!(policy.rollback_ignore, ["coverage/**", "!dist/keep.js"]);
+        assert_eq!(policy.revert_keep, 20);
         // What `ghost up` hands the executor reads back the same.
         let rendered = config.render().unwrap();
         assert!(rendered.contains("changed:src/**/*.{ts,tsx}"), "{rendered}");
@@ -791,6 +821,10 @@ mod tests {
             (
                 "[[targets]]\nname = \"MAIN\"\nroot = \"a\"\nrollback_ignore = [\"a/{b\"]\n",
                 "rollback_ignore",
+            ),
+            (
+                "[[targets]]\nname = \"MAIN\"\nroot = \"a\"\nrevert_keep = 1001\n",
+                "revert_keep = 1001 is over the maximum of 1000",
             ),
         ] {
             let err = load_text(text, UpFlags::default()).unwrap_err().to_string();

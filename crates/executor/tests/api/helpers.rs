@@ -275,6 +275,8 @@ impl TestRouter {
 /// The real executor `App` (port 0) serving a test workspace, dialled into a [`TestRouter`]
 /// that assigns one patch at a time, as the router does per target.
 pub struct RunningExecutor {
+    /// The capabilities its Hello advertised.
+    pub capabilities: Vec<String>,
     session: Session,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -304,10 +306,18 @@ impl RunningExecutor {
         let stop = CancellationToken::new();
         let token = stop.clone();
         let task = tokio::spawn(async move { app.run(token.cancelled_owned()).await });
-        let session = tokio::time::timeout(Duration::from_secs(20), sessions.recv())
+        let mut session = tokio::time::timeout(Duration::from_secs(20), sessions.recv())
             .await
             .expect("the executor dialled the router within 20 s")
             .unwrap();
+        // The executor says Hello before anything else.
+        let first = tokio::time::timeout(Duration::from_secs(20), session.from_executor.recv())
+            .await
+            .expect("the executor said Hello within 20 s")
+            .expect("the executor is still connected");
+        let Some(executor_message::Kind::Hello(hello)) = first.kind else {
+            panic!("the executor's first message is not a Hello: {first:?}");
+        };
         session
             .to_executor
             .send(Ok(RouterMessage {
@@ -318,6 +328,7 @@ impl RunningExecutor {
             .await
             .unwrap();
         Self {
+            capabilities: hello.capabilities,
             session,
             stop,
             task,

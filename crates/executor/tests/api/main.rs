@@ -15,6 +15,7 @@ mod ledger;
 mod leftovers;
 mod process_tree;
 mod race;
+mod revert;
 mod rollback;
 mod rollback_limits;
 mod timing;

@@ -93,6 +93,10 @@ pub struct TargetSpec {
     /// back in); the last matching entry decides.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rollback_ignore: Vec<String>,
+    /// Succeeded patches whose pre-images the executor keeps for a revert (default 20, at
+    /// most 1000; 0 keeps none, so only a patch that made a git commit can be reverted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revert_keep: Option<u32>,
 }
 
 /// One owner check (`[[targets.checks]]`): the executor's `targets.<T>.checks` entry.

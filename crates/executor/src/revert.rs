@@ -1,0 +1,699 @@
+//! Revert records, and the plan of a revert patch (`revert: {of, commit}`).
+//!
+//! **Records.** When a patch ends `succeeded` (only then: not a kept failure, not a dry run,
+//! and not an agent hand-off, which has no journal), its journal of originals is kept instead
+//! of removed: it already holds each touched file's pre-image (bytes and mode, or absent), so
+//! keeping it is one rename, no copy. Beside it goes a small post file with each touched
+//! path's post-image, read from disk once the patch's commands, checks and commit are done:
+//! the SHA-256 of its bytes and its mode, `absent`, or `other` (a directory, symlink, device,
+//! or a file over the file limit), which always conflicts. Cost: O(touched files), no fsync.
+//!
+//! Layout: `<state_dir>/revert/<target>/<seq>-<patch id>.journal` and `.post`, `seq` 16
+//! decimal digits; names come from a validated target name and patch id only, nothing in the
+//! state dir is followed through a symlink, and every read is bounded. The last
+//! `revert_keep` records of a target are kept (the oldest pruned when one is written);
+//! 0 keeps none.
+//!
+//! A record is whole or ignored: the journal was synced when it was sealed (before the patch
+//! wrote anything); the post file is written last (temp file and rename) and names the
+//! journal's length, patch id and content hash, so after a power loss a record whose rename
+//! or bytes were lost does not parse or does not match, and the revert answers "no longer
+//! kept", never restores from half a record.
+//!
+//! **Revert plan.** Every path of the record must still be in its post-image, else it is a
+//! conflict and nothing is written; then each path gets its pre-image back through the
+//! normal apply (journal, write, checks, commit, ledger, and a record of its own, so a revert
+//! can be reverted). Paths go through the workspace's confinement again: a record can be old,
+//! and the target's policy stricter now. Directories the original patch created are left in
+//! place (empty or not): a revert restores files only. Without a record, a patch that made a
+//! git commit is reverted from git (`<commit>^` and `<commit>`, paths under the workspace
+//! root), comparing file modes as git does (the executable bit).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use ghost_core::{EditReport, PatchId, RevertSpec};
+use rustix::fs::{Mode, OFlags};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::apply::Context;
+use crate::beneath::{self, Dirs, Kind};
+use crate::journal::{self, Journal};
+use crate::plan::{Final, Plan, PlanError};
+use crate::workspace::check_path;
+
+/// Records kept per target unless `revert_keep` says otherwise.
+pub const DEFAULT_KEEP: u32 = 20;
+/// The most `revert_keep` may be.
+pub const MAX_KEEP: u32 = 1000;
+/// The first field of every post file.
+const FORMAT: &str = "ghost-revert 1";
+/// The largest post file read.
+const MAX_POST_BYTES: u64 = 64 * 1024 * 1024;
+/// The largest kept journal read.
+const MAX_JOURNAL_BYTES: u64 = 1024 * 1024 * 1024;
+/// The most directory entries looked at in a target's record folder.
+const MAX_LISTED: usize = 100_000;
+/// The longest conflict list named in an error (the report's `conflicts` has them all).
+const MAX_NAMED_BYTES: usize = 2000;
+
+/// A path's state when a patch ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+enum Image {
+    /// A regular file: the SHA-256 of its bytes (hex) and its mode.
+    File { sha256: String, mode: u32 },
+    /// Nothing there.
+    Absent,
+    /// A directory, symlink, device, or a file that cannot be read: always a conflict.
+    Other,
+}
+
+/// The post file of a record.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Post {
+    format: String,
+    patch_id: String,
+    content_hash: String,
+    /// Length of the kept journal (which was synced when it was sealed, before the patch
+    /// wrote anything, so it is whole wherever it is found).
+    journal_bytes: u64,
+    /// Post-image of every file path the patch touched.
+    paths: BTreeMap<String, Image>,
+}
+
+/// What is at a path now.
+enum Now {
+    Absent,
+    File(Vec<u8>, u32),
+    Other,
+}
+
+impl Now {
+    fn image(&self) -> Image {
+        match self {
+            Self::Absent => Image::Absent,
+            Self::File(bytes, mode) => Image::File {
+                sha256: hex(&Sha256::digest(bytes)),
+                mode: *mode,
+            },
+            Self::Other => Image::Other,
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// What is at `rel` now, read through `dirs`; anything but a readable regular file within
+/// `max_bytes` (or nothing) is `Other`.
+fn now(dirs: &mut Dirs, rel: &str, max_bytes: u64) -> Now {
+    let (parent, name) = beneath::split(rel);
+    let handle = match dirs.dir(parent) {
+        Ok(handle) => handle,
+        Err(err) if beneath::is_absent(&err) => return Now::Absent,
+        Err(_) => return Now::Other,
+    };
+    match beneath::stat(&handle, name) {
+        Ok(None) => return Now::Absent,
+        Ok(Some(Kind::File(_))) => {}
+        Ok(Some(_)) | Err(_) => return Now::Other,
+    }
+    match beneath::read(&handle, name, max_bytes) {
+        Ok(Some((bytes, mode))) => Now::File(bytes, mode & 0o7777),
+        Ok(None) => Now::Absent,
+        Err(_) => Now::Other,
+    }
+}
+
+/// A target name safe as a folder name (a valid target name: letters, digits, `_`, `-`).
+fn safe_target(target: &str) -> io::Result<()> {
+    ghost_core::TargetName::parse(target)
+        .map(|_| ())
+        .map_err(|err| io::Error::other(format!("no record folder for target {target:?}: {err}")))
+}
+
+/// `dir`, which must be a real directory (never a symlink); made when `create`.
+fn real_dir(dir: &Path, create: bool) -> io::Result<bool> {
+    if create {
+        match fs::create_dir(dir) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(err) => return Err(err),
+        }
+    }
+    match fs::symlink_metadata(dir) {
+        Ok(meta) if meta.is_dir() => Ok(true),
+        Ok(_) => Err(io::Error::other(format!(
+            "{} is not a directory (a symlink is never followed)",
+            dir.display()
+        ))),
+        Err(err) if err.kind() == io::ErrorKind::NotFound && !create => Ok(false),
+        Err(err) => Err(err),
+    }
+}
+
+/// The record folder of `target`, if it exists (made when `create`).
+fn folder(state_dir: &Path, target: &str, create: bool) -> io::Result<Option<PathBuf>> {
+    safe_target(target)?;
+    let top = state_dir.join("revert");
+    if !real_dir(&top, create)? {
+        return Ok(None);
+    }
+    let dir = top.join(target);
+    Ok(real_dir(&dir, create)?.then_some(dir))
+}
+
+/// One file of a record folder.
+#[derive(Debug)]
+struct Listed {
+    seq: u64,
+    id: String,
+    post: bool,
+    name: String,
+}
+
+/// `<16 digits>-<patch id>.journal`, `.post`, or a post's temp file `.post.tmp`.
+fn parse_name(name: &str) -> Option<Listed> {
+    let (seq, rest) = name.split_once('-')?;
+    if seq.len() != 16 || !seq.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    let (id, post) = if let Some(id) = rest.strip_suffix(".journal") {
+        (id, false)
+    } else if let Some(id) = rest.strip_suffix(".post") {
+        (id, true)
+    } else {
+        (rest.strip_suffix(".post.tmp")?, false)
+    };
+    PatchId::parse(id).ok()?;
+    Some(Listed {
+        seq: seq.parse().ok()?,
+        id: id.to_owned(),
+        post,
+        name: name.to_owned(),
+    })
+}
+
+/// The record files in `dir` (regular files with a record's name only), bounded.
+fn list(dir: &Path) -> io::Result<Vec<Listed>> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir)?.take(MAX_LISTED) {
+        let entry = entry?;
+        if !entry.file_type()?.is_file() {
+            continue;
+        }
+        if let Some(listed) = entry.file_name().to_str().and_then(parse_name) {
+            found.push(listed);
+        }
+    }
+    Ok(found)
+}
+
+/// Reads regular file `path` (never through a symlink), refusing it above `max_bytes`.
+fn read_bounded(path: &Path, max_bytes: u64) -> io::Result<Vec<u8>> {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let file = fs::File::from(rustix::fs::open(path, flags, Mode::empty())?);
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    if meta.len() > max_bytes {
+        return Err(io::Error::other(format!(
+            "{} bytes, over the {max_bytes} byte limit",
+            meta.len()
+        )));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(max_bytes.saturating_add(1))
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(io::Error::other("the file grew over the limit"));
+    }
+    Ok(bytes)
+}
+
+/// Keeps the revert record of patch `patch_id` (content hash `content_hash`), which has just
+/// succeeded and touched the file paths `touched`: moves `journal` into the target's record
+/// folder and writes the post-images beside it, then prunes to `revert_keep`. Hands the
+/// journal back when it was not kept (`revert_keep = 0`, or the record could not be
+/// written: logged, and the patch stays unrevertable but for git), to be closed as usual.
+pub(crate) fn keep(
+    ctx: &Context,
+    patch_id: &str,
+    content_hash: &str,
+    journal: Journal,
+    touched: &[String],
+) -> Option<Journal> {
+    let target = ctx.workspace.target.as_str();
+    let keep = ctx.workspace.policy.revert_keep;
+    let state_dir = &ctx.workspace.state_dir;
+    if keep == 0 {
+        if let Ok(Some(dir)) = folder(state_dir, target, false)
+            && let Err(err) = prune(&dir, 0)
+        {
+            tracing::warn!(%target, error = %err, "cannot prune the revert records");
+        }
+        return Some(journal);
+    }
+    let dir = match folder(state_dir, target, true) {
+        Ok(Some(dir)) => dir,
+        Ok(None) => return Some(journal),
+        Err(err) => {
+            tracing::error!(%target, %patch_id, error = %err, "cannot make the revert record folder; the patch is not kept for revert");
+            return Some(journal);
+        }
+    };
+    let mut dirs = match Dirs::open_checked(&ctx.workspace.root, ctx.root_id) {
+        Ok(dirs) => dirs,
+        Err(err) => {
+            tracing::error!(%target, %patch_id, error = %err, "cannot open the workspace to read the post-images; the patch is not kept for revert");
+            return Some(journal);
+        }
+    };
+    let paths: BTreeMap<String, Image> = touched
+        .iter()
+        .map(|rel| {
+            let image = now(&mut dirs, rel, ctx.limits.max_file_bytes).image();
+            (rel.clone(), image)
+        })
+        .collect();
+    let seq = match list(&dir) {
+        Ok(found) => found.iter().map(|listed| listed.seq).max().unwrap_or(0) + 1,
+        Err(err) => {
+            tracing::error!(%target, %patch_id, error = %err, "cannot list the revert records; the patch is not kept for revert");
+            return Some(journal);
+        }
+    };
+    let base = format!("{seq:016}-{patch_id}");
+    let journal_path = dir.join(format!("{base}.journal"));
+    if let Err(failed) = journal.keep_as(&journal_path) {
+        let (journal, err) = *failed;
+        tracing::error!(%target, %patch_id, error = %err, "cannot keep the journal as a revert record");
+        return Some(journal);
+    }
+    let written = (|| -> io::Result<()> {
+        let journal_bytes = fs::symlink_metadata(&journal_path)?.len();
+        let post = Post {
+            format: FORMAT.to_owned(),
+            patch_id: patch_id.to_owned(),
+            content_hash: content_hash.to_owned(),
+            journal_bytes,
+            paths,
+        };
+        let bytes = serde_json::to_vec(&post).map_err(io::Error::other)?;
+        let temp = dir.join(format!("{base}.post.tmp"));
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;
+        let mut file = fs::File::from(rustix::fs::open(&temp, flags, Mode::from_raw_mode(0o600))?);
+        file.write_all(&bytes)?;
+        drop(file);
+        fs::rename(&temp, dir.join(format!("{base}.post")))
+    })();
+    if let Err(err) = written {
+        tracing::error!(%target, %patch_id, error = %err, "cannot write the revert record; the patch is not kept for revert");
+        let _ = fs::remove_file(&journal_path);
+        let _ = fs::remove_file(dir.join(format!("{base}.post.tmp")));
+        return None;
+    }
+    if let Err(err) = prune(&dir, keep) {
+        tracing::warn!(%target, error = %err, "cannot prune the revert records");
+    }
+    tracing::debug!(%target, %patch_id, seq, "revert record kept");
+    None
+}
+
+/// Removes all but the newest `keep` records of the folder, and older records of an id
+/// recorded again.
+fn prune(dir: &Path, keep: u32) -> io::Result<()> {
+    let found = list(dir)?;
+    let mut newest_of: BTreeMap<&str, u64> = BTreeMap::new();
+    for listed in &found {
+        let seq = newest_of.entry(listed.id.as_str()).or_insert(listed.seq);
+        *seq = (*seq).max(listed.seq);
+    }
+    let mut seqs: Vec<u64> = newest_of.values().copied().collect();
+    seqs.sort_unstable_by(|a, b| b.cmp(a));
+    let kept: BTreeSet<u64> = seqs
+        .into_iter()
+        .take(usize::try_from(keep).unwrap_or(usize::MAX))
+        .collect();
+    for listed in &found {
+        if !kept.contains(&listed.seq) {
+            match fs::remove_file(dir.join(&listed.name)) {
+                Ok(()) => {}
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                Err(err) => return Err(err),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A file's pre-image: its bytes and mode, or `None` when it did not exist.
+type PreImage = Option<(Vec<u8>, u32)>;
+
+/// A record's content: per path its pre-image and post-image.
+struct Record {
+    paths: BTreeMap<String, (PreImage, Image)>,
+    /// Post-image modes compared by the executable bit only (git keeps no more).
+    git_modes: bool,
+}
+
+/// The newest whole record of patch `of` for `ctx`'s target; `None` when there is none, or
+/// the one there is not whole (logged).
+fn load(ctx: &Context, of: &str) -> Option<Record> {
+    let target = ctx.workspace.target.as_str();
+    let dir = match folder(&ctx.workspace.state_dir, target, false) {
+        Ok(Some(dir)) => dir,
+        Ok(None) => return None,
+        Err(err) => {
+            tracing::error!(%target, error = %err, "cannot open the revert records");
+            return None;
+        }
+    };
+    let found = match list(&dir) {
+        Ok(found) => found,
+        Err(err) => {
+            tracing::error!(%target, error = %err, "cannot list the revert records");
+            return None;
+        }
+    };
+    let seq = found
+        .iter()
+        .filter(|listed| listed.id == of && listed.post)
+        .map(|listed| listed.seq)
+        .max()?;
+    let base = format!("{seq:016}-{of}");
+    let ignored = |reason: String| {
+        tracing::warn!(%target, patch_id = %of, %reason, "revert record ignored: not whole");
+        None
+    };
+    let post = match read_bounded(&dir.join(format!("{base}.post")), MAX_POST_BYTES) {
+        Ok(bytes) => bytes,
+        Err(err) => return ignored(format!("post file: {err}")),
+    };
+    let post: Post = match serde_json::from_slice(&post) {
+        Ok(post) => post,
+        Err(err) => return ignored(format!("post file: {err}")),
+    };
+    if post.format != FORMAT || post.patch_id != of {
+        return ignored("the post file names another format or patch".to_owned());
+    }
+    let kept = match read_bounded(
+        &dir.join(format!("{base}.journal")),
+        post.journal_bytes.min(MAX_JOURNAL_BYTES),
+    ) {
+        Ok(bytes) => bytes,
+        Err(err) => return ignored(format!("journal: {err}")),
+    };
+    if kept.len() as u64 != post.journal_bytes {
+        return ignored("the journal is not the one the post file names".to_owned());
+    }
+    let (header, originals) = match journal::read_kept(&kept) {
+        Ok(found) => found,
+        Err(err) => return ignored(format!("journal: {err}")),
+    };
+    if header.patch_id != of || header.content_hash != post.content_hash {
+        return ignored("the journal is another patch's".to_owned());
+    }
+    let mut posts = post.paths;
+    let mut paths = BTreeMap::new();
+    for (rel, before) in originals {
+        let Some(image) = posts.remove(&rel) else {
+            return ignored(format!("no post-image of {rel}"));
+        };
+        paths.insert(rel, (before, image));
+    }
+    if !posts.is_empty() {
+        return ignored("post-images of paths the journal does not name".to_owned());
+    }
+    Some(Record {
+        paths,
+        git_modes: false,
+    })
+}
+
+/// The record of a patch read from its git commit.
+fn from_git(ctx: &Context, commit: &str) -> Result<Record, String> {
+    let changes =
+        crate::git::commit_changes(&ctx.workspace.root, commit, ctx.limits.max_file_bytes)?;
+    let mut paths = BTreeMap::new();
+    for change in changes {
+        let image = match &change.after {
+            Some((bytes, mode)) => Image::File {
+                sha256: hex(&Sha256::digest(bytes)),
+                mode: *mode,
+            },
+            None => Image::Absent,
+        };
+        paths.insert(change.path, (change.before, image));
+    }
+    if paths.is_empty() {
+        return Err(format!(
+            "commit {commit} changed no file under the workspace root"
+        ));
+    }
+    Ok(Record {
+        paths,
+        git_modes: true,
+    })
+}
+
+/// Why a revert cannot be planned.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// Not allowed, or nothing to revert from: `rejected`.
+    Rejected(String),
+    /// Files changed since the patch ended: `rejected`, with these paths (sorted).
+    Conflicts(Vec<String>, String),
+    /// The workspace does not fit (cannot be read): `failed`.
+    Failed(String),
+}
+
+impl From<PlanError> for Refusal {
+    fn from(err: PlanError) -> Self {
+        match err {
+            PlanError::Refused(reason) => Self::Rejected(reason),
+            PlanError::Mismatch(reason) => Self::Failed(reason),
+        }
+    }
+}
+
+/// `files changed since patch X: a, b` naming as many paths as fit in a bounded text.
+fn conflict_error(of: &str, conflicts: &[String]) -> String {
+    let mut named = String::new();
+    let mut shown = 0;
+    for path in conflicts {
+        let piece: String = path.chars().take(256).collect();
+        if !named.is_empty() && named.len() + piece.len() > MAX_NAMED_BYTES {
+            break;
+        }
+        if !named.is_empty() {
+            named.push_str(", ");
+        }
+        named.push_str(&piece);
+        shown += 1;
+    }
+    let more = conflicts.len() - shown;
+    if more > 0 {
+        named.push_str(&format!(" and {more} more"));
+    }
+    format!("files changed since patch {of}: {named}")
+}
+
+fn lines(bytes: &[u8]) -> u32 {
+    let newlines = bytes.iter().filter(|b| **b == b'\n').count();
+    let trailing = usize::from(!bytes.is_empty() && !bytes.ends_with(b"\n"));
+    u32::try_from(newlines + trailing).unwrap_or(u32::MAX)
+}
+
+/// True when what is there now is the post-image (by the executable bit only for git's).
+fn unchanged(now: &Now, image: &Image, git_modes: bool) -> bool {
+    match (now.image(), image) {
+        (Image::Absent, Image::Absent) => true,
+        (
+            Image::File { sha256, mode },
+            Image::File {
+                sha256: post_sha,
+                mode: post_mode,
+            },
+        ) => {
+            let modes = if git_modes {
+                (mode & 0o100 != 0) == (post_mode & 0o100 != 0)
+            } else {
+                mode == *post_mode
+            };
+            sha256 == *post_sha && modes
+        }
+        _ => false,
+    }
+}
+
+/// Plans the revert `spec` against the workspace as it is now, reading through `dirs`:
+/// the record's pre-images, each path checked for confinement, limits and conflicts.
+/// Nothing is written.
+pub(crate) fn plan(ctx: &Context, dirs: &mut Dirs, spec: &RevertSpec) -> Result<Plan, Refusal> {
+    let of = spec.of.as_str();
+    let record = match (load(ctx, of), &spec.commit) {
+        (Some(record), _) => record,
+        (None, Some(commit)) => from_git(ctx, commit)
+            .map_err(|reason| Refusal::Rejected(format!("cannot revert patch {of}: {reason}")))?,
+        (None, None) => {
+            return Err(Refusal::Rejected(format!(
+                "the pre-images of patch {of} are no longer kept (this executor keeps the last \
+                 {} per target) and {of} made no git commit",
+                ctx.workspace.policy.revert_keep
+            )));
+        }
+    };
+    let mut conflicts = Vec::new();
+    let mut current = BTreeMap::new();
+    for (rel, (_, image)) in &record.paths {
+        check_path(&ctx.workspace, rel)
+            .map_err(|err| Refusal::Rejected(format!("cannot revert patch {of}: {err}")))?;
+        let found = now(dirs, rel, ctx.limits.max_file_bytes);
+        if !unchanged(&found, image, record.git_modes) {
+            conflicts.push(rel.clone());
+        }
+        current.insert(rel.as_str(), found);
+    }
+    if !conflicts.is_empty() {
+        let error = conflict_error(of, &conflicts);
+        return Err(Refusal::Conflicts(conflicts, error));
+    }
+    let mut plan = Plan::default();
+    let mut made = BTreeSet::new();
+    let mut total: u64 = 0;
+    for (rel, (before, _)) in &record.paths {
+        let found = current.get(rel.as_str());
+        let (now_bytes, now_mode) = match found {
+            Some(Now::File(bytes, mode)) => (Some(bytes.as_slice()), *mode),
+            _ => (None, 0),
+        };
+        let report = match before {
+            Some((bytes, mode)) => {
+                let mode = mode & 0o777;
+                if now_bytes == Some(bytes.as_slice()) && now_mode & 0o777 == mode {
+                    continue;
+                }
+                if bytes.len() as u64 > ctx.limits.max_file_bytes {
+                    return Err(Refusal::Rejected(format!(
+                        "cannot revert patch {of}: {rel} would be {} bytes, over the {} byte \
+                         file limit",
+                        bytes.len(),
+                        ctx.limits.max_file_bytes
+                    )));
+                }
+                total = total.saturating_add(bytes.len() as u64);
+                missing_parents(dirs, rel, &mut plan, &mut made)?;
+                plan.files.insert(
+                    rel.clone(),
+                    Final::File {
+                        bytes: bytes.clone(),
+                        mode,
+                    },
+                );
+                EditReport {
+                    op: "write".to_owned(),
+                    path: rel.clone(),
+                    added: lines(bytes),
+                    removed: now_bytes.map_or(0, lines),
+                    ..EditReport::default()
+                }
+            }
+            None => {
+                let Some(now_bytes) = now_bytes else {
+                    continue;
+                };
+                plan.files.insert(rel.clone(), Final::Absent);
+                EditReport {
+                    op: "delete".to_owned(),
+                    path: rel.clone(),
+                    removed: lines(now_bytes),
+                    ..EditReport::default()
+                }
+            }
+        };
+        plan.reports.push(report);
+    }
+    if total > ctx.limits.max_patch_bytes {
+        return Err(Refusal::Rejected(format!(
+            "cannot revert patch {of}: it writes {total} bytes, over the {} byte patch limit",
+            ctx.limits.max_patch_bytes
+        )));
+    }
+    Ok(plan)
+}
+
+/// Plans every missing directory above `rel`, outermost first.
+fn missing_parents(
+    dirs: &mut Dirs,
+    rel: &str,
+    plan: &mut Plan,
+    made: &mut BTreeSet<String>,
+) -> Result<(), Refusal> {
+    let mut missing = false;
+    for (cut, _) in rel.match_indices('/') {
+        let dir = &rel[..cut];
+        if made.contains(dir) {
+            continue;
+        }
+        if !missing {
+            match dirs.dir(dir) {
+                Ok(_) => continue,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => missing = true,
+                Err(err) if beneath::is(&err, rustix::io::Errno::LOOP) => {
+                    return Err(Refusal::Rejected(format!(
+                        "cannot restore {rel}: {dir} is a symlink, which is never followed"
+                    )));
+                }
+                Err(err) => {
+                    return Err(Refusal::Failed(format!(
+                        "cannot restore {rel}: {dir}: {err}"
+                    )));
+                }
+            }
+        }
+        made.insert(dir.to_owned());
+        plan.dirs.push(dir.to_owned());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_names_parse_back_and_others_are_ignored() {
+        let listed = parse_name("0000000000000012-revert-a-b.post").unwrap();
+        assert_eq!(
+            (listed.seq, listed.id.as_str(), listed.post),
+            (12, "revert-a-b", true)
+        );
+        assert!(!parse_name("0000000000000012-a.journal").unwrap().post);
+        for bad in [
+            "12-a.post",
+            "0000000000000012-.post",
+            "0000000000000012-a/b.post",
+            "0000000000000012-.hidden.post",
+            "0000000000000012-a.txt",
+        ] {
+            assert!(parse_name(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_conflict_error_is_bounded() {
+        let many: Vec<String> = (0..1000).map(|n| format!("src/file{n}.ts")).collect();
+        let error = conflict_error("p1", &many);
+        assert!(error.starts_with("files changed since patch p1: src/file0.ts, src/file1.ts"));
+        assert!(error.len() < MAX_NAMED_BYTES + 200, "{}", error.len());
+        assert!(error.ends_with("more"), "{error}");
+    }
+}
