@@ -395,6 +395,10 @@ pub trait RouterStore: Send + Sync + 'static {
         actor: String,
     ) -> Result<Option<(PatchRecord, bool)>, StoreError>;
 
+    /// Adds an audit event to a patch without changing it (its current status and attempt,
+    /// `actor`, `detail`); false when there is no such patch.
+    async fn note(&self, id: String, actor: String, detail: String) -> Result<bool, StoreError>;
+
     /// Pauses or resumes handing out work for a target.
     async fn set_paused(&self, target: String, paused: bool) -> Result<(), StoreError>;
 

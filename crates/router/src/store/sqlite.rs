@@ -1064,6 +1064,17 @@ impl RouterStore for SqliteStore {
         .await
     }
 
+    async fn note(&self, id: String, actor: String, detail: String) -> Result<bool, StoreError> {
+        self.write(move |conn| {
+            let Some(record) = get_tx(conn, &id)? else {
+                return Ok(false);
+            };
+            event_tx(conn, &id, record.status, &actor, record.attempt, &detail)?;
+            Ok(true)
+        })
+        .await
+    }
+
     async fn set_paused(&self, target: String, paused: bool) -> Result<(), StoreError> {
         self.write(move |conn| {
             exec(
