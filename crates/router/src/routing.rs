@@ -359,7 +359,7 @@ impl Routing {
                 .or_default(),
         );
         let _serial = lock.lock().await;
-        let (session_id, owner, sender) = {
+        let (session_id, owner, sender, takes_reverts) = {
             let slots = self.slots.lock().await;
             let Some(slot) = slots.get(target) else {
                 return;
@@ -370,16 +370,35 @@ impl Routing {
             // An executor that has sent nothing for a whole lease period (no heartbeat) is
             // presumed stuck: it gets no new work until it speaks again.
             let alive_since = now_ms() - self.lease_ms();
-            let Some(session) = slot.sessions.iter().find(|s| {
+            let alive = |s: &&Session| {
                 !s.cut.is_cancelled() && s.last_seen_ms.load(Ordering::Relaxed) >= alive_since
-            }) else {
+            };
+            // A session that can apply revert patches first: an older executor is never
+            // handed one (it would not know what to restore), it gets the other patches.
+            let Some(session) = slot
+                .sessions
+                .iter()
+                .filter(alive)
+                .find(|s| s.revert)
+                .or_else(|| slot.sessions.iter().find(alive))
+            else {
                 return;
             };
-            (session.id, session.owner.clone(), session.sender.clone())
+            (
+                session.id,
+                session.owner.clone(),
+                session.sender.clone(),
+                session.revert,
+            )
         };
         let record = match self
             .store
-            .lease_next(target.to_owned(), owner.clone(), self.lease_ms())
+            .lease_next(
+                target.to_owned(),
+                owner.clone(),
+                self.lease_ms(),
+                takes_reverts,
+            )
             .await
         {
             Ok(Some(record)) => record,

@@ -362,6 +362,78 @@ async fn no_executor_advertising_revert_is_a_failed_precondition_naming_the_targ
         refused.message()
     );
     older.expect_silence(Duration::from_millis(300)).await;
+
+    // With one that does, the check goes to it and never to the older one.
+    let mut newer = executor(&router, "exec-newer", &["dry_run", "revert"]).await;
+    let call = ask(&router, "kept", "alice");
+    let request = dry_run_asked(&mut newer).await;
+    answer_dry_run(
+        &newer,
+        &request,
+        ApplyReport {
+            status: PatchStatus::Succeeded as i32,
+            dry_run: true,
+            ..ApplyReport::default()
+        },
+    )
+    .await;
+    assert!(answer_of(call).await.expect("queued").created);
+    // The revert patch is applied by an executor that can: the newer one.
+    assert_eq!(
+        newer.assignment().await.patch.expect("patch").id,
+        "revert-kept"
+    );
+    older.expect_silence(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn an_older_executor_is_never_assigned_a_revert_patch_but_still_gets_the_others() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let router = spawn_router(config(dir.path())).await;
+    let mut newer = executor(&router, "exec-newer", &["dry_run", "revert"]).await;
+    finished(
+        &router,
+        &mut newer,
+        "undo-me",
+        "",
+        PatchStatus::Succeeded,
+        "",
+    )
+    .await;
+    // Hold MAIN busy so the revert patch stays queued while the newer executor leaves.
+    submit(&router, patch("busy", "MAIN")).await;
+    let busy = newer.assignment().await;
+    let call = ask(&router, "undo-me", "alice");
+    let request = dry_run_asked(&mut newer).await;
+    answer_dry_run(
+        &newer,
+        &request,
+        ApplyReport {
+            status: PatchStatus::Succeeded as i32,
+            dry_run: true,
+            ..ApplyReport::default()
+        },
+    )
+    .await;
+    assert!(answer_of(call).await.expect("queued").created);
+    newer.finish(&busy, PatchStatus::Succeeded).await;
+    // The revert patch (priority high) goes to the newer executor right away.
+    assert_eq!(
+        newer.assignment().await.patch.expect("patch").id,
+        "revert-undo-me"
+    );
+    drop(newer);
+    wait_for_status(&router, "revert-undo-me", PatchStatus::Queued).await;
+
+    // Only an older executor now: it gets the normal patch queued after the revert, never
+    // the revert.
+    let mut older = executor(&router, "exec-older", &["dry_run"]).await;
+    submit(&router, patch("normal", "MAIN")).await;
+    let assign = older.assignment().await;
+    assert_eq!(assign.patch.as_ref().expect("patch").id, "normal");
+    older.finish(&assign, PatchStatus::Succeeded).await;
+    older.expect_silence(Duration::from_millis(300)).await;
+    wait_for_status(&router, "revert-undo-me", PatchStatus::Queued).await;
 }
 
 #[tokio::test]
