@@ -105,6 +105,14 @@ pub enum GatewayError {
     /// The id is taken by a patch with other content, or the patch is in the wrong state.
     #[error("{0}")]
     Conflict(String),
+    /// A revert refused because files changed since the patch ended (nothing was queued).
+    #[error("{error}")]
+    RevertConflicts {
+        /// The executor's explanation, naming the files.
+        error: String,
+        /// Workspace-relative paths changed since, sorted.
+        conflicts: Vec<String>,
+    },
     /// A feature needs an upstream the gateway was not configured with (names the setting).
     #[error("this gateway has no {0} configured; set it to enable this")]
     NotConfigured(&'static str),
@@ -142,7 +150,7 @@ impl GatewayError {
             }
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::NotFound(_) | Self::NoSuchExecutorToken(_) => StatusCode::NOT_FOUND,
-            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Conflict(_) | Self::RevertConflicts { .. } => StatusCode::CONFLICT,
             Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             Self::NotConfigured(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unavailable(_) | Self::DryRunUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -169,6 +177,7 @@ impl GatewayError {
             Self::BodyTimeout(_) => "body-timeout",
             Self::NotFound(_) | Self::NoSuchExecutorToken(_) => "not-found",
             Self::Conflict(_) => "conflict",
+            Self::RevertConflicts { .. } => "revert-conflicts",
             Self::NotImplemented(_) => "not-implemented",
             Self::NotConfigured(_) => "not-configured",
             Self::Unavailable(_) => "unavailable",
@@ -247,6 +256,10 @@ impl IntoResponse for GatewayError {
             Self::MalformedBody { line, column, .. } => {
                 body["line"] = json!(line);
                 body["column"] = json!(column);
+            }
+            Self::RevertConflicts { error, conflicts } => {
+                body["error"] = json!(error);
+                body["conflicts"] = json!(conflicts);
             }
             Self::Unavailable(detail) => {
                 tracing::warn!(error = %detail, "upstream unavailable");

@@ -282,7 +282,9 @@ pub async fn shed_and_time(
         Some(wait) => guard
             .request_timeout
             .max(wait + crate::long_poll::ANSWER_MARGIN + HTTP_MARGIN),
-        None if is_dry_run(&parts) => guard.request_timeout.max(crate::dry_run::HTTP_DEADLINE),
+        None if asks_an_executor(&parts) => {
+            guard.request_timeout.max(crate::dry_run::HTTP_DEADLINE)
+        }
         None => guard.request_timeout,
     };
     let request = Request::from_parts(parts, Body::from(body));
@@ -300,14 +302,23 @@ const HTTP_MARGIN: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Copy)]
 pub struct NoWait;
 
-/// `POST /v1/patches?dry_run=true`.
-fn is_dry_run(parts: &axum::http::request::Parts) -> bool {
-    parts.method == axum::http::Method::POST
-        && parts.uri.path() == "/v1/patches"
-        && parts
-            .uri
-            .query()
-            .is_some_and(|query| query.split('&').any(|pair| pair == "dry_run=true"))
+/// `POST /v1/patches?dry_run=true` and `POST /v1/patches/{id}/revert`: the router asks an
+/// executor before answering.
+fn asks_an_executor(parts: &axum::http::request::Parts) -> bool {
+    if parts.method != axum::http::Method::POST {
+        return false;
+    }
+    let path = parts.uri.path();
+    let revert = path
+        .strip_prefix("/v1/patches/")
+        .and_then(|rest| rest.strip_suffix("/revert"))
+        .is_some_and(|id| !id.is_empty() && !id.contains('/'));
+    revert
+        || path == "/v1/patches"
+            && parts
+                .uri
+                .query()
+                .is_some_and(|query| query.split('&').any(|pair| pair == "dry_run=true"))
 }
 
 /// The wait of a long poll: `GET /v1/patches/{id}?wait=...` with a valid wait.

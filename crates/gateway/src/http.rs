@@ -70,6 +70,10 @@ pub struct Problem {
     pub known_targets: Option<Vec<String>>,
     /// The known target nearest to the unknown one, when one is close ("did you mean").
     pub nearest: Option<String>,
+    /// A refused revert: why, naming the files (the same text as `detail`).
+    pub error: Option<String>,
+    /// A refused revert: workspace-relative paths changed since the patch ended, sorted.
+    pub conflicts: Option<Vec<String>>,
 }
 
 /// A v1 patch. The common fields are described here; every other v1 field (`commands`,
@@ -146,6 +150,27 @@ pub struct EditInput {
     path: String,
     /// New file contents.
     contents: String,
+}
+
+/// The body of `POST /v1/patches/{id}/revert`: empty, or an empty object.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevertInput {}
+
+/// Refuses a revert body other than nothing or `{}`.
+fn empty_object(body: &[u8]) -> Result<(), GatewayError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    let refused = || {
+        GatewayError::BadRequest(
+            "the body of a revert is empty or {}: the patch is named in the path".to_owned(),
+        )
+    };
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(members)) if members.is_empty() => Ok(()),
+        _ => Err(refused()),
+    }
 }
 
 /// Chat text whose fenced patch blocks are submitted.
@@ -249,6 +274,7 @@ pub fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(patch_events))
         .routes(routes!(cancel_patch))
         .routes(routes!(retry_patch))
+        .routes(routes!(revert_patch))
         .routes(routes!(submit_message))
         .routes(routes!(list_targets))
         .routes(routes!(pause_target))
@@ -483,6 +509,45 @@ async fn retry_patch(
     Path(id): Path<String>,
 ) -> Result<Json<PatchView>, GatewayError> {
     Ok(Json(state.patches.retry(&caller, &id).await?))
+}
+
+/// Queue a patch restoring the pre-images of a succeeded patch.
+#[utoipa::path(
+    post, path = "/v1/patches/{id}/revert", operation_id = "revertPatch", tag = "patches",
+    description = "Undo a succeeded patch: queues `revert-<id>`, restoring the files it changed, once the target's executor checked none changed since. Body empty or {}. Admin scope, or submit scope on the patch's target.",
+    params(("id" = String, Path, description = "The succeeded patch to undo")),
+    request_body(content = RevertInput, content_type = "application/json", description = "{} (an empty body is taken as {} too)"),
+    responses(
+        (status = 200, description = "The revert was queued before (`replayed` true): its current state", body = Accepted),
+        (status = 202, description = "The revert patch `revert-<id>`, stored and queued; Location names it", body = Accepted,
+            headers(("Location" = String, description = "/v1/patches/revert-<id>"))),
+        (status = 400, description = "A body other than nothing or {}", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Neither the admin nor the submit scope", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such patch (or one on a target the credential may not touch)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Files changed since the patch ended (`conflicts` names them, `error` says why; nothing queued); or the patch did not succeed, or no executor of its target can check a revert now (the detail says which)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited, too many failed credentials from this address, or the credential has 2 reverts being checked already", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Router unavailable, or the executor did not answer the check in time; nothing queued", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+#[tracing::instrument(skip_all, fields(patch_id = %id))]
+async fn revert_patch(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, GatewayError> {
+    let body = body_or_error(body, state.max_body_bytes)?;
+    empty_object(&body)?;
+    let accepted = state.patches.revert(&caller, &id).await?;
+    let code = if accepted.replayed {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    let location = format!("/v1/patches/{}", accepted.id);
+    Ok((code, [(header::LOCATION, location)], Json(accepted)).into_response())
 }
 
 /// Submit every fenced patch block of a chat message.

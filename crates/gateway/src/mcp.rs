@@ -1,5 +1,6 @@
 //! The MCP endpoint (`/mcp`, streamable HTTP): tools `submit_patch`, `check_patch` (a dry
-//! run), `get_patch` (with an optional `wait`), `list_patches` and `cancel_patch` over the
+//! run), `get_patch` (with an optional `wait`), `list_patches`, `cancel_patch` and
+//! `revert_patch` (its conflicts are an error result carrying them) over the
 //! same logic and the same credentials as the API. The guard in front of `/mcp`
 //! authenticates; each tool checks the caller's scope and targets.
 //!
@@ -359,6 +360,40 @@ impl GhostMcp {
         .instrument(span)
         .await;
         answer(result)
+    }
+
+    #[tool(
+        description = "Undo a succeeded patch: queues the patch `revert-<id>` restoring the files it changed, once the target's executor checked that none changed since (needs the admin scope, or the submit scope on the patch's target). Asking again answers the same revert (`replayed`). When files changed since, nothing is queued and the error result's `conflicts` names them.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = true,
+            open_world_hint = false
+        ),
+        output_schema = schemas::submitted()
+    )]
+    async fn revert_patch(
+        &self,
+        Extension(parts): Extension<http::request::Parts>,
+        Parameters(input): Parameters<IdInput>,
+    ) -> CallToolResult {
+        let span = tool_span(&parts, "revert_patch");
+        let result = async {
+            let caller = caller(&parts)?;
+            self.patches.revert(&caller, &input.id).await
+        }
+        .instrument(span)
+        .await;
+        match result {
+            // The files are data the model acts on: structured, next to the text.
+            Err(GatewayError::RevertConflicts { error, conflicts }) => {
+                CallToolResult::structured_error(serde_json::json!({
+                    "error": error,
+                    "conflicts": conflicts,
+                }))
+            }
+            other => answer(other),
+        }
     }
 }
 

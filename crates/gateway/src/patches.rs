@@ -40,6 +40,9 @@ pub trait PatchQueue: Send + Sync {
     ) -> Result<(PatchView, Option<ReportView>), GatewayError>;
     /// Plans the patch on an executor serving its target without writing or storing anything.
     async fn dry_run(&self, patch: &ghost_core::Patch) -> Result<DryRunReport, GatewayError>;
+    /// Queues the revert of the succeeded patch `id` on behalf of `actor`, after its target's
+    /// executor checked it (conflicts: nothing queued).
+    async fn revert(&self, id: &PatchId, actor: &str) -> Result<Reverted, GatewayError>;
     /// One patch's audit trail.
     async fn events(&self, id: &PatchId) -> Result<Vec<EventView>, GatewayError>;
     /// A page of patches, newest first.
@@ -65,6 +68,31 @@ pub trait PatchQueue: Send + Sync {
         target: Option<&TargetName>,
         since_unix_ms: i64,
     ) -> Result<Stats, GatewayError>;
+}
+
+/// What the router answered a revert.
+#[derive(Debug, Clone)]
+pub enum Reverted {
+    /// The revert patch, queued now (`created`) or earlier (a replay).
+    Queued(PatchView),
+    /// Files changed since the patch ended; nothing was queued.
+    Conflicts {
+        /// The executor's explanation, naming the files.
+        error: String,
+        /// Workspace-relative paths, sorted.
+        conflicts: Vec<String>,
+    },
+}
+
+/// The refusal of a submitted document asking for a revert itself.
+pub const REVERT_REFUSAL: &str = "a patch may not carry `revert`: ask for a revert with POST \
+                                  /v1/patches/{id}/revert (MCP revert_patch, ghost revert ID)";
+
+fn refuse_revert_member(value: &serde_json::Value) -> Result<(), GatewayError> {
+    if value.get("revert").is_some() {
+        return Err(GatewayError::BadRequest(REVERT_REFUSAL.to_owned()));
+    }
+    Ok(())
 }
 
 /// The summarizer as the gateway needs it.
@@ -337,6 +365,9 @@ pub const MAX_LONG_POLLS_PER_CALLER: usize = 16;
 /// Dry runs (HTTP `?dry_run=true`, MCP `check_patch`) one credential may have running at
 /// once; beyond, 429.
 pub const MAX_DRY_RUNS_PER_CALLER: usize = 2;
+/// Reverts (HTTP `POST /v1/patches/{id}/revert`, MCP `revert_patch`) one credential may have
+/// waiting for an executor's check at once; beyond, 429.
+pub const MAX_REVERTS_PER_CALLER: usize = 2;
 
 /// Places per credential name, shared by the HTTP API and MCP (whose tools run past the HTTP
 /// guard's limits once the SSE answer has started).
@@ -398,6 +429,7 @@ pub struct Patches {
     max_wait: std::time::Duration,
     long_polls: PerCaller,
     dry_runs: PerCaller,
+    reverts: PerCaller,
 }
 
 /// Bytes of `patch`'s canonical JSON, counted without building it.
@@ -456,6 +488,7 @@ impl Patches {
             max_wait: crate::long_poll::MAX_WAIT,
             long_polls: PerCaller::default(),
             dry_runs: PerCaller::default(),
+            reverts: PerCaller::default(),
         }
     }
 
@@ -587,6 +620,7 @@ impl Patches {
         let options = options.unwrap_or(&self.legacy);
         let document = parse_off_the_workers(body.to_vec(), format, self.budget).await??;
         let value = document.value;
+        refuse_revert_member(&value)?;
         let key = idempotency_key
             .map(|key| {
                 PatchId::parse(key).map_err(|err| {
@@ -621,6 +655,10 @@ impl Patches {
     async fn admit(&self, caller: &Principal, normalised: &Normalised) -> Result<(), GatewayError> {
         let patch = &normalised.patch;
         tracing::Span::current().record("patch_id", patch.id.as_str());
+        // Only the router builds a revert patch (`Revert`), from the patch it undoes.
+        if patch.revert.is_some() {
+            return Err(GatewayError::BadRequest(REVERT_REFUSAL.to_owned()));
+        }
         // Normalising a legacy shape can multiply a document (every element of an aliased
         // array becomes a line of the task), so the result is held to the same budget.
         let size = json_len(patch);
@@ -727,12 +765,14 @@ impl Patches {
                 blocks.push(skipped("not a patch"));
                 continue;
             }
-            let result = match ghost_core::normalise(document.value, &self.legacy) {
+            let result = match refuse_revert_member(&document.value).and_then(|()| {
+                ghost_core::normalise(document.value, &self.legacy).map_err(Into::into)
+            }) {
                 Ok(mut normalised) => {
                     normalised.warnings = document.warnings;
                     self.queue_normalised(caller, normalised).await
                 }
-                Err(err) => Err(err.into()),
+                Err(err) => Err(err),
             };
             match result {
                 Ok(accepted) => {
@@ -892,6 +932,46 @@ impl Patches {
         self.queue
             .retry(&parse_id(raw_id)?, &format!("gateway:{}", caller.name))
             .await
+    }
+
+    /// Queues the revert of a succeeded patch: admin scope, or submit scope on the patch's
+    /// target. A patch on a target the caller may not touch is answered 404 like `GET`, so its
+    /// existence is not revealed. The router asks the target's executor first (at most
+    /// [`MAX_REVERTS_PER_CALLER`] such calls per credential at once); files changed since the
+    /// patch ended refuse it ([`GatewayError::RevertConflicts`]). The answer has the shape of a
+    /// submit's, `replayed` when the revert was queued before.
+    pub async fn revert(&self, caller: &Principal, raw_id: &str) -> Result<Accepted, GatewayError> {
+        caller.require(Scope::Submit)?;
+        let (original, _) = self.visible(caller, raw_id).await?;
+        let Some(_place) = self.reverts.take(&caller.name, MAX_REVERTS_PER_CALLER) else {
+            tracing::warn!(caller = %caller.name, "reverts of one credential at their cap; refused");
+            return Err(GatewayError::TooManyRequests { retry_after_s: 1 });
+        };
+        tracing::info!(
+            target: "audit",
+            caller = %caller.name,
+            target_name = %original.target,
+            patch_id = %raw_id,
+            "revert requested: the workspace is checked for this caller"
+        );
+        let actor = format!("gateway:{}", caller.name);
+        match self.queue.revert(&parse_id(raw_id)?, &actor).await? {
+            Reverted::Queued(view) => Ok(Accepted {
+                id: view.id,
+                target: view.target,
+                status: view.status,
+                attempt: view.attempt,
+                trace_id: view.trace_id,
+                replayed: !view.created,
+                shape: "v1".to_owned(),
+                ignored: Vec::new(),
+                warnings: Vec::new(),
+                id_derived: false,
+            }),
+            Reverted::Conflicts { error, conflicts } => {
+                Err(GatewayError::RevertConflicts { error, conflicts })
+            }
+        }
     }
 
     /// Targets the caller may see.

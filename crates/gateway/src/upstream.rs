@@ -19,7 +19,7 @@ use crate::fleet::{
     AlertFeed, AlertView, ExecutorList, ExecutorView, HourOutcomes, StageLatency, Stats,
 };
 use crate::patches::{
-    EventView, ListFilter, PatchPage, PatchQueue, PatchView, SummaryStore, TargetView,
+    EventView, ListFilter, PatchPage, PatchQueue, PatchView, Reverted, SummaryStore, TargetView,
 };
 use crate::report::ReportView;
 
@@ -160,6 +160,42 @@ impl PatchQueue for GrpcRouter {
                 GatewayError::Internal("router answered a dry run without a report".to_owned())
             })?;
         Ok(DryRunReport::from(report))
+    }
+
+    async fn revert(&self, id: &PatchId, actor: &str) -> Result<Reverted, GatewayError> {
+        let request = router_wire::RevertRequest {
+            id: id.to_string(),
+            actor: actor.to_owned(),
+        };
+        // The router asks the target's executor, waiting up to 30 s, as for a dry run.
+        let response = self
+            .client
+            .clone()
+            .revert(with_deadline(request, crate::dry_run::CALL_DEADLINE))
+            .await
+            .map_err(|status| match status.code() {
+                tonic::Code::Unavailable
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::ResourceExhausted
+                    if status.message().contains("executor")
+                        || status.message().contains("dry run") =>
+                {
+                    GatewayError::DryRunUnavailable(status.message().to_owned())
+                }
+                tonic::Code::FailedPrecondition => {
+                    GatewayError::Conflict(status.message().to_owned())
+                }
+                _ => from_upstream(id.as_str(), &status),
+            })?
+            .into_inner();
+        match response.state {
+            Some(state) => Ok(Reverted::Queued(view(state, response.created)?)),
+            None if !response.conflicts.is_empty() => Ok(Reverted::Conflicts {
+                error: response.error,
+                conflicts: response.conflicts,
+            }),
+            None => Err(no_state()),
+        }
     }
 
     async fn events(&self, id: &PatchId) -> Result<Vec<EventView>, GatewayError> {

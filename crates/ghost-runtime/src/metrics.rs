@@ -75,6 +75,13 @@ pub const CATALOGUE: &[(&str, Kind, &str)] = &[
         "Wait calls refused because the router's cap on waiting calls was reached.",
     ),
     (
+        "ghost_router_reverts_total",
+        Kind::Counter,
+        "Revert calls by outcome: queued (a revert patch stored), conflict (files changed since \
+         the patch ended), refused (unknown or not succeeded patch, no executor, the check \
+         failed). A replay of a stored revert is not counted.",
+    ),
+    (
         "ghost_executor_rollback_failures_total",
         Kind::Counter,
         "Rollbacks that could not restore the workspace byte for byte, by target.",

@@ -24,6 +24,7 @@ use tonic::{Request, Response, Streaming};
 use tracing::Instrument;
 
 use crate::error::RouterError;
+use crate::revert::Reverted;
 use crate::routing::{Reporter, Routing};
 use crate::store::{PatchRecord, now_ms};
 use crate::tokens::{ExecutorTokens, hash_secret};
@@ -140,15 +141,50 @@ fn check_intake_warnings(warnings: &[String]) -> Result<(), RouterError> {
     Ok(())
 }
 
+/// A revert patch is built by the router's `Revert` only, never submitted (nor dry-run) as is.
+fn refuse_revert(patch: &wire::Patch) -> Result<(), RouterError> {
+    if patch.revert_of.is_empty() && patch.revert_commit.is_empty() {
+        return Ok(());
+    }
+    Err(RouterError::InvalidArgument {
+        field: "patch.revert_of".to_owned(),
+        message: "a revert patch is not submitted: use Revert with the id of the patch to undo"
+            .to_owned(),
+    })
+}
+
 type WorkStream = Pin<Box<dyn Stream<Item = Result<RouterMessage, tonic::Status>> + Send>>;
 
 #[tonic::async_trait]
 impl RouterService for RouterGrpc {
+    #[tracing::instrument(skip_all, fields(patch_id))]
     async fn revert(
         &self,
-        _: Request<wire::RevertRequest>,
+        request: Request<wire::RevertRequest>,
     ) -> Result<Response<wire::RevertResponse>, tonic::Status> {
-        Err(tonic::Status::unimplemented("revert is not built yet"))
+        let request = request.into_inner();
+        let id = patch_id("id", &request.id)?;
+        tracing::Span::current().record("patch_id", id.as_str());
+        let traceparent = current_traceparent().unwrap_or_default();
+        let answer = match self
+            .routing
+            .revert(id, actor_or(request.actor, "api"), traceparent)
+            .await?
+        {
+            Reverted::Queued { record, created } => wire::RevertResponse {
+                state: Some(state_of(&record)),
+                created,
+                conflicts: Vec::new(),
+                error: String::new(),
+            },
+            Reverted::Conflicts { conflicts, error } => wire::RevertResponse {
+                state: None,
+                created: false,
+                conflicts,
+                error,
+            },
+        };
+        Ok(Response::new(answer))
     }
 
     #[tracing::instrument(skip_all, fields(patch_id, target))]
@@ -163,6 +199,7 @@ impl RouterService for RouterGrpc {
                 field: "patch".to_owned(),
                 message: "required".to_owned(),
             })?;
+        refuse_revert(&wire_patch)?;
         let patch = Patch::try_from(wire_patch).map_err(RouterError::from)?;
         tracing::Span::current().record("patch_id", patch.id.as_str());
         tracing::Span::current().record("target", patch.target.as_str());
@@ -203,6 +240,7 @@ impl RouterService for RouterGrpc {
             message: "required".to_owned(),
         })?;
         check_intake_warnings(&intake_warnings)?;
+        refuse_revert(&wire_patch)?;
         let patch = Patch::try_from(wire_patch).map_err(RouterError::from)?;
         tracing::Span::current().record("patch_id", patch.id.as_str());
         tracing::Span::current().record("target", patch.target.as_str());

@@ -1,6 +1,6 @@
 //! The router owns the patch lifecycle and the only durable queue of Ghost Runner.
 //!
-//! Callers: the gateway (Submit, Get, List, Cancel, Retry), the alerter (pause/resume/retry
+//! Callers: the gateway (Submit, Get, List, Cancel, Retry, DryRun, Revert), the alerter (pause/resume/retry
 //! from Slack), and executors, which dial the `Work` stream to take leases. Callees: the
 //! summarizer, which receives every terminal outcome through the outbox. Dashboards read
 //! aggregates (patches per hour, stage latency) from the read-only `RouterStatsService`.
@@ -19,6 +19,7 @@ mod dry_runs;
 mod error;
 mod grpc;
 mod outbox;
+mod revert;
 mod routing;
 mod stats;
 mod store;

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dry_runs::{DRY_RUN_DEADLINE, DryRuns};
 use crate::error::RouterError;
+use crate::revert::Reverts;
 use crate::store::{
     Completed, Inserted, LeaseEnded, NewAlert, PatchRecord, RouterStore, StoreError, TargetRow,
     now_ms,
@@ -42,6 +43,15 @@ pub type SessionSender = mpsc::Sender<Result<RouterMessage, tonic::Status>>;
 const RESERVED_FOR_CANCEL: usize = 8;
 /// How long sending a Cancel may wait for room on a full stream.
 const CANCEL_SEND_WAIT: Duration = Duration::from_secs(5);
+
+/// What a dry run asks of the executor, and so which sessions may answer it.
+#[derive(Debug, Clone, Copy)]
+enum Ask {
+    /// Plan a submitted patch (sessions advertising `dry_run`).
+    DryRun,
+    /// Check a revert patch (sessions advertising `revert`).
+    Revert,
+}
 
 /// The lease and alert policy.
 #[derive(Debug, Clone, Copy)]
@@ -68,6 +78,9 @@ struct Session {
     cut: CancellationToken,
     /// The executor advertised the `dry_run` capability in its Hello.
     dry_run: bool,
+    /// The executor advertised the `revert` capability in its Hello: it keeps revert records
+    /// and answers a dry run of a revert patch with its conflicts.
+    revert: bool,
 }
 
 #[derive(Default)]
@@ -137,6 +150,8 @@ pub struct Routing {
     pub waiters: Waiters,
     /// Dry runs waiting for an executor's answer.
     pub dry_runs: DryRuns,
+    /// Reverts being checked: one at a time per revert id.
+    pub reverts: Reverts,
 }
 
 fn millis(duration: Duration) -> i64 {
@@ -157,6 +172,7 @@ impl Routing {
             alert_wake: Arc::new(Notify::new()),
             waiters: Waiters::default(),
             dry_runs: DryRuns::default(),
+            reverts: Reverts::default(),
         }
     }
 
@@ -212,7 +228,8 @@ impl Routing {
     }
 
     /// Registers a new executor session for `targets` (no duplicates), which gets no work
-    /// once `cut` is cancelled and dry runs only if `capabilities` name `dry_run`; returns its
+    /// once `cut` is cancelled, dry runs only if `capabilities` name `dry_run` and revert checks
+    /// only if they name `revert`; returns its
     /// session id and owner name.
     pub async fn connect(
         &self,
@@ -235,6 +252,7 @@ impl Routing {
             sender,
             cut,
             dry_run: capabilities.iter().any(|c| c == "dry_run"),
+            revert: capabilities.iter().any(|c| c == "revert"),
         };
         // `unrestored` lives in memory: derive it from the stored alerts when a target's
         // executor connects, so a router restarted while it fired still resolves it on the
@@ -341,7 +359,7 @@ impl Routing {
                 .or_default(),
         );
         let _serial = lock.lock().await;
-        let (session_id, owner, sender) = {
+        let (session_id, owner, sender, takes_reverts) = {
             let slots = self.slots.lock().await;
             let Some(slot) = slots.get(target) else {
                 return;
@@ -352,16 +370,35 @@ impl Routing {
             // An executor that has sent nothing for a whole lease period (no heartbeat) is
             // presumed stuck: it gets no new work until it speaks again.
             let alive_since = now_ms() - self.lease_ms();
-            let Some(session) = slot.sessions.iter().find(|s| {
+            let alive = |s: &&Session| {
                 !s.cut.is_cancelled() && s.last_seen_ms.load(Ordering::Relaxed) >= alive_since
-            }) else {
+            };
+            // A session that can apply revert patches first: an older executor is never
+            // handed one (it would not know what to restore), it gets the other patches.
+            let Some(session) = slot
+                .sessions
+                .iter()
+                .filter(alive)
+                .find(|s| s.revert)
+                .or_else(|| slot.sessions.iter().find(alive))
+            else {
                 return;
             };
-            (session.id, session.owner.clone(), session.sender.clone())
+            (
+                session.id,
+                session.owner.clone(),
+                session.sender.clone(),
+                session.revert,
+            )
         };
         let record = match self
             .store
-            .lease_next(target.to_owned(), owner.clone(), self.lease_ms())
+            .lease_next(
+                target.to_owned(),
+                owner.clone(),
+                self.lease_ms(),
+                takes_reverts,
+            )
             .await
         {
             Ok(Some(record)) => record,
@@ -926,35 +963,60 @@ impl Routing {
     /// stored, queued or leased. The dry run does not wait behind the target's queue; the
     /// executor waits only for a patch it is applying on that target at that moment.
     pub async fn dry_run(&self, patch: &Patch) -> Result<ApplyReport, RouterError> {
+        self.ask_dry_run(patch, Ask::DryRun).await
+    }
+
+    /// Asks a connected executor serving the revert patch's target, one advertising the
+    /// `revert` capability, whether it can restore the pre-images (a dry run of the revert
+    /// patch: the diff it would apply, or `rejected` with the conflicts). Refused with
+    /// `FAILED_PRECONDITION` naming the target when no such executor is connected.
+    pub async fn check_revert(&self, patch: &Patch) -> Result<ApplyReport, RouterError> {
+        self.ask_dry_run(patch, Ask::Revert).await
+    }
+
+    async fn ask_dry_run(&self, patch: &Patch, ask: Ask) -> Result<ApplyReport, RouterError> {
         let target = patch.target.to_string();
         let (owner, sender) = {
             let slots = self.slots.lock().await;
             let alive_since = now_ms() - self.lease_ms();
-            let any_alive = slots.get(&target).is_some_and(|slot| {
-                slot.sessions.iter().any(|s| {
-                    !s.cut.is_cancelled() && s.last_seen_ms.load(Ordering::Relaxed) >= alive_since
-                })
-            });
-            if !any_alive {
-                return Err(RouterError::Unavailable(format!(
-                    "no executor serving target {target} is connected; a dry run needs one to \
-                     read the workspace"
-                )));
-            }
-            let session = slots.get(&target).and_then(|slot| {
-                slot.sessions.iter().find(|s| {
-                    s.dry_run
-                        && !s.cut.is_cancelled()
-                        && s.last_seen_ms.load(Ordering::Relaxed) >= alive_since
-                })
-            });
-            let Some(session) = session else {
-                return Err(RouterError::Unavailable(format!(
-                    "the executor serving target {target} does not do dry runs (its Hello does \
-                     not advertise the dry_run capability: an older executor); upgrade it"
-                )));
+            let alive = |s: &&Session| {
+                !s.cut.is_cancelled() && s.last_seen_ms.load(Ordering::Relaxed) >= alive_since
             };
-            (session.owner.clone(), session.sender.clone())
+            let sessions = slots.get(&target).map(|slot| slot.sessions.as_slice());
+            let any_alive = sessions.is_some_and(|sessions| sessions.iter().any(|s| alive(&s)));
+            let session = sessions.and_then(|sessions| {
+                sessions.iter().filter(alive).find(|s| match ask {
+                    Ask::DryRun => s.dry_run,
+                    Ask::Revert => s.revert,
+                })
+            });
+            match (ask, any_alive, session) {
+                (_, _, Some(session)) => (session.owner.clone(), session.sender.clone()),
+                (Ask::DryRun, false, None) => {
+                    return Err(RouterError::Unavailable(format!(
+                        "no executor serving target {target} is connected; a dry run needs one \
+                         to read the workspace"
+                    )));
+                }
+                (Ask::DryRun, true, None) => {
+                    return Err(RouterError::Unavailable(format!(
+                        "the executor serving target {target} does not do dry runs (its Hello \
+                         does not advertise the dry_run capability: an older executor); upgrade it"
+                    )));
+                }
+                (Ask::Revert, false, None) => {
+                    return Err(RouterError::FailedPrecondition(format!(
+                        "no executor serving target {target} is connected; a revert needs one \
+                         to check that the patch's files did not change since"
+                    )));
+                }
+                (Ask::Revert, true, None) => {
+                    return Err(RouterError::FailedPrecondition(format!(
+                        "the executor serving target {target} cannot revert (its Hello does not \
+                         advertise the revert capability: an older executor); upgrade it"
+                    )));
+                }
+            }
         };
         // Room is kept on the session's stream for what must not be lost (a Cancel).
         if sender.capacity() <= RESERVED_FOR_CANCEL {

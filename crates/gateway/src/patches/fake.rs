@@ -84,6 +84,9 @@ impl PatchQueue for FakeRouter {
     ) -> Result<crate::dry_run::DryRunReport, GatewayError> {
         unimplemented()
     }
+    async fn revert(&self, _: &PatchId, _: &str) -> Result<super::Reverted, GatewayError> {
+        unimplemented()
+    }
     async fn events(&self, _: &PatchId) -> Result<Vec<EventView>, GatewayError> {
         unimplemented()
     }

@@ -17,6 +17,7 @@ mod mcp_fit;
 mod openapi;
 mod parse_budget;
 mod real_patches;
+mod revert;
 mod scale;
 mod system;
 mod targets;

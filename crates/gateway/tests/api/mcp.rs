@@ -44,6 +44,7 @@ async fn the_python_mcp_sdk_lists_tools_submits_and_reads_status() {
             "check_patch",
             "get_patch",
             "list_patches",
+            "revert_patch",
             "submit_patch"
         ])
     );

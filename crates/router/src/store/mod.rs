@@ -316,11 +316,13 @@ pub trait RouterStore: Send + Sync + 'static {
     /// Leases the next runnable patch of `target` to `owner`: highest priority, then oldest,
     /// skipping patches whose dependencies have not all succeeded. Returns the leased record
     /// (attempt incremented, fresh fencing token) or `None` (paused, empty, or all waiting).
+    /// Revert patches are skipped unless `takes_reverts` (the owner advertised `revert`).
     async fn lease_next(
         &self,
         target: String,
         owner: String,
         lease_ms: i64,
+        takes_reverts: bool,
     ) -> Result<Option<PatchRecord>, StoreError>;
 
     /// Extends the leases named by `tokens` held by `owner`.
@@ -394,6 +396,10 @@ pub trait RouterStore: Send + Sync + 'static {
         id: String,
         actor: String,
     ) -> Result<Option<(PatchRecord, bool)>, StoreError>;
+
+    /// Adds an audit event to a patch without changing it (its current status and attempt,
+    /// `actor`, `detail`); false when there is no such patch.
+    async fn note(&self, id: String, actor: String, detail: String) -> Result<bool, StoreError>;
 
     /// Pauses or resumes handing out work for a target.
     async fn set_paused(&self, target: String, paused: bool) -> Result<(), StoreError>;

@@ -731,6 +731,7 @@ impl RouterStore for SqliteStore {
         target: String,
         owner: String,
         lease_ms: i64,
+        takes_reverts: bool,
     ) -> Result<Option<PatchRecord>, StoreError> {
         self.write(move |conn| {
             let paused: bool = row(
@@ -748,11 +749,12 @@ impl RouterStore for SqliteStore {
                 conn,
                 "SELECT q.id FROM patches q
                      WHERE q.target = ?1 AND q.status = 'queued'
+                       AND (?2 OR json_extract(q.patch_json, '$.revert') IS NULL)
                        AND NOT EXISTS (
                          SELECT 1 FROM deps d LEFT JOIN patches p ON p.id = d.depends_on
                          WHERE d.patch_id = q.id AND (p.status IS NULL OR p.status != 'succeeded'))
                      ORDER BY q.priority DESC, q.seq LIMIT 1",
-                params![target],
+                params![target, takes_reverts],
                 |row| row.get(0),
             )
             .optional()?;
@@ -1060,6 +1062,17 @@ impl RouterStore for SqliteStore {
                 "retry requested",
             )?;
             Ok(Some((must_get(conn, &id)?, true)))
+        })
+        .await
+    }
+
+    async fn note(&self, id: String, actor: String, detail: String) -> Result<bool, StoreError> {
+        self.write(move |conn| {
+            let Some(record) = get_tx(conn, &id)? else {
+                return Ok(false);
+            };
+            event_tx(conn, &id, record.status, &actor, record.attempt, &detail)?;
+            Ok(true)
         })
         .await
     }

@@ -10,6 +10,7 @@ mod long_poll;
 mod metric_labels;
 mod ordering;
 mod outcomes;
+mod revert;
 mod service_credential;
 mod submit;
 mod tokens;
