@@ -8,5 +8,6 @@ mod helpers;
 mod metrics;
 mod refusals;
 mod restart;
+mod revert;
 mod spine;
 mod typescript;
