@@ -70,6 +70,10 @@ enum Image {
     Absent,
     /// A directory, symlink, device, or a file that cannot be read: always a conflict.
     Other,
+    /// A file in a git commit (a revert without a record): its blob id, as git computes it
+    /// for the repository's object format, and its mode. Never written to a post file.
+    #[serde(skip)]
+    GitBlob { id: String, mode: u32 },
 }
 
 /// The post file of a record.
@@ -86,10 +90,17 @@ struct Post {
     paths: BTreeMap<String, Image>,
 }
 
-/// What is at a path now.
+/// What is at a path now. A file's bytes are not kept: its digests say whether it is the
+/// post-image or the pre-image, so one file at a time is in memory.
 enum Now {
     Absent,
-    File(Vec<u8>, u32),
+    File {
+        sha256: String,
+        /// Its git blob id, computed only for a revert from git.
+        git_id: Option<String>,
+        mode: u32,
+        lines: u32,
+    },
     Other,
 }
 
@@ -97,8 +108,8 @@ impl Now {
     fn image(&self) -> Image {
         match self {
             Self::Absent => Image::Absent,
-            Self::File(bytes, mode) => Image::File {
-                sha256: hex(&Sha256::digest(bytes)),
+            Self::File { sha256, mode, .. } => Image::File {
+                sha256: sha256.clone(),
                 mode: *mode,
             },
             Self::Other => Image::Other,
@@ -111,8 +122,9 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// What is at `rel` now, read through `dirs`; anything but a readable regular file within
-/// `max_bytes` (or nothing) is `Other`.
-fn now(dirs: &mut Dirs, rel: &str, max_bytes: u64) -> Now {
+/// `max_bytes` (or nothing) is `Other`. With `git_root`, a file's git blob id is computed
+/// too (by the repository's git, which knows its object format).
+fn now(dirs: &mut Dirs, rel: &str, max_bytes: u64, git_root: Option<&Path>) -> Now {
     let (parent, name) = beneath::split(rel);
     let handle = match dirs.dir(parent) {
         Ok(handle) => handle,
@@ -124,10 +136,28 @@ fn now(dirs: &mut Dirs, rel: &str, max_bytes: u64) -> Now {
         Ok(Some(Kind::File(_))) => {}
         Ok(Some(_)) | Err(_) => return Now::Other,
     }
-    match beneath::read(&handle, name, max_bytes) {
-        Ok(Some((bytes, mode))) => Now::File(bytes, mode & 0o7777),
-        Ok(None) => Now::Absent,
-        Err(_) => Now::Other,
+    let (bytes, mode) = match beneath::read(&handle, name, max_bytes) {
+        Ok(Some(found)) => found,
+        Ok(None) => return Now::Absent,
+        Err(_) => return Now::Other,
+    };
+    let sha256 = hex(&Sha256::digest(&bytes));
+    let lines = lines(&bytes);
+    let git_id = match git_root {
+        Some(root) => match crate::git::blob_id(root, bytes) {
+            Ok(id) => Some(id),
+            Err(err) => {
+                tracing::warn!(path = %rel, error = %err, "cannot compute a file's git blob id");
+                return Now::Other;
+            }
+        },
+        None => None,
+    };
+    Now::File {
+        sha256,
+        git_id,
+        mode: mode & 0o7777,
+        lines,
     }
 }
 
@@ -279,7 +309,7 @@ pub(crate) fn keep(
     let paths: BTreeMap<String, Image> = touched
         .iter()
         .map(|rel| {
-            let image = now(&mut dirs, rel, ctx.limits.max_file_bytes).image();
+            let image = now(&mut dirs, rel, ctx.limits.max_file_bytes, None).image();
             (rel.clone(), image)
         })
         .collect();
@@ -438,25 +468,48 @@ fn load(ctx: &Context, of: &str) -> Option<Record> {
     })
 }
 
-/// The record of a patch read from its git commit.
+/// The record of a patch read from its git commit: the pre-images' bytes (their sizes
+/// checked before they are read), the post-images as blob ids (never read).
 fn from_git(ctx: &Context, commit: &str) -> Result<Record, String> {
-    let changes =
-        crate::git::commit_changes(&ctx.workspace.root, commit, ctx.limits.max_file_bytes)?;
-    let mut paths = BTreeMap::new();
-    for change in changes {
-        let image = match &change.after {
-            Some((bytes, mode)) => Image::File {
-                sha256: hex(&Sha256::digest(bytes)),
-                mode: *mode,
-            },
-            None => Image::Absent,
-        };
-        paths.insert(change.path, (change.before, image));
-    }
-    if paths.is_empty() {
+    let root = &ctx.workspace.root;
+    let changes = crate::git::commit_changes(root, commit)?;
+    if changes.is_empty() {
         return Err(format!(
             "commit {commit} changed no file under the workspace root"
         ));
+    }
+    let mut blobs = crate::git::blobs(
+        root,
+        &changes,
+        ctx.limits.max_file_bytes,
+        ctx.limits.max_patch_bytes,
+    )?;
+    let mut uses: BTreeMap<String, usize> = BTreeMap::new();
+    for (id, _) in changes.iter().filter_map(|change| change.before.as_ref()) {
+        *uses.entry(id.clone()).or_default() += 1;
+    }
+    let mut paths = BTreeMap::new();
+    for change in changes {
+        let before = match change.before {
+            Some((id, mode)) => {
+                let left = uses.entry(id.clone()).or_default();
+                *left = left.saturating_sub(1);
+                // Moved out on the blob's last use, copied only for a blob two paths share.
+                let bytes = if *left == 0 {
+                    blobs.remove(&id)
+                } else {
+                    blobs.get(&id).cloned()
+                };
+                let bytes = bytes.ok_or_else(|| format!("git gave no blob for {}", change.path))?;
+                Some((bytes, mode))
+            }
+            None => None,
+        };
+        let image = match change.after {
+            Some((id, mode)) => Image::GitBlob { id, mode },
+            None => Image::Absent,
+        };
+        paths.insert(change.path, (before, image));
     }
     Ok(Record {
         paths,
@@ -513,23 +566,27 @@ fn lines(bytes: &[u8]) -> u32 {
 }
 
 /// True when what is there now is the post-image (by the executable bit only for git's).
-fn unchanged(now: &Now, image: &Image, git_modes: bool) -> bool {
-    match (now.image(), image) {
-        (Image::Absent, Image::Absent) => true,
+fn unchanged(now: &Now, image: &Image) -> bool {
+    match (now, image) {
+        (Now::Absent, Image::Absent) => true,
         (
-            Image::File { sha256, mode },
+            Now::File { sha256, mode, .. },
             Image::File {
                 sha256: post_sha,
                 mode: post_mode,
             },
-        ) => {
-            let modes = if git_modes {
-                (mode & 0o100 != 0) == (post_mode & 0o100 != 0)
-            } else {
-                mode == *post_mode
-            };
-            sha256 == *post_sha && modes
-        }
+        ) => sha256 == post_sha && mode == post_mode,
+        (
+            Now::File {
+                git_id: Some(id),
+                mode,
+                ..
+            },
+            Image::GitBlob {
+                id: post_id,
+                mode: post_mode,
+            },
+        ) => id == post_id && (mode & 0o100 != 0) == (post_mode & 0o100 != 0),
         _ => false,
     }
 }
@@ -551,16 +608,17 @@ pub(crate) fn plan(ctx: &Context, dirs: &mut Dirs, spec: &RevertSpec) -> Result<
             )));
         }
     };
+    let git_root = record.git_modes.then_some(ctx.workspace.root.as_path());
     let mut conflicts = Vec::new();
-    let mut current = BTreeMap::new();
-    for (rel, (_, image)) in &record.paths {
-        check_path(&ctx.workspace, rel)
+    let mut current = Vec::with_capacity(record.paths.len());
+    for (rel, (before, image)) in record.paths {
+        check_path(&ctx.workspace, &rel)
             .map_err(|err| Refusal::Rejected(format!("cannot revert patch {of}: {err}")))?;
-        let found = now(dirs, rel, ctx.limits.max_file_bytes);
-        if !unchanged(&found, image, record.git_modes) {
+        let found = now(dirs, &rel, ctx.limits.max_file_bytes, git_root);
+        if !unchanged(&found, &image) {
             conflicts.push(rel.clone());
         }
-        current.insert(rel.as_str(), found);
+        current.push((rel, before, found));
     }
     if !conflicts.is_empty() {
         let error = conflict_error(of, &conflicts);
@@ -569,16 +627,22 @@ pub(crate) fn plan(ctx: &Context, dirs: &mut Dirs, spec: &RevertSpec) -> Result<
     let mut plan = Plan::default();
     let mut made = BTreeSet::new();
     let mut total: u64 = 0;
-    for (rel, (before, _)) in &record.paths {
-        let found = current.get(rel.as_str());
-        let (now_bytes, now_mode) = match found {
-            Some(Now::File(bytes, mode)) => (Some(bytes.as_slice()), *mode),
-            _ => (None, 0),
+    for (rel, before, found) in current {
+        let (now_sha, now_mode, now_lines) = match &found {
+            Now::File {
+                sha256,
+                mode,
+                lines,
+                ..
+            } => (Some(sha256.as_str()), *mode, *lines),
+            _ => (None, 0, 0),
         };
         let report = match before {
             Some((bytes, mode)) => {
                 let mode = mode & 0o777;
-                if now_bytes == Some(bytes.as_slice()) && now_mode & 0o777 == mode {
+                if now_sha == Some(hex(&Sha256::digest(&bytes)).as_str())
+                    && now_mode & 0o777 == mode
+                {
                     continue;
                 }
                 if bytes.len() as u64 > ctx.limits.max_file_bytes {
@@ -590,31 +654,26 @@ pub(crate) fn plan(ctx: &Context, dirs: &mut Dirs, spec: &RevertSpec) -> Result<
                     )));
                 }
                 total = total.saturating_add(bytes.len() as u64);
-                missing_parents(dirs, rel, &mut plan, &mut made)?;
-                plan.files.insert(
-                    rel.clone(),
-                    Final::File {
-                        bytes: bytes.clone(),
-                        mode,
-                    },
-                );
-                EditReport {
+                missing_parents(dirs, &rel, &mut plan, &mut made)?;
+                let report = EditReport {
                     op: "write".to_owned(),
                     path: rel.clone(),
-                    added: lines(bytes),
-                    removed: now_bytes.map_or(0, lines),
+                    added: lines(&bytes),
+                    removed: now_lines,
                     ..EditReport::default()
-                }
+                };
+                plan.files.insert(rel, Final::File { bytes, mode });
+                report
             }
             None => {
-                let Some(now_bytes) = now_bytes else {
+                if now_sha.is_none() {
                     continue;
-                };
+                }
                 plan.files.insert(rel.clone(), Final::Absent);
                 EditReport {
                     op: "delete".to_owned(),
-                    path: rel.clone(),
-                    removed: lines(now_bytes),
+                    path: rel,
+                    removed: now_lines,
                     ..EditReport::default()
                 }
             }

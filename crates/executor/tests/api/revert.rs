@@ -431,3 +431,67 @@ fn a_record_folder_that_is_a_symlink_is_never_written_through() {
         "MAIN"
     ));
 }
+
+/// A target with revert_keep 0 whose root is a git repository with `files` committed.
+fn git_workspace(files: &[(&str, &str)]) -> TestWorkspace {
+    let ws = workspace_with(TargetPolicy {
+        revert_keep: 0,
+        ..policy()
+    });
+    for (rel, contents) in files {
+        ws.write(rel, contents);
+    }
+    git(ws.root(), &["init", "-q"]);
+    git(ws.root(), &["add", "-A"]);
+    git(ws.root(), &["commit", "-qm", "base", "--allow-empty"]);
+    ws
+}
+
+#[test]
+fn from_git_the_sizes_are_checked_before_a_byte_is_read_and_post_images_are_never_read() {
+    let sixty = "x".repeat(59) + "\n";
+    let mut ws = git_workspace(&[("a.txt", &sixty), ("b.txt", &sixty), ("c.txt", &sixty)]);
+    let applied = ws.apply(&patch(
+        "p1",
+        r#""edits":[{"op":"delete","path":"a.txt"},{"op":"delete","path":"b.txt"},
+                    {"op":"delete","path":"c.txt"}],"commit":{"message":"gone"}"#,
+    ));
+    assert_eq!(applied.status, Status::Succeeded, "{}", applied.error);
+    ws.ctx.limits.max_patch_bytes = 100;
+    let commit = format!(r#","commit":"{}""#, applied.commit_sha);
+    let report = ws.apply(&revert_of("p1", &commit));
+    assert_eq!(report.status, Status::Rejected, "{}", report.error);
+    // Refused from the sizes git lists, before the blobs are read.
+    assert!(
+        report
+            .error
+            .contains("its pre-images in git are over the 100 byte patch limit"),
+        "{}",
+        report.error
+    );
+
+    // A post-image over the file limit is never read: the file as it is now is compared
+    // with its blob id, and a file changed since is a conflict, not a size refusal.
+    let mut ws = git_workspace(&[("big.txt", "small\n")]);
+    let big = "y".repeat(199) + "\n";
+    let applied = ws.apply(&patch(
+        "p1",
+        &format!(
+            r#""edits":[{{"op":"write","path":"big.txt","contents":"{big}"}}],"commit":{{"message":"big"}}"#
+        )
+        .replace('\n', "\\n"),
+    ));
+    assert_eq!(applied.status, Status::Succeeded, "{}", applied.error);
+    ws.ctx.limits.max_file_bytes = 100;
+    ws.write("big.txt", "by hand\n");
+    let commit = format!(r#","commit":"{}""#, applied.commit_sha);
+    let report = ws.apply(&revert_of("p1", &commit));
+    assert_eq!(report.status, Status::Rejected, "{}", report.error);
+    assert_eq!(report.conflicts, ["big.txt"], "{}", report.error);
+    // Within the limits, the file as the commit left it is reverted.
+    ws.write("big.txt", &big);
+    ws.ctx.limits.max_file_bytes = 1000;
+    let report = ws.apply(&revert_of("p1", &commit));
+    assert_eq!(report.status, Status::Succeeded, "{}", report.error);
+    assert_eq!(ws.read("big.txt"), "small\n");
+}
