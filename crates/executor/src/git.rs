@@ -88,19 +88,23 @@ pub fn check_head(root: &Path, expected: &str) -> Result<(), String> {
     ))
 }
 
-/// Commits `paths` (absolute, inside `root`) with the patch id as a trailer; returns the sha.
+/// Commits `paths` (absolute, inside `root`) and nothing else (`--only`: a change the user
+/// had staged stays staged, out of the patch's commit) with the patch id as a trailer;
+/// returns the sha.
 pub fn commit(
     root: &Path,
     paths: &[PathBuf],
     message: &str,
     patch_id: &str,
 ) -> Result<String, String> {
-    let mut add = git(root);
-    add.args(["add", "-A", "--"]);
-    for path in paths {
-        add.arg(path.strip_prefix(root).unwrap_or(path));
+    let relative: Vec<&Path> = paths
+        .iter()
+        .map(|path| path.strip_prefix(root).unwrap_or(path))
+        .collect();
+    if !relative.is_empty() {
+        output(git(root).args(["add", "-A", "--"]).args(&relative))
+            .map_err(|err| format!("git add failed: {err}"))?;
     }
-    output(&mut add).map_err(|err| format!("git add failed: {err}"))?;
     let message = format!("{}\n\nGhost-Patch-Id: {patch_id}\n", message.trim_end());
     output(
         git(root)
@@ -112,10 +116,13 @@ pub fn commit(
                 "commit",
                 "--no-verify",
                 "--allow-empty",
+                "--only",
                 "-q",
                 "-m",
                 &message,
-            ]),
+                "--",
+            ])
+            .args(&relative),
     )
     .map_err(|err| format!("git commit failed: {err}"))?;
     output(git(root).args(["rev-parse", "HEAD"]))
@@ -428,7 +435,11 @@ pub fn blobs(
 /// changed path with its blob in the commit's parent and in the commit, as
 /// `git diff-tree -r --no-renames --root` lists them. `commit` must be a sha (7 to 64
 /// lowercase hex digits) of a commit in the workspace's repository; a merge commit is refused.
-pub fn commit_changes(root: &Path, commit: &str) -> Result<Vec<CommitChange>, String> {
+pub fn commit_changes(
+    root: &Path,
+    commit: &str,
+    patch_id: &str,
+) -> Result<Vec<CommitChange>, String> {
     if !is_sha(commit) {
         return Err(format!(
             "commit {commit:?} is not a sha (7 to 64 lowercase hex digits)"
@@ -453,6 +464,18 @@ pub fn commit_changes(root: &Path, commit: &str) -> Result<Vec<CommitChange>, St
         return Err(format!(
             "commit {commit} is a merge commit, which a revert does not undo"
         ));
+    }
+    // The commit must be the patch's own ([`commit`] ends its message with this trailer), so
+    // that a revert undoes the patch and nothing else.
+    let trailers = output(git(root).args([
+        "show",
+        "-s",
+        "--format=%(trailers:key=Ghost-Patch-Id,valueonly,unfold)",
+        &full,
+    ]))
+    .map_err(|err| format!("cannot read the message of commit {commit}: {err}"))?;
+    if trailers.lines().last().map(str::trim) != Some(patch_id) {
+        return Err(format!("commit {commit} was not made by patch {patch_id}"));
     }
     let prefix = output(git(root).args(["rev-parse", "--show-prefix"]))
         .map_err(|err| format!("cannot read the workspace's place in git: {err}"))?;

@@ -27,7 +27,9 @@
 //! and the target's policy stricter now. Directories the original patch created are left in
 //! place (empty or not): a revert restores files only. Without a record, a patch that made a
 //! git commit is reverted from git (`<commit>^` and `<commit>`, paths under the workspace
-//! root), comparing file modes as git does (the executable bit).
+//! root), comparing file modes as git does (the executable bit). The commit must carry the
+//! patch's `Ghost-Patch-Id` trailer; the pre-images' sizes are checked before they are read,
+//! and the post-images are compared by blob id, never read.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -470,9 +472,9 @@ fn load(ctx: &Context, of: &str) -> Option<Record> {
 
 /// The record of a patch read from its git commit: the pre-images' bytes (their sizes
 /// checked before they are read), the post-images as blob ids (never read).
-fn from_git(ctx: &Context, commit: &str) -> Result<Record, String> {
+fn from_git(ctx: &Context, of: &str, commit: &str) -> Result<Record, String> {
     let root = &ctx.workspace.root;
-    let changes = crate::git::commit_changes(root, commit)?;
+    let changes = crate::git::commit_changes(root, commit, of)?;
     if changes.is_empty() {
         return Err(format!(
             "commit {commit} changed no file under the workspace root"
@@ -598,7 +600,7 @@ pub(crate) fn plan(ctx: &Context, dirs: &mut Dirs, spec: &RevertSpec) -> Result<
     let of = spec.of.as_str();
     let record = match (load(ctx, of), &spec.commit) {
         (Some(record), _) => record,
-        (None, Some(commit)) => from_git(ctx, commit)
+        (None, Some(commit)) => from_git(ctx, of, commit)
             .map_err(|reason| Refusal::Rejected(format!("cannot revert patch {of}: {reason}")))?,
         (None, None) => {
             return Err(Refusal::Rejected(format!(

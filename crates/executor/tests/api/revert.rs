@@ -495,3 +495,50 @@ fn from_git_the_sizes_are_checked_before_a_byte_is_read_and_post_images_are_neve
     assert_eq!(report.status, Status::Succeeded, "{}", report.error);
     assert_eq!(ws.read("big.txt"), "small\n");
 }
+
+#[test]
+fn from_git_only_the_patchs_own_commit_is_undone_and_its_commit_holds_only_its_paths() {
+    let ws = git_workspace(&[("a.txt", "one\n"), ("user.txt", "mine\n")]);
+    let base = git(ws.root(), &["rev-parse", "HEAD"]);
+    // A change the user staged is not swept into a patch's commit, and stays staged.
+    ws.write("user.txt", "staged by the user\n");
+    git(ws.root(), &["add", "user.txt"]);
+    let applied = ws.apply(&patch(
+        "p1",
+        r#""edits":[{"op":"write","path":"a.txt","contents":"two\n"}],"commit":{"message":"p1"}"#,
+    ));
+    assert_eq!(applied.status, Status::Succeeded, "{}", applied.error);
+    let in_commit = git(
+        ws.root(),
+        &["show", "--name-only", "--format=", &applied.commit_sha],
+    );
+    assert_eq!(in_commit, "a.txt");
+    assert_eq!(
+        git(ws.root(), &["diff", "--cached", "--name-only"]),
+        "user.txt"
+    );
+
+    // A commit the patch did not make is refused, naming it.
+    for other in [&base, &applied.commit_sha] {
+        let report = ws.apply(&revert_of("p2", &format!(r#","commit":"{other}""#)));
+        assert_eq!(report.status, Status::Rejected, "{}", report.error);
+        assert!(
+            report
+                .error
+                .ends_with(&format!("commit {other} was not made by patch p2")),
+            "{}",
+            report.error
+        );
+    }
+    assert_eq!(ws.read("a.txt"), "two\n");
+    let report = ws.apply(&revert_of(
+        "p1",
+        &format!(r#","commit":"{}""#, applied.commit_sha),
+    ));
+    assert_eq!(report.status, Status::Succeeded, "{}", report.error);
+    assert_eq!(ws.read("a.txt"), "one\n");
+    assert_eq!(
+        git(ws.root(), &["diff", "--cached", "--name-only"]),
+        "user.txt"
+    );
+}
