@@ -593,6 +593,18 @@ fn unchanged(now: &Now, image: &Image) -> bool {
     }
 }
 
+/// The mode a file now in `now_mode` gets back from git's `git_mode` (0644 or 0755): its
+/// permission bits as they are, with the executable bits set (where it is readable) or
+/// cleared as git says.
+fn git_mode(now_mode: u32, git_mode: u32) -> u32 {
+    let kept = now_mode & 0o777 & !0o111;
+    if git_mode & 0o100 == 0 {
+        kept
+    } else {
+        kept | ((kept & 0o444) >> 2)
+    }
+}
+
 /// Plans the revert `spec` against the workspace as it is now, reading through `dirs`:
 /// the record's pre-images, each path checked for confinement, limits and conflicts.
 /// Nothing is written.
@@ -641,7 +653,12 @@ pub(crate) fn plan(ctx: &Context, dirs: &mut Dirs, spec: &RevertSpec) -> Result<
         };
         let report = match before {
             Some((bytes, mode)) => {
-                let mode = mode & 0o777;
+                let mode = match (&found, git_root) {
+                    // Git knows only 644 and 755: the file's own bits stay, but for the
+                    // executable ones.
+                    (Now::File { mode: now_mode, .. }, Some(_)) => git_mode(*now_mode, mode),
+                    _ => mode & 0o777,
+                };
                 if now_sha == Some(hex(&Sha256::digest(&bytes)).as_str())
                     && now_mode & 0o777 == mode
                 {

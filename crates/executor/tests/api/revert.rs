@@ -542,3 +542,38 @@ fn from_git_only_the_patchs_own_commit_is_undone_and_its_commit_holds_only_its_p
         "user.txt"
     );
 }
+
+#[test]
+fn from_git_a_file_keeps_its_own_permission_bits_and_only_the_executable_ones_change() {
+    let ws = git_workspace(&[("secret.txt", "one\n"), ("run.sh", "#!/bin/sh\n")]);
+    let mode = |rel: &str| {
+        fs::metadata(ws.root().join(rel))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    fs::set_permissions(
+        ws.root().join("secret.txt"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    fs::set_permissions(ws.root().join("run.sh"), fs::Permissions::from_mode(0o700)).unwrap();
+    git(ws.root(), &["add", "-A"]);
+    git(ws.root(), &["commit", "-qm", "modes"]);
+    let applied = ws.apply(&patch(
+        "p1",
+        r#""edits":[{"op":"write","path":"secret.txt","contents":"two\n"},
+                    {"op":"chmod","path":"run.sh","mode":"600"}],"commit":{"message":"p1"}"#,
+    ));
+    assert_eq!(applied.status, Status::Succeeded, "{}", applied.error);
+    assert_eq!((mode("secret.txt"), mode("run.sh")), (0o600, 0o600));
+    let report = ws.apply(&revert_of(
+        "p1",
+        &format!(r#","commit":"{}""#, applied.commit_sha),
+    ));
+    assert_eq!(report.status, Status::Succeeded, "{}", report.error);
+    assert_eq!(ws.read("secret.txt"), "one\n");
+    // Not 0644 and 0755, git's only modes: the 0600 file stays 0600, run.sh is executable again.
+    assert_eq!((mode("secret.txt"), mode("run.sh")), (0o600, 0o700));
+}
