@@ -170,17 +170,25 @@ fn safe_target(target: &str) -> io::Result<()> {
         .map_err(|err| io::Error::other(format!("no record folder for target {target:?}: {err}")))
 }
 
-/// `dir`, which must be a real directory (never a symlink); made when `create`.
+/// `dir`, which must be a real directory (never a symlink); made when `create`, with mode
+/// 0700 (a record holds the contents of the files a patch replaced or deleted), and made
+/// 0700 if it was looser.
 fn real_dir(dir: &Path, create: bool) -> io::Result<bool> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     if create {
-        match fs::create_dir(dir) {
+        match fs::DirBuilder::new().mode(0o700).create(dir) {
             Ok(()) => {}
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
             Err(err) => return Err(err),
         }
     }
     match fs::symlink_metadata(dir) {
-        Ok(meta) if meta.is_dir() => Ok(true),
+        Ok(meta) if meta.is_dir() => {
+            if create && meta.permissions().mode() & 0o077 != 0 {
+                fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+            }
+            Ok(true)
+        }
         Ok(_) => Err(io::Error::other(format!(
             "{} is not a directory (a symlink is never followed)",
             dir.display()

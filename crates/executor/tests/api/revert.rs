@@ -577,3 +577,28 @@ fn from_git_a_file_keeps_its_own_permission_bits_and_only_the_executable_ones_ch
     // Not 0644 and 0755, git's only modes: the 0600 file stays 0600, run.sh is executable again.
     assert_eq!((mode("secret.txt"), mode("run.sh")), (0o600, 0o700));
 }
+
+#[test]
+fn records_are_readable_by_the_executors_user_only() {
+    let ws = workspace_with(policy());
+    seed(&ws);
+    let applied = ws.apply(&patch("p1", EVERY_OP));
+    assert_eq!(applied.status, Status::Succeeded, "{}", applied.error);
+    let state = &ws.ctx.workspace.state_dir;
+    let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+    for folder in [
+        state.join("journal"),
+        state.join("revert"),
+        state.join("revert/MAIN"),
+    ] {
+        assert_eq!(mode(&folder), 0o700, "{}", folder.display());
+    }
+    let records: Vec<_> = fs::read_dir(state.join("revert/MAIN"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    assert_eq!(records.len(), 2, "{records:?}");
+    for record in records {
+        assert_eq!(mode(&record), 0o600, "{}", record.display());
+    }
+}
