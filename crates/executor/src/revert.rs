@@ -482,6 +482,9 @@ fn load(ctx: &Context, of: &str) -> Option<Record> {
 /// checked before they are read), the post-images as blob ids (never read).
 fn from_git(ctx: &Context, of: &str, commit: &str) -> Result<Record, String> {
     let root = &ctx.workspace.root;
+    // Git is given the root as a path: it must still be the directory the executor started
+    // with (checked again here, just before git runs, as for a commit).
+    crate::apply::root_unchanged(ctx)?;
     let changes = crate::git::commit_changes(root, commit, of)?;
     if changes.is_empty() {
         return Err(format!(

@@ -602,3 +602,24 @@ fn records_are_readable_by_the_executors_user_only() {
         assert_eq!(mode(&record), 0o600, "{}", record.display());
     }
 }
+
+#[test]
+fn a_revert_from_git_on_a_replaced_root_runs_no_git_there() {
+    let ws = git_workspace(&[("a.txt", "one\n")]);
+    let applied = ws.apply(&patch(
+        "p1",
+        r#""edits":[{"op":"write","path":"a.txt","contents":"two\n"}],"commit":{"message":"p1"}"#,
+    ));
+    assert_eq!(applied.status, Status::Succeeded, "{}", applied.error);
+    // The root is moved away and a copy of its repository put in its place.
+    let base = ws.root().parent().unwrap().to_owned();
+    fs::rename(ws.root(), base.join("moved")).unwrap();
+    git(&base, &["clone", "-q", "moved", "ws"]);
+    let report = ws.apply(&revert_of(
+        "p1",
+        &format!(r#","commit":"{}""#, applied.commit_sha),
+    ));
+    assert_eq!(report.status, Status::Failed, "{}", report.error);
+    assert!(report.error.contains("replaced"), "{}", report.error);
+    assert_eq!(ws.read("a.txt"), "two\n");
+}
