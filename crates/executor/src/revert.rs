@@ -664,14 +664,17 @@ pub(crate) fn plan(ctx: &Context, dirs: &mut Dirs, spec: &RevertSpec) -> Result<
         };
         let report = match before {
             Some((bytes, mode)) => {
+                // A file written back gets the permission bits only: setuid, setgid and
+                // sticky bits are never set by a revert (as by no other patch).
                 let mode = match (&found, git_root) {
                     // Git knows only 644 and 755: the file's own bits stay, but for the
                     // executable ones.
                     (Now::File { mode: now_mode, .. }, Some(_)) => git_mode(*now_mode, mode),
                     _ => mode & 0o777,
                 };
+                // All twelve mode bits compared: a setuid bit added since is not left.
                 if now_sha == Some(hex(&Sha256::digest(&bytes)).as_str())
-                    && now_mode & 0o777 == mode
+                    && now_mode & 0o7777 == mode
                 {
                     continue;
                 }

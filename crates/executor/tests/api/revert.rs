@@ -623,3 +623,41 @@ fn a_revert_from_git_on_a_replaced_root_runs_no_git_there() {
     assert!(report.error.contains("replaced"), "{}", report.error);
     assert_eq!(ws.read("a.txt"), "two\n");
 }
+
+#[test]
+fn a_setuid_bit_a_command_of_the_patch_added_does_not_survive_its_revert() {
+    let ws = workspace_with(policy());
+    ws.write("x.sh", "echo hi\n");
+    fs::set_permissions(ws.root().join("x.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    let applied = ws.apply(&patch(
+        "p1",
+        r#""edits":[{"op":"write","path":"x.sh","contents":"echo hi\n"}],
+           "commands":["sh -c 'chmod u+s x.sh'"]"#,
+    ));
+    assert_eq!(applied.status, Status::Succeeded, "{}", applied.error);
+    let mode = || {
+        fs::metadata(ws.root().join("x.sh"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!(mode(), 0o4755);
+    let report = ws.apply(&revert_of("p1", ""));
+    assert_eq!(report.status, Status::Succeeded, "{}", report.error);
+    assert_eq!(mode(), 0o755);
+    assert_eq!(report.edits.len(), 1, "{:?}", report.edits);
+
+    // A setuid pre-image is written back with its permission bits only: a revert never
+    // makes a setuid file.
+    fs::set_permissions(ws.root().join("x.sh"), fs::Permissions::from_mode(0o4755)).unwrap();
+    let applied = ws.apply(&patch(
+        "p2",
+        r#""edits":[{"op":"write","path":"x.sh","contents":"echo bye\n"}]"#,
+    ));
+    assert_eq!(applied.status, Status::Succeeded, "{}", applied.error);
+    let report = ws.apply(&revert_of("p2", ""));
+    assert_eq!(report.status, Status::Succeeded, "{}", report.error);
+    assert_eq!(ws.read("x.sh"), "echo hi\n");
+    assert_eq!(mode(), 0o755);
+}
