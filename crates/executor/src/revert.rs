@@ -430,7 +430,7 @@ fn load(ctx: &Context, of: &str) -> Option<Record> {
         .max()?;
     let base = format!("{seq:016}-{of}");
     let ignored = |reason: String| {
-        tracing::warn!(%target, patch_id = %of, %reason, "revert record ignored: not whole");
+        tracing::warn!(%target, patch_id = %of, %reason, "revert record ignored");
         None
     };
     let post = match read_bounded(&dir.join(format!("{base}.post")), MAX_POST_BYTES) {
@@ -460,6 +460,11 @@ fn load(ctx: &Context, of: &str) -> Option<Record> {
     };
     if header.patch_id != of || header.content_hash != post.content_hash {
         return ignored("the journal is another patch's".to_owned());
+    }
+    // Its paths are relative to the root it was made under: another directory's (a root
+    // replaced since, the executor restarted on it) are not this one's.
+    if header.root != Some(ctx.root_id) {
+        return ignored("it was made under another workspace root".to_owned());
     }
     let mut posts = post.paths;
     let mut paths = BTreeMap::new();

@@ -661,3 +661,27 @@ fn a_setuid_bit_a_command_of_the_patch_added_does_not_survive_its_revert() {
     assert_eq!(ws.read("x.sh"), "echo hi\n");
     assert_eq!(mode(), 0o755);
 }
+
+#[test]
+fn a_record_made_under_another_workspace_root_is_ignored() {
+    let mut ws = workspace_with(policy());
+    seed(&ws);
+    let applied = ws.apply(&patch("p1", EVERY_OP));
+    assert_eq!(applied.status, Status::Succeeded, "{}", applied.error);
+    // The root is replaced by a copy (same paths, same contents) and the executor restarted
+    // on it: the record's paths were another directory's.
+    let base = ws.root().parent().unwrap().to_owned();
+    fs::rename(ws.root(), base.join("moved")).unwrap();
+    let copied = Command::new("cp")
+        .args(["-a", "moved", "ws"])
+        .current_dir(&base)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    ws.ctx.root_id = executor::beneath::RootId::of(ws.root()).unwrap();
+    let whole = snapshot(ws.root());
+    let report = ws.apply(&revert_of("p1", ""));
+    assert_eq!(report.status, Status::Rejected, "{}", report.error);
+    assert!(report.error.contains("no longer kept"), "{}", report.error);
+    assert_eq!(snapshot(ws.root()), whole);
+}
