@@ -17,8 +17,9 @@
 //! A record is whole or ignored: the journal was synced when it was sealed (before the patch
 //! wrote anything); the post file is written last (temp file and rename) and names the
 //! journal's length, patch id and content hash, so after a power loss a record whose rename
-//! or bytes were lost does not parse or does not match, and the revert answers "no longer
-//! kept", never restores from half a record.
+//! or bytes were lost does not parse or does not match, and the revert answers "no record
+//! of patch X", never restores from half a record. So does a record made under another
+//! workspace root (its journal header names the root's device and inode).
 //!
 //! **Revert plan.** Every path of the record must still be in its post-image, else it is a
 //! conflict and nothing is written; then each path gets its pre-image back through the
@@ -103,6 +104,8 @@ enum Now {
         mode: u32,
         lines: u32,
     },
+    /// A regular file over the file limit (never read): it cannot be compared.
+    TooBig,
     Other,
 }
 
@@ -114,7 +117,7 @@ impl Now {
                 sha256: sha256.clone(),
                 mode: *mode,
             },
-            Self::Other => Image::Other,
+            Self::TooBig | Self::Other => Image::Other,
         }
     }
 }
@@ -141,6 +144,7 @@ fn now(dirs: &mut Dirs, rel: &str, max_bytes: u64, git_root: Option<&Path>) -> N
     let (bytes, mode) = match beneath::read(&handle, name, max_bytes) {
         Ok(Some(found)) => found,
         Ok(None) => return Now::Absent,
+        Err(err) if beneath::is(&err, rustix::io::Errno::FBIG) => return Now::TooBig,
         Err(_) => return Now::Other,
     };
     let sha256 = hex(&Sha256::digest(&bytes));
@@ -631,11 +635,19 @@ pub(crate) fn plan(ctx: &Context, dirs: &mut Dirs, spec: &RevertSpec) -> Result<
         (None, Some(commit)) => from_git(ctx, of, commit)
             .map_err(|reason| Refusal::Rejected(format!("cannot revert patch {of}: {reason}")))?,
         (None, None) => {
-            return Err(Refusal::Rejected(format!(
-                "the pre-images of patch {of} are no longer kept (this executor keeps the last \
-                 {} per target) and {of} made no git commit",
-                ctx.workspace.policy.revert_keep
-            )));
+            let keep = ctx.workspace.policy.revert_keep;
+            return Err(Refusal::Rejected(if keep == 0 {
+                format!(
+                    "cannot revert patch {of}: revert_keep = 0: this executor keeps no records, \
+                     and {of} made no git commit"
+                )
+            } else {
+                format!(
+                    "cannot revert patch {of}: no record of patch {of} (the executor keeps the \
+                     last {keep} per target; agent hand-offs and crashed or damaged records are \
+                     not kept), and {of} made no git commit"
+                )
+            }));
         }
     };
     let git_root = record.git_modes.then_some(ctx.workspace.root.as_path());
@@ -645,6 +657,14 @@ pub(crate) fn plan(ctx: &Context, dirs: &mut Dirs, spec: &RevertSpec) -> Result<
         check_path(&ctx.workspace, &rel)
             .map_err(|err| Refusal::Rejected(format!("cannot revert patch {of}: {err}")))?;
         let found = now(dirs, &rel, ctx.limits.max_file_bytes, git_root);
+        // Not a conflict: whether it changed cannot be told without reading it.
+        if matches!(found, Now::TooBig) {
+            return Err(Refusal::Rejected(format!(
+                "cannot revert patch {of}: {rel} is over the {} byte file limit, so it cannot be \
+                 compared with what the patch left",
+                ctx.limits.max_file_bytes
+            )));
+        }
         if !unchanged(&found, &image) {
             conflicts.push(rel.clone());
         }

@@ -175,8 +175,9 @@ fn only_the_last_revert_keep_records_are_kept() {
     assert_eq!(first.status, Status::Rejected);
     assert_eq!(
         first.error,
-        "the pre-images of patch p1 are no longer kept (this executor keeps the last 2 per \
-         target) and p1 made no git commit"
+        "cannot revert patch p1: no record of patch p1 (the executor keeps the last 2 per \
+         target; agent hand-offs and crashed or damaged records are not kept), and p1 made no \
+         git commit"
     );
     assert!(ws.root().join("f1.txt").exists());
     for n in [2, 3] {
@@ -235,10 +236,10 @@ fn without_a_record_a_committed_patch_is_reverted_from_git_with_a_new_commit() {
     // Without the commit named, there is nothing to revert from.
     let unknown = ws.apply(&revert_of("p1", ""));
     assert_eq!(unknown.status, Status::Rejected);
-    assert!(
-        unknown.error.contains("no longer kept"),
-        "{}",
-        unknown.error
+    assert_eq!(
+        unknown.error,
+        "cannot revert patch p1: revert_keep = 0: this executor keeps no records, and p1 made \
+         no git commit"
     );
     // A commit that is not in the repository is refused.
     let missing = ws.apply(&revert_of("p1", r#","commit":"0123456789abcdef""#));
@@ -386,7 +387,11 @@ fn a_record_that_is_not_whole_is_ignored_never_half_restored() {
     let refused = |ws: &TestWorkspace| {
         let report = ws.apply(&revert_of("p1", ""));
         assert_eq!(report.status, Status::Rejected, "{}", report.error);
-        assert!(report.error.contains("no longer kept"), "{}", report.error);
+        assert!(
+            report.error.contains("no record of patch p1"),
+            "{}",
+            report.error
+        );
         assert_eq!(snapshot(ws.root()), whole);
     };
     // A post file cut short (as a power loss may leave it).
@@ -424,7 +429,11 @@ fn a_record_folder_that_is_a_symlink_is_never_written_through() {
     // The patch stands; it cannot be reverted without a record (or a commit).
     let report = ws.apply(&revert_of("p1", ""));
     assert_eq!(report.status, Status::Rejected);
-    assert!(report.error.contains("no longer kept"), "{}", report.error);
+    assert!(
+        report.error.contains("no record of patch p1"),
+        "{}",
+        report.error
+    );
     // Nor is the journal left open.
     assert!(!executor::journal::is_open(
         &ws.ctx.workspace.state_dir,
@@ -682,6 +691,29 @@ fn a_record_made_under_another_workspace_root_is_ignored() {
     let whole = snapshot(ws.root());
     let report = ws.apply(&revert_of("p1", ""));
     assert_eq!(report.status, Status::Rejected, "{}", report.error);
-    assert!(report.error.contains("no longer kept"), "{}", report.error);
+    assert!(
+        report.error.contains("no record of patch p1"),
+        "{}",
+        report.error
+    );
     assert_eq!(snapshot(ws.root()), whole);
+}
+
+#[test]
+fn a_file_over_the_size_limit_is_refused_by_its_size_not_called_changed() {
+    let mut ws = workspace_with(policy());
+    let applied = ws.apply(&patch(
+        "p1",
+        r#""edits":[{"op":"write","path":"a.txt","contents":"small\n"}]"#,
+    ));
+    assert_eq!(applied.status, Status::Succeeded, "{}", applied.error);
+    ws.ctx.limits.max_file_bytes = 4;
+    let report = ws.apply(&revert_of("p1", ""));
+    assert_eq!(report.status, Status::Rejected, "{}", report.error);
+    assert!(report.conflicts.is_empty(), "{:?}", report.conflicts);
+    assert_eq!(
+        report.error,
+        "cannot revert patch p1: a.txt is over the 4 byte file limit, so it cannot be compared \
+         with what the patch left"
+    );
 }
