@@ -219,6 +219,8 @@ struct Listed {
     seq: u64,
     id: String,
     post: bool,
+    /// A post's temp file, left by a crash or a failed write.
+    temp: bool,
     name: String,
 }
 
@@ -228,18 +230,19 @@ fn parse_name(name: &str) -> Option<Listed> {
     if seq.len() != 16 || !seq.bytes().all(|byte| byte.is_ascii_digit()) {
         return None;
     }
-    let (id, post) = if let Some(id) = rest.strip_suffix(".journal") {
-        (id, false)
+    let (id, post, temp) = if let Some(id) = rest.strip_suffix(".journal") {
+        (id, false, false)
     } else if let Some(id) = rest.strip_suffix(".post") {
-        (id, true)
+        (id, true, false)
     } else {
-        (rest.strip_suffix(".post.tmp")?, false)
+        (rest.strip_suffix(".post.tmp")?, false, true)
     };
     PatchId::parse(id).ok()?;
     Some(Listed {
         seq: seq.parse().ok()?,
         id: id.to_owned(),
         post,
+        temp,
         name: name.to_owned(),
     })
 }
@@ -371,23 +374,35 @@ pub(crate) fn keep(
     None
 }
 
-/// Removes all but the newest `keep` records of the folder, and older records of an id
-/// recorded again.
+/// Removes all but the newest `keep` whole records of the folder, older records of an id
+/// recorded again, and the files of no whole record: a journal without its post file (its
+/// post was never written), a post file without its journal, a post's temp file.
 fn prune(dir: &Path, keep: u32) -> io::Result<()> {
     let found = list(dir)?;
-    let mut newest_of: BTreeMap<&str, u64> = BTreeMap::new();
-    for listed in &found {
-        let seq = newest_of.entry(listed.id.as_str()).or_insert(listed.seq);
-        *seq = (*seq).max(listed.seq);
+    // Per record (seq and id): whether its journal and its post file are there.
+    let mut parts: BTreeMap<(u64, &str), (bool, bool)> = BTreeMap::new();
+    for listed in found.iter().filter(|listed| !listed.temp) {
+        let part = parts.entry((listed.seq, listed.id.as_str())).or_default();
+        if listed.post {
+            part.1 = true;
+        } else {
+            part.0 = true;
+        }
     }
-    let mut seqs: Vec<u64> = newest_of.values().copied().collect();
-    seqs.sort_unstable_by(|a, b| b.cmp(a));
-    let kept: BTreeSet<u64> = seqs
-        .into_iter()
-        .take(usize::try_from(keep).unwrap_or(usize::MAX))
-        .collect();
+    let mut newest_of: BTreeMap<&str, u64> = BTreeMap::new();
+    for (&(seq, id), _) in parts
+        .iter()
+        .filter(|(_, (journal, post))| *journal && *post)
+    {
+        let newest = newest_of.entry(id).or_insert(seq);
+        *newest = (*newest).max(seq);
+    }
+    let mut kept: Vec<(u64, &str)> = newest_of.into_iter().map(|(id, seq)| (seq, id)).collect();
+    kept.sort_unstable_by(|a, b| b.cmp(a));
+    kept.truncate(usize::try_from(keep).unwrap_or(usize::MAX));
+    let kept: BTreeSet<(u64, &str)> = kept.into_iter().collect();
     for listed in &found {
-        if !kept.contains(&listed.seq) {
+        if listed.temp || !kept.contains(&(listed.seq, listed.id.as_str())) {
             match fs::remove_file(dir.join(&listed.name)) {
                 Ok(()) => {}
                 Err(err) if err.kind() == io::ErrorKind::NotFound => {}

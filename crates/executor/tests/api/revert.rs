@@ -717,3 +717,36 @@ fn a_file_over_the_size_limit_is_refused_by_its_size_not_called_changed() {
          with what the patch left"
     );
 }
+
+#[test]
+fn pruning_removes_the_files_of_no_whole_record() {
+    let ws = workspace_with(policy());
+    let folder = ws.ctx.workspace.state_dir.join("revert/MAIN");
+    fs::create_dir_all(&folder).unwrap();
+    // A journal whose post file was never written, a post file without its journal, and a
+    // post's temp file, all newer than any record to come.
+    let orphans = [
+        "0000000000000099-lost.journal",
+        "0000000000000098-alone.post",
+        "0000000000000097-cut.post.tmp",
+    ];
+    for orphan in orphans {
+        fs::write(folder.join(orphan), "x").unwrap();
+    }
+    let applied = ws.apply(&patch(
+        "p1",
+        r#""edits":[{"op":"write","path":"a.txt","contents":"a\n"}]"#,
+    ));
+    assert_eq!(applied.status, Status::Succeeded, "{}", applied.error);
+    let mut names: Vec<String> = fs::read_dir(&folder)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["0000000000000100-p1.journal", "0000000000000100-p1.post"]
+    );
+    let report = ws.apply(&revert_of("p1", ""));
+    assert_eq!(report.status, Status::Succeeded, "{}", report.error);
+}
