@@ -11,8 +11,9 @@
 //! Layout: `<state_dir>/revert/<target>/<seq>-<patch id>.journal` and `.post`, `seq` 16
 //! decimal digits; names come from a validated target name and patch id only, nothing in the
 //! state dir is followed through a symlink, and every read is bounded. The last
-//! `revert_keep` records of a target are kept (the oldest pruned when one is written);
-//! 0 keeps none.
+//! `revert_keep` records of a target are kept (the oldest pruned when one is written,
+//! with the files of no whole record); 0 keeps none. Records hold the contents of the files
+//! a patch replaced or deleted: files are 0600, folders 0700.
 //!
 //! A record is whole or ignored: the journal was synced when it was sealed (before the patch
 //! wrote anything); the post file is written last (temp file and rename) and names the
@@ -28,7 +29,10 @@
 //! and the target's policy stricter now. Directories the original patch created are left in
 //! place (empty or not): a revert restores files only. Without a record, a patch that made a
 //! git commit is reverted from git (`<commit>^` and `<commit>`, paths under the workspace
-//! root), comparing file modes as git does (the executable bit). The commit must carry the
+//! root), comparing file modes as git does (the executable bit); a file that exists keeps
+//! its own permission bits, only the executable ones change. A file written back gets its
+//! permission bits only (never setuid, setgid or sticky), and a file is left as it is only
+//! when its bytes and all twelve mode bits are its pre-image's. The commit must carry the
 //! patch's `Ghost-Patch-Id` trailer; the pre-images' sizes are checked before they are read,
 //! and the post-images are compared by blob id, never read.
 
