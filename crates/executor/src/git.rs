@@ -101,9 +101,11 @@ pub fn commit(
         .iter()
         .map(|path| path.strip_prefix(root).unwrap_or(path))
         .collect();
+    let mut known = Vec::new();
     if !relative.is_empty() {
         output(git(root).args(["add", "-A", "--"]).args(&relative))
             .map_err(|err| format!("git add failed: {err}"))?;
+        known = known_paths(root, &relative)?;
     }
     let message = format!("{}\n\nGhost-Patch-Id: {patch_id}\n", message.trim_end());
     output(
@@ -122,11 +124,37 @@ pub fn commit(
                 &message,
                 "--",
             ])
-            .args(&relative),
+            .args(&known),
     )
     .map_err(|err| format!("git commit failed: {err}"))?;
     output(git(root).args(["rev-parse", "HEAD"]))
         .map_err(|err| format!("git rev-parse failed: {err}"))
+}
+
+/// Those of `paths` git knows after the `add` (in the index or in HEAD): `commit --only`
+/// refuses a path it knows neither way (one the user had staged as new and the patch
+/// deleted), and such a path changes nothing in the commit.
+fn known_paths(root: &Path, paths: &[&Path]) -> Result<Vec<std::ffi::OsString>, String> {
+    use std::os::unix::ffi::OsStringExt;
+    let mut known = std::collections::BTreeSet::new();
+    let in_index = bytes_output(git(root).args(["ls-files", "-z", "--"]).args(paths), &[0])
+        .map_err(|err| format!("git ls-files failed: {err}"))?;
+    known.extend(split_nul(&in_index));
+    let has_head = output(git(root).args(["rev-parse", "--verify", "--quiet", "HEAD"])).is_ok();
+    if has_head {
+        let in_head = bytes_output(
+            git(root)
+                .args(["ls-tree", "-r", "-z", "--name-only", "HEAD", "--"])
+                .args(paths),
+            &[0],
+        )
+        .map_err(|err| format!("git ls-tree failed: {err}"))?;
+        known.extend(split_nul(&in_head));
+    }
+    Ok(known
+        .into_iter()
+        .map(std::ffi::OsString::from_vec)
+        .collect())
 }
 
 /// True when `root` is the top of a git work tree (its `.git` is a directory or a file).

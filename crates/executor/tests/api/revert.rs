@@ -527,6 +527,24 @@ fn from_git_only_the_patchs_own_commit_is_undone_and_its_commit_holds_only_its_p
         "user.txt"
     );
 
+    // A file the user staged as new and a patch deletes is simply gone from the index.
+    ws.write("new.txt", "staged new\n");
+    git(ws.root(), &["add", "new.txt"]);
+    let deleted = ws.apply(&patch(
+        "p0",
+        r#""edits":[{"op":"delete","path":"new.txt"}],"commit":{"message":"p0"}"#,
+    ));
+    assert_eq!(deleted.status, Status::Succeeded, "{}", deleted.error);
+    let in_commit = git(
+        ws.root(),
+        &["show", "--name-only", "--format=", &deleted.commit_sha],
+    );
+    assert_eq!(in_commit, "");
+    assert_eq!(
+        git(ws.root(), &["diff", "--cached", "--name-only"]),
+        "user.txt"
+    );
+
     // A commit the patch did not make is refused, naming it.
     for other in [&base, &applied.commit_sha] {
         let report = ws.apply(&revert_of("p2", &format!(r#","commit":"{other}""#)));
