@@ -55,7 +55,7 @@ pub struct Context {
 /// and git are given the root as a path (their working directory), so it is checked just
 /// before each runs; the file operations go through the handle checked by
 /// [`Dirs::open_checked`].
-fn root_unchanged(ctx: &Context) -> Result<(), String> {
+pub(crate) fn root_unchanged(ctx: &Context) -> Result<(), String> {
     let found = RootId::of(&ctx.workspace.root);
     if found.as_ref().is_ok_and(|id| *id == ctx.root_id) {
         return Ok(());
@@ -636,9 +636,14 @@ fn apply_once(
             );
         }
     };
-    if (patch.base.is_some() || patch.agent.is_some())
-        && let Err(reason) = root_unchanged(ctx)
-    {
+    // Git may run for a base, an agent's hand-off, or a revert naming a commit.
+    let runs_git = patch.base.is_some()
+        || patch.agent.is_some()
+        || patch
+            .revert
+            .as_ref()
+            .is_some_and(|spec| spec.commit.is_some());
+    if runs_git && let Err(reason) = root_unchanged(ctx) {
         return attempt.end(Status::Failed, reason);
     }
     if let Some(base) = &patch.base

@@ -88,19 +88,25 @@ pub fn check_head(root: &Path, expected: &str) -> Result<(), String> {
     ))
 }
 
-/// Commits `paths` (absolute, inside `root`) with the patch id as a trailer; returns the sha.
+/// Commits `paths` (absolute, inside `root`) and nothing else (`--only`: a change the user
+/// had staged stays staged, out of the patch's commit) with the patch id as a trailer;
+/// returns the sha.
 pub fn commit(
     root: &Path,
     paths: &[PathBuf],
     message: &str,
     patch_id: &str,
 ) -> Result<String, String> {
-    let mut add = git(root);
-    add.args(["add", "-A", "--"]);
-    for path in paths {
-        add.arg(path.strip_prefix(root).unwrap_or(path));
+    let relative: Vec<&Path> = paths
+        .iter()
+        .map(|path| path.strip_prefix(root).unwrap_or(path))
+        .collect();
+    let mut known = Vec::new();
+    if !relative.is_empty() {
+        output(git(root).args(["add", "-A", "--"]).args(&relative))
+            .map_err(|err| format!("git add failed: {err}"))?;
+        known = known_paths(root, &relative)?;
     }
-    output(&mut add).map_err(|err| format!("git add failed: {err}"))?;
     let message = format!("{}\n\nGhost-Patch-Id: {patch_id}\n", message.trim_end());
     output(
         git(root)
@@ -112,14 +118,43 @@ pub fn commit(
                 "commit",
                 "--no-verify",
                 "--allow-empty",
+                "--only",
                 "-q",
                 "-m",
                 &message,
-            ]),
+                "--",
+            ])
+            .args(&known),
     )
     .map_err(|err| format!("git commit failed: {err}"))?;
     output(git(root).args(["rev-parse", "HEAD"]))
         .map_err(|err| format!("git rev-parse failed: {err}"))
+}
+
+/// Those of `paths` git knows after the `add` (in the index or in HEAD): `commit --only`
+/// refuses a path it knows neither way (one the user had staged as new and the patch
+/// deleted), and such a path changes nothing in the commit.
+fn known_paths(root: &Path, paths: &[&Path]) -> Result<Vec<std::ffi::OsString>, String> {
+    use std::os::unix::ffi::OsStringExt;
+    let mut known = std::collections::BTreeSet::new();
+    let in_index = bytes_output(git(root).args(["ls-files", "-z", "--"]).args(paths), &[0])
+        .map_err(|err| format!("git ls-files failed: {err}"))?;
+    known.extend(split_nul(&in_index));
+    let has_head = output(git(root).args(["rev-parse", "--verify", "--quiet", "HEAD"])).is_ok();
+    if has_head {
+        let in_head = bytes_output(
+            git(root)
+                .args(["ls-tree", "-r", "-z", "--name-only", "HEAD", "--"])
+                .args(paths),
+            &[0],
+        )
+        .map_err(|err| format!("git ls-tree failed: {err}"))?;
+        known.extend(split_nul(&in_head));
+    }
+    Ok(known
+        .into_iter()
+        .map(std::ffi::OsString::from_vec)
+        .collect())
 }
 
 /// True when `root` is the top of a git work tree (its `.git` is a directory or a file).
@@ -271,16 +306,18 @@ impl Identity {
     }
 }
 
-/// One file a commit changed, read from git for a revert: its blob before (the first
-/// parent's, or none) and after (the commit's, or none), each with its mode.
+/// One file a commit changed, listed from git for a revert: its blob before (the first
+/// parent's, or none) and after (the commit's, or none), each as a blob id and a mode. Only
+/// the ids are read here; the bytes of the pre-images come from [`blobs`], once their sizes
+/// are known to fit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommitChange {
     /// Workspace-relative path.
     pub path: String,
-    /// Bytes and mode in the commit's parent; `None`: the commit created the file.
-    pub before: Option<(Vec<u8>, u32)>,
-    /// Bytes and mode in the commit; `None`: the commit deleted the file.
-    pub after: Option<(Vec<u8>, u32)>,
+    /// Blob id and mode in the commit's parent; `None`: the commit created the file.
+    pub before: Option<(String, u32)>,
+    /// Blob id and mode in the commit; `None`: the commit deleted the file.
+    pub after: Option<(String, u32)>,
 }
 
 /// Most files one commit may change for its revert to be read from git.
@@ -313,25 +350,113 @@ fn blob_mode(mode: &str, path: &str) -> Result<Option<u32>, String> {
     }
 }
 
-/// The bytes of blob `sha`, refused above `max_bytes` before they are read.
-fn blob(root: &Path, sha: &str, path: &str, max_bytes: u64) -> Result<Vec<u8>, String> {
-    if !is_sha(sha) {
-        return Err(format!(
-            "git named blob {sha:?} for {path}, which is not a sha"
-        ));
+/// Runs `git` with `input` on its stdin (written from a thread, so a large input cannot
+/// deadlock against the output) and returns its stdout.
+fn with_input(command: &mut Command, input: Vec<u8>) -> Result<Vec<u8>, String> {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|err| format!("cannot run git: {err}"))?;
+    let writer = child.stdin.take().map(|mut stdin| {
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        })
+    });
+    let out = child
+        .wait_with_output()
+        .map_err(|err| format!("cannot run git: {err}"))?;
+    if let Some(writer) = writer {
+        let _ = writer.join();
     }
-    let size = output(git(root).args(["cat-file", "-s", sha]))
-        .map_err(|err| format!("git cat-file failed for {path}: {err}"))?;
-    let size: u64 = size
-        .parse()
-        .map_err(|_| format!("git cat-file gave the size {size:?} for {path}"))?;
-    if size > max_bytes {
-        return Err(format!(
-            "{path} is {size} bytes in git, over the {max_bytes} byte file limit"
-        ));
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
     }
-    bytes_output(git(root).args(["cat-file", "blob", sha]), &[0])
-        .map_err(|err| format!("git cat-file failed for {path}: {err}"))
+    Ok(out.stdout)
+}
+
+/// The git blob id `bytes` would have in the workspace's repository (its object format,
+/// SHA-1 or SHA-256), without writing it and without filters.
+pub fn blob_id(root: &Path, bytes: Vec<u8>) -> Result<String, String> {
+    let out = with_input(
+        git(root).args(["hash-object", "-t", "blob", "--no-filters", "--stdin"]),
+        bytes,
+    )
+    .map_err(|err| format!("git hash-object failed: {err}"))?;
+    let id = String::from_utf8_lossy(&out).trim().to_owned();
+    if !is_sha(&id) {
+        return Err(format!("git hash-object gave {id:?}, which is not a sha"));
+    }
+    Ok(id)
+}
+
+/// The bytes of the pre-images of `changes` (blob id → bytes), their sizes asked of git
+/// (`cat-file --batch-check`) before a byte is read: each must be within `max_file_bytes`
+/// and all together within `max_total_bytes`.
+pub fn blobs(
+    root: &Path,
+    changes: &[CommitChange],
+    max_file_bytes: u64,
+    max_total_bytes: u64,
+) -> Result<std::collections::BTreeMap<String, Vec<u8>>, String> {
+    let wanted: Vec<(&str, &str)> = changes
+        .iter()
+        .filter_map(|change| {
+            let (id, _) = change.before.as_ref()?;
+            Some((id.as_str(), change.path.as_str()))
+        })
+        .collect();
+    if wanted.is_empty() {
+        return Ok(std::collections::BTreeMap::new());
+    }
+    let mut input = Vec::new();
+    for (id, _) in &wanted {
+        input.extend_from_slice(id.as_bytes());
+        input.push(b'\n');
+    }
+    let sizes = with_input(git(root).args(["cat-file", "--batch-check"]), input)
+        .map_err(|err| format!("git cat-file failed: {err}"))?;
+    let sizes = String::from_utf8_lossy(&sizes);
+    let mut lines = sizes.lines();
+    let mut total: u64 = 0;
+    for (id, path) in &wanted {
+        let line = lines.next().unwrap_or_default();
+        let size = match line.split(' ').collect::<Vec<_>>()[..] {
+            [found, "blob", size] if found == *id => size.parse::<u64>().ok(),
+            _ => None,
+        }
+        .ok_or_else(|| format!("git has no blob {id} for {path} ({line:?})"))?;
+        if size > max_file_bytes {
+            return Err(format!(
+                "{path} is {size} bytes in git, over the {max_file_bytes} byte file limit"
+            ));
+        }
+        total = total.saturating_add(size);
+        if total > max_total_bytes {
+            return Err(format!(
+                "its pre-images in git are over the {max_total_bytes} byte patch limit"
+            ));
+        }
+    }
+    let mut read = std::collections::BTreeMap::new();
+    for (id, path) in wanted {
+        if read.contains_key(id) {
+            continue;
+        }
+        let bytes = bytes_output(git(root).args(["cat-file", "blob", id]), &[0])
+            .map_err(|err| format!("git cat-file failed for {path}: {err}"))?;
+        if bytes.len() as u64 > max_file_bytes {
+            return Err(format!(
+                "{path} is {} bytes in git, over the {max_file_bytes} byte file limit",
+                bytes.len()
+            ));
+        }
+        read.insert(id.to_owned(), bytes);
+    }
+    Ok(read)
 }
 
 /// What `commit` changed under the workspace root (paths outside it are left out): every
@@ -341,7 +466,7 @@ fn blob(root: &Path, sha: &str, path: &str, max_bytes: u64) -> Result<Vec<u8>, S
 pub fn commit_changes(
     root: &Path,
     commit: &str,
-    max_file_bytes: u64,
+    patch_id: &str,
 ) -> Result<Vec<CommitChange>, String> {
     if !is_sha(commit) {
         return Err(format!(
@@ -368,10 +493,24 @@ pub fn commit_changes(
             "commit {commit} is a merge commit, which a revert does not undo"
         ));
     }
+    // The commit must be the patch's own ([`commit`] ends its message with this trailer), so
+    // that a revert undoes the patch and nothing else.
+    let trailers = output(git(root).args([
+        "show",
+        "-s",
+        "--format=%(trailers:key=Ghost-Patch-Id,valueonly,unfold)",
+        &full,
+    ]))
+    .map_err(|err| format!("cannot read the message of commit {commit}: {err}"))?;
+    if trailers.lines().last().map(str::trim) != Some(patch_id) {
+        return Err(format!("commit {commit} was not made by patch {patch_id}"));
+    }
     let prefix = output(git(root).args(["rev-parse", "--show-prefix"]))
         .map_err(|err| format!("cannot read the workspace's place in git: {err}"))?;
-    let listed = bytes_output(
-        git(root).args([
+    // Read as git writes it, one field at a time: the listing is bounded while it is read,
+    // never held whole.
+    let mut child = git(root)
+        .args([
             "diff-tree",
             "-r",
             "--no-renames",
@@ -379,24 +518,78 @@ pub fn commit_changes(
             "--root",
             "-z",
             &full,
-        ]),
-        &[0],
-    )
-    .map_err(|err| format!("git diff-tree failed: {err}"))?;
-    let mut fields = listed.split(|byte| *byte == 0);
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|err| format!("cannot run git: {err}"))?;
+    let listed = child
+        .stdout
+        .take()
+        .map(|stdout| list_changes(std::io::BufReader::new(stdout), commit, &prefix));
+    // On an early refusal git is stopped rather than waited for to write the rest.
+    if !matches!(listed, Some(Ok(_))) {
+        let _ = child.kill();
+    }
+    let status = child
+        .wait()
+        .map_err(|err| format!("cannot run git: {err}"))?;
+    let changes = listed.ok_or("git diff-tree gave no output")??;
+    if !status.success() {
+        return Err(format!("git diff-tree failed for commit {commit}"));
+    }
+    Ok(changes)
+}
+
+/// The longest field of diff-tree's listing read (a path or a line of modes and ids).
+const MAX_FIELD_BYTES: u64 = 16 * 1024;
+/// The most changes listed (under the root or not) before the commit is refused.
+const MAX_LISTED_CHANGES: usize = 10 * MAX_COMMIT_PATHS;
+
+/// One NUL-terminated field of `reader`, at most [`MAX_FIELD_BYTES`]; `None` at the end.
+fn field(reader: &mut impl std::io::BufRead) -> Result<Option<Vec<u8>>, String> {
+    use std::io::{BufRead, Read};
+    let mut bytes = Vec::new();
+    let read = reader
+        .by_ref()
+        .take(MAX_FIELD_BYTES + 1)
+        .read_until(0, &mut bytes)
+        .map_err(|err| format!("cannot read git diff-tree's listing: {err}"))?;
+    if read == 0 {
+        return Ok(None);
+    }
+    if bytes.last() != Some(&0) {
+        return Err("git diff-tree gave a field that is too long".to_owned());
+    }
+    bytes.pop();
+    Ok(Some(bytes))
+}
+
+/// The changes `diff-tree -z` lists under `prefix`, at most [`MAX_COMMIT_PATHS`] of them.
+fn list_changes(
+    mut reader: impl std::io::BufRead,
+    commit: &str,
+    prefix: &str,
+) -> Result<Vec<CommitChange>, String> {
     let mut changes = Vec::new();
-    while let Some(meta) = fields.next() {
+    let mut listed = 0;
+    while let Some(meta) = field(&mut reader)? {
         if meta.is_empty() {
             continue;
         }
-        let meta = std::str::from_utf8(meta)
+        listed += 1;
+        if listed > MAX_LISTED_CHANGES {
+            return Err(format!(
+                "commit {commit} changed more than {MAX_LISTED_CHANGES} files"
+            ));
+        }
+        let meta = String::from_utf8(meta)
             .map_err(|_| "git diff-tree gave a line that is not UTF-8".to_owned())?;
-        let raw_path = fields
-            .next()
-            .ok_or("git diff-tree gave a change without a path")?;
-        let path = std::str::from_utf8(raw_path)
+        let raw_path = field(&mut reader)?.ok_or("git diff-tree gave a change without a path")?;
+        let path = String::from_utf8(raw_path)
             .map_err(|_| format!("commit {commit} changed a path that is not UTF-8"))?;
-        let Some(rel) = path.strip_prefix(prefix.as_str()) else {
+        let Some(rel) = path.strip_prefix(prefix) else {
             continue;
         };
         let parts: Vec<&str> = meta.trim_start_matches(':').split(' ').collect();
@@ -408,14 +601,11 @@ pub fn commit_changes(
                 "commit {commit} changed more than {MAX_COMMIT_PATHS} files"
             ));
         }
-        let before = match blob_mode(old_mode, rel)? {
-            Some(mode) => Some((blob(root, old_sha, rel, max_file_bytes)?, mode)),
-            None => None,
-        };
-        let after = match blob_mode(new_mode, rel)? {
-            Some(mode) => Some((blob(root, new_sha, rel, max_file_bytes)?, mode)),
-            None => None,
-        };
+        if !is_sha(old_sha) || !is_sha(new_sha) {
+            return Err(format!("git diff-tree gave an unexpected line {meta:?}"));
+        }
+        let before = blob_mode(old_mode, rel)?.map(|mode| (old_sha.to_owned(), mode));
+        let after = blob_mode(new_mode, rel)?.map(|mode| (new_sha.to_owned(), mode));
         changes.push(CommitChange {
             path: rel.to_owned(),
             before,

@@ -248,10 +248,25 @@ impl Journal {
     /// Writes the journal and makes it durable; only then may the workspace be written.
     pub fn seal(&self) -> std::io::Result<()> {
         let folder = self.path.parent().unwrap_or(Path::new("."));
-        fs::create_dir_all(folder)?;
+        // The journal holds the originals of the files a patch touches (and, kept as a revert
+        // record, of files it deleted): readable by the executor's user only.
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(folder)?;
+        }
         let unsealed = unsealed_path(&self.path);
+        remove_if_present(&unsealed)?;
         let result = (|| {
-            let mut file = std::io::BufWriter::new(fs::File::create(&unsealed)?);
+            use std::os::unix::fs::OpenOptionsExt;
+            let created = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&unsealed)?;
+            let mut file = std::io::BufWriter::new(created);
             file.write_all(MAGIC)?;
             serde_json::to_writer(&mut file, &self.header).map_err(std::io::Error::other)?;
             file.write_all(b"\n")?;

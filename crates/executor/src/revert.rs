@@ -11,14 +11,16 @@
 //! Layout: `<state_dir>/revert/<target>/<seq>-<patch id>.journal` and `.post`, `seq` 16
 //! decimal digits; names come from a validated target name and patch id only, nothing in the
 //! state dir is followed through a symlink, and every read is bounded. The last
-//! `revert_keep` records of a target are kept (the oldest pruned when one is written);
-//! 0 keeps none.
+//! `revert_keep` records of a target are kept (the oldest pruned when one is written,
+//! with the files of no whole record); 0 keeps none. Records hold the contents of the files
+//! a patch replaced or deleted: files are 0600, folders 0700.
 //!
 //! A record is whole or ignored: the journal was synced when it was sealed (before the patch
 //! wrote anything); the post file is written last (temp file and rename) and names the
 //! journal's length, patch id and content hash, so after a power loss a record whose rename
-//! or bytes were lost does not parse or does not match, and the revert answers "no longer
-//! kept", never restores from half a record.
+//! or bytes were lost does not parse or does not match, and the revert answers "no record
+//! of patch X", never restores from half a record. So does a record made under another
+//! workspace root (its journal header names the root's device and inode).
 //!
 //! **Revert plan.** Every path of the record must still be in its post-image, else it is a
 //! conflict and nothing is written; then each path gets its pre-image back through the
@@ -27,7 +29,12 @@
 //! and the target's policy stricter now. Directories the original patch created are left in
 //! place (empty or not): a revert restores files only. Without a record, a patch that made a
 //! git commit is reverted from git (`<commit>^` and `<commit>`, paths under the workspace
-//! root), comparing file modes as git does (the executable bit).
+//! root), comparing file modes as git does (the executable bit); a file that exists keeps
+//! its own permission bits, only the executable ones change. A file written back gets its
+//! permission bits only (never setuid, setgid or sticky), and a file is left as it is only
+//! when its bytes and all twelve mode bits are its pre-image's. The commit must carry the
+//! patch's `Ghost-Patch-Id` trailer; the pre-images' sizes are checked before they are read,
+//! and the post-images are compared by blob id, never read.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -70,6 +77,10 @@ enum Image {
     Absent,
     /// A directory, symlink, device, or a file that cannot be read: always a conflict.
     Other,
+    /// A file in a git commit (a revert without a record): its blob id, as git computes it
+    /// for the repository's object format, and its mode. Never written to a post file.
+    #[serde(skip)]
+    GitBlob { id: String, mode: u32 },
 }
 
 /// The post file of a record.
@@ -86,10 +97,19 @@ struct Post {
     paths: BTreeMap<String, Image>,
 }
 
-/// What is at a path now.
+/// What is at a path now. A file's bytes are not kept: its digests say whether it is the
+/// post-image or the pre-image, so one file at a time is in memory.
 enum Now {
     Absent,
-    File(Vec<u8>, u32),
+    File {
+        sha256: String,
+        /// Its git blob id, computed only for a revert from git.
+        git_id: Option<String>,
+        mode: u32,
+        lines: u32,
+    },
+    /// A regular file over the file limit (never read): it cannot be compared.
+    TooBig,
     Other,
 }
 
@@ -97,11 +117,11 @@ impl Now {
     fn image(&self) -> Image {
         match self {
             Self::Absent => Image::Absent,
-            Self::File(bytes, mode) => Image::File {
-                sha256: hex(&Sha256::digest(bytes)),
+            Self::File { sha256, mode, .. } => Image::File {
+                sha256: sha256.clone(),
                 mode: *mode,
             },
-            Self::Other => Image::Other,
+            Self::TooBig | Self::Other => Image::Other,
         }
     }
 }
@@ -111,8 +131,9 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// What is at `rel` now, read through `dirs`; anything but a readable regular file within
-/// `max_bytes` (or nothing) is `Other`.
-fn now(dirs: &mut Dirs, rel: &str, max_bytes: u64) -> Now {
+/// `max_bytes` (or nothing) is `Other`. With `git_root`, a file's git blob id is computed
+/// too (by the repository's git, which knows its object format).
+fn now(dirs: &mut Dirs, rel: &str, max_bytes: u64, git_root: Option<&Path>) -> Now {
     let (parent, name) = beneath::split(rel);
     let handle = match dirs.dir(parent) {
         Ok(handle) => handle,
@@ -124,10 +145,29 @@ fn now(dirs: &mut Dirs, rel: &str, max_bytes: u64) -> Now {
         Ok(Some(Kind::File(_))) => {}
         Ok(Some(_)) | Err(_) => return Now::Other,
     }
-    match beneath::read(&handle, name, max_bytes) {
-        Ok(Some((bytes, mode))) => Now::File(bytes, mode & 0o7777),
-        Ok(None) => Now::Absent,
-        Err(_) => Now::Other,
+    let (bytes, mode) = match beneath::read(&handle, name, max_bytes) {
+        Ok(Some(found)) => found,
+        Ok(None) => return Now::Absent,
+        Err(err) if beneath::is(&err, rustix::io::Errno::FBIG) => return Now::TooBig,
+        Err(_) => return Now::Other,
+    };
+    let sha256 = hex(&Sha256::digest(&bytes));
+    let lines = lines(&bytes);
+    let git_id = match git_root {
+        Some(root) => match crate::git::blob_id(root, bytes) {
+            Ok(id) => Some(id),
+            Err(err) => {
+                tracing::warn!(path = %rel, error = %err, "cannot compute a file's git blob id");
+                return Now::Other;
+            }
+        },
+        None => None,
+    };
+    Now::File {
+        sha256,
+        git_id,
+        mode: mode & 0o7777,
+        lines,
     }
 }
 
@@ -138,17 +178,25 @@ fn safe_target(target: &str) -> io::Result<()> {
         .map_err(|err| io::Error::other(format!("no record folder for target {target:?}: {err}")))
 }
 
-/// `dir`, which must be a real directory (never a symlink); made when `create`.
+/// `dir`, which must be a real directory (never a symlink); made when `create`, with mode
+/// 0700 (a record holds the contents of the files a patch replaced or deleted), and made
+/// 0700 if it was looser.
 fn real_dir(dir: &Path, create: bool) -> io::Result<bool> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     if create {
-        match fs::create_dir(dir) {
+        match fs::DirBuilder::new().mode(0o700).create(dir) {
             Ok(()) => {}
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
             Err(err) => return Err(err),
         }
     }
     match fs::symlink_metadata(dir) {
-        Ok(meta) if meta.is_dir() => Ok(true),
+        Ok(meta) if meta.is_dir() => {
+            if create && meta.permissions().mode() & 0o077 != 0 {
+                fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+            }
+            Ok(true)
+        }
         Ok(_) => Err(io::Error::other(format!(
             "{} is not a directory (a symlink is never followed)",
             dir.display()
@@ -175,6 +223,8 @@ struct Listed {
     seq: u64,
     id: String,
     post: bool,
+    /// A post's temp file, left by a crash or a failed write.
+    temp: bool,
     name: String,
 }
 
@@ -184,18 +234,19 @@ fn parse_name(name: &str) -> Option<Listed> {
     if seq.len() != 16 || !seq.bytes().all(|byte| byte.is_ascii_digit()) {
         return None;
     }
-    let (id, post) = if let Some(id) = rest.strip_suffix(".journal") {
-        (id, false)
+    let (id, post, temp) = if let Some(id) = rest.strip_suffix(".journal") {
+        (id, false, false)
     } else if let Some(id) = rest.strip_suffix(".post") {
-        (id, true)
+        (id, true, false)
     } else {
-        (rest.strip_suffix(".post.tmp")?, false)
+        (rest.strip_suffix(".post.tmp")?, false, true)
     };
     PatchId::parse(id).ok()?;
     Some(Listed {
         seq: seq.parse().ok()?,
         id: id.to_owned(),
         post,
+        temp,
         name: name.to_owned(),
     })
 }
@@ -279,7 +330,7 @@ pub(crate) fn keep(
     let paths: BTreeMap<String, Image> = touched
         .iter()
         .map(|rel| {
-            let image = now(&mut dirs, rel, ctx.limits.max_file_bytes).image();
+            let image = now(&mut dirs, rel, ctx.limits.max_file_bytes, None).image();
             (rel.clone(), image)
         })
         .collect();
@@ -327,23 +378,35 @@ pub(crate) fn keep(
     None
 }
 
-/// Removes all but the newest `keep` records of the folder, and older records of an id
-/// recorded again.
+/// Removes all but the newest `keep` whole records of the folder, older records of an id
+/// recorded again, and the files of no whole record: a journal without its post file (its
+/// post was never written), a post file without its journal, a post's temp file.
 fn prune(dir: &Path, keep: u32) -> io::Result<()> {
     let found = list(dir)?;
-    let mut newest_of: BTreeMap<&str, u64> = BTreeMap::new();
-    for listed in &found {
-        let seq = newest_of.entry(listed.id.as_str()).or_insert(listed.seq);
-        *seq = (*seq).max(listed.seq);
+    // Per record (seq and id): whether its journal and its post file are there.
+    let mut parts: BTreeMap<(u64, &str), (bool, bool)> = BTreeMap::new();
+    for listed in found.iter().filter(|listed| !listed.temp) {
+        let part = parts.entry((listed.seq, listed.id.as_str())).or_default();
+        if listed.post {
+            part.1 = true;
+        } else {
+            part.0 = true;
+        }
     }
-    let mut seqs: Vec<u64> = newest_of.values().copied().collect();
-    seqs.sort_unstable_by(|a, b| b.cmp(a));
-    let kept: BTreeSet<u64> = seqs
-        .into_iter()
-        .take(usize::try_from(keep).unwrap_or(usize::MAX))
-        .collect();
+    let mut newest_of: BTreeMap<&str, u64> = BTreeMap::new();
+    for (&(seq, id), _) in parts
+        .iter()
+        .filter(|(_, (journal, post))| *journal && *post)
+    {
+        let newest = newest_of.entry(id).or_insert(seq);
+        *newest = (*newest).max(seq);
+    }
+    let mut kept: Vec<(u64, &str)> = newest_of.into_iter().map(|(id, seq)| (seq, id)).collect();
+    kept.sort_unstable_by(|a, b| b.cmp(a));
+    kept.truncate(usize::try_from(keep).unwrap_or(usize::MAX));
+    let kept: BTreeSet<(u64, &str)> = kept.into_iter().collect();
     for listed in &found {
-        if !kept.contains(&listed.seq) {
+        if listed.temp || !kept.contains(&(listed.seq, listed.id.as_str())) {
             match fs::remove_file(dir.join(&listed.name)) {
                 Ok(()) => {}
                 Err(err) if err.kind() == io::ErrorKind::NotFound => {}
@@ -390,7 +453,7 @@ fn load(ctx: &Context, of: &str) -> Option<Record> {
         .max()?;
     let base = format!("{seq:016}-{of}");
     let ignored = |reason: String| {
-        tracing::warn!(%target, patch_id = %of, %reason, "revert record ignored: not whole");
+        tracing::warn!(%target, patch_id = %of, %reason, "revert record ignored");
         None
     };
     let post = match read_bounded(&dir.join(format!("{base}.post")), MAX_POST_BYTES) {
@@ -421,6 +484,11 @@ fn load(ctx: &Context, of: &str) -> Option<Record> {
     if header.patch_id != of || header.content_hash != post.content_hash {
         return ignored("the journal is another patch's".to_owned());
     }
+    // Its paths are relative to the root it was made under: another directory's (a root
+    // replaced since, the executor restarted on it) are not this one's.
+    if header.root != Some(ctx.root_id) {
+        return ignored("it was made under another workspace root".to_owned());
+    }
     let mut posts = post.paths;
     let mut paths = BTreeMap::new();
     for (rel, before) in originals {
@@ -438,25 +506,51 @@ fn load(ctx: &Context, of: &str) -> Option<Record> {
     })
 }
 
-/// The record of a patch read from its git commit.
-fn from_git(ctx: &Context, commit: &str) -> Result<Record, String> {
-    let changes =
-        crate::git::commit_changes(&ctx.workspace.root, commit, ctx.limits.max_file_bytes)?;
-    let mut paths = BTreeMap::new();
-    for change in changes {
-        let image = match &change.after {
-            Some((bytes, mode)) => Image::File {
-                sha256: hex(&Sha256::digest(bytes)),
-                mode: *mode,
-            },
-            None => Image::Absent,
-        };
-        paths.insert(change.path, (change.before, image));
-    }
-    if paths.is_empty() {
+/// The record of a patch read from its git commit: the pre-images' bytes (their sizes
+/// checked before they are read), the post-images as blob ids (never read).
+fn from_git(ctx: &Context, of: &str, commit: &str) -> Result<Record, String> {
+    let root = &ctx.workspace.root;
+    // Git is given the root as a path: it must still be the directory the executor started
+    // with (checked again here, just before git runs, as for a commit).
+    crate::apply::root_unchanged(ctx)?;
+    let changes = crate::git::commit_changes(root, commit, of)?;
+    if changes.is_empty() {
         return Err(format!(
             "commit {commit} changed no file under the workspace root"
         ));
+    }
+    let mut blobs = crate::git::blobs(
+        root,
+        &changes,
+        ctx.limits.max_file_bytes,
+        ctx.limits.max_patch_bytes,
+    )?;
+    let mut uses: BTreeMap<String, usize> = BTreeMap::new();
+    for (id, _) in changes.iter().filter_map(|change| change.before.as_ref()) {
+        *uses.entry(id.clone()).or_default() += 1;
+    }
+    let mut paths = BTreeMap::new();
+    for change in changes {
+        let before = match change.before {
+            Some((id, mode)) => {
+                let left = uses.entry(id.clone()).or_default();
+                *left = left.saturating_sub(1);
+                // Moved out on the blob's last use, copied only for a blob two paths share.
+                let bytes = if *left == 0 {
+                    blobs.remove(&id)
+                } else {
+                    blobs.get(&id).cloned()
+                };
+                let bytes = bytes.ok_or_else(|| format!("git gave no blob for {}", change.path))?;
+                Some((bytes, mode))
+            }
+            None => None,
+        };
+        let image = match change.after {
+            Some((id, mode)) => Image::GitBlob { id, mode },
+            None => Image::Absent,
+        };
+        paths.insert(change.path, (before, image));
     }
     Ok(Record {
         paths,
@@ -513,24 +607,40 @@ fn lines(bytes: &[u8]) -> u32 {
 }
 
 /// True when what is there now is the post-image (by the executable bit only for git's).
-fn unchanged(now: &Now, image: &Image, git_modes: bool) -> bool {
-    match (now.image(), image) {
-        (Image::Absent, Image::Absent) => true,
+fn unchanged(now: &Now, image: &Image) -> bool {
+    match (now, image) {
+        (Now::Absent, Image::Absent) => true,
         (
-            Image::File { sha256, mode },
+            Now::File { sha256, mode, .. },
             Image::File {
                 sha256: post_sha,
                 mode: post_mode,
             },
-        ) => {
-            let modes = if git_modes {
-                (mode & 0o100 != 0) == (post_mode & 0o100 != 0)
-            } else {
-                mode == *post_mode
-            };
-            sha256 == *post_sha && modes
-        }
+        ) => sha256 == post_sha && mode == post_mode,
+        (
+            Now::File {
+                git_id: Some(id),
+                mode,
+                ..
+            },
+            Image::GitBlob {
+                id: post_id,
+                mode: post_mode,
+            },
+        ) => id == post_id && (mode & 0o100 != 0) == (post_mode & 0o100 != 0),
         _ => false,
+    }
+}
+
+/// The mode a file now in `now_mode` gets back from git's `git_mode` (0644 or 0755): its
+/// permission bits as they are, with the executable bits set (where it is readable) or
+/// cleared as git says.
+fn git_mode(now_mode: u32, git_mode: u32) -> u32 {
+    let kept = now_mode & 0o777 & !0o111;
+    if git_mode & 0o100 == 0 {
+        kept
+    } else {
+        kept | ((kept & 0o444) >> 2)
     }
 }
 
@@ -541,26 +651,43 @@ pub(crate) fn plan(ctx: &Context, dirs: &mut Dirs, spec: &RevertSpec) -> Result<
     let of = spec.of.as_str();
     let record = match (load(ctx, of), &spec.commit) {
         (Some(record), _) => record,
-        (None, Some(commit)) => from_git(ctx, commit)
+        (None, Some(commit)) => from_git(ctx, of, commit)
             .map_err(|reason| Refusal::Rejected(format!("cannot revert patch {of}: {reason}")))?,
         (None, None) => {
-            return Err(Refusal::Rejected(format!(
-                "the pre-images of patch {of} are no longer kept (this executor keeps the last \
-                 {} per target) and {of} made no git commit",
-                ctx.workspace.policy.revert_keep
-            )));
+            let keep = ctx.workspace.policy.revert_keep;
+            return Err(Refusal::Rejected(if keep == 0 {
+                format!(
+                    "cannot revert patch {of}: revert_keep = 0: this executor keeps no records, \
+                     and {of} made no git commit"
+                )
+            } else {
+                format!(
+                    "cannot revert patch {of}: no record of patch {of} (the executor keeps the \
+                     last {keep} per target; agent hand-offs and crashed or damaged records are \
+                     not kept), and {of} made no git commit"
+                )
+            }));
         }
     };
+    let git_root = record.git_modes.then_some(ctx.workspace.root.as_path());
     let mut conflicts = Vec::new();
-    let mut current = BTreeMap::new();
-    for (rel, (_, image)) in &record.paths {
-        check_path(&ctx.workspace, rel)
+    let mut current = Vec::with_capacity(record.paths.len());
+    for (rel, (before, image)) in record.paths {
+        check_path(&ctx.workspace, &rel)
             .map_err(|err| Refusal::Rejected(format!("cannot revert patch {of}: {err}")))?;
-        let found = now(dirs, rel, ctx.limits.max_file_bytes);
-        if !unchanged(&found, image, record.git_modes) {
+        let found = now(dirs, &rel, ctx.limits.max_file_bytes, git_root);
+        // Not a conflict: whether it changed cannot be told without reading it.
+        if matches!(found, Now::TooBig) {
+            return Err(Refusal::Rejected(format!(
+                "cannot revert patch {of}: {rel} is over the {} byte file limit, so it cannot be \
+                 compared with what the patch left",
+                ctx.limits.max_file_bytes
+            )));
+        }
+        if !unchanged(&found, &image) {
             conflicts.push(rel.clone());
         }
-        current.insert(rel.as_str(), found);
+        current.push((rel, before, found));
     }
     if !conflicts.is_empty() {
         let error = conflict_error(of, &conflicts);
@@ -569,16 +696,30 @@ pub(crate) fn plan(ctx: &Context, dirs: &mut Dirs, spec: &RevertSpec) -> Result<
     let mut plan = Plan::default();
     let mut made = BTreeSet::new();
     let mut total: u64 = 0;
-    for (rel, (before, _)) in &record.paths {
-        let found = current.get(rel.as_str());
-        let (now_bytes, now_mode) = match found {
-            Some(Now::File(bytes, mode)) => (Some(bytes.as_slice()), *mode),
-            _ => (None, 0),
+    for (rel, before, found) in current {
+        let (now_sha, now_mode, now_lines) = match &found {
+            Now::File {
+                sha256,
+                mode,
+                lines,
+                ..
+            } => (Some(sha256.as_str()), *mode, *lines),
+            _ => (None, 0, 0),
         };
         let report = match before {
             Some((bytes, mode)) => {
-                let mode = mode & 0o777;
-                if now_bytes == Some(bytes.as_slice()) && now_mode & 0o777 == mode {
+                // A file written back gets the permission bits only: setuid, setgid and
+                // sticky bits are never set by a revert (as by no other patch).
+                let mode = match (&found, git_root) {
+                    // Git knows only 644 and 755: the file's own bits stay, but for the
+                    // executable ones.
+                    (Now::File { mode: now_mode, .. }, Some(_)) => git_mode(*now_mode, mode),
+                    _ => mode & 0o777,
+                };
+                // All twelve mode bits compared: a setuid bit added since is not left.
+                if now_sha == Some(hex(&Sha256::digest(&bytes)).as_str())
+                    && now_mode & 0o7777 == mode
+                {
                     continue;
                 }
                 if bytes.len() as u64 > ctx.limits.max_file_bytes {
@@ -590,31 +731,26 @@ pub(crate) fn plan(ctx: &Context, dirs: &mut Dirs, spec: &RevertSpec) -> Result<
                     )));
                 }
                 total = total.saturating_add(bytes.len() as u64);
-                missing_parents(dirs, rel, &mut plan, &mut made)?;
-                plan.files.insert(
-                    rel.clone(),
-                    Final::File {
-                        bytes: bytes.clone(),
-                        mode,
-                    },
-                );
-                EditReport {
+                missing_parents(dirs, &rel, &mut plan, &mut made)?;
+                let report = EditReport {
                     op: "write".to_owned(),
                     path: rel.clone(),
-                    added: lines(bytes),
-                    removed: now_bytes.map_or(0, lines),
+                    added: lines(&bytes),
+                    removed: now_lines,
                     ..EditReport::default()
-                }
+                };
+                plan.files.insert(rel, Final::File { bytes, mode });
+                report
             }
             None => {
-                let Some(now_bytes) = now_bytes else {
+                if now_sha.is_none() {
                     continue;
-                };
+                }
                 plan.files.insert(rel.clone(), Final::Absent);
                 EditReport {
                     op: "delete".to_owned(),
-                    path: rel.clone(),
-                    removed: lines(now_bytes),
+                    path: rel,
+                    removed: now_lines,
                     ..EditReport::default()
                 }
             }

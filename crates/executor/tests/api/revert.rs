@@ -175,8 +175,9 @@ fn only_the_last_revert_keep_records_are_kept() {
     assert_eq!(first.status, Status::Rejected);
     assert_eq!(
         first.error,
-        "the pre-images of patch p1 are no longer kept (this executor keeps the last 2 per \
-         target) and p1 made no git commit"
+        "cannot revert patch p1: no record of patch p1 (the executor keeps the last 2 per \
+         target; agent hand-offs and crashed or damaged records are not kept), and p1 made no \
+         git commit"
     );
     assert!(ws.root().join("f1.txt").exists());
     for n in [2, 3] {
@@ -235,10 +236,10 @@ fn without_a_record_a_committed_patch_is_reverted_from_git_with_a_new_commit() {
     // Without the commit named, there is nothing to revert from.
     let unknown = ws.apply(&revert_of("p1", ""));
     assert_eq!(unknown.status, Status::Rejected);
-    assert!(
-        unknown.error.contains("no longer kept"),
-        "{}",
-        unknown.error
+    assert_eq!(
+        unknown.error,
+        "cannot revert patch p1: revert_keep = 0: this executor keeps no records, and p1 made \
+         no git commit"
     );
     // A commit that is not in the repository is refused.
     let missing = ws.apply(&revert_of("p1", r#","commit":"0123456789abcdef""#));
@@ -386,7 +387,11 @@ fn a_record_that_is_not_whole_is_ignored_never_half_restored() {
     let refused = |ws: &TestWorkspace| {
         let report = ws.apply(&revert_of("p1", ""));
         assert_eq!(report.status, Status::Rejected, "{}", report.error);
-        assert!(report.error.contains("no longer kept"), "{}", report.error);
+        assert!(
+            report.error.contains("no record of patch p1"),
+            "{}",
+            report.error
+        );
         assert_eq!(snapshot(ws.root()), whole);
     };
     // A post file cut short (as a power loss may leave it).
@@ -424,10 +429,342 @@ fn a_record_folder_that_is_a_symlink_is_never_written_through() {
     // The patch stands; it cannot be reverted without a record (or a commit).
     let report = ws.apply(&revert_of("p1", ""));
     assert_eq!(report.status, Status::Rejected);
-    assert!(report.error.contains("no longer kept"), "{}", report.error);
+    assert!(
+        report.error.contains("no record of patch p1"),
+        "{}",
+        report.error
+    );
     // Nor is the journal left open.
     assert!(!executor::journal::is_open(
         &ws.ctx.workspace.state_dir,
         "MAIN"
     ));
+}
+
+/// A target with revert_keep 0 whose root is a git repository with `files` committed.
+fn git_workspace(files: &[(&str, &str)]) -> TestWorkspace {
+    let ws = workspace_with(TargetPolicy {
+        revert_keep: 0,
+        ..policy()
+    });
+    for (rel, contents) in files {
+        ws.write(rel, contents);
+    }
+    git(ws.root(), &["init", "-q"]);
+    git(ws.root(), &["add", "-A"]);
+    git(ws.root(), &["commit", "-qm", "base", "--allow-empty"]);
+    ws
+}
+
+#[test]
+fn from_git_the_sizes_are_checked_before_a_byte_is_read_and_post_images_are_never_read() {
+    let sixty = "x".repeat(59) + "\n";
+    let mut ws = git_workspace(&[("a.txt", &sixty), ("b.txt", &sixty), ("c.txt", &sixty)]);
+    let applied = ws.apply(&patch(
+        "p1",
+        r#""edits":[{"op":"delete","path":"a.txt"},{"op":"delete","path":"b.txt"},
+                    {"op":"delete","path":"c.txt"}],"commit":{"message":"gone"}"#,
+    ));
+    assert_eq!(applied.status, Status::Succeeded, "{}", applied.error);
+    ws.ctx.limits.max_patch_bytes = 100;
+    let commit = format!(r#","commit":"{}""#, applied.commit_sha);
+    let report = ws.apply(&revert_of("p1", &commit));
+    assert_eq!(report.status, Status::Rejected, "{}", report.error);
+    // Refused from the sizes git lists, before the blobs are read.
+    assert!(
+        report
+            .error
+            .contains("its pre-images in git are over the 100 byte patch limit"),
+        "{}",
+        report.error
+    );
+
+    // A post-image over the file limit is never read: the file as it is now is compared
+    // with its blob id, and a file changed since is a conflict, not a size refusal.
+    let mut ws = git_workspace(&[("big.txt", "small\n")]);
+    let big = "y".repeat(199) + "\n";
+    let applied = ws.apply(&patch(
+        "p1",
+        &format!(
+            r#""edits":[{{"op":"write","path":"big.txt","contents":"{big}"}}],"commit":{{"message":"big"}}"#
+        )
+        .replace('\n', "\\n"),
+    ));
+    assert_eq!(applied.status, Status::Succeeded, "{}", applied.error);
+    ws.ctx.limits.max_file_bytes = 100;
+    ws.write("big.txt", "by hand\n");
+    let commit = format!(r#","commit":"{}""#, applied.commit_sha);
+    let report = ws.apply(&revert_of("p1", &commit));
+    assert_eq!(report.status, Status::Rejected, "{}", report.error);
+    assert_eq!(report.conflicts, ["big.txt"], "{}", report.error);
+    // Within the limits, the file as the commit left it is reverted.
+    ws.write("big.txt", &big);
+    ws.ctx.limits.max_file_bytes = 1000;
+    let report = ws.apply(&revert_of("p1", &commit));
+    assert_eq!(report.status, Status::Succeeded, "{}", report.error);
+    assert_eq!(ws.read("big.txt"), "small\n");
+}
+
+#[test]
+fn from_git_only_the_patchs_own_commit_is_undone_and_its_commit_holds_only_its_paths() {
+    let ws = git_workspace(&[("a.txt", "one\n"), ("user.txt", "mine\n")]);
+    let base = git(ws.root(), &["rev-parse", "HEAD"]);
+    // A change the user staged is not swept into a patch's commit, and stays staged.
+    ws.write("user.txt", "staged by the user\n");
+    git(ws.root(), &["add", "user.txt"]);
+    let applied = ws.apply(&patch(
+        "p1",
+        r#""edits":[{"op":"write","path":"a.txt","contents":"two\n"}],"commit":{"message":"p1"}"#,
+    ));
+    assert_eq!(applied.status, Status::Succeeded, "{}", applied.error);
+    let in_commit = git(
+        ws.root(),
+        &["show", "--name-only", "--format=", &applied.commit_sha],
+    );
+    assert_eq!(in_commit, "a.txt");
+    assert_eq!(
+        git(ws.root(), &["diff", "--cached", "--name-only"]),
+        "user.txt"
+    );
+
+    // A file the user staged as new and a patch deletes is simply gone from the index.
+    ws.write("new.txt", "staged new\n");
+    git(ws.root(), &["add", "new.txt"]);
+    let deleted = ws.apply(&patch(
+        "p0",
+        r#""edits":[{"op":"delete","path":"new.txt"}],"commit":{"message":"p0"}"#,
+    ));
+    assert_eq!(deleted.status, Status::Succeeded, "{}", deleted.error);
+    let in_commit = git(
+        ws.root(),
+        &["show", "--name-only", "--format=", &deleted.commit_sha],
+    );
+    assert_eq!(in_commit, "");
+    assert_eq!(
+        git(ws.root(), &["diff", "--cached", "--name-only"]),
+        "user.txt"
+    );
+
+    // A commit the patch did not make is refused, naming it.
+    for other in [&base, &applied.commit_sha] {
+        let report = ws.apply(&revert_of("p2", &format!(r#","commit":"{other}""#)));
+        assert_eq!(report.status, Status::Rejected, "{}", report.error);
+        assert!(
+            report
+                .error
+                .ends_with(&format!("commit {other} was not made by patch p2")),
+            "{}",
+            report.error
+        );
+    }
+    assert_eq!(ws.read("a.txt"), "two\n");
+    let report = ws.apply(&revert_of(
+        "p1",
+        &format!(r#","commit":"{}""#, applied.commit_sha),
+    ));
+    assert_eq!(report.status, Status::Succeeded, "{}", report.error);
+    assert_eq!(ws.read("a.txt"), "one\n");
+    assert_eq!(
+        git(ws.root(), &["diff", "--cached", "--name-only"]),
+        "user.txt"
+    );
+}
+
+#[test]
+fn from_git_a_file_keeps_its_own_permission_bits_and_only_the_executable_ones_change() {
+    let ws = git_workspace(&[("secret.txt", "one\n"), ("run.sh", "#!/bin/sh\n")]);
+    let mode = |rel: &str| {
+        fs::metadata(ws.root().join(rel))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    fs::set_permissions(
+        ws.root().join("secret.txt"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    fs::set_permissions(ws.root().join("run.sh"), fs::Permissions::from_mode(0o700)).unwrap();
+    git(ws.root(), &["add", "-A"]);
+    git(ws.root(), &["commit", "-qm", "modes"]);
+    let applied = ws.apply(&patch(
+        "p1",
+        r#""edits":[{"op":"write","path":"secret.txt","contents":"two\n"},
+                    {"op":"chmod","path":"run.sh","mode":"600"}],"commit":{"message":"p1"}"#,
+    ));
+    assert_eq!(applied.status, Status::Succeeded, "{}", applied.error);
+    assert_eq!((mode("secret.txt"), mode("run.sh")), (0o600, 0o600));
+    let report = ws.apply(&revert_of(
+        "p1",
+        &format!(r#","commit":"{}""#, applied.commit_sha),
+    ));
+    assert_eq!(report.status, Status::Succeeded, "{}", report.error);
+    assert_eq!(ws.read("secret.txt"), "one\n");
+    // Not 0644 and 0755, git's only modes: the 0600 file stays 0600, run.sh is executable again.
+    assert_eq!((mode("secret.txt"), mode("run.sh")), (0o600, 0o700));
+}
+
+#[test]
+fn records_are_readable_by_the_executors_user_only() {
+    let ws = workspace_with(policy());
+    seed(&ws);
+    let applied = ws.apply(&patch("p1", EVERY_OP));
+    assert_eq!(applied.status, Status::Succeeded, "{}", applied.error);
+    let state = &ws.ctx.workspace.state_dir;
+    let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+    for folder in [
+        state.join("journal"),
+        state.join("revert"),
+        state.join("revert/MAIN"),
+    ] {
+        assert_eq!(mode(&folder), 0o700, "{}", folder.display());
+    }
+    let records: Vec<_> = fs::read_dir(state.join("revert/MAIN"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    assert_eq!(records.len(), 2, "{records:?}");
+    for record in records {
+        assert_eq!(mode(&record), 0o600, "{}", record.display());
+    }
+}
+
+#[test]
+fn a_revert_from_git_on_a_replaced_root_runs_no_git_there() {
+    let ws = git_workspace(&[("a.txt", "one\n")]);
+    let applied = ws.apply(&patch(
+        "p1",
+        r#""edits":[{"op":"write","path":"a.txt","contents":"two\n"}],"commit":{"message":"p1"}"#,
+    ));
+    assert_eq!(applied.status, Status::Succeeded, "{}", applied.error);
+    // The root is moved away and a copy of its repository put in its place.
+    let base = ws.root().parent().unwrap().to_owned();
+    fs::rename(ws.root(), base.join("moved")).unwrap();
+    git(&base, &["clone", "-q", "moved", "ws"]);
+    let report = ws.apply(&revert_of(
+        "p1",
+        &format!(r#","commit":"{}""#, applied.commit_sha),
+    ));
+    assert_eq!(report.status, Status::Failed, "{}", report.error);
+    assert!(report.error.contains("replaced"), "{}", report.error);
+    assert_eq!(ws.read("a.txt"), "two\n");
+}
+
+#[test]
+fn a_setuid_bit_a_command_of_the_patch_added_does_not_survive_its_revert() {
+    let ws = workspace_with(policy());
+    ws.write("x.sh", "echo hi\n");
+    fs::set_permissions(ws.root().join("x.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    let applied = ws.apply(&patch(
+        "p1",
+        r#""edits":[{"op":"write","path":"x.sh","contents":"echo hi\n"}],
+           "commands":["sh -c 'chmod u+s x.sh'"]"#,
+    ));
+    assert_eq!(applied.status, Status::Succeeded, "{}", applied.error);
+    let mode = || {
+        fs::metadata(ws.root().join("x.sh"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!(mode(), 0o4755);
+    let report = ws.apply(&revert_of("p1", ""));
+    assert_eq!(report.status, Status::Succeeded, "{}", report.error);
+    assert_eq!(mode(), 0o755);
+    assert_eq!(report.edits.len(), 1, "{:?}", report.edits);
+
+    // A setuid pre-image is written back with its permission bits only: a revert never
+    // makes a setuid file.
+    fs::set_permissions(ws.root().join("x.sh"), fs::Permissions::from_mode(0o4755)).unwrap();
+    let applied = ws.apply(&patch(
+        "p2",
+        r#""edits":[{"op":"write","path":"x.sh","contents":"echo bye\n"}]"#,
+    ));
+    assert_eq!(applied.status, Status::Succeeded, "{}", applied.error);
+    let report = ws.apply(&revert_of("p2", ""));
+    assert_eq!(report.status, Status::Succeeded, "{}", report.error);
+    assert_eq!(ws.read("x.sh"), "echo hi\n");
+    assert_eq!(mode(), 0o755);
+}
+
+#[test]
+fn a_record_made_under_another_workspace_root_is_ignored() {
+    let mut ws = workspace_with(policy());
+    seed(&ws);
+    let applied = ws.apply(&patch("p1", EVERY_OP));
+    assert_eq!(applied.status, Status::Succeeded, "{}", applied.error);
+    // The root is replaced by a copy (same paths, same contents) and the executor restarted
+    // on it: the record's paths were another directory's.
+    let base = ws.root().parent().unwrap().to_owned();
+    fs::rename(ws.root(), base.join("moved")).unwrap();
+    let copied = Command::new("cp")
+        .args(["-a", "moved", "ws"])
+        .current_dir(&base)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    ws.ctx.root_id = executor::beneath::RootId::of(ws.root()).unwrap();
+    let whole = snapshot(ws.root());
+    let report = ws.apply(&revert_of("p1", ""));
+    assert_eq!(report.status, Status::Rejected, "{}", report.error);
+    assert!(
+        report.error.contains("no record of patch p1"),
+        "{}",
+        report.error
+    );
+    assert_eq!(snapshot(ws.root()), whole);
+}
+
+#[test]
+fn a_file_over_the_size_limit_is_refused_by_its_size_not_called_changed() {
+    let mut ws = workspace_with(policy());
+    let applied = ws.apply(&patch(
+        "p1",
+        r#""edits":[{"op":"write","path":"a.txt","contents":"small\n"}]"#,
+    ));
+    assert_eq!(applied.status, Status::Succeeded, "{}", applied.error);
+    ws.ctx.limits.max_file_bytes = 4;
+    let report = ws.apply(&revert_of("p1", ""));
+    assert_eq!(report.status, Status::Rejected, "{}", report.error);
+    assert!(report.conflicts.is_empty(), "{:?}", report.conflicts);
+    assert_eq!(
+        report.error,
+        "cannot revert patch p1: a.txt is over the 4 byte file limit, so it cannot be compared \
+         with what the patch left"
+    );
+}
+
+#[test]
+fn pruning_removes_the_files_of_no_whole_record() {
+    let ws = workspace_with(policy());
+    let folder = ws.ctx.workspace.state_dir.join("revert/MAIN");
+    fs::create_dir_all(&folder).unwrap();
+    // A journal whose post file was never written, a post file without its journal, and a
+    // post's temp file, all newer than any record to come.
+    let orphans = [
+        "0000000000000099-lost.journal",
+        "0000000000000098-alone.post",
+        "0000000000000097-cut.post.tmp",
+    ];
+    for orphan in orphans {
+        fs::write(folder.join(orphan), "x").unwrap();
+    }
+    let applied = ws.apply(&patch(
+        "p1",
+        r#""edits":[{"op":"write","path":"a.txt","contents":"a\n"}]"#,
+    ));
+    assert_eq!(applied.status, Status::Succeeded, "{}", applied.error);
+    let mut names: Vec<String> = fs::read_dir(&folder)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["0000000000000100-p1.journal", "0000000000000100-p1.post"]
+    );
+    let report = ws.apply(&revert_of("p1", ""));
+    assert_eq!(report.status, Status::Succeeded, "{}", report.error);
 }
