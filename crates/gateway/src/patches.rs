@@ -659,6 +659,15 @@ impl Patches {
         if patch.revert.is_some() {
             return Err(GatewayError::BadRequest(REVERT_REFUSAL.to_owned()));
         }
+        // Nor takes an id of the form its reverts get: `revert-X` stored ahead of time would
+        // block the revert of X (and be answered as it).
+        if ghost_core::is_revert_form(patch.id.as_str()) {
+            return Err(GatewayError::BadRequest(format!(
+                "id {}: {}",
+                patch.id,
+                ghost_core::RESERVED_REVERT_ID
+            )));
+        }
         // Normalising a legacy shape can multiply a document (every element of an aliased
         // array becomes a line of the task), so the result is held to the same budget.
         let size = json_len(patch);

@@ -478,15 +478,44 @@ async fn submit_and_dry_run_refuse_a_revert_patch() {
 }
 
 #[tokio::test]
-async fn a_submitted_patch_squatting_the_revert_id_is_not_answered_as_the_revert() {
+async fn a_submitted_patch_may_not_take_a_revert_id_in_any_case() {
     let dir = tempfile::tempdir().expect("tempdir");
     let router = spawn_router(config(dir.path())).await;
     let mut exec = executor(&router, "exec-revert", &["dry_run", "revert"]).await;
     finished(&router, &mut exec, "target", "", PatchStatus::Succeeded, "").await;
-    submit(&router, patch("revert-target", "OTHER")).await;
-    let refused = answer_of(ask(&router, "target", "alice"))
-        .await
-        .expect_err("the id is taken");
-    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
-    assert!(refused.message().contains("taken"), "{}", refused.message());
+    for id in ["revert-target", "REVERT-target", "Revert-other"] {
+        let refused = router
+            .client
+            .clone()
+            .submit(SubmitRequest {
+                patch: Some(patch(id, "MAIN")),
+                intake_warnings: Vec::new(),
+            })
+            .await
+            .expect_err("a revert id is the router's");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{id}");
+        assert!(
+            refused.message().contains("reserved"),
+            "{id}: {}",
+            refused.message()
+        );
+    }
+    // Nothing was stored under the id: the revert of `target` is checked and queued as usual.
+    let call = ask(&router, "target", "alice");
+    let request = dry_run_asked(&mut exec).await;
+    answer_dry_run(
+        &exec,
+        &request,
+        ApplyReport {
+            status: PatchStatus::Succeeded as i32,
+            dry_run: true,
+            ..ApplyReport::default()
+        },
+    )
+    .await;
+    let answer = answer_of(call).await.expect("revert queued");
+    assert!(answer.created);
+    let state = answer.state.expect("state");
+    assert_eq!(state.id, "revert-target");
+    assert_eq!(state.target, "MAIN");
 }
