@@ -385,12 +385,12 @@ impl GhostMcp {
         .instrument(span)
         .await;
         match result {
-            // The files are data the model acts on: structured, next to the text.
+            // The files are data the model acts on: the `{error, conflicts}` JSON, as text
+            // only like every other error result. structuredContent would have to fit the
+            // tool's outputSchema (a patch's view), and clients check it even on an error.
             Err(GatewayError::RevertConflicts { error, conflicts }) => {
-                CallToolResult::structured_error(serde_json::json!({
-                    "error": error,
-                    "conflicts": conflicts,
-                }))
+                let text = serde_json::json!({"error": error, "conflicts": conflicts}).to_string();
+                CallToolResult::error(vec![ContentBlock::text(text)])
             }
             other => answer(other),
         }

@@ -288,6 +288,40 @@ async fn a_submitted_document_asking_for_a_revert_is_refused_400_everywhere() {
     assert!(gateway.stored_ids().await.is_empty());
 }
 
+/// `revert-<id>` is the router's: a submitted patch may not take such an id, in any letter
+/// case, by any intake (its own id, an Idempotency-Key, a dry run, a chat message block).
+#[tokio::test]
+async fn a_submitted_patch_may_not_take_a_revert_id_anywhere() {
+    let gateway = TestGateway::start(|_, _| {}).await;
+    for id in ["revert-rv-main", "REVERT-rv-main", "Revert-x"] {
+        for path in ["/v1/patches", "/v1/patches?dry_run=true"] {
+            let (code, body) = gateway.post(path, KEY, &write_patch(id)).await;
+            assert_eq!(code, 400, "{path} {id}: {body}");
+            let detail = body["detail"].as_str().unwrap_or("");
+            assert!(detail.contains("reserved"), "{detail}");
+        }
+    }
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/patches", gateway.url()))
+        .bearer_auth(KEY)
+        .header("content-type", "application/json")
+        .header("idempotency-key", "revert-keyed")
+        .body(r#"{"target":"MAIN","commands":["make test"]}"#)
+        .send()
+        .await
+        .expect("gateway reachable");
+    let (code, body) = read(response).await;
+    assert_eq!(code, 400, "{body}");
+    let text = format!("here:\n```json\n{}\n```\n", write_patch("revert-chat"));
+    let (code, body) = gateway
+        .post("/v1/messages", KEY, &json!({"text": text}))
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["submitted"], 0, "{body}");
+    assert_eq!(body["blocks"][0]["outcome"], "refused", "{body}");
+    assert!(gateway.stored_ids().await.is_empty());
+}
+
 const MCP_CLIENT: &str = r#"
 import sys, json, asyncio
 import httpx2
@@ -303,6 +337,9 @@ async def main(url, key):
                 a = tool.annotations
                 reverted = await session.call_tool("revert_patch", {"id": "mcp-rv"})
                 conflicted = await session.call_tool("revert_patch", {"id": "moved-mcp"})
+                squatted = await session.call_tool("submit_patch", {"patch": {
+                    "id": "revert-mcp-rv", "target": "MAIN",
+                    "edits": [{"op": "write", "path": "a.txt", "contents": "x"}]}})
                 print(json.dumps({
                     "annotations": {
                         "readOnlyHint": a.read_only_hint,
@@ -316,6 +353,7 @@ async def main(url, key):
                     "conflicted": {"is_error": conflicted.is_error,
                                    "structured": conflicted.structured_content,
                                    "text": conflicted.content[0].text},
+                    "squatted": {"is_error": squatted.is_error, "text": squatted.content[0].text},
                 }))
 
 asyncio.run(main(sys.argv[1], sys.argv[2]))
@@ -344,16 +382,26 @@ async fn the_mcp_revert_patch_tool_is_annotated_and_returns_conflicts_as_an_erro
     );
     assert_eq!(out["reverted"]["structured"]["replayed"], false, "{out}");
     assert_eq!(out["conflicted"]["is_error"], true, "{out}");
-    assert_eq!(
-        out["conflicted"]["structured"]["conflicts"],
-        json!(["a.ts", "src/b.ts"]),
-        "{out}"
-    );
+    // No structuredContent that the outputSchema (a patch's view) would not fit: the
+    // `{error, conflicts}` JSON is the text, as every other error result is text.
+    assert_eq!(out["conflicted"]["structured"], Value::Null, "{out}");
+    let conflict: Value =
+        serde_json::from_str(out["conflicted"]["text"].as_str().unwrap_or("")).expect("json text");
+    assert_eq!(conflict["conflicts"], json!(["a.ts", "src/b.ts"]), "{out}");
     assert!(
-        out["conflicted"]["text"]
+        conflict["error"]
             .as_str()
             .unwrap_or("")
             .contains("src/b.ts"),
+        "{out}"
+    );
+    // A submitted patch may not take a revert id here either.
+    assert_eq!(out["squatted"]["is_error"], true, "{out}");
+    assert!(
+        out["squatted"]["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("reserved"),
         "{out}"
     );
 }
