@@ -128,6 +128,8 @@ pub struct TargetView {
     pub row: TargetRow,
     /// At least one executor serving it is connected.
     pub executor_online: bool,
+    /// At least one executor serving it that advertised `revert` is connected.
+    pub revert_online: bool,
 }
 
 /// The routing logic shared by the gRPC adapter and the background loops.
@@ -818,14 +820,16 @@ impl Routing {
         let mut views: BTreeMap<String, TargetView> = rows
             .into_iter()
             .map(|row| {
-                let online = slots
-                    .get(&row.target)
-                    .is_some_and(|slot| !slot.sessions.is_empty());
+                let slot = slots.get(&row.target);
+                let online = slot.is_some_and(|slot| !slot.sessions.is_empty());
+                let revert_online =
+                    slot.is_some_and(|slot| slot.sessions.iter().any(|session| session.revert));
                 (
                     row.target.clone(),
                     TargetView {
                         row,
                         executor_online: online,
+                        revert_online,
                     },
                 )
             })
@@ -840,6 +844,7 @@ impl Routing {
                             ..TargetRow::default()
                         },
                         executor_online: true,
+                        revert_online: slot.sessions.iter().any(|session| session.revert),
                     },
                 );
             }
@@ -923,11 +928,49 @@ impl Routing {
                 };
                 self.resolve(key, why).await;
             }
+            self.check_revert_waiting(&view, now, &firing).await;
         }
         for (label, (queued, age_ms)) in queues {
             metrics::gauge!("ghost_queue_depth", "target" => label.clone()).set(queued as f64);
             metrics::gauge!("ghost_queue_oldest_age_seconds", "target" => label)
                 .set(age_ms as f64 / 1000.0);
+        }
+    }
+
+    /// Raises `revert_waiting/<target>` when a revert patch waited `stale_after` in the queue
+    /// of `view`'s target with no connected session advertising `revert` (an older executor
+    /// is never leased one, so `queue_stale` alone would not say it); resolves it when such a
+    /// session serves the target or no revert patch is queued there.
+    async fn check_revert_waiting(&self, view: &TargetView, now: i64, firing: &[String]) {
+        let target = &view.row.target;
+        let key = format!("revert_waiting/{target}");
+        let age_ms = (now - view.row.oldest_queued_revert_ms).max(0);
+        let waiting = view.row.queued_reverts > 0
+            && !view.row.paused
+            && !view.revert_online
+            && age_ms >= millis(self.policy.stale_after);
+        if waiting {
+            self.raise(NewAlert {
+                key,
+                severity: "warning",
+                summary: format!(
+                    "{} revert patch(es) queued on {target} for {}s: no connected executor \
+                     serving it advertises revert (upgrade it, or connect one that does)",
+                    view.row.queued_reverts,
+                    age_ms / 1000
+                ),
+                labels: vec![("target".to_owned(), target.clone())],
+            })
+            .await;
+        } else if firing.contains(&key) {
+            let why = if view.row.queued_reverts == 0 {
+                format!("no revert patch is queued on {target}")
+            } else if view.row.paused {
+                format!("{target} is paused")
+            } else {
+                format!("an executor advertising revert serves {target}")
+            };
+            self.resolve(key, why).await;
         }
     }
 

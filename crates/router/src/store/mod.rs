@@ -181,6 +181,10 @@ pub struct TargetRow {
     pub queued: u32,
     /// Creation time of the oldest queued patch (0: none).
     pub oldest_queued_ms: i64,
+    /// Queued revert patches (only a session advertising `revert` is leased them).
+    pub queued_reverts: u32,
+    /// Creation time of the oldest queued revert patch (0: none).
+    pub oldest_queued_revert_ms: i64,
     /// Hand-out paused.
     pub paused: bool,
     /// The patch holding the lease (empty: none).

@@ -1118,6 +1118,24 @@ impl RouterStore for SqliteStore {
                     row.finished.push((status, count));
                 }
             }
+            let mut reverts = conn.prepare_cached(
+                "SELECT target, COUNT(*), MIN(created_ms) FROM patches
+                 WHERE status = 'queued' AND json_extract(patch_json, '$.revert') IS NOT NULL
+                 GROUP BY target",
+            )?;
+            for item in reverts.query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, u32>(1)?,
+                    row.get::<_, i64>(2)?,
+                ))
+            })? {
+                let (target, count, oldest) = item?;
+                if let Some(row) = rows.get_mut(&target) {
+                    row.queued_reverts = count;
+                    row.oldest_queued_revert_ms = oldest;
+                }
+            }
             let mut running = conn.prepare_cached(&format!(
                 "SELECT target, id FROM patches WHERE status IN {IN_FLIGHT}"
             ))?;

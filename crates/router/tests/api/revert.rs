@@ -12,7 +12,8 @@ use ghost_proto::router::v1::{
 };
 
 use crate::helpers::{
-    PATIENCE, TestExecutor, TestRouter, config, patch, spawn_router, submit, wait_for_status,
+    PATIENCE, RecordingAlerter, TestExecutor, TestRouter, config, patch, spawn_router, submit,
+    wait_for_status,
 };
 
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -434,6 +435,72 @@ async fn an_older_executor_is_never_assigned_a_revert_patch_but_still_gets_the_o
     older.finish(&assign, PatchStatus::Succeeded).await;
     older.expect_silence(Duration::from_millis(300)).await;
     wait_for_status(&router, "revert-undo-me", PatchStatus::Queued).await;
+}
+
+#[tokio::test]
+async fn a_revert_no_connected_executor_can_apply_raises_revert_waiting_until_one_can() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let alerter = RecordingAlerter::start().await;
+    let mut cfg = config(dir.path());
+    cfg.alerter_url = Some(alerter.url.clone());
+    cfg.stale_after = Duration::from_millis(300);
+    let router = spawn_router(cfg).await;
+    let mut newer = executor(&router, "exec-newer", &["dry_run", "revert"]).await;
+    finished(
+        &router,
+        &mut newer,
+        "undo-me",
+        "",
+        PatchStatus::Succeeded,
+        "",
+    )
+    .await;
+    // Hold MAIN busy so the revert patch stays queued while the newer executor leaves.
+    submit(&router, patch("busy", "MAIN")).await;
+    let busy = newer.assignment().await;
+    let call = ask(&router, "undo-me", "alice");
+    let request = dry_run_asked(&mut newer).await;
+    answer_dry_run(
+        &newer,
+        &request,
+        ApplyReport {
+            status: PatchStatus::Succeeded as i32,
+            dry_run: true,
+            ..ApplyReport::default()
+        },
+    )
+    .await;
+    assert!(answer_of(call).await.expect("queued").created);
+    let _ = busy;
+    drop(newer);
+    // Only an older executor serves MAIN: it is online (no queue_stale once it took `busy`),
+    // but the revert patch waits for one advertising revert, and says so.
+    let mut older = executor(&router, "exec-older", &["dry_run"]).await;
+    let assign = older.assignment().await;
+    assert_eq!(assign.patch.as_ref().expect("patch").id, "busy");
+    older.finish(&assign, PatchStatus::Succeeded).await;
+    let raised = alerter.wait_for("revert_waiting/MAIN", false).await;
+    assert_eq!(
+        raised.labels.get("target").map(String::as_str),
+        Some("MAIN")
+    );
+    wait_for_status(&router, "revert-undo-me", PatchStatus::Queued).await;
+
+    // One that can connects: resolved, and it is assigned the revert.
+    let mut newest = executor(&router, "exec-newest", &["dry_run", "revert"]).await;
+    alerter.wait_for("revert_waiting/MAIN", true).await;
+    assert_eq!(
+        newest.assignment().await.patch.expect("patch").id,
+        "revert-undo-me"
+    );
+    let changes: Vec<bool> = alerter
+        .received()
+        .into_iter()
+        .filter(|alert| alert.key == "revert_waiting/MAIN")
+        .map(|alert| alert.resolved)
+        .collect();
+    assert_eq!(changes, [false, true], "raised once, resolved once");
+    drop(older);
 }
 
 #[tokio::test]
