@@ -2,7 +2,9 @@
 //! and print the revert patch's id and status. With `--wait` it follows the revert patch (long
 //! polls of `GET /v1/patches/{revert id}?wait=`, as `ghost submit` does) and exits by its
 //! outcome. Files changed since the patch ended refuse the revert (409): each is printed, one per
-//! line on stdout, and the exit is 10.
+//! line on stdout, and the exit is 10. A revert asked for before that ended already is that end:
+//! succeeded says `X was already reverted by revert-X`; any other end exits by its status (as
+//! `--wait` would) with the hint `ghost retry revert-X`.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -54,6 +56,11 @@ pub async fn run(
         )));
     }
     let replayed = accepted["replayed"].as_bool().unwrap_or(false);
+    // Asked before and ended already: the answer is that end, whether or not `--wait` was
+    // given (there is nothing left to wait for).
+    if replayed && let Some(status) = status_of(&accepted).filter(|status| status.is_terminal()) {
+        return Ok(show_ended(output, id, &revert_id, &accepted, status));
+    }
     let Some(wait) = options.wait else {
         output.show(&accepted, |view, paint| {
             format!(
@@ -75,6 +82,28 @@ pub async fn run(
         output.err.bold(&revert_id)
     ));
     follow(client, output, &revert_id, wait).await
+}
+
+/// The revert of `id` was asked for before and `revert_id` ended `status`: said, and the exit
+/// is that status's (as `--wait` would give); a revert that did not succeed can be retried.
+fn show_ended(output: &Output, id: &str, revert_id: &str, view: &Value, status: Status) -> Exit {
+    if status == Status::Succeeded {
+        output.show(view, |_, paint| {
+            format!("{id} was already reverted by {}", paint.bold(revert_id))
+        });
+        return Exit::Success;
+    }
+    output.show(view, |view, paint| {
+        format!(
+            "{} is {} (the revert of {id} was asked for before)",
+            paint.bold(revert_id),
+            paint.status(view["status"].as_str().unwrap_or("?"))
+        )
+    });
+    output.note(&format!(
+        "hint: the revert of {id} ended {status}; ask for it again with `ghost retry {revert_id}`"
+    ));
+    Exit::for_status(status)
 }
 
 /// Long-polls `revert_id` until it ends or `wait` is over.
