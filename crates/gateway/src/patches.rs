@@ -964,7 +964,23 @@ impl Patches {
             "revert requested: the workspace is checked for this caller"
         );
         let actor = format!("gateway:{}", caller.name);
-        match self.queue.revert(&parse_id(raw_id)?, &actor).await? {
+        let answer = self.queue.revert(&parse_id(raw_id)?, &actor).await;
+        let (outcome, error) = match &answer {
+            Ok(Reverted::Queued(view)) if view.created => ("queued", String::new()),
+            Ok(Reverted::Queued(_)) => ("replay", String::new()),
+            Ok(Reverted::Conflicts { error, .. }) => ("conflict", error.clone()),
+            Err(err) => ("refused", err.to_string()),
+        };
+        tracing::info!(
+            target: "audit",
+            caller = %caller.name,
+            target_name = %original.target,
+            patch_id = %raw_id,
+            outcome,
+            error = %error,
+            "revert answered"
+        );
+        match answer? {
             Reverted::Queued(view) => Ok(Accepted {
                 id: view.id,
                 target: view.target,

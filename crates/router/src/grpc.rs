@@ -255,7 +255,7 @@ impl RouterService for RouterGrpc {
         let traceparent = current_traceparent().unwrap_or_default();
         let (record, created) = self
             .routing
-            .submit(patch, traceparent, intake_warnings)
+            .submit(patch, "gateway", traceparent, intake_warnings)
             .await?;
         Ok(Response::new(wire::SubmitResponse {
             state: Some(state_of(&record)),

@@ -235,7 +235,8 @@ impl Routing {
                 "patch {id} cannot be reverted: {why}"
             )));
         }
-        let (record, created) = self.submit(patch, traceparent, Vec::new()).await?;
+        // Its first event names who asked, not the gateway that carried the request.
+        let (record, created) = self.submit(patch, &actor, traceparent, Vec::new()).await?;
         if created {
             let detail = format!("revert requested by {actor}: {reverting}");
             match self

@@ -202,16 +202,21 @@ impl Routing {
     }
 
     /// Stores a patch (idempotently) with the gateway's intake warnings and assigns it if its
-    /// target is free. A replay keeps the warnings stored first.
+    /// target is free; its first event names `actor`. A replay keeps the warnings stored first.
     pub async fn submit(
         &self,
         patch: Patch,
+        actor: &str,
         traceparent: String,
         warnings: Vec<String>,
     ) -> Result<(PatchRecord, bool), RouterError> {
         let target = patch.target.to_string();
         let id = patch.id.to_string();
-        match self.store.insert(patch, traceparent, warnings).await? {
+        match self
+            .store
+            .insert(patch, actor.to_owned(), traceparent, warnings)
+            .await?
+        {
             Inserted::Created(record) => {
                 tracing::info!(patch_id = %id, %target, status = %record.status, "patch stored");
                 metrics::counter!("ghost_patches_submitted_total", "target" => self.target_label(&target))
@@ -1138,7 +1143,7 @@ mod tests {
             .connect("revoked", &targets, &[], revoked_sender, cut)
             .await;
         routing
-            .submit(patch("waiting"), String::new(), Vec::new())
+            .submit(patch("waiting"), "gateway", String::new(), Vec::new())
             .await
             .expect("stored");
         assert!(

@@ -219,6 +219,10 @@ async fn the_revert_route_keeps_the_scope_rule_and_answers_every_outcome() {
         }),
         "{events}"
     );
+    // The revert patch's own trail starts with who asked, not "gateway".
+    let (code, events) = gateway.get("/v1/patches/revert-rv-main/events", KEY).await;
+    assert_eq!(code, 200);
+    assert_eq!(events[0]["actor"], "gateway:main-submitter", "{events}");
     // Admin on another target: fine.
     let (code, _, body) = revert(&gateway, "rv-cyops", KEY).await;
     assert_eq!(code, 202, "{body}");
@@ -251,6 +255,73 @@ async fn the_revert_route_keeps_the_scope_rule_and_answers_every_outcome() {
     }
     let ids = gateway.stored_ids().await;
     assert!(!ids.iter().any(|id| id == "revert-moved-main"), "{ids:?}");
+}
+
+/// Log lines written while the guard of [`capture_logs`] lives, on this thread.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log").extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Every JSON log line of this (current-thread) test's gateway, router and all.
+fn capture_logs() -> (Captured, tracing::subscriber::DefaultGuard) {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || writer.clone())
+        .finish();
+    (captured, tracing::subscriber::set_default(subscriber))
+}
+
+#[tokio::test]
+async fn the_audit_line_of_a_revert_states_its_outcome() {
+    let (logs, _guard) = capture_logs();
+    let gateway = TestGateway::start(|_, _| {}).await;
+    let _asked = scripted_executor(&gateway).await;
+    ended(&gateway, "log-main", "MAIN", "succeeded").await;
+    ended(&gateway, "moved-log", "MAIN", "succeeded").await;
+    ended(&gateway, "fail-log", "MAIN", "failed").await;
+    for (id, code) in [
+        ("log-main", 202),
+        ("log-main", 200),
+        ("moved-log", 409),
+        ("fail-log", 409),
+    ] {
+        let (got, _, body) = revert(&gateway, id, KEY).await;
+        assert_eq!(got, code, "{id}: {body}");
+    }
+    let text = String::from_utf8(logs.0.lock().expect("log").clone()).expect("utf-8");
+    let outcomes: Vec<(String, String)> = text
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line["target"] == "audit" && line["fields"]["message"] == "revert answered")
+        .map(|line| {
+            (
+                line["fields"]["patch_id"].as_str().unwrap_or("").to_owned(),
+                line["fields"]["outcome"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String)> = [
+        ("log-main", "queued"),
+        ("log-main", "replay"),
+        ("moved-log", "conflict"),
+        ("fail-log", "refused"),
+    ]
+    .iter()
+    .map(|(id, outcome)| ((*id).to_owned(), (*outcome).to_owned()))
+    .collect();
+    assert_eq!(outcomes, expected, "{text}");
 }
 
 #[tokio::test]

@@ -294,10 +294,12 @@ pub struct Completed {
 pub trait RouterStore: Send + Sync + 'static {
     /// Stores a submitted patch as `queued` unless its id is already taken. A patch whose
     /// dependency already ended without success fails at once. `warnings` (what the gateway
-    /// forgave reading it) are kept with it for the summary.
+    /// forgave reading it) are kept with it for the summary. `actor` is named by its first
+    /// event (`received`): `gateway` for a submitted patch, who asked for a revert patch.
     async fn insert(
         &self,
         patch: Patch,
+        actor: String,
         traceparent: String,
         warnings: Vec<String>,
     ) -> Result<Inserted, StoreError>;

@@ -599,6 +599,7 @@ impl RouterStore for SqliteStore {
     async fn insert(
         &self,
         patch: Patch,
+        actor: String,
         traceparent: String,
         warnings: Vec<String>,
     ) -> Result<Inserted, StoreError> {
@@ -634,7 +635,7 @@ impl RouterStore for SqliteStore {
                     serde_json::to_string(&warnings).unwrap_or_else(|_| "[]".to_owned())
                 ],
             )?;
-            event_tx(conn, &id, Status::Received, "gateway", 0, "")?;
+            event_tx(conn, &id, Status::Received, &actor, 0, "")?;
             event_tx(conn, &id, Status::Queued, "router", 0, "")?;
             let mut failed_dependency = None;
             for dependency in &patch.depends_on {

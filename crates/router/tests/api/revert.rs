@@ -185,6 +185,23 @@ async fn a_checked_revert_of_a_committed_patch_is_queued_once_and_audited() {
         "{events:?}"
     );
 
+    // The revert patch's own trail starts with who asked, not the gateway that carried it.
+    let events = router
+        .client
+        .clone()
+        .events(EventsRequest {
+            id: "revert-orig".to_owned(),
+        })
+        .await
+        .expect("events")
+        .into_inner()
+        .events;
+    assert_eq!(
+        events.first().map(|event| event.actor.as_str()),
+        Some("alice"),
+        "{events:?}"
+    );
+
     // Asking again is a replay: no executor is asked, nothing new stored.
     let again = answer_of(ask(&router, "orig", "bob"))
         .await
