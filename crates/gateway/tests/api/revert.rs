@@ -23,7 +23,7 @@ type Asked = Arc<Mutex<Vec<Patch>>>;
 
 /// An executor serving MAIN and CYOPS that says Hello with `revert`, applies every assigned
 /// patch (`fail-*` ends failed, the others succeed) and answers every revert check: files
-/// changed since for `moved-*`, else the diff.
+/// changed since for `moved-*`, never for `hang-*`, else the diff.
 async fn scripted_executor(gateway: &TestGateway) -> Asked {
     let asked: Asked = Arc::default();
     let mut client = RouterServiceClient::connect(format!("http://{}", gateway.router.grpc))
@@ -82,7 +82,11 @@ async fn scripted_executor(gateway: &TestGateway) -> Asked {
                 Some(router_message::Kind::DryRun(request)) => {
                     let Some(patch) = request.patch else { continue };
                     let moved = patch.revert_of.starts_with("moved-");
+                    let hangs = patch.revert_of.starts_with("hang-");
                     seen.lock().expect("asked").push(patch);
+                    if hangs {
+                        continue;
+                    }
                     let report = if moved {
                         ApplyReport {
                             status: PatchStatus::Rejected as i32,
@@ -255,6 +259,93 @@ async fn the_revert_route_keeps_the_scope_rule_and_answers_every_outcome() {
     }
     let ids = gateway.stored_ids().await;
     assert!(!ids.iter().any(|id| id == "revert-moved-main"), "{ids:?}");
+}
+
+/// A TCP proxy to `upstream` on a loopback port; sending on the returned channel cuts every
+/// connection open then (new ones are served).
+fn cutting_proxy(
+    upstream: std::net::SocketAddr,
+) -> (std::net::SocketAddr, tokio::sync::watch::Sender<u32>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let addr = listener.local_addr().expect("addr");
+    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+    let (cut, cuts) = tokio::sync::watch::channel(0u32);
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let mut cuts = cuts.clone();
+            cuts.mark_unchanged();
+            tokio::spawn(async move {
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    _ = cuts.changed() => {}
+                }
+            });
+        }
+    });
+    (addr, cut)
+}
+
+/// The router's answer to a revert cut (connection lost) is a 503 saying the revert may have
+/// been queued, not that nothing was stored.
+#[tokio::test]
+async fn a_revert_whose_router_call_is_cut_is_a_503_saying_it_may_have_been_queued() {
+    let mut proxy = None;
+    let gateway = TestGateway::start(|config, _| {
+        let upstream = config
+            .router_url
+            .trim_start_matches("http://")
+            .parse()
+            .expect("router address");
+        let (addr, cut) = cutting_proxy(upstream);
+        config.router_url = format!("http://{addr}");
+        proxy = Some(cut);
+    })
+    .await;
+    let cut = proxy.expect("proxy");
+    let asked = scripted_executor(&gateway).await;
+    ended(&gateway, "hang-main", "MAIN", "succeeded").await;
+    let url = gateway.url();
+    let call = tokio::spawn(async move {
+        let response = reqwest::Client::new()
+            .post(format!("{url}/v1/patches/hang-main/revert"))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .expect("gateway reachable");
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        let (code, body) = read(response).await;
+        (code, retry_after, body)
+    });
+    // Cut once the router is waiting for the executor's check.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while asked.lock().expect("asked").is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the executor was never asked"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    cut.send_modify(|cuts| *cuts += 1);
+    let (code, retry_after, body) = tokio::time::timeout(std::time::Duration::from_secs(10), call)
+        .await
+        .expect("answered")
+        .expect("task");
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(retry_after.as_deref(), Some("2"));
+    let detail = body["detail"].as_str().unwrap_or("");
+    assert!(
+        detail.contains("it may have been queued; ask again"),
+        "{detail}"
+    );
+    assert!(!detail.contains("nothing was stored"), "{detail}");
 }
 
 /// Log lines written while the guard of [`capture_logs`] lives, on this thread.

@@ -520,6 +520,68 @@ async fn a_revert_no_connected_executor_can_apply_raises_revert_waiting_until_on
     drop(older);
 }
 
+/// Polls the router's metrics until `line` is among them; false when PATIENCE ran out.
+async fn metrics_show(router: &TestRouter, line: &str) -> bool {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while tokio::time::Instant::now() < deadline {
+        if metrics(router).await.lines().any(|seen| seen == line) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_revert_call_cut_by_its_deadline_leaves_no_lock_entry_behind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let router = spawn_router(config(dir.path())).await;
+    let mut exec = executor(&router, "exec-revert", &["dry_run", "revert"]).await;
+    finished(&router, &mut exec, "cut", "", PatchStatus::Succeeded, "").await;
+    // The caller gives up (a gateway deadline, a client gone) while the executor still checks.
+    let mut request = tonic::Request::new(RevertRequest {
+        id: "cut".to_owned(),
+        actor: "alice".to_owned(),
+    });
+    request.set_timeout(Duration::from_millis(500));
+    let mut client = router.client.clone();
+    let call = tokio::spawn(async move { client.revert(request).await });
+    let _unanswered = dry_run_asked(&mut exec).await;
+    assert!(metrics_show(&router, "ghost_router_reverts_checking 1").await);
+    let cut = tokio::time::timeout(PATIENCE, call)
+        .await
+        .expect("the deadline cuts the call")
+        .expect("task")
+        .expect_err("cut");
+    assert!(
+        matches!(
+            cut.code(),
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+        ),
+        "{cut:?}"
+    );
+    assert!(
+        metrics_show(&router, "ghost_router_reverts_checking 0").await,
+        "{}",
+        metrics(&router).await
+    );
+    // Asking again is checked afresh and queued.
+    let again = ask(&router, "cut", "alice");
+    let request = dry_run_asked(&mut exec).await;
+    answer_dry_run(
+        &exec,
+        &request,
+        ApplyReport {
+            status: PatchStatus::Succeeded as i32,
+            dry_run: true,
+            ..ApplyReport::default()
+        },
+    )
+    .await;
+    assert!(answer_of(again).await.expect("queued").created);
+    assert!(metrics_show(&router, "ghost_router_reverts_checking 0").await);
+}
+
 #[tokio::test]
 async fn submit_and_dry_run_refuse_a_revert_patch() {
     let dir = tempfile::tempdir().expect("tempdir");
