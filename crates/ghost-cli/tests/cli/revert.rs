@@ -103,6 +103,11 @@ async fn revert(
             body["conflicts"] = json!(["src/a.ts", "src/\u{1b}[31mevil.ts"]);
             (StatusCode::CONFLICT, Json(body)).into_response()
         }
+        "p-bidi" => {
+            let mut body = problem(StatusCode::CONFLICT, "1 file changed since p-bidi ended");
+            body["conflicts"] = json!(["src/\u{202e}st.ts\u{200b}", "\u{2066}b.ts"]);
+            (StatusCode::CONFLICT, Json(body)).into_response()
+        }
         "p-failed" => (
             StatusCode::CONFLICT,
             Json(problem(
@@ -341,6 +346,15 @@ async fn a_conflict_prints_each_changed_file_and_exits_10() {
     assert_eq!(
         answer["conflicts"],
         json!(["src/a.ts", "src/\u{1b}[31mevil.ts"])
+    );
+
+    // Invisible characters (bidi overrides and isolates, zero-width) are shown escaped.
+    let run = ghost(&env, &url, &["revert", "p-bidi"]).await;
+    run.expect(10);
+    assert_eq!(
+        run.stdout.lines().collect::<Vec<_>>(),
+        ["src/\\u{202e}st.ts\\u{200b}", "\\u{2066}b.ts"],
+        "{run:?}"
     );
 
     // A 409 without files (the patch did not succeed) is the gateway's refusal, said as is.
