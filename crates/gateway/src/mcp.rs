@@ -363,7 +363,7 @@ impl GhostMcp {
     }
 
     #[tool(
-        description = "Undo a succeeded patch: queues the patch `revert-<id>` restoring the files it changed, once the target's executor checked that none changed since (needs the admin scope, or the submit scope on the patch's target). Asking again answers the same revert (`replayed`). When files changed since, nothing is queued and the error result's `conflicts` names them.",
+        description = "Undo a succeeded patch: queues the patch `revert-<id>` restoring the files it changed, once the target's executor checked that none changed since (needs the admin scope, or the submit scope on the patch's target). Asking again answers the same revert (`replayed`). When files changed since, nothing is queued and the error result's text is the JSON `{\"error\": ..., \"conflicts\": [paths]}`.",
         annotations(
             read_only_hint = false,
             destructive_hint = true,
