@@ -33,18 +33,55 @@ pub fn text(raw: &str, max_chars: usize) -> String {
     truncate(&escape(raw), max_chars)
 }
 
+/// Unicode format characters (general category Cf, Unicode 15) and the line and paragraph
+/// separators: invisible, yet they reorder (bidi overrides and isolates), hide (zero-width)
+/// or break what is shown, so `a\u{202e}st.ts` could pass for another name.
+const INVISIBLE: &[(char, char)] = &[
+    ('\u{ad}', '\u{ad}'),
+    ('\u{600}', '\u{605}'),
+    ('\u{61c}', '\u{61c}'),
+    ('\u{6dd}', '\u{6dd}'),
+    ('\u{70f}', '\u{70f}'),
+    ('\u{890}', '\u{891}'),
+    ('\u{8e2}', '\u{8e2}'),
+    ('\u{180e}', '\u{180e}'),
+    ('\u{200b}', '\u{200f}'),
+    ('\u{2028}', '\u{202e}'),
+    ('\u{2060}', '\u{2064}'),
+    ('\u{2066}', '\u{206f}'),
+    ('\u{feff}', '\u{feff}'),
+    ('\u{fff9}', '\u{fffb}'),
+    ('\u{110bd}', '\u{110bd}'),
+    ('\u{110cd}', '\u{110cd}'),
+    ('\u{13430}', '\u{1343f}'),
+    ('\u{1bca0}', '\u{1bca3}'),
+    ('\u{1d173}', '\u{1d17a}'),
+    ('\u{e0001}', '\u{e0001}'),
+    ('\u{e0020}', '\u{e007f}'),
+];
+
+/// True for a character of [`INVISIBLE`].
+fn is_invisible(ch: char) -> bool {
+    INVISIBLE
+        .iter()
+        .any(|&(first, last)| (first..=last).contains(&ch))
+}
+
 /// Caller text for inside a `` `code` `` span: escaped ([`escape`]), each backtick written as
-/// `ˋ` (U+02CB; Slack has no escape for a backtick, and one would end the span early) and each
-/// control character (a newline among them) as `�`, then cut to at most `max_chars` characters.
+/// `ˋ` (U+02CB; Slack has no escape for a backtick, and one would end the span early), each
+/// control character (a newline among them) as `�` and each invisible one ([`INVISIBLE`]: bidi
+/// overrides, zero-width characters) as its escape (`\u{202e}`), then cut to at most
+/// `max_chars` characters.
 pub fn code(raw: &str, max_chars: usize) -> String {
-    let plain: String = raw
-        .chars()
-        .map(|ch| match ch {
-            '`' => '\u{2cb}',
-            ch if ch.is_control() => '\u{fffd}',
-            ch => ch,
-        })
-        .collect();
+    let mut plain = String::with_capacity(raw.len());
+    for ch in raw.chars() {
+        match ch {
+            '`' => plain.push('\u{2cb}'),
+            ch if ch.is_control() => plain.push('\u{fffd}'),
+            ch if is_invisible(ch) => plain.extend(ch.escape_unicode()),
+            ch => plain.push(ch),
+        }
+    }
     text(&plain, max_chars)
 }
 
@@ -257,6 +294,10 @@ mod tests {
             "x\u{2cb} &lt;!channel&gt; &amp;\u{fffd}b"
         );
         assert_eq!(code(&"a".repeat(50), 10).chars().count(), 10);
+        assert_eq!(
+            code("a\u{202e}b\u{200b}\u{2069}\u{feff}é", 100),
+            "a\\u{202e}b\\u{200b}\\u{2069}\\u{feff}é"
+        );
     }
 
     #[test]

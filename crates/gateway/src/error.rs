@@ -126,6 +126,11 @@ pub enum GatewayError {
     /// did not answer in time); says which. Nothing was stored either way.
     #[error("{0}")]
     DryRunUnavailable(String),
+    /// The router's answer to a revert was cut (the connection lost, the deadline passed):
+    /// the revert may have been queued, so it is not "nothing was stored"; asking again is
+    /// safe (a replay when it was). Says which revert.
+    #[error("{0}")]
+    RevertCut(String),
     /// A bug or an unexpected upstream answer.
     #[error("internal error")]
     Internal(String),
@@ -153,7 +158,9 @@ impl GatewayError {
             Self::Conflict(_) | Self::RevertConflicts { .. } => StatusCode::CONFLICT,
             Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             Self::NotConfigured(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Unavailable(_) | Self::DryRunUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::DryRunUnavailable(_) | Self::RevertCut(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -182,6 +189,7 @@ impl GatewayError {
             Self::NotConfigured(_) => "not-configured",
             Self::Unavailable(_) => "unavailable",
             Self::DryRunUnavailable(_) => "dry-run-unavailable",
+            Self::RevertCut(_) => "revert-cut",
             Self::Internal(_) => "internal",
         }
     }
@@ -261,7 +269,7 @@ impl IntoResponse for GatewayError {
                 body["error"] = json!(error);
                 body["conflicts"] = json!(conflicts);
             }
-            Self::Unavailable(detail) => {
+            Self::Unavailable(detail) | Self::RevertCut(detail) => {
                 tracing::warn!(error = %detail, "upstream unavailable");
             }
             Self::Internal(detail) => tracing::error!(error = %detail, "internal error"),
@@ -273,7 +281,7 @@ impl IntoResponse for GatewayError {
             HeaderValue::from_static("application/problem+json"),
         );
         match self {
-            Self::Unavailable(_) | Self::DryRunUnavailable(_) => {
+            Self::Unavailable(_) | Self::DryRunUnavailable(_) | Self::RevertCut(_) => {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));

@@ -326,7 +326,7 @@ fn body_or_error(
     responses(
         (status = 200, description = "`dry_run=true`: what the patch would do. Nothing was written, queued or stored. `status` succeeded when every edit would apply, else rejected or failed with the `error` (still a 200: the check itself worked).", body = DryRunView),
         (status = 202, description = "Stored and queued. A document without an id gets `p-` and the first 16 lowercase hex digits of the SHA-256 of the normalised patch's canonical JSON without its id (fields in a fixed order, defaults spelled out, no whitespace): the same content, however spelled, gets the same id and is a replay. `warnings` lists what reading the document forgave (always present, empty when nothing), and the patch's summary repeats it.", body = Accepted),
-        (status = 400, description = "Malformed document", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed document, a document carrying `revert`, or an id (or Idempotency-Key) starting with `revert-` in any letter case (reserved for the router's reverts)", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Scope or target not allowed (a dry run needs both the submit and the read scope: it shows the workspace)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Same id, other content; for a dry run: no executor serving the target is connected now (the detail names it)", body = Problem, content_type = "application/problem+json"),
@@ -527,7 +527,7 @@ async fn retry_patch(
         (status = 404, description = "No such patch (or one on a target the credential may not touch)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Files changed since the patch ended (`conflicts` names them, `error` says why; nothing queued); or the patch did not succeed, or no executor of its target can check a revert now (the detail says which)", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Rate limited, too many failed credentials from this address, or the credential has 2 reverts being checked already", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Router unavailable, or the executor did not answer the check in time; nothing queued", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The executor did not answer the check in time (nothing queued); or the router's answer was cut (`revert-cut`: the revert may have been queued; ask again, which answers it if it was)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]

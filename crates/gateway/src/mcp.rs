@@ -363,7 +363,7 @@ impl GhostMcp {
     }
 
     #[tool(
-        description = "Undo a succeeded patch: queues the patch `revert-<id>` restoring the files it changed, once the target's executor checked that none changed since (needs the admin scope, or the submit scope on the patch's target). Asking again answers the same revert (`replayed`). When files changed since, nothing is queued and the error result's `conflicts` names them.",
+        description = "Undo a succeeded patch: queues the patch `revert-<id>` restoring the files it changed, once the target's executor checked that none changed since (needs the admin scope, or the submit scope on the patch's target). Asking again answers the same revert (`replayed`). When files changed since, nothing is queued and the error result's text is the JSON `{\"error\": ..., \"conflicts\": [paths]}`.",
         annotations(
             read_only_hint = false,
             destructive_hint = true,
@@ -385,12 +385,12 @@ impl GhostMcp {
         .instrument(span)
         .await;
         match result {
-            // The files are data the model acts on: structured, next to the text.
+            // The files are data the model acts on: the `{error, conflicts}` JSON, as text
+            // only like every other error result. structuredContent would have to fit the
+            // tool's outputSchema (a patch's view), and clients check it even on an error.
             Err(GatewayError::RevertConflicts { error, conflicts }) => {
-                CallToolResult::structured_error(serde_json::json!({
-                    "error": error,
-                    "conflicts": conflicts,
-                }))
+                let text = serde_json::json!({"error": error, "conflicts": conflicts}).to_string();
+                CallToolResult::error(vec![ContentBlock::text(text)])
             }
             other => answer(other),
         }

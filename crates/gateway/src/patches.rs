@@ -659,6 +659,15 @@ impl Patches {
         if patch.revert.is_some() {
             return Err(GatewayError::BadRequest(REVERT_REFUSAL.to_owned()));
         }
+        // Nor takes an id of the form its reverts get: `revert-X` stored ahead of time would
+        // block the revert of X (and be answered as it).
+        if ghost_core::is_revert_form(patch.id.as_str()) {
+            return Err(GatewayError::BadRequest(format!(
+                "id {}: {}",
+                patch.id,
+                ghost_core::RESERVED_REVERT_ID
+            )));
+        }
         // Normalising a legacy shape can multiply a document (every element of an aliased
         // array becomes a line of the task), so the result is held to the same budget.
         let size = json_len(patch);
@@ -955,7 +964,23 @@ impl Patches {
             "revert requested: the workspace is checked for this caller"
         );
         let actor = format!("gateway:{}", caller.name);
-        match self.queue.revert(&parse_id(raw_id)?, &actor).await? {
+        let answer = self.queue.revert(&parse_id(raw_id)?, &actor).await;
+        let (outcome, error) = match &answer {
+            Ok(Reverted::Queued(view)) if view.created => ("queued", String::new()),
+            Ok(Reverted::Queued(_)) => ("replay", String::new()),
+            Ok(Reverted::Conflicts { error, .. }) => ("conflict", error.clone()),
+            Err(err) => ("refused", err.to_string()),
+        };
+        tracing::info!(
+            target: "audit",
+            caller = %caller.name,
+            target_name = %original.target,
+            patch_id = %raw_id,
+            outcome,
+            error = %error,
+            "revert answered"
+        );
+        match answer? {
             Reverted::Queued(view) => Ok(Accepted {
                 id: view.id,
                 target: view.target,

@@ -185,6 +185,16 @@ impl PatchQueue for GrpcRouter {
                 tonic::Code::FailedPrecondition => {
                     GatewayError::Conflict(status.message().to_owned())
                 }
+                // Cut before the router answered: it may have stored the revert already.
+                tonic::Code::Unavailable
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::Cancelled
+                | tonic::Code::Unknown => GatewayError::RevertCut(format!(
+                    "the router's answer to the revert of {id} was cut ({:?}: {}): it may have \
+                     been queued; ask again (asking again answers the same revert)",
+                    status.code(),
+                    status.message()
+                )),
                 _ => from_upstream(id.as_str(), &status),
             })?
             .into_inner();

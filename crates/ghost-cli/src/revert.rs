@@ -2,7 +2,9 @@
 //! and print the revert patch's id and status. With `--wait` it follows the revert patch (long
 //! polls of `GET /v1/patches/{revert id}?wait=`, as `ghost submit` does) and exits by its
 //! outcome. Files changed since the patch ended refuse the revert (409): each is printed, one per
-//! line on stdout, and the exit is 10.
+//! line on stdout, and the exit is 10. A revert asked for before that ended already is that end:
+//! succeeded says `X was already reverted by revert-X`; any other end exits by its status (as
+//! `--wait` would) with the hint `ghost retry revert-X`.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -54,6 +56,11 @@ pub async fn run(
         )));
     }
     let replayed = accepted["replayed"].as_bool().unwrap_or(false);
+    // Asked before and ended already: the answer is that end, whether or not `--wait` was
+    // given (there is nothing left to wait for).
+    if replayed && let Some(status) = status_of(&accepted).filter(|status| status.is_terminal()) {
+        return Ok(show_ended(output, id, &revert_id, &accepted, status));
+    }
     let Some(wait) = options.wait else {
         output.show(&accepted, |view, paint| {
             format!(
@@ -75,6 +82,28 @@ pub async fn run(
         output.err.bold(&revert_id)
     ));
     follow(client, output, &revert_id, wait).await
+}
+
+/// The revert of `id` was asked for before and `revert_id` ended `status`: said, and the exit
+/// is that status's (as `--wait` would give); a revert that did not succeed can be retried.
+fn show_ended(output: &Output, id: &str, revert_id: &str, view: &Value, status: Status) -> Exit {
+    if status == Status::Succeeded {
+        output.show(view, |_, paint| {
+            format!("{id} was already reverted by {}", paint.bold(revert_id))
+        });
+        return Exit::Success;
+    }
+    output.show(view, |view, paint| {
+        format!(
+            "{} is {} (the revert of {id} was asked for before)",
+            paint.bold(revert_id),
+            paint.status(view["status"].as_str().unwrap_or("?"))
+        )
+    });
+    output.note(&format!(
+        "hint: the revert of {id} ended {status}; ask for it again with `ghost retry {revert_id}`"
+    ));
+    Exit::for_status(status)
 }
 
 /// Long-polls `revert_id` until it ends or `wait` is over.
@@ -178,8 +207,43 @@ fn reason(body: &Value) -> String {
         .to_owned()
 }
 
+/// Unicode format characters (general category Cf, Unicode 15) and the line and paragraph
+/// separators: invisible, yet they reorder (bidi overrides and isolates), hide (zero-width)
+/// or break what is shown, so `a\u{202e}st.ts` could pass for another name.
+const INVISIBLE: &[(char, char)] = &[
+    ('\u{ad}', '\u{ad}'),
+    ('\u{600}', '\u{605}'),
+    ('\u{61c}', '\u{61c}'),
+    ('\u{6dd}', '\u{6dd}'),
+    ('\u{70f}', '\u{70f}'),
+    ('\u{890}', '\u{891}'),
+    ('\u{8e2}', '\u{8e2}'),
+    ('\u{180e}', '\u{180e}'),
+    ('\u{200b}', '\u{200f}'),
+    ('\u{2028}', '\u{202e}'),
+    ('\u{2060}', '\u{2064}'),
+    ('\u{2066}', '\u{206f}'),
+    ('\u{feff}', '\u{feff}'),
+    ('\u{fff9}', '\u{fffb}'),
+    ('\u{110bd}', '\u{110bd}'),
+    ('\u{110cd}', '\u{110cd}'),
+    ('\u{13430}', '\u{1343f}'),
+    ('\u{1bca0}', '\u{1bca3}'),
+    ('\u{1d173}', '\u{1d17a}'),
+    ('\u{e0001}', '\u{e0001}'),
+    ('\u{e0020}', '\u{e007f}'),
+];
+
+/// True for a character of [`INVISIBLE`].
+fn is_invisible(ch: char) -> bool {
+    INVISIBLE
+        .iter()
+        .any(|&(first, last)| (first..=last).contains(&ch))
+}
+
 /// Text from the gateway (file names are anyone's text) made safe for a terminal: control
-/// characters (escape sequences, newlines) written as Rust escapes, cut to `max_chars`.
+/// characters (escape sequences, newlines) and invisible ones ([`INVISIBLE`]: bidi overrides,
+/// zero-width characters) written as Rust escapes (`\u{202e}`), cut to `max_chars`.
 fn printable(text: &str, max_chars: usize) -> String {
     let mut out = String::new();
     for (count, ch) in text.chars().enumerate() {
@@ -189,6 +253,8 @@ fn printable(text: &str, max_chars: usize) -> String {
         }
         if ch.is_control() {
             out.extend(ch.escape_default());
+        } else if is_invisible(ch) {
+            out.extend(ch.escape_unicode());
         } else {
             out.push(ch);
         }
@@ -205,6 +271,11 @@ mod tests {
         assert_eq!(printable("src/a.ts", 100), "src/a.ts");
         assert_eq!(printable("a\u{1b}[2Jb\nc", 100), "a\\u{1b}[2Jb\\nc");
         assert_eq!(printable("abcdef", 3), "abc…");
+        assert_eq!(
+            printable("a\u{202e}b\u{200b}c\u{2066}\u{feff}é", 100),
+            "a\\u{202e}b\\u{200b}c\\u{2066}\\u{feff}é"
+        );
+        assert_eq!(printable("\u{e0041}", 100), "\\u{e0041}");
     }
 
     #[test]

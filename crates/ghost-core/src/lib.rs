@@ -34,7 +34,8 @@ pub use parse::{
     patch_from_value, read_document, validate,
 };
 pub use patch::{
-    AgentTask, Base, Check, CommitSpec, Edit, OnFailure, Patch, Priority, RevertSpec, revert_id,
+    AgentTask, Base, Check, CommitSpec, Edit, OnFailure, Patch, Priority, RESERVED_REVERT_ID,
+    REVERT_ID_PREFIX, RevertSpec, is_revert_form, revert_id,
 };
 pub use report::{
     ApplyReport, CommandKind, CommandReport, Diagnostic, EditReport, Rollback, Severity,

@@ -312,6 +312,23 @@ impl Patch {
     }
 }
 
+/// What every id [`revert_id`] gives starts with. Ids starting with it (in any letter case) are
+/// the router's own: a submitted patch may not take one (see [`is_revert_form`]).
+pub const REVERT_ID_PREFIX: &str = "revert-";
+
+/// Why a submitted patch whose id starts with `revert-` is refused.
+pub const RESERVED_REVERT_ID: &str = "ids starting with revert- are reserved for the reverts the \
+                                      router builds; choose another id (ask for a revert with \
+                                      POST /v1/patches/{id}/revert)";
+
+/// True for an id starting with [`REVERT_ID_PREFIX`] in any letter case: the form of the ids
+/// the router gives the reverts it builds. Anyone could otherwise store `revert-X` ahead of
+/// time and block (or impersonate) the revert of X. Ids stored already stay readable.
+pub fn is_revert_form(id: &str) -> bool {
+    id.get(..REVERT_ID_PREFIX.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(REVERT_ID_PREFIX))
+}
+
 /// The id of the patch that reverts `of`: `revert-<of>`, or, when that would pass 128
 /// characters, `revert-` and the first 32 lowercase hex digits of the SHA-256 of `of`. The
 /// same original always gets the same revert id, so asking twice is a replay.
@@ -333,6 +350,18 @@ pub fn revert_id(of: &PatchId) -> PatchId {
 #[cfg(test)]
 mod tests {
     use crate::parse_json;
+
+    #[test]
+    fn the_revert_form_is_the_prefix_in_any_case() {
+        for id in ["revert-x", "REVERT-x", "Revert-", "rEvErT-abc"] {
+            assert!(super::is_revert_form(id), "{id}");
+        }
+        for id in ["revert", "revertx", "x-revert-x", "", "reverté-"] {
+            assert!(!super::is_revert_form(id), "{id}");
+        }
+        let of = crate::PatchId::parse("some-patch").unwrap();
+        assert!(super::is_revert_form(super::revert_id(&of).as_str()));
+    }
 
     #[test]
     fn the_derived_id_ignores_the_id_and_nothing_else() {

@@ -143,14 +143,22 @@ fn check_intake_warnings(warnings: &[String]) -> Result<(), RouterError> {
 
 /// A revert patch is built by the router's `Revert` only, never submitted (nor dry-run) as is.
 fn refuse_revert(patch: &wire::Patch) -> Result<(), RouterError> {
-    if patch.revert_of.is_empty() && patch.revert_commit.is_empty() {
-        return Ok(());
+    if !patch.revert_of.is_empty() || !patch.revert_commit.is_empty() {
+        return Err(RouterError::InvalidArgument {
+            field: "patch.revert_of".to_owned(),
+            message: "a revert patch is not submitted: use Revert with the id of the patch to undo"
+                .to_owned(),
+        });
     }
-    Err(RouterError::InvalidArgument {
-        field: "patch.revert_of".to_owned(),
-        message: "a revert patch is not submitted: use Revert with the id of the patch to undo"
-            .to_owned(),
-    })
+    // Nor may a patch take the id a revert gets: `revert-X` stored ahead of time would be
+    // answered as the revert of X.
+    if ghost_core::is_revert_form(&patch.id) {
+        return Err(RouterError::InvalidArgument {
+            field: "patch.id".to_owned(),
+            message: ghost_core::RESERVED_REVERT_ID.to_owned(),
+        });
+    }
+    Ok(())
 }
 
 type WorkStream = Pin<Box<dyn Stream<Item = Result<RouterMessage, tonic::Status>> + Send>>;
@@ -247,7 +255,7 @@ impl RouterService for RouterGrpc {
         let traceparent = current_traceparent().unwrap_or_default();
         let (record, created) = self
             .routing
-            .submit(patch, traceparent, intake_warnings)
+            .submit(patch, "gateway", traceparent, intake_warnings)
             .await?;
         Ok(Response::new(wire::SubmitResponse {
             state: Some(state_of(&record)),

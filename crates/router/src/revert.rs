@@ -47,24 +47,47 @@ pub struct Reverts {
     in_flight: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
+/// A caller's hold on the lock entry of one revert id: the entry is forgotten when the last
+/// holder drops it, so a call cancelled at any await (its client gone, the gateway's deadline)
+/// cannot leave it behind.
+struct Entry<'a> {
+    reverts: &'a Reverts,
+    key: String,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drop for Entry<'_> {
+    fn drop(&mut self) {
+        let mut in_flight = self.reverts.in_flight();
+        // The map's reference and ours: nobody else holds or waits for it.
+        if Arc::strong_count(&self.lock) <= 2 {
+            in_flight.remove(&self.key);
+        }
+        checking(in_flight.len());
+    }
+}
+
+/// Publishes how many revert ids are being checked (or waited for) now.
+fn checking(entries: usize) {
+    metrics::gauge!("ghost_router_reverts_checking").set(entries as f64);
+}
+
 impl Reverts {
-    fn lock_of(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut in_flight = self
-            .in_flight
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<()>>>> {
+        self.in_flight
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        Arc::clone(in_flight.entry(id.to_owned()).or_default())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Forgets the lock of `id` when nobody else holds or waits for it.
-    fn release(&self, id: &str, lock: Arc<tokio::sync::Mutex<()>>) {
-        let mut in_flight = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // The map's reference and ours: nobody else waits.
-        if Arc::strong_count(&lock) <= 2 {
-            in_flight.remove(id);
+    /// The lock entry of revert id `key`, held until the returned value is dropped.
+    fn enter(&self, key: &str) -> Entry<'_> {
+        let mut in_flight = self.in_flight();
+        let lock = Arc::clone(in_flight.entry(key.to_owned()).or_default());
+        checking(in_flight.len());
+        Entry {
+            reverts: self,
+            key: key.to_owned(),
+            lock,
         }
     }
 }
@@ -155,12 +178,13 @@ impl Routing {
     ) -> Result<Reverted, RouterError> {
         let reverting = revert_id(&id);
         let key = reverting.to_string();
-        let lock = self.reverts.lock_of(&key);
         let answer = {
-            let _one_at_a_time = lock.lock().await;
+            // Dropped in reverse order, also when this call is cancelled: the lock first,
+            // then the entry.
+            let entry = self.reverts.enter(&key);
+            let _one_at_a_time = entry.lock.lock().await;
             self.revert_locked(id, reverting, actor, traceparent).await
         };
-        self.reverts.release(&key, lock);
         match &answer {
             Ok(Reverted::Queued { created: true, .. }) => count("queued"),
             Ok(Reverted::Queued { created: false, .. }) => {}
@@ -235,7 +259,8 @@ impl Routing {
                 "patch {id} cannot be reverted: {why}"
             )));
         }
-        let (record, created) = self.submit(patch, traceparent, Vec::new()).await?;
+        // Its first event names who asked, not the gateway that carried the request.
+        let (record, created) = self.submit(patch, &actor, traceparent, Vec::new()).await?;
         if created {
             let detail = format!("revert requested by {actor}: {reverting}");
             match self

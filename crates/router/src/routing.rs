@@ -128,6 +128,8 @@ pub struct TargetView {
     pub row: TargetRow,
     /// At least one executor serving it is connected.
     pub executor_online: bool,
+    /// At least one executor serving it that advertised `revert` is connected.
+    pub revert_online: bool,
 }
 
 /// The routing logic shared by the gRPC adapter and the background loops.
@@ -200,16 +202,21 @@ impl Routing {
     }
 
     /// Stores a patch (idempotently) with the gateway's intake warnings and assigns it if its
-    /// target is free. A replay keeps the warnings stored first.
+    /// target is free; its first event names `actor`. A replay keeps the warnings stored first.
     pub async fn submit(
         &self,
         patch: Patch,
+        actor: &str,
         traceparent: String,
         warnings: Vec<String>,
     ) -> Result<(PatchRecord, bool), RouterError> {
         let target = patch.target.to_string();
         let id = patch.id.to_string();
-        match self.store.insert(patch, traceparent, warnings).await? {
+        match self
+            .store
+            .insert(patch, actor.to_owned(), traceparent, warnings)
+            .await?
+        {
             Inserted::Created(record) => {
                 tracing::info!(patch_id = %id, %target, status = %record.status, "patch stored");
                 metrics::counter!("ghost_patches_submitted_total", "target" => self.target_label(&target))
@@ -818,14 +825,16 @@ impl Routing {
         let mut views: BTreeMap<String, TargetView> = rows
             .into_iter()
             .map(|row| {
-                let online = slots
-                    .get(&row.target)
-                    .is_some_and(|slot| !slot.sessions.is_empty());
+                let slot = slots.get(&row.target);
+                let online = slot.is_some_and(|slot| !slot.sessions.is_empty());
+                let revert_online =
+                    slot.is_some_and(|slot| slot.sessions.iter().any(|session| session.revert));
                 (
                     row.target.clone(),
                     TargetView {
                         row,
                         executor_online: online,
+                        revert_online,
                     },
                 )
             })
@@ -840,6 +849,7 @@ impl Routing {
                             ..TargetRow::default()
                         },
                         executor_online: true,
+                        revert_online: slot.sessions.iter().any(|session| session.revert),
                     },
                 );
             }
@@ -923,11 +933,49 @@ impl Routing {
                 };
                 self.resolve(key, why).await;
             }
+            self.check_revert_waiting(&view, now, &firing).await;
         }
         for (label, (queued, age_ms)) in queues {
             metrics::gauge!("ghost_queue_depth", "target" => label.clone()).set(queued as f64);
             metrics::gauge!("ghost_queue_oldest_age_seconds", "target" => label)
                 .set(age_ms as f64 / 1000.0);
+        }
+    }
+
+    /// Raises `revert_waiting/<target>` when a revert patch waited `stale_after` in the queue
+    /// of `view`'s target with no connected session advertising `revert` (an older executor
+    /// is never leased one, so `queue_stale` alone would not say it); resolves it when such a
+    /// session serves the target or no revert patch is queued there.
+    async fn check_revert_waiting(&self, view: &TargetView, now: i64, firing: &[String]) {
+        let target = &view.row.target;
+        let key = format!("revert_waiting/{target}");
+        let age_ms = (now - view.row.oldest_queued_revert_ms).max(0);
+        let waiting = view.row.queued_reverts > 0
+            && !view.row.paused
+            && !view.revert_online
+            && age_ms >= millis(self.policy.stale_after);
+        if waiting {
+            self.raise(NewAlert {
+                key,
+                severity: "warning",
+                summary: format!(
+                    "{} revert patch(es) queued on {target} for {}s: no connected executor \
+                     serving it advertises revert (upgrade it, or connect one that does)",
+                    view.row.queued_reverts,
+                    age_ms / 1000
+                ),
+                labels: vec![("target".to_owned(), target.clone())],
+            })
+            .await;
+        } else if firing.contains(&key) {
+            let why = if view.row.queued_reverts == 0 {
+                format!("no revert patch is queued on {target}")
+            } else if view.row.paused {
+                format!("{target} is paused")
+            } else {
+                format!("an executor advertising revert serves {target}")
+            };
+            self.resolve(key, why).await;
         }
     }
 
@@ -1095,7 +1143,7 @@ mod tests {
             .connect("revoked", &targets, &[], revoked_sender, cut)
             .await;
         routing
-            .submit(patch("waiting"), String::new(), Vec::new())
+            .submit(patch("waiting"), "gateway", String::new(), Vec::new())
             .await
             .expect("stored");
         assert!(

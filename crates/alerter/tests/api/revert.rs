@@ -403,6 +403,10 @@ async fn asking_again_conflicts_and_refusals_are_answered_each_in_its_words() {
         ]),
     );
     sys.router.script(
+        "p-bidi",
+        Scripted::Conflicts(vec!["src/\u{202e}st.ts\u{200b}".to_owned()]),
+    );
+    sys.router.script(
         "p-failed",
         Scripted::Error(
             tonic::Code::FailedPrecondition,
@@ -423,6 +427,12 @@ async fn asking_again_conflicts_and_refusals_are_answered_each_in_its_words() {
          `&lt;!channel&gt; \u{2cb}x\u{2cb} &amp; &lt;https://evil.example|y&gt;.ts`"
     );
     assert_eq!(conflicts.matches('`').count(), 6, "{conflicts}");
+    // Invisible characters (a bidi override, a zero-width space) are shown, not obeyed.
+    let bidi = sys.ghost("revert p-bidi").await;
+    assert_eq!(
+        bidi,
+        "⚠️ cannot revert `p-bidi`: changed since it succeeded: `src/\\u{202e}st.ts\\u{200b}`"
+    );
 
     let failed = sys.ghost("revert p-failed").await;
     assert_eq!(

@@ -23,7 +23,7 @@ type Asked = Arc<Mutex<Vec<Patch>>>;
 
 /// An executor serving MAIN and CYOPS that says Hello with `revert`, applies every assigned
 /// patch (`fail-*` ends failed, the others succeed) and answers every revert check: files
-/// changed since for `moved-*`, else the diff.
+/// changed since for `moved-*`, never for `hang-*`, else the diff.
 async fn scripted_executor(gateway: &TestGateway) -> Asked {
     let asked: Asked = Arc::default();
     let mut client = RouterServiceClient::connect(format!("http://{}", gateway.router.grpc))
@@ -82,7 +82,11 @@ async fn scripted_executor(gateway: &TestGateway) -> Asked {
                 Some(router_message::Kind::DryRun(request)) => {
                     let Some(patch) = request.patch else { continue };
                     let moved = patch.revert_of.starts_with("moved-");
+                    let hangs = patch.revert_of.starts_with("hang-");
                     seen.lock().expect("asked").push(patch);
+                    if hangs {
+                        continue;
+                    }
                     let report = if moved {
                         ApplyReport {
                             status: PatchStatus::Rejected as i32,
@@ -219,6 +223,10 @@ async fn the_revert_route_keeps_the_scope_rule_and_answers_every_outcome() {
         }),
         "{events}"
     );
+    // The revert patch's own trail starts with who asked, not "gateway".
+    let (code, events) = gateway.get("/v1/patches/revert-rv-main/events", KEY).await;
+    assert_eq!(code, 200);
+    assert_eq!(events[0]["actor"], "gateway:main-submitter", "{events}");
     // Admin on another target: fine.
     let (code, _, body) = revert(&gateway, "rv-cyops", KEY).await;
     assert_eq!(code, 202, "{body}");
@@ -251,6 +259,160 @@ async fn the_revert_route_keeps_the_scope_rule_and_answers_every_outcome() {
     }
     let ids = gateway.stored_ids().await;
     assert!(!ids.iter().any(|id| id == "revert-moved-main"), "{ids:?}");
+}
+
+/// A TCP proxy to `upstream` on a loopback port; sending on the returned channel cuts every
+/// connection open then (new ones are served).
+fn cutting_proxy(
+    upstream: std::net::SocketAddr,
+) -> (std::net::SocketAddr, tokio::sync::watch::Sender<u32>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let addr = listener.local_addr().expect("addr");
+    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+    let (cut, cuts) = tokio::sync::watch::channel(0u32);
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let mut cuts = cuts.clone();
+            cuts.mark_unchanged();
+            tokio::spawn(async move {
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    _ = cuts.changed() => {}
+                }
+            });
+        }
+    });
+    (addr, cut)
+}
+
+/// The router's answer to a revert cut (connection lost) is a 503 saying the revert may have
+/// been queued, not that nothing was stored.
+#[tokio::test]
+async fn a_revert_whose_router_call_is_cut_is_a_503_saying_it_may_have_been_queued() {
+    let mut proxy = None;
+    let gateway = TestGateway::start(|config, _| {
+        let upstream = config
+            .router_url
+            .trim_start_matches("http://")
+            .parse()
+            .expect("router address");
+        let (addr, cut) = cutting_proxy(upstream);
+        config.router_url = format!("http://{addr}");
+        proxy = Some(cut);
+    })
+    .await;
+    let cut = proxy.expect("proxy");
+    let asked = scripted_executor(&gateway).await;
+    ended(&gateway, "hang-main", "MAIN", "succeeded").await;
+    let url = gateway.url();
+    let call = tokio::spawn(async move {
+        let response = reqwest::Client::new()
+            .post(format!("{url}/v1/patches/hang-main/revert"))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .expect("gateway reachable");
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        let (code, body) = read(response).await;
+        (code, retry_after, body)
+    });
+    // Cut once the router is waiting for the executor's check.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while asked.lock().expect("asked").is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the executor was never asked"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    cut.send_modify(|cuts| *cuts += 1);
+    let (code, retry_after, body) = tokio::time::timeout(std::time::Duration::from_secs(10), call)
+        .await
+        .expect("answered")
+        .expect("task");
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(retry_after.as_deref(), Some("2"));
+    let detail = body["detail"].as_str().unwrap_or("");
+    assert!(
+        detail.contains("it may have been queued; ask again"),
+        "{detail}"
+    );
+    assert!(!detail.contains("nothing was stored"), "{detail}");
+}
+
+/// Log lines written while the guard of [`capture_logs`] lives, on this thread.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log").extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Every JSON log line of this (current-thread) test's gateway, router and all.
+fn capture_logs() -> (Captured, tracing::subscriber::DefaultGuard) {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || writer.clone())
+        .finish();
+    (captured, tracing::subscriber::set_default(subscriber))
+}
+
+#[tokio::test]
+async fn the_audit_line_of_a_revert_states_its_outcome() {
+    let (logs, _guard) = capture_logs();
+    let gateway = TestGateway::start(|_, _| {}).await;
+    let _asked = scripted_executor(&gateway).await;
+    ended(&gateway, "log-main", "MAIN", "succeeded").await;
+    ended(&gateway, "moved-log", "MAIN", "succeeded").await;
+    ended(&gateway, "fail-log", "MAIN", "failed").await;
+    for (id, code) in [
+        ("log-main", 202),
+        ("log-main", 200),
+        ("moved-log", 409),
+        ("fail-log", 409),
+    ] {
+        let (got, _, body) = revert(&gateway, id, KEY).await;
+        assert_eq!(got, code, "{id}: {body}");
+    }
+    let text = String::from_utf8(logs.0.lock().expect("log").clone()).expect("utf-8");
+    let outcomes: Vec<(String, String)> = text
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line["target"] == "audit" && line["fields"]["message"] == "revert answered")
+        .map(|line| {
+            (
+                line["fields"]["patch_id"].as_str().unwrap_or("").to_owned(),
+                line["fields"]["outcome"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String)> = [
+        ("log-main", "queued"),
+        ("log-main", "replay"),
+        ("moved-log", "conflict"),
+        ("fail-log", "refused"),
+    ]
+    .iter()
+    .map(|(id, outcome)| ((*id).to_owned(), (*outcome).to_owned()))
+    .collect();
+    assert_eq!(outcomes, expected, "{text}");
 }
 
 #[tokio::test]
@@ -288,6 +450,40 @@ async fn a_submitted_document_asking_for_a_revert_is_refused_400_everywhere() {
     assert!(gateway.stored_ids().await.is_empty());
 }
 
+/// `revert-<id>` is the router's: a submitted patch may not take such an id, in any letter
+/// case, by any intake (its own id, an Idempotency-Key, a dry run, a chat message block).
+#[tokio::test]
+async fn a_submitted_patch_may_not_take_a_revert_id_anywhere() {
+    let gateway = TestGateway::start(|_, _| {}).await;
+    for id in ["revert-rv-main", "REVERT-rv-main", "Revert-x"] {
+        for path in ["/v1/patches", "/v1/patches?dry_run=true"] {
+            let (code, body) = gateway.post(path, KEY, &write_patch(id)).await;
+            assert_eq!(code, 400, "{path} {id}: {body}");
+            let detail = body["detail"].as_str().unwrap_or("");
+            assert!(detail.contains("reserved"), "{detail}");
+        }
+    }
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/patches", gateway.url()))
+        .bearer_auth(KEY)
+        .header("content-type", "application/json")
+        .header("idempotency-key", "revert-keyed")
+        .body(r#"{"target":"MAIN","commands":["make test"]}"#)
+        .send()
+        .await
+        .expect("gateway reachable");
+    let (code, body) = read(response).await;
+    assert_eq!(code, 400, "{body}");
+    let text = format!("here:\n```json\n{}\n```\n", write_patch("revert-chat"));
+    let (code, body) = gateway
+        .post("/v1/messages", KEY, &json!({"text": text}))
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["submitted"], 0, "{body}");
+    assert_eq!(body["blocks"][0]["outcome"], "refused", "{body}");
+    assert!(gateway.stored_ids().await.is_empty());
+}
+
 const MCP_CLIENT: &str = r#"
 import sys, json, asyncio
 import httpx2
@@ -303,6 +499,9 @@ async def main(url, key):
                 a = tool.annotations
                 reverted = await session.call_tool("revert_patch", {"id": "mcp-rv"})
                 conflicted = await session.call_tool("revert_patch", {"id": "moved-mcp"})
+                squatted = await session.call_tool("submit_patch", {"patch": {
+                    "id": "revert-mcp-rv", "target": "MAIN",
+                    "edits": [{"op": "write", "path": "a.txt", "contents": "x"}]}})
                 print(json.dumps({
                     "annotations": {
                         "readOnlyHint": a.read_only_hint,
@@ -316,6 +515,7 @@ async def main(url, key):
                     "conflicted": {"is_error": conflicted.is_error,
                                    "structured": conflicted.structured_content,
                                    "text": conflicted.content[0].text},
+                    "squatted": {"is_error": squatted.is_error, "text": squatted.content[0].text},
                 }))
 
 asyncio.run(main(sys.argv[1], sys.argv[2]))
@@ -344,16 +544,26 @@ async fn the_mcp_revert_patch_tool_is_annotated_and_returns_conflicts_as_an_erro
     );
     assert_eq!(out["reverted"]["structured"]["replayed"], false, "{out}");
     assert_eq!(out["conflicted"]["is_error"], true, "{out}");
-    assert_eq!(
-        out["conflicted"]["structured"]["conflicts"],
-        json!(["a.ts", "src/b.ts"]),
-        "{out}"
-    );
+    // No structuredContent that the outputSchema (a patch's view) would not fit: the
+    // `{error, conflicts}` JSON is the text, as every other error result is text.
+    assert_eq!(out["conflicted"]["structured"], Value::Null, "{out}");
+    let conflict: Value =
+        serde_json::from_str(out["conflicted"]["text"].as_str().unwrap_or("")).expect("json text");
+    assert_eq!(conflict["conflicts"], json!(["a.ts", "src/b.ts"]), "{out}");
     assert!(
-        out["conflicted"]["text"]
+        conflict["error"]
             .as_str()
             .unwrap_or("")
             .contains("src/b.ts"),
+        "{out}"
+    );
+    // A submitted patch may not take a revert id here either.
+    assert_eq!(out["squatted"]["is_error"], true, "{out}");
+    assert!(
+        out["squatted"]["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("reserved"),
         "{out}"
     );
 }

@@ -85,12 +85,27 @@ async fn revert(
             Json(view("revert-p-again", "succeeded", true)),
         )
             .into_response(),
+        "p-again-failed" => (
+            StatusCode::OK,
+            Json(view("revert-p-again-failed", "rolled_back", true)),
+        )
+            .into_response(),
+        "p-again-queued" => (
+            StatusCode::OK,
+            Json(view("revert-p-again-queued", "queued", true)),
+        )
+            .into_response(),
         "p-changed" => {
             let mut body = problem(
                 StatusCode::CONFLICT,
                 "2 files changed since p-changed ended: src/a.ts, src/\u{1b}[31mevil.ts",
             );
             body["conflicts"] = json!(["src/a.ts", "src/\u{1b}[31mevil.ts"]);
+            (StatusCode::CONFLICT, Json(body)).into_response()
+        }
+        "p-bidi" => {
+            let mut body = problem(StatusCode::CONFLICT, "1 file changed since p-bidi ended");
+            body["conflicts"] = json!(["src/\u{202e}st.ts\u{200b}", "\u{2066}b.ts"]);
             (StatusCode::CONFLICT, Json(body)).into_response()
         }
         "p-failed" => (
@@ -190,7 +205,15 @@ async fn revert_prints_the_revert_patch_and_its_status() {
     run.expect(0);
     assert_eq!(
         run.stdout.trim_end(),
-        "revert-p-again is succeeded (the revert of p-again was asked for before)",
+        "p-again was already reverted by revert-p-again",
+        "{run:?}"
+    );
+    // Asked before and still queued: said so, nothing to wait for without --wait.
+    let run = ghost(&env, &url, &["revert", "p-again-queued"]).await;
+    run.expect(0);
+    assert_eq!(
+        run.stdout.trim_end(),
+        "revert-p-again-queued is queued (the revert of p-again-queued was asked for before)",
         "{run:?}"
     );
 
@@ -250,6 +273,48 @@ async fn revert_wait_long_polls_the_revert_patch_and_exits_by_its_outcome() {
     assert_eq!(run.stdout.trim_end(), "revert-p-slow is applying");
 }
 
+/// A replayed revert that ended without succeeding exits by its status (as `--wait` would) and
+/// hints at `ghost retry`, with or without `--wait`, and waits for nothing.
+#[tokio::test]
+async fn a_replayed_revert_that_ended_badly_exits_by_its_status_and_hints_at_retry() {
+    let (env, fake) = (Env::empty(), Fake::default());
+    let url = start(&fake).await;
+    for args in [
+        &["revert", "p-again-failed"][..],
+        &["revert", "p-again-failed", "--wait", "30s"][..],
+    ] {
+        let run = ghost(&env, &url, args).await;
+        run.expect(4);
+        assert_eq!(
+            run.stdout.trim_end(),
+            "revert-p-again-failed is rolled_back (the revert of p-again-failed was asked for before)",
+            "{run:?}"
+        );
+        assert!(
+            run.stderr.contains("ghost retry revert-p-again-failed"),
+            "{run:?}"
+        );
+    }
+    let run = ghost(&env, &url, &["--json", "revert", "p-again-failed"]).await;
+    run.expect(4);
+    assert_eq!(run.json()["status"], "rolled_back");
+    let run = ghost(&env, &url, &["revert", "p-again", "--wait", "30s"]).await;
+    run.expect(0);
+    assert_eq!(
+        run.stdout.trim_end(),
+        "p-again was already reverted by revert-p-again",
+        "{run:?}"
+    );
+    assert!(
+        fake.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|seen| seen.route.starts_with("POST")),
+        "an ended revert is not waited for"
+    );
+}
+
 #[tokio::test]
 async fn a_conflict_prints_each_changed_file_and_exits_10() {
     let (env, fake) = (Env::empty(), Fake::default());
@@ -281,6 +346,15 @@ async fn a_conflict_prints_each_changed_file_and_exits_10() {
     assert_eq!(
         answer["conflicts"],
         json!(["src/a.ts", "src/\u{1b}[31mevil.ts"])
+    );
+
+    // Invisible characters (bidi overrides and isolates, zero-width) are shown escaped.
+    let run = ghost(&env, &url, &["revert", "p-bidi"]).await;
+    run.expect(10);
+    assert_eq!(
+        run.stdout.lines().collect::<Vec<_>>(),
+        ["src/\\u{202e}st.ts\\u{200b}", "\\u{2066}b.ts"],
+        "{run:?}"
     );
 
     // A 409 without files (the patch did not succeed) is the gateway's refusal, said as is.

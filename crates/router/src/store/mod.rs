@@ -181,6 +181,10 @@ pub struct TargetRow {
     pub queued: u32,
     /// Creation time of the oldest queued patch (0: none).
     pub oldest_queued_ms: i64,
+    /// Queued revert patches (only a session advertising `revert` is leased them).
+    pub queued_reverts: u32,
+    /// Creation time of the oldest queued revert patch (0: none).
+    pub oldest_queued_revert_ms: i64,
     /// Hand-out paused.
     pub paused: bool,
     /// The patch holding the lease (empty: none).
@@ -290,10 +294,12 @@ pub struct Completed {
 pub trait RouterStore: Send + Sync + 'static {
     /// Stores a submitted patch as `queued` unless its id is already taken. A patch whose
     /// dependency already ended without success fails at once. `warnings` (what the gateway
-    /// forgave reading it) are kept with it for the summary.
+    /// forgave reading it) are kept with it for the summary. `actor` is named by its first
+    /// event (`received`): `gateway` for a submitted patch, who asked for a revert patch.
     async fn insert(
         &self,
         patch: Patch,
+        actor: String,
         traceparent: String,
         warnings: Vec<String>,
     ) -> Result<Inserted, StoreError>;

@@ -599,6 +599,7 @@ impl RouterStore for SqliteStore {
     async fn insert(
         &self,
         patch: Patch,
+        actor: String,
         traceparent: String,
         warnings: Vec<String>,
     ) -> Result<Inserted, StoreError> {
@@ -634,7 +635,7 @@ impl RouterStore for SqliteStore {
                     serde_json::to_string(&warnings).unwrap_or_else(|_| "[]".to_owned())
                 ],
             )?;
-            event_tx(conn, &id, Status::Received, "gateway", 0, "")?;
+            event_tx(conn, &id, Status::Received, &actor, 0, "")?;
             event_tx(conn, &id, Status::Queued, "router", 0, "")?;
             let mut failed_dependency = None;
             for dependency in &patch.depends_on {
@@ -1116,6 +1117,24 @@ impl RouterStore for SqliteStore {
                     row.oldest_queued_ms = oldest;
                 } else if parsed.is_terminal() {
                     row.finished.push((status, count));
+                }
+            }
+            let mut reverts = conn.prepare_cached(
+                "SELECT target, COUNT(*), MIN(created_ms) FROM patches
+                 WHERE status = 'queued' AND json_extract(patch_json, '$.revert') IS NOT NULL
+                 GROUP BY target",
+            )?;
+            for item in reverts.query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, u32>(1)?,
+                    row.get::<_, i64>(2)?,
+                ))
+            })? {
+                let (target, count, oldest) = item?;
+                if let Some(row) = rows.get_mut(&target) {
+                    row.queued_reverts = count;
+                    row.oldest_queued_revert_ms = oldest;
                 }
             }
             let mut running = conn.prepare_cached(&format!(

@@ -12,7 +12,8 @@ use ghost_proto::router::v1::{
 };
 
 use crate::helpers::{
-    PATIENCE, TestExecutor, TestRouter, config, patch, spawn_router, submit, wait_for_status,
+    PATIENCE, RecordingAlerter, TestExecutor, TestRouter, config, patch, spawn_router, submit,
+    wait_for_status,
 };
 
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -181,6 +182,23 @@ async fn a_checked_revert_of_a_committed_patch_is_queued_once_and_audited() {
         events
             .iter()
             .any(|event| event.actor == "alice" && event.detail.contains("revert-orig")),
+        "{events:?}"
+    );
+
+    // The revert patch's own trail starts with who asked, not the gateway that carried it.
+    let events = router
+        .client
+        .clone()
+        .events(EventsRequest {
+            id: "revert-orig".to_owned(),
+        })
+        .await
+        .expect("events")
+        .into_inner()
+        .events;
+    assert_eq!(
+        events.first().map(|event| event.actor.as_str()),
+        Some("alice"),
         "{events:?}"
     );
 
@@ -437,6 +455,134 @@ async fn an_older_executor_is_never_assigned_a_revert_patch_but_still_gets_the_o
 }
 
 #[tokio::test]
+async fn a_revert_no_connected_executor_can_apply_raises_revert_waiting_until_one_can() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let alerter = RecordingAlerter::start().await;
+    let mut cfg = config(dir.path());
+    cfg.alerter_url = Some(alerter.url.clone());
+    cfg.stale_after = Duration::from_millis(300);
+    let router = spawn_router(cfg).await;
+    let mut newer = executor(&router, "exec-newer", &["dry_run", "revert"]).await;
+    finished(
+        &router,
+        &mut newer,
+        "undo-me",
+        "",
+        PatchStatus::Succeeded,
+        "",
+    )
+    .await;
+    // Hold MAIN busy so the revert patch stays queued while the newer executor leaves.
+    submit(&router, patch("busy", "MAIN")).await;
+    let busy = newer.assignment().await;
+    let call = ask(&router, "undo-me", "alice");
+    let request = dry_run_asked(&mut newer).await;
+    answer_dry_run(
+        &newer,
+        &request,
+        ApplyReport {
+            status: PatchStatus::Succeeded as i32,
+            dry_run: true,
+            ..ApplyReport::default()
+        },
+    )
+    .await;
+    assert!(answer_of(call).await.expect("queued").created);
+    let _ = busy;
+    drop(newer);
+    // Only an older executor serves MAIN: it is online (no queue_stale once it took `busy`),
+    // but the revert patch waits for one advertising revert, and says so.
+    let mut older = executor(&router, "exec-older", &["dry_run"]).await;
+    let assign = older.assignment().await;
+    assert_eq!(assign.patch.as_ref().expect("patch").id, "busy");
+    older.finish(&assign, PatchStatus::Succeeded).await;
+    let raised = alerter.wait_for("revert_waiting/MAIN", false).await;
+    assert_eq!(
+        raised.labels.get("target").map(String::as_str),
+        Some("MAIN")
+    );
+    wait_for_status(&router, "revert-undo-me", PatchStatus::Queued).await;
+
+    // One that can connects: resolved, and it is assigned the revert.
+    let mut newest = executor(&router, "exec-newest", &["dry_run", "revert"]).await;
+    alerter.wait_for("revert_waiting/MAIN", true).await;
+    assert_eq!(
+        newest.assignment().await.patch.expect("patch").id,
+        "revert-undo-me"
+    );
+    let changes: Vec<bool> = alerter
+        .received()
+        .into_iter()
+        .filter(|alert| alert.key == "revert_waiting/MAIN")
+        .map(|alert| alert.resolved)
+        .collect();
+    assert_eq!(changes, [false, true], "raised once, resolved once");
+    drop(older);
+}
+
+/// Polls the router's metrics until `line` is among them; false when PATIENCE ran out.
+async fn metrics_show(router: &TestRouter, line: &str) -> bool {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while tokio::time::Instant::now() < deadline {
+        if metrics(router).await.lines().any(|seen| seen == line) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_revert_call_cut_by_its_deadline_leaves_no_lock_entry_behind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let router = spawn_router(config(dir.path())).await;
+    let mut exec = executor(&router, "exec-revert", &["dry_run", "revert"]).await;
+    finished(&router, &mut exec, "cut", "", PatchStatus::Succeeded, "").await;
+    // The caller gives up (a gateway deadline, a client gone) while the executor still checks.
+    let mut request = tonic::Request::new(RevertRequest {
+        id: "cut".to_owned(),
+        actor: "alice".to_owned(),
+    });
+    request.set_timeout(Duration::from_millis(500));
+    let mut client = router.client.clone();
+    let call = tokio::spawn(async move { client.revert(request).await });
+    let _unanswered = dry_run_asked(&mut exec).await;
+    assert!(metrics_show(&router, "ghost_router_reverts_checking 1").await);
+    let cut = tokio::time::timeout(PATIENCE, call)
+        .await
+        .expect("the deadline cuts the call")
+        .expect("task")
+        .expect_err("cut");
+    assert!(
+        matches!(
+            cut.code(),
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+        ),
+        "{cut:?}"
+    );
+    assert!(
+        metrics_show(&router, "ghost_router_reverts_checking 0").await,
+        "{}",
+        metrics(&router).await
+    );
+    // Asking again is checked afresh and queued.
+    let again = ask(&router, "cut", "alice");
+    let request = dry_run_asked(&mut exec).await;
+    answer_dry_run(
+        &exec,
+        &request,
+        ApplyReport {
+            status: PatchStatus::Succeeded as i32,
+            dry_run: true,
+            ..ApplyReport::default()
+        },
+    )
+    .await;
+    assert!(answer_of(again).await.expect("queued").created);
+    assert!(metrics_show(&router, "ghost_router_reverts_checking 0").await);
+}
+
+#[tokio::test]
 async fn submit_and_dry_run_refuse_a_revert_patch() {
     let dir = tempfile::tempdir().expect("tempdir");
     let router = spawn_router(config(dir.path())).await;
@@ -478,15 +624,44 @@ async fn submit_and_dry_run_refuse_a_revert_patch() {
 }
 
 #[tokio::test]
-async fn a_submitted_patch_squatting_the_revert_id_is_not_answered_as_the_revert() {
+async fn a_submitted_patch_may_not_take_a_revert_id_in_any_case() {
     let dir = tempfile::tempdir().expect("tempdir");
     let router = spawn_router(config(dir.path())).await;
     let mut exec = executor(&router, "exec-revert", &["dry_run", "revert"]).await;
     finished(&router, &mut exec, "target", "", PatchStatus::Succeeded, "").await;
-    submit(&router, patch("revert-target", "OTHER")).await;
-    let refused = answer_of(ask(&router, "target", "alice"))
-        .await
-        .expect_err("the id is taken");
-    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
-    assert!(refused.message().contains("taken"), "{}", refused.message());
+    for id in ["revert-target", "REVERT-target", "Revert-other"] {
+        let refused = router
+            .client
+            .clone()
+            .submit(SubmitRequest {
+                patch: Some(patch(id, "MAIN")),
+                intake_warnings: Vec::new(),
+            })
+            .await
+            .expect_err("a revert id is the router's");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{id}");
+        assert!(
+            refused.message().contains("reserved"),
+            "{id}: {}",
+            refused.message()
+        );
+    }
+    // Nothing was stored under the id: the revert of `target` is checked and queued as usual.
+    let call = ask(&router, "target", "alice");
+    let request = dry_run_asked(&mut exec).await;
+    answer_dry_run(
+        &exec,
+        &request,
+        ApplyReport {
+            status: PatchStatus::Succeeded as i32,
+            dry_run: true,
+            ..ApplyReport::default()
+        },
+    )
+    .await;
+    let answer = answer_of(call).await.expect("revert queued");
+    assert!(answer.created);
+    let state = answer.state.expect("state");
+    assert_eq!(state.id, "revert-target");
+    assert_eq!(state.target, "MAIN");
 }
