@@ -82,6 +82,11 @@ pub const CATALOGUE: &[(&str, Kind, &str)] = &[
          failed). A replay of a stored revert is not counted.",
     ),
     (
+        "ghost_router_reverts_checking",
+        Kind::Gauge,
+        "Patch ids whose revert the router is checking with an executor now (or waiting to).",
+    ),
+    (
         "ghost_executor_rollback_failures_total",
         Kind::Counter,
         "Rollbacks that could not restore the workspace byte for byte, by target.",
