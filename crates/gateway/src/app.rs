@@ -34,6 +34,8 @@ pub struct App {
     config: GatewayConfig,
     listeners: Listeners,
     state: AppState,
+    /// `/privacy` and `/v1/info` (no credentials).
+    public_pages: axum::Router,
 }
 
 /// Aliases, legacy roots and the default target from config.
@@ -140,10 +142,12 @@ impl App {
         let listeners = Listeners::bind(&config.server)
             .await
             .map_err(|err| anyhow::anyhow!("cannot bind the gateway listeners: {err}"))?;
+        let public_pages = crate::public_pages::routes(&config)?;
         Ok(Self {
             config,
             listeners,
             state,
+            public_pages,
         })
     }
 
@@ -197,7 +201,7 @@ impl App {
                 guard::authenticate,
             ))
             .layer(middleware::from_fn(crate::mcp::keep_request_span));
-        let mut http = api.merge(mcp);
+        let mut http = api.merge(mcp).merge(self.public_pages);
         if self.config.ui.enabled {
             let ui_state = crate::ui::UiState {
                 patches: self.state.patches.clone(),

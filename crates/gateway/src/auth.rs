@@ -14,11 +14,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::api_keys::KeyStore;
 use crate::config::GatewayConfig;
 use crate::error::GatewayError;
 
 /// What a credential may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// Submit patches (`POST /v1/patches`, `/v1/messages`, MCP `submit_patch`).
@@ -39,6 +40,25 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// A caller with these scopes and, when given, only these targets.
+    pub(crate) fn new(name: String, scopes: Vec<Scope>, targets: Option<Vec<TargetName>>) -> Self {
+        Self {
+            name,
+            scopes,
+            targets,
+        }
+    }
+
+    /// What it may do.
+    pub(crate) fn scopes(&self) -> &[Scope] {
+        &self.scopes
+    }
+
+    /// The targets it may touch; `None`: all.
+    pub(crate) fn targets(&self) -> Option<&[TargetName]> {
+        self.targets.as_deref()
+    }
+
     /// The inbox of one target: may submit to that target only.
     pub fn inbox(target: &TargetName) -> Self {
         Self {
@@ -96,6 +116,8 @@ struct Webhook {
 /// Every configured credential.
 pub struct Credentials {
     keys: Vec<ApiKey>,
+    /// Keys created at runtime (`/v1/keys`), checked after the configured ones.
+    stored: KeyStore,
     webhooks: Vec<Webhook>,
     tolerance: Duration,
 }
@@ -112,7 +134,7 @@ fn targets(raw: &[String], owner: &str) -> anyhow::Result<Option<Vec<TargetName>
     Ok(Some(parsed))
 }
 
-fn decode_hex32(hex: &str) -> Option<[u8; 32]> {
+pub(crate) fn decode_hex32(hex: &str) -> Option<[u8; 32]> {
     let hex = hex.trim();
     if hex.len() != 64 {
         return None;
@@ -186,9 +208,33 @@ impl Credentials {
         }
         Ok(Self {
             keys,
+            stored: KeyStore::open(config.data_dir.as_deref())?,
             webhooks,
             tolerance: config.webhook_tolerance,
         })
+    }
+
+    /// The keys created at runtime.
+    pub(crate) fn store(&self) -> &KeyStore {
+        &self.stored
+    }
+
+    /// The names config gives (keys and webhook senders): a runtime key may not take one.
+    pub(crate) fn config_names(&self) -> Vec<String> {
+        self.keys
+            .iter()
+            .map(|key| &key.principal.name)
+            .chain(self.webhooks.iter().map(|hook| &hook.principal.name))
+            .cloned()
+            .collect()
+    }
+
+    /// The API keys from config, as `GET /v1/keys` lists them.
+    pub(crate) fn config_views(&self) -> Vec<crate::api_keys::KeyView> {
+        self.keys
+            .iter()
+            .map(|key| crate::api_keys::config_view(&key.principal))
+            .collect()
     }
 
     /// True when the request carries Standard Webhooks headers.
@@ -220,7 +266,9 @@ impl Credentials {
                 found = Some(candidate.principal.clone());
             }
         }
-        found.ok_or_else(|| {
+        // Always checked too, so a configured key costs the same time as a runtime one.
+        let stored = self.stored.find(&digest);
+        found.or(stored).ok_or_else(|| {
             tracing::warn!("request with an unknown API key refused");
             GatewayError::Unauthorized
         })

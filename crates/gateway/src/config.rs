@@ -87,6 +87,16 @@ pub struct GatewayConfig {
     pub inbox_settle: Duration,
     /// The web dashboard at `/ui`.
     pub ui: UiConfig,
+    /// Where the gateway keeps its own state: the API keys created at runtime
+    /// (`POST /v1/keys`, in `api-keys.json`, hashes only). Unset: such keys cannot be created.
+    pub data_dir: Option<PathBuf>,
+    /// The privacy policy served at `GET /privacy` (markdown-ish text: blank lines part
+    /// paragraphs, `#` lines are headings), e.g. for a public Custom GPT. Unset, and no
+    /// `privacy_policy_file`: a built-in text saying what the gateway stores.
+    pub privacy_policy: Option<String>,
+    /// A file holding the privacy policy (read once at start, at most 256 KiB); exclusive with
+    /// `privacy_policy`.
+    pub privacy_policy_file: Option<PathBuf>,
 }
 
 impl Default for GatewayConfig {
@@ -119,6 +129,9 @@ impl Default for GatewayConfig {
             inbox: None,
             inbox_settle: Duration::from_millis(300),
             ui: UiConfig::default(),
+            data_dir: None,
+            privacy_policy: None,
+            privacy_policy_file: None,
         }
     }
 }

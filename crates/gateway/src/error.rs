@@ -99,6 +99,9 @@ pub enum GatewayError {
     /// No such patch.
     #[error("patch {0} not found")]
     NotFound(String),
+    /// No runtime API key has this name.
+    #[error("api key {0} not found")]
+    NoSuchApiKey(String),
     /// No executor token has this name.
     #[error("executor token {0} not found")]
     NoSuchExecutorToken(String),
@@ -154,7 +157,9 @@ impl GatewayError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            Self::NotFound(_) | Self::NoSuchExecutorToken(_) => StatusCode::NOT_FOUND,
+            Self::NotFound(_) | Self::NoSuchExecutorToken(_) | Self::NoSuchApiKey(_) => {
+                StatusCode::NOT_FOUND
+            }
             Self::Conflict(_) | Self::RevertConflicts { .. } => StatusCode::CONFLICT,
             Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             Self::NotConfigured(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -182,7 +187,7 @@ impl GatewayError {
             Self::PayloadTooLarge(_) | Self::DocumentTooLarge(_) => "payload-too-large",
             Self::TooManyPatches { .. } => "too-many-patches",
             Self::BodyTimeout(_) => "body-timeout",
-            Self::NotFound(_) | Self::NoSuchExecutorToken(_) => "not-found",
+            Self::NotFound(_) | Self::NoSuchExecutorToken(_) | Self::NoSuchApiKey(_) => "not-found",
             Self::Conflict(_) => "conflict",
             Self::RevertConflicts { .. } => "revert-conflicts",
             Self::NotImplemented(_) => "not-implemented",

@@ -15,6 +15,10 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::api_keys::{
+    __path_create_api_key, __path_delete_api_key, __path_list_api_keys, create_api_key,
+    delete_api_key, list_api_keys,
+};
 use crate::auth::Principal;
 use crate::dry_run::DryRunView;
 use crate::error::GatewayError;
@@ -283,6 +287,8 @@ pub fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(list_alerts))
         .routes(routes!(create_executor_token, list_executor_tokens))
         .routes(routes!(revoke_executor_token))
+        .routes(routes!(create_api_key, list_api_keys))
+        .routes(routes!(delete_api_key))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&guard),
             guard::authenticate,

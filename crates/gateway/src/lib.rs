@@ -10,6 +10,7 @@
 //! `application/problem+json` naming the JSON pointer or line:column at fault. The web dashboard
 //! ([`ui`], at `/ui`) renders the same data as HTML behind a cookie session.
 
+mod api_keys;
 mod app;
 pub mod auth;
 mod clients;
@@ -27,6 +28,7 @@ mod long_poll;
 mod mcp;
 mod openapi;
 pub mod patches;
+mod public_pages;
 pub mod report;
 pub mod ui;
 mod upstream;

@@ -1,5 +1,6 @@
 //! The gateway's API tests: the real gateway App and a real router App on 127.0.0.1:0.
 
+mod api_keys;
 mod auth;
 mod browser;
 mod dashboard;
