@@ -6,7 +6,7 @@
 //! The gateway keeps no database: the keys live in `<data_dir>/api-keys.json` (SHA-256 hashes
 //! only, mode 0600), replaced atomically (a temporary file, fsync, rename, fsync of the
 //! directory) on every change, so they survive a restart. Without `data_dir` they cannot be
-//! created (503 naming the setting). Every change is an `audit` log line.
+//! created (409 naming the setting). Every change is an `audit` log line.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -170,8 +170,8 @@ impl KeyStore {
     /// Writes `keys` to the file, replacing it atomically.
     fn persist(&self, keys: &[Live]) -> Result<(), GatewayError> {
         let Some(file) = &self.file else {
-            return Err(GatewayError::NotConfigured(
-                "data_dir (where runtime API keys are kept)",
+            return Err(GatewayError::Conflict(
+                "runtime API keys are off: this gateway has no data_dir to keep them in; set the gateway's data_dir".to_owned(),
             ));
         };
         let failed = |what: &str, err: std::io::Error| {
@@ -384,9 +384,8 @@ fn covers(caller: &Principal, targets: &[String]) -> bool {
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an admin key, or more scopes or targets than the creating key holds", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "A key has this name, or 1,000 runtime keys exist", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A key has this name, 1,000 runtime keys exist, or the gateway has no data_dir to keep keys in", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad name, scopes or targets (names the field)", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The gateway has no data_dir to keep keys in", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -531,7 +530,6 @@ pub async fn list_api_keys(
         (status = 403, description = "Not an admin key, or the key has targets the caller may not touch", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No key has this name", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A key from config", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The gateway has no data_dir to keep keys in", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]

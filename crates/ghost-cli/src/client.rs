@@ -360,6 +360,56 @@ impl GatewayClient {
         self.get(&["v1", "executor-tokens"]).await
     }
 
+    /// `POST /v1/keys`: creates an API key with `scopes` (admin scope); the answer carries the
+    /// key, shown only this once.
+    pub async fn create_api_key(
+        &self,
+        name: &str,
+        scopes: &[String],
+    ) -> Result<Value, ClientError> {
+        let body = serde_json::json!({"name": name, "scopes": scopes}).to_string();
+        let url = self.url(&["v1", "keys"]);
+        self.call(
+            Method::POST,
+            url,
+            Some((body.into_bytes(), "application/json")),
+        )
+        .await
+    }
+
+    /// `GET /v1/info` (public): the gateway's public URL and paths.
+    pub async fn info(&self) -> Result<Value, ClientError> {
+        self.get(&["v1", "info"]).await
+    }
+
+    /// `GET path?query` as text (at most 1 MiB), e.g. the guide; `None` when the gateway
+    /// answers anything but a 2xx (an older gateway without that route).
+    pub async fn text(
+        &self,
+        segments: &[&str],
+        query: &str,
+    ) -> Result<Option<String>, ClientError> {
+        let mut url = self.url(segments);
+        url.set_query(Some(query));
+        let mut request = self.http.get(url);
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key);
+        }
+        let unreachable = |err: reqwest::Error| ClientError::Unreachable {
+            url: self.base_url().to_owned(),
+            reason: root_cause(&err),
+        };
+        let response = request.send().await.map_err(unreachable)?;
+        if !response.status().is_success() {
+            return Ok(None);
+        }
+        let bytes = response.bytes().await.map_err(unreachable)?;
+        if bytes.len() > 1024 * 1024 {
+            return Ok(None);
+        }
+        Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
     /// `DELETE /v1/executor-tokens/{name}`: revokes a token (admin scope).
     pub async fn revoke_executor_token(&self, name: &str) -> Result<Value, ClientError> {
         let url = self.url(&["v1", "executor-tokens", name]);

@@ -1,7 +1,7 @@
 //! The `ghost` command: run the whole system on one machine (`ghost up`), submit patches and
 //! follow them to their end (`ghost submit`), and read and steer a running system through the
 //! gateway's REST API (`status`, `list`, `show`, `events`, `logs`, `cancel`, `retry`, `revert`,
-//! `pause`, `resume`, `targets`, `executors`); check a service's config file (`config check`); run only
+//! `pause`, `resume`, `targets`, `executors`); check a service's config file (`config check`); print a model client's setup (`connect`); run only
 //! an executor against a router elsewhere, or install it as a service (`executor`, [`units`]).
 //!
 //! `main.rs` only parses arguments and dispatches. [`settings`] finds the gateway URL and key
@@ -13,6 +13,7 @@
 pub mod client;
 pub mod commands;
 pub mod config_check;
+pub mod connect;
 pub mod error;
 pub mod executor;
 pub mod exit;

@@ -353,6 +353,8 @@ pub fn system_config(options: &LocalOptions) -> SystemConfig {
             server: server_on(ephemeral, options.gateway_listen),
             api_key: Secret::new(options.api_key.clone()),
             targets: gateway_targets(options),
+            // Runtime API keys (`ghost connect --key-scope`) are kept here.
+            data_dir: Some(data_dir.join("gateway")),
             ..Default::default()
         },
         router: router_config(data_dir, server_on(ephemeral, ephemeral)),

@@ -214,6 +214,18 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Print the exact setup of a model client against the gateway: ChatGPT's Action import,
+    /// or an MCP client's config snippet (URL and Authorization header).
+    Connect {
+        /// The client.
+        #[arg(value_enum)]
+        client: ghost_cli::connect::Client,
+        /// Create an API key with just these scopes for the client (comma-separated: submit,
+        /// read, admin; needs an admin key) and put it in the snippet [default: a
+        /// <YOUR_API_KEY> placeholder].
+        #[arg(long, value_name = "SCOPES")]
+        key_scope: Option<String>,
+    },
     /// Service config files.
     Config {
         #[command(subcommand)]
@@ -470,6 +482,19 @@ async fn run(cli: Cli, api_key_flag: bool, output: &Output) -> Result<Exit, CliE
                     commands::token_revoke(&client, output, &name).await
                 }
             }
+        }
+        Command::Connect {
+            client: which,
+            key_scope,
+        } => {
+            let options = ghost_cli::connect::ConnectOptions {
+                client: which,
+                key_scopes: key_scope
+                    .as_deref()
+                    .map(ghost_cli::connect::parse_scopes)
+                    .transpose()?,
+            };
+            ghost_cli::connect::run(&client(global)?, output, &options).await
         }
         Command::Config {
             command: ConfigCommand::Check { file, service },

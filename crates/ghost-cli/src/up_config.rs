@@ -133,6 +133,7 @@ pub fn defaults(data_dir: &Path) -> SystemConfig {
     let mut system = SystemConfig {
         gateway: gateway::GatewayConfig {
             server: server(50050, 8080),
+            data_dir: Some(data_dir.join("gateway")),
             ..Default::default()
         },
         router: crate::local::router_config(data_dir, server(50051, 8081)),
@@ -402,8 +403,10 @@ where
 }
 
 /// Keys of the service sections that hold paths, as `(section, key)`.
-const SECTION_PATHS: [(&str, &str); 5] = [
+const SECTION_PATHS: [(&str, &str); 7] = [
     ("gateway", "inbox"),
+    ("gateway", "data_dir"),
+    ("gateway", "privacy_policy_file"),
     ("router", "data_dir"),
     ("executor", "state_dir"),
     ("summarizer", "data_dir"),
