@@ -98,7 +98,8 @@ fn live(record: Record) -> anyhow::Result<Live> {
         record.name.clone(),
         record.scopes.clone(),
         (!targets.is_empty()).then_some(targets),
-    );
+    )
+    .with_runtime_key(hash);
     Ok(Live {
         record,
         hash,
@@ -160,6 +161,11 @@ impl KeyStore {
             }
         }
         found
+    }
+
+    /// True while a key with this SHA-256 exists.
+    pub fn holds(&self, digest: &[u8; 32]) -> bool {
+        self.find(digest).is_some()
     }
 
     fn views(&self) -> Vec<KeyView> {
@@ -418,6 +424,7 @@ pub async fn create_api_key(
     }
     for scope in &scopes {
         caller.require(*scope).map_err(|_| {
+            tracing::warn!(target: "audit", caller = %caller.name, key_name = %request.name, scope = ?scope, "api key refused: a scope its creator lacks");
             GatewayError::Forbidden(format!(
                 "credential {:?} cannot create a key with the {scope:?} scope it lacks",
                 caller.name
@@ -445,6 +452,7 @@ pub async fn create_api_key(
         })?;
     }
     if !covers(&caller, &targets) {
+        tracing::warn!(target: "audit", caller = %caller.name, key_name = %request.name, targets = ?targets, "api key refused: targets its creator may not touch");
         return Err(GatewayError::Forbidden(format!(
             "credential {:?} may touch only some targets; the new key must name targets, each one it may touch",
             caller.name

@@ -37,6 +37,9 @@ pub struct Principal {
     pub name: String,
     scopes: Vec<Scope>,
     targets: Option<Vec<TargetName>>,
+    /// The SHA-256 of a runtime key (`/v1/keys`), so a session it opened ends when it is
+    /// revoked; `None` for every other credential.
+    runtime_key: Option<[u8; 32]>,
 }
 
 impl Principal {
@@ -46,7 +49,14 @@ impl Principal {
             name,
             scopes,
             targets,
+            runtime_key: None,
         }
+    }
+
+    /// The same caller, holding the runtime key whose SHA-256 is `hash`.
+    pub(crate) fn with_runtime_key(mut self, hash: [u8; 32]) -> Self {
+        self.runtime_key = Some(hash);
+        self
     }
 
     /// What it may do.
@@ -65,6 +75,7 @@ impl Principal {
             name: format!("inbox:{target}"),
             scopes: vec![Scope::Submit],
             targets: Some(vec![target.clone()]),
+            runtime_key: None,
         }
     }
 
@@ -160,6 +171,7 @@ impl Credentials {
                     name: "api_key".to_owned(),
                     scopes: vec![Scope::Submit, Scope::Read, Scope::Admin],
                     targets: None,
+                    runtime_key: None,
                 },
             });
         }
@@ -173,6 +185,7 @@ impl Credentials {
                     name: key.name.clone(),
                     scopes: key.scopes.clone(),
                     targets: targets(&key.targets, &key.name)?,
+                    runtime_key: None,
                 },
             });
         }
@@ -198,6 +211,7 @@ impl Credentials {
                     name: hook.name.clone(),
                     scopes: hook.scopes.clone(),
                     targets: targets(&hook.targets, &hook.name)?,
+                    runtime_key: None,
                 },
             });
         }
@@ -212,6 +226,14 @@ impl Credentials {
             webhooks,
             tolerance: config.webhook_tolerance,
         })
+    }
+
+    /// False once the runtime key `principal` authenticated with has been revoked (a dashboard
+    /// session it opened then ends); true for every other credential.
+    pub(crate) fn still_valid(&self, principal: &Principal) -> bool {
+        principal
+            .runtime_key
+            .is_none_or(|hash| self.stored.holds(&hash))
     }
 
     /// The keys created at runtime.

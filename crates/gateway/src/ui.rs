@@ -202,8 +202,10 @@ async fn require_session(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let session =
-        cookie_value(request.headers()).and_then(|id| state.sessions.get(&id, Instant::now()));
+    // A session opened with a runtime key ends when that key is revoked.
+    let session = cookie_value(request.headers())
+        .and_then(|id| state.sessions.get(&id, Instant::now()))
+        .filter(|session| state.guard.credentials.still_valid(&session.principal));
     let Some(session) = session else {
         let path = request
             .uri()

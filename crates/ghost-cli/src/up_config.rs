@@ -667,6 +667,31 @@ mod tests {
     }
 
     #[test]
+    fn the_gateway_section_passes_the_privacy_policy_and_runtime_keys_live_under_the_data_dir() {
+        let config = load_text(
+            "[gateway]\nprivacy_policy = \"We keep patches.\"\n",
+            UpFlags::default(),
+        )
+        .unwrap();
+        let gateway = &config.system.gateway;
+        assert_eq!(gateway.privacy_policy.as_deref(), Some("We keep patches."));
+        assert_eq!(
+            gateway.data_dir.as_deref(),
+            Some(config.data_dir.join("gateway").as_path())
+        );
+        let config = load_text(
+            "[gateway]\nprivacy_policy_file = \"policy.md\"\n",
+            UpFlags::default(),
+        )
+        .unwrap();
+        let file = config.system.gateway.privacy_policy_file.unwrap();
+        assert!(
+            file.is_absolute() && file.ends_with("policy.md"),
+            "{file:?}"
+        );
+    }
+
+    #[test]
     fn targets_become_executor_workspaces_and_policies_and_gateway_targets() {
         let config = load_text(
             r#"

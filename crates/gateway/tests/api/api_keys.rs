@@ -240,7 +240,7 @@ async fn without_a_data_dir_keys_cannot_be_created() {
     let (code, body) = gateway
         .post("/v1/keys", KEY, &json!({"name": "k", "scopes": ["read"]}))
         .await;
-    assert_eq!(code, 503, "{body}");
+    assert_eq!(code, 409, "{body}");
     assert!(
         body["detail"].as_str().unwrap().contains("data_dir"),
         "{body}"
@@ -343,4 +343,40 @@ async fn a_privacy_policy_file_is_read_and_a_missing_one_refused() {
         .await
         .unwrap();
     assert!(html.contains("From a file."), "{html}");
+}
+
+#[tokio::test]
+async fn a_dashboard_session_ends_when_its_runtime_key_is_revoked() {
+    let keys_dir = tempfile::tempdir().unwrap();
+    let data_dir = keys_dir.path().join("gateway");
+    let system = crate::system::System::start(false, |config| {
+        config.data_dir = Some(data_dir);
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let issued = http
+        .post(format!("{}/v1/keys", system.url()))
+        .bearer_auth(crate::system::ADMIN_KEY)
+        .json(&json!({"name": "viewer", "scopes": ["read"]}))
+        .send()
+        .await
+        .unwrap();
+    let (code, issued) = read(issued).await;
+    assert_eq!(code, 201, "{issued}");
+    let mut client = crate::dashboard::Client::new(&system.url());
+    let login = client.login(issued["key"].as_str().unwrap()).await;
+    assert_eq!(login.status, 303);
+    assert_eq!(client.get("/ui").await.status, 200);
+    let revoked = http
+        .delete(format!("{}/v1/keys/viewer", system.url()))
+        .bearer_auth(crate::system::ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status().as_u16(), 200);
+    assert_eq!(
+        client.get("/ui").await.status,
+        303,
+        "back to the login page"
+    );
 }
