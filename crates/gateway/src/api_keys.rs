@@ -193,6 +193,12 @@ impl KeyStore {
         let dir = file.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(|err| failed("create the directory of", err))?;
         let temporary = dir.join(format!("{FILE_NAME}.tmp"));
+        // A leftover from a crash may have other permissions: start from a new file.
+        if let Err(err) = std::fs::remove_file(&temporary)
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(failed("remove the leftover temporary file of", err));
+        }
         let mut out = std::fs::OpenOptions::new();
         out.write(true).create(true).truncate(true);
         #[cfg(unix)]
