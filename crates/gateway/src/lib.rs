@@ -4,7 +4,8 @@
 //! files dropped into the inbox directory, scripts and the `ghost` CLI. Callees: the router
 //! (Submit, Get, Wait, DryRun, Revert, Events, List, Cancel, Retry, Pause, Resume, ListTargets,
 //! ListExecutors, GetStats, and the executor-token admin calls behind `/v1/executor-tokens`), the summarizer (summary text) and, when configured, the alerter (ListAlerts).
-//! Patches arrive as JSON or YAML, in v1 or a legacy shape that ghost-core normalises. It is stateless: `202` is sent
+//! Patches arrive as JSON or YAML, in v1 or a legacy shape that ghost-core normalises. It keeps no patch state (its only file is
+//! `<data_dir>/api-keys.json`, the hashes of keys created at runtime): `202` is sent
 //! only after the router has committed the patch; when the router cannot be reached the answer
 //! is `503` with `Retry-After`, never a success that is then lost. Refusals are
 //! `application/problem+json` naming the JSON pointer or line:column at fault. The web dashboard
