@@ -20,6 +20,7 @@ mod error;
 mod executor_tokens;
 pub mod fleet;
 mod guard;
+pub mod guide;
 mod http;
 mod inbox;
 pub mod known_targets;

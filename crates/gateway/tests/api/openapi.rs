@@ -41,7 +41,7 @@ async fn the_document_is_fit_for_a_gpt_action() {
             );
         }
     }
-    assert_eq!(operations, 16);
+    assert_eq!(operations, 17);
 }
 
 #[tokio::test]
@@ -81,7 +81,7 @@ async fn every_operation_documents_429_and_503_with_retry_after_and_408_and_413(
             }
         }
     }
-    assert_eq!(operations, 16);
+    assert_eq!(operations, 17);
     // The configured targets and aliases are the only ones a patch may name.
     assert_eq!(
         doc["components"]["schemas"]["PatchInput"]["properties"]["target"]["enum"],
