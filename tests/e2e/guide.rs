@@ -12,7 +12,7 @@ use executor::{CommandPolicy, TargetPolicy};
 use gateway::guide::{self, Example};
 use serde_json::Value;
 
-use crate::helpers::spawn_system_with;
+use crate::helpers::{API_KEY, TestSystem, spawn_system_with};
 
 /// Every file of the workspace but the executor's own `.ghost`: path → (contents, mode).
 fn tree(root: &Path) -> BTreeMap<String, (Vec<u8>, u32)> {
@@ -120,24 +120,43 @@ async fn every_example_of_the_guide_ends_as_its_text_says() {
     let workspace = system.workspace.clone();
     let mut ran = Vec::new();
     for example in examples {
-        let id = example.attribute("id").expect("an example names its id");
+        let named = example.attribute("id").unwrap_or("(derived)");
         let expect = example
             .attribute("expect")
             .expect("an example names its end");
         assert!(
             served.contains(&example.body),
-            "example {id} is not in what GET /v1/guide serves"
+            "example {named} is not in what GET /v1/guide serves"
         );
         let document: Value = serde_json::from_str(&example.body)
-            .unwrap_or_else(|err| panic!("example {id} is not JSON: {err}"));
-        assert_eq!(document["id"], id, "example {id} carries another id");
+            .unwrap_or_else(|err| panic!("example {named} is not JSON: {err}"));
+        let derived = example.attribute("derived") == Some("true");
+        if derived {
+            assert!(document["id"].is_null(), "a derived-id example names an id");
+        } else {
+            assert_eq!(document["id"], named, "example {named} carries another id");
+        }
 
         reset(&workspace, &fixtures);
         let before = tree(&workspace);
+        if example.attribute("dry_run") == Some("true") {
+            dry_run(&system, named, expect, example.attribute("diff"), &document).await;
+            assert_eq!(tree(&workspace), before, "dry run {named} wrote");
+            ran.push(named.to_owned());
+            continue;
+        }
         let response = system.submit(&document).await;
         let code = response.status().as_u16();
         let accepted: Value = response.json().await.unwrap_or(Value::Null);
-        assert_eq!(code, 202, "example {id} was not accepted: {accepted}");
+        assert_eq!(code, 202, "example {named} was not accepted: {accepted}");
+        let id = accepted["id"].as_str().expect("an id").to_owned();
+        if derived {
+            assert!(
+                id.starts_with("p-") && id.len() == 18 && accepted["id_derived"] == true,
+                "{accepted}"
+            );
+        }
+        let id = id.as_str();
         let finished = system.wait_finished(id).await;
         assert_eq!(finished["status"], expect, "example {id}: {finished}");
         let error = finished["error"].as_str().unwrap_or("");
@@ -171,6 +190,55 @@ async fn every_example_of_the_guide_ends_as_its_text_says() {
         }
         ran.push(id.to_owned());
     }
-    assert!(ran.len() >= 12, "only {} examples ran: {ran:?}", ran.len());
+    assert!(ran.len() >= 14, "only {} examples ran: {ran:?}", ran.len());
+
+    // "The same id with the same content is a replay ... with other content is refused (409)."
+    let first = examples_by_id(&blocks, "fix-timeout-1");
+    let response = system.submit(&first).await;
+    assert_eq!(response.status().as_u16(), 202);
+    let replayed: Value = response.json().await.expect("json");
+    assert_eq!(replayed["replayed"], true, "{replayed}");
+    let mut changed = first.clone();
+    changed["description"] = Value::String("other content".to_owned());
+    assert_eq!(system.submit(&changed).await.status().as_u16(), 409);
     system.system.shutdown().await.expect("shutdown");
+}
+
+/// The document of the example named `id`.
+fn examples_by_id(blocks: &[Example], id: &str) -> Value {
+    let example = blocks
+        .iter()
+        .find(|block| block.attribute("id") == Some(id))
+        .unwrap_or_else(|| panic!("no example {id}"));
+    serde_json::from_str(&example.body).expect("json")
+}
+
+/// `POST /v1/patches?dry_run=true`: answered 200 with the status the guide says and a diff
+/// holding the line it quotes; nothing stored.
+async fn dry_run(
+    system: &TestSystem,
+    id: &str,
+    expect: &str,
+    diff_line: Option<&str>,
+    document: &Value,
+) {
+    let response = system
+        .http
+        .post(format!("{}/v1/patches?dry_run=true", system.gateway()))
+        .bearer_auth(API_KEY)
+        .json(document)
+        .send()
+        .await
+        .expect("gateway reachable");
+    assert_eq!(response.status().as_u16(), 200, "dry run {id}");
+    let answer: Value = response.json().await.expect("json");
+    assert_eq!(answer["dry_run"], true, "{answer}");
+    assert_eq!(answer["status"], expect, "dry run {id}: {answer}");
+    let diff = answer["diff"].as_str().unwrap_or("");
+    let line = diff_line.expect("a dry-run example quotes a line of its diff");
+    assert!(
+        diff.lines().any(|l| l == line),
+        "dry run {id}: no line {line:?} in {answer}"
+    );
+    assert_eq!(system.get(id).await.0, 404, "a dry run stores nothing");
 }
