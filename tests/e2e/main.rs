@@ -3,6 +3,7 @@
 
 mod cancel;
 mod control;
+mod guide;
 mod health;
 mod helpers;
 mod metrics;

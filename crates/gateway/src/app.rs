@@ -169,7 +169,9 @@ impl App {
         let token = CancellationToken::new();
         let tasks = TaskTracker::new();
         let guard_state = Arc::clone(&self.state.guard);
-        let (api, generated) = http::api(self.state.clone());
+        let (api, mut generated) = http::api(self.state.clone());
+        let (guide, guide_document) = crate::guide::routes();
+        generated.merge(guide_document);
         // Kept as the JSON text it is served as: the document's tree would hold ~0.5 MB of maps
         // for the process's lifetime and be cloned and serialised again for every request.
         let document = axum::body::Bytes::from(
@@ -201,7 +203,7 @@ impl App {
                 guard::authenticate,
             ))
             .layer(middleware::from_fn(crate::mcp::keep_request_span));
-        let mut http = api.merge(mcp).merge(self.public_pages);
+        let mut http = api.merge(mcp).merge(self.public_pages).merge(guide);
         if self.config.ui.enabled {
             let ui_state = crate::ui::UiState {
                 patches: self.state.patches.clone(),

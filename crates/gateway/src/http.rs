@@ -250,7 +250,7 @@ pub struct GetQuery {
 
 /// The value of `name` in a raw query string (the first one), percent-decoding not needed for
 /// the values accepted here.
-fn query_value<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+pub(crate) fn query_value<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
     query?
         .split('&')
         .map(|pair| pair.split_once('=').unwrap_or((pair, "")))

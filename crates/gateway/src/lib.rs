@@ -10,6 +10,8 @@
 //! is `503` with `Retry-After`, never a success that is then lost. Refusals are
 //! `application/problem+json` naming the JSON pointer or line:column at fault. The web dashboard
 //! ([`ui`], at `/ui`) renders the same data as HTML behind a cookie session.
+//! The guide for models ([`guide`]) is served, without a credential, at `/v1/guide` and to MCP
+//! clients as the prompt `ghost_patch_guide` and the resource `ghost://guide`.
 
 mod api_keys;
 mod app;
@@ -22,6 +24,7 @@ mod error;
 mod executor_tokens;
 pub mod fleet;
 mod guard;
+pub mod guide;
 mod http;
 mod inbox;
 pub mod known_targets;

@@ -1,7 +1,8 @@
 //! The MCP endpoint (`/mcp`, streamable HTTP): tools `submit_patch`, `check_patch` (a dry
 //! run), `get_patch` (with an optional `wait`), `list_patches`, `cancel_patch` and
 //! `revert_patch` (its conflicts are an error result carrying them) over the
-//! same logic and the same credentials as the API. The guard in front of `/mcp`
+//! same logic and the same credentials as the API; the prompt `ghost_patch_guide` and the
+//! resource `ghost://guide` hold the guide for models ([`guide`]). The guard in front of `/mcp`
 //! authenticates; each tool checks the caller's scope and targets.
 //!
 //! Every tool carries annotations (read-only, destructive, idempotent; never open-world: it
@@ -10,6 +11,7 @@
 //! with the router's long poll in slices, sends a progress notification on each status
 //! change, and returns the state when the patch ends or after [`PROGRESS_WAIT`].
 
+mod guide;
 mod schemas;
 
 use std::sync::Arc;
@@ -22,13 +24,16 @@ use ghost_core::{Format, ParseBudget, PatchError};
 use rmcp::handler::server::tool::Extension;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    CallToolResult, ContentBlock, ProgressNotificationParam, RequestMetaObject, ServerCapabilities,
+    CallToolResult, ContentBlock, GetPromptRequestParams, GetPromptResponse, ListPromptsResult,
+    ListResourcesResult, PaginatedRequestParams, ProgressNotificationParam,
+    ReadResourceRequestParams, ReadResourceResponse, RequestMetaObject, ServerCapabilities,
     ServerConfig,
 };
 use rmcp::schemars::JsonSchema;
+use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
-use rmcp::{Peer, RoleServer, ServerHandler, tool, tool_handler, tool_router};
+use rmcp::{ErrorData, Peer, RoleServer, ServerHandler, tool, tool_handler, tool_router};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -438,9 +443,48 @@ impl GhostMcp {
 #[tool_handler]
 impl ServerHandler for GhostMcp {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build()).with_instructions(
-            "Ghost Runner: submit code patches to workspaces and read their outcome.",
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_prompts()
+                .enable_resources()
+                .build(),
         )
+        .with_instructions(
+            "Ghost Runner: submit code patches to workspaces and read their outcome. Read the prompt ghost_patch_guide (or the resource ghost://guide) before the first patch.",
+        )
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        Ok(guide::prompts())
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        guide::prompt(&request.name).map(GetPromptResponse::from)
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        Ok(guide::resources())
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        guide::resource(&request.uri).map(ReadResourceResponse::from)
     }
 }
 

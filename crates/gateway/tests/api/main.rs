@@ -6,6 +6,7 @@ mod browser;
 mod dashboard;
 mod executor_tokens;
 mod fleet;
+mod guide;
 mod hardening;
 mod helpers;
 mod hostile;

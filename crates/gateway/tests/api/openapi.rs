@@ -41,8 +41,8 @@ async fn the_document_is_fit_for_a_gpt_action() {
             );
         }
     }
-    // 16, and /v1/keys: create, list, delete.
-    assert_eq!(operations, 19);
+    // 16, /v1/keys (create, list, delete) and /v1/guide.
+    assert_eq!(operations, 20);
 }
 
 #[tokio::test]
@@ -82,8 +82,8 @@ async fn every_operation_documents_429_and_503_with_retry_after_and_408_and_413(
             }
         }
     }
-    // 16, and /v1/keys: create, list, delete.
-    assert_eq!(operations, 19);
+    // 16, /v1/keys (create, list, delete) and /v1/guide.
+    assert_eq!(operations, 20);
     // The configured targets and aliases are the only ones a patch may name.
     assert_eq!(
         doc["components"]["schemas"]["PatchInput"]["properties"]["target"]["enum"],
