@@ -12,6 +12,7 @@ listening. Lines are appended before the answer, so their order is the order the
 its messages accepted.
 """
 
+import errno
 import json
 import sys
 import threading
@@ -72,6 +73,19 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-server = ThreadingHTTPServer(("127.0.0.1", PORT), Handler)
+def listen():
+    """Binds PORT, which the test reserved and let go of: a connection of another test may hold
+    it for a moment as its ephemeral port, so a busy port is tried again for up to 20 s."""
+    deadline = time.time() + 20
+    while True:
+        try:
+            return ThreadingHTTPServer(("127.0.0.1", PORT), Handler)
+        except OSError as err:
+            if err.errno != errno.EADDRINUSE or time.time() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+server = listen()
 print("ready", flush=True)
 server.serve_forever()

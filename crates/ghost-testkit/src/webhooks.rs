@@ -33,9 +33,9 @@ impl WebhookReceiver {
             .expect("python runs");
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let ready = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        let ready = tokio::time::timeout(Duration::from_secs(40), lines.next_line())
             .await
-            .expect("the receiver starts within 20 s")
+            .expect("the receiver starts within 40 s")
             .expect("its stdout is readable");
         assert_eq!(
             ready.as_deref(),
