@@ -98,21 +98,6 @@ fn read_policy(file: &Path) -> anyhow::Result<String> {
     Ok(text)
 }
 
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            other => out.push(other),
-        }
-    }
-    out
-}
-
 /// The policy as an HTML page: escaped paragraphs and `#` headings, nothing else.
 pub fn render_html(policy: &str) -> String {
     let mut body = String::new();
@@ -121,7 +106,7 @@ pub fn render_html(policy: &str) -> String {
         if !paragraph.is_empty() {
             body.push_str(&format!(
                 "<p>{}</p>\n",
-                escape(&paragraph.join("\n")).replace('\n', "<br>\n")
+                crate::ui::esc(&paragraph.join("\n")).replace('\n', "<br>\n")
             ));
             paragraph.clear();
         }
@@ -134,7 +119,7 @@ pub fn render_html(policy: &str) -> String {
             flush(&mut paragraph, &mut body);
             let level = 1 + heading.chars().take_while(|c| *c == '#').count().min(5);
             let text = heading.trim_start_matches('#').trim();
-            body.push_str(&format!("<h{level}>{}</h{level}>\n", escape(text)));
+            body.push_str(&format!("<h{level}>{}</h{level}>\n", crate::ui::esc(text)));
         } else {
             paragraph.push(line);
         }

@@ -9,6 +9,9 @@
 mod board;
 mod charts;
 mod html;
+
+/// HTML escaping for text and double-quoted attributes (also the public pages').
+pub(crate) use html::esc;
 mod pages;
 mod session;
 
