@@ -7,6 +7,11 @@
 //! only, mode 0600), replaced atomically (a temporary file, fsync, rename, fsync of the
 //! directory) on every change, so they survive a restart. Without `data_dir` they cannot be
 //! created (409 naming the setting). Every change is an `audit` log line.
+//!
+//! The file is this one gateway's: replicas neither share it nor see each other's changes (a
+//! key revoked on one stays valid on another until it restarts), so a deployment with several
+//! gateways keeps its keys in config (`[[keys]]`) and leaves `data_dir` unset, as the
+//! Kubernetes manifests do.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -177,7 +182,7 @@ impl KeyStore {
     fn persist(&self, keys: &[Live]) -> Result<(), GatewayError> {
         let Some(file) = &self.file else {
             return Err(GatewayError::Conflict(
-                "runtime API keys are off: this gateway has no data_dir to keep them in; set the gateway's data_dir".to_owned(),
+                "runtime API keys are off: this gateway has no data_dir to keep them in; set the gateway's data_dir (for one gateway only: gateway replicas do not share runtime keys, give them [[keys]] in their config)".to_owned(),
             ));
         };
         let failed = |what: &str, err: std::io::Error| {

@@ -109,6 +109,11 @@ fn pretty(value: &Value) -> String {
 }
 
 /// A TOML basic string (quoted, escaped).
+/// `text` as one POSIX shell word: single-quoted, a `'` written as `'\''`.
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "'\\''"))
+}
+
 fn toml_string(text: &str) -> String {
     toml::Value::String(text.to_owned()).to_string()
 }
@@ -152,8 +157,11 @@ fn mcp_snippet(
                 "url": mcp_url,
                 "headers": headers,
             }}});
+            // Pasted into a shell: the URL comes from the gateway, so nothing in it may run.
             let command = format!(
-                "claude mcp add --transport http ghost {mcp_url} --header \"Authorization: {bearer}\""
+                "claude mcp add --transport http ghost {} --header {}",
+                shell_quote(mcp_url),
+                shell_quote(&format!("Authorization: {bearer}"))
             );
             (
                 pretty(&snippet),
@@ -345,6 +353,12 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shell_words_are_quoted_so_nothing_in_them_runs() {
+        assert_eq!(shell_quote("http://h/mcp"), "'http://h/mcp'");
+        assert_eq!(shell_quote("http://h/$(id);'x"), "'http://h/$(id);'\\''x'");
+    }
 
     #[test]
     fn scopes_are_checked() {

@@ -89,11 +89,11 @@ async fn every_client_gets_a_snippet_in_its_own_format() {
                         if client == "claude-code" {
                             assert_eq!(server["type"], "http");
                             let command = out["command"].as_str().expect("command line");
-                            assert!(
-                                command.starts_with(&format!(
-                                    "claude mcp add --transport http ghost {mcp_url} --header \"Authorization: Bearer "
-                                )),
-                                "{command}"
+                            assert_eq!(
+                                command,
+                                format!(
+                                    "claude mcp add --transport http ghost '{mcp_url}' --header 'Authorization: Bearer <YOUR_API_KEY>'"
+                                ),
                             );
                         }
                     }
