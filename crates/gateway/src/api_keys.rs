@@ -195,6 +195,13 @@ impl KeyStore {
         };
         let text = serde_json::to_vec_pretty(&document)
             .map_err(|err| GatewayError::Internal(err.to_string()))?;
+        // Never write a file the next start would refuse to read.
+        if text.len() as u64 > MAX_FILE_BYTES {
+            return Err(GatewayError::Conflict(format!(
+                "the runtime keys would take {} bytes, over the {MAX_FILE_BYTES} the gateway reads at start; delete keys first",
+                text.len()
+            )));
+        }
         let dir = file.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(|err| failed("create the directory of", err))?;
         let temporary = dir.join(format!("{FILE_NAME}.tmp"));
@@ -442,12 +449,15 @@ pub async fn create_api_key(
             ))
         })?;
     }
-    let targets: Vec<String> = request
+    let mut targets: Vec<String> = request
         .targets
         .unwrap_or_default()
         .into_iter()
         .map(|target| target.0)
         .collect();
+    // A target named twice is one target (and one line of the file).
+    let mut seen = std::collections::HashSet::new();
+    targets.retain(|target| seen.insert(target.clone()));
     if targets.len() > MAX_TARGETS {
         return Err(invalid(
             "/targets",

@@ -147,6 +147,16 @@ async fn names_are_unique_and_checked() {
         )
         .await;
     assert_eq!(code, 422, "{body}");
+    // A target named twice is kept once.
+    let (code, body) = gateway
+        .post(
+            "/v1/keys",
+            KEY,
+            &json!({"name": "twice", "scopes": ["read"], "targets": ["MAIN", "MAIN"]}),
+        )
+        .await;
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(body["targets"], json!(["MAIN"]), "{body}");
 }
 
 #[tokio::test]
