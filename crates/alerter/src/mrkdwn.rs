@@ -33,43 +33,9 @@ pub fn text(raw: &str, max_chars: usize) -> String {
     truncate(&escape(raw), max_chars)
 }
 
-/// Unicode format characters (general category Cf, Unicode 15) and the line and paragraph
-/// separators: invisible, yet they reorder (bidi overrides and isolates), hide (zero-width)
-/// or break what is shown, so `a\u{202e}st.ts` could pass for another name.
-const INVISIBLE: &[(char, char)] = &[
-    ('\u{ad}', '\u{ad}'),
-    ('\u{600}', '\u{605}'),
-    ('\u{61c}', '\u{61c}'),
-    ('\u{6dd}', '\u{6dd}'),
-    ('\u{70f}', '\u{70f}'),
-    ('\u{890}', '\u{891}'),
-    ('\u{8e2}', '\u{8e2}'),
-    ('\u{180e}', '\u{180e}'),
-    ('\u{200b}', '\u{200f}'),
-    ('\u{2028}', '\u{202e}'),
-    ('\u{2060}', '\u{2064}'),
-    ('\u{2066}', '\u{206f}'),
-    ('\u{feff}', '\u{feff}'),
-    ('\u{fff9}', '\u{fffb}'),
-    ('\u{110bd}', '\u{110bd}'),
-    ('\u{110cd}', '\u{110cd}'),
-    ('\u{13430}', '\u{1343f}'),
-    ('\u{1bca0}', '\u{1bca3}'),
-    ('\u{1d173}', '\u{1d17a}'),
-    ('\u{e0001}', '\u{e0001}'),
-    ('\u{e0020}', '\u{e007f}'),
-];
-
-/// True for a character of [`INVISIBLE`].
-fn is_invisible(ch: char) -> bool {
-    INVISIBLE
-        .iter()
-        .any(|&(first, last)| (first..=last).contains(&ch))
-}
-
 /// Caller text for inside a `` `code` `` span: escaped ([`escape`]), each backtick written as
 /// `ˋ` (U+02CB; Slack has no escape for a backtick, and one would end the span early), each
-/// control character (a newline among them) as `�` and each invisible one ([`INVISIBLE`]: bidi
+/// control character (a newline among them) as `�` and each invisible one ([`ghost_core::invisible::INVISIBLE`]: bidi
 /// overrides, zero-width characters) as its escape (`\u{202e}`), then cut to at most
 /// `max_chars` characters.
 pub fn code(raw: &str, max_chars: usize) -> String {
@@ -78,7 +44,7 @@ pub fn code(raw: &str, max_chars: usize) -> String {
         match ch {
             '`' => plain.push('\u{2cb}'),
             ch if ch.is_control() => plain.push('\u{fffd}'),
-            ch if is_invisible(ch) => plain.extend(ch.escape_unicode()),
+            ch if ghost_core::invisible::is_invisible(ch) => plain.extend(ch.escape_unicode()),
             ch => plain.push(ch),
         }
     }

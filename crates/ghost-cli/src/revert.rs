@@ -207,42 +207,8 @@ fn reason(body: &Value) -> String {
         .to_owned()
 }
 
-/// Unicode format characters (general category Cf, Unicode 15) and the line and paragraph
-/// separators: invisible, yet they reorder (bidi overrides and isolates), hide (zero-width)
-/// or break what is shown, so `a\u{202e}st.ts` could pass for another name.
-const INVISIBLE: &[(char, char)] = &[
-    ('\u{ad}', '\u{ad}'),
-    ('\u{600}', '\u{605}'),
-    ('\u{61c}', '\u{61c}'),
-    ('\u{6dd}', '\u{6dd}'),
-    ('\u{70f}', '\u{70f}'),
-    ('\u{890}', '\u{891}'),
-    ('\u{8e2}', '\u{8e2}'),
-    ('\u{180e}', '\u{180e}'),
-    ('\u{200b}', '\u{200f}'),
-    ('\u{2028}', '\u{202e}'),
-    ('\u{2060}', '\u{2064}'),
-    ('\u{2066}', '\u{206f}'),
-    ('\u{feff}', '\u{feff}'),
-    ('\u{fff9}', '\u{fffb}'),
-    ('\u{110bd}', '\u{110bd}'),
-    ('\u{110cd}', '\u{110cd}'),
-    ('\u{13430}', '\u{1343f}'),
-    ('\u{1bca0}', '\u{1bca3}'),
-    ('\u{1d173}', '\u{1d17a}'),
-    ('\u{e0001}', '\u{e0001}'),
-    ('\u{e0020}', '\u{e007f}'),
-];
-
-/// True for a character of [`INVISIBLE`].
-fn is_invisible(ch: char) -> bool {
-    INVISIBLE
-        .iter()
-        .any(|&(first, last)| (first..=last).contains(&ch))
-}
-
 /// Text from the gateway (file names are anyone's text) made safe for a terminal: control
-/// characters (escape sequences, newlines) and invisible ones ([`INVISIBLE`]: bidi overrides,
+/// characters (escape sequences, newlines) and invisible ones ([`ghost_core::invisible::INVISIBLE`]: bidi overrides,
 /// zero-width characters) written as Rust escapes (`\u{202e}`), cut to `max_chars`.
 fn printable(text: &str, max_chars: usize) -> String {
     let mut out = String::new();
@@ -253,7 +219,7 @@ fn printable(text: &str, max_chars: usize) -> String {
         }
         if ch.is_control() {
             out.extend(ch.escape_default());
-        } else if is_invisible(ch) {
+        } else if ghost_core::invisible::is_invisible(ch) {
             out.extend(ch.escape_unicode());
         } else {
             out.push(ch);

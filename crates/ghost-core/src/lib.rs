@@ -12,6 +12,7 @@ mod edit_de;
 mod fenced;
 pub mod fileops;
 mod ids;
+pub mod invisible;
 pub mod ladder;
 mod legacy;
 mod lenient;
