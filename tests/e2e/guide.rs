@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::helpers::{API_KEY, TestSystem, spawn_system_with};
 
 /// Every file of the workspace but the executor's own `.ghost`: path → (contents, mode).
-fn tree(root: &Path) -> BTreeMap<String, (Vec<u8>, u32)> {
+pub(crate) fn tree(root: &Path) -> BTreeMap<String, (Vec<u8>, u32)> {
     fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, (Vec<u8>, u32)>) {
         for entry in std::fs::read_dir(dir).expect("read dir") {
             let path = entry.expect("entry").path();
@@ -43,7 +43,7 @@ fn tree(root: &Path) -> BTreeMap<String, (Vec<u8>, u32)> {
 }
 
 /// Empties the workspace (but `.ghost`) and writes the guide's fixture files (mode 644).
-fn reset(root: &Path, fixtures: &[&Example]) {
+pub(crate) fn reset(root: &Path, fixtures: &[&Example]) {
     for entry in std::fs::read_dir(root).expect("read workspace") {
         let path = entry.expect("entry").path();
         if path.file_name().is_some_and(|name| name == ".ghost") {
@@ -215,7 +215,7 @@ fn examples_by_id(blocks: &[Example], id: &str) -> Value {
 
 /// `POST /v1/patches?dry_run=true`: answered 200 with the status the guide says and a diff
 /// holding the line it quotes; nothing stored.
-async fn dry_run(
+pub(crate) async fn dry_run(
     system: &TestSystem,
     id: &str,
     expect: &str,

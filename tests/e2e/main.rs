@@ -6,6 +6,7 @@ mod control;
 mod guide;
 mod health;
 mod helpers;
+mod manual;
 mod metrics;
 mod refusals;
 mod restart;

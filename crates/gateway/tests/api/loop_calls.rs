@@ -390,7 +390,7 @@ async fn a_dry_run_that_finds_a_problem_is_a_200_and_refusals_of_the_request_sta
 }
 
 /// Patch after patch, a long poll answers each one's terminal state; the wake latency of each
-/// is printed (the README's figure: `GHOST_WAKE_LATENCY_PATCHES=200 cargo nextest run -p
+/// is printed (the manual's figure, docs/src/performance.md: `GHOST_WAKE_LATENCY_PATCHES=200 cargo nextest run -p
 /// gateway --no-capture wake_latency`; 20 patches by default).
 #[tokio::test]
 async fn wake_latency_every_long_poll_answers_the_patch_terminal_state() {

@@ -19,6 +19,7 @@ mod mcp_fit;
 mod openapi;
 mod parse_budget;
 mod real_patches;
+mod reference;
 mod revert;
 mod scale;
 mod system;

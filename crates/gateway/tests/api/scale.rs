@@ -165,7 +165,7 @@ fn percentile(sorted: &[Duration], rank: usize) -> Duration {
 }
 
 /// Prints render times of the list's first, middle and last pages and of the overview
-/// (a measured figure for the README; nothing is asserted about it). Every render must succeed.
+/// (a measured figure for the manual's Performance page; nothing is asserted about it). Every render must succeed.
 async fn report_render_times(client: &mut Client) {
     for (label, path) in [
         ("first page (50)", "/ui/patches".to_owned()),

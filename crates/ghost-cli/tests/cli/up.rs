@@ -514,14 +514,17 @@ async fn a_bind_error_names_the_service_and_the_address() {
     drop(taken);
 }
 
-/// The `ghost.toml` shown under "Configure" in README.md: the first ```toml block after that
-/// heading.
-fn readme_example() -> String {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
-        .expect("README.md");
-    let section = readme
-        .split_once("\n## Configure\n")
-        .expect("README has a Configure section")
+/// The `ghost.toml` shown on the manual's Configure page (docs/src/configure.md): the first
+/// ```toml block after its "# Configure" heading.
+fn manual_example() -> String {
+    let page = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/src/configure.md"
+    ))
+    .expect("docs/src/configure.md");
+    let section = page
+        .split_once("# Configure\n")
+        .expect("the Configure page has its heading")
         .1;
     let block = section
         .split_once("```toml\n")
@@ -535,10 +538,10 @@ fn readme_example() -> String {
 }
 
 #[tokio::test]
-async fn the_readme_example_config_is_accepted_with_its_aliases_default_and_allowlist() {
+async fn the_manuals_example_config_is_accepted_with_its_aliases_default_and_allowlist() {
     let env = Env::empty();
     let dir = env.scratch.path().to_owned();
-    env.file("ghost.toml", &readme_example());
+    env.file("ghost.toml", &manual_example());
     let run = ghost_in(
         &env,
         &dir,
