@@ -248,7 +248,7 @@ async fn every_example_patch_of_every_manual_page_ends_as_its_fence_says() {
         system.system.shutdown().await.expect("shutdown");
         tested.push((page, ran));
     }
-    println!("manual examples run, per page: {tested:?}");
+    eprintln!("manual examples run, per page: {tested:?}");
     // The scanner is not vacuous: the patches chapter has examples of each ending.
     let patches = tested
         .iter()
