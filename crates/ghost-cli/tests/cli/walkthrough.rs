@@ -455,8 +455,9 @@ impl Walk {
             while let Ok(Some(line)) = lines.next_line().await {
                 background.printed.push_str(&line);
                 background.printed.push('\n');
-                if let Some(rest) = line.split("export GHOST_URL=").nth(1) {
-                    url = Some(rest.trim().to_owned());
+                // `export GHOST_URL=…`, after GHOST_API_KEY=… when it made a key.
+                if let Some(rest) = line.split(" GHOST_URL=").nth(1) {
+                    url = rest.split_whitespace().next().map(str::to_owned);
                 }
                 if line.starts_with("Submit with:") {
                     return true;
