@@ -67,10 +67,7 @@ impl Fence {
     fn attribute(&self, key: &str) -> Option<String> {
         let mut rest = self.attributes.trim_start();
         while !rest.is_empty() {
-            let (word, after) = match rest.split_once('=') {
-                Some((word, after)) => (word, after),
-                None => return None,
-            };
+            let (word, after) = rest.split_once('=')?;
             let (value, next) = match after.strip_prefix('"') {
                 Some(quoted) => quoted.split_once('"').unwrap_or((quoted, "")),
                 None => after.split_once(' ').unwrap_or((after, "")),
@@ -557,6 +554,24 @@ fn expected_contents(fixture: &Fence, succeeded: &[Fence]) -> String {
 
 async fn walk(page: &str) -> Walk {
     let all = fences(page);
+    // The patches and workspace files are the ones the manual's example test reads.
+    let shared = gateway::guide::examples(page);
+    let marked: Vec<&Fence> = all
+        .iter()
+        .filter(|f| matches!(f.kind.as_str(), "ghost-example" | "ghost-fixture"))
+        .collect();
+    assert_eq!(shared.len(), marked.len(), "examples and fixtures");
+    for (theirs, ours) in shared.iter().zip(marked) {
+        assert_eq!(theirs.body, ours.body, "{}", ours.at());
+        for key in ["id", "expect", "diagnostic", "path", "file"] {
+            assert_eq!(
+                theirs.attribute(key),
+                ours.attribute(key).as_deref(),
+                "{}: {key}",
+                ours.at()
+            );
+        }
+    }
     let mut walk = Walk::new();
     let mut examples = Vec::new();
     let mut fixtures = Vec::new();
