@@ -12,7 +12,7 @@
 //!   blocks after it run in a new terminal (at HOME, no variables of its own);
 //! - `sh ghost-step install`: replaced, see below;
 //! - `text ghost-output`: what the step before it prints, line by line (`…` stands for any text;
-//!   a line of its own for any lines);
+//!   a line of its own for any lines); with `path=P`, the file P where the terminal is;
 //! - `<lang> ghost-file path=P`: saved as P where the terminal is;
 //! - `<lang> ghost-fixture path=P`: saved as P in the workspace (the `root` of ghost.toml's one
 //!   target);
@@ -590,9 +590,16 @@ async fn walk(page: &str) -> Walk {
                 walk.steps += 1;
             }
             "ghost-output" => {
-                let printed = walk.last_printed.take().unwrap_or_else(|| {
-                    panic!("{}: an output fence after no step that ran", fence.at())
-                });
+                let printed = match fence.attribute("path") {
+                    Some(name) => {
+                        let path = Walk::relative(fence, &walk.terminal.cwd, &name);
+                        std::fs::read_to_string(&path)
+                            .unwrap_or_else(|err| panic!("{}: {name}: {err}", fence.at()))
+                    }
+                    None => walk.last_printed.take().unwrap_or_else(|| {
+                        panic!("{}: an output fence after no step that ran", fence.at())
+                    }),
+                };
                 assert_printed(fence, &printed);
             }
             "ghost-file" => walk.file(fence),
