@@ -169,8 +169,11 @@ fn assert_printed(fence: &Fence, printed: &str) {
             .position(|line| glob(expected, line))
             .unwrap_or_else(|| {
                 panic!(
-                    "{}: the page says the step prints {expected:?}; it printed:\n{printed}",
-                    fence.at()
+                    "{}: the page shows {expected:?}; the {} was:\n{printed}",
+                    fence.at(),
+                    fence
+                        .attribute("path")
+                        .map_or_else(|| "step's output".to_owned(), |p| format!("file {p}"))
                 )
             });
         from += found + 1;
