@@ -19,3 +19,4 @@ mod tokens;
 mod up;
 mod up_checks;
 mod up_guards;
+mod walkthrough;
