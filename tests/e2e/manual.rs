@@ -186,12 +186,18 @@ async fn run(system: &TestSystem, page: &str, example: &Example, fixtures: &[&Ex
 }
 
 /// The manual's guide page includes docs/guide/guide.md from its first heading on (the lines
-/// before are the maintainers' comment, which holds `-->` inside and would show as text).
+/// before are the maintainers' comment, which holds `-->` inside and would show as text), after
+/// a note for the manual's readers.
 #[test]
 fn the_manuals_guide_page_includes_the_guide_from_its_title() {
     let root = ghost_testkit::repo_root();
     let page = std::fs::read_to_string(root.join("docs/src/guide.md")).expect("guide page");
-    let line: usize = page
+    let includes: Vec<&str> = page
+        .lines()
+        .filter(|line| line.contains("{{#include"))
+        .collect();
+    assert_eq!(includes.len(), 1, "one include of the guide: {page:?}");
+    let line: usize = includes[0]
         .trim()
         .strip_prefix("{{#include ../guide/guide.md:")
         .and_then(|rest| rest.strip_suffix(":}}"))
