@@ -21,5 +21,6 @@ mod parse_budget;
 mod real_patches;
 mod revert;
 mod scale;
+mod shared_keys;
 mod system;
 mod targets;
