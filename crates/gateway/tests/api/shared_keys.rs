@@ -126,7 +126,7 @@ async fn a_key_made_at_one_gateway_works_at_another_and_a_revocation_at_either_r
         401
     );
     let refused = until_answered(&first, &secret, 401).await;
-    println!(
+    eprintln!(
         "a key made at gateway A authenticated at B after {learnt:?}; revoked at B, refused at A after {refused:?}"
     );
 
@@ -348,7 +348,7 @@ async fn a_long_poll_of_a_revoked_key_ends_with_401() {
         .await
         .expect("the held poll ended on the revocation, not after its 60 s")
         .unwrap();
-    println!(
+    eprintln!(
         "held long poll answered {:?} after the revocation",
         started.elapsed()
     );

@@ -216,7 +216,7 @@ async fn a_held_snapshot_is_answered_when_a_key_is_revoked() {
         .await
         .expect("answered on the change")
         .unwrap();
-    println!(
+    eprintln!(
         "held snapshot answered {:?} after it was asked (200 ms of it before the revocation)",
         started.elapsed()
     );
