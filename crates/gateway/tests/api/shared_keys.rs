@@ -443,3 +443,90 @@ async fn the_key_and_token_routes_are_marked_admin_only_in_the_openapi_document(
         "create, list and delete of keys and of executor tokens"
     );
 }
+
+const MCP_FOLLOW: &str = r#"
+import sys, json, asyncio
+import httpx2
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+async def main(url, key):
+    notes = []
+    async def progress(step, total, message):
+        notes.append(message)
+    async with httpx2.AsyncClient(headers={"Authorization": "Bearer " + key}, timeout=60) as http:
+        async with streamable_http_client(url, http_client=http) as streams:
+            async with ClientSession(streams[0], streams[1]) as session:
+                await session.initialize()
+                patch = {"id": "mcp-follow", "target": "MAIN",
+                         "edits": [{"op": "write", "path": "f.txt", "contents": "hi"}]}
+                try:
+                    result = await session.call_tool("submit_patch", {"patch": patch},
+                                                     progress_callback=progress)
+                    answer = {"result": json.loads(result.content[0].text)}
+                except Exception as err:
+                    answer = {"error": repr(err)}
+                answer["notes"] = notes
+                print(json.dumps(answer), flush=True)
+
+try:
+    asyncio.run(main(sys.argv[1], sys.argv[2]))
+except Exception:
+    # Ending the session with the revoked key is refused (401) too.
+    pass
+"#;
+
+#[tokio::test]
+async fn an_mcp_follow_of_a_revoked_key_ends() {
+    let scratch = tempfile::tempdir().unwrap();
+    let router = spawn_router(&scratch.path().join("router")).await;
+    let gateway = spawn_gateway(settings(router.grpc)).await;
+    let (code, issued) = create(
+        &gateway,
+        KEY,
+        json!({"name": "follower", "scopes": ["submit", "read"]}),
+    )
+    .await;
+    assert_eq!(code, 201, "{issued}");
+    let secret = issued["key"].as_str().unwrap().to_owned();
+    let url = format!("http://{}/mcp", gateway.http);
+    // No executor serves MAIN: the follow would run its full 40 s unless the revocation ends it.
+    let follow = tokio::spawn(async move { python(MCP_FOLLOW, &[&url, &secret]).await });
+    let mut stored = 0;
+    for _ in 0..300 {
+        stored = call(
+            reqwest::Method::GET,
+            &gateway,
+            "/v1/patches/mcp-follow",
+            KEY,
+        )
+        .await
+        .0;
+        if stored == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stored, 200, "the follow's patch was stored");
+    let started = Instant::now();
+    let (code, body) = call(reqwest::Method::DELETE, &gateway, "/v1/keys/follower", KEY).await;
+    assert_eq!(code, 200, "{body}");
+    let (ok, stdout, stderr) = tokio::time::timeout(Duration::from_secs(30), follow)
+        .await
+        .expect("the follow ended on the revocation, not after its 40 s")
+        .unwrap();
+    eprintln!(
+        "MCP follow ended {:?} after the revocation",
+        started.elapsed()
+    );
+    assert!(ok, "mcp client failed: {stderr}");
+    let out: Value = serde_json::from_str(stdout.trim()).expect("json");
+    // The revoked key gets no result past the revocation: the follow says it was refused, or
+    // the call ends with the 401 its transport got.
+    let refused = out["result"]["follow_error"]
+        .as_str()
+        .is_some_and(|error| error.contains("valid API key"))
+        || out["error"].is_string();
+    eprintln!("MCP follow of a revoked key: {out}");
+    assert!(refused, "{out}");
+}
