@@ -33,8 +33,11 @@ fn sha256_hex(secret: &str) -> String {
         .collect()
 }
 
-fn settings(router: SocketAddr) -> gateway::GatewayConfig {
+/// The test config with the main-admin key; `data_dir` set (no keys file in it) so the same
+/// tests run against a gateway that kept keys in its own file.
+fn settings(router: SocketAddr, data_dir: &Path) -> gateway::GatewayConfig {
     let mut settings = config(router);
+    settings.data_dir = Some(data_dir.to_owned());
     settings.api_keys.push(ApiKeyConfig {
         name: "main-admin".to_owned(),
         sha256: sha256_hex(MAIN_ADMIN),
@@ -100,8 +103,8 @@ async fn gauge(gateway: &Running, name: &str) -> Option<f64> {
 async fn a_key_made_at_one_gateway_works_at_another_and_a_revocation_at_either_reaches_both() {
     let scratch = tempfile::tempdir().unwrap();
     let router = spawn_router(&scratch.path().join("router")).await;
-    let first = spawn_gateway(settings(router.grpc)).await;
-    let second = spawn_gateway(settings(router.grpc)).await;
+    let first = spawn_gateway(settings(router.grpc, &scratch.path().join("gateway-1"))).await;
+    let second = spawn_gateway(settings(router.grpc, &scratch.path().join("gateway-2"))).await;
 
     let (code, issued) = create(&first, KEY, json!({"name": "shared", "scopes": ["read"]})).await;
     assert_eq!(code, 201, "{issued}");
@@ -131,7 +134,7 @@ async fn a_key_made_at_one_gateway_works_at_another_and_a_revocation_at_either_r
     );
 
     // A gateway started later knows neither more nor less.
-    let third = spawn_gateway(settings(router.grpc)).await;
+    let third = spawn_gateway(settings(router.grpc, &scratch.path().join("gateway-3"))).await;
     assert_eq!(
         call(reqwest::Method::GET, &third, "/v1/targets", &secret)
             .await
@@ -147,7 +150,7 @@ async fn gateways_keep_their_keys_while_the_router_is_away_and_the_router_keeps_
     let router_dir = scratch.path().join("router");
     let router = spawn_router(&router_dir).await;
     let address = router.grpc;
-    let gateway = spawn_gateway(settings(address)).await;
+    let gateway = spawn_gateway(settings(address, &scratch.path().join("gateway-4"))).await;
     let (code, issued) = create(&gateway, KEY, json!({"name": "kept", "scopes": ["read"]})).await;
     assert_eq!(code, 201, "{issued}");
     let secret = issued["key"].as_str().unwrap().to_owned();
@@ -192,7 +195,7 @@ async fn gateways_keep_their_keys_while_the_router_is_away_and_the_router_keeps_
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(stale, Some(0.0));
-    let fresh = spawn_gateway(settings(router.grpc)).await;
+    let fresh = spawn_gateway(settings(router.grpc, &scratch.path().join("gateway-5"))).await;
     assert_eq!(
         call(reqwest::Method::GET, &fresh, "/v1/targets", &secret)
             .await
@@ -221,7 +224,7 @@ async fn an_old_keys_file_is_imported_once_and_a_bad_one_fails_the_start() {
     let secret = "gr_an-old-secret-from-the-gateway-file-0123";
     let data_dir = scratch.path().join("gateway");
     old_keys_file(&data_dir, secret);
-    let mut with_file = settings(router.grpc);
+    let mut with_file = settings(router.grpc, &scratch.path().join("gateway-6"));
     with_file.data_dir = Some(data_dir.clone());
     let first = spawn_gateway(with_file.clone()).await;
     assert_eq!(
@@ -233,7 +236,7 @@ async fn an_old_keys_file_is_imported_once_and_a_bad_one_fails_the_start() {
     assert!(!data_dir.join("api-keys.json").exists());
     assert!(data_dir.join("api-keys.json.imported").exists());
     // Every gateway knows it now, and a restart does not import again.
-    let other = spawn_gateway(settings(router.grpc)).await;
+    let other = spawn_gateway(settings(router.grpc, &scratch.path().join("gateway-7"))).await;
     assert_eq!(
         call(reqwest::Method::GET, &other, "/v1/targets", secret)
             .await
@@ -255,7 +258,7 @@ async fn an_old_keys_file_is_imported_once_and_a_bad_one_fails_the_start() {
     let broken = scratch.path().join("broken");
     std::fs::create_dir_all(&broken).unwrap();
     std::fs::write(broken.join("api-keys.json"), "{").unwrap();
-    let mut bad = settings(router.grpc);
+    let mut bad = settings(router.grpc, &scratch.path().join("gateway-8"));
     bad.data_dir = Some(broken.clone());
     let refused = gateway::App::build(bad).await.err().expect("refused");
     assert!(
@@ -285,7 +288,7 @@ except urllib.error.HTTPError as err:
 async fn the_key_routes_refuse_a_webhook_signature_even_with_the_admin_scope() {
     let scratch = tempfile::tempdir().unwrap();
     let router = spawn_router(&scratch.path().join("router")).await;
-    let mut with_hook = settings(router.grpc);
+    let mut with_hook = settings(router.grpc, &scratch.path().join("gateway-9"));
     with_hook.webhooks.push(WebhookConfig {
         name: "ops".to_owned(),
         secrets: vec![Secret::new(ADMIN_HOOK_SECRET)],
@@ -311,7 +314,7 @@ async fn the_key_routes_refuse_a_webhook_signature_even_with_the_admin_scope() {
 async fn a_long_poll_of_a_revoked_key_ends_with_401() {
     let scratch = tempfile::tempdir().unwrap();
     let router = spawn_router(&scratch.path().join("router")).await;
-    let gateway = spawn_gateway(settings(router.grpc)).await;
+    let gateway = spawn_gateway(settings(router.grpc, &scratch.path().join("gateway-10"))).await;
     let (code, issued) = create(
         &gateway,
         KEY,
@@ -379,7 +382,7 @@ async fn refused_deletes_are_audited_like_accepted_ones_with_the_name_escaped() 
     let scratch = tempfile::tempdir().unwrap();
     let router_dir = scratch.path().join("router");
     let router = spawn_router(&router_dir).await;
-    let gateway = spawn_gateway(settings(router.grpc)).await;
+    let gateway = spawn_gateway(settings(router.grpc, &scratch.path().join("gateway-11"))).await;
     let (code, body) = create(&gateway, KEY, json!({"name": "wide", "scopes": ["read"]})).await;
     assert_eq!(code, 201, "{body}");
     let delete = |path: &'static str, key: &'static str| {
@@ -417,7 +420,7 @@ async fn refused_deletes_are_audited_like_accepted_ones_with_the_name_escaped() 
 async fn the_key_and_token_routes_are_marked_admin_only_in_the_openapi_document() {
     let scratch = tempfile::tempdir().unwrap();
     let router = spawn_router(&scratch.path().join("router")).await;
-    let gateway = spawn_gateway(settings(router.grpc)).await;
+    let gateway = spawn_gateway(settings(router.grpc, &scratch.path().join("gateway-12"))).await;
     let document: Value = reqwest::get(format!("http://{}/openapi.json", gateway.http))
         .await
         .unwrap()
@@ -480,7 +483,7 @@ except Exception:
 async fn an_mcp_follow_of_a_revoked_key_ends() {
     let scratch = tempfile::tempdir().unwrap();
     let router = spawn_router(&scratch.path().join("router")).await;
-    let gateway = spawn_gateway(settings(router.grpc)).await;
+    let gateway = spawn_gateway(settings(router.grpc, &scratch.path().join("gateway-13"))).await;
     let (code, issued) = create(
         &gateway,
         KEY,
