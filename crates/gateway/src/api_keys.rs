@@ -1,21 +1,21 @@
 //! API keys created at runtime: `POST /v1/keys` (the secret in the 201 answer only),
 //! `GET /v1/keys` (never a secret; the keys from config listed read-only with
-//! `source: "config"`) and `DELETE /v1/keys/{name}`. Admin scope only; a key is never created
-//! with more scopes or targets than its creator holds.
+//! `source: "config"`) and `DELETE /v1/keys/{name}`. Admin scope and a Bearer API key only
+//! (a webhook-signed request cannot manage keys, so no replay cache ever holds a secret); a
+//! key is never created with more scopes or targets than its creator holds, and one created
+//! without `targets` by a key limited to targets gets the creator's targets.
 //!
-//! The gateway keeps no database: the keys live in `<data_dir>/api-keys.json` (SHA-256 hashes
-//! only, mode 0600), replaced atomically (a temporary file, fsync, rename, fsync of the
-//! directory) on every change, so they survive a restart. Without `data_dir` they cannot be
-//! created (409 naming the setting). Every change is an `audit` log line.
-//!
-//! The file is this one gateway's: replicas neither share it nor see each other's changes (a
-//! key revoked on one stays valid on another until it restarts), so a deployment with several
-//! gateways keeps its keys in config (`[[keys]]`) and leaves `data_dir` unset, as the
-//! Kubernetes manifests do.
+//! The router keeps the keys (`ghost.router.v1.ApiKeyService`, SHA-256 hashes only), so
+//! every gateway replica shares them: these routes are a thin adapter over it, and
+//! authentication looks keys up in [`snapshot::KeyStore`], kept in step with the router by a
+//! long poll (a revocation through any gateway is refused by every gateway within a round
+//! trip). A keys file left by an older gateway (`<data_dir>/api-keys.json`) is imported
+//! once at start ([`import`]). The router audits every change and refusal.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError, RwLock};
+pub mod import;
+pub mod snapshot;
+
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -23,12 +23,10 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ghost_core::TargetName;
+use ghost_proto::router::v1::{self as wire, api_key_service_client::ApiKeyServiceClient};
+use ghost_runtime::propagation::TracedChannel;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use utoipa::ToSchema;
@@ -37,254 +35,16 @@ use crate::auth::{Principal, Scope};
 use crate::error::GatewayError;
 use crate::http::{AppState, Problem};
 
-/// Runtime keys kept at most.
-pub const MAX_KEYS: usize = 1_000;
-/// The prefix of every runtime key's secret, so a leaked one is recognisable.
-pub const SECRET_PREFIX: &str = "gr_";
-/// Random bytes in a secret (256 bits).
-const SECRET_BYTES: usize = 32;
 /// Targets one key may name at most.
 const MAX_TARGETS: usize = 64;
-/// Largest keys file read at start (1,000 keys take about 300 KB).
-const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
-/// The file under `data_dir`.
-const FILE_NAME: &str = "api-keys.json";
 
-/// One key as the file keeps it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Record {
-    name: String,
-    /// Lowercase hex SHA-256 of the secret.
-    sha256: String,
-    scopes: Vec<Scope>,
-    #[serde(default)]
-    targets: Vec<String>,
-    created_at: String,
-    created_by: String,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct File {
-    version: u32,
-    keys: Vec<Record>,
-}
-
-#[derive(Debug, Clone)]
-struct Live {
-    record: Record,
-    hash: [u8; 32],
-    principal: Principal,
-}
-
-/// The runtime keys, in memory and in their file.
-pub struct KeyStore {
-    file: Option<PathBuf>,
-    keys: RwLock<Vec<Live>>,
-    /// Held by a change from its checks to its file being replaced.
-    writer: Mutex<()>,
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn live(record: Record) -> anyhow::Result<Live> {
-    let hash = crate::auth::decode_hex32(&record.sha256)
-        .ok_or_else(|| anyhow::anyhow!("key {}: sha256 must be 64 hex digits", record.name))?;
-    let targets = record
-        .targets
-        .iter()
-        .map(|t| TargetName::parse(t))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|err| anyhow::anyhow!("key {}: {err}", record.name))?;
-    let principal = Principal::new(
-        record.name.clone(),
-        record.scopes.clone(),
-        (!targets.is_empty()).then_some(targets),
-    )
-    .with_runtime_key(hash);
-    Ok(Live {
-        record,
-        hash,
-        principal,
-    })
-}
-
-impl KeyStore {
-    /// Reads `<data_dir>/api-keys.json` (none yet: no keys); `None`: keys cannot be created.
-    pub fn open(data_dir: Option<&Path>) -> anyhow::Result<Self> {
-        let Some(dir) = data_dir else {
-            return Ok(Self {
-                file: None,
-                keys: RwLock::new(Vec::new()),
-                writer: Mutex::new(()),
-            });
-        };
-        let file = dir.join(FILE_NAME);
-        let mut keys = Vec::new();
-        match std::fs::metadata(&file) {
-            Ok(meta) if meta.len() > MAX_FILE_BYTES => {
-                anyhow::bail!(
-                    "{} is {} bytes; at most {MAX_FILE_BYTES} are read",
-                    file.display(),
-                    meta.len()
-                );
-            }
-            Ok(_) => {
-                let text = std::fs::read(&file)
-                    .map_err(|err| anyhow::anyhow!("cannot read {}: {err}", file.display()))?;
-                let parsed: File = serde_json::from_slice(&text).map_err(|err| {
-                    anyhow::anyhow!("{} is not a keys file: {err}", file.display())
-                })?;
-                if parsed.version != 1 {
-                    anyhow::bail!("{}: unknown version {}", file.display(), parsed.version);
-                }
-                for record in parsed.keys {
-                    keys.push(live(record)?);
-                }
-            }
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => anyhow::bail!("cannot read {}: {err}", file.display()),
-        }
-        Ok(Self {
-            file: Some(file),
-            keys: RwLock::new(keys),
-            writer: Mutex::new(()),
-        })
-    }
-
-    /// The holder of the key whose SHA-256 is `digest`. Compares with every key, in constant
-    /// time each, with no early exit.
-    pub fn find(&self, digest: &[u8; 32]) -> Option<Principal> {
-        let keys = self.keys.read().unwrap_or_else(PoisonError::into_inner);
-        let mut found = None;
-        for candidate in keys.iter() {
-            if bool::from(digest.ct_eq(&candidate.hash)) {
-                found = Some(candidate.principal.clone());
-            }
-        }
-        found
-    }
-
-    /// True while a key with this SHA-256 exists.
-    pub fn holds(&self, digest: &[u8; 32]) -> bool {
-        self.find(digest).is_some()
-    }
-
-    fn views(&self) -> Vec<KeyView> {
-        let keys = self.keys.read().unwrap_or_else(PoisonError::into_inner);
-        keys.iter().map(|key| view(&key.record)).collect()
-    }
-
-    /// Writes `keys` to the file, replacing it atomically.
-    fn persist(&self, keys: &[Live]) -> Result<(), GatewayError> {
-        let Some(file) = &self.file else {
-            return Err(GatewayError::Conflict(
-                "runtime API keys are off: this gateway has no data_dir to keep them in; set the gateway's data_dir (for one gateway only: gateway replicas do not share runtime keys, give them [[keys]] in their config)".to_owned(),
-            ));
-        };
-        let failed = |what: &str, err: std::io::Error| {
-            tracing::error!(file = %file.display(), error = %err, "cannot {what} the API keys file");
-            GatewayError::Internal(format!("cannot {what} {}: {err}", file.display()))
-        };
-        let document = File {
-            version: 1,
-            keys: keys.iter().map(|key| key.record.clone()).collect(),
-        };
-        let text = serde_json::to_vec_pretty(&document)
-            .map_err(|err| GatewayError::Internal(err.to_string()))?;
-        // Never write a file the next start would refuse to read.
-        if text.len() as u64 > MAX_FILE_BYTES {
-            return Err(GatewayError::Conflict(format!(
-                "the runtime keys would take {} bytes, over the {MAX_FILE_BYTES} the gateway reads at start; delete keys first",
-                text.len()
-            )));
-        }
-        let dir = file.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(|err| failed("create the directory of", err))?;
-        let temporary = dir.join(format!("{FILE_NAME}.tmp"));
-        // A leftover from a crash may have other permissions: start from a new file.
-        if let Err(err) = std::fs::remove_file(&temporary)
-            && err.kind() != std::io::ErrorKind::NotFound
-        {
-            return Err(failed("remove the leftover temporary file of", err));
-        }
-        let mut out = std::fs::OpenOptions::new();
-        out.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut out, 0o600);
-        let mut handle = out.open(&temporary).map_err(|err| failed("write", err))?;
-        handle
-            .write_all(&text)
-            .map_err(|err| failed("write", err))?;
-        handle.sync_all().map_err(|err| failed("sync", err))?;
-        drop(handle);
-        std::fs::rename(&temporary, file).map_err(|err| failed("replace", err))?;
-        if let Ok(directory) = std::fs::File::open(dir) {
-            directory
-                .sync_all()
-                .map_err(|err| failed("sync the directory of", err))?;
-        }
-        Ok(())
-    }
-
-    /// Adds a key (checked by the caller), returning its secret.
-    fn create(
-        &self,
-        record_of: impl FnOnce(String) -> Record,
-        taken: &[String],
-    ) -> Result<(String, Record), GatewayError> {
-        let _writing = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut next = self
-            .keys
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let mut bytes = [0u8; SECRET_BYTES];
-        getrandom::fill(&mut bytes)
-            .map_err(|err| GatewayError::Internal(format!("no randomness: {err}")))?;
-        let secret = format!("{SECRET_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes));
-        let record = record_of(hex(&Sha256::digest(secret.as_bytes())));
-        if taken.contains(&record.name) || next.iter().any(|key| key.record.name == record.name) {
-            return Err(GatewayError::Conflict(format!(
-                "a key named {:?} exists already; names are unique",
-                record.name
-            )));
-        }
-        if next.len() >= MAX_KEYS {
-            return Err(GatewayError::Conflict(format!(
-                "{MAX_KEYS} runtime keys exist already, the most kept; delete one first"
-            )));
-        }
-        next.push(live(record.clone()).map_err(|err| GatewayError::Internal(err.to_string()))?);
-        self.persist(&next)?;
-        *self.keys.write().unwrap_or_else(PoisonError::into_inner) = next;
-        Ok((secret, record))
-    }
-
-    /// Removes the key `name` when `allowed` accepts it.
-    fn delete(
-        &self,
-        name: &str,
-        allowed: impl FnOnce(&Record) -> Result<(), GatewayError>,
-    ) -> Result<Record, GatewayError> {
-        let _writing = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut next = self
-            .keys
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let Some(index) = next.iter().position(|key| key.record.name == name) else {
-            return Err(GatewayError::NoSuchApiKey(name.to_owned()));
-        };
-        allowed(&next[index].record)?;
-        let removed = next.remove(index);
-        self.persist(&next)?;
-        *self.keys.write().unwrap_or_else(PoisonError::into_inner) = next;
-        Ok(removed.record)
-    }
+/// The router's API key service over gRPC.
+#[derive(Clone)]
+pub struct RuntimeKeys {
+    /// Client on the router's channel.
+    pub client: ApiKeyServiceClient<TracedChannel>,
+    /// Deadline per call.
+    pub timeout: Duration,
 }
 
 /// `POST /v1/keys`.
@@ -314,7 +74,7 @@ pub struct IssuedApiKey {
     /// Its name.
     pub name: String,
     /// The secret (`gr_` and 43 characters): send it as `Authorization: Bearer <key>`. Never
-    /// shown again; the gateway keeps only its SHA-256.
+    /// shown again; the router keeps only its SHA-256.
     pub key: String,
     /// What it may do.
     pub scopes: Vec<Scope>,
@@ -353,15 +113,58 @@ pub struct KeyList {
     pub keys: Vec<KeyView>,
 }
 
-fn view(record: &Record) -> KeyView {
+fn scope_of(raw: &str) -> Option<Scope> {
+    match raw {
+        "submit" => Some(Scope::Submit),
+        "read" => Some(Scope::Read),
+        "admin" => Some(Scope::Admin),
+        _ => None,
+    }
+}
+
+fn scope_name(scope: Scope) -> &'static str {
+    match scope {
+        Scope::Submit => "submit",
+        Scope::Read => "read",
+        Scope::Admin => "admin",
+    }
+}
+
+/// Unix ms as RFC 3339 (UTC).
+fn rfc3339(unix_ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
+        .ok()
+        .and_then(|at| at.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+fn view(key: &wire::ApiKey) -> KeyView {
     KeyView {
-        name: record.name.clone(),
-        scopes: record.scopes.clone(),
-        targets: record.targets.clone(),
-        created_at: Some(record.created_at.clone()),
-        created_by: Some(record.created_by.clone()),
+        name: key.name.clone(),
+        scopes: key.scopes.iter().filter_map(|s| scope_of(s)).collect(),
+        targets: key.targets.clone(),
+        created_at: Some(rfc3339(key.created_unix_ms)),
+        created_by: Some(key.created_by.clone()),
         source: "runtime".to_owned(),
     }
+}
+
+/// A name from a request as it may appear in a log line: at most 64 characters, control and
+/// invisible characters escaped.
+pub(crate) fn loggable(raw: &str) -> String {
+    let mut out = String::new();
+    for (index, ch) in raw.chars().enumerate() {
+        if index == 64 {
+            out.push('…');
+            break;
+        }
+        if ch.is_control() || ghost_core::invisible::is_invisible(ch) {
+            out.extend(ch.escape_unicode());
+        } else {
+            out.push(ch);
+        }
+    }
+    out
 }
 
 fn valid_name(name: &str) -> bool {
@@ -398,18 +201,82 @@ fn covers(caller: &Principal, targets: &[String]) -> bool {
     targets.iter().all(|target| caller.may_touch(target))
 }
 
+/// The key routes take a Bearer API key only: a webhook-signed request could otherwise have
+/// its answer (holding a secret) kept for replays.
+fn require_api_key(caller: &Principal) -> Result<(), GatewayError> {
+    if caller.is_signed_webhook() {
+        tracing::warn!(target: "audit", caller = %caller.name, "api key route refused: a webhook signature, not an API key");
+        return Err(GatewayError::Forbidden(format!(
+            "credential {:?} is a webhook sender; API keys are managed with an admin API key (Authorization: Bearer) only",
+            caller.name
+        )));
+    }
+    caller.require(Scope::Admin)
+}
+
+/// The JSON pointer of a field the router named (`name`, `targets[2]`, `scopes[0]`).
+fn pointer_of(message: &str) -> String {
+    let field = message
+        .strip_prefix("invalid ")
+        .and_then(|rest| rest.split(':').next())
+        .unwrap_or("");
+    match field.split_once('[') {
+        Some((list, index)) => format!("/{list}/{}", index.trim_end_matches(']')),
+        None if field.is_empty() => String::new(),
+        None => format!("/{field}"),
+    }
+}
+
+/// The router's refusals of a key call, as the API answers them.
+fn from_router(name: &str, status: &tonic::Status) -> GatewayError {
+    use tonic::Code;
+    match status.code() {
+        Code::InvalidArgument => {
+            invalid(&pointer_of(status.message()), status.message().to_owned())
+        }
+        Code::AlreadyExists | Code::FailedPrecondition | Code::ResourceExhausted => {
+            GatewayError::Conflict(status.message().to_owned())
+        }
+        Code::NotFound => GatewayError::NoSuchApiKey(loggable(name)),
+        Code::PermissionDenied => GatewayError::Forbidden(status.message().to_owned()),
+        Code::Unimplemented => GatewayError::NotImplemented("runtime api keys"),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
+            GatewayError::Unavailable(format!("{:?}: {}", status.code(), status.message()))
+        }
+        other => GatewayError::Internal(format!("{other:?}: {}", status.message())),
+    }
+}
+
+fn with_deadline<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(timeout);
+    request
+}
+
+/// After a change: this gateway's snapshot holds it before the answer goes out, so the
+/// caller can use (or no longer use) the key here at once.
+async fn catch_up(state: &AppState) {
+    let keys = &state.api_keys;
+    if let Err(status) =
+        snapshot::refresh(state.guard.credentials.store(), &keys.client, keys.timeout).await
+    {
+        tracing::warn!(code = ?status.code(), "runtime api keys: cannot refresh after a change; the long poll will");
+    }
+}
+
 /// Create an API key.
 #[utoipa::path(
     post, path = "/v1/keys", operation_id = "createApiKey", tag = "keys",
-    description = "Create an API key with some scopes and, optionally, targets. The secret (`gr_…`) is in this answer only; the gateway keeps its SHA-256 in its data_dir, so it survives a restart. Never more scopes or targets than the creating key holds. At most 1,000 runtime keys. Needs the admin scope.",
+    description = "Admin only, with a Bearer API key. Create an API key with scopes and targets (left out: the creator's). The secret (`gr_…`) is in this answer only; every gateway knows the key. Never more scopes or targets than the creating key holds. At most 1,000 runtime keys.",
     request_body(content = NewApiKey, content_type = "application/json"),
     responses(
         (status = 201, description = "Created; `key` is shown only now", body = IssuedApiKey),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin key, or more scopes or targets than the creating key holds", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "A key has this name, 1,000 runtime keys exist, or the gateway has no data_dir to keep keys in", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin API key, or more scopes or targets than the creating key holds", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A key has this name, or 1,000 runtime keys exist", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad name, scopes or targets (names the field)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Router unavailable", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -419,14 +286,14 @@ pub async fn create_api_key(
     Extension(caller): Extension<Principal>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, GatewayError> {
-    caller.require(Scope::Admin)?;
+    require_api_key(&caller)?;
     let request = new_key(body)?;
     if !valid_name(&request.name) {
         return Err(invalid(
             "/name",
             format!(
                 "name {:?} must be 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit",
-                request.name
+                loggable(&request.name)
             ),
         ));
     }
@@ -449,13 +316,14 @@ pub async fn create_api_key(
             ))
         })?;
     }
-    let mut targets: Vec<String> = request
-        .targets
-        .unwrap_or_default()
-        .into_iter()
-        .map(|target| target.0)
-        .collect();
-    // A target named twice is one target (and one line of the file).
+    let mut targets: Vec<String> = match request.targets {
+        Some(targets) => targets.into_iter().map(|target| target.0).collect(),
+        // Left out by a key limited to targets: the creator's targets, never "all".
+        None => caller
+            .targets()
+            .map(|own| own.iter().map(|t| t.as_str().to_owned()).collect())
+            .unwrap_or_default(),
+    };
     let mut seen = std::collections::HashSet::new();
     targets.retain(|target| seen.insert(target.clone()));
     if targets.len() > MAX_TARGETS {
@@ -468,7 +336,7 @@ pub async fn create_api_key(
         TargetName::parse(target).map_err(|err| {
             invalid(
                 &format!("/targets/{index}"),
-                format!("target {target:?}: {err}"),
+                format!("target {:?}: {err}", loggable(target)),
             )
         })?;
     }
@@ -479,44 +347,43 @@ pub async fn create_api_key(
             caller.name
         )));
     }
-    let credentials = &state.guard.credentials;
-    let taken = credentials.config_names();
-    let created_by = caller.name.clone();
-    let name = request.name.clone();
-    let created_at = OffsetDateTime::now_utc()
-        .format(&Rfc3339)
-        .unwrap_or_default();
-    let guard = std::sync::Arc::clone(&state.guard);
-    let (secret, record) = tokio::task::spawn_blocking(move || {
-        guard.credentials.store().create(
-            |sha256| Record {
-                name,
-                sha256,
-                scopes,
+    let keys = &state.api_keys;
+    let answer = keys
+        .client
+        .clone()
+        .create_api_key(with_deadline(
+            wire::CreateApiKeyRequest {
+                name: request.name.clone(),
+                scopes: scopes.iter().map(|s| scope_name(*s).to_owned()).collect(),
                 targets,
-                created_at,
-                created_by,
+                actor: caller.name.clone(),
+                reserved_names: state.guard.credentials.config_names(),
             },
-            &taken,
-        )
-    })
-    .await
-    .map_err(|err| GatewayError::Internal(err.to_string()))??;
+            keys.timeout,
+        ))
+        .await
+        .map_err(|status| from_router(&request.name, &status))?
+        .into_inner();
+    let key = answer
+        .key
+        .ok_or_else(|| GatewayError::Internal("router answered without a key".to_owned()))?;
+    catch_up(&state).await;
     tracing::info!(
         target: "audit",
         caller = %caller.name,
-        key_name = %record.name,
-        scopes = ?record.scopes,
-        targets = ?record.targets,
+        key_name = %key.name,
+        scopes = ?key.scopes,
+        targets = ?key.targets,
         "api key created"
     );
+    let listed = view(&key);
     let issued = IssuedApiKey {
-        name: record.name,
-        key: secret,
-        scopes: record.scopes,
-        targets: record.targets,
-        created_at: record.created_at,
-        created_by: record.created_by,
+        name: listed.name,
+        key: answer.secret,
+        scopes: listed.scopes,
+        targets: listed.targets,
+        created_at: listed.created_at.unwrap_or_default(),
+        created_by: key.created_by,
         source: "runtime".to_owned(),
     };
     Ok((StatusCode::CREATED, Json(issued)).into_response())
@@ -525,11 +392,12 @@ pub async fn create_api_key(
 /// Every API key, without secrets.
 #[utoipa::path(
     get, path = "/v1/keys", operation_id = "listApiKeys", tag = "keys",
-    description = "Every API key the caller may manage, never a secret: the keys from config (`source: config`, read-only) then the runtime ones (`source: runtime`). A key limited to targets sees only keys within them. Needs the admin scope.",
+    description = "Admin only, with a Bearer API key. Every API key the caller may manage, never a secret: the keys from config (`source: config`, read-only) then the runtime ones (`source: runtime`). A key limited to targets sees only keys within them.",
     responses(
         (status = 200, description = "Keys", body = KeyList),
         (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin API key", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Router unavailable", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -537,12 +405,20 @@ pub async fn list_api_keys(
     State(state): State<AppState>,
     Extension(caller): Extension<Principal>,
 ) -> Result<Json<KeyList>, GatewayError> {
-    caller.require(Scope::Admin)?;
+    require_api_key(&caller)?;
+    let keys = &state.api_keys;
+    let answer = keys
+        .client
+        .clone()
+        .list_api_keys(with_deadline(wire::ListApiKeysRequest {}, keys.timeout))
+        .await
+        .map_err(|status| from_router("", &status))?
+        .into_inner();
     let credentials = &state.guard.credentials;
     let keys = credentials
         .config_views()
         .into_iter()
-        .chain(credentials.store().views())
+        .chain(answer.keys.iter().map(view))
         .filter(|key| covers(&caller, &key.targets))
         .collect();
     Ok(Json(KeyList { keys }))
@@ -551,48 +427,60 @@ pub async fn list_api_keys(
 /// Delete (revoke) an API key.
 #[utoipa::path(
     delete, path = "/v1/keys/{name}", operation_id = "deleteApiKey", tag = "keys",
-    description = "Revoke a runtime key: the next request with it is a 401. Keys from config cannot be deleted here (409): change the config. Needs the admin scope and every target of the key.",
+    description = "Admin only, with a Bearer API key. Revoke a runtime key at every gateway: within 2 s requests with it are refused (401) and its long polls end. Keys from config cannot be deleted here (409). Needs every target of the key. Refusals are audited.",
     params(("name" = String, Path, description = "Key name", pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")),
     responses(
         (status = 200, description = "The deleted key", body = KeyView),
         (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin key, or the key has targets the caller may not touch", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin API key, or the key has targets the caller may not touch", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No key has this name", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A key from config", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Router unavailable", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
-#[tracing::instrument(skip_all, fields(name = %name))]
+#[tracing::instrument(skip_all, fields(name = %loggable(&name)))]
 pub async fn delete_api_key(
     State(state): State<AppState>,
     Extension(caller): Extension<Principal>,
     UrlPath(name): UrlPath<String>,
 ) -> Result<Json<KeyView>, GatewayError> {
-    caller.require(Scope::Admin)?;
-    if state.guard.credentials.config_names().contains(&name) {
-        return Err(GatewayError::Conflict(format!(
-            "key {name:?} comes from the gateway's config; remove it there"
-        )));
-    }
-    let guard = std::sync::Arc::clone(&state.guard);
-    let who = caller.clone();
-    let wanted = name.clone();
-    let record = tokio::task::spawn_blocking(move || {
-        guard.credentials.store().delete(&wanted, |record| {
-            if covers(&who, &record.targets) {
-                Ok(())
-            } else {
-                Err(GatewayError::Forbidden(format!(
-                    "credential {:?} may not touch every target of key {:?}",
-                    who.name, record.name
-                )))
+    require_api_key(&caller)?;
+    let keys = &state.api_keys;
+    // The router checks and audits every refusal (a config key, an unknown name, a key wider
+    // than the caller) in the same place as the revocation.
+    let answer = keys
+        .client
+        .clone()
+        .revoke_api_key(with_deadline(
+            wire::RevokeApiKeyRequest {
+                name: name.clone(),
+                actor: caller.name.clone(),
+                actor_limited: caller.is_limited(),
+                actor_targets: caller
+                    .targets()
+                    .map(|own| own.iter().map(|t| t.as_str().to_owned()).collect())
+                    .unwrap_or_default(),
+                reserved_names: state.guard.credentials.config_names(),
+            },
+            keys.timeout,
+        ))
+        .await
+        .map_err(|status| {
+            tracing::warn!(target: "audit", caller = %caller.name, key_name = %loggable(&name), code = ?status.code(), "api key deletion refused");
+            match status.code() {
+                // Not a key name: no key has it.
+                tonic::Code::InvalidArgument => GatewayError::NoSuchApiKey(loggable(&name)),
+                _ => from_router(&name, &status),
             }
-        })
-    })
-    .await
-    .map_err(|err| GatewayError::Internal(err.to_string()))??;
-    tracing::info!(target: "audit", caller = %caller.name, key_name = %record.name, "api key deleted");
-    Ok(Json(view(&record)))
+        })?
+        .into_inner();
+    let key = answer
+        .key
+        .ok_or_else(|| GatewayError::Internal("router answered without a key".to_owned()))?;
+    catch_up(&state).await;
+    tracing::info!(target: "audit", caller = %caller.name, key_name = %key.name, "api key deleted");
+    Ok(Json(view(&key)))
 }
 
 /// A key from config, as listed.
@@ -622,5 +510,17 @@ mod tests {
         assert!(!valid_name("-x"));
         assert!(!valid_name("../x"));
         assert!(!valid_name(&"a".repeat(65)));
+    }
+
+    #[test]
+    fn names_in_logs_are_bounded_and_escaped() {
+        assert_eq!(loggable("a\nb\u{202e}"), "a\\u{a}b\\u{202e}");
+        assert_eq!(loggable(&"x".repeat(10_000)).chars().count(), 65);
+    }
+
+    #[test]
+    fn router_fields_become_json_pointers() {
+        assert_eq!(pointer_of("invalid name: required"), "/name");
+        assert_eq!(pointer_of("invalid targets[2]: bad"), "/targets/2");
     }
 }

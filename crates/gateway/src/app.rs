@@ -9,6 +9,7 @@ use axum::middleware;
 use axum::routing::get;
 use ghost_core::{LegacyOptions, TargetName};
 use ghost_proto::alerter::v1::alerter_read_service_client::AlerterReadServiceClient;
+use ghost_proto::router::v1::api_key_service_client::ApiKeyServiceClient;
 use ghost_proto::router::v1::executor_token_service_client::ExecutorTokenServiceClient;
 use ghost_proto::router::v1::router_service_client::RouterServiceClient;
 use ghost_proto::router::v1::router_stats_service_client::RouterStatsServiceClient;
@@ -92,12 +93,34 @@ impl App {
     /// Checks the config, prepares upstream channels (lazily connected) and binds listeners.
     pub async fn build(config: GatewayConfig) -> anyhow::Result<Self> {
         let credentials = Credentials::from_config(&config)?;
+        let runtime_keys = credentials.shared_store();
         let upstream = Upstream::new(&config.server)?;
         let router_channel = traced_channel(&config.router_url, &upstream)?;
         let executor_tokens = ExecutorTokens {
             client: ExecutorTokenServiceClient::new(router_channel.clone()),
             timeout: config.upstream_timeout,
         };
+        let api_keys = crate::api_keys::RuntimeKeys {
+            client: ApiKeyServiceClient::new(router_channel.clone()),
+            timeout: config.upstream_timeout,
+        };
+        crate::api_keys::import::import_old_file(
+            config.data_dir.as_deref(),
+            &api_keys.client,
+            config.upstream_timeout,
+        )
+        .await?;
+        // The keys as the router holds them now; the router may not be up yet, and then the
+        // long poll started by `run` learns them (config keys work meanwhile).
+        if let Err(status) = crate::api_keys::snapshot::refresh(
+            credentials.store(),
+            &api_keys.client,
+            config.upstream_timeout,
+        )
+        .await
+        {
+            tracing::warn!(code = ?status.code(), error = %status.message(), "cannot read the runtime api keys from the router yet");
+        }
         let queue = GrpcRouter {
             client: RouterServiceClient::new(router_channel.clone()),
             stats: RouterStatsServiceClient::new(router_channel),
@@ -125,7 +148,8 @@ impl App {
             ghost_core::ParseBudget::new(config.max_body_bytes),
         )
         .with_known_targets(known_targets)
-        .with_max_wait(config.long_poll_max_wait);
+        .with_max_wait(config.long_poll_max_wait)
+        .with_revocations(runtime_keys);
         if let Some(url) = &config.alerter_url {
             patches = patches.with_alerts(Arc::new(GrpcAlerter {
                 client: AlerterReadServiceClient::new(traced_channel(url, &upstream)?),
@@ -138,6 +162,7 @@ impl App {
             max_body_bytes: config.max_body_bytes,
             max_patches_per_message: config.max_patches_per_message,
             executor_tokens,
+            api_keys,
         };
         let listeners = Listeners::bind(&config.server)
             .await
@@ -235,6 +260,19 @@ impl App {
                 guard_state,
                 guard::shed_and_time,
             ));
+        let key_sync_guard = Arc::clone(&self.state.guard);
+        let key_sync_client = self.state.api_keys.client.clone();
+        let key_sync_timeout = self.state.api_keys.timeout;
+        let key_sync_token = token.clone();
+        tasks.spawn(async move {
+            crate::api_keys::snapshot::sync(
+                key_sync_guard.credentials.store(),
+                key_sync_client,
+                key_sync_timeout,
+                key_sync_token,
+            )
+            .await;
+        });
         if let Some(root) = &self.config.inbox {
             let inbox = Inbox::new(
                 root.clone(),

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::api_keys::KeyStore;
+use crate::api_keys::snapshot::KeyStore;
 use crate::config::GatewayConfig;
 use crate::error::GatewayError;
 
@@ -40,6 +40,8 @@ pub struct Principal {
     /// The SHA-256 of a runtime key (`/v1/keys`), so a session it opened ends when it is
     /// revoked; `None` for every other credential.
     runtime_key: Option<[u8; 32]>,
+    /// True when the request proved itself with a Standard Webhooks signature (not an API key).
+    signed_webhook: bool,
 }
 
 impl Principal {
@@ -50,6 +52,7 @@ impl Principal {
             scopes,
             targets,
             runtime_key: None,
+            signed_webhook: false,
         }
     }
 
@@ -57,6 +60,16 @@ impl Principal {
     pub(crate) fn with_runtime_key(mut self, hash: [u8; 32]) -> Self {
         self.runtime_key = Some(hash);
         self
+    }
+
+    /// True when the request proved itself with a webhook signature rather than an API key.
+    pub(crate) fn is_signed_webhook(&self) -> bool {
+        self.signed_webhook
+    }
+
+    /// The SHA-256 of the runtime key it holds; `None` for every other credential.
+    pub(crate) fn runtime_key(&self) -> Option<[u8; 32]> {
+        self.runtime_key
     }
 
     /// What it may do.
@@ -76,6 +89,7 @@ impl Principal {
             scopes: vec![Scope::Submit],
             targets: Some(vec![target.clone()]),
             runtime_key: None,
+            signed_webhook: false,
         }
     }
 
@@ -127,8 +141,9 @@ struct Webhook {
 /// Every configured credential.
 pub struct Credentials {
     keys: Vec<ApiKey>,
-    /// Keys created at runtime (`/v1/keys`), checked after the configured ones.
-    stored: KeyStore,
+    /// Keys created at runtime (`/v1/keys`, kept by the router), checked after the configured
+    /// ones.
+    stored: std::sync::Arc<KeyStore>,
     webhooks: Vec<Webhook>,
     tolerance: Duration,
 }
@@ -172,6 +187,7 @@ impl Credentials {
                     scopes: vec![Scope::Submit, Scope::Read, Scope::Admin],
                     targets: None,
                     runtime_key: None,
+                    signed_webhook: false,
                 },
             });
         }
@@ -186,6 +202,7 @@ impl Credentials {
                     scopes: key.scopes.clone(),
                     targets: targets(&key.targets, &key.name)?,
                     runtime_key: None,
+                    signed_webhook: false,
                 },
             });
         }
@@ -212,6 +229,7 @@ impl Credentials {
                     scopes: hook.scopes.clone(),
                     targets: targets(&hook.targets, &hook.name)?,
                     runtime_key: None,
+                    signed_webhook: true,
                 },
             });
         }
@@ -220,9 +238,15 @@ impl Credentials {
                 "the gateway needs a credential: set api_key (GHOST_GATEWAY__API_KEY, 16+ characters), api_keys or webhooks"
             );
         }
+        let reserved = keys
+            .iter()
+            .map(|key| &key.principal.name)
+            .chain(webhooks.iter().map(|hook| &hook.principal.name))
+            .cloned()
+            .collect();
         Ok(Self {
             keys,
-            stored: KeyStore::open(config.data_dir.as_deref())?,
+            stored: std::sync::Arc::new(KeyStore::new(reserved)),
             webhooks,
             tolerance: config.webhook_tolerance,
         })
@@ -239,6 +263,11 @@ impl Credentials {
     /// The keys created at runtime.
     pub(crate) fn store(&self) -> &KeyStore {
         &self.stored
+    }
+
+    /// The keys created at runtime, shared (long polls watch them for revocations).
+    pub(crate) fn shared_store(&self) -> std::sync::Arc<KeyStore> {
+        std::sync::Arc::clone(&self.stored)
     }
 
     /// The names config gives (keys and webhook senders): a runtime key may not take one.

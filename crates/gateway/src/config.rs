@@ -87,8 +87,9 @@ pub struct GatewayConfig {
     pub inbox_settle: Duration,
     /// The web dashboard at `/ui`.
     pub ui: UiConfig,
-    /// Where the gateway keeps its own state: the API keys created at runtime
-    /// (`POST /v1/keys`, in `api-keys.json`, hashes only). Unset: such keys cannot be created.
+    /// Where an older gateway kept the API keys created at runtime (`api-keys.json`): such a
+    /// file is imported into the router once at start and renamed `api-keys.json.imported`.
+    /// Runtime keys now live in the router, shared by every gateway; unset is fine.
     pub data_dir: Option<PathBuf>,
     /// The privacy policy served at `GET /privacy` (markdown-ish text: blank lines part
     /// paragraphs, `#` lines are headings), e.g. for a public Custom GPT. Unset, and no

@@ -174,7 +174,7 @@ fn new_token(body: Result<Bytes, BytesRejection>) -> Result<NewExecutorToken, Ga
 /// Issue an executor token.
 #[utoipa::path(
     post, path = "/v1/executor-tokens", operation_id = "createExecutorToken", tag = "executor-tokens",
-    description = "Issue a token for an executor, scoped to targets. The token is in this answer only; the router keeps its hash. Needs the admin scope.",
+    description = "Admin only, with a Bearer API key. Issue a token for an executor, scoped to targets. The token is in this answer only; the router keeps its hash. Needs the admin scope.",
     request_body(content = NewExecutorToken, content_type = "application/json"),
     responses(
         (status = 201, description = "Issued; `token` is shown only now", body = IssuedExecutorToken),
@@ -233,7 +233,7 @@ pub async fn create_executor_token(
 /// Every executor token, without secrets.
 #[utoipa::path(
     get, path = "/v1/executor-tokens", operation_id = "listExecutorTokens", tag = "executor-tokens",
-    description = "Every executor token, live and revoked, with its targets, last use and open streams. Never a secret. Needs the admin scope.",
+    description = "Admin only, with a Bearer API key. Every executor token, live and revoked, with its targets, last use and open streams. Never a secret. Needs the admin scope.",
     responses(
         (status = 200, description = "Tokens", body = ExecutorTokenList),
         (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
@@ -274,7 +274,7 @@ pub async fn list_executor_tokens(
 /// Revoke an executor token.
 #[utoipa::path(
     delete, path = "/v1/executor-tokens/{name}", operation_id = "revokeExecutorToken", tag = "executor-tokens",
-    description = "Revoke a token: new connections with it are refused and its live streams are cut, their leases going to other executors. Needs the admin scope.",
+    description = "Admin only, with a Bearer API key. Revoke a token: new connections with it are refused and its live streams are cut, their leases going to other executors. Needs the admin scope.",
     params(("name" = String, Path, description = "Token name", pattern = r"^[A-Za-z0-9._-]{1,64}$")),
     responses(
         (status = 200, description = "The revoked token", body = ExecutorTokenView),

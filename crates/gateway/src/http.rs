@@ -46,6 +46,8 @@ pub struct AppState {
     pub max_patches_per_message: usize,
     /// The router's executor-token service (`/v1/executor-tokens`).
     pub executor_tokens: ExecutorTokens,
+    /// The router's API key service (`/v1/keys`).
+    pub api_keys: crate::api_keys::RuntimeKeys,
 }
 
 /// An RFC 9457 problem document.

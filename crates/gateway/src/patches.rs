@@ -430,6 +430,8 @@ pub struct Patches {
     long_polls: PerCaller,
     dry_runs: PerCaller,
     reverts: PerCaller,
+    /// The runtime keys, so a long poll of a key revoked meanwhile ends (401).
+    revocations: Option<Arc<crate::api_keys::snapshot::KeyStore>>,
 }
 
 /// Bytes of `patch`'s canonical JSON, counted without building it.
@@ -489,7 +491,15 @@ impl Patches {
             long_polls: PerCaller::default(),
             dry_runs: PerCaller::default(),
             reverts: PerCaller::default(),
+            revocations: None,
         }
+    }
+
+    /// The same logic ending a long poll (401) once the runtime key it runs for is revoked.
+    #[must_use]
+    pub fn with_revocations(mut self, keys: Arc<crate::api_keys::snapshot::KeyStore>) -> Self {
+        self.revocations = Some(keys);
+        self
     }
 
     /// The same logic holding a long poll at most `max_wait` (itself at most 60 s).
@@ -863,7 +873,18 @@ impl Patches {
             tracing::info!(caller = %caller.name, patch_id = %raw_id, "long polls of one credential at their cap; answered at once");
             return self.with_summary(raw_id, view, report).await;
         };
-        let (view, report) = self.queue.wait(&parse_id(raw_id)?, wait).await?;
+        let id = parse_id(raw_id)?;
+        let waiting = self.queue.wait(&id, wait);
+        let (view, report) = match (&self.revocations, caller.runtime_key()) {
+            (Some(keys), Some(hash)) => tokio::select! {
+                answer = waiting => answer?,
+                () = keys.revoked(hash) => {
+                    tracing::info!(caller = %caller.name, patch_id = %raw_id, "long poll ended: its api key was revoked");
+                    return Err(GatewayError::Unauthorized);
+                }
+            },
+            _ => waiting.await?,
+        };
         self.with_summary(raw_id, view, report).await
     }
 

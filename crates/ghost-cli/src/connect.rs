@@ -259,7 +259,10 @@ pub async fn run(
                     "the gateway answered POST /v1/keys without a key"
                 ))
             })?;
-            Some(json!({"name": name, "key": secret, "scopes": scopes}))
+            // A key limited to targets makes one limited to the same targets (the gateway
+            // gives a new key its creator's targets when none are asked for).
+            let targets = issued["targets"].clone();
+            Some(json!({"name": name, "key": secret, "scopes": scopes, "targets": targets}))
         }
         None => None,
     };
@@ -334,9 +337,10 @@ pub async fn run(
         let mut text = text;
         if let Some(key) = &key {
             text.push_str(&format!(
-                "\nCreated API key {} (scopes {}); it is shown only now. Revoke it with DELETE /v1/keys/{}.\n",
+                "\nCreated API key {} (scopes {}; targets {}); it is shown only now. Revoke it with DELETE /v1/keys/{}.\n",
                 key["name"].as_str().unwrap_or(""),
                 options.key_scopes.as_deref().unwrap_or_default().join(","),
+                targets_text(&key["targets"]),
                 key["name"].as_str().unwrap_or("")
             ));
         } else {
@@ -348,6 +352,19 @@ pub async fn run(
         output.print(&text);
     }
     Ok(Exit::Success)
+}
+
+/// The targets of a created key as the text output says them (none listed: all).
+fn targets_text(targets: &Value) -> String {
+    let names: Vec<&str> = targets
+        .as_array()
+        .map(|list| list.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if names.is_empty() {
+        "all".to_owned()
+    } else {
+        names.join(",")
+    }
 }
 
 #[cfg(test)]

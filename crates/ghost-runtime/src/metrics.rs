@@ -30,6 +30,11 @@ pub enum Kind {
 /// name recorded anywhere in the workspace is listed here.
 pub const CATALOGUE: &[(&str, Kind, &str)] = &[
     (
+        "ghost_gateway_api_keys_stale",
+        Kind::Gauge,
+        "1 while the gateway cannot reach the router for the runtime API keys (it keeps the last ones learnt), else 0.",
+    ),
+    (
         "ghost_patches_submitted_total",
         Kind::Counter,
         "Patches newly stored by the router, by target.",

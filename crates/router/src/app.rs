@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ghost_proto::alerter::v1::alerter_service_client::AlerterServiceClient;
+use ghost_proto::router::v1::api_key_service_server::ApiKeyServiceServer;
 use ghost_proto::router::v1::executor_token_service_server::ExecutorTokenServiceServer;
 use ghost_proto::router::v1::router_service_server::RouterServiceServer;
 use ghost_proto::router::v1::router_stats_service_server::RouterStatsServiceServer;
@@ -14,6 +15,7 @@ use ghost_runtime::serve::{Listeners, Service};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::api_keys::{ApiKeyGrpc, ApiKeys};
 use crate::config::RouterConfig;
 use crate::grpc::RouterGrpc;
 use crate::routing::{Policy, Routing};
@@ -155,6 +157,11 @@ impl App {
                 }
             }
         });
+        let api_keys = Arc::new(
+            ApiKeys::open(Arc::clone(self.routing.store()), token.clone())
+                .await
+                .map_err(|err| anyhow::anyhow!("cannot read the runtime api keys: {err}"))?,
+        );
         let tokens = Arc::new(ExecutorTokens::new(Arc::clone(&self.routing)));
         let grpc = RouterGrpc {
             routing: Arc::clone(&self.routing),
@@ -173,12 +180,14 @@ impl App {
                 "ghost.router.v1.RouterService",
                 "ghost.router.v1.RouterStatsService",
                 "ghost.router.v1.ExecutorTokenService",
+                "ghost.router.v1.ApiKeyService",
             ],
             grpc: tonic::service::Routes::new(RouterServiceServer::new(grpc))
                 .add_service(RouterStatsServiceServer::new(RouterStats {
                     store: Arc::clone(self.routing.store()),
                 }))
-                .add_service(ExecutorTokenServiceServer::new(TokenService { tokens })),
+                .add_service(ExecutorTokenServiceServer::new(TokenService { tokens }))
+                .add_service(ApiKeyServiceServer::new(ApiKeyGrpc { keys: api_keys })),
             http: axum::Router::new(),
             open_methods: vec![WORK_METHOD],
         };

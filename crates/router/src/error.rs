@@ -40,6 +40,15 @@ pub enum RouterError {
     /// The executor token was revoked already.
     #[error("executor token {0} is already revoked")]
     TokenRevoked(String),
+    /// A runtime API key (or a gateway's config key) already has this name.
+    #[error("a key named {0:?} exists already; names are unique")]
+    ApiKeyExists(String),
+    /// No runtime API key has this name.
+    #[error("no api key is named {0:?}")]
+    ApiKeyNotFound(String),
+    /// The name is a key from the calling gateway's config.
+    #[error("key {0:?} comes from the gateway's config; remove it there")]
+    ApiKeyReserved(String),
     /// Too many calls of this kind at once; says which limit.
     #[error("{0}")]
     ResourceExhausted(String),
@@ -80,6 +89,9 @@ impl From<RouterError> for tonic::Status {
             RouterError::TokenExists(_) => Self::already_exists(err.to_string()),
             RouterError::TokenNotFound(_) => Self::not_found(err.to_string()),
             RouterError::TokenRevoked(_) => Self::failed_precondition(err.to_string()),
+            RouterError::ApiKeyExists(_) => Self::already_exists(err.to_string()),
+            RouterError::ApiKeyNotFound(_) => Self::not_found(err.to_string()),
+            RouterError::ApiKeyReserved(_) => Self::failed_precondition(err.to_string()),
             RouterError::ResourceExhausted(_) => Self::resource_exhausted(err.to_string()),
             RouterError::Unavailable(_) => Self::unavailable(err.to_string()),
             RouterError::DeadlineExceeded(_) => Self::deadline_exceeded(err.to_string()),

@@ -1,4 +1,4 @@
-//! `/v1/keys`: API keys created at runtime (hashed in the gateway's data_dir), used, listed,
+//! `/v1/keys`: API keys created at runtime (hashed in the router's database), used, listed,
 //! revoked, kept across a restart, and never wider than their creator; and the public pages
 //! `/privacy` and `/v1/info`.
 
@@ -91,18 +91,16 @@ async fn a_runtime_key_is_created_used_listed_and_revoked() {
     assert_eq!(reader["source"], "config");
     assert_eq!(reader["scopes"], json!(["read"]));
 
-    // The file holds the hash only, readable by its owner only.
-    let file = gateway.path("gateway/api-keys.json");
-    let stored = std::fs::read_to_string(&file).expect("keys file");
-    assert!(!stored.contains(&secret));
+    // The router's database holds the hash only; the gateway keeps no keys file.
+    let mut stored = std::fs::read(gateway.path("router/router.db")).expect("router database");
+    stored.extend(std::fs::read(gateway.path("router/router.db-wal")).unwrap_or_default());
+    assert!(!stored.windows(secret.len()).any(|w| w == secret.as_bytes()));
     let digest: String = Sha256::digest(secret.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    assert!(stored.contains(&digest));
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o600);
+    assert!(stored.windows(digest.len()).any(|w| w == digest.as_bytes()));
+    assert!(!gateway.path("gateway/api-keys.json").exists());
 
     // Config keys cannot be deleted; unknown names are 404; a runtime key is revoked.
     let (code, body) = delete(&gateway, "/v1/keys/reader", KEY).await;
@@ -173,10 +171,16 @@ async fn a_key_is_never_wider_than_its_creator() {
         .post("/v1/keys", MAIN_ADMIN, &new(json!(["CYOPS"])))
         .await;
     assert_eq!(code, 403, "{body}");
-    let (code, body) = gateway
-        .post("/v1/keys", MAIN_ADMIN, &new(Value::Null))
+    // Without targets: the creator's targets, never every target.
+    let (code, issued) = gateway
+        .post(
+            "/v1/keys",
+            MAIN_ADMIN,
+            &json!({"name": "no-targets", "scopes": ["submit"]}),
+        )
         .await;
-    assert_eq!(code, 403, "{body}");
+    assert_eq!(code, 201, "{issued}");
+    assert_eq!(issued["targets"], json!(["MAIN"]), "{issued}");
     let (code, issued) = gateway
         .post("/v1/keys", MAIN_ADMIN, &new(json!(["MAIN"])))
         .await;
@@ -245,16 +249,16 @@ async fn runtime_keys_survive_a_restart() {
 }
 
 #[tokio::test]
-async fn without_a_data_dir_keys_cannot_be_created() {
+async fn without_a_data_dir_keys_are_still_created_since_the_router_keeps_them() {
     let gateway = TestGateway::start(|_, _| {}).await;
     let (code, body) = gateway
         .post("/v1/keys", KEY, &json!({"name": "k", "scopes": ["read"]}))
         .await;
-    assert_eq!(code, 409, "{body}");
-    assert!(
-        body["detail"].as_str().unwrap().contains("data_dir"),
-        "{body}"
-    );
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = gateway
+        .get("/v1/targets", body["key"].as_str().expect("key"))
+        .await;
+    assert_eq!(code, 200, "{body}");
 }
 
 #[tokio::test]

@@ -22,5 +22,6 @@ mod real_patches;
 mod reference;
 mod revert;
 mod scale;
+mod shared_keys;
 mod system;
 mod targets;

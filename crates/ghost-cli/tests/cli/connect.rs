@@ -330,3 +330,39 @@ async fn the_gateways_public_url_is_the_one_given_to_the_client() {
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_limited_to_targets_makes_a_key_limited_to_the_same_targets() {
+    let system = spawn_system().await;
+    let http = reqwest::Client::new();
+    let issued: Value = http
+        .post(format!("{}/v1/keys", system.url))
+        .bearer_auth(API_KEY)
+        .json(&serde_json::json!({"name": "main-admin", "scopes": ["admin"], "targets": ["MAIN"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let admin = issued["key"].as_str().expect("admin key").to_owned();
+    let run = system
+        .env
+        .ghost_with(
+            &["--json", "connect", "cursor", "--key-scope", "submit,read"],
+            &[("GHOST_API_KEY", admin.as_str())],
+            b"",
+        )
+        .await;
+    run.expect(0);
+    let out = run.json();
+    assert_eq!(out["key"]["targets"], serde_json::json!(["MAIN"]), "{out}");
+    let key = out["key"]["key"].as_str().expect("key");
+    let refused = http
+        .get(format!("{}/v1/patches?target=LOCKED", system.url))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 403, "limited like its creator");
+}

@@ -7,6 +7,7 @@
 //! is every caller answered. So "stored" still means "survives kill -9", while many concurrent
 //! submits share one disk flush. Reads use a second connection and never wait for the writer.
 
+mod api_keys;
 mod schema;
 mod sqlite;
 mod stats;
@@ -15,6 +16,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use ghost_core::{ApplyReport, Patch, Status};
 
+pub use api_keys::{
+    ApiKeyRow, KeyCreated, KeyRevoked, KeysImported, MAX_API_KEYS, NewApiKey, Revoker,
+};
 pub use sqlite::SqliteStore;
 
 /// A storage failure.
@@ -461,6 +465,27 @@ pub trait RouterStore: Send + Sync + 'static {
         actor: String,
         detail: String,
     ) -> Result<(), StoreError>;
+
+    /// Stores a runtime API key unless its name is taken or [`MAX_API_KEYS`] exist; audited.
+    async fn create_api_key(&self, key: NewApiKey) -> Result<KeyCreated, StoreError>;
+
+    /// Every runtime API key, oldest first, and the version of the set.
+    async fn api_keys(&self) -> Result<(Vec<ApiKeyRow>, u64), StoreError>;
+
+    /// Deletes the runtime API key `name` when `revoker` may touch all it may; every outcome
+    /// audited.
+    async fn revoke_api_key(
+        &self,
+        name: String,
+        revoker: Revoker,
+    ) -> Result<KeyRevoked, StoreError>;
+
+    /// Stores keys a gateway kept in its own file (all or none); audited.
+    async fn import_api_keys(
+        &self,
+        keys: Vec<NewApiKey>,
+        actor: String,
+    ) -> Result<KeysImported, StoreError>;
 
     /// Records what became of delivery tries of outbox rows (row id, result), all in one
     /// write.

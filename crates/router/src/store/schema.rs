@@ -131,6 +131,21 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE token_audit ADD COLUMN token_id INTEGER NOT NULL DEFAULT 0;
     ",
+    // API keys made at run time (only their SHA-256 is kept), shared by every gateway; the
+    // set's version (in `meta`, `api_keys_version`) is bumped by every change. Changes are
+    // audited in `token_audit` (actions `api_key.*`).
+    "
+    CREATE TABLE api_keys (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        name         TEXT NOT NULL UNIQUE,
+        sha256       TEXT NOT NULL UNIQUE,
+        scopes_json  TEXT NOT NULL,
+        targets_json TEXT NOT NULL,
+        created_ms   INTEGER NOT NULL,
+        created_by   TEXT NOT NULL
+    );
+    INSERT OR IGNORE INTO meta (key, value) VALUES ('api_keys_version', 0);
+    ",
 ];
 
 /// Applies the migrations not yet recorded in `PRAGMA user_version`.

@@ -8,6 +8,9 @@ use ghost_core::{ApplyReport, Patch, Status};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
+use super::api_keys::{
+    self as keys, ApiKeyRow, KeyCreated, KeyRevoked, KeysImported, NewApiKey, Revoker,
+};
 use super::schema::migrate;
 use super::{
     AlertRow, Completed, Delivery, EventRow, Inserted, LeaseEnded, NewAlert, NewToken, Outbox,
@@ -499,7 +502,7 @@ pub const AUDIT_KEEP_ROWS: i64 = 10_000;
 /// Audit rows older than this (90 days, in ms) are deleted as new ones arrive.
 const AUDIT_KEEP_MS: i64 = 90 * 24 * 3600 * 1000;
 
-fn audit_tx(
+pub(super) fn audit_tx(
     conn: &Connection,
     action: &str,
     token_id: i64,
@@ -1310,6 +1313,33 @@ impl RouterStore for SqliteStore {
         detail: String,
     ) -> Result<(), StoreError> {
         self.write(move |conn| audit_tx(conn, &action, token_id, &name, &actor, &detail))
+            .await
+    }
+
+    async fn create_api_key(&self, key: NewApiKey) -> Result<KeyCreated, StoreError> {
+        self.write(move |conn| keys::create_tx(conn, &key)).await
+    }
+
+    async fn api_keys(&self) -> Result<(Vec<ApiKeyRow>, u64), StoreError> {
+        self.read(|conn| Ok((keys::all(conn)?, keys::version(conn)?)))
+            .await
+    }
+
+    async fn revoke_api_key(
+        &self,
+        name: String,
+        revoker: Revoker,
+    ) -> Result<KeyRevoked, StoreError> {
+        self.write(move |conn| keys::revoke_tx(conn, &name, &revoker))
+            .await
+    }
+
+    async fn import_api_keys(
+        &self,
+        imported: Vec<NewApiKey>,
+        actor: String,
+    ) -> Result<KeysImported, StoreError> {
+        self.write(move |conn| keys::import_tx(conn, &imported, &actor))
             .await
     }
 

@@ -3,6 +3,7 @@
 
 mod alerts;
 mod anonymous;
+mod api_keys;
 mod helpers;
 mod lease_holder;
 mod leases;

@@ -1,0 +1,341 @@
+//! API keys made at run time (the gateway's `/v1/keys`), in the router's database: one row per
+//! key with the SHA-256 of its secret (never the secret), and a version in `meta` bumped by
+//! every change in the same transaction, so a gateway holding version N knows it is current.
+//! Every change and every refused revocation goes to the token audit trail.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::StoreError;
+use super::sqlite::audit_tx;
+
+/// Runtime API keys kept at most.
+pub const MAX_API_KEYS: usize = 1_000;
+
+/// A runtime API key as stored (the SHA-256 of its secret, never the secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRow {
+    /// Row id.
+    pub id: i64,
+    /// Unique.
+    pub name: String,
+    /// Lowercase hex SHA-256 of the secret.
+    pub sha256: String,
+    /// `read`, `submit`, `admin`.
+    pub scopes: Vec<String>,
+    /// The targets it may touch; empty: all.
+    pub targets: Vec<String>,
+    /// Unix ms.
+    pub created_ms: i64,
+    /// The key that created it.
+    pub created_by: String,
+}
+
+/// A key to store (validated by the caller).
+#[derive(Debug, Clone)]
+pub struct NewApiKey {
+    /// Its name.
+    pub name: String,
+    /// Lowercase hex SHA-256 of the secret.
+    pub sha256: String,
+    /// Its scopes.
+    pub scopes: Vec<String>,
+    /// Its targets; empty: all.
+    pub targets: Vec<String>,
+    /// Unix ms.
+    pub created_ms: i64,
+    /// Who created it.
+    pub created_by: String,
+}
+
+/// What became of a creation.
+#[derive(Debug, Clone)]
+pub enum KeyCreated {
+    /// Stored; the version of the set holding it.
+    Created(ApiKeyRow, u64),
+    /// A key has this name already.
+    NameTaken,
+    /// [`MAX_API_KEYS`] keys exist already.
+    Full,
+}
+
+/// Who asks to revoke, and what they may touch.
+#[derive(Debug, Clone)]
+pub struct Revoker {
+    /// Their name, for the audit trail.
+    pub actor: String,
+    /// The targets they may touch; `None`: all.
+    pub targets: Option<Vec<String>>,
+}
+
+/// What became of a revocation.
+#[derive(Debug, Clone)]
+pub enum KeyRevoked {
+    /// No key has this name (audited).
+    Unknown,
+    /// The key has a target the revoker may not touch, or is for every target and the revoker
+    /// is limited (audited).
+    Wider(ApiKeyRow),
+    /// Deleted; the version of the set without it.
+    Now(ApiKeyRow, u64),
+}
+
+/// What became of an import.
+#[derive(Debug, Clone)]
+pub enum KeysImported {
+    /// (stored now, already stored with the same hash, the version after).
+    Done(u32, u32, u64),
+    /// These names are taken by keys with another secret: nothing was stored.
+    Conflict(Vec<String>),
+    /// The import would pass [`MAX_API_KEYS`]: nothing was stored.
+    Full(usize),
+}
+
+const KEY_COLUMNS: &str = "id, name, sha256, scopes_json, targets_json, created_ms, created_by";
+
+fn corrupt(name: &str, source: serde_json::Error) -> StoreError {
+    StoreError::Corrupt {
+        what: "api key",
+        id: name.to_owned(),
+        source,
+    }
+}
+
+fn read_key(row: &rusqlite::Row<'_>) -> rusqlite::Result<(ApiKeyRow, String, String)> {
+    Ok((
+        ApiKeyRow {
+            id: row.get(0)?,
+            name: row.get(1)?,
+            sha256: row.get(2)?,
+            scopes: Vec::new(),
+            targets: Vec::new(),
+            created_ms: row.get(5)?,
+            created_by: row.get(6)?,
+        },
+        row.get(3)?,
+        row.get(4)?,
+    ))
+}
+
+fn decode(
+    (mut key, scopes, targets): (ApiKeyRow, String, String),
+) -> Result<ApiKeyRow, StoreError> {
+    key.scopes = serde_json::from_str(&scopes).map_err(|err| corrupt(&key.name, err))?;
+    key.targets = serde_json::from_str(&targets).map_err(|err| corrupt(&key.name, err))?;
+    Ok(key)
+}
+
+/// The version of the key set.
+pub fn version(conn: &Connection) -> Result<u64, StoreError> {
+    let value: Option<i64> = conn
+        .prepare_cached("SELECT value FROM meta WHERE key = 'api_keys_version'")?
+        .query_row([], |row| row.get(0))
+        .optional()?;
+    Ok(u64::try_from(value.unwrap_or(0)).unwrap_or(0))
+}
+
+fn bump(conn: &Connection) -> Result<u64, StoreError> {
+    let value: i64 = conn
+        .prepare_cached(
+            "INSERT INTO meta (key, value) VALUES ('api_keys_version', 1)
+             ON CONFLICT (key) DO UPDATE SET value = value + 1 RETURNING value",
+        )?
+        .query_row([], |row| row.get(0))?;
+    Ok(u64::try_from(value).unwrap_or(0))
+}
+
+/// Every key, oldest first.
+pub fn all(conn: &Connection) -> Result<Vec<ApiKeyRow>, StoreError> {
+    conn.prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY id"))?
+        .query_map([], read_key)?
+        .map(|raw| decode(raw?))
+        .collect()
+}
+
+fn by_name(conn: &Connection, name: &str) -> Result<Option<ApiKeyRow>, StoreError> {
+    conn.prepare_cached(&format!(
+        "SELECT {KEY_COLUMNS} FROM api_keys WHERE name = ?1"
+    ))?
+    .query_row(params![name], read_key)
+    .optional()?
+    .map(decode)
+    .transpose()
+}
+
+fn count(conn: &Connection) -> Result<usize, StoreError> {
+    let count: i64 = conn
+        .prepare_cached("SELECT COUNT(*) FROM api_keys")?
+        .query_row([], |row| row.get(0))?;
+    Ok(usize::try_from(count).unwrap_or(usize::MAX))
+}
+
+fn insert(conn: &Connection, key: &NewApiKey) -> Result<ApiKeyRow, StoreError> {
+    let scopes = serde_json::to_string(&key.scopes).map_err(|err| corrupt(&key.name, err))?;
+    let targets = serde_json::to_string(&key.targets).map_err(|err| corrupt(&key.name, err))?;
+    conn.prepare_cached(
+        "INSERT INTO api_keys (name, sha256, scopes_json, targets_json, created_ms, created_by)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        key.name,
+        key.sha256,
+        scopes,
+        targets,
+        key.created_ms,
+        key.created_by
+    ])?;
+    Ok(ApiKeyRow {
+        id: conn.last_insert_rowid(),
+        name: key.name.clone(),
+        sha256: key.sha256.clone(),
+        scopes: key.scopes.clone(),
+        targets: key.targets.clone(),
+        created_ms: key.created_ms,
+        created_by: key.created_by.clone(),
+    })
+}
+
+fn detail(key: &ApiKeyRow) -> String {
+    format!(
+        "scopes={} targets={}",
+        key.scopes.join(","),
+        key.targets.join(",")
+    )
+}
+
+/// Stores `key` unless its name or secret is taken or the set is full; audited.
+pub fn create_tx(conn: &Connection, key: &NewApiKey) -> Result<KeyCreated, StoreError> {
+    let taken: bool = conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM api_keys WHERE name = ?1 OR sha256 = ?2)")?
+        .query_row(params![key.name, key.sha256], |row| row.get(0))?;
+    if taken {
+        audit_tx(
+            conn,
+            "api_key.refused",
+            0,
+            &key.name,
+            &key.created_by,
+            "name taken",
+        )?;
+        return Ok(KeyCreated::NameTaken);
+    }
+    if count(conn)? >= MAX_API_KEYS {
+        audit_tx(
+            conn,
+            "api_key.refused",
+            0,
+            &key.name,
+            &key.created_by,
+            "full",
+        )?;
+        return Ok(KeyCreated::Full);
+    }
+    let created = insert(conn, key)?;
+    let version = bump(conn)?;
+    audit_tx(
+        conn,
+        "api_key.create",
+        created.id,
+        &created.name,
+        &created.created_by,
+        &detail(&created),
+    )?;
+    Ok(KeyCreated::Created(created, version))
+}
+
+/// True when a revoker limited to `allowed` may touch every target of `key`.
+fn covers(allowed: Option<&[String]>, key: &ApiKeyRow) -> bool {
+    match allowed {
+        None => true,
+        Some(allowed) => {
+            !key.targets.is_empty() && key.targets.iter().all(|target| allowed.contains(target))
+        }
+    }
+}
+
+/// Deletes the key `name` when `revoker` may; every outcome audited.
+pub fn revoke_tx(
+    conn: &Connection,
+    name: &str,
+    revoker: &Revoker,
+) -> Result<KeyRevoked, StoreError> {
+    let Some(key) = by_name(conn, name)? else {
+        audit_tx(
+            conn,
+            "api_key.refused",
+            0,
+            name,
+            &revoker.actor,
+            "revoke: no such key",
+        )?;
+        return Ok(KeyRevoked::Unknown);
+    };
+    if !covers(revoker.targets.as_deref(), &key) {
+        audit_tx(
+            conn,
+            "api_key.refused",
+            key.id,
+            name,
+            &revoker.actor,
+            "revoke: the key has targets the caller may not touch",
+        )?;
+        return Ok(KeyRevoked::Wider(key));
+    }
+    conn.prepare_cached("DELETE FROM api_keys WHERE id = ?1")?
+        .execute(params![key.id])?;
+    let version = bump(conn)?;
+    audit_tx(
+        conn,
+        "api_key.revoke",
+        key.id,
+        name,
+        &revoker.actor,
+        &detail(&key),
+    )?;
+    Ok(KeyRevoked::Now(key, version))
+}
+
+/// Stores `keys` (all or none); a key stored already with the same name and hash is skipped.
+pub fn import_tx(
+    conn: &Connection,
+    keys: &[NewApiKey],
+    actor: &str,
+) -> Result<KeysImported, StoreError> {
+    let mut fresh = Vec::new();
+    let mut conflicts = Vec::new();
+    let mut present = 0u32;
+    for key in keys {
+        match by_name(conn, &key.name)? {
+            Some(stored) if stored.sha256 == key.sha256 => present += 1,
+            Some(_) => conflicts.push(key.name.clone()),
+            None => fresh.push(key),
+        }
+    }
+    if !conflicts.is_empty() {
+        return Ok(KeysImported::Conflict(conflicts));
+    }
+    let total = count(conn)? + fresh.len();
+    if total > MAX_API_KEYS {
+        return Ok(KeysImported::Full(total));
+    }
+    for key in &fresh {
+        let stored = insert(conn, key)?;
+        audit_tx(
+            conn,
+            "api_key.import",
+            stored.id,
+            &stored.name,
+            actor,
+            &detail(&stored),
+        )?;
+    }
+    let version = if fresh.is_empty() {
+        version(conn)?
+    } else {
+        bump(conn)?
+    };
+    Ok(KeysImported::Done(
+        u32::try_from(fresh.len()).unwrap_or(u32::MAX),
+        present,
+        version,
+    ))
+}

@@ -1,0 +1,293 @@
+//! Runtime API keys kept by the router (`ApiKeyService`): created with a secret shown once and
+//! only its SHA-256 stored, listed, revoked with refusals audited like acceptances, learnt by
+//! gateways through a snapshot long poll, imported from a gateway's old file, and kept across
+//! a restart.
+
+use std::time::{Duration, Instant};
+
+use ghost_proto::router::v1::api_key_service_client::ApiKeyServiceClient;
+use ghost_proto::router::v1::{
+    ApiKey, CreateApiKeyRequest, ImportApiKeysRequest, ListApiKeysRequest, RevokeApiKeyRequest,
+    SnapshotApiKeysRequest, StoredApiKey,
+};
+use sha2::{Digest, Sha256};
+use tonic::Code;
+
+use crate::helpers::{PATIENCE, TestRouter, config, spawn_router};
+
+fn keys(router: &TestRouter) -> ApiKeyServiceClient<tonic::transport::Channel> {
+    ApiKeyServiceClient::new(router.channel.clone())
+}
+
+fn strings(raw: &[&str]) -> Vec<String> {
+    raw.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn new_key(name: &str, scopes: &[&str], targets: &[&str]) -> CreateApiKeyRequest {
+    CreateApiKeyRequest {
+        name: name.to_owned(),
+        scopes: strings(scopes),
+        targets: strings(targets),
+        actor: "admin-key".to_owned(),
+        reserved_names: strings(&["reader"]),
+    }
+}
+
+fn revoke_as(name: &str, limited_to: Option<&[&str]>) -> RevokeApiKeyRequest {
+    RevokeApiKeyRequest {
+        name: name.to_owned(),
+        actor: "admin-key".to_owned(),
+        actor_limited: limited_to.is_some(),
+        actor_targets: strings(limited_to.unwrap_or_default()),
+        reserved_names: strings(&["reader"]),
+    }
+}
+
+fn hex_sha256(secret: &str) -> String {
+    Sha256::digest(secret.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// (action, actor, name, detail) of every audit row about API keys, oldest first.
+fn key_audit(dir: &std::path::Path) -> Vec<(String, String, String, String)> {
+    let conn = rusqlite::Connection::open_with_flags(
+        dir.join("router.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open the router's database");
+    let mut statement = conn
+        .prepare("SELECT action, actor, name, detail FROM token_audit WHERE action LIKE 'api_key.%' ORDER BY id")
+        .expect("query");
+    statement
+        .query_map([], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        })
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+}
+
+#[tokio::test]
+async fn a_key_is_created_listed_snapshotted_and_revoked_with_every_refusal_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = spawn_router(config(dir.path())).await;
+    let created = keys(&router)
+        .create_api_key(new_key(
+            "chatgpt",
+            &["read", "submit", "read"],
+            &["MAIN", "MAIN"],
+        ))
+        .await
+        .expect("created")
+        .into_inner();
+    let secret = created.secret.clone();
+    assert!(secret.starts_with("gr_") && secret.len() == 46, "{secret}");
+    let key = created.key.expect("key");
+    assert_eq!(key.scopes, ["submit", "read"]);
+    assert_eq!(key.targets, ["MAIN"]);
+    assert_eq!(key.created_by, "admin-key");
+
+    // The snapshot holds the hash, never the secret; the list holds neither.
+    let snapshot = keys(&router)
+        .snapshot_api_keys(SnapshotApiKeysRequest {
+            since_version: 0,
+            wait_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(snapshot.version, created.version);
+    assert_eq!(snapshot.keys.len(), 1);
+    assert_eq!(snapshot.keys[0].sha256, hex_sha256(&secret));
+    let listed = keys(&router)
+        .list_api_keys(ListApiKeysRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.keys, vec![key.clone()]);
+    let database = std::fs::read(dir.path().join("router.db")).unwrap();
+    assert!(
+        !database
+            .windows(secret.len())
+            .any(|w| w == secret.as_bytes()),
+        "the secret is stored"
+    );
+
+    // Refused: a taken name, a config key's name, bad scopes, too many targets.
+    for (request, code) in [
+        (new_key("chatgpt", &["read"], &[]), Code::AlreadyExists),
+        (new_key("reader", &["read"], &[]), Code::AlreadyExists),
+        (new_key("x", &[], &[]), Code::InvalidArgument),
+        (new_key("x", &["root"], &[]), Code::InvalidArgument),
+        (new_key("a b", &["read"], &[]), Code::InvalidArgument),
+        (
+            CreateApiKeyRequest {
+                targets: (0..65).map(|i| format!("T{i}")).collect(),
+                ..new_key("x", &["read"], &[])
+            },
+            Code::InvalidArgument,
+        ),
+    ] {
+        let refused = keys(&router).create_api_key(request.clone()).await;
+        assert_eq!(refused.unwrap_err().code(), code, "{request:?}");
+    }
+
+    // Revocations refused (a config key, an unknown name, a caller limited to other targets)
+    // are audited like the accepted one.
+    for (request, code) in [
+        (revoke_as("reader", None), Code::FailedPrecondition),
+        (revoke_as("nobody", None), Code::NotFound),
+        (
+            revoke_as("chatgpt", Some(&["CYOPS"])),
+            Code::PermissionDenied,
+        ),
+    ] {
+        let refused = keys(&router).revoke_api_key(request.clone()).await;
+        assert_eq!(refused.unwrap_err().code(), code, "{request:?}");
+    }
+    let revoked = keys(&router)
+        .revoke_api_key(revoke_as("chatgpt", Some(&["MAIN"])))
+        .await
+        .expect("revoked")
+        .into_inner();
+    assert!(revoked.version > created.version);
+    let audit = key_audit(dir.path());
+    let actions: Vec<(&str, &str)> = audit
+        .iter()
+        .map(|(action, _, name, _)| (action.as_str(), name.as_str()))
+        .collect();
+    assert!(
+        actions.contains(&("api_key.create", "chatgpt")),
+        "{audit:?}"
+    );
+    assert!(
+        actions.contains(&("api_key.refused", "reader")),
+        "{audit:?}"
+    );
+    assert!(
+        actions.contains(&("api_key.refused", "nobody")),
+        "{audit:?}"
+    );
+    assert!(
+        actions.contains(&("api_key.refused", "chatgpt")),
+        "{audit:?}"
+    );
+    assert!(
+        actions.contains(&("api_key.revoke", "chatgpt")),
+        "{audit:?}"
+    );
+    assert!(
+        audit.iter().all(|(_, actor, _, _)| actor == "admin-key"),
+        "{audit:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_held_snapshot_is_answered_when_a_key_is_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = spawn_router(config(dir.path())).await;
+    let created = keys(&router)
+        .create_api_key(new_key("held", &["read"], &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut client = keys(&router);
+    let started = Instant::now();
+    let held = tokio::spawn(async move {
+        client
+            .snapshot_api_keys(SnapshotApiKeysRequest {
+                since_version: created.version,
+                wait_ms: 30_000,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    });
+    // Still held while nothing changes (bounded: the revocation below must end it).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!held.is_finished(), "a current caller is held");
+    keys(&router)
+        .revoke_api_key(revoke_as("held", None))
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(PATIENCE, held)
+        .await
+        .expect("answered on the change")
+        .unwrap();
+    eprintln!(
+        "held snapshot answered {:?} after it was asked (200 ms of it before the revocation)",
+        started.elapsed()
+    );
+    assert!(answer.keys.is_empty(), "{answer:?}");
+    assert!(answer.version > created.version);
+}
+
+#[tokio::test]
+async fn keys_survive_a_restart_and_an_import_is_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = spawn_router(config(dir.path())).await;
+    let created = keys(&router)
+        .create_api_key(new_key("kept", &["admin"], &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    let old = StoredApiKey {
+        key: Some(ApiKey {
+            name: "from-file".to_owned(),
+            scopes: strings(&["read"]),
+            targets: strings(&["MAIN"]),
+            created_unix_ms: 1_700_000_000_000,
+            created_by: "api_key".to_owned(),
+        }),
+        sha256: hex_sha256("gr_old-secret"),
+    };
+    let import = ImportApiKeysRequest {
+        keys: vec![old.clone()],
+        actor: "gateway import".to_owned(),
+    };
+    let first = keys(&router)
+        .import_api_keys(import.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((first.imported, first.present), (1, 0));
+    let again = keys(&router)
+        .import_api_keys(import)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((again.imported, again.present), (0, 1));
+    // A name held by another secret refuses the whole import.
+    let mut other = old.clone();
+    other.sha256 = hex_sha256("gr_another");
+    let conflict = keys(&router)
+        .import_api_keys(ImportApiKeysRequest {
+            keys: vec![other],
+            actor: "gateway import".to_owned(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(conflict.code(), Code::AlreadyExists, "{conflict:?}");
+    router.stop().await;
+
+    let router = spawn_router(config(dir.path())).await;
+    let snapshot = keys(&router)
+        .snapshot_api_keys(SnapshotApiKeysRequest {
+            since_version: 0,
+            wait_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<&str> = snapshot
+        .keys
+        .iter()
+        .map(|k| k.key.as_ref().unwrap().name.as_str())
+        .collect();
+    assert_eq!(names, ["kept", "from-file"]);
+    assert_eq!(snapshot.keys[0].sha256, hex_sha256(&created.secret));
+    assert_eq!(snapshot.keys[1].sha256, old.sha256);
+    assert!(snapshot.version > created.version);
+}
