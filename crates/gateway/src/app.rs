@@ -227,7 +227,8 @@ impl App {
                 Arc::clone(&guard_state),
                 guard::authenticate,
             ))
-            .layer(middleware::from_fn(crate::mcp::keep_request_span));
+            .layer(middleware::from_fn(crate::mcp::keep_request_span))
+            .layer(middleware::from_fn(crate::mcp::session_end_no_content));
         let mut http = api.merge(mcp).merge(self.public_pages).merge(guide);
         if self.config.ui.enabled {
             let ui_state = crate::ui::UiState {

@@ -145,6 +145,21 @@ pub async fn keep_request_span(mut request: Request, next: Next) -> Response {
     next.run(request).await
 }
 
+/// A `DELETE /mcp` that ended its session is answered 204 No Content. The MCP library answers
+/// 202, which the `mcp` Python SDK reports to its user as "Session termination failed: 202" (it
+/// takes 200 or 204, and 405 for "not allowed"): nothing failed, so say so in its terms.
+pub async fn session_end_no_content(request: Request, next: Next) -> Response {
+    let delete = request.method() == http::Method::DELETE;
+    let mut response = next.run(request).await;
+    if delete && response.status() == http::StatusCode::ACCEPTED {
+        *response.status_mut() = http::StatusCode::NO_CONTENT;
+        *response.body_mut() = axum::body::Body::empty();
+        response.headers_mut().remove(http::header::CONTENT_LENGTH);
+        response.headers_mut().remove(http::header::CONTENT_TYPE);
+    }
+    response
+}
+
 /// The span of one tool call, a child of the HTTP request that carried it.
 fn tool_span(parts: &http::request::Parts, tool: &'static str) -> tracing::Span {
     let request = parts
