@@ -448,8 +448,8 @@ fn anchor_file_paths(
     parsed.data_dir = Some(anchored(base, &data_dir));
     for target in &mut parsed.targets {
         target.root = anchored(base, &target.root);
-        if let Some(agent) = &mut target.agent {
-            agent.inbox = anchored(base, &agent.inbox);
+        if let Some(inbox) = target.agent.as_mut().and_then(|a| a.inbox.as_mut()) {
+            *inbox = anchored(base, inbox);
         }
     }
     for path in [&mut parsed.tls.cert, &mut parsed.tls.key]

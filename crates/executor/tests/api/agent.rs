@@ -13,9 +13,10 @@ fn agent_workspace() -> TestWorkspace {
     workspace_with(TargetPolicy {
         commands: CommandPolicy::Allowlist(vec!["test".to_owned()]),
         agent: Some(AgentConfig {
-            inbox,
+            inbox: Some(inbox),
             command: None,
             timeout: Duration::from_secs(30),
+            ..AgentConfig::default()
         }),
         ..TargetPolicy::default()
     })
@@ -30,6 +31,7 @@ fn inbox(ws: &TestWorkspace) -> std::path::PathBuf {
         .unwrap()
         .inbox
         .clone()
+        .unwrap()
 }
 
 #[test]

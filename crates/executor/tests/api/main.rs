@@ -1,6 +1,7 @@
 //! Executor tests against real files, real child processes and real git.
 
 mod agent;
+mod agent_cli;
 mod checks;
 mod complete_rollback;
 mod crash;
