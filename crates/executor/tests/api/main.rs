@@ -19,5 +19,6 @@ mod race;
 mod revert;
 mod rollback;
 mod rollback_limits;
+mod sandbox;
 mod timing;
 mod wedge;
