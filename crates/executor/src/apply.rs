@@ -499,6 +499,10 @@ pub(crate) fn scrub_report(report: &mut ApplyReport, workspace: &Workspace) {
         scrub(&mut command.output_head, workspace);
         scrub(&mut command.output_tail, workspace);
     }
+    if let Some(agent) = &mut report.agent {
+        scrub(&mut agent.final_message, workspace);
+        scrub(&mut agent.transcript_tail, workspace);
+    }
 }
 
 /// Rolls back a journal an earlier attempt could not close (its rollback failed, or the file

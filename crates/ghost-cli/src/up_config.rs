@@ -692,6 +692,33 @@ mod tests {
     }
 
     #[test]
+    fn a_target_agent_cli_reaches_the_executor_and_an_unknown_one_is_refused() {
+        let config = load_text(
+            r#"
+            [[targets]]
+            name = "MAIN"
+            root = "./main"
+            agent = { cli = "aider", model = "openai/gpt-4o", env = ["OPENAI_API_KEY"], timeout = "30m" }
+            "#,
+            UpFlags::default(),
+        )
+        .unwrap();
+        let executor = config.system.executor.as_ref().unwrap();
+        let agent = executor.targets["MAIN"].agent.as_ref().unwrap();
+        assert_eq!(agent.cli.as_deref(), Some("aider"));
+        assert_eq!(agent.model.as_deref(), Some("openai/gpt-4o"));
+        assert_eq!(agent.env, ["OPENAI_API_KEY"]);
+        assert_eq!(agent.timeout, Duration::from_secs(1800));
+        let err = load_text(
+            "[[targets]]\nname = \"MAIN\"\nroot = \"./main\"\nagent = { cli = \"clippy\" }\n",
+            UpFlags::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("agent cli = \"clippy\" is not known"), "{err}");
+    }
+
+    #[test]
     fn targets_become_executor_workspaces_and_policies_and_gateway_targets() {
         let config = load_text(
             r#"

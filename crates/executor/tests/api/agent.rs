@@ -84,3 +84,70 @@ fn the_hand_off_times_out_cleanly_without_a_completion_file() {
     let report = ws.apply(&patch("task-3", r#""agent":{"task":"x"},"timeout_s":1"#));
     assert_eq!(report.status, Status::TimedOut, "{}", report.error);
 }
+
+/// Issue 23: cancelling a running agent CLI kills its whole tree (a background child too) and
+/// restores the workspace; what it had written is gone.
+#[test]
+fn cancelling_a_running_agent_kills_its_tree_and_rolls_back() {
+    let ws = workspace_with(TargetPolicy {
+        kill_grace: Duration::from_millis(200),
+        agent: Some(AgentConfig {
+            cli: Some("command".to_owned()),
+            command: Some(
+                "sh -c 'echo half > made.txt; sleep 60 & echo $! > pids.txt; echo $$ >> pids.txt; wait'"
+                    .to_owned(),
+            ),
+            timeout: Duration::from_secs(60),
+            ..AgentConfig::default()
+        }),
+        ..TargetPolicy::default()
+    });
+    ws.write("a.txt", "a\n");
+    let before = crate::helpers::snapshot(ws.root());
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let pids_file = ws.root().join("pids.txt");
+    let (report, pids) = std::thread::scope(|scope| {
+        let applying = scope.spawn(|| {
+            executor::apply::apply(
+                &ws.ctx,
+                &patch("agent-cancel", r#""agent":{"task":"work slowly"}"#),
+                executor::apply::Lease::default(),
+                false,
+                &cancel,
+            )
+        });
+        let start = Instant::now();
+        let mut pids = Vec::new();
+        while start.elapsed() < Duration::from_secs(20) {
+            let text = std::fs::read_to_string(&pids_file).unwrap_or_default();
+            pids = text
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+                .collect();
+            if pids.len() == 2 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(pids.len(), 2, "the agent started its background child");
+        cancel.cancel();
+        (applying.join().unwrap(), pids)
+    });
+    assert_eq!(report.status, Status::Cancelled, "{}", report.error);
+    assert_eq!(crate::helpers::snapshot(ws.root()), before);
+    for pid in pids {
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            !stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        });
+        assert!(!alive, "process {pid} of the agent is still running");
+    }
+    let agent = report.agent.expect("the agent's run");
+    assert!(
+        agent.files.contains(&"made.txt".to_owned()),
+        "{:?}",
+        agent.files
+    );
+    assert!(report.rollback.is_some_and(|r| r.error.is_empty()));
+}

@@ -76,7 +76,11 @@ fn an_agent_writing_outside_the_workspace_fails_and_is_rolled_back() {
     assert_eq!(snapshot(ws.root()), before);
     let agent = report.agent.expect("the agent's run");
     assert_ne!(agent.exit_code, Some(0));
-    assert!(agent.transcript_tail.contains("Permission denied"), "{}", agent.transcript_tail);
+    assert!(
+        agent.transcript_tail.contains("Permission denied"),
+        "{}",
+        agent.transcript_tail
+    );
     assert_eq!(agent.files, ["made.txt"]);
 }
 
