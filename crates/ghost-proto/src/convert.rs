@@ -551,6 +551,29 @@ mod tests {
     }
 
     #[test]
+    fn an_agent_run_and_the_sandbox_round_trip_through_the_wire() {
+        let report = ApplyReport {
+            agent: Some(AgentRun {
+                cli: "aider".to_owned(),
+                exit_code: Some(0),
+                duration_ms: 12,
+                diff: "diff --git a/a b/a\n".to_owned(),
+                diff_truncated: true,
+                files: vec!["a".to_owned()],
+                final_message: "done".to_owned(),
+                transcript_tail: "tail".to_owned(),
+                input_tokens: Some(3),
+                output_tokens: None,
+                cost_usd: "0.01".to_owned(),
+            }),
+            sandbox: "landlock".to_owned(),
+            ..ApplyReport::ended(Status::Succeeded, "")
+        };
+        let back = ApplyReport::try_from(wire::ApplyReport::from(&report)).unwrap();
+        assert_eq!(back, report);
+    }
+
+    #[test]
     fn bad_wire_paths_name_the_field() {
         let mut bad = wire::Patch::from(&sample());
         bad.edits[1] = wire::Edit {
