@@ -525,6 +525,44 @@ mod tests {
     }
 
     #[test]
+    fn agents_load_with_their_defaults_and_bad_ones_are_refused_clearly() {
+        let loaded = policy(
+            "sandbox = \"required\"\nwritable = [\"/var/cache/npm\"]\n\
+             agent = { cli = \"codex\", env = [\"OPENAI_API_KEY\"], model = \"o3\" }\n",
+        )
+        .unwrap();
+        let agent = loaded.agent.unwrap();
+        assert_eq!(agent.cli.as_deref(), Some("codex"));
+        assert_eq!(agent.timeout, Duration::from_secs(3600));
+        assert_eq!(loaded.sandbox, SandboxMode::Required);
+        assert_eq!(policy("").unwrap().sandbox, SandboxMode::Auto);
+        for (text, expected) in [
+            (
+                "agent = { cli = \"vim\" }\n",
+                "agent cli = \"vim\" is not known",
+            ),
+            ("agent = { cli = \"command\" }\n", "needs command"),
+            ("agent = { timeout = \"1m\" }\n", "or an inbox"),
+            (
+                "agent = { cli = \"aider\", inbox = \"/tmp/x\" }\n",
+                "inbox is for the IDE hand-off only",
+            ),
+            (
+                "agent = { cli = \"aider\", env = [\"A=B\"] }\n",
+                "\"A=B\" is not a variable name",
+            ),
+            (
+                "writable = [\"cache\"]\n",
+                "writable path cache is not absolute",
+            ),
+            ("sandbox = \"maybe\"\n", "unknown variant"),
+        ] {
+            let err = policy(text).unwrap_err();
+            assert!(err.contains(expected), "{text}: {err}");
+        }
+    }
+
+    #[test]
     fn revert_keep_defaults_to_20_and_is_held_to_1000() {
         assert_eq!(policy("").unwrap().revert_keep, 20);
         assert_eq!(policy("revert_keep = 0\n").unwrap().revert_keep, 0);
