@@ -151,3 +151,91 @@ fn cancelling_a_running_agent_kills_its_tree_and_rolls_back() {
     );
     assert!(report.rollback.is_some_and(|r| r.error.is_empty()));
 }
+
+/// The old system's phase document (`notes`, `phases`, `executionSteps`,
+/// `postMutationBuild`), handed to a scripted agent. `legacy_checks` names the programs the
+/// target allows, so only those `postMutationBuild` checks run.
+fn legacy_phase_patch_with(legacy_checks: &[&str]) -> ghost_core::ApplyReport {
+    let fixture = ghost_testkit::repo_root()
+        .join("crates/ghost-core/tests/fixtures/legacy/phase-agent-task.json");
+    let value: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture).unwrap()).unwrap();
+    let options = ghost_core::LegacyOptions {
+        default_target: Some(ghost_core::TargetName::parse("MAIN").unwrap()),
+        ..ghost_core::LegacyOptions::default()
+    };
+    let legacy = ghost_core::normalise(value, &options).unwrap().patch;
+    let ws = workspace_with(TargetPolicy {
+        commands: CommandPolicy::Allowlist(legacy_checks.iter().map(|p| (*p).to_owned()).collect()),
+        agent: Some(AgentConfig {
+            cli: Some("command".to_owned()),
+            // The "agent" reads the task on stdin and does what phase 1 asks.
+            command: Some(
+                "sh -c 'grep -q \"Phase 1: Create src-nextgen/shell/\" && mkdir -p src-nextgen/shell \
+                 && echo \"export {};\" > src-nextgen/shell/index.ts && echo created the shell'"
+                    .to_owned(),
+            ),
+            timeout: Duration::from_secs(30),
+            ..AgentConfig::default()
+        }),
+        ..TargetPolicy::default()
+    });
+    ws.write("package.json", "{}\n");
+    let before = crate::helpers::snapshot(ws.root());
+    let report = ws.apply(&legacy);
+    if report.status != Status::Succeeded {
+        assert_eq!(
+            crate::helpers::snapshot(ws.root()),
+            before,
+            "restored byte for byte"
+        );
+    }
+    report
+}
+
+#[test]
+fn a_legacy_phase_patch_runs_through_a_scripted_agent_to_succeeded() {
+    // No program of its postMutationBuild is allowed: every check is skipped and reported.
+    let report = legacy_phase_patch_with(&[]);
+    assert_eq!(report.status, Status::Succeeded, "{}", report.error);
+    let agent = report.agent.expect("the agent's run");
+    assert_eq!(
+        agent.files,
+        [
+            "src-nextgen",
+            "src-nextgen/shell",
+            "src-nextgen/shell/index.ts"
+        ]
+    );
+    assert!(agent.diff.contains("+export {};"), "{}", agent.diff);
+    assert_eq!(agent.final_message, "created the shell");
+    assert!(
+        report.commands.iter().all(|c| c.skipped),
+        "{:?}",
+        report.commands
+    );
+}
+
+#[test]
+fn a_legacy_phase_patch_whose_check_fails_is_rolled_back_with_the_checks_diagnostics() {
+    // `chmod +x scripts/*.sh` is allowed and runs without a shell: no such file, it fails.
+    let report = legacy_phase_patch_with(&["chmod"]);
+    assert_eq!(report.status, Status::RolledBack, "{}", report.error);
+    assert!(
+        report.error.contains("chmod +x scripts/*.sh"),
+        "{}",
+        report.error
+    );
+    let chmod = report
+        .commands
+        .iter()
+        .find(|c| c.command.starts_with("chmod"))
+        .expect("the chmod check ran");
+    assert_ne!(chmod.exit_code, Some(0));
+    assert!(
+        chmod.output_tail.contains("scripts/*.sh"),
+        "{}",
+        chmod.output_tail
+    );
+    assert!(report.agent.is_some_and(|a| a.diff.contains("+export {};")));
+}
