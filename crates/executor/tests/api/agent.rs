@@ -239,3 +239,42 @@ fn a_legacy_phase_patch_whose_check_fails_is_rolled_back_with_the_checks_diagnos
     );
     assert!(report.agent.is_some_and(|a| a.diff.contains("+export {};")));
 }
+
+/// Figures (printed, not asserted): the overhead of the hand-off and the snapshot around a
+/// no-op agent (`true`) on a 10-file and a 10,000-file workspace.
+#[test]
+fn overhead_of_a_no_op_agent_is_measured() {
+    for files in [10usize, 10_000] {
+        let ws = workspace_with(TargetPolicy {
+            agent: Some(AgentConfig {
+                cli: Some("command".to_owned()),
+                command: Some("true".to_owned()),
+                timeout: Duration::from_secs(60),
+                ..AgentConfig::default()
+            }),
+            ..TargetPolicy::default()
+        });
+        for i in 0..files {
+            ws.write(&format!("d{}/f{i}.txt", i % 100), "x\n");
+        }
+        for run in ["first", "second"] {
+            let started = Instant::now();
+            let report = ws.apply(&patch(
+                &format!("noop-{run}"),
+                r#""agent":{"task":"nothing"}"#,
+            ));
+            let total = started.elapsed();
+            assert_eq!(report.status, Status::Succeeded, "{}", report.error);
+            let stages: Vec<String> = report
+                .stages
+                .iter()
+                .map(|s| format!("{} {:.1} ms", s.stage, s.duration_us as f64 / 1000.0))
+                .collect();
+            eprintln!(
+                "no-op agent, {files} files, {run} run: {:.1} ms in all ({})",
+                total.as_secs_f64() * 1000.0,
+                stages.join(", ")
+            );
+        }
+    }
+}
