@@ -374,13 +374,19 @@ pub fn shown(argv: &[String]) -> String {
 const MAX_NAMED_FILES: usize = 100;
 
 /// Workspace files the task text names: words that look like relative paths (a `/` or a
-/// `.` in them) and are regular files of the workspace, in the order named, each once.
+/// `.` in them, no leading `-`) and are regular files of the workspace, in the order named,
+/// each once.
 pub fn files_named(workspace: &Workspace, text: &str) -> Vec<String> {
     let mut found = Vec::new();
+    let Ok(mut dirs) = crate::beneath::Dirs::open(&workspace.root) else {
+        return found;
+    };
     for word in text.split(|c: char| c.is_whitespace() || "`'\"(),;:<>[]{}*".contains(c)) {
         let word = word.trim_end_matches(['.', '!', '?']);
         let word = word.strip_prefix("./").unwrap_or(word);
+        // A name starting with `-` would be read as an option by a CLI given the files.
         if word.is_empty()
+            || word.starts_with('-')
             || word.len() > 1024
             || !(word.contains('/') || word.contains('.'))
             || found.iter().any(|seen| seen == word)
@@ -388,13 +394,16 @@ pub fn files_named(workspace: &Workspace, text: &str) -> Vec<String> {
         {
             continue;
         }
-        // Never following a symlink: only a regular file of the workspace counts.
-        if workspace
-            .root
-            .join(word)
-            .symlink_metadata()
-            .is_ok_and(|meta| meta.is_file())
-        {
+        // Never following a symlink, on the way or at the end: only a regular file of the
+        // workspace counts (the agent reads what it is given, and may send it to its model).
+        let (parent, name) = crate::beneath::split(word);
+        let regular = dirs.dir(parent).is_ok_and(|handle| {
+            matches!(
+                crate::beneath::stat(&handle, name),
+                Ok(Some(crate::beneath::Kind::File(_)))
+            )
+        });
+        if regular {
             found.push(word.to_owned());
             if found.len() == MAX_NAMED_FILES {
                 break;
@@ -721,6 +730,28 @@ mod tests {
             (Some(2300), Some(150))
         );
         assert_eq!(found.cost_usd, "0.02");
+    }
+
+    #[test]
+    fn only_regular_files_of_the_workspace_are_named_never_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap().join("ws");
+        let outside = root.parent().unwrap().join("outside");
+        std::fs::create_dir_all(root.join("src")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(root.join("src/a.ts"), "a").unwrap();
+        std::fs::write(outside.join("secret.txt"), "s").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
+        std::os::unix::fs::symlink(outside.join("secret.txt"), root.join("s.txt")).unwrap();
+        let workspace = Workspace {
+            target: "MAIN".to_owned(),
+            root: root.clone(),
+            state_dir: dir.path().join("state"),
+            policy: crate::config::TargetPolicy::default(),
+        };
+        let text = "Edit `src/a.ts` and ./src/a.ts, link/secret.txt, s.txt, ../outside/secret.txt, \
+                    /etc/passwd and src/missing.ts.";
+        assert_eq!(files_named(&workspace, text), ["src/a.ts"]);
     }
 
     #[test]
