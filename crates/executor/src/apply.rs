@@ -978,6 +978,8 @@ fn finish(
 
 /// Most bytes of the agent's diff in the report.
 pub const MAX_AGENT_DIFF_BYTES: usize = 256 * 1024;
+/// Most paths the agent changed listed in the report (every one up to this).
+pub const MAX_AGENT_FILES: usize = 10_000;
 /// Most bytes of the agent's transcript tail in the report.
 pub const MAX_TRANSCRIPT_BYTES: usize = 8 * 1024;
 
@@ -1045,6 +1047,12 @@ fn agent_diff(
         })
         .collect();
     let mut diff = crate::diff::render(&changes, MAX_AGENT_DIFF_BYTES);
+    if paths.len() > MAX_AGENT_FILES {
+        // The report must stay within a gRPC message: the rest is counted, not listed.
+        let more = paths.len() - MAX_AGENT_FILES;
+        paths.truncate(MAX_AGENT_FILES);
+        paths.push(format!("… and {more} more paths not listed"));
+    }
     if budget == 0 && !diff.truncated {
         diff.truncated = true;
         diff.text
