@@ -179,6 +179,13 @@ impl App {
         if killed > 0 {
             tracing::warn!(killed, "stopped commands an earlier executor left running");
         }
+        let swept = crate::commands::sweep_tmp();
+        if swept > 0 {
+            tracing::info!(
+                swept,
+                "removed temp dirs an earlier executor's commands left"
+            );
+        }
         recover(
             &config.state_dir,
             &workspaces,

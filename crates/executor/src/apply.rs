@@ -229,8 +229,19 @@ impl Attempt<'_> {
             }
             let own = timeout.unwrap_or(self.ctx.workspace.policy.command_timeout);
             let deadline = (Instant::now() + own).min(self.deadline);
-            let (mut report, stopped) =
-                commands::run(&self.ctx.workspace, line, argv, kind, deadline, self.cancel);
+            let ran = commands::run_with(
+                &self.ctx.workspace,
+                line,
+                argv,
+                kind,
+                deadline,
+                self.cancel,
+                &commands::Extra::default(),
+            );
+            if self.report.sandbox.is_empty() || ran.sandbox == "none" {
+                self.report.sandbox = ran.sandbox.to_owned();
+            }
+            let (mut report, stopped) = (ran.report, ran.stopped);
             report.name.clone_from(name);
             let exit = report.exit_code;
             let signal = report.signal;
@@ -438,7 +449,8 @@ pub(crate) fn scrub(text: &mut String, workspace: &Workspace) {
         .policy
         .agent
         .as_ref()
-        .map(|agent| agent.inbox.display().to_string())
+        .and_then(|agent| agent.inbox.as_ref())
+        .map(|inbox| inbox.display().to_string())
         .unwrap_or_default();
     // The longer path first, in case one lies inside another.
     let mut paths = [
@@ -486,6 +498,10 @@ pub(crate) fn scrub_report(report: &mut ApplyReport, workspace: &Workspace) {
     for command in &mut report.commands {
         scrub(&mut command.output_head, workspace);
         scrub(&mut command.output_tail, workspace);
+    }
+    if let Some(agent) = &mut report.agent {
+        scrub(&mut agent.final_message, workspace);
+        scrub(&mut agent.transcript_tail, workspace);
     }
 }
 
@@ -653,7 +669,9 @@ fn apply_once(
     }
     if let Some(task) = &patch.agent {
         validate.splice(0..0, commands);
-        return hand_off(attempt, &task.task, &validate, &owners, dry_run);
+        return hand_off(
+            attempt, &task.task, &validate, &owners, &scope, &ledger, &hash, lease, dry_run,
+        );
     }
     let ops = match patch.revert {
         // A revert's plan comes from the reverted patch's record (or git), not from edits.
@@ -958,13 +976,110 @@ fn finish(
     report
 }
 
-/// Hands the patch to the target's agent, then validates.
-/// The agent's changes are not snapshotted, so every `changed:` owner check runs.
+/// Most bytes of the agent's diff in the report.
+pub const MAX_AGENT_DIFF_BYTES: usize = 256 * 1024;
+/// Most paths the agent changed listed in the report (every one up to this).
+pub const MAX_AGENT_FILES: usize = 10_000;
+/// Most bytes of the agent's transcript tail in the report.
+pub const MAX_TRANSCRIPT_BYTES: usize = 8 * 1024;
+
+/// The unified diff of what the agent changed (`changed`: paths differing from the
+/// snapshot), bounded, and every changed path.
+fn agent_diff(
+    ctx: &Context,
+    scope: &Scope,
+    snapshot: &Snapshot,
+    changed: &[Vec<u8>],
+) -> (crate::diff::Diff, Vec<String>) {
+    let mut paths: Vec<String> = changed
+        .iter()
+        .map(|rel| String::from_utf8_lossy(rel).into_owned())
+        .collect();
+    paths.sort();
+    paths.dedup();
+    let mut dirs = Dirs::open_checked(&ctx.workspace.root, ctx.root_id).ok();
+    let mut sides = Vec::new();
+    let mut unreadable = Vec::new();
+    let mut budget = MAX_AGENT_DIFF_BYTES.saturating_mul(4);
+    for rel in &paths {
+        if budget == 0 {
+            break;
+        }
+        let before = match snapshot.original(scope, rel.as_bytes()) {
+            Ok(found) => found,
+            Err(_) => {
+                unreadable.push(rel.clone());
+                continue;
+            }
+        };
+        let (parent, name) = beneath::split(rel);
+        let after = dirs
+            .as_mut()
+            .and_then(|dirs| dirs.dir(parent).ok())
+            .and_then(|handle| match beneath::stat(&handle, name) {
+                Ok(Some(beneath::Kind::File(_))) => {
+                    beneath::read(&handle, name, ctx.limits.max_file_bytes)
+                        .ok()
+                        .flatten()
+                }
+                _ => None,
+            });
+        if before.is_none() && after.is_none() {
+            // A directory or a symlink: listed, not diffed.
+            continue;
+        }
+        let held = before.as_ref().map_or(0, |(b, _)| b.len())
+            + after.as_ref().map_or(0, |(b, _)| b.len());
+        budget = budget.saturating_sub(held);
+        sides.push((rel.clone(), before, after));
+    }
+    let changes: Vec<crate::diff::FileChange<'_>> = sides
+        .iter()
+        .map(|(rel, before, after)| crate::diff::FileChange {
+            old_path: rel,
+            path: rel,
+            before: before
+                .as_ref()
+                .map(|(bytes, mode)| crate::diff::Side { bytes, mode: *mode }),
+            after: after
+                .as_ref()
+                .map(|(bytes, mode)| crate::diff::Side { bytes, mode: *mode }),
+        })
+        .collect();
+    let mut diff = crate::diff::render(&changes, MAX_AGENT_DIFF_BYTES);
+    if paths.len() > MAX_AGENT_FILES {
+        // The report must stay within a gRPC message: the rest is counted, not listed.
+        let more = paths.len() - MAX_AGENT_FILES;
+        paths.truncate(MAX_AGENT_FILES);
+        paths.push(format!("… and {more} more paths not listed"));
+    }
+    if budget == 0 && !diff.truncated {
+        diff.truncated = true;
+        diff.text
+            .push_str("# diff cut: the files changed hold too many bytes to diff them all\n");
+    }
+    for rel in unreadable {
+        diff.text.push_str(&format!(
+            "# {rel}: changed; over max_file_bytes, so not diffed\n"
+        ));
+    }
+    (diff, paths)
+}
+
+/// Hands the patch to the target's agent (a CLI it runs, or the inbox), with a snapshot of
+/// the workspace before; then the patch's checks and the owner's. Any failure, timeout or
+/// cancel restores the snapshot byte for byte (the agent's new files removed). The report
+/// carries what the agent did: its diff, final message, transcript tail, exit status, tokens.
+#[allow(clippy::too_many_arguments)]
 fn hand_off(
     mut attempt: Attempt<'_>,
     task: &str,
     steps: &[Step],
     owners: &[OwnerStep],
+    scope: &Scope,
+    ledger: &Ledger,
+    hash: &str,
+    lease: Lease,
     dry_run: bool,
 ) -> ApplyReport {
     let ctx = attempt.ctx;
@@ -984,38 +1099,176 @@ fn hand_off(
         attempt.deadline = attempt.started + agent.timeout;
     }
     let (deadline, cancel, patch) = (attempt.deadline, attempt.cancel, attempt.patch);
-    let waited = attempt.stage("agent", |_| {
-        agent::hand_off(&ctx.workspace, &agent, patch, task, deadline, cancel)
-    });
-    let (outcome, command) = match waited {
-        Ok(done) => done,
-        Err(reason) => return attempt.end(Status::Failed, reason),
+    let target = ctx.workspace.target.as_str();
+    let mut dirs = match Dirs::open_checked(&ctx.workspace.root, ctx.root_id) {
+        Ok(dirs) => dirs,
+        Err(err) => {
+            return attempt.end(Status::Failed, format!("cannot open the workspace: {err}"));
+        }
     };
-    attempt.report.commands.extend(command);
-    match outcome {
-        Outcome::Done => {}
-        Outcome::Failed(reason) => return attempt.end(Status::Failed, reason),
-        Outcome::TimedOut => {
+    // An empty journal with the snapshot: a crash while the agent runs is rolled back on
+    // restart (the snapshot restored) like a crash during a patch's commands.
+    let journal = match attempt.stage("journal", |_| {
+        open_journal(ctx, patch, lease, &Plan::default(), &mut dirs)
+    }) {
+        Ok(journal) => journal,
+        Err(err) => return attempt.end(Status::Failed, format!("cannot write the journal: {err}")),
+    };
+    let label = format!("patch {} attempt {} (agent)", patch.id, lease.attempt);
+    let snapshot = match attempt.stage("snapshot", |_| snapshot::take(scope, &label)) {
+        Ok(snapshot) => snapshot,
+        Err(err) => {
+            tracing::error!(%target, error = %err, "cannot snapshot the workspace");
+            close_journal(target, journal);
             return attempt.end(
-                Status::TimedOut,
-                "the agent did not complete the task before the deadline",
+                Status::Failed,
+                format!("cannot snapshot the workspace before the agent runs: {err}"),
             );
         }
-        Outcome::Cancelled => {
-            return attempt.end(Status::Cancelled, "cancelled while waiting for the agent");
+    };
+    let cli = agent.cli.clone().unwrap_or_else(|| "inbox".to_owned());
+    let mut run = ghost_core::AgentRun {
+        cli: cli.clone(),
+        ..ghost_core::AgentRun::default()
+    };
+    let outcome = if agent.cli.is_some() {
+        let mut checks: Vec<String> = steps
+            .iter()
+            .filter_map(|step| match step {
+                Step::Run { line, .. } => Some(line.clone()),
+                Step::Skip { .. } => None,
+            })
+            .collect();
+        checks.extend(owners.iter().filter_map(|owner| match &owner.step {
+            Step::Run { line, .. } => Some(line.clone()),
+            Step::Skip { .. } => None,
+        }));
+        let files = agent::files_named(&ctx.workspace, &format!("{}\n{task}", patch.description));
+        let prompt = agent::prompt(patch, task, &checks, &files);
+        let ran = attempt.stage("agent", |_| {
+            agent::run_cli(&ctx.workspace, &agent, &prompt, &files, deadline, cancel)
+        });
+        match ran {
+            Ok(ran) => {
+                attempt.report.sandbox = ran.sandbox.to_owned();
+                let parsed = agent::parse_output(&ran.report.output_tail);
+                run.exit_code = ran.report.exit_code;
+                run.duration_ms = ran.report.duration_ms;
+                run.final_message = parsed.final_message;
+                run.transcript_tail =
+                    agent::tail_chars(&ran.report.output_tail, MAX_TRANSCRIPT_BYTES);
+                run.input_tokens = parsed.input_tokens;
+                run.output_tokens = parsed.output_tokens;
+                run.cost_usd = parsed.cost_usd;
+                ran.outcome
+            }
+            Err(reason) => Outcome::Failed(reason),
         }
+    } else {
+        let begun = Instant::now();
+        let waited = attempt.stage("agent", |_| {
+            agent::hand_off(&ctx.workspace, &agent, patch, task, deadline, cancel)
+        });
+        run.duration_ms = millis(begun.elapsed());
+        match waited {
+            Ok((outcome, command)) => {
+                if let Some(command) = &command {
+                    run.exit_code = command.exit_code;
+                    run.transcript_tail =
+                        agent::tail_chars(&command.output_tail, MAX_TRANSCRIPT_BYTES);
+                    run.final_message = agent::parse_output(&command.output_tail).final_message;
+                }
+                attempt.report.commands.extend(command);
+                outcome
+            }
+            Err(reason) => Outcome::Failed(reason),
+        }
+    };
+    let changed = match snapshot.changed(scope) {
+        Ok(changed) => Some(changed),
+        Err(err) => {
+            tracing::warn!(%target, error = %err,
+                "cannot list what the agent changed; every changed: check runs");
+            None
+        }
+    };
+    if let Some(changed) = &changed {
+        let (diff, files) = agent_diff(ctx, scope, &snapshot, changed);
+        run.diff = diff.text;
+        run.diff_truncated = diff.truncated;
+        run.files = files;
     }
-    let mut failure = None;
-    if !steps.is_empty() {
+    let mut failure = match outcome {
+        Outcome::Done => None,
+        Outcome::Failed(reason) => Some((Status::Failed, reason)),
+        Outcome::TimedOut => Some((
+            Status::TimedOut,
+            "the agent did not complete the task before the deadline".to_owned(),
+        )),
+        Outcome::Cancelled => Some((
+            Status::Cancelled,
+            "cancelled while waiting for the agent".to_owned(),
+        )),
+    };
+    attempt.report.agent = Some(run);
+    if failure.is_none() && !steps.is_empty() {
         failure = attempt.stage("validate", |a| a.run_steps(steps));
     }
     if failure.is_none() && !owners.is_empty() {
-        failure = attempt.stage("checks", |a| a.run_owner_checks(owners, || None));
+        let paths = changed.as_ref().map(|found| snapshot::as_paths(found));
+        failure = attempt.stage("checks", |a| a.run_owner_checks(owners, || paths));
     }
-    match failure {
-        None => attempt.end(Status::Succeeded, ""),
-        Some((status, reason)) => attempt.end(status, reason),
+    if let Some(what) = snapshot.git_changed(scope) {
+        tracing::warn!(%target, change = what, "the agent changed the repository's .git");
+        let reason = format!("{what} by the agent, which is not allowed");
+        failure = Some(match failure {
+            None => (Status::RolledBack, reason),
+            Some((status, first)) => (status, format!("{first}; {reason}")),
+        });
     }
+    let Some((status, reason)) = failure else {
+        let report = attempt.end(Status::Succeeded, "");
+        if let Err(err) = ledger.record(target, patch.id.as_str(), hash, &report) {
+            // Without the entry a re-delivery would run the agent again: undo instead.
+            tracing::error!(patch_id = %patch.id, error = %err, "cannot record the patch in the ledger");
+            let restored = roll_back(ctx, scope, Some(&snapshot), &journal, &mut dirs, false);
+            let mut failed = report;
+            failed.status = Status::RolledBack;
+            failed.error = format!("cannot record the patch in the ledger: {err}");
+            failed.rollback = Some(rollback_record(&restored, &failed.error));
+            if restored.errors.is_empty() {
+                close_journal(target, journal);
+            } else {
+                rollback_failed(target, patch, &restored);
+            }
+            return failed;
+        }
+        if let Err(err) = snapshot::release(scope) {
+            tracing::error!(%target, error = %err, "cannot release the snapshot");
+        }
+        close_journal(target, journal);
+        return report;
+    };
+    let restored = attempt.stage("rollback", |_| {
+        roll_back(ctx, scope, Some(&snapshot), &journal, &mut dirs, false)
+    });
+    attempt.report.rollback = Some(rollback_record(&restored, &reason));
+    let status = if status == Status::Failed {
+        Status::RolledBack
+    } else {
+        status
+    };
+    if !restored.errors.is_empty() {
+        rollback_failed(target, patch, &restored);
+        let error = format!(
+            "{reason}; the rollback could not restore everything ({}), so this target \
+             refuses patches until it can",
+            restored.errors.join("; ")
+        );
+        return attempt.end(status, error);
+    }
+    close_journal(target, journal);
+    attempt.end(status, reason)
 }
 
 #[cfg(test)]

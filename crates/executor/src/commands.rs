@@ -15,14 +15,20 @@
 //! hang the patch. Output is captured with bounded memory: the head and the tail are kept,
 //! the middle is counted; all of it goes through a bounded diagnostics parser as it streams,
 //! so a compiler error in the omitted middle is still reported.
+//!
+//! Each command gets a private temp dir of its own (mode 0700, `TMPDIR` points at it,
+//! removed when it ends) and, where the kernel has Landlock, may write only there, in the
+//! workspace and in the target's `writable` paths ([`sandbox`]).
 
 mod cgroup;
+pub mod sandbox;
 mod tree;
 
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
@@ -130,7 +136,12 @@ pub enum Stopped {
 /// Between fork and exec: gives the child a session of its own, moves it into its cgroup
 /// (`procs`) and sets its rlimits.
 #[allow(unsafe_code)]
-fn confine(command: &mut Command, policy: &TargetPolicy, procs: Option<Arc<File>>) {
+fn confine(
+    command: &mut Command,
+    policy: &TargetPolicy,
+    procs: Option<Arc<File>>,
+    ruleset: Option<landlock::RulesetCreated>,
+) {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let cpu = policy.max_cpu_seconds;
     let memory = policy.max_memory_bytes;
@@ -139,8 +150,10 @@ fn confine(command: &mut Command, policy: &TargetPolicy, procs: Option<Arc<File>
     let processes = getrlimit(Resource::RLIMIT_NPROC).map_or(policy.max_processes, |(_, hard)| {
         policy.max_processes.min(hard)
     });
+    let mut ruleset = ruleset;
     // SAFETY: the closure runs in the forked child before exec and only calls setsid(2),
-    // write(2) and setrlimit(2), which are async-signal-safe; it allocates nothing and
+    // write(2), setrlimit(2), prctl(2) and landlock_restrict_self(2), which are
+    // async-signal-safe; it allocates nothing (the ruleset was built before the fork) and
     // touches no lock.
     unsafe {
         command.pre_exec(move || {
@@ -160,8 +173,101 @@ fn confine(command: &mut Command, policy: &TargetPolicy, procs: Option<Arc<File>
             // not this, is what stops a fork bomb run as root.
             setrlimit(Resource::RLIMIT_NPROC, processes, processes)
                 .map_err(std::io::Error::from)?;
+            // Last, so nothing above needs a write it would forbid.
+            if let Some(ruleset) = ruleset.take() {
+                sandbox::enforce(ruleset)?;
+            }
             Ok(())
         });
+    }
+}
+
+/// What a run adds to a plain command: its stdin, variables, a temp dir, a longer tail.
+#[derive(Debug, Clone, Default)]
+pub struct Extra {
+    /// A file given on stdin (default: `/dev/null`).
+    pub stdin: Option<PathBuf>,
+    /// Variables set on top of the scrubbed environment.
+    pub env: Vec<(String, String)>,
+    /// More variable names passed through from the executor's environment.
+    pub pass: Vec<String>,
+    /// The private temp dir to use, made by the caller (default: one is made, and removed
+    /// when the command ends).
+    pub tmp: Option<PathBuf>,
+    /// Output bytes kept from the end instead of the target's `output_tail_bytes`.
+    pub tail_bytes: Option<usize>,
+}
+
+/// The prefixes of the temp dirs commands and agents get.
+const TMP_PREFIXES: [&str; 2] = ["ghost-cmd-", "ghost-agent-"];
+
+/// Makes a private temp dir (0700, named `<prefix>-<executor pid>-<random>`) under the
+/// system's temp dir.
+pub fn private_tmp(prefix: &str) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut random = [0u8; 8];
+    getrandom::fill(&mut random).map_err(|err| std::io::Error::other(err.to_string()))?;
+    let name: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}-{name}", std::process::id()));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    Ok(dir)
+}
+
+/// Removes the temp dirs of commands and agents that an executor no longer running (one that
+/// crashed) left behind: ours by owner, named with a pid that no process has now. Returns
+/// how many. Call at start.
+pub fn sweep_tmp() -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return 0;
+    };
+    // Our uid: the owner of our own /proc entry.
+    let Ok(me) = std::fs::metadata("/proc/self").map(|meta| meta.uid()) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name
+            .to_str()
+            .and_then(|name| TMP_PREFIXES.iter().find_map(|p| name.strip_prefix(p)))
+        else {
+            continue;
+        };
+        let Some(pid) = rest
+            .split('-')
+            .next()
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        // Never through a symlink, never another user's.
+        let Ok(meta) = entry.path().symlink_metadata() else {
+            continue;
+        };
+        if !meta.is_dir() || meta.uid() != me {
+            continue;
+        }
+        if std::fs::remove_dir_all(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// A temp dir removed (with what the command left in it) when dropped.
+struct TmpGuard(Option<PathBuf>);
+
+impl Drop for TmpGuard {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take()
+            && let Err(err) = std::fs::remove_dir_all(&dir)
+        {
+            tracing::warn!(dir = %dir.display(), error = %err, "cannot remove a command's temp dir");
+        }
     }
 }
 
@@ -170,6 +276,9 @@ fn spawn(
     argv: &Argv,
     procs: Option<Arc<File>>,
     tag: &str,
+    extra: &Extra,
+    tmp: &Path,
+    ruleset: Option<landlock::RulesetCreated>,
 ) -> std::io::Result<Child> {
     let mut command = match argv {
         Argv::Direct(argv) => {
@@ -191,13 +300,19 @@ fn spawn(
                 .policy
                 .env_allowlist
                 .iter()
+                .chain(&extra.pass)
                 .any(|allowed| name.to_str() == Some(allowed.as_str()))
         }))
+        .env("TMPDIR", tmp)
+        .envs(extra.env.iter().map(|(name, value)| (name, value)))
         .env(tree::TAG_VAR, tag)
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    confine(&mut command, &workspace.policy, procs);
+    match &extra.stdin {
+        Some(path) => command.stdin(File::open(path)?),
+        None => command.stdin(Stdio::null()),
+    };
+    confine(&mut command, &workspace.policy, procs, ruleset);
     command.spawn()
 }
 
@@ -299,11 +414,75 @@ pub fn run(
     deadline: Instant,
     cancel: &CancellationToken,
 ) -> (CommandReport, Option<Stopped>) {
+    let ran = run_with(
+        workspace,
+        line,
+        argv,
+        kind,
+        deadline,
+        cancel,
+        &Extra::default(),
+    );
+    (ran.report, ran.stopped)
+}
+
+/// How a command ran.
+#[derive(Debug)]
+pub struct Ran {
+    /// Its report.
+    pub report: CommandReport,
+    /// Why it was stopped early, if it was.
+    pub stopped: Option<Stopped>,
+    /// `"landlock"` or `"none"`.
+    pub sandbox: &'static str,
+}
+
+/// [`run`] with more: stdin, variables, a given temp dir, a longer output tail.
+pub fn run_with(
+    workspace: &Workspace,
+    line: &str,
+    argv: &Argv,
+    kind: CommandKind,
+    deadline: Instant,
+    cancel: &CancellationToken,
+    extra: &Extra,
+) -> Ran {
     let started = Instant::now();
     let mut report = CommandReport {
         command: line.to_owned(),
         kind,
         ..CommandReport::default()
+    };
+    let refused = |mut report: CommandReport, why: String| {
+        report.output_tail = why;
+        report.exit_code = Some(127);
+        Ran {
+            report,
+            stopped: None,
+            sandbox: "none",
+        }
+    };
+    let (tmp, _tmp_guard) = match &extra.tmp {
+        Some(tmp) => (tmp.clone(), TmpGuard(None)),
+        None => match private_tmp("ghost-cmd") {
+            Ok(tmp) => (tmp.clone(), TmpGuard(Some(tmp))),
+            Err(err) => {
+                tracing::error!(error = %err, command = %line, "cannot make the command's temp dir");
+                return refused(
+                    report,
+                    "refused: the command's temp dir cannot be made".to_owned(),
+                );
+            }
+        },
+    };
+    let plan = match sandbox::plan(&workspace.policy, &workspace.root, &tmp) {
+        Ok(plan) => plan,
+        Err(why) => return refused(report, why),
+    };
+    let sandbox_name = plan.name();
+    let ruleset = match plan {
+        sandbox::Plan::Landlock(ruleset) => Some(ruleset),
+        sandbox::Plan::None => None,
     };
     // Orphans must come to us, not to init, for the tree kill to find them; App::build sets
     // it too, this keeps any other caller (and an early failure there) covered.
@@ -316,10 +495,10 @@ pub fn run(
                 Err(err) => {
                     tracing::error!(cgroup = %parent.display(), error = %err, command = %line, "cannot create the command's pids cgroup; refusing the command");
                     // The path and the error stay in the log: clients see no internals.
-                    report.output_tail =
-                        "refused: the command's pids cgroup cannot be created".to_owned();
-                    report.exit_code = Some(127);
-                    return (report, None);
+                    return refused(
+                        report,
+                        "refused: the command's pids cgroup cannot be created".to_owned(),
+                    );
                 }
             }
         }
@@ -327,20 +506,18 @@ pub fn run(
     let in_cgroup = cgroup.is_some();
     let procs = cgroup.as_ref().map(cgroup::CommandCgroup::procs);
     let (mut child, mut tree) = match tree::Tree::spawn(cgroup, |tag| {
-        spawn(workspace, argv, procs, tag)
+        spawn(workspace, argv, procs, tag, extra, &tmp, ruleset)
     }) {
         Ok(spawned) => spawned,
         Err(err) if in_cgroup => {
             tracing::error!(error = %err, command = %line, "cannot start the command in its pids cgroup");
-            report.output_tail =
-                format!("cannot start command (or move it into its pids cgroup): {err}");
-            report.exit_code = Some(127);
-            return (report, None);
+            return refused(
+                report,
+                format!("cannot start command (or move it into its pids cgroup): {err}"),
+            );
         }
         Err(err) => {
-            report.output_tail = format!("cannot start command: {err}");
-            report.exit_code = Some(127);
-            return (report, None);
+            return refused(report, format!("cannot start command: {err}"));
         }
     };
     let leader = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
@@ -348,7 +525,9 @@ pub fn run(
         head: Vec::new(),
         tail: VecDeque::new(),
         head_cap: workspace.policy.output_head_bytes,
-        tail_cap: workspace.policy.output_tail_bytes,
+        tail_cap: extra
+            .tail_bytes
+            .unwrap_or(workspace.policy.output_tail_bytes),
         total: 0,
     }));
     let (done_tx, done_rx) = mpsc::channel();
@@ -427,7 +606,11 @@ pub fn run(
         report.output_tail = tail;
         report.omitted_bytes = omitted;
     }
-    (report, stopped)
+    Ran {
+        report,
+        stopped,
+        sandbox: sandbox_name,
+    }
 }
 
 #[cfg(test)]
@@ -449,6 +632,17 @@ mod tests {
             capture.push(chunk);
         }
         assert_eq!(capture.finish(), ("abcd".to_owned(), "wxyz".to_owned(), 18));
+    }
+
+    #[test]
+    fn temp_dirs_of_a_dead_executor_are_swept_and_live_ones_kept() {
+        let stale = std::env::temp_dir().join("ghost-cmd-4294967-sweeptest");
+        std::fs::create_dir_all(stale.join("inner")).unwrap();
+        let live = private_tmp("ghost-cmd").unwrap();
+        sweep_tmp();
+        assert!(!stale.exists(), "a dead executor's temp dir is removed");
+        assert!(live.exists(), "this executor's own temp dir is kept");
+        std::fs::remove_dir_all(live).unwrap();
     }
 
     #[test]

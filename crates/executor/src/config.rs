@@ -134,6 +134,27 @@ pub struct TargetPolicy {
     /// succeeded patches (the oldest pruned when a new one is written); 0 keeps none, so only
     /// a patch that made a git commit can be reverted. At most 1000.
     pub revert_keep: u32,
+    /// Landlock confinement of commands, checks and agents: `"auto"` (the default: write
+    /// access only to the workspace, a private temp dir and `writable`, where the kernel has
+    /// Landlock; a warning and `sandbox = "none"` in the report where it has not),
+    /// `"required"` (refuse to run anything on a kernel without it), `"off"`.
+    pub sandbox: SandboxMode,
+    /// Directories (or files) commands and agents may write besides the workspace and their
+    /// temp dir, e.g. a package manager's cache.
+    pub writable: Vec<PathBuf>,
+}
+
+/// Whether commands and agents run under Landlock.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxMode {
+    /// Where the kernel supports it.
+    #[default]
+    Auto,
+    /// Always; nothing runs on a kernel without it.
+    Required,
+    /// Never.
+    Off,
 }
 
 /// One owner check of a target (`targets.<T>.checks`).
@@ -268,6 +289,17 @@ impl TargetPolicy {
                 crate::revert::MAX_KEEP
             ));
         }
+        if let Some(agent) = &self.agent {
+            agent.validate(target)?;
+        }
+        for path in &self.writable {
+            if !path.is_absolute() {
+                return Err(format!(
+                    "target {target}: writable path {} is not absolute",
+                    path.display()
+                ));
+            }
+        }
         for glob in &self.rollback_ignore {
             let bare = glob.strip_prefix('!').unwrap_or(glob);
             if bare.is_empty() {
@@ -304,24 +336,108 @@ impl Default for TargetPolicy {
             max_snapshot_files: 1_000_000,
             max_snapshot_bytes: 2 * 1024 * 1024 * 1024,
             revert_keep: crate::revert::DEFAULT_KEEP,
+            sandbox: SandboxMode::Auto,
+            writable: Vec::new(),
         }
     }
 }
 
-/// Where and how a coding agent receives tasks.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// How a target's coding agent receives tasks: a known CLI (`cli`), any program
+/// (`cli = "command"`), or, without `cli`, the hand-off to an IDE agent through `inbox`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
-    /// Directory the task file `<patch id>.task.md` is written to; the agent signals completion
-    /// by creating `<patch id>.done` there (a first line starting with `failed` fails it).
-    pub inbox: PathBuf,
-    /// Instead of waiting for a completion file, run this command (its last argument is the
-    /// task file) and wait for it to exit; exit 0 completes the task.
-    #[serde(default)]
+    /// The agent CLI run in the workspace: one of [`crate::agent::CLIS`] or `"command"`.
+    /// Unset: the inbox hand-off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cli: Option<String>,
+    /// Inbox hand-off only: the directory the task file `<patch id>.task.md` is written to;
+    /// the agent signals completion by creating `<patch id>.done` there (a first line starting
+    /// with `failed` fails it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbox: Option<PathBuf>,
+    /// With `cli = "command"`: the command line run (split with shell-words). With a known
+    /// CLI: the program to run instead of the CLI's own name looked up in `PATH` (e.g. the
+    /// `aider` of a venv). Inbox hand-off: run this command (its last argument is the task
+    /// file) instead of waiting for a completion file; exit 0 completes the task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
     /// How long to wait for the agent when the patch sets no `timeout_s`.
     #[serde(default = "default_agent_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// Environment variables passed through to the agent (its API key, ...), on top of the
+    /// target's `env_allowlist`; everything else is dropped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    /// The model a known CLI is asked to use (its `--model` flag); unset: the CLI's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Extra arguments put after a known CLI's built-in flags.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+}
+
+impl AgentConfig {
+    /// Refuses an unknown `cli`, a `command` agent without a command, an inbox hand-off
+    /// without an inbox, and bad variable names; the message names the target.
+    pub fn validate(&self, target: &str) -> Result<(), String> {
+        match self.cli.as_deref() {
+            None => {
+                if self.inbox.is_none() {
+                    return Err(format!(
+                        "target {target}: agent needs cli = \"<name>\" (one of {}) or an inbox \
+                         for an IDE agent",
+                        crate::agent::cli_names()
+                    ));
+                }
+            }
+            Some("command") => {
+                let Some(command) = self.command.as_deref() else {
+                    return Err(format!(
+                        "target {target}: agent cli = \"command\" needs command = \"...\""
+                    ));
+                };
+                let argv = shell_words::split(command).map_err(|err| {
+                    format!("target {target}: agent command {command:?} cannot be split: {err}")
+                })?;
+                if argv.is_empty() {
+                    return Err(format!("target {target}: agent command is empty"));
+                }
+            }
+            Some(cli) => {
+                if crate::agent::invocation(cli).is_none() {
+                    return Err(format!(
+                        "target {target}: agent cli = {cli:?} is not known; expected one of {} \
+                         or \"command\"",
+                        crate::agent::cli_names()
+                    ));
+                }
+                if self.command.as_deref().is_some_and(|c| c.trim().is_empty()) {
+                    return Err(format!("target {target}: agent command is empty"));
+                }
+            }
+        }
+        if self.cli.is_some() && self.inbox.is_some() {
+            return Err(format!(
+                "target {target}: agent inbox is for the IDE hand-off only; remove it or cli"
+            ));
+        }
+        if self.timeout.is_zero() {
+            return Err(format!("target {target}: agent timeout is zero"));
+        }
+        for name in &self.env {
+            let good = !name.is_empty()
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                && !name.as_bytes()[0].is_ascii_digit();
+            if !good {
+                return Err(format!(
+                    "target {target}: agent env {name:?} is not a variable name (letters, digits \
+                     and _)"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn default_agent_timeout() -> Duration {
@@ -402,6 +518,44 @@ mod tests {
                 "cannot split",
             ),
             ("rollback_ignore = [\"!\"]\n", "empty glob"),
+        ] {
+            let err = policy(text).unwrap_err();
+            assert!(err.contains(expected), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn agents_load_with_their_defaults_and_bad_ones_are_refused_clearly() {
+        let loaded = policy(
+            "sandbox = \"required\"\nwritable = [\"/var/cache/npm\"]\n\
+             agent = { cli = \"codex\", env = [\"OPENAI_API_KEY\"], model = \"o3\" }\n",
+        )
+        .unwrap();
+        let agent = loaded.agent.unwrap();
+        assert_eq!(agent.cli.as_deref(), Some("codex"));
+        assert_eq!(agent.timeout, Duration::from_secs(3600));
+        assert_eq!(loaded.sandbox, SandboxMode::Required);
+        assert_eq!(policy("").unwrap().sandbox, SandboxMode::Auto);
+        for (text, expected) in [
+            (
+                "agent = { cli = \"vim\" }\n",
+                "agent cli = \"vim\" is not known",
+            ),
+            ("agent = { cli = \"command\" }\n", "needs command"),
+            ("agent = { timeout = \"1m\" }\n", "or an inbox"),
+            (
+                "agent = { cli = \"aider\", inbox = \"/tmp/x\" }\n",
+                "inbox is for the IDE hand-off only",
+            ),
+            (
+                "agent = { cli = \"aider\", env = [\"A=B\"] }\n",
+                "\"A=B\" is not a variable name",
+            ),
+            (
+                "writable = [\"cache\"]\n",
+                "writable path cache is not absolute",
+            ),
+            ("sandbox = \"maybe\"\n", "unknown variant"),
         ] {
             let err = policy(text).unwrap_err();
             assert!(err.contains(expected), "{text}: {err}");

@@ -14,7 +14,7 @@
 //! restores its pre-images (or from its git commit once the record is gone). On start a
 //! leftover journal is rolled back and reported `interrupted` once the router is connected.
 
-mod agent;
+pub mod agent;
 mod app;
 pub mod apply;
 pub mod beneath;
@@ -35,7 +35,8 @@ pub mod workspace;
 
 pub use app::App;
 pub use config::{
-    AgentConfig, CommandPolicy, ExecutorConfig, OwnerCheck, TargetPolicy, When, WorkspaceConfig,
+    AgentConfig, CommandPolicy, ExecutorConfig, OwnerCheck, SandboxMode, TargetPolicy, When,
+    WorkspaceConfig,
 };
 
 /// Service name in logs, traces, metrics and the environment prefix.

@@ -301,8 +301,13 @@ impl Scope {
         }
         let mut excluded = Vec::new();
         excluded.extend(relative_inside(&workspace.root, &workspace.state_dir));
-        if let Some(agent) = &workspace.policy.agent {
-            excluded.extend(relative_inside(&workspace.root, &agent.inbox));
+        if let Some(inbox) = workspace
+            .policy
+            .agent
+            .as_ref()
+            .and_then(|a| a.inbox.as_ref())
+        {
+            excluded.extend(relative_inside(&workspace.root, inbox));
         }
         Ok(Self {
             root: workspace.root.clone(),
@@ -835,6 +840,23 @@ impl Snapshot {
                 .cloned(),
         );
         Ok(changed)
+    }
+
+    /// What `rel` was when the snapshot was taken: `Ok(None)` when it was no regular file
+    /// (absent, a directory, a symlink), `Err` when its bytes were not kept (over
+    /// `max_file_bytes`) or cannot be read from the store.
+    pub fn original(&self, scope: &Scope, rel: &[u8]) -> io::Result<Option<(Vec<u8>, u32)>> {
+        match self.manifest.entries.get(rel) {
+            Some(Node::File {
+                key,
+                hash: Some(hash),
+                ..
+            }) => Ok(Some((std::fs::read(scope.blob_path(hash))?, key.mode))),
+            Some(Node::File { hash: None, .. }) => Err(io::Error::other(
+                "over max_file_bytes: recorded by its stat key only",
+            )),
+            _ => Ok(None),
+        }
     }
 
     /// How the root's `.git` differs from when the snapshot was taken, if it does.

@@ -112,8 +112,13 @@ pub fn check_path(workspace: &Workspace, rel: &str) -> Result<(), ConfineError> 
     }
     // The agent inbox holds task and completion files: a patch writing there could fake an
     // agent's completion (or plant symlinks for the executor to meet).
-    if let Some(agent) = &workspace.policy.agent {
-        let inbox = std::fs::canonicalize(&agent.inbox).unwrap_or_else(|_| agent.inbox.clone());
+    if let Some(inbox) = workspace
+        .policy
+        .agent
+        .as_ref()
+        .and_then(|a| a.inbox.as_ref())
+    {
+        let inbox = std::fs::canonicalize(inbox).unwrap_or_else(|_| inbox.clone());
         if let Some(inbox) = dir_inside(workspace, &inbox) {
             let inside = inbox.len() <= parts.len()
                 && inbox

@@ -448,8 +448,8 @@ fn anchor_file_paths(
     parsed.data_dir = Some(anchored(base, &data_dir));
     for target in &mut parsed.targets {
         target.root = anchored(base, &target.root);
-        if let Some(agent) = &mut target.agent {
-            agent.inbox = anchored(base, &agent.inbox);
+        if let Some(inbox) = target.agent.as_mut().and_then(|a| a.inbox.as_mut()) {
+            *inbox = anchored(base, inbox);
         }
     }
     for path in [&mut parsed.tls.cert, &mut parsed.tls.key]
@@ -689,6 +689,33 @@ mod tests {
             file.is_absolute() && file.ends_with("policy.md"),
             "{file:?}"
         );
+    }
+
+    #[test]
+    fn a_target_agent_cli_reaches_the_executor_and_an_unknown_one_is_refused() {
+        let config = load_text(
+            r#"
+            [[targets]]
+            name = "MAIN"
+            root = "./main"
+            agent = { cli = "aider", model = "openai/gpt-4o", env = ["OPENAI_API_KEY"], timeout = "30m" }
+            "#,
+            UpFlags::default(),
+        )
+        .unwrap();
+        let executor = config.system.executor.as_ref().unwrap();
+        let agent = executor.targets["MAIN"].agent.as_ref().unwrap();
+        assert_eq!(agent.cli.as_deref(), Some("aider"));
+        assert_eq!(agent.model.as_deref(), Some("openai/gpt-4o"));
+        assert_eq!(agent.env, ["OPENAI_API_KEY"]);
+        assert_eq!(agent.timeout, Duration::from_secs(1800));
+        let err = load_text(
+            "[[targets]]\nname = \"MAIN\"\nroot = \"./main\"\nagent = { cli = \"clippy\" }\n",
+            UpFlags::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("agent cli = \"clippy\" is not known"), "{err}");
     }
 
     #[test]

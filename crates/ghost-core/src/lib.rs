@@ -39,7 +39,7 @@ pub use patch::{
     REVERT_ID_PREFIX, RevertSpec, is_revert_form, revert_id,
 };
 pub use report::{
-    ApplyReport, CommandKind, CommandReport, Diagnostic, EditReport, Rollback, Severity,
+    AgentRun, ApplyReport, CommandKind, CommandReport, Diagnostic, EditReport, Rollback, Severity,
     StageTiming,
 };
 pub use status::{Status, UnknownStatus};

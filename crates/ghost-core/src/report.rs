@@ -39,6 +39,51 @@ pub struct ApplyReport {
     /// refuse the revert (empty otherwise).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conflicts: Vec<String>,
+    /// For an agent task: what the agent did (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentRun>,
+    /// How the commands and the agent were confined on the file system: `"landlock"` (write
+    /// access only to the workspace and a private temp dir), `"none"` (the kernel has no
+    /// Landlock, or the target turned it off), empty when nothing ran.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sandbox: String,
+}
+
+/// What a coding agent did in the workspace, as the executor saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRun {
+    /// The agent: a known CLI (`"aider"`, `"claude-code"`, ...), `"command"`, or `"inbox"`
+    /// for the hand-off to an IDE agent.
+    pub cli: String,
+    /// Its exit code (absent: killed, or an inbox hand-off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Wall time of the agent in milliseconds.
+    pub duration_ms: u64,
+    /// Unified diff of the workspace from before the agent ran to after it (bounded).
+    #[serde(default)]
+    pub diff: String,
+    /// True when `diff` was cut at its bound (`files` still lists every path).
+    #[serde(default)]
+    pub diff_truncated: bool,
+    /// Every workspace-relative path the agent changed, made or removed.
+    #[serde(default)]
+    pub files: Vec<String>,
+    /// The agent's final message, where its output has one.
+    #[serde(default)]
+    pub final_message: String,
+    /// The end of its transcript (its combined output, bounded).
+    #[serde(default)]
+    pub transcript_tail: String,
+    /// Tokens the model read, where the CLI reports them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_tokens: Option<u64>,
+    /// Tokens the model wrote, where the CLI reports them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_tokens: Option<u64>,
+    /// Cost in US dollars as the CLI reported it (e.g. `"0.0123"`); empty: not reported.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cost_usd: String,
 }
 
 impl ApplyReport {
@@ -57,6 +102,8 @@ impl ApplyReport {
             diagnostics: Vec::new(),
             diff: String::new(),
             conflicts: Vec::new(),
+            agent: None,
+            sandbox: String::new(),
         }
     }
 }

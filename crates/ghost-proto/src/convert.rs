@@ -1,9 +1,9 @@
 //! Wire <-> domain conversions. Wire to domain is fallible and names the field that is wrong.
 
 use ghost_core::{
-    AgentTask, ApplyReport, Base, Check, CommandKind, CommandReport, CommitSpec, Diagnostic, Edit,
-    EditReport, OnFailure, Patch, PatchId, Priority, RelPath, RevertSpec, Rollback, Severity,
-    StageTiming, Status, TargetName,
+    AgentRun, AgentTask, ApplyReport, Base, Check, CommandKind, CommandReport, CommitSpec,
+    Diagnostic, Edit, EditReport, OnFailure, Patch, PatchId, Priority, RelPath, RevertSpec,
+    Rollback, Severity, StageTiming, Status, TargetName,
 };
 
 use crate::router::v1 as wire;
@@ -392,6 +392,20 @@ impl From<&ApplyReport> for wire::ApplyReport {
                 .collect(),
             diff: report.diff.clone(),
             conflicts: report.conflicts.clone(),
+            agent: report.agent.as_ref().map(|agent| wire::AgentRun {
+                cli: agent.cli.clone(),
+                exit_code: agent.exit_code,
+                duration_ms: agent.duration_ms,
+                diff: agent.diff.clone(),
+                diff_truncated: agent.diff_truncated,
+                files: agent.files.clone(),
+                final_message: agent.final_message.clone(),
+                transcript_tail: agent.transcript_tail.clone(),
+                input_tokens: agent.input_tokens,
+                output_tokens: agent.output_tokens,
+                cost_usd: agent.cost_usd.clone(),
+            }),
+            sandbox: report.sandbox.clone(),
         }
     }
 }
@@ -494,6 +508,20 @@ impl TryFrom<wire::ApplyReport> for ApplyReport {
             diagnostics,
             diff: report.diff,
             conflicts: report.conflicts,
+            agent: report.agent.map(|agent| AgentRun {
+                cli: agent.cli,
+                exit_code: agent.exit_code,
+                duration_ms: agent.duration_ms,
+                diff: agent.diff,
+                diff_truncated: agent.diff_truncated,
+                files: agent.files,
+                final_message: agent.final_message,
+                transcript_tail: agent.transcript_tail,
+                input_tokens: agent.input_tokens,
+                output_tokens: agent.output_tokens,
+                cost_usd: agent.cost_usd,
+            }),
+            sandbox: report.sandbox,
         })
     }
 }
@@ -520,6 +548,29 @@ mod tests {
         let back = Patch::try_from(wire::Patch::from(&patch)).unwrap();
         assert_eq!(back, patch);
         assert_eq!(back.content_hash(), patch.content_hash());
+    }
+
+    #[test]
+    fn an_agent_run_and_the_sandbox_round_trip_through_the_wire() {
+        let report = ApplyReport {
+            agent: Some(AgentRun {
+                cli: "aider".to_owned(),
+                exit_code: Some(0),
+                duration_ms: 12,
+                diff: "diff --git a/a b/a\n".to_owned(),
+                diff_truncated: true,
+                files: vec!["a".to_owned()],
+                final_message: "done".to_owned(),
+                transcript_tail: "tail".to_owned(),
+                input_tokens: Some(3),
+                output_tokens: None,
+                cost_usd: "0.01".to_owned(),
+            }),
+            sandbox: "landlock".to_owned(),
+            ..ApplyReport::ended(Status::Succeeded, "")
+        };
+        let back = ApplyReport::try_from(wire::ApplyReport::from(&report)).unwrap();
+        assert_eq!(back, report);
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! [`SummaryDoc`], the facts of a summary (`summary-<id>.json`, schema [`SCHEMA_VERSION`]), and
 //! [`merge`], which adds one attempt's [`Outcome`] to them. Pure functions, no I/O.
 
-use ghost_core::{ApplyReport, CommandReport, Diagnostic, EditReport, PatchId, Status, TargetName};
+use ghost_core::{
+    AgentRun, ApplyReport, CommandReport, Diagnostic, EditReport, PatchId, Status, TargetName,
+};
 use serde::{Deserialize, Serialize};
 
 /// Version of the `summary-<id>.json` schema; bumped on any incompatible change.
@@ -205,6 +207,10 @@ pub struct SummaryDoc {
     /// trailing comma ... was ignored"); absent when nothing was.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub intake_warnings: Vec<String>,
+    /// For an agent task: what the agent did in the latest attempt (its diff, final message,
+    /// transcript tail, exit status, tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentRun>,
 }
 
 impl SummaryDoc {
@@ -356,6 +362,7 @@ pub fn merge(
         diagnostics: report.diagnostics,
         attempts,
         intake_warnings: outcome.intake_warnings,
+        agent: report.agent,
     }
 }
 

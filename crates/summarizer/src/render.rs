@@ -14,6 +14,8 @@ pub const SLACK_EXCERPT_CHARS: usize = 2_900;
 const MD_OUTPUT_CHARS: usize = 4_000;
 /// Longest error shown in the Markdown.
 const MD_ERROR_CHARS: usize = 8_000;
+/// Longest agent diff shown in the Markdown (middle cut).
+const MD_AGENT_DIFF_CHARS: usize = 24_000;
 /// Diagnostics listed in the Slack excerpt; the summary has them all.
 const SLACK_DIAGNOSTICS: usize = 5;
 
@@ -137,6 +139,10 @@ pub fn markdown(doc: &SummaryDoc) -> String {
         }
     }
 
+    if let Some(agent) = &doc.agent {
+        agent_section(&mut out, agent);
+    }
+
     for (kind, title, none) in [
         ("command", "Commands", "No commands."),
         ("validate", "Validations", "No validations."),
@@ -243,6 +249,59 @@ fn command_section(out: &mut String, command: &CommandDoc) {
     }
     if let Some(artifact) = &command.artifact {
         out.push_str(&format!("Full output: [{artifact}]({artifact})\n\n"));
+    }
+}
+
+/// What the coding agent did: how it ended, what it says, the files it changed and its diff.
+fn agent_section(out: &mut String, agent: &ghost_core::AgentRun) {
+    heading(out, "Agent");
+    let mut facts = vec![format!("`{}`", cell(&agent.cli).replace('`', "'"))];
+    facts.push(match agent.exit_code {
+        Some(code) => format!("exit {code}"),
+        None => "no exit code".to_owned(),
+    });
+    facts.push(seconds(agent.duration_ms));
+    if let (Some(input), Some(output)) = (agent.input_tokens, agent.output_tokens) {
+        facts.push(format!("{input} tokens in, {output} out"));
+    }
+    if !agent.cost_usd.is_empty() {
+        facts.push(format!("${}", cell(&agent.cost_usd)));
+    }
+    out.push_str(&format!(
+        "- **Run:** {}
+",
+        facts.join(", ")
+    ));
+    if agent.files.is_empty() {
+        out.push_str(
+            "- **Files changed:** none
+",
+        );
+    } else {
+        out.push_str(&format!("- **Files changed ({}):**", agent.files.len()));
+        for file in &agent.files {
+            out.push_str(&format!(" `{}`", cell(file).replace('`', "'")));
+        }
+        out.push('\n');
+    }
+    if !agent.final_message.is_empty() {
+        out.push_str("\nFinal message:\n\n");
+        out.push_str(&code_block(&excerpt(&agent.final_message, MD_OUTPUT_CHARS)));
+    }
+    if !agent.diff.is_empty() {
+        out.push_str(if agent.diff_truncated {
+            "\nDiff (cut by the executor):\n\n"
+        } else {
+            "\nDiff:\n\n"
+        });
+        out.push_str(&code_block(&excerpt(&agent.diff, MD_AGENT_DIFF_CHARS)));
+    }
+    if !agent.transcript_tail.is_empty() {
+        out.push_str("\nTranscript tail:\n\n");
+        out.push_str(&code_block(&excerpt(
+            &agent.transcript_tail,
+            MD_OUTPUT_CHARS,
+        )));
     }
 }
 

@@ -13,9 +13,10 @@ fn agent_workspace() -> TestWorkspace {
     workspace_with(TargetPolicy {
         commands: CommandPolicy::Allowlist(vec!["test".to_owned()]),
         agent: Some(AgentConfig {
-            inbox,
+            inbox: Some(inbox),
             command: None,
             timeout: Duration::from_secs(30),
+            ..AgentConfig::default()
         }),
         ..TargetPolicy::default()
     })
@@ -30,6 +31,7 @@ fn inbox(ws: &TestWorkspace) -> std::path::PathBuf {
         .unwrap()
         .inbox
         .clone()
+        .unwrap()
 }
 
 #[test]
@@ -81,4 +83,198 @@ fn the_hand_off_times_out_cleanly_without_a_completion_file() {
     // A stale completion file from before the hand-off does not count: it is removed first.
     let report = ws.apply(&patch("task-3", r#""agent":{"task":"x"},"timeout_s":1"#));
     assert_eq!(report.status, Status::TimedOut, "{}", report.error);
+}
+
+/// Issue 23: cancelling a running agent CLI kills its whole tree (a background child too) and
+/// restores the workspace; what it had written is gone.
+#[test]
+fn cancelling_a_running_agent_kills_its_tree_and_rolls_back() {
+    let ws = workspace_with(TargetPolicy {
+        kill_grace: Duration::from_millis(200),
+        agent: Some(AgentConfig {
+            cli: Some("command".to_owned()),
+            command: Some(
+                "sh -c 'echo half > made.txt; sleep 60 & echo $! > pids.txt; echo $$ >> pids.txt; wait'"
+                    .to_owned(),
+            ),
+            timeout: Duration::from_secs(60),
+            ..AgentConfig::default()
+        }),
+        ..TargetPolicy::default()
+    });
+    ws.write("a.txt", "a\n");
+    let before = crate::helpers::snapshot(ws.root());
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let pids_file = ws.root().join("pids.txt");
+    let (report, pids) = std::thread::scope(|scope| {
+        let applying = scope.spawn(|| {
+            executor::apply::apply(
+                &ws.ctx,
+                &patch("agent-cancel", r#""agent":{"task":"work slowly"}"#),
+                executor::apply::Lease::default(),
+                false,
+                &cancel,
+            )
+        });
+        let start = Instant::now();
+        let mut pids = Vec::new();
+        while start.elapsed() < Duration::from_secs(20) {
+            let text = std::fs::read_to_string(&pids_file).unwrap_or_default();
+            pids = text
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+                .collect();
+            if pids.len() == 2 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(pids.len(), 2, "the agent started its background child");
+        cancel.cancel();
+        (applying.join().unwrap(), pids)
+    });
+    assert_eq!(report.status, Status::Cancelled, "{}", report.error);
+    assert_eq!(crate::helpers::snapshot(ws.root()), before);
+    for pid in pids {
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            !stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        });
+        assert!(!alive, "process {pid} of the agent is still running");
+    }
+    let agent = report.agent.expect("the agent's run");
+    assert!(
+        agent.files.contains(&"made.txt".to_owned()),
+        "{:?}",
+        agent.files
+    );
+    assert!(report.rollback.is_some_and(|r| r.error.is_empty()));
+}
+
+/// The old system's phase document (`notes`, `phases`, `executionSteps`,
+/// `postMutationBuild`), handed to a scripted agent. `legacy_checks` names the programs the
+/// target allows, so only those `postMutationBuild` checks run.
+fn legacy_phase_patch_with(legacy_checks: &[&str]) -> ghost_core::ApplyReport {
+    let fixture = ghost_testkit::repo_root()
+        .join("crates/ghost-core/tests/fixtures/legacy/phase-agent-task.json");
+    let value: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture).unwrap()).unwrap();
+    let options = ghost_core::LegacyOptions {
+        default_target: Some(ghost_core::TargetName::parse("MAIN").unwrap()),
+        ..ghost_core::LegacyOptions::default()
+    };
+    let legacy = ghost_core::normalise(value, &options).unwrap().patch;
+    let ws = workspace_with(TargetPolicy {
+        commands: CommandPolicy::Allowlist(legacy_checks.iter().map(|p| (*p).to_owned()).collect()),
+        agent: Some(AgentConfig {
+            cli: Some("command".to_owned()),
+            // The "agent" reads the task on stdin and does what phase 1 asks.
+            command: Some(
+                "sh -c 'grep -q \"Phase 1: Create src-nextgen/shell/\" && mkdir -p src-nextgen/shell \
+                 && echo \"export {};\" > src-nextgen/shell/index.ts && echo created the shell'"
+                    .to_owned(),
+            ),
+            timeout: Duration::from_secs(30),
+            ..AgentConfig::default()
+        }),
+        ..TargetPolicy::default()
+    });
+    ws.write("package.json", "{}\n");
+    let before = crate::helpers::snapshot(ws.root());
+    let report = ws.apply(&legacy);
+    if report.status != Status::Succeeded {
+        assert_eq!(
+            crate::helpers::snapshot(ws.root()),
+            before,
+            "restored byte for byte"
+        );
+    }
+    report
+}
+
+#[test]
+fn a_legacy_phase_patch_runs_through_a_scripted_agent_to_succeeded() {
+    // No program of its postMutationBuild is allowed: every check is skipped and reported.
+    let report = legacy_phase_patch_with(&[]);
+    assert_eq!(report.status, Status::Succeeded, "{}", report.error);
+    let agent = report.agent.expect("the agent's run");
+    assert_eq!(
+        agent.files,
+        [
+            "src-nextgen",
+            "src-nextgen/shell",
+            "src-nextgen/shell/index.ts"
+        ]
+    );
+    assert!(agent.diff.contains("+export {};"), "{}", agent.diff);
+    assert_eq!(agent.final_message, "created the shell");
+    assert!(
+        report.commands.iter().all(|c| c.skipped),
+        "{:?}",
+        report.commands
+    );
+}
+
+#[test]
+fn a_legacy_phase_patch_whose_check_fails_is_rolled_back_with_the_checks_diagnostics() {
+    // `chmod +x scripts/*.sh` is allowed and runs without a shell: no such file, it fails.
+    let report = legacy_phase_patch_with(&["chmod"]);
+    assert_eq!(report.status, Status::RolledBack, "{}", report.error);
+    assert!(
+        report.error.contains("chmod +x scripts/*.sh"),
+        "{}",
+        report.error
+    );
+    let chmod = report
+        .commands
+        .iter()
+        .find(|c| c.command.starts_with("chmod"))
+        .expect("the chmod check ran");
+    assert_ne!(chmod.exit_code, Some(0));
+    assert!(
+        chmod.output_tail.contains("scripts/*.sh"),
+        "{}",
+        chmod.output_tail
+    );
+    assert!(report.agent.is_some_and(|a| a.diff.contains("+export {};")));
+}
+
+/// Figures (printed, not asserted): the overhead of the hand-off and the snapshot around a
+/// no-op agent (`true`) on a 10-file and a 10,000-file workspace.
+#[test]
+fn overhead_of_a_no_op_agent_is_measured() {
+    for files in [10usize, 10_000] {
+        let ws = workspace_with(TargetPolicy {
+            agent: Some(AgentConfig {
+                cli: Some("command".to_owned()),
+                command: Some("true".to_owned()),
+                timeout: Duration::from_secs(60),
+                ..AgentConfig::default()
+            }),
+            ..TargetPolicy::default()
+        });
+        for i in 0..files {
+            ws.write(&format!("d{}/f{i}.txt", i % 100), "x\n");
+        }
+        for run in ["first", "second"] {
+            let started = Instant::now();
+            let report = ws.apply(&patch(
+                &format!("noop-{run}"),
+                r#""agent":{"task":"nothing"}"#,
+            ));
+            let total = started.elapsed();
+            assert_eq!(report.status, Status::Succeeded, "{}", report.error);
+            let stages: Vec<String> = report
+                .stages
+                .iter()
+                .map(|s| format!("{} {:.1} ms", s.stage, s.duration_us as f64 / 1000.0))
+                .collect();
+            eprintln!(
+                "no-op agent, {files} files, {run} run: {:.1} ms in all ({})",
+                total.as_secs_f64() * 1000.0,
+                stages.join(", ")
+            );
+        }
+    }
 }

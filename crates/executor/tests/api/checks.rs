@@ -230,14 +230,17 @@ fn an_agent_hand_off_runs_the_owner_checks_too() {
             When::Changed("**/*.txt".to_owned()),
         )],
         agent: Some(AgentConfig {
-            inbox,
+            inbox: Some(inbox),
             command: Some("sh -c 'echo done > bad.txt'".to_owned()),
             timeout: Duration::from_secs(20),
+            ..AgentConfig::default()
         }),
         ..TargetPolicy::default()
     });
     let report = ws.apply(&patch("agent-checked", r#""agent":{"task":"do it"}"#));
-    assert_eq!(report.status, Status::Failed, "{}", report.error);
+    // Issue 23: what the agent changed is snapshotted, so the failing check undoes it.
+    assert_eq!(report.status, Status::RolledBack, "{}", report.error);
+    assert!(!ws.root().join("bad.txt").exists());
     assert!(report.error.contains("lint"), "{}", report.error);
     assert!(
         report

@@ -171,3 +171,76 @@ test_write_delay = \"4ms\"\n[server]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen
         "too few kills landed mid-apply: {interrupted}"
     );
 }
+
+/// Issue 23: the executor killed with SIGKILL while an agent runs: after a restart the
+/// agent's leftovers are stopped, the workspace is whole again (the snapshot taken before the
+/// agent restored, its new file removed) and the patch is reported `interrupted`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_an_agent_runs_leaves_the_workspace_whole_after_restart() {
+    let ws = workspace();
+    ws.write("a.txt", "original\n");
+    let base = snapshot(ws.root());
+    let (router_addr, mut sessions) = TestRouter::start().await;
+    let config = ws.root().parent().unwrap().join("executor.toml");
+    fs::write(
+        &config,
+        format!(
+            "router_url = \"http://{router_addr}\"\nstate_dir = \"{}\"\nreconnect_backoff = \"50ms\"\n\
+[server]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\
+[[workspaces]]\ntarget = \"MAIN\"\nroot = \"{}\"\n\
+[targets.MAIN.agent]\ncli = \"command\"\ntimeout = \"60s\"\n\
+command = \"sh -c 'echo changed >> a.txt; echo half > made.txt; sleep 30'\"\n",
+            ws.ctx.workspace.state_dir.display(),
+            ws.root().display()
+        ),
+    )
+    .unwrap();
+    let mut executor = start_executor(&config);
+    let session = sessions.recv().await.unwrap();
+    let wire_patch = wire::Patch::from(&patch("agent-crash", r#""agent":{"task":"edit slowly"}"#));
+    for kind in [
+        router_message::Kind::Welcome(Welcome {
+            heartbeat_interval_ms: 200,
+        }),
+        router_message::Kind::Assign(Assign {
+            patch: Some(wire_patch),
+            attempt: 1,
+            fencing_token: 7,
+            deadline_unix_ms: 0,
+            traceparent: String::new(),
+        }),
+    ] {
+        session
+            .to_executor
+            .send(Ok(RouterMessage { kind: Some(kind) }))
+            .await
+            .unwrap();
+    }
+    let made = ws.root().join("made.txt");
+    for _ in 0..500 {
+        if made.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(made.exists(), "the agent started editing");
+    executor.kill().unwrap();
+    executor.wait().unwrap();
+    drop(session);
+
+    let mut restarted = start_executor(&config);
+    let mut session = sessions.recv().await.unwrap();
+    let owed = owed_result(&mut session).await;
+    assert_eq!(snapshot(ws.root()), base, "the workspace is whole again");
+    let Some(ExecutorMessage {
+        kind: Some(executor_message::Kind::Result(result)),
+    }) = owed
+    else {
+        panic!("no result owed for the interrupted agent patch: {owed:?}");
+    };
+    assert_eq!(result.patch_id, "agent-crash");
+    let report = ghost_core::ApplyReport::try_from(result.report.unwrap()).unwrap();
+    assert_eq!(report.status, Status::Interrupted);
+    restarted.kill().unwrap();
+    restarted.wait().unwrap();
+}

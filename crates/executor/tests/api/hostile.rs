@@ -133,6 +133,8 @@ fn alive(pid: i32) -> bool {
 #[test]
 fn a_grandchild_ignoring_sigterm_is_dead_after_the_deadline() {
     let ws = workspace_with(TargetPolicy {
+        // The command writes its pids beside the workspace, outside the sandbox.
+        sandbox: executor::SandboxMode::Off,
         commands: CommandPolicy::Any,
         shell: true,
         kill_grace: Duration::from_millis(300),

@@ -203,9 +203,10 @@ fn a_root_swapped_for_a_symlink_after_start_is_refused_and_nothing_is_written_th
 fn agent_policy(inbox: std::path::PathBuf) -> TargetPolicy {
     TargetPolicy {
         agent: Some(executor::AgentConfig {
-            inbox,
+            inbox: Some(inbox),
             command: None,
             timeout: std::time::Duration::from_secs(30),
+            ..executor::AgentConfig::default()
         }),
         ..TargetPolicy::default()
     }

@@ -1,6 +1,7 @@
 //! Executor tests against real files, real child processes and real git.
 
 mod agent;
+mod agent_cli;
 mod checks;
 mod complete_rollback;
 mod crash;
@@ -18,5 +19,6 @@ mod race;
 mod revert;
 mod rollback;
 mod rollback_limits;
+mod sandbox;
 mod timing;
 mod wedge;

@@ -32,6 +32,8 @@ fn one_at_a_time() -> MutexGuard<'static, ()> {
 
 fn shell_workspace() -> TestWorkspace {
     workspace_with(TargetPolicy {
+        // The commands write their pids beside the workspace, outside the sandbox.
+        sandbox: executor::SandboxMode::Off,
         commands: CommandPolicy::Any,
         shell: true,
         kill_grace: Duration::from_millis(200),
@@ -256,6 +258,8 @@ fn with_a_pids_cgroup_the_fork_bomb_is_capped_and_the_cgroup_removed() {
         return;
     };
     let ws = workspace_with(TargetPolicy {
+        // The commands write their pids beside the workspace, outside the sandbox.
+        sandbox: executor::SandboxMode::Off,
         commands: CommandPolicy::Any,
         shell: true,
         kill_grace: Duration::from_millis(200),
@@ -570,6 +574,8 @@ fn a_command_that_moves_the_executor_into_its_cgroup_does_not_get_it_stopped_or_
         return;
     };
     let ws = workspace_with(TargetPolicy {
+        // The commands write their pids beside the workspace, outside the sandbox.
+        sandbox: executor::SandboxMode::Off,
         commands: CommandPolicy::Any,
         shell: true,
         kill_grace: Duration::from_millis(200),
@@ -614,6 +620,8 @@ fn a_command_whose_pids_cgroup_cannot_be_made_is_refused() {
     let _one = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let ws = workspace_with(TargetPolicy {
+        // The commands write their pids beside the workspace, outside the sandbox.
+        sandbox: executor::SandboxMode::Off,
         commands: CommandPolicy::Any,
         shell: true,
         pids_cgroup: Some(dir.path().join("no-such-hierarchy")),

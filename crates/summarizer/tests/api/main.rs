@@ -1,6 +1,7 @@
 //! The summarizer's API over real gRPC on loopback, with its files on a temp dir and a
 //! recording fake alerter.
 
+mod agent;
 mod archive;
 mod concurrency;
 mod crash;
