@@ -32,6 +32,8 @@ pub struct AlerterConfig {
     pub alerts: AlertPolicy,
     /// The health monitor.
     pub health: HealthConfig,
+    /// Routes (channel, mention, own thread or digest), digests and the backlog switch.
+    pub routing: crate::routing::RoutingConfig,
 }
 
 impl Default for AlerterConfig {
@@ -45,6 +47,7 @@ impl Default for AlerterConfig {
             summarizer_url: None,
             alerts: AlertPolicy::default(),
             health: HealthConfig::default(),
+            routing: crate::routing::RoutingConfig::default(),
         }
     }
 }

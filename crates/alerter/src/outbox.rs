@@ -133,6 +133,45 @@ impl ChannelGates {
     }
 }
 
+/// `ghost_alerter_channel_backlog{channel}`: pending messages per channel, read at most every
+/// [`BACKLOG_EVERY`]; a channel that drained is set to 0.
+#[derive(Default)]
+struct BacklogGauge {
+    seen: HashSet<String>,
+    last: Option<std::time::Instant>,
+}
+
+/// How often the backlog gauge is refreshed.
+const BACKLOG_EVERY: Duration = Duration::from_millis(500);
+
+impl BacklogGauge {
+    async fn update(&mut self, outbox: &Outbox) {
+        if self.last.is_some_and(|at| at.elapsed() < BACKLOG_EVERY) {
+            return;
+        }
+        self.last = Some(std::time::Instant::now());
+        let pending = match outbox.store.pending_by_channel().await {
+            Ok(pending) => pending,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot count the slack backlog");
+                return;
+            }
+        };
+        for channel in &self.seen {
+            if !pending.contains_key(channel) {
+                metrics::gauge!("ghost_alerter_channel_backlog", "channel" => channel.clone())
+                    .set(0.0);
+            }
+        }
+        for (channel, count) in pending {
+            #[allow(clippy::cast_precision_loss)]
+            metrics::gauge!("ghost_alerter_channel_backlog", "channel" => channel.clone())
+                .set(count as f64);
+            self.seen.insert(channel);
+        }
+    }
+}
+
 /// What one try came to, for the round's settlement.
 struct Attempt {
     outcome: Outcome,
@@ -153,8 +192,10 @@ pub async fn deliver_loop(
     shutdown: CancellationToken,
 ) {
     let mut gates = ChannelGates::default();
+    let mut backlog = BacklogGauge::default();
     let limit = usize::try_from(policy.concurrency.max(1)).unwrap_or(1);
     while !shutdown.is_cancelled() {
+        backlog.update(&outbox).await;
         let now = outbox.clock.now_ms();
         let closed = gates.closed(now);
         let ready = match outbox.store.ready_heads(now, limit, closed).await {

@@ -131,6 +131,7 @@ pub fn notify(patch_id: &str) -> NotifyRequest {
         excerpt: format!("# ❌ {patch_id} rolled_back\n\npatchName: {patch_id}\n"),
         trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".to_owned(),
         error: "validation failed".to_owned(),
+        ..NotifyRequest::default()
     }
 }
 
