@@ -22,7 +22,7 @@ pub const MAX_DEPTH: usize = 8;
 pub const MAX_ROUTES: usize = 200;
 /// Longest `digest_max_entries` accepted (one digest message must stay within Slack's
 /// 50 blocks and 3,000 characters per section).
-pub const MAX_DIGEST_ENTRIES: u32 = 40;
+pub const MAX_DIGEST_ENTRIES: u32 = 100;
 
 /// Routing, digests and the backlog switch (`[alerter.routing]`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -55,7 +55,7 @@ impl Default for RoutingConfig {
         Self {
             ops_channel: None,
             digest_period: Duration::from_secs(15 * 60),
-            digest_max_entries: 30,
+            digest_max_entries: 50,
             backlog_threshold: 20,
             summary_url: None,
             notify_users: BTreeMap::new(),
