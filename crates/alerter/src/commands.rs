@@ -557,7 +557,10 @@ impl Commands {
             return self.queue("").await;
         }
         let exact: Vec<&String> = patterns.iter().filter(|p| !p.ends_with('*')).collect();
-        let prefixes: Vec<&str> = patterns.iter().filter_map(|p| p.strip_suffix('*')).collect();
+        let prefixes: Vec<&str> = patterns
+            .iter()
+            .filter_map(|p| p.strip_suffix('*'))
+            .collect();
         let mut patches = Vec::new();
         let mut calls: Vec<&str> = exact.iter().map(|t| t.as_str()).collect();
         if !prefixes.is_empty() {
@@ -580,8 +583,14 @@ impl Commands {
             more |= !answer.next_page_token.is_empty();
             for patch in answer.patches {
                 let wanted = !target.is_empty()
-                    || prefixes.iter().any(|prefix| patch.target.starts_with(prefix));
-                if wanted && !patches.iter().any(|p: &router_wire::PatchState| p.id == patch.id) {
+                    || prefixes
+                        .iter()
+                        .any(|prefix| patch.target.starts_with(prefix));
+                if wanted
+                    && !patches
+                        .iter()
+                        .any(|p: &router_wire::PatchState| p.id == patch.id)
+                {
                     patches.push(patch);
                 }
             }

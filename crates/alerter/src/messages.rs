@@ -88,8 +88,8 @@ pub fn digest_entry(outcome: &PatchOutcome, summary_url: Option<&str>) -> Value 
 const DIGEST_LINES_PER_SECTION: usize = 10;
 
 /// The digest message of one channel and period: counts by outcome and target, the slowest,
-/// and one line per patch (`• ✅ <id> on <target> (<duration>)`, linked to its summary when a
-/// link is configured).
+/// and one line per patch (`• ✅ `<id>` on <target> (<duration>) · <summary link>`, the link
+/// when `routing.summary_url` is set).
 pub fn digest_message(entries: &[Value], period_ms: i64) -> Value {
     let field = |entry: &Value, name: &str| {
         entry
@@ -106,26 +106,28 @@ pub fn digest_message(entries: &[Value], period_ms: i64) -> Value {
         let id = field(entry, "id");
         let status = field(entry, "status");
         let target = field(entry, "target");
-        let duration = entry.get("duration_ms").and_then(Value::as_u64).unwrap_or(0);
+        let duration = entry
+            .get("duration_ms")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
         *by_status.entry(status.clone()).or_default() += 1;
         *by_target.entry(target.clone()).or_default() += 1;
         if duration > 0 && slowest.as_ref().is_none_or(|(ms, _)| duration > *ms) {
             slowest = Some((duration, id.clone()));
         }
         let icon = if status == "succeeded" { "✅" } else { "❌" };
-        let name = match entry.get("url").and_then(Value::as_str) {
-            Some(url) if !url.is_empty() => {
-                format!("<{}|{}>", escape(url), escape(&id))
-            }
-            _ => format!("`{}`", escape(&id)),
-        };
         let took = if duration > 0 {
             format!(" ({})", human_ms(duration))
         } else {
             String::new()
         };
+        let link = match entry.get("url").and_then(Value::as_str) {
+            Some(url) if !url.is_empty() => format!(" · <{}|summary>", escape(url)),
+            _ => String::new(),
+        };
         lines.push(format!(
-            "• {icon} {name} on {}{took}",
+            "• {icon} `{}` on {}{took}{link}",
+            escape(&id),
             escape(&target)
         ));
     }
@@ -152,7 +154,9 @@ pub fn digest_message(entries: &[Value], period_ms: i64) -> Value {
     for chunk in lines.chunks(DIGEST_LINES_PER_SECTION) {
         blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "verbatim": true, "text": truncate(&chunk.join("\n"), SECTION_CHARS)}}));
     }
-    literal(json!({"text": truncate(&format!("{title}: {counts}"), SECTION_CHARS), "blocks": blocks}))
+    literal(
+        json!({"text": truncate(&format!("{title}: {counts}"), SECTION_CHARS), "blocks": blocks}),
+    )
 }
 
 fn human_ms(ms: u64) -> String {

@@ -132,8 +132,14 @@ impl Patches {
                 traceparent: traceparent.clone(),
                 priority: Priority::Thread,
             };
-            batch.push(message(Kind::Update, messages::patch_message(outcome, true)));
-            batch.push(message(Kind::Reply, messages::patch_message(outcome, false)));
+            batch.push(message(
+                Kind::Update,
+                messages::patch_message(outcome, true),
+            ));
+            batch.push(message(
+                Kind::Reply,
+                messages::patch_message(outcome, false),
+            ));
         } else {
             let labels: BTreeMap<String, String> = outcome.labels.clone();
             let decisions = self.router.route(&Subject {
@@ -176,10 +182,7 @@ impl Patches {
                         channel: decision.channel,
                         period_ms: now - now.rem_euclid(period),
                         max_entries: self.routing.digest_max_entries,
-                        entry: messages::digest_entry(
-                            outcome,
-                            self.routing.summary_url.as_deref(),
-                        ),
+                        entry: messages::digest_entry(outcome, self.routing.summary_url.as_deref()),
                     });
                 }
             }

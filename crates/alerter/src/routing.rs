@@ -224,7 +224,9 @@ fn check_route(route: &Route, key: &str, depth: usize, count: &mut usize) -> Res
     if let Some(channel) = &route.channel
         && !valid_channel(channel)
     {
-        return Err(format!("{key}.channel: {channel:?} is not a channel name or id"));
+        return Err(format!(
+            "{key}.channel: {channel:?} is not a channel name or id"
+        ));
     }
     if let Some(mention) = &route.mention {
         mention_markup(mention).map_err(|err| format!("{key}.mention: {err}"))?;
@@ -237,10 +239,13 @@ fn check_route(route: &Route, key: &str, depth: usize, count: &mut usize) -> Res
 
 fn matches(route: &Route, subject: &Subject<'_>) -> bool {
     let target_ok = route.target.is_empty()
-        || route.target.iter().any(|pattern| match pattern.strip_suffix('*') {
-            Some(prefix) => subject.target.starts_with(prefix),
-            None => pattern == subject.target,
-        });
+        || route
+            .target
+            .iter()
+            .any(|pattern| match pattern.strip_suffix('*') {
+                Some(prefix) => subject.target.starts_with(prefix),
+                None => pattern == subject.target,
+            });
     let status_ok =
         route.status.is_empty() || route.status.iter().any(|s| s == subject.status.as_str());
     let priority_ok =
@@ -263,8 +268,14 @@ struct Settings {
 impl Settings {
     fn under(&self, route: &Route) -> Self {
         Self {
-            channel: route.channel.clone().unwrap_or_else(|| self.channel.clone()),
-            mention: route.mention.clone().unwrap_or_else(|| self.mention.clone()),
+            channel: route
+                .channel
+                .clone()
+                .unwrap_or_else(|| self.channel.clone()),
+            mention: route
+                .mention
+                .clone()
+                .unwrap_or_else(|| self.mention.clone()),
             thread: route.thread.unwrap_or(self.thread),
         }
     }
@@ -302,10 +313,14 @@ impl Router {
             return Err("routing.digest_period must be at least 1s".to_owned());
         }
         if let Some(url) = &config.summary_url
-            && !(url.starts_with("https://") || url.starts_with("http://"))
+            && (!(url.starts_with("https://") || url.starts_with("http://"))
+                || url.len() > 500
+                || url
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '|' | '<' | '>')))
         {
             return Err(format!(
-                "routing.summary_url: {url:?} must start with https:// or http://"
+                "routing.summary_url: {url:?} must be an http(s) URL without spaces, |, < or >"
             ));
         }
         for (key, user) in &config.notify_users {
@@ -557,6 +572,9 @@ mod tests {
             ..RoutingConfig::default()
         };
         let error = Router::new(&config, "#g").unwrap_err();
-        assert!(error.contains("routing.routes[0].routes[0].mention"), "{error}");
+        assert!(
+            error.contains("routing.routes[0].routes[0].mention"),
+            "{error}"
+        );
     }
 }

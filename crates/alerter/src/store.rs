@@ -761,9 +761,7 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         .prepare("SELECT 1 FROM pragma_table_info('outbox') WHERE name = 'priority'")?
         .exists([])?;
     if !has_priority {
-        conn.execute_batch(
-            "ALTER TABLE outbox ADD COLUMN priority INTEGER NOT NULL DEFAULT 2;",
-        )?;
+        conn.execute_batch("ALTER TABLE outbox ADD COLUMN priority INTEGER NOT NULL DEFAULT 2;")?;
     }
     conn.execute_batch(
         "CREATE INDEX IF NOT EXISTS outbox_priority ON outbox (state, priority, id);",
