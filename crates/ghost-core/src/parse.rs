@@ -374,6 +374,17 @@ pub fn validate(patch: &Patch) -> Result<(), PatchError> {
             "give either `edits` or a `patch` document, not both",
         ));
     }
+    if let Some(user) = &patch.notify
+        && !crate::patch::is_slack_user_id(user)
+    {
+        let shown: String = user.chars().take(32).collect();
+        return Err(PatchError::invalid(
+            "/notify",
+            format!(
+                "notify must be a Slack user id (U or W, then 2 to 20 capital letters or digits), got {shown:?}"
+            ),
+        ));
+    }
     if let Some(index) = patch.depends_on.iter().position(|dep| *dep == patch.id) {
         return Err(PatchError::invalid(
             format!("/depends_on/{index}"),

@@ -28,6 +28,10 @@ pub struct Outcome {
     pub finished_unix_ms: i64,
     /// What the gateway forgave while reading the submitted document.
     pub intake_warnings: Vec<String>,
+    /// The patch's `notify` (a Slack user id), empty when none.
+    pub notify: String,
+    /// The patch's priority (`low`, `normal`, `high`), empty when unknown.
+    pub priority: String,
 }
 
 /// One attempt in a summary's history.
@@ -205,6 +209,12 @@ pub struct SummaryDoc {
     /// trailing comma ... was ignored"); absent when nothing was.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub intake_warnings: Vec<String>,
+    /// The patch's `notify` (a Slack user id the alerter tells when it ends); absent when none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub notify: String,
+    /// The patch's priority, for the alerter's routes; absent when unknown.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub priority: String,
 }
 
 impl SummaryDoc {
@@ -356,6 +366,8 @@ pub fn merge(
         diagnostics: report.diagnostics,
         attempts,
         intake_warnings: outcome.intake_warnings,
+        notify: outcome.notify,
+        priority: outcome.priority,
     }
 }
 
@@ -366,6 +378,8 @@ mod tests {
 
     fn outcome(status: Status, attempt: u32) -> Outcome {
         Outcome {
+            notify: String::new(),
+            priority: String::new(),
             patch_id: PatchId::parse("fix-login").unwrap(),
             target: TargetName::parse("MAIN").unwrap(),
             attempt,

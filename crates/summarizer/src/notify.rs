@@ -191,6 +191,8 @@ pub fn notify_request(doc: &SummaryDoc, attempt: u32, status: Status) -> NotifyR
         trace_id: doc.trace_id.clone(),
         error: crate::render::excerpt(&error, crate::render::SLACK_EXCERPT_CHARS),
         duration_ms: doc.duration_ms,
+        notify: doc.notify.clone(),
+        priority: doc.priority.clone(),
         ..NotifyRequest::default()
     }
 }

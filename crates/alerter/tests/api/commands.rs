@@ -270,6 +270,8 @@ async fn summary_shows_the_summarizers_markdown() {
     sys.summarizer
         .record(RecordRequest {
             outcome: Some(Outcome {
+                notify: String::new(),
+                priority: String::new(),
                 patch_id: "p-sum".to_owned(),
                 target: "MAIN".to_owned(),
                 attempt: 1,
