@@ -587,6 +587,24 @@ mod tests {
     }
 
     #[test]
+    fn notify_takes_a_slack_user_id_and_stays_out_of_the_canonical_form_when_unset() {
+        let plain = parse_json(br#"{"id":"p","target":"MAIN","agent":{"task":"t"}}"#).unwrap();
+        assert_eq!(plain.notify, None);
+        assert!(!plain.canonical_json().contains("notify"));
+        let with =
+            parse_json(br#"{"id":"p","target":"MAIN","agent":{"task":"t"},"notify":"U0ALICE1"}"#)
+                .unwrap();
+        assert_eq!(with.notify.as_deref(), Some("U0ALICE1"));
+        for bad in ["u0alice", "U1", "<!channel>", "C0CHANNEL", "U0\\nX"] {
+            let body =
+                format!(r#"{{"id":"p","target":"MAIN","agent":{{"task":"t"}},"notify":"{bad}"}}"#);
+            let (pointer, message) = invalid_pointer(&body);
+            assert_eq!(pointer, "/notify", "{bad}");
+            assert!(message.contains("Slack user id"), "{message}");
+        }
+    }
+
+    #[test]
     fn cross_field_rules_are_enforced() {
         assert_eq!(invalid_pointer(r#"{"id":"p","target":"MAIN"}"#).0, "/edits");
         assert_eq!(

@@ -409,6 +409,23 @@ mod tests {
     }
 
     #[test]
+    fn notify_and_priority_reach_the_alerter_request() {
+        let plain = merge(None, outcome(Status::Failed, 1), "t/{trace_id}");
+        let json = serde_json::to_string(&plain).unwrap();
+        assert!(!json.contains("notify"), "{json}");
+        let mut told = outcome(Status::Failed, 1);
+        told.notify = "U0ALICE".to_owned();
+        told.priority = "high".to_owned();
+        let doc = merge(None, told, "t/{trace_id}");
+        let again: SummaryDoc =
+            serde_json::from_str(&serde_json::to_string(&doc).unwrap()).unwrap();
+        let request = crate::notify::notify_request(&again, 1, Status::Failed);
+        assert_eq!(request.notify, "U0ALICE");
+        assert_eq!(request.priority, "high");
+        assert_eq!(request.duration_ms, doc.duration_ms);
+    }
+
+    #[test]
     fn later_attempts_append_history_and_take_the_top() {
         let first = merge(None, outcome(Status::RolledBack, 1), "t/{trace_id}");
         let second = merge(Some(first), outcome(Status::Succeeded, 2), "t/{trace_id}");
