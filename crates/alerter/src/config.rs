@@ -221,4 +221,16 @@ mod tests {
             "{error}"
         );
     }
+
+    #[test]
+    fn routing_keys_load_from_the_environment() {
+        let config = load(&[
+            ("GHOST_ALERTER__ROUTING__DIGEST_PERIOD", "5m"),
+            ("GHOST_ALERTER__ROUTING__OPS_CHANNEL", "#ops"),
+        ])
+        .unwrap();
+        assert_eq!(config.routing.digest_period, Duration::from_secs(300));
+        assert_eq!(config.routing.ops_channel.as_deref(), Some("#ops"));
+        assert_eq!(config.routing.digest_max_entries, 50);
+    }
 }

@@ -198,7 +198,7 @@ async fn a_burst_of_200_successes_and_5_failures_puts_failures_first_and_success
         .iter()
         .filter(|r| r.method.starts_with("chat."))
         .count();
-    println!(
+    eprintln!(
         "205 outcomes in {submitted:?}: {calls} Slack calls in 2 minutes; failure latencies {latencies:?}"
     );
     assert!(calls < 30, "{calls} Slack calls in the first 2 minutes");
@@ -534,7 +534,7 @@ async fn figures_slack_calls_per_1000_patches_and_failure_latency() {
             .iter()
             .filter(|r| r.method.starts_with("chat."))
             .count();
-        println!("1,000 patches (2% failed), digests {digests}: {calls} Slack calls");
+        eprintln!("1,000 patches (2% failed), digests {digests}: {calls} Slack calls");
     }
 
     let slack = FakeSlack::start().await;
@@ -565,7 +565,7 @@ async fn figures_slack_calls_per_1000_patches_and_failure_latency() {
         let index = ((latencies.len() as f64 - 1.0) * q).round() as usize;
         latencies[index]
     };
-    println!(
+    eprintln!(
         "500-patch burst, {} failures, 1 s pacing: failure-notification latency p50 {:?}, p99 {:?}",
         latencies.len(),
         pick(0.5),
