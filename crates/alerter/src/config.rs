@@ -11,6 +11,8 @@ use ghost_runtime::config::{Secret, ServerConfig};
 use ghost_runtime::telemetry::TelemetryConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::routing::RoutingConfig;
+
 /// The alerter's configuration (`GHOST_ALERTER__…`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -33,7 +35,7 @@ pub struct AlerterConfig {
     /// The health monitor.
     pub health: HealthConfig,
     /// Routes (channel, mention, own thread or digest), digests and the backlog switch.
-    pub routing: crate::routing::RoutingConfig,
+    pub routing: RoutingConfig,
 }
 
 impl Default for AlerterConfig {
@@ -47,7 +49,7 @@ impl Default for AlerterConfig {
             summarizer_url: None,
             alerts: AlertPolicy::default(),
             health: HealthConfig::default(),
-            routing: crate::routing::RoutingConfig::default(),
+            routing: RoutingConfig::default(),
         }
     }
 }
