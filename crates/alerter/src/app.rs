@@ -91,7 +91,8 @@ impl App {
             Router::new(&config.routing, &config.slack.channel)
                 .map_err(|err| anyhow::anyhow!("invalid alerter config: {err}"))?,
         );
-        let outbox = Outbox::new(store.clone(), Arc::clone(&clock));
+        let outbox = Outbox::new(store.clone(), Arc::clone(&clock))
+            .with_backlog_threshold(config.routing.backlog_threshold);
         let patches = Patches::new(
             outbox.clone(),
             Arc::clone(&router_tree),

@@ -10,10 +10,11 @@
 //!
 //! When a channel's backlog passes `routing.backlog_threshold`, successes routed to their own
 //! thread go to the digest instead, with a one-line notice; when the backlog has fallen to
-//! half the threshold, the next patch routed to that channel switches back (another notice).
+//! half the threshold, it switches back (another notice), noticed by the next patch routed
+//! there or by the delivery loop, whichever comes first.
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use ghost_core::Status;
 
@@ -35,8 +36,6 @@ pub struct Patches {
     router: Arc<Router>,
     routing: Arc<RoutingConfig>,
     clock: crate::clock::SharedClock,
-    /// Channels whose successes go to the digest because of their backlog.
-    switched: Arc<Mutex<HashSet<String>>>,
 }
 
 fn millis(duration: std::time::Duration) -> i64 {
@@ -56,7 +55,6 @@ impl Patches {
             router,
             routing: Arc::new(routing),
             clock,
-            switched: Arc::new(Mutex::new(HashSet::new())),
         }
     }
 
@@ -72,42 +70,13 @@ impl Patches {
         channel: &str,
         notices: &mut Vec<NewMessage>,
     ) -> Result<bool, AlerterError> {
-        let threshold = u64::from(self.routing.backlog_threshold);
-        if threshold == 0 {
+        if self.routing.backlog_threshold == 0 {
             return Ok(false);
         }
         let pending = self.outbox.store().pending_in(channel).await?;
-        let mut switched = self
-            .switched
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let was = switched.contains(channel);
-        let now = if was {
-            pending > threshold / 2
-        } else {
-            pending > threshold
-        };
-        if now != was {
-            let text = if now {
-                switched.insert(channel.to_owned());
-                format!(
-                    "⏩ {pending} messages are waiting for this channel: successes go to the digest until the backlog drains."
-                )
-            } else {
-                switched.remove(channel);
-                "↩️ The backlog has drained: successes get their own thread again.".to_owned()
-            };
-            tracing::info!(channel, pending, digest = now, "slack backlog switch");
-            notices.push(NewMessage {
-                thread: format!("notice/{channel}/{}", self.clock.now_ms()),
-                channel: channel.to_owned(),
-                kind: Kind::Post,
-                body: messages::line(&text),
-                traceparent: None,
-                priority: Priority::Failure,
-            });
-        }
-        Ok(now)
+        let (digest, notice) = self.outbox.backlog().observe(channel, pending);
+        notices.extend(notice);
+        Ok(digest)
     }
 
     /// Stores the messages for `outcome` unless its (patch id, attempt) was accepted before;

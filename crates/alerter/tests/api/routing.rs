@@ -382,14 +382,20 @@ async fn a_backlog_switches_success_threads_to_the_digest_and_back() {
         send(&mut app, success(id, "MAIN")).await;
     }
     drained(&app, Duration::from_secs(30)).await;
-    let requests = slack.requests().await;
+    // The switch back is noticed as the backlog drains, without waiting for another patch.
+    let requests = slack
+        .wait_until(Duration::from_secs(5), |requests| {
+            requests.iter().any(|r| r.text().starts_with("↩️"))
+        })
+        .await;
     let notices: Vec<&str> = requests
         .iter()
         .map(SlackRequest::text)
         .filter(|t| t.starts_with("⏩") || t.starts_with("↩️"))
         .collect();
-    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert_eq!(notices.len(), 2, "{notices:?}");
     assert!(notices[0].starts_with("⏩"), "{notices:?}");
+    assert!(notices[1].starts_with("↩️"), "{notices:?}");
     let main = slack.channel_id_of("#ghost-test").unwrap();
     let counts = digest_counts(&slack.messages(), &main);
     let mut own_threads = 0;
@@ -401,15 +407,16 @@ async fn a_backlog_switches_success_threads_to_the_digest_and_back() {
     }
     assert!((1..12).contains(&own_threads), "{own_threads} own threads");
 
-    // Drained: the next success gets its own thread again, after the notice.
+    // Switched back: the next success gets its own thread again, and no further notice.
     send(&mut app, success("after", "MAIN")).await;
     drained(&app, Duration::from_secs(10)).await;
     let requests = slack.requests().await;
-    assert!(
-        requests.iter().any(|r| r.text().starts_with("↩️")),
-        "switch-back notice"
-    );
     assert_eq!(parents(&requests, "after").len(), 1);
+    let notices = requests
+        .iter()
+        .filter(|r| r.text().starts_with("⏩") || r.text().starts_with("↩️"))
+        .count();
+    assert_eq!(notices, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
