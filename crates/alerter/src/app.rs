@@ -25,6 +25,7 @@ use crate::lifecycle::Lifecycle;
 use crate::listing::AlerterRead;
 use crate::outbox::{DeliveryPolicy, Outbox, deliver_loop};
 use crate::patches::Patches;
+use crate::routing::Router;
 use crate::signing::Verifier;
 use crate::slack::SlackClient;
 use crate::store::Store;
@@ -86,15 +87,24 @@ impl App {
         if slack.is_none() {
             tracing::info!("slack is not configured; messages will only be logged");
         }
-        let channel = config.slack.channel.clone();
-        let outbox = Outbox::new(store.clone(), Arc::clone(&clock));
-        let patches = Patches::new(outbox.clone(), channel.clone(), Arc::clone(&clock));
+        let router_tree = Arc::new(
+            Router::new(&config.routing, &config.slack.channel)
+                .map_err(|err| anyhow::anyhow!("invalid alerter config: {err}"))?,
+        );
+        let outbox = Outbox::new(store.clone(), Arc::clone(&clock))
+            .with_backlog_threshold(config.routing.backlog_threshold);
+        let patches = Patches::new(
+            outbox.clone(),
+            Arc::clone(&router_tree),
+            config.routing.clone(),
+            Arc::clone(&clock),
+        );
         let lifecycle = Arc::new(
             Lifecycle::load(
                 outbox.clone(),
                 Arc::clone(&clock),
                 config.alerts.clone(),
-                channel,
+                router_tree.ops_channel().to_owned(),
             )
             .await?,
         );

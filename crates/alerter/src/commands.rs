@@ -46,10 +46,14 @@ const CONFLICTS_SHOWN: usize = 20;
 /// Longest conflicting path shown.
 const CONFLICT_PATH_CHARS: usize = 150;
 
+/// Most router calls one `queue` in a team channel makes.
+const MAX_CHANNEL_TARGETS: usize = 10;
+
 /// The help text.
 pub const HELP: &str = "*/ghost* verbs:
 • `status` — targets, queues, alerts and health at a glance
-• `queue [target]` — queued patches
+• `queue [target]` — queued patches (no target: the targets routed to this channel, or all)
+• `routes` — where patch outcomes and alerts go
 • `patch <id>` — one patch's state
 • `summary <id>` — a patch's summary
 • `retry <id>` · `cancel <id>` — operators only
@@ -90,6 +94,8 @@ pub struct Invocation {
     pub user_name: String,
     /// Slack channel id.
     pub channel_id: String,
+    /// Slack channel name (without `#`), empty when Slack did not send it.
+    pub channel_name: String,
     /// Slash command or button.
     pub source: Source,
     /// The slash command, e.g. `/ghost` or `/patch-status`.
@@ -277,7 +283,12 @@ impl Commands {
         match (verb, first) {
             ("help", _) => Ok(HELP.to_owned()),
             ("status", _) => self.status().await,
-            ("queue", target) => self.queue(target.unwrap_or_default()).await,
+            ("queue", Some(target)) => self.queue(target).await,
+            ("queue", None) => self.channel_queue(invocation).await,
+            ("routes", _) => Ok(format!(
+                "*Routes* (first match wins)\n```{}```",
+                escape(&self.patches.router().describe())
+            )),
             ("patch", Some(id)) => self.patch(id).await,
             ("patch", None) => Err(VerbError::Usage("patch <id>")),
             ("summary", Some(id)) => self.summary(id).await,
@@ -524,6 +535,86 @@ impl Commands {
             let _ = writeln!(text, "• health: {} watched, none down", board.len());
         } else {
             let _ = writeln!(text, "• health: down: {}", escape(&format!("{down:?}")));
+        }
+        Ok(text)
+    }
+
+    /// `queue` without a target: the targets the routes send to the invoking channel (by id,
+    /// or by name with or without `#`), else every target.
+    async fn channel_queue(&self, invocation: &Invocation) -> Result<String, VerbError> {
+        let routed = self.patches.router().targets_by_channel();
+        let names = [
+            invocation.channel_id.clone(),
+            invocation.channel_name.clone(),
+            format!("#{}", invocation.channel_name),
+        ];
+        let patterns: Vec<String> = routed
+            .iter()
+            .filter(|(channel, _)| !channel.is_empty() && names.contains(channel))
+            .flat_map(|(_, targets)| targets.iter().cloned())
+            .collect();
+        if patterns.is_empty() {
+            return self.queue("").await;
+        }
+        let exact: Vec<&String> = patterns.iter().filter(|p| !p.ends_with('*')).collect();
+        let prefixes: Vec<&str> = patterns
+            .iter()
+            .filter_map(|p| p.strip_suffix('*'))
+            .collect();
+        let mut patches = Vec::new();
+        let mut calls: Vec<&str> = exact.iter().map(|t| t.as_str()).collect();
+        if !prefixes.is_empty() {
+            calls.push("");
+        }
+        let mut more = false;
+        for target in calls.into_iter().take(MAX_CHANNEL_TARGETS) {
+            let request = router_wire::ListRequest {
+                target: target.to_owned(),
+                status: router_wire::PatchStatus::Queued as i32,
+                page_size: QUEUE_PAGE,
+                ..Default::default()
+            };
+            let answer = self
+                .router()?
+                .list(request)
+                .await
+                .map_err(downstream("router"))?
+                .into_inner();
+            more |= !answer.next_page_token.is_empty();
+            for patch in answer.patches {
+                let wanted = !target.is_empty()
+                    || prefixes
+                        .iter()
+                        .any(|prefix| patch.target.starts_with(prefix));
+                if wanted
+                    && !patches
+                        .iter()
+                        .any(|p: &router_wire::PatchState| p.id == patch.id)
+                {
+                    patches.push(patch);
+                }
+            }
+        }
+        let scope = patterns
+            .iter()
+            .map(|p| format!("`{}`", escape(p)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if patches.is_empty() {
+            return Ok(format!("📭 nothing queued on {scope}"));
+        }
+        let mut text = format!("*Queue of {scope}*\n");
+        for patch in &patches {
+            let _ = writeln!(
+                text,
+                "• `{}` on {} — {}",
+                escape(&patch.id),
+                escape(&patch.target),
+                mrkdwn_text(&patch.description, 80)
+            );
+        }
+        if more {
+            let _ = writeln!(text, "… and more");
         }
         Ok(text)
     }

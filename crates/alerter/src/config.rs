@@ -11,6 +11,8 @@ use ghost_runtime::config::{Secret, ServerConfig};
 use ghost_runtime::telemetry::TelemetryConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::routing::RoutingConfig;
+
 /// The alerter's configuration (`GHOST_ALERTER__…`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -32,6 +34,8 @@ pub struct AlerterConfig {
     pub alerts: AlertPolicy,
     /// The health monitor.
     pub health: HealthConfig,
+    /// Routes (channel, mention, own thread or digest), digests and the backlog switch.
+    pub routing: RoutingConfig,
 }
 
 impl Default for AlerterConfig {
@@ -45,6 +49,7 @@ impl Default for AlerterConfig {
             summarizer_url: None,
             alerts: AlertPolicy::default(),
             health: HealthConfig::default(),
+            routing: RoutingConfig::default(),
         }
     }
 }
@@ -217,5 +222,17 @@ mod tests {
             error.contains("slack.concurrency must be at least 1"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn routing_keys_load_from_the_environment() {
+        let config = load(&[
+            ("GHOST_ALERTER__ROUTING__DIGEST_PERIOD", "5m"),
+            ("GHOST_ALERTER__ROUTING__OPS_CHANNEL", "#ops"),
+        ])
+        .unwrap();
+        assert_eq!(config.routing.digest_period, Duration::from_secs(300));
+        assert_eq!(config.routing.ops_channel.as_deref(), Some("#ops"));
+        assert_eq!(config.routing.digest_max_entries, 50);
     }
 }

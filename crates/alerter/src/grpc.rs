@@ -43,6 +43,32 @@ impl TryFrom<wire::NotifyRequest> for PatchOutcome {
             .map_err(|err| AlerterError::invalid("target", err.to_string()))?;
         let status = status_from_wire("status", request.status)
             .map_err(|err| AlerterError::invalid(err.field, err.message))?;
+        if !request.notify.is_empty() && !crate::routing::is_slack_user_id(&request.notify) {
+            return Err(AlerterError::invalid(
+                "notify",
+                "must be a Slack user id: U or W, then 2 to 20 capital letters or digits",
+            ));
+        }
+        if !matches!(request.priority.as_str(), "" | "low" | "normal" | "high") {
+            return Err(AlerterError::invalid(
+                "priority",
+                "must be low, normal or high",
+            ));
+        }
+        if request.labels.len() > 32
+            || request
+                .labels
+                .iter()
+                .any(|(name, value)| name.len() > 100 || value.len() > 500)
+        {
+            return Err(AlerterError::invalid(
+                "labels",
+                "at most 32 labels, names up to 100 and values up to 500 bytes",
+            ));
+        }
+        if request.key_name.len() > 200 {
+            return Err(AlerterError::invalid("key_name", "longer than 200 bytes"));
+        }
         Ok(Self {
             patch_id,
             target,
@@ -52,6 +78,11 @@ impl TryFrom<wire::NotifyRequest> for PatchOutcome {
             excerpt: request.excerpt,
             trace_id: request.trace_id,
             error: request.error,
+            duration_ms: request.duration_ms,
+            priority: request.priority,
+            labels: request.labels.into_iter().collect(),
+            notify: request.notify,
+            key_name: request.key_name,
         })
     }
 }

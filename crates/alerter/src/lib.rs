@@ -10,7 +10,7 @@
 //! - [`config`] — [`AlerterConfig`] and its parts.
 //! - [`app`] — [`App`], wiring everything and serving.
 //! - [`grpc`] — the `AlerterService` adapter (wire ↔ domain).
-//! - [`patches`] — patch outcomes → thread per patch.
+//! - [`patches`] — patch outcomes → own thread or digest, as [`routing`] decides.
 //! - [`lifecycle`] — system alerts: group, repeat, escalate, ack, silence, resolve.
 //! - [`listing`] — the read-only `AlerterReadService` (`ListAlerts`) for dashboards.
 //! - [`health`] — the health monitor.
@@ -36,6 +36,7 @@ pub mod messages;
 pub mod mrkdwn;
 pub mod outbox;
 pub mod patches;
+pub mod routing;
 pub mod signing;
 pub mod slack;
 pub mod store;

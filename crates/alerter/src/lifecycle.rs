@@ -29,7 +29,7 @@ use crate::error::AlerterError;
 use crate::messages;
 use crate::mrkdwn::escape;
 use crate::outbox::Outbox;
-use crate::store::{Kind, NewMessage, Silence};
+use crate::store::{Kind, NewMessage, Priority, Silence};
 
 /// How bad an alert is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -392,6 +392,7 @@ impl Lifecycle {
             kind: Kind::Reply,
             body,
             traceparent,
+            priority: Priority::Thread,
         }
     }
 
@@ -445,6 +446,7 @@ impl Lifecycle {
                 kind: Kind::Post,
                 body: messages::alert_message(&members),
                 traceparent: traceparent.clone(),
+                priority: Priority::Critical,
             });
             for key in &keys {
                 if let Some(alert) = inner.alerts.get_mut(key) {
@@ -509,6 +511,7 @@ impl Lifecycle {
                     kind: Kind::Post,
                     body: messages::line(&text),
                     traceparent: None,
+                    priority: Priority::Critical,
                 });
                 metrics::counter!("ghost_alerts_total", "event" => "escalated").increment(1);
                 tracing::warn!(key = %alert.key, "alert escalated");

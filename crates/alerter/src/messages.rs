@@ -36,6 +36,140 @@ pub struct PatchOutcome {
     pub trace_id: String,
     /// Why it did not succeed; empty on success.
     pub error: String,
+    /// How long it ran (ms); 0 when unknown.
+    pub duration_ms: u64,
+    /// Its priority (`low`, `normal`, `high`), empty when unknown.
+    pub priority: String,
+    /// Labels routes match on.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Slack user to tell when it ends (checked `U…`/`W…`), empty: none.
+    pub notify: String,
+    /// The API key that submitted it, empty when unknown.
+    pub key_name: String,
+}
+
+/// Puts `mention` (Slack markup such as `<!here>`, from the config) in front of a message.
+pub fn with_mention(mut body: Value, mention: &str) -> Value {
+    if mention.is_empty() {
+        return body;
+    }
+    if let Some(object) = body.as_object_mut() {
+        let text = object
+            .get("text")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        object.insert("text".to_owned(), json!(format!("{mention} {text}")));
+        if let Some(blocks) = object.get_mut("blocks").and_then(Value::as_array_mut) {
+            blocks.insert(
+                0,
+                json!({"type": "section", "text": {"type": "mrkdwn", "text": mention}}),
+            );
+        }
+    }
+    body
+}
+
+/// A digest entry, as stored and read back by [`digest_message`].
+pub fn digest_entry(outcome: &PatchOutcome, summary_url: Option<&str>) -> Value {
+    let id = outcome.patch_id.to_string();
+    let url = summary_url.map(|template| template.replace("{id}", &id));
+    json!({
+        "id": id,
+        "target": outcome.target.as_str(),
+        "status": outcome.status.as_str(),
+        "attempt": outcome.attempt,
+        "duration_ms": outcome.duration_ms,
+        "url": url,
+    })
+}
+
+/// Entries per section block of a digest (Slack allows 3,000 characters a section).
+const DIGEST_LINES_PER_SECTION: usize = 10;
+
+/// The digest message of one channel and period: counts by outcome and target, the slowest,
+/// and one line per patch (`• ✅ `<id>` on <target> (<duration>) · <summary link>`, the link
+/// when `routing.summary_url` is set).
+pub fn digest_message(entries: &[Value], period_ms: i64) -> Value {
+    let field = |entry: &Value, name: &str| {
+        entry
+            .get(name)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let mut by_status: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut by_target: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut slowest: Option<(u64, String)> = None;
+    let mut lines = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let id = field(entry, "id");
+        let status = field(entry, "status");
+        let target = field(entry, "target");
+        let duration = entry
+            .get("duration_ms")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        *by_status.entry(status.clone()).or_default() += 1;
+        *by_target.entry(target.clone()).or_default() += 1;
+        if duration > 0 && slowest.as_ref().is_none_or(|(ms, _)| duration > *ms) {
+            slowest = Some((duration, id.clone()));
+        }
+        let icon = if status == "succeeded" { "✅" } else { "❌" };
+        let took = if duration > 0 {
+            format!(" ({})", human_ms(duration))
+        } else {
+            String::new()
+        };
+        let link = match entry.get("url").and_then(Value::as_str) {
+            Some(url) if !url.is_empty() => format!(" · <{}|summary>", escape(url)),
+            _ => String::new(),
+        };
+        lines.push(format!(
+            "• {icon} `{}` on {}{took}{link}",
+            escape(&id),
+            escape(&target)
+        ));
+    }
+    let since = chrono_like(period_ms);
+    let title = format!("🗂️ Digest since {since}: {} patches", entries.len());
+    let counts = by_status
+        .iter()
+        .map(|(status, n)| format!("{n} {}", escape(status)))
+        .collect::<Vec<_>>()
+        .join(" · ");
+    let targets = by_target
+        .iter()
+        .map(|(target, n)| format!("{} {n}", escape(target)))
+        .collect::<Vec<_>>()
+        .join(" · ");
+    let mut summary = format!("*Outcomes* {counts}\n*Targets* {targets}");
+    if let Some((ms, id)) = &slowest {
+        summary.push_str(&format!("\n*Slowest* `{}` ({})", escape(id), human_ms(*ms)));
+    }
+    let mut blocks = vec![
+        json!({"type": "header", "text": {"type": "plain_text", "text": truncate(&title, HEADER_CHARS), "emoji": true}}),
+        json!({"type": "section", "text": {"type": "mrkdwn", "verbatim": true, "text": truncate(&summary, SECTION_CHARS)}}),
+    ];
+    for chunk in lines.chunks(DIGEST_LINES_PER_SECTION) {
+        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "verbatim": true, "text": truncate(&chunk.join("\n"), SECTION_CHARS)}}));
+    }
+    literal(
+        json!({"text": truncate(&format!("{title}: {counts}"), SECTION_CHARS), "blocks": blocks}),
+    )
+}
+
+fn human_ms(ms: u64) -> String {
+    if ms < 1_000 {
+        return format!("{ms}ms");
+    }
+    humantime::format_duration(std::time::Duration::from_secs(ms / 1_000)).to_string()
+}
+
+/// `HH:MM UTC` of a Unix ms time.
+fn chrono_like(ms: i64) -> String {
+    let minutes = ms.max(0) / 60_000;
+    format!("{:02}:{:02} UTC", (minutes / 60) % 24, minutes % 60)
 }
 
 /// The header line: `✅ <id> succeeded` or `❌ <id> <status>`.
@@ -255,6 +389,11 @@ mod tests {
             excerpt: "x".repeat(5000),
             trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".to_owned(),
             error: String::new(),
+            duration_ms: 0,
+            priority: String::new(),
+            labels: Default::default(),
+            notify: String::new(),
+            key_name: String::new(),
         }
     }
 

@@ -24,12 +24,86 @@ use tracing::Instrument;
 use crate::clock::SharedClock;
 use crate::config::SlackConfig;
 use crate::slack::{SlackClient, TOKEN_ERRORS, Verdict};
-use crate::store::{Kind, Message, NewMessage, Outcome, Store, StoreError, ThreadParent};
+use crate::store::{Kind, Message, NewMessage, Outcome, Priority, Store, StoreError, ThreadParent};
 
 /// Longest idle wait between two looks at the outbox.
 const IDLE_WAIT: Duration = Duration::from_secs(30);
 /// Wait after a storage error before looking again.
 const STORE_ERROR_WAIT: Duration = Duration::from_secs(1);
+
+/// The backlog switch: which channels send their successes to the digest because too many
+/// messages are waiting for them.
+pub struct BacklogSwitch {
+    threshold: u64,
+    switched: std::sync::Mutex<HashSet<String>>,
+    /// Makes each notice its own thread.
+    notices: std::sync::atomic::AtomicU64,
+}
+
+impl BacklogSwitch {
+    fn new(threshold: u32) -> Self {
+        Self {
+            threshold: u64::from(threshold),
+            switched: std::sync::Mutex::new(HashSet::new()),
+            notices: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Records that `pending` messages wait for `channel`: true while its successes go to
+    /// the digest (over the threshold; back under half of it), and the one-line notice when
+    /// that just changed. A threshold of 0 never switches.
+    pub fn observe(&self, channel: &str, pending: u64) -> (bool, Option<NewMessage>) {
+        if self.threshold == 0 {
+            return (false, None);
+        }
+        let mut switched = self
+            .switched
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let was = switched.contains(channel);
+        let now = if was {
+            pending > self.threshold / 2
+        } else {
+            pending > self.threshold
+        };
+        if now == was {
+            return (now, None);
+        }
+        let text = if now {
+            switched.insert(channel.to_owned());
+            format!(
+                "⏩ {pending} messages are waiting for this channel: successes go to the digest until the backlog drains."
+            )
+        } else {
+            switched.remove(channel);
+            "↩️ The backlog has drained: successes get their own thread again.".to_owned()
+        };
+        tracing::info!(channel, pending, digest = now, "slack backlog switch");
+        let notice = NewMessage {
+            thread: format!(
+                "notice/{channel}/{}/{}",
+                std::process::id(),
+                self.notices
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ),
+            channel: channel.to_owned(),
+            kind: Kind::Post,
+            body: crate::messages::line(&text),
+            traceparent: None,
+            priority: Priority::Failure,
+        };
+        (now, Some(notice))
+    }
+
+    fn switched(&self) -> Vec<String> {
+        self.switched
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
 
 /// The storing side of the outbox. Cheap to clone.
 #[derive(Clone)]
@@ -37,16 +111,30 @@ pub struct Outbox {
     store: Store,
     clock: SharedClock,
     wake: Arc<Notify>,
+    backlog: Arc<BacklogSwitch>,
 }
 
 impl Outbox {
-    /// An outbox over `store`.
+    /// An outbox over `store` without a backlog switch.
     pub fn new(store: Store, clock: SharedClock) -> Self {
         Self {
             store,
             clock,
             wake: Arc::new(Notify::new()),
+            backlog: Arc::new(BacklogSwitch::new(0)),
         }
+    }
+
+    /// The same outbox with a backlog switch at `threshold` pending messages per channel.
+    #[must_use]
+    pub fn with_backlog_threshold(mut self, threshold: u32) -> Self {
+        self.backlog = Arc::new(BacklogSwitch::new(threshold));
+        self
+    }
+
+    /// The backlog switch.
+    pub fn backlog(&self) -> &BacklogSwitch {
+        &self.backlog
     }
 
     /// Stores `messages` and wakes the delivery loop.
@@ -133,6 +221,58 @@ impl ChannelGates {
     }
 }
 
+/// `ghost_alerter_channel_backlog{channel}`: pending messages per channel, read at most every
+/// [`BACKLOG_EVERY`]; a channel that drained is set to 0.
+#[derive(Default)]
+struct BacklogGauge {
+    seen: HashSet<String>,
+    last: Option<std::time::Instant>,
+}
+
+/// How often the backlog gauge is refreshed.
+const BACKLOG_EVERY: Duration = Duration::from_millis(500);
+
+impl BacklogGauge {
+    async fn update(&mut self, outbox: &Outbox) {
+        if self.last.is_some_and(|at| at.elapsed() < BACKLOG_EVERY) {
+            return;
+        }
+        self.last = Some(std::time::Instant::now());
+        let pending = match outbox.store.pending_by_channel().await {
+            Ok(pending) => pending,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot count the slack backlog");
+                return;
+            }
+        };
+        for channel in &self.seen {
+            if !pending.contains_key(channel) {
+                metrics::gauge!("ghost_alerter_channel_backlog", "channel" => channel.clone())
+                    .set(0.0);
+            }
+        }
+        // A switched channel that drained switches back without waiting for its next patch.
+        let mut notices = Vec::new();
+        for channel in outbox.backlog.switched() {
+            let count = pending.get(&channel).copied().unwrap_or(0);
+            if let (_, Some(notice)) = outbox.backlog.observe(&channel, count) {
+                notices.push(notice);
+            }
+        }
+        if !notices.is_empty()
+            && let Err(err) = outbox.enqueue(notices).await
+        {
+            tracing::warn!(error = %err, "cannot store the backlog notice");
+        }
+        for (channel, count) in pending {
+            #[allow(clippy::cast_precision_loss)]
+            metrics::gauge!("ghost_alerter_channel_backlog", "channel" => channel.clone())
+                .set(count as f64);
+            self.seen.insert(channel);
+        }
+    }
+}
+
 /// What one try came to, for the round's settlement.
 struct Attempt {
     outcome: Outcome,
@@ -153,8 +293,10 @@ pub async fn deliver_loop(
     shutdown: CancellationToken,
 ) {
     let mut gates = ChannelGates::default();
+    let mut backlog = BacklogGauge::default();
     let limit = usize::try_from(policy.concurrency.max(1)).unwrap_or(1);
     while !shutdown.is_cancelled() {
+        backlog.update(&outbox).await;
         let now = outbox.clock.now_ms();
         let closed = gates.closed(now);
         let ready = match outbox.store.ready_heads(now, limit, closed).await {

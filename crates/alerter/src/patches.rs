@@ -1,15 +1,28 @@
-//! Patch outcomes (`Notify`): one Slack thread per patch. The first outcome posts the parent
-//! message (with Retry / Cancel / View summary buttons, or Revert / View summary once it
-//! succeeded); each later attempt updates the parent's status (`chat.update`, its buttons
-//! following the status) and adds its own reply to the thread.
+//! Patch outcomes (`Notify`), routed by [`Router`]: a patch routed to its own thread gets a
+//! parent message (with Retry / Cancel / View summary buttons, or Revert / View summary once
+//! it succeeded); each later attempt updates the parent's status (`chat.update`) and adds its
+//! own reply to the thread. A patch routed to the digest becomes one line of its channel's
+//! digest message. A patch whose thread exists keeps it whatever the routes say.
 //!
-//! Idempotent by (patch id, attempt), durably: the dedup row and the messages are stored in
-//! one transaction before `Notify` answers.
+//! Idempotent by (patch id, attempt), durably: the dedup row, the messages and the digest
+//! entries are stored in one transaction before `Notify` answers, so every patch is in its own
+//! thread or in exactly one digest, even across a crash.
+//!
+//! When a channel's backlog passes `routing.backlog_threshold`, successes routed to their own
+//! thread go to the digest instead, with a one-line notice; when the backlog has fallen to
+//! half the threshold, it switches back (another notice), noticed by the next patch routed
+//! there or by the delivery loop, whichever comes first.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ghost_core::Status;
 
 use crate::error::AlerterError;
 use crate::messages::{self, PatchOutcome};
 use crate::outbox::Outbox;
-use crate::store::{Kind, NewMessage};
+use crate::routing::{Router, RoutingConfig, Subject};
+use crate::store::{DigestAdd, Kind, NewMessage, Priority};
 
 /// The thread key of a patch.
 pub fn thread_of(patch_id: &str) -> String {
@@ -20,18 +33,50 @@ pub fn thread_of(patch_id: &str) -> String {
 #[derive(Clone)]
 pub struct Patches {
     outbox: Outbox,
-    channel: String,
+    router: Arc<Router>,
+    routing: Arc<RoutingConfig>,
     clock: crate::clock::SharedClock,
 }
 
+fn millis(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
 impl Patches {
-    /// Patch threads in `channel`.
-    pub fn new(outbox: Outbox, channel: String, clock: crate::clock::SharedClock) -> Self {
+    /// Patch messages as `router` and `routing` say.
+    pub fn new(
+        outbox: Outbox,
+        router: Arc<Router>,
+        routing: RoutingConfig,
+        clock: crate::clock::SharedClock,
+    ) -> Self {
         Self {
             outbox,
-            channel,
+            router,
+            routing: Arc::new(routing),
             clock,
         }
+    }
+
+    /// The route tree.
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// Checks `channel`'s backlog: true when its successes go to the digest now; a switch
+    /// either way adds its one-line notice to `notices`.
+    async fn backlogged(
+        &self,
+        channel: &str,
+        notices: &mut Vec<NewMessage>,
+    ) -> Result<bool, AlerterError> {
+        if self.routing.backlog_threshold == 0 {
+            return Ok(false);
+        }
+        let pending = self.outbox.store().pending_in(channel).await?;
+        let (digest, notice) = self.outbox.backlog().observe(channel, pending);
+        notices.extend(notice);
+        Ok(digest)
     }
 
     /// Stores the messages for `outcome` unless its (patch id, attempt) was accepted before;
@@ -44,23 +89,92 @@ impl Patches {
         let patch_id = outcome.patch_id.to_string();
         let thread = thread_of(&patch_id);
         let store = self.outbox.store();
-        let message = |kind, body| NewMessage {
-            thread: thread.clone(),
-            channel: self.channel.clone(),
-            kind,
-            body,
-            traceparent: traceparent.clone(),
-        };
-        let batch = if store.thread_started(&thread).await? {
-            vec![
-                message(Kind::Update, messages::patch_message(outcome, true)),
-                message(Kind::Reply, messages::patch_message(outcome, false)),
-            ]
+        let failure = outcome.status != Status::Succeeded;
+        let mut batch = Vec::new();
+        let mut digests = Vec::new();
+        if let Some(channel) = store.thread_channel(&thread).await? {
+            let message = |kind, body| NewMessage {
+                thread: thread.clone(),
+                channel: channel.clone(),
+                kind,
+                body,
+                traceparent: traceparent.clone(),
+                priority: Priority::Thread,
+            };
+            batch.push(message(
+                Kind::Update,
+                messages::patch_message(outcome, true),
+            ));
+            batch.push(message(
+                Kind::Reply,
+                messages::patch_message(outcome, false),
+            ));
         } else {
-            vec![message(Kind::Post, messages::patch_message(outcome, true))]
-        };
+            let labels: BTreeMap<String, String> = outcome.labels.clone();
+            let decisions = self.router.route(&Subject {
+                target: outcome.target.as_str(),
+                status: outcome.status,
+                priority: &outcome.priority,
+                labels: &labels,
+            });
+            let now = self.clock.now_ms();
+            let period = millis(self.routing.digest_period).max(1);
+            for (index, decision) in decisions.into_iter().enumerate() {
+                let mut own = decision.own_thread;
+                let backlogged = self.backlogged(&decision.channel, &mut batch).await?;
+                if own && !failure && backlogged {
+                    own = false;
+                }
+                if own {
+                    let thread = if index == 0 {
+                        thread.clone()
+                    } else {
+                        format!("{thread}@{}", decision.channel)
+                    };
+                    batch.push(NewMessage {
+                        thread,
+                        channel: decision.channel,
+                        kind: Kind::Post,
+                        body: messages::with_mention(
+                            messages::patch_message(outcome, true),
+                            &decision.mention,
+                        ),
+                        traceparent: traceparent.clone(),
+                        priority: if failure {
+                            Priority::Failure
+                        } else {
+                            Priority::Thread
+                        },
+                    });
+                } else {
+                    digests.push(DigestAdd {
+                        channel: decision.channel,
+                        period_ms: now - now.rem_euclid(period),
+                        max_entries: self.routing.digest_max_entries,
+                        entry: messages::digest_entry(outcome, self.routing.summary_url.as_deref()),
+                    });
+                }
+            }
+        }
+        if let Some(user) = self.notify_user(outcome) {
+            batch.push(NewMessage {
+                thread: format!("dm/{patch_id}/{}", outcome.attempt),
+                channel: user,
+                kind: Kind::Post,
+                body: messages::line(&messages::fallback_text(outcome)),
+                traceparent: traceparent.clone(),
+                priority: Priority::Failure,
+            });
+        }
         let fresh = store
-            .accept_notification(&patch_id, outcome.attempt, self.clock.now_ms(), batch)
+            .accept_routed(
+                &patch_id,
+                outcome.attempt,
+                self.clock.now_ms(),
+                batch,
+                digests,
+                messages::digest_message,
+            )
             .await?;
         if fresh {
             self.outbox.wake();
@@ -68,19 +182,32 @@ impl Patches {
         Ok(fresh)
     }
 
+    /// Who to tell directly when `outcome`'s patch ends: its `notify` field, else the user
+    /// mapped to its API key.
+    fn notify_user(&self, outcome: &PatchOutcome) -> Option<String> {
+        if !outcome.notify.is_empty() {
+            return Some(outcome.notify.clone());
+        }
+        if outcome.key_name.is_empty() {
+            return None;
+        }
+        self.routing.notify_users.get(&outcome.key_name).cloned()
+    }
+
     /// Adds a line to the patch's thread (e.g. "retry requested by …").
     pub async fn note(&self, patch_id: &str, text: &str) -> Result<(), AlerterError> {
         let thread = thread_of(patch_id);
-        if !self.outbox.store().thread_started(&thread).await? {
+        let Some(channel) = self.outbox.store().thread_channel(&thread).await? else {
             return Ok(());
-        }
+        };
         self.outbox
             .enqueue(vec![NewMessage {
                 thread,
-                channel: self.channel.clone(),
+                channel,
                 kind: Kind::Reply,
                 body: messages::line(text),
                 traceparent: None,
+                priority: Priority::Thread,
             }])
             .await?;
         Ok(())

@@ -47,6 +47,15 @@ CREATE TABLE IF NOT EXISTS outbox (
     traceparent TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (state, thread, id);
 CREATE INDEX IF NOT EXISTS outbox_ready ON outbox (state, id);
+CREATE TABLE IF NOT EXISTS digests (
+    thread TEXT PRIMARY KEY, channel TEXT NOT NULL, period_ms INTEGER NOT NULL,
+    seq INTEGER NOT NULL, entries INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS digests_current ON digests (channel, period_ms, seq);
+CREATE TABLE IF NOT EXISTS digest_entries (
+    patch_id TEXT NOT NULL, attempt INTEGER NOT NULL, channel TEXT NOT NULL,
+    thread TEXT NOT NULL, entry TEXT NOT NULL, at_ms INTEGER NOT NULL,
+    PRIMARY KEY (patch_id, attempt, channel));
+CREATE INDEX IF NOT EXISTS digest_entries_thread ON digest_entries (thread, at_ms);
 CREATE TABLE IF NOT EXISTS threads (
     thread TEXT PRIMARY KEY, channel TEXT NOT NULL, ts TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS alerts (key TEXT PRIMARY KEY, state TEXT NOT NULL, active INTEGER NOT NULL);
@@ -88,6 +97,20 @@ impl Kind {
     }
 }
 
+/// Delivery order within a channel's pacing: lower first (order within one thread is kept
+/// whatever the priorities).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Priority {
+    /// System alerts and escalations.
+    Critical = 0,
+    /// A failed (or otherwise unsuccessful) patch's parent message, backlog notices.
+    Failure = 1,
+    /// Thread updates and replies, successes in their own thread.
+    Thread = 2,
+    /// Digest messages and their edits.
+    Digest = 3,
+}
+
 /// A message to store for delivery.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewMessage {
@@ -101,6 +124,8 @@ pub struct NewMessage {
     pub body: Value,
     /// Trace context of the call that caused it, so its delivery joins that trace.
     pub traceparent: Option<String>,
+    /// Delivery order within the channel's pacing.
+    pub priority: Priority,
 }
 
 /// A stored message waiting for delivery.
@@ -183,6 +208,22 @@ pub enum Outcome {
     },
 }
 
+/// One patch to add to a channel's digest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DigestAdd {
+    /// The channel.
+    pub channel: String,
+    /// Start of the digest period (Unix ms).
+    pub period_ms: i64,
+    /// Entries per digest message.
+    pub max_entries: u32,
+    /// The entry (JSON, read back by the renderer).
+    pub entry: Value,
+}
+
+/// Renders a digest message from its entries and its period's start.
+pub type DigestRender = fn(&[Value], i64) -> Value;
+
 /// Counts of outbox rows by state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct OutboxCounts {
@@ -247,6 +288,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -286,6 +328,21 @@ impl Store {
         .await
     }
 
+    /// The channel of `thread`'s first stored message, if any was ever stored.
+    pub async fn thread_channel(&self, thread: &str) -> Result<Option<String>, StoreError> {
+        let thread = thread.to_owned();
+        self.with_tx(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT channel FROM outbox WHERE thread = ?1 ORDER BY id LIMIT 1",
+                    params![thread],
+                    |row| row.get(0),
+                )
+                .optional()?)
+        })
+        .await
+    }
+
     /// Records `Notify(patch_id, attempt)` and stores `messages`, unless it was recorded
     /// before; true when fresh.
     pub async fn accept_notification(
@@ -295,6 +352,24 @@ impl Store {
         now_ms: i64,
         messages: Vec<NewMessage>,
     ) -> Result<bool, StoreError> {
+        self.accept_routed(patch_id, attempt, now_ms, messages, Vec::new(), |_, _| {
+            Value::Null
+        })
+        .await
+    }
+
+    /// Records `Notify(patch_id, attempt)`, stores `messages` and adds the patch to the
+    /// digests of `digests` (all in one transaction), unless it was recorded before; true
+    /// when fresh.
+    pub async fn accept_routed(
+        &self,
+        patch_id: &str,
+        attempt: u32,
+        now_ms: i64,
+        messages: Vec<NewMessage>,
+        digests: Vec<DigestAdd>,
+        render: DigestRender,
+    ) -> Result<bool, StoreError> {
         let patch_id = patch_id.to_owned();
         self.with_tx(move |conn| {
             let fresh = conn.execute(
@@ -303,8 +378,46 @@ impl Store {
             )? == 1;
             if fresh {
                 insert_messages(conn, &messages, now_ms)?;
+                for add in &digests {
+                    add_to_digest(conn, &patch_id, attempt, add, now_ms, &render)?;
+                }
             }
             Ok(fresh)
+        })
+        .await
+    }
+
+    /// Pending messages per channel (the backlog).
+    pub async fn pending_by_channel(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+        self.with_tx(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT channel, COUNT(*) FROM outbox WHERE state = 'pending' GROUP BY channel",
+            )?;
+            let rows = statement.query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+            })?;
+            let mut out = std::collections::BTreeMap::new();
+            for row in rows {
+                let (channel, count) = row?;
+                out.insert(channel, u64::try_from(count).unwrap_or(0));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Pending messages of `channel`.
+    pub async fn pending_in(&self, channel: &str) -> Result<u64, StoreError> {
+        let channel = channel.to_owned();
+        self.with_tx(move |conn| {
+            let count: i64 = conn
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM outbox WHERE state = 'pending' AND channel = ?1",
+                )?
+                .query_row(params![channel], |row| row.get(0))?;
+            Ok(u64::try_from(count).unwrap_or(0))
         })
         .await
     }
@@ -352,14 +465,14 @@ impl Store {
             let mut statement = conn.prepare_cached(
                 "SELECT o.id, o.thread, o.channel, o.kind, o.body, o.tries, o.next_at_ms,
                         o.traceparent, t.channel, t.ts
-                 FROM outbox o INDEXED BY outbox_ready
+                 FROM outbox o INDEXED BY outbox_priority
                  LEFT JOIN threads t ON t.thread = o.thread
                  WHERE o.state = 'pending' AND o.next_at_ms <= ?1
                    AND o.channel NOT IN (SELECT value FROM json_each(?3))
                    AND NOT EXISTS (
                        SELECT 1 FROM outbox i
                        WHERE i.state = 'pending' AND i.thread = o.thread AND i.id < o.id)
-                 ORDER BY o.id
+                 ORDER BY o.priority, o.id
                  LIMIT ?2",
             )?;
             let mut rows = statement.query(params![now_ms, limit, skip])?;
@@ -497,6 +610,7 @@ impl Store {
                     kind: Kind::parse(&kind),
                     body: serde_json::from_str(&body)?,
                     traceparent: None,
+                    priority: Priority::Thread,
                 });
             }
             Ok(messages)
@@ -641,14 +755,29 @@ impl Store {
     }
 }
 
+/// Adds what older databases lack: the `priority` column of the outbox and its index.
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let has_priority = conn
+        .prepare("SELECT 1 FROM pragma_table_info('outbox') WHERE name = 'priority'")?
+        .exists([])?;
+    if !has_priority {
+        conn.execute_batch("ALTER TABLE outbox ADD COLUMN priority INTEGER NOT NULL DEFAULT 2;")?;
+    }
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS outbox_priority ON outbox (state, priority, id);",
+    )?;
+    Ok(())
+}
+
 fn insert_messages(
     conn: &Connection,
     messages: &[NewMessage],
     now_ms: i64,
 ) -> Result<(), StoreError> {
     let mut statement = conn.prepare_cached(
-        "INSERT INTO outbox (thread, channel, kind, body, next_at_ms, created_ms, traceparent)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)",
+        "INSERT INTO outbox (thread, channel, kind, body, next_at_ms, created_ms, traceparent,
+                             priority)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7)",
     )?;
     for message in messages {
         statement.execute(params![
@@ -657,10 +786,95 @@ fn insert_messages(
             message.kind.as_str(),
             message.body.to_string(),
             now_ms,
-            message.traceparent.as_deref().unwrap_or_default()
+            message.traceparent.as_deref().unwrap_or_default(),
+            message.priority as i64
         ])?;
     }
     Ok(())
+}
+
+/// Stores one digest entry in the channel's current digest (a new digest message when the
+/// period turned or the current one is full) and queues the digest's post or, for a digest
+/// already started, one edit replacing any edit of it still pending (so a backlog of edits
+/// coalesces into one call).
+fn add_to_digest(
+    conn: &Connection,
+    patch_id: &str,
+    attempt: u32,
+    add: &DigestAdd,
+    now_ms: i64,
+    render: &DigestRender,
+) -> Result<(), StoreError> {
+    let current: Option<(String, i64, i64)> = conn
+        .prepare_cached(
+            "SELECT thread, seq, entries FROM digests WHERE channel = ?1 AND period_ms = ?2
+             ORDER BY seq DESC LIMIT 1",
+        )?
+        .query_row(params![add.channel, add.period_ms], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })
+        .optional()?;
+    let (thread, fresh) = match current {
+        Some((thread, _, entries)) if entries < i64::from(add.max_entries) => (thread, false),
+        other => {
+            let seq = other.map_or(0, |(_, seq, _)| seq + 1);
+            let thread = format!("digest/{}/{}/{seq}", add.channel, add.period_ms);
+            conn.prepare_cached(
+                "INSERT INTO digests (thread, channel, period_ms, seq, entries)
+                 VALUES (?1, ?2, ?3, ?4, 0)",
+            )?
+            .execute(params![thread, add.channel, add.period_ms, seq])?;
+            (thread, true)
+        }
+    };
+    let inserted = conn
+        .prepare_cached(
+            "INSERT OR IGNORE INTO digest_entries (patch_id, attempt, channel, thread, entry, at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![
+            patch_id,
+            attempt,
+            add.channel,
+            thread,
+            add.entry.to_string(),
+            now_ms
+        ])?;
+    if inserted == 0 {
+        return Ok(());
+    }
+    conn.prepare_cached("UPDATE digests SET entries = entries + 1 WHERE thread = ?1")?
+        .execute(params![thread])?;
+    let mut statement = conn.prepare_cached(
+        "SELECT entry FROM digest_entries WHERE thread = ?1 ORDER BY at_ms, rowid",
+    )?;
+    let rows = statement.query_map(params![thread], |row| row.get::<_, String>(0))?;
+    let mut entries = Vec::new();
+    for row in rows {
+        entries.push(serde_json::from_str::<Value>(&row?)?);
+    }
+    let body = render(&entries, add.period_ms);
+    let kind = if fresh {
+        Kind::Post
+    } else {
+        conn.prepare_cached(
+            "DELETE FROM outbox WHERE thread = ?1 AND state = 'pending' AND kind = 'update'",
+        )?
+        .execute(params![thread])?;
+        Kind::Update
+    };
+    insert_messages(
+        conn,
+        &[NewMessage {
+            thread,
+            channel: add.channel.clone(),
+            kind,
+            body,
+            traceparent: None,
+            priority: Priority::Digest,
+        }],
+        now_ms,
+    )
 }
 
 #[cfg(test)]
@@ -676,6 +890,7 @@ mod tests {
             kind,
             body: json!({ "text": text }),
             traceparent: None,
+            priority: Priority::Thread,
         }
     }
 

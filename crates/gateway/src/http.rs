@@ -113,6 +113,9 @@ pub struct PatchInput {
     /// What happens to the workspace on failure.
     #[serde(default)]
     on_failure: OnFailureInput,
+    /// A Slack user id (`U…` or `W…`) told directly (a DM) when the patch ends.
+    #[schema(pattern = r"^[UW][A-Z0-9]{2,20}$", nullable = false)]
+    notify: Option<String>,
 }
 
 /// Queue priority.

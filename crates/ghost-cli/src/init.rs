@@ -66,12 +66,13 @@ fn section_comment(section: &str) -> &'static str {
 
 /// The services' config sources, whose doc comments become the file's comments (read from
 /// this repository at compile time, so they cannot drift apart).
-const CONFIG_SOURCES: [&str; 7] = [
+const CONFIG_SOURCES: [&str; 8] = [
     include_str!("../../gateway/src/config.rs"),
     include_str!("../../router/src/config.rs"),
     include_str!("../../executor/src/config.rs"),
     include_str!("../../summarizer/src/config.rs"),
     include_str!("../../alerter/src/config.rs"),
+    include_str!("../../alerter/src/routing.rs"),
     include_str!("../../ghost-runtime/src/config.rs"),
     include_str!("../../ghost-runtime/src/telemetry.rs"),
 ];

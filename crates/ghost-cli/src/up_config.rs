@@ -974,6 +974,31 @@ mod tests {
     }
 
     #[test]
+    fn alerter_routing_passes_through_ghost_toml() {
+        let text = "[alerter.routing]\nops_channel = \"#ops\"\ndigest_period = \"5m\"\n\
+                    [[alerter.routing.routes]]\ntarget = [\"WEB-*\"]\nchannel = \"#web\"\n\
+                    mention = \"subteam:S0WEB\"\n\
+                    [[alerter.routing.routes.routes]]\nstatus = [\"succeeded\"]\nthread = \"own\"\n";
+        let config = load_text(text, UpFlags::default()).unwrap();
+        let routing = &config.system.alerter.routing;
+        assert_eq!(routing.ops_channel.as_deref(), Some("#ops"));
+        assert_eq!(routing.digest_period, std::time::Duration::from_secs(300));
+        assert_eq!(routing.routes[0].target, ["WEB-*"]);
+        assert_eq!(routing.routes[0].channel.as_deref(), Some("#web"));
+        assert_eq!(
+            routing.routes[0].routes[0].thread,
+            Some(alerter::routing::ThreadMode::Own)
+        );
+        let err = load_text(
+            "[[alerter.routing.routes]]\nchanel = \"#typo\"\n",
+            UpFlags::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("chanel"), "{err}");
+    }
+
+    #[test]
     fn slack_flags_override_only_what_they_set() {
         let text = "[alerter.slack]\nbot_token = \"xoxb-file\"\nchannel = \"#ops\"\n";
         let config = load_text(

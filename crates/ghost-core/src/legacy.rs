@@ -794,6 +794,7 @@ fn empty(id: PatchId, target: TargetName) -> Patch {
         commit: None,
         agent: None,
         revert: None,
+        notify: None,
     }
 }
 

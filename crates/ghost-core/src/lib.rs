@@ -36,7 +36,7 @@ pub use parse::{
 };
 pub use patch::{
     AgentTask, Base, Check, CommitSpec, Edit, OnFailure, Patch, Priority, RESERVED_REVERT_ID,
-    REVERT_ID_PREFIX, RevertSpec, is_revert_form, revert_id,
+    REVERT_ID_PREFIX, RevertSpec, is_revert_form, is_slack_user_id, revert_id,
 };
 pub use report::{
     AgentRun, ApplyReport, CommandKind, CommandReport, Diagnostic, EditReport, Rollback, Severity,

@@ -374,6 +374,17 @@ pub fn validate(patch: &Patch) -> Result<(), PatchError> {
             "give either `edits` or a `patch` document, not both",
         ));
     }
+    if let Some(user) = &patch.notify
+        && !crate::patch::is_slack_user_id(user)
+    {
+        let shown: String = user.chars().take(32).collect();
+        return Err(PatchError::invalid(
+            "/notify",
+            format!(
+                "notify must be a Slack user id (U or W, then 2 to 20 capital letters or digits), got {shown:?}"
+            ),
+        ));
+    }
     if let Some(index) = patch.depends_on.iter().position(|dep| *dep == patch.id) {
         return Err(PatchError::invalid(
             format!("/depends_on/{index}"),
@@ -573,6 +584,24 @@ mod tests {
             invalid_pointer(r#"{"id":"p","target":"MAIN","edits":[{"op":"write","path":"a"}]}"#);
         assert_eq!(pointer, "/edits/0");
         assert!(message.contains("missing field `contents`"), "{message}");
+    }
+
+    #[test]
+    fn notify_takes_a_slack_user_id_and_stays_out_of_the_canonical_form_when_unset() {
+        let plain = parse_json(br#"{"id":"p","target":"MAIN","agent":{"task":"t"}}"#).unwrap();
+        assert_eq!(plain.notify, None);
+        assert!(!plain.canonical_json().contains("notify"));
+        let with =
+            parse_json(br#"{"id":"p","target":"MAIN","agent":{"task":"t"},"notify":"U0ALICE1"}"#)
+                .unwrap();
+        assert_eq!(with.notify.as_deref(), Some("U0ALICE1"));
+        for bad in ["u0alice", "U1", "<!channel>", "C0CHANNEL", "U0\\nX"] {
+            let body =
+                format!(r#"{{"id":"p","target":"MAIN","agent":{{"task":"t"}},"notify":"{bad}"}}"#);
+            let (pointer, message) = invalid_pointer(&body);
+            assert_eq!(pointer, "/notify", "{bad}");
+            assert!(message.contains("Slack user id"), "{message}");
+        }
     }
 
     #[test]

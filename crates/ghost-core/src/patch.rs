@@ -52,6 +52,10 @@ pub struct Patch {
     /// gateway refuses it in a submitted document); a revert patch carries nothing else.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revert: Option<RevertSpec>,
+    /// A Slack user id (`U…` or `W…`) the alerter tells directly (a DM) when the patch ends.
+    /// Absent from the canonical form when unset, so derived ids do not move.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<String>,
 }
 
 /// Queue priority within one target.
@@ -310,6 +314,16 @@ impl Patch {
             .collect();
         PatchId::from_derived(format!("p-{hex}"))
     }
+}
+
+/// True for a Slack user id as `notify` takes it: `U` or `W`, then 2 to 20 capital letters or
+/// digits (`^[UW][A-Z0-9]{2,20}$`).
+pub fn is_slack_user_id(id: &str) -> bool {
+    id.starts_with(['U', 'W'])
+        && (3..=21).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
 }
 
 /// What every id [`revert_id`] gives starts with. Ids starting with it (in any letter case) are

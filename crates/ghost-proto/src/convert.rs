@@ -118,6 +118,7 @@ impl TryFrom<wire::Patch> for Patch {
             commit: non_empty(patch.commit_message).map(|message| CommitSpec { message }),
             agent: non_empty(patch.agent_task).map(|task| AgentTask { task }),
             revert,
+            notify: non_empty(patch.notify),
         };
         ghost_core::validate(&domain).map_err(|err| match err {
             ghost_core::PatchError::Invalid { pointer, message } => {
@@ -274,6 +275,7 @@ impl From<&Patch> for wire::Patch {
                 .as_ref()
                 .and_then(|revert| revert.commit.clone())
                 .unwrap_or_default(),
+            notify: patch.notify.clone().unwrap_or_default(),
         }
     }
 }

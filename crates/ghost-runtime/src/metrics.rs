@@ -167,6 +167,11 @@ pub const CATALOGUE: &[(&str, Kind, &str)] = &[
         "Slack deliveries by result (ok, logged, retry, dead_letter).",
     ),
     (
+        "ghost_alerter_channel_backlog",
+        Kind::Gauge,
+        "Slack messages waiting for delivery in the alerter's outbox, by channel.",
+    ),
+    (
         "ghost_http_requests_total",
         Kind::Counter,
         "HTTP requests served, by method, matched route and status.",

@@ -162,6 +162,12 @@ impl FakeSlack {
         }
     }
 
+    /// The id the fake gave channel `name` (e.g. `#web` → `C0002`), once something was posted
+    /// to it.
+    pub fn channel_id_of(&self, name: &str) -> Option<String> {
+        lock(&self.shared.channels).get(name).cloned()
+    }
+
     /// The Web API base URL to configure, e.g. `http://127.0.0.1:PORT/api`.
     pub fn base_url(&self) -> String {
         format!("http://{}/api", self.addr)

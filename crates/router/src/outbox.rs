@@ -275,6 +275,13 @@ impl Sink for Summarizer {
             created_unix_ms: record.created_ms,
             finished_unix_ms: finished,
             intake_warnings: record.warnings.clone(),
+            notify: record.patch.notify.clone().unwrap_or_default(),
+            priority: match record.patch.priority {
+                ghost_core::Priority::Low => "low",
+                ghost_core::Priority::Normal => "normal",
+                ghost_core::Priority::High => "high",
+            }
+            .to_owned(),
         };
         self.0
             .clone()

@@ -158,6 +158,7 @@ pub fn revert_patch(original: &PatchRecord) -> Patch {
         commit: message,
         agent: None,
         revert: Some(RevertSpec { of, commit }),
+        notify: original.patch.notify.clone(),
     }
 }
 

@@ -30,6 +30,10 @@ pub struct Outcome {
     pub finished_unix_ms: i64,
     /// What the gateway forgave while reading the submitted document.
     pub intake_warnings: Vec<String>,
+    /// The patch's `notify` (a Slack user id), empty when none.
+    pub notify: String,
+    /// The patch's priority (`low`, `normal`, `high`), empty when unknown.
+    pub priority: String,
 }
 
 /// One attempt in a summary's history.
@@ -211,6 +215,12 @@ pub struct SummaryDoc {
     /// transcript tail, exit status, tokens).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentRun>,
+    /// The patch's `notify` (a Slack user id the alerter tells when it ends); absent when none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub notify: String,
+    /// The patch's priority, for the alerter's routes; absent when unknown.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub priority: String,
 }
 
 impl SummaryDoc {
@@ -363,6 +373,8 @@ pub fn merge(
         attempts,
         intake_warnings: outcome.intake_warnings,
         agent: report.agent,
+        notify: outcome.notify,
+        priority: outcome.priority,
     }
 }
 
@@ -373,6 +385,8 @@ mod tests {
 
     fn outcome(status: Status, attempt: u32) -> Outcome {
         Outcome {
+            notify: String::new(),
+            priority: String::new(),
             patch_id: PatchId::parse("fix-login").unwrap(),
             target: TargetName::parse("MAIN").unwrap(),
             attempt,
@@ -399,6 +413,23 @@ mod tests {
             finished_unix_ms: 2,
             intake_warnings: Vec::new(),
         }
+    }
+
+    #[test]
+    fn notify_and_priority_reach_the_alerter_request() {
+        let plain = merge(None, outcome(Status::Failed, 1), "t/{trace_id}");
+        let json = serde_json::to_string(&plain).unwrap();
+        assert!(!json.contains("notify"), "{json}");
+        let mut told = outcome(Status::Failed, 1);
+        told.notify = "U0ALICE".to_owned();
+        told.priority = "high".to_owned();
+        let doc = merge(None, told, "t/{trace_id}");
+        let again: SummaryDoc =
+            serde_json::from_str(&serde_json::to_string(&doc).unwrap()).unwrap();
+        let request = crate::notify::notify_request(&again, 1, Status::Failed);
+        assert_eq!(request.notify, "U0ALICE");
+        assert_eq!(request.priority, "high");
+        assert_eq!(request.duration_ms, doc.duration_ms);
     }
 
     #[test]

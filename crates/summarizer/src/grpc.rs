@@ -58,6 +58,8 @@ impl TryFrom<wire::Outcome> for Outcome {
             created_unix_ms: outcome.created_unix_ms,
             finished_unix_ms: outcome.finished_unix_ms,
             intake_warnings: outcome.intake_warnings,
+            notify: outcome.notify,
+            priority: outcome.priority,
         })
     }
 }

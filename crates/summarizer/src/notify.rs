@@ -190,5 +190,9 @@ pub fn notify_request(doc: &SummaryDoc, attempt: u32, status: Status) -> NotifyR
         excerpt: slack_excerpt(doc),
         trace_id: doc.trace_id.clone(),
         error: crate::render::excerpt(&error, crate::render::SLACK_EXCERPT_CHARS),
+        duration_ms: doc.duration_ms,
+        notify: doc.notify.clone(),
+        priority: doc.priority.clone(),
+        ..NotifyRequest::default()
     }
 }

@@ -105,6 +105,10 @@ struct System {
 }
 
 async fn system_with(inline_budget: Duration) -> System {
+    system_routed(inline_budget, Vec::new()).await
+}
+
+async fn system_routed(inline_budget: Duration, routes: Vec<alerter::routing::Route>) -> System {
     let scratch = tempfile::tempdir().unwrap();
     let router = spawn_router(&scratch.path().join("router")).await;
     let summarizer = spawn_summarizer(
@@ -120,6 +124,7 @@ async fn system_with(inline_budget: Duration) -> System {
     cfg.health.interval = Duration::from_millis(50);
     cfg.slack.inline_answer_budget = inline_budget;
     cfg.alerts.group_wait = Duration::ZERO;
+    cfg.routing.routes = routes;
     let alerter = spawn_with(cfg, Arc::new(SystemClock)).await;
     System {
         router: RouterServiceClient::connect(format!("http://{}", router.grpc))
@@ -141,9 +146,13 @@ async fn system() -> System {
 
 impl System {
     async fn submit(&mut self, id: &str) {
+        self.submit_to(id, "MAIN").await;
+    }
+
+    async fn submit_to(&mut self, id: &str, target: &str) {
         let patch = Patch {
             id: id.to_owned(),
-            target: "MAIN".to_owned(),
+            target: target.to_owned(),
             description: format!("test patch {id}"),
             edits: vec![Edit {
                 op: Some(edit::Op::Write(WriteFile {
@@ -247,6 +256,27 @@ async fn queue_lists_queued_patches_of_a_target() {
 }
 
 #[tokio::test]
+async fn queue_without_a_target_in_a_team_channel_lists_the_targets_routed_there() {
+    let web = alerter::routing::Route {
+        target: vec!["WEB-*".to_owned()],
+        channel: Some("C0WEB".to_owned()),
+        ..Default::default()
+    };
+    let mut sys = system_routed(Duration::from_millis(2_500), vec![web]).await;
+    sys.submit_to("p-web", "WEB-1").await;
+    sys.submit_to("p-main", "MAIN").await;
+    let team = crate::helpers::slash_in(&sys.alerter, "C0WEB", "/ghost", "queue", BYSTANDER).await;
+    assert!(team.contains("`p-web`"), "{team}");
+    assert!(!team.contains("`p-main`"), "{team}");
+    assert!(team.contains("`WEB-*`"), "{team}");
+    let elsewhere = sys.ghost("queue").await;
+    assert!(
+        elsewhere.contains("`p-web`") && elsewhere.contains("`p-main`"),
+        "{elsewhere}"
+    );
+}
+
+#[tokio::test]
 async fn patch_shows_one_patch_and_names_missing_ones() {
     let mut sys = system().await;
     sys.submit("p-show").await;
@@ -270,6 +300,8 @@ async fn summary_shows_the_summarizers_markdown() {
     sys.summarizer
         .record(RecordRequest {
             outcome: Some(Outcome {
+                notify: String::new(),
+                priority: String::new(),
                 patch_id: "p-sum".to_owned(),
                 target: "MAIN".to_owned(),
                 attempt: 1,

@@ -131,6 +131,7 @@ fn message(thread: &str, channel: &str, kind: Kind, text: &str) -> NewMessage {
         kind,
         body: json!({ "text": text }),
         traceparent: None,
+        priority: alerter::store::Priority::Thread,
     }
 }
 

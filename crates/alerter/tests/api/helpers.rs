@@ -131,6 +131,7 @@ pub fn notify(patch_id: &str) -> NotifyRequest {
         excerpt: format!("# ❌ {patch_id} rolled_back\n\npatchName: {patch_id}\n"),
         trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".to_owned(),
         error: "validation failed".to_owned(),
+        ..NotifyRequest::default()
     }
 }
 
@@ -176,10 +177,21 @@ fn next_trigger_id() -> String {
 
 /// A slash-command form body.
 pub fn command_body(command: &str, text: &str, user_id: &str, response_url: &str) -> String {
+    command_body_in("C0TEST", command, text, user_id, response_url)
+}
+
+/// A slash-command form body as sent from channel `channel_id`.
+pub fn command_body_in(
+    channel_id: &str,
+    command: &str,
+    text: &str,
+    user_id: &str,
+    response_url: &str,
+) -> String {
     form_urlencoded::Serializer::new(String::new())
         .append_pair("token", "ignored")
         .append_pair("team_id", "T0001")
-        .append_pair("channel_id", "C0TEST")
+        .append_pair("channel_id", channel_id)
         .append_pair("user_id", user_id)
         .append_pair("user_name", "tester")
         .append_pair("command", command)
@@ -191,7 +203,19 @@ pub fn command_body(command: &str, text: &str, user_id: &str, response_url: &str
 
 /// Runs a slash command signed with the test secret now; returns the answer's text.
 pub async fn slash(app: &TestApp, command: &str, text: &str, user_id: &str) -> String {
-    let body = command_body(
+    slash_in(app, "C0TEST", command, text, user_id).await
+}
+
+/// [`slash`] from channel `channel_id`.
+pub async fn slash_in(
+    app: &TestApp,
+    channel_id: &str,
+    command: &str,
+    text: &str,
+    user_id: &str,
+) -> String {
+    let body = command_body_in(
+        channel_id,
         command,
         text,
         user_id,

@@ -10,4 +10,5 @@ mod manifest;
 mod notify;
 mod outage;
 mod revert;
+mod routing;
 mod signing;

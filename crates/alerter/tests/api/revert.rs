@@ -210,6 +210,12 @@ async fn system() -> System {
     let slack = FakeSlack::start().await;
     let mut cfg = config(Some(slack.base_url()));
     cfg.router_url = Some(format!("http://{addr}"));
+    // Successes go to the digest by default; these tests look at a success's own message.
+    cfg.routing.routes = vec![alerter::routing::Route {
+        status: vec!["succeeded".to_owned()],
+        thread: Some(alerter::routing::ThreadMode::Own),
+        ..Default::default()
+    }];
     let alerter = spawn_with(cfg, Arc::new(SystemClock)).await;
     System {
         alerter,

@@ -28,6 +28,8 @@ struct TestSummarizer {
     most_in_flight: Arc<AtomicUsize>,
     calls: Arc<Mutex<HashMap<String, u32>>>,
     recorded: Arc<Mutex<HashMap<(String, u32), u32>>>,
+    /// `notify` and `priority` of each recorded outcome, by patch.
+    told: Arc<Mutex<HashMap<String, (String, String)>>>,
 }
 
 impl TestSummarizer {
@@ -40,6 +42,7 @@ impl TestSummarizer {
             most_in_flight: Arc::default(),
             calls: Arc::default(),
             recorded: Arc::default(),
+            told: Arc::default(),
         }
     }
 
@@ -80,6 +83,10 @@ impl SummarizerService for TestSummarizer {
         }
         tokio::time::sleep(self.delay).await;
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.told.lock().unwrap().insert(
+            outcome.patch_id.clone(),
+            (outcome.notify.clone(), outcome.priority.clone()),
+        );
         *self
             .recorded
             .lock()
@@ -204,4 +211,32 @@ async fn a_new_outcome_does_not_wait_for_one_still_being_delivered() {
     let calls = summarizer.calls.lock().unwrap().clone();
     assert_eq!(calls.get("slow-one"), Some(&1), "{calls:?}");
     assert_eq!(calls.get("quick-one"), Some(&1), "{calls:?}");
+}
+
+#[tokio::test]
+async fn an_outcome_carries_the_patchs_notify_and_priority_to_the_summarizer() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let summarizer = TestSummarizer::new(Duration::ZERO, "");
+    let _stop = summarizer.serve(listener);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.summarizer_url = Some(url);
+    let router = spawn_router(cfg).await;
+
+    let mut told = patch("told", "IDLE");
+    told.notify = "U0ALICE".to_owned();
+    told.priority = ghost_proto::router::v1::Priority::High as i32;
+    submit(&router, told).await;
+    submit(&router, patch("plain", "IDLE")).await;
+    cancel(&router, "told", "test").await;
+    cancel(&router, "plain", "test").await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !(summarizer.was_recorded("told") && summarizer.was_recorded("plain")) {
+        assert!(tokio::time::Instant::now() < deadline, "not recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seen = summarizer.told.lock().unwrap().clone();
+    assert_eq!(seen["told"], ("U0ALICE".to_owned(), "high".to_owned()));
+    assert_eq!(seen["plain"], (String::new(), "normal".to_owned()));
 }

@@ -313,6 +313,8 @@ mod tests {
             })
             .collect();
         Outcome {
+            notify: String::new(),
+            priority: String::new(),
             patch_id: PatchId::parse("big").unwrap(),
             target: TargetName::parse("MAIN").unwrap(),
             attempt: 2,

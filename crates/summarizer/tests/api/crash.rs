@@ -27,6 +27,8 @@ fn big_output() -> String {
 fn outcome(patch_id: &str, attempt: u32) -> RecordRequest {
     RecordRequest {
         outcome: Some(Outcome {
+            notify: String::new(),
+            priority: String::new(),
             patch_id: patch_id.to_owned(),
             target: "MAIN".to_owned(),
             attempt,

@@ -16,6 +16,8 @@ fn golden_dir() -> PathBuf {
 fn outcome(patch_id: &str, attempt: u32, report: ApplyReport) -> RecordRequest {
     RecordRequest {
         outcome: Some(Outcome {
+            notify: String::new(),
+            priority: String::new(),
             patch_id: patch_id.to_owned(),
             target: "MAIN".to_owned(),
             attempt,

@@ -106,6 +106,8 @@ pub fn record(patch_id: &str, attempt: u32, status: PatchStatus) -> RecordReques
     let succeeded = status == PatchStatus::Succeeded;
     RecordRequest {
         outcome: Some(Outcome {
+            notify: String::new(),
+            priority: String::new(),
             patch_id: patch_id.to_owned(),
             target: "MAIN".to_owned(),
             attempt,

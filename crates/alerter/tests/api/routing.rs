@@ -1,0 +1,581 @@
+//! Issue 26, Slack at scale: routes (channel, mention, own thread or digest), digests edited in
+//! place, failures delivered first, the backlog switch, per-user notification. Everything
+//! against the recording fake Slack with the default 1 s pacing per channel, fed through the
+//! alerter's real gRPC `Notify`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use alerter::clock::SystemClock;
+use alerter::routing::{Route, ThreadMode};
+use alerter::{AlerterConfig, App};
+use ghost_proto::alerter::v1::NotifyRequest;
+use ghost_proto::router::v1::PatchStatus;
+use ghost_testkit::{FakeMessage, FakeResponse, FakeSlack, SlackRequest};
+use serde_json::Value;
+
+use crate::helpers::{TestApp, config, slash, spawn_with};
+
+/// The default pacing the issue's figures are about.
+const PACING: Duration = Duration::from_secs(1);
+
+/// The test config with Slack's own pacing (1 s per channel) and the default retry budget.
+fn paced(slack: &FakeSlack) -> AlerterConfig {
+    let mut cfg = config(Some(slack.base_url()));
+    cfg.slack.pacing = PACING;
+    cfg.slack.max_attempts = 12;
+    cfg
+}
+
+fn outcome(id: &str, target: &str, status: PatchStatus, attempt: u32) -> NotifyRequest {
+    NotifyRequest {
+        patch_id: id.to_owned(),
+        target: target.to_owned(),
+        attempt,
+        status: status as i32,
+        description: format!("patch {id}"),
+        excerpt: String::new(),
+        trace_id: String::new(),
+        error: if status == PatchStatus::Succeeded {
+            String::new()
+        } else {
+            format!("attempt {attempt} failed")
+        },
+        duration_ms: 1_000 + u64::from(attempt) * 10,
+        ..NotifyRequest::default()
+    }
+}
+
+fn success(id: &str, target: &str) -> NotifyRequest {
+    outcome(id, target, PatchStatus::Succeeded, 1)
+}
+
+fn failure(id: &str, target: &str) -> NotifyRequest {
+    outcome(id, target, PatchStatus::RolledBack, 1)
+}
+
+async fn send(app: &mut TestApp, request: NotifyRequest) -> SystemTime {
+    let accepted = app
+        .client
+        .notify(request)
+        .await
+        .expect("notify")
+        .into_inner()
+        .accepted;
+    assert!(accepted);
+    SystemTime::now()
+}
+
+fn header(body: &Value) -> &str {
+    body["blocks"]
+        .as_array()
+        .and_then(|blocks| {
+            blocks
+                .iter()
+                .find(|block| block["type"] == "header")
+                .and_then(|block| block["text"]["text"].as_str())
+        })
+        .unwrap_or_default()
+}
+
+fn is_digest(body: &Value) -> bool {
+    header(body).starts_with("🗂️ Digest")
+}
+
+/// The patch ids listed in a digest body (`• ✅ `id` on …`).
+fn digest_lines(body: &Value) -> Vec<String> {
+    let mut ids = Vec::new();
+    for block in body["blocks"].as_array().into_iter().flatten() {
+        let text = block["text"]["text"].as_str().unwrap_or_default();
+        for line in text.lines().filter(|line| line.starts_with("• ")) {
+            if let Some(id) = line.split('`').nth(1) {
+                ids.push(id.to_owned());
+            }
+        }
+    }
+    ids
+}
+
+/// How often each patch id appears across the digests standing in `channel` (an id).
+fn digest_counts(messages: &[FakeMessage], channel: &str) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for message in messages
+        .iter()
+        .filter(|m| m.channel == channel && is_digest(&m.body))
+    {
+        for id in digest_lines(&message.body) {
+            *counts.entry(id).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// Delivered top-level posts whose header is the patch message of `id`.
+fn parents<'a>(requests: &'a [SlackRequest], id: &str) -> Vec<&'a SlackRequest> {
+    let prefix_ok = format!("✅ {id} ");
+    let prefix_bad = format!("❌ {id} ");
+    requests
+        .iter()
+        .filter(|r| {
+            r.method == "chat.postMessage"
+                && r.succeeded()
+                && r.body.get("thread_ts").is_none()
+                && (header(&r.body).starts_with(&prefix_ok)
+                    || header(&r.body).starts_with(&prefix_bad))
+        })
+        .collect()
+}
+
+/// Waits (bounded) until the outbox has nothing pending.
+async fn drained(app: &TestApp, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let counts = app.store.outbox_counts().await.unwrap();
+        if counts.pending == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "still pending: {counts:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn route(target: &[&str], status: &[&str]) -> Route {
+    Route {
+        target: target.iter().map(|s| (*s).to_owned()).collect(),
+        status: status.iter().map(|s| (*s).to_owned()).collect(),
+        ..Route::default()
+    }
+}
+
+// Runs for 2 minutes of real time (the issue's "first 2 minutes"); see .config/nextest.toml.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_200_successes_and_5_failures_puts_failures_first_and_successes_in_digests() {
+    let slack = FakeSlack::start().await;
+    let mut app = spawn_with(paced(&slack), Arc::new(SystemClock)).await;
+    let start = Instant::now();
+    let mut failed_at = Vec::new();
+    let mut successes = Vec::new();
+    // 205 outcomes over about 10 s; a failure after every 40 successes.
+    for n in 0..205usize {
+        if n % 41 == 40 {
+            let id = format!("bad-{n}");
+            let at = send(&mut app, failure(&id, "MAIN")).await;
+            failed_at.push((id, at));
+        } else {
+            let id = format!("ok-{n}");
+            send(&mut app, success(&id, "MAIN")).await;
+            successes.push(id);
+        }
+        tokio::time::sleep(Duration::from_millis(38)).await;
+    }
+    let submitted = start.elapsed();
+    assert!(submitted < Duration::from_secs(15), "took {submitted:?}");
+    assert_eq!(failed_at.len(), 5);
+    tokio::time::sleep(Duration::from_secs(120).saturating_sub(start.elapsed())).await;
+    let requests = slack.requests().await;
+    let messages = slack.messages();
+
+    let mut latencies = Vec::new();
+    for (id, at) in &failed_at {
+        let found = parents(&requests, id);
+        assert_eq!(found.len(), 1, "{id}: one parent message");
+        let latency = found[0].received_at.duration_since(*at).unwrap_or_default();
+        latencies.push(latency);
+        assert!(
+            latency <= Duration::from_secs(5),
+            "{id}: parent after {latency:?}"
+        );
+    }
+    let channel = slack.channel_id_of("#ghost-test").unwrap();
+    let counts = digest_counts(&messages, &channel);
+    for id in &successes {
+        assert_eq!(counts.get(id), Some(&1), "{id} in exactly one digest line");
+        assert!(parents(&requests, id).is_empty(), "{id} has no own message");
+    }
+    assert_eq!(counts.len(), successes.len(), "digests hold only successes");
+    let calls = requests
+        .iter()
+        .filter(|r| r.method.starts_with("chat."))
+        .count();
+    eprintln!(
+        "205 outcomes in {submitted:?}: {calls} Slack calls in 2 minutes; failure latencies {latencies:?}"
+    );
+    assert!(calls < 30, "{calls} Slack calls in the first 2 minutes");
+    assert_eq!(app.store.outbox_counts().await.unwrap().dead, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_send_targets_to_their_channels_with_their_mention() {
+    let slack = FakeSlack::start().await;
+    let mut cfg = paced(&slack);
+    let mut web = route(&["WEB-*"], &[]);
+    web.channel = Some("#web".to_owned());
+    web.mention = Some("subteam:S0WEB".to_owned());
+    cfg.routing.routes = vec![web];
+    cfg.routing.summary_url = Some("https://ghost.example/patches/{id}".to_owned());
+    let mut app = spawn_with(cfg, Arc::new(SystemClock)).await;
+    send(&mut app, failure("web-bad", "WEB-1")).await;
+    send(&mut app, failure("main-bad", "MAIN")).await;
+    send(&mut app, success("web-ok", "WEB-2")).await;
+    send(&mut app, success("main-ok", "MAIN")).await;
+    drained(&app, Duration::from_secs(20)).await;
+    let requests = slack.requests().await;
+    let web_parent = parents(&requests, "web-bad");
+    assert_eq!(web_parent.len(), 1);
+    assert_eq!(web_parent[0].body["channel"], "#web");
+    assert!(
+        web_parent[0].text().starts_with("<!subteam^S0WEB> "),
+        "{}",
+        web_parent[0].text()
+    );
+    let main_parent = parents(&requests, "main-bad");
+    assert_eq!(main_parent.len(), 1);
+    assert_eq!(main_parent[0].body["channel"], "#ghost-test");
+    assert!(!main_parent[0].text().contains("<!"), "no mention on MAIN");
+    let messages = slack.messages();
+    let web = slack.channel_id_of("#web").unwrap();
+    let main = slack.channel_id_of("#ghost-test").unwrap();
+    assert_eq!(
+        digest_counts(&messages, &web)
+            .into_iter()
+            .collect::<Vec<_>>(),
+        [("web-ok".to_owned(), 1)]
+    );
+    assert_eq!(
+        digest_counts(&messages, &main)
+            .into_iter()
+            .collect::<Vec<_>>(),
+        [("main-ok".to_owned(), 1)]
+    );
+    let digest = messages
+        .iter()
+        .find(|m| m.channel == web && is_digest(&m.body))
+        .unwrap();
+    assert!(
+        digest
+            .body
+            .to_string()
+            .contains("https://ghost.example/patches/web-ok"),
+        "{}",
+        digest.body
+    );
+
+    let answer = slash(&app, "/ghost", "routes", crate::helpers::BYSTANDER).await;
+    assert!(answer.contains("target=WEB-* → #web"), "{answer}");
+    assert!(answer.contains("system alerts → #ghost-test"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_within_each_thread_is_kept_while_failures_jump_the_queue() {
+    let slack = FakeSlack::start().await;
+    let mut app = spawn_with(paced(&slack), Arc::new(SystemClock)).await;
+    for attempt in 1..=3 {
+        for id in ["alpha", "beta"] {
+            send(
+                &mut app,
+                outcome(id, "MAIN", PatchStatus::RolledBack, attempt),
+            )
+            .await;
+        }
+        for n in 0..10 {
+            send(&mut app, success(&format!("ok-{attempt}-{n}"), "MAIN")).await;
+        }
+    }
+    drained(&app, Duration::from_secs(40)).await;
+    let requests = slack.requests().await;
+    for id in ["alpha", "beta"] {
+        let parent = parents(&requests, id);
+        assert_eq!(parent.len(), 1, "{id}");
+        // The thread's messages in arrival order: the post, then per attempt an update and a
+        // reply, attempts rising.
+        let thread: Vec<(String, String)> = requests
+            .iter()
+            .filter(|r| header(&r.body).starts_with(&format!("❌ {id} ")))
+            .map(|r| {
+                let kind = if r.method == "chat.update" {
+                    "update"
+                } else if r.body.get("thread_ts").is_some() {
+                    "reply"
+                } else {
+                    "post"
+                };
+                let attempt = r.body["blocks"][1]["fields"][1]["text"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .trim_start_matches("*Attempt*\n")
+                    .to_owned();
+                (kind.to_owned(), attempt)
+            })
+            .collect();
+        let expected: Vec<(String, String)> = [
+            ("post", "1"),
+            ("update", "2"),
+            ("reply", "2"),
+            ("update", "3"),
+            ("reply", "3"),
+        ]
+        .iter()
+        .map(|(k, a)| ((*k).to_owned(), (*a).to_owned()))
+        .collect();
+        assert_eq!(thread, expected, "{id}");
+    }
+    let main = slack.channel_id_of("#ghost-test").unwrap();
+    let counts = digest_counts(&slack.messages(), &main);
+    assert_eq!(counts.len(), 30);
+    assert!(counts.values().all(|n| *n == 1), "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_storm_in_the_middle_loses_and_duplicates_nothing() {
+    let slack = FakeSlack::start().await;
+    let mut app = spawn_with(paced(&slack), Arc::new(SystemClock)).await;
+    let mut successes = Vec::new();
+    let mut failures = Vec::new();
+    for n in 0..60 {
+        if n == 20 {
+            // The storm: the next eight calls are refused with Retry-After.
+            slack.push_responses(std::iter::repeat_n(
+                FakeResponse::RateLimited { retry_after_s: 1 },
+                8,
+            ));
+        }
+        if n % 15 == 7 {
+            let id = format!("bad-{n}");
+            send(&mut app, failure(&id, "MAIN")).await;
+            failures.push(id);
+        } else {
+            let id = format!("ok-{n}");
+            send(&mut app, success(&id, "MAIN")).await;
+            successes.push(id);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drained(&app, Duration::from_secs(60)).await;
+    assert_eq!(slack.script_left(), 0, "the storm happened");
+    let requests = slack.requests().await;
+    let limited = requests.iter().filter(|r| r.answer == "http 429").count();
+    assert_eq!(limited, 8);
+    for id in &failures {
+        assert_eq!(parents(&requests, id).len(), 1, "{id}");
+    }
+    let main = slack.channel_id_of("#ghost-test").unwrap();
+    let counts = digest_counts(&slack.messages(), &main);
+    for id in &successes {
+        assert_eq!(counts.get(id), Some(&1), "{id}");
+    }
+    assert_eq!(counts.len(), successes.len());
+    assert_eq!(app.store.outbox_counts().await.unwrap().dead, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_switches_success_threads_to_the_digest_and_back() {
+    let slack = FakeSlack::start().await;
+    let mut cfg = paced(&slack);
+    let mut own = route(&[], &["succeeded"]);
+    own.thread = Some(ThreadMode::Own);
+    cfg.routing.routes = vec![own];
+    cfg.routing.backlog_threshold = 4;
+    let mut app = spawn_with(cfg, Arc::new(SystemClock)).await;
+    let ids: Vec<String> = (0..12).map(|n| format!("ok-{n}")).collect();
+    for id in &ids {
+        send(&mut app, success(id, "MAIN")).await;
+    }
+    drained(&app, Duration::from_secs(30)).await;
+    // The switch back is noticed as the backlog drains, without waiting for another patch.
+    let requests = slack
+        .wait_until(Duration::from_secs(5), |requests| {
+            requests.iter().any(|r| r.text().starts_with("↩️"))
+        })
+        .await;
+    let notices: Vec<&str> = requests
+        .iter()
+        .map(SlackRequest::text)
+        .filter(|t| t.starts_with("⏩") || t.starts_with("↩️"))
+        .collect();
+    assert_eq!(notices.len(), 2, "{notices:?}");
+    assert!(notices[0].starts_with("⏩"), "{notices:?}");
+    assert!(notices[1].starts_with("↩️"), "{notices:?}");
+    let main = slack.channel_id_of("#ghost-test").unwrap();
+    let counts = digest_counts(&slack.messages(), &main);
+    let mut own_threads = 0;
+    for id in &ids {
+        let own = parents(&requests, id).len();
+        let digested = counts.get(id).copied().unwrap_or(0);
+        assert_eq!(own + digested, 1, "{id}: own {own}, digest {digested}");
+        own_threads += own;
+    }
+    assert!((1..12).contains(&own_threads), "{own_threads} own threads");
+
+    // Switched back: the next success gets its own thread again, and no further notice.
+    send(&mut app, success("after", "MAIN")).await;
+    drained(&app, Duration::from_secs(10)).await;
+    let requests = slack.requests().await;
+    assert_eq!(parents(&requests, "after").len(), 1);
+    let notices = requests
+        .iter()
+        .filter(|r| r.text().starts_with("⏩") || r.text().starts_with("↩️"))
+        .count();
+    assert_eq!(notices, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patch_with_notify_or_a_mapped_key_gets_a_direct_message() {
+    let slack = FakeSlack::start().await;
+    let mut cfg = config(Some(slack.base_url()));
+    cfg.routing
+        .notify_users
+        .insert("ci-bot".to_owned(), "U0MAPPED".to_owned());
+    let mut app = spawn_with(cfg, Arc::new(SystemClock)).await;
+    let mut direct = failure("dm-1", "MAIN");
+    direct.notify = "U0ALICE".to_owned();
+    send(&mut app, direct).await;
+    let mut mapped = success("dm-2", "MAIN");
+    mapped.key_name = "ci-bot".to_owned();
+    send(&mut app, mapped).await;
+    let mut bad = success("dm-3", "MAIN");
+    bad.notify = "<!channel>".to_owned();
+    let status = app.client.notify(bad).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("notify"), "{}", status.message());
+    drained(&app, Duration::from_secs(10)).await;
+    let requests = slack.requests().await;
+    let dm = |user: &str| {
+        requests
+            .iter()
+            .filter(|r| r.method == "chat.postMessage" && r.body["channel"] == user)
+            .map(|r| r.text().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let alice = dm("U0ALICE");
+    assert_eq!(alice.len(), 1);
+    assert!(alice[0].contains("dm-1"), "{alice:?}");
+    let mapped = dm("U0MAPPED");
+    assert_eq!(mapped.len(), 1);
+    assert!(mapped[0].contains("dm-2"), "{mapped:?}");
+}
+
+#[tokio::test]
+async fn bad_routes_fail_at_start_naming_the_key() {
+    let mut cfg = config(None);
+    let mut bad = route(&["MAIN"], &[]);
+    bad.routes = vec![route(&[], &["exploded"])];
+    cfg.routing.routes = vec![route(&["WEB"], &[]), bad];
+    let Err(err) = App::build(cfg).await else {
+        panic!("a bad route was accepted");
+    };
+    let err = format!("{err:#}");
+    assert!(err.contains("routing.routes[1].routes[0].status"), "{err}");
+    assert!(err.contains("exploded"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digests_survive_a_restart_without_loss_or_doubles() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("alerter");
+    // First life: Slack unreachable, so everything stays pending.
+    let mut cfg = config(Some("http://127.0.0.1:9/api".to_owned()));
+    cfg.data_dir = Some(dir.clone());
+    cfg.slack.max_attempts = 50;
+    cfg.slack.initial_backoff = Duration::from_millis(200);
+    let mut app = spawn_with(cfg, Arc::new(SystemClock)).await;
+    for n in 0..15 {
+        send(&mut app, success(&format!("ok-{n}"), "MAIN")).await;
+    }
+    app.stop().await;
+
+    let slack = FakeSlack::start().await;
+    let mut cfg = config(Some(slack.base_url()));
+    cfg.data_dir = Some(dir);
+    let mut app = spawn_with(cfg, Arc::new(SystemClock)).await;
+    // Notify is repeated after the restart (a sender's outbox may do that): deduplicated.
+    for n in 0..15 {
+        let accepted = app
+            .client
+            .notify(success(&format!("ok-{n}"), "MAIN"))
+            .await
+            .unwrap()
+            .into_inner()
+            .accepted;
+        assert!(!accepted);
+    }
+    drained(&app, Duration::from_secs(20)).await;
+    let main = slack.channel_id_of("#ghost-test").unwrap();
+    let counts = digest_counts(&slack.messages(), &main);
+    assert_eq!(counts.len(), 15);
+    assert!(counts.values().all(|n| *n == 1), "{counts:?}");
+}
+
+/// Figures for the issue (printed, not asserted): Slack calls per 1,000 patches with and
+/// without digests, and failure-notification latency p50/p99 under a 500-patch burst.
+/// `cargo nextest run -p alerter --run-ignored only figures_ --no-capture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "figures: minutes of real time"]
+async fn figures_slack_calls_per_1000_patches_and_failure_latency() {
+    for digests in [true, false] {
+        let slack = FakeSlack::start().await;
+        let mut cfg = paced(&slack);
+        // Calls are counted without pacing (without digests, 1,000 posts at 1 s would take
+        // 17 minutes; their number does not depend on it).
+        cfg.slack.pacing = if digests { PACING } else { Duration::ZERO };
+        if !digests {
+            let mut own = route(&[], &[]);
+            own.thread = Some(ThreadMode::Own);
+            cfg.routing.routes = vec![own];
+            cfg.routing.backlog_threshold = 0;
+        }
+        let mut app = spawn_with(cfg, Arc::new(SystemClock)).await;
+        for n in 0..1_000 {
+            let id = format!("p-{n}");
+            let request = if n % 50 == 49 {
+                failure(&id, "MAIN")
+            } else {
+                success(&id, "MAIN")
+            };
+            send(&mut app, request).await;
+        }
+        drained(&app, Duration::from_secs(600)).await;
+        let calls = slack
+            .requests()
+            .await
+            .iter()
+            .filter(|r| r.method.starts_with("chat."))
+            .count();
+        eprintln!("1,000 patches (2% failed), digests {digests}: {calls} Slack calls");
+    }
+
+    let slack = FakeSlack::start().await;
+    let mut app = spawn_with(paced(&slack), Arc::new(SystemClock)).await;
+    let mut failed_at = Vec::new();
+    for n in 0..500 {
+        let id = format!("p-{n}");
+        if n % 25 == 24 {
+            let at = send(&mut app, failure(&id, "MAIN")).await;
+            failed_at.push((id, at));
+        } else {
+            send(&mut app, success(&id, "MAIN")).await;
+        }
+    }
+    drained(&app, Duration::from_secs(600)).await;
+    let requests = slack.requests().await;
+    let mut latencies: Vec<Duration> = failed_at
+        .iter()
+        .map(|(id, at)| {
+            parents(&requests, id)[0]
+                .received_at
+                .duration_since(*at)
+                .unwrap_or_default()
+        })
+        .collect();
+    latencies.sort();
+    let pick = |q: f64| {
+        let index = ((latencies.len() as f64 - 1.0) * q).round() as usize;
+        latencies[index]
+    };
+    eprintln!(
+        "500-patch burst, {} failures, 1 s pacing: failure-notification latency p50 {:?}, p99 {:?}",
+        latencies.len(),
+        pick(0.5),
+        pick(0.99)
+    );
+}
