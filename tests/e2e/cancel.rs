@@ -32,6 +32,9 @@ async fn cancelling_a_running_patch_kills_its_commands_and_rolls_back() {
             "MAIN".to_owned(),
             executor::TargetPolicy {
                 commands: executor::CommandPolicy::Any,
+                // The grandchild's pid file is outside the workspace: under the sandbox only
+                // paths listed here may be written there.
+                writable: vec![system.scratch.path().to_path_buf()],
                 ..executor::TargetPolicy::default()
             },
         )]

@@ -42,6 +42,8 @@ async fn an_agent_tasks_summary_holds_the_agents_diff_and_final_message() {
                 created_unix_ms: T0,
                 finished_unix_ms: T0 + 60_000,
                 intake_warnings: Vec::new(),
+                notify: String::new(),
+                priority: String::new(),
             }),
         })
         .await
