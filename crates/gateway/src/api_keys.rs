@@ -35,6 +35,10 @@ use crate::auth::{Principal, Scope};
 use crate::error::GatewayError;
 use crate::http::{AppState, Problem};
 
+/// Largest answer about runtime keys the gateway decodes from the router (16 MiB), far above
+/// the router's bound on the whole set.
+pub const MAX_KEYS_MESSAGE: usize = 16 * 1024 * 1024;
+
 /// Targets one key may name at most.
 const MAX_TARGETS: usize = 64;
 

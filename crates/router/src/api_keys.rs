@@ -20,8 +20,8 @@ use tonic::{Request, Response};
 
 use crate::error::RouterError;
 use crate::store::{
-    ApiKeyRow, KeyCreated, KeyRevoked, KeysImported, MAX_API_KEYS, NewApiKey, Revoker, RouterStore,
-    now_ms,
+    ApiKeyRow, KeyCreated, KeyRevoked, KeysImported, MAX_API_KEYS, MAX_TOTAL_TARGETS, NewApiKey,
+    Revoker, RouterStore, now_ms,
 };
 use crate::tokens::{check_name, hash_secret};
 
@@ -246,6 +246,12 @@ impl ApiKeyService for ApiKeyGrpc {
                 "{MAX_API_KEYS} runtime keys exist already, the most kept; delete one first"
             ))
             .into()),
+            KeyCreated::TooManyTargets(total) => Err(RouterError::ResourceExhausted(format!(
+                "this key would make {total} targets across all runtime keys; at most \
+                 {MAX_TOTAL_TARGETS} are kept (a key for every target names none): delete a key \
+                 or name fewer targets"
+            ))
+            .into()),
             KeyCreated::Created(key, version) => {
                 self.keys.changed(version);
                 tracing::info!(target: "audit", action = "api_key.create", name = %key.name, %actor, scopes = ?key.scopes, targets = ?key.targets, "api key created");
@@ -420,6 +426,11 @@ impl ApiKeyService for ApiKeyGrpc {
             .into()),
             KeysImported::Full(total) => Err(RouterError::ResourceExhausted(format!(
                 "importing would make {total} runtime keys; at most {MAX_API_KEYS} are kept"
+            ))
+            .into()),
+            KeysImported::TooManyTargets(total) => Err(RouterError::ResourceExhausted(format!(
+                "importing would make {total} targets across all runtime keys; at most \
+                 {MAX_TOTAL_TARGETS} are kept"
             ))
             .into()),
             KeysImported::Done(imported, present, version) => {

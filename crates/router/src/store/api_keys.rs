@@ -10,6 +10,10 @@ use super::sqlite::audit_tx;
 
 /// Runtime API keys kept at most.
 pub const MAX_API_KEYS: usize = 1_000;
+/// Targets named by all runtime keys together, at most (a key for every target names none).
+/// With [`MAX_API_KEYS`] keys of the longest names this keeps the largest snapshot a gateway
+/// receives under 2 MiB, well inside the gateway's decoding limit.
+pub const MAX_TOTAL_TARGETS: usize = 10_000;
 
 /// A runtime API key as stored (the SHA-256 of its secret, never the secret).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +60,8 @@ pub enum KeyCreated {
     NameTaken,
     /// [`MAX_API_KEYS`] keys exist already.
     Full,
+    /// The key's targets would make this many across all keys, past [`MAX_TOTAL_TARGETS`].
+    TooManyTargets(usize),
 }
 
 /// Who asks to revoke, and what they may touch.
@@ -88,6 +94,9 @@ pub enum KeysImported {
     Conflict(Vec<String>),
     /// The import would pass [`MAX_API_KEYS`]: nothing was stored.
     Full(usize),
+    /// The import would make this many targets across all keys, past [`MAX_TOTAL_TARGETS`]:
+    /// nothing was stored.
+    TooManyTargets(usize),
 }
 
 const KEY_COLUMNS: &str = "id, name, sha256, scopes_json, targets_json, created_ms, created_by";
@@ -168,6 +177,14 @@ fn count(conn: &Connection) -> Result<usize, StoreError> {
     Ok(usize::try_from(count).unwrap_or(usize::MAX))
 }
 
+/// Targets named by all keys together.
+fn total_targets(conn: &Connection) -> Result<usize, StoreError> {
+    let total: i64 = conn
+        .prepare_cached("SELECT COALESCE(SUM(json_array_length(targets_json)), 0) FROM api_keys")?
+        .query_row([], |row| row.get(0))?;
+    Ok(usize::try_from(total).unwrap_or(usize::MAX))
+}
+
 fn insert(conn: &Connection, key: &NewApiKey) -> Result<ApiKeyRow, StoreError> {
     let scopes = serde_json::to_string(&key.scopes).map_err(|err| corrupt(&key.name, err))?;
     let targets = serde_json::to_string(&key.targets).map_err(|err| corrupt(&key.name, err))?;
@@ -228,6 +245,18 @@ pub fn create_tx(conn: &Connection, key: &NewApiKey) -> Result<KeyCreated, Store
             "full",
         )?;
         return Ok(KeyCreated::Full);
+    }
+    let targets = total_targets(conn)?.saturating_add(key.targets.len());
+    if targets > MAX_TOTAL_TARGETS {
+        audit_tx(
+            conn,
+            "api_key.refused",
+            0,
+            &key.name,
+            &key.created_by,
+            &format!("targets: {targets} across all keys, at most {MAX_TOTAL_TARGETS}"),
+        )?;
+        return Ok(KeyCreated::TooManyTargets(targets));
     }
     let created = insert(conn, key)?;
     let version = bump(conn)?;
@@ -316,6 +345,12 @@ pub fn import_tx(
     let total = count(conn)? + fresh.len();
     if total > MAX_API_KEYS {
         return Ok(KeysImported::Full(total));
+    }
+    let targets = fresh.iter().fold(total_targets(conn)?, |sum, key| {
+        sum.saturating_add(key.targets.len())
+    });
+    if targets > MAX_TOTAL_TARGETS {
+        return Ok(KeysImported::TooManyTargets(targets));
     }
     for key in &fresh {
         let stored = insert(conn, key)?;

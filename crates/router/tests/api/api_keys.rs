@@ -107,13 +107,19 @@ async fn a_key_is_created_listed_snapshotted_and_revoked_with_every_refusal_audi
         .unwrap()
         .into_inner();
     assert_eq!(listed.keys, vec![key.clone()]);
-    let database = std::fs::read(dir.path().join("router.db")).unwrap();
-    assert!(
-        !database
-            .windows(secret.len())
-            .any(|w| w == secret.as_bytes()),
-        "the secret is stored"
-    );
+    // Neither in the database nor in its write-ahead log and shared memory.
+    let mut scanned = 0;
+    for file in ["router.db", "router.db-wal", "router.db-shm"] {
+        let Ok(bytes) = std::fs::read(dir.path().join(file)) else {
+            continue;
+        };
+        scanned += bytes.len();
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "the secret is stored in {file}"
+        );
+    }
+    assert!(scanned > 0, "no database file was scanned");
 
     // Refused: a taken name, a config key's name, bad scopes, too many targets.
     for (request, code) in [
@@ -290,4 +296,105 @@ async fn keys_survive_a_restart_and_an_import_is_idempotent() {
     assert_eq!(snapshot.keys[0].sha256, hex_sha256(&created.secret));
     assert_eq!(snapshot.keys[1].sha256, old.sha256);
     assert!(snapshot.version > created.version);
+}
+
+/// The largest key set the router keeps (1,000 keys with the longest names and creators,
+/// 10,000 targets of 64 characters in all) reaches a client with tonic's default 4 MiB
+/// decoding limit; a key past either bound is refused, naming it.
+#[tokio::test]
+async fn the_largest_key_set_fits_one_snapshot_and_creation_past_the_bounds_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = spawn_router(config(dir.path())).await;
+    let mut client = keys(&router);
+    // 64 invisible characters: the creator's name escaped as long as it can be.
+    let actor: String = std::iter::repeat_n('\u{202e}', 64).collect();
+    let name = |i: usize| format!("{i:0>64}");
+    let targets = |i: usize, n: usize| -> Vec<String> {
+        (0..n)
+            .map(|t| format!("T{i:05}{t:03}{}", "X".repeat(55)))
+            .collect()
+    };
+    let started = Instant::now();
+    let mut made = 0;
+    // 156 keys of 64 targets: 9,984 targets.
+    while made < 156 {
+        client
+            .create_api_key(CreateApiKeyRequest {
+                name: name(made),
+                scopes: strings(&["submit", "read", "admin"]),
+                targets: targets(made, 64),
+                actor: actor.clone(),
+                reserved_names: Vec::new(),
+            })
+            .await
+            .unwrap_or_else(|err| panic!("key {made}: {err:?}"));
+        made += 1;
+    }
+    let past = client
+        .create_api_key(CreateApiKeyRequest {
+            name: name(made),
+            scopes: strings(&["read"]),
+            targets: targets(made, 17),
+            actor: actor.clone(),
+            reserved_names: Vec::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(past.code(), Code::ResourceExhausted, "{past:?}");
+    assert!(
+        past.message().contains("10001") && past.message().contains("10000"),
+        "{past:?}"
+    );
+    // Exactly 10,000 targets, then keys for every target up to 1,000 keys.
+    while made < 1_000 {
+        let n = if made == 156 { 16 } else { 0 };
+        client
+            .create_api_key(CreateApiKeyRequest {
+                name: name(made),
+                scopes: strings(&["submit", "read", "admin"]),
+                targets: targets(made, n),
+                actor: actor.clone(),
+                reserved_names: Vec::new(),
+            })
+            .await
+            .unwrap_or_else(|err| panic!("key {made}: {err:?}"));
+        made += 1;
+    }
+    let full = client
+        .create_api_key(new_key("one-more", &["read"], &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(full.code(), Code::ResourceExhausted, "{full:?}");
+    eprintln!("1,000 keys created in {:?}", started.elapsed());
+
+    let snapshot = keys(&router)
+        .snapshot_api_keys(SnapshotApiKeysRequest {
+            since_version: 0,
+            wait_ms: 0,
+        })
+        .await
+        .expect("the largest set fits one snapshot at the default 4 MiB")
+        .into_inner();
+    assert_eq!(snapshot.keys.len(), 1_000);
+    let bytes: usize = snapshot
+        .keys
+        .iter()
+        .map(|stored| {
+            let key = stored.key.as_ref().unwrap();
+            stored.sha256.len()
+                + key.name.len()
+                + key.created_by.len()
+                + key.scopes.iter().map(|s| s.len() + 2).sum::<usize>()
+                + key.targets.iter().map(|t| t.len() + 2).sum::<usize>()
+                + 24
+        })
+        .sum();
+    eprintln!("the largest snapshot is about {bytes} bytes");
+    assert!(bytes < 2 * 1024 * 1024, "{bytes} bytes");
+    let listed = keys(&router)
+        .list_api_keys(ListApiKeysRequest {})
+        .await
+        .expect("the largest set fits one list")
+        .into_inner();
+    assert_eq!(listed.keys.len(), 1_000);
 }
