@@ -171,8 +171,17 @@ impl ApiKeys {
         })
     }
 
+    /// Wakes held snapshot calls for `version`; changes finishing out of order never lower
+    /// the version watched below the database's.
     fn changed(&self, version: u64) {
-        self.version.send_replace(version);
+        self.version.send_if_modified(|current| {
+            if version > *current {
+                *current = version;
+                true
+            } else {
+                false
+            }
+        });
     }
 
     async fn snapshot(&self) -> Result<wire::SnapshotApiKeysResponse, RouterError> {

@@ -152,6 +152,16 @@ fn bump(conn: &Connection) -> Result<u64, StoreError> {
     Ok(u64::try_from(value).unwrap_or(0))
 }
 
+/// Every key and the version of exactly that set, read in one transaction (so a change
+/// committed meanwhile never labels the old set with its new version).
+pub fn snapshot(conn: &Connection) -> Result<(Vec<ApiKeyRow>, u64), StoreError> {
+    let tx = conn.unchecked_transaction()?;
+    let version = version(&tx)?;
+    let keys = all(&tx)?;
+    tx.commit()?;
+    Ok((keys, version))
+}
+
 /// Every key, oldest first.
 pub fn all(conn: &Connection) -> Result<Vec<ApiKeyRow>, StoreError> {
     conn.prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY id"))?

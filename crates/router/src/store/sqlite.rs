@@ -1321,8 +1321,7 @@ impl RouterStore for SqliteStore {
     }
 
     async fn api_keys(&self) -> Result<(Vec<ApiKeyRow>, u64), StoreError> {
-        self.read(|conn| Ok((keys::all(conn)?, keys::version(conn)?)))
-            .await
+        self.read(keys::snapshot).await
     }
 
     async fn revoke_api_key(
