@@ -94,7 +94,7 @@ pub struct IssuedApiKey {
 
 /// A key without its secret.
 #[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({"name": "chatgpt-3f1c", "scopes": ["submit", "read"], "targets": [], "created_at": "2026-12-06T05:00:00Z", "created_by": "api_key", "source": "runtime"}))]
+#[schema(example = json!({"name": "chatgpt-3f1c", "scopes": ["submit", "read"], "targets": [], "created_at": "2026-12-06T05:00:00Z", "created_by": "api_key", "source": "runtime", "imported": false}))]
 pub struct KeyView {
     /// Its name.
     pub name: String,
@@ -108,6 +108,9 @@ pub struct KeyView {
     pub created_by: Option<String>,
     /// `config` (read-only: change the gateway's config) or `runtime` (`POST /v1/keys`).
     pub source: String,
+    /// True for a runtime key imported from an older gateway's keys file rather than made
+    /// through `POST /v1/keys`.
+    pub imported: bool,
 }
 
 /// `GET /v1/keys`.
@@ -150,6 +153,7 @@ fn view(key: &wire::ApiKey) -> KeyView {
         created_at: Some(rfc3339(key.created_unix_ms)),
         created_by: Some(key.created_by.clone()),
         source: "runtime".to_owned(),
+        imported: key.imported,
     }
 }
 
@@ -499,6 +503,7 @@ pub(crate) fn config_view(principal: &Principal) -> KeyView {
         created_at: None,
         created_by: None,
         source: "config".to_owned(),
+        imported: false,
     }
 }
 

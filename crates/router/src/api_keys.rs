@@ -146,6 +146,7 @@ fn wire_key(key: &ApiKeyRow) -> wire::ApiKey {
         targets: key.targets.clone(),
         created_unix_ms: key.created_ms,
         created_by: key.created_by.clone(),
+        imported: key.imported,
     }
 }
 
@@ -437,6 +438,11 @@ impl ApiKeyService for ApiKeyGrpc {
                 "importing would make {total} runtime keys; at most {MAX_API_KEYS} are kept"
             ))
             .into()),
+            KeysImported::Revoked(names) => {
+                let names: Vec<String> = names.iter().map(|name| bounded(name)).collect();
+                tracing::warn!(target: "audit", action = "api_key.refused", %actor, names = ?names, "api key import refused: revoked keys");
+                Err(RouterError::ApiKeyRevoked(names.join(", ")).into())
+            }
             KeysImported::TooManyTargets(total) => Err(RouterError::ResourceExhausted(format!(
                 "importing would make {total} targets across all runtime keys; at most \
                  {MAX_TOTAL_TARGETS} are kept"

@@ -91,6 +91,7 @@ fn read(file: &Path) -> anyhow::Result<Vec<wire::StoredApiKey>> {
                     .map(|s| scope_name(s).to_owned())
                     .collect(),
                 targets: record.targets,
+                imported: true,
                 created_unix_ms: i64::try_from(created.unix_timestamp_nanos() / 1_000_000)
                     .unwrap_or(0),
                 created_by: record.created_by,

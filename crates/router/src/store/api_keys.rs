@@ -8,6 +8,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::StoreError;
 use super::sqlite::audit_tx;
 
+/// Hashes of revoked keys remembered (the most recent), so an import cannot revive them.
+pub const REVOKED_KEPT: i64 = 10_000;
 /// Runtime API keys kept at most.
 pub const MAX_API_KEYS: usize = 1_000;
 /// Targets named by all runtime keys together, at most (a key for every target names none).
@@ -32,6 +34,8 @@ pub struct ApiKeyRow {
     pub created_ms: i64,
     /// The key that created it.
     pub created_by: String,
+    /// Imported (from a gateway's old keys file), not created here.
+    pub imported: bool,
 }
 
 /// A key to store (validated by the caller).
@@ -94,12 +98,15 @@ pub enum KeysImported {
     Conflict(Vec<String>),
     /// The import would pass [`MAX_API_KEYS`]: nothing was stored.
     Full(usize),
+    /// These keys were revoked (their secret's hash is remembered): nothing was stored.
+    Revoked(Vec<String>),
     /// The import would make this many targets across all keys, past [`MAX_TOTAL_TARGETS`]:
     /// nothing was stored.
     TooManyTargets(usize),
 }
 
-const KEY_COLUMNS: &str = "id, name, sha256, scopes_json, targets_json, created_ms, created_by";
+const KEY_COLUMNS: &str =
+    "id, name, sha256, scopes_json, targets_json, created_ms, created_by, imported";
 
 fn corrupt(name: &str, source: serde_json::Error) -> StoreError {
     StoreError::Corrupt {
@@ -119,6 +126,7 @@ fn read_key(row: &rusqlite::Row<'_>) -> rusqlite::Result<(ApiKeyRow, String, Str
             targets: Vec::new(),
             created_ms: row.get(5)?,
             created_by: row.get(6)?,
+            imported: row.get(7)?,
         },
         row.get(3)?,
         row.get(4)?,
@@ -195,12 +203,13 @@ fn total_targets(conn: &Connection) -> Result<usize, StoreError> {
     Ok(usize::try_from(total).unwrap_or(usize::MAX))
 }
 
-fn insert(conn: &Connection, key: &NewApiKey) -> Result<ApiKeyRow, StoreError> {
+fn insert(conn: &Connection, key: &NewApiKey, imported: bool) -> Result<ApiKeyRow, StoreError> {
     let scopes = serde_json::to_string(&key.scopes).map_err(|err| corrupt(&key.name, err))?;
     let targets = serde_json::to_string(&key.targets).map_err(|err| corrupt(&key.name, err))?;
     conn.prepare_cached(
-        "INSERT INTO api_keys (name, sha256, scopes_json, targets_json, created_ms, created_by)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO api_keys (name, sha256, scopes_json, targets_json, created_ms, created_by,
+                               imported)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
     .execute(params![
         key.name,
@@ -208,7 +217,8 @@ fn insert(conn: &Connection, key: &NewApiKey) -> Result<ApiKeyRow, StoreError> {
         scopes,
         targets,
         key.created_ms,
-        key.created_by
+        key.created_by,
+        imported
     ])?;
     Ok(ApiKeyRow {
         id: conn.last_insert_rowid(),
@@ -218,6 +228,7 @@ fn insert(conn: &Connection, key: &NewApiKey) -> Result<ApiKeyRow, StoreError> {
         targets: key.targets.clone(),
         created_ms: key.created_ms,
         created_by: key.created_by.clone(),
+        imported,
     })
 }
 
@@ -268,7 +279,7 @@ pub fn create_tx(conn: &Connection, key: &NewApiKey) -> Result<KeyCreated, Store
         )?;
         return Ok(KeyCreated::TooManyTargets(targets));
     }
-    let created = insert(conn, key)?;
+    let created = insert(conn, key, false)?;
     let version = bump(conn)?;
     audit_tx(
         conn,
@@ -321,6 +332,15 @@ pub fn revoke_tx(
     }
     conn.prepare_cached("DELETE FROM api_keys WHERE id = ?1")?
         .execute(params![key.id])?;
+    // Remembered (the last REVOKED_KEPT), so no import brings the secret back.
+    let tombstone: i64 = conn
+        .prepare_cached(
+            "INSERT INTO api_keys_revoked (sha256, revoked_ms) VALUES (?1, ?2)
+             ON CONFLICT (sha256) DO UPDATE SET revoked_ms = excluded.revoked_ms RETURNING id",
+        )?
+        .query_row(params![key.sha256, super::now_ms()], |row| row.get(0))?;
+    conn.prepare_cached("DELETE FROM api_keys_revoked WHERE id <= ?1")?
+        .execute(params![tombstone - REVOKED_KEPT])?;
     let version = bump(conn)?;
     audit_tx(
         conn,
@@ -342,28 +362,63 @@ pub fn import_tx(
     let mut fresh = Vec::new();
     let mut conflicts = Vec::new();
     let mut present = 0u32;
+    let mut revoked = Vec::new();
     for key in keys {
+        let was_revoked: bool = conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM api_keys_revoked WHERE sha256 = ?1)")?
+            .query_row(params![key.sha256], |row| row.get(0))?;
+        if was_revoked {
+            revoked.push(key.name.clone());
+            continue;
+        }
         match by_name(conn, &key.name)? {
             Some(stored) if stored.sha256 == key.sha256 => present += 1,
             Some(_) => conflicts.push(key.name.clone()),
             None => fresh.push(key),
         }
     }
-    if !conflicts.is_empty() {
-        return Ok(KeysImported::Conflict(conflicts));
-    }
-    let total = count(conn)? + fresh.len();
-    if total > MAX_API_KEYS {
-        return Ok(KeysImported::Full(total));
+    let refused = if !revoked.is_empty() {
+        Some((
+            KeysImported::Revoked(revoked.clone()),
+            format!("import: revoked keys: {}", revoked.join(",")),
+        ))
+    } else if !conflicts.is_empty() {
+        Some((
+            KeysImported::Conflict(conflicts.clone()),
+            format!(
+                "import: names held by other secrets: {}",
+                conflicts.join(",")
+            ),
+        ))
+    } else {
+        let total = count(conn)? + fresh.len();
+        (total > MAX_API_KEYS).then(|| {
+            (
+                KeysImported::Full(total),
+                format!("import: {total} keys, at most {MAX_API_KEYS}"),
+            )
+        })
+    };
+    if let Some((outcome, why)) = refused {
+        audit_tx(conn, "api_key.refused", 0, "*", actor, &why)?;
+        return Ok(outcome);
     }
     let targets = fresh.iter().fold(total_targets(conn)?, |sum, key| {
         sum.saturating_add(key.targets.len())
     });
     if targets > MAX_TOTAL_TARGETS {
+        audit_tx(
+            conn,
+            "api_key.refused",
+            0,
+            "*",
+            actor,
+            &format!("import: {targets} targets across all keys, at most {MAX_TOTAL_TARGETS}"),
+        )?;
         return Ok(KeysImported::TooManyTargets(targets));
     }
     for key in &fresh {
-        let stored = insert(conn, key)?;
+        let stored = insert(conn, key, true)?;
         audit_tx(
             conn,
             "api_key.import",
@@ -378,6 +433,15 @@ pub fn import_tx(
     } else {
         bump(conn)?
     };
+    // Every import call audited, even one that changed nothing.
+    audit_tx(
+        conn,
+        "api_key.import",
+        0,
+        "*",
+        actor,
+        &format!("{} imported, {present} present already", fresh.len()),
+    )?;
     Ok(KeysImported::Done(
         u32::try_from(fresh.len()).unwrap_or(u32::MAX),
         present,

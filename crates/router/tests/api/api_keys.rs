@@ -246,6 +246,7 @@ async fn keys_survive_a_restart_and_an_import_is_idempotent() {
             targets: strings(&["MAIN"]),
             created_unix_ms: 1_700_000_000_000,
             created_by: "api_key".to_owned(),
+            imported: true,
         }),
         sha256: hex_sha256("gr_old-secret"),
     };
@@ -397,4 +398,105 @@ async fn the_largest_key_set_fits_one_snapshot_and_creation_past_the_bounds_is_r
         .expect("the largest set fits one list")
         .into_inner();
     assert_eq!(listed.keys.len(), 1_000);
+}
+
+/// A revoked key is never brought back by an import (under its name or another): its hash is
+/// remembered; imported keys are marked; every import call is audited, refused or not.
+#[tokio::test]
+async fn an_import_never_revives_a_revoked_key_and_every_import_is_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = spawn_router(config(dir.path())).await;
+    let created = keys(&router)
+        .create_api_key(new_key("made", &["read"], &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    let stored = |name: &str, sha256: String| StoredApiKey {
+        key: Some(ApiKey {
+            name: name.to_owned(),
+            scopes: strings(&["read"]),
+            targets: Vec::new(),
+            created_unix_ms: 1_700_000_000_000,
+            created_by: "api_key".to_owned(),
+            imported: true,
+        }),
+        sha256,
+    };
+    let import = |keys: Vec<StoredApiKey>| ImportApiKeysRequest {
+        keys,
+        actor: "gateway import".to_owned(),
+    };
+    let old = stored("from-file", hex_sha256("gr_old-secret"));
+    let first = keys(&router)
+        .import_api_keys(import(vec![old.clone()]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((first.imported, first.present), (1, 0));
+    let listed = keys(&router)
+        .list_api_keys(ListApiKeysRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let flags: Vec<(&str, bool)> = listed
+        .keys
+        .iter()
+        .map(|key| (key.name.as_str(), key.imported))
+        .collect();
+    assert_eq!(flags, [("made", false), ("from-file", true)]);
+
+    for name in ["made", "from-file"] {
+        keys(&router)
+            .revoke_api_key(revoke_as(name, None))
+            .await
+            .unwrap();
+    }
+    // Neither comes back: not under its name, not under another.
+    for again in [
+        old.clone(),
+        stored("renamed", hex_sha256("gr_old-secret")),
+        stored("made", hex_sha256(&created.secret)),
+        stored("made-again", hex_sha256(&created.secret)),
+    ] {
+        let refused = keys(&router)
+            .import_api_keys(import(vec![
+                again.clone(),
+                stored("innocent", hex_sha256("gr_new")),
+            ]))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{again:?}");
+        assert!(refused.message().contains("revoked"), "{refused:?}");
+    }
+    let after = keys(&router)
+        .snapshot_api_keys(SnapshotApiKeysRequest {
+            since_version: 0,
+            wait_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(after.keys.is_empty(), "nothing was stored: {after:?}");
+    // Across a restart too.
+    router.stop().await;
+    let router = spawn_router(config(dir.path())).await;
+    let refused = keys(&router)
+        .import_api_keys(import(vec![old]))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+
+    let audit = key_audit(dir.path());
+    let imports = audit
+        .iter()
+        .filter(|(action, actor, _, _)| action == "api_key.import" && actor == "gateway import")
+        .count();
+    let refusals = audit
+        .iter()
+        .filter(|(action, actor, _, detail)| {
+            action == "api_key.refused" && actor == "gateway import" && detail.contains("revoked")
+        })
+        .count();
+    assert!(imports >= 2, "{audit:?}");
+    assert_eq!(refusals, 5, "{audit:?}");
 }
