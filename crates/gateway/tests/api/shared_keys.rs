@@ -517,11 +517,17 @@ import httpx2
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
+STATUSES = []
+
 async def main(url, key):
     notes = []
     async def progress(step, total, message):
         notes.append(message)
-    async with httpx2.AsyncClient(headers={"Authorization": "Bearer " + key}, timeout=60) as http:
+    # The HTTP status of every answer, to tell a 401 from other errors.
+    async def record(response):
+        STATUSES.append(response.status_code)
+    async with httpx2.AsyncClient(headers={"Authorization": "Bearer " + key}, timeout=60,
+                                  event_hooks={"response": [record]}) as http:
         async with streamable_http_client(url, http_client=http) as streams:
             async with ClientSession(streams[0], streams[1]) as session:
                 await session.initialize()
@@ -534,6 +540,7 @@ async def main(url, key):
                 except Exception as err:
                     answer = {"error": repr(err)}
                 answer["notes"] = notes
+                answer["statuses"] = STATUSES
                 print(json.dumps(answer), flush=True)
 
 try:
@@ -589,11 +596,22 @@ async fn an_mcp_follow_of_a_revoked_key_ends() {
     assert!(ok, "mcp client failed: {stderr}");
     let out: Value = serde_json::from_str(stdout.trim()).expect("json");
     // The revoked key gets no result past the revocation: the follow says it was refused, or
-    // the call ends with the 401 its transport got.
+    // the SDK's next request in the session (it lists the tools after the call) is answered
+    // 401, and no answer before it was an error.
+    let statuses: Vec<u64> = out["statuses"]
+        .as_array()
+        .expect("statuses")
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    let ended_by_401 = statuses.last() == Some(&401)
+        && statuses[..statuses.len() - 1]
+            .iter()
+            .all(|code| *code < 400);
     let refused = out["result"]["follow_error"]
         .as_str()
         .is_some_and(|error| error.contains("valid API key"))
-        || out["error"].is_string();
+        || (out["error"].is_string() && ended_by_401);
     eprintln!("MCP follow of a revoked key: {out}");
     assert!(refused, "{out}");
 }
