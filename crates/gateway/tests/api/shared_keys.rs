@@ -269,6 +269,63 @@ async fn gateways_keep_their_keys_while_the_router_is_away_and_the_router_keeps_
     );
 }
 
+/// A gateway that has never reached the router cannot tell a runtime key from a wrong one: it
+/// answers 503 with Retry-After (not a 401 the caller would take as final) until its first
+/// snapshot, then 401 for a wrong key; keys from config work throughout.
+#[tokio::test]
+async fn before_its_first_snapshot_a_gateway_answers_unknown_keys_503_not_401() {
+    let scratch = tempfile::tempdir().unwrap();
+    let router_dir = scratch.path().join("router");
+    let router = spawn_router(&router_dir).await;
+    let address = router.grpc;
+    router.stop().await;
+    let gateway = spawn_gateway(settings(address, &scratch.path().join("gateway-early"))).await;
+
+    let response = reqwest::Client::new()
+        .get(format!("http://{}/v1/targets", gateway.http))
+        .bearer_auth("gr_maybe-a-runtime-key")
+        .send()
+        .await
+        .expect("gateway reachable");
+    assert_eq!(response.status().as_u16(), 503);
+    assert!(
+        response.headers().contains_key("retry-after"),
+        "{:?}",
+        response.headers()
+    );
+    let body = response.text().await.unwrap();
+    assert!(body.contains("not learnt"), "{body}");
+    // A config key is known: it gets past authentication (the router call itself fails).
+    let (code, body) = call(reqwest::Method::GET, &gateway, "/v1/targets", KEY).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(!body.to_string().contains("not learnt"), "{body}");
+
+    // Once the router is back, the first snapshot is asked at once (not held like a current
+    // gateway's), so a wrong key is a 401 within the bound.
+    let _router = spawn_router_on(&router_dir, address).await;
+    let started = Instant::now();
+    let mut code = 0;
+    for _ in 0..300 {
+        code = call(
+            reqwest::Method::GET,
+            &gateway,
+            "/v1/targets",
+            "gr_maybe-a-runtime-key",
+        )
+        .await
+        .0;
+        if code != 503 || started.elapsed() > BOUND {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(code, 401, "after {:?}", started.elapsed());
+    eprintln!(
+        "first snapshot learnt {:?} after the router came up",
+        started.elapsed()
+    );
+}
+
 fn old_keys_file(dir: &Path, secret: &str) {
     std::fs::create_dir_all(dir).unwrap();
     let file = json!({"version": 1, "keys": [{
