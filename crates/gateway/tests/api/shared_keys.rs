@@ -390,6 +390,32 @@ async fn an_old_keys_file_is_imported_once_and_a_bad_one_fails_the_start() {
     assert!(broken.join("api-keys.json").exists(), "a bad file is kept");
 }
 
+/// A FIFO in place of the old keys file fails the start at once (it is never opened to block
+/// on a writer that does not come).
+#[tokio::test]
+async fn a_fifo_in_place_of_the_old_keys_file_fails_the_start_at_once() {
+    let scratch = tempfile::tempdir().unwrap();
+    let router = spawn_router(&scratch.path().join("router")).await;
+    let dir = scratch.path().join("fifo");
+    std::fs::create_dir_all(&dir).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(dir.join("api-keys.json"))
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+    let mut with_fifo = settings(router.grpc, &scratch.path().join("gateway-fifo"));
+    with_fifo.data_dir = Some(dir);
+    let refused = tokio::time::timeout(Duration::from_secs(10), gateway::App::build(with_fifo))
+        .await
+        .expect("the start did not block on the FIFO")
+        .err()
+        .expect("refused");
+    assert!(
+        refused.to_string().contains("not a regular file"),
+        "{refused:#}"
+    );
+}
+
 const SIGNED_POST: &str = r#"
 import sys, datetime, urllib.request, urllib.error
 from standardwebhooks.webhooks import Webhook
