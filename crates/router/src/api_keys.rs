@@ -233,6 +233,18 @@ impl ApiKeyService for ApiKeyGrpc {
             return Err(invalid("reserved_names", format!("at most {MAX_RESERVED}")).into());
         }
         if request.reserved_names.contains(&request.name) {
+            // Audited like an acceptance, in the store and the log.
+            self.keys
+                .store
+                .audit_token(
+                    "api_key.refused".to_owned(),
+                    0,
+                    request.name.clone(),
+                    actor.clone(),
+                    "create: a key from the gateway's config".to_owned(),
+                )
+                .await
+                .map_err(RouterError::from)?;
             tracing::warn!(target: "audit", action = "api_key.refused", name = %request.name, %actor, "api key refused: the name is a config key's");
             return Err(RouterError::ApiKeyExists(request.name).into());
         }

@@ -169,6 +169,14 @@ async fn a_key_is_created_listed_snapshotted_and_revoked_with_every_refusal_audi
         "{audit:?}"
     );
     assert!(
+        audit
+            .iter()
+            .any(|(action, _, name, detail)| action == "api_key.refused"
+                && name == "reader"
+                && detail.starts_with("create:")),
+        "a refused creation with a config key's name is audited: {audit:?}"
+    );
+    assert!(
         actions.contains(&("api_key.refused", "reader")),
         "{audit:?}"
     );
