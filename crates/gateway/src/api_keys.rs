@@ -35,6 +35,10 @@ use crate::auth::{Principal, Scope};
 use crate::error::GatewayError;
 use crate::http::{AppState, Problem};
 
+/// Largest answer about runtime keys the gateway decodes from the router (16 MiB), far above
+/// the router's bound on the whole set.
+pub const MAX_KEYS_MESSAGE: usize = 16 * 1024 * 1024;
+
 /// Targets one key may name at most.
 const MAX_TARGETS: usize = 64;
 
@@ -90,7 +94,7 @@ pub struct IssuedApiKey {
 
 /// A key without its secret.
 #[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({"name": "chatgpt-3f1c", "scopes": ["submit", "read"], "targets": [], "created_at": "2026-12-06T05:00:00Z", "created_by": "api_key", "source": "runtime"}))]
+#[schema(example = json!({"name": "chatgpt-3f1c", "scopes": ["submit", "read"], "targets": [], "created_at": "2026-12-06T05:00:00Z", "created_by": "api_key", "source": "runtime", "imported": false}))]
 pub struct KeyView {
     /// Its name.
     pub name: String,
@@ -104,6 +108,9 @@ pub struct KeyView {
     pub created_by: Option<String>,
     /// `config` (read-only: change the gateway's config) or `runtime` (`POST /v1/keys`).
     pub source: String,
+    /// True for a runtime key imported from an older gateway's keys file rather than made
+    /// through `POST /v1/keys`.
+    pub imported: bool,
 }
 
 /// `GET /v1/keys`.
@@ -146,6 +153,7 @@ fn view(key: &wire::ApiKey) -> KeyView {
         created_at: Some(rfc3339(key.created_unix_ms)),
         created_by: Some(key.created_by.clone()),
         source: "runtime".to_owned(),
+        imported: key.imported,
     }
 }
 
@@ -495,6 +503,7 @@ pub(crate) fn config_view(principal: &Principal) -> KeyView {
         created_at: None,
         created_by: None,
         source: "config".to_owned(),
+        imported: false,
     }
 }
 

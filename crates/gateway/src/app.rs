@@ -101,7 +101,10 @@ impl App {
             timeout: config.upstream_timeout,
         };
         let api_keys = crate::api_keys::RuntimeKeys {
-            client: ApiKeyServiceClient::new(router_channel.clone()),
+            // The router keeps the largest key set under 2 MiB (1,000 keys, 10,000 targets in
+            // all); tonic's default 4 MiB would be the only margin, so it is raised.
+            client: ApiKeyServiceClient::new(router_channel.clone())
+                .max_decoding_message_size(crate::api_keys::MAX_KEYS_MESSAGE),
             timeout: config.upstream_timeout,
         };
         crate::api_keys::import::import_old_file(

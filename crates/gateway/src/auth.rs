@@ -320,6 +320,12 @@ impl Credentials {
         // Always checked too, so a configured key costs the same time as a runtime one.
         let stored = self.stored.find(&digest);
         found.or(stored).ok_or_else(|| {
+            if !self.stored.ever_loaded() {
+                // Maybe a runtime key: the gateway has not reached the router yet, so it
+                // cannot tell; the caller may retry (keys from config work meanwhile).
+                tracing::warn!("request with an unknown API key: the runtime keys are not learnt from the router yet");
+                return GatewayError::KeysNotLearnt;
+            }
             tracing::warn!("request with an unknown API key refused");
             GatewayError::Unauthorized
         })

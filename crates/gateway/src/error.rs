@@ -125,6 +125,10 @@ pub enum GatewayError {
     /// The router could not durably accept the patch; nothing was stored.
     #[error("the patch queue is unavailable; nothing was stored, retry later")]
     Unavailable(String),
+    /// An unknown API key before the gateway's first snapshot of the runtime keys: it may be
+    /// one the gateway has not learnt yet, so 503 (retry), not 401.
+    #[error("the runtime api keys are not learnt from the router yet; retry shortly")]
+    KeysNotLearnt,
     /// Nobody can answer a dry run now (no executor serving the target, too many at once, it
     /// did not answer in time); says which. Nothing was stored either way.
     #[error("{0}")]
@@ -163,9 +167,10 @@ impl GatewayError {
             Self::Conflict(_) | Self::RevertConflicts { .. } => StatusCode::CONFLICT,
             Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             Self::NotConfigured(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Unavailable(_) | Self::DryRunUnavailable(_) | Self::RevertCut(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::Unavailable(_)
+            | Self::DryRunUnavailable(_)
+            | Self::RevertCut(_)
+            | Self::KeysNotLearnt => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -193,6 +198,7 @@ impl GatewayError {
             Self::NotImplemented(_) => "not-implemented",
             Self::NotConfigured(_) => "not-configured",
             Self::Unavailable(_) => "unavailable",
+            Self::KeysNotLearnt => "keys-not-learnt",
             Self::DryRunUnavailable(_) => "dry-run-unavailable",
             Self::RevertCut(_) => "revert-cut",
             Self::Internal(_) => "internal",
@@ -286,7 +292,10 @@ impl IntoResponse for GatewayError {
             HeaderValue::from_static("application/problem+json"),
         );
         match self {
-            Self::Unavailable(_) | Self::DryRunUnavailable(_) | Self::RevertCut(_) => {
+            Self::Unavailable(_)
+            | Self::DryRunUnavailable(_)
+            | Self::RevertCut(_)
+            | Self::KeysNotLearnt => {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));

@@ -346,6 +346,8 @@ pub async fn authenticate(
     if !Credentials::is_webhook(&parts.headers) {
         let principal = match guard.credentials.api_key(&parts.headers) {
             Ok(principal) => principal,
+            // Not a refusal: the runtime keys are not learnt yet (503, retry).
+            Err(err @ GatewayError::KeysNotLearnt) => return err.into_response(),
             Err(err) if Credentials::presents_key(&parts.headers) => {
                 return guard.refuse(client, err).into_response();
             }

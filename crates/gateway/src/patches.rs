@@ -859,6 +859,14 @@ impl Patches {
         wait: std::time::Duration,
     ) -> Result<PatchDetail, GatewayError> {
         caller.require(Scope::Read)?;
+        // A runtime key revoked since the request was authenticated gets nothing more (an MCP
+        // follow calls this once per slice, also when its long polls are at their cap).
+        if let (Some(keys), Some(hash)) = (&self.revocations, caller.runtime_key())
+            && !keys.holds(&hash)
+        {
+            tracing::info!(caller = %caller.name, patch_id = %raw_id, "read refused: its api key was revoked");
+            return Err(GatewayError::Unauthorized);
+        }
         let (view, report) = self.visible(caller, raw_id).await?;
         let wait = wait.min(self.max_wait);
         if view.status.is_terminal() || wait.is_zero() {

@@ -20,8 +20,8 @@ use tonic::{Request, Response};
 
 use crate::error::RouterError;
 use crate::store::{
-    ApiKeyRow, KeyCreated, KeyRevoked, KeysImported, MAX_API_KEYS, NewApiKey, Revoker, RouterStore,
-    now_ms,
+    ApiKeyRow, KeyCreated, KeyRevoked, KeysImported, MAX_API_KEYS, MAX_TOTAL_TARGETS, NewApiKey,
+    Revoker, RouterStore, now_ms,
 };
 use crate::tokens::{check_name, hash_secret};
 
@@ -146,6 +146,7 @@ fn wire_key(key: &ApiKeyRow) -> wire::ApiKey {
         targets: key.targets.clone(),
         created_unix_ms: key.created_ms,
         created_by: key.created_by.clone(),
+        imported: key.imported,
     }
 }
 
@@ -171,8 +172,17 @@ impl ApiKeys {
         })
     }
 
+    /// Wakes held snapshot calls for `version`; changes finishing out of order never lower
+    /// the version watched below the database's.
     fn changed(&self, version: u64) {
-        self.version.send_replace(version);
+        self.version.send_if_modified(|current| {
+            if version > *current {
+                *current = version;
+                true
+            } else {
+                false
+            }
+        });
     }
 
     async fn snapshot(&self) -> Result<wire::SnapshotApiKeysResponse, RouterError> {
@@ -223,6 +233,18 @@ impl ApiKeyService for ApiKeyGrpc {
             return Err(invalid("reserved_names", format!("at most {MAX_RESERVED}")).into());
         }
         if request.reserved_names.contains(&request.name) {
+            // Audited like an acceptance, in the store and the log.
+            self.keys
+                .store
+                .audit_token(
+                    "api_key.refused".to_owned(),
+                    0,
+                    request.name.clone(),
+                    actor.clone(),
+                    "create: a key from the gateway's config".to_owned(),
+                )
+                .await
+                .map_err(RouterError::from)?;
             tracing::warn!(target: "audit", action = "api_key.refused", name = %request.name, %actor, "api key refused: the name is a config key's");
             return Err(RouterError::ApiKeyExists(request.name).into());
         }
@@ -244,6 +266,12 @@ impl ApiKeyService for ApiKeyGrpc {
             KeyCreated::NameTaken => Err(RouterError::ApiKeyExists(request.name).into()),
             KeyCreated::Full => Err(RouterError::ResourceExhausted(format!(
                 "{MAX_API_KEYS} runtime keys exist already, the most kept; delete one first"
+            ))
+            .into()),
+            KeyCreated::TooManyTargets(total) => Err(RouterError::ResourceExhausted(format!(
+                "this key would make {total} targets across all runtime keys; at most \
+                 {MAX_TOTAL_TARGETS} are kept (a key for every target names none): delete a key \
+                 or name fewer targets"
             ))
             .into()),
             KeyCreated::Created(key, version) => {
@@ -420,6 +448,16 @@ impl ApiKeyService for ApiKeyGrpc {
             .into()),
             KeysImported::Full(total) => Err(RouterError::ResourceExhausted(format!(
                 "importing would make {total} runtime keys; at most {MAX_API_KEYS} are kept"
+            ))
+            .into()),
+            KeysImported::Revoked(names) => {
+                let names: Vec<String> = names.iter().map(|name| bounded(name)).collect();
+                tracing::warn!(target: "audit", action = "api_key.refused", %actor, names = ?names, "api key import refused: revoked keys");
+                Err(RouterError::ApiKeyRevoked(names.join(", ")).into())
+            }
+            KeysImported::TooManyTargets(total) => Err(RouterError::ResourceExhausted(format!(
+                "importing would make {total} targets across all runtime keys; at most \
+                 {MAX_TOTAL_TARGETS} are kept"
             ))
             .into()),
             KeysImported::Done(imported, present, version) => {

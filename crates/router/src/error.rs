@@ -49,6 +49,9 @@ pub enum RouterError {
     /// The name is a key from the calling gateway's config.
     #[error("key {0:?} comes from the gateway's config; remove it there")]
     ApiKeyReserved(String),
+    /// An import names keys whose secrets were revoked.
+    #[error("api keys {0} were revoked: a revoked secret is never imported again")]
+    ApiKeyRevoked(String),
     /// Too many calls of this kind at once; says which limit.
     #[error("{0}")]
     ResourceExhausted(String),
@@ -91,7 +94,9 @@ impl From<RouterError> for tonic::Status {
             RouterError::TokenRevoked(_) => Self::failed_precondition(err.to_string()),
             RouterError::ApiKeyExists(_) => Self::already_exists(err.to_string()),
             RouterError::ApiKeyNotFound(_) => Self::not_found(err.to_string()),
-            RouterError::ApiKeyReserved(_) => Self::failed_precondition(err.to_string()),
+            RouterError::ApiKeyReserved(_) | RouterError::ApiKeyRevoked(_) => {
+                Self::failed_precondition(err.to_string())
+            }
             RouterError::ResourceExhausted(_) => Self::resource_exhausted(err.to_string()),
             RouterError::Unavailable(_) => Self::unavailable(err.to_string()),
             RouterError::DeadlineExceeded(_) => Self::deadline_exceeded(err.to_string()),

@@ -53,19 +53,51 @@ fn scope_name(scope: Scope) -> &'static str {
     }
 }
 
+/// The bytes of `file`: never through a symlink (`O_NOFOLLOW`, also when one replaces the
+/// file after the first check), only a regular file (`O_NONBLOCK` and an fstat: a FIFO
+/// never blocks the start), and at most [`MAX_FILE_BYTES`] of it, however it grows.
+fn read_capped(file: &Path) -> anyhow::Result<Vec<u8>> {
+    use rustix::fs::{Mode, OFlags};
+    use std::io::Read as _;
+    let cannot =
+        |err: &dyn std::fmt::Display| anyhow::anyhow!("cannot read {}: {err}", file.display());
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let opened = match rustix::fs::open(file, flags, Mode::empty()) {
+        Ok(fd) => std::fs::File::from(fd),
+        Err(rustix::io::Errno::LOOP) => anyhow::bail!(
+            "{} is a symbolic link; runtime keys are not read through one",
+            file.display()
+        ),
+        Err(err) => return Err(cannot(&err)),
+    };
+    let meta = opened.metadata().map_err(|err| cannot(&err))?;
+    if !meta.is_file() {
+        anyhow::bail!("{} is not a regular file", file.display());
+    }
+    let too_large = |len: u64| {
+        anyhow::anyhow!(
+            "{} is {len} bytes or more; at most {MAX_FILE_BYTES} are read",
+            file.display()
+        )
+    };
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(too_large(meta.len()));
+    }
+    let mut text = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    opened
+        .take(MAX_FILE_BYTES.saturating_add(1))
+        .read_to_end(&mut text)
+        .map_err(|err| cannot(&err))?;
+    let len = u64::try_from(text.len()).unwrap_or(u64::MAX);
+    if len > MAX_FILE_BYTES {
+        return Err(too_large(len));
+    }
+    Ok(text)
+}
+
 /// The keys of `file`, checked as the gateway always checked them at start.
 fn read(file: &Path) -> anyhow::Result<Vec<wire::StoredApiKey>> {
-    let meta = std::fs::metadata(file)
-        .map_err(|err| anyhow::anyhow!("cannot read {}: {err}", file.display()))?;
-    if meta.len() > MAX_FILE_BYTES {
-        anyhow::bail!(
-            "{} is {} bytes; at most {MAX_FILE_BYTES} are read",
-            file.display(),
-            meta.len()
-        );
-    }
-    let text = std::fs::read(file)
-        .map_err(|err| anyhow::anyhow!("cannot read {}: {err}", file.display()))?;
+    let text = read_capped(file)?;
     let parsed: File = serde_json::from_slice(&text)
         .map_err(|err| anyhow::anyhow!("{} is not a keys file: {err}", file.display()))?;
     if parsed.version != 1 {
@@ -91,6 +123,7 @@ fn read(file: &Path) -> anyhow::Result<Vec<wire::StoredApiKey>> {
                     .map(|s| scope_name(s).to_owned())
                     .collect(),
                 targets: record.targets,
+                imported: true,
                 created_unix_ms: i64::try_from(created.unix_timestamp_nanos() / 1_000_000)
                     .unwrap_or(0),
                 created_by: record.created_by,

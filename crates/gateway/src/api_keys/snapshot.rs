@@ -123,6 +123,12 @@ impl KeyStore {
             .version
     }
 
+    /// True once a snapshot from the router was installed (before, an unknown key may be a
+    /// runtime key the gateway has not learnt yet).
+    pub fn ever_loaded(&self) -> bool {
+        *self.installed.borrow() > 0
+    }
+
     /// True while the last call to the router failed (the keys held may be out of date).
     pub fn is_stale(&self) -> bool {
         self.stale.load(Ordering::Relaxed)
@@ -225,10 +231,13 @@ pub async fn sync(
     let hold_ms = u32::try_from(HOLD.as_millis()).unwrap_or(u32::MAX);
     loop {
         let mut caller = client.clone();
+        // Out of step (never loaded, or the last call failed): answered at once, not held
+        // (an empty set is version 0, which a call "since 0" would wait on for a whole hold).
+        let behind = store.is_stale() || !store.ever_loaded();
         let call = caller.snapshot_api_keys(with_deadline(
             wire::SnapshotApiKeysRequest {
-                since_version: if store.is_stale() { 0 } else { store.version() },
-                wait_ms: hold_ms,
+                since_version: if behind { 0 } else { store.version() },
+                wait_ms: if behind { 0 } else { hold_ms },
             },
             HOLD + timeout,
         ));

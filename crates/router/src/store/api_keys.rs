@@ -8,8 +8,14 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::StoreError;
 use super::sqlite::audit_tx;
 
+/// Hashes of revoked keys remembered (the most recent), so an import cannot revive them.
+pub const REVOKED_KEPT: i64 = 10_000;
 /// Runtime API keys kept at most.
 pub const MAX_API_KEYS: usize = 1_000;
+/// Targets named by all runtime keys together, at most (a key for every target names none).
+/// With [`MAX_API_KEYS`] keys of the longest names this keeps the largest snapshot a gateway
+/// receives under 2 MiB, well inside the gateway's decoding limit.
+pub const MAX_TOTAL_TARGETS: usize = 10_000;
 
 /// A runtime API key as stored (the SHA-256 of its secret, never the secret).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +34,8 @@ pub struct ApiKeyRow {
     pub created_ms: i64,
     /// The key that created it.
     pub created_by: String,
+    /// Imported (from a gateway's old keys file), not created here.
+    pub imported: bool,
 }
 
 /// A key to store (validated by the caller).
@@ -56,6 +64,8 @@ pub enum KeyCreated {
     NameTaken,
     /// [`MAX_API_KEYS`] keys exist already.
     Full,
+    /// The key's targets would make this many across all keys, past [`MAX_TOTAL_TARGETS`].
+    TooManyTargets(usize),
 }
 
 /// Who asks to revoke, and what they may touch.
@@ -88,9 +98,15 @@ pub enum KeysImported {
     Conflict(Vec<String>),
     /// The import would pass [`MAX_API_KEYS`]: nothing was stored.
     Full(usize),
+    /// These keys were revoked (their secret's hash is remembered): nothing was stored.
+    Revoked(Vec<String>),
+    /// The import would make this many targets across all keys, past [`MAX_TOTAL_TARGETS`]:
+    /// nothing was stored.
+    TooManyTargets(usize),
 }
 
-const KEY_COLUMNS: &str = "id, name, sha256, scopes_json, targets_json, created_ms, created_by";
+const KEY_COLUMNS: &str =
+    "id, name, sha256, scopes_json, targets_json, created_ms, created_by, imported";
 
 fn corrupt(name: &str, source: serde_json::Error) -> StoreError {
     StoreError::Corrupt {
@@ -110,6 +126,7 @@ fn read_key(row: &rusqlite::Row<'_>) -> rusqlite::Result<(ApiKeyRow, String, Str
             targets: Vec::new(),
             created_ms: row.get(5)?,
             created_by: row.get(6)?,
+            imported: row.get(7)?,
         },
         row.get(3)?,
         row.get(4)?,
@@ -143,6 +160,16 @@ fn bump(conn: &Connection) -> Result<u64, StoreError> {
     Ok(u64::try_from(value).unwrap_or(0))
 }
 
+/// Every key and the version of exactly that set, read in one transaction (so a change
+/// committed meanwhile never labels the old set with its new version).
+pub fn snapshot(conn: &Connection) -> Result<(Vec<ApiKeyRow>, u64), StoreError> {
+    let tx = conn.unchecked_transaction()?;
+    let version = version(&tx)?;
+    let keys = all(&tx)?;
+    tx.commit()?;
+    Ok((keys, version))
+}
+
 /// Every key, oldest first.
 pub fn all(conn: &Connection) -> Result<Vec<ApiKeyRow>, StoreError> {
     conn.prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY id"))?
@@ -168,12 +195,21 @@ fn count(conn: &Connection) -> Result<usize, StoreError> {
     Ok(usize::try_from(count).unwrap_or(usize::MAX))
 }
 
-fn insert(conn: &Connection, key: &NewApiKey) -> Result<ApiKeyRow, StoreError> {
+/// Targets named by all keys together.
+fn total_targets(conn: &Connection) -> Result<usize, StoreError> {
+    let total: i64 = conn
+        .prepare_cached("SELECT COALESCE(SUM(json_array_length(targets_json)), 0) FROM api_keys")?
+        .query_row([], |row| row.get(0))?;
+    Ok(usize::try_from(total).unwrap_or(usize::MAX))
+}
+
+fn insert(conn: &Connection, key: &NewApiKey, imported: bool) -> Result<ApiKeyRow, StoreError> {
     let scopes = serde_json::to_string(&key.scopes).map_err(|err| corrupt(&key.name, err))?;
     let targets = serde_json::to_string(&key.targets).map_err(|err| corrupt(&key.name, err))?;
     conn.prepare_cached(
-        "INSERT INTO api_keys (name, sha256, scopes_json, targets_json, created_ms, created_by)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO api_keys (name, sha256, scopes_json, targets_json, created_ms, created_by,
+                               imported)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
     .execute(params![
         key.name,
@@ -181,7 +217,8 @@ fn insert(conn: &Connection, key: &NewApiKey) -> Result<ApiKeyRow, StoreError> {
         scopes,
         targets,
         key.created_ms,
-        key.created_by
+        key.created_by,
+        imported
     ])?;
     Ok(ApiKeyRow {
         id: conn.last_insert_rowid(),
@@ -191,6 +228,7 @@ fn insert(conn: &Connection, key: &NewApiKey) -> Result<ApiKeyRow, StoreError> {
         targets: key.targets.clone(),
         created_ms: key.created_ms,
         created_by: key.created_by.clone(),
+        imported,
     })
 }
 
@@ -229,7 +267,19 @@ pub fn create_tx(conn: &Connection, key: &NewApiKey) -> Result<KeyCreated, Store
         )?;
         return Ok(KeyCreated::Full);
     }
-    let created = insert(conn, key)?;
+    let targets = total_targets(conn)?.saturating_add(key.targets.len());
+    if targets > MAX_TOTAL_TARGETS {
+        audit_tx(
+            conn,
+            "api_key.refused",
+            0,
+            &key.name,
+            &key.created_by,
+            &format!("targets: {targets} across all keys, at most {MAX_TOTAL_TARGETS}"),
+        )?;
+        return Ok(KeyCreated::TooManyTargets(targets));
+    }
+    let created = insert(conn, key, false)?;
     let version = bump(conn)?;
     audit_tx(
         conn,
@@ -282,6 +332,15 @@ pub fn revoke_tx(
     }
     conn.prepare_cached("DELETE FROM api_keys WHERE id = ?1")?
         .execute(params![key.id])?;
+    // Remembered (the last REVOKED_KEPT), so no import brings the secret back.
+    let tombstone: i64 = conn
+        .prepare_cached(
+            "INSERT INTO api_keys_revoked (sha256, revoked_ms) VALUES (?1, ?2)
+             ON CONFLICT (sha256) DO UPDATE SET revoked_ms = excluded.revoked_ms RETURNING id",
+        )?
+        .query_row(params![key.sha256, super::now_ms()], |row| row.get(0))?;
+    conn.prepare_cached("DELETE FROM api_keys_revoked WHERE id <= ?1")?
+        .execute(params![tombstone - REVOKED_KEPT])?;
     let version = bump(conn)?;
     audit_tx(
         conn,
@@ -303,22 +362,63 @@ pub fn import_tx(
     let mut fresh = Vec::new();
     let mut conflicts = Vec::new();
     let mut present = 0u32;
+    let mut revoked = Vec::new();
     for key in keys {
+        let was_revoked: bool = conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM api_keys_revoked WHERE sha256 = ?1)")?
+            .query_row(params![key.sha256], |row| row.get(0))?;
+        if was_revoked {
+            revoked.push(key.name.clone());
+            continue;
+        }
         match by_name(conn, &key.name)? {
             Some(stored) if stored.sha256 == key.sha256 => present += 1,
             Some(_) => conflicts.push(key.name.clone()),
             None => fresh.push(key),
         }
     }
-    if !conflicts.is_empty() {
-        return Ok(KeysImported::Conflict(conflicts));
+    let refused = if !revoked.is_empty() {
+        Some((
+            KeysImported::Revoked(revoked.clone()),
+            format!("import: revoked keys: {}", revoked.join(",")),
+        ))
+    } else if !conflicts.is_empty() {
+        Some((
+            KeysImported::Conflict(conflicts.clone()),
+            format!(
+                "import: names held by other secrets: {}",
+                conflicts.join(",")
+            ),
+        ))
+    } else {
+        let total = count(conn)? + fresh.len();
+        (total > MAX_API_KEYS).then(|| {
+            (
+                KeysImported::Full(total),
+                format!("import: {total} keys, at most {MAX_API_KEYS}"),
+            )
+        })
+    };
+    if let Some((outcome, why)) = refused {
+        audit_tx(conn, "api_key.refused", 0, "*", actor, &why)?;
+        return Ok(outcome);
     }
-    let total = count(conn)? + fresh.len();
-    if total > MAX_API_KEYS {
-        return Ok(KeysImported::Full(total));
+    let targets = fresh.iter().fold(total_targets(conn)?, |sum, key| {
+        sum.saturating_add(key.targets.len())
+    });
+    if targets > MAX_TOTAL_TARGETS {
+        audit_tx(
+            conn,
+            "api_key.refused",
+            0,
+            "*",
+            actor,
+            &format!("import: {targets} targets across all keys, at most {MAX_TOTAL_TARGETS}"),
+        )?;
+        return Ok(KeysImported::TooManyTargets(targets));
     }
     for key in &fresh {
-        let stored = insert(conn, key)?;
+        let stored = insert(conn, key, true)?;
         audit_tx(
             conn,
             "api_key.import",
@@ -333,6 +433,15 @@ pub fn import_tx(
     } else {
         bump(conn)?
     };
+    // Every import call audited, even one that changed nothing.
+    audit_tx(
+        conn,
+        "api_key.import",
+        0,
+        "*",
+        actor,
+        &format!("{} imported, {present} present already", fresh.len()),
+    )?;
     Ok(KeysImported::Done(
         u32::try_from(fresh.len()).unwrap_or(u32::MAX),
         present,

@@ -17,7 +17,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use ghost_core::{ApplyReport, Patch, Status};
 
 pub use api_keys::{
-    ApiKeyRow, KeyCreated, KeyRevoked, KeysImported, MAX_API_KEYS, NewApiKey, Revoker,
+    ApiKeyRow, KeyCreated, KeyRevoked, KeysImported, MAX_API_KEYS, MAX_TOTAL_TARGETS, NewApiKey,
+    Revoker,
 };
 pub use sqlite::SqliteStore;
 

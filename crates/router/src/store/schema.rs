@@ -146,6 +146,16 @@ const MIGRATIONS: &[&str] = &[
     );
     INSERT OR IGNORE INTO meta (key, value) VALUES ('api_keys_version', 0);
     ",
+    // The hashes of revoked runtime keys (the last 10,000), so an import never brings one
+    // back; and which keys were imported rather than created (rows from before: created).
+    "
+    CREATE TABLE api_keys_revoked (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        sha256     TEXT NOT NULL UNIQUE,
+        revoked_ms INTEGER NOT NULL
+    );
+    ALTER TABLE api_keys ADD COLUMN imported INTEGER NOT NULL DEFAULT 0;
+    ",
 ];
 
 /// Applies the migrations not yet recorded in `PRAGMA user_version`.

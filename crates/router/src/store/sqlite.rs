@@ -497,7 +497,9 @@ fn holds_lease(record: &PatchRecord, owner: &str, token: u64) -> bool {
         )
 }
 
-/// Audit rows kept: older ones are deleted as new ones arrive.
+/// Audit rows kept of each kind (refusals; everything else): older ones of the same kind are
+/// deleted as new ones arrive, so a flood of refusals never pushes out the record of what was
+/// created, revoked or imported.
 pub const AUDIT_KEEP_ROWS: i64 = 10_000;
 /// Audit rows older than this (90 days, in ms) are deleted as new ones arrive.
 const AUDIT_KEEP_MS: i64 = 90 * 24 * 3600 * 1000;
@@ -518,11 +520,15 @@ pub(super) fn audit_tx(
         params![now, action, token_id, name, actor, detail],
         |row| row.get(0),
     )?;
-    // Bounded retention: the last AUDIT_KEEP_ROWS rows, none older than AUDIT_KEEP_MS.
+    // Bounded retention: the last AUDIT_KEEP_ROWS rows of the same kind (refusals or not),
+    // none older than AUDIT_KEEP_MS.
+    let refusal = action.ends_with("refused");
     exec(
         conn,
-        "DELETE FROM token_audit WHERE id <= ?1 OR at_ms < ?2",
-        params![id - AUDIT_KEEP_ROWS, now - AUDIT_KEEP_MS],
+        "DELETE FROM token_audit WHERE at_ms < ?1 OR id IN (
+             SELECT id FROM token_audit WHERE id < ?2 AND (action LIKE '%refused') = ?3
+             ORDER BY id DESC LIMIT -1 OFFSET ?4)",
+        params![now - AUDIT_KEEP_MS, id, refusal, AUDIT_KEEP_ROWS - 1],
     )?;
     Ok(())
 }
@@ -1321,8 +1327,7 @@ impl RouterStore for SqliteStore {
     }
 
     async fn api_keys(&self) -> Result<(Vec<ApiKeyRow>, u64), StoreError> {
-        self.read(|conn| Ok((keys::all(conn)?, keys::version(conn)?)))
-            .await
+        self.read(keys::snapshot).await
     }
 
     async fn revoke_api_key(
@@ -1487,5 +1492,56 @@ mod tests {
         assert_eq!(count, AUDIT_KEEP_ROWS);
         assert_eq!(old, 0);
         assert_eq!(newest, 1);
+    }
+
+    #[test]
+    fn a_flood_of_refusals_never_pushes_out_the_record_of_changes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("router.db");
+        let store = SqliteStore::open(&path).expect("store");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let audit = |action: &str, name: &str| {
+            runtime
+                .block_on(store.audit_token(
+                    action.to_owned(),
+                    0,
+                    name.to_owned(),
+                    "x".to_owned(),
+                    String::new(),
+                ))
+                .expect("audit");
+        };
+        audit("api_key.create", "made");
+        audit("issue", "token");
+        {
+            let mut conn = Connection::open(&path).expect("open");
+            let tx = conn.transaction().expect("tx");
+            for _ in 0..AUDIT_KEEP_ROWS {
+                tx.execute(
+                    "INSERT INTO token_audit (at_ms, action, name, actor) VALUES (?1, 'api_key.refused', 'flood', 'x')",
+                    params![now_ms()],
+                )
+                .expect("row");
+            }
+            tx.commit().expect("commit");
+        }
+        audit("api_key.refused", "newest");
+        audit("refused", "newest-token");
+        let conn = Connection::open(&path).expect("open");
+        let (refusals, changes, newest): (i64, i64, i64) = conn
+            .query_row(
+                "SELECT SUM(action LIKE '%refused'), SUM(name IN ('made', 'token')),
+                        SUM(name LIKE 'newest%')
+                 FROM token_audit",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .expect("count");
+        assert_eq!(refusals, AUDIT_KEEP_ROWS);
+        assert_eq!(changes, 2, "the changes are kept");
+        assert_eq!(newest, 2);
     }
 }

@@ -107,13 +107,19 @@ async fn a_key_is_created_listed_snapshotted_and_revoked_with_every_refusal_audi
         .unwrap()
         .into_inner();
     assert_eq!(listed.keys, vec![key.clone()]);
-    let database = std::fs::read(dir.path().join("router.db")).unwrap();
-    assert!(
-        !database
-            .windows(secret.len())
-            .any(|w| w == secret.as_bytes()),
-        "the secret is stored"
-    );
+    // Neither in the database nor in its write-ahead log and shared memory.
+    let mut scanned = 0;
+    for file in ["router.db", "router.db-wal", "router.db-shm"] {
+        let Ok(bytes) = std::fs::read(dir.path().join(file)) else {
+            continue;
+        };
+        scanned += bytes.len();
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "the secret is stored in {file}"
+        );
+    }
+    assert!(scanned > 0, "no database file was scanned");
 
     // Refused: a taken name, a config key's name, bad scopes, too many targets.
     for (request, code) in [
@@ -161,6 +167,14 @@ async fn a_key_is_created_listed_snapshotted_and_revoked_with_every_refusal_audi
     assert!(
         actions.contains(&("api_key.create", "chatgpt")),
         "{audit:?}"
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|(action, _, name, detail)| action == "api_key.refused"
+                && name == "reader"
+                && detail.starts_with("create:")),
+        "a refused creation with a config key's name is audited: {audit:?}"
     );
     assert!(
         actions.contains(&("api_key.refused", "reader")),
@@ -240,6 +254,7 @@ async fn keys_survive_a_restart_and_an_import_is_idempotent() {
             targets: strings(&["MAIN"]),
             created_unix_ms: 1_700_000_000_000,
             created_by: "api_key".to_owned(),
+            imported: true,
         }),
         sha256: hex_sha256("gr_old-secret"),
     };
@@ -290,4 +305,206 @@ async fn keys_survive_a_restart_and_an_import_is_idempotent() {
     assert_eq!(snapshot.keys[0].sha256, hex_sha256(&created.secret));
     assert_eq!(snapshot.keys[1].sha256, old.sha256);
     assert!(snapshot.version > created.version);
+}
+
+/// The largest key set the router keeps (1,000 keys with the longest names and creators,
+/// 10,000 targets of 64 characters in all) reaches a client with tonic's default 4 MiB
+/// decoding limit; a key past either bound is refused, naming it.
+#[tokio::test]
+async fn the_largest_key_set_fits_one_snapshot_and_creation_past_the_bounds_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = spawn_router(config(dir.path())).await;
+    let mut client = keys(&router);
+    // 64 invisible characters: the creator's name escaped as long as it can be.
+    let actor: String = std::iter::repeat_n('\u{202e}', 64).collect();
+    let name = |i: usize| format!("{i:0>64}");
+    let targets = |i: usize, n: usize| -> Vec<String> {
+        (0..n)
+            .map(|t| format!("T{i:05}{t:03}{}", "X".repeat(55)))
+            .collect()
+    };
+    let started = Instant::now();
+    let mut made = 0;
+    // 156 keys of 64 targets: 9,984 targets.
+    while made < 156 {
+        client
+            .create_api_key(CreateApiKeyRequest {
+                name: name(made),
+                scopes: strings(&["submit", "read", "admin"]),
+                targets: targets(made, 64),
+                actor: actor.clone(),
+                reserved_names: Vec::new(),
+            })
+            .await
+            .unwrap_or_else(|err| panic!("key {made}: {err:?}"));
+        made += 1;
+    }
+    let past = client
+        .create_api_key(CreateApiKeyRequest {
+            name: name(made),
+            scopes: strings(&["read"]),
+            targets: targets(made, 17),
+            actor: actor.clone(),
+            reserved_names: Vec::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(past.code(), Code::ResourceExhausted, "{past:?}");
+    assert!(
+        past.message().contains("10001") && past.message().contains("10000"),
+        "{past:?}"
+    );
+    // Exactly 10,000 targets, then keys for every target up to 1,000 keys.
+    while made < 1_000 {
+        let n = if made == 156 { 16 } else { 0 };
+        client
+            .create_api_key(CreateApiKeyRequest {
+                name: name(made),
+                scopes: strings(&["submit", "read", "admin"]),
+                targets: targets(made, n),
+                actor: actor.clone(),
+                reserved_names: Vec::new(),
+            })
+            .await
+            .unwrap_or_else(|err| panic!("key {made}: {err:?}"));
+        made += 1;
+    }
+    let full = client
+        .create_api_key(new_key("one-more", &["read"], &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(full.code(), Code::ResourceExhausted, "{full:?}");
+    eprintln!("1,000 keys created in {:?}", started.elapsed());
+
+    let snapshot = keys(&router)
+        .snapshot_api_keys(SnapshotApiKeysRequest {
+            since_version: 0,
+            wait_ms: 0,
+        })
+        .await
+        .expect("the largest set fits one snapshot at the default 4 MiB")
+        .into_inner();
+    assert_eq!(snapshot.keys.len(), 1_000);
+    let bytes: usize = snapshot
+        .keys
+        .iter()
+        .map(|stored| {
+            let key = stored.key.as_ref().unwrap();
+            stored.sha256.len()
+                + key.name.len()
+                + key.created_by.len()
+                + key.scopes.iter().map(|s| s.len() + 2).sum::<usize>()
+                + key.targets.iter().map(|t| t.len() + 2).sum::<usize>()
+                + 24
+        })
+        .sum();
+    eprintln!("the largest snapshot is about {bytes} bytes");
+    assert!(bytes < 2 * 1024 * 1024, "{bytes} bytes");
+    let listed = keys(&router)
+        .list_api_keys(ListApiKeysRequest {})
+        .await
+        .expect("the largest set fits one list")
+        .into_inner();
+    assert_eq!(listed.keys.len(), 1_000);
+}
+
+/// A revoked key is never brought back by an import (under its name or another): its hash is
+/// remembered; imported keys are marked; every import call is audited, refused or not.
+#[tokio::test]
+async fn an_import_never_revives_a_revoked_key_and_every_import_is_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = spawn_router(config(dir.path())).await;
+    let created = keys(&router)
+        .create_api_key(new_key("made", &["read"], &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    let stored = |name: &str, sha256: String| StoredApiKey {
+        key: Some(ApiKey {
+            name: name.to_owned(),
+            scopes: strings(&["read"]),
+            targets: Vec::new(),
+            created_unix_ms: 1_700_000_000_000,
+            created_by: "api_key".to_owned(),
+            imported: true,
+        }),
+        sha256,
+    };
+    let import = |keys: Vec<StoredApiKey>| ImportApiKeysRequest {
+        keys,
+        actor: "gateway import".to_owned(),
+    };
+    let old = stored("from-file", hex_sha256("gr_old-secret"));
+    let first = keys(&router)
+        .import_api_keys(import(vec![old.clone()]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((first.imported, first.present), (1, 0));
+    let listed = keys(&router)
+        .list_api_keys(ListApiKeysRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let flags: Vec<(&str, bool)> = listed
+        .keys
+        .iter()
+        .map(|key| (key.name.as_str(), key.imported))
+        .collect();
+    assert_eq!(flags, [("made", false), ("from-file", true)]);
+
+    for name in ["made", "from-file"] {
+        keys(&router)
+            .revoke_api_key(revoke_as(name, None))
+            .await
+            .unwrap();
+    }
+    // Neither comes back: not under its name, not under another.
+    for again in [
+        old.clone(),
+        stored("renamed", hex_sha256("gr_old-secret")),
+        stored("made", hex_sha256(&created.secret)),
+        stored("made-again", hex_sha256(&created.secret)),
+    ] {
+        let refused = keys(&router)
+            .import_api_keys(import(vec![
+                again.clone(),
+                stored("innocent", hex_sha256("gr_new")),
+            ]))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{again:?}");
+        assert!(refused.message().contains("revoked"), "{refused:?}");
+    }
+    let after = keys(&router)
+        .snapshot_api_keys(SnapshotApiKeysRequest {
+            since_version: 0,
+            wait_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(after.keys.is_empty(), "nothing was stored: {after:?}");
+    // Across a restart too.
+    router.stop().await;
+    let router = spawn_router(config(dir.path())).await;
+    let refused = keys(&router)
+        .import_api_keys(import(vec![old]))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+
+    let audit = key_audit(dir.path());
+    let imports = audit
+        .iter()
+        .filter(|(action, actor, _, _)| action == "api_key.import" && actor == "gateway import")
+        .count();
+    let refusals = audit
+        .iter()
+        .filter(|(action, actor, _, detail)| {
+            action == "api_key.refused" && actor == "gateway import" && detail.contains("revoked")
+        })
+        .count();
+    assert!(imports >= 2, "{audit:?}");
+    assert_eq!(refusals, 5, "{audit:?}");
 }
