@@ -502,6 +502,9 @@ async fn try_one(
         verdict = slack.webhook(&webhook_body(&message.body)).await;
     }
     let tries = message.tries + 1;
+    // A digest edit Slack cannot apply any more is posted again as a new digest message.
+    let repost_digest =
+        message.kind == Kind::Update && parent.is_some() && message.thread.starts_with("digest/");
     let mut hold_until = None;
     let outcome = match verdict {
         Verdict::Delivered { ts, channel } => {
@@ -527,6 +530,9 @@ async fn try_one(
                 parent,
             }
         }
+        Verdict::GiveUp { reason } if repost_digest && reason == "message_not_found" => {
+            reposted(&message, reason)
+        }
         Verdict::GiveUp { reason } => {
             metrics::counter!("ghost_slack_deliveries_total", "result" => "dead_letter")
                 .increment(1);
@@ -551,7 +557,9 @@ async fn try_one(
             if after.is_some() {
                 hold_until = Some(next_at_ms);
             }
-            if tries >= policy.max_attempts {
+            if tries >= policy.max_attempts && repost_digest {
+                reposted(&message, reason)
+            } else if tries >= policy.max_attempts {
                 metrics::counter!("ghost_slack_deliveries_total", "result" => "dead_letter")
                     .increment(1);
                 tracing::error!(
@@ -581,6 +589,22 @@ async fn try_one(
         outcome,
         channel,
         hold_until,
+    }
+}
+
+/// The outcome of a digest edit that Slack cannot apply: post the full digest again.
+fn reposted(message: &Message, reason: String) -> Outcome {
+    metrics::counter!("ghost_slack_deliveries_total", "result" => "reposted").increment(1);
+    tracing::warn!(
+        outbox_id = message.id,
+        thread = %message.thread,
+        reason,
+        "a digest edit failed; posting the digest again as a new message"
+    );
+    Outcome::Repost {
+        id: message.id,
+        thread: message.thread.clone(),
+        error: reason,
     }
 }
 

@@ -320,7 +320,7 @@ impl Router {
                     .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '|' | '<' | '>')))
         {
             return Err(format!(
-                "routing.summary_url: {url:?} must be an http(s) URL without spaces, |, < or >"
+                "routing.summary_url: {url:?} must be an http(s) URL of at most 500 characters without spaces, |, < or >"
             ));
         }
         for (key, user) in &config.notify_users {

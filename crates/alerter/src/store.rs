@@ -199,6 +199,17 @@ pub enum Outcome {
         /// Why, kept as `last_error`.
         error: String,
     },
+    /// A digest edit whose message is gone from Slack (`message_not_found`) or that ran out
+    /// of tries: its thread forgets the parent and the edit, which carries the full rendered
+    /// digest, is posted as a new message (its tries start again).
+    Repost {
+        /// Outbox row id.
+        id: i64,
+        /// The digest's thread key.
+        thread: String,
+        /// Why, kept as `last_error`.
+        error: String,
+    },
     /// Given up on (dead letter).
     Dead {
         /// Outbox row id.
@@ -551,6 +562,15 @@ impl Store {
                         )?
                         .execute(params![id, next_at_ms, error])?;
                     }
+                    Outcome::Repost { id, thread, error } => {
+                        conn.prepare_cached("DELETE FROM threads WHERE thread = ?1")?
+                            .execute(params![thread])?;
+                        conn.prepare_cached(
+                            "UPDATE outbox SET kind = 'post', tries = 0, last_error = ?2
+                             WHERE id = ?1 AND state = 'pending'",
+                        )?
+                        .execute(params![id, error])?;
+                    }
                     Outcome::Dead { id, error } => {
                         conn.prepare_cached(
                             "UPDATE outbox SET state = 'dead', tries = tries + 1, last_error = ?2
@@ -814,10 +834,26 @@ fn add_to_digest(
             Ok((row.get(0)?, row.get(1)?, row.get(2)?))
         })
         .optional()?;
-    let (thread, fresh) = match current {
-        Some((thread, _, entries)) if entries < i64::from(add.max_entries) => (thread, false),
-        other => {
-            let seq = other.map_or(0, |(_, seq, _)| seq + 1);
+    // The current digest takes the entry while it holds fewer than `max_entries` and its
+    // message stays within Slack's block budget; otherwise a new digest message starts.
+    let mut joined = None;
+    if let Some((thread, _, count)) = &current
+        && *count < i64::from(add.max_entries)
+    {
+        let mut entries = digest_entries(conn, thread)?;
+        entries.push(add.entry.clone());
+        let blocks = render(&entries, add.period_ms)
+            .get("blocks")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        if blocks <= crate::messages::MAX_BLOCKS {
+            joined = Some(thread.clone());
+        }
+    }
+    let (thread, fresh) = match joined {
+        Some(thread) => (thread, false),
+        None => {
+            let seq = current.map_or(0, |(_, seq, _)| seq + 1);
             let thread = format!("digest/{}/{}/{seq}", add.channel, add.period_ms);
             conn.prepare_cached(
                 "INSERT INTO digests (thread, channel, period_ms, seq, entries)
@@ -845,14 +881,7 @@ fn add_to_digest(
     }
     conn.prepare_cached("UPDATE digests SET entries = entries + 1 WHERE thread = ?1")?
         .execute(params![thread])?;
-    let mut statement = conn.prepare_cached(
-        "SELECT entry FROM digest_entries WHERE thread = ?1 ORDER BY at_ms, rowid",
-    )?;
-    let rows = statement.query_map(params![thread], |row| row.get::<_, String>(0))?;
-    let mut entries = Vec::new();
-    for row in rows {
-        entries.push(serde_json::from_str::<Value>(&row?)?);
-    }
+    let entries = digest_entries(conn, &thread)?;
     let body = render(&entries, add.period_ms);
     let kind = if fresh {
         Kind::Post
@@ -875,6 +904,19 @@ fn add_to_digest(
         }],
         now_ms,
     )
+}
+
+/// The entries of digest `thread`, in order.
+fn digest_entries(conn: &Connection, thread: &str) -> Result<Vec<Value>, StoreError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT entry FROM digest_entries WHERE thread = ?1 ORDER BY at_ms, rowid",
+    )?;
+    let rows = statement.query_map(params![thread], |row| row.get::<_, String>(0))?;
+    let mut entries = Vec::new();
+    for row in rows {
+        entries.push(serde_json::from_str::<Value>(&row?)?);
+    }
+    Ok(entries)
 }
 
 #[cfg(test)]

@@ -579,3 +579,89 @@ async fn figures_slack_calls_per_1000_patches_and_failure_latency() {
         pick(0.99)
     );
 }
+
+/// Review M1: a digest edit Slack answers `message_not_found` (the digest was deleted) is not
+/// dead-lettered: the full digest is posted again as a new message, and later edits go there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_digest_edit_of_a_deleted_digest_posts_the_digest_again() {
+    let slack = FakeSlack::start().await;
+    let mut app = spawn_with(config(Some(slack.base_url())), Arc::new(SystemClock)).await;
+    send(&mut app, success("gone-0", "MAIN")).await;
+    drained(&app, Duration::from_secs(10)).await;
+    slack.push_response(FakeResponse::SlackError("message_not_found".to_owned()));
+    send(&mut app, success("gone-1", "MAIN")).await;
+    drained(&app, Duration::from_secs(10)).await;
+    send(&mut app, success("gone-2", "MAIN")).await;
+    drained(&app, Duration::from_secs(10)).await;
+    assert_eq!(app.store.outbox_counts().await.unwrap().dead, 0);
+    let requests = slack.requests().await;
+    let failed: Vec<_> = requests
+        .iter()
+        .filter(|r| r.answer == "message_not_found")
+        .collect();
+    assert_eq!(failed.len(), 1, "{requests:?}");
+    let main = slack.channel_id_of("#ghost-test").unwrap();
+    let digests: Vec<_> = slack
+        .messages()
+        .into_iter()
+        .filter(|m| m.channel == main && is_digest(&m.body))
+        .collect();
+    assert_eq!(digests.len(), 2, "the old digest and its re-post");
+    assert_eq!(
+        digest_lines(&digests[1].body),
+        ["gone-0", "gone-1", "gone-2"],
+        "the re-posted digest holds every entry and takes later edits"
+    );
+}
+
+/// Review M2: with 128-character ids and a long summary link, digest sections are filled by
+/// characters (none over Slack's 3,000), no link is cut, a new digest message starts before
+/// Slack's 50 blocks, and every patch appears exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_digest_lines_fill_sections_by_characters_and_lose_nothing() {
+    let slack = FakeSlack::start().await;
+    let mut cfg = config(Some(slack.base_url()));
+    // About 2,500 characters a line: one line per section, so 48 lines fill 50 blocks.
+    cfg.routing.summary_url = Some(format!(
+        "https://ghost.example.com/{}summary",
+        "{id}/".repeat(18)
+    ));
+    let mut app = spawn_with(cfg, Arc::new(SystemClock)).await;
+    let mut ids = Vec::new();
+    for n in 0..60 {
+        let id = format!("{n:03}-{}", "x".repeat(124));
+        assert_eq!(id.len(), 128);
+        send(&mut app, success(&id, "MAIN")).await;
+        ids.push(id);
+    }
+    drained(&app, Duration::from_secs(20)).await;
+    let main = slack.channel_id_of("#ghost-test").unwrap();
+    let messages = slack.messages();
+    let digests: Vec<_> = messages
+        .iter()
+        .filter(|m| m.channel == main && is_digest(&m.body))
+        .collect();
+    assert!(digests.len() >= 2, "a new digest message before 50 blocks");
+    for digest in &digests {
+        let blocks = digest.body["blocks"].as_array().unwrap();
+        assert!(blocks.len() <= 50, "{} blocks", blocks.len());
+        for block in blocks {
+            let text = block["text"]["text"].as_str().unwrap_or_default();
+            assert!(text.chars().count() <= 3_000, "section of {}", text.len());
+            for line in text.lines().filter(|line| line.starts_with("• ")) {
+                let opened = line.matches('<').count();
+                assert_eq!(
+                    opened,
+                    line.matches("|summary>").count(),
+                    "cut link: {line}"
+                );
+                assert_eq!(opened, 1, "the link is kept: {line}");
+            }
+        }
+    }
+    let counts = digest_counts(&messages, &main);
+    for id in &ids {
+        assert_eq!(counts.get(id), Some(&1), "{id} exactly once");
+    }
+    assert_eq!(counts.len(), ids.len());
+}
