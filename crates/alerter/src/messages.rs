@@ -189,6 +189,11 @@ fn human_ms(ms: u64) -> String {
 }
 
 /// `HH:MM UTC` of a Unix ms time.
+pub fn time_of_day(ms: i64) -> String {
+    chrono_like(ms)
+}
+
+/// `HH:MM UTC` of a Unix ms time.
 fn chrono_like(ms: i64) -> String {
     let minutes = ms.max(0) / 60_000;
     format!("{:02}:{:02} UTC", (minutes / 60) % 24, minutes % 60)

@@ -246,7 +246,12 @@ impl BacklogGauge {
             }
         };
         for channel in &self.seen {
-            if !pending.contains_key(channel) {
+            let drained = if channel == "dm" {
+                !pending.keys().any(|c| crate::routing::is_slack_user_id(c))
+            } else {
+                !pending.contains_key(channel)
+            };
+            if drained {
                 metrics::gauge!("ghost_alerter_channel_backlog", "channel" => channel.clone())
                     .set(0.0);
             }
@@ -264,7 +269,17 @@ impl BacklogGauge {
         {
             tracing::warn!(error = %err, "cannot store the backlog notice");
         }
+        // DMs are one series, `dm`: one per user id would grow without bound.
+        let mut series: std::collections::BTreeMap<String, u64> = Default::default();
         for (channel, count) in pending {
+            let name = if crate::routing::is_slack_user_id(&channel) {
+                "dm".to_owned()
+            } else {
+                channel
+            };
+            *series.entry(name).or_default() += count;
+        }
+        for (channel, count) in series {
             #[allow(clippy::cast_precision_loss)]
             metrics::gauge!("ghost_alerter_channel_backlog", "channel" => channel.clone())
                 .set(count as f64);

@@ -29,6 +29,14 @@ pub fn thread_of(patch_id: &str) -> String {
     format!("patch/{patch_id}")
 }
 
+/// Who gets a DM when a patch ends.
+enum Notify {
+    Nobody,
+    User(String),
+    /// Named by the patch but not allowed: no DM.
+    NotAllowed(String),
+}
+
 /// Accepts patch outcomes into the outbox. Cheap to clone.
 #[derive(Clone)]
 pub struct Patches {
@@ -156,15 +164,46 @@ impl Patches {
                 }
             }
         }
-        if let Some(user) = self.notify_user(outcome) {
-            batch.push(NewMessage {
-                thread: format!("dm/{patch_id}/{}", outcome.attempt),
-                channel: user,
-                kind: Kind::Post,
-                body: messages::line(&messages::fallback_text(outcome)),
-                traceparent: traceparent.clone(),
-                priority: Priority::Failure,
-            });
+        let mut dropped_dm = None;
+        match self.notify_user(outcome) {
+            Notify::Nobody => {}
+            Notify::NotAllowed(user) => {
+                tracing::warn!(
+                    patch_id = %patch_id,
+                    user = %user,
+                    "notify names a user outside routing.notify_allowed; no DM sent"
+                );
+                dropped_dm = Some("not_allowed");
+            }
+            Notify::User(user) => {
+                let now = self.clock.now_ms();
+                let period = millis(self.routing.digest_period).max(1);
+                let period_start = now - now.rem_euclid(period);
+                let sent = store.dms_since(&user, period_start).await?;
+                let cap = u64::from(self.routing.notify_max_per_period);
+                let body = if sent < cap {
+                    Some(messages::line(&messages::fallback_text(outcome)))
+                } else if sent == cap {
+                    dropped_dm = Some("capped");
+                    Some(messages::line(&format!(
+                        "🔕 You have more patches ending than {cap} DMs a period: DMs pause until {}; their results are in the channels.",
+                        messages::time_of_day(period_start.saturating_add(period))
+                    )))
+                } else {
+                    dropped_dm = Some("capped");
+                    None
+                };
+                if let Some(body) = body {
+                    batch.push(NewMessage {
+                        thread: format!("dm/{patch_id}/{}", outcome.attempt),
+                        channel: user,
+                        kind: Kind::Post,
+                        body,
+                        traceparent: traceparent.clone(),
+                        priority: Priority::Thread,
+                    });
+                }
+            }
         }
         let fresh = store
             .accept_routed(
@@ -177,21 +216,40 @@ impl Patches {
             )
             .await?;
         if fresh {
+            if let Some(reason) = dropped_dm {
+                metrics::counter!("ghost_alerter_notify_dropped_total", "reason" => reason)
+                    .increment(1);
+            }
             self.outbox.wake();
         }
         Ok(fresh)
     }
 
-    /// Who to tell directly when `outcome`'s patch ends: its `notify` field, else the user
-    /// mapped to its API key.
-    fn notify_user(&self, outcome: &PatchOutcome) -> Option<String> {
+    /// Who to tell directly when `outcome`'s patch ends: its `notify` field when that user is
+    /// allowed (`notify_allowed` or a `notify_users` value), else the user mapped to its API
+    /// key.
+    fn notify_user(&self, outcome: &PatchOutcome) -> Notify {
         if !outcome.notify.is_empty() {
-            return Some(outcome.notify.clone());
+            let user = &outcome.notify;
+            let allowed = self.routing.notify_allowed.contains(user)
+                || self
+                    .routing
+                    .notify_users
+                    .values()
+                    .any(|mapped| mapped == user);
+            return if allowed {
+                Notify::User(user.clone())
+            } else {
+                Notify::NotAllowed(user.clone())
+            };
         }
         if outcome.key_name.is_empty() {
-            return None;
+            return Notify::Nobody;
         }
-        self.routing.notify_users.get(&outcome.key_name).cloned()
+        self.routing
+            .notify_users
+            .get(&outcome.key_name)
+            .map_or(Notify::Nobody, |user| Notify::User(user.clone()))
     }
 
     /// Adds a line to the patch's thread (e.g. "retry requested by …").

@@ -24,6 +24,9 @@ pub const MAX_ROUTES: usize = 200;
 /// 50 blocks and 3,000 characters per section).
 pub const MAX_DIGEST_ENTRIES: u32 = 100;
 
+/// Most DMs per user and digest period accepted as `notify_max_per_period`.
+pub const MAX_DMS_PER_PERIOD: u32 = 1_000;
+
 /// Routing, digests and the backlog switch (`[alerter.routing]`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -46,6 +49,13 @@ pub struct RoutingConfig {
     /// Slack user to notify when a patch submitted with an API key of this name ends
     /// (API key name → `U…`/`W…` id); a patch's own `notify` field wins.
     pub notify_users: BTreeMap<String, String>,
+    /// Slack users a patch's own `notify` field may name, besides the `notify_users` values;
+    /// any other user id is never sent a DM (the patch is still posted; a log line and
+    /// `ghost_alerter_notify_dropped_total{reason="not_allowed"}` say so).
+    pub notify_allowed: Vec<String>,
+    /// DMs to one user per digest period; the next one is a single line saying DMs pause,
+    /// later ones are dropped (counted in `ghost_alerter_notify_dropped_total{reason="capped"}`).
+    pub notify_max_per_period: u32,
     /// The routes under the implicit root.
     pub routes: Vec<Route>,
 }
@@ -59,6 +69,8 @@ impl Default for RoutingConfig {
             backlog_threshold: 20,
             summary_url: None,
             notify_users: BTreeMap::new(),
+            notify_allowed: Vec::new(),
+            notify_max_per_period: 10,
             routes: Vec::new(),
         }
     }
@@ -329,6 +341,19 @@ impl Router {
                     "routing.notify_users.{key}: {user:?} is not a Slack user id (U… or W…)"
                 ));
             }
+        }
+        for (index, user) in config.notify_allowed.iter().enumerate() {
+            if !is_slack_user_id(user) {
+                return Err(format!(
+                    "routing.notify_allowed[{index}]: {user:?} is not a Slack user id (U… or W…)"
+                ));
+            }
+        }
+        if config.notify_max_per_period == 0 || config.notify_max_per_period > MAX_DMS_PER_PERIOD {
+            return Err(format!(
+                "routing.notify_max_per_period must be 1 to {MAX_DMS_PER_PERIOD} (got {})",
+                config.notify_max_per_period
+            ));
         }
         Ok(Self {
             root,

@@ -419,6 +419,21 @@ impl Store {
         .await
     }
 
+    /// Direct messages (threads `dm/…`) stored for `user` since `since_ms`.
+    pub async fn dms_since(&self, user: &str, since_ms: i64) -> Result<u64, StoreError> {
+        let user = user.to_owned();
+        self.with_tx(move |conn| {
+            let count: i64 = conn
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM outbox
+                     WHERE channel = ?1 AND thread LIKE 'dm/%' AND created_ms >= ?2",
+                )?
+                .query_row(params![user, since_ms], |row| row.get(0))?;
+            Ok(u64::try_from(count).unwrap_or(0))
+        })
+        .await
+    }
+
     /// Pending messages of `channel`.
     pub async fn pending_in(&self, channel: &str) -> Result<u64, StoreError> {
         let channel = channel.to_owned();

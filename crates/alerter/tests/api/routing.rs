@@ -426,6 +426,7 @@ async fn a_patch_with_notify_or_a_mapped_key_gets_a_direct_message() {
     cfg.routing
         .notify_users
         .insert("ci-bot".to_owned(), "U0MAPPED".to_owned());
+    cfg.routing.notify_allowed = vec!["U0ALICE".to_owned()];
     let mut app = spawn_with(cfg, Arc::new(SystemClock)).await;
     let mut direct = failure("dm-1", "MAIN");
     direct.notify = "U0ALICE".to_owned();
@@ -664,4 +665,100 @@ async fn long_digest_lines_fill_sections_by_characters_and_lose_nothing() {
         assert_eq!(counts.get(id), Some(&1), "{id} exactly once");
     }
     assert_eq!(counts.len(), ids.len());
+}
+
+async fn metrics_text(app: &TestApp) -> String {
+    reqwest::get(format!("{}/metrics", app.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Review M3: a patch's `notify` outside `notify_allowed` and the `notify_users` values is
+/// never DMed (counted and logged), and DMs per user and digest period are capped, the rest
+/// coalesced into one line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_is_limited_to_allowed_users_and_capped_per_period() {
+    let slack = FakeSlack::start().await;
+    let mut cfg = config(Some(slack.base_url()));
+    cfg.routing.notify_allowed = vec!["U0ALICE".to_owned()];
+    cfg.routing
+        .notify_users
+        .insert("ci-bot".to_owned(), "U0MAPPED".to_owned());
+    cfg.routing.notify_max_per_period = 2;
+    let mut app = spawn_with(cfg, Arc::new(SystemClock)).await;
+    let mut stranger = failure("cap-x", "MAIN");
+    stranger.notify = "U0MALLORY".to_owned();
+    send(&mut app, stranger).await;
+    let mut mapped_by_hand = success("cap-y", "MAIN");
+    mapped_by_hand.notify = "U0MAPPED".to_owned();
+    send(&mut app, mapped_by_hand).await;
+    for n in 0..5 {
+        let mut request = success(&format!("cap-{n}"), "MAIN");
+        request.notify = "U0ALICE".to_owned();
+        send(&mut app, request).await;
+    }
+    drained(&app, Duration::from_secs(10)).await;
+    let requests = slack.requests().await;
+    let dm = |user: &str| {
+        requests
+            .iter()
+            .filter(|r| r.method == "chat.postMessage" && r.body["channel"] == user)
+            .map(|r| r.text().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        dm("U0MALLORY").is_empty(),
+        "a user outside the allowlist got a DM"
+    );
+    assert_eq!(dm("U0MAPPED").len(), 1, "notify_users values are allowed");
+    let alice = dm("U0ALICE");
+    assert_eq!(alice.len(), 3, "two DMs and one coalescing line: {alice:?}");
+    // Each DM is its own thread, so their order is not fixed.
+    let has = |text: &str| alice.iter().filter(|dm| dm.contains(text)).count();
+    assert_eq!(
+        (has("cap-0"), has("cap-1"), has("more")),
+        (1, 1, 1),
+        "{alice:?}"
+    );
+    assert_eq!(has("cap-2") + has("cap-3") + has("cap-4"), 0, "{alice:?}");
+    let metrics = metrics_text(&app).await;
+    assert!(
+        metrics.contains("ghost_alerter_notify_dropped_total{reason=\"not_allowed\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ghost_alerter_notify_dropped_total{reason=\"capped\"} 3"),
+        "{metrics}"
+    );
+}
+
+/// Review M4: pending DMs are counted under `channel="dm"`, never one series per user id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_dms_share_one_backlog_series() {
+    let mut cfg = config(Some("http://127.0.0.1:9/api".to_owned()));
+    cfg.slack.max_attempts = 50;
+    cfg.slack.initial_backoff = Duration::from_secs(5);
+    cfg.routing.notify_allowed = vec!["U0ALICE".to_owned(), "U0BOB".to_owned()];
+    let mut app = spawn_with(cfg, Arc::new(SystemClock)).await;
+    for (n, user) in ["U0ALICE", "U0BOB", "U0ALICE"].into_iter().enumerate() {
+        let mut request = failure(&format!("bl-{n}"), "MAIN");
+        request.notify = user.to_owned();
+        send(&mut app, request).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let metrics = metrics_text(&app).await;
+        if metrics.contains("ghost_alerter_channel_backlog{channel=\"dm\"} 3") {
+            break metrics;
+        }
+        assert!(Instant::now() < deadline, "no dm backlog series: {metrics}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        !metrics.contains("ghost_alerter_channel_backlog{channel=\"U"),
+        "{metrics}"
+    );
 }
