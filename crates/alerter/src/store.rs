@@ -1056,4 +1056,50 @@ mod tests {
         assert!(!store.accept_alert_event("k", false, 5).await.unwrap());
         assert!(store.accept_alert_event("k", true, 5).await.unwrap());
     }
+
+    #[tokio::test]
+    async fn a_later_failure_goes_first_but_never_overtakes_its_own_thread() {
+        let store = Store::open(None).unwrap();
+        let with = |thread: &str, kind, text: &str, priority| NewMessage {
+            priority,
+            ..message(thread, kind, text)
+        };
+        store
+            .enqueue(
+                vec![
+                    with("a", Kind::Post, "a1", Priority::Thread),
+                    with("b", Kind::Post, "b1", Priority::Digest),
+                    with("a", Kind::Reply, "a2 failure", Priority::Failure),
+                    with("c", Kind::Post, "c1 failure", Priority::Failure),
+                ],
+                10,
+            )
+            .await
+            .unwrap();
+        let ready = store.ready_heads(10, 8, Vec::new()).await.unwrap();
+        assert_eq!(
+            texts(&ready),
+            [json!("c1 failure"), json!("a1"), json!("b1")],
+            "the failure stored last goes first; a2 waits behind a1 in its thread"
+        );
+        let first = store.ready_heads(10, 1, Vec::new()).await.unwrap();
+        assert_eq!(texts(&first), [json!("c1 failure")]);
+        store
+            .settle(vec![
+                Outcome::Sent {
+                    id: first.heads[0].message.id,
+                    ts: "1.1".into(),
+                    parent: None,
+                },
+                Outcome::Sent {
+                    id: ready.heads[1].message.id,
+                    ts: "1.2".into(),
+                    parent: None,
+                },
+            ])
+            .await
+            .unwrap();
+        let ready = store.ready_heads(10, 8, Vec::new()).await.unwrap();
+        assert_eq!(texts(&ready), [json!("a2 failure"), json!("b1")]);
+    }
 }
