@@ -108,7 +108,8 @@ pub struct Route {
     pub status: Vec<String>,
     /// Patch priorities (`low`, `normal`, `high`). Empty: any.
     pub priority: Vec<String>,
-    /// Labels that must all be present with these values.
+    /// Labels that must all be present with these values. Refused at start for now: patches
+    /// carry no labels yet, so such a route could never match.
     pub labels: BTreeMap<String, String>,
     /// Channel (name or id); unset: the parent's.
     pub channel: Option<String>,
@@ -225,6 +226,11 @@ fn check_route(route: &Route, key: &str, depth: usize, count: &mut usize) -> Res
         if parsed.is_err() {
             return Err(format!("{key}.status: unknown status {status:?}"));
         }
+    }
+    if !route.labels.is_empty() {
+        return Err(format!(
+            "{key}.labels: labels are not carried yet (no patch has any), so this route could never match; remove it"
+        ));
     }
     for priority in &route.priority {
         if !matches!(priority.as_str(), "low" | "normal" | "high") {

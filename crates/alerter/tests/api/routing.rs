@@ -470,6 +470,21 @@ async fn bad_routes_fail_at_start_naming_the_key() {
     assert!(err.contains("exploded"), "{err}");
 }
 
+/// Review M5: a `labels` matcher could never match (nothing carries labels): refused at start.
+#[tokio::test]
+async fn label_matchers_are_refused_at_start() {
+    let mut cfg = config(None);
+    let mut labelled = route(&["MAIN"], &[]);
+    labelled.labels = [("team".to_owned(), "web".to_owned())].into();
+    cfg.routing.routes = vec![labelled];
+    let Err(err) = App::build(cfg).await else {
+        panic!("a route matching on labels was accepted");
+    };
+    let err = format!("{err:#}");
+    assert!(err.contains("routing.routes[0].labels"), "{err}");
+    assert!(err.contains("labels are not carried yet"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn digests_survive_a_restart_without_loss_or_doubles() {
     let scratch = tempfile::tempdir().unwrap();
