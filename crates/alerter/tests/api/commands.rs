@@ -286,12 +286,13 @@ async fn queue_in_a_team_channel_looks_past_other_targets_queues() {
         ..Default::default()
     };
     let mut sys = system_routed(Duration::from_millis(2_500), vec![web]).await;
+    // The router lists newest first: the 25 later MAIN patches fill the first page.
+    sys.submit_to("p-web-early", "WEB-1").await;
     for n in 0..25 {
         sys.submit_to(&format!("p-main-{n}"), "MAIN").await;
     }
-    sys.submit_to("p-web-late", "WEB-1").await;
     let team = crate::helpers::slash_in(&sys.alerter, "C0WEB", "/ghost", "queue", BYSTANDER).await;
-    assert!(team.contains("`p-web-late`"), "{team}");
+    assert!(team.contains("`p-web-early`"), "{team}");
     assert!(!team.contains("p-main"), "{team}");
     assert!(!team.contains("and more"), "{team}");
 }
