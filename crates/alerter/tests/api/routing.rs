@@ -777,3 +777,49 @@ async fn pending_dms_share_one_backlog_series() {
         "{metrics}"
     );
 }
+
+/// Review M3: a DM is sent with thread priority, after failures waiting in the channels, not
+/// among them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_messages_wait_behind_failures() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("alerter");
+    // First life: Slack unreachable, so everything stays pending.
+    let mut cfg = config(Some("http://127.0.0.1:9/api".to_owned()));
+    cfg.data_dir = Some(dir.clone());
+    cfg.slack.max_attempts = 50;
+    cfg.slack.initial_backoff = Duration::from_secs(5);
+    cfg.routing.notify_allowed = vec!["U0ALICE".to_owned()];
+    let mut app = spawn_with(cfg, Arc::new(SystemClock)).await;
+    let mut first = failure("prio-a", "MAIN");
+    first.notify = "U0ALICE".to_owned();
+    send(&mut app, first).await;
+    send(&mut app, failure("prio-b", "MAIN")).await;
+    app.stop().await;
+
+    let slack = FakeSlack::start().await;
+    let mut cfg = config(Some(slack.base_url()));
+    cfg.data_dir = Some(dir);
+    cfg.slack.concurrency = 1;
+    cfg.routing.notify_allowed = vec!["U0ALICE".to_owned()];
+    let app = spawn_with(cfg, Arc::new(SystemClock)).await;
+    drained(&app, Duration::from_secs(20)).await;
+    let order: Vec<String> = slack
+        .requests()
+        .await
+        .iter()
+        .filter(|r| r.method == "chat.postMessage" && r.body.get("thread_ts").is_none())
+        .map(|r| {
+            if r.body["channel"] == "U0ALICE" {
+                "dm".to_owned()
+            } else {
+                header(&r.body)
+                    .split(' ')
+                    .nth(1)
+                    .unwrap_or_default()
+                    .to_owned()
+            }
+        })
+        .collect();
+    assert_eq!(order, ["prio-a", "prio-b", "dm"]);
+}
