@@ -586,7 +586,6 @@ impl Commands {
                     status: router_wire::PatchStatus::Queued as i32,
                     page_size: if scan { QUEUE_SCAN_PAGE } else { QUEUE_PAGE },
                     page_token: std::mem::take(&mut page_token),
-                    ..Default::default()
                 };
                 let answer = self
                     .router()?
