@@ -101,22 +101,27 @@ impl Patches {
         let mut batch = Vec::new();
         let mut digests = Vec::new();
         if let Some(channel) = store.thread_channel(&thread).await? {
-            let message = |kind, body| NewMessage {
-                thread: thread.clone(),
-                channel: channel.clone(),
-                kind,
-                body,
-                traceparent: traceparent.clone(),
-                priority: Priority::Thread,
-            };
-            batch.push(message(
-                Kind::Update,
-                messages::patch_message(outcome, true),
-            ));
-            batch.push(message(
-                Kind::Reply,
-                messages::patch_message(outcome, false),
-            ));
+            // The thread and its copies in other channels (routes with `continue`).
+            let mut threads = vec![(thread.clone(), channel)];
+            threads.extend(store.thread_copies(&thread).await?);
+            for (thread, channel) in threads {
+                let message = |kind, body| NewMessage {
+                    thread: thread.clone(),
+                    channel: channel.clone(),
+                    kind,
+                    body,
+                    traceparent: traceparent.clone(),
+                    priority: Priority::Thread,
+                };
+                batch.push(message(
+                    Kind::Update,
+                    messages::patch_message(outcome, true),
+                ));
+                batch.push(message(
+                    Kind::Reply,
+                    messages::patch_message(outcome, false),
+                ));
+            }
         } else {
             let labels: BTreeMap<String, String> = outcome.labels.clone();
             let decisions = self.router.route(&Subject {

@@ -398,8 +398,17 @@ impl Router {
                 mention: mention_markup(&settings.mention).unwrap_or_default(),
                 own_thread,
             };
-            // Two routes landing in the same channel are one message.
-            if !decisions.iter().any(|d| d.channel == decision.channel) {
+            // Two routes landing in the same channel are one message: its own thread when
+            // either asks for one, with both mentions.
+            if let Some(same) = decisions.iter_mut().find(|d| d.channel == decision.channel) {
+                same.own_thread |= decision.own_thread;
+                if !decision.mention.is_empty() && !same.mention.contains(&decision.mention) {
+                    if !same.mention.is_empty() {
+                        same.mention.push(' ');
+                    }
+                    same.mention.push_str(&decision.mention);
+                }
+            } else {
                 decisions.push(decision);
             }
         }
@@ -542,6 +551,37 @@ mod tests {
             assert_eq!(route(status)[0].channel, "#ghost");
         }
         assert_eq!(router.ops_channel(), "#ghost");
+    }
+
+    #[test]
+    fn two_routes_to_one_channel_merge_preferring_a_thread_and_both_mentions() {
+        let mut digest = route(&["MAIN"], &[], "#main");
+        digest.thread = Some(ThreadMode::Digest);
+        digest.mention = Some("here".to_owned());
+        digest.continue_matching = true;
+        let mut own = route(&["MAIN"], &[], "#main");
+        own.thread = Some(ThreadMode::Own);
+        own.mention = Some("subteam:S0REL".to_owned());
+        let config = RoutingConfig {
+            routes: vec![digest, own],
+            ..RoutingConfig::default()
+        };
+        let router = Router::new(&config, "#ghost").unwrap();
+        let labels = BTreeMap::new();
+        let decisions = router.route(&Subject {
+            target: "MAIN",
+            status: Status::Succeeded,
+            priority: "normal",
+            labels: &labels,
+        });
+        assert_eq!(
+            decisions,
+            [Decision {
+                channel: "#main".to_owned(),
+                mention: "<!here> <!subteam^S0REL>".to_owned(),
+                own_thread: true,
+            }]
+        );
     }
 
     #[test]

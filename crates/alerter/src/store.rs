@@ -354,6 +354,23 @@ impl Store {
         .await
     }
 
+    /// The copies of `thread` in other channels (threads `<thread>@<channel>`, made by routes
+    /// with `continue`), with their channels.
+    pub async fn thread_copies(&self, thread: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let prefix = format!("{thread}@");
+        self.with_tx(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT thread, channel FROM outbox
+                 WHERE substr(thread, 1, length(?1)) = ?1
+                 GROUP BY thread ORDER BY MIN(id)",
+            )?;
+            let rows =
+                statement.query_map(params![prefix], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
     /// Records `Notify(patch_id, attempt)` and stores `messages`, unless it was recorded
     /// before; true when fresh.
     pub async fn accept_notification(
@@ -878,6 +895,14 @@ fn add_to_digest(
             (thread, true)
         }
     };
+    // A later attempt of a patch already in this digest replaces its line, so the digest's
+    // totals count each patch once, as its latest outcome.
+    let replaced = conn
+        .prepare_cached(
+            "DELETE FROM digest_entries
+             WHERE patch_id = ?1 AND channel = ?2 AND thread = ?3 AND attempt < ?4",
+        )?
+        .execute(params![patch_id, add.channel, thread, attempt])?;
     let inserted = conn
         .prepare_cached(
             "INSERT OR IGNORE INTO digest_entries (patch_id, attempt, channel, thread, entry, at_ms)
@@ -894,8 +919,10 @@ fn add_to_digest(
     if inserted == 0 {
         return Ok(());
     }
-    conn.prepare_cached("UPDATE digests SET entries = entries + 1 WHERE thread = ?1")?
-        .execute(params![thread])?;
+    if replaced == 0 {
+        conn.prepare_cached("UPDATE digests SET entries = entries + 1 WHERE thread = ?1")?
+            .execute(params![thread])?;
+    }
     let entries = digest_entries(conn, &thread)?;
     let body = render(&entries, add.period_ms);
     let kind = if fresh {

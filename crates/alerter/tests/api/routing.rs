@@ -823,3 +823,77 @@ async fn direct_messages_wait_behind_failures() {
         .collect();
     assert_eq!(order, ["prio-a", "prio-b", "dm"]);
 }
+
+/// Review L4: a patch whose later attempt lands in the same digest is one line, its latest
+/// outcome, and counted once in the digest's totals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_attempt_in_the_same_digest_replaces_its_line() {
+    let slack = FakeSlack::start().await;
+    let mut cfg = config(Some(slack.base_url()));
+    let mut main = route(&["MAIN"], &[]);
+    main.thread = Some(ThreadMode::Digest);
+    cfg.routing.routes = vec![main];
+    let mut app = spawn_with(cfg, Arc::new(SystemClock)).await;
+    send(&mut app, success("other", "MAIN")).await;
+    send(&mut app, outcome("twice", "MAIN", PatchStatus::Failed, 1)).await;
+    send(
+        &mut app,
+        outcome("twice", "MAIN", PatchStatus::Succeeded, 2),
+    )
+    .await;
+    drained(&app, Duration::from_secs(10)).await;
+    let main = slack.channel_id_of("#ghost-test").unwrap();
+    let digests: Vec<_> = slack
+        .messages()
+        .into_iter()
+        .filter(|m| m.channel == main && is_digest(&m.body))
+        .collect();
+    assert_eq!(digests.len(), 1);
+    let body = &digests[0].body;
+    assert_eq!(digest_lines(body), ["other", "twice"]);
+    assert!(header(body).contains(": 2 patches"), "{}", header(body));
+    let text = body.to_string();
+    assert!(
+        text.contains("2 succeeded") && !text.contains("failed"),
+        "{text}"
+    );
+}
+
+/// Review L2: a later attempt updates and replies in every copy of the patch's thread that a
+/// `continue` route made, not only the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn later_attempts_follow_the_copies_made_by_continue_routes() {
+    let slack = FakeSlack::start().await;
+    let mut cfg = config(Some(slack.base_url()));
+    let mut main = route(&["MAIN"], &[]);
+    main.channel = Some("#main".to_owned());
+    main.continue_matching = true;
+    let mut audit = route(&[], &[]);
+    audit.channel = Some("#audit".to_owned());
+    audit.thread = Some(ThreadMode::Own);
+    cfg.routing.routes = vec![main, audit];
+    let mut app = spawn_with(cfg, Arc::new(SystemClock)).await;
+    send(&mut app, outcome("copied", "MAIN", PatchStatus::Failed, 1)).await;
+    drained(&app, Duration::from_secs(10)).await;
+    send(
+        &mut app,
+        outcome("copied", "MAIN", PatchStatus::Succeeded, 2),
+    )
+    .await;
+    drained(&app, Duration::from_secs(10)).await;
+    let messages = slack.messages();
+    for name in ["#main", "#audit"] {
+        let channel = slack.channel_id_of(name).unwrap();
+        let parent = messages
+            .iter()
+            .find(|m| m.channel == channel && m.thread_ts.is_none())
+            .unwrap_or_else(|| panic!("no parent in {name}"));
+        assert_eq!(parent.updates, 1, "{name}: the parent shows attempt 2");
+        assert!(header(&parent.body).starts_with("✅ copied"), "{name}");
+        let replies = messages
+            .iter()
+            .filter(|m| m.thread_ts.as_deref() == Some(parent.ts.as_str()))
+            .count();
+        assert_eq!(replies, 1, "{name}: attempt 2's reply");
+    }
+}
