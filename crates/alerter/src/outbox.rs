@@ -95,6 +95,14 @@ impl BacklogSwitch {
         (now, Some(notice))
     }
 
+    /// Marks `channels` as switched (state read back from the database at start).
+    fn restore(&self, channels: Vec<String>) {
+        self.switched
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(channels);
+    }
+
     fn switched(&self) -> Vec<String> {
         self.switched
             .lock()
@@ -135,6 +143,30 @@ impl Outbox {
     /// The backlog switch.
     pub fn backlog(&self) -> &BacklogSwitch {
         &self.backlog
+    }
+
+    /// Reads back which channels the backlog switch had sent to the digest before a restart.
+    pub async fn restore_backlog(&self) -> Result<(), StoreError> {
+        let switched = self.store.backlog_switched().await?;
+        if !switched.is_empty() {
+            tracing::info!(?switched, "slack backlog switch restored");
+        }
+        self.backlog.restore(switched);
+        Ok(())
+    }
+
+    /// Records that `pending` messages wait for `channel` (see [`BacklogSwitch::observe`]):
+    /// true while its successes go to the digest. A switch either way is stored with its
+    /// notice, so it survives a restart.
+    pub async fn observe_backlog(&self, channel: &str, pending: u64) -> Result<bool, StoreError> {
+        let (digest, notice) = self.backlog.observe(channel, pending);
+        if let Some(notice) = notice {
+            self.store
+                .switch_backlog(channel, digest, notice, self.clock.now_ms())
+                .await?;
+            self.wake();
+        }
+        Ok(digest)
     }
 
     /// Stores `messages` and wakes the delivery loop.
@@ -257,17 +289,11 @@ impl BacklogGauge {
             }
         }
         // A switched channel that drained switches back without waiting for its next patch.
-        let mut notices = Vec::new();
         for channel in outbox.backlog.switched() {
             let count = pending.get(&channel).copied().unwrap_or(0);
-            if let (_, Some(notice)) = outbox.backlog.observe(&channel, count) {
-                notices.push(notice);
+            if let Err(err) = outbox.observe_backlog(&channel, count).await {
+                tracing::warn!(error = %err, "cannot store the backlog switch");
             }
-        }
-        if !notices.is_empty()
-            && let Err(err) = outbox.enqueue(notices).await
-        {
-            tracing::warn!(error = %err, "cannot store the backlog notice");
         }
         // DMs are one series, `dm`: one per user id would grow without bound.
         let mut series: std::collections::BTreeMap<String, u64> = Default::default();

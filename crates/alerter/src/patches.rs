@@ -72,19 +72,13 @@ impl Patches {
     }
 
     /// Checks `channel`'s backlog: true when its successes go to the digest now; a switch
-    /// either way adds its one-line notice to `notices`.
-    async fn backlogged(
-        &self,
-        channel: &str,
-        notices: &mut Vec<NewMessage>,
-    ) -> Result<bool, AlerterError> {
+    /// either way is stored with its one-line notice.
+    async fn backlogged(&self, channel: &str) -> Result<bool, AlerterError> {
         if self.routing.backlog_threshold == 0 {
             return Ok(false);
         }
         let pending = self.outbox.store().pending_in(channel).await?;
-        let (digest, notice) = self.outbox.backlog().observe(channel, pending);
-        notices.extend(notice);
-        Ok(digest)
+        Ok(self.outbox.observe_backlog(channel, pending).await?)
     }
 
     /// Stores the messages for `outcome` unless its (patch id, attempt) was accepted before;
@@ -134,7 +128,7 @@ impl Patches {
             let period = millis(self.routing.digest_period).max(1);
             for (index, decision) in decisions.into_iter().enumerate() {
                 let mut own = decision.own_thread;
-                let backlogged = self.backlogged(&decision.channel, &mut batch).await?;
+                let backlogged = self.backlogged(&decision.channel).await?;
                 if own && !failure && backlogged {
                     own = false;
                 }

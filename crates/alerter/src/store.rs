@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS digest_entries (
     thread TEXT NOT NULL, entry TEXT NOT NULL, at_ms INTEGER NOT NULL,
     PRIMARY KEY (patch_id, attempt, channel));
 CREATE INDEX IF NOT EXISTS digest_entries_thread ON digest_entries (thread, at_ms);
+CREATE TABLE IF NOT EXISTS backlog_switched (channel TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS threads (
     thread TEXT PRIMARY KEY, channel TEXT NOT NULL, ts TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS alerts (key TEXT PRIMARY KEY, state TEXT NOT NULL, active INTEGER NOT NULL);
@@ -447,6 +448,42 @@ impl Store {
                 )?
                 .query_row(params![user, since_ms], |row| row.get(0))?;
             Ok(u64::try_from(count).unwrap_or(0))
+        })
+        .await
+    }
+
+    /// The channels whose successes the backlog switch sends to the digest.
+    pub async fn backlog_switched(&self) -> Result<Vec<String>, StoreError> {
+        self.with_tx(|conn| {
+            let mut statement =
+                conn.prepare_cached("SELECT channel FROM backlog_switched ORDER BY channel")?;
+            let rows = statement.query_map([], |row| row.get::<_, String>(0))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Records a backlog switch of `channel` (`on`: to the digest) and stores its notice, in
+    /// one transaction.
+    pub async fn switch_backlog(
+        &self,
+        channel: &str,
+        on: bool,
+        notice: NewMessage,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let channel = channel.to_owned();
+        self.with_tx(move |conn| {
+            if on {
+                conn.prepare_cached(
+                    "INSERT OR IGNORE INTO backlog_switched (channel) VALUES (?1)",
+                )?
+                .execute(params![channel])?;
+            } else {
+                conn.prepare_cached("DELETE FROM backlog_switched WHERE channel = ?1")?
+                    .execute(params![channel])?;
+            }
+            insert_messages(conn, &[notice], now_ms)
         })
         .await
     }

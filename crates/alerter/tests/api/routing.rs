@@ -802,7 +802,13 @@ async fn direct_messages_wait_behind_failures() {
     cfg.data_dir = Some(dir);
     cfg.slack.concurrency = 1;
     cfg.routing.notify_allowed = vec!["U0ALICE".to_owned()];
-    let app = spawn_with(cfg, Arc::new(SystemClock)).await;
+    // An hour later, so every retry the first life scheduled is due at once.
+    let later = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        + 3_600_000;
+    let app = spawn_with(cfg, Arc::new(alerter::clock::ManualClock::at(later))).await;
     drained(&app, Duration::from_secs(20)).await;
     let order: Vec<String> = slack
         .requests()
@@ -896,4 +902,50 @@ async fn later_attempts_follow_the_copies_made_by_continue_routes() {
             .count();
         assert_eq!(replies, 1, "{name}: attempt 2's reply");
     }
+}
+
+/// Review L3: the backlog switch survives a restart: no second "switched" notice, and
+/// successes keep going to the digest while the backlog stays high.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backlog_switch_survives_a_restart() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("alerter");
+    let life = || {
+        // Slack unreachable: everything stays pending, so the backlog only grows.
+        let mut cfg = config(Some("http://127.0.0.1:9/api".to_owned()));
+        cfg.data_dir = Some(dir.clone());
+        cfg.slack.max_attempts = 50;
+        cfg.slack.initial_backoff = Duration::from_secs(5);
+        let mut own = route(&[], &["succeeded"]);
+        own.thread = Some(ThreadMode::Own);
+        cfg.routing.routes = vec![own];
+        cfg.routing.backlog_threshold = 4;
+        cfg
+    };
+    let switched = |messages: &[alerter::store::NewMessage]| {
+        messages
+            .iter()
+            .filter(|m| {
+                m.body["text"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .starts_with("⏩")
+            })
+            .count()
+    };
+    let mut app = spawn_with(life(), Arc::new(SystemClock)).await;
+    for n in 0..6 {
+        send(&mut app, success(&format!("sw-{n}"), "MAIN")).await;
+    }
+    assert_eq!(switched(&app.store.all_messages().await.unwrap()), 1);
+    app.stop().await;
+
+    let mut app = spawn_with(life(), Arc::new(SystemClock)).await;
+    send(&mut app, success("sw-after", "MAIN")).await;
+    let messages = app.store.all_messages().await.unwrap();
+    assert_eq!(switched(&messages), 1, "no second notice after the restart");
+    assert!(
+        !messages.iter().any(|m| m.thread == "patch/sw-after"),
+        "still switched: the success goes to the digest"
+    );
 }
