@@ -93,6 +93,10 @@ impl App {
         );
         let outbox = Outbox::new(store.clone(), Arc::clone(&clock))
             .with_backlog_threshold(config.routing.backlog_threshold);
+        outbox
+            .restore_backlog()
+            .await
+            .context("cannot read the backlog switch state")?;
         let patches = Patches::new(
             outbox.clone(),
             Arc::clone(&router_tree),

@@ -46,8 +46,13 @@ const CONFLICTS_SHOWN: usize = 20;
 /// Longest conflicting path shown.
 const CONFLICT_PATH_CHARS: usize = 150;
 
-/// Most router calls one `queue` in a team channel makes.
+/// Most targets one `queue` in a team channel asks the router about.
 const MAX_CHANNEL_TARGETS: usize = 10;
+/// Page size when `queue` in a team channel looks through all queued patches for the ones
+/// matching a target prefix (`WEB-*`).
+const QUEUE_SCAN_PAGE: u32 = 100;
+/// Most pages one such look reads (so at most 1,000 queued patches are looked through).
+const QUEUE_SCAN_PAGES: usize = 10;
 
 /// The help text.
 pub const HELP: &str = "*/ghost* verbs:
@@ -566,33 +571,56 @@ impl Commands {
         if !prefixes.is_empty() {
             calls.push("");
         }
-        let mut more = false;
+        // Asking for more targets than the bound is cut, and said so.
+        let mut more = calls.len() > MAX_CHANNEL_TARGETS;
         for target in calls.into_iter().take(MAX_CHANNEL_TARGETS) {
-            let request = router_wire::ListRequest {
-                target: target.to_owned(),
-                status: router_wire::PatchStatus::Queued as i32,
-                page_size: QUEUE_PAGE,
-                ..Default::default()
-            };
-            let answer = self
-                .router()?
-                .list(request)
-                .await
-                .map_err(downstream("router"))?
-                .into_inner();
-            more |= !answer.next_page_token.is_empty();
-            for patch in answer.patches {
-                let wanted = !target.is_empty()
-                    || prefixes
-                        .iter()
-                        .any(|prefix| patch.target.starts_with(prefix));
-                if wanted
-                    && !patches
-                        .iter()
-                        .any(|p: &router_wire::PatchState| p.id == patch.id)
-                {
+            // One page for a target; for the prefixes, pages through every target's queue
+            // (bounded) until a page of matches is found, so the first patches of other
+            // targets cannot hide them.
+            let scan = target.is_empty();
+            let mut page_token = String::new();
+            let mut found = 0u32;
+            for page in 0..QUEUE_SCAN_PAGES {
+                let request = router_wire::ListRequest {
+                    target: target.to_owned(),
+                    status: router_wire::PatchStatus::Queued as i32,
+                    page_size: if scan { QUEUE_SCAN_PAGE } else { QUEUE_PAGE },
+                    page_token: std::mem::take(&mut page_token),
+                };
+                let answer = self
+                    .router()?
+                    .list(request)
+                    .await
+                    .map_err(downstream("router"))?
+                    .into_inner();
+                for patch in answer.patches {
+                    let wanted = !scan
+                        || prefixes
+                            .iter()
+                            .any(|prefix| patch.target.starts_with(prefix));
+                    if !wanted
+                        || patches
+                            .iter()
+                            .any(|p: &router_wire::PatchState| p.id == patch.id)
+                    {
+                        continue;
+                    }
+                    if found == QUEUE_PAGE {
+                        more = true;
+                        break;
+                    }
+                    found += 1;
                     patches.push(patch);
                 }
+                let last_page = !scan || page + 1 == QUEUE_SCAN_PAGES || found == QUEUE_PAGE;
+                if answer.next_page_token.is_empty() {
+                    break;
+                }
+                if last_page {
+                    more = true;
+                    break;
+                }
+                page_token = answer.next_page_token;
             }
         }
         let scope = patterns
@@ -601,7 +629,11 @@ impl Commands {
             .collect::<Vec<_>>()
             .join(", ");
         if patches.is_empty() {
-            return Ok(format!("📭 nothing queued on {scope}"));
+            return Ok(if more {
+                format!("📭 nothing queued on {scope} among the patches looked at … and more")
+            } else {
+                format!("📭 nothing queued on {scope}")
+            });
         }
         let mut text = format!("*Queue of {scope}*\n");
         for patch in &patches {

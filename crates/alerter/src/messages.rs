@@ -84,8 +84,8 @@ pub fn digest_entry(outcome: &PatchOutcome, summary_url: Option<&str>) -> Value 
     })
 }
 
-/// Entries per section block of a digest (Slack allows 3,000 characters a section).
-const DIGEST_LINES_PER_SECTION: usize = 10;
+/// Most blocks Slack accepts in one message.
+pub const MAX_BLOCKS: usize = 50;
 
 /// The digest message of one channel and period: counts by outcome and target, the slowest,
 /// and one line per patch (`• ✅ `<id>` on <target> (<duration>) · <summary link>`, the link
@@ -121,15 +121,21 @@ pub fn digest_message(entries: &[Value], period_ms: i64) -> Value {
         } else {
             String::new()
         };
-        let link = match entry.get("url").and_then(Value::as_str) {
-            Some(url) if !url.is_empty() => format!(" · <{}|summary>", escape(url)),
-            _ => String::new(),
+        let plain = format!("• {icon} `{}` on {}{took}", escape(&id), escape(&target));
+        let line = match entry.get("url").and_then(Value::as_str) {
+            Some(url) if !url.is_empty() => {
+                format!("{plain} · <{}|summary>", escape(url))
+            }
+            _ => plain.clone(),
         };
-        lines.push(format!(
-            "• {icon} `{}` on {}{took}{link}",
-            escape(&id),
-            escape(&target)
-        ));
+        // A line never straddles two sections and a link is never cut: a line too long for a
+        // section loses its link (the id and target are bounded, so the rest always fits).
+        let line = if line.chars().count() <= SECTION_CHARS {
+            line
+        } else {
+            truncate(&plain, SECTION_CHARS)
+        };
+        lines.push(line);
     }
     let since = chrono_like(period_ms);
     let title = format!("🗂️ Digest since {since}: {} patches", entries.len());
@@ -151,8 +157,24 @@ pub fn digest_message(entries: &[Value], period_ms: i64) -> Value {
         json!({"type": "header", "text": {"type": "plain_text", "text": truncate(&title, HEADER_CHARS), "emoji": true}}),
         json!({"type": "section", "text": {"type": "mrkdwn", "verbatim": true, "text": truncate(&summary, SECTION_CHARS)}}),
     ];
-    for chunk in lines.chunks(DIGEST_LINES_PER_SECTION) {
-        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "verbatim": true, "text": truncate(&chunk.join("\n"), SECTION_CHARS)}}));
+    // Sections filled up to Slack's 3,000 characters, whole lines only.
+    let mut section = String::new();
+    let mut section_chars = 0;
+    for line in &lines {
+        let chars = line.chars().count();
+        if !section.is_empty() && section_chars + 1 + chars > SECTION_CHARS {
+            blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "verbatim": true, "text": std::mem::take(&mut section)}}));
+            section_chars = 0;
+        }
+        if !section.is_empty() {
+            section.push('\n');
+            section_chars += 1;
+        }
+        section.push_str(line);
+        section_chars += chars;
+    }
+    if !section.is_empty() {
+        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "verbatim": true, "text": section}}));
     }
     literal(
         json!({"text": truncate(&format!("{title}: {counts}"), SECTION_CHARS), "blocks": blocks}),
@@ -164,6 +186,11 @@ fn human_ms(ms: u64) -> String {
         return format!("{ms}ms");
     }
     humantime::format_duration(std::time::Duration::from_secs(ms / 1_000)).to_string()
+}
+
+/// `HH:MM UTC` of a Unix ms time.
+pub fn time_of_day(ms: i64) -> String {
+    chrono_like(ms)
 }
 
 /// `HH:MM UTC` of a Unix ms time.

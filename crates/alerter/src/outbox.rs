@@ -95,6 +95,14 @@ impl BacklogSwitch {
         (now, Some(notice))
     }
 
+    /// Marks `channels` as switched (state read back from the database at start).
+    fn restore(&self, channels: Vec<String>) {
+        self.switched
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(channels);
+    }
+
     fn switched(&self) -> Vec<String> {
         self.switched
             .lock()
@@ -135,6 +143,30 @@ impl Outbox {
     /// The backlog switch.
     pub fn backlog(&self) -> &BacklogSwitch {
         &self.backlog
+    }
+
+    /// Reads back which channels the backlog switch had sent to the digest before a restart.
+    pub async fn restore_backlog(&self) -> Result<(), StoreError> {
+        let switched = self.store.backlog_switched().await?;
+        if !switched.is_empty() {
+            tracing::info!(?switched, "slack backlog switch restored");
+        }
+        self.backlog.restore(switched);
+        Ok(())
+    }
+
+    /// Records that `pending` messages wait for `channel` (see [`BacklogSwitch::observe`]):
+    /// true while its successes go to the digest. A switch either way is stored with its
+    /// notice, so it survives a restart.
+    pub async fn observe_backlog(&self, channel: &str, pending: u64) -> Result<bool, StoreError> {
+        let (digest, notice) = self.backlog.observe(channel, pending);
+        if let Some(notice) = notice {
+            self.store
+                .switch_backlog(channel, digest, notice, self.clock.now_ms())
+                .await?;
+            self.wake();
+        }
+        Ok(digest)
     }
 
     /// Stores `messages` and wakes the delivery loop.
@@ -246,25 +278,34 @@ impl BacklogGauge {
             }
         };
         for channel in &self.seen {
-            if !pending.contains_key(channel) {
+            let drained = if channel == "dm" {
+                !pending.keys().any(|c| crate::routing::is_slack_user_id(c))
+            } else {
+                !pending.contains_key(channel)
+            };
+            if drained {
                 metrics::gauge!("ghost_alerter_channel_backlog", "channel" => channel.clone())
                     .set(0.0);
             }
         }
         // A switched channel that drained switches back without waiting for its next patch.
-        let mut notices = Vec::new();
         for channel in outbox.backlog.switched() {
             let count = pending.get(&channel).copied().unwrap_or(0);
-            if let (_, Some(notice)) = outbox.backlog.observe(&channel, count) {
-                notices.push(notice);
+            if let Err(err) = outbox.observe_backlog(&channel, count).await {
+                tracing::warn!(error = %err, "cannot store the backlog switch");
             }
         }
-        if !notices.is_empty()
-            && let Err(err) = outbox.enqueue(notices).await
-        {
-            tracing::warn!(error = %err, "cannot store the backlog notice");
-        }
+        // DMs are one series, `dm`: one per user id would grow without bound.
+        let mut series: std::collections::BTreeMap<String, u64> = Default::default();
         for (channel, count) in pending {
+            let name = if crate::routing::is_slack_user_id(&channel) {
+                "dm".to_owned()
+            } else {
+                channel
+            };
+            *series.entry(name).or_default() += count;
+        }
+        for (channel, count) in series {
             #[allow(clippy::cast_precision_loss)]
             metrics::gauge!("ghost_alerter_channel_backlog", "channel" => channel.clone())
                 .set(count as f64);
@@ -502,6 +543,9 @@ async fn try_one(
         verdict = slack.webhook(&webhook_body(&message.body)).await;
     }
     let tries = message.tries + 1;
+    // A digest edit Slack cannot apply any more is posted again as a new digest message.
+    let repost_digest =
+        message.kind == Kind::Update && parent.is_some() && message.thread.starts_with("digest/");
     let mut hold_until = None;
     let outcome = match verdict {
         Verdict::Delivered { ts, channel } => {
@@ -527,6 +571,9 @@ async fn try_one(
                 parent,
             }
         }
+        Verdict::GiveUp { reason } if repost_digest && reason == "message_not_found" => {
+            reposted(&message, reason)
+        }
         Verdict::GiveUp { reason } => {
             metrics::counter!("ghost_slack_deliveries_total", "result" => "dead_letter")
                 .increment(1);
@@ -551,7 +598,9 @@ async fn try_one(
             if after.is_some() {
                 hold_until = Some(next_at_ms);
             }
-            if tries >= policy.max_attempts {
+            if tries >= policy.max_attempts && repost_digest {
+                reposted(&message, reason)
+            } else if tries >= policy.max_attempts {
                 metrics::counter!("ghost_slack_deliveries_total", "result" => "dead_letter")
                     .increment(1);
                 tracing::error!(
@@ -581,6 +630,22 @@ async fn try_one(
         outcome,
         channel,
         hold_until,
+    }
+}
+
+/// The outcome of a digest edit that Slack cannot apply: post the full digest again.
+fn reposted(message: &Message, reason: String) -> Outcome {
+    metrics::counter!("ghost_slack_deliveries_total", "result" => "reposted").increment(1);
+    tracing::warn!(
+        outbox_id = message.id,
+        thread = %message.thread,
+        reason,
+        "a digest edit failed; posting the digest again as a new message"
+    );
+    Outcome::Repost {
+        id: message.id,
+        thread: message.thread.clone(),
+        error: reason,
     }
 }
 

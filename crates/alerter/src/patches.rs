@@ -29,6 +29,14 @@ pub fn thread_of(patch_id: &str) -> String {
     format!("patch/{patch_id}")
 }
 
+/// Who gets a DM when a patch ends.
+enum Notify {
+    Nobody,
+    User(String),
+    /// Named by the patch but not allowed: no DM.
+    NotAllowed(String),
+}
+
 /// Accepts patch outcomes into the outbox. Cheap to clone.
 #[derive(Clone)]
 pub struct Patches {
@@ -64,19 +72,13 @@ impl Patches {
     }
 
     /// Checks `channel`'s backlog: true when its successes go to the digest now; a switch
-    /// either way adds its one-line notice to `notices`.
-    async fn backlogged(
-        &self,
-        channel: &str,
-        notices: &mut Vec<NewMessage>,
-    ) -> Result<bool, AlerterError> {
+    /// either way is stored with its one-line notice.
+    async fn backlogged(&self, channel: &str) -> Result<bool, AlerterError> {
         if self.routing.backlog_threshold == 0 {
             return Ok(false);
         }
         let pending = self.outbox.store().pending_in(channel).await?;
-        let (digest, notice) = self.outbox.backlog().observe(channel, pending);
-        notices.extend(notice);
-        Ok(digest)
+        Ok(self.outbox.observe_backlog(channel, pending).await?)
     }
 
     /// Stores the messages for `outcome` unless its (patch id, attempt) was accepted before;
@@ -93,22 +95,27 @@ impl Patches {
         let mut batch = Vec::new();
         let mut digests = Vec::new();
         if let Some(channel) = store.thread_channel(&thread).await? {
-            let message = |kind, body| NewMessage {
-                thread: thread.clone(),
-                channel: channel.clone(),
-                kind,
-                body,
-                traceparent: traceparent.clone(),
-                priority: Priority::Thread,
-            };
-            batch.push(message(
-                Kind::Update,
-                messages::patch_message(outcome, true),
-            ));
-            batch.push(message(
-                Kind::Reply,
-                messages::patch_message(outcome, false),
-            ));
+            // The thread and its copies in other channels (routes with `continue`).
+            let mut threads = vec![(thread.clone(), channel)];
+            threads.extend(store.thread_copies(&thread).await?);
+            for (thread, channel) in threads {
+                let message = |kind, body| NewMessage {
+                    thread: thread.clone(),
+                    channel: channel.clone(),
+                    kind,
+                    body,
+                    traceparent: traceparent.clone(),
+                    priority: Priority::Thread,
+                };
+                batch.push(message(
+                    Kind::Update,
+                    messages::patch_message(outcome, true),
+                ));
+                batch.push(message(
+                    Kind::Reply,
+                    messages::patch_message(outcome, false),
+                ));
+            }
         } else {
             let labels: BTreeMap<String, String> = outcome.labels.clone();
             let decisions = self.router.route(&Subject {
@@ -121,7 +128,7 @@ impl Patches {
             let period = millis(self.routing.digest_period).max(1);
             for (index, decision) in decisions.into_iter().enumerate() {
                 let mut own = decision.own_thread;
-                let backlogged = self.backlogged(&decision.channel, &mut batch).await?;
+                let backlogged = self.backlogged(&decision.channel).await?;
                 if own && !failure && backlogged {
                     own = false;
                 }
@@ -156,15 +163,46 @@ impl Patches {
                 }
             }
         }
-        if let Some(user) = self.notify_user(outcome) {
-            batch.push(NewMessage {
-                thread: format!("dm/{patch_id}/{}", outcome.attempt),
-                channel: user,
-                kind: Kind::Post,
-                body: messages::line(&messages::fallback_text(outcome)),
-                traceparent: traceparent.clone(),
-                priority: Priority::Failure,
-            });
+        let mut dropped_dm = None;
+        match self.notify_user(outcome) {
+            Notify::Nobody => {}
+            Notify::NotAllowed(user) => {
+                tracing::warn!(
+                    patch_id = %patch_id,
+                    user = %user,
+                    "notify names a user outside routing.notify_allowed; no DM sent"
+                );
+                dropped_dm = Some("not_allowed");
+            }
+            Notify::User(user) => {
+                let now = self.clock.now_ms();
+                let period = millis(self.routing.digest_period).max(1);
+                let period_start = now - now.rem_euclid(period);
+                let sent = store.dms_since(&user, period_start).await?;
+                let cap = u64::from(self.routing.notify_max_per_period);
+                let body = if sent < cap {
+                    Some(messages::line(&messages::fallback_text(outcome)))
+                } else if sent == cap {
+                    dropped_dm = Some("capped");
+                    Some(messages::line(&format!(
+                        "🔕 You have more patches ending than {cap} DMs a period: DMs pause until {}; their results are in the channels.",
+                        messages::time_of_day(period_start.saturating_add(period))
+                    )))
+                } else {
+                    dropped_dm = Some("capped");
+                    None
+                };
+                if let Some(body) = body {
+                    batch.push(NewMessage {
+                        thread: format!("dm/{patch_id}/{}", outcome.attempt),
+                        channel: user,
+                        kind: Kind::Post,
+                        body,
+                        traceparent: traceparent.clone(),
+                        priority: Priority::Thread,
+                    });
+                }
+            }
         }
         let fresh = store
             .accept_routed(
@@ -177,21 +215,40 @@ impl Patches {
             )
             .await?;
         if fresh {
+            if let Some(reason) = dropped_dm {
+                metrics::counter!("ghost_alerter_notify_dropped_total", "reason" => reason)
+                    .increment(1);
+            }
             self.outbox.wake();
         }
         Ok(fresh)
     }
 
-    /// Who to tell directly when `outcome`'s patch ends: its `notify` field, else the user
-    /// mapped to its API key.
-    fn notify_user(&self, outcome: &PatchOutcome) -> Option<String> {
+    /// Who to tell directly when `outcome`'s patch ends: its `notify` field when that user is
+    /// allowed (`notify_allowed` or a `notify_users` value), else the user mapped to its API
+    /// key.
+    fn notify_user(&self, outcome: &PatchOutcome) -> Notify {
         if !outcome.notify.is_empty() {
-            return Some(outcome.notify.clone());
+            let user = &outcome.notify;
+            let allowed = self.routing.notify_allowed.contains(user)
+                || self
+                    .routing
+                    .notify_users
+                    .values()
+                    .any(|mapped| mapped == user);
+            return if allowed {
+                Notify::User(user.clone())
+            } else {
+                Notify::NotAllowed(user.clone())
+            };
         }
         if outcome.key_name.is_empty() {
-            return None;
+            return Notify::Nobody;
         }
-        self.routing.notify_users.get(&outcome.key_name).cloned()
+        self.routing
+            .notify_users
+            .get(&outcome.key_name)
+            .map_or(Notify::Nobody, |user| Notify::User(user.clone()))
     }
 
     /// Adds a line to the patch's thread (e.g. "retry requested by …").

@@ -24,6 +24,9 @@ pub const MAX_ROUTES: usize = 200;
 /// 50 blocks and 3,000 characters per section).
 pub const MAX_DIGEST_ENTRIES: u32 = 100;
 
+/// Most DMs per user and digest period accepted as `notify_max_per_period`.
+pub const MAX_DMS_PER_PERIOD: u32 = 1_000;
+
 /// Routing, digests and the backlog switch (`[alerter.routing]`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -46,6 +49,13 @@ pub struct RoutingConfig {
     /// Slack user to notify when a patch submitted with an API key of this name ends
     /// (API key name → `U…`/`W…` id); a patch's own `notify` field wins.
     pub notify_users: BTreeMap<String, String>,
+    /// Slack users a patch's own `notify` field may name, besides the `notify_users` values;
+    /// any other user id is never sent a DM (the patch is still posted; a log line and
+    /// `ghost_alerter_notify_dropped_total{reason="not_allowed"}` say so).
+    pub notify_allowed: Vec<String>,
+    /// DMs to one user per digest period; the next one is a single line saying DMs pause,
+    /// later ones are dropped (counted in `ghost_alerter_notify_dropped_total{reason="capped"}`).
+    pub notify_max_per_period: u32,
     /// The routes under the implicit root.
     pub routes: Vec<Route>,
 }
@@ -59,6 +69,8 @@ impl Default for RoutingConfig {
             backlog_threshold: 20,
             summary_url: None,
             notify_users: BTreeMap::new(),
+            notify_allowed: Vec::new(),
+            notify_max_per_period: 10,
             routes: Vec::new(),
         }
     }
@@ -96,7 +108,8 @@ pub struct Route {
     pub status: Vec<String>,
     /// Patch priorities (`low`, `normal`, `high`). Empty: any.
     pub priority: Vec<String>,
-    /// Labels that must all be present with these values.
+    /// Labels that must all be present with these values. Refused at start for now: patches
+    /// carry no labels yet, so such a route could never match.
     pub labels: BTreeMap<String, String>,
     /// Channel (name or id); unset: the parent's.
     pub channel: Option<String>,
@@ -214,6 +227,11 @@ fn check_route(route: &Route, key: &str, depth: usize, count: &mut usize) -> Res
             return Err(format!("{key}.status: unknown status {status:?}"));
         }
     }
+    if !route.labels.is_empty() {
+        return Err(format!(
+            "{key}.labels: labels are not carried yet (no patch has any), so this route could never match; remove it"
+        ));
+    }
     for priority in &route.priority {
         if !matches!(priority.as_str(), "low" | "normal" | "high") {
             return Err(format!(
@@ -320,7 +338,7 @@ impl Router {
                     .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '|' | '<' | '>')))
         {
             return Err(format!(
-                "routing.summary_url: {url:?} must be an http(s) URL without spaces, |, < or >"
+                "routing.summary_url: {url:?} must be an http(s) URL of at most 500 characters without spaces, |, < or >"
             ));
         }
         for (key, user) in &config.notify_users {
@@ -329,6 +347,19 @@ impl Router {
                     "routing.notify_users.{key}: {user:?} is not a Slack user id (U… or W…)"
                 ));
             }
+        }
+        for (index, user) in config.notify_allowed.iter().enumerate() {
+            if !is_slack_user_id(user) {
+                return Err(format!(
+                    "routing.notify_allowed[{index}]: {user:?} is not a Slack user id (U… or W…)"
+                ));
+            }
+        }
+        if config.notify_max_per_period == 0 || config.notify_max_per_period > MAX_DMS_PER_PERIOD {
+            return Err(format!(
+                "routing.notify_max_per_period must be 1 to {MAX_DMS_PER_PERIOD} (got {})",
+                config.notify_max_per_period
+            ));
         }
         Ok(Self {
             root,
@@ -367,8 +398,17 @@ impl Router {
                 mention: mention_markup(&settings.mention).unwrap_or_default(),
                 own_thread,
             };
-            // Two routes landing in the same channel are one message.
-            if !decisions.iter().any(|d| d.channel == decision.channel) {
+            // Two routes landing in the same channel are one message: its own thread when
+            // either asks for one, with both mentions.
+            if let Some(same) = decisions.iter_mut().find(|d| d.channel == decision.channel) {
+                same.own_thread |= decision.own_thread;
+                if !decision.mention.is_empty() && !same.mention.contains(&decision.mention) {
+                    if !same.mention.is_empty() {
+                        same.mention.push(' ');
+                    }
+                    same.mention.push_str(&decision.mention);
+                }
+            } else {
                 decisions.push(decision);
             }
         }
@@ -511,6 +551,37 @@ mod tests {
             assert_eq!(route(status)[0].channel, "#ghost");
         }
         assert_eq!(router.ops_channel(), "#ghost");
+    }
+
+    #[test]
+    fn two_routes_to_one_channel_merge_preferring_a_thread_and_both_mentions() {
+        let mut digest = route(&["MAIN"], &[], "#main");
+        digest.thread = Some(ThreadMode::Digest);
+        digest.mention = Some("here".to_owned());
+        digest.continue_matching = true;
+        let mut own = route(&["MAIN"], &[], "#main");
+        own.thread = Some(ThreadMode::Own);
+        own.mention = Some("subteam:S0REL".to_owned());
+        let config = RoutingConfig {
+            routes: vec![digest, own],
+            ..RoutingConfig::default()
+        };
+        let router = Router::new(&config, "#ghost").unwrap();
+        let labels = BTreeMap::new();
+        let decisions = router.route(&Subject {
+            target: "MAIN",
+            status: Status::Succeeded,
+            priority: "normal",
+            labels: &labels,
+        });
+        assert_eq!(
+            decisions,
+            [Decision {
+                channel: "#main".to_owned(),
+                mention: "<!here> <!subteam^S0REL>".to_owned(),
+                own_thread: true,
+            }]
+        );
     }
 
     #[test]

@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS digest_entries (
     thread TEXT NOT NULL, entry TEXT NOT NULL, at_ms INTEGER NOT NULL,
     PRIMARY KEY (patch_id, attempt, channel));
 CREATE INDEX IF NOT EXISTS digest_entries_thread ON digest_entries (thread, at_ms);
+CREATE TABLE IF NOT EXISTS backlog_switched (channel TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS threads (
     thread TEXT PRIMARY KEY, channel TEXT NOT NULL, ts TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS alerts (key TEXT PRIMARY KEY, state TEXT NOT NULL, active INTEGER NOT NULL);
@@ -196,6 +197,17 @@ pub enum Outcome {
         id: i64,
         /// Next try not before (Unix ms).
         next_at_ms: i64,
+        /// Why, kept as `last_error`.
+        error: String,
+    },
+    /// A digest edit whose message is gone from Slack (`message_not_found`) or that ran out
+    /// of tries: its thread forgets the parent and the edit, which carries the full rendered
+    /// digest, is posted as a new message (its tries start again).
+    Repost {
+        /// Outbox row id.
+        id: i64,
+        /// The digest's thread key.
+        thread: String,
         /// Why, kept as `last_error`.
         error: String,
     },
@@ -343,6 +355,23 @@ impl Store {
         .await
     }
 
+    /// The copies of `thread` in other channels (threads `<thread>@<channel>`, made by routes
+    /// with `continue`), with their channels.
+    pub async fn thread_copies(&self, thread: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let prefix = format!("{thread}@");
+        self.with_tx(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT thread, channel FROM outbox
+                 WHERE substr(thread, 1, length(?1)) = ?1
+                 GROUP BY thread ORDER BY MIN(id)",
+            )?;
+            let rows =
+                statement.query_map(params![prefix], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
     /// Records `Notify(patch_id, attempt)` and stores `messages`, unless it was recorded
     /// before; true when fresh.
     pub async fn accept_notification(
@@ -404,6 +433,57 @@ impl Store {
                 out.insert(channel, u64::try_from(count).unwrap_or(0));
             }
             Ok(out)
+        })
+        .await
+    }
+
+    /// Direct messages (threads `dm/…`) stored for `user` since `since_ms`.
+    pub async fn dms_since(&self, user: &str, since_ms: i64) -> Result<u64, StoreError> {
+        let user = user.to_owned();
+        self.with_tx(move |conn| {
+            let count: i64 = conn
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM outbox
+                     WHERE channel = ?1 AND thread LIKE 'dm/%' AND created_ms >= ?2",
+                )?
+                .query_row(params![user, since_ms], |row| row.get(0))?;
+            Ok(u64::try_from(count).unwrap_or(0))
+        })
+        .await
+    }
+
+    /// The channels whose successes the backlog switch sends to the digest.
+    pub async fn backlog_switched(&self) -> Result<Vec<String>, StoreError> {
+        self.with_tx(|conn| {
+            let mut statement =
+                conn.prepare_cached("SELECT channel FROM backlog_switched ORDER BY channel")?;
+            let rows = statement.query_map([], |row| row.get::<_, String>(0))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Records a backlog switch of `channel` (`on`: to the digest) and stores its notice, in
+    /// one transaction.
+    pub async fn switch_backlog(
+        &self,
+        channel: &str,
+        on: bool,
+        notice: NewMessage,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let channel = channel.to_owned();
+        self.with_tx(move |conn| {
+            if on {
+                conn.prepare_cached(
+                    "INSERT OR IGNORE INTO backlog_switched (channel) VALUES (?1)",
+                )?
+                .execute(params![channel])?;
+            } else {
+                conn.prepare_cached("DELETE FROM backlog_switched WHERE channel = ?1")?
+                    .execute(params![channel])?;
+            }
+            insert_messages(conn, &[notice], now_ms)
         })
         .await
     }
@@ -550,6 +630,15 @@ impl Store {
                              WHERE id = ?1",
                         )?
                         .execute(params![id, next_at_ms, error])?;
+                    }
+                    Outcome::Repost { id, thread, error } => {
+                        conn.prepare_cached("DELETE FROM threads WHERE thread = ?1")?
+                            .execute(params![thread])?;
+                        conn.prepare_cached(
+                            "UPDATE outbox SET kind = 'post', tries = 0, last_error = ?2
+                             WHERE id = ?1 AND state = 'pending'",
+                        )?
+                        .execute(params![id, error])?;
                     }
                     Outcome::Dead { id, error } => {
                         conn.prepare_cached(
@@ -814,10 +903,26 @@ fn add_to_digest(
             Ok((row.get(0)?, row.get(1)?, row.get(2)?))
         })
         .optional()?;
-    let (thread, fresh) = match current {
-        Some((thread, _, entries)) if entries < i64::from(add.max_entries) => (thread, false),
-        other => {
-            let seq = other.map_or(0, |(_, seq, _)| seq + 1);
+    // The current digest takes the entry while it holds fewer than `max_entries` and its
+    // message stays within Slack's block budget; otherwise a new digest message starts.
+    let mut joined = None;
+    if let Some((thread, _, count)) = &current
+        && *count < i64::from(add.max_entries)
+    {
+        let mut entries = digest_entries(conn, thread)?;
+        entries.push(add.entry.clone());
+        let blocks = render(&entries, add.period_ms)
+            .get("blocks")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        if blocks <= crate::messages::MAX_BLOCKS {
+            joined = Some(thread.clone());
+        }
+    }
+    let (thread, fresh) = match joined {
+        Some(thread) => (thread, false),
+        None => {
+            let seq = current.map_or(0, |(_, seq, _)| seq + 1);
             let thread = format!("digest/{}/{}/{seq}", add.channel, add.period_ms);
             conn.prepare_cached(
                 "INSERT INTO digests (thread, channel, period_ms, seq, entries)
@@ -827,6 +932,14 @@ fn add_to_digest(
             (thread, true)
         }
     };
+    // A later attempt of a patch already in this digest replaces its line, so the digest's
+    // totals count each patch once, as its latest outcome.
+    let replaced = conn
+        .prepare_cached(
+            "DELETE FROM digest_entries
+             WHERE patch_id = ?1 AND channel = ?2 AND thread = ?3 AND attempt < ?4",
+        )?
+        .execute(params![patch_id, add.channel, thread, attempt])?;
     let inserted = conn
         .prepare_cached(
             "INSERT OR IGNORE INTO digest_entries (patch_id, attempt, channel, thread, entry, at_ms)
@@ -843,16 +956,11 @@ fn add_to_digest(
     if inserted == 0 {
         return Ok(());
     }
-    conn.prepare_cached("UPDATE digests SET entries = entries + 1 WHERE thread = ?1")?
-        .execute(params![thread])?;
-    let mut statement = conn.prepare_cached(
-        "SELECT entry FROM digest_entries WHERE thread = ?1 ORDER BY at_ms, rowid",
-    )?;
-    let rows = statement.query_map(params![thread], |row| row.get::<_, String>(0))?;
-    let mut entries = Vec::new();
-    for row in rows {
-        entries.push(serde_json::from_str::<Value>(&row?)?);
+    if replaced == 0 {
+        conn.prepare_cached("UPDATE digests SET entries = entries + 1 WHERE thread = ?1")?
+            .execute(params![thread])?;
     }
+    let entries = digest_entries(conn, &thread)?;
     let body = render(&entries, add.period_ms);
     let kind = if fresh {
         Kind::Post
@@ -875,6 +983,19 @@ fn add_to_digest(
         }],
         now_ms,
     )
+}
+
+/// The entries of digest `thread`, in order.
+fn digest_entries(conn: &Connection, thread: &str) -> Result<Vec<Value>, StoreError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT entry FROM digest_entries WHERE thread = ?1 ORDER BY at_ms, rowid",
+    )?;
+    let rows = statement.query_map(params![thread], |row| row.get::<_, String>(0))?;
+    let mut entries = Vec::new();
+    for row in rows {
+        entries.push(serde_json::from_str::<Value>(&row?)?);
+    }
+    Ok(entries)
 }
 
 #[cfg(test)]
@@ -998,5 +1119,51 @@ mod tests {
         assert!(store.accept_alert_event("k", false, 5).await.unwrap());
         assert!(!store.accept_alert_event("k", false, 5).await.unwrap());
         assert!(store.accept_alert_event("k", true, 5).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_later_failure_goes_first_but_never_overtakes_its_own_thread() {
+        let store = Store::open(None).unwrap();
+        let with = |thread: &str, kind, text: &str, priority| NewMessage {
+            priority,
+            ..message(thread, kind, text)
+        };
+        store
+            .enqueue(
+                vec![
+                    with("a", Kind::Post, "a1", Priority::Thread),
+                    with("b", Kind::Post, "b1", Priority::Digest),
+                    with("a", Kind::Reply, "a2 failure", Priority::Failure),
+                    with("c", Kind::Post, "c1 failure", Priority::Failure),
+                ],
+                10,
+            )
+            .await
+            .unwrap();
+        let ready = store.ready_heads(10, 8, Vec::new()).await.unwrap();
+        assert_eq!(
+            texts(&ready),
+            [json!("c1 failure"), json!("a1"), json!("b1")],
+            "the failure stored last goes first; a2 waits behind a1 in its thread"
+        );
+        let first = store.ready_heads(10, 1, Vec::new()).await.unwrap();
+        assert_eq!(texts(&first), [json!("c1 failure")]);
+        store
+            .settle(vec![
+                Outcome::Sent {
+                    id: first.heads[0].message.id,
+                    ts: "1.1".into(),
+                    parent: None,
+                },
+                Outcome::Sent {
+                    id: ready.heads[1].message.id,
+                    ts: "1.2".into(),
+                    parent: None,
+                },
+            ])
+            .await
+            .unwrap();
+        let ready = store.ready_heads(10, 8, Vec::new()).await.unwrap();
+        assert_eq!(texts(&ready), [json!("a2 failure"), json!("b1")]);
     }
 }

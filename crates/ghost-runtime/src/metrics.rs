@@ -164,12 +164,17 @@ pub const CATALOGUE: &[(&str, Kind, &str)] = &[
     (
         "ghost_slack_deliveries_total",
         Kind::Counter,
-        "Slack deliveries by result (ok, logged, retry, dead_letter).",
+        "Slack deliveries by result (ok, logged, retried, dead_letter, reposted: a digest edit posted again).",
     ),
     (
         "ghost_alerter_channel_backlog",
         Kind::Gauge,
-        "Slack messages waiting for delivery in the alerter's outbox, by channel.",
+        "Slack messages waiting for delivery in the alerter's outbox, by channel (all direct messages as the one channel dm).",
+    ),
+    (
+        "ghost_alerter_notify_dropped_total",
+        Kind::Counter,
+        "Patch-end DMs not sent, by reason (not_allowed: the user is not in routing.notify_allowed; capped: over routing.notify_max_per_period).",
     ),
     (
         "ghost_http_requests_total",

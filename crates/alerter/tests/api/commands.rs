@@ -276,6 +276,27 @@ async fn queue_without_a_target_in_a_team_channel_lists_the_targets_routed_there
     );
 }
 
+/// Review M6: the first page of all queued patches holding only other targets' patches does
+/// not hide a team's queued patch.
+#[tokio::test]
+async fn queue_in_a_team_channel_looks_past_other_targets_queues() {
+    let web = alerter::routing::Route {
+        target: vec!["WEB-*".to_owned()],
+        channel: Some("C0WEB".to_owned()),
+        ..Default::default()
+    };
+    let mut sys = system_routed(Duration::from_millis(2_500), vec![web]).await;
+    // The router lists newest first: the 25 later MAIN patches fill the first page.
+    sys.submit_to("p-web-early", "WEB-1").await;
+    for n in 0..25 {
+        sys.submit_to(&format!("p-main-{n}"), "MAIN").await;
+    }
+    let team = crate::helpers::slash_in(&sys.alerter, "C0WEB", "/ghost", "queue", BYSTANDER).await;
+    assert!(team.contains("`p-web-early`"), "{team}");
+    assert!(!team.contains("p-main"), "{team}");
+    assert!(!team.contains("and more"), "{team}");
+}
+
 #[tokio::test]
 async fn patch_shows_one_patch_and_names_missing_ones() {
     let mut sys = system().await;

@@ -426,6 +426,7 @@ async fn a_patch_with_notify_or_a_mapped_key_gets_a_direct_message() {
     cfg.routing
         .notify_users
         .insert("ci-bot".to_owned(), "U0MAPPED".to_owned());
+    cfg.routing.notify_allowed = vec!["U0ALICE".to_owned()];
     let mut app = spawn_with(cfg, Arc::new(SystemClock)).await;
     let mut direct = failure("dm-1", "MAIN");
     direct.notify = "U0ALICE".to_owned();
@@ -467,6 +468,21 @@ async fn bad_routes_fail_at_start_naming_the_key() {
     let err = format!("{err:#}");
     assert!(err.contains("routing.routes[1].routes[0].status"), "{err}");
     assert!(err.contains("exploded"), "{err}");
+}
+
+/// Review M5: a `labels` matcher could never match (nothing carries labels): refused at start.
+#[tokio::test]
+async fn label_matchers_are_refused_at_start() {
+    let mut cfg = config(None);
+    let mut labelled = route(&["MAIN"], &[]);
+    labelled.labels = [("team".to_owned(), "web".to_owned())].into();
+    cfg.routing.routes = vec![labelled];
+    let Err(err) = App::build(cfg).await else {
+        panic!("a route matching on labels was accepted");
+    };
+    let err = format!("{err:#}");
+    assert!(err.contains("routing.routes[0].labels"), "{err}");
+    assert!(err.contains("labels are not carried yet"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -577,5 +593,359 @@ async fn figures_slack_calls_per_1000_patches_and_failure_latency() {
         latencies.len(),
         pick(0.5),
         pick(0.99)
+    );
+}
+
+/// Review M1: a digest edit Slack answers `message_not_found` (the digest was deleted) is not
+/// dead-lettered: the full digest is posted again as a new message, and later edits go there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_digest_edit_of_a_deleted_digest_posts_the_digest_again() {
+    let slack = FakeSlack::start().await;
+    let mut app = spawn_with(config(Some(slack.base_url())), Arc::new(SystemClock)).await;
+    send(&mut app, success("gone-0", "MAIN")).await;
+    drained(&app, Duration::from_secs(10)).await;
+    slack.push_response(FakeResponse::SlackError("message_not_found".to_owned()));
+    send(&mut app, success("gone-1", "MAIN")).await;
+    drained(&app, Duration::from_secs(10)).await;
+    send(&mut app, success("gone-2", "MAIN")).await;
+    drained(&app, Duration::from_secs(10)).await;
+    assert_eq!(app.store.outbox_counts().await.unwrap().dead, 0);
+    let requests = slack.requests().await;
+    let failed: Vec<_> = requests
+        .iter()
+        .filter(|r| r.answer == "message_not_found")
+        .collect();
+    assert_eq!(failed.len(), 1, "{requests:?}");
+    let main = slack.channel_id_of("#ghost-test").unwrap();
+    let digests: Vec<_> = slack
+        .messages()
+        .into_iter()
+        .filter(|m| m.channel == main && is_digest(&m.body))
+        .collect();
+    assert_eq!(digests.len(), 2, "the old digest and its re-post");
+    assert_eq!(
+        digest_lines(&digests[1].body),
+        ["gone-0", "gone-1", "gone-2"],
+        "the re-posted digest holds every entry and takes later edits"
+    );
+}
+
+/// Review M2: with 128-character ids and a long summary link, digest sections are filled by
+/// characters (none over Slack's 3,000), no link is cut, a new digest message starts before
+/// Slack's 50 blocks, and every patch appears exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_digest_lines_fill_sections_by_characters_and_lose_nothing() {
+    let slack = FakeSlack::start().await;
+    let mut cfg = config(Some(slack.base_url()));
+    // About 2,500 characters a line: one line per section, so 48 lines fill 50 blocks.
+    cfg.routing.summary_url = Some(format!(
+        "https://ghost.example.com/{}summary",
+        "{id}/".repeat(18)
+    ));
+    let mut app = spawn_with(cfg, Arc::new(SystemClock)).await;
+    let mut ids = Vec::new();
+    for n in 0..60 {
+        let id = format!("{n:03}-{}", "x".repeat(124));
+        assert_eq!(id.len(), 128);
+        send(&mut app, success(&id, "MAIN")).await;
+        ids.push(id);
+    }
+    drained(&app, Duration::from_secs(20)).await;
+    let main = slack.channel_id_of("#ghost-test").unwrap();
+    let messages = slack.messages();
+    let digests: Vec<_> = messages
+        .iter()
+        .filter(|m| m.channel == main && is_digest(&m.body))
+        .collect();
+    assert!(digests.len() >= 2, "a new digest message before 50 blocks");
+    for digest in &digests {
+        let blocks = digest.body["blocks"].as_array().unwrap();
+        assert!(blocks.len() <= 50, "{} blocks", blocks.len());
+        for block in blocks {
+            let text = block["text"]["text"].as_str().unwrap_or_default();
+            assert!(text.chars().count() <= 3_000, "section of {}", text.len());
+            for line in text.lines().filter(|line| line.starts_with("• ")) {
+                let opened = line.matches('<').count();
+                assert_eq!(
+                    opened,
+                    line.matches("|summary>").count(),
+                    "cut link: {line}"
+                );
+                assert_eq!(opened, 1, "the link is kept: {line}");
+            }
+        }
+    }
+    let counts = digest_counts(&messages, &main);
+    for id in &ids {
+        assert_eq!(counts.get(id), Some(&1), "{id} exactly once");
+    }
+    assert_eq!(counts.len(), ids.len());
+}
+
+async fn metrics_text(app: &TestApp) -> String {
+    reqwest::get(format!("{}/metrics", app.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Review M3: a patch's `notify` outside `notify_allowed` and the `notify_users` values is
+/// never DMed (counted and logged), and DMs per user and digest period are capped, the rest
+/// coalesced into one line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_is_limited_to_allowed_users_and_capped_per_period() {
+    let slack = FakeSlack::start().await;
+    let mut cfg = config(Some(slack.base_url()));
+    cfg.routing.notify_allowed = vec!["U0ALICE".to_owned()];
+    cfg.routing
+        .notify_users
+        .insert("ci-bot".to_owned(), "U0MAPPED".to_owned());
+    cfg.routing.notify_max_per_period = 2;
+    let mut app = spawn_with(cfg, Arc::new(SystemClock)).await;
+    let mut stranger = failure("cap-x", "MAIN");
+    stranger.notify = "U0MALLORY".to_owned();
+    send(&mut app, stranger).await;
+    let mut mapped_by_hand = success("cap-y", "MAIN");
+    mapped_by_hand.notify = "U0MAPPED".to_owned();
+    send(&mut app, mapped_by_hand).await;
+    for n in 0..5 {
+        let mut request = success(&format!("cap-{n}"), "MAIN");
+        request.notify = "U0ALICE".to_owned();
+        send(&mut app, request).await;
+    }
+    drained(&app, Duration::from_secs(10)).await;
+    let requests = slack.requests().await;
+    let dm = |user: &str| {
+        requests
+            .iter()
+            .filter(|r| r.method == "chat.postMessage" && r.body["channel"] == user)
+            .map(|r| r.text().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        dm("U0MALLORY").is_empty(),
+        "a user outside the allowlist got a DM"
+    );
+    assert_eq!(dm("U0MAPPED").len(), 1, "notify_users values are allowed");
+    let alice = dm("U0ALICE");
+    assert_eq!(alice.len(), 3, "two DMs and one coalescing line: {alice:?}");
+    // Each DM is its own thread, so their order is not fixed.
+    let has = |text: &str| alice.iter().filter(|dm| dm.contains(text)).count();
+    assert_eq!(
+        (has("cap-0"), has("cap-1"), has("more")),
+        (1, 1, 1),
+        "{alice:?}"
+    );
+    assert_eq!(has("cap-2") + has("cap-3") + has("cap-4"), 0, "{alice:?}");
+    let metrics = metrics_text(&app).await;
+    assert!(
+        metrics.contains("ghost_alerter_notify_dropped_total{reason=\"not_allowed\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ghost_alerter_notify_dropped_total{reason=\"capped\"} 3"),
+        "{metrics}"
+    );
+}
+
+/// Review M4: pending DMs are counted under `channel="dm"`, never one series per user id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_dms_share_one_backlog_series() {
+    let mut cfg = config(Some("http://127.0.0.1:9/api".to_owned()));
+    cfg.slack.max_attempts = 50;
+    cfg.slack.initial_backoff = Duration::from_secs(5);
+    cfg.routing.notify_allowed = vec!["U0ALICE".to_owned(), "U0BOB".to_owned()];
+    let mut app = spawn_with(cfg, Arc::new(SystemClock)).await;
+    for (n, user) in ["U0ALICE", "U0BOB", "U0ALICE"].into_iter().enumerate() {
+        let mut request = failure(&format!("bl-{n}"), "MAIN");
+        request.notify = user.to_owned();
+        send(&mut app, request).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let metrics = metrics_text(&app).await;
+        if metrics.contains("ghost_alerter_channel_backlog{channel=\"dm\"} 3") {
+            break metrics;
+        }
+        assert!(Instant::now() < deadline, "no dm backlog series: {metrics}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        !metrics.contains("ghost_alerter_channel_backlog{channel=\"U"),
+        "{metrics}"
+    );
+}
+
+/// Review M3: a DM is sent with thread priority, after failures waiting in the channels, not
+/// among them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_messages_wait_behind_failures() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("alerter");
+    // First life: Slack unreachable, so everything stays pending.
+    let mut cfg = config(Some("http://127.0.0.1:9/api".to_owned()));
+    cfg.data_dir = Some(dir.clone());
+    cfg.slack.max_attempts = 50;
+    cfg.slack.initial_backoff = Duration::from_secs(5);
+    cfg.routing.notify_allowed = vec!["U0ALICE".to_owned()];
+    let mut app = spawn_with(cfg, Arc::new(SystemClock)).await;
+    let mut first = failure("prio-a", "MAIN");
+    first.notify = "U0ALICE".to_owned();
+    send(&mut app, first).await;
+    send(&mut app, failure("prio-b", "MAIN")).await;
+    app.stop().await;
+
+    let slack = FakeSlack::start().await;
+    let mut cfg = config(Some(slack.base_url()));
+    cfg.data_dir = Some(dir);
+    cfg.slack.concurrency = 1;
+    cfg.routing.notify_allowed = vec!["U0ALICE".to_owned()];
+    // An hour later, so every retry the first life scheduled is due at once.
+    let later = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        + 3_600_000;
+    let app = spawn_with(cfg, Arc::new(alerter::clock::ManualClock::at(later))).await;
+    drained(&app, Duration::from_secs(20)).await;
+    let order: Vec<String> = slack
+        .requests()
+        .await
+        .iter()
+        .filter(|r| r.method == "chat.postMessage" && r.body.get("thread_ts").is_none())
+        .map(|r| {
+            if r.body["channel"] == "U0ALICE" {
+                "dm".to_owned()
+            } else {
+                header(&r.body)
+                    .split(' ')
+                    .nth(1)
+                    .unwrap_or_default()
+                    .to_owned()
+            }
+        })
+        .collect();
+    assert_eq!(order, ["prio-a", "prio-b", "dm"]);
+}
+
+/// Review L4: a patch whose later attempt lands in the same digest is one line, its latest
+/// outcome, and counted once in the digest's totals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_attempt_in_the_same_digest_replaces_its_line() {
+    let slack = FakeSlack::start().await;
+    let mut cfg = config(Some(slack.base_url()));
+    let mut main = route(&["MAIN"], &[]);
+    main.thread = Some(ThreadMode::Digest);
+    cfg.routing.routes = vec![main];
+    let mut app = spawn_with(cfg, Arc::new(SystemClock)).await;
+    send(&mut app, success("other", "MAIN")).await;
+    send(&mut app, outcome("twice", "MAIN", PatchStatus::Failed, 1)).await;
+    send(
+        &mut app,
+        outcome("twice", "MAIN", PatchStatus::Succeeded, 2),
+    )
+    .await;
+    drained(&app, Duration::from_secs(10)).await;
+    let main = slack.channel_id_of("#ghost-test").unwrap();
+    let digests: Vec<_> = slack
+        .messages()
+        .into_iter()
+        .filter(|m| m.channel == main && is_digest(&m.body))
+        .collect();
+    assert_eq!(digests.len(), 1);
+    let body = &digests[0].body;
+    assert_eq!(digest_lines(body), ["other", "twice"]);
+    assert!(header(body).contains(": 2 patches"), "{}", header(body));
+    let text = body.to_string();
+    assert!(
+        text.contains("2 succeeded") && !text.contains("failed"),
+        "{text}"
+    );
+}
+
+/// Review L2: a later attempt updates and replies in every copy of the patch's thread that a
+/// `continue` route made, not only the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn later_attempts_follow_the_copies_made_by_continue_routes() {
+    let slack = FakeSlack::start().await;
+    let mut cfg = config(Some(slack.base_url()));
+    let mut main = route(&["MAIN"], &[]);
+    main.channel = Some("#main".to_owned());
+    main.continue_matching = true;
+    let mut audit = route(&[], &[]);
+    audit.channel = Some("#audit".to_owned());
+    audit.thread = Some(ThreadMode::Own);
+    cfg.routing.routes = vec![main, audit];
+    let mut app = spawn_with(cfg, Arc::new(SystemClock)).await;
+    send(&mut app, outcome("copied", "MAIN", PatchStatus::Failed, 1)).await;
+    drained(&app, Duration::from_secs(10)).await;
+    send(
+        &mut app,
+        outcome("copied", "MAIN", PatchStatus::Succeeded, 2),
+    )
+    .await;
+    drained(&app, Duration::from_secs(10)).await;
+    let messages = slack.messages();
+    for name in ["#main", "#audit"] {
+        let channel = slack.channel_id_of(name).unwrap();
+        let parent = messages
+            .iter()
+            .find(|m| m.channel == channel && m.thread_ts.is_none())
+            .unwrap_or_else(|| panic!("no parent in {name}"));
+        assert_eq!(parent.updates, 1, "{name}: the parent shows attempt 2");
+        assert!(header(&parent.body).starts_with("✅ copied"), "{name}");
+        let replies = messages
+            .iter()
+            .filter(|m| m.thread_ts.as_deref() == Some(parent.ts.as_str()))
+            .count();
+        assert_eq!(replies, 1, "{name}: attempt 2's reply");
+    }
+}
+
+/// Review L3: the backlog switch survives a restart: no second "switched" notice, and
+/// successes keep going to the digest while the backlog stays high.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backlog_switch_survives_a_restart() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("alerter");
+    let life = || {
+        // Slack unreachable: everything stays pending, so the backlog only grows.
+        let mut cfg = config(Some("http://127.0.0.1:9/api".to_owned()));
+        cfg.data_dir = Some(dir.clone());
+        cfg.slack.max_attempts = 50;
+        cfg.slack.initial_backoff = Duration::from_secs(5);
+        let mut own = route(&[], &["succeeded"]);
+        own.thread = Some(ThreadMode::Own);
+        cfg.routing.routes = vec![own];
+        cfg.routing.backlog_threshold = 4;
+        cfg
+    };
+    let switched = |messages: &[alerter::store::NewMessage]| {
+        messages
+            .iter()
+            .filter(|m| {
+                m.body["text"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .starts_with("⏩")
+            })
+            .count()
+    };
+    let mut app = spawn_with(life(), Arc::new(SystemClock)).await;
+    for n in 0..6 {
+        send(&mut app, success(&format!("sw-{n}"), "MAIN")).await;
+    }
+    assert_eq!(switched(&app.store.all_messages().await.unwrap()), 1);
+    app.stop().await;
+
+    let mut app = spawn_with(life(), Arc::new(SystemClock)).await;
+    send(&mut app, success("sw-after", "MAIN")).await;
+    let messages = app.store.all_messages().await.unwrap();
+    assert_eq!(switched(&messages), 1, "no second notice after the restart");
+    assert!(
+        !messages.iter().any(|m| m.thread == "patch/sw-after"),
+        "still switched: the success goes to the digest"
     );
 }
