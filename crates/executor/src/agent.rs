@@ -208,6 +208,10 @@ pub const CLIS: &[Invocation] = &[
             "--output-format",
             "json",
             "--dangerously-skip-permissions",
+            // The user's settings only: none from the workspace (`.claude/`), which a
+            // patch or an earlier run could have written to redirect it.
+            "--setting-sources",
+            "user",
         ],
         model_flag: "--model",
         tail: &[],
@@ -241,8 +245,9 @@ pub const CLIS: &[Invocation] = &[
         files_as_args: false,
     },
     // `aider --message-file`: one message, then exit; no git of its own (the executor's
-    // snapshot is the undo), no shell commands, no URL scraping, no update check, its
-    // history files in the temp dir rather than the workspace.
+    // snapshot is the undo), no shell commands, no lint or test command, no URL scraping, no
+    // update check, no `.env` file, its history files in the temp dir rather than the
+    // workspace.
     Invocation {
         cli: "aider",
         program: "aider",
@@ -256,6 +261,13 @@ pub const CLIS: &[Invocation] = &[
             "--no-gitignore",
             "--no-suggest-shell-commands",
             "--no-detect-urls",
+            "--no-auto-lint",
+            "--no-auto-test",
+            "--no-watch-files",
+            "--no-notifications",
+            // No `.env` of the workspace (it could set `AIDER_*` options).
+            "--env-file",
+            "/dev/null",
             "--no-check-update",
             "--no-show-release-notes",
             "--analytics-disable",

@@ -468,6 +468,66 @@ pub(crate) fn scrub(text: &mut String, workspace: &Workspace) {
         }
         *text = replace_whole_path(text, &path, name);
     }
+    redact(text, &secrets(workspace));
+}
+
+/// Variables whose values are never taken for secrets: the default allowlist's, which name
+/// the machine rather than a credential (and would redact every path under `HOME`).
+const NOT_SECRET: [&str; 10] = [
+    "PATH", "HOME", "LANG", "LC_ALL", "TERM", "TMPDIR", "USER", "LOGNAME", "SHELL", "PWD",
+];
+
+/// Shortest value taken for a secret (shorter ones would redact ordinary words).
+const MIN_SECRET_BYTES: usize = 8;
+
+/// The values (≥ [`MIN_SECRET_BYTES`]) of the variables a command or the agent is given from
+/// the executor's environment: the target's `env_allowlist` and the agent's `env`, with the
+/// variable's name, longest value first.
+pub(crate) fn secrets(workspace: &Workspace) -> Vec<(String, String)> {
+    let agent_env = workspace
+        .policy
+        .agent
+        .iter()
+        .flat_map(|agent| agent.env.iter());
+    let mut found: Vec<(String, String)> = workspace
+        .policy
+        .env_allowlist
+        .iter()
+        .chain(agent_env)
+        .filter(|name| !NOT_SECRET.contains(&name.as_str()))
+        .filter_map(|name| {
+            let value = std::env::var_os(name)?.to_string_lossy().into_owned();
+            (value.len() >= MIN_SECRET_BYTES).then(|| (name.clone(), value))
+        })
+        .collect();
+    found.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then_with(|| a.0.cmp(&b.0)));
+    found.dedup_by(|a, b| a.1 == b.1);
+    found
+}
+
+/// Replaces every secret value in `text` with `[redacted:NAME]`, and a piece of one (≥ 4 bytes)
+/// where a cut to a tail or head left it at the text's start or end.
+pub(crate) fn redact(text: &mut String, secrets: &[(String, String)]) {
+    for (name, value) in secrets {
+        let mark = format!("[redacted:{name}]");
+        if text.contains(value.as_str()) {
+            *text = text.replace(value.as_str(), &mark);
+        }
+        // A tail starting inside the value, or a head ending inside it.
+        if let Some(len) = (4..value.len()).rev().find(|len| {
+            value.is_char_boundary(value.len() - len)
+                && text.starts_with(&value[value.len() - len..])
+        }) {
+            text.replace_range(..len, &mark);
+        }
+        if let Some(len) = (4..value.len())
+            .rev()
+            .find(|len| value.is_char_boundary(*len) && text.ends_with(&value[..*len]))
+        {
+            let at = text.len() - len;
+            text.replace_range(at.., &mark);
+        }
+    }
 }
 
 /// `text` with every occurrence of `path` that is a whole path (not the start of a longer
@@ -502,6 +562,26 @@ pub(crate) fn scrub_report(report: &mut ApplyReport, workspace: &Workspace) {
     if let Some(agent) = &mut report.agent {
         scrub(&mut agent.final_message, workspace);
         scrub(&mut agent.transcript_tail, workspace);
+    }
+    // The secrets only (paths in these are the user's own text): command lines, diffs,
+    // file lists, diagnostics.
+    let secrets = secrets(workspace);
+    if secrets.is_empty() {
+        return;
+    }
+    for command in &mut report.commands {
+        redact(&mut command.command, &secrets);
+    }
+    for diagnostic in &mut report.diagnostics {
+        redact(&mut diagnostic.path, &secrets);
+        redact(&mut diagnostic.message, &secrets);
+    }
+    redact(&mut report.diff, &secrets);
+    if let Some(agent) = &mut report.agent {
+        redact(&mut agent.diff, &secrets);
+        for file in &mut agent.files {
+            redact(file, &secrets);
+        }
     }
 }
 
@@ -1277,6 +1357,21 @@ mod tests {
 
     use super::*;
     use crate::config::TargetPolicy;
+
+    #[test]
+    fn a_secret_is_redacted_whole_and_where_a_cut_left_a_piece_of_it() {
+        let secrets = vec![("API_KEY".to_owned(), "sk-0123456789abcdef".to_owned())];
+        let mut text =
+            "6789abcdef starts; sk-0123456789abcdef in the middle; ends sk-0123".to_owned();
+        redact(&mut text, &secrets);
+        assert_eq!(
+            text,
+            "[redacted:API_KEY] starts; [redacted:API_KEY] in the middle; ends [redacted:API_KEY]"
+        );
+        let mut plain = "nothing secret here".to_owned();
+        redact(&mut plain, &secrets);
+        assert_eq!(plain, "nothing secret here");
+    }
 
     #[test]
     fn reported_text_names_workspace_paths_relatively_and_no_server_path() {

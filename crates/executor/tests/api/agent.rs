@@ -278,3 +278,87 @@ fn overhead_of_a_no_op_agent_is_measured() {
         }
     }
 }
+
+/// Issue 23 review: the values of the agent's `env` and of allowlisted variables never
+/// appear in a report, whatever the agent prints or writes. The values are variables the test
+/// process already has (its code may not set any): nextest's run id stands for the agent's
+/// API key, cargo's manifest dir for an allowlisted token.
+#[test]
+fn secret_values_the_agent_prints_or_writes_are_redacted_from_every_reported_text() {
+    let key = std::env::var("NEXTEST_RUN_ID").expect("run under cargo nextest");
+    let token = std::env::var("CARGO_MANIFEST_DIR").expect("run under cargo");
+    assert!(key.len() >= 8 && token.len() >= 8);
+    let mut allowlist = TargetPolicy::default().env_allowlist;
+    allowlist.push("CARGO_MANIFEST_DIR".to_owned());
+    let ws = workspace_with(TargetPolicy {
+        commands: CommandPolicy::Allowlist(vec!["sh".to_owned()]),
+        env_allowlist: allowlist,
+        agent: Some(AgentConfig {
+            cli: Some("command".to_owned()),
+            command: Some(
+                "sh -c 'echo \"key $NEXTEST_RUN_ID token $CARGO_MANIFEST_DIR\"; \
+                 echo \"$NEXTEST_RUN_ID\" > \"k-$NEXTEST_RUN_ID.txt\"; \
+                 echo \"done with $NEXTEST_RUN_ID\"'"
+                    .to_owned(),
+            ),
+            env: vec!["NEXTEST_RUN_ID".to_owned()],
+            timeout: Duration::from_secs(30),
+            ..AgentConfig::default()
+        }),
+        ..TargetPolicy::default()
+    });
+    let report = ws.apply(&patch(
+        "secret",
+        r#""agent":{"task":"print the key"},"validate":["sh -c 'echo check $CARGO_MANIFEST_DIR; exit 1'"],"timeout_s":20"#,
+    ));
+    let text = serde_json::to_string(&report).unwrap();
+    assert!(!text.contains(&key), "the agent's key is reported: {text}");
+    assert!(
+        !text.contains(&token),
+        "an allowlisted value is reported: {text}"
+    );
+    assert!(text.contains("[redacted:NEXTEST_RUN_ID]"), "{text}");
+    assert!(text.contains("[redacted:CARGO_MANIFEST_DIR]"), "{text}");
+    let agent = report.agent.expect("the agent's run");
+    assert!(
+        agent
+            .files
+            .iter()
+            .any(|f| f.contains("[redacted:NEXTEST_RUN_ID]")),
+        "{:?}",
+        agent.files
+    );
+    assert!(
+        agent.final_message.contains("[redacted:"),
+        "{}",
+        agent.final_message
+    );
+}
+
+/// Issue 23 review: on a target with an agent, a patch may not rewrite the files an agent
+/// CLI takes its settings from; the refusal names the path and nothing is written.
+#[test]
+fn a_patch_editing_an_agent_config_file_is_refused_on_a_target_with_an_agent() {
+    let ws = agent_workspace();
+    for path in [
+        ".claude/settings.json",
+        ".gemini/settings.json",
+        "opencode.json",
+        ".aider.conf.yml",
+        ".env",
+        "sub/.env.local",
+    ] {
+        let body =
+            format!(r#""edits":[{{"op":"write","path":"{path}","contents":"x"}}],"timeout_s":5"#);
+        let report = ws.apply(&patch("cfg", &body));
+        assert_eq!(report.status, Status::Rejected, "{path}: {}", report.error);
+        assert!(report.error.contains(path), "{}", report.error);
+        assert!(!ws.root().join(path).exists(), "{path} was written");
+    }
+    // Other files still go through.
+    let report = ws.apply(&patch(
+        "ok",
+        r#""edits":[{"op":"write","path":"src/main.txt","contents":"x"}],"timeout_s":5"#,
+    ));
+    assert_eq!(report.status, Status::Succeeded, "{}", report.error);
+}
