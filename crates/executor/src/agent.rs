@@ -674,6 +674,7 @@ fn run_in(
         pass: agent.env.clone(),
         tmp: Some(tmp.to_owned()),
         tail_bytes: Some(AGENT_TAIL_BYTES.max(workspace.policy.output_tail_bytes)),
+        agent: true,
     };
     let ran = commands::run_with(
         workspace,
