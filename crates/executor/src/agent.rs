@@ -86,14 +86,26 @@ pub fn hand_off(
         let mut argv = shell_words::split(command)
             .map_err(|err| format!("agent command {command:?} cannot be split: {err}"))?;
         argv.push(task_file.display().to_string());
-        let (report, stopped) = commands::run(
+        // Like an agent CLI: the task on stdin and in GHOST_TASK_FILE, the agent's `env`.
+        let extra = Extra {
+            stdin: Some(task_file.clone()),
+            env: vec![(
+                "GHOST_TASK_FILE".to_owned(),
+                task_file.display().to_string(),
+            )],
+            pass: agent.env.clone(),
+            ..Extra::default()
+        };
+        let ran = commands::run_with(
             workspace,
             command,
             &Argv::Direct(argv),
             CommandKind::Command,
             deadline,
             cancel,
+            &extra,
         );
+        let (report, stopped) = (ran.report, ran.stopped);
         let outcome = match (stopped, report.exit_code) {
             (Some(Stopped::Cancelled), _) => Outcome::Cancelled,
             (Some(Stopped::Deadline), _) => Outcome::TimedOut,
@@ -628,7 +640,7 @@ pub struct CliRun {
     pub outcome: Outcome,
     /// The agent as a command: its line, exit status, output.
     pub report: CommandReport,
-    /// `"landlock"` or `"none"`.
+    /// `"landlock"`, `"landlock-partial"` or `"none"`.
     pub sandbox: &'static str,
 }
 
@@ -660,6 +672,14 @@ fn run_in(
     cancel: &CancellationToken,
     tmp: &Path,
 ) -> Result<CliRun, String> {
+    // An agent CLI runs confined unless the operator turned the sandbox off: refused here,
+    // with the reason as the patch's error, rather than as a command that exited 127.
+    let abi = if commands::sandbox::available() {
+        commands::sandbox::abi().max(1)
+    } else {
+        0
+    };
+    commands::sandbox::decide(workspace.policy.sandbox, abi, true)?;
     let task_file = tmp.join("task.md");
     crate::journal::write_atomically(&task_file, prompt.as_bytes(), 0o600)
         .map_err(|err| format!("cannot write the agent's task file: {err}"))?;

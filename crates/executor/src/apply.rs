@@ -582,6 +582,34 @@ pub(crate) fn scrub_report(report: &mut ApplyReport, workspace: &Workspace) {
         for file in &mut agent.files {
             redact(file, &secrets);
         }
+        bound_agent(agent);
+    }
+}
+
+/// Keeps the agent's part of a report within [`MAX_AGENT_REPORT_BYTES`] once redaction marks
+/// (longer than what they replace) are in: the diff is cut first, then the paths.
+fn bound_agent(agent: &mut ghost_core::AgentRun) {
+    let size = |agent: &ghost_core::AgentRun| {
+        agent.diff.len()
+            + agent.files.iter().map(String::len).sum::<usize>()
+            + agent.transcript_tail.len()
+            + agent.final_message.len()
+    };
+    let over = size(agent).saturating_sub(MAX_AGENT_REPORT_BYTES);
+    if over == 0 {
+        return;
+    }
+    let mut keep = agent.diff.len().saturating_sub(over + 64);
+    while !agent.diff.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    agent.diff.truncate(keep);
+    agent
+        .diff
+        .push_str("\n# diff cut: the report's size limit\n");
+    agent.diff_truncated = true;
+    while size(agent) > MAX_AGENT_REPORT_BYTES && agent.files.len() > 1 {
+        agent.files.pop();
     }
 }
 
@@ -1062,6 +1090,13 @@ pub const MAX_AGENT_DIFF_BYTES: usize = 256 * 1024;
 pub const MAX_AGENT_FILES: usize = 10_000;
 /// Most bytes of the agent's transcript tail in the report.
 pub const MAX_TRANSCRIPT_BYTES: usize = 8 * 1024;
+/// Most bytes of the agent's changed-paths list (then counted, not listed).
+pub const MAX_AGENT_FILES_BYTES: usize = 512 * 1024;
+/// Most bytes of the notes on files too big to diff, after the diff.
+pub const MAX_AGENT_NOTES_BYTES: usize = 64 * 1024;
+/// What the agent's part of a report holds at most, in bytes: its diff, the notes after it,
+/// its paths, transcript tail and final message (redaction marks included).
+pub const MAX_AGENT_REPORT_BYTES: usize = 1024 * 1024;
 
 /// The unified diff of what the agent changed (`changed`: paths differing from the
 /// snapshot), bounded, and every changed path.
@@ -1127,10 +1162,20 @@ fn agent_diff(
         })
         .collect();
     let mut diff = crate::diff::render(&changes, MAX_AGENT_DIFF_BYTES);
-    if paths.len() > MAX_AGENT_FILES {
-        // The report must stay within a gRPC message: the rest is counted, not listed.
-        let more = paths.len() - MAX_AGENT_FILES;
-        paths.truncate(MAX_AGENT_FILES);
+    // The report must stay within a gRPC message (and the agent's part within
+    // MAX_AGENT_REPORT_BYTES): the rest is counted, not listed.
+    let mut listed_bytes = 0usize;
+    let listed = paths
+        .iter()
+        .take(MAX_AGENT_FILES)
+        .take_while(|rel| {
+            listed_bytes += rel.len();
+            listed_bytes <= MAX_AGENT_FILES_BYTES
+        })
+        .count();
+    if listed < paths.len() {
+        let more = paths.len() - listed;
+        paths.truncate(listed);
         paths.push(format!("… and {more} more paths not listed"));
     }
     if budget == 0 && !diff.truncated {
@@ -1138,10 +1183,18 @@ fn agent_diff(
         diff.text
             .push_str("# diff cut: the files changed hold too many bytes to diff them all\n");
     }
-    for rel in unreadable {
-        diff.text.push_str(&format!(
-            "# {rel}: changed; over max_file_bytes, so not diffed\n"
-        ));
+    let mut noted = 0usize;
+    for (index, rel) in unreadable.iter().enumerate() {
+        let note = format!("# {rel}: changed; over max_file_bytes, so not diffed\n");
+        noted += note.len();
+        if noted > MAX_AGENT_NOTES_BYTES {
+            diff.text.push_str(&format!(
+                "# … and {} more files over max_file_bytes, not diffed\n",
+                unreadable.len() - index
+            ));
+            break;
+        }
+        diff.text.push_str(&note);
     }
     (diff, paths)
 }
@@ -1291,6 +1344,12 @@ fn hand_off(
         )),
     };
     attempt.report.agent = Some(run);
+    // The checks get a deadline of their own (the patch's timeout, or the default), not
+    // whatever the agent left of its own.
+    attempt.deadline = Instant::now()
+        + patch
+            .timeout_s
+            .map_or(ctx.default_timeout, |s| Duration::from_secs(u64::from(s)));
     if failure.is_none() && !steps.is_empty() {
         failure = attempt.stage("validate", |a| a.run_steps(steps));
     }

@@ -435,7 +435,7 @@ pub struct Ran {
     pub report: CommandReport,
     /// Why it was stopped early, if it was.
     pub stopped: Option<Stopped>,
-    /// `"landlock"` or `"none"`.
+    /// `"landlock"`, `"landlock-partial"` or `"none"`.
     pub sandbox: &'static str,
 }
 

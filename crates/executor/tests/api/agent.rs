@@ -362,3 +362,97 @@ fn a_patch_editing_an_agent_config_file_is_refused_on_a_target_with_an_agent() {
     ));
     assert_eq!(report.status, Status::Succeeded, "{}", report.error);
 }
+
+/// Issue 23 review: however many paths (with long names) an agent makes, its part of the
+/// report stays within 1 MiB: the paths are listed up to a byte budget, then counted.
+#[test]
+fn the_agent_report_stays_within_one_mib_however_long_the_paths_it_made() {
+    let ws = workspace_with(TargetPolicy {
+        commands: CommandPolicy::Allowlist(vec!["sh".to_owned()]),
+        agent: Some(AgentConfig {
+            cli: Some("command".to_owned()),
+            // 6,000 empty files with 240-byte names: 1.4 MB of paths.
+            command: Some(
+                "sh -c 'i=0; while [ $i -lt 6000 ]; do : > \"$(printf %0240d $i)\"; i=$((i+1)); done'"
+                    .to_owned(),
+            ),
+            timeout: Duration::from_secs(120),
+            ..AgentConfig::default()
+        }),
+        ..TargetPolicy::default()
+    });
+    let report = ws.apply(&patch(
+        "many",
+        r#""agent":{"task":"make files"},"timeout_s":120"#,
+    ));
+    assert_eq!(report.status, Status::Succeeded, "{}", report.error);
+    let agent = report.agent.expect("the agent's run");
+    let listed: usize = agent.files.iter().map(String::len).sum();
+    let total = listed + agent.diff.len() + agent.transcript_tail.len() + agent.final_message.len();
+    eprintln!(
+        "agent report: {} paths listed ({listed} bytes), diff {} bytes, total {total} bytes",
+        agent.files.len(),
+        agent.diff.len()
+    );
+    assert!(
+        total <= 1024 * 1024,
+        "the agent's report holds {total} bytes"
+    );
+    let last = agent.files.last().unwrap();
+    assert!(last.contains("more paths not listed"), "{last}");
+}
+
+/// Issue 23 review: the inbox hand-off's agent command gets what an agent CLI gets: the task
+/// on stdin and in `GHOST_TASK_FILE` (also its last argument), and the agent's `env`.
+#[test]
+fn the_inbox_agent_command_gets_the_task_file_variable_stdin_and_its_env() {
+    let inbox = tempfile::tempdir().unwrap().keep();
+    let ws = workspace_with(TargetPolicy {
+        commands: CommandPolicy::Allowlist(vec!["test".to_owned()]),
+        agent: Some(AgentConfig {
+            inbox: Some(inbox),
+            command: Some(
+                "sh -c 'test \"$GHOST_TASK_FILE\" = \"$0\" && test -n \"$NEXTEST_RUN_ID\" \
+                 && grep -q \"polish the inbox\" && echo ok > handed.txt'"
+                    .to_owned(),
+            ),
+            env: vec!["NEXTEST_RUN_ID".to_owned()],
+            timeout: Duration::from_secs(30),
+            ..AgentConfig::default()
+        }),
+        ..TargetPolicy::default()
+    });
+    let report = ws.apply(&patch(
+        "inbox-cmd",
+        r#""agent":{"task":"polish the inbox"},"validate":["test -f handed.txt"],"timeout_s":20"#,
+    ));
+    assert_eq!(
+        report.status,
+        Status::Succeeded,
+        "{}: {:?}",
+        report.error,
+        report.commands
+    );
+    assert_eq!(ws.read("handed.txt"), "ok\n");
+}
+
+/// Issue 23 review: the checks after an agent get a deadline of their own, not what the agent
+/// left of its timeout: an agent using most of its 4 s, then a 2 s check, succeeds.
+#[test]
+fn checks_after_an_agent_get_their_own_deadline_not_the_agents_leftover() {
+    let ws = workspace_with(TargetPolicy {
+        commands: CommandPolicy::Allowlist(vec!["sleep".to_owned()]),
+        agent: Some(AgentConfig {
+            cli: Some("command".to_owned()),
+            command: Some("sleep 3".to_owned()),
+            timeout: Duration::from_secs(4),
+            ..AgentConfig::default()
+        }),
+        ..TargetPolicy::default()
+    });
+    let report = ws.apply(&patch(
+        "own-deadline",
+        r#""agent":{"task":"take your time"},"validate":["sleep 2"]"#,
+    ));
+    assert_eq!(report.status, Status::Succeeded, "{}", report.error);
+}
