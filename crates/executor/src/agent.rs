@@ -86,14 +86,26 @@ pub fn hand_off(
         let mut argv = shell_words::split(command)
             .map_err(|err| format!("agent command {command:?} cannot be split: {err}"))?;
         argv.push(task_file.display().to_string());
-        let (report, stopped) = commands::run(
+        // Like an agent CLI: the task on stdin and in GHOST_TASK_FILE, the agent's `env`.
+        let extra = Extra {
+            stdin: Some(task_file.clone()),
+            env: vec![(
+                "GHOST_TASK_FILE".to_owned(),
+                task_file.display().to_string(),
+            )],
+            pass: agent.env.clone(),
+            ..Extra::default()
+        };
+        let ran = commands::run_with(
             workspace,
             command,
             &Argv::Direct(argv),
             CommandKind::Command,
             deadline,
             cancel,
+            &extra,
         );
+        let (report, stopped) = (ran.report, ran.stopped);
         let outcome = match (stopped, report.exit_code) {
             (Some(Stopped::Cancelled), _) => Outcome::Cancelled,
             (Some(Stopped::Deadline), _) => Outcome::TimedOut,
@@ -208,6 +220,10 @@ pub const CLIS: &[Invocation] = &[
             "--output-format",
             "json",
             "--dangerously-skip-permissions",
+            // The user's settings only: none from the workspace (`.claude/`), which a
+            // patch or an earlier run could have written to redirect it.
+            "--setting-sources",
+            "user",
         ],
         model_flag: "--model",
         tail: &[],
@@ -241,8 +257,9 @@ pub const CLIS: &[Invocation] = &[
         files_as_args: false,
     },
     // `aider --message-file`: one message, then exit; no git of its own (the executor's
-    // snapshot is the undo), no shell commands, no URL scraping, no update check, its
-    // history files in the temp dir rather than the workspace.
+    // snapshot is the undo), no shell commands, no lint or test command, no URL scraping, no
+    // update check, no `.env` file, its history files in the temp dir rather than the
+    // workspace.
     Invocation {
         cli: "aider",
         program: "aider",
@@ -256,6 +273,13 @@ pub const CLIS: &[Invocation] = &[
             "--no-gitignore",
             "--no-suggest-shell-commands",
             "--no-detect-urls",
+            "--no-auto-lint",
+            "--no-auto-test",
+            "--no-watch-files",
+            "--no-notifications",
+            // No `.env` of the workspace (it could set `AIDER_*` options).
+            "--env-file",
+            "/dev/null",
             "--no-check-update",
             "--no-show-release-notes",
             "--analytics-disable",
@@ -616,7 +640,7 @@ pub struct CliRun {
     pub outcome: Outcome,
     /// The agent as a command: its line, exit status, output.
     pub report: CommandReport,
-    /// `"landlock"` or `"none"`.
+    /// `"landlock"`, `"landlock-partial"` or `"none"`.
     pub sandbox: &'static str,
 }
 
@@ -648,6 +672,14 @@ fn run_in(
     cancel: &CancellationToken,
     tmp: &Path,
 ) -> Result<CliRun, String> {
+    // An agent CLI runs confined unless the operator turned the sandbox off: refused here,
+    // with the reason as the patch's error, rather than as a command that exited 127.
+    let abi = if commands::sandbox::available() {
+        commands::sandbox::abi().max(1)
+    } else {
+        0
+    };
+    commands::sandbox::decide(workspace.policy.sandbox, abi, true)?;
     let task_file = tmp.join("task.md");
     crate::journal::write_atomically(&task_file, prompt.as_bytes(), 0o600)
         .map_err(|err| format!("cannot write the agent's task file: {err}"))?;
@@ -662,6 +694,7 @@ fn run_in(
         pass: agent.env.clone(),
         tmp: Some(tmp.to_owned()),
         tail_bytes: Some(AGENT_TAIL_BYTES.max(workspace.policy.output_tail_bytes)),
+        agent: true,
     };
     let ran = commands::run_with(
         workspace,

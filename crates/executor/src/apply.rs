@@ -468,6 +468,66 @@ pub(crate) fn scrub(text: &mut String, workspace: &Workspace) {
         }
         *text = replace_whole_path(text, &path, name);
     }
+    redact(text, &secrets(workspace));
+}
+
+/// Variables whose values are never taken for secrets: the default allowlist's, which name
+/// the machine rather than a credential (and would redact every path under `HOME`).
+const NOT_SECRET: [&str; 10] = [
+    "PATH", "HOME", "LANG", "LC_ALL", "TERM", "TMPDIR", "USER", "LOGNAME", "SHELL", "PWD",
+];
+
+/// Shortest value taken for a secret (shorter ones would redact ordinary words).
+const MIN_SECRET_BYTES: usize = 8;
+
+/// The values (≥ [`MIN_SECRET_BYTES`]) of the variables a command or the agent is given from
+/// the executor's environment: the target's `env_allowlist` and the agent's `env`, with the
+/// variable's name, longest value first.
+pub(crate) fn secrets(workspace: &Workspace) -> Vec<(String, String)> {
+    let agent_env = workspace
+        .policy
+        .agent
+        .iter()
+        .flat_map(|agent| agent.env.iter());
+    let mut found: Vec<(String, String)> = workspace
+        .policy
+        .env_allowlist
+        .iter()
+        .chain(agent_env)
+        .filter(|name| !NOT_SECRET.contains(&name.as_str()))
+        .filter_map(|name| {
+            let value = std::env::var_os(name)?.to_string_lossy().into_owned();
+            (value.len() >= MIN_SECRET_BYTES).then(|| (name.clone(), value))
+        })
+        .collect();
+    found.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then_with(|| a.0.cmp(&b.0)));
+    found.dedup_by(|a, b| a.1 == b.1);
+    found
+}
+
+/// Replaces every secret value in `text` with `[redacted:NAME]`, and a piece of one (≥ 4 bytes)
+/// where a cut to a tail or head left it at the text's start or end.
+pub(crate) fn redact(text: &mut String, secrets: &[(String, String)]) {
+    for (name, value) in secrets {
+        let mark = format!("[redacted:{name}]");
+        if text.contains(value.as_str()) {
+            *text = text.replace(value.as_str(), &mark);
+        }
+        // A tail starting inside the value, or a head ending inside it.
+        if let Some(len) = (4..value.len()).rev().find(|len| {
+            value.is_char_boundary(value.len() - len)
+                && text.starts_with(&value[value.len() - len..])
+        }) {
+            text.replace_range(..len, &mark);
+        }
+        if let Some(len) = (4..value.len())
+            .rev()
+            .find(|len| value.is_char_boundary(*len) && text.ends_with(&value[..*len]))
+        {
+            let at = text.len() - len;
+            text.replace_range(at.., &mark);
+        }
+    }
 }
 
 /// `text` with every occurrence of `path` that is a whole path (not the start of a longer
@@ -502,6 +562,54 @@ pub(crate) fn scrub_report(report: &mut ApplyReport, workspace: &Workspace) {
     if let Some(agent) = &mut report.agent {
         scrub(&mut agent.final_message, workspace);
         scrub(&mut agent.transcript_tail, workspace);
+    }
+    // The secrets only (paths in these are the user's own text): command lines, diffs,
+    // file lists, diagnostics.
+    let secrets = secrets(workspace);
+    if secrets.is_empty() {
+        return;
+    }
+    for command in &mut report.commands {
+        redact(&mut command.command, &secrets);
+    }
+    for diagnostic in &mut report.diagnostics {
+        redact(&mut diagnostic.path, &secrets);
+        redact(&mut diagnostic.message, &secrets);
+    }
+    redact(&mut report.diff, &secrets);
+    if let Some(agent) = &mut report.agent {
+        redact(&mut agent.diff, &secrets);
+        for file in &mut agent.files {
+            redact(file, &secrets);
+        }
+        bound_agent(agent);
+    }
+}
+
+/// Keeps the agent's part of a report within [`MAX_AGENT_REPORT_BYTES`] once redaction marks
+/// (longer than what they replace) are in: the diff is cut first, then the paths.
+fn bound_agent(agent: &mut ghost_core::AgentRun) {
+    let size = |agent: &ghost_core::AgentRun| {
+        agent.diff.len()
+            + agent.files.iter().map(String::len).sum::<usize>()
+            + agent.transcript_tail.len()
+            + agent.final_message.len()
+    };
+    let over = size(agent).saturating_sub(MAX_AGENT_REPORT_BYTES);
+    if over == 0 {
+        return;
+    }
+    let mut keep = agent.diff.len().saturating_sub(over + 64);
+    while !agent.diff.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    agent.diff.truncate(keep);
+    agent
+        .diff
+        .push_str("\n# diff cut: the report's size limit\n");
+    agent.diff_truncated = true;
+    while size(agent) > MAX_AGENT_REPORT_BYTES && agent.files.len() > 1 {
+        agent.files.pop();
     }
 }
 
@@ -982,6 +1090,13 @@ pub const MAX_AGENT_DIFF_BYTES: usize = 256 * 1024;
 pub const MAX_AGENT_FILES: usize = 10_000;
 /// Most bytes of the agent's transcript tail in the report.
 pub const MAX_TRANSCRIPT_BYTES: usize = 8 * 1024;
+/// Most bytes of the agent's changed-paths list (then counted, not listed).
+pub const MAX_AGENT_FILES_BYTES: usize = 512 * 1024;
+/// Most bytes of the notes on files too big to diff, after the diff.
+pub const MAX_AGENT_NOTES_BYTES: usize = 64 * 1024;
+/// What the agent's part of a report holds at most, in bytes: its diff, the notes after it,
+/// its paths, transcript tail and final message (redaction marks included).
+pub const MAX_AGENT_REPORT_BYTES: usize = 1024 * 1024;
 
 /// The unified diff of what the agent changed (`changed`: paths differing from the
 /// snapshot), bounded, and every changed path.
@@ -1047,10 +1162,20 @@ fn agent_diff(
         })
         .collect();
     let mut diff = crate::diff::render(&changes, MAX_AGENT_DIFF_BYTES);
-    if paths.len() > MAX_AGENT_FILES {
-        // The report must stay within a gRPC message: the rest is counted, not listed.
-        let more = paths.len() - MAX_AGENT_FILES;
-        paths.truncate(MAX_AGENT_FILES);
+    // The report must stay within a gRPC message (and the agent's part within
+    // MAX_AGENT_REPORT_BYTES): the rest is counted, not listed.
+    let mut listed_bytes = 0usize;
+    let listed = paths
+        .iter()
+        .take(MAX_AGENT_FILES)
+        .take_while(|rel| {
+            listed_bytes += rel.len();
+            listed_bytes <= MAX_AGENT_FILES_BYTES
+        })
+        .count();
+    if listed < paths.len() {
+        let more = paths.len() - listed;
+        paths.truncate(listed);
         paths.push(format!("… and {more} more paths not listed"));
     }
     if budget == 0 && !diff.truncated {
@@ -1058,10 +1183,18 @@ fn agent_diff(
         diff.text
             .push_str("# diff cut: the files changed hold too many bytes to diff them all\n");
     }
-    for rel in unreadable {
-        diff.text.push_str(&format!(
-            "# {rel}: changed; over max_file_bytes, so not diffed\n"
-        ));
+    let mut noted = 0usize;
+    for (index, rel) in unreadable.iter().enumerate() {
+        let note = format!("# {rel}: changed; over max_file_bytes, so not diffed\n");
+        noted += note.len();
+        if noted > MAX_AGENT_NOTES_BYTES {
+            diff.text.push_str(&format!(
+                "# … and {} more files over max_file_bytes, not diffed\n",
+                unreadable.len() - index
+            ));
+            break;
+        }
+        diff.text.push_str(&note);
     }
     (diff, paths)
 }
@@ -1211,6 +1344,12 @@ fn hand_off(
         )),
     };
     attempt.report.agent = Some(run);
+    // The checks get a deadline of their own (the patch's timeout, or the default), not
+    // whatever the agent left of its own.
+    attempt.deadline = Instant::now()
+        + patch
+            .timeout_s
+            .map_or(ctx.default_timeout, |s| Duration::from_secs(u64::from(s)));
     if failure.is_none() && !steps.is_empty() {
         failure = attempt.stage("validate", |a| a.run_steps(steps));
     }
@@ -1277,6 +1416,21 @@ mod tests {
 
     use super::*;
     use crate::config::TargetPolicy;
+
+    #[test]
+    fn a_secret_is_redacted_whole_and_where_a_cut_left_a_piece_of_it() {
+        let secrets = vec![("API_KEY".to_owned(), "sk-0123456789abcdef".to_owned())];
+        let mut text =
+            "6789abcdef starts; sk-0123456789abcdef in the middle; ends sk-0123".to_owned();
+        redact(&mut text, &secrets);
+        assert_eq!(
+            text,
+            "[redacted:API_KEY] starts; [redacted:API_KEY] in the middle; ends [redacted:API_KEY]"
+        );
+        let mut plain = "nothing secret here".to_owned();
+        redact(&mut plain, &secrets);
+        assert_eq!(plain, "nothing secret here");
+    }
 
     #[test]
     fn reported_text_names_workspace_paths_relatively_and_no_server_path() {

@@ -196,6 +196,8 @@ pub struct Extra {
     pub tmp: Option<PathBuf>,
     /// Output bytes kept from the end instead of the target's `output_tail_bytes`.
     pub tail_bytes: Option<usize>,
+    /// An agent CLI: under `sandbox = "auto"` it is refused where there is no Landlock.
+    pub agent: bool,
 }
 
 /// The prefixes of the temp dirs commands and agents get.
@@ -433,7 +435,7 @@ pub struct Ran {
     pub report: CommandReport,
     /// Why it was stopped early, if it was.
     pub stopped: Option<Stopped>,
-    /// `"landlock"` or `"none"`.
+    /// `"landlock"`, `"landlock-partial"` or `"none"`.
     pub sandbox: &'static str,
 }
 
@@ -475,13 +477,13 @@ pub fn run_with(
             }
         },
     };
-    let plan = match sandbox::plan(&workspace.policy, &workspace.root, &tmp) {
+    let plan = match sandbox::plan(&workspace.policy, &workspace.root, &tmp, extra.agent) {
         Ok(plan) => plan,
         Err(why) => return refused(report, why),
     };
     let sandbox_name = plan.name();
     let ruleset = match plan {
-        sandbox::Plan::Landlock(ruleset) => Some(ruleset),
+        sandbox::Plan::Landlock(ruleset, _) => Some(ruleset),
         sandbox::Plan::None => None,
     };
     // Orphans must come to us, not to init, for the tree kill to find them; App::build sets

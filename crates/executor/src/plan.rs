@@ -366,5 +366,38 @@ pub fn build(
             limits.max_patch_bytes
         )));
     }
+    if workspace.policy.agent.is_some()
+        && let Some(path) = overlay
+            .plan
+            .files
+            .keys()
+            .chain(&overlay.plan.dirs)
+            .find(|rel| is_agent_config(rel))
+    {
+        return Err(PlanError::Refused(format!(
+            "{path} is an agent's configuration (it could redirect the target's agent): a \
+             patch may not change it on a target with an agent"
+        )));
+    }
     Ok(overlay.plan)
+}
+
+/// True for a path an agent CLI reads its settings, permissions or environment from:
+/// anything under `.claude/`, `.gemini/`, `.codex/`, `.opencode/` or `.cursor/`, and
+/// `opencode.json(c)`, `.aider*`, `.env` and `.env.*`, at any depth.
+pub fn is_agent_config(rel: &str) -> bool {
+    rel.split('/').any(|name| {
+        matches!(
+            name,
+            ".claude"
+                | ".gemini"
+                | ".codex"
+                | ".opencode"
+                | ".cursor"
+                | "opencode.json"
+                | "opencode.jsonc"
+                | ".env"
+        ) || name.starts_with(".aider")
+            || name.starts_with(".env.")
+    })
 }

@@ -551,6 +551,8 @@ pub struct Snapshot {
     manifest: Manifest,
     /// The root's `.git` when the snapshot was taken.
     git: git::Identity,
+    /// Copies of what git obeys under `.git` (`None`: no `.git` directory).
+    guard: Option<git::Guard>,
     /// Figures of the scan.
     pub taken: Taken,
 }
@@ -560,6 +562,7 @@ pub struct Snapshot {
 pub fn take(scope: &Scope, label: &str) -> io::Result<Snapshot> {
     std::fs::create_dir_all(scope.dir.join("blobs"))?;
     let git = git::Identity::of(&scope.root);
+    let guard = git::Guard::take(&scope.root).map_err(io::Error::other)?;
     let manifest_path = scope.dir.join(MANIFEST);
     let previous = match std::fs::read(&manifest_path) {
         Ok(bytes) => Manifest::decode(&bytes).ok(),
@@ -660,6 +663,7 @@ pub fn take(scope: &Scope, label: &str) -> io::Result<Snapshot> {
     Ok(Snapshot {
         manifest,
         git,
+        guard,
         taken,
     })
 }
@@ -859,22 +863,51 @@ impl Snapshot {
         }
     }
 
-    /// How the root's `.git` differs from when the snapshot was taken, if it does.
-    pub fn git_changed(&self, scope: &Scope) -> Option<&'static str> {
-        git::Identity::of(&scope.root).changed_from(&self.git)
+    /// How the root's `.git` differs from when the snapshot was taken, if it does: itself
+    /// (removed, replaced, its config), or the first of its guarded paths (hooks, info/).
+    pub fn git_changed(&self, scope: &Scope) -> Option<String> {
+        if let Some(what) = git::Identity::of(&scope.root).changed_from(&self.git)
+            && what != git::CONFIG_CHANGED
+        {
+            return Some(what.to_owned());
+        }
+        let guard = self.guard.as_ref()?;
+        guard
+            .changed(&scope.root)
+            .map(|path| format!("{path} was changed"))
     }
 
     /// Why git's listing of ignored paths cannot be trusted now: `.git` is not the one the
     /// snapshot saw (a `gitdir:` file or a symlink could point git at another work tree).
     fn distrust(&self, scope: &Scope) -> Option<&'static str> {
-        self.git_changed(scope)
+        git::Identity::of(&scope.root)
+            .changed_from(&self.git)
             .filter(|what| *what != git::CONFIG_CHANGED)
     }
 
-    /// Puts the workspace back as the snapshot recorded it.
+    /// Puts the guarded paths under `.git` back (when `.git` is still the directory the
+    /// snapshot saw), before anything runs git again; what cannot be put back is an error,
+    /// which keeps the target blocked like any rollback that could not finish.
+    fn restore_git(&self, scope: &Scope, done: &mut Restored) {
+        let Some(guard) = &self.guard else {
+            return;
+        };
+        if self.distrust(scope).is_some() || guard.changed(&scope.root).is_none() {
+            return;
+        }
+        match guard.restore(&scope.root) {
+            Ok(count) => done.restored += count,
+            Err(err) => done.errors.push(format!("cannot restore .git: {err}")),
+        }
+    }
+
+    /// Puts the workspace back as the snapshot recorded it, `.git`'s guarded paths first.
     pub fn restore(&self, scope: &Scope) -> Restored {
+        let mut done = Restored::default();
+        self.restore_git(scope, &mut done);
         let distrust = self.distrust(scope);
-        restore(scope, &self.manifest, distrust)
+        done.merge(restore(scope, &self.manifest, distrust));
+        done
     }
 
     /// After the edits journal rolled back a patch that edited a `.gitignore`: removes what

@@ -240,6 +240,8 @@ pub fn file_text(keys: &[ApiKeyConfig]) -> Result<String, CliError> {
             checks: Vec::new(),
             rollback_ignore: Vec::new(),
             revert_keep: None,
+            sandbox: None,
+            writable: Vec::new(),
         }],
         keys,
     };

@@ -188,6 +188,8 @@ fn targets(file_targets: Vec<TargetSpec>, flags: &[String]) -> Result<Vec<Target
                 checks: Vec::new(),
                 rollback_ignore: Vec::new(),
                 revert_keep: None,
+                sandbox: None,
+                writable: Vec::new(),
             }),
         }
     }
@@ -202,6 +204,8 @@ fn targets(file_targets: Vec<TargetSpec>, flags: &[String]) -> Result<Vec<Target
             checks: Vec::new(),
             rollback_ignore: Vec::new(),
             revert_keep: None,
+            sandbox: None,
+            writable: Vec::new(),
         });
     }
     let defaults: Vec<&str> = targets
@@ -272,6 +276,8 @@ fn policy_of(target: &TargetSpec) -> Result<TargetPolicy, CliError> {
         revert_keep: target
             .revert_keep
             .unwrap_or(TargetPolicy::default().revert_keep),
+        sandbox: target.sandbox.unwrap_or_default(),
+        writable: target.writable.clone(),
         ..TargetPolicy::default()
     };
     policy
@@ -795,6 +801,50 @@ mod tests {
                 err.contains("set targets with [[targets]]"),
                 "{text}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn sandbox_and_writable_of_a_target_reach_the_executors_policy_and_bad_ones_are_refused() {
+        let config = load_text(
+            r#"
+            [[targets]]
+            name = "MAIN"
+            root = "./main"
+            sandbox = "required"
+            writable = ["/var/cache/npm"]
+
+            [[targets]]
+            name = "DOCS"
+            root = "./docs"
+            "#,
+            UpFlags::default(),
+        )
+        .unwrap();
+        let targets = &config.system.executor.as_ref().unwrap().targets;
+        assert_eq!(targets["MAIN"].sandbox, executor::SandboxMode::Required);
+        assert_eq!(targets["MAIN"].writable, [PathBuf::from("/var/cache/npm")]);
+        assert_eq!(targets["DOCS"].sandbox, executor::SandboxMode::Auto);
+        assert!(targets["DOCS"].writable.is_empty());
+        let rendered = config.render().unwrap();
+        assert!(rendered.contains("sandbox = \"required\""), "{rendered}");
+        for (text, wanted) in [
+            (
+                "sandbox = \"maybe\"\n",
+                "unknown variant `maybe`, expected one of `auto`, `required`, `off`",
+            ),
+            (
+                "writable = [\"cache\"]\n",
+                "writable path cache is not absolute",
+            ),
+        ] {
+            let err = load_text(
+                &format!("[[targets]]\nname = \"MAIN\"\nroot = \"./main\"\n{text}"),
+                UpFlags::default(),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(wanted), "{text}: {err}");
         }
     }
 

@@ -43,8 +43,10 @@ pub struct ApplyReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentRun>,
     /// How the commands and the agent were confined on the file system: `"landlock"` (write
-    /// access only to the workspace and a private temp dir), `"none"` (the kernel has no
-    /// Landlock, or the target turned it off), empty when nothing ran.
+    /// access only to the workspace and a private temp dir, signals and abstract sockets
+    /// scoped), `"landlock-partial"` (a Landlock ABI below 6: not all of that confined),
+    /// `"none"` (the kernel has no Landlock, or the target turned it off), empty when nothing
+    /// ran.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sandbox: String,
 }

@@ -278,3 +278,181 @@ fn overhead_of_a_no_op_agent_is_measured() {
         }
     }
 }
+
+/// Issue 23 review: the values of the agent's `env` and of allowlisted variables never
+/// appear in a report, whatever the agent prints or writes. The values are variables the test
+/// process already has (its code may not set any): nextest's run id stands for the agent's
+/// API key, cargo's manifest dir for an allowlisted token.
+#[test]
+fn secret_values_the_agent_prints_or_writes_are_redacted_from_every_reported_text() {
+    let key = std::env::var("NEXTEST_RUN_ID").expect("run under cargo nextest");
+    let token = std::env::var("CARGO_MANIFEST_DIR").expect("run under cargo");
+    assert!(key.len() >= 8 && token.len() >= 8);
+    let mut allowlist = TargetPolicy::default().env_allowlist;
+    allowlist.push("CARGO_MANIFEST_DIR".to_owned());
+    let ws = workspace_with(TargetPolicy {
+        commands: CommandPolicy::Allowlist(vec!["sh".to_owned()]),
+        env_allowlist: allowlist,
+        agent: Some(AgentConfig {
+            cli: Some("command".to_owned()),
+            command: Some(
+                "sh -c 'echo \"key $NEXTEST_RUN_ID token $CARGO_MANIFEST_DIR\"; \
+                 echo \"$NEXTEST_RUN_ID\" > \"k-$NEXTEST_RUN_ID.txt\"; \
+                 echo \"done with $NEXTEST_RUN_ID\"'"
+                    .to_owned(),
+            ),
+            env: vec!["NEXTEST_RUN_ID".to_owned()],
+            timeout: Duration::from_secs(30),
+            ..AgentConfig::default()
+        }),
+        ..TargetPolicy::default()
+    });
+    let report = ws.apply(&patch(
+        "secret",
+        r#""agent":{"task":"print the key"},"validate":["sh -c 'echo check $CARGO_MANIFEST_DIR; exit 1'"],"timeout_s":20"#,
+    ));
+    let text = serde_json::to_string(&report).unwrap();
+    assert!(!text.contains(&key), "the agent's key is reported: {text}");
+    assert!(
+        !text.contains(&token),
+        "an allowlisted value is reported: {text}"
+    );
+    assert!(text.contains("[redacted:NEXTEST_RUN_ID]"), "{text}");
+    assert!(text.contains("[redacted:CARGO_MANIFEST_DIR]"), "{text}");
+    let agent = report.agent.expect("the agent's run");
+    assert!(
+        agent
+            .files
+            .iter()
+            .any(|f| f.contains("[redacted:NEXTEST_RUN_ID]")),
+        "{:?}",
+        agent.files
+    );
+    assert!(
+        agent.final_message.contains("[redacted:"),
+        "{}",
+        agent.final_message
+    );
+}
+
+/// Issue 23 review: on a target with an agent, a patch may not rewrite the files an agent
+/// CLI takes its settings from; the refusal names the path and nothing is written.
+#[test]
+fn a_patch_editing_an_agent_config_file_is_refused_on_a_target_with_an_agent() {
+    let ws = agent_workspace();
+    for path in [
+        ".claude/settings.json",
+        ".gemini/settings.json",
+        "opencode.json",
+        ".aider.conf.yml",
+        ".env",
+        "sub/.env.local",
+    ] {
+        let body =
+            format!(r#""edits":[{{"op":"write","path":"{path}","contents":"x"}}],"timeout_s":5"#);
+        let report = ws.apply(&patch("cfg", &body));
+        assert_eq!(report.status, Status::Rejected, "{path}: {}", report.error);
+        assert!(report.error.contains(path), "{}", report.error);
+        assert!(!ws.root().join(path).exists(), "{path} was written");
+    }
+    // Other files still go through.
+    let report = ws.apply(&patch(
+        "ok",
+        r#""edits":[{"op":"write","path":"src/main.txt","contents":"x"}],"timeout_s":5"#,
+    ));
+    assert_eq!(report.status, Status::Succeeded, "{}", report.error);
+}
+
+/// Issue 23 review: however many paths (with long names) an agent makes, its part of the
+/// report stays within 1 MiB: the paths are listed up to a byte budget, then counted.
+#[test]
+fn the_agent_report_stays_within_one_mib_however_long_the_paths_it_made() {
+    let ws = workspace_with(TargetPolicy {
+        commands: CommandPolicy::Allowlist(vec!["sh".to_owned()]),
+        agent: Some(AgentConfig {
+            cli: Some("command".to_owned()),
+            // 6,000 empty files with 240-byte names: 1.4 MB of paths.
+            command: Some(
+                "sh -c 'i=0; while [ $i -lt 6000 ]; do : > \"$(printf %0240d $i)\"; i=$((i+1)); done'"
+                    .to_owned(),
+            ),
+            timeout: Duration::from_secs(120),
+            ..AgentConfig::default()
+        }),
+        ..TargetPolicy::default()
+    });
+    let report = ws.apply(&patch(
+        "many",
+        r#""agent":{"task":"make files"},"timeout_s":120"#,
+    ));
+    assert_eq!(report.status, Status::Succeeded, "{}", report.error);
+    let agent = report.agent.expect("the agent's run");
+    let listed: usize = agent.files.iter().map(String::len).sum();
+    let total = listed + agent.diff.len() + agent.transcript_tail.len() + agent.final_message.len();
+    eprintln!(
+        "agent report: {} paths listed ({listed} bytes), diff {} bytes, total {total} bytes",
+        agent.files.len(),
+        agent.diff.len()
+    );
+    assert!(
+        total <= 1024 * 1024,
+        "the agent's report holds {total} bytes"
+    );
+    let last = agent.files.last().unwrap();
+    assert!(last.contains("more paths not listed"), "{last}");
+}
+
+/// Issue 23 review: the inbox hand-off's agent command gets what an agent CLI gets: the task
+/// on stdin and in `GHOST_TASK_FILE` (also its last argument), and the agent's `env`.
+#[test]
+fn the_inbox_agent_command_gets_the_task_file_variable_stdin_and_its_env() {
+    let inbox = tempfile::tempdir().unwrap().keep();
+    let ws = workspace_with(TargetPolicy {
+        commands: CommandPolicy::Allowlist(vec!["test".to_owned()]),
+        agent: Some(AgentConfig {
+            inbox: Some(inbox),
+            command: Some(
+                "sh -c 'test \"$GHOST_TASK_FILE\" = \"$0\" && test -n \"$NEXTEST_RUN_ID\" \
+                 && grep -q \"polish the inbox\" && echo ok > handed.txt'"
+                    .to_owned(),
+            ),
+            env: vec!["NEXTEST_RUN_ID".to_owned()],
+            timeout: Duration::from_secs(30),
+            ..AgentConfig::default()
+        }),
+        ..TargetPolicy::default()
+    });
+    let report = ws.apply(&patch(
+        "inbox-cmd",
+        r#""agent":{"task":"polish the inbox"},"validate":["test -f handed.txt"],"timeout_s":20"#,
+    ));
+    assert_eq!(
+        report.status,
+        Status::Succeeded,
+        "{}: {:?}",
+        report.error,
+        report.commands
+    );
+    assert_eq!(ws.read("handed.txt"), "ok\n");
+}
+
+/// Issue 23 review: the checks after an agent get a deadline of their own, not what the agent
+/// left of its timeout: an agent using most of its 4 s, then a 2 s check, succeeds.
+#[test]
+fn checks_after_an_agent_get_their_own_deadline_not_the_agents_leftover() {
+    let ws = workspace_with(TargetPolicy {
+        commands: CommandPolicy::Allowlist(vec!["sleep".to_owned()]),
+        agent: Some(AgentConfig {
+            cli: Some("command".to_owned()),
+            command: Some("sleep 3".to_owned()),
+            timeout: Duration::from_secs(4),
+            ..AgentConfig::default()
+        }),
+        ..TargetPolicy::default()
+    });
+    let report = ws.apply(&patch(
+        "own-deadline",
+        r#""agent":{"task":"take your time"},"validate":["sleep 2"]"#,
+    ));
+    assert_eq!(report.status, Status::Succeeded, "{}", report.error);
+}

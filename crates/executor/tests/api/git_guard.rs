@@ -96,3 +96,68 @@ fn a_command_removing_dot_git_is_rolled_back_without_blocking_the_target() {
     ));
     assert_eq!(next.status, Status::Succeeded, "{}", next.error);
 }
+
+#[test]
+fn a_poisoned_git_config_hook_or_info_file_is_restored_so_the_next_commit_runs_nothing() {
+    let ws = workspace_with(shell_policy());
+    ws.write("a.txt", "a\n");
+    git(ws.root(), &["init", "-q"]);
+    git(ws.root(), &["add", "a.txt"]);
+    git(ws.root(), &["commit", "-qm", "init"]);
+    let config_before = ws.read(".git/config");
+    let marker = ws.root().parent().unwrap().join("pwned");
+    let script = ws.root().parent().unwrap().join("plant.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "printf '[filter \"x\"]\\n\\tclean = touch {} && cat\\n' >> .git/config\n\
+             echo '* filter=x' > .git/info/attributes\n\
+             printf '#!/bin/sh\\ntouch {}\\n' > .git/hooks/pre-commit\n\
+             chmod +x .git/hooks/pre-commit\n",
+            marker.display(),
+            marker.display()
+        ),
+    )
+    .unwrap();
+    let body = format!(
+        r#""edits":[{{"op":"write","path":"a.txt","contents":"b\n"}}],"commands":["sh {}"]"#,
+        script.display()
+    );
+    let report = ws.apply(&patch("poison", &body));
+    assert_eq!(report.status, Status::RolledBack, "{}", report.error);
+    assert!(report.error.contains(".git/config"), "{}", report.error);
+    // What the commands planted in .git is gone with the rollback.
+    assert_eq!(ws.read(".git/config"), config_before);
+    assert!(!ws.root().join(".git/info/attributes").exists());
+    assert!(!ws.root().join(".git/hooks/pre-commit").exists());
+    // The next patch's commit (git add outside the sandbox) runs no planted filter.
+    let next = ws.apply(&patch(
+        "next",
+        r#""edits":[{"op":"write","path":"a.txt","contents":"c\n"}],"commands":["sh -c true"],"commit":{"message":"m"}"#,
+    ));
+    assert_eq!(next.status, Status::Succeeded, "{}", next.error);
+    assert!(!next.commit_sha.is_empty());
+    assert!(
+        !marker.exists(),
+        "a planted filter or hook ran at the commit"
+    );
+}
+
+#[test]
+fn a_command_adding_a_git_hook_fails_the_patch_naming_it() {
+    let ws = workspace_with(shell_policy());
+    ws.write("a.txt", "a\n");
+    git(ws.root(), &["init", "-q"]);
+    let report = ws.apply(&patch(
+        "hook",
+        r#""edits":[{"op":"write","path":"a.txt","contents":"b\n"}],"commands":["sh -c 'echo x > .git/hooks/post-commit'"]"#,
+    ));
+    assert_eq!(report.status, Status::RolledBack, "{}", report.error);
+    assert!(
+        report.error.contains(".git/hooks/post-commit"),
+        "{}",
+        report.error
+    );
+    assert!(!ws.root().join(".git/hooks/post-commit").exists());
+    assert_eq!(ws.read("a.txt"), "a\n");
+}

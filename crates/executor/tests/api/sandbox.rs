@@ -102,3 +102,51 @@ fn with_the_sandbox_off_a_command_may_write_outside() {
     assert_eq!(report.sandbox, "none");
     assert!(outside.path().join("out.txt").exists());
 }
+
+/// Issue 23 review: under Landlock (ABI 6 or later) a command cannot signal a process outside
+/// its sandbox: `kill -0` on the executor's own process fails; with the sandbox off it works.
+#[test]
+fn a_sandboxed_command_cannot_signal_a_process_outside_its_sandbox() {
+    if !landlock_kernel() {
+        return;
+    }
+    if executor::commands::sandbox::abi() < 6 {
+        eprintln!("\n*** SKIPPED: this kernel's Landlock has no signal scope (ABI < 6) ***\n");
+        return;
+    }
+    let line = format!("kill -0 {}", std::process::id());
+    let body = format!(r#""commands":[{}]"#, serde_json::to_string(&line).unwrap());
+    let mut outcomes = Vec::new();
+    for sandbox in [SandboxMode::Auto, SandboxMode::Off] {
+        let ws = workspace_with(TargetPolicy {
+            commands: CommandPolicy::Any,
+            shell: true,
+            sandbox,
+            ..TargetPolicy::default()
+        });
+        let report = ws.apply(&patch("signal", &body));
+        outcomes.push((
+            report.sandbox.clone(),
+            report.status,
+            report.commands[0].output_tail.clone(),
+        ));
+    }
+    let (name, status, output) = &outcomes[0];
+    assert_eq!(name, "landlock");
+    assert_eq!(
+        *status,
+        Status::RolledBack,
+        "kill -0 reached the executor: {output}"
+    );
+    assert!(
+        output.contains("ermitted") || output.contains("denied"),
+        "{output}"
+    );
+    let (name, status, output) = &outcomes[1];
+    assert_eq!(name, "none");
+    assert_eq!(
+        *status,
+        Status::Succeeded,
+        "unconfined, kill -0 works: {output}"
+    );
+}

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use executor::config::{AgentConfig, CommandPolicy};
+use executor::config::{AgentConfig, CommandPolicy, SandboxMode};
 use gateway::config::ApiKeyConfig;
 use serde::{Deserialize, Serialize};
 
@@ -97,6 +97,14 @@ pub struct TargetSpec {
     /// most 1000; 0 keeps none, so only a patch that made a git commit can be reverted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revert_keep: Option<u32>,
+    /// Landlock confinement of commands, checks and agents: `"auto"` (the default),
+    /// `"required"` or `"off"` (the executor's `sandbox`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxMode>,
+    /// Absolute paths commands and agents may write besides the workspace and their temp
+    /// dir, e.g. a package manager's cache (the executor's `writable`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub writable: Vec<PathBuf>,
 }
 
 /// One owner check (`[[targets.checks]]`): the executor's `targets.<T>.checks` entry.
