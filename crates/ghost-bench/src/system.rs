@@ -363,6 +363,9 @@ impl System {
             "slack": {"api_base_url": slack.base_url(), "bot_token": "xoxb-ghost-bench",
                       "channel": CHANNEL, "pacing": "0s"},
             "health": {"watch_executors": false},
+            // Every patch its own message, successes too (by default they are folded into a
+            // digest): the benchmark measures, and checks, one Slack post per patch.
+            "routing": {"routes": [{"thread": "own"}]},
         });
         services.push(spawn(spec("alerter", "alerter", alerter_config, alerter)).await?);
         let summarizer_config = json!({
