@@ -159,27 +159,8 @@ async fn every_example_of_the_guide_ends_as_its_text_says() {
         let id = id.as_str();
         let finished = system.wait_finished(id).await;
         assert_eq!(finished["status"], expect, "example {id}: {finished}");
+        ends_as_said(&format!("example {id}"), example, &finished);
         let error = finished["error"].as_str().unwrap_or("");
-        if let Some(said) = example.attribute("error") {
-            assert!(
-                error.contains(said),
-                "example {id}: the error {error:?} is not the one the guide quotes ({said:?})"
-            );
-        }
-        if let Some(located) = example.attribute("diagnostic") {
-            let (path, line) = located.rsplit_once(':').expect("path:line");
-            let line: u64 = line.parse().expect("a line number");
-            let diagnostics = finished["report"]["diagnostics"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            assert!(
-                diagnostics
-                    .iter()
-                    .any(|d| d["path"] == path && d["line"] == line && d["severity"] == "error"),
-                "example {id}: no error diagnostic at {located}: {finished}"
-            );
-        }
         let after = tree(&workspace);
         if expect == "succeeded" {
             assert!(error.is_empty(), "example {id}: {finished}");
@@ -241,4 +222,30 @@ pub(crate) async fn dry_run(
         "dry run {id}: no line {line:?} in {answer}"
     );
     assert_eq!(system.get(id).await.0, 404, "a dry run stores nothing");
+}
+
+/// The error text and the located diagnostic an example's fence quotes (`error=…`,
+/// `diagnostic=path:line`) are what the ended patch reports; `what` names the example.
+pub(crate) fn ends_as_said(what: &str, example: &Example, finished: &Value) {
+    let error = finished["error"].as_str().unwrap_or("");
+    if let Some(said) = example.attribute("error") {
+        assert!(
+            error.contains(said),
+            "{what}: the error {error:?} is not the one the text quotes ({said:?})"
+        );
+    }
+    if let Some(located) = example.attribute("diagnostic") {
+        let (path, line) = located.rsplit_once(':').expect("path:line");
+        let line: u64 = line.parse().expect("a line number");
+        let diagnostics = finished["report"]["diagnostics"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            diagnostics
+                .iter()
+                .any(|d| d["path"] == path && d["line"] == line && d["severity"] == "error"),
+            "{what}: no error diagnostic at {located}: {finished}"
+        );
+    }
 }

@@ -17,7 +17,7 @@ use executor::{CommandPolicy, TargetPolicy};
 use gateway::guide::{self, Example};
 use serde_json::Value;
 
-use crate::guide::{dry_run, reset, tree};
+use crate::guide::{dry_run, ends_as_said, reset, tree};
 use crate::helpers::{API_KEY, TestSystem, spawn_system_with};
 
 /// Every `*.md` under `dir`, sorted, depth first.
@@ -148,27 +148,8 @@ async fn run(system: &TestSystem, page: &str, example: &Example, fixtures: &[&Ex
         finished["status"], expect,
         "{page}: example {id}: {finished}"
     );
+    ends_as_said(&format!("{page}: example {id}"), example, &finished);
     let error = finished["error"].as_str().unwrap_or("");
-    if let Some(said) = example.attribute("error") {
-        assert!(
-            error.contains(said),
-            "{page}: example {id}: the error {error:?} is not the one the page quotes ({said:?})"
-        );
-    }
-    if let Some(located) = example.attribute("diagnostic") {
-        let (path, line) = located.rsplit_once(':').expect("path:line");
-        let line: u64 = line.parse().expect("a line number");
-        let diagnostics = finished["report"]["diagnostics"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        assert!(
-            diagnostics
-                .iter()
-                .any(|d| d["path"] == path && d["line"] == line && d["severity"] == "error"),
-            "{page}: example {id}: no error diagnostic at {located}: {finished}"
-        );
-    }
     let after = tree(&system.workspace);
     if expect == "succeeded" {
         assert!(error.is_empty(), "{page}: example {id}: {finished}");
