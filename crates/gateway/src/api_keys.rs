@@ -27,12 +27,11 @@ use ghost_core::TargetName;
 use ghost_proto::router::v1::{self as wire, api_key_service_client::ApiKeyServiceClient};
 use ghost_runtime::propagation::TracedChannel;
 use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use utoipa::ToSchema;
 
 use crate::auth::{Principal, Scope};
 use crate::error::GatewayError;
+use crate::executor_tokens::rfc3339;
 use crate::http::{AppState, Problem};
 
 /// Largest answer about runtime keys the gateway decodes from the router (16 MiB), far above
@@ -135,14 +134,6 @@ fn scope_name(scope: Scope) -> &'static str {
         Scope::Read => "read",
         Scope::Admin => "admin",
     }
-}
-
-/// Unix ms as RFC 3339 (UTC).
-fn rfc3339(unix_ms: i64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
-        .ok()
-        .and_then(|at| at.format(&Rfc3339).ok())
-        .unwrap_or_default()
 }
 
 fn view(key: &wire::ApiKey) -> KeyView {

@@ -92,8 +92,8 @@ pub struct ExecutorTokenList {
     pub tokens: Vec<ExecutorTokenView>,
 }
 
-/// Unix ms as RFC 3339 (UTC).
-fn rfc3339(unix_ms: i64) -> String {
+/// Unix ms as RFC 3339 (UTC); also the runtime API keys' times.
+pub(crate) fn rfc3339(unix_ms: i64) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
         .ok()
         .and_then(|at| at.format(&Rfc3339).ok())
