@@ -142,7 +142,7 @@ async fn submit_until_accepted(client: &mut RouterServiceClient<Channel>, patch:
         match client
             .submit(SubmitRequest {
                 patch: Some(patch.clone()),
-                intake_warnings: Vec::new(),
+                ..Default::default()
             })
             .await
         {

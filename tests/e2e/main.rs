@@ -8,6 +8,7 @@ mod health;
 mod helpers;
 mod manual;
 mod metrics;
+mod notify;
 mod refusals;
 mod restart;
 mod revert;

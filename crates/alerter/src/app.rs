@@ -202,7 +202,7 @@ impl App {
         if !self.monitor.is_idle() {
             tracker.spawn(self.monitor.run(token.clone()));
         }
-        let read = AlerterRead::new(Arc::clone(&self.lifecycle));
+        let read = AlerterRead::new(Arc::clone(&self.lifecycle), self.outbox.store().clone());
         let grpc = AlerterGrpc::new(self.patches, self.lifecycle, self.outbox.store().clone());
         let service = Service {
             name: SERVICE,

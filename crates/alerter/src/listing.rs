@@ -8,16 +8,39 @@ use ghost_proto::alerter::v1::alerter_read_service_server::AlerterReadService;
 use tonic::{Request, Response, Status};
 
 use crate::lifecycle::{AlertState, Lifecycle, Phase, Severity};
+use crate::store::Store;
 
-/// The read-only gRPC face of the alert lifecycle.
+/// The read-only gRPC face of the alert lifecycle and the Slack backlog.
 pub struct AlerterRead {
     lifecycle: Arc<Lifecycle>,
+    store: Store,
 }
 
 impl AlerterRead {
-    /// An adapter over the alert lifecycle.
-    pub fn new(lifecycle: Arc<Lifecycle>) -> Self {
-        Self { lifecycle }
+    /// An adapter over the alert lifecycle and the outbox's store.
+    pub fn new(lifecycle: Arc<Lifecycle>, store: Store) -> Self {
+        Self { lifecycle, store }
+    }
+
+    /// Pending messages per channel, with the channels switched to the digest.
+    async fn backlog(&self) -> Result<Vec<wire::ChannelBacklog>, Status> {
+        let unavailable = |err: crate::store::StoreError| {
+            tracing::error!(error = %err, "the Slack backlog could not be read");
+            Status::unavailable("the alerter's store could not be read")
+        };
+        let mut pending = self.store.pending_by_channel().await.map_err(unavailable)?;
+        let switched = self.store.backlog_switched().await.map_err(unavailable)?;
+        for channel in &switched {
+            pending.entry(channel.clone()).or_insert(0);
+        }
+        Ok(pending
+            .into_iter()
+            .map(|(channel, pending)| wire::ChannelBacklog {
+                digest_only: switched.contains(&channel),
+                channel,
+                pending,
+            })
+            .collect())
     }
 }
 
@@ -86,6 +109,10 @@ impl AlerterReadService for AlerterRead {
             let silenced = self.lifecycle.is_silenced(&alert).await;
             alerts.push(info(alert, silenced));
         }
-        Ok(Response::new(wire::ListAlertsResponse { alerts }))
+        let slack_backlog = self.backlog().await?;
+        Ok(Response::new(wire::ListAlertsResponse {
+            alerts,
+            slack_backlog,
+        }))
     }
 }

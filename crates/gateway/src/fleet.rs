@@ -12,8 +12,8 @@ use crate::error::GatewayError;
 /// The alerter as the gateway needs it.
 #[tonic::async_trait]
 pub trait AlertFeed: Send + Sync {
-    /// Alerts active now, most severe first.
-    async fn alerts(&self) -> Result<Vec<AlertView>, GatewayError>;
+    /// Alerts active now, most severe first, and the Slack backlog per channel.
+    async fn alerts(&self) -> Result<AlertList, GatewayError>;
 }
 
 /// One connected executor.
@@ -68,6 +68,21 @@ pub struct AlertView {
 pub struct AlertList {
     /// Active alerts, most severe first.
     pub alerts: Vec<AlertView>,
+    /// Slack messages waiting per channel, by channel (left empty for a key limited to some
+    /// targets: channels are shared between teams).
+    pub slack_backlog: Vec<ChannelBacklogView>,
+}
+
+/// The Slack messages waiting for one channel.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ChannelBacklogView {
+    /// As the alerter's routes name it (`#web`, a channel id, a user id for direct messages).
+    #[schema(example = "#web")]
+    pub channel: String,
+    /// Messages stored and not yet delivered.
+    pub pending: u64,
+    /// True while the backlog has switched successes' own threads to the digest.
+    pub digest_only: bool,
 }
 
 /// Finished patches of one hour by outcome.

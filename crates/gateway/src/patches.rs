@@ -23,11 +23,14 @@ pub(crate) mod fake;
 #[tonic::async_trait]
 pub trait PatchQueue: Send + Sync {
     /// Stores the patch durably with what reading it forgave (`warnings`, repeated in its
-    /// summary); returns its state (`created` false for an identical replay).
+    /// summary) and the name of the credential that submitted it (`key_name`, which the
+    /// alerter may map to a Slack user); returns its state (`created` false for an identical
+    /// replay).
     async fn submit(
         &self,
         patch: &ghost_core::Patch,
         warnings: &[String],
+        key_name: &str,
     ) -> Result<PatchView, GatewayError>;
     /// One patch's state and its latest attempt's report, if one arrived.
     async fn get(&self, id: &PatchId) -> Result<(PatchView, Option<ReportView>), GatewayError>;
@@ -705,7 +708,7 @@ impl Patches {
             warnings,
             derived_id,
         } = normalised;
-        let view = self.queue.submit(&patch, &warnings).await?;
+        let view = self.queue.submit(&patch, &warnings, &caller.name).await?;
         Ok(Accepted {
             id: view.id,
             target: view.target,
@@ -1077,14 +1080,17 @@ impl Patches {
             .alerts
             .as_ref()
             .ok_or(GatewayError::NotConfigured("alerter_url"))?;
-        let mut alerts = feed.alerts().await?;
-        alerts.retain(|alert| {
+        let mut list = feed.alerts().await?;
+        list.alerts.retain(|alert| {
             alert
                 .labels
                 .get("target")
                 .is_none_or(|target| caller.may_touch(target))
         });
-        Ok(AlertList { alerts })
+        if caller.is_limited() {
+            list.slack_backlog.clear();
+        }
+        Ok(list)
     }
 
     /// Chart aggregates since `since_unix_ms` (0: the router's default window).

@@ -477,7 +477,7 @@ async fn alerts(State(state): State<UiState>, Extension(session): Extension<Sess
     let viewer = viewer(&state, &session);
     let listed = state.patches.alerts(&session.principal).await;
     let body = match &listed {
-        Ok(list) => pages::alerts(&viewer, Ok(&list.alerts)),
+        Ok(list) => pages::alerts(&viewer, Ok(list)),
         Err(err @ GatewayError::NotConfigured(_)) => pages::alerts(&viewer, Err(&err.to_string())),
         Err(err) => return Err(UiFailure(GatewayError::Unavailable(err.to_string()))),
     };

@@ -16,7 +16,8 @@ use ghost_runtime::propagation::TracedChannel;
 use crate::dry_run::DryRunReport;
 use crate::error::{GatewayError, from_upstream};
 use crate::fleet::{
-    AlertFeed, AlertView, ExecutorList, ExecutorView, HourOutcomes, StageLatency, Stats,
+    AlertFeed, AlertList, AlertView, ChannelBacklogView, ExecutorList, ExecutorView, HourOutcomes,
+    StageLatency, Stats,
 };
 use crate::patches::{
     EventView, ListFilter, PatchPage, PatchQueue, PatchView, Reverted, SummaryStore, TargetView,
@@ -64,10 +65,16 @@ fn with_deadline<T>(message: T, timeout: Duration) -> tonic::Request<T> {
 
 #[tonic::async_trait]
 impl PatchQueue for GrpcRouter {
-    async fn submit(&self, patch: &Patch, warnings: &[String]) -> Result<PatchView, GatewayError> {
+    async fn submit(
+        &self,
+        patch: &Patch,
+        warnings: &[String],
+        key_name: &str,
+    ) -> Result<PatchView, GatewayError> {
         let request = router_wire::SubmitRequest {
             patch: Some(router_wire::Patch::from(patch)),
             intake_warnings: warnings.to_vec(),
+            key_name: key_name.to_owned(),
         };
         let response = self
             .client
@@ -447,9 +454,9 @@ fn severity_name(value: i32) -> &'static str {
 
 #[tonic::async_trait]
 impl AlertFeed for GrpcAlerter {
-    async fn alerts(&self) -> Result<Vec<AlertView>, GatewayError> {
+    async fn alerts(&self) -> Result<AlertList, GatewayError> {
         let request = alerter_wire::ListAlertsRequest {};
-        let alerts = self
+        let listed = self
             .client
             .clone()
             .list_alerts(with_deadline(request, self.timeout))
@@ -458,9 +465,9 @@ impl AlertFeed for GrpcAlerter {
                 tonic::Code::Unimplemented => GatewayError::NotImplemented("ListAlerts"),
                 _ => from_upstream("", &status),
             })?
-            .into_inner()
-            .alerts;
-        Ok(alerts
+            .into_inner();
+        let alerts = listed
+            .alerts
             .into_iter()
             .map(|alert| AlertView {
                 severity: severity_name(alert.severity).to_owned(),
@@ -472,7 +479,20 @@ impl AlertFeed for GrpcAlerter {
                 since_unix_ms: alert.since_unix_ms,
                 updated_unix_ms: alert.updated_unix_ms,
             })
-            .collect())
+            .collect();
+        let slack_backlog = listed
+            .slack_backlog
+            .into_iter()
+            .map(|channel| ChannelBacklogView {
+                channel: channel.channel,
+                pending: channel.pending,
+                digest_only: channel.digest_only,
+            })
+            .collect();
+        Ok(AlertList {
+            alerts,
+            slack_backlog,
+        })
     }
 }
 

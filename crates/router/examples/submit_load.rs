@@ -98,7 +98,7 @@ async fn main() -> anyhow::Result<()> {
                 client
                     .submit(SubmitRequest {
                         patch: Some(patch(format!("load-{c}-{n}"), &format!("T{c}"))),
-                        intake_warnings: Vec::new(),
+                        ..Default::default()
                     })
                     .await?;
                 latencies.push(begin.elapsed());
@@ -167,7 +167,7 @@ async fn main() -> anyhow::Result<()> {
         submit_client
             .submit(SubmitRequest {
                 patch: Some(patch(format!("lat-{n}"), "BENCH")),
-                intake_warnings: Vec::new(),
+                ..Default::default()
             })
             .await?;
         let assign = loop {

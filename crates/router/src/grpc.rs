@@ -116,6 +116,9 @@ const MAX_INTAKE_WARNING_BYTES: usize = 256;
 
 /// Refuses intake warnings beyond the caps, so a caller of the router cannot make every
 /// read of a patch carry an unbounded list.
+/// Longest submitting credential name kept with a patch.
+const MAX_KEY_NAME_BYTES: usize = 200;
+
 fn check_intake_warnings(warnings: &[String]) -> Result<(), RouterError> {
     if warnings.len() > MAX_INTAKE_WARNINGS {
         return Err(RouterError::InvalidArgument {
@@ -137,6 +140,26 @@ fn check_intake_warnings(warnings: &[String]) -> Result<(), RouterError> {
                 warnings[index].len()
             ),
         });
+    }
+    Ok(())
+}
+
+/// The submitting credential's name: what the gateway's own key names allow, bounded.
+fn check_key_name(name: &str) -> Result<(), RouterError> {
+    let refuse = |message: String| {
+        Err(RouterError::InvalidArgument {
+            field: "key_name".to_owned(),
+            message,
+        })
+    };
+    if name.len() > MAX_KEY_NAME_BYTES {
+        return refuse(format!(
+            "at most {MAX_KEY_NAME_BYTES} bytes, got {}",
+            name.len()
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return refuse("a control character is not allowed".to_owned());
     }
     Ok(())
 }
@@ -242,12 +265,14 @@ impl RouterService for RouterGrpc {
         let wire::SubmitRequest {
             patch: wire_patch,
             intake_warnings,
+            key_name,
         } = request.into_inner();
         let wire_patch = wire_patch.ok_or(RouterError::InvalidArgument {
             field: "patch".to_owned(),
             message: "required".to_owned(),
         })?;
         check_intake_warnings(&intake_warnings)?;
+        check_key_name(&key_name)?;
         refuse_revert(&wire_patch)?;
         let patch = Patch::try_from(wire_patch).map_err(RouterError::from)?;
         tracing::Span::current().record("patch_id", patch.id.as_str());
@@ -255,7 +280,7 @@ impl RouterService for RouterGrpc {
         let traceparent = current_traceparent().unwrap_or_default();
         let (record, created) = self
             .routing
-            .submit(patch, "gateway", traceparent, intake_warnings)
+            .submit(patch, "gateway", traceparent, intake_warnings, key_name)
             .await?;
         Ok(Response::new(wire::SubmitResponse {
             state: Some(state_of(&record)),

@@ -276,6 +276,7 @@ impl Sink for Summarizer {
             finished_unix_ms: finished,
             intake_warnings: record.warnings.clone(),
             notify: record.patch.notify.clone().unwrap_or_default(),
+            key_name: record.key_name.clone(),
             priority: match record.patch.priority {
                 ghost_core::Priority::Low => "low",
                 ghost_core::Priority::Normal => "normal",

@@ -261,7 +261,9 @@ impl Routing {
             )));
         }
         // Its first event names who asked, not the gateway that carried the request.
-        let (record, created) = self.submit(patch, &actor, traceparent, Vec::new()).await?;
+        let (record, created) = self
+            .submit(patch, &actor, traceparent, Vec::new(), actor.clone())
+            .await?;
         if created {
             let detail = format!("revert requested by {actor}: {reverting}");
             match self

@@ -201,20 +201,22 @@ impl Routing {
         }
     }
 
-    /// Stores a patch (idempotently) with the gateway's intake warnings and assigns it if its
-    /// target is free; its first event names `actor`. A replay keeps the warnings stored first.
+    /// Stores a patch (idempotently) with the gateway's intake warnings and the name of the
+    /// credential that submitted it, and assigns it if its target is free; its first event
+    /// names `actor`. A replay keeps the warnings and key name stored first.
     pub async fn submit(
         &self,
         patch: Patch,
         actor: &str,
         traceparent: String,
         warnings: Vec<String>,
+        key_name: String,
     ) -> Result<(PatchRecord, bool), RouterError> {
         let target = patch.target.to_string();
         let id = patch.id.to_string();
         match self
             .store
-            .insert(patch, actor.to_owned(), traceparent, warnings)
+            .insert(patch, actor.to_owned(), traceparent, warnings, key_name)
             .await?
         {
             Inserted::Created(record) => {
@@ -1143,7 +1145,13 @@ mod tests {
             .connect("revoked", &targets, &[], revoked_sender, cut)
             .await;
         routing
-            .submit(patch("waiting"), "gateway", String::new(), Vec::new())
+            .submit(
+                patch("waiting"),
+                "gateway",
+                String::new(),
+                Vec::new(),
+                String::new(),
+            )
             .await
             .expect("stored");
         assert!(

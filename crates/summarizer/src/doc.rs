@@ -34,6 +34,8 @@ pub struct Outcome {
     pub notify: String,
     /// The patch's priority (`low`, `normal`, `high`), empty when unknown.
     pub priority: String,
+    /// The credential that submitted the patch (an API key's name), empty when unknown.
+    pub key_name: String,
 }
 
 /// One attempt in a summary's history.
@@ -221,6 +223,10 @@ pub struct SummaryDoc {
     /// The patch's priority, for the alerter's routes; absent when unknown.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub priority: String,
+    /// The credential that submitted the patch (an API key's name), which the alerter may map
+    /// to a Slack user to tell (`routing.notify_users`); absent when unknown.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub key_name: String,
 }
 
 impl SummaryDoc {
@@ -375,6 +381,7 @@ pub fn merge(
         agent: report.agent,
         notify: outcome.notify,
         priority: outcome.priority,
+        key_name: outcome.key_name,
     }
 }
 
@@ -387,6 +394,7 @@ mod tests {
         Outcome {
             notify: String::new(),
             priority: String::new(),
+            key_name: String::new(),
             patch_id: PatchId::parse("fix-login").unwrap(),
             target: TargetName::parse("MAIN").unwrap(),
             attempt,
@@ -416,19 +424,21 @@ mod tests {
     }
 
     #[test]
-    fn notify_and_priority_reach_the_alerter_request() {
+    fn notify_priority_and_key_name_reach_the_alerter_request() {
         let plain = merge(None, outcome(Status::Failed, 1), "t/{trace_id}");
         let json = serde_json::to_string(&plain).unwrap();
         assert!(!json.contains("notify"), "{json}");
         let mut told = outcome(Status::Failed, 1);
         told.notify = "U0ALICE".to_owned();
         told.priority = "high".to_owned();
+        told.key_name = "alice-gpt".to_owned();
         let doc = merge(None, told, "t/{trace_id}");
         let again: SummaryDoc =
             serde_json::from_str(&serde_json::to_string(&doc).unwrap()).unwrap();
         let request = crate::notify::notify_request(&again, 1, Status::Failed);
         assert_eq!(request.notify, "U0ALICE");
         assert_eq!(request.priority, "high");
+        assert_eq!(request.key_name, "alice-gpt");
         assert_eq!(request.duration_ms, doc.duration_ms);
     }
 

@@ -60,6 +60,7 @@ impl TryFrom<wire::Outcome> for Outcome {
             intake_warnings: outcome.intake_warnings,
             notify: outcome.notify,
             priority: outcome.priority,
+            key_name: outcome.key_name,
         })
     }
 }

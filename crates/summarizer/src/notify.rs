@@ -193,6 +193,7 @@ pub fn notify_request(doc: &SummaryDoc, attempt: u32, status: Status) -> NotifyR
         duration_ms: doc.duration_ms,
         notify: doc.notify.clone(),
         priority: doc.priority.clone(),
+        key_name: doc.key_name.clone(),
         ..NotifyRequest::default()
     }
 }

@@ -165,7 +165,7 @@ impl System {
         self.router
             .submit(SubmitRequest {
                 patch: Some(patch),
-                intake_warnings: Vec::new(),
+                ..Default::default()
             })
             .await
             .expect("router accepts the patch");
@@ -334,7 +334,7 @@ async fn summary_shows_the_summarizers_markdown() {
                 trace_id: String::new(),
                 created_unix_ms: 1_700_000_000_000,
                 finished_unix_ms: 1_700_000_001_000,
-                intake_warnings: Vec::new(),
+                ..Default::default()
             }),
         })
         .await

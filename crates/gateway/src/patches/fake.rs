@@ -62,7 +62,12 @@ impl PatchQueue for FakeRouter {
             })
             .collect())
     }
-    async fn submit(&self, _: &ghost_core::Patch, _: &[String]) -> Result<PatchView, GatewayError> {
+    async fn submit(
+        &self,
+        _: &ghost_core::Patch,
+        _: &[String],
+        _: &str,
+    ) -> Result<PatchView, GatewayError> {
         if self.submit_fails {
             return Err(GatewayError::Internal("router failed".to_owned()));
         }

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use ghost_core::Status;
 
-use crate::fleet::AlertView;
+use crate::fleet::{AlertList, AlertView, ChannelBacklogView};
 use crate::patches::{EventView, PatchDetail, PatchView};
 use crate::ui::board::{ListPage, ListRequest, Overview};
 use crate::ui::charts;
@@ -557,11 +557,34 @@ fn alert_rows(out: &mut String, alerts: &[&AlertView], viewer: &Viewer<'_>) {
     out.push_str("</tbody></table>");
 }
 
-/// The alerts page body; `alerts` is `Err(message)` when they cannot be listed.
-pub fn alerts(viewer: &Viewer<'_>, alerts: Result<&[AlertView], &str>) -> String {
+/// The Slack backlog per channel (nothing when no channel has one).
+fn backlog_rows(out: &mut String, channels: &[ChannelBacklogView]) {
+    if channels.is_empty() {
+        return;
+    }
+    out.push_str("<section class=\"slack-backlog\"><h2>Slack backlog</h2><table class=\"backlog\"><thead><tr><th>Channel</th><th>Waiting</th><th>Successes</th></tr></thead><tbody>");
+    for channel in channels {
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
+            esc(&channel.channel),
+            channel.pending,
+            if channel.digest_only {
+                "digest only (backlog)"
+            } else {
+                "own threads or digest, as routed"
+            }
+        );
+    }
+    out.push_str("</tbody></table></section>");
+}
+
+/// The alerts page body, with the Slack backlog per channel; `listed` is `Err(message)` when
+/// they cannot be listed.
+pub fn alerts(viewer: &Viewer<'_>, listed: Result<&AlertList, &str>) -> String {
     let mut out = String::from("<h1>Alerts</h1>");
-    let alerts = match alerts {
-        Ok(alerts) => alerts,
+    let list = match listed {
+        Ok(list) => list,
         Err(message) => {
             let _ = write!(out, "<p class=\"muted\">{}</p>", esc(message));
             return out;
@@ -573,7 +596,7 @@ pub fn alerts(viewer: &Viewer<'_>, alerts: Result<&[AlertView], &str>) -> String
         ("silenced", "Silenced"),
         ("resolved", "Resolved"),
     ] {
-        let group: Vec<&AlertView> = alerts.iter().filter(|a| a.state == state).collect();
+        let group: Vec<&AlertView> = list.alerts.iter().filter(|a| a.state == state).collect();
         if state == "resolved" && group.is_empty() {
             continue;
         }
@@ -585,5 +608,6 @@ pub fn alerts(viewer: &Viewer<'_>, alerts: Result<&[AlertView], &str>) -> String
         alert_rows(&mut out, &group, viewer);
         out.push_str("</section>");
     }
+    backlog_rows(&mut out, &list.slack_backlog);
     out
 }

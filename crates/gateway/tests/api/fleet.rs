@@ -4,10 +4,13 @@
 use std::collections::HashMap;
 
 use ghost_proto::alerter::v1::alerter_service_client::AlerterServiceClient;
-use ghost_proto::alerter::v1::{AlertRequest, Severity};
+use ghost_proto::alerter::v1::{AlertRequest, NotifyRequest, Severity};
+use ghost_proto::router::v1::PatchStatus;
 use serde_json::json;
 
-use crate::helpers::{KEY, MAIN_SUBMITTER, READER, TestGateway, spawn_alerter, write_patch};
+use crate::helpers::{
+    KEY, MAIN_SUBMITTER, READER, TestGateway, spawn_alerter, spawn_alerter_with, write_patch,
+};
 
 #[tokio::test]
 async fn a_patch_that_has_not_run_has_a_null_report() {
@@ -109,7 +112,7 @@ async fn alerts_come_from_the_alerter_with_their_state() {
 
     let (code, body) = gateway.get("/v1/alerts", READER).await;
     assert_eq!(code, 200, "{body}");
-    assert_eq!(body, json!({"alerts": []}));
+    assert_eq!(body, json!({"alerts": [], "slack_backlog": []}));
 
     let mut client = AlerterServiceClient::connect(format!("http://{alerter_grpc}"))
         .await
@@ -163,5 +166,69 @@ async fn alerts_come_from_the_alerter_with_their_state() {
 
     let (code, _) = gateway.get("/v1/alerts", "").await;
     assert_eq!(code, 401);
+    alerter.stop().await;
+}
+
+/// Issue 26: the Slack backlog per channel, in `/v1/alerts` and on the dashboard's alerts page;
+/// not for a key limited to some targets (channels are shared between teams).
+#[tokio::test]
+async fn the_slack_backlog_per_channel_is_listed_with_the_alerts() {
+    let scratch = tempfile::tempdir().unwrap();
+    let data_dir = scratch.path().to_path_buf();
+    let (alerter, _lifecycle) = spawn_alerter_with(move |config| {
+        // A Slack that never answers: every message stays waiting.
+        config.data_dir = Some(data_dir);
+        config.slack.api_base_url = Some("http://127.0.0.1:9/api".to_owned());
+        config.slack.bot_token = ghost_runtime::config::Secret::new("xoxb-test");
+        config.slack.channel = "#ghost-ops".to_owned();
+        config.slack.initial_backoff = std::time::Duration::from_secs(60);
+    })
+    .await;
+    let alerter_grpc = alerter.grpc;
+    let gateway = TestGateway::start(|config, _| {
+        config.alerter_url = Some(format!("http://{alerter_grpc}"));
+    })
+    .await;
+    let mut client = AlerterServiceClient::connect(format!("http://{alerter_grpc}"))
+        .await
+        .expect("alerter reachable");
+    for n in 0..3 {
+        client
+            .notify(NotifyRequest {
+                patch_id: format!("failed-{n}"),
+                target: "MAIN".to_owned(),
+                attempt: 1,
+                status: PatchStatus::Failed as i32,
+                description: "a failure".to_owned(),
+                ..NotifyRequest::default()
+            })
+            .await
+            .expect("notify accepted");
+    }
+
+    let (code, body) = gateway.get("/v1/alerts", READER).await;
+    assert_eq!(code, 200, "{body}");
+    let backlog = body["slack_backlog"].as_array().expect("slack_backlog");
+    assert_eq!(backlog.len(), 1, "{body}");
+    assert_eq!(backlog[0]["channel"], "#ghost-ops");
+    assert_eq!(backlog[0]["pending"], 3, "{body}");
+    assert_eq!(backlog[0]["digest_only"], false);
+
+    let (code, body) = gateway.get("/v1/alerts", MAIN_SUBMITTER).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        body["slack_backlog"],
+        json!([]),
+        "a limited key sees no channels"
+    );
+
+    let mut browser = crate::dashboard::Client::new(&gateway.url());
+    browser.login(READER).await;
+    let page = browser.get("/ui/alerts").await.body;
+    assert!(page.contains("<h2>Slack backlog</h2>"), "{page}");
+    assert!(
+        page.contains("<tr><td>#ghost-ops</td><td class=\"num\">3</td>"),
+        "{page}"
+    );
     alerter.stop().await;
 }

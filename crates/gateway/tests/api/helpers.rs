@@ -99,10 +99,18 @@ pub async fn spawn_router_on(data_dir: &Path, grpc: SocketAddr) -> Running {
 
 /// A real alerter (in-memory database, Slack off) on free ports.
 pub async fn spawn_alerter() -> (Running, std::sync::Arc<alerter::lifecycle::Lifecycle>) {
-    let config = alerter::AlerterConfig {
+    spawn_alerter_with(|_| {}).await
+}
+
+/// [`spawn_alerter`] with its config changed by `adjust` first (a Slack to post to, say).
+pub async fn spawn_alerter_with(
+    adjust: impl FnOnce(&mut alerter::AlerterConfig),
+) -> (Running, std::sync::Arc<alerter::lifecycle::Lifecycle>) {
+    let mut config = alerter::AlerterConfig {
         server: fast_server("127.0.0.1:0".parse().expect("addr")),
         ..Default::default()
     };
+    adjust(&mut config);
     let app = alerter::App::build(config).await.expect("alerter builds");
     let lifecycle = app.lifecycle();
     let (grpc, http) = (app.grpc_addr(), app.http_addr());

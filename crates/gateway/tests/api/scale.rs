@@ -42,7 +42,7 @@ async fn fill(gateway: &TestGateway) -> Duration {
                 client
                     .submit(SubmitRequest {
                         patch: Some(WirePatch::from(&patch)),
-                        intake_warnings: Vec::new(),
+                        ..Default::default()
                     })
                     .await
                     .expect("stored");

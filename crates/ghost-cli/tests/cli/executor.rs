@@ -80,7 +80,7 @@ async fn submit(router: SocketAddr, id: &str) {
     client
         .submit(SubmitRequest {
             patch: Some(patch),
-            intake_warnings: Vec::new(),
+            ..Default::default()
         })
         .await
         .expect("submit accepted");

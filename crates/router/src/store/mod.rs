@@ -95,6 +95,8 @@ pub struct PatchRecord {
     pub updated_ms: i64,
     /// What the gateway forgave while reading the submitted document, for the summary.
     pub warnings: Vec<String>,
+    /// The credential that submitted it (the gateway's API key name); empty: unknown.
+    pub key_name: String,
 }
 
 /// The result of storing a submitted patch.
@@ -301,12 +303,14 @@ pub trait RouterStore: Send + Sync + 'static {
     /// dependency already ended without success fails at once. `warnings` (what the gateway
     /// forgave reading it) are kept with it for the summary. `actor` is named by its first
     /// event (`received`): `gateway` for a submitted patch, who asked for a revert patch.
+    /// `key_name` is the credential that submitted it, passed on with its outcome.
     async fn insert(
         &self,
         patch: Patch,
         actor: String,
         traceparent: String,
         warnings: Vec<String>,
+        key_name: String,
     ) -> Result<Inserted, StoreError>;
 
     /// One patch.

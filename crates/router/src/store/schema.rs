@@ -156,6 +156,11 @@ const MIGRATIONS: &[&str] = &[
     );
     ALTER TABLE api_keys ADD COLUMN imported INTEGER NOT NULL DEFAULT 0;
     ",
+    // The name of the credential that submitted a patch (the gateway's API key), for the
+    // alerter's `routing.notify_users`; rows from before have none.
+    "
+    ALTER TABLE patches ADD COLUMN key_name TEXT NOT NULL DEFAULT '';
+    ",
 ];
 
 /// Applies the migrations not yet recorded in `PRAGMA user_version`.

@@ -23,7 +23,7 @@ const MAX_BATCH: usize = 256;
 
 const COLUMNS: &str = "id, patch_json, content_hash, status, attempt, traceparent, error, \
                        report_json, fencing_token, leased_to, created_ms, updated_ms, \
-                       warnings_json";
+                       warnings_json, key_name";
 
 const IN_FLIGHT: &str = "('leased', 'applying', 'validating')";
 
@@ -135,6 +135,7 @@ fn read_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRecord> {
         created_ms: row.get(10)?,
         updated_ms: row.get(11)?,
         warnings_json: row.get(12)?,
+        key_name: row.get(13)?,
     })
 }
 
@@ -152,6 +153,7 @@ struct RawRecord {
     created_ms: i64,
     updated_ms: i64,
     warnings_json: String,
+    key_name: String,
 }
 
 fn parse_status(id: &str, raw: &str) -> Result<Status, StoreError> {
@@ -212,6 +214,7 @@ impl RawRecord {
             created_ms: self.created_ms,
             updated_ms: self.updated_ms,
             warnings,
+            key_name: self.key_name,
         })
     }
 }
@@ -611,6 +614,7 @@ impl RouterStore for SqliteStore {
         actor: String,
         traceparent: String,
         warnings: Vec<String>,
+        key_name: String,
     ) -> Result<Inserted, StoreError> {
         self.write(move |conn| {
             let id = patch.id.to_string();
@@ -629,8 +633,8 @@ impl RouterStore for SqliteStore {
             )?;
             let now = now_ms();
             exec(conn,
-                "INSERT INTO patches (id, target, priority, content_hash, patch_json, status, traceparent, created_ms, updated_ms, seq, warnings_json)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10)",
+                "INSERT INTO patches (id, target, priority, content_hash, patch_json, status, traceparent, created_ms, updated_ms, seq, warnings_json, key_name)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10, ?11)",
                 params![
                     id,
                     patch.target.as_str(),
@@ -641,7 +645,8 @@ impl RouterStore for SqliteStore {
                     traceparent,
                     now,
                     seq,
-                    serde_json::to_string(&warnings).unwrap_or_else(|_| "[]".to_owned())
+                    serde_json::to_string(&warnings).unwrap_or_else(|_| "[]".to_owned()),
+                    key_name
                 ],
             )?;
             event_tx(conn, &id, Status::Received, &actor, 0, "")?;

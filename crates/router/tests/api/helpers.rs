@@ -124,7 +124,7 @@ pub async fn submit(router: &TestRouter, patch: Patch) -> PatchState {
         .clone()
         .submit(SubmitRequest {
             patch: Some(patch),
-            intake_warnings: Vec::new(),
+            ..Default::default()
         })
         .await
         .expect("submit accepted")

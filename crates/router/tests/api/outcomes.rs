@@ -16,6 +16,9 @@ use tokio::sync::oneshot;
 
 use crate::helpers::{PATIENCE, cancel, config, patch, serve_routes, spawn_router, submit};
 
+/// What an outcome passed on: notify, priority, key name.
+type Told = (String, String, String);
+
 /// A summarizer that takes `delay` over every record and notes how many were in flight, holds
 /// the record of `held` until `gate` lets it through, and counts the calls per patch as they
 /// arrive (a second call while the first is out would be a duplicate delivery).
@@ -29,7 +32,7 @@ struct TestSummarizer {
     calls: Arc<Mutex<HashMap<String, u32>>>,
     recorded: Arc<Mutex<HashMap<(String, u32), u32>>>,
     /// `notify` and `priority` of each recorded outcome, by patch.
-    told: Arc<Mutex<HashMap<String, (String, String)>>>,
+    told: Arc<Mutex<HashMap<String, Told>>>,
 }
 
 impl TestSummarizer {
@@ -85,7 +88,11 @@ impl SummarizerService for TestSummarizer {
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         self.told.lock().unwrap().insert(
             outcome.patch_id.clone(),
-            (outcome.notify.clone(), outcome.priority.clone()),
+            (
+                outcome.notify.clone(),
+                outcome.priority.clone(),
+                outcome.key_name.clone(),
+            ),
         );
         *self
             .recorded
@@ -214,7 +221,7 @@ async fn a_new_outcome_does_not_wait_for_one_still_being_delivered() {
 }
 
 #[tokio::test]
-async fn an_outcome_carries_the_patchs_notify_and_priority_to_the_summarizer() {
+async fn an_outcome_carries_the_patchs_notify_priority_and_key_name_to_the_summarizer() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let summarizer = TestSummarizer::new(Duration::ZERO, "");
@@ -227,7 +234,16 @@ async fn an_outcome_carries_the_patchs_notify_and_priority_to_the_summarizer() {
     let mut told = patch("told", "IDLE");
     told.notify = "U0ALICE".to_owned();
     told.priority = ghost_proto::router::v1::Priority::High as i32;
-    submit(&router, told).await;
+    router
+        .client
+        .clone()
+        .submit(ghost_proto::router::v1::SubmitRequest {
+            patch: Some(told),
+            key_name: "alice-gpt".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     submit(&router, patch("plain", "IDLE")).await;
     cancel(&router, "told", "test").await;
     cancel(&router, "plain", "test").await;
@@ -237,6 +253,16 @@ async fn an_outcome_carries_the_patchs_notify_and_priority_to_the_summarizer() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let seen = summarizer.told.lock().unwrap().clone();
-    assert_eq!(seen["told"], ("U0ALICE".to_owned(), "high".to_owned()));
-    assert_eq!(seen["plain"], (String::new(), "normal".to_owned()));
+    assert_eq!(
+        seen["told"],
+        (
+            "U0ALICE".to_owned(),
+            "high".to_owned(),
+            "alice-gpt".to_owned()
+        )
+    );
+    assert_eq!(
+        seen["plain"],
+        (String::new(), "normal".to_owned(), String::new())
+    );
 }

@@ -597,7 +597,7 @@ async fn submit_and_dry_run_refuse_a_revert_patch() {
         .clone()
         .submit(SubmitRequest {
             patch: Some(forged.clone()),
-            intake_warnings: Vec::new(),
+            ..Default::default()
         })
         .await
         .expect_err("refused");
@@ -635,7 +635,7 @@ async fn a_submitted_patch_may_not_take_a_revert_id_in_any_case() {
             .clone()
             .submit(SubmitRequest {
                 patch: Some(patch(id, "MAIN")),
-                intake_warnings: Vec::new(),
+                ..Default::default()
             })
             .await
             .expect_err("a revert id is the router's");

@@ -374,7 +374,7 @@ async fn a_certificate_replaced_under_a_live_work_stream_serves_new_connections_
     control
         .submit(ghost_proto::router::v1::SubmitRequest {
             patch: Some(crate::helpers::patch("rotated-1", "MAIN")),
-            intake_warnings: Vec::new(),
+            ..Default::default()
         })
         .await
         .expect("submit over https with the credential");
@@ -434,7 +434,7 @@ async fn an_executor_token_cannot_call_pause_or_submit() {
         let submitted = client
             .submit(SubmitRequest {
                 patch: Some(crate::helpers::patch("by-executor", "MAIN")),
-                intake_warnings: Vec::new(),
+                ..Default::default()
             })
             .await
             .expect_err("refused");

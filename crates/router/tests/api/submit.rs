@@ -13,7 +13,7 @@ async fn the_same_patch_twice_is_one_record_and_other_content_is_already_exists(
     let first = client
         .submit(SubmitRequest {
             patch: Some(patch("same-1", "MAIN")),
-            intake_warnings: Vec::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -21,7 +21,7 @@ async fn the_same_patch_twice_is_one_record_and_other_content_is_already_exists(
     let again = client
         .submit(SubmitRequest {
             patch: Some(patch("same-1", "MAIN")),
-            intake_warnings: Vec::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -38,7 +38,7 @@ async fn the_same_patch_twice_is_one_record_and_other_content_is_already_exists(
     let refused = client
         .submit(SubmitRequest {
             patch: Some(other),
-            intake_warnings: Vec::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -65,7 +65,7 @@ async fn concurrent_submits_are_all_stored_and_survive_a_restart() {
             client
                 .submit(SubmitRequest {
                     patch: Some(patch(&format!("many-{n}"), "MAIN")),
-                    intake_warnings: Vec::new(),
+                    ..Default::default()
                 })
                 .await
                 .map(|response| response.into_inner().created)
@@ -133,6 +133,47 @@ async fn list_targets_reports_depth_pause_and_executor_presence() {
 }
 
 #[tokio::test]
+async fn the_submitting_key_name_is_bounded_and_free_of_control_characters() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = spawn_router(config(dir.path())).await;
+    let mut client = router.client.clone();
+    for (id, name, says) in [
+        ("named-1", "k".repeat(201), "at most 200 bytes"),
+        (
+            "named-2",
+            "alice\nforged line".to_owned(),
+            "control character",
+        ),
+    ] {
+        let refused = client
+            .submit(SubmitRequest {
+                patch: Some(patch(id, "MAIN")),
+                key_name: name,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(
+            refused.message().contains("key_name"),
+            "{}",
+            refused.message()
+        );
+        assert!(refused.message().contains(says), "{}", refused.message());
+    }
+    let at_the_cap = client
+        .submit(SubmitRequest {
+            patch: Some(patch("named-3", "MAIN")),
+            key_name: "k".repeat(200),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(at_the_cap.created);
+}
+
+#[tokio::test]
 async fn intake_warnings_are_capped_in_count_and_length() {
     let dir = tempfile::tempdir().unwrap();
     let router = spawn_router(config(dir.path())).await;
@@ -142,6 +183,7 @@ async fn intake_warnings_are_capped_in_count_and_length() {
         .submit(SubmitRequest {
             patch: Some(patch("warned-1", "MAIN")),
             intake_warnings: vec!["line 1, column 1: a comment".to_owned(); 33],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -156,6 +198,7 @@ async fn intake_warnings_are_capped_in_count_and_length() {
         .submit(SubmitRequest {
             patch: Some(patch("warned-2", "MAIN")),
             intake_warnings: vec!["x".repeat(257)],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -175,6 +218,7 @@ async fn intake_warnings_are_capped_in_count_and_length() {
         .submit(SubmitRequest {
             patch: Some(patch("warned-3", "MAIN")),
             intake_warnings: vec!["y".repeat(256); 32],
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -315,6 +315,7 @@ mod tests {
         Outcome {
             notify: String::new(),
             priority: String::new(),
+            key_name: String::new(),
             patch_id: PatchId::parse("big").unwrap(),
             target: TargetName::parse("MAIN").unwrap(),
             attempt: 2,

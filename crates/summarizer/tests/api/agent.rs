@@ -44,6 +44,7 @@ async fn an_agent_tasks_summary_holds_the_agents_diff_and_final_message() {
                 intake_warnings: Vec::new(),
                 notify: String::new(),
                 priority: String::new(),
+                key_name: String::new(),
             }),
         })
         .await

@@ -29,6 +29,7 @@ fn outcome(patch_id: &str, attempt: u32) -> RecordRequest {
         outcome: Some(Outcome {
             notify: String::new(),
             priority: String::new(),
+            key_name: String::new(),
             patch_id: patch_id.to_owned(),
             target: "MAIN".to_owned(),
             attempt,

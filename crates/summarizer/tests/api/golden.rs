@@ -18,6 +18,7 @@ fn outcome(patch_id: &str, attempt: u32, report: ApplyReport) -> RecordRequest {
         outcome: Some(Outcome {
             notify: String::new(),
             priority: String::new(),
+            key_name: String::new(),
             patch_id: patch_id.to_owned(),
             target: "MAIN".to_owned(),
             attempt,

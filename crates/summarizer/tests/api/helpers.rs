@@ -108,6 +108,7 @@ pub fn record(patch_id: &str, attempt: u32, status: PatchStatus) -> RecordReques
         outcome: Some(Outcome {
             notify: String::new(),
             priority: String::new(),
+            key_name: String::new(),
             patch_id: patch_id.to_owned(),
             target: "MAIN".to_owned(),
             attempt,

@@ -31,6 +31,7 @@ async fn a_huge_summary_is_cut_in_the_middle_for_the_model_and_for_slack() {
             outcome: Some(Outcome {
                 notify: String::new(),
                 priority: String::new(),
+                key_name: String::new(),
                 patch_id: "huge".to_owned(),
                 target: "MAIN".to_owned(),
                 attempt: 1,
