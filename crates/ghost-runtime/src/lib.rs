@@ -15,6 +15,7 @@
 //! - [`credential`]: the deployment's service credential on every gRPC server, and the method
 //!   allow-list of a restricted listener.
 //! - [`metrics`]: the Prometheus recorder.
+//! - [`peers`]: deadlines and keep-alives of every gRPC client and server.
 //! - [`probe`]: `--healthcheck`, the container health check run by the service binary itself.
 //!
 //! Every service depends on this crate; it depends on `ghost-proto` only for the reflection
@@ -24,6 +25,7 @@ pub mod config;
 pub mod connections;
 pub mod credential;
 pub mod metrics;
+pub mod peers;
 pub mod probe;
 pub mod propagation;
 pub mod red;
