@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Wall-clock time in Unix milliseconds.
 pub trait Clock: Send + Sync + 'static {
@@ -14,17 +13,15 @@ pub trait Clock: Send + Sync + 'static {
 /// A shared clock.
 pub type SharedClock = Arc<dyn Clock>;
 
-/// The system clock.
+/// The system clock, as rule time ([`ghost_runtime::clock::Clock::process`]): the wall clock
+/// read once at start, then the monotonic clock, so a wall-clock jump of an hour neither fires
+/// every repeat and escalation at once nor silences alerts for an hour.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> i64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |since| {
-                i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
-            })
+        ghost_runtime::clock::Clock::process().now_ms()
     }
 }
 
