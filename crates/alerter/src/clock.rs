@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-/// Wall-clock time in Unix milliseconds.
+/// Time in Unix milliseconds for the alerter's rules: rule time in production (see
+/// [`SystemClock`]), pinned or paused in tests.
 pub trait Clock: Send + Sync + 'static {
     /// Now, in Unix milliseconds.
     fn now_ms(&self) -> i64;
