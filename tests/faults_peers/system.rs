@@ -430,7 +430,7 @@ impl Relay {
                     let forward =
                         |mut from: tokio::net::tcp::OwnedReadHalf,
                          mut to: tokio::net::tcp::OwnedWriteHalf| {
-                                async move {
+                            async move {
                                 let mut buffer = vec![0_u8; 16 * 1024];
                                 loop {
                                     let Ok(read) = from.read(&mut buffer).await else {
