@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Wall-clock time in Unix milliseconds.
+/// Time in Unix milliseconds for the alerter's rules: rule time in production (see
+/// [`SystemClock`]), pinned or paused in tests.
 pub trait Clock: Send + Sync + 'static {
     /// Now, in Unix milliseconds.
     fn now_ms(&self) -> i64;
@@ -14,17 +14,15 @@ pub trait Clock: Send + Sync + 'static {
 /// A shared clock.
 pub type SharedClock = Arc<dyn Clock>;
 
-/// The system clock.
+/// The system clock, as rule time ([`ghost_runtime::clock::Clock::process`]): the wall clock
+/// read once at start, then the monotonic clock, so a wall-clock jump of an hour neither fires
+/// every repeat and escalation at once nor silences alerts for an hour.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> i64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |since| {
-                i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
-            })
+        ghost_runtime::clock::Clock::process().now_ms()
     }
 }
 

@@ -37,6 +37,10 @@ pub const MUTATING: &[&str] = &[
 
 /// Longest silence accepted.
 const MAX_SILENCE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The deadline of a revert asked of the router: past its 30 s wait for the executor.
+const REVERT_DEADLINE: Duration = Duration::from_secs(35);
+
 /// Longest answer text (Slack's message text limit is 40k; keep answers readable).
 const ANSWER_CHARS: usize = 3_500;
 /// Patches listed by `queue`.
@@ -439,10 +443,13 @@ impl Commands {
     /// Asks the router to revert the succeeded patch `id`: queued (with a note in `id`'s
     /// thread), asked before (its state), or refused naming the files changed since.
     async fn revert(&self, id: &str, actor: String, user_id: &str) -> Result<String, VerbError> {
-        let request = router_wire::RevertRequest {
+        let mut request = tonic::Request::new(router_wire::RevertRequest {
             id: id.to_owned(),
             actor,
-        };
+        });
+        // The router waits up to 30 s for the executor's answer: longer than the default
+        // call deadline.
+        request.set_timeout(REVERT_DEADLINE);
         let answer = self
             .router()?
             .revert(request)

@@ -15,6 +15,7 @@ use ghost_proto::executor::v1::{
     Workspace as WireWorkspace, executor_message, router_message,
 };
 use ghost_proto::router::v1::{PatchStatus, router_service_client::RouterServiceClient};
+use ghost_runtime::peers::PEER_TIMEOUTS;
 use ghost_runtime::propagation::{set_parent, traceparent_of};
 use tokio::sync::{Mutex, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -107,11 +108,11 @@ fn message(kind: executor_message::Kind) -> ExecutorMessage {
     ExecutorMessage { kind: Some(kind) }
 }
 
-/// The router endpoint: TLS for `https://` (the configured CA, else the web PKI roots).
+/// The router endpoint: TLS for `https://` (the configured CA, else the web PKI roots), with
+/// the shared peer bounds: a router that stops answering (stopped, black-holed) closes the
+/// Work stream within [`PEER_TIMEOUTS`]' silent-peer bound, and the executor reconnects.
 pub fn endpoint(config: &ExecutorConfig) -> Result<Endpoint, ExecutorError> {
-    let endpoint = Endpoint::from_shared(config.router_url.clone())?
-        .connect_timeout(Duration::from_secs(3))
-        .tcp_nodelay(true);
+    let endpoint = PEER_TIMEOUTS.apply(Endpoint::from_shared(config.router_url.clone())?);
     if !config.router_url.starts_with("https://") {
         return Ok(endpoint);
     }
@@ -166,10 +167,20 @@ async fn session(
     let _ = outbound
         .send(message(executor_message::Kind::Hello(hello)))
         .await;
-    let mut inbound = client
-        .work(ReceiverStream::new(outbound_rx))
-        .await?
-        .into_inner();
+    // A router that accepts the connection and never answers must not hold the session: the
+    // stream's headers come within the call bound, and the keep-alive watches it afterwards.
+    let opened = tokio::time::timeout(
+        PEER_TIMEOUTS.call,
+        client.work(ReceiverStream::new(outbound_rx)),
+    )
+    .await
+    .map_err(|_| {
+        tonic::Status::deadline_exceeded(format!(
+            "the router accepted the Work stream but did not answer within {}s",
+            PEER_TIMEOUTS.call.as_secs()
+        ))
+    })?;
+    let mut inbound = opened?.into_inner();
     tracing::info!(router = %worker.config.router_url, "connected to the router");
     send_owed(worker, &outbound).await;
 

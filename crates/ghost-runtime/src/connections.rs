@@ -454,6 +454,7 @@ pub async fn serve_http(
             }
         };
         let _ = stream.set_nodelay(true);
+        crate::peers::PEER_TIMEOUTS.tcp_keepalive_on(&stream);
         let service = router
             .clone()
             .map_request(move |mut request: http::Request<Incoming>| {
@@ -645,6 +646,7 @@ pub fn tls_incoming(
                 continue;
             };
             let _ = stream.set_nodelay(true);
+            crate::peers::PEER_TIMEOUTS.tcp_keepalive_on(&stream);
             let acceptor = acceptor.clone();
             let plaintext_log = plaintext_log.clone();
             let sessions = sessions.clone();

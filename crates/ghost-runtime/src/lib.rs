@@ -1,6 +1,8 @@
 //! What every Ghost Runner service runs on, so that each service's `main.rs` stays a few lines
 //! and every service behaves the same at its edges.
 //!
+//! - [`clock`]: rule time (wall clock read once, then monotonic) for leases, deadlines and
+//!   backoff; wall time for timestamps shown to people.
 //! - [`config`]: the one place configuration is loaded (defaults → TOML file → `GHOST_<SVC>__KEY`
 //!   environment), with `--print-config` and redacted [`config::Secret`]s.
 //! - [`telemetry`]: the one place a tracing subscriber is built (fmt or JSON logs, a tracer that
@@ -15,15 +17,18 @@
 //! - [`credential`]: the deployment's service credential on every gRPC server, and the method
 //!   allow-list of a restricted listener.
 //! - [`metrics`]: the Prometheus recorder.
+//! - [`peers`]: deadlines and keep-alives of every gRPC client and server.
 //! - [`probe`]: `--healthcheck`, the container health check run by the service binary itself.
 //!
 //! Every service depends on this crate; it depends on `ghost-proto` only for the reflection
 //! descriptors.
 
+pub mod clock;
 pub mod config;
 pub mod connections;
 pub mod credential;
 pub mod metrics;
+pub mod peers;
 pub mod probe;
 pub mod propagation;
 pub mod red;

@@ -169,6 +169,9 @@ impl tonic::service::Interceptor for TraceInterceptor {
                 .metadata_mut()
                 .insert("authorization", authorization.clone());
         }
+        // A peer that takes the call and never answers fails it at the deadline instead of
+        // holding it (and an outbox row, a pooled connection) forever.
+        crate::peers::default_deadline(&mut request, crate::peers::PEER_TIMEOUTS.call);
         Ok(request)
     }
 }
@@ -244,16 +247,14 @@ pub type TracedChannel =
 /// whose calls carry `upstream`'s service credential.
 ///
 /// Lazy so a service starts even when its peer is down; calls then fail with `UNAVAILABLE`,
-/// which callers map to a retry or a 503.
+/// which callers map to a retry or a 503. Bounded by [`crate::peers::PEER_TIMEOUTS`]: a call
+/// without its own deadline gets the default one, and a silent peer's connection is closed.
 ///
 /// Refused (naming the URL): an `http://` peer off loopback while `upstream` carries the
 /// service credential and `server.allow_plaintext_peers` is off.
 pub fn traced_channel(endpoint: &str, upstream: &Upstream) -> anyhow::Result<TracedChannel> {
     let url = endpoint;
-    let mut endpoint = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
-        .map_err(|err| anyhow::anyhow!("peer URL {url}: {err}"))?
-        .connect_timeout(std::time::Duration::from_secs(3))
-        .tcp_nodelay(true);
+    let mut endpoint = crate::peers::PEER_TIMEOUTS.endpoint(url)?;
     if upstream.authorization.is_some()
         && !upstream.allow_plaintext_peers
         && endpoint.uri().scheme_str() != Some("https")

@@ -33,6 +33,7 @@ use tracing::Level;
 use crate::config::{Secret, ServerConfig};
 use crate::connections::{HttpLimits, serve_http, tls_incoming};
 use crate::credential::Gate;
+use crate::peers::PEER_TIMEOUTS;
 use crate::propagation::{grpc_server_span, http_server_span};
 use crate::tls::{ALPN_GRPC, ALPN_HTTP, ServerTls};
 
@@ -410,10 +411,11 @@ pub async fn run(
             MAX_STREAMS
         };
         tonic::transport::Server::builder()
-            // A dead peer (a laptop that slept, a dropped NAT mapping) is noticed and its
-            // connection closed, instead of held until the OS gives up.
-            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            // A dead or stopped peer (a laptop that slept, a dropped NAT mapping, a process
+            // under SIGSTOP) is noticed and its connection closed within the silent-peer
+            // bound, instead of held until the OS gives up.
+            .http2_keepalive_interval(Some(PEER_TIMEOUTS.ping_interval))
+            .http2_keepalive_timeout(Some(PEER_TIMEOUTS.ping_timeout))
             .max_concurrent_streams(Some(streams))
             .layer(
                 TraceLayer::new_for_grpc()
@@ -447,6 +449,7 @@ pub async fn run(
                 TcpListenerStream::new(listener).map(|connection| {
                     if let Ok(stream) = &connection {
                         let _ = stream.set_nodelay(true);
+                        PEER_TIMEOUTS.tcp_keepalive_on(stream);
                     }
                     connection
                 }),
@@ -591,12 +594,6 @@ pub const RESTRICTED_MAX_STREAMS: u32 = 64;
 /// HTTP/2 streams open at once on one connection to a main gRPC listener (a gateway holds one
 /// per watching client on its channel).
 pub const MAX_STREAMS: u32 = 1024;
-
-/// How often an idle gRPC connection is pinged.
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
-
-/// How long a ping may go unanswered before the connection is closed.
-pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A short pause used when a background loop must retry after an error.
 pub const LOOP_BACKOFF: Duration = Duration::from_millis(500);

@@ -28,7 +28,7 @@ use crate::error::RouterError;
 use crate::revert::Reverts;
 use crate::store::{
     Completed, Inserted, LeaseEnded, NewAlert, PatchRecord, RouterStore, StoreError, TargetRow,
-    now_ms,
+    now_ms, rule_ms,
 };
 use crate::waiters::{MAX_WAIT, Waiters};
 
@@ -250,7 +250,7 @@ impl Routing {
     ) -> (u64, String) {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         let owner = format!("{executor_id}#{id}");
-        let now = now_ms();
+        let now = rule_ms();
         let session = Session {
             id,
             owner: owner.clone(),
@@ -304,7 +304,7 @@ impl Routing {
     /// Notes that a session is alive (any message counts).
     pub async fn seen(&self, session: u64) {
         let slots = self.slots.lock().await;
-        let now = now_ms();
+        let now = rule_ms();
         for slot in slots.values() {
             for s in slot.sessions.iter().filter(|s| s.id == session) {
                 s.last_seen_ms.store(now, Ordering::Relaxed);
@@ -378,7 +378,7 @@ impl Routing {
             }
             // An executor that has sent nothing for a whole lease period (no heartbeat) is
             // presumed stuck: it gets no new work until it speaks again.
-            let alive_since = now_ms() - self.lease_ms();
+            let alive_since = rule_ms() - self.lease_ms();
             let alive = |s: &&Session| {
                 !s.cut.is_cancelled() && s.last_seen_ms.load(Ordering::Relaxed) >= alive_since
             };
@@ -422,7 +422,7 @@ impl Routing {
             patch: Some(ghost_proto::router::v1::Patch::from(&record.patch)),
             attempt: record.attempt,
             fencing_token: record.fencing_token,
-            deadline_unix_ms: now_ms() + self.lease_ms(),
+            deadline_unix_ms: rule_ms() + self.lease_ms(),
             traceparent: record.traceparent.clone(),
         };
         {
@@ -1028,7 +1028,7 @@ impl Routing {
         let target = patch.target.to_string();
         let (owner, sender) = {
             let slots = self.slots.lock().await;
-            let alive_since = now_ms() - self.lease_ms();
+            let alive_since = rule_ms() - self.lease_ms();
             let alive = |s: &&Session| {
                 !s.cut.is_cancelled() && s.last_seen_ms.load(Ordering::Relaxed) >= alive_since
             };

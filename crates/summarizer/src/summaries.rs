@@ -37,14 +37,11 @@ use crate::webhooks::Webhooks;
 /// Milliseconds since the Unix epoch; injected so tests control time.
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
-/// The wall clock.
+/// The system clock, as rule time ([`ghost_runtime::clock::Clock::process`]): the wall clock
+/// read once at start, then the monotonic clock, so a wall-clock jump neither holds back nor
+/// hurries the outbox's and the webhooks' backoff.
 pub fn system_clock() -> Clock {
-    Arc::new(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
-            .unwrap_or(0)
-    })
+    Arc::new(|| ghost_runtime::clock::Clock::process().now_ms())
 }
 
 /// How the store renders and what it remembers.

@@ -277,7 +277,15 @@ pub fn now_us() -> i64 {
         .unwrap_or(0)
 }
 
-/// Unix time in milliseconds.
+/// Rule time in Unix milliseconds, for lease deadlines, executor liveness and outbox backoff:
+/// the process's [`ghost_runtime::clock::Clock`], which a wall-clock jump does not move. Every
+/// column compared with it (`lease_deadline_ms`, the outboxes' `next_at_ms`) is written with it.
+pub fn rule_ms() -> i64 {
+    ghost_runtime::clock::Clock::process().now_ms()
+}
+
+/// Wall time in Unix milliseconds, for timestamps shown to people (created, updated, events,
+/// deliveries).
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

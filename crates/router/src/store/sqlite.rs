@@ -15,7 +15,7 @@ use super::schema::migrate;
 use super::{
     AlertRow, Completed, Delivery, EventRow, Inserted, LeaseEnded, NewAlert, NewToken, Outbox,
     OutboxRow, PatchRecord, Revoked, RouterStore, StatsRows, StoreError, TargetRow, TokenRow,
-    now_ms, now_us,
+    now_ms, now_us, rule_ms,
 };
 
 /// At most this many requests share one commit.
@@ -266,12 +266,11 @@ fn outbox_tx(
     attempt: u32,
     report: &ApplyReport,
 ) -> Result<(), StoreError> {
-    let now = now_ms();
     exec(
         conn,
         "INSERT OR IGNORE INTO outbox (patch_id, attempt, next_at_ms, report_json, created_ms)
-         VALUES (?1, ?2, ?3, ?4, ?3)",
-        params![id, attempt, now, report_json(id, report)?],
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![id, attempt, rule_ms(), report_json(id, report)?, now_ms()],
     )?;
     Ok(())
 }
@@ -440,8 +439,8 @@ fn raise_tx(conn: &Connection, alert: &NewAlert) -> Result<bool, StoreError> {
     })?;
     exec(conn,
         "INSERT INTO alert_outbox (key, resolved, severity, summary, labels_json, at_ms, next_at_ms)
-         VALUES (?1, 0, ?2, ?3, ?4, ?5, ?5)",
-        params![alert.key, alert.severity, alert.summary, labels, now],
+         VALUES (?1, 0, ?2, ?3, ?4, ?5, ?6)",
+        params![alert.key, alert.severity, alert.summary, labels, now, rule_ms()],
     )?;
     Ok(true)
 }
@@ -454,8 +453,8 @@ fn resolve_tx(conn: &Connection, key: &str, summary: &str) -> Result<bool, Store
     let now = now_ms();
     exec(conn,
         "INSERT INTO alert_outbox (key, resolved, severity, summary, labels_json, at_ms, next_at_ms)
-         VALUES (?1, 1, 'info', ?2, '[]', ?3, ?3)",
-        params![key, summary, now],
+         VALUES (?1, 1, 'info', ?2, '[]', ?3, ?4)",
+        params![key, summary, now, rule_ms()],
     )?;
     Ok(true)
 }
@@ -788,7 +787,7 @@ impl RouterStore for SqliteStore {
                 "UPDATE patches SET status = 'leased', attempt = attempt + 1, fencing_token = ?2,
                         leased_to = ?3, lease_deadline_ms = ?4, updated_ms = ?5, error = ''
                  WHERE id = ?1",
-                params![id, token, owner, now + lease_ms, now],
+                params![id, token, owner, rule_ms() + lease_ms, now],
             )?;
             let record = must_get(conn, &id)?;
             exec(
@@ -817,7 +816,7 @@ impl RouterStore for SqliteStore {
         lease_ms: i64,
     ) -> Result<(), StoreError> {
         self.write(move |conn| {
-            let deadline = now_ms() + lease_ms;
+            let deadline = rule_ms() + lease_ms;
             for token in tokens {
                 exec(
                     conn,
@@ -990,7 +989,7 @@ impl RouterStore for SqliteStore {
         max_attempts: u32,
     ) -> Result<Vec<LeaseEnded>, StoreError> {
         self.write(move |conn| {
-            let now = now_ms();
+            let now = rule_ms();
             let ids: Vec<String> = conn
                 .prepare_cached(&format!(
                     "SELECT id FROM patches
@@ -1190,7 +1189,7 @@ impl RouterStore for SqliteStore {
                 "SELECT id, patch_id, attempt, tries, report_json, created_ms FROM outbox
                  WHERE delivered_ms IS NULL AND next_at_ms <= ?1 ORDER BY id LIMIT ?2",
             )?;
-            let rows = statement.query_map(params![now_ms(), limit], |row| {
+            let rows = statement.query_map(params![rule_ms(), limit], |row| {
                 Ok((
                     OutboxRow {
                         id: row.get(0)?,
@@ -1378,7 +1377,7 @@ impl RouterStore for SqliteStore {
                 "SELECT id, key, resolved, severity, summary, labels_json, at_ms, tries, next_at_ms
                  FROM alert_outbox WHERE delivered_ms IS NULL ORDER BY id LIMIT ?1",
             )?;
-            let now = now_ms();
+            let now = rule_ms();
             let mut rows = statement.query(params![limit])?;
             let mut due = Vec::new();
             while let Some(row) = rows.next()? {
@@ -1434,7 +1433,7 @@ impl RouterStore for SqliteStore {
                 match delivery {
                     Delivery::Delivered => delivered.execute(params![row_id, now])?,
                     Delivery::RetryIn(delay_ms) => {
-                        retry.execute(params![row_id, now + delay_ms])?
+                        retry.execute(params![row_id, rule_ms() + delay_ms])?
                     }
                 };
             }

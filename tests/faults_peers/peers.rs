@@ -1,0 +1,204 @@
+//! Slow and silent peers: a router that accepts and never answers, a router stopped with
+//! SIGSTOP, a connection to the summarizer that goes silent. Each is noticed within
+//! [`BOUND`] (the measured time is printed; the default keep-alive aims at 10 s) and every
+//! patch still completes exactly once.
+
+use std::time::{Duration, Instant};
+
+use ghost_proto::summarizer::v1::GetRequest as SummaryRequest;
+use ghost_proto::summarizer::v1::summarizer_service_client::SummarizerServiceClient;
+use tonic::transport::Endpoint;
+
+use crate::system::{
+    BlackHole, Relay, Service, append_patch, assert_each_once, executor_toml, free_port,
+    router_client, router_toml, submit, succeeded, summarizer_toml, workspace,
+};
+
+/// A generous upper bound on noticing a silent peer (the default bound is 10 s).
+const BOUND: Duration = Duration::from_secs(30);
+
+/// Polls `count` every 20 ms until it exceeds `above`, at most [`BOUND`]; the time it took.
+async fn until_more(count: impl Fn() -> usize, above: usize, what: &str) -> Duration {
+    let started = Instant::now();
+    loop {
+        if count() > above {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < BOUND,
+            "{what}: not within {BOUND:?} (the peer was never noticed)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_executor_notices_a_router_that_accepts_and_never_answers_and_dials_again() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let dir = scratch.path();
+    let hole = BlackHole::start().await;
+    let ws = workspace(dir);
+    let mut executor = Service::new(
+        dir,
+        "executor",
+        &executor_toml(dir, &format!("http://{}", hole.addr), &ws),
+    );
+    executor.start();
+    until_more(|| hole.count(), 0, "the executor's first dial").await;
+    let detected = until_more(
+        || hole.count(),
+        1,
+        "the executor giving up on a router that never answers",
+    )
+    .await;
+    eprintln!("black-hole router: the executor gave up and dialled again after {detected:?}");
+    assert!(detected <= BOUND, "{detected:?}");
+    drop(executor);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_under_sigstop_is_noticed_by_its_executor_and_every_patch_completes_once() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let dir = scratch.path();
+    let ws = workspace(dir);
+    let (router_port, summarizer_port) = (free_port(), free_port());
+    let router_url = format!("http://127.0.0.1:{router_port}");
+    let mut summarizer = Service::new(dir, "summarizer", &summarizer_toml(dir, summarizer_port));
+    let mut router = Service::new(
+        dir,
+        "router",
+        &router_toml(
+            dir,
+            router_port,
+            &format!("http://127.0.0.1:{summarizer_port}"),
+        ),
+    );
+    // The executor reaches the router through a relay that counts its connections.
+    let relay = Relay::start(([127, 0, 0, 1], router_port).into()).await;
+    let mut executor = Service::new(
+        dir,
+        "executor",
+        &executor_toml(dir, &format!("http://{}", relay.addr), &ws),
+    );
+    summarizer.start();
+    router.start();
+    executor.start();
+    let mut client = router_client(&router_url);
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let id = format!("before-{n}");
+        submit(&mut client, append_patch(&id, &[])).await;
+        succeeded(&mut client, &id, Duration::from_secs(60)).await;
+        ids.push(id);
+    }
+
+    let before = relay.count();
+    router.stop();
+    let detected = until_more(
+        || relay.count(),
+        before,
+        "the executor noticing the stopped router and dialling again",
+    )
+    .await;
+    eprintln!("SIGSTOP'd router: its executor noticed and dialled again after {detected:?}");
+    router.resume();
+
+    for n in 0..3 {
+        let id = format!("after-{n}");
+        submit(&mut client, append_patch(&id, &[])).await;
+        ids.push(id);
+    }
+    for id in &ids {
+        succeeded(&mut client, id, Duration::from_secs(60)).await;
+    }
+    assert_each_once(&ws, &ids);
+    assert!(detected <= BOUND, "{detected:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_to_the_summarizer_is_replaced_and_every_summary_arrives() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let dir = scratch.path();
+    let ws = workspace(dir);
+    let (router_port, summarizer_port) = (free_port(), free_port());
+    let router_url = format!("http://127.0.0.1:{router_port}");
+    // The router reaches the summarizer through a relay whose open connections can go silent.
+    let relay = Relay::start(([127, 0, 0, 1], summarizer_port).into()).await;
+    let mut summarizer = Service::new(dir, "summarizer", &summarizer_toml(dir, summarizer_port));
+    let mut router = Service::new(
+        dir,
+        "router",
+        &router_toml(dir, router_port, &format!("http://{}", relay.addr)),
+    );
+    let mut executor = Service::new(dir, "executor", &executor_toml(dir, &router_url, &ws));
+    summarizer.start();
+    router.start();
+    executor.start();
+    let mut client = router_client(&router_url);
+    let summaries = SummarizerServiceClient::new(
+        Endpoint::from_shared(format!("http://127.0.0.1:{summarizer_port}"))
+            .expect("url")
+            .timeout(Duration::from_secs(5))
+            .connect_lazy(),
+    );
+    let summarized = |id: String| {
+        let mut summaries = summaries.clone();
+        async move {
+            summaries
+                .get(SummaryRequest { patch_id: id })
+                .await
+                .ok()
+                .and_then(|answer| answer.into_inner().summary)
+                .is_some()
+        }
+    };
+
+    let mut ids = vec!["warm".to_owned()];
+    submit(&mut client, append_patch("warm", &[])).await;
+    succeeded(&mut client, "warm", Duration::from_secs(60)).await;
+    let started = Instant::now();
+    while !summarized("warm".to_owned()).await {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "warm never summarized"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let before = relay.count();
+    relay.freeze();
+    let frozen_at = Instant::now();
+    for n in 0..3 {
+        let id = format!("silent-{n}");
+        submit(&mut client, append_patch(&id, &[])).await;
+        ids.push(id);
+    }
+    for id in &ids {
+        succeeded(&mut client, id, Duration::from_secs(60)).await;
+    }
+    until_more(
+        || relay.count(),
+        before,
+        "the router replacing its silent connection to the summarizer",
+    )
+    .await;
+    eprintln!(
+        "silent summarizer connection: the router dialled anew {:?} after it went silent",
+        frozen_at.elapsed()
+    );
+    for id in &ids {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !summarized(id.clone()).await {
+            assert!(
+                Instant::now() < deadline,
+                "{id}: no summary 90 s after the connection went silent (the outbox is wedged)"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    eprintln!(
+        "silent summarizer connection: every summary delivered {:?} after it went silent",
+        frozen_at.elapsed()
+    );
+    assert_each_once(&ws, &ids);
+}
