@@ -237,7 +237,7 @@ pub async fn submit(client: &mut RouterServiceClient<Channel>, patch: Patch) {
         let answer = client
             .submit(SubmitRequest {
                 patch: Some(patch.clone()),
-                intake_warnings: Vec::new(),
+                ..Default::default()
             })
             .await;
         match answer {
