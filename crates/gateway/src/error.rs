@@ -122,8 +122,12 @@ pub enum GatewayError {
     /// The router does not implement this yet.
     #[error("{0} is not available from this router version")]
     NotImplemented(&'static str),
-    /// The router could not durably accept the patch; nothing was stored.
-    #[error("the patch queue is unavailable; nothing was stored, retry later")]
+    /// The router could not durably accept the patch; nothing was stored. When the router
+    /// said why (its disk is full or failing), the detail says it too.
+    #[error(
+        "the patch queue is unavailable{}; nothing was stored, retry later",
+        public_reason(.0)
+    )]
     Unavailable(String),
     /// An unknown API key before the gateway's first snapshot of the runtime keys: it may be
     /// one the gateway has not learnt yet, so 503 (retry), not 401.
@@ -141,6 +145,21 @@ pub enum GatewayError {
     /// A bug or an unexpected upstream answer.
     #[error("internal error")]
     Internal(String),
+}
+
+/// The part of an upstream failure a client may read: the reason a service gave for its
+/// degraded storage (`: the router's disk is full`), written for people by that service;
+/// nothing otherwise (an upstream's other messages stay in the log).
+fn public_reason(detail: &str) -> String {
+    let Some(at) = detail.find(ghost_runtime::storage::UNAVAILABLE_PREFIX) else {
+        return String::new();
+    };
+    let reason: String = detail[at + ghost_runtime::storage::UNAVAILABLE_PREFIX.len()..]
+        .chars()
+        .take_while(|c| *c != ';' && !c.is_control())
+        .take(200)
+        .collect();
+    format!(" ({})", reason.trim())
 }
 
 impl GatewayError {

@@ -16,6 +16,8 @@
 //!   allow-list of a restricted listener.
 //! - [`metrics`]: the Prometheus recorder.
 //! - [`probe`]: `--healthcheck`, the container health check run by the service binary itself.
+//! - [`storage`]: storage health (a full or failing disk makes a service *degraded*: readiness,
+//!   metrics and the `storage_unavailable/<service>` alert).
 //!
 //! Every service depends on this crate; it depends on `ghost-proto` only for the reflection
 //! descriptors.
@@ -29,5 +31,6 @@ pub mod propagation;
 pub mod red;
 pub mod serve;
 pub mod shutdown;
+pub mod storage;
 pub mod telemetry;
 pub mod tls;
