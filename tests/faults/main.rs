@@ -7,9 +7,15 @@
 //!   into the router, switched at run time by a control file.
 //!
 //! For each fault, patches are submitted before, during and after it, one at a time (each
-//! retried with the same id until it is accepted: 202), each appending its id to `log.txt`.
+//! retried with the same id until it is accepted: 202), each appending its id to its target's
+//! `log.txt`. Two targets: `MAIN`'s executor runs throughout (slowed, so patches are queued and
+//! one is being applied when the fault starts: its result must be stored once the disk heals),
+//! `LATE`'s executor starts only once the fault has begun (its first leases fail while the
+//! target is free: the dispatcher must retry them by itself). Once the disk heals, every patch
+//! accepted so far must end with no new submission to nudge the router (nothing stranded);
+//! then more are submitted.
 //! It asserts: every 202 ends exactly once (`succeeded`, one terminal event) with its effect
-//! once (its id once in the log); FIFO (the log is in submission order); while the fault lasts
+//! once (its id once in the log); FIFO per target (each log is in submission order); while the fault lasts
 //! the router's `/readyz` answers 503 with the reason, `storage_unavailable/router` fires at
 //! the alerter, and intake answers 503 problem+json with `Retry-After` and a detail naming the
 //! disk; after it heals, the router is ready again within [`RECOVERY_BOUND`], the alert is
@@ -23,7 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use system::{RouterEnv, Submitted, System};
+use system::{LATE, MAIN, RouterEnv, Submitted, System};
 use tokio::sync::Mutex;
 
 /// Terminal patch states (as the router's Events name them).
@@ -37,8 +43,10 @@ pub const TERMINAL: [&str; 7] = [
     "lost",
 ];
 
-/// Patches submitted just before the fault (some are still queued when it starts).
+/// Patches submitted to `MAIN` just before the fault (some are still queued when it starts).
 const BEFORE: usize = 12;
+/// Patches submitted to `LATE` before the fault (all queued: no executor serves it yet).
+const LATE_BEFORE: usize = 4;
 /// Patches submitted after it healed.
 const AFTER: usize = 8;
 /// How long the fault lasts once it was detected.
@@ -48,7 +56,10 @@ const HOLD: Duration = Duration::from_secs(3);
 const DETECTION_BOUND: Duration = Duration::from_secs(15);
 /// The router must be ready again within this after the fault healed.
 const RECOVERY_BOUND: Duration = Duration::from_secs(10);
-/// Every accepted patch must have ended within this after the fault healed.
+/// Every patch accepted before the disk healed must have ended within this after it healed,
+/// with nothing else submitted meanwhile.
+const UNSTRANDED_BOUND: Duration = Duration::from_secs(20);
+/// Every accepted patch must have ended within this at the end.
 const SETTLE_BOUND: Duration = Duration::from_secs(90);
 /// One submission is retried (same id) at most this long.
 const SUBMIT_BOUND: Duration = Duration::from_secs(60);
@@ -163,20 +174,23 @@ struct Row {
 /// What the submitter saw.
 #[derive(Default)]
 struct Seen {
-    /// Ids accepted, in order.
-    accepted: Vec<String>,
+    /// (target, id) accepted, in order.
+    accepted: Vec<(String, String)>,
     /// 503 answers, and those whose detail named the disk.
     unavailable: usize,
     unavailable_with_reason: usize,
 }
 
 /// Submits `id` until it is accepted; every refusal must be a 503 problem with Retry-After.
-async fn submit_until_accepted(system: &System, id: &str, seen: &Mutex<Seen>) {
+async fn submit_until_accepted(system: &System, target: &str, id: &str, seen: &Mutex<Seen>) {
     let deadline = Instant::now() + SUBMIT_BOUND;
     loop {
-        match system.submit(id).await {
+        match system.submit(target, id).await {
             Submitted::Accepted => {
-                seen.lock().await.accepted.push(id.to_owned());
+                seen.lock()
+                    .await
+                    .accepted
+                    .push((target.to_owned(), id.to_owned()));
                 return;
             }
             Submitted::Unavailable {
@@ -221,20 +235,49 @@ where
     }
 }
 
-async fn scenario(name: &'static str, system: System, fault: Fault) -> Row {
-    let system = Arc::new(system);
+/// Waits until every patch in `accepted` has ended: `succeeded`, with one terminal event;
+/// returns those that did not end by `deadline`.
+async fn ended(system: &System, accepted: &[(String, String)], deadline: Instant) -> Vec<String> {
+    let mut open = Vec::new();
+    for (_, id) in accepted {
+        loop {
+            let outcome = system.outcome(id).await;
+            if let Some((status, terminal)) = &outcome
+                && TERMINAL.contains(&status.as_str())
+            {
+                assert_eq!(status, "succeeded", "{id} ended {status}");
+                assert_eq!(*terminal, 1, "{id} has {terminal} terminal events");
+                break;
+            }
+            if Instant::now() > deadline {
+                open.push(id.clone());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    open
+}
+
+async fn scenario(name: &'static str, mut system: System, fault: Fault) -> Row {
     let seen = Arc::new(Mutex::new(Seen::default()));
+    for n in 0..LATE_BEFORE {
+        submit_until_accepted(&system, LATE, &format!("{name}-late-{n:02}"), &seen).await;
+    }
     for n in 0..BEFORE {
-        submit_until_accepted(&system, &format!("{name}-before-{n:02}"), &seen).await;
+        submit_until_accepted(&system, MAIN, &format!("{name}-before-{n:02}"), &seen).await;
     }
 
-    // The fault starts while the last of those are still queued; a submitter keeps going.
+    // The fault starts while the last of those are still queued; then LATE's executor comes;
+    // a submitter keeps going.
     fault.start();
-    let applied_at_fault = system.applied().len();
+    let applied_at_fault = system.applied(MAIN).len();
     assert!(
         applied_at_fault < BEFORE,
         "{name}: every patch before the fault had run already; none was queued across it"
     );
+    system.start_late_executor();
+    let system = Arc::new(system);
     let stop = Arc::new(AtomicBool::new(false));
     let during = Arc::new(AtomicUsize::new(0));
     let submitter = {
@@ -247,7 +290,7 @@ async fn scenario(name: &'static str, system: System, fault: Fault) -> Row {
         tokio::spawn(async move {
             let mut n = 0;
             while !stop.load(Ordering::SeqCst) && n < 1000 {
-                submit_until_accepted(&system, &format!("{name}-during-{n:03}"), &seen).await;
+                submit_until_accepted(&system, MAIN, &format!("{name}-during-{n:03}"), &seen).await;
                 during.fetch_add(1, Ordering::SeqCst);
                 n += 1;
             }
@@ -301,50 +344,50 @@ async fn scenario(name: &'static str, system: System, fault: Fault) -> Row {
     .await;
     stop.store(true, Ordering::SeqCst);
     submitter.await.expect("submitter");
+
+    // Nothing stranded: what was accepted until now ends with nothing new submitted.
+    let so_far = seen.lock().await.accepted.clone();
+    let stranded = ended(&system, &so_far, Instant::now() + UNSTRANDED_BOUND).await;
+    assert!(
+        stranded.is_empty(),
+        "{name}: accepted, not ended {UNSTRANDED_BOUND:?} after the disk healed: {stranded:?} \
+         (logs in {})",
+        system.dir.display()
+    );
     for n in 0..AFTER {
-        submit_until_accepted(&system, &format!("{name}-after-{n:02}"), &seen).await;
+        let target = if n % 2 == 0 { MAIN } else { LATE };
+        submit_until_accepted(&system, target, &format!("{name}-after-{n:02}"), &seen).await;
     }
 
-    // Every 202 ends exactly once, with its effect once, in submission order.
+    // Every 202 ends exactly once, with its effect once, in submission order per target.
     let accepted = seen.lock().await.accepted.clone();
-    let settle = Instant::now() + SETTLE_BOUND;
-    let mut lost = Vec::new();
-    for id in &accepted {
-        loop {
-            let outcome = system.outcome(id).await;
-            if let Some((status, terminal)) = &outcome
-                && TERMINAL.contains(&status.as_str())
-            {
-                assert_eq!(status, "succeeded", "{id} ended {status}");
-                assert_eq!(*terminal, 1, "{id} has {terminal} terminal events");
-                break;
-            }
-            if Instant::now() > settle {
-                lost.push(id.clone());
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    let applied = system.applied();
-    let doubled = applied.len().saturating_sub(
-        applied
-            .iter()
-            .collect::<std::collections::BTreeSet<_>>()
-            .len(),
-    );
+    let lost = ended(&system, &accepted, Instant::now() + SETTLE_BOUND).await;
     assert!(
         lost.is_empty(),
         "{name}: accepted but not ended: {lost:?} (logs in {})",
         system.dir.display()
     );
-    assert_eq!(doubled, 0, "{name}: applied twice: {applied:?}");
-    assert_eq!(
-        applied,
-        accepted,
-        "{name}: the log is not in submission order (FIFO) or misses patches (logs in {})",
-        system.dir.display()
-    );
+    let mut doubled = 0;
+    for target in [MAIN, LATE] {
+        let applied = system.applied(target);
+        let once = applied
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        doubled += applied.len() - once;
+        let expected: Vec<String> = accepted
+            .iter()
+            .filter(|(t, _)| t == target)
+            .map(|(_, id)| id.clone())
+            .collect();
+        assert_eq!(
+            applied,
+            expected,
+            "{name}: {target}'s log is not in submission order (FIFO), misses patches or has \
+             one twice (logs in {})",
+            system.dir.display()
+        );
+    }
     let seen = seen.lock().await;
     assert!(ready_during == 503);
     eprintln!(

@@ -36,6 +36,40 @@ fn free_port() -> u16 {
     listener.local_addr().expect("addr").port()
 }
 
+/// The target whose executor runs from the start (slowed, so patches queue behind it).
+pub const MAIN: &str = "MAIN";
+/// The target whose executor is started only once the fault has begun: its first leases are
+/// tried on the failing disk while the target is free.
+pub const LATE: &str = "LATE";
+
+/// The executor serving `target` (its workspace is `<dir>/<target>`).
+fn executor(dir: &Path, router_grpc: u16, target: &str) -> Child {
+    spawn(
+        dir,
+        &format!("executor-{target}"),
+        "executor",
+        &format!(
+            r#"router_url = "http://127.0.0.1:{router_grpc}"
+executor_id = "faults-{target}"
+state_dir = "{state}"
+reconnect_backoff = "100ms"
+# Slow enough that patches are still queued when a fault starts.
+test_write_delay = "150ms"
+[[workspaces]]
+target = "{target}"
+root = "{workspace}"
+[server]
+grpc_listen = "127.0.0.1:0"
+http_listen = "127.0.0.1:0"
+drain_grace = "0s"
+"#,
+            state = dir.join(format!("executor-state-{target}")).display(),
+            workspace = dir.join(target).display()
+        ),
+        &[],
+    )
+}
+
 /// How the router's process is started: extra environment (the fault shim).
 #[derive(Default, Clone)]
 pub struct RouterEnv {
@@ -45,7 +79,7 @@ pub struct RouterEnv {
 /// The four services of one scenario; dropping it kills them.
 pub struct System {
     pub dir: PathBuf,
-    pub workspace: PathBuf,
+    router_grpc: u16,
     gateway_url: String,
     router_http: String,
     router: RouterServiceClient<Channel>,
@@ -54,7 +88,7 @@ pub struct System {
     children: Vec<Child>,
 }
 
-fn spawn(dir: &Path, name: &str, toml: &str, env: &[(String, String)]) -> Child {
+fn spawn(dir: &Path, name: &str, program: &str, toml: &str, env: &[(String, String)]) -> Child {
     let config = dir.join(format!("{name}.toml"));
     std::fs::write(&config, toml).expect("write config");
     let log = std::fs::OpenOptions::new()
@@ -62,7 +96,7 @@ fn spawn(dir: &Path, name: &str, toml: &str, env: &[(String, String)]) -> Child 
         .append(true)
         .open(dir.join(format!("{name}.log")))
         .expect("log file");
-    let mut command = Command::new(binary(name));
+    let mut command = Command::new(binary(program));
     command
         .env("GHOST_CONFIG", &config)
         .env("RUST_LOG", "info")
@@ -81,9 +115,11 @@ impl System {
     /// be a mount) and `router_env` in the router's environment; answers once the router and
     /// the gateway are ready.
     pub async fn start(dir: &Path, router_data: &Path, router_env: &RouterEnv) -> Self {
-        let workspace = dir.join("workspace");
-        std::fs::create_dir_all(&workspace).expect("workspace");
-        std::fs::write(workspace.join("log.txt"), "END\n").expect("log.txt");
+        for target in [MAIN, LATE] {
+            let workspace = dir.join(target);
+            std::fs::create_dir_all(&workspace).expect("workspace");
+            std::fs::write(workspace.join("log.txt"), "END\n").expect("log.txt");
+        }
         let alerter_grpc = free_port();
         let router_grpc = free_port();
         let router_http = free_port();
@@ -91,6 +127,7 @@ impl System {
         let mut children = Vec::new();
         children.push(spawn(
             dir,
+            "alerter",
             "alerter",
             &format!(
                 r#"[health]
@@ -105,6 +142,7 @@ drain_grace = "0s"
         ));
         children.push(spawn(
             dir,
+            "router",
             "router",
             &format!(
                 r#"data_dir = "{data}"
@@ -122,31 +160,10 @@ drain_grace = "0s"
             ),
             &router_env.vars,
         ));
+        children.push(executor(dir, router_grpc, MAIN));
         children.push(spawn(
             dir,
-            "executor",
-            &format!(
-                r#"router_url = "http://127.0.0.1:{router_grpc}"
-executor_id = "faults"
-state_dir = "{state}"
-reconnect_backoff = "100ms"
-# Slow enough that patches are still queued when a fault starts.
-test_write_delay = "150ms"
-[[workspaces]]
-target = "MAIN"
-root = "{workspace}"
-[server]
-grpc_listen = "127.0.0.1:0"
-http_listen = "127.0.0.1:0"
-drain_grace = "0s"
-"#,
-                state = dir.join("executor-state").display(),
-                workspace = workspace.display()
-            ),
-            &[],
-        ));
-        children.push(spawn(
-            dir,
+            "gateway",
             "gateway",
             &format!(
                 r#"router_url = "http://127.0.0.1:{router_grpc}"
@@ -155,6 +172,8 @@ api_key = "{API_KEY}"
 upstream_timeout = "3s"
 [[targets]]
 name = "MAIN"
+[[targets]]
+name = "LATE"
 [rate_limit]
 per_minute = 100000
 burst = 10000
@@ -173,7 +192,7 @@ drain_grace = "0s"
         };
         let system = Self {
             dir: dir.to_path_buf(),
-            workspace,
+            router_grpc,
             gateway_url: format!("http://127.0.0.1:{gateway_http}"),
             router_http: format!("http://127.0.0.1:{router_http}"),
             router: RouterServiceClient::new(lazy(router_grpc)),
@@ -213,11 +232,18 @@ drain_grace = "0s"
         self.ready(&self.router_http).await
     }
 
-    /// `POST /v1/patches` of a patch appending `id` to `log.txt` (before the `END` marker).
-    pub async fn submit(&self, id: &str) -> Submitted {
+    /// Starts the executor of [`LATE`].
+    pub fn start_late_executor(&mut self) {
+        let child = executor(&self.dir, self.router_grpc, LATE);
+        self.children.push(child);
+    }
+
+    /// `POST /v1/patches` to `target` of a patch appending `id` to its `log.txt` (before the
+    /// `END` marker).
+    pub async fn submit(&self, target: &str, id: &str) -> Submitted {
         let body = serde_json::json!({
             "id": id,
-            "target": "MAIN",
+            "target": target,
             "description": format!("append {id} to the log"),
             "edits": [{"op": "replace", "path": "log.txt", "search": "END\n", "replace": format!("{id}\nEND\n")}],
         });
@@ -298,9 +324,10 @@ drain_grace = "0s"
         Some((status, terminal))
     }
 
-    /// The ids in `log.txt`, in the order their patches were applied.
-    pub fn applied(&self) -> Vec<String> {
-        let log = std::fs::read_to_string(self.workspace.join("log.txt")).unwrap_or_default();
+    /// The ids in `target`'s `log.txt`, in the order their patches were applied.
+    pub fn applied(&self, target: &str) -> Vec<String> {
+        let log =
+            std::fs::read_to_string(self.dir.join(target).join("log.txt")).unwrap_or_default();
         log.lines()
             .filter(|line| *line != "END")
             .map(str::to_owned)
