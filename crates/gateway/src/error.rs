@@ -362,3 +362,41 @@ pub fn from_upstream(id: &str, status: &tonic::Status) -> GatewayError {
         other => GatewayError::Internal(format!("{other:?}: {}", status.message())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_router_with_a_full_disk_is_a_503_saying_why_with_retry_after() {
+        let status = tonic::Status::unavailable(format!(
+            "{}the router's disk is full",
+            ghost_runtime::storage::UNAVAILABLE_PREFIX
+        ));
+        let response = from_upstream("p-1", &status).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        let body = axum::body::to_bytes(response.into_body(), 64 * 1024)
+            .await
+            .unwrap();
+        let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            problem["detail"],
+            "the patch queue is unavailable (the router's disk is full); nothing was stored, \
+             retry later"
+        );
+    }
+
+    #[test]
+    fn other_upstream_failures_keep_their_text_out_of_the_detail() {
+        let status = tonic::Status::unavailable("tcp connect error: 127.0.0.1:50051 refused");
+        assert_eq!(
+            from_upstream("p-1", &status).to_string(),
+            "the patch queue is unavailable; nothing was stored, retry later"
+        );
+    }
+}
