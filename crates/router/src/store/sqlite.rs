@@ -55,8 +55,10 @@ const IN_FLIGHT: &str = "('leased', 'applying', 'validating')";
 
 /// A request for the writer thread: runs inside the batch's transaction (in its own savepoint)
 /// and returns whether it succeeded, the storage fault it met (if any), plus what to do once the
-/// batch commit is known.
-type Job = Box<dyn FnOnce(&Connection) -> (bool, Option<(FaultKind, String)>, Finish) + Send>;
+/// batch commit is known. Given no connection (none could be opened), it runs nothing and
+/// leaves the answer to the batch's failure.
+type Job =
+    Box<dyn FnOnce(Option<&Connection>) -> (bool, Option<(FaultKind, String)>, Finish) + Send>;
 /// Answers the caller; gets the batch's commit failure, if any.
 type Finish = Box<dyn FnOnce(Option<&CommitFailure>) + Send>;
 
@@ -185,7 +187,14 @@ fn write_loop(mut writer: Writer, jobs: mpsc::Receiver<Job>) {
                         None => CommitFailure::Other(err.to_string()),
                     }
                 }),
-                Err(failure) => Err(failure),
+                Err(failure) => {
+                    // Every caller is answered with the reason, none left without an answer.
+                    for job in batch {
+                        let (_, _, finish) = job(None);
+                        finishes.push(finish);
+                    }
+                    Err(failure)
+                }
             };
         writer.committing_since.store(0, Ordering::SeqCst);
         metrics::histogram!("ghost_router_commit_batch_size").record(size as f64);
@@ -259,7 +268,7 @@ fn run_batch(
     let mut tx = conn.transaction()?;
     for job in batch {
         let savepoint = tx.savepoint()?;
-        let (ok, fault, finish) = job(&savepoint);
+        let (ok, fault, finish) = job(Some(&savepoint));
         if ok {
             savepoint.commit()?;
         } else {
@@ -787,12 +796,19 @@ impl SqliteStore {
     {
         let (answer, answered) = oneshot::channel();
         let health = self.health.clone();
-        let job: Job = Box::new(move |conn: &Connection| {
-            let (result, fault) = classify(work(conn), &health);
+        let job: Job = Box::new(move |conn: Option<&Connection>| {
+            let (result, fault) = match conn {
+                Some(conn) => classify(work(conn), &health),
+                None => (
+                    Err(StoreError::Commit("no write connection".to_owned())),
+                    None,
+                ),
+            };
             let ok = result.is_ok();
             let finish: Finish = Box::new(move |failure: Option<&CommitFailure>| {
                 let outcome = match (result, failure) {
-                    (Ok(_), Some(CommitFailure::Storage(kind, reason))) => {
+                    // Nothing of the batch was stored, whatever this job did: retrying is safe.
+                    (_, Some(CommitFailure::Storage(kind, reason))) => {
                         Err(StoreError::Unavailable {
                             kind: *kind,
                             reason: reason.clone(),
