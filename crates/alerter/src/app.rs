@@ -214,6 +214,7 @@ impl App {
                 .add_service(AlerterReadServiceServer::new(read)),
             http: routes(self.inbound),
             open_methods: Vec::new(),
+            storage: None,
         };
         ghost_runtime::serve::serve_until(
             service,

@@ -241,6 +241,7 @@ impl App {
             grpc: tonic::service::Routes::default(),
             http: axum::Router::new(),
             open_methods: Vec::new(),
+            storage: None,
         };
         ghost_runtime::serve::serve_until(
             service,

@@ -297,6 +297,7 @@ impl App {
             grpc: tonic::service::Routes::default(),
             http,
             open_methods: Vec::new(),
+            storage: None,
         };
         serve::serve_until(
             service,

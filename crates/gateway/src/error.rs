@@ -122,8 +122,12 @@ pub enum GatewayError {
     /// The router does not implement this yet.
     #[error("{0} is not available from this router version")]
     NotImplemented(&'static str),
-    /// The router could not durably accept the patch; nothing was stored.
-    #[error("the patch queue is unavailable; nothing was stored, retry later")]
+    /// The router could not durably accept the patch; nothing was stored. When the router
+    /// said why (its disk is full or failing), the detail says it too.
+    #[error(
+        "the patch queue is unavailable{}; nothing was stored, retry later",
+        public_reason(.0)
+    )]
     Unavailable(String),
     /// An unknown API key before the gateway's first snapshot of the runtime keys: it may be
     /// one the gateway has not learnt yet, so 503 (retry), not 401.
@@ -141,6 +145,21 @@ pub enum GatewayError {
     /// A bug or an unexpected upstream answer.
     #[error("internal error")]
     Internal(String),
+}
+
+/// The part of an upstream failure a client may read: the reason a service gave for its
+/// degraded storage (`: the router's disk is full`), written for people by that service;
+/// nothing otherwise (an upstream's other messages stay in the log).
+fn public_reason(detail: &str) -> String {
+    let Some(at) = detail.find(ghost_runtime::storage::UNAVAILABLE_PREFIX) else {
+        return String::new();
+    };
+    let reason: String = detail[at + ghost_runtime::storage::UNAVAILABLE_PREFIX.len()..]
+        .chars()
+        .take_while(|c| *c != ';' && !c.is_control())
+        .take(200)
+        .collect();
+    format!(" ({})", reason.trim())
 }
 
 impl GatewayError {
@@ -341,5 +360,43 @@ pub fn from_upstream(id: &str, status: &tonic::Status) -> GatewayError {
             GatewayError::Unavailable(format!("{:?}: {}", status.code(), status.message()))
         }
         other => GatewayError::Internal(format!("{other:?}: {}", status.message())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_router_with_a_full_disk_is_a_503_saying_why_with_retry_after() {
+        let status = tonic::Status::unavailable(format!(
+            "{}the router's disk is full",
+            ghost_runtime::storage::UNAVAILABLE_PREFIX
+        ));
+        let response = from_upstream("p-1", &status).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        let body = axum::body::to_bytes(response.into_body(), 64 * 1024)
+            .await
+            .unwrap();
+        let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            problem["detail"],
+            "the patch queue is unavailable (the router's disk is full); nothing was stored, \
+             retry later"
+        );
+    }
+
+    #[test]
+    fn other_upstream_failures_keep_their_text_out_of_the_detail() {
+        let status = tonic::Status::unavailable("tcp connect error: 127.0.0.1:50051 refused");
+        assert_eq!(
+            from_upstream("p-1", &status).to_string(),
+            "the patch queue is unavailable; nothing was stored, retry later"
+        );
     }
 }

@@ -19,6 +19,8 @@
 //! - [`metrics`]: the Prometheus recorder.
 //! - [`peers`]: deadlines and keep-alives of every gRPC client and server.
 //! - [`probe`]: `--healthcheck`, the container health check run by the service binary itself.
+//! - [`storage`]: storage health (a full or failing disk makes a service *degraded*: readiness,
+//!   metrics and the `storage_unavailable/<service>` alert).
 //!
 //! Every service depends on this crate; it depends on `ghost-proto` only for the reflection
 //! descriptors.
@@ -34,5 +36,6 @@ pub mod propagation;
 pub mod red;
 pub mod serve;
 pub mod shutdown;
+pub mod storage;
 pub mod telemetry;
 pub mod tls;

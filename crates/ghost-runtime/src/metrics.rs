@@ -30,6 +30,16 @@ pub enum Kind {
 /// name recorded anywhere in the workspace is listed here.
 pub const CATALOGUE: &[(&str, Kind, &str)] = &[
     (
+        "ghost_storage_degraded",
+        Kind::Gauge,
+        "1 while the service's storage refuses writes (disk full, I/O errors, a failed or stalled fsync), else 0, by service.",
+    ),
+    (
+        "ghost_storage_faults_total",
+        Kind::Counter,
+        "Storage faults met (a write or flush that failed or stalled), by service and kind (full, io, fsync, stall).",
+    ),
+    (
         "ghost_gateway_api_keys_stale",
         Kind::Gauge,
         "1 while the gateway cannot reach the router for the runtime API keys (it keeps the last ones learnt), else 0.",

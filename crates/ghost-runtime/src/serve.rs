@@ -1,6 +1,9 @@
 //! Serving a service's gRPC and HTTP sides with the same health, metrics, tracing and drain
 //! behaviour everywhere.
 //!
+//! While the service's storage is degraded ([`crate::storage`]), `/readyz` answers 503 with the
+//! reason and `grpc.health.v1` reports NOT_SERVING; both turn back by themselves when it heals.
+//!
 //! On the shutdown token: `/readyz` turns 503 and `grpc.health.v1` reports NOT_SERVING, both
 //! servers keep answering for `drain_grace` (so load balancers move away), then stop accepting
 //! and wait at most `drain_timeout` for in-flight calls.
@@ -35,6 +38,7 @@ use crate::connections::{HttpLimits, serve_http, tls_incoming};
 use crate::credential::Gate;
 use crate::peers::PEER_TIMEOUTS;
 use crate::propagation::{grpc_server_span, http_server_span};
+use crate::storage::StorageHealth;
 use crate::tls::{ALPN_GRPC, ALPN_HTTP, ServerTls};
 
 /// Listeners bound ahead of their service by [`Listeners::prebind`], keyed by their real address.
@@ -198,7 +202,10 @@ impl Listeners {
 /// Readiness as both edges report it.
 #[derive(Clone)]
 struct Readiness {
+    /// False once draining.
     ready: Arc<AtomicBool>,
+    /// The service's storage, when it has any: degraded storage is not ready either.
+    storage: Option<StorageHealth>,
 }
 
 async fn healthz() -> &'static str {
@@ -206,10 +213,38 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(readiness): State<Readiness>) -> impl IntoResponse {
-    if readiness.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    if !readiness.ready.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining".to_owned());
+    }
+    match readiness.storage.as_ref().and_then(StorageHealth::reason) {
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("degraded: {reason}"),
+        ),
+        None => (StatusCode::OK, "ready".to_owned()),
+    }
+}
+
+/// Keeps `grpc.health.v1` in step with the storage health: NOT_SERVING while degraded, SERVING
+/// again when it heals (the drain aborts this task before it reports NOT_SERVING for good).
+async fn follow_storage(
+    storage: StorageHealth,
+    reporter: tonic_health::server::HealthReporter,
+    names: Vec<&'static str>,
+) {
+    let mut changes = storage.subscribe();
+    loop {
+        let status = if changes.borrow_and_update().is_some() {
+            ServingStatus::NotServing
+        } else {
+            ServingStatus::Serving
+        };
+        for grpc_name in std::iter::once("").chain(names.iter().copied()) {
+            reporter.set_service_status(grpc_name, status).await;
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
     }
 }
 
@@ -318,6 +353,9 @@ pub struct Service {
     /// gRPC methods (`/pkg.Service/Method`) callable without the service credential (health
     /// and reflection always are).
     pub open_methods: Vec<&'static str>,
+    /// The health of the service's storage, for a service that writes to a disk: while it is
+    /// degraded the service is not ready. `None`: nothing of it on a disk.
+    pub storage: Option<StorageHealth>,
 }
 
 /// Serves `service` until `shutdown` is cancelled, then drains as described in the module doc.
@@ -352,6 +390,7 @@ pub async fn run(
 
     let readiness = Readiness {
         ready: Arc::new(AtomicBool::new(true)),
+        storage: service.storage.clone(),
     };
     let probes = axum::Router::new()
         .route("/healthz", get(healthz))
@@ -375,6 +414,13 @@ pub async fn run(
             .set_service_status(grpc_name, ServingStatus::Serving)
             .await;
     }
+    let storage_follower = service.storage.clone().map(|storage| {
+        tokio::spawn(follow_storage(
+            storage,
+            reporter.clone(),
+            service.grpc_names.clone(),
+        ))
+    });
 
     let tls = listeners.tls.clone();
     let watching = CancellationToken::new();
@@ -522,6 +568,10 @@ pub async fn run(
 
     tracing::info!(service = name, grace = ?config.drain_grace, "draining");
     readiness.ready.store(false, Ordering::SeqCst);
+    if let Some(follower) = storage_follower {
+        follower.abort();
+        let _ = follower.await;
+    }
     for grpc_name in std::iter::once("").chain(service.grpc_names.iter().copied()) {
         reporter
             .set_service_status(grpc_name, ServingStatus::NotServing)

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ghost_proto::alerter::v1::alerter_service_client::AlerterServiceClient;
 use ghost_proto::router::v1::api_key_service_server::ApiKeyServiceServer;
@@ -20,7 +21,7 @@ use crate::config::RouterConfig;
 use crate::grpc::RouterGrpc;
 use crate::routing::{Policy, Routing};
 use crate::stats::RouterStats;
-use crate::store::{RouterStore, SqliteStore};
+use crate::store::{RouterStore, STALL_AFTER, SqliteStore};
 use crate::tokens::{ExecutorTokens, TokenService};
 use crate::{SERVICE, outbox};
 
@@ -34,6 +35,8 @@ pub struct App {
     listeners: Listeners,
     upstream: Upstream,
     routing: Arc<Routing>,
+    /// The store itself, for its storage health and probe.
+    store: SqliteStore,
     /// The service credential, resolved once from `internal_token` or `internal_token_file`.
     internal_token: Secret,
 }
@@ -69,14 +72,17 @@ impl App {
                 "attempts in flight at the last stop were interrupted and their patches requeued or lost"
             );
         }
-        let routing = Arc::new(Routing::new(
-            Arc::new(store),
-            Policy {
-                lease: config.lease_timeout,
-                max_attempts: config.max_attempts,
-                stale_after: config.stale_after,
-            },
-        ));
+        let routing = Arc::new(
+            Routing::new(
+                Arc::new(store.clone()),
+                Policy {
+                    lease: config.lease_timeout,
+                    max_attempts: config.max_attempts,
+                    stale_after: config.stale_after,
+                },
+            )
+            .with_storage(store.health().clone()),
+        );
         let mut listeners = Listeners::bind(&config.server)
             .await
             .map_err(|err| anyhow::anyhow!("cannot bind the router listeners: {err}"))?;
@@ -92,6 +98,7 @@ impl App {
             listeners,
             upstream,
             routing,
+            store,
             internal_token,
         })
     }
@@ -143,6 +150,24 @@ impl App {
             Arc::clone(&self.routing.alert_wake),
             token.clone(),
         ));
+        let storage_alerter = match &self.config.alerter_url {
+            Some(url) => Some(AlerterServiceClient::new(traced_channel(
+                url,
+                &self.upstream,
+            )?)),
+            None => None,
+        };
+        tasks.spawn(ghost_runtime::storage::report_faults(
+            self.store.health().clone(),
+            storage_alerter,
+            token.clone(),
+        ));
+        tasks.spawn(watch_storage(
+            self.store.clone(),
+            Arc::clone(&self.routing),
+            token.clone(),
+        ));
+        tasks.spawn(Arc::clone(&self.routing).run_dispatch_retries(token.clone()));
         let routing = Arc::clone(&self.routing);
         let sweep_token = token.clone();
         let sweep_every = self.config.sweep_interval;
@@ -190,6 +215,7 @@ impl App {
                 .add_service(ApiKeyServiceServer::new(ApiKeyGrpc { keys: api_keys })),
             http: axum::Router::new(),
             open_methods: vec![WORK_METHOD],
+            storage: Some(self.store.health().clone()),
         };
         let routing = Arc::clone(&self.routing);
         let close_token = token.clone();
@@ -206,5 +232,53 @@ impl App {
             tasks,
         )
         .await
+    }
+}
+
+/// How often the storage watch looks at the writer.
+const STORAGE_WATCH: Duration = Duration::from_millis(250);
+/// The longest wait between two probes of a degraded store.
+const MAX_PROBE_WAIT: Duration = Duration::from_secs(1);
+
+/// Notices a commit that hangs (degraded after [`STALL_AFTER`]) and, while the store is
+/// degraded, probes it with one real write at growing intervals (up to [`MAX_PROBE_WAIT`]) until
+/// one commits: the store heals by itself when the disk does, once the leases of the
+/// executors still connected are renewed (their renewals were not stored meanwhile).
+async fn watch_storage(store: SqliteStore, routing: Arc<Routing>, shutdown: CancellationToken) {
+    let mut wait = STORAGE_WATCH;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        if let Some(busy) = store.committing_for()
+            && busy >= STALL_AFTER
+        {
+            store.health().fault(
+                ghost_runtime::storage::FaultKind::Stall,
+                format!("a commit has been running for {} ms", busy.as_millis()),
+            );
+        }
+        if !store.health().is_degraded() {
+            wait = STORAGE_WATCH;
+            continue;
+        }
+        // A probe behind a hanging commit waits with it; the watch goes on meanwhile.
+        let healed = async {
+            store.probe().await?;
+            routing.renew_live_leases().await
+        };
+        match tokio::time::timeout(MAX_PROBE_WAIT, healed).await {
+            Ok(Ok(())) => {
+                store.health().healed();
+                routing.dispatch_after_heal().await;
+                wait = STORAGE_WATCH;
+            }
+            Ok(Err(err)) => {
+                tracing::debug!(error = %err, "storage probe failed; the store stays degraded");
+                wait = (wait * 2).min(MAX_PROBE_WAIT);
+            }
+            Err(_) => wait = MAX_PROBE_WAIT,
+        }
     }
 }

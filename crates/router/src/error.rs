@@ -104,6 +104,9 @@ impl From<RouterError> for tonic::Status {
                 tracing::error!(error = %inner, "router internal error");
                 Self::internal(err.to_string())
             }
+            RouterError::Store(StoreError::Unavailable { reason, .. }) => Self::unavailable(
+                format!("{}{reason}", ghost_runtime::storage::UNAVAILABLE_PREFIX),
+            ),
             RouterError::Store(inner) => {
                 tracing::error!(error = %inner, "router storage failed");
                 Self::internal("internal storage error")

@@ -9,6 +9,13 @@
 //! `executor_lost/<target>`; a queue that waits too long with no executor raises
 //! `queue_stale/<target>`; both resolve when the condition clears.
 //!
+//! A storage fault never strands work: a lease whose commit failed is retried by the
+//! dispatcher itself with bounded backoff (see [`Routing::run_dispatch_retries`]) and, since the
+//! store always leases the oldest highest-priority patch, the patch keeps its place in its
+//! queue; a completion is retried until stored. While the store is degraded no lease is
+//! expired (renewals cannot be stored either), and when it heals the leases of the executors
+//! still connected are renewed before the store is called healthy.
+//!
 //! Metrics are labelled by target only for targets an executor has served since the router
 //! started; every other target is counted under [`OTHER_TARGET`]. Target names come from
 //! clients, and a series per name would let any client grow the metrics without bound.
@@ -16,10 +23,11 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ghost_core::{ApplyReport, Patch, Status};
 use ghost_proto::executor::v1::{Assign, Cancel, DryRun, RouterMessage, router_message};
+use ghost_runtime::storage::StorageHealth;
 use tokio::sync::{Mutex, Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -51,6 +59,28 @@ enum Ask {
     DryRun,
     /// Check a revert patch (sessions advertising `revert`).
     Revert,
+}
+
+/// The first wait before a write that met a storage fault is tried again; doubles up to
+/// [`MAX_STORAGE_RETRY`].
+const FIRST_STORAGE_RETRY: Duration = Duration::from_millis(100);
+/// The longest wait between two tries of a write (or a lease) that met a storage fault.
+const MAX_STORAGE_RETRY: Duration = Duration::from_secs(1);
+
+/// The wait before try `failures + 1` of a write that met a storage fault.
+fn storage_backoff(failures: u32) -> Duration {
+    FIRST_STORAGE_RETRY
+        .saturating_mul(1 << failures.min(10))
+        .min(MAX_STORAGE_RETRY)
+}
+
+/// Targets whose last lease could not be stored, waiting to be dispatched again.
+#[derive(Default)]
+struct DispatchRetries {
+    /// Target → (failures in a row, when to try again).
+    due: std::sync::Mutex<HashMap<String, (u32, Instant)>>,
+    /// Woken when a target is added.
+    wake: Notify,
 }
 
 /// The lease and alert policy.
@@ -154,6 +184,10 @@ pub struct Routing {
     pub dry_runs: DryRuns,
     /// Reverts being checked: one at a time per revert id.
     pub reverts: Reverts,
+    /// Dispatches to try again after a storage fault.
+    retries: DispatchRetries,
+    /// The store's disk, when known: no lease expires while it is degraded.
+    storage: Option<StorageHealth>,
 }
 
 fn millis(duration: Duration) -> i64 {
@@ -175,7 +209,155 @@ impl Routing {
             waiters: Waiters::default(),
             dry_runs: DryRuns::default(),
             reverts: Reverts::default(),
+            retries: DispatchRetries::default(),
+            storage: None,
         }
+    }
+
+    /// The same routing, told the health of its store's disk.
+    pub fn with_storage(mut self, storage: StorageHealth) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
+    fn storage_degraded(&self) -> bool {
+        self.storage
+            .as_ref()
+            .is_some_and(StorageHealth::is_degraded)
+    }
+
+    /// Runs `write` again, with backoff, for as long as it meets a storage fault: the write is
+    /// never dropped. Other errors (and success) are returned at once.
+    async fn until_stored<T, F, Fut>(&self, what: &str, mut write: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let mut failures = 0_u32;
+        loop {
+            match write().await {
+                Err(err @ StoreError::Unavailable { .. }) => {
+                    let wait = storage_backoff(failures);
+                    tracing::warn!(what, error = %err, retry_in = ?wait, "write not stored; retried");
+                    tokio::time::sleep(wait).await;
+                    failures = failures.saturating_add(1);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Notes that `target`'s lease could not be stored: it is dispatched again after a backoff.
+    fn retry_dispatch_later(&self, target: &str) {
+        let mut due = self
+            .retries
+            .due
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let failures = due.get(target).map_or(0, |(failures, _)| *failures);
+        let wait = storage_backoff(failures);
+        due.insert(
+            target.to_owned(),
+            (failures.saturating_add(1), Instant::now() + wait),
+        );
+        drop(due);
+        self.retries.wake.notify_one();
+    }
+
+    /// A lease of `target` was stored (or there was nothing to lease): its backoff starts over.
+    fn dispatch_stored(&self, target: &str) {
+        let mut due = self
+            .retries
+            .due
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if due.get(target).is_some_and(|(failures, _)| *failures > 0) {
+            due.remove(target);
+        }
+    }
+
+    /// Dispatches again, when their backoff is over, the targets whose lease could not be
+    /// stored, until `shutdown`: a queued patch is never left waiting for an unrelated event.
+    pub async fn run_dispatch_retries(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            let now = Instant::now();
+            let (ready, next): (Vec<String>, Option<Instant>) = {
+                let due = self
+                    .retries
+                    .due
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let ready = due
+                    .iter()
+                    .filter(|(_, (_, at))| *at <= now)
+                    .map(|(target, _)| target.clone())
+                    .collect();
+                let next = due.values().map(|(_, at)| *at).filter(|at| *at > now).min();
+                (ready, next)
+            };
+            // Marks a ready target as not due while it is tried (a failure schedules the next try).
+            let trying = now + Duration::from_secs(3600);
+            for target in &ready {
+                if let Some(entry) = self
+                    .retries
+                    .due
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .get_mut(target)
+                {
+                    entry.1 = trying;
+                }
+                tracing::info!(%target, "dispatching again after a lease that was not stored");
+                self.dispatch(target).await;
+                // Still marked: the dispatch ended before the store (the target busy or no
+                // executor), and the next event of the target dispatches it as usual.
+                let mut due = self
+                    .retries
+                    .due
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if due.get(target).is_some_and(|(_, at)| *at == trying) {
+                    due.remove(target);
+                }
+            }
+            if !ready.is_empty() {
+                continue;
+            }
+            let sleep = next.map_or(Duration::from_secs(3600), |at| at - now);
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = self.retries.wake.notified() => {}
+                () = tokio::time::sleep(sleep) => {}
+            }
+        }
+    }
+
+    /// Hands out work on every served target at once after the store healed (rather than at
+    /// each target's next retry).
+    pub async fn dispatch_after_heal(&self) {
+        self.dispatch_all().await;
+    }
+
+    /// Renews the live leases of the executors still connected (after the store healed: their
+    /// renewals during the fault could not be stored, and they must not expire for it).
+    pub async fn renew_live_leases(&self) -> Result<(), StoreError> {
+        let held: Vec<(String, u64)> = {
+            let slots = self.slots.lock().await;
+            slots
+                .values()
+                .filter_map(|slot| {
+                    let (_, token, session) = slot.active.as_ref()?;
+                    let holder = slot.sessions.iter().find(|s| s.id == *session)?;
+                    Some((holder.owner.clone(), *token))
+                })
+                .collect()
+        };
+        for (owner, token) in held {
+            self.store
+                .renew(owner, vec![token], self.lease_ms())
+                .await?;
+        }
+        Ok(())
     }
 
     /// The store, for reads.
@@ -410,10 +592,18 @@ impl Routing {
             )
             .await
         {
-            Ok(Some(record)) => record,
-            Ok(None) => return,
+            Ok(Some(record)) => {
+                self.dispatch_stored(target);
+                record
+            }
+            Ok(None) => {
+                self.dispatch_stored(target);
+                return;
+            }
             Err(err) => {
-                tracing::error!(%target, error = %err, "cannot lease the next patch");
+                // Nothing was leased: the patch is still first in its queue. Try again soon.
+                tracing::error!(%target, error = %err, "cannot lease the next patch; retried");
+                self.retry_dispatch_later(target);
                 return;
             }
         };
@@ -515,13 +705,18 @@ impl Routing {
             .map(|rollback| rollback.error.clone())
             .filter(|error| !error.is_empty());
         let late_report = report.clone();
+        // A completion that was not stored is retried until it is: dropped, its lease would
+        // expire and the patch run again.
+        let stored = self
+            .until_stored("complete", || {
+                self.store
+                    .complete(id.clone(), reporter.owner.to_owned(), token, report.clone())
+            })
+            .await?;
         let Some(Completed {
             record,
             dependent_targets,
-        }) = self
-            .store
-            .complete(id.clone(), reporter.owner.to_owned(), token, report)
-            .await?
+        }) = stored
         else {
             if interrupted
                 && self
@@ -702,6 +897,10 @@ impl Routing {
     /// Interrupts attempts whose lease expired: tells their executors to stop (a late result
     /// would be refused by fencing anyway), requeues or loses the patches, raises alerts.
     pub async fn expire_leases(&self) {
+        if self.storage_degraded() {
+            // Renewals cannot be stored either: a lease is not lost for a disk's fault.
+            return;
+        }
         let ended = self
             .store
             .end_leases(None, "lease expired".to_owned(), self.policy.max_attempts)

@@ -174,6 +174,7 @@ impl App {
             ))),
             http: axum::Router::new(),
             open_methods: Vec::new(),
+            storage: None,
         };
         ghost_runtime::serve::serve_until(
             service,

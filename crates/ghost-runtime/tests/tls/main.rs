@@ -64,6 +64,7 @@ async fn start(config: ServerConfig) -> Running {
         grpc: tonic::service::Routes::default(),
         http: axum::Router::new(),
         open_methods: vec![],
+        storage: None,
     };
     let stop = CancellationToken::new();
     let done = tokio::spawn({

@@ -20,7 +20,7 @@ pub use api_keys::{
     ApiKeyRow, KeyCreated, KeyRevoked, KeysImported, MAX_API_KEYS, MAX_TOTAL_TARGETS, NewApiKey,
     Revoker,
 };
-pub use sqlite::SqliteStore;
+pub use sqlite::{STALL_AFTER, SqliteStore};
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +42,15 @@ pub enum StoreError {
     /// The batch this request was part of could not be committed.
     #[error("commit failed: {0}")]
     Commit(String),
+    /// The disk refused the write (full, I/O error, failed or stalled fsync): nothing was
+    /// stored, and the store is degraded until a write succeeds again.
+    #[error("storage unavailable ({kind}): {reason}")]
+    Unavailable {
+        /// What the disk did.
+        kind: ghost_runtime::storage::FaultKind,
+        /// For people and clients: `the router's disk is full`.
+        reason: String,
+    },
     /// The writer thread is gone (the router is stopping).
     #[error("the store is closed")]
     Closed,

@@ -1,10 +1,36 @@
 //! The embedded [`RouterStore`]: SQLite in WAL mode with `synchronous=FULL`, one writer
 //! thread doing group commits and one read connection.
+//!
+//! Storage faults. An error SQLite reports as the disk's (`SQLITE_FULL`, `SQLITE_IOERR_*`,
+//! the fsync ones included) makes the store *degraded* ([`StorageHealth`]): every caller of the
+//! failed batch gets [`StoreError::Unavailable`] (nothing of the batch is stored: SQLite rolls
+//! back a transaction whose commit failed), new patches are refused at once with the reason
+//! instead of queueing behind a failing disk, and the callers of every other write retry it
+//! with backoff (see `routing`). A batch still running after [`STALL_AFTER`] (a flush that
+//! hangs) degrades the store too. The store heals by itself: the router probes it
+//! ([`SqliteStore::probe`] writes one row through the writer), and the first probe that
+//! commits ends the degraded state.
+//!
+//! After a failed write or fsync the store does not trust what it wrote: the writer thread
+//! drops its connection and opens a new one (and so does the read side) before the next batch.
+//! We re-open rather than refuse writes until restart because SQLite never reports a commit
+//! as done unless its fsync returned success: the failed transaction was rolled back and its
+//! callers told so, the WAL frames it left past the last committed frame are not part of the
+//! database and are overwritten by the next commit, and a fresh connection re-reads the
+//! WAL index and pages from the files instead of trusting a page cache filled by a write the
+//! kernel may have dropped (the PostgreSQL fsync lesson: never retry the same fsync and
+//! assume the earlier writes reached the disk). So nothing the router acts on rests on a write
+//! whose flush failed. After a crash, SQLite's recovery could replay such a transaction if
+//! all its frames did reach the disk after all; every write the router retries is idempotent
+//! (a patch id, a fencing token), so the replay changes nothing a caller relies on.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
 
 use ghost_core::{ApplyReport, Patch, Status};
+use ghost_runtime::storage::{FaultKind, StorageHealth};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
@@ -28,10 +54,64 @@ const COLUMNS: &str = "id, patch_json, content_hash, status, attempt, traceparen
 const IN_FLIGHT: &str = "('leased', 'applying', 'validating')";
 
 /// A request for the writer thread: runs inside the batch's transaction (in its own savepoint)
-/// and returns whether it succeeded plus what to do once the batch commit is known.
-type Job = Box<dyn FnOnce(&Connection) -> (bool, Finish) + Send>;
-/// Answers the caller; gets the batch's commit error, if any.
-type Finish = Box<dyn FnOnce(Option<String>) + Send>;
+/// and returns whether it succeeded, the storage fault it met (if any), plus what to do once the
+/// batch commit is known. Given no connection (none could be opened), it runs nothing and
+/// leaves the answer to the batch's failure.
+type Job =
+    Box<dyn FnOnce(Option<&Connection>) -> (bool, Option<(FaultKind, String)>, Finish) + Send>;
+/// Answers the caller; gets the batch's commit failure, if any.
+type Finish = Box<dyn FnOnce(Option<&CommitFailure>) + Send>;
+
+/// Why a batch was not committed.
+#[derive(Debug, Clone)]
+enum CommitFailure {
+    /// The disk failed: the store is degraded.
+    Storage(FaultKind, String),
+    /// Anything else.
+    Other(String),
+}
+
+/// A batch committing for longer than this degrades the store (a flush that hangs).
+pub const STALL_AFTER: Duration = Duration::from_secs(5);
+
+/// The storage fault behind an SQLite error, if it is one.
+fn storage_fault(err: &rusqlite::Error) -> Option<FaultKind> {
+    match err {
+        rusqlite::Error::SqliteFailure(failure, _) => {
+            FaultKind::from_sqlite_code(failure.extended_code)
+        }
+        _ => None,
+    }
+}
+
+/// Degraded-state classification of a job's own error: a storage fault becomes
+/// [`StoreError::Unavailable`], reported to the writer loop.
+fn classify<T>(
+    result: Result<T, StoreError>,
+    health: &StorageHealth,
+) -> (Result<T, StoreError>, Option<(FaultKind, String)>) {
+    match result {
+        Err(StoreError::Sqlite(err)) => match storage_fault(&err) {
+            Some(kind) => {
+                let detail = err.to_string();
+                (
+                    Err(StoreError::Unavailable {
+                        kind,
+                        reason: unavailable_reason(health, kind),
+                    }),
+                    Some((kind, detail)),
+                )
+            }
+            None => (Err(StoreError::Sqlite(err)), None),
+        },
+        other => (other, None),
+    }
+}
+
+/// What a caller is told when the disk failed (for people: no paths, no SQL).
+fn unavailable_reason(health: &StorageHealth, kind: FaultKind) -> String {
+    format!("the {}'s disk {}", health.service(), kind.describe())
+}
 
 /// Prepared statements kept per connection (the store uses about 50 distinct ones).
 const STATEMENT_CACHE: usize = 128;
@@ -41,6 +121,20 @@ const STATEMENT_CACHE: usize = 128;
 pub struct SqliteStore {
     writer: mpsc::Sender<Job>,
     reader: Arc<Mutex<Connection>>,
+    health: StorageHealth,
+    /// When the batch being committed started (ms since `epoch`, plus one; 0: none).
+    committing_since: Arc<AtomicU64>,
+    epoch: Instant,
+}
+
+/// What the writer thread owns besides its jobs.
+struct Writer {
+    path: PathBuf,
+    conn: Option<Connection>,
+    reader: Arc<Mutex<Connection>>,
+    health: StorageHealth,
+    committing_since: Arc<AtomicU64>,
+    epoch: Instant,
 }
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
@@ -69,8 +163,9 @@ fn row<T>(
 }
 
 /// The writer thread: takes every waiting request, runs each in a savepoint of one
-/// transaction, commits once, then answers them all.
-fn write_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
+/// transaction, commits once, then answers them all. After a storage fault it re-opens its
+/// connection (and the read one) before the next batch: see the module doc.
+fn write_loop(mut writer: Writer, jobs: mpsc::Receiver<Job>) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -81,15 +176,86 @@ fn write_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
         }
         let size = batch.len();
         let mut finishes = Vec::with_capacity(size);
-        let committed = run_batch(&mut conn, batch, &mut finishes);
+        let mut faults = Vec::new();
+        let started = writer.epoch.elapsed().as_millis() as u64 + 1;
+        writer.committing_since.store(started, Ordering::SeqCst);
+        let committed =
+            match writer.connection() {
+                Ok(conn) => run_batch(conn, batch, &mut finishes, &mut faults).map_err(|err| {
+                    match storage_fault(&err) {
+                        Some(kind) => CommitFailure::Storage(kind, err.to_string()),
+                        None => CommitFailure::Other(err.to_string()),
+                    }
+                }),
+                Err(failure) => {
+                    // Every caller is answered with the reason, none left without an answer.
+                    for job in batch {
+                        let (_, _, finish) = job(None);
+                        finishes.push(finish);
+                    }
+                    Err(failure)
+                }
+            };
+        writer.committing_since.store(0, Ordering::SeqCst);
         metrics::histogram!("ghost_router_commit_batch_size").record(size as f64);
-        let error = committed.err().map(|err| err.to_string());
-        if let Some(error) = &error {
-            tracing::error!(error = %error, size, "group commit failed");
+        let failure = committed.err();
+        match &failure {
+            Some(CommitFailure::Storage(kind, detail)) => faults.push((*kind, detail.clone())),
+            Some(CommitFailure::Other(error)) => {
+                tracing::error!(error = %error, size, "group commit failed");
+            }
+            None => {}
         }
+        if let Some((kind, detail)) = faults.first() {
+            writer.health.fault(*kind, detail.clone());
+            // Never go on with a connection whose write or flush failed.
+            writer.conn = None;
+        }
+        let answer = match &failure {
+            Some(CommitFailure::Storage(kind, _)) => Some(CommitFailure::Storage(
+                *kind,
+                unavailable_reason(&writer.health, *kind),
+            )),
+            other => other.clone(),
+        };
         for finish in finishes {
-            finish(error.clone());
+            finish(answer.as_ref());
         }
+    }
+}
+
+impl Writer {
+    /// The write connection, re-opened (with the read one) after a storage fault.
+    fn connection(&mut self) -> Result<&mut Connection, CommitFailure> {
+        if self.conn.is_none() {
+            let fresh = open_connection(&self.path).and_then(|conn| {
+                conn.pragma_update(None, "foreign_keys", "ON")?;
+                Ok(conn)
+            });
+            let conn = fresh.map_err(|err| match &err {
+                StoreError::Sqlite(sqlite) => match storage_fault(sqlite) {
+                    Some(kind) => CommitFailure::Storage(kind, err.to_string()),
+                    None => CommitFailure::Other(err.to_string()),
+                },
+                _ => CommitFailure::Other(err.to_string()),
+            })?;
+            match open_connection(&self.path) {
+                Ok(reader) => {
+                    *self
+                        .reader
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = reader;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot re-open the read connection; keeping the old one");
+                }
+            }
+            tracing::info!("store connections re-opened after a storage fault");
+            self.conn = Some(conn);
+        }
+        self.conn
+            .as_mut()
+            .ok_or_else(|| CommitFailure::Other("no write connection".to_owned()))
     }
 }
 
@@ -97,17 +263,19 @@ fn run_batch(
     conn: &mut Connection,
     batch: Vec<Job>,
     finishes: &mut Vec<Finish>,
+    faults: &mut Vec<(FaultKind, String)>,
 ) -> rusqlite::Result<()> {
     let mut tx = conn.transaction()?;
     for job in batch {
         let savepoint = tx.savepoint()?;
-        let (ok, finish) = job(&savepoint);
+        let (ok, fault, finish) = job(Some(&savepoint));
         if ok {
             savepoint.commit()?;
         } else {
             savepoint.finish()?;
         }
         finishes.push(finish);
+        faults.extend(fault);
     }
     tx.commit()
 }
@@ -553,16 +721,73 @@ impl SqliteStore {
         let mut conn = open_connection(path)?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         migrate(&mut conn)?;
-        let reader = open_connection(path)?;
+        let reader = Arc::new(Mutex::new(open_connection(path)?));
+        let health = StorageHealth::new(crate::SERVICE);
+        let committing_since = Arc::new(AtomicU64::new(0));
+        let epoch = Instant::now();
+        let state = Writer {
+            path: path.to_path_buf(),
+            conn: Some(conn),
+            reader: Arc::clone(&reader),
+            health: health.clone(),
+            committing_since: Arc::clone(&committing_since),
+            epoch,
+        };
         let (writer, jobs) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("router-store-writer".to_owned())
-            .spawn(move || write_loop(conn, jobs))
+            .spawn(move || write_loop(state, jobs))
             .map_err(|err| StoreError::Commit(format!("cannot start the writer: {err}")))?;
         Ok(Self {
             writer,
-            reader: Arc::new(Mutex::new(reader)),
+            reader,
+            health,
+            committing_since,
+            epoch,
         })
+    }
+
+    /// The health of the disk under this store.
+    pub fn health(&self) -> &StorageHealth {
+        &self.health
+    }
+
+    /// Refused at once while degraded: new work must not queue behind a failing disk.
+    fn refuse_if_degraded(&self) -> Result<(), StoreError> {
+        match self.health.fault_now() {
+            Some(fault) => Err(StoreError::Unavailable {
+                kind: fault.kind,
+                reason: unavailable_reason(&self.health, fault.kind),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// How long the batch being committed has been at it, if one is.
+    pub fn committing_for(&self) -> Option<Duration> {
+        match self.committing_since.load(Ordering::SeqCst) {
+            0 => None,
+            since => Some(
+                self.epoch
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(since - 1)),
+            ),
+        }
+    }
+
+    /// One real write through the writer (a row of `meta`, committed and flushed like any
+    /// batch). The caller heals the store ([`StorageHealth::healed`]) once it succeeded.
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        self.write(|conn| {
+            exec(
+                conn,
+                "INSERT INTO meta (key, value) VALUES ('storage_probe_ms', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![now_ms()],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     /// Runs `work` in the next group commit; answers once the batch is durable.
@@ -572,34 +797,56 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let (answer, answered) = oneshot::channel();
-        let job: Job = Box::new(move |conn: &Connection| {
-            let result = work(conn);
+        let health = self.health.clone();
+        let job: Job = Box::new(move |conn: Option<&Connection>| {
+            let (result, fault) = match conn {
+                Some(conn) => classify(work(conn), &health),
+                None => (
+                    Err(StoreError::Commit("no write connection".to_owned())),
+                    None,
+                ),
+            };
             let ok = result.is_ok();
-            let finish: Finish = Box::new(move |commit_error: Option<String>| {
-                let outcome = match (result, commit_error) {
-                    (Ok(_), Some(error)) => Err(StoreError::Commit(error)),
+            let finish: Finish = Box::new(move |failure: Option<&CommitFailure>| {
+                let outcome = match (result, failure) {
+                    // Nothing of the batch was stored, whatever this job did: retrying is safe.
+                    (_, Some(CommitFailure::Storage(kind, reason))) => {
+                        Err(StoreError::Unavailable {
+                            kind: *kind,
+                            reason: reason.clone(),
+                        })
+                    }
+                    (Ok(_), Some(CommitFailure::Other(error))) => {
+                        Err(StoreError::Commit(error.clone()))
+                    }
                     (result, _) => result,
                 };
                 let _ = answer.send(outcome);
             });
-            (ok, finish)
+            (ok, fault, finish)
         });
         self.writer.send(job).map_err(|_| StoreError::Closed)?;
         answered.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Runs a read on the read connection, off the async threads.
+    /// Runs a read on the read connection, off the async threads. A read the disk fails
+    /// degrades the store like a write.
     async fn read<T, F>(&self, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let reader = Arc::clone(&self.reader);
+        let health = self.health.clone();
         tokio::task::spawn_blocking(move || {
             let guard = reader
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            work(&guard)
+            let (result, fault) = classify(work(&guard), &health);
+            if let Some((kind, detail)) = fault {
+                health.fault(kind, detail);
+            }
+            result
         })
         .await?
     }
@@ -615,6 +862,7 @@ impl RouterStore for SqliteStore {
         warnings: Vec<String>,
         key_name: String,
     ) -> Result<Inserted, StoreError> {
+        self.refuse_if_degraded()?;
         self.write(move |conn| {
             let id = patch.id.to_string();
             let hash = patch.content_hash();
