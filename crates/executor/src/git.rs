@@ -718,14 +718,15 @@ impl Guard {
             rest = tail;
             let len = take_len(&mut rest)?;
             let rel = PathBuf::from(std::ffi::OsStr::from_bytes(&take(&mut rest, len)?));
-            let below_guarded = rel.components().all(|part| {
-                matches!(part, std::path::Component::Normal(_))
-            }) && rel.components().next().is_some_and(|first| {
-                GUARDED_FILES
-                    .iter()
-                    .chain(&GUARDED_DIRS)
-                    .any(|name| first.as_os_str() == std::ffi::OsStr::new(name))
-            });
+            let below_guarded = rel
+                .components()
+                .all(|part| matches!(part, std::path::Component::Normal(_)))
+                && rel.components().next().is_some_and(|first| {
+                    GUARDED_FILES
+                        .iter()
+                        .chain(&GUARDED_DIRS)
+                        .any(|name| first.as_os_str() == std::ffi::OsStr::new(name))
+                });
             if !below_guarded {
                 return Err(format!(
                     "the kept .git copies name {} outside config, info/ and hooks/",

@@ -114,7 +114,11 @@ fn help(program: &Path, args: &[&str], home: &Path) -> String {
 /// The words of a help text: flags (`-p`, `--print`), subcommands and listed choices.
 fn words(help: &str) -> Vec<&str> {
     help.split(|c: char| {
-        c.is_whitespace() || matches!(c, ',' | '=' | '[' | ']' | '(' | ')' | '"' | '\'' | '`' | '|')
+        c.is_whitespace()
+            || matches!(
+                c,
+                ',' | '=' | '[' | ']' | '(' | ')' | '"' | '\'' | '`' | '|'
+            )
     })
     .filter(|word| !word.is_empty())
     .collect()

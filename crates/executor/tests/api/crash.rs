@@ -220,7 +220,11 @@ async fn kill_9_while_an_agent_runs(with_git: bool) {
     ws.write("a.txt", "original\n");
     let mut agent = "echo changed >> a.txt; echo half > made.txt; sleep 30".to_owned();
     if with_git {
-        for args in [&["init", "-q"][..], &["add", "a.txt"], &["commit", "-qm", "init"]] {
+        for args in [
+            &["init", "-q"][..],
+            &["add", "a.txt"],
+            &["commit", "-qm", "init"],
+        ] {
             let status = std::process::Command::new("git")
                 .args(["-c", "user.name=t", "-c", "user.email=t@t"])
                 .args(args)
