@@ -260,7 +260,11 @@ fn commit_all(root: &Path) -> anyhow::Result<()> {
             .current_dir(root)
             .status()
             .context("cannot run git")?;
-        ensure!(status.success(), "git {args:?} failed in {}", root.display());
+        ensure!(
+            status.success(),
+            "git {args:?} failed in {}",
+            root.display()
+        );
     }
     Ok(())
 }
