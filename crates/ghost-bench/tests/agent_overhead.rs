@@ -34,7 +34,7 @@ fn agent_overhead_measures_each_size_and_writes_its_figures_as_json() {
         assert!(size["overhead_ms"]["p50"].as_f64().unwrap() > 0.0, "{size}");
         assert!(size["first_snapshot_ms"].as_f64().unwrap() > 0.0, "{size}");
     }
-    println!("{stdout}");
+    eprintln!("{stdout}");
 }
 
 #[test]
