@@ -229,29 +229,40 @@ pub const CLIS: &[Invocation] = &[
         tail: &[],
         files_as_args: false,
     },
-    // `codex exec`: non-interactive; `-` reads the prompt from stdin; JSON Lines events.
+    // `codex exec`: non-interactive (it never asks for approval); `-` reads the prompt from
+    // stdin; JSON Lines events. `--sandbox workspace-write` is what `--full-auto` meant until
+    // codex removed that flag: its own sandbox, writes to the workspace only.
     Invocation {
         cli: "codex",
         program: "codex",
-        args: &["exec", "--json", "--full-auto", "--skip-git-repo-check"],
+        args: &[
+            "exec",
+            "--json",
+            "--sandbox",
+            "workspace-write",
+            "--skip-git-repo-check",
+        ],
         model_flag: "--model",
         tail: &["-"],
         files_as_args: false,
     },
-    // `gemini` with piped stdin runs non-interactively; `--yolo` approves every tool.
+    // `gemini` with piped stdin runs non-interactively; `--yolo` approves every tool;
+    // `--skip-trust` trusts the workspace for this run (in an untrusted folder gemini would
+    // ignore `--yolo`).
     Invocation {
         cli: "gemini",
         program: "gemini",
-        args: &["--yolo", "--output-format", "json"],
+        args: &["--yolo", "--skip-trust", "--output-format", "json"],
         model_flag: "--model",
         tail: &[],
         files_as_args: false,
     },
-    // `opencode run MESSAGE`: non-interactive; JSON events.
+    // `opencode run MESSAGE`: non-interactive; `--auto` approves what its permissions do
+    // not deny (without it a tool asking for approval is refused unattended); JSON events.
     Invocation {
         cli: "opencode",
         program: "opencode",
-        args: &["run", "--format", "json"],
+        args: &["run", "--auto", "--format", "json"],
         model_flag: "--model",
         tail: &["Carry out the task in the file {task} (the same text is on stdin)."],
         files_as_args: false,

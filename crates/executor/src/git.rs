@@ -631,6 +631,8 @@ const GUARDED_DIRS: [&str; 2] = ["info", "hooks"];
 const GUARD_MAX_ENTRIES: usize = 1_000;
 /// Most bytes a [`Guard`] keeps.
 const GUARD_MAX_BYTES: u64 = 16 << 20;
+/// The first line of a [`Guard`]'s durable copy.
+const GUARD_MAGIC: &[u8] = b"ghost-git-guard 1\n";
 
 /// Copies of what git obeys under the root's `.git` (`config`, `config.worktree`, `info/`,
 /// `hooks/`), taken before a patch's commands or an agent run in the (writable) workspace.
@@ -655,6 +657,110 @@ impl Guard {
             keep(&git_dir, Path::new(name), 0, &mut held, &mut bytes)?;
         }
         Ok(Some(Self { held }))
+    }
+
+    /// The copies as bytes, to be kept durably beside a snapshot (so a restart after a crash
+    /// can put them back): a header line, then per path its kind, its length-prefixed path
+    /// and, for a file, its mode and length-prefixed bytes (for a symlink its target).
+    pub fn encode(&self) -> Vec<u8> {
+        use std::os::unix::ffi::OsStrExt;
+        let mut out = GUARD_MAGIC.to_vec();
+        let put = |out: &mut Vec<u8>, bytes: &[u8]| {
+            out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+            out.extend_from_slice(bytes);
+        };
+        for (rel, held) in &self.held {
+            match held {
+                Held::Dir => out.push(b'd'),
+                Held::Symlink(_) => out.push(b'l'),
+                Held::File(..) => out.push(b'f'),
+            }
+            put(&mut out, rel.as_os_str().as_bytes());
+            match held {
+                Held::Dir => {}
+                Held::Symlink(target) => put(&mut out, target.as_os_str().as_bytes()),
+                Held::File(bytes, mode) => {
+                    out.extend_from_slice(&mode.to_le_bytes());
+                    put(&mut out, bytes);
+                }
+            }
+        }
+        out
+    }
+
+    /// The copies [`Guard::encode`] wrote; an error names what is wrong with `bytes`. Every
+    /// path must be relative and below a guarded name (a damaged or planted file cannot make
+    /// a restore write elsewhere).
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        use std::os::unix::ffi::OsStrExt;
+        let mut rest = bytes
+            .strip_prefix(GUARD_MAGIC)
+            .ok_or("the kept .git copies have no header")?;
+        let take = |rest: &mut &[u8], len: usize| -> Result<Vec<u8>, String> {
+            if rest.len() < len {
+                return Err("the kept .git copies are cut short".to_owned());
+            }
+            let (head, tail) = rest.split_at(len);
+            *rest = tail;
+            Ok(head.to_vec())
+        };
+        let take_len = |rest: &mut &[u8]| -> Result<usize, String> {
+            let raw = take(rest, 8)?;
+            let mut word = [0u8; 8];
+            word.copy_from_slice(&raw);
+            usize::try_from(u64::from_le_bytes(word))
+                .ok()
+                .filter(|len| *len as u64 <= GUARD_MAX_BYTES + 4096)
+                .ok_or_else(|| "the kept .git copies hold a length out of range".to_owned())
+        };
+        let mut held = std::collections::BTreeMap::new();
+        while let Some((&kind, tail)) = rest.split_first() {
+            rest = tail;
+            let len = take_len(&mut rest)?;
+            let rel = PathBuf::from(std::ffi::OsStr::from_bytes(&take(&mut rest, len)?));
+            let below_guarded = rel
+                .components()
+                .all(|part| matches!(part, std::path::Component::Normal(_)))
+                && rel.components().next().is_some_and(|first| {
+                    GUARDED_FILES
+                        .iter()
+                        .chain(&GUARDED_DIRS)
+                        .any(|name| first.as_os_str() == std::ffi::OsStr::new(name))
+                });
+            if !below_guarded {
+                return Err(format!(
+                    "the kept .git copies name {} outside config, info/ and hooks/",
+                    rel.display()
+                ));
+            }
+            let entry = match kind {
+                b'd' => Held::Dir,
+                b'l' => {
+                    let len = take_len(&mut rest)?;
+                    Held::Symlink(PathBuf::from(std::ffi::OsStr::from_bytes(&take(
+                        &mut rest, len,
+                    )?)))
+                }
+                b'f' => {
+                    let raw = take(&mut rest, 4)?;
+                    let mut word = [0u8; 4];
+                    word.copy_from_slice(&raw);
+                    let mode = u32::from_le_bytes(word) & 0o7777;
+                    let len = take_len(&mut rest)?;
+                    Held::File(take(&mut rest, len)?, mode)
+                }
+                other => {
+                    return Err(format!(
+                        "the kept .git copies hold an unknown kind {other:#x}"
+                    ));
+                }
+            };
+            if held.len() >= GUARD_MAX_ENTRIES {
+                return Err("the kept .git copies hold too many entries".to_owned());
+            }
+            held.insert(rel, entry);
+        }
+        Ok(Self { held })
     }
 
     /// The first guarded path that differs now, as `.git/<path>`.
@@ -838,4 +944,29 @@ fn keep(
         return Err(format!("{} is not a file, directory or symlink", shown()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_guards_durable_copy_reads_back_the_same_and_refuses_paths_outside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let git_dir = dir.path().join(".git");
+        std::fs::create_dir_all(git_dir.join("hooks")).unwrap();
+        std::fs::create_dir_all(git_dir.join("info")).unwrap();
+        std::fs::write(git_dir.join("config"), "[core]\n").unwrap();
+        std::fs::write(git_dir.join("hooks/pre-commit"), "#!/bin/sh\n").unwrap();
+        std::os::unix::fs::symlink("../config", git_dir.join("info/link")).unwrap();
+        let guard = Guard::take(dir.path()).unwrap().unwrap();
+        assert_eq!(Guard::decode(&guard.encode()).unwrap(), guard);
+        let mut planted = GUARD_MAGIC.to_vec();
+        planted.push(b'f');
+        planted.extend_from_slice(&(12u64).to_le_bytes());
+        planted.extend_from_slice(b"../../etc/x\n");
+        assert!(Guard::decode(&planted).unwrap_err().contains("outside"));
+        let encoded = guard.encode();
+        assert!(Guard::decode(&encoded[..encoded.len() - 1]).is_err());
+    }
 }

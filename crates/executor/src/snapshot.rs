@@ -70,6 +70,8 @@ pub const RACY_NS: i128 = 2_000_000_000;
 const MAGIC: &[u8] = b"ghost-snapshot 1\n";
 const MANIFEST: &str = "manifest";
 const MARKER: &str = "in-force";
+/// The durable copy of the `.git` guard's files (absent: the workspace had no `.git`).
+const GIT_GUARD: &str = "git-guard";
 /// Deepest directory level walked; deeper is refused (a snapshot that cannot see everything
 /// would make the rollback incomplete).
 const MAX_DEPTH: usize = 512;
@@ -658,6 +660,7 @@ pub fn take(scope: &Scope, label: &str) -> io::Result<Snapshot> {
         write_durably(&manifest_path, &manifest.encode())?;
         taken.collected = collect(scope, previous.as_ref(), &manifest);
     }
+    keep_guard(scope, guard.as_ref())?;
     write_durably(&scope.dir.join(MARKER), label.as_bytes())?;
     taken.entries = manifest.len();
     Ok(Snapshot {
@@ -666,6 +669,53 @@ pub fn take(scope: &Scope, label: &str) -> io::Result<Snapshot> {
         guard,
         taken,
     })
+}
+
+/// Keeps the `.git` guard's copies durably beside the manifest, before the marker, so that
+/// a restart after a crash puts `.git/config`, `info/` and `hooks/` back as well (written
+/// only when they differ from the copy already there, the usual case between patches).
+fn keep_guard(scope: &Scope, guard: Option<&git::Guard>) -> io::Result<()> {
+    let path = scope.dir.join(GIT_GUARD);
+    let Some(guard) = guard else {
+        return match std::fs::remove_file(&path) {
+            Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err),
+            _ => Ok(()),
+        };
+    };
+    let bytes = guard.encode();
+    if std::fs::read(&path).is_ok_and(|kept| kept == bytes) {
+        return Ok(());
+    }
+    write_durably(&path, &bytes)
+}
+
+/// After a crash: puts the `.git` guard's kept copies back when `.git` is still a directory
+/// and they differ from it.
+fn recover_guard(scope: &Scope, done: &mut Restored) {
+    let bytes = match std::fs::read(scope.dir.join(GIT_GUARD)) {
+        Ok(bytes) => bytes,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return,
+        Err(err) => {
+            done.errors
+                .push(format!("cannot read the kept copies of .git: {err}"));
+            return;
+        }
+    };
+    let guard = match git::Guard::decode(&bytes) {
+        Ok(guard) => guard,
+        Err(err) => {
+            done.errors.push(err);
+            return;
+        }
+    };
+    let is_dir = std::fs::symlink_metadata(scope.root.join(".git")).is_ok_and(|meta| meta.is_dir());
+    if !is_dir || guard.changed(&scope.root).is_none() {
+        return;
+    }
+    match guard.restore(&scope.root) {
+        Ok(count) => done.restored += count,
+        Err(err) => done.errors.push(format!("cannot restore .git: {err}")),
+    }
 }
 
 /// Up to this many new blobs are each fsync'd; more are flushed with one `syncfs` (which,
@@ -814,7 +864,11 @@ pub fn recover(scope: &Scope) -> io::Result<Option<Restored>> {
     }
     let bytes = std::fs::read(scope.dir.join(MANIFEST))?;
     let manifest = Manifest::decode(&bytes).map_err(io::Error::other)?;
-    Ok(Some(restore(scope, &manifest, None)))
+    // `.git`'s guarded paths first, before anything runs git again (as `Snapshot::restore`).
+    let mut done = Restored::default();
+    recover_guard(scope, &mut done);
+    done.merge(restore(scope, &manifest, None));
+    Ok(Some(done))
 }
 
 impl Snapshot {

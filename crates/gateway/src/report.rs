@@ -31,6 +31,59 @@ pub struct ReportView {
     /// What the checks reported, located: the patch's files first, then errors, warnings and
     /// notes; at most 100 (a last note, `tool` `ghost`, counts the rest).
     pub diagnostics: Vec<DiagnosticView>,
+    /// For an agent task: what the coding agent did; null otherwise.
+    pub agent: Option<AgentView>,
+    /// How the commands and the agent were confined on the file system: `landlock` (writes
+    /// only to the workspace and a private temp dir), `landlock-partial` (an older Landlock:
+    /// not all of that confined), `none` (the kernel has no Landlock, or the target's
+    /// `sandbox = "off"`); empty when nothing ran.
+    pub sandbox: String,
+}
+
+/// What a coding agent did in the workspace.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AgentView {
+    /// The agent: `aider`, `claude-code`, `codex`, `gemini`, `opencode`, `cursor-agent`,
+    /// `command`, or `inbox` for the hand-off to an IDE agent.
+    pub cli: String,
+    /// Its exit code; null when it was killed (or for an inbox hand-off).
+    pub exit_code: Option<i32>,
+    /// Its wall time, ms.
+    pub duration_ms: u64,
+    /// Unified diff of the workspace from before the agent ran to after it (bounded).
+    pub diff: String,
+    /// True when `diff` was cut at its bound (`files` still lists every path).
+    pub diff_truncated: bool,
+    /// Every workspace-relative path it changed, made or removed.
+    pub files: Vec<String>,
+    /// Its final message, where its output has one.
+    pub final_message: String,
+    /// The end of its transcript (its combined output, bounded).
+    pub transcript_tail: String,
+    /// Tokens the model read; null when the CLI does not report them.
+    pub input_tokens: Option<u64>,
+    /// Tokens the model wrote; null when the CLI does not report them.
+    pub output_tokens: Option<u64>,
+    /// Cost in US dollars as the CLI reported it, e.g. `0.0123`; empty: not reported.
+    pub cost_usd: String,
+}
+
+impl From<wire::AgentRun> for AgentView {
+    fn from(agent: wire::AgentRun) -> Self {
+        Self {
+            cli: agent.cli,
+            exit_code: agent.exit_code,
+            duration_ms: agent.duration_ms,
+            diff: agent.diff,
+            diff_truncated: agent.diff_truncated,
+            files: agent.files,
+            final_message: agent.final_message,
+            transcript_tail: agent.transcript_tail,
+            input_tokens: agent.input_tokens,
+            output_tokens: agent.output_tokens,
+            cost_usd: agent.cost_usd,
+        }
+    }
 }
 
 /// One located finding of a check, e.g. `src/a.ts:12:5` `TS2322`.
@@ -186,6 +239,8 @@ impl From<wire::ApplyReport> for ReportView {
                     check: found.check,
                 })
                 .collect(),
+            agent: report.agent.map(AgentView::from),
+            sandbox: report.sandbox,
         }
     }
 }

@@ -6,6 +6,7 @@
 //! never accepts the cookie and keeps answering `401`. Every response carries a strict
 //! Content-Security-Policy; the only script is the embedded poller that refreshes `#live`.
 
+mod agent_run;
 mod board;
 mod charts;
 mod html;

@@ -7,6 +7,9 @@ use std::time::Duration;
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "ghost-bench", about = "Benchmark Ghost Runner end to end", long_about = None)]
 pub struct BenchArgs {
+    /// A separate measurement instead of the end-to-end benchmark.
+    #[command(subcommand)]
+    pub command: Option<BenchCommand>,
     /// Patches to submit (with `--rate` and `--duration`, rate × duration instead).
     #[arg(short = 'n', long, default_value_t = 200)]
     pub patches: usize,
@@ -73,6 +76,14 @@ pub struct BenchArgs {
     /// fsync samples for the floor.
     #[arg(long, default_value_t = 500)]
     pub fsync_samples: usize,
+}
+
+/// Measurements other than the end-to-end benchmark.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum BenchCommand {
+    /// The executor's overhead around a no-op coding agent (hand-off and snapshot), on
+    /// workspaces of the given sizes.
+    AgentOverhead(crate::agent_overhead::OverheadArgs),
 }
 
 impl BenchArgs {

@@ -8,6 +8,8 @@
 //! time, RSS and the machine's fsync floor, as a table and as JSON.
 //!
 //! - [`args`] — the command line.
+//! - [`agent_overhead`] — `ghost-bench agent-overhead`: the executor's overhead around a
+//!   no-op coding agent, in this process.
 //! - [`system`] — spawning the services, readiness, RSS.
 //! - [`load`] — submitting patches.
 //! - [`follow`] — waiting for every patch's end and collecting its stored events.
@@ -15,6 +17,7 @@
 //! - [`report`] — statistics, the table and the JSON document.
 //! - [`run`] — the whole benchmark.
 
+pub mod agent_overhead;
 pub mod args;
 pub mod floor;
 pub mod follow;

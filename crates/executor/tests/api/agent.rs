@@ -156,8 +156,26 @@ fn cancelling_a_running_agent_kills_its_tree_and_rolls_back() {
 /// `postMutationBuild`), handed to a scripted agent. `legacy_checks` names the programs the
 /// target allows, so only those `postMutationBuild` checks run.
 fn legacy_phase_patch_with(legacy_checks: &[&str]) -> ghost_core::ApplyReport {
+    legacy_patch_through(
+        "phase-agent-task.json",
+        legacy_checks,
+        "sh -c 'grep -q \"Phase 1: Create src-nextgen/shell/\" && mkdir -p src-nextgen/shell \
+         && echo \"export {};\" > src-nextgen/shell/index.ts && echo created the shell'",
+    )
+}
+
+/// The legacy document `fixture` (in ghost-core's legacy fixtures), normalised and handed
+/// to the scripted agent `command` (which reads the task on stdin) on a target allowing
+/// the programs `legacy_checks`; the workspace is checked to be restored byte for byte
+/// unless the patch succeeded.
+fn legacy_patch_through(
+    fixture: &str,
+    legacy_checks: &[&str],
+    command: &str,
+) -> ghost_core::ApplyReport {
     let fixture = ghost_testkit::repo_root()
-        .join("crates/ghost-core/tests/fixtures/legacy/phase-agent-task.json");
+        .join("crates/ghost-core/tests/fixtures/legacy")
+        .join(fixture);
     let value: serde_json::Value =
         serde_json::from_slice(&std::fs::read(fixture).unwrap()).unwrap();
     let options = ghost_core::LegacyOptions {
@@ -169,12 +187,8 @@ fn legacy_phase_patch_with(legacy_checks: &[&str]) -> ghost_core::ApplyReport {
         commands: CommandPolicy::Allowlist(legacy_checks.iter().map(|p| (*p).to_owned()).collect()),
         agent: Some(AgentConfig {
             cli: Some("command".to_owned()),
-            // The "agent" reads the task on stdin and does what phase 1 asks.
-            command: Some(
-                "sh -c 'grep -q \"Phase 1: Create src-nextgen/shell/\" && mkdir -p src-nextgen/shell \
-                 && echo \"export {};\" > src-nextgen/shell/index.ts && echo created the shell'"
-                    .to_owned(),
-            ),
+            // The "agent" reads the task on stdin and does what it asks.
+            command: Some(command.to_owned()),
             timeout: Duration::from_secs(30),
             ..AgentConfig::default()
         }),
@@ -238,6 +252,33 @@ fn a_legacy_phase_patch_whose_check_fails_is_rolled_back_with_the_checks_diagnos
         chmod.output_tail
     );
     assert!(report.agent.is_some_and(|a| a.diff.contains("+export {};")));
+}
+
+/// The other prose shape of the old system: `notes` and `phases` of `section`/`actions`,
+/// with no id and no target. The scripted agent finds a note and an action in its prompt
+/// and does what they ask; the echo of `postMutationBuild` runs as a check.
+#[test]
+fn a_legacy_notes_and_actions_patch_runs_through_a_scripted_agent_to_succeeded() {
+    let report = legacy_patch_through(
+        "phase-no-id-no-target.json",
+        &["echo"],
+        "sh -c 'grep -q \"MISSION: Repair patch quarantine system\" && \
+         grep -q \"Move failed patches to .patches/failed/. directory\" /dev/stdin && \
+         mkdir -p patches/failed && echo moved > patches/failed/README && echo made patches/failed'",
+    );
+    assert_eq!(report.status, Status::Succeeded, "{}", report.error);
+    let agent = report.agent.expect("the agent's run");
+    assert_eq!(
+        agent.files,
+        ["patches", "patches/failed", "patches/failed/README"]
+    );
+    assert_eq!(agent.final_message, "made patches/failed");
+    let check = report
+        .commands
+        .iter()
+        .find(|c| c.command.starts_with("echo"))
+        .expect("the postMutationBuild echo ran as a check");
+    assert_eq!(check.exit_code, Some(0), "{check:?}");
 }
 
 /// Figures (printed, not asserted): the overhead of the hand-off and the snapshot around a

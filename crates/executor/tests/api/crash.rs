@@ -177,8 +177,73 @@ test_write_delay = \"4ms\"\n[server]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen
 /// agent restored, its new file removed) and the patch is reported `interrupted`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_while_an_agent_runs_leaves_the_workspace_whole_after_restart() {
+    kill_9_while_an_agent_runs(false).await;
+}
+
+/// Issue 23: the same with a git work tree whose `.git/config`, `.git/info/` and
+/// `.git/hooks/` the agent changed before the executor died: the guard's copies of them
+/// survive the crash and are put back byte for byte, so no planted hook or filter outlives
+/// the interrupted patch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_an_agent_poisons_git_restores_its_config_info_and_hooks_after_restart() {
+    kill_9_while_an_agent_runs(true).await;
+}
+
+/// Every file under `.git/config`, `.git/info` and `.git/hooks`: its mode and its bytes as
+/// text (all of them are text; a failure shows them readably).
+fn git_guarded(root: &Path) -> BTreeMap<String, String> {
+    let mut found = BTreeMap::new();
+    let mut shown = |rel: String, (bytes, mode): (Option<Vec<u8>>, u32)| {
+        let text = match bytes {
+            None => "directory".to_owned(),
+            Some(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        };
+        found.insert(rel, format!("{mode:o} {text}"));
+    };
+    for name in ["config", "info", "hooks"] {
+        let path = root.join(".git").join(name);
+        if path.is_file() {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+            shown(name.to_owned(), (Some(fs::read(&path).unwrap()), mode));
+        } else if path.is_dir() {
+            for (rel, node) in snapshot(&path) {
+                shown(format!("{name}/{rel}"), node);
+            }
+        }
+    }
+    found
+}
+
+async fn kill_9_while_an_agent_runs(with_git: bool) {
     let ws = workspace();
     ws.write("a.txt", "original\n");
+    let mut agent = "echo changed >> a.txt; echo half > made.txt; sleep 30".to_owned();
+    if with_git {
+        for args in [
+            &["init", "-q"][..],
+            &["add", "a.txt"],
+            &["commit", "-qm", "init"],
+        ] {
+            let status = std::process::Command::new("git")
+                .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+                .args(args)
+                .current_dir(ws.root())
+                .status()
+                .unwrap();
+            assert!(status.success(), "git {args:?}");
+        }
+        fs::create_dir_all(ws.root().join(".git/info")).unwrap();
+        fs::write(ws.root().join(".git/info/exclude"), "# kept\n").unwrap();
+        // Changed before made.txt appears, so the kill lands after every one of them.
+        agent = format!(
+            "printf '[filter \"x\"]\\n\\tclean = cat\\n' >> .git/config; \
+             echo '* filter=x' > .git/info/attributes; echo planted > .git/info/exclude; \
+             printf '#!/bin/sh\\nexit 0\\n' > .git/hooks/pre-commit; chmod +x .git/hooks/pre-commit; \
+             rm -f .git/hooks/*.sample; {agent}"
+        );
+    }
+    let git_before = git_guarded(ws.root());
     let base = snapshot(ws.root());
     let (router_addr, mut sessions) = TestRouter::start().await;
     let config = ws.root().parent().unwrap().join("executor.toml");
@@ -189,9 +254,10 @@ async fn kill_9_while_an_agent_runs_leaves_the_workspace_whole_after_restart() {
 [server]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\
 [[workspaces]]\ntarget = \"MAIN\"\nroot = \"{}\"\n\
 [targets.MAIN.agent]\ncli = \"command\"\ntimeout = \"60s\"\n\
-command = \"sh -c 'echo changed >> a.txt; echo half > made.txt; sleep 30'\"\n",
+command = {command}\n",
             ws.ctx.workspace.state_dir.display(),
-            ws.root().display()
+            ws.root().display(),
+            command = toml_string(&shell_words::join(["sh", "-c", &agent])),
         ),
     )
     .unwrap();
@@ -232,6 +298,11 @@ command = \"sh -c 'echo changed >> a.txt; echo half > made.txt; sleep 30'\"\n",
     let mut session = sessions.recv().await.unwrap();
     let owed = owed_result(&mut session).await;
     assert_eq!(snapshot(ws.root()), base, "the workspace is whole again");
+    assert_eq!(
+        git_guarded(ws.root()),
+        git_before,
+        ".git/config, info/ and hooks/ are as before the agent ran"
+    );
     let Some(ExecutorMessage {
         kind: Some(executor_message::Kind::Result(result)),
     }) = owed
@@ -243,4 +314,9 @@ command = \"sh -c 'echo changed >> a.txt; echo half > made.txt; sleep 30'\"\n",
     assert_eq!(report.status, Status::Interrupted);
     restarted.kill().unwrap();
     restarted.wait().unwrap();
+}
+
+/// `text` as a TOML basic string.
+fn toml_string(text: &str) -> String {
+    toml::Value::String(text.to_owned()).to_string()
 }

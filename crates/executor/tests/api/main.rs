@@ -2,6 +2,7 @@
 
 mod agent;
 mod agent_cli;
+mod agent_flags;
 mod checks;
 mod complete_rollback;
 mod crash;

@@ -7,6 +7,7 @@ use ghost_core::Status;
 
 use crate::fleet::{AlertList, AlertView, ChannelBacklogView};
 use crate::patches::{EventView, PatchDetail, PatchView};
+use crate::ui::agent_run;
 use crate::ui::board::{ListPage, ListRequest, Overview};
 use crate::ui::charts;
 use crate::ui::html::{badge, duration, esc, time, url_part};
@@ -504,6 +505,10 @@ pub fn detail(viewer: &Viewer<'_>, detail: &PatchDetail, events: &[EventView]) -
                     tail = esc(&command.output_tail),
                 );
             }
+            if let Some(agent) = &report.agent {
+                agent_run::section(&mut out, agent);
+            }
+            agent_run::sandbox(&mut out, &report.sandbox);
             if let Some(rollback) = &report.rollback {
                 let _ = write!(
                     out,

@@ -460,3 +460,97 @@ async fn the_detail_page_shows_the_report_with_command_output_and_the_overview_c
     assert!(overview.body.contains("Stage latency"));
     assert!(overview.body.contains("write p50"));
 }
+
+/// Issue 23: an agent patch's report, in `GET /v1/patches/{id}` and on the detail page: the
+/// agent's cli, exit status, duration, tokens and cost, final message, diff, files and
+/// transcript tail, and the sandbox it ran in.
+#[tokio::test]
+async fn the_detail_page_and_the_report_show_the_agent_run_and_its_sandbox() {
+    // A scripted agent: it edits the workspace and prints a result object in Claude Code's
+    // JSON shape, which the executor reads for the final message, tokens and cost.
+    let scripts = tempfile::tempdir().unwrap();
+    let script = scripts.path().join("agent.sh");
+    std::fs::write(
+        &script,
+        "printf 'from the agent\\n' > made-by-agent.txt\necho working on it\n\
+         echo '{\"type\":\"result\",\"result\":\"Made made-by-agent.txt <ok>.\",\
+         \"total_cost_usd\":0.0123,\"usage\":{\"input_tokens\":1200,\"output_tokens\":40}}'\n",
+    )
+    .unwrap();
+    let policy = executor::config::TargetPolicy {
+        commands: executor::config::CommandPolicy::Any,
+        agent: Some(executor::AgentConfig {
+            cli: Some("command".to_owned()),
+            command: Some(format!("sh {}", script.display())),
+            timeout: Duration::from_secs(30),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let system = System::start_with(Some(policy), |_| {}).await;
+    submit(
+        &system,
+        &json!({"id": "agent-run", "target": "MAIN", "description": "ask the agent",
+                "agent": {"task": "Make made-by-agent.txt."},
+                "validate": ["grep -q agent made-by-agent.txt"]}),
+    )
+    .await;
+    let body = finished(&system, "agent-run").await;
+    assert_eq!(body["status"], "succeeded", "{body}");
+    let report = &body["report"];
+    let agent = &report["agent"];
+    assert_eq!(agent["cli"], "command", "{report}");
+    assert_eq!(agent["exit_code"], 0);
+    assert!(agent["duration_ms"].is_u64());
+    assert_eq!(agent["final_message"], "Made made-by-agent.txt <ok>.");
+    assert_eq!(agent["input_tokens"], 1200);
+    assert_eq!(agent["output_tokens"], 40);
+    assert_eq!(agent["cost_usd"], "0.0123");
+    assert_eq!(agent["files"], json!(["made-by-agent.txt"]));
+    assert!(
+        agent["diff"].as_str().unwrap().contains("+from the agent"),
+        "{agent}"
+    );
+    assert_eq!(agent["diff_truncated"], false);
+    assert!(
+        agent["transcript_tail"]
+            .as_str()
+            .unwrap()
+            .contains("working on it")
+    );
+    let sandbox = report["sandbox"].as_str().unwrap().to_owned();
+    assert!(
+        ["landlock", "landlock-partial", "none"].contains(&sandbox.as_str()),
+        "{report}"
+    );
+
+    let mut client = Client::new(&system.url());
+    client.login(READ_KEY).await;
+    let page = client.get("/ui/patches/agent-run").await.body;
+    let section = page
+        .split_once("<section class=\"agent\">")
+        .map(|(_, rest)| rest)
+        .unwrap_or_else(|| panic!("no agent section: {page}"));
+    for shown in [
+        "<code>command</code>",
+        "exit 0",
+        "1200 in · 40 out",
+        "$0.0123",
+        "Made made-by-agent.txt &lt;ok&gt;.",
+        "<li><code>made-by-agent.txt</code></li>",
+        "+from the agent",
+        "working on it",
+    ] {
+        assert!(section.contains(shown), "{shown:?} not in {section}");
+    }
+    assert!(
+        page.contains(&format!("data-sandbox=\"{sandbox}\"")),
+        "sandbox {sandbox} not shown: {page}"
+    );
+    let explained = if sandbox == "none" {
+        "Not confined"
+    } else {
+        "Landlock applied"
+    };
+    assert!(page.contains(explained), "{page}");
+}

@@ -58,6 +58,19 @@ fn sha256_hex(key: &str) -> String {
 impl System {
     /// Starts everything; `adjust` may change the gateway's config.
     pub async fn start(with_executor: bool, adjust: impl FnOnce(&mut GatewayConfig)) -> Self {
+        let policy = with_executor.then(|| executor::config::TargetPolicy {
+            commands: executor::config::CommandPolicy::Any,
+            ..Default::default()
+        });
+        Self::start_with(policy, adjust).await
+    }
+
+    /// Starts everything, with an executor for MAIN under `policy` (none: no executor);
+    /// `adjust` may change the gateway's config.
+    pub async fn start_with(
+        policy: Option<executor::config::TargetPolicy>,
+        adjust: impl FnOnce(&mut GatewayConfig),
+    ) -> Self {
         let scratch = tempfile::tempdir().expect("tempdir");
         let root = scratch.path().to_owned();
         let workspace = root.join("workspace");
@@ -131,15 +144,9 @@ impl System {
             },
         ));
 
-        if with_executor {
+        if let Some(policy) = policy {
             let mut targets = BTreeMap::new();
-            targets.insert(
-                "MAIN".to_owned(),
-                executor::config::TargetPolicy {
-                    commands: executor::config::CommandPolicy::Any,
-                    ..Default::default()
-                },
-            );
+            targets.insert("MAIN".to_owned(), policy);
             let executor = executor::App::build(executor::ExecutorConfig {
                 server: server(any_port()),
                 router_url: format!("http://{router_grpc}"),
