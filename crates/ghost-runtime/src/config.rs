@@ -805,7 +805,10 @@ mod tests {
                     .to_string();
             assert!(err.contains("GHOST_ROUTER__TOKEN"), "{err}");
             assert!(err.contains("placeholder of .env.example"), "{err}");
-            assert!(!err.contains("a-random") && !err.contains("please"), "{err}");
+            assert!(
+                !err.contains("a-random") && !err.contains("please"),
+                "{err}"
+            );
         }
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("router.toml");
