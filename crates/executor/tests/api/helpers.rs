@@ -442,6 +442,24 @@ impl RunningExecutor {
         }
     }
 
+    /// Waits (at most `within`) for a heartbeat listing `token`: the executor holds that lease,
+    /// its attempt is running. Results seen meanwhile are dropped.
+    pub async fn wait_held(&mut self, token: u64, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let Ok(Some(next)) =
+                tokio::time::timeout_at(deadline, self.session.from_executor.recv()).await
+            else {
+                return false;
+            };
+            if let Some(executor_message::Kind::Heartbeat(beat)) = next.kind
+                && beat.fencing_tokens.contains(&token)
+            {
+                return true;
+            }
+        }
+    }
+
     /// Signals the stop (what SIGTERM does) without waiting for the executor to end.
     pub fn signal_stop(&self) {
         self.stop.cancel();
