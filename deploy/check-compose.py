@@ -7,8 +7,14 @@ profile, hardened containers; and the TLS setup with no manual step: the one-sho
 Ghost service, every one of them reads the service credential from /tls/internal-token, the
 router's executor port 50443 serves TLS with the tls-init pair, the executor dials it as
 https:// trusting /tls/ca.pem, and no port is published beyond the services' HTTP ports and
-that executor port. Usage: check-compose.py RENDERED_YAML
+that executor port. Limits and lifecycle: every Ghost service runs with `init: true`, a
+`pids_limit` and a `mem_limit`; the executor's stop_grace_period covers a patch's default
+deadline (it drains: finishes running patches, takes no new one). Secrets: the API key and
+the executor token reach the services only as compose secrets (`*_FILE` under /run/secrets),
+never as environment values; the gateway has `alerter_url`; Grafana takes its admin password
+from a secret and has no anonymous viewers. Usage: check-compose.py RENDERED_YAML
 """
+import re
 import sys
 
 import yaml
@@ -114,6 +120,61 @@ def check_tls(services, errors):
         errors.append("executor: GHOST_EXECUTOR__ROUTER_CA is not /tls/ca.pem (the tls-init CA)")
 
 
+# Secret env vars -> the compose secret their *_FILE variant must name.
+SECRETS = {"gateway": {"GHOST_GATEWAY__API_KEY": "ghost_api_key"},
+           "router": {"GHOST_ROUTER__EXECUTOR_TOKEN": "ghost_executor_token"},
+           "executor": {"GHOST_EXECUTOR__TOKEN": "ghost_executor_token"}}
+# executor default_timeout (a patch's deadline without timeout_s) plus the drain.
+EXECUTOR_GRACE_S = 600 + 25
+
+
+def seconds(text):
+    total = 0
+    for amount, unit in re.findall(r"(\d+)(h|ms|m|s|us)", str(text)):
+        total += int(amount) * {"h": 3600, "m": 60, "s": 1, "ms": 0.001, "us": 0.000001}[unit]
+    return total
+
+
+def secret_names(svc):
+    return {s if isinstance(s, str) else s.get("source") for s in svc.get("secrets") or []}
+
+
+def check_limits_and_secrets(doc, errors):
+    services = doc["services"]
+    for name in GHOST:
+        svc = services.get(name, {})
+        if svc.get("init") is not True:
+            errors.append(f"{name}: no `init: true` (a PID 1 that reaps children)")
+        if not isinstance(svc.get("pids_limit"), int) or svc["pids_limit"] <= 0:
+            errors.append(f"{name}: no pids_limit")
+        if not svc.get("mem_limit"):
+            errors.append(f"{name}: no mem_limit")
+        env = svc.get("environment") or {}
+        for key, value in env.items():
+            if re.search(r"(API_KEY|TOKEN|SECRET|PASSWORD)$", key) and value not in (None, ""):
+                if not key.startswith("GHOST_ALERTER__SLACK__"):
+                    errors.append(f"{name}: {key} is a secret in the environment (docker inspect shows it): use {key}_FILE and a compose secret")
+        for key, secret in SECRETS.get(name, {}).items():
+            if env.get(f"{key}_FILE") != f"/run/secrets/{secret}" or secret not in secret_names(svc):
+                errors.append(f"{name}: {key}_FILE must be /run/secrets/{secret} with the compose secret {secret}")
+    for secret, spec in (doc.get("secrets") or {}).items():
+        if not (spec or {}).get("file"):
+            errors.append(f"secret {secret}: not from a file")
+    grace = seconds(services.get("executor", {}).get("stop_grace_period", "10s"))
+    if grace < EXECUTOR_GRACE_S:
+        errors.append(f"executor: stop_grace_period {grace}s does not cover a patch's deadline and the drain ({EXECUTOR_GRACE_S}s)")
+    if (services.get("gateway", {}).get("environment") or {}).get("GHOST_GATEWAY__ALERTER_URL") != "http://alerter:50054":
+        errors.append("gateway: GHOST_GATEWAY__ALERTER_URL is not http://alerter:50054 (the alerts page answers 503 without it)")
+    grafana = services.get("grafana", {})
+    genv = grafana.get("environment") or {}
+    if str(genv.get("GF_AUTH_ANONYMOUS_ENABLED", "")).lower() != "false":
+        errors.append("grafana: anonymous access is not disabled")
+    if genv.get("GF_SECURITY_ADMIN_PASSWORD") is not None or \
+            genv.get("GF_SECURITY_ADMIN_PASSWORD__FILE") != "/run/secrets/grafana_admin_password" or \
+            "grafana_admin_password" not in secret_names(grafana):
+        errors.append("grafana: the admin password must come from the secret grafana_admin_password (GF_SECURITY_ADMIN_PASSWORD__FILE)")
+
+
 def main():
     doc = yaml.safe_load(open(sys.argv[1], encoding="utf-8"))
     services = doc["services"]
@@ -153,6 +214,7 @@ def main():
         if services.get(name, {}).get("profiles") != ["observability"]:
             errors.append(f"{name}: not behind the observability profile")
     check_tls(services, errors)
+    check_limits_and_secrets(doc, errors)
     for e in errors:
         print(f"ERROR: {e}")
     if not errors:
@@ -160,6 +222,8 @@ def main():
               "healthy-start order, state volumes, observability behind a profile")
         print(f"  {TLS_INIT} first; all {len(GHOST)} read {TOKEN_FILE}; router TLS executor port "
               f"{EXECUTOR_PORT} the only published port beyond the HTTP ports")
+        print("  init, pids and memory limits; secrets as files; executor grace covers a patch; "
+              "gateway -> alerter; Grafana behind a password")
     return 1 if errors else 0
 
 

@@ -31,7 +31,12 @@ EXECUTOR_PORT = 50443
 ARROWS = {("gateway", "router"), ("gateway", "summarizer"), ("router", "summarizer"),
           ("router", "alerter"), ("executor", "router"), ("summarizer", "alerter"),
           ("alerter", "router"), ("alerter", "summarizer"), ("alerter", "gateway"),
-          ("alerter", "executor")}
+          ("alerter", "executor"), ("gateway", "alerter")}
+# Secrets that reach a service as a file of the ghost-secrets volume (`*_FILE`), not the env.
+SECRET_FILES = {"gateway": ("GHOST_GATEWAY__API_KEY", "gateway-api-key"),
+                "router": ("GHOST_ROUTER__EXECUTOR_TOKEN", "executor-token")}
+# executor default_timeout (a patch's deadline) + drain_grace + drain_timeout, in seconds.
+EXECUTOR_GRACE_S = 600 + 5 + 20
 ANY = "anywhere"
 
 
@@ -287,8 +292,23 @@ def check(docs, name, errors):
             if ":" not in c["image"] and "@" not in c["image"]:
                 err(f"{wname}/{c['name']}: image {c['image']} has no tag")
             refs = [e["valueFrom"]["secretKeyRef"] for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})]
-            if wname in {"gateway", "router", "executor"} and not refs:
-                err(f"{wname}: expected its secret from a secretKeyRef")
+            if wname == "executor" and not refs:
+                # Its commands get a cleared environment; a file would be readable by them.
+                err(f"{wname}: expected its token from a secretKeyRef")
+            if wname in SECRET_FILES:
+                var, key = SECRET_FILES[wname]
+                values = {e["name"]: e.get("value") for e in c.get("env", [])}
+                if var in values:
+                    err(f"{wname}: {var} is in the environment: read it from the Secret volume ({var}_FILE)")
+                vol = secret_volume(w["spec"]["template"]["spec"], "ghost-secrets") or {}
+                items = {i.get("key"): i.get("path") for i in (vol.get("secret", {}).get("items") or [])}
+                mount = next((m["mountPath"] for m in c.get("volumeMounts", []) if m["name"] == vol.get("name")), None)
+                if items.get(key) != key or not mount or values.get(f"{var}_FILE") != f"{mount}/{key}":
+                    err(f"{wname}: {var}_FILE must name {key} of the mounted ghost-secrets volume")
+        if wname == "executor":
+            grace = w["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
+            if grace < EXECUTOR_GRACE_S:
+                err(f"executor: terminationGracePeriodSeconds {grace} does not cover a patch's deadline and the drain ({EXECUTOR_GRACE_S})")
         if wname == "executor":
             # It runs untrusted commands: no service credential may be mounted or named there.
             pod = w["spec"]["template"]["spec"]
@@ -315,10 +335,33 @@ def summary(by_kind):
     }
 
 
+def check_gateway_config(docs, name, errors):
+    """The gateway's TOML in the ghost-config ConfigMap: alerter_url (the alerts page); in prod
+    an https public_url (Secure cookie) and scoped client keys beside the Secret's admin key."""
+    import tomllib
+    cm = next((d for d in docs if d and d.get("kind") == "ConfigMap"
+               and d["metadata"]["name"].startswith("ghost-config")), None)
+    if not cm or "gateway.toml" not in (cm.get("data") or {}):
+        errors.append(f"{name}: no gateway.toml in the ghost-config ConfigMap")
+        return
+    config = tomllib.loads(cm["data"]["gateway.toml"])
+    if config.get("alerter_url") != "http://alerter:50054":
+        errors.append(f"{name}: gateway alerter_url is {config.get('alerter_url')!r}, not http://alerter:50054")
+    if name == "prod":
+        if not str(config.get("public_url", "")).startswith("https://"):
+            errors.append("prod: gateway public_url is not https:// (no Secure session cookie)")
+        keys = config.get("api_keys") or []
+        if not keys or any("admin" in k.get("scopes", []) for k in keys):
+            errors.append("prod: gateway needs scoped api_keys (no admin scope) for its clients")
+
+
 def main():
     errors = []
-    dev = check(load(sys.argv[1]), "dev", errors)
-    prod = check(load(sys.argv[2]), "prod", errors)
+    dev_docs, prod_docs = load(sys.argv[1]), load(sys.argv[2])
+    check_gateway_config(dev_docs, "dev", errors)
+    check_gateway_config(prod_docs, "prod", errors)
+    dev = check(dev_docs, "dev", errors)
+    prod = check(prod_docs, "prod", errors)
     if not errors:
         d, p = summary(dev), summary(prod)
         for key in d:

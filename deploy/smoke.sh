@@ -19,7 +19,9 @@
 #      the tls-init CA verifies and the system roots do not;
 #   5. submits a patch through the gateway and checks the workspace change (in the executor's
 #      volume), the summary (API and the summarizer's files), the Slack message the alerter
-#      posted, and that the patch's one trace id reached the receiver from all five services;
+#      posted, that /v1/alerts and /ui/alerts (after a dashboard login) answer 200 (gateway ->
+#      alerter), that the gateway image refuses .env.example's placeholder key naming the
+#      variable, and that the patch's one trace id reached the receiver from all five services;
 #   6. tears everything down (containers, volumes, network, peers, dockerd if it started it).
 #
 # Usage: deploy/smoke.sh   (as root; the Debian and crate registries must be reachable)
@@ -223,9 +225,14 @@ build_seconds=$(( $(date +%s) - build_start ))
 # ---- 4. compose up ----------------------------------------------------------------------------
 random_hex() { head -c "$1" /dev/urandom | od -An -tx1 | tr -d ' \n'; }
 API_KEY=$(random_hex 24)
+# The secrets are files (compose secrets), read by the services' user 65532.
+mkdir -m 700 "$WORK/secrets"
+printf '%s\n' "$API_KEY" >"$WORK/secrets/api-key"
+random_hex 24 >"$WORK/secrets/executor-token"
+random_hex 24 >"$WORK/secrets/grafana-admin-password"
+chmod 644 "$WORK/secrets/"*
 cat >"$WORK/.env" <<ENV
-GHOST_API_KEY=$API_KEY
-GHOST_EXECUTOR_TOKEN=$(random_hex 24)
+GHOST_SECRETS_DIR=$WORK/secrets
 GHOST_IMAGE_TAG=$TAG
 GHOST_LOG=info
 GHOST_HTTP_PORT=$PORT_BASE
@@ -383,6 +390,30 @@ alerter_metrics=$(curl -fsS --max-time 10 "http://127.0.0.1:$((PORT_BASE + 4))/m
 grep -q '^ghost_slack_deliveries_total{result="ok"}' <<<"$alerter_metrics" \
   || die "ghost_slack_deliveries_total{result=\"ok\"} missing from the alerter's /metrics"
 log "Slack message posted by the alerter"
+
+# The alerts page is wired (gateway -> alerter): /v1/alerts and, after a dashboard login,
+# /ui/alerts answer 200.
+code=$(curl -sS --max-time 10 -o "$WORK/alerts.json" -w '%{http_code}' \
+  -H "Authorization: Bearer $API_KEY" "$GATEWAY/v1/alerts") || code=000
+[[ $code == 200 ]] || die "GET /v1/alerts answered $code: $(head -c 300 "$WORK/alerts.json" 2>/dev/null)"
+code=$(curl -sS --max-time 10 -o /dev/null -w '%{http_code}' -c "$WORK/ui-cookies" \
+  -H "Origin: $GATEWAY" --data-urlencode "key=$API_KEY" --data-urlencode "next=/ui/alerts" \
+  "$GATEWAY/ui/login") || code=000
+[[ $code == 303 ]] || die "POST /ui/login answered $code, not 303"
+code=$(curl -sS --max-time 10 -o "$WORK/ui-alerts.html" -w '%{http_code}' -b "$WORK/ui-cookies" \
+  "$GATEWAY/ui/alerts") || code=000
+[[ $code == 200 ]] || die "GET /ui/alerts after login answered $code"
+log "alerts: /v1/alerts and /ui/alerts (logged in) answer 200"
+
+# A placeholder key is refused at start, naming the variable (the gateway image, as run).
+if docker run --rm -e GHOST_GATEWAY__API_KEY=replace-with-a-random-key-of-16-or-more-chars \
+    "ghost-runner/gateway:$TAG" --print-config >"$WORK/placeholder.out" 2>&1; then
+  die "the gateway started with the placeholder API key of .env.example"
+fi
+if ! { grep -q 'GHOST_GATEWAY__API_KEY' "$WORK/placeholder.out" && grep -q 'placeholder' "$WORK/placeholder.out"; }; then
+  die "the placeholder refusal does not name the variable: $(head -c 300 "$WORK/placeholder.out")"
+fi
+log "the placeholder API key is refused at start, naming GHOST_GATEWAY__API_KEY"
 
 # One trace: the patch's trace id reached the receiver from all five services.
 TRACE_ID=$(json_field "$WORK/patch-status.json" trace_id)

@@ -9,12 +9,15 @@ each binary with `--print-config` (which loads and validates the config, then ex
   - the TOML file the Kubernetes base mounts (GHOST_CONFIG=k8s/base/config/<svc>.toml) with the
     literal environment of its container and the ghost-env ConfigMap (from a rendered overlay,
     when one is given: e.g. GHOST_<SVC>__SERVER__INTERNAL_TOKEN_FILE);
-and runs compose's one-shot `tls-init` command in the real `ghost` binary into a scratch
+compose secrets (`/run/secrets/NAME`, `*_FILE`) are given as scratch files holding a generated
+value; the gateway must refuse to start with .env.example-style placeholder keys, naming the
+variable (as a value and as a file); and it runs compose's one-shot `tls-init` command in the real `ghost` binary into a scratch
 directory: it must write the CA, the server certificate (naming every service the executor or a
 peer dials), its key (0600) and the service credential (64 hex characters, 0600).
 Usage: check-env.py RENDERED_COMPOSE_YAML BIN_DIR [RENDERED_K8S_YAML]
 """
 import re
+import secrets
 import stat
 import subprocess
 import sys
@@ -97,8 +100,39 @@ def tls_init(ghost: Path, compose: dict) -> bool:
     return True
 
 
+def scratch_secrets(env: dict[str, str], scratch: Path) -> None:
+    """Points each secret file variable (compose /run/secrets, the k8s Secret volume) at a
+    scratch file holding a generated value; the service credential file is read when a service
+    is built, not when its config loads, so it stays."""
+    for key, value in list(env.items()):
+        if key.endswith("_FILE") and not key.endswith("INTERNAL_TOKEN_FILE") \
+                and value.startswith(("/run/secrets/", "/etc/ghost-secrets/")):
+            secret = scratch / Path(value).name
+            secret.write_text(secrets.token_hex(24) + "\n", encoding="utf-8")
+            env[key] = str(secret)
+
+
+def placeholder_refused(gateway: Path, scratch: Path) -> bool:
+    """The gateway binary refuses the example placeholders, naming the variable."""
+    ok = True
+    placeholder = scratch / "placeholder-key"
+    placeholder.write_text("replace-with-a-random-key-of-16-or-more-chars\n", encoding="utf-8")
+    for var, value in (("GHOST_GATEWAY__API_KEY", "change-me-please-0123456789"),
+                       ("GHOST_GATEWAY__API_KEY_FILE", str(placeholder))):
+        result = subprocess.run([str(gateway), "--print-config"], capture_output=True, text=True,
+                                timeout=60, env={"PATH": "/usr/bin:/bin", var: value})
+        if result.returncode == 0 or var not in result.stderr or "placeholder" not in result.stderr:
+            print(f"check-env: FAIL the gateway accepted a placeholder in {var}: {result.stderr.strip()[:200]}")
+            ok = False
+        else:
+            print(f"check-env: ok the gateway refuses a placeholder in {var}")
+    return ok
+
+
 def main() -> int:
     rendered, bin_dir = Path(sys.argv[1]), Path(sys.argv[2])
+    scratch_dir = tempfile.TemporaryDirectory()
+    scratch = Path(scratch_dir.name)
     doc = yaml.safe_load(rendered.read_text(encoding="utf-8"))
     pods = k8s_env(Path(sys.argv[3])) if len(sys.argv) > 3 else {}
     ok = True
@@ -116,13 +150,17 @@ def main() -> int:
                 volume = {"source": parts[0], "target": parts[1] if len(parts) > 1 else ""}
             if volume.get("target") == env.get("GHOST_CONFIG"):
                 env["GHOST_CONFIG"] = volume["source"]
+        scratch_secrets(env, scratch)
         ok &= run(binary, env, f"{name} with the docker-compose.yml environment")
         pod_env = {k: v for k, v in pods.get(name, {}).items() if k.startswith("GHOST_")}
         what = f"{name} with k8s/base/config/{name}.toml"
         if pod_env:
             what += f" and its pod's {', '.join(sorted(k for k in pod_env if k != 'GHOST_CONFIG'))}"
         pod_env["GHOST_CONFIG"] = str(ROOT / "k8s/base/config" / f"{name}.toml")
+        scratch_secrets(pod_env, scratch)
         ok &= run(binary, pod_env, what)
+    if (bin_dir / "gateway").exists():
+        ok &= placeholder_refused(bin_dir / "gateway", scratch)
     ghost = bin_dir / "ghost"
     if not ghost.exists():
         print(f"check-env: FAIL no binary {ghost}")

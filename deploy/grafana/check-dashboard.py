@@ -10,7 +10,13 @@
    `_sum`/`_count` of a histogram are exported (the services render histograms as summaries);
    `_bucket` only once the code configures buckets (`set_buckets`). Series that Prometheus
    makes itself (up, scrape_*) are allowed.
-3. Names listed in pending-metrics.txt (used by a panel or rule but not yet exported) are
+3. Every label a query names (in a selector `metric{label=…}`, in `by`/`without`/`on`/
+   `ignoring` or `label_values`) exists: on the selected metric (the `"label" =>` pairs of its
+   macro calls), or as a label the scrape adds (`service`, `instance`, `job`, and in
+   Kubernetes `namespace`, `pod`, `container`), or `le` on a `_bucket` series. So a panel that
+   asks for `{quantile="0.99"}` of a histogram the services export as buckets fails. Series of
+   the platform (kubelet volume stats) are allowed with their own labels.
+4. Names listed in pending-metrics.txt (used by a panel or rule but not yet exported) are
    reported as PENDING instead of failing, unless --strict. A pending name that the code now
    exports is an error, so the list cannot go stale.
 
@@ -34,6 +40,16 @@ PROMETHEUS_SYNTHETIC = {"up", "scrape_duration_seconds", "scrape_samples_scraped
 MACRO = re.compile(
     r"\b(?:metrics::)?(counter|gauge|histogram|describe_counter|describe_gauge|describe_histogram)!"
     r"\s*\(\s*\"([a-zA-Z_:][a-zA-Z0-9_:]*)\"")
+# Series Kubernetes exports itself (the kubelet), which rules may use, with their labels.
+PLATFORM = {
+    "kubelet_volume_stats_available_bytes": {"persistentvolumeclaim", "namespace", "node"},
+    "kubelet_volume_stats_capacity_bytes": {"persistentvolumeclaim", "namespace", "node"},
+    "kubelet_volume_stats_used_bytes": {"persistentvolumeclaim", "namespace", "node"},
+}
+# Labels the scrape adds to every series (compose: job, instance, service; the k8s PodMonitor
+# relabels service from app.kubernetes.io/name and adds namespace, pod, container).
+TARGET_LABELS = {"service", "instance", "job", "namespace", "pod", "container", "__name__"}
+CALL = re.compile(r"\b(?:metrics::)?(?:counter|gauge|histogram)!\s*\(")
 PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or",
                    "unless", "bool", "offset", "atan2", "inf", "nan", "start", "end"}
 
@@ -48,6 +64,66 @@ def exported_metrics(root: Path) -> tuple[dict[str, str], bool]:
         for kind, name in MACRO.findall(text):
             names.setdefault(name, kind.replace("describe_", ""))
     return names, buckets
+
+
+def exported_labels(root: Path) -> dict[str, set[str]]:
+    """Metric name -> the label names its macro calls pass (`"label" => value`)."""
+    labels: dict[str, set[str]] = {}
+    for path in sorted((root / "crates").glob("**/src/**/*.rs")):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        for call in CALL.finditer(text):
+            depth, end = 1, call.end()
+            while end < len(text) and depth:
+                depth += {"(": 1, ")": -1}.get(text[end], 0)
+                end += 1
+            body = text[call.end():end - 1]
+            name = re.match(r'\s*"([a-zA-Z_:][a-zA-Z0-9_:]*)"', body)
+            if name:
+                found = re.findall(r'"([a-zA-Z_][a-zA-Z0-9_]*)"\s*=>', body[name.end():])
+                labels.setdefault(name.group(1), set()).update(found)
+    return labels
+
+
+def labels_of(name: str, labels: dict[str, set[str]]) -> set[str] | None:
+    """The labels series `name` can carry; None when unknown (not exported, or pending)."""
+    if name in PLATFORM:
+        return PLATFORM[name] | TARGET_LABELS
+    if name in PROMETHEUS_SYNTHETIC:
+        return set(TARGET_LABELS)
+    for suffix, extra in (("_bucket", {"le"}), ("_sum", set()), ("_count", set()), ("", set())):
+        base = name[: -len(suffix)] if suffix and name.endswith(suffix) else (name if not suffix else None)
+        if base is not None and base in labels:
+            return labels[base] | TARGET_LABELS | extra
+    return None
+
+
+def label_problems(expr: str, labels: dict[str, set[str]]) -> list[str]:
+    """Labels `expr` names that no series it selects carries."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`', '""', expr)
+    problems = []
+    known_any: set[str] = set()
+    unknown_metric = False
+    for name in promql_metric_names(expr):
+        have = labels_of(name, labels)
+        if have is None:
+            unknown_metric = True
+        else:
+            known_any |= have
+    for match in re.finditer(r"([a-zA-Z_:][a-zA-Z0-9_:]*)?\s*\{([^}]*)\}", text):
+        name, matchers = match.group(1), match.group(2)
+        have = labels_of(name, labels) if name else None
+        for label in re.findall(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)", matchers):
+            if label == "job":
+                problems.append(f"label job on {name}: the job differs between the compose "
+                                "Prometheus and a PodMonitor; select on service instead")
+                continue
+            if have is not None and label not in have:
+                problems.append(f"label {label} on {name} (it has {', '.join(sorted(have))})")
+    for match in re.finditer(r"\b(?:by|without|on|ignoring)\s*\(([^)]*)\)", text):
+        for label in re.findall(r"[a-zA-Z_][a-zA-Z0-9_]*", match.group(1)):
+            if not unknown_metric and label not in known_any:
+                problems.append(f"label {label} in `{match.group(0).strip()}` (carried by none of the series of the query)")
+    return problems
 
 
 def promql_metric_names(expr: str) -> set[str]:
@@ -72,7 +148,7 @@ def promql_metric_names(expr: str) -> set[str]:
 
 
 def known(name: str, exported: dict[str, str], buckets: bool) -> bool:
-    if name in exported or name in PROMETHEUS_SYNTHETIC:
+    if name in exported or name in PROMETHEUS_SYNTHETIC or name in PLATFORM:
         return True
     for suffix in ("_sum", "_count"):
         if name.endswith(suffix) and exported.get(name[: -len(suffix)]) == "histogram":
@@ -195,6 +271,7 @@ def main() -> int:
 
     errors: list[str] = []
     exported, buckets = exported_metrics(args.root)
+    labels = exported_labels(args.root)
     if not exported:
         errors.append(f"no metrics macros found under {args.root}/crates: wrong --root?")
     datasources = provisioned_datasources(args.datasources)
@@ -220,6 +297,10 @@ def main() -> int:
             pending_used.append(name)
             continue
         errors.append(f"metric {name} is not exported by any service (used by {'; '.join(wheres)})")
+    for expr, where in sorted(exprs.items(), key=lambda item: item[1]):
+        inner = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", expr.strip())
+        for problem in label_problems(inner.group(1) if inner else expr, labels):
+            errors.append(f"{where}: {problem}")
     for name in sorted(pending):
         if known(name, exported, buckets):
             errors.append(f"metric {name} is exported now: remove it from {args.pending.name}")

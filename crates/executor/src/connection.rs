@@ -195,6 +195,8 @@ async fn session(
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result = loop {
         tokio::select! {
+            // A stop wins over a message that is ready: once draining, no new patch is taken.
+            biased;
             () = shutdown.cancelled() => break Ok(()),
             _ = heartbeat.tick() => {
                 let tokens = held.lock().await.clone();

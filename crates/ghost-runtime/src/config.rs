@@ -272,25 +272,87 @@ pub fn build<T: DeserializeOwned>(base: toml::Value, env: &[EnvVar]) -> Result<T
         };
         let mut string = tree.clone();
         merge(&mut string, var.tree(&tree, false));
-        match T::deserialize(string.clone()) {
-            Ok(_) => tree = string,
-            Err(string_error) => {
-                // A literal's own error ("must be at least 1") says more than "expected u32".
-                let is_literal = !matches!(var.value(true), toml::Value::String(_));
-                let err = if is_literal {
-                    literal_error
-                } else {
-                    string_error
-                };
-                return Err(ConfigError::Invalid(format!(
-                    "environment variable {}: {}",
-                    var.name,
-                    with_suggestion(err.message())
-                )));
+        let string_error = match T::deserialize(string.clone()) {
+            Ok(_) => {
+                tree = string;
+                continue;
+            }
+            Err(err) => err,
+        };
+        // `GHOST_<SVC>__A__KEY_FILE` where the config has no `key_file`: `a.key` is read from
+        // that file (secrets mounted as files: compose `secrets:`, k8s Secret volumes).
+        if let Some(from_file) = file_variant(var, env)? {
+            let mut read = tree.clone();
+            merge(&mut read, from_file.tree(&tree, false));
+            match T::deserialize(read.clone()) {
+                Ok(_) => {
+                    tree = read;
+                    continue;
+                }
+                Err(err) => {
+                    return Err(ConfigError::Invalid(format!(
+                        "environment variable {} (the file {}): {}",
+                        var.name,
+                        var.raw,
+                        with_suggestion(err.message())
+                    )));
+                }
             }
         }
+        // A literal's own error ("must be at least 1") says more than "expected u32".
+        let is_literal = !matches!(var.value(true), toml::Value::String(_));
+        let err = if is_literal {
+            literal_error
+        } else {
+            string_error
+        };
+        return Err(ConfigError::Invalid(format!(
+            "environment variable {}: {}",
+            var.name,
+            with_suggestion(err.message())
+        )));
     }
     T::deserialize(tree).map_err(|err| ConfigError::Invalid(with_suggestion(err.message())))
+}
+
+/// The `_FILE` variant of a variable: `…__KEY_FILE=/run/secrets/x` as `…__KEY` = the file's
+/// contents (trailing whitespace and newlines removed). `None` when the name does not end in
+/// `_FILE`. Errors: the file cannot be read or is empty, or `…__KEY` is set as well.
+fn file_variant(var: &EnvVar, env: &[EnvVar]) -> Result<Option<EnvVar>, ConfigError> {
+    let (Some(name), Some((last, parents))) =
+        (var.name.strip_suffix("_FILE"), var.path.split_last())
+    else {
+        return Ok(None);
+    };
+    let Some(key) = last.strip_suffix("_file").filter(|key| !key.is_empty()) else {
+        return Ok(None);
+    };
+    if env.iter().any(|other| other.name == name) {
+        return Err(ConfigError::Invalid(format!(
+            "environment variables {name} and {} are both set: set only one of them",
+            var.name
+        )));
+    }
+    let text = std::fs::read_to_string(&var.raw).map_err(|err| {
+        ConfigError::Invalid(format!(
+            "environment variable {}: cannot read the file {}: {err}",
+            var.name, var.raw
+        ))
+    })?;
+    let value = text.trim_end();
+    if value.is_empty() {
+        return Err(ConfigError::Invalid(format!(
+            "environment variable {}: the file {} is empty: it must hold the value of {name}",
+            var.name, var.raw
+        )));
+    }
+    let mut path = parents.to_vec();
+    path.push(key.to_owned());
+    Ok(Some(EnvVar {
+        name: name.to_owned(),
+        path,
+        raw: value.to_owned(),
+    }))
 }
 
 /// `value` as a TOML tree (the base layer of a merge).
@@ -307,6 +369,21 @@ pub struct Secret(String);
 /// What [`Secret`] renders as, and so never accepts as a value.
 pub const REDACTED: &str = "[redacted]";
 
+/// True for the example values of `.env.example` and the docs (`replace-with-…`,
+/// `change-me…`, any case): a [`Secret`] refuses them, so a copied example never runs as a key.
+pub fn is_placeholder(value: &str) -> bool {
+    let lowered = value.trim().to_lowercase();
+    [
+        "replace-with-",
+        "replace_with_",
+        "change-me",
+        "change_me",
+        "changeme",
+    ]
+    .iter()
+    .any(|prefix| lowered.starts_with(prefix))
+}
+
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let value = String::deserialize(deserializer)?;
@@ -314,6 +391,12 @@ impl<'de> Deserialize<'de> for Secret {
             return Err(serde::de::Error::custom(
                 "a secret is \"[redacted]\", the placeholder --print-config shows: put the real \
                  value here (or in its environment variable)",
+            ));
+        }
+        if is_placeholder(&value) {
+            return Err(serde::de::Error::custom(
+                "a secret is still the placeholder of .env.example (`replace-with-…`/`change-me…`): \
+                 generate a real one, e.g. `openssl rand -hex 24`",
             ));
         }
         Ok(Self(value))
@@ -635,6 +718,124 @@ mod tests {
             .to_string();
         assert!(err.contains("GHOST_ROUTER__TOKEN"), "{err}");
         assert!(err.contains("placeholder"), "{err}");
+    }
+
+    #[test]
+    fn a_secret_is_read_from_the_file_its_file_variable_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "sk-from-a-file\n").unwrap();
+        let path = file.to_str().unwrap();
+        let loaded: Sample =
+            load_from("router", None, env(&[("GHOST_ROUTER__TOKEN_FILE", path)])).unwrap();
+        assert_eq!(loaded.token.expose(), "sk-from-a-file");
+        // Nested keys too, and a real `*_file` key keeps its own meaning.
+        let loaded: Sample = load_from(
+            "router",
+            None,
+            env(&[
+                ("GHOST_ROUTER__NAME_FILE", path),
+                ("GHOST_ROUTER__SERVER__INTERNAL_TOKEN_FILE", path),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(loaded.name, "sk-from-a-file");
+        assert_eq!(
+            loaded.server.internal_token_file.as_deref(),
+            Some(file.as_path())
+        );
+        assert!(loaded.server.internal_token.is_empty());
+
+        let missing = dir.path().join("absent");
+        let err = load_from::<Sample>(
+            "router",
+            None,
+            env(&[("GHOST_ROUTER__TOKEN_FILE", missing.to_str().unwrap())]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("GHOST_ROUTER__TOKEN_FILE"), "{err}");
+        assert!(err.contains("cannot read the file"), "{err}");
+        assert!(err.contains("absent"), "{err}");
+
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        let err = load_from::<Sample>(
+            "router",
+            None,
+            env(&[("GHOST_ROUTER__TOKEN_FILE", empty.to_str().unwrap())]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("is empty"), "{err}");
+        assert!(err.contains("GHOST_ROUTER__TOKEN"), "{err}");
+
+        let err = load_from::<Sample>(
+            "router",
+            None,
+            env(&[
+                ("GHOST_ROUTER__TOKEN", "sk-inline"),
+                ("GHOST_ROUTER__TOKEN_FILE", path),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("both set"), "{err}");
+        assert!(!err.contains("sk-"), "{err}");
+
+        // An unknown key stays an error, with or without the suffix.
+        let err = load_from::<Sample>("router", None, env(&[("GHOST_ROUTER__NOPE_FILE", path)]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("GHOST_ROUTER__NOPE_FILE"), "{err}");
+        assert!(!err.contains("sk-from-a-file"), "{err}");
+    }
+
+    #[test]
+    fn a_placeholder_secret_is_refused_naming_where_it_is() {
+        for placeholder in [
+            "replace-with-a-random-key-of-16-or-more-chars",
+            "replace-with-a-random-token",
+            "change-me",
+            "CHANGE-ME-please",
+        ] {
+            let err =
+                load_from::<Sample>("router", None, env(&[("GHOST_ROUTER__TOKEN", placeholder)]))
+                    .unwrap_err()
+                    .to_string();
+            assert!(err.contains("GHOST_ROUTER__TOKEN"), "{err}");
+            assert!(err.contains("placeholder of .env.example"), "{err}");
+            assert!(
+                !err.contains("a-random") && !err.contains("please"),
+                "{err}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("router.toml");
+        std::fs::write(&file, "token = \"change-me\"\n").unwrap();
+        let err = load_from::<Sample>("router", Some(&file), HashMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("router.toml:1:9"), "{err}");
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "replace-with-a-random-token\n").unwrap();
+        let err = load_from::<Sample>(
+            "router",
+            None,
+            env(&[("GHOST_ROUTER__TOKEN_FILE", secret.to_str().unwrap())]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("GHOST_ROUTER__TOKEN_FILE"), "{err}");
+        assert!(err.contains("placeholder"), "{err}");
+        // A real value that merely contains the words is fine.
+        let loaded: Sample = load_from(
+            "router",
+            None,
+            env(&[("GHOST_ROUTER__TOKEN", "sk-do-not-change-me")]),
+        )
+        .unwrap();
+        assert_eq!(loaded.token.expose(), "sk-do-not-change-me");
     }
 
     #[test]

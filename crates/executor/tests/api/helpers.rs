@@ -403,6 +403,73 @@ impl RunningExecutor {
         }
     }
 
+    /// Assigns a patch as the router would, without waiting; returns its fencing token.
+    pub async fn assign(&mut self, patch: &Patch) -> u64 {
+        let token = self.next_token;
+        self.next_token += 1;
+        let assign = Assign {
+            patch: Some(wire::Patch::from(patch)),
+            attempt: 1,
+            fencing_token: token,
+            deadline_unix_ms: 0,
+            traceparent: String::new(),
+        };
+        // After a stop the executor reads no more: the send may fail, which is the point.
+        let _ = self
+            .session
+            .to_executor
+            .send(Ok(RouterMessage {
+                kind: Some(router_message::Kind::Assign(assign)),
+            }))
+            .await;
+        token
+    }
+
+    /// The next result the executor sends within `within` (its token and report); `None` when
+    /// none came or the stream ended.
+    pub async fn next_result(&mut self, within: Duration) -> Option<(u64, ApplyReport)> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.session.from_executor.recv())
+                .await
+                .ok()??;
+            if let Some(executor_message::Kind::Result(result)) = next.kind {
+                return Some((
+                    result.fencing_token,
+                    ApplyReport::try_from(result.report.unwrap()).unwrap(),
+                ));
+            }
+        }
+    }
+
+    /// Waits (at most `within`) for a heartbeat listing `token`: the executor holds that lease,
+    /// its attempt is running. Results seen meanwhile are dropped.
+    pub async fn wait_held(&mut self, token: u64, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let Ok(Some(next)) =
+                tokio::time::timeout_at(deadline, self.session.from_executor.recv()).await
+            else {
+                return false;
+            };
+            if let Some(executor_message::Kind::Heartbeat(beat)) = next.kind
+                && beat.fencing_tokens.contains(&token)
+            {
+                return true;
+            }
+        }
+    }
+
+    /// Signals the stop (what SIGTERM does) without waiting for the executor to end.
+    pub fn signal_stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Whether the executor's run has ended.
+    pub fn ended(&self) -> bool {
+        self.task.is_finished()
+    }
+
     /// Drains the executor and waits for it to stop.
     pub async fn stop(self) {
         self.stop.cancel();

@@ -7,6 +7,7 @@ mod checks;
 mod complete_rollback;
 mod crash;
 mod diagnostics;
+mod drain;
 mod dry_run;
 mod git_diff;
 mod git_guard;
