@@ -821,15 +821,34 @@ pub(crate) fn safe_relative(path: &str) -> bool {
 }
 
 /// Keeps the newest `keep` backups under `root` (directories named `backup-*` holding a
-/// manifest; anything else there is left alone) and deletes the rest.
+/// manifest; anything else there is left alone) and deletes the rest, and any unfinished
+/// `.backup-*.partial` older than a day.
 fn prune(root: &Path, keep: usize) -> Result<Vec<PathBuf>, BackupError> {
     let mut backups = Vec::new();
+    let mut deleted = Vec::new();
     for entry in std::fs::read_dir(root).map_err(|err| BackupError::io(root, err))? {
         let entry = entry.map_err(|err| BackupError::io(root, err))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let is_dir = entry.file_type().is_ok_and(|kind| kind.is_dir());
         if is_dir && name.starts_with(NAME_PREFIX) && entry.path().join(MANIFEST).is_file() {
             backups.push(entry.path());
+        }
+        // A backup killed half way (its job's deadline, a node lost) left this; a day old, no
+        // backup is still writing it.
+        let stale = entry
+            .metadata()
+            .ok()
+            .and_then(|meta| meta.modified().ok())
+            .and_then(|at| at.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(24 * 3600));
+        if is_dir
+            && stale
+            && name.starts_with(&format!(".{NAME_PREFIX}"))
+            && name.ends_with(".partial")
+        {
+            let path = entry.path();
+            std::fs::remove_dir_all(&path).map_err(|err| BackupError::io(&path, err))?;
+            deleted.push(path);
         }
     }
     // Names are UTC times (and -N within a second): newest last.
@@ -847,7 +866,6 @@ fn prune(root: &Path, keep: usize) -> Result<Vec<PathBuf>, BackupError> {
         (stamp, n)
     });
     let excess = backups.len().saturating_sub(keep);
-    let mut deleted = Vec::new();
     for old in backups.into_iter().take(excess) {
         std::fs::remove_dir_all(&old).map_err(|err| BackupError::io(&old, err))?;
         deleted.push(old);

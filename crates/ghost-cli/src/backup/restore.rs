@@ -27,6 +27,8 @@ use super::{
 
 /// The staging dir inside each target dir.
 const STAGING: &str = ".restore-staging";
+/// What a freshly made ext4 volume holds (root's, not ours to move): an empty volume still.
+const LOST_AND_FOUND: &str = "lost+found";
 
 /// What `ghost restore` restores.
 #[derive(Debug, Clone)]
@@ -153,7 +155,10 @@ pub fn restore(options: &RestoreOptions) -> Result<RestoreReport, BackupError> {
         for entry in std::fs::read_dir(&dir).map_err(|err| BackupError::io(&dir, err))? {
             let entry = entry.map_err(|err| BackupError::io(&dir, err))?;
             let name = entry.file_name();
-            if name == STAGING || name.to_string_lossy().starts_with(".before-restore-") {
+            if name == STAGING
+                || name == LOST_AND_FOUND
+                || name.to_string_lossy().starts_with(".before-restore-")
+            {
                 continue;
             }
             if !moved {
@@ -392,7 +397,7 @@ fn check_target(dir: &Path, force: bool) -> Result<(), BackupError> {
     let first = std::fs::read_dir(dir)
         .map_err(|err| BackupError::io(dir, err))?
         .flatten()
-        .find(|entry| entry.file_name() != STAGING);
+        .find(|entry| entry.file_name() != STAGING && entry.file_name() != LOST_AND_FOUND);
     match first {
         Some(entry) if !force => Err(refused(format!(
             "{} is not empty (it holds {}): restore into a fresh dir, or give --force to move \
