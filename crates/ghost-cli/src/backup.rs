@@ -295,6 +295,7 @@ pub fn backup(dirs: &StateDirs, destination: &Destination) -> Result<BackupRepor
             (unused_name(root)?, *keep)
         }
     };
+    refuse_inside_sources(&dir, &present)?;
     let staging = partial_name(&dir)?;
     create_private_dir(&staging)?;
     let guard = RemoveOnDrop(Some(staging.clone()));
@@ -457,6 +458,39 @@ fn refuse_non_empty(dir: &Path) -> Result<(), BackupError> {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(err) => Err(BackupError::io(dir, err)),
     }
+}
+
+/// A backup written inside a service's dir would copy itself (and a restore would nest it).
+fn refuse_inside_sources(dir: &Path, sources: &[(Service, PathBuf)]) -> Result<(), BackupError> {
+    // The nearest existing ancestor, resolved, then the rest of the path as given.
+    let absolute = std::path::absolute(dir).map_err(|err| BackupError::io(dir, err))?;
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        let (Some(parent), Some(name)) = (existing.parent(), existing.file_name()) else {
+            break;
+        };
+        rest.push(name.to_owned());
+        existing = parent;
+    }
+    let mut at = existing
+        .canonicalize()
+        .map_err(|err| BackupError::io(existing, err))?;
+    at.extend(rest.iter().rev());
+    for (service, source) in sources {
+        let source = source
+            .canonicalize()
+            .map_err(|err| BackupError::io(source, err))?;
+        if at.starts_with(&source) {
+            return Err(BackupError::Refused(format!(
+                "{} is inside the {} state it would back up ({}): write the backup elsewhere",
+                dir.display(),
+                service.name,
+                source.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// `DIR/backup-YYYYMMDDTHHMMSSZ` (with `-2`, `-3`, ... when taken in the same second).

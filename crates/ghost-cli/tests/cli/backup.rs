@@ -553,3 +553,79 @@ async fn backups_into_a_root_keep_the_newest_n() {
     env.ghost(&["backup", "--out", &unused]).await.expect(2);
     assert!(!env.scratch.path().join("unused").exists());
 }
+
+#[tokio::test]
+async fn one_service_at_a_time_as_in_kubernetes() {
+    let env = Env::empty();
+    real_backup(&env).await;
+    let state = env.scratch.path().join("state");
+    let arg = |path: PathBuf| path.display().to_string();
+
+    // The router's volume alone, as the backup-router CronJob runs it.
+    let out = env.scratch.path().join("router-only");
+    let run = env
+        .ghost(&[
+            "--json",
+            "backup",
+            "--router-dir",
+            &arg(state.join("router")),
+            "--out",
+            &arg(out.clone()),
+        ])
+        .await;
+    run.expect(0);
+    let services = run.json()["services"].clone();
+    assert_eq!(
+        services
+            .as_object()
+            .map(|s| s.keys().cloned().collect::<Vec<_>>()),
+        Some(vec!["router".to_owned()]),
+        "{services}"
+    );
+
+    // Into a fresh volume: only lost+found there, which is still empty and stays.
+    let volume = env.scratch.path().join("volume");
+    std::fs::create_dir_all(volume.join("lost+found")).expect("lost+found");
+    env.ghost(&[
+        "restore",
+        "--from",
+        &arg(out.clone()),
+        "--router-dir",
+        &arg(volume.clone()),
+    ])
+    .await
+    .expect(0);
+    assert!(volume.join("router.db").is_file());
+    assert!(volume.join("lost+found").is_dir());
+
+    // A service the backup does not hold is refused.
+    let run = env
+        .ghost(&[
+            "restore",
+            "--from",
+            &arg(out),
+            "--summarizer-dir",
+            &arg(env.scratch.path().join("s")),
+        ])
+        .await;
+    run.expect(10);
+    assert!(run.stderr.contains("holds no summarizer state"), "{run:?}");
+
+    // A backup inside the state it copies is refused before anything is written.
+    let inside = state.join("summarizer/summaries/backup");
+    let run = env
+        .ghost(&[
+            "backup",
+            "--data-dir",
+            &arg(state.clone()),
+            "--out",
+            &arg(inside.clone()),
+        ])
+        .await;
+    run.expect(10);
+    assert!(
+        run.stderr.contains("inside the summarizer state"),
+        "{run:?}"
+    );
+    assert!(!inside.exists());
+}
