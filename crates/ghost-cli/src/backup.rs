@@ -16,7 +16,10 @@
 //! complete, so a directory named like a backup is always a whole one. [`restore`] lives in
 //! [`restore`](self::restore).
 
+mod render;
 mod restore;
+mod retention;
+mod tree;
 
 use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
@@ -27,7 +30,10 @@ use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use self::render::{render_backup, render_restore, report_json};
 pub use self::restore::{RestoreOptions, RestoreReport, restore};
+use self::retention::{prune, unused_name};
+use self::tree::{complete_summaries, copy_tree};
 
 /// The manifest's `format`.
 pub const FORMAT: &str = "ghost-backup/1";
@@ -347,94 +353,6 @@ pub fn backup(dirs: &StateDirs, destination: &Destination) -> Result<BackupRepor
     })
 }
 
-/// `ghost backup --json`: the directory, per service its files, bytes and schema version, what
-/// was skipped, deleted and not copied.
-pub fn report_json(report: &BackupReport) -> serde_json::Value {
-    let mut services = serde_json::Map::new();
-    for entry in &report.manifest.files {
-        let service = services
-            .entry(entry.service.clone())
-            .or_insert_with(|| serde_json::json!({"files": 0, "bytes": 0}));
-        service["files"] = (service["files"].as_u64().unwrap_or(0) + 1).into();
-        service["bytes"] = (service["bytes"].as_u64().unwrap_or(0) + entry.size).into();
-        if let Some(version) = entry.schema_version {
-            service["schema_version"] = version.into();
-        }
-    }
-    serde_json::json!({
-        "dir": report.dir,
-        "manifest": report.dir.join(MANIFEST),
-        "started_at": report.manifest.started_at,
-        "finished_at": report.manifest.finished_at,
-        "services": services,
-        "skipped": report.skipped,
-        "deleted": report.deleted,
-        "warnings": report.manifest.warnings,
-    })
-}
-
-/// `ghost backup`'s text.
-pub fn render_backup(report: &serde_json::Value, _paint: crate::render::Paint) -> String {
-    let mut lines = vec![format!(
-        "backup written to {} (started {})",
-        report["dir"].as_str().unwrap_or("?"),
-        report["started_at"].as_str().unwrap_or("?")
-    )];
-    for (name, service) in report["services"].as_object().into_iter().flatten() {
-        lines.push(format!(
-            "  {name}: {} files, {} bytes{}",
-            service["files"],
-            service["bytes"],
-            service["schema_version"]
-                .as_i64()
-                .map(|v| format!(", schema version {v}"))
-                .unwrap_or_default()
-        ));
-    }
-    for name in report["skipped"].as_array().into_iter().flatten() {
-        lines.push(format!(
-            "  {}: no state under the data dir, skipped",
-            name.as_str().unwrap_or("?")
-        ));
-    }
-    for old in report["deleted"].as_array().into_iter().flatten() {
-        lines.push(format!(
-            "deleted old backup {}",
-            old.as_str().unwrap_or("?")
-        ));
-    }
-    lines.join("\n")
-}
-
-/// `ghost restore`'s text.
-pub fn render_restore(report: &serde_json::Value, _paint: crate::render::Paint) -> String {
-    let mut lines = vec![format!(
-        "restored the backup taken {}",
-        report["backup_started_at"].as_str().unwrap_or("?")
-    )];
-    for service in report["services"].as_array().into_iter().flatten() {
-        lines.push(format!(
-            "  {} -> {}: {} files, {} bytes, schema version {}, integrity ok",
-            service["service"].as_str().unwrap_or("?"),
-            service["dir"].as_str().unwrap_or("?"),
-            service["files"],
-            service["bytes"],
-            service["schema_version"]
-        ));
-        if let Some(aside) = service["moved_aside"].as_str() {
-            lines.push(format!("    what was there is now in {aside}"));
-        }
-    }
-    for name in report["not_restored"].as_array().into_iter().flatten() {
-        lines.push(format!(
-            "  {}: in the backup, not restored (no --data-dir or --{}-dir)",
-            name.as_str().unwrap_or("?"),
-            name.as_str().unwrap_or("?")
-        ));
-    }
-    lines.join("\n")
-}
-
 /// Removes a directory tree when dropped (a backup or restore that failed half way).
 pub(crate) struct RemoveOnDrop(pub(crate) Option<PathBuf>);
 
@@ -491,32 +409,6 @@ fn refuse_inside_sources(dir: &Path, sources: &[(Service, PathBuf)]) -> Result<(
         }
     }
     Ok(())
-}
-
-/// `DIR/backup-YYYYMMDDTHHMMSSZ` (with `-2`, `-3`, ... when taken in the same second).
-fn unused_name(root: &Path) -> Result<PathBuf, BackupError> {
-    let stamp = time::OffsetDateTime::now_utc()
-        .format(time::macros::format_description!(
-            "[year][month][day]T[hour][minute][second]Z"
-        ))
-        .map_err(|err| BackupError::io(root, std::io::Error::other(err)))?;
-    for n in 1..100u32 {
-        let name = if n == 1 {
-            format!("{NAME_PREFIX}{stamp}")
-        } else {
-            format!("{NAME_PREFIX}{stamp}-{n}")
-        };
-        let candidate = root.join(name);
-        if std::fs::symlink_metadata(&candidate).is_err()
-            && std::fs::symlink_metadata(partial_name(&candidate)?).is_err()
-        {
-            return Ok(candidate);
-        }
-    }
-    Err(BackupError::Refused(format!(
-        "{} already holds 99 backups of this second",
-        root.display()
-    )))
 }
 
 /// The hidden sibling a backup is written into before it is renamed to `dir`.
@@ -669,180 +561,6 @@ pub(crate) fn check_integrity(conn: &Connection, path: &Path) -> Result<(), Back
     }
 }
 
-/// Copies the regular files under `source/tree` to `staging/<service>/tree`, skipping files
-/// already there (a second pass); symlinks and special files are not copied (a warning each).
-fn copy_tree(
-    service: Service,
-    source: &Path,
-    staging: &Path,
-    tree: &str,
-    warnings: &mut Vec<String>,
-) -> Result<Vec<FileEntry>, BackupError> {
-    let mut copied = Vec::new();
-    let mut pending = vec![PathBuf::from(tree)];
-    while let Some(relative) = pending.pop() {
-        let from_dir = source.join(&relative);
-        let entries = match std::fs::read_dir(&from_dir) {
-            Ok(entries) => entries,
-            // Moved by the archiver since it was listed: its files are found where they went.
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(err) => return Err(BackupError::io(&from_dir, err)),
-        };
-        create_private_dir(&staging.join(service.name).join(&relative))?;
-        for entry in entries {
-            let entry = entry.map_err(|err| BackupError::io(&from_dir, err))?;
-            let name = relative.join(entry.file_name());
-            let Some(name_text) = name.to_str().map(str::to_owned) else {
-                warnings.push(format!(
-                    "{}: not copied: the name is not UTF-8",
-                    source.join(&name).display()
-                ));
-                continue;
-            };
-            let kind = match entry.file_type() {
-                Ok(kind) => kind,
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(err) => return Err(BackupError::io(&source.join(&name), err)),
-            };
-            if kind.is_dir() {
-                pending.push(name);
-                continue;
-            }
-            if !kind.is_file() {
-                warnings.push(format!(
-                    "{}: not copied: not a regular file",
-                    source.join(&name).display()
-                ));
-                continue;
-            }
-            let to = staging.join(service.name).join(&name);
-            if to.exists() {
-                continue;
-            }
-            match copy_file(&source.join(&name), &to) {
-                Ok((sha256, size)) => copied.push(FileEntry {
-                    service: service.name.to_owned(),
-                    path: format!("{}/{name_text}", service.name),
-                    kind: FileKind::File,
-                    size,
-                    sha256,
-                    schema_version: None,
-                    copied_at: now_rfc3339(),
-                }),
-                // A temporary file renamed into place, or a summary moved by the archiver.
-                Err(BackupError::Io { source: err, .. })
-                    if err.kind() == std::io::ErrorKind::NotFound => {}
-                Err(err) => return Err(err),
-            }
-        }
-    }
-    Ok(copied)
-}
-
-/// Copies one file, hashing what it writes; refuses one over [`MAX_FILE_BYTES`].
-fn copy_file(from: &Path, to: &Path) -> Result<(String, u64), BackupError> {
-    let source = std::fs::File::open(from).map_err(|err| BackupError::io(from, err))?;
-    let mut target = create_private_file(to)?;
-    let mut hasher = Sha256::new();
-    let mut reader = source.take(MAX_FILE_BYTES + 1);
-    let mut buffer = vec![0u8; 1 << 16];
-    let mut size = 0u64;
-    loop {
-        let read = reader
-            .read(&mut buffer)
-            .map_err(|err| BackupError::io(from, err))?;
-        if read == 0 {
-            break;
-        }
-        size += read as u64;
-        if size > MAX_FILE_BYTES {
-            return Err(BackupError::Refused(format!(
-                "{} is larger than {MAX_FILE_BYTES} bytes",
-                from.display()
-            )));
-        }
-        hasher.update(&buffer[..read]);
-        target
-            .write_all(&buffer[..read])
-            .map_err(|err| BackupError::io(to, err))?;
-    }
-    target.sync_all().map_err(|err| BackupError::io(to, err))?;
-    Ok((hex(&hasher.finalize()), size))
-}
-
-/// Every summary the copied index names has its Markdown in the backup: an archive move may
-/// have carried a file past the walk, so the tree is walked again (at most 3 times); what is
-/// still missing becomes a warning.
-fn complete_summaries(
-    source: &Path,
-    staging: &Path,
-    warnings: &mut Vec<String>,
-) -> Result<Vec<FileEntry>, BackupError> {
-    let Some(summarizer) = service("summarizer") else {
-        return Ok(Vec::new());
-    };
-    let index_path = staging.join("summarizer").join(summarizer.database);
-    let rows: Vec<(String, String)> = {
-        let index = Connection::open_with_flags(&index_path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(|err| BackupError::sqlite(&index_path, err))?;
-        let mut statement = index
-            .prepare("SELECT patch_id, dir FROM summaries")
-            .map_err(|err| BackupError::sqlite(&index_path, err))?;
-        statement
-            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(|err| BackupError::sqlite(&index_path, err))?
-    };
-    let root = staging.join("summarizer");
-    let missing = |rows: &[(String, String)]| -> Vec<String> {
-        rows.iter()
-            .filter(|(id, dir)| {
-                let file = format!("summary-{id}.md");
-                !safe_relative(dir) || !found_under_target(&root, dir, &file)
-            })
-            .map(|(id, _)| id.clone())
-            .collect()
-    };
-    let mut more = Vec::new();
-    for _ in 0..3 {
-        if missing(&rows).is_empty() {
-            return Ok(more);
-        }
-        let mut ignored = Vec::new();
-        more.extend(copy_tree(
-            summarizer,
-            source,
-            staging,
-            "summaries",
-            &mut ignored,
-        )?);
-    }
-    for id in missing(&rows) {
-        warnings.push(format!(
-            "summary of {id}: its files were not found (deleted by the summarizer's retention \
-             while the backup ran?)"
-        ));
-    }
-    Ok(more)
-}
-
-/// `dir/file`, or the file in any `.archive/*` of the same target.
-fn found_under_target(root: &Path, dir: &str, file: &str) -> bool {
-    if root.join(dir).join(file).is_file() {
-        return true;
-    }
-    let mut parts = dir.split('/');
-    let (Some("summaries"), Some(target)) = (parts.next(), parts.next()) else {
-        return false;
-    };
-    let archive = root.join("summaries").join(target).join(".archive");
-    std::fs::read_dir(archive)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .any(|month| month.path().join(file).is_file())
-}
-
 /// A relative `/`-separated path of plain names (no `..`, `.`, root or empty part).
 pub(crate) fn safe_relative(path: &str) -> bool {
     !path.is_empty()
@@ -852,59 +570,6 @@ pub(crate) fn safe_relative(path: &str) -> bool {
         && Path::new(path)
             .components()
             .all(|part| matches!(part, Component::Normal(_)))
-}
-
-/// Keeps the newest `keep` backups under `root` (directories named `backup-*` holding a
-/// manifest; anything else there is left alone) and deletes the rest, and any unfinished
-/// `.backup-*.partial` older than a day.
-fn prune(root: &Path, keep: usize) -> Result<Vec<PathBuf>, BackupError> {
-    let mut backups = Vec::new();
-    let mut deleted = Vec::new();
-    for entry in std::fs::read_dir(root).map_err(|err| BackupError::io(root, err))? {
-        let entry = entry.map_err(|err| BackupError::io(root, err))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let is_dir = entry.file_type().is_ok_and(|kind| kind.is_dir());
-        if is_dir && name.starts_with(NAME_PREFIX) && entry.path().join(MANIFEST).is_file() {
-            backups.push(entry.path());
-        }
-        // A backup killed half way (its job's deadline, a node lost) left this; a day old, no
-        // backup is still writing it.
-        let stale = entry
-            .metadata()
-            .ok()
-            .and_then(|meta| meta.modified().ok())
-            .and_then(|at| at.elapsed().ok())
-            .is_some_and(|age| age > Duration::from_secs(24 * 3600));
-        if is_dir
-            && stale
-            && name.starts_with(&format!(".{NAME_PREFIX}"))
-            && name.ends_with(".partial")
-        {
-            let path = entry.path();
-            std::fs::remove_dir_all(&path).map_err(|err| BackupError::io(&path, err))?;
-            deleted.push(path);
-        }
-    }
-    // Names are UTC times (and -N within a second): newest last.
-    backups.sort_by_key(|path| {
-        let name = path
-            .file_name()
-            .map(|name| name.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let (stamp, n) = match name.rsplit_once('-') {
-            Some((stamp, n)) if stamp.len() > NAME_PREFIX.len() => {
-                (stamp.to_owned(), n.parse::<u32>().unwrap_or(1))
-            }
-            _ => (name.clone(), 1),
-        };
-        (stamp, n)
-    });
-    let excess = backups.len().saturating_sub(keep);
-    for old in backups.into_iter().take(excess) {
-        std::fs::remove_dir_all(&old).map_err(|err| BackupError::io(&old, err))?;
-        deleted.push(old);
-    }
-    Ok(deleted)
 }
 
 #[cfg(test)]
