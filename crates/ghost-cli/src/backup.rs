@@ -13,8 +13,9 @@
 //! names is then on disk (an archive move in between is finished by the summarizer at start).
 //!
 //! The backup is written under a hidden `.NAME.partial` sibling and renamed into place once
-//! complete, so a directory named like a backup is always a whole one. [`restore`] lives in
-//! [`restore`](self::restore).
+//! complete, so a directory named like a backup is always a whole one. `restore` checks and
+//! puts a backup back, `tree` copies the summary files, `retention` names and prunes backups
+//! under `--into ROOT`, `render` prints the answers.
 
 mod render;
 mod restore;
