@@ -2,7 +2,8 @@
 //! follow them to their end (`ghost submit`), and read and steer a running system through the
 //! gateway's REST API (`status`, `list`, `show`, `events`, `logs`, `cancel`, `retry`, `revert`,
 //! `pause`, `resume`, `targets`, `executors`); check a service's config file (`config check`); print a model client's setup (`connect`); run only
-//! an executor against a router elsewhere, or install it as a service (`executor`, [`units`]).
+//! an executor against a router elsewhere, or install it as a service (`executor`, [`units`]);
+//! back up and restore every service's state (`backup`, `restore`: [`backup`]).
 //!
 //! `main.rs` only parses arguments and dispatches. [`settings`] finds the gateway URL and key
 //! (flag > env > config file > default), [`client`] is the HTTP client, [`render`] turns answers
@@ -10,6 +11,7 @@
 //! and a hint. [`local`] wires the five services in one process — the same wiring the
 //! cross-service tests use.
 
+pub mod backup;
 pub mod client;
 pub mod commands;
 pub mod config_check;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use ghost_cli::backup;
 use ghost_cli::client::GatewayClient;
 use ghost_cli::commands::{self, ListOptions};
 use ghost_cli::config_check;
@@ -234,11 +235,72 @@ enum Command {
     /// Run only an executor, on the machine where the code lives, against a router elsewhere;
     /// `install` makes it a service of this machine, `uninstall` removes that.
     Executor(ghost_cli::executor::ExecutorCommand),
+    /// Copy every service's state (the router's, summarizer's and alerter's databases with
+    /// SQLite's online backup, and the summary files) into a new directory with a manifest,
+    /// while the services run.
+    Backup {
+        #[command(flatten)]
+        dirs: StateDirFlags,
+        /// Write the backup into this new (or empty) directory.
+        #[arg(
+            long,
+            value_name = "DIR",
+            required_unless_present = "into",
+            conflicts_with = "into"
+        )]
+        out: Option<PathBuf>,
+        /// Write the backup into a new directory backup-<UTC time> under ROOT.
+        #[arg(long, value_name = "ROOT")]
+        into: Option<PathBuf>,
+        /// With --into: keep the newest N backups under ROOT and delete older ones.
+        #[arg(long, value_name = "N", requires = "into", value_parser = clap::value_parser!(u32).range(1..))]
+        keep: Option<u32>,
+    },
+    /// Check a backup (manifest, sizes, sha256, database integrity) and put it into fresh data
+    /// dirs; stop the services first.
+    Restore {
+        /// The backup directory (one `ghost backup` wrote).
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        #[command(flatten)]
+        dirs: StateDirFlags,
+        /// Restore into non-empty dirs: what is there moves to <dir>/.before-restore-<time>/.
+        #[arg(long)]
+        force: bool,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
     },
+}
+
+/// Where the services keep their state, for `backup` and `restore`.
+#[derive(Args)]
+struct StateDirFlags {
+    /// `ghost up`'s data dir: router/, summarizer/ and alerter/ under it.
+    #[arg(long, value_name = "DIR", required_unless_present_any = ["router_dir", "summarizer_dir", "alerter_dir"])]
+    data_dir: Option<PathBuf>,
+    /// The router's data dir (its `data_dir`), instead of <data-dir>/router.
+    #[arg(long, value_name = "DIR")]
+    router_dir: Option<PathBuf>,
+    /// The summarizer's data dir, instead of <data-dir>/summarizer.
+    #[arg(long, value_name = "DIR")]
+    summarizer_dir: Option<PathBuf>,
+    /// The alerter's data dir, instead of <data-dir>/alerter.
+    #[arg(long, value_name = "DIR")]
+    alerter_dir: Option<PathBuf>,
+}
+
+impl From<StateDirFlags> for backup::StateDirs {
+    fn from(flags: StateDirFlags) -> Self {
+        Self {
+            data_dir: flags.data_dir,
+            router: flags.router_dir,
+            summarizer: flags.summarizer_dir,
+            alerter: flags.alerter_dir,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -504,6 +566,53 @@ async fn run(cli: Cli, api_key_flag: bool, output: &Output) -> Result<Exit, CliE
             Ok(Exit::Success)
         }
         Command::Executor(command) => ghost_cli::executor::run(command, &ghost_env(), output).await,
+        Command::Backup {
+            dirs,
+            out,
+            into,
+            keep,
+        } => {
+            if keep.is_some() && into.is_none() {
+                return Err(CliError::Settings(
+                    "--keep counts the backups under --into ROOT; it does not go with --out"
+                        .to_owned(),
+                ));
+            }
+            let destination = match (out, into) {
+                (Some(out), _) => backup::Destination::Exactly(out),
+                (None, Some(root)) => backup::Destination::Under {
+                    root,
+                    keep: keep.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+                },
+                (None, None) => {
+                    return Err(CliError::Settings(
+                        "give --out DIR or --into ROOT".to_owned(),
+                    ));
+                }
+            };
+            let dirs = backup::StateDirs::from(dirs);
+            let report = tokio::task::spawn_blocking(move || backup::backup(&dirs, &destination))
+                .await
+                .map_err(|err| CliError::Other(err.into()))??;
+            for warning in &report.manifest.warnings {
+                output.note(&format!("warning: {warning}"));
+            }
+            output.show(&backup::report_json(&report), backup::render_backup);
+            Ok(Exit::Success)
+        }
+        Command::Restore { from, dirs, force } => {
+            let options = backup::RestoreOptions {
+                from,
+                dirs: dirs.into(),
+                force,
+            };
+            let report = tokio::task::spawn_blocking(move || backup::restore(&options))
+                .await
+                .map_err(|err| CliError::Other(err.into()))??;
+            let value = serde_json::to_value(&report).unwrap_or_default();
+            output.show(&value, backup::render_restore);
+            Ok(Exit::Success)
+        }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "ghost", &mut std::io::stdout());
             Ok(Exit::Success)

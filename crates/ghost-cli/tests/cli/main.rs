@@ -4,6 +4,7 @@
 //! inputs. One system per test function (nextest runs each test in its own process); each
 //! function drives several subcommands against it.
 
+mod backup;
 mod connect;
 mod executor;
 mod helpers;
