@@ -6,6 +6,7 @@ use std::sync::Arc;
 use ghost_proto::alerter::v1::alerter_service_client::AlerterServiceClient;
 use ghost_proto::router::v1::api_key_service_server::ApiKeyServiceServer;
 use ghost_proto::router::v1::executor_token_service_server::ExecutorTokenServiceServer;
+use ghost_proto::router::v1::gateway_state_service_server::GatewayStateServiceServer;
 use ghost_proto::router::v1::router_service_server::RouterServiceServer;
 use ghost_proto::router::v1::router_stats_service_server::RouterStatsServiceServer;
 use ghost_proto::summarizer::v1::summarizer_service_client::SummarizerServiceClient;
@@ -17,10 +18,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::api_keys::{ApiKeyGrpc, ApiKeys};
 use crate::config::RouterConfig;
+use crate::gateway_state::GatewayStateGrpc;
 use crate::grpc::RouterGrpc;
 use crate::routing::{Policy, Routing};
 use crate::stats::RouterStats;
-use crate::store::{RouterStore, SqliteStore};
+use crate::store::{GatewayStateStore, RouterStore, SqliteStore};
 use crate::tokens::{ExecutorTokens, TokenService};
 use crate::{SERVICE, outbox};
 
@@ -34,6 +36,8 @@ pub struct App {
     listeners: Listeners,
     upstream: Upstream,
     routing: Arc<Routing>,
+    /// The gateways' shared sessions and webhook deliveries (the same database).
+    gateway_state: Arc<dyn GatewayStateStore>,
     /// The service credential, resolved once from `internal_token` or `internal_token_file`.
     internal_token: Secret,
 }
@@ -69,6 +73,7 @@ impl App {
                 "attempts in flight at the last stop were interrupted and their patches requeued or lost"
             );
         }
+        let gateway_state: Arc<dyn GatewayStateStore> = Arc::new(store.clone());
         let routing = Arc::new(Routing::new(
             Arc::new(store),
             Policy {
@@ -92,6 +97,7 @@ impl App {
             listeners,
             upstream,
             routing,
+            gateway_state,
             internal_token,
         })
     }
@@ -181,13 +187,17 @@ impl App {
                 "ghost.router.v1.RouterStatsService",
                 "ghost.router.v1.ExecutorTokenService",
                 "ghost.router.v1.ApiKeyService",
+                "ghost.router.v1.GatewayStateService",
             ],
             grpc: tonic::service::Routes::new(RouterServiceServer::new(grpc))
                 .add_service(RouterStatsServiceServer::new(RouterStats {
                     store: Arc::clone(self.routing.store()),
                 }))
                 .add_service(ExecutorTokenServiceServer::new(TokenService { tokens }))
-                .add_service(ApiKeyServiceServer::new(ApiKeyGrpc { keys: api_keys })),
+                .add_service(ApiKeyServiceServer::new(ApiKeyGrpc { keys: api_keys }))
+                .add_service(GatewayStateServiceServer::new(GatewayStateGrpc {
+                    store: Arc::clone(&self.gateway_state),
+                })),
             http: axum::Router::new(),
             open_methods: vec![WORK_METHOD],
         };
