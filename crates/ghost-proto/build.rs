@@ -7,6 +7,7 @@ use prost::Message;
 const PROTOS: &[&str] = &[
     "ghost/router/v1/patch.proto",
     "ghost/router/v1/router.proto",
+    "ghost/router/v1/gateway_state.proto",
     "ghost/executor/v1/executor.proto",
     "ghost/summarizer/v1/summarizer.proto",
     "ghost/alerter/v1/alerter.proto",

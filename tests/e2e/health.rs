@@ -149,6 +149,7 @@ async fn every_service_answers_reflection_v1_and_v1alpha_and_foreign_health_chec
             &[
                 "ghost.router.v1.ApiKeyService",
                 "ghost.router.v1.ExecutorTokenService",
+                "ghost.router.v1.GatewayStateService",
                 "ghost.router.v1.RouterService",
                 "ghost.router.v1.RouterStatsService",
             ],

@@ -11,6 +11,7 @@ use ghost_core::{LegacyOptions, TargetName};
 use ghost_proto::alerter::v1::alerter_read_service_client::AlerterReadServiceClient;
 use ghost_proto::router::v1::api_key_service_client::ApiKeyServiceClient;
 use ghost_proto::router::v1::executor_token_service_client::ExecutorTokenServiceClient;
+use ghost_proto::router::v1::gateway_state_service_client::GatewayStateServiceClient;
 use ghost_proto::router::v1::router_service_client::RouterServiceClient;
 use ghost_proto::router::v1::router_stats_service_client::RouterStatsServiceClient;
 use ghost_proto::summarizer::v1::summarizer_service_client::SummarizerServiceClient;
@@ -28,7 +29,7 @@ use crate::http::{self, AppState};
 use crate::inbox::Inbox;
 use crate::known_targets::KnownTargets;
 use crate::patches::{PatchQueue, Patches};
-use crate::upstream::{GrpcAlerter, GrpcRouter, GrpcSummaries};
+use crate::upstream::{GrpcAlerter, GrpcGatewayState, GrpcRouter, GrpcSummaries};
 
 /// A built gateway, listening but not yet serving.
 pub struct App {
@@ -37,6 +38,8 @@ pub struct App {
     state: AppState,
     /// `/privacy` and `/v1/info` (no credentials).
     public_pages: axum::Router,
+    /// Dashboard sessions and webhook ids, kept by the router for every replica.
+    shared_state: Arc<GrpcGatewayState>,
 }
 
 /// Aliases, legacy roots and the default target from config.
@@ -126,7 +129,7 @@ impl App {
         }
         let queue = GrpcRouter {
             client: RouterServiceClient::new(router_channel.clone()),
-            stats: RouterStatsServiceClient::new(router_channel),
+            stats: RouterStatsServiceClient::new(router_channel.clone()),
             timeout: config.upstream_timeout,
         };
         let summaries = GrpcSummaries {
@@ -136,7 +139,12 @@ impl App {
             )?),
             timeout: config.upstream_timeout,
         };
-        let guard = Guard::new(credentials, &config);
+        // Sessions and webhook ids live in the router, shared by every gateway replica.
+        let shared_state = Arc::new(GrpcGatewayState {
+            client: GatewayStateServiceClient::new(router_channel),
+            timeout: config.upstream_timeout,
+        });
+        let guard = Guard::new(credentials, &config, shared_state.clone());
         let queue: Arc<dyn PatchQueue> = Arc::new(queue);
         let known_targets = KnownTargets::new(
             configured_targets(&config),
@@ -176,6 +184,7 @@ impl App {
             listeners,
             state,
             public_pages,
+            shared_state,
         })
     }
 
@@ -238,6 +247,7 @@ impl App {
                 patches: self.state.patches.clone(),
                 guard: Arc::clone(&guard_state),
                 sessions: Arc::new(crate::ui::Sessions::new(
+                    self.shared_state.clone(),
                     self.config.ui.session_ttl,
                     self.config.ui.max_sessions,
                 )),

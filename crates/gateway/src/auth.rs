@@ -252,12 +252,22 @@ impl Credentials {
         })
     }
 
-    /// False once the runtime key `principal` authenticated with has been revoked (a dashboard
-    /// session it opened then ends); true for every other credential.
-    pub(crate) fn still_valid(&self, principal: &Principal) -> bool {
-        principal
-            .runtime_key
-            .is_none_or(|hash| self.stored.holds(&hash))
+    /// The caller holding the key whose SHA-256 is `digest` (a dashboard session's), as the
+    /// credentials are now: `None` once the key is revoked or gone from config; 503 while
+    /// the runtime keys are not learnt from the router yet and no configured key matches.
+    pub(crate) fn by_hash(&self, digest: &[u8; 32]) -> Result<Option<Principal>, GatewayError> {
+        let mut found = None;
+        for candidate in &self.keys {
+            if bool::from(digest.ct_eq(&candidate.hash)) {
+                found = Some(candidate.principal.clone());
+            }
+        }
+        let stored = self.stored.find(digest);
+        match found.or(stored) {
+            Some(principal) => Ok(Some(principal)),
+            None if !self.stored.ever_loaded() => Err(GatewayError::KeysNotLearnt),
+            None => Ok(None),
+        }
     }
 
     /// The keys created at runtime.

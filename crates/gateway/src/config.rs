@@ -64,6 +64,7 @@ pub struct GatewayConfig {
     /// 10 addresses cost 21 → 224 MiB RSS with a 512 MiB budget, 21 → 31 MiB with 32 MiB).
     pub max_buffered_body_bytes: Option<usize>,
     /// Per-caller rate limit (per credential); `/v1/messages` is charged one per patch.
+    /// Counted by each gateway replica on its own: with N replicas, set the wanted rate / N.
     pub rate_limit: RateLimitConfig,
     /// Limits kept per client address, taken before any shared place or credential check.
     pub client_limits: ClientLimitsConfig,
@@ -146,7 +147,8 @@ pub struct UiConfig {
     /// How long a login lasts.
     #[serde(with = "humantime_serde")]
     pub session_ttl: Duration,
-    /// Sessions held at once; logins beyond are refused (503) until some expire.
+    /// Sessions held at once (by the router, for every replica); logins beyond are refused
+    /// (503) until some expire.
     pub max_sessions: usize,
     /// Base URL of a Jaeger UI; trace ids link to `<jaeger_url>/trace/<id>` (none: no link).
     pub jaeger_url: Option<String>,
@@ -202,7 +204,10 @@ fn submit_only() -> Vec<Scope> {
     vec![Scope::Submit]
 }
 
-/// Token bucket per caller.
+/// Token bucket per caller, per gateway replica: with N replicas behind a load balancer a
+/// caller gets up to N times the rate, so set `per_minute` and `burst` to the wanted rate / N
+/// (shared limits would put a router call on every request's path; the router's own intake
+/// bounds are global).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitConfig {

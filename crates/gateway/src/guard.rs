@@ -23,7 +23,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::auth::Credentials;
 use crate::clients::{ClientAddress, Clients};
 use crate::config::GatewayConfig;
-use crate::deliveries::{Begin, Deliveries};
+use crate::deliveries::{Begin, Deliveries, DeliveryLedger};
 use crate::error::GatewayError;
 
 /// Bodies of `max_body_bytes` that may be read or held at once when
@@ -61,15 +61,19 @@ fn too_many(wait: Duration) -> GatewayError {
 }
 
 impl Guard {
-    /// A guard from the gateway's limits.
-    pub fn new(credentials: Credentials, config: &GatewayConfig) -> Self {
+    /// A guard from the gateway's limits, remembering webhook deliveries in `ledger`.
+    pub fn new(
+        credentials: Credentials,
+        config: &GatewayConfig,
+        ledger: Arc<dyn DeliveryLedger>,
+    ) -> Self {
         let rate = &config.rate_limit;
         let per_minute = NonZeroU32::new(rate.per_minute).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN);
         Self {
             credentials,
             clients: Clients::new(&config.client_limits, &config.server.trusted_proxies),
-            deliveries: Deliveries::new(config.webhook_tolerance * 2),
+            deliveries: Deliveries::new(config.webhook_tolerance * 2, ledger),
             limiter: RateLimiter::keyed(Quota::per_minute(per_minute).allow_burst(burst)),
             burst: burst.get(),
             in_flight: Arc::new(Semaphore::new(config.max_in_flight.max(1))),
@@ -371,22 +375,23 @@ pub async fn authenticate(
         Ok(verified) => verified,
         Err(err) => return guard.refuse(client, err).into_response(),
     };
-    let ticket = match guard.deliveries.begin(&principal.name, &id, &bytes) {
-        Begin::Deliver(ticket) => ticket,
-        Begin::Replay(answer) => {
+    let ticket = match guard.deliveries.begin(&principal.name, &id, &bytes).await {
+        Ok(Begin::Deliver(ticket)) => ticket,
+        Ok(Begin::Replay(answer)) => {
             tracing::info!(webhook_id = %id, "committed webhook delivery answered again");
             return answer.into_response();
         }
-        Begin::OtherBody => {
+        Ok(Begin::OtherBody) => {
             return GatewayError::Conflict(format!(
                 "webhook-id {id} was already delivered with a different body; a new message needs a new webhook-id"
             ))
             .into_response();
         }
-        Begin::InProgress => {
+        Ok(Begin::InProgress) => {
             return GatewayError::Overloaded("a delivery with this webhook-id is in progress")
                 .into_response();
         }
+        Err(err) => return err.into_response(),
     };
     // Refused here, the ticket is dropped and the id stays free for the sender's retry.
     if let Err(err) = guard.charge(&principal.name) {

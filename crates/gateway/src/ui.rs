@@ -18,7 +18,7 @@ mod session;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Form, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -27,6 +27,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use crate::auth::Scope;
 use crate::clients::ClientAddress;
@@ -37,8 +38,8 @@ use crate::patches::Patches;
 use crate::ui::board::ListRequest;
 use crate::ui::html::{Chrome, Tab};
 use crate::ui::pages::Viewer;
-pub use crate::ui::session::Sessions;
 use crate::ui::session::{COOKIE, Session};
+pub use crate::ui::session::{SessionStore, Sessions, StoredSession};
 
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                    connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
@@ -201,15 +202,41 @@ fn same_origin(state: &UiState, headers: &HeaderMap) -> bool {
     allowed(&origin_of_referer)
 }
 
+/// The live session the request's cookie names, with its caller as the credentials say now.
+async fn find_session(
+    state: &UiState,
+    headers: &HeaderMap,
+) -> Result<Option<Session>, GatewayError> {
+    let Some(id) = cookie_value(headers) else {
+        return Ok(None);
+    };
+    let Some(stored) = state.sessions.get(&id).await? else {
+        return Ok(None);
+    };
+    match state.guard.credentials.by_hash(&stored.credential)? {
+        Some(principal) => Ok(Some(Session {
+            principal,
+            csrf: stored.csrf,
+        })),
+        None => {
+            tracing::info!("dashboard session ended: its key is no longer valid");
+            state.sessions.end(&id).await?;
+            Ok(None)
+        }
+    }
+}
+
 async fn require_session(
     State(state): State<UiState>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    // A session opened with a runtime key ends when that key is revoked.
-    let session = cookie_value(request.headers())
-        .and_then(|id| state.sessions.get(&id, Instant::now()))
-        .filter(|session| state.guard.credentials.still_valid(&session.principal));
+    // The caller is found again from the gateway's current credentials: a session opened
+    // with a key that was revoked (or removed from config) has ended.
+    let session = match find_session(&state, request.headers()).await {
+        Ok(session) => session,
+        Err(err) => return UiFailure(err).into_response(),
+    };
     let Some(session) = session else {
         let path = request
             .uri()
@@ -346,7 +373,8 @@ async fn login(
         ));
     }
     tracing::info!(principal = %principal.name, "dashboard login");
-    let id = state.sessions.start(principal, Instant::now())?;
+    let credential: [u8; 32] = Sha256::digest(form.key.trim().as_bytes()).into();
+    let id = state.sessions.start(credential).await?;
     let cookie = format!(
         "{COOKIE}={id}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}{}",
         state.sessions.ttl().as_secs(),
@@ -385,7 +413,7 @@ async fn logout(
 ) -> Page {
     check_csrf(&session, &form)?;
     if let Some(id) = cookie_value(&headers) {
-        state.sessions.end(&id);
+        state.sessions.end(&id).await?;
     }
     let mut response = Redirect::to("/ui/login").into_response();
     response.headers_mut().insert(

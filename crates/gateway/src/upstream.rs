@@ -1,4 +1,5 @@
-//! gRPC adapters of the gateway's ports: the router, the summarizer and the alerter.
+//! gRPC adapters of the gateway's ports: the router (and the state the gateway replicas share
+//! there), the summarizer and the alerter.
 
 use std::time::Duration;
 
@@ -6,6 +7,7 @@ use ghost_core::{Patch, PatchId, TargetName};
 use ghost_proto::alerter::v1 as alerter_wire;
 use ghost_proto::alerter::v1::alerter_read_service_client::AlerterReadServiceClient;
 use ghost_proto::convert::status_from_wire;
+use ghost_proto::router::v1::gateway_state_service_client::GatewayStateServiceClient;
 use ghost_proto::router::v1::router_service_client::RouterServiceClient;
 use ghost_proto::router::v1::router_stats_service_client::RouterStatsServiceClient;
 use ghost_proto::router::v1::{self as router_wire};
@@ -13,6 +15,7 @@ use ghost_proto::summarizer::v1::GetRequest as SummaryRequest;
 use ghost_proto::summarizer::v1::summarizer_service_client::SummarizerServiceClient;
 use ghost_runtime::propagation::TracedChannel;
 
+use crate::deliveries::{Begun, DeliveryLedger, StoredAnswer};
 use crate::dry_run::DryRunReport;
 use crate::error::{GatewayError, from_upstream};
 use crate::fleet::{
@@ -23,6 +26,7 @@ use crate::patches::{
     EventView, ListFilter, PatchPage, PatchQueue, PatchView, Reverted, SummaryStore, TargetView,
 };
 use crate::report::ReportView;
+use crate::ui::{SessionStore, StoredSession};
 
 /// The router over gRPC.
 #[derive(Clone)]
@@ -540,4 +544,199 @@ fn is_transient(code: tonic::Code) -> bool {
             | tonic::Code::Cancelled
             | tonic::Code::Unknown
     )
+}
+
+/// The gateways' shared state in the router (`GatewayStateService`): dashboard sessions and
+/// webhook deliveries, so every gateway replica sees the same ones.
+#[derive(Clone)]
+pub struct GrpcGatewayState {
+    /// Client on the router's lazily connecting channel.
+    pub client: GatewayStateServiceClient<TracedChannel>,
+    /// Deadline per call.
+    pub timeout: Duration,
+}
+
+/// A failed call for shared state: 503 when the router is away (the caller retries), else 500.
+fn state_error(what: &str, status: &tonic::Status) -> GatewayError {
+    use tonic::Code;
+    match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
+            GatewayError::Unavailable(format!(
+                "the router cannot {what} now ({:?}: {})",
+                status.code(),
+                status.message()
+            ))
+        }
+        other => GatewayError::Internal(format!(
+            "the router refused to {what}: {other:?}: {}",
+            status.message()
+        )),
+    }
+}
+
+fn answer_to_wire(answer: StoredAnswer) -> router_wire::StoredAnswer {
+    router_wire::StoredAnswer {
+        status: u32::from(answer.status),
+        content_type: answer.content_type,
+        location: answer.location,
+        body: answer.body.to_vec(),
+    }
+}
+
+fn answer_from_wire(answer: router_wire::StoredAnswer) -> Result<StoredAnswer, GatewayError> {
+    let status = u16::try_from(answer.status)
+        .ok()
+        .filter(|status| (200..300).contains(status))
+        .ok_or_else(|| {
+            GatewayError::Internal(format!(
+                "the router gave a stored webhook answer with status {}",
+                answer.status
+            ))
+        })?;
+    Ok(StoredAnswer {
+        status,
+        content_type: answer.content_type,
+        location: answer.location,
+        body: answer.body.into(),
+    })
+}
+
+#[tonic::async_trait]
+impl SessionStore for GrpcGatewayState {
+    async fn start(
+        &self,
+        id_sha256: [u8; 32],
+        session: StoredSession,
+        ttl: Duration,
+        max: usize,
+    ) -> Result<bool, GatewayError> {
+        let request = router_wire::StartSessionRequest {
+            id_sha256: id_sha256.to_vec(),
+            credential_sha256: session.credential.to_vec(),
+            csrf: session.csrf,
+            ttl_s: u32::try_from(ttl.as_secs().max(1)).unwrap_or(u32::MAX),
+            max_sessions: u32::try_from(max).unwrap_or(u32::MAX),
+        };
+        Ok(self
+            .client
+            .clone()
+            .start_session(with_deadline(request, self.timeout))
+            .await
+            .map_err(|status| state_error("start a dashboard session", &status))?
+            .into_inner()
+            .started)
+    }
+
+    async fn get(&self, id_sha256: [u8; 32]) -> Result<Option<StoredSession>, GatewayError> {
+        let request = router_wire::GetSessionRequest {
+            id_sha256: id_sha256.to_vec(),
+        };
+        let found = self
+            .client
+            .clone()
+            .get_session(with_deadline(request, self.timeout))
+            .await
+            .map_err(|status| state_error("read a dashboard session", &status))?
+            .into_inner();
+        if !found.found {
+            return Ok(None);
+        }
+        let credential =
+            <[u8; 32]>::try_from(found.credential_sha256.as_slice()).map_err(|_| {
+                GatewayError::Internal("the router gave a session without a key hash".to_owned())
+            })?;
+        Ok(Some(StoredSession {
+            credential,
+            csrf: found.csrf,
+        }))
+    }
+
+    async fn end(&self, id_sha256: [u8; 32]) -> Result<(), GatewayError> {
+        let request = router_wire::EndSessionRequest {
+            id_sha256: id_sha256.to_vec(),
+        };
+        self.client
+            .clone()
+            .end_session(with_deadline(request, self.timeout))
+            .await
+            .map_err(|status| state_error("end a dashboard session", &status))?;
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl DeliveryLedger for GrpcGatewayState {
+    async fn begin(&self, sender: &str, id: &str, body: [u8; 32]) -> Result<Begun, GatewayError> {
+        let request = router_wire::BeginDeliveryRequest {
+            sender: sender.to_owned(),
+            id: id.to_owned(),
+            body_sha256: body.to_vec(),
+        };
+        let begun = self
+            .client
+            .clone()
+            .begin_delivery(with_deadline(request, self.timeout))
+            .await
+            .map_err(|status| state_error("check a webhook id", &status))?
+            .into_inner();
+        use router_wire::DeliveryOutcome as Outcome;
+        Ok(match Outcome::try_from(begun.outcome) {
+            Ok(Outcome::Deliver) if !begun.lease.is_empty() => Begun::Deliver(begun.lease),
+            Ok(Outcome::InProgress) => Begun::InProgress,
+            Ok(Outcome::Replay) => {
+                Begun::Replay(answer_from_wire(begun.answer.ok_or_else(|| {
+                    GatewayError::Internal("the router gave a replay without its answer".to_owned())
+                })?)?)
+            }
+            Ok(Outcome::OtherBody) => Begun::OtherBody,
+            Ok(Outcome::Full) => Begun::Full,
+            _ => {
+                return Err(GatewayError::Internal(format!(
+                    "the router answered a webhook id with outcome {}",
+                    begun.outcome
+                )));
+            }
+        })
+    }
+
+    async fn commit(
+        &self,
+        sender: &str,
+        id: &str,
+        lease: &str,
+        answer: StoredAnswer,
+        keep: Duration,
+    ) -> Result<bool, GatewayError> {
+        let request = router_wire::SettleDeliveryRequest {
+            sender: sender.to_owned(),
+            id: id.to_owned(),
+            lease: lease.to_owned(),
+            answer: Some(answer_to_wire(answer)),
+            keep_ms: u64::try_from(keep.as_millis()).unwrap_or(u64::MAX),
+        };
+        Ok(self
+            .client
+            .clone()
+            .settle_delivery(with_deadline(request, self.timeout))
+            .await
+            .map_err(|status| state_error("remember a webhook id", &status))?
+            .into_inner()
+            .committed)
+    }
+
+    async fn release(&self, sender: &str, id: &str, lease: &str) -> Result<(), GatewayError> {
+        let request = router_wire::SettleDeliveryRequest {
+            sender: sender.to_owned(),
+            id: id.to_owned(),
+            lease: lease.to_owned(),
+            answer: None,
+            keep_ms: 0,
+        };
+        self.client
+            .clone()
+            .settle_delivery(with_deadline(request, self.timeout))
+            .await
+            .map_err(|status| state_error("free a webhook id", &status))?;
+        Ok(())
+    }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use ghost_proto::alerter::v1::alerter_service_client::AlerterServiceClient;
 use ghost_proto::router::v1::api_key_service_server::ApiKeyServiceServer;
 use ghost_proto::router::v1::executor_token_service_server::ExecutorTokenServiceServer;
+use ghost_proto::router::v1::gateway_state_service_server::GatewayStateServiceServer;
 use ghost_proto::router::v1::router_service_server::RouterServiceServer;
 use ghost_proto::router::v1::router_stats_service_server::RouterStatsServiceServer;
 use ghost_proto::summarizer::v1::summarizer_service_client::SummarizerServiceClient;
@@ -18,10 +19,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::api_keys::{ApiKeyGrpc, ApiKeys};
 use crate::config::RouterConfig;
+use crate::gateway_state::GatewayStateGrpc;
 use crate::grpc::RouterGrpc;
 use crate::routing::{Policy, Routing};
 use crate::stats::RouterStats;
-use crate::store::{RouterStore, STALL_AFTER, SqliteStore};
+use crate::store::{GatewayStateStore, RouterStore, STALL_AFTER, SqliteStore};
 use crate::tokens::{ExecutorTokens, TokenService};
 use crate::{SERVICE, outbox};
 
@@ -37,6 +39,8 @@ pub struct App {
     routing: Arc<Routing>,
     /// The store itself, for its storage health and probe.
     store: SqliteStore,
+    /// The gateways' shared sessions and webhook deliveries (the same database).
+    gateway_state: Arc<dyn GatewayStateStore>,
     /// The service credential, resolved once from `internal_token` or `internal_token_file`.
     internal_token: Secret,
 }
@@ -72,6 +76,7 @@ impl App {
                 "attempts in flight at the last stop were interrupted and their patches requeued or lost"
             );
         }
+        let gateway_state: Arc<dyn GatewayStateStore> = Arc::new(store.clone());
         let routing = Arc::new(
             Routing::new(
                 Arc::new(store.clone()),
@@ -99,6 +104,7 @@ impl App {
             upstream,
             routing,
             store,
+            gateway_state,
             internal_token,
         })
     }
@@ -206,13 +212,17 @@ impl App {
                 "ghost.router.v1.RouterStatsService",
                 "ghost.router.v1.ExecutorTokenService",
                 "ghost.router.v1.ApiKeyService",
+                "ghost.router.v1.GatewayStateService",
             ],
             grpc: tonic::service::Routes::new(RouterServiceServer::new(grpc))
                 .add_service(RouterStatsServiceServer::new(RouterStats {
                     store: Arc::clone(self.routing.store()),
                 }))
                 .add_service(ExecutorTokenServiceServer::new(TokenService { tokens }))
-                .add_service(ApiKeyServiceServer::new(ApiKeyGrpc { keys: api_keys })),
+                .add_service(ApiKeyServiceServer::new(ApiKeyGrpc { keys: api_keys }))
+                .add_service(GatewayStateServiceServer::new(GatewayStateGrpc {
+                    store: Arc::clone(&self.gateway_state),
+                })),
             http: axum::Router::new(),
             open_methods: vec![WORK_METHOD],
             storage: Some(self.store.health().clone()),

@@ -20,6 +20,7 @@ mod app;
 pub mod config;
 mod dry_runs;
 mod error;
+mod gateway_state;
 mod grpc;
 mod outbox;
 mod revert;

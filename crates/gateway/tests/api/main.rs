@@ -20,6 +20,7 @@ mod openapi;
 mod parse_budget;
 mod real_patches;
 mod reference;
+mod replicas;
 mod revert;
 mod scale;
 mod shared_keys;

@@ -8,6 +8,7 @@
 //! submits share one disk flush. Reads use a second connection and never wait for the writer.
 
 mod api_keys;
+mod gateway_state;
 mod schema;
 mod sqlite;
 mod stats;
@@ -19,6 +20,9 @@ use ghost_core::{ApplyReport, Patch, Status};
 pub use api_keys::{
     ApiKeyRow, KeyCreated, KeyRevoked, KeysImported, MAX_API_KEYS, MAX_TOTAL_TARGETS, NewApiKey,
     Revoker,
+};
+pub use gateway_state::{
+    AnswerRow, DeliveryBegun, GatewayStateStore, MAX_STORED_ANSWER, SessionRow,
 };
 pub use sqlite::{STALL_AFTER, SqliteStore};
 

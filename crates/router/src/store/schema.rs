@@ -161,6 +161,35 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE patches ADD COLUMN key_name TEXT NOT NULL DEFAULT '';
     ",
+    // State the gateway replicas share: dashboard sessions (by the SHA-256 of their id, with
+    // the SHA-256 of the key that logged in) and Standard Webhooks deliveries per sender (in
+    // progress under a lease until `until_ms`, or committed with their answer until then).
+    "
+    CREATE TABLE gateway_sessions (
+        id_sha256         BLOB PRIMARY KEY,
+        credential_sha256 BLOB NOT NULL,
+        csrf              TEXT NOT NULL,
+        created_ms        INTEGER NOT NULL,
+        expires_ms        INTEGER NOT NULL
+    );
+    CREATE INDEX gateway_sessions_expiry ON gateway_sessions (expires_ms);
+    CREATE TABLE gateway_deliveries (
+        sender       TEXT NOT NULL,
+        id           TEXT NOT NULL,
+        body_sha256  BLOB NOT NULL,
+        committed    INTEGER NOT NULL,
+        lease        TEXT NOT NULL,
+        until_ms     INTEGER NOT NULL,
+        at_ms        INTEGER NOT NULL,
+        status       INTEGER NOT NULL,
+        content_type TEXT NOT NULL,
+        location     TEXT NOT NULL,
+        answer       BLOB NOT NULL,
+        PRIMARY KEY (sender, id)
+    );
+    CREATE INDEX gateway_deliveries_until ON gateway_deliveries (until_ms);
+    CREATE INDEX gateway_deliveries_age ON gateway_deliveries (committed, at_ms);
+    ",
 ];
 
 /// Applies the migrations not yet recorded in `PRAGMA user_version`.

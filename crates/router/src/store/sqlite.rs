@@ -791,7 +791,7 @@ impl SqliteStore {
     }
 
     /// Runs `work` in the next group commit; answers once the batch is durable.
-    async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
+    pub(super) async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
@@ -831,7 +831,7 @@ impl SqliteStore {
 
     /// Runs a read on the read connection, off the async threads. A read the disk fails
     /// degrades the store like a write.
-    async fn read<T, F>(&self, work: F) -> Result<T, StoreError>
+    pub(super) async fn read<T, F>(&self, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,

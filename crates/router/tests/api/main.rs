@@ -4,6 +4,7 @@
 mod alerts;
 mod anonymous;
 mod api_keys;
+mod gateway_state;
 mod helpers;
 mod lease_holder;
 mod leases;
