@@ -40,6 +40,7 @@ pub struct AppState {
 pub struct App {
     config: SummarizerConfig,
     listeners: Listeners,
+    upstream: ghost_runtime::propagation::Upstream,
     state: AppState,
 }
 
@@ -109,6 +110,7 @@ impl App {
         Ok(Self {
             config,
             listeners,
+            upstream,
             state,
         })
     }
@@ -136,6 +138,7 @@ impl App {
         let token = self.state.shutdown.clone();
         let tracker = self.state.tracker.clone();
         let summaries = self.state.summaries.clone();
+        let health = summaries.health().clone();
         if let Some(notifier) = self.state.notifier.clone() {
             let outbox = NotifyOutbox {
                 notifier,
@@ -159,6 +162,20 @@ impl App {
                 token.clone(),
             ));
         }
+        let storage_alerter = match &self.config.alerter_url {
+            Some(url) => Some(
+                ghost_proto::alerter::v1::alerter_service_client::AlerterServiceClient::new(
+                    ghost_runtime::propagation::traced_channel(url, &self.upstream)?,
+                ),
+            ),
+            None => None,
+        };
+        tracker.spawn(ghost_runtime::storage::report_faults(
+            health.clone(),
+            storage_alerter,
+            token.clone(),
+        ));
+        tracker.spawn(summaries.clone().run_storage_probe(token.clone()));
         tracker.spawn(summaries.clone().run_manifest_writer(token.clone()));
         tracker.spawn(summaries.run_archiver(
             self.config.archive_interval,
@@ -174,7 +191,7 @@ impl App {
             ))),
             http: axum::Router::new(),
             open_methods: Vec::new(),
-            storage: None,
+            storage: Some(health),
         };
         ghost_runtime::serve::serve_until(
             service,

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use ghost_runtime::storage::FaultKind;
+
 /// What can go wrong in the summarizer.
 #[derive(Debug, thiserror::Error)]
 pub enum SummarizerError {
@@ -40,6 +42,10 @@ pub enum SummarizerError {
     /// A blocking task died (panicked or was cancelled).
     #[error("storage task failed")]
     Task(#[source] tokio::task::JoinError),
+    /// The disk under the store refuses writes (full, I/O errors, a failed fsync): the service
+    /// is degraded; the reason is for people (no paths, no SQL).
+    #[error("{prefix}{0}", prefix = ghost_runtime::storage::UNAVAILABLE_PREFIX)]
+    Unavailable(String),
 }
 
 impl SummarizerError {
@@ -48,6 +54,17 @@ impl SummarizerError {
         Self::InvalidArgument {
             field: field.into(),
             message: message.into(),
+        }
+    }
+
+    /// The storage fault behind this error, if the disk (not the request) failed.
+    pub fn storage_fault(&self) -> Option<FaultKind> {
+        match self {
+            Self::Db(rusqlite::Error::SqliteFailure(failure, _)) => {
+                FaultKind::from_sqlite_code(failure.extended_code)
+            }
+            Self::Io { source, .. } => FaultKind::from_io(source),
+            _ => None,
         }
     }
 
@@ -65,6 +82,7 @@ impl From<SummarizerError> for tonic::Status {
         match &err {
             SummarizerError::InvalidArgument { .. } => Self::invalid_argument(err.to_string()),
             SummarizerError::NotFound(_) => Self::not_found(err.to_string()),
+            SummarizerError::Unavailable(_) => Self::unavailable(err.to_string()),
             SummarizerError::Io { .. }
             | SummarizerError::Corrupt { .. }
             | SummarizerError::Db(_)

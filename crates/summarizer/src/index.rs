@@ -63,7 +63,20 @@ CREATE TABLE IF NOT EXISTS changelog (
     at_ms       INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS changelog_by_target ON changelog (target, id);
+CREATE TABLE IF NOT EXISTS storage_probe (
+    id          INTEGER PRIMARY KEY,
+    at_ms       INTEGER NOT NULL
+);
 ";
+
+/// A connection to the index file with the store's settings.
+fn connect(path: &Path) -> Result<Connection, SummarizerError> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
 
 /// One `summaries` row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,6 +161,7 @@ pub struct Owed {
 #[derive(Clone)]
 pub struct Index {
     conn: Arc<Mutex<Connection>>,
+    path: Arc<Path>,
 }
 
 fn lock(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
@@ -183,18 +197,36 @@ impl Index {
     /// Opens (creating) the index at `path`; returns it and whether it was just created.
     pub fn open(path: &Path) -> Result<(Self, bool), SummarizerError> {
         let existed = path.exists();
-        let conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let conn = connect(path)?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(webhook_outbox::SCHEMA)?;
         Ok((
             Self {
                 conn: Arc::new(Mutex::new(conn)),
+                path: Arc::from(path),
             },
             !existed,
         ))
+    }
+
+    /// Replaces the connection by a new one on the same file: after a failed write or fsync
+    /// the old one's view of what reached the disk is not trusted (SQLite re-reads the file and
+    /// replays or drops its WAL as it finds it).
+    pub fn reopen(&self) -> Result<(), SummarizerError> {
+        let fresh = connect(&self.path)?;
+        *lock(&self.conn) = fresh;
+        Ok(())
+    }
+
+    /// One real write through the index (a committed, fsynced row): the storage probe.
+    pub fn probe(&self, now_ms: i64) -> Result<(), SummarizerError> {
+        let conn = lock(&self.conn);
+        conn.execute(
+            "INSERT INTO storage_probe (id, at_ms) VALUES (1, ?1)
+             ON CONFLICT (id) DO UPDATE SET at_ms = excluded.at_ms",
+            params![now_ms],
+        )?;
+        Ok(())
     }
 
     /// The status recorded for (patch id, attempt), if any.

@@ -168,6 +168,7 @@ async fn settle<O: Outbox>(
         match blocking(summaries, move |index, _| lane.settle(index, &round)).await {
             Some(Ok(())) => return,
             Some(Err(err)) => {
+                summaries.note_storage_error(&err);
                 tracing::error!(outbox = O::NAME, error = ?anyhow::Error::from(err), "cannot update the outbox");
             }
             None => {}

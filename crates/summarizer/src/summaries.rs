@@ -21,8 +21,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use ghost_core::{PatchId, Status, TargetName};
+use ghost_runtime::storage::StorageHealth;
 use prost::Message as _;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 pub use self::archive::ArchiveReport;
 use crate::atomic_file;
@@ -93,6 +95,13 @@ pub struct Page {
     pub total: usize,
 }
 
+/// The file the storage probe rewrites, in the data dir.
+const STORAGE_PROBE_FILE: &str = ".storage-probe";
+/// The first wait before probing a degraded store; doubles up to [`MAX_PROBE_WAIT`].
+const FIRST_PROBE_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+/// The longest wait between two probes of a degraded store (and the longest a probe may take).
+const MAX_PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The summary store; cheap to clone.
 #[derive(Clone)]
 pub struct Summaries {
@@ -121,6 +130,8 @@ struct Inner {
     stale_manifests: Mutex<std::collections::BTreeSet<String>>,
     /// Woken when a target is added to `stale_manifests`.
     manifest_wake: Notify,
+    /// Whether the disk under the index and the files accepts writes.
+    health: StorageHealth,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -188,6 +199,7 @@ impl Summaries {
                     webhook_wake: Arc::new(Notify::new()),
                     stale_manifests: Mutex::new(std::collections::BTreeSet::new()),
                     manifest_wake: Notify::new(),
+                    health: StorageHealth::new(crate::SERVICE),
                 }),
             };
             atomic_file::sweep_temp_files(&root, 4);
@@ -230,8 +242,13 @@ impl Summaries {
         outcome: Outcome,
         traceparent: String,
     ) -> Result<Recorded, SummarizerError> {
+        if let Some(reason) = self.inner.health.reason() {
+            return Err(SummarizerError::Unavailable(reason));
+        }
         let store = self.clone();
-        let recorded = blocking(move || store.record_blocking(outcome, traceparent)).await?;
+        let recorded = blocking(move || store.record_blocking(outcome, traceparent))
+            .await
+            .map_err(|err| self.storage_error(err))?;
         if recorded.created && self.inner.options.notify {
             self.inner.outbox_wake.notify_one();
         }
@@ -239,6 +256,85 @@ impl Summaries {
             self.inner.webhook_wake.notify_one();
         }
         Ok(recorded)
+    }
+
+    /// The health of the disk under the store.
+    pub fn health(&self) -> &StorageHealth {
+        &self.inner.health
+    }
+
+    /// A storage fault behind `err` degrades the store and becomes
+    /// [`SummarizerError::Unavailable`]; any other error is returned as it is.
+    fn storage_error(&self, err: SummarizerError) -> SummarizerError {
+        let Some(kind) = err.storage_fault() else {
+            return err;
+        };
+        let detail = format!("{:#}", anyhow::Error::from(err));
+        self.inner.health.fault(kind, detail);
+        SummarizerError::Unavailable(format!("the {}'s disk {}", crate::SERVICE, kind.describe()))
+    }
+
+    /// Notes a failed background write (outbox, manifest, archive): a storage fault behind it
+    /// degrades the store like a failed record does.
+    pub(crate) fn note_storage_error(&self, err: &SummarizerError) {
+        if let Some(kind) = err.storage_fault() {
+            self.inner.health.fault(kind, err.to_string());
+        }
+    }
+
+    /// One real write of each kind the store makes: a small file written atomically (fsync of
+    /// the file and its folder) and a committed row in the index, on a fresh connection (the old
+    /// one is not trusted after a failed write).
+    pub async fn probe(&self) -> Result<(), SummarizerError> {
+        let store = self.clone();
+        blocking(move || {
+            let index = &store.inner.index;
+            index.reopen()?;
+            let now = store.now_ms();
+            atomic_file::write(
+                &store.inner.data_dir.join(STORAGE_PROBE_FILE),
+                now.to_string().as_bytes(),
+            )?;
+            index.probe(now)
+        })
+        .await
+    }
+
+    /// While the store is degraded, probes it ([`Self::probe`]) at growing intervals (up to
+    /// [`MAX_PROBE_WAIT`]) and heals it at the first probe that succeeds: the service heals by
+    /// itself when the disk does. Runs until `shutdown`.
+    pub async fn run_storage_probe(self, shutdown: CancellationToken) {
+        let mut changes = self.inner.health.subscribe();
+        loop {
+            if !self.inner.health.is_degraded() {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            }
+            let mut wait = FIRST_PROBE_WAIT;
+            while self.inner.health.is_degraded() {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(wait) => {}
+                }
+                match tokio::time::timeout(MAX_PROBE_WAIT, self.probe()).await {
+                    Ok(Ok(())) => {
+                        self.inner.health.healed();
+                    }
+                    Ok(Err(err)) => {
+                        tracing::debug!(error = %err, "storage probe failed; the store stays degraded");
+                        wait = (wait * 2).min(MAX_PROBE_WAIT);
+                    }
+                    Err(_) => wait = MAX_PROBE_WAIT,
+                }
+            }
+        }
     }
 
     /// The summary of `patch_id`.

@@ -72,6 +72,7 @@ impl Summaries {
                 }
                 Ok(_) => {}
                 Err(err) => {
+                    self.note_storage_error(&err);
                     tracing::error!(error = ?anyhow::Error::from(err), "archiving summaries failed");
                 }
             }

@@ -65,10 +65,14 @@ impl Summaries {
         let targets = std::mem::take(&mut *lock(&self.inner.stale_manifests));
         for target in targets {
             let store = self.clone();
+            let name = target.clone();
             // Built from the index under the target's manifest lock; records go on meanwhile.
-            let written = super::blocking(move || store.write_manifest(&target)).await;
+            let written = super::blocking(move || store.write_manifest(&name)).await;
             if let Err(err) = written {
-                tracing::error!(error = ?anyhow::Error::from(err), "cannot rewrite a patch manifest; it is rebuilt at the next start");
+                self.note_storage_error(&err);
+                // Stale still: rewritten with the next record's round (and at the next start).
+                lock(&self.inner.stale_manifests).insert(target);
+                tracing::error!(error = ?anyhow::Error::from(err), "cannot rewrite a patch manifest; it is retried with the next record and rebuilt at the next start");
             }
         }
     }

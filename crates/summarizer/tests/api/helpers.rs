@@ -29,6 +29,8 @@ pub struct TestApp {
     pub summaries: summarizer::summaries::Summaries,
     /// The HTTP side (`/metrics`).
     pub http_addr: SocketAddr,
+    /// The gRPC side (`grpc.health.v1` too).
+    pub grpc_addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -90,6 +92,7 @@ pub async fn spawn_with(config: SummarizerConfig) -> TestApp {
         client,
         summaries,
         http_addr,
+        grpc_addr: addr,
         stop: Some(stop),
         task,
     }
@@ -323,6 +326,8 @@ pub fn full_report(status: PatchStatus) -> ApplyReport {
 #[derive(Default)]
 struct Received {
     requests: Mutex<Vec<NotifyRequest>>,
+    /// System alerts (`Alert`): the summarizer raises only `storage_unavailable/summarizer`.
+    alerts: Mutex<Vec<ghost_proto::alerter::v1::AlertRequest>>,
     arrived: Notify,
     /// How long each Notify takes to answer.
     delay: Duration,
@@ -359,10 +364,16 @@ impl AlerterService for RecordingAlerter {
 
     async fn alert(
         &self,
-        _request: tonic::Request<ghost_proto::alerter::v1::AlertRequest>,
+        request: tonic::Request<ghost_proto::alerter::v1::AlertRequest>,
     ) -> Result<tonic::Response<ghost_proto::alerter::v1::AlertResponse>, tonic::Status> {
-        Err(tonic::Status::unimplemented(
-            "the summarizer never raises system alerts",
+        self.received
+            .alerts
+            .lock()
+            .unwrap()
+            .push(request.into_inner());
+        self.received.arrived.notify_waiters();
+        Ok(tonic::Response::new(
+            ghost_proto::alerter::v1::AlertResponse { accepted: true },
         ))
     }
 }
@@ -423,6 +434,11 @@ impl FakeAlerter {
         self.received
             .most_in_flight
             .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The system alerts that arrived so far.
+    pub fn alerts(&self) -> Vec<ghost_proto::alerter::v1::AlertRequest> {
+        self.received.alerts.lock().unwrap().clone()
     }
 
     /// What arrived so far.

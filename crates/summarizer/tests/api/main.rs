@@ -10,6 +10,7 @@ mod diagnostics;
 mod golden;
 mod helpers;
 mod manifest;
+mod storage;
 mod truncation;
 mod webhooks;
 

@@ -1,0 +1,269 @@
+//! Storage faults: the summarizer's data dir on a small tmpfs (root only: skipped with a
+//! printed reason otherwise), filled by a filler file, then freed. While the disk is full the
+//! summarizer is degraded: `Record` answers UNAVAILABLE (the router's outbox retries it),
+//! `/readyz` 503 with the reason, `grpc.health.v1` NOT_SERVING, the gauge
+//! `ghost_storage_degraded{service="summarizer"}` 1 and `storage_unavailable/summarizer` raised
+//! at the alerter directly; once space returns it heals by itself and records again.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ghost_proto::router::v1::PatchStatus;
+use ghost_proto::summarizer::v1::GetRequest;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::helpers::{FakeAlerter, TestApp, record, spawn_summarizer};
+
+/// A tmpfs mounted on a temp dir; unmounted when dropped (also when the test fails).
+struct Tmpfs {
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// A tmpfs of `size` (e.g. `8m`), or why there is none.
+    fn mount(size: &str) -> Result<Self, String> {
+        if !is_root() {
+            return Err("not root: cannot mount a tmpfs".to_owned());
+        }
+        let dir = tempfile::tempdir().map_err(|err| err.to_string())?;
+        let path = dir.path().join("disk");
+        std::fs::create_dir(&path).map_err(|err| err.to_string())?;
+        let output = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .output()
+            .map_err(|err| format!("cannot run mount: {err}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "mount -t tmpfs failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+        Ok(Self { path, _dir: dir })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// True when this process runs as root (effective uid 0).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("Uid:"))
+                .and_then(|uids| uids.split_whitespace().nth(1).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Fills the file system of `dir` with `dir/filler` until it refuses (bounded).
+fn fill(dir: &Path) -> PathBuf {
+    let path = dir.join("filler");
+    let mut file = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0xa5_u8; 64 * 1024];
+    for _ in 0..100_000 {
+        if let Err(err) = file.write_all(&chunk) {
+            assert_eq!(err.raw_os_error(), Some(28), "{err}");
+            break;
+        }
+    }
+    // The last partial pages too.
+    for _ in 0..10_000 {
+        if file.write_all(&[0xa5]).is_err() {
+            break;
+        }
+    }
+    path
+}
+
+async fn readyz(app: &TestApp) -> (u16, String) {
+    let response = reqwest::get(format!("http://{}/readyz", app.http_addr))
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+async fn degraded_gauge(app: &TestApp) -> Option<String> {
+    let text = reqwest::get(format!("http://{}/metrics", app.http_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|line| line.starts_with("ghost_storage_degraded{service=\"summarizer\"}"))
+        .map(str::to_owned)
+}
+
+async fn grpc_health(addr: &str) -> ServingStatus {
+    let mut health = HealthClient::new(
+        tonic::transport::Endpoint::from_shared(addr.to_owned())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let response = health
+        .check(HealthCheckRequest {
+            service: "ghost.summarizer.v1.SummarizerService".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    ServingStatus::try_from(response.status).unwrap()
+}
+
+/// Polls `check` every 50 ms until it holds or `bound` passed; returns how long it took.
+async fn within<F, Fut>(bound: Duration, mut check: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < bound {
+        if check().await {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+#[tokio::test]
+async fn a_full_disk_degrades_the_summarizer_which_refuses_records_alerts_and_heals_by_itself() {
+    let disk = match Tmpfs::mount("8m") {
+        Ok(disk) => disk,
+        Err(reason) => {
+            eprintln!("SKIPPED a_full_disk_degrades_the_summarizer...: {reason}");
+            return;
+        }
+    };
+    let alerter = FakeAlerter::start().await;
+    let mut app = spawn_summarizer(&disk.path, Some(alerter.url.clone())).await;
+    let before = app
+        .client
+        .record(record("p-before", 1, PatchStatus::Succeeded))
+        .await
+        .unwrap();
+    assert!(before.into_inner().created);
+    let grpc_addr = format!("http://{}", app.grpc_addr);
+    assert_eq!(readyz(&app).await.0, 200);
+
+    let filler = fill(&disk.path);
+    let started = Instant::now();
+    let refused = app
+        .client
+        .record(record("p-during", 1, PatchStatus::Succeeded))
+        .await
+        .unwrap_err();
+    let detection = started.elapsed();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert_eq!(
+        refused.message(),
+        "storage unavailable: the summarizer's disk is full"
+    );
+    let (status, body) = readyz(&app).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body, "degraded: the summarizer's disk is full");
+    assert_eq!(grpc_health(&grpc_addr).await, ServingStatus::NotServing);
+    assert_eq!(
+        degraded_gauge(&app).await.as_deref(),
+        Some("ghost_storage_degraded{service=\"summarizer\"} 1")
+    );
+    let raised = within(Duration::from_secs(10), || async {
+        alerter
+            .alerts()
+            .iter()
+            .any(|alert| alert.key == "storage_unavailable/summarizer" && !alert.resolved)
+    })
+    .await;
+    assert!(raised.is_some(), "no alert: {:?}", alerter.alerts());
+    let alert = alerter.alerts()[0].clone();
+    assert_eq!(alert.source, "summarizer");
+    assert_eq!(alert.labels.get("kind").map(String::as_str), Some("full"));
+    // Still refused while degraded; the caller (the router's outbox) retries.
+    let again = app
+        .client
+        .record(record("p-during", 1, PatchStatus::Succeeded))
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), tonic::Code::Unavailable, "{again:?}");
+    // What was recorded before is still served.
+    app.client
+        .get(GetRequest {
+            patch_id: "p-before".into(),
+        })
+        .await
+        .unwrap();
+
+    // Space returns: the summarizer heals by itself, with no request to nudge it.
+    std::fs::remove_file(&filler).unwrap();
+    let healed = within(Duration::from_secs(10), || async {
+        readyz(&app).await.0 == 200
+    })
+    .await;
+    let Some(recovery) = healed else {
+        panic!("not ready again: {:?}", readyz(&app).await);
+    };
+    assert_eq!(grpc_health(&grpc_addr).await, ServingStatus::Serving);
+    assert_eq!(
+        degraded_gauge(&app).await.as_deref(),
+        Some("ghost_storage_degraded{service=\"summarizer\"} 0")
+    );
+    let resolved = within(Duration::from_secs(10), || async {
+        alerter
+            .alerts()
+            .iter()
+            .any(|alert| alert.key == "storage_unavailable/summarizer" && alert.resolved)
+    })
+    .await;
+    assert!(resolved.is_some(), "not resolved: {:?}", alerter.alerts());
+    // The retried record is stored once, and later ones too: nothing lost.
+    for id in ["p-during", "p-after"] {
+        let recorded = app
+            .client
+            .record(record(id, 1, PatchStatus::Succeeded))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(recorded.created, "{id}");
+    }
+    let got = app
+        .client
+        .get(GetRequest {
+            patch_id: "p-during".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .summary
+        .unwrap();
+    assert!(
+        got.markdown.starts_with("# ✅ p-during"),
+        "{}",
+        got.markdown
+    );
+    let notified = alerter.wait_for(3).await;
+    let mut ids: Vec<_> = notified.iter().map(|n| n.patch_id.clone()).collect();
+    ids.sort();
+    assert_eq!(ids, ["p-after", "p-before", "p-during"]);
+    eprintln!(
+        "summarizer full disk: detected on the first refused record after {} ms; ready again {} ms \
+         after space returned",
+        detection.as_millis(),
+        recovery.as_millis()
+    );
+    app.stop().await;
+}
