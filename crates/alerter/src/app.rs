@@ -33,6 +33,9 @@ use crate::store::Store;
 /// The alerter, built and bound but not yet serving.
 pub struct App {
     config: AlerterConfig,
+    /// Where the alerter's own storage alert is posted directly.
+    ops_channel: String,
+    clock: SharedClock,
     listeners: Listeners,
     outbox: Outbox,
     patches: Patches,
@@ -146,7 +149,7 @@ impl App {
             clock: Arc::clone(&clock),
         }));
         let inbound = Arc::new(Inbound {
-            verifier: Verifier::new(config.slack.signing_secret.clone(), clock),
+            verifier: Verifier::new(config.slack.signing_secret.clone(), Arc::clone(&clock)),
             commands,
             http,
             inline_budget: config.slack.inline_answer_budget,
@@ -154,6 +157,8 @@ impl App {
                 .map_err(anyhow::Error::msg)?,
         });
         Ok(Self {
+            ops_channel: router_tree.ops_channel().to_owned(),
+            clock: Arc::clone(&clock),
             config,
             listeners,
             outbox,
@@ -192,6 +197,18 @@ impl App {
     ) -> anyhow::Result<()> {
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let store = self.outbox.store().clone();
+        tracker.spawn(crate::storage::report_to_slack(
+            store.health().clone(),
+            self.slack.clone(),
+            self.ops_channel.clone(),
+            token.clone(),
+        ));
+        tracker.spawn(crate::storage::probe_until_healed(
+            store.clone(),
+            Arc::clone(&self.clock),
+            token.clone(),
+        ));
         tracker.spawn(deliver_loop(
             self.outbox.clone(),
             self.slack,
@@ -214,7 +231,7 @@ impl App {
                 .add_service(AlerterReadServiceServer::new(read)),
             http: routes(self.inbound),
             open_methods: Vec::new(),
-            storage: None,
+            storage: Some(store.health().clone()),
         };
         ghost_runtime::serve::serve_until(
             service,

@@ -49,6 +49,9 @@ impl From<AlerterError> for tonic::Status {
         match &err {
             AlerterError::InvalidArgument { .. } => Self::invalid_argument(err.to_string()),
             AlerterError::UnknownAlert { .. } => Self::not_found(err.to_string()),
+            AlerterError::Storage(inner @ StoreError::Unavailable(_)) => {
+                Self::unavailable(inner.to_string())
+            }
             AlerterError::Storage(_) => {
                 tracing::error!(error = %err, "alerter storage failed");
                 Self::internal("internal error")
@@ -65,6 +68,7 @@ impl IntoResponse for AlerterError {
             AlerterError::InvalidArgument { .. } => StatusCode::BAD_REQUEST,
             AlerterError::UnknownAlert { .. } => StatusCode::NOT_FOUND,
             AlerterError::Signature(_) => StatusCode::UNAUTHORIZED,
+            AlerterError::Storage(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             AlerterError::Storage(_) => {
                 tracing::error!(error = %self, "alerter storage failed");
                 return (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response();

@@ -133,6 +133,10 @@ impl AlerterService for AlerterGrpc {
         request: Request<wire::NotifyRequest>,
     ) -> Result<Response<wire::NotifyResponse>, Status> {
         let outcome = PatchOutcome::try_from(request.into_inner())?;
+        // Refused while the disk is failing: the caller's outbox keeps it and retries.
+        if let Some(status) = self.store.health().unavailable() {
+            return Err(status);
+        }
         let accepted = self.patches.accept(&outcome, current_traceparent()).await?;
         tracing::info!(accepted, "notify received");
         Ok(Response::new(wire::NotifyResponse { accepted }))
@@ -149,14 +153,23 @@ impl AlerterService for AlerterGrpc {
         let request = request.into_inner();
         validate_key(&request.key)?;
         let severity = severity_from_wire(request.severity)?;
-        let accepted = self
-            .store
-            .accept_alert_event(&request.key, request.resolved, request.at_unix_ms)
-            .await
-            .map_err(AlerterError::from)?;
-        if !accepted {
-            return Ok(Response::new(wire::AlertResponse { accepted }));
+        // Refused while the disk is failing: the caller retries (its outbox, or the storage
+        // reporter's backoff).
+        if let Some(status) = self.store.health().unavailable() {
+            return Err(status);
         }
+        // Seen first, acted on, then recorded: raising an active alert again and resolving an
+        // inactive one change nothing, so a call whose record failed (a full disk) is acted on
+        // again when retried instead of being lost as a duplicate.
+        if self
+            .store
+            .alert_event_seen(&request.key, request.resolved, request.at_unix_ms)
+            .await
+            .map_err(AlerterError::from)?
+        {
+            return Ok(Response::new(wire::AlertResponse { accepted: false }));
+        }
+        let key = request.key.clone();
         if request.resolved {
             self.lifecycle.resolve(&request.key).await?;
         } else {
@@ -174,6 +187,11 @@ impl AlerterService for AlerterGrpc {
             };
             self.lifecycle.raise(raise, current_traceparent()).await?;
         }
+        let accepted = self
+            .store
+            .accept_alert_event(&key, request.resolved, request.at_unix_ms)
+            .await
+            .map_err(AlerterError::from)?;
         Ok(Response::new(wire::AlertResponse { accepted }))
     }
 }

@@ -39,6 +39,7 @@ pub mod patches;
 pub mod routing;
 pub mod signing;
 pub mod slack;
+pub mod storage;
 pub mod store;
 
 pub use app::App;

@@ -5,8 +5,10 @@
 //! Every method runs one transaction on a blocking thread and returns once it is committed, so
 //! a message is "stored" before anyone is told it was accepted.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+use ghost_runtime::storage::{FaultKind, StorageHealth};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
@@ -23,6 +25,20 @@ pub enum StoreError {
     /// The blocking task running the transaction died.
     #[error("storage task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// The disk under the database refuses writes (full, I/O errors, a failed fsync): the
+    /// alerter is degraded; the reason is for people (no paths, no SQL).
+    #[error("{prefix}{0}", prefix = ghost_runtime::storage::UNAVAILABLE_PREFIX)]
+    Unavailable(String),
+}
+
+/// The storage fault behind an SQLite error, if the disk (not the query) failed.
+fn storage_fault(err: &StoreError) -> Option<FaultKind> {
+    match err {
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(failure, _)) => {
+            FaultKind::from_sqlite_code(failure.extended_code)
+        }
+        _ => None,
+    }
 }
 
 const SCHEMA: &str = "
@@ -63,6 +79,7 @@ CREATE TABLE IF NOT EXISTS alerts (key TEXT PRIMARY KEY, state TEXT NOT NULL, ac
 CREATE TABLE IF NOT EXISTS silences (
     id INTEGER PRIMARY KEY AUTOINCREMENT, matcher TEXT NOT NULL, until_ms INTEGER NOT NULL,
     created_by TEXT NOT NULL, created_ms INTEGER NOT NULL, removed INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS storage_probe (id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at_ms INTEGER NOT NULL, user_id TEXT NOT NULL,
     user_name TEXT NOT NULL, channel_id TEXT NOT NULL, source TEXT NOT NULL, verb TEXT NOT NULL,
@@ -287,23 +304,40 @@ pub struct AuditEntry {
 #[derive(Clone)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
+    /// The database file; `None` in memory.
+    path: Option<Arc<PathBuf>>,
+    /// Whether the disk under the database accepts writes.
+    health: StorageHealth,
+}
+
+/// A connection to `path` (in memory for `None`) with the store's settings.
+fn connect(path: Option<&Path>) -> Result<Connection, StoreError> {
+    let conn = match path {
+        Some(path) => Connection::open(path)?,
+        None => Connection::open_in_memory()?,
+    };
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
 }
 
 impl Store {
     /// Opens (creating if needed) the database at `path`, or an in-memory one for `None`.
     pub fn open(path: Option<&Path>) -> Result<Self, StoreError> {
-        let conn = match path {
-            Some(path) => Connection::open(path)?,
-            None => Connection::open_in_memory()?,
-        };
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let conn = connect(path)?;
         conn.execute_batch(SCHEMA)?;
         migrate(&conn)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
+            path: path.map(|path| Arc::new(path.to_owned())),
+            health: StorageHealth::new(crate::SERVICE),
         })
+    }
+
+    /// The health of the disk under the database.
+    pub fn health(&self) -> &StorageHealth {
+        &self.health
     }
 
     async fn with_tx<T, F>(&self, work: F) -> Result<T, StoreError>
@@ -312,7 +346,7 @@ impl Store {
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let conn = Arc::clone(&self.conn);
-        tokio::task::spawn_blocking(move || {
+        let result = tokio::task::spawn_blocking(move || {
             let mut guard = conn
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -321,7 +355,46 @@ impl Store {
             tx.commit()?;
             Ok(value)
         })
-        .await?
+        .await?;
+        result.map_err(|err| match storage_fault(&err) {
+            Some(kind) => {
+                self.health.fault(kind, err.to_string());
+                StoreError::Unavailable(format!(
+                    "the {}'s disk {}",
+                    crate::SERVICE,
+                    kind.describe()
+                ))
+            }
+            None => err,
+        })
+    }
+
+    /// One real write (a committed, fsynced row) on a fresh connection: after a failed write
+    /// or fsync the old connection's view of what reached the disk is not trusted, so it is
+    /// replaced first (SQLite re-reads the file and its WAL as it finds them). Heals nothing
+    /// by itself: the caller marks the store healed when this succeeds.
+    pub async fn probe(&self, now_ms: i64) -> Result<(), StoreError> {
+        if let Some(path) = &self.path {
+            let path = Arc::clone(path);
+            let conn = Arc::clone(&self.conn);
+            tokio::task::spawn_blocking(move || {
+                let fresh = connect(Some(&path))?;
+                *conn
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+                Ok::<(), StoreError>(())
+            })
+            .await??;
+        }
+        self.with_tx(move |conn| {
+            conn.execute(
+                "INSERT INTO storage_probe (id, at_ms) VALUES (1, ?1)
+                 ON CONFLICT (id) DO UPDATE SET at_ms = excluded.at_ms",
+                params![now_ms],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     /// True when any message of `thread` was ever stored.
@@ -498,6 +571,27 @@ impl Store {
                 )?
                 .query_row(params![channel], |row| row.get(0))?;
             Ok(u64::try_from(count).unwrap_or(0))
+        })
+        .await
+    }
+
+    /// True when the `Alert(key, resolved, at)` call was already recorded (read only).
+    pub async fn alert_event_seen(
+        &self,
+        key: &str,
+        resolved: bool,
+        at_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let key = key.to_owned();
+        self.with_tx(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT 1 FROM alert_events WHERE key = ?1 AND resolved = ?2 AND at_ms = ?3",
+                    params![key, resolved, at_ms],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some())
         })
         .await
     }

@@ -33,6 +33,8 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub struct TestApp {
     pub client: AlerterServiceClient<Channel>,
     pub http: String,
+    /// `http://<gRPC address>` (`grpc.health.v1` too).
+    pub grpc_url: String,
     pub store: Store,
     pub lifecycle: Arc<Lifecycle>,
     stop: Option<oneshot::Sender<()>>,
@@ -113,6 +115,7 @@ pub async fn spawn_with(config: AlerterConfig, clock: SharedClock) -> TestApp {
     TestApp {
         client,
         http,
+        grpc_url: format!("http://{addr}"),
         store,
         lifecycle,
         stop: Some(stop),

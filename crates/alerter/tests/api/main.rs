@@ -12,3 +12,4 @@ mod outage;
 mod revert;
 mod routing;
 mod signing;
+mod storage;

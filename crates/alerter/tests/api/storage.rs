@@ -1,0 +1,311 @@
+//! Storage faults: the alerter's data dir on a small tmpfs (root only: skipped with a printed
+//! reason otherwise), filled by a filler file, then freed. While the disk is full the alerter
+//! is degraded: `Notify` and `Alert` answer UNAVAILABLE (their callers' outboxes retry),
+//! `/readyz` 503 with the reason, `grpc.health.v1` NOT_SERVING, the gauge
+//! `ghost_storage_degraded{service="alerter"}` 1, and its own alert
+//! `storage_unavailable/alerter`, which it cannot store, goes straight to the ops channel in
+//! one direct `chat.postMessage` however many requests it refuses; once space returns it heals
+//! by itself, says so, and what was refused is accepted on retry.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use alerter::clock::SystemClock;
+use ghost_testkit::{FakeSlack, SlackRequest};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::helpers::{TestApp, WAIT, config, notify, spawn_with};
+use crate::notify::alert_request;
+
+/// A tmpfs mounted on a temp dir; unmounted when dropped (also when the test fails).
+struct Tmpfs {
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// A tmpfs of `size` (e.g. `8m`), or why there is none.
+    fn mount(size: &str) -> Result<Self, String> {
+        if !is_root() {
+            return Err("not root: cannot mount a tmpfs".to_owned());
+        }
+        let dir = tempfile::tempdir().map_err(|err| err.to_string())?;
+        let path = dir.path().join("disk");
+        std::fs::create_dir(&path).map_err(|err| err.to_string())?;
+        let output = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .output()
+            .map_err(|err| format!("cannot run mount: {err}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "mount -t tmpfs failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+        Ok(Self { path, _dir: dir })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// True when this process runs as root (effective uid 0).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("Uid:"))
+                .and_then(|uids| uids.split_whitespace().nth(1).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Fills the file system of `dir` with `dir/filler` until it refuses (bounded).
+fn fill(dir: &Path) -> PathBuf {
+    let path = dir.join("filler");
+    let mut file = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0xa5_u8; 64 * 1024];
+    for _ in 0..100_000 {
+        if let Err(err) = file.write_all(&chunk) {
+            assert_eq!(err.raw_os_error(), Some(28), "{err}");
+            break;
+        }
+    }
+    for _ in 0..10_000 {
+        if file.write_all(&[0xa5]).is_err() {
+            break;
+        }
+    }
+    path
+}
+
+async fn readyz(app: &TestApp) -> (u16, String) {
+    let response = reqwest::get(format!("{}/readyz", app.http)).await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+async fn degraded_gauge(app: &TestApp) -> Option<String> {
+    let text = reqwest::get(format!("{}/metrics", app.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|line| line.starts_with("ghost_storage_degraded{service=\"alerter\"}"))
+        .map(str::to_owned)
+}
+
+async fn grpc_health(addr: &str) -> ServingStatus {
+    let mut health = HealthClient::new(
+        tonic::transport::Endpoint::from_shared(addr.to_owned())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let response = health
+        .check(HealthCheckRequest {
+            service: "ghost.alerter.v1.AlerterService".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    ServingStatus::try_from(response.status).unwrap()
+}
+
+/// The direct posts of the alerter's own storage alert.
+async fn storage_posts(slack: &FakeSlack) -> Vec<SlackRequest> {
+    slack
+        .requests()
+        .await
+        .into_iter()
+        .filter(|r| {
+            r.method == "chat.postMessage" && r.text().contains("storage_unavailable/alerter")
+        })
+        .collect()
+}
+
+/// Polls `check` every 50 ms until it holds or `bound` passed; returns how long it took.
+async fn within<F, Fut>(bound: Duration, mut check: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < bound {
+        if check().await {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+#[tokio::test]
+async fn a_full_disk_degrades_the_alerter_which_posts_its_own_alert_directly_once_and_heals() {
+    let disk = match Tmpfs::mount("8m") {
+        Ok(disk) => disk,
+        Err(reason) => {
+            eprintln!("SKIPPED a_full_disk_degrades_the_alerter...: {reason}");
+            return;
+        }
+    };
+    let slack = FakeSlack::start().await;
+    let mut cfg = config(Some(slack.base_url()));
+    cfg.data_dir = Some(disk.path.join("alerter"));
+    cfg.routing.ops_channel = Some("#ops".to_owned());
+    cfg.alerts.group_wait = Duration::ZERO;
+    let mut app = spawn_with(cfg, Arc::new(SystemClock)).await;
+    let grpc_addr = app.grpc_url.clone();
+    assert!(
+        app.client
+            .notify(notify("p-before"))
+            .await
+            .unwrap()
+            .into_inner()
+            .accepted
+    );
+    assert_eq!(readyz(&app).await.0, 200);
+
+    let filler = fill(&disk.path);
+    let started = Instant::now();
+    // SQLite may still reuse pages it already has: notify until the disk refuses (bounded).
+    let mut accepted_during = Vec::new();
+    let mut refused = None;
+    for n in 0..500 {
+        let id = format!("p-during-{n}");
+        match app.client.notify(notify(&id)).await {
+            Ok(answer) => {
+                assert!(answer.into_inner().accepted);
+                accepted_during.push(id);
+            }
+            Err(status) => {
+                refused = Some((id, status));
+                break;
+            }
+        }
+    }
+    let detection = started.elapsed();
+    let (refused_id, status) = refused.expect("the full disk never refused a notification");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "storage unavailable: the alerter's disk is full"
+    );
+    let (code, body) = readyz(&app).await;
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(body, "degraded: the alerter's disk is full");
+    assert_eq!(grpc_health(&grpc_addr).await, ServingStatus::NotServing);
+    assert_eq!(
+        degraded_gauge(&app).await.as_deref(),
+        Some("ghost_storage_degraded{service=\"alerter\"} 1")
+    );
+    // Alerts are refused too, and more notifications: the callers retry them.
+    let alert = app
+        .client
+        .alert(alert_request("queue_stale/MAIN", false, 1))
+        .await
+        .unwrap_err();
+    assert_eq!(alert.code(), tonic::Code::Unavailable, "{alert:?}");
+    for _ in 0..5 {
+        let again = app.client.notify(notify(&refused_id)).await.unwrap_err();
+        assert_eq!(again.code(), tonic::Code::Unavailable, "{again:?}");
+    }
+    // Its own alert went straight to the ops channel, once.
+    let posted = within(WAIT, || async { !storage_posts(&slack).await.is_empty() }).await;
+    assert!(
+        posted.is_some(),
+        "no direct post: {:?}",
+        slack.requests().await
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let posts = storage_posts(&slack).await;
+    assert_eq!(posts.len(), 1, "{posts:?}");
+    assert_eq!(posts[0].body["channel"], "#ops", "{:?}", posts[0].body);
+    assert!(
+        posts[0].text().contains("disk is full"),
+        "{}",
+        posts[0].text()
+    );
+
+    // Space returns: the alerter heals by itself, with no request to nudge it.
+    std::fs::remove_file(&filler).unwrap();
+    let healed = within(WAIT, || async { readyz(&app).await.0 == 200 }).await;
+    let Some(recovery) = healed else {
+        panic!("not ready again: {:?}", readyz(&app).await);
+    };
+    assert_eq!(grpc_health(&grpc_addr).await, ServingStatus::Serving);
+    assert_eq!(
+        degraded_gauge(&app).await.as_deref(),
+        Some("ghost_storage_degraded{service=\"alerter\"} 0")
+    );
+    let resolved = within(WAIT, || async { storage_posts(&slack).await.len() >= 2 }).await;
+    assert!(
+        resolved.is_some(),
+        "no resolve post: {:?}",
+        storage_posts(&slack).await
+    );
+    let posts = storage_posts(&slack).await;
+    assert_eq!(posts.len(), 2, "{posts:?}");
+    assert!(posts[1].text().contains("resolved"), "{}", posts[1].text());
+
+    // What was refused is accepted on retry, and delivered: nothing lost.
+    assert!(
+        app.client
+            .notify(notify(&refused_id))
+            .await
+            .unwrap()
+            .into_inner()
+            .accepted
+    );
+    assert!(
+        app.client
+            .alert(alert_request("queue_stale/MAIN", false, 1))
+            .await
+            .unwrap()
+            .into_inner()
+            .accepted
+    );
+    let mut expected: Vec<String> = vec!["p-before".to_owned(), refused_id.clone()];
+    expected.extend(accepted_during.iter().cloned());
+    let delivered = within(WAIT, || async {
+        let texts: Vec<String> = slack
+            .requests()
+            .await
+            .into_iter()
+            .filter(|r| r.succeeded())
+            .map(|r| r.text().to_owned())
+            .collect();
+        expected
+            .iter()
+            .all(|id| texts.iter().any(|text| text.contains(id.as_str())))
+            && texts.iter().any(|text| text.contains("queue_stale/MAIN"))
+    })
+    .await;
+    assert!(
+        delivered.is_some(),
+        "not all delivered: {:?}",
+        slack.requests().await
+    );
+    eprintln!(
+        "alerter full disk: {} notifications accepted on the full disk before the first refusal \
+         ({} ms after the fill); ready again {} ms after space returned",
+        accepted_during.len(),
+        detection.as_millis(),
+        recovery.as_millis()
+    );
+    app.stop().await;
+}
