@@ -309,3 +309,194 @@ async fn a_full_disk_degrades_the_alerter_which_posts_its_own_alert_directly_onc
     );
     app.stop().await;
 }
+
+/// Builds `tests/faults/disk-fault.c` (the fault suite's `LD_PRELOAD` shim) into `dir`, or says
+/// why it cannot.
+fn build_shim(dir: &Path) -> Result<PathBuf, String> {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/faults/disk-fault.c");
+    let out = dir.join("disk-fault.so");
+    let status = Command::new("cc")
+        .args(["-O2", "-shared", "-fPIC", "-o"])
+        .arg(&out)
+        .arg(&source)
+        .arg("-ldl")
+        .status()
+        .map_err(|err| format!("no C compiler (cc): {err}"))?;
+    if !status.success() {
+        return Err(format!("cc failed on {}: {status}", source.display()));
+    }
+    Ok(out)
+}
+
+/// A free loopback port, released for the service to bind.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn eio_and_failing_fsync_degrade_the_alerter_binary_which_posts_directly_and_heals() {
+    let scratch = tempfile::tempdir().unwrap();
+    let shim = match build_shim(scratch.path()) {
+        Ok(shim) => shim,
+        Err(reason) => {
+            eprintln!("SKIPPED eio_and_failing_fsync_degrade_the_alerter_binary...: {reason}");
+            return;
+        }
+    };
+    let data = scratch.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let control = scratch.path().join("fault");
+    std::fs::write(&control, "ok").unwrap();
+    let slack = FakeSlack::start().await;
+    let (grpc, http) = (free_port(), free_port());
+    let config = scratch.path().join("alerter.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\n[health]\nwatch_executors = false\n[slack]\napi_base_url = \"{}\"\n\
+             bot_token = \"xoxb-test-token\"\nchannel = \"#ghost-test\"\n[routing]\n\
+             ops_channel = \"#ops\"\n[server]\ngrpc_listen = \"127.0.0.1:{grpc}\"\n\
+             http_listen = \"127.0.0.1:{http}\"\ndrain_grace = \"0s\"\n",
+            data.display(),
+            slack.base_url()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(scratch.path().join("alerter.log")).unwrap();
+    let _child = tokio::process::Command::new(env!("CARGO_BIN_EXE_alerter"))
+        .env("GHOST_CONFIG", &config)
+        .env("RUST_LOG", "info")
+        .env("LD_PRELOAD", &shim)
+        .env("GHOST_FAULT_DIR", &data)
+        .env("GHOST_FAULT_CONTROL", &control)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the alerter starts");
+    let base = format!("http://127.0.0.1:{http}");
+    let ready = || async {
+        match reqwest::get(format!("{base}/readyz")).await {
+            Ok(response) => (
+                response.status().as_u16(),
+                response.text().await.unwrap_or_default(),
+            ),
+            Err(_) => (0, String::new()),
+        }
+    };
+    let started = within(Duration::from_secs(30), || async { ready().await.0 == 200 }).await;
+    assert!(
+        started.is_some(),
+        "the alerter did not start (log in {})",
+        scratch.path().display()
+    );
+    let grpc_url = format!("http://127.0.0.1:{grpc}");
+    let mut client =
+        ghost_proto::alerter::v1::alerter_service_client::AlerterServiceClient::connect(
+            grpc_url.clone(),
+        )
+        .await
+        .unwrap();
+    for (n, mode) in ["eio", "fsync"].into_iter().enumerate() {
+        let id = format!("p-{mode}");
+        std::fs::write(&control, mode).unwrap();
+        // The shim reads its control file at most every 5 ms.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let refused = client.notify(notify(&id)).await.unwrap_err();
+        assert_eq!(
+            refused.code(),
+            tonic::Code::Unavailable,
+            "{mode}: {refused:?}"
+        );
+        assert!(
+            refused
+                .message()
+                .starts_with("storage unavailable: the alerter's disk "),
+            "{mode}: {refused:?}"
+        );
+        let (status, body) = ready().await;
+        assert_eq!(status, 503, "{mode}: {body}");
+        assert!(
+            body.starts_with("degraded: the alerter's disk "),
+            "{mode}: {body}"
+        );
+        assert_eq!(
+            grpc_health(&grpc_url).await,
+            ServingStatus::NotServing,
+            "{mode}"
+        );
+        // One direct post for the first fault, then one when it healed; a second fault within
+        // `MIN_RAISE_GAP` (60 s) of the first post is only logged (a flapping disk does not
+        // flood the ops channel), and its heal is not posted either.
+        if n == 0 {
+            let posted = within(WAIT, || async { !storage_posts(&slack).await.is_empty() }).await;
+            assert!(
+                posted.is_some(),
+                "{mode}: no direct post: {:?}",
+                slack.requests().await
+            );
+        } else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            assert_eq!(storage_posts(&slack).await.len(), 2, "{mode}");
+        }
+
+        std::fs::write(&control, "ok").unwrap();
+        let healed = within(WAIT, || async { ready().await.0 == 200 }).await;
+        let Some(recovery) = healed else {
+            panic!("{mode}: not ready again: {:?}", ready().await);
+        };
+        let resolved = within(WAIT, || async { storage_posts(&slack).await.len() >= 2 }).await;
+        assert!(
+            resolved.is_some(),
+            "{mode}: no resolve post: {:?}",
+            storage_posts(&slack).await
+        );
+        // The caller's retry is accepted once, after the fault, and delivered.
+        assert!(
+            client
+                .notify(notify(&id))
+                .await
+                .unwrap()
+                .into_inner()
+                .accepted,
+            "{mode}"
+        );
+        assert!(
+            !client
+                .notify(notify(&id))
+                .await
+                .unwrap()
+                .into_inner()
+                .accepted,
+            "{mode}"
+        );
+        let delivered = within(WAIT, || async {
+            slack
+                .requests()
+                .await
+                .iter()
+                .any(|r| r.succeeded() && r.text().contains(id.as_str()))
+        })
+        .await;
+        assert!(delivered.is_some(), "{mode}: {:?}", slack.requests().await);
+        eprintln!(
+            "alerter {mode}: detected on the first refused notification; ready again {} ms after \
+             the fault stopped",
+            recovery.as_millis()
+        );
+    }
+    // The direct path: one raise and one resolve for the two faults.
+    let posts = storage_posts(&slack).await;
+    assert_eq!(posts.len(), 2, "{posts:?}");
+    assert!(
+        posts[0].text().contains("returns I/O errors"),
+        "{}",
+        posts[0].text()
+    );
+    assert!(posts[1].text().contains("resolved"), "{}", posts[1].text());
+}

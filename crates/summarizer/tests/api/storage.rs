@@ -267,3 +267,175 @@ async fn a_full_disk_degrades_the_summarizer_which_refuses_records_alerts_and_he
     );
     app.stop().await;
 }
+
+/// Builds `tests/faults/disk-fault.c` (the fault suite's `LD_PRELOAD` shim) into `dir`, or says
+/// why it cannot.
+fn build_shim(dir: &Path) -> Result<PathBuf, String> {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/faults/disk-fault.c");
+    let out = dir.join("disk-fault.so");
+    let status = Command::new("cc")
+        .args(["-O2", "-shared", "-fPIC", "-o"])
+        .arg(&out)
+        .arg(&source)
+        .arg("-ldl")
+        .status()
+        .map_err(|err| format!("no C compiler (cc): {err}"))?;
+    if !status.success() {
+        return Err(format!("cc failed on {}: {status}", source.display()));
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn eio_and_failing_fsync_degrade_the_summarizer_binary_and_it_heals_when_they_stop() {
+    let scratch = tempfile::tempdir().unwrap();
+    let shim = match build_shim(scratch.path()) {
+        Ok(shim) => shim,
+        Err(reason) => {
+            eprintln!("SKIPPED eio_and_failing_fsync_degrade_the_summarizer_binary...: {reason}");
+            return;
+        }
+    };
+    let data = scratch.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let control = scratch.path().join("fault");
+    std::fs::write(&control, "ok").unwrap();
+    let alerter = FakeAlerter::start().await;
+    let grpc = crate::helpers::reserve_port();
+    let http = crate::helpers::reserve_port();
+    let config = scratch.path().join("summarizer.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\nalerter_url = \"{}\"\n[server]\ngrpc_listen = \"{grpc}\"\n\
+             http_listen = \"{http}\"\ndrain_grace = \"0s\"\n",
+            data.display(),
+            alerter.url
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(scratch.path().join("summarizer.log")).unwrap();
+    let _child = tokio::process::Command::new(env!("CARGO_BIN_EXE_summarizer"))
+        .env("GHOST_CONFIG", &config)
+        .env("RUST_LOG", "info")
+        .env("LD_PRELOAD", &shim)
+        .env("GHOST_FAULT_DIR", &data)
+        .env("GHOST_FAULT_CONTROL", &control)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the summarizer starts");
+    let base = format!("http://{http}");
+    let ready = || async {
+        match reqwest::get(format!("{base}/readyz")).await {
+            Ok(response) => (
+                response.status().as_u16(),
+                response.text().await.unwrap_or_default(),
+            ),
+            Err(_) => (0, String::new()),
+        }
+    };
+    let started = within(Duration::from_secs(30), || async { ready().await.0 == 200 }).await;
+    assert!(
+        started.is_some(),
+        "the summarizer did not start (log in {})",
+        scratch.path().display()
+    );
+    let mut client =
+        ghost_proto::summarizer::v1::summarizer_service_client::SummarizerServiceClient::connect(
+            format!("http://{grpc}"),
+        )
+        .await
+        .unwrap();
+    let grpc_url = format!("http://{grpc}");
+    for (n, mode) in ["eio", "fsync"].into_iter().enumerate() {
+        let id = format!("p-{mode}");
+        std::fs::write(&control, mode).unwrap();
+        // The shim reads its control file at most every 5 ms.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let refused = client
+            .record(record(&id, 1, PatchStatus::Succeeded))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused.code(),
+            tonic::Code::Unavailable,
+            "{mode}: {refused:?}"
+        );
+        assert!(
+            refused
+                .message()
+                .starts_with("storage unavailable: the summarizer's disk "),
+            "{mode}: {refused:?}"
+        );
+        let (status, body) = ready().await;
+        assert_eq!(status, 503, "{mode}: {body}");
+        assert!(
+            body.starts_with("degraded: the summarizer's disk "),
+            "{mode}: {body}"
+        );
+        assert_eq!(
+            grpc_health(&grpc_url).await,
+            ServingStatus::NotServing,
+            "{mode}"
+        );
+        let raised = within(Duration::from_secs(10), || async {
+            alerter
+                .alerts()
+                .iter()
+                .filter(|alert| alert.key == "storage_unavailable/summarizer" && !alert.resolved)
+                .count()
+                > n
+        })
+        .await;
+        assert!(raised.is_some(), "{mode}: no alert: {:?}", alerter.alerts());
+
+        std::fs::write(&control, "ok").unwrap();
+        let healed = within(Duration::from_secs(10), || async { ready().await.0 == 200 }).await;
+        let Some(recovery) = healed else {
+            panic!("{mode}: not ready again: {:?}", ready().await);
+        };
+        let resolved = within(Duration::from_secs(10), || async {
+            alerter
+                .alerts()
+                .iter()
+                .filter(|alert| alert.key == "storage_unavailable/summarizer" && alert.resolved)
+                .count()
+                > n
+        })
+        .await;
+        assert!(
+            resolved.is_some(),
+            "{mode}: not resolved: {:?}",
+            alerter.alerts()
+        );
+        // The caller's retry is stored once, after the fault.
+        let recorded = client
+            .record(record(&id, 1, PatchStatus::Succeeded))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(recorded.created, "{mode}");
+        let got = client
+            .get(GetRequest {
+                patch_id: id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .summary
+            .unwrap();
+        assert!(
+            got.markdown.starts_with(&format!("# ✅ {id}")),
+            "{}",
+            got.markdown
+        );
+        eprintln!(
+            "summarizer {mode}: detected on the first refused record; ready again {} ms after \
+             the fault stopped",
+            recovery.as_millis()
+        );
+    }
+}
