@@ -23,12 +23,12 @@
 
 mod system;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use ghost_testkit::disk::{Tmpfs, build_disk_fault_shim, fill, is_root};
 use system::{LATE, MAIN, RouterEnv, Submitted, System};
 use tokio::sync::Mutex;
 
@@ -80,7 +80,9 @@ enum Fault {
 impl Fault {
     fn start(&self) {
         match self {
-            Fault::FullDisk { mount } => fill(&mount.join("filler")),
+            Fault::FullDisk { mount } => {
+                fill(mount);
+            }
             Fault::Shim { control, word } => std::fs::write(control, word).expect("control"),
         }
     }
@@ -91,73 +93,6 @@ impl Fault {
             Fault::Shim { control, .. } => std::fs::write(control, "ok").expect("control"),
         }
     }
-}
-
-/// Writes zeros to `path` until the file system is full (bounded: at most 1 GiB).
-fn fill(path: &Path) {
-    use std::io::Write;
-    let mut file = std::fs::File::create(path).expect("filler");
-    let chunk = vec![0_u8; 64 * 1024];
-    for _ in 0..16 * 1024 {
-        if file.write_all(&chunk).is_err() {
-            break;
-        }
-    }
-    // Whatever the last partial chunk left.
-    for _ in 0..64 {
-        if file.write_all(&[0_u8; 1024]).is_err() {
-            break;
-        }
-    }
-    let _ = file.sync_all();
-}
-
-/// A tmpfs mounted for one scenario, unmounted on drop (also when the test fails).
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Result<Self, String> {
-        std::fs::create_dir_all(at).map_err(|err| err.to_string())?;
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .status()
-            .map_err(|err| format!("cannot run mount: {err}"))?;
-        if !status.success() {
-            return Err(format!("mount -t tmpfs failed: {status}"));
-        }
-        Ok(Self(at.to_path_buf()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
-}
-
-/// Builds the shim into `dir`; `None` (with the reason) when there is no C compiler.
-fn build_shim(dir: &Path) -> Result<PathBuf, String> {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("faults/disk-fault.c");
-    let out = dir.join("disk-fault.so");
-    let status = Command::new("cc")
-        .args(["-O2", "-shared", "-fPIC", "-o"])
-        .arg(&out)
-        .arg(&source)
-        .arg("-ldl")
-        .status()
-        .map_err(|err| format!("no C compiler (cc): {err}"))?;
-    if !status.success() {
-        return Err(format!("cc failed on {}: {status}", source.display()));
-    }
-    Ok(out)
 }
 
 /// One row of the table.
@@ -437,7 +372,7 @@ async fn storage_faults_degrade_loudly_and_lose_nothing() {
     }
 
     // EIO, failing fsync, stalling fsync: the shim in the router.
-    match build_shim(scratch.path()) {
+    match build_disk_fault_shim(scratch.path()) {
         Ok(shim) => {
             for (name, word) in [
                 ("eio", "eio"),

@@ -5,9 +5,11 @@
 //! [`FakeSlack`] speaks Slack's Web API (`chat.postMessage`, `chat.update`), incoming webhooks
 //! and `response_url`, and can be scripted
 //! to rate-limit or fail; [`OtlpReceiver`] is a real OTLP/gRPC trace collector;
-//! [`WebhookReceiver`] checks Standard Webhooks with the real `standardwebhooks` package. This
+//! [`WebhookReceiver`] checks Standard Webhooks with the real `standardwebhooks` package;
+//! [`disk`] makes real disk faults (a full tmpfs, the `LD_PRELOAD` fault shim). This
 //! crate is a dev-dependency only; nothing in production links it.
 
+pub mod disk;
 mod otlp;
 pub mod pki;
 mod python;

@@ -7,9 +7,6 @@
 //! one direct `chat.postMessage` however many requests it refuses; once space returns it heals
 //! by itself, says so, and what was refused is accepted on retry.
 
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,76 +16,10 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+use ghost_testkit::disk::{Tmpfs, build_disk_fault_shim, fill};
+
 use crate::helpers::{TestApp, WAIT, config, notify, spawn_with};
 use crate::notify::alert_request;
-
-/// A tmpfs mounted on a temp dir; unmounted when dropped (also when the test fails).
-struct Tmpfs {
-    path: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    /// A tmpfs of `size` (e.g. `8m`), or why there is none.
-    fn mount(size: &str) -> Result<Self, String> {
-        if !is_root() {
-            return Err("not root: cannot mount a tmpfs".to_owned());
-        }
-        let dir = tempfile::tempdir().map_err(|err| err.to_string())?;
-        let path = dir.path().join("disk");
-        std::fs::create_dir(&path).map_err(|err| err.to_string())?;
-        let output = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&path)
-            .output()
-            .map_err(|err| format!("cannot run mount: {err}"))?;
-        if !output.status.success() {
-            return Err(format!(
-                "mount -t tmpfs failed: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            ));
-        }
-        Ok(Self { path, _dir: dir })
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-    }
-}
-
-/// True when this process runs as root (effective uid 0).
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("Uid:"))
-                .and_then(|uids| uids.split_whitespace().nth(1).map(|euid| euid == "0"))
-        })
-        .unwrap_or(false)
-}
-
-/// Fills the file system of `dir` with `dir/filler` until it refuses (bounded).
-fn fill(dir: &Path) -> PathBuf {
-    let path = dir.join("filler");
-    let mut file = std::fs::File::create(&path).unwrap();
-    let chunk = vec![0xa5_u8; 64 * 1024];
-    for _ in 0..100_000 {
-        if let Err(err) = file.write_all(&chunk) {
-            assert_eq!(err.raw_os_error(), Some(28), "{err}");
-            break;
-        }
-    }
-    for _ in 0..10_000 {
-        if file.write_all(&[0xa5]).is_err() {
-            break;
-        }
-    }
-    path
-}
 
 async fn readyz(app: &TestApp) -> (u16, String) {
     let response = reqwest::get(format!("{}/readyz", app.http)).await.unwrap();
@@ -156,7 +87,8 @@ where
 
 #[tokio::test]
 async fn a_full_disk_degrades_the_alerter_which_posts_its_own_alert_directly_once_and_heals() {
-    let disk = match Tmpfs::mount("8m") {
+    let scratch = tempfile::tempdir().unwrap();
+    let disk = match Tmpfs::mount(&scratch.path().join("disk"), "8m") {
         Ok(disk) => disk,
         Err(reason) => {
             eprintln!("SKIPPED a_full_disk_degrades_the_alerter...: {reason}");
@@ -310,24 +242,6 @@ async fn a_full_disk_degrades_the_alerter_which_posts_its_own_alert_directly_onc
     app.stop().await;
 }
 
-/// Builds `tests/faults/disk-fault.c` (the fault suite's `LD_PRELOAD` shim) into `dir`, or says
-/// why it cannot.
-fn build_shim(dir: &Path) -> Result<PathBuf, String> {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/faults/disk-fault.c");
-    let out = dir.join("disk-fault.so");
-    let status = Command::new("cc")
-        .args(["-O2", "-shared", "-fPIC", "-o"])
-        .arg(&out)
-        .arg(&source)
-        .arg("-ldl")
-        .status()
-        .map_err(|err| format!("no C compiler (cc): {err}"))?;
-    if !status.success() {
-        return Err(format!("cc failed on {}: {status}", source.display()));
-    }
-    Ok(out)
-}
-
 /// A free loopback port, released for the service to bind.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -340,7 +254,7 @@ fn free_port() -> u16 {
 #[tokio::test]
 async fn eio_and_failing_fsync_degrade_the_alerter_binary_which_posts_directly_and_heals() {
     let scratch = tempfile::tempdir().unwrap();
-    let shim = match build_shim(scratch.path()) {
+    let shim = match build_disk_fault_shim(scratch.path()) {
         Ok(shim) => shim,
         Err(reason) => {
             eprintln!("SKIPPED eio_and_failing_fsync_degrade_the_alerter_binary...: {reason}");

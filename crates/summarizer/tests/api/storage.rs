@@ -5,9 +5,6 @@
 //! `ghost_storage_degraded{service="summarizer"}` 1 and `storage_unavailable/summarizer` raised
 //! at the alerter directly; once space returns it heals by itself and records again.
 
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ghost_proto::router::v1::PatchStatus;
@@ -16,76 +13,9 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+use ghost_testkit::disk::{Tmpfs, build_disk_fault_shim, fill};
+
 use crate::helpers::{FakeAlerter, TestApp, record, spawn_summarizer};
-
-/// A tmpfs mounted on a temp dir; unmounted when dropped (also when the test fails).
-struct Tmpfs {
-    path: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    /// A tmpfs of `size` (e.g. `8m`), or why there is none.
-    fn mount(size: &str) -> Result<Self, String> {
-        if !is_root() {
-            return Err("not root: cannot mount a tmpfs".to_owned());
-        }
-        let dir = tempfile::tempdir().map_err(|err| err.to_string())?;
-        let path = dir.path().join("disk");
-        std::fs::create_dir(&path).map_err(|err| err.to_string())?;
-        let output = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&path)
-            .output()
-            .map_err(|err| format!("cannot run mount: {err}"))?;
-        if !output.status.success() {
-            return Err(format!(
-                "mount -t tmpfs failed: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            ));
-        }
-        Ok(Self { path, _dir: dir })
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-    }
-}
-
-/// True when this process runs as root (effective uid 0).
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("Uid:"))
-                .and_then(|uids| uids.split_whitespace().nth(1).map(|euid| euid == "0"))
-        })
-        .unwrap_or(false)
-}
-
-/// Fills the file system of `dir` with `dir/filler` until it refuses (bounded).
-fn fill(dir: &Path) -> PathBuf {
-    let path = dir.join("filler");
-    let mut file = std::fs::File::create(&path).unwrap();
-    let chunk = vec![0xa5_u8; 64 * 1024];
-    for _ in 0..100_000 {
-        if let Err(err) = file.write_all(&chunk) {
-            assert_eq!(err.raw_os_error(), Some(28), "{err}");
-            break;
-        }
-    }
-    // The last partial pages too.
-    for _ in 0..10_000 {
-        if file.write_all(&[0xa5]).is_err() {
-            break;
-        }
-    }
-    path
-}
 
 async fn readyz(app: &TestApp) -> (u16, String) {
     let response = reqwest::get(format!("http://{}/readyz", app.http_addr))
@@ -143,7 +73,8 @@ where
 
 #[tokio::test]
 async fn a_full_disk_degrades_the_summarizer_which_refuses_records_alerts_and_heals_by_itself() {
-    let disk = match Tmpfs::mount("8m") {
+    let scratch = tempfile::tempdir().unwrap();
+    let disk = match Tmpfs::mount(&scratch.path().join("disk"), "8m") {
         Ok(disk) => disk,
         Err(reason) => {
             eprintln!("SKIPPED a_full_disk_degrades_the_summarizer...: {reason}");
@@ -268,28 +199,10 @@ async fn a_full_disk_degrades_the_summarizer_which_refuses_records_alerts_and_he
     app.stop().await;
 }
 
-/// Builds `tests/faults/disk-fault.c` (the fault suite's `LD_PRELOAD` shim) into `dir`, or says
-/// why it cannot.
-fn build_shim(dir: &Path) -> Result<PathBuf, String> {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/faults/disk-fault.c");
-    let out = dir.join("disk-fault.so");
-    let status = Command::new("cc")
-        .args(["-O2", "-shared", "-fPIC", "-o"])
-        .arg(&out)
-        .arg(&source)
-        .arg("-ldl")
-        .status()
-        .map_err(|err| format!("no C compiler (cc): {err}"))?;
-    if !status.success() {
-        return Err(format!("cc failed on {}: {status}", source.display()));
-    }
-    Ok(out)
-}
-
 #[tokio::test]
 async fn eio_and_failing_fsync_degrade_the_summarizer_binary_and_it_heals_when_they_stop() {
     let scratch = tempfile::tempdir().unwrap();
-    let shim = match build_shim(scratch.path()) {
+    let shim = match build_disk_fault_shim(scratch.path()) {
         Ok(shim) => shim,
         Err(reason) => {
             eprintln!("SKIPPED eio_and_failing_fsync_degrade_the_summarizer_binary...: {reason}");

@@ -1,0 +1,97 @@
+//! Real disk faults for the fault tests: a size-limited tmpfs (root only), a filler that makes
+//! it full, and the fault suite's `LD_PRELOAD` shim (`tests/faults/disk-fault.c`: EIO on
+//! writes, failing or stalling fsync, switched at run time by a control file).
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A tmpfs mounted on a directory; unmounted (lazily) when dropped, also when a test fails.
+pub struct Tmpfs {
+    /// Where it is mounted.
+    pub path: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (e.g. `8m`) on `at` (created if missing), or says why it
+    /// cannot (not root, no `mount`).
+    pub fn mount(at: &Path, size: &str) -> Result<Self, String> {
+        if !is_root() {
+            return Err("not root: cannot mount a tmpfs".to_owned());
+        }
+        std::fs::create_dir_all(at).map_err(|err| format!("{}: {err}", at.display()))?;
+        let output = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .map_err(|err| format!("cannot run mount: {err}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "mount -t tmpfs failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+        Ok(Self {
+            path: at.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// True when this process runs as root (effective uid 0).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("Uid:"))
+                .and_then(|uids| uids.split_whitespace().nth(1).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Writes `dir/filler` until the file system refuses (bounded: at most 1 GiB), down to the
+/// last byte; returns its path (remove it to give the space back).
+pub fn fill(dir: &Path) -> PathBuf {
+    let path = dir.join("filler");
+    let Ok(mut file) = std::fs::File::create(&path) else {
+        return path;
+    };
+    let chunk = vec![0xa5_u8; 64 * 1024];
+    for _ in 0..16 * 1024 {
+        if file.write_all(&chunk).is_err() {
+            break;
+        }
+    }
+    for _ in 0..64 * 1024 {
+        if file.write_all(&[0xa5]).is_err() {
+            break;
+        }
+    }
+    let _ = file.sync_all();
+    path
+}
+
+/// Builds the fault suite's shim (`tests/faults/disk-fault.c`) into `dir/disk-fault.so`, or
+/// says why it cannot (no C compiler).
+pub fn build_disk_fault_shim(dir: &Path) -> Result<PathBuf, String> {
+    let source = crate::repo_root().join("tests/faults/disk-fault.c");
+    let out = dir.join("disk-fault.so");
+    let status = Command::new("cc")
+        .args(["-O2", "-shared", "-fPIC", "-o"])
+        .arg(&out)
+        .arg(&source)
+        .arg("-ldl")
+        .status()
+        .map_err(|err| format!("no C compiler (cc): {err}"))?;
+    if !status.success() {
+        return Err(format!("cc failed on {}: {status}", source.display()));
+    }
+    Ok(out)
+}
