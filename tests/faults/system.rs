@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use ghost_e2e::{binary, free_port};
 use ghost_proto::alerter::v1::ListAlertsRequest;
 use ghost_proto::alerter::v1::alerter_read_service_client::AlerterReadServiceClient;
 use ghost_proto::router::v1::router_service_client::RouterServiceClient;
@@ -14,27 +15,6 @@ use tokio::process::{Child, Command};
 use tonic::transport::{Channel, Endpoint};
 
 pub const API_KEY: &str = "faults-test-key-0123456789abcdef";
-
-/// The workspace's binaries sit next to the test's own `deps/` directory.
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build the services first (cargo build --workspace --bins; scripts/test does)",
-        path.display()
-    );
-    path
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
 
 /// The target whose executor runs from the start (slowed, so patches queue behind it).
 pub const MAIN: &str = "MAIN";

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+pub use ghost_e2e::{binary, free_port};
 use ghost_proto::router::v1::router_service_client::RouterServiceClient;
 use ghost_proto::router::v1::{
     Edit, EventsRequest, GetRequest, Patch, PatchState, PatchStatus, ReplaceText, SubmitRequest,
@@ -20,28 +21,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
-
-/// The workspace's binaries sit next to the test's own `deps/` directory.
-pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build the services first (cargo build --workspace --bins; scripts/test does)",
-        path.display()
-    );
-    path
-}
-
-/// A port free a moment ago.
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
 
 /// One service process: its binary, config file, log and extra environment; killed on drop.
 pub struct Service {
