@@ -95,3 +95,65 @@ pub fn build_disk_fault_shim(dir: &Path) -> Result<PathBuf, String> {
     }
     Ok(out)
 }
+
+/// `GET {http}/readyz` of a service (`http` like `http://127.0.0.1:PORT`): status and body.
+pub async fn readyz(http: &str) -> (u16, String) {
+    let response = reqwest::get(format!("{http}/readyz"))
+        .await
+        .expect("readyz answers");
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
+}
+
+/// The `ghost_storage_degraded{service="…"}` line of the service's `/metrics`, if exported.
+pub async fn degraded_gauge(http: &str, service: &str) -> Option<String> {
+    let text = reqwest::get(format!("{http}/metrics"))
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .unwrap_or_default();
+    let prefix = format!("ghost_storage_degraded{{service=\"{service}\"}}");
+    text.lines()
+        .find(|line| line.starts_with(&prefix))
+        .map(str::to_owned)
+}
+
+/// What `grpc.health.v1` at `url` says of `service` (e.g. `ghost.alerter.v1.AlerterService`).
+pub async fn grpc_health(
+    url: &str,
+    service: &str,
+) -> tonic_health::pb::health_check_response::ServingStatus {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .expect("a gRPC URL")
+        .connect()
+        .await
+        .expect("the service's gRPC port answers");
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .expect("a health answer")
+        .into_inner();
+    ServingStatus::try_from(response.status).unwrap_or(ServingStatus::Unknown)
+}
+
+/// Polls `check` every 50 ms until it holds or `bound` passed; how long it took, or `None`.
+pub async fn within<F, Fut>(bound: std::time::Duration, mut check: F) -> Option<std::time::Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while start.elapsed() < bound {
+        if check().await {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    None
+}

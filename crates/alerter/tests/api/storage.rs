@@ -12,49 +12,23 @@ use std::time::{Duration, Instant};
 
 use alerter::clock::SystemClock;
 use ghost_testkit::{FakeSlack, SlackRequest};
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
-use ghost_testkit::disk::{Tmpfs, build_disk_fault_shim, fill};
+use ghost_testkit::disk::{self, Tmpfs, build_disk_fault_shim, fill, within};
 
 use crate::helpers::{TestApp, WAIT, config, notify, spawn_with};
 use crate::notify::alert_request;
 
 async fn readyz(app: &TestApp) -> (u16, String) {
-    let response = reqwest::get(format!("{}/readyz", app.http)).await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.text().await.unwrap())
+    disk::readyz(&app.http.clone()).await
 }
 
 async fn degraded_gauge(app: &TestApp) -> Option<String> {
-    let text = reqwest::get(format!("{}/metrics", app.http))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|line| line.starts_with("ghost_storage_degraded{service=\"alerter\"}"))
-        .map(str::to_owned)
+    disk::degraded_gauge(&app.http.clone(), "alerter").await
 }
 
-async fn grpc_health(addr: &str) -> ServingStatus {
-    let mut health = HealthClient::new(
-        tonic::transport::Endpoint::from_shared(addr.to_owned())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    );
-    let response = health
-        .check(HealthCheckRequest {
-            service: "ghost.alerter.v1.AlerterService".to_owned(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    ServingStatus::try_from(response.status).unwrap()
+async fn grpc_health(url: &str) -> ServingStatus {
+    disk::grpc_health(url, "ghost.alerter.v1.AlerterService").await
 }
 
 /// The direct posts of the alerter's own storage alert.
@@ -67,22 +41,6 @@ async fn storage_posts(slack: &FakeSlack) -> Vec<SlackRequest> {
             r.method == "chat.postMessage" && r.text().contains("storage_unavailable/alerter")
         })
         .collect()
-}
-
-/// Polls `check` every 50 ms until it holds or `bound` passed; returns how long it took.
-async fn within<F, Fut>(bound: Duration, mut check: F) -> Option<Duration>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while start.elapsed() < bound {
-        if check().await {
-            return Some(start.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    None
 }
 
 #[tokio::test]

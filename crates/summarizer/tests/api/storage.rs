@@ -9,66 +9,22 @@ use std::time::{Duration, Instant};
 
 use ghost_proto::router::v1::PatchStatus;
 use ghost_proto::summarizer::v1::GetRequest;
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
-use ghost_testkit::disk::{Tmpfs, build_disk_fault_shim, fill};
+use ghost_testkit::disk::{self, Tmpfs, build_disk_fault_shim, fill, within};
 
 use crate::helpers::{FakeAlerter, TestApp, record, spawn_summarizer};
 
 async fn readyz(app: &TestApp) -> (u16, String) {
-    let response = reqwest::get(format!("http://{}/readyz", app.http_addr))
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.text().await.unwrap())
+    disk::readyz(&format!("http://{}", app.http_addr)).await
 }
 
 async fn degraded_gauge(app: &TestApp) -> Option<String> {
-    let text = reqwest::get(format!("http://{}/metrics", app.http_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|line| line.starts_with("ghost_storage_degraded{service=\"summarizer\"}"))
-        .map(str::to_owned)
+    disk::degraded_gauge(&format!("http://{}", app.http_addr), "summarizer").await
 }
 
-async fn grpc_health(addr: &str) -> ServingStatus {
-    let mut health = HealthClient::new(
-        tonic::transport::Endpoint::from_shared(addr.to_owned())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    );
-    let response = health
-        .check(HealthCheckRequest {
-            service: "ghost.summarizer.v1.SummarizerService".to_owned(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    ServingStatus::try_from(response.status).unwrap()
-}
-
-/// Polls `check` every 50 ms until it holds or `bound` passed; returns how long it took.
-async fn within<F, Fut>(bound: Duration, mut check: F) -> Option<Duration>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while start.elapsed() < bound {
-        if check().await {
-            return Some(start.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    None
+async fn grpc_health(url: &str) -> ServingStatus {
+    disk::grpc_health(url, "ghost.summarizer.v1.SummarizerService").await
 }
 
 #[tokio::test]
