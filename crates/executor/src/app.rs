@@ -24,6 +24,7 @@ pub struct App {
     config: Arc<ExecutorConfig>,
     listeners: Listeners,
     worker: Worker,
+    storage: ghost_runtime::storage::StorageHealth,
 }
 
 /// The configured workspaces, each with the identity of its root now (at start).
@@ -115,11 +116,13 @@ fn recover(
             Err(err) => {
                 metrics::gauge!("ghost_executor_journal_blocked", "target" => target.to_owned())
                     .set(1.0);
+                crate::apply::journals_unclosed(target, true);
                 tracing::error!(%target, error = %err,
                         "cannot recover this target's journal; it refuses patches until it can");
                 continue;
             }
         };
+        crate::apply::journals_unclosed(target, false);
         let Some(found) = found else {
             continue;
         };
@@ -206,14 +209,17 @@ impl App {
             })
             .collect();
         let config = Arc::new(config);
+        let storage = crate::storage::health();
         Ok(Self {
             worker: Worker {
                 config: Arc::clone(&config),
                 contexts: Arc::new(contexts),
                 outbox,
+                storage: storage.clone(),
             },
             config,
             listeners,
+            storage,
         })
     }
 
@@ -241,7 +247,8 @@ impl App {
             grpc: tonic::service::Routes::default(),
             http: axum::Router::new(),
             open_methods: Vec::new(),
-            storage: None,
+            // A failing state dir makes the executor not ready (`/readyz` 503 with the reason).
+            storage: Some(self.storage),
         };
         ghost_runtime::serve::serve_until(
             service,

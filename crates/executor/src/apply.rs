@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use ghost_core::fileops;
 use ghost_core::{ApplyReport, CommandKind, OnFailure, Patch, Rollback, StageTiming, Status};
+use ghost_runtime::storage::FaultKind;
 use globset::GlobMatcher;
 use tokio_util::sync::CancellationToken;
 
@@ -398,13 +399,28 @@ fn write_plan(plan: &Plan, dirs: &mut Dirs, delay: Duration) -> Result<(), Strin
         .map_err(|err| format!("cannot sync the workspace's directories: {err}"))
 }
 
+/// Why the journal could not be opened: reading the originals in the workspace, or writing
+/// it in the state dir (the executor's own storage: a fault that hands the lease back).
+enum JournalFailed {
+    Originals(std::io::Error),
+    Seal(std::io::Error),
+}
+
+impl std::fmt::Display for JournalFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Originals(err) | Self::Seal(err) => err.fmt(f),
+        }
+    }
+}
+
 fn open_journal(
     ctx: &Context,
     patch: &Patch,
     lease: Lease,
     plan: &Plan,
     dirs: &mut Dirs,
-) -> std::io::Result<Journal> {
+) -> Result<Journal, JournalFailed> {
     let header = Header {
         patch_id: patch.id.to_string(),
         content_hash: patch.content_hash(),
@@ -412,18 +428,98 @@ fn open_journal(
         fencing_token: lease.fencing_token,
         root: Some(ctx.root_id),
     };
-    let mut journal = Journal::begin(&ctx.workspace.state_dir, &ctx.workspace.target, &header)?;
+    let mut journal = Journal::begin(&ctx.workspace.state_dir, &ctx.workspace.target, &header)
+        .map_err(JournalFailed::Originals)?;
     for dir in &plan.dirs {
         journal.record_dir(dir);
     }
     for (rel, state) in &plan.files {
         if matches!(state, Final::File { .. }) {
-            journal.record_file(dirs, &journal::temp_rel(rel), ctx.limits.max_file_bytes)?;
+            journal
+                .record_file(dirs, &journal::temp_rel(rel), ctx.limits.max_file_bytes)
+                .map_err(JournalFailed::Originals)?;
         }
-        journal.record_file(dirs, rel, ctx.limits.max_file_bytes)?;
+        journal
+            .record_file(dirs, rel, ctx.limits.max_file_bytes)
+            .map_err(JournalFailed::Originals)?;
     }
-    journal.seal()?;
+    journal.seal().map_err(JournalFailed::Seal)?;
     Ok(journal)
+}
+
+/// The executor's own storage (its state dir: journal, ledger, snapshots) failed while an
+/// attempt needed it. The attempt left the workspace as it was, and its lease is handed back
+/// with no result: the router requeues the patch, and the executor reconnects only once a
+/// probe write in its state dir succeeds (see the connection).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandBack {
+    /// What the disk did.
+    pub kind: FaultKind,
+    /// What failed, for the executor's log (may name paths; never reported).
+    pub detail: String,
+}
+
+impl HandBack {
+    fn of(what: &str, err: &std::io::Error) -> Self {
+        let kind = if journal::is_unsynced(err) {
+            FaultKind::Fsync
+        } else {
+            FaultKind::from_io(err).unwrap_or(FaultKind::Io)
+        };
+        Self {
+            kind,
+            detail: format!("{what}: {err}"),
+        }
+    }
+}
+
+/// How an attempt ended: with a report for the router, or handed back.
+#[derive(Debug)]
+pub enum Ended {
+    /// The attempt's report.
+    Report(Box<ApplyReport>),
+    /// The executor's storage failed; nothing of the patch stayed in the workspace.
+    HandBack(HandBack),
+}
+
+/// Applies `patch` once, or hands its lease back when the executor's own storage fails.
+///
+/// What happens at each point where the state dir can fail:
+///
+/// - **Reading the ledger, clearing an earlier journal**: reads and removals, which a full disk
+///   does not refuse; a leftover journal that cannot be rolled back refuses the patch as
+///   before (reported, with the `workspace_not_restored` alert).
+/// - **Sealing the journal** (write, fsync, rename, folder fsync): nothing was written to the
+///   workspace yet and the unsealed file is removed: handed back.
+/// - **Writing the workspace**: the workspace's own disk, not the state dir: rolled back from
+///   the journal and reported as before.
+/// - **Taking the snapshot** before the commands (under `<state_dir>/snapshots`): a storage
+///   fault rolls the edits back from the journal (never kept, whatever `on_failure` says);
+///   once the workspace is whole again: handed back.
+/// - **Commands, checks, commit**: no state-dir writes.
+/// - **Recording the ledger entry** of a kept effect (write, fsync, rename, folder fsync): the
+///   entry is removed if the rename happened, then the patch is rolled back from the journal
+///   and the snapshot, the journal closed: handed back. Should the entry not be removable it
+///   stays, and the effect with it: what the ledger says is what the workspace holds.
+/// - **Releasing the snapshot, keeping the revert record, closing the journal**: after the
+///   ledger entry, so the outcome is decided; a failure is logged, and a journal left behind
+///   is counted in `ghost_executor_journals_unclosed{target}` until the next patch clears it.
+///
+/// A rollback that cannot restore everything is never handed back: its report (and the kept
+/// journal that blocks the target) says what is not restored.
+pub fn apply_or_hand_back(
+    ctx: &Context,
+    patch: &Patch,
+    lease: Lease,
+    cancel: &CancellationToken,
+) -> Ended {
+    let mut fault = None;
+    let mut report = apply_once(ctx, patch, lease, false, cancel, &mut fault);
+    if let Some(fault) = fault {
+        return Ended::HandBack(fault);
+    }
+    scrub_report(&mut report, &ctx.workspace);
+    Ended::Report(Box::new(report))
 }
 
 /// Applies `patch` once. Never panics on bad input; every outcome is a report, and no text in
@@ -435,7 +531,7 @@ pub fn apply(
     dry_run: bool,
     cancel: &CancellationToken,
 ) -> ApplyReport {
-    let mut report = apply_once(ctx, patch, lease, dry_run, cancel);
+    let mut report = apply_once(ctx, patch, lease, dry_run, cancel, &mut None);
     scrub_report(&mut report, &ctx.workspace);
     report
 }
@@ -662,6 +758,7 @@ fn clear_leftover_journal(ctx: &Context, ledger: &Ledger) -> Result<(), String> 
             }
             metrics::gauge!("ghost_executor_journal_blocked", "target" => target.to_owned())
                 .set(0.0);
+            journals_unclosed(target, false);
             Ok(())
         }
         Err(err) => blocked(err.to_string()),
@@ -674,6 +771,7 @@ fn apply_once(
     lease: Lease,
     dry_run: bool,
     cancel: &CancellationToken,
+    fault: &mut Option<HandBack>,
 ) -> ApplyReport {
     let started = Instant::now();
     let timeout = patch
@@ -778,7 +876,7 @@ fn apply_once(
     if let Some(task) = &patch.agent {
         validate.splice(0..0, commands);
         return hand_off(
-            attempt, &task.task, &validate, &owners, &scope, &ledger, &hash, lease, dry_run,
+            attempt, &task.task, &validate, &owners, &scope, &ledger, &hash, lease, dry_run, fault,
         );
     }
     let ops = match patch.revert {
@@ -824,6 +922,9 @@ fn apply_once(
         Ok(journal) => journal,
         Err(err) => {
             // Nothing was written; a half-made journal is removed by the next recovery.
+            if let JournalFailed::Seal(err) = &err {
+                *fault = Some(HandBack::of("cannot write the journal", err));
+            }
             return attempt.end(Status::Failed, format!("cannot write the journal: {err}"));
         }
     };
@@ -836,6 +937,7 @@ fn apply_once(
         || !commands.is_empty()
         || !owners.is_empty();
     let mut taken = None;
+    let mut snapshot_fault = None;
     if failure.is_none() && runs_something {
         let label = format!("patch {} attempt {}", patch.id, lease.attempt);
         match attempt.stage("snapshot", |_| snapshot::take(&scope, &label)) {
@@ -851,8 +953,16 @@ fn apply_once(
             }
             Err(err) => {
                 tracing::error!(%target, error = %err, "cannot snapshot the workspace");
+                // A storage fault is never kept (`on_failure = "keep"` or not): rolled back,
+                // then handed back once the workspace is whole.
+                let status = if FaultKind::from_io(&err).is_some() || journal::is_unsynced(&err) {
+                    snapshot_fault = Some(HandBack::of("cannot snapshot the workspace", &err));
+                    Status::RolledBack
+                } else {
+                    Status::Failed
+                };
                 failure = Some((
-                    Status::Failed,
+                    status,
                     format!("cannot snapshot the workspace before the patch's commands: {err}"),
                 ));
             }
@@ -952,6 +1062,7 @@ fn apply_once(
             &hash,
             Status::Succeeded,
             String::new(),
+            fault,
         );
     };
     let keep = status == Status::Failed && keep_asked && !checks_failed;
@@ -964,6 +1075,7 @@ fn apply_once(
             &hash,
             Status::Failed,
             reason,
+            fault,
         );
     }
     let Kept {
@@ -997,6 +1109,7 @@ fn apply_once(
         return attempt.end(status, error);
     }
     close_journal(target, journal);
+    *fault = snapshot_fault;
     attempt.end(status, reason)
 }
 
@@ -1005,6 +1118,7 @@ fn rollback_failed(target: &str, patch: &Patch, restored: &Restored) {
     metrics::counter!("ghost_executor_rollback_failures_total", "target" => target.to_owned())
         .increment(1);
     metrics::gauge!("ghost_executor_journal_blocked", "target" => target.to_owned()).set(1.0);
+    journals_unclosed(target, true);
     tracing::error!(patch_id = %patch.id, %target, errors = ?restored.errors,
         "rollback incomplete; the journal is kept");
 }
@@ -1014,8 +1128,55 @@ fn rollback_failed(target: &str, patch: &Patch, restored: &Restored) {
 fn close_journal(target: &str, journal: Journal) {
     if let Err(err) = journal.close() {
         metrics::gauge!("ghost_executor_journal_blocked", "target" => target.to_owned()).set(1.0);
+        journals_unclosed(target, true);
         tracing::error!(%target, error = %err, "cannot remove the journal; the next patch retries");
     }
+}
+
+/// Sets `ghost_executor_journals_unclosed{target}`: 1 while a journal of an attempt that ended
+/// is still on disk (it could not be removed, or its rollback was incomplete), 0 once the
+/// target's journal is cleared.
+pub(crate) fn journals_unclosed(target: &str, unclosed: bool) {
+    metrics::gauge!("ghost_executor_journals_unclosed", "target" => target.to_owned())
+        .set(if unclosed { 1.0 } else { 0.0 });
+}
+
+/// The ledger entry of a kept effect could not be written: the entry is removed (a failed
+/// fsync after the rename may have left it), the patch rolled back from the journal and the
+/// snapshot, and the lease handed back. If the entry cannot be removed, the effect stays with
+/// it (`Err`: the caller goes on as recorded).
+#[allow(clippy::too_many_arguments)]
+fn unrecorded(
+    ctx: &Context,
+    scope: &Scope,
+    snapshot: Option<&Snapshot>,
+    journal: Journal,
+    dirs: &mut Dirs,
+    edited_ignore_file: bool,
+    ledger: &Ledger,
+    patch: &Patch,
+    hash: &str,
+    report: ApplyReport,
+    err: &std::io::Error,
+    fault: &mut Option<HandBack>,
+) -> Result<ApplyReport, Box<(Journal, ApplyReport)>> {
+    let target = ctx.workspace.target.as_str();
+    tracing::error!(patch_id = %patch.id, %target, error = %err, "cannot record the patch in the ledger");
+    if !ledger.forget(target, patch.id.as_str(), hash) {
+        return Err(Box::new((journal, report)));
+    }
+    let restored = roll_back(ctx, scope, snapshot, &journal, dirs, edited_ignore_file);
+    let mut failed = report;
+    failed.status = Status::RolledBack;
+    failed.error = format!("cannot record the patch in the ledger: {err}");
+    failed.rollback = Some(rollback_record(&restored, &failed.error));
+    if restored.errors.is_empty() {
+        close_journal(target, journal);
+        *fault = Some(HandBack::of("cannot record the patch in the ledger", err));
+    } else {
+        rollback_failed(target, patch, &restored);
+    }
+    Ok(failed)
 }
 
 /// What an attempt that wrote holds until it ends.
@@ -1030,6 +1191,7 @@ struct Kept<'a> {
 
 /// Records a kept effect in the ledger, then releases the snapshot and closes the journal,
 /// or, for a success, keeps it as the patch's revert record ([`revert::keep`]).
+#[allow(clippy::too_many_arguments)]
 fn finish(
     attempt: Attempt<'_>,
     kept: Kept<'_>,
@@ -1038,6 +1200,7 @@ fn finish(
     hash: &str,
     status: Status,
     error: String,
+    fault: &mut Option<HandBack>,
 ) -> ApplyReport {
     let Kept {
         journal,
@@ -1050,22 +1213,27 @@ fn finish(
     let target = attempt.ctx.workspace.target.clone();
     let patch_id = attempt.patch.id.to_string();
     let attempt_patch = attempt.patch;
-    let report = attempt.end(status, error);
+    let mut report = attempt.end(status, error);
+    let mut journal = journal;
     if let Err(err) = ledger.record(&target, &patch_id, hash, &report) {
-        // Without the ledger entry a re-delivery would apply again; keep the journal so a
-        // restart rolls back rather than leaving an unrecorded effect.
-        tracing::error!(patch_id = %patch_id, error = %err, "cannot record the patch in the ledger");
-        let restored = roll_back(ctx, scope, snapshot, &journal, dirs, edited_ignore_file);
-        let mut failed = report;
-        failed.status = Status::RolledBack;
-        failed.error = format!("cannot record the patch in the ledger: {err}");
-        failed.rollback = Some(rollback_record(&restored, &failed.error));
-        if restored.errors.is_empty() {
-            close_journal(&target, journal);
-        } else {
-            rollback_failed(&target, attempt_patch, &restored);
+        // Without the ledger entry a re-delivery would apply again: undone, and handed back.
+        match unrecorded(
+            ctx,
+            scope,
+            snapshot,
+            journal,
+            dirs,
+            edited_ignore_file,
+            ledger,
+            attempt_patch,
+            hash,
+            report,
+            &err,
+            fault,
+        ) {
+            Ok(failed) => return failed,
+            Err(kept) => (journal, report) = *kept,
         }
-        return failed;
     }
     if snapshot.is_some()
         && let Err(err) = snapshot::release(scope)
@@ -1214,6 +1382,7 @@ fn hand_off(
     hash: &str,
     lease: Lease,
     dry_run: bool,
+    fault: &mut Option<HandBack>,
 ) -> ApplyReport {
     let ctx = attempt.ctx;
     let Some(agent) = ctx.workspace.policy.agent.clone() else {
@@ -1245,7 +1414,12 @@ fn hand_off(
         open_journal(ctx, patch, lease, &Plan::default(), &mut dirs)
     }) {
         Ok(journal) => journal,
-        Err(err) => return attempt.end(Status::Failed, format!("cannot write the journal: {err}")),
+        Err(err) => {
+            if let JournalFailed::Seal(err) = &err {
+                *fault = Some(HandBack::of("cannot write the journal", err));
+            }
+            return attempt.end(Status::Failed, format!("cannot write the journal: {err}"));
+        }
     };
     let label = format!("patch {} attempt {} (agent)", patch.id, lease.attempt);
     let snapshot = match attempt.stage("snapshot", |_| snapshot::take(scope, &label)) {
@@ -1253,6 +1427,10 @@ fn hand_off(
         Err(err) => {
             tracing::error!(%target, error = %err, "cannot snapshot the workspace");
             close_journal(target, journal);
+            // Nothing ran yet: a storage fault hands the lease back.
+            if FaultKind::from_io(&err).is_some() || journal::is_unsynced(&err) {
+                *fault = Some(HandBack::of("cannot snapshot the workspace", &err));
+            }
             return attempt.end(
                 Status::Failed,
                 format!("cannot snapshot the workspace before the agent runs: {err}"),
@@ -1366,21 +1544,27 @@ fn hand_off(
         });
     }
     let Some((status, reason)) = failure else {
-        let report = attempt.end(Status::Succeeded, "");
+        let mut report = attempt.end(Status::Succeeded, "");
+        let mut journal = journal;
         if let Err(err) = ledger.record(target, patch.id.as_str(), hash, &report) {
             // Without the entry a re-delivery would run the agent again: undo instead.
-            tracing::error!(patch_id = %patch.id, error = %err, "cannot record the patch in the ledger");
-            let restored = roll_back(ctx, scope, Some(&snapshot), &journal, &mut dirs, false);
-            let mut failed = report;
-            failed.status = Status::RolledBack;
-            failed.error = format!("cannot record the patch in the ledger: {err}");
-            failed.rollback = Some(rollback_record(&restored, &failed.error));
-            if restored.errors.is_empty() {
-                close_journal(target, journal);
-            } else {
-                rollback_failed(target, patch, &restored);
+            match unrecorded(
+                ctx,
+                scope,
+                Some(&snapshot),
+                journal,
+                &mut dirs,
+                false,
+                ledger,
+                patch,
+                hash,
+                report,
+                &err,
+                fault,
+            ) {
+                Ok(failed) => return failed,
+                Err(kept) => (journal, report) = *kept,
             }
-            return failed;
         }
         if let Err(err) = snapshot::release(scope) {
             tracing::error!(%target, error = %err, "cannot release the snapshot");

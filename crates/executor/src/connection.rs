@@ -44,6 +44,9 @@ pub struct Worker {
     pub contexts: Arc<HashMap<String, Context>>,
     /// Results owed to the router from before a restart.
     pub outbox: Outbox,
+    /// The health of the state dir (journal, ledger, outbox): while degraded no lease is
+    /// taken (see [`crate::storage`]).
+    pub storage: ghost_runtime::storage::StorageHealth,
 }
 
 /// Cancel tokens of the running attempts, by fencing token.
@@ -65,6 +68,12 @@ pub async fn run(worker: Worker, shutdown: CancellationToken) {
     // Whether an `http://` router's port turned out to speak TLS, once probed.
     let mut tls_port: Option<bool> = None;
     loop {
+        // A failing state dir takes no lease: no session until a probe write succeeds.
+        if worker.storage.is_degraded()
+            && !crate::storage::wait_until_healed(&worker, &shutdown).await
+        {
+            return;
+        }
         let mut welcomed = false;
         let outcome = session(&worker, &shutdown, &mut welcomed).await;
         if welcomed {
@@ -74,6 +83,8 @@ pub async fn run(worker: Worker, shutdown: CancellationToken) {
         }
         let err = match outcome {
             Ok(()) => return,
+            // Handed back: reconnect as soon as the probe heals, not after a backoff.
+            Err(ExecutorError::StorageDegraded) => continue,
             Err(err) => err,
         };
         let mut failure = failure::classify(&err, &targets);
@@ -190,6 +201,7 @@ async fn session(
     let locks = TargetLocks::new(worker.contexts.keys());
 
     let held: Arc<Mutex<Vec<u64>>> = Arc::new(Mutex::new(Vec::new()));
+    let mut storage = worker.storage.subscribe();
     let tasks = TaskTracker::new();
     let mut heartbeat = tokio::time::interval(DEFAULT_HEARTBEAT);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -198,6 +210,9 @@ async fn session(
             // A stop wins over a message that is ready: once draining, no new patch is taken.
             biased;
             () = shutdown.cancelled() => break Ok(()),
+            // The state dir failed (an attempt handed its lease back): the session ends, so
+            // the router requeues what it leased here and takes no more to this executor.
+            () = crate::storage::degraded(&mut storage) => break Err(ExecutorError::StorageDegraded),
             _ = heartbeat.tick() => {
                 let tokens = held.lock().await.clone();
                 let beat = message(executor_message::Kind::Heartbeat(Heartbeat { fencing_tokens: tokens }));
@@ -405,13 +420,25 @@ async fn execute(
                         let _ = outbound
                             .send(message(executor_message::Kind::Progress(applying)))
                             .await;
-                        tokio::task::spawn_blocking(move || {
+                        let ended = tokio::task::spawn_blocking(move || {
                             let _guard = guard;
-                            apply_span
-                                .in_scope(|| apply::apply(&ctx, &patch, lease, false, &cancel))
+                            apply_span.in_scope(|| {
+                                apply::apply_or_hand_back(&ctx, &patch, lease, &cancel)
+                            })
                         })
                         .await
-                        .unwrap_or_else(|err| rejected(format!("apply task failed: {err}")))
+                        .unwrap_or_else(|err| {
+                            apply::Ended::Report(Box::new(rejected(format!(
+                                "apply task failed: {err}"
+                            ))))
+                        });
+                        match ended {
+                            apply::Ended::Report(report) => *report,
+                            apply::Ended::HandBack(fault) => {
+                                span.in_scope(|| crate::storage::hand_back(worker, &fault));
+                                return;
+                            }
+                        }
                     }
                 }
             }

@@ -9,6 +9,9 @@ pub enum ExecutorError {
     /// The router refused or broke the stream.
     #[error("router stream failed: {0}")]
     Rpc(#[from] tonic::Status),
+    /// The executor's state dir failed: the session was ended to hand its leases back.
+    #[error("the executor's state dir failed; its leases were handed back")]
+    StorageDegraded,
     /// The router closed the stream.
     #[error("router closed the work stream")]
     Closed,

@@ -124,7 +124,34 @@ fn unsealed_path(path: &Path) -> PathBuf {
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    fs::File::open(dir)?.sync_all()
+    fs::File::open(dir)?.sync_all().map_err(unsynced)
+}
+
+/// A flush to stable storage that failed: what was written may be lost (told apart from a
+/// failed write so the executor's storage fault is named `fsync`).
+#[derive(Debug)]
+pub struct Unsynced(std::io::Error);
+
+impl std::fmt::Display for Unsynced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "fsync failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for Unsynced {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+/// Marks `err` (from an fsync) as [`Unsynced`], keeping its kind.
+pub fn unsynced(err: std::io::Error) -> std::io::Error {
+    std::io::Error::new(err.kind(), Unsynced(err))
+}
+
+/// True when `err` is a failed fsync ([`unsynced`]).
+pub fn is_unsynced(err: &std::io::Error) -> bool {
+    err.get_ref().is_some_and(|inner| inner.is::<Unsynced>())
 }
 
 /// The temp file used to replace workspace-relative `rel` atomically.
@@ -282,7 +309,7 @@ impl Journal {
                 }
             }
             let file = file.into_inner().map_err(|err| err.into_error())?;
-            file.sync_all()?;
+            file.sync_all().map_err(unsynced)?;
             fs::rename(&unsealed, &self.path)?;
             sync_dir(folder)
         })();

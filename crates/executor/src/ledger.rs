@@ -66,6 +66,22 @@ impl Ledger {
     }
 }
 
+impl Ledger {
+    /// Removes the entry of a patch whose recording failed (an fsync after the rename may
+    /// have left it in place): true when none is left. The caller rolls the patch back only
+    /// then, so the ledger never says applied for an effect that was undone.
+    pub fn forget(&self, target: &str, patch_id: &str, hash: &str) -> bool {
+        match fs::remove_file(self.path(target, patch_id, hash)) {
+            Ok(()) => true,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => true,
+            Err(err) => {
+                tracing::error!(%target, %patch_id, error = %err, "cannot remove a ledger entry whose write failed");
+                false
+            }
+        }
+    }
+}
+
 /// A result waiting to be sent to the router.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OwedResult {

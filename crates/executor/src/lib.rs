@@ -31,6 +31,7 @@ pub mod ledger;
 pub mod plan;
 mod revert;
 pub mod snapshot;
+mod storage;
 pub mod workspace;
 
 pub use app::App;

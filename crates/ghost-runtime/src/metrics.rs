@@ -112,6 +112,11 @@ pub const CATALOGUE: &[(&str, Kind, &str)] = &[
         "1 while a target refuses patches because the journal of an earlier patch cannot be cleared.",
     ),
     (
+        "ghost_executor_journals_unclosed",
+        Kind::Gauge,
+        "1 while a journal of an attempt that ended is still on disk (it could not be removed, or its rollback was incomplete), by target; 0 once cleared.",
+    ),
+    (
         "ghost_executor_root_replaced_total",
         Kind::Counter,
         "Patches refused because a target's root is no longer the directory the executor opened at start (device or inode changed).",

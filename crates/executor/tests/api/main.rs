@@ -22,5 +22,6 @@ mod revert;
 mod rollback;
 mod rollback_limits;
 mod sandbox;
+mod storage;
 mod timing;
 mod wedge;

@@ -113,6 +113,7 @@ async fn fail(url: String, ca: Option<PathBuf>, token: &str, state: &std::path::
         config: Arc::new(config),
         contexts: Arc::new(HashMap::new()),
         outbox: Outbox::new(state),
+        storage: ghost_runtime::storage::StorageHealth::new("executor"),
     };
     let mut welcomed = false;
     let shutdown = CancellationToken::new();
