@@ -61,8 +61,12 @@ fn workspaces(
             (
                 Workspace {
                     target: target.to_string(),
+                    state_dir: if config.standby {
+                        crate::standby::state_dir_of(&root)
+                    } else {
+                        state_dir.clone()
+                    },
                     root,
-                    state_dir: state_dir.clone(),
                     policy,
                 },
                 root_id,
@@ -82,13 +86,13 @@ fn workspaces(
 /// A target whose journal cannot be recovered is logged and flagged, and refuses patches
 /// (each of its patches retries the recovery first); the other targets start normally.
 fn recover(
-    state_dir: &std::path::Path,
-    workspaces: &HashMap<String, (Workspace, RootId)>,
+    workspace: &Workspace,
+    root_id: &RootId,
     outbox: &Outbox,
     max_file_bytes: u64,
 ) -> anyhow::Result<()> {
-    let ledger = Ledger::new(state_dir);
-    for (workspace, root_id) in workspaces.values() {
+    let ledger = Ledger::new(&workspace.state_dir);
+    {
         let target = workspace.target.as_str();
         let applied = |header: &journal::Header| {
             ledger
@@ -119,16 +123,16 @@ fn recover(
                 crate::apply::journals_unclosed(target, true);
                 tracing::error!(%target, error = %err,
                         "cannot recover this target's journal; it refuses patches until it can");
-                continue;
+                return Ok(());
             }
         };
         crate::apply::journals_unclosed(target, false);
         let Some(found) = found else {
-            continue;
+            return Ok(());
         };
         if applied(&found.header) {
             tracing::info!(patch_id = %found.header.patch_id, "journal of an applied patch removed");
-            continue;
+            return Ok(());
         }
         let restored = found.restored;
         tracing::warn!(
@@ -152,6 +156,53 @@ fn recover(
     Ok(())
 }
 
+/// Makes this executor the active one of a workspace whose lock it just took: stops what an
+/// earlier executor's commands left running there, rolls back a journal an older executor
+/// left in `old_state` (the state dir before the state moved into the workspace) and moves
+/// that target's ledger and revert records into `<root>/.ghost`, then rolls back what a dead
+/// executor left half-applied in `<root>/.ghost` (each owed an `interrupted` result).
+pub(crate) fn activate(
+    workspace: &Workspace,
+    root_id: &RootId,
+    old_state: &std::path::Path,
+    outbox: &Outbox,
+    max_file_bytes: u64,
+) -> anyhow::Result<()> {
+    let target = workspace.target.as_str();
+    // Commands a dead executor left running would write on while the recovery restores.
+    let killed = crate::commands::kill_leftovers(std::slice::from_ref(&workspace.root));
+    if killed > 0 {
+        tracing::warn!(%target, killed, "stopped commands an earlier executor left running");
+    }
+    if old_state != workspace.state_dir && crate::standby::has_old_state(old_state, target) {
+        let old = Workspace {
+            state_dir: old_state.to_path_buf(),
+            ..workspace.clone()
+        };
+        recover(&old, root_id, outbox, max_file_bytes)?;
+        if journal::is_open(old_state, target) {
+            anyhow::bail!(
+                "target {target}: the journal in the old state dir {} cannot be rolled back; \
+                 restore the workspace by hand and remove it",
+                old_state.display()
+            );
+        }
+        let moved =
+            crate::standby::migrate(old_state, &workspace.state_dir, target).map_err(|err| {
+                anyhow::anyhow!(
+                    "target {target}: cannot move its state from {} into {}: {err}",
+                    old_state.display(),
+                    workspace.state_dir.display()
+                )
+            })?;
+        if moved {
+            tracing::info!(%target, from = %old_state.display(), to = %workspace.state_dir.display(),
+                "moved the target's ledger and revert records next to the workspace");
+        }
+    }
+    recover(workspace, root_id, outbox, max_file_bytes)
+}
+
 impl App {
     /// Checks the workspaces and binds the listeners.
     pub async fn build(config: ExecutorConfig) -> anyhow::Result<Self> {
@@ -172,15 +223,45 @@ impl App {
             max_patch_bytes: config.max_patch_bytes,
         };
         let outbox = Outbox::new(&config.state_dir);
-        // Commands a crashed executor left running would write on while the recovery
-        // restores: stopped first.
-        let roots: Vec<std::path::PathBuf> = workspaces
-            .values()
-            .map(|(workspace, _)| workspace.root.clone())
-            .collect();
-        let killed = crate::commands::kill_leftovers(&roots);
-        if killed > 0 {
-            tracing::warn!(killed, "stopped commands an earlier executor left running");
+        let old_state = std::fs::canonicalize(&config.state_dir)?;
+        // One active executor per workspace: the lock held, the workspace is made whole and
+        // served; the others wait on standby (see `standby`).
+        let held: crate::standby::Held = Arc::default();
+        let mut active = std::collections::BTreeSet::new();
+        for (target, (workspace, root_id)) in &workspaces {
+            let lock = if config.standby {
+                crate::standby::try_lock(&workspace.root)
+                    .map_err(|err| {
+                        anyhow::anyhow!(
+                            "target {target}: cannot open the lock {}/lock: {err}",
+                            workspace.state_dir.display()
+                        )
+                    })?
+                    .map(Some)
+            } else {
+                // Sole executor of its workspaces: no lock, always active.
+                Some(None)
+            };
+            let Some(lock) = lock else {
+                crate::standby::set_active(target, false);
+                tracing::info!(%target, lock = %workspace.state_dir.join("lock").display(),
+                    "standby: another executor is active for this target; waiting for its lock");
+                continue;
+            };
+            activate(
+                workspace,
+                root_id,
+                &old_state,
+                &outbox,
+                config.max_file_bytes,
+            )?;
+            if let Some(lock) = lock {
+                held.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(lock);
+            }
+            crate::standby::set_active(target, true);
+            active.insert(target.clone());
         }
         let swept = crate::commands::sweep_tmp();
         if swept > 0 {
@@ -189,12 +270,6 @@ impl App {
                 "removed temp dirs an earlier executor's commands left"
             );
         }
-        recover(
-            &config.state_dir,
-            &workspaces,
-            &outbox,
-            config.max_file_bytes,
-        )?;
         let contexts = workspaces
             .into_iter()
             .map(|(target, (workspace, root_id))| {
@@ -216,6 +291,9 @@ impl App {
                 contexts: Arc::new(contexts),
                 outbox,
                 storage: storage.clone(),
+                active: Arc::new(tokio::sync::watch::Sender::new(active)),
+                held,
+                old_state,
             },
             config,
             listeners,

@@ -58,6 +58,12 @@ pub struct ExecutorConfig {
     /// Command policy, limits and agent hand-off per target; targets not listed get the
     /// defaults (commands denied, no agent).
     pub targets: BTreeMap<String, TargetPolicy>,
+    /// More than one executor may serve these workspaces, one active and the others on
+    /// standby: each workspace's journal, ledger, snapshots and revert records then live in
+    /// `<root>/.ghost/` (moved there from `state_dir` at the first start), and an exclusive
+    /// lock on `<root>/.ghost/lock` decides which executor is active; a standby takes over
+    /// when the lock frees (see `docs/src/executors.md`). Off: everything in `state_dir`.
+    pub standby: bool,
     /// For tests only: pause after each file written while applying, so a crash test can kill
     /// the executor between writes. Zero (the default) in production.
     #[serde(with = "humantime_serde")]
@@ -464,6 +470,7 @@ impl Default for ExecutorConfig {
             max_patch_bytes: 50 * 1024 * 1024,
             default_timeout: Duration::from_secs(600),
             targets: BTreeMap::new(),
+            standby: false,
             test_write_delay: Duration::ZERO,
         }
     }

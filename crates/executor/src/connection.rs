@@ -47,6 +47,13 @@ pub struct Worker {
     /// The health of the state dir (journal, ledger, outbox): while degraded no lease is
     /// taken (see [`crate::storage`]).
     pub storage: ghost_runtime::storage::StorageHealth,
+    /// The targets whose workspace lock this executor holds (the ones it announces); the
+    /// others it serves on standby (see [`crate::standby`]).
+    pub active: Arc<tokio::sync::watch::Sender<std::collections::BTreeSet<String>>>,
+    /// The workspace locks held.
+    pub held: crate::standby::Held,
+    /// The state dir of the config (the outbox; where older executors kept every target's state).
+    pub old_state: std::path::PathBuf,
 }
 
 /// Cancel tokens of the running attempts, by fencing token.
@@ -67,7 +74,13 @@ pub async fn run(worker: Worker, shutdown: CancellationToken) {
     };
     // Whether an `http://` router's port turned out to speak TLS, once probed.
     let mut tls_port: Option<bool> = None;
+    tokio::spawn(crate::standby::take_over(worker.clone(), shutdown.clone()));
+    let mut active = worker.active.subscribe();
     loop {
+        // On standby for every target: no session until a workspace lock is taken.
+        if !crate::standby::wait_for_any(&mut active, &shutdown).await {
+            return;
+        }
         // A failing state dir takes no lease: no session until a probe write succeeds.
         if worker.storage.is_degraded()
             && !crate::storage::wait_until_healed(&worker, &shutdown).await
@@ -84,7 +97,7 @@ pub async fn run(worker: Worker, shutdown: CancellationToken) {
         let err = match outcome {
             Ok(()) => return,
             // Handed back: reconnect as soon as the probe heals, not after a backoff.
-            Err(ExecutorError::StorageDegraded) => continue,
+            Err(ExecutorError::StorageDegraded | ExecutorError::TookOver) => continue,
             Err(err) => err,
         };
         let mut failure = failure::classify(&err, &targets);
@@ -157,11 +170,14 @@ async fn session(
     let channel = endpoint(&worker.config)?.connect().await?;
     let mut client = RouterServiceClient::new(channel);
     let (outbound, outbound_rx) = mpsc::channel::<ExecutorMessage>(32);
+    let mut taken_over = worker.active.subscribe();
+    let active = taken_over.borrow_and_update().clone();
     let hello = Hello {
         executor_id: worker.config.executor_id.clone(),
         workspaces: worker
             .contexts
             .values()
+            .filter(|ctx| active.contains(&ctx.workspace.target))
             .map(|ctx| WireWorkspace {
                 target: ctx.workspace.target.clone(),
                 root: ctx.workspace.root.display().to_string(),
@@ -213,6 +229,8 @@ async fn session(
             // The state dir failed (an attempt handed its lease back): the session ends, so
             // the router requeues what it leased here and takes no more to this executor.
             () = crate::storage::degraded(&mut storage) => break Err(ExecutorError::StorageDegraded),
+            // A standby took a workspace over: a new session announces it.
+            () = crate::standby::changed(&mut taken_over) => break Err(ExecutorError::TookOver),
             _ = heartbeat.tick() => {
                 let tokens = held.lock().await.clone();
                 let beat = message(executor_message::Kind::Heartbeat(Heartbeat { fencing_tokens: tokens }));

@@ -12,6 +12,9 @@ pub enum ExecutorError {
     /// The executor's state dir failed: the session was ended to hand its leases back.
     #[error("the executor's state dir failed; its leases were handed back")]
     StorageDegraded,
+    /// A standby target became active: the session is renewed to announce it.
+    #[error("a workspace this executor was standby for is now its to serve")]
+    TookOver,
     /// The router closed the stream.
     #[error("router closed the work stream")]
     Closed,

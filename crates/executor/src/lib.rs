@@ -31,6 +31,7 @@ pub mod ledger;
 pub mod plan;
 mod revert;
 pub mod snapshot;
+mod standby;
 mod storage;
 pub mod workspace;
 

@@ -81,17 +81,25 @@ fn probe_in(dir: &Path) -> Result<(), HandBack> {
 /// Probes the state dir every [`PROBE_EVERY`] until a write succeeds (the executor heals:
 /// true) or `shutdown` (false).
 pub async fn wait_until_healed(worker: &Worker, shutdown: &CancellationToken) -> bool {
-    let state_dir = worker.config.state_dir.clone();
+    // The config's state dir (the outbox) and each workspace's `.ghost` (journal, ledger).
+    let mut dirs = vec![worker.config.state_dir.clone()];
+    dirs.extend(
+        worker
+            .contexts
+            .values()
+            .map(|ctx| ctx.workspace.state_dir.clone()),
+    );
     loop {
-        let dir = state_dir.clone();
-        let probed = tokio::task::spawn_blocking(move || probe(&dir))
-            .await
-            .unwrap_or_else(|err| {
-                Err(HandBack {
-                    kind: FaultKind::Io,
-                    detail: format!("probe task failed: {err}"),
-                })
-            });
+        let dirs = dirs.clone();
+        let probed =
+            tokio::task::spawn_blocking(move || dirs.iter().try_for_each(|dir| probe(dir)))
+                .await
+                .unwrap_or_else(|err| {
+                    Err(HandBack {
+                        kind: FaultKind::Io,
+                        detail: format!("probe task failed: {err}"),
+                    })
+                });
         match probed {
             Ok(()) => {
                 worker.storage.healed();

@@ -93,7 +93,7 @@ pub fn check_path(workspace: &Workspace, rel: &str) -> Result<(), ConfineError> 
             )));
         }
     }
-    if folded(parts[0]) == ".ghost" {
+    if folded(parts[0]) == ".ghost" || folded(parts[0]) == "ghost~1" {
         return Err(refused(format!(
             "path {rel} is inside .ghost/, where the services keep their state"
         )));

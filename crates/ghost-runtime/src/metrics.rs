@@ -117,6 +117,11 @@ pub const CATALOGUE: &[(&str, Kind, &str)] = &[
         "1 while a journal of an attempt that ended is still on disk (it could not be removed, or its rollback was incomplete), by target; 0 once cleared.",
     ),
     (
+        "ghost_executor_active",
+        Kind::Gauge,
+        "1 while this executor holds the workspace lock of a target (active), 0 while it waits on standby; exported with `standby = true`.",
+    ),
+    (
         "ghost_executor_root_replaced_total",
         Kind::Counter,
         "Patches refused because a target's root is no longer the directory the executor opened at start (device or inode changed).",

@@ -22,6 +22,7 @@ mod revert;
 mod rollback;
 mod rollback_limits;
 mod sandbox;
+mod standby;
 mod storage;
 mod timing;
 mod wedge;

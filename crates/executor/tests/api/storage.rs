@@ -44,7 +44,7 @@ struct Received {
 }
 
 #[derive(Clone, Default)]
-struct Recorder {
+pub(crate) struct Recorder {
     alerts: Arc<Mutex<Vec<Received>>>,
 }
 
@@ -71,7 +71,7 @@ impl AlerterService for Recorder {
 }
 
 impl Recorder {
-    fn has(&self, key: &str, resolved: bool) -> bool {
+    pub(crate) fn has(&self, key: &str, resolved: bool) -> bool {
         self.alerts
             .lock()
             .unwrap()
@@ -80,7 +80,7 @@ impl Recorder {
     }
 }
 
-fn reserve_port() -> u16 {
+pub(crate) fn reserve_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -88,7 +88,143 @@ fn reserve_port() -> u16 {
         .port()
 }
 
-/// The real router (in process) with a recording alerter, and the executor binary.
+/// The real router (in process, its data in `scratch/router`, short heartbeats and sweeps)
+/// with a recording alerter; both stop when this is dropped.
+pub(crate) struct RouterSide {
+    pub addr: std::net::SocketAddr,
+    pub client: RouterServiceClient<Channel>,
+    pub alerts: Recorder,
+    _router_stop: oneshot::Sender<()>,
+    _alerter_stop: oneshot::Sender<()>,
+}
+
+/// The token the router of these tests accepts from executors.
+pub(crate) const TOKEN: &str = "storage-test-token";
+
+pub(crate) async fn start_router(scratch: &Path, lease_timeout: Duration) -> RouterSide {
+    let alerts = Recorder::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let alerter_url = format!("http://{}", listener.local_addr().unwrap());
+    let (alerter_stop, stopped) = oneshot::channel::<()>();
+    let routes = tonic::service::Routes::new(AlerterServiceServer::new(alerts.clone()));
+    tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async {
+                    let _ = stopped.await;
+                },
+            )
+            .await;
+    });
+    let app = router::App::build(router::RouterConfig {
+        server: ServerConfig::ephemeral(),
+        data_dir: scratch.join("router"),
+        executor_token: Secret::new(TOKEN.to_owned()),
+        alerter_url: Some(alerter_url),
+        heartbeat_interval: Duration::from_millis(200),
+        lease_timeout,
+        sweep_interval: Duration::from_millis(50),
+        ..router::RouterConfig::default()
+    })
+    .await
+    .expect("router builds");
+    let addr = app.grpc_addr();
+    let (router_stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(app.run(async {
+        let _ = stopped.await;
+    }));
+    let client = RouterServiceClient::new(
+        Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .expect("router answers"),
+    );
+    RouterSide {
+        addr,
+        client,
+        alerts,
+        _router_stop: router_stop,
+        _alerter_stop: alerter_stop,
+    }
+}
+
+/// The executor binary `name` dialling `router`, serving MAIN at `workspace` with `state` as its
+/// state dir, `extra` appended to its config's top level and `env` in its environment; its
+/// log in `scratch/<name>.log`. Returns it and its HTTP base URL.
+pub(crate) fn spawn_executor(
+    scratch: &Path,
+    name: &str,
+    router: std::net::SocketAddr,
+    state: &Path,
+    workspace: &Path,
+    extra: &str,
+    env: &[(&str, String)],
+) -> (tokio::process::Child, String) {
+    let (grpc, http) = (reserve_port(), reserve_port());
+    let config = scratch.join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "router_url = \"http://{router}\"\nexecutor_id = \"{name}\"\n\
+             token = \"{TOKEN}\"\nstate_dir = \"{}\"\nreconnect_backoff = \"100ms\"\n{extra}\n\
+             [[workspaces]]\ntarget = \"MAIN\"\nroot = \"{}\"\n\
+             [server]\ngrpc_listen = \"127.0.0.1:{grpc}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\
+             drain_grace = \"0s\"\n",
+            state.display(),
+            workspace.display()
+        ),
+    )
+    .unwrap();
+    let output = std::fs::File::create(scratch.join(format!("{name}.log"))).unwrap();
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_executor"));
+    command
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(output.try_clone().unwrap())
+        .stderr(output)
+        .kill_on_drop(true);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let child = command.spawn().expect("the executor starts");
+    (child, format!("http://127.0.0.1:{http}"))
+}
+
+/// True once `GET {http}/readyz` answers 200 (polled up to 30 s).
+pub(crate) async fn ready(http: &str) -> bool {
+    within(Duration::from_secs(30), || async {
+        reqwest::get(format!("{http}/readyz"))
+            .await
+            .is_ok_and(|response| response.status().as_u16() == 200)
+    })
+    .await
+    .is_some()
+}
+
+/// A patch on MAIN appending `id` to `log.txt` (before its `END` line).
+pub(crate) fn appending(id: &str) -> Patch {
+    Patch {
+        id: id.to_owned(),
+        target: "MAIN".to_owned(),
+        description: format!("test patch {id}"),
+        priority: Priority::Normal as i32,
+        edits: vec![Edit {
+            op: Some(edit::Op::Replace(ReplaceText {
+                path: "log.txt".to_owned(),
+                search: "END\n".to_owned(),
+                replace: format!("{id}\nEND\n"),
+            })),
+        }],
+        ..Patch::default()
+    }
+}
+
+/// The router side and one executor binary.
 struct Rig {
     client: RouterServiceClient<Channel>,
     alerts: Recorder,
@@ -96,105 +232,30 @@ struct Rig {
     workspace: PathBuf,
     log: PathBuf,
     _executor: tokio::process::Child,
-    _router_stop: oneshot::Sender<()>,
-    _alerter_stop: oneshot::Sender<()>,
+    _router: RouterSide,
 }
 
 impl Rig {
     /// Starts the router (data in `scratch`), then the executor with `state` as its state dir
     /// and `env` (the shim) in its environment, and waits until it is ready.
     async fn start(scratch: &Path, state: &Path, env: &[(&str, String)]) -> Self {
-        let alerts = Recorder::default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let alerter_url = format!("http://{}", listener.local_addr().unwrap());
-        let (alerter_stop, stopped) = oneshot::channel::<()>();
-        let routes = tonic::service::Routes::new(AlerterServiceServer::new(alerts.clone()));
-        tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_routes(routes)
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    async {
-                        let _ = stopped.await;
-                    },
-                )
-                .await;
-        });
-        let app = router::App::build(router::RouterConfig {
-            server: ServerConfig::ephemeral(),
-            data_dir: scratch.join("router"),
-            executor_token: Secret::new("storage-test-token".to_owned()),
-            alerter_url: Some(alerter_url),
-            heartbeat_interval: Duration::from_millis(200),
-            sweep_interval: Duration::from_millis(50),
-            ..router::RouterConfig::default()
-        })
-        .await
-        .expect("router builds");
-        let router_addr = app.grpc_addr();
-        let (router_stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(app.run(async {
-            let _ = stopped.await;
-        }));
-        let client = RouterServiceClient::new(
-            Channel::from_shared(format!("http://{router_addr}"))
-                .unwrap()
-                .connect()
-                .await
-                .expect("router answers"),
-        );
-
+        let router = start_router(scratch, Duration::from_secs(30)).await;
         let workspace = scratch.join("ws");
         std::fs::create_dir_all(&workspace).unwrap();
         let log = workspace.join("log.txt");
         std::fs::write(&log, "END\n").unwrap();
-        let (grpc, http) = (reserve_port(), reserve_port());
-        let config = scratch.join("executor.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "router_url = \"http://{router_addr}\"\nexecutor_id = \"storage-test\"\n\
-                 token = \"storage-test-token\"\nstate_dir = \"{}\"\nreconnect_backoff = \"100ms\"\n\
-                 [[workspaces]]\ntarget = \"MAIN\"\nroot = \"{}\"\n\
-                 [server]\ngrpc_listen = \"127.0.0.1:{grpc}\"\nhttp_listen = \"127.0.0.1:{http}\"\n\
-                 drain_grace = \"0s\"\n",
-                state.display(),
-                workspace.display()
-            ),
-        )
-        .unwrap();
-        let output = std::fs::File::create(scratch.join("executor.log")).unwrap();
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_executor"));
-        command
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stdin(std::process::Stdio::null())
-            .stdout(output.try_clone().unwrap())
-            .stderr(output)
-            .kill_on_drop(true);
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let executor = command.spawn().expect("the executor starts");
-        let rig = Self {
-            client,
-            alerts,
-            executor_http: format!("http://127.0.0.1:{http}"),
+        let (executor, executor_http) =
+            spawn_executor(scratch, "executor", router.addr, state, &workspace, "", env);
+        assert!(ready(&executor_http).await, "the executor never got ready");
+        Self {
+            client: router.client.clone(),
+            alerts: router.alerts.clone(),
+            executor_http,
             workspace,
             log,
             _executor: executor,
-            _router_stop: router_stop,
-            _alerter_stop: alerter_stop,
-        };
-        let ready = within(Duration::from_secs(30), || async {
-            reqwest::get(format!("{}/readyz", rig.executor_http))
-                .await
-                .is_ok_and(|response| response.status().as_u16() == 200)
-        })
-        .await;
-        assert!(ready.is_some(), "the executor never got ready");
-        rig
+            _router: router,
+        }
     }
 
     async fn readyz(&self) -> (u16, String) {
@@ -202,39 +263,11 @@ impl Rig {
     }
 
     async fn submit(&self, id: &str) {
-        let patch = Patch {
-            id: id.to_owned(),
-            target: "MAIN".to_owned(),
-            description: format!("storage test patch {id}"),
-            priority: Priority::Normal as i32,
-            edits: vec![Edit {
-                op: Some(edit::Op::Replace(ReplaceText {
-                    path: "log.txt".to_owned(),
-                    search: "END\n".to_owned(),
-                    replace: format!("{id}\nEND\n"),
-                })),
-            }],
-            ..Patch::default()
-        };
-        self.client
-            .clone()
-            .submit(SubmitRequest {
-                patch: Some(patch),
-                ..Default::default()
-            })
-            .await
-            .expect("the router accepts the patch");
+        submit(&self.client, id).await;
     }
 
     async fn state(&self, id: &str) -> PatchState {
-        self.client
-            .clone()
-            .get(GetRequest { id: id.to_owned() })
-            .await
-            .expect("get")
-            .into_inner()
-            .state
-            .expect("state")
+        state_of(&self.client, id).await
     }
 
     async fn all_ended(&self, ids: &[String]) -> bool {
@@ -264,7 +297,31 @@ impl Rig {
     }
 }
 
-fn terminal(status: i32) -> bool {
+/// Submits [`appending`]`(id)`; the router must accept it.
+pub(crate) async fn submit(client: &RouterServiceClient<Channel>, id: &str) {
+    client
+        .clone()
+        .submit(SubmitRequest {
+            patch: Some(appending(id)),
+            ..Default::default()
+        })
+        .await
+        .expect("the router accepts the patch");
+}
+
+/// The router's state of `id`.
+pub(crate) async fn state_of(client: &RouterServiceClient<Channel>, id: &str) -> PatchState {
+    client
+        .clone()
+        .get(GetRequest { id: id.to_owned() })
+        .await
+        .expect("get")
+        .into_inner()
+        .state
+        .expect("state")
+}
+
+pub(crate) fn terminal(status: i32) -> bool {
     ![
         PatchStatus::Unspecified,
         PatchStatus::Received,

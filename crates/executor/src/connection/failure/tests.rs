@@ -114,6 +114,9 @@ async fn fail(url: String, ca: Option<PathBuf>, token: &str, state: &std::path::
         contexts: Arc::new(HashMap::new()),
         outbox: Outbox::new(state),
         storage: ghost_runtime::storage::StorageHealth::new("executor"),
+        active: Arc::default(),
+        held: Arc::default(),
+        old_state: state.to_path_buf(),
     };
     let mut welcomed = false;
     let shutdown = CancellationToken::new();
