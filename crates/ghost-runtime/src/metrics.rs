@@ -62,7 +62,17 @@ pub const CATALOGUE: &[(&str, Kind, &str)] = &[
     (
         "ghost_queue_oldest_age_seconds",
         Kind::Gauge,
-        "Age of the oldest queued patch, by target.",
+        "Age of the oldest queued patch, by target, in seconds (measured by the router's monotonic clock: a wall-clock jump does not move it).",
+    ),
+    (
+        "ghost_outbox_depth",
+        Kind::Gauge,
+        "Rows not yet delivered, by outbox (router: outcomes, alerts; summarizer: notifications; alerter: slack).",
+    ),
+    (
+        "ghost_outbox_oldest_age_seconds",
+        Kind::Gauge,
+        "Age of the oldest row not yet delivered, by outbox (0 when empty), in seconds.",
     ),
     (
         "ghost_executors_connected",
@@ -110,6 +120,11 @@ pub const CATALOGUE: &[(&str, Kind, &str)] = &[
         "ghost_executor_journal_blocked",
         Kind::Gauge,
         "1 while a target refuses patches because the journal of an earlier patch cannot be cleared.",
+    ),
+    (
+        "ghost_executor_journals_unclosed",
+        Kind::Gauge,
+        "Journals of ended attempts that could not be closed, by target.",
     ),
     (
         "ghost_executor_root_replaced_total",

@@ -178,12 +178,14 @@ impl App {
         let sweep_token = token.clone();
         let sweep_every = self.config.sweep_interval;
         tasks.spawn(async move {
+            let mut outbox_ages = crate::queue_ages::QueueAges::default();
             loop {
                 tokio::select! {
                     () = sweep_token.cancelled() => return,
                     () = tokio::time::sleep(sweep_every) => {
                         routing.expire_leases().await;
                         routing.check_stale().await;
+                        outbox::publish_backlog(routing.store().as_ref(), &mut outbox_ages).await;
                     }
                 }
             }
