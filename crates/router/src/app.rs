@@ -48,6 +48,9 @@ pub struct App {
 impl App {
     /// Opens the database, requeues work that was in flight, and binds the listeners.
     pub async fn build(config: RouterConfig) -> anyhow::Result<Self> {
+        // The rule clock reads the wall clock at its first use: make that the start, not the
+        // first lease or sweep (a jump in between would be read as the truth).
+        let _ = ghost_runtime::clock::Clock::process();
         std::fs::create_dir_all(&config.data_dir)?;
         anyhow::ensure!(config.max_attempts >= 1, "max_attempts must be at least 1");
         anyhow::ensure!(
