@@ -306,3 +306,96 @@ async fn a_wall_clock_jump_an_hour_back_does_not_silence_a_firing_alerts_repeats
         post_texts(&system.slack).await
     );
 }
+
+/// Router (under libfaketime, no executor, `stale_after` 4 s) raising its alerts through a real
+/// alerter to a fake Slack. Submits one patch for MAIN, jumps the router's wall clock by
+/// `offset`, and returns how long after the submit the `queue_stale` post came (`None`: not
+/// within 30 s).
+async fn queue_stale_after_a_jump(library: &Path, offset: &str) -> Option<Duration> {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let dir = scratch.path();
+    let clock_file = dir.join("faketime");
+    jump(&clock_file, "+0");
+    let slack = ghost_testkit::FakeSlack::start().await;
+    let (router_port, alerter_port) = (free_port(), free_port());
+    let mut alerter = Service::new(
+        dir,
+        "alerter",
+        &format!(
+            r##"data_dir = "{data}"
+[slack]
+api_base_url = "{slack}"
+bot_token = "xoxb-faults"
+channel = "#ghost"
+pacing = "0s"
+[alerts]
+group_wait = "0s"
+tick = "100ms"
+[server]
+grpc_listen = "127.0.0.1:{alerter_port}"
+http_listen = "127.0.0.1:0"
+drain_grace = "0s"
+"##,
+            data = dir.join("alerter").display(),
+            slack = slack.base_url()
+        ),
+    );
+    let mut router = Service::new(
+        dir,
+        "router",
+        &format!(
+            r#"data_dir = "{data}"
+alerter_url = "http://127.0.0.1:{alerter_port}"
+stale_after = "4s"
+sweep_interval = "200ms"
+[server]
+grpc_listen = "127.0.0.1:{router_port}"
+http_listen = "127.0.0.1:0"
+drain_grace = "0s"
+"#,
+            data = dir.join("router").display()
+        ),
+    );
+    fake_wall_clock(&mut router, library, &clock_file);
+    alerter.start();
+    router.start();
+    let mut client = router_client(&format!("http://127.0.0.1:{router_port}"));
+    submit(&mut client, append_patch("waits", &["true"])).await;
+    let submitted = Instant::now();
+    jump(&clock_file, offset);
+    let deadline = submitted + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let texts = post_texts(&slack).await;
+        if let Some(text) = texts
+            .iter()
+            .find(|text| text.contains("queue_stale") || text.contains("queued on MAIN"))
+        {
+            eprintln!("{offset} s jump: {text}");
+            return Some(submitted.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("no queue_stale post: {:#?}", post_texts(&slack).await);
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wall_clock_jump_neither_raises_queue_stale_early_nor_silences_it() {
+    let Some(library) = libfaketime() else {
+        return;
+    };
+    for offset in ["+3600", "-3600"] {
+        let raised = queue_stale_after_a_jump(&library, offset).await;
+        eprintln!(
+            "{offset} s jump right after the submit: queue_stale (stale_after 4 s) posted after {raised:?}"
+        );
+        let raised = raised.unwrap_or_else(|| {
+            panic!("{offset} s jump: a queue stale for 30 s raised no queue_stale (silenced)")
+        });
+        assert!(
+            raised >= Duration::from_secs(4),
+            "{offset} s jump: queue_stale came {raised:?} after the submit, before the queue \
+             had waited stale_after (4 s)"
+        );
+    }
+}

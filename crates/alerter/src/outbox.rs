@@ -277,6 +277,7 @@ impl BacklogGauge {
                 return;
             }
         };
+        publish_outbox_age(outbox, pending.values().sum()).await;
         for channel in &self.seen {
             let drained = if channel == "dm" {
                 !pending.keys().any(|c| crate::routing::is_slack_user_id(c))
@@ -311,6 +312,24 @@ impl BacklogGauge {
                 .set(count as f64);
             self.seen.insert(channel);
         }
+    }
+}
+
+/// `ghost_outbox_depth{outbox="slack"}` (`depth` pending messages) and the age of the oldest,
+/// by the alerter's rule clock.
+async fn publish_outbox_age(outbox: &Outbox, depth: u64) {
+    let age_ms = match outbox.store.oldest_pending_ms().await {
+        Ok(oldest) => oldest.map_or(0, |created| (outbox.clock.now_ms() - created).max(0)),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot read the slack outbox's oldest message");
+            return;
+        }
+    };
+    #[allow(clippy::cast_precision_loss)]
+    {
+        metrics::gauge!("ghost_outbox_depth", "outbox" => "slack").set(depth as f64);
+        metrics::gauge!("ghost_outbox_oldest_age_seconds", "outbox" => "slack")
+            .set(age_ms as f64 / 1000.0);
     }
 }
 

@@ -510,6 +510,19 @@ impl Store {
         .await
     }
 
+    /// The creation time of the oldest pending message, if any (index `outbox_ready`).
+    pub async fn oldest_pending_ms(&self) -> Result<Option<i64>, StoreError> {
+        self.with_tx(|conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT created_ms FROM outbox WHERE state = 'pending' ORDER BY id LIMIT 1",
+                )?
+                .query_row([], |row| row.get(0))
+                .optional()?)
+        })
+        .await
+    }
+
     /// Direct messages (threads `dm/…`) stored for `user` since `since_ms`.
     pub async fn dms_since(&self, user: &str, since_ms: i64) -> Result<u64, StoreError> {
         let user = user.to_owned();

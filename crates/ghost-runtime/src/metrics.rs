@@ -62,7 +62,17 @@ pub const CATALOGUE: &[(&str, Kind, &str)] = &[
     (
         "ghost_queue_oldest_age_seconds",
         Kind::Gauge,
-        "Age of the oldest queued patch, by target.",
+        "Age of the oldest queued patch, by target, in seconds (measured by the router's monotonic clock: a wall-clock jump does not move it).",
+    ),
+    (
+        "ghost_outbox_depth",
+        Kind::Gauge,
+        "Rows not yet delivered, by outbox (router: outcomes, alerts; summarizer: notifications; alerter: slack).",
+    ),
+    (
+        "ghost_outbox_oldest_age_seconds",
+        Kind::Gauge,
+        "Age of the oldest row not yet delivered, by outbox (0 when empty), in seconds.",
     ),
     (
         "ghost_executors_connected",

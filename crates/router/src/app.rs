@@ -48,6 +48,9 @@ pub struct App {
 impl App {
     /// Opens the database, requeues work that was in flight, and binds the listeners.
     pub async fn build(config: RouterConfig) -> anyhow::Result<Self> {
+        // The rule clock reads the wall clock at its first use: make that the start, not the
+        // first lease or sweep (a jump in between would be read as the truth).
+        let _ = ghost_runtime::clock::Clock::process();
         std::fs::create_dir_all(&config.data_dir)?;
         anyhow::ensure!(config.max_attempts >= 1, "max_attempts must be at least 1");
         anyhow::ensure!(
@@ -178,12 +181,14 @@ impl App {
         let sweep_token = token.clone();
         let sweep_every = self.config.sweep_interval;
         tasks.spawn(async move {
+            let mut outbox_ages = crate::queue_ages::QueueAges::default();
             loop {
                 tokio::select! {
                     () = sweep_token.cancelled() => return,
                     () = tokio::time::sleep(sweep_every) => {
                         routing.expire_leases().await;
                         routing.check_stale().await;
+                        outbox::publish_backlog(routing.store().as_ref(), &mut outbox_ages).await;
                     }
                 }
             }

@@ -23,6 +23,7 @@ mod error;
 mod gateway_state;
 mod grpc;
 mod outbox;
+mod queue_ages;
 mod revert;
 mod routing;
 mod stats;

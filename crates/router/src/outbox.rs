@@ -16,7 +16,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::store::{AlertRow, Delivery, Outbox, OutboxRow, RouterStore, StoreError};
+use crate::queue_ages::{Oldest, QueueAges};
+use crate::store::{
+    AlertRow, Delivery, Outbox, OutboxRow, RouterStore, StoreError, now_ms, rule_ms,
+};
 
 /// Polls the outbox at least this often even without a wake-up.
 const POLL: Duration = Duration::from_secs(1);
@@ -224,6 +227,40 @@ async fn settle(store: &dyn RouterStore, outbox: Outbox, settled: Vec<(i64, Deli
     let rows = settled.len();
     if let Err(err) = store.settle(outbox, settled).await {
         tracing::error!(?outbox, rows, error = %err, "cannot record delivery state; the rows will be sent again");
+    }
+}
+
+/// Sets `ghost_outbox_depth{outbox}` and `ghost_outbox_oldest_age_seconds{outbox}` (the
+/// oldest undelivered row's wait, in rule time: see [`crate::queue_ages`]) for both outboxes.
+/// Called by the sweep; a storage error leaves the gauges as they were, and says so.
+pub async fn publish_backlog(store: &dyn RouterStore, ages: &mut QueueAges) {
+    let backlog = match store.outbox_backlog().await {
+        Ok(backlog) => backlog,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot read the outbox backlog for its gauges");
+            return;
+        }
+    };
+    let queues: Vec<(String, Option<Oldest>)> = backlog
+        .iter()
+        .map(|outbox| {
+            let oldest = outbox.oldest.map(|(order, created_wall_ms)| Oldest {
+                order,
+                created_wall_ms,
+            });
+            (outbox.outbox.label().to_owned(), oldest)
+        })
+        .collect();
+    let aged = ages.sweep(&queues, rule_ms(), now_ms());
+    for outbox in backlog {
+        let label = outbox.outbox.label();
+        let age_ms = aged.get(label).copied().unwrap_or(0);
+        #[allow(clippy::cast_precision_loss)]
+        {
+            metrics::gauge!("ghost_outbox_depth", "outbox" => label).set(outbox.depth as f64);
+            metrics::gauge!("ghost_outbox_oldest_age_seconds", "outbox" => label)
+                .set(age_ms as f64 / 1000.0);
+        }
     }
 }
 

@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dry_runs::{DRY_RUN_DEADLINE, DryRuns};
 use crate::error::RouterError;
+use crate::queue_ages::{Oldest, QueueAges};
 use crate::revert::Reverts;
 use crate::store::{
     Completed, Inserted, LeaseEnded, NewAlert, PatchRecord, RouterStore, StoreError, TargetRow,
@@ -188,6 +189,19 @@ pub struct Routing {
     retries: DispatchRetries,
     /// The store's disk, when known: no lease expires while it is degraded.
     storage: Option<StorageHealth>,
+    /// How long each queue's oldest patch has waited, in rule time (for `queue_stale`,
+    /// `revert_waiting` and `ghost_queue_oldest_age_seconds`).
+    queue_ages: std::sync::Mutex<QueueAges>,
+}
+
+/// The key of a target's queue in [`Routing::queue_ages`].
+fn queue_key(target: &str) -> String {
+    format!("queue/{target}")
+}
+
+/// The key of a target's revert patches in [`Routing::queue_ages`].
+fn revert_key(target: &str) -> String {
+    format!("revert/{target}")
 }
 
 fn millis(duration: Duration) -> i64 {
@@ -211,6 +225,7 @@ impl Routing {
             reverts: Reverts::default(),
             retries: DispatchRetries::default(),
             storage: None,
+            queue_ages: std::sync::Mutex::default(),
         }
     }
 
@@ -1094,16 +1109,12 @@ impl Routing {
             }
         };
         let firing = self.store.firing_alerts().await.unwrap_or_default();
-        let now = now_ms();
+        let ages = self.queue_ages(&views);
         // (queued, oldest age in ms) per label: the targets under OTHER_TARGET add up.
         let mut queues: BTreeMap<String, (u64, i64)> = BTreeMap::new();
         for view in views {
             let target = &view.row.target;
-            let age_ms = if view.row.queued > 0 {
-                (now - view.row.oldest_queued_ms).max(0)
-            } else {
-                0
-            };
+            let age_ms = ages.get(&queue_key(target)).copied().unwrap_or(0);
             let queue = queues.entry(self.target_label(target)).or_default();
             queue.0 += u64::from(view.row.queued);
             queue.1 = queue.1.max(age_ms);
@@ -1134,7 +1145,9 @@ impl Routing {
                 };
                 self.resolve(key, why).await;
             }
-            self.check_revert_waiting(&view, now, &firing).await;
+            let revert_age_ms = ages.get(&revert_key(target)).copied().unwrap_or(0);
+            self.check_revert_waiting(&view, revert_age_ms, &firing)
+                .await;
         }
         for (label, (queued, age_ms)) in queues {
             metrics::gauge!("ghost_queue_depth", "target" => label.clone()).set(queued as f64);
@@ -1143,14 +1156,41 @@ impl Routing {
         }
     }
 
+    /// The wait of each target's oldest queued patch and oldest queued revert patch (keys
+    /// [`queue_key`], [`revert_key`]), in rule time: a wall-clock jump neither raises nor
+    /// silences `queue_stale` (see [`crate::queue_ages`]). People still see wall times.
+    fn queue_ages(&self, views: &[TargetView]) -> HashMap<String, i64> {
+        let mut queues = Vec::with_capacity(views.len() * 2);
+        for view in views {
+            let row = &view.row;
+            queues.push((
+                queue_key(&row.target),
+                (row.queued > 0).then_some(Oldest {
+                    order: row.oldest_queued_seq,
+                    created_wall_ms: row.oldest_queued_ms,
+                }),
+            ));
+            queues.push((
+                revert_key(&row.target),
+                (row.queued_reverts > 0).then_some(Oldest {
+                    order: row.oldest_queued_revert_seq,
+                    created_wall_ms: row.oldest_queued_revert_ms,
+                }),
+            ));
+        }
+        self.queue_ages
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .sweep(&queues, rule_ms(), now_ms())
+    }
+
     /// Raises `revert_waiting/<target>` when a revert patch waited `stale_after` in the queue
     /// of `view`'s target with no connected session advertising `revert` (an older executor
     /// is never leased one, so `queue_stale` alone would not say it); resolves it when such a
     /// session serves the target or no revert patch is queued there.
-    async fn check_revert_waiting(&self, view: &TargetView, now: i64, firing: &[String]) {
+    async fn check_revert_waiting(&self, view: &TargetView, age_ms: i64, firing: &[String]) {
         let target = &view.row.target;
         let key = format!("revert_waiting/{target}");
-        let age_ms = (now - view.row.oldest_queued_revert_ms).max(0);
         let waiting = view.row.queued_reverts > 0
             && !view.row.paused
             && !view.revert_online

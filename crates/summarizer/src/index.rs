@@ -571,6 +571,18 @@ impl Index {
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
+    /// The creation time of the oldest notification still owed (rows are forgotten once
+    /// delivered, so the table holds only those), if any.
+    pub fn outbox_oldest_ms(&self) -> Result<Option<i64>, SummarizerError> {
+        Ok(lock(&self.conn)
+            .query_row(
+                "SELECT created_ms FROM outbox ORDER BY id LIMIT 1",
+                [],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
     /// Records a round of notification tries in one transaction: `delivered` rows are
     /// forgotten (the alerter has them), each of `failed` counts a try and waits until its
     /// `next_at_ms`.

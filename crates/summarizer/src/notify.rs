@@ -100,6 +100,31 @@ impl Outbox for NotifyOutbox {
         index.outbox_settle(&delivered, &failed)
     }
 
+    /// Publishes `ghost_outbox_depth{outbox="notifications"}` and the age of its oldest row.
+    async fn after_pass(&self, summaries: &Summaries) {
+        let index = summaries.index().clone();
+        let read = tokio::task::spawn_blocking(move || {
+            Ok::<_, SummarizerError>((index.outbox_len()?, index.outbox_oldest_ms()?))
+        })
+        .await;
+        match read {
+            Ok(Ok((depth, oldest))) => {
+                let age_ms = oldest.map_or(0, |created| (summaries.now_ms() - created).max(0));
+                #[allow(clippy::cast_precision_loss)]
+                {
+                    metrics::gauge!("ghost_outbox_depth", "outbox" => "notifications")
+                        .set(depth as f64);
+                    metrics::gauge!("ghost_outbox_oldest_age_seconds", "outbox" => "notifications")
+                        .set(age_ms as f64 / 1000.0);
+                }
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "cannot read the notification outbox for its gauges");
+            }
+            Err(err) => tracing::warn!(error = %err, "notification outbox gauge task failed"),
+        }
+    }
+
     /// Sends a round of due notifications at once, at most one per patch (a later attempt of
     /// a patch waits for the round after its earlier one, so the alerter sees them in order).
     /// One at a time, each waiting for its own commit, they capped the whole system at about

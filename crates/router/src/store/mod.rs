@@ -72,6 +72,27 @@ pub enum Outbox {
     Alerts,
 }
 
+impl Outbox {
+    /// Its name in metrics (`ghost_outbox_*{outbox}`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Outcomes => "outcomes",
+            Self::Alerts => "alerts",
+        }
+    }
+}
+
+/// The undelivered rows of one outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxBacklog {
+    /// Which outbox.
+    pub outbox: Outbox,
+    /// Rows not yet delivered.
+    pub depth: u64,
+    /// The first undelivered row (by id) and its creation time (wall ms; 0: not recorded).
+    pub oldest: Option<(i64, i64)>,
+}
+
 /// What became of one delivery try.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
@@ -199,12 +220,16 @@ pub struct TargetRow {
     pub target: String,
     /// Patches waiting for a lease.
     pub queued: u32,
-    /// Creation time of the oldest queued patch (0: none).
+    /// Creation time (wall) of the oldest queued patch (0: none).
     pub oldest_queued_ms: i64,
+    /// Queue position (`seq`) of the oldest queued patch: what no clock jump moves.
+    pub oldest_queued_seq: i64,
     /// Queued revert patches (only a session advertising `revert` is leased them).
     pub queued_reverts: u32,
-    /// Creation time of the oldest queued revert patch (0: none).
+    /// Creation time (wall) of the oldest queued revert patch (0: none).
     pub oldest_queued_revert_ms: i64,
+    /// Queue position (`seq`) of the oldest queued revert patch.
+    pub oldest_queued_revert_seq: i64,
     /// Hand-out paused.
     pub paused: bool,
     /// The patch holding the lease (empty: none).
@@ -446,6 +471,9 @@ pub trait RouterStore: Send + Sync + 'static {
     /// Finished patches per hour and stage timings of patches updated since `since_ms`
     /// (read-only, bounded; see `store::stats`).
     async fn stats(&self, since_ms: i64, target: Option<String>) -> Result<StatsRows, StoreError>;
+
+    /// Each outbox's undelivered rows: how many, and the oldest (indexed, cheap).
+    async fn outbox_backlog(&self) -> Result<Vec<OutboxBacklog>, StoreError>;
 
     /// Outcomes due for delivery to the summarizer.
     async fn outbox_due(&self, limit: u32) -> Result<Vec<OutboxRow>, StoreError>;

@@ -190,6 +190,12 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX gateway_deliveries_until ON gateway_deliveries (until_ms);
     CREATE INDEX gateway_deliveries_age ON gateway_deliveries (committed, at_ms);
     ",
+    // The undelivered rows of each outbox, for its depth and oldest-row gauges (delivered rows
+    // are kept, so without these the oldest undelivered row is found by a scan).
+    "
+    CREATE INDEX outbox_undelivered ON outbox (id) WHERE delivered_ms IS NULL;
+    CREATE INDEX alert_outbox_undelivered ON alert_outbox (id) WHERE delivered_ms IS NULL;
+    ",
 ];
 
 /// Applies the migrations not yet recorded in `PRAGMA user_version`.

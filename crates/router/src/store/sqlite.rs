@@ -40,8 +40,8 @@ use super::api_keys::{
 use super::schema::migrate;
 use super::{
     AlertRow, Completed, Delivery, EventRow, Inserted, LeaseEnded, NewAlert, NewToken, Outbox,
-    OutboxRow, PatchRecord, Revoked, RouterStore, StatsRows, StoreError, TargetRow, TokenRow,
-    now_ms, now_us, rule_ms,
+    OutboxBacklog, OutboxRow, PatchRecord, Revoked, RouterStore, StatsRows, StoreError, TargetRow,
+    TokenRow, now_ms, now_us, rule_ms,
 };
 
 /// At most this many requests share one commit.
@@ -1356,7 +1356,9 @@ impl RouterStore for SqliteStore {
         self.read(|conn| {
             let mut rows: std::collections::BTreeMap<String, TargetRow> = Default::default();
             let mut counts = conn.prepare_cached(
-                "SELECT target, status, COUNT(*), MIN(created_ms) FROM patches GROUP BY target, status",
+                // The first queued by `seq` (no clock moves it) and, from that same row (SQLite
+                // takes bare columns from the MIN row), its creation time.
+                "SELECT target, status, COUNT(*), MIN(seq), created_ms FROM patches GROUP BY target, status",
             )?;
             let counted = counts.query_map([], |row| {
                 Ok((
@@ -1364,10 +1366,11 @@ impl RouterStore for SqliteStore {
                     row.get::<_, String>(1)?,
                     row.get::<_, u32>(2)?,
                     row.get::<_, i64>(3)?,
+                    row.get::<_, i64>(4)?,
                 ))
             })?;
             for item in counted {
-                let (target, status, count, oldest) = item?;
+                let (target, status, count, seq, oldest) = item?;
                 let row = rows.entry(target.clone()).or_insert_with(|| TargetRow {
                     target,
                     ..TargetRow::default()
@@ -1376,12 +1379,13 @@ impl RouterStore for SqliteStore {
                 if parsed == Status::Queued {
                     row.queued = count;
                     row.oldest_queued_ms = oldest;
+                    row.oldest_queued_seq = seq;
                 } else if parsed.is_terminal() {
                     row.finished.push((status, count));
                 }
             }
             let mut reverts = conn.prepare_cached(
-                "SELECT target, COUNT(*), MIN(created_ms) FROM patches
+                "SELECT target, COUNT(*), MIN(seq), created_ms FROM patches
                  WHERE status = 'queued' AND json_extract(patch_json, '$.revert') IS NOT NULL
                  GROUP BY target",
             )?;
@@ -1390,12 +1394,14 @@ impl RouterStore for SqliteStore {
                     row.get::<_, String>(0)?,
                     row.get::<_, u32>(1)?,
                     row.get::<_, i64>(2)?,
+                    row.get::<_, i64>(3)?,
                 ))
             })? {
-                let (target, count, oldest) = item?;
+                let (target, count, seq, oldest) = item?;
                 if let Some(row) = rows.get_mut(&target) {
                     row.queued_reverts = count;
                     row.oldest_queued_revert_ms = oldest;
+                    row.oldest_queued_revert_seq = seq;
                 }
             }
             let mut running = conn.prepare_cached(&format!(
@@ -1429,6 +1435,37 @@ impl RouterStore for SqliteStore {
     async fn stats(&self, since_ms: i64, target: Option<String>) -> Result<StatsRows, StoreError> {
         self.read(move |conn| super::stats::read(conn, since_ms, target.as_deref()))
             .await
+    }
+
+    async fn outbox_backlog(&self) -> Result<Vec<OutboxBacklog>, StoreError> {
+        self.read(|conn| {
+            let mut backlog = Vec::with_capacity(2);
+            for (outbox, count, oldest) in [
+                (
+                    Outbox::Outcomes,
+                    "SELECT COUNT(*) FROM outbox WHERE delivered_ms IS NULL",
+                    "SELECT id, created_ms FROM outbox WHERE delivered_ms IS NULL ORDER BY id LIMIT 1",
+                ),
+                (
+                    Outbox::Alerts,
+                    "SELECT COUNT(*) FROM alert_outbox WHERE delivered_ms IS NULL",
+                    "SELECT id, at_ms FROM alert_outbox WHERE delivered_ms IS NULL ORDER BY id LIMIT 1",
+                ),
+            ] {
+                let depth: i64 = conn.prepare_cached(count)?.query_row([], |row| row.get(0))?;
+                let oldest = conn
+                    .prepare_cached(oldest)?
+                    .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .optional()?;
+                backlog.push(OutboxBacklog {
+                    outbox,
+                    depth: u64::try_from(depth).unwrap_or(0),
+                    oldest,
+                });
+            }
+            Ok(backlog)
+        })
+        .await
     }
 
     async fn outbox_due(&self, limit: u32) -> Result<Vec<OutboxRow>, StoreError> {

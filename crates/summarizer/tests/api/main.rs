@@ -10,6 +10,7 @@ mod diagnostics;
 mod golden;
 mod helpers;
 mod manifest;
+mod outbox_age;
 mod storage;
 mod truncation;
 mod webhooks;
