@@ -125,7 +125,7 @@ impl Row {
             || "none".to_owned(),
             |d| format!("{:.1} s", d.as_secs_f64()),
         );
-        println!(
+        eprintln!(
             "| {} | {} | {} | {} | {} | {:.1} s |",
             self.fault,
             self.accepted,
@@ -307,7 +307,7 @@ async fn partition(
 /// A short then a long partition between `pair`'s services.
 async fn short_and_long(pair: Pair) {
     if let Some(why) = netns::unsupported() {
-        println!("skipped: {} needs network namespaces: {why}", pair.name());
+        eprintln!("skipped: {} needs network namespaces: {why}", pair.name());
         return;
     }
     let cluster = Cluster::start(LEASE).await;
@@ -316,7 +316,8 @@ async fn short_and_long(pair: Pair) {
     for (hold, label) in [(SHORT, "short"), (LONG, "long")] {
         rows.push(partition(&cluster, &mut accepted, pair, hold, label).await);
     }
-    println!("| fault | accepted | lost | doubled | detection | recovery |");
+    eprintln!("| fault | accepted | lost | doubled | detection | recovery |");
+    eprintln!("|---|---|---|---|---|---|");
     for row in &rows {
         row.print();
         assert_eq!((row.lost, row.doubled), (0, 0), "{}", row.fault);
@@ -346,12 +347,12 @@ async fn a_partition_between_summarizer_and_alerter_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delay_and_loss_between_router_and_executor_lose_nothing() {
     if let Some(why) = netns::unsupported() {
-        println!("skipped: delay and loss need network namespaces: {why}");
+        eprintln!("skipped: delay and loss need network namespaces: {why}");
         return;
     }
     let cluster = Cluster::start(LEASE).await;
     let how = cluster.net.degrade("router", "executor", 200, 10);
-    println!("router↔executor: {how}");
+    eprintln!("router↔executor: {how}");
     let mut accepted = Accepted::default();
     let start = Instant::now();
     for n in 0..8 {
@@ -362,7 +363,8 @@ async fn delay_and_loss_between_router_and_executor_lose_nothing() {
     let took = start.elapsed();
     cluster.net.heal("router", "executor");
     let (lost, doubled) = check(&cluster, &ids).await;
-    println!("| fault | accepted | lost | doubled | detection | recovery |");
+    eprintln!("| fault | accepted | lost | doubled | detection | recovery |");
+    eprintln!("|---|---|---|---|---|---|");
     Row {
         fault: format!("router↔executor {how}"),
         accepted: ids.len(),
@@ -378,7 +380,7 @@ async fn delay_and_loss_between_router_and_executor_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_executor_stops_applying_and_the_patch_still_ends_once() {
     if let Some(why) = netns::unsupported() {
-        println!("skipped: fencing needs network namespaces: {why}");
+        eprintln!("skipped: fencing needs network namespaces: {why}");
         return;
     }
     let cluster = Cluster::start(LEASE).await;
@@ -427,7 +429,8 @@ async fn a_partitioned_executor_stops_applying_and_the_patch_still_ends_once() {
     let ids = accepted.ids.clone();
     settle(&cluster, &ids, RECOVERY_BOUND, "after the partition").await;
     let (lost, doubled) = check(&cluster, &ids).await;
-    println!("| fault | accepted | lost | doubled | detection | recovery |");
+    eprintln!("| fault | accepted | lost | doubled | detection | recovery |");
+    eprintln!("|---|---|---|---|---|---|");
     Row {
         fault: "partition router↔executor mid-apply (fencing: rolled back)".to_owned(),
         accepted: ids.len(),

@@ -501,10 +501,10 @@ impl Drop for Cluster {
             let _ = child.try_wait();
         }
         self.stop.cancel();
-        if std::thread::panicking() {
-            if let Some(scratch) = self.scratch.take() {
-                eprintln!("logs kept in {}", scratch.keep().display());
-            }
+        if std::thread::panicking()
+            && let Some(scratch) = self.scratch.take()
+        {
+            eprintln!("logs kept in {}", scratch.keep().display());
         }
     }
 }
