@@ -189,13 +189,11 @@ async fn check(cluster: &Cluster, ids: &[String]) -> (usize, usize) {
         let times = applied.iter().filter(|line| *line == id).count();
         let messages = cluster.slack_messages_of(id);
         match outcome.as_ref() {
-            Some((status, 1)) if status == "succeeded" && times == 1 && messages == 1 => {}
+            Some((status, 1)) if status == "succeeded" && times == 1 && messages == 1 => continue,
             Some((_, terminal)) if *terminal > 1 || times > 1 || messages > 1 => doubled += 1,
             _ => lost += 1,
         }
-        if lost + doubled > 0 && times != 1 {
-            eprintln!("{id}: {outcome:?}, {times} times in the log, {messages} Slack messages");
-        }
+        eprintln!("{id}: {outcome:?}, {times} times in the log, {messages} Slack messages");
     }
     assert_eq!(
         applied, ids,

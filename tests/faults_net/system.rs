@@ -352,32 +352,17 @@ burst = 10000
         }
     }
 
-    /// Submits `id` until it is accepted (same id each time), at most `bound`; answers how
-    /// many loud refusals (503 with `Retry-After`) came first, and when the first came.
-    pub async fn submit_until_accepted(
-        &self,
-        id: &str,
-        commands: &[&str],
-        bound: Duration,
-    ) -> (usize, Option<Instant>) {
+    /// Submits `id` until it is accepted (same id each time), at most `bound`.
+    pub async fn submit_until_accepted(&self, id: &str, commands: &[&str], bound: Duration) {
         let deadline = Instant::now() + bound;
-        let (mut refusals, mut first) = (0, None);
         loop {
-            match self.submit(id, commands).await {
-                Submitted::Accepted => return (refusals, first),
-                Submitted::Unavailable => {
-                    refusals += 1;
-                    first.get_or_insert_with(Instant::now);
-                }
-                Submitted::Other(what) => {
-                    first.get_or_insert_with(Instant::now);
-                    // A cut connection, a timeout: also a refusal, though not the loud one.
-                    let _ = what;
-                }
+            let answer = self.submit(id, commands).await;
+            if matches!(answer, Submitted::Accepted) {
+                return;
             }
             assert!(
                 Instant::now() < deadline,
-                "{id} not accepted within {bound:?}"
+                "{id} not accepted within {bound:?}: {answer:?}"
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
