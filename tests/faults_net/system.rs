@@ -356,13 +356,14 @@ burst = 10000
     pub async fn submit_until_accepted(&self, id: &str, commands: &[&str], bound: Duration) {
         let deadline = Instant::now() + bound;
         loop {
-            let answer = self.submit(id, commands).await;
-            if matches!(answer, Submitted::Accepted) {
-                return;
-            }
+            let why = match self.submit(id, commands).await {
+                Submitted::Accepted => return,
+                Submitted::Unavailable => "503 with Retry-After".to_owned(),
+                Submitted::Other(why) => why,
+            };
             assert!(
                 Instant::now() < deadline,
-                "{id} not accepted within {bound:?}: {answer:?}"
+                "{id} not accepted within {bound:?}: {why}"
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
