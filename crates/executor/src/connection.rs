@@ -1,5 +1,6 @@
 //! The executor's side of the Work stream: dial the router, say Hello, take assignments, send
-//! heartbeats and results; reconnect with backoff when the stream breaks (see [`backoff`]),
+//! heartbeats and results; when the stream breaks, cancel the attempts still running (their
+//! leases are lost: fencing, see [`fence`]) and reconnect with backoff (see [`backoff`]),
 //! telling why once (see [`failure`]).
 
 mod backoff;
