@@ -1,5 +1,6 @@
 //! The executor's side of the Work stream: dial the router, say Hello, take assignments, send
-//! heartbeats and results; reconnect with backoff when the stream breaks (see [`backoff`]),
+//! heartbeats and results; when the stream breaks, cancel the attempts still running (their
+//! leases are lost: fencing, see [`fence`]) and reconnect with backoff (see [`backoff`]),
 //! telling why once (see [`failure`]).
 
 mod backoff;
@@ -239,8 +240,11 @@ async fn session(
                 }
             }
             incoming = inbound.message() => {
-                let Some(incoming) = incoming? else {
-                    break Err(ExecutorError::Closed);
+                // A broken stream ends the loop (not the function): its attempts are fenced below.
+                let incoming = match incoming {
+                    Ok(Some(incoming)) => incoming,
+                    Ok(None) => break Err(ExecutorError::Closed),
+                    Err(status) => break Err(ExecutorError::from(status)),
                 };
                 match incoming.kind {
                     Some(router_message::Kind::Welcome(welcome)) => {
@@ -289,11 +293,30 @@ async fn session(
             }
         }
     };
-    // Attempts still running finish; if the stream is gone the router requeues them and the
-    // ledger answers the re-delivery of any that took effect.
+    // On a stop, attempts still running finish (the drain). If the stream broke instead, this
+    // session's leases are lost: the router re-leases them once they expire, so an attempt
+    // still running here must stop applying (fencing). Cancelled, it rolls back and is not
+    // recorded in the ledger, so the re-delivery runs it again; one that already took effect
+    // is answered from the ledger.
+    if result.is_err() {
+        fence(&running).await;
+    }
     tasks.close();
     tasks.wait().await;
     result
+}
+
+/// Cancels every attempt of a session whose Work stream broke: its leases are lost.
+async fn fence(running: &Running) {
+    for (token, (patch_id, cancel)) in running.lock().await.iter() {
+        tracing::warn!(
+            patch_id = %patch_id,
+            fencing_token = *token,
+            "work stream lost: the lease is lost, cancelling the attempt (it rolls back; the \
+             router re-leases the patch)"
+        );
+        cancel.cancel();
+    }
 }
 
 /// Sends the results found at start (interrupted applies); each is forgotten once queued.

@@ -278,10 +278,21 @@ impl RouterService for RouterGrpc {
         tracing::Span::current().record("patch_id", patch.id.as_str());
         tracing::Span::current().record("target", patch.target.as_str());
         let traceparent = current_traceparent().unwrap_or_default();
-        let (record, created) = self
-            .routing
-            .submit(patch, "gateway", traceparent, intake_warnings, key_name)
-            .await?;
+        // Run to the end even if the caller gives up (a gateway timing out behind a partition
+        // resets the stream): dropped between storing the patch and dispatching it, the patch
+        // would stay queued with nothing to assign it, and the caller's retry finds it stored.
+        let routing = Arc::clone(&self.routing);
+        let stored = tokio::spawn(
+            async move {
+                routing
+                    .submit(patch, "gateway", traceparent, intake_warnings, key_name)
+                    .await
+            }
+            .instrument(tracing::Span::current()),
+        )
+        .await
+        .map_err(|err| tonic::Status::internal(format!("submit task failed: {err}")))?;
+        let (record, created) = stored?;
         Ok(Response::new(wire::SubmitResponse {
             state: Some(state_of(&record)),
             created,
