@@ -2,6 +2,8 @@
 //! operator allowlist for mutating verbs, call the router / summarizer / alert lifecycle,
 //! answer in one Slack message, and write every invocation to the audit log.
 
+mod verb;
+
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -23,17 +25,7 @@ use crate::mrkdwn::{escape, text as mrkdwn_text};
 use crate::patches::Patches;
 use crate::store::{AuditEntry, Store};
 
-/// Verbs that change something: only operators may run them.
-pub const MUTATING: &[&str] = &[
-    "retry",
-    "cancel",
-    "revert",
-    "pause",
-    "resume",
-    "ack",
-    "silence",
-    "unsilence",
-];
+pub use verb::{HELP, UnknownVerb, Verb, resolve};
 
 /// Longest silence accepted.
 const MAX_SILENCE: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -57,24 +49,6 @@ const MAX_CHANNEL_TARGETS: usize = 10;
 const QUEUE_SCAN_PAGE: u32 = 100;
 /// Most pages one such look reads (so at most 1,000 queued patches are looked through).
 const QUEUE_SCAN_PAGES: usize = 10;
-
-/// The help text.
-pub const HELP: &str = "*/ghost* verbs:
-• `status` — targets, queues, alerts and health at a glance
-• `queue [target]` — queued patches (no target: the targets routed to this channel, or all)
-• `routes` — where patch outcomes and alerts go
-• `patch <id>` — one patch's state
-• `summary <id>` — a patch's summary
-• `retry <id>` · `cancel <id>` — operators only
-• `revert <id>` — undo a succeeded patch (queues `revert-<id>`) — operators only
-• `pause <target>` · `resume <target>` — operators only
-• `targets` · `executors` — what the router knows
-• `alerts` — firing alerts and silences
-• `ack <alert key>` — operators only
-• `silence <key|target> <duration>` · `unsilence <id>` — operators only
-• `health` — what the health monitor sees
-• `help`
-Old commands still work: /status-runner, /patch-status, /status-queue, /daemon-status, and /patch-revert (now `revert`, no longer `cancel`).";
 
 /// Where an invocation came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,28 +85,6 @@ pub struct Invocation {
     pub command: String,
     /// The text after it, e.g. `cancel fix-login`.
     pub text: String,
-}
-
-/// Maps a slash command and its text to a verb and its arguments; aliases of the old system
-/// map onto the verbs, an empty `/ghost` is `help`.
-pub fn resolve(command: &str, text: &str) -> (String, Vec<String>) {
-    let words: Vec<String> = text.split_whitespace().map(str::to_owned).collect();
-    let alias = match command.trim_start_matches('/') {
-        "status-runner" => Some("status"),
-        "patch-status" => Some("patch"),
-        "status-queue" => Some("queue"),
-        "daemon-status" => Some("health"),
-        "patch-revert" => Some("revert"),
-        _ => None,
-    };
-    if let Some(verb) = alias {
-        return (verb.to_owned(), words);
-    }
-    let mut words = words.into_iter();
-    let verb = words
-        .next()
-        .map_or_else(|| "help".to_owned(), |verb| verb.to_lowercase());
-    (verb, words.collect())
 }
 
 /// Why a verb failed, said to the person who ran it.
@@ -239,11 +191,19 @@ impl Commands {
     /// Runs one invocation and returns the answer text; every invocation is audited.
     #[tracing::instrument(skip_all, fields(user_id = %invocation.user_id, command = %invocation.command))]
     pub async fn run(&self, invocation: &Invocation) -> String {
-        let (verb, args) = resolve(&invocation.command, &invocation.text);
-        let allowed =
-            !MUTATING.contains(&verb.as_str()) || self.operators.contains(&invocation.user_id);
+        let (parsed, args) = resolve(&invocation.command, &invocation.text);
+        let verb = match &parsed {
+            Ok(verb) => verb.as_str().to_owned(),
+            Err(UnknownVerb(word)) => word.clone(),
+        };
+        let allowed = !parsed.as_ref().is_ok_and(|verb| verb.is_mutating())
+            || self.operators.contains(&invocation.user_id);
         let (answer, outcome) = if allowed {
-            match self.execute(&verb, &args, invocation).await {
+            let answer = match parsed {
+                Ok(verb) => self.execute(verb, &args, invocation).await,
+                Err(UnknownVerb(word)) => Ok(format!("Unknown verb `{}`.\n{HELP}", escape(&word))),
+            };
+            match answer {
                 Ok(answer) => (answer, "ok".to_owned()),
                 Err(err) => (format!("⚠️ {}", err.to_mrkdwn()), format!("error: {err}")),
             }
@@ -281,162 +241,187 @@ impl Commands {
             .ok_or(VerbError::NotConfigured("router"))
     }
 
+    /// Runs an allowed verb; a verb missing its argument answers with its usage line.
     async fn execute(
         &self,
-        verb: &str,
+        verb: Verb,
         args: &[String],
         invocation: &Invocation,
     ) -> Result<String, VerbError> {
         let first = args.first().map(String::as_str);
         let actor = format!("slack:{}", invocation.user_id);
+        let user_id = invocation.user_id.as_str();
         match (verb, first) {
-            ("help", _) => Ok(HELP.to_owned()),
-            ("status", _) => self.status().await,
-            ("queue", Some(target)) => self.queue(target).await,
-            ("queue", None) => self.channel_queue(invocation).await,
-            ("routes", _) => Ok(format!(
+            (Verb::Help, _) => Ok(HELP.to_owned()),
+            (Verb::Status, _) => self.status().await,
+            (Verb::Queue, Some(target)) => self.queue(target).await,
+            (Verb::Queue, None) => self.channel_queue(invocation).await,
+            (Verb::Routes, _) => Ok(format!(
                 "*Routes* (first match wins)\n```{}```",
                 escape(&self.patches.router().describe())
             )),
-            ("patch", Some(id)) => self.patch(id).await,
-            ("patch", None) => Err(VerbError::Usage("patch <id>")),
-            ("summary", Some(id)) => self.summary(id).await,
-            ("summary", None) => Err(VerbError::Usage("summary <id>")),
-            ("retry", Some(id)) => {
-                let request = router_wire::RetryRequest {
-                    id: id.to_owned(),
-                    actor,
-                };
-                let state = self
-                    .router()?
-                    .retry(request)
-                    .await
-                    .map_err(downstream("router"))?
-                    .into_inner()
-                    .state
-                    .unwrap_or_default();
-                let text = format!(
-                    "🔁 retry of `{}` requested by <@{}>",
-                    escape(id),
-                    escape(&invocation.user_id)
-                );
-                self.patches.note(id, &text).await?;
-                Ok(format!(
-                    "🔁 `{}` is {} again (attempt {} next)",
-                    escape(id),
-                    status_name(state.status),
-                    state.attempt + 1
-                ))
-            }
-            ("retry", None) => Err(VerbError::Usage("retry <id>")),
-            ("cancel", Some(id)) => {
-                let request = router_wire::CancelRequest {
-                    id: id.to_owned(),
-                    actor,
-                };
-                let state = self
-                    .router()?
-                    .cancel(request)
-                    .await
-                    .map_err(downstream("router"))?
-                    .into_inner()
-                    .state
-                    .unwrap_or_default();
-                let text = format!(
-                    "🛑 cancel of `{}` requested by <@{}>",
-                    escape(id),
-                    escape(&invocation.user_id)
-                );
-                self.patches.note(id, &text).await?;
-                Ok(format!(
-                    "🛑 `{}` is {}",
-                    escape(id),
-                    status_name(state.status)
-                ))
-            }
-            ("cancel", None) => Err(VerbError::Usage("cancel <id>")),
-            ("revert", Some(id)) => self.revert(id, actor, &invocation.user_id).await,
-            ("revert", None) => Err(VerbError::Usage("revert <id>")),
-            ("pause", Some(target)) => {
-                let request = router_wire::PauseRequest {
-                    target: target.to_owned(),
-                    actor,
-                };
-                self.router()?
-                    .pause(request)
-                    .await
-                    .map_err(downstream("router"))?;
-                Ok(format!(
-                    "⏸️ `{}` paused: no new work is handed out",
-                    escape(target)
-                ))
-            }
-            ("pause", None) => Err(VerbError::Usage("pause <target>")),
-            ("resume", Some(target)) => {
-                let request = router_wire::ResumeRequest {
-                    target: target.to_owned(),
-                    actor,
-                };
-                self.router()?
-                    .resume(request)
-                    .await
-                    .map_err(downstream("router"))?;
-                Ok(format!("▶️ `{}` resumed", escape(target)))
-            }
-            ("resume", None) => Err(VerbError::Usage("resume <target>")),
-            ("targets", _) => self.targets().await,
-            ("executors", _) => self.executors().await,
-            ("alerts", _) => Ok(self.alerts().await),
-            ("ack", Some(key)) => {
-                let alert = self.lifecycle.ack(key, &invocation.user_id).await?;
+            (Verb::Patch, Some(id)) => self.patch(id).await,
+            (Verb::Summary, Some(id)) => self.summary(id).await,
+            (Verb::Retry, Some(id)) => self.retry(id, actor, user_id).await,
+            (Verb::Cancel, Some(id)) => self.cancel(id, actor, user_id).await,
+            (Verb::Revert, Some(id)) => self.revert(id, actor, user_id).await,
+            (Verb::Pause, Some(target)) => self.pause(target, actor).await,
+            (Verb::Resume, Some(target)) => self.resume(target, actor).await,
+            (Verb::Targets, _) => self.targets().await,
+            (Verb::Executors, _) => self.executors().await,
+            (Verb::Alerts, _) => Ok(self.alerts().await),
+            (Verb::Ack, Some(key)) => {
+                let alert = self.lifecycle.ack(key, user_id).await?;
                 Ok(format!(
                     "👀 `{}` acknowledged by <@{}>",
                     escape(&alert.key),
-                    escape(&invocation.user_id)
+                    escape(user_id)
                 ))
             }
-            ("ack", None) => Err(VerbError::Usage("ack <alert key>")),
-            ("silence", Some(matcher)) => {
+            (Verb::Silence, Some(matcher)) => {
                 let Some(duration) = args.get(1) else {
-                    return Err(VerbError::Usage("silence <key|target> <duration>"));
+                    return Err(VerbError::Usage(verb.usage()));
                 };
-                let duration = humantime::parse_duration(duration).map_err(|err| {
-                    VerbError::Refused(format!(
-                        "`{duration}` is not a duration like 30m or 2h: {err}"
-                    ))
-                })?;
-                if duration.is_zero() || duration > MAX_SILENCE {
-                    return Err(VerbError::Refused(
-                        "a silence lasts between 1s and 30 days".to_owned(),
-                    ));
-                }
-                crate::grpc::validate_key(matcher.trim_end_matches('*'))?;
-                let silence = self
-                    .lifecycle
-                    .silence(matcher, duration, &invocation.user_id)
-                    .await?;
-                Ok(format!(
-                    "🔕 silence #{} on `{}` for {}",
-                    silence.id,
-                    escape(matcher),
-                    human(i64::try_from(duration.as_millis()).unwrap_or(i64::MAX))
-                ))
+                self.silence(matcher, duration, user_id).await
             }
-            ("silence", None) => Err(VerbError::Usage("silence <key|target> <duration>")),
-            ("unsilence", Some(id)) => {
-                let parsed: i64 = id
-                    .trim_start_matches('#')
-                    .parse()
-                    .map_err(|_| VerbError::Usage("unsilence <id>"))?;
-                if self.lifecycle.unsilence(parsed).await? {
-                    Ok(format!("🔔 silence #{parsed} ended"))
-                } else {
-                    Err(VerbError::Refused(format!("no active silence #{parsed}")))
-                }
-            }
-            ("unsilence", None) => Err(VerbError::Usage("unsilence <id>")),
-            ("health", _) => Ok(self.health()),
-            (unknown, _) => Ok(format!("Unknown verb `{}`.\n{HELP}", escape(unknown))),
+            (Verb::Unsilence, Some(id)) => self.unsilence(id).await,
+            (Verb::Health, _) => Ok(self.health()),
+            (
+                Verb::Patch
+                | Verb::Summary
+                | Verb::Retry
+                | Verb::Cancel
+                | Verb::Revert
+                | Verb::Pause
+                | Verb::Resume
+                | Verb::Ack
+                | Verb::Silence
+                | Verb::Unsilence,
+                None,
+            ) => Err(VerbError::Usage(verb.usage())),
+        }
+    }
+
+    /// Asks the router to queue the patch `id` again, with a note in its thread.
+    async fn retry(&self, id: &str, actor: String, user_id: &str) -> Result<String, VerbError> {
+        let request = router_wire::RetryRequest {
+            id: id.to_owned(),
+            actor,
+        };
+        let state = self
+            .router()?
+            .retry(request)
+            .await
+            .map_err(downstream("router"))?
+            .into_inner()
+            .state
+            .unwrap_or_default();
+        let text = format!(
+            "🔁 retry of `{}` requested by <@{}>",
+            escape(id),
+            escape(user_id)
+        );
+        self.patches.note(id, &text).await?;
+        Ok(format!(
+            "🔁 `{}` is {} again (attempt {} next)",
+            escape(id),
+            status_name(state.status),
+            state.attempt + 1
+        ))
+    }
+
+    /// Asks the router to cancel the patch `id`, with a note in its thread.
+    async fn cancel(&self, id: &str, actor: String, user_id: &str) -> Result<String, VerbError> {
+        let request = router_wire::CancelRequest {
+            id: id.to_owned(),
+            actor,
+        };
+        let state = self
+            .router()?
+            .cancel(request)
+            .await
+            .map_err(downstream("router"))?
+            .into_inner()
+            .state
+            .unwrap_or_default();
+        let text = format!(
+            "🛑 cancel of `{}` requested by <@{}>",
+            escape(id),
+            escape(user_id)
+        );
+        self.patches.note(id, &text).await?;
+        Ok(format!(
+            "🛑 `{}` is {}",
+            escape(id),
+            status_name(state.status)
+        ))
+    }
+
+    async fn pause(&self, target: &str, actor: String) -> Result<String, VerbError> {
+        let request = router_wire::PauseRequest {
+            target: target.to_owned(),
+            actor,
+        };
+        self.router()?
+            .pause(request)
+            .await
+            .map_err(downstream("router"))?;
+        Ok(format!(
+            "⏸️ `{}` paused: no new work is handed out",
+            escape(target)
+        ))
+    }
+
+    async fn resume(&self, target: &str, actor: String) -> Result<String, VerbError> {
+        let request = router_wire::ResumeRequest {
+            target: target.to_owned(),
+            actor,
+        };
+        self.router()?
+            .resume(request)
+            .await
+            .map_err(downstream("router"))?;
+        Ok(format!("▶️ `{}` resumed", escape(target)))
+    }
+
+    /// Silences the alerts matching `matcher` (a key, or a target ending in `*`) for
+    /// `duration` (1 s to 30 days).
+    async fn silence(
+        &self,
+        matcher: &str,
+        duration: &str,
+        user_id: &str,
+    ) -> Result<String, VerbError> {
+        let duration = humantime::parse_duration(duration).map_err(|err| {
+            VerbError::Refused(format!(
+                "`{duration}` is not a duration like 30m or 2h: {err}"
+            ))
+        })?;
+        if duration.is_zero() || duration > MAX_SILENCE {
+            return Err(VerbError::Refused(
+                "a silence lasts between 1s and 30 days".to_owned(),
+            ));
+        }
+        crate::grpc::validate_key(matcher.trim_end_matches('*'))?;
+        let silence = self.lifecycle.silence(matcher, duration, user_id).await?;
+        Ok(format!(
+            "🔕 silence #{} on `{}` for {}",
+            silence.id,
+            escape(matcher),
+            human(i64::try_from(duration.as_millis()).unwrap_or(i64::MAX))
+        ))
+    }
+
+    /// Ends the silence `id` (`#12` or `12`).
+    async fn unsilence(&self, id: &str) -> Result<String, VerbError> {
+        let parsed: i64 = id
+            .trim_start_matches('#')
+            .parse()
+            .map_err(|_| VerbError::Usage(Verb::Unsilence.usage()))?;
+        if self.lifecycle.unsilence(parsed).await? {
+            Ok(format!("🔔 silence #{parsed} ended"))
+        } else {
+            Err(VerbError::Refused(format!("no active silence #{parsed}")))
         }
     }
 
@@ -894,26 +879,6 @@ fn conflicts_answer(id: &str, conflicts: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn verbs_and_aliases_resolve() {
-        assert_eq!(resolve("/ghost", ""), ("help".to_owned(), vec![]));
-        assert_eq!(
-            resolve("/ghost", " Cancel  p-1 "),
-            ("cancel".to_owned(), vec!["p-1".to_owned()])
-        );
-        assert_eq!(resolve("/status-runner", "").0, "status");
-        assert_eq!(
-            resolve("/patch-status", "p-1"),
-            ("patch".to_owned(), vec!["p-1".to_owned()])
-        );
-        assert_eq!(resolve("/status-queue", "MAIN").0, "queue");
-        assert_eq!(resolve("/daemon-status", "").0, "health");
-        assert_eq!(
-            resolve("/patch-revert", "p-9"),
-            ("revert".to_owned(), vec!["p-9".to_owned()])
-        );
-    }
 
     #[test]
     fn a_conflict_answer_is_bounded_and_its_paths_cannot_become_markup() {
