@@ -553,13 +553,41 @@ impl Commands {
         if patterns.is_empty() {
             return self.queue("").await;
         }
-        let exact: Vec<&String> = patterns.iter().filter(|p| !p.ends_with('*')).collect();
+        let exact: Vec<&str> = patterns
+            .iter()
+            .filter(|p| !p.ends_with('*'))
+            .map(String::as_str)
+            .collect();
         let prefixes: Vec<&str> = patterns
             .iter()
             .filter_map(|p| p.strip_suffix('*'))
             .collect();
+        let (patches, more) = self.queued_on(&exact, &prefixes).await?;
+        let scope = patterns
+            .iter()
+            .map(|p| format!("`{}`", escape(p)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if patches.is_empty() {
+            return Ok(if more {
+                format!("📭 nothing queued on {scope} among the patches looked at … and more")
+            } else {
+                format!("📭 nothing queued on {scope}")
+            });
+        }
+        Ok(queue_answer(&scope, &patches, more))
+    }
+
+    /// The queued patches of the targets `exact` and of those starting with one of `prefixes`
+    /// (at most [`QUEUE_PAGE`] each, [`MAX_CHANNEL_TARGETS`] targets), and whether there are
+    /// more than shown.
+    async fn queued_on(
+        &self,
+        exact: &[&str],
+        prefixes: &[&str],
+    ) -> Result<(Vec<router_wire::PatchState>, bool), VerbError> {
         let mut patches = Vec::new();
-        let mut calls: Vec<&str> = exact.iter().map(|t| t.as_str()).collect();
+        let mut calls: Vec<&str> = exact.to_vec();
         if !prefixes.is_empty() {
             calls.push("");
         }
@@ -615,32 +643,7 @@ impl Commands {
                 page_token = answer.next_page_token;
             }
         }
-        let scope = patterns
-            .iter()
-            .map(|p| format!("`{}`", escape(p)))
-            .collect::<Vec<_>>()
-            .join(", ");
-        if patches.is_empty() {
-            return Ok(if more {
-                format!("📭 nothing queued on {scope} among the patches looked at … and more")
-            } else {
-                format!("📭 nothing queued on {scope}")
-            });
-        }
-        let mut text = format!("*Queue of {scope}*\n");
-        for patch in &patches {
-            let _ = writeln!(
-                text,
-                "• `{}` on {} — {}",
-                escape(&patch.id),
-                escape(&patch.target),
-                mrkdwn_text(&patch.description, 80)
-            );
-        }
-        if more {
-            let _ = writeln!(text, "… and more");
-        }
-        Ok(text)
+        Ok((patches, more))
     }
 
     async fn queue(&self, target: &str) -> Result<String, VerbError> {
@@ -664,20 +667,11 @@ impl Commands {
         if answer.patches.is_empty() {
             return Ok(format!("📭 nothing queued on {scope}"));
         }
-        let mut text = format!("*Queue of {scope}*\n");
-        for patch in &answer.patches {
-            let _ = writeln!(
-                text,
-                "• `{}` on {} — {}",
-                escape(&patch.id),
-                escape(&patch.target),
-                mrkdwn_text(&patch.description, 80)
-            );
-        }
-        if !answer.next_page_token.is_empty() {
-            let _ = writeln!(text, "… and more");
-        }
-        Ok(text)
+        Ok(queue_answer(
+            &scope,
+            &answer.patches,
+            !answer.next_page_token.is_empty(),
+        ))
     }
 
     async fn patch(&self, id: &str) -> Result<String, VerbError> {
@@ -855,6 +849,24 @@ impl Commands {
         }
         text
     }
+}
+
+/// "*Queue of {scope}*" and one line per patch, "… and more" when `more`.
+fn queue_answer(scope: &str, patches: &[router_wire::PatchState], more: bool) -> String {
+    let mut text = format!("*Queue of {scope}*\n");
+    for patch in patches {
+        let _ = writeln!(
+            text,
+            "• `{}` on {} — {}",
+            escape(&patch.id),
+            escape(&patch.target),
+            mrkdwn_text(&patch.description, 80)
+        );
+    }
+    if more {
+        let _ = writeln!(text, "… and more");
+    }
+    text
 }
 
 /// "cannot revert `X`: changed since it succeeded: `a.ts`, `b.ts`", at most
