@@ -9,7 +9,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json, Router, middleware};
-use ghost_core::{Format, Status};
+use ghost_core::Format;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -197,7 +197,7 @@ pub struct ListQuery {
     #[param(pattern = r"^[A-Za-z0-9_-]{1,64}$")]
     pub target: Option<String>,
     /// Only this status, e.g. `queued`, `failed`.
-    // Its pattern, every `Status` by name, is set from the enum by `document_status_filter`.
+    // Its pattern, every `Status` by name, is set from the enum by `openapi::document`.
     pub status: Option<String>,
     /// Page size, 1 to 500.
     #[param(minimum = 1, maximum = 500)]
@@ -299,39 +299,7 @@ pub fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
         .split_for_parts();
-    let mut openapi = openapi;
-    document_status_filter(&mut openapi);
     (router, openapi)
-}
-
-/// The pattern a status filter matches: every [`Status`] by name, from the enum itself, so a
-/// status added to ghost-core is one the API documents and accepts.
-fn status_pattern() -> String {
-    let names: Vec<&str> = Status::ALL.into_iter().map(Status::as_str).collect();
-    format!("^({})$", names.join("|"))
-}
-
-/// Sets [`status_pattern`] on the `status` query parameter of `GET /v1/patches` (utoipa's
-/// `pattern` attribute takes a literal only).
-fn document_status_filter(openapi: &mut utoipa::openapi::OpenApi) {
-    let parameters = openapi
-        .paths
-        .paths
-        .get_mut("/v1/patches")
-        .and_then(|item| item.get.as_mut())
-        .and_then(|list| list.parameters.as_mut());
-    for parameter in parameters.into_iter().flatten() {
-        let utoipa::openapi::RefOr::T(parameter) = parameter else {
-            continue;
-        };
-        if let (
-            "status",
-            Some(utoipa::openapi::RefOr::T(utoipa::openapi::Schema::Object(schema))),
-        ) = (parameter.name.as_str(), parameter.schema.as_mut())
-        {
-            schema.pattern = Some(status_pattern());
-        }
-    }
 }
 
 fn format_of(headers: &HeaderMap) -> Result<Format, GatewayError> {
