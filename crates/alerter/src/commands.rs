@@ -2,6 +2,9 @@
 //! operator allowlist for mutating verbs, call the router / summarizer / alert lifecycle,
 //! answer in one Slack message, and write every invocation to the audit log.
 
+mod verb;
+mod views;
+
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -10,7 +13,6 @@ use std::time::Duration;
 use ghost_proto::convert::status_from_wire;
 use ghost_proto::router::v1 as router_wire;
 use ghost_proto::router::v1::router_service_client::RouterServiceClient;
-use ghost_proto::summarizer::v1 as summarizer_wire;
 use ghost_proto::summarizer::v1::summarizer_service_client::SummarizerServiceClient;
 use ghost_runtime::propagation::TracedChannel;
 
@@ -19,21 +21,11 @@ use crate::error::AlerterError;
 use crate::health::HealthBoard;
 use crate::lifecycle::{Lifecycle, human};
 use crate::messages::truncate;
-use crate::mrkdwn::{escape, text as mrkdwn_text};
+use crate::mrkdwn::escape;
 use crate::patches::Patches;
 use crate::store::{AuditEntry, Store};
 
-/// Verbs that change something: only operators may run them.
-pub const MUTATING: &[&str] = &[
-    "retry",
-    "cancel",
-    "revert",
-    "pause",
-    "resume",
-    "ack",
-    "silence",
-    "unsilence",
-];
+pub use verb::{HELP, UnknownVerb, Verb, resolve};
 
 /// Longest silence accepted.
 const MAX_SILENCE: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -43,38 +35,10 @@ const REVERT_DEADLINE: Duration = Duration::from_secs(35);
 
 /// Longest answer text (Slack's message text limit is 40k; keep answers readable).
 const ANSWER_CHARS: usize = 3_500;
-/// Patches listed by `queue`.
-const QUEUE_PAGE: u32 = 20;
 /// Conflicting paths named in a refused revert's answer (the rest are counted).
 const CONFLICTS_SHOWN: usize = 20;
 /// Longest conflicting path shown.
 const CONFLICT_PATH_CHARS: usize = 150;
-
-/// Most targets one `queue` in a team channel asks the router about.
-const MAX_CHANNEL_TARGETS: usize = 10;
-/// Page size when `queue` in a team channel looks through all queued patches for the ones
-/// matching a target prefix (`WEB-*`).
-const QUEUE_SCAN_PAGE: u32 = 100;
-/// Most pages one such look reads (so at most 1,000 queued patches are looked through).
-const QUEUE_SCAN_PAGES: usize = 10;
-
-/// The help text.
-pub const HELP: &str = "*/ghost* verbs:
-• `status` — targets, queues, alerts and health at a glance
-• `queue [target]` — queued patches (no target: the targets routed to this channel, or all)
-• `routes` — where patch outcomes and alerts go
-• `patch <id>` — one patch's state
-• `summary <id>` — a patch's summary
-• `retry <id>` · `cancel <id>` — operators only
-• `revert <id>` — undo a succeeded patch (queues `revert-<id>`) — operators only
-• `pause <target>` · `resume <target>` — operators only
-• `targets` · `executors` — what the router knows
-• `alerts` — firing alerts and silences
-• `ack <alert key>` — operators only
-• `silence <key|target> <duration>` · `unsilence <id>` — operators only
-• `health` — what the health monitor sees
-• `help`
-Old commands still work: /status-runner, /patch-status, /status-queue, /daemon-status, and /patch-revert (now `revert`, no longer `cancel`).";
 
 /// Where an invocation came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,28 +75,6 @@ pub struct Invocation {
     pub command: String,
     /// The text after it, e.g. `cancel fix-login`.
     pub text: String,
-}
-
-/// Maps a slash command and its text to a verb and its arguments; aliases of the old system
-/// map onto the verbs, an empty `/ghost` is `help`.
-pub fn resolve(command: &str, text: &str) -> (String, Vec<String>) {
-    let words: Vec<String> = text.split_whitespace().map(str::to_owned).collect();
-    let alias = match command.trim_start_matches('/') {
-        "status-runner" => Some("status"),
-        "patch-status" => Some("patch"),
-        "status-queue" => Some("queue"),
-        "daemon-status" => Some("health"),
-        "patch-revert" => Some("revert"),
-        _ => None,
-    };
-    if let Some(verb) = alias {
-        return (verb.to_owned(), words);
-    }
-    let mut words = words.into_iter();
-    let verb = words
-        .next()
-        .map_or_else(|| "help".to_owned(), |verb| verb.to_lowercase());
-    (verb, words.collect())
 }
 
 /// Why a verb failed, said to the person who ran it.
@@ -239,11 +181,19 @@ impl Commands {
     /// Runs one invocation and returns the answer text; every invocation is audited.
     #[tracing::instrument(skip_all, fields(user_id = %invocation.user_id, command = %invocation.command))]
     pub async fn run(&self, invocation: &Invocation) -> String {
-        let (verb, args) = resolve(&invocation.command, &invocation.text);
-        let allowed =
-            !MUTATING.contains(&verb.as_str()) || self.operators.contains(&invocation.user_id);
+        let (parsed, args) = resolve(&invocation.command, &invocation.text);
+        let verb = match &parsed {
+            Ok(verb) => verb.as_str().to_owned(),
+            Err(UnknownVerb(word)) => word.clone(),
+        };
+        let allowed = !parsed.as_ref().is_ok_and(|verb| verb.is_mutating())
+            || self.operators.contains(&invocation.user_id);
         let (answer, outcome) = if allowed {
-            match self.execute(&verb, &args, invocation).await {
+            let answer = match parsed {
+                Ok(verb) => self.execute(verb, &args, invocation).await,
+                Err(UnknownVerb(word)) => Ok(format!("Unknown verb `{}`.\n{HELP}", escape(&word))),
+            };
+            match answer {
                 Ok(answer) => (answer, "ok".to_owned()),
                 Err(err) => (format!("⚠️ {}", err.to_mrkdwn()), format!("error: {err}")),
             }
@@ -281,162 +231,187 @@ impl Commands {
             .ok_or(VerbError::NotConfigured("router"))
     }
 
+    /// Runs an allowed verb; a verb missing its argument answers with its usage line.
     async fn execute(
         &self,
-        verb: &str,
+        verb: Verb,
         args: &[String],
         invocation: &Invocation,
     ) -> Result<String, VerbError> {
         let first = args.first().map(String::as_str);
         let actor = format!("slack:{}", invocation.user_id);
+        let user_id = invocation.user_id.as_str();
         match (verb, first) {
-            ("help", _) => Ok(HELP.to_owned()),
-            ("status", _) => self.status().await,
-            ("queue", Some(target)) => self.queue(target).await,
-            ("queue", None) => self.channel_queue(invocation).await,
-            ("routes", _) => Ok(format!(
+            (Verb::Help, _) => Ok(HELP.to_owned()),
+            (Verb::Status, _) => self.status().await,
+            (Verb::Queue, Some(target)) => self.queue(target).await,
+            (Verb::Queue, None) => self.channel_queue(invocation).await,
+            (Verb::Routes, _) => Ok(format!(
                 "*Routes* (first match wins)\n```{}```",
                 escape(&self.patches.router().describe())
             )),
-            ("patch", Some(id)) => self.patch(id).await,
-            ("patch", None) => Err(VerbError::Usage("patch <id>")),
-            ("summary", Some(id)) => self.summary(id).await,
-            ("summary", None) => Err(VerbError::Usage("summary <id>")),
-            ("retry", Some(id)) => {
-                let request = router_wire::RetryRequest {
-                    id: id.to_owned(),
-                    actor,
-                };
-                let state = self
-                    .router()?
-                    .retry(request)
-                    .await
-                    .map_err(downstream("router"))?
-                    .into_inner()
-                    .state
-                    .unwrap_or_default();
-                let text = format!(
-                    "🔁 retry of `{}` requested by <@{}>",
-                    escape(id),
-                    escape(&invocation.user_id)
-                );
-                self.patches.note(id, &text).await?;
-                Ok(format!(
-                    "🔁 `{}` is {} again (attempt {} next)",
-                    escape(id),
-                    status_name(state.status),
-                    state.attempt + 1
-                ))
-            }
-            ("retry", None) => Err(VerbError::Usage("retry <id>")),
-            ("cancel", Some(id)) => {
-                let request = router_wire::CancelRequest {
-                    id: id.to_owned(),
-                    actor,
-                };
-                let state = self
-                    .router()?
-                    .cancel(request)
-                    .await
-                    .map_err(downstream("router"))?
-                    .into_inner()
-                    .state
-                    .unwrap_or_default();
-                let text = format!(
-                    "🛑 cancel of `{}` requested by <@{}>",
-                    escape(id),
-                    escape(&invocation.user_id)
-                );
-                self.patches.note(id, &text).await?;
-                Ok(format!(
-                    "🛑 `{}` is {}",
-                    escape(id),
-                    status_name(state.status)
-                ))
-            }
-            ("cancel", None) => Err(VerbError::Usage("cancel <id>")),
-            ("revert", Some(id)) => self.revert(id, actor, &invocation.user_id).await,
-            ("revert", None) => Err(VerbError::Usage("revert <id>")),
-            ("pause", Some(target)) => {
-                let request = router_wire::PauseRequest {
-                    target: target.to_owned(),
-                    actor,
-                };
-                self.router()?
-                    .pause(request)
-                    .await
-                    .map_err(downstream("router"))?;
-                Ok(format!(
-                    "⏸️ `{}` paused: no new work is handed out",
-                    escape(target)
-                ))
-            }
-            ("pause", None) => Err(VerbError::Usage("pause <target>")),
-            ("resume", Some(target)) => {
-                let request = router_wire::ResumeRequest {
-                    target: target.to_owned(),
-                    actor,
-                };
-                self.router()?
-                    .resume(request)
-                    .await
-                    .map_err(downstream("router"))?;
-                Ok(format!("▶️ `{}` resumed", escape(target)))
-            }
-            ("resume", None) => Err(VerbError::Usage("resume <target>")),
-            ("targets", _) => self.targets().await,
-            ("executors", _) => self.executors().await,
-            ("alerts", _) => Ok(self.alerts().await),
-            ("ack", Some(key)) => {
-                let alert = self.lifecycle.ack(key, &invocation.user_id).await?;
+            (Verb::Patch, Some(id)) => self.patch(id).await,
+            (Verb::Summary, Some(id)) => self.summary(id).await,
+            (Verb::Retry, Some(id)) => self.retry(id, actor, user_id).await,
+            (Verb::Cancel, Some(id)) => self.cancel(id, actor, user_id).await,
+            (Verb::Revert, Some(id)) => self.revert(id, actor, user_id).await,
+            (Verb::Pause, Some(target)) => self.pause(target, actor).await,
+            (Verb::Resume, Some(target)) => self.resume(target, actor).await,
+            (Verb::Targets, _) => self.targets().await,
+            (Verb::Executors, _) => self.executors().await,
+            (Verb::Alerts, _) => Ok(self.alerts().await),
+            (Verb::Ack, Some(key)) => {
+                let alert = self.lifecycle.ack(key, user_id).await?;
                 Ok(format!(
                     "👀 `{}` acknowledged by <@{}>",
                     escape(&alert.key),
-                    escape(&invocation.user_id)
+                    escape(user_id)
                 ))
             }
-            ("ack", None) => Err(VerbError::Usage("ack <alert key>")),
-            ("silence", Some(matcher)) => {
+            (Verb::Silence, Some(matcher)) => {
                 let Some(duration) = args.get(1) else {
-                    return Err(VerbError::Usage("silence <key|target> <duration>"));
+                    return Err(VerbError::Usage(verb.usage()));
                 };
-                let duration = humantime::parse_duration(duration).map_err(|err| {
-                    VerbError::Refused(format!(
-                        "`{duration}` is not a duration like 30m or 2h: {err}"
-                    ))
-                })?;
-                if duration.is_zero() || duration > MAX_SILENCE {
-                    return Err(VerbError::Refused(
-                        "a silence lasts between 1s and 30 days".to_owned(),
-                    ));
-                }
-                crate::grpc::validate_key(matcher.trim_end_matches('*'))?;
-                let silence = self
-                    .lifecycle
-                    .silence(matcher, duration, &invocation.user_id)
-                    .await?;
-                Ok(format!(
-                    "🔕 silence #{} on `{}` for {}",
-                    silence.id,
-                    escape(matcher),
-                    human(i64::try_from(duration.as_millis()).unwrap_or(i64::MAX))
-                ))
+                self.silence(matcher, duration, user_id).await
             }
-            ("silence", None) => Err(VerbError::Usage("silence <key|target> <duration>")),
-            ("unsilence", Some(id)) => {
-                let parsed: i64 = id
-                    .trim_start_matches('#')
-                    .parse()
-                    .map_err(|_| VerbError::Usage("unsilence <id>"))?;
-                if self.lifecycle.unsilence(parsed).await? {
-                    Ok(format!("🔔 silence #{parsed} ended"))
-                } else {
-                    Err(VerbError::Refused(format!("no active silence #{parsed}")))
-                }
-            }
-            ("unsilence", None) => Err(VerbError::Usage("unsilence <id>")),
-            ("health", _) => Ok(self.health()),
-            (unknown, _) => Ok(format!("Unknown verb `{}`.\n{HELP}", escape(unknown))),
+            (Verb::Unsilence, Some(id)) => self.unsilence(id).await,
+            (Verb::Health, _) => Ok(self.health()),
+            (
+                Verb::Patch
+                | Verb::Summary
+                | Verb::Retry
+                | Verb::Cancel
+                | Verb::Revert
+                | Verb::Pause
+                | Verb::Resume
+                | Verb::Ack
+                | Verb::Silence
+                | Verb::Unsilence,
+                None,
+            ) => Err(VerbError::Usage(verb.usage())),
+        }
+    }
+
+    /// Asks the router to queue the patch `id` again, with a note in its thread.
+    async fn retry(&self, id: &str, actor: String, user_id: &str) -> Result<String, VerbError> {
+        let request = router_wire::RetryRequest {
+            id: id.to_owned(),
+            actor,
+        };
+        let state = self
+            .router()?
+            .retry(request)
+            .await
+            .map_err(downstream("router"))?
+            .into_inner()
+            .state
+            .unwrap_or_default();
+        let text = format!(
+            "🔁 retry of `{}` requested by <@{}>",
+            escape(id),
+            escape(user_id)
+        );
+        self.patches.note(id, &text).await?;
+        Ok(format!(
+            "🔁 `{}` is {} again (attempt {} next)",
+            escape(id),
+            status_name(state.status),
+            state.attempt + 1
+        ))
+    }
+
+    /// Asks the router to cancel the patch `id`, with a note in its thread.
+    async fn cancel(&self, id: &str, actor: String, user_id: &str) -> Result<String, VerbError> {
+        let request = router_wire::CancelRequest {
+            id: id.to_owned(),
+            actor,
+        };
+        let state = self
+            .router()?
+            .cancel(request)
+            .await
+            .map_err(downstream("router"))?
+            .into_inner()
+            .state
+            .unwrap_or_default();
+        let text = format!(
+            "🛑 cancel of `{}` requested by <@{}>",
+            escape(id),
+            escape(user_id)
+        );
+        self.patches.note(id, &text).await?;
+        Ok(format!(
+            "🛑 `{}` is {}",
+            escape(id),
+            status_name(state.status)
+        ))
+    }
+
+    async fn pause(&self, target: &str, actor: String) -> Result<String, VerbError> {
+        let request = router_wire::PauseRequest {
+            target: target.to_owned(),
+            actor,
+        };
+        self.router()?
+            .pause(request)
+            .await
+            .map_err(downstream("router"))?;
+        Ok(format!(
+            "⏸️ `{}` paused: no new work is handed out",
+            escape(target)
+        ))
+    }
+
+    async fn resume(&self, target: &str, actor: String) -> Result<String, VerbError> {
+        let request = router_wire::ResumeRequest {
+            target: target.to_owned(),
+            actor,
+        };
+        self.router()?
+            .resume(request)
+            .await
+            .map_err(downstream("router"))?;
+        Ok(format!("▶️ `{}` resumed", escape(target)))
+    }
+
+    /// Silences the alerts matching `matcher` (a key, or a target ending in `*`) for
+    /// `duration` (1 s to 30 days).
+    async fn silence(
+        &self,
+        matcher: &str,
+        duration: &str,
+        user_id: &str,
+    ) -> Result<String, VerbError> {
+        let duration = humantime::parse_duration(duration).map_err(|err| {
+            VerbError::Refused(format!(
+                "`{duration}` is not a duration like 30m or 2h: {err}"
+            ))
+        })?;
+        if duration.is_zero() || duration > MAX_SILENCE {
+            return Err(VerbError::Refused(
+                "a silence lasts between 1s and 30 days".to_owned(),
+            ));
+        }
+        crate::grpc::validate_key(matcher.trim_end_matches('*'))?;
+        let silence = self.lifecycle.silence(matcher, duration, user_id).await?;
+        Ok(format!(
+            "🔕 silence #{} on `{}` for {}",
+            silence.id,
+            escape(matcher),
+            human(i64::try_from(duration.as_millis()).unwrap_or(i64::MAX))
+        ))
+    }
+
+    /// Ends the silence `id` (`#12` or `12`).
+    async fn unsilence(&self, id: &str) -> Result<String, VerbError> {
+        let parsed: i64 = id
+            .trim_start_matches('#')
+            .parse()
+            .map_err(|_| VerbError::Usage(Verb::Unsilence.usage()))?;
+        if self.lifecycle.unsilence(parsed).await? {
+            Ok(format!("🔔 silence #{parsed} ended"))
+        } else {
+            Err(VerbError::Refused(format!("no active silence #{parsed}")))
         }
     }
 
@@ -495,381 +470,6 @@ impl Commands {
             escape(user_id)
         ))
     }
-
-    async fn status(&self) -> Result<String, VerbError> {
-        let mut text = String::from("*Ghost Runner status*\n");
-        match self
-            .router()?
-            .list_targets(router_wire::ListTargetsRequest {})
-            .await
-        {
-            Ok(answer) => {
-                let targets = answer.into_inner().targets;
-                let queued: u32 = targets.iter().map(|t| t.queued).sum();
-                let online = targets.iter().filter(|t| t.executor_online).count();
-                let _ = writeln!(
-                    text,
-                    "• {} targets, {queued} patches queued, {online} with an executor online",
-                    targets.len()
-                );
-            }
-            Err(status) => {
-                let _ = writeln!(
-                    text,
-                    "• targets: {}",
-                    downstream("router")(status).to_mrkdwn()
-                );
-            }
-        }
-        let request = router_wire::ListRequest {
-            status: router_wire::PatchStatus::Queued as i32,
-            page_size: 100,
-            ..Default::default()
-        };
-        let queued = self
-            .router()?
-            .list(request)
-            .await
-            .map_err(downstream("router"))?
-            .into_inner()
-            .patches
-            .len();
-        let _ = writeln!(text, "• queued patches: {queued}");
-        let alerts = self.lifecycle.active().await;
-        let _ = writeln!(text, "• firing alerts: {}", alerts.len());
-        let board = self.board.snapshot();
-        let down: Vec<&String> = board
-            .iter()
-            .filter(|(_, seen)| seen.state == "down")
-            .map(|(name, _)| name)
-            .collect();
-        if down.is_empty() {
-            let _ = writeln!(text, "• health: {} watched, none down", board.len());
-        } else {
-            let _ = writeln!(text, "• health: down: {}", escape(&format!("{down:?}")));
-        }
-        Ok(text)
-    }
-
-    /// `queue` without a target: the targets the routes send to the invoking channel (by id,
-    /// or by name with or without `#`), else every target.
-    async fn channel_queue(&self, invocation: &Invocation) -> Result<String, VerbError> {
-        let routed = self.patches.router().targets_by_channel();
-        let names = [
-            invocation.channel_id.clone(),
-            invocation.channel_name.clone(),
-            format!("#{}", invocation.channel_name),
-        ];
-        let patterns: Vec<String> = routed
-            .iter()
-            .filter(|(channel, _)| !channel.is_empty() && names.contains(channel))
-            .flat_map(|(_, targets)| targets.iter().cloned())
-            .collect();
-        if patterns.is_empty() {
-            return self.queue("").await;
-        }
-        let exact: Vec<&String> = patterns.iter().filter(|p| !p.ends_with('*')).collect();
-        let prefixes: Vec<&str> = patterns
-            .iter()
-            .filter_map(|p| p.strip_suffix('*'))
-            .collect();
-        let mut patches = Vec::new();
-        let mut calls: Vec<&str> = exact.iter().map(|t| t.as_str()).collect();
-        if !prefixes.is_empty() {
-            calls.push("");
-        }
-        // Asking for more targets than the bound is cut, and said so.
-        let mut more = calls.len() > MAX_CHANNEL_TARGETS;
-        for target in calls.into_iter().take(MAX_CHANNEL_TARGETS) {
-            // One page for a target; for the prefixes, pages through every target's queue
-            // (bounded) until a page of matches is found, so the first patches of other
-            // targets cannot hide them.
-            let scan = target.is_empty();
-            let mut page_token = String::new();
-            let mut found = 0u32;
-            for page in 0..QUEUE_SCAN_PAGES {
-                let request = router_wire::ListRequest {
-                    target: target.to_owned(),
-                    status: router_wire::PatchStatus::Queued as i32,
-                    page_size: if scan { QUEUE_SCAN_PAGE } else { QUEUE_PAGE },
-                    page_token: std::mem::take(&mut page_token),
-                };
-                let answer = self
-                    .router()?
-                    .list(request)
-                    .await
-                    .map_err(downstream("router"))?
-                    .into_inner();
-                for patch in answer.patches {
-                    let wanted = !scan
-                        || prefixes
-                            .iter()
-                            .any(|prefix| patch.target.starts_with(prefix));
-                    if !wanted
-                        || patches
-                            .iter()
-                            .any(|p: &router_wire::PatchState| p.id == patch.id)
-                    {
-                        continue;
-                    }
-                    if found == QUEUE_PAGE {
-                        more = true;
-                        break;
-                    }
-                    found += 1;
-                    patches.push(patch);
-                }
-                let last_page = !scan || page + 1 == QUEUE_SCAN_PAGES || found == QUEUE_PAGE;
-                if answer.next_page_token.is_empty() {
-                    break;
-                }
-                if last_page {
-                    more = true;
-                    break;
-                }
-                page_token = answer.next_page_token;
-            }
-        }
-        let scope = patterns
-            .iter()
-            .map(|p| format!("`{}`", escape(p)))
-            .collect::<Vec<_>>()
-            .join(", ");
-        if patches.is_empty() {
-            return Ok(if more {
-                format!("📭 nothing queued on {scope} among the patches looked at … and more")
-            } else {
-                format!("📭 nothing queued on {scope}")
-            });
-        }
-        let mut text = format!("*Queue of {scope}*\n");
-        for patch in &patches {
-            let _ = writeln!(
-                text,
-                "• `{}` on {} — {}",
-                escape(&patch.id),
-                escape(&patch.target),
-                mrkdwn_text(&patch.description, 80)
-            );
-        }
-        if more {
-            let _ = writeln!(text, "… and more");
-        }
-        Ok(text)
-    }
-
-    async fn queue(&self, target: &str) -> Result<String, VerbError> {
-        let request = router_wire::ListRequest {
-            target: target.to_owned(),
-            status: router_wire::PatchStatus::Queued as i32,
-            page_size: QUEUE_PAGE,
-            ..Default::default()
-        };
-        let answer = self
-            .router()?
-            .list(request)
-            .await
-            .map_err(downstream("router"))?
-            .into_inner();
-        let scope = if target.is_empty() {
-            "all targets".to_owned()
-        } else {
-            format!("`{}`", escape(target))
-        };
-        if answer.patches.is_empty() {
-            return Ok(format!("📭 nothing queued on {scope}"));
-        }
-        let mut text = format!("*Queue of {scope}*\n");
-        for patch in &answer.patches {
-            let _ = writeln!(
-                text,
-                "• `{}` on {} — {}",
-                escape(&patch.id),
-                escape(&patch.target),
-                mrkdwn_text(&patch.description, 80)
-            );
-        }
-        if !answer.next_page_token.is_empty() {
-            let _ = writeln!(text, "… and more");
-        }
-        Ok(text)
-    }
-
-    async fn patch(&self, id: &str) -> Result<String, VerbError> {
-        let state = self
-            .router()?
-            .get(router_wire::GetRequest { id: id.to_owned() })
-            .await
-            .map_err(downstream("router"))?
-            .into_inner()
-            .state
-            .unwrap_or_default();
-        let mut text = format!(
-            "*`{}`* on {}: *{}* (attempt {})\n{}",
-            escape(&state.id),
-            escape(&state.target),
-            status_name(state.status),
-            state.attempt,
-            mrkdwn_text(&state.description, 500)
-        );
-        if !state.error.is_empty() {
-            let _ = write!(text, "\nerror: {}", mrkdwn_text(&state.error, 1_000));
-        }
-        if !state.trace_id.is_empty() {
-            let _ = write!(text, "\ntrace {}", escape(&state.trace_id));
-        }
-        Ok(text)
-    }
-
-    async fn summary(&self, id: &str) -> Result<String, VerbError> {
-        let mut summarizer = self
-            .summarizer
-            .clone()
-            .ok_or(VerbError::NotConfigured("summarizer"))?;
-        let summary = summarizer
-            .get(summarizer_wire::GetRequest {
-                patch_id: id.to_owned(),
-            })
-            .await
-            .map_err(downstream("summarizer"))?
-            .into_inner()
-            .summary
-            .unwrap_or_default();
-        Ok(format!(
-            "*Summary of `{}`* ({})\n{}",
-            escape(id),
-            status_name(summary.status),
-            crate::mrkdwn::truncate(
-                &crate::mrkdwn::from_markdown(&summary.markdown),
-                ANSWER_CHARS - 100
-            )
-        ))
-    }
-
-    async fn targets(&self) -> Result<String, VerbError> {
-        let targets = self
-            .router()?
-            .list_targets(router_wire::ListTargetsRequest {})
-            .await
-            .map_err(downstream("router"))?
-            .into_inner()
-            .targets;
-        if targets.is_empty() {
-            return Ok("no targets known yet".to_owned());
-        }
-        let mut text = String::from("*Targets*\n");
-        for target in targets {
-            let _ = writeln!(
-                text,
-                "• `{}`: {} queued{}{}{}",
-                escape(&target.target),
-                target.queued,
-                if target.paused { ", ⏸️ paused" } else { "" },
-                if target.executor_online {
-                    ", executor online"
-                } else {
-                    ", no executor"
-                },
-                if target.running_patch_id.is_empty() {
-                    String::new()
-                } else {
-                    format!(", running `{}`", escape(&target.running_patch_id))
-                }
-            );
-        }
-        Ok(text)
-    }
-
-    async fn executors(&self) -> Result<String, VerbError> {
-        let executors = self
-            .router()?
-            .list_executors(router_wire::ListExecutorsRequest {})
-            .await
-            .map_err(downstream("router"))?
-            .into_inner()
-            .executors;
-        if executors.is_empty() {
-            return Ok("no executors connected".to_owned());
-        }
-        let now = self.clock.now_ms();
-        let mut text = String::from("*Executors*\n");
-        for executor in executors {
-            let _ = writeln!(
-                text,
-                "• `{}` serving {} — seen {} ago, running {}",
-                escape(&executor.executor_id),
-                escape(&executor.targets.join(", ")),
-                human(now - executor.last_seen_unix_ms),
-                escape(&format!("{:?}", executor.running_patch_ids))
-            );
-        }
-        Ok(text)
-    }
-
-    async fn alerts(&self) -> String {
-        let alerts = self.lifecycle.active().await;
-        let silences = self.lifecycle.silences().await;
-        let now = self.clock.now_ms();
-        let mut text = String::new();
-        if alerts.is_empty() {
-            text.push_str("✅ no active alerts\n");
-        } else {
-            text.push_str("*Active alerts*\n");
-            for alert in &alerts {
-                let ack = alert.ack.as_ref().map_or(String::new(), |ack| {
-                    format!(
-                        ", acked by <@{}> {} ago",
-                        escape(&ack.by),
-                        human(now - ack.at_ms)
-                    )
-                });
-                let _ = writeln!(
-                    text,
-                    "• `{}` ({}, {:?}) for {}{ack} — {}",
-                    escape(&alert.key),
-                    alert.severity.as_str(),
-                    alert.phase,
-                    human(now - alert.raised_ms),
-                    escape(&alert.summary)
-                );
-            }
-        }
-        for silence in silences {
-            let _ = writeln!(
-                text,
-                "🔕 silence #{} on `{}` by <@{}>, {} left",
-                silence.id,
-                escape(&silence.matcher),
-                escape(&silence.created_by),
-                human(silence.until_ms - now)
-            );
-        }
-        text
-    }
-
-    fn health(&self) -> String {
-        let board = self.board.snapshot();
-        if board.is_empty() {
-            return "nothing watched yet (no services configured, or no check done yet)".to_owned();
-        }
-        let mut text = String::from("*Health*\n");
-        for (name, seen) in board {
-            let icon = match seen.state {
-                "up" => "🟢",
-                "down" => "🔴",
-                "failing" => "🟠",
-                _ => "⚪",
-            };
-            let _ = writeln!(
-                text,
-                "{icon} `{}` {} {}",
-                escape(&name),
-                seen.state,
-                escape(&seen.detail)
-            );
-        }
-        text
-    }
 }
 
 /// "cannot revert `X`: changed since it succeeded: `a.ts`, `b.ts`", at most
@@ -894,26 +494,6 @@ fn conflicts_answer(id: &str, conflicts: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn verbs_and_aliases_resolve() {
-        assert_eq!(resolve("/ghost", ""), ("help".to_owned(), vec![]));
-        assert_eq!(
-            resolve("/ghost", " Cancel  p-1 "),
-            ("cancel".to_owned(), vec!["p-1".to_owned()])
-        );
-        assert_eq!(resolve("/status-runner", "").0, "status");
-        assert_eq!(
-            resolve("/patch-status", "p-1"),
-            ("patch".to_owned(), vec!["p-1".to_owned()])
-        );
-        assert_eq!(resolve("/status-queue", "MAIN").0, "queue");
-        assert_eq!(resolve("/daemon-status", "").0, "health");
-        assert_eq!(
-            resolve("/patch-revert", "p-9"),
-            ("revert".to_owned(), vec!["p-9".to_owned()])
-        );
-    }
 
     #[test]
     fn a_conflict_answer_is_bounded_and_its_paths_cannot_become_markup() {

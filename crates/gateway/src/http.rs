@@ -197,9 +197,7 @@ pub struct ListQuery {
     #[param(pattern = r"^[A-Za-z0-9_-]{1,64}$")]
     pub target: Option<String>,
     /// Only this status, e.g. `queued`, `failed`.
-    #[param(
-        pattern = "^(received|queued|leased|applying|validating|succeeded|failed|rolled_back|cancelled|timed_out|rejected|lost|interrupted)$"
-    )]
+    // Its pattern, every `Status` by name, is set from the enum by `openapi::document`.
     pub status: Option<String>,
     /// Page size, 1 to 500.
     #[param(minimum = 1, maximum = 500)]

@@ -3,9 +3,10 @@
 //! `x-openai-isConsequential` on every operation (true on the mutating ones). The answers the
 //! guard in front of every route can give (408, 413, 429 and 503, the last two with
 //! `Retry-After`) are added to every operation here, once, rather than repeated by hand on each
-//! handler; and a patch's `target` is the enum of the configured targets when unknown ones are
-//! refused.
+//! handler; a patch's `target` is the enum of the configured targets when unknown ones are
+//! refused; and the status filter's pattern is every ghost-core `Status` by name.
 
+use ghost_core::Status;
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{
@@ -89,6 +90,7 @@ pub fn document(mut doc: OpenApi, public_url: &str, targets: &[String]) -> OpenA
             }
         }
     }
+    document_status_filter(&mut doc);
     if !targets.is_empty() {
         restrict_targets(&mut doc, targets);
     }
@@ -137,5 +139,33 @@ fn restrict_targets(doc: &mut OpenApi, targets: &[String]) {
                 .map(|name| serde_json::Value::String(name.clone()))
                 .collect(),
         );
+    }
+}
+
+/// The pattern a status filter matches: every [`Status`] by name, from the enum itself, so a
+/// status added to ghost-core is one the API documents and accepts.
+fn status_pattern() -> String {
+    let names: Vec<&str> = Status::ALL.into_iter().map(Status::as_str).collect();
+    format!("^({})$", names.join("|"))
+}
+
+/// Sets [`status_pattern`] on the `status` query parameter of `GET /v1/patches` (utoipa's
+/// `pattern` attribute takes a literal only, so the enum cannot be named there).
+fn document_status_filter(openapi: &mut OpenApi) {
+    let parameters = openapi
+        .paths
+        .paths
+        .get_mut("/v1/patches")
+        .and_then(|item| item.get.as_mut())
+        .and_then(|list| list.parameters.as_mut());
+    for parameter in parameters.into_iter().flatten() {
+        let RefOr::T(parameter) = parameter else {
+            continue;
+        };
+        if let ("status", Some(RefOr::T(Schema::Object(schema)))) =
+            (parameter.name.as_str(), parameter.schema.as_mut())
+        {
+            schema.pattern = Some(status_pattern());
+        }
     }
 }

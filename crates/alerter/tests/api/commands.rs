@@ -388,6 +388,31 @@ async fn cancel_by_an_operator_cancels_and_a_bystander_is_refused_and_audited() 
     assert_eq!(cancels[1].outcome, "ok");
 }
 
+/// Every verb as a bystander: exactly the mutating ones are refused (and audited as refused),
+/// and none of the verbs a bystander may run changes the queued patch.
+#[tokio::test]
+async fn a_bystander_is_refused_exactly_the_verbs_that_change_state() {
+    let mut sys = system().await;
+    sys.submit("p-verbs").await;
+    for verb in alerter::commands::Verb::ALL {
+        let text = format!("{verb} p-verbs 1h");
+        let answer = slash(&sys.alerter, "/ghost", &text, BYSTANDER).await;
+        let refused = answer.starts_with(&format!("⛔ `{verb}` is for operators"));
+        assert_eq!(refused, verb.is_mutating(), "{verb}: {answer}");
+        assert_eq!(
+            sys.status_of("p-verbs").await,
+            PatchStatus::Queued as i32,
+            "{verb} changed the patch: {answer}"
+        );
+    }
+    let audit = sys.alerter.store.audit_log().await.unwrap();
+    assert_eq!(audit.len(), alerter::commands::Verb::ALL.len(), "{audit:?}");
+    for entry in audit {
+        let verb: alerter::commands::Verb = entry.verb.parse().unwrap();
+        assert_eq!(entry.allowed, !verb.is_mutating(), "{entry:?}");
+    }
+}
+
 /// `/patch-revert` used to mean cancel; it is revert now (see `revert.rs`): a queued patch is
 /// not cancelled by it, the router refuses to revert it.
 #[tokio::test]

@@ -213,3 +213,39 @@ async fn an_ended_patch_is_readable_while_the_summarizer_is_down() {
     assert_eq!(body["status"], "cancelled");
     assert_eq!(body["summary"], serde_json::Value::Null);
 }
+
+/// The status filter of `GET /v1/patches` is every ghost-core `Status` by name, in the document
+/// and in what the route accepts: a status added to the enum cannot be left out of either.
+#[tokio::test]
+async fn the_status_filter_documents_and_accepts_every_status_of_the_enum() {
+    let gateway = TestGateway::start(|_, _| {}).await;
+    let url = format!("{}/openapi.json", gateway.url());
+    let doc: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+    let parameters = doc["paths"]["/v1/patches"]["get"]["parameters"]
+        .as_array()
+        .expect("GET /v1/patches has parameters");
+    let status = parameters
+        .iter()
+        .find(|parameter| parameter["name"] == "status")
+        .expect("a status parameter");
+    let pattern = status["schema"]["pattern"].as_str().expect("a pattern");
+    let documented: Vec<&str> = pattern
+        .strip_prefix("^(")
+        .and_then(|rest| rest.strip_suffix(")$"))
+        .unwrap_or_else(|| panic!("{pattern} is not ^(a|b|…)$"))
+        .split('|')
+        .collect();
+    let statuses: Vec<&str> = ghost_core::Status::ALL
+        .into_iter()
+        .map(ghost_core::Status::as_str)
+        .collect();
+    assert_eq!(documented, statuses);
+    for name in statuses {
+        let (code, page) = gateway
+            .get(&format!("/v1/patches?status={name}"), KEY)
+            .await;
+        assert_eq!(code, 200, "status={name}: {page}");
+    }
+    let (code, refusal) = gateway.get("/v1/patches?status=done", KEY).await;
+    assert_eq!(code, 400, "{refusal}");
+}
