@@ -12,6 +12,7 @@
 pub mod disk;
 mod otlp;
 pub mod pki;
+pub mod postgres;
 mod python;
 mod slack;
 mod webhooks;

@@ -30,7 +30,7 @@ pub use self::archive::ArchiveReport;
 use crate::atomic_file;
 use crate::doc::{self, Outcome, SummaryDoc};
 use crate::error::SummarizerError;
-use crate::index::{Index, NewNotification, Owed, SummaryRow};
+use crate::index::{Index, NewNotification, Owed, PgIndex, SqliteIndex, SummaryRow};
 use crate::manifest::{self, MANIFEST_FILE};
 use crate::notify::notify_request;
 use crate::render;
@@ -62,6 +62,8 @@ pub struct StoreOptions {
     pub manifest_delay: std::time::Duration,
     /// The push subscriptions: each recorded attempt one wants queues a webhook; `None`: none.
     pub webhooks: Option<Arc<Webhooks>>,
+    /// The PostgreSQL index's URL (a secret); `None`: SQLite in the data dir.
+    pub postgres_url: Option<ghost_runtime::config::Secret>,
 }
 
 /// The result of [`Summaries::record`].
@@ -185,7 +187,17 @@ impl Summaries {
         blocking(move || {
             let root = data_dir.join("summaries");
             std::fs::create_dir_all(&root).map_err(|err| SummarizerError::io(&root, err))?;
-            let (index, created) = Index::open(&data_dir.join("summarizer.db"))?;
+            let (index, created) = match &options.postgres_url {
+                None => {
+                    let (index, created) = SqliteIndex::open(&data_dir.join("summarizer.db"))?;
+                    (Index::Sqlite(index), created)
+                }
+                Some(url) => {
+                    let index = PgIndex::open(url.expose())?;
+                    // Files beside a shared database are not imported: each replica has its own.
+                    (Index::Postgres(index), false)
+                }
+            };
             let store = Self {
                 inner: Arc::new(Inner {
                     data_dir,
@@ -269,9 +281,13 @@ impl Summaries {
         let Some(kind) = err.storage_fault() else {
             return err;
         };
+        let reason = match err {
+            SummarizerError::Pg(_) => format!("the {}'s database is unreachable", crate::SERVICE),
+            _ => format!("the {}'s disk {}", crate::SERVICE, kind.describe()),
+        };
         let detail = format!("{:#}", anyhow::Error::from(err));
         self.inner.health.fault(kind, detail);
-        SummarizerError::Unavailable(format!("the {}'s disk {}", crate::SERVICE, kind.describe()))
+        SummarizerError::Unavailable(reason)
     }
 
     /// Notes a failed background write (outbox, manifest, archive): a storage fault behind it

@@ -11,6 +11,7 @@ mod golden;
 mod helpers;
 mod manifest;
 mod storage;
+mod stores;
 mod truncation;
 mod webhooks;
 

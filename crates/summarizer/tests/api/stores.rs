@@ -1,0 +1,467 @@
+//! One suite, both stores: each test here runs twice, on the embedded SQLite index and on a
+//! real PostgreSQL the test starts itself ([`TempPostgres`]: Debian's `initdb` and `pg_ctl` on
+//! a free loopback port; skipped with a printed reason when PostgreSQL is not installed). Plus,
+//! on PostgreSQL only, the server stopped mid-run and started again.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ghost_proto::router::v1::PatchStatus;
+use ghost_proto::summarizer::v1::{GetRequest, ListRequest};
+use ghost_runtime::config::Secret;
+use ghost_testkit::disk;
+use ghost_testkit::postgres::TempPostgres;
+use summarizer::SummarizerConfig;
+use summarizer::index::Index;
+
+use crate::helpers::{FakeAlerter, TestApp, record, reserve_port, spawn_with, test_config};
+use crate::webhooks::{Receiver, subscription};
+
+/// The store one run of a test uses: its data dir, and the database URL on PostgreSQL.
+pub struct StoreUnderTest {
+    dir: tempfile::TempDir,
+    url: Option<String>,
+    server: Option<Arc<TempPostgres>>,
+}
+
+impl StoreUnderTest {
+    fn sqlite() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            url: None,
+            server: None,
+        }
+    }
+
+    /// A fresh database on a server of this test's own; `None` (printed) without PostgreSQL.
+    fn postgres(test: &str) -> Option<Self> {
+        let server = TempPostgres::start_or_skip(test)?;
+        Some(Self {
+            dir: tempfile::tempdir().unwrap(),
+            url: Some(server.create_database()),
+            server: Some(Arc::new(server)),
+        })
+    }
+
+    /// [`test_config`] on this store.
+    fn config(&self, alerter_url: Option<String>) -> SummarizerConfig {
+        self.with_store(test_config(self.dir.path(), alerter_url))
+    }
+
+    /// `config` with `store.url` pointing at this store.
+    fn with_store(&self, mut config: SummarizerConfig) -> SummarizerConfig {
+        config.store.url = self.url.clone().map(Secret::new);
+        config
+    }
+
+    async fn spawn(&self, alerter_url: Option<String>) -> TestApp {
+        spawn_with(self.config(alerter_url)).await
+    }
+}
+
+/// Runs `job` on the app's index from a blocking thread, as the store itself does.
+async fn on_index<T: Send + 'static>(
+    app: &TestApp,
+    job: impl FnOnce(&Index) -> T + Send + 'static,
+) -> T {
+    let index = app.summaries.index().clone();
+    tokio::task::spawn_blocking(move || job(&index))
+        .await
+        .unwrap()
+}
+
+/// Each named test function, run once per store: `<name>::sqlite` and `<name>::postgres`.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name(super::StoreUnderTest::sqlite()).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    let test = concat!("stores::", stringify!($name), "::postgres");
+                    let Some(store) = super::StoreUnderTest::postgres(test) else {
+                        return;
+                    };
+                    super::$name(store).await;
+                }
+            }
+        )*
+    };
+}
+
+on_both_stores!(
+    records_are_idempotent_listed_newest_first_and_served_after_a_restart,
+    notifications_wait_in_the_outbox_across_a_restart_and_arrive_once,
+    webhooks_are_delivered_in_order_and_a_full_outbox_dead_letters,
+    a_database_newer_than_the_binary_is_refused,
+);
+
+async fn records_are_idempotent_listed_newest_first_and_served_after_a_restart(
+    store: StoreUnderTest,
+) {
+    let mut app = store.spawn(None).await;
+    for (id, attempt, status) in [
+        ("older", 1, PatchStatus::RolledBack),
+        ("newer", 1, PatchStatus::Failed),
+        ("newer", 3, PatchStatus::Succeeded),
+    ] {
+        let recorded = app
+            .client
+            .record(record(id, attempt, status))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(recorded.created, "{id} {attempt}");
+    }
+    // The same attempt again, with other content: nothing changes.
+    let mut changed = record("older", 1, PatchStatus::Succeeded);
+    changed.outcome.as_mut().unwrap().description = "something else".into();
+    let again = app
+        .client
+        .record(changed.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!again.created);
+    let mut other = record("elsewhere", 1, PatchStatus::Failed);
+    other.outcome.as_mut().unwrap().target = "CYOPS".into();
+    app.client.record(other).await.unwrap();
+    app.stop().await;
+
+    let mut app = store.spawn(None).await;
+    let again = app.client.record(changed).await.unwrap().into_inner();
+    assert!(!again.created, "a redelivery after a restart is a no-op");
+    let got = app
+        .client
+        .get(GetRequest {
+            patch_id: "newer".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .summary
+        .unwrap();
+    assert!(
+        got.markdown.starts_with("# ✅ newer succeeded"),
+        "{}",
+        got.markdown
+    );
+    assert!(
+        got.markdown.contains("attempt 1: ❌ failed"),
+        "{}",
+        got.markdown
+    );
+    assert_eq!(got.status, PatchStatus::Succeeded as i32);
+
+    let page = app
+        .client
+        .list(ListRequest {
+            target: "MAIN".into(),
+            page_size: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.total, 2);
+    assert_eq!(page.summaries[0].patch_id, "newer");
+    assert_eq!(page.next_page_token, "1");
+    let rest = app
+        .client
+        .list(ListRequest {
+            target: "MAIN".into(),
+            page_size: 1,
+            page_token: page.next_page_token,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rest.summaries[0].patch_id, "older");
+    assert_eq!(rest.next_page_token, "");
+    let failed = app
+        .client
+        .list(ListRequest {
+            status: PatchStatus::Failed as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<_> = failed
+        .summaries
+        .iter()
+        .map(|s| s.patch_id.as_str())
+        .collect();
+    assert_eq!(ids, ["elsewhere"]);
+    let missing = app
+        .client
+        .get(GetRequest {
+            patch_id: "never-recorded".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+
+    // The manifest's changelog comes from the index: three recorded transitions of MAIN.
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(store.dir.path().join("summaries/MAIN/patch-manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let changelog = manifest["changelog"].as_array().unwrap();
+    assert_eq!(changelog.len(), 3, "{manifest}");
+    assert_eq!(changelog[2]["from"], "failed");
+    assert_eq!(changelog[2]["to"], "succeeded");
+    app.stop().await;
+}
+
+async fn notifications_wait_in_the_outbox_across_a_restart_and_arrive_once(store: StoreUnderTest) {
+    let alerter_addr = reserve_port();
+    let alerter_url = format!("http://{alerter_addr}");
+    let mut app = store.spawn(Some(alerter_url.clone())).await;
+    for (id, attempt, status) in [
+        ("down-1", 1, PatchStatus::Succeeded),
+        ("down-2", 1, PatchStatus::RolledBack),
+        ("down-2", 2, PatchStatus::Failed),
+    ] {
+        app.client
+            .record(record(id, attempt, status))
+            .await
+            .unwrap();
+    }
+    // A replay queues nothing more.
+    app.client
+        .record(record("down-1", 1, PatchStatus::Succeeded))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows = on_index(&app, |index| index.outbox_due(i64::MAX, 10).unwrap()).await;
+        if rows.iter().all(|row| row.tries >= 1) || Instant::now() > deadline {
+            assert_eq!(rows.len(), 3, "{rows:?}");
+            assert!(rows.iter().all(|row| row.tries >= 1), "{rows:?}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    app.stop().await;
+
+    let app = store.spawn(Some(alerter_url)).await;
+    assert_eq!(on_index(&app, |index| index.outbox_len().unwrap()).await, 3);
+    let alerter = FakeAlerter::start_on(alerter_addr).await;
+    let received = alerter.wait_for(3).await;
+    let mut keys: Vec<(String, u32)> = received
+        .iter()
+        .map(|n| (n.patch_id.clone(), n.attempt))
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            ("down-1".to_owned(), 1),
+            ("down-2".to_owned(), 1),
+            ("down-2".to_owned(), 2)
+        ]
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while on_index(&app, |index| index.outbox_len().unwrap()).await > 0 && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(on_index(&app, |index| index.outbox_len().unwrap()).await, 0);
+    app.stop().await;
+}
+
+async fn webhooks_are_delivered_in_order_and_a_full_outbox_dead_letters(store: StoreUnderTest) {
+    let port = reserve_port().port();
+    let url = format!("http://127.0.0.1:{port}/hooks/ghost");
+    let config = SummarizerConfig {
+        webhook_outbox_max: 2,
+        ..crate::webhooks::config(
+            store.dir.path(),
+            vec![subscription(
+                &url,
+                &["patch.failed", "patch.succeeded"],
+                &["MAIN"],
+            )],
+        )
+    };
+    // The receiver is down: the messages wait; the third finds the outbox full.
+    let app = spawn_with(store.with_store(config.clone())).await;
+    for (id, attempt, status) in [
+        ("hook-1", 1, PatchStatus::Failed),
+        ("hook-1", 2, PatchStatus::Succeeded),
+        ("hook-2", 1, PatchStatus::Failed),
+    ] {
+        let recorded = app
+            .client
+            .clone()
+            .record(record(id, attempt, status))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            recorded.created,
+            "the record succeeds even with the outbox full"
+        );
+    }
+    let (pending, dead) = on_index(&app, |index| {
+        (
+            index.webhooks_pending().unwrap(),
+            index.webhook_dead_letters().unwrap(),
+        )
+    })
+    .await;
+    let pending: Vec<_> = pending
+        .iter()
+        .map(|row| (row.patch_id.as_str(), row.attempt))
+        .collect();
+    assert_eq!(pending, [("hook-1", 1), ("hook-1", 2)]);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].patch_id, "hook-2");
+    assert!(dead[0].reason.starts_with("outbox full"), "{dead:?}");
+    app.stop().await;
+
+    let receiver = Receiver::start(port, 0.0, 204).await;
+    let app = spawn_with(store.with_store(config)).await;
+    let received = receiver.wait_for(2, Duration::from_secs(20)).await;
+    assert_eq!(received.len(), 2, "{received:#?}");
+    for message in &received {
+        assert_eq!(message["verified"], true, "{message:#?}");
+    }
+    assert_eq!(received[0]["type"], "patch.failed");
+    assert_eq!(received[1]["type"], "patch.succeeded");
+    assert_eq!(received[1]["payload"]["data"]["attempt"], 2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !on_index(&app, |index| index.webhooks_pending().unwrap().is_empty()).await
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let counts = on_index(&app, |index| index.webhook_counts().unwrap()).await;
+    assert_eq!(counts, (0, 1));
+    app.stop().await;
+}
+
+async fn a_database_newer_than_the_binary_is_refused(store: StoreUnderTest) {
+    let app = store.spawn(None).await;
+    app.stop().await;
+    match &store.url {
+        None => {
+            let db = rusqlite::Connection::open(store.dir.path().join("summarizer.db")).unwrap();
+            db.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES (99, 'from the future')",
+                [],
+            )
+            .unwrap();
+        }
+        Some(url) => {
+            let pool = sqlx::PgPool::connect(url).await.unwrap();
+            sqlx::query(
+                "INSERT INTO schema_migrations (version, name) VALUES (99, 'from the future')",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            pool.close().await;
+        }
+    }
+    let Err(err) = summarizer::App::build(store.config(None)).await else {
+        panic!("a database at schema version 99 was opened");
+    };
+    let err = format!("{err:#}");
+    assert!(err.contains("schema version 99"), "{err}");
+    assert!(err.contains("newer than this summarizer"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_restart_mid_run_degrades_the_summarizer_which_loses_nothing_and_resumes() {
+    let test = "a_postgres_restart_mid_run_degrades_the_summarizer...";
+    let Some(store) = StoreUnderTest::postgres(test) else {
+        return;
+    };
+    let server = Arc::clone(store.server.as_ref().unwrap());
+    let alerter = FakeAlerter::start().await;
+    let mut app = store.spawn(Some(alerter.url.clone())).await;
+    let http = format!("http://{}", app.http_addr);
+    let before = app
+        .client
+        .record(record("p-before", 1, PatchStatus::Succeeded))
+        .await
+        .unwrap();
+    assert!(before.into_inner().created);
+    assert_eq!(disk::readyz(&http).await.0, 200);
+
+    // `pg_ctl stop -m fast`: the server ends every session and goes away.
+    server.stop();
+    let started = Instant::now();
+    let refused = app
+        .client
+        .record(record("p-during", 1, PatchStatus::Failed))
+        .await
+        .unwrap_err();
+    let detection = started.elapsed();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("database is unreachable"),
+        "{refused:?}"
+    );
+    let (status, body) = disk::readyz(&http).await;
+    assert_eq!(status, 503, "{body}");
+    let gauge = disk::degraded_gauge(&http, "summarizer").await;
+    assert!(
+        gauge.as_deref().is_some_and(|line| line.ends_with(" 1")),
+        "{gauge:?}"
+    );
+    // Still down: refused again, at once (the degraded store does not try).
+    let again = app
+        .client
+        .record(record("p-during", 1, PatchStatus::Failed))
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), tonic::Code::Unavailable, "{again:?}");
+
+    server.restart();
+    let restarted = Instant::now();
+    let healed = disk::within(Duration::from_secs(30), || {
+        let http = http.clone();
+        async move { disk::readyz(&http).await.0 == 200 }
+    })
+    .await;
+    assert!(
+        healed.is_some(),
+        "readiness stayed 503 after PostgreSQL came back"
+    );
+    println!(
+        "PostgreSQL stopped: record refused after {} ms; back: ready after {} ms",
+        detection.as_millis(),
+        restarted.elapsed().as_millis()
+    );
+
+    // The refused record, retried as the router's outbox would, is recorded now; nothing
+    // recorded before is lost; the alerter hears of both once.
+    let retried = app
+        .client
+        .record(record("p-during", 1, PatchStatus::Failed))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(retried.created);
+    for id in ["p-before", "p-during"] {
+        app.client
+            .get(GetRequest {
+                patch_id: id.into(),
+            })
+            .await
+            .unwrap();
+    }
+    let notified = alerter.wait_for(2).await;
+    let mut ids: Vec<_> = notified.iter().map(|n| n.patch_id.clone()).collect();
+    ids.sort();
+    assert_eq!(ids, ["p-before", "p-during"]);
+    app.stop().await;
+}
