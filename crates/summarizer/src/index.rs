@@ -116,6 +116,9 @@ pub struct Owed {
     pub notification: Option<NewNotification>,
     /// One message per push subscription that wants this outcome.
     pub webhooks: Vec<NewWebhook>,
+    /// The summary's files (name relative to its folder, contents) on a store that keeps them
+    /// in the database (PostgreSQL); empty on SQLite, where they were written as files first.
+    pub bodies: Vec<(String, Vec<u8>)>,
 }
 
 /// The SQLite index; cheap to clone, every call blocking (use from `spawn_blocking`).

@@ -1,5 +1,7 @@
 //! [`PgIndex`]: the summarizer's index on PostgreSQL (`store.url = "postgres://…"`), the same
-//! tables, the same transactions and the same answers as the SQLite index ([`SqliteIndex`]).
+//! tables, the same transactions and the same answers as the SQLite index ([`SqliteIndex`]),
+//! plus the summary bodies (`summary_bodies`, `manifests`) that SQLite keeps as files: written
+//! in the transaction that records the attempt, so any replica serves any summary.
 //!
 //! Every method is blocking, like the SQLite index's: the store calls the index only from
 //! `spawn_blocking` threads, where each call runs its queries with the runtime's
@@ -255,6 +257,17 @@ impl PgIndex {
             insert_transition(&mut tx, &row.target, &transition, changelog_len).await?;
             insert_webhooks(&mut tx, &row.patch_id, attempt, row.recorded_ms, &owed.webhooks)
                 .await?;
+            for (name, body) in &owed.bodies {
+                sqlx::query(
+                    "INSERT INTO summary_bodies (patch_id, name, body) VALUES ($1, $2, $3)
+                     ON CONFLICT (patch_id, name) DO UPDATE SET body = excluded.body",
+                )
+                .bind(&row.patch_id)
+                .bind(name)
+                .bind(body)
+                .execute(&mut *tx)
+                .await?;
+            }
             if let Some(notification) = owed.notification {
                 sqlx::query(
                     "INSERT INTO outbox (patch_id, attempt, request, traceparent, next_at_ms, created_ms)
@@ -489,9 +502,41 @@ impl PgIndex {
                 .bind(&row.patch_id)
                 .execute(&mut *tx)
                 .await?;
+            sqlx::query("DELETE FROM summary_bodies WHERE patch_id = $1")
+                .bind(&row.patch_id)
+                .execute(&mut *tx)
+                .await?;
             let transition = event(row, "expired", at_ms);
             insert_transition(&mut tx, &row.target, &transition, changelog_len).await?;
             tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// The body `name` of `patch_id` (`summary-<id>.md`, …), if stored.
+    pub fn body(&self, patch_id: &str, name: &str) -> Result<Option<Vec<u8>>, SummarizerError> {
+        self.block(async |pool| {
+            let row =
+                sqlx::query("SELECT body FROM summary_bodies WHERE patch_id = $1 AND name = $2")
+                    .bind(patch_id)
+                    .bind(name)
+                    .fetch_optional(&pool)
+                    .await?;
+            Ok(row.map(|row| row.try_get(0)).transpose()?)
+        })
+    }
+
+    /// Replaces the manifest of `target`.
+    pub fn put_manifest(&self, target: &str, body: &[u8]) -> Result<(), SummarizerError> {
+        self.block(async |pool| {
+            sqlx::query(
+                "INSERT INTO manifests (target, body) VALUES ($1, $2)
+                 ON CONFLICT (target) DO UPDATE SET body = excluded.body",
+            )
+            .bind(target)
+            .bind(body)
+            .execute(&pool)
+            .await?;
             Ok(())
         })
     }

@@ -54,6 +54,29 @@ impl StoreUnderTest {
         config
     }
 
+    /// The manifest of `target`: its file on SQLite, its row on PostgreSQL.
+    async fn manifest(&self, target: &str) -> serde_json::Value {
+        let bytes = match &self.url {
+            None => std::fs::read(
+                self.dir
+                    .path()
+                    .join(format!("summaries/{target}/patch-manifest.json")),
+            )
+            .unwrap(),
+            Some(url) => {
+                let pool = sqlx::PgPool::connect(url).await.unwrap();
+                let row = sqlx::query("SELECT body FROM manifests WHERE target = $1")
+                    .bind(target)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                pool.close().await;
+                sqlx::Row::get(&row, 0)
+            }
+        };
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
     async fn spawn(&self, alerter_url: Option<String>) -> TestApp {
         spawn_with(self.config(alerter_url)).await
     }
@@ -208,10 +231,7 @@ async fn records_are_idempotent_listed_newest_first_and_served_after_a_restart(
     assert_eq!(missing.code(), tonic::Code::NotFound);
 
     // The manifest's changelog comes from the index: three recorded transitions of MAIN.
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(store.dir.path().join("summaries/MAIN/patch-manifest.json")).unwrap(),
-    )
-    .unwrap();
+    let manifest = store.manifest("MAIN").await;
     let changelog = manifest["changelog"].as_array().unwrap();
     assert_eq!(changelog.len(), 3, "{manifest}");
     assert_eq!(changelog[2]["from"], "failed");
@@ -407,7 +427,9 @@ async fn a_postgres_restart_mid_run_degrades_the_summarizer_which_loses_nothing_
     let detection = started.elapsed();
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
     assert!(
-        refused.message().contains("database is unreachable"),
+        refused
+            .message()
+            .starts_with(ghost_runtime::storage::UNAVAILABLE_PREFIX),
         "{refused:?}"
     );
     let (status, body) = disk::readyz(&http).await;
@@ -417,6 +439,15 @@ async fn a_postgres_restart_mid_run_degrades_the_summarizer_which_loses_nothing_
         gauge.as_deref().is_some_and(|line| line.ends_with(" 1")),
         "{gauge:?}"
     );
+    // Reads fail as UNAVAILABLE too (retryable), never as an internal error.
+    let read = app
+        .client
+        .get(GetRequest {
+            patch_id: "p-before".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(read.code(), tonic::Code::Unavailable, "{read:?}");
     // Still down: refused again, at once (the degraded store does not try).
     let again = app
         .client
@@ -464,4 +495,68 @@ async fn a_postgres_restart_mid_run_degrades_the_summarizer_which_loses_nothing_
     ids.sort();
     assert_eq!(ids, ["p-before", "p-during"]);
     app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_summarizers_on_one_database_serve_each_others_summaries_and_write_no_files() {
+    let test = "two_summarizers_on_one_database_serve_each_others_summaries...";
+    let Some(store) = StoreUnderTest::postgres(test) else {
+        return;
+    };
+    let other_dir = tempfile::tempdir().unwrap();
+    let mut first = store.spawn(None).await;
+    let mut second = spawn_with(store.with_store(test_config(other_dir.path(), None))).await;
+    let recorded = first
+        .client
+        .record(record("shared", 1, PatchStatus::RolledBack))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(recorded.created);
+    // The second replica sees the attempt as recorded, and records the next one on top of it.
+    let again = second
+        .client
+        .record(record("shared", 1, PatchStatus::RolledBack))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!again.created);
+    let next = second
+        .client
+        .record(record("shared", 2, PatchStatus::Succeeded))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(next.created);
+    for app in [&mut first, &mut second] {
+        let got = app
+            .client
+            .get(GetRequest {
+                patch_id: "shared".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .summary
+            .unwrap();
+        assert!(
+            got.markdown.starts_with("# ✅ shared succeeded"),
+            "{}",
+            got.markdown
+        );
+        assert!(
+            got.markdown.contains("attempt 1: ❌ rolled_back"),
+            "{}",
+            got.markdown
+        );
+    }
+    let manifest = store.manifest("MAIN").await;
+    assert_eq!(manifest["patches"][0]["attempts"], 2, "{manifest}");
+    // No summary, artifact or manifest file in either data dir: the bodies are in the database.
+    for dir in [store.dir.path(), other_dir.path()] {
+        let files = crate::snapshot(dir);
+        assert!(files.is_empty(), "{:?}", files.keys());
+    }
+    first.stop().await;
+    second.stop().await;
 }

@@ -84,3 +84,16 @@ CREATE TABLE IF NOT EXISTS webhook_gone (
     url_sha256   TEXT NOT NULL,
     at_ms        BIGINT NOT NULL
 );
+-- The summary bodies (on SQLite they are files in data_dir): by patch and name relative to the
+-- summary's folder (`summary-<id>.md`, `summary-<id>.json`, `artifacts/<id>/<attempt>-<n>.log`),
+-- so any replica serves any summary. Archiving changes the row's `dir` only.
+CREATE TABLE IF NOT EXISTS summary_bodies (
+    patch_id    TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    body        BYTEA NOT NULL,
+    PRIMARY KEY (patch_id, name)
+);
+CREATE TABLE IF NOT EXISTS manifests (
+    target      TEXT PRIMARY KEY,
+    body        BYTEA NOT NULL
+);
