@@ -53,11 +53,11 @@ pub fn bin_dir() -> Option<PathBuf> {
 }
 
 impl TempPostgres {
-    /// Starts a server, or prints why the test skips and returns `None` when PostgreSQL is
+    /// Starts a server, or prints (to stderr) why the test skips and returns `None` when PostgreSQL is
     /// not installed. Panics when it is installed but will not start (a real failure).
     pub fn start_or_skip(test: &str) -> Option<Self> {
         let Some(bin) = bin_dir() else {
-            println!(
+            eprintln!(
                 "SKIP {test}: PostgreSQL is not installed (no initdb under /usr/lib/postgresql \
                  or on PATH; apt-get install postgresql)"
             );
@@ -65,7 +65,7 @@ impl TempPostgres {
         };
         match Self::start_in(&bin) {
             Ok(server) => {
-                println!(
+                eprintln!(
                     "{test}: PostgreSQL started in {} ms (initdb + pg_ctl start) on port {}",
                     server.start_time.as_millis(),
                     server.port

@@ -467,7 +467,7 @@ async fn a_postgres_restart_mid_run_degrades_the_summarizer_which_loses_nothing_
         healed.is_some(),
         "readiness stayed 503 after PostgreSQL came back"
     );
-    println!(
+    eprintln!(
         "PostgreSQL stopped: record refused after {} ms; back: ready after {} ms",
         detection.as_millis(),
         restarted.elapsed().as_millis()
