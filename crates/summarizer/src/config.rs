@@ -218,6 +218,19 @@ mod tests {
         let printed = ghost_runtime::config::render(&config).unwrap();
         assert!(!printed.contains("hunter2"), "{printed}");
         assert!(!format!("{config:?}").contains("hunter2"));
+        // From a file (a Kubernetes or compose secret), as `…__STORE__URL_FILE`.
+        let secrets = tempfile::tempdir().unwrap();
+        let file = secrets.path().join("summarizer-db-url");
+        std::fs::write(&file, format!("{url}\n")).unwrap();
+        let env = [(
+            "GHOST_SUMMARIZER__STORE__URL_FILE".to_owned(),
+            file.to_string_lossy().into_owned(),
+        )]
+        .into_iter()
+        .collect();
+        let config: SummarizerConfig =
+            ghost_runtime::config::load_from("summarizer", None, env).unwrap();
+        assert_eq!(config.store.postgres_url(), Ok(Some(url)));
         for bad in ["mysql://root:hunter2@x/db", "hunter2", "sqlite:///tmp/x.db"] {
             let store = StoreConfig {
                 url: Some(Secret::new(bad)),

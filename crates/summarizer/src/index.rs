@@ -13,7 +13,7 @@
 //! is a blocking core run on `spawn_blocking` threads (files, fsyncs, per-patch locks), so the
 //! index's methods stay blocking and every call site stays as it was; the PostgreSQL side runs
 //! its async `sqlx` queries to their end from those threads. An enum keeps the two backends'
-//! method lists side by side in [`dispatch!`], checked by the compiler to match, with no boxed
+//! method lists side by side in `dispatch!`, checked by the compiler to match, with no boxed
 //! futures or trait objects; the async trait that the router and the alerter will share comes
 //! with the one store layer of issue 21.
 

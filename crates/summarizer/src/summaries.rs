@@ -628,17 +628,17 @@ impl Summaries {
     fn write_manifest(&self, target: &str) -> Result<(), SummarizerError> {
         let target_lock = keyed(&self.inner.manifest_locks, target);
         let _this_target = lock(&target_lock);
-        let (rows, transitions) = self.inner.index.manifest_rows(target)?;
-        let manifest = manifest::build(target, &rows, &transitions);
         if let Some(database) = self.database() {
-            let json = serde_json::to_vec_pretty(&manifest).map_err(|source| {
-                SummarizerError::Corrupt {
+            return database.rewrite_manifest(target, |rows, transitions| {
+                let manifest = manifest::build(target, rows, transitions);
+                serde_json::to_vec_pretty(&manifest).map_err(|source| SummarizerError::Corrupt {
                     path: PathBuf::from(format!("manifests/{target}")),
                     source,
-                }
-            })?;
-            return database.put_manifest(target, &json);
+                })
+            });
         }
+        let (rows, transitions) = self.inner.index.manifest_rows(target)?;
+        let manifest = manifest::build(target, &rows, &transitions);
         let path = self
             .inner
             .data_dir

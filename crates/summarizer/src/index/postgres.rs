@@ -68,6 +68,17 @@ fn summary_row(row: &PgRow) -> Result<SummaryRow, sqlx::Error> {
     })
 }
 
+fn transition_row(row: &PgRow) -> Result<Transition, sqlx::Error> {
+    Ok(Transition {
+        patch_id: row.try_get(0)?,
+        attempt: u32_of(row.try_get(1)?),
+        event: row.try_get(2)?,
+        from_status: row.try_get(3)?,
+        to_status: row.try_get(4)?,
+        at_ms: row.try_get(5)?,
+    })
+}
+
 fn webhook_row(row: &PgRow) -> Result<WebhookRow, sqlx::Error> {
     Ok(WebhookRow {
         id: row.try_get(0)?,
@@ -227,11 +238,14 @@ impl PgIndex {
             if inserted == 0 {
                 return Ok(false);
             }
-            sqlx::query(sql(format!(
+            // Another replica may have recorded another attempt of this patch since this one
+            // read the previous summary: then the row has as many attempts as ours, ours lacks
+            // that one, and the whole transaction is undone for the caller to retry.
+            let written = sqlx::query(sql(format!(
                 "INSERT INTO summaries ({SUMMARY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
                  ON CONFLICT (patch_id) DO UPDATE SET target = $2, status = $3, attempt = $4,
                  attempts = $5, trace_id = $6, created_ms = $7, finished_ms = $8, recorded_ms = $9,
-                 dir = $10, archived = $11"
+                 dir = $10, archived = $11 WHERE summaries.attempts < $5"
             )))
             .bind(&row.patch_id)
             .bind(&row.target)
@@ -245,7 +259,14 @@ impl PgIndex {
             .bind(&row.dir)
             .bind(row.archived)
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected();
+            if written == 0 {
+                return Err(SummarizerError::Unavailable(format!(
+                    "another summarizer recorded patch {} at the same time; retry",
+                    row.patch_id
+                )));
+            }
             let transition = Transition {
                 patch_id: row.patch_id.clone(),
                 attempt,
@@ -403,17 +424,8 @@ impl PgIndex {
             .fetch_all(&pool)
             .await?
             .iter()
-            .map(|row| {
-                Ok(Transition {
-                    patch_id: row.try_get(0)?,
-                    attempt: u32_of(row.try_get(1)?),
-                    event: row.try_get(2)?,
-                    from_status: row.try_get(3)?,
-                    to_status: row.try_get(4)?,
-                    at_ms: row.try_get(5)?,
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            .map(transition_row)
+            .collect::<Result<Vec<_>, _>>()?;
             Ok((rows, transitions))
         })
     }
@@ -526,17 +538,49 @@ impl PgIndex {
         })
     }
 
-    /// Replaces the manifest of `target`.
-    pub fn put_manifest(&self, target: &str, body: &[u8]) -> Result<(), SummarizerError> {
+    /// Rewrites the manifest of `target` with `build` over its rows, in one transaction that
+    /// holds the target's lock: replicas rewrite it in turn, so the last write is of the
+    /// newest rows.
+    pub fn rewrite_manifest(
+        &self,
+        target: &str,
+        build: impl FnOnce(&[SummaryRow], &[Transition]) -> Result<Vec<u8>, SummarizerError>,
+    ) -> Result<(), SummarizerError> {
         self.block(async |pool| {
+            let mut tx = pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext('manifest:' || $1))")
+                .bind(target)
+                .execute(&mut *tx)
+                .await?;
+            let rows = sqlx::query(sql(format!(
+                "SELECT {SUMMARY_COLUMNS} FROM summaries WHERE target = $1 ORDER BY patch_id"
+            )))
+            .bind(target)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(summary_row)
+            .collect::<Result<Vec<_>, _>>()?;
+            let transitions = sqlx::query(
+                "SELECT patch_id, attempt, event, from_status, to_status, at_ms FROM changelog
+                 WHERE target = $1 ORDER BY id",
+            )
+            .bind(target)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(transition_row)
+            .collect::<Result<Vec<_>, _>>()?;
+            let body = build(&rows, &transitions)?;
             sqlx::query(
                 "INSERT INTO manifests (target, body) VALUES ($1, $2)
                  ON CONFLICT (target) DO UPDATE SET body = excluded.body",
             )
             .bind(target)
             .bind(body)
-            .execute(&pool)
+            .execute(&mut *tx)
             .await?;
+            tx.commit().await?;
             Ok(())
         })
     }

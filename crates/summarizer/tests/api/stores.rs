@@ -560,3 +560,61 @@ async fn two_summarizers_on_one_database_serve_each_others_summaries_and_write_n
     first.stop().await;
     second.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_attempts_recorded_at_once_on_two_summarizers_both_stay_in_the_history() {
+    let test = "two_attempts_recorded_at_once_on_two_summarizers...";
+    let Some(store) = StoreUnderTest::postgres(test) else {
+        return;
+    };
+    let other_dir = tempfile::tempdir().unwrap();
+    let first = store.spawn(None).await;
+    let second = spawn_with(store.with_store(test_config(other_dir.path(), None))).await;
+    const PATCHES: usize = 20;
+    let mut retried = 0;
+    for n in 0..PATCHES {
+        let id = format!("race-{n}");
+        let mut calls = Vec::new();
+        for (app, attempt, status) in [
+            (&first, 1, PatchStatus::RolledBack),
+            (&second, 2, PatchStatus::Succeeded),
+        ] {
+            let mut client = app.client.clone();
+            let request = record(&id, attempt, status);
+            calls.push(tokio::spawn(async move {
+                // As the router's outbox does: UNAVAILABLE is tried again (bounded here).
+                for tries in 0..50 {
+                    match client.record(request.clone()).await {
+                        Ok(response) => return (response.into_inner().created, tries),
+                        Err(status) if status.code() == tonic::Code::Unavailable => {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        Err(status) => panic!("{status:?}"),
+                    }
+                }
+                panic!("still refused after 50 tries");
+            }));
+        }
+        for call in calls {
+            let (created, tries) = call.await.unwrap();
+            assert!(created);
+            retried += tries;
+        }
+    }
+    let rows = on_index(&first, |index| index.all().unwrap()).await;
+    assert_eq!(rows.len(), PATCHES, "{rows:?}");
+    for row in &rows {
+        assert_eq!(row.attempts, 2, "an attempt was lost: {row:?}");
+        assert_eq!(row.status, "succeeded", "{row:?}");
+    }
+    // The manifest, rewritten by both, ends with every patch's latest state.
+    let manifest = store.manifest("MAIN").await;
+    let patches = manifest["patches"].as_array().unwrap();
+    assert_eq!(patches.len(), PATCHES, "{manifest}");
+    for patch in patches {
+        assert_eq!(patch["attempts"], 2, "a stale manifest: {patch}");
+    }
+    eprintln!("{PATCHES} patches, two attempts each at once: {retried} records retried");
+    first.stop().await;
+    second.stop().await;
+}
