@@ -14,7 +14,7 @@ use ghost_testkit::postgres::TempPostgres;
 use summarizer::SummarizerConfig;
 use summarizer::index::Index;
 
-use crate::helpers::{FakeAlerter, TestApp, record, reserve_port, spawn_with, test_config};
+use crate::helpers::{FakeAlerter, T0, TestApp, record, reserve_port, spawn_with, test_config};
 use crate::webhooks::{Receiver, subscription};
 
 /// The store one run of a test uses: its data dir, and the database URL on PostgreSQL.
@@ -121,7 +121,108 @@ on_both_stores!(
     notifications_wait_in_the_outbox_across_a_restart_and_arrive_once,
     webhooks_are_delivered_in_order_and_a_full_outbox_dead_letters,
     a_database_newer_than_the_binary_is_refused,
+    old_summaries_are_archived_then_expired_and_a_new_attempt_brings_one_back,
 );
+
+async fn old_summaries_are_archived_then_expired_and_a_new_attempt_brings_one_back(
+    store: StoreUnderTest,
+) {
+    const DAY: i64 = 86_400_000;
+    let mut app = store.spawn(None).await;
+    for (id, days_ago) in [("old", 40), ("older", 400), ("fresh", 1)] {
+        let mut request = record(id, 1, PatchStatus::Failed);
+        request.outcome.as_mut().unwrap().finished_unix_ms = T0 - days_ago * DAY;
+        app.client.record(request).await.unwrap();
+    }
+    let days = |n: u64| Duration::from_secs(n * 86_400);
+    let report = app
+        .summaries
+        .archive(T0, Some(days(30)), None)
+        .await
+        .unwrap();
+    assert_eq!((report.archived, report.expired), (2, 0));
+    let got = app
+        .client
+        .get(GetRequest {
+            patch_id: "old".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .summary
+        .unwrap();
+    assert!(
+        got.path.starts_with("summaries/MAIN/.archive/"),
+        "{}",
+        got.path
+    );
+    assert!(
+        got.markdown.starts_with("# ❌ old failed"),
+        "{}",
+        got.markdown
+    );
+
+    // Retention: archived summaries past a year are deleted, row and bodies.
+    let report = app
+        .summaries
+        .archive(T0, Some(days(30)), Some(days(365)))
+        .await
+        .unwrap();
+    assert_eq!((report.archived, report.expired), (0, 1));
+    let gone = app
+        .client
+        .get(GetRequest {
+            patch_id: "older".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), tonic::Code::NotFound);
+    // Its attempt stays recorded: a redelivery is a no-op.
+    let mut replay = record("older", 1, PatchStatus::Failed);
+    replay.outcome.as_mut().unwrap().finished_unix_ms = T0 - 400 * DAY;
+    assert!(
+        !app.client
+            .record(replay)
+            .await
+            .unwrap()
+            .into_inner()
+            .created
+    );
+
+    // A new attempt of an archived summary brings it back to the live folder, history kept.
+    let back = app
+        .client
+        .record(record("old", 2, PatchStatus::Succeeded))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(back.created);
+    let got = app
+        .client
+        .get(GetRequest {
+            patch_id: "old".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .summary
+        .unwrap();
+    assert_eq!(got.path, "summaries/MAIN/summary-old.md");
+    assert!(
+        got.markdown.contains("attempt 1: ❌ failed"),
+        "{}",
+        got.markdown
+    );
+    let manifest = store.manifest("MAIN").await;
+    let ids: Vec<_> = manifest["patches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|patch| patch["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["fresh", "old"], "{manifest}");
+    app.stop().await;
+}
 
 async fn records_are_idempotent_listed_newest_first_and_served_after_a_restart(
     store: StoreUnderTest,
