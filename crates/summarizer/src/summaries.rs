@@ -12,6 +12,11 @@
 //! `manifest_delay` > 0 a record only marks its target's manifest stale and
 //! [`Summaries::run_manifest_writer`] rebuilds it once per delay for all records in between
 //! (and on shutdown); with 0 every record rewrites it before answering.
+//!
+//! On PostgreSQL (`store.url`) nothing is a file: the Markdown, the JSON and the artifacts are
+//! written in the transaction that records the attempt ([`Owed::bodies`]), the manifest is a row
+//! rewritten under a per-target lock, and archiving only changes the row's folder, so any replica
+//! serves any summary.
 
 mod archive;
 mod manifest_writer;
