@@ -16,7 +16,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use sqlx::Row as _;
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 
 use super::migrations::{self, Dialect};
 use super::{
@@ -120,12 +120,23 @@ impl PgIndex {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             SummarizerError::Store("the PostgreSQL index needs a tokio runtime".to_owned())
         })?;
-        let pool = runtime.block_on(
-            PgPoolOptions::new()
-                .max_connections(MAX_CONNECTIONS)
-                .acquire_timeout(ACQUIRE_TIMEOUT)
-                .connect(url),
-        )?;
+        let options: PgConnectOptions = url.parse().map_err(|err: sqlx::Error| {
+            // The parser's text names the part that is wrong, never the password.
+            SummarizerError::Store(format!("store.url is not a valid PostgreSQL URL: {err}"))
+        })?;
+        let server = format!("{}:{}", options.get_host(), options.get_port());
+        let pool = runtime
+            .block_on(
+                PgPoolOptions::new()
+                    .max_connections(MAX_CONNECTIONS)
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
+                    .connect_with(options),
+            )
+            .map_err(|err| {
+                SummarizerError::Store(format!(
+                    "cannot connect to the PostgreSQL server of store.url ({server}): {err}"
+                ))
+            })?;
         let index = Self { pool, runtime };
         index.block(async |pool| {
             let mut tx = pool.begin().await?;

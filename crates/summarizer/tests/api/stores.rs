@@ -719,3 +719,43 @@ async fn two_attempts_recorded_at_once_on_two_summarizers_both_stay_in_the_histo
     first.stop().await;
     second.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_store_url_or_an_unreachable_database_fails_the_start_without_its_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path(), None);
+    config.store.url = Some(Secret::new("mysql://root:hunter2@127.0.0.1/ghost"));
+    let Err(err) = summarizer::App::build(config).await else {
+        panic!("a mysql:// store.url was accepted");
+    };
+    let err = format!("{err:#}");
+    assert!(err.contains("store.url must be unset"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+
+    let test = "a_bad_store_url_or_an_unreachable_database...";
+    let Some(server) = TempPostgres::start_or_skip(test) else {
+        return;
+    };
+    let port = server.port();
+    drop(server);
+    let mut config = test_config(dir.path(), None);
+    config.store.url = Some(Secret::new(format!(
+        "postgres://postgres:hunter2@127.0.0.1:{port}/ghost"
+    )));
+    let started = Instant::now();
+    let Err(err) = summarizer::App::build(config).await else {
+        panic!("a summarizer started on a database that is not there");
+    };
+    let err = format!("{err:#}");
+    assert!(
+        err.contains(&format!(
+            "cannot connect to the PostgreSQL server of store.url (127.0.0.1:{port})"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+    eprintln!(
+        "unreachable database: the start failed after {} ms: {err}",
+        started.elapsed().as_millis()
+    );
+}
