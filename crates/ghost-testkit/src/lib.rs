@@ -6,12 +6,14 @@
 //! and `response_url`, and can be scripted
 //! to rate-limit or fail; [`OtlpReceiver`] is a real OTLP/gRPC trace collector;
 //! [`WebhookReceiver`] checks Standard Webhooks with the real `standardwebhooks` package;
-//! [`disk`] makes real disk faults (a full tmpfs, the `LD_PRELOAD` fault shim). This
+//! [`disk`] makes real disk faults (a full tmpfs, the `LD_PRELOAD` fault shim); [`postgres`]
+//! starts a real PostgreSQL (`initdb`, `pg_ctl`) on a free loopback port. This
 //! crate is a dev-dependency only; nothing in production links it.
 
 pub mod disk;
 mod otlp;
 pub mod pki;
+pub mod postgres;
 mod python;
 mod slack;
 mod webhooks;

@@ -4,7 +4,9 @@
 //!
 //! Run: `cargo run --release -p summarizer --example record_load -- [concurrency] [records]
 //! [targets] [manifest_delay_ms]` (defaults 1, 2000, 8, 500; a delay of 0 rewrites the
-//! manifest in every record, as before deferred manifests).
+//! manifest in every record, as before deferred manifests). With `GHOST_SUMMARIZER__STORE__URL`
+//! set to a `postgres://` URL the index and bodies go to that database instead (a fresh one:
+//! the run's patch ids are fixed).
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -57,7 +59,13 @@ async fn main() -> anyhow::Result<()> {
     let targets = args.get(2).copied().unwrap_or(8).max(1);
     let delay = Duration::from_millis(args.get(3).copied().unwrap_or(500) as u64);
     let dir = tempfile::tempdir_in(".")?;
+    let store = summarizer::config::StoreConfig {
+        url: std::env::var("GHOST_SUMMARIZER__STORE__URL")
+            .ok()
+            .map(ghost_runtime::config::Secret::new),
+    };
     let app = App::build(SummarizerConfig {
+        store,
         server: ServerConfig::ephemeral(),
         data_dir: dir.path().to_owned(),
         archive_after: None,
@@ -92,7 +100,12 @@ async fn main() -> anyhow::Result<()> {
     latencies.sort();
     writeln!(
         std::io::stdout().lock(),
-        "record: {} over {targets} target(s) in {:.2}s at concurrency {concurrency}, manifest delay {delay:?} = {:.0}/s; latency p50 {:.2} ms, p99 {:.2} ms",
+        "record ({}): {} over {targets} target(s) in {:.2}s at concurrency {concurrency}, manifest delay {delay:?} = {:.0}/s; latency p50 {:.2} ms, p99 {:.2} ms",
+        if std::env::var_os("GHOST_SUMMARIZER__STORE__URL").is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        },
         latencies.len(),
         elapsed.as_secs_f64(),
         latencies.len() as f64 / elapsed.as_secs_f64(),

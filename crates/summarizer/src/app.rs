@@ -89,7 +89,13 @@ impl App {
                 )
             })
             .transpose()?;
+        let postgres_url = config
+            .store
+            .postgres_url()
+            .map_err(anyhow::Error::msg)?
+            .map(ghost_runtime::config::Secret::new);
         let options = StoreOptions {
+            postgres_url,
             jaeger_url_template: config.jaeger_url_template.clone(),
             model_text_chars: config.model_text_chars,
             changelog_len: config.changelog_len.max(1),

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ghost_runtime::config::ServerConfig;
+use ghost_runtime::config::{Secret, ServerConfig};
 use ghost_runtime::telemetry::TelemetryConfig;
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +20,8 @@ pub struct SummarizerConfig {
     /// Root of the summarizer's state: `summarizer.db` (index and notify outbox) and
     /// `summaries/<target>/` (summary files, artifacts, manifest, archive).
     pub data_dir: PathBuf,
+    /// Where the index lives (`[store]`): unset, SQLite in `data_dir`.
+    pub store: StoreConfig,
     /// The alerter's gRPC endpoint, e.g. `http://127.0.0.1:50054`; unset: nobody is notified.
     pub alerter_url: Option<String>,
     /// Link to a trace in the summary; `{trace_id}` is replaced by the trace id.
@@ -87,12 +89,51 @@ pub struct SummarizerConfig {
     pub webhook_dead_letter_max_age: Duration,
 }
 
+/// The store of the summarizer's index.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Unset: SQLite, `<data_dir>/summarizer.db` (the embedded default). `postgres://user:pass@host/db`
+    /// (or `postgresql://`): PostgreSQL, so replicas share one index. A secret (it may hold a
+    /// password): redacted by `--print-config`, never logged; `GHOST_SUMMARIZER__STORE__URL_FILE`
+    /// reads it from a file.
+    pub url: Option<Secret>,
+}
+
+impl StoreConfig {
+    /// The PostgreSQL URL, `None` for SQLite, or why `url` is neither (naming only its scheme,
+    /// never the rest: it may hold a password).
+    pub fn postgres_url(&self) -> Result<Option<&str>, String> {
+        let Some(url) = self.url.as_ref().map(Secret::expose) else {
+            return Ok(None);
+        };
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Some(url));
+        }
+        let scheme = match url.split_once("://") {
+            Some((scheme, _))
+                if scheme.len() <= 20
+                    && scheme
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'+') =>
+            {
+                format!("`{scheme}://`")
+            }
+            _ => "no scheme".to_owned(),
+        };
+        Err(format!(
+            "store.url must be unset (SQLite in data_dir) or a postgres:// URL; it has {scheme}"
+        ))
+    }
+}
+
 impl Default for SummarizerConfig {
     fn default() -> Self {
         Self {
             server: ServerConfig::loopback(50053, 8083),
             telemetry: TelemetryConfig::default(),
             data_dir: PathBuf::from("./.ghost/summarizer"),
+            store: StoreConfig::default(),
             alerter_url: None,
             jaeger_url_template: "http://127.0.0.1:16686/trace/{trace_id}".to_owned(),
             archive_after: Some(Duration::from_secs(30 * 24 * 3600)),
@@ -162,5 +203,41 @@ mod tests {
             ghost_runtime::config::load_from("summarizer", None, Default::default()).unwrap();
         assert_eq!(plain.retention, None);
         assert!(ghost_runtime::config::render(&plain).is_ok());
+    }
+
+    #[test]
+    fn store_url_is_sqlite_when_unset_postgres_when_so_and_a_secret_in_dumps() {
+        assert_eq!(StoreConfig::default().postgres_url(), Ok(None));
+        let url = "postgres://ghost:hunter2@db.internal:5432/ghost";
+        let env = [("GHOST_SUMMARIZER__STORE__URL".to_owned(), url.to_owned())]
+            .into_iter()
+            .collect();
+        let config: SummarizerConfig =
+            ghost_runtime::config::load_from("summarizer", None, env).unwrap();
+        assert_eq!(config.store.postgres_url(), Ok(Some(url)));
+        let printed = ghost_runtime::config::render(&config).unwrap();
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(!format!("{config:?}").contains("hunter2"));
+        // From a file (a Kubernetes or compose secret), as `…__STORE__URL_FILE`.
+        let secrets = tempfile::tempdir().unwrap();
+        let file = secrets.path().join("summarizer-db-url");
+        std::fs::write(&file, format!("{url}\n")).unwrap();
+        let env = [(
+            "GHOST_SUMMARIZER__STORE__URL_FILE".to_owned(),
+            file.to_string_lossy().into_owned(),
+        )]
+        .into_iter()
+        .collect();
+        let config: SummarizerConfig =
+            ghost_runtime::config::load_from("summarizer", None, env).unwrap();
+        assert_eq!(config.store.postgres_url(), Ok(Some(url)));
+        for bad in ["mysql://root:hunter2@x/db", "hunter2", "sqlite:///tmp/x.db"] {
+            let store = StoreConfig {
+                url: Some(Secret::new(bad)),
+            };
+            let err = store.postgres_url().unwrap_err();
+            assert!(err.contains("store.url"), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
     }
 }

@@ -39,6 +39,13 @@ pub enum SummarizerError {
     /// The SQLite index failed.
     #[error("summary index failed")]
     Db(#[from] rusqlite::Error),
+    /// The PostgreSQL index failed (a query, or the server is gone).
+    #[error("summary database failed")]
+    Pg(#[from] sqlx::Error),
+    /// The store cannot be used as configured (a bad `store.url`, a schema newer than this
+    /// binary).
+    #[error("{0}")]
+    Store(String),
     /// A blocking task died (panicked or was cancelled).
     #[error("storage task failed")]
     Task(#[source] tokio::task::JoinError),
@@ -64,6 +71,7 @@ impl SummarizerError {
                 FaultKind::from_sqlite_code(failure.extended_code)
             }
             Self::Io { source, .. } => FaultKind::from_io(source),
+            Self::Pg(err) => pg_fault(err),
             _ => None,
         }
     }
@@ -77,15 +85,50 @@ impl SummarizerError {
     }
 }
 
+/// The storage fault a PostgreSQL error reports: the server gone or refusing connections
+/// (`Io`), out of disk (`Full`); a failed query of ours is no storage fault.
+fn pg_fault(err: &sqlx::Error) -> Option<FaultKind> {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => Some(FaultKind::Io),
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            // 53100 disk_full; class 08 connection exception; 57P01..57P03 the server is
+            // shutting down, crashed or starting; 53300 too many connections.
+            if code == "53100" {
+                Some(FaultKind::Full)
+            } else if code.starts_with("08") || code.starts_with("57P") || code == "53300" {
+                Some(FaultKind::Io)
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
 impl From<SummarizerError> for tonic::Status {
     fn from(err: SummarizerError) -> Self {
         match &err {
             SummarizerError::InvalidArgument { .. } => Self::invalid_argument(err.to_string()),
             SummarizerError::NotFound(_) => Self::not_found(err.to_string()),
             SummarizerError::Unavailable(_) => Self::unavailable(err.to_string()),
+            SummarizerError::Pg(_) if err.storage_fault().is_some() => {
+                tracing::warn!(error = ?anyhow::Error::from(err), "summary database unavailable");
+                Self::unavailable(format!(
+                    "{}the summary database is unreachable",
+                    ghost_runtime::storage::UNAVAILABLE_PREFIX
+                ))
+            }
             SummarizerError::Io { .. }
             | SummarizerError::Corrupt { .. }
             | SummarizerError::Db(_)
+            | SummarizerError::Pg(_)
+            | SummarizerError::Store(_)
             | SummarizerError::Task(_) => {
                 tracing::error!(error = ?anyhow::Error::from(err), "summarizer internal error");
                 Self::internal("internal error")

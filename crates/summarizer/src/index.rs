@@ -1,4 +1,6 @@
-//! [`Index`]: the summarizer's SQLite file (`<data_dir>/summarizer.db`, WAL, synchronous=FULL).
+//! [`Index`]: the summarizer's index, on one of two stores chosen by `store.url`:
+//! [`SqliteIndex`] (the embedded default, `<data_dir>/summarizer.db`, WAL, synchronous=FULL) or
+//! [`PgIndex`] (PostgreSQL). Both hold the same tables, versioned by [`migrations`].
 //!
 //! Tables: `summaries` (one row per patch: where its files are and what the latest attempt was),
 //! `attempts` (the idempotency key (patch id, attempt)), `outbox` (notifications owed to the
@@ -6,7 +8,17 @@
 //! ([`webhook_outbox`]: messages owed to push subscriptions, and dead letters). The summary files are
 //! written before the row that points at them is committed, so a committed row always names
 //! complete files.
+//!
+//! Shape: an enum over the two backends, not a trait. The store above it ([`crate::summaries`])
+//! is a blocking core run on `spawn_blocking` threads (files, fsyncs, per-patch locks), so the
+//! index's methods stay blocking and every call site stays as it was; the PostgreSQL side runs
+//! its async `sqlx` queries to their end from those threads. An enum keeps the two backends'
+//! method lists side by side in `dispatch!`, checked by the compiler to match, with no boxed
+//! futures or trait objects; the async trait that the router and the alerter will share comes
+//! with the one store layer of issue 21.
 
+mod migrations;
+mod postgres;
 mod webhook_outbox;
 
 use std::path::Path;
@@ -14,60 +26,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension as _, params};
 
+pub use self::postgres::PgIndex;
 pub use self::webhook_outbox::{DeadLetter, NewWebhook, WebhookRow, WebhookSettle};
 use crate::error::SummarizerError;
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS summaries (
-    patch_id    TEXT PRIMARY KEY,
-    target      TEXT NOT NULL,
-    status      TEXT NOT NULL,
-    attempt     INTEGER NOT NULL,
-    attempts    INTEGER NOT NULL,
-    trace_id    TEXT NOT NULL,
-    created_ms  INTEGER NOT NULL,
-    finished_ms INTEGER NOT NULL,
-    recorded_ms INTEGER NOT NULL,
-    dir         TEXT NOT NULL,
-    archived    INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS summaries_by_time ON summaries (finished_ms DESC, patch_id);
-CREATE INDEX IF NOT EXISTS summaries_by_target ON summaries (target, finished_ms DESC);
-CREATE TABLE IF NOT EXISTS attempts (
-    patch_id    TEXT NOT NULL,
-    attempt     INTEGER NOT NULL,
-    status      TEXT NOT NULL,
-    recorded_ms INTEGER NOT NULL,
-    PRIMARY KEY (patch_id, attempt)
-);
-CREATE TABLE IF NOT EXISTS outbox (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    patch_id    TEXT NOT NULL,
-    attempt     INTEGER NOT NULL,
-    request     BLOB NOT NULL,
-    traceparent TEXT NOT NULL,
-    tries       INTEGER NOT NULL DEFAULT 0,
-    next_at_ms  INTEGER NOT NULL,
-    created_ms  INTEGER NOT NULL,
-    last_error  TEXT NOT NULL DEFAULT '',
-    UNIQUE (patch_id, attempt)
-);
-CREATE TABLE IF NOT EXISTS changelog (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    target      TEXT NOT NULL,
-    patch_id    TEXT NOT NULL,
-    attempt     INTEGER NOT NULL,
-    event       TEXT NOT NULL,
-    from_status TEXT NOT NULL,
-    to_status   TEXT NOT NULL,
-    at_ms       INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS changelog_by_target ON changelog (target, id);
-CREATE TABLE IF NOT EXISTS storage_probe (
-    id          INTEGER PRIMARY KEY,
-    at_ms       INTEGER NOT NULL
-);
-";
 
 /// A connection to the index file with the store's settings.
 fn connect(path: &Path) -> Result<Connection, SummarizerError> {
@@ -155,13 +116,123 @@ pub struct Owed {
     pub notification: Option<NewNotification>,
     /// One message per push subscription that wants this outcome.
     pub webhooks: Vec<NewWebhook>,
+    /// The summary's files (name relative to its folder, contents) on a store that keeps them
+    /// in the database (PostgreSQL); empty on SQLite, where they were written as files first.
+    pub bodies: Vec<(String, Vec<u8>)>,
 }
 
 /// The SQLite index; cheap to clone, every call blocking (use from `spawn_blocking`).
 #[derive(Clone)]
-pub struct Index {
+pub struct SqliteIndex {
     conn: Arc<Mutex<Connection>>,
     path: Arc<Path>,
+}
+
+/// Applies the pending [`migrations`] to an SQLite index in one transaction.
+fn migrate(conn: &mut Connection) -> Result<(), SummarizerError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    tx.execute_batch(migrations::TABLE)?;
+    let current: Option<i64> =
+        tx.query_row("SELECT MAX(version) FROM schema_migrations", [], |row| {
+            row.get(0)
+        })?;
+    for migration in migrations::pending(current.unwrap_or(0))? {
+        tx.execute_batch(migration.sql(migrations::Dialect::Sqlite))?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name) VALUES (?1, ?2)",
+            params![migration.version, migration.name],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// The index on the store `store.url` names; cheap to clone, every call blocking (use from
+/// `spawn_blocking`).
+#[derive(Clone)]
+pub enum Index {
+    /// The embedded SQLite file.
+    Sqlite(SqliteIndex),
+    /// A PostgreSQL database.
+    Postgres(PgIndex),
+}
+
+/// The methods of [`Index`], each passed on to the backend's method of the same name.
+macro_rules! dispatch {
+    ($( $(#[$meta:meta])* fn $name:ident(&self $(, $arg:ident: $ty:ty)* $(,)?) -> $ret:ty; )*) => {
+        impl Index {
+            $(
+                $(#[$meta])*
+                pub fn $name(&self $(, $arg: $ty)*) -> $ret {
+                    match self {
+                        Self::Sqlite(index) => index.$name($($arg),*),
+                        Self::Postgres(index) => index.$name($($arg),*),
+                    }
+                }
+            )*
+        }
+    };
+}
+
+dispatch! {
+    /// After a failed write: a fresh connection (SQLite), nothing (PostgreSQL's pool).
+    fn reopen(&self) -> Result<(), SummarizerError>;
+    /// One real committed write: the storage probe.
+    fn probe(&self, now_ms: i64) -> Result<(), SummarizerError>;
+    /// The status recorded for (patch id, attempt), if any.
+    fn attempt_status(&self, patch_id: &str, attempt: u32) -> Result<Option<String>, SummarizerError>;
+    /// The row of `patch_id`.
+    fn get(&self, patch_id: &str) -> Result<Option<SummaryRow>, SummarizerError>;
+    /// See [`SqliteIndex::commit_record`].
+    fn commit_record(&self, row: &SummaryRow, attempt: u32, attempt_status: &str, from_status: &str, owed: Owed, changelog_len: usize) -> Result<bool, SummarizerError>;
+    /// See [`SqliteIndex::import`].
+    fn import(&self, row: &SummaryRow, attempts: &[(u32, String)]) -> Result<(), SummarizerError>;
+    /// See [`SqliteIndex::list`].
+    fn list(&self, target: Option<&str>, status: Option<&str>, offset: usize, limit: usize) -> Result<(Vec<SummaryRow>, usize), SummarizerError>;
+    /// Every target with at least one summary or transition.
+    fn targets(&self) -> Result<Vec<String>, SummarizerError>;
+    /// See [`SqliteIndex::manifest_rows`].
+    fn manifest_rows(&self, target: &str) -> Result<(Vec<SummaryRow>, Vec<Transition>), SummarizerError>;
+    /// Live summaries that ended before `cutoff_ms`.
+    fn archive_candidates(&self, cutoff_ms: i64) -> Result<Vec<SummaryRow>, SummarizerError>;
+    /// Archived summaries that ended before `cutoff_ms`.
+    fn expired_candidates(&self, cutoff_ms: i64) -> Result<Vec<SummaryRow>, SummarizerError>;
+    /// Points `row` at its archive folder and logs the transition.
+    fn mark_archived(&self, row: &SummaryRow, dir: &str, at_ms: i64, changelog_len: usize) -> Result<(), SummarizerError>;
+    /// Points `patch_id` at `dir` without a transition.
+    fn set_dir(&self, patch_id: &str, dir: &str, archived: bool) -> Result<(), SummarizerError>;
+    /// Every summary row.
+    fn all(&self) -> Result<Vec<SummaryRow>, SummarizerError>;
+    /// Drops `row`; its attempts stay recorded.
+    fn mark_expired(&self, row: &SummaryRow, at_ms: i64, changelog_len: usize) -> Result<(), SummarizerError>;
+    /// Up to `limit` notifications due at `now_ms`, oldest first.
+    fn outbox_due(&self, now_ms: i64, limit: usize) -> Result<Vec<OutboxRow>, SummarizerError>;
+    /// When the next notification is due, if any is queued.
+    fn outbox_next_due(&self) -> Result<Option<i64>, SummarizerError>;
+    /// Notifications still owed.
+    fn outbox_len(&self) -> Result<u64, SummarizerError>;
+    /// See [`SqliteIndex::outbox_settle`].
+    fn outbox_settle(&self, delivered: &[i64], failed: &[OutboxRetry]) -> Result<(), SummarizerError>;
+    /// See [`SqliteIndex::webhooks_due`].
+    fn webhooks_due(&self, now_ms: i64, limit: usize, lane: Option<&str>) -> Result<Vec<WebhookRow>, SummarizerError>;
+    /// See [`SqliteIndex::webhooks_next_due`].
+    fn webhooks_next_due(&self, lane: Option<&str>) -> Result<Option<i64>, SummarizerError>;
+    /// Per subscription key: pending messages and the oldest's queue time.
+    fn webhook_backlogs(&self) -> Result<Vec<(String, u64, i64)>, SummarizerError>;
+    /// Every pending message, in record order.
+    fn webhooks_pending(&self) -> Result<Vec<WebhookRow>, SummarizerError>;
+    /// Pending messages and dead letters, counted.
+    fn webhook_counts(&self) -> Result<(u64, u64), SummarizerError>;
+    /// Every dead letter, oldest first.
+    fn webhook_dead_letters(&self) -> Result<Vec<DeadLetter>, SummarizerError>;
+    /// The subscriptions whose receiver answered 410 Gone.
+    fn webhooks_gone(&self) -> Result<Vec<(String, String)>, SummarizerError>;
+    /// See [`SqliteIndex::webhook_set_gone`].
+    fn webhook_set_gone(&self, key: &str, url_sha256: Option<&str>, at_ms: i64) -> Result<(), SummarizerError>;
+    /// See [`SqliteIndex::webhook_prune_dead_letters`].
+    fn webhook_prune_dead_letters(&self, before_ms: i64, keep: u64) -> Result<usize, SummarizerError>;
+    /// Records a round of webhook tries in one transaction.
+    fn webhooks_settle(&self, outcomes: &[WebhookSettle]) -> Result<(), SummarizerError>;
 }
 
 fn lock(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
@@ -193,13 +264,12 @@ fn summary_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SummaryRow> {
 const SUMMARY_COLUMNS: &str = "patch_id, target, status, attempt, attempts, trace_id, created_ms, \
      finished_ms, recorded_ms, dir, archived";
 
-impl Index {
+impl SqliteIndex {
     /// Opens (creating) the index at `path`; returns it and whether it was just created.
     pub fn open(path: &Path) -> Result<(Self, bool), SummarizerError> {
         let existed = path.exists();
-        let conn = connect(path)?;
-        conn.execute_batch(SCHEMA)?;
-        conn.execute_batch(webhook_outbox::SCHEMA)?;
+        let mut conn = connect(path)?;
+        migrate(&mut conn)?;
         Ok((
             Self {
                 conn: Arc::new(Mutex::new(conn)),

@@ -11,7 +11,8 @@
 //! - [`app`] — [`App`], wiring the store, the outbox, the archiver and the servers.
 //! - [`grpc`] — the `SummarizerService` adapter (wire ↔ domain).
 //! - [`summaries`] — the store: summary files, artifacts, manifests, archive.
-//! - [`index`] — the SQLite index, idempotency keys, notify outbox and changelog.
+//! - [`index`] — the index on SQLite or PostgreSQL (`store.url`): idempotency keys, notify and
+//!   webhook outboxes, changelog; on PostgreSQL the summary bodies too.
 //! - [`doc`] — the summary's facts (`summary-<id>.json`) and how attempts merge.
 //! - [`render`] — Markdown, model text and Slack excerpt, as pure functions.
 //! - [`manifest`] — `patch-manifest.json`.

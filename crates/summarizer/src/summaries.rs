@@ -12,6 +12,11 @@
 //! `manifest_delay` > 0 a record only marks its target's manifest stale and
 //! [`Summaries::run_manifest_writer`] rebuilds it once per delay for all records in between
 //! (and on shutdown); with 0 every record rewrites it before answering.
+//!
+//! On PostgreSQL (`store.url`) nothing is a file: the Markdown, the JSON and the artifacts are
+//! written in the transaction that records the attempt ([`Owed::bodies`]), the manifest is a row
+//! rewritten under a per-target lock, and archiving only changes the row's folder, so any replica
+//! serves any summary.
 
 mod archive;
 mod manifest_writer;
@@ -30,7 +35,7 @@ pub use self::archive::ArchiveReport;
 use crate::atomic_file;
 use crate::doc::{self, Outcome, SummaryDoc};
 use crate::error::SummarizerError;
-use crate::index::{Index, NewNotification, Owed, SummaryRow};
+use crate::index::{Index, NewNotification, Owed, PgIndex, SqliteIndex, SummaryRow};
 use crate::manifest::{self, MANIFEST_FILE};
 use crate::notify::notify_request;
 use crate::render;
@@ -62,6 +67,8 @@ pub struct StoreOptions {
     pub manifest_delay: std::time::Duration,
     /// The push subscriptions: each recorded attempt one wants queues a webhook; `None`: none.
     pub webhooks: Option<Arc<Webhooks>>,
+    /// The PostgreSQL index's URL (a secret); `None`: SQLite in the data dir.
+    pub postgres_url: Option<ghost_runtime::config::Secret>,
 }
 
 /// The result of [`Summaries::record`].
@@ -185,7 +192,17 @@ impl Summaries {
         blocking(move || {
             let root = data_dir.join("summaries");
             std::fs::create_dir_all(&root).map_err(|err| SummarizerError::io(&root, err))?;
-            let (index, created) = Index::open(&data_dir.join("summarizer.db"))?;
+            let (index, created) = match &options.postgres_url {
+                None => {
+                    let (index, created) = SqliteIndex::open(&data_dir.join("summarizer.db"))?;
+                    (Index::Sqlite(index), created)
+                }
+                Some(url) => {
+                    let index = PgIndex::open(url.expose())?;
+                    // Files beside a shared database are not imported: each replica has its own.
+                    (Index::Postgres(index), false)
+                }
+            };
             let store = Self {
                 inner: Arc::new(Inner {
                     data_dir,
@@ -202,11 +219,13 @@ impl Summaries {
                     health: StorageHealth::new(crate::SERVICE),
                 }),
             };
-            atomic_file::sweep_temp_files(&root, 4);
-            if created {
-                store.import_existing_files()?;
+            if store.database().is_none() {
+                atomic_file::sweep_temp_files(&root, 4);
+                if created {
+                    store.import_existing_files()?;
+                }
+                store.repair_partial_archives()?;
             }
-            store.repair_partial_archives()?;
             for target in store.inner.index.targets()? {
                 store.write_manifest(&target)?;
             }
@@ -269,6 +288,8 @@ impl Summaries {
         let Some(kind) = err.storage_fault() else {
             return err;
         };
+        // A PostgreSQL server gone counts as `io` (ghost-runtime's fault kinds are the disk's);
+        // the detail, logged and sent with the alert, says what failed.
         let detail = format!("{:#}", anyhow::Error::from(err));
         self.inner.health.fault(kind, detail);
         SummarizerError::Unavailable(format!("the {}'s disk {}", crate::SERVICE, kind.describe()))
@@ -291,10 +312,12 @@ impl Summaries {
             let index = &store.inner.index;
             index.reopen()?;
             let now = store.now_ms();
-            atomic_file::write(
-                &store.inner.data_dir.join(STORAGE_PROBE_FILE),
-                now.to_string().as_bytes(),
-            )?;
+            if store.database().is_none() {
+                atomic_file::write(
+                    &store.inner.data_dir.join(STORAGE_PROBE_FILE),
+                    now.to_string().as_bytes(),
+                )?;
+            }
             index.probe(now)
         })
         .await
@@ -348,9 +371,7 @@ impl Summaries {
                 .index
                 .get(patch_id.as_str())?
                 .ok_or_else(|| SummarizerError::NotFound(patch_id.to_string()))?;
-            let path = store.file_of(&row, "md");
-            let markdown =
-                std::fs::read_to_string(&path).map_err(|err| SummarizerError::io(path, err))?;
+            let markdown = store.read_markdown(&row)?;
             let model_text = render::model_text(&markdown, store.inner.options.model_text_chars);
             Ok(FullSummary {
                 row,
@@ -396,6 +417,103 @@ impl Summaries {
             .join(format!("summary-{}.{extension}", row.patch_id))
     }
 
+    /// The database that holds the summary bodies too (PostgreSQL); `None`: they are files.
+    fn database(&self) -> Option<&PgIndex> {
+        match &self.inner.index {
+            Index::Postgres(database) => Some(database),
+            Index::Sqlite(_) => None,
+        }
+    }
+
+    /// The Markdown of `row`, from its file or the database.
+    fn read_markdown(&self, row: &SummaryRow) -> Result<String, SummarizerError> {
+        let Some(database) = self.database() else {
+            let path = self.file_of(row, "md");
+            return std::fs::read_to_string(&path).map_err(|err| SummarizerError::io(path, err));
+        };
+        let name = format!("summary-{}.md", row.patch_id);
+        let body = database
+            .body(&row.patch_id, &name)?
+            .ok_or_else(|| SummarizerError::Store(format!("the body {name} is missing")))?;
+        String::from_utf8(body)
+            .map_err(|_| SummarizerError::Store(format!("the body {name} is not UTF-8")))
+    }
+
+    /// [`Self::record_locked`] on a store that keeps the bodies in the database: the previous
+    /// JSON is read from it, and the new bodies are written in the transaction that records
+    /// the attempt (no files; archiving changes only the row's folder).
+    fn record_in_database(
+        &self,
+        database: &PgIndex,
+        outcome: Outcome,
+        traceparent: String,
+        previous_row: Option<SummaryRow>,
+    ) -> Result<Recorded, SummarizerError> {
+        let patch_id = outcome.patch_id.to_string();
+        let json_name = format!("summary-{patch_id}.json");
+        let previous = match database.body(&patch_id, &json_name)? {
+            Some(bytes) => Some(serde_json::from_slice::<SummaryDoc>(&bytes).map_err(
+                |source| SummarizerError::Corrupt {
+                    path: PathBuf::from(&json_name),
+                    source,
+                },
+            )?),
+            None => None,
+        };
+        let live_dir = Self::live_dir(outcome.target.as_str());
+        let attempt = outcome.attempt;
+        let attempt_status = outcome.report.status;
+        let artifacts = doc::artifacts_of(&outcome);
+        let webhooks = self.inner.options.webhooks.as_deref();
+        let webhook_view = webhooks.and_then(|webhooks| webhooks.view(&outcome));
+        let doc = doc::merge(previous, outcome, &self.inner.options.jaeger_url_template);
+        let markdown = render::markdown(&doc);
+        let json = serde_json::to_vec_pretty(&doc).map_err(|source| SummarizerError::Corrupt {
+            path: PathBuf::from(&json_name),
+            source,
+        })?;
+        let mut bodies: Vec<(String, Vec<u8>)> = artifacts
+            .into_iter()
+            .map(|(name, contents)| (name, contents.into_bytes()))
+            .collect();
+        bodies.push((
+            format!("summary-{patch_id}.md"),
+            markdown.clone().into_bytes(),
+        ));
+        bodies.push((json_name, json));
+        let row = row_of(&doc, live_dir, self.now_ms());
+        let notification = self.inner.options.notify.then(|| NewNotification {
+            request: notify_request(&doc, attempt, attempt_status).encode_to_vec(),
+            traceparent,
+        });
+        let webhooks = match (webhooks, webhook_view) {
+            (Some(webhooks), Some(view)) => webhooks.messages(view, &markdown),
+            _ => Vec::new(),
+        };
+        let from_status = previous_row.map(|row| row.status).unwrap_or_default();
+        let created = self.inner.index.commit_record(
+            &row,
+            attempt,
+            attempt_status.as_str(),
+            &from_status,
+            Owed {
+                notification,
+                webhooks,
+                bodies,
+            },
+            self.inner.options.changelog_len,
+        )?;
+        if self.inner.options.manifest_delay.is_zero() {
+            self.write_manifest(doc.target.as_str())?;
+        } else {
+            self.manifest_stale(doc.target.as_str());
+        }
+        Ok(Recorded {
+            created,
+            status: doc.status.to_string(),
+        })
+    }
+
     pub(crate) fn live_dir(target: &str) -> String {
         format!("summaries/{target}")
     }
@@ -436,6 +554,9 @@ impl Summaries {
         }
         let previous_row = index.get(patch_id)?;
         let live_dir = Self::live_dir(outcome.target.as_str());
+        if let Some(database) = self.database() {
+            return self.record_in_database(database, outcome, traceparent, previous_row);
+        }
         let previous_json = match &previous_row {
             Some(row) => self.file_of(row, "json"),
             // Files written before a crash that came before the index commit: build on them.
@@ -493,6 +614,7 @@ impl Summaries {
             Owed {
                 notification,
                 webhooks,
+                bodies: Vec::new(),
             },
             self.inner.options.changelog_len,
         )?;
@@ -511,6 +633,15 @@ impl Summaries {
     fn write_manifest(&self, target: &str) -> Result<(), SummarizerError> {
         let target_lock = keyed(&self.inner.manifest_locks, target);
         let _this_target = lock(&target_lock);
+        if let Some(database) = self.database() {
+            return database.rewrite_manifest(target, |rows, transitions| {
+                let manifest = manifest::build(target, rows, transitions);
+                serde_json::to_vec_pretty(&manifest).map_err(|source| SummarizerError::Corrupt {
+                    path: PathBuf::from(format!("manifests/{target}")),
+                    source,
+                })
+            });
+        }
         let (rows, transitions) = self.inner.index.manifest_rows(target)?;
         let manifest = manifest::build(target, &rows, &transitions);
         let path = self

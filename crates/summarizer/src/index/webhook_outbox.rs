@@ -1,4 +1,5 @@
-//! The webhook outbox in the summarizer's SQLite: `webhook_outbox` (messages owed to push
+//! The webhook outbox in the summarizer's index (SQLite here; [`super::PgIndex`] the same on
+//! PostgreSQL): `webhook_outbox` (messages owed to push
 //! subscriptions, queued in the transaction that records the attempt) and
 //! `webhook_dead_letters` (messages given up on, kept for an operator).
 //!
@@ -8,48 +9,8 @@
 
 use rusqlite::params;
 
-use super::{Index, lock, u32_of};
+use super::{SqliteIndex, lock, u32_of};
 use crate::error::SummarizerError;
-
-pub(super) const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS webhook_outbox (
-    id           INTEGER PRIMARY KEY AUTOINCREMENT,
-    webhook_id   TEXT NOT NULL UNIQUE,
-    subscription TEXT NOT NULL,
-    patch_id     TEXT NOT NULL,
-    attempt      INTEGER NOT NULL,
-    event        TEXT NOT NULL,
-    body         BLOB NOT NULL,
-    tries        INTEGER NOT NULL DEFAULT 0,
-    next_at_ms   INTEGER NOT NULL,
-    created_ms   INTEGER NOT NULL,
-    first_try_ms INTEGER,
-    last_error   TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS webhook_outbox_by_patch ON webhook_outbox (subscription, patch_id, id);
-CREATE INDEX IF NOT EXISTS webhook_outbox_by_due ON webhook_outbox (next_at_ms, id);
-CREATE INDEX IF NOT EXISTS webhook_outbox_by_lane ON webhook_outbox (subscription, next_at_ms, id);
-CREATE TABLE IF NOT EXISTS webhook_dead_letters (
-    id           INTEGER PRIMARY KEY,
-    webhook_id   TEXT NOT NULL UNIQUE,
-    subscription TEXT NOT NULL,
-    patch_id     TEXT NOT NULL,
-    attempt      INTEGER NOT NULL,
-    event        TEXT NOT NULL,
-    body         BLOB NOT NULL,
-    tries        INTEGER NOT NULL,
-    created_ms   INTEGER NOT NULL,
-    first_try_ms INTEGER,
-    dead_ms      INTEGER NOT NULL,
-    reason       TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS webhook_dead_letters_by_age ON webhook_dead_letters (dead_ms, id);
-CREATE TABLE IF NOT EXISTS webhook_gone (
-    subscription TEXT PRIMARY KEY,
-    url_sha256   TEXT NOT NULL,
-    at_ms        INTEGER NOT NULL
-);
-";
 
 /// The head-of-line rule: no earlier message of this patch to this subscription is pending.
 const FIRST_OF_PATCH: &str = "NOT EXISTS (SELECT 1 FROM webhook_outbox earlier
@@ -194,22 +155,29 @@ pub(super) fn insert(
         // Full: the record must still succeed, so this message goes straight to the dead
         // letters (queued and moved, so it keeps a unique id).
         let id = tx.last_insert_rowid();
-        let reason = format!(
-            "outbox full ({pending} messages waiting, webhook_outbox_max = {})",
-            webhook.outbox_max
-        );
+        let reason = full_reason(pending, webhook.outbox_max);
         bury.execute(params![id, now_ms, reason, 0])?;
         forget.execute(params![id])?;
-        metrics::counter!("ghost_webhook_outbox_full_total").increment(1);
-        tracing::error!(
-            patch_id,
-            attempt,
-            webhook_id = %webhook.webhook_id,
-            %reason,
-            "webhook outbox full; message dead-lettered"
-        );
+        count_full(patch_id, attempt, &webhook.webhook_id, &reason);
     }
     Ok(())
+}
+
+/// Why a message queued beyond `webhook_outbox_max` was dead-lettered at once.
+pub(super) fn full_reason(pending: u64, outbox_max: u64) -> String {
+    format!("outbox full ({pending} messages waiting, webhook_outbox_max = {outbox_max})")
+}
+
+/// Counts and logs a message dead-lettered because the outbox was full.
+pub(super) fn count_full(patch_id: &str, attempt: u32, webhook_id: &str, reason: &str) {
+    metrics::counter!("ghost_webhook_outbox_full_total").increment(1);
+    tracing::error!(
+        patch_id,
+        attempt,
+        webhook_id,
+        %reason,
+        "webhook outbox full; message dead-lettered"
+    );
 }
 
 /// Moves outbox row ?1 to the dead letters at ?2 with reason ?3, counting ?4 more tries (the
@@ -221,7 +189,7 @@ const BURY: &str = "INSERT OR REPLACE INTO webhook_dead_letters
       created_ms, COALESCE(first_try_ms, ?2), ?2, ?3
      FROM webhook_outbox WHERE id = ?1";
 
-impl Index {
+impl SqliteIndex {
     /// Up to `limit` messages due at `now_ms` and first in line for their patch and
     /// subscription, oldest first; only those of the subscription `lane` when given.
     pub fn webhooks_due(

@@ -97,7 +97,9 @@ impl Summaries {
         if let Some(age) = archive_after {
             for row in index.archive_candidates(now_ms.saturating_sub(ms(age)))? {
                 let dir = archive_dir(&row.target, row.finished_ms);
-                self.move_summary(&row, &dir)?;
+                if self.database().is_none() {
+                    self.move_summary(&row, &dir)?;
+                }
                 index.mark_archived(&row, &dir, now_ms, changelog_len)?;
                 touched.insert(row.target.clone());
                 report.archived += 1;
@@ -105,7 +107,10 @@ impl Summaries {
         }
         if let Some(age) = retention {
             for row in index.expired_candidates(now_ms.saturating_sub(ms(age)))? {
-                self.delete_summary(&row)?;
+                if self.database().is_none() {
+                    self.delete_summary(&row)?;
+                }
+                // In the database, the bodies go with the row.
                 index.mark_expired(&row, now_ms, changelog_len)?;
                 touched.insert(row.target.clone());
                 report.expired += 1;

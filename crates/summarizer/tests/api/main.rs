@@ -12,6 +12,7 @@ mod helpers;
 mod manifest;
 mod outbox_age;
 mod storage;
+mod stores;
 mod truncation;
 mod webhooks;
 

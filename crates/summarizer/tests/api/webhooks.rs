@@ -17,9 +17,9 @@ use summarizer::webhooks::webhook_id;
 use crate::helpers::{TestApp, record, reserve_port, spawn_with, test_config};
 
 /// `whsec_` and the base64 of 32 bytes.
-const SECRET: &str = "whsec_C2FtcGxlLXNlY3JldC1mb3ItZ2hvc3QtcnVubmVyISE=";
+pub(crate) const SECRET: &str = "whsec_C2FtcGxlLXNlY3JldC1mb3ItZ2hvc3QtcnVubmVyISE=";
 
-fn subscription(url: &str, events: &[&str], targets: &[&str]) -> Subscription {
+pub(crate) fn subscription(url: &str, events: &[&str], targets: &[&str]) -> Subscription {
     Subscription {
         name: None,
         previous_secret: None,
@@ -32,7 +32,7 @@ fn subscription(url: &str, events: &[&str], targets: &[&str]) -> Subscription {
 }
 
 /// Fast retries, a long give-up, a summary link.
-fn config(dir: &Path, subscriptions: Vec<Subscription>) -> SummarizerConfig {
+pub(crate) fn config(dir: &Path, subscriptions: Vec<Subscription>) -> SummarizerConfig {
     SummarizerConfig {
         subscriptions,
         summary_url_template: Some("https://ghost.test/v1/patches/{patch_id}".to_owned()),
@@ -53,14 +53,14 @@ fn unix_now() -> f64 {
 
 /// [`WebhookReceiver`] (the real `standardwebhooks` package) with its records in a temp dir
 /// that lives as long as it.
-struct Receiver {
+pub(crate) struct Receiver {
     hooks: WebhookReceiver,
     _dir: tempfile::TempDir,
 }
 
 impl Receiver {
     /// Listening on `port`, answering 503 until the unix time `fail_until`, then `status`.
-    async fn start(port: u16, fail_until: f64, status: u16) -> Self {
+    pub(crate) async fn start(port: u16, fail_until: f64, status: u16) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("received.jsonl");
         let hooks = WebhookReceiver::start(port, SECRET, &out, fail_until, status).await;

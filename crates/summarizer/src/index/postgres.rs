@@ -1,0 +1,986 @@
+//! [`PgIndex`]: the summarizer's index on PostgreSQL (`store.url = "postgres://…"`), the same
+//! tables, the same transactions and the same answers as the SQLite index ([`SqliteIndex`]),
+//! plus the summary bodies (`summary_bodies`, `manifests`) that SQLite keeps as files: written
+//! in the transaction that records the attempt, so any replica serves any summary.
+//!
+//! Every method is blocking, like the SQLite index's: the store calls the index only from
+//! `spawn_blocking` threads, where each call runs its queries with the runtime's
+//! [`Handle::block_on`](tokio::runtime::Handle::block_on) on a small `sqlx` pool. A pool
+//! connection that the server dropped (a restart) is replaced at the next acquire; until the
+//! server answers, acquiring fails after [`ACQUIRE_TIMEOUT`], which the store reports as a
+//! storage fault (readiness 503, records refused with UNAVAILABLE).
+//!
+//! [`SqliteIndex`]: super::SqliteIndex
+
+use std::future::Future;
+use std::time::Duration;
+
+use sqlx::Row as _;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+
+use super::migrations::{self, Dialect};
+use super::{
+    DeadLetter, NewWebhook, OutboxRetry, OutboxRow, Owed, SummaryRow, Transition, WebhookRow,
+    WebhookSettle, event,
+};
+use crate::error::SummarizerError;
+
+/// How long a query waits for a pool connection before the store counts the database as gone.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connections the index keeps at most.
+const MAX_CONNECTIONS: u32 = 8;
+
+const SUMMARY_COLUMNS: &str = "patch_id, target, status, attempt, attempts, trace_id, created_ms, \
+     finished_ms, recorded_ms, dir, archived";
+
+/// The PostgreSQL index; cheap to clone, every call blocking (use from `spawn_blocking`).
+#[derive(Clone)]
+pub struct PgIndex {
+    pool: PgPool,
+    runtime: tokio::runtime::Handle,
+}
+
+fn i64_of(value: u32) -> i64 {
+    i64::from(value)
+}
+
+fn u32_of(value: i64) -> u32 {
+    u32::try_from(value).unwrap_or(u32::MAX)
+}
+
+fn usize_i64(value: usize) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn summary_row(row: &PgRow) -> Result<SummaryRow, sqlx::Error> {
+    Ok(SummaryRow {
+        patch_id: row.try_get(0)?,
+        target: row.try_get(1)?,
+        status: row.try_get(2)?,
+        attempt: u32_of(row.try_get(3)?),
+        attempts: u32_of(row.try_get(4)?),
+        trace_id: row.try_get(5)?,
+        created_ms: row.try_get(6)?,
+        finished_ms: row.try_get(7)?,
+        recorded_ms: row.try_get(8)?,
+        dir: row.try_get(9)?,
+        archived: row.try_get(10)?,
+    })
+}
+
+fn transition_row(row: &PgRow) -> Result<Transition, sqlx::Error> {
+    Ok(Transition {
+        patch_id: row.try_get(0)?,
+        attempt: u32_of(row.try_get(1)?),
+        event: row.try_get(2)?,
+        from_status: row.try_get(3)?,
+        to_status: row.try_get(4)?,
+        at_ms: row.try_get(5)?,
+    })
+}
+
+fn webhook_row(row: &PgRow) -> Result<WebhookRow, sqlx::Error> {
+    Ok(WebhookRow {
+        id: row.try_get(0)?,
+        webhook_id: row.try_get(1)?,
+        subscription: row.try_get(2)?,
+        patch_id: row.try_get(3)?,
+        attempt: u32_of(row.try_get(4)?),
+        event: row.try_get(5)?,
+        body: row.try_get(6)?,
+        tries: u32_of(row.try_get(7)?),
+        first_try_ms: row.try_get(8)?,
+    })
+}
+
+/// A query built from constant pieces (column lists, filters): never caller text.
+fn sql(text: String) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(text)
+}
+
+/// The head-of-line rule: no earlier message of this patch to this subscription is pending.
+const FIRST_OF_PATCH: &str = "NOT EXISTS (SELECT 1 FROM webhook_outbox earlier
+     WHERE earlier.subscription = o.subscription AND earlier.patch_id = o.patch_id
+     AND earlier.id < o.id)";
+
+/// Moves outbox row $1 to the dead letters at $2 with reason $3, counting $4 more tries (the
+/// caller deletes it).
+const BURY: &str = "INSERT INTO webhook_dead_letters
+     (id, webhook_id, subscription, patch_id, attempt, event, body, tries, created_ms,
+      first_try_ms, dead_ms, reason)
+     SELECT id, webhook_id, subscription, patch_id, attempt, event, body, tries + $4,
+      created_ms, COALESCE(first_try_ms, $2), $2, $3
+     FROM webhook_outbox WHERE id = $1
+     ON CONFLICT DO NOTHING";
+
+impl PgIndex {
+    /// Connects to `url` and migrates the schema; must be called on a `spawn_blocking` thread
+    /// of the runtime.
+    pub fn open(url: &str) -> Result<Self, SummarizerError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            SummarizerError::Store("the PostgreSQL index needs a tokio runtime".to_owned())
+        })?;
+        let options: PgConnectOptions = url.parse().map_err(|err: sqlx::Error| {
+            // The parser's text names the part that is wrong, never the password.
+            SummarizerError::Store(format!("store.url is not a valid PostgreSQL URL: {err}"))
+        })?;
+        let server = format!("{}:{}", options.get_host(), options.get_port());
+        let pool = runtime
+            .block_on(
+                PgPoolOptions::new()
+                    .max_connections(MAX_CONNECTIONS)
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
+                    .connect_with(options),
+            )
+            .map_err(|err| {
+                SummarizerError::Store(format!(
+                    "cannot connect to the PostgreSQL server of store.url ({server}): {err}"
+                ))
+            })?;
+        let index = Self { pool, runtime };
+        index.block(async |pool| {
+            let mut tx = pool.begin().await?;
+            // One replica migrates at a time; the others wait here, then find it done.
+            sqlx::query("SELECT pg_advisory_xact_lock(7368011)")
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(migrations::TABLE).execute(&mut *tx).await?;
+            let current: Option<i64> = sqlx::query("SELECT MAX(version) FROM schema_migrations")
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
+            let pending = migrations::pending(current.unwrap_or(0))?;
+            for migration in pending {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(migration.sql(Dialect::Postgres)))
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)")
+                    .bind(migration.version)
+                    .bind(migration.name)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })?;
+        Ok(index)
+    }
+
+    /// Runs `job` on the pool to its end, from a blocking thread.
+    fn block<T, F>(&self, job: impl FnOnce(PgPool) -> F) -> Result<T, SummarizerError>
+    where
+        F: Future<Output = Result<T, SummarizerError>>,
+    {
+        self.runtime.block_on(job(self.pool.clone()))
+    }
+
+    /// Nothing to reopen: the pool replaces a connection the server dropped.
+    pub fn reopen(&self) -> Result<(), SummarizerError> {
+        Ok(())
+    }
+
+    /// One real write through the index (a committed row): the storage probe.
+    pub fn probe(&self, now_ms: i64) -> Result<(), SummarizerError> {
+        self.block(async |pool| {
+            sqlx::query(
+                "INSERT INTO storage_probe (id, at_ms) VALUES (1, $1)
+                 ON CONFLICT (id) DO UPDATE SET at_ms = excluded.at_ms",
+            )
+            .bind(now_ms)
+            .execute(&pool)
+            .await?;
+            Ok(())
+        })
+    }
+
+    /// The status recorded for (patch id, attempt), if any.
+    pub fn attempt_status(
+        &self,
+        patch_id: &str,
+        attempt: u32,
+    ) -> Result<Option<String>, SummarizerError> {
+        self.block(async |pool| {
+            let row =
+                sqlx::query("SELECT status FROM attempts WHERE patch_id = $1 AND attempt = $2")
+                    .bind(patch_id)
+                    .bind(i64_of(attempt))
+                    .fetch_optional(&pool)
+                    .await?;
+            Ok(row.map(|row| row.try_get(0)).transpose()?)
+        })
+    }
+
+    /// The row of `patch_id`.
+    pub fn get(&self, patch_id: &str) -> Result<Option<SummaryRow>, SummarizerError> {
+        self.block(async |pool| {
+            let row = sqlx::query(sql(format!(
+                "SELECT {SUMMARY_COLUMNS} FROM summaries WHERE patch_id = $1"
+            )))
+            .bind(patch_id)
+            .fetch_optional(&pool)
+            .await?;
+            Ok(row.as_ref().map(summary_row).transpose()?)
+        })
+    }
+
+    /// See [`super::SqliteIndex::commit_record`].
+    pub fn commit_record(
+        &self,
+        row: &SummaryRow,
+        attempt: u32,
+        attempt_status: &str,
+        from_status: &str,
+        owed: Owed,
+        changelog_len: usize,
+    ) -> Result<bool, SummarizerError> {
+        self.block(async |pool| {
+            let mut tx = pool.begin().await?;
+            let inserted = sqlx::query(
+                "INSERT INTO attempts (patch_id, attempt, status, recorded_ms)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            )
+            .bind(&row.patch_id)
+            .bind(i64_of(attempt))
+            .bind(attempt_status)
+            .bind(row.recorded_ms)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if inserted == 0 {
+                return Ok(false);
+            }
+            // Another replica may have recorded another attempt of this patch since this one
+            // read the previous summary: then the row has as many attempts as ours, ours lacks
+            // that one, and the whole transaction is undone for the caller to retry.
+            let written = sqlx::query(sql(format!(
+                "INSERT INTO summaries ({SUMMARY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                 ON CONFLICT (patch_id) DO UPDATE SET target = $2, status = $3, attempt = $4,
+                 attempts = $5, trace_id = $6, created_ms = $7, finished_ms = $8, recorded_ms = $9,
+                 dir = $10, archived = $11 WHERE summaries.attempts < $5"
+            )))
+            .bind(&row.patch_id)
+            .bind(&row.target)
+            .bind(&row.status)
+            .bind(i64_of(row.attempt))
+            .bind(i64_of(row.attempts))
+            .bind(&row.trace_id)
+            .bind(row.created_ms)
+            .bind(row.finished_ms)
+            .bind(row.recorded_ms)
+            .bind(&row.dir)
+            .bind(row.archived)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if written == 0 {
+                return Err(SummarizerError::Unavailable(format!(
+                    "another summarizer recorded patch {} at the same time; retry",
+                    row.patch_id
+                )));
+            }
+            let transition = Transition {
+                patch_id: row.patch_id.clone(),
+                attempt,
+                event: "recorded".to_owned(),
+                from_status: from_status.to_owned(),
+                to_status: attempt_status.to_owned(),
+                at_ms: row.recorded_ms,
+            };
+            insert_transition(&mut tx, &row.target, &transition, changelog_len).await?;
+            insert_webhooks(&mut tx, &row.patch_id, attempt, row.recorded_ms, &owed.webhooks)
+                .await?;
+            for (name, body) in &owed.bodies {
+                sqlx::query(
+                    "INSERT INTO summary_bodies (patch_id, name, body) VALUES ($1, $2, $3)
+                     ON CONFLICT (patch_id, name) DO UPDATE SET body = excluded.body",
+                )
+                .bind(&row.patch_id)
+                .bind(name)
+                .bind(body)
+                .execute(&mut *tx)
+                .await?;
+            }
+            if let Some(notification) = owed.notification {
+                sqlx::query(
+                    "INSERT INTO outbox (patch_id, attempt, request, traceparent, next_at_ms, created_ms)
+                     VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT DO NOTHING",
+                )
+                .bind(&row.patch_id)
+                .bind(i64_of(attempt))
+                .bind(notification.request)
+                .bind(notification.traceparent)
+                .bind(row.recorded_ms)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
+    /// See [`super::SqliteIndex::import`].
+    pub fn import(
+        &self,
+        row: &SummaryRow,
+        attempts: &[(u32, String)],
+    ) -> Result<(), SummarizerError> {
+        self.block(async |pool| {
+            let mut tx = pool.begin().await?;
+            sqlx::query(sql(format!(
+                "INSERT INTO summaries ({SUMMARY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                 ON CONFLICT DO NOTHING"
+            )))
+            .bind(&row.patch_id)
+            .bind(&row.target)
+            .bind(&row.status)
+            .bind(i64_of(row.attempt))
+            .bind(i64_of(row.attempts))
+            .bind(&row.trace_id)
+            .bind(row.created_ms)
+            .bind(row.finished_ms)
+            .bind(row.recorded_ms)
+            .bind(&row.dir)
+            .bind(row.archived)
+            .execute(&mut *tx)
+            .await?;
+            for (attempt, status) in attempts {
+                sqlx::query(
+                    "INSERT INTO attempts (patch_id, attempt, status, recorded_ms)
+                     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                )
+                .bind(&row.patch_id)
+                .bind(i64_of(*attempt))
+                .bind(status)
+                .bind(row.recorded_ms)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Summaries newest first, optionally of one target and/or status; and the total matching.
+    pub fn list(
+        &self,
+        target: Option<&str>,
+        status: Option<&str>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(Vec<SummaryRow>, usize), SummarizerError> {
+        self.block(async |pool| {
+            let filter = "($1::text IS NULL OR target = $1) AND ($2::text IS NULL OR status = $2)";
+            let total: i64 = sqlx::query(sql(format!(
+                "SELECT COUNT(*) FROM summaries WHERE {filter}"
+            )))
+            .bind(target)
+            .bind(status)
+            .fetch_one(&pool)
+            .await?
+            .try_get(0)?;
+            let rows = sqlx::query(sql(format!(
+                "SELECT {SUMMARY_COLUMNS} FROM summaries WHERE {filter}
+                 ORDER BY finished_ms DESC, patch_id LIMIT $3 OFFSET $4"
+            )))
+            .bind(target)
+            .bind(status)
+            .bind(usize_i64(limit))
+            .bind(usize_i64(offset))
+            .fetch_all(&pool)
+            .await?;
+            let rows = rows
+                .iter()
+                .map(summary_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((rows, usize::try_from(total).unwrap_or(usize::MAX)))
+        })
+    }
+
+    /// Every target with at least one summary or transition.
+    pub fn targets(&self) -> Result<Vec<String>, SummarizerError> {
+        self.block(async |pool| {
+            let rows = sqlx::query(
+                "SELECT target FROM summaries UNION SELECT target FROM changelog ORDER BY 1",
+            )
+            .fetch_all(&pool)
+            .await?;
+            Ok(rows
+                .iter()
+                .map(|row| row.try_get(0))
+                .collect::<Result<Vec<String>, _>>()?)
+        })
+    }
+
+    /// Every summary of `target`, by patch id, and its recent transitions, oldest first.
+    pub fn manifest_rows(
+        &self,
+        target: &str,
+    ) -> Result<(Vec<SummaryRow>, Vec<Transition>), SummarizerError> {
+        self.block(async |pool| {
+            let rows = sqlx::query(sql(format!(
+                "SELECT {SUMMARY_COLUMNS} FROM summaries WHERE target = $1 ORDER BY patch_id"
+            )))
+            .bind(target)
+            .fetch_all(&pool)
+            .await?;
+            let rows = rows
+                .iter()
+                .map(summary_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            let transitions = sqlx::query(
+                "SELECT patch_id, attempt, event, from_status, to_status, at_ms FROM changelog
+                 WHERE target = $1 ORDER BY id",
+            )
+            .bind(target)
+            .fetch_all(&pool)
+            .await?
+            .iter()
+            .map(transition_row)
+            .collect::<Result<Vec<_>, _>>()?;
+            Ok((rows, transitions))
+        })
+    }
+
+    /// Live (not archived) summaries that ended before `cutoff_ms`.
+    pub fn archive_candidates(&self, cutoff_ms: i64) -> Result<Vec<SummaryRow>, SummarizerError> {
+        self.select_where("NOT archived AND finished_ms < $1", cutoff_ms)
+    }
+
+    /// Archived summaries that ended before `cutoff_ms`.
+    pub fn expired_candidates(&self, cutoff_ms: i64) -> Result<Vec<SummaryRow>, SummarizerError> {
+        self.select_where("archived AND finished_ms < $1", cutoff_ms)
+    }
+
+    /// Every summary row.
+    pub fn all(&self) -> Result<Vec<SummaryRow>, SummarizerError> {
+        self.select_where("$1::bigint IS NOT NULL", 0)
+    }
+
+    fn select_where(
+        &self,
+        filter: &str,
+        cutoff_ms: i64,
+    ) -> Result<Vec<SummaryRow>, SummarizerError> {
+        self.block(async |pool| {
+            let rows = sqlx::query(sql(format!(
+                "SELECT {SUMMARY_COLUMNS} FROM summaries WHERE {filter} ORDER BY finished_ms, patch_id"
+            )))
+            .bind(cutoff_ms)
+            .fetch_all(&pool)
+            .await?;
+            Ok(rows.iter().map(summary_row).collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// Points `row` at its archive folder and logs the transition.
+    pub fn mark_archived(
+        &self,
+        row: &SummaryRow,
+        dir: &str,
+        at_ms: i64,
+        changelog_len: usize,
+    ) -> Result<(), SummarizerError> {
+        self.block(async |pool| {
+            let mut tx = pool.begin().await?;
+            sqlx::query("UPDATE summaries SET dir = $2, archived = TRUE WHERE patch_id = $1")
+                .bind(&row.patch_id)
+                .bind(dir)
+                .execute(&mut *tx)
+                .await?;
+            let transition = event(row, "archived", at_ms);
+            insert_transition(&mut tx, &row.target, &transition, changelog_len).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Points `patch_id` at `dir` without a transition (repairing an interrupted move).
+    pub fn set_dir(
+        &self,
+        patch_id: &str,
+        dir: &str,
+        archived: bool,
+    ) -> Result<(), SummarizerError> {
+        self.block(async |pool| {
+            sqlx::query("UPDATE summaries SET dir = $2, archived = $3 WHERE patch_id = $1")
+                .bind(patch_id)
+                .bind(dir)
+                .bind(archived)
+                .execute(&pool)
+                .await?;
+            Ok(())
+        })
+    }
+
+    /// Drops `row` (its files are gone); its attempts stay recorded so a redelivery is a no-op.
+    pub fn mark_expired(
+        &self,
+        row: &SummaryRow,
+        at_ms: i64,
+        changelog_len: usize,
+    ) -> Result<(), SummarizerError> {
+        self.block(async |pool| {
+            let mut tx = pool.begin().await?;
+            sqlx::query("DELETE FROM summaries WHERE patch_id = $1")
+                .bind(&row.patch_id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM summary_bodies WHERE patch_id = $1")
+                .bind(&row.patch_id)
+                .execute(&mut *tx)
+                .await?;
+            let transition = event(row, "expired", at_ms);
+            insert_transition(&mut tx, &row.target, &transition, changelog_len).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// The body `name` of `patch_id` (`summary-<id>.md`, …), if stored.
+    pub fn body(&self, patch_id: &str, name: &str) -> Result<Option<Vec<u8>>, SummarizerError> {
+        self.block(async |pool| {
+            let row =
+                sqlx::query("SELECT body FROM summary_bodies WHERE patch_id = $1 AND name = $2")
+                    .bind(patch_id)
+                    .bind(name)
+                    .fetch_optional(&pool)
+                    .await?;
+            Ok(row.map(|row| row.try_get(0)).transpose()?)
+        })
+    }
+
+    /// Rewrites the manifest of `target` with `build` over its rows, in one transaction that
+    /// holds the target's lock: replicas rewrite it in turn, so the last write is of the
+    /// newest rows.
+    pub fn rewrite_manifest(
+        &self,
+        target: &str,
+        build: impl FnOnce(&[SummaryRow], &[Transition]) -> Result<Vec<u8>, SummarizerError>,
+    ) -> Result<(), SummarizerError> {
+        self.block(async |pool| {
+            let mut tx = pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext('manifest:' || $1))")
+                .bind(target)
+                .execute(&mut *tx)
+                .await?;
+            let rows = sqlx::query(sql(format!(
+                "SELECT {SUMMARY_COLUMNS} FROM summaries WHERE target = $1 ORDER BY patch_id"
+            )))
+            .bind(target)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(summary_row)
+            .collect::<Result<Vec<_>, _>>()?;
+            let transitions = sqlx::query(
+                "SELECT patch_id, attempt, event, from_status, to_status, at_ms FROM changelog
+                 WHERE target = $1 ORDER BY id",
+            )
+            .bind(target)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(transition_row)
+            .collect::<Result<Vec<_>, _>>()?;
+            let body = build(&rows, &transitions)?;
+            sqlx::query(
+                "INSERT INTO manifests (target, body) VALUES ($1, $2)
+                 ON CONFLICT (target) DO UPDATE SET body = excluded.body",
+            )
+            .bind(target)
+            .bind(body)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Up to `limit` notifications due at `now_ms`, oldest first.
+    pub fn outbox_due(&self, now_ms: i64, limit: usize) -> Result<Vec<OutboxRow>, SummarizerError> {
+        self.block(async |pool| {
+            let rows = sqlx::query(
+                "SELECT id, patch_id, attempt, request, traceparent, tries FROM outbox
+                 WHERE next_at_ms <= $1 ORDER BY next_at_ms, id LIMIT $2",
+            )
+            .bind(now_ms)
+            .bind(usize_i64(limit))
+            .fetch_all(&pool)
+            .await?;
+            Ok(rows
+                .iter()
+                .map(|row| {
+                    Ok(OutboxRow {
+                        id: row.try_get(0)?,
+                        patch_id: row.try_get(1)?,
+                        attempt: u32_of(row.try_get(2)?),
+                        request: row.try_get(3)?,
+                        traceparent: row.try_get(4)?,
+                        tries: u32_of(row.try_get(5)?),
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()?)
+        })
+    }
+
+    /// When the next notification is due, if any is queued.
+    pub fn outbox_next_due(&self) -> Result<Option<i64>, SummarizerError> {
+        self.scalar("SELECT MIN(next_at_ms) FROM outbox")
+    }
+
+    /// Notifications still owed.
+    pub fn outbox_len(&self) -> Result<u64, SummarizerError> {
+        let count = self.scalar("SELECT COUNT(*) FROM outbox")?;
+        Ok(u64::try_from(count.unwrap_or(0)).unwrap_or(0))
+    }
+
+    fn scalar(&self, query: &'static str) -> Result<Option<i64>, SummarizerError> {
+        self.block(async |pool| Ok(sqlx::query(query).fetch_one(&pool).await?.try_get(0)?))
+    }
+
+    /// See [`super::SqliteIndex::outbox_settle`].
+    pub fn outbox_settle(
+        &self,
+        delivered: &[i64],
+        failed: &[OutboxRetry],
+    ) -> Result<(), SummarizerError> {
+        self.block(async |pool| {
+            let mut tx = pool.begin().await?;
+            for id in delivered {
+                sqlx::query("DELETE FROM outbox WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            for failure in failed {
+                sqlx::query(
+                    "UPDATE outbox SET tries = tries + 1, next_at_ms = $2, last_error = $3 WHERE id = $1",
+                )
+                .bind(failure.id)
+                .bind(failure.next_at_ms)
+                .bind(&failure.error)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// See [`super::SqliteIndex::webhooks_due`].
+    pub fn webhooks_due(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        lane: Option<&str>,
+    ) -> Result<Vec<WebhookRow>, SummarizerError> {
+        self.block(async |pool| {
+            let rows = sqlx::query(sql(format!(
+                "SELECT id, webhook_id, subscription, patch_id, attempt, event, body, tries, first_try_ms
+                 FROM webhook_outbox o WHERE next_at_ms <= $1 AND ($3::text IS NULL OR subscription = $3)
+                 AND {FIRST_OF_PATCH}
+                 ORDER BY next_at_ms, id LIMIT $2"
+            )))
+            .bind(now_ms)
+            .bind(usize_i64(limit))
+            .bind(lane)
+            .fetch_all(&pool)
+            .await?;
+            Ok(rows.iter().map(webhook_row).collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// See [`super::SqliteIndex::webhooks_next_due`].
+    pub fn webhooks_next_due(&self, lane: Option<&str>) -> Result<Option<i64>, SummarizerError> {
+        self.block(async |pool| {
+            Ok(sqlx::query(sql(format!(
+                "SELECT MIN(next_at_ms) FROM webhook_outbox o
+                 WHERE ($1::text IS NULL OR subscription = $1) AND {FIRST_OF_PATCH}"
+            )))
+            .bind(lane)
+            .fetch_one(&pool)
+            .await?
+            .try_get(0)?)
+        })
+    }
+
+    /// Per subscription key: pending messages and when the oldest was queued (unix ms).
+    pub fn webhook_backlogs(&self) -> Result<Vec<(String, u64, i64)>, SummarizerError> {
+        self.block(async |pool| {
+            let rows = sqlx::query(
+                "SELECT subscription, COUNT(*), MIN(created_ms) FROM webhook_outbox
+                 GROUP BY subscription",
+            )
+            .fetch_all(&pool)
+            .await?;
+            Ok(rows
+                .iter()
+                .map(|row| {
+                    let count: i64 = row.try_get(1)?;
+                    Ok((
+                        row.try_get(0)?,
+                        u64::try_from(count).unwrap_or(0),
+                        row.try_get(2)?,
+                    ))
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()?)
+        })
+    }
+
+    /// Every pending message, in record order.
+    pub fn webhooks_pending(&self) -> Result<Vec<WebhookRow>, SummarizerError> {
+        self.block(async |pool| {
+            let rows = sqlx::query(
+                "SELECT id, webhook_id, subscription, patch_id, attempt, event, body, tries, first_try_ms
+                 FROM webhook_outbox ORDER BY id",
+            )
+            .fetch_all(&pool)
+            .await?;
+            Ok(rows.iter().map(webhook_row).collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// Pending messages and dead letters, counted.
+    pub fn webhook_counts(&self) -> Result<(u64, u64), SummarizerError> {
+        let pending = self.scalar("SELECT COUNT(*) FROM webhook_outbox")?;
+        let dead = self.scalar("SELECT COUNT(*) FROM webhook_dead_letters")?;
+        let count = |n: Option<i64>| u64::try_from(n.unwrap_or(0)).unwrap_or(0);
+        Ok((count(pending), count(dead)))
+    }
+
+    /// Every dead letter, oldest first.
+    pub fn webhook_dead_letters(&self) -> Result<Vec<DeadLetter>, SummarizerError> {
+        self.block(async |pool| {
+            let rows = sqlx::query(
+                "SELECT webhook_id, subscription, patch_id, attempt, tries, reason
+                 FROM webhook_dead_letters ORDER BY dead_ms, id",
+            )
+            .fetch_all(&pool)
+            .await?;
+            Ok(rows
+                .iter()
+                .map(|row| {
+                    Ok(DeadLetter {
+                        webhook_id: row.try_get(0)?,
+                        subscription: row.try_get(1)?,
+                        patch_id: row.try_get(2)?,
+                        attempt: u32_of(row.try_get(3)?),
+                        tries: u32_of(row.try_get(4)?),
+                        reason: row.try_get(5)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()?)
+        })
+    }
+
+    /// The subscriptions whose receiver answered 410 Gone: (key, SHA-256 of the URL then).
+    pub fn webhooks_gone(&self) -> Result<Vec<(String, String)>, SummarizerError> {
+        self.block(async |pool| {
+            let rows = sqlx::query("SELECT subscription, url_sha256 FROM webhook_gone")
+                .fetch_all(&pool)
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+                .collect::<Result<Vec<_>, sqlx::Error>>()?)
+        })
+    }
+
+    /// See [`super::SqliteIndex::webhook_set_gone`].
+    pub fn webhook_set_gone(
+        &self,
+        key: &str,
+        url_sha256: Option<&str>,
+        at_ms: i64,
+    ) -> Result<(), SummarizerError> {
+        self.block(async |pool| {
+            match url_sha256 {
+                Some(sha) => sqlx::query(
+                    "INSERT INTO webhook_gone (subscription, url_sha256, at_ms) VALUES ($1, $2, $3)
+                     ON CONFLICT (subscription) DO UPDATE SET url_sha256 = $2, at_ms = $3",
+                )
+                .bind(key)
+                .bind(sha)
+                .bind(at_ms)
+                .execute(&pool)
+                .await?,
+                None => {
+                    sqlx::query("DELETE FROM webhook_gone WHERE subscription = $1")
+                        .bind(key)
+                        .execute(&pool)
+                        .await?
+                }
+            };
+            Ok(())
+        })
+    }
+
+    /// See [`super::SqliteIndex::webhook_prune_dead_letters`].
+    pub fn webhook_prune_dead_letters(
+        &self,
+        before_ms: i64,
+        keep: u64,
+    ) -> Result<usize, SummarizerError> {
+        self.block(async |pool| {
+            let mut tx = pool.begin().await?;
+            let mut deleted = sqlx::query("DELETE FROM webhook_dead_letters WHERE dead_ms < $1")
+                .bind(before_ms)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            deleted += sqlx::query(
+                "DELETE FROM webhook_dead_letters WHERE id IN (SELECT id FROM webhook_dead_letters
+                 ORDER BY dead_ms DESC, id DESC OFFSET $1)",
+            )
+            .bind(i64::try_from(keep).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            tx.commit().await?;
+            Ok(usize::try_from(deleted).unwrap_or(usize::MAX))
+        })
+    }
+
+    /// Records a round of tries in one transaction.
+    pub fn webhooks_settle(&self, outcomes: &[WebhookSettle]) -> Result<(), SummarizerError> {
+        self.block(async |pool| {
+            let mut tx = pool.begin().await?;
+            for outcome in outcomes {
+                match outcome {
+                    WebhookSettle::Delivered { id } => {
+                        forget_webhook(&mut tx, *id).await?;
+                    }
+                    WebhookSettle::Retry {
+                        id,
+                        next_at_ms,
+                        tried_ms,
+                        error,
+                    } => {
+                        sqlx::query(
+                            "UPDATE webhook_outbox SET tries = tries + 1, next_at_ms = $2,
+                             first_try_ms = COALESCE(first_try_ms, $3), last_error = $4 WHERE id = $1",
+                        )
+                        .bind(id)
+                        .bind(next_at_ms)
+                        .bind(tried_ms)
+                        .bind(error)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    WebhookSettle::Dead { id, at_ms, reason } => {
+                        bury(&mut tx, *id, *at_ms, reason, 1).await?;
+                        forget_webhook(&mut tx, *id).await?;
+                    }
+                }
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+}
+
+type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
+
+async fn forget_webhook(tx: &mut Tx, id: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM webhook_outbox WHERE id = $1")
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn bury(
+    tx: &mut Tx,
+    id: i64,
+    at_ms: i64,
+    reason: &str,
+    tries: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(BURY)
+        .bind(id)
+        .bind(at_ms)
+        .bind(reason)
+        .bind(tries)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn insert_transition(
+    tx: &mut Tx,
+    target: &str,
+    transition: &Transition,
+    keep: usize,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO changelog (target, patch_id, attempt, event, from_status, to_status, at_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(target)
+    .bind(&transition.patch_id)
+    .bind(i64_of(transition.attempt))
+    .bind(&transition.event)
+    .bind(&transition.from_status)
+    .bind(&transition.to_status)
+    .bind(transition.at_ms)
+    .execute(&mut **tx)
+    .await?;
+    // Bounded: keep only the newest `keep` transitions of this target.
+    sqlx::query(
+        "DELETE FROM changelog WHERE target = $1 AND id NOT IN
+         (SELECT id FROM changelog WHERE target = $1 ORDER BY id DESC LIMIT $2)",
+    )
+    .bind(target)
+    .bind(usize_i64(keep))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_webhooks(
+    tx: &mut Tx,
+    patch_id: &str,
+    attempt: u32,
+    now_ms: i64,
+    webhooks: &[NewWebhook],
+) -> Result<(), sqlx::Error> {
+    if webhooks.is_empty() {
+        return Ok(());
+    }
+    let pending: i64 = sqlx::query("SELECT COUNT(*) FROM webhook_outbox")
+        .fetch_one(&mut **tx)
+        .await?
+        .try_get(0)?;
+    let mut pending = u64::try_from(pending).unwrap_or(0);
+    for webhook in webhooks {
+        let inserted = sqlx::query(
+            "INSERT INTO webhook_outbox
+             (webhook_id, subscription, patch_id, attempt, event, body, next_at_ms, created_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT DO NOTHING RETURNING id",
+        )
+        .bind(&webhook.webhook_id)
+        .bind(&webhook.subscription)
+        .bind(patch_id)
+        .bind(i64_of(attempt))
+        .bind(&webhook.event)
+        .bind(&webhook.body)
+        .bind(now_ms)
+        .fetch_optional(&mut **tx)
+        .await?;
+        let Some(inserted) = inserted else {
+            continue;
+        };
+        if pending < webhook.outbox_max {
+            pending += 1;
+            continue;
+        }
+        // Full: the record must still succeed, so this message goes straight to the dead
+        // letters (queued and moved, so it keeps a unique id).
+        let id: i64 = inserted.try_get(0)?;
+        let reason = super::webhook_outbox::full_reason(pending, webhook.outbox_max);
+        bury(tx, id, now_ms, &reason, 0).await?;
+        forget_webhook(tx, id).await?;
+        super::webhook_outbox::count_full(patch_id, attempt, &webhook.webhook_id, &reason);
+    }
+    Ok(())
+}
