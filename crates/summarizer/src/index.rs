@@ -211,6 +211,8 @@ dispatch! {
     fn outbox_next_due(&self) -> Result<Option<i64>, SummarizerError>;
     /// Notifications still owed.
     fn outbox_len(&self) -> Result<u64, SummarizerError>;
+    /// See [`SqliteIndex::outbox_oldest_ms`].
+    fn outbox_oldest_ms(&self) -> Result<Option<i64>, SummarizerError>;
     /// See [`SqliteIndex::outbox_settle`].
     fn outbox_settle(&self, delivered: &[i64], failed: &[OutboxRetry]) -> Result<(), SummarizerError>;
     /// See [`SqliteIndex::webhooks_due`].

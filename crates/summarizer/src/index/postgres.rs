@@ -634,6 +634,11 @@ impl PgIndex {
         Ok(u64::try_from(count.unwrap_or(0)).unwrap_or(0))
     }
 
+    /// See [`super::SqliteIndex::outbox_oldest_ms`].
+    pub fn outbox_oldest_ms(&self) -> Result<Option<i64>, SummarizerError> {
+        self.scalar("SELECT (SELECT created_ms FROM outbox ORDER BY id LIMIT 1)")
+    }
+
     fn scalar(&self, query: &'static str) -> Result<Option<i64>, SummarizerError> {
         self.block(async |pool| Ok(sqlx::query(query).fetch_one(&pool).await?.try_get(0)?))
     }
