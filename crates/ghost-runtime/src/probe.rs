@@ -1,6 +1,6 @@
 //! `<service> --healthcheck`: the container health check, run by the service's own binary so
 //! that runtime images need no shell, curl or script. It asks the service's `/readyz` on the
-//! HTTP port its configuration names (loaded exactly as the running service loads it) and
+//! operations port its configuration names (`server.ops_listen`, else `server.http_listen`) (loaded exactly as the running service loads it) and
 //! succeeds only on `200`: a draining service answers 503 and so reports unhealthy.
 
 use std::io::{Read, Write};
@@ -159,12 +159,16 @@ fn exchange<S: Read + Write>(mut stream: S, addr: SocketAddr) -> Result<(), Prob
 }
 
 /// Runs the probe for a loaded configuration (any service's: it must have `server.http_listen`)
-/// and exits the process: 0 when ready, 1 otherwise (with the reason on stderr).
+/// and exits the process: 0 when ready, 1 otherwise (with the reason on stderr). `/readyz` is
+/// asked on `server.ops_listen` when it is set: the HTTP port answers 404 for it then.
 pub fn exit_with_probe(config: &serde_json::Value) -> ! {
-    let listen = config
-        .pointer("/server/http_listen")
-        .and_then(serde_json::Value::as_str)
-        .and_then(|text| text.parse::<SocketAddr>().ok());
+    let address = |pointer: &str| {
+        config
+            .pointer(pointer)
+            .and_then(serde_json::Value::as_str)
+            .and_then(|text| text.parse::<SocketAddr>().ok())
+    };
+    let listen = address("/server/ops_listen").or_else(|| address("/server/http_listen"));
     let text = |pointer: &str| {
         config
             .pointer(pointer)
