@@ -785,4 +785,46 @@ mod tests {
         let err = Listeners::bind(&config).await.unwrap_err().to_string();
         assert!(err.contains(&format!("grpc {grpc}: ")), "{err}");
     }
+
+    #[tokio::test]
+    async fn a_service_without_public_routes_binds_only_its_operations_listener() {
+        // `http_listen` is held by someone else: binding it would fail.
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let config = ServerConfig {
+            http_listen: held.local_addr().unwrap(),
+            ops_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            ..ServerConfig::ephemeral()
+        };
+        let listeners = Listeners::bind_internal(&config).await.unwrap();
+        assert_eq!(listeners.http_addr(), listeners.ops_addr());
+        assert_ne!(listeners.ops_addr(), config.http_listen);
+        // Unset, its one listener is at `http_listen`.
+        let config = ServerConfig {
+            ops_listen: None,
+            ..ServerConfig::ephemeral()
+        };
+        let listeners = Listeners::bind_health_only(&config).await.unwrap();
+        assert_eq!(listeners.http_addr(), listeners.ops_addr());
+        // A public service binds both, and refuses one port for both.
+        let listeners = Listeners::bind(&ServerConfig {
+            ops_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            ..ServerConfig::ephemeral()
+        })
+        .await
+        .unwrap();
+        assert_ne!(listeners.http_addr(), listeners.ops_addr());
+        let free = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let err = Listeners::bind(&ServerConfig {
+            http_listen: free,
+            ops_listen: Some(free),
+            ..ServerConfig::ephemeral()
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("server.ops_listen") && err.contains("server.http_listen"), "{err}");
+    }
 }
