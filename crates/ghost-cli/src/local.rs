@@ -723,7 +723,13 @@ mod tests {
             .into_iter()
             .map(|(name, _)| name)
             .collect();
-        for bound in ["gateway http", "gateway ops", "router ops", "alerter ops", "executor http"] {
+        for bound in [
+            "gateway http",
+            "gateway ops",
+            "router ops",
+            "alerter ops",
+            "executor http",
+        ] {
             assert!(names.iter().any(|name| name == bound), "{bound}: {names:?}");
         }
         assert!(!names.iter().any(|name| name == "router http"), "{names:?}");

@@ -825,6 +825,9 @@ mod tests {
         .await
         .unwrap_err()
         .to_string();
-        assert!(err.contains("server.ops_listen") && err.contains("server.http_listen"), "{err}");
+        assert!(
+            err.contains("server.ops_listen") && err.contains("server.http_listen"),
+            "{err}"
+        );
     }
 }

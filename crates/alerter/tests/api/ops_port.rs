@@ -6,7 +6,6 @@ use alerter::App;
 
 use crate::helpers::{command_body, config, now_secs, post_signed};
 
-
 #[tokio::test]
 async fn the_operations_routes_answer_on_the_ops_port_alone() {
     let mut cfg = config(None);
@@ -33,7 +32,11 @@ async fn the_operations_routes_answer_on_the_ops_port_alone() {
     };
 
     for route in ["/healthz", "/readyz", "/metrics"] {
-        assert_eq!(status(format!("http://{ops}{route}")).await, 200, "{route} on ops");
+        assert_eq!(
+            status(format!("http://{ops}{route}")).await,
+            200,
+            "{route} on ops"
+        );
         assert_eq!(
             status(format!("http://{public}{route}")).await,
             404,
@@ -58,11 +61,8 @@ async fn the_operations_routes_answer_on_the_ops_port_alone() {
         crate::helpers::OPERATOR,
         &format!("{}/commands/unused", crate::helpers::DISCARD_ORIGIN),
     );
-    let signature = alerter::signing::sign(
-        crate::helpers::SIGNING_SECRET,
-        &timestamp,
-        body.as_bytes(),
-    );
+    let signature =
+        alerter::signing::sign(crate::helpers::SIGNING_SECRET, &timestamp, body.as_bytes());
     let (code, answer) = post_signed(
         &format!("http://{public}/slack/commands"),
         &body,
@@ -72,7 +72,11 @@ async fn the_operations_routes_answer_on_the_ops_port_alone() {
     .await;
     assert_eq!(code, 200, "a signed command on the public port: {answer}");
     for path in ["/", "/slack", "/v1/alerts", "/openapi.json", "/readyz/x"] {
-        assert_eq!(status(format!("http://{ops}{path}")).await, 404, "{path} on ops");
+        assert_eq!(
+            status(format!("http://{ops}{path}")).await,
+            404,
+            "{path} on ops"
+        );
     }
 
     drop(stop);

@@ -120,7 +120,11 @@ async fn the_operations_routes_answer_on_the_ops_port_alone() {
         .send()
         .await
         .expect("post");
-    assert_eq!(on_ops.status().as_u16(), 404, "POST /v1/patches on the ops port");
+    assert_eq!(
+        on_ops.status().as_u16(),
+        404,
+        "POST /v1/patches on the ops port"
+    );
 }
 
 #[tokio::test]
@@ -140,7 +144,10 @@ async fn without_ops_listen_the_probes_share_the_public_port() {
     });
     let client = reqwest::Client::new();
     for route in OPS_ROUTES {
-        assert_eq!(status(&client, format!("http://{public}{route}")).await, 200);
+        assert_eq!(
+            status(&client, format!("http://{public}{route}")).await,
+            200
+        );
     }
 }
 
