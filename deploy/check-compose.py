@@ -6,8 +6,9 @@ profile, hardened containers; and the TLS setup with no manual step: the one-sho
 (`ghost tls init` into the `tls` volume, a certificate naming every service) runs before every
 Ghost service, every one of them reads the service credential from /tls/internal-token, the
 router's executor port 50443 serves TLS with the tls-init pair, the executor dials it as
-https:// trusting /tls/ca.pem, and no port is published beyond the services' HTTP ports and
-that executor port. Limits and lifecycle: every Ghost service runs with `init: true`, a
+https:// trusting /tls/ca.pem, and no port is published beyond the public HTTP ports (gateway,
+alerter) and that executor port; every service serves /healthz, /readyz and /metrics on its
+operations port 9464 (never published), which deploy/prometheus/prometheus.yml scrapes. Limits and lifecycle: every Ghost service runs with `init: true`, a
 `pids_limit` and a `mem_limit`; the executor's stop_grace_period covers a patch's default
 deadline (it drains: finishes running patches, takes no new one). Secrets: the API key and
 the executor token reach the services only as compose secrets (`*_FILE` under /run/secrets),
@@ -16,6 +17,7 @@ from a secret and has no anonymous viewers. Usage: check-compose.py RENDERED_YAM
 """
 import re
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -25,10 +27,30 @@ STATE = {"router": "/data", "summarizer": "/data", "alerter": "/data", "executor
 TLS_INIT = "tls-init"
 TOKEN_FILE = "/tls/internal-token"
 EXECUTOR_PORT = 50443
-# Container ports published on the host: each service's HTTP port, plus the router's executor
-# port (TLS) for executors on this host. Anything else would open an internal listener.
-PUBLISHED = {"gateway": {8080}, "router": {8081, EXECUTOR_PORT}, "executor": {8082},
-             "summarizer": {8083}, "alerter": {8084}}
+# Container ports published on the host: the public doors (the gateway's HTTP, the alerter's
+# Slack endpoints), plus the router's executor port (TLS) for executors on this host. Anything
+# else would open an internal listener; the operations port never is.
+PUBLISHED = {"gateway": {8080}, "router": {EXECUTOR_PORT}, "executor": set(),
+             "summarizer": set(), "alerter": {8084}}
+# /healthz, /readyz and /metrics of every service (server.ops_listen), scraped by Prometheus on
+# the compose network.
+OPS = 9464
+PROMETHEUS_YML = Path(__file__).resolve().parent / "prometheus" / "prometheus.yml"
+
+
+def check_ops(services, errors):
+    """Every service serves its operations routes on OPS, which Prometheus scrapes."""
+    for name in GHOST:
+        env = (services.get(name) or {}).get("environment") or {}
+        key = f"GHOST_{name.upper()}__SERVER__OPS_LISTEN"
+        if env.get(key) != f"0.0.0.0:{OPS}":
+            errors.append(f"{name}: {key} is {env.get(key)!r}, not 0.0.0.0:{OPS}")
+    config = yaml.safe_load(PROMETHEUS_YML.read_text(encoding="utf-8"))
+    job = next((j for j in config.get("scrape_configs", []) if j.get("job_name") == "ghost"), {})
+    targets = {t for sc in job.get("static_configs", []) for t in sc.get("targets", [])}
+    expected = {f"{name}:{OPS}" for name in GHOST}
+    if targets != expected:
+        errors.append(f"{PROMETHEUS_YML.name}: job ghost scrapes {sorted(targets)}, expected {sorted(expected)}")
 
 
 def volumes(svc):
@@ -214,6 +236,7 @@ def main():
         if services.get(name, {}).get("profiles") != ["observability"]:
             errors.append(f"{name}: not behind the observability profile")
     check_tls(services, errors)
+    check_ops(services, errors)
     check_limits_and_secrets(doc, errors)
     for e in errors:
         print(f"ERROR: {e}")
@@ -221,7 +244,8 @@ def main():
         print(f"  {len(services)} services: images pinned, ports on 127.0.0.1, healthchecks and "
               "healthy-start order, state volumes, observability behind a profile")
         print(f"  {TLS_INIT} first; all {len(GHOST)} read {TOKEN_FILE}; router TLS executor port "
-              f"{EXECUTOR_PORT} the only published port beyond the HTTP ports")
+              f"{EXECUTOR_PORT} the only published port beyond the public HTTP ports; operations "
+              f"port {OPS} unpublished and scraped by Prometheus")
         print("  init, pids and memory limits; secrets as files; executor grace covers a patch; "
               "gateway -> alerter; Grafana behind a password")
     return 1 if errors else 0

@@ -11,9 +11,13 @@ the cluster:
     container port and a Service port `executors`, probes still on the plaintext 50051;
   - the Ingresses: the gateway's HTTPS (TLS at the controller, cert-manager annotation) and the
     executor port with TLS passthrough to router:executors;
+  - the operations port: every service's TOML sets ops_listen to 0.0.0.0:9464, its container
+    port `ops`, the probes are httpGet on `ops` (/healthz, readiness /readyz); the router,
+    executor and summarizer have no other HTTP port;
   - the NetworkPolicies, evaluated: every connection they admit (in and out) is an arrow of the
-    design, a scrape from the monitoring namespace, DNS, span export, Slack, a public door, or
-    the router's 50443 from anywhere; and every design arrow is admitted.
+    design, a scrape of `ops` from the monitoring namespace, DNS, span export, Slack, a public
+    door, or the router's 50443 from anywhere; and every design arrow and every scrape is
+    admitted.
 Usage: check-k8s.py DEV_YAML PROD_YAML (output of `kubectl kustomize k8s/overlays/<name>`).
 """
 import posixpath
@@ -25,7 +29,10 @@ import yaml
 SERVICES = {"gateway", "router", "executor", "summarizer", "alerter"}
 STATEFUL = {"router", "executor", "summarizer", "alerter"}
 GRPC = {"gateway": 50050, "router": 50051, "executor": 50052, "summarizer": 50053, "alerter": 50054}
-HTTP = {"gateway": 8080, "router": 8081, "executor": 8082, "summarizer": 8083, "alerter": 8084}
+# The public HTTP doors; the other services have no public HTTP routes.
+HTTP = {"gateway": 8080, "alerter": 8084}
+# /healthz, /readyz and /metrics of every service (server.ops_listen), container port `ops`.
+OPS = 9464
 EXECUTOR_PORT = 50443
 # The arrows of the design diagram: who calls whose gRPC port.
 ARROWS = {("gateway", "router"), ("gateway", "summarizer"), ("router", "summarizer"),
@@ -45,8 +52,8 @@ def expected_ingress():
     allowed = {(dst, "TCP", GRPC[dst], src) for src, dst in ARROWS}
     required = set(allowed)
     for app in SERVICES:
-        for port in HTTP.values():  # one policy for all pods, listing every HTTP port
-            allowed.add((app, "TCP", port, "ns:monitoring"))
+        allowed.add((app, "TCP", OPS, "ns:monitoring"))
+        required.add((app, "TCP", OPS, "ns:monitoring"))
     # The public doors behind the Ingress controller (one policy for both pods and both ports),
     # from anywhere or narrowed to the controller's namespace in an overlay.
     for app in ("gateway", "alerter"):
@@ -176,7 +183,8 @@ def check_router(by_kind, err):
         err(f"router.toml: executor_listen is {router_toml.get('executor_listen')!r}, not 0.0.0.0:{EXECUTOR_PORT}")
     tls = router_toml.get("server", {}).get("tls", {})
     if tls.get("grpc") is not False or tls.get("http") is not False:
-        err("router.toml: server.tls.grpc/http must be false (kubelet gRPC probes cannot speak TLS)")
+        err("router.toml: server.tls.grpc/http must be false (the alerter dials gRPC health in "
+            "plaintext; the probes and Prometheus read the ops port in plaintext)")
     sts = by_kind.get("StatefulSet", {}).get("router")
     if not sts:
         return
@@ -194,13 +202,44 @@ def check_router(by_kind, err):
     ports = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
     if ports.get("executors") != EXECUTOR_PORT:
         err(f"router: no container port executors={EXECUTOR_PORT}")
-    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
-        if container.get(probe, {}).get("grpc", {}).get("port") != GRPC["router"]:
-            err(f"router: {probe} is not on the plaintext gRPC port {GRPC['router']}")
     service = by_kind.get("Service", {}).get("router", {})
     sports = {p.get("name"): p for p in service.get("spec", {}).get("ports", [])}
     if (sports.get("executors") or {}).get("port") != EXECUTOR_PORT:
         err(f"Service router: no port executors={EXECUTOR_PORT}")
+
+
+def check_ops(by_kind, err):
+    """The operations port of every service: its TOML, its container port, its probes."""
+    config = next((v for k, v in by_kind.get("ConfigMap", {}).items() if k.startswith("ghost-config")), None)
+    data = (config or {}).get("data", {})
+    workloads = {**by_kind.get("Deployment", {}), **by_kind.get("StatefulSet", {})}
+    for app in sorted(SERVICES):
+        server = tomllib.loads(data.get(f"{app}.toml", "")).get("server", {})
+        if server.get("ops_listen") != f"0.0.0.0:{OPS}":
+            err(f"{app}.toml: server.ops_listen is {server.get('ops_listen')!r}, not 0.0.0.0:{OPS}")
+        if app in HTTP and server.get("http_listen") != f"0.0.0.0:{HTTP[app]}":
+            err(f"{app}.toml: server.http_listen is {server.get('http_listen')!r}, not 0.0.0.0:{HTTP[app]}")
+        w = workloads.get(app)
+        if not w:
+            continue
+        container = w["spec"]["template"]["spec"]["containers"][0]
+        ports = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
+        if ports.get("ops") != OPS:
+            err(f"{app}: no container port ops={OPS}")
+        expected = {"grpc", "ops"} | ({"http"} if app in HTTP else set()) | ({"executors"} if app == "router" else set())
+        if set(ports) != expected:
+            err(f"{app}: container ports {sorted(ports)}, expected {sorted(expected)}")
+        for probe, path in (("startupProbe", "/healthz"), ("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+            get = container.get(probe, {}).get("httpGet", {})
+            if get.get("port") != "ops" or get.get("path") != path:
+                err(f"{app}: {probe} is not httpGet {path} on port ops")
+        annotations = w["spec"]["template"]["metadata"].get("annotations") or {}
+        if annotations.get("prometheus.io/port") not in (None, str(OPS)):
+            err(f"{app}: prometheus.io/port is {annotations.get('prometheus.io/port')}, not the ops port {OPS}")
+        service = by_kind.get("Service", {}).get(app, {})
+        for sport in service.get("spec", {}).get("ports", []):
+            if sport.get("name") in ("http", "ops") and app not in HTTP:
+                err(f"Service {app}: exposes its {sport['name']} port (no public HTTP routes; ops is for Prometheus only)")
 
 
 def backends(ingress):
@@ -257,6 +296,7 @@ def check(docs, name, errors):
         for line in report:
             print(f"  network {line}")
     check_router(by_kind, err)
+    check_ops(by_kind, err)
     check_ingress(by_kind, err)
     hpa = by_kind.get("HorizontalPodAutoscaler", {}).get("gateway")
     if not hpa or hpa["spec"]["scaleTargetRef"]["name"] != "gateway":
@@ -284,8 +324,8 @@ def check(docs, name, errors):
                     and sc.get("capabilities", {}).get("drop") == ["ALL"] and sc.get("runAsNonRoot") is True):
                 err(f"{wname}/{c['name']}: securityContext not hardened")
             for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
-                if "grpc" not in c.get(probe, {}):
-                    err(f"{wname}/{c['name']}: {probe} is not a native gRPC probe")
+                if "httpGet" not in c.get(probe, {}):
+                    err(f"{wname}/{c['name']}: {probe} is not an httpGet probe on the ops port")
             res = c.get("resources", {})
             if not res.get("requests") or not res.get("limits"):
                 err(f"{wname}/{c['name']}: resources need requests and limits")

@@ -20,7 +20,9 @@
 #   5. submits a patch through the gateway and checks the workspace change (in the executor's
 #      volume), the summary (API and the summarizer's files), the Slack message the alerter
 #      posted, that /v1/alerts and /ui/alerts (after a dashboard login) answer 200 (gateway ->
-#      alerter), that the gateway image refuses .env.example's placeholder key naming the
+#      alerter), that /metrics, /healthz and /readyz answer 404 on the gateway's and the
+#      alerter's public ports and 200 on their operations ports (9464, published by this run
+#      only), that the gateway image refuses .env.example's placeholder key naming the
 #      variable, and that the patch's one trace id reached the receiver from all five services;
 #   6. tears everything down (containers, volumes, network, peers, dockerd if it started it).
 #
@@ -236,9 +238,6 @@ GHOST_SECRETS_DIR=$WORK/secrets
 GHOST_IMAGE_TAG=$TAG
 GHOST_LOG=info
 GHOST_HTTP_PORT=$PORT_BASE
-GHOST_ROUTER_HTTP_PORT=$((PORT_BASE + 1))
-GHOST_EXECUTOR_HTTP_PORT=$((PORT_BASE + 2))
-GHOST_SUMMARIZER_HTTP_PORT=$((PORT_BASE + 3))
 GHOST_ALERTER_HTTP_PORT=$((PORT_BASE + 4))
 GHOST_EXECUTOR_PORT=$((PORT_BASE + 5))
 ENV
@@ -264,11 +263,18 @@ GHOST_OTLP_ENDPOINT=http://host.docker.internal:$OTLP_PORT
 SLACK_BOT_TOKEN=xoxb-smoke-$(random_hex 8)
 SLACK_CHANNEL=#ghost-smoke
 ENV
+# The operations port (9464: /healthz, /readyz, /metrics) is not published by
+# docker-compose.yml; this run publishes it on 127.0.0.1 to read every service's /metrics.
+ops_port() { # service
+  local i
+  for i in "${!SERVICES[@]}"; do [[ ${SERVICES[$i]} == "$1" ]] && echo $((PORT_BASE + 20 + i)); done
+}
 {
   echo "services:"
   for service in "${SERVICES[@]}"; do
     echo "  $service:"
     echo "    extra_hosts: [\"host.docker.internal:host-gateway\"]"
+    echo "    ports: [\"127.0.0.1:$(ops_port "$service"):9464\"]"
     if [[ $service == alerter ]]; then
       echo "    environment:"
       echo "      GHOST_ALERTER__SLACK__API_BASE_URL: http://host.docker.internal:$SLACK_PORT/api"
@@ -385,7 +391,7 @@ done
 [[ $slack_ok == 1 ]] || die "the alerter posted no Slack message naming $PATCH_ID"
 # The body first, then the search: piped into `grep -q`, curl could be cut off mid-body once
 # the line was found, and under pipefail its exit 23 failed the run (seen once in CI).
-alerter_metrics=$(curl -fsS --max-time 10 "http://127.0.0.1:$((PORT_BASE + 4))/metrics") \
+alerter_metrics=$(curl -fsS --max-time 10 "http://127.0.0.1:$(ops_port alerter)/metrics") \
   || die "cannot read the alerter's /metrics"
 grep -q '^ghost_slack_deliveries_total{result="ok"}' <<<"$alerter_metrics" \
   || die "ghost_slack_deliveries_total{result=\"ok\"} missing from the alerter's /metrics"
@@ -404,6 +410,24 @@ code=$(curl -sS --max-time 10 -o "$WORK/ui-alerts.html" -w '%{http_code}' -b "$W
   "$GATEWAY/ui/alerts") || code=000
 [[ $code == 200 ]] || die "GET /ui/alerts after login answered $code"
 log "alerts: /v1/alerts and /ui/alerts (logged in) answer 200"
+
+# The operations routes are not on the public ports: the gateway's and the alerter's answer 404
+# for /metrics, /healthz and /readyz, which their operations ports serve.
+for service in gateway alerter; do
+  public_port=$PORT_BASE
+  [[ $service == alerter ]] && public_port=$((PORT_BASE + 4))
+  for route in /metrics /healthz /readyz; do
+    code=$(curl -sS --max-time 10 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$public_port$route") || code=000
+    [[ $code == 404 ]] || die "$service: $route on the public port $public_port answered $code, not 404"
+    code=$(curl -sS --max-time 10 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$(ops_port "$service")$route") || code=000
+    [[ $code == 200 ]] || die "$service: $route on the operations port answered $code, not 200"
+  done
+done
+gateway_metrics=$(curl -fsS --max-time 10 "http://127.0.0.1:$(ops_port gateway)/metrics") \
+  || die "cannot read the gateway's /metrics on its operations port"
+grep -q '^ghost_http_requests_total' <<<"$gateway_metrics" \
+  || die "the gateway's operations port serves no ghost_http_requests_total"
+log "operations routes: 404 on the public ports, 200 on the operations ports (9464)"
 
 # A placeholder key is refused at start, naming the variable (the gateway image, as run).
 if docker run --rm -e GHOST_GATEWAY__API_KEY=replace-with-a-random-key-of-16-or-more-chars \
@@ -435,7 +459,7 @@ log "trace $TRACE_ID: spans from all five services ($(grep -cF "\"$TRACE_ID\"" "
 # /metrics of every service through promtool (deploy/prometheus/check-metrics.sh).
 if command -v promtool >/dev/null 2>&1; then
   urls=()
-  for offset in 0 1 2 3 4; do urls+=("http://127.0.0.1:$((PORT_BASE + offset))/metrics"); done
+  for service in "${SERVICES[@]}"; do urls+=("http://127.0.0.1:$(ops_port "$service")/metrics"); done
   if deploy/prometheus/check-metrics.sh "${urls[@]}" >&2; then
     log "promtool check metrics passed on all five services"
   elif [[ -n ${SMOKE_STRICT_METRICS:-} ]]; then

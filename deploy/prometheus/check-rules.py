@@ -10,7 +10,7 @@
    groups of the rules files, and the PodMonitor and PrometheusRule fit the schema of the
    Prometheus Operator's monitoring.coreos.com/v1 CRDs (the subset used here, unknown fields
    rejected: kubernetes-validate knows no CRDs); the PodMonitor sets `service` from
-   app.kubernetes.io/name and scrapes the `http` port.
+   app.kubernetes.io/name and scrapes the `ops` port (server.ops_listen).
 
 Usage: check-rules.py [--root DIR] [--component RENDERED_YAML] [--write-prometheusrule]
 Exit 0 when everything holds, 1 otherwise; every problem is printed.
@@ -154,8 +154,8 @@ def check_component(rendered: Path, groups: list, errors: list[str]) -> None:
             if not any(r.get("targetLabel") == "service" and r.get("sourceLabels") ==
                        ["__meta_kubernetes_pod_label_app_kubernetes_io_name"] for r in relabel):
                 errors.append("PodMonitor: an endpoint does not set `service` from app.kubernetes.io/name")
-            if endpoint.get("port") != "http" or endpoint.get("path") != "/metrics":
-                errors.append("PodMonitor: an endpoint does not scrape port http at /metrics")
+            if endpoint.get("port") != "ops" or endpoint.get("path") != "/metrics":
+                errors.append("PodMonitor: an endpoint does not scrape port ops at /metrics")
 
 
 def write_prometheusrule(root: Path, groups: list) -> None:

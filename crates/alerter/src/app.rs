@@ -175,9 +175,16 @@ impl App {
         self.listeners.grpc_addr()
     }
 
-    /// The bound HTTP address (`/slack/commands`, `/slack/interactions`, probes).
+    /// The bound HTTP address (`/slack/commands`, `/slack/interactions`, and the probes while
+    /// `server.ops_listen` is unset).
     pub fn http_addr(&self) -> SocketAddr {
         self.listeners.http_addr()
+    }
+
+    /// The bound operations address (`/healthz`, `/readyz`, `/metrics`): `server.ops_listen`
+    /// when set, else the HTTP address (they share it).
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.listeners.ops_addr()
     }
 
     /// The database (outbox, alerts, audit log).

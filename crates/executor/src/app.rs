@@ -306,9 +306,17 @@ impl App {
         self.listeners.grpc_addr()
     }
 
-    /// The bound HTTP address.
+    /// The bound HTTP address: the operations listener (`/healthz`, `/readyz`, `/metrics`), at
+    /// `server.ops_listen` when set, else at `server.http_listen`; this service has no public
+    /// HTTP routes.
     pub fn http_addr(&self) -> SocketAddr {
         self.listeners.http_addr()
+    }
+
+    /// The bound operations address (`/healthz`, `/readyz`, `/metrics`): the same as
+    /// [`App::http_addr`], named as in the gateway and the alerter.
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.listeners.ops_addr()
     }
 
     /// Works for the router until `shutdown` resolves, then drains.

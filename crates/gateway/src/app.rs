@@ -198,6 +198,12 @@ impl App {
         self.listeners.http_addr()
     }
 
+    /// The bound operations address (`/healthz`, `/readyz`, `/metrics`): `server.ops_listen`
+    /// when set, else the HTTP address (they share it).
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.listeners.ops_addr()
+    }
+
     /// Serves until `shutdown` resolves, then drains.
     pub async fn run<F>(self, shutdown: F) -> anyhow::Result<()>
     where

@@ -48,6 +48,9 @@ pub struct Running {
     pub grpc: SocketAddr,
     /// Bound HTTP address.
     pub http: SocketAddr,
+    /// Bound address of `/healthz`, `/readyz` and `/metrics`: `server.ops_listen`, or the HTTP
+    /// address when they share it.
+    pub ops: SocketAddr,
     stop: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -202,26 +205,58 @@ impl SystemConfig {
         Ok(())
     }
 
-    /// Every service's listen addresses with what they are called (`router grpc`), mutable.
+    /// Every service's listen addresses with what they are called (`router grpc`), mutable:
+    /// the ones each service binds (a service with no public HTTP routes does not bind
+    /// `http_listen` while `ops_listen` is set).
     fn listen_addresses(&mut self) -> Vec<(String, &mut SocketAddr)> {
-        fn both<'a>(name: &str, server: &'a mut ServerConfig) -> [(String, &'a mut SocketAddr); 2] {
-            [
-                (format!("{name} grpc"), &mut server.grpc_listen),
-                (format!("{name} http"), &mut server.http_listen),
-            ]
+        fn each<'a>(
+            name: &str,
+            server: &'a mut ServerConfig,
+            public_http: bool,
+        ) -> Vec<(String, &'a mut SocketAddr)> {
+            let mut out = vec![(format!("{name} grpc"), &mut server.grpc_listen)];
+            match (&mut server.ops_listen, public_http) {
+                (Some(ops), true) => {
+                    out.push((format!("{name} http"), &mut server.http_listen));
+                    out.push((format!("{name} ops"), ops));
+                }
+                (Some(ops), false) => out.push((format!("{name} ops"), ops)),
+                (None, _) => out.push((format!("{name} http"), &mut server.http_listen)),
+            }
+            out
         }
         let mut out = Vec::new();
-        out.extend(both("gateway", &mut self.gateway.server));
-        out.extend(both("router", &mut self.router.server));
+        out.extend(each("gateway", &mut self.gateway.server, true));
+        out.extend(each("router", &mut self.router.server, false));
         if let Some(addr) = &mut self.router.executor_listen {
             out.push(("router executor".to_owned(), addr));
         }
         if let Some(executor) = &mut self.executor {
-            out.extend(both("executor", &mut executor.server));
+            out.extend(each("executor", &mut executor.server, false));
         }
-        out.extend(both("summarizer", &mut self.summarizer.server));
-        out.extend(both("alerter", &mut self.alerter.server));
+        out.extend(each("summarizer", &mut self.summarizer.server, false));
+        out.extend(each("alerter", &mut self.alerter.server, true));
         out
+    }
+
+    /// Keeps `/healthz`, `/readyz` and `/metrics` on this machine: a service whose HTTP side
+    /// listens off loopback (`ghost up --listen 0.0.0.0:8080`) and has no `ops_listen` gets
+    /// one on a free loopback port.
+    pub fn keep_operations_local(&mut self) {
+        let mut servers = vec![
+            &mut self.gateway.server,
+            &mut self.router.server,
+            &mut self.summarizer.server,
+            &mut self.alerter.server,
+        ];
+        if let Some(executor) = &mut self.executor {
+            servers.push(&mut executor.server);
+        }
+        for server in servers {
+            if server.ops_listen.is_none() && !server.http_listen.ip().is_loopback() {
+                server.ops_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+            }
+        }
     }
 
     /// Binds every listener now (port 0 gets a free port, written back into the config), so
@@ -404,12 +439,14 @@ macro_rules! spawn_app {
         let stop = CancellationToken::new();
         let grpc = app.grpc_addr();
         let http = app.http_addr();
+        let ops = app.ops_addr();
         let token = stop.clone();
         let task = tokio::spawn(async move { app.run(token.cancelled_owned()).await });
         Running {
             name: $name,
             grpc,
             http,
+            ops,
             stop,
             task,
         }
@@ -557,12 +594,12 @@ impl LocalSystem {
         Ok(addrs)
     }
 
-    /// Waits until every service answers `/readyz` with 200.
+    /// Waits until every service answers `/readyz` (on its operations address) with 200.
     pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
         let client = reqwest::Client::new();
         let deadline = tokio::time::Instant::now() + timeout;
         for service in &self.services {
-            let probe = format!("http://{}/readyz", service.http);
+            let probe = format!("http://{}/readyz", service.ops);
             let cert = self
                 .https
                 .iter()
@@ -571,7 +608,7 @@ impl LocalSystem {
             loop {
                 let ready = match &cert {
                     Some(cert) => {
-                        let (addr, cert) = (service.http, cert.clone());
+                        let (addr, cert) = (service.ops, cert.clone());
                         tokio::task::spawn_blocking(move || {
                             ghost_runtime::probe::readyz_tls(addr, &cert, Duration::from_secs(1))
                         })
@@ -663,5 +700,38 @@ mod tests {
         two.gateway.server.internal_token = Secret::new("b");
         let err = two.set_internal_token("fresh").unwrap_err().to_string();
         assert!(err.contains("different service credentials"), "{err}");
+    }
+    #[test]
+    fn an_http_side_off_loopback_gets_a_loopback_operations_port_and_binds_what_it_serves() {
+        let mut system = system();
+        system.gateway.server.http_listen = SocketAddr::from(([0, 0, 0, 0], 8080));
+        let chosen = SocketAddr::from(([10, 0, 0, 1], 9464));
+        system.alerter.server.http_listen = SocketAddr::from(([0, 0, 0, 0], 8084));
+        system.alerter.server.ops_listen = Some(chosen);
+        system.keep_operations_local();
+        assert_eq!(
+            system.gateway.server.ops_listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 0)))
+        );
+        assert_eq!(system.alerter.server.ops_listen, Some(chosen), "kept");
+        assert_eq!(system.router.server.ops_listen, None, "on loopback already");
+
+        // The router has no public HTTP routes: with ops_listen, http_listen is not bound.
+        system.router.server.ops_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        let names: Vec<String> = system
+            .listen_addresses()
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        for bound in [
+            "gateway http",
+            "gateway ops",
+            "router ops",
+            "alerter ops",
+            "executor http",
+        ] {
+            assert!(names.iter().any(|name| name == bound), "{bound}: {names:?}");
+        }
+        assert!(!names.iter().any(|name| name == "router http"), "{names:?}");
     }
 }

@@ -269,6 +269,7 @@ pub async fn run(
         .system
         .set_internal_token(&crate::tls::random_token()?)
         .map_err(|err| CliError::Settings(err.to_string()))?;
+    config.system.keep_operations_local();
     config.system.prebind()?;
     config.system.wire(config.explicit);
     let ca = serve_tls(&mut config)?;
@@ -284,8 +285,13 @@ pub async fn run(
             .unwrap_or_default()
     );
     for service in &system.services {
+        let ops = if service.ops == service.http {
+            String::new()
+        } else {
+            format!("  ops {}", service.ops)
+        };
         text.push_str(&format!(
-            "  {:<11} grpc {}  http {}\n",
+            "  {:<11} grpc {}  http {}{ops}\n",
             service.name, service.grpc, service.http
         ));
     }

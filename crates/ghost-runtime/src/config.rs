@@ -442,8 +442,19 @@ impl Serialize for Secret {
 pub struct ServerConfig {
     /// gRPC listen address.
     pub grpc_listen: SocketAddr,
-    /// HTTP listen address (`/healthz`, `/readyz`, `/metrics`, and any public API).
+    /// HTTP listen address: the public HTTP routes of the gateway (`/v1`, `/ui`, `/mcp`,
+    /// `/openapi.json`, `/privacy`) and the alerter (`/slack/*`), and the operations routes
+    /// (`/healthz`, `/readyz`, `/metrics`) while `ops_listen` is unset.
     pub http_listen: SocketAddr,
+    /// The operations listener: `/healthz`, `/readyz` and `/metrics`, and nothing else. Unset
+    /// (the default): they are served on `http_listen`, beside the public routes, which suits a
+    /// service on loopback. Set: they are served only here and `http_listen` answers 404 for
+    /// them, so a firewall or NetworkPolicy can open the public port to everyone and this one to
+    /// the monitoring system alone. The router, executor and summarizer have no public HTTP
+    /// routes: their one HTTP listener is this one, bound at `ops_listen` when set (and
+    /// `http_listen` is then not bound), else at `http_listen`. Same limits as the HTTP side
+    /// (timeouts, connection caps, counted apart) and the same TLS (`tls.http`).
+    pub ops_listen: Option<SocketAddr>,
     /// After a stop signal, how long `/readyz` reports 503 while still serving, so load
     /// balancers stop sending new work first.
     #[serde(with = "humantime_serde")]
@@ -583,6 +594,7 @@ impl Default for ServerConfig {
         Self {
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            ops_listen: None,
             drain_grace: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(20),
             header_read_timeout: Duration::from_secs(10),

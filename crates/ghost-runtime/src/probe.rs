@@ -1,6 +1,6 @@
 //! `<service> --healthcheck`: the container health check, run by the service's own binary so
 //! that runtime images need no shell, curl or script. It asks the service's `/readyz` on the
-//! HTTP port its configuration names (loaded exactly as the running service loads it) and
+//! operations port its configuration names (`server.ops_listen`, else `server.http_listen`) (loaded exactly as the running service loads it) and
 //! succeeds only on `200`: a draining service answers 503 and so reports unhealthy.
 
 use std::io::{Read, Write};
@@ -158,13 +158,22 @@ fn exchange<S: Read + Write>(mut stream: S, addr: SocketAddr) -> Result<(), Prob
     }
 }
 
+/// The listener `/readyz` is asked on: `server.ops_listen` when set, else `server.http_listen`.
+fn probed_listen(config: &serde_json::Value) -> Option<SocketAddr> {
+    let address = |pointer: &str| {
+        config
+            .pointer(pointer)
+            .and_then(serde_json::Value::as_str)
+            .and_then(|text| text.parse::<SocketAddr>().ok())
+    };
+    address("/server/ops_listen").or_else(|| address("/server/http_listen"))
+}
+
 /// Runs the probe for a loaded configuration (any service's: it must have `server.http_listen`)
-/// and exits the process: 0 when ready, 1 otherwise (with the reason on stderr).
+/// and exits the process: 0 when ready, 1 otherwise (with the reason on stderr). `/readyz` is
+/// asked on `server.ops_listen` when it is set: the HTTP port answers 404 for it then.
 pub fn exit_with_probe(config: &serde_json::Value) -> ! {
-    let listen = config
-        .pointer("/server/http_listen")
-        .and_then(serde_json::Value::as_str)
-        .and_then(|text| text.parse::<SocketAddr>().ok());
+    let listen = probed_listen(config);
     let text = |pointer: &str| {
         config
             .pointer(pointer)
@@ -236,6 +245,23 @@ mod tests {
         drop(listener);
         let err = readyz(addr, Duration::from_secs(1)).unwrap_err();
         assert!(err.to_string().contains(&addr.to_string()), "{err}");
+    }
+
+    #[test]
+    fn the_operations_listener_is_probed_when_it_is_set() {
+        let mut config = serde_json::to_value(crate::config::ServerConfig::default()).unwrap();
+        let config = serde_json::json!({ "server": config.take() });
+        assert_eq!(
+            probed_listen(&config),
+            Some("127.0.0.1:8081".parse().unwrap())
+        );
+        let with_ops = serde_json::json!({
+            "server": { "http_listen": "0.0.0.0:8080", "ops_listen": "0.0.0.0:9464" }
+        });
+        assert_eq!(
+            probed_listen(&with_ops),
+            Some("0.0.0.0:9464".parse().unwrap())
+        );
     }
 
     #[test]

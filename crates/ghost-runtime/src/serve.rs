@@ -8,6 +8,12 @@
 //! servers keep answering for `drain_grace` (so load balancers move away), then stop accepting
 //! and wait at most `drain_timeout` for in-flight calls.
 //!
+//! The operations routes (`/healthz`, `/readyz`, `/metrics`) are served on `server.ops_listen`
+//! when it is set, and then only there: the public HTTP listener answers 404 for them. Unset,
+//! they share the public HTTP listener. A service with no public HTTP routes (router,
+//! executor, summarizer: [`Listeners::bind_internal`], [`Listeners::bind_health_only`]) has one
+//! HTTP listener, the operations one, at `ops_listen` or else `http_listen`.
+//!
 //! With `server.tls.cert`/`key` set, both sides serve TLS (each can opt out with `tls.grpc`/
 //! `tls.http`; see [`crate::tls`]). Every gRPC call but health, reflection and the service's
 //! `open_methods` needs the deployment's service credential ([`crate::credential`]). A service
@@ -59,7 +65,11 @@ fn bind_error(side: &str, addr: SocketAddr, error: &std::io::Error) -> std::io::
 #[derive(Debug)]
 pub struct Listeners {
     grpc: TcpListener,
-    http: TcpListener,
+    /// The public HTTP listener (`http_listen`); `None` for a service with no public HTTP routes.
+    http: Option<TcpListener>,
+    /// The operations listener (`ops_listen`, or `http_listen` for a service with no public
+    /// HTTP routes); `None`: the operations routes share `http`.
+    ops: Option<TcpListener>,
     restricted: Option<Restricted>,
     tls: Option<ServerTls>,
     credential: Secret,
@@ -125,17 +135,30 @@ impl Listeners {
     /// a gRPC listener off loopback without a credential, and installs the metrics recorder, so
     /// counters a service bumps while it builds are not lost.
     pub async fn bind(config: &ServerConfig) -> std::io::Result<Self> {
-        Self::bind_with(config, true).await
+        Self::bind_with(config, true, true).await
+    }
+
+    /// [`Listeners::bind`] for a service with no public HTTP routes (the router, the
+    /// summarizer): its one HTTP listener is the operations listener, at `server.ops_listen`
+    /// when set, else at `server.http_listen`.
+    pub async fn bind_internal(config: &ServerConfig) -> std::io::Result<Self> {
+        Self::bind_with(config, true, false).await
     }
 
     /// [`Listeners::bind`] for a service whose gRPC side serves health and reflection only (the
     /// executor): it takes no control calls, so it needs no service credential off loopback,
-    /// and a process that runs untrusted commands never has to hold one.
+    /// and a process that runs untrusted commands never has to hold one. It has no public HTTP
+    /// routes either: its one HTTP listener is the operations listener, as
+    /// [`Listeners::bind_internal`].
     pub async fn bind_health_only(config: &ServerConfig) -> std::io::Result<Self> {
-        Self::bind_with(config, false).await
+        Self::bind_with(config, false, false).await
     }
 
-    async fn bind_with(config: &ServerConfig, control: bool) -> std::io::Result<Self> {
+    async fn bind_with(
+        config: &ServerConfig,
+        control: bool,
+        public_http: bool,
+    ) -> std::io::Result<Self> {
         crate::metrics::handle();
         let tls = ServerTls::load(&config.tls).map_err(|err| invalid(err.to_string()))?;
         let credential = config
@@ -149,9 +172,44 @@ impl Listeners {
                 config.grpc_listen
             )));
         }
+        if let Some(ops) = config.ops_listen
+            && ops.port() != 0
+        {
+            // A service with no public HTTP routes does not bind `http_listen` then.
+            let shared = [
+                ("server.grpc_listen", config.grpc_listen),
+                ("server.http_listen", config.http_listen),
+            ]
+            .into_iter()
+            .take(if public_http { 2 } else { 1 })
+            .find(|(_, addr)| *addr == ops);
+            if let Some((key, _)) = shared {
+                return Err(invalid(format!(
+                    "server.ops_listen {ops} is also {key}: give the operations listener a \
+                     port of its own, or leave ops_listen unset to serve /healthz, /readyz \
+                     and /metrics on the HTTP port"
+                )));
+            }
+        }
+        let grpc = Self::take_or_bind("grpc", config.grpc_listen).await?;
+        let (http, ops) = match (public_http, config.ops_listen) {
+            (true, None) => (
+                Some(Self::take_or_bind("http", config.http_listen).await?),
+                None,
+            ),
+            (true, Some(ops)) => (
+                Some(Self::take_or_bind("http", config.http_listen).await?),
+                Some(Self::take_or_bind("ops", ops).await?),
+            ),
+            (false, ops) => (
+                None,
+                Some(Self::take_or_bind("ops", ops.unwrap_or(config.http_listen)).await?),
+            ),
+        };
         Ok(Self {
-            grpc: Self::take_or_bind("grpc", config.grpc_listen).await?,
-            http: Self::take_or_bind("http", config.http_listen).await?,
+            grpc,
+            http,
+            ops,
             restricted: None,
             tls,
             credential,
@@ -191,11 +249,24 @@ impl Listeners {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
-    /// The bound HTTP address.
+    /// The bound HTTP address: the public one, or for a service with no public HTTP routes its
+    /// one HTTP listener (the operations listener).
     pub fn http_addr(&self) -> SocketAddr {
         self.http
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+            .as_ref()
+            .or(self.ops.as_ref())
+            .and_then(|listener| listener.local_addr().ok())
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The bound address serving `/healthz`, `/readyz` and `/metrics`: the operations listener,
+    /// or the HTTP listener when they share it.
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.ops
+            .as_ref()
+            .or(self.http.as_ref())
+            .and_then(|listener| listener.local_addr().ok())
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 }
 
@@ -348,7 +419,8 @@ pub struct Service {
     pub grpc_names: Vec<&'static str>,
     /// The service's own gRPC routes; health and reflection are added here.
     pub grpc: tonic::service::Routes,
-    /// The service's own HTTP routes; `/healthz`, `/readyz` and `/metrics` are added here.
+    /// The service's own (public) HTTP routes; `/healthz`, `/readyz` and `/metrics` are added
+    /// here, or served on the operations listener alone when there is one.
     pub http: axum::Router,
     /// gRPC methods (`/pkg.Service/Method`) callable without the service credential (health
     /// and reflection always are).
@@ -397,17 +469,32 @@ pub async fn run(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .with_state(readiness.clone());
-    let http_router = service
-        .http
-        .merge(probes)
-        .layer(axum::middleware::from_fn(crate::red::http))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(move |request: &http::Request<axum::body::Body>| {
-                    http_server_span(name, request)
-                })
-                .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
-        );
+    let traced = |router: axum::Router| {
+        router
+            .layer(axum::middleware::from_fn(crate::red::http))
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(move |request: &http::Request<axum::body::Body>| {
+                        http_server_span(name, request)
+                    })
+                    .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
+            )
+    };
+    // (public router, operations router): the probes go to the operations listener when there
+    // is one, else beside the public routes.
+    let (http_router, ops_router) = match (&listeners.http, &listeners.ops) {
+        (Some(_), None) => (Some(traced(service.http.merge(probes))), None),
+        (Some(_), Some(_)) => (Some(traced(service.http)), Some(traced(probes))),
+        (None, _) => {
+            if service.http.has_routes() {
+                anyhow::bail!(
+                    "{name} has public HTTP routes but was bound without a public HTTP listener \
+                     (Listeners::bind_internal): they would never be served"
+                );
+            }
+            (None, Some(traced(probes)))
+        }
+    };
 
     for grpc_name in std::iter::once("").chain(service.grpc_names.iter().copied()) {
         reporter
@@ -514,6 +601,7 @@ pub async fn run(
     let stop_accepting = CancellationToken::new();
     let grpc_addr = listeners.grpc_addr();
     let http_addr = listeners.http_addr();
+    let ops_addr = listeners.ops_addr();
     let restricted_addr = listeners.restricted_addr();
     let mut grpc_task = spawn_grpc(
         gate.clone(),
@@ -536,19 +624,40 @@ pub async fn run(
         }
         None => None,
     };
-    let http_stop = stop_accepting.clone();
-    let http_limits = HttpLimits::from(config);
-    let mut http_task = tokio::spawn(serve_http(
-        listeners.http,
-        http_router,
-        http_limits,
-        acceptor(ALPN_HTTP, config.tls.http)?,
-        http_stop,
-    ));
-    tracing::info!(service = name, %grpc_addr, %http_addr, restricted_addr = ?restricted_addr, "serving");
+    // Each HTTP listener counts its connections apart: a flood of the public port leaves the
+    // operations port answering.
+    let spawn_http = |listener: Option<TcpListener>,
+                      router: Option<axum::Router>|
+     -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+        let (Some(listener), Some(router)) = (listener, router) else {
+            return Ok(None);
+        };
+        Ok(Some(tokio::spawn(serve_http(
+            listener,
+            router,
+            HttpLimits::from(config),
+            acceptor(ALPN_HTTP, config.tls.http)?,
+            stop_accepting.clone(),
+        ))))
+    };
+    let mut http_task = spawn_http(listeners.http, http_router)?;
+    let mut ops_task = spawn_http(listeners.ops, ops_router)?;
+    tracing::info!(service = name, %grpc_addr, %http_addr, %ops_addr, restricted_addr = ?restricted_addr, "serving");
 
     let restricted_ended = async {
         match &mut restricted_task {
+            Some(task) => task.await,
+            None => std::future::pending().await,
+        }
+    };
+    let http_ended = async {
+        match &mut http_task {
+            Some(task) => task.await,
+            None => std::future::pending().await,
+        }
+    };
+    let ops_ended = async {
+        match &mut ops_task {
             Some(task) => task.await,
             None => std::future::pending().await,
         }
@@ -561,8 +670,11 @@ pub async fn run(
         result = restricted_ended => {
             return Err(anyhow::anyhow!("restricted grpc server of {name} stopped: {result:?}"));
         }
-        result = &mut http_task => {
+        result = http_ended => {
             return Err(anyhow::anyhow!("http server of {name} stopped: {result:?}"));
+        }
+        result = ops_ended => {
+            return Err(anyhow::anyhow!("operations http server of {name} stopped: {result:?}"));
         }
     }
 
@@ -581,22 +693,25 @@ pub async fn run(
     stop_accepting.cancel();
     let drained = tokio::time::timeout(config.drain_timeout, async {
         let grpc = grpc_task.await;
-        let http = http_task.await;
+        for (side, task) in [("http", http_task), ("ops", ops_task)] {
+            if let Some(task) = task
+                && let Err(err) = task.await
+            {
+                tracing::warn!(service = name, side, error = %err, "http server task failed");
+            }
+        }
         if let Some(task) = restricted_task
             && let Ok(Err(err)) = task.await
         {
             tracing::warn!(service = name, error = %err, "restricted grpc server ended with an error");
         }
-        (grpc, http)
+        grpc
     })
     .await;
     match drained {
-        Ok((grpc, http)) => {
+        Ok(grpc) => {
             if let Ok(Err(err)) = grpc {
                 tracing::warn!(service = name, error = %err, "grpc server ended with an error");
-            }
-            if let Err(err) = http {
-                tracing::warn!(service = name, error = %err, "http server task failed");
             }
             tracing::info!(service = name, "drained");
         }
@@ -669,5 +784,50 @@ mod tests {
         assert_eq!((listeners.grpc_addr(), listeners.http_addr()), (grpc, http));
         let err = Listeners::bind(&config).await.unwrap_err().to_string();
         assert!(err.contains(&format!("grpc {grpc}: ")), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_service_without_public_routes_binds_only_its_operations_listener() {
+        // `http_listen` is held by someone else: binding it would fail.
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let config = ServerConfig {
+            http_listen: held.local_addr().unwrap(),
+            ops_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            ..ServerConfig::ephemeral()
+        };
+        let listeners = Listeners::bind_internal(&config).await.unwrap();
+        assert_eq!(listeners.http_addr(), listeners.ops_addr());
+        assert_ne!(listeners.ops_addr(), config.http_listen);
+        // Unset, its one listener is at `http_listen`.
+        let config = ServerConfig {
+            ops_listen: None,
+            ..ServerConfig::ephemeral()
+        };
+        let listeners = Listeners::bind_health_only(&config).await.unwrap();
+        assert_eq!(listeners.http_addr(), listeners.ops_addr());
+        // A public service binds both, and refuses one port for both.
+        let listeners = Listeners::bind(&ServerConfig {
+            ops_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            ..ServerConfig::ephemeral()
+        })
+        .await
+        .unwrap();
+        assert_ne!(listeners.http_addr(), listeners.ops_addr());
+        let free = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let err = Listeners::bind(&ServerConfig {
+            http_listen: free,
+            ops_listen: Some(free),
+            ..ServerConfig::ephemeral()
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("server.ops_listen") && err.contains("server.http_listen"),
+            "{err}"
+        );
     }
 }

@@ -52,7 +52,7 @@ impl App {
 
     /// [`App::build`] with the clock the store and archiver use (tests inject one).
     pub async fn build_with_clock(config: SummarizerConfig, clock: Clock) -> anyhow::Result<Self> {
-        let listeners = Listeners::bind(&config.server)
+        let listeners = Listeners::bind_internal(&config.server)
             .await
             .context("cannot bind the summarizer listeners")?;
         let upstream = ghost_runtime::propagation::Upstream::new(&config.server)?;
@@ -126,9 +126,17 @@ impl App {
         self.listeners.grpc_addr()
     }
 
-    /// The bound HTTP address.
+    /// The bound HTTP address: the operations listener (`/healthz`, `/readyz`, `/metrics`), at
+    /// `server.ops_listen` when set, else at `server.http_listen`; this service has no public
+    /// HTTP routes.
     pub fn http_addr(&self) -> SocketAddr {
         self.listeners.http_addr()
+    }
+
+    /// The bound operations address (`/healthz`, `/readyz`, `/metrics`): the same as
+    /// [`App::http_addr`], named as in the gateway and the alerter.
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.listeners.ops_addr()
     }
 
     /// The summary store (tests call its archive function with their own clock).

@@ -8,6 +8,7 @@ mod hostile;
 mod lifecycle;
 mod manifest;
 mod notify;
+mod ops_port;
 mod outage;
 mod revert;
 mod routing;

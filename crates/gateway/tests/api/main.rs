@@ -17,6 +17,7 @@ mod loop_calls;
 mod mcp;
 mod mcp_fit;
 mod openapi;
+mod ops_port;
 mod parse_budget;
 mod real_patches;
 mod reference;

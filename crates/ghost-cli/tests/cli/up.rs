@@ -232,6 +232,42 @@ async fn up_runs_the_file_init_wrote_and_its_submit_key_submits_but_its_read_key
     up.kill_9().await;
 }
 
+#[tokio::test]
+async fn with_ops_listen_the_probes_move_off_the_gateways_public_port() {
+    let env = Env::empty();
+    let dir = env.scratch.path().to_owned();
+    ghost_in(&env, &dir, &["init", "."], &[]).await.expect(0);
+    let mut vars = PORT_ZERO.to_vec();
+    vars.push(("GHOST_GATEWAY__SERVER__OPS_LISTEN", "127.0.0.1:0"));
+    vars.push(("GHOST_ROUTER__SERVER__OPS_LISTEN", "127.0.0.1:0"));
+    let up = spawn_up(&env, &dir, &["up", "-f", "ghost.toml"], &vars).await;
+    let gateway_line = up
+        .printed
+        .lines()
+        .find(|line| line.trim_start().starts_with("gateway "))
+        .unwrap_or_else(|| panic!("no gateway line: {}", up.printed));
+    let ops = gateway_line
+        .split("ops ")
+        .nth(1)
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no ops address: {gateway_line}"));
+    for route in ["/healthz", "/readyz", "/metrics"] {
+        let public = reqwest::get(format!("{}{route}", up.url))
+            .await
+            .expect("gateway");
+        assert_eq!(public.status().as_u16(), 404, "{route} on {}", up.url);
+        let on_ops = reqwest::get(format!("http://{ops}{route}"))
+            .await
+            .expect("ops port");
+        assert_eq!(on_ops.status().as_u16(), 200, "{route} on {ops}");
+    }
+    let openapi = reqwest::get(format!("{}/openapi.json", up.url))
+        .await
+        .expect("gateway");
+    assert_eq!(openapi.status().as_u16(), 200);
+    up.kill_9().await;
+}
+
 fn public_url_of(run: &Run) -> String {
     let effective: toml::Table = toml::from_str(&run.stdout)
         .unwrap_or_else(|err| panic!("--print-config is not TOML ({err}): {run:?}"));
