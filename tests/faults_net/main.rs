@@ -18,11 +18,13 @@
 //! - gateway↔router: intake answers 503 problem+json with `Retry-After`;
 //! - router↔executor: `executor_lost/MAIN` fires at the alerter (the router dropped the
 //!   session), and is resolved after healing;
-//! - router↔summarizer: the router's outcome outbox logs each failed delivery (a warning);
+//! - router↔summarizer: the router's outcome outbox logs each failed delivery (a warning) and
+//!   its `ghost_outbox_oldest_age_seconds{outbox="outcomes"}` grows (what `GhostOutboxLag`
+//!   alerts on), back to 0 once the outbox drained after healing;
 //! - summarizer↔alerter: the summarizer's notify outbox logs each failed delivery (a warning,
-//!   an error after five tries).
-//!   The last two have no metric or alert of their own yet (the outbox-age metrics are the
-//!   place for one).
+//!   an error after five tries) and `ghost_outbox_oldest_age_seconds{outbox="notifications"}`
+//!   grows, back to 0 after healing (the alerter itself is the partitioned side, so the
+//!   metric is the path that does not need it).
 //!
 //! Fencing ([`a_partitioned_executor_stops_applying_and_the_patch_still_ends_once`]): an
 //! executor whose Work stream broke cancels the attempt it was running, which rolls back; the
@@ -97,15 +99,31 @@ impl Pair {
             Self::RouterExecutor => cluster.alert_firing("executor_lost/MAIN").await,
             Self::RouterSummarizer => {
                 logged_since("router", &["receiver refused or unreachable; will retry"])
+                    && self.outbox_age(cluster).await.is_some_and(|age| age > 0.0)
             }
-            Self::SummarizerAlerter => logged_since(
-                "summarizer",
-                &[
-                    "alerter notify failed; will retry",
-                    "alerter still unreachable",
-                ],
-            ),
+            Self::SummarizerAlerter => {
+                logged_since(
+                    "summarizer",
+                    &[
+                        "alerter notify failed; will retry",
+                        "alerter still unreachable",
+                    ],
+                ) && self.outbox_age(cluster).await.is_some_and(|age| age > 0.0)
+            }
         }
+    }
+
+    /// For the partitions an outbox rides out: the sender's
+    /// `ghost_outbox_oldest_age_seconds` of that outbox (what `GhostOutboxLag` alerts on).
+    async fn outbox_age(self, cluster: &Cluster) -> Option<f64> {
+        let (service, outbox) = match self {
+            Self::RouterSummarizer => ("router", "outcomes"),
+            Self::SummarizerAlerter => ("summarizer", "notifications"),
+            Self::GatewayRouter | Self::RouterExecutor => return None,
+        };
+        cluster
+            .outbox_gauge(service, "ghost_outbox_oldest_age_seconds", outbox)
+            .await
     }
 }
 
@@ -271,6 +289,17 @@ async fn partition(
             assert!(
                 healed.elapsed() < RECOVERY_BOUND,
                 "executor_lost/MAIN not resolved within {RECOVERY_BOUND:?} after healing"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    if matches!(pair, Pair::RouterSummarizer | Pair::SummarizerAlerter) && detection.is_some() {
+        // The outbox drained: its age gauge (and so GhostOutboxLag) goes back to 0.
+        while pair.outbox_age(cluster).await != Some(0.0) {
+            assert!(
+                healed.elapsed() < RECOVERY_BOUND,
+                "{}: the outbox age gauge did not return to 0 within {RECOVERY_BOUND:?} after healing",
+                pair.name()
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

@@ -310,6 +310,25 @@ burst = 10000
         }
     }
 
+    /// The value `service`'s `/metrics` shows for `name{outbox="<outbox>"}` (None: no answer
+    /// or no such series yet).
+    pub async fn outbox_gauge(&self, service: &str, name: &str, outbox: &str) -> Option<f64> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.http_base(service)))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let series = format!("{name}{{outbox=\"{outbox}\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(series.as_str()))
+            .and_then(|value| value.trim().parse().ok())
+    }
+
     /// `service`'s log so far.
     pub fn log(&self, service: &str) -> String {
         std::fs::read_to_string(self.dir.join(format!("{service}.log"))).unwrap_or_default()
