@@ -1,7 +1,8 @@
 //! Slow and silent peers: a router that accepts and never answers, a router stopped with
 //! SIGSTOP, a connection to the summarizer that goes silent. Each is noticed within
 //! [`BOUND`] (the measured time is printed; the default keep-alive aims at 10 s) and every
-//! patch still completes exactly once.
+//! patch still completes exactly once. And a slow path (200 ms each way between the executor
+//! and the router) that must not be mistaken for a dead one.
 
 use std::time::{Duration, Instant};
 
@@ -201,4 +202,69 @@ async fn a_silent_connection_to_the_summarizer_is_replaced_and_every_summary_arr
         frozen_at.elapsed()
     );
     assert_each_once(&ws, &ids);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_path_between_executor_and_router_keeps_its_session_and_every_patch_completes_once()
+{
+    const DELAY: Duration = Duration::from_millis(200);
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let dir = scratch.path();
+    let ws = workspace(dir);
+    let (router_port, summarizer_port) = (free_port(), free_port());
+    let router_url = format!("http://127.0.0.1:{router_port}");
+    let mut summarizer = Service::new(dir, "summarizer", &summarizer_toml(dir, summarizer_port));
+    let mut router = Service::new(
+        dir,
+        "router",
+        &router_toml(
+            dir,
+            router_port,
+            &format!("http://127.0.0.1:{summarizer_port}"),
+        ),
+    );
+    let relay = Relay::start(([127, 0, 0, 1], router_port).into()).await;
+    let mut executor = Service::new(
+        dir,
+        "executor",
+        &executor_toml(dir, &format!("http://{}", relay.addr), &ws),
+    );
+    summarizer.start();
+    router.start();
+    executor.start();
+    let mut client = router_client(&router_url);
+    let mut ids = vec!["warm".to_owned()];
+    submit(&mut client, append_patch("warm", &[])).await;
+    succeeded(&mut client, "warm", Duration::from_secs(60)).await;
+
+    // 200 ms added to every chunk, either way, for longer than the keep-alive's PING
+    // timeout (5 s): a slow path is not a dead one, so the session stays.
+    let sessions = relay.count();
+    relay.delay(DELAY);
+    let started = Instant::now();
+    for n in 0..8 {
+        let id = format!("slow-{n}");
+        submit(&mut client, append_patch(&id, &[])).await;
+        ids.push(id);
+    }
+    for id in &ids {
+        succeeded(&mut client, id, Duration::from_secs(90)).await;
+    }
+    let elapsed = started.elapsed();
+    relay.delay(Duration::ZERO);
+    eprintln!(
+        "slow path ({DELAY:?} each way) between executor and router: 8 patches ended in {elapsed:?}, \
+         {} new session(s)",
+        relay.count() - sessions
+    );
+    assert_each_once(&ws, &ids);
+    let log = std::fs::read_to_string(ws.join("log.txt")).expect("log.txt");
+    let applied: Vec<&str> = log.lines().filter(|line| *line != "END").collect();
+    assert_eq!(applied, ids, "FIFO: applied in submission order");
+    assert_eq!(
+        relay.count(),
+        sessions,
+        "the executor dropped its session over a slow (not dead) path"
+    );
+    drop((executor, router, summarizer));
 }

@@ -367,13 +367,15 @@ impl Drop for BlackHole {
 
 /// A TCP relay to `upstream` that counts connections and can freeze the ones open: a frozen
 /// connection stays open and forwards nothing more, in either direction (a half-dead path, a
-/// silent peer); connections opened after a freeze are forwarded.
+/// silent peer); connections opened after a freeze are forwarded. It can also hold every
+/// chunk it forwards for a while, either way (a slow path: this kernel has no `tc netem`).
 pub struct Relay {
     /// Where it listens.
     pub addr: SocketAddr,
     /// When each connection was accepted.
     pub accepted: Arc<std::sync::Mutex<Vec<Instant>>>,
     generation: Arc<AtomicU64>,
+    delay_ms: Arc<AtomicU64>,
     stop: CancellationToken,
 }
 
@@ -384,9 +386,14 @@ impl Relay {
         let addr = listener.local_addr().expect("addr");
         let accepted = Arc::new(std::sync::Mutex::new(Vec::new()));
         let generation = Arc::new(AtomicU64::new(0));
+        let delay_ms = Arc::new(AtomicU64::new(0));
         let stop = CancellationToken::new();
-        let (seen, generations, stopped) =
-            (Arc::clone(&accepted), Arc::clone(&generation), stop.clone());
+        let (seen, generations, delays, stopped) = (
+            Arc::clone(&accepted),
+            Arc::clone(&generation),
+            Arc::clone(&delay_ms),
+            stop.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 let (downstream, _) = tokio::select! {
@@ -398,7 +405,11 @@ impl Relay {
                 };
                 seen.lock().expect("lock").push(Instant::now());
                 let born = generations.load(Ordering::SeqCst);
-                let (generations, stopped) = (Arc::clone(&generations), stopped.clone());
+                let (generations, delays, stopped) = (
+                    Arc::clone(&generations),
+                    Arc::clone(&delays),
+                    stopped.clone(),
+                );
                 tokio::spawn(async move {
                     let Ok(upstream) = TcpStream::connect(upstream).await else {
                         return;
@@ -406,6 +417,7 @@ impl Relay {
                     let (down_read, down_write) = downstream.into_split();
                     let (up_read, up_write) = upstream.into_split();
                     let live = || generations.load(Ordering::SeqCst) == born;
+                    let delay = || delays.load(Ordering::SeqCst);
                     let forward =
                         |mut from: tokio::net::tcp::OwnedReadHalf,
                          mut to: tokio::net::tcp::OwnedWriteHalf| {
@@ -422,6 +434,10 @@ impl Relay {
                                     if !live() {
                                         // Frozen: hold both ends, forward nothing.
                                         return (from, to);
+                                    }
+                                    let wait = delay();
+                                    if wait > 0 {
+                                        tokio::time::sleep(Duration::from_millis(wait)).await;
                                     }
                                     if to.write_all(&buffer[..read]).await.is_err() {
                                         return (from, to);
@@ -441,8 +457,15 @@ impl Relay {
             addr,
             accepted,
             generation,
+            delay_ms,
             stop,
         }
+    }
+
+    /// Holds every chunk forwarded from now on for `delay`, either way (zero: none).
+    pub fn delay(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.delay_ms.store(ms, Ordering::SeqCst);
     }
 
     /// Freezes every connection open now.
