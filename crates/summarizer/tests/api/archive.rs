@@ -7,9 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use ghost_proto::router::v1::PatchStatus;
-use ghost_proto::summarizer::v1::GetRequest;
 
-use crate::helpers::{T0, record, spawn_summarizer};
+use crate::helpers::{T0, get_error, record, spawn_summarizer, summary};
 use crate::snapshot;
 
 const DAY: i64 = 86_400_000;
@@ -107,16 +106,7 @@ async fn old_summaries_move_to_the_archive_and_the_manifest_follows() {
     )));
 
     // Still served, from the archive; a second run changes nothing.
-    let got = app
-        .client
-        .get(GetRequest {
-            patch_id: "nov".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .summary
-        .unwrap();
+    let got = summary(&mut app.client, "nov").await;
     assert_eq!(got.path, "summaries/MAIN/.archive/2023-11/summary-nov.md");
     assert!(got.archived);
     assert!(got.markdown.starts_with("# ❌ nov failed"));
@@ -157,13 +147,7 @@ async fn old_summaries_move_to_the_archive_and_the_manifest_follows() {
     assert!(!main.join(".archive/2023-11/artifacts/nov").exists());
     let rows = assert_manifest_matches_disk(&main);
     assert_eq!(rows.len(), 3);
-    let status = app
-        .client
-        .get(GetRequest {
-            patch_id: "nov".into(),
-        })
-        .await
-        .unwrap_err();
+    let status = get_error(&mut app.client, "nov").await;
     assert_eq!(status.code(), tonic::Code::NotFound);
     assert!(
         !app.client
@@ -217,16 +201,7 @@ async fn an_archive_move_interrupted_by_a_crash_is_finished_at_start() {
             ".archive/2023-11/summary-half.md".to_owned()
         )]
     );
-    let got = app
-        .client
-        .get(GetRequest {
-            patch_id: "half".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .summary
-        .unwrap();
+    let got = summary(&mut app.client, "half").await;
     assert!(got.archived);
     app.stop().await;
 }

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use ghost_proto::router::v1::{ApplyReport, CommandReport, PatchStatus};
 use ghost_proto::summarizer::v1::summarizer_service_client::SummarizerServiceClient;
-use ghost_proto::summarizer::v1::{GetRequest, Outcome, RecordRequest};
+use ghost_proto::summarizer::v1::{Outcome, RecordRequest};
 use summarizer::doc::SummaryDoc;
 
-use crate::helpers::{T0, TRACE_ID, reserve_port, spawn_summarizer};
+use crate::helpers::{T0, TRACE_ID, reserve_port, spawn_summarizer, summary};
 use crate::snapshot;
 
 const TRIALS: u64 = 30;
@@ -184,16 +184,7 @@ async fn kill_9_while_recording_never_leaves_a_half_written_summary() {
     for attempt in 1..=last {
         app.client.record(outcome("crash", attempt)).await.unwrap();
     }
-    let summary = app
-        .client
-        .get(GetRequest {
-            patch_id: "crash".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .summary
-        .unwrap();
+    let summary = summary(&mut app.client, "crash").await;
     assert_eq!(summary.attempts, last);
     assert_eq!(assert_no_torn_files(dir.path()), last as usize);
     app.stop().await;

@@ -12,7 +12,9 @@ use ghost_proto::router::v1::{
     ApplyReport, CommandReport, EditReport, PatchStatus, Rollback, StageTiming,
 };
 use ghost_proto::summarizer::v1::summarizer_service_client::SummarizerServiceClient;
-use ghost_proto::summarizer::v1::{Outcome, RecordRequest};
+use ghost_proto::summarizer::v1::{
+    GetRequest, ListRequest, ListResponse, Outcome, RecordRequest, Summary,
+};
 use ghost_runtime::config::ServerConfig;
 use summarizer::{App, SummarizerConfig};
 use tokio::sync::{Notify, oneshot};
@@ -96,6 +98,57 @@ pub async fn spawn_with(config: SummarizerConfig) -> TestApp {
         stop: Some(stop),
         task,
     }
+}
+
+/// The summary of `patch_id`, which must be served.
+pub async fn summary(client: &mut SummarizerServiceClient<Channel>, patch_id: &str) -> Summary {
+    client
+        .get(GetRequest {
+            patch_id: patch_id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .summary
+        .unwrap()
+}
+
+/// The error `Get` answers for `patch_id`, which must not be served.
+pub async fn get_error(
+    client: &mut SummarizerServiceClient<Channel>,
+    patch_id: &str,
+) -> tonic::Status {
+    client
+        .get(GetRequest {
+            patch_id: patch_id.into(),
+        })
+        .await
+        .unwrap_err()
+}
+
+/// The error `Record` answers for `request`, which must be refused.
+pub async fn record_error(
+    client: &mut SummarizerServiceClient<Channel>,
+    request: RecordRequest,
+) -> tonic::Status {
+    client.record(request).await.unwrap_err()
+}
+
+/// The page of MAIN's summaries at `page_token`, one summary a page.
+pub async fn main_one_per_page(
+    client: &mut SummarizerServiceClient<Channel>,
+    page_token: String,
+) -> ListResponse {
+    client
+        .list(ListRequest {
+            target: "MAIN".into(),
+            page_size: 1,
+            page_token,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 /// A free loopback port, released for someone to bind later.

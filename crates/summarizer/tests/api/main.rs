@@ -17,8 +17,10 @@ mod truncation;
 mod webhooks;
 
 use ghost_proto::router::v1::PatchStatus;
-use ghost_proto::summarizer::v1::{GetRequest, ListRequest};
-use helpers::{FakeAlerter, record, spawn_summarizer};
+use ghost_proto::summarizer::v1::ListRequest;
+use helpers::{
+    FakeAlerter, get_error, main_one_per_page, record, record_error, spawn_summarizer, summary,
+};
 
 #[tokio::test]
 async fn record_writes_markdown_and_json_and_notifies_the_alerter() {
@@ -63,16 +65,7 @@ async fn record_writes_markdown_and_json_and_notifies_the_alerter() {
     assert!(notified[0].excerpt.starts_with("# ✅ fix-login"));
     assert_eq!(notified[0].trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
 
-    let got = app
-        .client
-        .get(GetRequest {
-            patch_id: "fix-login".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .summary
-        .unwrap();
+    let got = summary(&mut app.client, "fix-login").await;
     assert_eq!(got.markdown, markdown);
     assert_eq!(got.path, "summaries/MAIN/summary-fix-login.md");
     assert_eq!(got.status, PatchStatus::Succeeded as i32);
@@ -146,46 +139,18 @@ async fn summaries_are_served_after_a_restart_newest_first() {
     app.stop().await;
 
     let mut restarted = spawn_summarizer(dir.path(), None).await;
-    let got = restarted
-        .client
-        .get(GetRequest {
-            patch_id: "older".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .summary
-        .unwrap();
+    let got = summary(&mut restarted.client, "older").await;
     assert!(
         got.markdown.starts_with("# ❌ older failed"),
         "{}",
         got.markdown
     );
 
-    let page = restarted
-        .client
-        .list(ListRequest {
-            target: "MAIN".into(),
-            page_size: 1,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let page = main_one_per_page(&mut restarted.client, String::new()).await;
     assert_eq!(page.summaries.len(), 1);
     assert_eq!(page.summaries[0].patch_id, "newer");
     assert_eq!(page.next_page_token, "1");
-    let rest = restarted
-        .client
-        .list(ListRequest {
-            target: "MAIN".into(),
-            page_size: 1,
-            page_token: page.next_page_token,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let rest = main_one_per_page(&mut restarted.client, page.next_page_token).await;
     assert_eq!(rest.summaries[0].patch_id, "older");
     assert_eq!(rest.next_page_token, "");
     restarted.stop().await;
@@ -195,32 +160,22 @@ async fn summaries_are_served_after_a_restart_newest_first() {
 async fn invalid_input_is_refused_and_unknown_patches_are_not_found() {
     let dir = tempfile::tempdir().unwrap();
     let mut app = spawn_summarizer(dir.path(), None).await;
-    let status = app
-        .client
-        .record(record("../x", 1, PatchStatus::Succeeded))
-        .await
-        .unwrap_err();
+    let status = record_error(&mut app.client, record("../x", 1, PatchStatus::Succeeded)).await;
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     assert!(status.message().contains("outcome.patch_id"), "{status:?}");
 
-    let status = app
-        .client
-        .record(record("p-running", 1, PatchStatus::Applying))
-        .await
-        .unwrap_err();
+    let status = record_error(
+        &mut app.client,
+        record("p-running", 1, PatchStatus::Applying),
+    )
+    .await;
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     assert!(
         status.message().contains("outcome.report.status"),
         "{status:?}"
     );
 
-    let status = app
-        .client
-        .get(GetRequest {
-            patch_id: "never-recorded".into(),
-        })
-        .await
-        .unwrap_err();
+    let status = get_error(&mut app.client, "never-recorded").await;
     assert_eq!(status.code(), tonic::Code::NotFound);
     assert!(!dir.path().join("summaries/x").exists());
     app.stop().await;

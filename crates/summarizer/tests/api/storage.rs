@@ -8,12 +8,11 @@
 use std::time::{Duration, Instant};
 
 use ghost_proto::router::v1::PatchStatus;
-use ghost_proto::summarizer::v1::GetRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use ghost_testkit::disk::{self, Tmpfs, build_disk_fault_shim, fill, within};
 
-use crate::helpers::{FakeAlerter, TestApp, record, spawn_summarizer};
+use crate::helpers::{FakeAlerter, TestApp, record, record_error, spawn_summarizer, summary};
 
 async fn readyz(app: &TestApp) -> (u16, String) {
     disk::readyz(&format!("http://{}", app.http_addr)).await
@@ -50,11 +49,11 @@ async fn a_full_disk_degrades_the_summarizer_which_refuses_records_alerts_and_he
 
     let filler = fill(&disk.path);
     let started = Instant::now();
-    let refused = app
-        .client
-        .record(record("p-during", 1, PatchStatus::Succeeded))
-        .await
-        .unwrap_err();
+    let refused = record_error(
+        &mut app.client,
+        record("p-during", 1, PatchStatus::Succeeded),
+    )
+    .await;
     let detection = started.elapsed();
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
     assert_eq!(
@@ -81,19 +80,14 @@ async fn a_full_disk_degrades_the_summarizer_which_refuses_records_alerts_and_he
     assert_eq!(alert.source, "summarizer");
     assert_eq!(alert.labels.get("kind").map(String::as_str), Some("full"));
     // Still refused while degraded; the caller (the router's outbox) retries.
-    let again = app
-        .client
-        .record(record("p-during", 1, PatchStatus::Succeeded))
-        .await
-        .unwrap_err();
+    let again = record_error(
+        &mut app.client,
+        record("p-during", 1, PatchStatus::Succeeded),
+    )
+    .await;
     assert_eq!(again.code(), tonic::Code::Unavailable, "{again:?}");
     // What was recorded before is still served.
-    app.client
-        .get(GetRequest {
-            patch_id: "p-before".into(),
-        })
-        .await
-        .unwrap();
+    summary(&mut app.client, "p-before").await;
 
     // Space returns: the summarizer heals by itself, with no request to nudge it.
     std::fs::remove_file(&filler).unwrap();
@@ -127,16 +121,7 @@ async fn a_full_disk_degrades_the_summarizer_which_refuses_records_alerts_and_he
             .into_inner();
         assert!(recorded.created, "{id}");
     }
-    let got = app
-        .client
-        .get(GetRequest {
-            patch_id: "p-during".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .summary
-        .unwrap();
+    let got = summary(&mut app.client, "p-during").await;
     assert!(
         got.markdown.starts_with("# ✅ p-during"),
         "{}",
@@ -287,15 +272,7 @@ async fn eio_and_failing_fsync_degrade_the_summarizer_binary_and_it_heals_when_t
             .unwrap()
             .into_inner();
         assert!(recorded.created, "{mode}");
-        let got = client
-            .get(GetRequest {
-                patch_id: id.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .summary
-            .unwrap();
+        let got = summary(&mut client, &id).await;
         assert!(
             got.markdown.starts_with(&format!("# ✅ {id}")),
             "{}",

@@ -7,14 +7,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ghost_proto::router::v1::PatchStatus;
-use ghost_proto::summarizer::v1::{GetRequest, ListRequest};
+use ghost_proto::summarizer::v1::ListRequest;
 use ghost_runtime::config::Secret;
 use ghost_testkit::disk;
 use ghost_testkit::postgres::TempPostgres;
 use summarizer::SummarizerConfig;
 use summarizer::index::Index;
 
-use crate::helpers::{FakeAlerter, T0, TestApp, record, reserve_port, spawn_with, test_config};
+use crate::helpers::{
+    FakeAlerter, T0, TestApp, get_error, main_one_per_page, record, record_error, reserve_port,
+    spawn_with, summary, test_config,
+};
 use crate::webhooks::{Receiver, subscription};
 
 /// The store one run of a test uses: its data dir, and the database URL on PostgreSQL.
@@ -141,16 +144,7 @@ async fn old_summaries_are_archived_then_expired_and_a_new_attempt_brings_one_ba
         .await
         .unwrap();
     assert_eq!((report.archived, report.expired), (2, 0));
-    let got = app
-        .client
-        .get(GetRequest {
-            patch_id: "old".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .summary
-        .unwrap();
+    let got = summary(&mut app.client, "old").await;
     assert!(
         got.path.starts_with("summaries/MAIN/.archive/"),
         "{}",
@@ -169,13 +163,7 @@ async fn old_summaries_are_archived_then_expired_and_a_new_attempt_brings_one_ba
         .await
         .unwrap();
     assert_eq!((report.archived, report.expired), (0, 1));
-    let gone = app
-        .client
-        .get(GetRequest {
-            patch_id: "older".into(),
-        })
-        .await
-        .unwrap_err();
+    let gone = get_error(&mut app.client, "older").await;
     assert_eq!(gone.code(), tonic::Code::NotFound);
     // Its attempt stays recorded: a redelivery is a no-op.
     let mut replay = record("older", 1, PatchStatus::Failed);
@@ -197,16 +185,7 @@ async fn old_summaries_are_archived_then_expired_and_a_new_attempt_brings_one_ba
         .unwrap()
         .into_inner();
     assert!(back.created);
-    let got = app
-        .client
-        .get(GetRequest {
-            patch_id: "old".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .summary
-        .unwrap();
+    let got = summary(&mut app.client, "old").await;
     assert_eq!(got.path, "summaries/MAIN/summary-old.md");
     assert!(
         got.markdown.contains("attempt 1: ❌ failed"),
@@ -259,16 +238,7 @@ async fn records_are_idempotent_listed_newest_first_and_served_after_a_restart(
     let mut app = store.spawn(None).await;
     let again = app.client.record(changed).await.unwrap().into_inner();
     assert!(!again.created, "a redelivery after a restart is a no-op");
-    let got = app
-        .client
-        .get(GetRequest {
-            patch_id: "newer".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .summary
-        .unwrap();
+    let got = summary(&mut app.client, "newer").await;
     assert!(
         got.markdown.starts_with("# ✅ newer succeeded"),
         "{}",
@@ -281,30 +251,11 @@ async fn records_are_idempotent_listed_newest_first_and_served_after_a_restart(
     );
     assert_eq!(got.status, PatchStatus::Succeeded as i32);
 
-    let page = app
-        .client
-        .list(ListRequest {
-            target: "MAIN".into(),
-            page_size: 1,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let page = main_one_per_page(&mut app.client, String::new()).await;
     assert_eq!(page.total, 2);
     assert_eq!(page.summaries[0].patch_id, "newer");
     assert_eq!(page.next_page_token, "1");
-    let rest = app
-        .client
-        .list(ListRequest {
-            target: "MAIN".into(),
-            page_size: 1,
-            page_token: page.next_page_token,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let rest = main_one_per_page(&mut app.client, page.next_page_token).await;
     assert_eq!(rest.summaries[0].patch_id, "older");
     assert_eq!(rest.next_page_token, "");
     let failed = app
@@ -322,13 +273,7 @@ async fn records_are_idempotent_listed_newest_first_and_served_after_a_restart(
         .map(|s| s.patch_id.as_str())
         .collect();
     assert_eq!(ids, ["elsewhere"]);
-    let missing = app
-        .client
-        .get(GetRequest {
-            patch_id: "never-recorded".into(),
-        })
-        .await
-        .unwrap_err();
+    let missing = get_error(&mut app.client, "never-recorded").await;
     assert_eq!(missing.code(), tonic::Code::NotFound);
 
     // The manifest's changelog comes from the index: three recorded transitions of MAIN.
@@ -520,11 +465,7 @@ async fn a_postgres_restart_mid_run_degrades_the_summarizer_which_loses_nothing_
     // `pg_ctl stop -m fast`: the server ends every session and goes away.
     server.stop();
     let started = Instant::now();
-    let refused = app
-        .client
-        .record(record("p-during", 1, PatchStatus::Failed))
-        .await
-        .unwrap_err();
+    let refused = record_error(&mut app.client, record("p-during", 1, PatchStatus::Failed)).await;
     let detection = started.elapsed();
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
     assert!(
@@ -541,20 +482,10 @@ async fn a_postgres_restart_mid_run_degrades_the_summarizer_which_loses_nothing_
         "{gauge:?}"
     );
     // Reads fail as UNAVAILABLE too (retryable), never as an internal error.
-    let read = app
-        .client
-        .get(GetRequest {
-            patch_id: "p-before".into(),
-        })
-        .await
-        .unwrap_err();
+    let read = get_error(&mut app.client, "p-before").await;
     assert_eq!(read.code(), tonic::Code::Unavailable, "{read:?}");
     // Still down: refused again, at once (the degraded store does not try).
-    let again = app
-        .client
-        .record(record("p-during", 1, PatchStatus::Failed))
-        .await
-        .unwrap_err();
+    let again = record_error(&mut app.client, record("p-during", 1, PatchStatus::Failed)).await;
     assert_eq!(again.code(), tonic::Code::Unavailable, "{again:?}");
 
     server.restart();
@@ -584,12 +515,7 @@ async fn a_postgres_restart_mid_run_degrades_the_summarizer_which_loses_nothing_
         .into_inner();
     assert!(retried.created);
     for id in ["p-before", "p-during"] {
-        app.client
-            .get(GetRequest {
-                patch_id: id.into(),
-            })
-            .await
-            .unwrap();
+        summary(&mut app.client, id).await;
     }
     let notified = alerter.wait_for(2).await;
     let mut ids: Vec<_> = notified.iter().map(|n| n.patch_id.clone()).collect();
@@ -630,16 +556,7 @@ async fn two_summarizers_on_one_database_serve_each_others_summaries_and_write_n
         .into_inner();
     assert!(next.created);
     for app in [&mut first, &mut second] {
-        let got = app
-            .client
-            .get(GetRequest {
-                patch_id: "shared".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .summary
-            .unwrap();
+        let got = summary(&mut app.client, "shared").await;
         assert!(
             got.markdown.starts_with("# ✅ shared succeeded"),
             "{}",

@@ -3,10 +3,10 @@
 //! output stays in artifact files.
 
 use ghost_proto::router::v1::{ApplyReport, CommandReport, PatchStatus};
-use ghost_proto::summarizer::v1::{GetRequest, Outcome, RecordRequest};
+use ghost_proto::summarizer::v1::{Outcome, RecordRequest};
 use summarizer::render::{MODEL_TEXT_CHARS, excerpt, model_text};
 
-use crate::helpers::{FakeAlerter, T0, TRACE_ID, spawn_summarizer};
+use crate::helpers::{FakeAlerter, T0, TRACE_ID, spawn_summarizer, summary};
 
 fn noisy_command(n: usize) -> CommandReport {
     CommandReport {
@@ -51,16 +51,7 @@ async fn a_huge_summary_is_cut_in_the_middle_for_the_model_and_for_slack() {
         .await
         .unwrap();
 
-    let summary = app
-        .client
-        .get(GetRequest {
-            patch_id: "huge".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .summary
-        .unwrap();
+    let summary = summary(&mut app.client, "huge").await;
     let markdown_chars = summary.markdown.chars().count();
     assert!(markdown_chars > 2 * MODEL_TEXT_CHARS, "{markdown_chars}");
     let model_chars = summary.model_text.chars().count();
