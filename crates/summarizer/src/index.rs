@@ -17,6 +17,87 @@
 //! futures or trait objects; the async trait that the router and the alerter will share comes
 //! with the one store layer of issue 21.
 
+/// Row mapping both backends share: `$row.$get(i)?` reads column `i` (`get` on rusqlite,
+/// `try_get` on sqlx), so each struct's column order is written once, for SQL that selects the
+/// columns in that order. Defined before the backend modules so that they see them.
+macro_rules! summary_of {
+    ($row:ident . $get:ident) => {
+        $crate::index::SummaryRow {
+            patch_id: $row.$get(0)?,
+            target: $row.$get(1)?,
+            status: $row.$get(2)?,
+            attempt: $crate::index::u32_of($row.$get(3)?),
+            attempts: $crate::index::u32_of($row.$get(4)?),
+            trace_id: $row.$get(5)?,
+            created_ms: $row.$get(6)?,
+            finished_ms: $row.$get(7)?,
+            recorded_ms: $row.$get(8)?,
+            dir: $row.$get(9)?,
+            archived: $row.$get(10)?,
+        }
+    };
+}
+
+/// A [`Transition`] from `patch_id, attempt, event, from_status, to_status, at_ms`.
+macro_rules! transition_of {
+    ($row:ident . $get:ident) => {
+        $crate::index::Transition {
+            patch_id: $row.$get(0)?,
+            attempt: $crate::index::u32_of($row.$get(1)?),
+            event: $row.$get(2)?,
+            from_status: $row.$get(3)?,
+            to_status: $row.$get(4)?,
+            at_ms: $row.$get(5)?,
+        }
+    };
+}
+
+/// An [`OutboxRow`] from `id, patch_id, attempt, request, traceparent, tries`.
+macro_rules! outbox_of {
+    ($row:ident . $get:ident) => {
+        $crate::index::OutboxRow {
+            id: $row.$get(0)?,
+            patch_id: $row.$get(1)?,
+            attempt: $crate::index::u32_of($row.$get(2)?),
+            request: $row.$get(3)?,
+            traceparent: $row.$get(4)?,
+            tries: $crate::index::u32_of($row.$get(5)?),
+        }
+    };
+}
+
+/// A [`WebhookRow`] from `id, webhook_id, subscription, patch_id, attempt, event, body, tries,
+/// first_try_ms`.
+macro_rules! webhook_of {
+    ($row:ident . $get:ident) => {
+        $crate::index::WebhookRow {
+            id: $row.$get(0)?,
+            webhook_id: $row.$get(1)?,
+            subscription: $row.$get(2)?,
+            patch_id: $row.$get(3)?,
+            attempt: $crate::index::u32_of($row.$get(4)?),
+            event: $row.$get(5)?,
+            body: $row.$get(6)?,
+            tries: $crate::index::u32_of($row.$get(7)?),
+            first_try_ms: $row.$get(8)?,
+        }
+    };
+}
+
+/// A [`DeadLetter`] from `webhook_id, subscription, patch_id, attempt, tries, reason`.
+macro_rules! dead_letter_of {
+    ($row:ident . $get:ident) => {
+        $crate::index::DeadLetter {
+            webhook_id: $row.$get(0)?,
+            subscription: $row.$get(1)?,
+            patch_id: $row.$get(2)?,
+            attempt: $crate::index::u32_of($row.$get(3)?),
+            tries: $crate::index::u32_of($row.$get(4)?),
+            reason: $row.$get(5)?,
+        }
+    };
+}
+
 mod migrations;
 mod postgres;
 mod webhook_outbox;
@@ -248,19 +329,7 @@ fn u32_of(value: i64) -> u32 {
 }
 
 fn summary_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SummaryRow> {
-    Ok(SummaryRow {
-        patch_id: row.get(0)?,
-        target: row.get(1)?,
-        status: row.get(2)?,
-        attempt: u32_of(row.get(3)?),
-        attempts: u32_of(row.get(4)?),
-        trace_id: row.get(5)?,
-        created_ms: row.get(6)?,
-        finished_ms: row.get(7)?,
-        recorded_ms: row.get(8)?,
-        dir: row.get(9)?,
-        archived: row.get(10)?,
-    })
+    Ok(summary_of!(row.get))
 }
 
 const SUMMARY_COLUMNS: &str = "patch_id, target, status, attempt, attempts, trace_id, created_ms, \
@@ -500,16 +569,7 @@ impl SqliteIndex {
              WHERE target = ?1 ORDER BY id",
         )?;
         let transitions = stmt
-            .query_map(params![target], |row| {
-                Ok(Transition {
-                    patch_id: row.get(0)?,
-                    attempt: u32_of(row.get(1)?),
-                    event: row.get(2)?,
-                    from_status: row.get(3)?,
-                    to_status: row.get(4)?,
-                    at_ms: row.get(5)?,
-                })
-            })?
+            .query_map(params![target], |row| Ok(transition_of!(row.get)))?
             .collect::<Result<Vec<_>, _>>()?;
         Ok((rows, transitions))
     }
@@ -615,16 +675,7 @@ impl SqliteIndex {
         let rows = stmt
             .query_map(
                 params![now_ms, i64::try_from(limit).unwrap_or(i64::MAX)],
-                |row| {
-                    Ok(OutboxRow {
-                        id: row.get(0)?,
-                        patch_id: row.get(1)?,
-                        attempt: u32_of(row.get(2)?),
-                        request: row.get(3)?,
-                        traceparent: row.get(4)?,
-                        tries: u32_of(row.get(5)?),
-                    })
-                },
+                |row| Ok(outbox_of!(row.get)),
             )?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)

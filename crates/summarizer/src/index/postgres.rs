@@ -20,8 +20,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 
 use super::migrations::{self, Dialect};
 use super::{
-    DeadLetter, NewWebhook, OutboxRetry, OutboxRow, Owed, SummaryRow, Transition, WebhookRow,
-    WebhookSettle, event,
+    DeadLetter, NewWebhook, OutboxRetry, OutboxRow, Owed, SUMMARY_COLUMNS, SummaryRow, Transition,
+    WebhookRow, WebhookSettle, event,
 };
 use crate::error::SummarizerError;
 
@@ -29,9 +29,6 @@ use crate::error::SummarizerError;
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connections the index keeps at most.
 const MAX_CONNECTIONS: u32 = 8;
-
-const SUMMARY_COLUMNS: &str = "patch_id, target, status, attempt, attempts, trace_id, created_ms, \
-     finished_ms, recorded_ms, dir, archived";
 
 /// The PostgreSQL index; cheap to clone, every call blocking (use from `spawn_blocking`).
 #[derive(Clone)]
@@ -44,53 +41,39 @@ fn i64_of(value: u32) -> i64 {
     i64::from(value)
 }
 
-fn u32_of(value: i64) -> u32 {
-    u32::try_from(value).unwrap_or(u32::MAX)
-}
-
 fn usize_i64(value: usize) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 fn summary_row(row: &PgRow) -> Result<SummaryRow, sqlx::Error> {
-    Ok(SummaryRow {
-        patch_id: row.try_get(0)?,
-        target: row.try_get(1)?,
-        status: row.try_get(2)?,
-        attempt: u32_of(row.try_get(3)?),
-        attempts: u32_of(row.try_get(4)?),
-        trace_id: row.try_get(5)?,
-        created_ms: row.try_get(6)?,
-        finished_ms: row.try_get(7)?,
-        recorded_ms: row.try_get(8)?,
-        dir: row.try_get(9)?,
-        archived: row.try_get(10)?,
-    })
+    Ok(summary_of!(row.try_get))
 }
 
 fn transition_row(row: &PgRow) -> Result<Transition, sqlx::Error> {
-    Ok(Transition {
-        patch_id: row.try_get(0)?,
-        attempt: u32_of(row.try_get(1)?),
-        event: row.try_get(2)?,
-        from_status: row.try_get(3)?,
-        to_status: row.try_get(4)?,
-        at_ms: row.try_get(5)?,
-    })
+    Ok(transition_of!(row.try_get))
 }
 
 fn webhook_row(row: &PgRow) -> Result<WebhookRow, sqlx::Error> {
-    Ok(WebhookRow {
-        id: row.try_get(0)?,
-        webhook_id: row.try_get(1)?,
-        subscription: row.try_get(2)?,
-        patch_id: row.try_get(3)?,
-        attempt: u32_of(row.try_get(4)?),
-        event: row.try_get(5)?,
-        body: row.try_get(6)?,
-        tries: u32_of(row.try_get(7)?),
-        first_try_ms: row.try_get(8)?,
-    })
+    Ok(webhook_of!(row.try_get))
+}
+
+/// `query` with a summary row's columns bound as `$1`…`$11`, in [`SUMMARY_COLUMNS`] order.
+fn bind_summary<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    row: &SummaryRow,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    query
+        .bind(&row.patch_id)
+        .bind(&row.target)
+        .bind(&row.status)
+        .bind(i64_of(row.attempt))
+        .bind(i64_of(row.attempts))
+        .bind(&row.trace_id)
+        .bind(row.created_ms)
+        .bind(row.finished_ms)
+        .bind(row.recorded_ms)
+        .bind(&row.dir)
+        .bind(row.archived)
 }
 
 /// A query built from constant pieces (column lists, filters): never caller text.
@@ -252,23 +235,15 @@ impl PgIndex {
             // Another replica may have recorded another attempt of this patch since this one
             // read the previous summary: then the row has as many attempts as ours, ours lacks
             // that one, and the whole transaction is undone for the caller to retry.
-            let written = sqlx::query(sql(format!(
-                "INSERT INTO summaries ({SUMMARY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-                 ON CONFLICT (patch_id) DO UPDATE SET target = $2, status = $3, attempt = $4,
-                 attempts = $5, trace_id = $6, created_ms = $7, finished_ms = $8, recorded_ms = $9,
-                 dir = $10, archived = $11 WHERE summaries.attempts < $5"
-            )))
-            .bind(&row.patch_id)
-            .bind(&row.target)
-            .bind(&row.status)
-            .bind(i64_of(row.attempt))
-            .bind(i64_of(row.attempts))
-            .bind(&row.trace_id)
-            .bind(row.created_ms)
-            .bind(row.finished_ms)
-            .bind(row.recorded_ms)
-            .bind(&row.dir)
-            .bind(row.archived)
+            let written = bind_summary(
+                sqlx::query(sql(format!(
+                    "INSERT INTO summaries ({SUMMARY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                     ON CONFLICT (patch_id) DO UPDATE SET target = $2, status = $3, attempt = $4,
+                     attempts = $5, trace_id = $6, created_ms = $7, finished_ms = $8, recorded_ms = $9,
+                     dir = $10, archived = $11 WHERE summaries.attempts < $5"
+                ))),
+                row,
+            )
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -326,21 +301,13 @@ impl PgIndex {
     ) -> Result<(), SummarizerError> {
         self.block(async |pool| {
             let mut tx = pool.begin().await?;
-            sqlx::query(sql(format!(
-                "INSERT INTO summaries ({SUMMARY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-                 ON CONFLICT DO NOTHING"
-            )))
-            .bind(&row.patch_id)
-            .bind(&row.target)
-            .bind(&row.status)
-            .bind(i64_of(row.attempt))
-            .bind(i64_of(row.attempts))
-            .bind(&row.trace_id)
-            .bind(row.created_ms)
-            .bind(row.finished_ms)
-            .bind(row.recorded_ms)
-            .bind(&row.dir)
-            .bind(row.archived)
+            bind_summary(
+                sqlx::query(sql(format!(
+                    "INSERT INTO summaries ({SUMMARY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                     ON CONFLICT DO NOTHING"
+                ))),
+                row,
+            )
             .execute(&mut *tx)
             .await?;
             for (attempt, status) in attempts {
@@ -609,16 +576,7 @@ impl PgIndex {
             .await?;
             Ok(rows
                 .iter()
-                .map(|row| {
-                    Ok(OutboxRow {
-                        id: row.try_get(0)?,
-                        patch_id: row.try_get(1)?,
-                        attempt: u32_of(row.try_get(2)?),
-                        request: row.try_get(3)?,
-                        traceparent: row.try_get(4)?,
-                        tries: u32_of(row.try_get(5)?),
-                    })
-                })
+                .map(|row| Ok(outbox_of!(row.try_get)))
                 .collect::<Result<Vec<_>, sqlx::Error>>()?)
         })
     }
@@ -764,16 +722,7 @@ impl PgIndex {
             .await?;
             Ok(rows
                 .iter()
-                .map(|row| {
-                    Ok(DeadLetter {
-                        webhook_id: row.try_get(0)?,
-                        subscription: row.try_get(1)?,
-                        patch_id: row.try_get(2)?,
-                        attempt: u32_of(row.try_get(3)?),
-                        tries: u32_of(row.try_get(4)?),
-                        reason: row.try_get(5)?,
-                    })
-                })
+                .map(|row| Ok(dead_letter_of!(row.try_get)))
                 .collect::<Result<Vec<_>, sqlx::Error>>()?)
         })
     }

@@ -9,7 +9,7 @@
 
 use rusqlite::params;
 
-use super::{SqliteIndex, lock, u32_of};
+use super::{SqliteIndex, lock};
 use crate::error::SummarizerError;
 
 /// The head-of-line rule: no earlier message of this patch to this subscription is pending.
@@ -103,17 +103,7 @@ pub enum WebhookSettle {
 }
 
 fn webhook_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<WebhookRow> {
-    Ok(WebhookRow {
-        id: row.get(0)?,
-        webhook_id: row.get(1)?,
-        subscription: row.get(2)?,
-        patch_id: row.get(3)?,
-        attempt: u32_of(row.get(4)?),
-        event: row.get(5)?,
-        body: row.get(6)?,
-        tries: u32_of(row.get(7)?),
-        first_try_ms: row.get(8)?,
-    })
+    Ok(webhook_of!(row.get))
 }
 
 pub(super) fn insert(
@@ -276,16 +266,7 @@ impl SqliteIndex {
              FROM webhook_dead_letters ORDER BY dead_ms, id",
         )?;
         let rows = stmt
-            .query_map([], |row| {
-                Ok(DeadLetter {
-                    webhook_id: row.get(0)?,
-                    subscription: row.get(1)?,
-                    patch_id: row.get(2)?,
-                    attempt: u32_of(row.get(3)?),
-                    tries: u32_of(row.get(4)?),
-                    reason: row.get(5)?,
-                })
-            })?
+            .query_map([], |row| Ok(dead_letter_of!(row.get)))?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
