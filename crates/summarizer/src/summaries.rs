@@ -35,7 +35,7 @@ pub use self::archive::ArchiveReport;
 use crate::atomic_file;
 use crate::doc::{self, Outcome, SummaryDoc};
 use crate::error::SummarizerError;
-use crate::index::{Index, NewNotification, Owed, PgIndex, SqliteIndex, SummaryRow};
+use crate::index::{Index, NewNotification, NewWebhook, Owed, PgIndex, SqliteIndex, SummaryRow};
 use crate::manifest::{self, MANIFEST_FILE};
 use crate::notify::notify_request;
 use crate::render;
@@ -461,57 +461,23 @@ impl Summaries {
             None => None,
         };
         let live_dir = Self::live_dir(outcome.target.as_str());
-        let attempt = outcome.attempt;
-        let attempt_status = outcome.report.status;
         let artifacts = doc::artifacts_of(&outcome);
-        let webhooks = self.inner.options.webhooks.as_deref();
-        let webhook_view = webhooks.and_then(|webhooks| webhooks.view(&outcome));
-        let doc = doc::merge(previous, outcome, &self.inner.options.jaeger_url_template);
-        let markdown = render::markdown(&doc);
-        let json = serde_json::to_vec_pretty(&doc).map_err(|source| SummarizerError::Corrupt {
-            path: PathBuf::from(&json_name),
-            source,
-        })?;
+        let merged = self.merge_attempt(previous, outcome);
+        let json =
+            serde_json::to_vec_pretty(&merged.doc).map_err(|source| SummarizerError::Corrupt {
+                path: PathBuf::from(&json_name),
+                source,
+            })?;
         let mut bodies: Vec<(String, Vec<u8>)> = artifacts
             .into_iter()
             .map(|(name, contents)| (name, contents.into_bytes()))
             .collect();
         bodies.push((
             format!("summary-{patch_id}.md"),
-            markdown.clone().into_bytes(),
+            merged.markdown.clone().into_bytes(),
         ));
         bodies.push((json_name, json));
-        let row = row_of(&doc, live_dir, self.now_ms());
-        let notification = self.inner.options.notify.then(|| NewNotification {
-            request: notify_request(&doc, attempt, attempt_status).encode_to_vec(),
-            traceparent,
-        });
-        let webhooks = match (webhooks, webhook_view) {
-            (Some(webhooks), Some(view)) => webhooks.messages(view, &markdown),
-            _ => Vec::new(),
-        };
-        let from_status = previous_row.map(|row| row.status).unwrap_or_default();
-        let created = self.inner.index.commit_record(
-            &row,
-            attempt,
-            attempt_status.as_str(),
-            &from_status,
-            Owed {
-                notification,
-                webhooks,
-                bodies,
-            },
-            self.inner.options.changelog_len,
-        )?;
-        if self.inner.options.manifest_delay.is_zero() {
-            self.write_manifest(doc.target.as_str())?;
-        } else {
-            self.manifest_stale(doc.target.as_str());
-        }
-        Ok(Recorded {
-            created,
-            status: doc.status.to_string(),
-        })
+        self.commit_attempt(merged, live_dir, previous_row, traceparent, bodies)
     }
 
     pub(crate) fn live_dir(target: &str) -> String {
@@ -571,42 +537,75 @@ impl Summaries {
             // A new attempt of an archived summary brings it back to the live folder.
             self.move_summary(row, &live_dir)?;
         }
-        let attempt = outcome.attempt;
-        let attempt_status = outcome.report.status;
         let artifacts = doc::artifacts_of(&outcome);
-        let webhooks = self.inner.options.webhooks.as_deref();
-        let webhook_view = webhooks.and_then(|webhooks| webhooks.view(&outcome));
-        let doc = doc::merge(previous, outcome, &self.inner.options.jaeger_url_template);
-        let markdown = render::markdown(&doc);
+        let merged = self.merge_attempt(previous, outcome);
         let dir = self.inner.data_dir.join(&live_dir);
         for (path, contents) in &artifacts {
             atomic_file::write(&dir.join(path), contents.as_bytes())?;
         }
         let json_path = dir.join(format!("summary-{patch_id}.json"));
-        let json = serde_json::to_vec_pretty(&doc).map_err(|source| SummarizerError::Corrupt {
-            path: json_path.clone(),
-            source,
-        })?;
+        let json =
+            serde_json::to_vec_pretty(&merged.doc).map_err(|source| SummarizerError::Corrupt {
+                path: json_path.clone(),
+                source,
+            })?;
         // Markdown first, then JSON, with one folder fsync for both renames.
         atomic_file::write_all(&[
             (
                 &dir.join(format!("summary-{patch_id}.md")),
-                markdown.as_bytes(),
+                merged.markdown.as_bytes(),
             ),
             (&json_path, &json),
         ])?;
+        self.commit_attempt(merged, live_dir, previous_row, traceparent, Vec::new())
+    }
+
+    /// One attempt's `outcome` merged into the `previous` summary, not yet stored.
+    fn merge_attempt(&self, previous: Option<SummaryDoc>, outcome: Outcome) -> Merged {
+        let attempt = outcome.attempt;
+        let attempt_status = outcome.report.status;
+        let webhooks = self.inner.options.webhooks.as_deref();
+        let webhook_view = webhooks.and_then(|webhooks| webhooks.view(&outcome));
+        let doc = doc::merge(previous, outcome, &self.inner.options.jaeger_url_template);
+        let markdown = render::markdown(&doc);
+        let webhooks = match (webhooks, webhook_view) {
+            (Some(webhooks), Some(view)) => webhooks.messages(view, &markdown),
+            _ => Vec::new(),
+        };
+        Merged {
+            doc,
+            markdown,
+            attempt,
+            attempt_status,
+            webhooks,
+        }
+    }
+
+    /// Commits a merged attempt whose bodies are stored (as files, or as `bodies` in the
+    /// database): its row, transition and what it owes, then the target's manifest.
+    fn commit_attempt(
+        &self,
+        merged: Merged,
+        live_dir: String,
+        previous_row: Option<SummaryRow>,
+        traceparent: String,
+        bodies: Vec<(String, Vec<u8>)>,
+    ) -> Result<Recorded, SummarizerError> {
+        let Merged {
+            doc,
+            attempt,
+            attempt_status,
+            webhooks,
+            ..
+        } = merged;
 
         let row = row_of(&doc, live_dir, self.now_ms());
         let notification = self.inner.options.notify.then(|| NewNotification {
             request: notify_request(&doc, attempt, attempt_status).encode_to_vec(),
             traceparent,
         });
-        let webhooks = match (webhooks, webhook_view) {
-            (Some(webhooks), Some(view)) => webhooks.messages(view, &markdown),
-            _ => Vec::new(),
-        };
         let from_status = previous_row.map(|row| row.status).unwrap_or_default();
-        let created = index.commit_record(
+        let created = self.inner.index.commit_record(
             &row,
             attempt,
             attempt_status.as_str(),
@@ -614,7 +613,7 @@ impl Summaries {
             Owed {
                 notification,
                 webhooks,
-                bodies: Vec::new(),
+                bodies,
             },
             self.inner.options.changelog_len,
         )?;
@@ -697,6 +696,16 @@ impl Summaries {
         tracing::info!(imported, "summary index created");
         Ok(())
     }
+}
+
+/// One attempt merged into its summary: what both stores write and commit.
+struct Merged {
+    doc: SummaryDoc,
+    markdown: String,
+    attempt: u32,
+    attempt_status: Status,
+    /// One message per push subscription that wants this outcome.
+    webhooks: Vec<NewWebhook>,
 }
 
 fn row_of(doc: &SummaryDoc, dir: String, now_ms: i64) -> SummaryRow {
