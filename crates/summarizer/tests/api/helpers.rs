@@ -126,6 +126,14 @@ pub async fn get_error(
         .unwrap_err()
 }
 
+/// Whether `Record` took `request` as a new attempt (`false`: it had it already).
+pub async fn created(
+    client: &mut SummarizerServiceClient<Channel>,
+    request: RecordRequest,
+) -> bool {
+    client.record(request).await.unwrap().into_inner().created
+}
+
 /// The error `Record` answers for `request`, which must be refused.
 pub async fn record_error(
     client: &mut SummarizerServiceClient<Channel>,

@@ -19,7 +19,8 @@ mod webhooks;
 use ghost_proto::router::v1::PatchStatus;
 use ghost_proto::summarizer::v1::ListRequest;
 use helpers::{
-    FakeAlerter, get_error, main_one_per_page, record, record_error, spawn_summarizer, summary,
+    FakeAlerter, created, get_error, main_one_per_page, record, record_error, spawn_summarizer,
+    summary,
 };
 
 #[tokio::test]
@@ -28,13 +29,13 @@ async fn record_writes_markdown_and_json_and_notifies_the_alerter() {
     let alerter = FakeAlerter::start().await;
     let mut app = spawn_summarizer(dir.path(), Some(alerter.url.clone())).await;
 
-    let response = app
-        .client
-        .record(record("fix-login", 1, PatchStatus::Succeeded))
+    assert!(
+        created(
+            &mut app.client,
+            record("fix-login", 1, PatchStatus::Succeeded)
+        )
         .await
-        .unwrap()
-        .into_inner();
-    assert!(response.created);
+    );
 
     let folder = dir.path().join("summaries/MAIN");
     let markdown = std::fs::read_to_string(folder.join("summary-fix-login.md")).unwrap();
@@ -76,13 +77,7 @@ async fn record_writes_markdown_and_json_and_notifies_the_alerter() {
 async fn recording_the_same_attempt_again_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut app = spawn_summarizer(dir.path(), None).await;
-    let first = app
-        .client
-        .record(record("p-dup", 1, PatchStatus::RolledBack))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(first.created);
+    assert!(created(&mut app.client, record("p-dup", 1, PatchStatus::RolledBack)).await);
     let json_path = dir.path().join("summaries/MAIN/summary-p-dup.json");
     let before = std::fs::read(&json_path).unwrap();
 
@@ -102,13 +97,13 @@ async fn a_later_attempt_appends_to_the_history() {
         .record(record("p-retry", 1, PatchStatus::RolledBack))
         .await
         .unwrap();
-    let second = app
-        .client
-        .record(record("p-retry", 2, PatchStatus::Succeeded))
+    assert!(
+        created(
+            &mut app.client,
+            record("p-retry", 2, PatchStatus::Succeeded)
+        )
         .await
-        .unwrap()
-        .into_inner();
-    assert!(second.created);
+    );
 
     let folder = dir.path().join("summaries/MAIN");
     let json: serde_json::Value =
@@ -235,13 +230,7 @@ async fn the_same_attempt_twice_changes_nothing_even_after_a_restart_and_history
     // Redelivered with other content, before and after a restart: nothing changes.
     let mut changed = record("p-idem", 1, PatchStatus::Succeeded);
     changed.outcome.as_mut().unwrap().description = "something else".into();
-    let again = app
-        .client
-        .record(changed.clone())
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(!again.created);
+    assert!(!created(&mut app.client, changed.clone()).await);
     assert_eq!(snapshot(&summaries), before);
     app.stop().await;
     let mut app = spawn_summarizer(dir.path(), Some(alerter.url.clone())).await;
@@ -250,13 +239,7 @@ async fn the_same_attempt_twice_changes_nothing_even_after_a_restart_and_history
     assert_eq!(snapshot(&summaries), before);
 
     // The second attempt appends to the history; the first stays as it was.
-    let second = app
-        .client
-        .record(record("p-idem", 2, PatchStatus::Succeeded))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(second.created);
+    assert!(created(&mut app.client, record("p-idem", 2, PatchStatus::Succeeded)).await);
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(summaries.join("MAIN/summary-p-idem.json")).unwrap())
             .unwrap();

@@ -12,7 +12,9 @@ use tonic_health::pb::health_check_response::ServingStatus;
 
 use ghost_testkit::disk::{self, Tmpfs, build_disk_fault_shim, fill, within};
 
-use crate::helpers::{FakeAlerter, TestApp, record, record_error, spawn_summarizer, summary};
+use crate::helpers::{
+    FakeAlerter, TestApp, created, record, record_error, spawn_summarizer, summary,
+};
 
 async fn readyz(app: &TestApp) -> (u16, String) {
     disk::readyz(&format!("http://{}", app.http_addr)).await
@@ -38,12 +40,13 @@ async fn a_full_disk_degrades_the_summarizer_which_refuses_records_alerts_and_he
     };
     let alerter = FakeAlerter::start().await;
     let mut app = spawn_summarizer(&disk.path, Some(alerter.url.clone())).await;
-    let before = app
-        .client
-        .record(record("p-before", 1, PatchStatus::Succeeded))
+    assert!(
+        created(
+            &mut app.client,
+            record("p-before", 1, PatchStatus::Succeeded)
+        )
         .await
-        .unwrap();
-    assert!(before.into_inner().created);
+    );
     let grpc_addr = format!("http://{}", app.grpc_addr);
     assert_eq!(readyz(&app).await.0, 200);
 
@@ -113,13 +116,10 @@ async fn a_full_disk_degrades_the_summarizer_which_refuses_records_alerts_and_he
     assert!(resolved.is_some(), "not resolved: {:?}", alerter.alerts());
     // The retried record is stored once, and later ones too: nothing lost.
     for id in ["p-during", "p-after"] {
-        let recorded = app
-            .client
-            .record(record(id, 1, PatchStatus::Succeeded))
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(recorded.created, "{id}");
+        assert!(
+            created(&mut app.client, record(id, 1, PatchStatus::Succeeded)).await,
+            "{id}"
+        );
     }
     let got = summary(&mut app.client, "p-during").await;
     assert!(

@@ -15,8 +15,8 @@ use summarizer::SummarizerConfig;
 use summarizer::index::Index;
 
 use crate::helpers::{
-    FakeAlerter, T0, TestApp, get_error, main_one_per_page, record, record_error, reserve_port,
-    spawn_with, summary, test_config,
+    FakeAlerter, T0, TestApp, created, get_error, main_one_per_page, record, record_error,
+    reserve_port, spawn_with, summary, test_config,
 };
 use crate::webhooks::{Receiver, subscription};
 
@@ -178,13 +178,7 @@ async fn old_summaries_are_archived_then_expired_and_a_new_attempt_brings_one_ba
     );
 
     // A new attempt of an archived summary brings it back to the live folder, history kept.
-    let back = app
-        .client
-        .record(record("old", 2, PatchStatus::Succeeded))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(back.created);
+    assert!(created(&mut app.client, record("old", 2, PatchStatus::Succeeded)).await);
     let got = summary(&mut app.client, "old").await;
     assert_eq!(got.path, "summaries/MAIN/summary-old.md");
     assert!(
@@ -223,13 +217,7 @@ async fn records_are_idempotent_listed_newest_first_and_served_after_a_restart(
     // The same attempt again, with other content: nothing changes.
     let mut changed = record("older", 1, PatchStatus::Succeeded);
     changed.outcome.as_mut().unwrap().description = "something else".into();
-    let again = app
-        .client
-        .record(changed.clone())
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(!again.created);
+    assert!(!created(&mut app.client, changed.clone()).await);
     let mut other = record("elsewhere", 1, PatchStatus::Failed);
     other.outcome.as_mut().unwrap().target = "CYOPS".into();
     app.client.record(other).await.unwrap();
@@ -454,12 +442,13 @@ async fn a_postgres_restart_mid_run_degrades_the_summarizer_which_loses_nothing_
     let alerter = FakeAlerter::start().await;
     let mut app = store.spawn(Some(alerter.url.clone())).await;
     let http = format!("http://{}", app.http_addr);
-    let before = app
-        .client
-        .record(record("p-before", 1, PatchStatus::Succeeded))
+    assert!(
+        created(
+            &mut app.client,
+            record("p-before", 1, PatchStatus::Succeeded)
+        )
         .await
-        .unwrap();
-    assert!(before.into_inner().created);
+    );
     assert_eq!(disk::readyz(&http).await.0, 200);
 
     // `pg_ctl stop -m fast`: the server ends every session and goes away.
@@ -507,13 +496,7 @@ async fn a_postgres_restart_mid_run_degrades_the_summarizer_which_loses_nothing_
 
     // The refused record, retried as the router's outbox would, is recorded now; nothing
     // recorded before is lost; the alerter hears of both once.
-    let retried = app
-        .client
-        .record(record("p-during", 1, PatchStatus::Failed))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(retried.created);
+    assert!(created(&mut app.client, record("p-during", 1, PatchStatus::Failed)).await);
     for id in ["p-before", "p-during"] {
         summary(&mut app.client, id).await;
     }
@@ -541,20 +524,20 @@ async fn two_summarizers_on_one_database_serve_each_others_summaries_and_write_n
         .into_inner();
     assert!(recorded.created);
     // The second replica sees the attempt as recorded, and records the next one on top of it.
-    let again = second
-        .client
-        .record(record("shared", 1, PatchStatus::RolledBack))
+    assert!(
+        !created(
+            &mut second.client,
+            record("shared", 1, PatchStatus::RolledBack)
+        )
         .await
-        .unwrap()
-        .into_inner();
-    assert!(!again.created);
-    let next = second
-        .client
-        .record(record("shared", 2, PatchStatus::Succeeded))
+    );
+    assert!(
+        created(
+            &mut second.client,
+            record("shared", 2, PatchStatus::Succeeded)
+        )
         .await
-        .unwrap()
-        .into_inner();
-    assert!(next.created);
+    );
     for app in [&mut first, &mut second] {
         let got = summary(&mut app.client, "shared").await;
         assert!(

@@ -14,7 +14,7 @@ use summarizer::SummarizerConfig;
 use summarizer::webhooks::subscription::Subscription;
 use summarizer::webhooks::webhook_id;
 
-use crate::helpers::{TestApp, record, reserve_port, spawn_with, test_config};
+use crate::helpers::{TestApp, created, record, reserve_port, spawn_with, test_config};
 
 /// `whsec_` and the base64 of 32 bytes.
 pub(crate) const SECRET: &str = "whsec_C2FtcGxlLXNlY3JldC1mb3ItZ2hvc3QtcnVubmVyISE=";
@@ -208,13 +208,7 @@ async fn matching_outcomes_arrive_signed_as_standard_webhooks_with_the_patch_and
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(index.webhooks_pending().unwrap(), Vec::new());
-    let replay = app
-        .client
-        .record(record("hook-1", 1, PatchStatus::Failed))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(!replay.created);
+    assert!(!created(&mut app.client, record("hook-1", 1, PatchStatus::Failed)).await);
     assert_eq!(index.webhooks_pending().unwrap(), Vec::new());
     let text = wait_for_metric(
         &app,
@@ -741,13 +735,13 @@ async fn a_full_outbox_dead_letters_new_messages_and_dead_letters_are_bounded() 
     // The closed receiver's messages wait; beyond 3 the outbox is full, yet every record
     // succeeds and the message is dead-lettered at once, named and counted.
     for n in 0..5 {
-        let answer = app
-            .client
-            .record(record(&format!("full-{n}"), 1, PatchStatus::Failed))
+        assert!(
+            created(
+                &mut app.client,
+                record(&format!("full-{n}"), 1, PatchStatus::Failed)
+            )
             .await
-            .unwrap()
-            .into_inner();
-        assert!(answer.created);
+        );
     }
     let index = app.summaries.index().clone();
     assert_eq!(index.webhooks_pending().unwrap().len(), 3);
