@@ -516,13 +516,13 @@ async fn two_summarizers_on_one_database_serve_each_others_summaries_and_write_n
     let other_dir = tempfile::tempdir().unwrap();
     let mut first = store.spawn(None).await;
     let mut second = spawn_with(store.with_store(test_config(other_dir.path(), None))).await;
-    let recorded = first
-        .client
-        .record(record("shared", 1, PatchStatus::RolledBack))
+    assert!(
+        created(
+            &mut first.client,
+            record("shared", 1, PatchStatus::RolledBack)
+        )
         .await
-        .unwrap()
-        .into_inner();
-    assert!(recorded.created);
+    );
     // The second replica sees the attempt as recorded, and records the next one on top of it.
     assert!(
         !created(
