@@ -425,31 +425,12 @@ impl SqliteIndex {
                  attempts = ?5, trace_id = ?6, created_ms = ?7, finished_ms = ?8, recorded_ms = ?9,
                  dir = ?10, archived = ?11"
             ),
-            params![
-                row.patch_id,
-                row.target,
-                row.status,
-                row.attempt,
-                row.attempts,
-                row.trace_id,
-                row.created_ms,
-                row.finished_ms,
-                row.recorded_ms,
-                row.dir,
-                row.archived
-            ],
+            summary_params(row),
         )?;
         insert_transition(
             &tx,
             &row.target,
-            &Transition {
-                patch_id: row.patch_id.clone(),
-                attempt,
-                event: "recorded".to_owned(),
-                from_status: from_status.to_owned(),
-                to_status: attempt_status.to_owned(),
-                at_ms: row.recorded_ms,
-            },
+            &recorded(row, attempt, from_status, attempt_status),
             changelog_len,
         )?;
         webhook_outbox::insert(&tx, &row.patch_id, attempt, row.recorded_ms, &owed.webhooks)?;
@@ -483,19 +464,7 @@ impl SqliteIndex {
             &format!(
                 "INSERT OR IGNORE INTO summaries ({SUMMARY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
             ),
-            params![
-                row.patch_id,
-                row.target,
-                row.status,
-                row.attempt,
-                row.attempts,
-                row.trace_id,
-                row.created_ms,
-                row.finished_ms,
-                row.recorded_ms,
-                row.dir,
-                row.archived
-            ],
+            summary_params(row),
         )?;
         for (attempt, status) in attempts {
             tx.execute(
@@ -742,6 +711,35 @@ pub struct OutboxRetry {
     pub next_at_ms: i64,
     /// Why the try failed.
     pub error: String,
+}
+
+/// The transition a newly recorded `attempt` of `row` makes, from `from_status`.
+fn recorded(row: &SummaryRow, attempt: u32, from_status: &str, attempt_status: &str) -> Transition {
+    Transition {
+        patch_id: row.patch_id.clone(),
+        attempt,
+        event: "recorded".to_owned(),
+        from_status: from_status.to_owned(),
+        to_status: attempt_status.to_owned(),
+        at_ms: row.recorded_ms,
+    }
+}
+
+/// `row`'s columns as SQLite parameters `?1`…`?11`, in [`SUMMARY_COLUMNS`] order.
+fn summary_params(row: &SummaryRow) -> [&dyn rusqlite::ToSql; 11] {
+    [
+        &row.patch_id,
+        &row.target,
+        &row.status,
+        &row.attempt,
+        &row.attempts,
+        &row.trace_id,
+        &row.created_ms,
+        &row.finished_ms,
+        &row.recorded_ms,
+        &row.dir,
+        &row.archived,
+    ]
 }
 
 fn event(row: &SummaryRow, name: &str, at_ms: i64) -> Transition {

@@ -21,7 +21,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use super::migrations::{self, Dialect};
 use super::{
     DeadLetter, NewWebhook, OutboxRetry, OutboxRow, Owed, SUMMARY_COLUMNS, SummaryRow, Transition,
-    WebhookRow, WebhookSettle, event,
+    WebhookRow, WebhookSettle, event, recorded,
 };
 use crate::error::SummarizerError;
 
@@ -253,14 +253,7 @@ impl PgIndex {
                     row.patch_id
                 )));
             }
-            let transition = Transition {
-                patch_id: row.patch_id.clone(),
-                attempt,
-                event: "recorded".to_owned(),
-                from_status: from_status.to_owned(),
-                to_status: attempt_status.to_owned(),
-                at_ms: row.recorded_ms,
-            };
+            let transition = recorded(row, attempt, from_status, attempt_status);
             insert_transition(&mut tx, &row.target, &transition, changelog_len).await?;
             insert_webhooks(&mut tx, &row.patch_id, attempt, row.recorded_ms, &owed.webhooks)
                 .await?;
