@@ -57,6 +57,34 @@ fn webhook_row(row: &PgRow) -> Result<WebhookRow, sqlx::Error> {
     Ok(webhook_of!(row.try_get))
 }
 
+/// Every summary of `target`, by patch id, and its recent transitions, oldest first, read on
+/// `conn` (a pooled connection, or the transaction that rewrites the manifest).
+async fn manifest_rows_on(
+    conn: &mut sqlx::PgConnection,
+    target: &str,
+) -> Result<(Vec<SummaryRow>, Vec<Transition>), sqlx::Error> {
+    let rows = sqlx::query(sql(format!(
+        "SELECT {SUMMARY_COLUMNS} FROM summaries WHERE target = $1 ORDER BY patch_id"
+    )))
+    .bind(target)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(summary_row)
+    .collect::<Result<Vec<_>, _>>()?;
+    let transitions = sqlx::query(
+        "SELECT patch_id, attempt, event, from_status, to_status, at_ms FROM changelog
+         WHERE target = $1 ORDER BY id",
+    )
+    .bind(target)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(transition_row)
+    .collect::<Result<Vec<_>, _>>()?;
+    Ok((rows, transitions))
+}
+
 /// `query` with a summary row's columns bound as `$1`…`$11`, in [`SUMMARY_COLUMNS`] order.
 fn bind_summary<'q>(
     query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
@@ -377,27 +405,8 @@ impl PgIndex {
         target: &str,
     ) -> Result<(Vec<SummaryRow>, Vec<Transition>), SummarizerError> {
         self.block(async |pool| {
-            let rows = sqlx::query(sql(format!(
-                "SELECT {SUMMARY_COLUMNS} FROM summaries WHERE target = $1 ORDER BY patch_id"
-            )))
-            .bind(target)
-            .fetch_all(&pool)
-            .await?;
-            let rows = rows
-                .iter()
-                .map(summary_row)
-                .collect::<Result<Vec<_>, _>>()?;
-            let transitions = sqlx::query(
-                "SELECT patch_id, attempt, event, from_status, to_status, at_ms FROM changelog
-                 WHERE target = $1 ORDER BY id",
-            )
-            .bind(target)
-            .fetch_all(&pool)
-            .await?
-            .iter()
-            .map(transition_row)
-            .collect::<Result<Vec<_>, _>>()?;
-            Ok((rows, transitions))
+            let mut conn = pool.acquire().await?;
+            Ok(manifest_rows_on(&mut conn, target).await?)
         })
     }
 
@@ -523,25 +532,7 @@ impl PgIndex {
                 .bind(target)
                 .execute(&mut *tx)
                 .await?;
-            let rows = sqlx::query(sql(format!(
-                "SELECT {SUMMARY_COLUMNS} FROM summaries WHERE target = $1 ORDER BY patch_id"
-            )))
-            .bind(target)
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(summary_row)
-            .collect::<Result<Vec<_>, _>>()?;
-            let transitions = sqlx::query(
-                "SELECT patch_id, attempt, event, from_status, to_status, at_ms FROM changelog
-                 WHERE target = $1 ORDER BY id",
-            )
-            .bind(target)
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(transition_row)
-            .collect::<Result<Vec<_>, _>>()?;
+            let (rows, transitions) = manifest_rows_on(&mut tx, target).await?;
             let body = build(&rows, &transitions)?;
             sqlx::query(
                 "INSERT INTO manifests (target, body) VALUES ($1, $2)
