@@ -83,6 +83,11 @@ impl StoreUnderTest {
     async fn spawn(&self, alerter_url: Option<String>) -> TestApp {
         spawn_with(self.config(alerter_url)).await
     }
+
+    /// A second summarizer on the same store, with a data dir of its own (`other_dir`).
+    async fn spawn_replica(&self, other_dir: &std::path::Path) -> TestApp {
+        spawn_with(self.with_store(test_config(other_dir, None))).await
+    }
 }
 
 /// Runs `job` on the app's index from a blocking thread, as the store itself does.
@@ -515,7 +520,7 @@ async fn two_summarizers_on_one_database_serve_each_others_summaries_and_write_n
     };
     let other_dir = tempfile::tempdir().unwrap();
     let mut first = store.spawn(None).await;
-    let mut second = spawn_with(store.with_store(test_config(other_dir.path(), None))).await;
+    let mut second = store.spawn_replica(other_dir.path()).await;
     assert!(
         created(
             &mut first.client,
@@ -570,7 +575,7 @@ async fn two_attempts_recorded_at_once_on_two_summarizers_both_stay_in_the_histo
     };
     let other_dir = tempfile::tempdir().unwrap();
     let first = store.spawn(None).await;
-    let second = spawn_with(store.with_store(test_config(other_dir.path(), None))).await;
+    let second = store.spawn_replica(other_dir.path()).await;
     const PATCHES: usize = 20;
     let mut retried = 0;
     for n in 0..PATCHES {
