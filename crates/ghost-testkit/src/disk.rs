@@ -142,6 +142,24 @@ pub async fn grpc_health(
     ServingStatus::try_from(response.status).unwrap_or(ServingStatus::Unknown)
 }
 
+/// What `grpc.health.v1` at `url` says of `service` once it says `want`, or after 5 s (the
+/// health status follows the storage state through a watch task, so it may lag a readiness
+/// answer by a moment): the last answer either way, for the caller's assertion.
+pub async fn grpc_health_settles(
+    url: &str,
+    service: &str,
+    want: tonic_health::pb::health_check_response::ServingStatus,
+) -> tonic_health::pb::health_check_response::ServingStatus {
+    let start = std::time::Instant::now();
+    loop {
+        let status = grpc_health(url, service).await;
+        if status == want || start.elapsed() > std::time::Duration::from_secs(5) {
+            return status;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Polls `check` every 50 ms until it holds or `bound` passed; how long it took, or `None`.
 pub async fn within<F, Fut>(bound: std::time::Duration, mut check: F) -> Option<std::time::Duration>
 where

@@ -27,8 +27,10 @@ async fn degraded_gauge(app: &TestApp) -> Option<String> {
     disk::degraded_gauge(&app.http.clone(), "alerter").await
 }
 
-async fn grpc_health(url: &str) -> ServingStatus {
-    disk::grpc_health(url, "ghost.alerter.v1.AlerterService").await
+/// The service's gRPC health once it says `want` (it may lag `/readyz` by a moment), or the
+/// last answer after 5 s.
+async fn grpc_health(url: &str, want: ServingStatus) -> ServingStatus {
+    disk::grpc_health_settles(url, "ghost.alerter.v1.AlerterService", want).await
 }
 
 /// The direct posts of the alerter's own storage alert.
@@ -98,7 +100,10 @@ async fn a_full_disk_degrades_the_alerter_which_posts_its_own_alert_directly_onc
     let (code, body) = readyz(&app).await;
     assert_eq!(code, 503, "{body}");
     assert_eq!(body, "degraded: the alerter's disk is full");
-    assert_eq!(grpc_health(&grpc_addr).await, ServingStatus::NotServing);
+    assert_eq!(
+        grpc_health(&grpc_addr, ServingStatus::NotServing).await,
+        ServingStatus::NotServing
+    );
     assert_eq!(
         degraded_gauge(&app).await.as_deref(),
         Some("ghost_storage_degraded{service=\"alerter\"} 1")
@@ -137,7 +142,10 @@ async fn a_full_disk_degrades_the_alerter_which_posts_its_own_alert_directly_onc
     let Some(recovery) = healed else {
         panic!("not ready again: {:?}", readyz(&app).await);
     };
-    assert_eq!(grpc_health(&grpc_addr).await, ServingStatus::Serving);
+    assert_eq!(
+        grpc_health(&grpc_addr, ServingStatus::Serving).await,
+        ServingStatus::Serving
+    );
     assert_eq!(
         degraded_gauge(&app).await.as_deref(),
         Some("ghost_storage_degraded{service=\"alerter\"} 0")
@@ -298,7 +306,7 @@ async fn eio_and_failing_fsync_degrade_the_alerter_binary_which_posts_directly_a
             "{mode}: {body}"
         );
         assert_eq!(
-            grpc_health(&grpc_url).await,
+            grpc_health(&grpc_url, ServingStatus::NotServing).await,
             ServingStatus::NotServing,
             "{mode}"
         );

@@ -24,8 +24,10 @@ async fn degraded_gauge(app: &TestApp) -> Option<String> {
     disk::degraded_gauge(&format!("http://{}", app.http_addr), "summarizer").await
 }
 
-async fn grpc_health(url: &str) -> ServingStatus {
-    disk::grpc_health(url, "ghost.summarizer.v1.SummarizerService").await
+/// The service's gRPC health once it says `want` (it may lag `/readyz` by a moment), or the
+/// last answer after 5 s.
+async fn grpc_health(url: &str, want: ServingStatus) -> ServingStatus {
+    disk::grpc_health_settles(url, "ghost.summarizer.v1.SummarizerService", want).await
 }
 
 #[tokio::test]
@@ -66,7 +68,10 @@ async fn a_full_disk_degrades_the_summarizer_which_refuses_records_alerts_and_he
     let (status, body) = readyz(&app).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body, "degraded: the summarizer's disk is full");
-    assert_eq!(grpc_health(&grpc_addr).await, ServingStatus::NotServing);
+    assert_eq!(
+        grpc_health(&grpc_addr, ServingStatus::NotServing).await,
+        ServingStatus::NotServing
+    );
     assert_eq!(
         degraded_gauge(&app).await.as_deref(),
         Some("ghost_storage_degraded{service=\"summarizer\"} 1")
@@ -101,7 +106,10 @@ async fn a_full_disk_degrades_the_summarizer_which_refuses_records_alerts_and_he
     let Some(recovery) = healed else {
         panic!("not ready again: {:?}", readyz(&app).await);
     };
-    assert_eq!(grpc_health(&grpc_addr).await, ServingStatus::Serving);
+    assert_eq!(
+        grpc_health(&grpc_addr, ServingStatus::Serving).await,
+        ServingStatus::Serving
+    );
     assert_eq!(
         degraded_gauge(&app).await.as_deref(),
         Some("ghost_storage_degraded{service=\"summarizer\"} 0")
@@ -231,7 +239,7 @@ async fn eio_and_failing_fsync_degrade_the_summarizer_binary_and_it_heals_when_t
             "{mode}: {body}"
         );
         assert_eq!(
-            grpc_health(&grpc_url).await,
+            grpc_health(&grpc_url, ServingStatus::NotServing).await,
             ServingStatus::NotServing,
             "{mode}"
         );
