@@ -139,8 +139,20 @@ async fn permanent_slack_errors_are_dead_lettered_not_retried() {
     app.client.notify(notify("p-after")).await.unwrap();
     let posts = slack.wait_for_posts(2, WAIT).await;
     assert_eq!(names(&posts), ["p-refused", "p-after"]);
-    let counts = app.store.outbox_counts().await.unwrap();
+    // The posts are seen a moment before their outcomes are recorded: wait (bounded) for the
+    // dead letter, then check that nothing was tried again meanwhile.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut counts = app.store.outbox_counts().await.unwrap();
+    while counts.dead == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        counts = app.store.outbox_counts().await.unwrap();
+    }
     assert_eq!(counts.dead, 1, "{counts:?}");
+    assert_eq!(
+        names(&slack.posts().await),
+        ["p-refused", "p-after"],
+        "not retried"
+    );
 }
 
 #[tokio::test]
