@@ -4,18 +4,20 @@
 
 use std::net::SocketAddr;
 
-use crate::helpers::{KEY, config, spawn, spawn_router};
+use ghost_testkit::http::status;
+
+use crate::helpers::{KEY, Running, config, spawn, spawn_router};
 
 const OPS_ROUTES: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
-async fn status(client: &reqwest::Client, url: String) -> u16 {
-    client
-        .get(&url)
-        .send()
+/// Runs the built gateway until the returned handle is dropped.
+fn run(app: gateway::App) -> Running {
+    spawn(app.grpc_addr(), app.http_addr(), |stopped| async move {
+        app.run(async {
+            let _ = stopped.await;
+        })
         .await
-        .unwrap_or_else(|err| panic!("GET {url}: {err}"))
-        .status()
-        .as_u16()
+    })
 }
 
 #[tokio::test]
@@ -29,12 +31,7 @@ async fn the_operations_routes_answer_on_the_ops_port_alone() {
         .expect("gateway builds");
     let (public, ops) = (app.http_addr(), app.ops_addr());
     assert_ne!(public, ops, "two listeners");
-    let _gateway = spawn(app.grpc_addr(), public, |stopped| async move {
-        app.run(async {
-            let _ = stopped.await;
-        })
-        .await
-    });
+    let _gateway = run(app);
     let client = reqwest::Client::new();
 
     for route in OPS_ROUTES {
@@ -136,12 +133,7 @@ async fn without_ops_listen_the_probes_share_the_public_port() {
         .expect("gateway builds");
     let public = app.http_addr();
     assert_eq!(app.ops_addr(), public);
-    let _gateway = spawn(app.grpc_addr(), public, |stopped| async move {
-        app.run(async {
-            let _ = stopped.await;
-        })
-        .await
-    });
+    let _gateway = run(app);
     let client = reqwest::Client::new();
     for route in OPS_ROUTES {
         assert_eq!(
