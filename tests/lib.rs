@@ -4,9 +4,30 @@
 
 use std::path::{Path, PathBuf};
 
+use ghost_proto::alerter::v1::ListAlertsRequest;
+use ghost_proto::alerter::v1::alerter_read_service_client::AlerterReadServiceClient;
 use ghost_proto::router::v1::router_service_client::RouterServiceClient;
 use ghost_proto::router::v1::{EventsRequest, GetRequest, PatchStatus};
 use tonic::codegen::{Body, Bytes, StdError};
+
+/// What the generated gRPC clients run over: a `Channel`, or one behind an interceptor.
+pub trait Transport:
+    tonic::client::GrpcService<
+        tonic::body::Body,
+        Error: Into<StdError>,
+        ResponseBody: Body<Data = Bytes, Error: Into<StdError> + Send> + Send + 'static,
+    >
+{
+}
+
+impl<T> Transport for T where
+    T: tonic::client::GrpcService<
+            tonic::body::Body,
+            Error: Into<StdError>,
+            ResponseBody: Body<Data = Bytes, Error: Into<StdError> + Send> + Send + 'static,
+        >
+{
+}
 
 /// Terminal patch states (as the router's Events name them).
 pub const TERMINAL: [&str; 7] = [
@@ -43,13 +64,10 @@ pub fn free_port() -> u16 {
 
 /// The router's status of `id` (`succeeded`, …) and its count of terminal events; `None` while
 /// the router cannot answer.
-pub async fn outcome<T>(router: &mut RouterServiceClient<T>, id: &str) -> Option<(String, usize)>
-where
-    T: tonic::client::GrpcService<tonic::body::Body>,
-    T::Error: Into<StdError>,
-    T::ResponseBody: Body<Data = Bytes> + Send + 'static,
-    <T::ResponseBody as Body>::Error: Into<StdError> + Send,
-{
+pub async fn outcome(
+    router: &mut RouterServiceClient<impl Transport>,
+    id: &str,
+) -> Option<(String, usize)> {
     let state = router
         .get(GetRequest { id: id.to_owned() })
         .await
@@ -72,4 +90,19 @@ where
         .filter(|e| TERMINAL.contains(&e.status.as_str()))
         .count();
     Some((status, terminal))
+}
+
+/// True while the alerter lists `key` as firing (false while it cannot answer).
+pub async fn alert_firing(
+    alerts: &mut AlerterReadServiceClient<impl Transport>,
+    key: &str,
+) -> bool {
+    match alerts.list_alerts(ListAlertsRequest {}).await {
+        Ok(listed) => listed
+            .into_inner()
+            .alerts
+            .iter()
+            .any(|alert| alert.key == key && alert.state != "resolved"),
+        Err(_) => false,
+    }
 }

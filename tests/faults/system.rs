@@ -7,7 +7,6 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use ghost_e2e::{binary, free_port};
-use ghost_proto::alerter::v1::ListAlertsRequest;
 use ghost_proto::alerter::v1::alerter_read_service_client::AlerterReadServiceClient;
 use ghost_proto::router::v1::router_service_client::RouterServiceClient;
 use tokio::process::{Child, Command};
@@ -263,14 +262,7 @@ drain_grace = "0s"
 
     /// True while the alerter lists `key` as firing.
     pub async fn alert_firing(&self, key: &str) -> bool {
-        match self.alerts.clone().list_alerts(ListAlertsRequest {}).await {
-            Ok(listed) => listed
-                .into_inner()
-                .alerts
-                .iter()
-                .any(|alert| alert.key == key && alert.state != "resolved"),
-            Err(_) => false,
-        }
+        ghost_e2e::alert_firing(&mut self.alerts.clone(), key).await
     }
 
     /// The router's status of `id` (`succeeded`, …) and its terminal events.

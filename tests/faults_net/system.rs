@@ -8,7 +8,6 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use ghost_e2e::{TERMINAL, binary};
-use ghost_proto::alerter::v1::ListAlertsRequest;
 use ghost_proto::alerter::v1::alerter_read_service_client::AlerterReadServiceClient;
 use ghost_proto::router::v1::router_service_client::RouterServiceClient;
 use ghost_proto::summarizer::v1::GetRequest as SummaryRequest;
@@ -411,14 +410,7 @@ burst = 10000
 
     /// True while the alerter lists `key` as firing.
     pub async fn alert_firing(&self, key: &str) -> bool {
-        match self.alerts.clone().list_alerts(ListAlertsRequest {}).await {
-            Ok(listed) => listed
-                .into_inner()
-                .alerts
-                .iter()
-                .any(|alert| alert.key == key && alert.state != "resolved"),
-            Err(_) => false,
-        }
+        ghost_e2e::alert_firing(&mut self.alerts.clone(), key).await
     }
 
     /// The ids in `log.txt`, in the order their patches were applied.

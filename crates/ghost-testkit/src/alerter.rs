@@ -9,6 +9,8 @@ use ghost_proto::alerter::v1::alerter_service_server::{AlerterService, AlerterSe
 use ghost_proto::alerter::v1::{AlertRequest, AlertResponse, NotifyRequest, NotifyResponse};
 use tokio::sync::{Notify, oneshot};
 
+use crate::grpc::serve_routes;
+
 /// How long [`RecordingAlerter::wait_for`] waits for an alert change.
 const PATIENCE: Duration = Duration::from_secs(10);
 
@@ -70,20 +72,10 @@ impl RecordingAlerter {
             .unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let recorder = Recorder::default();
-        let routes = tonic::service::Routes::new(AlerterServiceServer::new(recorder.clone()));
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_routes(routes)
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    async {
-                        let _ = stopped.await;
-                    },
-                )
-                .await
-                .unwrap();
-        });
+        let stop = serve_routes(
+            tonic::service::Routes::new(AlerterServiceServer::new(recorder.clone())),
+            listener,
+        );
         Self {
             url,
             recorder,

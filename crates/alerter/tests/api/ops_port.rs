@@ -3,7 +3,7 @@
 //! operations port answers nothing else.
 
 use alerter::App;
-use ghost_testkit::http::status;
+use ghost_testkit::http::{assert_ops_routes_on_ops_port_alone, status};
 
 use crate::helpers::{command_body, config, now_secs, post_signed};
 
@@ -20,18 +20,7 @@ async fn the_operations_routes_answer_on_the_ops_port_alone() {
     }));
     let client = reqwest::Client::new();
 
-    for route in ["/healthz", "/readyz", "/metrics"] {
-        assert_eq!(
-            status(&client, format!("http://{ops}{route}")).await,
-            200,
-            "{route} on ops"
-        );
-        assert_eq!(
-            status(&client, format!("http://{public}{route}")).await,
-            404,
-            "{route} on the public port"
-        );
-    }
+    assert_ops_routes_on_ops_port_alone(&client, ops, public).await;
 
     // `/slack/*` is routed on the public port: an unsigned request is refused there (401),
     // a signed one answered; the ops port does not know it.

@@ -4,11 +4,9 @@
 
 use std::net::SocketAddr;
 
-use ghost_testkit::http::status;
+use ghost_testkit::http::{OPS_ROUTES, assert_ops_routes_on_ops_port_alone, status};
 
 use crate::helpers::{KEY, Running, config, spawn, spawn_router};
-
-const OPS_ROUTES: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
 /// Runs the built gateway until the returned handle is dropped.
 fn run(app: gateway::App) -> Running {
@@ -34,18 +32,7 @@ async fn the_operations_routes_answer_on_the_ops_port_alone() {
     let _gateway = run(app);
     let client = reqwest::Client::new();
 
-    for route in OPS_ROUTES {
-        assert_eq!(
-            status(&client, format!("http://{ops}{route}")).await,
-            200,
-            "{route} on the ops port"
-        );
-        assert_eq!(
-            status(&client, format!("http://{public}{route}")).await,
-            404,
-            "{route} on the public port"
-        );
-    }
+    assert_ops_routes_on_ops_port_alone(&client, ops, public).await;
     let metrics = client
         .get(format!("http://{ops}/metrics"))
         .send()

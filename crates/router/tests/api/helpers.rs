@@ -23,6 +23,7 @@ use ghost_proto::summarizer::v1::{
 };
 use ghost_runtime::config::ServerConfig;
 pub use ghost_testkit::RecordingAlerter;
+use ghost_testkit::grpc::serve_routes;
 use router::{App, RouterConfig};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -361,28 +362,6 @@ pub async fn metrics_text(http: std::net::SocketAddr) -> String {
         .text()
         .await
         .expect("metrics text")
-}
-
-/// Serves `routes` (a stand-in for another service) on `listener` until the returned sender
-/// is dropped.
-pub fn serve_routes(
-    routes: tonic::service::Routes,
-    listener: tokio::net::TcpListener,
-) -> oneshot::Sender<()> {
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                async {
-                    let _ = stopped.await;
-                },
-            )
-            .await
-            .unwrap();
-    });
-    stop
 }
 
 /// What an outcome passed on: notify, priority, key name.
