@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use ghost_e2e::{binary, free_port};
+use ghost_e2e::{TERMINAL, binary, free_port};
 use ghost_proto::router::v1::router_service_client::RouterServiceClient;
 use ghost_proto::router::v1::{
     Edit, EventsRequest, GetRequest, Patch, PatchStatus, ReplaceText, SubmitRequest, edit,
@@ -25,15 +25,6 @@ const PATCHES: usize = 1_000;
 const SUBMITTERS: usize = 4;
 const KILLS: usize = 30;
 const SETTLE: Duration = Duration::from_secs(240);
-const TERMINAL: [&str; 7] = [
-    "succeeded",
-    "failed",
-    "rolled_back",
-    "cancelled",
-    "timed_out",
-    "rejected",
-    "lost",
-];
 
 /// A small deterministic generator (xorshift64*), so a run can be replayed from its seed.
 struct Rng(u64);

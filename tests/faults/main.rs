@@ -28,20 +28,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use ghost_e2e::TERMINAL;
 use ghost_testkit::disk::{Tmpfs, build_disk_fault_shim, fill, is_root};
 use system::{LATE, MAIN, RouterEnv, Submitted, System};
 use tokio::sync::Mutex;
-
-/// Terminal patch states (as the router's Events name them).
-pub const TERMINAL: [&str; 7] = [
-    "succeeded",
-    "failed",
-    "rolled_back",
-    "cancelled",
-    "timed_out",
-    "rejected",
-    "lost",
-];
 
 /// Patches submitted to `MAIN` just before the fault (some are still queued when it starts).
 const BEFORE: usize = 12;

@@ -7,10 +7,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use ghost_e2e::{binary, free_port};
-use ghost_proto::alerter::v1::ListAlertsRequest;
 use ghost_proto::alerter::v1::alerter_read_service_client::AlerterReadServiceClient;
 use ghost_proto::router::v1::router_service_client::RouterServiceClient;
-use ghost_proto::router::v1::{EventsRequest, GetRequest, PatchStatus};
 use tokio::process::{Child, Command};
 use tonic::transport::{Channel, Endpoint};
 
@@ -264,44 +262,12 @@ drain_grace = "0s"
 
     /// True while the alerter lists `key` as firing.
     pub async fn alert_firing(&self, key: &str) -> bool {
-        match self.alerts.clone().list_alerts(ListAlertsRequest {}).await {
-            Ok(listed) => listed
-                .into_inner()
-                .alerts
-                .iter()
-                .any(|alert| alert.key == key && alert.state != "resolved"),
-            Err(_) => false,
-        }
+        ghost_e2e::alert_firing(&mut self.alerts.clone(), key).await
     }
 
     /// The router's status of `id` (`succeeded`, …) and its terminal events.
     pub async fn outcome(&self, id: &str) -> Option<(String, usize)> {
-        let state = self
-            .router
-            .clone()
-            .get(GetRequest { id: id.to_owned() })
-            .await
-            .ok()?
-            .into_inner()
-            .state?;
-        let status = PatchStatus::try_from(state.status)
-            .ok()?
-            .as_str_name()
-            .trim_start_matches("PATCH_STATUS_")
-            .to_lowercase();
-        let events = self
-            .router
-            .clone()
-            .events(EventsRequest { id: id.to_owned() })
-            .await
-            .ok()?
-            .into_inner()
-            .events;
-        let terminal = events
-            .iter()
-            .filter(|e| super::TERMINAL.contains(&e.status.as_str()))
-            .count();
-        Some((status, terminal))
+        ghost_e2e::outcome(&mut self.router.clone(), id).await
     }
 
     /// The ids in `target`'s `log.txt`, in the order their patches were applied.

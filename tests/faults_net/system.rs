@@ -7,11 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use ghost_e2e::binary;
-use ghost_proto::alerter::v1::ListAlertsRequest;
+use ghost_e2e::{TERMINAL, binary};
 use ghost_proto::alerter::v1::alerter_read_service_client::AlerterReadServiceClient;
 use ghost_proto::router::v1::router_service_client::RouterServiceClient;
-use ghost_proto::router::v1::{EventsRequest, GetRequest, PatchStatus};
 use ghost_proto::summarizer::v1::GetRequest as SummaryRequest;
 use ghost_proto::summarizer::v1::summarizer_service_client::SummarizerServiceClient;
 use ghost_testkit::FakeSlack;
@@ -39,17 +37,6 @@ fn ports(service: &str) -> (u16, u16) {
         _ => (50054, 8084),
     }
 }
-
-/// Terminal patch states (as the router's Events name them).
-pub const TERMINAL: [&str; 7] = [
-    "succeeded",
-    "failed",
-    "rolled_back",
-    "cancelled",
-    "timed_out",
-    "rejected",
-    "lost",
-];
 
 type Authed =
     InterceptedService<Channel, fn(tonic::Request<()>) -> tonic::Result<tonic::Request<()>>>;
@@ -390,32 +377,7 @@ burst = 10000
 
     /// The router's status of `id` (`succeeded`, …) and its count of terminal events.
     pub async fn outcome(&self, id: &str) -> Option<(String, usize)> {
-        let state = self
-            .router
-            .clone()
-            .get(GetRequest { id: id.to_owned() })
-            .await
-            .ok()?
-            .into_inner()
-            .state?;
-        let status = PatchStatus::try_from(state.status)
-            .ok()?
-            .as_str_name()
-            .trim_start_matches("PATCH_STATUS_")
-            .to_lowercase();
-        let events = self
-            .router
-            .clone()
-            .events(EventsRequest { id: id.to_owned() })
-            .await
-            .ok()?
-            .into_inner()
-            .events;
-        let terminal = events
-            .iter()
-            .filter(|e| TERMINAL.contains(&e.status.as_str()))
-            .count();
-        Some((status, terminal))
+        ghost_e2e::outcome(&mut self.router.clone(), id).await
     }
 
     /// True once `id` has a terminal status at the router.
@@ -448,14 +410,7 @@ burst = 10000
 
     /// True while the alerter lists `key` as firing.
     pub async fn alert_firing(&self, key: &str) -> bool {
-        match self.alerts.clone().list_alerts(ListAlertsRequest {}).await {
-            Ok(listed) => listed
-                .into_inner()
-                .alerts
-                .iter()
-                .any(|alert| alert.key == key && alert.state != "resolved"),
-            Err(_) => false,
-        }
+        ghost_e2e::alert_firing(&mut self.alerts.clone(), key).await
     }
 
     /// The ids in `log.txt`, in the order their patches were applied.

@@ -15,10 +15,32 @@ use ghost_proto::router::v1::PatchStatus;
 
 use crate::system::{
     Service, append_patch, assert_each_once, event_statuses, executor_toml, free_port,
-    router_client, router_toml, state_when, submit, succeeded, summarizer_toml, workspace,
+    router_client, state_when, submit, succeeded, summarizer_and_router, workspace,
 };
 
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// An alerter posting to `slack` at once (no grouping wait, a 100 ms tick), its gRPC on
+/// `grpc_port`; `alerts` adds lines to its `[alerts]` table.
+fn alerter_toml(dir: &Path, slack: &str, grpc_port: u16, alerts: &str) -> String {
+    format!(
+        r##"data_dir = "{data}"
+[slack]
+api_base_url = "{slack}"
+bot_token = "xoxb-faults"
+channel = "#ghost"
+pacing = "0s"
+[alerts]
+group_wait = "0s"
+{alerts}tick = "100ms"
+[server]
+grpc_listen = "127.0.0.1:{grpc_port}"
+http_listen = "127.0.0.1:0"
+drain_grace = "0s"
+"##,
+        data = dir.join("alerter").display()
+    )
+}
 
 /// libfaketime, or `None` after saying why the test is skipped.
 fn libfaketime() -> Option<PathBuf> {
@@ -65,18 +87,8 @@ async fn applying(library: &Path, id: &str) -> Jumped {
     let ws = workspace(dir);
     let clock_file = dir.join("faketime");
     jump(&clock_file, "+0");
-    let (router_port, summarizer_port) = (free_port(), free_port());
+    let (mut summarizer, mut router, router_port) = summarizer_and_router(dir);
     let router_url = format!("http://127.0.0.1:{router_port}");
-    let mut summarizer = Service::new(dir, "summarizer", &summarizer_toml(dir, summarizer_port));
-    let mut router = Service::new(
-        dir,
-        "router",
-        &router_toml(
-            dir,
-            router_port,
-            &format!("http://127.0.0.1:{summarizer_port}"),
-        ),
-    );
     fake_wall_clock(&mut router, library, &clock_file);
     let mut executor = Service::new(dir, "executor", &executor_toml(dir, &router_url, &ws));
     fake_wall_clock(&mut executor, library, &clock_file);
@@ -196,25 +208,13 @@ async fn alert_firing(library: &Path, repeat_interval: &str, escalate_after: &st
     let mut alerter = Service::new(
         dir,
         "alerter",
-        &format!(
-            r##"data_dir = "{data}"
-[slack]
-api_base_url = "{slack}"
-bot_token = "xoxb-faults"
-channel = "#ghost"
-pacing = "0s"
-[alerts]
-group_wait = "0s"
-repeat_interval = "{repeat_interval}"
-escalate_after = "{escalate_after}"
-tick = "100ms"
-[server]
-grpc_listen = "127.0.0.1:{port}"
-http_listen = "127.0.0.1:0"
-drain_grace = "0s"
-"##,
-            data = dir.join("alerter").display(),
-            slack = slack.base_url()
+        &alerter_toml(
+            dir,
+            &slack.base_url(),
+            port,
+            &format!(
+                "repeat_interval = \"{repeat_interval}\"\nescalate_after = \"{escalate_after}\"\n"
+            ),
         ),
     );
     fake_wall_clock(&mut alerter, library, &clock_file);
@@ -321,24 +321,7 @@ async fn queue_stale_after_a_jump(library: &Path, offset: &str) -> Option<Durati
     let mut alerter = Service::new(
         dir,
         "alerter",
-        &format!(
-            r##"data_dir = "{data}"
-[slack]
-api_base_url = "{slack}"
-bot_token = "xoxb-faults"
-channel = "#ghost"
-pacing = "0s"
-[alerts]
-group_wait = "0s"
-tick = "100ms"
-[server]
-grpc_listen = "127.0.0.1:{alerter_port}"
-http_listen = "127.0.0.1:0"
-drain_grace = "0s"
-"##,
-            data = dir.join("alerter").display(),
-            slack = slack.base_url()
-        ),
+        &alerter_toml(dir, &slack.base_url(), alerter_port, ""),
     );
     let mut router = Service::new(
         dir,

@@ -4,16 +4,49 @@
 //! patch still completes exactly once. And a slow path (200 ms each way between the executor
 //! and the router) that must not be mistaken for a dead one.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use ghost_proto::router::v1::router_service_client::RouterServiceClient;
 use ghost_proto::summarizer::v1::GetRequest as SummaryRequest;
 use ghost_proto::summarizer::v1::summarizer_service_client::SummarizerServiceClient;
-use tonic::transport::Endpoint;
+use tonic::transport::{Channel, Endpoint};
 
 use crate::system::{
     BlackHole, Relay, Service, append_patch, assert_each_once, executor_toml, free_port,
-    router_client, router_toml, submit, succeeded, summarizer_toml, workspace,
+    router_client, router_toml, submit, succeeded, summarizer_and_router, summarizer_toml,
+    workspace,
 };
+
+/// The summarizer, the router and an executor that reaches the router through a [`Relay`]
+/// (which counts its connections), all started; fields drop (and the services die) in order.
+struct BehindARelay {
+    client: RouterServiceClient<Channel>,
+    _executor: Service,
+    relay: Relay,
+    router: Service,
+    _summarizer: Service,
+}
+
+async fn behind_a_relay(dir: &Path, ws: &Path) -> BehindARelay {
+    let (mut summarizer, mut router, router_port) = summarizer_and_router(dir);
+    let relay = Relay::start(([127, 0, 0, 1], router_port).into()).await;
+    let mut executor = Service::new(
+        dir,
+        "executor",
+        &executor_toml(dir, &format!("http://{}", relay.addr), ws),
+    );
+    summarizer.start();
+    router.start();
+    executor.start();
+    BehindARelay {
+        client: router_client(&format!("http://127.0.0.1:{router_port}")),
+        _executor: executor,
+        relay,
+        router,
+        _summarizer: summarizer,
+    }
+}
 
 /// A generous upper bound on noticing a silent peer (the default bound is 10 s).
 const BOUND: Duration = Duration::from_secs(30);
@@ -62,55 +95,33 @@ async fn a_router_under_sigstop_is_noticed_by_its_executor_and_every_patch_compl
     let scratch = tempfile::tempdir().expect("tempdir");
     let dir = scratch.path();
     let ws = workspace(dir);
-    let (router_port, summarizer_port) = (free_port(), free_port());
-    let router_url = format!("http://127.0.0.1:{router_port}");
-    let mut summarizer = Service::new(dir, "summarizer", &summarizer_toml(dir, summarizer_port));
-    let mut router = Service::new(
-        dir,
-        "router",
-        &router_toml(
-            dir,
-            router_port,
-            &format!("http://127.0.0.1:{summarizer_port}"),
-        ),
-    );
-    // The executor reaches the router through a relay that counts its connections.
-    let relay = Relay::start(([127, 0, 0, 1], router_port).into()).await;
-    let mut executor = Service::new(
-        dir,
-        "executor",
-        &executor_toml(dir, &format!("http://{}", relay.addr), &ws),
-    );
-    summarizer.start();
-    router.start();
-    executor.start();
-    let mut client = router_client(&router_url);
+    let mut system = behind_a_relay(dir, &ws).await;
     let mut ids = Vec::new();
     for n in 0..3 {
         let id = format!("before-{n}");
-        submit(&mut client, append_patch(&id, &[])).await;
-        succeeded(&mut client, &id, Duration::from_secs(60)).await;
+        submit(&mut system.client, append_patch(&id, &[])).await;
+        succeeded(&mut system.client, &id, Duration::from_secs(60)).await;
         ids.push(id);
     }
 
-    let before = relay.count();
-    router.stop();
+    let before = system.relay.count();
+    system.router.stop();
     let detected = until_more(
-        || relay.count(),
+        || system.relay.count(),
         before,
         "the executor noticing the stopped router and dialling again",
     )
     .await;
     eprintln!("SIGSTOP'd router: its executor noticed and dialled again after {detected:?}");
-    router.resume();
+    system.router.resume();
 
     for n in 0..3 {
         let id = format!("after-{n}");
-        submit(&mut client, append_patch(&id, &[])).await;
+        submit(&mut system.client, append_patch(&id, &[])).await;
         ids.push(id);
     }
     for id in &ids {
-        succeeded(&mut client, id, Duration::from_secs(60)).await;
+        succeeded(&mut system.client, id, Duration::from_secs(60)).await;
     }
     assert_each_once(&ws, &ids);
     assert!(detected <= BOUND, "{detected:?}");
@@ -211,60 +222,39 @@ async fn a_slow_path_between_executor_and_router_keeps_its_session_and_every_pat
     let scratch = tempfile::tempdir().expect("tempdir");
     let dir = scratch.path();
     let ws = workspace(dir);
-    let (router_port, summarizer_port) = (free_port(), free_port());
-    let router_url = format!("http://127.0.0.1:{router_port}");
-    let mut summarizer = Service::new(dir, "summarizer", &summarizer_toml(dir, summarizer_port));
-    let mut router = Service::new(
-        dir,
-        "router",
-        &router_toml(
-            dir,
-            router_port,
-            &format!("http://127.0.0.1:{summarizer_port}"),
-        ),
-    );
-    let relay = Relay::start(([127, 0, 0, 1], router_port).into()).await;
-    let mut executor = Service::new(
-        dir,
-        "executor",
-        &executor_toml(dir, &format!("http://{}", relay.addr), &ws),
-    );
-    summarizer.start();
-    router.start();
-    executor.start();
-    let mut client = router_client(&router_url);
+    let mut system = behind_a_relay(dir, &ws).await;
     let mut ids = vec!["warm".to_owned()];
-    submit(&mut client, append_patch("warm", &[])).await;
-    succeeded(&mut client, "warm", Duration::from_secs(60)).await;
+    submit(&mut system.client, append_patch("warm", &[])).await;
+    succeeded(&mut system.client, "warm", Duration::from_secs(60)).await;
 
     // 200 ms added to every chunk, either way, for longer than the keep-alive's PING
     // timeout (5 s): a slow path is not a dead one, so the session stays.
-    let sessions = relay.count();
-    relay.delay(DELAY);
+    let sessions = system.relay.count();
+    system.relay.delay(DELAY);
     let started = Instant::now();
     for n in 0..8 {
         let id = format!("slow-{n}");
-        submit(&mut client, append_patch(&id, &[])).await;
+        submit(&mut system.client, append_patch(&id, &[])).await;
         ids.push(id);
     }
     for id in &ids {
-        succeeded(&mut client, id, Duration::from_secs(90)).await;
+        succeeded(&mut system.client, id, Duration::from_secs(90)).await;
     }
     let elapsed = started.elapsed();
-    relay.delay(Duration::ZERO);
+    system.relay.delay(Duration::ZERO);
     eprintln!(
         "slow path ({DELAY:?} each way) between executor and router: 8 patches ended in {elapsed:?}, \
          {} new session(s)",
-        relay.count() - sessions
+        system.relay.count() - sessions
     );
     assert_each_once(&ws, &ids);
     let log = std::fs::read_to_string(ws.join("log.txt")).expect("log.txt");
     let applied: Vec<&str> = log.lines().filter(|line| *line != "END").collect();
     assert_eq!(applied, ids, "FIFO: applied in submission order");
     assert_eq!(
-        relay.count(),
+        system.relay.count(),
         sessions,
         "the executor dropped its session over a slow (not dead) path"
     );
-    drop((executor, router, summarizer));
+    drop(system);
 }

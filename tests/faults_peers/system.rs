@@ -148,6 +148,23 @@ drain_grace = "0s"
     )
 }
 
+/// A summarizer and a router that sends it outcomes, each on a free port, neither started yet;
+/// with the router's gRPC port.
+pub fn summarizer_and_router(dir: &Path) -> (Service, Service, u16) {
+    let (router_port, summarizer_port) = (free_port(), free_port());
+    let summarizer = Service::new(dir, "summarizer", &summarizer_toml(dir, summarizer_port));
+    let router = Service::new(
+        dir,
+        "router",
+        &router_toml(
+            dir,
+            router_port,
+            &format!("http://127.0.0.1:{summarizer_port}"),
+        ),
+    );
+    (summarizer, router, router_port)
+}
+
 /// An executor serving target MAIN in `workspace` (commands allowed: patches may `sleep`).
 pub fn executor_toml(dir: &Path, router_url: &str, workspace: &Path) -> String {
     format!(

@@ -306,12 +306,7 @@ impl Commands {
             .into_inner()
             .state
             .unwrap_or_default();
-        let text = format!(
-            "🔁 retry of `{}` requested by <@{}>",
-            escape(id),
-            escape(user_id)
-        );
-        self.patches.note(id, &text).await?;
+        self.note_request(id, "🔁 retry", user_id).await?;
         Ok(format!(
             "🔁 `{}` is {} again (attempt {} next)",
             escape(id),
@@ -334,17 +329,23 @@ impl Commands {
             .into_inner()
             .state
             .unwrap_or_default();
-        let text = format!(
-            "🛑 cancel of `{}` requested by <@{}>",
-            escape(id),
-            escape(user_id)
-        );
-        self.patches.note(id, &text).await?;
+        self.note_request(id, "🛑 cancel", user_id).await?;
         Ok(format!(
             "🛑 `{}` is {}",
             escape(id),
             status_name(state.status)
         ))
+    }
+
+    /// Notes in the thread of patch `id` that `user_id` asked for `what` (an emoji and a verb).
+    async fn note_request(&self, id: &str, what: &str, user_id: &str) -> Result<(), VerbError> {
+        let text = format!(
+            "{what} of `{}` requested by <@{}>",
+            escape(id),
+            escape(user_id)
+        );
+        self.patches.note(id, &text).await?;
+        Ok(())
     }
 
     async fn pause(&self, target: &str, actor: String) -> Result<String, VerbError> {

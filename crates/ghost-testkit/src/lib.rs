@@ -3,14 +3,18 @@
 //! Service API tests (`crates/<svc>/tests/api/`) and the cross-service tests in `tests/` start
 //! these on `127.0.0.1:0`, point a real service at them and assert on what they recorded.
 //! [`FakeSlack`] speaks Slack's Web API (`chat.postMessage`, `chat.update`), incoming webhooks
-//! and `response_url`, and can be scripted
-//! to rate-limit or fail; [`OtlpReceiver`] is a real OTLP/gRPC trace collector;
+//! and `response_url`, and can be scripted to rate-limit or fail; [`RecordingAlerter`] records
+//! the alert changes a service raises; [`OtlpReceiver`] is a real OTLP/gRPC trace collector;
 //! [`WebhookReceiver`] checks Standard Webhooks with the real `standardwebhooks` package;
 //! [`disk`] makes real disk faults (a full tmpfs, the `LD_PRELOAD` fault shim); [`postgres`]
-//! starts a real PostgreSQL (`initdb`, `pg_ctl`) on a free loopback port. This
-//! crate is a dev-dependency only; nothing in production links it.
+//! starts a real PostgreSQL (`initdb`, `pg_ctl`) on a free loopback port; [`grpc`] serves a
+//! stand-in for another service and [`http`] probes a service's routes. This crate is a
+//! dev-dependency only; nothing in production links it.
 
+mod alerter;
 pub mod disk;
+pub mod grpc;
+pub mod http;
 mod otlp;
 pub mod pki;
 pub mod postgres;
@@ -18,6 +22,7 @@ mod python;
 mod slack;
 mod webhooks;
 
+pub use alerter::{ReceivedAlert, RecordingAlerter};
 pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use python::{python, repo_root};
 pub use slack::{

@@ -3,6 +3,7 @@
 //! operations port answers nothing else.
 
 use alerter::App;
+use ghost_testkit::http::{assert_ops_routes_on_ops_port_alone, status};
 
 use crate::helpers::{command_body, config, now_secs, post_signed};
 
@@ -18,31 +19,8 @@ async fn the_operations_routes_answer_on_the_ops_port_alone() {
         let _ = stopped.await;
     }));
     let client = reqwest::Client::new();
-    let status = |url: String| {
-        let client = client.clone();
-        async move {
-            client
-                .get(&url)
-                .send()
-                .await
-                .unwrap_or_else(|err| panic!("GET {url}: {err}"))
-                .status()
-                .as_u16()
-        }
-    };
 
-    for route in ["/healthz", "/readyz", "/metrics"] {
-        assert_eq!(
-            status(format!("http://{ops}{route}")).await,
-            200,
-            "{route} on ops"
-        );
-        assert_eq!(
-            status(format!("http://{public}{route}")).await,
-            404,
-            "{route} on the public port"
-        );
-    }
+    assert_ops_routes_on_ops_port_alone(&client, ops, public).await;
 
     // `/slack/*` is routed on the public port: an unsigned request is refused there (401),
     // a signed one answered; the ops port does not know it.
@@ -73,7 +51,7 @@ async fn the_operations_routes_answer_on_the_ops_port_alone() {
     assert_eq!(code, 200, "a signed command on the public port: {answer}");
     for path in ["/", "/slack", "/v1/alerts", "/openapi.json", "/readyz/x"] {
         assert_eq!(
-            status(format!("http://{ops}{path}")).await,
+            status(&client, format!("http://{ops}{path}")).await,
             404,
             "{path} on ops"
         );

@@ -13,16 +13,14 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ghost_proto::alerter::v1::alerter_service_server::{AlerterService, AlerterServiceServer};
-use ghost_proto::alerter::v1::{AlertRequest, AlertResponse, NotifyRequest, NotifyResponse};
 use ghost_proto::router::v1::router_service_client::RouterServiceClient;
 use ghost_proto::router::v1::{
     Edit, GetRequest, Patch, PatchState, PatchStatus, Priority, ReplaceText, SubmitRequest, edit,
 };
 use ghost_runtime::config::{Secret, ServerConfig};
+use ghost_testkit::RecordingAlerter;
 use ghost_testkit::disk::{self, Tmpfs, build_disk_fault_shim, fill, within};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
@@ -35,50 +33,6 @@ const RECOVERY_BOUND: Duration = Duration::from_secs(10);
 const SETTLE_BOUND: Duration = Duration::from_secs(30);
 /// Patches per phase (before, during, after).
 const PER_PHASE: usize = 3;
-
-/// An alert change the router sent.
-#[derive(Debug, Clone)]
-struct Received {
-    key: String,
-    resolved: bool,
-}
-
-#[derive(Clone, Default)]
-pub(crate) struct Recorder {
-    alerts: Arc<Mutex<Vec<Received>>>,
-}
-
-#[tonic::async_trait]
-impl AlerterService for Recorder {
-    async fn notify(
-        &self,
-        _request: tonic::Request<NotifyRequest>,
-    ) -> Result<tonic::Response<NotifyResponse>, tonic::Status> {
-        Ok(tonic::Response::new(NotifyResponse { accepted: true }))
-    }
-
-    async fn alert(
-        &self,
-        request: tonic::Request<AlertRequest>,
-    ) -> Result<tonic::Response<AlertResponse>, tonic::Status> {
-        let request = request.into_inner();
-        self.alerts.lock().unwrap().push(Received {
-            key: request.key,
-            resolved: request.resolved,
-        });
-        Ok(tonic::Response::new(AlertResponse { accepted: true }))
-    }
-}
-
-impl Recorder {
-    pub(crate) fn has(&self, key: &str, resolved: bool) -> bool {
-        self.alerts
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|alert| alert.key == key && alert.resolved == resolved)
-    }
-}
 
 pub(crate) fn reserve_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -93,31 +47,16 @@ pub(crate) fn reserve_port() -> u16 {
 pub(crate) struct RouterSide {
     pub addr: std::net::SocketAddr,
     pub client: RouterServiceClient<Channel>,
-    pub alerts: Recorder,
+    pub alerts: RecordingAlerter,
     _router_stop: oneshot::Sender<()>,
-    _alerter_stop: oneshot::Sender<()>,
 }
 
 /// The token the router of these tests accepts from executors.
 pub(crate) const TOKEN: &str = "storage-test-token";
 
 pub(crate) async fn start_router(scratch: &Path, lease_timeout: Duration) -> RouterSide {
-    let alerts = Recorder::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let alerter_url = format!("http://{}", listener.local_addr().unwrap());
-    let (alerter_stop, stopped) = oneshot::channel::<()>();
-    let routes = tonic::service::Routes::new(AlerterServiceServer::new(alerts.clone()));
-    tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder()
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                async {
-                    let _ = stopped.await;
-                },
-            )
-            .await;
-    });
+    let alerts = RecordingAlerter::start().await;
+    let alerter_url = alerts.url.clone();
     let app = router::App::build(router::RouterConfig {
         server: ServerConfig::ephemeral(),
         data_dir: scratch.join("router"),
@@ -147,7 +86,6 @@ pub(crate) async fn start_router(scratch: &Path, lease_timeout: Duration) -> Rou
         client,
         alerts,
         _router_stop: router_stop,
-        _alerter_stop: alerter_stop,
     }
 }
 
@@ -227,12 +165,11 @@ pub(crate) fn appending(id: &str) -> Patch {
 /// The router side and one executor binary.
 struct Rig {
     client: RouterServiceClient<Channel>,
-    alerts: Recorder,
     executor_http: String,
     workspace: PathBuf,
     log: PathBuf,
     _executor: tokio::process::Child,
-    _router: RouterSide,
+    router: RouterSide,
 }
 
 impl Rig {
@@ -249,12 +186,11 @@ impl Rig {
         assert!(ready(&executor_http).await, "the executor never got ready");
         Self {
             client: router.client.clone(),
-            alerts: router.alerts.clone(),
             executor_http,
             workspace,
             log,
             _executor: executor,
-            _router: router,
+            router,
         }
     }
 
@@ -389,7 +325,7 @@ async fn scenario(
     // The executor left: the router requeued the lease and raised the alert that does not
     // need the executor's disk.
     let lost = within(Duration::from_secs(10), || async {
-        rig.alerts.has("executor_lost/MAIN", false)
+        rig.router.alerts.has("executor_lost/MAIN", false)
     })
     .await;
     assert!(lost.is_some(), "{name}: no executor_lost/MAIN alert");
@@ -468,7 +404,7 @@ async fn scenario(
         "{name}: journals_unclosed is not 0:\n{metrics}"
     );
     let resolved = within(Duration::from_secs(10), || async {
-        rig.alerts.has("executor_lost/MAIN", true)
+        rig.router.alerts.has("executor_lost/MAIN", true)
     })
     .await;
     assert!(

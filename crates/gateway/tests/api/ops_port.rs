@@ -4,18 +4,18 @@
 
 use std::net::SocketAddr;
 
-use crate::helpers::{KEY, config, spawn, spawn_router};
+use ghost_testkit::http::{OPS_ROUTES, assert_ops_routes_on_ops_port_alone, status};
 
-const OPS_ROUTES: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+use crate::helpers::{KEY, Running, config, spawn, spawn_router};
 
-async fn status(client: &reqwest::Client, url: String) -> u16 {
-    client
-        .get(&url)
-        .send()
+/// Runs the built gateway until the returned handle is dropped.
+fn run(app: gateway::App) -> Running {
+    spawn(app.grpc_addr(), app.http_addr(), |stopped| async move {
+        app.run(async {
+            let _ = stopped.await;
+        })
         .await
-        .unwrap_or_else(|err| panic!("GET {url}: {err}"))
-        .status()
-        .as_u16()
+    })
 }
 
 #[tokio::test]
@@ -29,26 +29,10 @@ async fn the_operations_routes_answer_on_the_ops_port_alone() {
         .expect("gateway builds");
     let (public, ops) = (app.http_addr(), app.ops_addr());
     assert_ne!(public, ops, "two listeners");
-    let _gateway = spawn(app.grpc_addr(), public, |stopped| async move {
-        app.run(async {
-            let _ = stopped.await;
-        })
-        .await
-    });
+    let _gateway = run(app);
     let client = reqwest::Client::new();
 
-    for route in OPS_ROUTES {
-        assert_eq!(
-            status(&client, format!("http://{ops}{route}")).await,
-            200,
-            "{route} on the ops port"
-        );
-        assert_eq!(
-            status(&client, format!("http://{public}{route}")).await,
-            404,
-            "{route} on the public port"
-        );
-    }
+    assert_ops_routes_on_ops_port_alone(&client, ops, public).await;
     let metrics = client
         .get(format!("http://{ops}/metrics"))
         .send()
@@ -136,12 +120,7 @@ async fn without_ops_listen_the_probes_share_the_public_port() {
         .expect("gateway builds");
     let public = app.http_addr();
     assert_eq!(app.ops_addr(), public);
-    let _gateway = spawn(app.grpc_addr(), public, |stopped| async move {
-        app.run(async {
-            let _ = stopped.await;
-        })
-        .await
-    });
+    let _gateway = run(app);
     let client = reqwest::Client::new();
     for route in OPS_ROUTES {
         assert_eq!(

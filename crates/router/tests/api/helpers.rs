@@ -2,11 +2,10 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ghost_proto::alerter::v1::alerter_service_server::{AlerterService, AlerterServiceServer};
-use ghost_proto::alerter::v1::{AlertRequest, AlertResponse, NotifyRequest, NotifyResponse};
 use ghost_proto::executor::v1::{
     Assign, Cancel, ExecutorMessage, Heartbeat, Hello, Result as WorkResult, RouterMessage,
     Workspace, executor_message, router_message,
@@ -16,9 +15,17 @@ use ghost_proto::router::v1::{
     ApplyReport, CancelRequest, Edit, Patch, PatchState, PatchStatus, Priority, SubmitRequest,
     WriteFile, edit,
 };
+use ghost_proto::summarizer::v1::summarizer_service_server::{
+    SummarizerService, SummarizerServiceServer,
+};
+use ghost_proto::summarizer::v1::{
+    GetRequest, GetResponse, ListRequest, ListResponse, RecordRequest, RecordResponse,
+};
 use ghost_runtime::config::ServerConfig;
+pub use ghost_testkit::RecordingAlerter;
+use ghost_testkit::grpc::serve_routes;
 use router::{App, RouterConfig};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 use tonic::transport::Channel;
@@ -347,121 +354,114 @@ impl TestExecutor {
     }
 }
 
-/// An alert change as the recording alerter received it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Received {
-    pub key: String,
-    pub resolved: bool,
-    pub labels: HashMap<String, String>,
+/// The router's `/metrics` page at `http`.
+pub async fn metrics_text(http: std::net::SocketAddr) -> String {
+    reqwest::get(format!("http://{http}/metrics"))
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("metrics text")
 }
 
-#[derive(Clone, Default)]
-struct Recorder {
-    alerts: Arc<Mutex<Vec<Received>>>,
-    arrived: Arc<Notify>,
+/// What an outcome passed on: notify, priority, key name.
+pub type Told = (String, String, String);
+
+/// A stand-in summarizer that takes `delay` over every record and notes how many were in flight, holds
+/// the record of `held` until `gate` lets it through, and counts the calls per patch as they
+/// arrive (a second call while the first is out would be a duplicate delivery).
+#[derive(Clone)]
+pub struct TestSummarizer {
+    pub delay: Duration,
+    pub held: &'static str,
+    pub gate: Arc<tokio::sync::Semaphore>,
+    pub in_flight: Arc<AtomicUsize>,
+    pub most_in_flight: Arc<AtomicUsize>,
+    pub calls: Arc<Mutex<HashMap<String, u32>>>,
+    pub recorded: Arc<Mutex<HashMap<(String, u32), u32>>>,
+    /// `notify` and `priority` of each recorded outcome, by patch.
+    pub told: Arc<Mutex<HashMap<String, Told>>>,
+}
+
+impl TestSummarizer {
+    pub fn new(delay: Duration, held: &'static str) -> Self {
+        Self {
+            delay,
+            held,
+            gate: Arc::new(tokio::sync::Semaphore::new(0)),
+            in_flight: Arc::default(),
+            most_in_flight: Arc::default(),
+            calls: Arc::default(),
+            recorded: Arc::default(),
+            told: Arc::default(),
+        }
+    }
+
+    pub fn was_recorded(&self, id: &str) -> bool {
+        self.recorded
+            .lock()
+            .unwrap()
+            .keys()
+            .any(|(patch, _)| patch == id)
+    }
+
+    /// Serves it on `listener` until the returned sender is dropped.
+    pub fn serve(&self, listener: tokio::net::TcpListener) -> oneshot::Sender<()> {
+        serve_routes(
+            tonic::service::Routes::new(SummarizerServiceServer::new(self.clone())),
+            listener,
+        )
+    }
 }
 
 #[tonic::async_trait]
-impl AlerterService for Recorder {
-    async fn notify(
+impl SummarizerService for TestSummarizer {
+    async fn record(
         &self,
-        _request: tonic::Request<NotifyRequest>,
-    ) -> Result<tonic::Response<NotifyResponse>, tonic::Status> {
-        Ok(tonic::Response::new(NotifyResponse { accepted: true }))
-    }
-
-    async fn alert(
-        &self,
-        request: tonic::Request<AlertRequest>,
-    ) -> Result<tonic::Response<AlertResponse>, tonic::Status> {
-        let request = request.into_inner();
-        self.alerts.lock().unwrap().push(Received {
-            key: request.key,
-            resolved: request.resolved,
-            labels: request.labels,
-        });
-        self.arrived.notify_waiters();
-        Ok(tonic::Response::new(AlertResponse { accepted: true }))
-    }
-}
-
-/// Serves `routes` (a stand-in for another service) on `listener` until the returned sender
-/// is dropped.
-pub fn serve_routes(
-    routes: tonic::service::Routes,
-    listener: tokio::net::TcpListener,
-) -> oneshot::Sender<()> {
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                async {
-                    let _ = stopped.await;
-                },
-            )
-            .await
-            .unwrap();
-    });
-    stop
-}
-
-/// A gRPC server speaking `AlerterService` that records every alert change; the alerter
-/// itself has its own tests, this one checks what the router sends.
-pub struct RecordingAlerter {
-    pub url: String,
-    recorder: Recorder,
-    _stop: oneshot::Sender<()>,
-}
-
-impl RecordingAlerter {
-    pub async fn start() -> Self {
-        Self::start_on(0).await
-    }
-
-    /// Starts on a given loopback port (0: any free one).
-    pub async fn start_on(port: u16) -> Self {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let recorder = Recorder::default();
-        let stop = serve_routes(
-            tonic::service::Routes::new(AlerterServiceServer::new(recorder.clone())),
-            listener,
+        request: tonic::Request<RecordRequest>,
+    ) -> Result<tonic::Response<RecordResponse>, tonic::Status> {
+        let outcome = request.into_inner().outcome.unwrap_or_default();
+        *self
+            .calls
+            .lock()
+            .unwrap()
+            .entry(outcome.patch_id.clone())
+            .or_default() += 1;
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_in_flight.fetch_max(now, Ordering::SeqCst);
+        if outcome.patch_id == self.held {
+            let _pass = self.gate.acquire().await.expect("gate open");
+        }
+        tokio::time::sleep(self.delay).await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.told.lock().unwrap().insert(
+            outcome.patch_id.clone(),
+            (
+                outcome.notify.clone(),
+                outcome.priority.clone(),
+                outcome.key_name.clone(),
+            ),
         );
-        Self {
-            url,
-            recorder,
-            _stop: stop,
-        }
+        *self
+            .recorded
+            .lock()
+            .unwrap()
+            .entry((outcome.patch_id, outcome.attempt))
+            .or_default() += 1;
+        Ok(tonic::Response::new(RecordResponse { created: true }))
     }
 
-    /// Every alert change so far, in arrival order.
-    pub fn received(&self) -> Vec<Received> {
-        self.recorder.alerts.lock().unwrap().clone()
+    async fn get(
+        &self,
+        _request: tonic::Request<GetRequest>,
+    ) -> Result<tonic::Response<GetResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this test"))
     }
 
-    /// Waits until a change of `key` with `resolved` arrived.
-    pub async fn wait_for(&self, key: &str, resolved: bool) -> Received {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let arrived = self.recorder.arrived.notified();
-            if let Some(found) = self
-                .received()
-                .into_iter()
-                .find(|alert| alert.key == key && alert.resolved == resolved)
-            {
-                return found;
-            }
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            assert!(
-                !left.is_zero(),
-                "alert {key} (resolved={resolved}) never arrived; got {:?}",
-                self.received()
-            );
-            let _ = tokio::time::timeout(left.min(Duration::from_millis(100)), arrived).await;
-        }
+    async fn list(
+        &self,
+        _request: tonic::Request<ListRequest>,
+    ) -> Result<tonic::Response<ListResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this test"))
     }
 }

@@ -5,16 +5,11 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use crate::helpers::{PATIENCE, TestExecutor, config, patch, spawn_router, submit};
+use crate::helpers::{PATIENCE, TestExecutor, config, metrics_text, patch, spawn_router, submit};
 
 /// Every series of the router's `/metrics`: name and labels, without the value.
 async fn series(http: std::net::SocketAddr) -> (BTreeSet<String>, String) {
-    let text = reqwest::get(format!("http://{http}/metrics"))
-        .await
-        .expect("metrics answer")
-        .text()
-        .await
-        .expect("metrics text");
+    let text = metrics_text(http).await;
     let series = text
         .lines()
         .filter(|line| !line.starts_with('#') && !line.trim().is_empty())

@@ -4,51 +4,11 @@
 
 use std::time::Duration;
 
-use ghost_proto::summarizer::v1::summarizer_service_server::{
-    SummarizerService, SummarizerServiceServer,
-};
-use ghost_proto::summarizer::v1::{
-    GetRequest, GetResponse, ListRequest, ListResponse, RecordRequest, RecordResponse,
-};
-
-use crate::helpers::{cancel, config, patch, serve_routes, spawn_router, submit};
-
-/// A summarizer that takes every outcome.
-#[derive(Clone)]
-struct Accepting;
-
-#[tonic::async_trait]
-impl SummarizerService for Accepting {
-    async fn record(
-        &self,
-        _request: tonic::Request<RecordRequest>,
-    ) -> Result<tonic::Response<RecordResponse>, tonic::Status> {
-        Ok(tonic::Response::new(RecordResponse { created: true }))
-    }
-
-    async fn get(
-        &self,
-        _request: tonic::Request<GetRequest>,
-    ) -> Result<tonic::Response<GetResponse>, tonic::Status> {
-        Err(tonic::Status::unimplemented("not in this test"))
-    }
-
-    async fn list(
-        &self,
-        _request: tonic::Request<ListRequest>,
-    ) -> Result<tonic::Response<ListResponse>, tonic::Status> {
-        Err(tonic::Status::unimplemented("not in this test"))
-    }
-}
+use crate::helpers::{TestSummarizer, cancel, config, metrics_text, patch, spawn_router, submit};
 
 /// The value of `name{outbox="<outbox>"}` in the router's `/metrics`, if present.
 async fn gauge(http: std::net::SocketAddr, name: &str, outbox: &str) -> Option<f64> {
-    let text = reqwest::get(format!("http://{http}/metrics"))
-        .await
-        .expect("metrics answer")
-        .text()
-        .await
-        .expect("metrics text");
+    let text = metrics_text(http).await;
     let label = format!("outbox=\"{outbox}\"");
     text.lines()
         .filter(|line| line.starts_with(&format!("{name}{{")) && line.contains(&label))
@@ -111,10 +71,7 @@ async fn an_outcome_the_summarizer_cannot_take_ages_in_the_outbox_gauge_until_de
 
     // The summarizer comes up: the retry (backoff up to 8 s by now) delivers it.
     let listener = tokio::net::TcpListener::bind(address).await.unwrap();
-    let _stop = serve_routes(
-        tonic::service::Routes::new(SummarizerServiceServer::new(Accepting)),
-        listener,
-    );
+    let _stop = TestSummarizer::new(Duration::ZERO, "").serve(listener);
     gauge_until(router.http, age, "outcomes", Duration::from_secs(30), |v| {
         v == 0.0
     })
