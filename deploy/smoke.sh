@@ -267,7 +267,14 @@ ENV
 # docker-compose.yml; this run publishes it on 127.0.0.1 to read every service's /metrics.
 ops_port() { # service
   local i
-  for i in "${!SERVICES[@]}"; do [[ ${SERVICES[$i]} == "$1" ]] && echo $((PORT_BASE + 20 + i)); done
+  for i in "${!SERVICES[@]}"; do
+    if [[ ${SERVICES[$i]} == "$1" ]]; then
+      echo $((PORT_BASE + 20 + i))
+      return 0
+    fi
+  done
+  echo "ops_port: unknown service $1" >&2
+  return 1
 }
 {
   echo "services:"
