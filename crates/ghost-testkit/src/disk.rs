@@ -160,6 +160,45 @@ pub async fn grpc_health_settles(
     }
 }
 
+/// Starts the service binary `binary` with the config file `config` under the disk-fault shim
+/// `shim` (faults on files below `data`, switched by the word in `control`), its output in
+/// `log`, and waits up to 30 s for its `/readyz` at `http` (e.g. `http://127.0.0.1:8081`) to
+/// answer 200. The child is killed when dropped.
+pub async fn spawn_under_shim(
+    binary: &Path,
+    config: &Path,
+    shim: &Path,
+    data: &Path,
+    control: &Path,
+    log: &Path,
+    http: &str,
+) -> tokio::process::Child {
+    let log_file = std::fs::File::create(log).expect("the log file");
+    let child = tokio::process::Command::new(binary)
+        .env("GHOST_CONFIG", config)
+        .env("RUST_LOG", "info")
+        .env("LD_PRELOAD", shim)
+        .env("GHOST_FAULT_DIR", data)
+        .env("GHOST_FAULT_CONTROL", control)
+        .stdin(std::process::Stdio::null())
+        .stdout(log_file.try_clone().expect("the log file"))
+        .stderr(log_file)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the service starts");
+    let started = within(std::time::Duration::from_secs(30), || async {
+        matches!(reqwest::get(format!("{http}/readyz")).await, Ok(r) if r.status().as_u16() == 200)
+    })
+    .await;
+    assert!(
+        started.is_some(),
+        "{} did not become ready (log in {})",
+        binary.display(),
+        log.display()
+    );
+    child
+}
+
 /// Polls `check` every 50 ms until it holds or `bound` passed; how long it took, or `None`.
 pub async fn within<F, Fut>(bound: std::time::Duration, mut check: F) -> Option<std::time::Duration>
 where

@@ -246,35 +246,18 @@ async fn eio_and_failing_fsync_degrade_the_alerter_binary_which_posts_directly_a
         ),
     )
     .unwrap();
-    let log = std::fs::File::create(scratch.path().join("alerter.log")).unwrap();
-    let _child = tokio::process::Command::new(env!("CARGO_BIN_EXE_alerter"))
-        .env("GHOST_CONFIG", &config)
-        .env("RUST_LOG", "info")
-        .env("LD_PRELOAD", &shim)
-        .env("GHOST_FAULT_DIR", &data)
-        .env("GHOST_FAULT_CONTROL", &control)
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the alerter starts");
     let base = format!("http://127.0.0.1:{http}");
-    let ready = || async {
-        match reqwest::get(format!("{base}/readyz")).await {
-            Ok(response) => (
-                response.status().as_u16(),
-                response.text().await.unwrap_or_default(),
-            ),
-            Err(_) => (0, String::new()),
-        }
-    };
-    let started = within(Duration::from_secs(30), || async { ready().await.0 == 200 }).await;
-    assert!(
-        started.is_some(),
-        "the alerter did not start (log in {})",
-        scratch.path().display()
-    );
+    let _child = disk::spawn_under_shim(
+        std::path::Path::new(env!("CARGO_BIN_EXE_alerter")),
+        &config,
+        &shim,
+        &data,
+        &control,
+        &scratch.path().join("alerter.log"),
+        &base,
+    )
+    .await;
+    let ready = || disk::readyz(&base);
     let grpc_url = format!("http://127.0.0.1:{grpc}");
     let mut client =
         ghost_proto::alerter::v1::alerter_service_client::AlerterServiceClient::connect(

@@ -176,35 +176,18 @@ async fn eio_and_failing_fsync_degrade_the_summarizer_binary_and_it_heals_when_t
         ),
     )
     .unwrap();
-    let log = std::fs::File::create(scratch.path().join("summarizer.log")).unwrap();
-    let _child = tokio::process::Command::new(env!("CARGO_BIN_EXE_summarizer"))
-        .env("GHOST_CONFIG", &config)
-        .env("RUST_LOG", "info")
-        .env("LD_PRELOAD", &shim)
-        .env("GHOST_FAULT_DIR", &data)
-        .env("GHOST_FAULT_CONTROL", &control)
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the summarizer starts");
     let base = format!("http://{http}");
-    let ready = || async {
-        match reqwest::get(format!("{base}/readyz")).await {
-            Ok(response) => (
-                response.status().as_u16(),
-                response.text().await.unwrap_or_default(),
-            ),
-            Err(_) => (0, String::new()),
-        }
-    };
-    let started = within(Duration::from_secs(30), || async { ready().await.0 == 200 }).await;
-    assert!(
-        started.is_some(),
-        "the summarizer did not start (log in {})",
-        scratch.path().display()
-    );
+    let _child = disk::spawn_under_shim(
+        std::path::Path::new(env!("CARGO_BIN_EXE_summarizer")),
+        &config,
+        &shim,
+        &data,
+        &control,
+        &scratch.path().join("summarizer.log"),
+        &base,
+    )
+    .await;
+    let ready = || disk::readyz(&base);
     let mut client =
         ghost_proto::summarizer::v1::summarizer_service_client::SummarizerServiceClient::connect(
             format!("http://{grpc}"),
