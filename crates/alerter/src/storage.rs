@@ -40,10 +40,10 @@ const MAX_PROBE_WAIT: Duration = Duration::from_secs(1);
 pub fn message(fault: Option<&Fault>) -> String {
     match fault {
         Some(fault) => format!(
-            ":rotating_light: *{ALERT_KEY}* (critical): the alerter's disk {}. Alerts and patch \
-             notifications are refused until it heals; the services keep them and retry, so \
-             they arrive late, not lost. Sent directly: this alert is not stored.",
-            fault.kind.describe()
+            ":rotating_light: *{ALERT_KEY}* (critical): {}. Alerts and patch notifications are \
+             refused until it heals; the services keep them and retry, so they arrive late, not \
+             lost. Sent directly: this alert is not stored.",
+            fault.kind.sentence("alerter")
         ),
         None => format!(
             ":white_check_mark: *{ALERT_KEY}* resolved: the alerter's disk accepts writes \

@@ -359,11 +359,7 @@ impl Store {
         result.map_err(|err| match storage_fault(&err) {
             Some(kind) => {
                 self.health.fault(kind, err.to_string());
-                StoreError::Unavailable(format!(
-                    "the {}'s disk {}",
-                    crate::SERVICE,
-                    kind.describe()
-                ))
+                StoreError::Unavailable(kind.sentence(crate::SERVICE))
             }
             None => err,
         })

@@ -41,6 +41,8 @@ pub enum FaultKind {
     Fsync,
     /// A write or flush has not returned for longer than the service allows.
     Stall,
+    /// The database server (PostgreSQL) does not answer: down, restarting, or out of reach.
+    Unreachable,
 }
 
 impl FaultKind {
@@ -51,6 +53,7 @@ impl FaultKind {
             Self::Io => "io",
             Self::Fsync => "fsync",
             Self::Stall => "stall",
+            Self::Unreachable => "unreachable",
         }
     }
 
@@ -61,7 +64,22 @@ impl FaultKind {
             Self::Io => "returns I/O errors",
             Self::Fsync => "failed to flush a write (fsync)",
             Self::Stall => "has not finished a write for several seconds",
+            Self::Unreachable => "is unreachable",
         }
+    }
+
+    /// What holds the state: `disk` for the local faults, `database` for a server gone.
+    pub fn medium(self) -> &'static str {
+        match self {
+            Self::Unreachable => "database",
+            Self::Full | Self::Io | Self::Fsync | Self::Stall => "disk",
+        }
+    }
+
+    /// The whole sentence for people: `the router's disk is full`, `the alerter's database is
+    /// unreachable`.
+    pub fn sentence(self, service: &str) -> String {
+        format!("the {service}'s {} {}", self.medium(), self.describe())
     }
 
     /// The fault an SQLite extended result code reports, if it is a storage fault.
@@ -214,7 +232,7 @@ impl StorageHealth {
     /// Why the service is degraded, for people and clients: `the router's disk is full`.
     pub fn reason(&self) -> Option<String> {
         self.fault_now()
-            .map(|fault| format!("the {}'s disk {}", self.service, fault.kind.describe()))
+            .map(|fault| fault.kind.sentence(self.service))
     }
 
     /// The gRPC `UNAVAILABLE` status a degraded service answers writes with, if degraded.
@@ -296,9 +314,9 @@ fn alert_request(health: &StorageHealth, key: &str, fault: Option<&Fault>) -> Al
             resolved: false,
             severity: Severity::Critical as i32,
             summary: format!(
-                "the {service}'s disk {}: it refuses new work (readiness 503) and retries its \
-                 writes until they succeed",
-                fault.kind.describe()
+                "{}: it refuses new work (readiness 503) and retries its writes until they \
+                 succeed",
+                fault.kind.sentence(service)
             ),
             labels: [
                 ("service".to_owned(), service.to_owned()),

@@ -292,7 +292,7 @@ impl Summaries {
         // the detail, logged and sent with the alert, says what failed.
         let detail = format!("{:#}", anyhow::Error::from(err));
         self.inner.health.fault(kind, detail);
-        SummarizerError::Unavailable(format!("the {}'s disk {}", crate::SERVICE, kind.describe()))
+        SummarizerError::Unavailable(kind.sentence(crate::SERVICE))
     }
 
     /// Notes a failed background write (outbox, manifest, archive): a storage fault behind it

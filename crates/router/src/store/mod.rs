@@ -32,6 +32,9 @@ pub enum StoreError {
     /// SQLite refused or failed.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL refused or failed (a lost server is [`StoreError::Unavailable`] instead).
+    #[error("postgres: {0}")]
+    Postgres(#[from] sqlx::Error),
     /// A stored JSON column could not be read back.
     #[error("corrupt stored {what} for patch {id}: {source}")]
     Corrupt {

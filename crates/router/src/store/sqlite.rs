@@ -110,7 +110,7 @@ fn classify<T>(
 
 /// What a caller is told when the disk failed (for people: no paths, no SQL).
 fn unavailable_reason(health: &StorageHealth, kind: FaultKind) -> String {
-    format!("the {}'s disk {}", health.service(), kind.describe())
+    kind.sentence(health.service())
 }
 
 /// Prepared statements kept per connection (the store uses about 50 distinct ones).
