@@ -108,7 +108,7 @@ pub enum KeysImported {
 const KEY_COLUMNS: &str =
     "id, name, sha256, scopes_json, targets_json, created_ms, created_by, imported";
 
-fn corrupt(name: &str, source: serde_json::Error) -> StoreError {
+pub(super) fn corrupt(name: &str, source: serde_json::Error) -> StoreError {
     StoreError::Corrupt {
         what: "api key",
         id: name.to_owned(),
@@ -232,7 +232,7 @@ fn insert(conn: &Connection, key: &NewApiKey, imported: bool) -> Result<ApiKeyRo
     })
 }
 
-fn detail(key: &ApiKeyRow) -> String {
+pub(super) fn detail(key: &ApiKeyRow) -> String {
     format!(
         "scopes={} targets={}",
         key.scopes.join(","),
@@ -293,7 +293,7 @@ pub fn create_tx(conn: &Connection, key: &NewApiKey) -> Result<KeyCreated, Store
 }
 
 /// True when a revoker limited to `allowed` may touch every target of `key`.
-fn covers(allowed: Option<&[String]>, key: &ApiKeyRow) -> bool {
+pub(super) fn covers(allowed: Option<&[String]>, key: &ApiKeyRow) -> bool {
     match allowed {
         None => true,
         Some(allowed) => {

@@ -9,6 +9,7 @@
 
 mod api_keys;
 mod gateway_state;
+pub mod postgres;
 mod schema;
 mod sqlite;
 mod stats;

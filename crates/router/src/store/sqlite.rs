@@ -672,7 +672,7 @@ fn holds_lease(record: &PatchRecord, owner: &str, token: u64) -> bool {
 /// created, revoked or imported.
 pub const AUDIT_KEEP_ROWS: i64 = 10_000;
 /// Audit rows older than this (90 days, in ms) are deleted as new ones arrive.
-const AUDIT_KEEP_MS: i64 = 90 * 24 * 3600 * 1000;
+pub(super) const AUDIT_KEEP_MS: i64 = 90 * 24 * 3600 * 1000;
 
 pub(super) fn audit_tx(
     conn: &Connection,
