@@ -426,7 +426,14 @@ async fn the_token_audit_is_bounded_as_on_sqlite() {
     .execute(pool)
     .await
     .expect("flood");
+    let started = std::time::Instant::now();
     audit("api_key.refused", "newest").await.expect("audit");
+    // A figure, not asserted: one audit row written and the trail trimmed.
+    eprintln!(
+        "one refusal audited with {} rows in the trail: {:?}",
+        AUDIT_KEEP_ROWS + 3,
+        started.elapsed()
+    );
     audit("refused", "newest-token").await.expect("audit");
     let counts = sqlx::query(
         "SELECT COUNT(*) FILTER (WHERE action LIKE '%refused'),
