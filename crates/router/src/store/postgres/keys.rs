@@ -263,20 +263,22 @@ pub async fn audit_token(
     Ok(())
 }
 
-/// The version of the key set (0 before any change).
+/// The version of the key set (0 before any change). `value` is read as BIGINT whatever width
+/// the core schema gave `meta.value`.
 async fn version_on(conn: &mut PgConnection) -> Result<u64, StoreError> {
-    let value: Option<i64> = sqlx::query("SELECT value FROM meta WHERE key = 'api_keys_version'")
-        .fetch_optional(&mut *conn)
-        .await?
-        .map(|row| row.try_get(0))
-        .transpose()?;
+    let value: Option<i64> =
+        sqlx::query("SELECT value::bigint FROM meta WHERE key = 'api_keys_version'")
+            .fetch_optional(&mut *conn)
+            .await?
+            .map(|row| row.try_get(0))
+            .transpose()?;
     Ok(u64::try_from(value.unwrap_or(0)).unwrap_or(0))
 }
 
 async fn bump_on(conn: &mut PgConnection) -> Result<u64, StoreError> {
     let value: i64 = sqlx::query(
         "INSERT INTO meta (key, value) VALUES ('api_keys_version', 1)
-         ON CONFLICT (key) DO UPDATE SET value = meta.value + 1 RETURNING value",
+         ON CONFLICT (key) DO UPDATE SET value = meta.value + 1 RETURNING value::bigint",
     )
     .fetch_one(&mut *conn)
     .await?

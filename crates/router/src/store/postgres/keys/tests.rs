@@ -448,3 +448,24 @@ async fn the_token_audit_is_bounded_as_on_sqlite() {
     let counts: [i64; 4] = [0, 1, 2, 3].map(|index| counts.get(index));
     assert_eq!(counts, [AUDIT_KEEP_ROWS, 2, 2, 0]);
 }
+
+/// PostgreSQL's TEXT cannot hold NUL, which SQLite stores: a NUL reaching a store call (the
+/// token service's `actor` is not escaped by its caller) is a database error about that call
+/// only, never a lost server, and nothing of it is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nul_in_text_is_refused_by_postgres_and_nothing_is_stored() {
+    let Some(both) = Both::start("keys::a_nul_in_text_is_refused_by_postgres").await else {
+        return;
+    };
+    let mut token = new_token("a", "h1", &["MAIN"]);
+    token.actor = "ad\0min".to_owned();
+    let sqlite = both.sqlite.create_token(token.clone()).await;
+    assert!(matches!(sqlite, Ok(Some(_))), "{sqlite:?}");
+    let refused = create_token(&both.pg, token).await;
+    let Err(StoreError::Postgres(sqlx::Error::Database(err))) = &refused else {
+        panic!("{refused:?}");
+    };
+    assert_eq!(err.code().as_deref(), Some("22021"), "{err}");
+    assert!(!any_token(&both.pg).await.expect("still serving"));
+    assert!(both.audit().await.1.is_empty());
+}
