@@ -184,6 +184,72 @@ pub async fn spawn_router(config: RouterConfig) -> TestRouter {
     }
 }
 
+/// A router running on a runtime of its own, so a test can kill it as a crash would: every
+/// task, connection and stream of it gone at once, nothing drained.
+pub struct KillableRouter {
+    pub router: TestRouter,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl KillableRouter {
+    /// Drops the router's runtime without draining anything (its executors' streams and its
+    /// database connections break).
+    pub fn kill(mut self) {
+        self.router.stop.take();
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for KillableRouter {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Builds and runs the real router with `config` on a runtime of its own (see
+/// [`KillableRouter`]).
+pub async fn spawn_killable_router(config: RouterConfig) -> KillableRouter {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime for the router");
+    let (bound, addresses) = oneshot::channel();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let done = runtime.spawn(async move {
+        let app = App::build(config).await.expect("build router");
+        let _ = bound.send((app.grpc_addr(), app.http_addr()));
+        let _ = app
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    let (addr, http) = addresses.await.expect("the router bound its ports");
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("router url")
+        .connect()
+        .await
+        .expect("connect to router");
+    let client = RouterServiceClient::new(channel.clone());
+    drop(done);
+    KillableRouter {
+        router: TestRouter {
+            client,
+            channel,
+            grpc: addr,
+            http,
+            stop: Some(stop),
+            done: None,
+        },
+        runtime: Some(runtime),
+    }
+}
+
 /// A patch writing one file on `target`.
 pub fn patch(id: &str, target: &str) -> Patch {
     Patch {
@@ -366,6 +432,14 @@ impl TestExecutor {
             router_message::Kind::Cancel(cancel) => cancel,
             other => panic!("expected a cancel, got {other:?}"),
         }
+    }
+
+    /// The next message within `wait`, if one comes (panics if the stream broke).
+    pub async fn try_next(&mut self, wait: Duration) -> Option<router_message::Kind> {
+        let message = tokio::time::timeout(wait, self.inbound.message())
+            .await
+            .ok()?;
+        message.expect("stream healthy").expect("stream open").kind
     }
 
     /// Asserts that nothing arrives for `quiet`.
