@@ -13,7 +13,7 @@ use ghost_proto::executor::v1::router_message;
 use ghost_proto::router::v1::{EventsRequest, PatchStatus, SubmitRequest, WaitRequest};
 
 use crate::helpers::{
-    PATIENCE, POSTGRES, Postgres, TestExecutor, TestRouter, cancel, config, patch,
+    PATIENCE, POSTGRES, Postgres, TestExecutor, TestRouter, TestSummarizer, cancel, config, patch,
     spawn_killable_router, spawn_router, state, submit, wait_for_status,
 };
 
@@ -314,6 +314,45 @@ async fn a_postgres_restart_mid_run_refuses_new_work_then_resumes_and_loses_noth
             assert_eq!(never.code(), tonic::Code::NotFound);
         })
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_never_send_one_outcome_twice() {
+    on_postgres("replicas::outbox_claims", async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let summarizer = TestSummarizer::new(Duration::from_millis(100), "");
+        let _stop = summarizer.serve(listener);
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path());
+        cfg.summarizer_url = Some(url);
+        let a = spawn_router(cfg.clone()).await;
+        let b = spawn_router(cfg).await;
+        // Queued with no executor, then cancelled, half on each replica: each ends at once
+        // with an outcome that both replicas' outbox loops see due.
+        let ids: Vec<String> = (0..20).map(|n| format!("outcome-{n:02}")).collect();
+        for (n, id) in ids.iter().enumerate() {
+            let router = if n % 2 == 0 { &a } else { &b };
+            submit(router, patch(id, "IDLE")).await;
+            cancel(router, id, "test").await;
+        }
+        let deadline = Instant::now() + PATIENCE;
+        while summarizer.recorded.lock().unwrap().len() < ids.len() {
+            assert!(
+                Instant::now() < deadline,
+                "only {:?} recorded",
+                summarizer.recorded.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Both replicas poll every second: give each a few more rounds.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let calls = summarizer.calls.lock().unwrap().clone();
+        for id in &ids {
+            assert_eq!(calls.get(id), Some(&1), "{id} sent once: {calls:?}");
+        }
+    })
+    .await;
 }
 
 /// Polls `/readyz` (bounded) until it answers `status`; its status and body.

@@ -16,15 +16,18 @@
 
 pub mod gateway_state;
 pub mod keys;
+mod migrations;
 mod patches;
 mod queue;
 mod reads;
+mod shared_state;
 
 use std::time::Duration;
 
 use ghost_core::{ApplyReport, Patch, Status};
 use ghost_runtime::storage::{FaultKind, StorageHealth};
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, Postgres};
 use sqlx::{PgConnection, Row as _};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -32,27 +35,18 @@ use tokio_util::sync::CancellationToken;
 pub use queue::{CHANNEL, Note};
 
 use super::{
-    AlertRow, AnswerRow, ApiKeyRow, Completed, Delivery, DeliveryBegun, EventRow,
-    GatewayStateStore, Inserted, KeyCreated, KeyRevoked, KeysImported, LeaseEnded, NewAlert,
-    NewApiKey, NewToken, Outbox, OutboxBacklog, OutboxRow, PatchRecord, Revoked, Revoker,
-    RouterStore, SessionRow, StatsRows, StoreError, TargetRow, TokenRow,
+    AlertRow, ApiKeyRow, Completed, Delivery, EventRow, Inserted, KeyCreated, KeyRevoked,
+    KeysImported, LeaseEnded, NewAlert, NewApiKey, NewToken, Outbox, OutboxBacklog, OutboxRow,
+    PatchRecord, Revoked, Revoker, RouterStore, StatsRows, StoreError, TargetRow, TokenRow,
 };
 
 /// How long a call waits for a pool connection before the store counts the database as gone.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest a call waits for a connection while all are busy (under load), before its
+/// wait counts as the server gone.
+const BUSY_WAIT: Duration = Duration::from_secs(30);
 /// Connections the store keeps at most (the listener has one more of its own).
 const MAX_CONNECTIONS: u32 = 16;
-/// Taken by the replica that migrates; the others wait, then find it done.
-const MIGRATION_LOCK: i64 = 7_368_011;
-
-/// The migrations, oldest first: version N is applied once, in order, and recorded in
-/// `schema_migrations`.
-const MIGRATIONS: &[(i64, &str, &[&str])] = &[(
-    1,
-    "patches, events, attempts, outboxes, alerts; tokens, api keys, gateway state",
-    &[include_str!("schema/v1_core.sql"), keys::SCHEMA],
-)];
-
 /// The storage fault a PostgreSQL error reports: the server gone, restarting or refusing
 /// connections (`Unreachable`), out of disk (`Full`); a failed query of ours is none.
 pub fn pg_fault(err: &sqlx::Error) -> Option<FaultKind> {
@@ -86,6 +80,8 @@ pub struct PgStore {
     /// For the listening connection (its own, not the pool's).
     options: std::sync::Arc<PgConnectOptions>,
     health: StorageHealth,
+    /// When the server was last found reachable or not (see [`PgStore::reachable`]).
+    reachable: std::sync::Arc<tokio::sync::Mutex<Option<(std::time::Instant, bool)>>>,
     /// This replica's name on the channel: its own notes are not acted on twice.
     origin: String,
 }
@@ -96,7 +92,8 @@ macro_rules! in_tx {
     ($store:expr, $conn:ident => $body:expr) => {{
         let store = &$store;
         let result: Result<_, StoreError> = async {
-            let mut tx = store.pool.begin().await?;
+            let mut pooled = store.acquire().await?;
+            let mut tx = sqlx::Connection::begin(&mut *pooled).await?;
             let $conn: &mut PgConnection = &mut tx;
             let value = $body.await?;
             tx.commit().await?;
@@ -112,7 +109,7 @@ macro_rules! on_conn {
     ($store:expr, $conn:ident => $body:expr) => {{
         let store = &$store;
         let result: Result<_, StoreError> = async {
-            let mut pooled = store.pool.acquire().await?;
+            let mut pooled = store.acquire().await?;
             let $conn: &mut PgConnection = &mut pooled;
             $body.await
         }
@@ -139,13 +136,14 @@ impl PgStore {
                     "cannot connect to the PostgreSQL server of store.url ({server}): {err}"
                 ))
             })?;
-        migrate(&pool).await?;
+        migrations::migrate(&pool).await?;
         let mut id = [0_u8; 6];
         getrandom::fill(&mut id).map_err(|err| StoreError::Commit(err.to_string()))?;
         Ok(Self {
             pool,
             options: std::sync::Arc::new(options),
             health: StorageHealth::new(crate::SERVICE),
+            reachable: std::sync::Arc::default(),
             origin: id.iter().map(|byte| format!("{byte:02x}")).collect(),
         })
     }
@@ -153,6 +151,49 @@ impl PgStore {
     /// The health of the database under this store.
     pub fn health(&self) -> &StorageHealth {
         &self.health
+    }
+
+    /// A pooled connection. A wait of [`ACQUIRE_TIMEOUT`] counts as the server gone (the
+    /// caller's error degrades the store) only when a fresh connection cannot be opened either;
+    /// when one can, the pool is only saturated (under load) and the call waits on, up to
+    /// [`BUSY_WAIT`].
+    async fn acquire(&self) -> Result<PoolConnection<Postgres>, StoreError> {
+        let started = std::time::Instant::now();
+        loop {
+            match self.pool.acquire().await {
+                Err(sqlx::Error::PoolTimedOut)
+                    if started.elapsed() < BUSY_WAIT
+                        && !self.health.is_degraded()
+                        && self.reachable().await => {}
+                acquired => return Ok(acquired?),
+            }
+        }
+    }
+
+    /// Whether the server accepts a new connection now; one check a second, shared by every
+    /// waiting call.
+    async fn reachable(&self) -> bool {
+        let mut checked = self.reachable.lock().await;
+        if let Some((at, answer)) = *checked
+            && at.elapsed() < Duration::from_secs(1)
+        {
+            return answer;
+        }
+        let connected = tokio::time::timeout(
+            ACQUIRE_TIMEOUT,
+            <PgConnection as sqlx::Connection>::connect_with(&*self.options),
+        )
+        .await;
+        let answer = match connected {
+            Ok(Ok(conn)) => {
+                let conn: PgConnection = conn;
+                let _ = sqlx::Connection::close(conn).await;
+                true
+            }
+            _ => false,
+        };
+        *checked = Some((std::time::Instant::now(), answer));
+        answer
     }
 
     /// A lost server becomes [`StoreError::Unavailable`] and degrades the store.
@@ -253,50 +294,6 @@ async fn listen(
         }
     }
     pool.close().await;
-    Ok(())
-}
-
-/// Applies the migrations not yet recorded, under an advisory lock.
-async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(MIGRATION_LOCK)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (
-             version BIGINT PRIMARY KEY,
-             name    TEXT NOT NULL
-         )",
-    )
-    .execute(&mut *tx)
-    .await?;
-    let current: Option<i64> = sqlx::query("SELECT MAX(version) FROM schema_migrations")
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get(0)?;
-    let current = current.unwrap_or(0);
-    let known = MIGRATIONS.last().map_or(0, |(version, _, _)| *version);
-    if current > known {
-        return Err(StoreError::Commit(format!(
-            "the router's database is at schema version {current}, newer than this router \
-             knows (up to {known}); run the newer router or restore a backup"
-        )));
-    }
-    for (version, name, parts) in MIGRATIONS.iter().filter(|(v, _, _)| *v > current) {
-        for part in parts.iter().filter(|part| !part.trim().is_empty()) {
-            sqlx::raw_sql(sqlx::AssertSqlSafe(*part))
-                .execute(&mut *tx)
-                .await?;
-        }
-        sqlx::query("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)")
-            .bind(version)
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        tracing::info!(version, "router schema migrated (postgres)");
-    }
-    tx.commit().await?;
     Ok(())
 }
 
@@ -569,56 +566,6 @@ impl RouterStore for PgStore {
         reason: String,
     ) -> Result<(), StoreError> {
         self.publish(&Note::Cancel { id, token, reason }).await
-    }
-}
-
-#[tonic::async_trait]
-impl GatewayStateStore for PgStore {
-    async fn start_session(
-        &self,
-        id: Vec<u8>,
-        session: SessionRow,
-        max: i64,
-        now_ms: i64,
-    ) -> Result<bool, StoreError> {
-        let started = gateway_state::start_session(&self.pool, id, session, max, now_ms).await;
-        self.classify(started)
-    }
-
-    async fn session(&self, id: Vec<u8>, now_ms: i64) -> Result<Option<SessionRow>, StoreError> {
-        self.classify(gateway_state::session(&self.pool, id, now_ms).await)
-    }
-
-    async fn end_session(&self, id: Vec<u8>) -> Result<(), StoreError> {
-        self.classify(gateway_state::end_session(&self.pool, id).await)
-    }
-
-    async fn begin_delivery(
-        &self,
-        sender: String,
-        id: String,
-        body: Vec<u8>,
-        lease: String,
-        now_ms: i64,
-    ) -> Result<DeliveryBegun, StoreError> {
-        let begun =
-            gateway_state::begin_delivery(&self.pool, sender, id, body, lease, now_ms).await;
-        self.classify(begun)
-    }
-
-    async fn settle_delivery(
-        &self,
-        sender: String,
-        id: String,
-        lease: String,
-        answer: Option<AnswerRow>,
-        keep_ms: i64,
-        now_ms: i64,
-    ) -> Result<bool, StoreError> {
-        let settled =
-            gateway_state::settle_delivery(&self.pool, sender, id, lease, answer, keep_ms, now_ms)
-                .await;
-        self.classify(settled)
     }
 }
 
