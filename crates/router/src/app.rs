@@ -23,7 +23,7 @@ use crate::gateway_state::GatewayStateGrpc;
 use crate::grpc::RouterGrpc;
 use crate::routing::{Policy, Routing};
 use crate::stats::RouterStats;
-use crate::store::{GatewayStateStore, RouterStore, STALL_AFTER, SqliteStore};
+use crate::store::{GatewayStateStore, PgStore, RouterStore, STALL_AFTER, SqliteStore, StoreError};
 use crate::tokens::{ExecutorTokens, TokenService};
 use crate::{SERVICE, outbox};
 
@@ -38,7 +38,7 @@ pub struct App {
     upstream: Upstream,
     routing: Arc<Routing>,
     /// The store itself, for its storage health and probe.
-    store: SqliteStore,
+    store: Store,
     /// The gateways' shared sessions and webhook deliveries (the same database).
     gateway_state: Arc<dyn GatewayStateStore>,
     /// The service credential, resolved once from `internal_token` or `internal_token_file`.
@@ -69,28 +69,21 @@ impl App {
                  machines must present a credential"
             );
         }
-        let store = SqliteStore::open(&config.data_dir.join("router.db"))?;
-        let interrupted = store
-            .end_all_leases("router restarted".to_owned(), config.max_attempts)
-            .await?;
-        if !interrupted.is_empty() {
-            tracing::warn!(
-                interrupted = interrupted.len(),
-                "attempts in flight at the last stop were interrupted and their patches requeued or lost"
-            );
-        }
-        let gateway_state: Arc<dyn GatewayStateStore> = Arc::new(store.clone());
-        let routing = Arc::new(
-            Routing::new(
-                Arc::new(store.clone()),
-                Policy {
-                    lease: config.lease_timeout,
-                    max_attempts: config.max_attempts,
-                    stale_after: config.stale_after,
-                },
-            )
-            .with_storage(store.health().clone()),
-        );
+        let store = Store::open(&config).await?;
+        let routing = Routing::new(
+            store.router_store(),
+            Policy {
+                lease: config.lease_timeout,
+                max_attempts: config.max_attempts,
+                stale_after: config.stale_after,
+            },
+        )
+        .with_storage(store.health().clone());
+        let routing = Arc::new(match &store {
+            Store::Sqlite(_) => routing,
+            Store::Postgres(_) => routing.shared(),
+        });
+        let gateway_state = store.gateway_state();
         let mut listeners = Listeners::bind_internal(&config.server)
             .await
             .map_err(|err| anyhow::anyhow!("cannot bind the router listeners: {err}"))?;
@@ -185,6 +178,13 @@ impl App {
             token.clone(),
         ));
         tasks.spawn(Arc::clone(&self.routing).run_dispatch_retries(token.clone()));
+        if let Store::Postgres(store) = &self.store {
+            tasks.spawn(follow_replicas(
+                store.clone(),
+                Arc::clone(&self.routing),
+                token.clone(),
+            ));
+        }
         let routing = Arc::clone(&self.routing);
         let sweep_token = token.clone();
         let sweep_every = self.config.sweep_interval;
@@ -267,7 +267,7 @@ const MAX_PROBE_WAIT: Duration = Duration::from_secs(1);
 /// degraded, probes it with one real write at growing intervals (up to [`MAX_PROBE_WAIT`]) until
 /// one commits: the store heals by itself when the disk does, once the leases of the
 /// executors still connected are renewed (their renewals were not stored meanwhile).
-async fn watch_storage(store: SqliteStore, routing: Arc<Routing>, shutdown: CancellationToken) {
+async fn watch_storage(store: Store, routing: Arc<Routing>, shutdown: CancellationToken) {
     let mut wait = STORAGE_WATCH;
     loop {
         tokio::select! {
@@ -302,6 +302,106 @@ async fn watch_storage(store: SqliteStore, routing: Arc<Routing>, shutdown: Canc
                 wait = (wait * 2).min(MAX_PROBE_WAIT);
             }
             Err(_) => wait = MAX_PROBE_WAIT,
+        }
+    }
+}
+
+/// The router's store: the embedded SQLite database, or PostgreSQL shared by replicas.
+#[derive(Clone)]
+enum Store {
+    /// `store.url` unset: `<data_dir>/router.db`.
+    Sqlite(SqliteStore),
+    /// `store.url = "postgres://…"`.
+    Postgres(PgStore),
+}
+
+impl Store {
+    /// Opens the store `config` names. On SQLite (one router) every attempt in flight at the
+    /// last stop is interrupted; on PostgreSQL other replicas may hold leases, and only their
+    /// expiry (or their own replica) ends them.
+    async fn open(config: &RouterConfig) -> anyhow::Result<Self> {
+        let url = config.store.postgres_url().map_err(anyhow::Error::msg)?;
+        let Some(url) = url else {
+            let store = SqliteStore::open(&config.data_dir.join("router.db"))?;
+            let interrupted = store
+                .end_all_leases("router restarted".to_owned(), config.max_attempts)
+                .await?;
+            if !interrupted.is_empty() {
+                tracing::warn!(
+                    interrupted = interrupted.len(),
+                    "attempts in flight at the last stop were interrupted and their patches requeued or lost"
+                );
+            }
+            return Ok(Self::Sqlite(store));
+        };
+        let store = PgStore::connect(url)
+            .await
+            .map_err(|err| anyhow::anyhow!("cannot open the router's store: {err}"))?;
+        tracing::info!("router state on PostgreSQL (store.url); replicas may share it");
+        Ok(Self::Postgres(store))
+    }
+
+    fn router_store(&self) -> Arc<dyn RouterStore> {
+        match self {
+            Self::Sqlite(store) => Arc::new(store.clone()),
+            Self::Postgres(store) => Arc::new(store.clone()),
+        }
+    }
+
+    fn gateway_state(&self) -> Arc<dyn GatewayStateStore> {
+        match self {
+            Self::Sqlite(store) => Arc::new(store.clone()),
+            Self::Postgres(store) => Arc::new(store.clone()),
+        }
+    }
+
+    fn health(&self) -> &ghost_runtime::storage::StorageHealth {
+        match self {
+            Self::Sqlite(store) => store.health(),
+            Self::Postgres(store) => store.health(),
+        }
+    }
+
+    /// How long the batch being committed has been at it (SQLite's writer; PostgreSQL calls
+    /// time out on their own).
+    fn committing_for(&self) -> Option<Duration> {
+        match self {
+            Self::Sqlite(store) => store.committing_for(),
+            Self::Postgres(_) => None,
+        }
+    }
+
+    async fn probe(&self) -> Result<(), StoreError> {
+        match self {
+            Self::Sqlite(store) => store.probe().await,
+            Self::Postgres(store) => store.probe().await,
+        }
+    }
+}
+
+/// How often a replica on a shared store reads again what the notes of the others may have
+/// told it (the fallback when a note is missed).
+const REPLICA_POLL: Duration = Duration::from_secs(1);
+
+/// Acts on the notes of the other replicas sharing the store (work to hand out, patches
+/// ended, Cancels for executors connected here) and polls every [`REPLICA_POLL`] for what a
+/// lost note would have said.
+async fn follow_replicas(store: PgStore, routing: Arc<Routing>, shutdown: CancellationToken) {
+    let mut notes = store.subscribe(shutdown.clone());
+    let mut poll = tokio::time::interval(REPLICA_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            note = notes.recv() => match note {
+                Some(note) => routing.apply_note(note).await,
+                None => return,
+            },
+            _ = poll.tick() => {
+                if !store.health().is_degraded() {
+                    routing.poll_shared().await;
+                }
+            }
         }
     }
 }

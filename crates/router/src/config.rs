@@ -15,8 +15,10 @@ pub struct RouterConfig {
     pub server: ServerConfig,
     /// Logs and traces.
     pub telemetry: TelemetryConfig,
-    /// Directory of the SQLite database (`router.db`).
+    /// Directory of the SQLite database (`router.db`), when `store.url` is unset.
     pub data_dir: PathBuf,
+    /// Where the router's state lives (`[store]`): unset, SQLite in `data_dir`.
+    pub store: StoreConfig,
     /// gRPC URL of the summarizer, e.g. `http://127.0.0.1:50053`; unset: outcomes wait in the
     /// outbox until one is configured.
     pub summarizer_url: Option<String>,
@@ -51,12 +53,51 @@ pub struct RouterConfig {
     pub sweep_interval: Duration,
 }
 
+/// The store of the router's state.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Unset: SQLite, `<data_dir>/router.db` (the embedded default, one replica).
+    /// `postgres://user:pass@host/db` (or `postgresql://`): PostgreSQL, so several router
+    /// replicas share one queue. A secret (it may hold a password): redacted by
+    /// `--print-config`, never logged; `GHOST_ROUTER__STORE__URL_FILE` reads it from a file.
+    pub url: Option<Secret>,
+}
+
+impl StoreConfig {
+    /// The PostgreSQL URL, `None` for SQLite, or why `url` is neither (naming only its scheme,
+    /// never the rest: it may hold a password).
+    pub fn postgres_url(&self) -> Result<Option<&str>, String> {
+        let Some(url) = self.url.as_ref().map(Secret::expose) else {
+            return Ok(None);
+        };
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Some(url));
+        }
+        let scheme = match url.split_once("://") {
+            Some((scheme, _))
+                if scheme.len() <= 20
+                    && scheme
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'+') =>
+            {
+                format!("`{scheme}://`")
+            }
+            _ => "no scheme".to_owned(),
+        };
+        Err(format!(
+            "store.url must be unset (SQLite in data_dir) or a postgres:// URL; it has {scheme}"
+        ))
+    }
+}
+
 impl Default for RouterConfig {
     fn default() -> Self {
         Self {
             server: ServerConfig::loopback(50051, 8081),
             telemetry: TelemetryConfig::default(),
             data_dir: PathBuf::from("./.ghost/router"),
+            store: StoreConfig::default(),
             summarizer_url: None,
             alerter_url: None,
             executor_token: Secret::default(),
@@ -66,6 +107,44 @@ impl Default for RouterConfig {
             max_attempts: 3,
             stale_after: Duration::from_secs(300),
             sweep_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_url_is_sqlite_when_unset_postgres_when_so_and_a_secret_in_dumps() {
+        assert_eq!(StoreConfig::default().postgres_url(), Ok(None));
+        let url = "postgres://ghost:hunter2@db.internal:5432/ghost";
+        let env = [("GHOST_ROUTER__STORE__URL".to_owned(), url.to_owned())]
+            .into_iter()
+            .collect();
+        let config: RouterConfig = ghost_runtime::config::load_from("router", None, env).unwrap();
+        assert_eq!(config.store.postgres_url(), Ok(Some(url)));
+        let printed = ghost_runtime::config::render(&config).unwrap();
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(!format!("{config:?}").contains("hunter2"));
+        let secrets = tempfile::tempdir().unwrap();
+        let file = secrets.path().join("router-db-url");
+        std::fs::write(&file, format!("{url}\n")).unwrap();
+        let env = [(
+            "GHOST_ROUTER__STORE__URL_FILE".to_owned(),
+            file.to_string_lossy().into_owned(),
+        )]
+        .into_iter()
+        .collect();
+        let config: RouterConfig = ghost_runtime::config::load_from("router", None, env).unwrap();
+        assert_eq!(config.store.postgres_url(), Ok(Some(url)));
+        for bad in ["mysql://root:hunter2@x/db", "hunter2", "sqlite:///tmp/x.db"] {
+            let store = StoreConfig {
+                url: Some(Secret::new(bad)),
+            };
+            let err = store.postgres_url().unwrap_err();
+            assert!(err.contains("store.url"), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
         }
     }
 }

@@ -36,8 +36,8 @@ use crate::error::RouterError;
 use crate::queue_ages::{Oldest, QueueAges};
 use crate::revert::Reverts;
 use crate::store::{
-    Completed, Inserted, LeaseEnded, NewAlert, PatchRecord, RouterStore, StoreError, TargetRow,
-    now_ms, rule_ms,
+    Completed, Inserted, LeaseEnded, NewAlert, Note, PatchRecord, RouterStore, StoreError,
+    TargetRow, now_ms, rule_ms,
 };
 use crate::waiters::{MAX_WAIT, Waiters};
 
@@ -192,6 +192,8 @@ pub struct Routing {
     /// How long each queue's oldest patch has waited, in rule time (for `queue_stale`,
     /// `revert_waiting` and `ghost_queue_oldest_age_seconds`).
     queue_ages: std::sync::Mutex<QueueAges>,
+    /// Other replicas share the store (see [`crate::store::PgStore`]).
+    shared: bool,
 }
 
 /// The key of a target's queue in [`Routing::queue_ages`].
@@ -226,7 +228,18 @@ impl Routing {
             retries: DispatchRetries::default(),
             storage: None,
             queue_ages: std::sync::Mutex::default(),
+            shared: false,
         }
+    }
+
+    /// The same routing, one of several replicas sharing its store: session ids start from
+    /// the clock (in µs) rather than 1, so lease owners (`<executor>#<session>`) of two
+    /// replicas never coincide.
+    pub fn shared(mut self) -> Self {
+        self.shared = true;
+        let start = u64::try_from(crate::store::now_us()).unwrap_or(1);
+        self.next_session = AtomicU64::new(start);
+        self
     }
 
     /// The same routing, told the health of its store's disk.
@@ -841,7 +854,16 @@ impl Routing {
                 format!("cancelled by {actor}"),
             )
             .await;
-        if !sent {
+        if !sent && self.shared {
+            // Its executor may be connected to another replica: that one sends the Cancel.
+            self.store
+                .publish_cancel(
+                    id.clone(),
+                    record.fencing_token,
+                    format!("cancelled by {actor}"),
+                )
+                .await?;
+        } else if !sent {
             tracing::warn!(patch_id = %id, "cannot deliver cancel to the executor; the lease will expire");
         }
         Ok(record)
@@ -922,13 +944,24 @@ impl Routing {
             .await;
         if let Ok(ended) = &ended {
             for lease in ended {
-                self.send_cancel(
-                    &lease.target,
-                    &lease.id,
-                    lease.fencing_token,
-                    "lease expired".to_owned(),
-                )
-                .await;
+                let sent = self
+                    .send_cancel(
+                        &lease.target,
+                        &lease.id,
+                        lease.fencing_token,
+                        "lease expired".to_owned(),
+                    )
+                    .await;
+                if !sent && self.shared {
+                    let reason = "lease expired".to_owned();
+                    let published = self
+                        .store
+                        .publish_cancel(lease.id.clone(), lease.fencing_token, reason)
+                        .await;
+                    if let Err(err) = published {
+                        tracing::warn!(patch_id = %lease.id, error = %err, "cannot ask the other replicas to cancel");
+                    }
+                }
             }
         }
         self.after_leases_ended(ended).await;
@@ -1329,6 +1362,82 @@ impl Routing {
         }
         tracing::info!(patch_id = %patch.id, %target, executor = ?owner, request_id = ticket.request_id, "dry run sent");
         ticket.answer(DRY_RUN_DEADLINE).await
+    }
+
+    /// Acts on what another replica changed (see [`crate::store::PgStore`]).
+    pub async fn apply_note(&self, note: Note) {
+        match note {
+            Note::Dispatch(target) => {
+                self.refresh_active(&target).await;
+                self.dispatch(&target).await;
+            }
+            Note::Ended(id) => self.waiters.ended(&id),
+            Note::Others => self.waiters.maybe_ended_others(),
+            Note::Cancel { id, token, reason } => {
+                let target = {
+                    let slots = self.slots.lock().await;
+                    slots.iter().find_map(|(target, slot)| {
+                        slot.active
+                            .as_ref()
+                            .filter(|(active, held, _)| *active == id && *held == token)
+                            .map(|_| target.clone())
+                    })
+                };
+                if let Some(target) = target
+                    && self.send_cancel(&target, &id, token, reason).await
+                {
+                    tracing::info!(patch_id = %id, "cancel asked on another replica delivered");
+                }
+            }
+        }
+    }
+
+    /// The bounded poll of a replica sharing its store: what the notes of the others would
+    /// have said, read again (leases ended elsewhere, work to hand out, waiters to wake).
+    pub async fn poll_shared(&self) {
+        let targets: Vec<String> = self.slots.lock().await.keys().cloned().collect();
+        for target in &targets {
+            self.refresh_active(target).await;
+        }
+        self.dispatch_all().await;
+        self.waiters.wake_all();
+    }
+
+    /// Forgets this replica's lease of `target` when the store shows it ended (another replica
+    /// expired it), so the target is handed out again.
+    async fn refresh_active(&self, target: &str) {
+        let active = self
+            .slots
+            .lock()
+            .await
+            .get(target)
+            .and_then(|slot| slot.active.clone());
+        let Some((id, token, _)) = active else {
+            return;
+        };
+        let live = match self.store.get(id.clone()).await {
+            Ok(Some(record)) => {
+                record.fencing_token == token
+                    && matches!(
+                        record.status,
+                        Status::Leased | Status::Applying | Status::Validating
+                    )
+            }
+            Ok(None) => false,
+            Err(_) => return,
+        };
+        if live {
+            return;
+        }
+        let mut slots = self.slots.lock().await;
+        if let Some(slot) = slots.get_mut(target)
+            && slot
+                .active
+                .as_ref()
+                .is_some_and(|(_, held, _)| *held == token)
+        {
+            slot.active = None;
+        }
     }
 
     /// Ends every executor session (on shutdown), so their streams close.

@@ -113,6 +113,16 @@ impl Waiters {
         self.any.send_modify(|generation| *generation += 1);
     }
 
+    /// Wakes every waiting call to read its patch again: with replicas sharing a store, the
+    /// bounded poll behind the notes of the others (a note missed while the listening
+    /// connection was down is caught up within a poll).
+    pub fn wake_all(&self) {
+        let registry = self.lock();
+        for entry in registry.by_id.values() {
+            entry.wake.send_modify(|generation| *generation += 1);
+        }
+    }
+
     /// Waiting calls now.
     #[cfg(test)]
     pub fn count(&self) -> usize {

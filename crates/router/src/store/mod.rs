@@ -25,6 +25,7 @@ pub use api_keys::{
 pub use gateway_state::{
     AnswerRow, DeliveryBegun, GatewayStateStore, MAX_STORED_ANSWER, SessionRow,
 };
+pub use postgres::{Note, PgStore};
 pub use sqlite::{STALL_AFTER, SqliteStore};
 
 /// A storage failure.
@@ -549,4 +550,15 @@ pub trait RouterStore: Send + Sync + 'static {
     /// write.
     async fn settle(&self, outbox: Outbox, settled: Vec<(i64, Delivery)>)
     -> Result<(), StoreError>;
+
+    /// Asks the replica whose executor holds lease `token` of `id` to send it Cancel (a store
+    /// shared by replicas); the embedded store has no other replica and does nothing.
+    async fn publish_cancel(
+        &self,
+        _id: String,
+        _token: u64,
+        _reason: String,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

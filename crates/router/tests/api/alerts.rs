@@ -6,7 +6,14 @@ use ghost_proto::router::v1::{ApplyReport, PatchStatus, Rollback};
 
 use crate::helpers::{RecordingAlerter, TestExecutor, config, patch, spawn_router, submit};
 
-#[tokio::test]
+crate::on_both_stores!(
+    executor_lost_is_raised_when_the_last_executor_leaves_and_resolved_when_one_returns,
+    a_queue_waiting_with_no_executor_raises_queue_stale_until_one_serves_it,
+    alerts_raised_while_the_alerter_is_down_arrive_when_it_is_up,
+    a_rollback_that_left_the_workspace_changed_raises_an_alert_until_a_patch_succeeds,
+    the_workspace_not_restored_alert_is_resolved_by_a_success_after_a_router_restart,
+);
+
 async fn executor_lost_is_raised_when_the_last_executor_leaves_and_resolved_when_one_returns() {
     let dir = tempfile::tempdir().unwrap();
     let alerter = RecordingAlerter::start().await;
@@ -41,7 +48,6 @@ async fn executor_lost_is_raised_when_the_last_executor_leaves_and_resolved_when
     assert_eq!(changes, [false, true], "raised once, resolved once");
 }
 
-#[tokio::test]
 async fn a_queue_waiting_with_no_executor_raises_queue_stale_until_one_serves_it() {
     let dir = tempfile::tempdir().unwrap();
     let alerter = RecordingAlerter::start().await;
@@ -69,7 +75,6 @@ async fn a_queue_waiting_with_no_executor_raises_queue_stale_until_one_serves_it
     assert_eq!(stale_changes, 2, "raised once, resolved once");
 }
 
-#[tokio::test]
 async fn alerts_raised_while_the_alerter_is_down_arrive_when_it_is_up() {
     let dir = tempfile::tempdir().unwrap();
     // Reserve a port for the alerter, then leave it closed for now.
@@ -92,7 +97,6 @@ async fn alerts_raised_while_the_alerter_is_down_arrive_when_it_is_up() {
     drop(router);
 }
 
-#[tokio::test]
 async fn a_rollback_that_left_the_workspace_changed_raises_an_alert_until_a_patch_succeeds() {
     let dir = tempfile::tempdir().unwrap();
     let alerter = RecordingAlerter::start().await;
@@ -139,7 +143,6 @@ async fn a_rollback_that_left_the_workspace_changed_raises_an_alert_until_a_patc
     assert_eq!(changes, [false, true], "raised once, resolved once");
 }
 
-#[tokio::test]
 async fn the_workspace_not_restored_alert_is_resolved_by_a_success_after_a_router_restart() {
     let dir = tempfile::tempdir().unwrap();
     let alerter = RecordingAlerter::start().await;

@@ -21,9 +21,11 @@ use ghost_proto::summarizer::v1::summarizer_service_server::{
 use ghost_proto::summarizer::v1::{
     GetRequest, GetResponse, ListRequest, ListResponse, RecordRequest, RecordResponse,
 };
-use ghost_runtime::config::ServerConfig;
+use ghost_runtime::config::{Secret, ServerConfig};
 pub use ghost_testkit::RecordingAlerter;
 use ghost_testkit::grpc::serve_routes;
+use ghost_testkit::postgres::TempPostgres;
+use router::config::StoreConfig;
 use router::{App, RouterConfig};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -66,11 +68,86 @@ impl Drop for TestRouter {
     }
 }
 
-/// A config for tests: ephemeral ports, short leases and sweeps.
+tokio::task_local! {
+    /// The PostgreSQL server of a test running on PostgreSQL (see [`on_both_stores`]); unset
+    /// or `None`: the test runs on SQLite.
+    pub static POSTGRES: Option<Arc<Postgres>>;
+}
+
+/// A test's own PostgreSQL server and the database of each router data dir it configured (a
+/// router restarted on the same dir finds the same database).
+pub struct Postgres {
+    pub server: TempPostgres,
+    databases: Mutex<HashMap<std::path::PathBuf, String>>,
+}
+
+impl Postgres {
+    /// Starts one, or prints why the test skips.
+    pub fn start_or_skip(test: &str) -> Option<Arc<Self>> {
+        let server = TempPostgres::start_or_skip(test)?;
+        Some(Arc::new(Self {
+            server,
+            databases: Mutex::default(),
+        }))
+    }
+
+    /// The database of `data_dir`, created at its first use.
+    pub fn url_for(&self, data_dir: &Path) -> String {
+        let mut databases = self.databases.lock().unwrap();
+        databases
+            .entry(data_dir.to_owned())
+            .or_insert_with(|| self.server.create_database())
+            .clone()
+    }
+}
+
+/// The `store.url` of a router on `data_dir` in the running test: a database of the test's
+/// PostgreSQL when it runs on PostgreSQL, else unset (SQLite in `data_dir`).
+pub fn store_for(data_dir: &Path) -> StoreConfig {
+    let url = POSTGRES
+        .try_with(|postgres| postgres.as_ref().map(|postgres| postgres.url_for(data_dir)))
+        .ok()
+        .flatten();
+    StoreConfig {
+        url: url.map(Secret::new),
+    }
+}
+
+/// Runs each named `async fn` twice: `<name>::sqlite` and `<name>::postgres` (on a
+/// PostgreSQL of its own; skipped, with the reason printed, when PostgreSQL is not installed).
+/// The test's routers get their store from [`config`].
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn sqlite() {
+                    super::$name().await;
+                }
+
+                #[tokio::test]
+                async fn postgres() {
+                    let test = concat!(module_path!(), "::postgres");
+                    let Some(server) = $crate::helpers::Postgres::start_or_skip(test) else {
+                        return;
+                    };
+                    $crate::helpers::POSTGRES
+                        .scope(Some(server), super::$name())
+                        .await;
+                }
+            }
+        )*
+    };
+}
+
+/// A config for tests: ephemeral ports, short leases and sweeps; the store of the running
+/// test ([`store_for`]).
 pub fn config(data_dir: &Path) -> RouterConfig {
     RouterConfig {
         server: ServerConfig::ephemeral(),
         data_dir: data_dir.to_owned(),
+        store: store_for(data_dir),
         heartbeat_interval: Duration::from_millis(200),
         lease_timeout: Duration::from_secs(30),
         sweep_interval: Duration::from_millis(50),
@@ -104,6 +181,72 @@ pub async fn spawn_router(config: RouterConfig) -> TestRouter {
         http,
         stop: Some(stop),
         done: Some(done),
+    }
+}
+
+/// A router running on a runtime of its own, so a test can kill it as a crash would: every
+/// task, connection and stream of it gone at once, nothing drained.
+pub struct KillableRouter {
+    pub router: TestRouter,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl KillableRouter {
+    /// Drops the router's runtime without draining anything (its executors' streams and its
+    /// database connections break).
+    pub fn kill(mut self) {
+        self.router.stop.take();
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for KillableRouter {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Builds and runs the real router with `config` on a runtime of its own (see
+/// [`KillableRouter`]).
+pub async fn spawn_killable_router(config: RouterConfig) -> KillableRouter {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime for the router");
+    let (bound, addresses) = oneshot::channel();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let done = runtime.spawn(async move {
+        let app = App::build(config).await.expect("build router");
+        let _ = bound.send((app.grpc_addr(), app.http_addr()));
+        let _ = app
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    let (addr, http) = addresses.await.expect("the router bound its ports");
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("router url")
+        .connect()
+        .await
+        .expect("connect to router");
+    let client = RouterServiceClient::new(channel.clone());
+    drop(done);
+    KillableRouter {
+        router: TestRouter {
+            client,
+            channel,
+            grpc: addr,
+            http,
+            stop: Some(stop),
+            done: None,
+        },
+        runtime: Some(runtime),
     }
 }
 
@@ -289,6 +432,14 @@ impl TestExecutor {
             router_message::Kind::Cancel(cancel) => cancel,
             other => panic!("expected a cancel, got {other:?}"),
         }
+    }
+
+    /// The next message within `wait`, if one comes (panics if the stream broke).
+    pub async fn try_next(&mut self, wait: Duration) -> Option<router_message::Kind> {
+        let message = tokio::time::timeout(wait, self.inbound.message())
+            .await
+            .ok()?;
+        message.expect("stream healthy").expect("stream open").kind
     }
 
     /// Asserts that nothing arrives for `quiet`.

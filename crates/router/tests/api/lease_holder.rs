@@ -9,6 +9,8 @@ use crate::helpers::{
     TestExecutor, TestRouter, config, patch, spawn_router, state, submit, wait_for_status,
 };
 
+crate::on_both_stores!(an_other_token_cannot_finish_or_move_a_main_patch,);
+
 async fn secret(router: &TestRouter, name: &str, target: &str) -> String {
     ExecutorTokenServiceClient::new(router.channel.clone())
         .create_executor_token(CreateExecutorTokenRequest {
@@ -61,7 +63,6 @@ async fn forge(
     wait_for_status(router, marker, PatchStatus::Succeeded).await;
 }
 
-#[tokio::test]
 async fn an_other_token_cannot_finish_or_move_a_main_patch() {
     let dir = tempfile::tempdir().unwrap();
     let router = spawn_router(config(dir.path())).await;

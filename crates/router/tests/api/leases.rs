@@ -9,7 +9,14 @@ use crate::helpers::{
     wait_for_status,
 };
 
-#[tokio::test]
+crate::on_both_stores!(
+    an_expired_lease_goes_to_another_executor_and_the_late_result_is_refused,
+    a_patch_whose_executors_keep_vanishing_ends_lost_with_an_alert_and_can_be_retried,
+    cancel_of_a_running_patch_reaches_its_executor,
+    attempts_in_flight_when_the_router_stops_are_interrupted_and_run_again,
+    retry_is_refused_for_a_patch_that_is_queued_running_or_succeeded,
+);
+
 async fn an_expired_lease_goes_to_another_executor_and_the_late_result_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
@@ -84,7 +91,6 @@ async fn an_expired_lease_goes_to_another_executor_and_the_late_result_is_refuse
     );
 }
 
-#[tokio::test]
 async fn a_patch_whose_executors_keep_vanishing_ends_lost_with_an_alert_and_can_be_retried() {
     let dir = tempfile::tempdir().unwrap();
     let alerter = RecordingAlerter::start().await;
@@ -139,7 +145,6 @@ async fn a_patch_whose_executors_keep_vanishing_ends_lost_with_an_alert_and_can_
     wait_for_status(&router, "cursed", PatchStatus::Succeeded).await;
 }
 
-#[tokio::test]
 async fn cancel_of_a_running_patch_reaches_its_executor() {
     let dir = tempfile::tempdir().unwrap();
     let router = spawn_router(config(dir.path())).await;
@@ -158,7 +163,6 @@ async fn cancel_of_a_running_patch_reaches_its_executor() {
     wait_for_status(&router, "long", PatchStatus::Cancelled).await;
 }
 
-#[tokio::test]
 async fn attempts_in_flight_when_the_router_stops_are_interrupted_and_run_again() {
     let dir = tempfile::tempdir().unwrap();
     let router = spawn_router(config(dir.path())).await;
@@ -178,7 +182,6 @@ async fn attempts_in_flight_when_the_router_stops_are_interrupted_and_run_again(
     wait_for_status(&router, "survivor", PatchStatus::Succeeded).await;
 }
 
-#[tokio::test]
 async fn retry_is_refused_for_a_patch_that_is_queued_running_or_succeeded() {
     let dir = tempfile::tempdir().unwrap();
     let router = spawn_router(config(dir.path())).await;

@@ -14,6 +14,15 @@ use crate::helpers::{
     PATIENCE, TestExecutor, TestRouter, cancel, config, patch, spawn_router, submit,
 };
 
+crate::on_both_stores!(
+    a_waiting_call_answers_the_terminal_state_as_soon_as_the_patch_ends,
+    a_wait_that_runs_out_answers_the_current_state_and_unknown_ids_are_not_found,
+    a_dependent_failed_with_its_dependency_wakes_its_waiter,
+    a_call_given_up_by_its_client_frees_its_waiter,
+    a_dry_run_is_answered_by_the_asked_session_only_and_stores_nothing,
+    a_dry_run_goes_only_to_an_executor_that_advertises_it,
+);
+
 async fn wait(router: &TestRouter, id: &str, wait_ms: u32) -> Result<PatchState, tonic::Status> {
     let answer = tokio::time::timeout(
         PATIENCE + Duration::from_secs(60),
@@ -53,7 +62,6 @@ async fn waiters_become(router: &TestRouter, expected: f64) {
     }
 }
 
-#[tokio::test]
 async fn a_waiting_call_answers_the_terminal_state_as_soon_as_the_patch_ends() {
     let dir = tempfile::tempdir().expect("tempdir");
     let router = spawn_router(config(dir.path())).await;
@@ -111,7 +119,6 @@ async fn a_waiting_call_answers_the_terminal_state_as_soon_as_the_patch_ends() {
     waiters_become(&router, 0.0).await;
 }
 
-#[tokio::test]
 async fn a_wait_that_runs_out_answers_the_current_state_and_unknown_ids_are_not_found() {
     let dir = tempfile::tempdir().expect("tempdir");
     let router = spawn_router(config(dir.path())).await;
@@ -142,7 +149,6 @@ async fn a_wait_that_runs_out_answers_the_current_state_and_unknown_ids_are_not_
     assert!(began.elapsed() < PATIENCE);
 }
 
-#[tokio::test]
 async fn a_dependent_failed_with_its_dependency_wakes_its_waiter() {
     let dir = tempfile::tempdir().expect("tempdir");
     let router = spawn_router(config(dir.path())).await;
@@ -177,7 +183,6 @@ async fn a_dependent_failed_with_its_dependency_wakes_its_waiter() {
     assert_eq!(state.status, PatchStatus::Failed as i32, "{}", state.error);
 }
 
-#[tokio::test]
 async fn a_call_given_up_by_its_client_frees_its_waiter() {
     let dir = tempfile::tempdir().expect("tempdir");
     let router = spawn_router(config(dir.path())).await;
@@ -197,7 +202,6 @@ async fn a_call_given_up_by_its_client_frees_its_waiter() {
     waiters_become(&router, 0.0).await;
 }
 
-#[tokio::test]
 async fn a_dry_run_is_answered_by_the_asked_session_only_and_stores_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let router = spawn_router(config(dir.path())).await;
@@ -270,7 +274,6 @@ async fn a_dry_run_is_answered_by_the_asked_session_only_and_stores_nothing() {
     assert_eq!(missing.code(), tonic::Code::NotFound);
 }
 
-#[tokio::test]
 async fn a_dry_run_goes_only_to_an_executor_that_advertises_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let router = spawn_router(config(dir.path())).await;

@@ -13,6 +13,7 @@ mod metric_labels;
 mod ordering;
 mod outbox_lag;
 mod outcomes;
+mod replicas;
 mod revert;
 mod service_credential;
 mod submit;

@@ -8,6 +8,13 @@ use crate::helpers::{
     PATIENCE, TestExecutor, config, patch, spawn_router, submit, wait_for_status,
 };
 
+crate::on_both_stores!(
+    high_before_normal_before_low_and_fifo_within_a_priority,
+    depends_on_waits_for_success_and_fails_fast_when_a_dependency_failed,
+    pause_holds_the_queue_and_resume_releases_it,
+    a_patch_waiting_on_another_targets_patch_runs_when_that_one_succeeds,
+);
+
 /// Takes and succeeds `count` assignments in turn; returns the patch ids in assignment order.
 async fn run_in_order(executor: &mut TestExecutor, count: usize) -> Vec<String> {
     let mut order = Vec::new();
@@ -19,7 +26,6 @@ async fn run_in_order(executor: &mut TestExecutor, count: usize) -> Vec<String> 
     order
 }
 
-#[tokio::test]
 async fn high_before_normal_before_low_and_fifo_within_a_priority() {
     let dir = tempfile::tempdir().unwrap();
     let router = spawn_router(config(dir.path())).await;
@@ -41,7 +47,6 @@ async fn high_before_normal_before_low_and_fifo_within_a_priority() {
     assert_eq!(order, ["h1", "h2", "n1", "n2", "n3", "l1", "l2"]);
 }
 
-#[tokio::test]
 async fn depends_on_waits_for_success_and_fails_fast_when_a_dependency_failed() {
     let dir = tempfile::tempdir().unwrap();
     let router = spawn_router(config(dir.path())).await;
@@ -89,7 +94,6 @@ async fn depends_on_waits_for_success_and_fails_fast_when_a_dependency_failed() 
     assert_eq!(stored.status, PatchStatus::Failed as i32);
 }
 
-#[tokio::test]
 async fn pause_holds_the_queue_and_resume_releases_it() {
     let dir = tempfile::tempdir().unwrap();
     let router = spawn_router(config(dir.path())).await;
@@ -131,7 +135,6 @@ async fn pause_holds_the_queue_and_resume_releases_it() {
     assert_eq!(assign.patch.unwrap().id, "held");
 }
 
-#[tokio::test]
 async fn a_patch_waiting_on_another_targets_patch_runs_when_that_one_succeeds() {
     let dir = tempfile::tempdir().unwrap();
     let router = spawn_router(config(dir.path())).await;

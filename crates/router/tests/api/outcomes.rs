@@ -6,7 +6,12 @@ use std::time::Duration;
 
 use crate::helpers::{PATIENCE, TestSummarizer, cancel, config, patch, spawn_router, submit};
 
-#[tokio::test]
+crate::on_both_stores!(
+    outcomes_are_delivered_several_at_a_time_and_each_once,
+    a_new_outcome_does_not_wait_for_one_still_being_delivered,
+    an_outcome_carries_the_patchs_notify_priority_and_key_name_to_the_summarizer,
+);
+
 async fn outcomes_are_delivered_several_at_a_time_and_each_once() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -56,7 +61,6 @@ async fn outcomes_are_delivered_several_at_a_time_and_each_once() {
 /// An outcome that ends while another is still being delivered goes out at once (it does not
 /// wait for the earlier delivery and its commit), and the row still out is not sent again,
 /// across several of the outbox's one-second polls.
-#[tokio::test]
 async fn a_new_outcome_does_not_wait_for_one_still_being_delivered() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -108,7 +112,6 @@ async fn a_new_outcome_does_not_wait_for_one_still_being_delivered() {
     assert_eq!(calls.get("quick-one"), Some(&1), "{calls:?}");
 }
 
-#[tokio::test]
 async fn an_outcome_carries_the_patchs_notify_priority_and_key_name_to_the_summarizer() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

@@ -16,6 +16,19 @@ use crate::helpers::{
     wait_for_status,
 };
 
+crate::on_both_stores!(
+    a_checked_revert_of_a_committed_patch_is_queued_once_and_audited,
+    two_reverts_at_once_ask_the_executor_once_and_store_one_patch,
+    conflicts_store_nothing_and_are_answered_sorted,
+    only_a_succeeded_known_patch_is_reverted,
+    no_executor_advertising_revert_is_a_failed_precondition_naming_the_target,
+    an_older_executor_is_never_assigned_a_revert_patch_but_still_gets_the_others,
+    a_revert_no_connected_executor_can_apply_raises_revert_waiting_until_one_can,
+    a_revert_call_cut_by_its_deadline_leaves_no_lock_entry_behind,
+    submit_and_dry_run_refuse_a_revert_patch,
+    a_submitted_patch_may_not_take_a_revert_id_in_any_case,
+);
+
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 
 /// An executor that advertises `capabilities` for MAIN.
@@ -116,7 +129,6 @@ async fn metrics(router: &TestRouter) -> String {
         .expect("metrics text")
 }
 
-#[tokio::test]
 async fn a_checked_revert_of_a_committed_patch_is_queued_once_and_audited() {
     let dir = tempfile::tempdir().expect("tempdir");
     let router = spawn_router(config(dir.path())).await;
@@ -217,7 +229,6 @@ async fn a_checked_revert_of_a_committed_patch_is_queued_once_and_audited() {
     );
 }
 
-#[tokio::test]
 async fn two_reverts_at_once_ask_the_executor_once_and_store_one_patch() {
     let dir = tempfile::tempdir().expect("tempdir");
     let router = spawn_router(config(dir.path())).await;
@@ -262,7 +273,6 @@ async fn two_reverts_at_once_ask_the_executor_once_and_store_one_patch() {
     exec.expect_silence(Duration::from_millis(300)).await;
 }
 
-#[tokio::test]
 async fn conflicts_store_nothing_and_are_answered_sorted() {
     let dir = tempfile::tempdir().expect("tempdir");
     let router = spawn_router(config(dir.path())).await;
@@ -333,7 +343,6 @@ async fn conflicts_store_nothing_and_are_answered_sorted() {
     );
 }
 
-#[tokio::test]
 async fn only_a_succeeded_known_patch_is_reverted() {
     let dir = tempfile::tempdir().expect("tempdir");
     let router = spawn_router(config(dir.path())).await;
@@ -362,7 +371,6 @@ async fn only_a_succeeded_known_patch_is_reverted() {
     exec.expect_silence(Duration::from_millis(300)).await;
 }
 
-#[tokio::test]
 async fn no_executor_advertising_revert_is_a_failed_precondition_naming_the_target() {
     let dir = tempfile::tempdir().expect("tempdir");
     let router = spawn_router(config(dir.path())).await;
@@ -404,7 +412,6 @@ async fn no_executor_advertising_revert_is_a_failed_precondition_naming_the_targ
     older.expect_silence(Duration::from_millis(300)).await;
 }
 
-#[tokio::test]
 async fn an_older_executor_is_never_assigned_a_revert_patch_but_still_gets_the_others() {
     let dir = tempfile::tempdir().expect("tempdir");
     let router = spawn_router(config(dir.path())).await;
@@ -454,7 +461,6 @@ async fn an_older_executor_is_never_assigned_a_revert_patch_but_still_gets_the_o
     wait_for_status(&router, "revert-undo-me", PatchStatus::Queued).await;
 }
 
-#[tokio::test]
 async fn a_revert_no_connected_executor_can_apply_raises_revert_waiting_until_one_can() {
     let dir = tempfile::tempdir().expect("tempdir");
     let alerter = RecordingAlerter::start().await;
@@ -532,7 +538,6 @@ async fn metrics_show(router: &TestRouter, line: &str) -> bool {
     false
 }
 
-#[tokio::test]
 async fn a_revert_call_cut_by_its_deadline_leaves_no_lock_entry_behind() {
     let dir = tempfile::tempdir().expect("tempdir");
     let router = spawn_router(config(dir.path())).await;
@@ -582,7 +587,6 @@ async fn a_revert_call_cut_by_its_deadline_leaves_no_lock_entry_behind() {
     assert!(metrics_show(&router, "ghost_router_reverts_checking 0").await);
 }
 
-#[tokio::test]
 async fn submit_and_dry_run_refuse_a_revert_patch() {
     let dir = tempfile::tempdir().expect("tempdir");
     let router = spawn_router(config(dir.path())).await;
@@ -623,7 +627,6 @@ async fn submit_and_dry_run_refuse_a_revert_patch() {
     );
 }
 
-#[tokio::test]
 async fn a_submitted_patch_may_not_take_a_revert_id_in_any_case() {
     let dir = tempfile::tempdir().expect("tempdir");
     let router = spawn_router(config(dir.path())).await;

@@ -4,7 +4,14 @@ use ghost_proto::router::v1::{ListRequest, PatchStatus, SubmitRequest};
 
 use crate::helpers::{config, patch, spawn_router, state, submit};
 
-#[tokio::test]
+crate::on_both_stores!(
+    the_same_patch_twice_is_one_record_and_other_content_is_already_exists,
+    concurrent_submits_are_all_stored_and_survive_a_restart,
+    list_targets_reports_depth_pause_and_executor_presence,
+    the_submitting_key_name_is_bounded_and_free_of_control_characters,
+    intake_warnings_are_capped_in_count_and_length,
+);
+
 async fn the_same_patch_twice_is_one_record_and_other_content_is_already_exists() {
     let dir = tempfile::tempdir().unwrap();
     let router = spawn_router(config(dir.path())).await;
@@ -54,7 +61,6 @@ async fn the_same_patch_twice_is_one_record_and_other_content_is_already_exists(
     assert_eq!(listed[0].description, "test patch same-1");
 }
 
-#[tokio::test]
 async fn concurrent_submits_are_all_stored_and_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let router = spawn_router(config(dir.path())).await;
@@ -85,7 +91,6 @@ async fn concurrent_submits_are_all_stored_and_survive_a_restart() {
     assert_eq!(again.status, PatchStatus::Queued as i32);
 }
 
-#[tokio::test]
 async fn list_targets_reports_depth_pause_and_executor_presence() {
     let dir = tempfile::tempdir().unwrap();
     let router = spawn_router(config(dir.path())).await;
@@ -132,7 +137,6 @@ async fn list_targets_reports_depth_pause_and_executor_presence() {
     assert_eq!(served, ["DOCS", "MAIN"]);
 }
 
-#[tokio::test]
 async fn the_submitting_key_name_is_bounded_and_free_of_control_characters() {
     let dir = tempfile::tempdir().unwrap();
     let router = spawn_router(config(dir.path())).await;
@@ -173,7 +177,6 @@ async fn the_submitting_key_name_is_bounded_and_free_of_control_characters() {
     assert!(at_the_cap.created);
 }
 
-#[tokio::test]
 async fn intake_warnings_are_capped_in_count_and_length() {
     let dir = tempfile::tempdir().unwrap();
     let router = spawn_router(config(dir.path())).await;
