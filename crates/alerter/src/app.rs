@@ -30,6 +30,26 @@ use crate::signing::Verifier;
 use crate::slack::SlackClient;
 use crate::store::Store;
 
+/// Opens the store `config` names: PostgreSQL at `store.url`, else SQLite in `data_dir` (in
+/// memory when unset).
+async fn open_store(config: &AlerterConfig) -> anyhow::Result<Store> {
+    if let Some(url) = config.store.postgres_url().map_err(anyhow::Error::msg)? {
+        return Ok(Store::open_postgres(url).await?);
+    }
+    let path = match &config.data_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            Some(dir.join("alerter.db"))
+        }
+        None => {
+            tracing::warn!("alerter data_dir is not set; the outbox lives in memory only");
+            None
+        }
+    };
+    Ok(Store::open(path.as_deref())?)
+}
+
 /// The alerter, built and bound but not yet serving.
 pub struct App {
     config: AlerterConfig,
@@ -57,18 +77,9 @@ impl App {
         config: AlerterConfig,
         clock: SharedClock,
     ) -> anyhow::Result<Self> {
-        let path = match &config.data_dir {
-            Some(dir) => {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("cannot create {}", dir.display()))?;
-                Some(dir.join("alerter.db"))
-            }
-            None => {
-                tracing::warn!("alerter data_dir is not set; the outbox lives in memory only");
-                None
-            }
-        };
-        let store = Store::open(path.as_deref()).context("cannot open the alerter database")?;
+        let store = open_store(&config)
+            .await
+            .context("cannot open the alerter database")?;
         let counts = store.outbox_counts().await?;
         if counts.pending > 0 {
             tracing::info!(
