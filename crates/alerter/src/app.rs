@@ -21,6 +21,7 @@ use crate::config::AlerterConfig;
 use crate::grpc::AlerterGrpc;
 use crate::health::{HealthBoard, HealthMonitor};
 use crate::inbound::{Inbound, ResponseUrls, routes};
+use crate::leader::Leader;
 use crate::lifecycle::Lifecycle;
 use crate::listing::AlerterRead;
 use crate::outbox::{DeliveryPolicy, Outbox, deliver_loop};
@@ -233,9 +234,13 @@ impl App {
             DeliveryPolicy::from_config(&self.config.slack),
             token.clone(),
         ));
-        tracker.spawn(Arc::clone(&self.lifecycle).run(token.clone()));
+        let (leader, election) = Leader::elect(&store, token.clone());
+        if let Some(election) = election {
+            tracker.spawn(election.run());
+        }
+        tracker.spawn(Arc::clone(&self.lifecycle).run(leader.clone(), token.clone()));
         if !self.monitor.is_idle() {
-            tracker.spawn(self.monitor.run(token.clone()));
+            tracker.spawn(self.monitor.run(leader, token.clone()));
         }
         let read = AlerterRead::new(Arc::clone(&self.lifecycle), self.outbox.store().clone());
         let grpc = AlerterGrpc::new(self.patches, self.lifecycle, self.outbox.store().clone());
@@ -251,7 +256,7 @@ impl App {
             open_methods: Vec::new(),
             storage: Some(store.health().clone()),
         };
-        ghost_runtime::serve::serve_until(
+        let served = ghost_runtime::serve::serve_until(
             service,
             self.listeners,
             &self.config.server,
@@ -259,6 +264,11 @@ impl App {
             token,
             tracker,
         )
-        .await
+        .await;
+        // Every loop has stopped: another replica may take this one's channels and lead now.
+        if let Err(err) = store.release_leases().await {
+            tracing::warn!(error = %err, "cannot give up the leases; they expire by themselves");
+        }
+        served
     }
 }

@@ -13,7 +13,8 @@
 //! - [`patches`] — patch outcomes → own thread or digest, as [`routing`] decides.
 //! - [`lifecycle`] — system alerts: group, repeat, escalate, ack, silence, resolve.
 //! - [`listing`] — the read-only `AlerterReadService` (`ListAlerts`) for dashboards.
-//! - [`health`] — the health monitor.
+//! - [`health`] — the health monitor; [`leader`] — which replica runs it and the alert
+//!   timers.
 //! - [`outbox`] — store-first Slack delivery: order per thread, pacing, backoff, dead letters.
 //! - [`slack`] — the Web API and webhook clients and how their answers are read.
 //! - [`messages`] — Block Kit bodies; [`mrkdwn`] — caller text escaped for them.
@@ -30,6 +31,7 @@ pub mod error;
 pub mod grpc;
 pub mod health;
 pub mod inbound;
+pub mod leader;
 pub mod lifecycle;
 pub mod listing;
 pub mod messages;
