@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use alerter::AlerterConfig;
 use alerter::clock::SystemClock;
+use alerter::routing::Route;
 use ghost_proto::alerter::v1::NotifyRequest;
 use ghost_proto::router::v1::PatchStatus;
 use ghost_runtime::config::Secret;
@@ -236,9 +237,24 @@ async fn two_replicas_post_each_message_once_parents_first_in_thread_order() {
     };
     let url = server.create_database();
     let slack = FakeSlack::start().await;
-    let mut first = spawn_on(on_database(&slack, &url)).await;
-    let mut second = spawn_on(on_database(&slack, &url)).await;
-    let patches: Vec<String> = (0..20).map(|n| format!("p-replica-{n:02}")).collect();
+    // Three targets routed to three channels: each channel has one sender at a time, not
+    // necessarily the same replica.
+    let mut cfg = on_database(&slack, &url);
+    cfg.routing.routes = (0..3)
+        .map(|n| Route {
+            target: vec![format!("T{n}")],
+            channel: Some(format!("#c{n}")),
+            ..Route::default()
+        })
+        .collect();
+    let mut first = spawn_on(cfg.clone()).await;
+    let mut second = spawn_on(cfg).await;
+    let patches: Vec<String> = (0..24).map(|n| format!("p-replica-{n:02}")).collect();
+    let on_target = |id: &str, n: usize, number: u32| {
+        let mut request = attempt(id, number);
+        request.target = format!("T{}", n % 3);
+        request
+    };
     // Attempt 1 through one replica, attempt 2 through the other, alternating.
     for (n, id) in patches.iter().enumerate() {
         let (a, b) = if n % 2 == 0 {
@@ -246,11 +262,21 @@ async fn two_replicas_post_each_message_once_parents_first_in_thread_order() {
         } else {
             (&mut second, &mut first)
         };
-        assert_eq!(send_until_accepted(a, attempt(id, 1)).await, 0);
-        assert_eq!(send_until_accepted(b, attempt(id, 2)).await, 0);
+        assert_eq!(send_until_accepted(a, on_target(id, n, 1)).await, 0);
+        assert_eq!(send_until_accepted(b, on_target(id, n, 2)).await, 0);
     }
     drained(&first).await;
-    assert_each_once_in_thread_order(&slack, &slack.requests().await, &patches);
+    let requests = slack.requests().await;
+    assert_each_once_in_thread_order(&slack, &requests, &patches);
+    for (n, id) in patches.iter().enumerate() {
+        let parent = requests
+            .iter()
+            .find(|r| {
+                r.succeeded() && r.body.get("thread_ts").is_none() && r.text().contains(id.as_str())
+            })
+            .expect("a parent");
+        assert_eq!(parent.body["channel"], format!("#c{}", n % 3), "{id}");
+    }
 }
 
 /// `/ghost health` on `app` (what its monitor has seen).
