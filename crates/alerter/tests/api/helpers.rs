@@ -135,6 +135,18 @@ macro_rules! on_both_stores {
     };
 }
 
+/// The store an alerter spawned with `data_dir` = `dir` would open: the test's PostgreSQL
+/// database when it runs on one, else the SQLite file under `dir`.
+pub async fn open_store(dir: &Path) -> Store {
+    if let Ok(url) = STORE_URL.try_with(Clone::clone) {
+        return Store::open_postgres(&url)
+            .await
+            .expect("open the test's database");
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    Store::open(Some(&dir.join("alerter.db"))).unwrap()
+}
+
 /// Builds and runs the real alerter with `config` and `clock` (on the test's PostgreSQL
 /// database when it runs on one).
 pub async fn spawn_with(mut config: AlerterConfig, clock: SharedClock) -> TestApp {
