@@ -30,18 +30,14 @@ pub(super) fn insert_messages(
     Ok(())
 }
 
-/// Stores one digest entry in the channel's current digest (a new digest message when the
-/// period turned or the current one is full) and queues the digest's post or, for a digest
-/// already started, one edit replacing any edit of it still pending (so a backlog of edits
-/// coalesces into one call).
-pub(super) fn add_to_digest(
+/// The digest thread that takes `add`'s entry, and whether it was started now: the current
+/// one while it holds fewer than `max_entries` and its message stays within Slack's block
+/// budget; otherwise a new digest message starts.
+fn digest_for(
     conn: &Connection,
-    patch_id: &str,
-    attempt: u32,
     add: &DigestAdd,
-    now_ms: i64,
     render: &DigestRender,
-) -> Result<(), StoreError> {
+) -> Result<(String, bool), StoreError> {
     let current: Option<(String, i64, i64)> = conn
         .prepare_cached(
             "SELECT thread, seq, entries FROM digests WHERE channel = ?1 AND period_ms = ?2
@@ -51,8 +47,6 @@ pub(super) fn add_to_digest(
             Ok((row.get(0)?, row.get(1)?, row.get(2)?))
         })
         .optional()?;
-    // The current digest takes the entry while it holds fewer than `max_entries` and its
-    // message stays within Slack's block budget; otherwise a new digest message starts.
     let mut joined = None;
     if let Some((thread, _, count)) = &current
         && *count < i64::from(add.max_entries)
@@ -67,7 +61,7 @@ pub(super) fn add_to_digest(
             joined = Some(thread.clone());
         }
     }
-    let (thread, fresh) = match joined {
+    Ok(match joined {
         Some(thread) => (thread, false),
         None => {
             let seq = current.map_or(0, |(_, seq, _)| seq + 1);
@@ -79,7 +73,22 @@ pub(super) fn add_to_digest(
             .execute(params![thread, add.channel, add.period_ms, seq])?;
             (thread, true)
         }
-    };
+    })
+}
+
+/// Stores one digest entry in the channel's current digest (a new digest message when the
+/// period turned or the current one is full) and queues the digest's post or, for a digest
+/// already started, one edit replacing any edit of it still pending (so a backlog of edits
+/// coalesces into one call).
+pub(super) fn add_to_digest(
+    conn: &Connection,
+    patch_id: &str,
+    attempt: u32,
+    add: &DigestAdd,
+    now_ms: i64,
+    render: &DigestRender,
+) -> Result<(), StoreError> {
+    let (thread, fresh) = digest_for(conn, add, render)?;
     // A later attempt of a patch already in this digest replaces its line, so the digest's
     // totals count each patch once, as its latest outcome.
     let replaced = conn
