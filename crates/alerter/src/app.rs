@@ -21,6 +21,7 @@ use crate::config::AlerterConfig;
 use crate::grpc::AlerterGrpc;
 use crate::health::{HealthBoard, HealthMonitor};
 use crate::inbound::{Inbound, ResponseUrls, routes};
+use crate::leader::Leader;
 use crate::lifecycle::Lifecycle;
 use crate::listing::AlerterRead;
 use crate::outbox::{DeliveryPolicy, Outbox, deliver_loop};
@@ -29,6 +30,26 @@ use crate::routing::Router;
 use crate::signing::Verifier;
 use crate::slack::SlackClient;
 use crate::store::Store;
+
+/// Opens the store `config` names: PostgreSQL at `store.url`, else SQLite in `data_dir` (in
+/// memory when unset).
+async fn open_store(config: &AlerterConfig) -> anyhow::Result<Store> {
+    if let Some(url) = config.store.postgres_url().map_err(anyhow::Error::msg)? {
+        return Ok(Store::open_postgres(url).await?);
+    }
+    let path = match &config.data_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            Some(dir.join("alerter.db"))
+        }
+        None => {
+            tracing::warn!("alerter data_dir is not set; the outbox lives in memory only");
+            None
+        }
+    };
+    Ok(Store::open(path.as_deref())?)
+}
 
 /// The alerter, built and bound but not yet serving.
 pub struct App {
@@ -57,18 +78,9 @@ impl App {
         config: AlerterConfig,
         clock: SharedClock,
     ) -> anyhow::Result<Self> {
-        let path = match &config.data_dir {
-            Some(dir) => {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("cannot create {}", dir.display()))?;
-                Some(dir.join("alerter.db"))
-            }
-            None => {
-                tracing::warn!("alerter data_dir is not set; the outbox lives in memory only");
-                None
-            }
-        };
-        let store = Store::open(path.as_deref()).context("cannot open the alerter database")?;
+        let store = open_store(&config)
+            .await
+            .context("cannot open the alerter database")?;
         let counts = store.outbox_counts().await?;
         if counts.pending > 0 {
             tracing::info!(
@@ -222,9 +234,13 @@ impl App {
             DeliveryPolicy::from_config(&self.config.slack),
             token.clone(),
         ));
-        tracker.spawn(Arc::clone(&self.lifecycle).run(token.clone()));
+        let (leader, election) = Leader::elect(&store, token.clone());
+        if let Some(election) = election {
+            tracker.spawn(election.run());
+        }
+        tracker.spawn(Arc::clone(&self.lifecycle).run(leader.clone(), token.clone()));
         if !self.monitor.is_idle() {
-            tracker.spawn(self.monitor.run(token.clone()));
+            tracker.spawn(self.monitor.run(leader, token.clone()));
         }
         let read = AlerterRead::new(Arc::clone(&self.lifecycle), self.outbox.store().clone());
         let grpc = AlerterGrpc::new(self.patches, self.lifecycle, self.outbox.store().clone());
@@ -240,7 +256,7 @@ impl App {
             open_methods: Vec::new(),
             storage: Some(store.health().clone()),
         };
-        ghost_runtime::serve::serve_until(
+        let served = ghost_runtime::serve::serve_until(
             service,
             self.listeners,
             &self.config.server,
@@ -248,6 +264,11 @@ impl App {
             token,
             tracker,
         )
-        .await
+        .await;
+        // Every loop has stopped: another replica may take this one's channels and lead now.
+        if let Err(err) = store.release_leases().await {
+            tracing::warn!(error = %err, "cannot give up the leases; they expire by themselves");
+        }
+        served
     }
 }

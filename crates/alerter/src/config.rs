@@ -25,7 +25,10 @@ pub struct AlerterConfig {
     pub slack: SlackConfig,
     /// Directory of the SQLite database (`alerter.db`: outbox, alerts, silences, audit);
     /// unset: an in-memory database, so a restart forgets pending messages (tests only).
+    /// Not used when `store.url` names a PostgreSQL database.
     pub data_dir: Option<PathBuf>,
+    /// Where the database lives (`[store]`): unset, SQLite in `data_dir`.
+    pub store: StoreConfig,
     /// gRPC URL of the router (Slack verbs, executor presence), e.g. `http://127.0.0.1:50051`.
     pub router_url: Option<String>,
     /// gRPC URL of the summarizer (`/ghost summary`), e.g. `http://127.0.0.1:50053`.
@@ -45,12 +48,51 @@ impl Default for AlerterConfig {
             telemetry: TelemetryConfig::default(),
             slack: SlackConfig::default(),
             data_dir: None,
+            store: StoreConfig::default(),
             router_url: None,
             summarizer_url: None,
             alerts: AlertPolicy::default(),
             health: HealthConfig::default(),
             routing: RoutingConfig::default(),
         }
+    }
+}
+
+/// The store of the alerter's database.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Unset: SQLite, `<data_dir>/alerter.db` (the embedded default). `postgres://user:pass@host/db`
+    /// (or `postgresql://`): PostgreSQL, so replicas share one database. A secret (it may hold a
+    /// password): redacted by `--print-config`, never logged; `GHOST_ALERTER__STORE__URL_FILE`
+    /// reads it from a file.
+    pub url: Option<Secret>,
+}
+
+impl StoreConfig {
+    /// The PostgreSQL URL, `None` for SQLite, or why `url` is neither (naming only its scheme,
+    /// never the rest: it may hold a password).
+    pub fn postgres_url(&self) -> Result<Option<&str>, String> {
+        let Some(url) = self.url.as_ref().map(Secret::expose) else {
+            return Ok(None);
+        };
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Some(url));
+        }
+        let scheme = match url.split_once("://") {
+            Some((scheme, _))
+                if scheme.len() <= 20
+                    && scheme
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'+') =>
+            {
+                format!("`{scheme}://`")
+            }
+            _ => "no scheme".to_owned(),
+        };
+        Err(format!(
+            "store.url must be unset (SQLite in data_dir) or a postgres:// URL; it has {scheme}"
+        ))
     }
 }
 
@@ -222,6 +264,31 @@ mod tests {
             error.contains("slack.concurrency must be at least 1"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn store_url_is_sqlite_when_unset_postgres_when_so_and_a_secret_in_dumps() {
+        assert_eq!(StoreConfig::default().postgres_url(), Ok(None));
+        let url = "postgres://ghost:hunter2@db.internal:5432/ghost";
+        let config = load(&[("GHOST_ALERTER__STORE__URL", url)]).unwrap();
+        assert_eq!(config.store.postgres_url(), Ok(Some(url)));
+        let printed = ghost_runtime::config::render(&config).unwrap();
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(!format!("{config:?}").contains("hunter2"));
+        // From a file (a Kubernetes or compose secret), as `…__STORE__URL_FILE`.
+        let secrets = tempfile::tempdir().unwrap();
+        let file = secrets.path().join("alerter-db-url");
+        std::fs::write(&file, format!("{url}\n")).unwrap();
+        let config = load(&[("GHOST_ALERTER__STORE__URL_FILE", &file.to_string_lossy())]).unwrap();
+        assert_eq!(config.store.postgres_url(), Ok(Some(url)));
+        for bad in ["mysql://root:hunter2@x/db", "hunter2", "sqlite:///tmp/x.db"] {
+            let store = StoreConfig {
+                url: Some(Secret::new(bad)),
+            };
+            let err = store.postgres_url().unwrap_err();
+            assert!(err.contains("store.url"), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
     }
 
     #[test]

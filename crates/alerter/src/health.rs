@@ -22,6 +22,7 @@ use tonic_health::pb::health_client::HealthClient;
 
 use crate::clock::SharedClock;
 use crate::config::HealthConfig;
+use crate::leader::Leader;
 use crate::lifecycle::{Lifecycle, RaiseAlert, Severity};
 
 /// What the monitor last learnt about one thing it watches.
@@ -123,10 +124,13 @@ impl HealthMonitor {
         self.services.is_empty() && self.router.is_none()
     }
 
-    /// Checks every `interval` until `shutdown`.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    /// Checks every `interval` until `shutdown`, while this replica leads (one replica
+    /// watches, so one raises).
+    pub async fn run(mut self, leader: Leader, shutdown: CancellationToken) {
         loop {
-            self.round().await;
+            if leader.is_leader() {
+                self.round().await;
+            }
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(self.config.interval) => {}

@@ -3,9 +3,9 @@
 //! Called by the summarizer (`Notify`: one Slack thread per patch, idempotent by (patch id,
 //! attempt)), by the router (`Alert`: stale queues, lost executors, lost patches) and by Slack
 //! itself (`POST /slack/commands`, `POST /slack/interactions`, signed v0). Calls the Slack Web
-//! API (`chat.postMessage`, `chat.update`) or an incoming webhook through a durable SQLite
-//! outbox, the router's and summarizer's gRPC APIs for `/ghost` verbs, and every service's
-//! `grpc.health.v1` for the health monitor.
+//! API (`chat.postMessage`, `chat.update`) or an incoming webhook through a durable outbox
+//! (SQLite, or PostgreSQL shared by replicas), the router's and summarizer's gRPC APIs for
+//! `/ghost` verbs, and every service's `grpc.health.v1` for the health monitor.
 //!
 //! - [`config`] — [`AlerterConfig`] and its parts.
 //! - [`app`] — [`App`], wiring everything and serving.
@@ -13,13 +13,14 @@
 //! - [`patches`] — patch outcomes → own thread or digest, as [`routing`] decides.
 //! - [`lifecycle`] — system alerts: group, repeat, escalate, ack, silence, resolve.
 //! - [`listing`] — the read-only `AlerterReadService` (`ListAlerts`) for dashboards.
-//! - [`health`] — the health monitor.
+//! - [`health`] — the health monitor; [`leader`] — which replica runs it and the alert
+//!   timers.
 //! - [`outbox`] — store-first Slack delivery: order per thread, pacing, backoff, dead letters.
 //! - [`slack`] — the Web API and webhook clients and how their answers are read.
 //! - [`messages`] — Block Kit bodies; [`mrkdwn`] — caller text escaped for them.
 //! - [`inbound`] — the signed Slack routes; [`signing`] — v0 verification.
 //! - [`commands`] — the `/ghost` verbs, operators and the audit log.
-//! - [`store`] — the SQLite database; [`clock`] — injectable time.
+//! - [`store`] — the database (SQLite or PostgreSQL); [`clock`] — injectable time.
 //! - [`error`] — [`AlerterError`] and its mapping to `tonic::Status` and HTTP.
 
 pub mod app;
@@ -30,6 +31,7 @@ pub mod error;
 pub mod grpc;
 pub mod health;
 pub mod inbound;
+pub mod leader;
 pub mod lifecycle;
 pub mod listing;
 pub mod messages;

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::SharedClock;
 use crate::config::AlertPolicy;
 use crate::error::AlerterError;
+use crate::leader::Leader;
 use crate::messages;
 use crate::mrkdwn::escape;
 use crate::outbox::Outbox;
@@ -171,6 +172,18 @@ impl Inner {
     }
 }
 
+/// The active alerts and silences as stored.
+async fn read_inner(store: &crate::store::Store, now_ms: i64) -> Result<Inner, AlerterError> {
+    let mut alerts = BTreeMap::new();
+    for state in store.active_alerts().await? {
+        let alert: AlertState =
+            serde_json::from_value(state).map_err(|err| AlerterError::Storage(err.into()))?;
+        alerts.insert(alert.key.clone(), alert);
+    }
+    let silences = store.silences(now_ms).await?;
+    Ok(Inner { alerts, silences })
+}
+
 /// The alert lifecycle engine. Share it with an `Arc`.
 pub struct Lifecycle {
     inner: Mutex<Inner>,
@@ -188,21 +201,37 @@ impl Lifecycle {
         policy: AlertPolicy,
         channel: String,
     ) -> Result<Self, AlerterError> {
-        let store = outbox.store();
-        let mut alerts = BTreeMap::new();
-        for state in store.active_alerts().await? {
-            let alert: AlertState =
-                serde_json::from_value(state).map_err(|err| AlerterError::Storage(err.into()))?;
-            alerts.insert(alert.key.clone(), alert);
-        }
-        let silences = store.silences(clock.now_ms()).await?;
+        let inner = read_inner(outbox.store(), clock.now_ms()).await?;
         Ok(Self {
-            inner: Mutex::new(Inner { alerts, silences }),
+            inner: Mutex::new(inner),
             outbox,
             clock,
             policy,
             channel,
         })
+    }
+
+    /// The state, locked; on a shared store (PostgreSQL) first read again, since another
+    /// replica may have raised, acknowledged or silenced meanwhile.
+    async fn locked(&self) -> Result<tokio::sync::MutexGuard<'_, Inner>, AlerterError> {
+        let mut inner = self.inner.lock().await;
+        let store = self.outbox.store();
+        if store.is_shared() {
+            *inner = read_inner(store, self.clock.now_ms()).await?;
+        }
+        Ok(inner)
+    }
+
+    /// [`Self::locked`] for readers that cannot fail: on a storage error, the state as last
+    /// read.
+    async fn locked_or_last(&self) -> tokio::sync::MutexGuard<'_, Inner> {
+        match self.locked().await {
+            Ok(inner) => inner,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the alerts again; showing the last read");
+                self.inner.lock().await
+            }
+        }
     }
 
     /// Raises `request` (an already active key is updated, not re-posted), then applies timers.
@@ -212,7 +241,7 @@ impl Lifecycle {
         traceparent: Option<String>,
     ) -> Result<(), AlerterError> {
         let now = self.clock.now_ms();
-        let mut inner = self.inner.lock().await;
+        let mut inner = self.locked().await?;
         let alert = match inner.alerts.get_mut(&request.key) {
             Some(active) => {
                 active.severity = request.severity;
@@ -250,7 +279,7 @@ impl Lifecycle {
     /// Resolves the active alert `key`; false when none is active.
     pub async fn resolve(&self, key: &str) -> Result<bool, AlerterError> {
         let now = self.clock.now_ms();
-        let mut inner = self.inner.lock().await;
+        let mut inner = self.locked().await?;
         let Some(mut alert) = inner.alerts.remove(key) else {
             return Ok(false);
         };
@@ -276,7 +305,7 @@ impl Lifecycle {
     /// Acknowledges the active alert `key` as `by`.
     pub async fn ack(&self, key: &str, by: &str) -> Result<AlertState, AlerterError> {
         let now = self.clock.now_ms();
-        let mut inner = self.inner.lock().await;
+        let mut inner = self.locked().await?;
         let Some(alert) = inner.alerts.get_mut(key) else {
             return Err(AlerterError::UnknownAlert {
                 key: key.to_owned(),
@@ -309,7 +338,7 @@ impl Lifecycle {
         by: &str,
     ) -> Result<Silence, AlerterError> {
         let now = self.clock.now_ms();
-        let mut inner = self.inner.lock().await;
+        let mut inner = self.locked().await?;
         let silence = self
             .outbox
             .store()
@@ -326,7 +355,7 @@ impl Lifecycle {
 
     /// Ends silence `id`; false when there is no such active silence.
     pub async fn unsilence(&self, id: i64) -> Result<bool, AlerterError> {
-        let mut inner = self.inner.lock().await;
+        let mut inner = self.locked().await?;
         let removed = self.outbox.store().remove_silence(id).await?;
         inner.silences.retain(|silence| silence.id != id);
         if removed {
@@ -338,13 +367,18 @@ impl Lifecycle {
 
     /// Active alerts, by key.
     pub async fn active(&self) -> Vec<AlertState> {
-        self.inner.lock().await.alerts.values().cloned().collect()
+        self.locked_or_last()
+            .await
+            .alerts
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Silences in force now.
     pub async fn silences(&self) -> Vec<Silence> {
         let now = self.clock.now_ms();
-        let inner = self.inner.lock().await;
+        let inner = self.locked_or_last().await;
         inner
             .silences
             .iter()
@@ -356,23 +390,27 @@ impl Lifecycle {
     /// True when `alert` is silenced now.
     pub async fn is_silenced(&self, alert: &AlertState) -> bool {
         let now = self.clock.now_ms();
-        self.inner.lock().await.silenced(alert, now)
+        self.locked_or_last().await.silenced(alert, now)
     }
 
     /// Applies the timers (group flush, repeat, escalation) at the clock's now.
     pub async fn tick(&self) -> Result<(), AlerterError> {
         let now = self.clock.now_ms();
-        let mut inner = self.inner.lock().await;
+        let mut inner = self.locked().await?;
         self.apply_timers(&mut inner, now, None).await
     }
 
-    /// Ticks every `policy.tick` until `shutdown`.
-    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+    /// Ticks every `policy.tick` until `shutdown`, while this replica leads (one replica
+    /// repeats and escalates).
+    pub async fn run(self: Arc<Self>, leader: Leader, shutdown: CancellationToken) {
         let every = self.policy.tick.max(Duration::from_millis(10));
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(every) => {}
+            }
+            if !leader.is_leader() {
+                continue;
             }
             if let Err(err) = self.tick().await {
                 tracing::error!(error = %err, "alert timers failed");

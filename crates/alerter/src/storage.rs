@@ -1,6 +1,7 @@
 //! The alerter's own storage faults. Its store classifies each failed transaction
-//! ([`crate::store::Store`]): a full disk, I/O errors or a failed fsync make the alerter
-//! *degraded* (`/readyz` 503 with the reason, `grpc.health.v1` NOT_SERVING,
+//! ([`crate::store::Store`]): a full disk, I/O errors, a failed fsync or an unreachable
+//! PostgreSQL server make the alerter *degraded* (`/readyz` 503 with the reason,
+//! `grpc.health.v1` NOT_SERVING,
 //! `ghost_storage_degraded{service="alerter"}`), and `Notify` and `Alert` answer UNAVAILABLE
 //! so their callers' outboxes keep them and retry.
 //!
@@ -46,8 +47,8 @@ pub fn message(fault: Option<&Fault>) -> String {
             fault.kind.sentence("alerter")
         ),
         None => format!(
-            ":white_check_mark: *{ALERT_KEY}* resolved: the alerter's disk accepts writes \
-             again; held alerts and notifications arrive now."
+            ":white_check_mark: *{ALERT_KEY}* resolved: the alerter's storage accepts \
+             writes again; held alerts and notifications arrive now."
         ),
     }
 }

@@ -191,7 +191,6 @@ impl System {
     }
 }
 
-#[tokio::test]
 async fn help_and_unknown_verbs_answer_with_the_verb_list() {
     let sys = system().await;
     let help = sys.ghost("help").await;
@@ -227,19 +226,34 @@ async fn help_and_unknown_verbs_answer_with_the_verb_list() {
     assert_eq!(sys.ghost("").await, help);
 }
 
-#[tokio::test]
 async fn status_counts_queued_patches_and_alerts() {
     let mut sys = system().await;
     sys.submit("p-status").await;
     sys.raise(alert_request("queue_stale/MAIN", false, 1)).await;
     let status = sys.ghost("status").await;
     assert!(status.contains("queued patches: 1"), "{status}");
-    assert!(status.contains("firing alerts: 1"), "{status}");
+    // The health monitor may meanwhile have raised `executor_lost/MAIN` (no executor runs
+    // here; a slower store leaves it the time): it is the only other alert allowed.
+    let keys: Vec<String> = sys
+        .alerter
+        .lifecycle
+        .active()
+        .await
+        .into_iter()
+        .map(|alert| alert.key)
+        .collect();
+    assert!(keys.contains(&"queue_stale/MAIN".to_owned()), "{keys:?}");
+    assert!(
+        keys.iter()
+            .all(|key| key == "queue_stale/MAIN" || key == "executor_lost/MAIN"),
+        "{keys:?}"
+    );
+    let counted = ["firing alerts: 1", "firing alerts: 2"];
+    assert!(counted.iter().any(|line| status.contains(line)), "{status}");
     let legacy = slash(&sys.alerter, "/status-runner", "", BYSTANDER).await;
     assert!(legacy.contains("queued patches: 1"), "{legacy}");
 }
 
-#[tokio::test]
 async fn queue_lists_queued_patches_of_a_target() {
     let mut sys = system().await;
     sys.submit("p-q1").await;
@@ -255,7 +269,6 @@ async fn queue_lists_queued_patches_of_a_target() {
     assert!(legacy.contains("`p-q1`"), "{legacy}");
 }
 
-#[tokio::test]
 async fn queue_without_a_target_in_a_team_channel_lists_the_targets_routed_there() {
     let web = alerter::routing::Route {
         target: vec!["WEB-*".to_owned()],
@@ -278,7 +291,6 @@ async fn queue_without_a_target_in_a_team_channel_lists_the_targets_routed_there
 
 /// Review M6: the first page of all queued patches holding only other targets' patches does
 /// not hide a team's queued patch.
-#[tokio::test]
 async fn queue_in_a_team_channel_looks_past_other_targets_queues() {
     let web = alerter::routing::Route {
         target: vec!["WEB-*".to_owned()],
@@ -297,7 +309,6 @@ async fn queue_in_a_team_channel_looks_past_other_targets_queues() {
     assert!(!team.contains("and more"), "{team}");
 }
 
-#[tokio::test]
 async fn patch_shows_one_patch_and_names_missing_ones() {
     let mut sys = system().await;
     sys.submit("p-show").await;
@@ -315,7 +326,6 @@ async fn patch_shows_one_patch_and_names_missing_ones() {
     );
 }
 
-#[tokio::test]
 async fn summary_shows_the_summarizers_markdown() {
     let mut sys = system().await;
     sys.summarizer
@@ -358,7 +368,6 @@ async fn summary_shows_the_summarizers_markdown() {
     assert!(missing.starts_with("⚠️ summarizer:"), "{missing}");
 }
 
-#[tokio::test]
 async fn cancel_by_an_operator_cancels_and_a_bystander_is_refused_and_audited() {
     let mut sys = system().await;
     sys.submit("p-cancel").await;
@@ -390,7 +399,6 @@ async fn cancel_by_an_operator_cancels_and_a_bystander_is_refused_and_audited() 
 
 /// Every verb as a bystander: exactly the mutating ones are refused (and audited as refused),
 /// and none of the verbs a bystander may run changes the queued patch.
-#[tokio::test]
 async fn a_bystander_is_refused_exactly_the_verbs_that_change_state() {
     let mut sys = system().await;
     sys.submit("p-verbs").await;
@@ -415,7 +423,6 @@ async fn a_bystander_is_refused_exactly_the_verbs_that_change_state() {
 
 /// `/patch-revert` used to mean cancel; it is revert now (see `revert.rs`): a queued patch is
 /// not cancelled by it, the router refuses to revert it.
-#[tokio::test]
 async fn patch_revert_no_longer_cancels() {
     let mut sys = system().await;
     sys.submit("p-revert").await;
@@ -426,7 +433,6 @@ async fn patch_revert_no_longer_cancels() {
     assert_eq!(audit[0].verb, "revert");
 }
 
-#[tokio::test]
 async fn retry_queues_a_cancelled_patch_again() {
     let mut sys = system().await;
     sys.submit("p-retry").await;
@@ -449,7 +455,6 @@ async fn retry_queues_a_cancelled_patch_again() {
     assert!(refused.starts_with("⛔"), "{refused}");
 }
 
-#[tokio::test]
 async fn pause_and_resume_reach_the_router() {
     let sys = system().await;
     assert_eq!(
@@ -464,7 +469,6 @@ async fn pause_and_resume_reach_the_router() {
     assert_eq!(verbs, [("pause", true), ("resume", true), ("pause", false)]);
 }
 
-#[tokio::test]
 async fn targets_lists_what_the_router_knows() {
     let mut sys = system().await;
     sys.submit("p-target").await;
@@ -475,14 +479,12 @@ async fn targets_lists_what_the_router_knows() {
     );
 }
 
-#[tokio::test]
 async fn executors_lists_connected_executors() {
     let sys = system().await;
     let executors = sys.ghost("executors").await;
     assert_eq!(executors, "no executors connected");
 }
 
-#[tokio::test]
 async fn alerts_lists_active_alerts_and_silences() {
     let mut sys = system().await;
     assert_eq!(sys.ghost("alerts").await, "✅ no active alerts\n");
@@ -497,7 +499,6 @@ async fn alerts_lists_active_alerts_and_silences() {
     assert!(alerts.contains("🔕 silence #1 on `CYOPS`"), "{alerts}");
 }
 
-#[tokio::test]
 async fn ack_acknowledges_and_says_so_in_the_alert_thread() {
     let mut sys = system().await;
     sys.raise(alert_request("executor_lost/MAIN", false, 1))
@@ -519,7 +520,6 @@ async fn ack_acknowledges_and_says_so_in_the_alert_thread() {
     assert_eq!(unknown, "⚠️ no active alert no/such");
 }
 
-#[tokio::test]
 async fn silence_and_unsilence() {
     let sys = system().await;
     let answer = sys.ghost("silence executor_lost/MAIN 30m").await;
@@ -535,7 +535,6 @@ async fn silence_and_unsilence() {
     assert!(refused.starts_with("⛔"), "{refused}");
 }
 
-#[tokio::test]
 async fn health_shows_what_the_monitor_sees() {
     let sys = system().await;
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -550,7 +549,6 @@ async fn health_shows_what_the_monitor_sees() {
     assert_eq!(sys.ghost("health").await, health);
 }
 
-#[tokio::test]
 async fn slow_answers_go_through_response_url() {
     let mut sys = system_with(Duration::ZERO).await;
     sys.submit("p-slow").await;
@@ -577,7 +575,6 @@ async fn slow_answers_go_through_response_url() {
     );
 }
 
-#[tokio::test]
 async fn buttons_run_their_verb_and_answer_through_response_url() {
     let mut sys = system().await;
     sys.submit("p-button").await;
@@ -611,3 +608,26 @@ async fn buttons_run_their_verb_and_answer_through_response_url() {
     let audit = sys.alerter.store.audit_log().await.unwrap();
     assert_eq!(audit[0].source, "button");
 }
+
+on_both_stores!(
+    help_and_unknown_verbs_answer_with_the_verb_list,
+    status_counts_queued_patches_and_alerts,
+    queue_lists_queued_patches_of_a_target,
+    queue_without_a_target_in_a_team_channel_lists_the_targets_routed_there,
+    queue_in_a_team_channel_looks_past_other_targets_queues,
+    patch_shows_one_patch_and_names_missing_ones,
+    summary_shows_the_summarizers_markdown,
+    cancel_by_an_operator_cancels_and_a_bystander_is_refused_and_audited,
+    a_bystander_is_refused_exactly_the_verbs_that_change_state,
+    patch_revert_no_longer_cancels,
+    retry_queues_a_cancelled_patch_again,
+    pause_and_resume_reach_the_router,
+    targets_lists_what_the_router_knows,
+    executors_lists_connected_executors,
+    alerts_lists_active_alerts_and_silences,
+    ack_acknowledges_and_says_so_in_the_alert_thread,
+    silence_and_unsilence,
+    health_shows_what_the_monitor_sees,
+    slow_answers_go_through_response_url,
+    buttons_run_their_verb_and_answer_through_response_url,
+);

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use alerter::clock::SystemClock;
-use alerter::store::{Kind, NewMessage, Store};
+use alerter::store::{Kind, NewMessage};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -15,7 +15,7 @@ use ghost_testkit::{FakeResponse, FakeSlack, SlackRequest};
 use serde_json::json;
 use tokio::sync::oneshot;
 
-use crate::helpers::{TestApp, WAIT, config, spawn_with};
+use crate::helpers::{TestApp, WAIT, config, open_store, spawn_with};
 
 /// A slow front for the fake Slack: each Web API call waits (`delay(n)` for the n-th call)
 /// before it is passed on, and the most calls in flight at once is recorded.
@@ -138,8 +138,7 @@ fn message(thread: &str, channel: &str, kind: Kind, text: &str) -> NewMessage {
 /// Stores `messages` in a fresh database under `dir` before any alerter runs, so the loop finds
 /// them all at once when it starts.
 async fn prefill(dir: &std::path::Path, messages: Vec<NewMessage>) {
-    std::fs::create_dir_all(dir).unwrap();
-    let store = Store::open(Some(&dir.join("alerter.db"))).unwrap();
+    let store = open_store(dir).await;
     store.enqueue(messages, 1).await.unwrap();
 }
 
@@ -155,7 +154,6 @@ async fn drain(app: &TestApp, limit: Duration) -> (u64, u64, u64) {
     }
 }
 
-#[tokio::test]
 async fn several_slack_calls_are_in_flight_at_once_up_to_the_configured_concurrency() {
     const CONCURRENCY: u32 = 4;
     let scratch = tempfile::tempdir().unwrap();
@@ -185,7 +183,6 @@ async fn several_slack_calls_are_in_flight_at_once_up_to_the_configured_concurre
     app.stop().await;
 }
 
-#[tokio::test]
 async fn with_pacing_a_round_sends_at_most_one_message_per_channel() {
     let scratch = tempfile::tempdir().unwrap();
     let dir = scratch.path().join("alerter");
@@ -231,7 +228,6 @@ fn position(requests: &[SlackRequest], is: impl Fn(&SlackRequest) -> bool) -> us
         .expect("request present")
 }
 
-#[tokio::test]
 async fn order_per_thread_holds_under_concurrency() {
     const THREADS: usize = 30;
     let scratch = tempfile::tempdir().unwrap();
@@ -278,7 +274,6 @@ async fn order_per_thread_holds_under_concurrency() {
     app.stop().await;
 }
 
-#[tokio::test]
 async fn a_retry_after_holds_every_message_of_that_channel() {
     let scratch = tempfile::tempdir().unwrap();
     let dir = scratch.path().join("alerter");
@@ -291,7 +286,7 @@ async fn a_retry_after_holds_every_message_of_that_channel() {
         message("b/1", "#b", Kind::Update, "b update"),
         message("b/1", "#b", Kind::Reply, "b reply"),
     ];
-    let store = Store::open(Some(&dir.join("alerter.db"))).unwrap();
+    let store = open_store(&dir).await;
     store.enqueue(later, now_ms() + 800).await.unwrap();
     drop(store);
     let slack = FakeSlack::start().await;
@@ -326,7 +321,6 @@ async fn a_retry_after_holds_every_message_of_that_channel() {
 /// Prints the rate (a figure, not asserted); `GHOST_OUTBOX_THREADS` sets the size (default
 /// 500 threads = 1,000 messages; the README figure used 2,500). Run:
 /// `cargo nextest run -p alerter --no-capture backlog_is_delivered`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_is_delivered_each_message_once_and_the_rate_is_printed() {
     let threads: usize = std::env::var("GHOST_OUTBOX_THREADS")
         .ok()
@@ -358,3 +352,11 @@ async fn a_backlog_is_delivered_each_message_once_and_the_rate_is_printed() {
     assert_eq!((sent, dead, pending), (total as u64, 0, 0));
     app.stop().await;
 }
+
+on_both_stores!(
+    several_slack_calls_are_in_flight_at_once_up_to_the_configured_concurrency,
+    with_pacing_a_round_sends_at_most_one_message_per_channel,
+    order_per_thread_holds_under_concurrency,
+    a_retry_after_holds_every_message_of_that_channel,
+    a_backlog_is_delivered_each_message_once_and_the_rate_is_printed,
+);

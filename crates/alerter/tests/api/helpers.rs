@@ -15,6 +15,7 @@ use ghost_proto::alerter::v1::NotifyRequest;
 use ghost_proto::alerter::v1::alerter_service_client::AlerterServiceClient;
 use ghost_proto::router::v1::PatchStatus;
 use ghost_runtime::config::{Secret, ServerConfig};
+use ghost_testkit::postgres::TempPostgres;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
@@ -96,8 +97,62 @@ pub async fn spawn_alerter(slack_base_url: Option<String>) -> TestApp {
     spawn_with(config(slack_base_url), Arc::new(SystemClock)).await
 }
 
-/// Builds and runs the real alerter with `config` and `clock`.
-pub async fn spawn_with(config: AlerterConfig, clock: SharedClock) -> TestApp {
+tokio::task_local! {
+    /// The PostgreSQL database the alerters a test spawns share, while it runs on PostgreSQL
+    /// (see `on_both_stores!`); unset: SQLite, as the test's config says.
+    static STORE_URL: String;
+}
+
+/// Runs `test` with every alerter it spawns on a fresh database of a PostgreSQL server of its
+/// own; prints why and returns when PostgreSQL is not installed.
+pub async fn on_postgres(name: &str, test: impl std::future::Future<Output = ()>) {
+    let Some(server) = TempPostgres::start_or_skip(name) else {
+        return;
+    };
+    STORE_URL.scope(server.create_database(), test).await;
+    drop(server);
+}
+
+/// Runs each named `async fn()` test twice: on SQLite (as written) and with every alerter it
+/// spawns on a real PostgreSQL ([`on_postgres`]). A restart in the test (a second spawn)
+/// finds the same database, as it finds the same `data_dir` on SQLite.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name().await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    let test = concat!(module_path!(), "::postgres");
+                    $crate::helpers::on_postgres(test, super::$name()).await;
+                }
+            }
+        )*
+    };
+}
+
+/// The store an alerter spawned with `data_dir` = `dir` would open: the test's PostgreSQL
+/// database when it runs on one, else the SQLite file under `dir`.
+pub async fn open_store(dir: &Path) -> Store {
+    if let Ok(url) = STORE_URL.try_with(Clone::clone) {
+        return Store::open_postgres(&url)
+            .await
+            .expect("open the test's database");
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    Store::open(Some(&dir.join("alerter.db"))).unwrap()
+}
+
+/// Builds and runs the real alerter with `config` and `clock` (on the test's PostgreSQL
+/// database when it runs on one).
+pub async fn spawn_with(mut config: AlerterConfig, clock: SharedClock) -> TestApp {
+    if let Ok(url) = STORE_URL.try_with(Clone::clone) {
+        config.store.url = Some(Secret::new(url));
+    }
     let app = App::build_with_clock(config, clock)
         .await
         .expect("build alerter");

@@ -29,7 +29,6 @@ fn names(posts: &[SlackRequest]) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
 async fn notify_posts_one_message_and_duplicates_post_nothing() {
     let slack = FakeSlack::start().await;
     let mut app = spawn_alerter(Some(slack.base_url())).await;
@@ -76,7 +75,6 @@ async fn notify_posts_one_message_and_duplicates_post_nothing() {
     }
 }
 
-#[tokio::test]
 async fn later_attempts_update_the_parent_and_reply_in_its_thread() {
     let slack = FakeSlack::start().await;
     let mut app = spawn_alerter(Some(slack.base_url())).await;
@@ -107,7 +105,6 @@ async fn later_attempts_update_the_parent_and_reply_in_its_thread() {
     assert!(reply.text().contains("attempt 2"), "{}", reply.text());
 }
 
-#[tokio::test]
 async fn rate_limits_are_waited_out_and_retried() {
     let slack = FakeSlack::start().await;
     slack.push_response(FakeResponse::RateLimited { retry_after_s: 1 });
@@ -118,7 +115,6 @@ async fn rate_limits_are_waited_out_and_retried() {
     assert_eq!(names(&posts), ["p-limited", "p-limited"]);
 }
 
-#[tokio::test]
 async fn server_errors_are_retried() {
     let slack = FakeSlack::start().await;
     slack.push_response(FakeResponse::ServerError);
@@ -129,7 +125,6 @@ async fn server_errors_are_retried() {
     assert_eq!(names(&posts), ["p-flaky", "p-flaky"]);
 }
 
-#[tokio::test]
 async fn permanent_slack_errors_are_dead_lettered_not_retried() {
     let slack = FakeSlack::start().await;
     slack.push_response(FakeResponse::SlackError("channel_not_found".to_owned()));
@@ -155,7 +150,6 @@ async fn permanent_slack_errors_are_dead_lettered_not_retried() {
     );
 }
 
-#[tokio::test]
 async fn retries_are_bounded_then_dead_lettered() {
     let slack = FakeSlack::start().await;
     slack.push_responses([
@@ -185,7 +179,6 @@ async fn retries_are_bounded_then_dead_lettered() {
     assert_eq!(app.store.outbox_counts().await.unwrap().dead, 1);
 }
 
-#[tokio::test]
 async fn the_webhook_is_used_without_a_bot_token_and_when_the_token_is_refused() {
     let slack = FakeSlack::start().await;
     let mut webhook_only = config(None);
@@ -213,7 +206,6 @@ async fn the_webhook_is_used_without_a_bot_token_and_when_the_token_is_refused()
     assert_eq!(all[0].answer, "invalid_auth");
 }
 
-#[tokio::test]
 async fn notify_succeeds_without_slack() {
     let mut app = spawn_alerter(None).await;
     let response = app
@@ -225,7 +217,6 @@ async fn notify_succeeds_without_slack() {
     assert!(response.accepted);
 }
 
-#[tokio::test]
 async fn invalid_notifications_name_the_field() {
     let mut app = spawn_alerter(None).await;
     let status = app.client.notify(notify("../x")).await.unwrap_err();
@@ -250,7 +241,6 @@ pub fn alert_request(key: &str, resolved: bool, at_unix_ms: i64) -> AlertRequest
     }
 }
 
-#[tokio::test]
 async fn alert_rpc_raises_and_resolves_idempotently() {
     let slack = FakeSlack::start().await;
     let mut cfg = config(Some(slack.base_url()));
@@ -309,7 +299,6 @@ async fn alert_rpc_raises_and_resolves_idempotently() {
     assert!(bad.message().contains("key"));
 }
 
-#[tokio::test]
 async fn the_summary_excerpt_reaches_slack_as_mrkdwn() {
     let slack = FakeSlack::start().await;
     let mut app = spawn_alerter(Some(slack.base_url())).await;
@@ -334,3 +323,17 @@ async fn the_summary_excerpt_reaches_slack_as_mrkdwn() {
          Trace: open (http://jaeger.test/trace/1)\npatchName: p-md\n"
     );
 }
+
+on_both_stores!(
+    notify_posts_one_message_and_duplicates_post_nothing,
+    later_attempts_update_the_parent_and_reply_in_its_thread,
+    rate_limits_are_waited_out_and_retried,
+    server_errors_are_retried,
+    permanent_slack_errors_are_dead_lettered_not_retried,
+    retries_are_bounded_then_dead_lettered,
+    the_webhook_is_used_without_a_bot_token_and_when_the_token_is_refused,
+    notify_succeeds_without_slack,
+    invalid_notifications_name_the_field,
+    alert_rpc_raises_and_resolves_idempotently,
+    the_summary_excerpt_reaches_slack_as_mrkdwn,
+);

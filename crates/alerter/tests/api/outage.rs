@@ -145,7 +145,6 @@ fn outage() -> Vec<FakeResponse> {
     ]
 }
 
-#[tokio::test]
 async fn after_an_outage_every_message_arrives_in_order_once() {
     let slack = FakeSlack::start().await;
     slack.push_responses(outage());
@@ -166,7 +165,6 @@ async fn after_an_outage_every_message_arrives_in_order_once() {
     );
 }
 
-#[tokio::test]
 async fn a_restart_during_the_outage_loses_and_repeats_nothing() {
     let scratch = tempfile::tempdir().unwrap();
     let slack = FakeSlack::start().await;
@@ -212,3 +210,8 @@ async fn a_restart_during_the_outage_loses_and_repeats_nothing() {
     let counts = drained(&second).await;
     assert_eq!((counts.pending, counts.dead), (0, 0));
 }
+
+on_both_stores!(
+    after_an_outage_every_message_arrives_in_order_once,
+    a_restart_during_the_outage_loses_and_repeats_nothing,
+);

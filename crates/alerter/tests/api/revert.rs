@@ -281,7 +281,6 @@ fn actions(body: &serde_json::Value) -> Vec<(String, String)> {
         .collect()
 }
 
-#[tokio::test]
 async fn revert_by_an_operator_queues_the_revert_and_notes_it_in_the_patch_thread() {
     let mut sys = system().await;
     sys.router.script(
@@ -334,7 +333,6 @@ async fn revert_by_an_operator_queues_the_revert_and_notes_it_in_the_patch_threa
     assert!(help.contains("`revert <id>`"), "{help}");
 }
 
-#[tokio::test]
 async fn a_bystander_cannot_revert_and_the_router_is_not_asked() {
     let sys = system().await;
     sys.router.script(
@@ -368,7 +366,6 @@ async fn a_bystander_cannot_revert_and_the_router_is_not_asked() {
     }
 }
 
-#[tokio::test]
 async fn patch_revert_now_means_revert() {
     let sys = system().await;
     sys.router.script(
@@ -391,7 +388,6 @@ async fn patch_revert_now_means_revert() {
     assert!(help.contains("/patch-revert (now `revert`"), "{help}");
 }
 
-#[tokio::test]
 async fn asking_again_conflicts_and_refusals_are_answered_each_in_its_words() {
     let sys = system().await;
     sys.router.script(
@@ -457,7 +453,6 @@ async fn asking_again_conflicts_and_refusals_are_answered_each_in_its_words() {
     );
 }
 
-#[tokio::test]
 async fn a_succeeded_patch_message_has_a_revert_button_that_reverts_it() {
     let mut sys = system().await;
     sys.outcome("p-failed", PatchStatus::RolledBack).await;
@@ -496,7 +491,6 @@ async fn a_succeeded_patch_message_has_a_revert_button_that_reverts_it() {
     );
 }
 
-#[tokio::test]
 async fn a_patch_that_succeeds_on_a_later_attempt_gets_the_revert_button_on_its_parent() {
     let mut sys = system().await;
     sys.outcome("p-later", PatchStatus::RolledBack).await;
@@ -513,3 +507,12 @@ async fn a_patch_that_succeeds_on_a_later_attempt_gets_the_revert_button_on_its_
         .collect();
     assert_eq!(ids, ["revert", "view_summary"]);
 }
+
+on_both_stores!(
+    revert_by_an_operator_queues_the_revert_and_notes_it_in_the_patch_thread,
+    a_bystander_cannot_revert_and_the_router_is_not_asked,
+    patch_revert_now_means_revert,
+    asking_again_conflicts_and_refusals_are_answered_each_in_its_words,
+    a_succeeded_patch_message_has_a_revert_button_that_reverts_it,
+    a_patch_that_succeeds_on_a_later_attempt_gets_the_revert_button_on_its_parent,
+);

@@ -205,7 +205,6 @@ async fn a_burst_of_200_successes_and_5_failures_puts_failures_first_and_success
     assert_eq!(app.store.outbox_counts().await.unwrap().dead, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_send_targets_to_their_channels_with_their_mention() {
     let slack = FakeSlack::start().await;
     let mut cfg = paced(&slack);
@@ -266,7 +265,6 @@ async fn routes_send_targets_to_their_channels_with_their_mention() {
     assert!(answer.contains("system alerts → #ghost-test"), "{answer}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn order_within_each_thread_is_kept_while_failures_jump_the_queue() {
     let slack = FakeSlack::start().await;
     let mut app = spawn_with(paced(&slack), Arc::new(SystemClock)).await;
@@ -326,7 +324,6 @@ async fn order_within_each_thread_is_kept_while_failures_jump_the_queue() {
     assert!(counts.values().all(|n| *n == 1), "{counts:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_storm_in_the_middle_loses_and_duplicates_nothing() {
     let slack = FakeSlack::start().await;
     let mut app = spawn_with(paced(&slack), Arc::new(SystemClock)).await;
@@ -368,7 +365,6 @@ async fn a_429_storm_in_the_middle_loses_and_duplicates_nothing() {
     assert_eq!(app.store.outbox_counts().await.unwrap().dead, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_switches_success_threads_to_the_digest_and_back() {
     let slack = FakeSlack::start().await;
     let mut cfg = paced(&slack);
@@ -419,7 +415,6 @@ async fn a_backlog_switches_success_threads_to_the_digest_and_back() {
     assert_eq!(notices, 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_patch_with_notify_or_a_mapped_key_gets_a_direct_message() {
     let slack = FakeSlack::start().await;
     let mut cfg = config(Some(slack.base_url()));
@@ -485,7 +480,6 @@ async fn label_matchers_are_refused_at_start() {
     assert!(err.contains("labels are not carried yet"), "{err}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn digests_survive_a_restart_without_loss_or_doubles() {
     let scratch = tempfile::tempdir().unwrap();
     let dir = scratch.path().join("alerter");
@@ -618,7 +612,6 @@ async fn figures_slack_calls_with_and_without_digests_and_failure_latency() {
 
 /// Review M1: a digest edit Slack answers `message_not_found` (the digest was deleted) is not
 /// dead-lettered: the full digest is posted again as a new message, and later edits go there.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_digest_edit_of_a_deleted_digest_posts_the_digest_again() {
     let slack = FakeSlack::start().await;
     let mut app = spawn_with(config(Some(slack.base_url())), Arc::new(SystemClock)).await;
@@ -653,7 +646,6 @@ async fn a_digest_edit_of_a_deleted_digest_posts_the_digest_again() {
 /// Review M2: with 128-character ids and a long summary link, digest sections are filled by
 /// characters (none over Slack's 3,000), no link is cut, a new digest message starts before
 /// Slack's 50 blocks, and every patch appears exactly once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_digest_lines_fill_sections_by_characters_and_lose_nothing() {
     let slack = FakeSlack::start().await;
     let mut cfg = config(Some(slack.base_url()));
@@ -714,7 +706,6 @@ async fn metrics_text(app: &TestApp) -> String {
 /// Review M3: a patch's `notify` outside `notify_allowed` and the `notify_users` values is
 /// never DMed (counted and logged), and DMs per user and digest period are capped, the rest
 /// coalesced into one line.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notify_is_limited_to_allowed_users_and_capped_per_period() {
     let slack = FakeSlack::start().await;
     let mut cfg = config(Some(slack.base_url()));
@@ -771,7 +762,6 @@ async fn notify_is_limited_to_allowed_users_and_capped_per_period() {
 }
 
 /// Review M4: pending DMs are counted under `channel="dm"`, never one series per user id.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_dms_share_one_backlog_series() {
     let mut cfg = config(Some("http://127.0.0.1:9/api".to_owned()));
     cfg.slack.max_attempts = 50;
@@ -800,7 +790,6 @@ async fn pending_dms_share_one_backlog_series() {
 
 /// Review M3: a DM is sent with thread priority, after failures waiting in the channels, not
 /// among them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_messages_wait_behind_failures() {
     let scratch = tempfile::tempdir().unwrap();
     let dir = scratch.path().join("alerter");
@@ -852,7 +841,6 @@ async fn direct_messages_wait_behind_failures() {
 
 /// Review L4: a patch whose later attempt lands in the same digest is one line, its latest
 /// outcome, and counted once in the digest's totals.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_later_attempt_in_the_same_digest_replaces_its_line() {
     let slack = FakeSlack::start().await;
     let mut cfg = config(Some(slack.base_url()));
@@ -887,7 +875,6 @@ async fn a_later_attempt_in_the_same_digest_replaces_its_line() {
 
 /// Review L2: a later attempt updates and replies in every copy of the patch's thread that a
 /// `continue` route made, not only the first.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn later_attempts_follow_the_copies_made_by_continue_routes() {
     let slack = FakeSlack::start().await;
     let mut cfg = config(Some(slack.base_url()));
@@ -926,7 +913,6 @@ async fn later_attempts_follow_the_copies_made_by_continue_routes() {
 
 /// Review L3: the backlog switch survives a restart: no second "switched" notice, and
 /// successes keep going to the digest while the backlog stays high.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_backlog_switch_survives_a_restart() {
     let scratch = tempfile::tempdir().unwrap();
     let dir = scratch.path().join("alerter");
@@ -969,3 +955,20 @@ async fn the_backlog_switch_survives_a_restart() {
         "still switched: the success goes to the digest"
     );
 }
+
+on_both_stores!(
+    routes_send_targets_to_their_channels_with_their_mention,
+    order_within_each_thread_is_kept_while_failures_jump_the_queue,
+    a_429_storm_in_the_middle_loses_and_duplicates_nothing,
+    a_backlog_switches_success_threads_to_the_digest_and_back,
+    a_patch_with_notify_or_a_mapped_key_gets_a_direct_message,
+    digests_survive_a_restart_without_loss_or_doubles,
+    a_digest_edit_of_a_deleted_digest_posts_the_digest_again,
+    long_digest_lines_fill_sections_by_characters_and_lose_nothing,
+    notify_is_limited_to_allowed_users_and_capped_per_period,
+    pending_dms_share_one_backlog_series,
+    direct_messages_wait_behind_failures,
+    a_later_attempt_in_the_same_digest_replaces_its_line,
+    later_attempts_follow_the_copies_made_by_continue_routes,
+    the_backlog_switch_survives_a_restart,
+);
