@@ -13,7 +13,13 @@ operations port 9464 (never published), which deploy/prometheus/prometheus.yml s
 deadline (it drains: finishes running patches, takes no new one). Secrets: the API key and
 the executor token reach the services only as compose secrets (`*_FILE` under /run/secrets),
 never as environment values; the gateway has `alerter_url`; Grafana takes its admin password
-from a secret and has no anonymous viewers. Usage: check-compose.py RENDERED_YAML
+from a secret and has no anonymous viewers. With the `postgres` profile's override
+(deploy/compose/postgres.yml, issue 21), when the render has a `postgres` service: it sits
+behind that profile, runs the locally built image hardened (read-only, no capabilities, init,
+limits), has a `pg_isready` healthcheck, keeps its data in a volume and publishes no port; the
+router, summarizer and alerter wait for it healthy and read the store URL from the compose
+secret ghost_postgres_url (GHOST_<SVC>__STORE__URL_FILE), and no postgres:// URL is in any
+environment. Usage: check-compose.py RENDERED_YAML
 """
 import re
 import sys
@@ -197,6 +203,46 @@ def check_limits_and_secrets(doc, errors):
         errors.append("grafana: the admin password must come from the secret grafana_admin_password (GF_SECURITY_ADMIN_PASSWORD__FILE)")
 
 
+STORED = ["router", "summarizer", "alerter"]
+POSTGRES_SECRET = "ghost_postgres_url"
+POSTGRES_DATA = "/var/lib/postgresql/data"
+
+
+def check_postgres(services, doc, errors):
+    """The `postgres` profile: its service and the three services pointed at it."""
+    pg = services["postgres"]
+    if pg.get("profiles") != ["postgres"]:
+        errors.append("postgres: not behind the postgres profile")
+    if not pg.get("build") or not str(pg.get("image", "")).startswith("ghost-runner/postgres:"):
+        errors.append("postgres: not the locally built ghost-runner/postgres image")
+    if (pg.get("healthcheck", {}).get("test") or [None])[1:2] != ["pg_isready"]:
+        errors.append("postgres: the healthcheck is not pg_isready")
+    if not (pg.get("read_only") and "ALL" in (pg.get("cap_drop") or []) and pg.get("init")
+            and pg.get("pids_limit") and pg.get("mem_limit")):
+        errors.append("postgres: not read-only, capabilities dropped, init, pids and memory limits")
+    if pg.get("ports"):
+        errors.append(f"postgres: publishes {pg['ports']}: the services reach it on the compose network")
+    if POSTGRES_DATA not in volumes(pg):
+        errors.append(f"postgres: no volume at {POSTGRES_DATA}")
+    file = ((doc.get("secrets") or {}).get(POSTGRES_SECRET) or {}).get("file")
+    if not file:
+        errors.append(f"secret {POSTGRES_SECRET} is not a file")
+    for name in ["postgres"] + STORED:
+        svc = services.get(name, {})
+        if POSTGRES_SECRET not in secret_names(svc):
+            errors.append(f"{name}: does not mount the secret {POSTGRES_SECRET}")
+        for key, value in (svc.get("environment") or {}).items():
+            if "postgres://" in str(value) or "postgresql://" in str(value):
+                errors.append(f"{name}: {key} holds a PostgreSQL URL in the environment: use the secret")
+    for name in STORED:
+        svc = services.get(name, {})
+        key = f"GHOST_{name.upper()}__STORE__URL_FILE"
+        if (svc.get("environment") or {}).get(key) != f"/run/secrets/{POSTGRES_SECRET}":
+            errors.append(f"{name}: {key} does not name /run/secrets/{POSTGRES_SECRET}")
+        if ((svc.get("depends_on") or {}).get("postgres") or {}).get("condition") != "service_healthy":
+            errors.append(f"{name}: does not wait for a healthy postgres")
+
+
 def main():
     doc = yaml.safe_load(open(sys.argv[1], encoding="utf-8"))
     services = doc["services"]
@@ -238,6 +284,8 @@ def main():
     check_tls(services, errors)
     check_ops(services, errors)
     check_limits_and_secrets(doc, errors)
+    if "postgres" in services:
+        check_postgres(services, doc, errors)
     for e in errors:
         print(f"ERROR: {e}")
     if not errors:
@@ -248,6 +296,9 @@ def main():
               f"port {OPS} unpublished and scraped by Prometheus")
         print("  init, pids and memory limits; secrets as files; executor grace covers a patch; "
               "gateway -> alerter; Grafana behind a password")
+        if "postgres" in services:
+            print(f"  postgres profile: pg_isready, data volume, no port; {', '.join(STORED)} read "
+                  f"the store URL from the secret {POSTGRES_SECRET}")
     return 1 if errors else 0
 
 

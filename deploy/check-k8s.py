@@ -19,8 +19,17 @@ the cluster:
     door, or the router's 50443 from anywhere; and every design arrow and every scrape is
     admitted.
 Usage: check-k8s.py DEV_YAML PROD_YAML (output of `kubectl kustomize k8s/overlays/<name>`).
+       check-k8s.py --ha HA_YAML: the ha overlay (issue 21): router, summarizer and alerter as
+    Deployments of 2 replicas with no volume for their state, their store URL the file `url` of
+    the Secret ghost-postgres (or ghost-postgres-app's `uri` with the cloudnative-pg component)
+    named by GHOST_<SVC>__STORE__URL_FILE, a PodDisruptionBudget (minAvailable 1) and a
+    preferred anti-affinity by hostname each, their pod spec otherwise the base StatefulSet's,
+    egress to 5432 admitted, and every check above that does not concern StatefulSets.
 """
+import copy
+import json
 import posixpath
+import re
 import sys
 import tomllib
 
@@ -64,9 +73,18 @@ def expected_ingress():
     return allowed, required
 
 
-def expected_egress():
+# The services with a PostgreSQL store in the ha overlay, and its port.
+STORED = ("router", "summarizer", "alerter")
+POSTGRES_PORT = 5432
+
+
+def expected_egress(ha=False):
     allowed = {(src, "TCP", GRPC[dst], dst) for src, dst in ARROWS}
     required = set(allowed)
+    if ha:
+        for app in STORED:
+            allowed.add((app, "TCP", POSTGRES_PORT, ANY))
+            required.add((app, "TCP", POSTGRES_PORT, ANY))
     for app in SERVICES:
         allowed |= {(app, "UDP", 53, "ns:kube-system"), (app, "TCP", 53, "ns:kube-system"),
                     (app, "TCP", 4317, "ns:observability")}
@@ -129,8 +147,8 @@ def admitted(policies, direction):
     return edges
 
 
-def check_network(policies, err, report):
-    for direction, (allowed, required) in (("Ingress", expected_ingress()), ("Egress", expected_egress())):
+def check_network(policies, err, report, ha=False):
+    for direction, (allowed, required) in (("Ingress", expected_ingress()), ("Egress", expected_egress(ha))):
         edges = admitted(policies, direction)
         report.append(f"{direction.lower()}: {len(edges)} connections admitted, "
                       f"{len(required & edges)}/{len(required)} design arrows; from anywhere: "
@@ -185,7 +203,7 @@ def check_router(by_kind, err):
     if tls.get("grpc") is not False or tls.get("http") is not False:
         err("router.toml: server.tls.grpc/http must be false (the alerter dials gRPC health in "
             "plaintext; the probes and Prometheus read the ops port in plaintext)")
-    sts = by_kind.get("StatefulSet", {}).get("router")
+    sts = by_kind.get("StatefulSet", {}).get("router") or by_kind.get("Deployment", {}).get("router")
     if not sts:
         return
     pod = sts["spec"]["template"]["spec"]
@@ -276,7 +294,7 @@ def load(path):
     return [d for d in yaml.safe_load_all(open(path, encoding="utf-8")) if d]
 
 
-def check(docs, name, errors):
+def check(docs, name, errors, ha=False):
     by_kind = {}
     for d in docs:
         by_kind.setdefault(d["kind"], {})[d["metadata"]["name"]] = d
@@ -286,13 +304,13 @@ def check(docs, name, errors):
             err(f"no Service {s}")
     if "gateway" not in by_kind.get("Deployment", {}):
         err("gateway is not a Deployment")
-    for s in STATEFUL:
+    for s in STATEFUL - (set(STORED) if ha else set()):
         sts = by_kind.get("StatefulSet", {}).get(s)
         if not sts or not sts["spec"].get("volumeClaimTemplates"):
             err(f"{s} is not a StatefulSet with volumeClaimTemplates")
     report = []
-    check_network(policies := by_kind.get("NetworkPolicy", {}), err, report)
-    if name == "prod":
+    check_network(policies := by_kind.get("NetworkPolicy", {}), err, report, ha)
+    if name in ("prod", "ha"):
         for line in report:
             print(f"  network {line}")
     check_router(by_kind, err)
@@ -360,6 +378,82 @@ def check(docs, name, errors):
     return by_kind
 
 
+def base_pod(app):
+    """The pod spec of the base's StatefulSet `app` (k8s/base/<app>.yaml)."""
+    path = posixpath.join(posixpath.dirname(posixpath.abspath(__file__)), "..", "k8s", "base", f"{app}.yaml")
+    sts = next(d for d in load(path) if d["kind"] == "StatefulSet")
+    return sts["spec"]["template"]["spec"]
+
+
+def check_stored_deployment(by_kind, app, err):
+    """One of the ha overlay's Deployments against what it must be."""
+    dep = by_kind.get("Deployment", {}).get(app)
+    if not dep:
+        err(f"{app} is not a Deployment")
+        return
+    if app in by_kind.get("StatefulSet", {}):
+        err(f"{app}: the base's StatefulSet is still there beside the Deployment")
+    if dep["spec"].get("replicas", 1) < 2:
+        err(f"{app}: {dep['spec'].get('replicas', 1)} replica(s), expected 2 or more")
+    pod = copy.deepcopy(dep["spec"]["template"]["spec"])
+    container = pod["containers"][0]
+    if any("persistentVolumeClaim" in v for v in pod.get("volumes", [])):
+        err(f"{app}: mounts a PersistentVolumeClaim (its state is in PostgreSQL)")
+    # The store URL: a file of a mounted Secret, named by GHOST_<SVC>__STORE__URL_FILE.
+    var = f"GHOST_{app.upper()}__STORE__URL_FILE"
+    value = next((e.get("value") for e in container.get("env", []) if e["name"] == var), None)
+    volume = next((v for v in pod.get("volumes", []) if v.get("name") == "postgres-url"), None)
+    secret = (volume or {}).get("secret") or {}
+    items = {i["key"]: i["path"] for i in secret.get("items") or []}
+    mount = volume and mount_of(container, volume)
+    wanted = {("ghost-postgres", "url"), ("ghost-postgres-app", "uri")}
+    key = next((k for n, k in wanted if secret.get("secretName") == n and k in items), None)
+    if not key or secret.get("defaultMode") != 0o400 or not mount or not mount.get("readOnly"):
+        err(f"{app}: no read-only 0400 volume postgres-url of the Secret ghost-postgres (key url) "
+            "or ghost-postgres-app (key uri)")
+    elif value != posixpath.join(mount["mountPath"], items[key]):
+        err(f"{app}: {var} is {value!r}, not the mounted store URL file")
+    if any("STORE__URL" in e["name"] and not e["name"].endswith("_FILE") for e in container.get("env", [])):
+        err(f"{app}: the store URL is in the environment: read it from the Secret volume")
+    terms = (((pod.get("affinity") or {}).get("podAntiAffinity") or {})
+             .get("preferredDuringSchedulingIgnoredDuringExecution") or [])
+    if not any(t["podAffinityTerm"].get("topologyKey") == "kubernetes.io/hostname"
+               and (t["podAffinityTerm"].get("labelSelector") or {}).get("matchLabels") == {"app.kubernetes.io/name": app}
+               for t in terms):
+        err(f"{app}: no preferred pod anti-affinity by kubernetes.io/hostname on its own pods")
+    pdb = next((p for p in by_kind.get("PodDisruptionBudget", {}).values()
+                if p["spec"]["selector"].get("matchLabels") == {"app.kubernetes.io/name": app}), None)
+    if not pdb or pdb["spec"].get("minAvailable") != 1:
+        err(f"{app}: no PodDisruptionBudget with minAvailable 1")
+    # Otherwise the base's pod: the overlay's copy must not drift from it.
+    pod.pop("affinity", None)
+    container["env"] = [e for e in container.get("env", []) if e["name"] != var]
+    container["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] != "postgres-url"]
+    pod["volumes"] = [v for v in pod["volumes"] if v["name"] not in ("postgres-url", "data")]
+    base = copy.deepcopy(base_pod(app))
+    for c in (container, base["containers"][0]):
+        c.pop("image", None)
+    # kustomize names the generated ConfigMaps with a hash suffix.
+    unhashed = re.sub(r'"(ghost-(?:config|env))-[a-z0-9]{10}"', r'"\1"', json.dumps(pod, sort_keys=True))
+    if json.loads(unhashed) != base:
+        err(f"{app}: its pod spec differs from k8s/base/{app}.yaml's StatefulSet beyond the store "
+            "URL, the anti-affinity and the data volume: keep k8s/overlays/ha in step")
+
+
+def check_ha(docs, errors):
+    by_kind = check(docs, "ha", errors, ha=True)
+    err = lambda msg: errors.append(f"ha: {msg}")  # noqa: E731
+    for app in STORED:
+        check_stored_deployment(by_kind, app, err)
+    executor = by_kind.get("StatefulSet", {}).get("executor")
+    if not executor or executor["spec"].get("replicas", 1) != 1:
+        err("the executor is not the base's single-replica StatefulSet")
+    kinds = sorted({d["kind"] for d in docs})
+    print(f"  ha: {len(docs)} objects ({', '.join(kinds)}); "
+          + ", ".join(f"{a} x{by_kind['Deployment'][a]['spec']['replicas']}" for a in STORED
+                      if a in by_kind.get("Deployment", {})))
+
+
 def summary(by_kind):
     env = next(iter(v for k, v in by_kind["ConfigMap"].items() if k.startswith("ghost-env")))
     gw = by_kind["Deployment"]["gateway"]["spec"]["template"]["spec"]["containers"][0]
@@ -397,6 +491,11 @@ def check_gateway_config(docs, name, errors):
 
 def main():
     errors = []
+    if sys.argv[1] == "--ha":
+        check_ha(load(sys.argv[2]), errors)
+        for e in errors:
+            print(f"ERROR: {e}")
+        return 1 if errors else 0
     dev_docs, prod_docs = load(sys.argv[1]), load(sys.argv[2])
     check_gateway_config(dev_docs, "dev", errors)
     check_gateway_config(prod_docs, "prod", errors)

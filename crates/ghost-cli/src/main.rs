@@ -110,6 +110,13 @@ enum Command {
         /// elsewhere with `ghost executor` [or `local_executor = false` in the file].
         #[arg(long)]
         no_local_executor: bool,
+        /// Keep the router's, summarizer's and alerter's state in this PostgreSQL database,
+        /// postgres://USER:PASSWORD@HOST:PORT/DB, instead of SQLite under the data dir; the
+        /// local executor then runs as a standby-capable one, so two `ghost up` may share a
+        /// workspace. Prefer GHOST_STORE or `url_file` in [store]: a flag is seen by `ps`
+        /// [or `url` in [store]].
+        #[arg(long, env = "GHOST_STORE", hide_env_values = true, value_name = "URL")]
+        store: Option<String>,
     },
     /// The private CA, a server certificate and a service credential for a deployment
     /// (compose runs this into a volume; `ghost up` does it by itself under <data-dir>/tls/).
@@ -431,6 +438,7 @@ async fn run(cli: Cli, api_key_flag: bool, output: &Output) -> Result<Exit, CliE
             tls_cert,
             tls_key,
             no_local_executor,
+            store,
         } => {
             let slack = SlackFlags {
                 api_base_url: slack_api_url,
@@ -455,6 +463,7 @@ async fn run(cli: Cli, api_key_flag: bool, output: &Output) -> Result<Exit, CliE
                 tls_cert,
                 tls_key,
                 no_local_executor,
+                store,
             };
             up::run(flags, print_config, &ghost_env(), output).await
         }

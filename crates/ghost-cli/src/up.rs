@@ -295,6 +295,13 @@ pub async fn run(
             service.name, service.grpc, service.http
         ));
     }
+    text.push_str(&format!(
+        "  store       {}\n",
+        match &config.store {
+            Some(url) => crate::up_config::store::shown(url),
+            None => "SQLite under the data dir".to_owned(),
+        }
+    ));
     for target in &config.targets {
         text.push_str(&format!(
             "  target      {} = {}{}{}\n",

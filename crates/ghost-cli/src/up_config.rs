@@ -24,6 +24,7 @@ use crate::error::CliError;
 use crate::local::{Explicit, SystemConfig, url};
 
 mod file;
+pub mod store;
 
 pub use file::{
     CheckSpec, Commands, DEFAULT_DATA_DIR, DEFAULT_FILE, GhostFile, SECTIONS, TargetSpec, TlsSpec,
@@ -57,6 +58,8 @@ pub struct UpFlags {
     pub tls_key: Option<PathBuf>,
     /// `--no-local-executor`: the control plane only.
     pub no_local_executor: bool,
+    /// `--store` / `GHOST_STORE`: the PostgreSQL URL of the router, summarizer and alerter.
+    pub store: Option<String>,
 }
 
 /// `--slack-api-url`, `--slack-token` and `--slack-channel` (or their `GHOST_SLACK_*`
@@ -86,12 +89,18 @@ pub struct UpConfig {
     pub explicit: Explicit,
     /// `[tls]` with `--tls-cert`/`--tls-key` over it.
     pub tls: TlsSpec,
+    /// The PostgreSQL URL of the router, summarizer and alerter (`--store` over `[store]`);
+    /// `None`: SQLite under the data dir.
+    pub store: Option<Secret>,
 }
 
 /// Rendered by `--print-config`.
 #[derive(Serialize)]
 struct Printed<'a> {
     data_dir: &'a Path,
+    /// The store as `postgres://user@host:port/db` (no password); absent for SQLite.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    store: Option<PrintedStore>,
     targets: &'a [TargetSpec],
     tls: &'a TlsSpec,
     gateway: &'a gateway::GatewayConfig,
@@ -102,11 +111,21 @@ struct Printed<'a> {
     alerter: &'a alerter::AlerterConfig,
 }
 
+/// `[store]` as `--print-config` shows it.
+#[derive(Serialize)]
+struct PrintedStore {
+    /// `postgres://user@host:port/db`: the password and query left out.
+    url: String,
+}
+
 impl UpConfig {
     /// The effective config as TOML, secrets redacted.
     pub fn render(&self) -> Result<String, CliError> {
         let printed = Printed {
             data_dir: &self.data_dir,
+            store: self.store.as_ref().map(|url| PrintedStore {
+                url: store::shown(url),
+            }),
             targets: &self.targets,
             tls: &self.tls,
             gateway: &self.system.gateway,
@@ -458,9 +477,13 @@ fn anchor_file_paths(
             *inbox = anchored(base, inbox);
         }
     }
-    for path in [&mut parsed.tls.cert, &mut parsed.tls.key]
-        .into_iter()
-        .flatten()
+    for path in [
+        &mut parsed.tls.cert,
+        &mut parsed.tls.key,
+        &mut parsed.store.url_file,
+    ]
+    .into_iter()
+    .flatten()
     {
         *path = anchored(base, path);
     }
@@ -517,6 +540,8 @@ pub fn load(flags: UpFlags, env: &HashMap<String, String>) -> Result<UpConfig, C
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
     let targets = targets(parsed.targets, &flags.workspaces)?;
     let derived = derived(&targets, &parsed.keys)?;
+    let store_url = store::resolve(flags.store.clone(), &parsed.store)?;
+    let store_tree = store_url.as_ref().map(store::tree);
     let base = defaults(&data_dir);
     let env_of: HashMap<&str, Vec<EnvVar>> = SECTIONS
         .iter()
@@ -525,6 +550,9 @@ pub fn load(flags: UpFlags, env: &HashMap<String, String>) -> Result<UpConfig, C
     let section = |name: &str| sections.get(name).cloned();
     let env_for = |name: &str| env_of.get(name).map_or(&[][..], Vec::as_slice);
     refuse_keys_owned_by_targets(section, |name| env_for(name).to_vec())?;
+    if store_url.is_some() {
+        store::refuse_service_stores(section, |name| env_for(name).to_vec())?;
+    }
     let gateway_section = section("gateway");
     let router_section = section("router");
     let executor_section = section("executor");
@@ -563,7 +591,7 @@ pub fn load(flags: UpFlags, env: &HashMap<String, String>) -> Result<UpConfig, C
         )?,
         router: layered(
             &base.router,
-            None,
+            store_tree.as_ref(),
             router_section.as_ref(),
             env_for("router"),
         )?,
@@ -575,13 +603,13 @@ pub fn load(flags: UpFlags, env: &HashMap<String, String>) -> Result<UpConfig, C
         )?),
         summarizer: layered(
             &base.summarizer,
-            None,
+            store_tree.as_ref(),
             summarizer_section.as_ref(),
             env_for("summarizer"),
         )?,
         alerter: layered(
             &base.alerter,
-            None,
+            store_tree.as_ref(),
             alerter_section.as_ref(),
             env_for("alerter"),
         )?,
@@ -602,6 +630,14 @@ pub fn load(flags: UpFlags, env: &HashMap<String, String>) -> Result<UpConfig, C
     if flags.no_local_executor || parsed.local_executor == Some(false) {
         system.executor = None;
     }
+    // On a shared store a second `ghost up` may serve the same workspaces: one executor is
+    // active, the other waits on `<root>/.ghost/lock` (unless `standby` was set by hand).
+    if store_url.is_some()
+        && !by_hand(&executor_section, "executor", "standby")
+        && let Some(executor) = &mut system.executor
+    {
+        executor.standby = true;
+    }
     apply_flags(&mut system, flags);
     system.wire(explicit);
     Ok(UpConfig {
@@ -611,6 +647,7 @@ pub fn load(flags: UpFlags, env: &HashMap<String, String>) -> Result<UpConfig, C
         system,
         explicit,
         tls,
+        store: store_url,
     })
 }
 
@@ -670,6 +707,113 @@ mod tests {
             },
             &HashMap::new(),
         )
+    }
+
+    const STORE: &str = "postgres://ghost:hunter2@db.internal:5432/ghost";
+
+    /// `store.url` of a service's config as its own TOML shows it (`[redacted]` when set).
+    fn store_of<T: Serialize>(config: &T) -> Option<String> {
+        let tree = layers::tree(config).unwrap();
+        tree.get("store")?.get("url")?.as_str().map(str::to_owned)
+    }
+
+    #[test]
+    fn the_store_tree_reaches_the_summarizers_own_store_url() {
+        let base = defaults(Path::new("/tmp/ghost"));
+        let tree = store::tree(&Secret::new(STORE));
+        let summarizer: summarizer::SummarizerConfig =
+            layered(&base.summarizer, Some(&tree), None, &[]).unwrap();
+        assert_eq!(summarizer.store.postgres_url(), Ok(Some(STORE)));
+    }
+
+    /// Needs the router's and the alerter's `[store] url` (issue 21): until then they refuse
+    /// the unknown key `store`.
+    #[test]
+    fn store_puts_router_summarizer_and_alerter_on_postgres_and_the_executor_on_standby() {
+        let sqlite = load_text("", UpFlags::default()).unwrap();
+        assert!(sqlite.store.is_none());
+        assert!(!sqlite.system.executor.as_ref().unwrap().standby);
+        assert_eq!(store_of(&sqlite.system.summarizer), None);
+
+        let dir = tempfile::tempdir().unwrap();
+        let url_file = dir.path().join("db-url");
+        std::fs::write(&url_file, format!("{STORE}\n")).unwrap();
+        let file_store = format!("[store]\nurl_file = {:?}\n", url_file.display().to_string());
+        let flag = "postgres://flag:hunter3@flag.internal/ghost";
+        for (text, store, wanted) in [
+            (file_store.as_str(), None, STORE),
+            ("", Some(STORE), STORE),
+            (file_store.as_str(), Some(flag), flag),
+        ] {
+            let flags = UpFlags {
+                store: store.map(str::to_owned),
+                ..UpFlags::default()
+            };
+            let config = load_text(text, flags).unwrap_or_else(|err| panic!("{text}: {err}"));
+            assert_eq!(config.store.as_ref().map(Secret::expose), Some(wanted));
+            assert_eq!(
+                config.system.summarizer.store.postgres_url(),
+                Ok(Some(wanted))
+            );
+            for tree in [
+                store_of(&config.system.router),
+                store_of(&config.system.alerter),
+            ] {
+                assert_eq!(tree.as_deref(), Some("[redacted]"), "{text}");
+            }
+            assert!(config.system.executor.as_ref().unwrap().standby);
+            let rendered = config.render().unwrap();
+            assert!(!rendered.contains("hunter"), "{rendered}");
+            assert!(rendered.contains("@"), "{rendered}");
+        }
+        // `standby` set by hand stays.
+        let config = load_text(
+            "[executor]\nstandby = false\n",
+            UpFlags {
+                store: Some(STORE.to_owned()),
+                ..UpFlags::default()
+            },
+        )
+        .unwrap();
+        assert!(!config.system.executor.as_ref().unwrap().standby);
+    }
+
+    #[test]
+    fn a_store_that_is_not_postgres_or_a_services_own_store_beside_it_is_refused() {
+        let err = load_text(
+            "",
+            UpFlags {
+                store: Some("mysql://root:hunter2@db/ghost".to_owned()),
+                ..UpFlags::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--store"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        let err = load_text("[store]\nurl = \"sqlite:///x.db\"\n", UpFlags::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[store] url"), "{err}");
+        let err = load_text(
+            &format!("[store]\nurl = {STORE:?}\n[summarizer.store]\nurl = {STORE:?}\n"),
+            UpFlags::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("[summarizer.store]"), "{err}");
+        let env = HashMap::from([("GHOST_ROUTER__STORE__URL".to_owned(), STORE.to_owned())]);
+        let err = load(
+            UpFlags {
+                store: Some(STORE.to_owned()),
+                ..UpFlags::default()
+            },
+            &env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("GHOST_ROUTER__STORE__URL"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
     }
 
     #[test]

@@ -30,6 +30,9 @@ pub struct GhostFile {
     pub local_executor: Option<bool>,
     /// The certificate of the executor port (and of the gateway's HTTPS when given here).
     pub tls: TlsSpec,
+    /// One PostgreSQL database for the router, summarizer and alerter (`--store` wins);
+    /// unset: SQLite under the data dir.
+    pub store: super::store::StoreSpec,
     /// API keys, stored as SHA-256 hashes (`gateway.api_keys`).
     pub keys: Vec<ApiKeyConfig>,
     /// Push subscriptions: Standard Webhooks for terminal outcomes (`summarizer.subscriptions`,

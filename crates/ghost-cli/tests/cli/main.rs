@@ -20,4 +20,5 @@ mod tokens;
 mod up;
 mod up_checks;
 mod up_guards;
+mod up_store;
 mod walkthrough;

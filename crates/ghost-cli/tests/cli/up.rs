@@ -117,6 +117,26 @@ async fn try_spawn_up(
 }
 
 impl Up {
+    /// The process id of `ghost up`.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id().expect("ghost up runs")
+    }
+
+    /// SIGKILL, wait until the process is gone, and return what it wrote to stderr.
+    pub(crate) async fn kill_9_stderr(mut self) -> String {
+        self.child.start_kill().expect("kill -9");
+        let mut stderr = String::new();
+        if let Some(mut pipe) = self.child.stderr.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), pipe.read_to_string(&mut stderr))
+                .await;
+        }
+        tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .expect("ghost up died within 10 s")
+            .expect("waited");
+        stderr
+    }
+
     /// SIGKILL, and wait until the process is gone.
     pub(crate) async fn kill_9(mut self) {
         self.child.start_kill().expect("kill -9");
