@@ -203,6 +203,25 @@ pub(crate) fn activate(
     recover(workspace, root_id, outbox, max_file_bytes)
 }
 
+/// The pause after each file written while applying: zero, except in a debug build (the
+/// one tests spawn) whose environment sets [`crate::TEST_WRITE_DELAY_VAR`], so the crash tests can
+/// kill the real binary between two writes. It is not a config key (a config file or a
+/// `GHOST_EXECUTOR__` variable naming it is refused like any unknown key), and a release
+/// build has no such knob.
+#[cfg(debug_assertions)]
+fn test_write_delay() -> std::time::Duration {
+    std::env::var(crate::TEST_WRITE_DELAY_VAR)
+        .ok()
+        .and_then(|millis| millis.parse().ok())
+        .map_or(std::time::Duration::ZERO, std::time::Duration::from_millis)
+}
+
+/// A release build never pauses between writes (see the debug build's version).
+#[cfg(not(debug_assertions))]
+fn test_write_delay() -> std::time::Duration {
+    std::time::Duration::ZERO
+}
+
 impl App {
     /// Checks the workspaces and binds the listeners.
     pub async fn build(config: ExecutorConfig) -> anyhow::Result<Self> {
@@ -278,7 +297,7 @@ impl App {
                     root_id,
                     limits,
                     default_timeout: config.default_timeout,
-                    write_delay: config.test_write_delay,
+                    write_delay: test_write_delay(),
                 };
                 (target, ctx)
             })

@@ -45,7 +45,8 @@ pub struct Context {
     pub limits: Limits,
     /// Deadline of a patch without `timeout_s`.
     pub default_timeout: Duration,
-    /// For crash tests only: pause after each file written.
+    /// For crash tests only: pause after each file written (zero in production; the binary
+    /// sets it from [`crate::TEST_WRITE_DELAY_VAR`] in a debug build only).
     pub write_delay: Duration,
     /// The identity of the workspace root when the executor started; every attempt, command
     /// and git run first checks that the root is still that directory.

@@ -41,5 +41,9 @@ pub use config::{
     WorkspaceConfig,
 };
 
+/// For the crash tests only: in a debug build, milliseconds to pause after each file written
+/// while applying (read once, by [`App::build`]); a release build ignores it.
+pub const TEST_WRITE_DELAY_VAR: &str = "GHOST_TEST_EXECUTOR_WRITE_DELAY_MS";
+
 /// Service name in logs, traces, metrics and the environment prefix.
 pub const SERVICE: &str = "executor";
