@@ -14,6 +14,8 @@
 //! restores its pre-images (or from its git commit once the record is gone). On start a
 //! leftover journal is rolled back and reported `interrupted` once the router is connected.
 
+#![warn(missing_docs, clippy::too_many_lines)]
+
 pub mod agent;
 mod app;
 pub mod apply;
