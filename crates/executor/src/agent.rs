@@ -31,7 +31,6 @@ use crate::config::AgentConfig;
 use crate::workspace::Workspace;
 
 pub use self::clis::{CLIS, Invocation, argv, cli_names, invocation, shown};
-
 pub use self::output::{Output, parse_output, tail_chars};
 
 /// How a hand-off ended.

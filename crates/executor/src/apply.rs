@@ -23,45 +23,34 @@ mod journaling;
 mod scrub;
 mod stages;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use ghost_core::fileops;
-use ghost_core::{ApplyReport, CommandKind, OnFailure, Patch, Rollback, StageTiming, Status};
+use ghost_core::{ApplyReport, OnFailure, Patch, Rollback, Status};
 use ghost_runtime::storage::FaultKind;
-use globset::GlobMatcher;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{self, Outcome};
 use crate::beneath::{self, Dirs, RootId};
-use crate::commands::{self, Argv, Stopped};
-use crate::git;
-use crate::journal::{self, Header, Journal, Restored};
+use crate::journal::{self, Journal};
 use crate::ledger::Ledger;
-use crate::plan::{self, Final, Plan};
-use crate::revert::{self, Refusal};
+use crate::plan::Plan;
+use crate::revert;
 use crate::snapshot::{self, Scope, Snapshot};
 use crate::workspace::{Limits, Workspace};
 
-pub(crate) use self::scrub::{scrub, scrub_report};
-
+use self::admit::{Admitted, admit, plan_edits};
+use self::after_write::{commit, run_after_write};
 use self::hand_off::hand_off;
 pub use self::hand_off::{
     MAX_AGENT_DIFF_BYTES, MAX_AGENT_FILES, MAX_AGENT_FILES_BYTES, MAX_AGENT_NOTES_BYTES,
     MAX_AGENT_REPORT_BYTES, MAX_TRANSCRIPT_BYTES,
 };
-
-use self::stages::{Attempt, Step, owner_steps};
-
 use self::journaling::{
     JournalFailed, clear_leftover_journal, close_journal, open_journal, roll_back, rollback_failed,
     write_plan,
 };
 pub(crate) use self::journaling::{journals_unclosed, rollback_record};
-
-use self::admit::{Admitted, admit, plan_edits};
-
-use self::after_write::{commit, run_after_write};
+pub(crate) use self::scrub::{scrub, scrub_report};
+use self::stages::Attempt;
 
 /// What an attempt needs besides the patch.
 #[derive(Debug, Clone)]

@@ -29,7 +29,7 @@ mod tree;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
@@ -46,10 +46,8 @@ use crate::workspace::Workspace;
 
 pub use tree::{become_subreaper, kill_leftovers};
 
-use self::tmp::TmpGuard;
-pub use self::tmp::{private_tmp, sweep_tmp};
-
 use self::confinement::{Confinement, confine, confinement};
+pub use self::tmp::{private_tmp, sweep_tmp};
 
 /// How a command is started.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,9 +11,8 @@ mod guard;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-pub use self::guard::Guard;
-
 pub use self::changes::{blob_id, blobs, commit_changes};
+pub use self::guard::Guard;
 
 /// Config given on every git command line (it wins over every config file): a repository
 /// is never discovered as a bare one implicitly (a patch cannot fake one at the root), no

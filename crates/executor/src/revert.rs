@@ -39,18 +39,16 @@
 mod records;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
-use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::Path;
 
-use ghost_core::{EditReport, PatchId, RevertSpec};
-use rustix::fs::{Mode, OFlags};
+use ghost_core::{EditReport, RevertSpec};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::apply::Context;
 use crate::beneath::{self, Dirs, Kind};
-use crate::journal::{self, Journal};
+use crate::journal;
 use crate::plan::{Final, Plan, PlanError};
 use crate::workspace::check_path;
 

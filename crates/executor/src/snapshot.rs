@@ -51,31 +51,27 @@ mod restore;
 mod scope;
 mod store;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::ffi::{CStr, CString, OsStr};
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::{CStr, OsStr};
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::fs::{FileType, Mode, OFlags};
 use rustix::io::Errno;
 use sha2::{Digest, Sha256};
 
-use crate::beneath::{self, RootId};
+use crate::beneath;
 use crate::git;
 use crate::journal::Restored;
-use crate::workspace::Workspace;
 
 pub use self::manifest::Manifest;
 use self::manifest::{Key, Node};
-
+use self::restore::{remove_unrecorded, restore, same_node, sync_touched, trusted_ignored};
 pub use self::scope::Scope;
-
 pub use self::store::sweep_temp;
 use self::store::{collect, store_blob, sync_blobs};
-
-use self::restore::{remove_unrecorded, restore, same_node, sync_touched, trusted_ignored};
 
 /// A file modified this close (in nanoseconds) to the scan that recorded it is hashed again
 /// next time rather than trusted by its stat key: a later write within the same timestamp
@@ -582,8 +578,12 @@ pub fn blob_count(scope: &Scope) -> usize {
 mod tests {
     use std::os::unix::ffi::OsStrExt;
 
+    use rustix::fs::AtFlags;
+
     use super::*;
+    use crate::beneath::RootId;
     use crate::config::TargetPolicy;
+    use crate::workspace::Workspace;
 
     fn scope(dir: &Path) -> (Workspace, Scope) {
         let root = dir.join("ws");

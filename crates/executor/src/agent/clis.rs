@@ -1,7 +1,9 @@
 //! The coding-agent CLIs the executor knows: how each is invoked (its flags for a model, a
 //! prompt and a non-interactive run) and how an argv is shown.
 
-use super::*;
+use std::path::Path;
+
+use crate::config::AgentConfig;
 
 /// How one known agent CLI is run unattended. `{task}` in an argument is replaced by the task
 /// file's path, `{tmp}` by the agent's private temp dir.

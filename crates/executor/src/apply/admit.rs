@@ -1,8 +1,18 @@
 //! Before anything is written: the commands, checks and owner checks a patch will run,
 //! admitted by the target's policy, and the plan of its edits made in memory.
 
-use super::stages::OwnerStep;
-use super::*;
+use std::time::Duration;
+
+use ghost_core::{CommandKind, Patch, Status, fileops};
+
+use crate::beneath::{self, Dirs};
+use crate::plan::{self, Plan};
+use crate::revert::{self, Refusal};
+use crate::snapshot::Scope;
+use crate::{commands, git};
+
+use super::stages::{Attempt, OwnerStep, Step, owner_steps};
+use super::{Context, Refused, root_replaced, root_unchanged};
 
 /// What an attempt will run besides its edits, admitted before anything is written.
 pub(super) struct Admitted {

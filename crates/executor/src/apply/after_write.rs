@@ -1,8 +1,18 @@
 //! After the write: the snapshot, the patch's commands and checks, the owner checks, the
 //! `.git` guard and the commit, each adding to the attempt's failure.
 
-use super::stages::OwnerStep;
-use super::*;
+use std::path::PathBuf;
+
+use ghost_core::{OnFailure, Status};
+use ghost_runtime::storage::FaultKind;
+
+use crate::plan::Plan;
+use crate::snapshot::{self, Scope, Snapshot};
+use crate::{git, journal};
+
+use super::admit::Admitted;
+use super::stages::{Attempt, OwnerStep, Step};
+use super::{HandBack, Lease, Refused, root_unchanged};
 
 /// What ran after the write: the snapshot (when something ran), whether its storage failed
 /// (handed back once the workspace is whole), and whether an owner check failed.

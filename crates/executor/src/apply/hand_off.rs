@@ -2,9 +2,22 @@
 //! task, what it changed is read back as a diff under the agent bounds below, then validated
 //! and checked like any patch, and rolled back from the snapshot on failure.
 
-use super::stages::{OwnerStep, millis};
-use super::*;
+use std::time::{Duration, Instant};
+
+use ghost_core::{ApplyReport, Status};
+use ghost_runtime::storage::FaultKind;
+
+use crate::agent::{self, Outcome};
+use crate::beneath::{self, Dirs};
 use crate::config::AgentConfig;
+use crate::journal;
+use crate::ledger::Ledger;
+use crate::plan::Plan;
+use crate::snapshot::{self, Scope, Snapshot};
+
+use super::journaling::{JournalFailed, close_journal, open_journal};
+use super::stages::{Attempt, OwnerStep, Step, millis};
+use super::{Context, HandBack, Kept, Lease, Refused, roll_back_attempt, unrecorded};
 
 /// Most bytes of the agent's diff in the report.
 pub const MAX_AGENT_DIFF_BYTES: usize = 256 * 1024;

@@ -1,7 +1,17 @@
 //! The journal's part in an attempt: opening it before the first write, writing the plan,
 //! rolling back from it (and the snapshot), and closing it once the outcome is durable.
 
-use super::*;
+use std::time::Duration;
+
+use ghost_core::{Patch, Rollback};
+
+use crate::beneath::{self, Dirs};
+use crate::journal::{self, Header, Journal, Restored};
+use crate::ledger::Ledger;
+use crate::plan::{Final, Plan};
+use crate::snapshot::{self, Scope, Snapshot};
+
+use super::{Context, Lease};
 
 /// The report's rollback record: what could not be restored, retryable or not, is its error.
 pub(crate) fn rollback_record(restored: &Restored, reason: &str) -> Rollback {

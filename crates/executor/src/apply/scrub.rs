@@ -2,7 +2,11 @@
 //! root are made relative, the root and state dir named, secrets in the environment and
 //! the agent's variables redacted, and an agent's output bounded.
 
-use super::*;
+use ghost_core::ApplyReport;
+
+use crate::workspace::Workspace;
+
+use super::hand_off::MAX_AGENT_REPORT_BYTES;
 
 /// Replaces the server's own paths in `text`: the workspace root becomes relative, the state
 /// dir a generic name.

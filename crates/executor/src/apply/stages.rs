@@ -1,7 +1,16 @@
 //! The stages of one attempt, each timed and reported once: the `Attempt` that records
 //! them, and the owner checks a target adds after the patch's own commands.
 
-use super::*;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ghost_core::{ApplyReport, CommandKind, Patch, StageTiming, Status};
+use globset::GlobMatcher;
+use tokio_util::sync::CancellationToken;
+
+use crate::commands::{self, Argv, Stopped};
+
+use super::{Context, root_unchanged};
 
 pub(super) fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)

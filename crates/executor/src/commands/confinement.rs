@@ -2,7 +2,18 @@
 //! before the spawn, and what the child does to itself between fork and exec (a session of
 //! its own, the cgroup, rlimits, the sandbox).
 
-use super::*;
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+
+use crate::config::TargetPolicy;
+use crate::workspace::Workspace;
+
+use super::tmp::{TmpGuard, private_tmp};
+use super::tree::become_subreaper;
+use super::{Extra, cgroup, sandbox};
 
 /// Between fork and exec: gives the child a session of its own, moves it into its cgroup
 /// (`procs`) and sets its rlimits.

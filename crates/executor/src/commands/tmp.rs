@@ -1,7 +1,7 @@
 //! A command's private temp dir: made for each run, removed after it, and swept at start
 //! when an earlier executor's commands left theirs.
 
-use super::*;
+use std::path::{Path, PathBuf};
 
 /// The prefixes of the temp dirs commands and agents get.
 const TMP_PREFIXES: [&str; 2] = ["ghost-cmd-", "ghost-agent-"];

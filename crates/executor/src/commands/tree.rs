@@ -41,9 +41,8 @@ use nix::unistd::Pid;
 
 use super::cgroup::CommandCgroup;
 
-use self::procs::{Proc, children, stat, table, tag_of};
-
 use self::janitor::{janitor, leave_to_janitor};
+use self::procs::{Proc, children, stat, table, tag_of};
 
 /// The environment variable that tags each command's processes with the command's number.
 pub const TAG_VAR: &str = "GHOST_COMMAND_TAG";

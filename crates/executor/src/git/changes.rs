@@ -1,7 +1,10 @@
 //! What a commit changed, read from git with bounded fields: the paths, their blobs and
 //! modes, for a revert from git once the revert record is gone.
 
-use super::*;
+use std::path::Path;
+use std::process::Command;
+
+use super::{bytes_output, git, output};
 
 /// One file a commit changed, listed from git for a revert: its blob before (the first
 /// parent's, or none) and after (the commit's, or none), each as a blob id and a mode. Only

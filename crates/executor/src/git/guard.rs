@@ -1,7 +1,7 @@
 //! The guard of `.git`'s config, info and hooks: what an agent or a command may not change
 //! there is kept before it runs and put back after (and after a crash).
 
-use super::*;
+use std::path::{Path, PathBuf};
 
 /// What one path under `.git` held when a [`Guard`] was taken.
 #[derive(Debug, Clone, PartialEq, Eq)]

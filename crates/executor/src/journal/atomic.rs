@@ -1,7 +1,9 @@
 //! Writing a file atomically (a temp file beside it, synced, renamed, the folder synced), and
 //! the error that says a write landed but was not made durable.
 
-use super::*;
+use std::path::{Path, PathBuf};
+
+use crate::beneath;
 
 /// A flush to stable storage that failed: what was written may be lost (told apart from a
 /// failed write so the executor's storage fault is named `fsync`).

@@ -1,7 +1,19 @@
 //! The revert records on disk: one folder per target, records named by sequence and patch
 //! id, kept after a succeeded patch, read back bounded, and pruned to `revert_keep`.
 
-use super::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::{fs, io};
+
+use ghost_core::PatchId;
+use rustix::fs::{Mode, OFlags};
+
+use crate::apply::Context;
+use crate::beneath::Dirs;
+use crate::journal::Journal;
+
+use super::{FORMAT, Image, MAX_LISTED, Post, now};
 
 /// A target name safe as a folder name (a valid target name: letters, digits, `_`, `-`).
 fn safe_target(target: &str) -> io::Result<()> {

@@ -1,7 +1,12 @@
 //! The snapshot's manifest: every entry of the workspace at the snapshot (kind, mode, size,
 //! times, the digest of a file's bytes), how it is written and read back.
 
-use super::*;
+use sha2::Digest;
+use std::collections::{BTreeMap, HashSet};
+
+use sha2::Sha256;
+
+use super::MAGIC;
 
 /// The stat key of a file: unchanged key, unchanged content (unless racy).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,7 +1,21 @@
 //! Restoring a snapshot: every recorded entry put back byte for byte (mode too) through
 //! directory handles, and what the commands added that the snapshot does not hold removed.
 
-use super::*;
+use std::collections::{HashMap, HashSet};
+use std::ffi::{CStr, CString};
+use std::io;
+use std::io::Write;
+use std::os::fd::OwnedFd;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
+
+use crate::journal::Restored;
+use crate::{beneath, git};
+
+use super::manifest::{Key, Manifest, Node};
+use super::scope::Scope;
+use super::{MAX_DEPTH, digest, join, read_file, show};
 
 /// True when what is at `name` in `dir` (with `stat`) is what `node` recorded.
 pub(super) fn same_node(

@@ -1,7 +1,21 @@
 //! What a snapshot covers: the `Scope` of a workspace (its root, the state dir, what is left
 //! out) and the walk over it that never follows a symlink.
 
-use super::*;
+use std::collections::HashSet;
+use std::ffi::{CStr, OsStr};
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
+
+use crate::beneath::{self, RootId};
+use crate::git;
+use crate::workspace::Workspace;
+
+use super::{MAX_DEPTH, hex, join, with_path};
 
 /// What a walk calls for each path in scope: (its directory, its name, its workspace-relative
 /// path, its stat) → whether to go into it.

@@ -1,7 +1,16 @@
 //! The blob store: a file's bytes kept once by digest, made durable in few syncs, and the
 //! blobs no manifest names any more collected.
 
-use super::*;
+use std::collections::HashSet;
+use std::io;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+
+use rustix::fs::{Mode, OFlags};
+
+use super::manifest::Manifest;
+use super::scope::Scope;
+use super::{Taken, hex, sync_dir};
 
 /// Up to this many new blobs are each fsync'd; more are flushed with one `syncfs` (which,
 /// on a busy file system, also waits for other writers' data: worth it only in bulk).

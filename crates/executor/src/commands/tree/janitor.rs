@@ -1,7 +1,13 @@
 //! The janitor: processes a sweep could not kill within its budget, kept process-wide and
 //! tried again (killed, and reaped when they are ours) by every later sweep.
 
-use super::*;
+use std::sync::Mutex;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use super::procs::stat;
+use super::{lock, reap};
 
 /// Processes (pid, start time) a sweep could not kill within its budget; every later sweep
 /// tries them again.

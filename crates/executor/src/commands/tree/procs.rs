@@ -1,7 +1,8 @@
 //! Reading `/proc`: a process's parent, group, session and start time, the whole process
 //! table, a command's tag, and a process's children.
 
-use super::*;
+use super::TAG_VAR;
+use std::collections::HashMap;
 
 /// The fields of `/proc/<pid>/stat` a sweep needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
