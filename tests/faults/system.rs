@@ -31,8 +31,6 @@ fn executor(dir: &Path, router_grpc: u16, target: &str) -> Child {
 executor_id = "faults-{target}"
 state_dir = "{state}"
 reconnect_backoff = "100ms"
-# Slow enough that patches are still queued when a fault starts.
-test_write_delay = "150ms"
 [[workspaces]]
 target = "{target}"
 root = "{workspace}"
@@ -44,7 +42,9 @@ drain_grace = "0s"
             state = dir.join(format!("executor-state-{target}")).display(),
             workspace = dir.join(target).display()
         ),
-        &[],
+        // Slow enough that patches are still queued when a fault starts (150 ms after each
+        // file written: the debug build's test-only pause, not a config key).
+        &[(executor::TEST_WRITE_DELAY_VAR.to_owned(), "150".to_owned())],
     )
 }
 

@@ -203,6 +203,68 @@ pub(crate) fn activate(
     recover(workspace, root_id, outbox, max_file_bytes)
 }
 
+/// The pause after each file written while applying: zero, except in a debug build (the
+/// one tests spawn) whose environment sets [`crate::TEST_WRITE_DELAY_VAR`], so the crash tests can
+/// kill the real binary between two writes. It is not a config key (a config file or a
+/// `GHOST_EXECUTOR__` variable naming it is refused like any unknown key), and a release
+/// build has no such knob.
+#[cfg(debug_assertions)]
+fn test_write_delay() -> std::time::Duration {
+    std::env::var(crate::TEST_WRITE_DELAY_VAR)
+        .ok()
+        .and_then(|millis| millis.parse().ok())
+        .map_or(std::time::Duration::ZERO, std::time::Duration::from_millis)
+}
+
+/// A release build never pauses between writes (see the debug build's version).
+#[cfg(not(debug_assertions))]
+fn test_write_delay() -> std::time::Duration {
+    std::time::Duration::ZERO
+}
+
+/// Takes each workspace this executor is to serve: with `standby`, the one whose lock it
+/// gets (the others wait on standby); the workspace is then made whole (`activate`). The
+/// locks held and the targets served.
+fn take_workspaces(
+    config: &ExecutorConfig,
+    workspaces: &HashMap<String, (Workspace, RootId)>,
+    old_state: &std::path::Path,
+    outbox: &Outbox,
+) -> anyhow::Result<(crate::standby::Held, std::collections::BTreeSet<String>)> {
+    let held: crate::standby::Held = Arc::default();
+    let mut active = std::collections::BTreeSet::new();
+    for (target, (workspace, root_id)) in workspaces {
+        let lock = if config.standby {
+            crate::standby::try_lock(&workspace.root)
+                .map_err(|err| {
+                    anyhow::anyhow!(
+                        "target {target}: cannot open the lock {}/lock: {err}",
+                        workspace.state_dir.display()
+                    )
+                })?
+                .map(Some)
+        } else {
+            // Sole executor of its workspaces: no lock, always active.
+            Some(None)
+        };
+        let Some(lock) = lock else {
+            crate::standby::set_active(target, false);
+            tracing::info!(%target, lock = %workspace.state_dir.join("lock").display(),
+                "standby: another executor is active for this target; waiting for its lock");
+            continue;
+        };
+        activate(workspace, root_id, old_state, outbox, config.max_file_bytes)?;
+        if let Some(lock) = lock {
+            held.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(lock);
+        }
+        crate::standby::set_active(target, true);
+        active.insert(target.clone());
+    }
+    Ok((held, active))
+}
+
 impl App {
     /// Checks the workspaces and binds the listeners.
     pub async fn build(config: ExecutorConfig) -> anyhow::Result<Self> {
@@ -226,43 +288,7 @@ impl App {
         let old_state = std::fs::canonicalize(&config.state_dir)?;
         // One active executor per workspace: the lock held, the workspace is made whole and
         // served; the others wait on standby (see `standby`).
-        let held: crate::standby::Held = Arc::default();
-        let mut active = std::collections::BTreeSet::new();
-        for (target, (workspace, root_id)) in &workspaces {
-            let lock = if config.standby {
-                crate::standby::try_lock(&workspace.root)
-                    .map_err(|err| {
-                        anyhow::anyhow!(
-                            "target {target}: cannot open the lock {}/lock: {err}",
-                            workspace.state_dir.display()
-                        )
-                    })?
-                    .map(Some)
-            } else {
-                // Sole executor of its workspaces: no lock, always active.
-                Some(None)
-            };
-            let Some(lock) = lock else {
-                crate::standby::set_active(target, false);
-                tracing::info!(%target, lock = %workspace.state_dir.join("lock").display(),
-                    "standby: another executor is active for this target; waiting for its lock");
-                continue;
-            };
-            activate(
-                workspace,
-                root_id,
-                &old_state,
-                &outbox,
-                config.max_file_bytes,
-            )?;
-            if let Some(lock) = lock {
-                held.lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .push(lock);
-            }
-            crate::standby::set_active(target, true);
-            active.insert(target.clone());
-        }
+        let (held, active) = take_workspaces(&config, &workspaces, &old_state, &outbox)?;
         let swept = crate::commands::sweep_tmp();
         if swept > 0 {
             tracing::info!(
@@ -278,7 +304,7 @@ impl App {
                     root_id,
                     limits,
                     default_timeout: config.default_timeout,
-                    write_delay: config.test_write_delay,
+                    write_delay: test_write_delay(),
                 };
                 (target, ctx)
             })

@@ -21,13 +21,15 @@
 //! workspace and in the target's `writable` paths ([`sandbox`]).
 
 mod cgroup;
+mod confinement;
 pub mod sandbox;
+mod tmp;
 mod tree;
 
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
@@ -43,6 +45,9 @@ use crate::config::{CommandPolicy, TargetPolicy};
 use crate::workspace::Workspace;
 
 pub use tree::{become_subreaper, kill_leftovers};
+
+use self::confinement::{Confinement, confine, confinement};
+pub use self::tmp::{private_tmp, sweep_tmp};
 
 /// How a command is started.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,55 +138,6 @@ pub enum Stopped {
     Cancelled,
 }
 
-/// Between fork and exec: gives the child a session of its own, moves it into its cgroup
-/// (`procs`) and sets its rlimits.
-#[allow(unsafe_code)]
-fn confine(
-    command: &mut Command,
-    policy: &TargetPolicy,
-    procs: Option<Arc<File>>,
-    ruleset: Option<landlock::RulesetCreated>,
-) {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let cpu = policy.max_cpu_seconds;
-    let memory = policy.max_memory_bytes;
-    let files = policy.max_open_files;
-    // Above the hard limit setrlimit would fail, and with it every command: keep what we have.
-    let processes = getrlimit(Resource::RLIMIT_NPROC).map_or(policy.max_processes, |(_, hard)| {
-        policy.max_processes.min(hard)
-    });
-    let mut ruleset = ruleset;
-    // SAFETY: the closure runs in the forked child before exec and only calls setsid(2),
-    // write(2), setrlimit(2), prctl(2) and landlock_restrict_self(2), which are
-    // async-signal-safe; it allocates nothing (the ruleset was built before the fork) and
-    // touches no lock.
-    unsafe {
-        command.pre_exec(move || {
-            // A session, not just a group: no descendant can ever get back into the
-            // executor's session, which is how a sweep tells the executor's own children
-            // (git) from a command's orphans. The leader's group id is its pid, as before.
-            nix::unistd::setsid().map_err(std::io::Error::from)?;
-            if let Some(procs) = &procs {
-                // "0" is the writer itself. Failing to join fails the spawn: the target asked
-                // for the cap, so the command does not run without it.
-                nix::unistd::write(procs.as_ref(), b"0").map_err(std::io::Error::from)?;
-            }
-            setrlimit(Resource::RLIMIT_CPU, cpu, cpu).map_err(std::io::Error::from)?;
-            setrlimit(Resource::RLIMIT_AS, memory, memory).map_err(std::io::Error::from)?;
-            setrlimit(Resource::RLIMIT_NOFILE, files, files).map_err(std::io::Error::from)?;
-            // Counted per user, and not enforced for root (CAP_SYS_RESOURCE): the tree kill,
-            // not this, is what stops a fork bomb run as root.
-            setrlimit(Resource::RLIMIT_NPROC, processes, processes)
-                .map_err(std::io::Error::from)?;
-            // Last, so nothing above needs a write it would forbid.
-            if let Some(ruleset) = ruleset.take() {
-                sandbox::enforce(ruleset)?;
-            }
-            Ok(())
-        });
-    }
-}
-
 /// What a run adds to a plain command: its stdin, variables, a temp dir, a longer tail.
 #[derive(Debug, Clone, Default)]
 pub struct Extra {
@@ -198,79 +154,6 @@ pub struct Extra {
     pub tail_bytes: Option<usize>,
     /// An agent CLI: under `sandbox = "auto"` it is refused where there is no Landlock.
     pub agent: bool,
-}
-
-/// The prefixes of the temp dirs commands and agents get.
-const TMP_PREFIXES: [&str; 2] = ["ghost-cmd-", "ghost-agent-"];
-
-/// Makes a private temp dir (0700, named `<prefix>-<executor pid>-<random>`) under the
-/// system's temp dir.
-pub fn private_tmp(prefix: &str) -> std::io::Result<PathBuf> {
-    use std::os::unix::fs::DirBuilderExt;
-    let mut random = [0u8; 8];
-    getrandom::fill(&mut random).map_err(|err| std::io::Error::other(err.to_string()))?;
-    let name: String = random.iter().map(|b| format!("{b:02x}")).collect();
-    let dir = std::env::temp_dir().join(format!("{prefix}-{}-{name}", std::process::id()));
-    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
-    Ok(dir)
-}
-
-/// Removes the temp dirs of commands and agents that an executor no longer running (one that
-/// crashed) left behind: ours by owner, named with a pid that no process has now. Returns
-/// how many. Call at start.
-pub fn sweep_tmp() -> usize {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
-        return 0;
-    };
-    // Our uid: the owner of our own /proc entry.
-    let Ok(me) = std::fs::metadata("/proc/self").map(|meta| meta.uid()) else {
-        return 0;
-    };
-    let mut removed = 0;
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(rest) = name
-            .to_str()
-            .and_then(|name| TMP_PREFIXES.iter().find_map(|p| name.strip_prefix(p)))
-        else {
-            continue;
-        };
-        let Some(pid) = rest
-            .split('-')
-            .next()
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
-            continue;
-        }
-        // Never through a symlink, never another user's.
-        let Ok(meta) = entry.path().symlink_metadata() else {
-            continue;
-        };
-        if !meta.is_dir() || meta.uid() != me {
-            continue;
-        }
-        if std::fs::remove_dir_all(entry.path()).is_ok() {
-            removed += 1;
-        }
-    }
-    removed
-}
-
-/// A temp dir removed (with what the command left in it) when dropped.
-struct TmpGuard(Option<PathBuf>);
-
-impl Drop for TmpGuard {
-    fn drop(&mut self) {
-        if let Some(dir) = self.0.take()
-            && let Err(err) = std::fs::remove_dir_all(&dir)
-        {
-            tracing::warn!(dir = %dir.display(), error = %err, "cannot remove a command's temp dir");
-        }
-    }
 }
 
 fn spawn(
@@ -464,46 +347,15 @@ pub fn run_with(
             sandbox: "none",
         }
     };
-    let (tmp, _tmp_guard) = match &extra.tmp {
-        Some(tmp) => (tmp.clone(), TmpGuard(None)),
-        None => match private_tmp("ghost-cmd") {
-            Ok(tmp) => (tmp.clone(), TmpGuard(Some(tmp))),
-            Err(err) => {
-                tracing::error!(error = %err, command = %line, "cannot make the command's temp dir");
-                return refused(
-                    report,
-                    "refused: the command's temp dir cannot be made".to_owned(),
-                );
-            }
-        },
-    };
-    let plan = match sandbox::plan(&workspace.policy, &workspace.root, &tmp, extra.agent) {
-        Ok(plan) => plan,
+    let Confinement {
+        tmp,
+        tmp_guard: _tmp_guard,
+        ruleset,
+        sandbox: sandbox_name,
+        cgroup,
+    } = match confinement(workspace, line, extra) {
+        Ok(confinement) => confinement,
         Err(why) => return refused(report, why),
-    };
-    let sandbox_name = plan.name();
-    let ruleset = match plan {
-        sandbox::Plan::Landlock(ruleset, _) => Some(ruleset),
-        sandbox::Plan::None => None,
-    };
-    // Orphans must come to us, not to init, for the tree kill to find them; App::build sets
-    // it too, this keeps any other caller (and an early failure there) covered.
-    let _ = become_subreaper();
-    let cgroup = match workspace.policy.pids_cgroup.as_deref() {
-        None => None,
-        Some(parent) => {
-            match cgroup::CommandCgroup::create(parent, workspace.policy.max_processes) {
-                Ok(cgroup) => Some(cgroup),
-                Err(err) => {
-                    tracing::error!(cgroup = %parent.display(), error = %err, command = %line, "cannot create the command's pids cgroup; refusing the command");
-                    // The path and the error stay in the log: clients see no internals.
-                    return refused(
-                        report,
-                        "refused: the command's pids cgroup cannot be created".to_owned(),
-                    );
-                }
-            }
-        }
     };
     let in_cgroup = cgroup.is_some();
     let procs = cgroup.as_ref().map(cgroup::CommandCgroup::procs);
@@ -523,6 +375,47 @@ pub fn run_with(
         }
     };
     let leader = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    let (capture, done_rx) = capture_output(&mut child, workspace, extra, line);
+    let kill_grace = workspace.policy.kill_grace;
+    let stopped = wait_for_leader(leader, &mut tree, deadline, cancel, kill_grace);
+    // Whatever the command left running, in its group or not, goes with it; the leader too,
+    // when it is stopped early or only its main thread ended.
+    kill_tree(&mut tree, line);
+    let status = reap_leader(child, &tree, line);
+    // Only now, with its leader reaped, may another command's sweep treat the pid as free.
+    drop(tree);
+    gather_diagnostics(&done_rx, &mut report);
+    if let Some(status) = status {
+        report.exit_code = status.code();
+        report.signal = status.signal();
+    }
+    report.timed_out = stopped == Some(Stopped::Deadline);
+    report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    if let Ok(capture) = capture.lock() {
+        let (head, tail, omitted) = capture.finish();
+        report.output_head = head;
+        report.output_tail = tail;
+        report.omitted_bytes = omitted;
+    }
+    Ran {
+        report,
+        stopped,
+        sandbox: sandbox_name,
+    }
+}
+
+/// Starts reading the child's stdout and stderr into one capture (its head and tail within
+/// the target's bounds, or `extra`'s longer tail), each stream's diagnostics parsed as it
+/// goes and sent on the receiver when the stream ends.
+fn capture_output(
+    child: &mut Child,
+    workspace: &Workspace,
+    extra: &Extra,
+    line: &str,
+) -> (
+    Arc<Mutex<Capture>>,
+    mpsc::Receiver<(usize, diagnostics::Found)>,
+) {
     let capture = Arc::new(Mutex::new(Capture {
         head: Vec::new(),
         tail: VecDeque::new(),
@@ -540,6 +433,19 @@ pub fn run_with(
         pump(stderr, Arc::clone(&capture), 1, line, done_tx.clone());
     }
     drop(done_tx);
+    (capture, done_rx)
+}
+
+/// Waits for the command's leader to end, tracking its process tree as it goes. At the
+/// deadline or on cancel, SIGTERM to the whole tree and up to `kill_grace` for it to end;
+/// which of the two stopped it, if either.
+fn wait_for_leader(
+    leader: Pid,
+    tree: &mut tree::Tree,
+    deadline: Instant,
+    cancel: &CancellationToken,
+    kill_grace: Duration,
+) -> Option<Stopped> {
     let mut stopped = None;
     let mut next_track = Instant::now();
     loop {
@@ -559,7 +465,7 @@ pub fn run_with(
         }
         if stopped.is_some() {
             tree.signal_all(Signal::SIGTERM);
-            let grace_end = Instant::now() + workspace.policy.kill_grace;
+            let grace_end = Instant::now() + kill_grace;
             while Instant::now() < grace_end {
                 // The group cannot tell (the unreaped leader stays in it): what is tracked can.
                 if Instant::now() >= next_track {
@@ -576,12 +482,15 @@ pub fn run_with(
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    // Whatever the command left running, in its group or not, goes with it; the leader too,
-    // when it is stopped early or only its main thread ended.
-    kill_tree(&mut tree, line);
-    let status = reap_leader(child, &tree, line);
-    // Only now, with its leader reaped, may another command's sweep treat the pid as free.
-    drop(tree);
+    stopped
+}
+
+/// Takes what the output streams' parsers found (waiting a second at most for both), in
+/// stream order, into the report's diagnostics.
+fn gather_diagnostics(
+    done_rx: &mpsc::Receiver<(usize, diagnostics::Found)>,
+    report: &mut CommandReport,
+) {
     let output_deadline = Instant::now() + Duration::from_secs(1);
     let mut streams = Vec::with_capacity(2);
     for _ in 0..2 {
@@ -595,23 +504,6 @@ pub fn run_with(
     for (_, found) in streams {
         report.diagnostics.dropped += found.dropped;
         report.diagnostics.diagnostics.extend(found.diagnostics);
-    }
-    if let Some(status) = status {
-        report.exit_code = status.code();
-        report.signal = status.signal();
-    }
-    report.timed_out = stopped == Some(Stopped::Deadline);
-    report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    if let Ok(capture) = capture.lock() {
-        let (head, tail, omitted) = capture.finish();
-        report.output_head = head;
-        report.output_tail = tail;
-        report.omitted_bytes = omitted;
-    }
-    Ran {
-        report,
-        stopped,
-        sandbox: sandbox_name,
     }
 }
 

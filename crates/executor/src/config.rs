@@ -64,10 +64,6 @@ pub struct ExecutorConfig {
     /// lock on `<root>/.ghost/lock` decides which executor is active; a standby takes over
     /// when the lock frees (see `docs/src/executors.md`). Off: everything in `state_dir`.
     pub standby: bool,
-    /// For tests only: pause after each file written while applying, so a crash test can kill
-    /// the executor between writes. Zero (the default) in production.
-    #[serde(with = "humantime_serde")]
-    pub test_write_delay: Duration,
 }
 
 /// Which commands a target's patches may run.
@@ -471,7 +467,6 @@ impl Default for ExecutorConfig {
             default_timeout: Duration::from_secs(600),
             targets: BTreeMap::new(),
             standby: false,
-            test_write_delay: Duration::ZERO,
         }
     }
 }

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use ghost_core::Patch;
 use ghost_proto::executor::v1::{
-    DryRunResult, ExecutorMessage, Heartbeat, Hello, Progress, Result as WorkResult,
-    Workspace as WireWorkspace, executor_message, router_message,
+    Assign, Cancel, DryRun, DryRunResult, ExecutorMessage, Heartbeat, Hello, Progress,
+    Result as WorkResult, RouterMessage, Workspace as WireWorkspace, executor_message,
+    router_message,
 };
 use ghost_proto::router::v1::{PatchStatus, router_service_client::RouterServiceClient};
 use ghost_runtime::peers::PEER_TIMEOUTS;
@@ -173,53 +174,24 @@ async fn session(
     let (outbound, outbound_rx) = mpsc::channel::<ExecutorMessage>(32);
     let mut taken_over = worker.active.subscribe();
     let active = taken_over.borrow_and_update().clone();
-    let hello = Hello {
-        executor_id: worker.config.executor_id.clone(),
-        workspaces: worker
-            .contexts
-            .values()
-            .filter(|ctx| active.contains(&ctx.workspace.target))
-            .map(|ctx| WireWorkspace {
-                target: ctx.workspace.target.clone(),
-                root: ctx.workspace.root.display().to_string(),
-            })
-            .collect(),
-        capabilities: [
-            "write", "replace", "diff", "delete", "rename", "chmod", "mkdir", "patch", "commands",
-            "validate", "agent", "git", "journal", "ledger", "cancel", "dry_run", "revert",
-        ]
-        .map(str::to_owned)
-        .to_vec(),
-        token: worker.config.token.expose().to_owned(),
-    };
     let _ = outbound
-        .send(message(executor_message::Kind::Hello(hello)))
+        .send(message(executor_message::Kind::Hello(hello(
+            worker, &active,
+        ))))
         .await;
-    // A router that accepts the connection and never answers must not hold the session: the
-    // stream's headers come within the call bound, and the keep-alive watches it afterwards.
-    let opened = tokio::time::timeout(
-        PEER_TIMEOUTS.call,
-        client.work(ReceiverStream::new(outbound_rx)),
-    )
-    .await
-    .map_err(|_| {
-        tonic::Status::deadline_exceeded(format!(
-            "the router accepted the Work stream but did not answer within {}s",
-            PEER_TIMEOUTS.call.as_secs()
-        ))
-    })?;
-    let mut inbound = opened?.into_inner();
+    let mut inbound = open_work(&mut client, outbound_rx).await?;
     tracing::info!(router = %worker.config.router_url, "connected to the router");
     send_owed(worker, &outbound).await;
 
-    let running: Running = Arc::new(Mutex::new(HashMap::new()));
-    // An apply holds its target's lock; a dry run waits for it, never planning against a
-    // half-written workspace.
-    let locks = TargetLocks::new(worker.contexts.keys());
-
-    let held: Arc<Mutex<Vec<u64>>> = Arc::new(Mutex::new(Vec::new()));
+    let attempts = Attempts {
+        held: Arc::new(Mutex::new(Vec::new())),
+        running: Arc::new(Mutex::new(HashMap::new())),
+        // An apply holds its target's lock; a dry run waits for it, never planning against a
+        // half-written workspace.
+        locks: TargetLocks::new(worker.contexts.keys()),
+        tasks: TaskTracker::new(),
+    };
     let mut storage = worker.storage.subscribe();
-    let tasks = TaskTracker::new();
     let mut heartbeat = tokio::time::interval(DEFAULT_HEARTBEAT);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result = loop {
@@ -233,7 +205,7 @@ async fn session(
             // A standby took a workspace over: a new session announces it.
             () = crate::standby::changed(&mut taken_over) => break Err(ExecutorError::TookOver),
             _ = heartbeat.tick() => {
-                let tokens = held.lock().await.clone();
+                let tokens = attempts.held.lock().await.clone();
                 let beat = message(executor_message::Kind::Heartbeat(Heartbeat { fencing_tokens: tokens }));
                 if outbound.send(beat).await.is_err() {
                     break Err(ExecutorError::Closed);
@@ -254,39 +226,11 @@ async fn session(
                         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     }
                     Some(router_message::Kind::Assign(assign)) => {
-                        held.lock().await.push(assign.fencing_token);
-                        let cancel = CancellationToken::new();
-                        let patch_id = assign.patch.as_ref().map(|p| p.id.clone()).unwrap_or_default();
-                        running.lock().await.insert(assign.fencing_token, (patch_id, cancel.clone()));
-                        let worker = worker.clone();
-                        let outbound = outbound.clone();
-                        let held = Arc::clone(&held);
-                        let running = Arc::clone(&running);
-                        let locks = locks.clone();
-                        tasks.spawn(async move {
-                            let token = assign.fencing_token;
-                            execute(&worker, &locks, assign, cancel, &outbound).await;
-                            held.lock().await.retain(|t| *t != token);
-                            running.lock().await.remove(&token);
-                        });
+                        attempts.start(worker, assign, &outbound).await;
                     }
-                    Some(router_message::Kind::Cancel(cancel)) => {
-                        let found = running.lock().await.get(&cancel.fencing_token).cloned();
-                        match found {
-                            Some((patch_id, token)) if patch_id == cancel.patch_id => {
-                                tracing::info!(patch_id = %cancel.patch_id, reason = %cancel.reason, "cancelling a running patch");
-                                token.cancel();
-                            }
-                            _ => tracing::info!(patch_id = %cancel.patch_id, token = cancel.fencing_token, "cancel for no running attempt ignored"),
-                        }
-                    }
+                    Some(router_message::Kind::Cancel(cancel)) => attempts.cancel(cancel).await,
                     Some(router_message::Kind::DryRun(request)) => {
-                        let worker = worker.clone();
-                        let outbound = outbound.clone();
-                        let locks = locks.clone();
-                        tasks.spawn(async move {
-                            answer_dry_run(&worker, &locks, request, &outbound).await;
-                        });
+                        attempts.dry_run(worker, request, &outbound);
                     }
                     None => tracing::warn!("empty router message ignored"),
                 }
@@ -299,11 +243,132 @@ async fn session(
     // recorded in the ledger, so the re-delivery runs it again; one that already took effect
     // is answered from the ledger.
     if result.is_err() {
-        fence(&running).await;
+        fence(&attempts.running).await;
     }
-    tasks.close();
-    tasks.wait().await;
+    attempts.tasks.close();
+    attempts.tasks.wait().await;
     result
+}
+
+/// The Hello that opens a session: this executor, the workspaces it serves now (`active`),
+/// what it can do, and its token.
+fn hello(worker: &Worker, active: &std::collections::BTreeSet<String>) -> Hello {
+    Hello {
+        executor_id: worker.config.executor_id.clone(),
+        workspaces: worker
+            .contexts
+            .values()
+            .filter(|ctx| active.contains(&ctx.workspace.target))
+            .map(|ctx| WireWorkspace {
+                target: ctx.workspace.target.clone(),
+                root: ctx.workspace.root.display().to_string(),
+            })
+            .collect(),
+        capabilities: [
+            "write", "replace", "diff", "delete", "rename", "chmod", "mkdir", "patch", "commands",
+            "validate", "agent", "git", "journal", "ledger", "cancel", "dry_run", "revert",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        token: worker.config.token.expose().to_owned(),
+    }
+}
+
+/// Opens the Work stream, `outbound` being what this executor sends on it. A router that
+/// accepts the connection and never answers must not hold the session: the stream's headers
+/// come within the call bound, and the keep-alive watches it afterwards.
+async fn open_work(
+    client: &mut RouterServiceClient<tonic::transport::Channel>,
+    outbound: mpsc::Receiver<ExecutorMessage>,
+) -> Result<tonic::Streaming<RouterMessage>, ExecutorError> {
+    let opened = tokio::time::timeout(
+        PEER_TIMEOUTS.call,
+        client.work(ReceiverStream::new(outbound)),
+    )
+    .await
+    .map_err(|_| {
+        tonic::Status::deadline_exceeded(format!(
+            "the router accepted the Work stream but did not answer within {}s",
+            PEER_TIMEOUTS.call.as_secs()
+        ))
+    })?;
+    Ok(opened?.into_inner())
+}
+
+/// What a session's assigned attempts share: the fencing tokens its heartbeats name, the
+/// cancels of the attempts running, the targets' locks, and the tasks to wait for.
+struct Attempts {
+    /// The fencing tokens of the attempts running (sent with each heartbeat).
+    held: Arc<Mutex<Vec<u64>>>,
+    /// Each running attempt's patch id and cancel, by fencing token.
+    running: Running,
+    /// An apply holds its target's lock; a dry run waits for it.
+    locks: TargetLocks,
+    /// The attempts' and dry runs' tasks.
+    tasks: TaskTracker,
+}
+
+impl Attempts {
+    /// Runs an assigned patch on a task of its own: its fencing token in the heartbeats and
+    /// its cancel reachable while it runs.
+    async fn start(
+        &self,
+        worker: &Worker,
+        assign: Assign,
+        outbound: &mpsc::Sender<ExecutorMessage>,
+    ) {
+        self.held.lock().await.push(assign.fencing_token);
+        let cancel = CancellationToken::new();
+        let patch_id = assign
+            .patch
+            .as_ref()
+            .map(|p| p.id.clone())
+            .unwrap_or_default();
+        self.running
+            .lock()
+            .await
+            .insert(assign.fencing_token, (patch_id, cancel.clone()));
+        let worker = worker.clone();
+        let outbound = outbound.clone();
+        let held = Arc::clone(&self.held);
+        let running = Arc::clone(&self.running);
+        let locks = self.locks.clone();
+        self.tasks.spawn(async move {
+            let token = assign.fencing_token;
+            execute(&worker, &locks, assign, cancel, &outbound).await;
+            held.lock().await.retain(|t| *t != token);
+            running.lock().await.remove(&token);
+        });
+    }
+
+    /// Cancels the running attempt a Cancel names (its fencing token and patch id).
+    async fn cancel(&self, cancel: Cancel) {
+        let found = self
+            .running
+            .lock()
+            .await
+            .get(&cancel.fencing_token)
+            .cloned();
+        match found {
+            Some((patch_id, token)) if patch_id == cancel.patch_id => {
+                tracing::info!(patch_id = %cancel.patch_id, reason = %cancel.reason, "cancelling a running patch");
+                token.cancel();
+            }
+            _ => {
+                tracing::info!(patch_id = %cancel.patch_id, token = cancel.fencing_token, "cancel for no running attempt ignored")
+            }
+        }
+    }
+
+    /// Answers a dry run on a task of its own.
+    fn dry_run(&self, worker: &Worker, request: DryRun, outbound: &mpsc::Sender<ExecutorMessage>) {
+        let worker = worker.clone();
+        let outbound = outbound.clone();
+        let locks = self.locks.clone();
+        self.tasks.spawn(async move {
+            answer_dry_run(&worker, &locks, request, &outbound).await;
+        });
+    }
 }
 
 /// Cancels every attempt of a session whose Work stream broke: its leases are lost.
@@ -443,15 +508,7 @@ async fn execute(
                     fencing_token: assign.fencing_token,
                 };
                 let apply_span = span.clone();
-                // The target's lock, alone; a cancel while waiting for it ends the attempt.
-                let guard = match locks.of(patch.target.as_str()) {
-                    Some(lock) => tokio::select! {
-                        guard = lock.write_owned() => Some(Some(guard)),
-                        () = cancel.cancelled() => None,
-                    },
-                    None => Some(None),
-                };
-                match guard {
+                match lock_target(locks, patch.target.as_str(), &cancel).await {
                     None => ghost_core::ApplyReport::ended(
                         ghost_core::Status::Cancelled,
                         "cancelled while waiting for the target's lock; nothing was written",
@@ -500,6 +557,27 @@ async fn execute(
         report: Some(ghost_proto::router::v1::ApplyReport::from(&report)),
         traceparent: traceparent_of(&span).unwrap_or_default(),
     };
+    send_result(outbound, result).await;
+}
+
+/// The target's write lock, alone (`Some(None)`: the target has none); `None` when the
+/// attempt is cancelled while waiting for it.
+async fn lock_target(
+    locks: &TargetLocks,
+    target: &str,
+    cancel: &CancellationToken,
+) -> Option<Option<tokio::sync::OwnedRwLockWriteGuard<()>>> {
+    match locks.of(target) {
+        Some(lock) => tokio::select! {
+            guard = lock.write_owned() => Some(Some(guard)),
+            () = cancel.cancelled() => None,
+        },
+        None => Some(None),
+    }
+}
+
+/// Sends an attempt's result; a closed stream is logged (the router requeues the patch).
+async fn send_result(outbound: &mpsc::Sender<ExecutorMessage>, result: WorkResult) {
     if outbound
         .send(message(executor_message::Kind::Result(result)))
         .await

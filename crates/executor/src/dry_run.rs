@@ -85,24 +85,20 @@ pub fn dry_run_holding<G>(ctx: &Context, patch: &Patch, guard: G) -> ApplyReport
     report
 }
 
-fn plan_only<G>(ctx: &Context, patch: &Patch, guard: G) -> ApplyReport {
-    let started = Instant::now();
+/// What refuses a dry run before anything is planned: an open journal (the target is
+/// blocked), a command or check the target does not allow, a replaced root, a git HEAD that
+/// is not the patch's base, or an agent hand-off (whose changes cannot be known before).
+fn admit(ctx: &Context, patch: &Patch) -> Result<(), (Status, String)> {
     let target = ctx.workspace.target.as_str();
-    let report = ApplyReport {
-        dry_run: true,
-        ..ApplyReport::ended(Status::Succeeded, "")
-    };
     if journal::is_open(&ctx.workspace.state_dir, target) {
-        return ended(
-            report,
-            started,
+        return Err((
             Status::Rejected,
             format!(
                 "target {target} is blocked: the journal of an earlier patch is still open (its \
                  rollback has not completed); the next real patch retries the rollback, a dry \
                  run does not"
             ),
-        );
+        ));
     }
     let lines = patch.commands.iter().map(|line| (line, false));
     let lines = lines.chain(
@@ -115,31 +111,35 @@ fn plan_only<G>(ctx: &Context, patch: &Patch, guard: G) -> ApplyReport {
         if let Err(reason) = commands::admit(&ctx.workspace.policy, target, line)
             && !if_allowed
         {
-            return ended(report, started, Status::Rejected, reason);
+            return Err((Status::Rejected, reason));
         }
     }
     if RootId::of(&ctx.workspace.root).ok() != Some(ctx.root_id) {
-        return ended(
-            report,
-            started,
-            Status::Failed,
-            beneath::replaced_root().to_string(),
-        );
+        return Err((Status::Failed, beneath::replaced_root().to_string()));
     }
-    if let Some(base) = &patch.base
-        && let Err(reason) = git::check_head(&ctx.workspace.root, &base.git_head)
-    {
-        return ended(report, started, Status::Rejected, reason);
+    if let Some(base) = &patch.base {
+        git::check_head(&ctx.workspace.root, &base.git_head)
+            .map_err(|reason| (Status::Rejected, reason))?;
     }
     if patch.agent.is_some() {
-        return ended(
-            report,
-            started,
+        return Err((
             Status::Rejected,
             "a dry run plans file edits; this patch hands a task to the target's agent, whose \
              changes cannot be known before it runs"
                 .to_owned(),
-        );
+        ));
+    }
+    Ok(())
+}
+
+fn plan_only<G>(ctx: &Context, patch: &Patch, guard: G) -> ApplyReport {
+    let started = Instant::now();
+    let report = ApplyReport {
+        dry_run: true,
+        ..ApplyReport::ended(Status::Succeeded, "")
+    };
+    if let Err((status, reason)) = admit(ctx, patch) {
+        return ended(report, started, status, reason);
     }
     let ops = match patch.revert {
         Some(_) => Vec::new(),

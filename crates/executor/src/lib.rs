@@ -14,6 +14,8 @@
 //! restores its pre-images (or from its git commit once the record is gone). On start a
 //! leftover journal is rolled back and reported `interrupted` once the router is connected.
 
+#![warn(missing_docs, clippy::too_many_lines)]
+
 pub mod agent;
 mod app;
 pub mod apply;
@@ -40,6 +42,10 @@ pub use config::{
     AgentConfig, CommandPolicy, ExecutorConfig, OwnerCheck, SandboxMode, TargetPolicy, When,
     WorkspaceConfig,
 };
+
+/// For the crash tests only: in a debug build, milliseconds to pause after each file written
+/// while applying (read once, by [`App::build`]); a release build ignores it.
+pub const TEST_WRITE_DELAY_VAR: &str = "GHOST_TEST_EXECUTOR_WRITE_DELAY_MS";
 
 /// Service name in logs, traces, metrics and the environment prefix.
 pub const SERVICE: &str = "executor";

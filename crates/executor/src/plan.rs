@@ -226,23 +226,8 @@ impl Overlay<'_> {
         };
         match op {
             FileOp::Write { path, contents } | FileOp::Create { path, contents } => {
-                if contents.len() as u64 > self.limits.max_file_bytes {
-                    return Err(PlanError::Refused(format!(
-                        "{path}: writing {} bytes is over the {} byte file limit",
-                        contents.len(),
-                        self.limits.max_file_bytes
-                    )));
-                }
-                let before = self.current(path)?;
-                if matches!(op, FileOp::Create { .. }) && before.is_some() {
-                    return Err(PlanError::Mismatch(format!(
-                        "create {path}: the file already exists"
-                    )));
-                }
-                report.removed = before.as_ref().map_or(0, |(bytes, _)| lines(bytes));
-                report.added = lines(contents.as_bytes());
-                let mode = before.map_or(0o644, |(_, mode)| mode);
-                self.set_file(path, contents.clone().into_bytes(), mode)?;
+                let create = matches!(op, FileOp::Create { .. });
+                self.write(path, contents, create, &mut report)?;
             }
             FileOp::Replace {
                 path,
@@ -290,37 +275,70 @@ impl Overlay<'_> {
                 let (bytes, _) = self.existing(path, "chmod")?;
                 self.set_file(path, bytes, *mode)?;
             }
-            FileOp::Mkdir { path } => {
-                let key = path.as_str();
-                if matches!(self.plan.files.get(key), Some(Final::File { .. })) {
-                    return Err(PlanError::Mismatch(format!(
-                        "mkdir {path}: a file is planned there"
-                    )));
-                }
-                if self.dir_set.contains(key) {
-                    return Ok(report);
-                }
-                match self.on_disk(key)? {
-                    Some(Kind::Dir) => {}
-                    Some(Kind::Symlink) => {
-                        return Err(PlanError::Refused(format!(
-                            "path {path} is a symlink, which is never followed"
-                        )));
-                    }
-                    Some(_) => {
-                        return Err(PlanError::Refused(format!(
-                            "path {path} exists and is not a directory"
-                        )));
-                    }
-                    None => {
-                        self.ensure_parents(key)?;
-                        self.dir_set.insert(key.to_owned());
-                        self.plan.dirs.push(key.to_owned());
-                    }
-                }
-            }
+            FileOp::Mkdir { path } => self.mkdir(path)?,
         }
         Ok(report)
+    }
+
+    /// Plans writing (or, with `create`, creating) `path` with `contents`, within the file
+    /// limit; the lines added and removed go into `report`.
+    fn write(
+        &mut self,
+        path: &RelPath,
+        contents: &str,
+        create: bool,
+        report: &mut EditReport,
+    ) -> Result<(), PlanError> {
+        if contents.len() as u64 > self.limits.max_file_bytes {
+            return Err(PlanError::Refused(format!(
+                "{path}: writing {} bytes is over the {} byte file limit",
+                contents.len(),
+                self.limits.max_file_bytes
+            )));
+        }
+        let before = self.current(path)?;
+        if create && before.is_some() {
+            return Err(PlanError::Mismatch(format!(
+                "create {path}: the file already exists"
+            )));
+        }
+        report.removed = before.as_ref().map_or(0, |(bytes, _)| lines(bytes));
+        report.added = lines(contents.as_bytes());
+        let mode = before.map_or(0o644, |(_, mode)| mode);
+        self.set_file(path, contents.to_owned().into_bytes(), mode)
+    }
+
+    /// Plans the directory `path` (and its missing parents), unless it is there or planned;
+    /// a file planned there, a symlink or a non-directory in the way refuses it.
+    fn mkdir(&mut self, path: &RelPath) -> Result<(), PlanError> {
+        let key = path.as_str();
+        if matches!(self.plan.files.get(key), Some(Final::File { .. })) {
+            return Err(PlanError::Mismatch(format!(
+                "mkdir {path}: a file is planned there"
+            )));
+        }
+        if self.dir_set.contains(key) {
+            return Ok(());
+        }
+        match self.on_disk(key)? {
+            Some(Kind::Dir) => {}
+            Some(Kind::Symlink) => {
+                return Err(PlanError::Refused(format!(
+                    "path {path} is a symlink, which is never followed"
+                )));
+            }
+            Some(_) => {
+                return Err(PlanError::Refused(format!(
+                    "path {path} exists and is not a directory"
+                )));
+            }
+            None => {
+                self.ensure_parents(key)?;
+                self.dir_set.insert(key.to_owned());
+                self.plan.dirs.push(key.to_owned());
+            }
+        }
+        Ok(())
     }
 }
 

@@ -26,6 +26,9 @@
 //! `Command::output`). What a sweep cannot kill within its budget is logged, counted
 //! (`ghost_command_sweep_leftovers_total`) and retried by every later sweep.
 
+mod janitor;
+mod procs;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::Child;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +40,9 @@ use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::Pid;
 
 use super::cgroup::CommandCgroup;
+
+use self::janitor::{janitor, leave_to_janitor};
+use self::procs::{Proc, children, stat, table, tag_of};
 
 /// The environment variable that tags each command's processes with the command's number.
 pub const TAG_VAR: &str = "GHOST_COMMAND_TAG";
@@ -55,10 +61,6 @@ struct Entry {
 /// flag and the orphans it brings are. Held only to read or publish, never across /proc reads.
 static LIVE: Mutex<BTreeMap<u64, Entry>> = Mutex::new(BTreeMap::new());
 static NEXT_ENTRY: AtomicU64 = AtomicU64::new(0);
-
-/// Processes (pid, start time) a sweep could not kill within its budget; every later sweep
-/// tries them again.
-static JANITOR: Mutex<Vec<(i32, u64)>> = Mutex::new(Vec::new());
 
 /// SIGSTOPs sent to one process before the kill goes ahead without it being stopped.
 const MAX_STOP_TRIES: u32 = 20;
@@ -80,74 +82,6 @@ fn lock<T>(mutex: &'static Mutex<T>) -> MutexGuard<'static, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// The fields of `/proc/<pid>/stat` a sweep needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Proc {
-    state: u8,
-    ppid: i32,
-    sid: i32,
-    /// Threads still running: a zombie-state process with more than one is alive.
-    threads: u32,
-    /// Start time in clock ticks since boot: tells a process from a later one given its pid.
-    start: u64,
-}
-
-impl Proc {
-    /// Shown as a zombie: dead, or only its main thread exited.
-    fn is_zombie(&self) -> bool {
-        self.state == b'Z'
-    }
-
-    /// Dead for good, waiting to be reaped.
-    fn is_dead(&self) -> bool {
-        self.is_zombie() && self.threads <= 1
-    }
-
-    /// Stopped, or in uninterruptible sleep: either way it cannot fork now.
-    fn cannot_fork(&self) -> bool {
-        matches!(self.state, b'T' | b't' | b'D')
-    }
-}
-
-fn parse_stat(text: &str) -> Option<Proc> {
-    // The command name in parentheses may itself hold spaces and parentheses.
-    let (_, rest) = text.rsplit_once(')')?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    Some(Proc {
-        state: fields.first()?.bytes().next()?,
-        ppid: fields.get(1)?.parse().ok()?,
-        sid: fields.get(3)?.parse().ok()?,
-        threads: fields.get(17)?.parse().ok()?,
-        start: fields.get(19)?.parse().ok()?,
-    })
-}
-
-fn stat(pid: i32) -> Option<Proc> {
-    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
-}
-
-/// Every process on the machine.
-fn table() -> HashMap<i32, Proc> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return HashMap::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|pid| Some((pid, stat(pid)?)))
-        .collect()
-}
-
-/// The [`TAG_VAR`] value `pid` was started with, if any.
-fn tag_of(pid: i32) -> Option<String> {
-    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-    let prefix = format!("{TAG_VAR}=");
-    environ
-        .split(|byte| *byte == 0)
-        .find_map(|var| var.strip_prefix(prefix.as_bytes()))
-        .map(|value| String::from_utf8_lossy(value).into_owned())
 }
 
 /// Kills what commands of an earlier executor left running in `roots` (a crash leaves them
@@ -190,22 +124,6 @@ pub fn kill_leftovers(roots: &[std::path::PathBuf]) -> usize {
     killed
 }
 
-/// The children of every thread of `pid` (`/proc/<pid>/task/<tid>/children`).
-fn children(pid: i32) -> Vec<i32> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    tasks
-        .flatten()
-        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
-        .flat_map(|text| {
-            text.split_whitespace()
-                .filter_map(|word| word.parse().ok())
-                .collect::<Vec<i32>>()
-        })
-        .collect()
-}
-
 /// Sends `signal` to `pid` only if it is still the process that started at `start`. The
 /// check and the kill are two steps, but a pid is reused only after the whole pid space has
 /// gone round, so the gap between them is not a practical window.
@@ -220,44 +138,6 @@ fn signal_checked(pid: i32, start: u64, signal: Signal) -> bool {
 fn reap(pid: i32) {
     // By pid only, never -1: see the module comment.
     let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
-}
-
-/// Kills again what earlier sweeps left behind; forgets what is gone.
-fn janitor(me: i32) {
-    let mut left = lock(&JANITOR);
-    left.retain(|(pid, start)| {
-        let Some(proc) = stat(*pid).filter(|proc| proc.start == *start) else {
-            return false;
-        };
-        if proc.is_dead() {
-            if proc.ppid == me {
-                reap(*pid);
-            }
-            return stat(*pid).is_some_and(|proc| proc.start == *start);
-        }
-        let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
-        true
-    });
-}
-
-/// Hands processes a sweep could not kill to the janitor, loudly.
-fn leave_to_janitor(left: &[(i32, u64)], line: &str) {
-    if left.is_empty() {
-        return;
-    }
-    tracing::error!(
-        left = left.len(),
-        pids = ?left.iter().map(|(pid, _)| *pid).take(20).collect::<Vec<_>>(),
-        command = %line,
-        "a command's processes outlived its sweep; later sweeps will try again"
-    );
-    metrics::counter!("ghost_command_sweep_leftovers_total").increment(left.len() as u64);
-    let mut janitor = lock(&JANITOR);
-    for entry in left {
-        if !janitor.contains(entry) {
-            janitor.push(*entry);
-        }
-    }
 }
 
 /// What the other live commands hold.
@@ -682,6 +562,7 @@ impl Drop for Tree {
 
 #[cfg(test)]
 mod tests {
+    use super::procs::parse_stat;
     use super::*;
 
     #[test]

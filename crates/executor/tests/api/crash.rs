@@ -3,8 +3,9 @@
 //! `interrupted`) or fully applied (and recorded) — never half-applied.
 //!
 //! A small test router speaks the Work stream: it takes the executor's Hello, assigns the
-//! patch, and records every message. `test_write_delay` slows the writes so kills land
-//! between them.
+//! patch, and records every message. A pause after each write (the debug build's
+//! `executor::TEST_WRITE_DELAY_VAR`, not a config key) slows the writes so kills land between
+//! them; a config naming the old `test_write_delay` key is refused.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -17,7 +18,13 @@ use ghost_proto::executor::v1::{
 };
 use ghost_proto::router::v1 as wire;
 
-use crate::helpers::{Session, TestRouter, patch, snapshot, start_executor, workspace};
+use crate::helpers::{
+    Session, TestRouter, patch, snapshot, start_executor, start_executor_with_write_delay,
+    workspace,
+};
+
+/// The pause after each file written by the executor that is killed.
+const WRITE_DELAY: Duration = Duration::from_millis(4);
 
 type Snapshot = BTreeMap<String, (Option<Vec<u8>>, u32)>;
 
@@ -92,7 +99,7 @@ async fn kill_9_at_any_point_leaves_the_workspace_whole_after_restart() {
         &config,
         format!(
             "router_url = \"http://{router_addr}\"\nstate_dir = \"{}\"\nreconnect_backoff = \"50ms\"\n\
-test_write_delay = \"4ms\"\n[server]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\
+[server]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n\
 [[workspaces]]\ntarget = \"MAIN\"\nroot = \"{}\"\n",
             ws.ctx.workspace.state_dir.display(),
             ws.root().display()
@@ -102,7 +109,7 @@ test_write_delay = \"4ms\"\n[server]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen
 
     let (mut interrupted, mut applied, mut untouched) = (0, 0, 0);
     for trial in 0u64..50 {
-        let mut executor = start_executor(&config);
+        let mut executor = start_executor_with_write_delay(&config, WRITE_DELAY);
         let session = sessions.recv().await.unwrap();
         let id = format!("crash-{trial}");
         let wire_patch = wire::Patch::from(&patch(&id, &body));
@@ -319,4 +326,39 @@ command = {command}\n",
 /// `text` as a TOML basic string.
 fn toml_string(text: &str) -> String {
     toml::Value::String(text.to_owned()).to_string()
+}
+
+/// The write delay is not a config key: a config file naming the former `test_write_delay`
+/// is refused at start like any unknown key, and the same file without it loads.
+#[test]
+fn a_config_naming_test_write_delay_is_refused_like_any_unknown_key() {
+    let ws = workspace();
+    let dir = ws.root().parent().unwrap();
+    let base = format!(
+        "router_url = \"http://127.0.0.1:1\"\nstate_dir = \"{}\"\n\
+[[workspaces]]\ntarget = \"MAIN\"\nroot = \"{}\"\n",
+        ws.ctx.workspace.state_dir.display(),
+        ws.root().display()
+    );
+    let print_config = |name: &str, text: &str| {
+        let path = dir.join(name);
+        fs::write(&path, text).unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_executor"))
+            .arg("--config")
+            .arg(&path)
+            .arg("--print-config")
+            .output()
+            .unwrap()
+    };
+    let plain = print_config("plain.toml", &base);
+    assert!(
+        plain.status.success(),
+        "{}",
+        String::from_utf8_lossy(&plain.stderr)
+    );
+    let knob = print_config("knob.toml", &format!("test_write_delay = \"4ms\"\n{base}"));
+    let stderr = String::from_utf8_lossy(&knob.stderr);
+    assert!(!knob.status.success(), "accepted: {stderr}");
+    assert!(stderr.contains("unknown field"), "{stderr}");
+    assert!(stderr.contains("test_write_delay"), "{stderr}");
 }

@@ -479,9 +479,19 @@ impl RunningExecutor {
 
 /// The real executor binary on `config`, its output dropped.
 pub fn start_executor(config: &Path) -> Child {
+    start_executor_with_write_delay(config, Duration::ZERO)
+}
+
+/// Starts the real executor binary, pausing `delay` after each file it writes while applying
+/// (the debug build's [`executor::TEST_WRITE_DELAY_VAR`]), so a kill lands between writes.
+pub fn start_executor_with_write_delay(config: &Path, delay: Duration) -> Child {
     Command::new(env!("CARGO_BIN_EXE_executor"))
         .arg("--config")
         .arg(config)
+        .env(
+            executor::TEST_WRITE_DELAY_VAR,
+            delay.as_millis().to_string(),
+        )
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -1,6 +1,7 @@
 //! Issue 21, point 4: an executor standby. Two executor binaries serve one workspace
 //! (`standby = true`): the one holding `<root>/.ghost/lock` is active, the other waits. The
-//! active one is killed with SIGKILL in the middle of a slow apply (`test_write_delay`); the
+//! active one is killed with SIGKILL in the middle of a slow apply (a pause after each write:
+//! the debug build's `executor::TEST_WRITE_DELAY_VAR`); the
 //! standby takes the lock within the router's lease time, rolls the half-applied patch back
 //! from the journal in `<root>/.ghost/` before it applies anything, and the requeued patch
 //! then ends exactly once, its effect once.
@@ -38,7 +39,8 @@ async fn the_standby_takes_over_a_killed_executor_rolls_back_first_and_the_patch
     std::fs::create_dir_all(&workspace).unwrap();
     std::fs::write(workspace.join("log.txt"), "END\n").unwrap();
     let before = ghost_executor_tree(&workspace);
-    let extra = "standby = true\ntest_write_delay = \"200ms\"";
+    let extra = "standby = true";
+    let slow_writes = [(executor::TEST_WRITE_DELAY_VAR, "200".to_owned())];
     let (state_a, state_b) = (scratch.join("state-a"), scratch.join("state-b"));
     for state in [&state_a, &state_b] {
         std::fs::create_dir_all(state).unwrap();
@@ -50,7 +52,7 @@ async fn the_standby_takes_over_a_killed_executor_rolls_back_first_and_the_patch
         &state_a,
         &workspace,
         extra,
-        &[],
+        &slow_writes,
     );
     assert!(ready(&active_http).await, "executor A never got ready");
     assert_eq!(
@@ -64,7 +66,7 @@ async fn the_standby_takes_over_a_killed_executor_rolls_back_first_and_the_patch
         &state_b,
         &workspace,
         extra,
-        &[],
+        &slow_writes,
     );
     assert!(ready(&standby_http).await, "executor B never got ready");
     assert_eq!(
