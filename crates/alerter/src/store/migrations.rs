@@ -9,6 +9,11 @@
 
 use super::StoreError;
 
+/// The PostgreSQL schema (namespace) holding the alerter's tables: every connection's
+/// `search_path`, created before the first migration, so the three stateful services can share
+/// one database without their tables (`schema_migrations`, `outbox`, ...) meeting.
+pub const SCHEMA: &str = "alerter";
+
 /// The table that records the versions applied (the same in both dialects).
 pub const TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
     version     BIGINT PRIMARY KEY,

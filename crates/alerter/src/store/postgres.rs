@@ -158,6 +158,9 @@ impl PgStore {
             // The parser's text names the part that is wrong, never the password.
             StoreError::Open(format!("store.url is not a valid PostgreSQL URL: {err}"))
         })?;
+        // The alerter's tables live in its own schema, so the router and the summarizer may
+        // share the database.
+        let options = options.options([("search_path", migrations::SCHEMA)]);
         let server = format!("{}:{}", options.get_host(), options.get_port());
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
@@ -182,6 +185,9 @@ impl PgStore {
         // One replica migrates at a time; the others wait here, then find it done.
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(MIGRATION_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("CREATE SCHEMA IF NOT EXISTS alerter")
             .execute(&mut *tx)
             .await?;
         sqlx::query(migrations::TABLE).execute(&mut *tx).await?;

@@ -8,6 +8,11 @@
 
 use crate::error::SummarizerError;
 
+/// The PostgreSQL schema (namespace) holding the summarizer's tables: every connection's
+/// `search_path`, created before the first migration, so the three stateful services can share
+/// one database without their tables (`schema_migrations`, `outbox`, ...) meeting.
+pub const SCHEMA: &str = "summarizer";
+
 /// The table that records the versions applied (the same in both dialects).
 pub const TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
     version     BIGINT PRIMARY KEY,

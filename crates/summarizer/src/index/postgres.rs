@@ -135,6 +135,9 @@ impl PgIndex {
             // The parser's text names the part that is wrong, never the password.
             SummarizerError::Store(format!("store.url is not a valid PostgreSQL URL: {err}"))
         })?;
+        // The summarizer's tables live in its own schema, so the router and the alerter may
+        // share the database.
+        let options = options.options([("search_path", migrations::SCHEMA)]);
         let server = format!("{}:{}", options.get_host(), options.get_port());
         let pool = runtime
             .block_on(
@@ -153,6 +156,9 @@ impl PgIndex {
             let mut tx = pool.begin().await?;
             // One replica migrates at a time; the others wait here, then find it done.
             sqlx::query("SELECT pg_advisory_xact_lock(7368011)")
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("CREATE SCHEMA IF NOT EXISTS summarizer")
                 .execute(&mut *tx)
                 .await?;
             sqlx::query(migrations::TABLE).execute(&mut *tx).await?;

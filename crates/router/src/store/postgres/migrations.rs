@@ -18,11 +18,19 @@ const MIGRATIONS: &[(i64, &str, &[&str])] = &[(
     &[include_str!("schema/v1_core.sql"), keys::SCHEMA],
 )];
 
+/// The PostgreSQL schema (namespace) holding the router's tables: every connection's
+/// `search_path`, created by the first migration, so the three stateful services can share one
+/// database without their tables (`schema_migrations`, `outbox`, ...) meeting.
+pub const SCHEMA: &str = "router";
+
 /// Applies the migrations not yet recorded, under an advisory lock.
 pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(MIGRATION_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("CREATE SCHEMA IF NOT EXISTS router")
         .execute(&mut *tx)
         .await?;
     sqlx::query(

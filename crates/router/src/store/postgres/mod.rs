@@ -125,6 +125,9 @@ impl PgStore {
             // The parser's text names the part that is wrong, never the password.
             StoreError::Commit(format!("store.url is not a valid PostgreSQL URL: {err}"))
         })?;
+        // The router's tables live in its own schema, so the summarizer and the alerter may
+        // share the database.
+        let options = options.options([("search_path", migrations::SCHEMA)]);
         let server = format!("{}:{}", options.get_host(), options.get_port());
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
