@@ -288,8 +288,8 @@ impl Summaries {
         let Some(kind) = err.storage_fault() else {
             return err;
         };
-        // A PostgreSQL server gone counts as `io` (ghost-runtime's fault kinds are the disk's);
-        // the detail, logged and sent with the alert, says what failed.
+        // A PostgreSQL server gone is `unreachable` ("the summarizer's database is
+        // unreachable"); the detail, logged and sent with the alert, says what failed.
         let detail = format!("{:#}", anyhow::Error::from(err));
         self.inner.health.fault(kind, detail);
         SummarizerError::Unavailable(kind.sentence(crate::SERVICE))
