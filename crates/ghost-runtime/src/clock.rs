@@ -12,9 +12,86 @@
 //!
 //! Until the wall clock jumps the two agree; after a jump they differ by the jump until the
 //! process restarts.
+//!
+//! [`RuleClock`] is the injectable form: [`SystemClock`] in production (the process's
+//! [`Clock`]), [`TokioClock`] in tests, which moves with tokio's clock, so a test pauses and
+//! advances time (`tokio::time::pause`/`advance`, `start_paused = true`) instead of sleeping.
 
-use std::sync::OnceLock;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Rule time, injectable: what every rule (outbox backoff, claims, leases) reads "now" from
+/// and sleeps on.
+pub trait RuleClock: Send + Sync + 'static {
+    /// Rule time now, in Unix milliseconds.
+    fn now_ms(&self) -> i64;
+
+    /// Sleeps until rule time `deadline_ms` (at once when it has passed). Both clocks here
+    /// move with tokio's clock, so this is a tokio sleep: paused tokio time pauses it too.
+    fn sleep_until_ms(&self, deadline_ms: i64) -> tokio::time::Sleep {
+        let wait = deadline_ms.saturating_sub(self.now_ms()).max(0);
+        tokio::time::sleep(Duration::from_millis(u64::try_from(wait).unwrap_or(0)))
+    }
+}
+
+/// A shared rule clock.
+pub type SharedClock = Arc<dyn RuleClock>;
+
+/// The process's rule clock ([`Clock::process`]), as a [`RuleClock`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl SystemClock {
+    /// The system clock, shared.
+    #[must_use]
+    pub fn shared() -> SharedClock {
+        Arc::new(Self)
+    }
+}
+
+impl RuleClock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        Clock::process().now_ms()
+    }
+}
+
+impl RuleClock for Clock {
+    fn now_ms(&self) -> i64 {
+        Clock::now_ms(self)
+    }
+}
+
+/// A clock that moves with tokio's clock from a fixed start: pausing and advancing tokio time
+/// moves it too (tests).
+#[derive(Debug, Clone, Copy)]
+pub struct TokioClock {
+    start_ms: i64,
+    start: tokio::time::Instant,
+}
+
+impl TokioClock {
+    /// A clock reading `start_ms` now.
+    #[must_use]
+    pub fn starting_at(start_ms: i64) -> Self {
+        Self {
+            start_ms,
+            start: tokio::time::Instant::now(),
+        }
+    }
+
+    /// [`TokioClock::starting_at`], shared.
+    #[must_use]
+    pub fn shared(start_ms: i64) -> SharedClock {
+        Arc::new(Self::starting_at(start_ms))
+    }
+}
+
+impl RuleClock for TokioClock {
+    fn now_ms(&self) -> i64 {
+        let elapsed = i64::try_from(self.start.elapsed().as_millis()).unwrap_or(i64::MAX);
+        self.start_ms.saturating_add(elapsed)
+    }
+}
 
 /// Rule time: the wall clock read once at [`Clock::starting_now`], advanced by the monotonic
 /// clock. `Copy` and cheap: pass it where rules are computed.
@@ -86,5 +163,20 @@ mod tests {
         assert_eq!(a.start_ms, b.start_ms);
         // No jump during a unit test: within a second of each other.
         assert!((a.now_ms() - wall_ms()).abs() < 1_000);
+        assert!((RuleClock::now_ms(&SystemClock) - wall_ms()).abs() < 1_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_tokio_clock_moves_only_with_tokio_time_and_sleeps_on_it() {
+        let clock = TokioClock::shared(5_000);
+        assert_eq!(clock.now_ms(), 5_000);
+        tokio::time::advance(Duration::from_millis(250)).await;
+        assert_eq!(clock.now_ms(), 5_250);
+        // Paused time auto-advances to the deadline, and not past it.
+        clock.sleep_until_ms(6_000).await;
+        assert_eq!(clock.now_ms(), 6_000);
+        // A deadline passed already: at once.
+        clock.sleep_until_ms(1_000).await;
+        assert_eq!(clock.now_ms(), 6_000);
     }
 }

@@ -2,7 +2,8 @@
 //! and every service behaves the same at its edges.
 //!
 //! - [`clock`]: rule time (wall clock read once, then monotonic) for leases, deadlines and
-//!   backoff; wall time for timestamps shown to people.
+//!   backoff, injectable ([`clock::RuleClock`]: the system clock, or tokio's paused clock in
+//!   tests); wall time for timestamps shown to people.
 //! - [`config`]: the one place configuration is loaded (defaults → TOML file → `GHOST_<SVC>__KEY`
 //!   environment), with `--print-config` and redacted [`config::Secret`]s.
 //! - [`telemetry`]: the one place a tracing subscriber is built (fmt or JSON logs, a tracer that
@@ -17,6 +18,8 @@
 //! - [`credential`]: the deployment's service credential on every gRPC server, and the method
 //!   allow-list of a restricted listener.
 //! - [`metrics`]: the Prometheus recorder.
+//! - [`outbox`]: the one outbox engine (claim, send, backoff, settle, dead-letter, gauges) of
+//!   every service that owes rows to a receiver.
 //! - [`peers`]: deadlines and keep-alives of every gRPC client and server.
 //! - [`probe`]: `--healthcheck`, the container health check run by the service binary itself.
 //! - [`storage`]: storage health (a full or failing disk makes a service *degraded*: readiness,
@@ -30,6 +33,7 @@ pub mod config;
 pub mod connections;
 pub mod credential;
 pub mod metrics;
+pub mod outbox;
 pub mod peers;
 pub mod probe;
 pub mod propagation;

@@ -14,8 +14,8 @@ use tokio_util::task::TaskTracker;
 use crate::SERVICE;
 use crate::config::SummarizerConfig;
 use crate::grpc::SummarizerGrpc;
-use crate::notify::{Notifier, NotifyOutbox};
-use crate::outbox::Backoff;
+use crate::notify::{Notifier, NotifySink};
+use crate::outbox::{Backoff, notify_policy};
 use crate::summaries::{Clock, StoreOptions, Summaries, system_clock};
 use crate::webhooks::Webhooks;
 use crate::webhooks::deliver::{Deliverer, Policy};
@@ -77,14 +77,15 @@ impl App {
                 Deliverer::new(
                     webhooks,
                     Policy {
-                        backoff: Backoff {
-                            initial: config.webhook_initial_backoff,
-                            max: config.webhook_max_backoff,
-                        },
+                        backoff: Backoff::exponential(
+                            config.webhook_initial_backoff,
+                            config.webhook_max_backoff,
+                        ),
                         give_up_after: config.webhook_give_up_after,
                         timeout: config.webhook_timeout,
                         dead_letter_max: config.webhook_dead_letter_max,
                         dead_letter_max_age: config.webhook_dead_letter_max_age,
+                        claim_timeout: config.outbox_claim_timeout,
                     },
                 )
             })
@@ -153,18 +154,18 @@ impl App {
         let tracker = self.state.tracker.clone();
         let summaries = self.state.summaries.clone();
         let health = summaries.health().clone();
+        // This process's name on the outbox rows it claims.
+        let claimant = ghost_runtime::outbox::claimant();
         if let Some(notifier) = self.state.notifier.clone() {
-            let outbox = NotifyOutbox {
-                notifier,
-                backoff: Backoff {
-                    initial: self.config.notify_initial_backoff,
-                    max: self.config.notify_max_backoff,
-                },
-            };
-            tracker.spawn(crate::outbox::run(
-                outbox,
+            let backoff = Backoff::exponential(
+                self.config.notify_initial_backoff,
+                self.config.notify_max_backoff,
+            );
+            tracker.spawn(crate::notify::run(
                 summaries.clone(),
-                summaries.outbox_wake(),
+                NotifySink { notifier },
+                notify_policy(backoff, self.config.outbox_claim_timeout),
+                Arc::clone(&claimant),
                 token.clone(),
             ));
         }
@@ -172,7 +173,7 @@ impl App {
             tracker.spawn(crate::webhooks::deliver::run(
                 deliverer,
                 summaries.clone(),
-                summaries.webhook_wake(),
+                claimant,
                 token.clone(),
             ));
         }

@@ -57,6 +57,11 @@ pub struct SummarizerConfig {
     /// Deadline of one `Notify` call.
     #[serde(with = "humantime_serde")]
     pub notify_timeout: Duration,
+    /// How long a replica's claim on an outbox row (a notification, a webhook) keeps the other
+    /// replicas on the same database off it; a dead replica's rows are sent by another this
+    /// long after it claimed them. Longer than `notify_timeout` and `webhook_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub outbox_claim_timeout: Duration,
     /// Push subscriptions: each terminal outcome an entry wants is POSTed to its `url` as a
     /// Standard Webhooks message signed with its `secret` (`[[subscriptions]]` in
     /// `ghost.toml`). An entry breaking a rule (the SSRF guard among them) is refused at load.
@@ -145,6 +150,7 @@ impl Default for SummarizerConfig {
             notify_initial_backoff: Duration::from_millis(500),
             notify_max_backoff: Duration::from_secs(60),
             notify_timeout: Duration::from_secs(10),
+            outbox_claim_timeout: Duration::from_secs(60),
             subscriptions: Vec::new(),
             summary_url_template: None,
             webhook_initial_backoff: Duration::from_secs(1),

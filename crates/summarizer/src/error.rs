@@ -86,7 +86,8 @@ impl SummarizerError {
 }
 
 /// The storage fault a PostgreSQL error reports: the server gone or refusing connections
-/// (`Io`), out of disk (`Full`); a failed query of ours is no storage fault.
+/// (`Unreachable`: "the summarizer's database is unreachable"), out of disk (`Full`); a failed
+/// query of ours is no storage fault.
 fn pg_fault(err: &sqlx::Error) -> Option<FaultKind> {
     match err {
         sqlx::Error::Io(_)
@@ -94,7 +95,7 @@ fn pg_fault(err: &sqlx::Error) -> Option<FaultKind> {
         | sqlx::Error::Protocol(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => Some(FaultKind::Io),
+        | sqlx::Error::WorkerCrashed => Some(FaultKind::Unreachable),
         sqlx::Error::Database(db) => {
             let code = db.code().unwrap_or_default();
             // 53100 disk_full; class 08 connection exception; 57P01..57P03 the server is
@@ -102,7 +103,7 @@ fn pg_fault(err: &sqlx::Error) -> Option<FaultKind> {
             if code == "53100" {
                 Some(FaultKind::Full)
             } else if code.starts_with("08") || code.starts_with("57P") || code == "53300" {
-                Some(FaultKind::Io)
+                Some(FaultKind::Unreachable)
             } else {
                 None
             }
@@ -154,5 +155,13 @@ mod tests {
         ));
         assert_eq!(status.code(), tonic::Code::Internal);
         assert!(!status.message().contains("secret"));
+    }
+
+    #[test]
+    fn a_postgres_server_gone_is_unreachable_not_a_disk_fault() {
+        for gone in [sqlx::Error::PoolTimedOut, sqlx::Error::PoolClosed] {
+            assert_eq!(pg_fault(&gone), Some(FaultKind::Unreachable), "{gone}");
+        }
+        assert_eq!(pg_fault(&sqlx::Error::RowNotFound), None);
     }
 }

@@ -105,10 +105,11 @@ mod webhook_outbox;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use ghost_runtime::outbox::{Claim, Outcome};
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 pub use self::postgres::PgIndex;
-pub use self::webhook_outbox::{DeadLetter, NewWebhook, WebhookRow, WebhookSettle};
+pub use self::webhook_outbox::{DeadLetter, NewWebhook, WebhookRow};
 use crate::error::SummarizerError;
 
 /// A connection to the index file with the store's settings.
@@ -288,16 +289,18 @@ dispatch! {
     fn mark_expired(&self, row: &SummaryRow, at_ms: i64, changelog_len: usize) -> Result<(), SummarizerError>;
     /// Up to `limit` notifications due at `now_ms`, oldest first.
     fn outbox_due(&self, now_ms: i64, limit: usize) -> Result<Vec<OutboxRow>, SummarizerError>;
-    /// When the next notification is due, if any is queued.
+    /// See [`SqliteIndex::outbox_claim`].
+    fn outbox_claim(&self, claim: &Claim) -> Result<Vec<OutboxRow>, SummarizerError>;
+    /// See [`SqliteIndex::outbox_next_due`].
     fn outbox_next_due(&self) -> Result<Option<i64>, SummarizerError>;
     /// Notifications still owed.
     fn outbox_len(&self) -> Result<u64, SummarizerError>;
     /// See [`SqliteIndex::outbox_oldest_ms`].
     fn outbox_oldest_ms(&self) -> Result<Option<i64>, SummarizerError>;
     /// See [`SqliteIndex::outbox_settle`].
-    fn outbox_settle(&self, delivered: &[i64], failed: &[OutboxRetry]) -> Result<(), SummarizerError>;
-    /// See [`SqliteIndex::webhooks_due`].
-    fn webhooks_due(&self, now_ms: i64, limit: usize, lane: Option<&str>) -> Result<Vec<WebhookRow>, SummarizerError>;
+    fn outbox_settle(&self, claimant: &str, outcomes: &[Outcome<()>]) -> Result<(), SummarizerError>;
+    /// See [`SqliteIndex::webhooks_claim`].
+    fn webhooks_claim(&self, claim: &Claim, lane: Option<&str>) -> Result<Vec<WebhookRow>, SummarizerError>;
     /// See [`SqliteIndex::webhooks_next_due`].
     fn webhooks_next_due(&self, lane: Option<&str>) -> Result<Option<i64>, SummarizerError>;
     /// Per subscription key: pending messages and the oldest's queue time.
@@ -315,7 +318,7 @@ dispatch! {
     /// See [`SqliteIndex::webhook_prune_dead_letters`].
     fn webhook_prune_dead_letters(&self, before_ms: i64, keep: u64) -> Result<usize, SummarizerError>;
     /// Records a round of webhook tries in one transaction.
-    fn webhooks_settle(&self, outcomes: &[WebhookSettle]) -> Result<(), SummarizerError>;
+    fn webhooks_settle(&self, claimant: &str, outcomes: &[Outcome<()>]) -> Result<(), SummarizerError>;
 }
 
 fn lock(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
@@ -341,6 +344,12 @@ impl SqliteIndex {
         let existed = path.exists();
         let mut conn = connect(path)?;
         migrate(&mut conn)?;
+        // One process owns an SQLite index: claims left by a previous run are void.
+        conn.execute_batch(
+            "UPDATE outbox SET claimed_by = NULL, claim_until = NULL WHERE claimed_by IS NOT NULL;
+             UPDATE webhook_outbox SET claimed_by = NULL, claim_until = NULL
+             WHERE claimed_by IS NOT NULL;",
+        )?;
         Ok((
             Self {
                 conn: Arc::new(Mutex::new(conn)),
@@ -650,10 +659,40 @@ impl SqliteIndex {
         Ok(rows)
     }
 
-    /// When the next notification is due, if any is queued.
+    /// Claims (see [`Claim`]) up to `claim.limit` notifications due at `claim.now_ms`,
+    /// unclaimed or whose claim ran out; by id. (A round sends one per patch: the engine
+    /// releases a later attempt of a patch in the round, to the next round.)
+    pub fn outbox_claim(&self, claim: &Claim) -> Result<Vec<OutboxRow>, SummarizerError> {
+        let conn = lock(&self.conn);
+        let mut stmt = conn.prepare_cached(&format!(
+            "UPDATE outbox SET claimed_by = ?3, claim_until = ?4 WHERE id IN (
+             SELECT id FROM outbox WHERE next_at_ms <= ?1 AND {CLAIMABLE}
+             ORDER BY next_at_ms, id LIMIT ?2)
+             RETURNING id, patch_id, attempt, request, traceparent, tries"
+        ))?;
+        let mut rows = stmt
+            .query_map(
+                params![
+                    claim.now_ms,
+                    i64::try_from(claim.limit).unwrap_or(i64::MAX),
+                    claim.claimant.as_ref(),
+                    claim.until_ms
+                ],
+                |row| Ok(outbox_of!(row.get)),
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.sort_by_key(|row| row.id);
+        Ok(rows)
+    }
+
+    /// When the next notification may be claimed (due, and its claim run out), if any is
+    /// queued.
     pub fn outbox_next_due(&self) -> Result<Option<i64>, SummarizerError> {
-        Ok(lock(&self.conn)
-            .query_row("SELECT MIN(next_at_ms) FROM outbox", [], |row| row.get(0))?)
+        Ok(lock(&self.conn).query_row(
+            &format!("SELECT MIN({FREE_AT}) FROM outbox"),
+            [],
+            |row| row.get(0),
+        )?)
     }
 
     /// Notifications still owed.
@@ -675,26 +714,44 @@ impl SqliteIndex {
             .optional()?)
     }
 
-    /// Records a round of notification tries in one transaction: `delivered` rows are
-    /// forgotten (the alerter has them), each of `failed` counts a try and waits until its
-    /// `next_at_ms`.
+    /// Records a round of notification tries in one transaction: delivered rows are
+    /// forgotten (the alerter has them; a dead one too: notifications are never given up, so
+    /// none is); a failed one counts a try and waits until its `next_at_ms`; a released one is
+    /// only unclaimed. Retries and releases apply only to rows `claimant` still holds.
     pub fn outbox_settle(
         &self,
-        delivered: &[i64],
-        failed: &[OutboxRetry],
+        claimant: &str,
+        outcomes: &[Outcome<()>],
     ) -> Result<(), SummarizerError> {
         let mut conn = lock(&self.conn);
         let tx = conn.transaction()?;
         {
             let mut forget = tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?;
-            for id in delivered {
-                forget.execute(params![id])?;
-            }
             let mut retry = tx.prepare_cached(
-                "UPDATE outbox SET tries = tries + 1, next_at_ms = ?2, last_error = ?3 WHERE id = ?1",
+                "UPDATE outbox SET tries = tries + 1, next_at_ms = ?3, last_error = ?4,
+                 claimed_by = NULL, claim_until = NULL WHERE id = ?1 AND claimed_by = ?2",
             )?;
-            for failure in failed {
-                retry.execute(params![failure.id, failure.next_at_ms, failure.error])?;
+            let mut release = tx.prepare_cached(
+                "UPDATE outbox SET claimed_by = NULL, claim_until = NULL
+                 WHERE id = ?1 AND claimed_by = ?2",
+            )?;
+            for outcome in outcomes {
+                match outcome {
+                    Outcome::Delivered { id, .. } | Outcome::Dead { id, .. } => {
+                        forget.execute(params![id])?;
+                    }
+                    Outcome::Retry {
+                        id,
+                        next_at_ms,
+                        error,
+                        ..
+                    } => {
+                        retry.execute(params![id, claimant, next_at_ms, error])?;
+                    }
+                    Outcome::Release { id } => {
+                        release.execute(params![id, claimant])?;
+                    }
+                }
             }
         }
         tx.commit()?;
@@ -702,16 +759,10 @@ impl SqliteIndex {
     }
 }
 
-/// A failed notification try, to be tried again.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutboxRetry {
-    /// Outbox row id.
-    pub id: i64,
-    /// Not before this time (Unix ms).
-    pub next_at_ms: i64,
-    /// Why the try failed.
-    pub error: String,
-}
+/// A row not claimed, or whose claim ran out by `?1` / `$1` (now).
+const CLAIMABLE: &str = "(claim_until IS NULL OR claim_until <= ?1)";
+/// When a row may be claimed: when due, or when its claim runs out if that is later.
+const FREE_AT: &str = "CASE WHEN claim_until > next_at_ms THEN claim_until ELSE next_at_ms END";
 
 /// The transition a newly recorded `attempt` of `row` makes, from `from_status`.
 fn recorded(row: &SummaryRow, attempt: u32, from_status: &str, attempt_status: &str) -> Transition {

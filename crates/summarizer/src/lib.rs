@@ -17,7 +17,8 @@
 //! - [`render`] — Markdown, model text and Slack excerpt, as pure functions.
 //! - [`manifest`] — `patch-manifest.json`.
 //! - [`atomic_file`] — crash-safe writes and moves.
-//! - [`outbox`] — the one outbox loop (claim, send, settle, back off) both outboxes run on.
+//! - [`outbox`] — the store side of both outboxes on the one outbox engine
+//!   ([`ghost_runtime::outbox`]: claim, send, settle, back off).
 //! - [`notify`] — delivering the notify outbox to the alerter.
 //! - [`webhooks`] — push subscriptions: Standard Webhooks from a durable outbox.
 //! - [`error`] — [`SummarizerError`] and its mapping to `tonic::Status`.

@@ -41,14 +41,15 @@ use crate::notify::notify_request;
 use crate::render;
 use crate::webhooks::Webhooks;
 
-/// Milliseconds since the Unix epoch; injected so tests control time.
-pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+/// Rule time in Unix milliseconds, injected so tests control time (the one
+/// [`ghost_runtime::clock::RuleClock`]).
+pub type Clock = ghost_runtime::clock::SharedClock;
 
 /// The system clock, as rule time ([`ghost_runtime::clock::Clock::process`]): the wall clock
 /// read once at start, then the monotonic clock, so a wall-clock jump neither holds back nor
 /// hurries the outbox's and the webhooks' backoff.
 pub fn system_clock() -> Clock {
-    Arc::new(|| ghost_runtime::clock::Clock::process().now_ms())
+    ghost_runtime::clock::SystemClock::shared()
 }
 
 /// How the store renders and what it remembers.
@@ -249,9 +250,14 @@ impl Summaries {
         self.inner.webhook_wake.clone()
     }
 
-    /// The clock the store uses.
+    /// Rule time now, by the clock the store uses.
     pub fn now_ms(&self) -> i64 {
-        (self.inner.clock)()
+        self.inner.clock.now_ms()
+    }
+
+    /// The clock the store uses (the outboxes run on it too).
+    pub fn clock(&self) -> Clock {
+        Arc::clone(&self.inner.clock)
     }
 
     /// Records one outcome; see the module doc for idempotency. `traceparent` parents the
@@ -288,8 +294,8 @@ impl Summaries {
         let Some(kind) = err.storage_fault() else {
             return err;
         };
-        // A PostgreSQL server gone counts as `io` (ghost-runtime's fault kinds are the disk's);
-        // the detail, logged and sent with the alert, says what failed.
+        // A PostgreSQL server gone is `unreachable` ("the summarizer's database is
+        // unreachable"); the detail, logged and sent with the alert, says what failed.
         let detail = format!("{:#}", anyhow::Error::from(err));
         self.inner.health.fault(kind, detail);
         SummarizerError::Unavailable(kind.sentence(crate::SERVICE))

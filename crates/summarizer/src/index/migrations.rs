@@ -50,15 +50,23 @@ impl Migration {
 }
 
 /// Every migration, oldest first.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "summaries, attempts, outbox, changelog, webhook outbox",
-    sqlite: concat!(
-        include_str!("schema/v1_index.sqlite.sql"),
-        include_str!("schema/v1_webhooks.sqlite.sql")
-    ),
-    postgres: include_str!("schema/v1.postgres.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "summaries, attempts, outbox, changelog, webhook outbox",
+        sqlite: concat!(
+            include_str!("schema/v1_index.sqlite.sql"),
+            include_str!("schema/v1_webhooks.sqlite.sql")
+        ),
+        postgres: include_str!("schema/v1.postgres.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "outbox claims (claimed_by, claim_until) for replicas on one database",
+        sqlite: include_str!("schema/v2_claims.sql"),
+        postgres: include_str!("schema/v2_claims.sql"),
+    },
+];
 
 /// The migrations to apply to a database at `current` (0: none applied), or an error when
 /// it is newer than this binary.

@@ -19,9 +19,11 @@ use sqlx::Row as _;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 
 use super::migrations::{self, Dialect};
+use ghost_runtime::outbox::{Claim, Outcome};
+
 use super::{
-    DeadLetter, NewWebhook, OutboxRetry, OutboxRow, Owed, SUMMARY_COLUMNS, SummaryRow, Transition,
-    WebhookRow, WebhookSettle, event, recorded,
+    DeadLetter, NewWebhook, OutboxRow, Owed, SUMMARY_COLUMNS, SummaryRow, Transition, WebhookRow,
+    event, recorded,
 };
 use crate::error::SummarizerError;
 
@@ -108,6 +110,9 @@ fn bind_summary<'q>(
 fn sql(text: String) -> sqlx::AssertSqlSafe<String> {
     sqlx::AssertSqlSafe(text)
 }
+
+/// When a row may be claimed: when due, or when its claim runs out if that is later.
+const FREE_AT: &str = "CASE WHEN claim_until > next_at_ms THEN claim_until ELSE next_at_ms END";
 
 /// The head-of-line rule: no earlier message of this patch to this subscription is pending.
 const FIRST_OF_PATCH: &str = "NOT EXISTS (SELECT 1 FROM webhook_outbox earlier
@@ -571,9 +576,42 @@ impl PgIndex {
         })
     }
 
-    /// When the next notification is due, if any is queued.
+    /// See [`super::SqliteIndex::outbox_claim`]; rows another replica is claiming at this
+    /// moment are skipped (`FOR UPDATE SKIP LOCKED`), so no two replicas claim one row.
+    pub fn outbox_claim(&self, claim: &Claim) -> Result<Vec<OutboxRow>, SummarizerError> {
+        self.block(async |pool| {
+            let rows = sqlx::query(
+                "UPDATE outbox SET claimed_by = $3, claim_until = $4 WHERE id IN (
+                 SELECT id FROM outbox WHERE next_at_ms <= $1
+                 AND (claim_until IS NULL OR claim_until <= $1)
+                 ORDER BY next_at_ms, id LIMIT $2 FOR UPDATE SKIP LOCKED)
+                 RETURNING id, patch_id, attempt, request, traceparent, tries",
+            )
+            .bind(claim.now_ms)
+            .bind(usize_i64(claim.limit))
+            .bind(claim.claimant.as_ref())
+            .bind(claim.until_ms)
+            .fetch_all(&pool)
+            .await?;
+            let mut rows = rows
+                .iter()
+                .map(|row| Ok(outbox_of!(row.try_get)))
+                .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            rows.sort_by_key(|row| row.id);
+            Ok(rows)
+        })
+    }
+
+    /// See [`super::SqliteIndex::outbox_next_due`].
     pub fn outbox_next_due(&self) -> Result<Option<i64>, SummarizerError> {
-        self.scalar("SELECT MIN(next_at_ms) FROM outbox")
+        self.block(async |pool| {
+            Ok(
+                sqlx::query(sql(format!("SELECT MIN({FREE_AT}) FROM outbox")))
+                    .fetch_one(&pool)
+                    .await?
+                    .try_get(0)?,
+            )
+        })
     }
 
     /// Notifications still owed.
@@ -594,52 +632,73 @@ impl PgIndex {
     /// See [`super::SqliteIndex::outbox_settle`].
     pub fn outbox_settle(
         &self,
-        delivered: &[i64],
-        failed: &[OutboxRetry],
+        claimant: &str,
+        outcomes: &[Outcome<()>],
     ) -> Result<(), SummarizerError> {
         self.block(async |pool| {
             let mut tx = pool.begin().await?;
-            for id in delivered {
-                sqlx::query("DELETE FROM outbox WHERE id = $1")
+            for outcome in outcomes {
+                let query = match outcome {
+                    Outcome::Delivered { id, .. } | Outcome::Dead { id, .. } => {
+                        sqlx::query("DELETE FROM outbox WHERE id = $1").bind(id)
+                    }
+                    Outcome::Retry {
+                        id,
+                        next_at_ms,
+                        error,
+                        ..
+                    } => sqlx::query(
+                        "UPDATE outbox SET tries = tries + 1, next_at_ms = $3, last_error = $4,
+                         claimed_by = NULL, claim_until = NULL WHERE id = $1 AND claimed_by = $2",
+                    )
                     .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            for failure in failed {
-                sqlx::query(
-                    "UPDATE outbox SET tries = tries + 1, next_at_ms = $2, last_error = $3 WHERE id = $1",
-                )
-                .bind(failure.id)
-                .bind(failure.next_at_ms)
-                .bind(&failure.error)
-                .execute(&mut *tx)
-                .await?;
+                    .bind(claimant)
+                    .bind(next_at_ms)
+                    .bind(error),
+                    Outcome::Release { id } => sqlx::query(
+                        "UPDATE outbox SET claimed_by = NULL, claim_until = NULL
+                         WHERE id = $1 AND claimed_by = $2",
+                    )
+                    .bind(id)
+                    .bind(claimant),
+                };
+                query.execute(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok(())
         })
     }
 
-    /// See [`super::SqliteIndex::webhooks_due`].
-    pub fn webhooks_due(
+    /// See [`super::SqliteIndex::webhooks_claim`]; rows another replica is claiming at this
+    /// moment are skipped (`FOR UPDATE SKIP LOCKED`).
+    pub fn webhooks_claim(
         &self,
-        now_ms: i64,
-        limit: usize,
+        claim: &Claim,
         lane: Option<&str>,
     ) -> Result<Vec<WebhookRow>, SummarizerError> {
         self.block(async |pool| {
             let rows = sqlx::query(sql(format!(
-                "SELECT id, webhook_id, subscription, patch_id, attempt, event, body, tries, first_try_ms
-                 FROM webhook_outbox o WHERE next_at_ms <= $1 AND ($3::text IS NULL OR subscription = $3)
-                 AND {FIRST_OF_PATCH}
-                 ORDER BY next_at_ms, id LIMIT $2"
+                "UPDATE webhook_outbox SET claimed_by = $4, claim_until = $5 WHERE id IN (
+                 SELECT id FROM webhook_outbox o WHERE next_at_ms <= $1
+                 AND ($3::text IS NULL OR subscription = $3)
+                 AND (claim_until IS NULL OR claim_until <= $1) AND {FIRST_OF_PATCH}
+                 ORDER BY next_at_ms, id LIMIT $2 FOR UPDATE SKIP LOCKED)
+                 RETURNING id, webhook_id, subscription, patch_id, attempt, event, body, tries,
+                 first_try_ms"
             )))
-            .bind(now_ms)
-            .bind(usize_i64(limit))
+            .bind(claim.now_ms)
+            .bind(usize_i64(claim.limit))
             .bind(lane)
+            .bind(claim.claimant.as_ref())
+            .bind(claim.until_ms)
             .fetch_all(&pool)
             .await?;
-            Ok(rows.iter().map(webhook_row).collect::<Result<Vec<_>, _>>()?)
+            let mut rows = rows
+                .iter()
+                .map(webhook_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.sort_by_key(|row| row.id);
+            Ok(rows)
         })
     }
 
@@ -647,7 +706,7 @@ impl PgIndex {
     pub fn webhooks_next_due(&self, lane: Option<&str>) -> Result<Option<i64>, SummarizerError> {
         self.block(async |pool| {
             Ok(sqlx::query(sql(format!(
-                "SELECT MIN(next_at_ms) FROM webhook_outbox o
+                "SELECT MIN({FREE_AT}) FROM webhook_outbox o
                  WHERE ($1::text IS NULL OR subscription = $1) AND {FIRST_OF_PATCH}"
             )))
             .bind(lane)
@@ -785,35 +844,53 @@ impl PgIndex {
         })
     }
 
-    /// Records a round of tries in one transaction.
-    pub fn webhooks_settle(&self, outcomes: &[WebhookSettle]) -> Result<(), SummarizerError> {
+    /// Records a round of tries in one transaction; retries and releases apply only to rows
+    /// `claimant` still holds.
+    pub fn webhooks_settle(
+        &self,
+        claimant: &str,
+        outcomes: &[Outcome<()>],
+    ) -> Result<(), SummarizerError> {
         self.block(async |pool| {
             let mut tx = pool.begin().await?;
             for outcome in outcomes {
                 match outcome {
-                    WebhookSettle::Delivered { id } => {
-                        forget_webhook(&mut tx, *id).await?;
-                    }
-                    WebhookSettle::Retry {
+                    Outcome::Delivered { id, .. } => forget_webhook(&mut tx, *id).await?,
+                    Outcome::Retry {
                         id,
                         next_at_ms,
                         tried_ms,
                         error,
                     } => {
                         sqlx::query(
-                            "UPDATE webhook_outbox SET tries = tries + 1, next_at_ms = $2,
-                             first_try_ms = COALESCE(first_try_ms, $3), last_error = $4 WHERE id = $1",
+                            "UPDATE webhook_outbox SET tries = tries + 1, next_at_ms = $3,
+                             first_try_ms = COALESCE(first_try_ms, $4), last_error = $5,
+                             claimed_by = NULL, claim_until = NULL
+                             WHERE id = $1 AND claimed_by = $2",
                         )
                         .bind(id)
+                        .bind(claimant)
                         .bind(next_at_ms)
                         .bind(tried_ms)
                         .bind(error)
                         .execute(&mut *tx)
                         .await?;
                     }
-                    WebhookSettle::Dead { id, at_ms, reason } => {
+                    Outcome::Dead {
+                        id, at_ms, reason, ..
+                    } => {
                         bury(&mut tx, *id, *at_ms, reason, 1).await?;
                         forget_webhook(&mut tx, *id).await?;
+                    }
+                    Outcome::Release { id } => {
+                        sqlx::query(
+                            "UPDATE webhook_outbox SET claimed_by = NULL, claim_until = NULL
+                             WHERE id = $1 AND claimed_by = $2",
+                        )
+                        .bind(id)
+                        .bind(claimant)
+                        .execute(&mut *tx)
+                        .await?;
                     }
                 }
             }

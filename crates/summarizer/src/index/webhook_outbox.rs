@@ -7,6 +7,7 @@
 //! subscription is still in the outbox, so a receiver sees a patch's events in the order they
 //! were recorded (an earlier one delivered or dead-lettered first).
 
+use ghost_runtime::outbox::{Claim, Outcome};
 use rusqlite::params;
 
 use super::{SqliteIndex, lock};
@@ -70,36 +71,6 @@ pub struct DeadLetter {
     pub tries: u32,
     /// Why it was given up.
     pub reason: String,
-}
-
-/// What became of one try.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WebhookSettle {
-    /// 2xx: forget it.
-    Delivered {
-        /// Row id.
-        id: i64,
-    },
-    /// Try again at `next_at_ms`.
-    Retry {
-        /// Row id.
-        id: i64,
-        /// Not before this time (unix ms).
-        next_at_ms: i64,
-        /// When this try was made (the first try's time is kept).
-        tried_ms: i64,
-        /// Why it failed.
-        error: String,
-    },
-    /// Give up: move it to `webhook_dead_letters`.
-    Dead {
-        /// Row id.
-        id: i64,
-        /// When (unix ms).
-        at_ms: i64,
-        /// Why.
-        reason: String,
-    },
 }
 
 fn webhook_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<WebhookRow> {
@@ -180,36 +151,46 @@ const BURY: &str = "INSERT OR REPLACE INTO webhook_dead_letters
      FROM webhook_outbox WHERE id = ?1";
 
 impl SqliteIndex {
-    /// Up to `limit` messages due at `now_ms` and first in line for their patch and
-    /// subscription, oldest first; only those of the subscription `lane` when given.
-    pub fn webhooks_due(
+    /// Claims (see [`Claim`]) up to `claim.limit` messages due at `claim.now_ms` and first in
+    /// line for their patch and subscription, unclaimed or whose claim ran out; by id; only
+    /// those of the subscription `lane` when given.
+    pub fn webhooks_claim(
         &self,
-        now_ms: i64,
-        limit: usize,
+        claim: &Claim,
         lane: Option<&str>,
     ) -> Result<Vec<WebhookRow>, SummarizerError> {
         let conn = lock(&self.conn);
         let mut stmt = conn.prepare_cached(&format!(
-            "SELECT id, webhook_id, subscription, patch_id, attempt, event, body, tries, first_try_ms
-             FROM webhook_outbox o WHERE next_at_ms <= ?1 AND (?3 IS NULL OR subscription = ?3)
-             AND {FIRST_OF_PATCH}
-             ORDER BY next_at_ms, id LIMIT ?2"
+            "UPDATE webhook_outbox SET claimed_by = ?4, claim_until = ?5 WHERE id IN (
+             SELECT id FROM webhook_outbox o WHERE next_at_ms <= ?1
+             AND (?3 IS NULL OR subscription = ?3)
+             AND (claim_until IS NULL OR claim_until <= ?1) AND {FIRST_OF_PATCH}
+             ORDER BY next_at_ms, id LIMIT ?2)
+             RETURNING id, webhook_id, subscription, patch_id, attempt, event, body, tries, first_try_ms"
         ))?;
-        let rows = stmt
+        let mut rows = stmt
             .query_map(
-                params![now_ms, i64::try_from(limit).unwrap_or(i64::MAX), lane],
+                params![
+                    claim.now_ms,
+                    i64::try_from(claim.limit).unwrap_or(i64::MAX),
+                    lane,
+                    claim.claimant.as_ref(),
+                    claim.until_ms
+                ],
                 webhook_row,
             )?
             .collect::<Result<Vec<_>, _>>()?;
+        rows.sort_by_key(|row| row.id);
         Ok(rows)
     }
 
-    /// When the next message first in line is due, if any is pending (of the subscription
-    /// `lane` when given).
+    /// When the next message first in line may be claimed (due, and its claim run out), if
+    /// any is pending (of the subscription `lane` when given).
     pub fn webhooks_next_due(&self, lane: Option<&str>) -> Result<Option<i64>, SummarizerError> {
         Ok(lock(&self.conn).query_row(
             &format!(
-                "SELECT MIN(next_at_ms) FROM webhook_outbox o
+                "SELECT MIN(CASE WHEN claim_until > next_at_ms THEN claim_until ELSE next_at_ms END)
+                 FROM webhook_outbox o
                  WHERE (?1 IS NULL OR subscription = ?1) AND {FIRST_OF_PATCH}"
             ),
             params![lane],
@@ -326,33 +307,48 @@ impl SqliteIndex {
         Ok(deleted)
     }
 
-    /// Records a round of tries in one transaction.
-    pub fn webhooks_settle(&self, outcomes: &[WebhookSettle]) -> Result<(), SummarizerError> {
+    /// Records a round of tries in one transaction; retries and releases apply only to rows
+    /// `claimant` still holds.
+    pub fn webhooks_settle(
+        &self,
+        claimant: &str,
+        outcomes: &[Outcome<()>],
+    ) -> Result<(), SummarizerError> {
         let mut conn = lock(&self.conn);
         let tx = conn.transaction()?;
         {
             let mut forget = tx.prepare_cached("DELETE FROM webhook_outbox WHERE id = ?1")?;
             let mut retry = tx.prepare_cached(
-                "UPDATE webhook_outbox SET tries = tries + 1, next_at_ms = ?2,
-                 first_try_ms = COALESCE(first_try_ms, ?3), last_error = ?4 WHERE id = ?1",
+                "UPDATE webhook_outbox SET tries = tries + 1, next_at_ms = ?3,
+                 first_try_ms = COALESCE(first_try_ms, ?4), last_error = ?5,
+                 claimed_by = NULL, claim_until = NULL WHERE id = ?1 AND claimed_by = ?2",
+            )?;
+            let mut release = tx.prepare_cached(
+                "UPDATE webhook_outbox SET claimed_by = NULL, claim_until = NULL
+                 WHERE id = ?1 AND claimed_by = ?2",
             )?;
             let mut bury = tx.prepare_cached(BURY)?;
             for outcome in outcomes {
                 match outcome {
-                    WebhookSettle::Delivered { id } => {
+                    Outcome::Delivered { id, .. } => {
                         forget.execute(params![id])?;
                     }
-                    WebhookSettle::Retry {
+                    Outcome::Retry {
                         id,
                         next_at_ms,
                         tried_ms,
                         error,
                     } => {
-                        retry.execute(params![id, next_at_ms, tried_ms, error])?;
+                        retry.execute(params![id, claimant, next_at_ms, tried_ms, error])?;
                     }
-                    WebhookSettle::Dead { id, at_ms, reason } => {
+                    Outcome::Dead {
+                        id, at_ms, reason, ..
+                    } => {
                         bury.execute(params![id, at_ms, reason, 1])?;
                         forget.execute(params![id])?;
+                    }
+                    Outcome::Release { id } => {
+                        release.execute(params![id, claimant])?;
                     }
                 }
             }

@@ -1,9 +1,10 @@
 //! Delivering the webhook outbox ([`run`]: one lane per subscription, each the one outbox
-//! loop [`crate::outbox::run`] over that subscription's rows, so a receiver that stalls or
-//! fails only delays its own messages): one HTTP client per subscription (its own guarded
+//! engine ([`ghost_runtime::outbox`]) over that subscription's rows, so a receiver that stalls
+//! or fails only delays its own messages): one HTTP client per subscription (its own guarded
 //! resolver, no redirects, no proxy, a deadline per call), rounds of due messages sent at once
 //! (at most one per patch and subscription, so order holds), every outcome settled in one
-//! transaction, and what finished is settled on shutdown too.
+//! transaction, and what finished is settled on shutdown too. Rows are claimed, so replicas on
+//! one database send each message once.
 //!
 //! 2xx is delivered; 410 Gone is dead-lettered at once; anything else (or no answer) is tried
 //! again after an exponential backoff with jitter, until `give_up_after` has passed since the
@@ -21,11 +22,15 @@ use reqwest::header::CONTENT_TYPE;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use ghost_runtime::outbox::{
+    Claim, Delivery, GiveUp, Outbox, Outcome, Policy as EnginePolicy, SendError, Sink, Store,
+};
+
 use super::Webhooks;
 use super::subscription::{GuardedResolver, Prepared, Refused};
 use crate::error::SummarizerError;
-use crate::index::{Index, WebhookRow, WebhookSettle};
-use crate::outbox::{Backoff, Outbox};
+use crate::index::{Index, WebhookRow};
+use crate::outbox::{AT_ONCE, BATCH, Backoff, WebhookStore};
 use crate::summaries::Summaries;
 
 /// The dead-letter reason of a message to a subscription disabled by 410 Gone.
@@ -35,8 +40,6 @@ const GONE_BEFORE: &str = "the receiver answered 410 Gone before; the subscripti
 const PUBLISH_EVERY_MS: i64 = 250;
 /// Dead letters are pruned by age at least this often (and whenever one is added).
 const PRUNE_EVERY_MS: i64 = 60_000;
-/// Tries after which each further failure is logged as an error, not a warning.
-const LOUD_AFTER: u32 = 5;
 
 /// How deliveries are retried and bounded.
 #[derive(Debug, Clone, Copy)]
@@ -51,6 +54,31 @@ pub struct Policy {
     pub dead_letter_max: u64,
     /// Dead letters older than this are deleted.
     pub dead_letter_max_age: Duration,
+    /// How long a claim keeps other replicas off a message.
+    pub claim_timeout: Duration,
+}
+
+impl Policy {
+    /// The engine's policy for one lane: jittered backoff, dead-lettered `give_up_after`
+    /// after the first try.
+    fn engine(&self) -> EnginePolicy {
+        EnginePolicy {
+            delivery: Delivery::Parallel { at_once: AT_ONCE },
+            give_up: GiveUp {
+                after_tries: None,
+                after: Some(self.give_up_after),
+            },
+            batch: BATCH,
+            claim_timeout: self.claim_timeout,
+            ..EnginePolicy::new(
+                "webhooks",
+                Backoff {
+                    jitter: true,
+                    ..self.backoff
+                },
+            )
+        }
+    }
 }
 
 struct Endpoint {
@@ -77,8 +105,6 @@ impl Endpoint {
 pub struct Deliverer {
     endpoints: Arc<HashMap<String, Endpoint>>,
     policy: Policy,
-    /// The subscription key this lane sends; `None`: every subscription.
-    lane: Option<Arc<str>>,
     /// Set once the rows of unconfigured subscriptions have been logged.
     orphans_logged: Arc<AtomicBool>,
     /// When dead letters were last pruned (unix ms), shared by the lanes.
@@ -120,7 +146,6 @@ impl Deliverer {
         Ok(Self {
             endpoints: Arc::new(endpoints),
             policy,
-            lane: None,
             orphans_logged: Arc::new(AtomicBool::new(false)),
             pruned_ms: Arc::new(AtomicI64::new(i64::MIN)),
             published_ms: Arc::new(AtomicI64::new(i64::MIN)),
@@ -147,17 +172,9 @@ impl Deliverer {
         Ok(())
     }
 
-    /// The same deliverer, sending only the rows of the subscription `key`.
-    fn lane(&self, key: &str) -> Self {
-        Self {
-            lane: Some(Arc::from(key)),
-            ..self.clone()
-        }
-    }
-
     /// One try of `row`: `Ok` on 2xx, `Err((reason, final))` otherwise, `final` when it must
     /// not be tried again.
-    async fn send(&self, row: &WebhookRow) -> Result<(), (String, bool)> {
+    async fn post(&self, row: &WebhookRow) -> Result<(), (String, bool)> {
         let Some(endpoint) = self.endpoints.get(&row.subscription) else {
             return Err(("its subscription is no longer configured".to_owned(), true));
         };
@@ -257,78 +274,101 @@ fn describe(err: &reqwest::Error, timeout: Duration) -> String {
     }
 }
 
-/// `delay` less a random part of up to half of it, so retries of many messages spread out.
-fn jittered(delay: Duration) -> Duration {
-    use std::hash::BuildHasher as _;
-    let random = std::collections::hash_map::RandomState::new().hash_one(Instant::now());
-    let half = delay / 2;
-    let nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
-    half + Duration::from_nanos(random.checked_rem(nanos.max(1)).unwrap_or(0))
+impl Sink for Deliverer {
+    type Row = WebhookRow;
+    type Receipt = ();
+
+    async fn send(&self, row: &WebhookRow) -> Result<(), SendError> {
+        self.post(row).await.map_err(|(reason, permanent)| {
+            if permanent {
+                SendError::Permanent(reason)
+            } else {
+                SendError::retry(reason)
+            }
+        })
+    }
+
+    /// Counts `ghost_webhook_deliveries_total{result}` (the outbox logs the failures).
+    fn observe(&self, row: &WebhookRow, outcome: &Outcome<()>) {
+        let result = match outcome {
+            Outcome::Delivered { .. } => {
+                tracing::info!(webhook_id = %row.webhook_id, patch_id = %row.patch_id, tries = row.tries + 1, "webhook delivered");
+                "delivered"
+            }
+            Outcome::Retry { .. } => "retry",
+            Outcome::Dead { .. } => "dead_letter",
+            Outcome::Release { .. } => return,
+        };
+        metrics::counter!("ghost_webhook_deliveries_total", "result" => result).increment(1);
+    }
 }
 
-impl Outbox for Deliverer {
-    type Row = WebhookRow;
-    type Settled = WebhookSettle;
-
-    const NAME: &'static str = "webhook";
-
-    fn due(
-        &self,
-        index: &Index,
-        now_ms: i64,
-        limit: usize,
-    ) -> Result<Vec<WebhookRow>, SummarizerError> {
-        index.webhooks_due(now_ms, limit, self.lane.as_deref())
-    }
-
-    fn next_due(&self, index: &Index) -> Result<Option<i64>, SummarizerError> {
-        index.webhooks_next_due(self.lane.as_deref())
-    }
-
-    fn settle(&self, index: &Index, settled: &[WebhookSettle]) -> Result<(), SummarizerError> {
-        index.webhooks_settle(settled)?;
+impl Deliverer {
+    /// After a round is settled: remembers the subscriptions that answered 410 Gone, and
+    /// prunes the dead letters when one was added (`buried`, at that time) (blocking).
+    fn after_settle(&self, index: &Index, buried: Option<i64>) -> Result<(), SummarizerError> {
         for (key, endpoint) in self.endpoints.iter() {
             if endpoint.gone.load(Ordering::Relaxed)
                 && !endpoint.gone_saved.swap(true, Ordering::Relaxed)
+                && let Err(err) =
+                    index.webhook_set_gone(key, Some(&endpoint.url_sha256()), buried.unwrap_or(0))
             {
-                let now_ms = settled
-                    .iter()
-                    .find_map(|outcome| match outcome {
-                        WebhookSettle::Dead { at_ms, .. } => Some(*at_ms),
-                        _ => None,
-                    })
-                    .unwrap_or(0);
-                if let Err(err) = index.webhook_set_gone(key, Some(&endpoint.url_sha256()), now_ms)
-                {
-                    endpoint.gone_saved.store(false, Ordering::Relaxed);
-                    return Err(err);
-                }
+                endpoint.gone_saved.store(false, Ordering::Relaxed);
+                return Err(err);
             }
         }
-        let buried = settled
-            .iter()
-            .filter_map(|outcome| match outcome {
-                WebhookSettle::Dead { at_ms, .. } => Some(*at_ms),
-                _ => None,
-            })
-            .max();
         match buried {
             Some(now_ms) => self.prune(index, now_ms),
             None => Ok(()),
         }
     }
+}
 
-    async fn round(
-        &self,
-        summaries: &Summaries,
-        rows: Vec<WebhookRow>,
-        shutdown: &CancellationToken,
-    ) -> Vec<WebhookSettle> {
-        deliver_round(summaries, self, rows, shutdown).await
+/// One subscription's rows as an outbox store: the rows, and the deliverer's bookkeeping
+/// (410 Gone, dead-letter pruning, gauges) around them.
+struct Lane {
+    store: WebhookStore,
+    deliverer: Deliverer,
+}
+
+impl Store for Lane {
+    type Row = WebhookRow;
+    type Receipt = ();
+    type Error = SummarizerError;
+
+    async fn claim(&self, claim: Claim) -> Result<Vec<WebhookRow>, SummarizerError> {
+        self.store.claim(claim).await
     }
 
-    async fn after_pass(&self, summaries: &Summaries) {
-        publish_counts(summaries, self).await;
+    async fn next_due(&self) -> Result<Option<i64>, SummarizerError> {
+        self.store.next_due().await
+    }
+
+    async fn settle(
+        &self,
+        claimant: &str,
+        outcomes: &[Outcome<()>],
+    ) -> Result<(), SummarizerError> {
+        self.store.settle(claimant, outcomes).await?;
+        let buried = outcomes
+            .iter()
+            .filter_map(|outcome| match outcome {
+                Outcome::Dead { at_ms, .. } => Some(*at_ms),
+                _ => None,
+            })
+            .max();
+        let (deliverer, index) = (self.deliverer.clone(), self.store.summaries.index().clone());
+        tokio::task::spawn_blocking(move || deliverer.after_settle(&index, buried))
+            .await
+            .map_err(SummarizerError::Task)?
+    }
+
+    async fn after_pass(&self) {
+        publish_counts(&self.store.summaries, &self.deliverer).await;
+    }
+
+    fn failed(&self, err: &SummarizerError) {
+        self.store.summaries.note_storage_error(err);
     }
 }
 
@@ -337,21 +377,31 @@ impl Outbox for Deliverer {
 pub async fn run(
     deliverer: Deliverer,
     summaries: Summaries,
-    wake: Arc<Notify>,
+    claimant: Arc<str>,
     shutdown: CancellationToken,
 ) {
+    let wake = summaries.webhook_wake();
     restore_gone(&deliverer, &summaries).await;
     let mut lanes = tokio::task::JoinSet::new();
     let mut wakes = Vec::new();
     for key in deliverer.endpoints.keys() {
         let lane_wake = Arc::new(Notify::new());
         wakes.push(Arc::clone(&lane_wake));
-        lanes.spawn(crate::outbox::run(
-            deliverer.lane(key),
-            summaries.clone(),
-            lane_wake,
-            shutdown.clone(),
-        ));
+        let lane = Lane {
+            store: WebhookStore {
+                summaries: summaries.clone(),
+                lane: Arc::from(key.as_str()),
+            },
+            deliverer: deliverer.clone(),
+        };
+        let outbox = Outbox::new(
+            lane,
+            deliverer.clone(),
+            deliverer.policy.engine(),
+            summaries.clock(),
+            Arc::clone(&claimant),
+        );
+        lanes.spawn(outbox.run(lane_wake, shutdown.clone()));
     }
     loop {
         tokio::select! {
@@ -402,104 +452,6 @@ async fn restore_gone(deliverer: &Deliverer, summaries: &Summaries) {
             tracing::error!(error = ?anyhow::Error::from(err), "cannot read the disabled webhook subscriptions");
         }
         Err(err) => tracing::error!(error = %err, "webhook task failed"),
-    }
-}
-
-/// Sends `rows` at once; on shutdown, the outcomes that finished before it (the others stay
-/// due and are sent again after the restart, under the same `webhook-id`).
-async fn deliver_round(
-    summaries: &Summaries,
-    deliverer: &Deliverer,
-    rows: Vec<WebhookRow>,
-    shutdown: &CancellationToken,
-) -> Vec<WebhookSettle> {
-    let mut sends = tokio::task::JoinSet::new();
-    for row in rows {
-        let deliverer = deliverer.clone();
-        sends.spawn(async move {
-            let result = deliverer.send(&row).await;
-            (row, result)
-        });
-    }
-    let mut settled = Vec::new();
-    loop {
-        let joined = tokio::select! {
-            () = shutdown.cancelled() => return settled,
-            joined = sends.join_next() => joined,
-        };
-        let Some(joined) = joined else {
-            return settled;
-        };
-        match joined {
-            Ok((row, result)) => settled.push(outcome_of(summaries, deliverer, &row, result)),
-            // The row stays due and is sent again in the next round.
-            Err(err) => tracing::error!(error = %err, "webhook task failed"),
-        }
-    }
-}
-
-/// What to record for one try of `row`, logging and counting it.
-fn outcome_of(
-    summaries: &Summaries,
-    deliverer: &Deliverer,
-    row: &WebhookRow,
-    result: Result<(), (String, bool)>,
-) -> WebhookSettle {
-    let now = summaries.now_ms();
-    let tries = row.tries.saturating_add(1);
-    let subscription = deliverer.endpoints.get(&row.subscription).map_or_else(
-        || "(removed subscription)".to_owned(),
-        |e| e.subscription.name(),
-    );
-    let span = tracing::info_span!(
-        "webhook.deliver",
-        subscription = %subscription,
-        patch_id = %row.patch_id,
-        attempt = row.attempt,
-        webhook_id = %row.webhook_id,
-        event = %row.event,
-    );
-    let _entered = span.enter();
-    let (error, gone) = match result {
-        Ok(()) => {
-            metrics::counter!("ghost_webhook_deliveries_total", "result" => "delivered")
-                .increment(1);
-            tracing::info!(tries, "webhook delivered");
-            return WebhookSettle::Delivered { id: row.id };
-        }
-        Err(failure) => failure,
-    };
-    let first_try = row.first_try_ms.unwrap_or(now);
-    let give_up_ms = i64::try_from(deliverer.policy.give_up_after.as_millis()).unwrap_or(i64::MAX);
-    if gone || now.saturating_sub(first_try) >= give_up_ms {
-        metrics::counter!("ghost_webhook_deliveries_total", "result" => "dead_letter").increment(1);
-        let reason = if gone {
-            error
-        } else {
-            format!(
-                "gave up after {tries} tries over {:?}: {error}",
-                deliverer.policy.give_up_after
-            )
-        };
-        tracing::error!(tries, %reason, "webhook dead-lettered");
-        return WebhookSettle::Dead {
-            id: row.id,
-            at_ms: now,
-            reason,
-        };
-    }
-    metrics::counter!("ghost_webhook_deliveries_total", "result" => "retry").increment(1);
-    let delay = jittered(deliverer.policy.backoff.delay(tries));
-    if tries >= LOUD_AFTER {
-        tracing::error!(tries, %error, retry_in = ?delay, "webhook receiver still failing; message kept");
-    } else {
-        tracing::warn!(tries, %error, retry_in = ?delay, "webhook delivery failed; will retry");
-    }
-    WebhookSettle::Retry {
-        id: row.id,
-        next_at_ms: now.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
-        tried_ms: now,
-        error,
     }
 }
 
@@ -589,14 +541,12 @@ mod tests {
             outbox_max: 10,
         };
         let policy = Policy {
-            backoff: Backoff {
-                initial: Duration::from_millis(10),
-                max: Duration::from_millis(10),
-            },
+            backoff: Backoff::exponential(Duration::from_millis(10), Duration::from_millis(10)),
             give_up_after: Duration::from_secs(60),
             timeout: Duration::from_secs(5),
             dead_letter_max: 10,
             dead_letter_max_age: Duration::from_secs(3600),
+            claim_timeout: Duration::from_secs(60),
         };
         Deliverer::new(&webhooks, policy).unwrap()
     }
@@ -634,7 +584,7 @@ mod tests {
         });
 
         // Guarded: the lookup is refused and nothing connects.
-        let (error, permanent) = deliverer(&url, false).send(&row(&url)).await.unwrap_err();
+        let (error, permanent) = deliverer(&url, false).post(&row(&url)).await.unwrap_err();
         assert!(
             error.contains("resolves to") && error.contains("loopback"),
             "{error}"
@@ -643,7 +593,7 @@ mod tests {
         assert!(!served.is_finished());
 
         // Allowed: the checked address is dialled on the URL's port, signed.
-        deliverer(&url, true).send(&row(&url)).await.unwrap();
+        deliverer(&url, true).post(&row(&url)).await.unwrap();
         let request = served.await.unwrap();
         assert!(request.starts_with("POST /hook HTTP/1.1"), "{request}");
         assert!(request.contains("webhook-id: msg_1"), "{request}");
@@ -671,7 +621,7 @@ mod tests {
             }
             seen
         });
-        let (error, _) = deliverer(&url, true).send(&row(&url)).await.unwrap_err();
+        let (error, _) = deliverer(&url, true).post(&row(&url)).await.unwrap_err();
         assert!(error.contains("307"), "{error}");
         assert_eq!(served.await.unwrap(), 1);
     }
@@ -679,12 +629,15 @@ mod tests {
     #[test]
     fn jitter_takes_at_most_half_off() {
         for _ in 0..100 {
-            let wait = jittered(Duration::from_secs(10));
+            let wait = ghost_runtime::outbox::jittered(Duration::from_secs(10));
             assert!(
                 wait >= Duration::from_secs(5) && wait <= Duration::from_secs(10),
                 "{wait:?}"
             );
         }
-        assert_eq!(jittered(Duration::ZERO), Duration::ZERO);
+        assert_eq!(
+            ghost_runtime::outbox::jittered(Duration::ZERO),
+            Duration::ZERO
+        );
     }
 }

@@ -11,6 +11,7 @@ mod golden;
 mod helpers;
 mod manifest;
 mod outbox_age;
+mod replicas;
 mod storage;
 mod stores;
 mod truncation;

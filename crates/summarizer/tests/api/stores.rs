@@ -468,8 +468,16 @@ async fn a_postgres_restart_mid_run_degrades_the_summarizer_which_loses_nothing_
             .starts_with(ghost_runtime::storage::UNAVAILABLE_PREFIX),
         "{refused:?}"
     );
+    // The reason names the database, not the disk.
+    assert!(
+        refused
+            .message()
+            .ends_with("the summarizer's database is unreachable"),
+        "{refused:?}"
+    );
     let (status, body) = disk::readyz(&http).await;
     assert_eq!(status, 503, "{body}");
+    assert_eq!(body, "degraded: the summarizer's database is unreachable");
     let gauge = disk::degraded_gauge(&http, "summarizer").await;
     assert!(
         gauge.as_deref().is_some_and(|line| line.ends_with(" 1")),
