@@ -263,6 +263,74 @@ async fn catch_up(state: &AppState) {
     }
 }
 
+/// The scopes of a new key, sorted and once each: at least one, none its creator lacks.
+fn granted_scopes(
+    caller: &Principal,
+    name: &str,
+    requested: Vec<Scope>,
+) -> Result<Vec<Scope>, GatewayError> {
+    let mut scopes = requested;
+    scopes.sort_by_key(|scope| *scope as u8);
+    scopes.dedup();
+    if scopes.is_empty() {
+        return Err(invalid(
+            "/scopes",
+            "give at least one scope: submit, read or admin".to_owned(),
+        ));
+    }
+    for scope in &scopes {
+        caller.require(*scope).map_err(|_| {
+            tracing::warn!(target: "audit", caller = %caller.name, key_name = %name, scope = ?scope, "api key refused: a scope its creator lacks");
+            GatewayError::Forbidden(format!(
+                "credential {:?} cannot create a key with the {scope:?} scope it lacks",
+                caller.name
+            ))
+        })?;
+    }
+    Ok(scopes)
+}
+
+/// The targets of a new key, once each: the requested ones (left out, the creator's), valid
+/// names, at most [`MAX_TARGETS`], each one its creator may touch.
+fn granted_targets(
+    caller: &Principal,
+    name: &str,
+    requested: Option<Vec<String>>,
+) -> Result<Vec<String>, GatewayError> {
+    let mut targets: Vec<String> = match requested {
+        Some(targets) => targets,
+        // Left out by a key limited to targets: the creator's targets, never "all".
+        None => caller
+            .targets()
+            .map(|own| own.iter().map(|t| t.as_str().to_owned()).collect())
+            .unwrap_or_default(),
+    };
+    let mut seen = std::collections::HashSet::new();
+    targets.retain(|target| seen.insert(target.clone()));
+    if targets.len() > MAX_TARGETS {
+        return Err(invalid(
+            "/targets",
+            format!("at most {MAX_TARGETS} targets, got {}", targets.len()),
+        ));
+    }
+    for (index, target) in targets.iter().enumerate() {
+        TargetName::parse(target).map_err(|err| {
+            invalid(
+                &format!("/targets/{index}"),
+                format!("target {:?}: {err}", loggable(target)),
+            )
+        })?;
+    }
+    if !covers(caller, &targets) {
+        tracing::warn!(target: "audit", caller = %caller.name, key_name = %name, targets = ?targets, "api key refused: targets its creator may not touch");
+        return Err(GatewayError::Forbidden(format!(
+            "credential {:?} may touch only some targets; the new key must name targets, each one it may touch",
+            caller.name
+        )));
+    }
+    Ok(targets)
+}
+
 /// Create an API key.
 #[utoipa::path(
     post, path = "/v1/keys", operation_id = "createApiKey", tag = "keys",
@@ -297,55 +365,11 @@ pub async fn create_api_key(
         ));
     }
     tracing::Span::current().record("name", request.name.as_str());
-    let mut scopes = request.scopes;
-    scopes.sort_by_key(|scope| *scope as u8);
-    scopes.dedup();
-    if scopes.is_empty() {
-        return Err(invalid(
-            "/scopes",
-            "give at least one scope: submit, read or admin".to_owned(),
-        ));
-    }
-    for scope in &scopes {
-        caller.require(*scope).map_err(|_| {
-            tracing::warn!(target: "audit", caller = %caller.name, key_name = %request.name, scope = ?scope, "api key refused: a scope its creator lacks");
-            GatewayError::Forbidden(format!(
-                "credential {:?} cannot create a key with the {scope:?} scope it lacks",
-                caller.name
-            ))
-        })?;
-    }
-    let mut targets: Vec<String> = match request.targets {
-        Some(targets) => targets.into_iter().map(|target| target.0).collect(),
-        // Left out by a key limited to targets: the creator's targets, never "all".
-        None => caller
-            .targets()
-            .map(|own| own.iter().map(|t| t.as_str().to_owned()).collect())
-            .unwrap_or_default(),
-    };
-    let mut seen = std::collections::HashSet::new();
-    targets.retain(|target| seen.insert(target.clone()));
-    if targets.len() > MAX_TARGETS {
-        return Err(invalid(
-            "/targets",
-            format!("at most {MAX_TARGETS} targets, got {}", targets.len()),
-        ));
-    }
-    for (index, target) in targets.iter().enumerate() {
-        TargetName::parse(target).map_err(|err| {
-            invalid(
-                &format!("/targets/{index}"),
-                format!("target {:?}: {err}", loggable(target)),
-            )
-        })?;
-    }
-    if !covers(&caller, &targets) {
-        tracing::warn!(target: "audit", caller = %caller.name, key_name = %request.name, targets = ?targets, "api key refused: targets its creator may not touch");
-        return Err(GatewayError::Forbidden(format!(
-            "credential {:?} may touch only some targets; the new key must name targets, each one it may touch",
-            caller.name
-        )));
-    }
+    let scopes = granted_scopes(&caller, &request.name, request.scopes)?;
+    let requested = request
+        .targets
+        .map(|targets| targets.into_iter().map(|target| target.0).collect());
+    let targets = granted_targets(&caller, &request.name, requested)?;
     let keys = &state.api_keys;
     let answer = keys
         .client

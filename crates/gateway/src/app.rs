@@ -92,6 +92,32 @@ fn documented_targets(config: &GatewayConfig) -> Vec<String> {
     configured_targets(config)
 }
 
+/// Imports an old key file into the router once, then reads the keys the router holds now.
+/// The router may not be up yet: then the long poll started by `run` learns them (config
+/// keys work meanwhile).
+async fn load_runtime_keys(
+    config: &GatewayConfig,
+    credentials: &Credentials,
+    api_keys: &crate::api_keys::RuntimeKeys,
+) -> anyhow::Result<()> {
+    crate::api_keys::import::import_old_file(
+        config.data_dir.as_deref(),
+        &api_keys.client,
+        config.upstream_timeout,
+    )
+    .await?;
+    if let Err(status) = crate::api_keys::snapshot::refresh(
+        credentials.store(),
+        &api_keys.client,
+        config.upstream_timeout,
+    )
+    .await
+    {
+        tracing::warn!(code = ?status.code(), error = %status.message(), "cannot read the runtime api keys from the router yet");
+    }
+    Ok(())
+}
+
 impl App {
     /// Checks the config, prepares upstream channels (lazily connected) and binds listeners.
     pub async fn build(config: GatewayConfig) -> anyhow::Result<Self> {
@@ -110,23 +136,7 @@ impl App {
                 .max_decoding_message_size(crate::api_keys::MAX_KEYS_MESSAGE),
             timeout: config.upstream_timeout,
         };
-        crate::api_keys::import::import_old_file(
-            config.data_dir.as_deref(),
-            &api_keys.client,
-            config.upstream_timeout,
-        )
-        .await?;
-        // The keys as the router holds them now; the router may not be up yet, and then the
-        // long poll started by `run` learns them (config keys work meanwhile).
-        if let Err(status) = crate::api_keys::snapshot::refresh(
-            credentials.store(),
-            &api_keys.client,
-            config.upstream_timeout,
-        )
-        .await
-        {
-            tracing::warn!(code = ?status.code(), error = %status.message(), "cannot read the runtime api keys from the router yet");
-        }
+        load_runtime_keys(&config, &credentials, &api_keys).await?;
         let queue = GrpcRouter {
             client: RouterServiceClient::new(router_channel.clone()),
             stats: RouterStatsServiceClient::new(router_channel.clone()),
@@ -204,29 +214,27 @@ impl App {
         self.listeners.ops_addr()
     }
 
-    /// Serves until `shutdown` resolves, then drains.
-    pub async fn run<F>(self, shutdown: F) -> anyhow::Result<()>
-    where
-        F: std::future::Future<Output = ()> + Send,
-    {
-        let token = CancellationToken::new();
-        let tasks = TaskTracker::new();
-        let guard_state = Arc::clone(&self.state.guard);
-        let (api, mut generated) = http::api(self.state.clone());
-        let (guide, guide_document) = crate::guide::routes();
-        generated.merge(guide_document);
-        // Kept as the JSON text it is served as: the document's tree would hold ~0.5 MB of maps
-        // for the process's lifetime and be cloned and serialised again for every request.
-        let document = axum::body::Bytes::from(
+    /// The OpenAPI document, finished, as the JSON text it is served as: the document's tree
+    /// would hold ~0.5 MB of maps for the process's lifetime and be cloned and serialised
+    /// again for every request.
+    fn openapi_json(
+        &self,
+        generated: utoipa::openapi::OpenApi,
+    ) -> anyhow::Result<axum::body::Bytes> {
+        Ok(axum::body::Bytes::from(
             serde_json::to_vec(&crate::openapi::document(
                 generated,
                 &self.config.public_url,
                 &documented_targets(&self.config),
             ))
             .context("serialising the OpenAPI document")?,
-        );
+        ))
+    }
+
+    /// `/mcp` behind the guard, with strict JSON and its session handling.
+    fn mcp_routes(&self, guard_state: &Arc<Guard>, token: &CancellationToken) -> axum::Router {
         let allowed_hosts = public_host(&self.config.public_url).into_iter().collect();
-        let mcp = axum::Router::new()
+        axum::Router::new()
             .nest_service(
                 "/mcp",
                 crate::mcp::service(
@@ -242,11 +250,58 @@ impl App {
                 crate::mcp::strict_json,
             ))
             .layer(middleware::from_fn_with_state(
-                Arc::clone(&guard_state),
+                Arc::clone(guard_state),
                 guard::authenticate,
             ))
             .layer(middleware::from_fn(crate::mcp::keep_request_span))
-            .layer(middleware::from_fn(crate::mcp::session_end_no_content));
+            .layer(middleware::from_fn(crate::mcp::session_end_no_content))
+    }
+
+    /// The runtime keys' long poll and, when configured, the inbox watcher, on `tasks`.
+    fn spawn_background(&self, tasks: &TaskTracker, token: &CancellationToken) {
+        let key_sync_guard = Arc::clone(&self.state.guard);
+        let key_sync_client = self.state.api_keys.client.clone();
+        let key_sync_timeout = self.state.api_keys.timeout;
+        let key_sync_token = token.clone();
+        tasks.spawn(async move {
+            crate::api_keys::snapshot::sync(
+                key_sync_guard.credentials.store(),
+                key_sync_client,
+                key_sync_timeout,
+                key_sync_token,
+            )
+            .await;
+        });
+        if let Some(root) = &self.config.inbox {
+            let inbox = Inbox::new(
+                root.clone(),
+                self.config.inbox_settle,
+                self.state.patches.clone(),
+            );
+            let inbox_token = token.clone();
+            let inbox_tasks = tasks.clone();
+            tasks.spawn(async move {
+                if let Err(err) = inbox.run(inbox_token, inbox_tasks).await {
+                    tracing::error!(error = %err, "the inbox watcher stopped");
+                }
+            });
+        }
+    }
+
+    /// Serves until `shutdown` resolves, then drains.
+    pub async fn run<F>(self, shutdown: F) -> anyhow::Result<()>
+    where
+        F: std::future::Future<Output = ()> + Send,
+    {
+        let token = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let guard_state = Arc::clone(&self.state.guard);
+        let (api, mut generated) = http::api(self.state.clone());
+        let (guide, guide_document) = crate::guide::routes();
+        generated.merge(guide_document);
+        let document = self.openapi_json(generated)?;
+        let mcp = self.mcp_routes(&guard_state, &token);
+        self.spawn_background(&tasks, &token);
         let mut http = api.merge(mcp).merge(self.public_pages).merge(guide);
         if self.config.ui.enabled {
             let ui_state = crate::ui::UiState {
@@ -280,33 +335,6 @@ impl App {
                 guard_state,
                 guard::shed_and_time,
             ));
-        let key_sync_guard = Arc::clone(&self.state.guard);
-        let key_sync_client = self.state.api_keys.client.clone();
-        let key_sync_timeout = self.state.api_keys.timeout;
-        let key_sync_token = token.clone();
-        tasks.spawn(async move {
-            crate::api_keys::snapshot::sync(
-                key_sync_guard.credentials.store(),
-                key_sync_client,
-                key_sync_timeout,
-                key_sync_token,
-            )
-            .await;
-        });
-        if let Some(root) = &self.config.inbox {
-            let inbox = Inbox::new(
-                root.clone(),
-                self.config.inbox_settle,
-                self.state.patches.clone(),
-            );
-            let inbox_token = token.clone();
-            let inbox_tasks = tasks.clone();
-            tasks.spawn(async move {
-                if let Err(err) = inbox.run(inbox_token, inbox_tasks).await {
-                    tracing::error!(error = %err, "the inbox watcher stopped");
-                }
-            });
-        }
         let service = Service {
             name: SERVICE,
             grpc_names: Vec::new(),

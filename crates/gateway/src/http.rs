@@ -1,5 +1,20 @@
 //! The public HTTP API: thin axum handlers over [`Patches`], documented with utoipa so the
 //! OpenAPI document is generated from the handlers themselves.
+//!
+//! This file builds the routes ([`api`]) and holds the patch and message handlers; the target
+//! and fleet handlers are in `fleet`, the request types and the problem document in `inputs`.
+
+mod fleet;
+mod inputs;
+
+use fleet::{
+    __path_list_alerts, __path_list_executors, __path_list_targets, __path_pause_target,
+    __path_resume_target, list_alerts, list_executors, list_targets, pause_target, resume_target,
+};
+use inputs::empty_object;
+pub use inputs::{
+    GetQuery, ListQuery, MessageInput, PatchInput, Problem, RevertInput, SubmitHeaders, SubmitQuery,
+};
 
 use std::sync::Arc;
 
@@ -10,8 +25,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json, Router, middleware};
 use ghost_core::Format;
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -26,11 +39,9 @@ use crate::executor_tokens::{
     __path_create_executor_token, __path_list_executor_tokens, __path_revoke_executor_token,
     ExecutorTokens, create_executor_token, list_executor_tokens, revoke_executor_token,
 };
-use crate::fleet::{AlertList, ExecutorList};
 use crate::guard::{self, Guard};
 use crate::patches::{
     Accepted, EventView, ListFilter, MessageOutcome, PatchDetail, PatchPage, PatchView, Patches,
-    TargetView,
 };
 
 /// What every handler can reach.
@@ -48,207 +59,6 @@ pub struct AppState {
     pub executor_tokens: ExecutorTokens,
     /// The router's API key service (`/v1/keys`).
     pub api_keys: crate::api_keys::RuntimeKeys,
-}
-
-/// An RFC 9457 problem document.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Problem {
-    /// Problem type, e.g. `/problems/invalid-patch`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// HTTP reason phrase.
-    pub title: String,
-    /// HTTP status.
-    pub status: u16,
-    /// What is wrong, precisely.
-    pub detail: String,
-    /// JSON pointer of the offending field (invalid patches).
-    pub pointer: Option<String>,
-    /// 1-based line of a syntax error.
-    pub line: Option<usize>,
-    /// 1-based column of a syntax error.
-    pub column: Option<usize>,
-    /// The repeated key (duplicate keys).
-    pub key: Option<String>,
-    /// JSON pointers of the first and the repeated occurrence (duplicate keys).
-    pub pointers: Option<Vec<String>>,
-    /// Every known target (an unknown target's refusal).
-    pub known_targets: Option<Vec<String>>,
-    /// The known target nearest to the unknown one, when one is close ("did you mean").
-    pub nearest: Option<String>,
-    /// A refused revert: why, naming the files (the same text as `detail`).
-    pub error: Option<String>,
-    /// A refused revert: workspace-relative paths changed since the patch ended, sorted.
-    pub conflicts: Option<Vec<String>>,
-}
-
-/// A v1 patch. The common fields are described here; every other v1 field (`commands`,
-/// `timeout_s`, `validate`, `patch`, `agent`, `depends_on`, `base`, `commit`) and the legacy shapes are also
-/// accepted: see the project's DESIGN.md.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct PatchInput {
-    /// Unique id, `[A-Za-z0-9._()+-]{1,128}`, not starting with a dot. Left out, the id is
-    /// derived from the content (`p-` and 16 hex digits): sending the same patch again is then
-    /// a replay.
-    #[schema(
-        pattern = r"^[A-Za-z0-9_()+-][A-Za-z0-9._()+-]{0,127}$",
-        nullable = false
-    )]
-    id: Option<String>,
-    /// Workspace name, e.g. `MAIN`.
-    #[schema(pattern = r"^[A-Za-z0-9_-]{1,64}$")]
-    target: String,
-    /// Why this change.
-    #[serde(default)]
-    description: String,
-    /// Queue priority.
-    #[serde(default)]
-    priority: PriorityInput,
-    /// File operations, applied in order (`write` shown; also `replace`, `diff`, `delete`,
-    /// `rename`, `chmod`, `mkdir`).
-    #[schema(min_items = 1)]
-    edits: Vec<EditInput>,
-    /// What happens to the workspace on failure.
-    #[serde(default)]
-    on_failure: OnFailureInput,
-    /// A Slack user id (`U…` or `W…`) told directly (a DM) when the patch ends.
-    #[schema(pattern = r"^[UW][A-Z0-9]{2,20}$", nullable = false)]
-    notify: Option<String>,
-}
-
-/// Queue priority.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-#[allow(dead_code)]
-pub enum PriorityInput {
-    /// Last.
-    Low,
-    /// Default.
-    #[default]
-    Normal,
-    /// First.
-    High,
-}
-
-/// Failure policy.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-#[allow(dead_code)]
-pub enum OnFailureInput {
-    /// Restore every touched file (default).
-    #[default]
-    Rollback,
-    /// Leave the workspace as it is.
-    Keep,
-}
-
-/// One `write` edit.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-pub struct EditInput {
-    /// Operation.
-    #[schema(pattern = "^write$")]
-    op: String,
-    /// Workspace-relative path.
-    #[schema(
-        pattern = r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,30}(\.[A-Za-z0-9_-]{1,8})?(/[A-Za-z0-9_][A-Za-z0-9_-]{0,30}(\.[A-Za-z0-9_-]{1,8})?){0,4}$"
-    )]
-    path: String,
-    /// New file contents.
-    contents: String,
-}
-
-/// The body of `POST /v1/patches/{id}/revert`: empty, or an empty object.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RevertInput {}
-
-/// Refuses a revert body other than nothing or `{}`.
-fn empty_object(body: &[u8]) -> Result<(), GatewayError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(());
-    }
-    let refused = || {
-        GatewayError::BadRequest(
-            "the body of a revert is empty or {}: the patch is named in the path".to_owned(),
-        )
-    };
-    match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(serde_json::Value::Object(members)) if members.is_empty() => Ok(()),
-        _ => Err(refused()),
-    }
-}
-
-/// Chat text whose fenced patch blocks are submitted.
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct MessageInput {
-    /// The message, e.g. a model's answer with ```json blocks.
-    pub text: String,
-}
-
-/// Filters of `GET /v1/patches`.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct ListQuery {
-    /// Only this target.
-    #[param(pattern = r"^[A-Za-z0-9_-]{1,64}$")]
-    pub target: Option<String>,
-    /// Only this status, e.g. `queued`, `failed`.
-    // Its pattern, every `Status` by name, is set from the enum by `openapi::document`.
-    pub status: Option<String>,
-    /// Page size, 1 to 500.
-    #[param(minimum = 1, maximum = 500)]
-    pub page_size: Option<u32>,
-    /// Token from the previous page (`next_page_token`).
-    #[param(pattern = "^[0-9]{1,18}$")]
-    pub page_token: Option<String>,
-}
-
-/// Headers of `POST /v1/patches`.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Header)]
-#[allow(dead_code)]
-pub struct SubmitHeaders {
-    /// Optional; the patch id. A document with an id must carry this one (another id is a
-    /// 409); a document without one takes this as its id (so `GET /v1/patches/{key}` finds
-    /// it). A `p-` + 16 hex key must be the document's own derived id (400 otherwise). The
-    /// same key with the same content again is a replay; with other content, a 409.
-    #[serde(rename = "Idempotency-Key")]
-    #[param(pattern = r"^[A-Za-z0-9_()+-][A-Za-z0-9._()+-]{0,127}$")]
-    pub idempotency_key: Option<String>,
-}
-
-/// Query of `POST /v1/patches`.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-#[allow(dead_code)]
-pub struct SubmitQuery {
-    /// `true`: only check the patch. The executor plans every edit against the workspace as it
-    /// is now and writes nothing; the answer is 200 with the unified diff it would apply and
-    /// the matching rung of every edit (a patch that would not apply is still a 200, with
-    /// `status` rejected or failed and the `error`). Nothing is queued or stored; commands and
-    /// checks are not run; it does not wait behind the target's queue.
-    pub dry_run: Option<bool>,
-}
-
-/// Query of `GET /v1/patches/{id}`.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-#[allow(dead_code)]
-pub struct GetQuery {
-    /// Long-poll: hold the answer until the patch ends (answered within 100 ms of its end),
-    /// at most this long, then answer its current state. `30s`, `1500ms` or `30` (seconds),
-    /// at most `60s`. A GPT Action may wait 45 s per call: use `wait=40s` or less. Each
-    /// credential holds at most 16 waits at once (HTTP and MCP together); beyond, the current
-    /// state is answered at once (poll again).
-    #[param(
-        pattern = r"^(([0-9]|[1-5][0-9]|60)s?|([0-9]|[1-9][0-9]{1,3}|[1-5][0-9]{4}|60000)ms)$",
-        example = "40s"
-    )]
-    pub wait: Option<String>,
 }
 
 /// The value of `name` in a raw query string (the first one), percent-decoding not needed for
@@ -618,119 +428,4 @@ async fn submit_message(
     Ok(Json(
         state.patches.submit_message(&caller, &input.text).await?,
     ))
-}
-
-/// Every known target with its queue.
-#[utoipa::path(
-    get, path = "/v1/targets", operation_id = "listTargets", tag = "targets",
-    description = "Every known target: queue depth, paused flag, executor presence, running patch.",
-    responses(
-        (status = 200, description = "Targets", body = Vec<TargetView>),
-        (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Scope not allowed", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited, or too many failed credentials from this address", body = Problem, content_type = "application/problem+json"),
-        (status = 501, description = "The router does not list targets yet", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Router unavailable", body = Problem, content_type = "application/problem+json"),
-    ),
-    security(("bearer" = []))
-)]
-async fn list_targets(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Principal>,
-) -> Result<Json<Vec<TargetView>>, GatewayError> {
-    Ok(Json(state.patches.targets(&caller).await?))
-}
-
-/// Stop handing out work for a target.
-#[utoipa::path(
-    post, path = "/v1/targets/{target}/pause", operation_id = "pauseTarget", tag = "targets",
-    description = "Stop handing out work for a target; queued patches wait until it is resumed. Needs the admin scope.",
-    params(("target" = String, Path, description = "Target name", pattern = r"^[A-Za-z0-9_-]{1,64}$")),
-    responses(
-        (status = 200, description = "The target after pausing", body = TargetView),
-        (status = 400, description = "Bad target name", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Scope or target not allowed", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited, or too many failed credentials from this address", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Router unavailable", body = Problem, content_type = "application/problem+json"),
-    ),
-    security(("bearer" = []))
-)]
-#[tracing::instrument(skip_all, fields(target = %target))]
-async fn pause_target(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Principal>,
-    Path(target): Path<String>,
-) -> Result<Json<TargetView>, GatewayError> {
-    Ok(Json(
-        state.patches.set_paused(&caller, &target, true).await?,
-    ))
-}
-
-/// Resume handing out work for a paused target.
-#[utoipa::path(
-    post, path = "/v1/targets/{target}/resume", operation_id = "resumeTarget", tag = "targets",
-    description = "Resume handing out work for a paused target. Needs the admin scope.",
-    params(("target" = String, Path, description = "Target name", pattern = r"^[A-Za-z0-9_-]{1,64}$")),
-    responses(
-        (status = 200, description = "The target after resuming", body = TargetView),
-        (status = 400, description = "Bad target name", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Scope or target not allowed", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited, or too many failed credentials from this address", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Router unavailable", body = Problem, content_type = "application/problem+json"),
-    ),
-    security(("bearer" = []))
-)]
-#[tracing::instrument(skip_all, fields(target = %target))]
-async fn resume_target(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Principal>,
-    Path(target): Path<String>,
-) -> Result<Json<TargetView>, GatewayError> {
-    Ok(Json(
-        state.patches.set_paused(&caller, &target, false).await?,
-    ))
-}
-
-/// Executors connected now.
-#[utoipa::path(
-    get, path = "/v1/executors", operation_id = "listExecutors", tag = "targets",
-    description = "Executors connected to the router now: their targets, when they connected and were last heard from, and the patches they run.",
-    responses(
-        (status = 200, description = "Executors", body = ExecutorList),
-        (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Scope not allowed", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited, or too many failed credentials from this address", body = Problem, content_type = "application/problem+json"),
-        (status = 501, description = "The router does not list executors", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Router unavailable", body = Problem, content_type = "application/problem+json"),
-    ),
-    security(("bearer" = []))
-)]
-async fn list_executors(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Principal>,
-) -> Result<Json<ExecutorList>, GatewayError> {
-    Ok(Json(state.patches.executors(&caller).await?))
-}
-
-/// Alerts active now.
-#[utoipa::path(
-    get, path = "/v1/alerts", operation_id = "listAlerts", tag = "alerts",
-    description = "Alerts active now (firing, acked or silenced), most severe first. 503 when the gateway has no alerter configured.",
-    responses(
-        (status = 200, description = "Alerts", body = AlertList),
-        (status = 401, description = "Missing or invalid credentials", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Scope not allowed", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited, or too many failed credentials from this address", body = Problem, content_type = "application/problem+json"),
-        (status = 501, description = "The alerter does not list alerts", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "No alerter configured, or it is unavailable", body = Problem, content_type = "application/problem+json"),
-    ),
-    security(("bearer" = []))
-)]
-async fn list_alerts(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Principal>,
-) -> Result<Json<AlertList>, GatewayError> {
-    Ok(Json(state.patches.alerts(&caller).await?))
 }

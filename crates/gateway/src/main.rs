@@ -1,3 +1,5 @@
+//! The gateway binary: loads its config, starts the [`App`] and serves until SIGINT or SIGTERM.
+
 use gateway::{App, GatewayConfig, SERVICE};
 
 #[tokio::main]

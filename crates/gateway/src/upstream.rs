@@ -1,32 +1,31 @@
 //! gRPC adapters of the gateway's ports: the router (and the state the gateway replicas share
 //! there), the summarizer and the alerter.
+//!
+//! This file is the router's patch queue ([`GrpcRouter`]); the alerter and the summarizer are
+//! in `readers`, the gateways' shared state in the router in `gateway_state`.
+
+mod gateway_state;
+mod readers;
+
+pub use gateway_state::GrpcGatewayState;
+pub use readers::{GrpcAlerter, GrpcSummaries};
 
 use std::time::Duration;
 
 use ghost_core::{Patch, PatchId, TargetName};
-use ghost_proto::alerter::v1 as alerter_wire;
-use ghost_proto::alerter::v1::alerter_read_service_client::AlerterReadServiceClient;
 use ghost_proto::convert::status_from_wire;
-use ghost_proto::router::v1::gateway_state_service_client::GatewayStateServiceClient;
 use ghost_proto::router::v1::router_service_client::RouterServiceClient;
 use ghost_proto::router::v1::router_stats_service_client::RouterStatsServiceClient;
 use ghost_proto::router::v1::{self as router_wire};
-use ghost_proto::summarizer::v1::GetRequest as SummaryRequest;
-use ghost_proto::summarizer::v1::summarizer_service_client::SummarizerServiceClient;
 use ghost_runtime::propagation::TracedChannel;
 
-use crate::deliveries::{Begun, DeliveryLedger, StoredAnswer};
 use crate::dry_run::DryRunReport;
 use crate::error::{GatewayError, from_upstream};
-use crate::fleet::{
-    AlertFeed, AlertList, AlertView, ChannelBacklogView, ExecutorList, ExecutorView, HourOutcomes,
-    StageLatency, Stats,
-};
+use crate::fleet::{ExecutorList, ExecutorView, HourOutcomes, StageLatency, Stats};
 use crate::patches::{
-    EventView, ListFilter, PatchPage, PatchQueue, PatchView, Reverted, SummaryStore, TargetView,
+    EventView, ListFilter, PatchPage, PatchQueue, PatchView, Reverted, TargetView,
 };
 use crate::report::ReportView;
-use crate::ui::{SessionStore, StoredSession};
 
 /// The router over gRPC.
 #[derive(Clone)]
@@ -436,307 +435,5 @@ impl PatchQueue for GrpcRouter {
                 .collect(),
             reports_sampled: stats.reports_sampled,
         })
-    }
-}
-
-/// The alerter's read-only service over gRPC.
-#[derive(Clone)]
-pub struct GrpcAlerter {
-    /// Client on a lazily connecting channel.
-    pub client: AlerterReadServiceClient<TracedChannel>,
-    /// Deadline per call.
-    pub timeout: Duration,
-}
-
-fn severity_name(value: i32) -> &'static str {
-    match alerter_wire::Severity::try_from(value) {
-        Ok(alerter_wire::Severity::Info) => "info",
-        Ok(alerter_wire::Severity::Critical) => "critical",
-        _ => "warning",
-    }
-}
-
-#[tonic::async_trait]
-impl AlertFeed for GrpcAlerter {
-    async fn alerts(&self) -> Result<AlertList, GatewayError> {
-        let request = alerter_wire::ListAlertsRequest {};
-        let listed = self
-            .client
-            .clone()
-            .list_alerts(with_deadline(request, self.timeout))
-            .await
-            .map_err(|status| match status.code() {
-                tonic::Code::Unimplemented => GatewayError::NotImplemented("ListAlerts"),
-                _ => from_upstream("", &status),
-            })?
-            .into_inner();
-        let alerts = listed
-            .alerts
-            .into_iter()
-            .map(|alert| AlertView {
-                severity: severity_name(alert.severity).to_owned(),
-                key: alert.key,
-                state: alert.state,
-                summary: alert.summary,
-                labels: alert.labels.into_iter().collect(),
-                source: alert.source,
-                since_unix_ms: alert.since_unix_ms,
-                updated_unix_ms: alert.updated_unix_ms,
-            })
-            .collect();
-        let slack_backlog = listed
-            .slack_backlog
-            .into_iter()
-            .map(|channel| ChannelBacklogView {
-                channel: channel.channel,
-                pending: channel.pending,
-                digest_only: channel.digest_only,
-            })
-            .collect();
-        Ok(AlertList {
-            alerts,
-            slack_backlog,
-        })
-    }
-}
-
-/// The summarizer over gRPC.
-#[derive(Clone)]
-pub struct GrpcSummaries {
-    /// Client on a lazily connecting channel.
-    pub client: SummarizerServiceClient<TracedChannel>,
-    /// Deadline per call.
-    pub timeout: Duration,
-}
-
-#[tonic::async_trait]
-impl SummaryStore for GrpcSummaries {
-    async fn markdown(&self, id: &PatchId) -> Result<Option<String>, GatewayError> {
-        let request = SummaryRequest {
-            patch_id: id.to_string(),
-        };
-        match self
-            .client
-            .clone()
-            .get(with_deadline(request, self.timeout))
-            .await
-        {
-            Ok(response) => Ok(response.into_inner().summary.map(|s| s.markdown)),
-            Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
-            // The summary is an addition to the router's state, not a condition of it: with
-            // the summarizer down a patch is shown without one (as before it is summarised)
-            // instead of the whole read failing with a 503 that blames the patch queue.
-            Err(status) if is_transient(status.code()) => {
-                tracing::warn!(patch_id = %id, code = ?status.code(), error = %status.message(), "summarizer unavailable; patch shown without its summary");
-                Ok(None)
-            }
-            Err(status) => Err(from_upstream(id.as_str(), &status)),
-        }
-    }
-}
-
-/// Codes of a summarizer that is down, restarting or slow, rather than of a bad request.
-fn is_transient(code: tonic::Code) -> bool {
-    matches!(
-        code,
-        tonic::Code::Unavailable
-            | tonic::Code::DeadlineExceeded
-            | tonic::Code::Cancelled
-            | tonic::Code::Unknown
-    )
-}
-
-/// The gateways' shared state in the router (`GatewayStateService`): dashboard sessions and
-/// webhook deliveries, so every gateway replica sees the same ones.
-#[derive(Clone)]
-pub struct GrpcGatewayState {
-    /// Client on the router's lazily connecting channel.
-    pub client: GatewayStateServiceClient<TracedChannel>,
-    /// Deadline per call.
-    pub timeout: Duration,
-}
-
-/// A failed call for shared state: 503 when the router is away (the caller retries), else 500.
-fn state_error(what: &str, status: &tonic::Status) -> GatewayError {
-    use tonic::Code;
-    match status.code() {
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
-            GatewayError::Unavailable(format!(
-                "the router cannot {what} now ({:?}: {})",
-                status.code(),
-                status.message()
-            ))
-        }
-        other => GatewayError::Internal(format!(
-            "the router refused to {what}: {other:?}: {}",
-            status.message()
-        )),
-    }
-}
-
-fn answer_to_wire(answer: StoredAnswer) -> router_wire::StoredAnswer {
-    router_wire::StoredAnswer {
-        status: u32::from(answer.status),
-        content_type: answer.content_type,
-        location: answer.location,
-        body: answer.body.to_vec(),
-    }
-}
-
-fn answer_from_wire(answer: router_wire::StoredAnswer) -> Result<StoredAnswer, GatewayError> {
-    let status = u16::try_from(answer.status)
-        .ok()
-        .filter(|status| (200..300).contains(status))
-        .ok_or_else(|| {
-            GatewayError::Internal(format!(
-                "the router gave a stored webhook answer with status {}",
-                answer.status
-            ))
-        })?;
-    Ok(StoredAnswer {
-        status,
-        content_type: answer.content_type,
-        location: answer.location,
-        body: answer.body.into(),
-    })
-}
-
-#[tonic::async_trait]
-impl SessionStore for GrpcGatewayState {
-    async fn start(
-        &self,
-        id_sha256: [u8; 32],
-        session: StoredSession,
-        ttl: Duration,
-        max: usize,
-    ) -> Result<bool, GatewayError> {
-        let request = router_wire::StartSessionRequest {
-            id_sha256: id_sha256.to_vec(),
-            credential_sha256: session.credential.to_vec(),
-            csrf: session.csrf,
-            ttl_s: u32::try_from(ttl.as_secs().max(1)).unwrap_or(u32::MAX),
-            max_sessions: u32::try_from(max).unwrap_or(u32::MAX),
-        };
-        Ok(self
-            .client
-            .clone()
-            .start_session(with_deadline(request, self.timeout))
-            .await
-            .map_err(|status| state_error("start a dashboard session", &status))?
-            .into_inner()
-            .started)
-    }
-
-    async fn get(&self, id_sha256: [u8; 32]) -> Result<Option<StoredSession>, GatewayError> {
-        let request = router_wire::GetSessionRequest {
-            id_sha256: id_sha256.to_vec(),
-        };
-        let found = self
-            .client
-            .clone()
-            .get_session(with_deadline(request, self.timeout))
-            .await
-            .map_err(|status| state_error("read a dashboard session", &status))?
-            .into_inner();
-        if !found.found {
-            return Ok(None);
-        }
-        let credential =
-            <[u8; 32]>::try_from(found.credential_sha256.as_slice()).map_err(|_| {
-                GatewayError::Internal("the router gave a session without a key hash".to_owned())
-            })?;
-        Ok(Some(StoredSession {
-            credential,
-            csrf: found.csrf,
-        }))
-    }
-
-    async fn end(&self, id_sha256: [u8; 32]) -> Result<(), GatewayError> {
-        let request = router_wire::EndSessionRequest {
-            id_sha256: id_sha256.to_vec(),
-        };
-        self.client
-            .clone()
-            .end_session(with_deadline(request, self.timeout))
-            .await
-            .map_err(|status| state_error("end a dashboard session", &status))?;
-        Ok(())
-    }
-}
-
-#[tonic::async_trait]
-impl DeliveryLedger for GrpcGatewayState {
-    async fn begin(&self, sender: &str, id: &str, body: [u8; 32]) -> Result<Begun, GatewayError> {
-        let request = router_wire::BeginDeliveryRequest {
-            sender: sender.to_owned(),
-            id: id.to_owned(),
-            body_sha256: body.to_vec(),
-        };
-        let begun = self
-            .client
-            .clone()
-            .begin_delivery(with_deadline(request, self.timeout))
-            .await
-            .map_err(|status| state_error("check a webhook id", &status))?
-            .into_inner();
-        use router_wire::DeliveryOutcome as Outcome;
-        Ok(match Outcome::try_from(begun.outcome) {
-            Ok(Outcome::Deliver) if !begun.lease.is_empty() => Begun::Deliver(begun.lease),
-            Ok(Outcome::InProgress) => Begun::InProgress,
-            Ok(Outcome::Replay) => {
-                Begun::Replay(answer_from_wire(begun.answer.ok_or_else(|| {
-                    GatewayError::Internal("the router gave a replay without its answer".to_owned())
-                })?)?)
-            }
-            Ok(Outcome::OtherBody) => Begun::OtherBody,
-            Ok(Outcome::Full) => Begun::Full,
-            _ => {
-                return Err(GatewayError::Internal(format!(
-                    "the router answered a webhook id with outcome {}",
-                    begun.outcome
-                )));
-            }
-        })
-    }
-
-    async fn commit(
-        &self,
-        sender: &str,
-        id: &str,
-        lease: &str,
-        answer: StoredAnswer,
-        keep: Duration,
-    ) -> Result<bool, GatewayError> {
-        let request = router_wire::SettleDeliveryRequest {
-            sender: sender.to_owned(),
-            id: id.to_owned(),
-            lease: lease.to_owned(),
-            answer: Some(answer_to_wire(answer)),
-            keep_ms: u64::try_from(keep.as_millis()).unwrap_or(u64::MAX),
-        };
-        Ok(self
-            .client
-            .clone()
-            .settle_delivery(with_deadline(request, self.timeout))
-            .await
-            .map_err(|status| state_error("remember a webhook id", &status))?
-            .into_inner()
-            .committed)
-    }
-
-    async fn release(&self, sender: &str, id: &str, lease: &str) -> Result<(), GatewayError> {
-        let request = router_wire::SettleDeliveryRequest {
-            sender: sender.to_owned(),
-            id: id.to_owned(),
-            lease: lease.to_owned(),
-            answer: None,
-            keep_ms: 0,
-        };
-        self.client
-            .clone()
-            .settle_delivery(with_deadline(request, self.timeout))
-            .await
-            .map_err(|status| state_error("free a webhook id", &status))?;
-        Ok(())
     }
 }

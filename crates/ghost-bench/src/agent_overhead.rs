@@ -146,15 +146,8 @@ fn stage_ms(report: &ghost_core::ApplyReport, name: &str) -> f64 {
         .sum()
 }
 
-/// Creates `files` files under `base/ws` (100 per directory) and measures `runs + 1` no-op
-/// agent patches on it.
-fn measure(base: &Path, files: usize, runs: usize, git: bool) -> anyhow::Result<SizeFigures> {
-    let root = base.join("ws");
-    let state = base.join("state");
-    std::fs::create_dir_all(&root)?;
-    std::fs::create_dir_all(&state)?;
-    let root = std::fs::canonicalize(&root)?;
-    let setup = Instant::now();
+/// `files` files under `root`, 100 per directory.
+fn fill(root: &Path, files: usize) -> anyhow::Result<()> {
     for i in 0..files {
         let dir = root.join(format!("d{:04}", i / 100));
         if i % 100 == 0 {
@@ -162,14 +155,15 @@ fn measure(base: &Path, files: usize, runs: usize, git: bool) -> anyhow::Result<
         }
         std::fs::write(dir.join(format!("f{i}.txt")), format!("file {i}\n"))?;
     }
-    if git {
-        commit_all(&root)?;
-    }
-    let setup_s = setup.elapsed().as_secs_f64();
-    let ctx = Context {
+    Ok(())
+}
+
+/// The executor's context for target `BENCH` at `root`, whose agent is the command `true`.
+fn context(root: &Path, state: std::path::PathBuf) -> anyhow::Result<Context> {
+    Ok(Context {
         workspace: Workspace {
             target: "BENCH".to_owned(),
-            root: root.clone(),
+            root: root.to_owned(),
             state_dir: state,
             policy: TargetPolicy {
                 agent: Some(AgentConfig {
@@ -187,8 +181,25 @@ fn measure(base: &Path, files: usize, runs: usize, git: bool) -> anyhow::Result<
         },
         default_timeout: Duration::from_secs(600),
         write_delay: Duration::ZERO,
-        root_id: executor::beneath::RootId::of(&root)?,
-    };
+        root_id: executor::beneath::RootId::of(root)?,
+    })
+}
+
+/// Creates `files` files under `base/ws` (100 per directory) and measures `runs + 1` no-op
+/// agent patches on it.
+fn measure(base: &Path, files: usize, runs: usize, git: bool) -> anyhow::Result<SizeFigures> {
+    let root = base.join("ws");
+    let state = base.join("state");
+    std::fs::create_dir_all(&root)?;
+    std::fs::create_dir_all(&state)?;
+    let root = std::fs::canonicalize(&root)?;
+    let setup = Instant::now();
+    fill(&root, files)?;
+    if git {
+        commit_all(&root)?;
+    }
+    let setup_s = setup.elapsed().as_secs_f64();
+    let ctx = context(&root, state)?;
     let cancel = CancellationToken::new();
     let mut overheads = Vec::new();
     let mut totals = Vec::new();

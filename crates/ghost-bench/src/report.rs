@@ -228,6 +228,25 @@ impl Report {
     /// The report as a table.
     pub fn table(&self) -> String {
         let mut out = String::new();
+        self.write_headline(&mut out);
+        self.write_stages(&mut out);
+        self.write_counts(&mut out);
+        if !self.services.is_empty() {
+            self.write_services(&mut out);
+        }
+        let _ = writeln!(
+            out,
+            "load average before: {}; after: {}",
+            self.loadavg[0], self.loadavg[1]
+        );
+        for error in &self.sample_errors {
+            let _ = writeln!(out, "error: {error}");
+        }
+        out
+    }
+
+    /// The run's shape, its throughput and the fsync floor.
+    fn write_headline(&self, out: &mut String) {
         let s = &self.shape;
         let load = match (s.rate, s.concurrency) {
             (Some(rate), _) => format!("rate {rate}/s"),
@@ -273,6 +292,11 @@ impl Report {
             self.slack_p50_over_floor,
             self.slack_p99_over_p50
         );
+    }
+
+    /// Every stage's latency: the path's stages, then the router's events, then the
+    /// executor's.
+    fn write_stages(&self, out: &mut String) {
         let _ = writeln!(
             out,
             "\n{:<34} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}",
@@ -295,6 +319,10 @@ impl Report {
             out,
             "* file mtimes tick with the kernel's coarse clock (a few ms); router events are to the µs"
         );
+    }
+
+    /// What became of the submissions: refused, ended, summarised, posted.
+    fn write_counts(&self, out: &mut String) {
         let c = &self.counts;
         let _ = writeln!(
             out,
@@ -320,42 +348,35 @@ impl Report {
             c.late_ticks,
             c.unfinished
         );
-        if !self.services.is_empty() {
+    }
+
+    /// Every service's start time, memory and CPU, and the idle RSS of the five.
+    fn write_services(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "\n{:<14} {:>9} {:>13} {:>14} {:>13} {:>8}",
+            "service", "ready ms", "idle RSS MiB", "idle anon MiB", "peak RSS MiB", "CPU s"
+        );
+        for service in &self.services {
             let _ = writeln!(
                 out,
-                "\n{:<14} {:>9} {:>13} {:>14} {:>13} {:>8}",
-                "service", "ready ms", "idle RSS MiB", "idle anon MiB", "peak RSS MiB", "CPU s"
-            );
-            for service in &self.services {
-                let _ = writeln!(
-                    out,
-                    "{:<14} {:>9.1} {:>13.1} {:>14.1} {:>13.1} {:>8.1}",
-                    service.name,
-                    service.ready_ms,
-                    service.idle_rss_kib as f64 / 1024.0,
-                    service.idle_anon_kib as f64 / 1024.0,
-                    service.peak_rss_kib as f64 / 1024.0,
-                    service.cpu_seconds
-                );
-            }
-            let _ = writeln!(
-                out,
-                "idle RSS of the five (one executor): {} KiB = {:.1} MiB = {:.1} MB, of which anonymous {:.1} MiB",
-                self.idle_rss_five_kib,
-                self.idle_rss_five_kib as f64 / 1024.0,
-                self.idle_rss_five_kib as f64 * 1024.0 / 1e6,
-                self.idle_anon_five_kib as f64 / 1024.0
+                "{:<14} {:>9.1} {:>13.1} {:>14.1} {:>13.1} {:>8.1}",
+                service.name,
+                service.ready_ms,
+                service.idle_rss_kib as f64 / 1024.0,
+                service.idle_anon_kib as f64 / 1024.0,
+                service.peak_rss_kib as f64 / 1024.0,
+                service.cpu_seconds
             );
         }
         let _ = writeln!(
             out,
-            "load average before: {}; after: {}",
-            self.loadavg[0], self.loadavg[1]
+            "idle RSS of the five (one executor): {} KiB = {:.1} MiB = {:.1} MB, of which anonymous {:.1} MiB",
+            self.idle_rss_five_kib,
+            self.idle_rss_five_kib as f64 / 1024.0,
+            self.idle_rss_five_kib as f64 * 1024.0 / 1e6,
+            self.idle_anon_five_kib as f64 / 1024.0
         );
-        for error in &self.sample_errors {
-            let _ = writeln!(out, "error: {error}");
-        }
-        out
     }
 }
 

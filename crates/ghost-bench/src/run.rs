@@ -1,15 +1,17 @@
 //! One benchmark run: start (or reach) the system, measure the fsync floor, submit, follow
 //! every patch to its end, and build the [`Report`].
 
+mod analysis;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Context;
 
 use crate::args::BenchArgs;
-use crate::follow::{self, Event, SlackPosts, TERMINAL};
-use crate::load::{self, LoadOutcome, LoadPlan, unix_ms};
-use crate::report::{Counts, Report, RunShape, Stage, Stats, Throughput};
+use crate::follow::{self, Event, TERMINAL};
+use crate::load::{self, LoadPlan, unix_ms};
+use crate::report::{Report, RunShape, Stage, Stats};
 use crate::system::{self, API_KEY, System};
 
 /// Executor reports fetched per run (spread over the run).
@@ -94,6 +96,33 @@ async fn stopped() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// When each patch's summary file was written (its mtime, Unix ms), for a started system.
+fn summary_times(system: Option<&System>, outcome: &load::LoadOutcome) -> HashMap<String, f64> {
+    let Some(system) = system else {
+        return HashMap::new();
+    };
+    outcome
+        .submissions
+        .iter()
+        .filter_map(|s| {
+            let meta = std::fs::metadata(system.summary_json(&s.target, &s.id)).ok()?;
+            Some((s.id.clone(), unix_ms(meta.modified().ok()?)))
+        })
+        .collect()
+}
+
+/// Idle RSS and anonymous memory (KiB) of the five services, one executor.
+fn idle_of_the_five(idle: &[(String, crate::system::Memory)]) -> (u64, u64) {
+    let five = ["gateway", "router", "summarizer", "alerter", "executor-1"];
+    let of_five = |part: fn(&crate::system::Memory) -> u64| -> u64 {
+        idle.iter()
+            .filter(|(name, _)| five.contains(&name.as_str()))
+            .map(|(_, m)| part(m))
+            .sum()
+    };
+    (of_five(|m| m.rss_kib), of_five(|m| m.anon_kib))
+}
+
 async fn measure(
     args: &BenchArgs,
     system: Option<&System>,
@@ -150,27 +179,10 @@ async fn measure(
     };
     let events = follow::collect_events(&client, url, key, &accepted).await;
     let reports = follow::collect_reports(&client, url, key, &accepted, REPORT_SAMPLE).await;
-    let summaries: HashMap<String, f64> = match system {
-        Some(system) => outcome
-            .submissions
-            .iter()
-            .filter_map(|s| {
-                let meta = std::fs::metadata(system.summary_json(&s.target, &s.id)).ok()?;
-                Some((s.id.clone(), unix_ms(meta.modified().ok()?)))
-            })
-            .collect(),
-        None => HashMap::new(),
-    };
+    let summaries = summary_times(system, &outcome);
     let end = system.map(System::memory).unwrap_or_default();
     let services = Report::service_figures(&ready, &idle, &end);
-    let five = ["gateway", "router", "summarizer", "alerter", "executor-1"];
-    let of_five = |part: fn(&crate::system::Memory) -> u64| -> u64 {
-        idle.iter()
-            .filter(|(name, _)| five.contains(&name.as_str()))
-            .map(|(_, m)| part(m))
-            .sum()
-    };
-    let idle_five = (of_five(|m| m.rss_kib), of_five(|m| m.anon_kib));
+    let idle_five = idle_of_the_five(&idle);
     let shape = RunShape {
         mode: if system.is_some() { "started" } else { "url" }.to_owned(),
         patches: outcome.submissions.len(),
@@ -181,7 +193,7 @@ async fn measure(
         workspace_files: args.workspace_files,
         fail: args.fail,
     };
-    let mut report = analyse(
+    let mut report = analysis::analyse(
         shape,
         &outcome,
         &events,
@@ -258,210 +270,6 @@ fn rate(count: usize, from: f64, to: f64) -> f64 {
         return 0.0;
     }
     count as f64 / ((to - from) / 1e3)
-}
-
-#[allow(clippy::too_many_lines)]
-fn analyse(
-    shape: RunShape,
-    outcome: &LoadOutcome,
-    events: &HashMap<String, Vec<Event>>,
-    summaries: &HashMap<String, f64>,
-    slack: Option<&SlackPosts>,
-    services: Vec<crate::report::ServiceFigures>,
-    (idle_rss_five_kib, idle_anon_five_kib): (u64, u64),
-) -> Report {
-    let subs = &outcome.submissions;
-    let mut counts = Counts {
-        submitted: subs.len(),
-        late_ticks: outcome.late_ticks,
-        ..Counts::default()
-    };
-    let mut sample_errors = Vec::new();
-    let (mut accept, mut to_ended, mut to_summary, mut to_slack) = (vec![], vec![], vec![], vec![]);
-    let (mut e2e_ended, mut e2e_slack, mut ended_to_slack) = (vec![], vec![], vec![]);
-    let mut pairs: Vec<(String, Vec<f64>)> = Vec::new();
-    let mut per_target: HashMap<&str, (f64, f64, usize)> = HashMap::new();
-    // (queued, leased, ended) per target, for the hand-off between consecutive patches.
-    let mut cycles: HashMap<&str, Vec<(f64, f64, f64)>> = HashMap::new();
-    let (mut last_end, mut last_slack) = (f64::MIN, f64::MIN);
-    let first_send = subs.iter().map(|s| s.sent_unix_ms).fold(f64::MAX, f64::min);
-    for sub in subs {
-        if !sub.accepted() {
-            match sub.status {
-                Some(status) => *counts.refused.entry(status).or_default() += 1,
-                None => counts.transport_errors += 1,
-            }
-            if sample_errors.len() < 5 {
-                sample_errors.push(format!(
-                    "{}: {:?} {}",
-                    sub.id,
-                    sub.status,
-                    sub.error.clone().unwrap_or_default()
-                ));
-            }
-            continue;
-        }
-        counts.accepted += 1;
-        let latency = sub.latency.as_secs_f64() * 1e3;
-        accept.push(latency);
-        let accepted_at = sub.sent_unix_ms + latency;
-        let patch_events = events.get(&sub.id).map(Vec::as_slice).unwrap_or_default();
-        let terminal_count = patch_events
-            .iter()
-            .filter(|e| TERMINAL.contains(&e.status.as_str()))
-            .count();
-        let ended_at = first_terminal(patch_events);
-        let mut lost = false;
-        match terminal_count {
-            0 => {
-                counts.not_ended += 1;
-                lost = true;
-            }
-            1 => counts.ended_once += 1,
-            _ => counts.ended_twice += 1,
-        }
-        if let Some(last) = patch_events.last() {
-            *counts.statuses.entry(last.status.clone()).or_default() += 1;
-        }
-        for pair in patch_events.windows(2) {
-            let name = format!("event {} → {}", pair[0].status, pair[1].status);
-            let delta = pair[1].at() - pair[0].at();
-            match pairs.iter_mut().find(|(n, _)| *n == name) {
-                Some((_, samples)) => samples.push(delta),
-                None => pairs.push((name, vec![delta])),
-            }
-        }
-        if let Some(ended) = ended_at {
-            to_ended.push((ended - accepted_at).max(0.0));
-            e2e_ended.push((ended - sub.sent_unix_ms).max(0.0));
-            last_end = last_end.max(ended);
-            let leased = patch_events
-                .iter()
-                .find(|e| e.status == "leased")
-                .map_or(ended, Event::at);
-            let entry = per_target
-                .entry(sub.target.as_str())
-                .or_insert((f64::MAX, f64::MIN, 0));
-            *entry = (entry.0.min(leased), entry.1.max(ended), entry.2 + 1);
-            let queued = patch_events
-                .iter()
-                .find(|e| e.status == "queued")
-                .map_or(leased, Event::at);
-            cycles
-                .entry(sub.target.as_str())
-                .or_default()
-                .push((queued, leased, ended));
-        }
-        let summary_at = summaries.get(&sub.id).copied();
-        if let Some(slack) = slack {
-            match summary_at {
-                Some(at) => {
-                    counts.summaries += 1;
-                    if let Some(ended) = ended_at {
-                        to_summary.push((at - ended).max(0.0));
-                    }
-                }
-                None => {
-                    counts.summaries_missing += 1;
-                    lost = true;
-                }
-            }
-            match slack.by_id.get(&sub.id).map(Vec::as_slice) {
-                Some([posted]) => {
-                    counts.slack_once += 1;
-                    e2e_slack.push(posted - sub.sent_unix_ms);
-                    if let Some(ended) = ended_at {
-                        ended_to_slack.push((posted - ended).max(0.0));
-                    }
-                    last_slack = last_slack.max(*posted);
-                    if let Some(at) = summary_at {
-                        to_slack.push((posted - at).max(0.0));
-                    }
-                }
-                Some(_) => counts.slack_duplicates += 1,
-                None => {
-                    counts.slack_missing += 1;
-                    lost = true;
-                }
-            }
-        }
-        if lost {
-            counts.unfinished += 1;
-        }
-    }
-    if let Some(slack) = slack {
-        counts.slack_failed_calls = slack.failed;
-    }
-    let target_rates: Vec<f64> = per_target
-        .values()
-        .map(|(from, to, n)| rate(n.saturating_sub(1), *from, *to))
-        .collect();
-    let throughput = Throughput {
-        accepted_per_s: counts.accepted as f64 / outcome.elapsed.as_secs_f64().max(1e-9),
-        ended_per_s: rate(to_ended.len(), first_send, last_end),
-        slack_per_s: rate(e2e_slack.len(), first_send, last_slack),
-        per_target_min_per_s: target_rates
-            .iter()
-            .copied()
-            .fold(f64::INFINITY, f64::min)
-            .min(f64::MAX),
-        per_target_sum_per_s: target_rates.iter().sum(),
-    };
-    let throughput = Throughput {
-        per_target_min_per_s: if target_rates.is_empty() {
-            0.0
-        } else {
-            throughput.per_target_min_per_s
-        },
-        ..throughput
-    };
-    let mut stages = vec![
-        stage("submit → 202 (durable accept)", accept),
-        stage("202 → ended (router event)", to_ended),
-    ];
-    if slack.is_some() {
-        stages.push(stage("ended → summary file mtime*", to_summary));
-        stages.push(stage("summary file mtime* → Slack post", to_slack));
-        stages.push(stage("ended → Slack post", ended_to_slack));
-    }
-    stages.push(stage("e2e submit → ended", e2e_ended));
-    stages.push(stage("hand-off: ended → next leased", hand_offs(cycles)));
-    if slack.is_some() {
-        stages.push(stage("e2e submit → Slack post", e2e_slack));
-    }
-    Report {
-        shape,
-        submit_seconds: outcome.elapsed.as_secs_f64(),
-        throughput,
-        stages,
-        executor_stages: Vec::new(),
-        event_stages: pairs
-            .into_iter()
-            .map(|(name, samples)| stage(&name, samples))
-            .collect(),
-        counts,
-        services,
-        idle_rss_five_kib,
-        idle_anon_five_kib,
-        fsync: crate::floor::FsyncFloor {
-            samples: 0,
-            p50_ms: 0.0,
-            p99_ms: 0.0,
-            overwrite_p50_ms: 0.0,
-            overwrite_p99_ms: 0.0,
-            path_fsyncs: 0,
-            path_floor_ms: 0.0,
-            ended_fsyncs: 0,
-            ended_floor_ms: 0.0,
-        },
-        path_fsyncs: Report::path_fsyncs(),
-        ended_p50_over_floor: 0.0,
-        ended_p99_over_p50: 0.0,
-        slack_p50_over_floor: 0.0,
-        slack_p99_over_p50: 0.0,
-        sample_errors,
-        loadavg: [String::new(), String::new()],
-    }
 }
 
 /// The first three fields of `/proc/loadavg`.

@@ -306,6 +306,128 @@ fn server(grpc: SocketAddr, http: SocketAddr) -> serde_json::Value {
     })
 }
 
+/// The ports of the four fixed services, the data directory and the TLS material: what every
+/// service's config is written from.
+struct Plan<'a> {
+    tls: Option<&'a BenchTls>,
+    data_dir: PathBuf,
+    alerter: (SocketAddr, SocketAddr),
+    summarizer: (SocketAddr, SocketAddr),
+    router: (SocketAddr, SocketAddr),
+    gateway: (SocketAddr, SocketAddr),
+}
+
+impl<'a> Plan<'a> {
+    /// Free ports for the four fixed services.
+    fn new(tls: Option<&'a BenchTls>, data_dir: PathBuf) -> anyhow::Result<Self> {
+        let pair = || Ok::<_, anyhow::Error>((free_port()?, free_port()?));
+        Ok(Self {
+            tls,
+            data_dir,
+            alerter: pair()?,
+            summarizer: pair()?,
+            router: pair()?,
+            gateway: pair()?,
+        })
+    }
+
+    /// The `server` section on these ports (with the TLS material, HTTPS too when `https`).
+    fn server(&self, (grpc, http): (SocketAddr, SocketAddr), https: bool) -> serde_json::Value {
+        let mut server = server(grpc, http);
+        if let Some(tls) = self.tls {
+            tls.apply(&mut server, https);
+        }
+        server
+    }
+
+    fn alerter(&self, slack: &FakeSlack) -> serde_json::Value {
+        json!({
+            "server": self.server(self.alerter, false),
+            "data_dir": self.data_dir.join("alerter"),
+            "router_url": grpc_url(self.router.0, self.tls),
+            "summarizer_url": grpc_url(self.summarizer.0, self.tls),
+            // Slack allows about one message per second per channel; the fake has no limit,
+            // so the benchmark measures the alerter itself.
+            "slack": {"api_base_url": slack.base_url(), "bot_token": "xoxb-ghost-bench",
+                      "channel": CHANNEL, "pacing": "0s"},
+            "health": {"watch_executors": false},
+            // Every patch its own message, successes too (by default they are folded into a
+            // digest): the benchmark measures, and checks, one Slack post per patch.
+            "routing": {"routes": [{"thread": "own"}]},
+        })
+    }
+
+    fn summarizer(&self) -> serde_json::Value {
+        json!({
+            "server": self.server(self.summarizer, false),
+            "data_dir": self.data_dir.join("summarizer"),
+            "alerter_url": grpc_url(self.alerter.0, self.tls),
+        })
+    }
+
+    /// The router's config, and the port executors dial: with TLS, the router's executor
+    /// port, as from another machine.
+    fn router(&self) -> anyhow::Result<(serde_json::Value, SocketAddr)> {
+        let mut config = json!({
+            "server": self.server(self.router, false),
+            "data_dir": self.data_dir.join("router"),
+            "summarizer_url": grpc_url(self.summarizer.0, self.tls),
+            "alerter_url": grpc_url(self.alerter.0, self.tls),
+        });
+        let executor_port = match self.tls {
+            Some(_) => {
+                let port = free_port()?;
+                config["executor_listen"] = json!(port.to_string());
+                port
+            }
+            None => self.router.0,
+        };
+        Ok((config, executor_port))
+    }
+
+    /// Executor `name` of `target` (workspace `root`) on `ports`, dialing `executor_port`.
+    fn executor(
+        &self,
+        (name, target, root): (&str, &str, &Path),
+        ports: (SocketAddr, SocketAddr),
+        executor_port: SocketAddr,
+        allow_false: bool,
+    ) -> serde_json::Value {
+        let mut config = json!({
+            "server": self.server(ports, false),
+            "router_url": grpc_url(executor_port, self.tls),
+            "executor_id": name,
+            "state_dir": self.data_dir.join(name),
+            "workspaces": [{"target": target, "root": root}],
+            "reconnect_backoff": "200ms",
+        });
+        if let Some(tls) = self.tls {
+            config["router_ca"] = json!(tls.ca);
+            config["token"] = json!(tls.token);
+        }
+        if allow_false {
+            config["targets"] = json!({target: {"commands": {"allowlist": ["false"]}}});
+        }
+        config
+    }
+
+    fn gateway(&self, targets: &[String]) -> serde_json::Value {
+        let mut gateway_server = self.server(self.gateway, true);
+        // All the load comes from one address: its per-address caps go up with the global ones.
+        gateway_server["max_connections_per_address"] = json!(4096);
+        json!({
+            "server": gateway_server,
+            "router_url": grpc_url(self.router.0, self.tls),
+            "summarizer_url": grpc_url(self.summarizer.0, self.tls),
+            "api_key": API_KEY,
+            "rate_limit": {"per_minute": 100_000_000u64, "burst": 1_000_000u64},
+            "max_in_flight": 4096,
+            "client_limits": {"max_in_flight": 4096},
+            "targets": targets.iter().map(|name| json!({"name": name})).collect::<Vec<_>>(),
+        })
+    }
+}
+
 impl System {
     /// Starts alerter, summarizer, router, one executor per target and the gateway under
     /// `work`, each after the previous one is ready.
@@ -321,25 +443,9 @@ impl System {
         let slack = FakeSlack::start().await;
         let tls = tls.then(|| BenchTls::make(work)).transpose()?;
         let tls = tls.as_ref();
-        let server = |grpc, http, https: bool| {
-            let mut server = server(grpc, http);
-            if let Some(tls) = tls {
-                tls.apply(&mut server, https);
-            }
-            server
-        };
         let data_dir = work.join("data");
         std::fs::create_dir_all(&data_dir)?;
-        let [alerter, summarizer, router, gateway] = [(); 4].map(|()| (free_port(), free_port()));
-        let addr = |pair: (anyhow::Result<SocketAddr>, anyhow::Result<SocketAddr>)| {
-            Ok::<_, anyhow::Error>((pair.0?, pair.1?))
-        };
-        let (alerter, summarizer, router, gateway) = (
-            addr(alerter)?,
-            addr(summarizer)?,
-            addr(router)?,
-            addr(gateway)?,
-        );
+        let plan = Plan::new(tls, data_dir)?;
         let mut services = Vec::new();
         let spec = |name: &str, binary, config, (grpc, http): (SocketAddr, SocketAddr)| Spec {
             name: name.to_owned(),
@@ -352,52 +458,17 @@ impl System {
             overrides,
             https_ca: None,
         };
-
-        let alerter_config = json!({
-            "server": server(alerter.0, alerter.1, false),
-            "data_dir": data_dir.join("alerter"),
-            "router_url": grpc_url(router.0, tls),
-            "summarizer_url": grpc_url(summarizer.0, tls),
-            // Slack allows about one message per second per channel; the fake has no limit,
-            // so the benchmark measures the alerter itself.
-            "slack": {"api_base_url": slack.base_url(), "bot_token": "xoxb-ghost-bench",
-                      "channel": CHANNEL, "pacing": "0s"},
-            "health": {"watch_executors": false},
-            // Every patch its own message, successes too (by default they are folded into a
-            // digest): the benchmark measures, and checks, one Slack post per patch.
-            "routing": {"routes": [{"thread": "own"}]},
-        });
-        services.push(spawn(spec("alerter", "alerter", alerter_config, alerter)).await?);
-        let summarizer_config = json!({
-            "server": server(summarizer.0, summarizer.1, false),
-            "data_dir": data_dir.join("summarizer"),
-            "alerter_url": grpc_url(alerter.0, tls),
-        });
-        services.push(
-            spawn(spec(
-                "summarizer",
-                "summarizer",
-                summarizer_config,
-                summarizer,
-            ))
-            .await?,
+        let alerter = spec("alerter", "alerter", plan.alerter(&slack), plan.alerter);
+        services.push(spawn(alerter).await?);
+        let summarizer = spec(
+            "summarizer",
+            "summarizer",
+            plan.summarizer(),
+            plan.summarizer,
         );
-        let mut router_config = json!({
-            "server": server(router.0, router.1, false),
-            "data_dir": data_dir.join("router"),
-            "summarizer_url": grpc_url(summarizer.0, tls),
-            "alerter_url": grpc_url(alerter.0, tls),
-        });
-        // With --tls, executors dial the router's executor port, as from another machine.
-        let executor_port = match tls {
-            Some(_) => {
-                let port = free_port()?;
-                router_config["executor_listen"] = json!(port.to_string());
-                port
-            }
-            None => router.0,
-        };
-        services.push(spawn(spec("router", "router", router_config, router)).await?);
+        services.push(spawn(summarizer).await?);
+        let (router_config, executor_port) = plan.router()?;
+        services.push(spawn(spec("router", "router", router_config, plan.router)).await?);
         let mut workspaces = Vec::new();
         for (n, target) in targets.iter().enumerate() {
             let root = work.join("workspaces").join(target);
@@ -405,54 +476,24 @@ impl System {
             fill_workspace(&root, workspace_files)?;
             let ports = (free_port()?, free_port()?);
             let name = format!("executor-{}", n + 1);
-            let mut config = json!({
-                "server": server(ports.0, ports.1, false),
-                "router_url": grpc_url(executor_port, tls),
-                "executor_id": name,
-                "state_dir": data_dir.join(&name),
-                "workspaces": [{"target": target, "root": root}],
-                "reconnect_backoff": "200ms",
-            });
-            if let Some(tls) = tls {
-                config["router_ca"] = json!(tls.ca);
-                config["token"] = json!(tls.token);
-            }
-            if allow_false {
-                config["targets"] =
-                    json!({target.as_str(): {"commands": {"allowlist": ["false"]}}});
-            }
+            let config = plan.executor((&name, target, &root), ports, executor_port, allow_false);
             services.push(spawn(spec(&name, "executor", config, ports)).await?);
             workspaces.push((target.clone(), root));
         }
-        let mut gateway_server = server(gateway.0, gateway.1, true);
-        // All the load comes from one address: its per-address caps go up with the global ones.
-        gateway_server["max_connections_per_address"] = json!(4096);
-        let gateway_config = json!({
-            "server": gateway_server,
-            "router_url": grpc_url(router.0, tls),
-            "summarizer_url": grpc_url(summarizer.0, tls),
-            "api_key": API_KEY,
-            "rate_limit": {"per_minute": 100_000_000u64, "burst": 1_000_000u64},
-            "max_in_flight": 4096,
-            "client_limits": {"max_in_flight": 4096},
-            "targets": targets.iter().map(|name| json!({"name": name})).collect::<Vec<_>>(),
-        });
         let ca_pem = tls.map(|tls| tls.ca_pem.clone());
-        services.push(
-            spawn(Spec {
-                https_ca: ca_pem.as_deref(),
-                ..spec("gateway", "gateway", gateway_config, gateway)
-            })
-            .await?,
-        );
+        let gateway = Spec {
+            https_ca: ca_pem.as_deref(),
+            ..spec("gateway", "gateway", plan.gateway(targets), plan.gateway)
+        };
+        services.push(spawn(gateway).await?);
         Ok(Self {
             services,
             slack,
             gateway_url: match tls {
-                Some(_) => format!("https://{}", gateway.1),
-                None => url(gateway.1),
+                Some(_) => format!("https://{}", plan.gateway.1),
+                None => url(plan.gateway.1),
             },
-            data_dir,
+            data_dir: plan.data_dir,
             workspaces,
             ca_pem,
         })

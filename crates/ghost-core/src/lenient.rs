@@ -56,35 +56,11 @@ pub(crate) fn forgive(body: &[u8]) -> Forgiven<'_> {
             at += 1;
             continue;
         }
+        if let Some(next) = comment(&mut scan, at, (&mut line, &mut column), &mut no_block_end) {
+            at = next;
+            continue;
+        }
         match byte {
-            b'/' if body.get(at + 1) == Some(&b'/') => {
-                let end = body[at..]
-                    .iter()
-                    .position(|b| *b == b'\n')
-                    .map_or(body.len(), |offset| at + offset);
-                scan.warn(line, column, "a // comment was ignored");
-                scan.blank(at, end);
-                column += end - at;
-                at = end;
-                continue;
-            }
-            b'/' if body.get(at + 1) == Some(&b'*') && !no_block_end => {
-                let Some(offset) = body[at + 2..].windows(2).position(|pair| pair == b"*/") else {
-                    // Left for the parser, which refuses it here with its own message.
-                    no_block_end = true;
-                    advance(byte, &mut line, &mut column);
-                    at += 1;
-                    continue;
-                };
-                let end = at + 2 + offset + 2;
-                scan.warn(line, column, "a /* */ comment was ignored");
-                scan.blank(at, end);
-                for inner in &body[at..end] {
-                    advance(*inner, &mut line, &mut column);
-                }
-                at = end;
-                continue;
-            }
             b' ' | b'\t' | b'\r' | b'\n' => {}
             b']' | b'}' => {
                 after_value = true;
@@ -118,22 +94,46 @@ pub(crate) fn forgive(body: &[u8]) -> Forgiven<'_> {
         advance(byte, &mut line, &mut column);
         at += 1;
     }
-    // A trailing comma is found only at its bracket, after any comment between them.
-    scan.found.sort_by_key(|(line, column, _)| (*line, *column));
-    let mut warnings: Vec<String> = scan
-        .found
-        .into_iter()
-        .map(|(line, column, what)| format!("line {line}, column {column}: {what}"))
-        .collect();
-    if scan.dropped > 0 {
-        let dropped = scan.dropped;
-        warnings.push(format!(
-            "{dropped} more forgiven commas or comments not listed"
-        ));
-    }
-    Forgiven {
-        body: scan.copy.map_or(Cow::Borrowed(body), Cow::Owned),
-        warnings,
+    scan.finish()
+}
+
+/// A comment starting at `at` (outside strings) blanked and reported; the index after it, or
+/// None when no comment starts there. A `/*` without its `*/` is left for the parser (and no
+/// later one is searched for, so the pass stays linear).
+fn comment(
+    scan: &mut Scan<'_>,
+    at: usize,
+    (line, column): (&mut usize, &mut usize),
+    no_block_end: &mut bool,
+) -> Option<usize> {
+    let body = scan.body;
+    match (body[at], body.get(at + 1)) {
+        (b'/', Some(b'/')) => {
+            let end = body[at..]
+                .iter()
+                .position(|b| *b == b'\n')
+                .map_or(body.len(), |offset| at + offset);
+            scan.warn(*line, *column, "a // comment was ignored");
+            scan.blank(at, end);
+            *column += end - at;
+            Some(end)
+        }
+        (b'/', Some(b'*')) if !*no_block_end => {
+            let Some(offset) = body[at + 2..].windows(2).position(|pair| pair == b"*/") else {
+                // Left for the parser, which refuses it here with its own message.
+                *no_block_end = true;
+                advance(b'/', line, column);
+                return Some(at + 1);
+            };
+            let end = at + 2 + offset + 2;
+            scan.warn(*line, *column, "a /* */ comment was ignored");
+            scan.blank(at, end);
+            for inner in &body[at..end] {
+                advance(*inner, line, column);
+            }
+            Some(end)
+        }
+        _ => None,
     }
 }
 
@@ -154,7 +154,28 @@ struct Scan<'a> {
     dropped: usize,
 }
 
-impl Scan<'_> {
+impl<'a> Scan<'a> {
+    /// The warnings in document order (a trailing comma is found only at its bracket, after
+    /// any comment between them), and the body, copied only when something was blanked.
+    fn finish(mut self) -> Forgiven<'a> {
+        self.found.sort_by_key(|(line, column, _)| (*line, *column));
+        let mut warnings: Vec<String> = self
+            .found
+            .into_iter()
+            .map(|(line, column, what)| format!("line {line}, column {column}: {what}"))
+            .collect();
+        if self.dropped > 0 {
+            let dropped = self.dropped;
+            warnings.push(format!(
+                "{dropped} more forgiven commas or comments not listed"
+            ));
+        }
+        Forgiven {
+            body: self.copy.map_or(Cow::Borrowed(self.body), Cow::Owned),
+            warnings,
+        }
+    }
+
     /// Keeps the [`MAX_WARNINGS`] earliest in the document, not the first found: a trailing
     /// comma is found only at its bracket, after the comments that follow it.
     fn warn(&mut self, line: usize, column: usize, what: &str) {

@@ -193,29 +193,7 @@ pub fn parse_document_spent(
                 column: 1,
                 message: "the document is not valid UTF-8".to_owned(),
             })?;
-            let limits = ScanLimits {
-                aliases: budget.max_aliases,
-                depth: budget.max_depth,
-                nodes: budget.max_nodes,
-            };
-            let message = match scan(text, limits) {
-                Ok(_) => None,
-                Err(ScanRefusal::Aliases) => Some(format!(
-                    "the document uses more than {} YAML aliases",
-                    budget.max_aliases
-                )),
-                Err(ScanRefusal::Depth { line, column }) => Some(format!(
-                    "the document nests deeper than {} levels at line {line}, column {column}",
-                    budget.max_depth
-                )),
-                Err(ScanRefusal::Nodes { line, column }) => Some(format!(
-                    "the document has more than {} YAML nodes (line {line}, column {column})",
-                    budget.max_nodes
-                )),
-            };
-            if let Some(message) = message {
-                return Err(PatchError::OverBudget { message });
-            }
+            prescan(text, budget)?;
             let read = reader
                 .root()
                 .deserialize(serde_norway::Deserializer::from_str(text))
@@ -243,6 +221,35 @@ pub fn parse_document_spent(
                 })
             })
         }
+    }
+}
+
+/// The lexical pre-scan of a YAML text ([`scan`]), before any parser sees it: aliases, flow
+/// nesting and nodes within the budget.
+fn prescan(text: &str, budget: &ParseBudget) -> Result<(), PatchError> {
+    let limits = ScanLimits {
+        aliases: budget.max_aliases,
+        depth: budget.max_depth,
+        nodes: budget.max_nodes,
+    };
+    let message = match scan(text, limits) {
+        Ok(_) => None,
+        Err(ScanRefusal::Aliases) => Some(format!(
+            "the document uses more than {} YAML aliases",
+            budget.max_aliases
+        )),
+        Err(ScanRefusal::Depth { line, column }) => Some(format!(
+            "the document nests deeper than {} levels at line {line}, column {column}",
+            budget.max_depth
+        )),
+        Err(ScanRefusal::Nodes { line, column }) => Some(format!(
+            "the document has more than {} YAML nodes (line {line}, column {column})",
+            budget.max_nodes
+        )),
+    };
+    match message {
+        Some(message) => Err(PatchError::OverBudget { message }),
+        None => Ok(()),
     }
 }
 
@@ -304,39 +311,56 @@ pub fn validate(patch: &Patch) -> Result<(), PatchError> {
         .as_deref()
         .is_some_and(|doc| !doc.trim().is_empty());
     if let Some(revert) = &patch.revert {
-        if !patch.edits.is_empty()
-            || has_document
-            || patch.agent.is_some()
-            || !patch.commands.is_empty()
-            || !patch.validate.is_empty()
-            || patch.base.is_some()
-        {
-            return Err(PatchError::invalid(
-                "/revert",
-                "a revert patch restores another patch's pre-images and carries no edits, \
-                 document, agent task, commands, checks or base of its own",
-            ));
-        }
-        let hex = |commit: &str| {
-            (7..=64).contains(&commit.len())
-                && commit
-                    .chars()
-                    .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
-        };
-        if revert.commit.as_deref().is_some_and(|commit| !hex(commit)) {
-            return Err(PatchError::invalid(
-                "/revert/commit",
-                "a commit is 7 to 64 lowercase hex digits",
-            ));
-        }
-        if revert.of == patch.id {
-            return Err(PatchError::invalid(
-                "/revert/of",
-                "a patch cannot revert itself",
-            ));
-        }
-        return Ok(());
+        return validate_revert(patch, revert, has_document);
     }
+    validate_work(patch, has_document)?;
+    validate_fields(patch)?;
+    validate_steps(patch)
+}
+
+/// A revert patch carries nothing of its own, names a plausible commit and not itself.
+fn validate_revert(
+    patch: &Patch,
+    revert: &crate::patch::RevertSpec,
+    has_document: bool,
+) -> Result<(), PatchError> {
+    if !patch.edits.is_empty()
+        || has_document
+        || patch.agent.is_some()
+        || !patch.commands.is_empty()
+        || !patch.validate.is_empty()
+        || patch.base.is_some()
+    {
+        return Err(PatchError::invalid(
+            "/revert",
+            "a revert patch restores another patch's pre-images and carries no edits, \
+             document, agent task, commands, checks or base of its own",
+        ));
+    }
+    let hex = |commit: &str| {
+        (7..=64).contains(&commit.len())
+            && commit
+                .chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+    };
+    if revert.commit.as_deref().is_some_and(|commit| !hex(commit)) {
+        return Err(PatchError::invalid(
+            "/revert/commit",
+            "a commit is 7 to 64 lowercase hex digits",
+        ));
+    }
+    if revert.of == patch.id {
+        return Err(PatchError::invalid(
+            "/revert/of",
+            "a patch cannot revert itself",
+        ));
+    }
+    Ok(())
+}
+
+/// The patch asks for something: edits or a document (not both, its paths sound), an agent
+/// task with instructions, a command or a check.
+fn validate_work(patch: &Patch, has_document: bool) -> Result<(), PatchError> {
     if patch.edits.is_empty()
         && !has_document
         && patch.agent.is_none()
@@ -374,6 +398,11 @@ pub fn validate(patch: &Patch) -> Result<(), PatchError> {
             "give either `edits` or a `patch` document, not both",
         ));
     }
+    Ok(())
+}
+
+/// `notify`, `depends_on` and `timeout_s`.
+fn validate_fields(patch: &Patch) -> Result<(), PatchError> {
     if let Some(user) = &patch.notify
         && !crate::patch::is_slack_user_id(user)
     {
@@ -399,6 +428,12 @@ pub fn validate(patch: &Patch) -> Result<(), PatchError> {
             format!("timeout_s must be between 1 and {MAX_TIMEOUT_S} seconds, got {timeout}"),
         ));
     }
+    Ok(())
+}
+
+/// Every check and command is not blank, every chmod mode octal, every replace's search
+/// not empty.
+fn validate_steps(patch: &Patch) -> Result<(), PatchError> {
     for (index, check) in patch.validate.iter().enumerate() {
         if check.run.trim().is_empty() {
             return Err(PatchError::invalid(

@@ -3,6 +3,12 @@
 //! Hunks are placed with the matching ladder ([`crate::ladder`]); a hunk's header line is a
 //! hint that wins when the text there matches exactly. A file whose every line ends in CRLF
 //! keeps CRLF for the lines a hunk adds. `\ No newline at end of file` is honoured on both sides.
+//!
+//! This file holds hunks and applying them; multi-file documents are read in `multi`.
+
+mod multi;
+
+pub use multi::{FileDiff, parse_multi};
 
 use crate::ladder::{self, Indent, MatchError, MatchStep};
 
@@ -219,192 +225,6 @@ pub fn parse_hunks(diff: &str) -> Result<Vec<Hunk>, DiffError> {
     Ok(hunks)
 }
 
-/// One file's part of a multi-file diff.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FileDiff {
-    /// Path before (`None`: the file is created).
-    pub old_path: Option<String>,
-    /// Path after (`None`: the file is deleted).
-    pub new_path: Option<String>,
-    /// Permission bits after, when the diff sets them (new file or mode change).
-    pub new_mode: Option<u32>,
-    /// Content changes.
-    pub hunks: Vec<Hunk>,
-}
-
-fn unquote(raw: &str) -> String {
-    let raw = raw.trim_end_matches('\r');
-    let Some(inner) = raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) else {
-        return raw.split('\t').next().unwrap_or(raw).to_owned();
-    };
-    let mut bytes = Vec::new();
-    let mut chars = inner.bytes().peekable();
-    while let Some(byte) = chars.next() {
-        if byte != b'\\' {
-            bytes.push(byte);
-            continue;
-        }
-        match chars.next() {
-            Some(b'n') => bytes.push(b'\n'),
-            Some(b't') => bytes.push(b'\t'),
-            Some(digit @ b'0'..=b'7') => {
-                let mut value = u32::from(digit - b'0');
-                for _ in 0..2 {
-                    if let Some(next @ b'0'..=b'7') = chars.peek().copied() {
-                        value = value * 8 + u32::from(next - b'0');
-                        chars.next();
-                    }
-                }
-                bytes.push(u8::try_from(value).unwrap_or(b'?'));
-            }
-            Some(other) => bytes.push(other),
-            None => {}
-        }
-    }
-    String::from_utf8_lossy(&bytes).into_owned()
-}
-
-fn strip_side(path: &str, prefix: &str) -> Option<String> {
-    let path = unquote(path);
-    if path == "/dev/null" {
-        return None;
-    }
-    Some(path.strip_prefix(prefix).map(str::to_owned).unwrap_or(path))
-}
-
-fn parse_mode(line: usize, raw: &str) -> Result<u32, DiffError> {
-    let mode = u32::from_str_radix(raw.trim(), 8)
-        .map_err(|_| syntax(line, format!("bad file mode {raw:?}")))?;
-    if mode & 0o170000 == 0o120000 || mode & 0o170000 == 0o160000 {
-        return Err(syntax(line, "symlinks and submodules cannot be patched"));
-    }
-    Ok(mode & 0o777)
-}
-
-/// Paths from `diff --git a/X b/Y` when no other header names them.
-fn git_line_paths(rest: &str) -> (String, String) {
-    let len = rest.len();
-    if len > 5 && (len - 5).is_multiple_of(2) {
-        let half = (len - 5) / 2;
-        // `get`, not indexing: a middle that falls inside a multi-byte character is no match.
-        if let (Some(old), Some(" b/"), Some(new)) = (
-            rest.get(2..2 + half),
-            rest.get(2 + half..5 + half),
-            rest.get(5 + half..),
-        ) && rest.starts_with("a/")
-            && old == new
-        {
-            return (old.to_owned(), new.to_owned());
-        }
-    }
-    match rest.split_once(" b/") {
-        Some((old, new)) => (old.trim_start_matches("a/").to_owned(), new.to_owned()),
-        None => (rest.to_owned(), rest.to_owned()),
-    }
-}
-
-/// Parses a git-style (or plain `---`/`+++`) multi-file unified diff.
-pub fn parse_multi(diff: &str) -> Result<Vec<FileDiff>, DiffError> {
-    let lines = split_lines(diff);
-    let lines = &lines[..];
-    let mut files = Vec::new();
-    let mut at = 0;
-    while at < lines.len() {
-        let line = lines[at].trim_end_matches('\r');
-        if line.trim().is_empty() || !(line.starts_with("diff --git ") || line.starts_with("--- "))
-        {
-            if files.is_empty() || line.trim().is_empty() {
-                at += 1;
-                continue;
-            }
-            return Err(syntax(at + 1, format!("unexpected line {line:?}")));
-        }
-        let mut file = FileDiff::default();
-        let mut git_paths = None;
-        let mut deleted = false;
-        let mut created = false;
-        if let Some(rest) = line.strip_prefix("diff --git ") {
-            git_paths = Some(git_line_paths(rest));
-            at += 1;
-        }
-        while at < lines.len() {
-            let line = lines[at].trim_end_matches('\r');
-            let number = at + 1;
-            if let Some(mode) = line.strip_prefix("new file mode ") {
-                file.new_mode = Some(parse_mode(number, mode)?);
-                created = true;
-            } else if line.starts_with("deleted file mode ") {
-                deleted = true;
-            } else if let Some(mode) = line.strip_prefix("new mode ") {
-                file.new_mode = Some(parse_mode(number, mode)?);
-            } else if line.starts_with("old mode ")
-                || line.starts_with("index ")
-                || line.starts_with("similarity index ")
-                || line.starts_with("dissimilarity index ")
-            {
-            } else if let Some(from) = line.strip_prefix("rename from ") {
-                file.old_path = Some(unquote(from));
-            } else if let Some(to) = line.strip_prefix("rename to ") {
-                file.new_path = Some(unquote(to));
-            } else if line.starts_with("copy from ") || line.starts_with("copy to ") {
-                return Err(syntax(
-                    number,
-                    "copies are not supported; send the new file instead",
-                ));
-            } else if line.starts_with("Binary files ") || line == "GIT binary patch" {
-                return Err(syntax(
-                    number,
-                    "binary diffs are not supported; use a `write` edit",
-                ));
-            } else if let Some(old) = line.strip_prefix("--- ") {
-                let Some(new) = lines.get(at + 1).and_then(|l| l.strip_prefix("+++ ")) else {
-                    return Err(syntax(number, "a --- line must be followed by +++"));
-                };
-                let old = strip_side(old, "a/");
-                let new = strip_side(new, "b/");
-                created |= old.is_none();
-                deleted |= new.is_none();
-                if file.old_path.is_none() {
-                    file.old_path = old;
-                }
-                if file.new_path.is_none() {
-                    file.new_path = new;
-                }
-                at += 2;
-                let (hunks, end) = read_hunks(lines, at)?;
-                file.hunks = hunks;
-                at = end;
-                break;
-            } else {
-                break;
-            }
-            at += 1;
-        }
-        if let Some((old, new)) = git_paths {
-            if file.old_path.is_none() && !created {
-                file.old_path = Some(unquote(&old));
-            }
-            if file.new_path.is_none() && !deleted {
-                file.new_path = Some(unquote(&new));
-            }
-        }
-        if created {
-            file.old_path = None;
-        }
-        if deleted {
-            file.new_path = None;
-        }
-        if file.old_path.is_none() && file.new_path.is_none() {
-            return Err(syntax(at, "a file section names no path"));
-        }
-        files.push(file);
-    }
-    if files.is_empty() {
-        return Err(syntax(1, "the document contains no file diff"));
-    }
-    Ok(files)
-}
-
 /// A file's text split into lines, with its line-ending convention.
 struct Text {
     lines: Vec<String>,
@@ -462,18 +282,79 @@ fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
+/// A diff line as the file spells it: without its `\r` when the file's lines end in CRLF
+/// (the ending is restored when the text is rendered).
+fn strip_cr(line: &str, crlf: bool) -> String {
+    if crlf {
+        line.strip_suffix('\r').unwrap_or(line).to_owned()
+    } else {
+        line.to_owned()
+    }
+}
+
+/// Where a hunk is expected (0-based): at the end for an EOF hunk, else at its header's line
+/// moved by the drift of the hunks before it.
+fn hunk_hint(hunk: &Hunk, old_len: usize, drift: isize, hay_len: usize) -> Option<usize> {
+    if hunk.at_eof {
+        return Some(hay_len.saturating_sub(old_len));
+    }
+    hunk.old_start.map(|start| {
+        let base = if old_len == 0 {
+            start
+        } else {
+            start.saturating_sub(1)
+        };
+        // Saturating: a header may claim any line number, up to usize::MAX.
+        usize::try_from(isize::try_from(base).unwrap_or(0).saturating_add(drift)).unwrap_or(0)
+    })
+}
+
+/// Writes a hunk's body over the region `found` matched: context kept, removals dropped,
+/// additions indented as the match was. Returns the lines added and removed.
+fn write_hunk(
+    hunk: &Hunk,
+    found: &ladder::Found,
+    old_total: usize,
+    hay: &[&str],
+    out: &mut Vec<String>,
+    crlf: bool,
+) -> (usize, usize) {
+    let (mut added, mut removed) = (0usize, 0usize);
+    // Walk the hunk body against the matched region; lines the trim rung dropped are skipped.
+    let mut body_old_index = 0usize;
+    let mut hay_index = found.start;
+    for line in &hunk.lines {
+        let in_block = |i: usize| i >= found.trimmed_front && i < old_total - found.trimmed_back;
+        match line {
+            HunkLine::Context(_) => {
+                if in_block(body_old_index) {
+                    out.push(hay[hay_index].to_owned());
+                    hay_index += 1;
+                }
+                body_old_index += 1;
+            }
+            HunkLine::Remove(_) => {
+                if in_block(body_old_index) {
+                    hay_index += 1;
+                    removed += 1;
+                }
+                body_old_index += 1;
+            }
+            HunkLine::Add(new) => {
+                out.push(found.indent.apply(&strip_cr(new, crlf)));
+                added += 1;
+            }
+        }
+    }
+    (added, removed)
+}
+
 /// Applies `hunks` to `original` in order.
 pub fn apply_hunks(original: &str, hunks: &[Hunk]) -> Result<Applied, DiffError> {
     let mut text = Text::parse(original);
     let was_empty = text.lines.is_empty();
     let crlf = text.crlf;
-    let strip = |line: &str| -> String {
-        if crlf {
-            line.strip_suffix('\r').unwrap_or(line).to_owned()
-        } else {
-            line.to_owned()
-        }
-    };
+    let strip = |line: &str| strip_cr(line, crlf);
     let hay: Vec<&str> = text.lines.iter().map(String::as_str).collect();
     let mut out: Vec<String> = Vec::with_capacity(hay.len());
     let mut cursor = 0usize;
@@ -495,20 +376,7 @@ pub fn apply_hunks(original: &str, hunks: &[Hunk]) -> Result<Applied, DiffError>
         }
         let old_owned: Vec<String> = hunk.old_lines().into_iter().map(strip).collect();
         let old: Vec<&str> = old_owned.iter().map(String::as_str).collect();
-        let hint = hunk.old_start.map(|start| {
-            let base = if old.is_empty() {
-                start
-            } else {
-                start.saturating_sub(1)
-            };
-            // Saturating: a header may claim any line number, up to usize::MAX.
-            usize::try_from(isize::try_from(base).unwrap_or(0).saturating_add(drift)).unwrap_or(0)
-        });
-        let hint = if hunk.at_eof {
-            Some(hay.len().saturating_sub(old.len()))
-        } else {
-            hint
-        };
+        let hint = hunk_hint(hunk, old.len(), drift, hay.len());
         let found = if old.iter().all(|l| l.trim().is_empty()) && old.is_empty() {
             let at = hint.unwrap_or(hay.len()).clamp(from, hay.len());
             ladder::Found {
@@ -537,34 +405,9 @@ pub fn apply_hunks(original: &str, hunks: &[Hunk]) -> Result<Applied, DiffError>
                 .saturating_sub(expected);
         }
         out.extend(hay[cursor..found.start].iter().map(|l| (*l).to_owned()));
-        // Walk the hunk body against the matched region; lines the trim rung dropped are skipped.
-        let mut body_old_index = 0usize;
-        let mut hay_index = found.start;
-        let old_total = old.len();
-        for line in &hunk.lines {
-            let in_block =
-                |i: usize| i >= found.trimmed_front && i < old_total - found.trimmed_back;
-            match line {
-                HunkLine::Context(_) => {
-                    if in_block(body_old_index) {
-                        out.push(hay[hay_index].to_owned());
-                        hay_index += 1;
-                    }
-                    body_old_index += 1;
-                }
-                HunkLine::Remove(_) => {
-                    if in_block(body_old_index) {
-                        hay_index += 1;
-                        removed += 1;
-                    }
-                    body_old_index += 1;
-                }
-                HunkLine::Add(new) => {
-                    out.push(found.indent.apply(&strip(new)));
-                    added += 1;
-                }
-            }
-        }
+        let (hunk_added, hunk_removed) = write_hunk(hunk, &found, old.len(), &hay, &mut out, crlf);
+        added += hunk_added;
+        removed += hunk_removed;
         cursor = found.start + found.len;
         if hunk.old_no_eol || hunk.new_no_eol || (was_empty && !hunk.lines.is_empty()) {
             final_newline = !hunk.new_no_eol;

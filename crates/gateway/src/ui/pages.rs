@@ -1,13 +1,19 @@
 //! The dashboard pages as HTML strings. Every value that comes from a user, a patch, a
 //! command's output or an upstream goes through [`esc`] (or [`url_part`] inside a URL).
+//!
+//! This file holds the login, error, overview, list and alerts pages; the page of one patch is
+//! in `detail`.
+
+mod detail;
+
+pub use detail::detail;
 
 use std::fmt::Write as _;
 
 use ghost_core::Status;
 
-use crate::fleet::{AlertList, AlertView, ChannelBacklogView};
-use crate::patches::{EventView, PatchDetail, PatchView};
-use crate::ui::agent_run;
+use crate::fleet::{AlertList, AlertView, ChannelBacklogView, ExecutorList, Stats};
+use crate::patches::{PatchView, TargetView};
 use crate::ui::board::{ListPage, ListRequest, Overview};
 use crate::ui::charts;
 use crate::ui::html::{badge, duration, esc, time, url_part};
@@ -23,22 +29,6 @@ pub struct Viewer<'a> {
     /// Base URL of a Jaeger UI for trace links (none: no link).
     pub jaeger_url: Option<&'a str>,
 }
-
-const STATUSES: &[&str] = &[
-    "received",
-    "queued",
-    "leased",
-    "applying",
-    "validating",
-    "succeeded",
-    "failed",
-    "rolled_back",
-    "cancelled",
-    "timed_out",
-    "rejected",
-    "lost",
-    "interrupted",
-];
 
 fn action_form(viewer: &Viewer<'_>, action: &str, label: &str, class: &str) -> String {
     format!(
@@ -113,71 +103,81 @@ pub fn overview(viewer: &Viewer<'_>, data: &Overview) -> String {
         out.push_str("<tr><td colspan=\"8\" class=\"muted\">No targets yet.</td></tr>");
     }
     for target in &data.targets {
-        let recent = data
-            .recent
-            .get(&target.target)
-            .map(|patches| {
-                patches
-                    .iter()
-                    .map(|p| {
-                        format!(
-                            "<a href=\"/ui/patches/{}\" title=\"{}\">{}</a>",
-                            url_part(&p.id),
-                            esc(&p.id),
-                            badge(p.status.as_str())
-                        )
-                    })
-                    .collect::<String>()
-            })
-            .unwrap_or_default();
-        let actions = if viewer.admin {
-            let (verb, label) = if target.paused {
-                ("resume", "Resume")
-            } else {
-                ("pause", "Pause")
-            };
-            action_form(
-                viewer,
-                &format!("/ui/targets/{}/{verb}", url_part(&target.target)),
-                label,
-                "secondary",
-            )
-        } else {
-            String::new()
-        };
-        let running = if target.running_patch_id.is_empty() {
-            "—".to_owned()
-        } else {
-            patch_link(&target.running_patch_id)
-        };
-        let _ = write!(
-            out,
-            "<tr data-target=\"{name}\"><td><a href=\"/ui/patches?target={name_url}\">{name}</a></td>\
-             <td class=\"num\">{queued}</td><td>{oldest}</td><td>{state}</td><td>{executor}</td>\
-             <td>{running}</td><td class=\"recent\">{recent}</td><td>{actions}</td></tr>",
-            name = esc(&target.target),
-            name_url = url_part(&target.target),
-            queued = target.queued,
-            oldest = age(viewer, target.oldest_queued_unix_ms),
-            state = if target.paused {
-                badge("paused")
-            } else {
-                badge("active")
-            },
-            executor = if target.executor_online {
-                "<span class=\"badge ok\">online</span>"
-            } else {
-                "<span class=\"badge bad\">offline</span>"
-            },
-        );
+        out.push_str(&target_row(viewer, target, data.recent.get(&target.target)));
     }
     out.push_str("</tbody></table></section>");
 
+    executors_section(&mut out, viewer, &data.executors);
+    charts_section(&mut out, viewer, data.stats.as_ref());
+    out
+}
+
+/// One target's row: queue, state, executor, running patch, last outcomes and (for an admin)
+/// pause or resume.
+fn target_row(viewer: &Viewer<'_>, target: &TargetView, recent: Option<&Vec<PatchView>>) -> String {
+    let recent = recent
+        .map(|patches| {
+            patches
+                .iter()
+                .map(|p| {
+                    format!(
+                        "<a href=\"/ui/patches/{}\" title=\"{}\">{}</a>",
+                        url_part(&p.id),
+                        esc(&p.id),
+                        badge(p.status.as_str())
+                    )
+                })
+                .collect::<String>()
+        })
+        .unwrap_or_default();
+    let actions = if viewer.admin {
+        let (verb, label) = if target.paused {
+            ("resume", "Resume")
+        } else {
+            ("pause", "Pause")
+        };
+        action_form(
+            viewer,
+            &format!("/ui/targets/{}/{verb}", url_part(&target.target)),
+            label,
+            "secondary",
+        )
+    } else {
+        String::new()
+    };
+    let running = if target.running_patch_id.is_empty() {
+        "—".to_owned()
+    } else {
+        patch_link(&target.running_patch_id)
+    };
+    format!(
+        "<tr data-target=\"{name}\"><td><a href=\"/ui/patches?target={name_url}\">{name}</a></td>\
+         <td class=\"num\">{queued}</td><td>{oldest}</td><td>{state}</td><td>{executor}</td>\
+         <td>{running}</td><td class=\"recent\">{recent}</td><td>{actions}</td></tr>",
+        name = esc(&target.target),
+        name_url = url_part(&target.target),
+        queued = target.queued,
+        oldest = age(viewer, target.oldest_queued_unix_ms),
+        state = if target.paused {
+            badge("paused")
+        } else {
+            badge("active")
+        },
+        executor = if target.executor_online {
+            "<span class=\"badge ok\">online</span>"
+        } else {
+            "<span class=\"badge bad\">offline</span>"
+        },
+    )
+}
+
+/// The executors connected now, with what each runs.
+fn executors_section(out: &mut String, viewer: &Viewer<'_>, executors: &ExecutorList) {
     out.push_str("<section><h2>Executors</h2><table><thead><tr><th>Executor</th><th>Targets</th><th>Connected</th><th>Last seen</th><th>Running</th></tr></thead><tbody>");
-    if data.executors.executors.is_empty() {
+    if executors.executors.is_empty() {
         out.push_str("<tr><td colspan=\"5\" class=\"muted\">No executor connected.</td></tr>");
     }
-    for executor in &data.executors.executors {
+    for executor in &executors.executors {
         let _ = write!(
             out,
             "<tr><td>{id}</td><td>{targets}</td><td>{connected}</td><td>{seen} ago</td><td>{running}</td></tr>",
@@ -194,9 +194,12 @@ pub fn overview(viewer: &Viewer<'_>, data: &Overview) -> String {
         );
     }
     out.push_str("</tbody></table></section>");
+}
 
+/// Patches per hour by outcome and stage latency, or why they are missing.
+fn charts_section(out: &mut String, viewer: &Viewer<'_>, stats: Option<&Stats>) {
     out.push_str("<section class=\"charts\"><h2>Patches per hour by outcome (24 h)</h2>");
-    match &data.stats {
+    match stats {
         Some(stats) => {
             out.push_str(&charts::outcomes_per_hour(&stats.hours, viewer.now_ms, 24));
             out.push_str("<p class=\"legend\"><span class=\"key ok\"></span>succeeded <span class=\"key warn\"></span>rolled back / timed out <span class=\"key bad\"></span>failed / lost <span class=\"key muted\"></span>cancelled</p>");
@@ -211,7 +214,6 @@ pub fn overview(viewer: &Viewer<'_>, data: &Overview) -> String {
             .push_str("<p class=\"muted\">Charts are unavailable: the router did not answer.</p>"),
     }
     out.push_str("</section>");
-    out
 }
 
 fn query_string(request: &ListRequest, page_token: &str, page: u32) -> String {
@@ -260,16 +262,8 @@ fn patch_row(viewer: &Viewer<'_>, patch: &PatchView) -> String {
     )
 }
 
-/// The patch list page body.
-pub fn list(
-    viewer: &Viewer<'_>,
-    targets: &[String],
-    request: &ListRequest,
-    page: &ListPage,
-) -> String {
-    let mut out = String::from(
-        "<h1>Patches</h1><form class=\"filters\" method=\"get\" action=\"/ui/patches\">",
-    );
+/// The filter form's fields: target, status, text and page size.
+fn filters(out: &mut String, targets: &[String], request: &ListRequest) {
     out.push_str("<label>Target <select name=\"target\"><option value=\"\">all</option>");
     for target in targets {
         let selected = if request.filter.target.as_deref() == Some(target.as_str()) {
@@ -286,8 +280,8 @@ pub fn list(
     out.push_str(
         "</select></label><label>Status <select name=\"status\"><option value=\"\">all</option>",
     );
-    for status in STATUSES {
-        let selected = if request.filter.status.map(Status::as_str) == Some(*status) {
+    for status in Status::ALL.map(Status::as_str) {
+        let selected = if request.filter.status.map(Status::as_str) == Some(status) {
             " selected"
         } else {
             ""
@@ -304,6 +298,46 @@ pub fn list(
         q = esc(&request.text),
         size = request.filter.page_size,
     );
+}
+
+/// The links to the first and the next page.
+fn pager(out: &mut String, request: &ListRequest, page: &ListPage) {
+    out.push_str("</tbody></table><nav class=\"pager\">");
+    if request.page > 1 || !request.filter.page_token.is_empty() {
+        let _ = write!(
+            out,
+            "<a class=\"first\" href=\"/ui/patches?{}\">« First page</a> ",
+            query_string(request, "", 1)
+        );
+    }
+    if !page.next_page_token.is_empty() {
+        let label = if page.search_budget_spent {
+            "Search further »"
+        } else {
+            "Next page »"
+        };
+        let _ = write!(
+            out,
+            "<a class=\"next\" rel=\"next\" href=\"/ui/patches?{}\">{label}</a>",
+            query_string(request, &page.next_page_token, request.page + 1)
+        );
+    } else {
+        out.push_str("<span class=\"last muted\">Last page</span>");
+    }
+    out.push_str("</nav>");
+}
+
+/// The patch list page body.
+pub fn list(
+    viewer: &Viewer<'_>,
+    targets: &[String],
+    request: &ListRequest,
+    page: &ListPage,
+) -> String {
+    let mut out = String::from(
+        "<h1>Patches</h1><form class=\"filters\" method=\"get\" action=\"/ui/patches\">",
+    );
+    filters(&mut out, targets, request);
     let first = (request.page.saturating_sub(1) as usize) * request.filter.page_size as usize + 1;
     let _ = write!(
         out,
@@ -328,212 +362,7 @@ pub fn list(
     for patch in &page.patches {
         out.push_str(&patch_row(viewer, patch));
     }
-    out.push_str("</tbody></table><nav class=\"pager\">");
-    if request.page > 1 || !request.filter.page_token.is_empty() {
-        let _ = write!(
-            out,
-            "<a class=\"first\" href=\"/ui/patches?{}\">« First page</a> ",
-            query_string(request, "", 1)
-        );
-    }
-    if !page.next_page_token.is_empty() {
-        let label = if page.search_budget_spent {
-            "Search further »"
-        } else {
-            "Next page »"
-        };
-        let _ = write!(
-            out,
-            "<a class=\"next\" rel=\"next\" href=\"/ui/patches?{}\">{label}</a>",
-            query_string(request, &page.next_page_token, request.page + 1)
-        );
-    } else {
-        out.push_str("<span class=\"last muted\">Last page</span>");
-    }
-    out.push_str("</nav>");
-    out
-}
-
-fn event_row(event: &EventView) -> String {
-    format!(
-        "<li><time>{at}</time> {badge} <span class=\"actor\">{actor}</span> <span class=\"muted\">attempt {attempt}</span> <span class=\"detail\">{detail}</span></li>",
-        at = time(event.at_unix_ms),
-        badge = badge(&event.status),
-        actor = esc(&event.actor),
-        attempt = event.attempt,
-        detail = esc(&event.detail),
-    )
-}
-
-/// The patch detail page body.
-pub fn detail(viewer: &Viewer<'_>, detail: &PatchDetail, events: &[EventView]) -> String {
-    let view = &detail.view;
-    let mut out = format!(
-        "<h1 class=\"patch-title\">Patch <code>{id}</code> {badge}</h1>",
-        id = esc(&view.id),
-        badge = badge(view.status.as_str()),
-    );
-    if viewer.admin {
-        out.push_str("<div class=\"actions\">");
-        if !view.status.is_terminal() {
-            out.push_str(&action_form(
-                viewer,
-                &format!("/ui/patches/{}/cancel", url_part(&view.id)),
-                "Cancel patch",
-                "danger",
-            ));
-        } else if view.status != Status::Succeeded {
-            out.push_str(&action_form(
-                viewer,
-                &format!("/ui/patches/{}/retry", url_part(&view.id)),
-                "Retry patch",
-                "secondary",
-            ));
-        }
-        out.push_str("</div>");
-    }
-    let trace = if view.trace_id.is_empty() {
-        "—".to_owned()
-    } else if let Some(base) = viewer.jaeger_url {
-        format!(
-            "<a class=\"trace\" href=\"{base}/trace/{id}\" rel=\"noopener noreferrer\" target=\"_blank\">{id}</a>",
-            base = esc(base.trim_end_matches('/')),
-            id = esc(&view.trace_id)
-        )
-    } else {
-        format!("<code>{}</code>", esc(&view.trace_id))
-    };
-    let _ = write!(
-        out,
-        "<dl class=\"facts\"><dt>Target</dt><dd><a href=\"/ui/patches?target={target_url}\">{target}</a></dd>\
-         <dt>Attempt</dt><dd>{attempt}</dd><dt>Created</dt><dd>{created}</dd><dt>Updated</dt><dd>{updated}</dd>\
-         <dt>Trace</dt><dd>{trace}</dd><dt>Description</dt><dd class=\"desc\">{description}</dd>{error}</dl>",
-        target = esc(&view.target),
-        target_url = url_part(&view.target),
-        attempt = view.attempt,
-        created = time(view.created_unix_ms),
-        updated = time(view.updated_unix_ms),
-        description = esc(&view.description),
-        error = if view.error.is_empty() {
-            String::new()
-        } else {
-            format!(
-                "<dt>Error</dt><dd class=\"error\">{}</dd>",
-                esc(&view.error)
-            )
-        },
-    );
-    out.push_str("<section><h2>Timeline</h2><ol class=\"timeline\">");
-    for event in events {
-        out.push_str(&event_row(event));
-    }
-    out.push_str("</ol></section>");
-    match &detail.report {
-        None => out.push_str(
-            "<section><h2>Report</h2><p class=\"muted\">The patch has not run yet.</p></section>",
-        ),
-        Some(report) => {
-            let _ = write!(
-                out,
-                "<section class=\"report\"><h2>Report</h2><p>{badge} in {took}{commit}{dry}</p>",
-                badge = badge(&report.status),
-                took = duration(i64::try_from(report.duration_ms).unwrap_or(i64::MAX)),
-                commit = if report.commit_sha.is_empty() {
-                    String::new()
-                } else {
-                    format!(", commit <code>{}</code>", esc(&report.commit_sha))
-                },
-                dry = if report.dry_run { " (dry run)" } else { "" },
-            );
-            if !report.error.is_empty() {
-                let _ = write!(out, "<p class=\"error\">{}</p>", esc(&report.error));
-            }
-            if !report.stages.is_empty() {
-                out.push_str("<p class=\"stages\">");
-                for stage in &report.stages {
-                    let _ = write!(
-                        out,
-                        "<span class=\"stage\">{} {}</span> ",
-                        esc(&stage.stage),
-                        duration(i64::try_from(stage.duration_ms).unwrap_or(i64::MAX))
-                    );
-                }
-                out.push_str("</p>");
-            }
-            out.push_str("<h3>Edits</h3><table class=\"edits\"><thead><tr><th>Op</th><th>Path</th><th>Match</th><th>+</th><th>−</th></tr></thead><tbody>");
-            for edit in &report.edits {
-                let path = if edit.from.is_empty() {
-                    esc(&edit.path)
-                } else {
-                    format!("{} → {}", esc(&edit.from), esc(&edit.path))
-                };
-                let _ = write!(
-                    out,
-                    "<tr><td>{op}</td><td><code>{path}</code></td><td>{step}</td><td class=\"num\">{added}</td><td class=\"num\">{removed}</td></tr>",
-                    op = esc(&edit.op),
-                    step = esc(&edit.match_step),
-                    added = edit.added,
-                    removed = edit.removed,
-                );
-            }
-            out.push_str("</tbody></table><h3>Commands</h3>");
-            if report.commands.is_empty() {
-                out.push_str("<p class=\"muted\">No commands ran.</p>");
-            }
-            for command in &report.commands {
-                let exit = match command.exit_code {
-                    Some(code) => format!("exit {code}"),
-                    None if command.timed_out => "killed at its deadline".to_owned(),
-                    None => "killed".to_owned(),
-                };
-                let head = if command.output_head.is_empty() {
-                    String::new()
-                } else {
-                    format!(
-                        "<pre class=\"output\">{}</pre><p class=\"muted\">… {} bytes omitted …</p>",
-                        esc(&command.output_head),
-                        command.omitted_bytes
-                    )
-                };
-                let _ = write!(
-                    out,
-                    "<div class=\"command\"><p><code>{cmd}</code> <span class=\"muted\">{kind}</span> · {exit} · {took}</p>{head}<pre class=\"output\">{tail}</pre></div>",
-                    cmd = esc(&command.command),
-                    kind = esc(&command.kind),
-                    exit = esc(&exit),
-                    took = duration(i64::try_from(command.duration_ms).unwrap_or(i64::MAX)),
-                    tail = esc(&command.output_tail),
-                );
-            }
-            if let Some(agent) = &report.agent {
-                agent_run::section(&mut out, agent);
-            }
-            agent_run::sandbox(&mut out, &report.sandbox);
-            if let Some(rollback) = &report.rollback {
-                let _ = write!(
-                    out,
-                    "<h3>Rollback</h3><p>{restored} restored, {removed} removed: {reason}{error}</p>",
-                    restored = rollback.restored,
-                    removed = rollback.removed,
-                    reason = esc(&rollback.reason),
-                    error = if rollback.error.is_empty() {
-                        " — the workspace is byte-identical to before".to_owned()
-                    } else {
-                        format!(" — <span class=\"error\">{}</span>", esc(&rollback.error))
-                    },
-                );
-            }
-            out.push_str("</section>");
-        }
-    }
-    out.push_str("<section><h2>Summary</h2>");
-    match &detail.summary {
-        Some(summary) => {
-            let _ = write!(out, "<pre class=\"summary\">{}</pre>", esc(summary));
-        }
-        None => out.push_str("<p class=\"muted\">No summary yet.</p>"),
-    }
-    out.push_str("</section>");
+    pager(&mut out, request, page);
     out
 }
 

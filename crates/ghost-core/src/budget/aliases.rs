@@ -55,40 +55,47 @@ pub(crate) struct ScanLimits {
 /// the brackets there, and so does this scan. In flow context every `[`/`{`/`]`/`}` outside
 /// quotes and comments is an indicator, which makes the flow depth exact there.
 pub(crate) fn scan(text: &str, limits: ScanLimits) -> Result<usize, ScanRefusal> {
-    let mut aliases = 0usize;
-    let mut nodes = 0usize;
-    let mut depth = 0usize;
-    let mut quote: Option<u8> = None;
-    let mut block = Block::None;
-    // Indentation of the line a block plain scalar started on, while it may still continue.
-    let mut plain_parent: Option<usize> = None;
-    // Whether the next token may start a node (so a quote there opens a quoted scalar).
-    let mut expect_node = true;
-    // Whether the last token closed a quoted scalar or a flow collection (a JSON-like key,
-    // after which a `:` in flow context is an indicator even when not followed by a space).
-    let mut closed = false;
+    let mut scanner = Scanner {
+        limits,
+        aliases: 0,
+        nodes: 0,
+        depth: 0,
+        quote: None,
+        block: Block::None,
+        plain_parent: None,
+        expect_node: true,
+        closed: false,
+    };
     for (number, line) in text.split('\n').enumerate() {
+        scanner.line(number, line)?;
+    }
+    Ok(scanner.aliases)
+}
+
+/// The scan's state between tokens and lines.
+struct Scanner {
+    limits: ScanLimits,
+    aliases: usize,
+    nodes: usize,
+    depth: usize,
+    /// The quote of the quoted scalar the scan is inside.
+    quote: Option<u8>,
+    block: Block,
+    /// Indentation of the line a block plain scalar started on, while it may still continue.
+    plain_parent: Option<usize>,
+    /// Whether the next token may start a node (so a quote there opens a quoted scalar).
+    expect_node: bool,
+    /// Whether the last token closed a quoted scalar or a flow collection (a JSON-like key,
+    /// after which a `:` in flow context is an indicator even when not followed by a space).
+    closed: bool,
+}
+
+impl Scanner {
+    /// One line (`number` from 0), token by token.
+    fn line(&mut self, number: usize, line: &str) -> Result<(), ScanRefusal> {
         let indent = line.len() - line.trim_start_matches(' ').len();
-        let blank = line.trim().is_empty();
-        if quote.is_none() {
-            block = match block {
-                Block::Content { indent: at_least } if blank || indent >= at_least => continue,
-                Block::Pending { .. } if blank => continue,
-                Block::Pending { parent } if isize::try_from(indent).unwrap_or(0) > parent => {
-                    block = Block::Content { indent };
-                    continue;
-                }
-                _ => Block::None,
-            };
-            if depth == 0 && !blank {
-                match plain_parent {
-                    Some(parent) if indent > parent => expect_node = false,
-                    _ => {
-                        plain_parent = None;
-                        expect_node = true;
-                    }
-                }
-            }
+        if self.quote.is_none() && self.skips(indent, line.trim().is_empty()) {
+            return Ok(());
         }
         let bytes = line.as_bytes();
         let mut code_end = bytes.len();
@@ -97,23 +104,21 @@ pub(crate) fn scan(text: &str, limits: ScanLimits) -> Result<usize, ScanRefusal>
         while at < bytes.len() {
             let byte = bytes[at];
             let next = bytes.get(at + 1).copied();
-            let blank_next = next.is_none_or(|next| matches!(next, b' ' | b'\t' | b'\r'));
-            let boundary = at == 0 || b" \t[{,:".contains(&bytes[at - 1]);
-            match quote {
+            match self.quote {
                 Some(b'"') => {
                     if byte == b'\\' {
                         at += 1;
                     } else if byte == b'"' {
-                        quote = None;
-                        closed = true;
+                        self.quote = None;
+                        self.closed = true;
                     }
                 }
                 Some(_) if byte == b'\'' => {
                     if next == Some(b'\'') {
                         at += 1;
                     } else {
-                        quote = None;
-                        closed = true;
+                        self.quote = None;
+                        self.closed = true;
                     }
                 }
                 Some(_) => {}
@@ -124,91 +129,132 @@ pub(crate) fn scan(text: &str, limits: ScanLimits) -> Result<usize, ScanRefusal>
                     break;
                 }
                 None if byte == b' ' || byte == b'\t' || byte == b'\r' => {}
-                None if expect_node && (byte == b'"' || byte == b'\'') => {
-                    quote = Some(byte);
-                    expect_node = false;
-                    closed = false;
+                None if self.expect_node && (byte == b'"' || byte == b'\'') => {
+                    self.quote = Some(byte);
+                    self.expect_node = false;
+                    self.closed = false;
                     last_plain = false;
                 }
-                None => {
-                    let mut starts_node = false;
-                    let flow = depth > 0;
-                    match byte {
-                        b'[' | b'{' if expect_node || flow => {
-                            depth += 1;
-                            if depth > limits.depth {
-                                return Err(ScanRefusal::Depth {
-                                    line: number + 1,
-                                    column: at + 1,
-                                });
-                            }
-                            nodes += 1;
-                            starts_node = true;
-                        }
-                        b']' | b'}' if flow => depth -= 1,
-                        b',' if flow => {
-                            nodes += 1;
-                            starts_node = true;
-                        }
-                        b':' if blank_next || (flow && (expect_node || closed)) => {
-                            nodes += 1;
-                            starts_node = true;
-                        }
-                        b'-' if blank_next && expect_node => {
-                            nodes += 1;
-                            starts_node = true;
-                        }
-                        b'?' if (blank_next || flow) && (expect_node || closed) => {
-                            nodes += 1;
-                            starts_node = true;
-                        }
-                        b'-' if at == indent && line[at..].starts_with("---") => {
-                            at += 2;
-                            nodes += 1;
-                            starts_node = true;
-                        }
-                        b'&' | b'!' if expect_node => {
-                            // A property: the node after it may still start with a quote.
-                            while at + 1 < bytes.len() && !b" \t\r,[]{}".contains(&bytes[at + 1]) {
-                                at += 1;
-                            }
-                            starts_node = true;
-                        }
-                        b'*' if boundary
-                            && !blank_next
-                            && next.is_some_and(|next| !b",[]{}".contains(&next)) =>
-                        {
-                            aliases += 1;
-                            if aliases > limits.aliases {
-                                return Err(ScanRefusal::Aliases);
-                            }
-                        }
-                        _ => {}
-                    }
-                    if nodes > limits.nodes {
-                        return Err(ScanRefusal::Nodes {
-                            line: number + 1,
-                            column: at + 1,
-                        });
-                    }
-                    let closes = flow && matches!(byte, b']' | b'}');
-                    last_plain = !starts_node && !closes;
-                    closed = closes;
-                    expect_node = starts_node;
-                }
+                None => last_plain = self.token(line, number, &mut at, indent)?,
             }
             at += 1;
         }
-        if quote.is_none() {
+        if self.quote.is_none() {
             if let Some(parent) = block_header(&line[..code_end]) {
-                block = Block::Pending { parent };
-                plain_parent = None;
-            } else if depth == 0 && last_plain && plain_parent.is_none() {
-                plain_parent = Some(indent);
+                self.block = Block::Pending { parent };
+                self.plain_parent = None;
+            } else if self.depth == 0 && last_plain && self.plain_parent.is_none() {
+                self.plain_parent = Some(indent);
             }
         }
+        Ok(())
     }
-    Ok(aliases)
+
+    /// At the start of a line outside quotes: true when the line belongs to a block scalar
+    /// (and is skipped); else whether a node may start on it.
+    fn skips(&mut self, indent: usize, blank: bool) -> bool {
+        match self.block {
+            Block::Content { indent: at_least } if blank || indent >= at_least => return true,
+            Block::Pending { .. } if blank => return true,
+            Block::Pending { parent } if isize::try_from(indent).unwrap_or(0) > parent => {
+                self.block = Block::Content { indent };
+                return true;
+            }
+            _ => self.block = Block::None,
+        }
+        if self.depth == 0 && !blank {
+            match self.plain_parent {
+                Some(parent) if indent > parent => self.expect_node = false,
+                _ => {
+                    self.plain_parent = None;
+                    self.expect_node = true;
+                }
+            }
+        }
+        false
+    }
+
+    /// The token at `line[*at]` outside quotes and comments: indicators counted as nodes, flow
+    /// nesting and aliases; `at` moves past a document marker or a property. Returns whether
+    /// the token is part of a plain scalar.
+    fn token(
+        &mut self,
+        line: &str,
+        number: usize,
+        at: &mut usize,
+        indent: usize,
+    ) -> Result<bool, ScanRefusal> {
+        let bytes = line.as_bytes();
+        let byte = bytes[*at];
+        let next = bytes.get(*at + 1).copied();
+        let blank_next = next.is_none_or(|next| matches!(next, b' ' | b'\t' | b'\r'));
+        let boundary = *at == 0 || b" \t[{,:".contains(&bytes[*at - 1]);
+        let (expect_node, closed) = (self.expect_node, self.closed);
+        let mut starts_node = false;
+        let flow = self.depth > 0;
+        match byte {
+            b'[' | b'{' if expect_node || flow => {
+                self.depth += 1;
+                if self.depth > self.limits.depth {
+                    return Err(ScanRefusal::Depth {
+                        line: number + 1,
+                        column: *at + 1,
+                    });
+                }
+                self.nodes += 1;
+                starts_node = true;
+            }
+            b']' | b'}' if flow => self.depth -= 1,
+            b',' if flow => {
+                self.nodes += 1;
+                starts_node = true;
+            }
+            b':' if blank_next || (flow && (expect_node || closed)) => {
+                self.nodes += 1;
+                starts_node = true;
+            }
+            b'-' if blank_next && expect_node => {
+                self.nodes += 1;
+                starts_node = true;
+            }
+            b'?' if (blank_next || flow) && (expect_node || closed) => {
+                self.nodes += 1;
+                starts_node = true;
+            }
+            b'-' if *at == indent && line[*at..].starts_with("---") => {
+                *at += 2;
+                self.nodes += 1;
+                starts_node = true;
+            }
+            b'&' | b'!' if expect_node => {
+                // A property: the node after it may still start with a quote.
+                while *at + 1 < bytes.len() && !b" \t\r,[]{}".contains(&bytes[*at + 1]) {
+                    *at += 1;
+                }
+                starts_node = true;
+            }
+            b'*' if boundary
+                && !blank_next
+                && next.is_some_and(|next| !b",[]{}".contains(&next)) =>
+            {
+                self.aliases += 1;
+                if self.aliases > self.limits.aliases {
+                    return Err(ScanRefusal::Aliases);
+                }
+            }
+            _ => {}
+        }
+        if self.nodes > self.limits.nodes {
+            return Err(ScanRefusal::Nodes {
+                line: number + 1,
+                column: *at + 1,
+            });
+        }
+        let closes = flow && matches!(byte, b']' | b'}');
+        self.closed = closes;
+        self.expect_node = starts_node;
+        Ok(!starts_node && !closes)
+    }
 }
 
 /// When `line` ends with a block scalar header (`|`, `>-`, ...), the indentation its content
