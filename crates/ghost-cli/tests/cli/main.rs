@@ -18,6 +18,7 @@ mod steer;
 mod submit;
 mod tokens;
 mod up;
+mod up_chaos_pg;
 mod up_checks;
 mod up_guards;
 mod up_store;
