@@ -21,8 +21,8 @@
 //! - router↔summarizer: the router's outcome outbox logs each failed delivery (a warning) and
 //!   its `ghost_outbox_oldest_age_seconds{outbox="outcomes"}` grows (what `GhostOutboxLag`
 //!   alerts on), back to 0 once the outbox drained after healing;
-//! - summarizer↔alerter: the summarizer's notify outbox logs each failed delivery (a warning,
-//!   an error after five tries) and `ghost_outbox_oldest_age_seconds{outbox="notifications"}`
+//! - summarizer↔alerter: the summarizer's notify outbox logs each failed delivery (the outbox
+//!   engine's warning "delivery failed; will retry", an error after five tries) and `ghost_outbox_oldest_age_seconds{outbox="notifications"}`
 //!   grows, back to 0 after healing (the alerter itself is the partitioned side, so the
 //!   metric is the path that does not need it).
 //!
@@ -104,9 +104,10 @@ impl Pair {
             Self::SummarizerAlerter => {
                 logged_since(
                     "summarizer",
+                    // The outbox engine's warnings (`outbox=notifications`).
                     &[
-                        "alerter notify failed; will retry",
-                        "alerter still unreachable",
+                        "delivery failed; will retry",
+                        "receiver still failing; row kept",
                     ],
                 ) && self.outbox_age(cluster).await.is_some_and(|age| age > 0.0)
             }

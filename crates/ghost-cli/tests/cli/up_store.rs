@@ -4,18 +4,16 @@
 
 use ghost_testkit::postgres::TempPostgres;
 
+use serde_json::json;
+
 use crate::helpers::Env;
 use crate::up::{PORT_ZERO, ghost_in, keys_of, spawn_up, submit, wait_ended, write_patch};
 
 /// Trust authentication ignores it; it must show up nowhere.
 const PASSWORD: &str = "pw-never-printed-7f3a";
 
-/// Needs the router's and the alerter's `[store] url` (issue 21); before they have it, they
-/// refuse the key and `ghost up` does not come up. Needs as well the three services' tables
-/// kept apart in one database: all three create `schema_migrations` and `outbox` (the router
-/// and the summarizer `attempts`, the summarizer and the alerter `storage_probe`), so the
-/// second to migrate finds the first's version 1 and skips its own. With RPG's and APG's
-/// branches merged and each service given a database of its own, this test passed.
+/// The three services share the one database, each in its own schema (they all have a
+/// `schema_migrations` and an `outbox`).
 #[tokio::test]
 async fn up_with_a_postgres_store_runs_a_patch_to_succeeded_and_never_shows_the_password() {
     let Some(postgres) = TempPostgres::start_or_skip("up --store") else {
@@ -90,4 +88,46 @@ async fn up_refuses_a_store_that_is_not_postgres_naming_the_flag() {
     assert!(run.stderr.contains("--store"), "{run:?}");
     assert!(!run.stderr.contains("hunter2"), "{run:?}");
     assert!(!run.stdout.contains("hunter2"), "{run:?}");
+}
+
+/// PostgreSQL's text cannot hold a NUL character (SQLite's can): a patch carrying one in its
+/// description and in a file's contents must still be answered and end (or be refused with a
+/// clear 4xx), never stall the stores that keep its text, its report or its summary.
+#[tokio::test]
+async fn a_patch_with_nul_characters_ends_on_a_postgres_store_and_the_next_one_succeeds() {
+    let Some(postgres) = TempPostgres::start_or_skip("up --store with NUL characters") else {
+        return;
+    };
+    let url = postgres.create_database();
+    let env = Env::empty();
+    let dir = env.scratch.path().to_owned();
+    let init = ghost_in(&env, &dir, &["--json", "init", "."], &[]).await;
+    init.expect(0);
+    let keys = keys_of(&init);
+    let mut vars = PORT_ZERO.to_vec();
+    vars.push(("GHOST_STORE", url.as_str()));
+    let up = spawn_up(&env, &dir, &["up", "-f", "ghost.toml"], &vars).await;
+
+    let hostile = json!({
+        "id": "nul-bytes",
+        "description": "a description with a \u{0} NUL",
+        "edits": [{"op": "write", "path": "nul.txt", "contents": "before\u{0}after\n"}],
+    });
+    let (code, body) = submit(&up.url, &keys["submit"], &hostile).await;
+    if code == 202 {
+        let ended = wait_ended(&up.url, &keys["read"], "nul-bytes").await;
+        assert!(ended["status"].is_string(), "{ended}");
+    } else {
+        assert!((400..500).contains(&code), "{code}: {body}");
+    }
+    let (code, body) = submit(
+        &up.url,
+        &keys["submit"],
+        &write_patch("after-nul", None, "a.txt"),
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
+    let ended = wait_ended(&up.url, &keys["read"], "after-nul").await;
+    assert_eq!(ended["status"], "succeeded", "{ended}");
+    up.kill_9().await;
 }

@@ -522,3 +522,12 @@ impl FakeAlerter {
         }
     }
 }
+
+/// A pool on the summarizer's own schema of the database at `url` (where its tables are), for
+/// tests that look at or change the rows themselves.
+pub async fn summarizer_pool(url: &str) -> sqlx::PgPool {
+    let options: sqlx::postgres::PgConnectOptions = url.parse().expect("a PostgreSQL URL");
+    sqlx::PgPool::connect_with(options.options([("search_path", "summarizer")]))
+        .await
+        .expect("PostgreSQL answers")
+}

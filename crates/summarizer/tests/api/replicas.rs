@@ -29,7 +29,7 @@ fn counted(alerter: &FakeAlerter) -> BTreeMap<(String, u32), usize> {
 
 /// Notifications still in the outbox, and how many of them are claimed at `now` (Unix ms).
 async fn outbox_rows(url: &str) -> (i64, i64) {
-    let pool = sqlx::PgPool::connect(url).await.unwrap();
+    let pool = crate::helpers::summarizer_pool(url).await;
     let row = sqlx::query(
         "SELECT COUNT(*), COUNT(*) FILTER (WHERE claim_until > \
          (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::bigint) FROM outbox",
@@ -43,7 +43,7 @@ async fn outbox_rows(url: &str) -> (i64, i64) {
 
 /// The outbox's claims against the database's clock, for a failure message.
 async fn outbox_claims(url: &str) -> String {
-    let pool = sqlx::PgPool::connect(url).await.unwrap();
+    let pool = crate::helpers::summarizer_pool(url).await;
     let rows = sqlx::query(
         "SELECT id, tries, next_at_ms - n, claimed_by, claim_until - n FROM outbox, \
          (SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::bigint AS n) AS now ORDER BY id",

@@ -67,7 +67,7 @@ impl StoreUnderTest {
             )
             .unwrap(),
             Some(url) => {
-                let pool = sqlx::PgPool::connect(url).await.unwrap();
+                let pool = crate::helpers::summarizer_pool(url).await;
                 let row = sqlx::query("SELECT body FROM manifests WHERE target = $1")
                     .bind(target)
                     .fetch_one(&pool)
@@ -419,7 +419,7 @@ async fn a_database_newer_than_the_binary_is_refused(store: StoreUnderTest) {
             .unwrap();
         }
         Some(url) => {
-            let pool = sqlx::PgPool::connect(url).await.unwrap();
+            let pool = crate::helpers::summarizer_pool(url).await;
             sqlx::query(
                 "INSERT INTO schema_migrations (version, name) VALUES (99, 'from the future')",
             )
