@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use ghost_runtime::config::StoreConfig;
 use ghost_runtime::config::{Secret, ServerConfig};
 use ghost_runtime::telemetry::TelemetryConfig;
 use serde::{Deserialize, Serialize};
@@ -55,44 +56,6 @@ impl Default for AlerterConfig {
             health: HealthConfig::default(),
             routing: RoutingConfig::default(),
         }
-    }
-}
-
-/// The store of the alerter's database.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StoreConfig {
-    /// Unset: SQLite, `<data_dir>/alerter.db` (the embedded default). `postgres://user:pass@host/db`
-    /// (or `postgresql://`): PostgreSQL, so replicas share one database. A secret (it may hold a
-    /// password): redacted by `--print-config`, never logged; `GHOST_ALERTER__STORE__URL_FILE`
-    /// reads it from a file.
-    pub url: Option<Secret>,
-}
-
-impl StoreConfig {
-    /// The PostgreSQL URL, `None` for SQLite, or why `url` is neither (naming only its scheme,
-    /// never the rest: it may hold a password).
-    pub fn postgres_url(&self) -> Result<Option<&str>, String> {
-        let Some(url) = self.url.as_ref().map(Secret::expose) else {
-            return Ok(None);
-        };
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Ok(Some(url));
-        }
-        let scheme = match url.split_once("://") {
-            Some((scheme, _))
-                if scheme.len() <= 20
-                    && scheme
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'+') =>
-            {
-                format!("`{scheme}://`")
-            }
-            _ => "no scheme".to_owned(),
-        };
-        Err(format!(
-            "store.url must be unset (SQLite in data_dir) or a postgres:// URL; it has {scheme}"
-        ))
     }
 }
 

@@ -360,6 +360,45 @@ pub fn tree<T: Serialize>(value: &T) -> Result<toml::Value, ConfigError> {
     Ok(toml::Value::try_from(value)?)
 }
 
+/// Where a stateful service (router, summarizer, alerter) keeps its state: `[store]`, the same
+/// key in all three.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Unset: SQLite under the service's `data_dir` (the embedded default, one replica).
+    /// `postgres://user:pass@host/db` (or `postgresql://`): PostgreSQL, so replicas share one
+    /// database (each service in its own schema). A secret (it may hold a password): redacted by
+    /// `--print-config`, never logged; `GHOST_<SERVICE>__STORE__URL_FILE` reads it from a file.
+    pub url: Option<Secret>,
+}
+
+impl StoreConfig {
+    /// The PostgreSQL URL, `None` for SQLite, or why `url` is neither (naming only its scheme,
+    /// never the rest: it may hold a password).
+    pub fn postgres_url(&self) -> Result<Option<&str>, String> {
+        let Some(url) = self.url.as_ref().map(Secret::expose) else {
+            return Ok(None);
+        };
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Some(url));
+        }
+        let scheme = match url.split_once("://") {
+            Some((scheme, _))
+                if scheme.len() <= 20
+                    && scheme
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'+') =>
+            {
+                format!("`{scheme}://`")
+            }
+            _ => "no scheme".to_owned(),
+        };
+        Err(format!(
+            "store.url must be unset (SQLite in data_dir) or a postgres:// URL; it has {scheme}"
+        ))
+    }
+}
+
 /// A secret value (token, key): deserialised normally, always rendered as `[redacted]`.
 /// The value `[redacted]` itself is refused, so `--print-config` output fed back as a config
 /// never runs with that literal as a key.

@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ghost_runtime::config::{Secret, ServerConfig};
+use ghost_runtime::config::ServerConfig;
+pub use ghost_runtime::config::StoreConfig;
 use ghost_runtime::telemetry::TelemetryConfig;
 use serde::{Deserialize, Serialize};
 
@@ -94,44 +95,6 @@ pub struct SummarizerConfig {
     pub webhook_dead_letter_max_age: Duration,
 }
 
-/// The store of the summarizer's index.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StoreConfig {
-    /// Unset: SQLite, `<data_dir>/summarizer.db` (the embedded default). `postgres://user:pass@host/db`
-    /// (or `postgresql://`): PostgreSQL, so replicas share one index. A secret (it may hold a
-    /// password): redacted by `--print-config`, never logged; `GHOST_SUMMARIZER__STORE__URL_FILE`
-    /// reads it from a file.
-    pub url: Option<Secret>,
-}
-
-impl StoreConfig {
-    /// The PostgreSQL URL, `None` for SQLite, or why `url` is neither (naming only its scheme,
-    /// never the rest: it may hold a password).
-    pub fn postgres_url(&self) -> Result<Option<&str>, String> {
-        let Some(url) = self.url.as_ref().map(Secret::expose) else {
-            return Ok(None);
-        };
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Ok(Some(url));
-        }
-        let scheme = match url.split_once("://") {
-            Some((scheme, _))
-                if scheme.len() <= 20
-                    && scheme
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'+') =>
-            {
-                format!("`{scheme}://`")
-            }
-            _ => "no scheme".to_owned(),
-        };
-        Err(format!(
-            "store.url must be unset (SQLite in data_dir) or a postgres:// URL; it has {scheme}"
-        ))
-    }
-}
-
 impl Default for SummarizerConfig {
     fn default() -> Self {
         Self {
@@ -167,6 +130,7 @@ impl Default for SummarizerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ghost_runtime::config::Secret;
 
     #[test]
     fn old_config_files_still_load_and_durations_parse() {
