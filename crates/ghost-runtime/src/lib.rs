@@ -33,6 +33,7 @@ pub mod config;
 pub mod connections;
 pub mod credential;
 pub mod metrics;
+pub mod migrations;
 pub mod outbox;
 pub mod peers;
 pub mod probe;

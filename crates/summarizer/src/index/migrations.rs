@@ -13,41 +13,7 @@ use crate::error::SummarizerError;
 /// one database without their tables (`schema_migrations`, `outbox`, ...) meeting.
 pub const SCHEMA: &str = "summarizer";
 
-/// The table that records the versions applied (the same in both dialects).
-pub const TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
-    version     BIGINT PRIMARY KEY,
-    name        TEXT NOT NULL
-)";
-
-/// Which SQL a migration is wanted in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dialect {
-    /// The embedded SQLite index.
-    Sqlite,
-    /// PostgreSQL.
-    Postgres,
-}
-
-/// One schema change.
-#[derive(Debug)]
-pub struct Migration {
-    /// Its number, from 1, without gaps.
-    pub version: i64,
-    /// What it does.
-    pub name: &'static str,
-    sqlite: &'static str,
-    postgres: &'static str,
-}
-
-impl Migration {
-    /// Its SQL in `dialect` (a batch of statements).
-    pub fn sql(&self, dialect: Dialect) -> &'static str {
-        match dialect {
-            Dialect::Sqlite => self.sqlite,
-            Dialect::Postgres => self.postgres,
-        }
-    }
-}
+pub use ghost_runtime::migrations::{Dialect, Migration, TABLE};
 
 /// Every migration, oldest first.
 pub const MIGRATIONS: &[Migration] = &[
@@ -71,15 +37,8 @@ pub const MIGRATIONS: &[Migration] = &[
 /// The migrations to apply to a database at `current` (0: none applied), or an error when
 /// it is newer than this binary.
 pub fn pending(current: i64) -> Result<&'static [Migration], SummarizerError> {
-    let known = MIGRATIONS.last().map_or(0, |migration| migration.version);
-    if current > known {
-        return Err(SummarizerError::Store(format!(
-            "the summary index is at schema version {current}, newer than this summarizer \
-             knows (up to {known}); run the newer summarizer or restore a backup"
-        )));
-    }
-    let from = usize::try_from(current).unwrap_or(0);
-    Ok(MIGRATIONS.get(from..).unwrap_or_default())
+    ghost_runtime::migrations::pending(MIGRATIONS, current, "summary index", "summarizer")
+        .map_err(SummarizerError::Store)
 }
 
 #[cfg(test)]
@@ -88,9 +47,7 @@ mod tests {
 
     #[test]
     fn versions_count_from_one_without_gaps_and_newer_databases_are_refused() {
-        for (position, migration) in MIGRATIONS.iter().enumerate() {
-            assert_eq!(migration.version, i64::try_from(position).unwrap() + 1);
-        }
+        ghost_runtime::migrations::assert_contiguous(MIGRATIONS);
         assert_eq!(pending(0).unwrap().len(), MIGRATIONS.len());
         assert!(
             pending(i64::try_from(MIGRATIONS.len()).unwrap())
