@@ -131,6 +131,9 @@ async fn permanent_slack_errors_are_dead_lettered_not_retried() {
     let mut app = spawn_alerter(Some(slack.base_url())).await;
 
     app.client.notify(notify("p-refused")).await.unwrap();
+    // The refusal is scripted for the first post: let it be p-refused's before p-after exists
+    // (two threads are delivered at once, in either order).
+    slack.wait_for_posts(1, WAIT).await;
     app.client.notify(notify("p-after")).await.unwrap();
     let posts = slack.wait_for_posts(2, WAIT).await;
     assert_eq!(names(&posts), ["p-refused", "p-after"]);
