@@ -102,10 +102,19 @@ fn check_targets(targets: &[String]) -> Result<Vec<String>, RouterError> {
 fn actor_of(actor: &str) -> String {
     let actor = actor.trim();
     if actor.is_empty() {
-        "api".to_owned()
-    } else {
-        actor.chars().take(128).collect()
+        return "api".to_owned();
     }
+    // Control and invisible characters are written out (`\u{0}`): an audit row shows what was
+    // sent, and PostgreSQL's text cannot hold a NUL at all.
+    let mut out = String::new();
+    for ch in actor.chars().take(128) {
+        if ch.is_control() || ghost_core::invisible::is_invisible(ch) {
+            out.extend(ch.escape_unicode());
+        } else {
+            out.push(ch);
+        }
+    }
+    out
 }
 
 /// The live Work streams of each token, so a revocation can cut them.
@@ -316,6 +325,14 @@ impl ExecutorTokenService for TokenService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_actor_is_trimmed_bounded_and_its_control_characters_written_out() {
+        assert_eq!(super::actor_of("  "), "api");
+        assert_eq!(super::actor_of(" ops "), "ops");
+        assert_eq!(super::actor_of("a\0b\u{202e}c"), "a\\u{0}b\\u{202e}c");
+        assert_eq!(super::actor_of(&"x".repeat(500)).len(), 128);
+    }
 
     #[test]
     fn names_are_letters_digits_dots_underscores_and_dashes() {
