@@ -92,6 +92,20 @@ impl FaultKind {
         }
     }
 
+    /// The fault a PostgreSQL SQLSTATE reports, if it is a storage fault: 53100 disk_full is
+    /// `Full`; class 08 (connection exception), 57P01..57P03 (the server shutting down, crashed
+    /// or starting) and 53300 (too many connections) are `Unreachable`; any other code is a
+    /// failed query, not a fault of the storage.
+    pub fn from_postgres_code(code: &str) -> Option<Self> {
+        if code == "53100" {
+            Some(Self::Full)
+        } else if code.starts_with("08") || code.starts_with("57P") || code == "53300" {
+            Some(Self::Unreachable)
+        } else {
+            None
+        }
+    }
+
     /// The fault an I/O error reports, if it is a storage fault (ENOSPC, EDQUOT, EIO, EROFS).
     pub fn from_io(err: &std::io::Error) -> Option<Self> {
         if err.kind() == std::io::ErrorKind::StorageFull
@@ -344,6 +358,27 @@ fn alert_request(health: &StorageHealth, key: &str, fault: Option<&Fault>) -> Al
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn postgres_codes_of_a_full_disk_or_a_server_gone_are_faults_a_bad_query_is_not() {
+        assert_eq!(
+            FaultKind::from_postgres_code("53100"),
+            Some(FaultKind::Full)
+        );
+        for gone in ["08006", "08001", "57P01", "57P03", "53300"] {
+            assert_eq!(
+                FaultKind::from_postgres_code(gone),
+                Some(FaultKind::Unreachable)
+            );
+        }
+        for ours in ["22021", "23505", "42P01", ""] {
+            assert_eq!(FaultKind::from_postgres_code(ours), None, "{ours}");
+        }
+        assert_eq!(
+            FaultKind::Unreachable.sentence("router"),
+            "the router's database is unreachable"
+        );
+    }
 
     #[test]
     fn sqlite_codes_that_are_storage_faults() {

@@ -57,18 +57,7 @@ pub fn pg_fault(err: &sqlx::Error) -> Option<FaultKind> {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => Some(FaultKind::Unreachable),
-        sqlx::Error::Database(db) => {
-            let code = db.code().unwrap_or_default();
-            // 53100 disk_full; class 08 connection exception; 57P01..57P03 the server is
-            // shutting down, crashed or starting; 53300 too many connections.
-            if code == "53100" {
-                Some(FaultKind::Full)
-            } else if code.starts_with("08") || code.starts_with("57P") || code == "53300" {
-                Some(FaultKind::Unreachable)
-            } else {
-                None
-            }
-        }
+        sqlx::Error::Database(db) => FaultKind::from_postgres_code(&db.code().unwrap_or_default()),
         _ => None,
     }
 }
