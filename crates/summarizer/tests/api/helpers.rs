@@ -159,6 +159,28 @@ pub async fn main_one_per_page(
         .into_inner()
 }
 
+/// A loopback address that refuses every connection for as long as the guard lives: its socket
+/// is bound but never listens, so no other test's listener can take the port meanwhile (a port
+/// merely reserved and released was once taken by another test's HTTP/2 server, and the "closed"
+/// subscription got "invalid HTTP version" instead of a refusal).
+pub struct ClosedPort {
+    _socket: socket2::Socket,
+    /// The address that refuses connections.
+    pub addr: SocketAddr,
+}
+
+/// See [`ClosedPort`].
+pub fn closed_port() -> ClosedPort {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    socket.bind(&any.into()).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    ClosedPort {
+        _socket: socket,
+        addr,
+    }
+}
+
 /// A free loopback port, released for someone to bind later.
 pub fn reserve_port() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

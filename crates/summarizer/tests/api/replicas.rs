@@ -11,7 +11,9 @@ use ghost_proto::router::v1::PatchStatus;
 use ghost_runtime::config::Secret;
 use ghost_testkit::postgres::TempPostgres;
 
-use crate::helpers::{FakeAlerter, created, record, reserve_port, spawn_with, test_config};
+use crate::helpers::{
+    FakeAlerter, closed_port, created, record, reserve_port, spawn_with, test_config,
+};
 
 /// The claim timeout of these tests.
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(3);
@@ -142,7 +144,8 @@ async fn a_killed_replicas_claimed_notifications_are_sent_by_the_other_after_the
     // The rows are recorded by a replica whose alerter is away (nothing listens on its port),
     // which then stops: they wait in the outbox, unclaimed.
     let rows = 8;
-    let away = format!("http://{}", reserve_port());
+    let refusing = closed_port();
+    let away = format!("http://{}", refusing.addr);
     let mut recorder = spawn_with(on_the_database(dir_b.path(), away)).await;
     for patch in 0..rows {
         let request = record(&format!("dead-{patch}"), 1, PatchStatus::Failed);

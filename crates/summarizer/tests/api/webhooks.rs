@@ -14,7 +14,9 @@ use summarizer::SummarizerConfig;
 use summarizer::webhooks::subscription::Subscription;
 use summarizer::webhooks::webhook_id;
 
-use crate::helpers::{TestApp, created, record, reserve_port, spawn_with, test_config};
+use crate::helpers::{
+    TestApp, closed_port, created, record, reserve_port, spawn_with, test_config,
+};
 
 /// `whsec_` and the base64 of 32 bytes.
 pub(crate) const SECRET: &str = "whsec_C2FtcGxlLXNlY3JldC1mb3ItZ2hvc3QtcnVubmVyISE=";
@@ -373,7 +375,8 @@ async fn after_a_30s_outage_and_a_restart_every_event_arrives_once_in_order_per_
 #[tokio::test]
 async fn messages_are_dead_lettered_after_give_up_or_410_and_counted_in_metrics() {
     let dir = tempfile::tempdir().unwrap();
-    let closed = format!("http://{}/hook", reserve_port());
+    let refusing = closed_port();
+    let closed = format!("http://{}/hook", refusing.addr);
     let gone_port = reserve_port().port();
     let receiver = Receiver::start(gone_port, 0.0, 410).await;
     let gone = format!("http://127.0.0.1:{gone_port}/hook");
@@ -662,7 +665,8 @@ async fn a_receiver_that_never_answers_does_not_delay_delivery_to_a_healthy_one(
 #[tokio::test]
 async fn a_removed_subscription_keeps_its_backlog_and_gets_it_when_it_comes_back_by_name() {
     let dir = tempfile::tempdir().unwrap();
-    let closed = format!("http://{}/old-token", reserve_port());
+    let refusing = closed_port();
+    let closed = format!("http://{}/old-token", refusing.addr);
     let port = reserve_port().port();
     let receiver = Receiver::start(port, 0.0, 204).await;
     let named = |url: &str| Subscription {
@@ -726,7 +730,8 @@ async fn a_removed_subscription_keeps_its_backlog_and_gets_it_when_it_comes_back
 #[tokio::test]
 async fn a_full_outbox_dead_letters_new_messages_and_dead_letters_are_bounded() {
     let dir = tempfile::tempdir().unwrap();
-    let closed = format!("http://{}/hook", reserve_port());
+    let refusing = closed_port();
+    let closed = format!("http://{}/hook", refusing.addr);
     let gone_port = reserve_port().port();
     let _gone = Receiver::start(gone_port, 0.0, 410).await;
     let gone = format!("http://127.0.0.1:{gone_port}/hook");
