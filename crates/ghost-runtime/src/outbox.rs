@@ -9,7 +9,9 @@
 //!   held back, shutdown) are settled as [`Outcome::Release`].
 //! - **Delivery.** [`Delivery::Ordered`] sends one row at a time and stops a round at the first
 //!   that is not delivered (nothing overtakes it); [`Delivery::Parallel`] keeps up to `at_once`
-//!   sends in flight. Either way a round sends at most one row per [`Row::key`] (per-key heads:
+//!   sends in flight; [`Delivery::Continuous`] too, but starts new rows while others are still
+//!   out (claimed again at every wake-up, poll or settled write; rows it still holds are not
+//!   sent twice even when the store returns them again). Either way a round sends at most one row per [`Row::key`] (per-key heads:
 //!   the store returns only the first pending row of a key), and with [`Policy::pacing`] at
 //!   most one per [`Row::gate`], which then stays closed for the pacing (a `Retry-After` closes
 //!   it too); closed gates are passed to the next claim.
@@ -126,6 +128,13 @@ pub enum Delivery {
     Ordered,
     /// Up to `at_once` sends in flight.
     Parallel {
+        /// Most sends in flight (at least 1).
+        at_once: usize,
+    },
+    /// Up to `at_once` sends in flight, and a new row starts as soon as a place frees up: no
+    /// round waits for its slowest send, and results are settled in the background, one write
+    /// for all that came in since the last (see [`Outbox::run`]).
+    Continuous {
         /// Most sends in flight (at least 1).
         at_once: usize,
     },
@@ -340,6 +349,7 @@ pub trait Sink: Send + Sync + 'static {
     fn observe(&self, _row: &Self::Row, _outcome: &Outcome<Self::Receipt>) {}
 }
 
+mod continuous;
 mod engine;
 
 pub use self::engine::Outbox;

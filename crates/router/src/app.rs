@@ -11,7 +11,9 @@ use ghost_proto::router::v1::gateway_state_service_server::GatewayStateServiceSe
 use ghost_proto::router::v1::router_service_server::RouterServiceServer;
 use ghost_proto::router::v1::router_stats_service_server::RouterStatsServiceServer;
 use ghost_proto::summarizer::v1::summarizer_service_client::SummarizerServiceClient;
+use ghost_runtime::clock::SystemClock;
 use ghost_runtime::config::Secret;
+use ghost_runtime::outbox::Delivery;
 use ghost_runtime::propagation::{Upstream, traced_channel};
 use ghost_runtime::serve::{Listeners, Service};
 use tokio_util::sync::CancellationToken;
@@ -128,17 +130,44 @@ impl App {
         self.listeners.restricted_addr()
     }
 
-    /// Serves until `shutdown` resolves, then drains.
+    /// Serves until `shutdown` resolves, then drains: the outboxes, the storage watch and the
+    /// sweep run beside the gRPC services until then.
     pub async fn run<F>(self, shutdown: F) -> anyhow::Result<()>
     where
         F: std::future::Future<Output = ()> + Send,
     {
         let token = CancellationToken::new();
         let tasks = TaskTracker::new();
+        self.spawn_outboxes(&tasks, &token)?;
+        self.spawn_storage_watch(&tasks, &token)?;
+        self.spawn_sweep(&tasks, &token);
+        let service = self.service(&tasks, &token).await?;
+        let routing = Arc::clone(&self.routing);
+        let close_token = token.clone();
+        tasks.spawn(async move {
+            close_token.cancelled().await;
+            routing.close_sessions().await;
+        });
+        ghost_runtime::serve::serve_until(
+            service,
+            self.listeners,
+            &self.config.server,
+            shutdown,
+            token,
+            tasks,
+        )
+        .await
+    }
+
+    /// Starts the delivery of both outboxes: outcomes to the summarizer, alerts to the
+    /// alerter (each only when its URL is configured; else its rows wait).
+    fn spawn_outboxes(&self, tasks: &TaskTracker, token: &CancellationToken) -> anyhow::Result<()> {
+        let store = self.routing.store();
         let summarizer = match &self.config.summarizer_url {
-            Some(url) => Some(outbox::Summarizer(SummarizerServiceClient::new(
-                traced_channel(url, &self.upstream)?,
-            ))),
+            Some(url) => Some(outbox::Summarizer {
+                client: SummarizerServiceClient::new(traced_channel(url, &self.upstream)?),
+                store: Arc::clone(store),
+            }),
             None => None,
         };
         let alerter = match &self.config.alerter_url {
@@ -148,18 +177,43 @@ impl App {
             )?))),
             None => None,
         };
+        let claims = outbox::Claims {
+            store: Arc::clone(store),
+            shared: match &self.store {
+                Store::Sqlite(_) => None,
+                Store::Postgres(store) => Some(store.clone()),
+            },
+        };
+        let claim_timeout = self.config.outbox_claim_timeout;
+        let continuous = Delivery::Continuous {
+            at_once: outbox::AT_ONCE,
+        };
         tasks.spawn(outbox::run(
-            Arc::clone(self.routing.store()),
+            outbox::OutcomeRows(claims.clone()),
             summarizer,
+            outbox::policy("outcomes", continuous, claim_timeout),
+            SystemClock::shared(),
             Arc::clone(&self.routing.outbox_wake),
             token.clone(),
         ));
         tasks.spawn(outbox::run(
-            Arc::clone(self.routing.store()),
+            outbox::AlertRows(claims),
             alerter,
+            outbox::policy("alerts", Delivery::Ordered, claim_timeout),
+            SystemClock::shared(),
             Arc::clone(&self.routing.alert_wake),
             token.clone(),
         ));
+        Ok(())
+    }
+
+    /// Starts what watches the store: storage faults reported to the alerter, the probe of a
+    /// degraded store, and (on a store shared by replicas) the notes of the other replicas.
+    fn spawn_storage_watch(
+        &self,
+        tasks: &TaskTracker,
+        token: &CancellationToken,
+    ) -> anyhow::Result<()> {
         let storage_alerter = match &self.config.alerter_url {
             Some(url) => Some(AlerterServiceClient::new(traced_channel(
                 url,
@@ -185,6 +239,12 @@ impl App {
                 token.clone(),
             ));
         }
+        Ok(())
+    }
+
+    /// Starts the sweep: every `sweep_interval`, expired leases, stale queues and the outbox
+    /// backlog gauges.
+    fn spawn_sweep(&self, tasks: &TaskTracker, token: &CancellationToken) {
         let routing = Arc::clone(&self.routing);
         let sweep_token = token.clone();
         let sweep_every = self.config.sweep_interval;
@@ -201,6 +261,15 @@ impl App {
                 }
             }
         });
+    }
+
+    /// The router's gRPC services (routing, stats, executor tokens, API keys, gateway state)
+    /// over the one routing state.
+    async fn service(
+        &self,
+        tasks: &TaskTracker,
+        token: &CancellationToken,
+    ) -> anyhow::Result<Service> {
         let api_keys = Arc::new(
             ApiKeys::open(Arc::clone(self.routing.store()), token.clone())
                 .await
@@ -218,7 +287,7 @@ impl App {
             executor_addr: self.listeners.restricted_addr(),
             refusal_audit: Arc::default(),
         };
-        let service = Service {
+        Ok(Service {
             name: SERVICE,
             grpc_names: vec![
                 "ghost.router.v1.RouterService",
@@ -239,22 +308,7 @@ impl App {
             http: axum::Router::new(),
             open_methods: vec![WORK_METHOD],
             storage: Some(self.store.health().clone()),
-        };
-        let routing = Arc::clone(&self.routing);
-        let close_token = token.clone();
-        tasks.spawn(async move {
-            close_token.cancelled().await;
-            routing.close_sessions().await;
-        });
-        ghost_runtime::serve::serve_until(
-            service,
-            self.listeners,
-            &self.config.server,
-            shutdown,
-            token,
-            tasks,
-        )
-        .await
+        })
     }
 }
 
@@ -336,7 +390,8 @@ impl Store {
         };
         let store = PgStore::connect(url)
             .await
-            .map_err(|err| anyhow::anyhow!("cannot open the router's store: {err}"))?;
+            .map_err(|err| anyhow::anyhow!("cannot open the router's store: {err}"))?
+            .with_claim_timeout(config.outbox_claim_timeout);
         tracing::info!("router state on PostgreSQL (store.url); replicas may share it");
         Ok(Self::Postgres(store))
     }

@@ -52,6 +52,11 @@ pub struct RouterConfig {
     /// How often leases are checked for expiry and queues for staleness.
     #[serde(with = "humantime_serde")]
     pub sweep_interval: Duration,
+    /// How long a replica's claim on an outbox row (an outcome, an alert) keeps the other
+    /// replicas sharing `store.url` off it: a replica that dies while sending is taken over this
+    /// long after it claimed. Longer than a delivery can take. Unused on SQLite (one router).
+    #[serde(with = "humantime_serde")]
+    pub outbox_claim_timeout: Duration,
 }
 
 impl Default for RouterConfig {
@@ -70,6 +75,7 @@ impl Default for RouterConfig {
             max_attempts: 3,
             stale_after: Duration::from_secs(300),
             sweep_interval: Duration::from_secs(2),
+            outbox_claim_timeout: Duration::from_secs(30),
         }
     }
 }

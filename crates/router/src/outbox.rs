@@ -1,9 +1,21 @@
-//! Delivery from the durable outboxes: terminal outcomes to the summarizer and alert changes
-//! to the alerter. At least once (the receivers are idempotent), retried with exponential
-//! backoff up to a minute, surviving router restarts (the rows are durable). Alerts go strictly
-//! in row order; outcomes (each its own patch) go several at a time.
+//! Delivery from the durable outboxes, on the one outbox engine ([`ghost_runtime::outbox`]):
+//! terminal outcomes to the summarizer and alert changes to the alerter. At least once (the
+//! receivers are idempotent), retried on the engine's backoff ([`BACKOFF`]: 0.5 s doubling up
+//! to a minute), surviving router restarts (the rows are durable). On a store shared by
+//! replicas each row is claimed by the replica sending it for `outbox_claim_timeout`, and a
+//! dead replica's claims are taken over when they run out.
+//!
+//! - **Outcomes** (each its own patch) go [`Delivery::Continuous`]: up to [`AT_ONCE`] in flight,
+//!   a new one starting as soon as a place frees up, so a patch that ends while another is
+//!   being delivered does not wait for that delivery and its commit.
+//! - **Alerts** go [`Delivery::Ordered`], strictly in row order: a row that fails holds back
+//!   the later ones (the store's claim stops at the first not due), so a raise never arrives
+//!   after its resolve.
+//!
+//! This module is the adapter: the rows ([`Row`]), the store side ([`OutcomeRows`],
+//! [`AlertRows`], over the [`RouterStore`] methods and, on PostgreSQL, the release of claims) and the sinks ([`Summarizer`],
+//! [`Alerter`]). The backlog gauges are set by the sweep ([`publish_backlog`]).
 
-use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,223 +23,220 @@ use ghost_proto::alerter::v1::alerter_service_client::AlerterServiceClient;
 use ghost_proto::alerter::v1::{AlertRequest, Severity};
 use ghost_proto::summarizer::v1::summarizer_service_client::SummarizerServiceClient;
 use ghost_proto::summarizer::v1::{Outcome, RecordRequest};
+use ghost_runtime::clock::SharedClock;
+use ghost_runtime::outbox::{self as engine, Backoff, Claim, Delivery, Policy, Row, SendError};
 use ghost_runtime::propagation::{TracedChannel, set_parent, trace_id_of};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::queue_ages::{Oldest, QueueAges};
-use crate::store::{
-    AlertRow, Delivery, Outbox, OutboxRow, RouterStore, StoreError, now_ms, rule_ms,
+use crate::store::{AlertRow, OutboxRow, PgStore, RouterStore, StoreError, now_ms, rule_ms};
+
+/// Looks at the outbox at least this often even without a wake-up.
+const POLL: Duration = Duration::from_secs(1);
+/// Rows claimed per round.
+const BATCH: usize = 64;
+/// Outcome deliveries in flight at once.
+pub const AT_ONCE: usize = 16;
+
+/// The one retry schedule of both outboxes: 0.5 s doubling per failure, at most a minute.
+pub const BACKOFF: Backoff = Backoff {
+    initial: Duration::from_millis(500),
+    max: Duration::from_secs(60),
+    jitter: false,
 };
 
-/// Polls the outbox at least this often even without a wake-up.
-const POLL: Duration = Duration::from_secs(1);
-/// Longest wait between two tries of one row.
-const MAX_BACKOFF_MS: i64 = 60_000;
-/// Rows fetched per round.
-const BATCH: u32 = 64;
-
-/// The wait before try `tries + 1`: 0.5 s doubling, at most a minute.
-pub fn backoff_ms(tries: u32) -> i64 {
-    (500_i64 << tries.min(10)).min(MAX_BACKOFF_MS)
+/// How the outbox `name` runs: `delivery`, claims lasting `claim_timeout` (the store's, see
+/// [`crate::store::postgres::PgStore::with_claim_timeout`]), retried on [`BACKOFF`], never
+/// given up (the receivers are idempotent and the rows small).
+pub fn policy(name: &'static str, delivery: Delivery, claim_timeout: Duration) -> Policy {
+    Policy {
+        delivery,
+        batch: BATCH,
+        poll: POLL,
+        claim_timeout,
+        ..Policy::new(name, BACKOFF)
+    }
 }
 
-/// Where one outbox's rows go.
-#[tonic::async_trait]
-pub trait Sink: Send + Sync + 'static {
-    /// The rows of this outbox.
-    type Row: Send + 'static;
-    /// Which outbox.
-    const OUTBOX: Outbox;
-    /// Rows due now, in delivery order.
-    async fn due(&self, store: &dyn RouterStore) -> Result<Vec<Self::Row>, StoreError>;
-    /// The row's id in its table, its tries so far, and a name for logs.
-    fn describe(row: &Self::Row) -> (i64, u32, String);
-    /// Sends one row; `Err` carries why it must be tried again.
-    async fn send(&self, store: &dyn RouterStore, row: &Self::Row) -> Result<(), tonic::Status>;
-    /// True when a failed row must hold back the rows after it (ordered outboxes).
-    const ORDERED: bool;
-}
-
-/// Deliveries in flight at once from an unordered outbox.
-const PARALLEL: usize = 16;
-
-/// Delivers `sink`'s outbox rows whenever woken (or every second) until `shutdown`. Ordered
-/// outboxes send one row at a time, record each result, and stop a round at the first failure.
-/// The others keep up to [`PARALLEL`] deliveries in flight and start new rows as soon as they
-/// are woken, without waiting for the deliveries already out: a patch that ends while another
-/// is being delivered does not wait for that delivery and its commit. Results are recorded in
-/// the background, one store write for all that came in since the last.
-pub async fn run<S: Sink>(
-    store: Arc<dyn RouterStore>,
-    sink: Option<S>,
+/// Delivers the rows of `rows` through `sink` until `shutdown` (`wake` is signalled when a
+/// row is queued); with no receiver configured the rows wait in their outbox.
+pub async fn run<St, Si>(
+    rows: St,
+    sink: Option<Si>,
+    policy: Policy,
+    clock: SharedClock,
     wake: Arc<Notify>,
     shutdown: CancellationToken,
-) {
+) where
+    St: engine::Store<Receipt = ()>,
+    Si: engine::Sink<Row = St::Row, Receipt = ()>,
+{
     let Some(sink) = sink else {
-        tracing::warn!(outbox = ?S::OUTBOX, "no receiver configured; rows stay in the outbox");
+        tracing::warn!(
+            outbox = policy.name,
+            "no receiver configured; rows stay in the outbox"
+        );
         return;
     };
-    let sink = Arc::new(sink);
-    if !S::ORDERED {
-        return run_unordered(store, sink, wake, shutdown).await;
+    let claimant = engine::claimant();
+    engine::Outbox::new(rows, sink, policy, clock, claimant)
+        .run(wake, shutdown)
+        .await;
+}
+
+impl Row for OutboxRow {
+    fn id(&self) -> i64 {
+        self.id
     }
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = wake.notified() => {}
-            () = tokio::time::sleep(POLL) => {}
-        }
-        let rows = match sink.due(store.as_ref()).await {
-            Ok(rows) => rows,
-            Err(err) => {
-                tracing::error!(outbox = ?S::OUTBOX, error = %err, "cannot read the outbox");
-                continue;
+
+    fn tries(&self) -> u32 {
+        self.tries
+    }
+
+    fn describe(&self) -> String {
+        format!("{}#{}", self.patch_id, self.attempt)
+    }
+}
+
+impl Row for AlertRow {
+    fn id(&self) -> i64 {
+        self.id
+    }
+
+    fn tries(&self) -> u32 {
+        self.tries
+    }
+
+    fn describe(&self) -> String {
+        self.key.clone()
+    }
+}
+
+/// The engine's results as the router's store records them (a released row is not among
+/// them: see [`Claims::release`]); a row the engine gave up on (never, with the router's
+/// policy) is dropped as delivered.
+fn deliveries(outcomes: &[engine::Outcome<()>]) -> Vec<(i64, crate::store::Delivery)> {
+    use crate::store::Delivery as Recorded;
+    outcomes
+        .iter()
+        .filter_map(|outcome| match outcome {
+            engine::Outcome::Delivered { id, .. } | engine::Outcome::Dead { id, .. } => {
+                Some((*id, Recorded::Delivered))
             }
+            engine::Outcome::Retry {
+                id,
+                next_at_ms,
+                tried_ms,
+                ..
+            } => Some((*id, Recorded::RetryIn(next_at_ms.saturating_sub(*tried_ms)))),
+            engine::Outcome::Release { .. } => None,
+        })
+        .collect()
+}
+
+fn limit(claim: &Claim) -> u32 {
+    u32::try_from(claim.limit).unwrap_or(u32::MAX)
+}
+
+/// The router's store as the engine's store side: claims last the store's claim timeout
+/// (`Claim::until_ms` is not passed on).
+#[derive(Clone)]
+pub struct Claims {
+    /// The router's store.
+    pub store: Arc<dyn RouterStore>,
+    /// The same store when it is PostgreSQL: rows claimed but not sent are released there.
+    /// `None` on SQLite, which keeps no claims (one router; the engine keeps the rows it holds
+    /// from being sent twice).
+    pub shared: Option<PgStore>,
+}
+
+impl Claims {
+    /// Records a round: results in one write, then the claims of rows not sent dropped.
+    async fn record(
+        &self,
+        outbox: crate::store::Outbox,
+        outcomes: &[engine::Outcome<()>],
+    ) -> Result<(), StoreError> {
+        let settled = deliveries(outcomes);
+        if !settled.is_empty() {
+            self.store.settle(outbox, settled).await?;
+        }
+        self.release(outbox, outcomes).await
+    }
+
+    /// Drops the claims of the released rows (PostgreSQL), so another replica, or this one
+    /// after a restart, need not wait for them to run out.
+    async fn release(
+        &self,
+        outbox: crate::store::Outbox,
+        outcomes: &[engine::Outcome<()>],
+    ) -> Result<(), StoreError> {
+        let Some(shared) = &self.shared else {
+            return Ok(());
         };
-        for row in rows {
-            if shutdown.is_cancelled() {
-                return;
-            }
-            let (id, delivery) = deliver(sink.as_ref(), store.as_ref(), row).await;
-            settle(store.as_ref(), S::OUTBOX, vec![(id, delivery)]).await;
-            if delivery != Delivery::Delivered {
-                break;
-            }
-        }
+        let released: Vec<i64> = outcomes
+            .iter()
+            .filter(|outcome| matches!(outcome, engine::Outcome::Release { .. }))
+            .map(engine::Outcome::id)
+            .collect();
+        shared.release_claims(outbox, released).await
     }
 }
 
-/// The unordered loop of [`run`]. A row is out from when it is fetched until its result is
-/// recorded (queued here, in flight, or delivered and waiting for its commit); rows that are out
-/// are not fetched again. Rows are fetched in batches, started as places free up, and their
-/// results recorded by one store write at a time, in the background: what comes in meanwhile
-/// goes in the next write. On shutdown the deliveries and the write in flight are dropped; rows
-/// not yet recorded are sent again after a restart (the receivers are idempotent).
-async fn run_unordered<S: Sink>(
-    store: Arc<dyn RouterStore>,
-    sink: Arc<S>,
-    wake: Arc<Notify>,
-    shutdown: CancellationToken,
-) {
-    let mut out: HashSet<i64> = HashSet::new();
-    let mut queue: VecDeque<S::Row> = VecDeque::new();
-    let mut tasks: HashMap<tokio::task::Id, i64> = HashMap::new();
-    let mut in_flight = tokio::task::JoinSet::new();
-    let mut results: Vec<(i64, Delivery)> = Vec::new();
-    let mut settling = tokio::task::JoinSet::new();
-    let mut settling_ids: Vec<i64> = Vec::new();
-    // Rows come due by time too (retries after a backoff): polled on a steady tick that
-    // deliveries do not reset.
-    let mut poll = tokio::time::interval(POLL);
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut fetch = true;
-    let mut flush = false;
-    loop {
-        // One write for a whole batch under load (as many results as places); at once when
-        // nothing else is out, so a lone delivery is not kept waiting; and at every poll, so a
-        // delivery that hangs does not hold back the results of the others.
-        let settle_now =
-            results.len() >= PARALLEL || (!results.is_empty() && (in_flight.is_empty() || flush));
-        if settling.is_empty() && settle_now {
-            flush = false;
-            let batch = std::mem::take(&mut results);
-            settling_ids = batch.iter().map(|(id, _)| *id).collect();
-            let store = Arc::clone(&store);
-            settling.spawn(
-                async move { settle(store.as_ref(), S::OUTBOX, batch).await }.in_current_span(),
-            );
-        }
-        if fetch && queue.is_empty() && in_flight.len() < PARALLEL && !shutdown.is_cancelled() {
-            fetch = false;
-            match sink.due(store.as_ref()).await {
-                Ok(rows) => {
-                    for row in rows {
-                        if out.insert(S::describe(&row).0) {
-                            queue.push_back(row);
-                        }
-                    }
-                }
-                Err(err) => {
-                    tracing::error!(outbox = ?S::OUTBOX, error = %err, "cannot read the outbox")
-                }
-            }
-        }
-        while in_flight.len() < PARALLEL {
-            let Some(row) = queue.pop_front() else { break };
-            let id = S::describe(&row).0;
-            let (sink, store) = (Arc::clone(&sink), Arc::clone(&store));
-            let task = in_flight.spawn(
-                async move { deliver(sink.as_ref(), store.as_ref(), row).await }.in_current_span(),
-            );
-            tasks.insert(task.id(), id);
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = wake.notified() => fetch = true,
-            _ = poll.tick() => {
-                fetch = true;
-                flush = true;
-            }
-            Some(joined) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
-                let mut joined = Some(joined);
-                while let Some(result) = joined {
-                    match result {
-                        Ok((task, delivered)) => {
-                            tasks.remove(&task);
-                            results.push(delivered);
-                        }
-                        Err(err) => {
-                            // Not delivered as far as we know: due again, and fetched again.
-                            tracing::error!(outbox = ?S::OUTBOX, error = %err, "a delivery task failed; its row will be sent again");
-                            if let Some(id) = tasks.remove(&err.id()) {
-                                out.remove(&id);
-                            }
-                        }
-                    }
-                    joined = in_flight.try_join_next_with_id();
-                }
-            }
-            Some(_) = settling.join_next(), if !settling.is_empty() => {
-                // Recorded (or, after a storage error, still due): fetchable again.
-                for id in settling_ids.drain(..) {
-                    out.remove(&id);
-                }
-                fetch = true;
-            }
-        }
+/// The outcomes outbox in the router's store.
+pub struct OutcomeRows(pub Claims);
+
+impl engine::Store for OutcomeRows {
+    type Row = OutboxRow;
+    type Receipt = ();
+    type Error = StoreError;
+
+    async fn claim(&self, claim: Claim) -> Result<Vec<OutboxRow>, StoreError> {
+        self.0.store.outbox_due(limit(&claim)).await
+    }
+
+    async fn settle(
+        &self,
+        _claimant: &str,
+        outcomes: &[engine::Outcome<()>],
+    ) -> Result<(), StoreError> {
+        self.0
+            .record(crate::store::Outbox::Outcomes, outcomes)
+            .await
     }
 }
 
-/// Sends one row; returns its id and what became of it (delivered, or when to try again).
-async fn deliver<S: Sink>(sink: &S, store: &dyn RouterStore, row: S::Row) -> (i64, Delivery) {
-    let (id, tries, name) = S::describe(&row);
-    let delivery = match sink.send(store, &row).await {
-        Ok(()) => Delivery::Delivered,
-        Err(status) => {
-            let delay = backoff_ms(tries);
-            tracing::warn!(
-                outbox = ?S::OUTBOX,
-                row = %name,
-                tries = tries + 1,
-                code = ?status.code(),
-                message = status.message(),
-                retry_in_ms = delay,
-                "receiver refused or unreachable; will retry"
-            );
-            Delivery::RetryIn(delay)
-        }
-    };
-    (id, delivery)
+/// The alert outbox in the router's store: claims stop at the first row not due (or claimed
+/// by another replica), so alerts go in row order.
+pub struct AlertRows(pub Claims);
+
+impl engine::Store for AlertRows {
+    type Row = AlertRow;
+    type Receipt = ();
+    type Error = StoreError;
+
+    async fn claim(&self, claim: Claim) -> Result<Vec<AlertRow>, StoreError> {
+        self.0.store.alerts_due(limit(&claim)).await
+    }
+
+    async fn settle(
+        &self,
+        _claimant: &str,
+        outcomes: &[engine::Outcome<()>],
+    ) -> Result<(), StoreError> {
+        self.0.record(crate::store::Outbox::Alerts, outcomes).await
+    }
 }
 
-/// Records delivery results; on failure the rows stay due and are sent again.
-async fn settle(store: &dyn RouterStore, outbox: Outbox, settled: Vec<(i64, Delivery)>) {
-    let rows = settled.len();
-    if let Err(err) = store.settle(outbox, settled).await {
-        tracing::error!(?outbox, rows, error = %err, "cannot record delivery state; the rows will be sent again");
-    }
+/// A receiver's refusal, or its absence: tried again on the backoff.
+fn refused(status: tonic::Status) -> SendError {
+    SendError::retry(format!(
+        "receiver refused or unreachable: {:?}: {}",
+        status.code(),
+        status.message()
+    ))
 }
 
 /// Sets `ghost_outbox_depth{outbox}` and `ghost_outbox_oldest_age_seconds{outbox}` (the
@@ -264,35 +273,26 @@ pub async fn publish_backlog(store: &dyn RouterStore, ages: &mut QueueAges) {
     }
 }
 
-/// Terminal outcomes to the summarizer.
-pub struct Summarizer(pub SummarizerServiceClient<TracedChannel>);
+/// Terminal outcomes to the summarizer (the patch's record is read from the store).
+pub struct Summarizer {
+    /// The summarizer's gRPC client.
+    pub client: SummarizerServiceClient<TracedChannel>,
+    /// Where the patches are.
+    pub store: Arc<dyn RouterStore>,
+}
 
-#[tonic::async_trait]
-impl Sink for Summarizer {
+impl engine::Sink for Summarizer {
     type Row = OutboxRow;
-    const OUTBOX: Outbox = Outbox::Outcomes;
-    const ORDERED: bool = false;
+    type Receipt = ();
 
-    async fn due(&self, store: &dyn RouterStore) -> Result<Vec<OutboxRow>, StoreError> {
-        store.outbox_due(BATCH).await
-    }
-
-    fn describe(row: &OutboxRow) -> (i64, u32, String) {
-        (
-            row.id,
-            row.tries,
-            format!("{}#{}", row.patch_id, row.attempt),
-        )
-    }
-
-    async fn send(&self, store: &dyn RouterStore, row: &OutboxRow) -> Result<(), tonic::Status> {
-        let record = match store.get(row.patch_id.clone()).await {
+    async fn send(&self, row: &OutboxRow) -> Result<(), SendError> {
+        let record = match self.store.get(row.patch_id.clone()).await {
             Ok(Some(record)) => record,
             Ok(None) => {
                 tracing::error!(patch_id = %row.patch_id, "outbox row for an unknown patch dropped");
                 return Ok(());
             }
-            Err(err) => return Err(tonic::Status::internal(err.to_string())),
+            Err(err) => return Err(SendError::retry(format!("cannot read the patch: {err}"))),
         };
         let span = tracing::info_span!("router.forward_outcome", patch_id = %row.patch_id, attempt = row.attempt);
         set_parent(&span, &record.traceparent);
@@ -321,7 +321,7 @@ impl Sink for Summarizer {
             }
             .to_owned(),
         };
-        self.0
+        self.client
             .clone()
             .record(RecordRequest {
                 outcome: Some(outcome),
@@ -329,6 +329,7 @@ impl Sink for Summarizer {
             .instrument(span)
             .await
             .map(|_| ())
+            .map_err(refused)
     }
 }
 
@@ -344,21 +345,11 @@ fn severity(name: &str) -> Severity {
     }
 }
 
-#[tonic::async_trait]
-impl Sink for Alerter {
+impl engine::Sink for Alerter {
     type Row = AlertRow;
-    const OUTBOX: Outbox = Outbox::Alerts;
-    const ORDERED: bool = true;
+    type Receipt = ();
 
-    async fn due(&self, store: &dyn RouterStore) -> Result<Vec<AlertRow>, StoreError> {
-        store.alerts_due(BATCH).await
-    }
-
-    fn describe(row: &AlertRow) -> (i64, u32, String) {
-        (row.id, row.tries, row.key.clone())
-    }
-
-    async fn send(&self, _store: &dyn RouterStore, row: &AlertRow) -> Result<(), tonic::Status> {
+    async fn send(&self, row: &AlertRow) -> Result<(), SendError> {
         let request = AlertRequest {
             key: row.key.clone(),
             resolved: row.resolved,
@@ -374,5 +365,6 @@ impl Sink for Alerter {
             .instrument(tracing::info_span!("router.forward_alert", alert = %row.key, resolved = row.resolved))
             .await
             .map(|_| ())
+            .map_err(refused)
     }
 }

@@ -7,27 +7,27 @@ use super::{
 
 /// One outbox: its store, its sink, its policy and its clock.
 pub struct Outbox<St: Store, Si> {
-    store: Arc<St>,
-    sink: Arc<Si>,
-    policy: Policy,
-    clock: SharedClock,
-    claimant: Arc<str>,
+    pub(super) store: Arc<St>,
+    pub(super) sink: Arc<Si>,
+    pub(super) policy: Policy,
+    pub(super) clock: SharedClock,
+    pub(super) claimant: Arc<str>,
 }
 
 /// When each gate may be sent through again (Unix ms).
 #[derive(Default)]
-struct Gates {
+pub(super) struct Gates {
     not_before: HashMap<String, i64>,
 }
 
 impl Gates {
-    fn close(&mut self, gate: &str, until: i64) {
+    pub(super) fn close(&mut self, gate: &str, until: i64) {
         let entry = self.not_before.entry(gate.to_owned()).or_insert(until);
         *entry = (*entry).max(until);
     }
 
     /// Forgets the gates open at `now`; returns those still closed.
-    fn closed(&mut self, now: i64) -> Vec<String> {
+    pub(super) fn closed(&mut self, now: i64) -> Vec<String> {
         self.not_before.retain(|_, until| *until > now);
         self.not_before.keys().cloned().collect()
     }
@@ -38,9 +38,9 @@ impl Gates {
 }
 
 /// The least wait after a claim that found nothing.
-const IDLE_FLOOR: Duration = Duration::from_millis(10);
+pub(super) const IDLE_FLOOR: Duration = Duration::from_millis(10);
 
-fn millis(duration: Duration) -> i64 {
+pub(super) fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
@@ -68,6 +68,9 @@ where
 
     /// Delivers until `shutdown`; `wake` is signalled when a row is queued.
     pub async fn run(self, wake: Arc<Notify>, shutdown: CancellationToken) {
+        if let Delivery::Continuous { at_once } = self.policy.delivery {
+            return Arc::new(self).run_continuous(at_once, wake, shutdown).await;
+        }
         let mut gates = Gates::default();
         while !shutdown.is_cancelled() {
             let now = self.clock.now_ms();
@@ -93,7 +96,7 @@ where
             if !rows.is_empty() {
                 let outcomes = match self.policy.delivery {
                     Delivery::Ordered => self.ordered(rows, &mut gates, &shutdown).await,
-                    Delivery::Parallel { at_once } => {
+                    Delivery::Parallel { at_once } | Delivery::Continuous { at_once } => {
                         self.parallel(rows, at_once, &mut gates, &shutdown).await
                     }
                 };
@@ -210,7 +213,7 @@ where
     }
 
     /// The outcome of one try of `row`; closes its gate when paced or told to wait; logs.
-    fn decide(
+    pub(super) fn decide(
         &self,
         row: &St::Row,
         result: Result<St::Receipt, SendError>,
@@ -305,7 +308,11 @@ where
     }
 
     /// Records a round; a store error is retried until it succeeds or shutdown.
-    async fn settle(&self, outcomes: &[Outcome<St::Receipt>], shutdown: &CancellationToken) {
+    pub(super) async fn settle(
+        &self,
+        outcomes: &[Outcome<St::Receipt>],
+        shutdown: &CancellationToken,
+    ) {
         if outcomes.is_empty() {
             return;
         }
@@ -329,7 +336,7 @@ where
     }
 
     /// Sets the backlog gauges, if this outbox has them.
-    async fn publish(&self) {
+    pub(super) async fn publish(&self) {
         let backlog = match self.store.backlog().await {
             Ok(Some(backlog)) => backlog,
             Ok(None) => return,
@@ -351,7 +358,7 @@ where
     }
 
     /// Until the next row is due or a gate opens, at most [`Policy::poll`].
-    async fn next_wait(&self, gates: &Gates) -> Duration {
+    pub(super) async fn next_wait(&self, gates: &Gates) -> Duration {
         let due = match self.store.next_due().await {
             Ok(due) => due,
             Err(err) => {
@@ -370,7 +377,7 @@ where
             })
     }
 
-    async fn pause(&self, wait: Duration, wake: &Notify, shutdown: &CancellationToken) {
+    pub(super) async fn pause(&self, wait: Duration, wake: &Notify, shutdown: &CancellationToken) {
         let until = self.clock.now_ms().saturating_add(millis(wait));
         tokio::select! {
             () = shutdown.cancelled() => {}

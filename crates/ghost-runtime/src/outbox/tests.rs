@@ -53,6 +53,8 @@ struct State {
     /// One queue in order: a claim stops at the first row it cannot take.
     ordered: bool,
     settle_calls: usize,
+    /// Keeps no claims (one process on SQLite): every due row is returned by every claim.
+    forgets_claims: bool,
 }
 
 #[derive(Clone, Default)]
@@ -81,6 +83,22 @@ impl MemoryStore {
         store
     }
 
+    fn add(&self, id: i64) {
+        let row = TestRow {
+            id,
+            tries: 0,
+            first_try_ms: None,
+            key: None,
+        };
+        let stored = Stored {
+            row,
+            next_at_ms: T0,
+            claimed_by: None,
+            claim_until: 0,
+        };
+        self.state().pending.insert(id, stored);
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.0.lock().unwrap()
     }
@@ -93,12 +111,12 @@ impl Store for MemoryStore {
 
     async fn claim(&self, claim: Claim) -> Result<Vec<TestRow>, String> {
         let mut state = self.state();
-        let state_ordered = state.ordered;
+        let (state_ordered, forgets) = (state.ordered, state.forgets_claims);
         let mut heads = HashSet::new();
         let mut rows = Vec::new();
         for stored in state.pending.values_mut() {
             let first_of_key = stored.row.key.clone().is_none_or(|key| heads.insert(key));
-            let free = stored.claimed_by.is_none() || stored.claim_until <= claim.now_ms;
+            let free = forgets || stored.claimed_by.is_none() || stored.claim_until <= claim.now_ms;
             let takes = first_of_key && free && stored.next_at_ms <= claim.now_ms;
             if state_ordered && !takes {
                 break;
@@ -177,6 +195,8 @@ struct ScriptedSink {
     sent: Arc<Mutex<Vec<(i64, i64)>>>,
     in_flight: Arc<AtomicUsize>,
     most: Arc<AtomicUsize>,
+    /// This row's send never answers.
+    hang: Option<i64>,
 }
 
 impl ScriptedSink {
@@ -188,6 +208,7 @@ impl ScriptedSink {
             sent: Arc::default(),
             in_flight: Arc::default(),
             most: Arc::default(),
+            hang: None,
         }
     }
 
@@ -207,6 +228,9 @@ impl Sink for ScriptedSink {
             .lock()
             .unwrap()
             .push((row.id, self.clock.now_ms()));
+        if self.hang == Some(row.id) {
+            std::future::pending::<()>().await;
+        }
         tokio::time::sleep(self.delay).await;
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         (self.script)(row)
@@ -412,4 +436,105 @@ async fn a_settle_that_fails_is_retried_and_nothing_is_dropped_or_sent_twice() {
     delivered.sort_unstable();
     assert_eq!(delivered, [1, 2]);
     assert_eq!(sink.sent().len(), 2, "each row sent once");
+}
+
+/// Sends row 1 never answers (until the test ends); the others answer after `delay`.
+fn row_one_hangs(clock: &SharedClock, delay: Duration) -> ScriptedSink {
+    let mut sink = ScriptedSink::new(clock, delay, always(Ok(())));
+    sink.hang = Some(1);
+    sink
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_continuous_outbox_starts_new_rows_while_a_send_hangs_and_keeps_its_cap() {
+    let clock = TokioClock::shared(T0);
+    let store = MemoryStore::with_rows((1..=6).map(|id| (id, None)));
+    let sink = row_one_hangs(&clock, Duration::from_millis(100));
+    let outbox = Outbox::new(
+        store.clone(),
+        sink.clone(),
+        policy(Delivery::Continuous { at_once: 2 }),
+        Arc::clone(&clock),
+        claimant(),
+    );
+    let wake = Arc::new(Notify::new());
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(outbox.run(Arc::clone(&wake), shutdown.clone()));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // A row queued after the first claim, while row 1 still hangs.
+    store.add(7);
+    wake.notify_one();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut delivered = store.state().delivered.clone();
+    delivered.sort_unstable();
+    assert_eq!(
+        delivered,
+        [2, 3, 4, 5, 6, 7],
+        "rows 2 to 7 went one after another through the one free place"
+    );
+    assert_eq!(sink.most.load(Ordering::SeqCst), 2);
+    let sent = sink.sent();
+    assert_eq!(sent.len(), 7, "each row sent once: {sent:?}");
+    // One place is held by row 1; five rows of 100 ms each, then row 7 at once when woken.
+    let at = |id| sent.iter().find(|(of, _)| *of == id).unwrap().1 - T0;
+    assert_eq!(at(6), 400, "{sent:?}");
+    assert!(at(7) <= 600, "row 7 did not wait for a poll: {sent:?}");
+    shutdown.cancel();
+    task.await.unwrap();
+    // Row 1 was released at shutdown, not delivered and not left claimed.
+    assert!(store.state().pending[&1].claimed_by.is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_continuous_outbox_does_not_send_a_row_twice_when_the_store_keeps_no_claims() {
+    let clock = TokioClock::shared(T0);
+    let store = MemoryStore::with_rows((1..=3).map(|id| (id, None)));
+    store.state().forgets_claims = true;
+    let sink = row_one_hangs(&clock, Duration::from_millis(100));
+    run_for(
+        &store,
+        &sink,
+        policy(Delivery::Continuous { at_once: 4 }),
+        Duration::from_secs(5),
+    )
+    .await;
+    let ids: Vec<i64> = sink.sent().iter().map(|(id, _)| *id).collect();
+    assert_eq!(
+        ids.len(),
+        3,
+        "claimed again at every poll, sent once: {ids:?}"
+    );
+    assert_eq!(store.state().delivered.len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_continuous_outbox_retries_on_the_backoff_and_sends_one_row_per_key_at_a_time() {
+    let clock = TokioClock::shared(T0);
+    let store = MemoryStore::with_rows([(1, Some("p")), (2, Some("p")), (3, None)]);
+    let script: Script = Arc::new(|row: &TestRow| match (row.id, row.tries) {
+        (1, 0) => Err(SendError::retry("first try refused")),
+        _ => Ok(()),
+    });
+    let sink = ScriptedSink::new(&clock, Duration::ZERO, script);
+    run_for(
+        &store,
+        &sink,
+        policy(Delivery::Continuous { at_once: 4 }),
+        Duration::from_secs(3),
+    )
+    .await;
+    let state = store.state();
+    assert_eq!(state.retries, [(1, T0 + 100)]);
+    assert_eq!(state.delivered.len(), 3);
+    let sent = sink.sent();
+    let ones: Vec<i64> = sent
+        .iter()
+        .filter(|(id, _)| *id == 1)
+        .map(|(_, at)| at - T0)
+        .collect();
+    assert_eq!(ones[0], 0);
+    assert!((100..=1_100).contains(&ones[1]), "{sent:?}");
+    // Row 2 shares row 1's key: not sent before row 1 was delivered.
+    let two = sent.iter().find(|(id, _)| *id == 2).unwrap().1 - T0;
+    assert!(two >= ones[1], "{sent:?}");
 }

@@ -11,6 +11,7 @@ mod leases;
 mod long_poll;
 mod metric_labels;
 mod ordering;
+mod outbox_claims;
 mod outbox_lag;
 mod outcomes;
 mod replicas;

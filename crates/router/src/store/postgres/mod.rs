@@ -73,6 +73,8 @@ pub struct PgStore {
     reachable: std::sync::Arc<tokio::sync::Mutex<Option<(std::time::Instant, bool)>>>,
     /// This replica's name on the channel: its own notes are not acted on twice.
     origin: String,
+    /// How long this replica's claims on outbox rows last (ms; see [`PgStore::with_claim_timeout`]).
+    claim_ms: i64,
 }
 
 /// Runs `$body` (an expression using `$conn: &mut PgConnection`) in a transaction: committed
@@ -137,7 +139,27 @@ impl PgStore {
             health: StorageHealth::new(crate::SERVICE),
             reachable: std::sync::Arc::default(),
             origin: id.iter().map(|byte| format!("{byte:02x}")).collect(),
+            claim_ms: reads::CLAIM_MS,
         })
+    }
+
+    /// Drops this replica's claims on the rows `ids` of `outbox`, claimed but not sent
+    /// (shutdown, order held back): another replica may send them at once.
+    pub async fn release_claims(&self, outbox: Outbox, ids: Vec<i64>) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        in_tx!(self, conn => reads::release(conn, outbox, &ids))
+    }
+
+    /// Claims outbox rows for `timeout` (the default is [`reads::CLAIM_MS`]): a replica that
+    /// dies while sending is taken over that long after it claimed.
+    #[must_use]
+    pub fn with_claim_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.claim_ms = i64::try_from(timeout.as_millis())
+            .unwrap_or(i64::MAX)
+            .max(1);
+        self
     }
 
     /// The health of the database under this store.
@@ -452,7 +474,7 @@ impl RouterStore for PgStore {
     }
 
     async fn outbox_due(&self, limit: u32) -> Result<Vec<OutboxRow>, StoreError> {
-        in_tx!(self, conn => reads::outbox_due(conn, limit))
+        in_tx!(self, conn => reads::outbox_due(conn, limit, self.claim_ms))
     }
 
     async fn raise_alert(&self, alert: NewAlert) -> Result<bool, StoreError> {
@@ -477,7 +499,7 @@ impl RouterStore for PgStore {
     }
 
     async fn alerts_due(&self, limit: u32) -> Result<Vec<AlertRow>, StoreError> {
-        in_tx!(self, conn => reads::alerts_due(conn, limit))
+        in_tx!(self, conn => reads::alerts_due(conn, limit, self.claim_ms))
     }
 
     async fn create_token(&self, token: NewToken) -> Result<Option<TokenRow>, StoreError> {

@@ -1,5 +1,5 @@
 //! The reads of [`super::PgStore`] (lists, trails, queue figures, stats) and its outboxes:
-//! rows are *claimed* for [`CLAIM_MS`] by the replica that sends them, with `FOR UPDATE SKIP
+//! rows are *claimed* (for [`CLAIM_MS`] unless configured) by the replica that sends them, with `FOR UPDATE SKIP
 //! LOCKED`, so two replicas never send one row at once and a dead replica's claims run out.
 
 use ghost_core::{ApplyReport, Status};
@@ -13,7 +13,7 @@ use crate::store::{
     StoreError, TargetRow,
 };
 
-/// How long a claimed outbox row is left to its replica before another may send it.
+/// By default, how long a claimed outbox row is left to its replica before another may send it.
 pub const CLAIM_MS: i64 = 30_000;
 
 /// Patches newest first, filtered by target and status.
@@ -222,7 +222,11 @@ pub async fn outbox_backlog(conn: &mut PgConnection) -> Result<Vec<OutboxBacklog
 }
 
 /// Claims the outcomes due for delivery (none claimed by a live replica), oldest first.
-pub async fn outbox_due(conn: &mut PgConnection, limit: u32) -> Result<Vec<OutboxRow>, StoreError> {
+pub async fn outbox_due(
+    conn: &mut PgConnection,
+    limit: u32,
+    claim_ms: i64,
+) -> Result<Vec<OutboxRow>, StoreError> {
     let rows = sqlx::query(sql(format!(
         "UPDATE outbox SET claimed_until_ms = {SERVER_MS} + $2
          WHERE id IN (
@@ -233,7 +237,7 @@ pub async fn outbox_due(conn: &mut PgConnection, limit: u32) -> Result<Vec<Outbo
          RETURNING id, patch_id, attempt, tries, report_json, created_ms"
     )))
     .bind(i64::from(limit))
-    .bind(CLAIM_MS)
+    .bind(claim_ms)
     .fetch_all(&mut *conn)
     .await?;
     let mut due = Vec::with_capacity(rows.len());
@@ -257,7 +261,11 @@ pub async fn outbox_due(conn: &mut PgConnection, limit: u32) -> Result<Vec<Outbo
 
 /// Claims the alert changes due, oldest first, stopping at the first that waits for a retry
 /// or is claimed by another replica: one replica at a time sends alerts, in row order.
-pub async fn alerts_due(conn: &mut PgConnection, limit: u32) -> Result<Vec<AlertRow>, StoreError> {
+pub async fn alerts_due(
+    conn: &mut PgConnection,
+    limit: u32,
+    claim_ms: i64,
+) -> Result<Vec<AlertRow>, StoreError> {
     let locked: bool = sqlx::query("SELECT pg_try_advisory_xact_lock(7368013)")
         .fetch_one(&mut *conn)
         .await?
@@ -301,10 +309,28 @@ pub async fn alerts_due(conn: &mut PgConnection, limit: u32) -> Result<Vec<Alert
         "UPDATE alert_outbox SET claimed_until_ms = {SERVER_MS} + $2 WHERE id = ANY($1)"
     )))
     .bind(ids)
-    .bind(CLAIM_MS)
+    .bind(claim_ms)
     .execute(&mut *conn)
     .await?;
     Ok(due)
+}
+
+/// Drops the claims on rows claimed but not sent (shutdown, order held back), so they may be
+/// sent at once rather than when the claims run out. Only claims still running are dropped.
+pub async fn release(
+    conn: &mut PgConnection,
+    outbox: Outbox,
+    ids: &[i64],
+) -> Result<(), StoreError> {
+    let table = table(outbox);
+    sqlx::query(sql(format!(
+        "UPDATE {table} SET claimed_until_ms = 0
+         WHERE id = ANY($1) AND delivered_ms IS NULL AND claimed_until_ms > {SERVER_MS}"
+    )))
+    .bind(ids)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// Records what became of delivery tries, and releases their claims.
