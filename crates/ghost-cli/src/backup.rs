@@ -15,8 +15,9 @@
 //! The backup is written under a hidden `.NAME.partial` sibling and renamed into place once
 //! complete, so a directory named like a backup is always a whole one. `restore` checks and
 //! puts a backup back, `tree` copies the summary files, `retention` names and prunes backups
-//! under `--into ROOT`, `render` prints the answers.
+//! under `--into ROOT`, `render` prints the answers, `command` runs the two commands.
 
+mod command;
 mod render;
 mod restore;
 mod retention;
@@ -31,6 +32,7 @@ use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use self::command::{run_backup, run_restore};
 pub use self::render::{render_backup, render_restore, report_json};
 pub use self::restore::{RestoreOptions, RestoreReport, restore};
 use self::retention::{prune, unused_name};
