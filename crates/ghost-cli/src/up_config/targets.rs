@@ -11,27 +11,8 @@ use gateway::config::{ApiKeyConfig, TargetConfig};
 use ghost_runtime::config::EnvVar;
 use serde::Serialize;
 
-use super::{Commands, TargetSpec, invalid, to_tree};
+use super::{TargetSpec, invalid, to_tree};
 use crate::error::CliError;
-
-impl TargetSpec {
-    /// A target at `root` with nothing but its name set.
-    fn bare(name: &str, root: PathBuf, is_default: bool) -> Self {
-        Self {
-            name: name.to_owned(),
-            root,
-            aliases: Vec::new(),
-            is_default,
-            commands: Commands::default(),
-            agent: None,
-            checks: Vec::new(),
-            rollback_ignore: Vec::new(),
-            revert_keep: None,
-            sandbox: None,
-            writable: Vec::new(),
-        }
-    }
-}
 
 /// The targets of the file with the `--workspace` flags over them; `MAIN=./workspace` when
 /// there are none; the default target first. Refuses two defaults, duplicate names or
