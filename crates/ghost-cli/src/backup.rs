@@ -15,8 +15,11 @@
 //! The backup is written under a hidden `.NAME.partial` sibling and renamed into place once
 //! complete, so a directory named like a backup is always a whole one. `restore` checks and
 //! puts a backup back, `tree` copies the summary files, `retention` names and prunes backups
-//! under `--into ROOT`, `render` prints the answers.
+//! under `--into ROOT`, `database` copies and checks a SQLite file, `render` prints the
+//! answers, `command` runs the two commands.
 
+mod command;
+mod database;
 mod render;
 mod restore;
 mod retention;
@@ -24,13 +27,12 @@ mod tree;
 
 use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
-use std::time::Duration;
 
-use rusqlite::backup::{Backup, StepResult};
-use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use self::command::{run_backup, run_restore};
+use self::database::{check_integrity, copy_database};
 pub use self::render::{render_backup, render_restore, report_json};
 pub use self::restore::{RestoreOptions, RestoreReport, restore};
 use self::retention::{prune, unused_name};
@@ -264,10 +266,53 @@ pub(crate) fn now_rfc3339() -> String {
 
 /// Takes a backup of `dirs` into `destination`.
 pub fn backup(dirs: &StateDirs, destination: &Destination) -> Result<BackupReport, BackupError> {
-    let sources = dirs.resolve()?;
+    let (present, skipped) = sources(dirs)?;
+    let (dir, keep) = match destination {
+        Destination::Exactly(dir) => {
+            refuse_non_empty(dir)?;
+            (dir.clone(), None)
+        }
+        Destination::Under { root, keep } => {
+            create_private_dir(root)?;
+            (unused_name(root)?, *keep)
+        }
+    };
+    refuse_inside_sources(&dir, &present)?;
+    let staging = partial_name(&dir)?;
+    create_private_dir(&staging)?;
+    let guard = RemoveOnDrop(Some(staging.clone()));
+    let manifest = copy_all(&present, &staging)?;
+    if let Destination::Exactly(dir) = destination
+        && dir.exists()
+    {
+        // An empty directory was given: the rename replaces it.
+        std::fs::remove_dir(dir).map_err(|err| BackupError::io(dir, err))?;
+    }
+    std::fs::rename(&staging, &dir).map_err(|err| BackupError::io(&dir, err))?;
+    std::mem::forget(guard);
+    sync_dir(dir.parent().unwrap_or(Path::new(".")));
+    let deleted = match (destination, keep) {
+        (Destination::Under { root, .. }, Some(keep)) => prune(root, keep)?,
+        _ => Vec::new(),
+    };
+    Ok(BackupReport {
+        dir,
+        manifest,
+        skipped,
+        deleted,
+    })
+}
+
+/// A service with a database to copy, and its dir.
+type Source = (Service, PathBuf);
+
+/// The services with a database to copy, with their dirs, and the names of those skipped (a
+/// `--data-dir` without that service's). Refuses a database that is not a regular file, one
+/// missing from a dir named directly, and a data dir with no router database.
+fn sources(dirs: &StateDirs) -> Result<(Vec<Source>, Vec<String>), BackupError> {
     let mut present = Vec::new();
     let mut skipped = Vec::new();
-    for (service, dir, direct) in sources {
+    for (service, dir, direct) in dirs.resolve()? {
         let database = dir.join(service.database);
         match std::fs::symlink_metadata(&database) {
             Ok(meta) if meta.is_file() => present.push((service, dir)),
@@ -292,33 +337,25 @@ pub fn backup(dirs: &StateDirs, destination: &Destination) -> Result<BackupRepor
             data_dir.display()
         )));
     }
-    let (dir, keep) = match destination {
-        Destination::Exactly(dir) => {
-            refuse_non_empty(dir)?;
-            (dir.clone(), None)
-        }
-        Destination::Under { root, keep } => {
-            create_private_dir(root)?;
-            (unused_name(root)?, *keep)
-        }
-    };
-    refuse_inside_sources(&dir, &present)?;
-    let staging = partial_name(&dir)?;
-    create_private_dir(&staging)?;
-    let guard = RemoveOnDrop(Some(staging.clone()));
+    Ok((present, skipped))
+}
+
+/// Copies every present service into `staging` (its database, then its trees, then for the
+/// summarizer the summaries the copied index names) and writes the manifest there.
+fn copy_all(present: &[Source], staging: &Path) -> Result<Manifest, BackupError> {
     let started_at = now_rfc3339();
     let mut files = Vec::new();
     let mut warnings = Vec::new();
-    for (service, source) in &present {
+    for (service, source) in present {
         let into = staging.join(service.name);
         create_private_dir(&into)?;
         files.push(copy_database(*service, source, &into)?);
         for tree in service.trees {
-            let copied = copy_tree(*service, source, &staging, tree, &mut warnings)?;
+            let copied = copy_tree(*service, source, staging, tree, &mut warnings)?;
             files.extend(copied);
         }
         if service.name == "summarizer" {
-            let more = complete_summaries(source, &staging, &mut warnings)?;
+            let more = complete_summaries(source, staging, &mut warnings)?;
             files.extend(more);
         }
     }
@@ -331,27 +368,9 @@ pub fn backup(dirs: &StateDirs, destination: &Destination) -> Result<BackupRepor
         warnings,
     };
     let text = serde_json::to_vec_pretty(&manifest)
-        .map_err(|err| BackupError::io(&staging, std::io::Error::other(err)))?;
+        .map_err(|err| BackupError::io(staging, std::io::Error::other(err)))?;
     write_synced(&staging.join(MANIFEST), &text)?;
-    if let Destination::Exactly(dir) = destination
-        && dir.exists()
-    {
-        // An empty directory was given: the rename replaces it.
-        std::fs::remove_dir(dir).map_err(|err| BackupError::io(dir, err))?;
-    }
-    std::fs::rename(&staging, &dir).map_err(|err| BackupError::io(&dir, err))?;
-    std::mem::forget(guard);
-    sync_dir(dir.parent().unwrap_or(Path::new(".")));
-    let deleted = match (destination, keep) {
-        (Destination::Under { root, .. }, Some(keep)) => prune(root, keep)?,
-        _ => Vec::new(),
-    };
-    Ok(BackupReport {
-        dir,
-        manifest,
-        skipped,
-        deleted,
-    })
+    Ok(manifest)
 }
 
 /// Removes a directory tree when dropped (a backup or restore that failed half way).
@@ -380,7 +399,7 @@ fn refuse_non_empty(dir: &Path) -> Result<(), BackupError> {
 }
 
 /// A backup written inside a service's dir would copy itself (and a restore would nest it).
-fn refuse_inside_sources(dir: &Path, sources: &[(Service, PathBuf)]) -> Result<(), BackupError> {
+fn refuse_inside_sources(dir: &Path, sources: &[Source]) -> Result<(), BackupError> {
     // The nearest existing ancestor, resolved, then the rest of the path as given.
     let absolute = std::path::absolute(dir).map_err(|err| BackupError::io(dir, err))?;
     let mut existing = absolute.as_path();
@@ -483,83 +502,6 @@ pub(crate) fn hash_file(path: &Path, limit: u64) -> Result<(String, u64), Backup
         )));
     }
     Ok((hex(&hasher.finalize()), size))
-}
-
-/// Copies `service`'s database from `source` into `into` with the online backup API.
-fn copy_database(service: Service, source: &Path, into: &Path) -> Result<FileEntry, BackupError> {
-    let from_path = source.join(service.database);
-    let to_path = into.join(service.database);
-    // Read-write without create: a WAL reader may need to create the -shm file, and a missing
-    // database must be an error, not a new empty one.
-    let from = Connection::open_with_flags(
-        &from_path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|err| BackupError::sqlite(&from_path, err))?;
-    from.busy_timeout(Duration::from_secs(5))
-        .map_err(|err| BackupError::sqlite(&from_path, err))?;
-    drop(create_private_file(&to_path)?);
-    let mut to = Connection::open(&to_path).map_err(|err| BackupError::sqlite(&to_path, err))?;
-    {
-        let copy = Backup::new(&from, &mut to).map_err(|err| BackupError::sqlite(&to_path, err))?;
-        // All pages in one step: one read transaction on the source, so the copy is one
-        // commit's database; writers (WAL) are not blocked. Busy only while a writer holds a
-        // rollback-journal lock: retried for at most 30 s.
-        let mut tries = 0u32;
-        loop {
-            match copy
-                .step(-1)
-                .map_err(|err| BackupError::sqlite(&from_path, err))?
-            {
-                StepResult::Done => break,
-                StepResult::More | StepResult::Busy | StepResult::Locked if tries < 300 => {
-                    tries += 1;
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                _ => {
-                    return Err(BackupError::Refused(format!(
-                        "{} stayed locked for 30 s: no consistent copy could be taken",
-                        from_path.display()
-                    )));
-                }
-            }
-        }
-    }
-    drop(from);
-    // The copy is one self-contained file: no -wal beside it.
-    to.pragma_update(None, "journal_mode", "DELETE")
-        .map_err(|err| BackupError::sqlite(&to_path, err))?;
-    check_integrity(&to, &to_path)?;
-    let schema_version: i64 = to
-        .pragma_query_value(None, "user_version", |row| row.get(0))
-        .map_err(|err| BackupError::sqlite(&to_path, err))?;
-    to.close()
-        .map_err(|(_, err)| BackupError::sqlite(&to_path, err))?;
-    let (sha256, size) = hash_file(&to_path, MAX_FILE_BYTES)?;
-    Ok(FileEntry {
-        service: service.name.to_owned(),
-        path: format!("{}/{}", service.name, service.database),
-        kind: FileKind::Sqlite,
-        size,
-        sha256,
-        schema_version: Some(schema_version),
-        copied_at: now_rfc3339(),
-    })
-}
-
-/// `PRAGMA integrity_check` answers `ok`.
-pub(crate) fn check_integrity(conn: &Connection, path: &Path) -> Result<(), BackupError> {
-    let answer: String = conn
-        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
-        .map_err(|err| BackupError::sqlite(path, err))?;
-    if answer == "ok" {
-        Ok(())
-    } else {
-        Err(BackupError::Refused(format!(
-            "{}: integrity check failed: {answer}",
-            path.display()
-        )))
-    }
 }
 
 /// A relative `/`-separated path of plain names (no `..`, `.`, root or empty part).

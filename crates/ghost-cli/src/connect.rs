@@ -118,108 +118,113 @@ fn toml_string(text: &str) -> String {
     toml::Value::String(text.to_owned()).to_string()
 }
 
-/// The snippet of an MCP client: (snippet, format, where it goes, and for Claude Code the
-/// command line).
-fn mcp_snippet(
-    client: Client,
-    mcp_url: &str,
-    key: &str,
-) -> (String, &'static str, String, Option<String>) {
+/// What an MCP client is given: the snippet, its format, where it goes, and for Claude Code
+/// the command line that adds it.
+struct Snippet {
+    /// The config text to paste.
+    text: String,
+    /// `json` or `toml`.
+    format: &'static str,
+    /// Where the client keeps it.
+    path_hint: &'static str,
+    /// A command line doing the same (Claude Code's `claude mcp add`).
+    command: Option<String>,
+}
+
+impl Snippet {
+    /// A JSON snippet with no command line.
+    fn json(value: &Value, path_hint: &'static str) -> Self {
+        Self {
+            text: pretty(value),
+            format: "json",
+            path_hint,
+            command: None,
+        }
+    }
+}
+
+/// The snippet of an MCP client, for the server at `mcp_url` with `key`.
+fn mcp_snippet(client: Client, mcp_url: &str, key: &str) -> Snippet {
     let bearer = format!("Bearer {key}");
     let headers = json!({ "Authorization": bearer });
     match client {
-        Client::ClaudeDesktop => {
-            let mut args = vec![
-                json!("-y"),
-                json!("mcp-remote"),
-                json!(mcp_url),
-                json!("--header"),
-                json!("Authorization:${AUTH_HEADER}"),
-            ];
-            if mcp_url.starts_with("http://") {
-                args.push(json!("--allow-http"));
-            }
-            let snippet = json!({"mcpServers": {"ghost": {
-                "command": "npx",
-                "args": args,
-                "env": {"AUTH_HEADER": bearer},
-            }}});
-            (
-                pretty(&snippet),
-                "json",
-                "claude_desktop_config.json (Settings > Developer > Edit Config; macOS: ~/Library/Application Support/Claude/, Windows: %APPDATA%\\Claude\\); needs Node.js for npx".to_owned(),
-                None,
-            )
-        }
-        Client::ClaudeCode => {
-            let snippet = json!({"mcpServers": {"ghost": {
+        Client::ClaudeDesktop => claude_desktop(mcp_url, &bearer),
+        Client::ClaudeCode => claude_code(mcp_url, &bearer, headers),
+        Client::Cursor => Snippet::json(
+            &json!({"mcpServers": {"ghost": {"url": mcp_url, "headers": headers}}}),
+            "~/.cursor/mcp.json (every project) or .cursor/mcp.json (one project)",
+        ),
+        Client::Vscode => Snippet::json(
+            &json!({"servers": {"ghost": {
                 "type": "http",
                 "url": mcp_url,
                 "headers": headers,
-            }}});
-            // Pasted into a shell: the URL comes from the gateway, so nothing in it may run.
-            let command = format!(
-                "claude mcp add --transport http ghost {} --header {}",
-                shell_quote(mcp_url),
-                shell_quote(&format!("Authorization: {bearer}"))
-            );
-            (
-                pretty(&snippet),
-                "json",
-                ".mcp.json at the project root (or run the command line)".to_owned(),
-                Some(command),
-            )
-        }
-        Client::Cursor => {
-            let snippet = json!({"mcpServers": {"ghost": {"url": mcp_url, "headers": headers}}});
-            (
-                pretty(&snippet),
-                "json",
-                "~/.cursor/mcp.json (every project) or .cursor/mcp.json (one project)".to_owned(),
-                None,
-            )
-        }
-        Client::Vscode => {
-            let snippet = json!({"servers": {"ghost": {
-                "type": "http",
-                "url": mcp_url,
-                "headers": headers,
-            }}});
-            (
-                pretty(&snippet),
-                "json",
-                ".vscode/mcp.json in the workspace (or MCP: Open User Configuration)".to_owned(),
-                None,
-            )
-        }
-        Client::Codex => {
-            let snippet = format!(
+            }}}),
+            ".vscode/mcp.json in the workspace (or MCP: Open User Configuration)",
+        ),
+        Client::Codex => Snippet {
+            text: format!(
                 "# Or keep the key out of this file: bearer_token_env_var = \"GHOST_API_KEY\" instead of http_headers.\n\
                  [mcp_servers.ghost]\nurl = {}\nhttp_headers = {{ Authorization = {} }}\n",
                 toml_string(mcp_url),
                 toml_string(&bearer)
-            );
-            (
-                snippet,
-                "toml",
-                "~/.codex/config.toml (or .codex/config.toml in a trusted project)".to_owned(),
-                None,
-            )
-        }
-        Client::GenericMcp | Client::Chatgpt => {
-            let snippet = json!({
+            ),
+            format: "toml",
+            path_hint: "~/.codex/config.toml (or .codex/config.toml in a trusted project)",
+            command: None,
+        },
+        Client::GenericMcp | Client::Chatgpt => Snippet::json(
+            &json!({
                 "url": mcp_url,
                 "transport": "streamable-http",
                 "headers": headers,
-            });
-            (
-                pretty(&snippet),
-                "json",
-                "your MCP client's settings: a streamable HTTP server with this URL and header"
-                    .to_owned(),
-                None,
-            )
-        }
+            }),
+            "your MCP client's settings: a streamable HTTP server with this URL and header",
+        ),
+    }
+}
+
+/// Claude Desktop starts stdio servers only: the remote server goes through `mcp-remote`,
+/// the header's value in `env` (no space in the argument, which Windows mangles).
+fn claude_desktop(mcp_url: &str, bearer: &str) -> Snippet {
+    let mut args = vec![
+        json!("-y"),
+        json!("mcp-remote"),
+        json!(mcp_url),
+        json!("--header"),
+        json!("Authorization:${AUTH_HEADER}"),
+    ];
+    if mcp_url.starts_with("http://") {
+        args.push(json!("--allow-http"));
+    }
+    Snippet::json(
+        &json!({"mcpServers": {"ghost": {
+            "command": "npx",
+            "args": args,
+            "env": {"AUTH_HEADER": bearer},
+        }}}),
+        "claude_desktop_config.json (Settings > Developer > Edit Config; macOS: ~/Library/Application Support/Claude/, Windows: %APPDATA%\\Claude\\); needs Node.js for npx",
+    )
+}
+
+/// Claude Code: `.mcp.json`, or the `claude mcp add` command line.
+fn claude_code(mcp_url: &str, bearer: &str, headers: Value) -> Snippet {
+    // Pasted into a shell: the URL comes from the gateway, so nothing in it may run.
+    let command = format!(
+        "claude mcp add --transport http ghost {} --header {}",
+        shell_quote(mcp_url),
+        shell_quote(&format!("Authorization: {bearer}"))
+    );
+    Snippet {
+        command: Some(command),
+        ..Snippet::json(
+            &json!({"mcpServers": {"ghost": {
+                "type": "http",
+                "url": mcp_url,
+                "headers": headers,
+            }}}),
+            ".mcp.json at the project root (or run the command line)",
+        )
     }
 }
 
@@ -238,32 +243,9 @@ pub async fn run(
     options: &ConnectOptions,
 ) -> Result<Exit, CliError> {
     let client = options.client;
-    // An older gateway has no /v1/info: the URL given is then the URL.
-    let url = match gateway.info().await {
-        Ok(info) => info["public_url"]
-            .as_str()
-            .filter(|u| !u.is_empty())
-            .map(|u| u.trim_end_matches('/').to_owned())
-            .unwrap_or_else(|| gateway.base_url().to_owned()),
-        Err(crate::client::ClientError::Unreachable { url, reason }) => {
-            return Err(crate::client::ClientError::Unreachable { url, reason }.into());
-        }
-        Err(_) => gateway.base_url().to_owned(),
-    };
+    let url = public_url(gateway).await?;
     let key = match &options.key_scopes {
-        Some(scopes) => {
-            let name = format!("{}-{}", client.name(), random_suffix()?);
-            let issued = gateway.create_api_key(&name, scopes).await?;
-            let secret = issued["key"].as_str().ok_or_else(|| {
-                CliError::Other(anyhow::anyhow!(
-                    "the gateway answered POST /v1/keys without a key"
-                ))
-            })?;
-            // A key limited to targets makes one limited to the same targets (the gateway
-            // gives a new key its creator's targets when none are asked for).
-            let targets = issued["targets"].clone();
-            Some(json!({"name": name, "key": secret, "scopes": scopes, "targets": targets}))
-        }
+        Some(scopes) => Some(create_key(gateway, client, scopes).await?),
         None => None,
     };
     let secret = key
@@ -271,87 +253,143 @@ pub async fn run(
         .and_then(|k| k["key"].as_str())
         .unwrap_or(PLACEHOLDER)
         .to_owned();
-    let mcp_url = format!("{url}/mcp");
-    let openapi_url = format!("{url}/openapi.json");
-    let privacy_url = format!("{url}/privacy");
     let mut document = json!({
         "client": client.name(),
         "url": url,
-        "mcp_url": mcp_url,
-        "openapi_url": openapi_url,
-        "privacy_url": privacy_url,
+        "mcp_url": format!("{url}/mcp"),
+        "openapi_url": format!("{url}/openapi.json"),
+        "privacy_url": format!("{url}/privacy"),
     });
     if let Some(key) = &key {
         document["key"] = key.clone();
     }
     let text = if client == Client::Chatgpt {
-        let guide = gateway.text(&["v1", "guide"], "format=gpt").await?;
-        let (instructions, source) = match guide.filter(|g| !g.trim().is_empty()) {
-            Some(guide) => (guide, "gateway"),
-            None => (FALLBACK_INSTRUCTIONS.to_owned(), "built-in"),
-        };
-        document["snippet"] = json!(instructions);
-        document["format"] = json!("markdown");
-        document["path_hint"] = json!(
-            "the GPT editor: Configure > Instructions; Actions > Create new action > Import from URL"
-        );
-        document["auth"] = json!({"type": "API Key", "auth_type": "Bearer", "key": secret});
-        document["scopes"] = json!(["submit", "read"]);
-        document["instructions_source"] = json!(source);
-        let source_line = if source == "gateway" {
-            format!("from {url}/v1/guide?format=gpt")
-        } else {
-            "built-in (this gateway serves no /v1/guide?format=gpt)".to_owned()
-        };
-        format!(
-            "ChatGPT (Custom GPT Action)\n\n\
-             1. Import URL:       {openapi_url}\n\
-             2. Authentication:   API Key, Auth Type Bearer; the key: {secret}\n\
-             \x20                   (a key with the submit and read scopes: `ghost connect chatgpt --key-scope submit,read`)\n\
-             3. Privacy policy:   {privacy_url}\n\
-             4. Instructions to paste ({source_line}):\n\n{instructions}\n"
-        )
+        chatgpt(gateway, &url, &secret, &mut document).await?
     } else {
-        let (snippet, format, path_hint, command) = mcp_snippet(client, &mcp_url, &secret);
-        document["snippet"] = json!(snippet);
-        document["format"] = json!(format);
-        document["path_hint"] = json!(path_hint);
-        if let Some(command) = &command {
-            document["command"] = json!(command);
-        }
-        let mut text = format!(
-            "{} (MCP, streamable HTTP)\n\nServer URL: {mcp_url}\nHeader:     Authorization: Bearer {secret}\n\n",
-            client.name()
-        );
-        if let Some(command) = command {
-            text.push_str(&format!("Run:\n\n{command}\n\nor put in {path_hint}:\n\n"));
-        } else {
-            text.push_str(&format!("Put in {path_hint}:\n\n"));
-        }
-        text.push_str(&snippet);
-        text
+        mcp(client, &url, &secret, &mut document)
     };
     if output.json {
         output.print_json(&document);
     } else {
-        let mut text = text;
-        if let Some(key) = &key {
-            text.push_str(&format!(
-                "\nCreated API key {} (scopes {}; targets {}); it is shown only now. Revoke it with DELETE /v1/keys/{}.\n",
-                key["name"].as_str().unwrap_or(""),
-                options.key_scopes.as_deref().unwrap_or_default().join(","),
-                targets_text(&key["targets"]),
-                key["name"].as_str().unwrap_or("")
-            ));
-        } else {
-            text.push_str(&format!(
-                "\nReplace {PLACEHOLDER} with a key (e.g. `ghost connect {} --key-scope submit,read` makes one).\n",
-                client.name()
-            ));
-        }
-        output.print(&text);
+        output.print(&format!("{text}{}", key_note(key.as_ref(), options)));
     }
     Ok(Exit::Success)
+}
+
+/// The gateway's URL: its `public_url` when `GET /v1/info` gives one, else the URL given (an
+/// older gateway has no `/v1/info`). An unreachable gateway is an error.
+async fn public_url(gateway: &GatewayClient) -> Result<String, CliError> {
+    match gateway.info().await {
+        Ok(info) => Ok(info["public_url"]
+            .as_str()
+            .filter(|u| !u.is_empty())
+            .map(|u| u.trim_end_matches('/').to_owned())
+            .unwrap_or_else(|| gateway.base_url().to_owned())),
+        Err(crate::client::ClientError::Unreachable { url, reason }) => {
+            Err(crate::client::ClientError::Unreachable { url, reason }.into())
+        }
+        Err(_) => Ok(gateway.base_url().to_owned()),
+    }
+}
+
+/// Creates a key with `scopes` for `client` (`POST /v1/keys`): its name, secret, scopes and
+/// targets.
+async fn create_key(
+    gateway: &GatewayClient,
+    client: Client,
+    scopes: &[String],
+) -> Result<Value, CliError> {
+    let name = format!("{}-{}", client.name(), random_suffix()?);
+    let issued = gateway.create_api_key(&name, scopes).await?;
+    let secret = issued["key"].as_str().ok_or_else(|| {
+        CliError::Other(anyhow::anyhow!(
+            "the gateway answered POST /v1/keys without a key"
+        ))
+    })?;
+    // A key limited to targets makes one limited to the same targets (the gateway gives a new
+    // key its creator's targets when none are asked for).
+    let targets = issued["targets"].clone();
+    Ok(json!({"name": name, "key": secret, "scopes": scopes, "targets": targets}))
+}
+
+/// ChatGPT's setup: the Action's import URL, its auth, the privacy policy and the
+/// instructions (the gateway's `/v1/guide?format=gpt`, else [`FALLBACK_INSTRUCTIONS`]); added
+/// to `document`, returned as text.
+async fn chatgpt(
+    gateway: &GatewayClient,
+    url: &str,
+    secret: &str,
+    document: &mut Value,
+) -> Result<String, CliError> {
+    let guide = gateway.text(&["v1", "guide"], "format=gpt").await?;
+    let (instructions, source) = match guide.filter(|g| !g.trim().is_empty()) {
+        Some(guide) => (guide, "gateway"),
+        None => (FALLBACK_INSTRUCTIONS.to_owned(), "built-in"),
+    };
+    document["snippet"] = json!(instructions);
+    document["format"] = json!("markdown");
+    document["path_hint"] = json!(
+        "the GPT editor: Configure > Instructions; Actions > Create new action > Import from URL"
+    );
+    document["auth"] = json!({"type": "API Key", "auth_type": "Bearer", "key": secret});
+    document["scopes"] = json!(["submit", "read"]);
+    document["instructions_source"] = json!(source);
+    let source_line = if source == "gateway" {
+        format!("from {url}/v1/guide?format=gpt")
+    } else {
+        "built-in (this gateway serves no /v1/guide?format=gpt)".to_owned()
+    };
+    Ok(format!(
+        "ChatGPT (Custom GPT Action)\n\n\
+         1. Import URL:       {url}/openapi.json\n\
+         2. Authentication:   API Key, Auth Type Bearer; the key: {secret}\n\
+         \x20                   (a key with the submit and read scopes: `ghost connect chatgpt --key-scope submit,read`)\n\
+         3. Privacy policy:   {url}/privacy\n\
+         4. Instructions to paste ({source_line}):\n\n{instructions}\n"
+    ))
+}
+
+/// An MCP client's setup: the server URL, the header and the client's snippet; added to
+/// `document`, returned as text.
+fn mcp(client: Client, url: &str, secret: &str, document: &mut Value) -> String {
+    let mcp_url = format!("{url}/mcp");
+    let snippet = mcp_snippet(client, &mcp_url, secret);
+    document["snippet"] = json!(snippet.text);
+    document["format"] = json!(snippet.format);
+    document["path_hint"] = json!(snippet.path_hint);
+    if let Some(command) = &snippet.command {
+        document["command"] = json!(command);
+    }
+    let mut text = format!(
+        "{} (MCP, streamable HTTP)\n\nServer URL: {mcp_url}\nHeader:     Authorization: Bearer {secret}\n\n",
+        client.name()
+    );
+    let path_hint = snippet.path_hint;
+    if let Some(command) = snippet.command {
+        text.push_str(&format!("Run:\n\n{command}\n\nor put in {path_hint}:\n\n"));
+    } else {
+        text.push_str(&format!("Put in {path_hint}:\n\n"));
+    }
+    text.push_str(&snippet.text);
+    text
+}
+
+/// The text's last line: the key created (shown only now) and how to revoke it, or how to
+/// make one for the placeholder.
+fn key_note(key: Option<&Value>, options: &ConnectOptions) -> String {
+    match key {
+        Some(key) => format!(
+            "\nCreated API key {} (scopes {}; targets {}); it is shown only now. Revoke it with DELETE /v1/keys/{}.\n",
+            key["name"].as_str().unwrap_or(""),
+            options.key_scopes.as_deref().unwrap_or_default().join(","),
+            targets_text(&key["targets"]),
+            key["name"].as_str().unwrap_or("")
+        ),
+        None => format!(
+            "\nReplace {PLACEHOLDER} with a key (e.g. `ghost connect {} --key-scope submit,read` makes one).\n",
+            options.client.name()
+        ),
+    }
 }
 
 /// The targets of a created key as the text output says them (none listed: all).
@@ -389,9 +427,9 @@ mod tests {
 
     #[test]
     fn codex_snippet_is_toml_with_its_keys() {
-        let (snippet, format, _, _) = mcp_snippet(Client::Codex, "http://h/mcp", "k\"x");
-        assert_eq!(format, "toml");
-        let parsed: toml::Table = toml::from_str(&snippet).unwrap();
+        let snippet = mcp_snippet(Client::Codex, "http://h/mcp", "k\"x");
+        assert_eq!(snippet.format, "toml");
+        let parsed: toml::Table = toml::from_str(&snippet.text).unwrap();
         let server = &parsed["mcp_servers"]["ghost"];
         assert_eq!(server["url"].as_str(), Some("http://h/mcp"));
         assert_eq!(

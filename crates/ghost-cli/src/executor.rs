@@ -222,14 +222,48 @@ pub fn resolve(flags: ExecutorFlags, env: &Environment) -> Result<Resolved, CliE
     if token.is_empty() {
         return Err(bad("the executor token is empty".to_owned()));
     }
-    if flags.workspaces.is_empty() {
+    let workspaces = workspaces(&flags.workspaces)?;
+    let data_dir = match flags.data_dir {
+        Some(dir) => absolute(&dir)?,
+        None => default_data_dir(env)?,
+    };
+    for (target, dir) in &workspaces {
+        if data_dir.starts_with(dir) || dir.starts_with(&data_dir) {
+            return Err(bad(format!(
+                "the data dir {} and workspace {target} ({}) overlap: patches could write the \
+                 executor's journal; put the data dir outside every workspace",
+                data_dir.display(),
+                dir.display()
+            )));
+        }
+    }
+    let ca = flags.ca.as_deref().map(absolute).transpose()?;
+    if let Some(ca) = &ca {
+        check_ca(ca)?;
+    }
+    Ok(Resolved {
+        router,
+        token,
+        ca,
+        workspaces,
+        data_dir,
+        name: flags.name.unwrap_or_else(host_name),
+        listen: flags.listen,
+        reconnect_backoff: flags.reconnect_backoff,
+    })
+}
+
+/// `--workspace TARGET=DIR` flags as (target, absolute dir): at least one, each a target name
+/// given once, each dir an existing directory.
+fn workspaces(specs: &[String]) -> Result<Vec<(String, PathBuf)>, CliError> {
+    if specs.is_empty() {
         return Err(bad(
             "no workspace: give --workspace TARGET=DIR (repeatable), e.g. --workspace MAIN=~/src/app"
                 .to_owned(),
         ));
     }
     let mut workspaces: Vec<(String, PathBuf)> = Vec::new();
-    for spec in &flags.workspaces {
+    for spec in specs {
         let Some((target, dir)) = spec.split_once('=') else {
             return Err(bad(format!(
                 "--workspace {spec:?}: expected TARGET=DIR, e.g. MAIN=./workspace"
@@ -249,41 +283,21 @@ pub fn resolve(flags: ExecutorFlags, env: &Environment) -> Result<Resolved, CliE
         }
         workspaces.push((target.to_owned(), dir));
     }
-    let data_dir = match flags.data_dir {
-        Some(dir) => absolute(&dir)?,
-        None => default_data_dir(env)?,
-    };
-    for (target, dir) in &workspaces {
-        if data_dir.starts_with(dir) || dir.starts_with(&data_dir) {
-            return Err(bad(format!(
-                "the data dir {} and workspace {target} ({}) overlap: patches could write the \
-                 executor's journal; put the data dir outside every workspace",
-                data_dir.display(),
-                dir.display()
-            )));
-        }
+    Ok(workspaces)
+}
+
+/// Refuses a `--ca` file that cannot be read or holds no PEM certificate (a key given by
+/// mistake, say).
+fn check_ca(ca: &Path) -> Result<(), CliError> {
+    let text = std::fs::read(ca).map_err(|err| bad(format!("--ca {}: {err}", ca.display())))?;
+    if !String::from_utf8_lossy(&text).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(bad(format!(
+            "--ca {}: not a PEM certificate (expected -----BEGIN CERTIFICATE-----; give \
+             ca.pem, not a key)",
+            ca.display()
+        )));
     }
-    let ca = flags.ca.as_deref().map(absolute).transpose()?;
-    if let Some(ca) = &ca {
-        let text = std::fs::read(ca).map_err(|err| bad(format!("--ca {}: {err}", ca.display())))?;
-        if !String::from_utf8_lossy(&text).contains("-----BEGIN CERTIFICATE-----") {
-            return Err(bad(format!(
-                "--ca {}: not a PEM certificate (expected -----BEGIN CERTIFICATE-----; give \
-                 ca.pem, not a key)",
-                ca.display()
-            )));
-        }
-    }
-    Ok(Resolved {
-        router,
-        token,
-        ca,
-        workspaces,
-        data_dir,
-        name: flags.name.unwrap_or_else(host_name),
-        listen: flags.listen,
-        reconnect_backoff: flags.reconnect_backoff,
-    })
+    Ok(())
 }
 
 /// Refuses a URL that is not `https://`, or `http://` to a host that is not loopback.

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::error::CliError;
 use crate::exit::Exit;
 use crate::render::Output;
-use crate::up_config::{self, Commands, DEFAULT_DATA_DIR, DEFAULT_FILE, SECTIONS, TargetSpec};
+use crate::up_config::{self, DEFAULT_DATA_DIR, DEFAULT_FILE, SECTIONS, TargetSpec};
 
 /// One generated key: the key itself (printed once) and how it is stored.
 #[derive(Debug, Clone)]
@@ -230,19 +230,7 @@ pub fn file_text(keys: &[ApiKeyConfig]) -> Result<String, CliError> {
         keys: &'a [ApiKeyConfig],
     }
     let active = Active {
-        targets: vec![TargetSpec {
-            name: "MAIN".to_owned(),
-            root: PathBuf::from("./workspace"),
-            aliases: Vec::new(),
-            is_default: true,
-            commands: Commands::default(),
-            agent: None,
-            checks: Vec::new(),
-            rollback_ignore: Vec::new(),
-            revert_keep: None,
-            sandbox: None,
-            writable: Vec::new(),
-        }],
+        targets: vec![TargetSpec::bare("MAIN", PathBuf::from("./workspace"), true)],
         keys,
     };
     let active = toml::to_string(&active).map_err(|err| CliError::Other(err.into()))?;

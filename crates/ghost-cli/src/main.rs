@@ -2,7 +2,6 @@
 //! Argument parsing and dispatch only; the commands live in the library.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -20,9 +19,7 @@ use ghost_cli::render::Output;
 use ghost_cli::revert::{self, RevertOptions};
 use ghost_cli::settings::{self, ConfigFile};
 use ghost_cli::submit::{self, SubmitOptions};
-use ghost_cli::up;
-use ghost_cli::up_config::{SlackFlags, UpFlags};
-use ghost_runtime::telemetry::LogFormat;
+use ghost_cli::up::{self, UpArgs};
 
 #[derive(Parser)]
 #[command(
@@ -61,63 +58,7 @@ enum Command {
     ///
     /// Config layers, each over the one before: built-in defaults, the file (-f, else
     /// ./ghost.toml when present), GHOST_<SERVICE>__KEY environment variables, these flags.
-    Up {
-        /// ghost.toml to read (`ghost init` writes one) [default: ./ghost.toml when present].
-        #[arg(short = 'f', long = "file", env = "GHOST_CONFIG", value_name = "FILE")]
-        file: Option<PathBuf>,
-        /// Where the services keep their state [default: `data_dir` in the file, else ./.ghost].
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// A workspace as TARGET=DIR (repeatable), added to the file's [[targets]]
-        /// [default: MAIN=./workspace when there are none].
-        #[arg(long = "workspace", value_name = "TARGET=DIR")]
-        workspaces: Vec<String>,
-        /// The gateway's HTTP address [default: 127.0.0.1:8080].
-        #[arg(long)]
-        listen: Option<SocketAddr>,
-        /// The gateway's public base URL, advertised in the OpenAPI `servers`.
-        #[arg(long)]
-        public_url: Option<String>,
-        /// Log line format of every service.
-        #[arg(long, value_parser = ["text", "json"])]
-        log_format: Option<String>,
-        /// Print the effective configuration (secrets redacted) and exit without starting.
-        #[arg(long)]
-        print_config: bool,
-        /// Slack Web API base URL (Slack is off unless set here or in [alerter.slack]).
-        #[arg(long, env = "GHOST_SLACK_API_URL")]
-        slack_api_url: Option<String>,
-        /// Slack bot token [default: `bot_token` in [alerter.slack]].
-        #[arg(long, env = "GHOST_SLACK_TOKEN", hide_env_values = true)]
-        slack_token: Option<String>,
-        /// Slack channel [default: `channel` in [alerter.slack], else #ghost-runner].
-        #[arg(long, env = "GHOST_SLACK_CHANNEL")]
-        slack_channel: Option<String>,
-        /// Serve the router's executor port here (TLS always), for executors on other
-        /// machines (`ghost executor --router https://HOST:PORT`) [or `executor_listen` in
-        /// [router]].
-        #[arg(long, value_name = "ADDR")]
-        executor_listen: Option<SocketAddr>,
-        /// A PEM certificate chain (e.g. a Let's Encrypt pair) for the executor port and the
-        /// gateway's HTTPS, instead of the private CA's certificate made under
-        /// <data-dir>/tls/. Re-read when the files change.
-        #[arg(long, value_name = "FILE", requires = "tls_key")]
-        tls_cert: Option<PathBuf>,
-        /// The private key of --tls-cert.
-        #[arg(long, value_name = "FILE", requires = "tls_cert")]
-        tls_key: Option<PathBuf>,
-        /// Run the control plane only (gateway, router, summarizer, alerter): executors run
-        /// elsewhere with `ghost executor` [or `local_executor = false` in the file].
-        #[arg(long)]
-        no_local_executor: bool,
-        /// Keep the router's, summarizer's and alerter's state in this PostgreSQL database,
-        /// postgres://USER:PASSWORD@HOST:PORT/DB, instead of SQLite under the data dir; the
-        /// local executor then runs as a standby-capable one, so two `ghost up` may share a
-        /// workspace. Prefer GHOST_STORE or `url_file` in [store]: a flag is seen by `ps`
-        /// [or `url` in [store]].
-        #[arg(long, env = "GHOST_STORE", hide_env_values = true, value_name = "URL")]
-        store: Option<String>,
-    },
+    Up(UpArgs),
     /// The private CA, a server certificate and a service credential for a deployment
     /// (compose runs this into a volume; `ghost up` does it by itself under <data-dir>/tls/).
     Tls {
@@ -134,6 +75,60 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    // The commands that call the gateway, listed in `--help` among the others.
+    #[command(flatten)]
+    Gateway(GatewayCommand),
+    /// Service config files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Run only an executor, on the machine where the code lives, against a router elsewhere;
+    /// `install` makes it a service of this machine, `uninstall` removes that.
+    Executor(ghost_cli::executor::ExecutorCommand),
+    /// Copy every service's state (the router's, summarizer's and alerter's databases with
+    /// SQLite's online backup, and the summary files) into a new directory with a manifest,
+    /// while the services run.
+    Backup {
+        #[command(flatten)]
+        dirs: StateDirFlags,
+        /// Write the backup into this new (or empty) directory.
+        #[arg(
+            long,
+            value_name = "DIR",
+            required_unless_present = "into",
+            conflicts_with = "into"
+        )]
+        out: Option<PathBuf>,
+        /// Write the backup into a new directory backup-<UTC time> under ROOT.
+        #[arg(long, value_name = "ROOT")]
+        into: Option<PathBuf>,
+        /// With --into: keep the newest N backups under ROOT and delete older ones.
+        #[arg(long, value_name = "N", requires = "into", value_parser = clap::value_parser!(u32).range(1..))]
+        keep: Option<u32>,
+    },
+    /// Check a backup (manifest, sizes, sha256, database integrity) and put it into fresh data
+    /// dirs; stop the services first.
+    Restore {
+        /// The backup directory (one `ghost backup` wrote).
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        #[command(flatten)]
+        dirs: StateDirFlags,
+        /// Restore into non-empty dirs: what is there moves to <dir>/.before-restore-<time>/.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// The commands that read or steer a running system through the gateway.
+#[derive(Subcommand)]
+enum GatewayCommand {
     /// Submit a patch (JSON or YAML file, - for stdin), follow it to its end, print its summary;
     /// the exit code is the outcome.
     Submit {
@@ -233,52 +228,6 @@ enum Command {
         /// <YOUR_API_KEY> placeholder].
         #[arg(long, value_name = "SCOPES")]
         key_scope: Option<String>,
-    },
-    /// Service config files.
-    Config {
-        #[command(subcommand)]
-        command: ConfigCommand,
-    },
-    /// Run only an executor, on the machine where the code lives, against a router elsewhere;
-    /// `install` makes it a service of this machine, `uninstall` removes that.
-    Executor(ghost_cli::executor::ExecutorCommand),
-    /// Copy every service's state (the router's, summarizer's and alerter's databases with
-    /// SQLite's online backup, and the summary files) into a new directory with a manifest,
-    /// while the services run.
-    Backup {
-        #[command(flatten)]
-        dirs: StateDirFlags,
-        /// Write the backup into this new (or empty) directory.
-        #[arg(
-            long,
-            value_name = "DIR",
-            required_unless_present = "into",
-            conflicts_with = "into"
-        )]
-        out: Option<PathBuf>,
-        /// Write the backup into a new directory backup-<UTC time> under ROOT.
-        #[arg(long, value_name = "ROOT")]
-        into: Option<PathBuf>,
-        /// With --into: keep the newest N backups under ROOT and delete older ones.
-        #[arg(long, value_name = "N", requires = "into", value_parser = clap::value_parser!(u32).range(1..))]
-        keep: Option<u32>,
-    },
-    /// Check a backup (manifest, sizes, sha256, database integrity) and put it into fresh data
-    /// dirs; stop the services first.
-    Restore {
-        /// The backup directory (one `ghost backup` wrote).
-        #[arg(long, value_name = "DIR")]
-        from: PathBuf,
-        #[command(flatten)]
-        dirs: StateDirFlags,
-        /// Restore into non-empty dirs: what is there moves to <dir>/.before-restore-<time>/.
-        #[arg(long)]
-        force: bool,
-    },
-    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
-    Completions {
-        /// The shell.
-        shell: clap_complete::Shell,
     },
 }
 
@@ -420,51 +369,14 @@ fn ghost_env() -> HashMap<String, String> {
         .collect()
 }
 
+/// Runs the command; the commands that work on this machine are here, those that call the
+/// gateway in [`call_gateway`].
 async fn run(cli: Cli, api_key_flag: bool, output: &Output) -> Result<Exit, CliError> {
     let global = cli.global;
     match cli.command {
-        Command::Up {
-            file,
-            data_dir,
-            workspaces,
-            listen,
-            public_url,
-            log_format,
-            print_config,
-            slack_api_url,
-            slack_token,
-            slack_channel,
-            executor_listen,
-            tls_cert,
-            tls_key,
-            no_local_executor,
-            store,
-        } => {
-            let slack = SlackFlags {
-                api_base_url: slack_api_url,
-                bot_token: slack_token,
-                channel: slack_channel,
-            };
-            let log_format = match log_format.as_deref() {
-                Some("json") => Some(LogFormat::Json),
-                Some(_) => Some(LogFormat::Text),
-                None => None,
-            };
-            let flags = UpFlags {
-                file,
-                data_dir,
-                workspaces,
-                listen,
-                public_url,
-                log_format,
-                api_key: global.api_key.filter(|_| api_key_flag),
-                slack,
-                executor_listen,
-                tls_cert,
-                tls_key,
-                no_local_executor,
-                store,
-            };
+        Command::Up(args) => {
+            let print_config = args.print_config;
+            let flags = args.into_flags(global.api_key.filter(|_| api_key_flag));
             up::run(flags, print_config, &ghost_env(), output).await
         }
         Command::Init { dir, force } => init::run(&dir, force, output),
@@ -479,93 +391,8 @@ async fn run(cli: Cli, api_key_flag: bool, output: &Output) -> Result<Exit, CliE
         } => {
             let (ensured, token) =
                 ghost_cli::tls::init(&dir, &names, ca_key_dir.as_deref(), export_ca.as_deref())?;
-            output.print(&format!(
-                "{} CA {}{}\nserver certificate {} (key {}){}\nservice credential {}",
-                if ensured.new_ca { "new" } else { "kept" },
-                ensured.files.ca.display(),
-                if ensured.new_ca {
-                    " (give it to executors: --ca)"
-                } else {
-                    ""
-                },
-                ensured.files.cert.display(),
-                ensured.files.key.display(),
-                ensured
-                    .issued
-                    .map(|why| format!(", issued now: {why}"))
-                    .unwrap_or_else(|| ", kept".to_owned()),
-                token.display()
-            ));
+            output.print(&ghost_cli::tls::init_report(&ensured, &token));
             Ok(Exit::Success)
-        }
-        Command::Submit {
-            file,
-            wait_s,
-            no_wait,
-            dry_run,
-        } => {
-            let patch = submit::read_patch(&file)?;
-            let options = SubmitOptions {
-                wait: Duration::from_secs(wait_s),
-                no_wait,
-                dry_run,
-            };
-            submit::run(&client(global)?, output, patch, &options).await
-        }
-        Command::Status => commands::status(&client(global)?, output).await,
-        Command::List {
-            target,
-            status,
-            limit,
-            page_token,
-        } => {
-            let options = ListOptions {
-                target,
-                status,
-                limit: usize::try_from(limit).unwrap_or(usize::MAX),
-                page_token,
-            };
-            commands::list(&client(global)?, output, options).await
-        }
-        Command::Show { id } => commands::show(&client(global)?, output, &id).await,
-        Command::Events { id } => commands::events(&client(global)?, output, &id).await,
-        Command::Logs { id } => commands::logs(&client(global)?, output, &id).await,
-        Command::Cancel { id } => commands::cancel(&client(global)?, output, &id).await,
-        Command::Retry { id } => commands::retry(&client(global)?, output, &id).await,
-        Command::Revert { id, wait } => {
-            let options = RevertOptions { wait };
-            revert::run(&client(global)?, output, &id, &options).await
-        }
-        Command::Pause { target } => commands::pause(&client(global)?, output, &target, true).await,
-        Command::Resume { target } => {
-            commands::pause(&client(global)?, output, &target, false).await
-        }
-        Command::Targets => commands::targets(&client(global)?, output).await,
-        Command::Executors => commands::executors(&client(global)?, output).await,
-        Command::Token { command } => {
-            let client = client(global)?;
-            match command {
-                TokenCommand::Create { targets, name } => {
-                    commands::token_create(&client, output, &name, &targets).await
-                }
-                TokenCommand::List => commands::token_list(&client, output).await,
-                TokenCommand::Revoke { name } => {
-                    commands::token_revoke(&client, output, &name).await
-                }
-            }
-        }
-        Command::Connect {
-            client: which,
-            key_scope,
-        } => {
-            let options = ghost_cli::connect::ConnectOptions {
-                client: which,
-                key_scopes: key_scope
-                    .as_deref()
-                    .map(ghost_cli::connect::parse_scopes)
-                    .transpose()?,
-            };
-            ghost_cli::connect::run(&client(global)?, output, &options).await
         }
         Command::Config {
             command: ConfigCommand::Check { file, service },
@@ -581,33 +408,8 @@ async fn run(cli: Cli, api_key_flag: bool, output: &Output) -> Result<Exit, CliE
             into,
             keep,
         } => {
-            if keep.is_some() && into.is_none() {
-                return Err(CliError::Settings(
-                    "--keep counts the backups under --into ROOT; it does not go with --out"
-                        .to_owned(),
-                ));
-            }
-            let destination = match (out, into) {
-                (Some(out), _) => backup::Destination::Exactly(out),
-                (None, Some(root)) => backup::Destination::Under {
-                    root,
-                    keep: keep.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
-                },
-                (None, None) => {
-                    return Err(CliError::Settings(
-                        "give --out DIR or --into ROOT".to_owned(),
-                    ));
-                }
-            };
-            let dirs = backup::StateDirs::from(dirs);
-            let report = tokio::task::spawn_blocking(move || backup::backup(&dirs, &destination))
-                .await
-                .map_err(|err| CliError::Other(err.into()))??;
-            for warning in &report.manifest.warnings {
-                output.note(&format!("warning: {warning}"));
-            }
-            output.show(&backup::report_json(&report), backup::render_backup);
-            Ok(Exit::Success)
+            let destination = backup::Destination::from_flags(out, into, keep)?;
+            backup::run_backup(dirs.into(), destination, output).await
         }
         Command::Restore { from, dirs, force } => {
             let options = backup::RestoreOptions {
@@ -615,16 +417,99 @@ async fn run(cli: Cli, api_key_flag: bool, output: &Output) -> Result<Exit, CliE
                 dirs: dirs.into(),
                 force,
             };
-            let report = tokio::task::spawn_blocking(move || backup::restore(&options))
-                .await
-                .map_err(|err| CliError::Other(err.into()))??;
-            let value = serde_json::to_value(&report).unwrap_or_default();
-            output.show(&value, backup::render_restore);
-            Ok(Exit::Success)
+            backup::run_restore(options, output).await
         }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "ghost", &mut std::io::stdout());
             Ok(Exit::Success)
         }
+        Command::Gateway(command) => call_gateway(command, global, output).await,
+    }
+}
+
+/// Runs a command that reads or steers a running system through the gateway. Each builds the
+/// client only after its own arguments are read, so an unreadable patch file is reported
+/// before missing settings.
+async fn call_gateway(
+    command: GatewayCommand,
+    global: Global,
+    output: &Output,
+) -> Result<Exit, CliError> {
+    match command {
+        GatewayCommand::Submit {
+            file,
+            wait_s,
+            no_wait,
+            dry_run,
+        } => {
+            let patch = submit::read_patch(&file)?;
+            let options = SubmitOptions {
+                wait: Duration::from_secs(wait_s),
+                no_wait,
+                dry_run,
+            };
+            submit::run(&client(global)?, output, patch, &options).await
+        }
+        GatewayCommand::Status => commands::status(&client(global)?, output).await,
+        GatewayCommand::List {
+            target,
+            status,
+            limit,
+            page_token,
+        } => {
+            let options = ListOptions {
+                target,
+                status,
+                limit: usize::try_from(limit).unwrap_or(usize::MAX),
+                page_token,
+            };
+            commands::list(&client(global)?, output, options).await
+        }
+        GatewayCommand::Show { id } => commands::show(&client(global)?, output, &id).await,
+        GatewayCommand::Events { id } => commands::events(&client(global)?, output, &id).await,
+        GatewayCommand::Logs { id } => commands::logs(&client(global)?, output, &id).await,
+        GatewayCommand::Cancel { id } => commands::cancel(&client(global)?, output, &id).await,
+        GatewayCommand::Retry { id } => commands::retry(&client(global)?, output, &id).await,
+        GatewayCommand::Revert { id, wait } => {
+            let options = RevertOptions { wait };
+            revert::run(&client(global)?, output, &id, &options).await
+        }
+        GatewayCommand::Pause { target } => {
+            commands::pause(&client(global)?, output, &target, true).await
+        }
+        GatewayCommand::Resume { target } => {
+            commands::pause(&client(global)?, output, &target, false).await
+        }
+        GatewayCommand::Targets => commands::targets(&client(global)?, output).await,
+        GatewayCommand::Executors => commands::executors(&client(global)?, output).await,
+        GatewayCommand::Token { command } => token(command, &client(global)?, output).await,
+        GatewayCommand::Connect {
+            client: which,
+            key_scope,
+        } => {
+            let options = ghost_cli::connect::ConnectOptions {
+                client: which,
+                key_scopes: key_scope
+                    .as_deref()
+                    .map(ghost_cli::connect::parse_scopes)
+                    .transpose()?,
+            };
+            ghost_cli::connect::run(&client(global)?, output, &options).await
+        }
+    }
+}
+
+/// `ghost token create|list|revoke`.
+async fn token(
+    command: TokenCommand,
+    client: &GatewayClient,
+    output: &Output,
+) -> Result<Exit, CliError> {
+    match command {
+        TokenCommand::Create { targets, name } => {
+            commands::token_create(client, output, &name, &targets).await
+        }
+        TokenCommand::List => commands::token_list(client, output).await,
+        TokenCommand::Revoke { name } => commands::token_revoke(client, output, &name).await,
     }
 }

@@ -102,7 +102,22 @@ pub async fn run(
     }
     let accepted = client.submit(patch.body, patch.content_type).await?;
     let id = accepted["id"].as_str().unwrap_or_default().to_owned();
-    let paint = output.err;
+    announce(output, &id, &accepted);
+    if options.no_wait {
+        if output.json {
+            output.print_json(&accepted);
+        }
+        return Ok(Exit::Success);
+    }
+    match follow(client, output, &id, options.wait).await? {
+        Some(detail) => Ok(show_outcome(output, &detail)),
+        None => Ok(Exit::WaitExpired),
+    }
+}
+
+/// Notes on stderr that the gateway accepted the patch (or had already), with its target,
+/// legacy shape and trace id, then its warnings and the legacy fields it ignored.
+fn announce(output: &Output, id: &str, accepted: &Value) {
     output.note(&format!(
         "{} {} for {}{} (trace {})",
         if accepted["replayed"].as_bool().unwrap_or(false) {
@@ -110,7 +125,7 @@ pub async fn run(
         } else {
             "accepted"
         },
-        paint.bold(&id),
+        output.err.bold(id),
         accepted["target"].as_str().unwrap_or("-"),
         match accepted["shape"].as_str() {
             Some(shape) if shape != "v1" => format!(" as legacy shape {shape}"),
@@ -130,28 +145,32 @@ pub async fn run(
             ignored.as_str().unwrap_or("?")
         ));
     }
-    if options.no_wait {
-        if output.json {
-            output.print_json(&accepted);
-        }
-        return Ok(Exit::Success);
-    }
+}
 
-    let deadline = tokio::time::Instant::now() + options.wait;
+/// Follows the patch, its new events on stderr, until it ends and its summary is there (or
+/// [`SUMMARY_GRACE`] has passed): its detail. `None` when `wait` ran out first (said on
+/// stderr, with the detail on stdout for `--json`).
+async fn follow(
+    client: &GatewayClient,
+    output: &Output,
+    id: &str,
+    wait: Duration,
+) -> Result<Option<Value>, CliError> {
+    let deadline = tokio::time::Instant::now() + wait;
     let mut summary_deadline = None;
     let mut shown = 0;
-    let detail = loop {
+    loop {
         let detail = if summary_deadline.is_some() {
             tokio::time::sleep(SUMMARY_POLL).await;
-            client.patch(&id).await?
+            client.patch(id).await?
         } else {
             // Answered as soon as the patch ends, else after the slice with its state.
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            client.patch_wait(&id, left.min(WAIT_SLICE)).await?
+            client.patch_wait(id, left.min(WAIT_SLICE)).await?
         };
-        let events = client.events(&id).await?;
+        let events = client.events(id).await?;
         for event in events.as_array().into_iter().flatten().skip(shown) {
-            output.note(&render::progress_line(event, paint));
+            output.note(&render::progress_line(event, output.err));
         }
         shown = shown.max(events.as_array().map_or(0, Vec::len));
         let terminal = status_of(&detail).is_some_and(Status::is_terminal);
@@ -159,37 +178,40 @@ pub async fn run(
         if terminal {
             let grace_end = *summary_deadline.get_or_insert(now + SUMMARY_GRACE);
             if !detail["summary"].is_null() || now >= grace_end {
-                break detail;
+                return Ok(Some(detail));
             }
             continue;
         }
         if now >= deadline {
             output.note(&format!(
-                "ghost: stopped waiting after {:?}; {id} is {} and goes on",
-                options.wait,
+                "ghost: stopped waiting after {wait:?}; {id} is {} and goes on",
                 detail["status"].as_str().unwrap_or("unknown")
             ));
             output.note(&format!("hint: follow it with `ghost show {id}`"));
             if output.json {
                 output.print_json(&detail);
             }
-            return Ok(Exit::WaitExpired);
+            return Ok(None);
         }
-    };
+    }
+}
 
-    let status = status_of(&detail).unwrap_or(Status::Lost);
+/// Prints the ended patch (its summary, else its detail; the JSON with `--json`) and, unless
+/// it succeeded, why on stderr; the exit of its status.
+fn show_outcome(output: &Output, detail: &Value) -> Exit {
+    let status = status_of(detail).unwrap_or(Status::Lost);
     if output.json {
-        output.print_json(&detail);
+        output.print_json(detail);
     } else {
         match detail["summary"].as_str() {
             Some(summary) => output.print(summary),
-            None => output.print(&render::patch_detail(&detail, output.out)),
+            None => output.print(&render::patch_detail(detail, output.out)),
         }
     }
     if status != Status::Succeeded {
-        output.note(render::failure(&detail, paint).trim_end());
+        output.note(render::failure(detail, output.err).trim_end());
     }
-    Ok(Exit::for_status(status))
+    Exit::for_status(status)
 }
 
 /// Prints a dry run: the rung of every edit and the diff (or the JSON); the exit says whether

@@ -421,6 +421,29 @@ pub fn init(
     Ok((ensured, token))
 }
 
+/// `ghost tls init`'s answer: the CA (new or kept), the server certificate (issued now and
+/// why, or kept) and the service credential's file.
+pub fn init_report(ensured: &Ensured, token: &Path) -> String {
+    format!(
+        "{} CA {}{}\nserver certificate {} (key {}){}\nservice credential {}",
+        if ensured.new_ca { "new" } else { "kept" },
+        ensured.files.ca.display(),
+        if ensured.new_ca {
+            " (give it to executors: --ca)"
+        } else {
+            ""
+        },
+        ensured.files.cert.display(),
+        ensured.files.key.display(),
+        ensured
+            .issued
+            .as_ref()
+            .map(|why| format!(", issued now: {why}"))
+            .unwrap_or_else(|| ", kept".to_owned()),
+        token.display()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -407,26 +407,7 @@ pub fn install(
     let binary = std::env::current_exe()
         .and_then(std::fs::canonicalize)
         .map_err(|err| CliError::Other(anyhow::anyhow!("cannot find this ghost binary: {err}")))?;
-
-    let (service, secret) = match options.manager {
-        Manager::Systemd => {
-            let args = service_args(resolved, None);
-            let unit = systemd_unit(
-                &binary,
-                &args,
-                &paths.secret,
-                options.user,
-                options.service_user.as_deref(),
-            )?;
-            (unit, format!("{TOKEN_ENV}={}\n", resolved.token))
-        }
-        Manager::Launchd => {
-            let args = service_args(resolved, Some(&paths.secret));
-            let log = resolved.data_dir.join("executor.log");
-            let plist = launchd_plist(&binary, &args, &log)?;
-            (plist, format!("{}\n", resolved.token))
-        }
-    };
+    let (service, secret) = service_files(resolved, options, &paths, &binary)?;
     if options.dry_run {
         output.print(&service);
         output.note(&format!(
@@ -452,7 +433,43 @@ pub fn install(
         paths.service.display(),
         paths.secret.display()
     ));
-    let commands = enable_commands(options, &paths)?;
+    enable(options, &paths, output)?;
+    Ok(Exit::Success)
+}
+
+/// The service file (a systemd unit or a launchd plist running `binary`) and the secret file's
+/// text (the token, as the manager reads it).
+fn service_files(
+    resolved: &Resolved,
+    options: &InstallOptions,
+    paths: &Paths,
+    binary: &Path,
+) -> Result<(String, String), CliError> {
+    Ok(match options.manager {
+        Manager::Systemd => {
+            let args = service_args(resolved, None);
+            let unit = systemd_unit(
+                binary,
+                &args,
+                &paths.secret,
+                options.user,
+                options.service_user.as_deref(),
+            )?;
+            (unit, format!("{TOKEN_ENV}={}\n", resolved.token))
+        }
+        Manager::Launchd => {
+            let args = service_args(resolved, Some(&paths.secret));
+            let log = resolved.data_dir.join("executor.log");
+            let plist = launchd_plist(binary, &args, &log)?;
+            (plist, format!("{}\n", resolved.token))
+        }
+    })
+}
+
+/// Enables and starts the installed service, or with `--no-enable` prints the commands that
+/// would; a user systemd service gets the note on lingering.
+fn enable(options: &InstallOptions, paths: &Paths, output: &Output) -> Result<(), CliError> {
+    let commands = enable_commands(options, paths)?;
     let linger = "a user service runs only while you are logged in, unless you run \
                   `loginctl enable-linger $USER` once";
     if !options.enable {
@@ -463,7 +480,7 @@ pub fn install(
         if options.user && options.manager == Manager::Systemd {
             output.note(&format!("({linger})"));
         }
-        return Ok(Exit::Success);
+        return Ok(());
     }
     if options.manager == Manager::Launchd {
         // A job already loaded (an earlier install) makes bootstrap fail: unload it first;
@@ -482,7 +499,7 @@ pub fn install(
     if options.user && options.manager == Manager::Systemd {
         output.note(&format!("note: {linger}"));
     }
-    Ok(Exit::Success)
+    Ok(())
 }
 
 /// A system service runs `binary` as root (or its service user) at every start: refuses one

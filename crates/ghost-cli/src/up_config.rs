@@ -8,23 +8,28 @@
 //! name) and the nearest valid key. Relative paths in the file are relative to the file's
 //! directory (as in a compose file), so `ghost up -f DIR/ghost.toml` means the same directories
 //! from anywhere; those from flags and the environment are relative to the working directory.
+//!
+//! Here: the flags, the defaults, the layering of each service section and [`load`], step by
+//! step. `up_config/file.rs` is the file's shape, `up_config/read.rs` reads it and anchors its
+//! paths, `up_config/targets.rs` turns `[[targets]]` into the gateway's and executor's keys,
+//! [`store`] is `[store]`.
+
+mod file;
+mod read;
+pub mod store;
+mod targets;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use executor::config::TargetPolicy;
-use gateway::config::{ApiKeyConfig, TargetConfig};
 use ghost_runtime::config::{self as layers, EnvVar, Secret, ServerConfig};
 use ghost_runtime::telemetry::LogFormat;
 use serde::Serialize;
 
 use crate::error::CliError;
 use crate::local::{Explicit, SystemConfig, url};
-
-mod file;
-pub mod store;
 
 pub use file::{
     CheckSpec, Commands, DEFAULT_DATA_DIR, DEFAULT_FILE, GhostFile, SECTIONS, TargetSpec, TlsSpec,
@@ -184,175 +189,6 @@ fn invalid(message: String) -> CliError {
     CliError::Input(message)
 }
 
-/// The targets of the file with the `--workspace` flags over them; `MAIN=./workspace` when
-/// there are none; the default target first. Refuses two defaults, duplicate names or
-/// aliases, and owner checks or `rollback_ignore` globs the executor would refuse.
-fn targets(file_targets: Vec<TargetSpec>, flags: &[String]) -> Result<Vec<TargetSpec>, CliError> {
-    let mut targets = file_targets;
-    for spec in flags {
-        let Some((name, dir)) = spec.split_once('=') else {
-            return Err(CliError::Settings(format!(
-                "--workspace {spec:?}: expected TARGET=DIR, e.g. MAIN=./workspace"
-            )));
-        };
-        match targets.iter_mut().find(|t| t.name == name) {
-            Some(target) => target.root = PathBuf::from(dir),
-            None => targets.push(TargetSpec {
-                name: name.to_owned(),
-                root: PathBuf::from(dir),
-                aliases: Vec::new(),
-                is_default: false,
-                commands: Commands::default(),
-                agent: None,
-                checks: Vec::new(),
-                rollback_ignore: Vec::new(),
-                revert_keep: None,
-                sandbox: None,
-                writable: Vec::new(),
-            }),
-        }
-    }
-    if targets.is_empty() {
-        targets.push(TargetSpec {
-            name: "MAIN".to_owned(),
-            root: PathBuf::from("./workspace"),
-            aliases: Vec::new(),
-            is_default: true,
-            commands: Commands::default(),
-            agent: None,
-            checks: Vec::new(),
-            rollback_ignore: Vec::new(),
-            revert_keep: None,
-            sandbox: None,
-            writable: Vec::new(),
-        });
-    }
-    let defaults: Vec<&str> = targets
-        .iter()
-        .filter(|t| t.is_default)
-        .map(|t| t.name.as_str())
-        .collect();
-    if defaults.len() > 1 {
-        return Err(invalid(format!(
-            "targets {} are all marked default = true: mark one",
-            defaults.join(" and ")
-        )));
-    }
-    let mut names = std::collections::BTreeSet::new();
-    for target in &targets {
-        for name in std::iter::once(&target.name).chain(&target.aliases) {
-            ghost_core::TargetName::parse(name).map_err(|err| {
-                invalid(format!(
-                    "target name or alias {name:?} in [[targets]]: {err}"
-                ))
-            })?;
-        }
-        policy_of(target)?;
-        for name in std::iter::once(&target.name).chain(&target.aliases) {
-            if !names.insert(name.clone()) {
-                return Err(invalid(format!(
-                    "target name or alias {name} is used twice in [[targets]]"
-                )));
-            }
-        }
-    }
-    let default_index = targets.iter().position(|t| t.is_default).unwrap_or(0);
-    let mut default = targets.remove(default_index);
-    default.is_default = true;
-    targets.insert(0, default);
-    Ok(targets)
-}
-
-/// The executor's policy of a `[[targets]]` entry, checked as the executor checks it at
-/// start (owner check names, `when`, globs).
-fn policy_of(target: &TargetSpec) -> Result<TargetPolicy, CliError> {
-    let checks = target
-        .checks
-        .iter()
-        .map(|check| {
-            let when = match &check.when {
-                None => executor::When::Always,
-                Some(when) => executor::When::try_from(when.clone()).map_err(|err| {
-                    invalid(format!(
-                        "target {}: owner check {:?} in [[targets.checks]]: {err}",
-                        target.name, check.name
-                    ))
-                })?,
-            };
-            Ok(executor::OwnerCheck {
-                name: check.name.clone(),
-                run: check.run.clone(),
-                timeout: check.timeout,
-                when,
-            })
-        })
-        .collect::<Result<Vec<_>, CliError>>()?;
-    let policy = TargetPolicy {
-        commands: target.commands.0.clone(),
-        agent: target.agent.clone(),
-        checks,
-        rollback_ignore: target.rollback_ignore.clone(),
-        revert_keep: target
-            .revert_keep
-            .unwrap_or(TargetPolicy::default().revert_keep),
-        sandbox: target.sandbox.unwrap_or_default(),
-        writable: target.writable.clone(),
-        ..TargetPolicy::default()
-    };
-    policy
-        .validate(&target.name)
-        .map_err(|err| invalid(format!("{err} (in [[targets]])")))?;
-    Ok(policy)
-}
-
-/// The tree of `[[targets]]` and `[[keys]]` for each service section.
-fn derived(
-    targets: &[TargetSpec],
-    keys: &[ApiKeyConfig],
-) -> Result<HashMap<&'static str, toml::Value>, CliError> {
-    #[derive(Serialize)]
-    struct GatewayPart<'a> {
-        targets: Vec<TargetConfig>,
-        default_target: &'a str,
-        #[serde(skip_serializing_if = "<[_]>::is_empty")]
-        api_keys: &'a [ApiKeyConfig],
-    }
-    #[derive(Serialize)]
-    struct ExecutorPart {
-        workspaces: Vec<executor::WorkspaceConfig>,
-        targets: std::collections::BTreeMap<String, TargetPolicy>,
-    }
-    let gateway = GatewayPart {
-        targets: targets
-            .iter()
-            .map(|t| TargetConfig {
-                name: t.name.clone(),
-                aliases: t.aliases.clone(),
-                legacy_roots: Vec::new(),
-            })
-            .collect(),
-        default_target: targets.first().map_or("MAIN", |t| t.name.as_str()),
-        api_keys: keys,
-    };
-    let executor = ExecutorPart {
-        workspaces: targets
-            .iter()
-            .map(|t| executor::WorkspaceConfig {
-                target: t.name.clone(),
-                root: t.root.clone(),
-            })
-            .collect(),
-        targets: targets
-            .iter()
-            .map(|t| policy_of(t).map(|policy| (t.name.clone(), policy)))
-            .collect::<Result<_, _>>()?,
-    };
-    Ok(HashMap::from([
-        ("gateway", to_tree(&gateway)?),
-        ("executor", to_tree(&executor)?),
-    ]))
-}
-
 fn to_tree<T: Serialize>(value: &T) -> Result<toml::Value, CliError> {
     layers::tree(value).map_err(|err| CliError::Other(err.into()))
 }
@@ -363,43 +199,6 @@ fn set_by_hand(section: Option<&toml::Value>, env: &[EnvVar], key: &str) -> bool
         || env
             .iter()
             .any(|var| var.path.first().is_some_and(|k| k == key))
-}
-
-/// The keys of a service section that `[[targets]]` owns: set by hand they would fight it (a
-/// workspace no overlap check saw, a default target that is not one of the targets).
-const OWNED_BY_TARGETS: [(&str, &str); 4] = [
-    ("gateway", "targets"),
-    ("gateway", "default_target"),
-    ("executor", "workspaces"),
-    ("executor", "targets"),
-];
-
-/// Refuses a key of [`OWNED_BY_TARGETS`] set in the file's section or by an environment
-/// variable.
-fn refuse_keys_owned_by_targets(
-    section: impl Fn(&str) -> Option<toml::Value>,
-    env_for: impl Fn(&str) -> Vec<EnvVar>,
-) -> Result<(), CliError> {
-    for (service, key) in OWNED_BY_TARGETS {
-        if section(service).is_some_and(|s| s.get(key).is_some()) {
-            return Err(invalid(format!(
-                "[{service}] {key} is set in the file, but [[targets]] sets it: set targets with \
-                 [[targets]] (name, root, aliases, default, commands, agent)"
-            )));
-        }
-        if let Some(var) = env_for(service)
-            .into_iter()
-            .find(|var| var.path.first().is_some_and(|k| k == key))
-        {
-            return Err(invalid(format!(
-                "environment variable {} sets {service}.{key}, but [[targets]] sets it: set \
-                 targets with [[targets]] (name, root, aliases, default, commands, agent) or \
-                 --workspace TARGET=DIR",
-                var.name
-            )));
-        }
-    }
-    Ok(())
 }
 
 fn config_error(err: layers::ConfigError) -> CliError {
@@ -427,79 +226,6 @@ where
     layers::build(tree, env).map_err(config_error)
 }
 
-/// Keys of the service sections that hold paths, as `(section, key)`.
-const SECTION_PATHS: [(&str, &str); 7] = [
-    ("gateway", "inbox"),
-    ("gateway", "data_dir"),
-    ("gateway", "privacy_policy_file"),
-    ("router", "data_dir"),
-    ("executor", "state_dir"),
-    ("summarizer", "data_dir"),
-    ("alerter", "data_dir"),
-];
-
-/// `path` under `base` when it is relative (`.` parts dropped), else `path` itself.
-fn anchored(base: &Path, path: &Path) -> PathBuf {
-    if path.is_absolute() {
-        return path.to_owned();
-    }
-    let joined: PathBuf = base
-        .join(path)
-        .components()
-        .filter(|part| !matches!(part, std::path::Component::CurDir))
-        .collect();
-    if joined.as_os_str().is_empty() {
-        PathBuf::from(".")
-    } else {
-        joined
-    }
-}
-
-/// The file's relative paths made relative to the file's directory `base` instead of the
-/// working directory: `data_dir` (the default one too: state sits beside the file), each
-/// target's `root` and agent `inbox`, and the path keys of the service sections.
-fn anchor_file_paths(
-    base: &Path,
-    mut parsed: GhostFile,
-    mut sections: toml::Table,
-) -> (GhostFile, toml::Table) {
-    if base.as_os_str().is_empty() || base == Path::new(".") {
-        return (parsed, sections);
-    }
-    let data_dir = parsed
-        .data_dir
-        .take()
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-    parsed.data_dir = Some(anchored(base, &data_dir));
-    for target in &mut parsed.targets {
-        target.root = anchored(base, &target.root);
-        if let Some(inbox) = target.agent.as_mut().and_then(|a| a.inbox.as_mut()) {
-            *inbox = anchored(base, inbox);
-        }
-    }
-    for path in [
-        &mut parsed.tls.cert,
-        &mut parsed.tls.key,
-        &mut parsed.store.url_file,
-    ]
-    .into_iter()
-    .flatten()
-    {
-        *path = anchored(base, path);
-    }
-    for (section, key) in SECTION_PATHS {
-        if let Some(toml::Value::String(path)) = sections
-            .get_mut(section)
-            .and_then(|table| table.get_mut(key))
-        {
-            *path = anchored(base, Path::new(path.as_str()))
-                .display()
-                .to_string();
-        }
-    }
-    (parsed, sections)
-}
-
 /// The file `ghost up` reads: `-f`/`GHOST_CONFIG`, else `./ghost.toml` when it exists.
 pub fn file_to_read(flag: Option<PathBuf>) -> Option<PathBuf> {
     flag.or_else(|| {
@@ -508,113 +234,99 @@ pub fn file_to_read(flag: Option<PathBuf>) -> Option<PathBuf> {
     })
 }
 
-/// Reads the file (if any), the environment (`GHOST_*` variables in `env`) and the flags into
-/// the effective configuration.
-pub fn load(flags: UpFlags, env: &HashMap<String, String>) -> Result<UpConfig, CliError> {
-    let file = file_to_read(flags.file.clone());
-    let (parsed, sections) = match &file {
-        Some(path) => {
-            let table = layers::parse_file::<GhostFile>(path).map_err(config_error)?;
-            let parsed: GhostFile =
-                toml::Value::Table(table.clone())
-                    .try_into()
-                    .map_err(|err: toml::de::Error| {
-                        invalid(format!(
-                            "{}: {}",
-                            path.display(),
-                            layers::without_string_values(&err.to_string())
-                        ))
-                    })?;
-            (parsed, table)
-        }
-        None => (GhostFile::default(), toml::Table::new()),
-    };
-    let (parsed, sections) = match file.as_deref().and_then(Path::parent) {
-        Some(base) => anchor_file_paths(base, parsed, sections),
-        None => (parsed, sections),
-    };
-    let data_dir = flags
-        .data_dir
-        .clone()
-        .or(parsed.data_dir.clone())
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-    let targets = targets(parsed.targets, &flags.workspaces)?;
-    let derived = derived(&targets, &parsed.keys)?;
-    let store_url = store::resolve(flags.store.clone(), &parsed.store)?;
-    let store_tree = store_url.as_ref().map(store::tree);
-    let base = defaults(&data_dir);
-    let env_of: HashMap<&str, Vec<EnvVar>> = SECTIONS
-        .iter()
-        .map(|service| (*service, layers::env_layer(service, env)))
-        .collect();
-    let section = |name: &str| sections.get(name).cloned();
-    let env_for = |name: &str| env_of.get(name).map_or(&[][..], Vec::as_slice);
-    refuse_keys_owned_by_targets(section, |name| env_for(name).to_vec())?;
-    if store_url.is_some() {
-        store::refuse_service_stores(section, |name| env_for(name).to_vec())?;
+/// The file's service sections and the `GHOST_<SERVICE>__*` variables, per service: the two
+/// layers a user sets by hand.
+struct HandLayers {
+    sections: toml::Table,
+    env: HashMap<&'static str, Vec<EnvVar>>,
+}
+
+impl HandLayers {
+    fn new(sections: toml::Table, env: &HashMap<String, String>) -> Self {
+        let env = SECTIONS
+            .iter()
+            .map(|service| (*service, layers::env_layer(service, env)))
+            .collect();
+        Self { sections, env }
     }
-    let gateway_section = section("gateway");
-    let router_section = section("router");
-    let executor_section = section("executor");
-    let summarizer_section = section("summarizer");
-    let alerter_section = section("alerter");
-    let by_hand = |section: &Option<toml::Value>, service: &str, key: &str| {
-        set_by_hand(section.as_ref(), env_for(service), key)
-    };
-    let explicit = Explicit {
-        gateway_router: by_hand(&gateway_section, "gateway", "router_url"),
-        gateway_summarizer: by_hand(&gateway_section, "gateway", "summarizer_url"),
-        gateway_alerter: by_hand(&gateway_section, "gateway", "alerter_url"),
-        router_summarizer: by_hand(&router_section, "router", "summarizer_url"),
-        router_alerter: by_hand(&router_section, "router", "alerter_url"),
-        executor_router: by_hand(&executor_section, "executor", "router_url"),
-        summarizer_alerter: by_hand(&summarizer_section, "summarizer", "alerter_url"),
-        alerter_router: by_hand(&alerter_section, "alerter", "router_url"),
-        alerter_summarizer: by_hand(&alerter_section, "alerter", "summarizer_url"),
-        alerter_health: alerter_section
-            .as_ref()
+
+    /// The file's `[service]` section.
+    fn section(&self, service: &str) -> Option<toml::Value> {
+        self.sections.get(service).cloned()
+    }
+
+    /// The variables of `service`.
+    fn env(&self, service: &str) -> &[EnvVar] {
+        self.env.get(service).map_or(&[][..], Vec::as_slice)
+    }
+
+    /// True when `service`'s `key` was set in the file or by a variable.
+    fn by_hand(&self, service: &str, key: &str) -> bool {
+        set_by_hand(self.sections.get(service), self.env(service), key)
+    }
+
+    /// `service`'s config: `base`, then `derived`, then the file's section, then the variables.
+    fn layered<T>(
+        &self,
+        service: &str,
+        base: &T,
+        derived: Option<&toml::Value>,
+    ) -> Result<T, CliError>
+    where
+        T: serde::de::DeserializeOwned + Serialize,
+    {
+        layered(base, derived, self.sections.get(service), self.env(service))
+    }
+
+    /// Which service-to-service URLs (and the alerter's health list) were set by hand: those
+    /// keep their value when ports move.
+    fn explicit(&self) -> Explicit {
+        let alerter_health = self
+            .sections
+            .get("alerter")
             .and_then(|s| s.get("health"))
             .and_then(|h| h.get("services"))
             .is_some()
-            || env_for("alerter").iter().any(|v| {
+            || self.env("alerter").iter().any(|v| {
                 v.path
                     .starts_with(&["health".to_owned(), "services".to_owned()])
-            }),
-    };
-    let base_executor = base.executor.clone().unwrap_or_default();
-    let mut system = SystemConfig {
-        gateway: layered(
-            &base.gateway,
-            derived.get("gateway"),
-            gateway_section.as_ref(),
-            env_for("gateway"),
-        )?,
-        router: layered(
-            &base.router,
-            store_tree.as_ref(),
-            router_section.as_ref(),
-            env_for("router"),
-        )?,
-        executor: Some(layered(
-            &base_executor,
-            derived.get("executor"),
-            executor_section.as_ref(),
-            env_for("executor"),
-        )?),
-        summarizer: layered(
-            &base.summarizer,
-            store_tree.as_ref(),
-            summarizer_section.as_ref(),
-            env_for("summarizer"),
-        )?,
-        alerter: layered(
-            &base.alerter,
-            store_tree.as_ref(),
-            alerter_section.as_ref(),
-            env_for("alerter"),
-        )?,
-    };
-    let mut tls = parsed.tls;
+            });
+        Explicit {
+            gateway_router: self.by_hand("gateway", "router_url"),
+            gateway_summarizer: self.by_hand("gateway", "summarizer_url"),
+            gateway_alerter: self.by_hand("gateway", "alerter_url"),
+            router_summarizer: self.by_hand("router", "summarizer_url"),
+            router_alerter: self.by_hand("router", "alerter_url"),
+            executor_router: self.by_hand("executor", "router_url"),
+            summarizer_alerter: self.by_hand("summarizer", "alerter_url"),
+            alerter_router: self.by_hand("alerter", "router_url"),
+            alerter_summarizer: self.by_hand("alerter", "summarizer_url"),
+            alerter_health,
+        }
+    }
+
+    /// The five services: `base` with the trees derived from `[[targets]]` and `[[keys]]`
+    /// (gateway, executor) or the store (router, summarizer, alerter), then the hand layers.
+    fn services(
+        &self,
+        base: &SystemConfig,
+        derived: &HashMap<&'static str, toml::Value>,
+        store: Option<&toml::Value>,
+    ) -> Result<SystemConfig, CliError> {
+        let base_executor = base.executor.clone().unwrap_or_default();
+        Ok(SystemConfig {
+            gateway: self.layered("gateway", &base.gateway, derived.get("gateway"))?,
+            router: self.layered("router", &base.router, store)?,
+            executor: Some(self.layered("executor", &base_executor, derived.get("executor"))?),
+            summarizer: self.layered("summarizer", &base.summarizer, store)?,
+            alerter: self.layered("alerter", &base.alerter, store)?,
+        })
+    }
+}
+
+/// `[tls]` with `--tls-cert`/`--tls-key` over it (both or neither).
+fn tls(file: TlsSpec, flags: &UpFlags) -> Result<TlsSpec, CliError> {
+    let mut tls = file;
     if flags.tls_cert.is_some() || flags.tls_key.is_some() {
         tls.cert.clone_from(&flags.tls_cert);
         tls.key.clone_from(&flags.tls_key);
@@ -624,6 +336,34 @@ pub fn load(flags: UpFlags, env: &HashMap<String, String>) -> Result<UpConfig, C
             "[tls] needs both cert and key (or neither: a private CA is made)".to_owned(),
         ));
     }
+    Ok(tls)
+}
+
+/// Reads the file (if any), the environment (`GHOST_*` variables in `env`) and the flags into
+/// the effective configuration.
+pub fn load(flags: UpFlags, env: &HashMap<String, String>) -> Result<UpConfig, CliError> {
+    let file = file_to_read(flags.file.clone());
+    let (parsed, sections) = read::read_file(file.as_deref())?;
+    let data_dir = flags
+        .data_dir
+        .clone()
+        .or(parsed.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    let targets = targets::targets(parsed.targets, &flags.workspaces)?;
+    let derived = targets::derived(&targets, &parsed.keys)?;
+    let store_url = store::resolve(flags.store.clone(), &parsed.store)?;
+    let store_tree = store_url.as_ref().map(store::tree);
+    let base = defaults(&data_dir);
+    let hand = HandLayers::new(sections, env);
+    let section = |name: &str| hand.section(name);
+    let env_for = |name: &str| hand.env(name).to_vec();
+    targets::refuse_keys_owned_by_targets(section, env_for)?;
+    if store_url.is_some() {
+        store::refuse_service_stores(section, env_for)?;
+    }
+    let explicit = hand.explicit();
+    let mut system = hand.services(&base, &derived, store_tree.as_ref())?;
+    let tls = tls(parsed.tls, &flags)?;
     system.summarizer.subscriptions.extend(parsed.subscriptions);
     summarizer::webhooks::subscription::prepare_all(&system.summarizer.subscriptions)
         .map_err(invalid)?;
@@ -633,7 +373,7 @@ pub fn load(flags: UpFlags, env: &HashMap<String, String>) -> Result<UpConfig, C
     // On a shared store a second `ghost up` may serve the same workspaces: one executor is
     // active, the other waits on `<root>/.ghost/lock` (unless `standby` was set by hand).
     if store_url.is_some()
-        && !by_hand(&executor_section, "executor", "standby")
+        && !hand.by_hand("executor", "standby")
         && let Some(executor) = &mut system.executor
     {
         executor.standby = true;

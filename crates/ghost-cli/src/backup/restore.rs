@@ -21,8 +21,8 @@ use sha2::{Digest, Sha256};
 
 use super::{
     BackupError, FORMAT, FileKind, MANIFEST, MAX_FILE_BYTES, MAX_FILES, MAX_MANIFEST_BYTES,
-    Manifest, RemoveOnDrop, StateDirs, check_integrity, create_private_dir, create_private_file,
-    hex, safe_relative, service, sync_dir,
+    Manifest, RemoveOnDrop, Service, StateDirs, check_integrity, create_private_dir,
+    create_private_file, hex, safe_relative, service, sync_dir,
 };
 
 /// The staging dir inside each target dir.
@@ -79,8 +79,44 @@ pub fn restore(options: &RestoreOptions) -> Result<RestoreReport, BackupError> {
     let manifest = read_manifest(from)?;
     check_manifest(&manifest)?;
     check_tree(from, &manifest)?;
-    let targets = options.dirs.resolve()?;
     let in_backup: BTreeSet<&str> = manifest.files.iter().map(|f| f.service.as_str()).collect();
+    let targets = targets_in_backup(options, &in_backup)?;
+    for (_, dir, _) in &targets {
+        check_target(dir, options.force)?;
+    }
+    let not_restored = in_backup
+        .iter()
+        .filter(|name| !targets.iter().any(|(svc, _, _)| svc.name == **name))
+        .map(|name| (*name).to_owned())
+        .collect();
+    // Stage every service first: nothing is moved into place unless all of them are good.
+    let mut staged = Vec::new();
+    let mut guards = Vec::new();
+    for (svc, dir, _) in &targets {
+        let staging = fresh_staging(dir)?;
+        guards.push(RemoveOnDrop(Some(staging.clone())));
+        staged.push(stage(from, &manifest, *svc, dir, &staging)?);
+    }
+    let stamp = super::now_rfc3339().replace(':', "");
+    for restored in &mut staged {
+        restored.moved_aside = put_in_place(&restored.dir, &stamp)?;
+    }
+    drop(guards);
+    Ok(RestoreReport {
+        backup_started_at: manifest.started_at,
+        services: staged,
+        not_restored,
+    })
+}
+
+/// The (service, dir, named directly) to restore: those the flags name that the backup holds.
+/// Refuses a dir named directly for a service the backup lacks, and a `--data-dir` restore of a
+/// backup without the router.
+fn targets_in_backup(
+    options: &RestoreOptions,
+    in_backup: &BTreeSet<&str>,
+) -> Result<Vec<(Service, PathBuf, bool)>, BackupError> {
+    let targets = options.dirs.resolve()?;
     for (svc, _, direct) in &targets {
         if *direct && !in_backup.contains(svc.name) {
             return Err(refused(format!(
@@ -99,89 +135,86 @@ pub fn restore(options: &RestoreOptions) -> Result<RestoreReport, BackupError> {
             "the backup holds no router state: not a backup of ghost up's data dir".to_owned(),
         ));
     }
-    for (_, dir, _) in &targets {
-        check_target(dir, options.force)?;
-    }
-    let not_restored = in_backup
-        .iter()
-        .filter(|name| !targets.iter().any(|(svc, _, _)| svc.name == **name))
-        .map(|name| (*name).to_owned())
-        .collect();
+    Ok(targets)
+}
 
-    // Stage every service first: nothing is moved into place unless all of them are good.
-    let mut staged = Vec::new();
-    let mut guards = Vec::new();
-    for (svc, dir, _) in &targets {
-        create_private_dir(dir)?;
-        let staging = dir.join(STAGING);
-        if staging.exists() {
-            // Left by a restore that was interrupted: its files are not in use.
-            std::fs::remove_dir_all(&staging).map_err(|err| BackupError::io(&staging, err))?;
-        }
-        create_private_dir(&staging)?;
-        guards.push(RemoveOnDrop(Some(staging.clone())));
-        let mut files = 0usize;
-        let mut bytes = 0u64;
-        let mut schema_version = None;
-        let prefix = format!("{}/", svc.name);
-        for entry in manifest.files.iter().filter(|f| f.service == svc.name) {
-            let inside = entry.path.strip_prefix(&prefix).unwrap_or(&entry.path);
-            let to = staging.join(inside);
-            if let Some(parent) = to.parent() {
-                create_private_dir(parent)?;
-            }
-            copy_checked(&from.join(&entry.path), &to, entry.size, &entry.sha256)?;
-            if entry.kind == FileKind::Sqlite {
-                schema_version = check_database(&to, entry.schema_version)?;
-            }
-            files += 1;
-            bytes += entry.size;
-        }
-        staged.push(RestoredService {
-            service: svc.name.to_owned(),
-            dir: dir.clone(),
-            files,
-            bytes,
-            schema_version,
-            moved_aside: None,
-        });
+/// `dir` (created) with an empty staging dir in it: one a restore left when interrupted is
+/// removed first (its files are not in use).
+fn fresh_staging(dir: &Path) -> Result<PathBuf, BackupError> {
+    create_private_dir(dir)?;
+    let staging = dir.join(STAGING);
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).map_err(|err| BackupError::io(&staging, err))?;
     }
-    let stamp = super::now_rfc3339().replace(':', "");
-    for restored in &mut staged {
-        let dir = restored.dir.clone();
-        let staging = dir.join(STAGING);
-        let aside = dir.join(format!(".before-restore-{stamp}"));
-        let mut moved = false;
-        for entry in std::fs::read_dir(&dir).map_err(|err| BackupError::io(&dir, err))? {
-            let entry = entry.map_err(|err| BackupError::io(&dir, err))?;
-            let name = entry.file_name();
-            if name == STAGING
-                || name == LOST_AND_FOUND
-                || name.to_string_lossy().starts_with(".before-restore-")
-            {
-                continue;
-            }
-            if !moved {
-                create_private_dir(&aside)?;
-                moved = true;
-            }
-            std::fs::rename(entry.path(), aside.join(&name))
-                .map_err(|err| BackupError::io(&entry.path(), err))?;
+    create_private_dir(&staging)?;
+    Ok(staging)
+}
+
+/// Copies `svc`'s files of the backup into `staging`, each checked against its size and
+/// SHA-256, its database by `PRAGMA integrity_check`.
+fn stage(
+    from: &Path,
+    manifest: &Manifest,
+    svc: Service,
+    dir: &Path,
+    staging: &Path,
+) -> Result<RestoredService, BackupError> {
+    let mut files = 0usize;
+    let mut bytes = 0u64;
+    let mut schema_version = None;
+    let prefix = format!("{}/", svc.name);
+    for entry in manifest.files.iter().filter(|f| f.service == svc.name) {
+        let inside = entry.path.strip_prefix(&prefix).unwrap_or(&entry.path);
+        let to = staging.join(inside);
+        if let Some(parent) = to.parent() {
+            create_private_dir(parent)?;
         }
-        for entry in std::fs::read_dir(&staging).map_err(|err| BackupError::io(&staging, err))? {
-            let entry = entry.map_err(|err| BackupError::io(&staging, err))?;
-            std::fs::rename(entry.path(), dir.join(entry.file_name()))
-                .map_err(|err| BackupError::io(&entry.path(), err))?;
+        copy_checked(&from.join(&entry.path), &to, entry.size, &entry.sha256)?;
+        if entry.kind == FileKind::Sqlite {
+            schema_version = check_database(&to, entry.schema_version)?;
         }
-        sync_dir(&dir);
-        restored.moved_aside = moved.then_some(aside);
+        files += 1;
+        bytes += entry.size;
     }
-    drop(guards);
-    Ok(RestoreReport {
-        backup_started_at: manifest.started_at,
-        services: staged,
-        not_restored,
+    Ok(RestoredService {
+        service: svc.name.to_owned(),
+        dir: dir.to_owned(),
+        files,
+        bytes,
+        schema_version,
+        moved_aside: None,
     })
+}
+
+/// Moves what `dir` holds into `.before-restore-<stamp>/` (made only when there is something),
+/// then the staged files into `dir`; where the old files went.
+fn put_in_place(dir: &Path, stamp: &str) -> Result<Option<PathBuf>, BackupError> {
+    let staging = dir.join(STAGING);
+    let aside = dir.join(format!(".before-restore-{stamp}"));
+    let mut moved = false;
+    for entry in std::fs::read_dir(dir).map_err(|err| BackupError::io(dir, err))? {
+        let entry = entry.map_err(|err| BackupError::io(dir, err))?;
+        let name = entry.file_name();
+        if name == STAGING
+            || name == LOST_AND_FOUND
+            || name.to_string_lossy().starts_with(".before-restore-")
+        {
+            continue;
+        }
+        if !moved {
+            create_private_dir(&aside)?;
+            moved = true;
+        }
+        std::fs::rename(entry.path(), aside.join(&name))
+            .map_err(|err| BackupError::io(&entry.path(), err))?;
+    }
+    for entry in std::fs::read_dir(&staging).map_err(|err| BackupError::io(&staging, err))? {
+        let entry = entry.map_err(|err| BackupError::io(&staging, err))?;
+        std::fs::rename(entry.path(), dir.join(entry.file_name()))
+            .map_err(|err| BackupError::io(&entry.path(), err))?;
+    }
+    sync_dir(dir);
+    Ok(moved.then_some(aside))
 }
 
 fn read_manifest(from: &Path) -> Result<Manifest, BackupError> {

@@ -110,6 +110,26 @@ pub struct TargetSpec {
     pub writable: Vec<PathBuf>,
 }
 
+impl TargetSpec {
+    /// A target named `name` at `root` (the default one when `is_default`), with no aliases
+    /// and none of its own commands, agent, checks or policy.
+    pub fn bare(name: &str, root: PathBuf, is_default: bool) -> Self {
+        Self {
+            name: name.to_owned(),
+            root,
+            aliases: Vec::new(),
+            is_default,
+            commands: Commands::default(),
+            agent: None,
+            checks: Vec::new(),
+            rollback_ignore: Vec::new(),
+            revert_keep: None,
+            sandbox: None,
+            writable: Vec::new(),
+        }
+    }
+}
+
 /// One owner check (`[[targets.checks]]`): the executor's `targets.<T>.checks` entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
