@@ -9,8 +9,8 @@ use ghost_runtime::config::Secret;
 
 use crate::error::CliError;
 use crate::exit::Exit;
-use crate::local::LocalSystem;
 use crate::render::Output;
+use crate::system::SystemBuilder;
 use crate::up_config::{self, UpConfig, UpFlags};
 
 /// 24 random bytes from `/dev/urandom` as hex: a fresh API key.
@@ -270,11 +270,16 @@ pub async fn run(
         .set_internal_token(&crate::tls::random_token()?)
         .map_err(|err| CliError::Settings(err.to_string()))?;
     config.system.keep_operations_local();
-    config.system.prebind()?;
-    config.system.wire(config.explicit);
+    let mut builder = SystemBuilder::from_config(config.data_dir.clone(), config.system.clone())
+        .keep_urls(config.explicit);
+    // The addresses as bound (a port 0 is a real port now) and the URLs wired.
+    config.system = builder.bind()?.clone();
     let ca = serve_tls(&mut config)?;
     let slack_on = config.system.alerter.slack.api_base_url.is_some();
-    let system = LocalSystem::start_with(config.data_dir.clone(), config.system.clone()).await?;
+    let system = builder
+        .configure(|bound| bound.clone_from(&config.system))
+        .start()
+        .await?;
     let mut text = format!(
         "Ghost Runner is up (state in {}{}).\n",
         config.data_dir.display(),
