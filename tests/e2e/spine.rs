@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ghost_runtime::telemetry::{Telemetry, TelemetryConfig};
-use ghost_testkit::{OtlpReceiver, ReceivedSpan, TEST_TIMEOUT, wait_until};
+use ghost_testkit::{OtlpReceiver, ReceivedSpan, try_wait_until};
 
 use crate::helpers::{spawn_system, write_patch};
 
@@ -101,9 +101,11 @@ async fn one_patch_flows_through_all_five_services_in_one_trace() {
     let trace_id = finished["trace_id"].as_str().expect("trace id").to_owned();
     assert_eq!(trace_id.len(), 32, "{finished}");
     assert_eq!(json["trace_id"], trace_id.as_str());
-    let spans = wait_until(
-        "spans of every service in the trace",
-        TEST_TIMEOUT,
+    // As before: all five services and a Slack span, or what arrived within the bound (the
+    // assertions below name what is missing).
+    let spans = try_wait_until(
+        "spans of every service and the Slack post in the trace",
+        Duration::from_secs(20),
         Duration::ZERO,
         async || {
             flush(&telemetry).await;
@@ -113,14 +115,12 @@ async fn one_patch_flows_through_all_five_services_in_one_trace() {
             if covers_all_services(&spans) {
                 Ok(spans)
             } else {
-                Err(spans
-                    .iter()
-                    .filter_map(service_of)
-                    .collect::<HashSet<String>>())
+                Err(spans)
             }
         },
     )
-    .await;
+    .await
+    .unwrap_or_else(|timed_out| timed_out.last.unwrap_or_default());
     let services: HashSet<String> = spans.iter().filter_map(service_of).collect();
     for service in SERVICES {
         assert!(
