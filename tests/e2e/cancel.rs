@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use ghost_runtime::config::ServerConfig;
+use ghost_testkit::{POLL_INTERVAL, wait_for, wait_until};
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{API_KEY, spawn_system};
@@ -64,20 +65,17 @@ async fn cancelling_a_running_patch_kills_its_commands_and_rolls_back() {
     });
     assert_eq!(system.submit(&patch).await.status(), 202);
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let grandchild: i32 = loop {
-        if let Some(pid) = std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|text| text.trim().parse().ok())
-        {
-            break pid;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the command never started"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let grandchild: i32 = wait_for(
+        "the command to start (its grandchild's pid file)",
+        async || {
+            let text = std::fs::read_to_string(&pid_file);
+            match text.as_ref().map(|text| text.trim().parse()) {
+                Ok(Ok(pid)) => Ok(pid),
+                _ => Err(text.map_err(|err| err.to_string())),
+            }
+        },
+    )
+    .await;
     assert_eq!(
         std::fs::read_to_string(workspace.join("a.txt")).unwrap(),
         "after\n",
@@ -105,14 +103,15 @@ async fn cancelling_a_running_patch_kills_its_commands_and_rolls_back() {
         "created files and directories removed"
     );
     let proc_entry = std::path::PathBuf::from(format!("/proc/{grandchild}"));
-    let gone_by = tokio::time::Instant::now() + Duration::from_secs(10);
-    while proc_entry.exists() && !zombie(&proc_entry) {
-        assert!(
-            tokio::time::Instant::now() < gone_by,
-            "grandchild {grandchild} (ignoring SIGTERM) still alive after cancel"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let gone = format!("grandchild {grandchild} (ignoring SIGTERM) gone after the cancel");
+    wait_until(&gone, Duration::from_secs(10), POLL_INTERVAL, async || {
+        if proc_entry.exists() && !zombie(&proc_entry) {
+            Err("alive")
+        } else {
+            Ok(())
+        }
+    })
+    .await;
 
     stop.cancel();
     running.await.unwrap().unwrap();

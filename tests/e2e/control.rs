@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use ghost_proto::router::v1::router_service_client::RouterServiceClient;
 use ghost_proto::router::v1::{CancelRequest, PauseRequest, ResumeRequest, RetryRequest};
+use ghost_testkit::wait_for;
 use tonic::transport::Channel;
 
 use crate::helpers::{spawn_system, write_patch};
@@ -73,22 +74,19 @@ async fn a_cancelled_queued_patch_never_runs_and_still_gets_a_summary() {
         .unwrap()
         .into_inner();
     assert!(retried.state.is_some());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
+    let body = wait_for("the retry of cancel-me to succeed", async || {
         let (_, body) = test.get("cancel-me").await;
         if body["status"] == "succeeded" {
-            assert_eq!(
-                body["attempt"], 1,
-                "cancelled while queued never started an attempt: {body}"
-            );
-            break;
+            Ok(body)
+        } else {
+            Err(body)
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "retry never ran: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
+    assert_eq!(
+        body["attempt"], 1,
+        "cancelled while queued never started an attempt: {body}"
+    );
     assert_eq!(
         std::fs::read_to_string(test.workspace.join("c.txt")).unwrap(),
         "no"

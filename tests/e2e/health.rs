@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use ghost_testkit::wait_until;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -68,23 +69,24 @@ async fn every_service_reports_health_and_turns_unready_while_draining() {
     // Drain each service in turn: while draining it still answers, but as not ready.
     while let Some(service) = test.system.services.pop() {
         service.begin_stop();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            let readyz = http
-                .get(format!("http://{}/readyz", service.http))
-                .send()
-                .await
-                .expect("still serving during the drain grace");
-            if readyz.status().as_u16() == 503 {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{} never turned unready",
-                service.name
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let unready = format!("{} to turn unready while draining", service.name);
+        wait_until(
+            &unready,
+            Duration::from_secs(5),
+            Duration::from_millis(5),
+            async || {
+                let readyz = http
+                    .get(format!("http://{}/readyz", service.http))
+                    .send()
+                    .await
+                    .expect("still serving during the drain grace");
+                match readyz.status().as_u16() {
+                    503 => Ok(()),
+                    other => Err(other),
+                }
+            },
+        )
+        .await;
         let healthz = http
             .get(format!("http://{}/healthz", service.http))
             .send()

@@ -1,19 +1,16 @@
 //! Starting a whole system for a test and talking to its gateway.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
-use ghost_cli::local::{
-    Explicit, LocalOptions, LocalSystem, SlackOptions, SystemConfig, system_config,
-};
-use ghost_testkit::FakeSlack;
+use ghost_cli::system::{LocalOptions, SlackOptions, System, SystemBuilder, SystemConfig};
+use ghost_testkit::{FakeSlack, wait_for};
 use serde_json::Value;
 
 pub const API_KEY: &str = "e2e-test-key-0123456789abcdef";
 
 /// A running system with its fakes and scratch directories.
 pub struct TestSystem {
-    pub system: LocalSystem,
+    pub system: System,
     pub slack: FakeSlack,
     pub workspace: PathBuf,
     pub data_dir: PathBuf,
@@ -54,11 +51,9 @@ pub async fn spawn_system_with(
             channel: "#ghost-e2e".to_owned(),
         }),
     };
-    let mut config = system_config(&options);
-    adjust(&mut config);
-    config.prebind().expect("listeners bind");
-    config.wire(Explicit::default());
-    let system = LocalSystem::start_with(data_dir.clone(), config)
+    let system = SystemBuilder::new(&options)
+        .configure(adjust)
+        .start()
         .await
         .expect("system starts");
     TestSystem {
@@ -108,22 +103,19 @@ impl TestSystem {
 
     /// Polls until the patch has ended and its summary is readable.
     pub async fn wait_finished(&self, id: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
+        wait_for(&format!("patch {id} to end with a summary"), async || {
             let (code, body) = self.get(id).await;
             let terminal = !matches!(
                 body["status"].as_str(),
                 None | Some("received" | "queued" | "leased" | "applying" | "validating")
             );
             if code == 200 && terminal && !body["summary"].is_null() {
-                return body;
+                Ok(body)
+            } else {
+                Err((code, body))
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "patch {id} did not finish: last answer {code} {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
     }
 
     /// Where the summarizer writes summaries of a target.

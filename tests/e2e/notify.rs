@@ -1,7 +1,7 @@
 //! Issue 26, per-user notification: the API key a patch was submitted with reaches the alerter
 //! through the gateway, router and summarizer, which tells the Slack user mapped to that key.
 
-use std::time::Duration;
+use ghost_testkit::wait_for;
 
 use crate::helpers::{spawn_system_with, write_patch};
 
@@ -24,18 +24,15 @@ async fn the_user_mapped_to_the_submitting_key_is_told_when_the_patch_ends() {
     let finished = test.wait_finished("told-1").await;
     assert_eq!(finished["status"], "succeeded", "{finished}");
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let dm = loop {
+    let dm = wait_for("a direct message to U0ALICE", async || {
         let requests = test.slack.requests().await;
         let dm: Vec<_> = requests
             .into_iter()
             .filter(|r| r.method.ends_with("chat.postMessage") && r.body["channel"] == "U0ALICE")
             .collect();
-        if !dm.is_empty() || tokio::time::Instant::now() >= deadline {
-            break dm;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        if dm.is_empty() { Err(dm) } else { Ok(dm) }
+    })
+    .await;
     assert_eq!(dm.len(), 1, "one direct message to the key's user: {dm:?}");
     assert!(
         dm[0].body.to_string().contains("told-1"),

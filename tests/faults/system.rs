@@ -4,11 +4,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ghost_e2e::{binary, free_port};
 use ghost_proto::alerter::v1::alerter_read_service_client::AlerterReadServiceClient;
 use ghost_proto::router::v1::router_service_client::RouterServiceClient;
+use ghost_testkit::wait_for;
 use tokio::process::{Child, Command};
 use tonic::transport::{Channel, Endpoint};
 
@@ -181,16 +182,13 @@ drain_grace = "0s"
                 .expect("client"),
             children,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
         for url in [&system.router_http, &system.gateway_url] {
-            while system.ready(url).await.0 != 200 {
-                assert!(
-                    Instant::now() < deadline,
-                    "{url} not ready within 30 s (logs in {})",
-                    system.dir.display()
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            let what = format!("{url} ready (logs in {})", system.dir.display());
+            wait_for(&what, async || match system.ready(url).await {
+                (200, _) => Ok(()),
+                other => Err(other),
+            })
+            .await;
         }
         system
     }

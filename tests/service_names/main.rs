@@ -6,9 +6,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ghost_cli::local::{LocalOptions, LocalSystem, SlackOptions};
+use ghost_cli::system::{LocalOptions, SlackOptions, SystemBuilder};
 use ghost_runtime::telemetry::{SERVICE_ATTRIBUTE, SERVICES, Telemetry, TelemetryConfig};
-use ghost_testkit::{FakeSlack, OtlpReceiver, ReceivedSpan};
+use ghost_testkit::{FakeSlack, OtlpReceiver, ReceivedSpan, TEST_TIMEOUT, wait_for, wait_until};
 use serde_json::{Value, json};
 
 const API_KEY: &str = "names-test-key-0123456789abcdef";
@@ -57,7 +57,7 @@ async fn five_services_in_one_process_export_under_five_service_names() {
     let workspace = scratch.path().join("workspace");
     std::fs::create_dir_all(&workspace).expect("workspace");
     let slack = FakeSlack::start().await;
-    let system = LocalSystem::start(LocalOptions {
+    let system = SystemBuilder::new(&LocalOptions {
         data_dir: scratch.path().join("state"),
         workspaces: vec![("MAIN".to_owned(), workspace.clone())],
         gateway_listen: "127.0.0.1:0".parse().expect("addr"),
@@ -69,6 +69,7 @@ async fn five_services_in_one_process_export_under_five_service_names() {
             channel: "#ghost-names".to_owned(),
         }),
     })
+    .start()
     .await
     .expect("system starts");
     let gateway = system.gateway_url().expect("gateway");
@@ -86,31 +87,38 @@ async fn five_services_in_one_process_export_under_five_service_names() {
         .await
         .expect("gateway reachable");
     assert_eq!(response.status().as_u16(), 202);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let finished = loop {
+    let finished = wait_for("named-1 to succeed with a summary", async || {
         let body = get(&http, &format!("{gateway}/v1/patches/named-1")).await;
         if body["status"] == "succeeded" && !body["summary"].is_null() {
-            break body;
+            Ok(body)
+        } else {
+            Err(body)
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "patch did not finish: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await;
     slack.wait_for_posts(1, Duration::from_secs(20)).await;
     let trace_id = finished["trace_id"].as_str().expect("trace id").to_owned();
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let spans = loop {
-        flush(&telemetry).await;
-        let spans = receiver
-            .wait_for_trace(&trace_id, Duration::from_millis(500), all_five)
-            .await;
-        if all_five(&spans) || tokio::time::Instant::now() >= deadline {
-            break spans;
-        }
-    };
+    let spans = wait_until(
+        "spans of all five services in the trace",
+        TEST_TIMEOUT,
+        Duration::ZERO,
+        async || {
+            flush(&telemetry).await;
+            let spans = receiver
+                .wait_for_trace(&trace_id, Duration::from_millis(500), all_five)
+                .await;
+            if all_five(&spans) {
+                Ok(spans)
+            } else {
+                Err(names(&spans)
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>())
+            }
+        },
+    )
+    .await;
 
     // Five services, each span under the resource of the service it says it belongs to, and
     // no span of the patch's trace left to the process's own name.

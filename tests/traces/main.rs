@@ -5,8 +5,9 @@
 
 use std::time::Duration;
 
-use ghost_cli::local::{LocalOptions, LocalSystem};
+use ghost_cli::system::{LocalOptions, SystemBuilder};
 use ghost_runtime::telemetry::TelemetryConfig;
+use ghost_testkit::wait_for;
 use serde_json::{Value, json};
 
 const API_KEY: &str = "traces-test-key-0123456789abcdef";
@@ -53,18 +54,18 @@ impl Gateway {
 
     /// Polls until the patch has succeeded and has a summary.
     async fn wait_succeeded(&self, id: &str) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let body = self.get(id).await;
-            if body["status"] == "succeeded" && !body["summary"].is_null() {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "patch {id} did not succeed: {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for(
+            &format!("patch {id} to succeed with a summary"),
+            async || {
+                let body = self.get(id).await;
+                if body["status"] == "succeeded" && !body["summary"].is_null() {
+                    Ok(())
+                } else {
+                    Err(body)
+                }
+            },
+        )
+        .await;
     }
 
     /// One JSON-RPC message to `/mcp`; the answer to `id` (if it has one) out of the SSE or
@@ -135,7 +136,7 @@ async fn patches_carry_the_callers_trace_id_or_a_fresh_one_without_an_exporter()
     let workspace = scratch.path().join("workspace");
     std::fs::create_dir_all(&workspace).expect("workspace");
     let data_dir = scratch.path().join("state");
-    let system = LocalSystem::start(LocalOptions {
+    let system = SystemBuilder::new(&LocalOptions {
         data_dir: data_dir.clone(),
         workspaces: vec![("MAIN".to_owned(), workspace)],
         gateway_listen: "127.0.0.1:0".parse().expect("addr"),
@@ -143,6 +144,7 @@ async fn patches_carry_the_callers_trace_id_or_a_fresh_one_without_an_exporter()
         targets: Vec::new(),
         slack: None,
     })
+    .start()
     .await
     .expect("system starts");
     let gateway = Gateway {

@@ -8,8 +8,8 @@
 //! `main.rs` only parses arguments and dispatches. [`settings`] finds the gateway URL and key
 //! (flag > env > config file > default), [`client`] is the HTTP client, [`render`] turns answers
 //! into text or `--json`, [`error`] and [`exit`] map every failure and outcome to one exit code
-//! and a hint. [`local`] wires the five services in one process — the same wiring the
-//! cross-service tests use.
+//! and a hint. [`system`] wires the five services in one process ([`system::SystemBuilder`]) — the same
+//! wiring every test that needs more than one service uses.
 
 pub mod backup;
 pub mod client;
@@ -20,11 +20,11 @@ pub mod error;
 pub mod executor;
 pub mod exit;
 pub mod init;
-pub mod local;
 pub mod render;
 pub mod revert;
 pub mod settings;
 pub mod submit;
+pub mod system;
 pub mod tls;
 pub mod units;
 pub mod up;

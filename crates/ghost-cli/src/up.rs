@@ -22,8 +22,8 @@ use ghost_runtime::telemetry::LogFormat;
 
 use crate::error::CliError;
 use crate::exit::Exit;
-use crate::local::LocalSystem;
 use crate::render::Output;
+use crate::system::SystemBuilder;
 use crate::up_config::{self, SlackFlags, UpConfig, UpFlags};
 
 /// `ghost up`'s own flags (the global `--api-key` is added by [`UpArgs::into_flags`]).
@@ -140,15 +140,17 @@ fn generate_key_if_none(gateway: &mut GatewayConfig) -> Result<Option<String>, C
 /// What five services in one process need beyond the config: one service credential every
 /// hop agrees on, `/healthz` and `/metrics` kept on this machine, every listener bound now
 /// (port 0 gets a free port) and every service pointed at the others' bound addresses.
-fn prepare_local(config: &mut UpConfig) -> Result<(), CliError> {
+fn prepare_local(config: &mut UpConfig) -> Result<SystemBuilder, CliError> {
     config
         .system
         .set_internal_token(&crate::tls::random_token()?)
         .map_err(|err| CliError::Settings(err.to_string()))?;
     config.system.keep_operations_local();
-    config.system.prebind()?;
-    config.system.wire(config.explicit);
-    Ok(())
+    let mut builder = SystemBuilder::from_config(config.data_dir.clone(), config.system.clone())
+        .keep_urls(config.explicit);
+    // The addresses as bound (a port 0 is a real port now) and the URLs wired.
+    config.system = builder.bind()?.clone();
+    Ok(builder)
 }
 
 /// Runs until SIGINT/SIGTERM, then drains every service. `env` holds the process's `GHOST_*`
@@ -167,9 +169,12 @@ pub async fn run(
     }
     let generated = generate_key_if_none(&mut config.system.gateway)?;
     let telemetry = ghost_runtime::telemetry::init_local(&config.system.gateway.telemetry)?;
-    prepare_local(&mut config)?;
+    let builder = prepare_local(&mut config)?;
     let ca = tls::serve_tls(&mut config)?;
-    let system = LocalSystem::start_with(config.data_dir.clone(), config.system.clone()).await?;
+    let system = builder
+        .configure(|bound| bound.clone_from(&config.system))
+        .start()
+        .await?;
     output.print(&banner::banner(
         &config,
         &system,

@@ -29,7 +29,7 @@ use ghost_runtime::telemetry::LogFormat;
 use serde::Serialize;
 
 use crate::error::CliError;
-use crate::local::{Explicit, SystemConfig, url};
+use crate::system::{Explicit, SystemConfig, url};
 
 pub use file::{
     CheckSpec, Commands, DEFAULT_DATA_DIR, DEFAULT_FILE, GhostFile, SECTIONS, TargetSpec, TlsSpec,
@@ -160,10 +160,10 @@ pub fn defaults(data_dir: &Path) -> SystemConfig {
             data_dir: Some(data_dir.join("gateway")),
             ..Default::default()
         },
-        router: crate::local::router_config(data_dir, server(50051, 8081)),
+        router: crate::system::router_config(data_dir, server(50051, 8081)),
         executor: Some(executor::ExecutorConfig {
             server: server(50052, 8082),
-            ..crate::local::executor_config(
+            ..crate::system::executor_config(
                 data_dir,
                 Vec::new(),
                 SocketAddr::from(([127, 0, 0, 1], 0)),

@@ -17,8 +17,11 @@ const PATIENCE: Duration = Duration::from_secs(10);
 /// An alert change as the recording alerter received it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceivedAlert {
+    /// The alert's key (`executor_lost/MAIN`).
     pub key: String,
+    /// True when the change resolves the alert, false when it fires.
     pub resolved: bool,
+    /// The labels sent with it.
     pub labels: HashMap<String, String>,
 }
 
@@ -55,12 +58,14 @@ impl AlerterService for Recorder {
 /// A gRPC server speaking `AlerterService` on loopback that accepts every notification and
 /// records every alert change; it stops when dropped.
 pub struct RecordingAlerter {
+    /// `http://127.0.0.1:PORT`, for a service's `alerter_url`.
     pub url: String,
     recorder: Recorder,
     _stop: oneshot::Sender<()>,
 }
 
 impl RecordingAlerter {
+    /// Starts on a free loopback port.
     pub async fn start() -> Self {
         Self::start_on(0).await
     }

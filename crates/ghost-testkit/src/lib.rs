@@ -8,7 +8,8 @@
 //! [`WebhookReceiver`] checks Standard Webhooks with the real `standardwebhooks` package;
 //! [`disk`] makes real disk faults (a full tmpfs, the `LD_PRELOAD` fault shim); [`postgres`]
 //! starts a real PostgreSQL (`initdb`, `pg_ctl`) on a free loopback port; [`grpc`] serves a
-//! stand-in for another service and [`http`] probes a service's routes. This crate is a
+//! stand-in for another service and [`http`] probes a service's routes; [`wait`] is the one
+//! bounded poll loop every test waits with ([`wait_until`], [`TEST_TIMEOUT`]). This crate is a
 //! dev-dependency only; nothing in production links it.
 
 mod alerter;
@@ -20,6 +21,7 @@ pub mod pki;
 pub mod postgres;
 mod python;
 mod slack;
+pub mod wait;
 mod webhooks;
 
 pub use alerter::{ReceivedAlert, RecordingAlerter};
@@ -28,4 +30,5 @@ pub use python::{python, repo_root};
 pub use slack::{
     FakeMessage, FakeResponse, FakeSlack, RESPONSE_URL_METHOD, SlackRequest, WEBHOOK_METHOD,
 };
+pub use wait::{POLL_INTERVAL, TEST_TIMEOUT, try_wait_until, wait_for, wait_until};
 pub use webhooks::WebhookReceiver;

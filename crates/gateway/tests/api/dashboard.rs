@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use ghost_testkit::wait_for;
 use serde_json::{Value, json};
 
 use crate::system::{ADMIN_KEY, READ_KEY, System};
@@ -133,8 +134,7 @@ pub async fn submit(system: &System, patch: &Value) -> Value {
 
 /// `GET /v1/patches/{id}` once it has ended and has its summary.
 pub async fn finished(system: &System, id: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
+    wait_for(&format!("patch {id} to end with a summary"), async || {
         let body: Value = reqwest::Client::new()
             .get(format!("{}/v1/patches/{id}", system.url()))
             .bearer_auth(READ_KEY)
@@ -149,14 +149,12 @@ pub async fn finished(system: &System, id: &str) -> Value {
             Some("received" | "queued" | "leased" | "applying" | "validating") | None
         );
         if ended && !body["summary"].is_null() {
-            return body;
+            Ok(body)
+        } else {
+            Err(body)
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "patch {id} did not finish: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test]

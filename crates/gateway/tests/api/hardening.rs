@@ -4,6 +4,7 @@
 //! - `wait` is read by the documented pattern only (no leading zeros);
 //! - `cancel_patch` is idempotent.
 
+use ghost_testkit::wait_until;
 use serde_json::{Value, json};
 
 use crate::helpers::{KEY, TestGateway, python};
@@ -133,28 +134,31 @@ async fn wait_with_leading_zeros_is_refused_as_the_documented_pattern_says() {
 
 /// The router's `ghost_router_waiters` gauge, polled (bounded) until it reads `expected`.
 async fn router_waiters_become(gateway: &TestGateway, expected: f64) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let text = reqwest::get(format!("http://{}/metrics", gateway.router.http))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
-        let value = text
-            .lines()
-            .find(|line| line.starts_with("ghost_router_waiters "))
-            .and_then(|line| line.split_whitespace().nth(1))
-            .and_then(|value| value.parse::<f64>().ok());
-        if value == Some(expected) {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "ghost_router_waiters stayed {value:?}, expected {expected}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
+    let waiters = format!("ghost_router_waiters to read {expected}");
+    wait_until(
+        &waiters,
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_millis(25),
+        async || {
+            let text = reqwest::get(format!("http://{}/metrics", gateway.router.http))
+                .await
+                .expect("metrics")
+                .text()
+                .await
+                .expect("text");
+            let value = text
+                .lines()
+                .find(|line| line.starts_with("ghost_router_waiters "))
+                .and_then(|line| line.split_whitespace().nth(1))
+                .and_then(|value| value.parse::<f64>().ok());
+            if value == Some(expected) {
+                Ok(())
+            } else {
+                Err(value)
+            }
+        },
+    )
+    .await;
 }
 
 const MCP_WAIT: &str = r#"

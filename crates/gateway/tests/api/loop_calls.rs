@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use ghost_testkit::{wait_for, wait_until};
 use serde_json::{Value, json};
 
 use crate::system::{ADMIN_KEY, System};
@@ -45,20 +46,16 @@ async fn get(system: &System, path: &str) -> (u16, Value) {
 
 /// Waits (bounded) until the executor serving MAIN has connected to the router.
 async fn executor_online(system: &System) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    wait_for("an executor for MAIN online", async || {
         let (_, targets) = get(system, "/v1/targets").await;
         let online = targets.as_array().is_some_and(|targets| {
             targets
                 .iter()
                 .any(|target| target["target"] == "MAIN" && target["executor_online"] == true)
         });
-        if online {
-            return;
-        }
-        assert!(Instant::now() < deadline, "no executor for MAIN: {targets}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+        if online { Ok(()) } else { Err(targets) }
+    })
+    .await;
 }
 
 fn now_us() -> i64 {
@@ -139,29 +136,32 @@ async fn a_waiting_get_answers_the_end_promptly_a_timeout_the_current_state_and_
 
 /// The router's `ghost_router_waiters` gauge, polled (bounded) until it reads `expected`.
 async fn router_waiters_become(system: &System, expected: f64) {
-    let router = &system.services[2];
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = reqwest::get(format!("http://{}/metrics", router.http))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
-        let value = text
-            .lines()
-            .find(|line| line.starts_with("ghost_router_waiters "))
-            .and_then(|line| line.split_whitespace().nth(1))
-            .and_then(|value| value.parse::<f64>().ok());
-        if value == Some(expected) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "ghost_router_waiters stayed {value:?}, expected {expected}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let router = system.service(ghost_cli::system::Service::Router);
+    let waiters = format!("ghost_router_waiters to read {expected}");
+    wait_until(
+        &waiters,
+        Duration::from_secs(10),
+        Duration::from_millis(25),
+        async || {
+            let text = reqwest::get(format!("http://{}/metrics", router.http))
+                .await
+                .expect("metrics")
+                .text()
+                .await
+                .expect("text");
+            let value = text
+                .lines()
+                .find(|line| line.starts_with("ghost_router_waiters "))
+                .and_then(|line| line.split_whitespace().nth(1))
+                .and_then(|value| value.parse::<f64>().ok());
+            if value == Some(expected) {
+                Ok(())
+            } else {
+                Err(value)
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -3,6 +3,8 @@
 //! each structured result against it), `submit_patch` with a progress callback gets progress
 //! notifications while the patch runs, `check_patch` is a dry run, and `get_patch` waits.
 
+use ghost_testkit::wait_for;
+
 use crate::helpers::python;
 use crate::system::{ADMIN_KEY, System};
 
@@ -59,8 +61,7 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
 async fn every_tool_is_annotated_with_an_output_schema_and_submit_reports_progress() {
     let system = System::start(true, |_| {}).await;
     // The executor serving MAIN must be connected before the dry run.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
+    wait_for("an executor for MAIN online", async || {
         let targets: serde_json::Value = reqwest::Client::new()
             .get(format!("{}/v1/targets", system.url()))
             .bearer_auth(ADMIN_KEY)
@@ -70,18 +71,13 @@ async fn every_tool_is_annotated_with_an_output_schema_and_submit_reports_progre
             .json()
             .await
             .expect("json");
-        if targets.as_array().is_some_and(|all| {
+        let online = targets.as_array().is_some_and(|all| {
             all.iter()
                 .any(|t| t["target"] == "MAIN" && t["executor_online"] == true)
-        }) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no executor: {targets}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
+        });
+        if online { Ok(()) } else { Err(targets) }
+    })
+    .await;
     let url = format!("{}/mcp", system.url());
     let (ok, stdout, stderr) = python(CLIENT, &[&url, ADMIN_KEY]).await;
     assert!(ok, "mcp client failed: {stderr}");

@@ -13,6 +13,7 @@ use ghost_proto::executor::v1::{
 };
 use ghost_proto::router::v1::router_service_client::RouterServiceClient;
 use ghost_proto::router::v1::{ApplyReport, Patch, PatchStatus};
+use ghost_testkit::wait_until;
 use serde_json::{Value, json};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -325,14 +326,16 @@ async fn a_revert_whose_router_call_is_cut_is_a_503_saying_it_may_have_been_queu
         (code, retry_after, body)
     });
     // Cut once the router is waiting for the executor's check.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while asked.lock().expect("asked").is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the executor was never asked"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_until(
+        "the executor to be asked",
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_millis(20),
+        async || match asked.lock().expect("asked").is_empty() {
+            true => Err("not asked"),
+            false => Ok(()),
+        },
+    )
+    .await;
     cut.send_modify(|cuts| *cuts += 1);
     let (code, retry_after, body) = tokio::time::timeout(std::time::Duration::from_secs(10), call)
         .await

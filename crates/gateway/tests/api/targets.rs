@@ -191,7 +191,7 @@ async fn a_target_an_executor_serves_is_known_without_being_configured() {
         config.default_target = None;
     })
     .await;
-    let base = format!("http://{}", system.gateway.http);
+    let base = system.url();
     let http = reqwest::Client::new();
     let mut online = false;
     for _ in 0..200 {

@@ -6,14 +6,14 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use crate::error::CliError;
-use crate::local::LocalSystem;
+use crate::system::System;
 use crate::up_config::UpConfig;
 
 /// The whole text; `ca` is the CA executors trust (when one was made), `generated` the API key
 /// made for this run (when the config had none).
 pub(super) fn banner(
     config: &UpConfig,
-    system: &LocalSystem,
+    system: &System,
     ca: Option<&Path>,
     generated: Option<&str>,
 ) -> Result<String, CliError> {
@@ -124,11 +124,7 @@ fn dialled_host(config: &UpConfig, addr: SocketAddr) -> String {
 
 /// The gateway's URL (HTTPS when it serves a certificate) to export, with the API key made for
 /// this run.
-fn reach(
-    config: &UpConfig,
-    system: &LocalSystem,
-    generated: Option<&str>,
-) -> Result<String, CliError> {
+fn reach(config: &UpConfig, system: &System, generated: Option<&str>) -> Result<String, CliError> {
     let gateway_tls = &config.system.gateway.server.tls;
     let gateway = if gateway_tls.cert.is_some() && gateway_tls.http {
         match config.system.gateway.public_url.trim_end_matches('/') {

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use crate::error::CliError;
-use crate::local::SystemConfig;
+use crate::system::SystemConfig;
 use crate::up_config::UpConfig;
 
 /// Puts TLS where `ghost up` serves it: the router's executor port (when one is asked for)

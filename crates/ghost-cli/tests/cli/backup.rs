@@ -5,17 +5,17 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
 
-use ghost_cli::local::{Explicit, LocalOptions, LocalSystem, system_config};
+use ghost_cli::system::{LocalOptions, System, SystemBuilder};
+use ghost_testkit::wait_for;
 use serde_json::{Value, json};
 
 use crate::helpers::{API_KEY, Env, Run};
 
 /// A system with the local executor serving MAIN, state under `data_dir`.
 /// The gateway's rate limit is lifted: the load below is one client submitting without pause.
-async fn start(data_dir: &Path, workspace: Option<&Path>) -> LocalSystem {
-    let mut config = system_config(&LocalOptions {
+async fn start(data_dir: &Path, workspace: Option<&Path>) -> System {
+    SystemBuilder::new(&LocalOptions {
         data_dir: data_dir.to_owned(),
         workspaces: workspace
             .map(|dir| vec![("MAIN".to_owned(), dir.to_owned())])
@@ -24,16 +24,16 @@ async fn start(data_dir: &Path, workspace: Option<&Path>) -> LocalSystem {
         gateway_listen: "127.0.0.1:0".parse().expect("addr"),
         api_key: API_KEY.to_owned(),
         slack: None,
-    });
-    config.gateway.rate_limit = gateway::config::RateLimitConfig {
-        per_minute: 1_000_000,
-        burst: 100_000,
-    };
-    config.prebind().expect("listeners bind");
-    config.wire(Explicit::default());
-    LocalSystem::start_with(data_dir.to_owned(), config)
-        .await
-        .expect("system starts")
+    })
+    .gateway(|gateway| {
+        gateway.rate_limit = gateway::config::RateLimitConfig {
+            per_minute: 1_000_000,
+            burst: 100_000,
+        };
+    })
+    .start()
+    .await
+    .expect("system starts")
 }
 
 fn write_patch(id: &str) -> Value {
@@ -92,18 +92,15 @@ async fn snapshot(http: &reqwest::Client, gateway: &str, id: &str) -> (Value, Va
 }
 
 async fn wait_ended(http: &reqwest::Client, gateway: &str, id: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    wait_for(&format!("{id} to end"), async || {
         let (code, detail) = get(http, format!("{gateway}/v1/patches/{id}")).await;
         if code == 200 && ended(&detail) {
-            return;
+            Ok(())
+        } else {
+            Err((code, detail))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{id} did not end: {code} {detail}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -146,14 +143,14 @@ async fn a_backup_taken_under_load_restores_every_ended_patch_with_its_events_an
             n
         }
     });
-    let load_deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while accepted.load(Ordering::SeqCst) < 10 {
-        assert!(
-            tokio::time::Instant::now() < load_deadline,
-            "load never started"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for(
+        "the load to start (10 patches accepted)",
+        async || match accepted.load(Ordering::SeqCst) {
+            10.. => Ok(()),
+            fewer => Err(fewer),
+        },
+    )
+    .await;
     // Load patches that have ended by now count as history too.
     for n in 0..accepted.load(Ordering::SeqCst) {
         let id = format!("load-{n}");

@@ -298,19 +298,17 @@ async fn an_unknown_client_exits_2_naming_the_known_ones() {
 async fn the_gateways_public_url_is_the_one_given_to_the_client() {
     let env = Env::empty();
     let data_dir = env.scratch.path().join("state");
-    let options = ghost_cli::local::LocalOptions {
-        data_dir: data_dir.clone(),
+    let options = ghost_cli::system::LocalOptions {
+        data_dir,
         workspaces: Vec::new(),
         targets: vec!["MAIN".to_owned()],
         gateway_listen: "127.0.0.1:0".parse().unwrap(),
         api_key: API_KEY.to_owned(),
         slack: None,
     };
-    let mut config = ghost_cli::local::system_config(&options);
-    config.gateway.public_url = "https://ghost.example.com/".to_owned();
-    config.prebind().unwrap();
-    config.wire(ghost_cli::local::Explicit::default());
-    let system = ghost_cli::local::LocalSystem::start_with(data_dir, config)
+    let system = ghost_cli::system::SystemBuilder::new(&options)
+        .gateway(|gateway| gateway.public_url = "https://ghost.example.com/".to_owned())
+        .start()
         .await
         .expect("system starts");
     let url = system.gateway_url().expect("gateway");

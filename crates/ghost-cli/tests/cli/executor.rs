@@ -11,6 +11,7 @@ use std::time::Duration;
 use ghost_proto::router::v1::router_service_client::RouterServiceClient;
 use ghost_proto::router::v1::{Edit, Patch, Priority, SubmitRequest, WriteFile, edit};
 use ghost_runtime::config::{Secret, ServerConfig};
+use ghost_testkit::{POLL_INTERVAL, TEST_TIMEOUT, try_wait_until};
 use tokio::sync::oneshot;
 
 use crate::helpers::{Env, Run};
@@ -88,33 +89,33 @@ async fn submit(router: SocketAddr, id: &str) {
 
 /// Waits (bounded) until `path` holds `contents`; panics with the executor's output if not.
 async fn wait_for_file(path: &Path, contents: &str, executor: &mut tokio::process::Child) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if std::fs::read_to_string(path).is_ok_and(|text| text == contents) {
-            return;
+    let written = format!("{} to hold {contents:?}", path.display());
+    let waited =
+        try_wait_until(
+            &written,
+            TEST_TIMEOUT,
+            POLL_INTERVAL,
+            async || match std::fs::read_to_string(path) {
+                Ok(text) if text == contents => Ok(()),
+                other => Err(other.map_err(|err| err.to_string())),
+            },
+        )
+        .await;
+    let Err(timed_out) = waited else {
+        return;
+    };
+    let _ = executor.start_kill();
+    let stderr = match executor.stderr.take() {
+        Some(mut pipe) => {
+            use tokio::io::AsyncReadExt;
+            let mut text = String::new();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), pipe.read_to_string(&mut text)).await;
+            text
         }
-        if tokio::time::Instant::now() > deadline {
-            let _ = executor.start_kill();
-            let stderr = match executor.stderr.take() {
-                Some(mut pipe) => {
-                    use tokio::io::AsyncReadExt;
-                    let mut text = String::new();
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(5),
-                        pipe.read_to_string(&mut text),
-                    )
-                    .await;
-                    text
-                }
-                None => String::new(),
-            };
-            panic!(
-                "{} never written; the executor said:\n{stderr}",
-                path.display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        None => String::new(),
+    };
+    panic!("{timed_out}; the executor said:\n{stderr}");
 }
 
 /// A workspace and a data dir whose paths have spaces in them.

@@ -3,10 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ghost_cli::local::{LocalOptions, LocalSystem};
-use ghost_runtime::config::ServerConfig;
+use ghost_cli::system::{LocalOptions, System, SystemBuilder};
+use ghost_testkit::wait_for;
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
 pub const API_KEY: &str = "cli-test-key-0123456789abcdef";
 
@@ -134,17 +133,10 @@ impl Env {
 /// A running system and `ghost` pointed at it by GHOST_URL and GHOST_API_KEY.
 pub struct TestSystem {
     /// Kept alive for the test; dropping it stops the services.
-    _system: LocalSystem,
+    _system: System,
     pub env: Env,
     pub workspace: PathBuf,
     pub url: String,
-    stop_executor: CancellationToken,
-}
-
-impl Drop for TestSystem {
-    fn drop(&mut self) {
-        self.stop_executor.cancel();
-    }
 }
 
 /// All five services; the executor serves MAIN, where any command may run, and LOCKED, where
@@ -152,40 +144,24 @@ impl Drop for TestSystem {
 pub async fn spawn_system() -> TestSystem {
     let env = Env::empty();
     let workspace = env.scratch.path().join("workspace");
-    std::fs::create_dir_all(&workspace).expect("workspace");
     let locked = env.scratch.path().join("locked");
-    std::fs::create_dir_all(&locked).expect("locked workspace");
-    let data_dir = env.scratch.path().join("state");
-    let system = LocalSystem::start(LocalOptions {
-        data_dir: data_dir.clone(),
-        workspaces: Vec::new(),
-        // Served by the executor this test starts below, and IDLE by none.
-        targets: ["MAIN", "LOCKED", "IDLE"].map(str::to_owned).to_vec(),
+    let system = SystemBuilder::new(&LocalOptions {
+        data_dir: env.scratch.path().join("state"),
+        workspaces: vec![
+            ("MAIN".to_owned(), workspace.clone()),
+            // Default policy: commands denied, so a patch with commands is rejected.
+            ("LOCKED".to_owned(), locked),
+        ],
+        // IDLE is served by no executor.
+        targets: vec!["IDLE".to_owned()],
         gateway_listen: "127.0.0.1:0".parse().expect("addr"),
         api_key: API_KEY.to_owned(),
         slack: None,
     })
-    .await
-    .expect("system starts");
-    let (router_grpc, _) = system.addr_of("router").expect("router");
-    let config = executor::ExecutorConfig {
-        server: ServerConfig::ephemeral(),
-        router_url: format!("http://{router_grpc}"),
-        executor_id: "cli-test-executor".to_owned(),
-        state_dir: data_dir.join("executor"),
-        workspaces: vec![
-            executor::WorkspaceConfig {
-                target: "MAIN".to_owned(),
-                root: workspace.clone(),
-            },
-            // Default policy: commands denied, so a patch with commands is rejected.
-            executor::WorkspaceConfig {
-                target: "LOCKED".to_owned(),
-                root: locked,
-            },
-        ],
-        reconnect_backoff: Duration::from_millis(100),
-        targets: [(
+    .executor(|executor| {
+        executor.executor_id = "cli-test-executor".to_owned();
+        executor.reconnect_backoff = Duration::from_millis(100);
+        executor.targets = [(
             "MAIN".to_owned(),
             executor::TargetPolicy {
                 commands: executor::CommandPolicy::Any,
@@ -193,12 +169,11 @@ pub async fn spawn_system() -> TestSystem {
             },
         )]
         .into_iter()
-        .collect(),
-        ..executor::ExecutorConfig::default()
-    };
-    let app = executor::App::build(config).await.expect("executor builds");
-    let stop_executor = CancellationToken::new();
-    tokio::spawn(app.run(stop_executor.clone().cancelled_owned()));
+        .collect();
+    })
+    .start()
+    .await
+    .expect("system starts");
     let url = system.gateway_url().expect("gateway");
     let mut env = env;
     env.vars.push(("GHOST_URL".to_owned(), url.clone()));
@@ -209,7 +184,6 @@ pub async fn spawn_system() -> TestSystem {
         env,
         workspace,
         url,
-        stop_executor,
     };
     test_system.wait_executor_online().await;
     test_system
@@ -226,8 +200,7 @@ impl TestSystem {
 
     /// Polls `ghost --json targets` until MAIN's executor is online (readiness, not time).
     async fn wait_executor_online(&self) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
+        wait_for("MAIN's executor online in `ghost targets`", async || {
             let run = self.ghost(&["--json", "targets"]).await;
             let online = run.code == 0
                 && run.json().as_array().is_some_and(|targets| {
@@ -235,34 +208,24 @@ impl TestSystem {
                         .iter()
                         .any(|t| t["target"] == "MAIN" && t["executor_online"] == true)
                 });
-            if online {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "executor never came online: {run:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            if online { Ok(()) } else { Err(run) }
+        })
+        .await;
     }
 
     /// Polls `ghost --json show ID` until `done(detail)` holds.
     pub async fn wait_for(&self, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
+        wait_for(&format!("{id} to become {what}"), async || {
             let run = self.ghost(&["--json", "show", id]).await;
             if run.code == 0 {
                 let detail = run.json();
                 if done(&detail) {
-                    return detail;
+                    return Ok(detail);
                 }
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{id} never became {what}: {run:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            Err(run)
+        })
+        .await
     }
 }
 

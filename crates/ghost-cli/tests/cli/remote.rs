@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use ghost_testkit::{OtlpReceiver, ReceivedSpan};
+use ghost_testkit::{OtlpReceiver, ReceivedSpan, try_wait_until};
 use serde_json::{Value, json};
 
 use crate::helpers::{API_KEY, Env};
@@ -291,21 +291,27 @@ async fn an_executor_in_another_network_namespace_serves_a_patch_over_tls_with_i
         .await
         .expect("gateway reachable");
     assert_eq!(response.status().as_u16(), 202);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let finished = loop {
-        let state = patch_state(&up.url, "remote-1").await;
-        if state["status"] == "succeeded" && !state["summary"].is_null() {
-            break state;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            let _ = executor.start_kill();
-            panic!(
-                "patch did not succeed: {state}\nexecutor log:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let waited = try_wait_until(
+        "remote-1 to succeed with a summary",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        async || {
+            let state = patch_state(&up.url, "remote-1").await;
+            if state["status"] == "succeeded" && !state["summary"].is_null() {
+                Ok(state)
+            } else {
+                Err(state)
+            }
+        },
+    )
+    .await;
+    let finished = waited.unwrap_or_else(|timed_out| {
+        let _ = executor.start_kill();
+        panic!(
+            "{timed_out}\nexecutor log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    });
     assert_eq!(
         std::fs::read_to_string(workspace.join("from-afar.txt")).expect("written remotely"),
         "over TLS\n"

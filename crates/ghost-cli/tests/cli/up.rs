@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use ghost_testkit::wait_for;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
@@ -177,8 +178,7 @@ pub(crate) async fn submit(url: &str, key: &str, body: &Value) -> (u16, Value) {
 /// Polls `GET /v1/patches/{id}` until the patch has ended; returns its last answer.
 pub(crate) async fn wait_ended(url: &str, key: &str, id: &str) -> Value {
     let client = reqwest::Client::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    wait_for(&format!("patch {id} to end"), async || {
         let answer = client
             .get(format!("{url}/v1/patches/{id}"))
             .bearer_auth(key)
@@ -190,15 +190,9 @@ pub(crate) async fn wait_ended(url: &str, key: &str, id: &str) -> Value {
             body["status"].as_str(),
             None | Some("received" | "queued" | "leased" | "applying" | "validating")
         );
-        if ended {
-            return body;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "patch {id} did not end: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        if ended { Ok(body) } else { Err(body) }
+    })
+    .await
 }
 
 pub(crate) fn write_patch(id: &str, target: Option<&str>, path: &str) -> Value {

@@ -421,18 +421,19 @@ async fn a_start_that_fails_partway_releases_the_listeners_no_service_took() {
         target: "MAIN".to_owned(),
         root: blocker.join("ws"),
     }];
-    config.prebind().expect("prebind");
+    let mut builder = ghost_cli::system::SystemBuilder::from_config(data_dir, config);
+    let bound = builder.bind().expect("prebind");
     let gateway = [
-        config.gateway.server.grpc_listen,
-        config.gateway.server.http_listen,
+        bound.gateway.server.grpc_listen,
+        bound.gateway.server.http_listen,
     ];
-    let executor_http = config
+    let executor_http = bound
         .executor
         .as_ref()
         .expect("executor")
         .server
         .http_listen;
-    let started = ghost_cli::local::LocalSystem::start_with(data_dir, config).await;
+    let started = builder.start().await;
     assert!(started.is_err(), "the start should fail");
     for addr in gateway.into_iter().chain([executor_http]) {
         std::net::TcpListener::bind(addr)

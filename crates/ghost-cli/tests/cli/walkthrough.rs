@@ -40,6 +40,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use ghost_testkit::wait_for;
 use serde_json::Value;
 use tokio::io::AsyncBufReadExt;
 
@@ -510,23 +511,19 @@ impl Walk {
 /// Polls the gateway's `/readyz` until it answers 200 (bounded).
 async fn wait_ready(url: &str) {
     let http = reqwest::Client::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let ready = http
+    wait_for(&format!("{url}/readyz to answer 200"), async || {
+        let answer = http
             .get(format!("{url}/readyz"))
             .timeout(Duration::from_secs(5))
             .send()
             .await
-            .is_ok_and(|r| r.status().is_success());
-        if ready {
-            return;
+            .map(|r| r.status());
+        match answer {
+            Ok(status) if status.is_success() => Ok(()),
+            other => Err(other.map_err(|err| err.to_string())),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{url}/readyz never answered 200"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
 }
 
 /// The workspace file the succeeded examples wrote: the fixture with their `replace` edits.

@@ -1,6 +1,6 @@
-//! All five services in one process on loopback: what `ghost up` runs and what the
-//! cross-service tests start. Each service is the real `App`, talking real gRPC to the others;
-//! each can be stopped and started again on the same ports (the router restart test does).
+//! The five services' configs as one value ([`SystemConfig`]) and how they are made to fit
+//! together: defaults for a local system ([`system_config`]), one service credential for every
+//! hop, listeners bound up front, and every service pointed at the others ([`SystemConfig::wire`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use ghost_runtime::config::{Secret, ServerConfig};
 use ghost_runtime::serve::Listeners;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+
+use super::Service;
 
 /// Slack settings for the alerter.
 #[derive(Debug, Clone)]
@@ -40,50 +40,6 @@ pub struct LocalOptions {
     pub slack: Option<SlackOptions>,
 }
 
-/// One running service.
-pub struct Running {
-    /// Service name.
-    pub name: &'static str,
-    /// Bound gRPC address.
-    pub grpc: SocketAddr,
-    /// Bound HTTP address.
-    pub http: SocketAddr,
-    /// Bound address of `/healthz`, `/readyz` and `/metrics`: `server.ops_listen`, or the HTTP
-    /// address when they share it.
-    pub ops: SocketAddr,
-    stop: CancellationToken,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Running {
-    /// Asks the service to drain and waits until it has stopped.
-    pub async fn stop(self) -> anyhow::Result<()> {
-        self.stop.cancel();
-        self.task.await?
-    }
-
-    /// Starts draining without waiting (to observe the drain from outside).
-    pub fn begin_stop(&self) {
-        self.stop.cancel();
-    }
-
-    /// True once the service task has ended.
-    pub fn is_finished(&self) -> bool {
-        self.task.is_finished()
-    }
-}
-
-/// The five services of one local system.
-pub struct LocalSystem {
-    /// Where the services keep their state (restarted services too).
-    data_dir: PathBuf,
-    /// Services whose HTTP side serves TLS, with their certificate (readiness is asked over
-    /// HTTPS, accepting exactly that certificate).
-    https: Vec<(&'static str, PathBuf)>,
-    /// Running services, in start order.
-    pub services: Vec<Running>,
-}
-
 fn server_on(grpc: SocketAddr, http: SocketAddr) -> ServerConfig {
     ServerConfig {
         grpc_listen: grpc,
@@ -105,7 +61,7 @@ pub fn url(addr: SocketAddr) -> String {
     format!("http://{}", SocketAddr::new(ip, addr.port()))
 }
 
-/// The five services' complete configs: what [`LocalSystem::start_with`] runs.
+/// The five services' complete configs: what [`super::SystemBuilder`] starts.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SystemConfig {
     /// The public door.
@@ -208,34 +164,39 @@ impl SystemConfig {
     /// Every service's listen addresses with what they are called (`router grpc`), mutable:
     /// the ones each service binds (a service with no public HTTP routes does not bind
     /// `http_listen` while `ops_listen` is set).
-    fn listen_addresses(&mut self) -> Vec<(String, &mut SocketAddr)> {
-        fn each<'a>(
-            name: &str,
-            server: &'a mut ServerConfig,
+    pub(super) fn listen_addresses(&mut self) -> Vec<(Service, String, &mut SocketAddr)> {
+        fn each(
+            service: Service,
+            server: &mut ServerConfig,
             public_http: bool,
-        ) -> Vec<(String, &'a mut SocketAddr)> {
-            let mut out = vec![(format!("{name} grpc"), &mut server.grpc_listen)];
+        ) -> Vec<(Service, String, &mut SocketAddr)> {
+            let name = service.name();
+            let mut out = vec![(service, format!("{name} grpc"), &mut server.grpc_listen)];
             match (&mut server.ops_listen, public_http) {
                 (Some(ops), true) => {
-                    out.push((format!("{name} http"), &mut server.http_listen));
-                    out.push((format!("{name} ops"), ops));
+                    out.push((service, format!("{name} http"), &mut server.http_listen));
+                    out.push((service, format!("{name} ops"), ops));
                 }
-                (Some(ops), false) => out.push((format!("{name} ops"), ops)),
-                (None, _) => out.push((format!("{name} http"), &mut server.http_listen)),
+                (Some(ops), false) => out.push((service, format!("{name} ops"), ops)),
+                (None, _) => out.push((service, format!("{name} http"), &mut server.http_listen)),
             }
             out
         }
         let mut out = Vec::new();
-        out.extend(each("gateway", &mut self.gateway.server, true));
-        out.extend(each("router", &mut self.router.server, false));
+        out.extend(each(Service::Gateway, &mut self.gateway.server, true));
+        out.extend(each(Service::Router, &mut self.router.server, false));
         if let Some(addr) = &mut self.router.executor_listen {
-            out.push(("router executor".to_owned(), addr));
+            out.push((Service::Router, "router executor".to_owned(), addr));
         }
         if let Some(executor) = &mut self.executor {
-            out.extend(each("executor", &mut executor.server, false));
+            out.extend(each(Service::Executor, &mut executor.server, false));
         }
-        out.extend(each("summarizer", &mut self.summarizer.server, false));
-        out.extend(each("alerter", &mut self.alerter.server, true));
+        out.extend(each(
+            Service::Summarizer,
+            &mut self.summarizer.server,
+            false,
+        ));
+        out.extend(each(Service::Alerter, &mut self.alerter.server, true));
         out
     }
 
@@ -263,8 +224,16 @@ impl SystemConfig {
     /// no port is released and bound again later; each App takes its pre-bound listeners. A
     /// bind error names the service and the address. On error, what was bound is released.
     pub fn prebind(&mut self) -> anyhow::Result<()> {
+        self.prebind_only(&Service::ALL)
+    }
+
+    /// [`SystemConfig::prebind`] for the listeners of `services` alone.
+    pub fn prebind_only(&mut self, services: &[Service]) -> anyhow::Result<()> {
         let mut bound = Vec::new();
-        for (what, addr) in self.listen_addresses() {
+        for (service, what, addr) in self.listen_addresses() {
+            if !services.contains(&service) {
+                continue;
+            }
             match Listeners::prebind(&what, *addr) {
                 Ok(real) => {
                     *addr = real;
@@ -279,19 +248,36 @@ impl SystemConfig {
         Ok(())
     }
 
+    /// Releases the pre-bound listeners of `services` that no App took (after a failed start).
+    pub(super) fn release_only(&mut self, services: &[Service]) {
+        for (service, _, addr) in self.listen_addresses() {
+            if services.contains(&service) {
+                Listeners::release(*addr);
+            }
+        }
+    }
+
     /// Points every service at the others' gRPC listen addresses, except URLs set by hand.
     pub fn wire(&mut self, explicit: Explicit) {
-        let router = url(self.router.server.grpc_listen);
-        let summarizer = url(self.summarizer.server.grpc_listen);
-        let alerter = url(self.alerter.server.grpc_listen);
-        let set = |keep: bool, field: &mut String, value: &str| {
-            if !keep {
+        self.wire_only(explicit, &Service::ALL);
+    }
+
+    /// [`SystemConfig::wire`] among `services` alone: a URL of a service not in the list is
+    /// left as it is (unset, or pointing at a fake or at a service elsewhere).
+    pub fn wire_only(&mut self, explicit: Explicit, services: &[Service]) {
+        let dial =
+            |service: Service, addr: SocketAddr| services.contains(&service).then(|| url(addr));
+        let router = dial(Service::Router, self.router.server.grpc_listen);
+        let summarizer = dial(Service::Summarizer, self.summarizer.server.grpc_listen);
+        let alerter = dial(Service::Alerter, self.alerter.server.grpc_listen);
+        let set = |keep: bool, field: &mut String, value: &Option<String>| {
+            if let (false, Some(value)) = (keep, value) {
                 value.clone_into(field);
             }
         };
-        let set_some = |keep: bool, field: &mut Option<String>, value: &str| {
-            if !keep {
-                *field = Some(value.to_owned());
+        let set_some = |keep: bool, field: &mut Option<String>, value: &Option<String>| {
+            if let (false, Some(value)) = (keep, value) {
+                *field = Some(value.clone());
             }
         };
         set(
@@ -338,12 +324,10 @@ impl SystemConfig {
             &summarizer,
         );
         if !explicit.alerter_health {
-            self.alerter.health.services = [
-                ("router".to_owned(), router.clone()),
-                ("summarizer".to_owned(), summarizer.clone()),
-            ]
-            .into_iter()
-            .collect();
+            self.alerter.health.services = [("router", router), ("summarizer", summarizer)]
+                .into_iter()
+                .filter_map(|(name, url)| Some((name.to_owned(), url?)))
+                .collect();
         }
     }
 }
@@ -367,7 +351,7 @@ fn gateway_targets(options: &LocalOptions) -> Vec<gateway::config::TargetConfig>
 }
 
 /// The services' configs for `options` on loopback port 0 (not yet bound): what
-/// [`LocalSystem::start`] runs, for a caller (a test) that changes some of it first.
+/// [`super::SystemBuilder::new`] starts.
 pub fn system_config(options: &LocalOptions) -> SystemConfig {
     let ephemeral = SocketAddr::from(([127, 0, 0, 1], 0));
     let data_dir = &options.data_dir;
@@ -430,223 +414,6 @@ pub fn executor_config(
             .collect(),
         reconnect_backoff: Duration::from_millis(200),
         ..Default::default()
-    }
-}
-
-macro_rules! spawn_app {
-    ($name:expr, $app:expr) => {{
-        let app = $app;
-        let stop = CancellationToken::new();
-        let grpc = app.grpc_addr();
-        let http = app.http_addr();
-        let ops = app.ops_addr();
-        let token = stop.clone();
-        let task = tokio::spawn(async move { app.run(token.cancelled_owned()).await });
-        Running {
-            name: $name,
-            grpc,
-            http,
-            ops,
-            stop,
-            task,
-        }
-    }};
-}
-
-impl LocalSystem {
-    /// Builds and starts every service, downstream first, and waits until all are ready.
-    pub async fn start(options: LocalOptions) -> anyhow::Result<Self> {
-        let mut config = system_config(&options);
-        config.prebind()?;
-        config.wire(Explicit::default());
-        Self::start_with(options.data_dir, config).await
-    }
-
-    /// Starts the services of `config` (listeners pre-bound by [`SystemConfig::prebind`], or
-    /// fixed addresses), downstream first, and waits until all are ready. `data_dir` is where
-    /// services started later ([`LocalSystem::start_router`], [`LocalSystem::add_executor`])
-    /// keep their state.
-    pub async fn start_with(data_dir: PathBuf, config: SystemConfig) -> anyhow::Result<Self> {
-        let mut listeners = config.clone();
-        let started = Self::start_each(data_dir, config).await;
-        if started.is_err() {
-            // The services not built yet never took their pre-bound listeners: drop them
-            // (releasing one a service took is a no-op).
-            for (_, addr) in listeners.listen_addresses() {
-                Listeners::release(*addr);
-            }
-        }
-        started
-    }
-
-    async fn start_each(data_dir: PathBuf, config: SystemConfig) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&data_dir)?;
-        let https_of = |name: &'static str, server: &ServerConfig| {
-            (server.tls.http && server.tls.key.is_some())
-                .then(|| server.tls.cert.clone().map(|cert| (name, cert)))
-                .flatten()
-        };
-        let https = [
-            https_of("gateway", &config.gateway.server),
-            https_of("router", &config.router.server),
-            https_of("summarizer", &config.summarizer.server),
-            https_of("alerter", &config.alerter.server),
-            config
-                .executor
-                .as_ref()
-                .and_then(|executor| https_of("executor", &executor.server)),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        let mut system = Self {
-            data_dir,
-            https,
-            services: Vec::new(),
-        };
-        let SystemConfig {
-            gateway,
-            router,
-            executor,
-            summarizer,
-            alerter,
-        } = config;
-        system
-            .services
-            .push(spawn_app!("alerter", alerter::App::build(alerter).await?));
-        system.services.push(spawn_app!(
-            "summarizer",
-            summarizer::App::build(summarizer).await?
-        ));
-        system
-            .services
-            .push(spawn_app!("router", router::App::build(router).await?));
-        if let Some(executor) = executor {
-            for workspace in &executor.workspaces {
-                std::fs::create_dir_all(&workspace.root)?;
-            }
-            system.services.push(spawn_app!(
-                "executor",
-                executor::App::build(executor).await?
-            ));
-        }
-        system
-            .services
-            .push(spawn_app!("gateway", gateway::App::build(gateway).await?));
-        system.wait_ready(Duration::from_secs(20)).await?;
-        Ok(system)
-    }
-
-    /// (gRPC, HTTP) addresses of a running service.
-    pub fn addr_of(&self, name: &str) -> anyhow::Result<(SocketAddr, SocketAddr)> {
-        self.services
-            .iter()
-            .find(|s| s.name == name)
-            .map(|s| (s.grpc, s.http))
-            .ok_or_else(|| anyhow::anyhow!("service {name} is not running"))
-    }
-
-    /// The gateway's base URL.
-    pub fn gateway_url(&self) -> anyhow::Result<String> {
-        Ok(url(self.addr_of("gateway")?.1))
-    }
-
-    /// Starts the router on the given addresses (its SQLite file under the data dir).
-    pub async fn start_router(&mut self, grpc: SocketAddr, http: SocketAddr) -> anyhow::Result<()> {
-        let summarizer_grpc = self.addr_of("summarizer")?.0;
-        let alerter_grpc = self.addr_of("alerter")?.0;
-        let config = router::RouterConfig {
-            summarizer_url: Some(url(summarizer_grpc)),
-            alerter_url: Some(url(alerter_grpc)),
-            ..router_config(&self.data_dir, server_on(grpc, http))
-        };
-        let router = spawn_app!("router", router::App::build(config).await?);
-        self.services.push(router);
-        Ok(())
-    }
-
-    /// Starts an executor serving `workspaces` against the running router.
-    pub async fn add_executor(&mut self, workspaces: Vec<(String, PathBuf)>) -> anyhow::Result<()> {
-        let router_grpc = self.addr_of("router")?.0;
-        let ephemeral = SocketAddr::from(([127, 0, 0, 1], 0));
-        let config = executor::ExecutorConfig {
-            router_url: url(router_grpc),
-            ..executor_config(&self.data_dir, workspaces, ephemeral)
-        };
-        for workspace in &config.workspaces {
-            std::fs::create_dir_all(&workspace.root)?;
-        }
-        let executor = spawn_app!("executor", executor::App::build(config).await?);
-        self.services.push(executor);
-        Ok(())
-    }
-
-    /// Stops one service and waits for its drain; returns its addresses for a restart.
-    pub async fn stop_service(&mut self, name: &str) -> anyhow::Result<(SocketAddr, SocketAddr)> {
-        let index = self
-            .services
-            .iter()
-            .position(|s| s.name == name)
-            .ok_or_else(|| anyhow::anyhow!("service {name} is not running"))?;
-        let running = self.services.remove(index);
-        let addrs = (running.grpc, running.http);
-        running.stop().await?;
-        Ok(addrs)
-    }
-
-    /// Waits until every service answers `/readyz` (on its operations address) with 200.
-    pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
-        let client = reqwest::Client::new();
-        let deadline = tokio::time::Instant::now() + timeout;
-        for service in &self.services {
-            let probe = format!("http://{}/readyz", service.ops);
-            let cert = self
-                .https
-                .iter()
-                .find(|(name, _)| *name == service.name)
-                .map(|(_, cert)| cert.clone());
-            loop {
-                let ready = match &cert {
-                    Some(cert) => {
-                        let (addr, cert) = (service.ops, cert.clone());
-                        tokio::task::spawn_blocking(move || {
-                            ghost_runtime::probe::readyz_tls(addr, &cert, Duration::from_secs(1))
-                        })
-                        .await
-                        .is_ok_and(|probed| probed.is_ok())
-                    }
-                    None => client
-                        .get(&probe)
-                        .send()
-                        .await
-                        .is_ok_and(|r| r.status().is_success()),
-                };
-                if ready {
-                    break;
-                }
-                if service.is_finished() {
-                    anyhow::bail!("{} stopped while starting", service.name);
-                }
-                if tokio::time::Instant::now() >= deadline {
-                    anyhow::bail!("{} not ready after {timeout:?}", service.name);
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-        Ok(())
-    }
-
-    /// Drains every service, entry first (gateway) and sinks last (alerter).
-    pub async fn shutdown(mut self) -> anyhow::Result<()> {
-        let mut first_error = None;
-        while let Some(running) = self.services.pop() {
-            let name = running.name;
-            if let Err(err) = running.stop().await {
-                tracing::error!(service = name, error = %err, "service stopped with an error");
-                first_error.get_or_insert(err);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
     }
 }
 
@@ -721,7 +488,7 @@ mod tests {
         let names: Vec<String> = system
             .listen_addresses()
             .into_iter()
-            .map(|(name, _)| name)
+            .map(|(_, name, _)| name)
             .collect();
         for bound in [
             "gateway http",
