@@ -9,7 +9,7 @@ use ghost_proto::executor::v1::{DryRun, RouterMessage, router_message};
 
 use crate::dry_runs::DRY_RUN_DEADLINE;
 use crate::error::RouterError;
-use crate::store::{PatchRecord, rule_ms};
+use crate::store::PatchRecord;
 use crate::waiters::MAX_WAIT;
 
 use super::{Ask, RESERVED_FOR_CANCEL, Routing, Session};
@@ -66,7 +66,7 @@ impl Routing {
         let target = patch.target.to_string();
         let (owner, sender) = {
             let slots = self.slots.lock().await;
-            let alive_since = rule_ms() - self.lease_ms();
+            let alive_since = self.clock.now_ms() - self.lease_ms();
             let alive = |s: &&Session| {
                 !s.cut.is_cancelled() && s.last_seen_ms.load(Ordering::Relaxed) >= alive_since
             };

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use ghost_proto::executor::v1::{Assign, RouterMessage, router_message};
 
-use crate::store::{now_ms, rule_ms};
+use crate::store::now_ms;
 
 use super::{Routing, Session, SessionSender};
 
@@ -67,7 +67,7 @@ impl Routing {
             patch: Some(ghost_proto::router::v1::Patch::from(&record.patch)),
             attempt: record.attempt,
             fencing_token: record.fencing_token,
-            deadline_unix_ms: rule_ms() + self.lease_ms(),
+            deadline_unix_ms: self.clock.now_ms() + self.lease_ms(),
             traceparent: record.traceparent.clone(),
         };
         {
@@ -99,7 +99,7 @@ impl Routing {
         }
         // An executor that has sent nothing for a whole lease period (no heartbeat) is
         // presumed stuck: it gets no new work until it speaks again.
-        let alive_since = rule_ms() - self.lease_ms();
+        let alive_since = self.clock.now_ms() - self.lease_ms();
         let alive = |s: &&Session| {
             !s.cut.is_cancelled() && s.last_seen_ms.load(Ordering::Relaxed) >= alive_since
         };

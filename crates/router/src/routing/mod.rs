@@ -38,6 +38,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::time::{Duration, Instant};
 
 use ghost_proto::executor::v1::RouterMessage;
+use ghost_runtime::clock::{SharedClock, SystemClock};
 use ghost_runtime::storage::StorageHealth;
 use tokio::sync::{Mutex, Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -201,6 +202,8 @@ pub struct Routing {
     queue_ages: std::sync::Mutex<QueueAges>,
     /// Other replicas share the store (see [`crate::store::PgStore`]).
     shared: bool,
+    /// Rule time (lease deadlines, liveness, queue ages): [`SystemClock`] in production.
+    clock: SharedClock,
 }
 
 /// The key of a target's queue in [`Routing::queue_ages`].
@@ -236,7 +239,15 @@ impl Routing {
             storage: None,
             queue_ages: std::sync::Mutex::default(),
             shared: false,
+            clock: SystemClock::shared(),
         }
+    }
+
+    /// The same routing, reading rule time from `clock` (give the store the same clock; tests:
+    /// a [`ghost_runtime::clock::TokioClock`] on paused time).
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// The same routing, one of several replicas sharing its store: session ids start from

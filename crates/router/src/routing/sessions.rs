@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{NewAlert, rule_ms};
+use crate::store::NewAlert;
 
 use super::{ExecutorView, Routing, Session, SessionSender};
 
@@ -26,7 +26,7 @@ impl Routing {
     ) -> (u64, String) {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         let owner = format!("{executor_id}#{id}");
-        let now = rule_ms();
+        let now = self.clock.now_ms();
         let session = Session {
             id,
             owner: owner.clone(),
@@ -80,7 +80,7 @@ impl Routing {
     /// Notes that a session is alive (any message counts).
     pub async fn seen(&self, session: u64) {
         let slots = self.slots.lock().await;
-        let now = rule_ms();
+        let now = self.clock.now_ms();
         for slot in slots.values() {
             for s in slot.sessions.iter().filter(|s| s.id == session) {
                 s.last_seen_ms.store(now, Ordering::Relaxed);

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::error::RouterError;
 use crate::queue_ages::Oldest;
-use crate::store::{NewAlert, TargetRow, now_ms, rule_ms};
+use crate::store::{NewAlert, TargetRow, now_ms};
 
 use super::{Routing, TargetView, millis, queue_key, revert_key};
 
@@ -158,7 +158,7 @@ impl Routing {
         self.queue_ages
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .sweep(&queues, rule_ms(), now_ms())
+            .sweep(&queues, self.clock.now_ms(), now_ms())
     }
 
     /// Raises `revert_waiting/<target>` when a revert patch waited `stale_after` in the queue

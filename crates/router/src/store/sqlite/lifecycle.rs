@@ -7,11 +7,12 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::records::{IN_FLIGHT, event_tx, get_tx, must_get, report_json};
 use super::writer::{exec, row};
-use crate::store::{LeaseEnded, PatchRecord, StoreError, now_ms, rule_ms};
+use crate::store::{LeaseEnded, PatchRecord, StoreError, now_ms};
 
 /// Queues one attempt's outcome for the summarizer (once per (patch, attempt)).
 pub(super) fn outbox_tx(
     conn: &Connection,
+    rule_now: i64,
     id: &str,
     attempt: u32,
     report: &ApplyReport,
@@ -20,7 +21,7 @@ pub(super) fn outbox_tx(
         conn,
         "INSERT OR IGNORE INTO outbox (patch_id, attempt, next_at_ms, report_json, created_ms)
          VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![id, attempt, rule_ms(), report_json(id, report)?, now_ms()],
+        params![id, attempt, rule_now, report_json(id, report)?, now_ms()],
     )?;
     Ok(())
 }
@@ -38,6 +39,7 @@ pub(super) fn outcome_sent(conn: &Connection, id: &str, attempt: u32) -> rusqlit
 /// outbox row in one go.
 pub(super) fn end_tx(
     conn: &Connection,
+    rule_now: i64,
     id: &str,
     status: Status,
     actor: &str,
@@ -67,9 +69,9 @@ pub(super) fn end_tx(
         ],
     )?;
     event_tx(conn, id, status, actor, attempt, error)?;
-    outbox_tx(conn, id, attempt, &report)?;
+    outbox_tx(conn, rule_now, id, attempt, &report)?;
     if status != Status::Succeeded {
-        fail_dependents_tx(conn, id, status)?;
+        fail_dependents_tx(conn, rule_now, id, status)?;
     }
     Ok(())
 }
@@ -78,6 +80,7 @@ pub(super) fn end_tx(
 /// down the chain): a dependency that will never succeed must not leave them queued forever.
 pub(super) fn fail_dependents_tx(
     conn: &Connection,
+    rule_now: i64,
     id: &str,
     status: Status,
 ) -> Result<(), StoreError> {
@@ -91,6 +94,7 @@ pub(super) fn fail_dependents_tx(
     for dependent in dependents {
         end_tx(
             conn,
+            rule_now,
             &dependent,
             Status::Failed,
             "router",
@@ -105,6 +109,7 @@ pub(super) fn fail_dependents_tx(
 /// `lost` when it has used `max_attempts` attempts since it was last (re)submitted.
 pub(super) fn interrupt_tx(
     conn: &Connection,
+    rule_now: i64,
     id: &str,
     reason: &str,
     max_attempts: u32,
@@ -154,11 +159,11 @@ pub(super) fn interrupt_tx(
             params![id, error, report_json(id, &lost)?, now],
         )?;
         event_tx(conn, id, Status::Lost, "router", record.attempt, &error)?;
-        outbox_tx(conn, id, record.attempt, &lost)?;
-        fail_dependents_tx(conn, id, Status::Lost)?;
+        outbox_tx(conn, rule_now, id, record.attempt, &lost)?;
+        fail_dependents_tx(conn, rule_now, id, Status::Lost)?;
         return Ok(ended);
     }
-    outbox_tx(conn, id, record.attempt, &report)?;
+    outbox_tx(conn, rule_now, id, record.attempt, &report)?;
     exec(
         conn,
         "UPDATE patches SET status = 'queued', fencing_token = 0, leased_to = '',
@@ -236,11 +241,12 @@ pub(super) fn record_interrupted(
 /// The body of [`RouterStore::end_leases`](crate::store::RouterStore::end_leases), run in one write.
 pub(super) fn end_leases(
     conn: &Connection,
+    rule_now: i64,
     owner: Option<String>,
     reason: String,
     max_attempts: u32,
 ) -> Result<Vec<LeaseEnded>, StoreError> {
-    let now = rule_ms();
+    let now = rule_now;
     let ids: Vec<String> = conn
         .prepare_cached(&format!(
             "SELECT id FROM patches
@@ -251,13 +257,14 @@ pub(super) fn end_leases(
         .query_map(params![owner, now], |row| row.get(0))?
         .collect::<Result<_, _>>()?;
     ids.iter()
-        .map(|id| interrupt_tx(conn, id, &reason, max_attempts))
+        .map(|id| interrupt_tx(conn, rule_now, id, &reason, max_attempts))
         .collect()
 }
 
 /// The body of [`RouterStore::end_all_leases`](crate::store::RouterStore::end_all_leases), run in one write.
 pub(super) fn end_all_leases(
     conn: &Connection,
+    rule_now: i64,
     reason: String,
     max_attempts: u32,
 ) -> Result<Vec<LeaseEnded>, StoreError> {
@@ -268,13 +275,14 @@ pub(super) fn end_all_leases(
         .query_map([], |row| row.get(0))?
         .collect::<Result<_, _>>()?;
     ids.iter()
-        .map(|id| interrupt_tx(conn, id, &reason, max_attempts))
+        .map(|id| interrupt_tx(conn, rule_now, id, &reason, max_attempts))
         .collect()
 }
 
 /// The body of [`RouterStore::cancel_queued`](crate::store::RouterStore::cancel_queued), run in one write.
 pub(super) fn cancel_queued(
     conn: &Connection,
+    rule_now: i64,
     id: String,
     actor: String,
 ) -> Result<Option<PatchRecord>, StoreError> {
@@ -286,6 +294,7 @@ pub(super) fn cancel_queued(
     }
     end_tx(
         conn,
+        rule_now,
         &id,
         Status::Cancelled,
         &actor,

@@ -29,6 +29,8 @@ mod outboxes;
 mod queue;
 mod reads;
 mod records;
+#[cfg(test)]
+mod tests;
 mod tokens;
 mod writer;
 
@@ -38,6 +40,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use ghost_core::{ApplyReport, Patch, Status};
+use ghost_runtime::clock::{SharedClock, SystemClock};
 use ghost_runtime::storage::StorageHealth;
 use rusqlite::{Connection, params};
 use tokio::sync::oneshot;
@@ -71,12 +74,20 @@ pub struct SqliteStore {
     /// When the batch being committed started (ms since `epoch`, plus one; 0: none).
     committing_since: Arc<AtomicU64>,
     epoch: Instant,
+    /// Rule time (lease deadlines, outbox and alert backoff): [`SystemClock`] in production.
+    clock: SharedClock,
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`, migrates its schema and starts the
     /// writer thread.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with_clock(path, SystemClock::shared())
+    }
+
+    /// [`SqliteStore::open`], reading rule time from `clock` (tests: a
+    /// [`ghost_runtime::clock::TokioClock`] on paused time).
+    pub fn open_with_clock(path: &Path, clock: SharedClock) -> Result<Self, StoreError> {
         let mut conn = open_connection(path)?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         migrate(&mut conn)?;
@@ -103,6 +114,7 @@ impl SqliteStore {
             health,
             committing_since,
             epoch,
+            clock,
         })
     }
 
@@ -222,8 +234,20 @@ impl RouterStore for SqliteStore {
         key_name: String,
     ) -> Result<Inserted, StoreError> {
         self.refuse_if_degraded()?;
-        self.write(move |conn| queue::insert(conn, patch, actor, traceparent, warnings, key_name))
-            .await
+        // Read here, on the runtime: the writer thread has no tokio clock (paused time in tests).
+        let rule_now = self.clock.now_ms();
+        self.write(move |conn| {
+            queue::insert(
+                conn,
+                rule_now,
+                patch,
+                actor,
+                traceparent,
+                warnings,
+                key_name,
+            )
+        })
+        .await
     }
 
     async fn get(&self, id: String) -> Result<Option<PatchRecord>, StoreError> {
@@ -252,8 +276,12 @@ impl RouterStore for SqliteStore {
         lease_ms: i64,
         takes_reverts: bool,
     ) -> Result<Option<PatchRecord>, StoreError> {
-        self.write(move |conn| queue::lease_next(conn, target, owner, lease_ms, takes_reverts))
-            .await
+        // Read here, on the runtime: the writer thread has no tokio clock (paused time in tests).
+        let rule_now = self.clock.now_ms();
+        self.write(move |conn| {
+            queue::lease_next(conn, rule_now, target, owner, lease_ms, takes_reverts)
+        })
+        .await
     }
 
     async fn renew(
@@ -262,7 +290,9 @@ impl RouterStore for SqliteStore {
         tokens: Vec<u64>,
         lease_ms: i64,
     ) -> Result<(), StoreError> {
-        self.write(move |conn| queue::renew(conn, owner, tokens, lease_ms))
+        // Read here, on the runtime: the writer thread has no tokio clock (paused time in tests).
+        let rule_now = self.clock.now_ms();
+        self.write(move |conn| queue::renew(conn, rule_now, owner, tokens, lease_ms))
             .await
     }
 
@@ -285,7 +315,9 @@ impl RouterStore for SqliteStore {
         token: u64,
         report: ApplyReport,
     ) -> Result<Option<Completed>, StoreError> {
-        self.write(move |conn| queue::complete(conn, id, owner, token, report))
+        // Read here, on the runtime: the writer thread has no tokio clock (paused time in tests).
+        let rule_now = self.clock.now_ms();
+        self.write(move |conn| queue::complete(conn, rule_now, id, owner, token, report))
             .await
     }
 
@@ -309,7 +341,9 @@ impl RouterStore for SqliteStore {
         reason: String,
         max_attempts: u32,
     ) -> Result<Vec<LeaseEnded>, StoreError> {
-        self.write(move |conn| lifecycle::end_leases(conn, owner, reason, max_attempts))
+        // Read here, on the runtime: the writer thread has no tokio clock (paused time in tests).
+        let rule_now = self.clock.now_ms();
+        self.write(move |conn| lifecycle::end_leases(conn, rule_now, owner, reason, max_attempts))
             .await
     }
 
@@ -318,7 +352,9 @@ impl RouterStore for SqliteStore {
         reason: String,
         max_attempts: u32,
     ) -> Result<Vec<LeaseEnded>, StoreError> {
-        self.write(move |conn| lifecycle::end_all_leases(conn, reason, max_attempts))
+        // Read here, on the runtime: the writer thread has no tokio clock (paused time in tests).
+        let rule_now = self.clock.now_ms();
+        self.write(move |conn| lifecycle::end_all_leases(conn, rule_now, reason, max_attempts))
             .await
     }
 
@@ -327,7 +363,9 @@ impl RouterStore for SqliteStore {
         id: String,
         actor: String,
     ) -> Result<Option<PatchRecord>, StoreError> {
-        self.write(move |conn| lifecycle::cancel_queued(conn, id, actor))
+        // Read here, on the runtime: the writer thread has no tokio clock (paused time in tests).
+        let rule_now = self.clock.now_ms();
+        self.write(move |conn| lifecycle::cancel_queued(conn, rule_now, id, actor))
             .await
     }
 
@@ -364,7 +402,9 @@ impl RouterStore for SqliteStore {
     }
 
     async fn outbox_due(&self, limit: u32) -> Result<Vec<OutboxRow>, StoreError> {
-        self.read(move |conn| outboxes::outbox_due(conn, limit))
+        // Read here, on the runtime: the writer thread has no tokio clock (paused time in tests).
+        let rule_now = self.clock.now_ms();
+        self.read(move |conn| outboxes::outbox_due(conn, rule_now, limit))
             .await
     }
 
@@ -435,11 +475,16 @@ impl RouterStore for SqliteStore {
     }
 
     async fn raise_alert(&self, alert: NewAlert) -> Result<bool, StoreError> {
-        self.write(move |conn| raise_tx(conn, &alert)).await
+        // Read here, on the runtime: the writer thread has no tokio clock (paused time in tests).
+        let rule_now = self.clock.now_ms();
+        self.write(move |conn| raise_tx(conn, rule_now, &alert))
+            .await
     }
 
     async fn resolve_alert(&self, key: String, summary: String) -> Result<bool, StoreError> {
-        self.write(move |conn| resolve_tx(conn, &key, &summary))
+        // Read here, on the runtime: the writer thread has no tokio clock (paused time in tests).
+        let rule_now = self.clock.now_ms();
+        self.write(move |conn| resolve_tx(conn, rule_now, &key, &summary))
             .await
     }
 
@@ -448,7 +493,9 @@ impl RouterStore for SqliteStore {
     }
 
     async fn alerts_due(&self, limit: u32) -> Result<Vec<AlertRow>, StoreError> {
-        self.read(move |conn| outboxes::alerts_due(conn, limit))
+        // Read here, on the runtime: the writer thread has no tokio clock (paused time in tests).
+        let rule_now = self.clock.now_ms();
+        self.read(move |conn| outboxes::alerts_due(conn, rule_now, limit))
             .await
     }
 
@@ -464,7 +511,9 @@ impl RouterStore for SqliteStore {
         if settled.is_empty() {
             return Ok(());
         }
-        self.write(move |conn| outboxes::settle(conn, table, settled))
+        // Read here, on the runtime: the writer thread has no tokio clock (paused time in tests).
+        let rule_now = self.clock.now_ms();
+        self.write(move |conn| outboxes::settle(conn, rule_now, table, settled))
             .await
     }
 }

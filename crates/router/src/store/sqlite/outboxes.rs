@@ -5,9 +5,13 @@ use rusqlite::{Connection, params};
 
 use super::records::parse_report;
 use super::writer::exec;
-use crate::store::{AlertRow, Delivery, NewAlert, OutboxRow, StoreError, now_ms, rule_ms};
+use crate::store::{AlertRow, Delivery, NewAlert, OutboxRow, StoreError, now_ms};
 
-pub(super) fn raise_tx(conn: &Connection, alert: &NewAlert) -> Result<bool, StoreError> {
+pub(super) fn raise_tx(
+    conn: &Connection,
+    rule_now: i64,
+    alert: &NewAlert,
+) -> Result<bool, StoreError> {
     let now = now_ms();
     let inserted = exec(
         conn,
@@ -25,12 +29,17 @@ pub(super) fn raise_tx(conn: &Connection, alert: &NewAlert) -> Result<bool, Stor
     exec(conn,
         "INSERT INTO alert_outbox (key, resolved, severity, summary, labels_json, at_ms, next_at_ms)
          VALUES (?1, 0, ?2, ?3, ?4, ?5, ?6)",
-        params![alert.key, alert.severity, alert.summary, labels, now, rule_ms()],
+        params![alert.key, alert.severity, alert.summary, labels, now, rule_now],
     )?;
     Ok(true)
 }
 
-pub(super) fn resolve_tx(conn: &Connection, key: &str, summary: &str) -> Result<bool, StoreError> {
+pub(super) fn resolve_tx(
+    conn: &Connection,
+    rule_now: i64,
+    key: &str,
+    summary: &str,
+) -> Result<bool, StoreError> {
     let removed = exec(conn, "DELETE FROM alert_state WHERE key = ?1", params![key])?;
     if removed == 0 {
         return Ok(false);
@@ -39,18 +48,22 @@ pub(super) fn resolve_tx(conn: &Connection, key: &str, summary: &str) -> Result<
     exec(conn,
         "INSERT INTO alert_outbox (key, resolved, severity, summary, labels_json, at_ms, next_at_ms)
          VALUES (?1, 1, 'info', ?2, '[]', ?3, ?4)",
-        params![key, summary, now, rule_ms()],
+        params![key, summary, now, rule_now],
     )?;
     Ok(true)
 }
 
 /// The body of [`RouterStore::outbox_due`](crate::store::RouterStore::outbox_due), run in the read connection.
-pub(super) fn outbox_due(conn: &Connection, limit: u32) -> Result<Vec<OutboxRow>, StoreError> {
+pub(super) fn outbox_due(
+    conn: &Connection,
+    rule_now: i64,
+    limit: u32,
+) -> Result<Vec<OutboxRow>, StoreError> {
     let mut statement = conn.prepare_cached(
         "SELECT id, patch_id, attempt, tries, report_json, created_ms FROM outbox
              WHERE delivered_ms IS NULL AND next_at_ms <= ?1 ORDER BY id LIMIT ?2",
     )?;
-    let rows = statement.query_map(params![rule_ms(), limit], |row| {
+    let rows = statement.query_map(params![rule_now, limit], |row| {
         Ok((
             OutboxRow {
                 id: row.get(0)?,
@@ -75,12 +88,16 @@ pub(super) fn outbox_due(conn: &Connection, limit: u32) -> Result<Vec<OutboxRow>
 }
 
 /// The body of [`RouterStore::alerts_due`](crate::store::RouterStore::alerts_due), run in the read connection.
-pub(super) fn alerts_due(conn: &Connection, limit: u32) -> Result<Vec<AlertRow>, StoreError> {
+pub(super) fn alerts_due(
+    conn: &Connection,
+    rule_now: i64,
+    limit: u32,
+) -> Result<Vec<AlertRow>, StoreError> {
     let mut statement = conn.prepare_cached(
         "SELECT id, key, resolved, severity, summary, labels_json, at_ms, tries, next_at_ms
              FROM alert_outbox WHERE delivered_ms IS NULL ORDER BY id LIMIT ?1",
     )?;
-    let now = rule_ms();
+    let now = rule_now;
     let mut rows = statement.query(params![limit])?;
     let mut due = Vec::new();
     while let Some(row) = rows.next()? {
@@ -120,6 +137,7 @@ pub(super) fn firing_alerts(conn: &Connection) -> Result<Vec<String>, StoreError
 /// The body of [`RouterStore::settle`](crate::store::RouterStore::settle), run in one write.
 pub(super) fn settle(
     conn: &Connection,
+    rule_now: i64,
     table: &str,
     settled: Vec<(i64, Delivery)>,
 ) -> Result<(), StoreError> {
@@ -133,7 +151,7 @@ pub(super) fn settle(
     for (row_id, delivery) in settled {
         match delivery {
             Delivery::Delivered => delivered.execute(params![row_id, now])?,
-            Delivery::RetryIn(delay_ms) => retry.execute(params![row_id, rule_ms() + delay_ms])?,
+            Delivery::RetryIn(delay_ms) => retry.execute(params![row_id, rule_now + delay_ms])?,
         };
     }
     Ok(())

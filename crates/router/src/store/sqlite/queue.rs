@@ -9,11 +9,12 @@ use super::records::{
     IN_FLIGHT, event_tx, get_tx, holds_lease, must_get, parse_status, priority_rank, report_json,
 };
 use super::writer::{exec, row};
-use crate::store::{Completed, Inserted, PatchRecord, StoreError, now_ms, rule_ms};
+use crate::store::{Completed, Inserted, PatchRecord, StoreError, now_ms};
 
 /// The body of [`RouterStore::insert`](crate::store::RouterStore::insert), run in one write.
 pub(super) fn insert(
     conn: &Connection,
+    rule_now: i64,
     patch: Patch,
     actor: String,
     traceparent: String,
@@ -79,6 +80,7 @@ pub(super) fn insert(
     if let Some((dependency, status)) = failed_dependency {
         end_tx(
             conn,
+            rule_now,
             &id,
             Status::Failed,
             "router",
@@ -91,6 +93,7 @@ pub(super) fn insert(
 /// The body of [`RouterStore::lease_next`](crate::store::RouterStore::lease_next), run in one write.
 pub(super) fn lease_next(
     conn: &Connection,
+    rule_now: i64,
     target: String,
     owner: String,
     lease_ms: i64,
@@ -135,7 +138,7 @@ pub(super) fn lease_next(
         "UPDATE patches SET status = 'leased', attempt = attempt + 1, fencing_token = ?2,
                     leased_to = ?3, lease_deadline_ms = ?4, updated_ms = ?5, error = ''
              WHERE id = ?1",
-        params![id, token, owner, rule_ms() + lease_ms, now],
+        params![id, token, owner, rule_now + lease_ms, now],
     )?;
     let record = must_get(conn, &id)?;
     exec(
@@ -158,11 +161,12 @@ pub(super) fn lease_next(
 /// The body of [`RouterStore::renew`](crate::store::RouterStore::renew), run in one write.
 pub(super) fn renew(
     conn: &Connection,
+    rule_now: i64,
     owner: String,
     tokens: Vec<u64>,
     lease_ms: i64,
 ) -> Result<(), StoreError> {
-    let deadline = rule_ms() + lease_ms;
+    let deadline = rule_now + lease_ms;
     for token in tokens {
         exec(
             conn,
@@ -210,6 +214,7 @@ pub(super) fn progress(
 /// The body of [`RouterStore::complete`](crate::store::RouterStore::complete), run in one write.
 pub(super) fn complete(
     conn: &Connection,
+    rule_now: i64,
     id: String,
     owner: String,
     token: u64,
@@ -244,7 +249,7 @@ pub(super) fn complete(
         record.attempt,
         &report.error,
     )?;
-    outbox_tx(conn, &id, record.attempt, &report)?;
+    outbox_tx(conn, rule_now, &id, record.attempt, &report)?;
     let dependent_targets = if report.status == Status::Succeeded {
         let mut statement = conn.prepare_cached(
             "SELECT DISTINCT p.target FROM deps d JOIN patches p ON p.id = d.patch_id
@@ -254,7 +259,7 @@ pub(super) fn complete(
             .query_map(params![id], |row| row.get(0))?
             .collect::<Result<Vec<String>, _>>()?
     } else {
-        fail_dependents_tx(conn, &id, report.status)?;
+        fail_dependents_tx(conn, rule_now, &id, report.status)?;
         Vec::new()
     };
     Ok(get_tx(conn, &id)?.map(|record| Completed {
