@@ -80,7 +80,8 @@ impl App {
                 stale_after: config.stale_after,
             },
         )
-        .with_storage(store.health().clone());
+        .with_storage(store.health().clone())
+        .with_clock(ghost_runtime::clock::SystemClock::shared());
         let routing = Arc::new(match &store {
             Store::Sqlite(_) => routing,
             Store::Postgres(_) => routing.shared(),

@@ -1,6 +1,7 @@
 //! tonic adapter of `ghost.router.v1.RouterService`: wire → domain → [`Routing`] → wire.
 
 mod hello;
+mod session;
 
 pub use hello::{RefusalAudit, refused_alert_key};
 
@@ -8,14 +9,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ghost_core::{ApplyReport, Patch, PatchId, Status, TargetName};
+use ghost_core::{Patch, PatchId, TargetName};
 use ghost_proto::convert::status_from_wire;
 use ghost_proto::executor::v1::{
-    ExecutorMessage, RouterMessage, Welcome, executor_message, router_message,
+    ExecutorMessage, Hello, RouterMessage, Welcome, executor_message, router_message,
 };
 use ghost_proto::router::v1::{self as wire, router_service_server::RouterService};
 use ghost_runtime::config::Secret;
-use ghost_runtime::propagation::{current_traceparent, set_parent, trace_id_of};
+use ghost_runtime::propagation::{current_traceparent, trace_id_of};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -25,10 +26,12 @@ use tracing::Instrument;
 
 use crate::error::RouterError;
 use crate::revert::Reverted;
-use crate::routing::{Reporter, Routing};
+use crate::routing::Routing;
 use crate::store::{PatchRecord, now_ms};
+use crate::tokens::LiveStream;
 use crate::tokens::{ExecutorTokens, hash_secret};
-use hello::{Credential, Peer, REFUSAL_SEND, check_hello};
+use hello::{Credential, Peer, check_hello};
+use session::SessionReader;
 
 /// How long a new Work stream may take to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -504,31 +507,9 @@ impl RouterService for RouterGrpc {
         &self,
         request: Request<Streaming<ExecutorMessage>>,
     ) -> Result<Response<Self::WorkStream>, tonic::Status> {
-        let peer = Peer {
-            addr: request.remote_addr().map(|addr| addr.ip()),
-            loopback: request
-                .remote_addr()
-                .is_some_and(|addr| addr.ip().is_loopback()),
-            via_executor_port: match self.executor_addr {
-                // Unknown local address: it may have been the executor port.
-                Some(executor) => request.local_addr().is_none_or(|local| local == executor),
-                None => false,
-            },
-        };
+        let peer = self.peer_of(&request);
         let mut inbound = request.into_inner();
-        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
-            .await
-            .map_err(|_| tonic::Status::deadline_exceeded("no Hello within 10s"))??;
-        let Some(ExecutorMessage {
-            kind: Some(executor_message::Kind::Hello(hello)),
-        }) = first
-        else {
-            return Err(RouterError::InvalidArgument {
-                field: "kind".to_owned(),
-                message: "the first message on the Work stream must be Hello".to_owned(),
-            }
-            .into());
-        };
+        let hello = read_hello(&mut inbound).await?;
         check_hello(&hello)?;
         let credential = self
             .credential(&hello.token, &hello.executor_id, peer)
@@ -540,71 +521,10 @@ impl RouterService for RouterGrpc {
             }
             .into());
         }
-        let mut targets = Vec::with_capacity(hello.workspaces.len());
-        for (index, workspace) in hello.workspaces.iter().enumerate() {
-            let target = target_name(
-                &format!("hello.workspaces[{index}].target"),
-                &workspace.target,
-            )?
-            .to_string();
-            // A target claimed twice is served once: the session joins its slot once.
-            if !targets.contains(&target) {
-                targets.push(target);
-            }
-        }
-        if targets.is_empty() {
-            return Err(RouterError::InvalidArgument {
-                field: "hello.workspaces".to_owned(),
-                message: "an executor must serve at least one target".to_owned(),
-            }
-            .into());
-        }
-
+        let targets = hello_targets(&hello)?;
         let anonymous = matches!(credential, Credential::Anonymous);
-        let live = match credential {
-            Credential::Token(token) => {
-                self.check_scope(&token, &hello.executor_id, &targets)
-                    .await?;
-                if let Err(err) = self.tokens.store().token_used(token.id, now_ms()).await {
-                    tracing::warn!(error = %err, token = %token.name, "cannot note the token's last use");
-                }
-                let stream = self.tokens.open(&token.name);
-                // A revocation between the lookup and `open` cut nothing: look again now
-                // that a later one would find this stream.
-                let current = self
-                    .tokens
-                    .store()
-                    .token_by_hash(hash_secret(&hello.token))
-                    .await
-                    .map_err(RouterError::from)?;
-                if current.is_none_or(|row| row.revoked_ms != 0) {
-                    return Err(RouterError::Unauthenticated(format!(
-                        "executor token {} was revoked",
-                        token.name
-                    ))
-                    .into());
-                }
-                Some((token.name.clone(), stream))
-            }
-            Credential::Shared | Credential::Service | Credential::Anonymous => None,
-        };
-        // Cancelled when the token is revoked, or, for an anonymous stream, when the first
-        // token is created: the session keeps it so dispatch never assigns to a cut session
-        // (a revocation may land before the reader below starts watching).
-        let (cut, cut_reason) = match (&live, anonymous) {
-            (Some((name, stream)), _) => (
-                stream.cut.clone(),
-                format!("executor token {name} was revoked"),
-            ),
-            (None, true) => (
-                self.tokens.anonymous_cut(),
-                "an executor token was created: anonymous work streams are closed; say Hello \
-                 with a credential"
-                    .to_owned(),
-            ),
-            (None, false) => (CancellationToken::new(), String::new()),
-        };
-
+        let live = self.live_token(credential, &hello, &targets).await?;
+        let (cut, cut_reason) = self.cut_of(live.as_ref(), anonymous);
         let (sender, receiver) = tokio::sync::mpsc::channel(32);
         let cut_sender = sender.clone();
         let welcome = RouterMessage {
@@ -624,173 +544,136 @@ impl RouterService for RouterGrpc {
                 cut.clone(),
             )
             .await;
-        let shutdown = self.shutdown.clone();
-        let executor_id = hello.executor_id.clone();
-        self.tasks.spawn(async move {
-            let reporter = Reporter {
-                owner: &owner,
-                executor_id: &executor_id,
-                targets: &targets,
-            };
-            let mut refusals = Refusals::default();
-            loop {
-                let message = tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = cut.cancelled() => {
-                        tracing::warn!(target: "audit", executor = ?owner, reason = %cut_reason, "work stream cut");
-                        let revoked = tonic::Status::unauthenticated(cut_reason.clone());
-                        let _ = tokio::time::timeout(REFUSAL_SEND, cut_sender.send(Err(revoked))).await;
-                        break;
-                    }
-                    message = inbound.message() => message,
-                };
-                match message {
-                    Ok(Some(message)) => {
-                        routing.seen(session).await;
-                        handle_message(&routing, &reporter, &mut refusals, message).await;
-                    }
-                    Ok(None) => break,
-                    Err(status) => {
-                        tracing::info!(executor = ?owner, code = ?status.code(), "work stream broke");
-                        break;
-                    }
-                }
-            }
-            drop(cut_sender);
-            routing.disconnect(session, &owner).await;
-            drop(live);
-        });
+        let reader = SessionReader {
+            routing,
+            session,
+            owner,
+            executor_id: hello.executor_id.clone(),
+            targets,
+            cut,
+            cut_reason,
+            cut_sender,
+            shutdown: self.shutdown.clone(),
+        };
+        self.tasks.spawn(reader.run(inbound, live));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 }
 
-/// How often a session's refused Result/Progress messages are logged (the rest are counted).
-const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
-
-/// Refused Result/Progress messages of one session: logged at most once per
-/// [`REFUSAL_LOG_EVERY`], with the count of those not logged.
-#[derive(Default)]
-struct Refusals {
-    logged_at: Option<tokio::time::Instant>,
-    unlogged: u64,
-}
-
-impl Refusals {
-    fn note(&mut self, owner: &str, patch_id: &str, kind: &'static str) {
-        let now = tokio::time::Instant::now();
-        if self
-            .logged_at
-            .is_some_and(|at| now.duration_since(at) < REFUSAL_LOG_EVERY)
-        {
-            self.unlogged += 1;
-            return;
+impl RouterGrpc {
+    /// Where a Work stream comes from: its address, whether it is loopback, and whether it came
+    /// in on the executor port.
+    fn peer_of<T>(&self, request: &Request<T>) -> Peer {
+        Peer {
+            addr: request.remote_addr().map(|addr| addr.ip()),
+            loopback: request
+                .remote_addr()
+                .is_some_and(|addr| addr.ip().is_loopback()),
+            via_executor_port: match self.executor_addr {
+                // Unknown local address: it may have been the executor port.
+                Some(executor) => request.local_addr().is_none_or(|local| local == executor),
+                None => false,
+            },
         }
-        tracing::warn!(
-            executor = ?owner,
-            patch_id = ?patch_id,
-            kind,
-            unlogged_since_last = self.unlogged,
-            "refused: this session does not hold the patch's live lease"
-        );
-        self.logged_at = Some(now);
-        self.unlogged = 0;
+    }
+
+    /// For a per-executor token: its scope checked, its use noted, and its live stream (cut on
+    /// revocation), refused if it was revoked meanwhile. `None` for every other credential.
+    async fn live_token(
+        &self,
+        credential: Credential,
+        hello: &Hello,
+        targets: &[String],
+    ) -> Result<Option<(String, LiveStream)>, tonic::Status> {
+        let Credential::Token(token) = credential else {
+            return Ok(None);
+        };
+        self.check_scope(&token, &hello.executor_id, targets)
+            .await?;
+        if let Err(err) = self.tokens.store().token_used(token.id, now_ms()).await {
+            tracing::warn!(error = %err, token = %token.name, "cannot note the token's last use");
+        }
+        let stream = self.tokens.open(&token.name);
+        // A revocation between the lookup and `open` cut nothing: look again now
+        // that a later one would find this stream.
+        let current = self
+            .tokens
+            .store()
+            .token_by_hash(hash_secret(&hello.token))
+            .await
+            .map_err(RouterError::from)?;
+        if current.is_none_or(|row| row.revoked_ms != 0) {
+            return Err(RouterError::Unauthenticated(format!(
+                "executor token {} was revoked",
+                token.name
+            ))
+            .into());
+        }
+        Ok(Some((token.name.clone(), stream)))
+    }
+
+    /// Cancelled when the token is revoked, or, for an anonymous stream, when the first
+    /// token is created: the session keeps it so dispatch never assigns to a cut session
+    /// (a revocation may land before the reader starts watching). With the reason told to
+    /// the executor.
+    fn cut_of(
+        &self,
+        live: Option<&(String, LiveStream)>,
+        anonymous: bool,
+    ) -> (CancellationToken, String) {
+        match (live, anonymous) {
+            (Some((name, stream)), _) => (
+                stream.cut.clone(),
+                format!("executor token {name} was revoked"),
+            ),
+            (None, true) => (
+                self.tokens.anonymous_cut(),
+                "an executor token was created: anonymous work streams are closed; say Hello \
+                 with a credential"
+                    .to_owned(),
+            ),
+            (None, false) => (CancellationToken::new(), String::new()),
+        }
     }
 }
 
-async fn handle_message(
-    routing: &Routing,
-    reporter: &Reporter<'_>,
-    refusals: &mut Refusals,
-    message: ExecutorMessage,
-) {
-    let owner = reporter.owner;
-    match message.kind {
-        Some(executor_message::Kind::Heartbeat(beat)) => {
-            routing.heartbeat(owner, beat.fencing_tokens).await;
+/// The first message of a Work stream, which must be Hello (within [`HELLO_TIMEOUT`]).
+async fn read_hello(inbound: &mut Streaming<ExecutorMessage>) -> Result<Hello, tonic::Status> {
+    let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+        .await
+        .map_err(|_| tonic::Status::deadline_exceeded("no Hello within 10s"))??;
+    let Some(ExecutorMessage {
+        kind: Some(executor_message::Kind::Hello(hello)),
+    }) = first
+    else {
+        return Err(RouterError::InvalidArgument {
+            field: "kind".to_owned(),
+            message: "the first message on the Work stream must be Hello".to_owned(),
         }
-        Some(executor_message::Kind::DryRunResult(result)) => {
-            let report = match result.report.map(ApplyReport::try_from) {
-                Some(Ok(report)) => report,
-                Some(Err(err)) => {
-                    tracing::warn!(executor = ?owner, error = %err, "malformed dry run result dropped");
-                    return;
-                }
-                None => {
-                    tracing::warn!(executor = ?owner, "dry run result without report dropped");
-                    return;
-                }
-            };
-            if !routing.dry_runs.answer(owner, result.request_id, report) {
-                tracing::info!(executor = ?owner, request_id = result.request_id,
-                    "dry run result for no request of this session dropped (late or unknown)");
-            }
+        .into());
+    };
+    Ok(hello)
+}
+
+/// The targets a Hello claims, each once, validated; at least one.
+fn hello_targets(hello: &Hello) -> Result<Vec<String>, RouterError> {
+    let mut targets = Vec::with_capacity(hello.workspaces.len());
+    for (index, workspace) in hello.workspaces.iter().enumerate() {
+        let target = target_name(
+            &format!("hello.workspaces[{index}].target"),
+            &workspace.target,
+        )?
+        .to_string();
+        // A target claimed twice is served once: the session joins its slot once.
+        if !targets.contains(&target) {
+            targets.push(target);
         }
-        Some(executor_message::Kind::Progress(progress)) => {
-            match status_from_wire("progress.status", progress.status) {
-                Ok(status @ (Status::Applying | Status::Validating)) => {
-                    let accepted = routing
-                        .progress(
-                            progress.patch_id.clone(),
-                            owner,
-                            progress.fencing_token,
-                            status,
-                            progress.detail,
-                        )
-                        .await;
-                    if !accepted {
-                        refusals.note(owner, &progress.patch_id, "progress");
-                    }
-                }
-                Ok(other) => {
-                    tracing::warn!(executor = ?owner, status = %other, "progress with a non-progress status ignored")
-                }
-                Err(err) => tracing::warn!(executor = ?owner, error = %err, "bad progress ignored"),
-            }
-        }
-        Some(executor_message::Kind::Result(result)) => {
-            let span = tracing::info_span!(
-                "router.complete",
-                patch_id = ?result.patch_id,
-                attempt = result.attempt
-            );
-            set_parent(&span, &result.traceparent);
-            async {
-                let report = match result.report.map(ApplyReport::try_from) {
-                    Some(Ok(report)) => report,
-                    Some(Err(err)) => {
-                        tracing::warn!(executor = ?owner, error = %err, "malformed result ignored");
-                        return;
-                    }
-                    None => {
-                        tracing::warn!(executor = ?owner, "result without report ignored");
-                        return;
-                    }
-                };
-                match routing
-                    .complete(
-                        reporter,
-                        result.patch_id.clone(),
-                        result.attempt,
-                        result.fencing_token,
-                        report,
-                    )
-                    .await
-                {
-                    Ok(()) => {}
-                    Err(RouterError::StaleLease(_)) => {
-                        refusals.note(owner, &result.patch_id, "result");
-                    }
-                    Err(err) => {
-                        tracing::warn!(executor = ?owner, error = %err, "result not accepted")
-                    }
-                }
-            }
-            .instrument(span)
-            .await;
-        }
-        Some(executor_message::Kind::Hello(_)) => {
-            tracing::warn!(executor = ?owner, "second Hello on one stream ignored");
-        }
-        None => tracing::warn!(executor = ?owner, "empty message ignored"),
     }
+    if targets.is_empty() {
+        return Err(RouterError::InvalidArgument {
+            field: "hello.workspaces".to_owned(),
+            message: "an executor must serve at least one target".to_owned(),
+        });
+    }
+    Ok(targets)
 }

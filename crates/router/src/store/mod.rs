@@ -13,6 +13,8 @@ pub mod postgres;
 mod schema;
 mod sqlite;
 mod stats;
+#[cfg(test)]
+mod status_sql;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
