@@ -223,9 +223,11 @@ pub fn routes() -> (Router, utoipa::openapi::OpenApi) {
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct GuideQuery {
-    /// Which version: `long` (the default), `gpt` or `system-prompt`.
+    /// `long` (the default: every op with an example, for MCP clients and reading), `gpt` (at
+    /// most 8,000 characters, for a Custom GPT's instructions) or `system-prompt` (the short
+    /// one for an MCP client's system prompt).
     // Documented as [`Version`]; read as text so that [`Version::parse`] names a wrong one.
-    #[param(value_type = Option<Version>)]
+    #[param(value_type = Option<Version>, inline)]
     pub format: Option<String>,
 }
 
