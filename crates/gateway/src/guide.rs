@@ -11,7 +11,8 @@
 //! examples a test submits to a running system ([`examples`]).
 
 use axum::Router;
-use axum::extract::RawQuery;
+use axum::extract::Query;
+use axum::extract::rejection::QueryRejection;
 use axum::http::header;
 use axum::response::IntoResponse;
 use utoipa_axum::router::OpenApiRouter;
@@ -28,8 +29,11 @@ pub const GPT_MAX_CHARS: usize = 8_000;
 /// The media type every version is served as.
 pub const MEDIA_TYPE: &str = "text/markdown; charset=utf-8";
 
-/// One rendering of the guide.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One rendering of the guide: `long` (the default: every op with an example, for MCP clients
+/// and reading), `gpt` (at most 8,000 characters, for a Custom GPT's instructions) or
+/// `system-prompt` (the short one for an MCP client's system prompt).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(rename_all = "kebab-case")]
 pub enum Version {
     /// Everything: for MCP clients and `GET /v1/guide` (the default).
     Long,
@@ -218,12 +222,12 @@ pub fn routes() -> (Router, utoipa::openapi::OpenApi) {
 /// Query of `GET /v1/guide`.
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
 pub struct GuideQuery {
     /// `long` (the default: every op with an example, for MCP clients and reading), `gpt` (at
     /// most 8,000 characters, for a Custom GPT's instructions) or `system-prompt` (the short
     /// one for an MCP client's system prompt).
-    #[param(pattern = "^(long|gpt|system-prompt)$")]
+    // Documented as [`Version`]; read as text so that [`Version::parse`] names a wrong one.
+    #[param(value_type = Option<Version>, inline)]
     pub format: Option<String>,
 }
 
@@ -239,9 +243,10 @@ pub struct GuideQuery {
 )]
 async fn get_guide(
     axum::extract::State(rendered): axum::extract::State<Rendered>,
-    RawQuery(query): RawQuery,
+    query: Result<Query<GuideQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse, GatewayError> {
-    let version = match crate::http::query_value(query.as_deref(), "format") {
+    let Query(query) = query.map_err(|err| GatewayError::BadRequest(err.body_text()))?;
+    let version = match query.format.as_deref() {
         None => Version::Long,
         Some(name) => Version::parse(name)?,
     };
@@ -256,6 +261,14 @@ async fn get_guide(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_documented_format_enum_is_every_version_by_name() {
+        let schema = serde_json::to_value(<Version as utoipa::PartialSchema>::schema())
+            .expect("a schema serialises");
+        let names: Vec<&str> = Version::ALL.into_iter().map(Version::as_str).collect();
+        assert_eq!(schema["enum"], serde_json::json!(names));
+    }
 
     const SOURCE_TEXT: &str = "<!--\nnote\n-->\n\n# T\nall\n<!-- only: gpt mcp -->\nshort\n<!-- /only -->\n<!-- only: long -->\nlong\n```json ghost-example id=a expect=failed error=\"two words\"\n{}\n```\n<!-- /only -->\nend\n";
 

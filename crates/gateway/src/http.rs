@@ -13,7 +13,7 @@ use fleet::{
 };
 use inputs::empty_object;
 pub use inputs::{
-    GetQuery, ListQuery, MessageInput, PatchInput, Problem, RevertInput, SubmitHeaders, SubmitQuery,
+    GetQuery, ListQuery, MessageInput, Problem, RevertInput, SubmitHeaders, SubmitQuery,
 };
 
 use std::sync::Arc;
@@ -138,8 +138,8 @@ fn body_or_error(
     post, path = "/v1/patches", operation_id = "submitPatch", tag = "patches",
     description = "Submit a patch as JSON or YAML (v1 or legacy). 202 once the router stored it; same id and content again: 202 replayed, other content 409. No id: the Idempotency-Key, else derived (see 202). Trailing commas and comments are forgiven (`warnings`). `dry_run=true`: 200 with the diff, nothing queued.",
     request_body(content(
-        (PatchInput = "application/json"),
-        (PatchInput = "application/yaml"),
+        (ghost_core::Patch = "application/json"),
+        (ghost_core::Patch = "application/yaml"),
     )),
     params(SubmitHeaders, SubmitQuery),
     responses(

@@ -4,9 +4,11 @@
 //! guard in front of every route can give (408, 413, 429 and 503, the last two with
 //! `Retry-After`) are added to every operation here, once, rather than repeated by hand on each
 //! handler; a patch's `target` is the enum of the configured targets when unknown ones are
-//! refused; and the status filter's pattern is every ghost-core `Status` by name.
+//! refused; and each edit op's schema is closed to its own fields. The patch and status schemas
+//! are ghost-core's own types (`Patch`, `Status`, with its `openapi` feature).
 
-use ghost_core::Status;
+use ghost_core::TargetName;
+use utoipa::ToSchema;
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{
@@ -90,7 +92,9 @@ pub fn document(mut doc: OpenApi, public_url: &str, targets: &[String]) -> OpenA
             }
         }
     }
-    document_status_filter(&mut doc);
+    if let Some(components) = doc.components.as_mut() {
+        ghost_core::openapi::close_edit_variants(&mut components.schemas);
+    }
     if !targets.is_empty() {
         restrict_targets(&mut doc, targets);
     }
@@ -124,48 +128,21 @@ fn add_guard_answers(responses: &mut std::collections::BTreeMap<String, RefOr<Re
     }
 }
 
-/// Makes a patch's `target` the enum of `targets` (the configured names and aliases).
+/// Makes a patch's `target` (ghost-core's `TargetName`, which only a patch names in the
+/// document) the enum of `targets` (the configured names and aliases).
 fn restrict_targets(doc: &mut OpenApi, targets: &[String]) {
     let Some(components) = doc.components.as_mut() else {
         return;
     };
-    let Some(RefOr::T(Schema::Object(patch))) = components.schemas.get_mut("PatchInput") else {
+    let Some(RefOr::T(Schema::Object(target))) =
+        components.schemas.get_mut(TargetName::name().as_ref())
+    else {
         return;
     };
-    if let Some(RefOr::T(Schema::Object(target))) = patch.properties.get_mut("target") {
-        target.enum_values = Some(
-            targets
-                .iter()
-                .map(|name| serde_json::Value::String(name.clone()))
-                .collect(),
-        );
-    }
-}
-
-/// The pattern a status filter matches: every [`Status`] by name, from the enum itself, so a
-/// status added to ghost-core is one the API documents and accepts.
-fn status_pattern() -> String {
-    let names: Vec<&str> = Status::ALL.into_iter().map(Status::as_str).collect();
-    format!("^({})$", names.join("|"))
-}
-
-/// Sets [`status_pattern`] on the `status` query parameter of `GET /v1/patches` (utoipa's
-/// `pattern` attribute takes a literal only, so the enum cannot be named there).
-fn document_status_filter(openapi: &mut OpenApi) {
-    let parameters = openapi
-        .paths
-        .paths
-        .get_mut("/v1/patches")
-        .and_then(|item| item.get.as_mut())
-        .and_then(|list| list.parameters.as_mut());
-    for parameter in parameters.into_iter().flatten() {
-        let RefOr::T(parameter) = parameter else {
-            continue;
-        };
-        if let ("status", Some(RefOr::T(Schema::Object(schema)))) =
-            (parameter.name.as_str(), parameter.schema.as_mut())
-        {
-            schema.pattern = Some(status_pattern());
-        }
-    }
+    target.enum_values = Some(
+        targets
+            .iter()
+            .map(|name| serde_json::Value::String(name.clone()))
+            .collect(),
+    );
 }

@@ -8,7 +8,7 @@ use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 use crate::ids::RelPath;
 use crate::patch::Edit;
 
-const OPS: &[&str] = &[
+pub(crate) const OPS: &[&str] = &[
     "write", "replace", "diff", "delete", "rename", "chmod", "mkdir",
 ];
 const FIELDS: &[&str] = &[

@@ -16,6 +16,8 @@ pub mod invisible;
 pub mod ladder;
 mod legacy;
 mod lenient;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 mod parse;
 mod patch;
 mod report;

@@ -63,7 +63,7 @@ impl PatchError {
 }
 
 /// Largest accepted `timeout_s`: one day.
-const MAX_TIMEOUT_S: u32 = 86_400;
+pub(crate) const MAX_TIMEOUT_S: u32 = 86_400;
 
 /// The syntax a submitted document is written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,13 +4,21 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{PatchId, RelPath, TargetName};
 
-/// One patch: what to change in which workspace, what to run after, and how to report.
+/// One patch: what to change in which workspace, what to run after, and how to report. A
+/// submitted document may also be in a legacy shape, normalised into this one (see DESIGN.md).
+// Its OpenAPI schema (feature `openapi`) is the v1 document the API promises to accept.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(examples(crate::openapi::example_patch)))]
 #[serde(deny_unknown_fields)]
 pub struct Patch {
-    /// Unique id chosen by the submitter; with the content hash it is the idempotency key.
+    /// Unique id, `[A-Za-z0-9._()+-]{1,128}`, not starting with a dot; with the content hash
+    /// it is the idempotency key. Left out, the id is derived from the content (`p-` and 16 hex
+    /// digits): sending the same patch again is then a replay.
+    // Optional in a submitted document (the id is derived), so not `required` in the schema.
+    #[cfg_attr(feature = "openapi", schema(required = false))]
     pub id: PatchId,
-    /// The workspace the patch applies to.
+    /// Workspace name, e.g. `MAIN`: the workspace the patch applies to.
     pub target: TargetName,
     /// Why this change, for the summary and Slack.
     #[serde(default)]
@@ -18,26 +26,38 @@ pub struct Patch {
     /// Queue priority within the target.
     #[serde(default)]
     pub priority: Priority,
-    /// Patches that must have succeeded before this one runs.
+    /// Ids of patches that must have succeeded before this one runs.
     #[serde(default)]
     pub depends_on: Vec<PatchId>,
     /// Optional precondition on the workspace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<Base>,
-    /// File operations, applied in order.
+    /// File operations, applied in order: `write`, `replace`, `diff`, `delete`, `rename`,
+    /// `chmod`, `mkdir`. (Instead of edits, a document may give a whole V4A or unified-diff
+    /// document as `patch`, or only `commands`, `validate` or an `agent` task.)
+    // The schema promises the common case, at least one edit; serde also takes none.
+    #[cfg_attr(feature = "openapi", schema(required = true, min_items = 1))]
     #[serde(default)]
     pub edits: Vec<Edit>,
     /// A whole V4A or unified-diff document, as an alternative to `edits`.
+    // Not in the schema: it excludes `edits`, which the schema requires (named in `edits`).
+    #[cfg_attr(feature = "openapi", schema(ignore))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patch: Option<String>,
-    /// Commands run after the edits.
+    /// Commands run after the edits, each a non-blank command line.
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::command_lines))]
     #[serde(default)]
     pub commands: Vec<String>,
     /// Checks run after the commands; any failure fails the patch.
     #[serde(default)]
     pub validate: Vec<Check>,
-    /// Deadline for the whole patch, in seconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Deadline for the whole patch, in seconds (1 to 86,400).
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 86_400))]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole_seconds"
+    )]
     pub timeout_s: Option<u32>,
     /// What to do with the workspace when the patch fails.
     #[serde(default)]
@@ -50,16 +70,23 @@ pub struct Patch {
     pub agent: Option<AgentTask>,
     /// Restore the pre-images of a succeeded patch. Set only by the router's `Revert` (the
     /// gateway refuses it in a submitted document); a revert patch carries nothing else.
+    // Not in the schema: a submitted document may not carry it.
+    #[cfg_attr(feature = "openapi", schema(ignore))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revert: Option<RevertSpec>,
     /// A Slack user id (`U…` or `W…`) the alerter tells directly (a DM) when the patch ends.
     /// Absent from the canonical form when unset, so derived ids do not move.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^[UW][A-Z0-9]{2,20}$", nullable = false)
+    )]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify: Option<String>,
 }
 
 /// Queue priority within one target.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
     /// Runs after everything else queued.
@@ -73,18 +100,20 @@ pub enum Priority {
 
 /// A precondition on the workspace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Base {
     /// Refuse the patch unless the workspace's git HEAD is this commit.
     pub git_head: String,
 }
 
-/// One file operation.
-///
-/// Deserialised by hand (see `edit_de`) so that an error inside an edit keeps its exact
-/// JSON pointer, which serde's buffered internally-tagged enums would lose.
+/// One file operation, named by `op`.
+// Deserialised by hand (see `edit_de`) so that an error inside an edit keeps its exact JSON
+// pointer, which serde's buffered internally-tagged enums would lose; it refuses unknown
+// fields, which `deny_unknown_fields` tells the schema (serialising ignores it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "op", rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Edit {
     /// Create or overwrite a file.
     Write {
@@ -97,7 +126,8 @@ pub enum Edit {
     Replace {
         /// The file.
         path: RelPath,
-        /// Text that must occur exactly once (after the matching ladder).
+        /// Text that must occur exactly once (after the matching ladder); not empty.
+        #[cfg_attr(feature = "openapi", schema(min_length = 1))]
         search: String,
         /// Its replacement.
         replace: String,
@@ -126,6 +156,7 @@ pub enum Edit {
         /// The file.
         path: RelPath,
         /// Octal mode, e.g. "755".
+        #[cfg_attr(feature = "openapi", schema(pattern = "^[0-7]{1,4}$"))]
         mode: String,
     },
     /// Create a directory (and its parents).
@@ -177,21 +208,53 @@ pub struct Check {
     pub if_allowed: bool,
 }
 
-/// The two accepted spellings of a check: a bare command or `{run, timeout_s}`.
+/// The two accepted spellings of a check: a bare command or `{run, timeout_s, if_allowed}`.
+/// Other keys are refused, as everywhere else in a patch (a `timeout` for `timeout_s` would
+/// otherwise be dropped without a word).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(
     untagged,
-    expecting = "a command string or an object {\"run\": ..., \"timeout_s\": ...}"
+    deny_unknown_fields,
+    expecting = "a command string or an object {\"run\": ..., \"timeout_s\": ..., \"if_allowed\": ...} with no other keys"
 )]
 enum CheckSpec {
     Plain(String),
     Full {
         run: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "whole_seconds"
+        )]
         timeout_s: Option<u32>,
         #[serde(default, skip_serializing_if = "is_false")]
         if_allowed: bool,
     },
+}
+
+/// A number of seconds as JSON Schema's `integer` has it: `30` or `30.0` (a number with no
+/// fractional part is an integer there, and schema-driven clients send it so), or null.
+fn whole_seconds<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u32>, D::Error> {
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    let whole = number.as_u64().or_else(|| {
+        number
+            .as_f64()
+            .filter(|seconds| seconds.fract() == 0.0 && *seconds >= 0.0)
+            .and_then(|seconds| format!("{seconds:.0}").parse().ok())
+    });
+    whole
+        .and_then(|seconds| u32::try_from(seconds).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "expected a whole number of seconds from 0 to {}, got {number}",
+                u32::MAX
+            ))
+        })
 }
 
 #[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
@@ -232,6 +295,7 @@ impl From<Check> for CheckSpec {
 
 /// What happens to the workspace when a patch fails.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum OnFailure {
     /// Restore every touched file byte for byte (the default).
@@ -243,6 +307,7 @@ pub enum OnFailure {
 
 /// A git commit made when the patch succeeds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CommitSpec {
     /// The commit message; the patch id is added as a trailer.
@@ -263,9 +328,11 @@ pub struct RevertSpec {
 
 /// Work handed to a coding agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AgentTask {
-    /// Prose instructions.
+    /// Prose instructions, not blank.
+    #[cfg_attr(feature = "openapi", schema(pattern = r"\S"))]
     pub task: String,
 }
 
@@ -375,6 +442,44 @@ mod tests {
         }
         let of = crate::PatchId::parse("some-patch").unwrap();
         assert!(super::is_revert_form(super::revert_id(&of).as_str()));
+    }
+
+    #[test]
+    fn a_check_object_with_an_unknown_key_is_refused_at_its_pointer() {
+        let refused = parse_json(
+            br#"{"id":"a","target":"MAIN","validate":["true",{"run":"make","timeout":5}]}"#,
+        );
+        match refused {
+            Err(crate::PatchError::Invalid { pointer, message }) => {
+                assert_eq!(pointer, "/validate/1");
+                assert!(message.contains("no other keys"), "{message}");
+            }
+            other => panic!("expected an invalid check, got {other:?}"),
+        }
+        let accepted = parse_json(
+            br#"{"id":"a","target":"MAIN","validate":[{"run":"make","timeout_s":5,"if_allowed":true}]}"#,
+        )
+        .expect("every key of a check");
+        assert!(accepted.validate[0].if_allowed);
+    }
+
+    #[test]
+    fn a_timeout_is_a_whole_number_of_seconds_however_written() {
+        let patch = parse_json(
+            br#"{"id":"a","target":"MAIN","commands":["true"],"timeout_s":60.0,
+                "validate":[{"run":"make","timeout_s":30.0},{"run":"make","timeout_s":null}]}"#,
+        )
+        .expect("whole numbers");
+        assert_eq!(patch.timeout_s, Some(60));
+        assert_eq!(patch.validate[0].timeout_s, Some(30));
+        assert_eq!(patch.validate[1].timeout_s, None);
+        assert!(patch.canonical_json().contains(r#""timeout_s":60,"#));
+        for refused in ["60.5", "-1", "4294967296", "\"60\""] {
+            let body = format!(
+                r#"{{"id":"a","target":"MAIN","commands":["true"],"timeout_s":{refused}}}"#
+            );
+            assert!(parse_json(body.as_bytes()).is_err(), "{refused}");
+        }
     }
 
     #[test]

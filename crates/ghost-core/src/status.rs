@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// Where a patch is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Accepted by the gateway, not yet stored.

@@ -19,7 +19,6 @@ pub struct PatchView {
     /// Its workspace.
     pub target: String,
     /// Lifecycle state, e.g. `queued`, `succeeded`.
-    #[schema(value_type = String, example = "queued")]
     pub status: Status,
     /// Attempts started.
     pub attempt: u32,
@@ -180,7 +179,6 @@ pub struct Accepted {
     /// The target it was queued for.
     pub target: String,
     /// State after queueing.
-    #[schema(value_type = String, example = "queued")]
     pub status: Status,
     /// Attempt count.
     pub attempt: u32,
