@@ -1,3 +1,5 @@
+//! The summarizer binary: loads its config, starts the [`App`] and serves until SIGINT or SIGTERM.
+
 use summarizer::{App, SERVICE, SummarizerConfig};
 
 #[tokio::main]

@@ -37,6 +37,26 @@ pub fn markdown(doc: &SummaryDoc) -> String {
         doc.patch_id,
         doc.status
     ));
+    facts_list(&mut out, doc);
+    intake_warnings_section(&mut out, doc);
+    error_section(&mut out, doc);
+    diagnostics_section(&mut out, doc);
+    stages_section(&mut out, doc);
+    edits_section(&mut out, doc);
+    if let Some(agent) = &doc.agent {
+        agent_section(&mut out, agent);
+    }
+    command_sections(&mut out, doc);
+    rollback_section(&mut out, doc);
+    attempts_section(&mut out, doc);
+    let trimmed = out.trim_end().len();
+    out.truncate(trimmed);
+    out.push_str(&format!("\n\npatchName: {}\n", doc.patch_id));
+    out
+}
+
+/// The list under the title: patch, target, description, attempt, times, commit, trace.
+fn facts_list(out: &mut String, doc: &SummaryDoc) {
     out.push_str(&format!("- **Patch:** {}\n", doc.patch_id));
     out.push_str(&format!("- **Target:** {}\n", doc.target));
     if !doc.description.is_empty() {
@@ -69,22 +89,31 @@ pub fn markdown(doc: &SummaryDoc) -> String {
             doc.trace_id, doc.trace_url
         ));
     }
+}
 
+/// What was forgiven while reading the submitted document, when anything was.
+fn intake_warnings_section(out: &mut String, doc: &SummaryDoc) {
     if !doc.intake_warnings.is_empty() {
-        heading(&mut out, "Intake warnings");
+        heading(out, "Intake warnings");
         out.push_str("Forgiven while reading the submitted document:\n\n");
         for warning in &doc.intake_warnings {
             out.push_str(&format!("- {}\n", one_line(warning)));
         }
     }
+}
 
+/// The error, middle-cut, when there is one.
+fn error_section(out: &mut String, doc: &SummaryDoc) {
     if !doc.error.is_empty() {
-        heading(&mut out, "Error");
+        heading(out, "Error");
         out.push_str(&code_block(&excerpt(&doc.error, MD_ERROR_CHARS)));
     }
+}
 
+/// A table of the diagnostics, when there are any.
+fn diagnostics_section(out: &mut String, doc: &SummaryDoc) {
     if !doc.diagnostics.is_empty() {
-        heading(&mut out, "Diagnostics");
+        heading(out, "Diagnostics");
         out.push_str("| where | code | message |\n|---|---|---|\n");
         for diagnostic in &doc.diagnostics {
             out.push_str(&format!(
@@ -99,8 +128,11 @@ pub fn markdown(doc: &SummaryDoc) -> String {
             ));
         }
     }
+}
 
-    heading(&mut out, "Stages");
+/// A table of the stage timings.
+fn stages_section(out: &mut String, doc: &SummaryDoc) {
+    heading(out, "Stages");
     if doc.stages.is_empty() {
         out.push_str("No stage timings.\n");
     } else {
@@ -113,8 +145,11 @@ pub fn markdown(doc: &SummaryDoc) -> String {
             ));
         }
     }
+}
 
-    heading(&mut out, "Edits");
+/// A table of the edits.
+fn edits_section(out: &mut String, doc: &SummaryDoc) {
+    heading(out, "Edits");
     if doc.edits.is_empty() {
         out.push_str("No edits.\n");
     } else {
@@ -138,29 +173,31 @@ pub fn markdown(doc: &SummaryDoc) -> String {
             ));
         }
     }
+}
 
-    if let Some(agent) = &doc.agent {
-        agent_section(&mut out, agent);
-    }
-
+/// The commands, then the validations, each with its output.
+fn command_sections(out: &mut String, doc: &SummaryDoc) {
     for (kind, title, none) in [
         ("command", "Commands", "No commands."),
         ("validate", "Validations", "No validations."),
     ] {
-        heading(&mut out, title);
+        heading(out, title);
         let mut any = false;
         for command in doc.commands.iter().filter(|c| c.kind == kind) {
             any = true;
-            command_section(&mut out, command);
+            command_section(out, command);
         }
         if !any {
             out.push_str(none);
             out.push('\n');
         }
     }
+}
 
+/// How the rollback went, when there was one.
+fn rollback_section(out: &mut String, doc: &SummaryDoc) {
     if let Some(rollback) = &doc.rollback {
-        heading(&mut out, "Rollback");
+        heading(out, "Rollback");
         out.push_str(&format!("- **Reason:** {}\n", one_line(&rollback.reason)));
         out.push_str(&format!("- **Restored:** {} files\n", rollback.restored));
         out.push_str(&format!(
@@ -176,8 +213,11 @@ pub fn markdown(doc: &SummaryDoc) -> String {
             ));
         }
     }
+}
 
-    heading(&mut out, "Attempts");
+/// One line per attempt.
+fn attempts_section(out: &mut String, doc: &SummaryDoc) {
+    heading(out, "Attempts");
     for entry in &doc.attempts {
         out.push_str(&format!(
             "- attempt {}: {} {} in {}, finished {}",
@@ -195,11 +235,6 @@ pub fn markdown(doc: &SummaryDoc) -> String {
         }
         out.push('\n');
     }
-
-    let trimmed = out.trim_end().len();
-    out.truncate(trimmed);
-    out.push_str(&format!("\n\npatchName: {}\n", doc.patch_id));
-    out
 }
 
 /// A `##` heading after exactly one blank line.
@@ -341,6 +376,21 @@ pub fn slack_excerpt(doc: &SummaryDoc) -> String {
     if !doc.error.is_empty() {
         out.push_str(&code_block(&excerpt(&doc.error, 800)));
     }
+    slack_diagnostics(&mut out, doc);
+
+    slack_failed_command(&mut out, doc);
+
+    slack_rollback(&mut out, doc);
+
+    if !doc.trace_url.is_empty() {
+        out.push_str(&format!("Trace: {}\n", doc.trace_url));
+    }
+    out.push_str(&format!("patchName: {}\n", doc.patch_id));
+    excerpt(&out, SLACK_EXCERPT_CHARS)
+}
+
+/// The first [`SLACK_DIAGNOSTICS`] diagnostics, and how many more the summary has.
+fn slack_diagnostics(out: &mut String, doc: &SummaryDoc) {
     if !doc.diagnostics.is_empty() {
         out.push_str("Diagnostics:\n");
         for diagnostic in doc.diagnostics.iter().take(SLACK_DIAGNOSTICS) {
@@ -364,6 +414,10 @@ pub fn slack_excerpt(doc: &SummaryDoc) -> String {
             out.push_str(&format!("- … {more} more in the summary\n"));
         }
     }
+}
+
+/// The first failing command and its output tail, when one failed.
+fn slack_failed_command(out: &mut String, doc: &SummaryDoc) {
     if let Some(command) = doc.commands.iter().find(|c| c.failed()) {
         out.push_str(&format!(
             "Failed: `{}` ({})\n",
@@ -376,6 +430,10 @@ pub fn slack_excerpt(doc: &SummaryDoc) -> String {
             out.push_str(&code_block(&excerpt(&command.output_tail, 1_000)));
         }
     }
+}
+
+/// What the rollback restored and removed, when there was one.
+fn slack_rollback(out: &mut String, doc: &SummaryDoc) {
     if let Some(rollback) = &doc.rollback {
         out.push_str(&format!(
             "Rolled back: {} restored, {} removed{}\n",
@@ -391,11 +449,6 @@ pub fn slack_excerpt(doc: &SummaryDoc) -> String {
             }
         ));
     }
-    if !doc.trace_url.is_empty() {
-        out.push_str(&format!("Trace: {}\n", doc.trace_url));
-    }
-    out.push_str(&format!("patchName: {}\n", doc.patch_id));
-    excerpt(&out, SLACK_EXCERPT_CHARS)
 }
 
 /// `path:line:column` (`path:line`, or `path`, when the tool gave less).

@@ -19,25 +19,26 @@
 //! serves any summary.
 
 mod archive;
+mod import;
 mod manifest_writer;
+mod record;
+mod storage_health;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use ghost_core::{PatchId, Status, TargetName};
 use ghost_runtime::storage::StorageHealth;
-use prost::Message as _;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 pub use self::archive::ArchiveReport;
+pub use self::import::read_doc;
 use crate::atomic_file;
-use crate::doc::{self, Outcome, SummaryDoc};
+use crate::doc::Outcome;
 use crate::error::SummarizerError;
-use crate::index::{Index, NewNotification, NewWebhook, Owed, PgIndex, SqliteIndex, SummaryRow};
+use crate::index::{Index, PgIndex, SqliteIndex, SummaryRow};
 use crate::manifest::{self, MANIFEST_FILE};
-use crate::notify::notify_request;
 use crate::render;
 use crate::webhooks::Webhooks;
 
@@ -102,13 +103,6 @@ pub struct Page {
     /// How many summaries match the filter.
     pub total: usize,
 }
-
-/// The file the storage probe rewrites, in the data dir.
-const STORAGE_PROBE_FILE: &str = ".storage-probe";
-/// The first wait before probing a degraded store; doubles up to [`MAX_PROBE_WAIT`].
-const FIRST_PROBE_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
-/// The longest wait between two probes of a degraded store (and the longest a probe may take).
-const MAX_PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The summary store; cheap to clone.
 #[derive(Clone)]
@@ -283,89 +277,6 @@ impl Summaries {
         Ok(recorded)
     }
 
-    /// The health of the disk under the store.
-    pub fn health(&self) -> &StorageHealth {
-        &self.inner.health
-    }
-
-    /// A storage fault behind `err` degrades the store and becomes
-    /// [`SummarizerError::Unavailable`]; any other error is returned as it is.
-    fn storage_error(&self, err: SummarizerError) -> SummarizerError {
-        let Some(kind) = err.storage_fault() else {
-            return err;
-        };
-        // A PostgreSQL server gone is `unreachable` ("the summarizer's database is
-        // unreachable"); the detail, logged and sent with the alert, says what failed.
-        let detail = format!("{:#}", anyhow::Error::from(err));
-        self.inner.health.fault(kind, detail);
-        SummarizerError::Unavailable(kind.sentence(crate::SERVICE))
-    }
-
-    /// Notes a failed background write (outbox, manifest, archive): a storage fault behind it
-    /// degrades the store like a failed record does.
-    pub(crate) fn note_storage_error(&self, err: &SummarizerError) {
-        if let Some(kind) = err.storage_fault() {
-            self.inner.health.fault(kind, err.to_string());
-        }
-    }
-
-    /// One real write of each kind the store makes: a small file written atomically (fsync of
-    /// the file and its folder) and a committed row in the index, on a fresh connection (the old
-    /// one is not trusted after a failed write).
-    pub async fn probe(&self) -> Result<(), SummarizerError> {
-        let store = self.clone();
-        blocking(move || {
-            let index = &store.inner.index;
-            index.reopen()?;
-            let now = store.now_ms();
-            if store.database().is_none() {
-                atomic_file::write(
-                    &store.inner.data_dir.join(STORAGE_PROBE_FILE),
-                    now.to_string().as_bytes(),
-                )?;
-            }
-            index.probe(now)
-        })
-        .await
-    }
-
-    /// While the store is degraded, probes it ([`Self::probe`]) at growing intervals (up to
-    /// [`MAX_PROBE_WAIT`]) and heals it at the first probe that succeeds: the service heals by
-    /// itself when the disk does. Runs until `shutdown`.
-    pub async fn run_storage_probe(self, shutdown: CancellationToken) {
-        let mut changes = self.inner.health.subscribe();
-        loop {
-            if !self.inner.health.is_degraded() {
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    changed = changes.changed() => {
-                        if changed.is_err() {
-                            return;
-                        }
-                        continue;
-                    }
-                }
-            }
-            let mut wait = FIRST_PROBE_WAIT;
-            while self.inner.health.is_degraded() {
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(wait) => {}
-                }
-                match tokio::time::timeout(MAX_PROBE_WAIT, self.probe()).await {
-                    Ok(Ok(())) => {
-                        self.inner.health.healed();
-                    }
-                    Ok(Err(err)) => {
-                        tracing::debug!(error = %err, "storage probe failed; the store stays degraded");
-                        wait = (wait * 2).min(MAX_PROBE_WAIT);
-                    }
-                    Err(_) => wait = MAX_PROBE_WAIT,
-                }
-            }
-        }
-    }
-
     /// The summary of `patch_id`.
     pub async fn get(&self, patch_id: &PatchId) -> Result<FullSummary, SummarizerError> {
         let store = self.clone();
@@ -445,193 +356,8 @@ impl Summaries {
             .map_err(|_| SummarizerError::Store(format!("the body {name} is not UTF-8")))
     }
 
-    /// [`Self::record_locked`] on a store that keeps the bodies in the database: the previous
-    /// JSON is read from it, and the new bodies are written in the transaction that records
-    /// the attempt (no files; archiving changes only the row's folder).
-    fn record_in_database(
-        &self,
-        database: &PgIndex,
-        outcome: Outcome,
-        traceparent: String,
-        previous_row: Option<SummaryRow>,
-    ) -> Result<Recorded, SummarizerError> {
-        let patch_id = outcome.patch_id.to_string();
-        let json_name = format!("summary-{patch_id}.json");
-        let previous = match database.body(&patch_id, &json_name)? {
-            Some(bytes) => Some(serde_json::from_slice::<SummaryDoc>(&bytes).map_err(
-                |source| SummarizerError::Corrupt {
-                    path: PathBuf::from(&json_name),
-                    source,
-                },
-            )?),
-            None => None,
-        };
-        let live_dir = Self::live_dir(outcome.target.as_str());
-        let artifacts = doc::artifacts_of(&outcome);
-        let merged = self.merge_attempt(previous, outcome);
-        let json =
-            serde_json::to_vec_pretty(&merged.doc).map_err(|source| SummarizerError::Corrupt {
-                path: PathBuf::from(&json_name),
-                source,
-            })?;
-        let mut bodies: Vec<(String, Vec<u8>)> = artifacts
-            .into_iter()
-            .map(|(name, contents)| (name, contents.into_bytes()))
-            .collect();
-        bodies.push((
-            format!("summary-{patch_id}.md"),
-            merged.markdown.clone().into_bytes(),
-        ));
-        bodies.push((json_name, json));
-        self.commit_attempt(merged, live_dir, previous_row, traceparent, bodies)
-    }
-
     pub(crate) fn live_dir(target: &str) -> String {
         format!("summaries/{target}")
-    }
-
-    fn record_blocking(
-        &self,
-        outcome: Outcome,
-        traceparent: String,
-    ) -> Result<Recorded, SummarizerError> {
-        let patch_id = outcome.patch_id.to_string();
-        let _recording = shared(&self.inner.writer);
-        let patch_lock = keyed(&self.inner.patch_locks, &patch_id);
-        let result = {
-            let _this_patch = lock(&patch_lock);
-            self.record_locked(outcome, traceparent, &patch_id)
-        };
-        release(&self.inner.patch_locks, &patch_id, patch_lock);
-        result
-    }
-
-    /// [`Self::record_blocking`] under the shared writer lock and the patch's own lock.
-    fn record_locked(
-        &self,
-        outcome: Outcome,
-        traceparent: String,
-        patch_id: &str,
-    ) -> Result<Recorded, SummarizerError> {
-        let index = &self.inner.index;
-        if index.attempt_status(patch_id, outcome.attempt)?.is_some() {
-            let status = index
-                .get(patch_id)?
-                .map(|row| row.status)
-                .unwrap_or_default();
-            return Ok(Recorded {
-                created: false,
-                status,
-            });
-        }
-        let previous_row = index.get(patch_id)?;
-        let live_dir = Self::live_dir(outcome.target.as_str());
-        if let Some(database) = self.database() {
-            return self.record_in_database(database, outcome, traceparent, previous_row);
-        }
-        let previous_json = match &previous_row {
-            Some(row) => self.file_of(row, "json"),
-            // Files written before a crash that came before the index commit: build on them.
-            None => self
-                .inner
-                .data_dir
-                .join(&live_dir)
-                .join(format!("summary-{patch_id}.json")),
-        };
-        let previous = read_doc(&previous_json)?;
-        if let Some(row) = previous_row.as_ref().filter(|row| row.dir != live_dir) {
-            // A new attempt of an archived summary brings it back to the live folder.
-            self.move_summary(row, &live_dir)?;
-        }
-        let artifacts = doc::artifacts_of(&outcome);
-        let merged = self.merge_attempt(previous, outcome);
-        let dir = self.inner.data_dir.join(&live_dir);
-        for (path, contents) in &artifacts {
-            atomic_file::write(&dir.join(path), contents.as_bytes())?;
-        }
-        let json_path = dir.join(format!("summary-{patch_id}.json"));
-        let json =
-            serde_json::to_vec_pretty(&merged.doc).map_err(|source| SummarizerError::Corrupt {
-                path: json_path.clone(),
-                source,
-            })?;
-        // Markdown first, then JSON, with one folder fsync for both renames.
-        atomic_file::write_all(&[
-            (
-                &dir.join(format!("summary-{patch_id}.md")),
-                merged.markdown.as_bytes(),
-            ),
-            (&json_path, &json),
-        ])?;
-        self.commit_attempt(merged, live_dir, previous_row, traceparent, Vec::new())
-    }
-
-    /// One attempt's `outcome` merged into the `previous` summary, not yet stored.
-    fn merge_attempt(&self, previous: Option<SummaryDoc>, outcome: Outcome) -> Merged {
-        let attempt = outcome.attempt;
-        let attempt_status = outcome.report.status;
-        let webhooks = self.inner.options.webhooks.as_deref();
-        let webhook_view = webhooks.and_then(|webhooks| webhooks.view(&outcome));
-        let doc = doc::merge(previous, outcome, &self.inner.options.jaeger_url_template);
-        let markdown = render::markdown(&doc);
-        let webhooks = match (webhooks, webhook_view) {
-            (Some(webhooks), Some(view)) => webhooks.messages(view, &markdown),
-            _ => Vec::new(),
-        };
-        Merged {
-            doc,
-            markdown,
-            attempt,
-            attempt_status,
-            webhooks,
-        }
-    }
-
-    /// Commits a merged attempt whose bodies are stored (as files, or as `bodies` in the
-    /// database): its row, transition and what it owes, then the target's manifest.
-    fn commit_attempt(
-        &self,
-        merged: Merged,
-        live_dir: String,
-        previous_row: Option<SummaryRow>,
-        traceparent: String,
-        bodies: Vec<(String, Vec<u8>)>,
-    ) -> Result<Recorded, SummarizerError> {
-        let Merged {
-            doc,
-            attempt,
-            attempt_status,
-            webhooks,
-            ..
-        } = merged;
-
-        let row = row_of(&doc, live_dir, self.now_ms());
-        let notification = self.inner.options.notify.then(|| NewNotification {
-            request: notify_request(&doc, attempt, attempt_status).encode_to_vec(),
-            traceparent,
-        });
-        let from_status = previous_row.map(|row| row.status).unwrap_or_default();
-        let created = self.inner.index.commit_record(
-            &row,
-            attempt,
-            attempt_status.as_str(),
-            &from_status,
-            Owed {
-                notification,
-                webhooks,
-                bodies,
-            },
-            self.inner.options.changelog_len,
-        )?;
-        if self.inner.options.manifest_delay.is_zero() {
-            self.write_manifest(doc.target.as_str())?;
-        } else {
-            self.manifest_stale(doc.target.as_str());
-        }
-        Ok(Recorded {
-            created,
-            status: doc.status.to_string(),
-        })
     }
 
     /// Rewrites `summaries/<target>/patch-manifest.json` from the index.
@@ -661,119 +387,4 @@ impl Summaries {
             })?;
         atomic_file::write(&path, &json)
     }
-
-    /// Indexes every `summary-*.json` already on disk (live and archived), from a version
-    /// without an index. Unreadable files are logged and skipped.
-    fn import_existing_files(&self) -> Result<(), SummarizerError> {
-        let root = self.inner.data_dir.join("summaries");
-        let mut imported = 0_usize;
-        for target_dir in read_dirs(&root) {
-            let mut folders = vec![target_dir.clone()];
-            for month in read_dirs(&target_dir.join(".archive")) {
-                folders.push(month);
-            }
-            for folder in folders {
-                for path in summary_jsons(&folder) {
-                    let doc = match read_doc(&path) {
-                        Ok(Some(doc)) => doc,
-                        Ok(None) => continue,
-                        Err(err) => {
-                            tracing::warn!(error = ?anyhow::Error::from(err), "skipping unreadable summary");
-                            continue;
-                        }
-                    };
-                    let relative = folder
-                        .strip_prefix(&self.inner.data_dir)
-                        .unwrap_or(&folder)
-                        .to_string_lossy()
-                        .into_owned();
-                    let mut row = row_of(&doc, relative, self.now_ms());
-                    row.archived = row.dir.contains("/.archive/");
-                    let attempts: Vec<(u32, String)> = doc
-                        .attempts
-                        .iter()
-                        .map(|entry| (entry.attempt, entry.status.to_string()))
-                        .collect();
-                    self.inner.index.import(&row, &attempts)?;
-                    imported += 1;
-                }
-            }
-        }
-        tracing::info!(imported, "summary index created");
-        Ok(())
-    }
-}
-
-/// One attempt merged into its summary: what both stores write and commit.
-struct Merged {
-    doc: SummaryDoc,
-    markdown: String,
-    attempt: u32,
-    attempt_status: Status,
-    /// One message per push subscription that wants this outcome.
-    webhooks: Vec<NewWebhook>,
-}
-
-fn row_of(doc: &SummaryDoc, dir: String, now_ms: i64) -> SummaryRow {
-    SummaryRow {
-        patch_id: doc.patch_id.to_string(),
-        target: doc.target.to_string(),
-        status: doc.status.to_string(),
-        attempt: doc.attempt,
-        attempts: u32::try_from(doc.attempts.len()).unwrap_or(u32::MAX),
-        trace_id: doc.trace_id.clone(),
-        created_ms: doc.created_unix_ms,
-        // Archiving goes by this time: an outcome without one ages from when it was recorded.
-        finished_ms: if doc.finished_unix_ms > 0 {
-            doc.finished_unix_ms
-        } else {
-            now_ms
-        },
-        recorded_ms: now_ms,
-        dir,
-        archived: false,
-    }
-}
-
-fn read_dirs(dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut dirs: Vec<PathBuf> = entries
-        .flatten()
-        .map(|entry| entry.path())
-        .filter(|path| path.is_dir())
-        .collect();
-    dirs.sort();
-    dirs
-}
-
-fn summary_jsons(dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter(|entry| {
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            name.starts_with("summary-") && name.ends_with(".json")
-        })
-        .map(|entry| entry.path())
-        .collect()
-}
-
-/// The summary document at `path`, `None` when there is none.
-pub fn read_doc(path: &Path) -> Result<Option<SummaryDoc>, SummarizerError> {
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(err) => return Err(SummarizerError::io(path, err)),
-    };
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|source| SummarizerError::Corrupt {
-            path: path.to_owned(),
-            source,
-        })
 }

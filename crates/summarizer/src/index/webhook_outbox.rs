@@ -10,7 +10,8 @@
 use ghost_runtime::outbox::{Claim, Outcome};
 use rusqlite::params;
 
-use super::{SqliteIndex, lock};
+use super::SqliteIndex;
+use super::sqlite::lock;
 use crate::error::SummarizerError;
 
 /// The head-of-line rule: no earlier message of this patch to this subscription is pending.
