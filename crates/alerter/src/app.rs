@@ -15,7 +15,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::SERVICE;
-use crate::clock::{SharedClock, SystemClock};
 use crate::commands::{Commands, CommandsParts};
 use crate::config::AlerterConfig;
 use crate::grpc::AlerterGrpc;
@@ -30,6 +29,7 @@ use crate::routing::Router;
 use crate::signing::Verifier;
 use crate::slack::SlackClient;
 use crate::store::Store;
+use ghost_runtime::clock::{SharedClock, SystemClock};
 
 /// Opens the store `config` names: PostgreSQL at `store.url`, else SQLite in `data_dir` (in
 /// memory when unset).

@@ -20,11 +20,11 @@
 //! - [`messages`] — Block Kit bodies; [`mrkdwn`] — caller text escaped for them.
 //! - [`inbound`] — the signed Slack routes; [`signing`] — v0 verification.
 //! - [`commands`] — the `/ghost` verbs, operators and the audit log.
-//! - [`store`] — the database (SQLite or PostgreSQL); [`clock`] — injectable time.
+//! - [`store`] — the database (SQLite or PostgreSQL); time comes from
+//!   [`ghost_runtime::clock::RuleClock`], injected.
 //! - [`error`] — [`AlerterError`] and its mapping to `tonic::Status` and HTTP.
 
 pub mod app;
-pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod error;

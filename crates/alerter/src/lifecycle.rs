@@ -12,7 +12,7 @@
 //!   holds back posting, repeats and escalation until it ends.
 //! - **Resolve** says `✅ resolved` in the alert's thread (an alert never posted ends quietly).
 //!
-//! All time comes from the injected [`Clock`](crate::clock::Clock); [`Lifecycle::tick`]
+//! All time comes from the injected [`RuleClock`](ghost_runtime::clock::RuleClock); [`Lifecycle::tick`]
 //! applies the timers and is driven by [`Lifecycle::run`] every `tick`.
 
 use std::collections::BTreeMap;
@@ -23,7 +23,6 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::SharedClock;
 use crate::config::AlertPolicy;
 use crate::error::AlerterError;
 use crate::leader::Leader;
@@ -31,6 +30,7 @@ use crate::messages;
 use crate::mrkdwn::escape;
 use crate::outbox::Outbox;
 use crate::store::{Kind, NewMessage, Priority, Silence};
+use ghost_runtime::clock::SharedClock;
 
 /// How bad an alert is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -21,10 +21,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::clock::SharedClock;
 use crate::config::SlackConfig;
 use crate::slack::{SlackClient, TOKEN_ERRORS, Verdict};
 use crate::store::{Kind, Message, NewMessage, Outcome, Priority, Store, StoreError, ThreadParent};
+use ghost_runtime::clock::SharedClock;
 
 /// Longest idle wait between two looks at the outbox.
 const IDLE_WAIT: Duration = Duration::from_secs(30);

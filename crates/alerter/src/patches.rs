@@ -43,7 +43,7 @@ pub struct Patches {
     outbox: Outbox,
     router: Arc<Router>,
     routing: Arc<RoutingConfig>,
-    clock: crate::clock::SharedClock,
+    clock: ghost_runtime::clock::SharedClock,
 }
 
 fn millis(duration: std::time::Duration) -> i64 {
@@ -56,7 +56,7 @@ impl Patches {
         outbox: Outbox,
         router: Arc<Router>,
         routing: RoutingConfig,
-        clock: crate::clock::SharedClock,
+        clock: ghost_runtime::clock::SharedClock,
     ) -> Self {
         Self {
             outbox,
