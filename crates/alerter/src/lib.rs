@@ -11,7 +11,8 @@
 //! - [`app`] — [`App`], wiring everything and serving.
 //! - [`grpc`] — the `AlerterService` adapter (wire ↔ domain).
 //! - [`patches`] — patch outcomes → own thread or digest, as [`routing`] decides.
-//! - [`lifecycle`] — system alerts: group, repeat, escalate, ack, silence, resolve.
+//! - [`lifecycle`] — system alerts: group, repeat, escalate, ack, silence, resolve; their
+//!   typed state is [`alert::AlertState`].
 //! - [`listing`] — the read-only `AlerterReadService` (`ListAlerts`) for dashboards.
 //! - [`health`] — the health monitor; [`leader`] — which replica runs it and the alert
 //!   timers.
@@ -24,6 +25,7 @@
 //!   [`ghost_runtime::clock::RuleClock`], injected.
 //! - [`error`] — [`AlerterError`] and its mapping to `tonic::Status` and HTTP.
 
+pub mod alert;
 pub mod app;
 pub mod commands;
 pub mod config;

@@ -19,10 +19,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::alert::{Ack, AlertState, Phase, Severity};
 use crate::config::AlertPolicy;
 use crate::error::AlerterError;
 use crate::leader::Leader;
@@ -31,50 +31,6 @@ use crate::mrkdwn::escape;
 use crate::outbox::Outbox;
 use crate::store::{Kind, NewMessage, Priority, Silence};
 use ghost_runtime::clock::SharedClock;
-
-/// How bad an alert is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Severity {
-    /// For information.
-    Info,
-    /// Someone should look.
-    Warning,
-    /// Someone must act now.
-    Critical,
-}
-
-impl Severity {
-    /// Lowercase name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Info => "info",
-            Self::Warning => "warning",
-            Self::Critical => "critical",
-        }
-    }
-}
-
-/// Where an alert is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    /// Raised, waiting for its group window (or a silence) before it is posted.
-    Pending,
-    /// Posted and still firing.
-    Firing,
-    /// Over.
-    Resolved,
-}
-
-/// Who acknowledged an alert, and when.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Ack {
-    /// Slack user id (or another actor name).
-    pub by: String,
-    /// Unix ms.
-    pub at_ms: i64,
-}
 
 /// A request to raise an alert.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,39 +45,6 @@ pub struct RaiseAlert {
     pub labels: BTreeMap<String, String>,
     /// Who raised it.
     pub source: String,
-}
-
-/// One alert's state, as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AlertState {
-    /// Dedup key.
-    pub key: String,
-    /// The key up to its first `/`: alerts of one group share a message.
-    pub group: String,
-    /// How bad.
-    pub severity: Severity,
-    /// One line for people.
-    pub summary: String,
-    /// Labels.
-    pub labels: BTreeMap<String, String>,
-    /// Who raised it.
-    pub source: String,
-    /// When it was raised here (Unix ms).
-    pub raised_ms: i64,
-    /// Where it is in its life.
-    pub phase: Phase,
-    /// Its Slack thread key, once posted.
-    pub thread: Option<String>,
-    /// When it was first posted.
-    pub notified_ms: Option<i64>,
-    /// When it was last posted or repeated.
-    pub last_notified_ms: i64,
-    /// Set once acknowledged.
-    pub ack: Option<Ack>,
-    /// True once escalated.
-    pub escalated: bool,
-    /// When it was resolved.
-    pub resolved_ms: Option<i64>,
 }
 
 /// The group of `key`: its part before the first `/`.
@@ -175,9 +98,7 @@ impl Inner {
 /// The active alerts and silences as stored.
 async fn read_inner(store: &crate::store::Store, now_ms: i64) -> Result<Inner, AlerterError> {
     let mut alerts = BTreeMap::new();
-    for state in store.active_alerts().await? {
-        let alert: AlertState =
-            serde_json::from_value(state).map_err(|err| AlerterError::Storage(err.into()))?;
+    for alert in store.active_alerts().await? {
         alerts.insert(alert.key.clone(), alert);
     }
     let silences = store.silences(now_ms).await?;
@@ -435,11 +356,7 @@ impl Lifecycle {
     }
 
     async fn save(&self, alert: &AlertState) -> Result<(), AlerterError> {
-        let state = serde_json::to_value(alert).map_err(|err| AlerterError::Storage(err.into()))?;
-        self.outbox
-            .store()
-            .save_alert(&alert.key, state, alert.phase != Phase::Resolved)
-            .await?;
+        self.outbox.store().save_alert(alert).await?;
         Ok(())
     }
 
