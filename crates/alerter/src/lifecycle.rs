@@ -367,10 +367,35 @@ impl Lifecycle {
         traceparent: Option<String>,
     ) -> Result<(), AlerterError> {
         inner.silences.retain(|silence| silence.until_ms > now);
-        let mut outgoing = Vec::new();
-        let mut changed: Vec<String> = Vec::new();
+        let mut out = TimerOutput::default();
+        self.flush_groups(inner, now, traceparent.as_ref(), &mut out);
+        self.repeat_and_escalate(inner, now, &mut out);
+        let TimerOutput {
+            outgoing,
+            mut changed,
+        } = out;
+        changed.sort();
+        changed.dedup();
+        for key in changed {
+            if let Some(alert) = inner.alerts.get(&key) {
+                self.save(alert).await?;
+            }
+        }
+        if !outgoing.is_empty() {
+            self.outbox.enqueue(outgoing).await?;
+        }
+        Ok(())
+    }
 
-        // Group flush: pending, unsilenced alerts whose group window is over.
+    /// Group flush: pending, unsilenced alerts whose group window is over go out as one
+    /// message per group.
+    fn flush_groups(
+        &self,
+        inner: &mut Inner,
+        now: i64,
+        traceparent: Option<&String>,
+        out: &mut TimerOutput,
+    ) {
         let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for alert in inner.alerts.values() {
             if alert.phase == Phase::Pending && !inner.silenced(alert, now) {
@@ -395,12 +420,12 @@ impl Lifecycle {
                 .iter()
                 .filter_map(|key| inner.alerts.get(key))
                 .collect();
-            outgoing.push(NewMessage {
+            out.outgoing.push(NewMessage {
                 thread: thread.clone(),
                 channel: self.channel.clone(),
                 kind: Kind::Post,
                 body: messages::alert_message(&members),
-                traceparent: traceparent.clone(),
+                traceparent: traceparent.cloned(),
                 priority: Priority::Critical,
             });
             for key in &keys {
@@ -412,10 +437,12 @@ impl Lifecycle {
                 }
             }
             tracing::info!(group, alerts = keys.len(), "alert group posted");
-            changed.extend(keys);
+            out.changed.extend(keys);
         }
+    }
 
-        // Repeat and escalation of firing alerts nobody acknowledged.
+    /// Repeat and escalation of firing alerts nobody acknowledged.
+    fn repeat_and_escalate(&self, inner: &mut Inner, now: i64, out: &mut TimerOutput) {
         let mut repeats: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let firing: Vec<String> = inner
             .alerts
@@ -440,53 +467,58 @@ impl Lifecycle {
                     human(now - alert.raised_ms),
                     escape(&alert.summary)
                 ));
-                changed.push(key.clone());
+                out.changed.push(key.clone());
             }
             let first_posted = alert.notified_ms.unwrap_or(now);
             if !alert.escalated
                 && now.saturating_sub(first_posted) >= millis(self.policy.escalate_after)
             {
                 alert.escalated = true;
-                let text = format!(
-                    "{} 🚨 unacknowledged for {}: `{}` ({}) {}",
-                    self.policy.escalation_mention,
-                    human(now - first_posted),
-                    escape(&alert.key),
-                    alert.severity.as_str(),
-                    escape(&alert.summary)
-                );
-                let channel = self
-                    .policy
-                    .escalation_channel
-                    .clone()
-                    .unwrap_or_else(|| self.channel.clone());
-                outgoing.push(NewMessage {
-                    thread: format!("escalation/{}/{now}", alert.key),
-                    channel,
-                    kind: Kind::Post,
-                    body: messages::line(&text),
-                    traceparent: None,
-                    priority: Priority::Critical,
-                });
+                out.outgoing.push(self.escalation(alert, now, first_posted));
                 metrics::counter!("ghost_alerts_total", "event" => "escalated").increment(1);
                 tracing::warn!(key = %alert.key, "alert escalated");
-                changed.push(key.clone());
+                out.changed.push(key.clone());
             }
         }
         for (thread, lines) in repeats {
-            outgoing.push(self.reply(&thread, messages::broadcast_line(&lines.join("\n")), None));
+            out.outgoing.push(self.reply(
+                &thread,
+                messages::broadcast_line(&lines.join("\n")),
+                None,
+            ));
         }
-
-        changed.sort();
-        changed.dedup();
-        for key in changed {
-            if let Some(alert) = inner.alerts.get(&key) {
-                self.save(alert).await?;
-            }
-        }
-        if !outgoing.is_empty() {
-            self.outbox.enqueue(outgoing).await?;
-        }
-        Ok(())
     }
+
+    /// The escalation of `alert`, first posted at `first_posted`: a new message with the
+    /// escalation mention, in the escalation channel or the main one.
+    fn escalation(&self, alert: &AlertState, now: i64, first_posted: i64) -> NewMessage {
+        let text = format!(
+            "{} 🚨 unacknowledged for {}: `{}` ({}) {}",
+            self.policy.escalation_mention,
+            human(now - first_posted),
+            escape(&alert.key),
+            alert.severity.as_str(),
+            escape(&alert.summary)
+        );
+        let channel = self
+            .policy
+            .escalation_channel
+            .clone()
+            .unwrap_or_else(|| self.channel.clone());
+        NewMessage {
+            thread: format!("escalation/{}/{now}", alert.key),
+            channel,
+            kind: Kind::Post,
+            body: messages::line(&text),
+            traceparent: None,
+            priority: Priority::Critical,
+        }
+    }
+}
+
+/// What one pass of the timers made: messages to store, and the alerts whose state changed.
+#[derive(Default)]
+struct TimerOutput {
+    outgoing: Vec<NewMessage>,
+    changed: Vec<String>,
 }

@@ -325,7 +325,7 @@ async fn alert_states_round_trip_typed_and_an_unknown_stored_state_is_a_clear_er
     let store = Store::open(Some(&path)).unwrap();
     let alert = firing("queue_stale/MAIN");
     store.save_alert(&alert).await.unwrap();
-    assert_eq!(store.active_alerts().await.unwrap(), [alert.clone()]);
+    assert_eq!(store.active_alerts().await.unwrap(), [alert]);
     drop(store);
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute("UPDATE alerts SET state = ?1", [FROM_THE_FUTURE])
@@ -344,7 +344,7 @@ async fn alert_states_round_trip_typed_and_an_unknown_stored_state_is_a_clear_er
     let store = Store::open_postgres(&url).await.unwrap();
     let alert = firing("queue_stale/MAIN");
     store.save_alert(&alert).await.unwrap();
-    assert_eq!(store.active_alerts().await.unwrap(), [alert.clone()]);
+    assert_eq!(store.active_alerts().await.unwrap(), [alert]);
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     sqlx::query("UPDATE alerter.alerts SET state = $1")
         .bind(FROM_THE_FUTURE)
