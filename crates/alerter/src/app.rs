@@ -9,13 +9,12 @@ use ghost_proto::alerter::v1::alerter_read_service_server::AlerterReadServiceSer
 use ghost_proto::alerter::v1::alerter_service_server::AlerterServiceServer;
 use ghost_proto::router::v1::router_service_client::RouterServiceClient;
 use ghost_proto::summarizer::v1::summarizer_service_client::SummarizerServiceClient;
-use ghost_runtime::propagation::{Upstream, traced_channel};
+use ghost_runtime::propagation::{TracedChannel, Upstream, traced_channel};
 use ghost_runtime::serve::{Listeners, Service};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::SERVICE;
-use crate::clock::{SharedClock, SystemClock};
 use crate::commands::{Commands, CommandsParts};
 use crate::config::AlerterConfig;
 use crate::grpc::AlerterGrpc;
@@ -30,6 +29,7 @@ use crate::routing::Router;
 use crate::signing::Verifier;
 use crate::slack::SlackClient;
 use crate::store::Store;
+use ghost_runtime::clock::{SharedClock, SystemClock};
 
 /// Opens the store `config` names: PostgreSQL at `store.url`, else SQLite in `data_dir` (in
 /// memory when unset).
@@ -49,6 +49,60 @@ async fn open_store(config: &AlerterConfig) -> anyhow::Result<Store> {
         }
     };
     Ok(Store::open(path.as_deref())?)
+}
+
+/// The HTTP client for Slack's API, webhooks and response URLs.
+fn slack_http() -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(crate::slack::REQUEST_TIMEOUT)
+        // Slack's API, webhooks and response_urls answer where they are: a redirect could
+        // only carry a message (and the bot token's request) somewhere else.
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .context("cannot build the http client")
+}
+
+/// Opens the database and the outbox over it, with the backlog switch as it was stored.
+async fn open_outbox(config: &AlerterConfig, clock: SharedClock) -> anyhow::Result<Outbox> {
+    let store = open_store(config)
+        .await
+        .context("cannot open the alerter database")?;
+    let counts = store.outbox_counts().await?;
+    if counts.pending > 0 {
+        tracing::info!(
+            pending = counts.pending,
+            "resuming pending slack deliveries"
+        );
+    }
+    let outbox = Outbox::new(store, clock).with_backlog_threshold(config.routing.backlog_threshold);
+    outbox
+        .restore_backlog()
+        .await
+        .context("cannot read the backlog switch state")?;
+    Ok(outbox)
+}
+
+/// The router and summarizer clients, each when configured.
+type PeerClients = (
+    Option<RouterServiceClient<TracedChannel>>,
+    Option<SummarizerServiceClient<TracedChannel>>,
+);
+
+/// The router and summarizer clients the `/ghost` verbs call, for those configured.
+fn peer_clients(config: &AlerterConfig, upstream: &Upstream) -> anyhow::Result<PeerClients> {
+    let router = match &config.router_url {
+        Some(url) => Some(RouterServiceClient::new(
+            traced_channel(url, upstream).context("invalid router_url")?,
+        )),
+        None => None,
+    };
+    let summarizer = match &config.summarizer_url {
+        Some(url) => Some(SummarizerServiceClient::new(
+            traced_channel(url, upstream).context("invalid summarizer_url")?,
+        )),
+        None => None,
+    };
+    Ok((router, summarizer))
 }
 
 /// The alerter, built and bound but not yet serving.
@@ -78,26 +132,12 @@ impl App {
         config: AlerterConfig,
         clock: SharedClock,
     ) -> anyhow::Result<Self> {
-        let store = open_store(&config)
-            .await
-            .context("cannot open the alerter database")?;
-        let counts = store.outbox_counts().await?;
-        if counts.pending > 0 {
-            tracing::info!(
-                pending = counts.pending,
-                "resuming pending slack deliveries"
-            );
-        }
+        let outbox = open_outbox(&config, Arc::clone(&clock)).await?;
+        let store = outbox.store().clone();
         let listeners = Listeners::bind(&config.server)
             .await
             .context("cannot bind the alerter listeners")?;
-        let http = reqwest::Client::builder()
-            .timeout(crate::slack::REQUEST_TIMEOUT)
-            // Slack's API, webhooks and response_urls answer where they are: a redirect could
-            // only carry a message (and the bot token's request) somewhere else.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .context("cannot build the http client")?;
+        let http = slack_http()?;
         let slack = SlackClient::new(&config.slack, http.clone());
         if slack.is_none() {
             tracing::info!("slack is not configured; messages will only be logged");
@@ -106,12 +146,6 @@ impl App {
             Router::new(&config.routing, &config.slack.channel)
                 .map_err(|err| anyhow::anyhow!("invalid alerter config: {err}"))?,
         );
-        let outbox = Outbox::new(store.clone(), Arc::clone(&clock))
-            .with_backlog_threshold(config.routing.backlog_threshold);
-        outbox
-            .restore_backlog()
-            .await
-            .context("cannot read the backlog switch state")?;
         let patches = Patches::new(
             outbox.clone(),
             Arc::clone(&router_tree),
@@ -138,18 +172,7 @@ impl App {
             Arc::clone(&clock),
         )
         .context("health monitor")?;
-        let router = match &config.router_url {
-            Some(url) => Some(RouterServiceClient::new(
-                traced_channel(url, &upstream).context("invalid router_url")?,
-            )),
-            None => None,
-        };
-        let summarizer = match &config.summarizer_url {
-            Some(url) => Some(SummarizerServiceClient::new(
-                traced_channel(url, &upstream).context("invalid summarizer_url")?,
-            )),
-            None => None,
-        };
+        let (router, summarizer) = peer_clients(&config, &upstream)?;
         let commands = Arc::new(Commands::new(CommandsParts {
             router,
             summarizer,

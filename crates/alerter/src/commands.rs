@@ -16,7 +16,6 @@ use ghost_proto::router::v1::router_service_client::RouterServiceClient;
 use ghost_proto::summarizer::v1::summarizer_service_client::SummarizerServiceClient;
 use ghost_runtime::propagation::TracedChannel;
 
-use crate::clock::SharedClock;
 use crate::error::AlerterError;
 use crate::health::HealthBoard;
 use crate::lifecycle::{Lifecycle, human};
@@ -24,6 +23,7 @@ use crate::messages::truncate;
 use crate::mrkdwn::escape;
 use crate::patches::Patches;
 use crate::store::{AuditEntry, Store};
+use ghost_runtime::clock::SharedClock;
 
 pub use verb::{HELP, UnknownVerb, Verb, resolve};
 

@@ -20,10 +20,10 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::clock::SharedClock;
 use crate::config::HealthConfig;
 use crate::leader::Leader;
 use crate::lifecycle::{Lifecycle, RaiseAlert, Severity};
+use ghost_runtime::clock::SharedClock;
 
 /// What the monitor last learnt about one thing it watches.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,7 +11,8 @@
 //! - [`app`] — [`App`], wiring everything and serving.
 //! - [`grpc`] — the `AlerterService` adapter (wire ↔ domain).
 //! - [`patches`] — patch outcomes → own thread or digest, as [`routing`] decides.
-//! - [`lifecycle`] — system alerts: group, repeat, escalate, ack, silence, resolve.
+//! - [`lifecycle`] — system alerts: group, repeat, escalate, ack, silence, resolve; their
+//!   typed state is [`alert::AlertState`].
 //! - [`listing`] — the read-only `AlerterReadService` (`ListAlerts`) for dashboards.
 //! - [`health`] — the health monitor; [`leader`] — which replica runs it and the alert
 //!   timers.
@@ -20,11 +21,12 @@
 //! - [`messages`] — Block Kit bodies; [`mrkdwn`] — caller text escaped for them.
 //! - [`inbound`] — the signed Slack routes; [`signing`] — v0 verification.
 //! - [`commands`] — the `/ghost` verbs, operators and the audit log.
-//! - [`store`] — the database (SQLite or PostgreSQL); [`clock`] — injectable time.
+//! - [`store`] — the database (SQLite or PostgreSQL); time comes from
+//!   [`ghost_runtime::clock::RuleClock`], injected.
 //! - [`error`] — [`AlerterError`] and its mapping to `tonic::Status` and HTTP.
 
+pub mod alert;
 pub mod app;
-pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod error;

@@ -12,18 +12,17 @@
 //!   holds back posting, repeats and escalation until it ends.
 //! - **Resolve** says `✅ resolved` in the alert's thread (an alert never posted ends quietly).
 //!
-//! All time comes from the injected [`Clock`](crate::clock::Clock); [`Lifecycle::tick`]
+//! All time comes from the injected [`RuleClock`](ghost_runtime::clock::RuleClock); [`Lifecycle::tick`]
 //! applies the timers and is driven by [`Lifecycle::run`] every `tick`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::SharedClock;
+pub use crate::alert::{Ack, AlertState, Phase, Severity};
 use crate::config::AlertPolicy;
 use crate::error::AlerterError;
 use crate::leader::Leader;
@@ -31,50 +30,7 @@ use crate::messages;
 use crate::mrkdwn::escape;
 use crate::outbox::Outbox;
 use crate::store::{Kind, NewMessage, Priority, Silence};
-
-/// How bad an alert is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Severity {
-    /// For information.
-    Info,
-    /// Someone should look.
-    Warning,
-    /// Someone must act now.
-    Critical,
-}
-
-impl Severity {
-    /// Lowercase name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Info => "info",
-            Self::Warning => "warning",
-            Self::Critical => "critical",
-        }
-    }
-}
-
-/// Where an alert is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    /// Raised, waiting for its group window (or a silence) before it is posted.
-    Pending,
-    /// Posted and still firing.
-    Firing,
-    /// Over.
-    Resolved,
-}
-
-/// Who acknowledged an alert, and when.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Ack {
-    /// Slack user id (or another actor name).
-    pub by: String,
-    /// Unix ms.
-    pub at_ms: i64,
-}
+use ghost_runtime::clock::SharedClock;
 
 /// A request to raise an alert.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,39 +45,6 @@ pub struct RaiseAlert {
     pub labels: BTreeMap<String, String>,
     /// Who raised it.
     pub source: String,
-}
-
-/// One alert's state, as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AlertState {
-    /// Dedup key.
-    pub key: String,
-    /// The key up to its first `/`: alerts of one group share a message.
-    pub group: String,
-    /// How bad.
-    pub severity: Severity,
-    /// One line for people.
-    pub summary: String,
-    /// Labels.
-    pub labels: BTreeMap<String, String>,
-    /// Who raised it.
-    pub source: String,
-    /// When it was raised here (Unix ms).
-    pub raised_ms: i64,
-    /// Where it is in its life.
-    pub phase: Phase,
-    /// Its Slack thread key, once posted.
-    pub thread: Option<String>,
-    /// When it was first posted.
-    pub notified_ms: Option<i64>,
-    /// When it was last posted or repeated.
-    pub last_notified_ms: i64,
-    /// Set once acknowledged.
-    pub ack: Option<Ack>,
-    /// True once escalated.
-    pub escalated: bool,
-    /// When it was resolved.
-    pub resolved_ms: Option<i64>,
 }
 
 /// The group of `key`: its part before the first `/`.
@@ -175,9 +98,7 @@ impl Inner {
 /// The active alerts and silences as stored.
 async fn read_inner(store: &crate::store::Store, now_ms: i64) -> Result<Inner, AlerterError> {
     let mut alerts = BTreeMap::new();
-    for state in store.active_alerts().await? {
-        let alert: AlertState =
-            serde_json::from_value(state).map_err(|err| AlerterError::Storage(err.into()))?;
+    for alert in store.active_alerts().await? {
         alerts.insert(alert.key.clone(), alert);
     }
     let silences = store.silences(now_ms).await?;
@@ -435,11 +356,7 @@ impl Lifecycle {
     }
 
     async fn save(&self, alert: &AlertState) -> Result<(), AlerterError> {
-        let state = serde_json::to_value(alert).map_err(|err| AlerterError::Storage(err.into()))?;
-        self.outbox
-            .store()
-            .save_alert(&alert.key, state, alert.phase != Phase::Resolved)
-            .await?;
+        self.outbox.store().save_alert(alert).await?;
         Ok(())
     }
 
@@ -450,10 +367,35 @@ impl Lifecycle {
         traceparent: Option<String>,
     ) -> Result<(), AlerterError> {
         inner.silences.retain(|silence| silence.until_ms > now);
-        let mut outgoing = Vec::new();
-        let mut changed: Vec<String> = Vec::new();
+        let mut out = TimerOutput::default();
+        self.flush_groups(inner, now, traceparent.as_ref(), &mut out);
+        self.repeat_and_escalate(inner, now, &mut out);
+        let TimerOutput {
+            outgoing,
+            mut changed,
+        } = out;
+        changed.sort();
+        changed.dedup();
+        for key in changed {
+            if let Some(alert) = inner.alerts.get(&key) {
+                self.save(alert).await?;
+            }
+        }
+        if !outgoing.is_empty() {
+            self.outbox.enqueue(outgoing).await?;
+        }
+        Ok(())
+    }
 
-        // Group flush: pending, unsilenced alerts whose group window is over.
+    /// Group flush: pending, unsilenced alerts whose group window is over go out as one
+    /// message per group.
+    fn flush_groups(
+        &self,
+        inner: &mut Inner,
+        now: i64,
+        traceparent: Option<&String>,
+        out: &mut TimerOutput,
+    ) {
         let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for alert in inner.alerts.values() {
             if alert.phase == Phase::Pending && !inner.silenced(alert, now) {
@@ -478,12 +420,12 @@ impl Lifecycle {
                 .iter()
                 .filter_map(|key| inner.alerts.get(key))
                 .collect();
-            outgoing.push(NewMessage {
+            out.outgoing.push(NewMessage {
                 thread: thread.clone(),
                 channel: self.channel.clone(),
                 kind: Kind::Post,
                 body: messages::alert_message(&members),
-                traceparent: traceparent.clone(),
+                traceparent: traceparent.cloned(),
                 priority: Priority::Critical,
             });
             for key in &keys {
@@ -495,10 +437,12 @@ impl Lifecycle {
                 }
             }
             tracing::info!(group, alerts = keys.len(), "alert group posted");
-            changed.extend(keys);
+            out.changed.extend(keys);
         }
+    }
 
-        // Repeat and escalation of firing alerts nobody acknowledged.
+    /// Repeat and escalation of firing alerts nobody acknowledged.
+    fn repeat_and_escalate(&self, inner: &mut Inner, now: i64, out: &mut TimerOutput) {
         let mut repeats: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let firing: Vec<String> = inner
             .alerts
@@ -523,53 +467,58 @@ impl Lifecycle {
                     human(now - alert.raised_ms),
                     escape(&alert.summary)
                 ));
-                changed.push(key.clone());
+                out.changed.push(key.clone());
             }
             let first_posted = alert.notified_ms.unwrap_or(now);
             if !alert.escalated
                 && now.saturating_sub(first_posted) >= millis(self.policy.escalate_after)
             {
                 alert.escalated = true;
-                let text = format!(
-                    "{} 🚨 unacknowledged for {}: `{}` ({}) {}",
-                    self.policy.escalation_mention,
-                    human(now - first_posted),
-                    escape(&alert.key),
-                    alert.severity.as_str(),
-                    escape(&alert.summary)
-                );
-                let channel = self
-                    .policy
-                    .escalation_channel
-                    .clone()
-                    .unwrap_or_else(|| self.channel.clone());
-                outgoing.push(NewMessage {
-                    thread: format!("escalation/{}/{now}", alert.key),
-                    channel,
-                    kind: Kind::Post,
-                    body: messages::line(&text),
-                    traceparent: None,
-                    priority: Priority::Critical,
-                });
+                out.outgoing.push(self.escalation(alert, now, first_posted));
                 metrics::counter!("ghost_alerts_total", "event" => "escalated").increment(1);
                 tracing::warn!(key = %alert.key, "alert escalated");
-                changed.push(key.clone());
+                out.changed.push(key.clone());
             }
         }
         for (thread, lines) in repeats {
-            outgoing.push(self.reply(&thread, messages::broadcast_line(&lines.join("\n")), None));
+            out.outgoing.push(self.reply(
+                &thread,
+                messages::broadcast_line(&lines.join("\n")),
+                None,
+            ));
         }
-
-        changed.sort();
-        changed.dedup();
-        for key in changed {
-            if let Some(alert) = inner.alerts.get(&key) {
-                self.save(alert).await?;
-            }
-        }
-        if !outgoing.is_empty() {
-            self.outbox.enqueue(outgoing).await?;
-        }
-        Ok(())
     }
+
+    /// The escalation of `alert`, first posted at `first_posted`: a new message with the
+    /// escalation mention, in the escalation channel or the main one.
+    fn escalation(&self, alert: &AlertState, now: i64, first_posted: i64) -> NewMessage {
+        let text = format!(
+            "{} 🚨 unacknowledged for {}: `{}` ({}) {}",
+            self.policy.escalation_mention,
+            human(now - first_posted),
+            escape(&alert.key),
+            alert.severity.as_str(),
+            escape(&alert.summary)
+        );
+        let channel = self
+            .policy
+            .escalation_channel
+            .clone()
+            .unwrap_or_else(|| self.channel.clone());
+        NewMessage {
+            thread: format!("escalation/{}/{now}", alert.key),
+            channel,
+            kind: Kind::Post,
+            body: messages::line(&text),
+            traceparent: None,
+            priority: Priority::Critical,
+        }
+    }
+}
+
+/// What one pass of the timers made: messages to store, and the alerts whose state changed.
+#[derive(Default)]
+struct TimerOutput {
+    outgoing: Vec<NewMessage>,
+    changed: Vec<String>,
 }

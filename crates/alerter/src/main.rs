@@ -1,3 +1,5 @@
+//! The `alerter` binary: loads its config, starts telemetry, serves until SIGTERM or Ctrl-C.
+
 use alerter::{AlerterConfig, App, SERVICE};
 
 #[tokio::main]

@@ -91,13 +91,6 @@ pub const MAX_BLOCKS: usize = 50;
 /// and one line per patch (`• ✅ `<id>` on <target> (<duration>) · <summary link>`, the link
 /// when `routing.summary_url` is set).
 pub fn digest_message(entries: &[Value], period_ms: i64) -> Value {
-    let field = |entry: &Value, name: &str| {
-        entry
-            .get(name)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned()
-    };
     let mut by_status: std::collections::BTreeMap<String, usize> = Default::default();
     let mut by_target: std::collections::BTreeMap<String, usize> = Default::default();
     let mut slowest: Option<(u64, String)> = None;
@@ -115,27 +108,7 @@ pub fn digest_message(entries: &[Value], period_ms: i64) -> Value {
         if duration > 0 && slowest.as_ref().is_none_or(|(ms, _)| duration > *ms) {
             slowest = Some((duration, id.clone()));
         }
-        let icon = if status == "succeeded" { "✅" } else { "❌" };
-        let took = if duration > 0 {
-            format!(" ({})", human_ms(duration))
-        } else {
-            String::new()
-        };
-        let plain = format!("• {icon} `{}` on {}{took}", escape(&id), escape(&target));
-        let line = match entry.get("url").and_then(Value::as_str) {
-            Some(url) if !url.is_empty() => {
-                format!("{plain} · <{}|summary>", escape(url))
-            }
-            _ => plain.clone(),
-        };
-        // A line never straddles two sections and a link is never cut: a line too long for a
-        // section loses its link (the id and target are bounded, so the rest always fits).
-        let line = if line.chars().count() <= SECTION_CHARS {
-            line
-        } else {
-            truncate(&plain, SECTION_CHARS)
-        };
-        lines.push(line);
+        lines.push(digest_line(&id, &status, &target, duration, entry));
     }
     let since = chrono_like(period_ms);
     let title = format!("🗂️ Digest since {since}: {} patches", entries.len());
@@ -157,10 +130,51 @@ pub fn digest_message(entries: &[Value], period_ms: i64) -> Value {
         json!({"type": "header", "text": {"type": "plain_text", "text": truncate(&title, HEADER_CHARS), "emoji": true}}),
         json!({"type": "section", "text": {"type": "mrkdwn", "verbatim": true, "text": truncate(&summary, SECTION_CHARS)}}),
     ];
-    // Sections filled up to Slack's 3,000 characters, whole lines only.
+    blocks.extend(line_sections(&lines));
+    literal(
+        json!({"text": truncate(&format!("{title}: {counts}"), SECTION_CHARS), "blocks": blocks}),
+    )
+}
+
+/// A digest entry's text field (empty when missing).
+fn field(entry: &Value, name: &str) -> String {
+    entry
+        .get(name)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// One patch's digest line: `• ✅ `<id>` on <target> (<duration>) · <summary link>`.
+fn digest_line(id: &str, status: &str, target: &str, duration: u64, entry: &Value) -> String {
+    let icon = if status == "succeeded" { "✅" } else { "❌" };
+    let took = if duration > 0 {
+        format!(" ({})", human_ms(duration))
+    } else {
+        String::new()
+    };
+    let plain = format!("• {icon} `{}` on {}{took}", escape(id), escape(target));
+    let line = match entry.get("url").and_then(Value::as_str) {
+        Some(url) if !url.is_empty() => {
+            format!("{plain} · <{}|summary>", escape(url))
+        }
+        _ => plain.clone(),
+    };
+    // A line never straddles two sections and a link is never cut: a line too long for a
+    // section loses its link (the id and target are bounded, so the rest always fits).
+    if line.chars().count() <= SECTION_CHARS {
+        line
+    } else {
+        truncate(&plain, SECTION_CHARS)
+    }
+}
+
+/// Sections filled up to Slack's 3,000 characters, whole lines only.
+fn line_sections(lines: &[String]) -> Vec<Value> {
+    let mut blocks = Vec::new();
     let mut section = String::new();
     let mut section_chars = 0;
-    for line in &lines {
+    for line in lines {
         let chars = line.chars().count();
         if !section.is_empty() && section_chars + 1 + chars > SECTION_CHARS {
             blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "verbatim": true, "text": std::mem::take(&mut section)}}));
@@ -176,9 +190,7 @@ pub fn digest_message(entries: &[Value], period_ms: i64) -> Value {
     if !section.is_empty() {
         blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "verbatim": true, "text": section}}));
     }
-    literal(
-        json!({"text": truncate(&format!("{title}: {counts}"), SECTION_CHARS), "blocks": blocks}),
-    )
+    blocks
 }
 
 fn human_ms(ms: u64) -> String {

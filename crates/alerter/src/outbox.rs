@@ -10,21 +10,29 @@
 //! other message of that channel; after `max_attempts` tries, or on a permanent error, the
 //! message is dead-lettered with a metric and an error log. Pending messages survive a
 //! restart: the loop just picks them up again.
+//!
+//! The loop is the one outbox engine of ghost-runtime; this module is its adapter:
+//! [`SlackRows`] (the table: ready heads, settling, backlog gauges) and [`SlackSink`] (the
+//! Slack calls and what their answers mean).
 
-use std::collections::{HashMap, HashSet};
+mod rows;
+mod sink;
+
+use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use ghost_runtime::clock::SharedClock;
+use ghost_runtime::outbox::{Backoff, Delivery, GiveUp, Policy, claimant};
 use tokio::sync::Notify;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
-use crate::clock::SharedClock;
+pub use self::rows::SlackRows;
+pub use self::sink::{Receipt, SlackSink};
 use crate::config::SlackConfig;
-use crate::slack::{SlackClient, TOKEN_ERRORS, Verdict};
-use crate::store::{Kind, Message, NewMessage, Outcome, Priority, Store, StoreError, ThreadParent};
+use crate::slack::SlackClient;
+use crate::store::{Kind, NewMessage, Priority, Store, StoreError};
 
 /// Longest idle wait between two looks at the outbox.
 const IDLE_WAIT: Duration = Duration::from_secs(30);
@@ -214,458 +222,86 @@ impl DeliveryPolicy {
         }
     }
 
-    /// The wait after failed try number `tries` (1-based): initial × 2^(tries-1), capped.
-    pub fn backoff(&self, tries: u32) -> Duration {
-        let factor = 2u32.saturating_pow(tries.saturating_sub(1).min(20));
-        self.initial_backoff
-            .saturating_mul(factor)
-            .min(self.max_backoff)
-    }
-}
-
-fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// When each channel may be sent to again (Unix ms): after `pacing`, or after Slack's
-/// `Retry-After` for the whole channel.
-#[derive(Default)]
-struct ChannelGates {
-    not_before: HashMap<String, i64>,
-}
-
-impl ChannelGates {
-    /// Closes `channel` until `until` (keeps a later closing time).
-    fn close(&mut self, channel: &str, until: i64) {
-        let entry = self.not_before.entry(channel.to_owned()).or_insert(until);
-        *entry = (*entry).max(until);
+    /// The retry schedule: `initial_backoff` doubling per failed try, at most `max_backoff`
+    /// (a `Retry-After` is capped there too); no jitter.
+    pub fn backoff(&self) -> Backoff {
+        Backoff::exponential(self.initial_backoff, self.max_backoff)
     }
 
-    /// Forgets the gates open at `now`; returns the channels still closed.
-    fn closed(&mut self, now: i64) -> Vec<String> {
-        self.not_before.retain(|_, until| *until > now);
-        self.not_before.keys().cloned().collect()
-    }
-
-    /// The earliest time a closed channel opens.
-    fn next_open(&self) -> Option<i64> {
-        self.not_before.values().copied().min()
-    }
-}
-
-/// `ghost_alerter_channel_backlog{channel}`: pending messages per channel, read at most every
-/// [`BACKLOG_EVERY`]; a channel that drained is set to 0.
-#[derive(Default)]
-struct BacklogGauge {
-    seen: HashSet<String>,
-    last: Option<std::time::Instant>,
-}
-
-/// How often the backlog gauge is refreshed.
-const BACKLOG_EVERY: Duration = Duration::from_millis(500);
-
-impl BacklogGauge {
-    async fn update(&mut self, outbox: &Outbox) {
-        if self.last.is_some_and(|at| at.elapsed() < BACKLOG_EVERY) {
-            return;
-        }
-        self.last = Some(std::time::Instant::now());
-        let pending = match outbox.store.pending_by_channel().await {
-            Ok(pending) => pending,
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot count the slack backlog");
-                return;
-            }
-        };
-        publish_outbox_age(outbox, pending.values().sum()).await;
-        for channel in &self.seen {
-            let drained = if channel == "dm" {
-                !pending.keys().any(|c| crate::routing::is_slack_user_id(c))
-            } else {
-                !pending.contains_key(channel)
-            };
-            if drained {
-                metrics::gauge!("ghost_alerter_channel_backlog", "channel" => channel.clone())
-                    .set(0.0);
-            }
-        }
-        // A switched channel that drained switches back without waiting for its next patch.
-        for channel in outbox.backlog.switched() {
-            let count = pending.get(&channel).copied().unwrap_or(0);
-            if let Err(err) = outbox.observe_backlog(&channel, count).await {
-                tracing::warn!(error = %err, "cannot store the backlog switch");
-            }
-        }
-        // DMs are one series, `dm`: one per user id would grow without bound.
-        let mut series: std::collections::BTreeMap<String, u64> = Default::default();
-        for (channel, count) in pending {
-            let name = if crate::routing::is_slack_user_id(&channel) {
-                "dm".to_owned()
-            } else {
-                channel
-            };
-            *series.entry(name).or_default() += count;
-        }
-        for (channel, count) in series {
-            #[allow(clippy::cast_precision_loss)]
-            metrics::gauge!("ghost_alerter_channel_backlog", "channel" => channel.clone())
-                .set(count as f64);
-            self.seen.insert(channel);
+    /// The engine's policy: `concurrency` sends at once (and claimed per round), one message
+    /// per thread and (paced) per channel a round, dead letters after `max_attempts` tries;
+    /// looking at the store at least every `poll`.
+    pub fn engine_policy(&self, poll: Duration) -> Policy {
+        let at_once = usize::try_from(self.concurrency.max(1)).unwrap_or(1);
+        Policy {
+            name: "slack",
+            delivery: Delivery::Parallel { at_once },
+            backoff: self.backoff(),
+            give_up: GiveUp {
+                after_tries: Some(self.max_attempts.max(1)),
+                after: None,
+            },
+            batch: at_once,
+            poll,
+            // Unused: on PostgreSQL the channel's sender lease keeps other replicas off.
+            claim_timeout: Duration::from_secs(60),
+            pacing: self.pacing,
+            store_retry: STORE_ERROR_WAIT,
         }
     }
 }
 
-/// `ghost_outbox_depth{outbox="slack"}` (`depth` pending messages) and the age of the oldest,
-/// by the alerter's rule clock.
-async fn publish_outbox_age(outbox: &Outbox, depth: u64) {
-    let age_ms = match outbox.store.oldest_pending_ms().await {
-        Ok(oldest) => oldest.map_or(0, |created| (outbox.clock.now_ms() - created).max(0)),
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot read the slack outbox's oldest message");
-            return;
-        }
-    };
-    #[allow(clippy::cast_precision_loss)]
-    {
-        metrics::gauge!("ghost_outbox_depth", "outbox" => "slack").set(depth as f64);
-        metrics::gauge!("ghost_outbox_oldest_age_seconds", "outbox" => "slack")
-            .set(age_ms as f64 / 1000.0);
-    }
-}
-
-/// What one try came to, for the round's settlement.
-struct Attempt {
-    outcome: Outcome,
-    channel: String,
-    /// Slack asked to wait (`Retry-After`) until then: the whole channel waits.
-    hold_until: Option<i64>,
-}
-
-/// Delivers stored messages until `shutdown`; with no Slack client, logs and marks them sent.
-///
-/// Works in rounds: reads up to `concurrency` ready heads (skipping channels that are paced or
-/// held by a `Retry-After`; with `pacing` above zero at most one per channel), sends them
-/// concurrently, records all results in one transaction, and looks again.
+/// Delivers stored messages until `shutdown` on the one outbox engine
+/// ([`ghost_runtime::outbox::Outbox`]): [`SlackRows`] claims the ready heads and settles each
+/// round in one transaction, [`SlackSink`] sends them (with no Slack client, logs them and
+/// marks them sent).
 pub async fn deliver_loop(
     outbox: Outbox,
     slack: Option<SlackClient>,
     policy: DeliveryPolicy,
     shutdown: CancellationToken,
 ) {
-    let mut gates = ChannelGates::default();
-    let mut backlog = BacklogGauge::default();
-    let limit = usize::try_from(policy.concurrency.max(1)).unwrap_or(1);
-    while !shutdown.is_cancelled() {
-        backlog.update(&outbox).await;
-        let now = outbox.clock.now_ms();
-        let closed = gates.closed(now);
-        let ready = match outbox.store.ready_heads(now, limit, closed).await {
-            Ok(ready) => ready,
-            Err(err) => {
-                tracing::error!(error = %err, "cannot read the slack outbox");
-                pause(STORE_ERROR_WAIT, &outbox, &shutdown).await;
-                continue;
-            }
-        };
-        let mut round = ready.heads;
-        if !policy.pacing.is_zero() {
-            let mut channels = HashSet::new();
-            round.retain(|head| channels.insert(head.message.channel.clone()));
-        }
-        if round.is_empty() {
-            let wake_at = match (ready.next_at_ms, gates.next_open()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            let wait = wake_at.map_or(IDLE_WAIT, |at| {
-                Duration::from_millis(u64::try_from(at.saturating_sub(now)).unwrap_or(0))
-                    .min(IDLE_WAIT)
-            });
-            pause(wait, &outbox, &shutdown).await;
-            continue;
-        }
-        let mut tries = JoinSet::new();
-        for head in round {
-            let span = tracing::info_span!(
-                "slack.post",
-                otel.kind = "client",
-                thread = %head.message.thread,
-                outbox_id = head.message.id,
-                tries = head.message.tries + 1,
-            );
-            if let Some(traceparent) = head.message.traceparent.as_deref() {
-                ghost_runtime::propagation::set_parent(&span, traceparent);
-            }
-            tries.spawn(
-                try_one(
-                    slack.clone(),
-                    policy,
-                    Arc::clone(&outbox.clock),
-                    head.message,
-                    head.parent,
-                )
-                .instrument(span),
-            );
-        }
-        let mut outcomes = Vec::with_capacity(tries.len());
-        let mut tried_channels = Vec::with_capacity(tries.len());
-        while let Some(joined) = tries.join_next().await {
-            match joined {
-                Ok(attempt) => {
-                    if let Some(until) = attempt.hold_until {
-                        gates.close(&attempt.channel, until);
-                    }
-                    tried_channels.push(attempt.channel);
-                    outcomes.push(attempt.outcome);
-                }
-                // The message stays pending and is tried again in a later round.
-                Err(err) => tracing::error!(error = %err, "a slack delivery task failed"),
-            }
-        }
-        if !policy.pacing.is_zero() {
-            let paced_until = outbox.clock.now_ms().saturating_add(millis(policy.pacing));
-            for channel in &tried_channels {
-                gates.close(channel, paced_until);
-            }
-        }
-        settle(&outbox, outcomes, &shutdown).await;
-    }
-}
-
-/// Records a round's outcomes; on a storage error logs, waits and tries again (until
-/// shutdown: then the messages stay pending and are tried again after the restart).
-async fn settle(outbox: &Outbox, outcomes: Vec<Outcome>, shutdown: &CancellationToken) {
-    loop {
-        match outbox.store.settle(outcomes.clone()).await {
-            Ok(()) => return,
-            Err(err) => {
-                tracing::error!(error = %err, "cannot record a slack delivery");
-                if shutdown.is_cancelled() {
-                    return;
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(STORE_ERROR_WAIT) => {}
-                    () = shutdown.cancelled() => {}
-                }
-            }
-        }
-    }
-}
-
-async fn pause(wait: Duration, outbox: &Outbox, shutdown: &CancellationToken) {
-    tokio::select! {
-        () = tokio::time::sleep(wait) => {}
-        () = outbox.wake.notified() => {}
-        () = shutdown.cancelled() => {}
-    }
-}
-
-/// Where one message goes, resolved against its thread.
-enum Call {
-    Api { method: &'static str, body: Value },
-    Webhook { body: Value },
-}
-
-fn with_fields(body: &Value, fields: &[(&str, Value)]) -> Value {
-    let mut body = body.clone();
-    if let Some(object) = body.as_object_mut() {
-        for (name, value) in fields {
-            object.insert((*name).to_owned(), value.clone());
-        }
-    }
-    body
-}
-
-fn webhook_body(body: &Value) -> Value {
-    let mut body = body.clone();
-    if let Some(object) = body.as_object_mut() {
-        object.remove("reply_broadcast");
-    }
-    body
-}
-
-/// Tries `message` once (its thread's parent resolved beforehand); never touches the store.
-async fn try_one(
-    slack: Option<SlackClient>,
-    policy: DeliveryPolicy,
-    clock: SharedClock,
-    message: Message,
-    parent: Option<ThreadParent>,
-) -> Attempt {
-    let channel = message.channel.clone();
-    let Some(slack) = slack else {
-        let text = message
-            .body
-            .get("text")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        tracing::info!(text, "slack is not configured; message logged only");
-        metrics::counter!("ghost_slack_deliveries_total", "result" => "logged").increment(1);
-        return Attempt {
-            outcome: Outcome::Sent {
-                id: message.id,
-                ts: String::new(),
-                parent: None,
-            },
-            channel,
-            hold_until: None,
-        };
+    let wake = Arc::clone(&outbox.wake);
+    let clock = Arc::clone(&outbox.clock);
+    let poll = outbox.store.poll().unwrap_or(IDLE_WAIT);
+    let sink = SlackSink {
+        slack,
+        max_attempts: policy.max_attempts.max(1),
     };
-    let parent = match message.kind {
-        Kind::Post => None,
-        Kind::Reply | Kind::Update => parent,
-    };
-    // Without a known parent (webhook mode, or the parent was dead-lettered) a reply or update
-    // is posted on its own and becomes the thread's parent.
-    let starts_thread = parent.is_none();
-    let call = if !slack.has_api() {
-        Call::Webhook {
-            body: webhook_body(&message.body),
-        }
-    } else {
-        match (message.kind, &parent) {
-            (Kind::Update, Some(parent)) => Call::Api {
-                method: "chat.update",
-                body: with_fields(
-                    &message.body,
-                    &[("channel", json!(parent.channel)), ("ts", json!(parent.ts))],
-                ),
-            },
-            (Kind::Reply, Some(parent)) => Call::Api {
-                method: "chat.postMessage",
-                body: with_fields(
-                    &message.body,
-                    &[
-                        ("channel", json!(parent.channel)),
-                        ("thread_ts", json!(parent.ts)),
-                    ],
-                ),
-            },
-            _ => Call::Api {
-                method: "chat.postMessage",
-                body: with_fields(&message.body, &[("channel", json!(message.channel))]),
-            },
-        }
-    };
-    let mut verdict = match &call {
-        Call::Api { method, body } => slack.api(method, body).await,
-        Call::Webhook { body } => slack.webhook(body).await,
-    };
-    if let (Verdict::GiveUp { reason }, Call::Api { .. }) = (&verdict, &call)
-        && TOKEN_ERRORS.contains(&reason.as_str())
-        && slack.has_webhook()
-    {
-        tracing::warn!(
-            reason,
-            "slack refused the bot token; falling back to the webhook"
-        );
-        verdict = slack.webhook(&webhook_body(&message.body)).await;
-    }
-    let tries = message.tries + 1;
-    // A digest edit Slack cannot apply any more is posted again as a new digest message.
-    let repost_digest =
-        message.kind == Kind::Update && parent.is_some() && message.thread.starts_with("digest/");
-    let mut hold_until = None;
-    let outcome = match verdict {
-        Verdict::Delivered { ts, channel } => {
-            metrics::counter!("ghost_slack_deliveries_total", "result" => "ok").increment(1);
-            tracing::info!(ts, tries, thread = %message.thread, "slack message delivered");
-            let parent = (starts_thread && !ts.is_empty()).then(|| {
-                let channel = if channel.is_empty() {
-                    message.channel.clone()
-                } else {
-                    channel
-                };
-                (
-                    message.thread.clone(),
-                    ThreadParent {
-                        channel,
-                        ts: ts.clone(),
-                    },
-                )
-            });
-            Outcome::Sent {
-                id: message.id,
-                ts,
-                parent,
-            }
-        }
-        Verdict::GiveUp { reason } if repost_digest && reason == "message_not_found" => {
-            reposted(&message, reason)
-        }
-        Verdict::GiveUp { reason } => {
-            metrics::counter!("ghost_slack_deliveries_total", "result" => "dead_letter")
-                .increment(1);
-            tracing::error!(
-                outbox_id = message.id,
-                thread = %message.thread,
-                reason,
-                tries,
-                "slack refused the message; dead-lettered"
-            );
-            Outcome::Dead {
-                id: message.id,
-                error: reason,
-            }
-        }
-        Verdict::Retry { after, reason } => {
-            let wait = after
-                .unwrap_or_else(|| policy.backoff(tries))
-                .min(policy.max_backoff);
-            let next_at_ms = clock.now_ms().saturating_add(millis(wait));
-            // Slack's limits are per channel and method: a `Retry-After` holds the channel.
-            if after.is_some() {
-                hold_until = Some(next_at_ms);
-            }
-            if tries >= policy.max_attempts && repost_digest {
-                reposted(&message, reason)
-            } else if tries >= policy.max_attempts {
-                metrics::counter!("ghost_slack_deliveries_total", "result" => "dead_letter")
-                    .increment(1);
-                tracing::error!(
-                    outbox_id = message.id,
-                    thread = %message.thread,
-                    reason,
-                    tries,
-                    "giving up on the slack message; dead-lettered"
-                );
-                Outcome::Dead {
-                    id: message.id,
-                    error: reason,
-                }
-            } else {
-                metrics::counter!("ghost_slack_deliveries_total", "result" => "retried")
-                    .increment(1);
-                tracing::warn!(reason, ?wait, tries, "slack delivery failed; will retry");
-                Outcome::Retry {
-                    id: message.id,
-                    next_at_ms,
-                    error: reason,
-                }
-            }
-        }
-    };
-    Attempt {
-        outcome,
-        channel,
-        hold_until,
-    }
-}
-
-/// The outcome of a digest edit that Slack cannot apply: post the full digest again.
-fn reposted(message: &Message, reason: String) -> Outcome {
-    metrics::counter!("ghost_slack_deliveries_total", "result" => "reposted").increment(1);
-    tracing::warn!(
-        outbox_id = message.id,
-        thread = %message.thread,
-        reason,
-        "a digest edit failed; posting the digest again as a new message"
+    let in_round = Arc::new(AtomicBool::new(false));
+    let rows = SlackRows::new(outbox, shutdown.clone(), Arc::clone(&in_round));
+    let engine = ghost_runtime::outbox::Outbox::new(
+        rows,
+        sink,
+        policy.engine_policy(poll),
+        clock,
+        claimant(),
     );
-    Outcome::Repost {
-        id: message.id,
-        thread: message.thread.clone(),
-        error: reason,
+    let stop = CancellationToken::new();
+    tokio::join!(
+        engine.run(wake, stop.clone()),
+        finish_round_then_stop(shutdown, in_round, stop)
+    );
+}
+
+/// Longest a round in flight at shutdown may take to finish (its Slack calls, a webhook
+/// fallback, the settling write).
+const ROUND_GRACE: Duration = Duration::from_secs(30);
+
+/// Stops the engine (`stop`) once `shutdown` fired and the round in flight, if any, is
+/// settled (at most [`ROUND_GRACE`]): the engine would release a round cut short, and a
+/// message Slack already took would be posted again after the restart.
+async fn finish_round_then_stop(
+    shutdown: CancellationToken,
+    in_round: Arc<AtomicBool>,
+    stop: CancellationToken,
+) {
+    shutdown.cancelled().await;
+    let deadline = tokio::time::Instant::now() + ROUND_GRACE;
+    while in_round.load(Ordering::SeqCst) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    stop.cancel();
 }
 
 #[cfg(test)]
@@ -681,7 +317,7 @@ mod tests {
             pacing: Duration::ZERO,
             concurrency: 1,
         };
-        let waits: Vec<_> = (1..=5).map(|tries| policy.backoff(tries)).collect();
+        let waits: Vec<_> = (1..=5).map(|tries| policy.backoff().wait(tries)).collect();
         assert_eq!(
             waits,
             [
@@ -692,5 +328,8 @@ mod tests {
                 Duration::from_secs(3)
             ]
         );
+        let engine = policy.engine_policy(IDLE_WAIT);
+        assert_eq!(engine.give_up.after_tries, Some(10));
+        assert_eq!(engine.delivery, Delivery::Parallel { at_once: 1 });
     }
 }

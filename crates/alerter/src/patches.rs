@@ -43,7 +43,7 @@ pub struct Patches {
     outbox: Outbox,
     router: Arc<Router>,
     routing: Arc<RoutingConfig>,
-    clock: crate::clock::SharedClock,
+    clock: ghost_runtime::clock::SharedClock,
 }
 
 fn millis(duration: std::time::Duration) -> i64 {
@@ -56,7 +56,7 @@ impl Patches {
         outbox: Outbox,
         router: Arc<Router>,
         routing: RoutingConfig,
-        clock: crate::clock::SharedClock,
+        clock: ghost_runtime::clock::SharedClock,
     ) -> Self {
         Self {
             outbox,
@@ -91,119 +91,17 @@ impl Patches {
         let patch_id = outcome.patch_id.to_string();
         let thread = thread_of(&patch_id);
         let store = self.outbox.store();
-        let failure = outcome.status != Status::Succeeded;
-        let mut batch = Vec::new();
-        let mut digests = Vec::new();
-        if let Some(channel) = store.thread_channel(&thread).await? {
-            // The thread and its copies in other channels (routes with `continue`).
-            let mut threads = vec![(thread.clone(), channel)];
-            threads.extend(store.thread_copies(&thread).await?);
-            for (thread, channel) in threads {
-                let message = |kind, body| NewMessage {
-                    thread: thread.clone(),
-                    channel: channel.clone(),
-                    kind,
-                    body,
-                    traceparent: traceparent.clone(),
-                    priority: Priority::Thread,
-                };
-                batch.push(message(
-                    Kind::Update,
-                    messages::patch_message(outcome, true),
-                ));
-                batch.push(message(
-                    Kind::Reply,
-                    messages::patch_message(outcome, false),
-                ));
+        let (mut batch, digests) = match store.thread_channel(&thread).await? {
+            Some(channel) => {
+                let updates = self
+                    .thread_updates(&thread, channel, outcome, traceparent.as_ref())
+                    .await?;
+                (updates, Vec::new())
             }
-        } else {
-            let labels: BTreeMap<String, String> = outcome.labels.clone();
-            let decisions = self.router.route(&Subject {
-                target: outcome.target.as_str(),
-                status: outcome.status,
-                priority: &outcome.priority,
-                labels: &labels,
-            });
-            let now = self.clock.now_ms();
-            let period = millis(self.routing.digest_period).max(1);
-            for (index, decision) in decisions.into_iter().enumerate() {
-                let mut own = decision.own_thread;
-                let backlogged = self.backlogged(&decision.channel).await?;
-                if own && !failure && backlogged {
-                    own = false;
-                }
-                if own {
-                    let thread = if index == 0 {
-                        thread.clone()
-                    } else {
-                        format!("{thread}@{}", decision.channel)
-                    };
-                    batch.push(NewMessage {
-                        thread,
-                        channel: decision.channel,
-                        kind: Kind::Post,
-                        body: messages::with_mention(
-                            messages::patch_message(outcome, true),
-                            &decision.mention,
-                        ),
-                        traceparent: traceparent.clone(),
-                        priority: if failure {
-                            Priority::Failure
-                        } else {
-                            Priority::Thread
-                        },
-                    });
-                } else {
-                    digests.push(DigestAdd {
-                        channel: decision.channel,
-                        period_ms: now - now.rem_euclid(period),
-                        max_entries: self.routing.digest_max_entries,
-                        entry: messages::digest_entry(outcome, self.routing.summary_url.as_deref()),
-                    });
-                }
-            }
-        }
-        let mut dropped_dm = None;
-        match self.notify_user(outcome) {
-            Notify::Nobody => {}
-            Notify::NotAllowed(user) => {
-                tracing::warn!(
-                    patch_id = %patch_id,
-                    user = %user,
-                    "notify names a user outside routing.notify_allowed; no DM sent"
-                );
-                dropped_dm = Some("not_allowed");
-            }
-            Notify::User(user) => {
-                let now = self.clock.now_ms();
-                let period = millis(self.routing.digest_period).max(1);
-                let period_start = now - now.rem_euclid(period);
-                let sent = store.dms_since(&user, period_start).await?;
-                let cap = u64::from(self.routing.notify_max_per_period);
-                let body = if sent < cap {
-                    Some(messages::line(&messages::fallback_text(outcome)))
-                } else if sent == cap {
-                    dropped_dm = Some("capped");
-                    Some(messages::line(&format!(
-                        "🔕 You have more patches ending than {cap} DMs a period: DMs pause until {}; their results are in the channels.",
-                        messages::time_of_day(period_start.saturating_add(period))
-                    )))
-                } else {
-                    dropped_dm = Some("capped");
-                    None
-                };
-                if let Some(body) = body {
-                    batch.push(NewMessage {
-                        thread: format!("dm/{patch_id}/{}", outcome.attempt),
-                        channel: user,
-                        kind: Kind::Post,
-                        body,
-                        traceparent: traceparent.clone(),
-                        priority: Priority::Thread,
-                    });
-                }
-            }
-        }
+            None => self.routed(&thread, outcome, traceparent.as_ref()).await?,
+        };
+        let (dm, dropped_dm) = self.direct_message(outcome, traceparent.as_ref()).await?;
+        batch.extend(dm);
         let fresh = store
             .accept_routed(
                 &patch_id,
@@ -222,6 +120,144 @@ impl Patches {
             self.outbox.wake();
         }
         Ok(fresh)
+    }
+
+    /// A later attempt of a patch whose thread exists: its parent is updated and a reply
+    /// added, in the thread and in its copies in other channels (routes with `continue`).
+    async fn thread_updates(
+        &self,
+        thread: &str,
+        channel: String,
+        outcome: &PatchOutcome,
+        traceparent: Option<&String>,
+    ) -> Result<Vec<NewMessage>, AlerterError> {
+        let mut threads = vec![(thread.to_owned(), channel)];
+        threads.extend(self.outbox.store().thread_copies(thread).await?);
+        let mut batch = Vec::with_capacity(threads.len() * 2);
+        for (thread, channel) in threads {
+            let message = |kind, body| NewMessage {
+                thread: thread.clone(),
+                channel: channel.clone(),
+                kind,
+                body,
+                traceparent: traceparent.cloned(),
+                priority: Priority::Thread,
+            };
+            batch.push(message(
+                Kind::Update,
+                messages::patch_message(outcome, true),
+            ));
+            batch.push(message(
+                Kind::Reply,
+                messages::patch_message(outcome, false),
+            ));
+        }
+        Ok(batch)
+    }
+
+    /// A patch's first outcome, routed: an own thread per route that wants one (the first
+    /// keeps the patch's thread key, the others are copies), a digest entry for the others
+    /// (and for successes while their channel is backlogged).
+    async fn routed(
+        &self,
+        thread: &str,
+        outcome: &PatchOutcome,
+        traceparent: Option<&String>,
+    ) -> Result<(Vec<NewMessage>, Vec<DigestAdd>), AlerterError> {
+        let failure = outcome.status != Status::Succeeded;
+        let labels: BTreeMap<String, String> = outcome.labels.clone();
+        let decisions = self.router.route(&Subject {
+            target: outcome.target.as_str(),
+            status: outcome.status,
+            priority: &outcome.priority,
+            labels: &labels,
+        });
+        let now = self.clock.now_ms();
+        let period = millis(self.routing.digest_period).max(1);
+        let (mut batch, mut digests) = (Vec::new(), Vec::new());
+        for (index, decision) in decisions.into_iter().enumerate() {
+            let backlogged = self.backlogged(&decision.channel).await?;
+            let own = decision.own_thread && (failure || !backlogged);
+            if !own {
+                digests.push(DigestAdd {
+                    channel: decision.channel,
+                    period_ms: now - now.rem_euclid(period),
+                    max_entries: self.routing.digest_max_entries,
+                    entry: messages::digest_entry(outcome, self.routing.summary_url.as_deref()),
+                });
+                continue;
+            }
+            let thread = if index == 0 {
+                thread.to_owned()
+            } else {
+                format!("{thread}@{}", decision.channel)
+            };
+            batch.push(NewMessage {
+                thread,
+                channel: decision.channel,
+                kind: Kind::Post,
+                body: messages::with_mention(
+                    messages::patch_message(outcome, true),
+                    &decision.mention,
+                ),
+                traceparent: traceparent.cloned(),
+                priority: if failure {
+                    Priority::Failure
+                } else {
+                    Priority::Thread
+                },
+            });
+        }
+        Ok((batch, digests))
+    }
+
+    /// The DM to the user the patch names, if allowed and under the cap per digest period
+    /// (the message that reaches the cap says DMs pause); with why a DM was dropped.
+    async fn direct_message(
+        &self,
+        outcome: &PatchOutcome,
+        traceparent: Option<&String>,
+    ) -> Result<(Option<NewMessage>, Option<&'static str>), AlerterError> {
+        let user = match self.notify_user(outcome) {
+            Notify::Nobody => return Ok((None, None)),
+            Notify::NotAllowed(user) => {
+                tracing::warn!(
+                    patch_id = %outcome.patch_id,
+                    user = %user,
+                    "notify names a user outside routing.notify_allowed; no DM sent"
+                );
+                return Ok((None, Some("not_allowed")));
+            }
+            Notify::User(user) => user,
+        };
+        let now = self.clock.now_ms();
+        let period = millis(self.routing.digest_period).max(1);
+        let period_start = now - now.rem_euclid(period);
+        let sent = self.outbox.store().dms_since(&user, period_start).await?;
+        let cap = u64::from(self.routing.notify_max_per_period);
+        let (body, dropped) = if sent < cap {
+            (
+                Some(messages::line(&messages::fallback_text(outcome))),
+                None,
+            )
+        } else if sent == cap {
+            let text = format!(
+                "🔕 You have more patches ending than {cap} DMs a period: DMs pause until {}; their results are in the channels.",
+                messages::time_of_day(period_start.saturating_add(period))
+            );
+            (Some(messages::line(&text)), Some("capped"))
+        } else {
+            (None, Some("capped"))
+        };
+        let dm = body.map(|body| NewMessage {
+            thread: format!("dm/{}/{}", outcome.patch_id, outcome.attempt),
+            channel: user,
+            kind: Kind::Post,
+            body,
+            traceparent: traceparent.cloned(),
+            priority: Priority::Thread,
+        });
+        Ok((dm, dropped))
     }
 
     /// Who to tell directly when `outcome`'s patch ends: its `notify` field when that user is

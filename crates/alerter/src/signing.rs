@@ -14,7 +14,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use crate::clock::SharedClock;
+use ghost_runtime::clock::SharedClock;
 
 /// Largest accepted distance between the request's timestamp and now.
 pub const WINDOW_SECS: i64 = 300;
@@ -144,10 +144,9 @@ impl Verifier {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use super::*;
-    use crate::clock::ManualClock;
+    use ghost_runtime::clock::TokioClock;
 
     /// Slack's documented example ("Verifying requests from Slack").
     const SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
@@ -155,34 +154,31 @@ mod tests {
     const BODY: &str = "token=xyzz0WbapA4vBCDEFasx0q6G&team_id=T1DC2JH3J&team_domain=testteamnow&channel_id=G8PSS9T3V&channel_name=foobar&user_id=U2CERLKJA&user_name=roadrunner&command=%2Fwebhook-collect&text=&response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2FT1DC2JH3J%2F397700885554%2F96rGlfmibIGlgcZRskXaIFfN&trigger_id=398738663015.47445629121.803a0bc887a14d10d2c447fce8b6703c";
     const SIGNATURE: &str = "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503";
 
-    fn verifier_at(secs: i64) -> (Verifier, Arc<ManualClock>) {
-        let clock = Arc::new(ManualClock::at(secs * 1000));
-        (Verifier::new(Secret::new(SECRET), clock.clone()), clock)
+    /// A verifier whose clock reads `secs` now and moves with paused tokio time.
+    fn verifier_at(secs: i64) -> Verifier {
+        Verifier::new(Secret::new(SECRET), TokioClock::shared(secs * 1000))
     }
 
-    #[test]
-    fn slacks_documented_example_verifies_at_its_time() {
+    #[tokio::test(start_paused = true)]
+    async fn slacks_documented_example_verifies_at_its_time() {
         assert_eq!(sign(SECRET, TIMESTAMP, BODY.as_bytes()), SIGNATURE);
-        let (verifier, _) = verifier_at(1_531_420_618);
+        let verifier = verifier_at(1_531_420_618);
         assert_eq!(
             verifier.verify(Some(TIMESTAMP), Some(SIGNATURE), BODY.as_bytes()),
             Ok(())
         );
     }
 
-    #[test]
-    fn stale_replayed_tampered_and_unsigned_requests_are_refused() {
-        let (verifier, clock) = verifier_at(1_531_420_618 + 301);
-        assert_eq!(
-            verifier.verify(Some(TIMESTAMP), Some(SIGNATURE), BODY.as_bytes()),
-            Err(SignatureError::Stale { age_secs: 301 })
-        );
-        clock.set((1_531_420_618 - 301) * 1000);
+    #[tokio::test(start_paused = true)]
+    async fn stale_replayed_tampered_and_unsigned_requests_are_refused() {
+        // Five minutes and a second before the request was signed: from the future.
+        let verifier = verifier_at(1_531_420_618 - 301);
         assert!(matches!(
             verifier.verify(Some(TIMESTAMP), Some(SIGNATURE), BODY.as_bytes()),
             Err(SignatureError::Stale { .. })
         ));
-        clock.set(1_531_420_618_000 + 300_000);
+        // Ten minutes and a second later: five minutes after it, at the edge of the window.
+        tokio::time::advance(std::time::Duration::from_secs(601)).await;
         let tampered = BODY.replace("roadrunner", "coyote");
         assert_eq!(
             verifier.verify(Some(TIMESTAMP), Some(SIGNATURE), tampered.as_bytes()),
@@ -223,7 +219,13 @@ mod tests {
             verifier.verify(Some(TIMESTAMP), Some(SIGNATURE), BODY.as_bytes()),
             Err(SignatureError::Replayed)
         );
-        let unconfigured = Verifier::new(Secret::default(), clock);
+        // One second more and it is stale.
+        tokio::time::advance(std::time::Duration::from_secs(1)).await;
+        assert_eq!(
+            verifier.verify(Some(TIMESTAMP), Some(SIGNATURE), BODY.as_bytes()),
+            Err(SignatureError::Stale { age_secs: 301 })
+        );
+        let unconfigured = Verifier::new(Secret::default(), TokioClock::shared(1_531_420_618_000));
         assert_eq!(
             unconfigured.verify(Some(TIMESTAMP), Some(SIGNATURE), BODY.as_bytes()),
             Err(SignatureError::NotConfigured)

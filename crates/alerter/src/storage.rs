@@ -19,9 +19,9 @@ use serde_json::json;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::SharedClock;
 use crate::slack::{SlackClient, Verdict};
 use crate::store::Store;
+use ghost_runtime::clock::SharedClock;
 
 /// The key of the alerter's own storage alert.
 pub const ALERT_KEY: &str = "storage_unavailable/alerter";

@@ -24,6 +24,8 @@ use std::path::Path;
 use ghost_runtime::storage::{FaultKind, StorageHealth};
 use serde_json::Value;
 
+use crate::alert::AlertState;
+
 pub use self::postgres::PgStore;
 pub use self::sqlite::SqliteStore;
 
@@ -39,6 +41,15 @@ pub enum StoreError {
     /// A stored JSON column could not be read back.
     #[error("corrupt stored json: {0}")]
     Corrupt(#[from] serde_json::Error),
+    /// A stored alert state this alerter cannot read (written by a newer or a broken
+    /// version): the alert is named, nothing is guessed.
+    #[error("the stored state of alert {key} cannot be read: {reason}")]
+    UnreadableAlert {
+        /// The alert's key.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The blocking task running the transaction died.
     #[error("storage task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -329,6 +340,13 @@ impl Store {
         matches!(self.backend, Backend::Postgres(_))
     }
 
+    /// The longest the delivery loop may sleep between two looks: on PostgreSQL one poll
+    /// (another replica may store messages for a channel this one sends to); `None` on
+    /// SQLite, where every store wakes the loop.
+    pub fn poll(&self) -> Option<std::time::Duration> {
+        self.is_shared().then_some(postgres::POLL)
+    }
+
     /// The health of the medium under the database.
     pub fn health(&self) -> &StorageHealth {
         &self.health
@@ -508,19 +526,21 @@ impl Store {
         dispatch!(self.all_messages())
     }
 
-    /// Saves one alert's state (JSON); `active` false once resolved.
-    pub async fn save_alert(
-        &self,
-        key: &str,
-        state: Value,
-        active: bool,
-    ) -> Result<(), StoreError> {
-        dispatch!(self.save_alert(key, state, active))
+    /// Saves one alert's state (stored as JSON text); it stays among the active alerts until
+    /// resolved.
+    pub async fn save_alert(&self, alert: &AlertState) -> Result<(), StoreError> {
+        let state = alert.to_stored()?;
+        dispatch!(self.save_alert(&alert.key, state, alert.is_active()))
     }
 
-    /// The states of all active alerts.
-    pub async fn active_alerts(&self) -> Result<Vec<Value>, StoreError> {
-        dispatch!(self.active_alerts())
+    /// The states of all active alerts, by key; a stored state this alerter cannot read is
+    /// [`StoreError::UnreadableAlert`].
+    pub async fn active_alerts(&self) -> Result<Vec<AlertState>, StoreError> {
+        let stored: Vec<(String, String)> = dispatch!(self.active_alerts())?;
+        stored
+            .iter()
+            .map(|(key, state)| AlertState::from_stored(key, state))
+            .collect()
     }
 
     /// Stores a silence; returns it with its id.

@@ -282,3 +282,74 @@ async fn on_postgres_one_store_at_a_time_sends_to_a_channel_and_leads() {
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     assert!(first.hold_lease("short", ttl).await.unwrap());
 }
+
+fn firing(key: &str) -> AlertState {
+    use crate::alert::{Phase, Severity};
+    AlertState {
+        key: key.to_owned(),
+        group: crate::lifecycle::group_of(key).to_owned(),
+        severity: Severity::Critical,
+        summary: "stale".to_owned(),
+        labels: std::collections::BTreeMap::new(),
+        source: "router".to_owned(),
+        raised_ms: 1,
+        phase: Phase::Firing,
+        thread: Some(format!("alert/{key}")),
+        notified_ms: Some(2),
+        last_notified_ms: 2,
+        ack: None,
+        escalated: false,
+        resolved_ms: None,
+    }
+}
+
+/// A stored state with a phase this alerter does not know.
+const FROM_THE_FUTURE: &str = r#"{"key":"queue_stale/MAIN","group":"queue_stale","severity":"critical","summary":"s","labels":{},"source":"r","raised_ms":1,"phase":"exploded","thread":null,"notified_ms":null,"last_notified_ms":0,"ack":null,"escalated":false,"resolved_ms":null}"#;
+
+fn assert_unreadable(err: &StoreError) {
+    let text = err.to_string();
+    assert!(
+        matches!(err, StoreError::UnreadableAlert { key, .. } if key == "queue_stale/MAIN"),
+        "{err:?}"
+    );
+    assert!(
+        text.contains("queue_stale/MAIN") && text.contains("exploded"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn alert_states_round_trip_typed_and_an_unknown_stored_state_is_a_clear_error_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("alerter.db");
+    let store = Store::open(Some(&path)).unwrap();
+    let alert = firing("queue_stale/MAIN");
+    store.save_alert(&alert).await.unwrap();
+    assert_eq!(store.active_alerts().await.unwrap(), [alert]);
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute("UPDATE alerts SET state = ?1", [FROM_THE_FUTURE])
+        .unwrap();
+    drop(conn);
+    let store = Store::open(Some(&path)).unwrap();
+    assert_unreadable(&store.active_alerts().await.unwrap_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_states_round_trip_typed_and_an_unknown_stored_state_is_a_clear_error_on_postgres() {
+    let Some(server) = TempPostgres::start_or_skip("store::tests::unreadable_alert") else {
+        return;
+    };
+    let url = server.create_database();
+    let store = Store::open_postgres(&url).await.unwrap();
+    let alert = firing("queue_stale/MAIN");
+    store.save_alert(&alert).await.unwrap();
+    assert_eq!(store.active_alerts().await.unwrap(), [alert]);
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query("UPDATE alerter.alerts SET state = $1")
+        .bind(FROM_THE_FUTURE)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_unreadable(&store.active_alerts().await.unwrap_err());
+}

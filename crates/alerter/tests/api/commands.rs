@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use alerter::clock::SystemClock;
 use ghost_proto::alerter::v1::AlertRequest;
 use ghost_proto::router::v1::router_service_client::RouterServiceClient;
 use ghost_proto::router::v1::{
@@ -16,6 +15,7 @@ use ghost_proto::router::v1::{
 };
 use ghost_proto::summarizer::v1::summarizer_service_client::SummarizerServiceClient;
 use ghost_proto::summarizer::v1::{Outcome, RecordRequest};
+use ghost_runtime::clock::SystemClock;
 use ghost_runtime::config::ServerConfig;
 use ghost_testkit::{FakeSlack, RESPONSE_URL_METHOD};
 use tokio::sync::oneshot;

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use alerter::clock::SystemClock;
 use alerter::store::{Kind, NewMessage};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use ghost_runtime::clock::SystemClock;
 use ghost_testkit::{FakeResponse, FakeSlack, SlackRequest};
 use serde_json::json;
 use tokio::sync::oneshot;

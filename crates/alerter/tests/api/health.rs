@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use alerter::clock::SystemClock;
+use ghost_runtime::clock::SystemClock;
 use ghost_testkit::FakeSlack;
 
 use crate::commands::spawn_summarizer;

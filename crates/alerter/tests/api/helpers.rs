@@ -7,13 +7,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use alerter::clock::{SharedClock, SystemClock};
 use alerter::lifecycle::Lifecycle;
 use alerter::store::Store;
 use alerter::{AlerterConfig, App, SlackConfig};
 use ghost_proto::alerter::v1::NotifyRequest;
 use ghost_proto::alerter::v1::alerter_service_client::AlerterServiceClient;
 use ghost_proto::router::v1::PatchStatus;
+use ghost_runtime::clock::{RuleClock, SharedClock, SystemClock};
 use ghost_runtime::config::{Secret, ServerConfig};
 use ghost_testkit::postgres::TempPostgres;
 use tokio::sync::oneshot;
@@ -56,6 +56,30 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         drop(self.stop.take());
+    }
+}
+
+/// A rule clock that moves only when a test sets it: for a test that must jump minutes ahead
+/// while the real app keeps serving (paused tokio time would also fire its servers' idle
+/// timeouts).
+#[derive(Debug, Default)]
+pub struct PinnedClock(std::sync::atomic::AtomicI64);
+
+impl PinnedClock {
+    /// A clock reading `now_ms` until set.
+    pub fn at(now_ms: i64) -> Arc<Self> {
+        Arc::new(Self(std::sync::atomic::AtomicI64::new(now_ms)))
+    }
+
+    /// Moves the clock to `now_ms`.
+    pub fn set(&self, now_ms: i64) {
+        self.0.store(now_ms, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl RuleClock for PinnedClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use alerter::AlertPolicy;
-use alerter::clock::TokioClock;
 use alerter::lifecycle::{Lifecycle, Phase, RaiseAlert, Severity};
 use alerter::outbox::Outbox;
 use alerter::store::{Kind, NewMessage, Store};
+use ghost_runtime::clock::TokioClock;
 
 const START_MS: i64 = 1_700_000_000_000;
 

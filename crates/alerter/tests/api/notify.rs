@@ -7,10 +7,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use alerter::clock::SystemClock;
 use alerter::{AlertPolicy, SlackConfig};
 use ghost_proto::alerter::v1::{AlertRequest, Severity};
 use ghost_proto::router::v1::PatchStatus;
+use ghost_runtime::clock::SystemClock;
 use ghost_runtime::config::Secret;
 use ghost_testkit::{FakeResponse, FakeSlack, SlackRequest, WEBHOOK_METHOD};
 

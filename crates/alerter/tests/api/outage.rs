@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use alerter::AlerterConfig;
-use alerter::clock::SystemClock;
 use ghost_proto::router::v1::PatchStatus;
+use ghost_runtime::clock::SystemClock;
 use ghost_testkit::{FakeResponse, FakeSlack, SlackRequest};
 
 use crate::helpers::{TestApp, WAIT, config, notify, spawn_with};

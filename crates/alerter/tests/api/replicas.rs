@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use alerter::AlerterConfig;
-use alerter::clock::SystemClock;
 use alerter::routing::Route;
 use ghost_proto::alerter::v1::NotifyRequest;
 use ghost_proto::router::v1::PatchStatus;
+use ghost_runtime::clock::SystemClock;
 use ghost_runtime::config::Secret;
 use ghost_testkit::postgres::TempPostgres;
 use ghost_testkit::{FakeSlack, SlackRequest};

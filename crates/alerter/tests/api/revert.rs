@@ -9,11 +9,11 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
-use alerter::clock::SystemClock;
 use ghost_proto::executor::v1::{ExecutorMessage, RouterMessage};
 use ghost_proto::router::v1 as wire;
 use ghost_proto::router::v1::PatchStatus;
 use ghost_proto::router::v1::router_service_server::{RouterService, RouterServiceServer};
+use ghost_runtime::clock::SystemClock;
 use ghost_testkit::{FakeSlack, RESPONSE_URL_METHOD};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status as RpcStatus, Streaming};

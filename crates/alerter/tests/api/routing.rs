@@ -7,11 +7,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use alerter::clock::SystemClock;
 use alerter::routing::{Route, ThreadMode};
 use alerter::{AlerterConfig, App};
 use ghost_proto::alerter::v1::NotifyRequest;
 use ghost_proto::router::v1::PatchStatus;
+use ghost_runtime::clock::SystemClock;
 use ghost_testkit::{FakeMessage, FakeResponse, FakeSlack, SlackRequest};
 use serde_json::Value;
 
@@ -817,7 +817,7 @@ async fn direct_messages_wait_behind_failures() {
         .unwrap()
         .as_millis() as i64
         + 3_600_000;
-    let app = spawn_with(cfg, Arc::new(alerter::clock::ManualClock::at(later))).await;
+    let app = spawn_with(cfg, ghost_runtime::clock::TokioClock::shared(later)).await;
     drained(&app, Duration::from_secs(20)).await;
     let order: Vec<String> = slack
         .requests()

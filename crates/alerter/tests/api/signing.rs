@@ -5,10 +5,12 @@
 use std::process::Command;
 use std::sync::Arc;
 
-use alerter::clock::{ManualClock, SystemClock};
+use ghost_runtime::clock::SystemClock;
 use ghost_runtime::config::Secret;
 
-use crate::helpers::{SIGNING_SECRET, command_body, config, now_secs, post_signed, spawn_with};
+use crate::helpers::{
+    PinnedClock, SIGNING_SECRET, command_body, config, now_secs, post_signed, spawn_with,
+};
 
 const SLACK_SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
 const SLACK_TIMESTAMP: &str = "1531420618";
@@ -23,7 +25,7 @@ async fn slacks_documented_example_is_accepted_on_a_clock_pinned_to_its_time() {
     );
     let mut cfg = config(None);
     cfg.slack.signing_secret = Secret::new(SLACK_SECRET);
-    let clock = Arc::new(ManualClock::at(1_531_420_618_000));
+    let clock = PinnedClock::at(1_531_420_618_000);
     let app = spawn_with(cfg, clock.clone()).await;
     let url = format!("{}/slack/commands", app.http);
 

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use alerter::clock::SystemClock;
+use ghost_runtime::clock::SystemClock;
 use ghost_testkit::{FakeSlack, SlackRequest};
 use tonic_health::pb::health_check_response::ServingStatus;
 

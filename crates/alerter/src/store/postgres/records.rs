@@ -1,17 +1,16 @@
 //! Alert states, silences and the audit log on PostgreSQL.
 
-use serde_json::Value;
 use sqlx::Row as _;
 
 use super::PgStore;
 use crate::store::{AuditEntry, Silence, StoreError};
 
 impl PgStore {
-    /// Saves one alert's state (JSON); `active` false once resolved.
+    /// Saves one alert's state (its JSON text); `active` false once resolved.
     pub async fn save_alert(
         &self,
         key: &str,
-        state: Value,
+        state: String,
         active: bool,
     ) -> Result<(), StoreError> {
         sqlx::query(
@@ -19,23 +18,22 @@ impl PgStore {
              ON CONFLICT (key) DO UPDATE SET state = excluded.state, active = excluded.active",
         )
         .bind(key)
-        .bind(state.to_string())
+        .bind(state)
         .bind(active)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    /// The states of all active alerts.
-    pub async fn active_alerts(&self) -> Result<Vec<Value>, StoreError> {
-        let rows = sqlx::query("SELECT state FROM alerts WHERE active ORDER BY key")
+    /// The keys and stored states (JSON text) of all active alerts, by key.
+    pub async fn active_alerts(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query("SELECT key, state FROM alerts WHERE active ORDER BY key")
             .fetch_all(&self.pool)
             .await?;
-        let mut states = Vec::with_capacity(rows.len());
-        for row in rows {
-            let state: String = row.try_get(0)?;
-            states.push(serde_json::from_str(&state)?);
-        }
+        let states = rows
+            .iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
         Ok(states)
     }
 

@@ -1,17 +1,16 @@
 //! Alert states, silences and the audit log on SQLite.
 
 use rusqlite::params;
-use serde_json::Value;
 
 use super::SqliteStore;
 use crate::store::{AuditEntry, Silence, StoreError};
 
 impl SqliteStore {
-    /// Saves one alert's state (JSON); `active` false once resolved.
+    /// Saves one alert's state (its JSON text); `active` false once resolved.
     pub async fn save_alert(
         &self,
         key: &str,
-        state: Value,
+        state: String,
         active: bool,
     ) -> Result<(), StoreError> {
         let key = key.to_owned();
@@ -19,24 +18,20 @@ impl SqliteStore {
             conn.execute(
                 "INSERT INTO alerts (key, state, active) VALUES (?1, ?2, ?3)
                  ON CONFLICT (key) DO UPDATE SET state = excluded.state, active = excluded.active",
-                params![key, state.to_string(), active],
+                params![key, state, active],
             )?;
             Ok(())
         })
         .await
     }
 
-    /// The states of all active alerts.
-    pub async fn active_alerts(&self) -> Result<Vec<Value>, StoreError> {
+    /// The keys and stored states (JSON text) of all active alerts, by key.
+    pub async fn active_alerts(&self) -> Result<Vec<(String, String)>, StoreError> {
         self.with_tx(|conn| {
             let mut statement =
-                conn.prepare("SELECT state FROM alerts WHERE active = 1 ORDER BY key")?;
-            let rows = statement.query_map([], |row| row.get::<_, String>(0))?;
-            let mut states = Vec::new();
-            for row in rows {
-                states.push(serde_json::from_str(&row?)?);
-            }
-            Ok(states)
+                conn.prepare("SELECT key, state FROM alerts WHERE active = 1 ORDER BY key")?;
+            let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
     }
