@@ -1,4 +1,4 @@
-//! The `alerter` binary: loads its config, starts telemetry, serves until SIGTERM or Ctrl-C.
+//! The alerter binary: loads its config, starts the [`App`] and serves until SIGINT or SIGTERM.
 
 use alerter::{AlerterConfig, App, SERVICE};
 

@@ -1,3 +1,5 @@
+//! The executor binary: loads its config, starts the [`App`] and serves until SIGINT or SIGTERM.
+
 use executor::{App, ExecutorConfig, SERVICE};
 
 #[tokio::main]

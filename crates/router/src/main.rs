@@ -1,3 +1,5 @@
+//! The router binary: loads its config, starts the [`App`] and serves until SIGINT or SIGTERM.
+
 use router::{App, RouterConfig, SERVICE};
 
 #[tokio::main]

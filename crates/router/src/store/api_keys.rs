@@ -353,71 +353,95 @@ pub fn revoke_tx(
     Ok(KeyRevoked::Now(key, version))
 }
 
+/// The keys of an import, sorted by what storing them would do.
+struct SortedImport<'a> {
+    /// Not stored yet under their name: stored by the import.
+    fresh: Vec<&'a NewApiKey>,
+    /// Names held by another secret.
+    conflicts: Vec<String>,
+    /// Stored already with the same name and hash: skipped.
+    present: u32,
+    /// Secrets revoked before: never stored again.
+    revoked: Vec<String>,
+}
+
+fn sort_import<'a>(
+    conn: &Connection,
+    keys: &'a [NewApiKey],
+) -> Result<SortedImport<'a>, StoreError> {
+    let mut sorted = SortedImport {
+        fresh: Vec::new(),
+        conflicts: Vec::new(),
+        present: 0,
+        revoked: Vec::new(),
+    };
+    for key in keys {
+        let was_revoked: bool = conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM api_keys_revoked WHERE sha256 = ?1)")?
+            .query_row(params![key.sha256], |row| row.get(0))?;
+        if was_revoked {
+            sorted.revoked.push(key.name.clone());
+            continue;
+        }
+        match by_name(conn, &key.name)? {
+            Some(stored) if stored.sha256 == key.sha256 => sorted.present += 1,
+            Some(_) => sorted.conflicts.push(key.name.clone()),
+            None => sorted.fresh.push(key),
+        }
+    }
+    Ok(sorted)
+}
+
+/// Why an import is refused as a whole, with the line its audit row gives, or `None`.
+fn import_refusal(
+    conn: &Connection,
+    sorted: &SortedImport<'_>,
+) -> Result<Option<(KeysImported, String)>, StoreError> {
+    if !sorted.revoked.is_empty() {
+        return Ok(Some((
+            KeysImported::Revoked(sorted.revoked.clone()),
+            format!("import: revoked keys: {}", sorted.revoked.join(",")),
+        )));
+    }
+    if !sorted.conflicts.is_empty() {
+        return Ok(Some((
+            KeysImported::Conflict(sorted.conflicts.clone()),
+            format!(
+                "import: names held by other secrets: {}",
+                sorted.conflicts.join(",")
+            ),
+        )));
+    }
+    let total = count(conn)? + sorted.fresh.len();
+    if total > MAX_API_KEYS {
+        return Ok(Some((
+            KeysImported::Full(total),
+            format!("import: {total} keys, at most {MAX_API_KEYS}"),
+        )));
+    }
+    let targets = sorted.fresh.iter().fold(total_targets(conn)?, |sum, key| {
+        sum.saturating_add(key.targets.len())
+    });
+    Ok((targets > MAX_TOTAL_TARGETS).then(|| {
+        (
+            KeysImported::TooManyTargets(targets),
+            format!("import: {targets} targets across all keys, at most {MAX_TOTAL_TARGETS}"),
+        )
+    }))
+}
+
 /// Stores `keys` (all or none); a key stored already with the same name and hash is skipped.
 pub fn import_tx(
     conn: &Connection,
     keys: &[NewApiKey],
     actor: &str,
 ) -> Result<KeysImported, StoreError> {
-    let mut fresh = Vec::new();
-    let mut conflicts = Vec::new();
-    let mut present = 0u32;
-    let mut revoked = Vec::new();
-    for key in keys {
-        let was_revoked: bool = conn
-            .prepare_cached("SELECT EXISTS (SELECT 1 FROM api_keys_revoked WHERE sha256 = ?1)")?
-            .query_row(params![key.sha256], |row| row.get(0))?;
-        if was_revoked {
-            revoked.push(key.name.clone());
-            continue;
-        }
-        match by_name(conn, &key.name)? {
-            Some(stored) if stored.sha256 == key.sha256 => present += 1,
-            Some(_) => conflicts.push(key.name.clone()),
-            None => fresh.push(key),
-        }
-    }
-    let refused = if !revoked.is_empty() {
-        Some((
-            KeysImported::Revoked(revoked.clone()),
-            format!("import: revoked keys: {}", revoked.join(",")),
-        ))
-    } else if !conflicts.is_empty() {
-        Some((
-            KeysImported::Conflict(conflicts.clone()),
-            format!(
-                "import: names held by other secrets: {}",
-                conflicts.join(",")
-            ),
-        ))
-    } else {
-        let total = count(conn)? + fresh.len();
-        (total > MAX_API_KEYS).then(|| {
-            (
-                KeysImported::Full(total),
-                format!("import: {total} keys, at most {MAX_API_KEYS}"),
-            )
-        })
-    };
-    if let Some((outcome, why)) = refused {
+    let sorted = sort_import(conn, keys)?;
+    if let Some((outcome, why)) = import_refusal(conn, &sorted)? {
         audit_tx(conn, "api_key.refused", 0, "*", actor, &why)?;
         return Ok(outcome);
     }
-    let targets = fresh.iter().fold(total_targets(conn)?, |sum, key| {
-        sum.saturating_add(key.targets.len())
-    });
-    if targets > MAX_TOTAL_TARGETS {
-        audit_tx(
-            conn,
-            "api_key.refused",
-            0,
-            "*",
-            actor,
-            &format!("import: {targets} targets across all keys, at most {MAX_TOTAL_TARGETS}"),
-        )?;
-        return Ok(KeysImported::TooManyTargets(targets));
-    }
-    for key in &fresh {
+    for key in &sorted.fresh {
         let stored = insert(conn, key, true)?;
         audit_tx(
             conn,
@@ -428,7 +452,7 @@ pub fn import_tx(
             &detail(&stored),
         )?;
     }
-    let version = if fresh.is_empty() {
+    let version = if sorted.fresh.is_empty() {
         version(conn)?
     } else {
         bump(conn)?
@@ -440,11 +464,15 @@ pub fn import_tx(
         0,
         "*",
         actor,
-        &format!("{} imported, {present} present already", fresh.len()),
+        &format!(
+            "{} imported, {} present already",
+            sorted.fresh.len(),
+            sorted.present
+        ),
     )?;
     Ok(KeysImported::Done(
-        u32::try_from(fresh.len()).unwrap_or(u32::MAX),
-        present,
+        u32::try_from(sorted.fresh.len()).unwrap_or(u32::MAX),
+        sorted.present,
         version,
     ))
 }
