@@ -13,7 +13,11 @@
 # Usage: deploy/bench/compare.sh            (after: cargo build --release -p ghost-bench
 #                                             -p router -p executor -p gateway -p summarizer -p alerter)
 # Env:   BIN_DIR (default: $CARGO_TARGET_DIR/release or target/release), DURATION (10s),
-#        CONNECTIONS ("8 64"), THREADS (2).
+#        CONNECTIONS ("8 64"), THREADS (2),
+#        STORE (sqlite): ghost-bench's --store for (b): `postgres` puts the router, summarizer and
+#          alerter on a throwaway PostgreSQL (fsync on) started for the run, or a postgres:// URL,
+#        SERVERS ("bare gateway webhook"): which of (a) (b) (c) to measure, e.g. SERVERS=gateway
+#          for durable intake alone.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -21,6 +25,8 @@ bin=${BIN_DIR:-${CARGO_TARGET_DIR:-$root/target}/release}
 duration=${DURATION:-10s}
 connections=${CONNECTIONS:-8 64}
 threads=${THREADS:-2}
+store=${STORE:-sqlite}
+servers=${SERVERS:-bare gateway webhook}
 lua=$root/deploy/bench/post.lua
 
 for tool in wrk webhook curl; do
@@ -41,7 +47,8 @@ cleanup() {
     kill -TERM "$pid" 2>/dev/null || true
   done
   for pid in "${pids[@]}"; do
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    # ghost-bench stops its services and its PostgreSQL first: give it time.
+    for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
   done
   rm -rf "$work"
@@ -69,7 +76,7 @@ wait_http "http://127.0.0.1:$bare_port/"
 
 # (b) the five services, started and kept up by ghost-bench (one warm-up patch through them)
 "$bin/ghost-bench" -n 1 -c 1 --serve --url-file "$work/gateway" --work-dir "$work" \
-  --json "$work/warmup.json" >"$work/ghost-bench.log" 2>&1 &
+  --store "$store" --json "$work/warmup.json" >"$work/ghost-bench.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 600); do [ -s "$work/gateway" ] && break; sleep 0.1; done
 [ -s "$work/gateway" ] || { echo "the system did not start; see $work/ghost-bench.log" >&2; cat "$work/ghost-bench.log" >&2; exit 1; }
@@ -105,16 +112,23 @@ measure() { # name url path key connections
 }
 
 declare -A result
-for c in $connections; do
-  result[bare,$c]=$(measure bare "http://127.0.0.1:$bare_port" /v1/patches "" "$c")
-  result[gateway,$c]=$(measure gateway "$gateway_url" /v1/patches "$api_key" "$c")
-  result[webhook,$c]=$(measure webhook "http://127.0.0.1:$hook_port" /hooks/run "" "$c")
-done
-
-echo "compare.sh: wrk -t$threads -d$duration, loopback, $(nproc) cores; POST one-file patches"
-printf '%-44s %5s %10s %9s %9s %7s\n' "server" "conns" "req/s" "p50 ms" "p99 ms" "errors"
+declare -A url=([bare]="http://127.0.0.1:$bare_port" [gateway]="$gateway_url"
+  [webhook]="http://127.0.0.1:$hook_port")
+declare -A path=([bare]=/v1/patches [gateway]=/v1/patches [webhook]=/hooks/run)
+declare -A key=([bare]="" [gateway]="$api_key" [webhook]="")
 for c in $connections; do
   for name in bare gateway webhook; do
+    case " $servers " in
+      *" $name "*) result[$name,$c]=$(measure "$name" "${url[$name]}" "${path[$name]}" "${key[$name]}" "$c") ;;
+      *) result[$name,$c]="0 0 0 0" ;;
+    esac
+  done
+done
+
+echo "compare.sh: wrk -t$threads -d$duration, loopback, $(nproc) cores; POST one-file patches; store $store; load $(cut -d' ' -f1-3 /proc/loadavg)"
+printf '%-44s %5s %10s %9s %9s %7s\n' "server" "conns" "req/s" "p50 ms" "p99 ms" "errors"
+for c in $connections; do
+  for name in $servers; do
     case $name in
       bare) label="(a) bare axum handler" ;;
       gateway) label="(b) gateway POST /v1/patches, durable 202" ;;
