@@ -13,7 +13,13 @@
 # Usage: deploy/bench/compare.sh            (after: cargo build --release -p ghost-bench
 #                                             -p router -p executor -p gateway -p summarizer -p alerter)
 # Env:   BIN_DIR (default: $CARGO_TARGET_DIR/release or target/release), DURATION (10s),
-#        CONNECTIONS ("8 64"), THREADS (2).
+#        CONNECTIONS ("8 64"), THREADS (2),
+#        STORE (unset: ghost-bench's default, sqlite): ghost-bench's --store for (b): `postgres`
+#          puts the router, summarizer and alerter on a throwaway PostgreSQL (fsync on) started
+#          for the run, or a postgres:// URL,
+#        BENCH_ARGS: more ghost-bench arguments for (b), split on spaces (e.g. --set ...),
+#        SERVERS ("bare gateway webhook"): which of (a) (b) (c) to start and measure, e.g.
+#          SERVERS=gateway for durable intake alone.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -21,16 +27,27 @@ bin=${BIN_DIR:-${CARGO_TARGET_DIR:-$root/target}/release}
 duration=${DURATION:-10s}
 connections=${CONNECTIONS:-8 64}
 threads=${THREADS:-2}
+store=${STORE:-}
+servers=${SERVERS:-bare gateway webhook}
 lua=$root/deploy/bench/post.lua
+serves() { case " $servers " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+bench_args=()
+[ -z "$store" ] || bench_args+=(--store "$store")
+# shellcheck disable=SC2206  # split on spaces on purpose
+[ -z "${BENCH_ARGS:-}" ] || bench_args+=($BENCH_ARGS)
 
-for tool in wrk webhook curl; do
+tools="wrk curl"
+serves webhook && tools="$tools webhook"
+for tool in $tools; do
   if ! command -v "$tool" >/dev/null; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo=sudo
     $sudo apt-get update -qq && $sudo apt-get install -y -qq "$tool" >/dev/null
   fi
 done
-for binary in ghost-bench bench-bare-axum router gateway executor summarizer alerter; do
+binaries="ghost-bench router gateway executor summarizer alerter"
+serves bare && binaries="$binaries bench-bare-axum"
+for binary in $binaries; do
   [ -x "$bin/$binary" ] || { echo "missing $bin/$binary: build the release binaries first" >&2; exit 1; }
 done
 
@@ -41,7 +58,8 @@ cleanup() {
     kill -TERM "$pid" 2>/dev/null || true
   done
   for pid in "${pids[@]}"; do
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    # ghost-bench stops its services and its PostgreSQL first: give it time.
+    for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
   done
   rm -rf "$work"
@@ -63,13 +81,15 @@ wait_http() { # url [method]
 
 # (a) bare axum
 bare_port=$(free_port)
-"$bin/bench-bare-axum" "127.0.0.1:$bare_port" >"$work/bare.log" 2>&1 &
-pids+=($!)
-wait_http "http://127.0.0.1:$bare_port/"
+if serves bare; then
+  "$bin/bench-bare-axum" "127.0.0.1:$bare_port" >"$work/bare.log" 2>&1 &
+  pids+=($!)
+  wait_http "http://127.0.0.1:$bare_port/"
+fi
 
 # (b) the five services, started and kept up by ghost-bench (one warm-up patch through them)
 "$bin/ghost-bench" -n 1 -c 1 --serve --url-file "$work/gateway" --work-dir "$work" \
-  --json "$work/warmup.json" >"$work/ghost-bench.log" 2>&1 &
+  "${bench_args[@]}" --json "$work/warmup.json" >"$work/ghost-bench.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 600); do [ -s "$work/gateway" ] && break; sleep 0.1; done
 [ -s "$work/gateway" ] || { echo "the system did not start; see $work/ghost-bench.log" >&2; cat "$work/ghost-bench.log" >&2; exit 1; }
@@ -77,17 +97,19 @@ read -r gateway_url api_key <"$work/gateway"
 
 # (c) webhook, synchronous: the answer waits for the script and carries its output
 hook_port=$(free_port)
-# shellcheck disable=SC2016  # $1 is for the hook script, not this shell
-printf '#!/bin/sh\necho "ok $1"\n' >"$work/hook.sh"
-chmod +x "$work/hook.sh"
-cat >"$work/hooks.json" <<JSON
+if serves webhook; then
+  # shellcheck disable=SC2016  # $1 is for the hook script, not this shell
+  printf '#!/bin/sh\necho "ok $1"\n' >"$work/hook.sh"
+  chmod +x "$work/hook.sh"
+  cat >"$work/hooks.json" <<JSON
 [{"id": "run", "execute-command": "$work/hook.sh", "command-working-directory": "$work",
   "include-command-output-in-response": true,
   "pass-arguments-to-command": [{"source": "payload", "name": "id"}]}]
 JSON
-webhook -hooks "$work/hooks.json" -ip 127.0.0.1 -port "$hook_port" >"$work/webhook.log" 2>&1 &
-pids+=($!)
-wait_http "http://127.0.0.1:$hook_port/hooks/run" POST
+  webhook -hooks "$work/hooks.json" -ip 127.0.0.1 -port "$hook_port" >"$work/webhook.log" 2>&1 &
+  pids+=($!)
+  wait_http "http://127.0.0.1:$hook_port/hooks/run" POST
+fi
 
 # wrk → "req_per_s p50_ms p99_ms errors"
 measure() { # name url path key connections
@@ -105,16 +127,23 @@ measure() { # name url path key connections
 }
 
 declare -A result
-for c in $connections; do
-  result[bare,$c]=$(measure bare "http://127.0.0.1:$bare_port" /v1/patches "" "$c")
-  result[gateway,$c]=$(measure gateway "$gateway_url" /v1/patches "$api_key" "$c")
-  result[webhook,$c]=$(measure webhook "http://127.0.0.1:$hook_port" /hooks/run "" "$c")
-done
-
-echo "compare.sh: wrk -t$threads -d$duration, loopback, $(nproc) cores; POST one-file patches"
-printf '%-44s %5s %10s %9s %9s %7s\n' "server" "conns" "req/s" "p50 ms" "p99 ms" "errors"
+declare -A url=([bare]="http://127.0.0.1:$bare_port" [gateway]="$gateway_url"
+  [webhook]="http://127.0.0.1:$hook_port")
+declare -A path=([bare]=/v1/patches [gateway]=/v1/patches [webhook]=/hooks/run)
+declare -A key=([bare]="" [gateway]="$api_key" [webhook]="")
 for c in $connections; do
   for name in bare gateway webhook; do
+    case " $servers " in
+      *" $name "*) result[$name,$c]=$(measure "$name" "${url[$name]}" "${path[$name]}" "${key[$name]}" "$c") ;;
+      *) result[$name,$c]="0 0 0 0" ;;
+    esac
+  done
+done
+
+echo "compare.sh: wrk -t$threads -d$duration, loopback, $(nproc) cores; POST one-file patches; store ${store:-sqlite}; load $(cut -d' ' -f1-3 /proc/loadavg)"
+printf '%-44s %5s %10s %9s %9s %7s\n' "server" "conns" "req/s" "p50 ms" "p99 ms" "errors"
+for c in $connections; do
+  for name in $servers; do
     case $name in
       bare) label="(a) bare axum handler" ;;
       gateway) label="(b) gateway POST /v1/patches, durable 202" ;;

@@ -73,6 +73,11 @@ pub struct BenchArgs {
     /// port with their own TLS connection, and the gateway over HTTPS.
     #[arg(long)]
     pub tls: bool,
+    /// Where the started router, summarizer and alerter keep their state: `sqlite` (each
+    /// under its data dir), `postgres` (a throwaway PostgreSQL started for the run, fsync on)
+    /// or a `postgres://USER@HOST:PORT/DB` URL (`[store] url` of the three).
+    #[arg(long, default_value = "sqlite")]
+    pub store: crate::store::StoreChoice,
     /// fsync samples for the floor.
     #[arg(long, default_value_t = 500)]
     pub fsync_samples: usize,

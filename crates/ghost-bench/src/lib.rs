@@ -11,6 +11,7 @@
 //! - [`agent_overhead`] — `ghost-bench agent-overhead`: the executor's overhead around a
 //!   no-op coding agent, in this process.
 //! - [`system`] — spawning the services, readiness, RSS.
+//! - [`store`] — `--store`: SQLite, a throwaway PostgreSQL, or a PostgreSQL URL.
 //! - [`load`] — submitting patches.
 //! - [`follow`] — waiting for every patch's end and collecting its stored events.
 //! - [`floor`] — the fsync floor of the disk and the fsyncs on a patch's path.
@@ -24,6 +25,7 @@ pub mod follow;
 pub mod load;
 pub mod report;
 pub mod run;
+pub mod store;
 pub mod system;
 
 pub use args::BenchArgs;

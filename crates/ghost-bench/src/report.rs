@@ -76,6 +76,9 @@ pub struct RunShape {
     pub workspace_files: usize,
     /// Patches failed on purpose (rollback).
     pub fail: bool,
+    /// Where the router, summarizer and alerter kept their state (`--store`); empty with
+    /// `--url`.
+    pub store: String,
 }
 
 /// Rates, per second.
@@ -263,6 +266,9 @@ impl Report {
             if s.fail { ", failing (rollback)" } else { "" },
             s.mode
         );
+        if !s.store.is_empty() {
+            let _ = writeln!(out, "store: {}", s.store);
+        }
         let t = &self.throughput;
         let _ = writeln!(
             out,

@@ -12,7 +12,8 @@ use crate::args::BenchArgs;
 use crate::follow::{self, Event, TERMINAL};
 use crate::load::{self, LoadPlan, unix_ms};
 use crate::report::{Report, RunShape, Stage, Stats};
-use crate::system::{self, API_KEY, System};
+use crate::store::BenchStore;
+use crate::system::{self, API_KEY, StartOptions, System};
 
 /// Executor reports fetched per run (spread over the run).
 const REPORT_SAMPLE: usize = 300;
@@ -32,37 +33,39 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     let load_before = loadavg();
     let fsync = crate::floor::measure(work, args.fsync_samples).context("fsync probe")?;
     let targets = args.target_list();
-    let (system, url, key) = match &args.url {
+    let (system, store, url, key) = match &args.url {
         Some(url) => {
             let key = args
                 .api_key
                 .clone()
                 .context("--url needs --api-key (or GHOST_API_KEY)")?;
-            (None, url.trim_end_matches('/').to_owned(), key)
+            (None, None, url.trim_end_matches('/').to_owned(), key)
         }
         None => {
             let bins = system::bin_dir(args.bin_dir.as_deref())?;
-            let system = System::start(
-                &bins,
-                work,
-                &targets,
-                args.workspace_files,
-                args.fail,
-                &args.overrides,
-                args.tls,
-            )
-            .await?;
+            let store = BenchStore::open(&args.store, work.parent().unwrap_or(work))?;
+            let options = StartOptions {
+                workspace_files: args.workspace_files,
+                allow_false: args.fail,
+                overrides: &args.overrides,
+                tls: args.tls,
+                store_url: store.url(),
+            };
+            let system = System::start(&bins, work, &targets, options).await?;
             let url = system.gateway_url.clone();
-            (Some(system), url, API_KEY.to_owned())
+            (Some(system), Some(store), url, API_KEY.to_owned())
         }
     };
-    let result = measure(args, system.as_ref(), &url, &key, targets).await;
+    let started = system.as_ref().zip(store.as_ref());
+    let result = measure(args, started, &url, &key, targets).await;
     if args.serve && result.is_ok() {
         stopped().await?;
     }
     if let Some(system) = system {
         system.stop(Duration::from_secs(10)).await;
     }
+    // The services are stopped: now their PostgreSQL may go.
+    drop(store);
     let mut report = result?;
     report.fsync = fsync;
     report.loadavg = [load_before, loadavg()];
@@ -96,11 +99,18 @@ async fn stopped() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// When each patch's summary file was written (its mtime, Unix ms), for a started system.
-fn summary_times(system: Option<&System>, outcome: &load::LoadOutcome) -> HashMap<String, f64> {
-    let Some(system) = system else {
+/// When each patch's summary was written, for a started system: its file's mtime (Unix ms)
+/// on SQLite, its row's `recorded_ms` on PostgreSQL.
+fn summary_times(
+    started: Option<(&System, &BenchStore)>,
+    outcome: &load::LoadOutcome,
+) -> HashMap<String, f64> {
+    let Some((system, store)) = started else {
         return HashMap::new();
     };
+    if store.url().is_some() {
+        return store.summary_times();
+    }
     outcome
         .submissions
         .iter()
@@ -123,28 +133,44 @@ fn idle_of_the_five(idle: &[(String, crate::system::Memory)]) -> (u64, u64) {
     (of_five(|m| m.rss_kib), of_five(|m| m.anon_kib))
 }
 
+/// Memory and CPU of every service now, and of the store's PostgreSQL when the run started
+/// one (`postgres`).
+fn memories(started: Option<(&System, &BenchStore)>) -> Vec<(String, crate::system::Memory)> {
+    let Some((system, store)) = started else {
+        return Vec::new();
+    };
+    let mut all = system.memory();
+    all.extend(store.memory().map(|m| ("postgres".to_owned(), m)));
+    all
+}
+
+/// Each started service's time to ready, ms (and the throwaway PostgreSQL's start).
+fn ready_times(started: Option<(&System, &BenchStore)>) -> Vec<(String, f64)> {
+    let Some((system, store)) = started else {
+        return Vec::new();
+    };
+    let mut ready: Vec<(String, f64)> = system
+        .services
+        .iter()
+        .map(|p| (p.name.clone(), p.ready_after.as_secs_f64() * 1e3))
+        .collect();
+    ready.extend(store.start_ms().map(|ms| ("postgres".to_owned(), ms)));
+    ready
+}
+
 async fn measure(
     args: &BenchArgs,
-    system: Option<&System>,
+    started: Option<(&System, &BenchStore)>,
     url: &str,
     key: &str,
     targets: Vec<String>,
 ) -> anyhow::Result<Report> {
-    let ready: Vec<(String, f64)> = system
-        .map(|s| {
-            s.services
-                .iter()
-                .map(|p| (p.name.clone(), p.ready_after.as_secs_f64() * 1e3))
-                .collect()
-        })
-        .unwrap_or_default();
-    let idle = match system {
-        Some(system) => {
-            tokio::time::sleep(SETTLE).await;
-            system.memory()
-        }
-        None => Vec::new(),
-    };
+    let system = started.map(|(system, _)| system);
+    let ready = ready_times(started);
+    if started.is_some() {
+        tokio::time::sleep(SETTLE).await;
+    }
+    let idle = memories(started);
     if let Some(path) = &args.url_file {
         std::fs::write(path, format!("{url} {key}\n"))?;
     }
@@ -179,8 +205,8 @@ async fn measure(
     };
     let events = follow::collect_events(&client, url, key, &accepted).await;
     let reports = follow::collect_reports(&client, url, key, &accepted, REPORT_SAMPLE).await;
-    let summaries = summary_times(system, &outcome);
-    let end = system.map(System::memory).unwrap_or_default();
+    let summaries = summary_times(started, &outcome);
+    let end = memories(started);
     let services = Report::service_figures(&ready, &idle, &end);
     let idle_five = idle_of_the_five(&idle);
     let shape = RunShape {
@@ -192,6 +218,7 @@ async fn measure(
         files_per_patch: args.files_per_patch,
         workspace_files: args.workspace_files,
         fail: args.fail,
+        store: started.map_or_else(String::new, |(_, store)| store.describe()),
     };
     let mut report = analysis::analyse(
         shape,

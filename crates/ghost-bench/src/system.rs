@@ -310,6 +310,8 @@ fn server(grpc: SocketAddr, http: SocketAddr) -> serde_json::Value {
 /// service's config is written from.
 struct Plan<'a> {
     tls: Option<&'a BenchTls>,
+    /// `[store] url` of the router, summarizer and alerter; `None`: SQLite in their data dirs.
+    store_url: Option<&'a str>,
     data_dir: PathBuf,
     alerter: (SocketAddr, SocketAddr),
     summarizer: (SocketAddr, SocketAddr),
@@ -319,10 +321,15 @@ struct Plan<'a> {
 
 impl<'a> Plan<'a> {
     /// Free ports for the four fixed services.
-    fn new(tls: Option<&'a BenchTls>, data_dir: PathBuf) -> anyhow::Result<Self> {
+    fn new(
+        tls: Option<&'a BenchTls>,
+        store_url: Option<&'a str>,
+        data_dir: PathBuf,
+    ) -> anyhow::Result<Self> {
         let pair = || Ok::<_, anyhow::Error>((free_port()?, free_port()?));
         Ok(Self {
             tls,
+            store_url,
             data_dir,
             alerter: pair()?,
             summarizer: pair()?,
@@ -340,8 +347,16 @@ impl<'a> Plan<'a> {
         server
     }
 
+    /// `config` with `[store] url` set when the run is on PostgreSQL.
+    fn stored(&self, mut config: serde_json::Value) -> serde_json::Value {
+        if let Some(url) = self.store_url {
+            config["store"] = json!({"url": url});
+        }
+        config
+    }
+
     fn alerter(&self, slack: &FakeSlack) -> serde_json::Value {
-        json!({
+        self.stored(json!({
             "server": self.server(self.alerter, false),
             "data_dir": self.data_dir.join("alerter"),
             "router_url": grpc_url(self.router.0, self.tls),
@@ -354,26 +369,26 @@ impl<'a> Plan<'a> {
             // Every patch its own message, successes too (by default they are folded into a
             // digest): the benchmark measures, and checks, one Slack post per patch.
             "routing": {"routes": [{"thread": "own"}]},
-        })
+        }))
     }
 
     fn summarizer(&self) -> serde_json::Value {
-        json!({
+        self.stored(json!({
             "server": self.server(self.summarizer, false),
             "data_dir": self.data_dir.join("summarizer"),
             "alerter_url": grpc_url(self.alerter.0, self.tls),
-        })
+        }))
     }
 
     /// The router's config, and the port executors dial: with TLS, the router's executor
     /// port, as from another machine.
     fn router(&self) -> anyhow::Result<(serde_json::Value, SocketAddr)> {
-        let mut config = json!({
+        let mut config = self.stored(json!({
             "server": self.server(self.router, false),
             "data_dir": self.data_dir.join("router"),
             "summarizer_url": grpc_url(self.summarizer.0, self.tls),
             "alerter_url": grpc_url(self.alerter.0, self.tls),
-        });
+        }));
         let executor_port = match self.tls {
             Some(_) => {
                 let port = free_port()?;
@@ -428,6 +443,21 @@ impl<'a> Plan<'a> {
     }
 }
 
+/// How [`System::start`] configures the services.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StartOptions<'a> {
+    /// Files created in each workspace before the run.
+    pub workspace_files: usize,
+    /// The executors allow the command `false` (`--fail`).
+    pub allow_false: bool,
+    /// `--set SERVICE.KEY=VALUE` overrides.
+    pub overrides: &'a [String],
+    /// Every hop over TLS (`--tls`).
+    pub tls: bool,
+    /// `[store] url` of the router, summarizer and alerter (`--store`); `None`: SQLite.
+    pub store_url: Option<&'a str>,
+}
+
 impl System {
     /// Starts alerter, summarizer, router, one executor per target and the gateway under
     /// `work`, each after the previous one is ready.
@@ -435,17 +465,21 @@ impl System {
         bin_dir: &Path,
         work: &Path,
         targets: &[String],
-        workspace_files: usize,
-        allow_false: bool,
-        overrides: &[String],
-        tls: bool,
+        options: StartOptions<'_>,
     ) -> anyhow::Result<Self> {
+        let StartOptions {
+            workspace_files,
+            allow_false,
+            overrides,
+            tls,
+            store_url,
+        } = options;
         let slack = FakeSlack::start().await;
         let tls = tls.then(|| BenchTls::make(work)).transpose()?;
         let tls = tls.as_ref();
         let data_dir = work.join("data");
         std::fs::create_dir_all(&data_dir)?;
-        let plan = Plan::new(tls, data_dir)?;
+        let plan = Plan::new(tls, store_url, data_dir)?;
         let mut services = Vec::new();
         let spec = |name: &str, binary, config, (grpc, http): (SocketAddr, SocketAddr)| Spec {
             name: name.to_owned(),

@@ -54,6 +54,41 @@ fn run_bench(
     (stdout, report)
 }
 
+/// Every one of `patches` patches was accepted, ended once as succeeded, was summarised and
+/// posted to Slack once.
+fn assert_every_patch_once(report: &serde_json::Value, patches: u64) {
+    let counts = &report["counts"];
+    for count in [
+        "submitted",
+        "accepted",
+        "ended_once",
+        "summaries",
+        "slack_once",
+    ] {
+        assert_eq!(counts[count], patches, "{count}: {counts}");
+    }
+    assert_eq!(counts["statuses"]["succeeded"], patches, "{counts}");
+    for zero in [
+        "not_ended",
+        "ended_twice",
+        "slack_missing",
+        "slack_duplicates",
+        "unfinished",
+    ] {
+        assert_eq!(counts[zero], 0, "{zero}: {counts}");
+    }
+}
+
+/// The names of the report's per-service rows.
+fn service_names(report: &serde_json::Value) -> Vec<&str> {
+    report["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect()
+}
+
 #[test]
 fn a_tiny_run_ends_every_patch_once_and_writes_parsable_json() {
     let work = tempfile::tempdir().unwrap();
@@ -74,30 +109,10 @@ fn a_tiny_run_ends_every_patch_once_and_writes_parsable_json() {
         &[],
     );
     assert!(stdout.contains("fsync floor"), "{stdout}");
-    let counts = &report["counts"];
-    assert_eq!(counts["submitted"], 20, "{counts}");
-    assert_eq!(counts["accepted"], 20, "{counts}");
-    assert_eq!(counts["ended_once"], 20, "{counts}");
-    assert_eq!(counts["summaries"], 20, "{counts}");
-    assert_eq!(counts["slack_once"], 20, "{counts}");
-    assert_eq!(counts["statuses"]["succeeded"], 20, "{counts}");
-    for zero in [
-        "not_ended",
-        "ended_twice",
-        "slack_missing",
-        "slack_duplicates",
-        "unfinished",
-    ] {
-        assert_eq!(counts[zero], 0, "{zero}: {counts}");
-    }
-    let services: Vec<&str> = report["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["name"].as_str().unwrap())
-        .collect();
+    assert!(stdout.contains("store: sqlite"), "{stdout}");
+    assert_every_patch_once(&report, 20);
     assert_eq!(
-        services,
+        service_names(&report),
         [
             "alerter",
             "summarizer",
@@ -108,6 +123,53 @@ fn a_tiny_run_ends_every_patch_once_and_writes_parsable_json() {
         ]
     );
     assert!(report["fsync"]["path_fsyncs"].as_u64().unwrap() > 0);
+}
+
+/// `--store postgres`: the router, summarizer and alerter on a throwaway PostgreSQL started
+/// for the run. Every patch still ends once, with a summary (its time read from the
+/// summarizer's table: there is no file) and one Slack post, and the server's CPU is reported
+/// as a row of its own. Skipped, with the reason printed, when PostgreSQL is not installed.
+#[test]
+fn a_tiny_run_on_a_throwaway_postgres_ends_every_patch_once() {
+    if ghost_testkit::postgres::bin_dir().is_none() {
+        eprintln!("SKIP tiny run on PostgreSQL: PostgreSQL is not installed");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let (stdout, report) = run_bench(
+        work.path(),
+        &[
+            "-n",
+            "20",
+            "-c",
+            "2",
+            "-t",
+            "2",
+            "--timeout",
+            "60s",
+            "--fsync-samples",
+            "20",
+            "--store",
+            "postgres",
+        ],
+        &[],
+    );
+    assert!(stdout.contains("store: postgres"), "{stdout}");
+    assert_every_patch_once(&report, 20);
+    assert_eq!(
+        report["shape"]["store"]
+            .as_str()
+            .map(|s| s.starts_with("postgres")),
+        Some(true)
+    );
+    assert!(service_names(&report).contains(&"postgres"), "{report}");
+    let summaries = report["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "ended → summary file mtime*")
+        .expect("the summary stage");
+    assert_eq!(summaries["stats"]["n"], 20, "{summaries}");
 }
 
 /// fsync + fdatasync calls per executable, as deploy/bench/slow-fsync.c wrote them at exit.
