@@ -97,19 +97,14 @@ impl Pair {
         match self {
             Self::GatewayRouter => refused > 0,
             Self::RouterExecutor => cluster.alert_firing("executor_lost/MAIN").await,
+            // The outbox engine's warnings (`outbox=outcomes`, `outbox=notifications`).
             Self::RouterSummarizer => {
-                logged_since("router", &["receiver refused or unreachable; will retry"])
+                logged_since("router", ENGINE_RETRY)
                     && self.outbox_age(cluster).await.is_some_and(|age| age > 0.0)
             }
             Self::SummarizerAlerter => {
-                logged_since(
-                    "summarizer",
-                    // The outbox engine's warnings (`outbox=notifications`).
-                    &[
-                        "delivery failed; will retry",
-                        "receiver still failing; row kept",
-                    ],
-                ) && self.outbox_age(cluster).await.is_some_and(|age| age > 0.0)
+                logged_since("summarizer", ENGINE_RETRY)
+                    && self.outbox_age(cluster).await.is_some_and(|age| age > 0.0)
             }
         }
     }
@@ -127,6 +122,12 @@ impl Pair {
             .await
     }
 }
+
+/// What `ghost_runtime::outbox` logs when a delivery fails and the row is kept for a retry.
+const ENGINE_RETRY: &[&str] = &[
+    "delivery failed; will retry",
+    "receiver still failing; row kept",
+];
 
 /// One table row.
 struct Row {

@@ -73,7 +73,7 @@ const CONFIG_SOURCES: [&str; 8] = [
     include_str!("../../summarizer/src/config.rs"),
     include_str!("../../alerter/src/config.rs"),
     include_str!("../../alerter/src/routing.rs"),
-    include_str!("../../ghost-runtime/src/config.rs"),
+    include_str!("../../ghost-runtime/src/config/server.rs"),
     include_str!("../../ghost-runtime/src/telemetry.rs"),
 ];
 
