@@ -88,7 +88,11 @@ if serves bare; then
 fi
 
 # (b) the five services, started and kept up by ghost-bench (one warm-up patch through them)
+# INTAKE is served by no executor (patches are stored and wait), so the gateway must accept a
+# target no executor serves: without this every POST was a 422 "unknown target", and the
+# figures measured refusals (an error count as large as the requests).
 "$bin/ghost-bench" -n 1 -c 1 --serve --url-file "$work/gateway" --work-dir "$work" \
+  --set gateway.accept_unknown_targets=true \
   "${bench_args[@]}" --json "$work/warmup.json" >"$work/ghost-bench.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 600); do [ -s "$work/gateway" ] && break; sleep 0.1; done
@@ -153,6 +157,16 @@ for c in $connections; do
     printf '%-44s %5s %10s %9s %9s %7s\n' "$label" "$c" "$rps" "$p50" "$p99" "$errors"
   done
 done
+failed=0
+for c in $connections; do
+  for name in $servers; do
+    read -r _ _ _ errors <<<"${result[$name,$c]}"
+    if ((errors > 0)); then
+      echo "compare.sh: $name at $c connections: $errors requests failed or were refused: not a throughput figure" >&2
+      failed=1
+    fi
+  done
+done
 echo "ratios (req/s):"
 for c in $connections; do
   read -r bare_rps _ <<<"${result[bare,$c]}"
@@ -162,3 +176,4 @@ for c in $connections; do
     printf "  %s connections: gateway/bare %.3f, gateway/webhook %.2f, webhook/bare %.3f\n",
       c, (b > 0 ? g / b : 0), (h > 0 ? g / h : 0), (b > 0 ? h / b : 0) }'
 done
+exit "$failed"

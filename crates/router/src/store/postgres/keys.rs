@@ -8,6 +8,9 @@
 //! change to the key set first takes `LOCK TABLE api_keys IN SHARE ROW EXCLUSIVE MODE` (it
 //! conflicts with itself, not with readers), so the limits hold across replicas and versions
 //! are bumped in order. Every query is a constant string; every value is a bind.
+//!
+//! About 610 lines, one thing: the PostgreSQL half of the token and API-key stores, kept in the
+//! order of its SQLite counterparts so the two are read side by side and change together.
 
 use sqlx::postgres::{PgConnection, PgPool, PgRow};
 use sqlx::{Row as _, Transaction};
