@@ -53,6 +53,7 @@ done
 
 work=$(mktemp -d)
 pids=()
+# shellcheck disable=SC2317  # run by the trap below (shellcheck cannot see it past `exit`)
 cleanup() {
   for pid in "${pids[@]}"; do
     kill -TERM "$pid" 2>/dev/null || true
