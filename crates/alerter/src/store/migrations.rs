@@ -17,12 +17,20 @@ pub const SCHEMA: &str = "alerter";
 pub use ghost_runtime::migrations::{Dialect, Migration, TABLE};
 
 /// Every migration, oldest first.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "outbox, threads, digests, alerts, silences, audit (and leases on postgres)",
-    sqlite: include_str!("schema/v1.sqlite.sql"),
-    postgres: include_str!("schema/v1.postgres.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "outbox, threads, digests, alerts, silences, audit (and leases on postgres)",
+        sqlite: include_str!("schema/v1.sqlite.sql"),
+        postgres: include_str!("schema/v1.postgres.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "outbox indexes by thread and by channel",
+        sqlite: include_str!("schema/v2.sqlite.sql"),
+        postgres: include_str!("schema/v2.postgres.sql"),
+    },
+];
 
 /// The migrations to apply to a database at `current` (0: none applied), or an error when
 /// it is newer than this binary.

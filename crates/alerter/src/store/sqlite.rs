@@ -38,6 +38,21 @@ fn connect(path: Option<&Path>) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// Whether a thread has any message (`?1`: the thread); through `outbox_thread`, as are the
+/// next two (a scan of the outbox per accepted outcome made each cost more than the last).
+pub(super) const THREAD_STARTED: &str = "SELECT id FROM outbox WHERE thread = ?1 LIMIT 1";
+/// The channel of a thread's first message (`?1`: the thread).
+pub(super) const THREAD_CHANNEL: &str =
+    "SELECT channel FROM outbox WHERE thread = ?1 ORDER BY id LIMIT 1";
+/// The copies of a thread in other channels: the names from `?1` (`<thread>@`) up to, not
+/// including, `?2` (`<thread>A`; 'A' follows '@'), which are exactly those starting `<thread>@`.
+pub(super) const THREAD_COPIES: &str = "SELECT thread, channel FROM outbox
+     WHERE thread >= ?1 AND thread < ?2
+     GROUP BY thread ORDER BY MIN(id)";
+/// A channel's pending messages (`?1`: the channel), through `outbox_channel`.
+pub(super) const PENDING_IN: &str =
+    "SELECT COUNT(*) FROM outbox WHERE state = 'pending' AND channel = ?1";
+
 /// Applies the migrations this file lacks, each in its own transaction. A file from before
 /// versioning (tables, no `schema_migrations`) is adopted as version 1: its tables are created
 /// `IF NOT EXISTS` (so they stay as they are) and the `priority` column older files lack is
@@ -155,11 +170,7 @@ impl SqliteStore {
         let thread = thread.to_owned();
         self.with_tx(move |conn| {
             let found: Option<i64> = conn
-                .query_row(
-                    "SELECT id FROM outbox WHERE thread = ?1 LIMIT 1",
-                    params![thread],
-                    |row| row.get(0),
-                )
+                .query_row(THREAD_STARTED, params![thread], |row| row.get(0))
                 .optional()?;
             Ok(found.is_some())
         })
@@ -171,11 +182,7 @@ impl SqliteStore {
         let thread = thread.to_owned();
         self.with_tx(move |conn| {
             Ok(conn
-                .query_row(
-                    "SELECT channel FROM outbox WHERE thread = ?1 ORDER BY id LIMIT 1",
-                    params![thread],
-                    |row| row.get(0),
-                )
+                .query_row(THREAD_CHANNEL, params![thread], |row| row.get(0))
                 .optional()?)
         })
         .await
@@ -184,15 +191,11 @@ impl SqliteStore {
     /// The copies of `thread` in other channels (threads `<thread>@<channel>`, made by routes
     /// with `continue`), with their channels.
     pub async fn thread_copies(&self, thread: &str) -> Result<Vec<(String, String)>, StoreError> {
-        let prefix = format!("{thread}@");
+        let (from, until) = (format!("{thread}@"), format!("{thread}A"));
         self.with_tx(move |conn| {
-            let mut statement = conn.prepare_cached(
-                "SELECT thread, channel FROM outbox
-                 WHERE substr(thread, 1, length(?1)) = ?1
-                 GROUP BY thread ORDER BY MIN(id)",
-            )?;
+            let mut statement = conn.prepare_cached(THREAD_COPIES)?;
             let rows =
-                statement.query_map(params![prefix], |row| Ok((row.get(0)?, row.get(1)?)))?;
+                statement.query_map(params![from, until], |row| Ok((row.get(0)?, row.get(1)?)))?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
@@ -315,9 +318,7 @@ impl SqliteStore {
         let channel = channel.to_owned();
         self.with_tx(move |conn| {
             let count: i64 = conn
-                .prepare_cached(
-                    "SELECT COUNT(*) FROM outbox WHERE state = 'pending' AND channel = ?1",
-                )?
+                .prepare_cached(PENDING_IN)?
                 .query_row(params![channel], |row| row.get(0))?;
             Ok(u64::try_from(count).unwrap_or(0))
         })
