@@ -25,6 +25,7 @@ mod shared_state;
 use std::time::Duration;
 
 use ghost_core::{ApplyReport, Patch, Status};
+use ghost_runtime::clock::SharedClock;
 use ghost_runtime::storage::{FaultKind, StorageHealth};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, Postgres};
@@ -75,6 +76,9 @@ pub struct PgStore {
     origin: String,
     /// How long this replica's claims on outbox rows last (ms; see [`PgStore::with_claim_timeout`]).
     claim_ms: i64,
+    /// Rule time: `None`, the database server's clock (production); a clock of its own from
+    /// [`PgStore::with_clock`] (tests).
+    clock: Option<SharedClock>,
 }
 
 /// Runs `$body` (an expression using `$conn: &mut PgConnection`) in a transaction: committed
@@ -85,6 +89,7 @@ macro_rules! in_tx {
         let result: Result<_, StoreError> = async {
             let mut pooled = store.acquire().await?;
             let mut tx = sqlx::Connection::begin(&mut *pooled).await?;
+            store.pin_rule_time(&mut tx).await?;
             let $conn: &mut PgConnection = &mut tx;
             let value = $body.await?;
             tx.commit().await?;
@@ -140,7 +145,32 @@ impl PgStore {
             reachable: std::sync::Arc::default(),
             origin: id.iter().map(|byte| format!("{byte:02x}")).collect(),
             claim_ms: reads::CLAIM_MS,
+            clock: None,
         })
+    }
+
+    /// Reads rule time (lease deadlines, outbox due times, claims) from `clock` instead of the
+    /// database server's clock (tests: a clock that moves only when the test moves it). Every
+    /// replica on one database must read the same clock.
+    #[cfg(test)]
+    #[must_use]
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// With a clock of its own, pins its reading as the transaction's rule time
+    /// ([`patches::RULE_MS`]); without, leaves rule time to the server's clock.
+    async fn pin_rule_time(&self, conn: &mut PgConnection) -> Result<(), StoreError> {
+        let Some(clock) = &self.clock else {
+            return Ok(());
+        };
+        sqlx::query("SELECT set_config($1, $2, true)")
+            .bind(patches::RULE_MS_SETTING)
+            .bind(clock.now_ms().to_string())
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
     }
 
     /// Drops this replica's claims on the rows `ids` of `outbox`, claimed but not sent
@@ -611,6 +641,15 @@ mod tests {
         }
         assert!(Note::parse("hello").is_none());
         assert!(Note::parse("abc\tcancel\tp\tnot-a-number\tx").is_none());
+    }
+
+    #[test]
+    fn rule_time_reads_the_setting_a_stores_own_clock_pins() {
+        assert!(
+            patches::RULE_MS.contains(&format!("'{}'", patches::RULE_MS_SETTING)),
+            "{}",
+            patches::RULE_MS
+        );
     }
 
     #[test]

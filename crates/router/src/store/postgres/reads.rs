@@ -6,7 +6,7 @@ use ghost_core::{ApplyReport, Status};
 use sqlx::{PgConnection, Row as _};
 
 use super::patches::{
-    COLUMNS, IN_FLIGHT, SERVER_MS, parse_report, parse_status, record, sql, u32_of,
+    COLUMNS, IN_FLIGHT, RULE_MS, parse_report, parse_status, record, sql, u32_of,
 };
 use crate::store::{
     AlertRow, Delivery, EventRow, Outbox, OutboxBacklog, OutboxRow, PatchRecord, StatsRows,
@@ -228,11 +228,11 @@ pub async fn outbox_due(
     claim_ms: i64,
 ) -> Result<Vec<OutboxRow>, StoreError> {
     let rows = sqlx::query(sql(format!(
-        "UPDATE outbox SET claimed_until_ms = {SERVER_MS} + $2
+        "UPDATE outbox SET claimed_until_ms = {RULE_MS} + $2
          WHERE id IN (
              SELECT id FROM outbox
-             WHERE delivered_ms IS NULL AND next_at_ms <= {SERVER_MS}
-               AND claimed_until_ms <= {SERVER_MS}
+             WHERE delivered_ms IS NULL AND next_at_ms <= {RULE_MS}
+               AND claimed_until_ms <= {RULE_MS}
              ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
          RETURNING id, patch_id, attempt, tries, report_json, created_ms"
     )))
@@ -275,7 +275,7 @@ pub async fn alerts_due(
     }
     let rows = sqlx::query(sql(format!(
         "SELECT id, key, resolved, severity, summary, labels_json, at_ms, tries,
-                next_at_ms <= {SERVER_MS} AND claimed_until_ms <= {SERVER_MS}
+                next_at_ms <= {RULE_MS} AND claimed_until_ms <= {RULE_MS}
          FROM alert_outbox WHERE delivered_ms IS NULL ORDER BY id LIMIT $1"
     )))
     .bind(i64::from(limit))
@@ -306,7 +306,7 @@ pub async fn alerts_due(
     }
     let ids: Vec<i64> = due.iter().map(|row| row.id).collect();
     sqlx::query(sql(format!(
-        "UPDATE alert_outbox SET claimed_until_ms = {SERVER_MS} + $2 WHERE id = ANY($1)"
+        "UPDATE alert_outbox SET claimed_until_ms = {RULE_MS} + $2 WHERE id = ANY($1)"
     )))
     .bind(ids)
     .bind(claim_ms)
@@ -325,7 +325,7 @@ pub async fn release(
     let table = table(outbox);
     sqlx::query(sql(format!(
         "UPDATE {table} SET claimed_until_ms = 0
-         WHERE id = ANY($1) AND delivered_ms IS NULL AND claimed_until_ms > {SERVER_MS}"
+         WHERE id = ANY($1) AND delivered_ms IS NULL AND claimed_until_ms > {RULE_MS}"
     )))
     .bind(ids)
     .execute(&mut *conn)
@@ -354,7 +354,7 @@ pub async fn settle(
             }
             Delivery::RetryIn(delay_ms) => {
                 sqlx::query(sql(format!(
-                    "UPDATE {table} SET tries = tries + 1, next_at_ms = {SERVER_MS} + $2,
+                    "UPDATE {table} SET tries = tries + 1, next_at_ms = {RULE_MS} + $2,
                             claimed_until_ms = 0
                      WHERE id = $1"
                 )))
