@@ -16,18 +16,27 @@ use ghost_proto::router::v1 as wire;
 use ghost_runtime::clock::RuleClock;
 use ghost_testkit::postgres::TempPostgres;
 
-use crate::store::{Inserted, PatchRecord, PgStore, RouterStore, SqliteStore};
+use crate::store::{
+    Delivery, Inserted, NewAlert, Outbox, PatchRecord, PgStore, RouterStore, SqliteStore,
+};
 
 /// Rule time the tests' clock starts at.
 const START_MS: i64 = 1_700_000_000_000;
 /// The lease length the tests take leases with.
 const LEASE_MS: i64 = 30_000;
+/// How long the replicas of the claims test hold a claimed outbox row.
+const CLAIM_MS: i64 = 10_000;
 
 /// Rule time that moves only when the test moves it ([`HandClock::advance`]).
 #[derive(Debug)]
 struct HandClock(AtomicI64);
 
 impl HandClock {
+    /// A clock at [`START_MS`].
+    fn starting() -> Arc<Self> {
+        Arc::new(Self(AtomicI64::new(START_MS)))
+    }
+
     /// Moves rule time `ms` forward.
     fn advance(&self, ms: i64) {
         self.0.fetch_add(ms, Ordering::SeqCst);
@@ -54,7 +63,7 @@ impl Subject {
     /// A SQLite store in a temp dir.
     fn sqlite() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let clock = Arc::new(HandClock(AtomicI64::new(START_MS)));
+        let clock = HandClock::starting();
         let store = SqliteStore::open_with_clock(&dir.path().join("router.db"), clock.clone())
             .expect("store");
         Self {
@@ -69,7 +78,7 @@ impl Subject {
     async fn postgres(test: &str) -> Option<Self> {
         let server = TempPostgres::start_or_skip(test)?;
         let url = server.create_database();
-        let clock = Arc::new(HandClock(AtomicI64::new(START_MS)));
+        let clock = HandClock::starting();
         let store = PgStore::connect(&url).await.expect("connect");
         Some(Self {
             store: Arc::new(store.with_clock(clock.clone())),
@@ -372,4 +381,90 @@ async fn a_paused_target_hands_out_nothing_until_resumed(s: Subject) {
         .expect("resume");
     let leased = s.lease("MAIN", "exec#1").await.expect("resumed");
     assert_eq!(leased.patch.id.as_str(), "p-1");
+}
+
+/// The rows of `outbox` that `store` claims now.
+async fn claimed(store: &PgStore, outbox: Outbox) -> Vec<i64> {
+    match outbox {
+        Outbox::Outcomes => store.outbox_due(10).await.expect("claim outcomes"),
+        Outbox::Alerts => {
+            let rows = store.alerts_due(10).await.expect("claim alerts");
+            return rows.iter().map(|row| row.id).collect();
+        }
+    }
+    .iter()
+    .map(|row| row.id)
+    .collect()
+}
+
+/// Replica A claims a row of each outbox and stalls; its claim runs out and replica B takes the
+/// row over. A's late release, and its late retry, must leave B's claim alone: else replica
+/// C claims the row and sends it while B still is. PostgreSQL only (one SQLite router keeps
+/// no claims).
+#[tokio::test]
+async fn a_replica_whose_claim_ran_out_neither_releases_nor_retries_the_row_taken_over() {
+    let test = "store::transitions::claims_of_a_replica_taken_over";
+    let Some(server) = TempPostgres::start_or_skip(test) else {
+        return;
+    };
+    let url = server.create_database();
+    let clock = HandClock::starting();
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        let store = PgStore::connect(&url).await.expect("connect");
+        let claim = std::time::Duration::from_millis(CLAIM_MS.unsigned_abs());
+        replicas.push(store.with_clock(clock.clone()).with_claim_timeout(claim));
+    }
+    let [a, b, c] = &replicas[..] else {
+        unreachable!("three replicas")
+    };
+    // An outcome (a patch cancelled while queued) and an alert, one row each.
+    let queued = patch("p-1", "MAIN", &[]);
+    let key = String::new();
+    a.insert(queued, "gateway".to_owned(), key.clone(), Vec::new(), key)
+        .await
+        .expect("insert");
+    a.cancel_queued("p-1".to_owned(), "test".to_owned())
+        .await
+        .expect("cancel");
+    let alert = NewAlert {
+        key: "executor_lost/MAIN".to_owned(),
+        severity: "critical",
+        summary: "no executor".to_owned(),
+        labels: Vec::new(),
+    };
+    assert!(a.raise_alert(alert).await.expect("raise"));
+
+    for outbox in [Outbox::Outcomes, Outbox::Alerts] {
+        let rows = claimed(a, outbox).await;
+        assert_eq!(rows.len(), 1, "{outbox:?}: A claims the row");
+        assert!(
+            claimed(b, outbox).await.is_empty(),
+            "{outbox:?}: A's claim holds"
+        );
+        clock.advance(CLAIM_MS + 1);
+        assert_eq!(claimed(b, outbox).await, rows, "{outbox:?}: B takes over");
+        a.release_claims(outbox, rows.clone())
+            .await
+            .expect("release");
+        assert!(
+            claimed(c, outbox).await.is_empty(),
+            "{outbox:?}: A's late release dropped B's claim"
+        );
+        let retry = rows.iter().map(|id| (*id, Delivery::RetryIn(0))).collect();
+        a.settle(outbox, retry).await.expect("settle");
+        assert!(
+            claimed(c, outbox).await.is_empty(),
+            "{outbox:?}: A's late retry dropped B's claim"
+        );
+        // B's own release frees the row at once.
+        b.release_claims(outbox, rows.clone())
+            .await
+            .expect("release");
+        assert_eq!(claimed(c, outbox).await, rows, "{outbox:?}: released by B");
+        let delivered = rows.iter().map(|id| (*id, Delivery::Delivered)).collect();
+        c.settle(outbox, delivered).await.expect("settle");
+        clock.advance(CLAIM_MS + 1);
+        assert!(claimed(a, outbox).await.is_empty(), "{outbox:?}: delivered");
+    }
 }

@@ -72,7 +72,8 @@ pub struct PgStore {
     health: StorageHealth,
     /// When the server was last found reachable or not (see [`PgStore::reachable`]).
     reachable: std::sync::Arc<tokio::sync::Mutex<Option<(std::time::Instant, bool)>>>,
-    /// This replica's name on the channel: its own notes are not acted on twice.
+    /// This replica's name: on the channel (its own notes are not acted on twice) and on the
+    /// outbox rows it claims (`claimed_by`: only it releases or reschedules them).
     origin: String,
     /// How long this replica's claims on outbox rows last (ms; see [`PgStore::with_claim_timeout`]).
     claim_ms: i64,
@@ -174,12 +175,13 @@ impl PgStore {
     }
 
     /// Drops this replica's claims on the rows `ids` of `outbox`, claimed but not sent
-    /// (shutdown, order held back): another replica may send them at once.
+    /// (shutdown, order held back): another replica may send them at once. A row whose claim
+    /// ran out and was taken over by another replica keeps that replica's claim.
     pub async fn release_claims(&self, outbox: Outbox, ids: Vec<i64>) -> Result<(), StoreError> {
         if ids.is_empty() {
             return Ok(());
         }
-        in_tx!(self, conn => reads::release(conn, outbox, &ids))
+        in_tx!(self, conn => reads::release(conn, outbox, &self.origin, &ids))
     }
 
     /// Claims outbox rows for `timeout` (the default is [`reads::CLAIM_MS`]): a replica that
@@ -504,7 +506,7 @@ impl RouterStore for PgStore {
     }
 
     async fn outbox_due(&self, limit: u32) -> Result<Vec<OutboxRow>, StoreError> {
-        in_tx!(self, conn => reads::outbox_due(conn, limit, self.claim_ms))
+        in_tx!(self, conn => reads::outbox_due(conn, limit, self.claim_ms, &self.origin))
     }
 
     async fn raise_alert(&self, alert: NewAlert) -> Result<bool, StoreError> {
@@ -529,7 +531,7 @@ impl RouterStore for PgStore {
     }
 
     async fn alerts_due(&self, limit: u32) -> Result<Vec<AlertRow>, StoreError> {
-        in_tx!(self, conn => reads::alerts_due(conn, limit, self.claim_ms))
+        in_tx!(self, conn => reads::alerts_due(conn, limit, self.claim_ms, &self.origin))
     }
 
     async fn create_token(&self, token: NewToken) -> Result<Option<TokenRow>, StoreError> {
@@ -600,7 +602,7 @@ impl RouterStore for PgStore {
         if settled.is_empty() {
             return Ok(());
         }
-        in_tx!(self, conn => reads::settle(conn, outbox, &settled))
+        in_tx!(self, conn => reads::settle(conn, outbox, &self.origin, &settled))
     }
 
     async fn publish_cancel(
