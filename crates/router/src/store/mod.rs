@@ -16,7 +16,7 @@ mod stats;
 #[cfg(test)]
 mod status_sql;
 #[cfg(test)]
-mod transitions;
+pub(crate) mod transitions;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -17,7 +17,8 @@ use ghost_runtime::clock::RuleClock;
 use ghost_testkit::postgres::TempPostgres;
 
 use crate::store::{
-    Delivery, Inserted, NewAlert, Outbox, PatchRecord, PgStore, RouterStore, SqliteStore,
+    Completed, Delivery, Inserted, LeaseEnded, NewAlert, Outbox, PatchRecord, PgStore, RouterStore,
+    SqliteStore,
 };
 
 /// Rule time the tests' clock starts at.
@@ -112,6 +113,39 @@ impl Subject {
             .expect("lease")
     }
 
+    /// Reports `status` for `id` as `owner` under the lease `token`; the completion if the
+    /// store accepted it.
+    async fn complete(
+        &self,
+        id: &str,
+        owner: &str,
+        token: u64,
+        status: Status,
+    ) -> Option<Completed> {
+        let error = if status == Status::Succeeded {
+            ""
+        } else {
+            "it broke"
+        };
+        self.store
+            .complete(
+                id.to_owned(),
+                owner.to_owned(),
+                token,
+                ApplyReport::ended(status, error),
+            )
+            .await
+            .expect("complete")
+    }
+
+    /// Ends the leases whose deadline passed in rule time (3 attempts allowed).
+    async fn end_expired(&self) -> Vec<LeaseEnded> {
+        self.store
+            .end_leases(None, "expired".to_owned(), 3)
+            .await
+            .expect("end")
+    }
+
     async fn status_of(&self, id: &str) -> Status {
         self.store
             .get(id.to_owned())
@@ -155,7 +189,8 @@ on_both_stores!(
     a_paused_target_hands_out_nothing_until_resumed,
 );
 
-fn patch(id: &str, target: &str, depends_on: &[&str]) -> Patch {
+/// A patch writing one file on `target`, depending on `depends_on`.
+pub(crate) fn patch(id: &str, target: &str, depends_on: &[&str]) -> Patch {
     Patch::try_from(wire::Patch {
         id: id.to_owned(),
         target: target.to_owned(),
@@ -184,15 +219,8 @@ async fn a_lease_goes_to_the_oldest_patch_with_a_fresh_fencing_token(s: Subject)
     assert!(first.fencing_token > 0);
     // (One lease per target at a time: PostgreSQL refuses a second itself, for its replicas;
     // on SQLite the one router's routing never asks. So the first ends before the next.)
-    s.store
-        .complete(
-            "p-1".to_owned(),
-            "exec#1".to_owned(),
-            first.fencing_token,
-            ApplyReport::ended(Status::Succeeded, ""),
-        )
+    s.complete("p-1", "exec#1", first.fencing_token, Status::Succeeded)
         .await
-        .expect("complete")
         .expect("accepted");
     let second = s.lease("MAIN", "exec#1").await.expect("a lease");
     assert_eq!(second.patch.id.as_str(), "p-2");
@@ -208,19 +236,11 @@ async fn a_lease_expires_only_once_its_deadline_passed_on_the_rule_clock(s: Subj
     s.submit("p-1", "MAIN", &[]).await;
     s.lease("MAIN", "exec#1").await.expect("a lease");
     s.clock.advance(LEASE_MS - 1);
-    let ended = s
-        .store
-        .end_leases(None, "expired".to_owned(), 3)
-        .await
-        .expect("end");
+    let ended = s.end_expired().await;
     assert!(ended.is_empty(), "not yet: {ended:?}");
     assert_eq!(s.status_of("p-1").await, Status::Leased);
     s.clock.advance(2);
-    let ended = s
-        .store
-        .end_leases(None, "expired".to_owned(), 3)
-        .await
-        .expect("end");
+    let ended = s.end_expired().await;
     assert_eq!(ended.len(), 1, "{ended:?}");
     assert!(!ended[0].lost, "requeued, attempts left");
     assert_eq!(s.status_of("p-1").await, Status::Queued);
@@ -235,11 +255,7 @@ async fn renewing_a_lease_moves_its_deadline(s: Subject) {
         .await
         .expect("renew");
     s.clock.advance(20_000);
-    let ended = s
-        .store
-        .end_leases(None, "expired".to_owned(), 3)
-        .await
-        .expect("end");
+    let ended = s.end_expired().await;
     assert!(ended.is_empty(), "renewed 20 s ago: {ended:?}");
 }
 
@@ -247,14 +263,10 @@ async fn a_stale_fencing_token_is_refused_after_the_patch_was_leased_again(s: Su
     s.submit("p-1", "MAIN", &[]).await;
     let stale = s.lease("MAIN", "exec#1").await.expect("a lease");
     s.clock.advance(LEASE_MS + 1);
-    s.store
-        .end_leases(None, "expired".to_owned(), 3)
-        .await
-        .expect("end");
+    s.end_expired().await;
     let live = s.lease("MAIN", "exec#2").await.expect("leased again");
     assert_eq!(live.attempt, 2);
     assert!(live.fencing_token > stale.fencing_token);
-    let report = ApplyReport::ended(Status::Succeeded, "");
     // The old holder, its old token: refused, whether progress or result.
     let progressed = s
         .store
@@ -269,39 +281,18 @@ async fn a_stale_fencing_token_is_refused_after_the_patch_was_leased_again(s: Su
         .expect("progress");
     assert!(!progressed);
     let completed = s
-        .store
-        .complete(
-            "p-1".to_owned(),
-            "exec#1".to_owned(),
-            stale.fencing_token,
-            report.clone(),
-        )
-        .await
-        .expect("complete");
+        .complete("p-1", "exec#1", stale.fencing_token, Status::Succeeded)
+        .await;
     assert!(completed.is_none(), "stale token refused");
     // The live token, but not its holder: refused too.
     let foreign = s
-        .store
-        .complete(
-            "p-1".to_owned(),
-            "exec#1".to_owned(),
-            live.fencing_token,
-            report.clone(),
-        )
-        .await
-        .expect("complete");
+        .complete("p-1", "exec#1", live.fencing_token, Status::Succeeded)
+        .await;
     assert!(foreign.is_none(), "someone else's lease refused");
     assert_eq!(s.status_of("p-1").await, Status::Leased);
     let done = s
-        .store
-        .complete(
-            "p-1".to_owned(),
-            "exec#2".to_owned(),
-            live.fencing_token,
-            report,
-        )
+        .complete("p-1", "exec#2", live.fencing_token, Status::Succeeded)
         .await
-        .expect("complete")
         .expect("live token accepted");
     assert_eq!(done.record.status, Status::Succeeded);
 }
@@ -316,15 +307,8 @@ async fn a_dependent_patch_is_leased_only_after_its_dependency_succeeded(s: Subj
         "base still running"
     );
     let done = s
-        .store
-        .complete(
-            "base".to_owned(),
-            "main#1".to_owned(),
-            base.fencing_token,
-            ApplyReport::ended(Status::Succeeded, ""),
-        )
+        .complete("base", "main#1", base.fencing_token, Status::Succeeded)
         .await
-        .expect("complete")
         .expect("accepted");
     assert_eq!(done.dependent_targets, vec!["SIDE".to_owned()]);
     let next = s.lease("SIDE", "side#1").await.expect("now runnable");
@@ -337,15 +321,8 @@ async fn a_dependent_patch_fails_when_its_dependency_fails(s: Subject) {
     s.submit("last", "MAIN", &["next"]).await;
     let base = s.lease("MAIN", "main#1").await.expect("base leased");
     let done = s
-        .store
-        .complete(
-            "base".to_owned(),
-            "main#1".to_owned(),
-            base.fencing_token,
-            ApplyReport::ended(Status::Failed, "it broke"),
-        )
+        .complete("base", "main#1", base.fencing_token, Status::Failed)
         .await
-        .expect("complete")
         .expect("accepted");
     assert!(done.dependent_targets.is_empty());
     assert_eq!(s.status_of("next").await, Status::Failed);

@@ -600,6 +600,31 @@ impl TestSummarizer {
             .any(|(patch, _)| patch == id)
     }
 
+    /// Waits until an outcome of `id` was recorded.
+    pub async fn wait_recorded(&self, id: &str) {
+        wait_for(&format!("{id} recorded"), async || {
+            if self.was_recorded(id) {
+                Ok(())
+            } else {
+                Err(self.recorded.lock().unwrap().clone())
+            }
+        })
+        .await;
+    }
+
+    /// Waits until outcomes of `count` attempts were recorded.
+    pub async fn wait_records(&self, count: usize) {
+        wait_for(&format!("{count} outcomes recorded"), async || {
+            let recorded = self.recorded.lock().unwrap().clone();
+            if recorded.len() < count {
+                Err(recorded)
+            } else {
+                Ok(())
+            }
+        })
+        .await;
+    }
+
     /// Serves it on `listener` until the returned sender is dropped.
     pub fn serve(&self, listener: tokio::net::TcpListener) -> oneshot::Sender<()> {
         serve_routes(

@@ -36,15 +36,7 @@ async fn outcomes_are_delivered_several_at_a_time_and_each_once() {
         cancel(&router, id, "test").await;
     }
 
-    wait_for("every outcome recorded", async || {
-        let recorded = summarizer.recorded.lock().unwrap().clone();
-        if recorded.len() < ids.len() {
-            Err(recorded)
-        } else {
-            Ok(())
-        }
-    })
-    .await;
+    summarizer.wait_records(ids.len()).await;
     // Settled rows are not sent again: once the outbox is empty, no row can be claimed.
     outbox_settled(&router, "outcomes").await;
     let recorded = summarizer.recorded.lock().unwrap().clone();
@@ -62,24 +54,12 @@ async fn outcomes_are_delivered_several_at_a_time_and_each_once() {
     );
 }
 
-/// Waits until the summarizer recorded an outcome of `id`.
-async fn recorded(summarizer: &TestSummarizer, id: &str) {
-    wait_for(&format!("{id} recorded"), async || {
-        if summarizer.was_recorded(id) {
-            Ok(())
-        } else {
-            Err(summarizer.recorded.lock().unwrap().clone())
-        }
-    })
-    .await;
-}
-
 /// Ends `id` at once (submitted with no executor, then cancelled) and waits until the
 /// summarizer recorded its outcome.
 async fn end_and_record(router: &TestRouter, summarizer: &TestSummarizer, id: &str) {
     submit(router, patch(id, "IDLE")).await;
     cancel(router, id, "test").await;
-    recorded(summarizer, id).await;
+    summarizer.wait_recorded(id).await;
 }
 
 /// An outcome that ends while another is still being delivered goes out at once (it does not
@@ -117,7 +97,7 @@ async fn a_new_outcome_does_not_wait_for_one_still_being_delivered() {
         end_and_record(&router, &summarizer, later).await;
     }
     summarizer.gate.add_permits(1);
-    recorded(&summarizer, "slow-one").await;
+    summarizer.wait_recorded("slow-one").await;
     outbox_settled(&router, "outcomes").await;
     let calls = summarizer.calls.lock().unwrap().clone();
     for id in ["slow-one", "quick-one", "later-1", "later-2", "later-3"] {
@@ -151,8 +131,8 @@ async fn an_outcome_carries_the_patchs_notify_priority_and_key_name_to_the_summa
     submit(&router, patch("plain", "IDLE")).await;
     cancel(&router, "told", "test").await;
     cancel(&router, "plain", "test").await;
-    recorded(&summarizer, "told").await;
-    recorded(&summarizer, "plain").await;
+    summarizer.wait_recorded("told").await;
+    summarizer.wait_recorded("plain").await;
     let seen = summarizer.told.lock().unwrap().clone();
     assert_eq!(
         seen["told"],

@@ -342,15 +342,7 @@ async fn two_replicas_never_send_one_outcome_twice() {
             submit(router, patch(id, "IDLE")).await;
             cancel(router, id, "test").await;
         }
-        wait_for("every outcome recorded", async || {
-            let recorded = summarizer.recorded.lock().unwrap().clone();
-            if recorded.len() < ids.len() {
-                Err(recorded)
-            } else {
-                Ok(())
-            }
-        })
-        .await;
+        summarizer.wait_records(ids.len()).await;
         // Every row settled as delivered (none can be claimed again) and no send still out.
         outbox_settled(&a, "outcomes").await;
         wait_for("no record in flight", async || {
