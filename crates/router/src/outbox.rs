@@ -141,7 +141,8 @@ fn limit(claim: &Claim) -> u32 {
 }
 
 /// The router's store as the engine's store side: claims last the store's claim timeout
-/// (`Claim::until_ms` is not passed on).
+/// (`Claim::until_ms` is not passed on) and are named by the store's replica, which alone
+/// releases or reschedules them (the engine's claimant is not passed on either).
 #[derive(Clone)]
 pub struct Claims {
     /// The router's store.

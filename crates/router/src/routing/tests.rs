@@ -2,30 +2,13 @@
 
 use super::{Policy, Routing};
 use crate::store::SqliteStore;
-use ghost_core::{Patch, Status};
+use crate::store::transitions::patch;
+use ghost_core::Status;
 use ghost_proto::executor::v1::router_message;
-use ghost_proto::router::v1 as wire;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-
-fn patch(id: &str) -> Patch {
-    Patch::try_from(wire::Patch {
-        id: id.to_owned(),
-        target: "MAIN".to_owned(),
-        description: "cut-session test".to_owned(),
-        priority: wire::Priority::Normal as i32,
-        edits: vec![wire::Edit {
-            op: Some(wire::edit::Op::Write(wire::WriteFile {
-                path: "a.txt".to_owned(),
-                contents: "a\n".to_owned(),
-            })),
-        }],
-        ..wire::Patch::default()
-    })
-    .expect("valid patch")
-}
 
 /// A revocation can land after the Hello's second token lookup and before the session's
 /// reader watches its cut signal: the session is registered already cut, and dispatch
@@ -52,7 +35,7 @@ async fn a_session_registered_already_cut_gets_no_assignment() {
         .await;
     routing
         .submit(
-            patch("waiting"),
+            patch("waiting", "MAIN", &[]),
             "gateway",
             String::new(),
             Vec::new(),

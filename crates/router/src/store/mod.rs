@@ -15,6 +15,8 @@ mod sqlite;
 mod stats;
 #[cfg(test)]
 mod status_sql;
+#[cfg(test)]
+pub(crate) mod transitions;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -385,6 +387,8 @@ pub trait RouterStore: Send + Sync + 'static {
     /// skipping patches whose dependencies have not all succeeded. Returns the leased record
     /// (attempt incremented, fresh fencing token) or `None` (paused, empty, or all waiting).
     /// Revert patches are skipped unless `takes_reverts` (the owner advertised `revert`).
+    /// One lease per target at a time: [`PgStore`] answers `None` while the target has one (its
+    /// replicas share the queue); on [`SqliteStore`] the one router's routing never asks then.
     async fn lease_next(
         &self,
         target: String,

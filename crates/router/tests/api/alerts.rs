@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use ghost_proto::router::v1::{ApplyReport, PatchStatus, Rollback};
 
-use crate::helpers::{RecordingAlerter, TestExecutor, config, patch, spawn_router, submit};
+use crate::helpers::{
+    RecordingAlerter, TestExecutor, config, executors_connected, metric_becomes, patch,
+    spawn_router, submit,
+};
 
 crate::on_both_stores!(
     executor_lost_is_raised_when_the_last_executor_leaves_and_resolved_when_one_returns,
@@ -24,18 +27,17 @@ async fn executor_lost_is_raised_when_the_last_executor_leaves_and_resolved_when
     let first = TestExecutor::connect(&router, "ex-1", &["MAIN"]).await;
     let second = TestExecutor::connect(&router, "ex-2", &["MAIN"]).await;
     drop(first);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        alerter.received().is_empty(),
-        "one executor still serves MAIN: {:?}",
-        alerter.received()
-    );
+    executors_connected(&router, "MAIN", 1).await;
     drop(second);
     let raised = alerter.wait_for("executor_lost/MAIN", false).await;
     assert_eq!(
         raised.labels.get("target").map(String::as_str),
         Some("MAIN")
     );
+    // Raised when ex-2 left, not when ex-1 did (one executor still served MAIN then): a raise
+    // then would have been the one sent, naming ex-1 (a firing alert is not raised again).
+    let executor = raised.labels.get("executor").cloned().unwrap_or_default();
+    assert!(executor.starts_with("ex-2#"), "{raised:?}");
 
     let _back = TestExecutor::connect(&router, "ex-3", &["MAIN"]).await;
     alerter.wait_for("executor_lost/MAIN", true).await;
@@ -86,7 +88,8 @@ async fn alerts_raised_while_the_alerter_is_down_arrive_when_it_is_up() {
     let router = spawn_router(cfg).await;
     let executor = TestExecutor::connect(&router, "ex", &["MAIN"]).await;
     drop(executor);
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Raised, and waiting in the outbox, while the alerter is down.
+    metric_becomes(router.http, "ghost_outbox_depth{outbox=\"alerts\"}", 1.0).await;
 
     let alerter = RecordingAlerter::start_on(port).await;
     let raised = alerter.wait_for("executor_lost/MAIN", false).await;

@@ -25,6 +25,7 @@ use ghost_runtime::config::{Secret, ServerConfig};
 pub use ghost_testkit::RecordingAlerter;
 use ghost_testkit::grpc::serve_routes;
 use ghost_testkit::postgres::TempPostgres;
+use ghost_testkit::wait::wait_for;
 use router::config::StoreConfig;
 use router::{App, RouterConfig};
 use tokio::sync::{mpsc, oneshot};
@@ -314,20 +315,15 @@ pub async fn state(router: &TestRouter, id: &str) -> PatchState {
 
 /// Polls until `id` reaches `status`.
 pub async fn wait_for_status(router: &TestRouter, id: &str, status: PatchStatus) -> PatchState {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
+    wait_for(&format!("{id} to reach {status:?}"), async || {
         let current = state(router, id).await;
         if current.status == status as i32 {
-            return current;
+            Ok(current)
+        } else {
+            Err((PatchStatus::try_from(current.status), current.error))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{id} never reached {status:?}; it is {:?} ({})",
-            PatchStatus::try_from(current.status),
-            current.error
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 /// An executor played by the test: it speaks the Work stream by hand.
@@ -395,16 +391,18 @@ impl TestExecutor {
 
     /// Waits for the router to end the stream; the status it ended it with.
     pub async fn ended(&mut self) -> tonic::Status {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match tokio::time::timeout(left, self.inbound.message()).await {
-                Err(_) => panic!("the stream was not ended within {PATIENCE:?}"),
-                Ok(Err(status)) => return status,
-                Ok(Ok(None)) => return tonic::Status::ok("stream closed without a status"),
-                Ok(Ok(Some(_))) => {}
+        let end = async {
+            loop {
+                match self.inbound.message().await {
+                    Err(status) => return status,
+                    Ok(None) => return tonic::Status::ok("stream closed without a status"),
+                    Ok(Some(_)) => {}
+                }
             }
-        }
+        };
+        tokio::time::timeout(PATIENCE, end)
+            .await
+            .unwrap_or_else(|_| panic!("the stream was not ended within {PATIENCE:?}"))
     }
 
     /// The next message from the router.
@@ -440,6 +438,13 @@ impl TestExecutor {
             .await
             .ok()?;
         message.expect("stream healthy").expect("stream open").kind
+    }
+
+    /// Ends the executor's side of the stream, as an executor going away does: what it sent
+    /// is still read first, then the router ends the session (the router's side stays open
+    /// for reading). Not after [`Self::keep_alive`]: its heartbeats hold the stream open.
+    pub fn stop_sending(&mut self) {
+        self.outbound = mpsc::channel(1).0;
     }
 
     /// Asserts that nothing arrives for `quiet`.
@@ -515,6 +520,45 @@ pub async fn metrics_text(http: std::net::SocketAddr) -> String {
         .expect("metrics text")
 }
 
+/// The value of `series` (its name and labels as `/metrics` prints them, e.g.
+/// `ghost_outbox_depth{outbox="outcomes"}`) on the page `text`.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        if name == series {
+            value.parse().ok()
+        } else {
+            None
+        }
+    })
+}
+
+/// Waits until `/metrics` at `http` shows `series` at `value`; the page then.
+pub async fn metric_becomes(http: std::net::SocketAddr, series: &str, value: f64) -> String {
+    wait_for(&format!("{series} {value} in /metrics"), async || {
+        let text = metrics_text(http).await;
+        match metric_value(&text, series) {
+            Some(seen) if seen == value => Ok(text),
+            seen => Err(seen),
+        }
+    })
+    .await
+}
+
+/// Waits until every row of the outbox `outbox` (`outcomes`, `alerts`) is settled as
+/// delivered: none can be claimed, so none is sent again.
+pub async fn outbox_settled(router: &TestRouter, outbox: &str) {
+    let depth = format!("ghost_outbox_depth{{outbox=\"{outbox}\"}}");
+    metric_becomes(router.http, &depth, 0.0).await;
+}
+
+/// Waits until `count` executors are connected for `target`: the router has handled every
+/// session that ended before (and every message such a session sent before it ended).
+pub async fn executors_connected(router: &TestRouter, target: &str, count: u32) {
+    let series = format!("ghost_executors_connected{{target=\"{target}\"}}");
+    metric_becomes(router.http, &series, f64::from(count)).await;
+}
+
 /// What an outcome passed on: notify, priority, key name.
 pub type Told = (String, String, String);
 
@@ -554,6 +598,31 @@ impl TestSummarizer {
             .unwrap()
             .keys()
             .any(|(patch, _)| patch == id)
+    }
+
+    /// Waits until an outcome of `id` was recorded.
+    pub async fn wait_recorded(&self, id: &str) {
+        wait_for(&format!("{id} recorded"), async || {
+            if self.was_recorded(id) {
+                Ok(())
+            } else {
+                Err(self.recorded.lock().unwrap().clone())
+            }
+        })
+        .await;
+    }
+
+    /// Waits until outcomes of `count` attempts were recorded.
+    pub async fn wait_records(&self, count: usize) {
+        wait_for(&format!("{count} outcomes recorded"), async || {
+            let recorded = self.recorded.lock().unwrap().clone();
+            if recorded.len() < count {
+                Err(recorded)
+            } else {
+                Ok(())
+            }
+        })
+        .await;
     }
 
     /// Serves it on `listener` until the returned sender is dropped.

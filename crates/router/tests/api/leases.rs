@@ -5,8 +5,8 @@ use std::time::Duration;
 use ghost_proto::router::v1::{EventsRequest, PatchStatus, RetryRequest};
 
 use crate::helpers::{
-    RecordingAlerter, TestExecutor, cancel, config, patch, spawn_router, state, submit,
-    wait_for_status,
+    RecordingAlerter, TestExecutor, cancel, config, executors_connected, patch, spawn_router,
+    state, submit, wait_for_status,
 };
 
 crate::on_both_stores!(
@@ -41,9 +41,11 @@ async fn an_expired_lease_goes_to_another_executor_and_the_late_result_is_refuse
     assert_eq!(second.attempt, 2);
     assert!(second.fencing_token > first.fencing_token);
 
-    // The stuck executor wakes up and reports success for its old lease: refused.
+    // The stuck executor wakes up and reports success for its old lease, then goes away: once
+    // the router has ended its session it has handled the report (one stream, in order).
     stuck.finish(&first, PatchStatus::Succeeded).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    stuck.stop_sending();
+    executors_connected(&router, "MAIN", 1).await;
     let during = state(&router, "slow").await;
     assert_eq!(during.status, PatchStatus::Leased as i32, "{during:?}");
     assert_eq!(during.attempt, 2);

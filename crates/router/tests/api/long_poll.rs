@@ -11,7 +11,7 @@ use ghost_proto::router::v1::{
 };
 
 use crate::helpers::{
-    PATIENCE, TestExecutor, TestRouter, cancel, config, patch, spawn_router, submit,
+    PATIENCE, TestExecutor, TestRouter, cancel, config, metric_becomes, patch, spawn_router, submit,
 };
 
 crate::on_both_stores!(
@@ -38,28 +38,7 @@ async fn wait(router: &TestRouter, id: &str, wait_ms: u32) -> Result<PatchState,
 
 /// The `ghost_router_waiters` gauge, polled (bounded) until it reads `expected`.
 async fn waiters_become(router: &TestRouter, expected: f64) {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let text = reqwest::get(format!("http://{}/metrics", router.http))
-            .await
-            .expect("metrics answer")
-            .text()
-            .await
-            .expect("metrics text");
-        let value = text
-            .lines()
-            .find(|line| line.starts_with("ghost_router_waiters "))
-            .and_then(|line| line.split_whitespace().nth(1))
-            .and_then(|value| value.parse::<f64>().ok());
-        if value == Some(expected) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "ghost_router_waiters stayed {value:?}, expected {expected}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    metric_becomes(router.http, "ghost_router_waiters", expected).await;
 }
 
 async fn a_waiting_call_answers_the_terminal_state_as_soon_as_the_patch_ends() {

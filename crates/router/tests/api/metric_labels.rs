@@ -3,9 +3,10 @@
 //! unknown targets submitted straight to the router's gRPC Submit add no series.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
-use crate::helpers::{PATIENCE, TestExecutor, config, metrics_text, patch, spawn_router, submit};
+use ghost_testkit::wait::wait_for;
+
+use crate::helpers::{TestExecutor, config, metrics_text, patch, spawn_router, submit};
 
 /// Every series of the router's `/metrics`: name and labels, without the value.
 async fn series(http: std::net::SocketAddr) -> (BTreeSet<String>, String) {
@@ -20,18 +21,15 @@ async fn series(http: std::net::SocketAddr) -> (BTreeSet<String>, String) {
 
 /// Waits (bounded) until `/metrics` has a line starting with `prefix`; returns the text.
 async fn wait_for_line(http: std::net::SocketAddr, prefix: &str) -> String {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let (_, text) = series(http).await;
+    wait_for(&format!("{prefix} in /metrics"), async || {
+        let text = metrics_text(http).await;
         if text.lines().any(|line| line.starts_with(prefix)) {
-            return text;
+            Ok(text)
+        } else {
+            Err(text)
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no {prefix} in /metrics:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test]

@@ -14,13 +14,14 @@ use ghost_proto::summarizer::v1::{
     GetRequest, GetResponse, ListRequest, ListResponse, RecordRequest, RecordResponse,
 };
 use ghost_testkit::grpc::serve_routes;
+use ghost_testkit::wait::wait_for;
 use tokio::time::Instant;
 
 use ghost_proto::router::v1::router_service_client::RouterServiceClient;
 use ghost_proto::router::v1::{CancelRequest, SubmitRequest};
 use tonic::transport::Channel;
 
-use crate::helpers::{PATIENCE, POSTGRES, Postgres, config, patch, spawn_router};
+use crate::helpers::{POSTGRES, Postgres, config, outbox_settled, patch, spawn_router};
 
 /// The claim timeout of both replicas in this test.
 const CLAIM: Duration = Duration::from_secs(3);
@@ -113,13 +114,16 @@ fn crash(runtime: tokio::runtime::Runtime) {
     runtime.shutdown_background();
 }
 
-/// Waits (bounded by [`PATIENCE`]) until `done` holds, else fails with `what`.
-async fn wait_until(what: &str, done: impl Fn() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Waits (bounded) until `done` holds, else fails naming `what` and what was recorded.
+async fn wait_until(what: &str, summarizer: &StallingSummarizer, done: impl Fn() -> bool) {
+    wait_for(what, async || {
+        if done() {
+            Ok(())
+        } else {
+            Err(summarizer.recorded())
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,7 +165,7 @@ async fn dead_replica_claims_are_taken_over() {
         };
         a.cancel(cancelled).await.expect("cancel accepted");
     }
-    wait_until("replica A sent every outcome", || {
+    wait_until("replica A sent every outcome", &summarizer, || {
         ids.iter().all(|id| summarizer.calls(id) == 1)
     })
     .await;
@@ -187,17 +191,19 @@ async fn dead_replica_claims_are_taken_over() {
         );
     }
     // ... and delivers each once they ran out.
-    wait_until("replica B took over every claimed outcome", || {
-        summarizer.recorded().len() == ids.len()
-    })
+    wait_until(
+        "replica B took over every claimed outcome",
+        &summarizer,
+        || summarizer.recorded().len() == ids.len(),
+    )
     .await;
     // The claims were made just before the first sends (a margin for that).
     assert!(
         Instant::now() >= first_sent + CLAIM - CLAIM / 4,
         "taken over before the claim ran out"
     );
-    // Settled: nothing is sent a third time (B polls every second).
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    // Settled as delivered: no row can be claimed, so nothing is sent a third time.
+    outbox_settled(&b, "outcomes").await;
     let recorded = summarizer.recorded();
     for id in &ids {
         assert_eq!(recorded.get(id), Some(&1), "{id}: {recorded:?}");

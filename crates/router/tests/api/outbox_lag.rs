@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use ghost_testkit::wait::{POLL_INTERVAL, wait_until};
+
 use crate::helpers::{TestSummarizer, cancel, config, metrics_text, patch, spawn_router, submit};
 
 /// The value of `name{outbox="<outbox>"}` in the router's `/metrics`, if present.
@@ -23,18 +25,12 @@ async fn gauge_until(
     within: Duration,
     want: impl Fn(f64) -> bool,
 ) -> f64 {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
+    let what = format!("{name}{{outbox=\"{outbox}\"}} to reach the value wanted");
+    wait_until(&what, within, POLL_INTERVAL, async || {
         let value = gauge(http, name, outbox).await;
-        if let Some(value) = value.filter(|value| want(*value)) {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{name}{{outbox=\"{outbox}\"}} never reached the value wanted within {within:?}; last {value:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        value.filter(|value| want(*value)).ok_or(value)
+    })
+    .await
 }
 
 #[tokio::test]

@@ -4,7 +4,11 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::helpers::{PATIENCE, TestSummarizer, cancel, config, patch, spawn_router, submit};
+use ghost_testkit::wait::wait_for;
+
+use crate::helpers::{
+    TestRouter, TestSummarizer, cancel, config, outbox_settled, patch, spawn_router, submit,
+};
 
 crate::on_both_stores!(
     outcomes_are_delivered_several_at_a_time_and_each_once,
@@ -32,17 +36,9 @@ async fn outcomes_are_delivered_several_at_a_time_and_each_once() {
         cancel(&router, id, "test").await;
     }
 
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while summarizer.recorded.lock().unwrap().len() < ids.len() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {:?} recorded",
-            summarizer.recorded.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // Settled rows are not sent again.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    summarizer.wait_records(ids.len()).await;
+    // Settled rows are not sent again: once the outbox is empty, no row can be claimed.
+    outbox_settled(&router, "outcomes").await;
     let recorded = summarizer.recorded.lock().unwrap().clone();
     for id in &ids {
         assert_eq!(
@@ -58,9 +54,18 @@ async fn outcomes_are_delivered_several_at_a_time_and_each_once() {
     );
 }
 
+/// Ends `id` at once (submitted with no executor, then cancelled) and waits until the
+/// summarizer recorded its outcome.
+async fn end_and_record(router: &TestRouter, summarizer: &TestSummarizer, id: &str) {
+    submit(router, patch(id, "IDLE")).await;
+    cancel(router, id, "test").await;
+    summarizer.wait_recorded(id).await;
+}
+
 /// An outcome that ends while another is still being delivered goes out at once (it does not
 /// wait for the earlier delivery and its commit), and the row still out is not sent again,
-/// across several of the outbox's one-second polls.
+/// across several of the outbox's claim rounds (each later outcome wakes the outbox, which
+/// claims again, and once more after settling it).
 async fn a_new_outcome_does_not_wait_for_one_still_being_delivered() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -70,46 +75,34 @@ async fn a_new_outcome_does_not_wait_for_one_still_being_delivered() {
     let mut cfg = config(dir.path());
     cfg.summarizer_url = Some(url);
     let router = spawn_router(cfg).await;
-    let wait_for = |id: &'static str| {
-        let summarizer = summarizer.clone();
-        async move {
-            let deadline = tokio::time::Instant::now() + PATIENCE;
-            while !summarizer.was_recorded(id) {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "{id} not recorded: {:?}",
-                    summarizer.recorded.lock().unwrap()
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    };
 
     submit(&router, patch("slow-one", "IDLE")).await;
-    submit(&router, patch("quick-one", "IDLE")).await;
     cancel(&router, "slow-one", "test").await;
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !summarizer.calls.lock().unwrap().contains_key("slow-one") {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "slow-one never sent"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    cancel(&router, "quick-one", "test").await;
-    wait_for("quick-one").await;
+    wait_for("slow-one sent", async || {
+        let calls = summarizer.calls.lock().unwrap().clone();
+        if calls.contains_key("slow-one") {
+            Ok(())
+        } else {
+            Err(calls)
+        }
+    })
+    .await;
+    end_and_record(&router, &summarizer, "quick-one").await;
     assert!(
         !summarizer.was_recorded("slow-one"),
         "slow-one is still held"
     );
-    // Three polls pass with slow-one still out: it is not sent again meanwhile.
-    tokio::time::sleep(Duration::from_millis(3200)).await;
+    // More claim rounds pass with slow-one still out: it is not sent again meanwhile.
+    for later in ["later-1", "later-2", "later-3"] {
+        end_and_record(&router, &summarizer, later).await;
+    }
     summarizer.gate.add_permits(1);
-    wait_for("slow-one").await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    summarizer.wait_recorded("slow-one").await;
+    outbox_settled(&router, "outcomes").await;
     let calls = summarizer.calls.lock().unwrap().clone();
-    assert_eq!(calls.get("slow-one"), Some(&1), "{calls:?}");
-    assert_eq!(calls.get("quick-one"), Some(&1), "{calls:?}");
+    for id in ["slow-one", "quick-one", "later-1", "later-2", "later-3"] {
+        assert_eq!(calls.get(id), Some(&1), "{id}: {calls:?}");
+    }
 }
 
 async fn an_outcome_carries_the_patchs_notify_priority_and_key_name_to_the_summarizer() {
@@ -138,11 +131,8 @@ async fn an_outcome_carries_the_patchs_notify_priority_and_key_name_to_the_summa
     submit(&router, patch("plain", "IDLE")).await;
     cancel(&router, "told", "test").await;
     cancel(&router, "plain", "test").await;
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !(summarizer.was_recorded("told") && summarizer.was_recorded("plain")) {
-        assert!(tokio::time::Instant::now() < deadline, "not recorded");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    summarizer.wait_recorded("told").await;
+    summarizer.wait_recorded("plain").await;
     let seen = summarizer.told.lock().unwrap().clone();
     assert_eq!(
         seen["told"],

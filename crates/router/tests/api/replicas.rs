@@ -12,9 +12,11 @@ use std::time::{Duration, Instant};
 use ghost_proto::executor::v1::router_message;
 use ghost_proto::router::v1::{EventsRequest, PatchStatus, SubmitRequest, WaitRequest};
 
+use ghost_testkit::wait::{POLL_INTERVAL, wait_for, wait_until};
+
 use crate::helpers::{
-    PATIENCE, POSTGRES, Postgres, TestExecutor, TestRouter, TestSummarizer, cancel, config, patch,
-    spawn_killable_router, spawn_router, state, submit, wait_for_status,
+    PATIENCE, POSTGRES, Postgres, TestExecutor, TestRouter, TestSummarizer, cancel, config,
+    outbox_settled, patch, spawn_killable_router, spawn_router, state, submit, wait_for_status,
 };
 
 /// Runs `test` with a PostgreSQL of its own as the store of every router it configures.
@@ -48,23 +50,27 @@ async fn run_executor(
     done: usize,
 ) -> (Vec<String>, TestExecutor) {
     let mut ran = Vec::new();
-    let deadline = Instant::now() + PATIENCE * 3;
-    while finished.load(Ordering::SeqCst) < done && Instant::now() < deadline {
-        let Some(router_message::Kind::Assign(assign)) =
-            executor.try_next(Duration::from_millis(200)).await
-        else {
-            continue;
-        };
-        assert!(
-            !busy.swap(true, Ordering::SeqCst),
-            "two leases of one target at once (second: {assign:?})"
-        );
-        ran.push(assign.patch.as_ref().expect("patch").id.clone());
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        busy.store(false, Ordering::SeqCst);
-        finished.fetch_add(1, Ordering::SeqCst);
-        executor.finish(&assign, PatchStatus::Succeeded).await;
-    }
+    let work = async {
+        while finished.load(Ordering::SeqCst) < done {
+            let Some(router_message::Kind::Assign(assign)) =
+                executor.try_next(Duration::from_millis(200)).await
+            else {
+                continue;
+            };
+            assert!(
+                !busy.swap(true, Ordering::SeqCst),
+                "two leases of one target at once (second: {assign:?})"
+            );
+            ran.push(assign.patch.as_ref().expect("patch").id.clone());
+            // Held a little, so a second lease of the target meanwhile would be seen.
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            busy.store(false, Ordering::SeqCst);
+            finished.fetch_add(1, Ordering::SeqCst);
+            executor.finish(&assign, PatchStatus::Succeeded).await;
+        }
+    };
+    // Bounded: patches never finished end the work here, and the caller's count fails.
+    let _ = tokio::time::timeout(PATIENCE * 3, work).await;
     (ran, executor)
 }
 
@@ -336,17 +342,16 @@ async fn two_replicas_never_send_one_outcome_twice() {
             submit(router, patch(id, "IDLE")).await;
             cancel(router, id, "test").await;
         }
-        let deadline = Instant::now() + PATIENCE;
-        while summarizer.recorded.lock().unwrap().len() < ids.len() {
-            assert!(
-                Instant::now() < deadline,
-                "only {:?} recorded",
-                summarizer.recorded.lock().unwrap()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        // Both replicas poll every second: give each a few more rounds.
-        tokio::time::sleep(Duration::from_millis(2500)).await;
+        summarizer.wait_records(ids.len()).await;
+        // Every row settled as delivered (none can be claimed again) and no send still out.
+        outbox_settled(&a, "outcomes").await;
+        wait_for("no record in flight", async || {
+            match summarizer.in_flight.load(Ordering::SeqCst) {
+                0 => Ok(()),
+                out => Err(out),
+            }
+        })
+        .await;
         let calls = summarizer.calls.lock().unwrap().clone();
         for id in &ids {
             assert_eq!(calls.get(id), Some(&1), "{id} sent once: {calls:?}");
@@ -357,16 +362,16 @@ async fn two_replicas_never_send_one_outcome_twice() {
 
 /// Polls `/readyz` (bounded) until it answers `status`; its status and body.
 async fn readyz_until(url: &str, status: u16) -> (u16, String) {
-    let deadline = Instant::now() + PATIENCE * 2;
-    loop {
-        if let Ok(response) = reqwest::get(url).await {
-            let got = response.status().as_u16();
-            let body = response.text().await.unwrap_or_default();
-            if got == status || Instant::now() >= deadline {
-                return (got, body);
-            }
+    let what = format!("{url} to answer {status}");
+    wait_until(&what, PATIENCE * 2, POLL_INTERVAL, async || {
+        let response = reqwest::get(url).await.map_err(|err| err.to_string())?;
+        let got = response.status().as_u16();
+        let body = response.text().await.unwrap_or_default();
+        if got == status {
+            Ok((got, body))
+        } else {
+            Err(format!("{got}: {body}"))
         }
-        assert!(Instant::now() < deadline, "{url} never answered {status}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }

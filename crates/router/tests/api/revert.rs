@@ -12,8 +12,8 @@ use ghost_proto::router::v1::{
 };
 
 use crate::helpers::{
-    PATIENCE, RecordingAlerter, TestExecutor, TestRouter, config, patch, spawn_router, submit,
-    wait_for_status,
+    PATIENCE, RecordingAlerter, TestExecutor, TestRouter, config, metric_becomes, patch,
+    spawn_router, submit, wait_for_status,
 };
 
 crate::on_both_stores!(
@@ -526,16 +526,9 @@ async fn a_revert_no_connected_executor_can_apply_raises_revert_waiting_until_on
     drop(older);
 }
 
-/// Polls the router's metrics until `line` is among them; false when PATIENCE ran out.
-async fn metrics_show(router: &TestRouter, line: &str) -> bool {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while tokio::time::Instant::now() < deadline {
-        if metrics(router).await.lines().any(|seen| seen == line) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
+/// Waits (bounded) until the router's `ghost_router_reverts_checking` gauge reads `count`.
+async fn reverts_checking(router: &TestRouter, count: f64) {
+    metric_becomes(router.http, "ghost_router_reverts_checking", count).await;
 }
 
 async fn a_revert_call_cut_by_its_deadline_leaves_no_lock_entry_behind() {
@@ -552,7 +545,7 @@ async fn a_revert_call_cut_by_its_deadline_leaves_no_lock_entry_behind() {
     let mut client = router.client.clone();
     let call = tokio::spawn(async move { client.revert(request).await });
     let _unanswered = dry_run_asked(&mut exec).await;
-    assert!(metrics_show(&router, "ghost_router_reverts_checking 1").await);
+    reverts_checking(&router, 1.0).await;
     let cut = tokio::time::timeout(PATIENCE, call)
         .await
         .expect("the deadline cuts the call")
@@ -565,11 +558,7 @@ async fn a_revert_call_cut_by_its_deadline_leaves_no_lock_entry_behind() {
         ),
         "{cut:?}"
     );
-    assert!(
-        metrics_show(&router, "ghost_router_reverts_checking 0").await,
-        "{}",
-        metrics(&router).await
-    );
+    reverts_checking(&router, 0.0).await;
     // Asking again is checked afresh and queued.
     let again = ask(&router, "cut", "alice");
     let request = dry_run_asked(&mut exec).await;
@@ -584,7 +573,7 @@ async fn a_revert_call_cut_by_its_deadline_leaves_no_lock_entry_behind() {
     )
     .await;
     assert!(answer_of(again).await.expect("queued").created);
-    assert!(metrics_show(&router, "ghost_router_reverts_checking 0").await);
+    reverts_checking(&router, 0.0).await;
 }
 
 async fn submit_and_dry_run_refuse_a_revert_patch() {

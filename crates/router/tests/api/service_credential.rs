@@ -13,6 +13,7 @@ use ghost_proto::router::v1::router_service_client::RouterServiceClient;
 use ghost_runtime::config::{Secret, ServerConfig, TlsConfig};
 use ghost_runtime::propagation::{Upstream, traced_channel};
 use ghost_testkit::pki::Ca;
+use ghost_testkit::wait::wait_for;
 use router::App;
 use tokio::sync::oneshot;
 use tokio_stream::wrappers::ReceiverStream;
@@ -333,20 +334,16 @@ async fn a_certificate_replaced_under_a_live_work_stream_serves_new_connections_
     // A certificate from another CA: only a client trusting it can connect from now on.
     let new_ca = Ca::new("new ca");
     new_ca.server(2, false).write(dir.path());
-    let mut switched = false;
-    for _ in 0..100 {
-        let health = HealthClient::new(tls_endpoint(executor_port, &new_ca).connect_lazy())
+    wait_for("new connections to get the new certificate", async || {
+        HealthClient::new(tls_endpoint(executor_port, &new_ca).connect_lazy())
             .check(HealthCheckRequest {
                 service: String::new(),
             })
-            .await;
-        if health.is_ok() {
-            switched = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(switched, "new connections never got the new certificate");
+            .await
+            .map(drop)
+            .map_err(|status| status.code())
+    })
+    .await;
     let refused = HealthClient::new(tls_endpoint(executor_port, &old_ca).connect_lazy())
         .check(HealthCheckRequest {
             service: String::new(),

@@ -12,11 +12,18 @@ const MIGRATION_LOCK: i64 = 7_368_011;
 
 /// The migrations, oldest first: version N is applied once, in order, and recorded in
 /// `schema_migrations`.
-const MIGRATIONS: &[(i64, &str, &[&str])] = &[(
-    1,
-    "patches, events, attempts, outboxes, alerts; tokens, api keys, gateway state",
-    &[include_str!("schema/v1_core.sql"), keys::SCHEMA],
-)];
+const MIGRATIONS: &[(i64, &str, &[&str])] = &[
+    (
+        1,
+        "patches, events, attempts, outboxes, alerts; tokens, api keys, gateway state",
+        &[include_str!("schema/v1_core.sql"), keys::SCHEMA],
+    ),
+    (
+        2,
+        "outbox claims name their replica",
+        &[include_str!("schema/v2_claimed_by.sql")],
+    ),
+];
 
 /// The PostgreSQL schema (namespace) holding the router's tables: every connection's
 /// `search_path`, created by the first migration, so the three stateful services can share one

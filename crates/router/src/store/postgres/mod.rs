@@ -16,6 +16,7 @@
 
 pub mod gateway_state;
 pub mod keys;
+mod listen;
 mod migrations;
 mod patches;
 mod queue;
@@ -25,12 +26,11 @@ mod shared_state;
 use std::time::Duration;
 
 use ghost_core::{ApplyReport, Patch, Status};
+use ghost_runtime::clock::SharedClock;
 use ghost_runtime::storage::{FaultKind, StorageHealth};
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, Postgres};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, Postgres};
 use sqlx::{PgConnection, Row as _};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 pub use queue::{CHANNEL, Note};
 
@@ -71,10 +71,14 @@ pub struct PgStore {
     health: StorageHealth,
     /// When the server was last found reachable or not (see [`PgStore::reachable`]).
     reachable: std::sync::Arc<tokio::sync::Mutex<Option<(std::time::Instant, bool)>>>,
-    /// This replica's name on the channel: its own notes are not acted on twice.
+    /// This replica's name: on the channel (its own notes are not acted on twice) and on the
+    /// outbox rows it claims (`claimed_by`: only it releases or reschedules them).
     origin: String,
     /// How long this replica's claims on outbox rows last (ms; see [`PgStore::with_claim_timeout`]).
     claim_ms: i64,
+    /// Rule time: `None`, the database server's clock (production); a clock of its own from
+    /// [`PgStore::with_clock`] (tests).
+    clock: Option<SharedClock>,
 }
 
 /// Runs `$body` (an expression using `$conn: &mut PgConnection`) in a transaction: committed
@@ -85,6 +89,7 @@ macro_rules! in_tx {
         let result: Result<_, StoreError> = async {
             let mut pooled = store.acquire().await?;
             let mut tx = sqlx::Connection::begin(&mut *pooled).await?;
+            store.pin_rule_time(&mut tx).await?;
             let $conn: &mut PgConnection = &mut tx;
             let value = $body.await?;
             tx.commit().await?;
@@ -140,16 +145,42 @@ impl PgStore {
             reachable: std::sync::Arc::default(),
             origin: id.iter().map(|byte| format!("{byte:02x}")).collect(),
             claim_ms: reads::CLAIM_MS,
+            clock: None,
         })
     }
 
+    /// Reads rule time (lease deadlines, outbox due times, claims) from `clock` instead of the
+    /// database server's clock (tests: a clock that moves only when the test moves it). Every
+    /// replica on one database must read the same clock.
+    #[cfg(test)]
+    #[must_use]
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// With a clock of its own, pins its reading as the transaction's rule time
+    /// ([`patches::RULE_MS`]); without, leaves rule time to the server's clock.
+    async fn pin_rule_time(&self, conn: &mut PgConnection) -> Result<(), StoreError> {
+        let Some(clock) = &self.clock else {
+            return Ok(());
+        };
+        sqlx::query("SELECT set_config($1, $2, true)")
+            .bind(patches::RULE_MS_SETTING)
+            .bind(clock.now_ms().to_string())
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
     /// Drops this replica's claims on the rows `ids` of `outbox`, claimed but not sent
-    /// (shutdown, order held back): another replica may send them at once.
+    /// (shutdown, order held back): another replica may send them at once. A row whose claim
+    /// ran out and was taken over by another replica keeps that replica's claim.
     pub async fn release_claims(&self, outbox: Outbox, ids: Vec<i64>) -> Result<(), StoreError> {
         if ids.is_empty() {
             return Ok(());
         }
-        in_tx!(self, conn => reads::release(conn, outbox, &ids))
+        in_tx!(self, conn => reads::release(conn, outbox, &self.origin, &ids))
     }
 
     /// Claims outbox rows for `timeout` (the default is [`reads::CLAIM_MS`]): a replica that
@@ -256,59 +287,6 @@ impl PgStore {
     pub async fn publish(&self, note: &Note) -> Result<(), StoreError> {
         on_conn!(self, conn => queue::notify(conn, &self.origin, note))
     }
-
-    /// The notes of the other replicas, until `shutdown`. The listening connection is its own
-    /// (not the pool's); when it is lost it is opened again, at most once a second. Notes sent
-    /// meanwhile are missed: the router's polling catches up with them.
-    pub fn subscribe(&self, shutdown: CancellationToken) -> mpsc::Receiver<Note> {
-        let (sender, notes) = mpsc::channel(1024);
-        let options = std::sync::Arc::clone(&self.options);
-        let origin = self.origin.clone();
-        tokio::spawn(async move {
-            while !shutdown.is_cancelled() {
-                let listened = tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    listened = listen(&options, &origin, &sender) => listened,
-                };
-                if let Err(err) = listened {
-                    tracing::debug!(error = %err, "listening for other replicas failed; again in 1 s");
-                }
-                if sender.is_closed() {
-                    return;
-                }
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
-        });
-        notes
-    }
-}
-
-/// Listens on [`CHANNEL`] and forwards the notes of other replicas until the connection is lost.
-async fn listen(
-    options: &PgConnectOptions,
-    origin: &str,
-    sender: &mpsc::Sender<Note>,
-) -> Result<(), sqlx::Error> {
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(ACQUIRE_TIMEOUT)
-        .connect_with(options.clone())
-        .await?;
-    let mut listener = PgListener::connect_with(&pool).await?;
-    listener.listen(CHANNEL).await?;
-    while let Some(notification) = listener.try_recv().await? {
-        let Some((from, note)) = Note::parse(notification.payload()) else {
-            continue;
-        };
-        if from != origin && sender.send(note).await.is_err() {
-            break;
-        }
-    }
-    pool.close().await;
-    Ok(())
 }
 
 #[tonic::async_trait]
@@ -474,7 +452,7 @@ impl RouterStore for PgStore {
     }
 
     async fn outbox_due(&self, limit: u32) -> Result<Vec<OutboxRow>, StoreError> {
-        in_tx!(self, conn => reads::outbox_due(conn, limit, self.claim_ms))
+        in_tx!(self, conn => reads::outbox_due(conn, limit, self.claim_ms, &self.origin))
     }
 
     async fn raise_alert(&self, alert: NewAlert) -> Result<bool, StoreError> {
@@ -499,7 +477,7 @@ impl RouterStore for PgStore {
     }
 
     async fn alerts_due(&self, limit: u32) -> Result<Vec<AlertRow>, StoreError> {
-        in_tx!(self, conn => reads::alerts_due(conn, limit, self.claim_ms))
+        in_tx!(self, conn => reads::alerts_due(conn, limit, self.claim_ms, &self.origin))
     }
 
     async fn create_token(&self, token: NewToken) -> Result<Option<TokenRow>, StoreError> {
@@ -570,7 +548,7 @@ impl RouterStore for PgStore {
         if settled.is_empty() {
             return Ok(());
         }
-        in_tx!(self, conn => reads::settle(conn, outbox, &settled))
+        in_tx!(self, conn => reads::settle(conn, outbox, &self.origin, &settled))
     }
 
     async fn publish_cancel(
@@ -611,6 +589,15 @@ mod tests {
         }
         assert!(Note::parse("hello").is_none());
         assert!(Note::parse("abc\tcancel\tp\tnot-a-number\tx").is_none());
+    }
+
+    #[test]
+    fn rule_time_reads_the_setting_a_stores_own_clock_pins() {
+        assert!(
+            patches::RULE_MS.contains(&format!("'{}'", patches::RULE_MS_SETTING)),
+            "{}",
+            patches::RULE_MS
+        );
     }
 
     #[test]

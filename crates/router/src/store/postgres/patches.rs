@@ -8,9 +8,16 @@ use sqlx::{PgConnection, Row as _};
 
 use crate::store::{LeaseEnded, NewAlert, PatchRecord, StoreError, now_ms, now_us};
 
-/// The database server's clock in Unix ms: lease deadlines and outbox due times are written
-/// and compared with it, so replicas on several machines share one clock.
-pub const SERVER_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+/// Rule time in Unix ms, as SQL: lease deadlines, outbox due times and claims are written and
+/// compared with it. It is the database server's clock, so replicas on several machines share
+/// one clock, unless the store was given a clock of its own ([`super::PgStore::with_clock`]):
+/// then each transaction pins that clock's reading in the setting [`RULE_MS_SETTING`] first
+/// (tests move rule time by hand).
+pub const RULE_MS: &str = "COALESCE(NULLIF(current_setting('ghost.rule_ms', true), '')::bigint, \
+                           (extract(epoch from clock_timestamp()) * 1000)::bigint)";
+
+/// The transaction-local setting that overrides the server's clock in [`RULE_MS`].
+pub const RULE_MS_SETTING: &str = "ghost.rule_ms";
 
 /// The columns [`record`] reads, in its order.
 pub const COLUMNS: &str = "id, patch_json, content_hash, status, attempt, traceparent, error, \
@@ -139,7 +146,7 @@ pub async fn outbox(
 ) -> Result<(), StoreError> {
     sqlx::query(sql(format!(
         "INSERT INTO outbox (patch_id, attempt, next_at_ms, report_json, created_ms)
-         VALUES ($1, $2, {SERVER_MS}, $3, $4) ON CONFLICT DO NOTHING"
+         VALUES ($1, $2, {RULE_MS}, $3, $4) ON CONFLICT DO NOTHING"
     )))
     .bind(id)
     .bind(i64::from(attempt))
@@ -356,7 +363,7 @@ pub async fn raise(conn: &mut PgConnection, alert: &NewAlert) -> Result<bool, St
         .map_err(|source| corrupt("alert labels", &alert.key, source))?;
     sqlx::query(sql(format!(
         "INSERT INTO alert_outbox (key, resolved, severity, summary, labels_json, at_ms, next_at_ms)
-         VALUES ($1, FALSE, $2, $3, $4, $5, {SERVER_MS})"
+         VALUES ($1, FALSE, $2, $3, $4, $5, {RULE_MS})"
     )))
     .bind(&alert.key)
     .bind(alert.severity)
@@ -384,7 +391,7 @@ pub async fn resolve(
     }
     sqlx::query(sql(format!(
         "INSERT INTO alert_outbox (key, resolved, severity, summary, labels_json, at_ms, next_at_ms)
-         VALUES ($1, TRUE, 'info', $2, '[]', $3, {SERVER_MS})"
+         VALUES ($1, TRUE, 'info', $2, '[]', $3, {RULE_MS})"
     )))
     .bind(key)
     .bind(summary)

@@ -6,7 +6,7 @@ use ghost_core::{ApplyReport, Patch, Status};
 use sqlx::{PgConnection, Row as _};
 
 use super::patches::{
-    self as rows, COLUMNS, IN_FLIGHT, SERVER_MS, get, holds_lease, must_get, parse_status,
+    self as rows, COLUMNS, IN_FLIGHT, RULE_MS, get, holds_lease, must_get, parse_status,
     report_json, sql,
 };
 use crate::store::{Completed, Inserted, LeaseEnded, PatchRecord, StoreError, now_ms};
@@ -210,7 +210,7 @@ pub async fn lease_next(
     let row = sqlx::query(sql(format!(
         "UPDATE patches SET status = 'leased', attempt = attempt + 1,
                 fencing_token = nextval('fencing_token_seq'), leased_to = $2,
-                lease_deadline_ms = {SERVER_MS} + $3, updated_ms = $4, error = ''
+                lease_deadline_ms = {RULE_MS} + $3, updated_ms = $4, error = ''
          WHERE id = $1 RETURNING {COLUMNS}"
     )))
     .bind(&id)
@@ -251,7 +251,7 @@ pub async fn renew(
         .map(|token| i64::try_from(*token).unwrap_or(-1))
         .collect();
     sqlx::query(sql(format!(
-        "UPDATE patches SET lease_deadline_ms = {SERVER_MS} + $3
+        "UPDATE patches SET lease_deadline_ms = {RULE_MS} + $3
          WHERE fencing_token = ANY($1) AND leased_to = $2 AND status IN {IN_FLIGHT}"
     )))
     .bind(tokens)
@@ -437,8 +437,8 @@ pub async fn record_interrupted(
     Ok(updated == 1)
 }
 
-/// Ends the in-flight attempts leased to `owner`, or (no owner) whose lease expired by the
-/// server's clock; with `all`, every one (see `RouterStore::end_all_leases`).
+/// Ends the in-flight attempts leased to `owner`, or (no owner) whose lease expired in rule
+/// time ([`RULE_MS`]); with `all`, every one (see `RouterStore::end_all_leases`).
 pub async fn end_leases(
     conn: &mut PgConnection,
     origin: &str,
@@ -451,7 +451,7 @@ pub async fn end_leases(
         "SELECT id FROM patches
          WHERE status IN {IN_FLIGHT}
            AND ($2 OR ($1::text IS NOT NULL AND leased_to = $1)
-                   OR ($1::text IS NULL AND lease_deadline_ms < {SERVER_MS}))
+                   OR ($1::text IS NULL AND lease_deadline_ms < {RULE_MS}))
          ORDER BY id FOR UPDATE SKIP LOCKED"
     )))
     .bind(owner)

@@ -6,7 +6,7 @@ use ghost_core::{ApplyReport, Status};
 use sqlx::{PgConnection, Row as _};
 
 use super::patches::{
-    COLUMNS, IN_FLIGHT, SERVER_MS, parse_report, parse_status, record, sql, u32_of,
+    COLUMNS, IN_FLIGHT, RULE_MS, parse_report, parse_status, record, sql, u32_of,
 };
 use crate::store::{
     AlertRow, Delivery, EventRow, Outbox, OutboxBacklog, OutboxRow, PatchRecord, StatsRows,
@@ -221,23 +221,26 @@ pub async fn outbox_backlog(conn: &mut PgConnection) -> Result<Vec<OutboxBacklog
     Ok(backlog)
 }
 
-/// Claims the outcomes due for delivery (none claimed by a live replica), oldest first.
+/// Claims the outcomes due for delivery (none claimed by a live replica) for `claimant`,
+/// oldest first.
 pub async fn outbox_due(
     conn: &mut PgConnection,
     limit: u32,
     claim_ms: i64,
+    claimant: &str,
 ) -> Result<Vec<OutboxRow>, StoreError> {
     let rows = sqlx::query(sql(format!(
-        "UPDATE outbox SET claimed_until_ms = {SERVER_MS} + $2
+        "UPDATE outbox SET claimed_until_ms = {RULE_MS} + $2, claimed_by = $3
          WHERE id IN (
              SELECT id FROM outbox
-             WHERE delivered_ms IS NULL AND next_at_ms <= {SERVER_MS}
-               AND claimed_until_ms <= {SERVER_MS}
+             WHERE delivered_ms IS NULL AND next_at_ms <= {RULE_MS}
+               AND claimed_until_ms <= {RULE_MS}
              ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
          RETURNING id, patch_id, attempt, tries, report_json, created_ms"
     )))
     .bind(i64::from(limit))
     .bind(claim_ms)
+    .bind(claimant)
     .fetch_all(&mut *conn)
     .await?;
     let mut due = Vec::with_capacity(rows.len());
@@ -259,12 +262,14 @@ pub async fn outbox_due(
     Ok(due)
 }
 
-/// Claims the alert changes due, oldest first, stopping at the first that waits for a retry
-/// or is claimed by another replica: one replica at a time sends alerts, in row order.
+/// Claims the alert changes due for `claimant`, oldest first, stopping at the first that waits
+/// for a retry or is claimed by another replica: one replica at a time sends alerts, in row
+/// order.
 pub async fn alerts_due(
     conn: &mut PgConnection,
     limit: u32,
     claim_ms: i64,
+    claimant: &str,
 ) -> Result<Vec<AlertRow>, StoreError> {
     let locked: bool = sqlx::query("SELECT pg_try_advisory_xact_lock(7368013)")
         .fetch_one(&mut *conn)
@@ -275,7 +280,7 @@ pub async fn alerts_due(
     }
     let rows = sqlx::query(sql(format!(
         "SELECT id, key, resolved, severity, summary, labels_json, at_ms, tries,
-                next_at_ms <= {SERVER_MS} AND claimed_until_ms <= {SERVER_MS}
+                next_at_ms <= {RULE_MS} AND claimed_until_ms <= {RULE_MS}
          FROM alert_outbox WHERE delivered_ms IS NULL ORDER BY id LIMIT $1"
     )))
     .bind(i64::from(limit))
@@ -306,37 +311,46 @@ pub async fn alerts_due(
     }
     let ids: Vec<i64> = due.iter().map(|row| row.id).collect();
     sqlx::query(sql(format!(
-        "UPDATE alert_outbox SET claimed_until_ms = {SERVER_MS} + $2 WHERE id = ANY($1)"
+        "UPDATE alert_outbox SET claimed_until_ms = {RULE_MS} + $2, claimed_by = $3
+         WHERE id = ANY($1)"
     )))
     .bind(ids)
     .bind(claim_ms)
+    .bind(claimant)
     .execute(&mut *conn)
     .await?;
     Ok(due)
 }
 
-/// Drops the claims on rows claimed but not sent (shutdown, order held back), so they may be
-/// sent at once rather than when the claims run out. Only claims still running are dropped.
+/// Drops `claimant`'s claims on rows claimed but not sent (shutdown, order held back), so they
+/// may be sent at once rather than when the claims run out. Only claims `claimant` still holds
+/// are dropped: a row its claim ran out on may be another replica's now.
 pub async fn release(
     conn: &mut PgConnection,
     outbox: Outbox,
+    claimant: &str,
     ids: &[i64],
 ) -> Result<(), StoreError> {
     let table = table(outbox);
     sqlx::query(sql(format!(
-        "UPDATE {table} SET claimed_until_ms = 0
-         WHERE id = ANY($1) AND delivered_ms IS NULL AND claimed_until_ms > {SERVER_MS}"
+        "UPDATE {table} SET claimed_until_ms = 0, claimed_by = ''
+         WHERE id = ANY($1) AND claimed_by = $2 AND delivered_ms IS NULL
+           AND claimed_until_ms > {RULE_MS}"
     )))
     .bind(ids)
+    .bind(claimant)
     .execute(&mut *conn)
     .await?;
     Ok(())
 }
 
-/// Records what became of delivery tries, and releases their claims.
+/// Records what became of `claimant`'s delivery tries, and releases their claims. A delivery
+/// is recorded whoever holds the row now (it was sent: never again); a retry only while
+/// `claimant` still holds the claim (else the replica that took the row over is sending it).
 pub async fn settle(
     conn: &mut PgConnection,
     outbox: Outbox,
+    claimant: &str,
     settled: &[(i64, Delivery)],
 ) -> Result<(), StoreError> {
     let table = table(outbox);
@@ -345,7 +359,8 @@ pub async fn settle(
         match delivery {
             Delivery::Delivered => {
                 sqlx::query(sql(format!(
-                    "UPDATE {table} SET delivered_ms = $2, claimed_until_ms = 0 WHERE id = $1"
+                    "UPDATE {table} SET delivered_ms = $2, claimed_until_ms = 0, claimed_by = ''
+                     WHERE id = $1"
                 )))
                 .bind(row_id)
                 .bind(now)
@@ -354,12 +369,13 @@ pub async fn settle(
             }
             Delivery::RetryIn(delay_ms) => {
                 sqlx::query(sql(format!(
-                    "UPDATE {table} SET tries = tries + 1, next_at_ms = {SERVER_MS} + $2,
-                            claimed_until_ms = 0
-                     WHERE id = $1"
+                    "UPDATE {table} SET tries = tries + 1, next_at_ms = {RULE_MS} + $2,
+                            claimed_until_ms = 0, claimed_by = ''
+                     WHERE id = $1 AND claimed_by = $3 AND delivered_ms IS NULL"
                 )))
                 .bind(row_id)
                 .bind(delay_ms)
+                .bind(claimant)
                 .execute(&mut *conn)
                 .await?;
             }

@@ -29,8 +29,6 @@ mod outboxes;
 mod queue;
 mod reads;
 mod records;
-#[cfg(test)]
-mod tests;
 mod tokens;
 mod writer;
 
