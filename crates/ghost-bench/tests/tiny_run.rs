@@ -279,16 +279,23 @@ async fn a_sigterm_mid_run_stops_every_service_it_started() {
         bench.try_wait().unwrap().ok_or(())
     })
     .await;
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut bench.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert!(!status.success(), "a stopped run is not a result: {stderr}");
-    assert!(stderr.contains("SIGTERM"), "{stderr}");
     let left: Vec<u32> = services
         .into_iter()
         .filter(|pid| !ghost_testkit::process::gone(*pid))
         .collect();
+    for pid in &left {
+        // Not to leave them running when this test fails: the ones this test's child started.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(*pid).unwrap()),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut bench.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(
         left.is_empty(),
-        "still running after ghost-bench exited: {left:?}"
+        "still running after ghost-bench exited: {left:?}; {stderr}"
     );
+    assert!(!status.success(), "a stopped run is not a result: {stderr}");
+    assert!(stderr.contains("SIGTERM"), "{stderr}");
 }
