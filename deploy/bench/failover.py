@@ -31,7 +31,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import tempfile
@@ -39,28 +38,9 @@ import time
 import urllib.error
 import urllib.request
 
+from loopback import call, free_port, wait_for
+
 KEY = "failover-bench-key-0123456789abcdef"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def call(url, method="GET", body=None):
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method)
-    req.add_header("Authorization", f"Bearer {KEY}")
-    if data is not None:
-        req.add_header("content-type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as err:
-        return err.code, None
-    except OSError:
-        return None, None
 
 
 def toml_value(value):
@@ -169,20 +149,10 @@ def server():
 
 
 def events(gateway, patch_id):
-    status, body = call(f"{gateway}/v1/patches/{patch_id}/events")
+    status, body = call(f"{gateway}/v1/patches/{patch_id}/events", KEY)
     if status != 200 or not isinstance(body, list):
         return []
     return body
-
-
-def wait_for(predicate, seconds, what):
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.005)
-    raise SystemExit(f"timed out waiting for {what() if callable(what) else what}")
 
 
 def build(args, work, pg):
@@ -217,7 +187,7 @@ def trial(n, args, routers, executors, gateways):
     body = {"id": patch_id, "target": "MAIN", "description": "failover bench",
             "edits": [{"op": "write", "path": f"f/{patch_id}.txt", "contents": "x\n"}],
             "commands": [f"sleep {args.hold}"]}
-    status, _ = call(f"http://{gateways['a'].http}/v1/patches", "POST", body)
+    status, _ = call(f"http://{gateways['a'].http}/v1/patches", KEY, "POST", body)
     if status != 202:
         raise SystemExit(f"submit answered {status}")
     first = f"http://{gateways['a'].http}"

@@ -14,36 +14,14 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
+
+from loopback import call, free_port, wait_for
 
 KEY = "reconnect-bench-key-0123456789abcdef"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def call(url, method="GET", body=None):
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method)
-    req.add_header("Authorization", f"Bearer {KEY}")
-    if data is not None:
-        req.add_header("content-type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as err:
-        return err.code, None
-    except OSError:
-        return None, None
 
 
 def start_up(ghost, work, ports, log):
@@ -58,13 +36,14 @@ def start_up(ghost, work, ports, log):
 
 
 def wait_ready(url, deadline_s=30):
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        status, _ = call(f"{url}/v1/targets")
-        if status == 200:
-            return time.monotonic()
-        time.sleep(0.002)
-    raise SystemExit("the control plane did not come up")
+    wait_for(lambda: call(f"{url}/v1/targets", KEY)[0] == 200, deadline_s,
+             "the control plane to come up", interval=0.002)
+    return time.monotonic()
+
+
+def status_of(url, patch_id):
+    _, state = call(f"{url}/v1/patches/{patch_id}", KEY)
+    return state.get("status") if state else None
 
 
 def main():
@@ -103,30 +82,21 @@ def main():
     trials = []
     try:
         # A first patch, so the executor is known to be connected before the first restart.
-        call(f"{url}/v1/patches", "POST",
+        call(f"{url}/v1/patches", KEY, "POST",
              {"id": "warm", "target": "MAIN", "edits": [{"op": "write", "path": "w.txt", "contents": "w\n"}]})
-        end = time.monotonic() + 60
-        while call(f"{url}/v1/patches/warm")[1] is None or call(f"{url}/v1/patches/warm")[1].get("status") != "succeeded":
-            if time.monotonic() > end:
-                raise SystemExit(f"the warm-up patch did not succeed; see {work}")
-            time.sleep(0.01)
+        wait_for(lambda: status_of(url, "warm") == "succeeded", 60,
+                 f"the warm-up patch to succeed; see {work}", interval=0.01)
         for n in range(args.n):
             up.send_signal(signal.SIGTERM)
             up.wait(timeout=60)
             up = start_up(ghost, work, ports, log)
             ready = wait_ready(url)
             pid = f"after-restart-{n}"
-            call(f"{url}/v1/patches", "POST",
+            call(f"{url}/v1/patches", KEY, "POST",
                  {"id": pid, "target": "MAIN", "edits": [{"op": "write", "path": f"{pid}.txt", "contents": "x\n"}]})
-            end = time.monotonic() + 90
-            while True:
-                _, state = call(f"{url}/v1/patches/{pid}")
-                if state and state.get("status") == "succeeded":
-                    took = (time.monotonic() - ready) * 1000
-                    break
-                if time.monotonic() > end:
-                    raise SystemExit(f"{pid} did not succeed; see {work}")
-                time.sleep(0.002)
+            wait_for(lambda: status_of(url, pid) == "succeeded", 90,
+                     f"{pid} to succeed; see {work}", interval=0.002)
+            took = (time.monotonic() - ready) * 1000
             trials.append(took)
             print(f"trial {n + 1}: control plane ready -> next patch succeeded on the remote executor: {took:.0f} ms")
     finally:

@@ -11,6 +11,7 @@
 //! - [`agent_overhead`] — `ghost-bench agent-overhead`: the executor's overhead around a
 //!   no-op coding agent, in this process.
 //! - [`system`] — spawning the services, readiness, RSS.
+//! - [`procfs`] — a process's memory, CPU time and children, from `/proc`.
 //! - [`store`] — `--store`: SQLite, a throwaway PostgreSQL, or a PostgreSQL URL.
 //! - [`load`] — submitting patches.
 //! - [`follow`] — waiting for every patch's end and collecting its stored events.
@@ -23,6 +24,7 @@ pub mod args;
 pub mod floor;
 pub mod follow;
 pub mod load;
+pub mod procfs;
 pub mod report;
 pub mod run;
 pub mod store;

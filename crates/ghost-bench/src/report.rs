@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::floor::{FsyncFloor, PATH_FSYNCS, PathFsync};
-use crate::system::Memory;
+use crate::procfs::Memory;
 
 /// Percentiles of one set of samples, in milliseconds.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -221,6 +221,24 @@ impl Report {
                 }
             })
             .collect()
+    }
+
+    /// Sets the end-to-end stages' ratios to the fsync floor (p50 over the floor, p99 over
+    /// p50) from the stages and `fsync`; zero where a stage or the floor is missing.
+    pub fn relate_to_floor(&mut self) {
+        let ratios = |name: &str, floor: f64| {
+            self.stages
+                .iter()
+                .find(|s| s.name == name)
+                .filter(|s| s.stats.p50 > 0.0 && floor > 0.0)
+                .map_or((0.0, 0.0), |s| {
+                    (s.stats.p50 / floor, s.stats.p99 / s.stats.p50)
+                })
+        };
+        let ended = ratios("e2e submit → ended", self.fsync.ended_floor_ms);
+        let slack = ratios("e2e submit → Slack post", self.fsync.path_floor_ms);
+        (self.ended_p50_over_floor, self.ended_p99_over_p50) = ended;
+        (self.slack_p50_over_floor, self.slack_p99_over_p50) = slack;
     }
 
     /// The fixed list of path fsyncs.

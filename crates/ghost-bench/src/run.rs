@@ -20,8 +20,11 @@ const REPORT_SAMPLE: usize = 300;
 /// Wait after start before idle RSS is read.
 const SETTLE: Duration = Duration::from_millis(1000);
 
-/// Runs the benchmark `args` describes.
+/// Runs the benchmark `args` describes. SIGINT and SIGTERM are caught from the start: either
+/// ends the run with an error, after the services it started are stopped (by their PIDs:
+/// SIGTERM, then SIGKILL after a grace) and its throwaway PostgreSQL with them.
 pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
+    let mut interrupt = Interrupt::catch()?;
     let temp = match &args.work_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir)?;
@@ -42,24 +45,18 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
             (None, None, url.trim_end_matches('/').to_owned(), key)
         }
         None => {
-            let bins = system::bin_dir(args.bin_dir.as_deref())?;
-            let store = BenchStore::open(&args.store, work.parent().unwrap_or(work))?;
-            let options = StartOptions {
-                workspace_files: args.workspace_files,
-                allow_false: args.fail,
-                overrides: &args.overrides,
-                tls: args.tls,
-                store_url: store.url(),
-            };
-            let system = System::start(&bins, work, &targets, options).await?;
+            let (system, store) = start(args, work, &targets, &mut interrupt).await?;
             let url = system.gateway_url.clone();
             (Some(system), Some(store), url, API_KEY.to_owned())
         }
     };
     let started = system.as_ref().zip(store.as_ref());
-    let result = measure(args, started, &url, &key, targets).await;
+    let result = tokio::select! {
+        result = measure(args, started, &url, &key, targets) => result,
+        signal = interrupt.recv() => Err(anyhow::anyhow!("{signal}: the run was stopped")),
+    };
     if args.serve && result.is_ok() {
-        stopped().await?;
+        interrupt.recv().await;
     }
     if let Some(system) = system {
         system.stop(Duration::from_secs(10)).await;
@@ -69,34 +66,58 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     let mut report = result?;
     report.fsync = fsync;
     report.loadavg = [load_before, loadavg()];
-    let ratios = |name: &str, floor: f64| {
-        report
-            .stages
-            .iter()
-            .find(|s| s.name == name)
-            .filter(|s| s.stats.p50 > 0.0 && floor > 0.0)
-            .map_or((0.0, 0.0), |s| {
-                (s.stats.p50 / floor, s.stats.p99 / s.stats.p50)
-            })
-    };
-    let ended = ratios("e2e submit → ended", report.fsync.ended_floor_ms);
-    let slack = ratios("e2e submit → Slack post", report.fsync.path_floor_ms);
-    (report.ended_p50_over_floor, report.ended_p99_over_p50) = ended;
-    (report.slack_p50_over_floor, report.slack_p99_over_p50) = slack;
+    report.relate_to_floor();
     Ok(report)
 }
 
-/// Resolves on SIGINT or SIGTERM, so a script stopping `--serve` by PID still lets the services
-/// be stopped.
-async fn stopped() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
+/// Opens the store and starts the services; a signal meanwhile stops what was started (each
+/// service by its child handle, the store's server by its drop) and ends the run.
+async fn start(
+    args: &BenchArgs,
+    work: &std::path::Path,
+    targets: &[String],
+    interrupt: &mut Interrupt,
+) -> anyhow::Result<(System, BenchStore)> {
+    let bins = system::bin_dir(args.bin_dir.as_deref())?;
+    let store = BenchStore::open(&args.store, work.parent().unwrap_or(work))?;
+    let options = StartOptions {
+        workspace_files: args.workspace_files,
+        allow_false: args.fail,
+        overrides: &args.overrides,
+        tls: args.tls,
+        store_url: store.url(),
+    };
+    let system = tokio::select! {
+        system = System::start(&bins, work, targets, options) => system?,
+        signal = interrupt.recv() => anyhow::bail!("{signal} while the services started"),
+    };
+    Ok((system, store))
+}
+
+/// SIGINT and SIGTERM, caught (so neither ends the process before the run stops what it
+/// started; also a script stopping `--serve` by PID).
+struct Interrupt {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Interrupt {
+    /// Catches both from now on.
+    fn catch() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
     }
-    Ok(())
+
+    /// Resolves with the signal's name when one arrives (or has arrived since [`Self::catch`]).
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "SIGINT",
+        }
+    }
 }
 
 /// When each patch's summary was written, for a started system: its file's mtime (Unix ms)
@@ -122,9 +143,9 @@ fn summary_times(
 }
 
 /// Idle RSS and anonymous memory (KiB) of the five services, one executor.
-fn idle_of_the_five(idle: &[(String, crate::system::Memory)]) -> (u64, u64) {
+fn idle_of_the_five(idle: &[(String, crate::procfs::Memory)]) -> (u64, u64) {
     let five = ["gateway", "router", "summarizer", "alerter", "executor-1"];
-    let of_five = |part: fn(&crate::system::Memory) -> u64| -> u64 {
+    let of_five = |part: fn(&crate::procfs::Memory) -> u64| -> u64 {
         idle.iter()
             .filter(|(name, _)| five.contains(&name.as_str()))
             .map(|(_, m)| part(m))
@@ -135,7 +156,7 @@ fn idle_of_the_five(idle: &[(String, crate::system::Memory)]) -> (u64, u64) {
 
 /// Memory and CPU of every service now, and of the store's PostgreSQL when the run started
 /// one (`postgres`).
-fn memories(started: Option<(&System, &BenchStore)>) -> Vec<(String, crate::system::Memory)> {
+fn memories(started: Option<(&System, &BenchStore)>) -> Vec<(String, crate::procfs::Memory)> {
     let Some((system, store)) = started else {
         return Vec::new();
     };

@@ -1,6 +1,6 @@
 //! The five services as child processes of the benchmark: config files written into the work
 //! dir, started downstream first, each timed from spawn to its first `/readyz` 200, RSS read
-//! from `/proc/<pid>/status`, stopped with SIGTERM (SIGKILL after a grace) when dropped.
+//! through [`crate::procfs`], stopped with SIGTERM (SIGKILL after a grace) when dropped.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use ghost_testkit::FakeSlack;
-use serde::Serialize;
 use serde_json::json;
 use tokio::process::{Child, Command};
+
+use crate::procfs::{Memory, memory_of};
 
 /// The API key the started gateway accepts.
 pub const API_KEY: &str = "bench-key-0123456789abcdef";
@@ -40,56 +41,6 @@ impl ServiceProcess {
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
     }
-}
-
-/// Memory of one process, from `/proc/<pid>/status`, in KiB.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct Memory {
-    /// Resident set now (`VmRSS`).
-    pub rss_kib: u64,
-    /// Peak resident set (`VmHWM`).
-    pub peak_kib: u64,
-    /// Anonymous resident memory (`RssAnon`: heap, stacks), without the binary's mapped code.
-    pub anon_kib: u64,
-    /// CPU time used so far, user + system, ms (from `/proc/<pid>/stat`).
-    pub cpu_ms: u64,
-}
-
-/// Reads `VmRSS` and `VmHWM` of `pid`.
-pub fn memory_of(pid: u32) -> std::io::Result<Memory> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
-    Ok(Memory {
-        rss_kib: field("VmRSS:"),
-        peak_kib: field("VmHWM:"),
-        anon_kib: field("RssAnon:"),
-        cpu_ms: cpu_ms_of(pid)?,
-    })
-}
-
-/// Clock ticks per second in `/proc/<pid>/stat` (`USER_HZ`, fixed at 100 for userspace).
-const USER_HZ: u64 = 100;
-
-/// User + system CPU time of `pid`, ms.
-fn cpu_ms_of(pid: u32) -> std::io::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces) start at field 3; utime and stime
-    // are fields 14 and 15.
-    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |index: usize| -> u64 {
-        fields
-            .get(index)
-            .and_then(|value| value.parse().ok())
-            .unwrap_or(0)
-    };
-    Ok((ticks(11) + ticks(12)) * 1000 / USER_HZ)
 }
 
 /// The started system.

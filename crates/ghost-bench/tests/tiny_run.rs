@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
 /// The folder holding this package's binaries; the services' debug binaries are built into it
 /// (a no-op when they are fresh). Built exactly as `scripts/test` builds (`--workspace
@@ -23,6 +24,20 @@ fn service_binaries() -> PathBuf {
     assert!(status.success(), "building the service binaries failed");
     dir
 }
+
+/// The smallest run: 20 patches, 2 at a time, over 2 targets.
+const TINY: &[&str] = &[
+    "-n",
+    "20",
+    "-c",
+    "2",
+    "-t",
+    "2",
+    "--timeout",
+    "60s",
+    "--fsync-samples",
+    "20",
+];
 
 /// Runs ghost-bench on `args` against the service binaries with its state in `work`, with
 /// `env` added; returns its stdout and the JSON report. Fails the test if it fails.
@@ -92,22 +107,7 @@ fn service_names(report: &serde_json::Value) -> Vec<&str> {
 #[test]
 fn a_tiny_run_ends_every_patch_once_and_writes_parsable_json() {
     let work = tempfile::tempdir().unwrap();
-    let (stdout, report) = run_bench(
-        work.path(),
-        &[
-            "-n",
-            "20",
-            "-c",
-            "2",
-            "-t",
-            "2",
-            "--timeout",
-            "60s",
-            "--fsync-samples",
-            "20",
-        ],
-        &[],
-    );
+    let (stdout, report) = run_bench(work.path(), TINY, &[]);
     assert!(stdout.contains("fsync floor"), "{stdout}");
     assert!(stdout.contains("store: sqlite"), "{stdout}");
     assert_every_patch_once(&report, 20);
@@ -136,24 +136,8 @@ fn a_tiny_run_on_a_throwaway_postgres_ends_every_patch_once() {
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let (stdout, report) = run_bench(
-        work.path(),
-        &[
-            "-n",
-            "20",
-            "-c",
-            "2",
-            "-t",
-            "2",
-            "--timeout",
-            "60s",
-            "--fsync-samples",
-            "20",
-            "--store",
-            "postgres",
-        ],
-        &[],
-    );
+    let args = [TINY, &["--store", "postgres"]].concat();
+    let (stdout, report) = run_bench(work.path(), &args, &[]);
     assert!(stdout.contains("store: postgres"), "{stdout}");
     assert_every_patch_once(&report, 20);
     assert_eq!(
@@ -242,4 +226,76 @@ fn the_slow_disk_shim_reaches_every_service_and_counts_the_fsyncs_of_a_patch() {
     assert!(per_patch("summarizer") >= 4.0, "{seen}");
     assert!(per_patch("alerter") >= 1.0, "{seen}");
     assert_eq!(per_patch("gateway"), 0.0, "{seen}");
+}
+
+/// SIGTERM in the middle of the tiny run (paced at one patch a second, so it is still
+/// submitting): ghost-bench stops every service it started before it exits, and says why it
+/// stopped; none is left running.
+#[tokio::test]
+async fn a_sigterm_mid_run_stops_every_service_it_started() {
+    let work = tempfile::tempdir().unwrap();
+    let bins = service_binaries();
+    let url_file = work.path().join("url");
+    let args = [TINY, &["--rate", "1"]].concat();
+    let mut bench = Command::new(env!("CARGO_BIN_EXE_ghost-bench"))
+        .args(&args)
+        .arg("--bin-dir")
+        .arg(&bins)
+        .arg("--work-dir")
+        .arg(work.path())
+        .arg("--url-file")
+        .arg(&url_file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = bench.id();
+    // The URL file is written once every service is ready, just before the first patch.
+    ghost_testkit::wait_until(
+        "ghost-bench to start its services",
+        Duration::from_secs(120),
+        ghost_testkit::POLL_INTERVAL,
+        async || {
+            assert!(
+                bench.try_wait().unwrap().is_none(),
+                "ghost-bench ended early"
+            );
+            if url_file.exists() { Ok(()) } else { Err(()) }
+        },
+    )
+    .await;
+    let services = ghost_bench::procfs::children_of(pid);
+    assert_eq!(
+        services.len(),
+        6,
+        "five services, two executors: {services:?}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = ghost_testkit::wait_for("ghost-bench to exit after SIGTERM", async || {
+        bench.try_wait().unwrap().ok_or(())
+    })
+    .await;
+    let left: Vec<u32> = services
+        .into_iter()
+        .filter(|pid| !ghost_testkit::process::gone(*pid))
+        .collect();
+    for pid in &left {
+        // Not to leave them running when this test fails: the ones this test's child started.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(*pid).unwrap()),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut bench.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        left.is_empty(),
+        "still running after ghost-bench exited: {left:?}; {stderr}"
+    );
+    assert!(!status.success(), "a stopped run is not a result: {stderr}");
+    assert!(stderr.contains("SIGTERM"), "{stderr}");
 }

@@ -34,3 +34,32 @@ pub async fn assert_ops_routes_on_ops_port_alone(
         );
     }
 }
+
+/// The value of the unlabelled metric `name` on `http://{addr}/metrics`; `None` when the
+/// service does not answer or does not show it.
+pub async fn metric(addr: std::net::SocketAddr, name: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+/// Waits ([`crate::wait_for`]: bounded) until the unlabelled metric `name` on
+/// `http://{addr}/metrics` reads `expected`; the panic on timeout names the last value seen.
+pub async fn wait_for_metric(addr: std::net::SocketAddr, name: &str, expected: f64) {
+    let what = format!("{name} on {addr} to read {expected}");
+    crate::wait_for(&what, async || {
+        let value = metric(addr, name).await;
+        if value == Some(expected) {
+            Ok(())
+        } else {
+            Err(value)
+        }
+    })
+    .await;
+}

@@ -7,7 +7,8 @@
 //! the alert changes a service raises; [`OtlpReceiver`] is a real OTLP/gRPC trace collector;
 //! [`WebhookReceiver`] checks Standard Webhooks with the real `standardwebhooks` package;
 //! [`disk`] makes real disk faults (a full tmpfs, the `LD_PRELOAD` fault shim); [`postgres`]
-//! starts a real PostgreSQL (`initdb`, `pg_ctl`) on a free loopback port; [`grpc`] serves a
+//! starts a real PostgreSQL (`initdb`, `pg_ctl`) on a free loopback port, gone with its
+//! process however that ends; [`process`] tells whether a process has ended; [`grpc`] serves a
 //! stand-in for another service and [`http`] probes a service's routes; [`wait`] is the one
 //! bounded poll loop every test waits with ([`wait_until`], [`TEST_TIMEOUT`]). This crate is a
 //! dev-dependency only; nothing in production links it.
@@ -19,6 +20,7 @@ pub mod http;
 mod otlp;
 pub mod pki;
 pub mod postgres;
+pub mod process;
 mod python;
 mod slack;
 pub mod wait;

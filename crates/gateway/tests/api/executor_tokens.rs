@@ -217,7 +217,7 @@ async fn work_stream(
         })
         .await
         .unwrap();
-    let mut client = RouterServiceClient::connect(format!("http://{}", gateway.router.grpc))
+    let mut client = RouterServiceClient::connect(format!("http://{}", gateway.router().grpc))
         .await
         .unwrap();
     let mut inbound = client

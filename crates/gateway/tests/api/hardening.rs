@@ -4,7 +4,6 @@
 //! - `wait` is read by the documented pattern only (no leading zeros);
 //! - `cancel_patch` is idempotent.
 
-use ghost_testkit::wait_until;
 use serde_json::{Value, json};
 
 use crate::helpers::{KEY, TestGateway, python};
@@ -134,31 +133,8 @@ async fn wait_with_leading_zeros_is_refused_as_the_documented_pattern_says() {
 
 /// The router's `ghost_router_waiters` gauge, polled (bounded) until it reads `expected`.
 async fn router_waiters_become(gateway: &TestGateway, expected: f64) {
-    let waiters = format!("ghost_router_waiters to read {expected}");
-    wait_until(
-        &waiters,
-        std::time::Duration::from_secs(10),
-        std::time::Duration::from_millis(25),
-        async || {
-            let text = reqwest::get(format!("http://{}/metrics", gateway.router.http))
-                .await
-                .expect("metrics")
-                .text()
-                .await
-                .expect("text");
-            let value = text
-                .lines()
-                .find(|line| line.starts_with("ghost_router_waiters "))
-                .and_then(|line| line.split_whitespace().nth(1))
-                .and_then(|value| value.parse::<f64>().ok());
-            if value == Some(expected) {
-                Ok(())
-            } else {
-                Err(value)
-            }
-        },
-    )
-    .await;
+    ghost_testkit::http::wait_for_metric(gateway.router().http, "ghost_router_waiters", expected)
+        .await;
 }
 
 const MCP_WAIT: &str = r#"

@@ -1,4 +1,6 @@
-//! Spawning a real router and a real gateway for a test.
+//! Spawning a real router and a real gateway for a test: [`TestGateway`] starts both with
+//! ghost-cli's [`SystemBuilder`] (the one builder `ghost up` uses); the `spawn_*` helpers
+//! start one service alone, for tests that arrange several gateways or restarts themselves.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -6,6 +8,7 @@ use std::path::{Path, PathBuf};
 use gateway::GatewayConfig;
 use gateway::auth::Scope;
 use gateway::config::{ApiKeyConfig, TargetConfig, WebhookConfig};
+use ghost_cli::system::{LocalOptions, Service, System, SystemBuilder};
 use ghost_runtime::config::{Secret, ServerConfig};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -71,6 +74,10 @@ where
     }
 }
 
+fn ephemeral() -> SocketAddr {
+    "127.0.0.1:0".parse().expect("addr")
+}
+
 fn fast_server(grpc: SocketAddr) -> ServerConfig {
     ServerConfig {
         grpc_listen: grpc,
@@ -80,13 +87,18 @@ fn fast_server(grpc: SocketAddr) -> ServerConfig {
     }
 }
 
-/// A real router with its database in `data_dir`, on `grpc` (port 0: any).
-pub async fn spawn_router_on(data_dir: &Path, grpc: SocketAddr) -> Running {
-    let config = router::RouterConfig {
+/// The tests' router: its database in `data_dir`, on `grpc` (port 0: any).
+fn router_config(data_dir: &Path, grpc: SocketAddr) -> router::RouterConfig {
+    router::RouterConfig {
         server: fast_server(grpc),
         data_dir: data_dir.to_owned(),
         ..Default::default()
-    };
+    }
+}
+
+/// A real router with its database in `data_dir`, on `grpc` (port 0: any).
+pub async fn spawn_router_on(data_dir: &Path, grpc: SocketAddr) -> Running {
+    let config = router_config(data_dir, grpc);
     let app = router::App::build(config).await.expect("router builds");
     let (grpc, http) = (app.grpc_addr(), app.http_addr());
     spawn(grpc, http, |stopped| async move {
@@ -138,8 +150,15 @@ fn sha256_hex(key: &str) -> String {
 /// The test configuration: every kind of credential, MAIN/CYOPS with aliases and legacy roots.
 pub fn config(router_grpc: SocketAddr) -> GatewayConfig {
     GatewayConfig {
-        server: fast_server("127.0.0.1:0".parse().expect("addr")),
         router_url: format!("http://{router_grpc}"),
+        ..test_config()
+    }
+}
+
+/// [`config`] with no router URL (the system builder wires it).
+fn test_config() -> GatewayConfig {
+    GatewayConfig {
+        server: fast_server("127.0.0.1:0".parse().expect("addr")),
         // Nothing listens there: summaries are simply absent.
         summarizer_url: "http://127.0.0.1:9".to_owned(),
         api_key: Secret::new(KEY),
@@ -197,31 +216,71 @@ pub async fn spawn_gateway(config: GatewayConfig) -> Running {
 
 /// A router and a gateway in front of it, with scratch space.
 pub struct TestGateway {
-    pub gateway: Running,
-    pub router: Running,
+    /// The two services, started by ghost-cli's [`SystemBuilder`].
+    pub system: System,
     pub scratch: tempfile::TempDir,
     pub http: reqwest::Client,
 }
 
 impl TestGateway {
-    /// Starts both with the test config, changed by `adjust`.
+    /// Starts both with the test config, changed by `adjust` (which sees the router's URL
+    /// wired in, and the scratch dir).
     pub async fn start(adjust: impl FnOnce(&mut GatewayConfig, &Path)) -> Self {
         let scratch = tempfile::tempdir().expect("tempdir");
-        let router = spawn_router(&scratch.path().join("router")).await;
-        let mut config = config(router.grpc);
-        adjust(&mut config, scratch.path());
-        let gateway = spawn_gateway(config).await;
+        let mut builder = SystemBuilder::new(&LocalOptions {
+            data_dir: scratch.path().to_owned(),
+            workspaces: Vec::new(),
+            targets: Vec::new(),
+            gateway_listen: "127.0.0.1:0".parse().expect("addr"),
+            api_key: KEY.to_owned(),
+            slack: None,
+        })
+        .only([Service::Gateway, Service::Router])
+        .router(|router| *router = router_config(&scratch.path().join("router"), ephemeral()))
+        .gateway(|gateway| *gateway = test_config());
+        builder.bind().expect("router and gateway bind");
+        let system = builder
+            .gateway(|gateway| adjust(gateway, scratch.path()))
+            .start()
+            .await
+            .expect("router and gateway start");
         Self {
-            gateway,
-            router,
+            system,
             scratch,
             http: reqwest::Client::new(),
         }
     }
 
+    /// The running gateway (its `http`, `grpc` and `ops` addresses).
+    pub fn gateway(&self) -> &ghost_cli::system::Running {
+        self.system.get(Service::Gateway).expect("gateway running")
+    }
+
+    /// The running router.
+    pub fn router(&self) -> &ghost_cli::system::Running {
+        self.system.get(Service::Router).expect("router running")
+    }
+
+    /// Stops the router (drained) and waits until it has stopped.
+    pub async fn stop_router(&mut self) {
+        self.system
+            .stop_service("router")
+            .await
+            .expect("router stops");
+    }
+
+    /// Starts the router again on its address with its database, after
+    /// [`TestGateway::stop_router`].
+    pub async fn start_router_again(&mut self) {
+        self.system
+            .start_again(Service::Router)
+            .await
+            .expect("router starts again");
+    }
+
     /// The gateway's base URL.
     pub fn url(&self) -> String {
-        format!("http://{}", self.gateway.http)
+        format!("http://{}", self.gateway().http)
     }
 
     /// `POST path` with a JSON body and `key`.

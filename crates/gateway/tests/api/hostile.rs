@@ -19,7 +19,7 @@ use gateway::auth::Scope;
 use gateway::config::WebhookConfig;
 use ghost_runtime::config::Secret;
 
-use crate::helpers::{KEY, TestGateway, WEBHOOK_SECRET, read, spawn_router_on, write_patch};
+use crate::helpers::{KEY, TestGateway, WEBHOOK_SECRET, read, write_patch};
 
 fn loopback(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
@@ -78,7 +78,7 @@ fn slow_login(host: SocketAddr) -> String {
 #[tokio::test]
 async fn a_slow_body_flood_from_one_address_leaves_other_clients_served() {
     let gateway = TestGateway::start(|_, _| {}).await;
-    let target = gateway.gateway.http;
+    let target = gateway.gateway().http;
     let mut flood = Vec::new();
     for _ in 0..300 {
         // Connections over the per-address cap may be refused or closed at once: that is the
@@ -141,7 +141,7 @@ async fn idle_and_half_sent_connections_are_closed_by_the_server() {
         config.body_read_timeout = Duration::from_secs(1);
     })
     .await;
-    let target = gateway.gateway.http;
+    let target = gateway.gateway().http;
     let source = loopback(4);
     let limit = Duration::from_secs(15);
 
@@ -186,7 +186,7 @@ async fn connections_over_the_per_address_cap_are_closed_at_once() {
         config.server.max_connections_per_address = 4;
     })
     .await;
-    let target = gateway.gateway.http;
+    let target = gateway.gateway().http;
     let mut held = Vec::new();
     for _ in 0..4 {
         held.push(connect_from(loopback(6), target).await.expect("connects"));
@@ -218,7 +218,7 @@ async fn a_kept_alive_connection_may_idle_longer_than_a_header_may_take() {
         config.server.keep_alive_timeout = Duration::from_secs(60);
     })
     .await;
-    let target = gateway.gateway.http;
+    let target = gateway.gateway().http;
     let mut stream = connect_from(loopback(10), target).await.expect("connects");
     let request = format!("GET /healthz HTTP/1.1\r\nHost: {target}\r\n\r\n");
     stream.write_all(request.as_bytes()).await.expect("writes");
@@ -255,7 +255,7 @@ async fn connections_over_the_global_cap_are_closed_at_once() {
         config.server.max_connections = 3;
     })
     .await;
-    let target = gateway.gateway.http;
+    let target = gateway.gateway().http;
     let mut held = Vec::new();
     for last in 11..14 {
         held.push(
@@ -297,7 +297,7 @@ async fn a_client_that_never_reads_its_answers_is_closed() {
         config.server.idle_timeout = Duration::from_secs(1);
     })
     .await;
-    let target = gateway.gateway.http;
+    let target = gateway.gateway().http;
     let socket = TcpSocket::new_v4().expect("socket");
     socket.set_recv_buffer_size(4096).expect("buffer size");
     socket
@@ -330,7 +330,7 @@ async fn a_client_that_never_reads_its_answers_is_closed() {
 #[tokio::test]
 async fn an_oversized_request_head_is_refused() {
     let gateway = TestGateway::start(|_, _| {}).await;
-    let target = gateway.gateway.http;
+    let target = gateway.gateway().http;
     let mut stream = connect_from(loopback(17), target).await.expect("connects");
     let padding = "a".repeat(100 * 1024);
     let request = format!(
@@ -351,7 +351,7 @@ async fn bodies_over_the_global_budget_are_shed_with_retry_after() {
         config.body_read_timeout = Duration::from_secs(30);
     })
     .await;
-    let target = gateway.gateway.http;
+    let target = gateway.gateway().http;
     // Two bodies, each from its own address, announced whole and never sent: they hold the
     // whole budget.
     let mut held = Vec::new();
@@ -430,7 +430,7 @@ async fn bad_logins_from_one_address_do_not_lock_out_the_admin_at_another() {
         config.rate_limit.burst = 5;
     })
     .await;
-    let target = gateway.gateway.http;
+    let target = gateway.gateway().http;
     let attacker = client_from(loopback(2));
     let mut locked = false;
     for attempt in 0..200 {
@@ -507,7 +507,7 @@ async fn read_as(client: &reqwest::Client, target: SocketAddr, forwarded_for: &s
 async fn forwarded_for_names_the_client_only_behind_a_configured_proxy() {
     // Not configured: the header is the caller's claim and changes nothing.
     let direct = TestGateway::start(|_, _| {}).await;
-    let target = direct.gateway.http;
+    let target = direct.gateway().http;
     let client = client_from(loopback(8));
     assert_eq!(guess(&client, target, "192.0.2.1", 100).await, Some(429));
     assert_eq!(
@@ -522,7 +522,7 @@ async fn forwarded_for_names_the_client_only_behind_a_configured_proxy() {
         config.server.max_connections_per_address = 1;
     })
     .await;
-    let target = proxied.gateway.http;
+    let target = proxied.gateway().http;
     let _held = connect_from(loopback(9), target).await.expect("connects");
     let mut second = connect_from(loopback(9), target).await.expect("connects");
     assert_served_then_closed(&mut second, target).await;
@@ -541,7 +541,7 @@ async fn the_rightmost_untrusted_forwarded_entry_is_the_client_and_garbage_there
         config.server.trusted_proxies = vec!["127.0.0.9".parse().expect("range")];
     })
     .await;
-    let target = gateway.gateway.http;
+    let target = gateway.gateway().http;
     let proxy = client_from(loopback(9));
     // The client's own claims on the left, then the client, then a trusted hop.
     let chain = "unknown, 203.0.113.1, 192.0.2.50:41000, 127.0.0.9";
@@ -566,7 +566,7 @@ async fn the_rightmost_untrusted_forwarded_entry_is_the_client_and_garbage_there
 #[tokio::test]
 async fn wrong_keys_from_one_address_are_throttled_but_valid_keys_from_it_are_served() {
     let gateway = TestGateway::start(|_, _| {}).await;
-    let target = gateway.gateway.http;
+    let target = gateway.gateway().http;
     let guesser = client_from(loopback(3));
     let mut throttled = None;
     for attempt in 0..2_000 {
@@ -779,25 +779,13 @@ async fn a_webhook_refused_by_the_rate_limit_is_accepted_on_retry_and_replayed_a
 
 #[tokio::test]
 async fn a_webhook_refused_while_the_router_is_down_is_accepted_on_retry() {
-    let gateway = TestGateway::start(|_, _| {}).await;
-    let TestGateway {
-        gateway: front,
-        router,
-        scratch,
-        http,
-    } = gateway;
-    let base = format!("http://{}", front.http);
-    let router_addr = router.grpc;
-    router.stop().await;
-    let refused = deliver(&http, &base, "msg_down", &write_patch("wh-down")).await;
+    let mut gateway = TestGateway::start(|_, _| {}).await;
+    let base = gateway.url();
+    gateway.stop_router().await;
+    let refused = deliver(&gateway.http, &base, "msg_down", &write_patch("wh-down")).await;
     assert_eq!(refused.0, 503, "{}", refused.1);
-    let router = spawn_router_on(&scratch.path().join("router"), router_addr).await;
-    let gateway = TestGateway {
-        gateway: front,
-        router,
-        scratch,
-        http,
-    };
+    // The router comes back on the same address with the same database.
+    gateway.start_router_again().await;
     let accepted = redeliver(
         &gateway.http,
         &base,

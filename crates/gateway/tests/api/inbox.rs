@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::helpers::{TestGateway, spawn_gateway, spawn_router, write_patch};
+use crate::helpers::{TestGateway, write_patch};
 
 async fn wait_for(path: &Path) {
     for _ in 0..200 {
@@ -46,39 +46,34 @@ async fn slow_files_are_submitted_once_complete_and_invalid_ones_rejected_with_t
 
 #[tokio::test]
 async fn files_dropped_while_stopped_are_processed_at_start() {
-    let scratch = tempfile::tempdir().unwrap();
-    let inbox = scratch.path().join("inbox");
-    std::fs::create_dir_all(inbox.join("MAIN")).unwrap();
-    std::fs::write(
-        inbox.join("MAIN/early.json"),
-        write_patch("inbox-early").to_string(),
-    )
-    .unwrap();
-    // A legacy file without a target: the directory names it.
-    std::fs::write(
-        inbox.join("MAIN/legacy.json"),
-        r#"{"blockId":"inbox-legacy","mutations":[{"path":"x.txt","contents":"x"}]}"#,
-    )
-    .unwrap();
-    // A v1 file naming another target than its directory is refused, not queued.
-    let mut wrong = write_patch("inbox-wrong");
-    wrong["target"] = "CYOPS".into();
-    std::fs::write(inbox.join("MAIN/wrong.json"), wrong.to_string()).unwrap();
-    let router = spawn_router(&scratch.path().join("router")).await;
-    let mut config = crate::helpers::config(router.grpc);
-    config.inbox = Some(inbox.clone());
-    config.inbox_settle = Duration::from_millis(100);
-    let gateway = spawn_gateway(config).await;
+    let gateway = TestGateway::start(|config, scratch| {
+        // Written before the gateway starts (its adjustment runs first).
+        let inbox = scratch.join("inbox");
+        std::fs::create_dir_all(inbox.join("MAIN")).unwrap();
+        std::fs::write(
+            inbox.join("MAIN/early.json"),
+            write_patch("inbox-early").to_string(),
+        )
+        .unwrap();
+        // A legacy file without a target: the directory names it.
+        std::fs::write(
+            inbox.join("MAIN/legacy.json"),
+            r#"{"blockId":"inbox-legacy","mutations":[{"path":"x.txt","contents":"x"}]}"#,
+        )
+        .unwrap();
+        // A v1 file naming another target than its directory is refused, not queued.
+        let mut wrong = write_patch("inbox-wrong");
+        wrong["target"] = "CYOPS".into();
+        std::fs::write(inbox.join("MAIN/wrong.json"), wrong.to_string()).unwrap();
+        config.inbox = Some(inbox);
+        config.inbox_settle = Duration::from_millis(100);
+    })
+    .await;
+    let inbox = gateway.path("inbox");
     wait_for(&inbox.join("MAIN/.accepted/early.json")).await;
     wait_for(&inbox.join("MAIN/.accepted/legacy.json")).await;
     wait_for(&inbox.join("MAIN/.rejected/wrong.json.error.txt")).await;
-    let client = TestGateway {
-        gateway,
-        router,
-        scratch,
-        http: reqwest::Client::new(),
-    };
-    let mut stored = client.stored_ids().await;
+    let mut stored = gateway.stored_ids().await;
     stored.sort();
     assert_eq!(stored, ["inbox-early", "inbox-legacy"]);
 }

@@ -1,6 +1,6 @@
 //! Must-show 4: 413, 429 with Retry-After, router down → 503 with Retry-After and nothing lost.
 
-use crate::helpers::{KEY, TestGateway, spawn_router_on, write_patch};
+use crate::helpers::{KEY, TestGateway, write_patch};
 
 #[tokio::test]
 async fn oversize_bodies_are_413() {
@@ -44,7 +44,7 @@ async fn a_spent_rate_limit_is_429_with_retry_after() {
 
 #[tokio::test]
 async fn router_down_is_503_with_retry_after_and_nothing_accepted_is_lost() {
-    let gateway = TestGateway::start(|_, _| {}).await;
+    let mut gateway = TestGateway::start(|_, _| {}).await;
     assert_eq!(
         gateway
             .post("/v1/patches", KEY, &write_patch("down-1"))
@@ -52,16 +52,10 @@ async fn router_down_is_503_with_retry_after_and_nothing_accepted_is_lost() {
             .0,
         202
     );
-    let TestGateway {
-        gateway: front,
-        router,
-        scratch,
-        http,
-    } = gateway;
-    let router_addr = router.grpc;
-    router.stop().await;
-    let response = http
-        .post(format!("http://{}/v1/patches", front.http))
+    gateway.stop_router().await;
+    let response = gateway
+        .http
+        .post(format!("{}/v1/patches", gateway.url()))
         .bearer_auth(KEY)
         .json(&write_patch("down-2"))
         .send()
@@ -70,13 +64,7 @@ async fn router_down_is_503_with_retry_after_and_nothing_accepted_is_lost() {
     assert_eq!(response.status().as_u16(), 503);
     assert!(response.headers().contains_key("retry-after"));
     // The router comes back on the same address with the same database.
-    let router = spawn_router_on(&scratch.path().join("router"), router_addr).await;
-    let gateway = TestGateway {
-        gateway: front,
-        router,
-        scratch,
-        http,
-    };
+    gateway.start_router_again().await;
     let mut ok = false;
     for _ in 0..100 {
         let (code, _) = gateway

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ghost_testkit::{wait_for, wait_until};
+use ghost_testkit::wait_for;
 use serde_json::{Value, json};
 
 use crate::system::{ADMIN_KEY, System};
@@ -136,30 +136,10 @@ async fn a_waiting_get_answers_the_end_promptly_a_timeout_the_current_state_and_
 
 /// The router's `ghost_router_waiters` gauge, polled (bounded) until it reads `expected`.
 async fn router_waiters_become(system: &System, expected: f64) {
-    let router = system.service(ghost_cli::system::Service::Router);
-    let waiters = format!("ghost_router_waiters to read {expected}");
-    wait_until(
-        &waiters,
-        Duration::from_secs(10),
-        Duration::from_millis(25),
-        async || {
-            let text = reqwest::get(format!("http://{}/metrics", router.http))
-                .await
-                .expect("metrics")
-                .text()
-                .await
-                .expect("text");
-            let value = text
-                .lines()
-                .find(|line| line.starts_with("ghost_router_waiters "))
-                .and_then(|line| line.split_whitespace().nth(1))
-                .and_then(|value| value.parse::<f64>().ok());
-            if value == Some(expected) {
-                Ok(())
-            } else {
-                Err(value)
-            }
-        },
+    ghost_testkit::http::wait_for_metric(
+        system.service(ghost_cli::system::Service::Router).http,
+        "ghost_router_waiters",
+        expected,
     )
     .await;
 }

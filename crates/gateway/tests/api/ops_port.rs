@@ -6,30 +6,16 @@ use std::net::SocketAddr;
 
 use ghost_testkit::http::{OPS_ROUTES, assert_ops_routes_on_ops_port_alone, status};
 
-use crate::helpers::{KEY, Running, config, spawn, spawn_router};
-
-/// Runs the built gateway until the returned handle is dropped.
-fn run(app: gateway::App) -> Running {
-    spawn(app.grpc_addr(), app.http_addr(), |stopped| async move {
-        app.run(async {
-            let _ = stopped.await;
-        })
-        .await
-    })
-}
+use crate::helpers::{KEY, TestGateway, config};
 
 #[tokio::test]
 async fn the_operations_routes_answer_on_the_ops_port_alone() {
-    let scratch = tempfile::tempdir().expect("tempdir");
-    let router = spawn_router(&scratch.path().join("router")).await;
-    let mut gateway_config = config(router.grpc);
-    gateway_config.server.ops_listen = Some("127.0.0.1:0".parse().expect("addr"));
-    let app = gateway::App::build(gateway_config)
-        .await
-        .expect("gateway builds");
-    let (public, ops) = (app.http_addr(), app.ops_addr());
+    let gateway = TestGateway::start(|config, _| {
+        config.server.ops_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    })
+    .await;
+    let (public, ops) = (gateway.gateway().http, gateway.gateway().ops);
     assert_ne!(public, ops, "two listeners");
-    let _gateway = run(app);
     let client = reqwest::Client::new();
 
     assert_ops_routes_on_ops_port_alone(&client, ops, public).await;
@@ -113,14 +99,9 @@ async fn the_operations_routes_answer_on_the_ops_port_alone() {
 
 #[tokio::test]
 async fn without_ops_listen_the_probes_share_the_public_port() {
-    let scratch = tempfile::tempdir().expect("tempdir");
-    let router = spawn_router(&scratch.path().join("router")).await;
-    let app = gateway::App::build(config(router.grpc))
-        .await
-        .expect("gateway builds");
-    let public = app.http_addr();
-    assert_eq!(app.ops_addr(), public);
-    let _gateway = run(app);
+    let gateway = TestGateway::start(|_, _| {}).await;
+    let public = gateway.gateway().http;
+    assert_eq!(gateway.gateway().ops, public);
     let client = reqwest::Client::new();
     for route in OPS_ROUTES {
         assert_eq!(

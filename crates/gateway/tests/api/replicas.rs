@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::helpers::{KEY, Running, config, spawn_gateway, spawn_router, write_patch};
+use crate::helpers::{KEY, Running, TestGateway, config, spawn_gateway, spawn_router, write_patch};
 use crate::hostile::deliver;
 
 /// Connections the proxy accepts at most.
@@ -174,24 +174,21 @@ fn csrf_of(page: &Page) -> String {
     page.body[start..start + 64].to_owned()
 }
 
-/// A router and two gateway replicas in front of it, behind one round-robin address.
+/// A router and two gateway replicas in front of it, behind one round-robin address: the
+/// first gateway with the router (the system builder's), the second beside it.
 struct Replicas {
-    _scratch: tempfile::TempDir,
-    _router: Running,
-    _gateways: [Running; 2],
+    _first: TestGateway,
+    _second: Running,
     proxy: RoundRobin,
 }
 
 async fn replicas() -> Replicas {
-    let scratch = tempfile::tempdir().expect("scratch");
-    let router = spawn_router(&scratch.path().join("router")).await;
-    let first = spawn_gateway(config(router.grpc)).await;
-    let second = spawn_gateway(config(router.grpc)).await;
-    let proxy = RoundRobin::start(vec![first.http, second.http]).await;
+    let first = TestGateway::start(|_, _| {}).await;
+    let second = spawn_gateway(config(first.router().grpc)).await;
+    let proxy = RoundRobin::start(vec![first.gateway().http, second.http]).await;
     Replicas {
-        _scratch: scratch,
-        _router: router,
-        _gateways: [first, second],
+        _first: first,
+        _second: second,
         proxy,
     }
 }

@@ -27,7 +27,7 @@ type Asked = Arc<Mutex<Vec<Patch>>>;
 /// changed since for `moved-*`, never for `hang-*`, else the diff.
 async fn scripted_executor(gateway: &TestGateway) -> Asked {
     let asked: Asked = Arc::default();
-    let mut client = RouterServiceClient::connect(format!("http://{}", gateway.router.grpc))
+    let mut client = RouterServiceClient::connect(format!("http://{}", gateway.router().grpc))
         .await
         .expect("router reachable");
     let (outbound, receiver) = tokio::sync::mpsc::channel(64);

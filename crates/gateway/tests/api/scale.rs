@@ -23,7 +23,7 @@ fn id_of(index: usize) -> String {
 /// Submits `PATCHES` patches for CYOPS, `BATCH` at a time concurrently, batch after batch (so
 /// every patch of a later batch is newer than every patch of an earlier one).
 async fn fill(gateway: &TestGateway) -> Duration {
-    let client = RouterServiceClient::connect(format!("http://{}", gateway.router.grpc))
+    let client = RouterServiceClient::connect(format!("http://{}", gateway.router().grpc))
         .await
         .expect("router reachable");
     let started = Instant::now();

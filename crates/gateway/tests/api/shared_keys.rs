@@ -89,15 +89,7 @@ async fn until_answered(gateway: &Running, key: &str, want: u16) -> Duration {
 
 /// The value of an unlabelled gauge on a gateway's `/metrics`.
 async fn gauge(gateway: &Running, name: &str) -> Option<f64> {
-    let text = reqwest::get(format!("http://{}/metrics", gateway.http))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find_map(|line| line.strip_prefix(&format!("{name} ")))
-        .and_then(|value| value.trim().parse().ok())
+    ghost_testkit::http::metric(gateway.http, name).await
 }
 
 #[tokio::test]

@@ -31,16 +31,7 @@ fn sha256_hex(key: &str) -> String {
 
 /// No grace before a drain and a short one: a test's system stops at once.
 fn drain_fast(config: &mut SystemConfig) {
-    let mut servers = vec![
-        &mut config.gateway.server,
-        &mut config.router.server,
-        &mut config.summarizer.server,
-        &mut config.alerter.server,
-    ];
-    if let Some(executor) = &mut config.executor {
-        servers.push(&mut executor.server);
-    }
-    for server in servers {
+    for server in config.servers_mut() {
         server.drain_grace = Duration::ZERO;
         server.drain_timeout = Duration::from_secs(2);
     }

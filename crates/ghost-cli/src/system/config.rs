@@ -200,10 +200,9 @@ impl SystemConfig {
         out
     }
 
-    /// Keeps `/healthz`, `/readyz` and `/metrics` on this machine: a service whose HTTP side
-    /// listens off loopback (`ghost up --listen 0.0.0.0:8080`) and has no `ops_listen` gets
-    /// one on a free loopback port.
-    pub fn keep_operations_local(&mut self) {
+    /// Every service's `[server]` section (the executor's when there is one), to change
+    /// them alike.
+    pub fn servers_mut(&mut self) -> Vec<&mut ServerConfig> {
         let mut servers = vec![
             &mut self.gateway.server,
             &mut self.router.server,
@@ -213,7 +212,14 @@ impl SystemConfig {
         if let Some(executor) = &mut self.executor {
             servers.push(&mut executor.server);
         }
-        for server in servers {
+        servers
+    }
+
+    /// Keeps `/healthz`, `/readyz` and `/metrics` on this machine: a service whose HTTP side
+    /// listens off loopback (`ghost up --listen 0.0.0.0:8080`) and has no `ops_listen` gets
+    /// one on a free loopback port.
+    pub fn keep_operations_local(&mut self) {
+        for server in self.servers_mut() {
             if server.ops_listen.is_none() && !server.http_listen.ip().is_loopback() {
                 server.ops_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
             }

@@ -238,6 +238,17 @@ impl System {
         Ok(addrs)
     }
 
+    /// Starts `service` again, after [`System::stop_service`], from the config the system
+    /// started it with (the same addresses, the same state), and waits until it is ready.
+    pub async fn start_again(&mut self, service: Service) -> anyhow::Result<()> {
+        if self.get(service).is_ok() {
+            anyhow::bail!("{} is running", service.name());
+        }
+        let running = spawn_service(service, &self.config).await?;
+        self.services.push(running);
+        self.wait_ready(Duration::from_secs(20)).await
+    }
+
     /// True when `service` answers `/readyz` on its operations address with 200.
     async fn is_ready(&self, client: &reqwest::Client, service: &Running) -> bool {
         let cert = self
