@@ -45,8 +45,17 @@ pub const POLL: Duration = Duration::from_millis(200);
 const MAX_CONNECTIONS: u32 = 8;
 /// The advisory lock taken while migrating (one replica at a time).
 const MIGRATION_LOCK: i64 = 7_368_021;
+/// The advisory lock held while a replica changes the alerts ([`PgStore::lock_alerts`]).
+const ALERTS_LOCK: i64 = 7_368_023;
 /// The server's clock in unix ms.
 const DB_NOW: &str = "SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
+
+/// The alerts held by one replica until dropped: an open transaction holding [`ALERTS_LOCK`];
+/// dropping it rolls the transaction back (sqlx sends the rollback when the connection returns
+/// to the pool), which releases the lock.
+pub struct AlertsLock {
+    _transaction: sqlx::Transaction<'static, sqlx::Postgres>,
+}
 
 /// The PostgreSQL backend. Cheap to clone.
 #[derive(Clone)]
@@ -177,6 +186,19 @@ impl PgStore {
     pub async fn hold_lease(&self, name: &str, ttl: Duration) -> Result<bool, StoreError> {
         let mut conn = self.pool.acquire().await?;
         Ok(take_lease(&mut conn, name, &self.holder, ttl).await?)
+    }
+
+    /// Waits for the alerts lock, so one replica at a time reads, changes and posts the alerts
+    /// (two replicas raising one key at once would otherwise both post it).
+    pub async fn lock_alerts(&self) -> Result<AlertsLock, StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(ALERTS_LOCK)
+            .execute(&mut *transaction)
+            .await?;
+        Ok(AlertsLock {
+            _transaction: transaction,
+        })
     }
 
     /// Gives up every lease this store holds.
