@@ -36,6 +36,7 @@ mod system;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use ghost_testkit::{try_wait_until, wait_for};
 use system::{Cluster, Submitted};
 
 /// The short partition.
@@ -425,24 +426,39 @@ async fn a_partitioned_executor_stops_applying_and_the_patch_still_ends_once() {
     accepted
         .submit(&cluster, "fence-1".to_owned(), &[wait.as_str()])
         .await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cluster.applied().contains(&"fence-1".to_owned()) {
-        assert!(Instant::now() < deadline, "fence-1 never started applying");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for("fence-1 to start applying", async || {
+        let applied = cluster.applied();
+        if applied.contains(&"fence-1".to_owned()) {
+            Ok(())
+        } else {
+            Err(applied)
+        }
+    })
+    .await;
     cluster.net.partition("router", "executor");
     let start = Instant::now();
     // The executor notices the broken stream (the silent-peer bound, 10 s) and rolls back.
     let bound = Duration::from_secs(25);
-    while cluster.applied().contains(&"fence-1".to_owned()) {
-        assert!(
-            start.elapsed() < bound,
-            "the partitioned executor kept applying fence-1 for {bound:?} after its lease was \
-             lost (no fencing); executor log:\n{}",
-            cluster.log("executor")
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let rolled_back = try_wait_until(
+        "the partitioned executor to roll fence-1 back",
+        bound,
+        Duration::from_millis(100),
+        async || {
+            let applied = cluster.applied();
+            if applied.contains(&"fence-1".to_owned()) {
+                Err(applied)
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
+    assert!(
+        rolled_back.is_ok(),
+        "the partitioned executor kept applying fence-1 for {bound:?} after its lease was lost \
+         (no fencing); executor log:\n{}",
+        cluster.log("executor")
+    );
     let fenced = start.elapsed();
     std::fs::remove_file(&hold).expect("remove the hold file");
     cluster.net.heal("router", "executor");

@@ -17,6 +17,7 @@ use ghost_proto::executor::v1::{
     Assign, ExecutorMessage, RouterMessage, Welcome, executor_message, router_message,
 };
 use ghost_proto::router::v1 as wire;
+use ghost_testkit::wait_for;
 
 use crate::helpers::{
     Session, TestRouter, patch, snapshot, start_executor, start_executor_with_write_delay,
@@ -290,13 +291,10 @@ command = {command}\n",
             .unwrap();
     }
     let made = ws.root().join("made.txt");
-    for _ in 0..500 {
-        if made.exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(made.exists(), "the agent started editing");
+    wait_for("the agent to start editing (made.txt)", async || {
+        if made.exists() { Ok(()) } else { Err(()) }
+    })
+    .await;
     executor.kill().unwrap();
     executor.wait().unwrap();
     drop(session);
