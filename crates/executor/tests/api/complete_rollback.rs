@@ -17,11 +17,12 @@ use ghost_proto::executor::v1::{
     router_message,
 };
 use ghost_proto::router::v1 as wire;
-use ghost_testkit::{wait_for, wait_until};
+use ghost_testkit::wait_until;
 use proptest::prelude::*;
 
 use crate::helpers::{
-    Session, TestRouter, TestWorkspace, patch, snapshot, start_executor, workspace_with,
+    Session, TestRouter, TestWorkspace, file_appears, patch, snapshot, start_executor,
+    workspace_with,
 };
 
 fn shell_policy() -> TargetPolicy {
@@ -311,14 +312,7 @@ async fn kill_9_during_a_command_then_restart_leaves_the_workspace_whole() {
             .await
             .unwrap();
     }
-    wait_for("the command to run (started)", async || {
-        if ws.root().join("started").exists() {
-            Ok(())
-        } else {
-            Err(())
-        }
-    })
-    .await;
+    file_appears(&ws.root().join("started"), "the command to run").await;
     executor.kill().unwrap();
     executor.wait().unwrap();
     drop(session);
@@ -384,14 +378,7 @@ async fn a_command_left_running_by_a_crash_is_stopped_before_the_restart_restore
             .await
             .unwrap();
     }
-    wait_for("the command to run (noise.txt)", async || {
-        if ws.root().join("noise.txt").exists() {
-            Ok(())
-        } else {
-            Err(())
-        }
-    })
-    .await;
+    file_appears(&ws.root().join("noise.txt"), "the command to run").await;
     executor.kill().unwrap();
     executor.wait().unwrap();
     drop(session);

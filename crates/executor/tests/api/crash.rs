@@ -17,11 +17,10 @@ use ghost_proto::executor::v1::{
     Assign, ExecutorMessage, RouterMessage, Welcome, executor_message, router_message,
 };
 use ghost_proto::router::v1 as wire;
-use ghost_testkit::wait_for;
 
 use crate::helpers::{
-    Session, TestRouter, patch, snapshot, start_executor, start_executor_with_write_delay,
-    workspace,
+    Session, TestRouter, file_appears, patch, snapshot, start_executor,
+    start_executor_with_write_delay, workspace,
 };
 
 /// The pause after each file written by the executor that is killed.
@@ -291,10 +290,7 @@ command = {command}\n",
             .unwrap();
     }
     let made = ws.root().join("made.txt");
-    wait_for("the agent to start editing (made.txt)", async || {
-        if made.exists() { Ok(()) } else { Err(()) }
-    })
-    .await;
+    file_appears(&made, "the agent to start editing").await;
     executor.kill().unwrap();
     executor.wait().unwrap();
     drop(session);

@@ -19,7 +19,7 @@ use ghost_proto::executor::v1::{
 };
 use ghost_proto::router::v1 as wire;
 use ghost_proto::router::v1::router_service_server::{RouterService, RouterServiceServer};
-use ghost_testkit::try_wait_until;
+use ghost_testkit::{try_wait_until, wait_for};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -505,4 +505,10 @@ pub fn start_executor_with_write_delay(config: &Path, delay: Duration) -> Child 
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
+}
+
+/// Waits (bounded) until `path` exists, which shows `what` happened.
+pub async fn file_appears(path: &Path, what: &str) {
+    let what = format!("{what} ({} to appear)", path.display());
+    wait_for(&what, async || if path.exists() { Ok(()) } else { Err(()) }).await;
 }
