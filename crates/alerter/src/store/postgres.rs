@@ -9,7 +9,10 @@
 //!   `leases`, renewed by every delivery round that has work there, expiring
 //!   [`CHANNEL_LEASE`] after the last, given up at a clean shutdown), so one sender per
 //!   channel keeps Slack's order per thread and posts nothing twice;
-//! - [`PgStore::hold_lease`] elects the leader of other singletons (the health monitor).
+//! - [`PgStore::hold_lease`] elects the leader of other singletons (the health monitor);
+//! - a replica changing the alerts (raise, resolve, ack, silence, timers) holds
+//!   [`PgStore::lock_alerts`] from reading them to storing the change, so one alert raised
+//!   through two replicas at once is posted once.
 //!
 //! Lease times are the server's clock, so replicas need not agree on theirs. A pool
 //! connection that the server dropped (a restart) is replaced at the next acquire; until the
