@@ -5,7 +5,7 @@ use ghost_proto::router::v1::PatchStatus;
 
 use ghost_testkit::wait_for;
 
-use crate::helpers::{FakeAlerter, record, reserve_port, spawn_summarizer};
+use crate::helpers::{FakeAlerter, outbox_tried, record, reserve_port, spawn_summarizer};
 
 #[tokio::test]
 async fn outcomes_recorded_while_the_alerter_is_down_are_delivered_after_it_returns() {
@@ -29,16 +29,7 @@ async fn outcomes_recorded_while_the_alerter_is_down_are_delivered_after_it_retu
         );
     }
     // Let the outbox fail a few times against the closed port, then wait until it has.
-    let index = app.summaries.index().clone();
-    let rows = wait_for("every outbox row tried twice", async || {
-        let rows = index.outbox_due(i64::MAX, 10).unwrap();
-        if rows.iter().all(|row| row.tries >= 2) {
-            Ok(rows)
-        } else {
-            Err(rows)
-        }
-    })
-    .await;
+    let rows = outbox_tried(&app, 2).await;
     assert_eq!(rows.len(), 3, "{rows:?}");
     app.stop().await;
 

@@ -16,7 +16,7 @@ use ghost_proto::summarizer::v1::{
     GetRequest, ListRequest, ListResponse, Outcome, RecordRequest, Summary,
 };
 use ghost_runtime::config::ServerConfig;
-use ghost_testkit::{POLL_INTERVAL, TEST_TIMEOUT, try_wait_until};
+use ghost_testkit::{POLL_INTERVAL, TEST_TIMEOUT, try_wait_until, wait_for};
 use summarizer::{App, SummarizerConfig};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
@@ -606,4 +606,22 @@ pub async fn summarizer_pool(url: &str) -> sqlx::PgPool {
     sqlx::PgPool::connect_with(options.options([("search_path", "summarizer")]))
         .await
         .expect("PostgreSQL answers")
+}
+
+/// Waits (bounded) until every notification in the app's outbox has been tried at least
+/// `times` times; returns them. The index is read from a blocking thread, as the store does.
+pub async fn outbox_tried(app: &TestApp, times: u32) -> Vec<summarizer::index::OutboxRow> {
+    let what = format!("every outbox row tried {times} times");
+    wait_for(&what, async || {
+        let index = app.summaries.index().clone();
+        let rows = tokio::task::spawn_blocking(move || index.outbox_due(i64::MAX, 10).unwrap())
+            .await
+            .unwrap();
+        if rows.iter().all(|row| row.tries >= times) {
+            Ok(rows)
+        } else {
+            Err(rows)
+        }
+    })
+    .await
 }

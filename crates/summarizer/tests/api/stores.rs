@@ -15,8 +15,8 @@ use summarizer::SummarizerConfig;
 use summarizer::index::Index;
 
 use crate::helpers::{
-    FakeAlerter, T0, TestApp, created, get_error, main_one_per_page, record, record_error,
-    reserve_port, spawn_with, summary, test_config,
+    FakeAlerter, T0, TestApp, created, get_error, main_one_per_page, outbox_tried, record,
+    record_error, reserve_port, spawn_with, summary, test_config,
 };
 use crate::webhooks::{Receiver, subscription};
 
@@ -297,15 +297,7 @@ async fn notifications_wait_in_the_outbox_across_a_restart_and_arrive_once(store
         .record(record("down-1", 1, PatchStatus::Succeeded))
         .await
         .unwrap();
-    let rows = wait_for("every outbox row tried once", async || {
-        let rows = on_index(&app, |index| index.outbox_due(i64::MAX, 10).unwrap()).await;
-        if rows.iter().all(|row| row.tries >= 1) {
-            Ok(rows)
-        } else {
-            Err(rows)
-        }
-    })
-    .await;
+    let rows = outbox_tried(&app, 1).await;
     assert_eq!(rows.len(), 3, "{rows:?}");
     app.stop().await;
 
