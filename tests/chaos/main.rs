@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use ghost_e2e::{TERMINAL, binary, free_port};
+use ghost_e2e::{TERMINAL, binary, reserve_port};
 use ghost_proto::router::v1::router_service_client::RouterServiceClient;
 use ghost_proto::router::v1::{
     Edit, EventsRequest, GetRequest, Patch, PatchStatus, ReplaceText, SubmitRequest, edit,
@@ -161,8 +161,10 @@ async fn a_thousand_patches_survive_random_kill_9_of_router_executor_and_summari
     let workspace = dir.join("workspace");
     std::fs::create_dir_all(&workspace).unwrap();
     std::fs::write(workspace.join("log.txt"), "END\n").unwrap();
-    let router_port = free_port();
-    let summarizer_port = free_port();
+    // Held for the whole test (see `reserve_port`): no other socket takes a port between a
+    // kill -9 and the restart.
+    let (router_reserved, summarizer_reserved) = (reserve_port(), reserve_port());
+    let (router_port, summarizer_port) = (router_reserved.port, summarizer_reserved.port);
     let router_url = format!("http://127.0.0.1:{router_port}");
     let summarizer_url = format!("http://127.0.0.1:{summarizer_port}");
 
