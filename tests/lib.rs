@@ -1,6 +1,6 @@
 //! Cross-service tests live in `e2e/`, `chaos/`, `faults/` and `faults_peers/`; this library
 //! holds only what the test binaries that run the real service processes share: finding the
-//! binaries, free ports, and reading a patch's outcome from the router.
+//! binaries, reserved ports, and reading a patch's outcome from the router.
 
 use std::path::{Path, PathBuf};
 
@@ -56,10 +56,29 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A loopback port free a moment ago.
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
+/// A loopback port held for a service process started later: a socket bound to it with
+/// `SO_REUSEADDR` that never listens. While it lives the kernel gives the port to no other
+/// socket (binding port 0 or connecting out), yet the service can bind it and listen (its
+/// listener sets `SO_REUSEADDR` too, and no socket listens there). A port merely found free
+/// and released may be taken by anyone before the service binds it.
+pub struct ReservedPort {
+    _socket: tokio::net::TcpSocket,
+    /// The port.
+    pub port: u16,
+}
+
+/// See [`ReservedPort`]; keep it until the service listens (or for the whole test).
+pub fn reserve_port() -> ReservedPort {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+    socket
+        .bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind");
+    let port = socket.local_addr().expect("addr").port();
+    ReservedPort {
+        _socket: socket,
+        port,
+    }
 }
 
 /// The router's status of `id` (`succeeded`, …) and its count of terminal events; `None` while

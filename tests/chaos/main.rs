@@ -11,13 +11,14 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use ghost_e2e::{TERMINAL, binary, free_port};
+use ghost_e2e::{TERMINAL, binary, reserve_port};
 use ghost_proto::router::v1::router_service_client::RouterServiceClient;
 use ghost_proto::router::v1::{
     Edit, EventsRequest, GetRequest, Patch, PatchStatus, ReplaceText, SubmitRequest, edit,
 };
 use ghost_proto::summarizer::v1::GetRequest as SummaryRequest;
 use ghost_proto::summarizer::v1::summarizer_service_client::SummarizerServiceClient;
+use ghost_testkit::{POLL_INTERVAL, wait_until};
 use tokio::process::{Child, Command};
 use tonic::transport::{Channel, Endpoint};
 
@@ -160,8 +161,10 @@ async fn a_thousand_patches_survive_random_kill_9_of_router_executor_and_summari
     let workspace = dir.join("workspace");
     std::fs::create_dir_all(&workspace).unwrap();
     std::fs::write(workspace.join("log.txt"), "END\n").unwrap();
-    let router_port = free_port();
-    let summarizer_port = free_port();
+    // Held for the whole test (see `reserve_port`): no other socket takes a port between a
+    // kill -9 and the restart.
+    let (router_reserved, summarizer_reserved) = (reserve_port(), reserve_port());
+    let (router_port, summarizer_port) = (router_reserved.port, summarizer_reserved.port);
     let router_url = format!("http://127.0.0.1:{router_port}");
     let summarizer_url = format!("http://127.0.0.1:{summarizer_port}");
 
@@ -260,11 +263,19 @@ drain_grace = "0s"
             .unwrap()
             .connect_lazy(),
     );
-    let deadline = Instant::now() + SETTLE;
+    let started = Instant::now();
     let mut statuses: BTreeMap<String, i32> = BTreeMap::new();
     for n in 0..PATCHES {
         let id = format!("chaos-{n:04}");
-        loop {
+        // One bound for all; each is looked at at least once.
+        let left = SETTLE
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_secs(5));
+        let what = format!(
+            "{id} to reach a terminal state with its summary (logs in {})",
+            dir.display()
+        );
+        let status = wait_until(&what, left, POLL_INTERVAL, async || {
             let state = router_client
                 .get(GetRequest { id: id.clone() })
                 .await
@@ -292,17 +303,13 @@ drain_grace = "0s"
                     .is_some_and(|summary| {
                         Some(summary.status) == state.as_ref().map(|s| s.status)
                     });
-            if summarized {
-                statuses.insert(id.clone(), state.map(|s| s.status).unwrap_or_default());
-                break;
+            match state {
+                Some(state) if summarized => Ok(state.status),
+                other => Err(other),
             }
-            assert!(
-                Instant::now() < deadline,
-                "{id} did not reach a terminal state with its summary in time: {state:?} (logs in {})",
-                dir.display()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await;
+        statuses.insert(id.clone(), status);
     }
 
     // Exactly one terminal outcome per patch, and it is success (max_attempts is generous).

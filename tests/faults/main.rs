@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use ghost_e2e::TERMINAL;
 use ghost_testkit::disk::{Tmpfs, build_disk_fault_shim, fill, is_root};
+use ghost_testkit::{POLL_INTERVAL, try_wait_until, wait_until};
 use system::{LATE, MAIN, RouterEnv, Submitted, System};
 use tokio::sync::Mutex;
 
@@ -107,8 +108,10 @@ struct Seen {
 }
 
 /// Submits `id` until it is accepted; every refusal must be a 503 problem with Retry-After.
+/// A hand-written loop: it runs in a spawned task, and `ghost_testkit::wait_until`'s future
+/// (an async closure's) is not `Send` there (a higher-ranked lifetime error).
 async fn submit_until_accepted(system: &System, target: &str, id: &str, seen: &Mutex<Seen>) {
-    let deadline = Instant::now() + SUBMIT_BOUND;
+    let started = Instant::now();
     loop {
         match system.submit(target, id).await {
             Submitted::Accepted => {
@@ -137,10 +140,10 @@ async fn submit_until_accepted(system: &System, target: &str, id: &str, seen: &M
             }
         }
         assert!(
-            Instant::now() < deadline,
+            started.elapsed() < SUBMIT_BOUND,
             "{id} not accepted within {SUBMIT_BOUND:?}"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(POLL_INTERVAL).await;
     }
 }
 
@@ -151,38 +154,43 @@ where
     Fut: std::future::Future<Output = bool>,
 {
     let start = Instant::now();
-    loop {
-        if check().await {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < bound, "{what} not within {bound:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(what, bound, Duration::from_millis(20), async || {
+        if check().await { Ok(()) } else { Err(()) }
+    })
+    .await;
+    start.elapsed()
 }
 
 /// Waits until every patch in `accepted` has ended: `succeeded`, with one terminal event;
-/// returns those that did not end by `deadline`.
-async fn ended(system: &System, accepted: &[(String, String)], deadline: Instant) -> Vec<String> {
+/// returns those that did not end within `bound` (each is looked at at least once).
+async fn ended(system: &System, accepted: &[(String, String)], bound: Duration) -> Vec<String> {
+    let started = Instant::now();
     let mut open = Vec::new();
     for (_, id) in accepted {
-        loop {
-            let outcome = system.outcome(id).await;
-            if let Some((status, terminal)) = &outcome
-                && TERMINAL.contains(&status.as_str())
-            {
+        let left = bound.saturating_sub(started.elapsed()).max(LOOK);
+        let what = format!("{id} to end");
+        let outcome = try_wait_until(&what, left, POLL_INTERVAL, async || {
+            match system.outcome(id).await {
+                Some((status, terminal)) if TERMINAL.contains(&status.as_str()) => {
+                    Ok((status, terminal))
+                }
+                other => Err(other),
+            }
+        })
+        .await;
+        match outcome {
+            Ok((status, terminal)) => {
                 assert_eq!(status, "succeeded", "{id} ended {status}");
-                assert_eq!(*terminal, 1, "{id} has {terminal} terminal events");
-                break;
+                assert_eq!(terminal, 1, "{id} has {terminal} terminal events");
             }
-            if Instant::now() > deadline {
-                open.push(id.clone());
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            Err(_) => open.push(id.clone()),
         }
     }
     open
 }
+
+/// Time enough for one look at a patch's outcome.
+const LOOK: Duration = Duration::from_secs(5);
 
 async fn scenario(name: &'static str, mut system: System, fault: Fault) -> Row {
     let seen = Arc::new(Mutex::new(Seen::default()));
@@ -272,7 +280,7 @@ async fn scenario(name: &'static str, mut system: System, fault: Fault) -> Row {
 
     // Nothing stranded: what was accepted until now ends with nothing new submitted.
     let so_far = seen.lock().await.accepted.clone();
-    let stranded = ended(&system, &so_far, Instant::now() + UNSTRANDED_BOUND).await;
+    let stranded = ended(&system, &so_far, UNSTRANDED_BOUND).await;
     assert!(
         stranded.is_empty(),
         "{name}: accepted, not ended {UNSTRANDED_BOUND:?} after the disk healed: {stranded:?} \
@@ -286,7 +294,7 @@ async fn scenario(name: &'static str, mut system: System, fault: Fault) -> Row {
 
     // Every 202 ends exactly once, with its effect once, in submission order per target.
     let accepted = seen.lock().await.accepted.clone();
-    let lost = ended(&system, &accepted, Instant::now() + SETTLE_BOUND).await;
+    let lost = ended(&system, &accepted, SETTLE_BOUND).await;
     assert!(
         lost.is_empty(),
         "{name}: accepted but not ended: {lost:?} (logs in {})",

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use ghost_e2e::{binary, free_port};
+use ghost_e2e::{ReservedPort, binary, reserve_port};
 use ghost_proto::alerter::v1::alerter_read_service_client::AlerterReadServiceClient;
 use ghost_proto::router::v1::router_service_client::RouterServiceClient;
 use ghost_testkit::wait_for;
@@ -65,6 +65,8 @@ pub struct System {
     alerts: AlerterReadServiceClient<Channel>,
     http: reqwest::Client,
     children: Vec<Child>,
+    /// The ports of the services, held while it lives (see [`ReservedPort`]).
+    _ports: Vec<ReservedPort>,
 }
 
 fn spawn(dir: &Path, name: &str, program: &str, toml: &str, env: &[(String, String)]) -> Child {
@@ -99,10 +101,9 @@ impl System {
             std::fs::create_dir_all(&workspace).expect("workspace");
             std::fs::write(workspace.join("log.txt"), "END\n").expect("log.txt");
         }
-        let alerter_grpc = free_port();
-        let router_grpc = free_port();
-        let router_http = free_port();
-        let gateway_http = free_port();
+        let ports: Vec<ReservedPort> = (0..4).map(|_| reserve_port()).collect();
+        let [alerter_grpc, router_grpc, router_http, gateway_http] =
+            [0, 1, 2, 3].map(|n| ports[n].port);
         let mut children = Vec::new();
         children.push(spawn(
             dir,
@@ -181,6 +182,7 @@ drain_grace = "0s"
                 .build()
                 .expect("client"),
             children,
+            _ports: ports,
         };
         for url in [&system.router_http, &system.gateway_url] {
             let what = format!("{url} ready (logs in {})", system.dir.display());

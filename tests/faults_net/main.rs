@@ -36,6 +36,7 @@ mod system;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use ghost_testkit::{try_wait_until, wait_for, wait_until};
 use system::{Cluster, Submitted};
 
 /// The short partition.
@@ -177,24 +178,21 @@ impl Accepted {
 async fn settle(cluster: &Cluster, ids: &[String], bound: Duration, what: &str) -> Duration {
     let start = Instant::now();
     for id in ids {
-        loop {
-            let done = cluster.ended(id).await
-                && cluster.summarized(id).await
-                && cluster.slack_messages_of(id) > 0;
-            if done {
-                break;
+        let awaited = format!(
+            "{id} ended, summarized and told to Slack {what} (logs in {})",
+            cluster.dir.display()
+        );
+        let left = bound.saturating_sub(start.elapsed());
+        wait_until(&awaited, left, Duration::from_millis(100), async || {
+            let (ended, summarized) = (cluster.ended(id).await, cluster.summarized(id).await);
+            let slack = cluster.slack_messages_of(id);
+            if ended && summarized && slack > 0 {
+                Ok(())
+            } else {
+                Err((cluster.outcome(id).await, summarized, slack))
             }
-            assert!(
-                start.elapsed() < bound,
-                "{id} not ended, summarized and told to Slack within {bound:?} {what}: {:?}, \
-                 summarized {}, slack {}; logs in {}",
-                cluster.outcome(id).await,
-                cluster.summarized(id).await,
-                cluster.slack_messages_of(id),
-                cluster.dir.display()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await;
     }
     start.elapsed()
 }
@@ -287,24 +285,34 @@ async fn partition(
     )
     .await;
     if pair == Pair::RouterExecutor && detection.is_some() {
-        while cluster.alert_firing("executor_lost/MAIN").await {
-            assert!(
-                healed.elapsed() < RECOVERY_BOUND,
-                "executor_lost/MAIN not resolved within {RECOVERY_BOUND:?} after healing"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let left = RECOVERY_BOUND.saturating_sub(healed.elapsed());
+        let what = "executor_lost/MAIN resolved after healing";
+        wait_until(
+            what,
+            left,
+            Duration::from_millis(200),
+            async || match cluster.alert_firing("executor_lost/MAIN").await {
+                true => Err("firing"),
+                false => Ok(()),
+            },
+        )
+        .await;
     }
     if matches!(pair, Pair::RouterSummarizer | Pair::SummarizerAlerter) && detection.is_some() {
         // The outbox drained: its age gauge (and so GhostOutboxLag) goes back to 0.
-        while pair.outbox_age(cluster).await != Some(0.0) {
-            assert!(
-                healed.elapsed() < RECOVERY_BOUND,
-                "{}: the outbox age gauge did not return to 0 within {RECOVERY_BOUND:?} after healing",
-                pair.name()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let left = RECOVERY_BOUND.saturating_sub(healed.elapsed());
+        let what = format!(
+            "{}: the outbox age gauge back to 0 after healing",
+            pair.name()
+        );
+        wait_until(&what, left, Duration::from_millis(200), async || match pair
+            .outbox_age(cluster)
+            .await
+        {
+            Some(0.0) => Ok(()),
+            age => Err(age),
+        })
+        .await;
     }
     let recovery = healed.elapsed();
     for n in 0..AFTER {
@@ -425,24 +433,39 @@ async fn a_partitioned_executor_stops_applying_and_the_patch_still_ends_once() {
     accepted
         .submit(&cluster, "fence-1".to_owned(), &[wait.as_str()])
         .await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cluster.applied().contains(&"fence-1".to_owned()) {
-        assert!(Instant::now() < deadline, "fence-1 never started applying");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for("fence-1 to start applying", async || {
+        let applied = cluster.applied();
+        if applied.contains(&"fence-1".to_owned()) {
+            Ok(())
+        } else {
+            Err(applied)
+        }
+    })
+    .await;
     cluster.net.partition("router", "executor");
     let start = Instant::now();
     // The executor notices the broken stream (the silent-peer bound, 10 s) and rolls back.
     let bound = Duration::from_secs(25);
-    while cluster.applied().contains(&"fence-1".to_owned()) {
-        assert!(
-            start.elapsed() < bound,
-            "the partitioned executor kept applying fence-1 for {bound:?} after its lease was \
-             lost (no fencing); executor log:\n{}",
-            cluster.log("executor")
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let rolled_back = try_wait_until(
+        "the partitioned executor to roll fence-1 back",
+        bound,
+        Duration::from_millis(100),
+        async || {
+            let applied = cluster.applied();
+            if applied.contains(&"fence-1".to_owned()) {
+                Err(applied)
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
+    assert!(
+        rolled_back.is_ok(),
+        "the partitioned executor kept applying fence-1 for {bound:?} after its lease was lost \
+         (no fencing); executor log:\n{}",
+        cluster.log("executor")
+    );
     let fenced = start.elapsed();
     std::fs::remove_file(&hold).expect("remove the hold file");
     cluster.net.heal("router", "executor");

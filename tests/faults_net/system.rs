@@ -12,7 +12,7 @@ use ghost_proto::alerter::v1::alerter_read_service_client::AlerterReadServiceCli
 use ghost_proto::router::v1::router_service_client::RouterServiceClient;
 use ghost_proto::summarizer::v1::GetRequest as SummaryRequest;
 use ghost_proto::summarizer::v1::summarizer_service_client::SummarizerServiceClient;
-use ghost_testkit::FakeSlack;
+use ghost_testkit::{FakeSlack, try_wait_until, wait_until};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
@@ -265,16 +265,26 @@ burst = 10000
             scratch: Some(scratch),
             net,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let started = Instant::now();
         for service in SERVICES {
-            while cluster.ready(service).await != 200 {
-                assert!(
-                    Instant::now() < deadline,
-                    "{service} not ready within 60 s; its log:\n{}",
-                    cluster.log(service)
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            let what = format!("{service} ready");
+            let left = Duration::from_secs(60).saturating_sub(started.elapsed());
+            let ready =
+                try_wait_until(
+                    &what,
+                    left,
+                    Duration::from_millis(100),
+                    async || match cluster.ready(service).await {
+                        200 => Ok(()),
+                        status => Err(status),
+                    },
+                )
+                .await;
+            assert!(
+                ready.is_ok(),
+                "{service} not ready within 60 s; its log:\n{}",
+                cluster.log(service)
+            );
         }
         cluster
     }
@@ -360,19 +370,18 @@ burst = 10000
 
     /// Submits `id` until it is accepted (same id each time), at most `bound`.
     pub async fn submit_until_accepted(&self, id: &str, commands: &[&str], bound: Duration) {
-        let deadline = Instant::now() + bound;
-        loop {
-            let why = match self.submit(id, commands).await {
-                Submitted::Accepted => return,
-                Submitted::Unavailable => "503 with Retry-After".to_owned(),
-                Submitted::Other(why) => why,
-            };
-            assert!(
-                Instant::now() < deadline,
-                "{id} not accepted within {bound:?}: {why}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let what = format!("{id} accepted");
+        wait_until(
+            &what,
+            bound,
+            Duration::from_millis(200),
+            async || match self.submit(id, commands).await {
+                Submitted::Accepted => Ok(()),
+                Submitted::Unavailable => Err("503 with Retry-After".to_owned()),
+                Submitted::Other(why) => Err(why),
+            },
+        )
+        .await;
     }
 
     /// The router's status of `id` (`succeeded`, …) and its count of terminal events.

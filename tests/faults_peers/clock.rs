@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 use ghost_proto::alerter::v1::alerter_service_client::AlerterServiceClient;
 use ghost_proto::alerter::v1::{AlertRequest, Severity};
 use ghost_proto::router::v1::PatchStatus;
+use ghost_testkit::{POLL_INTERVAL, try_wait_until, wait_until};
 
 use crate::system::{
-    Service, append_patch, assert_each_once, event_statuses, executor_toml, free_port,
+    Service, append_patch, assert_each_once, event_statuses, executor_toml, reserve_port,
     router_client, state_when, submit, succeeded, summarizer_and_router, workspace,
 };
 
@@ -204,7 +205,8 @@ async fn alert_firing(library: &Path, repeat_interval: &str, escalate_after: &st
     let clock_file = dir.join("faketime");
     jump(&clock_file, "+0");
     let slack = ghost_testkit::FakeSlack::start().await;
-    let port = free_port();
+    let reserved = reserve_port();
+    let port = reserved.port;
     let mut alerter = Service::new(
         dir,
         "alerter",
@@ -216,7 +218,8 @@ async fn alert_firing(library: &Path, repeat_interval: &str, escalate_after: &st
                 "repeat_interval = \"{repeat_interval}\"\nescalate_after = \"{escalate_after}\"\n"
             ),
         ),
-    );
+    )
+    .holding(reserved);
     fake_wall_clock(&mut alerter, library, &clock_file);
     alerter.start();
     let mut client = AlerterServiceClient::new(
@@ -225,14 +228,13 @@ async fn alert_firing(library: &Path, repeat_interval: &str, escalate_after: &st
             .timeout(Duration::from_secs(5))
             .connect_lazy(),
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while client.alert(raise("queue_stale/MAIN")).await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the alerter never took the alert"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(
+        "the alerter to take the alert",
+        Duration::from_secs(60),
+        POLL_INTERVAL,
+        async || client.alert(raise("queue_stale/MAIN")).await.map(drop),
+    )
+    .await;
     let first = slack.wait_for_posts(1, Duration::from_secs(30)).await.len();
     assert_eq!(first, 1, "one post for the alert");
     Alerting {
@@ -317,12 +319,14 @@ async fn queue_stale_after_a_jump(library: &Path, offset: &str) -> Option<Durati
     let clock_file = dir.join("faketime");
     jump(&clock_file, "+0");
     let slack = ghost_testkit::FakeSlack::start().await;
-    let (router_port, alerter_port) = (free_port(), free_port());
+    let (router_reserved, alerter_reserved) = (reserve_port(), reserve_port());
+    let (router_port, alerter_port) = (router_reserved.port, alerter_reserved.port);
     let mut alerter = Service::new(
         dir,
         "alerter",
         &alerter_toml(dir, &slack.base_url(), alerter_port, ""),
-    );
+    )
+    .holding(alerter_reserved);
     let mut router = Service::new(
         dir,
         "router",
@@ -338,7 +342,8 @@ drain_grace = "0s"
 "#,
             data = dir.join("router").display()
         ),
-    );
+    )
+    .holding(router_reserved);
     fake_wall_clock(&mut router, library, &clock_file);
     alerter.start();
     router.start();
@@ -346,20 +351,29 @@ drain_grace = "0s"
     submit(&mut client, append_patch("waits", &["true"])).await;
     let submitted = Instant::now();
     jump(&clock_file, offset);
-    let deadline = submitted + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        let texts = post_texts(&slack).await;
-        if let Some(text) = texts
-            .iter()
-            .find(|text| text.contains("queue_stale") || text.contains("queued on MAIN"))
-        {
+    let posted = try_wait_until(
+        "a queue_stale post",
+        Duration::from_secs(30),
+        POLL_INTERVAL,
+        async || {
+            let texts = post_texts(&slack).await;
+            let stale = texts
+                .iter()
+                .find(|text| text.contains("queue_stale") || text.contains("queued on MAIN"));
+            stale.cloned().ok_or(texts)
+        },
+    )
+    .await;
+    match posted {
+        Ok(text) => {
             eprintln!("{offset} s jump: {text}");
-            return Some(submitted.elapsed());
+            Some(submitted.elapsed())
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        Err(timed_out) => {
+            eprintln!("{timed_out}");
+            None
+        }
     }
-    eprintln!("no queue_stale post: {:#?}", post_texts(&slack).await);
-    None
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

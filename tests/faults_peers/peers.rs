@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use ghost_proto::router::v1::router_service_client::RouterServiceClient;
 use ghost_proto::summarizer::v1::GetRequest as SummaryRequest;
 use ghost_proto::summarizer::v1::summarizer_service_client::SummarizerServiceClient;
+use ghost_testkit::{POLL_INTERVAL, wait_until};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::system::{
-    BlackHole, Relay, Service, append_patch, assert_each_once, executor_toml, free_port,
+    BlackHole, Relay, Service, append_patch, assert_each_once, executor_toml, reserve_port,
     router_client, router_toml, submit, succeeded, summarizer_and_router, summarizer_toml,
     workspace,
 };
@@ -54,16 +55,18 @@ const BOUND: Duration = Duration::from_secs(30);
 /// Polls `count` every 20 ms until it exceeds `above`, at most [`BOUND`]; the time it took.
 async fn until_more(count: impl Fn() -> usize, above: usize, what: &str) -> Duration {
     let started = Instant::now();
-    loop {
-        if count() > above {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < BOUND,
-            "{what}: not within {BOUND:?} (the peer was never noticed)"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = format!("{what} (a peer noticed: more than {above})");
+    wait_until(
+        &what,
+        BOUND,
+        Duration::from_millis(20),
+        async || match count() {
+            now if now > above => Ok(()),
+            now => Err(now),
+        },
+    )
+    .await;
+    started.elapsed()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,16 +135,21 @@ async fn a_silent_connection_to_the_summarizer_is_replaced_and_every_summary_arr
     let scratch = tempfile::tempdir().expect("tempdir");
     let dir = scratch.path();
     let ws = workspace(dir);
-    let (router_port, summarizer_port) = (free_port(), free_port());
+    // Held until the services bind them: a port found free and bound later was once taken
+    // meanwhile (by the relay, which binds port 0).
+    let (router_reserved, summarizer_reserved) = (reserve_port(), reserve_port());
+    let (router_port, summarizer_port) = (router_reserved.port, summarizer_reserved.port);
     let router_url = format!("http://127.0.0.1:{router_port}");
     // The router reaches the summarizer through a relay whose open connections can go silent.
     let relay = Relay::start(([127, 0, 0, 1], summarizer_port).into()).await;
-    let mut summarizer = Service::new(dir, "summarizer", &summarizer_toml(dir, summarizer_port));
+    let mut summarizer = Service::new(dir, "summarizer", &summarizer_toml(dir, summarizer_port))
+        .holding(summarizer_reserved);
     let mut router = Service::new(
         dir,
         "router",
         &router_toml(dir, router_port, &format!("http://{}", relay.addr)),
-    );
+    )
+    .holding(router_reserved);
     let mut executor = Service::new(dir, "executor", &executor_toml(dir, &router_url, &ws));
     summarizer.start();
     router.start();
@@ -153,29 +161,33 @@ async fn a_silent_connection_to_the_summarizer_is_replaced_and_every_summary_arr
             .timeout(Duration::from_secs(5))
             .connect_lazy(),
     );
-    let summarized = |id: String| {
+    // Waits (at most `bound`) for the summary of `id`.
+    let summarized = |id: &str, bound: Duration| {
         let mut summaries = summaries.clone();
+        let (id, what) = (id.to_owned(), format!("a summary of {id}"));
         async move {
-            summaries
-                .get(SummaryRequest { patch_id: id })
-                .await
-                .ok()
-                .and_then(|answer| answer.into_inner().summary)
-                .is_some()
+            wait_until(&what, bound, POLL_INTERVAL, async || {
+                let request = SummaryRequest {
+                    patch_id: id.clone(),
+                };
+                let answer = summaries
+                    .get(request)
+                    .await
+                    .map_err(|status| status.code())?;
+                answer
+                    .into_inner()
+                    .summary
+                    .map(drop)
+                    .ok_or(tonic::Code::NotFound)
+            })
+            .await;
         }
     };
 
     let mut ids = vec!["warm".to_owned()];
     submit(&mut client, append_patch("warm", &[])).await;
     succeeded(&mut client, "warm", Duration::from_secs(60)).await;
-    let started = Instant::now();
-    while !summarized("warm".to_owned()).await {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "warm never summarized"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    summarized("warm", Duration::from_secs(60)).await;
 
     let before = relay.count();
     relay.freeze();
@@ -199,14 +211,8 @@ async fn a_silent_connection_to_the_summarizer_is_replaced_and_every_summary_arr
         frozen_at.elapsed()
     );
     for id in &ids {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while !summarized(id.clone()).await {
-            assert!(
-                Instant::now() < deadline,
-                "{id}: no summary 90 s after the connection went silent (the outbox is wedged)"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        // None 90 s after the connection went silent: the outbox is wedged.
+        summarized(id, Duration::from_secs(90)).await;
     }
     eprintln!(
         "silent summarizer connection: every summary delivered {:?} after it went silent",

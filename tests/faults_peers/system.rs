@@ -10,12 +10,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-pub use ghost_e2e::{binary, free_port};
+pub use ghost_e2e::{ReservedPort, binary, reserve_port};
 use ghost_proto::router::v1::router_service_client::RouterServiceClient;
 use ghost_proto::router::v1::{
     Edit, EventsRequest, GetRequest, Patch, PatchState, PatchStatus, ReplaceText, SubmitRequest,
     edit,
 };
+use ghost_testkit::{POLL_INTERVAL, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
@@ -30,6 +31,8 @@ pub struct Service {
     pub log: PathBuf,
     env: Vec<(String, String)>,
     child: Option<Child>,
+    /// Its ports, held for it while it lives (see [`ReservedPort`]).
+    reserved: Vec<ReservedPort>,
 }
 
 impl Service {
@@ -43,7 +46,15 @@ impl Service {
             log: dir.join(format!("{name}.log")),
             env: Vec::new(),
             child: None,
+            reserved: Vec::new(),
         }
+    }
+
+    /// Holds `port` (one in its config) for it while it lives: no other socket takes the port
+    /// before it binds, or between a kill and a restart.
+    pub fn holding(mut self, port: ReservedPort) -> Self {
+        self.reserved.push(port);
+        self
     }
 
     /// Adds an environment variable for the next start.
@@ -151,8 +162,10 @@ drain_grace = "0s"
 /// A summarizer and a router that sends it outcomes, each on a free port, neither started yet;
 /// with the router's gRPC port.
 pub fn summarizer_and_router(dir: &Path) -> (Service, Service, u16) {
-    let (router_port, summarizer_port) = (free_port(), free_port());
-    let summarizer = Service::new(dir, "summarizer", &summarizer_toml(dir, summarizer_port));
+    let (router_reserved, summarizer_reserved) = (reserve_port(), reserve_port());
+    let (router_port, summarizer_port) = (router_reserved.port, summarizer_reserved.port);
+    let summarizer = Service::new(dir, "summarizer", &summarizer_toml(dir, summarizer_port))
+        .holding(summarizer_reserved);
     let router = Service::new(
         dir,
         "router",
@@ -161,7 +174,8 @@ pub fn summarizer_and_router(dir: &Path) -> (Service, Service, u16) {
             router_port,
             &format!("http://127.0.0.1:{summarizer_port}"),
         ),
-    );
+    )
+    .holding(router_reserved);
     (summarizer, router, router_port)
 }
 
@@ -228,26 +242,15 @@ pub fn router_client(router_url: &str) -> RouterServiceClient<Channel> {
 
 /// Submits `patch`, retrying while the router is starting (bounded: 60 s).
 pub async fn submit(client: &mut RouterServiceClient<Channel>, patch: Patch) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let answer = client
-            .submit(SubmitRequest {
-                patch: Some(patch.clone()),
-                ..Default::default()
-            })
-            .await;
-        match answer {
-            Ok(_) => return,
-            Err(status) => {
-                assert!(
-                    Instant::now() < deadline,
-                    "{} not accepted within 60 s: {status}",
-                    patch.id
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
+    let what = format!("{} accepted by the router", patch.id);
+    wait_until(&what, Duration::from_secs(60), POLL_INTERVAL, async || {
+        let request = SubmitRequest {
+            patch: Some(patch.clone()),
+            ..Default::default()
+        };
+        client.submit(request).await.map(drop)
+    })
+    .await;
 }
 
 /// The patch's state, once `done` says so (polled every 50 ms, at most `bound`).
@@ -258,22 +261,15 @@ pub async fn state_when(
     what: &str,
     done: impl Fn(&PatchState) -> bool,
 ) -> PatchState {
-    let deadline = Instant::now() + bound;
-    loop {
+    wait_until(&format!("{id} {what}"), bound, POLL_INTERVAL, async || {
         let state = client
             .get(GetRequest { id: id.to_owned() })
             .await
             .ok()
             .and_then(|answer| answer.into_inner().state);
-        if let Some(state) = state.as_ref().filter(|s| done(s)) {
-            return state.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{id} not {what} within {bound:?}: {state:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        state.clone().filter(|s| done(s)).ok_or(state)
+    })
+    .await
 }
 
 /// True for a terminal status.

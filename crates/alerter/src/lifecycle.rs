@@ -29,7 +29,7 @@ use crate::leader::Leader;
 use crate::messages;
 use crate::mrkdwn::escape;
 use crate::outbox::Outbox;
-use crate::store::{Kind, NewMessage, Priority, Silence};
+use crate::store::{AlertsLock, Kind, NewMessage, Priority, Silence};
 use ghost_runtime::clock::SharedClock;
 
 /// A request to raise an alert.
@@ -105,6 +105,27 @@ async fn read_inner(store: &crate::store::Store, now_ms: i64) -> Result<Inner, A
     Ok(Inner { alerts, silences })
 }
 
+/// The state held for a change ([`Lifecycle::locked`]): this replica's lock and, on
+/// PostgreSQL, the replicas' alerts lock.
+struct Locked<'a> {
+    inner: tokio::sync::MutexGuard<'a, Inner>,
+    _replicas: Option<AlertsLock>,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut Inner {
+        &mut self.inner
+    }
+}
+
 /// The alert lifecycle engine. Share it with an `Arc`.
 pub struct Lifecycle {
     inner: Mutex<Inner>,
@@ -134,7 +155,7 @@ impl Lifecycle {
 
     /// The state, locked; on a shared store (PostgreSQL) first read again, since another
     /// replica may have raised, acknowledged or silenced meanwhile.
-    async fn locked(&self) -> Result<tokio::sync::MutexGuard<'_, Inner>, AlerterError> {
+    async fn fresh(&self) -> Result<tokio::sync::MutexGuard<'_, Inner>, AlerterError> {
         let mut inner = self.inner.lock().await;
         let store = self.outbox.store();
         if store.is_shared() {
@@ -143,10 +164,26 @@ impl Lifecycle {
         Ok(inner)
     }
 
-    /// [`Self::locked`] for readers that cannot fail: on a storage error, the state as last
+    /// The state locked for a change: [`Self::fresh`] read under the replicas' alerts lock
+    /// (PostgreSQL), held until the change is stored, so two replicas raising one key at once
+    /// do not both post it.
+    async fn locked(&self) -> Result<Locked<'_>, AlerterError> {
+        let mut inner = self.inner.lock().await;
+        let store = self.outbox.store();
+        let replicas = store.lock_alerts().await?;
+        if store.is_shared() {
+            *inner = read_inner(store, self.clock.now_ms()).await?;
+        }
+        Ok(Locked {
+            inner,
+            _replicas: replicas,
+        })
+    }
+
+    /// [`Self::fresh`] for readers that cannot fail: on a storage error, the state as last
     /// read.
     async fn locked_or_last(&self) -> tokio::sync::MutexGuard<'_, Inner> {
-        match self.locked().await {
+        match self.fresh().await {
             Ok(inner) => inner,
             Err(err) => {
                 tracing::warn!(error = %err, "cannot read the alerts again; showing the last read");

@@ -29,7 +29,7 @@ use serde_json::Value;
 
 use crate::alert::AlertState;
 
-pub use self::postgres::PgStore;
+pub use self::postgres::{AlertsLock, PgStore};
 pub use self::sqlite::SqliteStore;
 
 /// A storage failure.
@@ -341,6 +341,16 @@ impl Store {
     /// True on PostgreSQL: several replicas may share this database.
     pub fn is_shared(&self) -> bool {
         matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// On PostgreSQL, the lock that lets one replica at a time change the alerts, held until
+    /// dropped; `None` on SQLite, where one process owns them.
+    pub async fn lock_alerts(&self) -> Result<Option<AlertsLock>, StoreError> {
+        let result = match &self.backend {
+            Backend::Sqlite(_) => Ok(None),
+            Backend::Postgres(db) => db.lock_alerts().await.map(Some),
+        };
+        self.classify(result)
     }
 
     /// The longest the delivery loop may sleep between two looks: on PostgreSQL one poll

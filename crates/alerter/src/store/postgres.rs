@@ -9,7 +9,10 @@
 //!   `leases`, renewed by every delivery round that has work there, expiring
 //!   [`CHANNEL_LEASE`] after the last, given up at a clean shutdown), so one sender per
 //!   channel keeps Slack's order per thread and posts nothing twice;
-//! - [`PgStore::hold_lease`] elects the leader of other singletons (the health monitor).
+//! - [`PgStore::hold_lease`] elects the leader of other singletons (the health monitor);
+//! - a replica changing the alerts (raise, resolve, ack, silence, timers) holds
+//!   [`PgStore::lock_alerts`] from reading them to storing the change, so one alert raised
+//!   through two replicas at once is posted once.
 //!
 //! Lease times are the server's clock, so replicas need not agree on theirs. A pool
 //! connection that the server dropped (a restart) is replaced at the next acquire; until the
@@ -45,8 +48,17 @@ pub const POLL: Duration = Duration::from_millis(200);
 const MAX_CONNECTIONS: u32 = 8;
 /// The advisory lock taken while migrating (one replica at a time).
 const MIGRATION_LOCK: i64 = 7_368_021;
+/// The advisory lock held while a replica changes the alerts ([`PgStore::lock_alerts`]).
+const ALERTS_LOCK: i64 = 7_368_023;
 /// The server's clock in unix ms.
 const DB_NOW: &str = "SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
+
+/// The alerts held by one replica until dropped: an open transaction holding [`ALERTS_LOCK`];
+/// dropping it rolls the transaction back (sqlx sends the rollback when the connection returns
+/// to the pool), which releases the lock.
+pub struct AlertsLock {
+    _transaction: sqlx::Transaction<'static, sqlx::Postgres>,
+}
 
 /// The PostgreSQL backend. Cheap to clone.
 #[derive(Clone)]
@@ -177,6 +189,19 @@ impl PgStore {
     pub async fn hold_lease(&self, name: &str, ttl: Duration) -> Result<bool, StoreError> {
         let mut conn = self.pool.acquire().await?;
         Ok(take_lease(&mut conn, name, &self.holder, ttl).await?)
+    }
+
+    /// Waits for the alerts lock, so one replica at a time reads, changes and posts the alerts
+    /// (two replicas raising one key at once would otherwise both post it).
+    pub async fn lock_alerts(&self) -> Result<AlertsLock, StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(ALERTS_LOCK)
+            .execute(&mut *transaction)
+            .await?;
+        Ok(AlertsLock {
+            _transaction: transaction,
+        })
     }
 
     /// Gives up every lease this store holds.

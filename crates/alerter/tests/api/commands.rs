@@ -17,7 +17,7 @@ use ghost_proto::summarizer::v1::summarizer_service_client::SummarizerServiceCli
 use ghost_proto::summarizer::v1::{Outcome, RecordRequest};
 use ghost_runtime::clock::SystemClock;
 use ghost_runtime::config::ServerConfig;
-use ghost_testkit::{FakeSlack, RESPONSE_URL_METHOD};
+use ghost_testkit::{FakeSlack, RESPONSE_URL_METHOD, wait_for};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
@@ -537,14 +537,15 @@ async fn silence_and_unsilence() {
 
 async fn health_shows_what_the_monitor_sees() {
     let sys = system().await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let health = loop {
+    let health = wait_for("the monitor to see the router up", async || {
         let health = slash(&sys.alerter, "/daemon-status", "", BYSTANDER).await;
-        if health.contains("`service/router` up") || tokio::time::Instant::now() >= deadline {
-            break health;
+        if health.contains("`service/router` up") {
+            Ok(health)
+        } else {
+            Err(health)
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    })
+    .await;
     assert!(health.contains("🟢 `service/router` up"), "{health}");
     assert_eq!(sys.ghost("health").await, health);
 }

@@ -15,7 +15,7 @@ use ghost_testkit::{FakeResponse, FakeSlack, SlackRequest};
 use serde_json::json;
 use tokio::sync::oneshot;
 
-use crate::helpers::{TestApp, WAIT, config, open_store, spawn_with};
+use crate::helpers::{TestApp, WAIT, config, drained, open_store, spawn_with};
 
 /// A slow front for the fake Slack: each Web API call waits (`delay(n)` for the n-th call)
 /// before it is passed on, and the most calls in flight at once is recorded.
@@ -144,14 +144,8 @@ async fn prefill(dir: &std::path::Path, messages: Vec<NewMessage>) {
 
 /// Waits (bounded by `limit`) until nothing is pending; returns (sent, dead, pending).
 async fn drain(app: &TestApp, limit: Duration) -> (u64, u64, u64) {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let counts = app.store.outbox_counts().await.unwrap();
-        if counts.pending == 0 || tokio::time::Instant::now() >= deadline {
-            return (counts.sent, counts.dead, counts.pending);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let counts = drained(app, limit).await;
+    (counts.sent, counts.dead, counts.pending)
 }
 
 async fn several_slack_calls_are_in_flight_at_once_up_to_the_configured_concurrency() {

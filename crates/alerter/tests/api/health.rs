@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ghost_runtime::clock::SystemClock;
-use ghost_testkit::FakeSlack;
+use ghost_testkit::{FakeSlack, wait_for};
 
 use crate::commands::spawn_summarizer;
 use crate::helpers::{BYSTANDER, WAIT, config, slash, spawn_with};
@@ -26,15 +26,15 @@ async fn service_down_is_raised_when_a_service_stops_and_resolved_when_it_is_bac
     let app = spawn_with(cfg, Arc::new(SystemClock)).await;
 
     // Up first, and nothing raised.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    wait_for("the monitor to see the summarizer up", async || {
         let health = slash(&app, "/ghost", "health", BYSTANDER).await;
         if health.contains("`service/summarizer` up") {
-            break;
+            Ok(())
+        } else {
+            Err(health)
         }
-        assert!(tokio::time::Instant::now() < deadline, "never up: {health}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     assert!(app.lifecycle.active().await.is_empty());
 
     summarizer.stop().await;
@@ -96,12 +96,11 @@ async fn health_checks_do_not_carry_the_service_credential() {
     cfg.health.interval = Duration::from_millis(50);
     cfg.health.check_timeout = Duration::from_millis(500);
     let app = spawn_with(cfg, Arc::new(SystemClock)).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while seen.lock().unwrap().len() < 2 {
-        assert!(tokio::time::Instant::now() < deadline, "never checked");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let seen = seen.lock().unwrap().clone();
+    let seen = wait_for("two health checks of the summarizer", async || {
+        let seen = seen.lock().unwrap().clone();
+        if seen.len() >= 2 { Ok(seen) } else { Err(seen) }
+    })
+    .await;
     assert!(seen.iter().all(Option::is_none), "{seen:?}");
     drop(app);
     server.abort();

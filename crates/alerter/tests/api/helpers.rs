@@ -16,6 +16,7 @@ use ghost_proto::router::v1::PatchStatus;
 use ghost_runtime::clock::{RuleClock, SharedClock, SystemClock};
 use ghost_runtime::config::{Secret, ServerConfig};
 use ghost_testkit::postgres::TempPostgres;
+use ghost_testkit::{POLL_INTERVAL, wait_until};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
@@ -29,6 +30,26 @@ pub const OPERATOR: &str = "UOPERATOR1";
 pub const BYSTANDER: &str = "UBYSTANDER";
 /// Generous bound on waiting for something that should happen.
 pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Waits (at most `within`) until the alerter's outbox has nothing pending (the fake Slack
+/// records a request before the alerter has read the answer and marked the message sent);
+/// returns the outbox's counts then.
+pub async fn drained(app: &TestApp, within: Duration) -> alerter::store::OutboxCounts {
+    wait_until(
+        "the alerter's outbox to drain",
+        within,
+        POLL_INTERVAL,
+        async || {
+            let counts = app.store.outbox_counts().await.unwrap();
+            if counts.pending == 0 {
+                Ok(counts)
+            } else {
+                Err(counts)
+            }
+        },
+    )
+    .await
+}
 
 /// A running alerter; stops when dropped.
 pub struct TestApp {

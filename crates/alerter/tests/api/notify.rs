@@ -12,7 +12,7 @@ use ghost_proto::alerter::v1::{AlertRequest, Severity};
 use ghost_proto::router::v1::PatchStatus;
 use ghost_runtime::clock::SystemClock;
 use ghost_runtime::config::Secret;
-use ghost_testkit::{FakeResponse, FakeSlack, SlackRequest, WEBHOOK_METHOD};
+use ghost_testkit::{FakeResponse, FakeSlack, SlackRequest, WEBHOOK_METHOD, wait_for};
 
 use crate::helpers::{TOKEN, WAIT, config, notify, spawn_alerter, spawn_with};
 
@@ -139,12 +139,15 @@ async fn permanent_slack_errors_are_dead_lettered_not_retried() {
     assert_eq!(names(&posts), ["p-refused", "p-after"]);
     // The posts are seen a moment before their outcomes are recorded: wait (bounded) for the
     // dead letter, then check that nothing was tried again meanwhile.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut counts = app.store.outbox_counts().await.unwrap();
-    while counts.dead == 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        counts = app.store.outbox_counts().await.unwrap();
-    }
+    let counts = wait_for("p-refused to be dead-lettered", async || {
+        let counts = app.store.outbox_counts().await.unwrap();
+        if counts.dead > 0 {
+            Ok(counts)
+        } else {
+            Err(counts)
+        }
+    })
+    .await;
     assert_eq!(counts.dead, 1, "{counts:?}");
     assert_eq!(
         names(&slack.posts().await),
@@ -164,14 +167,11 @@ async fn retries_are_bounded_then_dead_lettered() {
 
     app.client.notify(notify("p-doomed")).await.unwrap();
     // max_attempts is 3: three failed tries, then the message is dead-lettered.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while app.store.outbox_counts().await.unwrap().dead == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never dead-lettered"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    wait_for("p-doomed to be dead-lettered", async || {
+        let counts = app.store.outbox_counts().await.unwrap();
+        if counts.dead > 0 { Ok(()) } else { Err(counts) }
+    })
+    .await;
     app.client.notify(notify("p-next")).await.unwrap();
     let posts = slack.wait_for_posts(4, WAIT).await;
     assert_eq!(

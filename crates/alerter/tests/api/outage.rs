@@ -11,7 +11,7 @@ use ghost_proto::router::v1::PatchStatus;
 use ghost_runtime::clock::SystemClock;
 use ghost_testkit::{FakeResponse, FakeSlack, SlackRequest};
 
-use crate::helpers::{TestApp, WAIT, config, notify, spawn_with};
+use crate::helpers::{TestApp, WAIT, config, drained, notify, spawn_with};
 use crate::notify::alert_request;
 
 /// Messages the scenario makes: per patch a parent, an update and a reply; for the alert a
@@ -120,19 +120,6 @@ fn assert_all_arrived_in_order_once(slack: &FakeSlack, requests: &[SlackRequest]
     assert!(resolution.text().starts_with("✅ resolved"));
 }
 
-/// Waits (bounded) until the outbox has nothing pending: the fake records a request before the
-/// alerter has read the answer and marked the message sent.
-async fn drained(app: &TestApp) -> alerter::store::OutboxCounts {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let counts = app.store.outbox_counts().await.unwrap();
-        if counts.pending == 0 || tokio::time::Instant::now() >= deadline {
-            return counts;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 fn outage() -> Vec<FakeResponse> {
     vec![
         FakeResponse::ServerError,
@@ -158,7 +145,7 @@ async fn after_an_outage_every_message_arrives_in_order_once() {
     assert_all_arrived_in_order_once(&slack, &requests);
     let failed = requests.iter().filter(|r| !r.succeeded()).count();
     assert_eq!(failed, outage().len());
-    let counts = drained(&app).await;
+    let counts = drained(&app, WAIT).await;
     assert_eq!(
         (counts.pending, counts.sent, counts.dead),
         (0, EXPECTED as u64, 0)
@@ -207,7 +194,7 @@ async fn a_restart_during_the_outage_loses_and_repeats_nothing() {
     );
     assert_eq!(slack.script_left(), 0, "the outage was not exercised");
     assert_all_arrived_in_order_once(&slack, &requests);
-    let counts = drained(&second).await;
+    let counts = drained(&second, WAIT).await;
     assert_eq!((counts.pending, counts.dead), (0, 0));
 }
 

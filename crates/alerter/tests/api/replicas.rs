@@ -15,9 +15,9 @@ use ghost_proto::router::v1::PatchStatus;
 use ghost_runtime::clock::SystemClock;
 use ghost_runtime::config::Secret;
 use ghost_testkit::postgres::TempPostgres;
-use ghost_testkit::{FakeSlack, SlackRequest};
+use ghost_testkit::{FakeSlack, POLL_INTERVAL, SlackRequest, wait_until};
 
-use crate::helpers::{OPERATOR, TestApp, WAIT, config, notify, slash, spawn_with};
+use crate::helpers::{OPERATOR, TestApp, WAIT, config, drained, notify, slash, spawn_with};
 use crate::notify::alert_request;
 
 /// The key of the alerter's own storage alert.
@@ -54,19 +54,22 @@ fn attempt(patch: &str, attempt: u32) -> NotifyRequest {
 /// Sends `request` as a caller's outbox does: again after UNAVAILABLE (bounded); returns how
 /// many times it was refused. Any other error fails the test.
 async fn send_until_accepted(app: &mut TestApp, request: NotifyRequest) -> u32 {
-    let deadline = Instant::now() + 3 * WAIT;
     let mut refused = 0;
-    loop {
-        match app.client.notify(request.clone()).await {
-            Ok(_) => return refused,
+    wait_until(
+        "the notification accepted",
+        3 * WAIT,
+        POLL_INTERVAL,
+        async || match app.client.notify(request.clone()).await {
+            Ok(_) => Ok(()),
             Err(status) if status.code() == tonic::Code::Unavailable => {
-                assert!(Instant::now() < deadline, "still refused: {status:?}");
                 refused += 1;
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                Err(status)
             }
             Err(status) => panic!("notify failed: {status:?}"),
-        }
-    }
+        },
+    )
+    .await;
+    refused
 }
 
 /// `/readyz` of `app`: the status and the body.
@@ -80,15 +83,16 @@ async fn readiness(app: &TestApp) -> (u16, String) {
 
 /// Waits (bounded) until `/readyz` answers `status`; returns its body.
 async fn wait_ready(app: &TestApp, status: u16) -> String {
-    let deadline = Instant::now() + 3 * WAIT;
-    loop {
+    let what = format!("/readyz to answer {status}");
+    wait_until(&what, 3 * WAIT, POLL_INTERVAL, async || {
         let (now, body) = readiness(app).await;
         if now == status {
-            return body;
+            Ok(body)
+        } else {
+            Err((now, body))
         }
-        assert!(Instant::now() < deadline, "readyz stayed {now}: {body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 /// Every patch in `patches` has exactly one parent post, updated once, and its delivered
@@ -151,18 +155,10 @@ fn assert_each_once_in_thread_order(
     }
 }
 
-/// Waits (bounded) until no message is pending in the shared outbox.
-async fn drained(app: &TestApp) {
-    let deadline = Instant::now() + 3 * WAIT;
-    loop {
-        let counts = app.store.outbox_counts().await.unwrap();
-        if counts.pending == 0 {
-            assert_eq!(counts.dead, 0, "{counts:?}");
-            return;
-        }
-        assert!(Instant::now() < deadline, "still pending: {counts:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// Waits (bounded) until no message is pending in the shared outbox, and none went dead.
+async fn drained_alive(app: &TestApp) {
+    let counts = drained(app, 3 * WAIT).await;
+    assert_eq!(counts.dead, 0, "{counts:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,7 +205,7 @@ async fn a_postgres_restart_mid_run_degrades_the_alerter_which_resumes_and_loses
         "postgres restart: ready again {:?} after the restart began; {refused} calls refused meanwhile",
         stopped_at.elapsed()
     );
-    drained(&app).await;
+    drained_alive(&app).await;
     let requests = slack.requests().await;
     assert_each_once_in_thread_order(&slack, &requests, &patches);
     let storage: Vec<&str> = requests
@@ -265,7 +261,7 @@ async fn two_replicas_post_each_message_once_parents_first_in_thread_order() {
         assert_eq!(send_until_accepted(a, on_target(id, n, 1)).await, 0);
         assert_eq!(send_until_accepted(b, on_target(id, n, 2)).await, 0);
     }
-    drained(&first).await;
+    drained_alive(&first).await;
     let requests = slack.requests().await;
     assert_each_once_in_thread_order(&slack, &requests, &patches);
     for (n, id) in patches.iter().enumerate() {
@@ -323,17 +319,26 @@ async fn one_replica_monitors_and_the_other_takes_over_when_it_stops() {
     );
     let stopped = Instant::now();
     leader.stop().await;
-    let deadline = Instant::now() + 3 * WAIT;
-    while !health_of(&follower).await.contains("ghostsvc") {
-        assert!(Instant::now() < deadline, "the follower never took over");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(
+        "the follower to take the health monitor over",
+        3 * WAIT,
+        POLL_INTERVAL,
+        async || {
+            let health = health_of(&follower).await;
+            if health.contains("ghostsvc") {
+                Ok(())
+            } else {
+                Err(health)
+            }
+        },
+    )
+    .await;
     eprintln!(
         "monitor takeover after a clean stop: {:?}",
         stopped.elapsed()
     );
     // The new leader finds the alert raised by the old one: no second post.
-    drained(&follower).await;
+    drained_alive(&follower).await;
     let posts: Vec<_> = slack
         .posts()
         .await
@@ -370,5 +375,39 @@ async fn a_command_on_one_replica_sees_alerts_raised_through_the_other() {
     assert!(!silenced.is_empty());
     let alerts = slash(&second, "/ghost", "alerts", OPERATOR).await;
     assert!(alerts.contains("silence #1 on `MAIN`"), "{alerts}");
-    drained(&first).await;
+    drained_alive(&first).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_alert_raised_through_both_replicas_at_once_is_posted_once() {
+    let Some(server) = TempPostgres::start_or_skip("replicas::one_post") else {
+        return;
+    };
+    let url = server.create_database();
+    let slack = FakeSlack::start().await;
+    let mut first = spawn_on(on_database(&slack, &url)).await;
+    let mut second = spawn_on(on_database(&slack, &url)).await;
+    // Each key in a group of its own (so each makes its own post), raised by two callers (two
+    // events) through the two replicas at the same moment.
+    let keys: Vec<String> = (0..12).map(|n| format!("raced{n}/MAIN")).collect();
+    for key in &keys {
+        let (one, other) = tokio::join!(
+            first.client.alert(alert_request(key, false, 1)),
+            second.client.alert(alert_request(key, false, 2)),
+        );
+        one.expect("raised through the first replica");
+        other.expect("raised through the second replica");
+    }
+    drained_alive(&first).await;
+    let posts = slack.posts().await;
+    for key in &keys {
+        let marker = format!("`{key}`");
+        let naming: Vec<_> = posts
+            .iter()
+            .filter(|post| post.text().contains(&marker))
+            .collect();
+        assert_eq!(naming.len(), 1, "{key} posted other than once: {naming:#?}");
+    }
+    let active = first.lifecycle.active().await;
+    assert_eq!(active.len(), keys.len(), "{active:#?}");
 }

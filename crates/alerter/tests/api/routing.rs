@@ -12,10 +12,10 @@ use alerter::{AlerterConfig, App};
 use ghost_proto::alerter::v1::NotifyRequest;
 use ghost_proto::router::v1::PatchStatus;
 use ghost_runtime::clock::SystemClock;
-use ghost_testkit::{FakeMessage, FakeResponse, FakeSlack, SlackRequest};
+use ghost_testkit::{FakeMessage, FakeResponse, FakeSlack, SlackRequest, wait_for};
 use serde_json::Value;
 
-use crate::helpers::{TestApp, config, slash, spawn_with};
+use crate::helpers::{TestApp, config, drained, slash, spawn_with};
 
 /// The default pacing the issue's figures are about.
 const PACING: Duration = Duration::from_secs(1);
@@ -125,19 +125,6 @@ fn parents<'a>(requests: &'a [SlackRequest], id: &str) -> Vec<&'a SlackRequest> 
                     || header(&r.body).starts_with(&prefix_bad))
         })
         .collect()
-}
-
-/// Waits (bounded) until the outbox has nothing pending.
-async fn drained(app: &TestApp, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let counts = app.store.outbox_counts().await.unwrap();
-        if counts.pending == 0 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "still pending: {counts:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn route(target: &[&str], status: &[&str]) -> Route {
@@ -773,15 +760,15 @@ async fn pending_dms_share_one_backlog_series() {
         request.notify = user.to_owned();
         send(&mut app, request).await;
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let metrics = loop {
+    let metrics = wait_for("the dm backlog series at 3", async || {
         let metrics = metrics_text(&app).await;
         if metrics.contains("ghost_alerter_channel_backlog{channel=\"dm\"} 3") {
-            break metrics;
+            Ok(metrics)
+        } else {
+            Err(metrics)
         }
-        assert!(Instant::now() < deadline, "no dm backlog series: {metrics}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    })
+    .await;
     assert!(
         !metrics.contains("ghost_alerter_channel_backlog{channel=\"U"),
         "{metrics}"

@@ -8,15 +8,22 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use executor::{CommandPolicy, OwnerCheck, TargetPolicy, When};
 use ghost_core::Status;
-use ghost_proto::executor::v1::{Assign, RouterMessage, Welcome, executor_message, router_message};
+use ghost_proto::executor::v1::{
+    Assign, ExecutorMessage, Result as ResultMessage, RouterMessage, Welcome, executor_message,
+    router_message,
+};
 use ghost_proto::router::v1 as wire;
+use ghost_testkit::wait_until;
 use proptest::prelude::*;
 
-use crate::helpers::{TestRouter, TestWorkspace, patch, snapshot, start_executor, workspace_with};
+use crate::helpers::{
+    Session, TestRouter, TestWorkspace, file_appears, patch, snapshot, start_executor,
+    workspace_with,
+};
 
 fn shell_policy() -> TargetPolicy {
     TargetPolicy {
@@ -67,6 +74,24 @@ const FILES: [&str; 6] = [
     "src/x",
 ];
 const DIRS: [&str; 4] = ["src", "src/deep", "bin", "empty"];
+
+/// The result a restarted executor owes for the attempt it was killed in (other messages
+/// are skipped), within 10 s.
+async fn owed_result(session: &mut Session) -> ResultMessage {
+    wait_until(
+        "the restarted executor's result owed for the interrupted attempt",
+        Duration::from_secs(10),
+        Duration::ZERO,
+        async || match session.from_executor.recv().await {
+            Some(ExecutorMessage {
+                kind: Some(executor_message::Kind::Result(result)),
+            }) => Ok(result),
+            Some(other) => Err(Some(other.kind)),
+            None => Err(None),
+        },
+    )
+    .await
+}
 
 /// The shell line for `op`: every path quoted, every step allowed to fail (`;`).
 fn script(op: &Op) -> String {
@@ -287,30 +312,14 @@ async fn kill_9_during_a_command_then_restart_leaves_the_workspace_whole() {
             .await
             .unwrap();
     }
-    let started = Instant::now();
-    while !ws.root().join("started").exists() && started.elapsed() < Duration::from_secs(20) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(ws.root().join("started").exists(), "the command never ran");
+    file_appears(&ws.root().join("started"), "the command to run").await;
     executor.kill().unwrap();
     executor.wait().unwrap();
     drop(session);
     // The orphaned `sleep` is in a session of its own; it writes nothing more.
     let mut restarted = start_executor(&config);
     let mut session = sessions.recv().await.unwrap();
-    let mut owed = None;
-    let waited = Instant::now();
-    while owed.is_none() && waited.elapsed() < Duration::from_secs(10) {
-        let Ok(Some(message)) =
-            tokio::time::timeout(Duration::from_secs(5), session.from_executor.recv()).await
-        else {
-            break;
-        };
-        if let Some(executor_message::Kind::Result(result)) = message.kind {
-            owed = Some(result);
-        }
-    }
-    let owed = owed.expect("the restarted executor owes the interrupted result");
+    let owed = owed_result(&mut session).await;
     let report = ghost_core::ApplyReport::try_from(owed.report.unwrap()).unwrap();
     assert_eq!(report.status, Status::Interrupted);
     assert!(
@@ -369,35 +378,13 @@ async fn a_command_left_running_by_a_crash_is_stopped_before_the_restart_restore
             .await
             .unwrap();
     }
-    let started = Instant::now();
-    while !ws.root().join("noise.txt").exists() && started.elapsed() < Duration::from_secs(20) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(
-        ws.root().join("noise.txt").exists(),
-        "the command never ran"
-    );
+    file_appears(&ws.root().join("noise.txt"), "the command to run").await;
     executor.kill().unwrap();
     executor.wait().unwrap();
     drop(session);
     let mut restarted = start_executor(&config);
     let mut session = sessions.recv().await.unwrap();
-    let mut owed = None;
-    let waited = Instant::now();
-    while owed.is_none() && waited.elapsed() < Duration::from_secs(10) {
-        let Ok(Some(message)) =
-            tokio::time::timeout(Duration::from_secs(5), session.from_executor.recv()).await
-        else {
-            break;
-        };
-        if let Some(executor_message::Kind::Result(result)) = message.kind {
-            owed = Some(result);
-        }
-    }
-    assert!(
-        owed.is_some(),
-        "the restarted executor owes the interrupted result"
-    );
+    owed_result(&mut session).await;
     // Had the loop survived the restart, it would write noise.txt again within 50 ms.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(

@@ -19,8 +19,8 @@ use ghost_proto::executor::v1::{
 use ghost_proto::router::v1 as wire;
 
 use crate::helpers::{
-    Session, TestRouter, patch, snapshot, start_executor, start_executor_with_write_delay,
-    workspace,
+    Session, TestRouter, file_appears, patch, snapshot, start_executor,
+    start_executor_with_write_delay, workspace,
 };
 
 /// The pause after each file written by the executor that is killed.
@@ -290,13 +290,7 @@ command = {command}\n",
             .unwrap();
     }
     let made = ws.root().join("made.txt");
-    for _ in 0..500 {
-        if made.exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(made.exists(), "the agent started editing");
+    file_appears(&made, "the agent to start editing").await;
     executor.kill().unwrap();
     executor.wait().unwrap();
     drop(session);

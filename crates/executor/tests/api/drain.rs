@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use executor::{CommandPolicy, TargetPolicy};
 use ghost_core::Status;
+use ghost_testkit::{POLL_INTERVAL, wait_until};
 
 use crate::helpers::{RunningExecutor, patch, workspace_with};
 
@@ -42,15 +43,13 @@ async fn a_stop_signal_lets_the_running_patch_finish_and_takes_no_new_one() {
     let result = executor.next_result(Duration::from_secs(30)).await;
 
     // The patch assigned after the stop is never started, and the executor ends.
-    let mut ended = false;
-    for _ in 0..150 {
-        if executor.ended() {
-            ended = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(ended, "the executor ended within 15 s of its last patch");
+    wait_until(
+        "the executor to end after its last patch",
+        Duration::from_secs(15),
+        POLL_INTERVAL,
+        async || if executor.ended() { Ok(()) } else { Err(()) },
+    )
+    .await;
     assert!(
         executor
             .next_result(Duration::from_millis(200))

@@ -19,6 +19,7 @@ use ghost_proto::executor::v1::{
 };
 use ghost_proto::router::v1 as wire;
 use ghost_proto::router::v1::router_service_server::{RouterService, RouterServiceServer};
+use ghost_testkit::{try_wait_until, wait_for};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -428,36 +429,43 @@ impl RunningExecutor {
     /// The next result the executor sends within `within` (its token and report); `None` when
     /// none came or the stream ended.
     pub async fn next_result(&mut self, within: Duration) -> Option<(u64, ApplyReport)> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let next = tokio::time::timeout_at(deadline, self.session.from_executor.recv())
-                .await
-                .ok()??;
-            if let Some(executor_message::Kind::Result(result)) = next.kind {
-                return Some((
+        let from_executor = &mut self.session.from_executor;
+        let next = try_wait_until(
+            "a result from the executor",
+            within,
+            Duration::ZERO,
+            async || match from_executor.recv().await {
+                Some(ExecutorMessage {
+                    kind: Some(executor_message::Kind::Result(result)),
+                }) => Ok(Some((
                     result.fencing_token,
                     ApplyReport::try_from(result.report.unwrap()).unwrap(),
-                ));
-            }
-        }
+                ))),
+                Some(other) => Err(other.kind),
+                None => Ok(None),
+            },
+        )
+        .await;
+        next.ok().flatten()
     }
 
     /// Waits (at most `within`) for a heartbeat listing `token`: the executor holds that lease,
     /// its attempt is running. Results seen meanwhile are dropped.
     pub async fn wait_held(&mut self, token: u64, within: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let Ok(Some(next)) =
-                tokio::time::timeout_at(deadline, self.session.from_executor.recv()).await
-            else {
-                return false;
-            };
-            if let Some(executor_message::Kind::Heartbeat(beat)) = next.kind
-                && beat.fencing_tokens.contains(&token)
-            {
-                return true;
-            }
-        }
+        let from_executor = &mut self.session.from_executor;
+        let what = format!("a heartbeat holding lease {token}");
+        let held = try_wait_until(&what, within, Duration::ZERO, async || match from_executor
+            .recv()
+            .await
+        {
+            Some(ExecutorMessage {
+                kind: Some(executor_message::Kind::Heartbeat(beat)),
+            }) if beat.fencing_tokens.contains(&token) => Ok(true),
+            Some(other) => Err(other.kind),
+            None => Ok(false),
+        })
+        .await;
+        held.unwrap_or(false)
     }
 
     /// Signals the stop (what SIGTERM does) without waiting for the executor to end.
@@ -497,4 +505,10 @@ pub fn start_executor_with_write_delay(config: &Path, delay: Duration) -> Child 
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
+}
+
+/// Waits (bounded) until `path` exists, which shows `what` happened.
+pub async fn file_appears(path: &Path, what: &str) {
+    let what = format!("{what} ({} to appear)", path.display());
+    wait_for(&what, async || if path.exists() { Ok(()) } else { Err(()) }).await;
 }

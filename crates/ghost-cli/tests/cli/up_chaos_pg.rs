@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ghost_testkit::FakeSlack;
 use ghost_testkit::postgres::TempPostgres;
+use ghost_testkit::{FakeSlack, POLL_INTERVAL, wait_until};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -281,31 +281,33 @@ async fn two_ghost_ups_on_one_postgres_lose_nothing_under_20_kill_9s() {
     }
 }
 
+/// Time enough for one look at a patch.
+const LOOK: Duration = Duration::from_secs(5);
+
 /// Every accepted patch ends, with one terminal event and one summary.
 async fn settle_and_check(urls: &[String; 2], key: &str, accepted: &BTreeSet<String>, root: &Path) {
     assert_eq!(accepted.len(), PATCHES, "every patch was accepted once");
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + SETTLE;
+    let started = Instant::now();
     let mut statuses = BTreeMap::new();
     for (n, id) in accepted.iter().enumerate() {
         let url = &urls[n % 2];
-        loop {
+        // One bound for all; each is looked at at least once.
+        let left = SETTLE.saturating_sub(started.elapsed()).max(LOOK);
+        let what = format!(
+            "{id} to end with its summary (logs under {})",
+            root.display()
+        );
+        let status = wait_until(&what, left, POLL_INTERVAL, async || {
             let state = get(&client, &format!("{url}/v1/patches/{id}"), key).await;
             let status = state
                 .as_ref()
                 .and_then(|s| s["status"].as_str().map(str::to_owned));
             let summarized = state.as_ref().is_some_and(|s| s["summary"].is_string());
-            if let Some(status) = status.filter(|s| is_terminal(s) && summarized) {
-                statuses.insert(id.clone(), status);
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{id} did not end with its summary in time: {state:?} (logs under {})",
-                root.display()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            status.filter(|s| is_terminal(s) && summarized).ok_or(state)
+        })
+        .await;
+        statuses.insert(id.clone(), status);
     }
     let not_succeeded: Vec<_> = statuses.iter().filter(|(_, s)| *s != "succeeded").collect();
     assert!(not_succeeded.is_empty(), "not succeeded: {not_succeeded:?}");
@@ -341,8 +343,9 @@ fn check_workspace(workspace: &Path) {
 /// in the thread) and at most one line in one digest (where successes go under a backlog).
 /// Alerts that name a patch (`patch_interrupted/MAIN/<id>/<attempt>`) are not its posts.
 async fn check_slack(slack: &FakeSlack, accepted: &BTreeSet<String>) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
+    let what = "every accepted patch on Slack";
+    let every = Duration::from_millis(500);
+    wait_until(what, Duration::from_secs(120), every, async || {
         let messages = slack.messages();
         let mut own: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         let mut digested: BTreeMap<&str, Vec<String>> = BTreeMap::new();
@@ -376,15 +379,15 @@ async fn check_slack(slack: &FakeSlack, accepted: &BTreeSet<String>) {
                 own.len(),
                 digested.len()
             );
-            return;
+            Ok(())
+        } else {
+            Err(format!(
+                "{reached} of {} patches reached Slack",
+                accepted.len()
+            ))
         }
-        assert!(
-            Instant::now() < deadline,
-            "{reached} of {} patches reached Slack",
-            accepted.len()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    })
+    .await;
 }
 
 /// A free loopback port for a gateway that must keep its address across restarts.

@@ -11,6 +11,7 @@ use std::time::Duration;
 use ghost_proto::router::v1::{ApplyReport, CommandReport, PatchStatus};
 use ghost_proto::summarizer::v1::summarizer_service_client::SummarizerServiceClient;
 use ghost_proto::summarizer::v1::{Outcome, RecordRequest};
+use ghost_testkit::wait_for;
 use summarizer::doc::SummaryDoc;
 
 use crate::helpers::{T0, TRACE_ID, reserve_port, spawn_summarizer, summary};
@@ -105,13 +106,11 @@ fn assert_no_torn_files(data_dir: &Path) -> usize {
 }
 
 async fn connect(port: std::net::SocketAddr) -> SummarizerServiceClient<tonic::transport::Channel> {
-    for _ in 0..500 {
-        if let Ok(client) = SummarizerServiceClient::connect(format!("http://{port}")).await {
-            return client;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("summarizer binary did not start on {port}");
+    let what = format!("the summarizer binary to answer on {port}");
+    wait_for(&what, async || {
+        SummarizerServiceClient::connect(format!("http://{port}")).await
+    })
+    .await
 }
 
 #[tokio::test]

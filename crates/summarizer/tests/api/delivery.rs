@@ -3,7 +3,9 @@
 
 use ghost_proto::router::v1::PatchStatus;
 
-use crate::helpers::{FakeAlerter, record, reserve_port, spawn_summarizer};
+use ghost_testkit::wait_for;
+
+use crate::helpers::{FakeAlerter, outbox_tried, record, reserve_port, spawn_summarizer};
 
 #[tokio::test]
 async fn outcomes_recorded_while_the_alerter_is_down_are_delivered_after_it_returns() {
@@ -27,17 +29,8 @@ async fn outcomes_recorded_while_the_alerter_is_down_are_delivered_after_it_retu
         );
     }
     // Let the outbox fail a few times against the closed port, then wait until it has.
-    let index = app.summaries.index().clone();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let rows = index.outbox_due(i64::MAX, 10).unwrap();
-        if rows.iter().all(|row| row.tries >= 2) || tokio::time::Instant::now() > deadline {
-            assert_eq!(rows.len(), 3, "{rows:?}");
-            assert!(rows.iter().all(|row| row.tries >= 2), "{rows:?}");
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let rows = outbox_tried(&app, 2).await;
+    assert_eq!(rows.len(), 3, "{rows:?}");
     app.stop().await;
 
     // A restart with the alerter still down: nothing is dropped.
@@ -70,12 +63,13 @@ async fn outcomes_recorded_while_the_alerter_is_down_are_delivered_after_it_retu
     );
 
     // Delivered rows leave the outbox.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-    while app.summaries.index().outbox_len().unwrap() > 0 && tokio::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert_eq!(app.summaries.index().outbox_len().unwrap(), 0);
+    wait_for("the outbox to empty", async || {
+        match app.summaries.index().outbox_len().unwrap() {
+            0 => Ok(()),
+            left => Err(left),
+        }
+    })
+    .await;
     app.stop().await;
 }
 
@@ -121,19 +115,18 @@ async fn outcomes_reach_slack_through_the_real_alerter_once_it_is_up() {
         let _ = stopped.await;
     }));
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mentions = |requests: &[ghost_testkit::SlackRequest], id: &str| {
         requests.iter().any(|r| r.body.to_string().contains(id))
     };
-    loop {
+    wait_for("slack-1 and slack-2 posted to Slack", async || {
         let requests = slack.requests().await;
-        let both = mentions(&requests, "slack-1") && mentions(&requests, "slack-2");
-        if both || tokio::time::Instant::now() > deadline {
-            assert!(both, "slack saw: {requests:?}");
-            break;
+        if mentions(&requests, "slack-1") && mentions(&requests, "slack-2") {
+            Ok(())
+        } else {
+            Err(requests)
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     drop(stop_alerter);
     let _ = alerter_task.await;
     app.stop().await;
@@ -144,7 +137,10 @@ async fn outcomes_reach_slack_through_the_real_alerter_once_it_is_up() {
 #[tokio::test]
 async fn notifications_go_several_at_a_time_and_a_patchs_attempts_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let alerter = FakeAlerter::start_slow(std::time::Duration::from_millis(40)).await;
+    // Every notification is held until all are recorded, then until a second one is being
+    // answered (or half a second): a parallel outbox has several in flight whatever the
+    // timing, a serial one never two.
+    let alerter = FakeAlerter::start_holding().await;
     let mut app = spawn_summarizer(dir.path(), Some(alerter.url.clone())).await;
     let mut expected = 0;
     for n in 0..12 {
@@ -159,6 +155,7 @@ async fn notifications_go_several_at_a_time_and_a_patchs_attempts_in_order() {
             .unwrap();
         expected += 2;
     }
+    alerter.release();
     let received = alerter.wait_for(expected).await;
     assert_eq!(received.len(), expected, "every notification arrives once");
     assert!(

@@ -16,8 +16,9 @@ use ghost_proto::summarizer::v1::{
     GetRequest, ListRequest, ListResponse, Outcome, RecordRequest, Summary,
 };
 use ghost_runtime::config::ServerConfig;
+use ghost_testkit::{POLL_INTERVAL, TEST_TIMEOUT, try_wait_until, wait_for};
 use summarizer::{App, SummarizerConfig};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
 /// The trace id every test outcome carries.
@@ -411,11 +412,36 @@ struct Received {
     requests: Mutex<Vec<NotifyRequest>>,
     /// System alerts (`Alert`): the summarizer raises only `storage_unavailable/summarizer`.
     alerts: Mutex<Vec<ghost_proto::alerter::v1::AlertRequest>>,
-    arrived: Notify,
     /// How long each Notify takes to answer.
     delay: Duration,
-    in_flight: std::sync::atomic::AtomicUsize,
+    /// Whether each Notify is held ([`FakeAlerter::start_holding`]).
+    holding: bool,
+    /// Set by [`FakeAlerter::release`].
+    released: tokio::sync::watch::Sender<bool>,
+    /// The Notify calls being answered now.
+    in_flight: tokio::sync::watch::Sender<usize>,
     most_in_flight: std::sync::atomic::AtomicUsize,
+}
+
+/// How long a held Notify waits for a second one once released (see
+/// [`FakeAlerter::start_holding`]).
+const PAIR_WAIT: Duration = Duration::from_millis(500);
+
+impl Received {
+    /// Holds a Notify until the test releases them all, then until a second Notify is being
+    /// answered or [`PAIR_WAIT`] passed.
+    async fn hold(&self) {
+        let mut released = self.released.subscribe();
+        let released = tokio::time::timeout(TEST_TIMEOUT, released.wait_for(|open| *open))
+            .await
+            .is_ok_and(|open| open.is_ok());
+        assert!(released, "the test never released the held notifications");
+        // Alone after PAIR_WAIT: answered all the same (a serial sender shows as one at a time).
+        let mut in_flight = self.in_flight.subscribe();
+        let _paired = tokio::time::timeout(PAIR_WAIT, in_flight.wait_for(|now| *now >= 2))
+            .await
+            .is_ok();
+    }
 }
 
 #[derive(Clone, Default)]
@@ -430,7 +456,11 @@ impl AlerterService for RecordingAlerter {
         request: tonic::Request<NotifyRequest>,
     ) -> Result<tonic::Response<NotifyResponse>, tonic::Status> {
         use std::sync::atomic::Ordering;
-        let now = self.received.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut now = 0;
+        self.received.in_flight.send_modify(|in_flight| {
+            *in_flight += 1;
+            now = *in_flight;
+        });
         self.received
             .most_in_flight
             .fetch_max(now, Ordering::SeqCst);
@@ -439,9 +469,13 @@ impl AlerterService for RecordingAlerter {
             .lock()
             .unwrap()
             .push(request.into_inner());
+        if self.received.holding {
+            self.received.hold().await;
+        }
         tokio::time::sleep(self.received.delay).await;
-        self.received.in_flight.fetch_sub(1, Ordering::SeqCst);
-        self.received.arrived.notify_waiters();
+        self.received
+            .in_flight
+            .send_modify(|in_flight| *in_flight -= 1);
         Ok(tonic::Response::new(NotifyResponse { accepted: true }))
     }
 
@@ -454,7 +488,6 @@ impl AlerterService for RecordingAlerter {
             .lock()
             .unwrap()
             .push(request.into_inner());
-        self.received.arrived.notify_waiters();
         Ok(tonic::Response::new(
             ghost_proto::alerter::v1::AlertResponse { accepted: true },
         ))
@@ -484,14 +517,35 @@ impl FakeAlerter {
         Self::start_with("127.0.0.1:0".parse().unwrap(), delay).await
     }
 
+    /// On a free port, holding every Notify until [`FakeAlerter::release`], then each until a
+    /// second one is being answered (at most [`PAIR_WAIT`]): a sender that sends several at
+    /// a time shows it whatever the timing, one that sends one at a time never has two.
+    pub async fn start_holding() -> Self {
+        let received = Received {
+            holding: true,
+            ..Received::default()
+        };
+        Self::start_receiving("127.0.0.1:0".parse().unwrap(), received).await
+    }
+
+    /// Lets the held notifications go (see [`FakeAlerter::start_holding`]).
+    pub fn release(&self) {
+        self.received.released.send_replace(true);
+    }
+
     async fn start_with(addr: SocketAddr, delay: Duration) -> Self {
+        let received = Received {
+            delay,
+            ..Received::default()
+        };
+        Self::start_receiving(addr, received).await
+    }
+
+    async fn start_receiving(addr: SocketAddr, received: Received) -> Self {
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let alerter = RecordingAlerter {
-            received: Arc::new(Received {
-                delay,
-                ..Received::default()
-            }),
+            received: Arc::new(received),
         };
         let received = alerter.received.clone();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -531,17 +585,17 @@ impl FakeAlerter {
 
     /// Waits (bounded) until at least `n` notifications arrived; returns what arrived.
     pub async fn wait_for(&self, n: usize) -> Vec<NotifyRequest> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let arrived = self.received.arrived.notified();
+        let what = format!("{n} notifications at the alerter");
+        let arrived = try_wait_until(&what, TEST_TIMEOUT, POLL_INTERVAL, async || {
             let now = self.received();
             if now.len() >= n {
-                return now;
+                Ok(now)
+            } else {
+                Err(now.len())
             }
-            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
-                return self.received();
-            }
-        }
+        })
+        .await;
+        arrived.unwrap_or_else(|_| self.received())
     }
 }
 
@@ -552,4 +606,22 @@ pub async fn summarizer_pool(url: &str) -> sqlx::PgPool {
     sqlx::PgPool::connect_with(options.options([("search_path", "summarizer")]))
         .await
         .expect("PostgreSQL answers")
+}
+
+/// Waits (bounded) until every notification in the app's outbox has been tried at least
+/// `times` times; returns them. The index is read from a blocking thread, as the store does.
+pub async fn outbox_tried(app: &TestApp, times: u32) -> Vec<summarizer::index::OutboxRow> {
+    let what = format!("every outbox row tried {times} times");
+    wait_for(&what, async || {
+        let index = app.summaries.index().clone();
+        let rows = tokio::task::spawn_blocking(move || index.outbox_due(i64::MAX, 10).unwrap())
+            .await
+            .unwrap();
+        if rows.iter().all(|row| row.tries >= times) {
+            Ok(rows)
+        } else {
+            Err(rows)
+        }
+    })
+    .await
 }

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use ghost_proto::router::v1::PatchStatus;
+use ghost_testkit::wait_for;
 
 use crate::helpers::{record, spawn_with, test_config};
 
@@ -43,14 +44,11 @@ async fn a_deferred_manifest_catches_up_with_a_burst_and_is_flushed_on_shutdown(
             .unwrap();
     }
     // The writer catches up on its own (bounded wait, no timing asserted).
-    let mut ids = Vec::new();
-    for _ in 0..500 {
-        ids = manifest_ids(&main);
-        if ids.len() == 20 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let ids = wait_for("20 ids in the manifest", async || {
+        let ids = manifest_ids(&main);
+        if ids.len() == 20 { Ok(ids) } else { Err(ids) }
+    })
+    .await;
     assert_eq!(ids, expected(20));
 
     // Records just before a stop are in the manifest once the service has stopped.

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use ghost_proto::router::v1::PatchStatus;
+use ghost_testkit::{POLL_INTERVAL, wait_until};
 
 use crate::helpers::{FakeAlerter, TestApp, record, reserve_port, spawn_summarizer};
 
@@ -24,18 +25,12 @@ async fn gauge(app: &TestApp, name: &str) -> Option<f64> {
 /// Polls (bounded) until the age gauge satisfies `want`; returns it.
 async fn age_until(app: &TestApp, within: Duration, want: impl Fn(f64) -> bool) -> f64 {
     let name = "ghost_outbox_oldest_age_seconds";
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
+    let what = format!("{name}{{outbox=\"notifications\"}} to reach the value wanted");
+    wait_until(&what, within, POLL_INTERVAL, async || {
         let value = gauge(app, name).await;
-        if let Some(value) = value.filter(|value| want(*value)) {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{name}{{outbox=\"notifications\"}} never reached the value wanted; last {value:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        value.filter(|value| want(*value)).ok_or(value)
+    })
+    .await
 }
 
 #[tokio::test]

@@ -9,14 +9,14 @@ use std::time::{Duration, Instant};
 use ghost_proto::router::v1::PatchStatus;
 use ghost_proto::summarizer::v1::ListRequest;
 use ghost_runtime::config::Secret;
-use ghost_testkit::disk;
 use ghost_testkit::postgres::TempPostgres;
+use ghost_testkit::{disk, wait_for};
 use summarizer::SummarizerConfig;
 use summarizer::index::Index;
 
 use crate::helpers::{
-    FakeAlerter, T0, TestApp, created, get_error, main_one_per_page, record, record_error,
-    reserve_port, spawn_with, summary, test_config,
+    FakeAlerter, T0, TestApp, created, get_error, main_one_per_page, outbox_tried, record,
+    record_error, reserve_port, spawn_with, summary, test_config,
 };
 use crate::webhooks::{Receiver, subscription};
 
@@ -297,16 +297,8 @@ async fn notifications_wait_in_the_outbox_across_a_restart_and_arrive_once(store
         .record(record("down-1", 1, PatchStatus::Succeeded))
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let rows = on_index(&app, |index| index.outbox_due(i64::MAX, 10).unwrap()).await;
-        if rows.iter().all(|row| row.tries >= 1) || Instant::now() > deadline {
-            assert_eq!(rows.len(), 3, "{rows:?}");
-            assert!(rows.iter().all(|row| row.tries >= 1), "{rows:?}");
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let rows = outbox_tried(&app, 1).await;
+    assert_eq!(rows.len(), 3, "{rows:?}");
     app.stop().await;
 
     let app = store.spawn(Some(alerter_url)).await;
@@ -326,12 +318,13 @@ async fn notifications_wait_in_the_outbox_across_a_restart_and_arrive_once(store
             ("down-2".to_owned(), 2)
         ]
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while on_index(&app, |index| index.outbox_len().unwrap()).await > 0 && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(on_index(&app, |index| index.outbox_len().unwrap()).await, 0);
+    wait_for("the outbox to empty", async || {
+        match on_index(&app, |index| index.outbox_len().unwrap()).await {
+            0 => Ok(()),
+            left => Err(left),
+        }
+    })
+    .await;
     app.stop().await;
 }
 
@@ -395,12 +388,15 @@ async fn webhooks_are_delivered_in_order_and_a_full_outbox_dead_letters(store: S
     assert_eq!(received[0]["type"], "patch.failed");
     assert_eq!(received[1]["type"], "patch.succeeded");
     assert_eq!(received[1]["payload"]["data"]["attempt"], 2);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !on_index(&app, |index| index.webhooks_pending().unwrap().is_empty()).await
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for("no webhook pending", async || {
+        let pending = on_index(&app, |index| index.webhooks_pending().unwrap()).await;
+        if pending.is_empty() {
+            Ok(())
+        } else {
+            Err(pending.len())
+        }
+    })
+    .await;
     let counts = on_index(&app, |index| index.webhook_counts().unwrap()).await;
     assert_eq!(counts, (0, 1));
     app.stop().await;

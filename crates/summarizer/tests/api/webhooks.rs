@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ghost_proto::router::v1::PatchStatus;
 use ghost_runtime::config::Secret;
-use ghost_testkit::WebhookReceiver;
+use ghost_testkit::{POLL_INTERVAL, TEST_TIMEOUT, WebhookReceiver, try_wait_until, wait_for};
 use summarizer::SummarizerConfig;
 use summarizer::webhooks::subscription::Subscription;
 use summarizer::webhooks::webhook_id;
@@ -120,16 +120,31 @@ fn sample(text: &str, series: &str) -> Option<f64> {
         .map(|value| value.trim().parse().unwrap())
 }
 
+/// `Ok` when no webhook message is pending, else the pending ones.
+fn no_webhook_pending(
+    index: &summarizer::index::Index,
+) -> Result<(), Vec<summarizer::index::WebhookRow>> {
+    let pending = index.webhooks_pending().unwrap();
+    if pending.is_empty() {
+        Ok(())
+    } else {
+        Err(pending)
+    }
+}
+
 /// Waits (bounded) until `/metrics` shows `series` at `value`; returns the last text.
 async fn wait_for_metric(app: &TestApp, series: &str, value: f64) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    let what = format!("/metrics to show {series} at {value}");
+    let shown = try_wait_until(&what, TEST_TIMEOUT, POLL_INTERVAL, async || {
         let text = metrics(app).await;
-        if sample(&text, series) == Some(value) || tokio::time::Instant::now() > deadline {
-            return text;
+        if sample(&text, series) == Some(value) {
+            Ok(text)
+        } else {
+            Err(text)
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
+    shown.unwrap_or_else(|timed_out| timed_out.last.unwrap_or_default())
 }
 
 #[tokio::test]
@@ -205,11 +220,7 @@ async fn matching_outcomes_arrive_signed_as_standard_webhooks_with_the_patch_and
 
     // Delivered messages leave the outbox; a replayed record queues nothing again.
     let index = app.summaries.index().clone();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !index.webhooks_pending().unwrap().is_empty() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(index.webhooks_pending().unwrap(), Vec::new());
+    wait_for("no webhook pending", async || no_webhook_pending(&index)).await;
     assert!(!created(&mut app.client, record("hook-1", 1, PatchStatus::Failed)).await);
     assert_eq!(index.webhooks_pending().unwrap(), Vec::new());
     let text = wait_for_metric(
@@ -266,19 +277,19 @@ async fn after_a_30s_outage_and_a_restart_every_event_arrives_once_in_order_per_
         }
     }
     let index = app.summaries.index().clone();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
+    let pending = wait_for("the first event of each patch tried", async || {
         let pending = index.webhooks_pending().unwrap();
         assert_eq!(pending.len(), 2 * PATCHES);
         // Only the first event of each patch is tried: the second waits behind it.
-        let tried: Vec<_> = pending.iter().filter(|row| row.tries > 0).collect();
-        if tried.len() == PATCHES || tokio::time::Instant::now() > deadline {
-            assert_eq!(tried.len(), PATCHES, "{pending:#?}");
-            assert!(tried.iter().all(|row| row.attempt == 1), "{pending:#?}");
-            break;
+        if pending.iter().filter(|row| row.tries > 0).count() == PATCHES {
+            Ok(pending)
+        } else {
+            Err(pending)
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
+    let tried: Vec<_> = pending.iter().filter(|row| row.tries > 0).collect();
+    assert!(tried.iter().all(|row| row.attempt == 1), "{pending:#?}");
 
     // A restart during the outage loses nothing.
     app.stop().await;
@@ -402,14 +413,11 @@ async fn messages_are_dead_lettered_after_give_up_or_410_and_counted_in_metrics(
         .unwrap();
 
     let index = app.summaries.index().clone();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let dead = loop {
+    let dead = wait_for("four dead letters", async || {
         let dead = index.webhook_dead_letters().unwrap();
-        if dead.len() >= 4 || tokio::time::Instant::now() > deadline {
-            break dead;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        if dead.len() >= 4 { Ok(dead) } else { Err(dead) }
+    })
+    .await;
     assert_eq!(dead.len(), 4, "{dead:#?}");
     let of = |key: &str| -> Vec<_> { dead.iter().filter(|d| d.subscription == key).collect() };
     let given_up = of(&closed);
@@ -612,13 +620,14 @@ async fn a_receiver_that_never_answers_does_not_delay_delivery_to_a_healthy_one(
         .await
         .unwrap();
     assert_eq!(receiver.wait_for(1, Duration::from_secs(20)).await.len(), 1);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while stalled.accepted.load(std::sync::atomic::Ordering::SeqCst) == 0
-        && tokio::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(stalled.accepted.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    wait_for(
+        "the stalled receiver to accept a connection",
+        async || match stalled.accepted.load(std::sync::atomic::Ordering::SeqCst) {
+            0 => Err(0),
+            _ => Ok(()),
+        },
+    )
+    .await;
 
     // While the stalled receiver holds its first message, later events still reach the
     // healthy one.
@@ -637,16 +646,19 @@ async fn a_receiver_that_never_answers_does_not_delay_delivery_to_a_healthy_one(
             .iter()
             .all(|row| row.subscription == stalled.url && row.tries == 0)
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let mut pending = app.summaries.index().webhooks_pending().unwrap();
-    while !only_stalled(&pending) && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        pending = app.summaries.index().webhooks_pending().unwrap();
-    }
-    assert!(
-        only_stalled(&pending),
-        "only the stalled subscription's messages wait, still on their first try: {pending:#?}"
-    );
+    // Only the stalled subscription's messages wait, still on their first try.
+    wait_for(
+        "only the stalled subscription's messages pending",
+        async || {
+            let pending = app.summaries.index().webhooks_pending().unwrap();
+            if only_stalled(&pending) {
+                Ok(())
+            } else {
+                Err(pending)
+            }
+        },
+    )
+    .await;
 
     // Each subscription has its own depth and oldest-pending age, labelled without its URL.
     let stalled_label = summarizer::webhooks::subscription::hashed_label(&stalled.url);
@@ -681,16 +693,15 @@ async fn a_removed_subscription_keeps_its_backlog_and_gets_it_when_it_comes_back
         .await
         .unwrap();
     let index = app.summaries.index().clone();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while index
-        .webhooks_pending()
-        .unwrap()
-        .iter()
-        .all(|r| r.tries == 0)
-        && tokio::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for("a webhook tried", async || {
+        let pending = index.webhooks_pending().unwrap();
+        if pending.iter().all(|r| r.tries == 0) {
+            Err(pending)
+        } else {
+            Ok(())
+        }
+    })
+    .await;
     app.stop().await;
 
     // "ops" is removed: its message is kept, counted, not dead-lettered; others still flow.
@@ -795,20 +806,20 @@ async fn a_full_outbox_dead_letters_new_messages_and_dead_letters_are_bounded() 
             .await
             .unwrap();
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let dead = loop {
+    // Waited for until trimmed: the fourth is dead-lettered a moment before the oldest go.
+    let dead = wait_for("the four gone-* events the only dead letters", async || {
         let dead = index.webhook_dead_letters().unwrap();
-        if dead
+        let gone = dead
             .iter()
             .filter(|d| d.patch_id.starts_with("gone"))
-            .count()
-            == 4
-            || tokio::time::Instant::now() > deadline
-        {
-            break dead;
+            .count();
+        if gone == 4 && dead.len() == 4 {
+            Ok(dead)
+        } else {
+            Err(dead)
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await;
     let patches: Vec<&str> = dead.iter().map(|d| d.patch_id.as_str()).collect();
     let mut sorted = patches.clone();
     sorted.sort_unstable();
@@ -826,13 +837,11 @@ async fn a_full_outbox_dead_letters_new_messages_and_dead_letters_are_bounded() 
     })
     .await;
     let index = app.summaries.index().clone();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !index.webhook_dead_letters().unwrap().is_empty()
-        && tokio::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(index.webhook_dead_letters().unwrap(), Vec::new());
+    wait_for("no dead letter left", async || {
+        let dead = index.webhook_dead_letters().unwrap();
+        if dead.is_empty() { Ok(()) } else { Err(dead) }
+    })
+    .await;
     app.stop().await;
 }
 
@@ -903,16 +912,15 @@ async fn a_delivery_that_finished_before_shutdown_is_not_sent_again() {
             .unwrap();
     }
     let index = app.summaries.index().clone();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while index
-        .webhooks_pending()
-        .unwrap()
-        .iter()
-        .any(|r| r.tries == 0)
-        && tokio::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for("every webhook tried", async || {
+        let pending = index.webhooks_pending().unwrap();
+        if pending.iter().any(|r| r.tries == 0) {
+            Err(pending)
+        } else {
+            Ok(())
+        }
+    })
+    .await;
     app.stop().await;
     // Past the longest backoff: both are due together at the next start, in one round.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -921,10 +929,14 @@ async fn a_delivery_that_finished_before_shutdown_is_not_sent_again() {
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let (answered, task) = selective(listener, Some(held.clone()));
     let app = spawn_with(settings()).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while answered.lock().unwrap().is_empty() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for("an answered webhook", async || {
+        if answered.lock().unwrap().is_empty() {
+            Err(())
+        } else {
+            Ok(())
+        }
+    })
+    .await;
     assert_eq!(*answered.lock().unwrap(), vec![done.clone()]);
     tokio::time::sleep(Duration::from_millis(300)).await;
     app.stop().await;
@@ -936,10 +948,7 @@ async fn a_delivery_that_finished_before_shutdown_is_not_sent_again() {
     let (answered, task) = selective(listener, None);
     let app = spawn_with(settings()).await;
     let index = app.summaries.index().clone();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !index.webhooks_pending().unwrap().is_empty() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for("no webhook pending", async || no_webhook_pending(&index)).await;
     assert_eq!(*answered.lock().unwrap(), vec![held]);
     app.stop().await;
     task.abort();
@@ -959,18 +968,15 @@ async fn after_410_gone_a_subscription_stays_disabled_across_restarts_until_its_
         let index = app.summaries.index().clone();
         let patch = patch.to_owned();
         async move {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-            loop {
+            let what = format!("{patch} dead-lettered");
+            wait_for(&what, async || {
                 let dead = index.webhook_dead_letters().unwrap();
-                if let Some(letter) = dead.into_iter().find(|d| d.patch_id == patch) {
-                    return letter;
-                }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "{patch} not dead-lettered"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+                dead.iter()
+                    .find(|d| d.patch_id == patch)
+                    .cloned()
+                    .ok_or(dead)
+            })
+            .await
         }
     };
 
