@@ -318,8 +318,10 @@ impl<'a> Plan<'a> {
                       "channel": CHANNEL, "pacing": "0s"},
             "health": {"watch_executors": false},
             // Every patch its own message, successes too (by default they are folded into a
-            // digest): the benchmark measures, and checks, one Slack post per patch.
-            "routing": {"routes": [{"thread": "own"}]},
+            // digest), and no backlog switch (past 20 pending messages it folds successes
+            // into the digest as well, so at 500/s most patches had no post of their own):
+            // the benchmark measures, and checks, one Slack post per patch.
+            "routing": {"routes": [{"thread": "own"}], "backlog_threshold": 0},
         }))
     }
 

@@ -18,16 +18,10 @@ const LEASE: Duration = Duration::from_secs(10);
 /// Files the slow patch writes after `log.txt`.
 const SLOW_FILES: usize = 20;
 
-async fn active_gauge(http: &str) -> Option<String> {
-    let text = reqwest::get(format!("{http}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find(|line| line.starts_with("ghost_executor_active{target=\"MAIN\"}"))
-        .map(str::to_owned)
+/// `ghost_executor_active{target="MAIN"}` of the executor whose base URL is `http`.
+async fn active_gauge(http: &str) -> Option<f64> {
+    let addr = http.strip_prefix("http://")?.parse().ok()?;
+    ghost_testkit::http::metric(addr, "ghost_executor_active{target=\"MAIN\"}").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,10 +49,7 @@ async fn the_standby_takes_over_a_killed_executor_rolls_back_first_and_the_patch
         &slow_writes,
     );
     assert!(ready(&active_http).await, "executor A never got ready");
-    assert_eq!(
-        active_gauge(&active_http).await.as_deref(),
-        Some("ghost_executor_active{target=\"MAIN\"} 1")
-    );
+    assert_eq!(active_gauge(&active_http).await, Some(1.0));
     let (_standby, standby_http) = spawn_executor(
         &scratch,
         "executor-b",
@@ -70,8 +61,8 @@ async fn the_standby_takes_over_a_killed_executor_rolls_back_first_and_the_patch
     );
     assert!(ready(&standby_http).await, "executor B never got ready");
     assert_eq!(
-        active_gauge(&standby_http).await.as_deref(),
-        Some("ghost_executor_active{target=\"MAIN\"} 0"),
+        active_gauge(&standby_http).await,
+        Some(0.0),
         "B must wait on standby while A holds the lock"
     );
     assert_eq!(before, ghost_executor_tree(&workspace));
@@ -118,8 +109,7 @@ async fn the_standby_takes_over_a_killed_executor_rolls_back_first_and_the_patch
     );
 
     let took_over = within(LEASE, || async {
-        active_gauge(&standby_http).await.as_deref()
-            == Some("ghost_executor_active{target=\"MAIN\"} 1")
+        active_gauge(&standby_http).await == Some(1.0)
     })
     .await;
     let Some(takeover) = took_over else {
