@@ -10,8 +10,9 @@
 //! starts a real PostgreSQL (`initdb`, `pg_ctl`) on a free loopback port, gone with its
 //! process however that ends; [`process`] tells whether a process has ended; [`grpc`] serves a
 //! stand-in for another service and [`http`] probes a service's routes; [`wait`] is the one
-//! bounded poll loop every test waits with ([`wait_until`], [`TEST_TIMEOUT`]). This crate is a
-//! dev-dependency only; nothing in production links it.
+//! bounded poll loop every test waits with ([`wait_until`], [`TEST_TIMEOUT`]). Tests take it as
+//! a dev-dependency; `ghost-bench`, a measuring tool, links it for the fake Slack, the run's CA
+//! and its throwaway PostgreSQL; no service links it.
 
 mod alerter;
 pub mod disk;
