@@ -1,58 +1,20 @@
 //! A [`TempPostgres`] does not outlive its process: SIGKILL the process holding one (as a
 //! nextest timeout does) and its watchdog stops the server and removes its dir.
 //!
-//! The holder is this test binary run again on the ignored test `holder`, told by an
-//! environment variable of its own command (this process's environment is not changed).
+//! The holder is the `pg_holder` binary of this crate (`src/bin/pg_holder.rs`).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use ghost_testkit::postgres::TempPostgres;
 use ghost_testkit::process::gone;
 use ghost_testkit::wait_for;
 
-/// Set on the holder's command only.
-const HOLDER_VAR: &str = "GHOST_TESTKIT_PG_HOLDER";
-/// How long the holder waits to be killed before it ends by itself (bounded).
-const HOLD: Duration = Duration::from_secs(120);
-
-/// One line to the parent, on stdout (its pipe), flushed.
-fn tell(line: &str) {
-    use std::io::Write;
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{line}").expect("write to the parent");
-    stdout.flush().expect("flush to the parent");
-}
-
-/// Not a test of its own: the process [`a_killed_holder_leaves_no_postgres_behind`] kills.
-/// Starts a server, prints `HOLDING <postmaster pid> <watchdog pid> <dir>`, and waits.
-#[test]
-#[ignore = "run by a_killed_holder_leaves_no_postgres_behind in a child process"]
-fn holder() {
-    if std::env::var_os(HOLDER_VAR).is_none() {
-        return;
-    }
-    let Some(server) = TempPostgres::start_or_skip("holder") else {
-        tell("SKIP");
-        return;
-    };
-    tell(&format!(
-        "HOLDING {} {} {}",
-        server.pid().expect("postmaster pid"),
-        server.watchdog_pid().expect("watchdog pid"),
-        server.dir().display()
-    ));
-    std::thread::sleep(HOLD);
-}
-
-/// Runs [`holder`] in a child process; returns it and its `HOLDING` line's pids and dir, or
+/// Runs `pg_holder` in a child process; returns it and its `HOLDING` line's pids and dir, or
 /// `None` when PostgreSQL is not installed.
 fn start_holder() -> Option<(std::process::Child, u32, u32, PathBuf)> {
-    let mut child = Command::new(std::env::current_exe().expect("test binary"))
-        .args(["holder", "--exact", "--ignored", "--nocapture"])
-        .env(HOLDER_VAR, "1")
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pg_holder"))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
